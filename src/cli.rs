@@ -1,0 +1,591 @@
+//! The `softvi` command line: argument definitions and the commands they run.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail, ensure};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use serde_json::json;
+
+use crate::gpu::{GpuContext, GridEngine};
+use crate::grid::{ActionSet, Connectivity, Grid, MoveCost};
+use crate::npy;
+use crate::output::{OutputFile, write_folder};
+use crate::problem::{Backup, GridProblem, GridTask, Horizon, SolveOptions};
+use crate::solve::{Solution, solve_cpu};
+
+/// Exit code of a solve that diverged (no finite values exist).
+pub const EXIT_DIVERGED: i32 = 3;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "softvi",
+    version,
+    about = "Batched soft value iteration (max-ent RL / control as inference) on wgpu",
+    long_about = "Batched soft value iteration: the soft-optimal V, Q and policy \
+pi(a|s) = exp((Q - V)/alpha) of many tasks over one world, computed by WGSL compute shaders \
+on any wgpu adapter (Vulkan, Metal, DX12, GL) and checked against a CPU reference.",
+    after_help = "Example:\n  softvi solve --maze 255x255 --goal 1,1 --goal 253,253 --out out"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+#[allow(clippy::large_enum_variant)] // parsed once per process
+pub enum Command {
+    /// Solve a batch of gridworld tasks (one task per goal) and write values, policy, summary.
+    #[command(
+        after_help = "Examples:\n  softvi solve --maze 255x255 --goal 1,1 --goal 253,253 --out out\n  \
+softvi solve --map den312d.map --goals goals.txt --alpha 0.1 --gamma 1 --backend cpu --out out"
+    )]
+    Solve(SolveArgs),
+    /// List the wgpu adapters this machine offers (honours WGPU_BACKEND / WGPU_ADAPTER_NAME).
+    #[command(after_help = "Example:\n  WGPU_BACKEND=gl softvi adapters")]
+    Adapters,
+}
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+pub enum BackendArg {
+    /// WGSL compute shaders on a wgpu adapter.
+    Gpu,
+    /// The f64 CPU reference.
+    Cpu,
+}
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+pub enum BackupArg {
+    /// Q = r + gamma * E[V'] (max-ent RL / soft Q-learning).
+    Expected,
+    /// Q = r + alpha * log E[exp(gamma V'/alpha)] (exact inference backward message).
+    Optimistic,
+}
+
+/// The world and task flags shared by commands that build a gridworld batch.
+#[derive(Args, Debug)]
+pub struct WorldArgs {
+    /// MovingAI .map file.
+    #[arg(
+        long,
+        value_name = "FILE.map",
+        conflicts_with = "maze",
+        required_unless_present = "maze"
+    )]
+    pub map: Option<PathBuf>,
+    /// Built-in generated maze of W x H cells (free cells at odd X and Y).
+    #[arg(long, value_name = "WxH")]
+    pub maze: Option<String>,
+    /// Seed of the generated maze.
+    #[arg(long, default_value_t = 0, requires = "maze")]
+    pub seed: u64,
+    /// Goal cell X,Y (X = column, Y = row); each goal is one task. Repeatable.
+    #[arg(long = "goal", value_name = "X,Y", num_args = 1.., conflicts_with = "goals",
+          required_unless_present = "goals")]
+    pub goal: Vec<String>,
+    /// File with one `X Y` goal per line (one task each; blank lines and # comments allowed).
+    #[arg(long, value_name = "FILE")]
+    pub goals: Option<PathBuf>,
+    /// State reward R_task, float32 .npy of shape [H,W] (shared) or [B,H,W] (per task).
+    #[arg(long, value_name = "FILE.npy")]
+    pub reward: Option<PathBuf>,
+    /// 4- or 8-connected moves.
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u8).range(4..=8))]
+    pub connectivity: u8,
+    /// Add a STAY action (last in the action order).
+    #[arg(long)]
+    pub stay: bool,
+    /// Slip probability eps: with probability eps a uniformly drawn action's move happens.
+    #[arg(long, default_value_t = 0.0, value_name = "EPS")]
+    pub slip: f64,
+    /// Step costs ORTH,DIAG[,STAY] (default 1, sqrt(2), 0).
+    #[arg(long, value_name = "ORTH,DIAG[,STAY]")]
+    pub move_cost: Option<String>,
+}
+
+/// Soft value iteration settings.
+#[derive(Args, Debug)]
+pub struct IterationArgs {
+    /// Temperature alpha >= 0 (0 = hard max).
+    #[arg(long, default_value_t = 1.0, allow_negative_numbers = true)]
+    pub alpha: f64,
+    /// Discount gamma in [0, 1].
+    #[arg(long, default_value_t = 0.99, allow_negative_numbers = true)]
+    pub gamma: f64,
+    /// Backup kind.
+    #[arg(long, value_enum, default_value_t = BackupArg::Expected)]
+    pub backup: BackupArg,
+    /// Finite horizon T: apply exactly T backups from V_T = 0 and report V_0, pi_0.
+    #[arg(long, value_name = "T", conflicts_with_all = ["tol", "max_iters"])]
+    pub horizon: Option<u32>,
+    /// Infinite horizon: stop when max_s |V_new - V_old| <= TOL.
+    #[arg(long, default_value_t = 1e-4)]
+    pub tol: f64,
+    /// Infinite horizon: most backups.
+    #[arg(long, default_value_t = 100_000)]
+    pub max_iters: u32,
+    /// Where the sweeps run.
+    #[arg(long, value_enum, default_value_t = BackendArg::Gpu)]
+    pub backend: BackendArg,
+}
+
+#[derive(Args, Debug)]
+pub struct SolveArgs {
+    #[command(flatten)]
+    pub world: WorldArgs,
+    #[command(flatten)]
+    pub iteration: IterationArgs,
+    /// Output folder: values.npy, policy.npy, summary.json.
+    #[arg(long, value_name = "DIR")]
+    pub out: PathBuf,
+    /// Skip policy.npy (for huge worlds).
+    #[arg(long)]
+    pub no_policy: bool,
+    /// Print summary.json's content instead of the human summary.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// A gridworld batch built from the command line, with a description of its source.
+pub struct World {
+    /// The problem.
+    pub problem: GridProblem,
+    /// `"maze 255x255 seed 0"` or the map path.
+    pub source: String,
+    /// Goals per task as (X, Y).
+    pub goals: Vec<Vec<(usize, usize)>>,
+}
+
+fn parse_pair(text: &str, sep: char, what: &str) -> Result<(usize, usize)> {
+    let parts: Vec<&str> = text
+        .split(sep)
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .collect();
+    ensure!(
+        parts.len() == 2,
+        "{what} {text:?} is not of the form X{sep}Y"
+    );
+    let num = |s: &str| {
+        s.parse::<usize>()
+            .with_context(|| format!("{what} {text:?}: {s:?} is not a cell index"))
+    };
+    Ok((num(parts[0])?, num(parts[1])?))
+}
+
+/// Parses a goals file: one `X Y` per line, blank lines and `#` comments allowed.
+pub fn parse_goals_file(path: &Path) -> Result<Vec<(usize, usize)>> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read goals file {}", path.display()))?;
+    let mut goals = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let line = line.split('#').next().unwrap_or("").trim();
+        if line.is_empty() {
+            continue;
+        }
+        let pair = parse_pair(&line.replace(',', " "), ' ', "goal")
+            .with_context(|| format!("{}:{}", path.display(), i + 1))?;
+        goals.push(pair);
+    }
+    ensure!(
+        !goals.is_empty(),
+        "goals file {} lists no goal",
+        path.display()
+    );
+    Ok(goals)
+}
+
+impl WorldArgs {
+    /// Builds the gridworld batch, validating everything the flags say.
+    pub fn build(&self) -> Result<World> {
+        let (grid, source) = match (&self.map, &self.maze) {
+            (Some(path), _) => (Grid::load_movingai(path)?, path.display().to_string()),
+            (None, Some(size)) => {
+                let (w, h) =
+                    parse_pair(size, 'x', "--maze").context("--maze expects WxH, e.g. 255x255")?;
+                (
+                    Grid::generate_maze(w, h, self.seed)?,
+                    format!("maze {w}x{h} seed {}", self.seed),
+                )
+            }
+            (None, None) => bail!("give a world: --map FILE.map or --maze WxH"),
+        };
+        let goals: Vec<(usize, usize)> = match &self.goals {
+            Some(path) => parse_goals_file(path)?,
+            None => self
+                .goal
+                .iter()
+                .map(|g| parse_pair(g, ',', "--goal"))
+                .collect::<Result<_>>()?,
+        };
+        ensure!(
+            !goals.is_empty(),
+            "give at least one goal: --goal X,Y or --goals FILE"
+        );
+        for &(x, y) in &goals {
+            ensure!(
+                x < grid.width && y < grid.height,
+                "goal X={x},Y={y} is off the {}x{} map (X < {}, Y < {})",
+                grid.width,
+                grid.height,
+                grid.width,
+                grid.height
+            );
+            ensure!(
+                grid.free[y * grid.width + x],
+                "goal X={x},Y={y} is on a blocked cell"
+            );
+        }
+        let connectivity = match self.connectivity {
+            4 => Connectivity::Four,
+            8 => Connectivity::Eight,
+            c => bail!("--connectivity must be 4 or 8, got {c}"),
+        };
+        let move_cost = match &self.move_cost {
+            None => MoveCost::default(),
+            Some(text) => {
+                let v: Vec<f64> = text
+                    .split(',')
+                    .map(|s| s.trim().parse::<f64>())
+                    .collect::<Result<_, _>>()
+                    .with_context(|| {
+                        format!("--move-cost {text:?} is not ORTH,DIAG[,STAY] numbers")
+                    })?;
+                ensure!(
+                    (2..=3).contains(&v.len()),
+                    "--move-cost {text:?} needs 2 or 3 numbers (ORTH,DIAG[,STAY])"
+                );
+                MoveCost {
+                    orthogonal: v[0],
+                    diagonal: v[1],
+                    stay: v.get(2).copied().unwrap_or(0.0),
+                }
+            }
+        };
+        let rewards = match &self.reward {
+            None => vec![None; goals.len()],
+            Some(path) => {
+                let array = npy::read_float(path)?;
+                let (h, w, b) = (grid.height, grid.width, goals.len());
+                let per_task = match array.shape[..] {
+                    [ah, aw] if (ah, aw) == (h, w) => false,
+                    [ab, ah, aw] if (ab, ah, aw) == (b, h, w) => true,
+                    _ => bail!(
+                        "--reward {}: shape {:?} is neither [H,W] = [{h}, {w}] nor [B,H,W] = [{b}, {h}, {w}]",
+                        path.display(),
+                        array.shape
+                    ),
+                };
+                if let Some(i) = array.data.iter().position(|r| !r.is_finite()) {
+                    let c = i % (h * w);
+                    bail!(
+                        "--reward {}: value {} at task {}, X={}, Y={} is not finite",
+                        path.display(),
+                        array.data[i],
+                        i / (h * w),
+                        c % w,
+                        c / w
+                    );
+                }
+                (0..b)
+                    .map(|t| {
+                        let start = if per_task { t * h * w } else { 0 };
+                        Some(array.data[start..start + h * w].to_vec())
+                    })
+                    .collect()
+            }
+        };
+        let tasks = goals
+            .iter()
+            .zip(rewards)
+            .map(|(&(x, y), reward)| GridTask {
+                goals: vec![y * grid.width + x],
+                reward,
+            })
+            .collect();
+        let problem = GridProblem {
+            grid,
+            actions: ActionSet {
+                connectivity,
+                stay: self.stay,
+            },
+            slip: self.slip,
+            move_cost,
+            tasks,
+        };
+        problem.validate()?;
+        Ok(World {
+            problem,
+            source,
+            goals: goals.into_iter().map(|g| vec![g]).collect(),
+        })
+    }
+}
+
+impl IterationArgs {
+    /// The solve settings, validated.
+    pub fn options(&self, policy: bool) -> Result<SolveOptions> {
+        ensure!(
+            self.alpha.is_finite() && self.alpha >= 0.0,
+            "--alpha must be >= 0, got {}",
+            self.alpha
+        );
+        ensure!(
+            self.gamma.is_finite() && (0.0..=1.0).contains(&self.gamma),
+            "--gamma must be in [0, 1], got {}",
+            self.gamma
+        );
+        let horizon = match self.horizon {
+            Some(t) => {
+                ensure!(t >= 1, "--horizon must be >= 1, got {t}");
+                Horizon::Finite(t)
+            }
+            None => {
+                ensure!(
+                    self.tol.is_finite() && self.tol > 0.0,
+                    "--tol must be > 0, got {}",
+                    self.tol
+                );
+                ensure!(self.max_iters >= 1, "--max-iters must be >= 1");
+                Horizon::Infinite {
+                    tol: self.tol,
+                    max_iters: self.max_iters,
+                }
+            }
+        };
+        let backup = match self.backup {
+            BackupArg::Expected => Backup::Expected,
+            BackupArg::Optimistic => Backup::Optimistic,
+        };
+        if backup == Backup::Optimistic && self.alpha == 0.0 {
+            bail!("--backup optimistic needs --alpha > 0 (its log-sum-exp has no alpha = 0 form)");
+        }
+        let options = SolveOptions {
+            alpha: self.alpha,
+            gamma: self.gamma,
+            backup,
+            horizon,
+            policy,
+        };
+        options.validate()?;
+        Ok(options)
+    }
+}
+
+/// Runs the solve on the chosen backend; returns the solution and the adapter description.
+pub fn run_backend(
+    backend: BackendArg,
+    problem: &GridProblem,
+    options: &SolveOptions,
+) -> Result<(Solution, serde_json::Value)> {
+    match backend {
+        BackendArg::Cpu => Ok((
+            solve_cpu(problem, options)?,
+            json!({"name": "cpu reference (f64)", "backend": "cpu"}),
+        )),
+        BackendArg::Gpu => {
+            let ctx = GpuContext::from_env()?;
+            let adapter = json!({
+                "name": ctx.info.name,
+                "backend": ctx.info.backend.to_string(),
+                "driver": ctx.info.driver,
+                "device_type": format!("{:?}", ctx.info.device_type),
+            });
+            let mut engine = GridEngine::new(&ctx)?;
+            Ok((engine.solve(problem, options)?, adapter))
+        }
+    }
+}
+
+/// `summary.json` of a solve.
+pub fn summary_json(
+    world: &World,
+    options: &SolveOptions,
+    backend: BackendArg,
+    adapter: &serde_json::Value,
+    solution: &Solution,
+    seconds: f64,
+) -> serde_json::Value {
+    let p = &world.problem;
+    let (horizon, tol, max_iters) = match options.horizon {
+        Horizon::Finite(t) => (Some(t), None, None),
+        Horizon::Infinite { tol, max_iters } => (None, Some(tol), Some(max_iters)),
+    };
+    json!({
+        "backend": match backend { BackendArg::Gpu => "gpu", BackendArg::Cpu => "cpu" },
+        "adapter": adapter,
+        "world": {
+            "source": world.source,
+            "height": p.grid.height,
+            "width": p.grid.width,
+            "free_cells": p.grid.free_cells(),
+            "actions": p.actions.names(),
+            "slip": p.slip,
+            "move_cost": p.move_cost.per_action(&p.actions),
+        },
+        "alpha": options.alpha,
+        "gamma": options.gamma,
+        "backup": options.backup.name(),
+        "horizon": horizon,
+        "tol": tol,
+        "max_iters": max_iters,
+        "tasks": p.task_count(),
+        "goals": world.goals,
+        "iterations": solution.iterations,
+        "residual": solution.residual,
+        "status": solution.status.iter().map(|s| s.name()).collect::<Vec<_>>(),
+        "unreachable": solution.unreachable,
+        "solve_seconds": solution.seconds,
+        "seconds": seconds,
+        "layout": {
+            "values": "float32 [task][row][col]; NaN blocked, -inf unreachable (gamma = 1)",
+            "policy": "float32 [task][row][col][action]; NaN blocked, terminal, unreachable",
+        },
+    })
+}
+
+/// `softvi solve`. Returns the process exit code.
+pub fn solve_command(args: &SolveArgs) -> Result<i32> {
+    let start = Instant::now();
+    let world = args.world.build()?;
+    let options = args.iteration.options(!args.no_policy)?;
+    let (solution, adapter) = run_backend(args.iteration.backend, &world.problem, &options)?;
+    let seconds = start.elapsed().as_secs_f64();
+    let summary = summary_json(
+        &world,
+        &options,
+        args.iteration.backend,
+        &adapter,
+        &solution,
+        seconds,
+    );
+    let summary_text = serde_json::to_string_pretty(&summary)? + "\n";
+    let p = &world.problem;
+    let (b, h, w) = (p.task_count(), p.grid.height, p.grid.width);
+    let mut files = vec![OutputFile {
+        name: "summary.json",
+        bytes: summary_text.clone().into_bytes(),
+    }];
+    if !solution.diverged() {
+        files.push(OutputFile {
+            name: "values.npy",
+            bytes: npy::encode_f32(&[b, h, w], &solution.values),
+        });
+        if let Some(policy) = &solution.policy {
+            files.push(OutputFile {
+                name: "policy.npy",
+                bytes: npy::encode_f32(&[b, h, w, solution.action_count], policy),
+            });
+        }
+    }
+    write_folder(&args.out, &files)?;
+    if args.json {
+        print!("{summary_text}");
+    } else {
+        print_summary(&world, &options, &adapter, &solution, seconds, &args.out);
+    }
+    if solution.diverged() {
+        eprintln!(
+            "error: the solve diverged: values grow without bound (the entropy bonus alpha*log|A| \
+             outweighs the step costs with gamma = 1); no values were written. Lower --alpha, \
+             raise the costs, or use --gamma < 1 or --horizon T."
+        );
+        return Ok(EXIT_DIVERGED);
+    }
+    Ok(0)
+}
+
+fn print_summary(
+    world: &World,
+    options: &SolveOptions,
+    adapter: &serde_json::Value,
+    solution: &Solution,
+    seconds: f64,
+    out: &Path,
+) {
+    let p = &world.problem;
+    let statuses: Vec<&str> = solution.status.iter().map(|s| s.name()).collect();
+    let mut distinct = statuses.clone();
+    distinct.dedup();
+    let max_residual = solution.residual.iter().copied().fold(0.0, f64::max);
+    println!(
+        "world    {} ({}x{}, {} free cells, {} actions, slip {})",
+        world.source,
+        p.grid.width,
+        p.grid.height,
+        p.grid.free_cells(),
+        p.actions.count(),
+        p.slip
+    );
+    println!(
+        "solve    {} tasks, {} backup, alpha {}, gamma {}{}",
+        p.task_count(),
+        options.backup.name(),
+        options.alpha,
+        options.gamma,
+        match options.horizon {
+            Horizon::Finite(t) => format!(", horizon {t}"),
+            Horizon::Infinite { tol, .. } => format!(", tol {tol}"),
+        }
+    );
+    println!(
+        "backend  {} ({})",
+        adapter["name"].as_str().unwrap_or("?"),
+        adapter["backend"].as_str().unwrap_or("?")
+    );
+    println!(
+        "result   {} after {} sweeps, max residual {:.3e}, {} unreachable cells",
+        distinct.join("/"),
+        solution.iterations.iter().max().unwrap_or(&0),
+        max_residual,
+        solution.unreachable.iter().sum::<u32>()
+    );
+    for (t, goals) in world.goals.iter().enumerate().take(8) {
+        let cells = p.grid.cells();
+        let finite: Vec<f32> = solution.values[t * cells..(t + 1) * cells]
+            .iter()
+            .copied()
+            .filter(|v| v.is_finite())
+            .collect();
+        let lo = finite.iter().copied().fold(f32::INFINITY, f32::min);
+        let hi = finite.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        println!("task {t:<3} goal {:?}: V in [{lo:.4}, {hi:.4}]", goals[0]);
+    }
+    if world.goals.len() > 8 {
+        println!("... {} more tasks", world.goals.len() - 8);
+    }
+    println!(
+        "time     {:.3} s solve, {seconds:.3} s total; wrote {}",
+        solution.seconds,
+        out.display()
+    );
+}
+
+/// `softvi adapters`.
+pub fn adapters_command() -> Result<i32> {
+    let adapters = GpuContext::adapters_from_env()?;
+    if adapters.is_empty() {
+        bail!(crate::gpu::context::NO_ADAPTER_HELP);
+    }
+    for (i, a) in adapters.iter().enumerate() {
+        let info = a.get_info();
+        let limits = a.limits();
+        println!(
+            "{i}: {} ({}), {:?}, max storage binding {} MiB, max buffer {} MiB",
+            info.name,
+            info.backend,
+            info.device_type,
+            limits.max_storage_buffer_binding_size >> 20,
+            limits.max_buffer_size >> 20
+        );
+    }
+    Ok(0)
+}
+
+/// Runs the parsed command line; returns the exit code.
+pub fn run(cli: Cli) -> Result<i32> {
+    match cli.command {
+        Command::Solve(args) => solve_command(&args),
+        Command::Adapters => adapters_command(),
+    }
+}

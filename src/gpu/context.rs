@@ -1,0 +1,118 @@
+//! Adapter and device selection, honouring `WGPU_BACKEND`, `WGPU_ADAPTER_NAME` and
+//! `WGPU_POWER_PREF`.
+
+use anyhow::{Context, Result, anyhow, bail};
+
+/// A wgpu adapter with its device and queue, as the engines borrow them.
+pub struct GpuContext {
+    /// The adapter the device was made from.
+    pub adapter: wgpu::Adapter,
+    /// The device; the engines clone this handle.
+    pub device: wgpu::Device,
+    /// The device's queue; the engines clone this handle.
+    pub queue: wgpu::Queue,
+    /// Adapter name, backend, driver.
+    pub info: wgpu::AdapterInfo,
+}
+
+/// How to get an adapter, said whenever none is found.
+pub const NO_ADAPTER_HELP: &str = "no GPU adapter found. Install a Vulkan or OpenGL driver \
+(on Debian/Ubuntu without a GPU, `apt-get install -y mesa-vulkan-drivers` provides the \
+llvmpipe software adapter), check WGPU_BACKEND / WGPU_ADAPTER_NAME, or use `--backend cpu`";
+
+impl GpuContext {
+    /// Picks an adapter the way the environment asks (`WGPU_BACKEND` restricts backends,
+    /// `WGPU_ADAPTER_NAME` picks by case-insensitive substring) and opens a device with the
+    /// adapter's full limits (storage-binding and buffer sizes matter for large grids).
+    pub fn from_env() -> Result<Self> {
+        let adapters = Self::adapters_from_env()?;
+        let adapter = adapters
+            .into_iter()
+            .next()
+            .ok_or_else(|| anyhow!(NO_ADAPTER_HELP))?;
+        Self::from_adapter(adapter)
+    }
+
+    /// Every adapter the environment allows, the preferred one first.
+    pub fn adapters_from_env() -> Result<Vec<wgpu::Adapter>> {
+        let instance =
+            wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
+        let backends = wgpu::Backends::from_env().unwrap_or(wgpu::Backends::all());
+        let mut adapters: Vec<wgpu::Adapter> =
+            pollster::block_on(instance.enumerate_adapters(backends));
+        if let Ok(name) = std::env::var("WGPU_ADAPTER_NAME") {
+            let wanted = name.to_lowercase();
+            let seen: Vec<String> = adapters.iter().map(|a| a.get_info().name).collect();
+            adapters.retain(|a| a.get_info().name.to_lowercase().contains(&wanted));
+            if adapters.is_empty() {
+                bail!("WGPU_ADAPTER_NAME={name:?} matches no adapter (found: {seen:?})");
+            }
+            return Ok(adapters);
+        }
+        // The adapter wgpu itself would pick (power preference from WGPU_POWER_PREF) first.
+        let preferred =
+            pollster::block_on(instance.request_adapter(&wgpu::RequestAdapterOptions {
+                power_preference: wgpu::PowerPreference::from_env().unwrap_or_default(),
+                ..Default::default()
+            }));
+        if let Ok(preferred) = preferred {
+            let key = adapter_key(&preferred.get_info());
+            adapters.retain(|a| adapter_key(&a.get_info()) != key);
+            adapters.insert(0, preferred);
+        }
+        Ok(adapters)
+    }
+
+    /// Opens a device on `adapter` with the adapter's limits.
+    pub fn from_adapter(adapter: wgpu::Adapter) -> Result<Self> {
+        let info = adapter.get_info();
+        let downlevel = adapter.get_downlevel_capabilities();
+        if !downlevel
+            .flags
+            .contains(wgpu::DownlevelFlags::COMPUTE_SHADERS)
+        {
+            bail!(
+                "adapter {} ({:?}) has no compute shaders",
+                info.name,
+                info.backend
+            );
+        }
+        if !downlevel
+            .flags
+            .contains(wgpu::DownlevelFlags::INDIRECT_EXECUTION)
+        {
+            bail!(
+                "adapter {} ({:?}) has no indirect dispatch",
+                info.name,
+                info.backend
+            );
+        }
+        let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
+            label: Some("softvi"),
+            required_limits: adapter.limits(),
+            memory_hints: wgpu::MemoryHints::Performance,
+            ..Default::default()
+        }))
+        .with_context(|| {
+            format!(
+                "cannot open a device on adapter {} ({:?})",
+                info.name, info.backend
+            )
+        })?;
+        Ok(Self {
+            adapter,
+            device,
+            queue,
+            info,
+        })
+    }
+
+    /// `"<adapter name> (<backend>)"`, as summaries print it.
+    pub fn adapter_label(&self) -> String {
+        format!("{} ({})", self.info.name, self.info.backend)
+    }
+}
+
+fn adapter_key(info: &wgpu::AdapterInfo) -> (String, wgpu::Backend, u32) {
+    (info.name.clone(), info.backend, info.device)
+}

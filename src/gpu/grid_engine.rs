@@ -1,0 +1,968 @@
+//! The GPU path for gridworlds: pipelines for `shaders/grid_backup.wgsl` and
+//! `shaders/residual_reduce.wgsl`, built once per engine, and the solve driver that records
+//! many sweeps per submission and checks convergence on the GPU.
+
+use std::collections::HashMap;
+use std::ops::Range;
+use std::time::Instant;
+
+use anyhow::{Context, Result, anyhow, bail, ensure};
+use bytemuck::{Pod, Zeroable};
+
+use super::context::GpuContext;
+use crate::layout::GridInputs;
+use crate::problem::{Backup, GridProblem, Horizon, SolveOptions};
+use crate::reference::SweepStats;
+use crate::solve::{
+    ConvergenceMonitor, Solution, Verdict, check_windows, final_status, mark_special_cells,
+    sweep_budget,
+};
+
+/// WGSL source of the backup and policy kernels.
+pub const GRID_BACKUP_WGSL: &str = include_str!("../../shaders/grid_backup.wgsl");
+/// WGSL source of the convergence reduction.
+pub const RESIDUAL_REDUCE_WGSL: &str = include_str!("../../shaders/residual_reduce.wgsl");
+
+/// Workgroup width of the grid kernels (columns). Same as `WORKGROUP_X` in the shader.
+pub const WORKGROUP_X: u32 = 16;
+/// Workgroup height of the grid kernels (rows). Same as `WORKGROUP_Y` in the shader.
+pub const WORKGROUP_Y: u32 = 4;
+/// Invocations of one `residual_reduce` workgroup. Same as `REDUCE_SIZE` in the shader.
+pub const REDUCE_SIZE: u32 = 256;
+/// `Control::converged_check` before convergence. Same as `NOT_CONVERGED` in the shader.
+pub const NOT_CONVERGED: u32 = u32::MAX;
+/// Bytes of `Control` before its `dispatch_args` array.
+pub const CONTROL_HEADER_BYTES: u64 = 16;
+
+/// Most convergence checks recorded into one submission (submissions grow 1, 2, 4, ...).
+const MAX_CHECKS_PER_SUBMIT: usize = 64;
+/// Most tasks solved together; larger batches run as several chunks.
+const MAX_TASKS_PER_CHUNK: usize = 1024;
+/// Largest value array of a chunk (bytes), whatever the adapter allows.
+const MAX_CHUNK_BYTES: u64 = 1 << 30;
+/// Largest staging buffer used for readback (bytes).
+const STAGING_BYTES: u64 = 64 << 20;
+/// Elements a binding window may start before its first used element (storage offsets are
+/// aligned to at most 256 bytes).
+const WINDOW_SLACK: u64 = 64;
+
+/// Per-band uniform of the grid kernels. Keep in sync with `GridParams` in
+/// `shaders/grid_backup.wgsl` (size checked by tests/shader_layout.rs).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, Pod, Zeroable)]
+pub struct GridParams {
+    pub width: u32,
+    pub height: u32,
+    pub cells_per_task: u32,
+    pub fixed_words_per_task: u32,
+    pub task_base: u32,
+    pub row_base: u32,
+    pub row_count: u32,
+    pub groups_x: u32,
+    pub groups_per_task: u32,
+    pub mask_origin: u32,
+    pub fixed_origin: u32,
+    pub v_in_origin: u32,
+    pub out_origin: u32,
+    pub gamma: f32,
+    pub slip: f32,
+    pub alpha_ln2: f32,
+    pub log2e_over_alpha: f32,
+    pub slip_share: f32,
+    pub _pad0: u32,
+    pub _pad1: u32,
+    pub step_cost: [[f32; 4]; 3],
+    pub move_offset: [[i32; 4]; 3],
+}
+
+/// Uniform of the convergence reduction. Keep in sync with `ReduceParams` in
+/// `shaders/residual_reduce.wgsl` (size checked by tests/shader_layout.rs).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, Pod, Zeroable)]
+pub struct ReduceParams {
+    pub task_count: u32,
+    pub groups_per_task: u32,
+    pub band_count: u32,
+    pub tol: f32,
+}
+
+/// Size limits the engine plans with; `None` takes the adapter's. Tests lower them to
+/// exercise banding and chunking on small grids.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct EngineOptions {
+    /// Largest storage binding (bytes).
+    pub max_binding_bytes: Option<u64>,
+    /// Largest buffer (bytes).
+    pub max_buffer_bytes: Option<u64>,
+}
+
+/// A window of whole tasks, or of rows of one task, dispatched as one unit so that each
+/// binding stays within the storage-binding limit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Band {
+    /// First task, within the chunk.
+    pub task_base: usize,
+    /// Tasks covered.
+    pub task_count: usize,
+    /// First row.
+    pub row_base: usize,
+    /// Rows covered.
+    pub row_count: usize,
+}
+
+/// Splits `tasks` tasks of `height` x `width` cells into bands whose per-cell arrays of
+/// `bytes_per_cell` bytes fit `max_binding` bytes (a one-row halo included).
+pub fn plan_bands(
+    tasks: usize,
+    height: usize,
+    width: usize,
+    bytes_per_cell: u64,
+    max_binding: u64,
+) -> Result<Vec<Band>> {
+    let cells = (height * width) as u64;
+    let capacity = (max_binding / bytes_per_cell).saturating_sub(WINDOW_SLACK);
+    if cells <= capacity {
+        let per_band = ((capacity / cells) as usize).min(65_535);
+        return Ok((0..tasks)
+            .step_by(per_band)
+            .map(|t| Band {
+                task_base: t,
+                task_count: per_band.min(tasks - t),
+                row_base: 0,
+                row_count: height,
+            })
+            .collect());
+    }
+    let rows = (capacity / width as u64).saturating_sub(2) as usize;
+    let rows = rows / WORKGROUP_Y as usize * WORKGROUP_Y as usize;
+    if rows == 0 {
+        bail!(
+            "a grid row of {width} cells needs {} bytes per storage binding for {} rows, but the \
+             adapter's max_storage_buffer_binding_size is {max_binding} bytes",
+            (width as u64) * bytes_per_cell * (WORKGROUP_Y as u64 + 2),
+            WORKGROUP_Y + 2
+        );
+    }
+    let mut bands = Vec::new();
+    for task in 0..tasks {
+        for row_base in (0..height).step_by(rows) {
+            bands.push(Band {
+                task_base: task,
+                task_count: 1,
+                row_base,
+                row_count: rows.min(height - row_base),
+            });
+        }
+    }
+    Ok(bands)
+}
+
+/// A bound range of an array: where it starts (element index) and its bytes.
+#[derive(Clone, Copy, Debug)]
+struct Window {
+    origin: u64,
+    offset: u64,
+    size: u64,
+}
+
+/// The window over elements `[start, end)` of an array of `len` 4-byte elements, its offset
+/// aligned down to `align` bytes.
+fn window(start: u64, end: u64, len: u64, align: u64) -> Window {
+    let offset = start * 4 / align * align;
+    let size = end.min(len) * 4 - offset;
+    Window {
+        origin: offset / 4,
+        offset,
+        size,
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+struct GridPipelineKey {
+    policy: bool,
+    action_count: u32,
+    optimistic: bool,
+    hard_max: bool,
+    write_residual: bool,
+}
+
+/// Reusable buffers by role; a buffer is replaced only when a solve needs a larger one.
+#[derive(Default)]
+struct BufferPool {
+    buffers: HashMap<&'static str, wgpu::Buffer>,
+}
+
+impl BufferPool {
+    fn get(
+        &mut self,
+        device: &wgpu::Device,
+        label: &'static str,
+        size: u64,
+        usage: wgpu::BufferUsages,
+    ) -> wgpu::Buffer {
+        let size = size.max(16).next_multiple_of(16);
+        if let Some(buffer) = self.buffers.get(label)
+            && buffer.size() >= size
+            && buffer.usage() == usage
+        {
+            return buffer.clone();
+        }
+        self.buffers.remove(label);
+        let buffer = device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some(label),
+            size,
+            usage,
+            mapped_at_creation: false,
+        });
+        self.buffers.insert(label, buffer.clone());
+        buffer
+    }
+}
+
+/// Result of one chunk of tasks.
+struct ChunkResult {
+    values: Vec<f32>,
+    policy: Option<Vec<f32>>,
+    iterations: u32,
+    residual: Vec<f64>,
+    verdict: Verdict,
+}
+
+/// Batched gridworld soft value iteration on one wgpu device. Pipelines, layouts and
+/// buffers are built once and reused by every solve.
+pub struct GridEngine {
+    device: wgpu::Device,
+    queue: wgpu::Queue,
+    adapter_label: String,
+    grid_module: wgpu::ShaderModule,
+    grid_layout: wgpu::BindGroupLayout,
+    grid_pipeline_layout: wgpu::PipelineLayout,
+    grid_pipelines: HashMap<GridPipelineKey, wgpu::ComputePipeline>,
+    reduce_layout: wgpu::BindGroupLayout,
+    reduce_pipeline: wgpu::ComputePipeline,
+    decide_pipeline: wgpu::ComputePipeline,
+    pool: BufferPool,
+    max_binding: u64,
+    max_buffer: u64,
+    storage_align: u64,
+    uniform_stride: u64,
+}
+
+fn layout_entries(kinds: &[wgpu::BufferBindingType]) -> Vec<wgpu::BindGroupLayoutEntry> {
+    kinds
+        .iter()
+        .enumerate()
+        .map(|(binding, &ty)| wgpu::BindGroupLayoutEntry {
+            binding: binding as u32,
+            visibility: wgpu::ShaderStages::COMPUTE,
+            ty: wgpu::BindingType::Buffer {
+                ty,
+                has_dynamic_offset: false,
+                min_binding_size: None,
+            },
+            count: None,
+        })
+        .collect()
+}
+
+fn storage(read_only: bool) -> wgpu::BufferBindingType {
+    wgpu::BufferBindingType::Storage { read_only }
+}
+
+impl GridEngine {
+    /// An engine on `ctx`'s device with the adapter's limits.
+    pub fn new(ctx: &GpuContext) -> Result<Self> {
+        Self::with_options(ctx, EngineOptions::default())
+    }
+
+    /// An engine on `ctx`'s device with the given size limits (each at most the device's).
+    pub fn with_options(ctx: &GpuContext, options: EngineOptions) -> Result<Self> {
+        let device = ctx.device.clone();
+        let limits = device.limits();
+        let max_binding = options
+            .max_binding_bytes
+            .unwrap_or(u64::MAX)
+            .min(limits.max_storage_buffer_binding_size);
+        let max_buffer = options
+            .max_buffer_bytes
+            .unwrap_or(u64::MAX)
+            .min(limits.max_buffer_size);
+        let uniform = wgpu::BufferBindingType::Uniform;
+        // Binding order = position in these lists; the shaders declare the same order.
+        let grid_layout = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
+            label: Some("softvi.grid_backup"),
+            entries: &layout_entries(&[
+                uniform,        // params
+                storage(true),  // move_mask
+                storage(true),  // fixed_bits
+                storage(true),  // reward
+                storage(true),  // v_in
+                storage(false), // v_out / policy
+                storage(false), // partials
+            ]),
+        });
+        let reduce_layout = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
+            label: Some("softvi.residual_reduce"),
+            entries: &layout_entries(&[
+                uniform,        // params
+                storage(true),  // partials
+                storage(false), // checks
+                storage(false), // control
+            ]),
+        });
+        let pipeline_layout = |label, layout| {
+            device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
+                label: Some(label),
+                bind_group_layouts: &[Some(layout)],
+                immediate_size: 0,
+            })
+        };
+        let grid_pipeline_layout = pipeline_layout("softvi.grid_backup", &grid_layout);
+        let reduce_pipeline_layout = pipeline_layout("softvi.residual_reduce", &reduce_layout);
+        let grid_module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
+            label: Some("softvi.grid_backup"),
+            source: wgpu::ShaderSource::Wgsl(GRID_BACKUP_WGSL.into()),
+        });
+        let reduce_module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
+            label: Some("softvi.residual_reduce"),
+            source: wgpu::ShaderSource::Wgsl(RESIDUAL_REDUCE_WGSL.into()),
+        });
+        let reduce_stage = |entry: &str| {
+            device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+                label: Some(&format!("softvi.{entry}")),
+                layout: Some(&reduce_pipeline_layout),
+                module: &reduce_module,
+                entry_point: Some(entry),
+                compilation_options: Default::default(),
+                cache: None,
+            })
+        };
+        let reduce_pipeline = reduce_stage("residual_reduce");
+        let decide_pipeline = reduce_stage("convergence_decide");
+        Ok(Self {
+            queue: ctx.queue.clone(),
+            adapter_label: ctx.adapter_label(),
+            grid_module,
+            grid_layout,
+            grid_pipeline_layout,
+            grid_pipelines: HashMap::new(),
+            reduce_layout,
+            reduce_pipeline,
+            decide_pipeline,
+            pool: BufferPool::default(),
+            max_binding,
+            max_buffer,
+            storage_align: limits.min_storage_buffer_offset_alignment as u64,
+            uniform_stride: (size_of::<GridParams>() as u64)
+                .next_multiple_of(limits.min_uniform_buffer_offset_alignment as u64),
+            device,
+        })
+    }
+
+    /// `"<adapter name> (<backend>)"` of the device this engine runs on.
+    pub fn adapter_label(&self) -> &str {
+        &self.adapter_label
+    }
+
+    fn grid_pipeline(&mut self, key: GridPipelineKey) -> wgpu::ComputePipeline {
+        if let Some(p) = self.grid_pipelines.get(&key) {
+            return p.clone();
+        }
+        let entry = if key.policy {
+            "grid_policy"
+        } else {
+            "grid_backup"
+        };
+        let flag = |b: bool| if b { 1.0 } else { 0.0 };
+        let constants = [
+            ("ACTION_COUNT", key.action_count as f64),
+            ("OPTIMISTIC", flag(key.optimistic)),
+            ("HARD_MAX", flag(key.hard_max)),
+            ("WRITE_RESIDUAL", flag(key.write_residual)),
+        ];
+        let pipeline = self
+            .device
+            .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+                label: Some(&format!("softvi.{entry}")),
+                layout: Some(&self.grid_pipeline_layout),
+                module: &self.grid_module,
+                entry_point: Some(entry),
+                compilation_options: wgpu::PipelineCompilationOptions {
+                    constants: &constants,
+                    zero_initialize_workgroup_memory: false,
+                },
+                cache: None,
+            });
+        self.grid_pipelines.insert(key, pipeline.clone());
+        pipeline
+    }
+
+    /// Tasks solved together so that one value array fits the adapter's buffer limit.
+    fn tasks_per_chunk(&self, cells: usize) -> Result<usize> {
+        let task_bytes = cells as u64 * 4;
+        let budget = self.max_buffer.min(MAX_CHUNK_BYTES);
+        ensure!(
+            task_bytes <= budget,
+            "a grid of {cells} cells needs {task_bytes} bytes per value array, over the limit of \
+             {budget} bytes (adapter max_buffer_size {} bytes)",
+            self.max_buffer
+        );
+        Ok(((budget / task_bytes) as usize).min(MAX_TASKS_PER_CHUNK))
+    }
+
+    /// Solves every task of `problem`; the result has the same layout and meaning as
+    /// [`crate::solve::solve_cpu`]'s.
+    pub fn solve(&mut self, problem: &GridProblem, options: &SolveOptions) -> Result<Solution> {
+        let start = Instant::now();
+        problem.validate()?;
+        options.validate()?;
+        let inputs = GridInputs::new(problem, options);
+        let cells = inputs.cells();
+        let per_chunk = self.tasks_per_chunk(cells)?;
+        let fixed_bits = inputs.fixed_bits();
+        let mut values = Vec::with_capacity(inputs.tasks * cells);
+        let mut policy = options.policy.then(Vec::new);
+        let (mut iterations, mut residual) = (Vec::new(), Vec::new());
+        let mut status = Vec::new();
+        for t0 in (0..inputs.tasks).step_by(per_chunk) {
+            let tasks = t0..(t0 + per_chunk).min(inputs.tasks);
+            let chunk = self
+                .solve_chunk(&inputs, &fixed_bits, tasks.clone(), options)
+                .with_context(|| {
+                    format!("GPU solve of tasks {tasks:?} on {}", self.adapter_label)
+                })?;
+            values.extend_from_slice(&chunk.values);
+            match (&mut policy, chunk.policy) {
+                (Some(all), Some(part)) => all.extend_from_slice(&part),
+                _ => policy = None,
+            }
+            iterations.extend(std::iter::repeat_n(chunk.iterations, tasks.len()));
+            status.extend(final_status(options, &chunk.verdict, &chunk.residual));
+            residual.extend(chunk.residual);
+        }
+        mark_special_cells(&inputs, &mut values, policy.as_deref_mut());
+        Ok(Solution {
+            height: inputs.height,
+            width: inputs.width,
+            action_count: inputs.action_count,
+            values,
+            policy,
+            iterations,
+            residual,
+            status,
+            unreachable: inputs.unreachable.clone(),
+            seconds: start.elapsed().as_secs_f64(),
+        })
+    }
+
+    fn grid_params(&self, inputs: &GridInputs, chunk_tasks: usize) -> GridParams {
+        let (w, h) = (inputs.width as u32, inputs.height as u32);
+        let groups_x = w.div_ceil(WORKGROUP_X);
+        let alpha = inputs.alpha as f32;
+        let mut step_cost = [[0.0f32; 4]; 3];
+        let mut move_offset = [[0i32; 4]; 3];
+        for a in 0..inputs.action_count {
+            step_cost[a / 4][a % 4] = inputs.step_cost[a] as f32;
+            move_offset[a / 4][a % 4] = inputs.move_offset[a];
+        }
+        let _ = chunk_tasks;
+        GridParams {
+            width: w,
+            height: h,
+            cells_per_task: w * h,
+            fixed_words_per_task: inputs.fixed_words_per_task() as u32,
+            groups_x,
+            groups_per_task: groups_x * h.div_ceil(WORKGROUP_Y),
+            gamma: inputs.gamma as f32,
+            slip: inputs.slip as f32,
+            alpha_ln2: alpha * std::f32::consts::LN_2,
+            log2e_over_alpha: if alpha > 0.0 {
+                std::f32::consts::LOG2_E / alpha
+            } else {
+                0.0
+            },
+            slip_share: (inputs.slip / inputs.action_count as f64) as f32,
+            step_cost,
+            move_offset,
+            ..Default::default()
+        }
+    }
+
+    /// Params and binding windows of `band` for a chunk of `tasks` tasks, with the output
+    /// array holding `out_per_cell` values per cell (1 for V, |A| for the policy).
+    fn band_windows(
+        &self,
+        inputs: &GridInputs,
+        base: &GridParams,
+        tasks: usize,
+        band: &Band,
+    ) -> (GridParams, [Window; 4]) {
+        let (w, h, cells) = (
+            inputs.width as u64,
+            inputs.height as u64,
+            inputs.cells() as u64,
+        );
+        let wpt = inputs.fixed_words_per_task() as u64;
+        let (t0, t_last) = (
+            band.task_base as u64,
+            (band.task_base + band.task_count - 1) as u64,
+        );
+        let (r0, r1) = (
+            band.row_base as u64,
+            (band.row_base + band.row_count) as u64,
+        );
+        let align = self.storage_align;
+        let mask = window(r0 * w, r1 * w, cells, align);
+        let fixed = window(
+            t0 * wpt + r0 * w / 32,
+            t_last * wpt + (r1 * w).div_ceil(32),
+            tasks as u64 * wpt,
+            align,
+        );
+        let v_in = window(
+            t0 * cells + r0.saturating_sub(1) * w,
+            t_last * cells + (r1 + 1).min(h) * w,
+            tasks as u64 * cells,
+            align,
+        );
+        let out = window(
+            t0 * cells + r0 * w,
+            t_last * cells + r1 * w,
+            tasks as u64 * cells,
+            align,
+        );
+        let params = GridParams {
+            task_base: band.task_base as u32,
+            row_base: band.row_base as u32,
+            row_count: band.row_count as u32,
+            mask_origin: mask.origin as u32,
+            fixed_origin: fixed.origin as u32,
+            v_in_origin: v_in.origin as u32,
+            out_origin: out.origin as u32,
+            ..*base
+        };
+        (params, [mask, fixed, v_in, out])
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn grid_bind_group(
+        &self,
+        params: (&wgpu::Buffer, u64),
+        windows: &[Window; 4],
+        mask: &wgpu::Buffer,
+        fixed: &wgpu::Buffer,
+        reward: &wgpu::Buffer,
+        v_in: &wgpu::Buffer,
+        out: (&wgpu::Buffer, u64, u64),
+        partials: &wgpu::Buffer,
+    ) -> wgpu::BindGroup {
+        let [mask_w, fixed_w, v_in_w, out_w] = windows;
+        fn bind(buffer: &wgpu::Buffer, offset: u64, size: u64) -> wgpu::BindingResource<'_> {
+            wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                buffer,
+                offset,
+                size: wgpu::BufferSize::new(size),
+            })
+        }
+        let resources = [
+            bind(params.0, params.1, size_of::<GridParams>() as u64),
+            bind(mask, mask_w.offset, mask_w.size),
+            bind(fixed, fixed_w.offset, fixed_w.size),
+            bind(reward, out_w.offset, out_w.size),
+            bind(v_in, v_in_w.offset, v_in_w.size),
+            bind(out.0, out.1, out.2),
+            partials.as_entire_binding(),
+        ];
+        let entries: Vec<wgpu::BindGroupEntry> = resources
+            .into_iter()
+            .enumerate()
+            .map(|(i, resource)| wgpu::BindGroupEntry {
+                binding: i as u32,
+                resource,
+            })
+            .collect();
+        self.device.create_bind_group(&wgpu::BindGroupDescriptor {
+            label: Some("softvi.grid_backup"),
+            layout: &self.grid_layout,
+            entries: &entries,
+        })
+    }
+
+    fn solve_chunk(
+        &mut self,
+        inputs: &GridInputs,
+        fixed_bits: &[u32],
+        tasks: Range<usize>,
+        options: &SolveOptions,
+    ) -> Result<ChunkResult> {
+        use wgpu::BufferUsages as U;
+        let n = tasks.len();
+        let cells = inputs.cells();
+        let wpt = inputs.fixed_words_per_task();
+        let n_actions = inputs.action_count;
+        let bands = plan_bands(n, inputs.height, inputs.width, 4, self.max_binding)?;
+        let policy_bands = if options.policy {
+            plan_bands(
+                n,
+                inputs.height,
+                inputs.width,
+                4 * n_actions as u64,
+                self.max_binding,
+            )?
+        } else {
+            Vec::new()
+        };
+        let base = self.grid_params(inputs, n);
+        let groups_per_task = base.groups_per_task as u64;
+        let partial_bytes = n as u64 * groups_per_task * 16;
+        ensure!(
+            partial_bytes <= self.max_binding,
+            "residual partials need {partial_bytes} bytes, over the adapter's \
+             max_storage_buffer_binding_size of {} bytes",
+            self.max_binding
+        );
+
+        // Buffers (pooled across solves).
+        let device = self.device.clone();
+        let v_bytes = (n * cells * 4) as u64;
+        let values = [
+            self.pool.get(
+                &device,
+                "softvi.values_a",
+                v_bytes,
+                U::STORAGE | U::COPY_SRC | U::COPY_DST,
+            ),
+            self.pool.get(
+                &device,
+                "softvi.values_b",
+                v_bytes,
+                U::STORAGE | U::COPY_SRC | U::COPY_DST,
+            ),
+        ];
+        let mask = self.pool.get(
+            &device,
+            "softvi.move_mask",
+            cells as u64 * 4,
+            U::STORAGE | U::COPY_DST,
+        );
+        let fixed = self.pool.get(
+            &device,
+            "softvi.fixed_bits",
+            (n * wpt * 4) as u64,
+            U::STORAGE | U::COPY_DST,
+        );
+        let reward = self
+            .pool
+            .get(&device, "softvi.reward", v_bytes, U::STORAGE | U::COPY_DST);
+        let partials = self
+            .pool
+            .get(&device, "softvi.partials", partial_bytes, U::STORAGE);
+        let checks = self.pool.get(
+            &device,
+            "softvi.checks",
+            (MAX_CHECKS_PER_SUBMIT * n * 16) as u64,
+            U::STORAGE | U::COPY_SRC,
+        );
+        let control_bytes = CONTROL_HEADER_BYTES + 12 * bands.len() as u64;
+        let control = self.pool.get(
+            &device,
+            "softvi.control",
+            control_bytes,
+            U::STORAGE | U::INDIRECT | U::COPY_DST | U::COPY_SRC,
+        );
+        let slots = (bands.len() + policy_bands.len()) as u64;
+        let params_buf = self.pool.get(
+            &device,
+            "softvi.grid_params",
+            slots * self.uniform_stride,
+            U::UNIFORM | U::COPY_DST,
+        );
+        let reduce_params = self.pool.get(
+            &device,
+            "softvi.reduce_params",
+            16,
+            U::UNIFORM | U::COPY_DST,
+        );
+
+        // Uploads.
+        let q = self.queue.clone();
+        q.write_buffer(&mask, 0, bytemuck::cast_slice(&inputs.move_mask));
+        q.write_buffer(
+            &fixed,
+            0,
+            bytemuck::cast_slice(&fixed_bits[tasks.start * wpt..tasks.end * wpt]),
+        );
+        q.write_buffer(
+            &reward,
+            0,
+            bytemuck::cast_slice(&inputs.reward[tasks.start * cells..tasks.end * cells]),
+        );
+        let tol = match options.horizon {
+            Horizon::Infinite { tol, .. } => tol as f32,
+            Horizon::Finite(_) => -1.0,
+        };
+        let reduce = ReduceParams {
+            task_count: n as u32,
+            groups_per_task: groups_per_task as u32,
+            band_count: bands.len() as u32,
+            tol,
+        };
+        q.write_buffer(&reduce_params, 0, bytemuck::bytes_of(&reduce));
+        let mut control_init = vec![0u32, NOT_CONVERGED, 0, 0];
+        let mut sweep_groups = Vec::new();
+        for (b, band) in bands.iter().enumerate() {
+            let (params, windows) = self.band_windows(inputs, &base, n, band);
+            q.write_buffer(
+                &params_buf,
+                b as u64 * self.uniform_stride,
+                bytemuck::bytes_of(&params),
+            );
+            let groups = [
+                base.groups_x,
+                (band.row_count as u32).div_ceil(WORKGROUP_Y),
+                band.task_count as u32,
+            ];
+            control_init.extend_from_slice(&groups);
+            let out = windows[3];
+            let group = |p: usize| {
+                self.grid_bind_group(
+                    (&params_buf, b as u64 * self.uniform_stride),
+                    &windows,
+                    &mask,
+                    &fixed,
+                    &reward,
+                    &values[p],
+                    (&values[1 - p], out.offset, out.size),
+                    &partials,
+                )
+            };
+            sweep_groups.push([group(0), group(1)]);
+        }
+        q.write_buffer(&control, 0, bytemuck::cast_slice(&control_init));
+        let reduce_group = self.device.create_bind_group(&wgpu::BindGroupDescriptor {
+            label: Some("softvi.residual_reduce"),
+            layout: &self.reduce_layout,
+            entries: &[
+                wgpu::BindGroupEntry {
+                    binding: 0,
+                    resource: reduce_params.as_entire_binding(),
+                },
+                wgpu::BindGroupEntry {
+                    binding: 1,
+                    resource: partials.as_entire_binding(),
+                },
+                wgpu::BindGroupEntry {
+                    binding: 2,
+                    resource: checks.as_entire_binding(),
+                },
+                wgpu::BindGroupEntry {
+                    binding: 3,
+                    resource: control.as_entire_binding(),
+                },
+            ],
+        });
+        let key = GridPipelineKey {
+            policy: false,
+            action_count: n_actions as u32,
+            optimistic: inputs.backup == Backup::Optimistic,
+            hard_max: inputs.alpha == 0.0,
+            write_residual: false,
+        };
+        let sweep = self.grid_pipeline(key);
+        let sweep_checked = self.grid_pipeline(GridPipelineKey {
+            write_residual: true,
+            ..key
+        });
+
+        let mut encoder = self.device.create_command_encoder(&Default::default());
+        encoder.clear_buffer(&values[0], 0, Some(v_bytes));
+        encoder.clear_buffer(&values[1], 0, Some(v_bytes));
+        self.queue.submit([encoder.finish()]);
+
+        // Sweeps: each submission records several check windows; a converged check zeroes
+        // the indirect arguments so that the remaining sweeps of the submission are empty.
+        let windows = check_windows(sweep_budget(&options.horizon));
+        let mut monitor = ConvergenceMonitor::new(options, n);
+        let mut verdict = Verdict::Continue;
+        let mut residual = vec![0.0; n];
+        let (mut next_window, mut sweeps, mut per_submit) = (0usize, 0u32, 1usize);
+        while next_window < windows.len() && verdict == Verdict::Continue {
+            let batch = &windows[next_window..(next_window + per_submit).min(windows.len())];
+            next_window += batch.len();
+            per_submit = (per_submit * 2).min(MAX_CHECKS_PER_SUBMIT);
+            q.write_buffer(&control, 0, bytemuck::bytes_of(&0u32));
+            let mut encoder = self.device.create_command_encoder(&Default::default());
+            {
+                let mut pass = encoder.begin_compute_pass(&Default::default());
+                let mut parity = (sweeps % 2) as usize;
+                for &len in batch {
+                    for i in 0..len {
+                        pass.set_pipeline(if i + 1 == len { &sweep_checked } else { &sweep });
+                        for (b, groups) in sweep_groups.iter().enumerate() {
+                            pass.set_bind_group(0, &groups[parity], &[]);
+                            pass.dispatch_workgroups_indirect(
+                                &control,
+                                CONTROL_HEADER_BYTES + 12 * b as u64,
+                            );
+                        }
+                        parity = 1 - parity;
+                    }
+                    pass.set_bind_group(0, &reduce_group, &[]);
+                    pass.set_pipeline(&self.reduce_pipeline);
+                    pass.dispatch_workgroups(n as u32, 1, 1);
+                    pass.set_pipeline(&self.decide_pipeline);
+                    pass.dispatch_workgroups(1, 1, 1);
+                }
+            }
+            let check_bytes = (batch.len() * n * 16) as u64;
+            let staging = self.pool.get(
+                &device,
+                "softvi.check_staging",
+                (MAX_CHECKS_PER_SUBMIT * n * 16) as u64 + CONTROL_HEADER_BYTES,
+                U::MAP_READ | U::COPY_DST,
+            );
+            encoder.copy_buffer_to_buffer(&control, 0, &staging, 0, CONTROL_HEADER_BYTES);
+            encoder.copy_buffer_to_buffer(&checks, 0, &staging, CONTROL_HEADER_BYTES, check_bytes);
+            self.queue.submit([encoder.finish()]);
+            let bytes = self.map_read(&staging, CONTROL_HEADER_BYTES + check_bytes)?;
+            let header: &[u32] = bytemuck::cast_slice(&bytes[..CONTROL_HEADER_BYTES as usize]);
+            let converged_check = header[1];
+            let stats: &[[f32; 4]] = bytemuck::cast_slice(&bytes[CONTROL_HEADER_BYTES as usize..]);
+            for (j, &len) in batch.iter().enumerate() {
+                sweeps += len;
+                let check: Vec<SweepStats> = stats[j * n..(j + 1) * n]
+                    .iter()
+                    .map(|s| SweepStats {
+                        max_abs_delta: s[0] as f64,
+                        min_delta: s[1] as f64,
+                        max_abs_value: s[2] as f64,
+                        active: s[3] > 0.0,
+                    })
+                    .collect();
+                residual = check.iter().map(|s| s.max_abs_delta).collect();
+                if converged_check == j as u32 {
+                    verdict = Verdict::Converged;
+                    break;
+                }
+                // The GPU decided convergence on the same figures; the monitor adds divergence.
+                if let Verdict::Diverged(t) = monitor.observe(&check) {
+                    verdict = Verdict::Diverged(t);
+                    break;
+                }
+            }
+        }
+
+        let v_final = &values[(sweeps % 2) as usize];
+        let values_out: Vec<f32> =
+            bytemuck::cast_slice(&self.read_buffer(v_final, 0, v_bytes)?).to_vec();
+        let policy = if options.policy && !matches!(verdict, Verdict::Diverged(_)) {
+            let from = match options.horizon {
+                Horizon::Finite(_) => &values[((sweeps + 1) % 2) as usize],
+                Horizon::Infinite { .. } => v_final,
+            };
+            let key = GridPipelineKey {
+                policy: true,
+                ..key
+            };
+            let pipeline = self.grid_pipeline(key);
+            let mut policy = vec![0.0f32; n * cells * n_actions];
+            for (i, band) in policy_bands.iter().enumerate() {
+                let slot = (bands.len() + i) as u64 * self.uniform_stride;
+                let (params, windows) = self.band_windows(inputs, &base, n, band);
+                q.write_buffer(&params_buf, slot, bytemuck::bytes_of(&params));
+                let first = (band.task_base * cells + band.row_base * inputs.width) as u64;
+                let end = ((band.task_base + band.task_count - 1) * cells
+                    + (band.row_base + band.row_count) * inputs.width)
+                    as u64;
+                let out_bytes = (end - windows[3].origin) * n_actions as u64 * 4;
+                let out = self.pool.get(
+                    &device,
+                    "softvi.policy",
+                    out_bytes,
+                    U::STORAGE | U::COPY_SRC,
+                );
+                let group = self.grid_bind_group(
+                    (&params_buf, slot),
+                    &windows,
+                    &mask,
+                    &fixed,
+                    &reward,
+                    from,
+                    (&out, 0, out_bytes),
+                    &partials,
+                );
+                let mut encoder = self.device.create_command_encoder(&Default::default());
+                {
+                    let mut pass = encoder.begin_compute_pass(&Default::default());
+                    pass.set_pipeline(&pipeline);
+                    pass.set_bind_group(0, &group, &[]);
+                    pass.dispatch_workgroups(
+                        base.groups_x,
+                        (band.row_count as u32).div_ceil(WORKGROUP_Y),
+                        band.task_count as u32,
+                    );
+                }
+                self.queue.submit([encoder.finish()]);
+                let skip = (first - windows[3].origin) * n_actions as u64 * 4;
+                let bytes = self.read_buffer(&out, skip, out_bytes - skip)?;
+                let dst = first as usize * n_actions;
+                policy[dst..dst + bytes.len() / 4].copy_from_slice(bytemuck::cast_slice(&bytes));
+            }
+            Some(policy)
+        } else {
+            None
+        };
+        Ok(ChunkResult {
+            values: values_out,
+            policy,
+            iterations: sweeps,
+            residual,
+            verdict,
+        })
+    }
+
+    /// Copies `size` bytes of `src` from `offset` to the host through a pooled staging buffer.
+    fn read_buffer(&mut self, src: &wgpu::Buffer, offset: u64, size: u64) -> Result<Vec<u8>> {
+        let mut out = Vec::with_capacity(size as usize);
+        let staging_size = size.min(STAGING_BYTES).next_multiple_of(4);
+        let staging = self.pool.get(
+            &self.device,
+            "softvi.staging",
+            staging_size,
+            wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+        );
+        let mut done = 0;
+        while done < size {
+            let part = (size - done).min(staging_size);
+            let mut encoder = self.device.create_command_encoder(&Default::default());
+            encoder.copy_buffer_to_buffer(src, offset + done, &staging, 0, part);
+            self.queue.submit([encoder.finish()]);
+            out.extend_from_slice(&self.map_read(&staging, part)?);
+            done += part;
+        }
+        Ok(out)
+    }
+
+    /// Maps the first `size` bytes of a MAP_READ buffer after all submitted work and copies
+    /// them out.
+    fn map_read(&self, staging: &wgpu::Buffer, size: u64) -> Result<Vec<u8>> {
+        let slice = staging.slice(..size);
+        let (sender, receiver) = std::sync::mpsc::channel();
+        slice.map_async(wgpu::MapMode::Read, move |r| {
+            let _ = sender.send(r);
+        });
+        self.device
+            .poll(wgpu::PollType::wait_indefinitely())
+            .map_err(|e| anyhow!("waiting for the GPU failed: {e}"))?;
+        receiver
+            .recv()
+            .context("GPU readback was dropped")?
+            .map_err(|e| anyhow!("mapping a readback buffer failed: {e}"))?;
+        let bytes = slice
+            .get_mapped_range()
+            .map_err(|e| anyhow!("reading a mapped buffer failed: {e:?}"))?
+            .to_vec();
+        staging.unmap();
+        Ok(bytes)
+    }
+}

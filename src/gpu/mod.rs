@@ -1,0 +1,7 @@
+//! The wgpu path: adapter selection and the gridworld engine.
+
+pub mod context;
+pub mod grid_engine;
+
+pub use context::GpuContext;
+pub use grid_engine::{EngineOptions, GridEngine};

@@ -1,0 +1,167 @@
+//! NumPy `.npy` files (format 1.0 / 2.0, little-endian, C order): float32 writing, float
+//! reading.
+
+use std::io::Write;
+use std::path::Path;
+
+use anyhow::{Context, Result, bail, ensure};
+
+/// An array read from a `.npy` file, converted to f32.
+#[derive(Clone, Debug, PartialEq)]
+pub struct NpyArray {
+    /// Shape, outermost first.
+    pub shape: Vec<usize>,
+    /// Values in C order.
+    pub data: Vec<f32>,
+}
+
+/// Encodes a float32 array of `shape` (C order) as `.npy` bytes.
+pub fn encode_f32(shape: &[usize], data: &[f32]) -> Vec<u8> {
+    debug_assert_eq!(shape.iter().product::<usize>(), data.len());
+    let dims: Vec<String> = shape.iter().map(|d| d.to_string()).collect();
+    let shape_text = match dims.len() {
+        1 => format!("({},)", dims[0]),
+        _ => format!("({})", dims.join(", ")),
+    };
+    let mut header = format!("{{'descr': '<f4', 'fortran_order': False, 'shape': {shape_text}, }}");
+    // Magic (6) + version (2) + length (2) + header + '\n' is a multiple of 64.
+    let unpadded = 10 + header.len() + 1;
+    header.push_str(&" ".repeat(unpadded.next_multiple_of(64) - unpadded));
+    header.push('\n');
+    let mut out = Vec::with_capacity(10 + header.len() + data.len() * 4);
+    out.extend_from_slice(b"\x93NUMPY\x01\x00");
+    out.extend_from_slice(&(header.len() as u16).to_le_bytes());
+    out.extend_from_slice(header.as_bytes());
+    for v in data {
+        out.extend_from_slice(&v.to_le_bytes());
+    }
+    out
+}
+
+/// Writes a float32 `.npy` file.
+pub fn write_f32(path: &Path, shape: &[usize], data: &[f32]) -> Result<()> {
+    let mut file =
+        std::fs::File::create(path).with_context(|| format!("cannot create {}", path.display()))?;
+    file.write_all(&encode_f32(shape, data))
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(())
+}
+
+/// Reads a float32 or float64 `.npy` file as f32.
+pub fn read_float(path: &Path) -> Result<NpyArray> {
+    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    decode_float(&bytes).with_context(|| format!("{} is not a usable .npy file", path.display()))
+}
+
+/// Decodes `.npy` bytes holding float32 or float64 values (little-endian, C order).
+pub fn decode_float(bytes: &[u8]) -> Result<NpyArray> {
+    ensure!(
+        bytes.len() >= 10 && &bytes[..6] == b"\x93NUMPY",
+        "missing the NumPy magic bytes"
+    );
+    let (header_start, header_len) = match bytes[6] {
+        1 => (10, u16::from_le_bytes([bytes[8], bytes[9]]) as usize),
+        2 | 3 => {
+            ensure!(bytes.len() >= 12, "truncated header");
+            (
+                12,
+                u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize,
+            )
+        }
+        v => bail!("unsupported .npy format version {v}"),
+    };
+    ensure!(bytes.len() >= header_start + header_len, "truncated header");
+    let header = std::str::from_utf8(&bytes[header_start..header_start + header_len])
+        .context("header is not text")?;
+    let field = |key: &str| -> Result<&str> {
+        let at = header
+            .find(&format!("'{key}'"))
+            .with_context(|| format!("header has no '{key}'"))?;
+        Ok(header[at + key.len() + 2..]
+            .trim_start()
+            .trim_start_matches(':')
+            .trim_start())
+    };
+    let descr = field("descr")?;
+    let width = if descr.starts_with("'<f4'") {
+        4
+    } else if descr.starts_with("'<f8'") {
+        8
+    } else {
+        bail!(
+            "dtype {} is not float32 or float64 (little-endian)",
+            descr.split(',').next().unwrap_or("")
+        );
+    };
+    ensure!(
+        field("fortran_order")?.starts_with("False"),
+        "Fortran-ordered arrays are not supported"
+    );
+    let shape_text = field("shape")?;
+    let close = shape_text.find(')').context("malformed shape")?;
+    let shape: Vec<usize> = shape_text[1..close]
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|s| {
+            s.parse::<usize>()
+                .with_context(|| format!("malformed shape entry {s:?}"))
+        })
+        .collect::<Result<_>>()?;
+    let count: usize = shape.iter().product();
+    let body = &bytes[header_start + header_len..];
+    ensure!(
+        body.len() == count * width,
+        "shape {shape:?} needs {} data bytes, the file has {}",
+        count * width,
+        body.len()
+    );
+    let data = if width == 4 {
+        body.chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect()
+    } else {
+        body.chunks_exact(8)
+            .map(|b| f64::from_le_bytes(b.try_into().expect("8-byte chunk")) as f32)
+            .collect()
+    };
+    Ok(NpyArray { shape, data })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip_and_header_alignment() {
+        let data: Vec<f32> = (0..24).map(|i| i as f32 * 0.5).collect();
+        let bytes = encode_f32(&[2, 3, 4], &data);
+        let header_len = u16::from_le_bytes([bytes[8], bytes[9]]) as usize;
+        assert_eq!((10 + header_len) % 64, 0);
+        let back = decode_float(&bytes).unwrap();
+        assert_eq!(
+            back,
+            NpyArray {
+                shape: vec![2, 3, 4],
+                data
+            }
+        );
+        let one = decode_float(&encode_f32(&[3], &[1.0, 2.0, 3.0])).unwrap();
+        assert_eq!(one.shape, vec![3]);
+    }
+
+    #[test]
+    fn rejects_wrong_dtype_and_size() {
+        let mut bytes = encode_f32(&[2], &[1.0, 2.0]);
+        bytes.pop();
+        assert!(
+            decode_float(&bytes)
+                .unwrap_err()
+                .to_string()
+                .contains("data bytes")
+        );
+        let text = String::from_utf8_lossy(&encode_f32(&[1], &[0.0])).replace("<f4", "<i4");
+        let err = decode_float(text.as_bytes()).unwrap_err().to_string();
+        assert!(err.contains("<i4"), "{err}");
+    }
+}

@@ -1,0 +1,163 @@
+//! CPU reference: plain f64 twins of the WGSL kernels, written to read like them. The tests
+//! take these as the truth for the GPU path, and `--backend cpu` runs them.
+//!
+//! `shaders/grid_backup.wgsl::grid_backup` <-> [`grid_backup`],
+//! `shaders/grid_backup.wgsl::grid_policy` <-> [`grid_policy`],
+//! `shaders/residual_reduce.wgsl` <-> [`SweepStats`].
+
+// Index loops mirror the WGSL loops line by line, so a reviewer can diff them by eye.
+#![allow(clippy::needless_range_loop)]
+
+use crate::layout::GridInputs;
+use crate::problem::Backup;
+
+/// Two Q values closer than this (relative to max(1, |max Q|)) tie for the hard-max policy;
+/// the first maximising action wins. Same constant as `TIE_RELATIVE` in the shader.
+pub const TIE_RELATIVE: f64 = 1e-5;
+
+/// Residual statistics of one sweep for one task, as the GPU reduction produces them.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct SweepStats {
+    /// `max_s |V_new(s) - V_old(s)|` over updated cells.
+    pub max_abs_delta: f64,
+    /// `min_s (V_new(s) - V_old(s))` over updated cells (+inf when none).
+    pub min_delta: f64,
+    /// `max_s |V_new(s)|` over updated cells.
+    pub max_abs_value: f64,
+    /// Whether any cell was updated.
+    pub active: bool,
+}
+
+impl Default for SweepStats {
+    fn default() -> Self {
+        Self {
+            max_abs_delta: 0.0,
+            min_delta: f64::INFINITY,
+            max_abs_value: 0.0,
+            active: false,
+        }
+    }
+}
+
+impl SweepStats {
+    /// Adds one updated cell.
+    pub fn observe(&mut self, v_old: f64, v_new: f64) {
+        let delta = v_new - v_old;
+        self.max_abs_delta = self.max_abs_delta.max(delta.abs());
+        self.min_delta = self.min_delta.min(delta);
+        self.max_abs_value = self.max_abs_value.max(v_new.abs());
+        self.active = true;
+        if !v_new.is_finite() {
+            self.max_abs_value = f64::INFINITY;
+            self.max_abs_delta = f64::INFINITY;
+        }
+    }
+}
+
+/// Q(s, a) for every action of `cell` in `task` from the next values `v_in` `[task][row][col]`.
+pub fn action_values(inputs: &GridInputs, task: usize, cell: usize, v_in: &[f64], q: &mut [f64]) {
+    let n_actions = inputs.action_count;
+    let mask = inputs.move_mask[cell];
+    let v_base = task * inputs.cells();
+    let mut next = [0.0f64; 9];
+    let mut total = 0.0;
+    let mut top = f64::NEG_INFINITY;
+    for a in 0..n_actions {
+        let mut dest = cell;
+        if (mask >> a) & 1 != 0 {
+            dest = (cell as i64 + inputs.move_offset[a] as i64) as usize;
+        }
+        next[a] = v_in[v_base + dest];
+        total += next[a];
+        top = top.max(next[a]);
+    }
+    let r = inputs.reward[v_base + cell] as f64;
+    let (gamma, slip, alpha) = (inputs.gamma, inputs.slip, inputs.alpha);
+    let slip_share = slip / n_actions as f64;
+    match inputs.backup {
+        Backup::Optimistic => {
+            let mut weight = [0.0f64; 9];
+            let mut mass = 0.0;
+            for a in 0..n_actions {
+                weight[a] = ((next[a] - top) * gamma / alpha).exp();
+                mass += weight[a];
+            }
+            for a in 0..n_actions {
+                let inner = (1.0 - slip) * weight[a] + slip_share * mass;
+                q[a] = r - inputs.step_cost[a] + gamma * top + alpha * inner.ln();
+            }
+        }
+        Backup::Expected => {
+            for a in 0..n_actions {
+                q[a] =
+                    r - inputs.step_cost[a] + gamma * ((1.0 - slip) * next[a] + slip_share * total);
+            }
+        }
+    }
+}
+
+/// `V = alpha * log sum_a exp(Q / alpha)` computed stably, or `max_a Q` when alpha = 0.
+pub fn soft_max(alpha: f64, q: &[f64]) -> f64 {
+    let top = q.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    if alpha == 0.0 {
+        return top;
+    }
+    let total: f64 = q.iter().map(|&x| ((x - top) / alpha).exp()).sum();
+    top + alpha * total.ln()
+}
+
+/// One soft backup sweep over all tasks: `v_out = T(v_in)` on non-fixed cells (fixed cells are
+/// copied). Returns per-task residual statistics.
+pub fn grid_backup(inputs: &GridInputs, v_in: &[f64], v_out: &mut [f64]) -> Vec<SweepStats> {
+    let cells = inputs.cells();
+    let mut q = vec![0.0; inputs.action_count];
+    let mut stats = vec![SweepStats::default(); inputs.tasks];
+    for (task, task_stats) in stats.iter_mut().enumerate() {
+        for cell in 0..cells {
+            let index = task * cells + cell;
+            if inputs.fixed[index] {
+                v_out[index] = v_in[index];
+                continue;
+            }
+            action_values(inputs, task, cell, v_in, &mut q);
+            let v_new = soft_max(inputs.alpha, &q);
+            v_out[index] = v_new;
+            task_stats.observe(v_in[index], v_new);
+        }
+    }
+    stats
+}
+
+/// `pi(a|s) = exp((Q(s,a) - V(s)) / alpha)` from the next values `v_in`, written as
+/// `[task][row][col][action]`; one-hot on the first maximising action (ties within
+/// [`TIE_RELATIVE`]) when alpha = 0. Fixed cells get NaN.
+pub fn grid_policy(inputs: &GridInputs, v_in: &[f64]) -> Vec<f32> {
+    let cells = inputs.cells();
+    let n_actions = inputs.action_count;
+    let mut policy = vec![f32::NAN; inputs.tasks * cells * n_actions];
+    let mut q = vec![0.0; n_actions];
+    for task in 0..inputs.tasks {
+        for cell in 0..cells {
+            let index = task * cells + cell;
+            if inputs.fixed[index] {
+                continue;
+            }
+            action_values(inputs, task, cell, v_in, &mut q);
+            let out = &mut policy[index * n_actions..(index + 1) * n_actions];
+            if inputs.alpha == 0.0 {
+                let top = q.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+                let tie = top - TIE_RELATIVE * top.abs().max(1.0);
+                let first = q.iter().position(|&x| x >= tie).unwrap_or(0);
+                for (a, p) in out.iter_mut().enumerate() {
+                    *p = if a == first { 1.0 } else { 0.0 };
+                }
+            } else {
+                let v = soft_max(inputs.alpha, &q);
+                for (p, &qa) in out.iter_mut().zip(&q) {
+                    *p = ((qa - v) / inputs.alpha).exp() as f32;
+                }
+            }
+        }
+    }
+    policy
+}

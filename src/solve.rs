@@ -1,0 +1,252 @@
+//! What both backends share: the check schedule, convergence and divergence decisions, the
+//! result type, and the CPU-reference solve driver.
+
+use std::time::Instant;
+
+use anyhow::Result;
+
+use crate::layout::GridInputs;
+use crate::problem::{GridProblem, Horizon, SolveOptions};
+use crate::reference::{self, SweepStats};
+
+/// Sweeps between two convergence checks (the last window of a solve may be shorter).
+pub const CHECK_INTERVAL: u32 = 16;
+
+/// Consecutive checks at which every updated value of a task rose and its residual did not
+/// shrink before an undiscounted solve is declared diverged.
+pub const DIVERGENCE_PATIENCE: u32 = 8;
+
+/// A value beyond this magnitude means the iteration is running away (or about to overflow
+/// f32); the solve stops as diverged.
+pub const VALUE_LIMIT: f64 = 1e30;
+
+/// How a task's solve ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Status {
+    /// Residual reached `tol`.
+    Converged,
+    /// `max_iters` sweeps without reaching `tol`.
+    MaxIters,
+    /// Values grew without bound (no finite solution); no values are reported.
+    Diverged,
+    /// A finite horizon: exactly `T` backups.
+    Horizon,
+}
+
+impl Status {
+    /// The `summary.json` name.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Status::Converged => "converged",
+            Status::MaxIters => "max_iters",
+            Status::Diverged => "diverged",
+            Status::Horizon => "horizon",
+        }
+    }
+}
+
+/// Result of a batched gridworld solve.
+#[derive(Clone, Debug)]
+pub struct Solution {
+    /// Rows H.
+    pub height: usize,
+    /// Columns W.
+    pub width: usize,
+    /// Actions |A|.
+    pub action_count: usize,
+    /// `V_0` (finite horizon) or the converged V, `[task][row][col]`; NaN on blocked cells,
+    /// -inf on cells excluded as unreachable. Meaningless when a task diverged.
+    pub values: Vec<f32>,
+    /// `pi(a|s)`, `[task][row][col][action]`; NaN on blocked, terminal and excluded cells.
+    pub policy: Option<Vec<f32>>,
+    /// Backups applied, per task.
+    pub iterations: Vec<u32>,
+    /// `max_s |V_new - V_old|` of the last checked sweep, per task.
+    pub residual: Vec<f64>,
+    /// How each task ended.
+    pub status: Vec<Status>,
+    /// Free non-terminal cells with no path to a terminal, per task.
+    pub unreachable: Vec<u32>,
+    /// Wall time of the solve (s).
+    pub seconds: f64,
+}
+
+impl Solution {
+    /// Whether any task diverged.
+    pub fn diverged(&self) -> bool {
+        self.status.contains(&Status::Diverged)
+    }
+}
+
+/// Lengths of the check windows covering `total` sweeps: `CHECK_INTERVAL` each, the last one
+/// shorter; a check runs at the end of each window.
+pub fn check_windows(total: u32) -> Vec<u32> {
+    let mut windows = vec![CHECK_INTERVAL; (total / CHECK_INTERVAL) as usize];
+    if !total.is_multiple_of(CHECK_INTERVAL) {
+        windows.push(total % CHECK_INTERVAL);
+    }
+    windows
+}
+
+/// Total sweeps a solve may run: `T`, or `max_iters`.
+pub fn sweep_budget(horizon: &Horizon) -> u32 {
+    match *horizon {
+        Horizon::Finite(t) => t,
+        Horizon::Infinite { max_iters, .. } => max_iters,
+    }
+}
+
+/// Watches the per-task statistics of successive checks and says when to stop.
+#[derive(Clone, Debug)]
+pub struct ConvergenceMonitor {
+    tol: Option<f64>,
+    undiscounted: bool,
+    streak: Vec<u32>,
+    last_residual: Vec<f64>,
+}
+
+/// What a check decided.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Verdict {
+    /// Keep iterating.
+    Continue,
+    /// Every task's residual is within tol.
+    Converged,
+    /// These tasks diverged.
+    Diverged(Vec<usize>),
+}
+
+impl ConvergenceMonitor {
+    /// A monitor for `tasks` tasks under `options`.
+    pub fn new(options: &SolveOptions, tasks: usize) -> Self {
+        let tol = match options.horizon {
+            Horizon::Finite(_) => None,
+            Horizon::Infinite { tol, .. } => Some(tol),
+        };
+        Self {
+            tol,
+            undiscounted: options.excludes_unreachable(),
+            streak: vec![0; tasks],
+            last_residual: vec![f64::INFINITY; tasks],
+        }
+    }
+
+    /// Takes one check's per-task statistics.
+    ///
+    /// Divergence: a value beyond [`VALUE_LIMIT`] (or not finite); or, with gamma = 1, a task
+    /// whose updated values all rose while its residual did not shrink (by 0.1%) for
+    /// [`DIVERGENCE_PATIENCE`] consecutive checks: the growth mode of a soft Bellman operator
+    /// with no finite fixed point. A converging undiscounted solve either falls towards its
+    /// fixed point (values drop from 0) or approaches it with a shrinking residual.
+    pub fn observe(&mut self, stats: &[SweepStats]) -> Verdict {
+        let mut diverged = Vec::new();
+        for (t, s) in stats.iter().enumerate() {
+            let runaway = !(s.max_abs_value <= VALUE_LIMIT && s.max_abs_delta.is_finite());
+            let rising = self.undiscounted
+                && s.active
+                && s.min_delta > 0.0
+                && s.max_abs_delta >= self.last_residual[t] * (1.0 - 1e-3);
+            self.streak[t] = if rising { self.streak[t] + 1 } else { 0 };
+            if s.active {
+                self.last_residual[t] = s.max_abs_delta;
+            }
+            if runaway || self.streak[t] >= DIVERGENCE_PATIENCE {
+                diverged.push(t);
+            }
+        }
+        if !diverged.is_empty() {
+            return Verdict::Diverged(diverged);
+        }
+        match self.tol {
+            Some(tol) if stats.iter().all(|s| s.max_abs_delta <= tol) => Verdict::Converged,
+            _ => Verdict::Continue,
+        }
+    }
+}
+
+/// Final per-task statuses once iteration stopped after `verdict`.
+pub fn final_status(options: &SolveOptions, verdict: &Verdict, residual: &[f64]) -> Vec<Status> {
+    let within = |t: usize| match options.horizon {
+        Horizon::Infinite { tol, .. } => residual[t] <= tol,
+        Horizon::Finite(_) => false,
+    };
+    (0..residual.len())
+        .map(|t| match verdict {
+            Verdict::Diverged(tasks) if tasks.contains(&t) => Status::Diverged,
+            _ if matches!(options.horizon, Horizon::Finite(_)) => Status::Horizon,
+            _ if within(t) => Status::Converged,
+            _ => Status::MaxIters,
+        })
+        .collect()
+}
+
+/// Marks blocked cells NaN and excluded cells -inf in `values` `[task][row][col]`, and fixed
+/// cells NaN in `policy` `[task][row][col][action]`.
+pub fn mark_special_cells(inputs: &GridInputs, values: &mut [f32], policy: Option<&mut [f32]>) {
+    let cells = inputs.cells();
+    for (i, v) in values.iter_mut().enumerate() {
+        if !inputs.free[i % cells] {
+            *v = f32::NAN;
+        } else if inputs.excluded[i] {
+            *v = f32::NEG_INFINITY;
+        }
+    }
+    if let Some(policy) = policy {
+        let n = inputs.action_count;
+        for (i, &fixed) in inputs.fixed.iter().enumerate() {
+            if fixed {
+                policy[i * n..(i + 1) * n].fill(f32::NAN);
+            }
+        }
+    }
+}
+
+/// Solves `problem` with the CPU reference (f64 throughout, one thread).
+pub fn solve_cpu(problem: &GridProblem, options: &SolveOptions) -> Result<Solution> {
+    let start = Instant::now();
+    problem.validate()?;
+    options.validate()?;
+    let inputs = GridInputs::new(problem, options);
+    let mut v = vec![0.0f64; inputs.tasks * inputs.cells()];
+    let mut v_next = v.clone();
+    // Keeps V_{k-1}: the finite-horizon policy pi_0 is computed from V_1.
+    let mut monitor = ConvergenceMonitor::new(options, inputs.tasks);
+    let mut verdict = Verdict::Continue;
+    let mut sweeps = 0u32;
+    let mut residual = vec![0.0; inputs.tasks];
+    for window in check_windows(sweep_budget(&options.horizon)) {
+        let mut stats = Vec::new();
+        for _ in 0..window {
+            stats = reference::grid_backup(&inputs, &v, &mut v_next);
+            std::mem::swap(&mut v, &mut v_next);
+            sweeps += 1;
+        }
+        residual = stats.iter().map(|s| s.max_abs_delta).collect();
+        verdict = monitor.observe(&stats);
+        if verdict != Verdict::Continue {
+            break;
+        }
+    }
+    let status = final_status(options, &verdict, &residual);
+    // After the swap, v_next holds the values the last sweep read (V_1 for a finite horizon).
+    let policy_from = match options.horizon {
+        Horizon::Finite(_) => &v_next,
+        Horizon::Infinite { .. } => &v,
+    };
+    let mut policy = (options.policy && !status.contains(&Status::Diverged))
+        .then(|| reference::grid_policy(&inputs, policy_from));
+    let mut values: Vec<f32> = v.iter().map(|&x| x as f32).collect();
+    mark_special_cells(&inputs, &mut values, policy.as_deref_mut());
+    Ok(Solution {
+        height: inputs.height,
+        width: inputs.width,
+        action_count: inputs.action_count,
+        values,
+        policy,
+        iterations: vec![sweeps; inputs.tasks],
+        residual,
+        status,
+        unreachable: inputs.unreachable.clone(),
+        seconds: start.elapsed().as_secs_f64(),
+    })
+}

@@ -1,0 +1,142 @@
+//! Helpers shared by the integration tests: the GPU engine (or a loud skip), seeded random
+//! worlds, and comparisons with stated tolerances.
+#![allow(dead_code)]
+
+use std::sync::{Mutex, OnceLock};
+
+use rand::rngs::StdRng;
+use rand::{RngExt, SeedableRng};
+use softvi::{
+    ActionSet, Connectivity, EngineOptions, GpuContext, Grid, GridEngine, GridProblem, GridTask,
+    MoveCost, Solution,
+};
+
+/// The GPU context shared by a test binary, or `None` (with a loud message) when no adapter
+/// exists and `SOFTVI_REQUIRE_GPU` is not `1`; with it set, a missing adapter fails the test.
+pub fn gpu() -> Option<&'static GpuContext> {
+    static CONTEXT: OnceLock<Option<GpuContext>> = OnceLock::new();
+    CONTEXT
+        .get_or_init(|| match GpuContext::from_env() {
+            Ok(ctx) => {
+                eprintln!("GPU tests run on {}", ctx.adapter_label());
+                Some(ctx)
+            }
+            Err(e) => {
+                if std::env::var("SOFTVI_REQUIRE_GPU").as_deref() == Ok("1") {
+                    panic!("SOFTVI_REQUIRE_GPU=1 but no adapter: {e:#}");
+                }
+                eprintln!("\n*** SKIPPING GPU TESTS: {e:#} ***\n");
+                None
+            }
+        })
+        .as_ref()
+}
+
+/// A GPU engine with the adapter's limits, shared by a test binary (engines are reused
+/// across solves, as in real use).
+pub fn with_engine<R>(f: impl FnOnce(&mut GridEngine) -> R) -> Option<R> {
+    static ENGINE: OnceLock<Option<Mutex<GridEngine>>> = OnceLock::new();
+    let engine = ENGINE.get_or_init(|| gpu().map(|ctx| Mutex::new(GridEngine::new(ctx).unwrap())));
+    engine
+        .as_ref()
+        .map(|m| f(&mut m.lock().unwrap_or_else(|e| e.into_inner())))
+}
+
+/// A GPU engine with lowered size limits, forcing banding or chunking.
+pub fn small_engine(options: EngineOptions) -> Option<GridEngine> {
+    gpu().map(|ctx| GridEngine::with_options(ctx, options).unwrap())
+}
+
+/// A seeded random grid with about `blocked` of its cells blocked.
+pub fn random_grid(height: usize, width: usize, blocked: f64, rng: &mut StdRng) -> Grid {
+    let free = (0..height * width)
+        .map(|_| !rng.random_bool(blocked))
+        .collect();
+    Grid {
+        height,
+        width,
+        free,
+    }
+}
+
+/// A problem with `tasks` tasks on a random grid: distinct random goals (1 or 2 each) and,
+/// for odd tasks, a random reward map in [-0.5, 0.5].
+pub fn random_problem(
+    height: usize,
+    width: usize,
+    tasks: usize,
+    connectivity: Connectivity,
+    stay: bool,
+    slip: f64,
+    seed: u64,
+) -> GridProblem {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let grid = random_grid(height, width, 0.2, &mut rng);
+    let free: Vec<usize> = (0..grid.cells()).filter(|&c| grid.free[c]).collect();
+    let tasks = (0..tasks)
+        .map(|t| {
+            let goals = (0..1 + t % 2)
+                .map(|_| free[rng.random_range(0..free.len())])
+                .collect();
+            let reward = (t % 2 == 1).then(|| {
+                (0..grid.cells())
+                    .map(|_| rng.random_range(-0.5f32..0.5))
+                    .collect()
+            });
+            GridTask { goals, reward }
+        })
+        .collect();
+    GridProblem {
+        grid,
+        actions: ActionSet { connectivity, stay },
+        slip,
+        move_cost: MoveCost::default(),
+        tasks,
+    }
+}
+
+/// Largest |a - b| / max(1, |b|) over finite entries; entries must agree on NaN and on
+/// infinities.
+pub fn max_relative_error(a: &[f32], b: &[f32]) -> f64 {
+    assert_eq!(a.len(), b.len());
+    let mut worst = 0.0f64;
+    for (i, (&x, &y)) in a.iter().zip(b).enumerate() {
+        if y.is_nan() || x.is_nan() {
+            assert!(
+                x.is_nan() && y.is_nan(),
+                "entry {i}: {x} vs {y} (NaN mismatch)"
+            );
+            continue;
+        }
+        if y.is_infinite() || x.is_infinite() {
+            assert_eq!(x, y, "entry {i}: infinity mismatch");
+            continue;
+        }
+        let err = (x as f64 - y as f64).abs() / (y as f64).abs().max(1.0);
+        worst = worst.max(err);
+    }
+    worst
+}
+
+/// Largest absolute difference over entries that are finite in both (NaN/inf must agree).
+pub fn max_abs_error(a: &[f32], b: &[f32]) -> f64 {
+    assert_eq!(a.len(), b.len());
+    let mut worst = 0.0f64;
+    for (i, (&x, &y)) in a.iter().zip(b).enumerate() {
+        if !x.is_finite() || !y.is_finite() {
+            assert!(
+                (x.is_nan() && y.is_nan()) || x == y,
+                "entry {i}: {x} vs {y} (non-finite mismatch)"
+            );
+            continue;
+        }
+        worst = worst.max((x as f64 - y as f64).abs());
+    }
+    worst
+}
+
+/// Value of `task` at (row, col).
+pub fn value_at(solution: &Solution, task: usize, row: usize, col: usize) -> f32 {
+    let cells = solution.height * solution.width;
+    solution.values[task * cells + row * solution.width + col]
+}
