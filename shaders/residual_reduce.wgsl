@@ -6,6 +6,9 @@
 const REDUCE_SIZE: u32 = 256u;
 const HUGE: f32 = 3.0e38;
 const NOT_CONVERGED: u32 = 0xffffffffu;
+// A task has converged when its residual is within max(tol, RESIDUAL_FLOOR * max |V|): below
+// a few f32 ulps of V the iteration may cycle instead of settling. Same as the Rust constant.
+const RESIDUAL_FLOOR: f32 = 1e-6;
 
 // Keep in sync with `gpu::ReduceParams` (sizes compared in tests/shader_layout.rs).
 struct ReduceParams {
@@ -57,16 +60,18 @@ fn residual_reduce(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocat
     }
 }
 
-// Single invocation: decides convergence on the largest task residual of this check.
+// Single invocation: decides convergence on every task's residual of this check.
 @compute @workgroup_size(1, 1, 1)
 fn convergence_decide() {
     let check = control.check_count;
     if control.converged_check == NOT_CONVERGED {
-        var worst = 0.0;
+        var all_within = true;
         for (var t = 0u; t < params.task_count; t++) {
-            worst = max(worst, checks[check * params.task_count + t].x);
+            let stats = checks[check * params.task_count + t];
+            // Written so that a NaN residual never counts as converged.
+            all_within = all_within && stats.x <= max(params.tol, RESIDUAL_FLOOR * stats.z);
         }
-        if worst <= params.tol {
+        if all_within && params.tol >= 0.0 {
             control.converged_check = check;
             for (var i = 0u; i < 3u * params.band_count; i++) {
                 control.dispatch_args[i] = 0u;

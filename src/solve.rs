@@ -16,6 +16,16 @@ pub const CHECK_INTERVAL: u32 = 16;
 /// shrink before an undiscounted solve is declared diverged.
 pub const DIVERGENCE_PATIENCE: u32 = 8;
 
+/// A task has converged when its residual is within `max(tol, RESIDUAL_FLOOR * max |V|)`:
+/// below a few f32 ulps of V the GPU iteration may cycle instead of settling. Same as
+/// `RESIDUAL_FLOOR` in `shaders/residual_reduce.wgsl`; both backends apply it.
+pub const RESIDUAL_FLOOR: f64 = 1e-6;
+
+/// Whether a task's check statistics meet the convergence threshold for `tol`.
+pub fn within_tolerance(tol: f64, stats: &SweepStats) -> bool {
+    stats.max_abs_delta <= tol.max(RESIDUAL_FLOOR * stats.max_abs_value)
+}
+
 /// A value beyond this magnitude means the iteration is running away (or about to overflow
 /// f32); the solve stops as diverged.
 pub const VALUE_LIMIT: f64 = 1e30;
@@ -158,19 +168,20 @@ impl ConvergenceMonitor {
             return Verdict::Diverged(diverged);
         }
         match self.tol {
-            Some(tol) if stats.iter().all(|s| s.max_abs_delta <= tol) => Verdict::Converged,
+            Some(tol) if stats.iter().all(|s| within_tolerance(tol, s)) => Verdict::Converged,
             _ => Verdict::Continue,
         }
     }
 }
 
-/// Final per-task statuses once iteration stopped after `verdict`.
-pub fn final_status(options: &SolveOptions, verdict: &Verdict, residual: &[f64]) -> Vec<Status> {
+/// Final per-task statuses once iteration stopped after `verdict`, from each task's last
+/// check statistics.
+pub fn final_status(options: &SolveOptions, verdict: &Verdict, last: &[SweepStats]) -> Vec<Status> {
     let within = |t: usize| match options.horizon {
-        Horizon::Infinite { tol, .. } => residual[t] <= tol,
+        Horizon::Infinite { tol, .. } => within_tolerance(tol, &last[t]),
         Horizon::Finite(_) => false,
     };
-    (0..residual.len())
+    (0..last.len())
         .map(|t| match verdict {
             Verdict::Diverged(tasks) if tasks.contains(&t) => Status::Diverged,
             _ if matches!(options.horizon, Horizon::Finite(_)) => Status::Horizon,
@@ -213,21 +224,20 @@ pub fn solve_cpu(problem: &GridProblem, options: &SolveOptions) -> Result<Soluti
     let mut monitor = ConvergenceMonitor::new(options, inputs.tasks);
     let mut verdict = Verdict::Continue;
     let mut sweeps = 0u32;
-    let mut residual = vec![0.0; inputs.tasks];
+    let mut last = vec![SweepStats::default(); inputs.tasks];
     for window in check_windows(sweep_budget(&options.horizon)) {
-        let mut stats = Vec::new();
         for _ in 0..window {
-            stats = reference::grid_backup(&inputs, &v, &mut v_next);
+            last = reference::grid_backup(&inputs, &v, &mut v_next);
             std::mem::swap(&mut v, &mut v_next);
             sweeps += 1;
         }
-        residual = stats.iter().map(|s| s.max_abs_delta).collect();
-        verdict = monitor.observe(&stats);
+        verdict = monitor.observe(&last);
         if verdict != Verdict::Continue {
             break;
         }
     }
-    let status = final_status(options, &verdict, &residual);
+    let status = final_status(options, &verdict, &last);
+    let residual = last.iter().map(|s| s.max_abs_delta).collect();
     // After the swap, v_next holds the values the last sweep read (V_1 for a finite horizon).
     let policy_from = match options.horizon {
         Horizon::Finite(_) => &v_next,

@@ -224,7 +224,7 @@ struct ChunkResult {
     values: Vec<f32>,
     policy: Option<Vec<f32>>,
     iterations: u32,
-    residual: Vec<f64>,
+    last: Vec<SweepStats>,
     verdict: Verdict,
 }
 
@@ -437,8 +437,8 @@ impl GridEngine {
                 _ => policy = None,
             }
             iterations.extend(std::iter::repeat_n(chunk.iterations, tasks.len()));
-            status.extend(final_status(options, &chunk.verdict, &chunk.residual));
-            residual.extend(chunk.residual);
+            status.extend(final_status(options, &chunk.verdict, &chunk.last));
+            residual.extend(chunk.last.iter().map(|s| s.max_abs_delta));
         }
         mark_special_cells(&inputs, &mut values, policy.as_deref_mut());
         Ok(Solution {
@@ -784,7 +784,7 @@ impl GridEngine {
         let windows = check_windows(sweep_budget(&options.horizon));
         let mut monitor = ConvergenceMonitor::new(options, n);
         let mut verdict = Verdict::Continue;
-        let mut residual = vec![0.0; n];
+        let mut last = vec![SweepStats::default(); n];
         let (mut next_window, mut sweeps, mut per_submit) = (0usize, 0u32, 1usize);
         while next_window < windows.len() && verdict == Verdict::Continue {
             let batch = &windows[next_window..(next_window + per_submit).min(windows.len())];
@@ -830,7 +830,7 @@ impl GridEngine {
             let stats: &[[f32; 4]] = bytemuck::cast_slice(&bytes[CONTROL_HEADER_BYTES as usize..]);
             for (j, &len) in batch.iter().enumerate() {
                 sweeps += len;
-                let check: Vec<SweepStats> = stats[j * n..(j + 1) * n]
+                last = stats[j * n..(j + 1) * n]
                     .iter()
                     .map(|s| SweepStats {
                         max_abs_delta: s[0] as f64,
@@ -839,13 +839,12 @@ impl GridEngine {
                         active: s[3] > 0.0,
                     })
                     .collect();
-                residual = check.iter().map(|s| s.max_abs_delta).collect();
                 if converged_check == j as u32 {
                     verdict = Verdict::Converged;
                     break;
                 }
                 // The GPU decided convergence on the same figures; the monitor adds divergence.
-                if let Verdict::Diverged(t) = monitor.observe(&check) {
+                if let Verdict::Diverged(t) = monitor.observe(&last) {
                     verdict = Verdict::Diverged(t);
                     break;
                 }
@@ -916,7 +915,7 @@ impl GridEngine {
             values: values_out,
             policy,
             iterations: sweeps,
-            residual,
+            last,
             verdict,
         })
     }
