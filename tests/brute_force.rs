@@ -77,8 +77,8 @@ fn enumerate(
             best = best.max(ret);
             continue;
         }
-        for a in 0..MOVES.len() {
-            let r = reward[cell.0 * grid.width + cell.1] as f64 - costs[a];
+        for (a, cost) in costs.iter().enumerate() {
+            let r = reward[cell.0 * grid.width + cell.1] as f64 - cost;
             for (next, p) in successors(grid, cell.0, cell.1, a, eps) {
                 if p > 0.0 {
                     stack.push((next, left - 1, prob * p, ret + r));

@@ -142,7 +142,11 @@ fn gpu_matches_reference_across_settings() {
                             continue;
                         }
                         case += 1;
-                        let (h, w) = if case % 2 == 0 { (37, 53) } else { (61, 45) };
+                        let (h, w) = if case.is_multiple_of(2) {
+                            (37, 53)
+                        } else {
+                            (61, 45)
+                        };
                         let problem = random_problem(h, w, 3, connectivity, stay, slip, case);
                         for horizon in [
                             Horizon::Finite(25),

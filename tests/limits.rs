@@ -36,13 +36,13 @@ fn soft_values_approach_hard_values() {
     };
     let hard = solve_both(&problem, &options(0.0));
     let log_a = (problem.actions.count() as f64).ln();
-    for backend in 0..hard.len() {
+    for (backend, hard) in hard.iter().enumerate() {
         let mut last_gap = f64::INFINITY;
         for alpha in [1.0, 0.3, 0.1, 0.03, 0.01] {
             let soft = &solve_both(&problem, &options(alpha))[backend];
             let bound = alpha * log_a / (1.0 - gamma);
             let mut gap = 0.0f64;
-            for (s, h) in soft.values.iter().zip(&hard[backend].values) {
+            for (s, h) in soft.values.iter().zip(&hard.values) {
                 if !h.is_finite() {
                     continue;
                 }
