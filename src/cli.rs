@@ -478,7 +478,11 @@ pub fn solve_command(args: &SolveArgs) -> Result<i32> {
             });
         }
     }
-    write_folder(&args.out, &files)?;
+    write_folder(
+        &args.out,
+        &files,
+        &["summary.json", "values.npy", "policy.npy"],
+    )?;
     if args.json {
         print!("{summary_text}");
     } else {

@@ -160,8 +160,10 @@ mod tests {
                 .to_string()
                 .contains("data bytes")
         );
-        let text = String::from_utf8_lossy(&encode_f32(&[1], &[0.0])).replace("<f4", "<i4");
-        let err = decode_float(text.as_bytes()).unwrap_err().to_string();
+        let mut bytes = encode_f32(&[1], &[0.0]);
+        let at = bytes.windows(3).position(|w| w == b"<f4").unwrap();
+        bytes[at + 1] = b'i';
+        let err = decode_float(&bytes).unwrap_err().to_string();
         assert!(err.contains("<i4"), "{err}");
     }
 }

@@ -1,0 +1,295 @@
+//! The `softvi` binary: outputs of a good run, and a clear error, a non-zero exit and no files
+//! for each kind of bad input.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use softvi::npy;
+
+fn softvi(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_softvi"))
+        .args(args)
+        .output()
+        .expect("run softvi")
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn write(dir: &Path, name: &str, bytes: &[u8]) -> String {
+    let path = dir.join(name);
+    std::fs::write(&path, bytes).unwrap();
+    path.to_str().unwrap().to_owned()
+}
+
+fn summary(dir: &Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(dir.join("summary.json")).unwrap()).unwrap()
+}
+
+const SMALL_MAP: &str = "type octile\nheight 4\nwidth 5\nmap\n.....\n.@@..\n.....\n@....\n";
+
+#[test]
+fn maze_solve_writes_values_policy_and_summary() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("out");
+    let goals = write(
+        tmp.path(),
+        "goals.txt",
+        b"# two tasks\n1 1\n\n29 19  # far corner\n",
+    );
+    let o = softvi(&[
+        "solve",
+        "--maze",
+        "31x21",
+        "--seed",
+        "5",
+        "--goals",
+        &goals,
+        "--stay",
+        "--slip",
+        "0.1",
+        "--backend",
+        "cpu",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let values = npy::read_float(&out.join("values.npy")).unwrap();
+    assert_eq!(values.shape, vec![2, 21, 31]);
+    let policy = npy::read_float(&out.join("policy.npy")).unwrap();
+    assert_eq!(policy.shape, vec![2, 21, 31, 9]);
+    // Goal cells: value 0, policy NaN; the blocked border: NaN values.
+    assert_eq!(values.data[31 + 1], 0.0);
+    assert!(policy.data[(31 + 1) * 9].is_nan());
+    assert!(values.data[0].is_nan());
+    // A free non-goal cell's policy is a distribution.
+    let cell = 31 + 3;
+    let sum: f32 = policy.data[cell * 9..cell * 9 + 9].iter().sum();
+    assert!((sum - 1.0).abs() < 1e-5);
+    let s = summary(&out);
+    assert_eq!(s["backend"], "cpu");
+    assert_eq!(s["tasks"], 2);
+    assert_eq!(s["status"], serde_json::json!(["converged", "converged"]));
+    for key in [
+        "adapter",
+        "iterations",
+        "residual",
+        "unreachable",
+        "seconds",
+    ] {
+        assert!(!s[key].is_null(), "summary lacks {key}");
+    }
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(stdout.contains("converged"), "{stdout}");
+}
+
+#[test]
+fn json_flag_prints_the_summary_and_horizon_status() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("out");
+    let map = write(tmp.path(), "small.map", SMALL_MAP.as_bytes());
+    let o = softvi(&[
+        "solve",
+        "--map",
+        &map,
+        "--goal",
+        "4,0",
+        "--goal",
+        "0,2",
+        "--horizon",
+        "5",
+        "--backend",
+        "cpu",
+        "--no-policy",
+        "--json",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let printed: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(printed["status"], serde_json::json!(["horizon", "horizon"]));
+    assert_eq!(printed["iterations"], serde_json::json!([5, 5]));
+    assert!(!out.join("policy.npy").exists());
+    assert!(out.join("values.npy").exists());
+}
+
+#[test]
+fn crlf_maps_are_accepted() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("out");
+    let map = write(
+        tmp.path(),
+        "crlf.map",
+        SMALL_MAP.replace('\n', "\r\n").as_bytes(),
+    );
+    let o = softvi(&[
+        "solve",
+        "--map",
+        &map,
+        "--goal",
+        "4,0",
+        "--backend",
+        "cpu",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let berlin = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/maps/Berlin_1_256.map");
+    if berlin.exists() {
+        let grid = softvi::Grid::load_movingai(&berlin).unwrap();
+        assert_eq!((grid.width, grid.height), (256, 256));
+    }
+}
+
+#[test]
+fn gpu_backend_reports_its_adapter() {
+    if softvi::GpuContext::from_env().is_err()
+        && std::env::var("SOFTVI_REQUIRE_GPU").as_deref() != Ok("1")
+    {
+        eprintln!("\n*** SKIPPING GPU CLI TEST: no adapter ***\n");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("out");
+    let o = softvi(&[
+        "solve",
+        "--maze",
+        "33x17",
+        "--goal",
+        "1,1",
+        "--goal",
+        "31,15",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let s = summary(&out);
+    assert_eq!(s["backend"], "gpu");
+    assert!(s["adapter"]["name"].as_str().unwrap().len() > 1);
+    assert_eq!(
+        npy::read_float(&out.join("values.npy")).unwrap().shape,
+        vec![2, 17, 33]
+    );
+}
+
+#[test]
+fn divergence_exits_non_zero_without_values() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("out");
+    let o = softvi(&[
+        "solve",
+        "--maze",
+        "21x21",
+        "--goal",
+        "1,1",
+        "--gamma",
+        "1",
+        "--alpha",
+        "10",
+        "--backend",
+        "cpu",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
+    assert!(stderr(&o).contains("diverged"));
+    assert_eq!(summary(&out)["status"], serde_json::json!(["diverged"]));
+    assert!(!out.join("values.npy").exists() && !out.join("policy.npy").exists());
+}
+
+/// Each bad input: non-zero exit, an error naming the problem, and no output folder.
+#[test]
+fn bad_inputs_fail_clearly_and_write_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let map = write(d, "small.map", SMALL_MAP.as_bytes());
+    let garbled = write(
+        d,
+        "garbled.map",
+        b"type octile\nheight 3\nwidth 4\nmap\n....\n..\n....\n",
+    );
+    let bad_header = write(
+        d,
+        "header.map",
+        b"type octile\nheigth 3\nwidth 4\nmap\n....\n",
+    );
+    let wrong_shape = write(d, "wrong.npy", &npy::encode_f32(&[3, 5], &[0.0; 15]));
+    let mut nan = vec![0.0f32; 20];
+    nan[7] = f32::NAN;
+    let nan_reward = write(d, "nan.npy", &npy::encode_f32(&[4, 5], &nan));
+    let bad_goals = write(d, "goals.txt", b"1 0\n# fine\n2 zero\n");
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (vec!["--map", "missing.map", "--goal", "0,0"], "missing.map"),
+        (vec!["--map", &garbled, "--goal", "0,0"], "line 6"),
+        (vec!["--map", &bad_header, "--goal", "0,0"], "line 2"),
+        (vec!["--map", &map, "--goal", "5,0"], "off the 5x4 map"),
+        (vec!["--map", &map, "--goal", "1,1"], "blocked cell"),
+        (vec!["--map", &map, "--goal", "1;1"], "--goal"),
+        (vec!["--map", &map, "--goals", &bad_goals], "goals.txt:3"),
+        (
+            vec!["--map", &map, "--goal", "0,0", "--alpha", "-1"],
+            "--alpha must be >= 0",
+        ),
+        (
+            vec!["--map", &map, "--goal", "0,0", "--gamma", "1.5"],
+            "--gamma must be in [0, 1]",
+        ),
+        (
+            vec!["--map", &map, "--goal", "0,0", "--slip", "2"],
+            "slip must be in [0, 1]",
+        ),
+        (
+            vec!["--map", &map, "--goal", "0,0", "--reward", &wrong_shape],
+            "shape [3, 5]",
+        ),
+        (
+            vec!["--map", &map, "--goal", "0,0", "--reward", &nan_reward],
+            "X=2, Y=1 is not finite",
+        ),
+        (
+            vec![
+                "--map",
+                &map,
+                "--goal",
+                "0,0",
+                "--backup",
+                "optimistic",
+                "--alpha",
+                "0",
+            ],
+            "optimistic",
+        ),
+        (
+            vec!["--map", &map, "--goal", "0,0", "--move-cost", "1"],
+            "--move-cost",
+        ),
+        (
+            vec!["--map", &map, "--goal", "0,0", "--horizon", "0"],
+            "--horizon must be >= 1",
+        ),
+        (
+            vec!["--map", &map, "--goal", "0,0", "--tol", "0"],
+            "--tol must be > 0",
+        ),
+        (
+            vec!["--map", &map, "--goal", "0,0", "--connectivity", "6"],
+            "connectivity",
+        ),
+        (vec!["--maze", "2x2", "--goal", "0,0"], "outside"),
+        (vec!["--maze", "20", "--goal", "1,1"], "WxH"),
+    ];
+    for (args, expected) in cases {
+        let out = d.join("out");
+        let mut full = vec!["solve", "--backend", "cpu", "--out", out.to_str().unwrap()];
+        full.extend(&args);
+        let o = softvi(&full);
+        let err = stderr(&o);
+        assert!(!o.status.success(), "{args:?} succeeded");
+        assert!(
+            err.contains(expected),
+            "{args:?}: stderr lacks {expected:?}:\n{err}"
+        );
+        assert!(!out.exists(), "{args:?} left {}", out.display());
+    }
+}

@@ -1,0 +1,87 @@
+//! Every WGSL file parses and validates with naga, and the uniform structs and constants
+//! shared with Rust have the same sizes and values on both sides.
+
+use softvi::gpu::grid_engine::{
+    GRID_BACKUP_WGSL, GridParams, NOT_CONVERGED, REDUCE_SIZE, RESIDUAL_REDUCE_WGSL, ReduceParams,
+    WORKGROUP_X, WORKGROUP_Y,
+};
+
+fn module(source: &str) -> (naga::Module, naga::valid::ModuleInfo) {
+    let module = naga::front::wgsl::parse_str(source)
+        .unwrap_or_else(|e| panic!("{}", e.emit_to_string(source)));
+    let info = naga::valid::Validator::new(
+        naga::valid::ValidationFlags::all(),
+        naga::valid::Capabilities::all(),
+    )
+    .validate(&module)
+    .unwrap_or_else(|e| panic!("{e:?}"));
+    (module, info)
+}
+
+fn struct_size(module: &naga::Module, name: &str) -> u32 {
+    let (_, ty) = module
+        .types
+        .iter()
+        .find(|(_, t)| t.name.as_deref() == Some(name))
+        .unwrap_or_else(|| panic!("no struct {name}"));
+    match ty.inner {
+        naga::TypeInner::Struct { span, .. } => span,
+        _ => panic!("{name} is not a struct"),
+    }
+}
+
+fn constant(module: &naga::Module, name: &str) -> naga::Literal {
+    let (_, c) = module
+        .constants
+        .iter()
+        .find(|(_, c)| c.name.as_deref() == Some(name))
+        .unwrap_or_else(|| panic!("no const {name}"));
+    match module.global_expressions[c.init] {
+        naga::Expression::Literal(l) => l,
+        ref e => panic!("{name} is not a literal: {e:?}"),
+    }
+}
+
+#[test]
+fn grid_backup_layout_matches_rust() {
+    let (m, _) = module(GRID_BACKUP_WGSL);
+    assert_eq!(
+        struct_size(&m, "GridParams") as usize,
+        size_of::<GridParams>()
+    );
+    assert_eq!(constant(&m, "WORKGROUP_X"), naga::Literal::U32(WORKGROUP_X));
+    assert_eq!(constant(&m, "WORKGROUP_Y"), naga::Literal::U32(WORKGROUP_Y));
+    assert_eq!(
+        constant(&m, "WORKGROUP_SIZE"),
+        naga::Literal::U32(WORKGROUP_X * WORKGROUP_Y)
+    );
+    assert_eq!(
+        constant(&m, "TIE_RELATIVE"),
+        naga::Literal::F32(softvi::reference::TIE_RELATIVE as f32)
+    );
+    for entry in ["grid_backup", "grid_policy"] {
+        assert!(m.entry_points.iter().any(|e| e.name == entry), "{entry}");
+    }
+}
+
+#[test]
+fn residual_reduce_layout_matches_rust() {
+    let (m, _) = module(RESIDUAL_REDUCE_WGSL);
+    assert_eq!(
+        struct_size(&m, "ReduceParams") as usize,
+        size_of::<ReduceParams>()
+    );
+    assert_eq!(
+        struct_size(&m, "Control") as u64,
+        softvi::gpu::grid_engine::CONTROL_HEADER_BYTES + 4
+    );
+    assert_eq!(constant(&m, "REDUCE_SIZE"), naga::Literal::U32(REDUCE_SIZE));
+    assert_eq!(
+        constant(&m, "NOT_CONVERGED"),
+        naga::Literal::U32(NOT_CONVERGED)
+    );
+    assert_eq!(
+        constant(&m, "RESIDUAL_FLOOR"),
+        naga::Literal::F32(softvi::solve::RESIDUAL_FLOOR as f32)
+    );
+}
