@@ -41,6 +41,10 @@ pub enum Command {
 softvi solve --map den312d.map --goals goals.txt --alpha 0.1 --gamma 1 --backend cpu --out out"
     )]
     Solve(SolveArgs),
+    /// Measure sweep throughput of the standard workloads on the GPU path and the CPU
+    /// reference in one run.
+    #[command(after_help = "Examples:\n  softvi bench\n  softvi bench --workload maze1024-b1 --sweeps 128")]
+    Bench(BenchArgs),
     /// List the wgpu adapters this machine offers (honours WGPU_BACKEND / WGPU_ADAPTER_NAME).
     #[command(after_help = "Example:\n  WGPU_BACKEND=gl softvi adapters")]
     Adapters,
@@ -144,6 +148,22 @@ pub struct SolveArgs {
     /// Print summary.json's content instead of the human summary.
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct BenchArgs {
+    /// Workloads to run (default: all): maze1024-b1, maze1024-b8, maze4096-b1, orz900d-b64.
+    #[arg(long = "workload", value_name = "NAME")]
+    pub workloads: Vec<String>,
+    /// Folder holding the MovingAI maps (orz900d.map).
+    #[arg(long, default_value = "../shared/maps", value_name = "DIR")]
+    pub maps: PathBuf,
+    /// Extra sweeps timed on the GPU path per workload.
+    #[arg(long, default_value_t = 64)]
+    pub sweeps: u32,
+    /// Extra sweeps timed on the CPU reference per workload (0 skips the CPU).
+    #[arg(long, default_value_t = 2)]
+    pub cpu_sweeps: u32,
 }
 
 /// A gridworld batch built from the command line, with a description of its source.
@@ -565,6 +585,55 @@ fn print_summary(
     );
 }
 
+/// `softvi bench`: one table row per workload and backend, and the GPU/CPU ratio.
+pub fn bench_command(args: &BenchArgs) -> Result<i32> {
+    use crate::bench::{measure_cpu, measure_gpu, standard_workloads};
+    let maps = args.maps.is_dir().then_some(args.maps.as_path());
+    let mut workloads = standard_workloads(maps)?;
+    if !args.workloads.is_empty() {
+        for name in &args.workloads {
+            ensure!(
+                workloads.iter().any(|w| &w.name == name),
+                "--workload {name:?} is unknown (known: maze1024-b1, maze1024-b8, maze4096-b1, orz900d-b64)"
+            );
+        }
+        workloads.retain(|w| args.workloads.contains(&w.name));
+    }
+    let ctx = GpuContext::from_env()?;
+    let mut engine = GridEngine::new(&ctx)?;
+    println!(
+        "{:<13} {:>3} {:>11} {:>5} {:<8} {:<40} {:>9} {:>10} {:>8} {:>8}",
+        "workload", "B", "H x W", "conn", "backend", "adapter", "sweeps/s", "updates/s", "GB/s", "gpu/cpu"
+    );
+    for w in &workloads {
+        let p = &w.problem;
+        let size = format!("{}x{}", p.grid.height, p.grid.width);
+        let gpu = measure_gpu(&mut engine, p, args.sweeps)?;
+        let cpu = if args.cpu_sweeps > 0 { Some(measure_cpu(p, args.cpu_sweeps)?) } else { None };
+        let row = |backend: &str, adapter: &str, m: &crate::bench::Measurement, ratio: String| {
+            println!(
+                "{:<13} {:>3} {:>11} {:>5} {:<8} {:<40} {:>9.2} {:>10.3e} {:>8.2} {:>8}",
+                w.name,
+                p.task_count(),
+                size,
+                p.actions.count(),
+                backend,
+                adapter,
+                m.sweeps_per_second,
+                m.state_updates_per_second,
+                m.bytes_per_second / 1e9,
+                ratio
+            );
+        };
+        let ratio = cpu.as_ref().map_or("-".into(), |c| format!("{:.1}x", gpu.state_updates_per_second / c.state_updates_per_second));
+        row("gpu", &ctx.adapter_label(), &gpu, ratio);
+        if let Some(c) = &cpu {
+            row("cpu", "reference (f64, 1 thread)", c, "1.0x".into());
+        }
+    }
+    Ok(0)
+}
+
 /// `softvi adapters`.
 pub fn adapters_command() -> Result<i32> {
     let adapters = GpuContext::adapters_from_env()?;
@@ -590,6 +659,7 @@ pub fn adapters_command() -> Result<i32> {
 pub fn run(cli: Cli) -> Result<i32> {
     match cli.command {
         Command::Solve(args) => solve_command(&args),
+        Command::Bench(args) => bench_command(&args),
         Command::Adapters => adapters_command(),
     }
 }

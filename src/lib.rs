@@ -37,6 +37,7 @@
 //! # }
 //! ```
 
+pub mod bench;
 pub mod cli;
 pub mod gpu;
 pub mod grid;
