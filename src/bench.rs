@@ -22,7 +22,13 @@ pub struct Workload {
 /// Settings of the reference workload: 8-connected, slip 0.1, expected backup, alpha 1,
 /// gamma 0.99.
 pub fn reference_options(horizon: Horizon) -> SolveOptions {
-    SolveOptions { alpha: 1.0, gamma: 0.99, backup: Backup::Expected, horizon, policy: false }
+    SolveOptions {
+        alpha: 1.0,
+        gamma: 0.99,
+        backup: Backup::Expected,
+        horizon,
+        policy: false,
+    }
 }
 
 /// `tasks` goal tasks spread over the free cells of `grid` (deterministic).
@@ -31,7 +37,10 @@ pub fn spread_goals(grid: &Grid, tasks: usize) -> Vec<GridTask> {
     (0..tasks)
         .map(|t| {
             let i = (t * 7919 + 13) * free.len() / (tasks * 7919 + 17) % free.len();
-            GridTask { goals: vec![free[i]], reward: None }
+            GridTask {
+                goals: vec![free[i]],
+                reward: None,
+            }
         })
         .collect()
 }
@@ -41,7 +50,10 @@ pub fn reference_problem(grid: Grid, tasks: usize) -> GridProblem {
     GridProblem {
         tasks: spread_goals(&grid, tasks),
         grid,
-        actions: ActionSet { connectivity: Connectivity::Eight, stay: false },
+        actions: ActionSet {
+            connectivity: Connectivity::Eight,
+            stay: false,
+        },
         slip: 0.1,
         move_cost: MoveCost::default(),
     }
@@ -52,8 +64,14 @@ pub fn reference_problem(grid: Grid, tasks: usize) -> GridProblem {
 pub fn standard_workloads(maps: Option<&Path>) -> Result<Vec<Workload>> {
     let maze1024 = Grid::generate_maze(1024, 1024, 0)?;
     let mut out = vec![
-        Workload { name: "maze1024-b1".into(), problem: reference_problem(maze1024.clone(), 1) },
-        Workload { name: "maze1024-b8".into(), problem: reference_problem(maze1024, 8) },
+        Workload {
+            name: "maze1024-b1".into(),
+            problem: reference_problem(maze1024.clone(), 1),
+        },
+        Workload {
+            name: "maze1024-b8".into(),
+            problem: reference_problem(maze1024, 8),
+        },
         Workload {
             name: "maze4096-b1".into(),
             problem: reference_problem(Grid::generate_maze(4096, 4096, 0)?, 1),
@@ -63,7 +81,10 @@ pub fn standard_workloads(maps: Option<&Path>) -> Result<Vec<Workload>> {
         let path = dir.join("orz900d.map");
         if path.exists() {
             let grid = Grid::load_movingai(&path)?;
-            out.push(Workload { name: "orz900d-b64".into(), problem: reference_problem(grid, 64) });
+            out.push(Workload {
+                name: "orz900d-b64".into(),
+                problem: reference_problem(grid, 64),
+            });
         }
     }
     Ok(out)
@@ -120,7 +141,11 @@ pub fn measure(
 }
 
 /// Measures `problem` with the GPU engine over `sweeps` extra sweeps.
-pub fn measure_gpu(engine: &mut GridEngine, problem: &GridProblem, sweeps: u32) -> Result<Measurement> {
+pub fn measure_gpu(
+    engine: &mut GridEngine,
+    problem: &GridProblem,
+    sweeps: u32,
+) -> Result<Measurement> {
     measure(
         |t| {
             engine

@@ -43,7 +43,9 @@ softvi solve --map den312d.map --goals goals.txt --alpha 0.1 --gamma 1 --backend
     Solve(SolveArgs),
     /// Measure sweep throughput of the standard workloads on the GPU path and the CPU
     /// reference in one run.
-    #[command(after_help = "Examples:\n  softvi bench\n  softvi bench --workload maze1024-b1 --sweeps 128")]
+    #[command(
+        after_help = "Examples:\n  softvi bench\n  softvi bench --workload maze1024-b1 --sweeps 128"
+    )]
     Bench(BenchArgs),
     /// List the wgpu adapters this machine offers (honours WGPU_BACKEND / WGPU_ADAPTER_NAME).
     #[command(after_help = "Example:\n  WGPU_BACKEND=gl softvi adapters")]
@@ -603,13 +605,26 @@ pub fn bench_command(args: &BenchArgs) -> Result<i32> {
     let mut engine = GridEngine::new(&ctx)?;
     println!(
         "{:<13} {:>3} {:>11} {:>5} {:<8} {:<40} {:>9} {:>10} {:>8} {:>8}",
-        "workload", "B", "H x W", "conn", "backend", "adapter", "sweeps/s", "updates/s", "GB/s", "gpu/cpu"
+        "workload",
+        "B",
+        "H x W",
+        "conn",
+        "backend",
+        "adapter",
+        "sweeps/s",
+        "updates/s",
+        "GB/s",
+        "gpu/cpu"
     );
     for w in &workloads {
         let p = &w.problem;
         let size = format!("{}x{}", p.grid.height, p.grid.width);
         let gpu = measure_gpu(&mut engine, p, args.sweeps)?;
-        let cpu = if args.cpu_sweeps > 0 { Some(measure_cpu(p, args.cpu_sweeps)?) } else { None };
+        let cpu = if args.cpu_sweeps > 0 {
+            Some(measure_cpu(p, args.cpu_sweeps)?)
+        } else {
+            None
+        };
         let row = |backend: &str, adapter: &str, m: &crate::bench::Measurement, ratio: String| {
             println!(
                 "{:<13} {:>3} {:>11} {:>5} {:<8} {:<40} {:>9.2} {:>10.3e} {:>8.2} {:>8}",
@@ -625,7 +640,12 @@ pub fn bench_command(args: &BenchArgs) -> Result<i32> {
                 ratio
             );
         };
-        let ratio = cpu.as_ref().map_or("-".into(), |c| format!("{:.1}x", gpu.state_updates_per_second / c.state_updates_per_second));
+        let ratio = cpu.as_ref().map_or("-".into(), |c| {
+            format!(
+                "{:.1}x",
+                gpu.state_updates_per_second / c.state_updates_per_second
+            )
+        });
         row("gpu", &ctx.adapter_label(), &gpu, ratio);
         if let Some(c) = &cpu {
             row("cpu", "reference (f64, 1 thread)", c, "1.0x".into());

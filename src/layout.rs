@@ -123,6 +123,23 @@ impl GridInputs {
         bits
     }
 
+    /// `move_mask` packed per quad of 4 cells of a row, `[row][quad]`, byte j = cell 4q + j
+    /// (moves are at most 8 bits: STAY never moves). The width must be a multiple of 4.
+    pub fn quad_move_mask(&self) -> Vec<u32> {
+        assert!(
+            self.width.is_multiple_of(4),
+            "quad masks need a width that is a multiple of 4"
+        );
+        self.move_mask
+            .chunks_exact(4)
+            .map(|q| {
+                q.iter()
+                    .enumerate()
+                    .fold(0u32, |acc, (j, &m)| acc | (m & 255) << (8 * j))
+            })
+            .collect()
+    }
+
     /// Words of `fixed_bits` per task.
     pub fn fixed_words_per_task(&self) -> usize {
         self.cells().div_ceil(32)

@@ -165,23 +165,72 @@ struct Window {
     size: u64,
 }
 
-/// The window over elements `[start, end)` of an array of `len` 4-byte elements, its offset
-/// aligned down to `align` bytes.
-fn window(start: u64, end: u64, len: u64, align: u64) -> Window {
-    let offset = start * 4 / align * align;
-    let size = end.min(len) * 4 - offset;
+/// The window over elements `[start, end)` of an array of `len` elements of `bytes` bytes, its
+/// offset aligned down to `align` bytes (a multiple of `bytes`).
+fn window(start: u64, end: u64, len: u64, bytes: u64, align: u64) -> Window {
+    let offset = start * bytes / align * align;
+    let size = end.min(len) * bytes - offset;
     Window {
-        origin: offset / 4,
+        origin: offset / bytes,
         offset,
         size,
     }
 }
 
+/// `problem` with its map widened to a multiple of 4 columns by blocked cells, as the quad
+/// kernel needs; moves into the new cells are blocked like moves off the map, so no
+/// transition changes.
+fn pad_to_quads(problem: &GridProblem) -> std::borrow::Cow<'_, GridProblem> {
+    let (h, w) = (problem.grid.height, problem.grid.width);
+    let padded_w = w.next_multiple_of(4);
+    if padded_w == w {
+        return std::borrow::Cow::Borrowed(problem);
+    }
+    let widen = |cells: &[bool]| -> Vec<bool> {
+        (0..h * padded_w)
+            .map(|i| i % padded_w < w && cells[i / padded_w * w + i % padded_w])
+            .collect()
+    };
+    let mut padded = problem.clone();
+    padded.grid.width = padded_w;
+    padded.grid.free = widen(&problem.grid.free);
+    for task in &mut padded.tasks {
+        for g in &mut task.goals {
+            *g = *g / w * padded_w + *g % w;
+        }
+        if let Some(r) = &mut task.reward {
+            *r = (0..h * padded_w)
+                .map(|i| {
+                    if i % padded_w < w {
+                        r[i / padded_w * w + i % padded_w]
+                    } else {
+                        0.0
+                    }
+                })
+                .collect();
+        }
+    }
+    std::borrow::Cow::Owned(padded)
+}
+
+/// Drops the padding columns of `[task][row][padded_w * per_cell]` arrays.
+fn strip_padding(data: &[f32], padded_w: usize, w: usize, per_cell: usize) -> Vec<f32> {
+    if padded_w == w {
+        return data.to_vec();
+    }
+    data.chunks_exact(padded_w * per_cell)
+        .flat_map(|row| &row[..w * per_cell])
+        .copied()
+        .collect()
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 struct GridPipelineKey {
     policy: bool,
-    action_count: u32,
+    connectivity: u32,
+    stay: bool,
     optimistic: bool,
+    has_reward: bool,
     hard_max: bool,
     write_residual: bool,
 }
@@ -297,8 +346,9 @@ impl GridEngine {
                 storage(true),  // fixed_bits
                 storage(true),  // reward
                 storage(true),  // v_in
-                storage(false), // v_out / policy
+                storage(false), // v_out
                 storage(false), // partials
+                storage(false), // policy
             ]),
         });
         let reduce_layout = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
@@ -375,8 +425,10 @@ impl GridEngine {
         };
         let flag = |b: bool| if b { 1.0 } else { 0.0 };
         let constants = [
-            ("ACTION_COUNT", key.action_count as f64),
+            ("CONNECTIVITY", key.connectivity as f64),
+            ("STAY", flag(key.stay)),
             ("OPTIMISTIC", flag(key.optimistic)),
+            ("HAS_REWARD", flag(key.has_reward)),
             ("HARD_MAX", flag(key.hard_max)),
             ("WRITE_RESIDUAL", flag(key.write_residual)),
         ];
@@ -416,7 +468,8 @@ impl GridEngine {
         let start = Instant::now();
         problem.validate()?;
         options.validate()?;
-        let inputs = GridInputs::new(problem, options);
+        let padded = pad_to_quads(problem);
+        let inputs = GridInputs::new(&padded, options);
         let cells = inputs.cells();
         let per_chunk = self.tasks_per_chunk(cells)?;
         let fixed_bits = inputs.fixed_bits();
@@ -441,12 +494,13 @@ impl GridEngine {
             residual.extend(chunk.last.iter().map(|s| s.max_abs_delta));
         }
         mark_special_cells(&inputs, &mut values, policy.as_deref_mut());
+        let (w, padded_w, n) = (problem.grid.width, inputs.width, inputs.action_count);
         Ok(Solution {
             height: inputs.height,
-            width: inputs.width,
-            action_count: inputs.action_count,
-            values,
-            policy,
+            width: w,
+            action_count: n,
+            values: strip_padding(&values, padded_w, w, 1),
+            policy: policy.map(|p| strip_padding(&p, padded_w, w, n)),
             iterations,
             residual,
             status,
@@ -457,7 +511,7 @@ impl GridEngine {
 
     fn grid_params(&self, inputs: &GridInputs, chunk_tasks: usize) -> GridParams {
         let (w, h) = (inputs.width as u32, inputs.height as u32);
-        let groups_x = w.div_ceil(WORKGROUP_X);
+        let groups_x = (w / 4).div_ceil(WORKGROUP_X);
         let alpha = inputs.alpha as f32;
         let mut step_cost = [[0.0f32; 4]; 3];
         let mut move_offset = [[0i32; 4]; 3];
@@ -512,23 +566,28 @@ impl GridEngine {
             (band.row_base + band.row_count) as u64,
         );
         let align = self.storage_align;
-        let mask = window(r0 * w, r1 * w, cells, align);
+        // Quads (4 cells of a row): per row, per task.
+        let (qpr, qpt) = (w / 4, cells / 4);
+        let mask = window(r0 * qpr, r1 * qpr, qpt, 4, align);
         let fixed = window(
             t0 * wpt + r0 * w / 32,
             t_last * wpt + (r1 * w).div_ceil(32),
             tasks as u64 * wpt,
+            4,
             align,
         );
         let v_in = window(
-            t0 * cells + r0.saturating_sub(1) * w,
-            t_last * cells + (r1 + 1).min(h) * w,
-            tasks as u64 * cells,
+            t0 * qpt + r0.saturating_sub(1) * qpr,
+            t_last * qpt + (r1 + 1).min(h) * qpr,
+            tasks as u64 * qpt,
+            16,
             align,
         );
         let out = window(
-            t0 * cells + r0 * w,
-            t_last * cells + r1 * w,
-            tasks as u64 * cells,
+            t0 * qpt + r0 * qpr,
+            t_last * qpt + r1 * qpr,
+            tasks as u64 * qpt,
+            16,
             align,
         );
         let params = GridParams {
@@ -553,7 +612,8 @@ impl GridEngine {
         fixed: &wgpu::Buffer,
         reward: &wgpu::Buffer,
         v_in: &wgpu::Buffer,
-        out: (&wgpu::Buffer, u64, u64),
+        v_out: &wgpu::Buffer,
+        policy: (&wgpu::Buffer, u64, u64),
         partials: &wgpu::Buffer,
     ) -> wgpu::BindGroup {
         let [mask_w, fixed_w, v_in_w, out_w] = windows;
@@ -570,8 +630,9 @@ impl GridEngine {
             bind(fixed, fixed_w.offset, fixed_w.size),
             bind(reward, out_w.offset, out_w.size),
             bind(v_in, v_in_w.offset, v_in_w.size),
-            bind(out.0, out.1, out.2),
+            bind(v_out, out_w.offset, out_w.size),
             partials.as_entire_binding(),
+            bind(policy.0, policy.1, policy.2),
         ];
         let entries: Vec<wgpu::BindGroupEntry> = resources
             .into_iter()
@@ -642,7 +703,7 @@ impl GridEngine {
         let mask = self.pool.get(
             &device,
             "softvi.move_mask",
-            cells as u64 * 4,
+            cells as u64,
             U::STORAGE | U::COPY_DST,
         );
         let fixed = self.pool.get(
@@ -677,6 +738,7 @@ impl GridEngine {
             slots * self.uniform_stride,
             U::UNIFORM | U::COPY_DST,
         );
+        let no_policy = self.pool.get(&device, "softvi.no_policy", 16, U::STORAGE);
         let reduce_params = self.pool.get(
             &device,
             "softvi.reduce_params",
@@ -686,7 +748,7 @@ impl GridEngine {
 
         // Uploads.
         let q = self.queue.clone();
-        q.write_buffer(&mask, 0, bytemuck::cast_slice(&inputs.move_mask));
+        q.write_buffer(&mask, 0, bytemuck::cast_slice(&inputs.quad_move_mask()));
         q.write_buffer(
             &fixed,
             0,
@@ -723,7 +785,6 @@ impl GridEngine {
                 band.task_count as u32,
             ];
             control_init.extend_from_slice(&groups);
-            let out = windows[3];
             let group = |p: usize| {
                 self.grid_bind_group(
                     (&params_buf, b as u64 * self.uniform_stride),
@@ -732,7 +793,8 @@ impl GridEngine {
                     &fixed,
                     &reward,
                     &values[p],
-                    (&values[1 - p], out.offset, out.size),
+                    &values[1 - p],
+                    (&no_policy, 0, 16),
                     &partials,
                 )
             };
@@ -763,8 +825,10 @@ impl GridEngine {
         });
         let key = GridPipelineKey {
             policy: false,
-            action_count: n_actions as u32,
+            connectivity: if n_actions >= 8 { 8 } else { 4 },
+            stay: n_actions % 4 == 1,
             optimistic: inputs.backup == Backup::Optimistic,
+            has_reward: inputs.reward.iter().any(|&r| r != 0.0),
             hard_max: inputs.alpha == 0.0,
             write_residual: false,
         };
@@ -855,9 +919,10 @@ impl GridEngine {
         let values_out: Vec<f32> =
             bytemuck::cast_slice(&self.read_buffer(v_final, 0, v_bytes)?).to_vec();
         let policy = if options.policy && !matches!(verdict, Verdict::Diverged(_)) {
+            // Finite horizon: pi_0 comes from V_1, the values the last sweep read.
             let from = match options.horizon {
-                Horizon::Finite(_) => &values[((sweeps + 1) % 2) as usize],
-                Horizon::Infinite { .. } => v_final,
+                Horizon::Finite(_) => ((sweeps + 1) % 2) as usize,
+                Horizon::Infinite { .. } => (sweeps % 2) as usize,
             };
             let key = GridPipelineKey {
                 policy: true,
@@ -873,7 +938,9 @@ impl GridEngine {
                 let end = ((band.task_base + band.task_count - 1) * cells
                     + (band.row_base + band.row_count) * inputs.width)
                     as u64;
-                let out_bytes = (end - windows[3].origin) * n_actions as u64 * 4;
+                // The policy window starts at the reward window's first cell.
+                let origin = 4 * windows[3].origin;
+                let out_bytes = (end - origin) * n_actions as u64 * 4;
                 let out = self.pool.get(
                     &device,
                     "softvi.policy",
@@ -886,7 +953,8 @@ impl GridEngine {
                     &mask,
                     &fixed,
                     &reward,
-                    from,
+                    &values[from],
+                    &values[1 - from],
                     (&out, 0, out_bytes),
                     &partials,
                 );
@@ -896,13 +964,13 @@ impl GridEngine {
                     pass.set_pipeline(&pipeline);
                     pass.set_bind_group(0, &group, &[]);
                     pass.dispatch_workgroups(
-                        base.groups_x,
+                        (inputs.width as u32).div_ceil(WORKGROUP_X),
                         (band.row_count as u32).div_ceil(WORKGROUP_Y),
                         band.task_count as u32,
                     );
                 }
                 self.queue.submit([encoder.finish()]);
-                let skip = (first - windows[3].origin) * n_actions as u64 * 4;
+                let skip = (first - origin) * n_actions as u64 * 4;
                 let bytes = self.read_buffer(&out, skip, out_bytes - skip)?;
                 let dst = first as usize * n_actions;
                 policy[dst..dst + bytes.len() / 4].copy_from_slice(bytemuck::cast_slice(&bytes));
