@@ -72,6 +72,7 @@ struct GridParams {
 @group(0) @binding(5) var<storage, read_write> v_out: array<vec4<f32>>;  // [task][row][quad]
 @group(0) @binding(6) var<storage, read_write> partials: array<vec4<f32>>; // [task][group]
 @group(0) @binding(7) var<storage, read_write> policy: array<f32>;       // [task][row][col][action]
+@group(0) @binding(8) var<storage, read> extrapolation: array<f32>;       // [task]
 
 var<workgroup> scratch: array<vec4<f32>, WORKGROUP_SIZE>;
 
@@ -221,6 +222,37 @@ fn grid_backup(
             partials[task * params.groups_per_task + group_row * params.groups_x + wid.x] = scratch[0];
         }
     }
+}
+
+// V <- V + factor * (V - V_prev) on non-fixed cells, V in v_out and V_prev (the values before
+// the last sweep) in v_in, with the task's factor from `convergence_decide`. If the residual
+// decays like lambda^k along one mode, this lands on that mode's limit:
+// factor = lambda / (1 - lambda). Same dispatch shape as grid_backup.
+@compute @workgroup_size(WORKGROUP_X, WORKGROUP_Y, 1)
+fn grid_extrapolate(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let quads_per_row = params.width / 4u;
+    if gid.x >= quads_per_row || gid.y >= params.row_count {
+        return;
+    }
+    let task = params.task_base + gid.z;
+    let factor = extrapolation[task];
+    let quad = (params.row_base + gid.y) * quads_per_row + gid.x;
+    let cell = quad * 4u;
+    let fixed = (fixed_bits[task * params.fixed_words_per_task + (cell >> 5u) - params.fixed_origin] >> (cell & 31u)) & 15u;
+    if factor == 0.0 || fixed == 15u {
+        return;
+    }
+    let quads_per_task = params.cells_per_task / 4u;
+    let out_index = task * quads_per_task + quad - params.out_origin;
+    let current = v_out[out_index];
+    let previous = v_in[task * quads_per_task + quad - params.v_in_origin];
+    var moved = current;
+    for (var j = 0u; j < 4u; j++) {
+        if ((fixed >> j) & 1u) == 0u {
+            moved[j] = current[j] + factor * (current[j] - previous[j]);
+        }
+    }
+    v_out[out_index] = moved;
 }
 
 // Value of cell `index` ([task][row][col] within the chunk) in v_in.

@@ -1,7 +1,9 @@
 // Convergence check on the GPU: reduces the per-workgroup statistics that a residual sweep of
 // grid_backup.wgsl wrote, records them per check, and, once the residual is within tolerance,
 // zeroes the indirect dispatch arguments so that the rest of the submission's sweeps do nothing.
-// CPU twin: `reference::SweepStats` and `solve::ConvergenceMonitor`.
+// Until then it estimates each task's convergence rate and, when the estimate has settled,
+// asks `grid_extrapolate` to jump ahead along the slowest mode.
+// CPU twin: `reference::SweepStats`, `solve::ConvergenceMonitor`, `solve::RateExtrapolator`.
 
 const REDUCE_SIZE: u32 = 256u;
 const HUGE: f32 = 3.0e38;
@@ -9,6 +11,11 @@ const NOT_CONVERGED: u32 = 0xffffffffu;
 // A task has converged when its residual is within max(tol, RESIDUAL_FLOOR * max |V|): below
 // a few f32 ulps of V the iteration may cycle instead of settling. Same as the Rust constant.
 const RESIDUAL_FLOOR: f32 = 1e-6;
+// Sweeps between two checks. Same as `solve::CHECK_INTERVAL`.
+const CHECK_INTERVAL: f32 = 16.0;
+// Two successive per-sweep rate estimates closer than this trigger an extrapolation.
+// Same as `solve::RATE_AGREEMENT`.
+const RATE_AGREEMENT: f32 = 1e-4;
 
 // Keep in sync with `gpu::ReduceParams` (sizes compared in tests/shader_layout.rs).
 struct ReduceParams {
@@ -17,6 +24,12 @@ struct ReduceParams {
     band_count: u32,
     // Residual at or below which the solve has converged; negative for a fixed horizon.
     tol: f32,
+    // Whether to extrapolate along the estimated slowest mode (alpha > 0, gamma < 1,
+    // infinite horizon), and the discount that bounds every mode's rate.
+    extrapolate: u32,
+    gamma: f32,
+    _pad1: u32,
+    _pad2: u32,
 }
 
 // Keep in sync with `gpu::CONTROL_*` offsets.
@@ -25,13 +38,19 @@ struct Control {
     converged_check: u32, // index of the first converged check, or NOT_CONVERGED
     _pad0: u32,
     _pad1: u32,
-    dispatch_args: array<u32>, // [band][x, y, z] workgroup counts of the sweep dispatches
+    // [band][x, y, z] workgroup counts of the sweep dispatches, then of the extrapolation
+    // dispatches (zero unless a task extrapolates after this check).
+    dispatch_args: array<u32>,
 }
 
 @group(0) @binding(0) var<uniform> params: ReduceParams;
 @group(0) @binding(1) var<storage, read> partials: array<vec4<f32>>;      // [task][group]
 @group(0) @binding(2) var<storage, read_write> checks: array<vec4<f32>>;  // [check][task]
 @group(0) @binding(3) var<storage, read_write> control: Control;
+// Last three residuals and checks since the last extrapolation, per task.
+@group(0) @binding(4) var<storage, read_write> history: array<vec4<f32>>;  // [task]
+// V += factor * (V - V_prev) after this check; 0 = no extrapolation.
+@group(0) @binding(5) var<storage, read_write> extrapolation: array<f32>; // [task]
 
 var<workgroup> scratch: array<vec4<f32>, REDUCE_SIZE>;
 
@@ -60,22 +79,52 @@ fn residual_reduce(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocat
     }
 }
 
-// Single invocation: decides convergence on every task's residual of this check.
+// Whether a task's check statistics meet the convergence threshold.
+fn within_tolerance(stats: vec4<f32>) -> bool {
+    // Written so that a NaN residual never counts as converged.
+    return stats.x <= max(params.tol, RESIDUAL_FLOOR * stats.z);
+}
+
+// Single invocation: decides convergence on every task's residual of this check, then the
+// extrapolation factors of the tasks still iterating.
 @compute @workgroup_size(1, 1, 1)
 fn convergence_decide() {
     let check = control.check_count;
+    let sweep_args = 3u * params.band_count;
     if control.converged_check == NOT_CONVERGED {
-        var all_within = true;
+        var all_within = params.tol >= 0.0;
         for (var t = 0u; t < params.task_count; t++) {
-            let stats = checks[check * params.task_count + t];
-            // Written so that a NaN residual never counts as converged.
-            all_within = all_within && stats.x <= max(params.tol, RESIDUAL_FLOOR * stats.z);
+            all_within = all_within && within_tolerance(checks[check * params.task_count + t]);
         }
-        if all_within && params.tol >= 0.0 {
+        var any_jump = false;
+        if all_within {
             control.converged_check = check;
-            for (var i = 0u; i < 3u * params.band_count; i++) {
+            for (var i = 0u; i < sweep_args; i++) {
                 control.dispatch_args[i] = 0u;
             }
+        } else if params.extrapolate != 0u {
+            for (var t = 0u; t < params.task_count; t++) {
+                let stats = checks[check * params.task_count + t];
+                let r = stats.x;
+                var h = history[t];
+                h = vec4<f32>(h.y, h.z, r, h.w + 1.0);
+                var factor = 0.0;
+                if h.w >= 3.0 && h.x > 0.0 && h.y > 0.0 && r > 0.0 && !within_tolerance(stats) {
+                    // Per-sweep contraction rates over the last two check windows.
+                    let newer = pow(h.z / h.y, 1.0 / CHECK_INTERVAL);
+                    let older = pow(h.y / h.x, 1.0 / CHECK_INTERVAL);
+                    if abs(newer - older) < RATE_AGREEMENT && newer < params.gamma {
+                        factor = newer / (1.0 - newer);
+                        h.w = 0.0;
+                    }
+                }
+                history[t] = h;
+                extrapolation[t] = factor;
+                any_jump = any_jump || factor > 0.0;
+            }
+        }
+        for (var i = 0u; i < sweep_args; i++) {
+            control.dispatch_args[sweep_args + i] = select(0u, control.dispatch_args[i], any_jump);
         }
     }
     control.check_count = check + 1u;

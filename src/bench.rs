@@ -28,6 +28,7 @@ pub fn reference_options(horizon: Horizon) -> SolveOptions {
         backup: Backup::Expected,
         horizon,
         policy: false,
+        extrapolate: true,
     }
 }
 

@@ -133,6 +133,9 @@ pub struct IterationArgs {
     /// Where the sweeps run.
     #[arg(long, value_enum, default_value_t = BackendArg::Gpu)]
     pub backend: BackendArg,
+    /// Plain value iteration: no jumps along the estimated slowest mode.
+    #[arg(long)]
+    pub no_extrapolation: bool,
 }
 
 #[derive(Args, Debug)]
@@ -383,6 +386,7 @@ impl IterationArgs {
             bail!("--backup optimistic needs --alpha > 0 (its log-sum-exp has no alpha = 0 form)");
         }
         let options = SolveOptions {
+            extrapolate: !self.no_extrapolation,
             alpha: self.alpha,
             gamma: self.gamma,
             backup,
@@ -451,6 +455,7 @@ pub fn summary_json(
         "horizon": horizon,
         "tol": tol,
         "max_iters": max_iters,
+        "extrapolation": options.uses_extrapolation(),
         "tasks": p.task_count(),
         "goals": world.goals,
         "iterations": solution.iterations,

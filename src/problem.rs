@@ -52,6 +52,10 @@ pub struct SolveOptions {
     pub horizon: Horizon,
     /// Whether to compute the policy at the end.
     pub policy: bool,
+    /// Infinite horizon with alpha > 0: extrapolate along the slowest mode once its
+    /// convergence rate has settled (see `solve::RateExtrapolator`). `false` is plain
+    /// Jacobi value iteration.
+    pub extrapolate: bool,
 }
 
 impl Default for SolveOptions {
@@ -65,6 +69,7 @@ impl Default for SolveOptions {
                 max_iters: 100_000,
             },
             policy: true,
+            extrapolate: true,
         }
     }
 }
@@ -95,6 +100,17 @@ impl SolveOptions {
             }
         }
         Ok(())
+    }
+
+    /// Whether rate extrapolation applies: asked for, infinite horizon, alpha > 0 (the hard
+    /// max's residual does not decay geometrically, and jumps there cost sweeps) and gamma < 1
+    /// (undiscounted solves may have no fixed point; their growth must stay visible to the
+    /// divergence check).
+    pub fn uses_extrapolation(&self) -> bool {
+        self.extrapolate
+            && self.alpha > 0.0
+            && self.gamma < 1.0
+            && matches!(self.horizon, Horizon::Infinite { .. })
     }
 
     /// Whether states that cannot reach a terminal have no finite value and are excluded:

@@ -3,6 +3,7 @@
 //!
 //! `shaders/grid_backup.wgsl::grid_backup` <-> [`grid_backup`],
 //! `shaders/grid_backup.wgsl::grid_policy` <-> [`grid_policy`],
+//! `shaders/grid_backup.wgsl::grid_extrapolate` <-> [`grid_extrapolate`],
 //! `shaders/residual_reduce.wgsl` <-> [`SweepStats`].
 
 // Index loops mirror the WGSL loops line by line, so a reviewer can diff them by eye.
@@ -126,6 +127,22 @@ pub fn grid_backup(inputs: &GridInputs, v_in: &[f64], v_out: &mut [f64]) -> Vec<
         }
     }
     stats
+}
+
+/// `V += factor[task] * (V - V_prev)` on non-fixed cells: the jump of
+/// [`crate::solve::RateExtrapolator`].
+pub fn grid_extrapolate(inputs: &GridInputs, v: &mut [f64], v_prev: &[f64], factors: &[f64]) {
+    let cells = inputs.cells();
+    for (task, &factor) in factors.iter().enumerate() {
+        if factor == 0.0 {
+            continue;
+        }
+        for index in task * cells..(task + 1) * cells {
+            if !inputs.fixed[index] {
+                v[index] += factor * (v[index] - v_prev[index]);
+            }
+        }
+    }
 }
 
 /// `pi(a|s) = exp((Q(s,a) - V(s)) / alpha)` from the next values `v_in`, written as

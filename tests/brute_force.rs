@@ -131,6 +131,7 @@ fn optimistic_finite_horizon_is_the_log_partition() {
                 backup: Backup::Optimistic,
                 horizon: Horizon::Finite(steps),
                 policy: false,
+                extrapolate: true,
             };
             let cpu = solve_cpu(&p, &options).unwrap();
             let gpu = with_engine(|e| e.solve(&p, &options).unwrap());
@@ -169,6 +170,7 @@ fn hard_finite_horizon_is_the_best_trajectory() {
         backup: Backup::Expected,
         horizon: Horizon::Finite(6),
         policy: true,
+        extrapolate: true,
     };
     let cpu = solve_cpu(&p, &options).unwrap();
     let gpu = with_engine(|e| e.solve(&p, &options).unwrap());
@@ -201,6 +203,7 @@ fn soft_value_is_bounded_by_hard_value_and_entropy() {
             backup: Backup::Expected,
             horizon: Horizon::Finite(4),
             policy: false,
+            extrapolate: true,
         };
         let soft = solve_cpu(&p, &options).unwrap();
         for &(r, c) in &cells {

@@ -161,6 +161,7 @@ fn gpu_matches_reference_across_settings() {
                                 backup,
                                 horizon,
                                 policy: true,
+                                extrapolate: true,
                             };
                             let label = format!(
                                 "{h}x{w} {connectivity:?} stay={stay} slip={slip} alpha={alpha} {backup:?} {horizon:?}"
@@ -191,6 +192,7 @@ fn large_grid_matches_reference() {
             backup,
             horizon: Horizon::Finite(12),
             policy: true,
+            extrapolate: true,
         };
         if let Some((v, p)) = compare(&problem, &options, &format!("517x523 {backup:?}")) {
             eprintln!("517x523 {backup:?}: value error {v:.3e}, policy error {p:.3e}");
@@ -234,6 +236,7 @@ fn banding_and_chunking_match_reference() {
                     backup,
                     horizon,
                     policy: true,
+                    extrapolate: true,
                 };
                 let cpu = solve_cpu(&problem, &options).unwrap();
                 let gpu = engine.solve(&problem, &options).unwrap();

@@ -33,6 +33,7 @@ fn soft_values_approach_hard_values() {
             max_iters: 50_000,
         },
         policy: false,
+        extrapolate: true,
     };
     let hard = solve_both(&problem, &options(0.0));
     let log_a = (problem.actions.count() as f64).ln();
@@ -101,6 +102,7 @@ fn undiscounted_soft_problem_diverges() {
                 max_iters: 100_000,
             },
             policy: true,
+            extrapolate: true,
         };
         for solution in solve_both(&problem, &options) {
             assert!(solution.diverged(), "{backup:?}: {:?}", solution.status);
@@ -124,6 +126,7 @@ fn undiscounted_low_temperature_converges() {
             max_iters: 100_000,
         },
         policy: true,
+        extrapolate: true,
     };
     let solutions = solve_both(&problem, &options);
     for s in &solutions {
@@ -172,6 +175,7 @@ fn unreachable_cells_are_excluded_when_undiscounted() {
                 max_iters: 10_000,
             },
             policy: true,
+            extrapolate: true,
         };
         for s in solve_both(&problem, &options) {
             assert_eq!(s.unreachable, vec![8]);

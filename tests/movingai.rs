@@ -123,6 +123,7 @@ fn check_map(name: &str, goals: &[(usize, usize)]) -> usize {
             max_iters: 100_000,
         },
         policy: false,
+        extrapolate: true,
     };
     let cpu = solve_cpu(&problem, &options).unwrap();
     let gpu = with_engine(|e| e.solve(&problem, &options).unwrap());

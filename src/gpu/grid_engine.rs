@@ -84,6 +84,10 @@ pub struct ReduceParams {
     pub groups_per_task: u32,
     pub band_count: u32,
     pub tol: f32,
+    pub extrapolate: u32,
+    pub gamma: f32,
+    pub _pad1: u32,
+    pub _pad2: u32,
 }
 
 /// Size limits the engine plans with; `None` takes the adapter's. Tests lower them to
@@ -224,9 +228,17 @@ fn strip_padding(data: &[f32], padded_w: usize, w: usize, per_cell: usize) -> Ve
         .collect()
 }
 
+/// Entry points of `shaders/grid_backup.wgsl`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum GridStage {
+    Backup,
+    Policy,
+    Extrapolate,
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 struct GridPipelineKey {
-    policy: bool,
+    stage: GridStage,
     connectivity: u32,
     stay: bool,
     optimistic: bool,
@@ -349,6 +361,7 @@ impl GridEngine {
                 storage(false), // v_out
                 storage(false), // partials
                 storage(false), // policy
+                storage(true),  // extrapolation
             ]),
         });
         let reduce_layout = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
@@ -358,6 +371,8 @@ impl GridEngine {
                 storage(true),  // partials
                 storage(false), // checks
                 storage(false), // control
+                storage(false), // history
+                storage(false), // extrapolation
             ]),
         });
         let pipeline_layout = |label, layout| {
@@ -418,10 +433,10 @@ impl GridEngine {
         if let Some(p) = self.grid_pipelines.get(&key) {
             return p.clone();
         }
-        let entry = if key.policy {
-            "grid_policy"
-        } else {
-            "grid_backup"
+        let entry = match key.stage {
+            GridStage::Backup => "grid_backup",
+            GridStage::Policy => "grid_policy",
+            GridStage::Extrapolate => "grid_extrapolate",
         };
         let flag = |b: bool| if b { 1.0 } else { 0.0 };
         let constants = [
@@ -615,6 +630,7 @@ impl GridEngine {
         v_out: &wgpu::Buffer,
         policy: (&wgpu::Buffer, u64, u64),
         partials: &wgpu::Buffer,
+        extrapolation: &wgpu::Buffer,
     ) -> wgpu::BindGroup {
         let [mask_w, fixed_w, v_in_w, out_w] = windows;
         fn bind(buffer: &wgpu::Buffer, offset: u64, size: u64) -> wgpu::BindingResource<'_> {
@@ -633,6 +649,7 @@ impl GridEngine {
             bind(v_out, out_w.offset, out_w.size),
             partials.as_entire_binding(),
             bind(policy.0, policy.1, policy.2),
+            extrapolation.as_entire_binding(),
         ];
         let entries: Vec<wgpu::BindGroupEntry> = resources
             .into_iter()
@@ -724,7 +741,17 @@ impl GridEngine {
             (MAX_CHECKS_PER_SUBMIT * n * 16) as u64,
             U::STORAGE | U::COPY_SRC,
         );
-        let control_bytes = CONTROL_HEADER_BYTES + 12 * bands.len() as u64;
+        // Indirect arguments: sweeps, then extrapolation, per band.
+        let control_bytes = CONTROL_HEADER_BYTES + 24 * bands.len() as u64;
+        let history = self.pool.get(
+            &device,
+            "softvi.history",
+            n as u64 * 16,
+            U::STORAGE | U::COPY_DST,
+        );
+        let extrapolation =
+            self.pool
+                .get(&device, "softvi.extrapolation", n as u64 * 4, U::STORAGE);
         let control = self.pool.get(
             &device,
             "softvi.control",
@@ -742,7 +769,7 @@ impl GridEngine {
         let reduce_params = self.pool.get(
             &device,
             "softvi.reduce_params",
-            16,
+            size_of::<ReduceParams>() as u64,
             U::UNIFORM | U::COPY_DST,
         );
 
@@ -768,6 +795,9 @@ impl GridEngine {
             groups_per_task: groups_per_task as u32,
             band_count: bands.len() as u32,
             tol,
+            extrapolate: options.uses_extrapolation() as u32,
+            gamma: options.gamma as f32,
+            ..Default::default()
         };
         q.write_buffer(&reduce_params, 0, bytemuck::bytes_of(&reduce));
         let mut control_init = vec![0u32, NOT_CONVERGED, 0, 0];
@@ -796,10 +826,13 @@ impl GridEngine {
                     &values[1 - p],
                     (&no_policy, 0, 16),
                     &partials,
+                    &extrapolation,
                 )
             };
             sweep_groups.push([group(0), group(1)]);
         }
+        // Extrapolation dispatches start disabled; convergence_decide enables them.
+        control_init.extend(std::iter::repeat_n(0u32, 3 * bands.len()));
         q.write_buffer(&control, 0, bytemuck::cast_slice(&control_init));
         let reduce_group = self.device.create_bind_group(&wgpu::BindGroupDescriptor {
             label: Some("softvi.residual_reduce"),
@@ -821,10 +854,18 @@ impl GridEngine {
                     binding: 3,
                     resource: control.as_entire_binding(),
                 },
+                wgpu::BindGroupEntry {
+                    binding: 4,
+                    resource: history.as_entire_binding(),
+                },
+                wgpu::BindGroupEntry {
+                    binding: 5,
+                    resource: extrapolation.as_entire_binding(),
+                },
             ],
         });
         let key = GridPipelineKey {
-            policy: false,
+            stage: GridStage::Backup,
             connectivity: if n_actions >= 8 { 8 } else { 4 },
             stay: n_actions % 4 == 1,
             optimistic: inputs.backup == Backup::Optimistic,
@@ -837,10 +878,15 @@ impl GridEngine {
             write_residual: true,
             ..key
         });
+        let extrapolate = self.grid_pipeline(GridPipelineKey {
+            stage: GridStage::Extrapolate,
+            ..key
+        });
 
         let mut encoder = self.device.create_command_encoder(&Default::default());
         encoder.clear_buffer(&values[0], 0, Some(v_bytes));
         encoder.clear_buffer(&values[1], 0, Some(v_bytes));
+        encoder.clear_buffer(&history, 0, None);
         self.queue.submit([encoder.finish()]);
 
         // Sweeps: each submission records several check windows; a converged check zeroes
@@ -876,6 +922,18 @@ impl GridEngine {
                     pass.dispatch_workgroups(n as u32, 1, 1);
                     pass.set_pipeline(&self.decide_pipeline);
                     pass.dispatch_workgroups(1, 1, 1);
+                    if options.uses_extrapolation() {
+                        // V (read next) is in `parity`, V_prev in the other buffer: the bind
+                        // group that reads 1 - parity and writes parity.
+                        pass.set_pipeline(&extrapolate);
+                        for (b, groups) in sweep_groups.iter().enumerate() {
+                            pass.set_bind_group(0, &groups[1 - parity], &[]);
+                            pass.dispatch_workgroups_indirect(
+                                &control,
+                                CONTROL_HEADER_BYTES + 12 * (sweep_groups.len() + b) as u64,
+                            );
+                        }
+                    }
                 }
             }
             let check_bytes = (batch.len() * n * 16) as u64;
@@ -925,7 +983,7 @@ impl GridEngine {
                 Horizon::Infinite { .. } => (sweeps % 2) as usize,
             };
             let key = GridPipelineKey {
-                policy: true,
+                stage: GridStage::Policy,
                 ..key
             };
             let pipeline = self.grid_pipeline(key);
@@ -957,6 +1015,7 @@ impl GridEngine {
                     &values[1 - from],
                     (&out, 0, out_bytes),
                     &partials,
+                    &extrapolation,
                 );
                 let mut encoder = self.device.create_command_encoder(&Default::default());
                 {
