@@ -136,6 +136,10 @@ pub struct IterationArgs {
     /// Plain value iteration: no jumps along the estimated slowest mode.
     #[arg(long)]
     pub no_extrapolation: bool,
+    /// GPU adapters to shard the tasks over: `all` (every adapter WGPU_BACKEND allows) or a
+    /// count N (the first N; `softvi adapters` lists them).
+    #[arg(long, default_value = "1", value_name = "all|N")]
+    pub adapters: String,
 }
 
 #[derive(Args, Debug)]
@@ -163,9 +167,10 @@ pub struct BenchArgs {
     /// Folder holding the MovingAI maps (orz900d.map).
     #[arg(long, default_value = "../shared/maps", value_name = "DIR")]
     pub maps: PathBuf,
-    /// Extra sweeps timed on the GPU path per workload.
-    #[arg(long, default_value_t = 64)]
-    pub sweeps: u32,
+    /// Extra sweeps timed on the GPU path per workload (default: about 2e8 state updates,
+    /// 4 to 128 sweeps).
+    #[arg(long)]
+    pub sweeps: Option<u32>,
     /// Extra sweeps timed on the CPU reference per workload (0 skips the CPU).
     #[arg(long, default_value_t = 2)]
     pub cpu_sweeps: u32,
@@ -398,12 +403,53 @@ impl IterationArgs {
     }
 }
 
-/// Runs the solve on the chosen backend; returns the solution and the adapter description.
+fn adapter_json(ctx: &GpuContext) -> serde_json::Value {
+    json!({
+        "name": ctx.info.name,
+        "backend": ctx.info.backend.to_string(),
+        "driver": ctx.info.driver,
+        "device_type": format!("{:?}", ctx.info.device_type),
+    })
+}
+
+/// How many adapters `--adapters` asks for: `None` = all.
+fn adapter_count(text: &str) -> Result<Option<usize>> {
+    if text == "all" {
+        return Ok(None);
+    }
+    let n: usize = text
+        .parse()
+        .with_context(|| format!("--adapters {text:?} is neither `all` nor a count"))?;
+    ensure!(n >= 1, "--adapters must be at least 1, got {n}");
+    Ok(Some(n))
+}
+
+/// Runs the solve on the chosen backend and adapters; returns the solution and the adapter
+/// description (a list when the tasks were sharded over several adapters).
 pub fn run_backend(
     backend: BackendArg,
+    adapters: &str,
     problem: &GridProblem,
     options: &SolveOptions,
 ) -> Result<(Solution, serde_json::Value)> {
+    let count = adapter_count(adapters)?;
+    if backend == BackendArg::Gpu && count != Some(1) {
+        let mut contexts = GpuContext::all_from_env()?;
+        if let Some(n) = count {
+            ensure!(
+                n <= contexts.len(),
+                "--adapters {n}: only {} adapter(s) available (see `softvi adapters`)",
+                contexts.len()
+            );
+            contexts.truncate(n);
+        }
+        let mut engines = contexts
+            .iter()
+            .map(GridEngine::new)
+            .collect::<Result<Vec<_>>>()?;
+        let solution = crate::gpu::solve_sharded(&mut engines, problem, options)?;
+        return Ok((solution, contexts.iter().map(adapter_json).collect()));
+    }
     match backend {
         BackendArg::Cpu => Ok((
             solve_cpu(problem, options)?,
@@ -411,12 +457,7 @@ pub fn run_backend(
         )),
         BackendArg::Gpu => {
             let ctx = GpuContext::from_env()?;
-            let adapter = json!({
-                "name": ctx.info.name,
-                "backend": ctx.info.backend.to_string(),
-                "driver": ctx.info.driver,
-                "device_type": format!("{:?}", ctx.info.device_type),
-            });
+            let adapter = adapter_json(&ctx);
             let mut engine = GridEngine::new(&ctx)?;
             Ok((engine.solve(problem, options)?, adapter))
         }
@@ -476,7 +517,12 @@ pub fn solve_command(args: &SolveArgs) -> Result<i32> {
     let start = Instant::now();
     let world = args.world.build()?;
     let options = args.iteration.options(!args.no_policy)?;
-    let (solution, adapter) = run_backend(args.iteration.backend, &world.problem, &options)?;
+    let (solution, adapter) = run_backend(
+        args.iteration.backend,
+        &args.iteration.adapters,
+        &world.problem,
+        &options,
+    )?;
     let seconds = start.elapsed().as_secs_f64();
     let summary = summary_json(
         &world,
@@ -559,11 +605,21 @@ fn print_summary(
             Horizon::Infinite { tol, .. } => format!(", tol {tol}"),
         }
     );
-    println!(
-        "backend  {} ({})",
-        adapter["name"].as_str().unwrap_or("?"),
-        adapter["backend"].as_str().unwrap_or("?")
-    );
+    let adapters = match adapter {
+        serde_json::Value::Array(list) => list.clone(),
+        single => vec![single.clone()],
+    };
+    let names: Vec<String> = adapters
+        .iter()
+        .map(|a| {
+            format!(
+                "{} ({})",
+                a["name"].as_str().unwrap_or("?"),
+                a["backend"].as_str().unwrap_or("?")
+            )
+        })
+        .collect();
+    println!("backend  {}", names.join(" + "));
     println!(
         "result   {} after {} sweeps, max residual {:.3e}, {} unreachable cells",
         distinct.join("/"),
@@ -624,7 +680,9 @@ pub fn bench_command(args: &BenchArgs) -> Result<i32> {
     for w in &workloads {
         let p = &w.problem;
         let size = format!("{}x{}", p.grid.height, p.grid.width);
-        let gpu = measure_gpu(&mut engine, p, args.sweeps)?;
+        let default_sweeps =
+            (2e8 / (p.task_count() * p.grid.cells()) as f64).clamp(4.0, 128.0) as u32;
+        let gpu = measure_gpu(&mut engine, p, args.sweeps.unwrap_or(default_sweeps))?;
         let cpu = if args.cpu_sweeps > 0 {
             Some(measure_cpu(p, args.cpu_sweeps)?)
         } else {

@@ -48,7 +48,9 @@ pub mod problem;
 pub mod reference;
 pub mod solve;
 
-pub use gpu::{EngineOptions, GpuContext, GridEngine};
+pub use gpu::{EngineOptions, GpuContext, GridEngine, solve_sharded};
 pub use grid::{ActionSet, Connectivity, Grid, MoveCost};
 pub use problem::{Backup, GridProblem, GridTask, Horizon, SolveOptions};
 pub use solve::{Solution, Status, solve_cpu};
+/// The wgpu version softvi is built on, for callers that pick adapters themselves.
+pub use wgpu;

@@ -12,7 +12,10 @@ fn options(gamma: f64, extrapolate: bool, backup: Backup) -> SolveOptions {
         alpha: 1.0,
         gamma,
         backup,
-        horizon: Horizon::Infinite { tol: 1e-4, max_iters: 100_000 },
+        horizon: Horizon::Infinite {
+            tol: 1e-4,
+            max_iters: 100_000,
+        },
         policy: false,
         extrapolate,
     }
@@ -22,7 +25,10 @@ fn options(gamma: f64, extrapolate: bool, backup: Backup) -> SolveOptions {
 fn extrapolation_cuts_sweeps_and_keeps_the_fixed_point() {
     let grid = Grid::generate_maze(63, 47, 4).unwrap();
     let problem = softvi::bench::reference_problem(grid, 3);
-    for (gamma, backup, min_speedup) in [(0.99, Backup::Expected, 2.5), (0.995, Backup::Optimistic, 2.5)] {
+    for (gamma, backup, min_speedup) in [
+        (0.99, Backup::Expected, 2.5),
+        (0.995, Backup::Optimistic, 2.5),
+    ] {
         let plain = solve_cpu(&problem, &options(gamma, false, backup)).unwrap();
         let fast = solve_cpu(&problem, &options(gamma, true, backup)).unwrap();
         let gpu = with_engine(|e| e.solve(&problem, &options(gamma, true, backup)).unwrap());
@@ -33,10 +39,17 @@ fn extrapolation_cuts_sweeps_and_keeps_the_fixed_point() {
             fast.iterations[0],
             gpu.as_ref().map(|g| g.iterations[0])
         );
-        assert!(speedup >= min_speedup, "gamma {gamma}: only {speedup:.2}x fewer sweeps");
+        assert!(
+            speedup >= min_speedup,
+            "gamma {gamma}: only {speedup:.2}x fewer sweeps"
+        );
         // Both stopped at residual <= max(tol, 1e-6 * max|V|): each within that times
         // gamma / (1 - gamma) of V*.
-        let scale = plain.values.iter().filter(|v| v.is_finite()).fold(0.0f64, |m, &v| m.max(v.abs() as f64));
+        let scale = plain
+            .values
+            .iter()
+            .filter(|v| v.is_finite())
+            .fold(0.0f64, |m, &v| m.max(v.abs() as f64));
         let threshold = 1e-4f64.max(softvi::solve::RESIDUAL_FLOOR * scale);
         let bound = 2.0 * threshold * gamma / (1.0 - gamma) + 1e-4;
         let err = max_abs_error(&fast.values, &plain.values);
@@ -47,7 +60,12 @@ fn extrapolation_cuts_sweeps_and_keeps_the_fixed_point() {
             let f32_slack = 8.0 * f32::EPSILON as f64 * 400.0 / (1.0 - gamma);
             assert!(err <= bound + f32_slack, "gpu vs plain: {err}");
             let ratio = gpu.iterations[0] as f64 / fast.iterations[0] as f64;
-            assert!((0.75..=1.34).contains(&ratio), "gpu {} vs cpu {} sweeps", gpu.iterations[0], fast.iterations[0]);
+            assert!(
+                (0.75..=1.34).contains(&ratio),
+                "gpu {} vs cpu {} sweeps",
+                gpu.iterations[0],
+                fast.iterations[0]
+            );
         }
     }
 }
@@ -56,9 +74,18 @@ fn extrapolation_cuts_sweeps_and_keeps_the_fixed_point() {
 #[test]
 fn extrapolation_is_off_where_it_does_not_apply() {
     for o in [
-        SolveOptions { alpha: 0.0, ..options(0.99, true, Backup::Expected) },
-        SolveOptions { horizon: Horizon::Finite(100), ..options(0.99, true, Backup::Expected) },
-        SolveOptions { gamma: 1.0, ..options(0.99, true, Backup::Expected) },
+        SolveOptions {
+            alpha: 0.0,
+            ..options(0.99, true, Backup::Expected)
+        },
+        SolveOptions {
+            horizon: Horizon::Finite(100),
+            ..options(0.99, true, Backup::Expected)
+        },
+        SolveOptions {
+            gamma: 1.0,
+            ..options(0.99, true, Backup::Expected)
+        },
     ] {
         assert!(!o.uses_extrapolation(), "{o:?}");
     }

@@ -1,7 +1,7 @@
 //! Adapter and device selection, honouring `WGPU_BACKEND`, `WGPU_ADAPTER_NAME` and
 //! `WGPU_POWER_PREF`.
 
-use anyhow::{Context, Result, anyhow, bail};
+use anyhow::{Context, Result, anyhow, bail, ensure};
 
 /// A wgpu adapter with its device and queue, as the engines borrow them.
 pub struct GpuContext {
@@ -33,11 +33,24 @@ impl GpuContext {
         Self::from_adapter(adapter)
     }
 
+    /// A context on every adapter the environment allows, the preferred one first.
+    pub fn all_from_env() -> Result<Vec<Self>> {
+        let adapters = Self::adapters_from_env()?;
+        ensure!(!adapters.is_empty(), NO_ADAPTER_HELP);
+        adapters.into_iter().map(Self::from_adapter).collect()
+    }
+
     /// Every adapter the environment allows, the preferred one first.
     pub fn adapters_from_env() -> Result<Vec<wgpu::Adapter>> {
-        let instance =
-            wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
-        let backends = wgpu::Backends::from_env().unwrap_or(wgpu::Backends::all());
+        Self::adapters(wgpu::Backends::from_env().unwrap_or(wgpu::Backends::all()))
+    }
+
+    /// Every adapter on `backends` (`WGPU_ADAPTER_NAME` still filters), the preferred one
+    /// first.
+    pub fn adapters(backends: wgpu::Backends) -> Result<Vec<wgpu::Adapter>> {
+        let mut descriptor = wgpu::InstanceDescriptor::new_without_display_handle_from_env();
+        descriptor.backends = backends;
+        let instance = wgpu::Instance::new(descriptor);
         let mut adapters: Vec<wgpu::Adapter> =
             pollster::block_on(instance.enumerate_adapters(backends));
         if let Ok(name) = std::env::var("WGPU_ADAPTER_NAME") {

@@ -1,0 +1,67 @@
+//! Several adapters at once: the task batch is split into contiguous shards, one per engine,
+//! solved concurrently (a thread each) and gathered in task order.
+
+use std::time::Instant;
+
+use anyhow::{Context, Result, ensure};
+
+use super::grid_engine::GridEngine;
+use crate::problem::{GridProblem, SolveOptions};
+use crate::solve::Solution;
+
+/// Solves `problem` with its tasks split evenly over `engines` (in order); the result is laid
+/// out exactly as a single engine's.
+pub fn solve_sharded(
+    engines: &mut [GridEngine],
+    problem: &GridProblem,
+    options: &SolveOptions,
+) -> Result<Solution> {
+    ensure!(!engines.is_empty(), "no engine to shard the tasks over");
+    problem.validate()?;
+    options.validate()?;
+    let start = Instant::now();
+    let per_shard = problem.tasks.len().div_ceil(engines.len());
+    let shards: Vec<GridProblem> = problem
+        .tasks
+        .chunks(per_shard)
+        .map(|tasks| GridProblem {
+            tasks: tasks.to_vec(),
+            ..problem.clone()
+        })
+        .collect();
+    let results: Vec<Result<Solution>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = engines
+            .iter_mut()
+            .zip(&shards)
+            .map(|(engine, shard)| {
+                scope.spawn(move || {
+                    engine
+                        .solve(shard, options)
+                        .with_context(|| format!("shard on {}", engine.adapter_label()))
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("shard thread panicked"))
+            .collect()
+    });
+    let mut parts = results.into_iter().collect::<Result<Vec<_>>>()?.into_iter();
+    let mut merged = parts.next().expect("at least one shard");
+    for part in parts {
+        merged.values.extend(part.values);
+        merged.policy = match (merged.policy, part.policy) {
+            (Some(mut all), Some(p)) => {
+                all.extend(p);
+                Some(all)
+            }
+            _ => None,
+        };
+        merged.iterations.extend(part.iterations);
+        merged.residual.extend(part.residual);
+        merged.status.extend(part.status);
+        merged.unreachable.extend(part.unreachable);
+    }
+    merged.seconds = start.elapsed().as_secs_f64();
+    Ok(merged)
+}
