@@ -1,22 +1,23 @@
 // Soft Bellman backups over a batch of gridworld tasks that share one map.
-// CPU twin: src/reference.rs (`grid_backup`, `grid_policy`, `action_values`, `soft_max`).
+// CPU twin: src/reference.rs (`grid_backup`, `grid_extrapolate`, `grid_policy`,
+// `action_values`, `soft_max`).
 //
 // Transitions are never stored: each cell's legal-move bitmask says which moves leave it
 // (bit a clear = the move is blocked and the agent stays). With slip eps, action a executes its
 // own move with probability 1 - eps and a uniformly drawn action's move with probability eps.
 //
-// `grid_backup` updates a quad of 4 cells of one row per invocation: the 3 x 3 quads around it
-// are 9 vec4 loads that hold every neighbour value, the 4 cells' move masks are one u32 (a byte
-// each) and their fixed flags 4 bits of one word. The GPU path pads the map width to a
-// multiple of 4 with blocked cells, which changes no transition.
+// One invocation handles a quad of 4 cells of one row: the 3 x 3 quads around it are 9 vec4
+// loads that hold every neighbour value, its fixed flags are 4 bits of one word. Only quads
+// with a free cell are visited: `active_quads` lists them in row-major order with their 4
+// cells' move masks (a byte each). The GPU path pads the map width to a multiple of 4 with
+// blocked cells, which changes no transition.
 //
-// Dispatch: x = quad within the row, y = row within the band, z = task within the band. A band
-// is a window of whole tasks or of rows of one task, so that every binding stays under the
-// adapter's storage-binding limit; the *_origin fields locate each window in the chunk's arrays.
+// Dispatch: 64 invocations per workgroup over the band's slice of `active_quads`
+// (x + y * dispatch_x workgroups), z = task within the band. A band is a window of whole tasks
+// or of rows of one task, so that every binding stays under the adapter's storage-binding
+// limit; the *_origin fields locate each window in the chunk's arrays.
 
-const WORKGROUP_X: u32 = 16u;
-const WORKGROUP_Y: u32 = 4u;
-const WORKGROUP_SIZE: u32 = 64u; // WORKGROUP_X * WORKGROUP_Y
+const WORKGROUP_SIZE: u32 = 64u;
 const MAX_ACTIONS: u32 = 9u;
 // Two Q values closer than this (relative to max(1, |max Q|)) tie for the hard-max policy.
 const TIE_RELATIVE: f32 = 1e-5;
@@ -41,15 +42,18 @@ struct GridParams {
     height: u32,
     cells_per_task: u32,
     fixed_words_per_task: u32,
-    // First task ([task] index within the chunk) and rows covered by this band.
+    // First task ([task] index within the chunk) of this band.
     task_base: u32,
-    row_base: u32,
-    row_count: u32,
-    // Workgroups along a row of quads, and per task over all bands (`partials` indexing).
-    groups_x: u32,
+    // This band's slice of `active_quads`: first entry and count.
+    list_base: u32,
+    list_count: u32,
+    // Workgroups along x of this band's dispatch.
+    dispatch_x: u32,
+    // `partials` slot of this band's first workgroup within a task, and slots per task.
+    group_base: u32,
     groups_per_task: u32,
     // Where each binding's window starts in its full array, in that array's elements.
-    mask_origin: u32,  // move_mask [row][quad]
+    quads_origin: u32, // active_quads [entry]
     fixed_origin: u32, // fixed_bits [task][word]
     v_in_origin: u32,  // v_in [task][row][quad]
     out_origin: u32,   // reward, v_out [task][row][quad]; policy cell 4 * out_origin
@@ -59,20 +63,19 @@ struct GridParams {
     log2e_over_alpha: f32, // log2(e) / alpha
     slip_share: f32,       // slip / |A|
     _pad0: u32,
-    _pad1: u32,
-    step_cost: array<vec4<f32>, 3>,   // cost(a), action order
-    move_offset: array<vec4<i32>, 3>, // cell-index offset of action a's move
+    step_cost: array<vec4<f32>, 3>, // cost(a), action order
 }
 
 @group(0) @binding(0) var<uniform> params: GridParams;
-@group(0) @binding(1) var<storage, read> move_mask: array<u32>;          // [row][quad], a byte per cell
+// (row << 16 | quad column, move masks of the quad's 4 cells: byte j = cell 4q + j).
+@group(0) @binding(1) var<storage, read> active_quads: array<vec2<u32>>;
 @group(0) @binding(2) var<storage, read> fixed_bits: array<u32>;         // [task][cell / 32]
 @group(0) @binding(3) var<storage, read> reward: array<vec4<f32>>;       // [task][row][quad]
 @group(0) @binding(4) var<storage, read> v_in: array<vec4<f32>>;         // [task][row][quad]
 @group(0) @binding(5) var<storage, read_write> v_out: array<vec4<f32>>;  // [task][row][quad]
 @group(0) @binding(6) var<storage, read_write> partials: array<vec4<f32>>; // [task][group]
 @group(0) @binding(7) var<storage, read_write> policy: array<f32>;       // [task][row][col][action]
-@group(0) @binding(8) var<storage, read> extrapolation: array<f32>;       // [task]
+@group(0) @binding(8) var<storage, read> extrapolation: array<f32>;      // [task]
 
 var<workgroup> scratch: array<vec4<f32>, WORKGROUP_SIZE>;
 
@@ -138,13 +141,46 @@ fn soft_max(q: array<f32, MAX_ACTIONS>) -> f32 {
     return top + params.alpha_ln2 * log2(total);
 }
 
+// One active quad of one task, with everything its 4 cells' backups need.
+struct Quad {
+    valid: bool,
+    task: u32,
+    row: u32,
+    column: u32, // quad column: cells 4 * column .. 4 * column + 3
+    masks: u32,
+    fixed: u32, // 4 bits, bit j = cell j is fixed
+    in_index: u32, // this quad in v_in's window
+    out_index: u32, // this quad in the reward / v_out window
+}
+
+fn locate(wid: vec3<u32>, lid: u32) -> Quad {
+    var quad: Quad;
+    let item = (wid.y * params.dispatch_x + wid.x) * WORKGROUP_SIZE + lid;
+    quad.valid = item < params.list_count;
+    if !quad.valid {
+        return quad;
+    }
+    let entry = active_quads[params.list_base + item - params.quads_origin];
+    quad.task = params.task_base + wid.z;
+    quad.row = entry.x >> 16u;
+    quad.column = entry.x & 0xffffu;
+    quad.masks = entry.y;
+    let cell = quad.row * params.width + 4u * quad.column;
+    let word = quad.task * params.fixed_words_per_task + (cell >> 5u) - params.fixed_origin;
+    quad.fixed = (fixed_bits[word] >> (cell & 31u)) & 15u;
+    let index = (quad.task * params.cells_per_task + cell) / 4u;
+    quad.in_index = index - params.v_in_origin;
+    quad.out_index = index - params.out_origin;
+    return quad;
+}
+
 // Values of row segment [4q - 1, 4q + 5) from the quads left of, at and right of q.
 fn segment(left: vec4<f32>, mid: vec4<f32>, right: vec4<f32>) -> array<f32, 6> {
     return array<f32, 6>(left.w, mid.x, mid.y, mid.z, mid.w, right.x);
 }
 
-// Successor values of cell j of a quad, in action order, from the segments of the rows above,
-// at and below it; blocked moves stay.
+// Successor values of cell j of a quad, in action order, from the 6-cell segments of the rows
+// above, at and below it; blocked moves stay.
 fn successors(top: array<f32, 6>, mid: array<f32, 6>, bot: array<f32, 6>, j: u32, mask: u32) -> array<f32, MAX_ACTIONS> {
     let here = mid[j + 1u];
     // Move order N, E, S, W, NE, SE, SW, NW.
@@ -159,51 +195,57 @@ fn successors(top: array<f32, 6>, mid: array<f32, 6>, bot: array<f32, 6>, j: u32
     return next;
 }
 
-@compute @workgroup_size(WORKGROUP_X, WORKGROUP_Y, 1)
-fn grid_backup(
-    @builtin(global_invocation_id) gid: vec3<u32>,
-    @builtin(workgroup_id) wid: vec3<u32>,
-    @builtin(local_invocation_index) lid: u32,
-) {
+// v_in indices of the quads above and below (clamped at the map edge: moves off the map are
+// blocked anyway, so those values are never used) and the column steps left and right.
+fn row_above(q: Quad) -> u32 {
+    return select(q.in_index, q.in_index - params.width / 4u, q.row > 0u);
+}
+
+fn row_below(q: Quad) -> u32 {
+    return select(q.in_index, q.in_index + params.width / 4u, q.row + 1u < params.height);
+}
+
+fn step_left(q: Quad) -> u32 {
+    return select(0u, 1u, q.column > 0u);
+}
+
+fn step_right(q: Quad) -> u32 {
+    return select(0u, 1u, q.column + 1u < params.width / 4u);
+}
+
+fn quad_reward(q: Quad) -> vec4<f32> {
+    if HAS_REWARD {
+        return reward[q.out_index];
+    }
+    return vec4<f32>(0.0);
+}
+
+@compute @workgroup_size(WORKGROUP_SIZE, 1, 1)
+fn grid_backup(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     // (max |dV|, min dV, max |V|, any active cell)
     var stats = vec4<f32>(0.0, HUGE, 0.0, 0.0);
-    let quads_per_row = params.width / 4u;
-    if gid.x < quads_per_row && gid.y < params.row_count {
-        let task = params.task_base + gid.z;
-        let row = params.row_base + gid.y;
-        let quad = row * quads_per_row + gid.x;
-        let cell = quad * 4u;
-        let word = task * params.fixed_words_per_task + (cell >> 5u) - params.fixed_origin;
-        let fixed = (fixed_bits[word] >> (cell & 31u)) & 15u;
-        if fixed != 15u {
-            // Rows and quads clamped at the map edge: moves off the map are blocked anyway.
-            let task_base = task * (params.cells_per_task / 4u) - params.v_in_origin;
-            let up = (max(row, 1u) - 1u) * quads_per_row;
-            let here = row * quads_per_row;
-            let down = min(row + 1u, params.height - 1u) * quads_per_row;
-            let l = max(gid.x, 1u) - 1u;
-            let r = min(gid.x + 1u, quads_per_row - 1u);
-            let top = segment(v_in[task_base + up + l], v_in[task_base + up + gid.x], v_in[task_base + up + r]);
-            let old = v_in[task_base + here + gid.x];
-            let mid = segment(v_in[task_base + here + l], old, v_in[task_base + here + r]);
-            let bot = segment(v_in[task_base + down + l], v_in[task_base + down + gid.x], v_in[task_base + down + r]);
-            let masks = move_mask[quad - params.mask_origin];
-            let out_index = task * (params.cells_per_task / 4u) + quad - params.out_origin;
-            var r4 = vec4<f32>(0.0);
-            if HAS_REWARD {
-                r4 = reward[out_index];
+    let q = locate(wid, lid);
+    if q.valid && q.fixed != 15u {
+        let up = row_above(q);
+        let down = row_below(q);
+        let l = step_left(q);
+        let r = step_right(q);
+        let here = q.in_index;
+        let old = v_in[here];
+        let top = segment(v_in[up - l], v_in[up], v_in[up + r]);
+        let mid = segment(v_in[here - l], old, v_in[here + r]);
+        let bot = segment(v_in[down - l], v_in[down], v_in[down + r]);
+        let r4 = quad_reward(q);
+        var updated = old;
+        for (var j = 0u; j < 4u; j++) {
+            if ((q.fixed >> j) & 1u) == 0u {
+                let next = successors(top, mid, bot, j, (q.masks >> (8u * j)) & 255u);
+                updated[j] = soft_max(action_values(next, r4[j]));
+                let delta = updated[j] - old[j];
+                stats = vec4<f32>(max(stats.x, abs(delta)), min(stats.y, delta), max(stats.z, abs(updated[j])), 1.0);
             }
-            var updated = old;
-            for (var j = 0u; j < 4u; j++) {
-                if ((fixed >> j) & 1u) == 0u {
-                    let next = successors(top, mid, bot, j, (masks >> (8u * j)) & 255u);
-                    updated[j] = soft_max(action_values(next, r4[j]));
-                    let delta = updated[j] - old[j];
-                    stats = vec4<f32>(max(stats.x, abs(delta)), min(stats.y, delta), max(stats.z, abs(updated[j])), 1.0);
-                }
-            }
-            v_out[out_index] = updated;
         }
+        v_out[q.out_index] = updated;
     }
     if WRITE_RESIDUAL {
         scratch[lid] = stats;
@@ -216,10 +258,10 @@ fn grid_backup(
             }
             workgroupBarrier();
         }
-        if lid == 0u {
-            let group_row = params.row_base / WORKGROUP_Y + wid.y;
+        let group = wid.y * params.dispatch_x + wid.x;
+        if lid == 0u && group * WORKGROUP_SIZE < params.list_count {
             let task = params.task_base + wid.z;
-            partials[task * params.groups_per_task + group_row * params.groups_x + wid.x] = scratch[0];
+            partials[task * params.groups_per_task + params.group_base + group] = scratch[0];
         }
     }
 }
@@ -227,88 +269,67 @@ fn grid_backup(
 // V <- V + factor * (V - V_prev) on non-fixed cells, V in v_out and V_prev (the values before
 // the last sweep) in v_in, with the task's factor from `convergence_decide`. If the residual
 // decays like lambda^k along one mode, this lands on that mode's limit:
-// factor = lambda / (1 - lambda). Same dispatch shape as grid_backup.
-@compute @workgroup_size(WORKGROUP_X, WORKGROUP_Y, 1)
-fn grid_extrapolate(@builtin(global_invocation_id) gid: vec3<u32>) {
-    let quads_per_row = params.width / 4u;
-    if gid.x >= quads_per_row || gid.y >= params.row_count {
+// factor = lambda / (1 - lambda). Same dispatch as grid_backup.
+@compute @workgroup_size(WORKGROUP_SIZE, 1, 1)
+fn grid_extrapolate(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let q = locate(wid, lid);
+    if !q.valid || q.fixed == 15u {
         return;
     }
-    let task = params.task_base + gid.z;
-    let factor = extrapolation[task];
-    let quad = (params.row_base + gid.y) * quads_per_row + gid.x;
-    let cell = quad * 4u;
-    let fixed = (fixed_bits[task * params.fixed_words_per_task + (cell >> 5u) - params.fixed_origin] >> (cell & 31u)) & 15u;
-    if factor == 0.0 || fixed == 15u {
+    let factor = extrapolation[q.task];
+    if factor == 0.0 {
         return;
     }
-    let quads_per_task = params.cells_per_task / 4u;
-    let out_index = task * quads_per_task + quad - params.out_origin;
-    let current = v_out[out_index];
-    let previous = v_in[task * quads_per_task + quad - params.v_in_origin];
+    let current = v_out[q.out_index];
+    let previous = v_in[q.in_index];
     var moved = current;
     for (var j = 0u; j < 4u; j++) {
-        if ((fixed >> j) & 1u) == 0u {
+        if ((q.fixed >> j) & 1u) == 0u {
             moved[j] = current[j] + factor * (current[j] - previous[j]);
         }
     }
-    v_out[out_index] = moved;
+    v_out[q.out_index] = moved;
 }
 
-// Value of cell `index` ([task][row][col] within the chunk) in v_in.
-fn v_in_at(index: u32) -> f32 {
-    let i = index - 4u * params.v_in_origin;
-    return v_in[i >> 2u][i & 3u];
-}
-
-// pi(a|s) = exp((Q(s,a) - V(s)) / alpha) from the next values in v_in, one invocation per cell
-// (x = column), written to `policy`; for alpha = 0, one-hot on the first maximising action.
-// Fixed cells get 0 (the host writes NaN there).
-@compute @workgroup_size(WORKGROUP_X, WORKGROUP_Y, 1)
-fn grid_policy(@builtin(global_invocation_id) gid: vec3<u32>) {
-    if gid.x >= params.width || gid.y >= params.row_count {
+// pi(a|s) = exp((Q(s,a) - V(s)) / alpha) from the next values in v_in, written to `policy`;
+// for alpha = 0, one-hot on the first maximising action. Same dispatch as grid_backup; fixed
+// cells and cells of inactive quads are left alone (the host writes NaN there).
+@compute @workgroup_size(WORKGROUP_SIZE, 1, 1)
+fn grid_policy(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let q = locate(wid, lid);
+    if !q.valid || q.fixed == 15u {
         return;
     }
-    let task = params.task_base + gid.z;
-    let cell = (params.row_base + gid.y) * params.width + gid.x;
-    let index = task * params.cells_per_task + cell;
-    let n = action_count();
-    let out_base = (index - 4u * params.out_origin) * n;
-    let word = task * params.fixed_words_per_task + (cell >> 5u) - params.fixed_origin;
-    if ((fixed_bits[word] >> (cell & 31u)) & 1u) != 0u {
-        for (var a = 0u; a < n; a++) {
-            policy[out_base + a] = 0.0;
+    let up = row_above(q);
+        let down = row_below(q);
+        let l = step_left(q);
+        let r = step_right(q);
+    let here = q.in_index;
+    let top = segment(v_in[up - l], v_in[up], v_in[up + r]);
+    let mid = segment(v_in[here - l], v_in[here], v_in[here + r]);
+    let bot = segment(v_in[down - l], v_in[down], v_in[down + r]);
+    let r4 = quad_reward(q);
+    let count = action_count();
+    for (var j = 0u; j < 4u; j++) {
+        if ((q.fixed >> j) & 1u) != 0u {
+            continue;
         }
-        return;
-    }
-    let mask = (move_mask[(cell >> 2u) - params.mask_origin] >> (8u * (cell & 3u))) & 255u;
-    let here = v_in_at(index);
-    var next: array<f32, MAX_ACTIONS>;
-    for (var a = 0u; a < n; a++) {
-        next[a] = here;
-        if ((mask >> a) & 1u) != 0u {
-            next[a] = v_in_at(index + bitcast<u32>(params.move_offset[a / 4u][a % 4u]));
-        }
-    }
-    var r = 0.0;
-    if HAS_REWARD {
-        let i = index - 4u * params.out_origin;
-        r = reward[i >> 2u][i & 3u];
-    }
-    let q = action_values(next, r);
-    if HARD_MAX {
-        let top = max_value(q);
-        let tie = top - TIE_RELATIVE * max(1.0, abs(top));
-        var chosen = false;
-        for (var a = 0u; a < n; a++) {
-            let pick = !chosen && q[a] >= tie;
-            chosen = chosen || pick;
-            policy[out_base + a] = select(0.0, 1.0, pick);
-        }
-    } else {
-        let v = soft_max(q);
-        for (var a = 0u; a < n; a++) {
-            policy[out_base + a] = exp2((q[a] - v) * params.log2e_over_alpha);
+        let out_base = (4u * q.out_index + j) * count;
+        let values = action_values(successors(top, mid, bot, j, (q.masks >> (8u * j)) & 255u), r4[j]);
+        if HARD_MAX {
+            let top = max_value(values);
+            let tie = top - TIE_RELATIVE * max(1.0, abs(top));
+            var chosen = false;
+            for (var a = 0u; a < count; a++) {
+                let pick = !chosen && values[a] >= tie;
+                chosen = chosen || pick;
+                policy[out_base + a] = select(0.0, 1.0, pick);
+            }
+        } else {
+            let v = soft_max(values);
+            for (var a = 0u; a < count; a++) {
+                policy[out_base + a] = exp2((values[a] - v) * params.log2e_over_alpha);
+            }
         }
     }
 }

@@ -104,13 +104,19 @@ pub struct Measurement {
     pub bytes_per_second: f64,
 }
 
-/// Bytes a fused sweep moves per cell and task: read V (4), write V (4), read reward (4),
-/// fixed bits (1/8), plus the 4-byte move mask shared by the batch; neighbour reads are
-/// assumed to hit cache.
+/// Bytes a fused sweep moves: per cell and task of the visited quads (those with a free
+/// cell) read V (4), write V (4), read reward (4), fixed bits (1/8), plus 8 bytes per visited
+/// quad of list entry shared by the batch; neighbour reads are assumed to hit cache.
 pub fn bytes_per_sweep(problem: &GridProblem) -> f64 {
-    let cells = problem.grid.cells() as f64;
-    let b = problem.task_count() as f64;
-    cells * (b * 12.125 + 4.0)
+    let g = &problem.grid;
+    let quads_per_row = g.width.div_ceil(4);
+    let visited = (0..g.height * quads_per_row)
+        .filter(|q| {
+            let (row, first) = (q / quads_per_row, 4 * (q % quads_per_row));
+            (first..(first + 4).min(g.width)).any(|c| g.free[row * g.width + c])
+        })
+        .count() as f64;
+    visited * (4.0 * problem.task_count() as f64 * 12.125 + 8.0)
 }
 
 /// Times `solve` at two horizons and divides the difference by the extra sweeps, so that

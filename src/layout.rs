@@ -123,21 +123,28 @@ impl GridInputs {
         bits
     }
 
-    /// `move_mask` packed per quad of 4 cells of a row, `[row][quad]`, byte j = cell 4q + j
-    /// (moves are at most 8 bits: STAY never moves). The width must be a multiple of 4.
-    pub fn quad_move_mask(&self) -> Vec<u32> {
+    /// The quads of 4 cells of a row that hold a free cell, row-major: `[row << 16 | quad
+    /// column, move masks]` with byte j of the masks = cell 4q + j (moves need at most 8
+    /// bits: STAY never moves). The width must be a multiple of 4.
+    pub fn active_quads(&self) -> Vec<[u32; 2]> {
         assert!(
             self.width.is_multiple_of(4),
-            "quad masks need a width that is a multiple of 4"
+            "quads need a width that is a multiple of 4"
         );
-        self.move_mask
-            .chunks_exact(4)
-            .map(|q| {
-                q.iter()
-                    .enumerate()
-                    .fold(0u32, |acc, (j, &m)| acc | (m & 255) << (8 * j))
-            })
-            .collect()
+        let mut quads = Vec::new();
+        for (i, cells) in self.move_mask.chunks_exact(4).enumerate() {
+            let first = 4 * i;
+            if !self.free[first..first + 4].iter().any(|&f| f) {
+                continue;
+            }
+            let (row, column) = (first / self.width, first % self.width / 4);
+            let masks = cells
+                .iter()
+                .enumerate()
+                .fold(0u32, |acc, (j, &m)| acc | (m & 255) << (8 * j));
+            quads.push([(row as u32) << 16 | column as u32, masks]);
+        }
+        quads
     }
 
     /// Words of `fixed_bits` per task.

@@ -175,22 +175,48 @@ fn gpu_backend_reports_its_adapter() {
 
 #[test]
 fn adapters_all_lists_every_adapter_used() {
-    if softvi::GpuContext::from_env().is_err() && std::env::var("SOFTVI_REQUIRE_GPU").as_deref() != Ok("1") {
+    if softvi::GpuContext::from_env().is_err()
+        && std::env::var("SOFTVI_REQUIRE_GPU").as_deref() != Ok("1")
+    {
         eprintln!("\n*** SKIPPING GPU CLI TEST: no adapter ***\n");
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("out");
     let o = softvi(&[
-        "solve", "--maze", "33x17", "--goal", "1,1", "--goal", "31,15", "--goal", "17,9", "--adapters", "all",
-        "--out", out.to_str().unwrap(),
+        "solve",
+        "--maze",
+        "33x17",
+        "--goal",
+        "1,1",
+        "--goal",
+        "31,15",
+        "--goal",
+        "17,9",
+        "--adapters",
+        "all",
+        "--out",
+        out.to_str().unwrap(),
     ]);
     assert!(o.status.success(), "{}", stderr(&o));
     let s = summary(&out);
     let listed = s["adapter"].as_array().expect("a list of adapters");
-    assert_eq!(listed.len(), softvi::GpuContext::adapters_from_env().unwrap().len());
+    assert_eq!(
+        listed.len(),
+        softvi::GpuContext::adapters_from_env().unwrap().len()
+    );
     assert_eq!(s["status"].as_array().unwrap().len(), 3);
-    let o = softvi(&["solve", "--maze", "33x17", "--goal", "1,1", "--adapters", "99", "--out", out.to_str().unwrap()]);
+    let o = softvi(&[
+        "solve",
+        "--maze",
+        "33x17",
+        "--goal",
+        "1,1",
+        "--adapters",
+        "99",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
     assert!(!o.status.success());
     assert!(stderr(&o).contains("--adapters 99"), "{}", stderr(&o));
 }

@@ -23,10 +23,9 @@ pub const GRID_BACKUP_WGSL: &str = include_str!("../../shaders/grid_backup.wgsl"
 /// WGSL source of the convergence reduction.
 pub const RESIDUAL_REDUCE_WGSL: &str = include_str!("../../shaders/residual_reduce.wgsl");
 
-/// Workgroup width of the grid kernels (columns). Same as `WORKGROUP_X` in the shader.
-pub const WORKGROUP_X: u32 = 16;
-/// Workgroup height of the grid kernels (rows). Same as `WORKGROUP_Y` in the shader.
-pub const WORKGROUP_Y: u32 = 4;
+/// Invocations (quads) per workgroup of the grid kernels. Same as `WORKGROUP_SIZE` in the
+/// shader.
+pub const WORKGROUP_SIZE: u32 = 64;
 /// Invocations of one `residual_reduce` workgroup. Same as `REDUCE_SIZE` in the shader.
 pub const REDUCE_SIZE: u32 = 256;
 /// `Control::converged_check` before convergence. Same as `NOT_CONVERGED` in the shader.
@@ -56,11 +55,12 @@ pub struct GridParams {
     pub cells_per_task: u32,
     pub fixed_words_per_task: u32,
     pub task_base: u32,
-    pub row_base: u32,
-    pub row_count: u32,
-    pub groups_x: u32,
+    pub list_base: u32,
+    pub list_count: u32,
+    pub dispatch_x: u32,
+    pub group_base: u32,
     pub groups_per_task: u32,
-    pub mask_origin: u32,
+    pub quads_origin: u32,
     pub fixed_origin: u32,
     pub v_in_origin: u32,
     pub out_origin: u32,
@@ -70,9 +70,7 @@ pub struct GridParams {
     pub log2e_over_alpha: f32,
     pub slip_share: f32,
     pub _pad0: u32,
-    pub _pad1: u32,
     pub step_cost: [[f32; 4]; 3],
-    pub move_offset: [[i32; 4]; 3],
 }
 
 /// Uniform of the convergence reduction. Keep in sync with `ReduceParams` in
@@ -138,13 +136,11 @@ pub fn plan_bands(
             .collect());
     }
     let rows = (capacity / width as u64).saturating_sub(2) as usize;
-    let rows = rows / WORKGROUP_Y as usize * WORKGROUP_Y as usize;
     if rows == 0 {
         bail!(
-            "a grid row of {width} cells needs {} bytes per storage binding for {} rows, but the \
-             adapter's max_storage_buffer_binding_size is {max_binding} bytes",
-            (width as u64) * bytes_per_cell * (WORKGROUP_Y as u64 + 2),
-            WORKGROUP_Y + 2
+            "a grid row of {width} cells needs {} bytes per storage binding for one row and its \
+             two neighbours, but the adapter's max_storage_buffer_binding_size is {max_binding} bytes",
+            (width as u64) * bytes_per_cell * 3 + WINDOW_SLACK * bytes_per_cell,
         );
     }
     let mut bands = Vec::new();
@@ -280,6 +276,23 @@ impl BufferPool {
     }
 }
 
+/// One band's params, binding windows (active quads, fixed bits, v_in, out) and workgroup
+/// counts, and the cells `[first_cell, end_cell)` it writes.
+struct BandLayout {
+    params: GridParams,
+    windows: [Window; 4],
+    dispatch: [u32; 3],
+    first_cell: u64,
+    end_cell: u64,
+}
+
+impl BandLayout {
+    /// Workgroups of one task of this band.
+    fn dispatch_groups(&self) -> u32 {
+        self.params.list_count.div_ceil(WORKGROUP_SIZE)
+    }
+}
+
 /// Result of one chunk of tasks.
 struct ChunkResult {
     values: Vec<f32>,
@@ -354,7 +367,7 @@ impl GridEngine {
             label: Some("softvi.grid_backup"),
             entries: &layout_entries(&[
                 uniform,        // params
-                storage(true),  // move_mask
+                storage(true),  // active_quads
                 storage(true),  // fixed_bits
                 storage(true),  // reward
                 storage(true),  // v_in
@@ -488,6 +501,7 @@ impl GridEngine {
         let cells = inputs.cells();
         let per_chunk = self.tasks_per_chunk(cells)?;
         let fixed_bits = inputs.fixed_bits();
+        let active_quads = inputs.active_quads();
         let mut values = Vec::with_capacity(inputs.tasks * cells);
         let mut policy = options.policy.then(Vec::new);
         let (mut iterations, mut residual) = (Vec::new(), Vec::new());
@@ -495,7 +509,7 @@ impl GridEngine {
         for t0 in (0..inputs.tasks).step_by(per_chunk) {
             let tasks = t0..(t0 + per_chunk).min(inputs.tasks);
             let chunk = self
-                .solve_chunk(&inputs, &fixed_bits, tasks.clone(), options)
+                .solve_chunk(&inputs, &fixed_bits, &active_quads, tasks.clone(), options)
                 .with_context(|| {
                     format!("GPU solve of tasks {tasks:?} on {}", self.adapter_label)
                 })?;
@@ -524,24 +538,18 @@ impl GridEngine {
         })
     }
 
-    fn grid_params(&self, inputs: &GridInputs, chunk_tasks: usize) -> GridParams {
-        let (w, h) = (inputs.width as u32, inputs.height as u32);
-        let groups_x = (w / 4).div_ceil(WORKGROUP_X);
+    /// The parts of [`GridParams`] shared by every band of a chunk.
+    fn grid_params(&self, inputs: &GridInputs) -> GridParams {
         let alpha = inputs.alpha as f32;
         let mut step_cost = [[0.0f32; 4]; 3];
-        let mut move_offset = [[0i32; 4]; 3];
         for a in 0..inputs.action_count {
             step_cost[a / 4][a % 4] = inputs.step_cost[a] as f32;
-            move_offset[a / 4][a % 4] = inputs.move_offset[a];
         }
-        let _ = chunk_tasks;
         GridParams {
-            width: w,
-            height: h,
-            cells_per_task: w * h,
+            width: inputs.width as u32,
+            height: inputs.height as u32,
+            cells_per_task: inputs.cells() as u32,
             fixed_words_per_task: inputs.fixed_words_per_task() as u32,
-            groups_x,
-            groups_per_task: groups_x * h.div_ceil(WORKGROUP_Y),
             gamma: inputs.gamma as f32,
             slip: inputs.slip as f32,
             alpha_ln2: alpha * std::f32::consts::LN_2,
@@ -552,70 +560,112 @@ impl GridEngine {
             },
             slip_share: (inputs.slip / inputs.action_count as f64) as f32,
             step_cost,
-            move_offset,
             ..Default::default()
         }
     }
 
-    /// Params and binding windows of `band` for a chunk of `tasks` tasks, with the output
-    /// array holding `out_per_cell` values per cell (1 for V, |A| for the policy).
-    fn band_windows(
+    /// Lays out `bands` of a chunk of `tasks` tasks: each band's params, binding windows and
+    /// dispatch size over its slice of `active_quads` (row-major, so a row range is a slice).
+    fn lay_out_bands(
         &self,
         inputs: &GridInputs,
-        base: &GridParams,
+        active_quads: &[[u32; 2]],
         tasks: usize,
-        band: &Band,
-    ) -> (GridParams, [Window; 4]) {
+        bands: &[Band],
+    ) -> Vec<BandLayout> {
+        let base = self.grid_params(inputs);
         let (w, h, cells) = (
             inputs.width as u64,
             inputs.height as u64,
             inputs.cells() as u64,
         );
         let wpt = inputs.fixed_words_per_task() as u64;
-        let (t0, t_last) = (
-            band.task_base as u64,
-            (band.task_base + band.task_count - 1) as u64,
-        );
-        let (r0, r1) = (
-            band.row_base as u64,
-            (band.row_base + band.row_count) as u64,
-        );
-        let align = self.storage_align;
-        // Quads (4 cells of a row): per row, per task.
         let (qpr, qpt) = (w / 4, cells / 4);
-        let mask = window(r0 * qpr, r1 * qpr, qpt, 4, align);
-        let fixed = window(
-            t0 * wpt + r0 * w / 32,
-            t_last * wpt + (r1 * w).div_ceil(32),
-            tasks as u64 * wpt,
-            4,
-            align,
-        );
-        let v_in = window(
-            t0 * qpt + r0.saturating_sub(1) * qpr,
-            t_last * qpt + (r1 + 1).min(h) * qpr,
-            tasks as u64 * qpt,
-            16,
-            align,
-        );
-        let out = window(
-            t0 * qpt + r0 * qpr,
-            t_last * qpt + r1 * qpr,
-            tasks as u64 * qpt,
-            16,
-            align,
-        );
-        let params = GridParams {
-            task_base: band.task_base as u32,
-            row_base: band.row_base as u32,
-            row_count: band.row_count as u32,
-            mask_origin: mask.origin as u32,
-            fixed_origin: fixed.origin as u32,
-            v_in_origin: v_in.origin as u32,
-            out_origin: out.origin as u32,
-            ..*base
-        };
-        (params, [mask, fixed, v_in, out])
+        let align = self.storage_align;
+        let first_at_row = |row: usize| active_quads.partition_point(|e| (e[0] >> 16) < row as u32);
+        // Workgroups per task so far, by row band (bands of whole tasks start at 0).
+        let mut group_base = 0u32;
+        let mut layouts: Vec<BandLayout> = bands
+            .iter()
+            .map(|band| {
+                let (t0, t_last) = (
+                    band.task_base as u64,
+                    (band.task_base + band.task_count - 1) as u64,
+                );
+                let (r0, r1) = (
+                    band.row_base as u64,
+                    (band.row_base + band.row_count) as u64,
+                );
+                let (lo, hi) = (first_at_row(band.row_base), first_at_row(r1 as usize));
+                let groups = ((hi - lo) as u32).div_ceil(WORKGROUP_SIZE);
+                let dispatch_x = groups.clamp(1, 65_535);
+                let windows = [
+                    // A band with no active quad dispatches nothing; bind any entry.
+                    match hi > lo {
+                        true => window(lo as u64, hi as u64, active_quads.len() as u64, 8, align),
+                        false => window(0, 1, active_quads.len() as u64, 8, align),
+                    },
+                    window(
+                        t0 * wpt + r0 * w / 32,
+                        t_last * wpt + (r1 * w).div_ceil(32),
+                        tasks as u64 * wpt,
+                        4,
+                        align,
+                    ),
+                    window(
+                        t0 * qpt + r0.saturating_sub(1) * qpr,
+                        t_last * qpt + (r1 + 1).min(h) * qpr,
+                        tasks as u64 * qpt,
+                        16,
+                        align,
+                    ),
+                    window(
+                        t0 * qpt + r0 * qpr,
+                        t_last * qpt + r1 * qpr,
+                        tasks as u64 * qpt,
+                        16,
+                        align,
+                    ),
+                ];
+                if band.row_base == 0 {
+                    group_base = 0;
+                }
+                let params = GridParams {
+                    task_base: band.task_base as u32,
+                    list_base: lo as u32,
+                    list_count: (hi - lo) as u32,
+                    dispatch_x,
+                    group_base,
+                    quads_origin: windows[0].origin as u32,
+                    fixed_origin: windows[1].origin as u32,
+                    v_in_origin: windows[2].origin as u32,
+                    out_origin: windows[3].origin as u32,
+                    ..base
+                };
+                group_base += groups;
+                BandLayout {
+                    params,
+                    windows,
+                    dispatch: [
+                        if groups == 0 { 0 } else { dispatch_x },
+                        groups.div_ceil(dispatch_x),
+                        band.task_count as u32,
+                    ],
+                    first_cell: t0 * cells + r0 * w,
+                    end_cell: t_last * cells + r1 * w,
+                }
+            })
+            .collect();
+        // Row bands of one task tile the task; its workgroups are counted over all of them.
+        let per_task = layouts
+            .iter()
+            .map(|l| l.params.group_base + l.dispatch_groups())
+            .max()
+            .unwrap_or(0);
+        for l in &mut layouts {
+            l.params.groups_per_task = per_task;
+        }
+        layouts
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -623,7 +673,7 @@ impl GridEngine {
         &self,
         params: (&wgpu::Buffer, u64),
         windows: &[Window; 4],
-        mask: &wgpu::Buffer,
+        quads: &wgpu::Buffer,
         fixed: &wgpu::Buffer,
         reward: &wgpu::Buffer,
         v_in: &wgpu::Buffer,
@@ -632,7 +682,7 @@ impl GridEngine {
         partials: &wgpu::Buffer,
         extrapolation: &wgpu::Buffer,
     ) -> wgpu::BindGroup {
-        let [mask_w, fixed_w, v_in_w, out_w] = windows;
+        let [quads_w, fixed_w, v_in_w, out_w] = windows;
         fn bind(buffer: &wgpu::Buffer, offset: u64, size: u64) -> wgpu::BindingResource<'_> {
             wgpu::BindingResource::Buffer(wgpu::BufferBinding {
                 buffer,
@@ -640,9 +690,10 @@ impl GridEngine {
                 size: wgpu::BufferSize::new(size),
             })
         }
+        // Binding order = the layout's order = the shader's @binding numbers.
         let resources = [
             bind(params.0, params.1, size_of::<GridParams>() as u64),
-            bind(mask, mask_w.offset, mask_w.size),
+            bind(quads, quads_w.offset, quads_w.size),
             bind(fixed, fixed_w.offset, fixed_w.size),
             bind(reward, out_w.offset, out_w.size),
             bind(v_in, v_in_w.offset, v_in_w.size),
@@ -670,6 +721,7 @@ impl GridEngine {
         &mut self,
         inputs: &GridInputs,
         fixed_bits: &[u32],
+        active_quads: &[[u32; 2]],
         tasks: Range<usize>,
         options: &SolveOptions,
     ) -> Result<ChunkResult> {
@@ -679,19 +731,20 @@ impl GridEngine {
         let wpt = inputs.fixed_words_per_task();
         let n_actions = inputs.action_count;
         let bands = plan_bands(n, inputs.height, inputs.width, 4, self.max_binding)?;
-        let policy_bands = if options.policy {
-            plan_bands(
+        let layouts = self.lay_out_bands(inputs, active_quads, n, &bands);
+        let policy_layouts = if options.policy {
+            let policy_bands = plan_bands(
                 n,
                 inputs.height,
                 inputs.width,
                 4 * n_actions as u64,
                 self.max_binding,
-            )?
+            )?;
+            self.lay_out_bands(inputs, active_quads, n, &policy_bands)
         } else {
             Vec::new()
         };
-        let base = self.grid_params(inputs, n);
-        let groups_per_task = base.groups_per_task as u64;
+        let groups_per_task = layouts[0].params.groups_per_task as u64;
         let partial_bytes = n as u64 * groups_per_task * 16;
         ensure!(
             partial_bytes <= self.max_binding,
@@ -717,10 +770,10 @@ impl GridEngine {
                 U::STORAGE | U::COPY_SRC | U::COPY_DST,
             ),
         ];
-        let mask = self.pool.get(
+        let quads = self.pool.get(
             &device,
-            "softvi.move_mask",
-            cells as u64,
+            "softvi.active_quads",
+            (active_quads.len().max(1) * 8) as u64,
             U::STORAGE | U::COPY_DST,
         );
         let fixed = self.pool.get(
@@ -743,6 +796,12 @@ impl GridEngine {
         );
         // Indirect arguments: sweeps, then extrapolation, per band.
         let control_bytes = CONTROL_HEADER_BYTES + 24 * bands.len() as u64;
+        let control = self.pool.get(
+            &device,
+            "softvi.control",
+            control_bytes,
+            U::STORAGE | U::INDIRECT | U::COPY_DST | U::COPY_SRC,
+        );
         let history = self.pool.get(
             &device,
             "softvi.history",
@@ -752,13 +811,7 @@ impl GridEngine {
         let extrapolation =
             self.pool
                 .get(&device, "softvi.extrapolation", n as u64 * 4, U::STORAGE);
-        let control = self.pool.get(
-            &device,
-            "softvi.control",
-            control_bytes,
-            U::STORAGE | U::INDIRECT | U::COPY_DST | U::COPY_SRC,
-        );
-        let slots = (bands.len() + policy_bands.len()) as u64;
+        let slots = (layouts.len() + policy_layouts.len()) as u64;
         let params_buf = self.pool.get(
             &device,
             "softvi.grid_params",
@@ -775,7 +828,7 @@ impl GridEngine {
 
         // Uploads.
         let q = self.queue.clone();
-        q.write_buffer(&mask, 0, bytemuck::cast_slice(&inputs.quad_move_mask()));
+        q.write_buffer(&quads, 0, bytemuck::cast_slice(active_quads));
         q.write_buffer(
             &fixed,
             0,
@@ -802,24 +855,15 @@ impl GridEngine {
         q.write_buffer(&reduce_params, 0, bytemuck::bytes_of(&reduce));
         let mut control_init = vec![0u32, NOT_CONVERGED, 0, 0];
         let mut sweep_groups = Vec::new();
-        for (b, band) in bands.iter().enumerate() {
-            let (params, windows) = self.band_windows(inputs, &base, n, band);
-            q.write_buffer(
-                &params_buf,
-                b as u64 * self.uniform_stride,
-                bytemuck::bytes_of(&params),
-            );
-            let groups = [
-                base.groups_x,
-                (band.row_count as u32).div_ceil(WORKGROUP_Y),
-                band.task_count as u32,
-            ];
-            control_init.extend_from_slice(&groups);
+        for (b, layout) in layouts.iter().enumerate() {
+            let slot = b as u64 * self.uniform_stride;
+            q.write_buffer(&params_buf, slot, bytemuck::bytes_of(&layout.params));
+            control_init.extend_from_slice(&layout.dispatch);
             let group = |p: usize| {
                 self.grid_bind_group(
-                    (&params_buf, b as u64 * self.uniform_stride),
-                    &windows,
-                    &mask,
+                    (&params_buf, slot),
+                    &layout.windows,
+                    &quads,
                     &fixed,
                     &reward,
                     &values[p],
@@ -838,31 +882,20 @@ impl GridEngine {
             label: Some("softvi.residual_reduce"),
             layout: &self.reduce_layout,
             entries: &[
-                wgpu::BindGroupEntry {
-                    binding: 0,
-                    resource: reduce_params.as_entire_binding(),
-                },
-                wgpu::BindGroupEntry {
-                    binding: 1,
-                    resource: partials.as_entire_binding(),
-                },
-                wgpu::BindGroupEntry {
-                    binding: 2,
-                    resource: checks.as_entire_binding(),
-                },
-                wgpu::BindGroupEntry {
-                    binding: 3,
-                    resource: control.as_entire_binding(),
-                },
-                wgpu::BindGroupEntry {
-                    binding: 4,
-                    resource: history.as_entire_binding(),
-                },
-                wgpu::BindGroupEntry {
-                    binding: 5,
-                    resource: extrapolation.as_entire_binding(),
-                },
-            ],
+                reduce_params.as_entire_binding(),
+                partials.as_entire_binding(),
+                checks.as_entire_binding(),
+                control.as_entire_binding(),
+                history.as_entire_binding(),
+                extrapolation.as_entire_binding(),
+            ]
+            .into_iter()
+            .enumerate()
+            .map(|(i, resource)| wgpu::BindGroupEntry {
+                binding: i as u32,
+                resource,
+            })
+            .collect::<Vec<_>>(),
         });
         let key = GridPipelineKey {
             stage: GridStage::Backup,
@@ -982,23 +1015,17 @@ impl GridEngine {
                 Horizon::Finite(_) => ((sweeps + 1) % 2) as usize,
                 Horizon::Infinite { .. } => (sweeps % 2) as usize,
             };
-            let key = GridPipelineKey {
+            let pipeline = self.grid_pipeline(GridPipelineKey {
                 stage: GridStage::Policy,
                 ..key
-            };
-            let pipeline = self.grid_pipeline(key);
+            });
             let mut policy = vec![0.0f32; n * cells * n_actions];
-            for (i, band) in policy_bands.iter().enumerate() {
-                let slot = (bands.len() + i) as u64 * self.uniform_stride;
-                let (params, windows) = self.band_windows(inputs, &base, n, band);
-                q.write_buffer(&params_buf, slot, bytemuck::bytes_of(&params));
-                let first = (band.task_base * cells + band.row_base * inputs.width) as u64;
-                let end = ((band.task_base + band.task_count - 1) * cells
-                    + (band.row_base + band.row_count) * inputs.width)
-                    as u64;
+            for (i, layout) in policy_layouts.iter().enumerate() {
+                let slot = (layouts.len() + i) as u64 * self.uniform_stride;
+                q.write_buffer(&params_buf, slot, bytemuck::bytes_of(&layout.params));
                 // The policy window starts at the reward window's first cell.
-                let origin = 4 * windows[3].origin;
-                let out_bytes = (end - origin) * n_actions as u64 * 4;
+                let origin = 4 * layout.windows[3].origin;
+                let out_bytes = (layout.end_cell - origin) * n_actions as u64 * 4;
                 let out = self.pool.get(
                     &device,
                     "softvi.policy",
@@ -1007,8 +1034,8 @@ impl GridEngine {
                 );
                 let group = self.grid_bind_group(
                     (&params_buf, slot),
-                    &windows,
-                    &mask,
+                    &layout.windows,
+                    &quads,
                     &fixed,
                     &reward,
                     &values[from],
@@ -1022,16 +1049,13 @@ impl GridEngine {
                     let mut pass = encoder.begin_compute_pass(&Default::default());
                     pass.set_pipeline(&pipeline);
                     pass.set_bind_group(0, &group, &[]);
-                    pass.dispatch_workgroups(
-                        (inputs.width as u32).div_ceil(WORKGROUP_X),
-                        (band.row_count as u32).div_ceil(WORKGROUP_Y),
-                        band.task_count as u32,
-                    );
+                    let [x, y, z] = layout.dispatch;
+                    pass.dispatch_workgroups(x, y, z);
                 }
                 self.queue.submit([encoder.finish()]);
-                let skip = (first - origin) * n_actions as u64 * 4;
+                let skip = (layout.first_cell - origin) * n_actions as u64 * 4;
                 let bytes = self.read_buffer(&out, skip, out_bytes - skip)?;
-                let dst = first as usize * n_actions;
+                let dst = layout.first_cell as usize * n_actions;
                 policy[dst..dst + bytes.len() / 4].copy_from_slice(bytemuck::cast_slice(&bytes));
             }
             Some(policy)
