@@ -12,7 +12,7 @@ use crate::grid::{ActionSet, Connectivity, Grid, MoveCost};
 use crate::npy;
 use crate::output::{OutputFile, write_folder};
 use crate::problem::{Backup, GridProblem, GridTask, Horizon, SolveOptions};
-use crate::solve::{Solution, solve_cpu};
+use crate::solve::{Solution, Status, solve_cpu};
 
 /// Exit code of a solve that diverged (no finite values exist).
 pub const EXIT_DIVERGED: i32 = 3;
@@ -41,6 +41,14 @@ pub enum Command {
 softvi solve --map den312d.map --goals goals.txt --alpha 0.1 --gamma 1 --backend cpu --out out"
     )]
     Solve(SolveArgs),
+    /// Solve the distinct goals of a MovingAI scenario file as one batch and compare the soft
+    /// value at each start with the published optimal length.
+    #[command(
+        after_help = "Example:\n  softvi scen --map den312d.map --scen den312d.map.scen --limit 100\n\n\
+gap = -V(start) - optimal_length; at --alpha 0 it is 0 up to f32 rounding, and for alpha > 0 \
+it is negative (the soft value adds the entropy of near-optimal alternatives)."
+    )]
+    Scen(ScenArgs),
     /// Measure sweep throughput of the standard workloads on the GPU path and the CPU
     /// reference in one run.
     #[command(
@@ -157,6 +165,34 @@ pub struct SolveArgs {
     /// Print summary.json's content instead of the human summary.
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct ScenArgs {
+    /// MovingAI .map file.
+    #[arg(long, value_name = "FILE.map")]
+    pub map: PathBuf,
+    /// MovingAI .scen file (version 1) for that map.
+    #[arg(long, value_name = "FILE.scen")]
+    pub scen: PathBuf,
+    /// Temperature alpha >= 0 (0 = hard shortest paths).
+    #[arg(long, default_value_t = 0.0)]
+    pub alpha: f64,
+    /// Use only the first N scenarios.
+    #[arg(long, value_name = "N")]
+    pub limit: Option<usize>,
+    /// Residual tolerance of the undiscounted solve.
+    #[arg(long, default_value_t = 1e-6)]
+    pub tol: f64,
+    /// Where the sweeps run.
+    #[arg(long, value_enum, default_value_t = BackendArg::Gpu)]
+    pub backend: BackendArg,
+    /// GPU adapters to shard the goals over: `all` or a count N.
+    #[arg(long, default_value = "1", value_name = "all|N")]
+    pub adapters: String,
+    /// Print only the summary line, not one line per scenario.
+    #[arg(long)]
+    pub quiet: bool,
 }
 
 #[derive(Args, Debug)]
@@ -648,6 +684,115 @@ fn print_summary(
     );
 }
 
+/// `softvi scen`: all distinct goals of the scenarios as one batch (8-connected, unit and
+/// sqrt(2) costs, gamma = 1), then the soft value at each start against the published length.
+pub fn scen_command(args: &ScenArgs) -> Result<i32> {
+    let start = Instant::now();
+    let grid = Grid::load_movingai(&args.map)?;
+    let mut scenarios = crate::scen::load_scenarios(&args.scen, &grid)?;
+    if let Some(limit) = args.limit {
+        ensure!(limit >= 1, "--limit must be >= 1");
+        scenarios.truncate(limit);
+    }
+    ensure!(
+        args.alpha.is_finite() && args.alpha >= 0.0,
+        "--alpha must be >= 0, got {}",
+        args.alpha
+    );
+    ensure!(
+        args.tol.is_finite() && args.tol > 0.0,
+        "--tol must be > 0, got {}",
+        args.tol
+    );
+    let mut goals: Vec<(usize, usize)> = Vec::new();
+    for s in &scenarios {
+        if !goals.contains(&s.goal) {
+            goals.push(s.goal);
+        }
+    }
+    let width = grid.width;
+    let problem = GridProblem {
+        tasks: goals
+            .iter()
+            .map(|&(x, y)| GridTask {
+                goals: vec![y * width + x],
+                reward: None,
+            })
+            .collect(),
+        grid,
+        actions: ActionSet {
+            connectivity: Connectivity::Eight,
+            stay: false,
+        },
+        slip: 0.0,
+        move_cost: MoveCost::default(),
+    };
+    let options = SolveOptions {
+        alpha: args.alpha,
+        gamma: 1.0,
+        backup: Backup::Expected,
+        horizon: Horizon::Infinite {
+            tol: args.tol,
+            max_iters: 10_000_000,
+        },
+        policy: false,
+        extrapolate: true,
+    };
+    let (solution, _) = run_backend(args.backend, &args.adapters, &problem, &options)?;
+    if solution.diverged() {
+        bail!(
+            "the solve diverged at alpha {}: with gamma = 1 the entropy bonus alpha*log(8) \
+             outweighs the step costs; lower --alpha",
+            args.alpha
+        );
+    }
+    let cells = problem.grid.cells();
+    let mut max_gap = 0.0f64;
+    if !args.quiet {
+        println!(
+            "{:>6} {:>12} {:>12} {:>14} {:>14} {:>12}",
+            "line", "start", "goal", "-V(start)", "optimal", "gap"
+        );
+    }
+    for s in &scenarios {
+        let task = goals
+            .iter()
+            .position(|&g| g == s.goal)
+            .expect("goal listed");
+        let value = solution.values[task * cells + s.start.1 * width + s.start.0] as f64;
+        let gap = -value - s.optimal_length;
+        max_gap = max_gap.max(gap.abs());
+        if !args.quiet {
+            println!(
+                "{:>6} {:>12} {:>12} {:>14.6} {:>14.6} {:>12.3e}",
+                s.line,
+                format!("{},{}", s.start.0, s.start.1),
+                format!("{},{}", s.goal.0, s.goal.1),
+                -value,
+                s.optimal_length,
+                gap
+            );
+        }
+    }
+    let statuses: Vec<&str> = solution.status.iter().map(|s| s.name()).collect();
+    if let Some(t) = solution.status.iter().position(|&s| s != Status::Converged) {
+        eprintln!(
+            "warning: task {t} (goal {:?}) ended with status {} after {} sweeps",
+            goals[t], statuses[t], solution.iterations[t]
+        );
+    }
+    println!(
+        "scenarios {}  tasks {}  alpha {}  max |gap| {:.3e}  sweeps {}  seconds {:.3}",
+        scenarios.len(),
+        goals.len(),
+        args.alpha,
+        max_gap,
+        solution.iterations.iter().max().unwrap_or(&0),
+        start.elapsed().as_secs_f64()
+    );
+    Ok(0)
+}
+
 /// `softvi bench`: one table row per workload and backend, and the GPU/CPU ratio.
 pub fn bench_command(args: &BenchArgs) -> Result<i32> {
     use crate::bench::{measure_cpu, measure_gpu, standard_workloads};
@@ -742,6 +887,7 @@ pub fn adapters_command() -> Result<i32> {
 pub fn run(cli: Cli) -> Result<i32> {
     match cli.command {
         Command::Solve(args) => solve_command(&args),
+        Command::Scen(args) => scen_command(&args),
         Command::Bench(args) => bench_command(&args),
         Command::Adapters => adapters_command(),
     }

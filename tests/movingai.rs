@@ -6,91 +6,11 @@
 
 mod common;
 
-use std::cmp::Ordering;
-use std::collections::BinaryHeap;
-use std::path::PathBuf;
-
 use common::*;
 use softvi::{
     ActionSet, Backup, Connectivity, Grid, GridProblem, GridTask, Horizon, MoveCost, SolveOptions,
     solve_cpu,
 };
-
-fn maps_dir() -> Option<PathBuf> {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/maps");
-    if dir.is_dir() {
-        Some(dir)
-    } else {
-        eprintln!(
-            "\n*** SKIPPING MovingAI TESTS: {} is absent ***\n",
-            dir.display()
-        );
-        None
-    }
-}
-
-#[derive(PartialEq)]
-struct Entry(f64, usize);
-impl Eq for Entry {}
-impl PartialOrd for Entry {
-    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
-        Some(self.cmp(other))
-    }
-}
-impl Ord for Entry {
-    fn cmp(&self, other: &Self) -> Ordering {
-        other.0.total_cmp(&self.0)
-    }
-}
-
-/// Octile distances to `goal` from every cell (infinity where unreachable), from the raw map
-/// rows: diagonal steps need both orthogonal neighbours passable.
-fn dijkstra(text: &str, goal: usize) -> (usize, Vec<f64>) {
-    let rows: Vec<&[u8]> = text
-        .lines()
-        .skip(4)
-        .map(|l| l.trim_end_matches('\r').as_bytes())
-        .collect();
-    let (h, w) = (rows.len(), rows[0].len());
-    let pass = |r: i64, c: i64| {
-        r >= 0
-            && c >= 0
-            && (r as usize) < h
-            && (c as usize) < w
-            && matches!(rows[r as usize][c as usize], b'.' | b'G' | b'S')
-    };
-    let mut dist = vec![f64::INFINITY; h * w];
-    let mut heap = BinaryHeap::new();
-    dist[goal] = 0.0;
-    heap.push(Entry(0.0, goal));
-    while let Some(Entry(d, cell)) = heap.pop() {
-        if d > dist[cell] {
-            continue;
-        }
-        let (r, c) = ((cell / w) as i64, (cell % w) as i64);
-        for dr in -1..=1i64 {
-            for dc in -1..=1i64 {
-                if (dr, dc) == (0, 0) || !pass(r + dr, c + dc) {
-                    continue;
-                }
-                if dr != 0 && dc != 0 && !(pass(r + dr, c) && pass(r, c + dc)) {
-                    continue;
-                }
-                let step = if dr != 0 && dc != 0 {
-                    std::f64::consts::SQRT_2
-                } else {
-                    1.0
-                };
-                let next = ((r + dr) as usize) * w + (c + dc) as usize;
-                if d + step < dist[next] {
-                    dist[next] = d + step;
-                    heap.push(Entry(d + step, next));
-                }
-            }
-        }
-    }
-    (w, dist)
-}
 
 /// Returns the number of unreachable cells summed over the goals.
 fn check_map(name: &str, goals: &[(usize, usize)]) -> usize {
@@ -130,7 +50,7 @@ fn check_map(name: &str, goals: &[(usize, usize)]) -> usize {
     let mut worst = 0.0f64;
     let mut total_unreachable = 0;
     for (t, &(x, y)) in goals.iter().enumerate() {
-        let (w, dist) = dijkstra(&text, y * grid.width + x);
+        let (w, dist) = octile_dijkstra(&text, y * grid.width + x);
         assert_eq!(w, grid.width);
         let unreachable = (0..dist.len())
             .filter(|&c| grid.free[c] && dist[c].is_infinite())

@@ -2,6 +2,9 @@
 //! worlds, and comparisons with stated tolerances.
 #![allow(dead_code)]
 
+use std::cmp::Ordering;
+use std::collections::BinaryHeap;
+use std::path::PathBuf;
 use std::sync::{Mutex, OnceLock};
 
 use rand::rngs::StdRng;
@@ -139,4 +142,82 @@ pub fn max_abs_error(a: &[f32], b: &[f32]) -> f64 {
 pub fn value_at(solution: &Solution, task: usize, row: usize, col: usize) -> f32 {
     let cells = solution.height * solution.width;
     solution.values[task * cells + row * solution.width + col]
+}
+
+/// `../shared/maps`, or `None` with a loud message when it is absent.
+pub fn maps_dir() -> Option<PathBuf> {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/maps");
+    if dir.is_dir() {
+        Some(dir)
+    } else {
+        eprintln!(
+            "\n*** SKIPPING MovingAI TESTS: {} is absent ***\n",
+            dir.display()
+        );
+        None
+    }
+}
+
+#[derive(PartialEq)]
+struct Entry(f64, usize);
+impl Eq for Entry {}
+impl PartialOrd for Entry {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Entry {
+    fn cmp(&self, other: &Self) -> Ordering {
+        other.0.total_cmp(&self.0)
+    }
+}
+
+/// Octile distances to `goal` from every cell (infinity where unreachable), computed from the
+/// raw `.map` text alone: 8 moves of cost 1 and sqrt(2), a diagonal step needs both
+/// orthogonal neighbours passable. Returns (width, distances `[row][col]`).
+pub fn octile_dijkstra(text: &str, goal: usize) -> (usize, Vec<f64>) {
+    let rows: Vec<&[u8]> = text
+        .lines()
+        .skip(4)
+        .map(|l| l.trim_end_matches('\r').as_bytes())
+        .collect();
+    let (h, w) = (rows.len(), rows[0].len());
+    let pass = |r: i64, c: i64| {
+        r >= 0
+            && c >= 0
+            && (r as usize) < h
+            && (c as usize) < w
+            && matches!(rows[r as usize][c as usize], b'.' | b'G' | b'S')
+    };
+    let mut dist = vec![f64::INFINITY; h * w];
+    let mut heap = BinaryHeap::new();
+    dist[goal] = 0.0;
+    heap.push(Entry(0.0, goal));
+    while let Some(Entry(d, cell)) = heap.pop() {
+        if d > dist[cell] {
+            continue;
+        }
+        let (r, c) = ((cell / w) as i64, (cell % w) as i64);
+        for dr in -1..=1i64 {
+            for dc in -1..=1i64 {
+                if (dr, dc) == (0, 0) || !pass(r + dr, c + dc) {
+                    continue;
+                }
+                if dr != 0 && dc != 0 && !(pass(r + dr, c) && pass(r, c + dc)) {
+                    continue;
+                }
+                let step = if dr != 0 && dc != 0 {
+                    std::f64::consts::SQRT_2
+                } else {
+                    1.0
+                };
+                let next = ((r + dr) as usize) * w + (c + dc) as usize;
+                if d + step < dist[next] {
+                    dist[next] = d + step;
+                    heap.push(Entry(d + step, next));
+                }
+            }
+        }
+    }
+    (w, dist)
 }
