@@ -41,6 +41,16 @@ pub enum Command {
 softvi solve --map den312d.map --goals goals.txt --alpha 0.1 --gamma 1 --backend cpu --out out"
     )]
     Solve(SolveArgs),
+    /// Draw a solve's output folder as a PNG: value, policy, entropy or occupancy heatmaps,
+    /// policy arrows, sampled trajectories.
+    #[command(
+        after_help = "Examples:\n  softvi render --from out --out value.png\n  \
+softvi render --from out --task 1 --layer policy --trajectories 20 --seed 3 --out policy.png\n\n\
+Walls are black, goals magenta, cells with no finite value grey; the colour bar under the map \
+runs from the lowest (left) to the highest (right) value over free non-goal cells, both \
+printed under it and on stdout. Maps over 2048 cells on a side are downsampled."
+    )]
+    Render(RenderArgs),
     /// Solve the distinct goals of a MovingAI scenario file as one batch and compare the soft
     /// value at each start with the published optimal length.
     #[command(
@@ -162,9 +172,47 @@ pub struct SolveArgs {
     /// Skip policy.npy (for huge worlds).
     #[arg(long)]
     pub no_policy: bool,
+    /// Also draw task 0's value heatmap to this PNG (as `softvi render --from DIR`).
+    #[arg(long, value_name = "FILE.png")]
+    pub png: Option<PathBuf>,
     /// Print summary.json's content instead of the human summary.
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LayerArg {
+    /// Heatmap of V.
+    Value,
+    /// Arrows along the expected move over the value heatmap (maps up to 128 x 128; larger
+    /// ones get the entropy heatmap).
+    Policy,
+    /// Heatmap of log10 occupancy (needs occupancy.npy).
+    Occupancy,
+    /// Heatmap of the policy entropy -sum pi log pi.
+    Entropy,
+}
+
+#[derive(Args, Debug)]
+pub struct RenderArgs {
+    /// Output folder of `softvi solve`.
+    #[arg(long, value_name = "DIR")]
+    pub from: PathBuf,
+    /// Task to draw (0-based).
+    #[arg(long, default_value_t = 0)]
+    pub task: usize,
+    /// PNG file to write.
+    #[arg(long, value_name = "FILE.png")]
+    pub out: PathBuf,
+    /// What to draw.
+    #[arg(long, value_enum, default_value_t = LayerArg::Value)]
+    pub layer: LayerArg,
+    /// Overlay this many trajectories sampled from the policy (needs policy.npy).
+    #[arg(long, value_name = "N")]
+    pub trajectories: Option<usize>,
+    /// Seed of the sampled trajectories.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
 }
 
 #[derive(Args, Debug)]
@@ -220,6 +268,9 @@ pub struct World {
     pub source: String,
     /// Goals per task as (X, Y).
     pub goals: Vec<Vec<(usize, usize)>>,
+    /// How to rebuild the map: `{"kind": "maze", "width", "height", "seed"}` or
+    /// `{"kind": "file", "path"}` (absolute).
+    pub map: serde_json::Value,
 }
 
 fn parse_pair(text: &str, sep: char, what: &str) -> Result<(usize, usize)> {
@@ -264,14 +315,24 @@ pub fn parse_goals_file(path: &Path) -> Result<Vec<(usize, usize)>> {
 impl WorldArgs {
     /// Builds the gridworld batch, validating everything the flags say.
     pub fn build(&self) -> Result<World> {
-        let (grid, source) = match (&self.map, &self.maze) {
-            (Some(path), _) => (Grid::load_movingai(path)?, path.display().to_string()),
+        let (grid, source, map) = match (&self.map, &self.maze) {
+            (Some(path), _) => {
+                let grid = Grid::load_movingai(path)?;
+                let absolute = std::fs::canonicalize(path).unwrap_or_else(|_| path.clone());
+                (
+                    grid,
+                    path.display().to_string(),
+                    json!({"kind": "file", "path": absolute}),
+                )
+            }
             (None, Some(size)) => {
                 let (w, h) =
                     parse_pair(size, 'x', "--maze").context("--maze expects WxH, e.g. 255x255")?;
+                let map = json!({"kind": "maze", "width": w, "height": h, "seed": self.seed});
                 (
                     Grid::generate_maze(w, h, self.seed)?,
                     format!("maze {w}x{h} seed {}", self.seed),
+                    map,
                 )
             }
             (None, None) => bail!("give a world: --map FILE.map or --maze WxH"),
@@ -384,6 +445,7 @@ impl WorldArgs {
             problem,
             source,
             goals: goals.into_iter().map(|g| vec![g]).collect(),
+            map,
         })
     }
 }
@@ -519,6 +581,7 @@ pub fn summary_json(
         "adapter": adapter,
         "world": {
             "source": world.source,
+            "map": world.map,
             "height": p.grid.height,
             "width": p.grid.width,
             "free_cells": p.grid.free_cells(),
@@ -592,6 +655,20 @@ pub fn solve_command(args: &SolveArgs) -> Result<i32> {
         &files,
         &["summary.json", "values.npy", "policy.npy"],
     )?;
+    if let (Some(png), false) = (&args.png, solution.diverged()) {
+        let cells = p.grid.cells();
+        let view = crate::render::TaskView {
+            grid: &p.grid,
+            actions: p.actions,
+            slip: p.slip,
+            goals: &p.tasks[0].goals,
+            values: &solution.values[..cells],
+            policy: None,
+            occupancy: None,
+        };
+        let (canvas, _) = crate::render::render(&view, crate::render::Layer::Value, None)?;
+        crate::render::write_png(&canvas, png)?;
+    }
     if args.json {
         print!("{summary_text}");
     } else {
@@ -682,6 +759,126 @@ fn print_summary(
         solution.seconds,
         out.display()
     );
+}
+
+/// `softvi render`: reads a solve's folder (summary.json, values.npy, policy.npy,
+/// occupancy.npy), rebuilds its map and draws one task.
+pub fn render_command(args: &RenderArgs) -> Result<i32> {
+    use crate::render::{Layer, TaskView, render, write_png};
+    let dir = &args.from;
+    let summary_path = dir.join("summary.json");
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&summary_path).with_context(|| {
+            format!(
+                "cannot read {} (is --from a solve output folder?)",
+                summary_path.display()
+            )
+        })?)
+        .with_context(|| format!("{} is not JSON", summary_path.display()))?;
+    let world = &summary["world"];
+    let map = &world["map"];
+    let field = |v: &serde_json::Value, what: &str| -> Result<u64> {
+        v.as_u64()
+            .with_context(|| format!("{}: missing {what}", summary_path.display()))
+    };
+    let grid = match map["kind"].as_str() {
+        Some("maze") => Grid::generate_maze(
+            field(&map["width"], "world.map.width")? as usize,
+            field(&map["height"], "world.map.height")? as usize,
+            field(&map["seed"], "world.map.seed")?,
+        )?,
+        Some("file") => Grid::load_movingai(Path::new(map["path"].as_str().unwrap_or_default()))
+            .context("cannot reload the solve's map")?,
+        _ => bail!(
+            "{}: world.map does not say how to rebuild the map",
+            summary_path.display()
+        ),
+    };
+    let tasks = field(&summary["tasks"], "tasks")? as usize;
+    ensure!(
+        args.task < tasks,
+        "--task {} is out of range: the solve has {tasks} tasks",
+        args.task
+    );
+    let names: Vec<&str> = world["actions"].as_array().map_or(Vec::new(), |a| {
+        a.iter().filter_map(|n| n.as_str()).collect()
+    });
+    let actions = ActionSet {
+        connectivity: if names.contains(&"NE") {
+            Connectivity::Eight
+        } else {
+            Connectivity::Four
+        },
+        stay: names.contains(&"STAY"),
+    };
+    let goals: Vec<usize> = summary["goals"][args.task]
+        .as_array()
+        .map_or(Vec::new(), |g| {
+            g.iter()
+                .filter_map(|xy| {
+                    Some(xy[1].as_u64()? as usize * grid.width + xy[0].as_u64()? as usize)
+                })
+                .collect()
+        });
+    let (h, w, cells) = (grid.height, grid.width, grid.cells());
+    let read_task = |name: &str, per_cell: usize| -> Result<Option<Vec<f32>>> {
+        let path = dir.join(name);
+        if !path.exists() {
+            return Ok(None);
+        }
+        let array = npy::read_float(&path)?;
+        let mut expected = vec![tasks, h, w];
+        if per_cell > 1 {
+            expected.push(per_cell);
+        }
+        ensure!(
+            array.shape == expected,
+            "{}: shape {:?}, expected {expected:?}",
+            path.display(),
+            array.shape
+        );
+        let n = cells * per_cell;
+        Ok(Some(
+            array.data[args.task * n..(args.task + 1) * n].to_vec(),
+        ))
+    };
+    let values = read_task("values.npy", 1)?.with_context(|| {
+        format!(
+            "{} has no values.npy (did the solve diverge?)",
+            dir.display()
+        )
+    })?;
+    let policy = read_task("policy.npy", actions.count())?;
+    let occupancy = read_task("occupancy.npy", 1)?;
+    let view = TaskView {
+        grid: &grid,
+        actions,
+        slip: world["slip"].as_f64().unwrap_or(0.0),
+        goals: &goals,
+        values: &values,
+        policy: policy.as_deref(),
+        occupancy: occupancy.as_deref(),
+    };
+    let layer = match args.layer {
+        LayerArg::Value => Layer::Value,
+        LayerArg::Policy => Layer::Policy,
+        LayerArg::Occupancy => Layer::Occupancy,
+        LayerArg::Entropy => Layer::Entropy,
+    };
+    if layer == Layer::Policy && w.max(h) > crate::render::MAX_ARROW_SIDE {
+        eprintln!("note: {w}x{h} is too large for arrows; drawing the policy entropy instead");
+    }
+    let (canvas, (lo, hi)) = render(&view, layer, args.trajectories.map(|n| (n, args.seed)))?;
+    write_png(&canvas, &args.out)?;
+    println!(
+        "wrote {} ({}x{} px), task {}, {:?} from {lo:.6} to {hi:.6}",
+        args.out.display(),
+        canvas.width,
+        canvas.height,
+        args.task,
+        args.layer
+    );
+    Ok(0)
 }
 
 /// `softvi scen`: all distinct goals of the scenarios as one batch (8-connected, unit and
@@ -888,6 +1085,7 @@ pub fn run(cli: Cli) -> Result<i32> {
     match cli.command {
         Command::Solve(args) => solve_command(&args),
         Command::Scen(args) => scen_command(&args),
+        Command::Render(args) => render_command(&args),
         Command::Bench(args) => bench_command(&args),
         Command::Adapters => adapters_command(),
     }

@@ -46,6 +46,7 @@ pub mod npy;
 pub mod output;
 pub mod problem;
 pub mod reference;
+pub mod render;
 pub mod scen;
 pub mod solve;
 

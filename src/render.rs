@@ -1,0 +1,431 @@
+//! Pictures of a solve: heatmaps of V, policy entropy or occupancy (viridis, with a legend bar
+//! and the value range written under it), policy arrows, sampled trajectories; walls black,
+//! goals magenta. Pure CPU drawing into an RGB canvas, encoded as PNG.
+
+use std::path::Path;
+
+use anyhow::{Context, Result, bail, ensure};
+use rand::rngs::StdRng;
+use rand::{RngExt, SeedableRng};
+
+use crate::grid::{ActionSet, Grid, MOVE_OFFSETS};
+
+/// Wall (blocked cell) colour.
+pub const WALL: [u8; 3] = [0, 0, 0];
+/// Goal marker colour.
+pub const GOAL: [u8; 3] = [255, 0, 255];
+/// Colour of cells without a finite value (unreachable with gamma = 1).
+pub const NO_VALUE: [u8; 3] = [96, 96, 96];
+/// Policy arrow colour.
+pub const ARROW: [u8; 3] = [255, 255, 255];
+/// Trajectory colour.
+pub const TRAJECTORY: [u8; 3] = [255, 64, 32];
+/// Longest side of the map area in pixels; larger maps are downsampled.
+pub const MAX_SIDE_PX: usize = 2048;
+/// Largest map side drawn with policy arrows; beyond it the policy is drawn as entropy.
+pub const MAX_ARROW_SIDE: usize = 128;
+
+/// Viridis control points (matplotlib's colormap at t = 0, 1/8, ..., 1).
+const VIRIDIS: [[f64; 3]; 9] = [
+    [68.0, 1.0, 84.0],
+    [71.0, 44.0, 123.0],
+    [59.0, 81.0, 139.0],
+    [44.0, 113.0, 142.0],
+    [33.0, 144.0, 141.0],
+    [39.0, 173.0, 129.0],
+    [92.0, 200.0, 99.0],
+    [170.0, 220.0, 50.0],
+    [253.0, 231.0, 37.0],
+];
+
+/// Viridis at `t` in [0, 1] (clamped), linear between control points.
+pub fn viridis(t: f64) -> [u8; 3] {
+    let x = t.clamp(0.0, 1.0) * 8.0;
+    let i = (x.floor() as usize).min(7);
+    let f = x - i as f64;
+    let mix = |k: usize| (VIRIDIS[i][k] * (1.0 - f) + VIRIDIS[i + 1][k] * f).round() as u8;
+    [mix(0), mix(1), mix(2)]
+}
+
+/// An RGB image, row-major.
+pub struct Canvas {
+    /// Width in pixels.
+    pub width: usize,
+    /// Height in pixels.
+    pub height: usize,
+    /// Pixels `[y][x]`.
+    pub pixels: Vec<[u8; 3]>,
+}
+
+impl Canvas {
+    fn new(width: usize, height: usize, fill: [u8; 3]) -> Self {
+        Self {
+            width,
+            height,
+            pixels: vec![fill; width * height],
+        }
+    }
+
+    fn set(&mut self, x: i64, y: i64, c: [u8; 3]) {
+        if x >= 0 && y >= 0 && (x as usize) < self.width && (y as usize) < self.height {
+            self.pixels[y as usize * self.width + x as usize] = c;
+        }
+    }
+
+    fn fill_rect(&mut self, x: usize, y: usize, w: usize, h: usize, c: [u8; 3]) {
+        for yy in y..(y + h).min(self.height) {
+            for xx in x..(x + w).min(self.width) {
+                self.pixels[yy * self.width + xx] = c;
+            }
+        }
+    }
+
+    fn line(&mut self, (x0, y0): (f64, f64), (x1, y1): (f64, f64), c: [u8; 3]) {
+        let steps = ((x1 - x0).abs().max((y1 - y0).abs()).ceil() as usize).max(1);
+        for i in 0..=steps {
+            let t = i as f64 / steps as f64;
+            self.set(
+                (x0 + (x1 - x0) * t).round() as i64,
+                (y0 + (y1 - y0) * t).round() as i64,
+                c,
+            );
+        }
+    }
+
+    /// Writes `text` (digits, `.`, `-`, `+`, `e`) with a 3 x 5 pixel font scaled by `scale`.
+    fn text(&mut self, x: usize, y: usize, text: &str, scale: usize, c: [u8; 3]) {
+        for (k, ch) in text.chars().enumerate() {
+            let rows = glyph(ch);
+            for (r, bits) in rows.iter().enumerate() {
+                for col in 0..3 {
+                    if bits & (4 >> col) != 0 {
+                        self.fill_rect(x + (k * 4 + col) * scale, y + r * scale, scale, scale, c);
+                    }
+                }
+            }
+        }
+    }
+
+    /// PNG bytes (8-bit RGB).
+    pub fn encode_png(&self) -> Result<Vec<u8>> {
+        let mut out = Vec::new();
+        let mut encoder = png::Encoder::new(&mut out, self.width as u32, self.height as u32);
+        encoder.set_color(png::ColorType::Rgb);
+        encoder.set_depth(png::BitDepth::Eight);
+        let mut writer = encoder.write_header().context("PNG header")?;
+        writer
+            .write_image_data(self.pixels.as_flattened())
+            .context("PNG data")?;
+        writer.finish().context("PNG end")?;
+        Ok(out)
+    }
+}
+
+/// Rows of a 3 x 5 glyph, 3 bits each (4 = left column).
+fn glyph(ch: char) -> [u8; 5] {
+    match ch {
+        '0' => [7, 5, 5, 5, 7],
+        '1' => [2, 6, 2, 2, 7],
+        '2' => [7, 1, 7, 4, 7],
+        '3' => [7, 1, 7, 1, 7],
+        '4' => [5, 5, 7, 1, 1],
+        '5' => [7, 4, 7, 1, 7],
+        '6' => [7, 4, 7, 5, 7],
+        '7' => [7, 1, 1, 2, 2],
+        '8' => [7, 5, 7, 5, 7],
+        '9' => [7, 5, 7, 1, 7],
+        '.' => [0, 0, 0, 0, 2],
+        '-' => [0, 0, 7, 0, 0],
+        '+' => [0, 2, 7, 2, 0],
+        'e' => [0, 7, 7, 4, 7],
+        _ => [0; 5],
+    }
+}
+
+/// What `render` draws.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Layer {
+    /// Heatmap of V.
+    Value,
+    /// Value heatmap with expected-move arrows (entropy beyond [`MAX_ARROW_SIDE`]).
+    Policy,
+    /// Heatmap of log10 occupancy.
+    Occupancy,
+    /// Heatmap of the policy entropy `-sum_a pi log pi` (nats).
+    Entropy,
+}
+
+/// One task of a solve, as read back from its output folder.
+pub struct TaskView<'a> {
+    /// The map.
+    pub grid: &'a Grid,
+    /// The action list.
+    pub actions: ActionSet,
+    /// Slip probability (for sampled trajectories).
+    pub slip: f64,
+    /// Goal cells of the task.
+    pub goals: &'a [usize],
+    /// V `[row][col]`.
+    pub values: &'a [f32],
+    /// pi `[row][col][action]`, when the solve wrote it.
+    pub policy: Option<&'a [f32]>,
+    /// Occupancy `[row][col]`, when the solve wrote it.
+    pub occupancy: Option<&'a [f32]>,
+}
+
+/// Pixels per cell, or cells per pixel for maps over [`MAX_SIDE_PX`]: `(scale, block)`.
+fn geometry(grid: &Grid) -> (usize, usize) {
+    let side = grid.width.max(grid.height);
+    if side > MAX_SIDE_PX {
+        (1, side.div_ceil(MAX_SIDE_PX))
+    } else {
+        ((1024 / side).clamp(1, 16), 1)
+    }
+}
+
+/// Policy entropy per cell (NaN where the policy is NaN).
+pub fn entropy(policy: &[f32], n_actions: usize) -> Vec<f32> {
+    policy
+        .chunks_exact(n_actions)
+        .map(|p| {
+            if p[0].is_nan() {
+                return f32::NAN;
+            }
+            -p.iter()
+                .filter(|&&x| x > 0.0)
+                .map(|&x| x * x.ln())
+                .sum::<f32>()
+        })
+        .collect()
+}
+
+/// Draws `layer` of `view`; returns the canvas and the (min, max) of the colour scale.
+pub fn render(
+    view: &TaskView,
+    layer: Layer,
+    trajectories: Option<(usize, u64)>,
+) -> Result<(Canvas, (f64, f64))> {
+    let g = view.grid;
+    let n_actions = view.actions.count();
+    let need_policy = || {
+        view.policy
+            .context("this layer needs policy.npy (solve without --no-policy)")
+    };
+    let arrows = layer == Layer::Policy && g.width.max(g.height) <= MAX_ARROW_SIDE;
+    let scalar: Vec<f32> = match layer {
+        Layer::Value => view.values.to_vec(),
+        Layer::Policy if arrows => view.values.to_vec(),
+        Layer::Policy | Layer::Entropy => entropy(need_policy()?, n_actions),
+        Layer::Occupancy => view
+            .occupancy
+            .context("this layer needs occupancy.npy (solve with --occupancy)")?
+            .iter()
+            .map(|&d| if d > 0.0 { d.log10() } else { f32::NAN })
+            .collect(),
+    };
+    let is_goal = |c: usize| view.goals.contains(&c);
+    // Colour scale over free, non-goal cells with a finite value.
+    let (mut lo, mut hi) = (f64::INFINITY, f64::NEG_INFINITY);
+    for (c, &v) in scalar.iter().enumerate() {
+        if g.free[c] && !is_goal(c) && v.is_finite() {
+            lo = lo.min(v as f64);
+            hi = hi.max(v as f64);
+        }
+    }
+    if lo > hi {
+        (lo, hi) = (0.0, 0.0);
+    }
+    let colour = |v: f32| -> [u8; 3] {
+        if !v.is_finite() {
+            NO_VALUE
+        } else if hi > lo {
+            viridis((v as f64 - lo) / (hi - lo))
+        } else {
+            viridis(0.5)
+        }
+    };
+    let (scale, block) = geometry(g);
+    let (map_w, map_h) = (
+        g.width.div_ceil(block) * scale,
+        g.height.div_ceil(block) * scale,
+    );
+    let legend_w = map_w.max(160);
+    let (bar_y, label_y) = (map_h + 8, map_h + 8 + 16 + 4);
+    let mut canvas = Canvas::new(legend_w, label_y + 14, [255, 255, 255]);
+    // Map area: each pixel block covers block x block cells.
+    for by in 0..g.height.div_ceil(block) {
+        for bx in 0..g.width.div_ceil(block) {
+            let (mut sum, mut count, mut any_free, mut goal) = (0.0f64, 0usize, false, false);
+            for r in by * block..((by + 1) * block).min(g.height) {
+                for c in bx * block..((bx + 1) * block).min(g.width) {
+                    let cell = r * g.width + c;
+                    if !g.free[cell] {
+                        continue;
+                    }
+                    any_free = true;
+                    goal |= is_goal(cell);
+                    if scalar[cell].is_finite() {
+                        sum += scalar[cell] as f64;
+                        count += 1;
+                    }
+                }
+            }
+            let c = if goal {
+                GOAL
+            } else if !any_free {
+                WALL
+            } else if count == 0 {
+                NO_VALUE
+            } else {
+                colour((sum / count as f64) as f32)
+            };
+            canvas.fill_rect(bx * scale, by * scale, scale, scale, c);
+        }
+    }
+    if arrows {
+        let policy = need_policy()?;
+        let moves = view.actions.moves();
+        let mask = g.move_mask(&view.actions);
+        for cell in (0..g.cells()).filter(|&c| g.free[c] && !is_goal(c)) {
+            let p = &policy[cell * n_actions..(cell + 1) * n_actions];
+            if p[0].is_nan() {
+                continue;
+            }
+            let (mut dx, mut dy) = (0.0, 0.0);
+            // The expected displacement: blocked moves stay put.
+            for (a, &m) in moves
+                .iter()
+                .enumerate()
+                .filter(|&(a, _)| mask[cell] & (1 << a) != 0)
+            {
+                dx += p[a] as f64 * MOVE_OFFSETS[m].1 as f64;
+                dy += p[a] as f64 * MOVE_OFFSETS[m].0 as f64;
+            }
+            let centre = (
+                ((cell % g.width) as f64 + 0.5) * scale as f64,
+                ((cell / g.width) as f64 + 0.5) * scale as f64,
+            );
+            let tip = (
+                centre.0 + dx * 0.45 * scale as f64,
+                centre.1 + dy * 0.45 * scale as f64,
+            );
+            canvas.line(centre, tip, ARROW);
+            canvas.fill_rect(
+                tip.0.max(0.0) as usize,
+                tip.1.max(0.0) as usize,
+                2,
+                2,
+                ARROW,
+            );
+        }
+    }
+    if let Some((count, seed)) = trajectories {
+        let policy = need_policy()?;
+        for path in sample_paths(view, policy, count, seed) {
+            let at = |c: usize| {
+                (
+                    ((c % g.width) as f64 + 0.5) * scale as f64 / block as f64,
+                    ((c / g.width) as f64 + 0.5) * scale as f64 / block as f64,
+                )
+            };
+            for w in path.windows(2) {
+                canvas.line(at(w[0]), at(w[1]), TRAJECTORY);
+            }
+        }
+    }
+    // Legend: the colour bar from min (left) to max (right), the range written under it.
+    for x in 0..legend_w {
+        let c = viridis(x as f64 / (legend_w - 1).max(1) as f64);
+        canvas.fill_rect(x, bar_y, 1, 16, c);
+    }
+    let (lo_text, hi_text) = (format!("{lo:.4e}"), format!("{hi:.4e}"));
+    canvas.text(0, label_y, &lo_text, 2, [0, 0, 0]);
+    canvas.text(
+        legend_w.saturating_sub(hi_text.len() * 8),
+        label_y,
+        &hi_text,
+        2,
+        [0, 0, 0],
+    );
+    Ok((canvas, (lo, hi)))
+}
+
+/// Trajectories from seeded random free starts following `policy` with the grid's slip
+/// dynamics, until a goal or `4 (H + W)` steps: cells visited, in order.
+pub fn sample_paths(view: &TaskView, policy: &[f32], count: usize, seed: u64) -> Vec<Vec<usize>> {
+    let g = view.grid;
+    let moves = view.actions.moves();
+    let n = moves.len();
+    let mask = g.move_mask(&view.actions);
+    let starts: Vec<usize> = (0..g.cells())
+        .filter(|&c| g.free[c] && !view.goals.contains(&c) && !policy[c * n].is_nan())
+        .collect();
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut paths = Vec::new();
+    if starts.is_empty() {
+        return paths;
+    }
+    for _ in 0..count {
+        let mut cell = starts[rng.random_range(0..starts.len())];
+        let mut path = vec![cell];
+        for _ in 0..4 * (g.width + g.height) {
+            if view.goals.contains(&cell) || policy[cell * n].is_nan() {
+                break;
+            }
+            let p = &policy[cell * n..(cell + 1) * n];
+            let u: f32 = rng.random();
+            let mut a = n - 1;
+            let mut acc = 0.0;
+            for (k, &pk) in p.iter().enumerate() {
+                acc += pk;
+                if u < acc {
+                    a = k;
+                    break;
+                }
+            }
+            if rng.random_bool(view.slip) {
+                a = rng.random_range(0..n);
+            }
+            cell = g.destination(cell, mask[cell], &moves, a);
+            path.push(cell);
+        }
+        paths.push(path);
+    }
+    paths
+}
+
+/// Writes `canvas` as a PNG at `path` through a temporary file.
+pub fn write_png(canvas: &Canvas, path: &Path) -> Result<()> {
+    let bytes = canvas.encode_png()?;
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    ensure!(
+        !name.is_empty(),
+        "--out {} is not a file name",
+        path.display()
+    );
+    let temp = path.with_file_name(format!(".{name}.tmp-{}", std::process::id()));
+    std::fs::write(&temp, bytes).with_context(|| format!("cannot write {}", temp.display()))?;
+    if let Err(e) = std::fs::rename(&temp, path) {
+        let _ = std::fs::remove_file(&temp);
+        bail!("cannot move {} into place: {e}", path.display());
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn viridis_ends_and_font_cover_number_formats() {
+        assert_eq!(viridis(0.0), [68, 1, 84]);
+        assert_eq!(viridis(1.0), [253, 231, 37]);
+        assert_eq!(viridis(-3.0), viridis(0.0));
+        for ch in format!("{:.4e}{:.4e}", -12.5f64, 0.003f64).chars() {
+            assert!(glyph(ch).iter().any(|&r| r != 0), "no glyph for {ch:?}");
+        }
+    }
+}

@@ -1,0 +1,342 @@
+//! `softvi render` and `solve --png`: decode the PNG and check its size and the colours of
+//! known cells (walls black, goals magenta, the lowest and highest values at the colormap's
+//! ends), on every shared map.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+
+use common::*;
+use softvi::Grid;
+use softvi::npy;
+use softvi::render::{ARROW, GOAL, MAX_ARROW_SIDE, TRAJECTORY, WALL, viridis};
+
+struct Png {
+    width: usize,
+    height: usize,
+    rgb: Vec<u8>,
+}
+
+impl Png {
+    fn read(path: &Path) -> Png {
+        let bytes = std::fs::read(path).unwrap();
+        let decoder = png::Decoder::new(std::io::Cursor::new(bytes));
+        let mut reader = decoder.read_info().unwrap();
+        let mut buf = vec![0; reader.output_buffer_size().unwrap()];
+        let info = reader.next_frame(&mut buf).unwrap();
+        assert_eq!(info.color_type, png::ColorType::Rgb);
+        Png {
+            width: info.width as usize,
+            height: info.height as usize,
+            rgb: buf,
+        }
+    }
+
+    fn at(&self, x: usize, y: usize) -> [u8; 3] {
+        let i = 3 * (y * self.width + x);
+        [self.rgb[i], self.rgb[i + 1], self.rgb[i + 2]]
+    }
+
+    fn count(&self, c: [u8; 3]) -> usize {
+        self.rgb.chunks_exact(3).filter(|p| *p == c).count()
+    }
+}
+
+fn softvi(args: &[&str]) {
+    let o = Command::new(env!("CARGO_BIN_EXE_softvi"))
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+/// Pixels per cell as render chooses them (maps up to 2048 cells on a side).
+fn scale(grid: &Grid) -> usize {
+    (1024 / grid.width.max(grid.height)).clamp(1, 16)
+}
+
+fn backend() -> &'static str {
+    if gpu().is_some() { "gpu" } else { "cpu" }
+}
+
+/// Solves one goal on `map_args`, renders the value layer and checks the known colours.
+fn check_value_picture(map_args: &[&str], grid: &Grid, goal: (usize, usize), dir: &Path) {
+    let out = dir.join("solve");
+    let png = dir.join("value.png");
+    let goal_text = format!("{},{}", goal.0, goal.1);
+    let mut args = vec![
+        "solve",
+        "--goal",
+        &goal_text,
+        "--alpha",
+        "0.2",
+        "--horizon",
+        "40",
+        "--backend",
+        backend(),
+    ];
+    args.extend(map_args);
+    args.extend([
+        "--out",
+        out.to_str().unwrap(),
+        "--png",
+        png.to_str().unwrap(),
+    ]);
+    softvi(&args);
+    let picture = Png::read(&png);
+    let s = scale(grid);
+    assert_eq!(picture.width, (grid.width * s).max(160));
+    assert_eq!(picture.height, grid.height * s + 8 + 16 + 4 + 14);
+    let values = npy::read_float(&out.join("values.npy")).unwrap().data;
+    let centre = |cell: usize| {
+        picture.at(
+            (cell % grid.width) * s + s / 2,
+            (cell / grid.width) * s + s / 2,
+        )
+    };
+    // empty-8-8 has no wall.
+    if let Some(wall) = (0..grid.cells()).find(|&c| !grid.free[c]) {
+        assert_eq!(centre(wall), WALL, "wall cell {wall}");
+    }
+    let goal_cell = goal.1 * grid.width + goal.0;
+    assert_eq!(centre(goal_cell), GOAL);
+    let free: Vec<usize> = (0..grid.cells())
+        .filter(|&c| grid.free[c] && c != goal_cell && values[c].is_finite())
+        .collect();
+    let lowest = *free
+        .iter()
+        .min_by(|&&a, &&b| values[a].total_cmp(&values[b]))
+        .unwrap();
+    let highest = *free
+        .iter()
+        .max_by(|&&a, &&b| values[a].total_cmp(&values[b]))
+        .unwrap();
+    assert_eq!(centre(lowest), viridis(0.0), "lowest value cell {lowest}");
+    assert_eq!(
+        centre(highest),
+        viridis(1.0),
+        "highest value cell {highest}"
+    );
+}
+
+#[test]
+fn value_pictures_of_every_shared_map() {
+    let Some(dir) = maps_dir() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let mut maps: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "map"))
+        .collect();
+    maps.sort();
+    for path in maps {
+        let grid = Grid::load_movingai(&path).unwrap();
+        let goal = (0..grid.cells())
+            .find(|&c| grid.free[c])
+            .map(|c| (c % grid.width, c / grid.width))
+            .unwrap();
+        eprintln!("render {}", path.display());
+        check_value_picture(&["--map", path.to_str().unwrap()], &grid, goal, tmp.path());
+    }
+}
+
+#[test]
+fn policy_arrows_trajectories_and_entropy() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("solve");
+    softvi(&[
+        "solve",
+        "--maze",
+        "31x21",
+        "--goal",
+        "29,19",
+        "--alpha",
+        "0.3",
+        "--gamma",
+        "0.95",
+        "--slip",
+        "0.1",
+        "--backend",
+        backend(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    let arrows = tmp.path().join("arrows.png");
+    softvi(&[
+        "render",
+        "--from",
+        out.to_str().unwrap(),
+        "--layer",
+        "policy",
+        "--out",
+        arrows.to_str().unwrap(),
+    ]);
+    let plain = tmp.path().join("plain.png");
+    softvi(&[
+        "render",
+        "--from",
+        out.to_str().unwrap(),
+        "--out",
+        plain.to_str().unwrap(),
+    ]);
+    // Arrows add white pixels over the value heatmap, trajectories orange ones.
+    assert!(Png::read(&arrows).count(ARROW) > Png::read(&plain).count(ARROW) + 100);
+    let paths = tmp.path().join("paths.png");
+    softvi(&[
+        "render",
+        "--from",
+        out.to_str().unwrap(),
+        "--trajectories",
+        "5",
+        "--seed",
+        "1",
+        "--out",
+        paths.to_str().unwrap(),
+    ]);
+    assert!(Png::read(&paths).count(TRAJECTORY) > 20);
+    assert_eq!(Png::read(&plain).count(TRAJECTORY), 0);
+    // Entropy: between 0 and log 8 nats; the picture has the same size as the value one.
+    let entropy = tmp.path().join("entropy.png");
+    softvi(&[
+        "render",
+        "--from",
+        out.to_str().unwrap(),
+        "--layer",
+        "entropy",
+        "--out",
+        entropy.to_str().unwrap(),
+    ]);
+    let (e, v) = (Png::read(&entropy), Png::read(&plain));
+    assert_eq!((e.width, e.height), (v.width, v.height));
+}
+
+/// Beyond MAX_ARROW_SIDE the policy layer is the entropy heatmap.
+#[test]
+fn large_policy_pictures_fall_back_to_entropy() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("solve");
+    let side = format!("{0}x{0}", MAX_ARROW_SIDE + 3);
+    softvi(&[
+        "solve",
+        "--maze",
+        &side,
+        "--goal",
+        "1,1",
+        "--horizon",
+        "30",
+        "--backend",
+        backend(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    let (policy, entropy) = (tmp.path().join("p.png"), tmp.path().join("e.png"));
+    softvi(&[
+        "render",
+        "--from",
+        out.to_str().unwrap(),
+        "--layer",
+        "policy",
+        "--out",
+        policy.to_str().unwrap(),
+    ]);
+    softvi(&[
+        "render",
+        "--from",
+        out.to_str().unwrap(),
+        "--layer",
+        "entropy",
+        "--out",
+        entropy.to_str().unwrap(),
+    ]);
+    assert_eq!(Png::read(&policy).rgb, Png::read(&entropy).rgb);
+}
+
+#[test]
+fn large_maps_are_downsampled() {
+    let tmp = tempfile::tempdir().unwrap();
+    let grid = Grid::generate_maze(2101, 41, 0).unwrap();
+    check_downsampled(&grid, tmp.path());
+}
+
+fn check_downsampled(grid: &Grid, dir: &Path) {
+    let out = dir.join("solve");
+    softvi(&[
+        "solve",
+        "--maze",
+        "2101x41",
+        "--goal",
+        "1,1",
+        "--horizon",
+        "5",
+        "--no-policy",
+        "--backend",
+        backend(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    let png = dir.join("big.png");
+    softvi(&[
+        "render",
+        "--from",
+        out.to_str().unwrap(),
+        "--out",
+        png.to_str().unwrap(),
+    ]);
+    let picture = Png::read(&png);
+    // 2101 cells wide: 2 cells per pixel.
+    assert_eq!(picture.width, grid.width.div_ceil(2));
+    assert_eq!(picture.height, grid.height.div_ceil(2) + 8 + 16 + 4 + 14);
+    assert_eq!(
+        picture.at(0, 0),
+        GOAL,
+        "the block holding the goal shows it"
+    );
+}
+
+#[test]
+fn render_errors_are_clear() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("solve");
+    softvi(&[
+        "solve",
+        "--maze",
+        "21x11",
+        "--goal",
+        "1,1",
+        "--backend",
+        "cpu",
+        "--no-policy",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    for (args, expected) in [
+        (vec!["--layer", "occupancy"], "occupancy.npy"),
+        (vec!["--layer", "entropy"], "policy.npy"),
+        (vec!["--task", "3"], "--task 3"),
+    ] {
+        let png = tmp.path().join("x.png");
+        let mut full = vec![
+            "render",
+            "--from",
+            out.to_str().unwrap(),
+            "--out",
+            png.to_str().unwrap(),
+        ];
+        full.extend(&args);
+        let o = Command::new(env!("CARGO_BIN_EXE_softvi"))
+            .args(&full)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(
+            !o.status.success() && err.contains(expected),
+            "{args:?}: {err}"
+        );
+        assert!(!png.exists());
+    }
+}
