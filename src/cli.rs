@@ -12,7 +12,7 @@ use crate::grid::{ActionSet, Connectivity, Grid, MoveCost};
 use crate::npy;
 use crate::output::{OutputFile, write_folder};
 use crate::problem::{Backup, GridProblem, GridTask, Horizon, SolveOptions};
-use crate::solve::{Solution, Status, solve_cpu};
+use crate::solve::{Progress, Solution, Status};
 
 /// Exit code of a solve that diverged (no finite values exist).
 pub const EXIT_DIVERGED: i32 = 3;
@@ -178,6 +178,9 @@ pub struct SolveArgs {
     /// Print summary.json's content instead of the human summary.
     #[arg(long)]
     pub json: bool,
+    /// No progress line on stderr (it is shown only on a terminal, for solves over a second).
+    #[arg(long)]
+    pub quiet: bool,
 }
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
@@ -238,7 +241,7 @@ pub struct ScenArgs {
     /// GPU adapters to shard the goals over: `all` or a count N.
     #[arg(long, default_value = "1", value_name = "all|N")]
     pub adapters: String,
-    /// Print only the summary line, not one line per scenario.
+    /// Print only the summary line, not one line per scenario, and no progress line.
     #[arg(long)]
     pub quiet: bool,
 }
@@ -529,6 +532,20 @@ pub fn run_backend(
     adapters: &str,
     problem: &GridProblem,
     options: &SolveOptions,
+    quiet: bool,
+) -> Result<(Solution, serde_json::Value)> {
+    let mut line = ProgressLine::new(quiet);
+    let result = run_backend_with(backend, adapters, problem, options, &mut |p| line.update(p));
+    line.finish();
+    result
+}
+
+fn run_backend_with(
+    backend: BackendArg,
+    adapters: &str,
+    problem: &GridProblem,
+    options: &SolveOptions,
+    progress: &mut dyn FnMut(&Progress),
 ) -> Result<(Solution, serde_json::Value)> {
     let count = adapter_count(adapters)?;
     if backend == BackendArg::Gpu && count != Some(1) {
@@ -550,14 +567,84 @@ pub fn run_backend(
     }
     match backend {
         BackendArg::Cpu => Ok((
-            solve_cpu(problem, options)?,
+            crate::solve::solve_cpu_with_progress(problem, options, progress)?,
             json!({"name": "cpu reference (f64)", "backend": "cpu"}),
         )),
         BackendArg::Gpu => {
             let ctx = GpuContext::from_env()?;
             let adapter = adapter_json(&ctx);
             let mut engine = GridEngine::new(&ctx)?;
-            Ok((engine.solve(problem, options)?, adapter))
+            Ok((
+                engine.solve_with_progress(problem, options, progress)?,
+                adapter,
+            ))
+        }
+    }
+}
+
+/// A one-line progress display on stderr: sweeps, residual, sweeps/s and an ETA (from the
+/// residual's decay rate for an infinite horizon). Shown only when stderr is a terminal, the
+/// user did not ask for quiet, and the solve has run for over a second; erased at the end.
+struct ProgressLine {
+    enabled: bool,
+    start: Instant,
+    last_print: Option<Instant>,
+    previous: Option<(u32, f64)>,
+    shown: bool,
+}
+
+impl ProgressLine {
+    fn new(quiet: bool) -> Self {
+        use std::io::IsTerminal;
+        Self {
+            enabled: !quiet && std::io::stderr().is_terminal(),
+            start: Instant::now(),
+            last_print: None,
+            previous: None,
+            shown: false,
+        }
+    }
+
+    fn update(&mut self, p: &Progress) {
+        if !self.enabled {
+            return;
+        }
+        let remaining = match (p.tol, self.previous) {
+            (Some(tol), Some((sweeps, residual)))
+                if p.sweeps > sweeps && residual > 0.0 && p.residual > tol =>
+            {
+                let rate = (p.residual / residual).powf(1.0 / (p.sweeps - sweeps) as f64);
+                (rate < 1.0).then(|| {
+                    ((tol / p.residual).ln() / rate.ln()).min((p.budget - p.sweeps) as f64)
+                })
+            }
+            (None, _) => Some((p.budget - p.sweeps) as f64),
+            _ => None,
+        };
+        self.previous = Some((p.sweeps, p.residual));
+        let elapsed = self.start.elapsed().as_secs_f64();
+        if elapsed < 1.0
+            || self
+                .last_print
+                .is_some_and(|t| t.elapsed().as_secs_f64() < 0.2)
+        {
+            return;
+        }
+        let per_second = p.sweeps as f64 / elapsed;
+        let eta = remaining.map_or("?".to_owned(), |r| {
+            format!("{:.0} s", r / per_second.max(1e-9))
+        });
+        eprint!(
+            "\r\x1b[K{} sweeps  residual {:.3e}  {per_second:.1} sweeps/s  ETA {eta}",
+            p.sweeps, p.residual
+        );
+        self.last_print = Some(Instant::now());
+        self.shown = true;
+    }
+
+    fn finish(&mut self) {
+        if self.shown {
+            eprint!("\r\x1b[K");
         }
     }
 }
@@ -621,6 +708,7 @@ pub fn solve_command(args: &SolveArgs) -> Result<i32> {
         &args.iteration.adapters,
         &world.problem,
         &options,
+        args.quiet,
     )?;
     let seconds = start.elapsed().as_secs_f64();
     let summary = summary_json(
@@ -935,7 +1023,7 @@ pub fn scen_command(args: &ScenArgs) -> Result<i32> {
         policy: false,
         extrapolate: true,
     };
-    let (solution, _) = run_backend(args.backend, &args.adapters, &problem, &options)?;
+    let (solution, _) = run_backend(args.backend, &args.adapters, &problem, &options, args.quiet)?;
     if solution.diverged() {
         bail!(
             "the solve diverged at alpha {}: with gamma = 1 the entropy bonus alpha*log(8) \

@@ -135,6 +135,34 @@ impl Solution {
     }
 }
 
+/// Where a solve stands, reported after convergence checks (for progress displays).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Progress {
+    /// Sweeps done so far.
+    pub sweeps: u32,
+    /// Sweeps the solve may run at most (`T` or `max_iters`).
+    pub budget: u32,
+    /// Largest task residual at the last check.
+    pub residual: f64,
+    /// The tolerance, for an infinite horizon.
+    pub tol: Option<f64>,
+}
+
+impl Progress {
+    /// The progress after `sweeps` sweeps whose last check gave `stats`.
+    pub fn after(options: &SolveOptions, sweeps: u32, stats: &[SweepStats]) -> Self {
+        Self {
+            sweeps,
+            budget: sweep_budget(&options.horizon),
+            residual: stats.iter().map(|s| s.max_abs_delta).fold(0.0, f64::max),
+            tol: match options.horizon {
+                Horizon::Infinite { tol, .. } => Some(tol),
+                Horizon::Finite(_) => None,
+            },
+        }
+    }
+}
+
 /// Lengths of the check windows covering `total` sweeps: `CHECK_INTERVAL` each, the last one
 /// shorter; a check runs at the end of each window.
 pub fn check_windows(total: u32) -> Vec<u32> {
@@ -261,6 +289,15 @@ pub fn mark_special_cells(inputs: &GridInputs, values: &mut [f32], policy: Optio
 
 /// Solves `problem` with the CPU reference (f64 throughout, one thread).
 pub fn solve_cpu(problem: &GridProblem, options: &SolveOptions) -> Result<Solution> {
+    solve_cpu_with_progress(problem, options, &mut |_| {})
+}
+
+/// [`solve_cpu`], calling `progress` after every convergence check.
+pub fn solve_cpu_with_progress(
+    problem: &GridProblem,
+    options: &SolveOptions,
+    progress: &mut dyn FnMut(&Progress),
+) -> Result<Solution> {
     let start = Instant::now();
     problem.validate()?;
     options.validate()?;
@@ -280,6 +317,7 @@ pub fn solve_cpu(problem: &GridProblem, options: &SolveOptions) -> Result<Soluti
             sweeps += 1;
         }
         verdict = monitor.observe(&last);
+        progress(&Progress::after(options, sweeps, &last));
         if verdict != Verdict::Continue {
             break;
         }

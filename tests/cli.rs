@@ -341,3 +341,65 @@ fn bad_inputs_fail_clearly_and_write_nothing() {
         assert!(!out.exists(), "{args:?} left {}", out.display());
     }
 }
+
+/// Progress goes to stderr only, only on a terminal (emulated with util-linux `script`), and
+/// `--quiet` silences it; stdout and the files never carry it.
+#[test]
+fn progress_line_only_on_a_terminal() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("out");
+    let args = [
+        "solve",
+        "--maze",
+        "401x401",
+        "--goal",
+        "1,1",
+        "--slip",
+        "0.1",
+        "--no-policy",
+        "--backend",
+        "cpu",
+    ];
+    let o = Command::new(env!("CARGO_BIN_EXE_softvi"))
+        .args(args)
+        .args(["--out", out.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(o.status.success());
+    assert!(!stderr(&o).contains("sweeps/s") && !String::from_utf8_lossy(&o.stdout).contains('\r'));
+    assert!(
+        !std::fs::read_to_string(out.join("summary.json"))
+            .unwrap()
+            .contains("sweeps/s")
+    );
+    if Command::new("script").arg("--version").output().is_err() {
+        eprintln!("\n*** SKIPPING the terminal half: no `script` (util-linux) ***\n");
+        return;
+    }
+    let on_terminal = |quiet: bool| -> String {
+        let mut command = format!(
+            "{} {} --out {}",
+            env!("CARGO_BIN_EXE_softvi"),
+            args.join(" "),
+            out.display()
+        );
+        if quiet {
+            command += " --quiet";
+        }
+        let log = tmp.path().join("typescript");
+        let status = Command::new("script")
+            .args(["-qc", &command, log.to_str().unwrap()])
+            .output()
+            .unwrap();
+        assert!(status.status.success());
+        String::from_utf8_lossy(&std::fs::read(&log).unwrap()).into_owned()
+    };
+    assert!(
+        on_terminal(false).contains("sweeps/s"),
+        "no progress line on a terminal"
+    );
+    assert!(
+        !on_terminal(true).contains("sweeps/s"),
+        "--quiet still showed progress"
+    );
+}

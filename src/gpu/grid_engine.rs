@@ -14,8 +14,8 @@ use crate::layout::GridInputs;
 use crate::problem::{Backup, GridProblem, Horizon, SolveOptions};
 use crate::reference::SweepStats;
 use crate::solve::{
-    ConvergenceMonitor, Solution, Verdict, check_windows, final_status, mark_special_cells,
-    sweep_budget,
+    ConvergenceMonitor, Progress, Solution, Verdict, check_windows, final_status,
+    mark_special_cells, sweep_budget,
 };
 
 /// WGSL source of the backup and policy kernels.
@@ -493,6 +493,16 @@ impl GridEngine {
     /// Solves every task of `problem`; the result has the same layout and meaning as
     /// [`crate::solve::solve_cpu`]'s.
     pub fn solve(&mut self, problem: &GridProblem, options: &SolveOptions) -> Result<Solution> {
+        self.solve_with_progress(problem, options, &mut |_| {})
+    }
+
+    /// [`GridEngine::solve`], calling `progress` after every submission's checks.
+    pub fn solve_with_progress(
+        &mut self,
+        problem: &GridProblem,
+        options: &SolveOptions,
+        progress: &mut dyn FnMut(&Progress),
+    ) -> Result<Solution> {
         let start = Instant::now();
         problem.validate()?;
         options.validate()?;
@@ -509,7 +519,14 @@ impl GridEngine {
         for t0 in (0..inputs.tasks).step_by(per_chunk) {
             let tasks = t0..(t0 + per_chunk).min(inputs.tasks);
             let chunk = self
-                .solve_chunk(&inputs, &fixed_bits, &active_quads, tasks.clone(), options)
+                .solve_chunk(
+                    &inputs,
+                    &fixed_bits,
+                    &active_quads,
+                    tasks.clone(),
+                    options,
+                    progress,
+                )
                 .with_context(|| {
                     format!("GPU solve of tasks {tasks:?} on {}", self.adapter_label)
                 })?;
@@ -724,6 +741,7 @@ impl GridEngine {
         active_quads: &[[u32; 2]],
         tasks: Range<usize>,
         options: &SolveOptions,
+        progress: &mut dyn FnMut(&Progress),
     ) -> Result<ChunkResult> {
         use wgpu::BufferUsages as U;
         let n = tasks.len();
@@ -1004,6 +1022,7 @@ impl GridEngine {
                     break;
                 }
             }
+            progress(&Progress::after(options, sweeps, &last));
         }
 
         let v_final = &values[(sweeps % 2) as usize];
