@@ -16,6 +16,11 @@ const CHECK_INTERVAL: f32 = 16.0;
 // Two successive per-sweep rate estimates closer than this trigger an extrapolation.
 // Same as `solve::RATE_AGREEMENT`.
 const RATE_AGREEMENT: f32 = 1e-4;
+// Jump states. Same as `solve::RateExtrapolator`.
+const JUMP_ALLOWED: f32 = 0.0;
+const JUMP_PENDING: f32 = 1.0;  // jumped at the previous check; judged at this one
+const JUMP_DISABLED: f32 = 2.0; // a jump raised the residual and was rolled back
+const ROLLBACK: f32 = -1.0;
 
 // Keep in sync with `gpu::ReduceParams` (sizes compared in tests/shader_layout.rs).
 struct ReduceParams {
@@ -47,9 +52,11 @@ struct Control {
 @group(0) @binding(1) var<storage, read> partials: array<vec4<f32>>;      // [task][group]
 @group(0) @binding(2) var<storage, read_write> checks: array<vec4<f32>>;  // [check][task]
 @group(0) @binding(3) var<storage, read_write> control: Control;
-// Last three residuals and checks since the last extrapolation, per task.
-@group(0) @binding(4) var<storage, read_write> history: array<vec4<f32>>;  // [task]
-// V += factor * (V - V_prev) after this check; 0 = no extrapolation.
+// Per task two entries: the last three residuals and the checks since the last jump; then
+// the residual at the last jump and the jump state (JUMP_*).
+@group(0) @binding(4) var<storage, read_write> history: array<vec4<f32>>;  // [task][2]
+// After this check: factor > 0 jumps (V += factor * (V - V_prev), keeping a backup of V),
+// ROLLBACK restores the backup, 0 does nothing.
 @group(0) @binding(5) var<storage, read_write> extrapolation: array<f32>; // [task]
 
 var<workgroup> scratch: array<vec4<f32>, REDUCE_SIZE>;
@@ -106,21 +113,34 @@ fn convergence_decide() {
             for (var t = 0u; t < params.task_count; t++) {
                 let stats = checks[check * params.task_count + t];
                 let r = stats.x;
-                var h = history[t];
+                var h = history[2u * t];
+                var jump = history[2u * t + 1u];
                 h = vec4<f32>(h.y, h.z, r, h.w + 1.0);
                 var factor = 0.0;
-                if h.w >= 3.0 && h.x > 0.0 && h.y > 0.0 && r > 0.0 && !within_tolerance(stats) {
+                // A jump is kept only if the residual 16 sweeps later is below the residual
+                // at the jump; otherwise V goes back to its backup and jumps stop for the task.
+                if jump.y == JUMP_PENDING {
+                    if r > jump.x {
+                        factor = ROLLBACK;
+                        jump.y = JUMP_DISABLED;
+                    } else {
+                        jump.y = JUMP_ALLOWED;
+                    }
+                }
+                if jump.y == JUMP_ALLOWED && h.w >= 3.0 && h.x > 0.0 && h.y > 0.0 && r > 0.0 && !within_tolerance(stats) {
                     // Per-sweep contraction rates over the last two check windows.
                     let newer = pow(h.z / h.y, 1.0 / CHECK_INTERVAL);
                     let older = pow(h.y / h.x, 1.0 / CHECK_INTERVAL);
                     if abs(newer - older) < RATE_AGREEMENT && newer < params.gamma {
                         factor = newer / (1.0 - newer);
                         h.w = 0.0;
+                        jump = vec4<f32>(r, JUMP_PENDING, 0.0, 0.0);
                     }
                 }
-                history[t] = h;
+                history[2u * t] = h;
+                history[2u * t + 1u] = jump;
                 extrapolation[t] = factor;
-                any_jump = any_jump || factor > 0.0;
+                any_jump = any_jump || factor != 0.0;
             }
         }
         for (var i = 0u; i < sweep_args; i++) {

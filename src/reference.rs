@@ -129,17 +129,27 @@ pub fn grid_backup(inputs: &GridInputs, v_in: &[f64], v_out: &mut [f64]) -> Vec<
     stats
 }
 
-/// `V += factor[task] * (V - V_prev)` on non-fixed cells: the jump of
-/// [`crate::solve::RateExtrapolator`].
-pub fn grid_extrapolate(inputs: &GridInputs, v: &mut [f64], v_prev: &[f64], factors: &[f64]) {
+/// The jump of [`crate::solve::RateExtrapolator`] per task: for a factor > 0, `backup = V`,
+/// then `V += factor * (V - V_prev)` on non-fixed cells; for [`crate::solve::ROLLBACK`],
+/// `V = backup`.
+pub fn grid_extrapolate(
+    inputs: &GridInputs,
+    v: &mut [f64],
+    v_prev: &[f64],
+    backup: &mut [f64],
+    factors: &[f64],
+) {
     let cells = inputs.cells();
     for (task, &factor) in factors.iter().enumerate() {
-        if factor == 0.0 {
-            continue;
-        }
-        for index in task * cells..(task + 1) * cells {
-            if !inputs.fixed[index] {
-                v[index] += factor * (v[index] - v_prev[index]);
+        let range = task * cells..(task + 1) * cells;
+        if factor < 0.0 {
+            v[range.clone()].copy_from_slice(&backup[range]);
+        } else if factor > 0.0 {
+            backup[range.clone()].copy_from_slice(&v[range.clone()]);
+            for index in range {
+                if !inputs.fixed[index] {
+                    v[index] += factor * (v[index] - v_prev[index]);
+                }
             }
         }
     }

@@ -91,3 +91,34 @@ fn extrapolation_is_off_where_it_does_not_apply() {
     }
     assert!(options(0.99, true, Backup::Optimistic).uses_extrapolation());
 }
+
+/// Near the hard max the slow mode is a wavefront that the max operator soon bends: a jump
+/// along it overshoots, raises the residual and must be rolled back, so that the solve costs
+/// at most a check window more than plain iteration and lands on the same values.
+#[test]
+fn bad_jumps_are_rolled_back() {
+    let grid = Grid::generate_maze(127, 127, 0).unwrap();
+    let problem = softvi::bench::reference_problem(grid, 2);
+    let cool = |extrapolate| SolveOptions {
+        alpha: 0.1,
+        gamma: 0.999,
+        ..options(0.999, extrapolate, Backup::Expected)
+    };
+    let plain = solve_cpu(&problem, &cool(false)).unwrap();
+    let mut solutions = vec![solve_cpu(&problem, &cool(true)).unwrap()];
+    solutions.extend(with_engine(|e| e.solve(&problem, &cool(true)).unwrap()));
+    for s in solutions {
+        assert_eq!(s.status, plain.status);
+        assert!(
+            s.iterations[0] <= plain.iterations[0] + 2 * 16,
+            "{} vs plain {}",
+            s.iterations[0],
+            plain.iterations[0]
+        );
+        let err = max_abs_error(&s.values, &plain.values);
+        assert!(
+            err <= 2.0 * 1e-4 * 0.999 / 0.001 + 1e-3,
+            "values off by {err}"
+        );
+    }
+}

@@ -823,7 +823,7 @@ impl GridEngine {
         let history = self.pool.get(
             &device,
             "softvi.history",
-            n as u64 * 16,
+            n as u64 * 32,
             U::STORAGE | U::COPY_DST,
         );
         let extrapolation =
@@ -837,6 +837,12 @@ impl GridEngine {
             U::UNIFORM | U::COPY_DST,
         );
         let no_policy = self.pool.get(&device, "softvi.no_policy", 16, U::STORAGE);
+        // V before the last extrapolation jump, for its rollback.
+        let backup = if options.uses_extrapolation() {
+            self.pool.get(&device, "softvi.backup", v_bytes, U::STORAGE)
+        } else {
+            no_policy.clone()
+        };
         let reduce_params = self.pool.get(
             &device,
             "softvi.reduce_params",
@@ -886,7 +892,10 @@ impl GridEngine {
                     &reward,
                     &values[p],
                     &values[1 - p],
-                    (&no_policy, 0, 16),
+                    match options.uses_extrapolation() {
+                        true => (&backup, layout.windows[3].offset, layout.windows[3].size),
+                        false => (&no_policy, 0, 16),
+                    },
                     &partials,
                     &extrapolation,
                 )
