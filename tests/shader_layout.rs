@@ -82,4 +82,28 @@ fn residual_reduce_layout_matches_rust() {
         constant(&m, "RESIDUAL_FLOOR"),
         naga::Literal::F32(softvi::solve::RESIDUAL_FLOOR as f32)
     );
+    use softvi::solve::{CHECK_INTERVAL, JumpState, RATE_AGREEMENT, ROLLBACK};
+    assert_eq!(
+        constant(&m, "CHECK_INTERVAL"),
+        naga::Literal::F32(CHECK_INTERVAL as f32)
+    );
+    assert_eq!(
+        constant(&m, "RATE_AGREEMENT"),
+        naga::Literal::F32(RATE_AGREEMENT as f32)
+    );
+    assert_eq!(
+        constant(&m, "ROLLBACK"),
+        naga::Literal::F32(ROLLBACK as f32)
+    );
+    for (name, state) in [
+        ("JUMP_ALLOWED", JumpState::Allowed),
+        ("JUMP_PENDING", JumpState::Pending),
+        ("JUMP_DISABLED", JumpState::Disabled),
+    ] {
+        assert_eq!(
+            constant(&m, name),
+            naga::Literal::F32(state as u8 as f32),
+            "{name}"
+        );
+    }
 }
