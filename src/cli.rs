@@ -456,41 +456,17 @@ impl WorldArgs {
 impl IterationArgs {
     /// The solve settings, validated.
     pub fn options(&self, policy: bool) -> Result<SolveOptions> {
-        ensure!(
-            self.alpha.is_finite() && self.alpha >= 0.0,
-            "--alpha must be >= 0, got {}",
-            self.alpha
-        );
-        ensure!(
-            self.gamma.is_finite() && (0.0..=1.0).contains(&self.gamma),
-            "--gamma must be in [0, 1], got {}",
-            self.gamma
-        );
         let horizon = match self.horizon {
-            Some(t) => {
-                ensure!(t >= 1, "--horizon must be >= 1, got {t}");
-                Horizon::Finite(t)
-            }
-            None => {
-                ensure!(
-                    self.tol.is_finite() && self.tol > 0.0,
-                    "--tol must be > 0, got {}",
-                    self.tol
-                );
-                ensure!(self.max_iters >= 1, "--max-iters must be >= 1");
-                Horizon::Infinite {
-                    tol: self.tol,
-                    max_iters: self.max_iters,
-                }
-            }
+            Some(t) => Horizon::Finite(t),
+            None => Horizon::Infinite {
+                tol: self.tol,
+                max_iters: self.max_iters,
+            },
         };
         let backup = match self.backup {
             BackupArg::Expected => Backup::Expected,
             BackupArg::Optimistic => Backup::Optimistic,
         };
-        if backup == Backup::Optimistic && self.alpha == 0.0 {
-            bail!("--backup optimistic needs --alpha > 0 (its log-sum-exp has no alpha = 0 form)");
-        }
         let options = SolveOptions {
             extrapolate: !self.no_extrapolation,
             alpha: self.alpha,

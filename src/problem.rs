@@ -79,24 +79,28 @@ impl SolveOptions {
     pub fn validate(&self) -> Result<()> {
         ensure!(
             self.alpha.is_finite() && self.alpha >= 0.0,
-            "alpha must be finite and >= 0, got {}",
+            "alpha (--alpha) must be finite and >= 0, got {}",
             self.alpha
         );
         ensure!(
             self.gamma.is_finite() && (0.0..=1.0).contains(&self.gamma),
-            "gamma must be in [0, 1], got {}",
+            "gamma (--gamma) must be in [0, 1], got {}",
             self.gamma
         );
         if self.backup == Backup::Optimistic && self.alpha == 0.0 {
             bail!(
-                "the optimistic backup needs alpha > 0 (alpha = 0 has no log-sum-exp limit here)"
+                "the optimistic backup (--backup optimistic) needs alpha > 0: its log-sum-exp \
+                 has no alpha = 0 form"
             );
         }
         match self.horizon {
-            Horizon::Finite(t) => ensure!(t >= 1, "horizon must be >= 1, got {t}"),
+            Horizon::Finite(t) => ensure!(t >= 1, "horizon (--horizon) must be >= 1, got {t}"),
             Horizon::Infinite { tol, max_iters } => {
-                ensure!(tol.is_finite() && tol > 0.0, "tol must be > 0, got {tol}");
-                ensure!(max_iters > 0, "max-iters must be > 0");
+                ensure!(
+                    tol.is_finite() && tol > 0.0,
+                    "tol (--tol) must be > 0, got {tol}"
+                );
+                ensure!(max_iters > 0, "max_iters (--max-iters) must be > 0");
             }
         }
         Ok(())
@@ -159,7 +163,7 @@ impl GridProblem {
         );
         ensure!(
             self.slip.is_finite() && (0.0..=1.0).contains(&self.slip),
-            "slip must be in [0, 1], got {}",
+            "slip (--slip) must be in [0, 1], got {}",
             self.slip
         );
         for (name, c) in [

@@ -27,6 +27,21 @@ fn summary(dir: &Path) -> serde_json::Value {
     serde_json::from_str(&std::fs::read_to_string(dir.join("summary.json")).unwrap()).unwrap()
 }
 
+/// Whether an adapter exists; without one (and without SOFTVI_REQUIRE_GPU=1, under which the
+/// test fails instead) the caller skips, loudly.
+fn gpu_available() -> bool {
+    match softvi::GpuContext::from_env() {
+        Ok(_) => true,
+        Err(e) if std::env::var("SOFTVI_REQUIRE_GPU").as_deref() == Ok("1") => {
+            panic!("SOFTVI_REQUIRE_GPU=1 but no adapter: {e:#}")
+        }
+        Err(_) => {
+            eprintln!("\n*** SKIPPING GPU CLI TEST: no adapter ***\n");
+            false
+        }
+    }
+}
+
 const SMALL_MAP: &str = "type octile\nheight 4\nwidth 5\nmap\n.....\n.@@..\n.....\n@....\n";
 
 #[test]
@@ -144,10 +159,7 @@ fn crlf_maps_are_accepted() {
 
 #[test]
 fn gpu_backend_reports_its_adapter() {
-    if softvi::GpuContext::from_env().is_err()
-        && std::env::var("SOFTVI_REQUIRE_GPU").as_deref() != Ok("1")
-    {
-        eprintln!("\n*** SKIPPING GPU CLI TEST: no adapter ***\n");
+    if !gpu_available() {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
@@ -175,10 +187,7 @@ fn gpu_backend_reports_its_adapter() {
 
 #[test]
 fn adapters_all_lists_every_adapter_used() {
-    if softvi::GpuContext::from_env().is_err()
-        && std::env::var("SOFTVI_REQUIRE_GPU").as_deref() != Ok("1")
-    {
-        eprintln!("\n*** SKIPPING GPU CLI TEST: no adapter ***\n");
+    if !gpu_available() {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
@@ -277,15 +286,15 @@ fn bad_inputs_fail_clearly_and_write_nothing() {
         (vec!["--map", &map, "--goals", &bad_goals], "goals.txt:3"),
         (
             vec!["--map", &map, "--goal", "0,0", "--alpha", "-1"],
-            "--alpha must be >= 0",
+            "alpha (--alpha) must be finite and >= 0",
         ),
         (
             vec!["--map", &map, "--goal", "0,0", "--gamma", "1.5"],
-            "--gamma must be in [0, 1]",
+            "gamma (--gamma) must be in [0, 1]",
         ),
         (
             vec!["--map", &map, "--goal", "0,0", "--slip", "2"],
-            "slip must be in [0, 1]",
+            "slip (--slip) must be in [0, 1]",
         ),
         (
             vec!["--map", &map, "--goal", "0,0", "--reward", &wrong_shape],
@@ -314,11 +323,11 @@ fn bad_inputs_fail_clearly_and_write_nothing() {
         ),
         (
             vec!["--map", &map, "--goal", "0,0", "--horizon", "0"],
-            "--horizon must be >= 1",
+            "horizon (--horizon) must be >= 1",
         ),
         (
             vec!["--map", &map, "--goal", "0,0", "--tol", "0"],
-            "--tol must be > 0",
+            "tol (--tol) must be > 0",
         ),
         (
             vec!["--map", &map, "--goal", "0,0", "--connectivity", "6"],
