@@ -121,12 +121,14 @@ pub fn bytes_per_sweep(problem: &GridProblem) -> f64 {
 
 /// Times `solve` at two horizons and divides the difference by the extra sweeps, so that
 /// setup, upload and readback cancel out; the median of three such pairs is reported (this
-/// machine is shared and noisy). `short` and `long` are sweep counts.
+/// machine is shared and noisy). `short` is the shorter horizon; the extra sweeps start at
+/// `extra` and double until they take at least half a second and half the short run, so
+/// that the difference stands clear of the run-to-run noise of the fixed costs.
 pub fn measure(
     mut solve: impl FnMut(u32) -> Result<()>,
     problem: &GridProblem,
     short: u32,
-    long: u32,
+    extra: u32,
 ) -> Result<Measurement> {
     let mut time = |sweeps: u32| -> Result<f64> {
         let start = Instant::now();
@@ -134,12 +136,20 @@ pub fn measure(
         Ok(start.elapsed().as_secs_f64())
     };
     // Warm-up: pipelines, buffers.
-    time(short)?;
+    let t_short = time(short)?;
+    let mut extra = extra.max(1);
+    while extra < 1 << 14 {
+        let t_long = time(short + extra)?;
+        if t_long - t_short >= 0.5f64.max(0.5 * t_short) {
+            break;
+        }
+        extra *= 2;
+    }
     let mut per_sweep = Vec::new();
     for _ in 0..3 {
         let t_short = time(short)?;
-        let t_long = time(long)?;
-        per_sweep.push(((t_long - t_short) / (long - short) as f64).max(1e-12));
+        let t_long = time(short + extra)?;
+        per_sweep.push(((t_long - t_short) / extra as f64).max(1e-12));
     }
     per_sweep.sort_by(f64::total_cmp);
     let seconds_per_sweep = per_sweep[1];
@@ -168,7 +178,7 @@ pub fn measure_gpu(
         },
         problem,
         16,
-        16 + sweeps,
+        sweeps,
     )
 }
 
@@ -178,6 +188,6 @@ pub fn measure_cpu(problem: &GridProblem, sweeps: u32) -> Result<Measurement> {
         |t| solve_cpu(problem, &reference_options(Horizon::Finite(t))).map(|_| ()),
         problem,
         1,
-        1 + sweeps,
+        sweeps,
     )
 }

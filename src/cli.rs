@@ -254,11 +254,11 @@ pub struct BenchArgs {
     /// Folder holding the MovingAI maps (orz900d.map).
     #[arg(long, default_value = "../shared/maps", value_name = "DIR")]
     pub maps: PathBuf,
-    /// Extra sweeps timed on the GPU path per workload (default: about 2e8 state updates,
-    /// 4 to 128 sweeps).
+    /// Extra sweeps timed on the GPU path per workload, to start with (default: about 2e8
+    /// state updates, 4 to 128); doubled until they take half a second.
     #[arg(long)]
     pub sweeps: Option<u32>,
-    /// Extra sweeps timed on the CPU reference per workload (0 skips the CPU).
+    /// Extra sweeps timed on the CPU reference per workload, to start with (0 skips the CPU).
     #[arg(long, default_value_t = 2)]
     pub cpu_sweeps: u32,
 }
