@@ -6,6 +6,8 @@ use std::path::Path;
 use anyhow::{Context, Result, bail, ensure};
 
 use crate::grid::Grid;
+use crate::problem::GridProblem;
+use crate::reference::TIE_RELATIVE;
 
 /// One scenario line.
 #[derive(Clone, Debug, PartialEq)]
@@ -97,6 +99,44 @@ pub fn parse_scenarios(text: &str, grid: &Grid) -> Result<Vec<Scenario>> {
     }
     ensure!(!scenarios.is_empty(), "the file lists no scenario");
     Ok(scenarios)
+}
+
+/// Length of the greedy path from `start` to `goal` (cells) under the values `[row][col]` of
+/// a hard (alpha = 0) solve of `problem`: at each cell the first action maximising
+/// `V(destination) - cost(action)` (ties within [`TIE_RELATIVE`], as the policy breaks them),
+/// the costs summed in f64. This is the exact length of the path the solve's policy takes, free
+/// of the f32 rounding that V accumulates along long paths. `None` if it does not reach the
+/// goal (values climb by at least the smallest cost per step, so it cannot cycle).
+pub fn greedy_path_length(
+    problem: &GridProblem,
+    values: &[f32],
+    start: usize,
+    goal: usize,
+) -> Option<f64> {
+    let grid = &problem.grid;
+    let moves = problem.actions.moves();
+    let costs = problem.move_cost.per_action(&problem.actions);
+    let mask = grid.move_mask(&problem.actions);
+    let (mut cell, mut length) = (start, 0.0f64);
+    for _ in 0..grid.cells() {
+        if cell == goal {
+            return Some(length);
+        }
+        let score =
+            |a: usize| values[grid.destination(cell, mask[cell], &moves, a)] as f64 - costs[a];
+        let best = (0..moves.len())
+            .map(score)
+            .fold(f64::NEG_INFINITY, f64::max);
+        let tie = best - TIE_RELATIVE * best.abs().max(1.0);
+        let a = (0..moves.len()).find(|&a| score(a) >= tie)?;
+        let next = grid.destination(cell, mask[cell], &moves, a);
+        if next == cell {
+            return None;
+        }
+        length += costs[a];
+        cell = next;
+    }
+    None
 }
 
 #[cfg(test)]
