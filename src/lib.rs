@@ -42,6 +42,7 @@ pub mod cli;
 pub mod gpu;
 pub mod grid;
 pub mod layout;
+pub mod mdp;
 pub mod npy;
 pub mod output;
 pub mod problem;

@@ -1,5 +1,5 @@
-//! NumPy `.npy` files (format 1.0 / 2.0, little-endian, C order): float32 writing, float
-//! reading.
+//! NumPy `.npy` files (format 1.0 / 2.0, little-endian, C order): float32 writing; reading
+//! of float32/64, int32/64, uint8/32/64 and bool arrays.
 
 use std::io::Write;
 use std::path::Path;
@@ -47,6 +47,70 @@ pub fn write_f32(path: &Path, shape: &[usize], data: &[f32]) -> Result<()> {
     Ok(())
 }
 
+/// A numeric array of any supported dtype, its values widened to f64.
+#[derive(Clone, Debug, PartialEq)]
+pub struct NpyValues {
+    /// Shape, outermost first.
+    pub shape: Vec<usize>,
+    /// Values in C order.
+    pub data: Vec<f64>,
+    /// The NumPy dtype string, e.g. `<f4`, `<i8`, `|b1`.
+    pub dtype: String,
+}
+
+/// Encodes `data` (C order) as `.npy` bytes of dtype `dtype` (`<f4`, `<f8`, `<i4`, `<i8`,
+/// `|b1`): for writing test inputs and MDP files.
+pub fn encode(dtype: &str, shape: &[usize], data: &[f64]) -> Vec<u8> {
+    let mut out = encode_f32(shape, &vec![0.0; data.len()]);
+    let header_end = out.len() - 4 * data.len();
+    out.truncate(header_end);
+    let header = String::from_utf8_lossy(&out[10..]).replace("<f4", dtype);
+    out.truncate(10);
+    out.extend_from_slice(header.as_bytes());
+    for &v in data {
+        match dtype {
+            "<f4" => out.extend_from_slice(&(v as f32).to_le_bytes()),
+            "<f8" => out.extend_from_slice(&v.to_le_bytes()),
+            "<i4" => out.extend_from_slice(&(v as i32).to_le_bytes()),
+            "<i8" => out.extend_from_slice(&(v as i64).to_le_bytes()),
+            "|b1" => out.push((v != 0.0) as u8),
+            _ => panic!("encode: unsupported dtype {dtype}"),
+        }
+    }
+    out
+}
+
+/// Decodes `.npy` bytes of any supported dtype.
+pub fn decode(bytes: &[u8]) -> Result<NpyValues> {
+    let (shape, dtype, body) = parse_header(bytes)?;
+    let count: usize = shape.iter().product();
+    let width = match dtype.as_str() {
+        "<f8" | "<i8" | "<u8" => 8,
+        "<f4" | "<i4" | "<u4" => 4,
+        "|b1" | "|u1" => 1,
+        other => bail!("dtype {other} is not float32/64, int32/64, uint8/32/64 or bool"),
+    };
+    ensure!(
+        body.len() == count * width,
+        "shape {shape:?} needs {} data bytes, the file has {}",
+        count * width,
+        body.len()
+    );
+    let data = body
+        .chunks_exact(width)
+        .map(|b| match dtype.as_str() {
+            "<f8" => f64::from_le_bytes(b.try_into().expect("8 bytes")),
+            "<i8" => i64::from_le_bytes(b.try_into().expect("8 bytes")) as f64,
+            "<u8" => u64::from_le_bytes(b.try_into().expect("8 bytes")) as f64,
+            "<f4" => f32::from_le_bytes(b.try_into().expect("4 bytes")) as f64,
+            "<i4" => i32::from_le_bytes(b.try_into().expect("4 bytes")) as f64,
+            "<u4" => u32::from_le_bytes(b.try_into().expect("4 bytes")) as f64,
+            _ => b[0] as f64,
+        })
+        .collect();
+    Ok(NpyValues { shape, data, dtype })
+}
+
 /// Reads a float32 or float64 `.npy` file as f32.
 pub fn read_float(path: &Path) -> Result<NpyArray> {
     let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
@@ -55,6 +119,20 @@ pub fn read_float(path: &Path) -> Result<NpyArray> {
 
 /// Decodes `.npy` bytes holding float32 or float64 values (little-endian, C order).
 pub fn decode_float(bytes: &[u8]) -> Result<NpyArray> {
+    let (_, dtype, _) = parse_header(bytes)?;
+    ensure!(
+        dtype == "<f4" || dtype == "<f8",
+        "dtype {dtype} is not float32 or float64 (little-endian)"
+    );
+    let values = decode(bytes)?;
+    Ok(NpyArray {
+        shape: values.shape,
+        data: values.data.iter().map(|&v| v as f32).collect(),
+    })
+}
+
+/// Shape, dtype and data bytes of a `.npy` file.
+fn parse_header(bytes: &[u8]) -> Result<(Vec<usize>, String, &[u8])> {
     ensure!(
         bytes.len() >= 10 && &bytes[..6] == b"\x93NUMPY",
         "missing the NumPy magic bytes"
@@ -83,16 +161,12 @@ pub fn decode_float(bytes: &[u8]) -> Result<NpyArray> {
             .trim_start())
     };
     let descr = field("descr")?;
-    let width = if descr.starts_with("'<f4'") {
-        4
-    } else if descr.starts_with("'<f8'") {
-        8
-    } else {
-        bail!(
-            "dtype {} is not float32 or float64 (little-endian)",
-            descr.split(',').next().unwrap_or("")
-        );
-    };
+    let dtype = descr
+        .trim_start_matches('\'')
+        .split('\'')
+        .next()
+        .unwrap_or_default()
+        .replace('=', "<");
     ensure!(
         field("fortran_order")?.starts_with("False"),
         "Fortran-ordered arrays are not supported"
@@ -108,24 +182,7 @@ pub fn decode_float(bytes: &[u8]) -> Result<NpyArray> {
                 .with_context(|| format!("malformed shape entry {s:?}"))
         })
         .collect::<Result<_>>()?;
-    let count: usize = shape.iter().product();
-    let body = &bytes[header_start + header_len..];
-    ensure!(
-        body.len() == count * width,
-        "shape {shape:?} needs {} data bytes, the file has {}",
-        count * width,
-        body.len()
-    );
-    let data = if width == 4 {
-        body.chunks_exact(4)
-            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-            .collect()
-    } else {
-        body.chunks_exact(8)
-            .map(|b| f64::from_le_bytes(b.try_into().expect("8-byte chunk")) as f32)
-            .collect()
-    };
-    Ok(NpyArray { shape, data })
+    Ok((shape, dtype, &bytes[header_start + header_len..]))
 }
 
 #[cfg(test)]
@@ -148,6 +205,18 @@ mod tests {
         );
         let one = decode_float(&encode_f32(&[3], &[1.0, 2.0, 3.0])).unwrap();
         assert_eq!(one.shape, vec![3]);
+    }
+
+    #[test]
+    fn typed_round_trip() {
+        for dtype in ["<f8", "<i4", "<i8", "|b1"] {
+            let data = [0.0, 1.0, 1.0, 0.0, 1.0, 0.0];
+            let back = decode(&encode(dtype, &[2, 3], &data)).unwrap();
+            assert_eq!(
+                (back.shape, back.data, back.dtype),
+                (vec![2, 3], data.to_vec(), dtype.to_owned())
+            );
+        }
     }
 
     #[test]

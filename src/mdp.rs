@@ -1,0 +1,303 @@
+//! General tabular MDPs from NumPy `.npz` files: transitions as dense `P` `[S,A,S]` or CSR
+//! over rows `s * A + a` (`indptr`, `indices`, `data`, as `scipy.sparse.csr_matrix` of shape
+//! `(S*A, S)` holds them), rewards for a batch of tasks, terminal states and start
+//! distributions. Loading validates everything and names the array and entry at fault.
+
+use std::collections::HashMap;
+use std::io::Read;
+use std::path::Path;
+
+use anyhow::{Context, Result, bail, ensure};
+
+use crate::npy::{self, NpyValues};
+
+/// Largest deviation of a transition row's sum from 1.
+pub const ROW_SUM_TOLERANCE: f64 = 1e-5;
+
+/// A batch of B tasks sharing sparse dynamics.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TabularMdp {
+    /// States S.
+    pub states: usize,
+    /// Actions A.
+    pub actions: usize,
+    /// Tasks B.
+    pub tasks: usize,
+    /// CSR row starts, `[S*A + 1]`; row `s * A + a` holds `P(.|s,a)`.
+    pub indptr: Vec<u32>,
+    /// Successor states of the nonzero entries, `[nnz]`.
+    pub indices: Vec<u32>,
+    /// Probabilities of the nonzero entries, `[nnz]`.
+    pub probs: Vec<f32>,
+    /// `r(s,a)`, `[task][state][action]`.
+    pub reward: Vec<f32>,
+    /// Terminal states, `[task][state]`.
+    pub terminal: Vec<bool>,
+    /// Values of terminal states, `[task][state]` (0 unless given).
+    pub terminal_value: Vec<f32>,
+    /// Start distribution, `[task][state]` (uniform over non-terminal states unless given).
+    pub initial: Vec<f32>,
+}
+
+impl TabularMdp {
+    /// Reads and validates an `.npz` file; errors name the file and the array.
+    pub fn load_npz(path: &Path) -> Result<Self> {
+        let file = std::fs::File::open(path)
+            .with_context(|| format!("cannot read MDP file {}", path.display()))?;
+        let mut archive = zip::ZipArchive::new(file)
+            .with_context(|| format!("{} is not an .npz (zip) archive", path.display()))?;
+        let mut arrays = HashMap::new();
+        for i in 0..archive.len() {
+            let mut entry = archive.by_index(i)?;
+            let name = entry.name()?.trim_end_matches(".npy").to_owned();
+            let mut bytes = Vec::new();
+            entry.read_to_end(&mut bytes)?;
+            let array = npy::decode(&bytes)
+                .with_context(|| format!("{}: array {name:?}", path.display()))?;
+            arrays.insert(name, array);
+        }
+        Self::from_arrays(&arrays).with_context(|| format!("invalid MDP file {}", path.display()))
+    }
+
+    /// Builds and validates an MDP from named arrays (the entries of an `.npz`).
+    ///
+    /// A 2-D `R` is `[S,A]` when S*A matches the transitions, else `[B,S]`.
+    pub fn from_arrays(arrays: &HashMap<String, NpyValues>) -> Result<Self> {
+        let reward = arrays.get("R").context("missing array R (rewards)")?;
+        let (states, actions, indptr, indices, probs) = match arrays.get("P") {
+            Some(p) => dense_to_csr(p)?,
+            None => {
+                let get = |name: &str| {
+                    arrays.get(name).with_context(|| {
+                        format!("missing transitions: give P [S,A,S] or indptr, indices, data (no {name})")
+                    })
+                };
+                sparse_transitions(get("indptr")?, get("indices")?, get("data")?, reward)?
+            }
+        };
+        let (tasks, reward) = rewards(reward, states, actions)?;
+        let per_task = |name: &str, default: f64| -> Result<Vec<f64>> {
+            match arrays.get(name) {
+                None => Ok(vec![default; tasks * states]),
+                Some(a) if a.shape == [states] => Ok(a.data.repeat(tasks)),
+                Some(a) if a.shape == [tasks, states] => Ok(a.data.clone()),
+                Some(a) => bail!(
+                    "{name} has shape {:?}; expected [S] = [{states}] or [B,S] = [{tasks}, {states}]",
+                    a.shape
+                ),
+            }
+        };
+        let terminal: Vec<bool> = per_task("terminal", 0.0)?
+            .iter()
+            .map(|&t| t != 0.0)
+            .collect();
+        let terminal_value = per_task("terminal_value", 0.0)?;
+        let mut initial = per_task("initial", f64::NAN)?;
+        for t in 0..tasks {
+            let row = &mut initial[t * states..(t + 1) * states];
+            if row[0].is_nan() {
+                let free = (0..states).filter(|&s| !terminal[t * states + s]).count();
+                ensure!(free > 0, "task {t}: every state is terminal");
+                for (s, x) in row.iter_mut().enumerate() {
+                    *x = if terminal[t * states + s] {
+                        0.0
+                    } else {
+                        1.0 / free as f64
+                    };
+                }
+            }
+            ensure!(
+                row.iter().all(|x| x.is_finite() && *x >= 0.0),
+                "initial of task {t} has a negative or non-finite entry"
+            );
+        }
+        for (name, values) in [("terminal_value", &terminal_value)] {
+            if let Some(i) = values.iter().position(|v| !v.is_finite()) {
+                bail!(
+                    "{name} at task {}, state {} is {}",
+                    i / states,
+                    i % states,
+                    values[i]
+                );
+            }
+        }
+        Ok(Self {
+            states,
+            actions,
+            tasks,
+            indptr,
+            indices,
+            probs,
+            reward,
+            terminal,
+            terminal_value: terminal_value.iter().map(|&v| v as f32).collect(),
+            initial: initial.iter().map(|&v| v as f32).collect(),
+        })
+    }
+
+    /// Nonzero transition entries.
+    pub fn nonzeros(&self) -> usize {
+        self.indices.len()
+    }
+}
+
+/// Checks one row's entries; `label` names the row as `(s, a)`.
+fn check_row(
+    label: (usize, usize),
+    probs: &[f64],
+    successors: &[f64],
+    states: usize,
+) -> Result<()> {
+    let (s, a) = label;
+    ensure!(!probs.is_empty(), "transition row (s={s}, a={a}) is empty");
+    let mut sum = 0.0;
+    for (&p, &j) in probs.iter().zip(successors) {
+        ensure!(
+            p.is_finite() && p >= 0.0,
+            "P(s'={j}|s={s},a={a}) = {p} is negative or not a number"
+        );
+        ensure!(
+            j >= 0.0 && (j as usize) < states && j.fract() == 0.0,
+            "transition row (s={s}, a={a}) names successor {j}, outside 0..{states}"
+        );
+        sum += p;
+    }
+    ensure!(
+        (sum - 1.0).abs() <= ROW_SUM_TOLERANCE,
+        "transition row (s={s}, a={a}) sums to {sum}, not 1 (tolerance {ROW_SUM_TOLERANCE})"
+    );
+    Ok(())
+}
+
+type Csr = (usize, usize, Vec<u32>, Vec<u32>, Vec<f32>);
+
+/// Dense `P` `[S,A,S]` to CSR, dropping zeros.
+fn dense_to_csr(p: &NpyValues) -> Result<Csr> {
+    let [states, actions, states2] = p.shape[..] else {
+        bail!("P has shape {:?}; expected [S,A,S]", p.shape);
+    };
+    ensure!(
+        states == states2,
+        "P has shape {:?}; its first and last axes differ",
+        p.shape
+    );
+    ensure!(states > 0 && actions > 0, "P is empty: shape {:?}", p.shape);
+    ensure!(
+        states < u32::MAX as usize,
+        "P has too many states ({states})"
+    );
+    let (mut indptr, mut indices, mut probs) = (vec![0u32], Vec::new(), Vec::new());
+    for (row, entries) in p.data.chunks_exact(states).enumerate() {
+        if let Some(j) = entries.iter().position(|x| !x.is_finite() || *x < 0.0) {
+            bail!(
+                "P(s'={j}|s={},a={}) = {} is negative or not a number",
+                row / actions,
+                row % actions,
+                entries[j]
+            );
+        }
+        let nonzero: Vec<usize> = (0..states).filter(|&j| entries[j] != 0.0).collect();
+        let values: Vec<f64> = nonzero.iter().map(|&j| entries[j]).collect();
+        let columns: Vec<f64> = nonzero.iter().map(|&j| j as f64).collect();
+        check_row((row / actions, row % actions), &values, &columns, states)?;
+        indices.extend(nonzero.iter().map(|&j| j as u32));
+        probs.extend(values.iter().map(|&x| x as f32));
+        indptr.push(indices.len() as u32);
+    }
+    Ok((states, actions, indptr, indices, probs))
+}
+
+/// CSR arrays to transitions; S comes from the rewards' shape.
+fn sparse_transitions(
+    indptr: &NpyValues,
+    indices: &NpyValues,
+    data: &NpyValues,
+    reward: &NpyValues,
+) -> Result<Csr> {
+    ensure!(
+        indptr.shape.len() == 1 && indptr.data.len() >= 2,
+        "indptr has shape {:?}; expected [S*A+1]",
+        indptr.shape
+    );
+    ensure!(
+        indices.shape.len() == 1,
+        "indices has shape {:?}; expected [nnz]",
+        indices.shape
+    );
+    ensure!(
+        data.shape == indices.shape,
+        "data has shape {:?}, indices {:?}; they must match",
+        data.shape,
+        indices.shape
+    );
+    let rows = indptr.data.len() - 1;
+    let states = match reward.shape[..] {
+        [s] | [_, s, _] => s,
+        [x, y] if x * y == rows => x,
+        [_, s] => s,
+        _ => bail!(
+            "R has shape {:?}; expected [S], [S,A], [B,S] or [B,S,A]",
+            reward.shape
+        ),
+    };
+    ensure!(
+        states > 0 && rows.is_multiple_of(states),
+        "indptr has {rows} rows, not a multiple of S = {states}"
+    );
+    let actions = rows / states;
+    let nnz = indices.data.len();
+    ensure!(
+        indptr.data[0] == 0.0 && indptr.data[rows] as usize == nnz,
+        "indptr must run from 0 to nnz = {nnz}"
+    );
+    for row in 0..rows {
+        let (lo, hi) = (indptr.data[row], indptr.data[row + 1]);
+        ensure!(
+            lo <= hi && hi as usize <= nnz,
+            "indptr decreases or passes nnz at row {row} (s={}, a={})",
+            row / actions,
+            row % actions
+        );
+        let range = lo as usize..hi as usize;
+        check_row(
+            (row / actions, row % actions),
+            &data.data[range.clone()],
+            &indices.data[range],
+            states,
+        )?;
+    }
+    Ok((
+        states,
+        actions,
+        indptr.data.iter().map(|&x| x as u32).collect(),
+        indices.data.iter().map(|&x| x as u32).collect(),
+        data.data.iter().map(|&x| x as f32).collect(),
+    ))
+}
+
+/// `R` of shape `[S]`, `[S,A]`, `[B,S]` or `[B,S,A]` to `[task][state][action]`.
+fn rewards(r: &NpyValues, states: usize, actions: usize) -> Result<(usize, Vec<f32>)> {
+    if let Some(i) = r.data.iter().position(|v| !v.is_finite()) {
+        bail!("R has a non-finite entry {} at flat index {i}", r.data[i]);
+    }
+    let (tasks, per_action) = match r.shape[..] {
+        [s] if s == states => (1, false),
+        [s, a] if (s, a) == (states, actions) => (1, true),
+        [b, s] if s == states => (b, false),
+        [b, s, a] if (s, a) == (states, actions) => (b, true),
+        _ => bail!(
+            "R has shape {:?}; expected [S], [S,A], [B,S] or [B,S,A] with S = {states}, A = {actions}",
+            r.shape
+        ),
+    };
+    ensure!(tasks > 0, "R holds no task");
+    let reward = if per_action {
+        r.data.iter().map(|&x| x as f32).collect()
+    } else {
+        r.data
+            .iter()
+            .flat_map(|&x| std::iter::repeat_n(x as f32, actions))
+            .collect()
+    };
+    Ok((tasks, reward))
+}

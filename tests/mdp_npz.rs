@@ -1,0 +1,200 @@
+//! General MDPs from `.npz` files (`mdp::TabularMdp::load_npz`): dense and CSR transitions,
+//! reward shapes, terminals and start distributions, and a clear error for each kind of bad
+//! input. The files are written here as NumPy would (`np.savez`, `np.savez_compressed`).
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use softvi::mdp::TabularMdp;
+use softvi::npy::encode;
+use zip::write::SimpleFileOptions;
+
+/// One array of an `.npz`: name, dtype, shape, data.
+type Array<'a> = (&'a str, &'a str, Vec<usize>, Vec<f64>);
+
+/// Writes `arrays` as an `.npz`.
+fn write_npz(dir: &Path, name: &str, compressed: bool, arrays: &[Array]) -> PathBuf {
+    let path = dir.join(name);
+    let mut zip = zip::ZipWriter::new(std::fs::File::create(&path).unwrap());
+    let method = if compressed {
+        zip::CompressionMethod::Deflated
+    } else {
+        zip::CompressionMethod::Stored
+    };
+    for (array, dtype, shape, data) in arrays {
+        zip.start_file(
+            format!("{array}.npy"),
+            SimpleFileOptions::default().compression_method(method),
+        )
+        .unwrap();
+        zip.write_all(&encode(dtype, shape, data)).unwrap();
+    }
+    zip.finish().unwrap();
+    path
+}
+
+/// 3 states, 2 actions: a = 0 moves right (s -> s+1, wrapping), a = 1 stays with 0.5 and
+/// moves right with 0.5.
+fn dense_p() -> Vec<f64> {
+    let mut p = vec![0.0; 3 * 2 * 3];
+    for s in 0..3 {
+        p[(s * 2) * 3 + (s + 1) % 3] = 1.0;
+        p[(s * 2 + 1) * 3 + s] = 0.5;
+        p[(s * 2 + 1) * 3 + (s + 1) % 3] += 0.5;
+    }
+    p
+}
+
+#[test]
+fn dense_transitions_become_csr() {
+    let tmp = tempfile::tempdir().unwrap();
+    for compressed in [false, true] {
+        let path = write_npz(
+            tmp.path(),
+            "dense.npz",
+            compressed,
+            &[
+                ("P", "<f8", vec![3, 2, 3], dense_p()),
+                ("R", "<f4", vec![3], vec![1.0, 2.0, 3.0]),
+                ("terminal", "|b1", vec![3], vec![0.0, 0.0, 1.0]),
+            ],
+        );
+        let mdp = TabularMdp::load_npz(&path).unwrap();
+        assert_eq!((mdp.states, mdp.actions, mdp.tasks), (3, 2, 1));
+        assert_eq!(mdp.indptr, vec![0, 1, 3, 4, 6, 7, 9]);
+        assert_eq!(mdp.indices[..3], [1, 0, 1]);
+        assert_eq!(mdp.probs[..3], [1.0, 0.5, 0.5]);
+        // [S] rewards broadcast over actions; uniform start over non-terminal states.
+        assert_eq!(mdp.reward, vec![1.0, 1.0, 2.0, 2.0, 3.0, 3.0]);
+        assert_eq!(mdp.initial, vec![0.5, 0.5, 0.0]);
+        assert_eq!(mdp.terminal, vec![false, false, true]);
+    }
+}
+
+#[test]
+fn csr_transitions_with_a_task_batch() {
+    let tmp = tempfile::tempdir().unwrap();
+    let path = write_npz(
+        tmp.path(),
+        "sparse.npz",
+        false,
+        &[
+            (
+                "indptr",
+                "<i8",
+                vec![7],
+                vec![0.0, 1.0, 3.0, 4.0, 6.0, 7.0, 9.0],
+            ),
+            (
+                "indices",
+                "<i4",
+                vec![9],
+                vec![1.0, 0.0, 1.0, 2.0, 1.0, 2.0, 0.0, 2.0, 0.0],
+            ),
+            (
+                "data",
+                "<f4",
+                vec![9],
+                vec![1.0, 0.5, 0.5, 1.0, 0.5, 0.5, 1.0, 0.5, 0.5],
+            ),
+            (
+                "R",
+                "<f8",
+                vec![2, 3, 2],
+                (0..12).map(|x| x as f64).collect(),
+            ),
+            (
+                "terminal",
+                "|b1",
+                vec![2, 3],
+                vec![0.0, 0.0, 1.0, 1.0, 0.0, 0.0],
+            ),
+            ("terminal_value", "<f8", vec![3], vec![0.0, 0.0, 5.0]),
+            ("initial", "<f8", vec![3], vec![1.0, 0.0, 0.0]),
+        ],
+    );
+    let mdp = TabularMdp::load_npz(&path).unwrap();
+    assert_eq!(
+        (mdp.states, mdp.actions, mdp.tasks, mdp.nonzeros()),
+        (3, 2, 2, 9)
+    );
+    assert_eq!(mdp.reward[6..], [6.0, 7.0, 8.0, 9.0, 10.0, 11.0]);
+    assert_eq!(mdp.terminal[3..], [true, false, false]);
+    assert_eq!(mdp.terminal_value, vec![0.0, 0.0, 5.0, 0.0, 0.0, 5.0]);
+    assert_eq!(mdp.initial, vec![1.0, 0.0, 0.0, 1.0, 0.0, 0.0]);
+}
+
+#[test]
+fn bad_mdps_name_the_problem() {
+    let tmp = tempfile::tempdir().unwrap();
+    let r = ("R", "<f8", vec![3], vec![0.0; 3]);
+    let with_p = |p: Vec<f64>| vec![("P", "<f8", vec![3, 2, 3], p), r.clone()];
+    let mut off = dense_p();
+    off[7] = 0.4; // row (s=1, a=0) sums to 1.4
+    let mut negative = dense_p();
+    negative[3 * 3] = -0.5; // P(s'=0|s=1,a=1)
+    negative[3 * 3 + 2] = 1.0;
+    let mut nan = dense_p();
+    nan[0] = f64::NAN;
+    let mut empty = dense_p();
+    empty[1] = 0.0; // row (s=0, a=0) has no entry
+    let csr = |indices: Vec<f64>| {
+        vec![
+            (
+                "indptr",
+                "<i8",
+                vec![7],
+                vec![0.0, 1.0, 3.0, 4.0, 6.0, 7.0, 9.0],
+            ),
+            ("indices", "<i8", vec![9], indices),
+            (
+                "data",
+                "<f8",
+                vec![9],
+                vec![1.0, 0.5, 0.5, 1.0, 0.5, 0.5, 1.0, 0.5, 0.5],
+            ),
+            r.clone(),
+        ]
+    };
+    let cases: Vec<(Vec<Array>, &str)> = vec![
+        (with_p(off), "row (s=1, a=0) sums to 1.4"),
+        (with_p(negative), "P(s'=0|s=1,a=1) = -0.5"),
+        (with_p(nan), "NaN"),
+        (with_p(empty), "row (s=0, a=0) is empty"),
+        (
+            csr(vec![1.0, 0.0, 1.0, 2.0, 1.0, 7.0, 0.0, 2.0, 0.0]),
+            "successor 7, outside 0..3",
+        ),
+        (
+            vec![
+                ("P", "<f8", vec![3, 2, 3], dense_p()),
+                ("R", "<f8", vec![4], vec![0.0; 4]),
+            ],
+            "R has shape [4]",
+        ),
+        (
+            vec![("P", "<f8", vec![3, 2, 3], dense_p())],
+            "missing array R",
+        ),
+        (vec![r.clone()], "missing transitions"),
+        (
+            vec![
+                ("P", "<f8", vec![3, 2, 3], dense_p()),
+                r.clone(),
+                ("initial", "<f8", vec![2], vec![0.5, 0.5]),
+            ],
+            "initial has shape [2]",
+        ),
+    ];
+    for (i, (arrays, expected)) in cases.into_iter().enumerate() {
+        let path = write_npz(tmp.path(), &format!("bad{i}.npz"), false, &arrays);
+        let err = format!("{:#}", TabularMdp::load_npz(&path).unwrap_err());
+        assert!(
+            err.contains(expected) && err.contains(&format!("bad{i}.npz")),
+            "case {i}: {err}"
+        );
+    }
+    let not_zip = tmp.path().join("plain.npz");
+    std::fs::write(&not_zip, b"not a zip").unwrap();
+    assert!(format!("{:#}", TabularMdp::load_npz(&not_zip).unwrap_err()).contains("not an .npz"));
+}
