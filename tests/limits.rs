@@ -64,26 +64,18 @@ fn soft_values_approach_hard_values() {
     }
 }
 
-fn maze_problem(alpha_case_seed: u64) -> GridProblem {
-    let grid = Grid::generate_maze(41, 29, alpha_case_seed).unwrap();
+/// A 41 x 29 maze in the reference world (8-connected, slip 0.1) with goals in two corners.
+fn maze_problem(seed: u64) -> GridProblem {
+    let grid = Grid::generate_maze(41, 29, seed).unwrap();
+    let corners = [grid.width + 1, 27 * grid.width + 39];
     GridProblem {
-        tasks: vec![
-            GridTask {
-                goals: vec![grid.width + 1],
+        tasks: corners
+            .map(|g| GridTask {
+                goals: vec![g],
                 reward: None,
-            },
-            GridTask {
-                goals: vec![27 * grid.width + 39],
-                reward: None,
-            },
-        ],
-        grid,
-        actions: ActionSet {
-            connectivity: Connectivity::Eight,
-            stay: false,
-        },
-        slip: 0.1,
-        move_cost: MoveCost::default(),
+            })
+            .to_vec(),
+        ..softvi::bench::reference_problem(grid, 0)
     }
 }
 
