@@ -130,16 +130,16 @@ pub fn grid_backup(inputs: &GridInputs, v_in: &[f64], v_out: &mut [f64]) -> Vec<
 }
 
 /// The jump of [`crate::solve::RateExtrapolator`] per task: for a factor > 0, `backup = V`,
-/// then `V += factor * (V - V_prev)` on non-fixed cells; for [`crate::solve::ROLLBACK`],
-/// `V = backup`.
+/// then `V += factor * (V - V_prev)` on non-`fixed` states; for [`crate::solve::ROLLBACK`],
+/// `V = backup`. Arrays are `[task][state]`.
 pub fn grid_extrapolate(
-    inputs: &GridInputs,
+    fixed: &[bool],
     v: &mut [f64],
     v_prev: &[f64],
     backup: &mut [f64],
     factors: &[f64],
 ) {
-    let cells = inputs.cells();
+    let cells = fixed.len() / factors.len().max(1);
     for (task, &factor) in factors.iter().enumerate() {
         let range = task * cells..(task + 1) * cells;
         if factor < 0.0 {
@@ -147,7 +147,7 @@ pub fn grid_extrapolate(
         } else if factor > 0.0 {
             backup[range.clone()].copy_from_slice(&v[range.clone()]);
             for index in range {
-                if !inputs.fixed[index] {
+                if !fixed[index] {
                     v[index] += factor * (v[index] - v_prev[index]);
                 }
             }

@@ -326,6 +326,74 @@ pub fn mark_special_cells(inputs: &GridInputs, values: &mut [f32], policy: Optio
     }
 }
 
+/// Where a CPU iteration stopped.
+pub struct CpuIteration {
+    /// The last values, `[task][state]`.
+    pub v: Vec<f64>,
+    /// The values the last sweep read (V_1 for a finite horizon).
+    pub v_prev: Vec<f64>,
+    /// Statistics of the last checked sweep, per task.
+    pub last: Vec<SweepStats>,
+    /// Sweeps applied.
+    pub sweeps: u32,
+    /// Why it stopped.
+    pub verdict: Verdict,
+}
+
+/// The iteration both CPU references share: `sweep(v_in, v_out)` applied on the check schedule
+/// of the GPU path, with the same convergence, divergence and rate-extrapolation decisions.
+/// `fixed` `[task][state]` marks the states extrapolation leaves alone.
+pub fn iterate_cpu(
+    options: &SolveOptions,
+    v0: Vec<f64>,
+    fixed: &[bool],
+    mut sweep: impl FnMut(&[f64], &mut [f64]) -> Vec<SweepStats>,
+    progress: &mut dyn FnMut(&Progress),
+) -> CpuIteration {
+    let mut v = v0;
+    let mut v_next = v.clone();
+    let mut backup = if options.uses_extrapolation() {
+        v.clone()
+    } else {
+        Vec::new()
+    };
+    let mut monitor: Option<ConvergenceMonitor> = None;
+    let mut extrapolator: Option<RateExtrapolator> = None;
+    let mut verdict = Verdict::Continue;
+    let mut sweeps = 0u32;
+    let mut last = Vec::new();
+    for window in check_windows(sweep_budget(&options.horizon)) {
+        for _ in 0..window {
+            last = sweep(&v, &mut v_next);
+            std::mem::swap(&mut v, &mut v_next);
+            sweeps += 1;
+        }
+        let tasks = last.len();
+        verdict = monitor
+            .get_or_insert_with(|| ConvergenceMonitor::new(options, tasks))
+            .observe(&last);
+        progress(&Progress::after(options, sweeps, &last));
+        if verdict != Verdict::Continue {
+            break;
+        }
+        if let (true, Horizon::Infinite { tol, .. }) =
+            (options.uses_extrapolation(), options.horizon)
+        {
+            let factors = extrapolator
+                .get_or_insert_with(|| RateExtrapolator::new(tasks))
+                .observe(tol, options.gamma, &last);
+            reference::grid_extrapolate(fixed, &mut v, &v_next, &mut backup, &factors);
+        }
+    }
+    CpuIteration {
+        v,
+        v_prev: v_next,
+        last,
+        sweeps,
+        verdict,
+    }
+}
+
 /// Solves `problem` with the CPU reference (f64 throughout, one thread).
 pub fn solve_cpu(problem: &GridProblem, options: &SolveOptions) -> Result<Solution> {
     solve_cpu_with_progress(problem, options, &mut |_| {})
@@ -341,37 +409,20 @@ pub fn solve_cpu_with_progress(
     problem.validate()?;
     options.validate()?;
     let inputs = GridInputs::new(problem, options);
-    let mut v = vec![0.0f64; inputs.tasks * inputs.cells()];
-    let mut v_next = v.clone();
-    // Keeps V_{k-1}: the finite-horizon policy pi_0 is computed from V_1.
-    let mut monitor = ConvergenceMonitor::new(options, inputs.tasks);
-    let mut extrapolator = RateExtrapolator::new(inputs.tasks);
-    let mut backup = if options.uses_extrapolation() {
-        v.clone()
-    } else {
-        Vec::new()
-    };
-    let mut verdict = Verdict::Continue;
-    let mut sweeps = 0u32;
-    let mut last = vec![SweepStats::default(); inputs.tasks];
-    for window in check_windows(sweep_budget(&options.horizon)) {
-        for _ in 0..window {
-            last = reference::grid_backup(&inputs, &v, &mut v_next);
-            std::mem::swap(&mut v, &mut v_next);
-            sweeps += 1;
-        }
-        verdict = monitor.observe(&last);
-        progress(&Progress::after(options, sweeps, &last));
-        if verdict != Verdict::Continue {
-            break;
-        }
-        if let (true, Horizon::Infinite { tol, .. }) =
-            (options.uses_extrapolation(), options.horizon)
-        {
-            let factors = extrapolator.observe(tol, options.gamma, &last);
-            reference::grid_extrapolate(&inputs, &mut v, &v_next, &mut backup, &factors);
-        }
-    }
+    let run = iterate_cpu(
+        options,
+        vec![0.0f64; inputs.tasks * inputs.cells()],
+        &inputs.fixed,
+        |v_in, v_out| reference::grid_backup(&inputs, v_in, v_out),
+        progress,
+    );
+    let CpuIteration {
+        v,
+        v_prev: v_next,
+        last,
+        sweeps,
+        verdict,
+    } = run;
     let status = final_status(options, &verdict, &last);
     let residual = last.iter().map(|s| s.max_abs_delta).collect();
     // After the swap, v_next holds the values the last sweep read (V_1 for a finite horizon).
