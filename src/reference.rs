@@ -10,6 +10,7 @@
 #![allow(clippy::needless_range_loop)]
 
 use crate::layout::GridInputs;
+use crate::mdp::MdpInputs;
 use crate::problem::Backup;
 
 /// Two Q values closer than this (relative to max(1, |max Q|)) tie for the hard-max policy;
@@ -100,7 +101,7 @@ pub fn action_values(inputs: &GridInputs, task: usize, cell: usize, v_in: &[f64]
 /// `V = alpha * log sum_a exp(Q / alpha)` computed stably, or `max_a Q` when alpha = 0.
 pub fn soft_max(alpha: f64, q: &[f64]) -> f64 {
     let top = q.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-    if alpha == 0.0 {
+    if alpha == 0.0 || top == f64::NEG_INFINITY {
         return top;
     }
     let total: f64 = q.iter().map(|&x| ((x - top) / alpha).exp()).sum();
@@ -170,21 +171,114 @@ pub fn grid_policy(inputs: &GridInputs, v_in: &[f64]) -> Vec<f32> {
                 continue;
             }
             action_values(inputs, task, cell, v_in, &mut q);
-            let out = &mut policy[index * n_actions..(index + 1) * n_actions];
-            if inputs.alpha == 0.0 {
-                let top = q.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-                let tie = top - TIE_RELATIVE * top.abs().max(1.0);
-                let first = q.iter().position(|&x| x >= tie).unwrap_or(0);
-                for (a, p) in out.iter_mut().enumerate() {
-                    *p = if a == first { 1.0 } else { 0.0 };
-                }
-            } else {
-                let v = soft_max(inputs.alpha, &q);
-                for (p, &qa) in out.iter_mut().zip(&q) {
-                    *p = ((qa - v) / inputs.alpha).exp() as f32;
-                }
-            }
+            write_policy(
+                inputs.alpha,
+                &q,
+                &mut policy[index * n_actions..(index + 1) * n_actions],
+            );
         }
     }
     policy
+}
+
+/// Q(s, a) for every action of state `s` in `task` of a general MDP from the next values
+/// `v_in` `[task][state]`: the same backups as [`action_values`] over the CSR row `s * A + a`.
+pub fn mdp_action_values(inputs: &MdpInputs, task: usize, s: usize, v_in: &[f64], q: &mut [f64]) {
+    let mdp = inputs.mdp;
+    let (n, base) = (mdp.actions, task * mdp.states);
+    let (gamma, alpha) = (inputs.gamma, inputs.alpha);
+    for a in 0..n {
+        let row = s * n + a;
+        let entries = mdp.indptr[row] as usize..mdp.indptr[row + 1] as usize;
+        let r = mdp.reward[(base + s) * n + a] as f64;
+        q[a] = match inputs.backup {
+            Backup::Expected => {
+                let mut expected = 0.0;
+                for k in entries {
+                    expected += mdp.probs[k] as f64 * v_in[base + mdp.indices[k] as usize];
+                }
+                r + gamma * expected
+            }
+            Backup::Optimistic => {
+                let top = entries
+                    .clone()
+                    .map(|k| v_in[base + mdp.indices[k] as usize])
+                    .fold(f64::NEG_INFINITY, f64::max);
+                if top == f64::NEG_INFINITY {
+                    f64::NEG_INFINITY
+                } else {
+                    let mut mass = 0.0;
+                    for k in entries {
+                        let next = v_in[base + mdp.indices[k] as usize];
+                        mass += mdp.probs[k] as f64 * ((next - top) * gamma / alpha).exp();
+                    }
+                    r + gamma * top + alpha * mass.ln()
+                }
+            }
+        };
+    }
+}
+
+/// One soft backup sweep of a general MDP over all tasks (fixed states copied); per-task
+/// residual statistics.
+pub fn mdp_backup(inputs: &MdpInputs, v_in: &[f64], v_out: &mut [f64]) -> Vec<SweepStats> {
+    let mdp = inputs.mdp;
+    let mut q = vec![0.0; mdp.actions];
+    let mut stats = vec![SweepStats::default(); mdp.tasks];
+    for (task, task_stats) in stats.iter_mut().enumerate() {
+        for s in 0..mdp.states {
+            let index = task * mdp.states + s;
+            if inputs.fixed[index] {
+                v_out[index] = v_in[index];
+                continue;
+            }
+            mdp_action_values(inputs, task, s, v_in, &mut q);
+            v_out[index] = soft_max(inputs.alpha, &q);
+            // A state every action of which may step into an excluded one has value -inf for
+            // good; it is not a runaway.
+            if v_out[index] != f64::NEG_INFINITY {
+                task_stats.observe(v_in[index], v_out[index]);
+            }
+        }
+    }
+    stats
+}
+
+/// `pi(a|s)` of a general MDP from the next values `v_in`, `[task][state][action]`; NaN on
+/// fixed states; one-hot on the first maximising action (ties within [`TIE_RELATIVE`]) when
+/// alpha = 0.
+pub fn mdp_policy(inputs: &MdpInputs, v_in: &[f64]) -> Vec<f32> {
+    let mdp = inputs.mdp;
+    let n = mdp.actions;
+    let mut policy = vec![f32::NAN; mdp.tasks * mdp.states * n];
+    let mut q = vec![0.0; n];
+    for task in 0..mdp.tasks {
+        for s in 0..mdp.states {
+            let index = task * mdp.states + s;
+            if inputs.fixed[index] {
+                continue;
+            }
+            mdp_action_values(inputs, task, s, v_in, &mut q);
+            write_policy(inputs.alpha, &q, &mut policy[index * n..(index + 1) * n]);
+        }
+    }
+    policy
+}
+
+/// `pi = exp((Q - V) / alpha)` with V the soft max of `q`, or one-hot on the first maximiser
+/// (ties within [`TIE_RELATIVE`]) when alpha = 0.
+fn write_policy(alpha: f64, q: &[f64], out: &mut [f32]) {
+    if alpha == 0.0 {
+        let top = q.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        let tie = top - TIE_RELATIVE * top.abs().max(1.0);
+        let first = q.iter().position(|&x| x >= tie).unwrap_or(0);
+        for (a, p) in out.iter_mut().enumerate() {
+            *p = if a == first { 1.0 } else { 0.0 };
+        }
+    } else {
+        let v = soft_max(alpha, q);
+        for (p, &qa) in out.iter_mut().zip(q) {
+            *p = ((qa - v) / alpha).exp() as f32;
+        }
+    }
 }

@@ -447,3 +447,60 @@ pub fn solve_cpu_with_progress(
         seconds: start.elapsed().as_secs_f64(),
     })
 }
+
+/// Solves a general MDP with the CPU reference. The result is laid out as a grid solve of one
+/// row: `height` 1, `width` S (`values` `[task][state]`, `policy` `[task][state][action]`);
+/// terminal states keep their terminal value, excluded ones (gamma = 1) are -inf, and the
+/// policy is NaN on both.
+pub fn solve_mdp_cpu(mdp: &crate::mdp::TabularMdp, options: &SolveOptions) -> Result<Solution> {
+    let start = Instant::now();
+    options.validate()?;
+    if options.excludes_unreachable() {
+        for t in 0..mdp.tasks {
+            anyhow::ensure!(
+                mdp.terminal[t * mdp.states..(t + 1) * mdp.states]
+                    .iter()
+                    .any(|&x| x),
+                "task {t}: gamma = 1 without a horizon needs terminal states"
+            );
+        }
+    }
+    let inputs = crate::mdp::MdpInputs::new(mdp, options);
+    let CpuIteration {
+        v,
+        v_prev,
+        last,
+        sweeps,
+        verdict,
+    } = iterate_cpu(
+        options,
+        inputs.v0.clone(),
+        &inputs.fixed,
+        |v_in, v_out| reference::mdp_backup(&inputs, v_in, v_out),
+        &mut |_| {},
+    );
+    let status = final_status(options, &verdict, &last);
+    let policy_from = match options.horizon {
+        Horizon::Finite(_) => &v_prev,
+        Horizon::Infinite { .. } => &v,
+    };
+    let policy = (options.policy && !status.contains(&Status::Diverged))
+        .then(|| reference::mdp_policy(&inputs, policy_from));
+    let values = v
+        .iter()
+        .zip(&inputs.excluded)
+        .map(|(&x, &e)| if e { f32::NEG_INFINITY } else { x as f32 })
+        .collect();
+    Ok(Solution {
+        height: 1,
+        width: mdp.states,
+        action_count: mdp.actions,
+        values,
+        policy,
+        iterations: vec![sweeps; mdp.tasks],
+        residual: last.iter().map(|s| s.max_abs_delta).collect(),
+        status,
+        unreachable: inputs.unreachable.clone(),
+        seconds: start.elapsed().as_secs_f64(),
+    })
+}
