@@ -266,3 +266,35 @@ fn banding_and_chunking_match_reference() {
         }
     }
 }
+
+/// A request that cannot fit the adapter fails with the limit and the size asked for.
+#[test]
+fn requests_beyond_the_adapter_name_the_limit() {
+    let problem = random_problem(9, 1000, 1, Connectivity::Eight, false, 0.0, 3);
+    let options = SolveOptions {
+        horizon: Horizon::Finite(2),
+        ..SolveOptions::default()
+    };
+    let tiny_binding = EngineOptions {
+        max_binding_bytes: Some(4096),
+        max_buffer_bytes: None,
+    };
+    let Some(mut engine) = small_engine(tiny_binding) else {
+        return;
+    };
+    let err = format!("{:#}", engine.solve(&problem, &options).unwrap_err());
+    assert!(
+        err.contains("max_storage_buffer_binding_size is 4096 bytes") && err.contains("1000 cells"),
+        "{err}"
+    );
+    let tiny_buffer = EngineOptions {
+        max_binding_bytes: None,
+        max_buffer_bytes: Some(1 << 14),
+    };
+    let mut engine = small_engine(tiny_buffer).unwrap();
+    let err = format!("{:#}", engine.solve(&problem, &options).unwrap_err());
+    assert!(
+        err.contains("max_buffer_size 16384 bytes") && err.contains("needs 36000 bytes"),
+        "{err}"
+    );
+}
