@@ -96,9 +96,13 @@ pub struct WorldArgs {
         long,
         value_name = "FILE.map",
         conflicts_with = "maze",
-        required_unless_present = "maze"
+        required_unless_present_any = ["maze", "mdp"]
     )]
     pub map: Option<PathBuf>,
+    /// General tabular MDP as a NumPy .npz (P or indptr/indices/data, R, optional terminal,
+    /// terminal_value, initial); outputs are [B,S] and [B,S,A]. CPU reference for now.
+    #[arg(long, value_name = "FILE.npz", conflicts_with_all = ["map", "maze", "goal", "goals", "reward"])]
+    pub mdp: Option<PathBuf>,
     /// Built-in generated maze of W x H cells (free cells at odd X and Y).
     #[arg(long, value_name = "WxH")]
     pub maze: Option<String>,
@@ -107,7 +111,7 @@ pub struct WorldArgs {
     pub seed: u64,
     /// Goal cell X,Y (X = column, Y = row); each goal is one task. Repeatable.
     #[arg(long = "goal", value_name = "X,Y", num_args = 1.., conflicts_with = "goals",
-          required_unless_present = "goals")]
+          required_unless_present_any = ["goals", "mdp"])]
     pub goal: Vec<String>,
     /// File with one `X Y` goal per line (one task each; blank lines and # comments allowed).
     #[arg(long, value_name = "FILE")]
@@ -560,6 +564,103 @@ fn run_backend_with(
     }
 }
 
+/// `softvi solve --mdp FILE.npz`: a general MDP on the CPU reference; `values.npy` `[B,S]`,
+/// `policy.npy` `[B,S,A]`, `summary.json`.
+fn mdp_solve_command(args: &SolveArgs, path: &Path) -> Result<i32> {
+    let start = Instant::now();
+    ensure!(
+        args.iteration.backend == BackendArg::Cpu,
+        "--mdp runs on the CPU reference for now: add --backend cpu (the GPU kernel for general \
+         MDPs is not built yet)"
+    );
+    let mdp = crate::mdp::TabularMdp::load_npz(path)?;
+    let options = args.iteration.options(!args.no_policy)?;
+    let solution = crate::solve::solve_mdp_cpu(&mdp, &options)?;
+    let seconds = start.elapsed().as_secs_f64();
+    let (b, s, a) = (mdp.tasks, mdp.states, mdp.actions);
+    let (horizon, tol, max_iters) = match options.horizon {
+        Horizon::Finite(t) => (Some(t), None, None),
+        Horizon::Infinite { tol, max_iters } => (None, Some(tol), Some(max_iters)),
+    };
+    let summary = json!({
+        "backend": "cpu",
+        "adapter": {"name": "cpu reference (f64)", "backend": "cpu"},
+        "mdp": {
+            "path": std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf()),
+            "states": s,
+            "actions": a,
+            "nonzeros": mdp.nonzeros(),
+        },
+        "alpha": options.alpha,
+        "gamma": options.gamma,
+        "backup": options.backup.name(),
+        "horizon": horizon,
+        "tol": tol,
+        "max_iters": max_iters,
+        "extrapolation": options.uses_extrapolation(),
+        "tasks": b,
+        "iterations": solution.iterations,
+        "residual": solution.residual,
+        "status": solution.status.iter().map(|s| s.name()).collect::<Vec<_>>(),
+        "unreachable": solution.unreachable,
+        "solve_seconds": solution.seconds,
+        "seconds": seconds,
+        "layout": {
+            "values": "float32 [task][state]; -inf where no terminal is reachable (gamma = 1)",
+            "policy": "float32 [task][state][action]; NaN on terminal and such states",
+        },
+    });
+    let summary_text = serde_json::to_string_pretty(&summary)? + "\n";
+    let mut files = vec![OutputFile {
+        name: "summary.json",
+        bytes: summary_text.clone().into_bytes(),
+    }];
+    if !solution.diverged() {
+        files.push(OutputFile {
+            name: "values.npy",
+            bytes: npy::encode_f32(&[b, s], &solution.values),
+        });
+        if let Some(policy) = &solution.policy {
+            files.push(OutputFile {
+                name: "policy.npy",
+                bytes: npy::encode_f32(&[b, s, a], policy),
+            });
+        }
+    }
+    write_folder(
+        &args.out,
+        &files,
+        &["summary.json", "values.npy", "policy.npy"],
+    )?;
+    if args.json {
+        print!("{summary_text}");
+    } else {
+        let statuses: Vec<&str> = solution.status.iter().map(|s| s.name()).collect();
+        println!(
+            "mdp      {} ({s} states, {a} actions, {} transitions)",
+            path.display(),
+            mdp.nonzeros()
+        );
+        println!(
+            "solve    {b} tasks, {} backup, alpha {}, gamma {}",
+            options.backup.name(),
+            options.alpha,
+            options.gamma
+        );
+        println!(
+            "result   {} after {} sweeps; wrote {} in {seconds:.3} s",
+            statuses.join("/"),
+            solution.iterations.iter().max().unwrap_or(&0),
+            args.out.display()
+        );
+    }
+    if solution.diverged() {
+        eprintln!("error: the solve diverged: values grow without bound; no values were written");
+        return Ok(EXIT_DIVERGED);
+    }
+    Ok(0)
+}
+
 /// A one-line progress display on stderr: sweeps, residual, sweeps/s and an ETA (from the
 /// residual's decay rate for an infinite horizon). Shown only when stderr is a terminal, the
 /// user did not ask for quiet, and the solve has run for over a second; erased at the end.
@@ -678,6 +779,9 @@ pub fn summary_json(
 
 /// `softvi solve`. Returns the process exit code.
 pub fn solve_command(args: &SolveArgs) -> Result<i32> {
+    if let Some(path) = &args.world.mdp {
+        return mdp_solve_command(args, path);
+    }
     let start = Instant::now();
     let world = args.world.build()?;
     let options = args.iteration.options(!args.no_policy)?;

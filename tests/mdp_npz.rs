@@ -198,3 +198,66 @@ fn bad_mdps_name_the_problem() {
     std::fs::write(&not_zip, b"not a zip").unwrap();
     assert!(format!("{:#}", TabularMdp::load_npz(&not_zip).unwrap_err()).contains("not an .npz"));
 }
+
+/// `softvi solve --mdp FILE.npz` on the CPU reference: [B,S] values, [B,S,A] policy, summary;
+/// the GPU backend says it is not built yet; a broken file names itself and writes nothing.
+#[test]
+fn solve_mdp_from_the_command_line() {
+    let tmp = tempfile::tempdir().unwrap();
+    let path = write_npz(
+        tmp.path(),
+        "chain.npz",
+        true,
+        &[
+            ("P", "<f8", vec![3, 2, 3], dense_p()),
+            (
+                "R",
+                "<f4",
+                vec![2, 3],
+                vec![-1.0, -1.0, 0.0, -0.5, -2.0, 0.0],
+            ),
+            ("terminal", "|b1", vec![3], vec![0.0, 0.0, 1.0]),
+        ],
+    );
+    let out = tmp.path().join("out");
+    let run = |extra: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_softvi"))
+            .args([
+                "solve",
+                "--mdp",
+                path.to_str().unwrap(),
+                "--out",
+                out.to_str().unwrap(),
+            ])
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let o = run(&["--backend", "cpu", "--gamma", "1", "--alpha", "0.5"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let values = softvi::npy::read_float(&out.join("values.npy")).unwrap();
+    assert_eq!(values.shape, vec![2, 3]);
+    assert_eq!(values.data[2], 0.0, "terminal value");
+    assert_eq!(
+        softvi::npy::read_float(&out.join("policy.npy"))
+            .unwrap()
+            .shape,
+        vec![2, 3, 2]
+    );
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();
+    assert_eq!(
+        summary["status"],
+        serde_json::json!(["converged", "converged"])
+    );
+    assert_eq!(summary["mdp"]["states"], 3);
+    std::fs::remove_dir_all(&out).unwrap();
+    let o = run(&[]);
+    assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("--backend cpu"));
+    assert!(!out.exists());
+    std::fs::write(&path, b"broken").unwrap();
+    let o = run(&["--backend", "cpu"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains("chain.npz"), "{err}");
+    assert!(!out.exists());
+}
