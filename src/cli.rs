@@ -25,7 +25,7 @@ pub const EXIT_DIVERGED: i32 = 3;
     long_about = "Batched soft value iteration: the soft-optimal V, Q and policy \
 pi(a|s) = exp((Q - V)/alpha) of many tasks over one world, computed by WGSL compute shaders \
 on any wgpu adapter (Vulkan, Metal, DX12, GL) and checked against a CPU reference.",
-    after_help = "Example:\n  softvi solve --maze 255x255 --goal 1,1 --goal 253,253 --out out"
+    after_help = "Example:\n  softvi solve --maze 127x127 --goal 1,1 --goal 125,125 --alpha 0.1 --gamma 0.999 --out out"
 )]
 pub struct Cli {
     #[command(subcommand)]
@@ -35,10 +35,12 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 #[allow(clippy::large_enum_variant)] // parsed once per process
 pub enum Command {
-    /// Solve a batch of gridworld tasks (one task per goal) and write values, policy, summary.
+    /// Solve a batch of tasks, gridworld goals (one task each) or a general MDP (--mdp), and
+    /// write values, policy, summary.
     #[command(
-        after_help = "Examples:\n  softvi solve --maze 255x255 --goal 1,1 --goal 253,253 --out out\n  \
-softvi solve --map den312d.map --goals goals.txt --alpha 0.1 --gamma 1 --backend cpu --out out"
+        after_help = "Examples:\n  softvi solve --maze 127x127 --goal 1,1 --goal 125,125 --alpha 0.1 --out out\n  \
+softvi solve --map den312d.map --goals goals.txt --alpha 0.1 --gamma 1 --backend cpu --out out\n  \
+softvi solve --mdp mdp.npz --backend cpu --horizon 50 --out out"
     )]
     Solve(SolveArgs),
     /// Draw a solve's output folder as a PNG: value, policy, entropy or occupancy heatmaps,
