@@ -580,11 +580,7 @@ fn mdp_solve_command(args: &SolveArgs, path: &Path) -> Result<i32> {
     let solution = crate::solve::solve_mdp_cpu(&mdp, &options)?;
     let seconds = start.elapsed().as_secs_f64();
     let (b, s, a) = (mdp.tasks, mdp.states, mdp.actions);
-    let (horizon, tol, max_iters) = match options.horizon {
-        Horizon::Finite(t) => (Some(t), None, None),
-        Horizon::Infinite { tol, max_iters } => (None, Some(tol), Some(max_iters)),
-    };
-    let summary = json!({
+    let mut summary = json!({
         "backend": "cpu",
         "adapter": {"name": "cpu reference (f64)", "backend": "cpu"},
         "mdp": {
@@ -593,47 +589,14 @@ fn mdp_solve_command(args: &SolveArgs, path: &Path) -> Result<i32> {
             "actions": a,
             "nonzeros": mdp.nonzeros(),
         },
-        "alpha": options.alpha,
-        "gamma": options.gamma,
-        "backup": options.backup.name(),
-        "horizon": horizon,
-        "tol": tol,
-        "max_iters": max_iters,
-        "extrapolation": options.uses_extrapolation(),
-        "tasks": b,
-        "iterations": solution.iterations,
-        "residual": solution.residual,
-        "status": solution.status.iter().map(|s| s.name()).collect::<Vec<_>>(),
-        "unreachable": solution.unreachable,
-        "solve_seconds": solution.seconds,
-        "seconds": seconds,
         "layout": {
             "values": "float32 [task][state]; -inf where no terminal is reachable (gamma = 1)",
             "policy": "float32 [task][state][action]; NaN on terminal and such states",
         },
     });
+    add_run_json(&mut summary, &options, &solution, seconds);
     let summary_text = serde_json::to_string_pretty(&summary)? + "\n";
-    let mut files = vec![OutputFile {
-        name: "summary.json",
-        bytes: summary_text.clone().into_bytes(),
-    }];
-    if !solution.diverged() {
-        files.push(OutputFile {
-            name: "values.npy",
-            bytes: npy::encode_f32(&[b, s], &solution.values),
-        });
-        if let Some(policy) = &solution.policy {
-            files.push(OutputFile {
-                name: "policy.npy",
-                bytes: npy::encode_f32(&[b, s, a], policy),
-            });
-        }
-    }
-    write_folder(
-        &args.out,
-        &files,
-        &["summary.json", "values.npy", "policy.npy"],
-    )?;
+    write_solve_folder(&args.out, &summary_text, &solution, &[b, s])?;
     if args.json {
         print!("{summary_text}");
     } else {
@@ -740,11 +703,7 @@ pub fn summary_json(
     seconds: f64,
 ) -> serde_json::Value {
     let p = &world.problem;
-    let (horizon, tol, max_iters) = match options.horizon {
-        Horizon::Finite(t) => (Some(t), None, None),
-        Horizon::Infinite { tol, max_iters } => (None, Some(tol), Some(max_iters)),
-    };
-    json!({
+    let mut summary = json!({
         "backend": match backend { BackendArg::Gpu => "gpu", BackendArg::Cpu => "cpu" },
         "adapter": adapter,
         "world": {
@@ -757,6 +716,28 @@ pub fn summary_json(
             "slip": p.slip,
             "move_cost": p.move_cost.per_action(&p.actions),
         },
+        "goals": world.goals,
+        "layout": {
+            "values": "float32 [task][row][col]; NaN blocked, -inf unreachable (gamma = 1)",
+            "policy": "float32 [task][row][col][action]; NaN blocked, terminal, unreachable",
+        },
+    });
+    add_run_json(&mut summary, options, solution, seconds);
+    summary
+}
+
+/// Adds the settings and per-task results every `summary.json` carries to `summary`.
+fn add_run_json(
+    summary: &mut serde_json::Value,
+    options: &SolveOptions,
+    solution: &Solution,
+    seconds: f64,
+) {
+    let (horizon, tol, max_iters) = match options.horizon {
+        Horizon::Finite(t) => (Some(t), None, None),
+        Horizon::Infinite { tol, max_iters } => (None, Some(tol), Some(max_iters)),
+    };
+    let run = json!({
         "alpha": options.alpha,
         "gamma": options.gamma,
         "backup": options.backup.name(),
@@ -764,19 +745,45 @@ pub fn summary_json(
         "tol": tol,
         "max_iters": max_iters,
         "extrapolation": options.uses_extrapolation(),
-        "tasks": p.task_count(),
-        "goals": world.goals,
+        "tasks": solution.iterations.len(),
         "iterations": solution.iterations,
         "residual": solution.residual,
         "status": solution.status.iter().map(|s| s.name()).collect::<Vec<_>>(),
         "unreachable": solution.unreachable,
         "solve_seconds": solution.seconds,
         "seconds": seconds,
-        "layout": {
-            "values": "float32 [task][row][col]; NaN blocked, -inf unreachable (gamma = 1)",
-            "policy": "float32 [task][row][col][action]; NaN blocked, terminal, unreachable",
-        },
-    })
+    });
+    if let (Some(all), serde_json::Value::Object(run)) = (summary.as_object_mut(), run) {
+        all.extend(run);
+    }
+}
+
+/// Writes a solve's folder: `summary.json`, and unless it diverged `values.npy` of shape
+/// `value_shape` and `policy.npy` of that shape plus the action axis.
+fn write_solve_folder(
+    out: &Path,
+    summary_text: &str,
+    solution: &Solution,
+    value_shape: &[usize],
+) -> Result<()> {
+    let mut files = vec![OutputFile {
+        name: "summary.json",
+        bytes: summary_text.as_bytes().to_vec(),
+    }];
+    if !solution.diverged() {
+        files.push(OutputFile {
+            name: "values.npy",
+            bytes: npy::encode_f32(value_shape, &solution.values),
+        });
+        if let Some(policy) = &solution.policy {
+            let shape = [value_shape, &[solution.action_count]].concat();
+            files.push(OutputFile {
+                name: "policy.npy",
+                bytes: npy::encode_f32(&shape, policy),
+            });
+        }
+    }
+    write_folder(out, &files, &["summary.json", "values.npy", "policy.npy"])
 }
 
 /// `softvi solve`. Returns the process exit code.
@@ -805,27 +812,11 @@ pub fn solve_command(args: &SolveArgs) -> Result<i32> {
     );
     let summary_text = serde_json::to_string_pretty(&summary)? + "\n";
     let p = &world.problem;
-    let (b, h, w) = (p.task_count(), p.grid.height, p.grid.width);
-    let mut files = vec![OutputFile {
-        name: "summary.json",
-        bytes: summary_text.clone().into_bytes(),
-    }];
-    if !solution.diverged() {
-        files.push(OutputFile {
-            name: "values.npy",
-            bytes: npy::encode_f32(&[b, h, w], &solution.values),
-        });
-        if let Some(policy) = &solution.policy {
-            files.push(OutputFile {
-                name: "policy.npy",
-                bytes: npy::encode_f32(&[b, h, w, solution.action_count], policy),
-            });
-        }
-    }
-    write_folder(
+    write_solve_folder(
         &args.out,
-        &files,
-        &["summary.json", "values.npy", "policy.npy"],
+        &summary_text,
+        &solution,
+        &[p.task_count(), p.grid.height, p.grid.width],
     )?;
     if let (Some(png), false) = (&args.png, solution.diverged()) {
         let cells = p.grid.cells();
