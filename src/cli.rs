@@ -577,7 +577,7 @@ fn mdp_solve_command(args: &SolveArgs, path: &Path) -> Result<i32> {
     );
     let mdp = crate::mdp::TabularMdp::load_npz(path)?;
     let options = args.iteration.options(!args.no_policy)?;
-    let solution = crate::solve::solve_mdp_cpu(&mdp, &options)?;
+    let solution = crate::solve::solve_mdp_cpu(&mdp, &options, Default::default())?.solution;
     let seconds = start.elapsed().as_secs_f64();
     let (b, s, a) = (mdp.tasks, mdp.states, mdp.actions);
     let mut summary = json!({

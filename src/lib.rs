@@ -51,9 +51,10 @@ pub mod render;
 pub mod scen;
 pub mod solve;
 
-pub use gpu::{EngineOptions, GpuContext, GridEngine, solve_sharded};
+pub use gpu::{EngineOptions, GpuContext, GridEngine, MdpEngine, solve_sharded};
 pub use grid::{ActionSet, Connectivity, Grid, MoveCost};
-pub use problem::{Backup, GridProblem, GridTask, Horizon, SolveOptions};
-pub use solve::{Solution, Status, solve_cpu};
+pub use mdp::TabularMdp;
+pub use problem::{Backup, GridProblem, GridTask, Horizon, MdpOutputs, SolveOptions};
+pub use solve::{MdpSolution, Occupancy, Solution, Status, TimeSteps, solve_cpu, solve_mdp_cpu};
 /// The wgpu version softvi is built on, for callers that pick adapters themselves.
 pub use wgpu;

@@ -139,6 +139,45 @@ impl TabularMdp {
     pub fn nonzeros(&self) -> usize {
         self.indices.len()
     }
+
+    /// The transitions by successor, for the forward (occupancy) pass's pull: row `s'` lists
+    /// the CSR rows `s * A + a` that may step into `s'`, ascending, with their probabilities.
+    pub fn transpose(&self) -> Transpose {
+        let mut indptr = vec![0u32; self.states + 1];
+        for &j in &self.indices {
+            indptr[j as usize + 1] += 1;
+        }
+        for s in 0..self.states {
+            indptr[s + 1] += indptr[s];
+        }
+        let mut next = indptr.clone();
+        let mut rows = vec![0u32; self.indices.len()];
+        let mut probs = vec![0f32; self.indices.len()];
+        for row in 0..self.states * self.actions {
+            for k in self.indptr[row] as usize..self.indptr[row + 1] as usize {
+                let slot = &mut next[self.indices[k] as usize];
+                rows[*slot as usize] = row as u32;
+                probs[*slot as usize] = self.probs[k];
+                *slot += 1;
+            }
+        }
+        Transpose {
+            indptr,
+            rows,
+            probs,
+        }
+    }
+}
+
+/// Transitions grouped by successor (the transpose of the `(S*A, S)` CSR matrix).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Transpose {
+    /// Row starts, `[S + 1]`; row `s'` holds the transitions into `s'`.
+    pub indptr: Vec<u32>,
+    /// Source rows `s * A + a` of the entries, ascending within a row, `[nnz]`.
+    pub rows: Vec<u32>,
+    /// `P(s'|s,a)` of the entries, `[nnz]`.
+    pub probs: Vec<f32>,
 }
 
 /// Checks one row's entries; `label` names the row as `(s, a)`.

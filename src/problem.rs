@@ -124,6 +124,15 @@ impl SolveOptions {
     }
 }
 
+/// What a general-MDP solve returns beyond `V_0` and `pi_0` (or the stationary V and pi).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MdpOutputs {
+    /// Finite horizon: keep every step, `V_0..V_T` and `pi_0..pi_{T-1}`.
+    pub all_steps: bool,
+    /// The forward messages: state occupancy under the soft-optimal policy.
+    pub occupancy: bool,
+}
+
 /// One task of a batch: its terminal (goal) cells and its state reward.
 #[derive(Clone, Debug, PartialEq)]
 pub struct GridTask {

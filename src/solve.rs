@@ -6,7 +6,8 @@ use std::time::Instant;
 use anyhow::Result;
 
 use crate::layout::GridInputs;
-use crate::problem::{GridProblem, Horizon, SolveOptions};
+use crate::mdp::{MdpInputs, TabularMdp};
+use crate::problem::{GridProblem, Horizon, MdpOutputs, SolveOptions};
 use crate::reference::{self, SweepStats};
 
 /// Sweeps between two convergence checks (the last window of a solve may be shorter).
@@ -448,13 +449,60 @@ pub fn solve_cpu_with_progress(
     })
 }
 
-/// Solves a general MDP with the CPU reference. The result is laid out as a grid solve of one
-/// row: `height` 1, `width` S (`values` `[task][state]`, `policy` `[task][state][action]`);
-/// terminal states keep their terminal value, excluded ones (gamma = 1) are -inf, and the
-/// policy is NaN on both.
-pub fn solve_mdp_cpu(mdp: &crate::mdp::TabularMdp, options: &SolveOptions) -> Result<Solution> {
-    let start = Instant::now();
-    options.validate()?;
+/// Time-indexed results of a finite-horizon solve.
+#[derive(Clone, Debug)]
+pub struct TimeSteps {
+    /// `V_0..V_T`, `[task][t][state]` (T + 1 steps).
+    pub values: Vec<f32>,
+    /// `pi_0..pi_{T-1}`, `[task][t][state][action]` (T steps), when the policy was asked for.
+    pub policy: Option<Vec<f32>>,
+}
+
+/// State occupancy under the soft-optimal policy (the forward messages).
+#[derive(Clone, Debug)]
+pub struct Occupancy {
+    /// Finite horizon: `D_0..D_T`, `[task][t][state]` (`steps` = T + 1); infinite horizon:
+    /// the discounted occupancy `sum_t gamma^t D_t`, `[task][state]` (`steps` = 1).
+    pub values: Vec<f32>,
+    /// Time steps per task in `values`.
+    pub steps: usize,
+    /// Forward iterations applied (T, or the sweeps of the discounted sum).
+    pub iterations: u32,
+    /// Residual of the discounted sum's last check per task (0 for a finite horizon).
+    pub residual: Vec<f64>,
+    /// How the discounted sum ended per task (`horizon` for a finite horizon).
+    pub status: Vec<Status>,
+}
+
+/// Result of a general-MDP solve.
+#[derive(Clone, Debug)]
+pub struct MdpSolution {
+    /// `V_0` / `pi_0` (or the stationary V, pi) laid out as a grid of one row: `height` 1,
+    /// `width` S, `values` `[task][state]`, `policy` `[task][state][action]`; terminal states
+    /// keep their terminal value, excluded ones (gamma = 1) are -inf; the policy is NaN on
+    /// both.
+    pub solution: Solution,
+    /// Every step, with [`MdpOutputs::all_steps`] and a finite horizon.
+    pub steps: Option<TimeSteps>,
+    /// With [`MdpOutputs::occupancy`], unless the backward pass diverged.
+    pub occupancy: Option<Occupancy>,
+}
+
+/// `[t][task][inner]` to `[task][t][inner]`.
+pub fn task_major(steps: &[Vec<f32>], tasks: usize) -> Vec<f32> {
+    let per_task = steps.first().map_or(0, |s| s.len() / tasks.max(1));
+    let mut out = Vec::with_capacity(steps.len() * tasks * per_task);
+    for task in 0..tasks {
+        for step in steps {
+            out.extend_from_slice(&step[task * per_task..(task + 1) * per_task]);
+        }
+    }
+    out
+}
+
+/// Fails when gamma = 1 without a horizon meets a task without terminal states (no finite
+/// values exist).
+pub fn check_mdp_terminals(mdp: &TabularMdp, options: &SolveOptions) -> Result<()> {
     if options.excludes_unreachable() {
         for t in 0..mdp.tasks {
             anyhow::ensure!(
@@ -465,7 +513,32 @@ pub fn solve_mdp_cpu(mdp: &crate::mdp::TabularMdp, options: &SolveOptions) -> Re
             );
         }
     }
-    let inputs = crate::mdp::MdpInputs::new(mdp, options);
+    Ok(())
+}
+
+/// The f32 values a solve reports: -inf on excluded states.
+pub fn reported_values(inputs: &MdpInputs, v: &[f64]) -> Vec<f32> {
+    v.iter()
+        .zip(&inputs.excluded)
+        .map(|(&x, &e)| if e { f32::NEG_INFINITY } else { x as f32 })
+        .collect()
+}
+
+/// Solves a general MDP with the CPU reference (f64, one thread); `outputs` adds every time
+/// step and the occupancy.
+pub fn solve_mdp_cpu(
+    mdp: &TabularMdp,
+    options: &SolveOptions,
+    outputs: MdpOutputs,
+) -> Result<MdpSolution> {
+    let start = Instant::now();
+    options.validate()?;
+    check_mdp_terminals(mdp, options)?;
+    let inputs = MdpInputs::new(mdp, options);
+    let finite = matches!(options.horizon, Horizon::Finite(_));
+    // V_{T-1}, ..., V_0 as the sweeps make them, when later steps need them.
+    let keep_steps = finite && (outputs.all_steps || outputs.occupancy);
+    let mut history: Vec<Vec<f64>> = Vec::new();
     let CpuIteration {
         v,
         v_prev,
@@ -476,31 +549,104 @@ pub fn solve_mdp_cpu(mdp: &crate::mdp::TabularMdp, options: &SolveOptions) -> Re
         options,
         inputs.v0.clone(),
         &inputs.fixed,
-        |v_in, v_out| reference::mdp_backup(&inputs, v_in, v_out),
+        |v_in, v_out| {
+            let stats = reference::mdp_backup(&inputs, v_in, v_out);
+            if keep_steps {
+                history.push(v_out.to_vec());
+            }
+            stats
+        },
         &mut |_| {},
     );
     let status = final_status(options, &verdict, &last);
+    let diverged = status.contains(&Status::Diverged);
     let policy_from = match options.horizon {
         Horizon::Finite(_) => &v_prev,
         Horizon::Infinite { .. } => &v,
     };
-    let policy = (options.policy && !status.contains(&Status::Diverged))
+    let policy = (!diverged && (options.policy || outputs.occupancy))
         .then(|| reference::mdp_policy(&inputs, policy_from));
-    let values = v
-        .iter()
-        .zip(&inputs.excluded)
-        .map(|(&x, &e)| if e { f32::NEG_INFINITY } else { x as f32 })
-        .collect();
-    Ok(Solution {
-        height: 1,
-        width: mdp.states,
-        action_count: mdp.actions,
-        values,
-        policy,
-        iterations: vec![sweeps; mdp.tasks],
-        residual: last.iter().map(|s| s.max_abs_delta).collect(),
-        status,
-        unreachable: inputs.unreachable.clone(),
-        seconds: start.elapsed().as_secs_f64(),
+    let mut steps = None;
+    let mut occupancy = None;
+    if keep_steps && !diverged {
+        // V_t for t = 0..T.
+        history.reverse();
+        history.push(inputs.v0.clone());
+        let horizon = history.len() - 1;
+        let mut step_policy = Vec::new();
+        let mut d = vec![mdp.initial.iter().map(|&x| x as f64).collect::<Vec<f64>>()];
+        let transpose = outputs.occupancy.then(|| mdp.transpose());
+        for t in 0..horizon {
+            let pi_t = reference::mdp_policy(&inputs, &history[t + 1]);
+            if let Some(transpose) = &transpose {
+                let mut next = vec![0.0; d[t].len()];
+                reference::mdp_occupancy(&inputs, transpose, &pi_t, &d[t], None, &mut next);
+                d.push(next);
+            }
+            if outputs.all_steps && options.policy {
+                step_policy.push(pi_t);
+            }
+        }
+        if outputs.all_steps {
+            let values: Vec<Vec<f32>> = history
+                .iter()
+                .map(|v| reported_values(&inputs, v))
+                .collect();
+            steps = Some(TimeSteps {
+                values: task_major(&values, mdp.tasks),
+                policy: options.policy.then(|| task_major(&step_policy, mdp.tasks)),
+            });
+        }
+        if outputs.occupancy {
+            let d: Vec<Vec<f32>> = d
+                .iter()
+                .map(|x| x.iter().map(|&y| y as f32).collect())
+                .collect();
+            occupancy = Some(Occupancy {
+                values: task_major(&d, mdp.tasks),
+                steps: horizon + 1,
+                iterations: horizon as u32,
+                residual: vec![0.0; mdp.tasks],
+                status: vec![Status::Horizon; mdp.tasks],
+            });
+        }
+    }
+    if outputs.occupancy && !finite && !diverged {
+        let transpose = mdp.transpose();
+        let pi = policy.as_ref().expect("policy computed for the occupancy");
+        let initial: Vec<f64> = mdp.initial.iter().map(|&x| x as f64).collect();
+        let run = iterate_cpu(
+            options,
+            initial,
+            &vec![false; mdp.tasks * mdp.states],
+            |d_in, d_out| {
+                reference::mdp_occupancy(&inputs, &transpose, pi, d_in, Some(&mdp.initial), d_out)
+            },
+            &mut |_| {},
+        );
+        let status = final_status(options, &run.verdict, &run.last);
+        occupancy = Some(Occupancy {
+            values: run.v.iter().map(|&x| x as f32).collect(),
+            steps: 1,
+            iterations: run.sweeps,
+            residual: run.last.iter().map(|s| s.max_abs_delta).collect(),
+            status,
+        });
+    }
+    Ok(MdpSolution {
+        solution: Solution {
+            height: 1,
+            width: mdp.states,
+            action_count: mdp.actions,
+            values: reported_values(&inputs, &v),
+            policy: if options.policy { policy } else { None },
+            iterations: vec![sweeps; mdp.tasks],
+            residual: last.iter().map(|s| s.max_abs_delta).collect(),
+            status,
+            unreachable: inputs.unreachable.clone(),
+            seconds: start.elapsed().as_secs_f64(),
+        },
+        steps,
+        occupancy,
     })
 }

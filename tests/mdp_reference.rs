@@ -9,7 +9,7 @@ use rand::{RngExt, SeedableRng};
 use softvi::mdp::TabularMdp;
 use softvi::npy::NpyValues;
 use softvi::solve::solve_mdp_cpu;
-use softvi::{Backup, Horizon, SolveOptions, Status};
+use softvi::{Backup, Horizon, MdpOutputs, SolveOptions, Status};
 
 fn array(shape: Vec<usize>, data: Vec<f64>) -> NpyValues {
     NpyValues {
@@ -113,7 +113,9 @@ fn finite_horizon_matches_a_dense_computation() {
                 policy: true,
                 extrapolate: true,
             };
-            let solution = solve_mdp_cpu(&mdp, &o).unwrap();
+            let solution = solve_mdp_cpu(&mdp, &o, MdpOutputs::default())
+                .unwrap()
+                .solution;
             assert_eq!(solution.status, vec![Status::Horizon; 2]);
             for t in 0..2 {
                 let mut next: Vec<f64> = (0..6)
@@ -167,7 +169,9 @@ fn optimistic_value_is_the_log_partition_over_trajectories() {
         policy: false,
         extrapolate: true,
     };
-    let solution = solve_mdp_cpu(&mdp, &o).unwrap();
+    let solution = solve_mdp_cpu(&mdp, &o, MdpOutputs::default())
+        .unwrap()
+        .solution;
     for start in 1..4 {
         // Depth-first over (action, successor) sequences: sum of prod P * exp(sum r / alpha).
         let mut stack = vec![(start, steps, 1.0f64, 0.0f64)];
@@ -215,7 +219,9 @@ fn infinite_horizon_satisfies_the_bellman_equation() {
             policy: false,
             extrapolate: true,
         };
-        let solution = solve_mdp_cpu(&mdp, &o).unwrap();
+        let solution = solve_mdp_cpu(&mdp, &o, MdpOutputs::default())
+            .unwrap()
+            .solution;
         assert_eq!(solution.status, vec![Status::Converged; 2]);
         for t in 0..2 {
             let v: Vec<f64> = solution.values[t * 9..(t + 1) * 9]
@@ -263,7 +269,9 @@ fn dead_ends_are_excluded_when_undiscounted() {
         policy: true,
         extrapolate: true,
     };
-    let s = solve_mdp_cpu(&mdp, &o).unwrap();
+    let s = solve_mdp_cpu(&mdp, &o, MdpOutputs::default())
+        .unwrap()
+        .solution;
     assert_eq!(s.unreachable, vec![1]);
     assert_eq!(s.values[2], f32::NEG_INFINITY);
     // Only action 0 has a finite Q (= -1), so V(1) = -1 and pi(0|1) = 1.
@@ -274,6 +282,11 @@ fn dead_ends_are_excluded_when_undiscounted() {
         ("P".to_owned(), array(vec![1, 1, 1], vec![1.0])),
         ("R".to_owned(), array(vec![1], vec![-1.0])),
     ]);
-    let err = solve_mdp_cpu(&TabularMdp::from_arrays(&no_terminal).unwrap(), &o).unwrap_err();
+    let err = solve_mdp_cpu(
+        &TabularMdp::from_arrays(&no_terminal).unwrap(),
+        &o,
+        MdpOutputs::default(),
+    )
+    .unwrap_err();
     assert!(err.to_string().contains("needs terminal states"), "{err}");
 }

@@ -1,10 +1,8 @@
 //! Every WGSL file parses and validates with naga, and the uniform structs and constants
 //! shared with Rust have the same sizes and values on both sides.
 
-use softvi::gpu::grid_engine::{
-    GRID_BACKUP_WGSL, GridParams, NOT_CONVERGED, REDUCE_SIZE, RESIDUAL_REDUCE_WGSL, ReduceParams,
-    WORKGROUP_SIZE,
-};
+use softvi::gpu::core::{NOT_CONVERGED, REDUCE_SIZE, RESIDUAL_REDUCE_WGSL, ReduceParams};
+use softvi::gpu::grid_engine::{GRID_BACKUP_WGSL, GridParams, WORKGROUP_SIZE};
 
 fn module(source: &str) -> (naga::Module, naga::valid::ModuleInfo) {
     let module = naga::front::wgsl::parse_str(source)
@@ -71,7 +69,7 @@ fn residual_reduce_layout_matches_rust() {
     );
     assert_eq!(
         struct_size(&m, "Control") as u64,
-        softvi::gpu::grid_engine::CONTROL_HEADER_BYTES + 4
+        softvi::gpu::core::CONTROL_HEADER_BYTES + 4
     );
     assert_eq!(constant(&m, "REDUCE_SIZE"), naga::Literal::U32(REDUCE_SIZE));
     assert_eq!(
@@ -106,4 +104,37 @@ fn residual_reduce_layout_matches_rust() {
             "{name}"
         );
     }
+}
+
+#[test]
+fn mdp_kernels_layout_matches_rust() {
+    use softvi::gpu::mdp_engine::{
+        MDP_BACKUP_WGSL, MDP_OCCUPANCY_WGSL, MdpParams, OccupancyParams, WORKGROUP_SIZE,
+    };
+    let (m, _) = module(MDP_BACKUP_WGSL);
+    assert_eq!(
+        struct_size(&m, "MdpParams") as usize,
+        size_of::<MdpParams>()
+    );
+    assert_eq!(
+        constant(&m, "WORKGROUP_SIZE"),
+        naga::Literal::U32(WORKGROUP_SIZE)
+    );
+    assert_eq!(
+        constant(&m, "TIE_RELATIVE"),
+        naga::Literal::F32(softvi::reference::TIE_RELATIVE as f32)
+    );
+    for entry in ["mdp_backup", "mdp_extrapolate", "mdp_policy"] {
+        assert!(m.entry_points.iter().any(|e| e.name == entry), "{entry}");
+    }
+    let (m, _) = module(MDP_OCCUPANCY_WGSL);
+    assert_eq!(
+        struct_size(&m, "OccupancyParams") as usize,
+        size_of::<OccupancyParams>()
+    );
+    assert_eq!(
+        constant(&m, "WORKGROUP_SIZE"),
+        naga::Literal::U32(WORKGROUP_SIZE)
+    );
+    assert!(m.entry_points.iter().any(|e| e.name == "mdp_occupancy"));
 }

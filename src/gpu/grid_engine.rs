@@ -6,45 +6,26 @@ use std::collections::HashMap;
 use std::ops::Range;
 use std::time::Instant;
 
-use anyhow::{Context, Result, anyhow, bail, ensure};
+use anyhow::{Context, Result, bail, ensure};
 use bytemuck::{Pod, Zeroable};
 
 use super::context::GpuContext;
+use super::core::{EngineOptions, GpuCore, Step, WINDOW_SLACK, Window, bind, storage, window};
 use crate::layout::GridInputs;
 use crate::problem::{Backup, GridProblem, Horizon, SolveOptions};
 use crate::reference::SweepStats;
-use crate::solve::{
-    ConvergenceMonitor, Progress, Solution, Verdict, check_windows, final_status,
-    mark_special_cells, sweep_budget,
-};
+use crate::solve::{Progress, Solution, Verdict, final_status, mark_special_cells};
 
 /// WGSL source of the backup and policy kernels.
 pub const GRID_BACKUP_WGSL: &str = include_str!("../../shaders/grid_backup.wgsl");
-/// WGSL source of the convergence reduction.
-pub const RESIDUAL_REDUCE_WGSL: &str = include_str!("../../shaders/residual_reduce.wgsl");
 
 /// Invocations (quads) per workgroup of the grid kernels. Same as `WORKGROUP_SIZE` in the
 /// shader.
 pub const WORKGROUP_SIZE: u32 = 64;
-/// Invocations of one `residual_reduce` workgroup. Same as `REDUCE_SIZE` in the shader.
-pub const REDUCE_SIZE: u32 = 256;
-/// `Control::converged_check` before convergence. Same as `NOT_CONVERGED` in the shader.
-pub const NOT_CONVERGED: u32 = u32::MAX;
-/// Bytes of `Control` before its `dispatch_args` array.
-pub const CONTROL_HEADER_BYTES: u64 = 16;
-
-/// Most convergence checks recorded into one submission (submissions grow 1, 2, 4, ...).
-const MAX_CHECKS_PER_SUBMIT: usize = 64;
 /// Most tasks solved together; larger batches run as several chunks.
 const MAX_TASKS_PER_CHUNK: usize = 1024;
 /// Largest value array of a chunk (bytes), whatever the adapter allows.
 const MAX_CHUNK_BYTES: u64 = 1 << 30;
-/// Largest staging buffer used for readback (bytes).
-const STAGING_BYTES: u64 = 64 << 20;
-/// Elements a binding window may start before its first used element (storage offsets are
-/// aligned to at most 256 bytes).
-const WINDOW_SLACK: u64 = 64;
-
 /// Per-band uniform of the grid kernels. Keep in sync with `GridParams` in
 /// `shaders/grid_backup.wgsl` (size checked by tests/shader_layout.rs).
 #[repr(C)]
@@ -71,31 +52,6 @@ pub struct GridParams {
     pub slip_share: f32,
     pub _pad0: u32,
     pub step_cost: [[f32; 4]; 3],
-}
-
-/// Uniform of the convergence reduction. Keep in sync with `ReduceParams` in
-/// `shaders/residual_reduce.wgsl` (size checked by tests/shader_layout.rs).
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, Pod, Zeroable)]
-pub struct ReduceParams {
-    pub task_count: u32,
-    pub groups_per_task: u32,
-    pub band_count: u32,
-    pub tol: f32,
-    pub extrapolate: u32,
-    pub gamma: f32,
-    pub _pad1: u32,
-    pub _pad2: u32,
-}
-
-/// Size limits the engine plans with; `None` takes the adapter's. Tests lower them to
-/// exercise banding and chunking on small grids.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct EngineOptions {
-    /// Largest storage binding (bytes).
-    pub max_binding_bytes: Option<u64>,
-    /// Largest buffer (bytes).
-    pub max_buffer_bytes: Option<u64>,
 }
 
 /// A window of whole tasks, or of rows of one task, dispatched as one unit so that each
@@ -155,26 +111,6 @@ pub fn plan_bands(
         }
     }
     Ok(bands)
-}
-
-/// A bound range of an array: where it starts (element index) and its bytes.
-#[derive(Clone, Copy, Debug)]
-struct Window {
-    origin: u64,
-    offset: u64,
-    size: u64,
-}
-
-/// The window over elements `[start, end)` of an array of `len` elements of `bytes` bytes, its
-/// offset aligned down to `align` bytes (a multiple of `bytes`).
-fn window(start: u64, end: u64, len: u64, bytes: u64, align: u64) -> Window {
-    let offset = start * bytes / align * align;
-    let size = end.min(len) * bytes - offset;
-    Window {
-        origin: offset / bytes,
-        offset,
-        size,
-    }
 }
 
 /// `problem` with its map widened to a multiple of 4 columns by blocked cells, as the quad
@@ -243,39 +179,6 @@ struct GridPipelineKey {
     write_residual: bool,
 }
 
-/// Reusable buffers by role; a buffer is replaced only when a solve needs a larger one.
-#[derive(Default)]
-struct BufferPool {
-    buffers: HashMap<&'static str, wgpu::Buffer>,
-}
-
-impl BufferPool {
-    fn get(
-        &mut self,
-        device: &wgpu::Device,
-        label: &'static str,
-        size: u64,
-        usage: wgpu::BufferUsages,
-    ) -> wgpu::Buffer {
-        let size = size.max(16).next_multiple_of(16);
-        if let Some(buffer) = self.buffers.get(label)
-            && buffer.size() >= size
-            && buffer.usage() == usage
-        {
-            return buffer.clone();
-        }
-        self.buffers.remove(label);
-        let buffer = device.create_buffer(&wgpu::BufferDescriptor {
-            label: Some(label),
-            size,
-            usage,
-            mapped_at_creation: false,
-        });
-        self.buffers.insert(label, buffer.clone());
-        buffer
-    }
-}
-
 /// One band's params, binding windows (active quads, fixed bits, v_in, out) and workgroup
 /// counts, and the cells `[first_cell, end_cell)` it writes.
 struct BandLayout {
@@ -305,42 +208,12 @@ struct ChunkResult {
 /// Batched gridworld soft value iteration on one wgpu device. Pipelines, layouts and
 /// buffers are built once and reused by every solve.
 pub struct GridEngine {
-    device: wgpu::Device,
-    queue: wgpu::Queue,
-    adapter_label: String,
+    core: GpuCore,
     grid_module: wgpu::ShaderModule,
     grid_layout: wgpu::BindGroupLayout,
     grid_pipeline_layout: wgpu::PipelineLayout,
     grid_pipelines: HashMap<GridPipelineKey, wgpu::ComputePipeline>,
-    reduce_layout: wgpu::BindGroupLayout,
-    reduce_pipeline: wgpu::ComputePipeline,
-    decide_pipeline: wgpu::ComputePipeline,
-    pool: BufferPool,
-    max_binding: u64,
-    max_buffer: u64,
-    storage_align: u64,
     uniform_stride: u64,
-}
-
-fn layout_entries(kinds: &[wgpu::BufferBindingType]) -> Vec<wgpu::BindGroupLayoutEntry> {
-    kinds
-        .iter()
-        .enumerate()
-        .map(|(binding, &ty)| wgpu::BindGroupLayoutEntry {
-            binding: binding as u32,
-            visibility: wgpu::ShaderStages::COMPUTE,
-            ty: wgpu::BindingType::Buffer {
-                ty,
-                has_dynamic_offset: false,
-                min_binding_size: None,
-            },
-            count: None,
-        })
-        .collect()
-}
-
-fn storage(read_only: bool) -> wgpu::BufferBindingType {
-    wgpu::BufferBindingType::Storage { read_only }
 }
 
 impl GridEngine {
@@ -351,95 +224,41 @@ impl GridEngine {
 
     /// An engine on `ctx`'s device with the given size limits (each at most the device's).
     pub fn with_options(ctx: &GpuContext, options: EngineOptions) -> Result<Self> {
-        let device = ctx.device.clone();
-        let limits = device.limits();
-        let max_binding = options
-            .max_binding_bytes
-            .unwrap_or(u64::MAX)
-            .min(limits.max_storage_buffer_binding_size);
-        let max_buffer = options
-            .max_buffer_bytes
-            .unwrap_or(u64::MAX)
-            .min(limits.max_buffer_size);
-        let uniform = wgpu::BufferBindingType::Uniform;
-        // Binding order = position in these lists; the shaders declare the same order.
-        let grid_layout = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
-            label: Some("softvi.grid_backup"),
-            entries: &layout_entries(&[
-                uniform,        // params
-                storage(true),  // active_quads
-                storage(true),  // fixed_bits
-                storage(true),  // reward
-                storage(true),  // v_in
-                storage(false), // v_out
-                storage(false), // partials
-                storage(false), // policy
-                storage(true),  // extrapolation
-            ]),
-        });
-        let reduce_layout = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
-            label: Some("softvi.residual_reduce"),
-            entries: &layout_entries(&[
-                uniform,        // params
-                storage(true),  // partials
-                storage(false), // checks
-                storage(false), // control
-                storage(false), // history
-                storage(false), // extrapolation
-            ]),
-        });
-        let pipeline_layout = |label, layout| {
-            device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
-                label: Some(label),
-                bind_group_layouts: &[Some(layout)],
-                immediate_size: 0,
-            })
-        };
-        let grid_pipeline_layout = pipeline_layout("softvi.grid_backup", &grid_layout);
-        let reduce_pipeline_layout = pipeline_layout("softvi.residual_reduce", &reduce_layout);
-        let grid_module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
-            label: Some("softvi.grid_backup"),
-            source: wgpu::ShaderSource::Wgsl(GRID_BACKUP_WGSL.into()),
-        });
-        let reduce_module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
-            label: Some("softvi.residual_reduce"),
-            source: wgpu::ShaderSource::Wgsl(RESIDUAL_REDUCE_WGSL.into()),
-        });
-        let reduce_stage = |entry: &str| {
-            device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
-                label: Some(&format!("softvi.{entry}")),
-                layout: Some(&reduce_pipeline_layout),
-                module: &reduce_module,
-                entry_point: Some(entry),
-                compilation_options: Default::default(),
-                cache: None,
-            })
-        };
-        let reduce_pipeline = reduce_stage("residual_reduce");
-        let decide_pipeline = reduce_stage("convergence_decide");
+        let core = GpuCore::new(ctx, options);
+        // Binding order = position in this list; the shader declares the same order.
+        let (grid_layout, grid_pipeline_layout) = core.layouts(
+            "softvi.grid_backup",
+            &[
+                wgpu::BufferBindingType::Uniform, // params
+                storage(true),                    // active_quads
+                storage(true),                    // fixed_bits
+                storage(true),                    // reward
+                storage(true),                    // v_in
+                storage(false),                   // v_out
+                storage(false),                   // partials
+                storage(false),                   // policy
+                storage(true),                    // extrapolation
+            ],
+        );
+        let grid_module = core
+            .device
+            .create_shader_module(wgpu::ShaderModuleDescriptor {
+                label: Some("softvi.grid_backup"),
+                source: wgpu::ShaderSource::Wgsl(GRID_BACKUP_WGSL.into()),
+            });
         Ok(Self {
-            queue: ctx.queue.clone(),
-            adapter_label: ctx.adapter_label(),
+            uniform_stride: (size_of::<GridParams>() as u64).next_multiple_of(core.uniform_align),
+            core,
             grid_module,
             grid_layout,
             grid_pipeline_layout,
             grid_pipelines: HashMap::new(),
-            reduce_layout,
-            reduce_pipeline,
-            decide_pipeline,
-            pool: BufferPool::default(),
-            max_binding,
-            max_buffer,
-            storage_align: limits.min_storage_buffer_offset_alignment as u64,
-            uniform_stride: (size_of::<GridParams>() as u64)
-                .next_multiple_of(limits.min_uniform_buffer_offset_alignment as u64),
-            device,
         })
     }
 
     /// `"<adapter name> (<backend>)"` of the device this engine runs on.
     pub fn adapter_label(&self) -> &str {
-        &self.adapter_label
+        &self.core.adapter_label
     }
 
     fn grid_pipeline(&mut self, key: GridPipelineKey) -> wgpu::ComputePipeline {
@@ -461,6 +280,7 @@ impl GridEngine {
             ("WRITE_RESIDUAL", flag(key.write_residual)),
         ];
         let pipeline = self
+            .core
             .device
             .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
                 label: Some(&format!("softvi.{entry}")),
@@ -480,12 +300,12 @@ impl GridEngine {
     /// Tasks solved together so that one value array fits the adapter's buffer limit.
     fn tasks_per_chunk(&self, cells: usize) -> Result<usize> {
         let task_bytes = cells as u64 * 4;
-        let budget = self.max_buffer.min(MAX_CHUNK_BYTES);
+        let budget = self.core.max_buffer.min(MAX_CHUNK_BYTES);
         ensure!(
             task_bytes <= budget,
             "a grid of {cells} cells needs {task_bytes} bytes per value array, over the limit of \
              {budget} bytes (adapter max_buffer_size {} bytes)",
-            self.max_buffer
+            self.core.max_buffer
         );
         Ok(((budget / task_bytes) as usize).min(MAX_TASKS_PER_CHUNK))
     }
@@ -528,7 +348,10 @@ impl GridEngine {
                     progress,
                 )
                 .with_context(|| {
-                    format!("GPU solve of tasks {tasks:?} on {}", self.adapter_label)
+                    format!(
+                        "GPU solve of tasks {tasks:?} on {}",
+                        self.core.adapter_label
+                    )
                 })?;
             values.extend_from_slice(&chunk.values);
             match (&mut policy, chunk.policy) {
@@ -598,7 +421,7 @@ impl GridEngine {
         );
         let wpt = inputs.fixed_words_per_task() as u64;
         let (qpr, qpt) = (w / 4, cells / 4);
-        let align = self.storage_align;
+        let align = self.core.storage_align;
         let first_at_row = |row: usize| active_quads.partition_point(|e| (e[0] >> 16) < row as u32);
         // Workgroups per task so far, by row band (bands of whole tasks start at 0).
         let mut group_base = 0u32;
@@ -700,38 +523,22 @@ impl GridEngine {
         extrapolation: &wgpu::Buffer,
     ) -> wgpu::BindGroup {
         let [quads_w, fixed_w, v_in_w, out_w] = windows;
-        fn bind(buffer: &wgpu::Buffer, offset: u64, size: u64) -> wgpu::BindingResource<'_> {
-            wgpu::BindingResource::Buffer(wgpu::BufferBinding {
-                buffer,
-                offset,
-                size: wgpu::BufferSize::new(size),
-            })
-        }
         // Binding order = the layout's order = the shader's @binding numbers.
-        let resources = [
-            bind(params.0, params.1, size_of::<GridParams>() as u64),
-            bind(quads, quads_w.offset, quads_w.size),
-            bind(fixed, fixed_w.offset, fixed_w.size),
-            bind(reward, out_w.offset, out_w.size),
-            bind(v_in, v_in_w.offset, v_in_w.size),
-            bind(v_out, out_w.offset, out_w.size),
-            partials.as_entire_binding(),
-            bind(policy.0, policy.1, policy.2),
-            extrapolation.as_entire_binding(),
-        ];
-        let entries: Vec<wgpu::BindGroupEntry> = resources
-            .into_iter()
-            .enumerate()
-            .map(|(i, resource)| wgpu::BindGroupEntry {
-                binding: i as u32,
-                resource,
-            })
-            .collect();
-        self.device.create_bind_group(&wgpu::BindGroupDescriptor {
-            label: Some("softvi.grid_backup"),
-            layout: &self.grid_layout,
-            entries: &entries,
-        })
+        self.core.bind_group(
+            "softvi.grid_backup",
+            &self.grid_layout,
+            [
+                bind(params.0, params.1, size_of::<GridParams>() as u64),
+                bind(quads, quads_w.offset, quads_w.size),
+                bind(fixed, fixed_w.offset, fixed_w.size),
+                bind(reward, out_w.offset, out_w.size),
+                bind(v_in, v_in_w.offset, v_in_w.size),
+                bind(v_out, out_w.offset, out_w.size),
+                partials.as_entire_binding(),
+                bind(policy.0, policy.1, policy.2),
+                extrapolation.as_entire_binding(),
+            ],
+        )
     }
 
     fn solve_chunk(
@@ -748,7 +555,8 @@ impl GridEngine {
         let cells = inputs.cells();
         let wpt = inputs.fixed_words_per_task();
         let n_actions = inputs.action_count;
-        let bands = plan_bands(n, inputs.height, inputs.width, 4, self.max_binding)?;
+        let max_binding = self.core.max_binding;
+        let bands = plan_bands(n, inputs.height, inputs.width, 4, max_binding)?;
         let layouts = self.lay_out_bands(inputs, active_quads, n, &bands);
         let policy_layouts = if options.policy {
             let policy_bands = plan_bands(
@@ -756,102 +564,59 @@ impl GridEngine {
                 inputs.height,
                 inputs.width,
                 4 * n_actions as u64,
-                self.max_binding,
+                max_binding,
             )?;
             self.lay_out_bands(inputs, active_quads, n, &policy_bands)
         } else {
             Vec::new()
         };
-        let groups_per_task = layouts[0].params.groups_per_task as u64;
-        let partial_bytes = n as u64 * groups_per_task * 16;
-        ensure!(
-            partial_bytes <= self.max_binding,
-            "residual partials need {partial_bytes} bytes, over the adapter's \
-             max_storage_buffer_binding_size of {} bytes",
-            self.max_binding
-        );
+        let dispatch: Vec<[u32; 3]> = layouts.iter().map(|l| l.dispatch).collect();
+        let checks = self
+            .core
+            .checks(n, layouts[0].params.groups_per_task, &dispatch, options)?;
 
         // Buffers (pooled across solves).
-        let device = self.device.clone();
+        let core = &mut self.core;
         let v_bytes = (n * cells * 4) as u64;
         let values = [
-            self.pool.get(
-                &device,
+            core.buffer(
                 "softvi.values_a",
                 v_bytes,
                 U::STORAGE | U::COPY_SRC | U::COPY_DST,
             ),
-            self.pool.get(
-                &device,
+            core.buffer(
                 "softvi.values_b",
                 v_bytes,
                 U::STORAGE | U::COPY_SRC | U::COPY_DST,
             ),
         ];
-        let quads = self.pool.get(
-            &device,
+        let quads = core.buffer(
             "softvi.active_quads",
             (active_quads.len().max(1) * 8) as u64,
             U::STORAGE | U::COPY_DST,
         );
-        let fixed = self.pool.get(
-            &device,
+        let fixed = core.buffer(
             "softvi.fixed_bits",
             (n * wpt * 4) as u64,
             U::STORAGE | U::COPY_DST,
         );
-        let reward = self
-            .pool
-            .get(&device, "softvi.reward", v_bytes, U::STORAGE | U::COPY_DST);
-        let partials = self
-            .pool
-            .get(&device, "softvi.partials", partial_bytes, U::STORAGE);
-        let checks = self.pool.get(
-            &device,
-            "softvi.checks",
-            (MAX_CHECKS_PER_SUBMIT * n * 16) as u64,
-            U::STORAGE | U::COPY_SRC,
-        );
-        // Indirect arguments: sweeps, then extrapolation, per band.
-        let control_bytes = CONTROL_HEADER_BYTES + 24 * bands.len() as u64;
-        let control = self.pool.get(
-            &device,
-            "softvi.control",
-            control_bytes,
-            U::STORAGE | U::INDIRECT | U::COPY_DST | U::COPY_SRC,
-        );
-        let history = self.pool.get(
-            &device,
-            "softvi.history",
-            n as u64 * 32,
-            U::STORAGE | U::COPY_DST,
-        );
-        let extrapolation =
-            self.pool
-                .get(&device, "softvi.extrapolation", n as u64 * 4, U::STORAGE);
+        let reward = core.buffer("softvi.reward", v_bytes, U::STORAGE | U::COPY_DST);
         let slots = (layouts.len() + policy_layouts.len()) as u64;
-        let params_buf = self.pool.get(
-            &device,
+        let params_buf = core.buffer(
             "softvi.grid_params",
             slots * self.uniform_stride,
             U::UNIFORM | U::COPY_DST,
         );
-        let no_policy = self.pool.get(&device, "softvi.no_policy", 16, U::STORAGE);
+        let no_policy = core.buffer("softvi.no_policy", 16, U::STORAGE);
         // V before the last extrapolation jump, for its rollback.
         let backup = if options.uses_extrapolation() {
-            self.pool.get(&device, "softvi.backup", v_bytes, U::STORAGE)
+            core.buffer("softvi.backup", v_bytes, U::STORAGE)
         } else {
             no_policy.clone()
         };
-        let reduce_params = self.pool.get(
-            &device,
-            "softvi.reduce_params",
-            size_of::<ReduceParams>() as u64,
-            U::UNIFORM | U::COPY_DST,
-        );
 
         // Uploads.
-        let q = self.queue.clone();
+        let q = core.queue.clone();
         q.write_buffer(&quads, 0, bytemuck::cast_slice(active_quads));
         q.write_buffer(
             &fixed,
@@ -863,26 +628,10 @@ impl GridEngine {
             0,
             bytemuck::cast_slice(&inputs.reward[tasks.start * cells..tasks.end * cells]),
         );
-        let tol = match options.horizon {
-            Horizon::Infinite { tol, .. } => tol as f32,
-            Horizon::Finite(_) => -1.0,
-        };
-        let reduce = ReduceParams {
-            task_count: n as u32,
-            groups_per_task: groups_per_task as u32,
-            band_count: bands.len() as u32,
-            tol,
-            extrapolate: options.uses_extrapolation() as u32,
-            gamma: options.gamma as f32,
-            ..Default::default()
-        };
-        q.write_buffer(&reduce_params, 0, bytemuck::bytes_of(&reduce));
-        let mut control_init = vec![0u32, NOT_CONVERGED, 0, 0];
         let mut sweep_groups = Vec::new();
         for (b, layout) in layouts.iter().enumerate() {
             let slot = b as u64 * self.uniform_stride;
             q.write_buffer(&params_buf, slot, bytemuck::bytes_of(&layout.params));
-            control_init.extend_from_slice(&layout.dispatch);
             let group = |p: usize| {
                 self.grid_bind_group(
                     (&params_buf, slot),
@@ -896,34 +645,12 @@ impl GridEngine {
                         true => (&backup, layout.windows[3].offset, layout.windows[3].size),
                         false => (&no_policy, 0, 16),
                     },
-                    &partials,
-                    &extrapolation,
+                    &checks.partials,
+                    &checks.extrapolation,
                 )
             };
             sweep_groups.push([group(0), group(1)]);
         }
-        // Extrapolation dispatches start disabled; convergence_decide enables them.
-        control_init.extend(std::iter::repeat_n(0u32, 3 * bands.len()));
-        q.write_buffer(&control, 0, bytemuck::cast_slice(&control_init));
-        let reduce_group = self.device.create_bind_group(&wgpu::BindGroupDescriptor {
-            label: Some("softvi.residual_reduce"),
-            layout: &self.reduce_layout,
-            entries: &[
-                reduce_params.as_entire_binding(),
-                partials.as_entire_binding(),
-                checks.as_entire_binding(),
-                control.as_entire_binding(),
-                history.as_entire_binding(),
-                extrapolation.as_entire_binding(),
-            ]
-            .into_iter()
-            .enumerate()
-            .map(|(i, resource)| wgpu::BindGroupEntry {
-                binding: i as u32,
-                resource,
-            })
-            .collect::<Vec<_>>(),
-        });
         let key = GridPipelineKey {
             stage: GridStage::Backup,
             connectivity: if n_actions >= 8 { 8 } else { 4 },
@@ -943,100 +670,49 @@ impl GridEngine {
             ..key
         });
 
-        let mut encoder = self.device.create_command_encoder(&Default::default());
+        let mut encoder = self.core.device.create_command_encoder(&Default::default());
         encoder.clear_buffer(&values[0], 0, Some(v_bytes));
         encoder.clear_buffer(&values[1], 0, Some(v_bytes));
-        encoder.clear_buffer(&history, 0, None);
-        self.queue.submit([encoder.finish()]);
+        self.core.queue.submit([encoder.finish()]);
 
-        // Sweeps: each submission records several check windows; a converged check zeroes
-        // the indirect arguments so that the remaining sweeps of the submission are empty.
-        let windows = check_windows(sweep_budget(&options.horizon));
-        let mut monitor = ConvergenceMonitor::new(options, n);
-        let mut verdict = Verdict::Continue;
-        let mut last = vec![SweepStats::default(); n];
-        let (mut next_window, mut sweeps, mut per_submit) = (0usize, 0u32, 1usize);
-        while next_window < windows.len() && verdict == Verdict::Continue {
-            let batch = &windows[next_window..(next_window + per_submit).min(windows.len())];
-            next_window += batch.len();
-            per_submit = (per_submit * 2).min(MAX_CHECKS_PER_SUBMIT);
-            q.write_buffer(&control, 0, bytemuck::bytes_of(&0u32));
-            let mut encoder = self.device.create_command_encoder(&Default::default());
-            {
+        let run = self.core.iterate(
+            &checks,
+            options,
+            &mut |encoder, step| {
                 let mut pass = encoder.begin_compute_pass(&Default::default());
-                let mut parity = (sweeps % 2) as usize;
-                for &len in batch {
-                    for i in 0..len {
-                        pass.set_pipeline(if i + 1 == len { &sweep_checked } else { &sweep });
+                match step {
+                    Step::Sweep {
+                        parity, checked, ..
+                    } => {
+                        pass.set_pipeline(if checked { &sweep_checked } else { &sweep });
                         for (b, groups) in sweep_groups.iter().enumerate() {
                             pass.set_bind_group(0, &groups[parity], &[]);
                             pass.dispatch_workgroups_indirect(
-                                &control,
-                                CONTROL_HEADER_BYTES + 12 * b as u64,
+                                &checks.control,
+                                checks.sweep_args(b),
                             );
                         }
-                        parity = 1 - parity;
                     }
-                    pass.set_bind_group(0, &reduce_group, &[]);
-                    pass.set_pipeline(&self.reduce_pipeline);
-                    pass.dispatch_workgroups(n as u32, 1, 1);
-                    pass.set_pipeline(&self.decide_pipeline);
-                    pass.dispatch_workgroups(1, 1, 1);
-                    if options.uses_extrapolation() {
+                    Step::Extrapolate { parity } => {
                         // V (read next) is in `parity`, V_prev in the other buffer: the bind
                         // group that reads 1 - parity and writes parity.
                         pass.set_pipeline(&extrapolate);
                         for (b, groups) in sweep_groups.iter().enumerate() {
                             pass.set_bind_group(0, &groups[1 - parity], &[]);
                             pass.dispatch_workgroups_indirect(
-                                &control,
-                                CONTROL_HEADER_BYTES + 12 * (sweep_groups.len() + b) as u64,
+                                &checks.control,
+                                checks.extrapolate_args(b),
                             );
                         }
                     }
                 }
-            }
-            let check_bytes = (batch.len() * n * 16) as u64;
-            let staging = self.pool.get(
-                &device,
-                "softvi.check_staging",
-                (MAX_CHECKS_PER_SUBMIT * n * 16) as u64 + CONTROL_HEADER_BYTES,
-                U::MAP_READ | U::COPY_DST,
-            );
-            encoder.copy_buffer_to_buffer(&control, 0, &staging, 0, CONTROL_HEADER_BYTES);
-            encoder.copy_buffer_to_buffer(&checks, 0, &staging, CONTROL_HEADER_BYTES, check_bytes);
-            self.queue.submit([encoder.finish()]);
-            let bytes = self.map_read(&staging, CONTROL_HEADER_BYTES + check_bytes)?;
-            let header: &[u32] = bytemuck::cast_slice(&bytes[..CONTROL_HEADER_BYTES as usize]);
-            let converged_check = header[1];
-            let stats: &[[f32; 4]] = bytemuck::cast_slice(&bytes[CONTROL_HEADER_BYTES as usize..]);
-            for (j, &len) in batch.iter().enumerate() {
-                sweeps += len;
-                last = stats[j * n..(j + 1) * n]
-                    .iter()
-                    .map(|s| SweepStats {
-                        max_abs_delta: s[0] as f64,
-                        min_delta: s[1] as f64,
-                        max_abs_value: s[2] as f64,
-                        active: s[3] > 0.0,
-                    })
-                    .collect();
-                if converged_check == j as u32 {
-                    verdict = Verdict::Converged;
-                    break;
-                }
-                // The GPU decided convergence on the same figures; the monitor adds divergence.
-                if let Verdict::Diverged(t) = monitor.observe(&last) {
-                    verdict = Verdict::Diverged(t);
-                    break;
-                }
-            }
-            progress(&Progress::after(options, sweeps, &last));
-        }
+            },
+            progress,
+        )?;
+        let (sweeps, verdict) = (run.sweeps, run.verdict);
 
         let v_final = &values[(sweeps % 2) as usize];
-        let values_out: Vec<f32> =
-            bytemuck::cast_slice(&self.read_buffer(v_final, 0, v_bytes)?).to_vec();
+        let values_out = self.core.read_f32(v_final, 0, v_bytes)?;
         let policy = if options.policy && !matches!(verdict, Verdict::Diverged(_)) {
             // Finite horizon: pi_0 comes from V_1, the values the last sweep read.
             let from = match options.horizon {
@@ -1054,12 +730,9 @@ impl GridEngine {
                 // The policy window starts at the reward window's first cell.
                 let origin = 4 * layout.windows[3].origin;
                 let out_bytes = (layout.end_cell - origin) * n_actions as u64 * 4;
-                let out = self.pool.get(
-                    &device,
-                    "softvi.policy",
-                    out_bytes,
-                    U::STORAGE | U::COPY_SRC,
-                );
+                let out = self
+                    .core
+                    .buffer("softvi.policy", out_bytes, U::STORAGE | U::COPY_SRC);
                 let group = self.grid_bind_group(
                     (&params_buf, slot),
                     &layout.windows,
@@ -1069,22 +742,17 @@ impl GridEngine {
                     &values[from],
                     &values[1 - from],
                     (&out, 0, out_bytes),
-                    &partials,
-                    &extrapolation,
+                    &checks.partials,
+                    &checks.extrapolation,
                 );
-                let mut encoder = self.device.create_command_encoder(&Default::default());
-                {
-                    let mut pass = encoder.begin_compute_pass(&Default::default());
-                    pass.set_pipeline(&pipeline);
-                    pass.set_bind_group(0, &group, &[]);
-                    let [x, y, z] = layout.dispatch;
-                    pass.dispatch_workgroups(x, y, z);
-                }
-                self.queue.submit([encoder.finish()]);
+                let mut encoder = self.core.device.create_command_encoder(&Default::default());
+                self.core
+                    .dispatch(&mut encoder, &pipeline, &group, layout.dispatch);
+                self.core.queue.submit([encoder.finish()]);
                 let skip = (layout.first_cell - origin) * n_actions as u64 * 4;
-                let bytes = self.read_buffer(&out, skip, out_bytes - skip)?;
+                let part = self.core.read_f32(&out, skip, out_bytes - skip)?;
                 let dst = layout.first_cell as usize * n_actions;
-                policy[dst..dst + bytes.len() / 4].copy_from_slice(bytemuck::cast_slice(&bytes));
+                policy[dst..dst + part.len()].copy_from_slice(&part);
             }
             Some(policy)
         } else {
@@ -1094,53 +762,8 @@ impl GridEngine {
             values: values_out,
             policy,
             iterations: sweeps,
-            last,
+            last: run.last,
             verdict,
         })
-    }
-
-    /// Copies `size` bytes of `src` from `offset` to the host through a pooled staging buffer.
-    fn read_buffer(&mut self, src: &wgpu::Buffer, offset: u64, size: u64) -> Result<Vec<u8>> {
-        let mut out = Vec::with_capacity(size as usize);
-        let staging_size = size.min(STAGING_BYTES).next_multiple_of(4);
-        let staging = self.pool.get(
-            &self.device,
-            "softvi.staging",
-            staging_size,
-            wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
-        );
-        let mut done = 0;
-        while done < size {
-            let part = (size - done).min(staging_size);
-            let mut encoder = self.device.create_command_encoder(&Default::default());
-            encoder.copy_buffer_to_buffer(src, offset + done, &staging, 0, part);
-            self.queue.submit([encoder.finish()]);
-            out.extend_from_slice(&self.map_read(&staging, part)?);
-            done += part;
-        }
-        Ok(out)
-    }
-
-    /// Maps the first `size` bytes of a MAP_READ buffer after all submitted work and copies
-    /// them out.
-    fn map_read(&self, staging: &wgpu::Buffer, size: u64) -> Result<Vec<u8>> {
-        let slice = staging.slice(..size);
-        let (sender, receiver) = std::sync::mpsc::channel();
-        slice.map_async(wgpu::MapMode::Read, move |r| {
-            let _ = sender.send(r);
-        });
-        self.device
-            .poll(wgpu::PollType::wait_indefinitely())
-            .map_err(|e| anyhow!("waiting for the GPU failed: {e}"))?;
-        receiver
-            .recv()
-            .context("GPU readback was dropped")?
-            .map_err(|e| anyhow!("mapping a readback buffer failed: {e}"))?;
-        let bytes = slice
-            .get_mapped_range()
-            .map_err(|e| anyhow!("reading a mapped buffer failed: {e:?}"))?
-            .to_vec();
-        staging.unmap();
-        Ok(bytes)
     }
 }

@@ -1,9 +1,14 @@
-//! The wgpu path: adapter selection and the gridworld engine.
+//! The wgpu path: adapter selection, the shared iteration driver, and the gridworld and
+//! general-MDP engines.
 
 pub mod context;
+pub mod core;
 pub mod grid_engine;
+pub mod mdp_engine;
 pub mod sharded;
 
 pub use context::GpuContext;
-pub use grid_engine::{EngineOptions, GridEngine};
+pub use core::EngineOptions;
+pub use grid_engine::GridEngine;
+pub use mdp_engine::MdpEngine;
 pub use sharded::solve_sharded;

@@ -1,0 +1,237 @@
+// Soft Bellman backups over a batch of tasks that share the sparse dynamics of a general
+// tabular MDP. CPU twin: src/reference.rs (`mdp_backup`, `mdp_policy`, `mdp_action_values`,
+// `grid_extrapolate`, `soft_max`).
+//
+// Transitions are CSR over rows s * A + a: `indptr[row] .. indptr[row + 1]` index `successors`
+// and `probs`. One invocation backs up one state of one task: it walks the state's A rows
+// and folds each Q(s, a) into a running log-sum-exp, so any number of actions fits.
+//
+// Dispatch: 64 invocations per workgroup over the band's states (x + y * dispatch_x
+// workgroups), z = task within the band. A band is a window of whole tasks, or of states of one
+// task, chosen so that every binding stays under the adapter's storage-binding limit; the
+// *_origin fields locate each window in its full array.
+
+const WORKGROUP_SIZE: u32 = 64u;
+// Two Q values closer than this (relative to max(1, |max Q|)) tie for the hard-max policy.
+const TIE_RELATIVE: f32 = 1e-5;
+const HUGE: f32 = 3.0e38;
+
+// Optimistic (log-expectation) backup instead of the expected one.
+override OPTIMISTIC: bool = false;
+// alpha = 0: V = max_a Q and a one-hot policy.
+override HARD_MAX: bool = false;
+// Whether this sweep writes per-workgroup residual statistics into `partials`.
+override WRITE_RESIDUAL: bool = false;
+
+// Keep in sync with `gpu::mdp_engine::MdpParams` (sizes compared in tests/shader_layout.rs).
+struct MdpParams {
+    states: u32,
+    actions: u32,
+    // First task ([task] index within the chunk) and first state of this band.
+    task_base: u32,
+    state_base: u32,
+    state_count: u32,
+    // Workgroups along x of this band's dispatch.
+    dispatch_x: u32,
+    // `partials` slot of this band's first workgroup within a task, and slots per task.
+    group_base: u32,
+    groups_per_task: u32,
+    fixed_words_per_task: u32,
+    // Where each binding's window starts in its full array, in that array's elements.
+    indptr_origin: u32, // indptr [row]
+    entry_origin: u32,  // successors, probs [entry]
+    row_origin: u32,    // reward, mdp_policy's out [task][state][action]
+    fixed_origin: u32,  // fixed_bits [task][word]
+    v_in_origin: u32,   // v_in [task][state]
+    out_origin: u32,    // v_out, mdp_extrapolate's out [task][state]
+    gamma: f32,
+    alpha_ln2: f32,        // alpha * ln(2)
+    log2e_over_alpha: f32, // log2(e) / alpha
+    _pad0: u32,
+    _pad1: u32,
+}
+
+@group(0) @binding(0) var<uniform> params: MdpParams;
+@group(0) @binding(1) var<storage, read> indptr: array<u32>;          // [row]
+@group(0) @binding(2) var<storage, read> successors: array<u32>;      // [entry]
+@group(0) @binding(3) var<storage, read> probs: array<f32>;           // [entry]
+@group(0) @binding(4) var<storage, read> reward: array<f32>;          // [task][state][action]
+@group(0) @binding(5) var<storage, read> fixed_bits: array<u32>;      // [task][state / 32]
+@group(0) @binding(6) var<storage, read> v_in: array<f32>;            // [task][state]
+@group(0) @binding(7) var<storage, read_write> v_out: array<f32>;     // [task][state]
+@group(0) @binding(8) var<storage, read_write> partials: array<vec4<f32>>; // [task][group]
+// mdp_policy: pi [task][state][action]; mdp_extrapolate: the backup of V [task][state].
+@group(0) @binding(9) var<storage, read_write> out: array<f32>;
+@group(0) @binding(10) var<storage, read> extrapolation: array<f32>;  // [task]
+
+var<workgroup> scratch: array<vec4<f32>, WORKGROUP_SIZE>;
+
+// One state of one task of the band.
+struct Item {
+    valid: bool,
+    task: u32,
+    state: u32,
+    fixed: bool,
+}
+
+fn locate(wid: vec3<u32>, lid: u32) -> Item {
+    var item: Item;
+    let index = (wid.y * params.dispatch_x + wid.x) * WORKGROUP_SIZE + lid;
+    item.valid = index < params.state_count;
+    if !item.valid {
+        return item;
+    }
+    item.task = params.task_base + wid.z;
+    item.state = params.state_base + index;
+    let word = item.task * params.fixed_words_per_task + (item.state >> 5u) - params.fixed_origin;
+    item.fixed = ((fixed_bits[word] >> (item.state & 31u)) & 1u) != 0u;
+    return item;
+}
+
+// Q(s, a) from the next values: r + gamma * E[V'] (expected), or
+// r + gamma * max V' + alpha * log E[exp(gamma (V' - max V') / alpha)] (optimistic).
+fn action_value(item: Item, a: u32) -> f32 {
+    let row = item.state * params.actions + a;
+    let first = indptr[row - params.indptr_origin] - params.entry_origin;
+    let end = indptr[row + 1u - params.indptr_origin] - params.entry_origin;
+    let base = item.task * params.states - params.v_in_origin;
+    let r = reward[(item.task * params.states + item.state) * params.actions + a - params.row_origin];
+    if OPTIMISTIC {
+        var top = -HUGE;
+        for (var k = first; k < end; k++) {
+            top = max(top, v_in[base + successors[k]]);
+        }
+        if top <= -HUGE {
+            // Every successor is excluded (value -inf).
+            return v_in[base + successors[first]];
+        }
+        let scale = params.gamma * params.log2e_over_alpha;
+        var mass = 0.0;
+        for (var k = first; k < end; k++) {
+            mass += probs[k] * exp2((v_in[base + successors[k]] - top) * scale);
+        }
+        return r + params.gamma * top + params.alpha_ln2 * log2(mass);
+    }
+    var expected = 0.0;
+    for (var k = first; k < end; k++) {
+        expected += probs[k] * v_in[base + successors[k]];
+    }
+    return r + params.gamma * expected;
+}
+
+// Running soft max: (largest Q so far, sum of exp((Q - largest) / alpha)); starts at the first
+// action's (Q, 1), so that a state whose every Q is -inf gets -inf.
+fn fold(acc: vec2<f32>, q: f32) -> vec2<f32> {
+    if HARD_MAX {
+        return vec2<f32>(max(acc.x, q), 1.0);
+    }
+    if q > acc.x {
+        return vec2<f32>(q, acc.y * exp2((acc.x - q) * params.log2e_over_alpha) + 1.0);
+    }
+    return vec2<f32>(acc.x, acc.y + exp2((q - acc.x) * params.log2e_over_alpha));
+}
+
+// V = alpha * log sum_a exp(Q / alpha) from the fold, or max_a Q when alpha = 0.
+fn finish(acc: vec2<f32>) -> f32 {
+    if HARD_MAX || acc.x < -HUGE {
+        return acc.x;
+    }
+    return acc.x + params.alpha_ln2 * log2(acc.y);
+}
+
+@compute @workgroup_size(WORKGROUP_SIZE, 1, 1)
+fn mdp_backup(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    // (max |dV|, min dV, max |V|, any active state)
+    var stats = vec4<f32>(0.0, HUGE, 0.0, 0.0);
+    let item = locate(wid, lid);
+    if item.valid && !item.fixed {
+        var acc = vec2<f32>(action_value(item, 0u), 1.0);
+        for (var a = 1u; a < params.actions; a++) {
+            acc = fold(acc, action_value(item, a));
+        }
+        let updated = finish(acc);
+        let old = v_in[item.task * params.states + item.state - params.v_in_origin];
+        v_out[item.task * params.states + item.state - params.out_origin] = updated;
+        // A state whose every action may step into an excluded one stays at -inf for good.
+        if updated > -HUGE {
+            let delta = updated - old;
+            stats = vec4<f32>(abs(delta), delta, abs(updated), 1.0);
+        }
+    }
+    if WRITE_RESIDUAL {
+        scratch[lid] = stats;
+        workgroupBarrier();
+        for (var stride = WORKGROUP_SIZE / 2u; stride > 0u; stride /= 2u) {
+            if lid < stride {
+                let a = scratch[lid];
+                let b = scratch[lid + stride];
+                scratch[lid] = vec4<f32>(max(a.x, b.x), min(a.y, b.y), max(a.z, b.z), max(a.w, b.w));
+            }
+            workgroupBarrier();
+        }
+        let group = wid.y * params.dispatch_x + wid.x;
+        if lid == 0u && group * WORKGROUP_SIZE < params.state_count {
+            let task = params.task_base + wid.z;
+            partials[task * params.groups_per_task + params.group_base + group] = scratch[0];
+        }
+    }
+}
+
+// V <- V + factor * (V - V_prev) on non-fixed states, V in v_out and V_prev in v_in, with the
+// task's factor from `convergence_decide`; V is first saved in `out` (the backup). A negative
+// factor restores V from the backup instead. Same dispatch as mdp_backup. The occupancy's
+// discounted sum runs it too (over the occupancy, with no fixed state).
+@compute @workgroup_size(WORKGROUP_SIZE, 1, 1)
+fn mdp_extrapolate(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let item = locate(wid, lid);
+    if !item.valid || item.fixed {
+        return;
+    }
+    let factor = extrapolation[item.task];
+    if factor == 0.0 {
+        return;
+    }
+    let here = item.task * params.states + item.state;
+    let slot = here - params.out_origin;
+    if factor < 0.0 {
+        v_out[slot] = out[slot];
+        return;
+    }
+    let current = v_out[slot];
+    out[slot] = current;
+    v_out[slot] = current + factor * (current - v_in[here - params.v_in_origin]);
+}
+
+// pi(a|s) = exp((Q(s,a) - V(s)) / alpha) from the next values in v_in, written to `out`; for
+// alpha = 0, one-hot on the first maximising action. Q is staged in `out` between the passes.
+// Same dispatch as mdp_backup; fixed states are left alone (the host writes NaN there).
+@compute @workgroup_size(WORKGROUP_SIZE, 1, 1)
+fn mdp_policy(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let item = locate(wid, lid);
+    if !item.valid || item.fixed {
+        return;
+    }
+    let base = (item.task * params.states + item.state) * params.actions - params.row_origin;
+    var acc = vec2<f32>(action_value(item, 0u), 1.0);
+    out[base] = acc.x;
+    for (var a = 1u; a < params.actions; a++) {
+        let q = action_value(item, a);
+        out[base + a] = q;
+        acc = fold(acc, q);
+    }
+    if HARD_MAX {
+        let top = acc.x;
+        let tie = top - TIE_RELATIVE * max(1.0, abs(top));
+        var chosen = false;
+        for (var a = 0u; a < params.actions; a++) {
+            let pick = !chosen && out[base + a] >= tie;
+            chosen = chosen || pick;
+            out[base + a] = select(0.0, 1.0, pick);
+        }
+    } else {
+        let v = finish(acc);
+        for (var a = 0u; a < params.actions; a++) {
+            out[base + a] = exp2((out[base + a] - v) * params.log2e_over_alpha);
+        }
+    }
+}

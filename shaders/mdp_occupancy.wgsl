@@ -1,0 +1,105 @@
+// Forward messages of a general tabular MDP: the state occupancy under a policy, pulled over
+// the transitions into each state (WGSL has no float atomics, so no scatter).
+// CPU twin: src/reference.rs `mdp_occupancy`.
+//
+// d_out(s') = base(s') + gamma * sum over (s, a) -> s' of d_in(s) pi(a|s) P(s'|s,a), where
+// states that stop (terminal, or excluded with gamma = 1) pass nothing on; base is the start
+// distribution for the discounted occupancy's fixed point and absent for one finite-horizon step.
+// `incoming` row s' lists the CSR rows s * A + a that may step into s' (ascending) and
+// `incoming_probs` their probabilities.
+//
+// Dispatch as mdp_backup.wgsl: 64 invocations per workgroup over the band's states, z = task.
+
+const WORKGROUP_SIZE: u32 = 64u;
+const HUGE: f32 = 3.0e38;
+
+// Whether d_out adds the start distribution (the discounted sum's iteration).
+override ADD_START: bool = false;
+// Whether this sweep writes per-workgroup residual statistics into `partials`.
+override WRITE_RESIDUAL: bool = false;
+
+// Keep in sync with `gpu::mdp_engine::OccupancyParams` (sizes compared in tests/shader_layout.rs).
+struct OccupancyParams {
+    states: u32,
+    actions: u32,
+    task_base: u32,
+    state_base: u32,
+    state_count: u32,
+    dispatch_x: u32,
+    group_base: u32,
+    groups_per_task: u32,
+    fixed_words_per_task: u32,
+    // Where each binding's window starts in its full array, in that array's elements.
+    indptr_origin: u32, // incoming_indptr [state]
+    entry_origin: u32,  // incoming, incoming_probs [entry]
+    policy_origin: u32, // policy [task][state][action]
+    d_in_origin: u32,   // d_in [task][state]
+    out_origin: u32,    // d_out, start [task][state]
+    gamma: f32,
+    _pad0: u32,
+}
+
+@group(0) @binding(0) var<uniform> params: OccupancyParams;
+@group(0) @binding(1) var<storage, read> incoming_indptr: array<u32>;  // [state]
+@group(0) @binding(2) var<storage, read> incoming: array<u32>;         // [entry] = s * A + a
+@group(0) @binding(3) var<storage, read> incoming_probs: array<f32>;   // [entry]
+@group(0) @binding(4) var<storage, read> policy: array<f32>;           // [task][state][action]
+@group(0) @binding(5) var<storage, read> fixed_bits: array<u32>;       // [task][state / 32]
+@group(0) @binding(6) var<storage, read> d_in: array<f32>;             // [task][state]
+@group(0) @binding(7) var<storage, read_write> d_out: array<f32>;      // [task][state]
+@group(0) @binding(8) var<storage, read_write> partials: array<vec4<f32>>; // [task][group]
+@group(0) @binding(9) var<storage, read> start: array<f32>;            // [task][state]
+
+var<workgroup> scratch: array<vec4<f32>, WORKGROUP_SIZE>;
+
+fn stops(task: u32, s: u32) -> bool {
+    return ((fixed_bits[task * params.fixed_words_per_task + (s >> 5u)] >> (s & 31u)) & 1u) != 0u;
+}
+
+@compute @workgroup_size(WORKGROUP_SIZE, 1, 1)
+fn mdp_occupancy(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    // (max |dD|, min dD, max |D|, any state)
+    var stats = vec4<f32>(0.0, HUGE, 0.0, 0.0);
+    let index = (wid.y * params.dispatch_x + wid.x) * WORKGROUP_SIZE + lid;
+    if index < params.state_count {
+        let task = params.task_base + wid.z;
+        let target_state = params.state_base + index;
+        let first = incoming_indptr[target_state - params.indptr_origin] - params.entry_origin;
+        let end = incoming_indptr[target_state + 1u - params.indptr_origin] - params.entry_origin;
+        let d_base = task * params.states - params.d_in_origin;
+        var inflow = 0.0;
+        for (var k = first; k < end; k++) {
+            let row = incoming[k];
+            let s = row / params.actions;
+            if !stops(task, s) {
+                let pi = policy[task * params.states * params.actions + row - params.policy_origin];
+                inflow += d_in[d_base + s] * pi * incoming_probs[k];
+            }
+        }
+        let here = task * params.states + target_state;
+        var updated = params.gamma * inflow;
+        if ADD_START {
+            updated += start[here - params.out_origin];
+        }
+        d_out[here - params.out_origin] = updated;
+        let delta = updated - d_in[here - params.d_in_origin];
+        stats = vec4<f32>(abs(delta), delta, abs(updated), 1.0);
+    }
+    if WRITE_RESIDUAL {
+        scratch[lid] = stats;
+        workgroupBarrier();
+        for (var stride = WORKGROUP_SIZE / 2u; stride > 0u; stride /= 2u) {
+            if lid < stride {
+                let a = scratch[lid];
+                let b = scratch[lid + stride];
+                scratch[lid] = vec4<f32>(max(a.x, b.x), min(a.y, b.y), max(a.z, b.z), max(a.w, b.w));
+            }
+            workgroupBarrier();
+        }
+        let group = wid.y * params.dispatch_x + wid.x;
+        if lid == 0u && group * WORKGROUP_SIZE < params.state_count {
+            let task = params.task_base + wid.z;
+            partials[task * params.groups_per_task + params.group_base + group] = scratch[0];
+        }
+    }
+}

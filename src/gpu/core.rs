@@ -1,0 +1,599 @@
+//! What every GPU solver shares: the device, a pool of reusable buffers, readback, and the
+//! iteration driver that records many sweeps per submission and checks convergence on the GPU
+//! with `shaders/residual_reduce.wgsl`.
+
+use std::collections::HashMap;
+
+use anyhow::{Context, Result, anyhow, ensure};
+use bytemuck::{Pod, Zeroable};
+
+use super::context::GpuContext;
+use crate::problem::{Horizon, SolveOptions};
+use crate::reference::SweepStats;
+use crate::solve::{ConvergenceMonitor, Progress, Verdict, check_windows, sweep_budget};
+
+/// WGSL source of the convergence reduction.
+pub const RESIDUAL_REDUCE_WGSL: &str = include_str!("../../shaders/residual_reduce.wgsl");
+
+/// Invocations of one `residual_reduce` workgroup. Same as `REDUCE_SIZE` in the shader.
+pub const REDUCE_SIZE: u32 = 256;
+/// `Control::converged_check` before convergence. Same as `NOT_CONVERGED` in the shader.
+pub const NOT_CONVERGED: u32 = u32::MAX;
+/// Bytes of `Control` before its `dispatch_args` array.
+pub const CONTROL_HEADER_BYTES: u64 = 16;
+
+/// Most convergence checks recorded into one submission (submissions grow 1, 2, 4, ...).
+const MAX_CHECKS_PER_SUBMIT: usize = 64;
+/// Largest staging buffer used for readback (bytes).
+const STAGING_BYTES: u64 = 64 << 20;
+/// Elements a binding window may start before its first used element (storage offsets are
+/// aligned to at most 256 bytes).
+pub(crate) const WINDOW_SLACK: u64 = 64;
+
+/// Uniform of the convergence reduction. Keep in sync with `ReduceParams` in
+/// `shaders/residual_reduce.wgsl` (size checked by tests/shader_layout.rs).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, Pod, Zeroable)]
+pub struct ReduceParams {
+    pub task_count: u32,
+    pub groups_per_task: u32,
+    pub band_count: u32,
+    pub tol: f32,
+    pub extrapolate: u32,
+    pub gamma: f32,
+    pub _pad1: u32,
+    pub _pad2: u32,
+}
+
+/// Size limits the engines plan with; `None` takes the adapter's. Tests lower them to
+/// exercise banding and chunking on small problems.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct EngineOptions {
+    /// Largest storage binding (bytes).
+    pub max_binding_bytes: Option<u64>,
+    /// Largest buffer (bytes).
+    pub max_buffer_bytes: Option<u64>,
+}
+
+/// A bound range of an array: where it starts (element index) and its bytes.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Window {
+    pub origin: u64,
+    pub offset: u64,
+    pub size: u64,
+}
+
+/// The window over elements `[start, end)` of an array of `len` elements of `bytes` bytes, its
+/// offset aligned down to `align` bytes (a multiple of `bytes`).
+pub(crate) fn window(start: u64, end: u64, len: u64, bytes: u64, align: u64) -> Window {
+    let offset = start * bytes / align * align;
+    Window {
+        origin: offset / bytes,
+        offset,
+        size: end.min(len) * bytes - offset,
+    }
+}
+
+/// Binds `size` bytes of `buffer` from `offset`.
+pub(crate) fn bind(buffer: &wgpu::Buffer, offset: u64, size: u64) -> wgpu::BindingResource<'_> {
+    wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+        buffer,
+        offset,
+        size: wgpu::BufferSize::new(size),
+    })
+}
+
+/// Bind group entries numbered in order: binding i = `resources[i]`.
+pub(crate) fn entries<'a>(
+    resources: impl IntoIterator<Item = wgpu::BindingResource<'a>>,
+) -> Vec<wgpu::BindGroupEntry<'a>> {
+    resources
+        .into_iter()
+        .enumerate()
+        .map(|(i, resource)| wgpu::BindGroupEntry {
+            binding: i as u32,
+            resource,
+        })
+        .collect()
+}
+
+/// Layout entries numbered in order, all visible to compute.
+pub(crate) fn layout_entries(kinds: &[wgpu::BufferBindingType]) -> Vec<wgpu::BindGroupLayoutEntry> {
+    kinds
+        .iter()
+        .enumerate()
+        .map(|(binding, &ty)| wgpu::BindGroupLayoutEntry {
+            binding: binding as u32,
+            visibility: wgpu::ShaderStages::COMPUTE,
+            ty: wgpu::BindingType::Buffer {
+                ty,
+                has_dynamic_offset: false,
+                min_binding_size: None,
+            },
+            count: None,
+        })
+        .collect()
+}
+
+/// A storage binding type.
+pub(crate) fn storage(read_only: bool) -> wgpu::BufferBindingType {
+    wgpu::BufferBindingType::Storage { read_only }
+}
+
+/// Reusable buffers by role; a buffer is replaced only when a solve needs a larger one.
+#[derive(Default)]
+pub(crate) struct BufferPool {
+    buffers: HashMap<&'static str, wgpu::Buffer>,
+}
+
+impl BufferPool {
+    pub fn get(
+        &mut self,
+        device: &wgpu::Device,
+        label: &'static str,
+        size: u64,
+        usage: wgpu::BufferUsages,
+    ) -> wgpu::Buffer {
+        let size = size.max(16).next_multiple_of(16);
+        if let Some(buffer) = self.buffers.get(label)
+            && buffer.size() >= size
+            && buffer.usage() == usage
+        {
+            return buffer.clone();
+        }
+        self.buffers.remove(label);
+        let buffer = device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some(label),
+            size,
+            usage,
+            mapped_at_creation: false,
+        });
+        self.buffers.insert(label, buffer.clone());
+        buffer
+    }
+}
+
+/// One recording step of [`GpuCore::iterate`].
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Step {
+    /// A sweep (the `index`-th of the solve) from the values in buffer `parity` into the
+    /// other; `checked` sweeps write residual partials.
+    Sweep {
+        index: u32,
+        parity: usize,
+        checked: bool,
+    },
+    /// The extrapolation after a check: V is in buffer `parity`, V_prev in the other.
+    Extrapolate { parity: usize },
+}
+
+/// The buffers of the convergence check of one iteration, sized for its tasks and bands.
+pub(crate) struct Checks {
+    /// Per-workgroup residual statistics, `[task][group]` vec4.
+    pub partials: wgpu::Buffer,
+    /// Indirect dispatch arguments after a 16-byte header: `[band][xyz]` sweeps, then
+    /// `[band][xyz]` extrapolations.
+    pub control: wgpu::Buffer,
+    /// Extrapolation factor per task.
+    pub extrapolation: wgpu::Buffer,
+    checks: wgpu::Buffer,
+    group: wgpu::BindGroup,
+    tasks: usize,
+    bands: usize,
+}
+
+impl Checks {
+    /// Byte offset of band `b`'s sweep dispatch arguments in `control`.
+    pub fn sweep_args(&self, band: usize) -> u64 {
+        CONTROL_HEADER_BYTES + 12 * band as u64
+    }
+
+    /// Byte offset of band `b`'s extrapolation dispatch arguments in `control`.
+    pub fn extrapolate_args(&self, band: usize) -> u64 {
+        CONTROL_HEADER_BYTES + 12 * (self.bands + band) as u64
+    }
+}
+
+/// Where an iteration stopped.
+pub(crate) struct Iteration {
+    /// Sweeps applied.
+    pub sweeps: u32,
+    /// Statistics of the last check, per task.
+    pub last: Vec<SweepStats>,
+    /// Why it stopped.
+    pub verdict: Verdict,
+}
+
+/// A device with its buffer pool and the convergence-check pipelines.
+pub(crate) struct GpuCore {
+    pub device: wgpu::Device,
+    pub queue: wgpu::Queue,
+    pub adapter_label: String,
+    pub pool: BufferPool,
+    pub max_binding: u64,
+    pub max_buffer: u64,
+    pub storage_align: u64,
+    pub uniform_align: u64,
+    reduce_layout: wgpu::BindGroupLayout,
+    reduce_pipeline: wgpu::ComputePipeline,
+    decide_pipeline: wgpu::ComputePipeline,
+}
+
+impl GpuCore {
+    pub fn new(ctx: &GpuContext, options: EngineOptions) -> Self {
+        let device = ctx.device.clone();
+        let limits = device.limits();
+        let reduce_layout = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
+            label: Some("softvi.residual_reduce"),
+            entries: &layout_entries(&[
+                wgpu::BufferBindingType::Uniform, // params
+                storage(true),                    // partials
+                storage(false),                   // checks
+                storage(false),                   // control
+                storage(false),                   // history
+                storage(false),                   // extrapolation
+            ]),
+        });
+        let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
+            label: Some("softvi.residual_reduce"),
+            source: wgpu::ShaderSource::Wgsl(RESIDUAL_REDUCE_WGSL.into()),
+        });
+        let layout = device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
+            label: Some("softvi.residual_reduce"),
+            bind_group_layouts: &[Some(&reduce_layout)],
+            immediate_size: 0,
+        });
+        let stage = |entry: &str| {
+            device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+                label: Some(&format!("softvi.{entry}")),
+                layout: Some(&layout),
+                module: &module,
+                entry_point: Some(entry),
+                compilation_options: Default::default(),
+                cache: None,
+            })
+        };
+        Self {
+            queue: ctx.queue.clone(),
+            adapter_label: ctx.adapter_label(),
+            pool: BufferPool::default(),
+            max_binding: options
+                .max_binding_bytes
+                .unwrap_or(u64::MAX)
+                .min(limits.max_storage_buffer_binding_size),
+            max_buffer: options
+                .max_buffer_bytes
+                .unwrap_or(u64::MAX)
+                .min(limits.max_buffer_size),
+            storage_align: limits.min_storage_buffer_offset_alignment as u64,
+            uniform_align: limits.min_uniform_buffer_offset_alignment as u64,
+            reduce_pipeline: stage("residual_reduce"),
+            decide_pipeline: stage("convergence_decide"),
+            reduce_layout,
+            device,
+        }
+    }
+
+    /// A bind group layout over `kinds` (binding i = `kinds[i]`) and its pipeline layout.
+    pub fn layouts(
+        &self,
+        label: &str,
+        kinds: &[wgpu::BufferBindingType],
+    ) -> (wgpu::BindGroupLayout, wgpu::PipelineLayout) {
+        let group = self
+            .device
+            .create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
+                label: Some(label),
+                entries: &layout_entries(kinds),
+            });
+        let pipeline = self
+            .device
+            .create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
+                label: Some(label),
+                bind_group_layouts: &[Some(&group)],
+                immediate_size: 0,
+            });
+        (group, pipeline)
+    }
+
+    /// A buffer from the pool.
+    pub fn buffer(
+        &mut self,
+        label: &'static str,
+        size: u64,
+        usage: wgpu::BufferUsages,
+    ) -> wgpu::Buffer {
+        self.pool.get(&self.device, label, size, usage)
+    }
+
+    /// A bind group of `layout` over `resources` in binding order.
+    pub fn bind_group<'a>(
+        &self,
+        label: &str,
+        layout: &wgpu::BindGroupLayout,
+        resources: impl IntoIterator<Item = wgpu::BindingResource<'a>>,
+    ) -> wgpu::BindGroup {
+        self.device.create_bind_group(&wgpu::BindGroupDescriptor {
+            label: Some(label),
+            layout,
+            entries: &entries(resources),
+        })
+    }
+
+    /// Fails with the limit and the size when an array of `bytes` bytes cannot be bound.
+    pub fn ensure_bindable(&self, what: &str, bytes: u64) -> Result<()> {
+        ensure!(
+            bytes <= self.max_binding,
+            "{what} needs {bytes} bytes in one storage binding, over the adapter's \
+             max_storage_buffer_binding_size of {} bytes",
+            self.max_binding
+        );
+        Ok(())
+    }
+
+    /// Fails with the limit and the size when a buffer of `bytes` bytes cannot be made.
+    pub fn ensure_buffer(&self, what: &str, bytes: u64) -> Result<()> {
+        ensure!(
+            bytes <= self.max_buffer,
+            "{what} needs a buffer of {bytes} bytes, over the adapter's max_buffer_size of {} \
+             bytes",
+            self.max_buffer
+        );
+        Ok(())
+    }
+
+    /// The check buffers of an iteration over `tasks` tasks whose sweeps run as `dispatch`
+    /// (workgroups per band) with `groups_per_task` partials per task; the extrapolation
+    /// dispatches reuse the sweep's.
+    pub fn checks(
+        &mut self,
+        tasks: usize,
+        groups_per_task: u32,
+        dispatch: &[[u32; 3]],
+        options: &SolveOptions,
+    ) -> Result<Checks> {
+        use wgpu::BufferUsages as U;
+        let partial_bytes = tasks as u64 * groups_per_task as u64 * 16;
+        self.ensure_bindable("residual partials", partial_bytes)?;
+        let partials = self.buffer("softvi.partials", partial_bytes, U::STORAGE);
+        let checks = self.buffer(
+            "softvi.checks",
+            (MAX_CHECKS_PER_SUBMIT * tasks * 16) as u64,
+            U::STORAGE | U::COPY_SRC,
+        );
+        let control = self.buffer(
+            "softvi.control",
+            CONTROL_HEADER_BYTES + 24 * dispatch.len() as u64,
+            U::STORAGE | U::INDIRECT | U::COPY_DST | U::COPY_SRC,
+        );
+        let history = self.buffer(
+            "softvi.history",
+            tasks as u64 * 32,
+            U::STORAGE | U::COPY_DST,
+        );
+        let extrapolation = self.buffer("softvi.extrapolation", tasks as u64 * 4, U::STORAGE);
+        let reduce_params = self.buffer(
+            "softvi.reduce_params",
+            size_of::<ReduceParams>() as u64,
+            U::UNIFORM | U::COPY_DST,
+        );
+        let tol = match options.horizon {
+            Horizon::Infinite { tol, .. } => tol as f32,
+            Horizon::Finite(_) => -1.0,
+        };
+        let params = ReduceParams {
+            task_count: tasks as u32,
+            groups_per_task,
+            band_count: dispatch.len() as u32,
+            tol,
+            extrapolate: options.uses_extrapolation() as u32,
+            gamma: options.gamma as f32,
+            ..Default::default()
+        };
+        self.queue
+            .write_buffer(&reduce_params, 0, bytemuck::bytes_of(&params));
+        let mut control_init = vec![0u32, NOT_CONVERGED, 0, 0];
+        control_init.extend(dispatch.iter().flatten());
+        // Extrapolation dispatches start disabled; convergence_decide enables them.
+        control_init.extend(std::iter::repeat_n(0u32, 3 * dispatch.len()));
+        self.queue
+            .write_buffer(&control, 0, bytemuck::cast_slice(&control_init));
+        let mut encoder = self.device.create_command_encoder(&Default::default());
+        encoder.clear_buffer(&history, 0, None);
+        self.queue.submit([encoder.finish()]);
+        let group = self.bind_group(
+            "softvi.residual_reduce",
+            &self.reduce_layout,
+            [
+                reduce_params.as_entire_binding(),
+                partials.as_entire_binding(),
+                checks.as_entire_binding(),
+                control.as_entire_binding(),
+                history.as_entire_binding(),
+                extrapolation.as_entire_binding(),
+            ],
+        );
+        Ok(Checks {
+            partials,
+            control,
+            extrapolation,
+            checks,
+            group,
+            tasks,
+            bands: dispatch.len(),
+        })
+    }
+
+    /// Runs sweeps on the check schedule of `options` (the CPU reference's): `record` adds
+    /// each sweep and each extrapolation to the encoder; after every check window the GPU
+    /// reduces the residual and decides convergence and extrapolation. A converged check
+    /// zeroes the indirect arguments, so that the rest of the submission's sweeps do nothing.
+    pub fn iterate(
+        &mut self,
+        checks: &Checks,
+        options: &SolveOptions,
+        record: &mut dyn FnMut(&mut wgpu::CommandEncoder, Step),
+        progress: &mut dyn FnMut(&Progress),
+    ) -> Result<Iteration> {
+        use wgpu::BufferUsages as U;
+        let n = checks.tasks;
+        let windows = check_windows(sweep_budget(&options.horizon));
+        let mut monitor = ConvergenceMonitor::new(options, n);
+        let mut verdict = Verdict::Continue;
+        let mut last = vec![SweepStats::default(); n];
+        let (mut next_window, mut sweeps, mut per_submit) = (0usize, 0u32, 1usize);
+        let staging = self.buffer(
+            "softvi.check_staging",
+            (MAX_CHECKS_PER_SUBMIT * n * 16) as u64 + CONTROL_HEADER_BYTES,
+            U::MAP_READ | U::COPY_DST,
+        );
+        while next_window < windows.len() && verdict == Verdict::Continue {
+            let batch = &windows[next_window..(next_window + per_submit).min(windows.len())];
+            next_window += batch.len();
+            per_submit = (per_submit * 2).min(MAX_CHECKS_PER_SUBMIT);
+            self.queue
+                .write_buffer(&checks.control, 0, bytemuck::bytes_of(&0u32));
+            let mut encoder = self.device.create_command_encoder(&Default::default());
+            let mut index = sweeps;
+            for &len in batch {
+                for i in 0..len {
+                    let parity = (index % 2) as usize;
+                    let checked = i + 1 == len;
+                    record(
+                        &mut encoder,
+                        Step::Sweep {
+                            index,
+                            parity,
+                            checked,
+                        },
+                    );
+                    index += 1;
+                }
+                {
+                    let mut pass = encoder.begin_compute_pass(&Default::default());
+                    pass.set_bind_group(0, &checks.group, &[]);
+                    pass.set_pipeline(&self.reduce_pipeline);
+                    pass.dispatch_workgroups(n as u32, 1, 1);
+                    pass.set_pipeline(&self.decide_pipeline);
+                    pass.dispatch_workgroups(1, 1, 1);
+                }
+                if options.uses_extrapolation() {
+                    record(
+                        &mut encoder,
+                        Step::Extrapolate {
+                            parity: (index % 2) as usize,
+                        },
+                    );
+                }
+            }
+            let check_bytes = (batch.len() * n * 16) as u64;
+            encoder.copy_buffer_to_buffer(&checks.control, 0, &staging, 0, CONTROL_HEADER_BYTES);
+            encoder.copy_buffer_to_buffer(
+                &checks.checks,
+                0,
+                &staging,
+                CONTROL_HEADER_BYTES,
+                check_bytes,
+            );
+            self.queue.submit([encoder.finish()]);
+            let bytes = self.map_read(&staging, CONTROL_HEADER_BYTES + check_bytes)?;
+            let header: &[u32] = bytemuck::cast_slice(&bytes[..CONTROL_HEADER_BYTES as usize]);
+            let converged_check = header[1];
+            let stats: &[[f32; 4]] = bytemuck::cast_slice(&bytes[CONTROL_HEADER_BYTES as usize..]);
+            for (j, &len) in batch.iter().enumerate() {
+                sweeps += len;
+                last = stats[j * n..(j + 1) * n]
+                    .iter()
+                    .map(|s| SweepStats {
+                        max_abs_delta: s[0] as f64,
+                        min_delta: s[1] as f64,
+                        max_abs_value: s[2] as f64,
+                        active: s[3] > 0.0,
+                    })
+                    .collect();
+                if converged_check == j as u32 {
+                    verdict = Verdict::Converged;
+                    break;
+                }
+                // The GPU decided convergence on the same figures; the monitor adds divergence.
+                if let Verdict::Diverged(t) = monitor.observe(&last) {
+                    verdict = Verdict::Diverged(t);
+                    break;
+                }
+            }
+            progress(&Progress::after(options, sweeps, &last));
+        }
+        Ok(Iteration {
+            sweeps,
+            last,
+            verdict,
+        })
+    }
+
+    /// Copies `size` bytes of `src` from `offset` to the host through a pooled staging buffer.
+    pub fn read_buffer(&mut self, src: &wgpu::Buffer, offset: u64, size: u64) -> Result<Vec<u8>> {
+        let mut out = Vec::with_capacity(size as usize);
+        let staging_size = size.min(STAGING_BYTES).next_multiple_of(4);
+        let staging = self.buffer(
+            "softvi.staging",
+            staging_size,
+            wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+        );
+        let mut done = 0;
+        while done < size {
+            let part = (size - done).min(staging_size);
+            let mut encoder = self.device.create_command_encoder(&Default::default());
+            encoder.copy_buffer_to_buffer(src, offset + done, &staging, 0, part);
+            self.queue.submit([encoder.finish()]);
+            out.extend_from_slice(&self.map_read(&staging, part)?);
+            done += part;
+        }
+        Ok(out)
+    }
+
+    /// [`GpuCore::read_buffer`] as f32s.
+    pub fn read_f32(&mut self, src: &wgpu::Buffer, offset: u64, size: u64) -> Result<Vec<f32>> {
+        Ok(bytemuck::cast_slice(&self.read_buffer(src, offset, size)?).to_vec())
+    }
+
+    /// Maps the first `size` bytes of a MAP_READ buffer after all submitted work and copies
+    /// them out.
+    pub fn map_read(&self, staging: &wgpu::Buffer, size: u64) -> Result<Vec<u8>> {
+        let slice = staging.slice(..size);
+        let (sender, receiver) = std::sync::mpsc::channel();
+        slice.map_async(wgpu::MapMode::Read, move |r| {
+            let _ = sender.send(r);
+        });
+        self.device
+            .poll(wgpu::PollType::wait_indefinitely())
+            .map_err(|e| anyhow!("waiting for the GPU failed: {e}"))?;
+        receiver
+            .recv()
+            .context("GPU readback was dropped")?
+            .map_err(|e| anyhow!("mapping a readback buffer failed: {e}"))?;
+        let bytes = slice
+            .get_mapped_range()
+            .map_err(|e| anyhow!("reading a mapped buffer failed: {e:?}"))?
+            .to_vec();
+        staging.unmap();
+        Ok(bytes)
+    }
+
+    /// Submits one dispatch of `pipeline` with `group` as its own pass.
+    pub fn dispatch(
+        &self,
+        encoder: &mut wgpu::CommandEncoder,
+        pipeline: &wgpu::ComputePipeline,
+        group: &wgpu::BindGroup,
+        workgroups: [u32; 3],
+    ) {
+        if workgroups.contains(&0) {
+            return;
+        }
+        let mut pass = encoder.begin_compute_pass(&Default::default());
+        pass.set_pipeline(pipeline);
+        pass.set_bind_group(0, group, &[]);
+        let [x, y, z] = workgroups;
+        pass.dispatch_workgroups(x, y, z);
+    }
+}
