@@ -41,6 +41,7 @@ pub mod bench;
 pub mod cli;
 pub mod gpu;
 pub mod grid;
+pub mod grid_mdp;
 pub mod layout;
 pub mod mdp;
 pub mod npy;
