@@ -40,7 +40,9 @@ pub enum Command {
     #[command(
         after_help = "Examples:\n  softvi solve --maze 127x127 --goal 1,1 --goal 125,125 --alpha 0.1 --out out\n  \
 softvi solve --map den312d.map --goals goals.txt --alpha 0.1 --gamma 1 --backend cpu --out out\n  \
-softvi solve --mdp mdp.npz --backend cpu --horizon 50 --out out"
+softvi solve --mdp mdp.npz --horizon 50 --all-steps --occupancy --out out
+  \
+softvi solve --maze 63x63 --goal 1,1 --alpha 0.1 --occupancy --start 61,61 --out out"
     )]
     Solve(SolveArgs),
     /// Draw a solve's output folder as a PNG: value, policy, entropy or occupancy heatmaps,
@@ -102,7 +104,7 @@ pub struct WorldArgs {
     )]
     pub map: Option<PathBuf>,
     /// General tabular MDP as a NumPy .npz (P or indptr/indices/data, R, optional terminal,
-    /// terminal_value, initial); outputs are [B,S] and [B,S,A]. CPU reference for now.
+    /// terminal_value, initial); outputs are [B,S] and [B,S,A].
     #[arg(long, value_name = "FILE.npz", conflicts_with_all = ["map", "maze", "goal", "goals", "reward"])]
     pub mdp: Option<PathBuf>,
     /// Built-in generated maze of W x H cells (free cells at odd X and Y).
@@ -180,6 +182,18 @@ pub struct SolveArgs {
     /// Skip policy.npy (for huge worlds).
     #[arg(long)]
     pub no_policy: bool,
+    /// With --horizon T: keep every step, values.npy [B,T+1,...] (V_0..V_T) and policy.npy
+    /// [B,T,...,A] (pi_0..pi_{T-1}).
+    #[arg(long, requires = "horizon")]
+    pub all_steps: bool,
+    /// Also write occupancy.npy, the state occupancy under the soft-optimal policy: D_0..D_T
+    /// [B,T+1,...] with --horizon T, else the discounted sum_t gamma^t D_t [B,...] (to --tol).
+    #[arg(long)]
+    pub occupancy: bool,
+    /// Start cell X,Y of the occupancy (repeatable, equal weights; default: uniform over the
+    /// free non-goal cells). Grid worlds only; an --mdp file carries `initial`.
+    #[arg(long = "start", value_name = "X,Y", conflicts_with = "mdp")]
+    pub start: Vec<String>,
     /// Also draw task 0's value heatmap to this PNG (as `softvi render --from DIR`).
     #[arg(long, value_name = "FILE.png")]
     pub png: Option<PathBuf>,
@@ -224,6 +238,10 @@ pub struct RenderArgs {
     /// Seed of the sampled trajectories.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// Time step to draw from a solve with --all-steps (values V_t, policy pi_t, occupancy
+    /// D_t); default: step 0, and for the occupancy the sum over the steps (expected visits).
+    #[arg(long, value_name = "T")]
+    pub step: Option<usize>,
 }
 
 #[derive(Args, Debug)]
@@ -566,23 +584,32 @@ fn run_backend_with(
     }
 }
 
-/// `softvi solve --mdp FILE.npz`: a general MDP on the CPU reference; `values.npy` `[B,S]`,
-/// `policy.npy` `[B,S,A]`, `summary.json`.
+/// `softvi solve --mdp FILE.npz`: a general MDP; `values.npy` `[B,S]` (`[B,T+1,S]` with
+/// every step), `policy.npy` `[B,S,A]` (`[B,T,S,A]`), `occupancy.npy`, `summary.json`.
 fn mdp_solve_command(args: &SolveArgs, path: &Path) -> Result<i32> {
     let start = Instant::now();
-    ensure!(
-        args.iteration.backend == BackendArg::Cpu,
-        "--mdp runs on the CPU reference for now: add --backend cpu (the GPU kernel for general \
-         MDPs is not built yet)"
-    );
     let mdp = crate::mdp::TabularMdp::load_npz(path)?;
     let options = args.iteration.options(!args.no_policy)?;
-    let solution = crate::solve::solve_mdp_cpu(&mdp, &options, Default::default())?.solution;
+    ensure!(
+        args.png.is_none(),
+        "--png draws grid worlds only, not --mdp"
+    );
+    let outputs = crate::problem::MdpOutputs {
+        all_steps: args.all_steps,
+        occupancy: args.occupancy,
+    };
+    let (solved, adapter) = run_mdp_backend(&args.iteration, &mdp, &options, outputs, args.quiet)?;
+    let solution = &solved.solution;
     let seconds = start.elapsed().as_secs_f64();
     let (b, s, a) = (mdp.tasks, mdp.states, mdp.actions);
+    let backend = match args.iteration.backend {
+        BackendArg::Gpu => "gpu",
+        BackendArg::Cpu => "cpu",
+    };
+    let steps = solved.steps.is_some();
     let mut summary = json!({
-        "backend": "cpu",
-        "adapter": {"name": "cpu reference (f64)", "backend": "cpu"},
+        "backend": backend,
+        "adapter": adapter,
         "mdp": {
             "path": std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf()),
             "states": s,
@@ -590,13 +617,26 @@ fn mdp_solve_command(args: &SolveArgs, path: &Path) -> Result<i32> {
             "nonzeros": mdp.nonzeros(),
         },
         "layout": {
-            "values": "float32 [task][state]; -inf where no terminal is reachable (gamma = 1)",
-            "policy": "float32 [task][state][action]; NaN on terminal and such states",
+            "values": if steps { "float32 [task][t][state], t = 0..T; -inf where no terminal is reachable (gamma = 1)" }
+                else { "float32 [task][state]; -inf where no terminal is reachable (gamma = 1)" },
+            "policy": if steps { "float32 [task][t][state][action], t = 0..T-1; NaN on terminal and such states" }
+                else { "float32 [task][state][action]; NaN on terminal and such states" },
+            "occupancy": match options.horizon {
+                Horizon::Finite(_) => "float32 [task][t][state], D_0..D_T",
+                Horizon::Infinite { .. } => "float32 [task][state], sum_t gamma^t D_t",
+            },
         },
     });
-    add_run_json(&mut summary, &options, &solution, seconds);
+    add_run_json(&mut summary, &options, solution, seconds);
+    add_mdp_json(&mut summary, &solved);
     let summary_text = serde_json::to_string_pretty(&summary)? + "\n";
-    write_solve_folder(&args.out, &summary_text, &solution, &[b, s])?;
+    let arrays = solve_arrays(
+        solution,
+        solved.steps.as_ref(),
+        solved.occupancy.as_ref(),
+        &[s],
+    );
+    write_solve_folder(&args.out, &summary_text, solution.diverged(), &arrays)?;
     if args.json {
         print!("{summary_text}");
     } else {
@@ -613,11 +653,28 @@ fn mdp_solve_command(args: &SolveArgs, path: &Path) -> Result<i32> {
             options.gamma
         );
         println!(
-            "result   {} after {} sweeps; wrote {} in {seconds:.3} s",
+            "backend  {} ({})",
+            summary["adapter"]["name"].as_str().unwrap_or("?"),
+            summary["adapter"]["backend"].as_str().unwrap_or("?")
+        );
+        println!(
+            "result   {} after {} sweeps in {:.3} s",
             statuses.join("/"),
             solution.iterations.iter().max().unwrap_or(&0),
-            args.out.display()
+            solution.seconds
         );
+        if let Some(d) = &solved.occupancy {
+            println!(
+                "forward  occupancy {} after {} iterations",
+                d.status
+                    .iter()
+                    .map(|s| s.name())
+                    .collect::<Vec<_>>()
+                    .join("/"),
+                d.iterations
+            );
+        }
+        println!("wrote    {} in {seconds:.3} s", args.out.display());
     }
     if solution.diverged() {
         eprintln!("error: the solve diverged: values grow without bound; no values were written");
@@ -758,32 +815,213 @@ fn add_run_json(
     }
 }
 
-/// Writes a solve's folder: `summary.json`, and unless it diverged `values.npy` of shape
-/// `value_shape` and `policy.npy` of that shape plus the action axis.
+/// One `.npy` of a solve's folder: name, shape, data.
+type NpyArray<'a> = (&'static str, Vec<usize>, &'a [f32]);
+
+/// Writes a solve's folder: `summary.json`, and unless the solve diverged the `arrays`;
+/// outputs of an earlier run that this one does not write are removed.
 fn write_solve_folder(
     out: &Path,
     summary_text: &str,
-    solution: &Solution,
-    value_shape: &[usize],
+    diverged: bool,
+    arrays: &[NpyArray],
 ) -> Result<()> {
     let mut files = vec![OutputFile {
         name: "summary.json",
         bytes: summary_text.as_bytes().to_vec(),
     }];
-    if !solution.diverged() {
-        files.push(OutputFile {
-            name: "values.npy",
-            bytes: npy::encode_f32(value_shape, &solution.values),
-        });
-        if let Some(policy) = &solution.policy {
-            let shape = [value_shape, &[solution.action_count]].concat();
+    if !diverged {
+        for (name, shape, data) in arrays {
             files.push(OutputFile {
-                name: "policy.npy",
-                bytes: npy::encode_f32(&shape, policy),
+                name,
+                bytes: npy::encode_f32(shape, data),
             });
         }
     }
-    write_folder(out, &files, &["summary.json", "values.npy", "policy.npy"])
+    write_folder(
+        out,
+        &files,
+        &["summary.json", "values.npy", "policy.npy", "occupancy.npy"],
+    )
+}
+
+/// The arrays of a solve's folder: `values.npy` and `policy.npy` of shape `[B, *state_shape]`
+/// (`[B, T+1, ...]` / `[B, T, ...]` with every step) and `occupancy.npy`.
+fn solve_arrays<'a>(
+    solution: &'a Solution,
+    steps: Option<&'a crate::solve::TimeSteps>,
+    occupancy: Option<&'a crate::solve::Occupancy>,
+    state_shape: &[usize],
+) -> Vec<NpyArray<'a>> {
+    let tasks = solution.iterations.len();
+    let with = |lead: &[usize], tail: &[usize]| [&[tasks], lead, state_shape, tail].concat();
+    let a = [solution.action_count];
+    let mut arrays = Vec::new();
+    match steps {
+        Some(steps) => {
+            let t = steps.values.len() / solution.values.len().max(1);
+            arrays.push(("values.npy", with(&[t], &[]), &steps.values[..]));
+            if let Some(p) = &steps.policy {
+                arrays.push(("policy.npy", with(&[t - 1], &a), &p[..]));
+            }
+        }
+        None => {
+            arrays.push(("values.npy", with(&[], &[]), &solution.values[..]));
+            if let Some(p) = &solution.policy {
+                arrays.push(("policy.npy", with(&[], &a), &p[..]));
+            }
+        }
+    }
+    if let Some(d) = occupancy {
+        let lead: &[usize] = if d.steps > 1 { &[d.steps] } else { &[] };
+        arrays.push(("occupancy.npy", with(lead, &[]), &d.values[..]));
+    }
+    arrays
+}
+
+/// Adds the time-step and occupancy facts of an MDP solve to `summary`.
+fn add_mdp_json(summary: &mut serde_json::Value, solution: &crate::solve::MdpSolution) {
+    summary["all_steps"] = json!(solution.steps.is_some());
+    if let Some(d) = &solution.occupancy {
+        summary["occupancy"] = json!({
+            "steps": d.steps,
+            "iterations": d.iterations,
+            "residual": d.residual,
+            "status": d.status.iter().map(|s| s.name()).collect::<Vec<_>>(),
+        });
+    }
+}
+
+/// Runs a general-MDP solve on the chosen backend; returns it with the adapter description.
+fn run_mdp_backend(
+    iteration: &IterationArgs,
+    mdp: &crate::mdp::TabularMdp,
+    options: &SolveOptions,
+    outputs: crate::problem::MdpOutputs,
+    quiet: bool,
+) -> Result<(crate::solve::MdpSolution, serde_json::Value)> {
+    ensure!(
+        iteration.adapters == "1",
+        "--adapters {} shards plain grid solves only; this solve runs on one adapter",
+        iteration.adapters
+    );
+    match iteration.backend {
+        BackendArg::Cpu => Ok((
+            crate::solve::solve_mdp_cpu(mdp, options, outputs)?,
+            json!({"name": "cpu reference (f64)", "backend": "cpu"}),
+        )),
+        BackendArg::Gpu => {
+            let ctx = GpuContext::from_env()?;
+            let adapter = adapter_json(&ctx);
+            let mut engine = crate::gpu::MdpEngine::new(&ctx)?;
+            let mut line = ProgressLine::new(quiet);
+            let result = engine.solve_with_progress(mdp, options, outputs, &mut |p| line.update(p));
+            line.finish();
+            Ok((result?, adapter))
+        }
+    }
+}
+
+/// `softvi solve` on a grid with --all-steps, --occupancy or --start: the grid as a tabular
+/// MDP over its free cells, outputs laid out over the map.
+fn grid_mdp_solve_command(args: &SolveArgs, world: &World, start: Instant) -> Result<i32> {
+    ensure!(
+        args.occupancy || args.start.is_empty(),
+        "--start sets where the occupancy starts: add --occupancy"
+    );
+    let p = &world.problem;
+    let starts = args
+        .start
+        .iter()
+        .map(|text| {
+            let (x, y) = parse_pair(text, ',', "--start")?;
+            ensure!(
+                x < p.grid.width && y < p.grid.height,
+                "--start X={x},Y={y} is off the {}x{} map",
+                p.grid.width,
+                p.grid.height
+            );
+            Ok(y * p.grid.width + x)
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let grid_mdp = crate::grid_mdp::GridMdp::new(p, (!starts.is_empty()).then_some(&starts[..]))?;
+    let options = args.iteration.options(!args.no_policy)?;
+    let outputs = crate::problem::MdpOutputs {
+        all_steps: args.all_steps,
+        occupancy: args.occupancy,
+    };
+    let (mut solved, adapter) = run_mdp_backend(
+        &args.iteration,
+        &grid_mdp.mdp,
+        &options,
+        outputs,
+        args.quiet,
+    )?;
+    // Onto the map: NaN on blocked cells.
+    let n = p.actions.count();
+    let solution = &mut solved.solution;
+    solution.height = p.grid.height;
+    solution.width = p.grid.width;
+    solution.values = grid_mdp.to_cells(&solution.values, 1);
+    solution.policy = solution.policy.as_ref().map(|x| grid_mdp.to_cells(x, n));
+    if let Some(steps) = &mut solved.steps {
+        steps.values = grid_mdp.to_cells(&steps.values, 1);
+        steps.policy = steps.policy.as_ref().map(|x| grid_mdp.to_cells(x, n));
+    }
+    if let Some(d) = &mut solved.occupancy {
+        d.values = grid_mdp.to_cells(&d.values, 1);
+    }
+    let seconds = start.elapsed().as_secs_f64();
+    let backend = args.iteration.backend;
+    let mut summary = summary_json(
+        world,
+        &options,
+        backend,
+        &adapter,
+        &solved.solution,
+        seconds,
+    );
+    add_mdp_json(&mut summary, &solved);
+    summary["starts"] = json!(
+        starts
+            .iter()
+            .map(|c| [c % p.grid.width, c / p.grid.width])
+            .collect::<Vec<_>>()
+    );
+    if solved.steps.is_some() {
+        summary["layout"]["values"] = json!("float32 [task][t][row][col], t = 0..T; NaN blocked");
+        summary["layout"]["policy"] =
+            json!("float32 [task][t][row][col][action], t = 0..T-1; NaN blocked, terminal");
+    }
+    if let Some(d) = &solved.occupancy {
+        summary["layout"]["occupancy"] = json!(if d.steps > 1 {
+            "float32 [task][t][row][col], D_0..D_T; NaN blocked"
+        } else {
+            "float32 [task][row][col], sum_t gamma^t D_t; NaN blocked"
+        });
+    }
+    let summary_text = serde_json::to_string_pretty(&summary)? + "\n";
+    let arrays = solve_arrays(
+        &solved.solution,
+        solved.steps.as_ref(),
+        solved.occupancy.as_ref(),
+        &[p.grid.height, p.grid.width],
+    );
+    write_solve_folder(
+        &args.out,
+        &summary_text,
+        solved.solution.diverged(),
+        &arrays,
+    )?;
+    finish_solve(
+        args,
+        world,
+        &options,
+        &adapter,
+        &solved.solution,
+        seconds,
+        &summary_text,
+    )
 }
 
 /// `softvi solve`. Returns the process exit code.
@@ -793,6 +1031,9 @@ pub fn solve_command(args: &SolveArgs) -> Result<i32> {
     }
     let start = Instant::now();
     let world = args.world.build()?;
+    if args.all_steps || args.occupancy || !args.start.is_empty() {
+        return grid_mdp_solve_command(args, &world, start);
+    }
     let options = args.iteration.options(!args.no_policy)?;
     let (solution, adapter) = run_backend(
         args.iteration.backend,
@@ -812,12 +1053,30 @@ pub fn solve_command(args: &SolveArgs) -> Result<i32> {
     );
     let summary_text = serde_json::to_string_pretty(&summary)? + "\n";
     let p = &world.problem;
-    write_solve_folder(
-        &args.out,
-        &summary_text,
+    let arrays = solve_arrays(&solution, None, None, &[p.grid.height, p.grid.width]);
+    write_solve_folder(&args.out, &summary_text, solution.diverged(), &arrays)?;
+    finish_solve(
+        args,
+        &world,
+        &options,
+        &adapter,
         &solution,
-        &[p.task_count(), p.grid.height, p.grid.width],
-    )?;
+        seconds,
+        &summary_text,
+    )
+}
+
+/// The end of a grid solve: the --png picture, the summary on stdout, the exit code.
+fn finish_solve(
+    args: &SolveArgs,
+    world: &World,
+    options: &SolveOptions,
+    adapter: &serde_json::Value,
+    solution: &Solution,
+    seconds: f64,
+    summary_text: &str,
+) -> Result<i32> {
+    let p = &world.problem;
     if let (Some(png), false) = (&args.png, solution.diverged()) {
         let cells = p.grid.cells();
         let view = crate::render::TaskView {
@@ -835,7 +1094,7 @@ pub fn solve_command(args: &SolveArgs) -> Result<i32> {
     if args.json {
         print!("{summary_text}");
     } else {
-        print_summary(&world, &options, &adapter, &solution, seconds, &args.out);
+        print_summary(world, options, adapter, solution, seconds, &args.out);
     }
     if solution.diverged() {
         eprintln!(
@@ -984,35 +1243,58 @@ pub fn render_command(args: &RenderArgs) -> Result<i32> {
                 .collect()
         });
     let (h, w, cells) = (grid.height, grid.width, grid.cells());
-    let read_task = |name: &str, per_cell: usize| -> Result<Option<Vec<f32>>> {
+    // One task of `[B, H, W(, per_cell)]`, or of `[B, K, H, W(, per_cell)]` (every time step):
+    // step --step, or with `sum_steps` and no --step the sum over the steps.
+    let read_task = |name: &str, per_cell: usize, sum_steps: bool| -> Result<Option<Vec<f32>>> {
         let path = dir.join(name);
         if !path.exists() {
             return Ok(None);
         }
         let array = npy::read_float(&path)?;
-        let mut expected = vec![tasks, h, w];
-        if per_cell > 1 {
-            expected.push(per_cell);
-        }
+        let tail: &[usize] = if per_cell > 1 {
+            &[h, w, per_cell]
+        } else {
+            &[h, w]
+        };
+        let timed = array.shape.len() == tail.len() + 2;
+        let steps = if timed { array.shape[1] } else { 1 };
+        let lead: &[usize] = if timed { &array.shape[1..2] } else { &[] };
+        let expected = [&[tasks], lead, tail].concat();
         ensure!(
             array.shape == expected,
-            "{}: shape {:?}, expected {expected:?}",
+            "{}: shape {:?}, expected [{tasks}, {}] or with a time axis after the task axis",
             path.display(),
-            array.shape
+            array.shape,
+            tail.iter()
+                .map(|x| x.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
         );
         let n = cells * per_cell;
-        Ok(Some(
-            array.data[args.task * n..(args.task + 1) * n].to_vec(),
-        ))
+        let task = &array.data[args.task * steps * n..(args.task + 1) * steps * n];
+        Ok(Some(match args.step {
+            Some(t) => {
+                ensure!(
+                    t < steps,
+                    "--step {t} is out of range: {} holds {steps} time steps",
+                    path.display()
+                );
+                task[t * n..(t + 1) * n].to_vec()
+            }
+            None if sum_steps => (0..n)
+                .map(|i| (0..steps).map(|t| task[t * n + i]).sum())
+                .collect(),
+            None => task[..n].to_vec(),
+        }))
     };
-    let values = read_task("values.npy", 1)?.with_context(|| {
+    let values = read_task("values.npy", 1, false)?.with_context(|| {
         format!(
             "{} has no values.npy (did the solve diverge?)",
             dir.display()
         )
     })?;
-    let policy = read_task("policy.npy", actions.count())?;
-    let occupancy = read_task("occupancy.npy", 1)?;
+    let policy = read_task("policy.npy", actions.count(), false)?;
+    let occupancy = read_task("occupancy.npy", 1, true)?;
     let view = TaskView {
         grid: &grid,
         actions,

@@ -412,3 +412,93 @@ fn progress_line_only_on_a_terminal() {
         "--quiet still showed progress"
     );
 }
+
+/// `--occupancy` on a grid: [B,H,W] discounted, [B,T+1,H,W] per step with `--horizon`, NaN on
+/// walls, each D_t a distribution without discount; `--start` off the map or on a wall fails.
+#[test]
+fn grid_occupancy_from_the_command_line() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("out");
+    let map = write(tmp.path(), "small.map", SMALL_MAP.as_bytes());
+    let out_s = out.to_str().unwrap();
+    let base = [
+        "solve", "--map", &map, "--goal", "4,0", "--goal", "0,2", "--out", out_s,
+    ];
+    for backend in ["cpu", "gpu"] {
+        if backend == "gpu" && !gpu_available() {
+            continue;
+        }
+        let run = |extra: &[&str]| softvi(&[&base[..], &["--backend", backend], extra].concat());
+        let o = run(&[
+            "--occupancy",
+            "--start",
+            "0,0",
+            "--start",
+            "4,3",
+            "--gamma",
+            "0.9",
+        ]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        let d = npy::read_float(&out.join("occupancy.npy")).unwrap();
+        assert_eq!(d.shape, vec![2, 4, 5]);
+        assert!(d.data[5 + 1].is_nan(), "wall at X=1,Y=1");
+        // The discounted occupancy sums to at most 1 / (1 - gamma) = 10 and at least the
+        // start mass.
+        let total: f64 = d.data[..20]
+            .iter()
+            .filter(|x| x.is_finite())
+            .map(|&x| x as f64)
+            .sum();
+        assert!((1.0..=10.0 + 1e-4).contains(&total), "{total}");
+        assert_eq!(summary(&out)["starts"], serde_json::json!([[0, 0], [4, 3]]));
+        let o = run(&[
+            "--occupancy",
+            "--horizon",
+            "6",
+            "--all-steps",
+            "--gamma",
+            "1",
+            "--slip",
+            "0.2",
+        ]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        let d = npy::read_float(&out.join("occupancy.npy")).unwrap();
+        assert_eq!(d.shape, vec![2, 7, 4, 5]);
+        assert_eq!(
+            npy::read_float(&out.join("values.npy")).unwrap().shape,
+            vec![2, 7, 4, 5]
+        );
+        assert_eq!(
+            npy::read_float(&out.join("policy.npy")).unwrap().shape,
+            vec![2, 6, 4, 5, 8]
+        );
+        // D_0 is uniform over the 13 free non-goal cells; mass stops at the goal, so each step
+        // holds what has not yet stopped plus what stopped at that step.
+        let d0: f64 = d.data[..20]
+            .iter()
+            .filter(|x| x.is_finite())
+            .map(|&x| x as f64)
+            .sum();
+        assert!((d0 - 1.0).abs() <= 1e-5, "{d0}");
+    }
+    for (start, message) in [("9,0", "off the 5x4 map"), ("1,1", "blocked")] {
+        let o = softvi(
+            &[
+                &base[..],
+                &["--backend", "cpu", "--occupancy", "--start", start],
+            ]
+            .concat(),
+        );
+        assert!(
+            !o.status.success() && stderr(&o).contains(message),
+            "{}",
+            stderr(&o)
+        );
+    }
+    let o = softvi(&[&base[..], &["--start", "0,0"]].concat());
+    assert!(
+        !o.status.success() && stderr(&o).contains("--occupancy"),
+        "{}",
+        stderr(&o)
+    );
+}

@@ -199,8 +199,9 @@ fn bad_mdps_name_the_problem() {
     assert!(format!("{:#}", TabularMdp::load_npz(&not_zip).unwrap_err()).contains("not an .npz"));
 }
 
-/// `softvi solve --mdp FILE.npz` on the CPU reference: [B,S] values, [B,S,A] policy, summary;
-/// the GPU backend says it is not built yet; a broken file names itself and writes nothing.
+/// `softvi solve --mdp FILE.npz`: [B,S] values, [B,S,A] policy, summary on the CPU reference;
+/// the same values on the GPU; every step and the occupancy with their shapes; a broken file
+/// names itself and writes nothing.
 #[test]
 fn solve_mdp_from_the_command_line() {
     let tmp = tempfile::tempdir().unwrap();
@@ -251,9 +252,43 @@ fn solve_mdp_from_the_command_line() {
         serde_json::json!(["converged", "converged"])
     );
     assert_eq!(summary["mdp"]["states"], 3);
+    if softvi::GpuContext::from_env().is_ok() || std::env::var("SOFTVI_REQUIRE_GPU").is_ok() {
+        let o = run(&["--gamma", "1", "--alpha", "0.5"]);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let gpu = softvi::npy::read_float(&out.join("values.npy")).unwrap();
+        assert_eq!(gpu.shape, values.shape);
+        for (g, c) in gpu.data.iter().zip(&values.data) {
+            // Both converged to tol 1e-4 at gamma = 1 on a 3-state chain.
+            assert!((g - c).abs() <= 1e-3, "GPU {g} vs CPU {c}");
+        }
+    }
+    for backend in ["cpu", "gpu"] {
+        let o = run(&[
+            "--backend",
+            backend,
+            "--horizon",
+            "4",
+            "--all-steps",
+            "--occupancy",
+            "--gamma",
+            "1",
+        ]);
+        if backend == "gpu" && softvi::GpuContext::from_env().is_err() {
+            continue;
+        }
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let shape = |name: &str| softvi::npy::read_float(&out.join(name)).unwrap().shape;
+        assert_eq!(shape("values.npy"), vec![2, 5, 3]);
+        assert_eq!(shape("policy.npy"), vec![2, 4, 3, 2]);
+        assert_eq!(shape("occupancy.npy"), vec![2, 5, 3]);
+        let o = run(&["--backend", backend, "--occupancy"]);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        assert_eq!(shape("values.npy"), vec![2, 3]);
+        assert_eq!(shape("occupancy.npy"), vec![2, 3]);
+    }
     std::fs::remove_dir_all(&out).unwrap();
-    let o = run(&[]);
-    assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("--backend cpu"));
+    let o = run(&["--all-steps"]);
+    assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("--horizon"));
     assert!(!out.exists());
     std::fs::write(&path, b"broken").unwrap();
     let o = run(&["--backend", "cpu"]);
