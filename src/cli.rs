@@ -55,6 +55,16 @@ runs from the lowest (left) to the highest (right) value over free non-goal cell
 printed under it and on stdout. Maps over 2048 cells on a side are downsampled."
     )]
     Render(RenderArgs),
+    /// Draw trajectories from the soft-optimal policy of each task: states.npy int32
+    /// [B,N,T+1], actions.npy int32 [B,N,T] (-1 after termination).
+    #[command(
+        after_help = "Examples:\n  softvi sample --maze 63x63 --goal 1,1 --alpha 0.1 --start 61,61 --episodes 1000 --steps 400 --out samples\n  \
+softvi sample --mdp mdp.npz --horizon 50 --episodes 100 --seed 7 --out samples\n\n\
+Grid states are cells row * W + col. An episode stops at a terminal (goal) state, which is \
+recorded; later states and actions are -1. Each (task, episode) draws from its own stream of \
+--seed, so a seed reproduces its samples on a given backend."
+    )]
+    Sample(SampleArgs),
     /// Solve the distinct goals of a MovingAI scenario file as one batch and compare the soft
     /// value at each start with the published optimal length.
     #[command(
@@ -111,8 +121,8 @@ pub struct WorldArgs {
     #[arg(long, value_name = "WxH")]
     pub maze: Option<String>,
     /// Seed of the generated maze.
-    #[arg(long, default_value_t = 0, requires = "maze")]
-    pub seed: u64,
+    #[arg(long, default_value_t = 0, requires = "maze", value_name = "N")]
+    pub maze_seed: u64,
     /// Goal cell X,Y (X = column, Y = row); each goal is one task. Repeatable.
     #[arg(long = "goal", value_name = "X,Y", num_args = 1.., conflicts_with = "goals",
           required_unless_present_any = ["goals", "mdp"])]
@@ -245,6 +255,36 @@ pub struct RenderArgs {
 }
 
 #[derive(Args, Debug)]
+pub struct SampleArgs {
+    #[command(flatten)]
+    pub world: WorldArgs,
+    #[command(flatten)]
+    pub iteration: IterationArgs,
+    /// Episodes per task N.
+    #[arg(long, default_value_t = 100, value_name = "N")]
+    pub episodes: usize,
+    /// Steps per episode T (default: --horizon, else 100); at most --horizon.
+    #[arg(long, value_name = "T")]
+    pub steps: Option<usize>,
+    /// Seed of the draws.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Start cell X,Y (repeatable, equal weights; default: uniform over the free non-goal
+    /// cells). Grid worlds only; an --mdp file carries `initial`.
+    #[arg(long = "start", value_name = "X,Y", conflicts_with = "mdp")]
+    pub start: Vec<String>,
+    /// Output folder: states.npy, actions.npy, summary.json.
+    #[arg(long, value_name = "DIR")]
+    pub out: PathBuf,
+    /// Print summary.json's content instead of the human summary.
+    #[arg(long)]
+    pub json: bool,
+    /// No progress line on stderr.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+#[derive(Args, Debug)]
 pub struct ScenArgs {
     /// MovingAI .map file.
     #[arg(long, value_name = "FILE.map")]
@@ -357,10 +397,10 @@ impl WorldArgs {
             (None, Some(size)) => {
                 let (w, h) =
                     parse_pair(size, 'x', "--maze").context("--maze expects WxH, e.g. 255x255")?;
-                let map = json!({"kind": "maze", "width": w, "height": h, "seed": self.seed});
+                let map = json!({"kind": "maze", "width": w, "height": h, "seed": self.maze_seed});
                 (
-                    Grid::generate_maze(w, h, self.seed)?,
-                    format!("maze {w}x{h} seed {}", self.seed),
+                    Grid::generate_maze(w, h, self.maze_seed)?,
+                    format!("maze {w}x{h} seed {}", self.maze_seed),
                     map,
                 )
             }
@@ -922,29 +962,218 @@ fn run_mdp_backend(
     }
 }
 
+/// A world of the command line as a tabular MDP: an `--mdp` file, or a grid batch through
+/// [`crate::grid_mdp::GridMdp`].
+pub struct MdpWorld {
+    /// The MDP.
+    pub mdp: crate::mdp::TabularMdp,
+    /// The grid world and its cell/state maps, for a grid.
+    pub grid: Option<(World, crate::grid_mdp::GridMdp)>,
+    /// Start cells given with --start (`row * W + col`).
+    pub starts: Vec<usize>,
+    /// Where the world came from, for summary.json.
+    pub source: serde_json::Value,
+}
+
+impl MdpWorld {
+    /// Builds the world of `args`; `start` holds the --start X,Y flags (grids only).
+    pub fn build(args: &WorldArgs, start: &[String]) -> Result<Self> {
+        if let Some(path) = &args.mdp {
+            let mdp = crate::mdp::TabularMdp::load_npz(path)?;
+            let source = json!({
+                "path": std::fs::canonicalize(path).unwrap_or_else(|_| path.clone()),
+                "states": mdp.states,
+                "actions": mdp.actions,
+                "nonzeros": mdp.nonzeros(),
+            });
+            return Ok(Self {
+                mdp,
+                grid: None,
+                starts: Vec::new(),
+                source,
+            });
+        }
+        let world = args.build()?;
+        let p = &world.problem;
+        let starts = start
+            .iter()
+            .map(|text| {
+                let (x, y) = parse_pair(text, ',', "--start")?;
+                ensure!(
+                    x < p.grid.width && y < p.grid.height,
+                    "--start X={x},Y={y} is off the {}x{} map",
+                    p.grid.width,
+                    p.grid.height
+                );
+                Ok(y * p.grid.width + x)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let grid_mdp =
+            crate::grid_mdp::GridMdp::new(p, (!starts.is_empty()).then_some(&starts[..]))?;
+        let source = json!({
+            "source": world.source,
+            "map": world.map,
+            "height": p.grid.height,
+            "width": p.grid.width,
+            "actions": p.actions.names(),
+            "slip": p.slip,
+            "goals": world.goals,
+            "starts": starts.iter().map(|c| [c % p.grid.width, c / p.grid.width]).collect::<Vec<_>>(),
+        });
+        Ok(Self {
+            mdp: grid_mdp.mdp.clone(),
+            grid: Some((world, grid_mdp)),
+            starts,
+            source,
+        })
+    }
+
+    /// The label users see for state `s`: the cell `row * W + col` on a grid, else `s`.
+    pub fn state_label(&self, s: i32) -> i32 {
+        match (&self.grid, s) {
+            (Some((_, g)), s) if s >= 0 => g.cell_of_state[s as usize] as i32,
+            _ => s,
+        }
+    }
+
+    /// The state of a user's label (inverse of [`MdpWorld::state_label`]); `None` off the
+    /// world or on a blocked cell.
+    pub fn state_of_label(&self, label: usize) -> Option<usize> {
+        match &self.grid {
+            Some((_, g)) => g
+                .state_of_cell
+                .get(label)
+                .filter(|&&s| s != crate::grid_mdp::NO_STATE)
+                .map(|&s| s as usize),
+            None => (label < self.mdp.states).then_some(label),
+        }
+    }
+
+    /// Shape of one task's per-state array: `[S]`, or `[H, W]` on a grid.
+    pub fn state_shape(&self) -> Vec<usize> {
+        match &self.grid {
+            Some((_, g)) => vec![g.height, g.width],
+            None => vec![self.mdp.states],
+        }
+    }
+}
+
+/// `softvi sample`: trajectories from each task's soft-optimal policy.
+pub fn sample_command(args: &SampleArgs) -> Result<i32> {
+    let start = Instant::now();
+    let world = MdpWorld::build(&args.world, &args.start)?;
+    let options = args.iteration.options(true)?;
+    ensure!(args.episodes >= 1, "--episodes must be at least 1");
+    let steps = match (args.steps, options.horizon) {
+        (Some(t), Horizon::Finite(h)) => {
+            ensure!(
+                t <= h as usize,
+                "--steps {t} is longer than --horizon {h}: the policy has {h} time steps"
+            );
+            t
+        }
+        (Some(t), Horizon::Infinite { .. }) => t,
+        (None, Horizon::Finite(h)) => h as usize,
+        (None, Horizon::Infinite { .. }) => 100,
+    };
+    ensure!(steps >= 1, "--steps must be at least 1");
+    let finite = matches!(options.horizon, Horizon::Finite(_));
+    let outputs = crate::problem::MdpOutputs {
+        all_steps: finite,
+        occupancy: false,
+    };
+    let (solved, adapter) =
+        run_mdp_backend(&args.iteration, &world.mdp, &options, outputs, args.quiet)?;
+    if solved.solution.diverged() {
+        eprintln!("error: the solve diverged: no policy to sample from; nothing was written");
+        return Ok(EXIT_DIVERGED);
+    }
+    let (policy, policy_steps) = match (&solved.steps, options.horizon) {
+        (Some(s), Horizon::Finite(h)) => (s.policy.as_ref().context("no policy")?, h as usize),
+        _ => (solved.solution.policy.as_ref().context("no policy")?, 1),
+    };
+    let mut samples = crate::sample::sample(
+        &world.mdp,
+        policy,
+        policy_steps,
+        args.episodes,
+        steps,
+        args.seed,
+    )?;
+    for s in &mut samples.states {
+        *s = world.state_label(*s);
+    }
+    let seconds = start.elapsed().as_secs_f64();
+    let (b, n) = (world.mdp.tasks, args.episodes);
+    let lengths: Vec<f64> = (0..b)
+        .map(|t| {
+            let rows = &samples.actions[t * n * steps..(t + 1) * n * steps];
+            rows.iter().filter(|&&a| a != crate::sample::ENDED).count() as f64 / n as f64
+        })
+        .collect();
+    let mut summary = json!({
+        "backend": match args.iteration.backend { BackendArg::Gpu => "gpu", BackendArg::Cpu => "cpu" },
+        "adapter": adapter,
+        "world": world.source,
+        "episodes": n,
+        "steps": steps,
+        "seed": args.seed,
+        "mean_episode_length": lengths,
+        "layout": {
+            "states": if world.grid.is_some() { "int32 [task][episode][t], cell row * W + col; -1 after termination" }
+                else { "int32 [task][episode][t]; -1 after termination" },
+            "actions": "int32 [task][episode][t]; -1 from the terminal state on",
+        },
+    });
+    add_run_json(&mut summary, &options, &solved.solution, seconds);
+    let summary_text = serde_json::to_string_pretty(&summary)? + "\n";
+    let files = [
+        OutputFile {
+            name: "summary.json",
+            bytes: summary_text.as_bytes().to_vec(),
+        },
+        OutputFile {
+            name: "states.npy",
+            bytes: npy::encode_i32(&[b, n, steps + 1], &samples.states),
+        },
+        OutputFile {
+            name: "actions.npy",
+            bytes: npy::encode_i32(&[b, n, steps], &samples.actions),
+        },
+    ];
+    write_folder(
+        &args.out,
+        &files,
+        &["summary.json", "states.npy", "actions.npy"],
+    )?;
+    if args.json {
+        print!("{summary_text}");
+    } else {
+        println!(
+            "sample   {b} tasks x {n} episodes x {steps} steps, seed {}, mean length {}",
+            args.seed,
+            lengths
+                .iter()
+                .map(|l| format!("{l:.1}"))
+                .collect::<Vec<_>>()
+                .join("/")
+        );
+        println!("wrote    {} in {seconds:.3} s", args.out.display());
+    }
+    Ok(0)
+}
+
 /// `softvi solve` on a grid with --all-steps, --occupancy or --start: the grid as a tabular
 /// MDP over its free cells, outputs laid out over the map.
-fn grid_mdp_solve_command(args: &SolveArgs, world: &World, start: Instant) -> Result<i32> {
+fn grid_mdp_solve_command(args: &SolveArgs, start: Instant) -> Result<i32> {
     ensure!(
         args.occupancy || args.start.is_empty(),
         "--start sets where the occupancy starts: add --occupancy"
     );
+    let mdp_world = MdpWorld::build(&args.world, &args.start)?;
+    let (world, grid_mdp) = mdp_world.grid.as_ref().expect("a grid world");
+    let starts = &mdp_world.starts;
     let p = &world.problem;
-    let starts = args
-        .start
-        .iter()
-        .map(|text| {
-            let (x, y) = parse_pair(text, ',', "--start")?;
-            ensure!(
-                x < p.grid.width && y < p.grid.height,
-                "--start X={x},Y={y} is off the {}x{} map",
-                p.grid.width,
-                p.grid.height
-            );
-            Ok(y * p.grid.width + x)
-        })
-        .collect::<Result<Vec<_>>>()?;
-    let grid_mdp = crate::grid_mdp::GridMdp::new(p, (!starts.is_empty()).then_some(&starts[..]))?;
     let options = args.iteration.options(!args.no_policy)?;
     let outputs = crate::problem::MdpOutputs {
         all_steps: args.all_steps,
@@ -1030,10 +1259,10 @@ pub fn solve_command(args: &SolveArgs) -> Result<i32> {
         return mdp_solve_command(args, path);
     }
     let start = Instant::now();
-    let world = args.world.build()?;
     if args.all_steps || args.occupancy || !args.start.is_empty() {
-        return grid_mdp_solve_command(args, &world, start);
+        return grid_mdp_solve_command(args, start);
     }
+    let world = args.world.build()?;
     let options = args.iteration.options(!args.no_policy)?;
     let (solution, adapter) = run_backend(
         args.iteration.backend,
@@ -1549,6 +1778,7 @@ pub fn run(cli: Cli) -> Result<i32> {
         Command::Solve(args) => solve_command(&args),
         Command::Scen(args) => scen_command(&args),
         Command::Render(args) => render_command(&args),
+        Command::Sample(args) => sample_command(&args),
         Command::Bench(args) => bench_command(&args),
         Command::Adapters => adapters_command(),
     }

@@ -49,6 +49,7 @@ pub mod output;
 pub mod problem;
 pub mod reference;
 pub mod render;
+pub mod sample;
 pub mod scen;
 pub mod solve;
 

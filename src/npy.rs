@@ -60,6 +60,12 @@ pub struct NpyValues {
 
 /// Encodes `data` (C order) as `.npy` bytes of dtype `dtype` (`<f4`, `<f8`, `<i4`, `<i8`,
 /// `|b1`): for writing test inputs and MDP files.
+/// An int32 `.npy` of the given shape.
+pub fn encode_i32(shape: &[usize], data: &[i32]) -> Vec<u8> {
+    let wide: Vec<f64> = data.iter().map(|&x| x as f64).collect();
+    encode("<i4", shape, &wide)
+}
+
 pub fn encode(dtype: &str, shape: &[usize], data: &[f64]) -> Vec<u8> {
     let mut out = encode_f32(shape, &vec![0.0; data.len()]);
     let header_end = out.len() - 4 * data.len();

@@ -7,63 +7,11 @@ mod common;
 
 use std::collections::HashMap;
 
-use rand::rngs::StdRng;
-use rand::{RngExt, SeedableRng};
 use softvi::mdp::TabularMdp;
-use softvi::npy::NpyValues;
 use softvi::{
     Backup, EngineOptions, Horizon, MdpEngine, MdpOutputs, MdpSolution, SolveOptions, Status,
     solve_mdp_cpu,
 };
-
-fn array(shape: Vec<usize>, data: Vec<f64>) -> NpyValues {
-    NpyValues {
-        shape,
-        data,
-        dtype: "<f8".into(),
-    }
-}
-
-/// A random sparse MDP in CSR form: S states, A actions, 1 to 5 successors per row, rewards in
-/// [-1, 0.3]; with `terminals`, state 7t + 3 is terminal for task t (value -0.2 t).
-fn random_mdp(s: usize, a: usize, b: usize, terminals: bool, seed: u64) -> TabularMdp {
-    let mut rng = StdRng::seed_from_u64(seed);
-    let (mut indptr, mut indices, mut data) = (vec![0.0], Vec::new(), Vec::new());
-    for _ in 0..s * a {
-        let k = rng.random_range(1..=5usize);
-        let mut next: Vec<usize> = (0..k).map(|_| rng.random_range(0..s)).collect();
-        next.sort_unstable();
-        next.dedup();
-        let weights: Vec<f64> = next.iter().map(|_| rng.random_range(0.05..1.0)).collect();
-        let total: f64 = weights.iter().sum();
-        for (j, w) in next.iter().zip(&weights) {
-            indices.push(*j as f64);
-            data.push(w / total);
-        }
-        indptr.push(indices.len() as f64);
-    }
-    let r: Vec<f64> = (0..b * s * a)
-        .map(|_| rng.random_range(-1.0..0.3))
-        .collect();
-    let nnz = indices.len();
-    let mut arrays = HashMap::from([
-        ("indptr".to_owned(), array(vec![s * a + 1], indptr)),
-        ("indices".to_owned(), array(vec![nnz], indices)),
-        ("data".to_owned(), array(vec![nnz], data)),
-        ("R".to_owned(), array(vec![b, s, a], r)),
-    ]);
-    if terminals {
-        let mut terminal = vec![0.0; b * s];
-        let mut value = vec![0.0; b * s];
-        for t in 0..b {
-            terminal[t * s + (7 * t + 3) % s] = 1.0;
-            value[t * s + (7 * t + 3) % s] = -0.2 * t as f64;
-        }
-        arrays.insert("terminal".into(), array(vec![b, s], terminal));
-        arrays.insert("terminal_value".into(), array(vec![b, s], value));
-    }
-    TabularMdp::from_arrays(&arrays).unwrap()
-}
 
 fn engine(options: EngineOptions) -> Option<MdpEngine> {
     common::gpu().map(|ctx| MdpEngine::with_options(ctx, options).unwrap())
@@ -188,7 +136,7 @@ fn infinite_horizon_matches_reference() {
         return;
     };
     // 301 states: not a multiple of the 64-wide workgroup.
-    let mdp = random_mdp(301, 4, 3, true, 11);
+    let mdp = common::random_mdp(301, 4, 3, true, 11);
     let outputs = MdpOutputs {
         all_steps: false,
         occupancy: true,
@@ -240,7 +188,7 @@ fn finite_horizon_every_step_matches_reference_and_dense_forward_pass() {
     };
     let horizon = 7;
     for (terminals, gamma) in [(false, 1.0), (true, 0.95)] {
-        let mdp = random_mdp(157, 3, 2, terminals, 5);
+        let mdp = common::random_mdp(157, 3, 2, terminals, 5);
         let outputs = MdpOutputs {
             all_steps: true,
             occupancy: true,
@@ -328,13 +276,13 @@ fn dead_ends_are_excluded_at_gamma_one() {
     }
     let nnz = indices.len();
     let arrays = HashMap::from([
-        ("indptr".to_owned(), array(vec![s * a + 1], indptr)),
-        ("indices".to_owned(), array(vec![nnz], indices)),
-        ("data".to_owned(), array(vec![nnz], data)),
-        ("R".to_owned(), array(vec![s], vec![-1.0; s])),
+        ("indptr".to_owned(), common::array(vec![s * a + 1], indptr)),
+        ("indices".to_owned(), common::array(vec![nnz], indices)),
+        ("data".to_owned(), common::array(vec![nnz], data)),
+        ("R".to_owned(), common::array(vec![s], vec![-1.0; s])),
         (
             "terminal".to_owned(),
-            array(vec![s], vec![0., 0., 0., 1., 0.]),
+            common::array(vec![s], vec![0., 0., 0., 1., 0.]),
         ),
     ]);
     let mdp = TabularMdp::from_arrays(&arrays).unwrap();
@@ -366,7 +314,7 @@ fn dead_ends_are_excluded_at_gamma_one() {
 
 #[test]
 fn state_bands_and_task_chunks_match_reference() {
-    let mdp = random_mdp(301, 4, 5, true, 23);
+    let mdp = common::random_mdp(301, 4, 5, true, 23);
     for (binding, buffer) in [(8192, None), (2048, None), (1 << 20, Some(16 * 1024))] {
         let Some(mut engine) = engine(EngineOptions {
             max_binding_bytes: Some(binding),

@@ -9,10 +9,13 @@ use std::sync::{Mutex, OnceLock};
 
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
+use softvi::mdp::TabularMdp;
+use softvi::npy::NpyValues;
 use softvi::{
     ActionSet, Connectivity, EngineOptions, GpuContext, Grid, GridEngine, GridProblem, GridTask,
     MoveCost, Solution,
 };
+use std::collections::HashMap;
 
 /// The GPU context shared by a test binary, or `None` (with a loud message) when no adapter
 /// exists and `SOFTVI_REQUIRE_GPU` is not `1`; with it set, a missing adapter fails the test.
@@ -220,4 +223,53 @@ pub fn octile_dijkstra(text: &str, goal: usize) -> (usize, Vec<f64>) {
         }
     }
     (w, dist)
+}
+
+pub fn array(shape: Vec<usize>, data: Vec<f64>) -> NpyValues {
+    NpyValues {
+        shape,
+        data,
+        dtype: "<f8".into(),
+    }
+}
+
+/// A random sparse MDP in CSR form: S states, A actions, 1 to 5 successors per row, rewards in
+/// [-1, 0.3]; with `terminals`, state 7t + 3 is terminal for task t (value -0.2 t).
+pub fn random_mdp(s: usize, a: usize, b: usize, terminals: bool, seed: u64) -> TabularMdp {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let (mut indptr, mut indices, mut data) = (vec![0.0], Vec::new(), Vec::new());
+    for _ in 0..s * a {
+        let k = rng.random_range(1..=5usize);
+        let mut next: Vec<usize> = (0..k).map(|_| rng.random_range(0..s)).collect();
+        next.sort_unstable();
+        next.dedup();
+        let weights: Vec<f64> = next.iter().map(|_| rng.random_range(0.05..1.0)).collect();
+        let total: f64 = weights.iter().sum();
+        for (j, w) in next.iter().zip(&weights) {
+            indices.push(*j as f64);
+            data.push(w / total);
+        }
+        indptr.push(indices.len() as f64);
+    }
+    let r: Vec<f64> = (0..b * s * a)
+        .map(|_| rng.random_range(-1.0..0.3))
+        .collect();
+    let nnz = indices.len();
+    let mut arrays = HashMap::from([
+        ("indptr".to_owned(), array(vec![s * a + 1], indptr)),
+        ("indices".to_owned(), array(vec![nnz], indices)),
+        ("data".to_owned(), array(vec![nnz], data)),
+        ("R".to_owned(), array(vec![b, s, a], r)),
+    ]);
+    if terminals {
+        let mut terminal = vec![0.0; b * s];
+        let mut value = vec![0.0; b * s];
+        for t in 0..b {
+            terminal[t * s + (7 * t + 3) % s] = 1.0;
+            value[t * s + (7 * t + 3) % s] = -0.2 * t as f64;
+        }
+        arrays.insert("terminal".into(), array(vec![b, s], terminal));
+        arrays.insert("terminal_value".into(), array(vec![b, s], value));
+    }
+    TabularMdp::from_arrays(&arrays).unwrap()
 }

@@ -1,0 +1,130 @@
+//! Trajectories drawn from a solve's soft-optimal policy: the start from the MDP's `initial`,
+//! each action from `pi_t(.|s)`, each successor from `P(.|s,a)`. Every (task, episode) has its
+//! own random stream derived from the seed, so results do not depend on threads or batch
+//! order; for one seed they are reproducible given the same policy (the GPU's f32 policy and
+//! the CPU reference's may round a draw differently).
+
+use anyhow::{Result, ensure};
+use rand::rngs::StdRng;
+use rand::{RngExt, SeedableRng};
+
+use crate::mdp::TabularMdp;
+
+/// Marks "after termination" in [`Samples`].
+pub const ENDED: i32 = -1;
+
+/// Sampled trajectories of every task.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Samples {
+    /// Tasks B.
+    pub tasks: usize,
+    /// Episodes per task N.
+    pub episodes: usize,
+    /// Steps per episode T.
+    pub steps: usize,
+    /// Visited states, `[task][episode][t]` (T + 1 per episode); [`ENDED`] after the state where
+    /// the episode stopped.
+    pub states: Vec<i32>,
+    /// Actions taken, `[task][episode][t]` (T per episode); [`ENDED`] from the stopping state
+    /// on.
+    pub actions: Vec<i32>,
+}
+
+/// The random stream of one episode: SplitMix64 of (seed, task, episode).
+fn episode_rng(seed: u64, task: usize, episode: usize) -> StdRng {
+    let mut z = seed
+        ^ (task as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)
+        ^ (episode as u64).wrapping_mul(0xD1B5_4A32_D192_ED03);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    StdRng::seed_from_u64(z ^ (z >> 31))
+}
+
+/// The index drawn from non-negative `weights` by `u` in [0, 1) (inverse CDF over their sum);
+/// `None` when they hold no mass (or a NaN).
+fn draw(weights: impl Iterator<Item = f64> + Clone, u: f64) -> Option<usize> {
+    let total: f64 = weights.clone().sum();
+    if total.is_nan() || total <= 0.0 {
+        return None;
+    }
+    let target = u * total;
+    let mut acc = 0.0;
+    let mut last = None;
+    for (i, w) in weights.enumerate() {
+        if w > 0.0 {
+            last = Some(i);
+            acc += w;
+            if target < acc {
+                return Some(i);
+            }
+        }
+    }
+    last
+}
+
+/// Draws `episodes` trajectories of `steps` steps per task of `mdp` from `policy`:
+/// `[task][t][state][action]` with `policy_steps` >= `steps` time steps (a finite-horizon
+/// solve's `pi_0..pi_{T-1}`), or `[task][state][action]` with `policy_steps` = 1 (stationary).
+/// An episode stops at a terminal state, or at a state without a policy (no terminal reachable
+/// at gamma = 1).
+pub fn sample(
+    mdp: &TabularMdp,
+    policy: &[f32],
+    policy_steps: usize,
+    episodes: usize,
+    steps: usize,
+    seed: u64,
+) -> Result<Samples> {
+    let (s_n, a_n, b_n) = (mdp.states, mdp.actions, mdp.tasks);
+    ensure!(
+        policy.len() == b_n * policy_steps * s_n * a_n,
+        "the policy holds {} numbers, not tasks x steps x states x actions = {b_n} x \
+         {policy_steps} x {s_n} x {a_n}",
+        policy.len()
+    );
+    ensure!(
+        policy_steps == 1 || policy_steps >= steps,
+        "--steps {steps} is longer than the horizon's {policy_steps} policy steps"
+    );
+    let mut states = vec![ENDED; b_n * episodes * (steps + 1)];
+    let mut actions = vec![ENDED; b_n * episodes * steps];
+    for task in 0..b_n {
+        let initial = &mdp.initial[task * s_n..(task + 1) * s_n];
+        for episode in 0..episodes {
+            let mut rng = episode_rng(seed, task, episode);
+            let row = task * episodes + episode;
+            let visited = &mut states[row * (steps + 1)..(row + 1) * (steps + 1)];
+            let taken = &mut actions[row * steps..(row + 1) * steps];
+            let u: f64 = rng.random();
+            let Some(mut s) = draw(initial.iter().map(|&x| x as f64), u) else {
+                continue;
+            };
+            visited[0] = s as i32;
+            for t in 0..steps {
+                if mdp.terminal[task * s_n + s] {
+                    break;
+                }
+                let step = if policy_steps == 1 { 0 } else { t };
+                let pi = &policy[((task * policy_steps + step) * s_n + s) * a_n..][..a_n];
+                let (u_action, u_next): (f64, f64) = (rng.random(), rng.random());
+                let Some(a) = draw(pi.iter().map(|&p| p as f64), u_action) else {
+                    break;
+                };
+                let entries =
+                    mdp.indptr[s * a_n + a] as usize..mdp.indptr[s * a_n + a + 1] as usize;
+                let next = draw(entries.clone().map(|k| mdp.probs[k] as f64), u_next)
+                    .expect("transition rows hold mass");
+                s = mdp.indices[entries.start + next] as usize;
+                taken[t] = a as i32;
+                visited[t + 1] = s as i32;
+            }
+        }
+    }
+    Ok(Samples {
+        tasks: b_n,
+        episodes,
+        steps,
+        states,
+        actions,
+    })
+}
