@@ -6,10 +6,14 @@ use std::time::Instant;
 
 use anyhow::{Context, Result};
 
-use crate::gpu::GridEngine;
+use rand::rngs::StdRng;
+use rand::{RngExt, SeedableRng};
+
+use crate::gpu::{GridEngine, MdpEngine};
 use crate::grid::{ActionSet, Connectivity, Grid, MoveCost};
-use crate::problem::{Backup, GridProblem, GridTask, Horizon, SolveOptions};
-use crate::solve::solve_cpu;
+use crate::mdp::TabularMdp;
+use crate::problem::{Backup, GridProblem, GridTask, Horizon, MdpOutputs, SolveOptions};
+use crate::solve::{solve_cpu, solve_mdp_cpu};
 
 /// A named benchmark problem.
 pub struct Workload {
@@ -126,7 +130,8 @@ pub fn bytes_per_sweep(problem: &GridProblem) -> f64 {
 /// that the difference stands clear of the run-to-run noise of the fixed costs.
 pub fn measure(
     mut solve: impl FnMut(u32) -> Result<()>,
-    problem: &GridProblem,
+    updates_per_sweep: f64,
+    bytes_per_sweep: f64,
     short: u32,
     extra: u32,
 ) -> Result<Measurement> {
@@ -157,9 +162,8 @@ pub fn measure(
     Ok(Measurement {
         seconds_per_sweep,
         sweeps_per_second,
-        state_updates_per_second: sweeps_per_second
-            * (problem.task_count() * problem.grid.free_cells()) as f64,
-        bytes_per_second: sweeps_per_second * bytes_per_sweep(problem),
+        state_updates_per_second: sweeps_per_second * updates_per_sweep,
+        bytes_per_second: sweeps_per_second * bytes_per_sweep,
     })
 }
 
@@ -176,7 +180,8 @@ pub fn measure_gpu(
                 .map(|_| ())
                 .context("GPU bench solve")
         },
-        problem,
+        grid_updates(problem),
+        bytes_per_sweep(problem),
         16,
         sweeps,
     )
@@ -186,7 +191,130 @@ pub fn measure_gpu(
 pub fn measure_cpu(problem: &GridProblem, sweeps: u32) -> Result<Measurement> {
     measure(
         |t| solve_cpu(problem, &reference_options(Horizon::Finite(t))).map(|_| ()),
-        problem,
+        grid_updates(problem),
+        bytes_per_sweep(problem),
+        1,
+        sweeps,
+    )
+}
+
+/// State updates of one sweep of a grid batch: tasks x free cells.
+fn grid_updates(problem: &GridProblem) -> f64 {
+    (problem.task_count() * problem.grid.free_cells()) as f64
+}
+
+/// The sparse-MDP workload: `states` states on a ring of rows of 1000, 8 actions, 4 successors
+/// per (s, a): the action's own neighbour (row or column step, or a diagonal) with probability
+/// 0.7, two neighbours of it with 0.1 each, and one uniformly drawn state with 0.1 (so the
+/// graph is not a grid); rewards -1 + U(-0.1, 0.1); 16 terminal states spread evenly. Seeded.
+pub fn sparse_mdp(states: usize, seed: u64) -> TabularMdp {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let actions = 8;
+    let row = 1000i64;
+    let offsets = [-row, 1, row, -1, -row + 1, row + 1, row - 1, -row - 1];
+    let wrap = |s: i64| s.rem_euclid(states as i64) as u32;
+    let (mut indptr, mut indices, mut probs) = (
+        Vec::with_capacity(states * actions + 1),
+        Vec::with_capacity(states * actions * 4),
+        Vec::with_capacity(states * actions * 4),
+    );
+    indptr.push(0u32);
+    for s in 0..states as i64 {
+        for (a, &d) in offsets.iter().enumerate() {
+            let side = offsets[(a + 1) % 4];
+            let mut entries = [
+                (wrap(s + d), 0.7f32),
+                (wrap(s + d + side), 0.1),
+                (wrap(s + d - side), 0.1),
+                (rng.random_range(0..states as u32), 0.1),
+            ];
+            entries.sort_by_key(|e| e.0);
+            let mut last = u32::MAX;
+            for (j, p) in entries {
+                if j == last {
+                    *probs.last_mut().unwrap() += p;
+                } else {
+                    indices.push(j);
+                    probs.push(p);
+                    last = j;
+                }
+            }
+            indptr.push(indices.len() as u32);
+        }
+    }
+    let reward = (0..states * actions)
+        .map(|_| -1.0 + rng.random_range(-0.1f32..0.1))
+        .collect();
+    let mut terminal = vec![false; states];
+    for k in 0..16 {
+        terminal[k * states / 16 + states / 32] = true;
+    }
+    let free = states - 16;
+    let initial = terminal
+        .iter()
+        .map(|&t| if t { 0.0 } else { 1.0 / free as f32 })
+        .collect();
+    TabularMdp {
+        states,
+        actions,
+        tasks: 1,
+        indptr,
+        indices,
+        probs,
+        reward,
+        terminal,
+        terminal_value: vec![0.0; states],
+        initial,
+    }
+}
+
+/// Bytes an MDP sweep moves per task: per state read V (4), write V (4), fixed bits (1/8),
+/// per (s, a) the row start (4) and reward (4), per entry the successor (4), probability (4)
+/// and its V (4, assumed uncached).
+pub fn mdp_bytes_per_sweep(mdp: &TabularMdp) -> f64 {
+    mdp.tasks as f64
+        * (mdp.states as f64 * 8.125
+            + (mdp.states * mdp.actions) as f64 * 8.0
+            + mdp.nonzeros() as f64 * 12.0)
+}
+
+/// Measures MDP sweeps of `mdp` with the GPU engine over `sweeps` extra sweeps.
+pub fn measure_mdp_gpu(
+    engine: &mut MdpEngine,
+    mdp: &TabularMdp,
+    sweeps: u32,
+) -> Result<Measurement> {
+    measure(
+        |t| {
+            engine
+                .solve(
+                    mdp,
+                    &reference_options(Horizon::Finite(t)),
+                    MdpOutputs::default(),
+                )
+                .map(|_| ())
+                .context("GPU MDP bench solve")
+        },
+        (mdp.tasks * mdp.states) as f64,
+        mdp_bytes_per_sweep(mdp),
+        4,
+        sweeps,
+    )
+}
+
+/// Measures MDP sweeps of `mdp` with the CPU reference over `sweeps` extra sweeps.
+pub fn measure_mdp_cpu(mdp: &TabularMdp, sweeps: u32) -> Result<Measurement> {
+    measure(
+        |t| {
+            solve_mdp_cpu(
+                mdp,
+                &reference_options(Horizon::Finite(t)),
+                MdpOutputs::default(),
+            )
+            .map(|_| ())
+        },
+        (mdp.tasks * mdp.states) as f64,
+        mdp_bytes_per_sweep(mdp),
         1,
         sweeps,
     )

@@ -197,7 +197,8 @@ pub struct SolveArgs {
     #[arg(long, requires = "horizon")]
     pub all_steps: bool,
     /// Also write occupancy.npy, the state occupancy under the soft-optimal policy: D_0..D_T
-    /// [B,T+1,...] with --horizon T, else the discounted sum_t gamma^t D_t [B,...] (to --tol).
+    /// [B,T+1,...] with --horizon T, else the discounted sum_t gamma^t D_t [B,...], iterated
+    /// until its residual is within --tol times the start distribution's peak.
     #[arg(long)]
     pub occupancy: bool,
     /// Start cell X,Y of the occupancy (repeatable, equal weights; default: uniform over the
@@ -314,7 +315,8 @@ pub struct ScenArgs {
 
 #[derive(Args, Debug)]
 pub struct BenchArgs {
-    /// Workloads to run (default: all): maze1024-b1, maze1024-b8, maze4096-b1, orz900d-b64.
+    /// Workloads to run (default: all): maze1024-b1, maze1024-b8, maze4096-b1, orz900d-b64,
+    /// mdp1m (10^6 states, 8 actions, ~4 successors; also timed end to end with occupancy).
     #[arg(long = "workload", value_name = "NAME")]
     pub workloads: Vec<String>,
     /// Folder holding the MovingAI maps (orz900d.map).
@@ -327,6 +329,9 @@ pub struct BenchArgs {
     /// Extra sweeps timed on the CPU reference per workload, to start with (0 skips the CPU).
     #[arg(long, default_value_t = 2)]
     pub cpu_sweeps: u32,
+    /// Also time mdp1m's end-to-end solve + occupancy on the CPU reference (minutes).
+    #[arg(long)]
+    pub cpu_solve: bool,
 }
 
 /// A gridworld batch built from the command line, with a description of its source.
@@ -1684,17 +1689,24 @@ pub fn scen_command(args: &ScenArgs) -> Result<i32> {
 
 /// `softvi bench`: one table row per workload and backend, and the GPU/CPU ratio.
 pub fn bench_command(args: &BenchArgs) -> Result<i32> {
-    use crate::bench::{measure_cpu, measure_gpu, standard_workloads};
+    use crate::bench::{
+        Measurement, measure_cpu, measure_gpu, measure_mdp_cpu, measure_mdp_gpu, sparse_mdp,
+        standard_workloads,
+    };
+    const MDP_WORKLOAD: &str = "mdp1m";
     let maps = args.maps.is_dir().then_some(args.maps.as_path());
     let mut workloads = standard_workloads(maps)?;
+    let mut run_mdp = true;
     if !args.workloads.is_empty() {
         for name in &args.workloads {
             ensure!(
-                workloads.iter().any(|w| &w.name == name),
-                "--workload {name:?} is unknown (known: maze1024-b1, maze1024-b8, maze4096-b1, orz900d-b64)"
+                name == MDP_WORKLOAD || workloads.iter().any(|w| &w.name == name),
+                "--workload {name:?} is unknown (known: maze1024-b1, maze1024-b8, maze4096-b1, \
+                 orz900d-b64, mdp1m)"
             );
         }
         workloads.retain(|w| args.workloads.contains(&w.name));
+        run_mdp = args.workloads.iter().any(|w| w == MDP_WORKLOAD);
     }
     let ctx = GpuContext::from_env()?;
     let mut engine = GridEngine::new(&ctx)?;
@@ -1702,8 +1714,8 @@ pub fn bench_command(args: &BenchArgs) -> Result<i32> {
         "{:<13} {:>3} {:>11} {:>5} {:<8} {:<40} {:>9} {:>10} {:>8} {:>8}",
         "workload",
         "B",
-        "H x W",
-        "conn",
+        "states",
+        "A",
         "backend",
         "adapter",
         "sweeps/s",
@@ -1711,6 +1723,63 @@ pub fn bench_command(args: &BenchArgs) -> Result<i32> {
         "GB/s",
         "gpu/cpu"
     );
+    let row = |name: &str,
+               tasks: usize,
+               size: &str,
+               actions: usize,
+               backend: &str,
+               adapter: &str,
+               m: &Measurement,
+               ratio: String| {
+        println!(
+            "{:<13} {:>3} {:>11} {:>5} {:<8} {:<40} {:>9.2} {:>10.3e} {:>8.2} {:>8}",
+            name,
+            tasks,
+            size,
+            actions,
+            backend,
+            adapter,
+            m.sweeps_per_second,
+            m.state_updates_per_second,
+            m.bytes_per_second / 1e9,
+            ratio
+        );
+    };
+    let rows = |name: &str,
+                tasks: usize,
+                size: &str,
+                actions: usize,
+                gpu: &Measurement,
+                cpu: Option<Measurement>| {
+        let ratio = cpu.as_ref().map_or("-".into(), |c| {
+            format!(
+                "{:.1}x",
+                gpu.state_updates_per_second / c.state_updates_per_second
+            )
+        });
+        row(
+            name,
+            tasks,
+            size,
+            actions,
+            "gpu",
+            &ctx.adapter_label(),
+            gpu,
+            ratio,
+        );
+        if let Some(c) = &cpu {
+            row(
+                name,
+                tasks,
+                size,
+                actions,
+                "cpu",
+                "reference (f64, 1 thread)",
+                c,
+                "1.0x".into(),
+            );
+        }
+    };
     for w in &workloads {
         let p = &w.problem;
         let size = format!("{}x{}", p.grid.height, p.grid.width);
@@ -1722,30 +1791,59 @@ pub fn bench_command(args: &BenchArgs) -> Result<i32> {
         } else {
             None
         };
-        let row = |backend: &str, adapter: &str, m: &crate::bench::Measurement, ratio: String| {
-            println!(
-                "{:<13} {:>3} {:>11} {:>5} {:<8} {:<40} {:>9.2} {:>10.3e} {:>8.2} {:>8}",
-                w.name,
-                p.task_count(),
-                size,
-                p.actions.count(),
-                backend,
-                adapter,
-                m.sweeps_per_second,
-                m.state_updates_per_second,
-                m.bytes_per_second / 1e9,
-                ratio
-            );
+        rows(&w.name, p.task_count(), &size, p.actions.count(), &gpu, cpu);
+    }
+    if run_mdp {
+        let mdp = sparse_mdp(1_000_000, 0);
+        let mut mdp_engine = crate::gpu::MdpEngine::new(&ctx)?;
+        let gpu = measure_mdp_gpu(&mut mdp_engine, &mdp, args.sweeps.unwrap_or(32))?;
+        let cpu = if args.cpu_sweeps > 0 {
+            Some(measure_mdp_cpu(&mdp, args.cpu_sweeps)?)
+        } else {
+            None
         };
-        let ratio = cpu.as_ref().map_or("-".into(), |c| {
-            format!(
-                "{:.1}x",
-                gpu.state_updates_per_second / c.state_updates_per_second
-            )
+        rows(
+            MDP_WORKLOAD,
+            1,
+            &mdp.states.to_string(),
+            mdp.actions,
+            &gpu,
+            cpu,
+        );
+        // End to end: soft VI to tol, then the discounted occupancy to tol.
+        let options = crate::bench::reference_options(Horizon::Infinite {
+            tol: 1e-4,
+            max_iters: 100_000,
         });
-        row("gpu", &ctx.adapter_label(), &gpu, ratio);
-        if let Some(c) = &cpu {
-            row("cpu", "reference (f64, 1 thread)", c, "1.0x".into());
+        let outputs = crate::problem::MdpOutputs {
+            all_steps: false,
+            occupancy: true,
+        };
+        let end_to_end = |backend: &str,
+                          solve: &mut dyn FnMut() -> Result<crate::solve::MdpSolution>|
+         -> Result<()> {
+            let start = Instant::now();
+            let solved = solve()?;
+            let total = start.elapsed().as_secs_f64();
+            let d = solved.occupancy.as_ref().context("no occupancy")?;
+            println!(
+                "{MDP_WORKLOAD} end to end on {backend}: {} nonzeros, alpha 1, gamma 0.99, tol 1e-4: \
+                 {} sweeps ({}) + {} occupancy sweeps ({}) in {total:.2} s",
+                mdp.nonzeros(),
+                solved.solution.iterations[0],
+                solved.solution.status[0].name(),
+                d.iterations,
+                d.status[0].name(),
+            );
+            Ok(())
+        };
+        end_to_end(&ctx.adapter_label(), &mut || {
+            mdp_engine.solve(&mdp, &options, outputs)
+        })?;
+        if args.cpu_solve {
+            end_to_end("cpu reference", &mut || {
+                crate::solve::solve_mdp_cpu(&mdp, &options, outputs)
+            })?;
         }
     }
     Ok(0)

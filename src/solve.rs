@@ -524,6 +524,22 @@ pub fn reported_values(inputs: &MdpInputs, v: &[f64]) -> Vec<f32> {
         .collect()
 }
 
+/// The start distribution of each task scaled to a peak of 1, and the scale per task. The
+/// discounted occupancy iterates on `d / max_s D_0(s)`, so that `tol` bounds its residual
+/// relative to the start's peak on every backend: a start spread over 10^6 states would
+/// otherwise meet an absolute tol after one sweep.
+pub fn scaled_start(mdp: &TabularMdp) -> (Vec<f32>, Vec<f64>) {
+    let mut start = mdp.initial.clone();
+    let mut scales = Vec::with_capacity(mdp.tasks);
+    for row in start.chunks_exact_mut(mdp.states) {
+        let peak = row.iter().fold(0.0f32, |m, &x| m.max(x));
+        let scale = if peak > 0.0 { 1.0 / peak as f64 } else { 1.0 };
+        row.iter_mut().for_each(|x| *x = (*x as f64 * scale) as f32);
+        scales.push(scale);
+    }
+    (start, scales)
+}
+
 /// Solves a general MDP with the CPU reference (f64, one thread); `outputs` adds every time
 /// step and the occupancy.
 pub fn solve_mdp_cpu(
@@ -614,19 +630,24 @@ pub fn solve_mdp_cpu(
     if outputs.occupancy && !finite && !diverged {
         let transpose = mdp.transpose();
         let pi = policy.as_ref().expect("policy computed for the occupancy");
-        let initial: Vec<f64> = mdp.initial.iter().map(|&x| x as f64).collect();
+        let (start, scale) = scaled_start(mdp);
         let run = iterate_cpu(
             options,
-            initial,
+            start.iter().map(|&x| x as f64).collect(),
             &vec![false; mdp.tasks * mdp.states],
             |d_in, d_out| {
-                reference::mdp_occupancy(&inputs, &transpose, pi, d_in, Some(&mdp.initial), d_out)
+                reference::mdp_occupancy(&inputs, &transpose, pi, d_in, Some(&start), d_out)
             },
             &mut |_| {},
         );
         let status = final_status(options, &run.verdict, &run.last);
         occupancy = Some(Occupancy {
-            values: run.v.iter().map(|&x| x as f32).collect(),
+            values: run
+                .v
+                .iter()
+                .enumerate()
+                .map(|(i, &x)| (x / scale[i / mdp.states]) as f32)
+                .collect(),
             steps: 1,
             iterations: run.sweeps,
             residual: run.last.iter().map(|s| s.max_abs_delta).collect(),

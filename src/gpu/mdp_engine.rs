@@ -1018,8 +1018,13 @@ impl MdpEngine {
             return Ok(result);
         }
 
-        // Forward pass.
-        let start: Vec<f32> = mdp.initial[range.clone()].to_vec();
+        // Forward pass; the discounted sum iterates on the start scaled to a peak of 1.
+        let (scaled, scales) = crate::solve::scaled_start(mdp);
+        let (start, scales): (Vec<f32>, &[f64]) = if finite {
+            (mdp.initial[range.clone()].to_vec(), &[])
+        } else {
+            (scaled[range.clone()].to_vec(), &scales[tasks.clone()])
+        };
         let occupancy_bands = match &dynamics.incoming {
             Some((_, _, _, incoming_indptr)) => {
                 let incoming = |state: usize| incoming_indptr[state] as u64;
@@ -1225,7 +1230,11 @@ impl MdpEngine {
             &mut |_| {},
         )?;
         let last = (occupancy_run.sweeps % 2) as usize;
-        result.occupancy = vec![self.core.read_f32(&d[last], 0, v_bytes)?];
+        let mut d_final = self.core.read_f32(&d[last], 0, v_bytes)?;
+        for (i, x) in d_final.iter_mut().enumerate() {
+            *x = (*x as f64 / scales[i / s]) as f32;
+        }
+        result.occupancy = vec![d_final];
         result.occupancy_run = Some(occupancy_run);
         Ok(result)
     }
