@@ -14,6 +14,9 @@ use crate::output::{OutputFile, write_folder};
 use crate::problem::{Backup, GridProblem, GridTask, Horizon, SolveOptions};
 use crate::solve::{Progress, Solution, Status};
 
+mod infer;
+pub use infer::{InferArgs, infer_command, read_trajectory};
+
 /// Exit code of a solve that diverged (no finite values exist).
 pub const EXIT_DIVERGED: i32 = 3;
 
@@ -65,6 +68,17 @@ recorded; later states and actions are -1. Each (task, episode) draws from its o
 --seed, so a seed reproduces its samples on a given backend."
     )]
     Sample(SampleArgs),
+    /// Posterior over the tasks (goals, rewards or MDP reward batches) after each step of an
+    /// observed trajectory: posterior.npy float32 [K+1,B], rows summing to 1.
+    #[command(
+        after_help = "Examples:\n  softvi infer --maze 63x63 --goal 1,1 --goal 61,61 --goal 1,61 --alpha 0.1 --trajectory walk.txt --out post\n  \
+softvi infer --mdp mdp.npz --prior prior.npy --trajectory walk.txt --out post\n\n\
+log p(z | tau) = log p(z) + sum_t log pi_z(a_t|s_t) with observed actions, or \
+sum_t log sum_a pi_z(a|s_t) P(s_{t+1}|s_t,a) without; --alpha is the agent's rationality \
+temperature (small = near-optimal). A task whose episode would have ended (its goal passed) \
+gets probability 0; a step no task explains is an error naming its line."
+    )]
+    Infer(InferArgs),
     /// Solve the distinct goals of a MovingAI scenario file as one batch and compare the soft
     /// value at each start with the published optimal length.
     #[command(
@@ -1877,6 +1891,7 @@ pub fn run(cli: Cli) -> Result<i32> {
         Command::Scen(args) => scen_command(&args),
         Command::Render(args) => render_command(&args),
         Command::Sample(args) => sample_command(&args),
+        Command::Infer(args) => infer_command(&args),
         Command::Bench(args) => bench_command(&args),
         Command::Adapters => adapters_command(),
     }

@@ -42,6 +42,7 @@ pub mod cli;
 pub mod gpu;
 pub mod grid;
 pub mod grid_mdp;
+pub mod infer;
 pub mod layout;
 pub mod mdp;
 pub mod npy;
@@ -53,7 +54,7 @@ pub mod sample;
 pub mod scen;
 pub mod solve;
 
-pub use gpu::{EngineOptions, GpuContext, GridEngine, MdpEngine, solve_sharded};
+pub use gpu::{EngineOptions, GpuContext, GridEngine, MdpEngine, TaskPosterior, solve_sharded};
 pub use grid::{ActionSet, Connectivity, Grid, MoveCost};
 pub use mdp::TabularMdp;
 pub use problem::{Backup, GridProblem, GridTask, Horizon, MdpOutputs, SolveOptions};

@@ -1,0 +1,220 @@
+//! `softvi infer`: the posterior over a batch's tasks after each step of an observed
+//! trajectory.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail, ensure};
+use clap::Args;
+use serde_json::json;
+
+use super::{BackendArg, IterationArgs, MdpWorld, WorldArgs, add_run_json, run_mdp_backend};
+use crate::infer::{Observation, check_possible, posterior_inputs};
+use crate::npy;
+use crate::output::{OutputFile, write_folder};
+use crate::problem::{Horizon, MdpOutputs};
+
+#[derive(Args, Debug)]
+pub struct InferArgs {
+    #[command(flatten)]
+    pub world: WorldArgs,
+    #[command(flatten)]
+    pub iteration: IterationArgs,
+    /// Observed trajectory: one `X Y [ACTION]` per line on a grid (`S [ACTION]` for --mdp);
+    /// ACTION is an index or a name (N, E, S, W, NE, SE, SW, NW, STAY). Blank lines and #
+    /// comments allowed.
+    #[arg(long, value_name = "FILE")]
+    pub trajectory: PathBuf,
+    /// Prior over the tasks, float .npy of shape [B] (default uniform).
+    #[arg(long, value_name = "FILE.npy")]
+    pub prior: Option<PathBuf>,
+    /// Output folder: posterior.npy, summary.json.
+    #[arg(long, value_name = "DIR")]
+    pub out: PathBuf,
+    /// Print summary.json's content instead of the human summary.
+    #[arg(long)]
+    pub json: bool,
+    /// No progress line on stderr.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+/// Reads a trajectory file against `world`; errors name the file and line.
+pub fn read_trajectory(path: &Path, world: &MdpWorld) -> Result<Vec<Observation>> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read trajectory file {}", path.display()))?;
+    let names: Vec<&str> = match &world.grid {
+        Some((w, _)) => w.problem.actions.names(),
+        None => Vec::new(),
+    };
+    let mut out = Vec::new();
+    for (i, raw) in text.lines().enumerate() {
+        let line = raw.split('#').next().unwrap_or("").trim();
+        if line.is_empty() {
+            continue;
+        }
+        let at = || format!("{}:{}", path.display(), i + 1);
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let coordinates = if world.grid.is_some() { 2 } else { 1 };
+        ensure!(
+            fields.len() == coordinates || fields.len() == coordinates + 1,
+            "{}: expected {} [ACTION], got {line:?}",
+            at(),
+            if coordinates == 2 { "X Y" } else { "S" }
+        );
+        let number = |text: &str, what: &str| -> Result<usize> {
+            text.parse()
+                .with_context(|| format!("{}: {what} {text:?} is not a non-negative integer", at()))
+        };
+        let (label, shown) = match &world.grid {
+            Some((_, g)) => {
+                let (x, y) = (number(fields[0], "X")?, number(fields[1], "Y")?);
+                ensure!(
+                    x < g.width && y < g.height,
+                    "{}: X={x},Y={y} is off the {}x{} map",
+                    at(),
+                    g.width,
+                    g.height
+                );
+                (y * g.width + x, format!("X={x},Y={y}"))
+            }
+            None => {
+                let s = number(fields[0], "state")?;
+                (s, format!("state {s}"))
+            }
+        };
+        let state = world
+            .state_of_label(label)
+            .with_context(|| format!("{}: {shown} is blocked or outside the world", at()))?;
+        let action = match fields.get(coordinates) {
+            None => None,
+            Some(text) => Some(
+                match names.iter().position(|n| n.eq_ignore_ascii_case(text)) {
+                    Some(a) => a,
+                    None => {
+                        let a = number(text, "action")?;
+                        ensure!(
+                            a < world.mdp.actions,
+                            "{}: action {a} is outside 0..{}",
+                            at(),
+                            world.mdp.actions
+                        );
+                        a
+                    }
+                },
+            ),
+        };
+        out.push(Observation {
+            state,
+            action,
+            line: i + 1,
+        });
+    }
+    ensure!(!out.is_empty(), "{}: no observation", path.display());
+    Ok(out)
+}
+
+/// `softvi infer`.
+pub fn infer_command(args: &InferArgs) -> Result<i32> {
+    let start = Instant::now();
+    let world = MdpWorld::build(&args.world, &[])?;
+    let trajectory = read_trajectory(&args.trajectory, &world)?;
+    let tasks = world.mdp.tasks;
+    let prior: Vec<f64> = match &args.prior {
+        None => vec![1.0 / tasks as f64; tasks],
+        Some(path) => {
+            let array = npy::read_float(path)?;
+            ensure!(
+                array.shape == [tasks],
+                "--prior {}: shape {:?}, expected [B] = [{tasks}]",
+                path.display(),
+                array.shape
+            );
+            array.data.iter().map(|&x| x as f64).collect()
+        }
+    };
+    let options = args.iteration.options(true)?;
+    let finite = matches!(options.horizon, Horizon::Finite(_));
+    let outputs = MdpOutputs {
+        all_steps: finite,
+        occupancy: false,
+    };
+    let (solved, adapter) =
+        run_mdp_backend(&args.iteration, &world.mdp, &options, outputs, args.quiet)?;
+    if solved.solution.diverged() {
+        bail!("the solve diverged: no policy, so no likelihood; lower --alpha or use --gamma < 1");
+    }
+    let (policy, policy_steps) = match (&solved.steps, options.horizon) {
+        (Some(s), Horizon::Finite(h)) => (s.policy.as_ref().context("no policy")?, h as usize),
+        _ => (solved.solution.policy.as_ref().context("no policy")?, 1),
+    };
+    let inputs = posterior_inputs(&world.mdp, policy, policy_steps, &trajectory, &prior)
+        .with_context(|| format!("trajectory {}", args.trajectory.display()))?;
+    let (posterior, joint) = match args.iteration.backend {
+        BackendArg::Cpu => crate::reference::task_posterior(&inputs),
+        BackendArg::Gpu => {
+            let ctx = crate::gpu::GpuContext::from_env()?;
+            crate::gpu::TaskPosterior::new(&ctx)?.run(&inputs)?
+        }
+    };
+    check_possible(&inputs, &joint)
+        .with_context(|| format!("trajectory {}", args.trajectory.display()))?;
+    let seconds = start.elapsed().as_secs_f64();
+    let k = inputs.steps;
+    let last = &posterior[k * tasks..];
+    let best = (0..tasks)
+        .max_by(|&a, &b| last[a].total_cmp(&last[b]))
+        .unwrap_or(0);
+    let first_above = posterior
+        .chunks_exact(tasks)
+        .position(|row| row[best] > 0.9);
+    let mut summary = json!({
+        "backend": match args.iteration.backend { BackendArg::Gpu => "gpu", BackendArg::Cpu => "cpu" },
+        "adapter": adapter,
+        "world": world.source,
+        "trajectory": std::fs::canonicalize(&args.trajectory).unwrap_or_else(|_| args.trajectory.clone()),
+        "observed_actions": trajectory[0].action.is_some(),
+        "steps": k,
+        "prior": prior,
+        "posterior": last,
+        "most_probable_task": best,
+        "first_step_above_0.9": first_above,
+        "layout": {"posterior": "float32 [step][task], row 0 the prior, row k after k observed steps"},
+    });
+    add_run_json(&mut summary, &options, &solved.solution, seconds);
+    let summary_text = serde_json::to_string_pretty(&summary)? + "\n";
+    write_folder(
+        &args.out,
+        &[
+            OutputFile {
+                name: "summary.json",
+                bytes: summary_text.as_bytes().to_vec(),
+            },
+            OutputFile {
+                name: "posterior.npy",
+                bytes: npy::encode_f32(&[k + 1, tasks], &posterior),
+            },
+        ],
+        &["summary.json", "posterior.npy"],
+    )?;
+    if args.json {
+        print!("{summary_text}");
+    } else {
+        println!(
+            "infer    {tasks} tasks, {k} observed steps ({}), alpha {}",
+            if trajectory[0].action.is_some() {
+                "with actions"
+            } else {
+                "states only"
+            },
+            options.alpha
+        );
+        println!(
+            "result   task {best} with probability {:.4}{}",
+            last[best],
+            first_above.map_or(String::new(), |s| format!(", above 0.9 from step {s}"))
+        );
+        println!("wrote    {} in {seconds:.3} s", args.out.display());
+    }
+    Ok(0)
+}

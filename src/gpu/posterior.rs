@@ -1,0 +1,151 @@
+//! The task posterior on the GPU: `shaders/task_posterior.wgsl`.
+
+use anyhow::{Result, ensure};
+use bytemuck::{Pod, Zeroable};
+
+use super::context::GpuContext;
+use super::core::{EngineOptions, GpuCore, storage};
+use crate::infer::PosteriorInputs;
+
+/// WGSL source of the posterior kernels.
+pub const TASK_POSTERIOR_WGSL: &str = include_str!("../../shaders/task_posterior.wgsl");
+/// Invocations per workgroup. Same as `WORKGROUP_SIZE` in the shader.
+pub const WORKGROUP_SIZE: u32 = 64;
+
+/// Uniform of `shaders/task_posterior.wgsl`. Keep in sync with `PosteriorParams` there (size
+/// checked by tests/shader_layout.rs).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, Pod, Zeroable)]
+pub struct PosteriorParams {
+    pub tasks: u32,
+    pub steps: u32,
+    pub actions: u32,
+    pub _pad0: u32,
+}
+
+/// Posterior over the tasks of a batch after each observed step, on one wgpu device.
+pub struct TaskPosterior {
+    core: GpuCore,
+    layout: wgpu::BindGroupLayout,
+    pipelines: [wgpu::ComputePipeline; 3],
+}
+
+impl TaskPosterior {
+    /// Pipelines on `ctx`'s device.
+    pub fn new(ctx: &GpuContext) -> Result<Self> {
+        let core = GpuCore::new(ctx, EngineOptions::default());
+        let (layout, pipeline_layout) = core.layouts(
+            "softvi.task_posterior",
+            &[
+                wgpu::BufferBindingType::Uniform, // params
+                storage(true),                    // weight
+                storage(true),                    // pi_rows
+                storage(true),                    // log_prior
+                storage(false),                   // log_likelihood
+                storage(false),                   // joint
+                storage(false),                   // posterior
+            ],
+        );
+        let module = core
+            .device
+            .create_shader_module(wgpu::ShaderModuleDescriptor {
+                label: Some("softvi.task_posterior"),
+                source: wgpu::ShaderSource::Wgsl(TASK_POSTERIOR_WGSL.into()),
+            });
+        let pipeline = |entry: &str| {
+            core.device
+                .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+                    label: Some(&format!("softvi.{entry}")),
+                    layout: Some(&pipeline_layout),
+                    module: &module,
+                    entry_point: Some(entry),
+                    compilation_options: Default::default(),
+                    cache: None,
+                })
+        };
+        let pipelines = [
+            pipeline("step_likelihood"),
+            pipeline("accumulate"),
+            pipeline("normalize"),
+        ];
+        Ok(Self {
+            core,
+            layout,
+            pipelines,
+        })
+    }
+
+    /// The posterior `[step + 1][task]` (row 0 the prior) and the log joint it normalizes,
+    /// laid out and computed as [`crate::reference::task_posterior`].
+    pub fn run(&mut self, inputs: &PosteriorInputs) -> Result<(Vec<f32>, Vec<f32>)> {
+        use wgpu::BufferUsages as U;
+        let (b, k) = (inputs.tasks, inputs.steps);
+        ensure!(
+            k <= 65_535,
+            "the trajectory has {k} steps; at most 65535 are inferred in one run"
+        );
+        for (what, bytes) in [
+            (
+                "the policy rows of the trajectory",
+                inputs.pi_rows.len() * 4,
+            ),
+            ("the joint", (k + 1) * b * 4),
+        ] {
+            self.core.ensure_bindable(what, bytes as u64)?;
+        }
+        let upload = |core: &mut GpuCore, label, data: &[f32]| {
+            let buffer = core.buffer(label, (data.len() * 4) as u64, U::STORAGE | U::COPY_DST);
+            core.queue
+                .write_buffer(&buffer, 0, bytemuck::cast_slice(data));
+            buffer
+        };
+        let core = &mut self.core;
+        let params = PosteriorParams {
+            tasks: b as u32,
+            steps: k as u32,
+            actions: inputs.actions as u32,
+            _pad0: 0,
+        };
+        let params_buf = core.buffer(
+            "softvi.posterior_params",
+            size_of::<PosteriorParams>() as u64,
+            U::UNIFORM | U::COPY_DST,
+        );
+        core.queue
+            .write_buffer(&params_buf, 0, bytemuck::bytes_of(&params));
+        let weight = upload(core, "softvi.step_weight", &inputs.weight);
+        let pi_rows = upload(core, "softvi.pi_rows", &inputs.pi_rows);
+        let log_prior = upload(core, "softvi.log_prior", &inputs.log_prior);
+        let log_likelihood = core.buffer(
+            "softvi.log_likelihood",
+            (k.max(1) * b * 4) as u64,
+            U::STORAGE,
+        );
+        let rows_bytes = ((k + 1) * b * 4) as u64;
+        let joint = core.buffer("softvi.joint", rows_bytes, U::STORAGE | U::COPY_SRC);
+        let posterior = core.buffer("softvi.posterior", rows_bytes, U::STORAGE | U::COPY_SRC);
+        let group = core.bind_group(
+            "softvi.task_posterior",
+            &self.layout,
+            [
+                params_buf.as_entire_binding(),
+                weight.as_entire_binding(),
+                pi_rows.as_entire_binding(),
+                log_prior.as_entire_binding(),
+                log_likelihood.as_entire_binding(),
+                joint.as_entire_binding(),
+                posterior.as_entire_binding(),
+            ],
+        );
+        let groups = (b as u32).div_ceil(WORKGROUP_SIZE);
+        let mut encoder = core.device.create_command_encoder(&Default::default());
+        let [likelihood, accumulate, normalize] = &self.pipelines;
+        core.dispatch(&mut encoder, likelihood, &group, [groups, k as u32, 1]);
+        core.dispatch(&mut encoder, accumulate, &group, [groups, 1, 1]);
+        core.dispatch(&mut encoder, normalize, &group, [(k + 1) as u32, 1, 1]);
+        core.queue.submit([encoder.finish()]);
+        let joint = core.read_f32(&joint, 0, rows_bytes)?;
+        let posterior = core.read_f32(&posterior, 0, rows_bytes)?;
+        Ok((posterior, joint))
+    }
+}
