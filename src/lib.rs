@@ -43,6 +43,7 @@ pub mod gpu;
 pub mod grid;
 pub mod grid_mdp;
 pub mod infer;
+pub mod irl;
 pub mod layout;
 pub mod mdp;
 pub mod npy;

@@ -188,33 +188,56 @@ pub fn grid_policy(inputs: &GridInputs, v_in: &[f64]) -> Vec<f32> {
 /// Q(s, a) for every action of state `s` in `task` of a general MDP from the next values
 /// `v_in` `[task][state]`: the same backups as [`action_values`] over the CSR row `s * A + a`.
 pub fn mdp_action_values(inputs: &MdpInputs, task: usize, s: usize, v_in: &[f64], q: &mut [f64]) {
-    let mdp = inputs.mdp;
-    let (n, base) = (mdp.actions, task * mdp.states);
-    let (gamma, alpha) = (inputs.gamma, inputs.alpha);
+    let base = task * inputs.mdp.states;
+    csr_action_values(
+        inputs.mdp,
+        inputs.backup,
+        inputs.alpha,
+        inputs.gamma,
+        task,
+        s,
+        |j| v_in[base + j],
+        q,
+    );
+}
+
+/// [`mdp_action_values`] with the next values of `task` given by `next(state)`.
+#[allow(clippy::too_many_arguments)]
+pub fn csr_action_values(
+    mdp: &crate::mdp::TabularMdp,
+    backup: Backup,
+    alpha: f64,
+    gamma: f64,
+    task: usize,
+    s: usize,
+    next: impl Fn(usize) -> f64,
+    q: &mut [f64],
+) {
+    let n = mdp.actions;
     for a in 0..n {
         let row = s * n + a;
         let entries = mdp.indptr[row] as usize..mdp.indptr[row + 1] as usize;
-        let r = mdp.reward[(base + s) * n + a] as f64;
-        q[a] = match inputs.backup {
+        let r = mdp.reward[(task * mdp.states + s) * n + a] as f64;
+        q[a] = match backup {
             Backup::Expected => {
                 let mut expected = 0.0;
                 for k in entries {
-                    expected += mdp.probs[k] as f64 * v_in[base + mdp.indices[k] as usize];
+                    expected += mdp.probs[k] as f64 * next(mdp.indices[k] as usize);
                 }
                 r + gamma * expected
             }
             Backup::Optimistic => {
                 let top = entries
                     .clone()
-                    .map(|k| v_in[base + mdp.indices[k] as usize])
+                    .map(|k| next(mdp.indices[k] as usize))
                     .fold(f64::NEG_INFINITY, f64::max);
                 if top == f64::NEG_INFINITY {
                     f64::NEG_INFINITY
                 } else {
                     let mut mass = 0.0;
                     for k in entries {
-                        let next = v_in[base + mdp.indices[k] as usize];
-                        mass += mdp.probs[k] as f64 * ((next - top) * gamma / alpha).exp();
+                        let v = next(mdp.indices[k] as usize);
+                        mass += mdp.probs[k] as f64 * ((v - top) * gamma / alpha).exp();
                     }
                     r + gamma * top + alpha * mass.ln()
                 }

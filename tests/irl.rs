@@ -1,0 +1,313 @@
+//! MaxEnt IRL (`irl::learn`): demos sampled from a known reward in the feature span are
+//! explained by the learned reward as well as by the true one (held-out log-likelihood within
+//! 1%), the learned model's feature expectations match the demos', and one gradient equals a
+//! dense backward + forward computation written here, on the CPU reference and the GPU.
+
+// Dense loops written like the formulas they check.
+#![allow(clippy::needless_range_loop)]
+
+mod common;
+
+use softvi::grid_mdp::GridMdp;
+use softvi::irl::{
+    Demos, IrlOptions, demo_feature_expectations, demo_log_likelihood, gradient, irl_mdp, learn,
+};
+use softvi::sample::sample;
+use softvi::{
+    ActionSet, Connectivity, Grid, GridProblem, GridTask, Horizon, MdpEngine, MdpOutputs,
+    MdpSolution, MoveCost, SolveOptions, TabularMdp, solve_mdp_cpu,
+};
+
+const HORIZON: usize = 12;
+
+/// An 8 x 8 open grid, 4-connected with STAY, slip 0.1, no move costs, goal (7, 7); features
+/// [x / 7, y / 7, inside the swamp x in 2..5, y in 3..6].
+fn world() -> (GridMdp, Vec<f32>) {
+    let problem = GridProblem {
+        grid: Grid::open(8, 8),
+        actions: ActionSet {
+            connectivity: Connectivity::Four,
+            stay: true,
+        },
+        slip: 0.1,
+        move_cost: MoveCost {
+            orthogonal: 0.0,
+            diagonal: 0.0,
+            stay: 0.0,
+        },
+        tasks: vec![GridTask {
+            goals: vec![63],
+            reward: None,
+        }],
+    };
+    let world = GridMdp::new(&problem, None).unwrap();
+    let features = world
+        .cell_of_state
+        .iter()
+        .flat_map(|&c| {
+            let (x, y) = ((c % 8) as f32, (c / 8) as f32);
+            let swamp = ((2.0..5.0).contains(&x) && (3.0..6.0).contains(&y)) as u8 as f32;
+            [x / 7.0, y / 7.0, swamp]
+        })
+        .collect();
+    (world, features)
+}
+
+fn options() -> SolveOptions {
+    SolveOptions {
+        alpha: 1.0,
+        gamma: 1.0,
+        horizon: Horizon::Finite(HORIZON as u32),
+        ..SolveOptions::default()
+    }
+}
+
+/// `episodes` demos per set from the true weights `theta` `[set][feature]`.
+fn demos(world: &TabularMdp, features: &[f32], theta: &[f64], episodes: usize, seed: u64) -> Demos {
+    let sets = theta.len() / 3;
+    // The true MDP: the world's start (uniform), the true rewards.
+    let starts = Demos {
+        sets,
+        episodes: 1,
+        steps: 1,
+        states: vec![0; sets * 2],
+        actions: None,
+    };
+    let mut truth = irl_mdp(world, features, &starts, theta).unwrap();
+    truth.initial = world.initial.repeat(sets);
+    let o = SolveOptions {
+        policy: true,
+        ..options()
+    };
+    let solved = solve_mdp_cpu(
+        &truth,
+        &o,
+        MdpOutputs {
+            all_steps: true,
+            occupancy: false,
+        },
+    )
+    .unwrap();
+    let policy = solved.steps.unwrap().policy.unwrap();
+    let s = sample(&truth, &policy, HORIZON, episodes, HORIZON, seed).unwrap();
+    Demos {
+        sets,
+        episodes,
+        steps: HORIZON,
+        states: s.states,
+        actions: Some(s.actions),
+    }
+}
+
+type Solver<'a> =
+    Box<dyn FnMut(&TabularMdp, &SolveOptions, MdpOutputs) -> anyhow::Result<MdpSolution> + 'a>;
+
+fn solvers() -> Vec<(&'static str, Solver<'static>)> {
+    let mut all: Vec<(&str, Solver)> = vec![(
+        "cpu",
+        Box::new(|m: &TabularMdp, o: &SolveOptions, x| solve_mdp_cpu(m, o, x)),
+    )];
+    if let Some(ctx) = common::gpu() {
+        let mut engine = MdpEngine::new(ctx).unwrap();
+        all.push((
+            "gpu",
+            Box::new(move |m: &TabularMdp, o: &SolveOptions, x| engine.solve(m, o, x)),
+        ));
+    }
+    all
+}
+
+#[test]
+fn learned_reward_explains_held_out_demos() {
+    let (world, features) = world();
+    let truth = [0.8, -0.5, -1.5, -0.6, 0.9, 0.7];
+    let train = demos(&world.mdp, &features, &truth, 3000, 1);
+    let held_out = demos(&world.mdp, &features, &truth, 3000, 2);
+    let irl = IrlOptions {
+        solve: options(),
+        learning_rate: 0.05,
+        iters: 400,
+        tol: 1e-3,
+    };
+    for (name, mut solve) in solvers() {
+        let result = learn(
+            &world.mdp,
+            &features,
+            &train,
+            &irl,
+            &mut *solve,
+            &mut |_, _| {},
+        )
+        .unwrap();
+        let last = result.history.last().unwrap();
+        eprintln!(
+            "{name}: {} iterations, gradient norms {:?}, theta {:?}",
+            result.history.len(),
+            last.gradient_norm,
+            result.theta
+        );
+        assert!(
+            result.converged,
+            "{name}: gradient norms {:?}",
+            last.gradient_norm
+        );
+        // The log-likelihood rises.
+        let first = &result.history[0].log_likelihood;
+        for m in 0..2 {
+            assert!(last.log_likelihood[m] > first[m], "{name}: set {m}");
+            // Feature matching: the model's expectations are the demos' (|grad| <= tol).
+            for k in 0..3 {
+                let (d, model) = (
+                    result.demo_features[m * 3 + k],
+                    result.model_features[m * 3 + k],
+                );
+                assert!(
+                    (d - model).abs() <= 1e-3,
+                    "{name}: set {m} feature {k}: demos {d}, model {model}"
+                );
+            }
+        }
+        // Held-out demos: the learned reward's policy explains them within 1% of the truth's.
+        let mut score = |theta: &[f64]| {
+            let (mdp, solved, _, _) = gradient(
+                &world.mdp,
+                &features,
+                &held_out,
+                &[0.0; 6],
+                theta,
+                &options(),
+                &mut *solve,
+            )
+            .unwrap();
+            demo_log_likelihood(&mdp, &options(), &solved, &held_out)
+        };
+        let (learned, true_ll) = (score(&result.theta), score(&truth));
+        for m in 0..2 {
+            eprintln!(
+                "{name}: set {m}: held-out log-likelihood learned {:.4}, true {:.4}",
+                learned[m], true_ll[m]
+            );
+            assert!(
+                learned[m] >= true_ll[m] - 0.01 * true_ll[m].abs(),
+                "{name}: set {m}: learned {} vs true {}",
+                learned[m],
+                true_ll[m]
+            );
+        }
+    }
+}
+
+/// Dense finite-horizon soft VI (expected backup, gamma = 1) and forward pass for one set,
+/// written from the contract; returns `mu_model`.
+fn dense_model_features(mdp: &TabularMdp, features: &[f32], m: usize) -> Vec<f64> {
+    let (s_n, a_n) = (mdp.states, mdp.actions);
+    let mut p = vec![0.0; s_n * a_n * s_n];
+    for row in 0..s_n * a_n {
+        for k in mdp.indptr[row] as usize..mdp.indptr[row + 1] as usize {
+            p[row * s_n + mdp.indices[k] as usize] += mdp.probs[k] as f64;
+        }
+    }
+    let terminal = &mdp.terminal[m * s_n..(m + 1) * s_n];
+    let r = |s: usize, a: usize| mdp.reward[(m * s_n + s) * a_n + a] as f64;
+    // Backward: V_T = 0, pi_t from V_{t+1}.
+    let mut v = vec![0.0; s_n];
+    let mut policies = Vec::new();
+    for _ in 0..HORIZON {
+        let mut next = vec![0.0; s_n];
+        let mut pi = vec![0.0; s_n * a_n];
+        for s in 0..s_n {
+            if terminal[s] {
+                continue;
+            }
+            let q: Vec<f64> = (0..a_n)
+                .map(|a| {
+                    r(s, a)
+                        + (0..s_n)
+                            .map(|j| p[(s * a_n + a) * s_n + j] * v[j])
+                            .sum::<f64>()
+                })
+                .collect();
+            next[s] = q.iter().map(|x| x.exp()).sum::<f64>().ln();
+            for a in 0..a_n {
+                pi[s * a_n + a] = (q[a] - next[s]).exp();
+            }
+        }
+        policies.push(pi);
+        v = next;
+    }
+    policies.reverse(); // pi_0 .. pi_{T-1}
+    let mut d: Vec<f64> = mdp.initial[m * s_n..(m + 1) * s_n]
+        .iter()
+        .map(|&x| x as f64)
+        .collect();
+    let k_n = features.len() / s_n;
+    let mut mu = vec![0.0; k_n];
+    for t in 0..=HORIZON {
+        for s in 0..s_n {
+            for k in 0..k_n {
+                mu[k] += d[s] * features[s * k_n + k] as f64;
+            }
+        }
+        if t == HORIZON {
+            break;
+        }
+        let mut next = vec![0.0; s_n];
+        for s in 0..s_n {
+            if terminal[s] {
+                continue;
+            }
+            for a in 0..a_n {
+                for j in 0..s_n {
+                    next[j] += d[s] * policies[t][s * a_n + a] * p[(s * a_n + a) * s_n + j];
+                }
+            }
+        }
+        d = next;
+    }
+    mu
+}
+
+#[test]
+fn one_gradient_matches_a_dense_computation() {
+    let (world, features) = world();
+    let train = demos(
+        &world.mdp,
+        &features,
+        &[0.3, 0.2, -0.4, 0.0, 0.0, 0.0],
+        200,
+        5,
+    );
+    let theta = [0.2, -0.1, 0.3, -0.4, 0.5, 0.1];
+    let demo_features = demo_feature_expectations(&features, world.mdp.states, &train, 1.0);
+    for (name, mut solve) in solvers() {
+        let (mdp, _, model, grad) = gradient(
+            &world.mdp,
+            &features,
+            &train,
+            &demo_features,
+            &theta,
+            &options(),
+            &mut *solve,
+        )
+        .unwrap();
+        for m in 0..2 {
+            let dense = dense_model_features(&mdp, &features, m);
+            for k in 0..3 {
+                let i = m * 3 + k;
+                // f64 on the CPU (occupancy stored as f32: 1e-7); f32 sweeps and sums of 13
+                // steps of occupancy on the GPU.
+                let tol = if name == "cpu" { 1e-7 } else { 2e-5 };
+                assert!(
+                    (model[i] - dense[k]).abs() <= tol * dense[k].abs().max(1.0),
+                    "{name}: mu[{m}][{k}] {} vs dense {}",
+                    model[i],
+                    dense[k]
+                );
+                assert!(
+                    (grad[i] - (demo_features[i] - dense[k])).abs()
+                        <= tol * dense[k].abs().max(1.0)
+                );
+            }
+        }
+    }
+}
