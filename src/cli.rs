@@ -15,7 +15,9 @@ use crate::problem::{Backup, GridProblem, GridTask, Horizon, SolveOptions};
 use crate::solve::{Progress, Solution, Status};
 
 mod infer;
+mod irl;
 pub use infer::{InferArgs, infer_command, read_trajectory};
+pub use irl::{IrlArgs, irl_command};
 
 /// Exit code of a solve that diverged (no finite values exist).
 pub const EXIT_DIVERGED: i32 = 3;
@@ -79,6 +81,15 @@ temperature (small = near-optimal). A task whose episode would have ended (its g
 gets probability 0; a step no task explains is an error naming its line."
     )]
     Infer(InferArgs),
+    /// Learn linear reward weights theta for state features from demonstrations (maximum
+    /// causal entropy IRL): theta.npy [M,K], reward.npy, per-iteration log-likelihood.
+    #[command(after_help = "Example (recover a known reward):\n  \
+softvi sample --maze 31x31 --goal 29,29 --reward true_reward.npy --horizon 40 --episodes 500 --out demos\n  \
+softvi irl --maze 31x31 --goal 29,29 --features features.npy --demos demos/states.npy --demo-actions demos/actions.npy --out learned\n\n\
+Each iteration solves the world with reward (its own, e.g. move costs) + theta . phi(s) backward \
+and forward, and steps theta along mu_demos - mu_model (feature expectations, discounted by \
+gamma^t) with Adam. The horizon is the demo length unless --discounted.")]
+    Irl(IrlArgs),
     /// Solve the distinct goals of a MovingAI scenario file as one batch and compare the soft
     /// value at each start with the published optimal length.
     #[command(
@@ -1892,6 +1903,7 @@ pub fn run(cli: Cli) -> Result<i32> {
         Command::Render(args) => render_command(&args),
         Command::Sample(args) => sample_command(&args),
         Command::Infer(args) => infer_command(&args),
+        Command::Irl(args) => irl_command(&args),
         Command::Bench(args) => bench_command(&args),
         Command::Adapters => adapters_command(),
     }
