@@ -319,3 +319,90 @@ pub fn measure_mdp_cpu(mdp: &TabularMdp, sweeps: u32) -> Result<Measurement> {
         sweeps,
     )
 }
+
+/// The IRL workload: a 256 x 256 open grid, 8-connected, slip 0.1, default move costs, one
+/// goal in the far corner; K = 8 smooth features (x, y, their squares and product, two
+/// sinusoids, a bias); M = 16 demo sets of 64 episodes of 64 steps sampled (CPU reference)
+/// from 16 seeded weight vectors. Returns the world MDP, the features `[state][feature]` and
+/// the demos.
+pub fn irl_workload() -> Result<(TabularMdp, Vec<f32>, crate::irl::Demos)> {
+    use crate::grid_mdp::GridMdp;
+    let side = 256;
+    let problem = GridProblem {
+        grid: Grid::open(side, side),
+        actions: ActionSet {
+            connectivity: Connectivity::Eight,
+            stay: false,
+        },
+        slip: 0.1,
+        move_cost: MoveCost::default(),
+        tasks: vec![GridTask {
+            goals: vec![side * side - 1],
+            reward: None,
+        }],
+    };
+    let world = GridMdp::new(&problem, None)?;
+    let features: Vec<f32> = world
+        .cell_of_state
+        .iter()
+        .flat_map(|&c| {
+            let (x, y) = (
+                (c as usize % side) as f32 / side as f32,
+                (c as usize / side) as f32 / side as f32,
+            );
+            [
+                x,
+                y,
+                x * x,
+                y * y,
+                x * y,
+                (6.0 * x).sin(),
+                (5.0 * y).cos(),
+                1.0,
+            ]
+        })
+        .collect();
+    let (sets, episodes, steps) = (16, 64, 64);
+    let mut rng = StdRng::seed_from_u64(7);
+    let theta: Vec<f64> = (0..sets * 8).map(|_| rng.random_range(-0.5..0.5)).collect();
+    let starts = crate::irl::Demos {
+        sets,
+        episodes: 1,
+        steps: 1,
+        states: vec![0; sets * 2],
+        actions: None,
+    };
+    let mut truth = crate::irl::irl_mdp(&world.mdp, &features, &starts, &theta)?;
+    truth.initial = world.mdp.initial.repeat(sets);
+    let options = SolveOptions {
+        alpha: 1.0,
+        gamma: 1.0,
+        horizon: Horizon::Finite(steps as u32),
+        policy: true,
+        ..SolveOptions::default()
+    };
+    let solved = solve_mdp_cpu(
+        &truth,
+        &options,
+        MdpOutputs {
+            all_steps: true,
+            occupancy: false,
+        },
+    )?;
+    let policy = solved
+        .steps
+        .and_then(|s| s.policy)
+        .context("no policy for the demos")?;
+    let samples = crate::sample::sample(&truth, &policy, steps, episodes, steps, 11)?;
+    Ok((
+        world.mdp,
+        features,
+        crate::irl::Demos {
+            sets,
+            episodes,
+            steps,
+            states: samples.states,
+            actions: Some(samples.actions),
+        },
+    ))
+}

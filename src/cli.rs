@@ -341,7 +341,8 @@ pub struct ScenArgs {
 #[derive(Args, Debug)]
 pub struct BenchArgs {
     /// Workloads to run (default: all): maze1024-b1, maze1024-b8, maze4096-b1, orz900d-b64,
-    /// mdp1m (10^6 states, 8 actions, ~4 successors; also timed end to end with occupancy).
+    /// mdp1m (10^6 states, 8 actions, ~4 successors; also timed end to end with occupancy),
+    /// irl256 (seconds per MaxEnt IRL iteration, 256x256 grid, K = 8, M = 16).
     #[arg(long = "workload", value_name = "NAME")]
     pub workloads: Vec<String>,
     /// Folder holding the MovingAI maps (orz900d.map).
@@ -354,7 +355,8 @@ pub struct BenchArgs {
     /// Extra sweeps timed on the CPU reference per workload, to start with (0 skips the CPU).
     #[arg(long, default_value_t = 2)]
     pub cpu_sweeps: u32,
-    /// Also time mdp1m's end-to-end solve + occupancy on the CPU reference (minutes).
+    /// Also time mdp1m's end-to-end solve + occupancy and an irl256 iteration on the CPU
+    /// reference (minutes each).
     #[arg(long)]
     pub cpu_solve: bool,
 }
@@ -1719,19 +1721,23 @@ pub fn bench_command(args: &BenchArgs) -> Result<i32> {
         standard_workloads,
     };
     const MDP_WORKLOAD: &str = "mdp1m";
+    const IRL_WORKLOAD: &str = "irl256";
     let maps = args.maps.is_dir().then_some(args.maps.as_path());
     let mut workloads = standard_workloads(maps)?;
-    let mut run_mdp = true;
+    let (mut run_mdp, mut run_irl) = (true, true);
     if !args.workloads.is_empty() {
         for name in &args.workloads {
             ensure!(
-                name == MDP_WORKLOAD || workloads.iter().any(|w| &w.name == name),
+                name == MDP_WORKLOAD
+                    || name == IRL_WORKLOAD
+                    || workloads.iter().any(|w| &w.name == name),
                 "--workload {name:?} is unknown (known: maze1024-b1, maze1024-b8, maze4096-b1, \
-                 orz900d-b64, mdp1m)"
+                 orz900d-b64, mdp1m, irl256)"
             );
         }
         workloads.retain(|w| args.workloads.contains(&w.name));
         run_mdp = args.workloads.iter().any(|w| w == MDP_WORKLOAD);
+        run_irl = args.workloads.iter().any(|w| w == IRL_WORKLOAD);
     }
     let ctx = GpuContext::from_env()?;
     let mut engine = GridEngine::new(&ctx)?;
@@ -1869,6 +1875,56 @@ pub fn bench_command(args: &BenchArgs) -> Result<i32> {
             end_to_end("cpu reference", &mut || {
                 crate::solve::solve_mdp_cpu(&mdp, &options, outputs)
             })?;
+        }
+    }
+    if run_irl {
+        // Seconds per IRL iteration (backward + forward + gradient), after one warm-up.
+        let (world, features, demos) = crate::bench::irl_workload()?;
+        let options = crate::irl::IrlOptions {
+            solve: SolveOptions {
+                alpha: 1.0,
+                gamma: 1.0,
+                horizon: Horizon::Finite(demos.steps as u32),
+                policy: false,
+                ..SolveOptions::default()
+            },
+            learning_rate: 0.05,
+            iters: 4,
+            tol: 0.0,
+        };
+        // The first iteration of a run is a warm-up (pipelines, buffers).
+        let per_iteration = |solve: &mut dyn FnMut(
+            &crate::mdp::TabularMdp,
+            &SolveOptions,
+            crate::problem::MdpOutputs,
+        )
+            -> Result<crate::solve::MdpSolution>,
+                             iters: u32|
+         -> Result<f64> {
+            let options = crate::irl::IrlOptions { iters, ..options };
+            let result =
+                crate::irl::learn(&world, &features, &demos, &options, solve, &mut |_, _| {})?;
+            let timed = &result.history[(iters > 1) as usize..];
+            Ok(timed.iter().map(|h| h.solve_seconds).sum::<f64>() / timed.len() as f64)
+        };
+        let mut mdp_engine = crate::gpu::MdpEngine::new(&ctx)?;
+        let gpu = per_iteration(&mut |m, o, x| mdp_engine.solve(m, o, x), 4)?;
+        let describe = |backend: &str, seconds: f64, ratio: String| {
+            println!(
+                "{IRL_WORKLOAD} on {backend}: 256x256 open grid, 8 actions, slip 0.1, K = 8, M = 16 sets x {} demos x {} steps: {seconds:.3} s per IRL iteration{ratio}",
+                demos.episodes, demos.steps
+            );
+        };
+        if args.cpu_solve {
+            let cpu = per_iteration(&mut |m, o, x| crate::solve::solve_mdp_cpu(m, o, x), 1)?;
+            describe(
+                &ctx.adapter_label(),
+                gpu,
+                format!(" ({:.1}x faster than the CPU reference)", cpu / gpu),
+            );
+            describe("cpu reference", cpu, String::new());
+        } else {
+            describe(&ctx.adapter_label(), gpu, String::new());
         }
     }
     Ok(0)
