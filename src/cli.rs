@@ -1852,7 +1852,7 @@ pub fn bench_command(args: &BenchArgs) -> Result<i32> {
         };
         let end_to_end = |backend: &str,
                           solve: &mut dyn FnMut() -> Result<crate::solve::MdpSolution>|
-         -> Result<()> {
+         -> Result<crate::solve::MdpSolution> {
             let start = Instant::now();
             let solved = solve()?;
             let total = start.elapsed().as_secs_f64();
@@ -1866,15 +1866,36 @@ pub fn bench_command(args: &BenchArgs) -> Result<i32> {
                 d.iterations,
                 d.status[0].name(),
             );
-            Ok(())
+            Ok(solved)
         };
-        end_to_end(&ctx.adapter_label(), &mut || {
+        let gpu = end_to_end(&ctx.adapter_label(), &mut || {
             mdp_engine.solve(&mdp, &options, outputs)
         })?;
         if args.cpu_solve {
-            end_to_end("cpu reference", &mut || {
+            let cpu = end_to_end("cpu reference", &mut || {
                 crate::solve::solve_mdp_cpu(&mdp, &options, outputs)
             })?;
+            // Both stop within tol of their fixed points, so they differ by up to
+            // 2 tol gamma / (1 - gamma) in V; the occupancy by its own tol.
+            let gap = |a: &[f32], b: &[f32]| {
+                a.iter()
+                    .zip(b)
+                    .map(|(x, y)| (x - y).abs() as f64)
+                    .fold(0.0, f64::max)
+            };
+            let top = |a: &[f32]| a.iter().fold(0.0f64, |m, x| m.max(x.abs() as f64));
+            let (gv, cv) = (&gpu.solution.values, &cpu.solution.values);
+            let (gd, cd) = (
+                &gpu.occupancy.as_ref().context("no occupancy")?.values,
+                &cpu.occupancy.as_ref().context("no occupancy")?.values,
+            );
+            println!(
+                "{MDP_WORKLOAD} GPU vs CPU: max |dV| {:.3e} (max |V| {:.3}), max |d occupancy| {:.3e} (max {:.3e})",
+                gap(gv, cv),
+                top(cv),
+                gap(gd, cd),
+                top(cd)
+            );
         }
     }
     if run_irl {
