@@ -194,6 +194,47 @@ impl Checks {
     }
 }
 
+/// The pipelines and per-band bind groups of one iteration, recorded by [`Kernels::record`].
+/// `groups[b][p]` reads buffer p and writes buffer 1 - p.
+pub(crate) struct Kernels<'a> {
+    pub sweep: &'a wgpu::ComputePipeline,
+    pub sweep_checked: &'a wgpu::ComputePipeline,
+    pub extrapolate: &'a wgpu::ComputePipeline,
+    pub sweep_groups: &'a [[wgpu::BindGroup; 2]],
+    pub extrapolate_groups: &'a [[wgpu::BindGroup; 2]],
+}
+
+impl Kernels<'_> {
+    /// Records `step` as one pass of indirect dispatches, one per band.
+    pub fn record(&self, encoder: &mut wgpu::CommandEncoder, checks: &Checks, step: Step) {
+        let mut pass = encoder.begin_compute_pass(&Default::default());
+        match step {
+            Step::Sweep {
+                parity, checked, ..
+            } => {
+                pass.set_pipeline(if checked {
+                    self.sweep_checked
+                } else {
+                    self.sweep
+                });
+                for (b, groups) in self.sweep_groups.iter().enumerate() {
+                    pass.set_bind_group(0, &groups[parity], &[]);
+                    pass.dispatch_workgroups_indirect(&checks.control, checks.sweep_args(b));
+                }
+            }
+            Step::Extrapolate { parity } => {
+                // V (read next) is in `parity`, V_prev in the other buffer: the bind group
+                // that reads 1 - parity and writes parity.
+                pass.set_pipeline(self.extrapolate);
+                for (b, groups) in self.extrapolate_groups.iter().enumerate() {
+                    pass.set_bind_group(0, &groups[1 - parity], &[]);
+                    pass.dispatch_workgroups_indirect(&checks.control, checks.extrapolate_args(b));
+                }
+            }
+        }
+    }
+}
+
 /// Where an iteration stopped.
 pub(crate) struct Iteration {
     /// Sweeps applied.

@@ -10,7 +10,7 @@ use anyhow::{Context, Result, bail, ensure};
 use bytemuck::{Pod, Zeroable};
 
 use super::context::GpuContext;
-use super::core::{EngineOptions, GpuCore, Step, WINDOW_SLACK, Window, bind, storage, window};
+use super::core::{EngineOptions, GpuCore, Kernels, WINDOW_SLACK, Window, bind, storage, window};
 use crate::layout::GridInputs;
 use crate::problem::{Backup, GridProblem, Horizon, SolveOptions};
 use crate::reference::SweepStats;
@@ -675,38 +675,17 @@ impl GridEngine {
         encoder.clear_buffer(&values[1], 0, Some(v_bytes));
         self.core.queue.submit([encoder.finish()]);
 
+        let kernels = Kernels {
+            sweep: &sweep,
+            sweep_checked: &sweep_checked,
+            extrapolate: &extrapolate,
+            sweep_groups: &sweep_groups,
+            extrapolate_groups: &sweep_groups,
+        };
         let run = self.core.iterate(
             &checks,
             options,
-            &mut |encoder, step| {
-                let mut pass = encoder.begin_compute_pass(&Default::default());
-                match step {
-                    Step::Sweep {
-                        parity, checked, ..
-                    } => {
-                        pass.set_pipeline(if checked { &sweep_checked } else { &sweep });
-                        for (b, groups) in sweep_groups.iter().enumerate() {
-                            pass.set_bind_group(0, &groups[parity], &[]);
-                            pass.dispatch_workgroups_indirect(
-                                &checks.control,
-                                checks.sweep_args(b),
-                            );
-                        }
-                    }
-                    Step::Extrapolate { parity } => {
-                        // V (read next) is in `parity`, V_prev in the other buffer: the bind
-                        // group that reads 1 - parity and writes parity.
-                        pass.set_pipeline(&extrapolate);
-                        for (b, groups) in sweep_groups.iter().enumerate() {
-                            pass.set_bind_group(0, &groups[1 - parity], &[]);
-                            pass.dispatch_workgroups_indirect(
-                                &checks.control,
-                                checks.extrapolate_args(b),
-                            );
-                        }
-                    }
-                }
-            },
+            &mut |encoder, step| kernels.record(encoder, &checks, step),
             progress,
         )?;
         let (sweeps, verdict) = (run.sweeps, run.verdict);

@@ -10,7 +10,9 @@ use anyhow::{Context, Result, ensure};
 use bytemuck::{Pod, Zeroable};
 
 use super::context::GpuContext;
-use super::core::{EngineOptions, GpuCore, Iteration, Step, Window, bind, storage, window};
+use super::core::{
+    EngineOptions, GpuCore, Iteration, Kernels, Step, Window, bind, storage, window,
+};
 use crate::mdp::{MdpInputs, TabularMdp, Transpose};
 use crate::problem::{Backup, Horizon, MdpOutputs, SolveOptions};
 use crate::solve::{
@@ -94,6 +96,18 @@ pub struct MdpBand {
     pub state_base: usize,
     /// States covered.
     pub state_count: usize,
+}
+
+impl MdpBand {
+    /// Tasks `[t0, t1)` and states `[s0, s1)` covered.
+    fn span(&self) -> (u64, u64, u64, u64) {
+        (
+            self.task_base as u64,
+            (self.task_base + self.task_count) as u64,
+            self.state_base as u64,
+            (self.state_base + self.state_count) as u64,
+        )
+    }
 }
 
 /// Splits `tasks` tasks of `states` states into bands whose bindings fit `max_binding` bytes:
@@ -607,14 +621,7 @@ impl MdpEngine {
             .iter()
             .zip(bases)
             .map(|(band, group_base)| {
-                let (t0, t1) = (
-                    band.task_base as u64,
-                    (band.task_base + band.task_count) as u64,
-                );
-                let (s0, s1) = (
-                    band.state_base as u64,
-                    (band.state_base + band.state_count) as u64,
-                );
+                let (t0, t1, s0, s1) = band.span();
                 let (e0, e1) = (
                     mdp.indptr[(s0 * a) as usize] as u64,
                     mdp.indptr[(s1 * a) as usize] as u64,
@@ -691,14 +698,7 @@ impl MdpEngine {
             .iter()
             .zip(bases)
             .map(|(band, group_base)| {
-                let (t0, t1) = (
-                    band.task_base as u64,
-                    (band.task_base + band.task_count) as u64,
-                );
-                let (s0, s1) = (
-                    band.state_base as u64,
-                    (band.state_base + band.state_count) as u64,
-                );
+                let (t0, t1, s0, s1) = band.span();
                 let (e0, e1) = (
                     incoming_indptr[s0 as usize] as u64,
                     incoming_indptr[s1 as usize] as u64,
@@ -905,50 +905,28 @@ impl MdpEngine {
             ..key
         });
 
+        let kernels = Kernels {
+            sweep: &sweep,
+            sweep_checked: &sweep_checked,
+            extrapolate: &extrapolate,
+            sweep_groups: &groups,
+            extrapolate_groups: &groups,
+        };
         let run = self.core.iterate(
             &checks,
             options,
             &mut |encoder, step| {
-                match step {
-                    Step::Sweep {
-                        index,
-                        parity,
-                        checked,
-                    } => {
-                        {
-                            let mut pass = encoder.begin_compute_pass(&Default::default());
-                            pass.set_pipeline(if checked { &sweep_checked } else { &sweep });
-                            for (b, g) in groups.iter().enumerate() {
-                                pass.set_bind_group(0, &g[parity], &[]);
-                                pass.dispatch_workgroups_indirect(
-                                    &checks.control,
-                                    checks.sweep_args(b),
-                                );
-                            }
-                        }
-                        // Sweep k (from 0) makes V_{T-1-k}.
-                        if let Some(steps) = &steps_buf {
-                            let t = (horizon - 1 - index as usize) as u64;
-                            encoder.copy_buffer_to_buffer(
-                                &values[1 - parity],
-                                0,
-                                steps,
-                                t * v_bytes,
-                                v_bytes,
-                            );
-                        }
-                    }
-                    Step::Extrapolate { parity } => {
-                        let mut pass = encoder.begin_compute_pass(&Default::default());
-                        pass.set_pipeline(&extrapolate);
-                        for (b, g) in groups.iter().enumerate() {
-                            pass.set_bind_group(0, &g[1 - parity], &[]);
-                            pass.dispatch_workgroups_indirect(
-                                &checks.control,
-                                checks.extrapolate_args(b),
-                            );
-                        }
-                    }
+                kernels.record(encoder, &checks, step);
+                // Sweep k (from 0) makes V_{T-1-k}.
+                if let (Some(steps), Step::Sweep { index, parity, .. }) = (&steps_buf, step) {
+                    let t = (horizon - 1 - index as usize) as u64;
+                    encoder.copy_buffer_to_buffer(
+                        &values[1 - parity],
+                        0,
+                        steps,
+                        t * v_bytes,
+                        v_bytes,
+                    );
                 }
             },
             progress,
@@ -1193,40 +1171,17 @@ impl MdpEngine {
             write_residual: true,
             ..occupancy_key
         });
+        let kernels = Kernels {
+            sweep: &accumulate,
+            sweep_checked: &accumulate_checked,
+            extrapolate: &extrapolate,
+            sweep_groups: &groups,
+            extrapolate_groups: &extrapolate_groups,
+        };
         let occupancy_run = self.core.iterate(
             &checks,
             options,
-            &mut |encoder, step| {
-                let mut pass = encoder.begin_compute_pass(&Default::default());
-                match step {
-                    Step::Sweep {
-                        parity, checked, ..
-                    } => {
-                        pass.set_pipeline(if checked {
-                            &accumulate_checked
-                        } else {
-                            &accumulate
-                        });
-                        for (b, g) in groups.iter().enumerate() {
-                            pass.set_bind_group(0, &g[parity], &[]);
-                            pass.dispatch_workgroups_indirect(
-                                &checks.control,
-                                checks.sweep_args(b),
-                            );
-                        }
-                    }
-                    Step::Extrapolate { parity } => {
-                        pass.set_pipeline(&extrapolate);
-                        for (b, g) in extrapolate_groups.iter().enumerate() {
-                            pass.set_bind_group(0, &g[1 - parity], &[]);
-                            pass.dispatch_workgroups_indirect(
-                                &checks.control,
-                                checks.extrapolate_args(b),
-                            );
-                        }
-                    }
-                }
-            },
+            &mut |encoder, step| kernels.record(encoder, &checks, step),
             &mut |_| {},
         )?;
         let last = (occupancy_run.sweeps % 2) as usize;
