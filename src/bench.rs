@@ -323,9 +323,8 @@ pub fn measure_mdp_cpu(mdp: &TabularMdp, sweeps: u32) -> Result<Measurement> {
 /// The IRL workload: a 256 x 256 open grid, 8-connected, slip 0.1, default move costs, one
 /// goal in the far corner; K = 8 smooth features (x, y, their squares and product, two
 /// sinusoids, a bias); M = 16 demo sets of 64 episodes of 64 steps sampled (CPU reference)
-/// from 16 seeded weight vectors. Returns the world MDP, the features `[state][feature]` and
-/// the demos.
-pub fn irl_workload() -> Result<(TabularMdp, Vec<f32>, crate::irl::Demos)> {
+/// from 16 seeded weight vectors.
+pub fn irl_workload() -> Result<IrlWorkload> {
     use crate::grid_mdp::GridMdp;
     let side = 256;
     let problem = GridProblem {
@@ -394,15 +393,28 @@ pub fn irl_workload() -> Result<(TabularMdp, Vec<f32>, crate::irl::Demos)> {
         .and_then(|s| s.policy)
         .context("no policy for the demos")?;
     let samples = crate::sample::sample(&truth, &policy, steps, episodes, steps, 11)?;
-    Ok((
-        world.mdp,
+    Ok(IrlWorkload {
+        problem,
+        world,
         features,
-        crate::irl::Demos {
+        demos: crate::irl::Demos {
             sets,
             episodes,
             steps,
             states: samples.states,
             actions: Some(samples.actions),
         },
-    ))
+    })
+}
+
+/// The IRL workload's world, features and demos.
+pub struct IrlWorkload {
+    /// The grid world.
+    pub problem: GridProblem,
+    /// It as a tabular MDP.
+    pub world: crate::grid_mdp::GridMdp,
+    /// Features, `[state][feature]`.
+    pub features: Vec<f32>,
+    /// The demos.
+    pub demos: crate::irl::Demos,
 }

@@ -1211,27 +1211,45 @@ fn grid_mdp_solve_command(args: &SolveArgs, start: Instant) -> Result<i32> {
         all_steps: args.all_steps,
         occupancy: args.occupancy,
     };
-    let (mut solved, adapter) = run_mdp_backend(
-        &args.iteration,
-        &grid_mdp.mdp,
-        &options,
-        outputs,
-        args.quiet,
-    )?;
-    // Onto the map: NaN on blocked cells.
-    let n = p.actions.count();
-    let solution = &mut solved.solution;
-    solution.height = p.grid.height;
-    solution.width = p.grid.width;
-    solution.values = grid_mdp.to_cells(&solution.values, 1);
-    solution.policy = solution.policy.as_ref().map(|x| grid_mdp.to_cells(x, n));
-    if let Some(steps) = &mut solved.steps {
-        steps.values = grid_mdp.to_cells(&steps.values, 1);
-        steps.policy = steps.policy.as_ref().map(|x| grid_mdp.to_cells(x, n));
-    }
-    if let Some(d) = &mut solved.occupancy {
-        d.values = grid_mdp.to_cells(&d.values, 1);
-    }
+    let finite = matches!(options.horizon, Horizon::Finite(_));
+    let (solved, adapter) = if args.iteration.backend == BackendArg::Gpu && finite {
+        // The grid kernels' own forward pass.
+        ensure!(
+            args.iteration.adapters == "1",
+            "--adapters {} shards plain grid solves only; this solve runs on one adapter",
+            args.iteration.adapters
+        );
+        let ctx = GpuContext::from_env()?;
+        let mut engine = GridEngine::new(&ctx)?;
+        let start = grid_mdp.start_cells(&grid_mdp.mdp);
+        let mut line = ProgressLine::new(args.quiet);
+        let solved = engine.solve_steps(p, &options, outputs, &start, &mut |x| line.update(x));
+        line.finish();
+        (solved?, adapter_json(&ctx))
+    } else {
+        let (mut solved, adapter) = run_mdp_backend(
+            &args.iteration,
+            &grid_mdp.mdp,
+            &options,
+            outputs,
+            args.quiet,
+        )?;
+        // Onto the map: NaN on blocked cells.
+        let n = p.actions.count();
+        let solution = &mut solved.solution;
+        solution.height = p.grid.height;
+        solution.width = p.grid.width;
+        solution.values = grid_mdp.to_cells(&solution.values, 1);
+        solution.policy = solution.policy.as_ref().map(|x| grid_mdp.to_cells(x, n));
+        if let Some(steps) = &mut solved.steps {
+            steps.values = grid_mdp.to_cells(&steps.values, 1);
+            steps.policy = steps.policy.as_ref().map(|x| grid_mdp.to_cells(x, n));
+        }
+        if let Some(d) = &mut solved.occupancy {
+            d.values = grid_mdp.to_cells(&d.values, 1);
+        }
+        (solved, adapter)
+    };
     let seconds = start.elapsed().as_secs_f64();
     let backend = args.iteration.backend;
     let mut summary = summary_json(
@@ -1900,7 +1918,12 @@ pub fn bench_command(args: &BenchArgs) -> Result<i32> {
     }
     if run_irl {
         // Seconds per IRL iteration (backward + forward + gradient), after one warm-up.
-        let (world, features, demos) = crate::bench::irl_workload()?;
+        let crate::bench::IrlWorkload {
+            problem,
+            world,
+            features,
+            demos,
+        } = crate::bench::irl_workload()?;
         let options = crate::irl::IrlOptions {
             solve: SolveOptions {
                 alpha: 1.0,
@@ -1923,29 +1946,47 @@ pub fn bench_command(args: &BenchArgs) -> Result<i32> {
                              iters: u32|
          -> Result<f64> {
             let options = crate::irl::IrlOptions { iters, ..options };
-            let result =
-                crate::irl::learn(&world, &features, &demos, &options, solve, &mut |_, _| {})?;
+            let result = crate::irl::learn(
+                &world.mdp,
+                &features,
+                &demos,
+                &options,
+                solve,
+                &mut |_, _| {},
+            )?;
             let timed = &result.history[(iters > 1) as usize..];
             Ok(timed.iter().map(|h| h.solve_seconds).sum::<f64>() / timed.len() as f64)
         };
-        let mut mdp_engine = crate::gpu::MdpEngine::new(&ctx)?;
-        let gpu = per_iteration(&mut |m, o, x| mdp_engine.solve(m, o, x), 4)?;
         let describe = |backend: &str, seconds: f64, ratio: String| {
             println!(
                 "{IRL_WORKLOAD} on {backend}: 256x256 open grid, 8 actions, slip 0.1, K = 8, M = 16 sets x {} demos x {} steps: {seconds:.3} s per IRL iteration{ratio}",
                 demos.episodes, demos.steps
             );
         };
+        let mut grid_engine = GridEngine::new(&ctx)?;
+        let gpu = per_iteration(
+            &mut |m, o, x| world.solve_on_grid(&mut grid_engine, &problem, m, o, x),
+            4,
+        )?;
+        describe(
+            &format!("{} (grid kernels)", ctx.adapter_label()),
+            gpu,
+            String::new(),
+        );
+        let mut mdp_engine = crate::gpu::MdpEngine::new(&ctx)?;
+        let csr = per_iteration(&mut |m, o, x| mdp_engine.solve(m, o, x), 3)?;
+        describe(
+            &format!("{} (CSR kernels)", ctx.adapter_label()),
+            csr,
+            String::new(),
+        );
         if args.cpu_solve {
             let cpu = per_iteration(&mut |m, o, x| crate::solve::solve_mdp_cpu(m, o, x), 1)?;
             describe(
-                &ctx.adapter_label(),
-                gpu,
-                format!(" ({:.1}x faster than the CPU reference)", cpu / gpu),
+                "cpu reference",
+                cpu,
+                format!(" (grid kernels {:.1}x faster)", cpu / gpu),
             );
-            describe("cpu reference", cpu, String::new());
-        } else {
-            describe(&ctx.adapter_label(), gpu, String::new());
         }
     }
     Ok(0)

@@ -12,6 +12,43 @@ use crate::problem::GridProblem;
 /// Marks a blocked cell in [`GridMdp::state_of_cell`].
 pub const NO_STATE: u32 = u32::MAX;
 
+/// The start distribution of every task, `[task][row][col]`: equal weights on the `starts`
+/// cells (`row * W + col`, shared by all tasks), or with `None` uniform over each task's free
+/// non-goal cells.
+pub fn start_distribution(problem: &GridProblem, starts: Option<&[usize]>) -> Result<Vec<f32>> {
+    let grid = &problem.grid;
+    let cells = grid.cells();
+    let terminal = problem.terminal_flags();
+    let mut start = vec![0f32; problem.tasks.len() * cells];
+    for (t, row) in start.chunks_exact_mut(cells).enumerate() {
+        match starts {
+            Some(list) => {
+                ensure!(!list.is_empty(), "no start cell given");
+                for &c in list {
+                    ensure!(
+                        c < cells && grid.free[c],
+                        "start X={},Y={} is on a blocked cell",
+                        c % grid.width,
+                        c / grid.width
+                    );
+                    row[c] += 1.0 / list.len() as f32;
+                }
+            }
+            None => {
+                let open = |c: usize| grid.free[c] && !terminal[t * cells + c];
+                let free = (0..cells).filter(|&c| open(c)).count();
+                ensure!(free > 0, "task {t}: every free cell is a goal");
+                for (c, x) in row.iter_mut().enumerate() {
+                    if open(c) {
+                        *x = 1.0 / free as f32;
+                    }
+                }
+            }
+        }
+    }
+    Ok(start)
+}
+
 /// A gridworld batch as a tabular MDP, with the maps between cells and states.
 #[derive(Clone, Debug)]
 pub struct GridMdp {
@@ -91,34 +128,11 @@ impl GridMdp {
                 terminal[t * states + state_of_cell[g] as usize] = true;
             }
         }
-        let mut initial = vec![0f32; tasks * states];
-        for t in 0..tasks {
-            let row = &mut initial[t * states..(t + 1) * states];
-            match starts {
-                Some(cells) => {
-                    ensure!(!cells.is_empty(), "no start cell given");
-                    for &c in cells {
-                        let s = state_of_cell[c];
-                        ensure!(
-                            s != NO_STATE,
-                            "start X={},Y={} is on a blocked cell",
-                            c % grid.width,
-                            c / grid.width
-                        );
-                        row[s as usize] += 1.0 / cells.len() as f32;
-                    }
-                }
-                None => {
-                    let free = (0..states).filter(|&s| !terminal[t * states + s]).count();
-                    ensure!(free > 0, "task {t}: every free cell is a goal");
-                    for (s, x) in row.iter_mut().enumerate() {
-                        if !terminal[t * states + s] {
-                            *x = 1.0 / free as f32;
-                        }
-                    }
-                }
-            }
-        }
+        let start = start_distribution(problem, starts)?;
+        let initial = start
+            .chunks_exact(cells)
+            .flat_map(|task| cell_of_state.iter().map(|&c| task[c as usize]))
+            .collect();
         Ok(Self {
             mdp: TabularMdp {
                 states,
@@ -153,6 +167,98 @@ impl GridMdp {
             }
         }
         out
+    }
+
+    /// The grid batch whose tabular MDP is `mdp` (an MDP over this grid's states, e.g. with
+    /// rewards changed by IRL): one task per MDP task, with the goals of `template`'s task of
+    /// the same index (or of its only task) and the state reward `r(s, 0) + cost(0)` (the
+    /// grid's rewards are `R(s) - cost(a)`).
+    pub fn problem_for(&self, template: &GridProblem, mdp: &TabularMdp) -> Result<GridProblem> {
+        ensure!(
+            mdp.states == self.cell_of_state.len() && template.tasks.len() == 1
+                || template.tasks.len() == mdp.tasks,
+            "the MDP does not belong to this grid batch"
+        );
+        let cost = template.move_cost.per_action(&template.actions)[0];
+        let n = mdp.actions;
+        let tasks = (0..mdp.tasks)
+            .map(|t| {
+                let goals = template.tasks[if template.tasks.len() == 1 { 0 } else { t }]
+                    .goals
+                    .clone();
+                let mut reward = vec![0.0f32; self.height * self.width];
+                for (s, &c) in self.cell_of_state.iter().enumerate() {
+                    reward[c as usize] =
+                        (mdp.reward[(t * mdp.states + s) * n] as f64 + cost) as f32;
+                }
+                crate::problem::GridTask {
+                    goals,
+                    reward: Some(reward),
+                }
+            })
+            .collect();
+        Ok(GridProblem {
+            tasks,
+            ..template.clone()
+        })
+    }
+
+    /// Solves `mdp` (an MDP over this grid's states, see [`GridMdp::problem_for`]) for a finite
+    /// horizon on the grid kernels, with its own start distribution, and returns the result
+    /// over the states as [`crate::solve::solve_mdp_cpu`] lays it out.
+    pub fn solve_on_grid(
+        &self,
+        engine: &mut crate::gpu::GridEngine,
+        template: &GridProblem,
+        mdp: &TabularMdp,
+        options: &crate::problem::SolveOptions,
+        outputs: crate::problem::MdpOutputs,
+    ) -> Result<crate::solve::MdpSolution> {
+        let problem = self.problem_for(template, mdp)?;
+        let start = self.start_cells(mdp);
+        let mut solved = engine.solve_steps(&problem, options, outputs, &start, &mut |_| {})?;
+        let solution = &mut solved.solution;
+        solution.height = 1;
+        solution.width = mdp.states;
+        solution.values = self.to_states(&solution.values);
+        solution.policy = solution
+            .policy
+            .as_ref()
+            .map(|p| self.to_states_inner(p, mdp.actions));
+        if let Some(steps) = &mut solved.steps {
+            steps.values = self.to_states(&steps.values);
+            steps.policy = steps
+                .policy
+                .as_ref()
+                .map(|p| self.to_states_inner(p, mdp.actions));
+        }
+        if let Some(d) = &mut solved.occupancy {
+            d.values = self.to_states(&d.values);
+        }
+        Ok(solved)
+    }
+
+    /// `[block][row][col][inner]` to `[block][state][inner]`.
+    pub fn to_states_inner(&self, data: &[f32], inner: usize) -> Vec<f32> {
+        let cells = self.height * self.width;
+        data.chunks_exact(cells * inner)
+            .flat_map(|block| {
+                self.cell_of_state.iter().flat_map(move |&c| {
+                    block[c as usize * inner..(c as usize + 1) * inner]
+                        .iter()
+                        .copied()
+                })
+            })
+            .collect()
+    }
+
+    /// The start distribution of `mdp` (over this grid's states) over the map,
+    /// `[task][row][col]`, 0 on walls.
+    pub fn start_cells(&self, mdp: &TabularMdp) -> Vec<f32> {
+        self.to_cells(&mdp.initial, 1)
+            .into_iter()
+            .map(|x| if x.is_nan() { 0.0 } else { x })
+            .collect()
     }
 
     /// `[block][row][col]` to `[block][state]`.

@@ -68,3 +68,111 @@ fn grid_as_mdp_solves_like_the_grid() {
         }
     }
 }
+
+/// The grid kernels' forward pass (`GridEngine::solve_steps`: every V_t, pi_t and D_t over the
+/// map) equals the general-MDP path through `GridMdp` on the CPU reference, and the CPU twin
+/// `reference::grid_occupancy` equals `reference::mdp_occupancy` step for step.
+#[test]
+fn grid_forward_pass_matches_the_mdp_path() {
+    use softvi::layout::GridInputs;
+    use softvi::reference::{grid_occupancy, mdp_occupancy};
+    let mut engine = common::gpu().map(|ctx| softvi::GridEngine::new(ctx).unwrap());
+    let horizon = 7;
+    for (i, (connectivity, stay, slip, backup)) in [
+        (Connectivity::Four, false, 0.0, Backup::Expected),
+        (Connectivity::Eight, true, 0.2, Backup::Expected),
+        (Connectivity::Eight, false, 0.3, Backup::Optimistic),
+        (Connectivity::Four, true, 0.1, Backup::Optimistic),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let problem = common::random_problem(11, 13, 3, connectivity, stay, slip, 60 + i as u64);
+        let starts = (i % 2 == 1).then(|| {
+            let free: Vec<usize> = (0..problem.grid.cells())
+                .filter(|&c| problem.grid.free[c])
+                .collect();
+            vec![free[0], free[free.len() / 2]]
+        });
+        let grid_mdp = GridMdp::new(&problem, starts.as_deref()).unwrap();
+        let o = SolveOptions {
+            alpha: 0.7,
+            gamma: 0.97,
+            backup,
+            horizon: Horizon::Finite(horizon),
+            ..SolveOptions::default()
+        };
+        let outputs = MdpOutputs {
+            all_steps: true,
+            occupancy: true,
+        };
+        let cpu = solve_mdp_cpu(&grid_mdp.mdp, &o, outputs).unwrap();
+        let n = problem.actions.count();
+        let cpu_values = grid_mdp.to_cells(&cpu.steps.as_ref().unwrap().values, 1);
+        let cpu_policy = grid_mdp.to_cells(cpu.steps.as_ref().unwrap().policy.as_ref().unwrap(), n);
+        let cpu_d = grid_mdp.to_cells(&cpu.occupancy.as_ref().unwrap().values, 1);
+
+        // CPU twins: one grid pull per step equals the CSR pull.
+        let inputs = GridInputs::new(&problem, &o);
+        let mdp_inputs = softvi::mdp::MdpInputs::new(&grid_mdp.mdp, &o);
+        let transpose = grid_mdp.mdp.transpose();
+        let states = grid_mdp.mdp.states;
+        let pi_states = &cpu.steps.as_ref().unwrap().policy.as_ref().unwrap();
+        let d_states = &cpu.occupancy.as_ref().unwrap().values;
+        let (b, t_n) = (problem.tasks.len(), horizon as usize);
+        for t in 0..t_n {
+            // [task][state] slices of step t.
+            let pi_t: Vec<f32> = (0..b)
+                .flat_map(|k| pi_states[(k * t_n + t) * states * n..][..states * n].to_vec())
+                .collect();
+            let d_t: Vec<f64> = (0..b)
+                .flat_map(|k| {
+                    d_states[(k * (t_n + 1) + t) * states..][..states]
+                        .iter()
+                        .map(|&x| x as f64)
+                        .collect::<Vec<_>>()
+                })
+                .collect();
+            let mut via_csr = vec![0.0; d_t.len()];
+            mdp_occupancy(&mdp_inputs, &transpose, &pi_t, &d_t, None, &mut via_csr);
+            let pi_cells = grid_mdp.to_cells(&pi_t, n);
+            let d_cells: Vec<f64> = grid_mdp
+                .to_cells(&d_t.iter().map(|&x| x as f32).collect::<Vec<_>>(), 1)
+                .iter()
+                .map(|&x| if x.is_nan() { 0.0 } else { x as f64 })
+                .collect();
+            let mut via_grid = vec![0.0; d_cells.len()];
+            grid_occupancy(&inputs, &pi_cells, &d_cells, &mut via_grid);
+            let via_grid =
+                grid_mdp.to_states(&via_grid.iter().map(|&x| x as f32).collect::<Vec<_>>());
+            for (x, y) in via_grid.iter().zip(&via_csr) {
+                assert!(
+                    (*x as f64 - y).abs() <= 1e-6,
+                    "case {i} step {t}: grid pull {x}, CSR pull {y}"
+                );
+            }
+        }
+
+        if let Some(engine) = &mut engine {
+            let start = softvi::grid_mdp::start_distribution(&problem, starts.as_deref()).unwrap();
+            let gpu = engine
+                .solve_steps(&problem, &o, outputs, &start, &mut |_| {})
+                .unwrap();
+            let what = format!("case {i}");
+            let steps = gpu.steps.as_ref().unwrap();
+            let dv = common::max_relative_error(&steps.values, &cpu_values);
+            assert!(dv <= 1e-5, "{what}: step values differ by {dv}");
+            let dp = common::max_abs_error(steps.policy.as_ref().unwrap(), &cpu_policy);
+            assert!(dp <= 1e-5, "{what}: step policies differ by {dp}");
+            let occupancy = gpu.occupancy.as_ref().unwrap();
+            assert_eq!(occupancy.steps, horizon as usize + 1);
+            let dd = common::max_abs_error(&occupancy.values, &cpu_d);
+            assert!(dd <= 1e-6, "{what}: occupancy differs by {dd}");
+            let dv0 = common::max_relative_error(
+                &gpu.solution.values,
+                &grid_mdp.to_cells(&cpu.solution.values, 1),
+            );
+            assert!(dv0 <= 1e-5, "{what}: V_0 differs by {dv0}");
+        }
+    }
+}

@@ -14,8 +14,8 @@ use softvi::irl::{
 };
 use softvi::sample::sample;
 use softvi::{
-    ActionSet, Connectivity, Grid, GridProblem, GridTask, Horizon, MdpEngine, MdpOutputs,
-    MdpSolution, MoveCost, SolveOptions, TabularMdp, solve_mdp_cpu,
+    ActionSet, Connectivity, Grid, GridEngine, GridProblem, GridTask, Horizon, MdpEngine,
+    MdpOutputs, MdpSolution, MoveCost, SolveOptions, TabularMdp, solve_mdp_cpu,
 };
 
 const HORIZON: usize = 12;
@@ -23,7 +23,21 @@ const HORIZON: usize = 12;
 /// An 8 x 8 open grid, 4-connected with STAY, slip 0.1, no move costs, goal (7, 7); features
 /// [x / 7, y / 7, inside the swamp x in 2..5, y in 3..6].
 fn world() -> (GridMdp, Vec<f32>) {
-    let problem = GridProblem {
+    let world = GridMdp::new(&grid_problem(), None).unwrap();
+    let features = world
+        .cell_of_state
+        .iter()
+        .flat_map(|&c| {
+            let (x, y) = ((c % 8) as f32, (c / 8) as f32);
+            let swamp = ((2.0..5.0).contains(&x) && (3.0..6.0).contains(&y)) as u8 as f32;
+            [x / 7.0, y / 7.0, swamp]
+        })
+        .collect();
+    (world, features)
+}
+
+fn grid_problem() -> GridProblem {
+    GridProblem {
         grid: Grid::open(8, 8),
         actions: ActionSet {
             connectivity: Connectivity::Four,
@@ -39,18 +53,7 @@ fn world() -> (GridMdp, Vec<f32>) {
             goals: vec![63],
             reward: None,
         }],
-    };
-    let world = GridMdp::new(&problem, None).unwrap();
-    let features = world
-        .cell_of_state
-        .iter()
-        .flat_map(|&c| {
-            let (x, y) = ((c % 8) as f32, (c / 8) as f32);
-            let swamp = ((2.0..5.0).contains(&x) && (3.0..6.0).contains(&y)) as u8 as f32;
-            [x / 7.0, y / 7.0, swamp]
-        })
-        .collect();
-    (world, features)
+    }
 }
 
 fn options() -> SolveOptions {
@@ -102,6 +105,7 @@ fn demos(world: &TabularMdp, features: &[f32], theta: &[f64], episodes: usize, s
 type Solver<'a> =
     Box<dyn FnMut(&TabularMdp, &SolveOptions, MdpOutputs) -> anyhow::Result<MdpSolution> + 'a>;
 
+/// The CPU reference, and on the GPU the CSR kernels and the grid kernels.
 fn solvers() -> Vec<(&'static str, Solver<'static>)> {
     let mut all: Vec<(&str, Solver)> = vec![(
         "cpu",
@@ -112,6 +116,15 @@ fn solvers() -> Vec<(&'static str, Solver<'static>)> {
         all.push((
             "gpu",
             Box::new(move |m: &TabularMdp, o: &SolveOptions, x| engine.solve(m, o, x)),
+        ));
+        let mut grid_engine = GridEngine::new(ctx).unwrap();
+        let (world, _) = world();
+        let template = grid_problem();
+        all.push((
+            "gpu-grid",
+            Box::new(move |m: &TabularMdp, o: &SolveOptions, x| {
+                world.solve_on_grid(&mut grid_engine, &template, m, o, x)
+            }),
         ));
     }
     all

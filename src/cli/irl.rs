@@ -244,18 +244,34 @@ pub fn irl_command(args: &IrlArgs) -> Result<i32> {
         ),
         BackendArg::Gpu => {
             let ctx = crate::gpu::GpuContext::from_env()?;
-            let mut engine = crate::gpu::MdpEngine::new(&ctx)?;
-            (
-                learn(
-                    &world.mdp,
-                    &features,
-                    &demos,
-                    &options,
-                    &mut |m, o, x| engine.solve(m, o, x),
-                    &mut report,
-                )?,
-                adapter_json(&ctx),
-            )
+            let result = match (&world.grid, horizon) {
+                // A grid with a finite horizon runs on the grid kernels (about 10x the CSR path
+                // on a grid with slip).
+                (Some((grid_world, grid_mdp)), Horizon::Finite(_)) => {
+                    let mut engine = crate::gpu::GridEngine::new(&ctx)?;
+                    let template = &grid_world.problem;
+                    learn(
+                        &world.mdp,
+                        &features,
+                        &demos,
+                        &options,
+                        &mut |m, o, x| grid_mdp.solve_on_grid(&mut engine, template, m, o, x),
+                        &mut report,
+                    )?
+                }
+                _ => {
+                    let mut engine = crate::gpu::MdpEngine::new(&ctx)?;
+                    learn(
+                        &world.mdp,
+                        &features,
+                        &demos,
+                        &options,
+                        &mut |m, o, x| engine.solve(m, o, x),
+                        &mut report,
+                    )?
+                }
+            };
+            (result, adapter_json(&ctx))
         }
     };
     let seconds = start.elapsed().as_secs_f64();

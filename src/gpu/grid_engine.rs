@@ -10,14 +10,21 @@ use anyhow::{Context, Result, bail, ensure};
 use bytemuck::{Pod, Zeroable};
 
 use super::context::GpuContext;
-use super::core::{EngineOptions, GpuCore, Kernels, WINDOW_SLACK, Window, bind, storage, window};
+use super::core::{
+    EngineOptions, GpuCore, Kernels, Step, WINDOW_SLACK, Window, bind, storage, window,
+};
 use crate::layout::GridInputs;
-use crate::problem::{Backup, GridProblem, Horizon, SolveOptions};
+use crate::problem::{Backup, GridProblem, Horizon, MdpOutputs, SolveOptions};
 use crate::reference::SweepStats;
-use crate::solve::{Progress, Solution, Verdict, final_status, mark_special_cells};
+use crate::solve::{
+    MdpSolution, Occupancy, Progress, Solution, TimeSteps, Verdict, final_status,
+    mark_special_cells, task_major,
+};
 
 /// WGSL source of the backup and policy kernels.
 pub const GRID_BACKUP_WGSL: &str = include_str!("../../shaders/grid_backup.wgsl");
+/// WGSL source of the forward (occupancy) kernel.
+pub const GRID_OCCUPANCY_WGSL: &str = include_str!("../../shaders/grid_occupancy.wgsl");
 
 /// Invocations (quads) per workgroup of the grid kernels. Same as `WORKGROUP_SIZE` in the
 /// shader.
@@ -166,6 +173,7 @@ enum GridStage {
     Backup,
     Policy,
     Extrapolate,
+    Occupancy,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -203,6 +211,25 @@ struct ChunkResult {
     iterations: u32,
     last: Vec<SweepStats>,
     verdict: Verdict,
+    /// With a forward pass: `[t][task][cell]` values, `[t][task][cell][action]` policies and
+    /// `[t][task][cell]` occupancies, as asked for.
+    step_values: Vec<Vec<f32>>,
+    step_policy: Vec<Vec<f32>>,
+    occupancy: Vec<Vec<f32>>,
+}
+
+/// The kernel inputs of a solve and the arrays derived from them once for every chunk.
+struct GridArrays<'a> {
+    inputs: &'a GridInputs,
+    fixed_bits: Vec<u32>,
+    active_quads: Vec<[u32; 2]>,
+}
+
+/// A finite-horizon forward pass asked of a chunk: what to keep, and the start distribution of
+/// every task of the problem, `[task][cell]` (padded).
+struct Forward<'a> {
+    outputs: MdpOutputs,
+    start: &'a [f32],
 }
 
 /// Batched gridworld soft value iteration on one wgpu device. Pipelines, layouts and
@@ -212,6 +239,9 @@ pub struct GridEngine {
     grid_module: wgpu::ShaderModule,
     grid_layout: wgpu::BindGroupLayout,
     grid_pipeline_layout: wgpu::PipelineLayout,
+    occupancy_module: wgpu::ShaderModule,
+    occupancy_layout: wgpu::BindGroupLayout,
+    occupancy_pipeline_layout: wgpu::PipelineLayout,
     grid_pipelines: HashMap<GridPipelineKey, wgpu::ComputePipeline>,
     uniform_stride: u64,
 }
@@ -240,13 +270,30 @@ impl GridEngine {
                 storage(true),                    // extrapolation
             ],
         );
-        let grid_module = core
-            .device
-            .create_shader_module(wgpu::ShaderModuleDescriptor {
-                label: Some("softvi.grid_backup"),
-                source: wgpu::ShaderSource::Wgsl(GRID_BACKUP_WGSL.into()),
-            });
+        let (occupancy_layout, occupancy_pipeline_layout) = core.layouts(
+            "softvi.grid_occupancy",
+            &[
+                wgpu::BufferBindingType::Uniform, // params
+                storage(true),                    // move_masks
+                storage(true),                    // fixed_bits
+                storage(true),                    // policy
+                storage(true),                    // d_in
+                storage(false),                   // d_out
+            ],
+        );
+        let module = |label, source: &str| {
+            core.device
+                .create_shader_module(wgpu::ShaderModuleDescriptor {
+                    label: Some(label),
+                    source: wgpu::ShaderSource::Wgsl(source.into()),
+                })
+        };
+        let grid_module = module("softvi.grid_backup", GRID_BACKUP_WGSL);
+        let occupancy_module = module("softvi.grid_occupancy", GRID_OCCUPANCY_WGSL);
         Ok(Self {
+            occupancy_module,
+            occupancy_layout,
+            occupancy_pipeline_layout,
             uniform_stride: (size_of::<GridParams>() as u64).next_multiple_of(core.uniform_align),
             core,
             grid_module,
@@ -265,27 +312,40 @@ impl GridEngine {
         if let Some(p) = self.grid_pipelines.get(&key) {
             return p.clone();
         }
-        let entry = match key.stage {
-            GridStage::Backup => "grid_backup",
-            GridStage::Policy => "grid_policy",
-            GridStage::Extrapolate => "grid_extrapolate",
+        let (entry, module, layout) = match key.stage {
+            GridStage::Backup => ("grid_backup", &self.grid_module, &self.grid_pipeline_layout),
+            GridStage::Policy => ("grid_policy", &self.grid_module, &self.grid_pipeline_layout),
+            GridStage::Extrapolate => (
+                "grid_extrapolate",
+                &self.grid_module,
+                &self.grid_pipeline_layout,
+            ),
+            GridStage::Occupancy => (
+                "grid_occupancy",
+                &self.occupancy_module,
+                &self.occupancy_pipeline_layout,
+            ),
         };
         let flag = |b: bool| if b { 1.0 } else { 0.0 };
-        let constants = [
+        let mut constants = vec![
             ("CONNECTIVITY", key.connectivity as f64),
             ("STAY", flag(key.stay)),
-            ("OPTIMISTIC", flag(key.optimistic)),
-            ("HAS_REWARD", flag(key.has_reward)),
-            ("HARD_MAX", flag(key.hard_max)),
-            ("WRITE_RESIDUAL", flag(key.write_residual)),
         ];
+        if key.stage != GridStage::Occupancy {
+            constants.extend([
+                ("OPTIMISTIC", flag(key.optimistic)),
+                ("HAS_REWARD", flag(key.has_reward)),
+                ("HARD_MAX", flag(key.hard_max)),
+                ("WRITE_RESIDUAL", flag(key.write_residual)),
+            ]);
+        }
         let pipeline = self
             .core
             .device
             .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
                 label: Some(&format!("softvi.{entry}")),
-                layout: Some(&self.grid_pipeline_layout),
-                module: &self.grid_module,
+                layout: Some(layout),
+                module,
                 entry_point: Some(entry),
                 compilation_options: wgpu::PipelineCompilationOptions {
                     constants: &constants,
@@ -297,14 +357,15 @@ impl GridEngine {
         pipeline
     }
 
-    /// Tasks solved together so that one value array fits the adapter's buffer limit.
-    fn tasks_per_chunk(&self, cells: usize) -> Result<usize> {
-        let task_bytes = cells as u64 * 4;
+    /// Tasks solved together so that the largest per-chunk array, `bytes_per_cell` per cell
+    /// and task, fits the adapter's buffer limit.
+    fn tasks_per_chunk(&self, cells: usize, bytes_per_cell: u64) -> Result<usize> {
+        let task_bytes = cells as u64 * bytes_per_cell;
         let budget = self.core.max_buffer.min(MAX_CHUNK_BYTES);
         ensure!(
             task_bytes <= budget,
-            "a grid of {cells} cells needs {task_bytes} bytes per value array, over the limit of \
-             {budget} bytes (adapter max_buffer_size {} bytes)",
+            "a grid of {cells} cells needs {task_bytes} bytes per task in one array, over the \
+             limit of {budget} bytes (adapter max_buffer_size {} bytes)",
             self.core.max_buffer
         );
         Ok(((budget / task_bytes) as usize).min(MAX_TASKS_PER_CHUNK))
@@ -323,30 +384,95 @@ impl GridEngine {
         options: &SolveOptions,
         progress: &mut dyn FnMut(&Progress),
     ) -> Result<Solution> {
+        Ok(self.solve_grid(problem, options, None, progress)?.solution)
+    }
+
+    /// A finite-horizon solve with every step and/or the occupancy, on the grid kernels
+    /// (`grid_policy` per step, then `grid_occupancy` pulling through the reverse moves) from
+    /// the start distribution `start` `[task][row][col]` (e.g.
+    /// [`crate::grid_mdp::start_distribution`]). The result is laid out over the map
+    /// (`height` H, `width` W): values `[task][t][row][col]`, policy
+    /// `[task][t][row][col][action]`, occupancy `[task][t][row][col]`, NaN on walls, as
+    /// [`crate::solve::solve_mdp_cpu`] gives them through [`crate::grid_mdp::GridMdp`]. A task's
+    /// policy must fit one storage binding. (The discounted occupancy runs through `GridMdp`
+    /// and [`super::MdpEngine`].)
+    pub fn solve_steps(
+        &mut self,
+        problem: &GridProblem,
+        options: &SolveOptions,
+        outputs: MdpOutputs,
+        start: &[f32],
+        progress: &mut dyn FnMut(&Progress),
+    ) -> Result<MdpSolution> {
+        ensure!(
+            matches!(options.horizon, Horizon::Finite(_)),
+            "the grid kernels' forward pass needs a finite horizon"
+        );
+        let (w, cells) = (problem.grid.width, problem.grid.cells());
+        ensure!(
+            start.len() == problem.tasks.len() * cells,
+            "the start distribution holds {} numbers, not tasks x cells = {} x {cells}",
+            start.len(),
+            problem.tasks.len()
+        );
+        let padded_w = w.next_multiple_of(4);
+        let padded: Vec<f32> = start
+            .chunks_exact(w)
+            .flat_map(|row| {
+                row.iter()
+                    .copied()
+                    .chain(std::iter::repeat_n(0.0, padded_w - w))
+            })
+            .collect();
+        self.solve_grid(
+            problem,
+            options,
+            Some(Forward {
+                outputs,
+                start: &padded,
+            }),
+            progress,
+        )
+    }
+
+    fn solve_grid(
+        &mut self,
+        problem: &GridProblem,
+        options: &SolveOptions,
+        forward: Option<Forward>,
+        progress: &mut dyn FnMut(&Progress),
+    ) -> Result<MdpSolution> {
         let start = Instant::now();
         problem.validate()?;
         options.validate()?;
         let padded = pad_to_quads(problem);
         let inputs = GridInputs::new(&padded, options);
         let cells = inputs.cells();
-        let per_chunk = self.tasks_per_chunk(cells)?;
-        let fixed_bits = inputs.fixed_bits();
-        let active_quads = inputs.active_quads();
+        let n = inputs.action_count;
+        let horizon = match options.horizon {
+            Horizon::Finite(t) => t as u64,
+            Horizon::Infinite { .. } => 0,
+        };
+        let bytes_per_cell = match &forward {
+            Some(_) => (4 * n as u64).max(4 * (horizon + 1)),
+            None => 4,
+        };
+        let per_chunk = self.tasks_per_chunk(cells, bytes_per_cell)?;
+        let arrays = GridArrays {
+            fixed_bits: inputs.fixed_bits(),
+            active_quads: inputs.active_quads(),
+            inputs: &inputs,
+        };
         let mut values = Vec::with_capacity(inputs.tasks * cells);
         let mut policy = options.policy.then(Vec::new);
         let (mut iterations, mut residual) = (Vec::new(), Vec::new());
         let mut status = Vec::new();
+        let (mut step_values, mut step_policy, mut occupancy) =
+            (Vec::new(), Vec::new(), Vec::new());
         for t0 in (0..inputs.tasks).step_by(per_chunk) {
             let tasks = t0..(t0 + per_chunk).min(inputs.tasks);
             let chunk = self
-                .solve_chunk(
-                    &inputs,
-                    &fixed_bits,
-                    &active_quads,
-                    tasks.clone(),
-                    options,
-                    progress,
-                )
+                .solve_chunk(&arrays, tasks.clone(), options, forward.as_ref(), progress)
                 .with_context(|| {
                     format!(
                         "GPU solve of tasks {tasks:?} on {}",
@@ -358,23 +484,67 @@ impl GridEngine {
                 (Some(all), Some(part)) => all.extend_from_slice(&part),
                 _ => policy = None,
             }
-            iterations.extend(std::iter::repeat_n(chunk.iterations, tasks.len()));
+            let k = tasks.len();
+            if !chunk.step_values.is_empty() {
+                step_values.extend(task_major(&chunk.step_values, k));
+            }
+            if !chunk.step_policy.is_empty() {
+                step_policy.extend(task_major(&chunk.step_policy, k));
+            }
+            if !chunk.occupancy.is_empty() {
+                occupancy.extend(task_major(&chunk.occupancy, k));
+            }
+            iterations.extend(std::iter::repeat_n(chunk.iterations, k));
             status.extend(final_status(options, &chunk.verdict, &chunk.last));
             residual.extend(chunk.last.iter().map(|s| s.max_abs_delta));
         }
         mark_special_cells(&inputs, &mut values, policy.as_deref_mut());
-        let (w, padded_w, n) = (problem.grid.width, inputs.width, inputs.action_count);
-        Ok(Solution {
-            height: inputs.height,
-            width: w,
-            action_count: n,
-            values: strip_padding(&values, padded_w, w, 1),
-            policy: policy.map(|p| strip_padding(&p, padded_w, w, n)),
-            iterations,
-            residual,
-            status,
-            unreachable: inputs.unreachable.clone(),
-            seconds: start.elapsed().as_secs_f64(),
+        let (w, padded_w) = (problem.grid.width, inputs.width);
+        let diverged = status.contains(&crate::solve::Status::Diverged);
+        let steps = (horizon as usize) + 1;
+        // Per step as a task of its own: walls NaN, fixed cells' policy NaN.
+        let mark_steps = |data: &mut Vec<f32>, count: usize, per_cell: usize| {
+            for (i, block) in data.chunks_exact_mut(cells * per_cell).enumerate() {
+                let task = i / count;
+                for c in 0..cells {
+                    let fixed = inputs.fixed[task * cells + c];
+                    let cell = &mut block[c * per_cell..(c + 1) * per_cell];
+                    if !inputs.free[c] || (per_cell > 1 && fixed) {
+                        cell.fill(f32::NAN);
+                    }
+                }
+            }
+            strip_padding(data, padded_w, w, per_cell)
+        };
+        let outputs = forward.as_ref().map(|f| f.outputs).unwrap_or_default();
+        let time_steps = (outputs.all_steps && !diverged && forward.is_some()).then(|| TimeSteps {
+            values: mark_steps(&mut step_values, steps, 1),
+            policy: options
+                .policy
+                .then(|| mark_steps(&mut step_policy, steps - 1, n)),
+        });
+        let occupancy = (outputs.occupancy && !diverged && forward.is_some()).then(|| Occupancy {
+            values: mark_steps(&mut occupancy, steps, 1),
+            steps,
+            iterations: horizon as u32,
+            residual: vec![0.0; inputs.tasks],
+            status: vec![crate::solve::Status::Horizon; inputs.tasks],
+        });
+        Ok(MdpSolution {
+            solution: Solution {
+                height: inputs.height,
+                width: w,
+                action_count: n,
+                values: strip_padding(&values, padded_w, w, 1),
+                policy: policy.map(|p| strip_padding(&p, padded_w, w, n)),
+                iterations,
+                residual,
+                status,
+                unreachable: inputs.unreachable.clone(),
+                seconds: start.elapsed().as_secs_f64(),
+            },
+            steps: time_steps,
+            occupancy,
         })
     }
 
@@ -543,14 +713,18 @@ impl GridEngine {
 
     fn solve_chunk(
         &mut self,
-        inputs: &GridInputs,
-        fixed_bits: &[u32],
-        active_quads: &[[u32; 2]],
+        arrays: &GridArrays,
         tasks: Range<usize>,
         options: &SolveOptions,
+        forward: Option<&Forward>,
         progress: &mut dyn FnMut(&Progress),
     ) -> Result<ChunkResult> {
         use wgpu::BufferUsages as U;
+        let GridArrays {
+            inputs,
+            fixed_bits,
+            active_quads,
+        } = arrays;
         let n = tasks.len();
         let cells = inputs.cells();
         let wpt = inputs.fixed_words_per_task();
@@ -558,7 +732,11 @@ impl GridEngine {
         let max_binding = self.core.max_binding;
         let bands = plan_bands(n, inputs.height, inputs.width, 4, max_binding)?;
         let layouts = self.lay_out_bands(inputs, active_quads, n, &bands);
-        let policy_layouts = if options.policy {
+        let horizon = match options.horizon {
+            Horizon::Finite(t) => t as usize,
+            Horizon::Infinite { .. } => 0,
+        };
+        let policy_layouts = if options.policy || forward.is_some() {
             let policy_bands = plan_bands(
                 n,
                 inputs.height,
@@ -601,12 +779,27 @@ impl GridEngine {
             U::STORAGE | U::COPY_DST,
         );
         let reward = core.buffer("softvi.reward", v_bytes, U::STORAGE | U::COPY_DST);
-        let slots = (layouts.len() + policy_layouts.len()) as u64;
+        // Sweep bands, policy bands, then with a forward pass one occupancy slot per policy
+        // band.
+        let slots = (layouts.len() + 2 * policy_layouts.len()) as u64;
         let params_buf = core.buffer(
             "softvi.grid_params",
             slots * self.uniform_stride,
             U::UNIFORM | U::COPY_DST,
         );
+        // V_t of every step, slot t = V_t; V_T = 0.
+        let steps_buf = match forward {
+            Some(_) => {
+                let bytes = (horizon as u64 + 1) * v_bytes;
+                core.ensure_buffer("the values of every step", bytes)?;
+                let buffer = core.buffer("softvi.step_values", bytes, U::COPY_SRC | U::COPY_DST);
+                let mut encoder = core.device.create_command_encoder(&Default::default());
+                encoder.clear_buffer(&buffer, horizon as u64 * v_bytes, Some(v_bytes));
+                core.queue.submit([encoder.finish()]);
+                Some(buffer)
+            }
+            None => None,
+        };
         let no_policy = core.buffer("softvi.no_policy", 16, U::STORAGE);
         // V before the last extrapolation jump, for its rollback.
         let backup = if options.uses_extrapolation() {
@@ -685,23 +878,38 @@ impl GridEngine {
         let run = self.core.iterate(
             &checks,
             options,
-            &mut |encoder, step| kernels.record(encoder, &checks, step),
+            &mut |encoder, step| {
+                kernels.record(encoder, &checks, step);
+                // Sweep k (from 0) makes V_{T-1-k}.
+                if let (Some(steps), Step::Sweep { index, parity, .. }) = (&steps_buf, step) {
+                    let t = (horizon - 1 - index as usize) as u64;
+                    encoder.copy_buffer_to_buffer(
+                        &values[1 - parity],
+                        0,
+                        steps,
+                        t * v_bytes,
+                        v_bytes,
+                    );
+                }
+            },
             progress,
         )?;
         let (sweeps, verdict) = (run.sweeps, run.verdict);
 
         let v_final = &values[(sweeps % 2) as usize];
+        let policy_pipeline = self.grid_pipeline(GridPipelineKey {
+            stage: GridStage::Policy,
+            ..key
+        });
         let values_out = self.core.read_f32(v_final, 0, v_bytes)?;
-        let policy = if options.policy && !matches!(verdict, Verdict::Diverged(_)) {
+        let diverged = matches!(verdict, Verdict::Diverged(_));
+        let policy = if options.policy && !diverged {
             // Finite horizon: pi_0 comes from V_1, the values the last sweep read.
             let from = match options.horizon {
                 Horizon::Finite(_) => ((sweeps + 1) % 2) as usize,
                 Horizon::Infinite { .. } => (sweeps % 2) as usize,
             };
-            let pipeline = self.grid_pipeline(GridPipelineKey {
-                stage: GridStage::Policy,
-                ..key
-            });
+            let pipeline = policy_pipeline.clone();
             let mut policy = vec![0.0f32; n * cells * n_actions];
             for (i, layout) in policy_layouts.iter().enumerate() {
                 let slot = (layouts.len() + i) as u64 * self.uniform_stride;
@@ -737,12 +945,162 @@ impl GridEngine {
         } else {
             None
         };
-        Ok(ChunkResult {
+        let mut result = ChunkResult {
             values: values_out,
             policy,
             iterations: sweeps,
             last: run.last,
             verdict,
-        })
+            step_values: Vec::new(),
+            step_policy: Vec::new(),
+            occupancy: Vec::new(),
+        };
+        let (Some(forward), Some(steps), false) = (forward, &steps_buf, diverged) else {
+            return Ok(result);
+        };
+
+        // Forward pass: pi_t from V_{t+1} into one policy array, then D_{t+1} from D_t.
+        for l in &policy_layouts {
+            ensure!(
+                l.first_cell % cells as u64 == 0 && l.end_cell % cells as u64 == 0,
+                "the forward pass needs a task's policy ({} bytes) in one storage binding, over \
+                 the adapter's max_storage_buffer_binding_size of {max_binding} bytes",
+                cells * n_actions * 4
+            );
+        }
+        let outputs = forward.outputs;
+        if outputs.all_steps {
+            let all = self
+                .core
+                .read_f32(steps, 0, (horizon as u64 + 1) * v_bytes)?;
+            result.step_values = all.chunks_exact(n * cells).map(<[f32]>::to_vec).collect();
+        }
+        let core = &mut self.core;
+        let policy_bytes = v_bytes * n_actions as u64;
+        let step_policy = core.buffer("softvi.step_policy", policy_bytes, U::STORAGE | U::COPY_SRC);
+        let v_next = core.buffer("softvi.step_v", v_bytes, U::STORAGE | U::COPY_DST);
+        let masks = core.buffer(
+            "softvi.move_masks",
+            (cells * 4) as u64,
+            U::STORAGE | U::COPY_DST,
+        );
+        let d = [
+            core.buffer(
+                "softvi.occupancy_a",
+                v_bytes,
+                U::STORAGE | U::COPY_SRC | U::COPY_DST,
+            ),
+            core.buffer(
+                "softvi.occupancy_b",
+                v_bytes,
+                U::STORAGE | U::COPY_SRC | U::COPY_DST,
+            ),
+        ];
+        core.queue
+            .write_buffer(&masks, 0, bytemuck::cast_slice(&inputs.move_mask));
+        let start = &forward.start[tasks.start * cells..tasks.end * cells];
+        core.queue
+            .write_buffer(&d[0], 0, bytemuck::cast_slice(start));
+        let align = core.storage_align;
+        let base = self.grid_params(inputs);
+        let mut policy_groups = Vec::new();
+        let mut occupancy_groups = Vec::new();
+        for (i, layout) in policy_layouts.iter().enumerate() {
+            let slot = (layouts.len() + i) as u64 * self.uniform_stride;
+            q.write_buffer(&params_buf, slot, bytemuck::bytes_of(&layout.params));
+            let origin = 4 * layout.windows[3].origin;
+            policy_groups.push(self.grid_bind_group(
+                (&params_buf, slot),
+                &layout.windows,
+                &quads,
+                &fixed,
+                &reward,
+                &v_next,
+                &values[0],
+                (
+                    &step_policy,
+                    origin * n_actions as u64 * 4,
+                    (layout.end_cell - origin) * n_actions as u64 * 4,
+                ),
+                &checks.partials,
+                &checks.extrapolation,
+            ));
+            // The occupancy of the band's whole tasks.
+            let (t0, t1) = (
+                layout.first_cell / cells as u64,
+                layout.end_cell / cells as u64,
+            );
+            let c = cells as u64;
+            let a = n_actions as u64;
+            let fixed_w = window(t0 * wpt as u64, t1 * wpt as u64, (n * wpt) as u64, 4, align);
+            let d_w = window(t0 * c, t1 * c, n as u64 * c, 4, align);
+            let pi_w = window(t0 * c * a, t1 * c * a, n as u64 * c * a, 4, align);
+            let groups = (cells as u32).div_ceil(WORKGROUP_SIZE);
+            let dispatch_x = groups.clamp(1, 65_535);
+            let params = GridParams {
+                task_base: t0 as u32,
+                dispatch_x,
+                fixed_origin: fixed_w.origin as u32,
+                v_in_origin: d_w.origin as u32,
+                out_origin: pi_w.origin as u32,
+                ..base
+            };
+            let slot = (layouts.len() + policy_layouts.len() + i) as u64 * self.uniform_stride;
+            q.write_buffer(&params_buf, slot, bytemuck::bytes_of(&params));
+            let group = |p: usize| {
+                self.core.bind_group(
+                    "softvi.grid_occupancy",
+                    &self.occupancy_layout,
+                    [
+                        bind(&params_buf, slot, size_of::<GridParams>() as u64),
+                        masks.as_entire_binding(),
+                        bind(&fixed, fixed_w.offset, fixed_w.size),
+                        bind(&step_policy, pi_w.offset, pi_w.size),
+                        bind(&d[p], d_w.offset, d_w.size),
+                        bind(&d[1 - p], d_w.offset, d_w.size),
+                    ],
+                )
+            };
+            occupancy_groups.push((
+                [group(0), group(1)],
+                [dispatch_x, groups.div_ceil(dispatch_x), (t1 - t0) as u32],
+            ));
+        }
+        let occupancy_pipeline = self.grid_pipeline(GridPipelineKey {
+            stage: GridStage::Occupancy,
+            ..key
+        });
+        let mut occupancy = vec![start.to_vec()];
+        for t in 0..horizon {
+            let mut encoder = self.core.device.create_command_encoder(&Default::default());
+            encoder.copy_buffer_to_buffer(steps, (t as u64 + 1) * v_bytes, &v_next, 0, v_bytes);
+            for (layout, group) in policy_layouts.iter().zip(&policy_groups) {
+                self.core
+                    .dispatch(&mut encoder, &policy_pipeline, group, layout.dispatch);
+            }
+            if outputs.occupancy {
+                for (groups, dispatch) in &occupancy_groups {
+                    self.core.dispatch(
+                        &mut encoder,
+                        &occupancy_pipeline,
+                        &groups[t % 2],
+                        *dispatch,
+                    );
+                }
+            }
+            self.core.queue.submit([encoder.finish()]);
+            if outputs.all_steps && options.policy {
+                result
+                    .step_policy
+                    .push(self.core.read_f32(&step_policy, 0, policy_bytes)?);
+            }
+            if outputs.occupancy {
+                occupancy.push(self.core.read_f32(&d[1 - t % 2], 0, v_bytes)?);
+            }
+        }
+        if outputs.occupancy {
+            result.occupancy = occupancy;
+        }
+        Ok(result)
     }
 }
