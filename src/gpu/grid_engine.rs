@@ -958,6 +958,8 @@ impl GridEngine {
         let (Some(forward), Some(steps), false) = (forward, &steps_buf, diverged) else {
             return Ok(result);
         };
+        let needs_policy =
+            forward.outputs.occupancy || (forward.outputs.all_steps && options.policy);
 
         // Forward pass: pi_t from V_{t+1} into one policy array, then D_{t+1} from D_t.
         for l in &policy_layouts {
@@ -974,6 +976,9 @@ impl GridEngine {
                 .core
                 .read_f32(steps, 0, (horizon as u64 + 1) * v_bytes)?;
             result.step_values = all.chunks_exact(n * cells).map(<[f32]>::to_vec).collect();
+        }
+        if !needs_policy {
+            return Ok(result);
         }
         let core = &mut self.core;
         let policy_bytes = v_bytes * n_actions as u64;
@@ -1070,15 +1075,28 @@ impl GridEngine {
             stage: GridStage::Occupancy,
             ..key
         });
-        let mut occupancy = vec![start.to_vec()];
+        // One submission for all steps (D_t gathered on the GPU), unless every step's policy
+        // is read back.
+        let keep_policy = outputs.all_steps && options.policy;
+        let d_steps = match outputs.occupancy {
+            true => Some(self.core.buffer(
+                "softvi.step_occupancy",
+                (horizon as u64 + 1) * v_bytes,
+                U::COPY_SRC | U::COPY_DST,
+            )),
+            false => None,
+        };
+        let mut encoder = self.core.device.create_command_encoder(&Default::default());
+        if let Some(d_steps) = &d_steps {
+            encoder.copy_buffer_to_buffer(&d[0], 0, d_steps, 0, v_bytes);
+        }
         for t in 0..horizon {
-            let mut encoder = self.core.device.create_command_encoder(&Default::default());
             encoder.copy_buffer_to_buffer(steps, (t as u64 + 1) * v_bytes, &v_next, 0, v_bytes);
             for (layout, group) in policy_layouts.iter().zip(&policy_groups) {
                 self.core
                     .dispatch(&mut encoder, &policy_pipeline, group, layout.dispatch);
             }
-            if outputs.occupancy {
+            if let Some(d_steps) = &d_steps {
                 for (groups, dispatch) in &occupancy_groups {
                     self.core.dispatch(
                         &mut encoder,
@@ -1087,19 +1105,26 @@ impl GridEngine {
                         *dispatch,
                     );
                 }
+                let slot = (t as u64 + 1) * v_bytes;
+                encoder.copy_buffer_to_buffer(&d[1 - t % 2], 0, d_steps, slot, v_bytes);
             }
-            self.core.queue.submit([encoder.finish()]);
-            if outputs.all_steps && options.policy {
+            if keep_policy {
+                let done = std::mem::replace(
+                    &mut encoder,
+                    self.core.device.create_command_encoder(&Default::default()),
+                );
+                self.core.queue.submit([done.finish()]);
                 result
                     .step_policy
                     .push(self.core.read_f32(&step_policy, 0, policy_bytes)?);
             }
-            if outputs.occupancy {
-                occupancy.push(self.core.read_f32(&d[1 - t % 2], 0, v_bytes)?);
-            }
         }
-        if outputs.occupancy {
-            result.occupancy = occupancy;
+        self.core.queue.submit([encoder.finish()]);
+        if let Some(d_steps) = &d_steps {
+            let all = self
+                .core
+                .read_f32(d_steps, 0, (horizon as u64 + 1) * v_bytes)?;
+            result.occupancy = all.chunks_exact(n * cells).map(<[f32]>::to_vec).collect();
         }
         Ok(result)
     }
