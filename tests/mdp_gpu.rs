@@ -213,6 +213,27 @@ fn finite_horizon_every_step_matches_reference_and_dense_forward_pass() {
             let cpu = solve_mdp_cpu(&mdp, &o, outputs).unwrap();
             // f32 sums over at most 7 steps of values below ~7 in size: 1e-5 relative.
             compare(&what, &gpu, &cpu, 1e-4, 1e-5 / alpha.min(1.0));
+            // V_t of a horizon-T solve is V_0 of a horizon-(T - t) solve.
+            for t in [1usize, 4] {
+                let shorter = SolveOptions {
+                    horizon: Horizon::Finite((horizon - t) as u32),
+                    ..o
+                };
+                let v0 = solve_mdp_cpu(&mdp, &shorter, MdpOutputs::default()).unwrap();
+                let steps = &gpu.steps.as_ref().unwrap().values;
+                for task in 0..mdp.tasks {
+                    let v_t = &steps[(task * (horizon + 1) + t) * mdp.states..][..mdp.states];
+                    let gap = max_gap(
+                        &what,
+                        v_t,
+                        &v0.solution.values[task * mdp.states..][..mdp.states],
+                    );
+                    assert!(
+                        gap <= 1e-4,
+                        "{what}: V_{t} vs V_0 of horizon T - {t}: {gap}"
+                    );
+                }
+            }
             for solution in [&gpu, &cpu] {
                 let steps = solution.steps.as_ref().unwrap();
                 assert_eq!(steps.values.len(), mdp.tasks * (horizon + 1) * mdp.states);
