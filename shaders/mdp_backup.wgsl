@@ -204,14 +204,21 @@ fn mdp_extrapolate(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocat
 
 // pi(a|s) = exp((Q(s,a) - V(s)) / alpha) from the next values in v_in, written to `out`; for
 // alpha = 0, one-hot on the first maximising action. Q is staged in `out` between the passes.
-// Same dispatch as mdp_backup; fixed states are left alone (the host writes NaN there).
+// Same dispatch as mdp_backup. Fixed states get a row of zeros: they take no action, and the
+// occupancy pull relies on it (the host reports NaN there).
 @compute @workgroup_size(WORKGROUP_SIZE, 1, 1)
 fn mdp_policy(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let item = locate(wid, lid);
-    if !item.valid || item.fixed {
+    if !item.valid {
         return;
     }
     let base = (item.task * params.states + item.state) * params.actions - params.row_origin;
+    if item.fixed {
+        for (var a = 0u; a < params.actions; a++) {
+            out[base + a] = 0.0;
+        }
+        return;
+    }
     var acc = vec2<f32>(action_value(item, 0u), 1.0);
     out[base] = acc.x;
     for (var a = 1u; a < params.actions; a++) {

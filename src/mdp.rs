@@ -369,15 +369,14 @@ impl<'a> MdpInputs<'a> {
     /// Builds the inputs; `options` must be validated.
     pub fn new(mdp: &'a TabularMdp, options: &crate::problem::SolveOptions) -> Self {
         let (s_count, a_count) = (mdp.states, mdp.actions);
-        // Predecessors over possible transitions, for the reverse reachability pass.
-        let mut predecessors = vec![Vec::new(); s_count];
-        for row in 0..s_count * a_count {
-            for k in mdp.indptr[row] as usize..mdp.indptr[row + 1] as usize {
-                if mdp.probs[k] > 0.0 {
-                    predecessors[mdp.indices[k] as usize].push(row / a_count);
-                }
-            }
-        }
+        // Predecessors over possible transitions (the transposed CSR), for the reverse
+        // reachability pass.
+        let incoming = mdp.transpose();
+        let predecessors = |s: usize| {
+            (incoming.indptr[s] as usize..incoming.indptr[s + 1] as usize)
+                .filter(|&k| incoming.probs[k] > 0.0)
+                .map(|k| incoming.rows[k] as usize / a_count)
+        };
         let mut excluded = vec![false; mdp.tasks * s_count];
         let mut unreachable = Vec::with_capacity(mdp.tasks);
         for t in 0..mdp.tasks {
@@ -385,7 +384,7 @@ impl<'a> MdpInputs<'a> {
             let mut reaches = terminal.to_vec();
             let mut stack: Vec<usize> = (0..s_count).filter(|&s| reaches[s]).collect();
             while let Some(s) = stack.pop() {
-                for &p in &predecessors[s] {
+                for p in predecessors(s) {
                     if !reaches[p] {
                         reaches[p] = true;
                         stack.push(p);

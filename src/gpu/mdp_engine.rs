@@ -74,7 +74,7 @@ pub struct OccupancyParams {
     pub dispatch_x: u32,
     pub group_base: u32,
     pub groups_per_task: u32,
-    pub fixed_words_per_task: u32,
+    pub _pad1: u32,
     pub indptr_origin: u32,
     pub entry_origin: u32,
     pub policy_origin: u32,
@@ -231,6 +231,8 @@ struct MdpPipelineKey {
     hard_max: bool,
     write_residual: bool,
     add_start: bool,
+    /// Actions, for the occupancy pull (0 for the other stages).
+    actions: u32,
 }
 
 /// The arrays of one MDP on the device, shared by every chunk of tasks.
@@ -301,7 +303,6 @@ impl MdpEngine {
                 storage(true),  // incoming
                 storage(true),  // incoming_probs
                 storage(true),  // policy
-                storage(true),  // fixed_bits
                 storage(true),  // d_in
                 storage(false), // d_out
                 storage(false), // partials
@@ -350,6 +351,7 @@ impl MdpEngine {
                 vec![
                     ("ADD_START", flag(key.add_start)),
                     ("WRITE_RESIDUAL", flag(key.write_residual)),
+                    ("ACTIONS", key.actions as f64),
                 ],
             ),
             stage => (
@@ -720,7 +722,6 @@ impl MdpEngine {
                     dispatch_x: dispatch[0].max(1),
                     group_base,
                     groups_per_task: per_task,
-                    fixed_words_per_task: s.div_ceil(32) as u32,
                     indptr_origin: windows[0].origin as u32,
                     entry_origin: windows[1].origin as u32,
                     policy_origin: windows[2].origin as u32,
@@ -890,6 +891,7 @@ impl MdpEngine {
             hard_max: inputs.alpha == 0.0,
             write_residual: false,
             add_start: false,
+            actions: 0,
         };
         let sweep = self.pipeline(key);
         let sweep_checked = self.pipeline(MdpPipelineKey {
@@ -1050,7 +1052,6 @@ impl MdpEngine {
                                 bind(rows, w[1].offset, w[1].size),
                                 bind(probs, w[1].offset, w[1].size),
                                 bind(&policy_buf, w[2].offset, w[2].size),
-                                fixed.as_entire_binding(),
                                 bind(&d[p], w[3].offset, w[3].size),
                                 bind(&d[1 - p], w[4].offset, w[4].size),
                                 checks.partials.as_entire_binding(),
@@ -1077,6 +1078,7 @@ impl MdpEngine {
             hard_max: false,
             write_residual: false,
             add_start: false,
+            actions: a as u32,
         };
         if finite {
             // D_{t+1} from D_t under pi_t (from V_{t+1}); pi_t kept when every step is asked for.
