@@ -176,3 +176,34 @@ fn grid_forward_pass_matches_the_mdp_path() {
         }
     }
 }
+
+/// The grid forward pass binds a whole task's policy: a map whose policy does not fit one
+/// binding fails with the limit and the size, not a wrong answer.
+#[test]
+fn grid_forward_pass_names_the_binding_limit() {
+    let Some(mut engine) = common::small_engine(softvi::EngineOptions {
+        max_binding_bytes: Some(16 * 1024),
+        max_buffer_bytes: None,
+    }) else {
+        return;
+    };
+    // 40 x 40 cells x 8 actions x 4 bytes = 51200 bytes of policy per task.
+    let problem = common::random_problem(40, 40, 1, Connectivity::Eight, false, 0.1, 3);
+    let o = SolveOptions {
+        horizon: Horizon::Finite(4),
+        ..SolveOptions::default()
+    };
+    let start = softvi::grid_mdp::start_distribution(&problem, None).unwrap();
+    let outputs = MdpOutputs {
+        all_steps: false,
+        occupancy: true,
+    };
+    let error = engine
+        .solve_steps(&problem, &o, outputs, &start, &mut |_| {})
+        .unwrap_err();
+    let message = format!("{error:#}");
+    assert!(
+        message.contains("max_storage_buffer_binding_size") && message.contains("51200"),
+        "{message}"
+    );
+}
