@@ -20,6 +20,9 @@ override ADD_START: bool = false;
 override ACTIONS: u32 = 8u;
 // Whether this sweep writes per-workgroup residual statistics into `partials`.
 override WRITE_RESIDUAL: bool = false;
+// Whether the entries' pi(a|s) P(s'|s,a) were folded into `weights` by mdp_occupancy_weights
+// (the discounted sum: its policy is fixed, so each sweep gathers only d_in).
+override WEIGHTED: bool = false;
 
 // Keep in sync with `gpu::mdp_engine::OccupancyParams` (sizes compared in tests/shader_layout.rs).
 struct OccupancyParams {
@@ -31,7 +34,7 @@ struct OccupancyParams {
     dispatch_x: u32,
     group_base: u32,
     groups_per_task: u32,
-    _pad1: u32,
+    entries: u32, // transitions per task (nnz)
     // Where each binding's window starts in its full array, in that array's elements.
     indptr_origin: u32, // incoming_indptr [state]
     entry_origin: u32,  // incoming, incoming_probs [entry]
@@ -39,7 +42,7 @@ struct OccupancyParams {
     d_in_origin: u32,   // d_in [task][state]
     out_origin: u32,    // d_out, start [task][state]
     gamma: f32,
-    _pad0: u32,
+    weight_origin: u32, // weights [task][entry]
 }
 
 @group(0) @binding(0) var<uniform> params: OccupancyParams;
@@ -51,6 +54,7 @@ struct OccupancyParams {
 @group(0) @binding(6) var<storage, read_write> d_out: array<f32>;      // [task][state]
 @group(0) @binding(7) var<storage, read_write> partials: array<vec4<f32>>; // [task][group]
 @group(0) @binding(8) var<storage, read> start: array<f32>;            // [task][state]
+@group(0) @binding(9) var<storage, read_write> weights: array<f32>;    // [task][entry]
 
 var<workgroup> scratch: array<vec4<f32>, WORKGROUP_SIZE>;
 
@@ -66,10 +70,17 @@ fn mdp_occupancy(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocatio
         let end = incoming_indptr[target_state + 1u - params.indptr_origin] - params.entry_origin;
         let d_base = task * params.states - params.d_in_origin;
         var inflow = 0.0;
-        let pi_base = task * params.states * ACTIONS - params.policy_origin;
-        for (var k = first; k < end; k++) {
-            let row = incoming[k];
-            inflow += d_in[d_base + row / ACTIONS] * policy[pi_base + row] * incoming_probs[k];
+        if WEIGHTED {
+            let w_base = task * params.entries + params.entry_origin - params.weight_origin;
+            for (var k = first; k < end; k++) {
+                inflow += d_in[d_base + incoming[k] / ACTIONS] * weights[w_base + k];
+            }
+        } else {
+            let pi_base = task * params.states * ACTIONS - params.policy_origin;
+            for (var k = first; k < end; k++) {
+                let row = incoming[k];
+                inflow += d_in[d_base + row / ACTIONS] * policy[pi_base + row] * incoming_probs[k];
+            }
         }
         let here = task * params.states + target_state;
         var updated = params.gamma * inflow;
@@ -96,5 +107,25 @@ fn mdp_occupancy(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocatio
             let task = params.task_base + wid.z;
             partials[task * params.groups_per_task + params.group_base + group] = scratch[0];
         }
+    }
+}
+
+// weights[task][k] = pi(a|s) P(s'|s,a) for the entries k into each state s' of the band, from
+// the same policy every sweep of the discounted sum then reads. Same dispatch as
+// mdp_occupancy.
+@compute @workgroup_size(WORKGROUP_SIZE, 1, 1)
+fn mdp_occupancy_weights(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let index = (wid.y * params.dispatch_x + wid.x) * WORKGROUP_SIZE + lid;
+    if index >= params.state_count {
+        return;
+    }
+    let task = params.task_base + wid.z;
+    let target_state = params.state_base + index;
+    let first = incoming_indptr[target_state - params.indptr_origin] - params.entry_origin;
+    let end = incoming_indptr[target_state + 1u - params.indptr_origin] - params.entry_origin;
+    let pi_base = task * params.states * ACTIONS - params.policy_origin;
+    let w_base = task * params.entries + params.entry_origin - params.weight_origin;
+    for (var k = first; k < end; k++) {
+        weights[w_base + k] = policy[pi_base + incoming[k]] * incoming_probs[k];
     }
 }

@@ -136,5 +136,7 @@ fn mdp_kernels_layout_matches_rust() {
         constant(&m, "WORKGROUP_SIZE"),
         naga::Literal::U32(WORKGROUP_SIZE)
     );
-    assert!(m.entry_points.iter().any(|e| e.name == "mdp_occupancy"));
+    for entry in ["mdp_occupancy", "mdp_occupancy_weights"] {
+        assert!(m.entry_points.iter().any(|e| e.name == entry), "{entry}");
+    }
 }

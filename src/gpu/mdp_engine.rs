@@ -74,14 +74,14 @@ pub struct OccupancyParams {
     pub dispatch_x: u32,
     pub group_base: u32,
     pub groups_per_task: u32,
-    pub _pad1: u32,
+    pub entries: u32,
     pub indptr_origin: u32,
     pub entry_origin: u32,
     pub policy_origin: u32,
     pub d_in_origin: u32,
     pub out_origin: u32,
     pub gamma: f32,
-    pub _pad0: u32,
+    pub weight_origin: u32,
 }
 
 /// A window of whole tasks, or of states of one task, dispatched as one unit so that each
@@ -222,6 +222,7 @@ enum MdpStage {
     Extrapolate,
     Policy,
     Occupancy,
+    OccupancyWeights,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -231,6 +232,8 @@ struct MdpPipelineKey {
     hard_max: bool,
     write_residual: bool,
     add_start: bool,
+    /// The occupancy pull reads folded weights.
+    weighted: bool,
     /// Actions, for the occupancy pull (0 for the other stages).
     actions: u32,
 }
@@ -307,6 +310,7 @@ impl MdpEngine {
                 storage(false), // d_out
                 storage(false), // partials
                 storage(true),  // start
+                storage(false), // weights
             ],
         );
         let module = |label, source: &str| {
@@ -344,14 +348,19 @@ impl MdpEngine {
         }
         let flag = |b: bool| if b { 1.0 } else { 0.0 };
         let (entry, module, layout, constants) = match key.stage {
-            MdpStage::Occupancy => (
-                "mdp_occupancy",
+            MdpStage::Occupancy | MdpStage::OccupancyWeights => (
+                if key.stage == MdpStage::Occupancy {
+                    "mdp_occupancy"
+                } else {
+                    "mdp_occupancy_weights"
+                },
                 &self.occupancy_module,
                 &self.occupancy_pipeline_layout,
                 vec![
                     ("ADD_START", flag(key.add_start)),
                     ("WRITE_RESIDUAL", flag(key.write_residual)),
                     ("ACTIONS", key.actions as f64),
+                    ("WEIGHTED", flag(key.weighted)),
                 ],
             ),
             stage => (
@@ -421,6 +430,11 @@ impl MdpEngine {
         let mut task_bytes = s * a * 4;
         if keep_steps {
             task_bytes = task_bytes.max((horizon + 1) * s * 4);
+        }
+        if outputs.occupancy && !finite && mdp.nonzeros() as u64 * 4 + 256 <= self.core.max_binding
+        {
+            // The discounted sum's per-entry weights.
+            task_bytes = task_bytes.max(mdp.nonzeros() as u64 * 4);
         }
         let budget = self.core.max_buffer.min(MAX_CHUNK_BYTES);
         ensure!(
@@ -711,6 +725,13 @@ impl MdpEngine {
                     window(t0 * s * a, t1 * s * a, tasks as u64 * s * a, 4, align),
                     window(t0 * s, t1 * s, tasks as u64 * s, 4, align),
                     window(t0 * s + s0, (t1 - 1) * s + s1, tasks as u64 * s, 4, align),
+                    window(
+                        t0 * nnz + e0,
+                        ((t1 - 1) * nnz + e1).max(t0 * nnz + e0 + 1),
+                        tasks as u64 * nnz,
+                        4,
+                        align,
+                    ),
                 ];
                 let (dispatch, _) = band_dispatch(band.state_count, band.task_count);
                 let params = OccupancyParams {
@@ -728,7 +749,8 @@ impl MdpEngine {
                     d_in_origin: windows[3].origin as u32,
                     out_origin: windows[4].origin as u32,
                     gamma: inputs.gamma as f32,
-                    ..Default::default()
+                    entries: nnz as u32,
+                    weight_origin: windows[5].origin as u32,
                 };
                 Layout {
                     params,
@@ -891,6 +913,7 @@ impl MdpEngine {
             hard_max: inputs.alpha == 0.0,
             write_residual: false,
             add_start: false,
+            weighted: false,
             actions: 0,
         };
         let sweep = self.pipeline(key);
@@ -1005,10 +1028,20 @@ impl MdpEngine {
         } else {
             (scaled[range.clone()].to_vec(), &scales[tasks.clone()])
         };
+        // The discounted sum folds pi(a|s) P(s'|s,a) into per-entry weights once, when a task's
+        // weights fit one binding: its sweeps then gather only d.
+        let nnz = mdp.nonzeros() as u64;
+        let weighted = !finite && nnz * 4 + 256 <= max_binding;
         let occupancy_bands = match &dynamics.incoming {
             Some((_, _, _, incoming_indptr)) => {
                 let incoming = |state: usize| incoming_indptr[state] as u64;
-                plan_mdp_bands(n, s, (s * a * 4) as u64, 4, &incoming, max_binding)?
+                let whole_task = (s * a * 4) as u64;
+                let whole_task = if weighted {
+                    whole_task.max(nnz * 4)
+                } else {
+                    whole_task
+                };
+                plan_mdp_bands(n, s, whole_task, 4, &incoming, max_binding)?
             }
             None => Vec::new(),
         };
@@ -1024,6 +1057,10 @@ impl MdpEngine {
             core.buffer("softvi.occupancy_b", v_bytes, usage),
         ];
         let start_buf = core.buffer("softvi.start", v_bytes, U::STORAGE | U::COPY_DST);
+        let weights = match weighted {
+            true => core.buffer("softvi.occupancy_weights", n as u64 * nnz * 4, U::STORAGE),
+            false => core.buffer("softvi.no_weights", 16, U::STORAGE),
+        };
         let occ_params = core.buffer(
             "softvi.occupancy_params",
             2 * occupancy_layouts.len().max(1) as u64 * self.uniform_stride,
@@ -1056,6 +1093,10 @@ impl MdpEngine {
                                 bind(&d[1 - p], w[4].offset, w[4].size),
                                 checks.partials.as_entire_binding(),
                                 bind(&start_buf, w[4].offset, w[4].size),
+                                match weighted {
+                                    true => bind(&weights, w[5].offset, w[5].size),
+                                    false => weights.as_entire_binding(),
+                                },
                             ],
                         )
                     };
@@ -1078,6 +1119,7 @@ impl MdpEngine {
             hard_max: false,
             write_residual: false,
             add_start: false,
+            weighted: false,
             actions: a as u32,
         };
         if finite {
@@ -1164,6 +1206,22 @@ impl MdpEngine {
                 [group(0), group(1)]
             })
             .collect();
+        let occupancy_key = MdpPipelineKey {
+            weighted,
+            ..occupancy_key
+        };
+        if weighted {
+            let fold = self.pipeline(MdpPipelineKey {
+                stage: MdpStage::OccupancyWeights,
+                ..occupancy_key
+            });
+            let mut encoder = self.core.device.create_command_encoder(&Default::default());
+            for (layout, group) in occupancy_layouts.iter().zip(&groups) {
+                self.core
+                    .dispatch(&mut encoder, &fold, &group[0], layout.dispatch);
+            }
+            self.core.queue.submit([encoder.finish()]);
+        }
         let accumulate = self.pipeline(MdpPipelineKey {
             add_start: true,
             ..occupancy_key
