@@ -202,11 +202,37 @@ pub(crate) struct Kernels<'a> {
     pub extrapolate: &'a wgpu::ComputePipeline,
     pub sweep_groups: &'a [[wgpu::BindGroup; 2]],
     pub extrapolate_groups: &'a [[wgpu::BindGroup; 2]],
+    /// A finite horizon that keeps every step: each sweep's output is copied to its slot.
+    pub keep_steps: Option<StepCopies<'a>>,
+}
+
+/// Where a finite-horizon sweep's values go: sweep k (from 0) makes `V_{T-1-k}`, copied from
+/// `values[1 - parity]` to slot `T-1-k` of `steps` (`bytes` each).
+pub(crate) struct StepCopies<'a> {
+    pub values: &'a [wgpu::Buffer; 2],
+    pub steps: &'a wgpu::Buffer,
+    pub horizon: usize,
+    pub bytes: u64,
 }
 
 impl Kernels<'_> {
-    /// Records `step` as one pass of indirect dispatches, one per band.
+    /// Records `step` as one pass of indirect dispatches, one per band, and the copy of a
+    /// kept step.
     pub fn record(&self, encoder: &mut wgpu::CommandEncoder, checks: &Checks, step: Step) {
+        self.record_pass(encoder, checks, step);
+        if let (Some(keep), Step::Sweep { index, parity, .. }) = (&self.keep_steps, step) {
+            let t = (keep.horizon - 1 - index as usize) as u64;
+            encoder.copy_buffer_to_buffer(
+                &keep.values[1 - parity],
+                0,
+                keep.steps,
+                t * keep.bytes,
+                keep.bytes,
+            );
+        }
+    }
+
+    fn record_pass(&self, encoder: &mut wgpu::CommandEncoder, checks: &Checks, step: Step) {
         let mut pass = encoder.begin_compute_pass(&Default::default());
         match step {
             Step::Sweep {

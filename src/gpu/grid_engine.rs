@@ -11,7 +11,7 @@ use bytemuck::{Pod, Zeroable};
 
 use super::context::GpuContext;
 use super::core::{
-    EngineOptions, GpuCore, Kernels, Step, WINDOW_SLACK, Window, bind, storage, window,
+    EngineOptions, GpuCore, Kernels, StepCopies, WINDOW_SLACK, Window, bind, storage, window,
 };
 use crate::layout::GridInputs;
 use crate::problem::{Backup, GridProblem, Horizon, MdpOutputs, SolveOptions};
@@ -874,24 +874,17 @@ impl GridEngine {
             extrapolate: &extrapolate,
             sweep_groups: &sweep_groups,
             extrapolate_groups: &sweep_groups,
+            keep_steps: steps_buf.as_ref().map(|steps| StepCopies {
+                values: &values,
+                steps,
+                horizon,
+                bytes: v_bytes,
+            }),
         };
         let run = self.core.iterate(
             &checks,
             options,
-            &mut |encoder, step| {
-                kernels.record(encoder, &checks, step);
-                // Sweep k (from 0) makes V_{T-1-k}.
-                if let (Some(steps), Step::Sweep { index, parity, .. }) = (&steps_buf, step) {
-                    let t = (horizon - 1 - index as usize) as u64;
-                    encoder.copy_buffer_to_buffer(
-                        &values[1 - parity],
-                        0,
-                        steps,
-                        t * v_bytes,
-                        v_bytes,
-                    );
-                }
-            },
+            &mut |encoder, step| kernels.record(encoder, &checks, step),
             progress,
         )?;
         let (sweeps, verdict) = (run.sweeps, run.verdict);

@@ -11,7 +11,7 @@ use bytemuck::{Pod, Zeroable};
 
 use super::context::GpuContext;
 use super::core::{
-    EngineOptions, GpuCore, Iteration, Kernels, Step, Window, bind, storage, window,
+    EngineOptions, GpuCore, Iteration, Kernels, StepCopies, Window, bind, storage, window,
 };
 use crate::mdp::{MdpInputs, TabularMdp, Transpose};
 use crate::problem::{Backup, Horizon, MdpOutputs, SolveOptions};
@@ -936,24 +936,17 @@ impl MdpEngine {
             extrapolate: &extrapolate,
             sweep_groups: &groups,
             extrapolate_groups: &groups,
+            keep_steps: steps_buf.as_ref().map(|steps| StepCopies {
+                values: &values,
+                steps,
+                horizon,
+                bytes: v_bytes,
+            }),
         };
         let run = self.core.iterate(
             &checks,
             options,
-            &mut |encoder, step| {
-                kernels.record(encoder, &checks, step);
-                // Sweep k (from 0) makes V_{T-1-k}.
-                if let (Some(steps), Step::Sweep { index, parity, .. }) = (&steps_buf, step) {
-                    let t = (horizon - 1 - index as usize) as u64;
-                    encoder.copy_buffer_to_buffer(
-                        &values[1 - parity],
-                        0,
-                        steps,
-                        t * v_bytes,
-                        v_bytes,
-                    );
-                }
-            },
+            &mut |encoder, step| kernels.record(encoder, &checks, step),
             progress,
         )?;
         let diverged = matches!(run.verdict, Verdict::Diverged(_));
@@ -1237,6 +1230,7 @@ impl MdpEngine {
             extrapolate: &extrapolate,
             sweep_groups: &groups,
             extrapolate_groups: &extrapolate_groups,
+            keep_steps: None,
         };
         let occupancy_run = self.core.iterate(
             &checks,
