@@ -97,13 +97,6 @@ pub fn posterior_inputs(
         policy_steps == 1 || steps <= policy_steps,
         "the trajectory has {steps} steps, more than the horizon's {policy_steps}"
     );
-    let probability = |s: usize, a: usize, next: usize| -> f64 {
-        let row = s * a_n + a;
-        (mdp.indptr[row] as usize..mdp.indptr[row + 1] as usize)
-            .filter(|&k| mdp.indices[k] as usize == next)
-            .map(|k| mdp.probs[k] as f64)
-            .sum()
-    };
     let mut weight = vec![0f32; steps * a_n];
     let mut pi_rows = vec![0f32; steps * b_n * a_n];
     for k in 0..steps {
@@ -114,7 +107,7 @@ pub fn posterior_inputs(
                 w[a] = 1.0;
                 if let Some(n) = next {
                     ensure!(
-                        probability(here.state, a, n.state) > 0.0,
+                        mdp.probability(here.state, a, n.state) > 0.0,
                         "step {k} (lines {} to {}): action {a} cannot move state {} to {}",
                         here.line,
                         n.line,
@@ -126,7 +119,7 @@ pub fn posterior_inputs(
             None => {
                 let n = next.expect("a step has a next line");
                 for (a, x) in w.iter_mut().enumerate() {
-                    *x = probability(here.state, a, n.state) as f32;
+                    *x = mdp.probability(here.state, a, n.state) as f32;
                 }
                 ensure!(
                     w.iter().any(|&x| x > 0.0),

@@ -280,15 +280,7 @@ pub fn demo_log_likelihood(
                     (Some(a), _) => log_pi[a as usize],
                     (None, Some(n)) => {
                         let p: f64 = (0..a_n)
-                            .map(|a| {
-                                let row = s * a_n + a;
-                                let to: f64 = (mdp.indptr[row] as usize
-                                    ..mdp.indptr[row + 1] as usize)
-                                    .filter(|&k| mdp.indices[k] as usize == n)
-                                    .map(|k| mdp.probs[k] as f64)
-                                    .sum();
-                                log_pi[a].exp() * to
-                            })
+                            .map(|a| log_pi[a].exp() * mdp.probability(s, a, n))
                             .sum();
                         p.ln()
                     }

@@ -140,6 +140,15 @@ impl TabularMdp {
         self.indices.len()
     }
 
+    /// `P(next | s, a)`: the sum of the row's entries into `next` (0 if none).
+    pub fn probability(&self, s: usize, a: usize, next: usize) -> f64 {
+        let row = s * self.actions + a;
+        (self.indptr[row] as usize..self.indptr[row + 1] as usize)
+            .filter(|&k| self.indices[k] as usize == next)
+            .map(|k| self.probs[k] as f64)
+            .sum()
+    }
+
     /// The transitions by successor, for the forward (occupancy) pass's pull: row `s'` lists
     /// the CSR rows `s * A + a` that may step into `s'`, ascending, with their probabilities.
     pub fn transpose(&self) -> Transpose {
