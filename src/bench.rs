@@ -364,15 +364,7 @@ pub fn irl_workload() -> Result<IrlWorkload> {
     let (sets, episodes, steps) = (16, 64, 64);
     let mut rng = StdRng::seed_from_u64(7);
     let theta: Vec<f64> = (0..sets * 8).map(|_| rng.random_range(-0.5..0.5)).collect();
-    let starts = crate::irl::Demos {
-        sets,
-        episodes: 1,
-        steps: 1,
-        states: vec![0; sets * 2],
-        actions: None,
-    };
-    let mut truth = crate::irl::irl_mdp(&world.mdp, &features, &starts, &theta)?;
-    truth.initial = world.mdp.initial.repeat(sets);
+    let truth = crate::irl::linear_reward_mdp(&world.mdp, &features, sets, &theta)?;
     let options = SolveOptions {
         alpha: 1.0,
         gamma: 1.0,

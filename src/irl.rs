@@ -119,16 +119,16 @@ pub struct IrlResult {
     pub model_features: Vec<f64>,
 }
 
-/// The MDP whose task m has reward `base + theta_m . phi(s)`, the world's terminal states of
-/// task m (or of its only task) and the empirical start of demo set m. `features` is
-/// `[state][feature]`.
-pub fn irl_mdp(
+/// The MDP whose task m (of `sets`) has reward `base + theta_m . phi(s)` and the world's
+/// terminal states and start of task m (or of its only task). `features` is
+/// `[state][feature]`, `theta` `[set][feature]`.
+pub fn linear_reward_mdp(
     world: &TabularMdp,
     features: &[f32],
-    demos: &Demos,
+    sets: usize,
     theta: &[f64],
 ) -> Result<TabularMdp> {
-    let (s_n, a_n, m_n) = (world.states, world.actions, demos.sets);
+    let (s_n, a_n, m_n) = (world.states, world.actions, sets);
     ensure!(
         world.tasks == 1 || world.tasks == m_n,
         "the world has {} tasks but the demos {m_n} sets: give one task, or one per set",
@@ -141,6 +141,7 @@ pub fn irl_mdp(
     mdp.reward = Vec::with_capacity(m_n * s_n * a_n);
     mdp.terminal = Vec::with_capacity(m_n * s_n);
     mdp.terminal_value = Vec::with_capacity(m_n * s_n);
+    mdp.initial = Vec::with_capacity(m_n * s_n);
     for m in 0..m_n {
         let w = task(m);
         let th = &theta[m * k_n..(m + 1) * k_n];
@@ -155,13 +156,26 @@ pub fn irl_mdp(
                     .push((world.reward[(w * s_n + s) * a_n + a] as f64 + learned) as f32);
             }
         }
-        mdp.terminal
-            .extend_from_slice(&world.terminal[w * s_n..(w + 1) * s_n]);
+        let own = w * s_n..(w + 1) * s_n;
+        mdp.terminal.extend_from_slice(&world.terminal[own.clone()]);
         mdp.terminal_value
-            .extend_from_slice(&world.terminal_value[w * s_n..(w + 1) * s_n]);
+            .extend_from_slice(&world.terminal_value[own.clone()]);
+        mdp.initial.extend_from_slice(&world.initial[own]);
     }
-    mdp.initial = vec![0.0; m_n * s_n];
-    for m in 0..m_n {
+    Ok(mdp)
+}
+
+/// [`linear_reward_mdp`] for the demo sets, started from each set's empirical start.
+pub fn irl_mdp(
+    world: &TabularMdp,
+    features: &[f32],
+    demos: &Demos,
+    theta: &[f64],
+) -> Result<TabularMdp> {
+    let mut mdp = linear_reward_mdp(world, features, demos.sets, theta)?;
+    let s_n = world.states;
+    mdp.initial.fill(0.0);
+    for m in 0..demos.sets {
         for e in 0..demos.episodes {
             let s0 = demos.states[(m * demos.episodes + e) * (demos.steps + 1)] as usize;
             mdp.initial[m * s_n + s0] += 1.0 / demos.episodes as f32;

@@ -10,7 +10,8 @@ mod common;
 
 use softvi::grid_mdp::GridMdp;
 use softvi::irl::{
-    Demos, IrlOptions, demo_feature_expectations, demo_log_likelihood, gradient, irl_mdp, learn,
+    Demos, IrlOptions, demo_feature_expectations, demo_log_likelihood, gradient, learn,
+    linear_reward_mdp,
 };
 use softvi::sample::sample;
 use softvi::{
@@ -69,15 +70,7 @@ fn options() -> SolveOptions {
 fn demos(world: &TabularMdp, features: &[f32], theta: &[f64], episodes: usize, seed: u64) -> Demos {
     let sets = theta.len() / 3;
     // The true MDP: the world's start (uniform), the true rewards.
-    let starts = Demos {
-        sets,
-        episodes: 1,
-        steps: 1,
-        states: vec![0; sets * 2],
-        actions: None,
-    };
-    let mut truth = irl_mdp(world, features, &starts, theta).unwrap();
-    truth.initial = world.initial.repeat(sets);
+    let truth = linear_reward_mdp(world, features, sets, theta).unwrap();
     let o = SolveOptions {
         policy: true,
         ..options()
@@ -344,15 +337,7 @@ fn discounted_irl_matches_discounted_feature_expectations() {
         ..SolveOptions::default()
     };
     // Demos from the true reward's stationary policy.
-    let starts = Demos {
-        sets: 1,
-        episodes: 1,
-        steps: 1,
-        states: vec![0; 2],
-        actions: None,
-    };
-    let mut true_mdp = irl_mdp(&world.mdp, &features, &starts, &truth).unwrap();
-    true_mdp.initial = world.mdp.initial.clone();
+    let true_mdp = linear_reward_mdp(&world.mdp, &features, 1, &truth).unwrap();
     let solved = solve_mdp_cpu(&true_mdp, &o, MdpOutputs::default()).unwrap();
     let policy = solved.solution.policy.unwrap();
     let draw = |seed| {
