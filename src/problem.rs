@@ -39,6 +39,16 @@ pub enum Horizon {
     },
 }
 
+impl Horizon {
+    /// `T` for a finite horizon, 0 for an infinite one (the steps a solve can keep).
+    pub fn finite_steps(&self) -> usize {
+        match self {
+            Horizon::Finite(t) => *t as usize,
+            Horizon::Infinite { .. } => 0,
+        }
+    }
+}
+
 /// Soft value iteration settings shared by all tasks of a solve.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct SolveOptions {

@@ -115,6 +115,40 @@ pub(crate) fn layout_entries(kinds: &[wgpu::BufferBindingType]) -> Vec<wgpu::Bin
         .collect()
 }
 
+/// A WGSL module from its source.
+pub(crate) fn shader_module(
+    device: &wgpu::Device,
+    label: &str,
+    source: &str,
+) -> wgpu::ShaderModule {
+    device.create_shader_module(wgpu::ShaderModuleDescriptor {
+        label: Some(label),
+        source: wgpu::ShaderSource::Wgsl(source.into()),
+    })
+}
+
+/// The pipeline of `entry` in `module` with the given `override` constants. Every kernel writes
+/// its workgroup memory before reading it, so none is zero-initialised.
+pub(crate) fn compute_pipeline(
+    device: &wgpu::Device,
+    layout: &wgpu::PipelineLayout,
+    module: &wgpu::ShaderModule,
+    entry: &str,
+    constants: &[(&str, f64)],
+) -> wgpu::ComputePipeline {
+    device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+        label: Some(&format!("softvi.{entry}")),
+        layout: Some(layout),
+        module,
+        entry_point: Some(entry),
+        compilation_options: wgpu::PipelineCompilationOptions {
+            constants,
+            zero_initialize_workgroup_memory: false,
+        },
+        cache: None,
+    })
+}
+
 /// A storage binding type.
 pub(crate) fn storage(read_only: bool) -> wgpu::BufferBindingType {
     wgpu::BufferBindingType::Storage { read_only }
@@ -301,25 +335,13 @@ impl GpuCore {
                 storage(false),                   // extrapolation
             ]),
         });
-        let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
-            label: Some("softvi.residual_reduce"),
-            source: wgpu::ShaderSource::Wgsl(RESIDUAL_REDUCE_WGSL.into()),
-        });
+        let module = shader_module(&device, "softvi.residual_reduce", RESIDUAL_REDUCE_WGSL);
         let layout = device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
             label: Some("softvi.residual_reduce"),
             bind_group_layouts: &[Some(&reduce_layout)],
             immediate_size: 0,
         });
-        let stage = |entry: &str| {
-            device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
-                label: Some(&format!("softvi.{entry}")),
-                layout: Some(&layout),
-                module: &module,
-                entry_point: Some(entry),
-                compilation_options: Default::default(),
-                cache: None,
-            })
-        };
+        let stage = |entry: &str| compute_pipeline(&device, &layout, &module, entry, &[]);
         Self {
             queue: ctx.queue.clone(),
             adapter_label: ctx.adapter_label(),

@@ -11,7 +11,8 @@ use bytemuck::{Pod, Zeroable};
 
 use super::context::GpuContext;
 use super::core::{
-    EngineOptions, GpuCore, Kernels, StepCopies, WINDOW_SLACK, Window, bind, storage, window,
+    EngineOptions, GpuCore, Kernels, StepCopies, WINDOW_SLACK, Window, bind, compute_pipeline,
+    shader_module, storage, window,
 };
 use crate::layout::GridInputs;
 use crate::problem::{Backup, GridProblem, Horizon, MdpOutputs, SolveOptions};
@@ -281,13 +282,7 @@ impl GridEngine {
                 storage(false),                   // d_out
             ],
         );
-        let module = |label, source: &str| {
-            core.device
-                .create_shader_module(wgpu::ShaderModuleDescriptor {
-                    label: Some(label),
-                    source: wgpu::ShaderSource::Wgsl(source.into()),
-                })
-        };
+        let module = |label, source: &str| shader_module(&core.device, label, source);
         let grid_module = module("softvi.grid_backup", GRID_BACKUP_WGSL);
         let occupancy_module = module("softvi.grid_occupancy", GRID_OCCUPANCY_WGSL);
         Ok(Self {
@@ -339,20 +334,7 @@ impl GridEngine {
                 ("WRITE_RESIDUAL", flag(key.write_residual)),
             ]);
         }
-        let pipeline = self
-            .core
-            .device
-            .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
-                label: Some(&format!("softvi.{entry}")),
-                layout: Some(layout),
-                module,
-                entry_point: Some(entry),
-                compilation_options: wgpu::PipelineCompilationOptions {
-                    constants: &constants,
-                    zero_initialize_workgroup_memory: false,
-                },
-                cache: None,
-            });
+        let pipeline = compute_pipeline(&self.core.device, layout, module, entry, &constants);
         self.grid_pipelines.insert(key, pipeline.clone());
         pipeline
     }
@@ -449,10 +431,7 @@ impl GridEngine {
         let inputs = GridInputs::new(&padded, options);
         let cells = inputs.cells();
         let n = inputs.action_count;
-        let horizon = match options.horizon {
-            Horizon::Finite(t) => t as u64,
-            Horizon::Infinite { .. } => 0,
-        };
+        let horizon = options.horizon.finite_steps() as u64;
         let bytes_per_cell = match &forward {
             Some(_) => (4 * n as u64).max(4 * (horizon + 1)),
             None => 4,
@@ -732,10 +711,7 @@ impl GridEngine {
         let max_binding = self.core.max_binding;
         let bands = plan_bands(n, inputs.height, inputs.width, 4, max_binding)?;
         let layouts = self.lay_out_bands(inputs, active_quads, n, &bands);
-        let horizon = match options.horizon {
-            Horizon::Finite(t) => t as usize,
-            Horizon::Infinite { .. } => 0,
-        };
+        let horizon = options.horizon.finite_steps();
         let policy_layouts = if options.policy || forward.is_some() {
             let policy_bands = plan_bands(
                 n,

@@ -11,7 +11,8 @@ use bytemuck::{Pod, Zeroable};
 
 use super::context::GpuContext;
 use super::core::{
-    EngineOptions, GpuCore, Iteration, Kernels, StepCopies, Window, bind, storage, window,
+    EngineOptions, GpuCore, Iteration, Kernels, StepCopies, Window, bind, compute_pipeline,
+    shader_module, storage, window,
 };
 use crate::mdp::{MdpInputs, TabularMdp, Transpose};
 use crate::problem::{Backup, Horizon, MdpOutputs, SolveOptions};
@@ -313,13 +314,7 @@ impl MdpEngine {
                 storage(false), // weights
             ],
         );
-        let module = |label, source: &str| {
-            core.device
-                .create_shader_module(wgpu::ShaderModuleDescriptor {
-                    label: Some(label),
-                    source: wgpu::ShaderSource::Wgsl(source.into()),
-                })
-        };
+        let module = |label, source: &str| shader_module(&core.device, label, source);
         let backup_module = module("softvi.mdp_backup", MDP_BACKUP_WGSL);
         let occupancy_module = module("softvi.mdp_occupancy", MDP_OCCUPANCY_WGSL);
         let uniform_stride = (size_of::<MdpParams>().max(size_of::<OccupancyParams>()) as u64)
@@ -378,20 +373,7 @@ impl MdpEngine {
                 ],
             ),
         };
-        let pipeline = self
-            .core
-            .device
-            .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
-                label: Some(&format!("softvi.{entry}")),
-                layout: Some(layout),
-                module,
-                entry_point: Some(entry),
-                compilation_options: wgpu::PipelineCompilationOptions {
-                    constants: &constants,
-                    zero_initialize_workgroup_memory: false,
-                },
-                cache: None,
-            });
+        let pipeline = compute_pipeline(&self.core.device, layout, module, entry, &constants);
         self.pipelines.insert(key, pipeline.clone());
         pipeline
     }
@@ -420,10 +402,7 @@ impl MdpEngine {
         check_mdp_terminals(mdp, options)?;
         let inputs = MdpInputs::new(mdp, options);
         let finite = matches!(options.horizon, Horizon::Finite(_));
-        let horizon = match options.horizon {
-            Horizon::Finite(t) => t as u64,
-            Horizon::Infinite { .. } => 0,
-        };
+        let horizon = options.horizon.finite_steps() as u64;
         let keep_steps = finite && (outputs.all_steps || outputs.occupancy);
         // Bytes per task of the largest per-chunk array.
         let (s, a) = (mdp.states as u64, mdp.actions as u64);
@@ -818,10 +797,7 @@ impl MdpEngine {
             .core
             .checks(n, layouts[0].params.groups_per_task, &dispatch, options)?;
         let finite = matches!(options.horizon, Horizon::Finite(_));
-        let horizon = match options.horizon {
-            Horizon::Finite(t) => t as usize,
-            Horizon::Infinite { .. } => 0,
-        };
+        let horizon = options.horizon.finite_steps();
         let keep_steps = finite && (outputs.all_steps || outputs.occupancy);
 
         // Buffers and uploads.

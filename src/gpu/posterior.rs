@@ -4,7 +4,7 @@ use anyhow::{Result, ensure};
 use bytemuck::{Pod, Zeroable};
 
 use super::context::GpuContext;
-use super::core::{EngineOptions, GpuCore, storage};
+use super::core::{EngineOptions, GpuCore, compute_pipeline, shader_module, storage};
 use crate::infer::PosteriorInputs;
 
 /// WGSL source of the posterior kernels.
@@ -46,23 +46,9 @@ impl TaskPosterior {
                 storage(false),                   // posterior
             ],
         );
-        let module = core
-            .device
-            .create_shader_module(wgpu::ShaderModuleDescriptor {
-                label: Some("softvi.task_posterior"),
-                source: wgpu::ShaderSource::Wgsl(TASK_POSTERIOR_WGSL.into()),
-            });
-        let pipeline = |entry: &str| {
-            core.device
-                .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
-                    label: Some(&format!("softvi.{entry}")),
-                    layout: Some(&pipeline_layout),
-                    module: &module,
-                    entry_point: Some(entry),
-                    compilation_options: Default::default(),
-                    cache: None,
-                })
-        };
+        let module = shader_module(&core.device, "softvi.task_posterior", TASK_POSTERIOR_WGSL);
+        let pipeline =
+            |entry: &str| compute_pipeline(&core.device, &pipeline_layout, &module, entry, &[]);
         let pipelines = [
             pipeline("step_likelihood"),
             pipeline("accumulate"),
