@@ -247,6 +247,15 @@ struct Dynamics {
     incoming: Option<(wgpu::Buffer, wgpu::Buffer, wgpu::Buffer, Vec<u32>)>,
 }
 
+/// The bindings of `shaders/mdp_backup.wgsl` that stay the same across a run's dispatches.
+struct BackupBindings<'a> {
+    dynamics: &'a Dynamics,
+    reward: &'a wgpu::Buffer,
+    fixed: &'a wgpu::Buffer,
+    partials: &'a wgpu::Buffer,
+    extrapolation: &'a wgpu::Buffer,
+}
+
 /// What one chunk of tasks returns, `[task][...]` within the chunk.
 struct ChunkResult {
     values: Vec<f32>,
@@ -740,21 +749,17 @@ impl MdpEngine {
             .collect()
     }
 
-    #[allow(clippy::too_many_arguments)]
     fn backup_group(
         &self,
         params: (&wgpu::Buffer, u64),
         layout: &Layout<MdpParams>,
-        dynamics: &Dynamics,
-        reward: &wgpu::Buffer,
-        fixed: &wgpu::Buffer,
+        common: &BackupBindings,
         v_in: &wgpu::Buffer,
         v_out: &wgpu::Buffer,
-        partials: &wgpu::Buffer,
         out: (&wgpu::Buffer, u64, u64),
-        extrapolation: &wgpu::Buffer,
     ) -> wgpu::BindGroup {
         let w = &layout.windows;
+        let dynamics = common.dynamics;
         self.core.bind_group(
             "softvi.mdp_backup",
             &self.backup_layout,
@@ -763,15 +768,31 @@ impl MdpEngine {
                 bind(&dynamics.indptr, w[0].offset, w[0].size),
                 bind(&dynamics.successors, w[1].offset, w[1].size),
                 bind(&dynamics.probs, w[1].offset, w[1].size),
-                bind(reward, w[2].offset, w[2].size),
-                bind(fixed, w[3].offset, w[3].size),
+                bind(common.reward, w[2].offset, w[2].size),
+                bind(common.fixed, w[3].offset, w[3].size),
                 bind(v_in, w[4].offset, w[4].size),
                 bind(v_out, w[5].offset, w[5].size),
-                partials.as_entire_binding(),
+                common.partials.as_entire_binding(),
                 bind(out.0, out.1, out.2),
-                extrapolation.as_entire_binding(),
+                common.extrapolation.as_entire_binding(),
             ],
         )
+    }
+
+    /// The ping-pong pair of a band over `values`: group p reads `values[p]` and writes
+    /// `values[1 - p]`, with `backup` (its v_out window) for the extrapolation's rollback.
+    fn backup_pair(
+        &self,
+        params: (&wgpu::Buffer, u64),
+        layout: &Layout<MdpParams>,
+        common: &BackupBindings,
+        values: &[wgpu::Buffer; 2],
+        backup: &wgpu::Buffer,
+    ) -> [wgpu::BindGroup; 2] {
+        let out = (backup, layout.windows[5].offset, layout.windows[5].size);
+        let group =
+            |p: usize| self.backup_group(params, layout, common, &values[p], &values[1 - p], out);
+        [group(0), group(1)]
     }
 
     fn solve_chunk(
@@ -862,25 +883,19 @@ impl MdpEngine {
                 bytemuck::bytes_of(&layout.params),
             );
         }
+        let common = BackupBindings {
+            dynamics,
+            reward: &reward,
+            fixed: &fixed,
+            partials: &checks.partials,
+            extrapolation: &checks.extrapolation,
+        };
         let groups: Vec<[wgpu::BindGroup; 2]> = layouts
             .iter()
             .enumerate()
             .map(|(b, layout)| {
-                let group = |p: usize| {
-                    self.backup_group(
-                        (&params_buf, b as u64 * self.uniform_stride),
-                        layout,
-                        dynamics,
-                        &reward,
-                        &fixed,
-                        &values[p],
-                        &values[1 - p],
-                        &checks.partials,
-                        (&backup, layout.windows[5].offset, layout.windows[5].size),
-                        &checks.extrapolation,
-                    )
-                };
-                [group(0), group(1)]
+                let params = (&params_buf, b as u64 * self.uniform_stride);
+                self.backup_pair(params, layout, &common, &values, &backup)
             })
             .collect();
         let key = MdpPipelineKey {
@@ -930,27 +945,27 @@ impl MdpEngine {
         let values_out = self.core.read_f32(&values[v_final], 0, v_bytes)?;
 
         // pi from the values in `v`: written to policy_buf by every band.
-        let policy_from =
-            |this: &mut Self, encoder: &mut wgpu::CommandEncoder, v: &wgpu::Buffer| {
-                for (b, layout) in layouts.iter().enumerate() {
-                    let group = this.backup_group(
-                        (&params_buf, b as u64 * this.uniform_stride),
-                        layout,
-                        dynamics,
-                        &reward,
-                        &fixed,
-                        v,
-                        &backup,
-                        &checks.partials,
-                        (
-                            &policy_buf,
-                            layout.windows[2].offset,
-                            layout.windows[2].size,
-                        ),
-                        &checks.extrapolation,
+        // pi from the values in `v`, written to policy_buf by every band.
+        let policy_groups = |this: &Self, v: &wgpu::Buffer| -> Vec<wgpu::BindGroup> {
+            layouts
+                .iter()
+                .enumerate()
+                .map(|(b, layout)| {
+                    let params = (&params_buf, b as u64 * this.uniform_stride);
+                    let out = (
+                        &policy_buf,
+                        layout.windows[2].offset,
+                        layout.windows[2].size,
                     );
+                    this.backup_group(params, layout, &common, v, &backup, out)
+                })
+                .collect()
+        };
+        let record_policy =
+            |this: &Self, encoder: &mut wgpu::CommandEncoder, groups: &[wgpu::BindGroup]| {
+                for (layout, group) in layouts.iter().zip(groups) {
                     this.core
-                        .dispatch(encoder, &policy_pipeline, &group, layout.dispatch);
+                        .dispatch(encoder, &policy_pipeline, group, layout.dispatch);
                 }
             };
         let mut result = ChunkResult {
@@ -970,7 +985,7 @@ impl MdpEngine {
             // Finite horizon: pi_0 comes from V_1, the values the last sweep read.
             let from = if finite { 1 - v_final } else { v_final };
             let mut encoder = self.core.device.create_command_encoder(&Default::default());
-            policy_from(self, &mut encoder, &values[from]);
+            record_policy(self, &mut encoder, &policy_groups(self, &values[from]));
             self.core.queue.submit([encoder.finish()]);
             if options.policy {
                 result.policy = Some(self.core.read_f32(&policy_buf, 0, row_bytes)?);
@@ -1032,13 +1047,13 @@ impl MdpEngine {
         };
         let occ_params = core.buffer(
             "softvi.occupancy_params",
-            2 * occupancy_layouts.len().max(1) as u64 * self.uniform_stride,
+            occupancy_layouts.len().max(1) as u64 * self.uniform_stride,
             U::UNIFORM | U::COPY_DST,
         );
         let q = core.queue.clone();
         q.write_buffer(&start_buf, 0, bytemuck::cast_slice(&start));
         q.write_buffer(&d[0], 0, bytemuck::cast_slice(&start));
-        let occupancy_groups = |this: &Self, add_start: bool| -> Vec<[wgpu::BindGroup; 2]> {
+        let occupancy_groups = |this: &Self| -> Vec<[wgpu::BindGroup; 2]> {
             let Some((indptr, rows, probs, _)) = &dynamics.incoming else {
                 return Vec::new();
             };
@@ -1046,7 +1061,7 @@ impl MdpEngine {
                 .iter()
                 .enumerate()
                 .map(|(b, layout)| {
-                    let slot = (2 * b + add_start as usize) as u64 * this.uniform_stride;
+                    let slot = b as u64 * this.uniform_stride;
                     let w = &layout.windows;
                     let group = |p: usize| {
                         this.core.bind_group(
@@ -1074,13 +1089,11 @@ impl MdpEngine {
                 .collect()
         };
         for (b, layout) in occupancy_layouts.iter().enumerate() {
-            for slot in [2 * b, 2 * b + 1] {
-                q.write_buffer(
-                    &occ_params,
-                    slot as u64 * self.uniform_stride,
-                    bytemuck::bytes_of(&layout.params),
-                );
-            }
+            q.write_buffer(
+                &occ_params,
+                b as u64 * self.uniform_stride,
+                bytemuck::bytes_of(&layout.params),
+            );
         }
         let occupancy_key = MdpPipelineKey {
             stage: MdpStage::Occupancy,
@@ -1096,28 +1109,53 @@ impl MdpEngine {
             let steps = steps_buf.as_ref().expect("steps kept");
             let v_next = self.core.buffer("softvi.step_v", v_bytes, usage);
             let pipeline = self.pipeline(occupancy_key);
-            let groups = occupancy_groups(self, false);
-            let mut occupancy = vec![start.clone()];
+            let groups = occupancy_groups(self);
+            let step_policy = policy_groups(self, &v_next);
+            // One submission for all steps (D_t gathered on the GPU), unless every step's
+            // policy is read back.
+            let d_steps = outputs.occupancy.then(|| {
+                self.core.buffer(
+                    "softvi.step_occupancy",
+                    (horizon as u64 + 1) * v_bytes,
+                    U::COPY_SRC | U::COPY_DST,
+                )
+            });
+            let mut encoder = self.core.device.create_command_encoder(&Default::default());
+            if let Some(d_steps) = &d_steps {
+                encoder.copy_buffer_to_buffer(&d[0], 0, d_steps, 0, v_bytes);
+            }
             for t in 0..horizon {
-                let mut encoder = self.core.device.create_command_encoder(&Default::default());
                 encoder.copy_buffer_to_buffer(steps, (t as u64 + 1) * v_bytes, &v_next, 0, v_bytes);
-                policy_from(self, &mut encoder, &v_next);
-                for (b, layout) in occupancy_layouts.iter().enumerate() {
-                    self.core
-                        .dispatch(&mut encoder, &pipeline, &groups[b][t % 2], layout.dispatch);
+                record_policy(self, &mut encoder, &step_policy);
+                if let Some(d_steps) = &d_steps {
+                    for (b, layout) in occupancy_layouts.iter().enumerate() {
+                        self.core.dispatch(
+                            &mut encoder,
+                            &pipeline,
+                            &groups[b][t % 2],
+                            layout.dispatch,
+                        );
+                    }
+                    let slot = (t as u64 + 1) * v_bytes;
+                    encoder.copy_buffer_to_buffer(&d[1 - t % 2], 0, d_steps, slot, v_bytes);
                 }
-                self.core.queue.submit([encoder.finish()]);
-                if outputs.all_steps && options.policy {
+                if steps_policy {
+                    let done = std::mem::replace(
+                        &mut encoder,
+                        self.core.device.create_command_encoder(&Default::default()),
+                    );
+                    self.core.queue.submit([done.finish()]);
                     result
                         .step_policy
                         .push(self.core.read_f32(&policy_buf, 0, row_bytes)?);
                 }
-                if outputs.occupancy {
-                    occupancy.push(self.core.read_f32(&d[1 - t % 2], 0, v_bytes)?);
-                }
             }
-            if outputs.occupancy {
-                result.occupancy = occupancy;
+            self.core.queue.submit([encoder.finish()]);
+            if let Some(d_steps) = &d_steps {
+                let all = self
+                    .core
+                    .read_f32(d_steps, 0, (horizon as u64 + 1) * v_bytes)?;
+                result.occupancy = all.chunks_exact(n * s).map(<[f32]>::to_vec).collect();
             }
             return Ok(result);
         }
@@ -1140,7 +1178,7 @@ impl MdpEngine {
             &dispatch,
             options,
         )?;
-        let groups = occupancy_groups(self, true);
+        let groups = occupancy_groups(self);
         // The extrapolation runs mdp_extrapolate over the occupancy bands with no fixed state.
         let extrapolate_layouts = self.backup_layouts(inputs, n, &occupancy_bands);
         let extrapolate_params = self.core.buffer(
@@ -1158,21 +1196,14 @@ impl MdpEngine {
                     slot,
                     bytemuck::bytes_of(&layout.params),
                 );
-                let group = |p: usize| {
-                    self.backup_group(
-                        (&extrapolate_params, slot),
-                        layout,
-                        dynamics,
-                        &reward,
-                        &zero_bits,
-                        &d[p],
-                        &d[1 - p],
-                        &checks.partials,
-                        (&backup, layout.windows[5].offset, layout.windows[5].size),
-                        &checks.extrapolation,
-                    )
+                let common = BackupBindings {
+                    dynamics,
+                    reward: &reward,
+                    fixed: &zero_bits,
+                    partials: &checks.partials,
+                    extrapolation: &checks.extrapolation,
                 };
-                [group(0), group(1)]
+                self.backup_pair((&extrapolate_params, slot), layout, &common, &d, &backup)
             })
             .collect();
         let occupancy_key = MdpPipelineKey {
