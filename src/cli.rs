@@ -1234,20 +1234,7 @@ fn grid_mdp_solve_command(args: &SolveArgs, start: Instant) -> Result<i32> {
             outputs,
             args.quiet,
         )?;
-        // Onto the map: NaN on blocked cells.
-        let n = p.actions.count();
-        let solution = &mut solved.solution;
-        solution.height = p.grid.height;
-        solution.width = p.grid.width;
-        solution.values = grid_mdp.to_cells(&solution.values, 1);
-        solution.policy = solution.policy.as_ref().map(|x| grid_mdp.to_cells(x, n));
-        if let Some(steps) = &mut solved.steps {
-            steps.values = grid_mdp.to_cells(&steps.values, 1);
-            steps.policy = steps.policy.as_ref().map(|x| grid_mdp.to_cells(x, n));
-        }
-        if let Some(d) = &mut solved.occupancy {
-            d.values = grid_mdp.to_cells(&d.values, 1);
-        }
+        grid_mdp.solution_to_cells(&mut solved);
         (solved, adapter)
     };
     let seconds = start.elapsed().as_secs_f64();

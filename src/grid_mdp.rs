@@ -217,29 +217,44 @@ impl GridMdp {
         let problem = self.problem_for(template, mdp)?;
         let start = self.start_cells(mdp);
         let mut solved = engine.solve_steps(&problem, options, outputs, &start, &mut |_| {})?;
-        let solution = &mut solved.solution;
-        solution.height = 1;
-        solution.width = mdp.states;
-        solution.values = self.to_states(&solution.values);
-        solution.policy = solution
-            .policy
-            .as_ref()
-            .map(|p| self.to_states_inner(p, mdp.actions));
-        if let Some(steps) = &mut solved.steps {
-            steps.values = self.to_states(&steps.values);
-            steps.policy = steps
-                .policy
-                .as_ref()
-                .map(|p| self.to_states_inner(p, mdp.actions));
-        }
-        if let Some(d) = &mut solved.occupancy {
-            d.values = self.to_states(&d.values);
-        }
+        self.relayout(&mut solved, (1, mdp.states), |data, inner| {
+            self.to_states(data, inner)
+        });
         Ok(solved)
     }
 
+    /// Lays a solution over this grid's states (as `solve_mdp_cpu` gives it) onto the map, NaN
+    /// on blocked cells: `height` H, `width` W, every array `[...][row][col][...]`.
+    pub fn solution_to_cells(&self, solved: &mut crate::solve::MdpSolution) {
+        self.relayout(solved, (self.height, self.width), |data, inner| {
+            self.to_cells(data, inner)
+        });
+    }
+
+    /// Applies `map(data, per_state)` to every array of `solved` and sets its shape.
+    fn relayout(
+        &self,
+        solved: &mut crate::solve::MdpSolution,
+        (height, width): (usize, usize),
+        map: impl Fn(&[f32], usize) -> Vec<f32>,
+    ) {
+        let solution = &mut solved.solution;
+        let n = solution.action_count;
+        solution.height = height;
+        solution.width = width;
+        solution.values = map(&solution.values, 1);
+        solution.policy = solution.policy.as_ref().map(|p| map(p, n));
+        if let Some(steps) = &mut solved.steps {
+            steps.values = map(&steps.values, 1);
+            steps.policy = steps.policy.as_ref().map(|p| map(p, n));
+        }
+        if let Some(d) = &mut solved.occupancy {
+            d.values = map(&d.values, 1);
+        }
+    }
+
     /// `[block][row][col][inner]` to `[block][state][inner]`.
-    pub fn to_states_inner(&self, data: &[f32], inner: usize) -> Vec<f32> {
+    pub fn to_states(&self, data: &[f32], inner: usize) -> Vec<f32> {
         let cells = self.height * self.width;
         data.chunks_exact(cells * inner)
             .flat_map(|block| {
@@ -258,14 +273,6 @@ impl GridMdp {
         self.to_cells(&mdp.initial, 1)
             .into_iter()
             .map(|x| if x.is_nan() { 0.0 } else { x })
-            .collect()
-    }
-
-    /// `[block][row][col]` to `[block][state]`.
-    pub fn to_states(&self, data: &[f32]) -> Vec<f32> {
-        let cells = self.height * self.width;
-        data.chunks_exact(cells)
-            .flat_map(|block| self.cell_of_state.iter().map(|&c| block[c as usize]))
             .collect()
     }
 }

@@ -144,7 +144,7 @@ fn grid_forward_pass_matches_the_mdp_path() {
             let mut via_grid = vec![0.0; d_cells.len()];
             grid_occupancy(&inputs, &pi_cells, &d_cells, &mut via_grid);
             let via_grid =
-                grid_mdp.to_states(&via_grid.iter().map(|&x| x as f32).collect::<Vec<_>>());
+                grid_mdp.to_states(&via_grid.iter().map(|&x| x as f32).collect::<Vec<_>>(), 1);
             for (x, y) in via_grid.iter().zip(&via_csr) {
                 assert!(
                     (*x as f64 - y).abs() <= 1e-6,
