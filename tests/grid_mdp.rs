@@ -8,18 +8,19 @@ use softvi::{
     Backup, Connectivity, Horizon, MdpEngine, MdpOutputs, SolveOptions, solve_cpu, solve_mdp_cpu,
 };
 
+/// Action sets, slips and backups every grid-as-MDP test runs: (connectivity, STAY, slip,
+/// backup).
+const WORLDS: [(Connectivity, bool, f64, Backup); 4] = [
+    (Connectivity::Four, false, 0.0, Backup::Expected),
+    (Connectivity::Eight, true, 0.2, Backup::Expected),
+    (Connectivity::Eight, false, 0.3, Backup::Optimistic),
+    (Connectivity::Four, true, 0.1, Backup::Optimistic),
+];
+
 #[test]
 fn grid_as_mdp_solves_like_the_grid() {
     let mut engine = common::gpu().map(|ctx| MdpEngine::new(ctx).unwrap());
-    for (i, (connectivity, stay, slip, backup)) in [
-        (Connectivity::Four, false, 0.0, Backup::Expected),
-        (Connectivity::Eight, true, 0.2, Backup::Expected),
-        (Connectivity::Eight, false, 0.3, Backup::Optimistic),
-        (Connectivity::Four, true, 0.1, Backup::Optimistic),
-    ]
-    .into_iter()
-    .enumerate()
-    {
+    for (i, (connectivity, stay, slip, backup)) in WORLDS.into_iter().enumerate() {
         // 13 x 17: no side a multiple of 4 or of the workgroup size.
         let problem = common::random_problem(13, 17, 3, connectivity, stay, slip, 40 + i as u64);
         let grid_mdp = GridMdp::new(&problem, None).unwrap();
@@ -78,15 +79,7 @@ fn grid_forward_pass_matches_the_mdp_path() {
     use softvi::reference::{grid_occupancy, mdp_occupancy};
     let mut engine = common::gpu().map(|ctx| softvi::GridEngine::new(ctx).unwrap());
     let horizon = 7;
-    for (i, (connectivity, stay, slip, backup)) in [
-        (Connectivity::Four, false, 0.0, Backup::Expected),
-        (Connectivity::Eight, true, 0.2, Backup::Expected),
-        (Connectivity::Eight, false, 0.3, Backup::Optimistic),
-        (Connectivity::Four, true, 0.1, Backup::Optimistic),
-    ]
-    .into_iter()
-    .enumerate()
-    {
+    for (i, (connectivity, stay, slip, backup)) in WORLDS.into_iter().enumerate() {
         let problem = common::random_problem(11, 13, 3, connectivity, stay, slip, 60 + i as u64);
         let starts = (i % 2 == 1).then(|| {
             let free: Vec<usize> = (0..problem.grid.cells())
