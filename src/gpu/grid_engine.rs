@@ -125,36 +125,34 @@ pub fn plan_bands(
 /// kernel needs; moves into the new cells are blocked like moves off the map, so no
 /// transition changes.
 fn pad_to_quads(problem: &GridProblem) -> std::borrow::Cow<'_, GridProblem> {
-    let (h, w) = (problem.grid.height, problem.grid.width);
+    let w = problem.grid.width;
     let padded_w = w.next_multiple_of(4);
     if padded_w == w {
         return std::borrow::Cow::Borrowed(problem);
     }
-    let widen = |cells: &[bool]| -> Vec<bool> {
-        (0..h * padded_w)
-            .map(|i| i % padded_w < w && cells[i / padded_w * w + i % padded_w])
-            .collect()
-    };
     let mut padded = problem.clone();
     padded.grid.width = padded_w;
-    padded.grid.free = widen(&problem.grid.free);
+    padded.grid.free = pad_rows(&problem.grid.free, w, padded_w, false);
     for task in &mut padded.tasks {
         for g in &mut task.goals {
             *g = *g / w * padded_w + *g % w;
         }
         if let Some(r) = &mut task.reward {
-            *r = (0..h * padded_w)
-                .map(|i| {
-                    if i % padded_w < w {
-                        r[i / padded_w * w + i % padded_w]
-                    } else {
-                        0.0
-                    }
-                })
-                .collect();
+            *r = pad_rows(r, w, padded_w, 0.0);
         }
     }
     std::borrow::Cow::Owned(padded)
+}
+
+/// `[..][row][w]` to `[..][row][padded_w]`, the new columns `fill`.
+fn pad_rows<T: Copy>(data: &[T], w: usize, padded_w: usize, fill: T) -> Vec<T> {
+    data.chunks_exact(w)
+        .flat_map(|row| {
+            row.iter()
+                .copied()
+                .chain(std::iter::repeat_n(fill, padded_w - w))
+        })
+        .collect()
 }
 
 /// Drops the padding columns of `[task][row][padded_w * per_cell]` arrays.
@@ -398,14 +396,7 @@ impl GridEngine {
             problem.tasks.len()
         );
         let padded_w = w.next_multiple_of(4);
-        let padded: Vec<f32> = start
-            .chunks_exact(w)
-            .flat_map(|row| {
-                row.iter()
-                    .copied()
-                    .chain(std::iter::repeat_n(0.0, padded_w - w))
-            })
-            .collect();
+        let padded = pad_rows(start, w, padded_w, 0.0);
         self.solve_grid(
             problem,
             options,
