@@ -9,11 +9,12 @@ use anyhow::{Context, Result};
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 
-use crate::gpu::{GridEngine, MdpEngine};
-use crate::grid::{ActionSet, Connectivity, Grid, MoveCost};
-use crate::mdp::TabularMdp;
-use crate::problem::{Backup, GridProblem, GridTask, Horizon, MdpOutputs, SolveOptions};
-use crate::solve::{solve_cpu, solve_mdp_cpu};
+use crate::engine::cpu::{solve_cpu, solve_mdp_cpu};
+use crate::engine::gpu::{GridEngine, MdpEngine};
+use crate::engine::options::{Backup, Horizon, MdpOutputs, SolveOptions};
+use crate::world::grid::{ActionSet, Connectivity, Grid, MoveCost};
+use crate::world::grid_problem::{GridProblem, GridTask};
+use crate::world::mdp::TabularMdp;
 
 /// A named benchmark problem.
 pub struct Workload {
@@ -325,7 +326,7 @@ pub fn measure_mdp_cpu(mdp: &TabularMdp, sweeps: u32) -> Result<Measurement> {
 /// sinusoids, a bias); M = 16 demo sets of 64 episodes of 64 steps sampled (CPU reference)
 /// from 16 seeded weight vectors.
 pub fn irl_workload() -> Result<IrlWorkload> {
-    use crate::grid_mdp::GridMdp;
+    use crate::world::grid_mdp::GridMdp;
     let side = 256;
     let problem = GridProblem {
         grid: Grid::open(side, side),
@@ -364,7 +365,7 @@ pub fn irl_workload() -> Result<IrlWorkload> {
     let (sets, episodes, steps) = (16, 64, 64);
     let mut rng = StdRng::seed_from_u64(7);
     let theta: Vec<f64> = (0..sets * 8).map(|_| rng.random_range(-0.5..0.5)).collect();
-    let truth = crate::irl::linear_reward_mdp(&world.mdp, &features, sets, &theta)?;
+    let truth = crate::analysis::irl::linear_reward_mdp(&world.mdp, &features, sets, &theta)?;
     let options = SolveOptions {
         alpha: 1.0,
         gamma: 1.0,
@@ -384,12 +385,12 @@ pub fn irl_workload() -> Result<IrlWorkload> {
         .steps
         .and_then(|s| s.policy)
         .context("no policy for the demos")?;
-    let samples = crate::sample::sample(&truth, &policy, steps, episodes, steps, 11)?;
+    let samples = crate::analysis::sample::sample(&truth, &policy, steps, episodes, steps, 11)?;
     Ok(IrlWorkload {
         problem,
         world,
         features,
-        demos: crate::irl::Demos {
+        demos: crate::analysis::irl::Demos {
             sets,
             episodes,
             steps,
@@ -404,9 +405,9 @@ pub struct IrlWorkload {
     /// The grid world.
     pub problem: GridProblem,
     /// It as a tabular MDP.
-    pub world: crate::grid_mdp::GridMdp,
+    pub world: crate::world::grid_mdp::GridMdp,
     /// Features, `[state][feature]`.
     pub features: Vec<f32>,
     /// The demos.
-    pub demos: crate::irl::Demos,
+    pub demos: crate::analysis::irl::Demos,
 }

@@ -37,28 +37,22 @@
 //! # }
 //! ```
 
+pub mod analysis;
 pub mod bench;
-pub mod cli;
-pub mod gpu;
-pub mod grid;
-pub mod grid_mdp;
-pub mod infer;
-pub mod irl;
-pub mod layout;
-pub mod mdp;
-pub mod npy;
-pub mod output;
-pub mod problem;
-pub mod reference;
-pub mod render;
-pub mod sample;
-pub mod scen;
-pub mod solve;
+pub mod engine;
+pub mod io;
+pub mod world;
 
-pub use gpu::{EngineOptions, GpuContext, GridEngine, MdpEngine, TaskPosterior, solve_sharded};
-pub use grid::{ActionSet, Connectivity, Grid, MoveCost};
-pub use mdp::TabularMdp;
-pub use problem::{Backup, GridProblem, GridTask, Horizon, MdpOutputs, SolveOptions};
-pub use solve::{MdpSolution, Occupancy, Solution, Status, TimeSteps, solve_cpu, solve_mdp_cpu};
+pub use analysis::{infer, irl, render, sample, scen};
+pub use engine::cpu::{solve_cpu, solve_mdp_cpu};
+pub use engine::gpu::{
+    EngineOptions, GpuContext, GridEngine, MdpEngine, TaskPosterior, solve_sharded,
+};
+pub use engine::{
+    Backup, Horizon, MdpOutputs, MdpSolution, Occupancy, Solution, SolveOptions, Status, TimeSteps,
+};
 /// The wgpu version softvi is built on, for callers that pick adapters themselves.
 pub use wgpu;
+pub use world::{
+    ActionSet, Connectivity, Grid, GridMdp, GridProblem, GridTask, MoveCost, TabularMdp,
+};

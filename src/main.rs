@@ -1,8 +1,10 @@
 use clap::Parser;
 
+mod cli;
+
 fn main() {
-    let cli = softvi::cli::Cli::parse();
-    match softvi::cli::run(cli) {
+    let cli = cli::Cli::parse();
+    match cli::run(cli) {
         Ok(code) => std::process::exit(code),
         Err(e) => {
             eprintln!("error: {e:#}");

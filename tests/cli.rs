@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use softvi::npy;
+use softvi::io::npy;
 
 fn softvi(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_softvi"))

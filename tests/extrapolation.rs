@@ -50,7 +50,7 @@ fn extrapolation_cuts_sweeps_and_keeps_the_fixed_point() {
             .iter()
             .filter(|v| v.is_finite())
             .fold(0.0f64, |m, &v| m.max(v.abs() as f64));
-        let threshold = 1e-4f64.max(softvi::solve::RESIDUAL_FLOOR * scale);
+        let threshold = 1e-4f64.max(softvi::engine::schedule::RESIDUAL_FLOOR * scale);
         let bound = 2.0 * threshold * gamma / (1.0 - gamma) + 1e-4;
         let err = max_abs_error(&fast.values, &plain.values);
         assert!(err <= bound, "extrapolated vs plain: {err} > {bound}");

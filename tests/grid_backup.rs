@@ -14,8 +14,8 @@
 mod common;
 
 use common::*;
-use softvi::layout::GridInputs;
-use softvi::reference::action_values;
+use softvi::engine::cpu::action_values;
+use softvi::engine::layout::GridInputs;
 use softvi::{Backup, Connectivity, EngineOptions, GridProblem, Horizon, SolveOptions, solve_cpu};
 
 /// Checks that `gpu_policy`'s one-hot actions maximise the reference Q computed from

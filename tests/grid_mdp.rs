@@ -3,7 +3,7 @@
 
 mod common;
 
-use softvi::grid_mdp::GridMdp;
+use softvi::world::grid_mdp::GridMdp;
 use softvi::{
     Backup, Connectivity, Horizon, MdpEngine, MdpOutputs, SolveOptions, solve_cpu, solve_mdp_cpu,
 };
@@ -75,8 +75,8 @@ fn grid_as_mdp_solves_like_the_grid() {
 /// `reference::grid_occupancy` equals `reference::mdp_occupancy` step for step.
 #[test]
 fn grid_forward_pass_matches_the_mdp_path() {
-    use softvi::layout::GridInputs;
-    use softvi::reference::{grid_occupancy, mdp_occupancy};
+    use softvi::engine::cpu::{grid_occupancy, mdp_occupancy};
+    use softvi::engine::layout::GridInputs;
     let mut engine = common::gpu().map(|ctx| softvi::GridEngine::new(ctx).unwrap());
     let horizon = 7;
     for (i, (connectivity, stay, slip, backup)) in WORLDS.into_iter().enumerate() {
@@ -107,7 +107,7 @@ fn grid_forward_pass_matches_the_mdp_path() {
 
         // CPU twins: one grid pull per step equals the CSR pull.
         let inputs = GridInputs::new(&problem, &o);
-        let mdp_inputs = softvi::mdp::MdpInputs::new(&grid_mdp.mdp, &o);
+        let mdp_inputs = softvi::engine::layout::MdpInputs::new(&grid_mdp.mdp, &o);
         let transpose = grid_mdp.mdp.transpose();
         let states = grid_mdp.mdp.states;
         let pi_states = &cpu.steps.as_ref().unwrap().policy.as_ref().unwrap();
@@ -147,7 +147,8 @@ fn grid_forward_pass_matches_the_mdp_path() {
         }
 
         if let Some(engine) = &mut engine {
-            let start = softvi::grid_mdp::start_distribution(&problem, starts.as_deref()).unwrap();
+            let start =
+                softvi::world::grid_mdp::start_distribution(&problem, starts.as_deref()).unwrap();
             let gpu = engine
                 .solve_steps(&problem, &o, outputs, &start, &mut |_| {})
                 .unwrap();
@@ -186,7 +187,7 @@ fn grid_forward_pass_names_the_binding_limit() {
         horizon: Horizon::Finite(4),
         ..SolveOptions::default()
     };
-    let start = softvi::grid_mdp::start_distribution(&problem, None).unwrap();
+    let start = softvi::world::grid_mdp::start_distribution(&problem, None).unwrap();
     let outputs = MdpOutputs {
         all_steps: false,
         occupancy: true,

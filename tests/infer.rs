@@ -5,12 +5,12 @@
 
 mod common;
 
-use softvi::grid_mdp::GridMdp;
 use softvi::infer::{Observation, check_possible, posterior_inputs};
 use softvi::sample::{ENDED, sample};
+use softvi::world::grid_mdp::GridMdp;
 use softvi::{
     Grid, GridProblem, GridTask, Horizon, MdpEngine, MdpOutputs, SolveOptions, TaskPosterior,
-    reference, solve_mdp_cpu,
+    engine::cpu as reference, solve_mdp_cpu,
 };
 
 /// A 41 x 41 maze with one task per corner goal, started from the centre.

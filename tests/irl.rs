@@ -8,12 +8,12 @@
 
 mod common;
 
-use softvi::grid_mdp::GridMdp;
 use softvi::irl::{
     Demos, IrlOptions, demo_feature_expectations, demo_log_likelihood, gradient, learn,
     linear_reward_mdp,
 };
 use softvi::sample::sample;
+use softvi::world::grid_mdp::GridMdp;
 use softvi::{
     ActionSet, Connectivity, Grid, GridEngine, GridProblem, GridTask, Horizon, MdpEngine,
     MdpOutputs, MdpSolution, MoveCost, SolveOptions, TabularMdp, solve_mdp_cpu,
@@ -116,7 +116,7 @@ fn solvers() -> Vec<(&'static str, Solver<'static>)> {
         all.push((
             "gpu-grid",
             Box::new(move |m: &TabularMdp, o: &SolveOptions, x| {
-                world.solve_on_grid(&mut grid_engine, &template, m, o, x)
+                grid_engine.solve_grid_mdp(&world, &template, m, o, x)
             }),
         ));
     }

@@ -7,7 +7,7 @@ mod common;
 
 use std::collections::HashMap;
 
-use softvi::mdp::TabularMdp;
+use softvi::world::mdp::TabularMdp;
 use softvi::{
     Backup, EngineOptions, Horizon, MdpEngine, MdpOutputs, MdpSolution, SolveOptions, Status,
     solve_mdp_cpu,

@@ -5,8 +5,8 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use softvi::mdp::TabularMdp;
-use softvi::npy::encode;
+use softvi::io::npy::encode;
+use softvi::world::mdp::TabularMdp;
 use zip::write::SimpleFileOptions;
 
 /// One array of an `.npz`: name, dtype, shape, data.
@@ -236,11 +236,11 @@ fn solve_mdp_from_the_command_line() {
     };
     let o = run(&["--backend", "cpu", "--gamma", "1", "--alpha", "0.5"]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let values = softvi::npy::read_float(&out.join("values.npy")).unwrap();
+    let values = softvi::io::npy::read_float(&out.join("values.npy")).unwrap();
     assert_eq!(values.shape, vec![2, 3]);
     assert_eq!(values.data[2], 0.0, "terminal value");
     assert_eq!(
-        softvi::npy::read_float(&out.join("policy.npy"))
+        softvi::io::npy::read_float(&out.join("policy.npy"))
             .unwrap()
             .shape,
         vec![2, 3, 2]
@@ -255,7 +255,7 @@ fn solve_mdp_from_the_command_line() {
     if softvi::GpuContext::from_env().is_ok() || std::env::var("SOFTVI_REQUIRE_GPU").is_ok() {
         let o = run(&["--gamma", "1", "--alpha", "0.5"]);
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-        let gpu = softvi::npy::read_float(&out.join("values.npy")).unwrap();
+        let gpu = softvi::io::npy::read_float(&out.join("values.npy")).unwrap();
         assert_eq!(gpu.shape, values.shape);
         for (g, c) in gpu.data.iter().zip(&values.data) {
             // Both converged to tol 1e-4 at gamma = 1 on a 3-state chain.
@@ -277,7 +277,7 @@ fn solve_mdp_from_the_command_line() {
             continue;
         }
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-        let shape = |name: &str| softvi::npy::read_float(&out.join(name)).unwrap().shape;
+        let shape = |name: &str| softvi::io::npy::read_float(&out.join(name)).unwrap().shape;
         assert_eq!(shape("values.npy"), vec![2, 5, 3]);
         assert_eq!(shape("policy.npy"), vec![2, 4, 3, 2]);
         assert_eq!(shape("occupancy.npy"), vec![2, 5, 3]);

@@ -6,9 +6,9 @@ use std::collections::HashMap;
 
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
-use softvi::mdp::TabularMdp;
-use softvi::npy::NpyValues;
-use softvi::solve::solve_mdp_cpu;
+use softvi::io::npy::NpyValues;
+use softvi::solve_mdp_cpu;
+use softvi::world::mdp::TabularMdp;
 use softvi::{Backup, Horizon, MdpOutputs, SolveOptions, Status};
 
 fn array(shape: Vec<usize>, data: Vec<f64>) -> NpyValues {

@@ -9,7 +9,7 @@ use std::process::Command;
 
 use common::*;
 use softvi::Grid;
-use softvi::npy;
+use softvi::io::npy;
 use softvi::render::{ARROW, GOAL, MAX_ARROW_SIDE, TRAJECTORY, WALL, viridis};
 
 struct Png {

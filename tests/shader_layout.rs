@@ -1,8 +1,8 @@
 //! Every WGSL file parses and validates with naga, and the uniform structs and constants
 //! shared with Rust have the same sizes and values on both sides.
 
-use softvi::gpu::core::{NOT_CONVERGED, REDUCE_SIZE, RESIDUAL_REDUCE_WGSL, ReduceParams};
-use softvi::gpu::grid_engine::{GRID_BACKUP_WGSL, GridParams, WORKGROUP_SIZE};
+use softvi::engine::gpu::core::{NOT_CONVERGED, REDUCE_SIZE, RESIDUAL_REDUCE_WGSL, ReduceParams};
+use softvi::engine::gpu::grid_engine::{GRID_BACKUP_WGSL, GridParams, WORKGROUP_SIZE};
 
 fn module(source: &str) -> (naga::Module, naga::valid::ModuleInfo) {
     let module = naga::front::wgsl::parse_str(source)
@@ -53,7 +53,7 @@ fn grid_backup_layout_matches_rust() {
     );
     assert_eq!(
         constant(&m, "TIE_RELATIVE"),
-        naga::Literal::F32(softvi::reference::TIE_RELATIVE as f32)
+        naga::Literal::F32(softvi::engine::cpu::TIE_RELATIVE as f32)
     );
     for entry in ["grid_backup", "grid_extrapolate", "grid_policy"] {
         assert!(m.entry_points.iter().any(|e| e.name == entry), "{entry}");
@@ -69,7 +69,7 @@ fn residual_reduce_layout_matches_rust() {
     );
     assert_eq!(
         struct_size(&m, "Control") as u64,
-        softvi::gpu::core::CONTROL_HEADER_BYTES + 4
+        softvi::engine::gpu::core::CONTROL_HEADER_BYTES + 4
     );
     assert_eq!(constant(&m, "REDUCE_SIZE"), naga::Literal::U32(REDUCE_SIZE));
     assert_eq!(
@@ -78,9 +78,9 @@ fn residual_reduce_layout_matches_rust() {
     );
     assert_eq!(
         constant(&m, "RESIDUAL_FLOOR"),
-        naga::Literal::F32(softvi::solve::RESIDUAL_FLOOR as f32)
+        naga::Literal::F32(softvi::engine::schedule::RESIDUAL_FLOOR as f32)
     );
-    use softvi::solve::{CHECK_INTERVAL, JumpState, RATE_AGREEMENT, ROLLBACK};
+    use softvi::engine::schedule::{CHECK_INTERVAL, JumpState, RATE_AGREEMENT, ROLLBACK};
     assert_eq!(
         constant(&m, "CHECK_INTERVAL"),
         naga::Literal::F32(CHECK_INTERVAL as f32)
@@ -108,7 +108,7 @@ fn residual_reduce_layout_matches_rust() {
 
 #[test]
 fn mdp_kernels_layout_matches_rust() {
-    use softvi::gpu::mdp_engine::{
+    use softvi::engine::gpu::mdp_engine::{
         MDP_BACKUP_WGSL, MDP_OCCUPANCY_WGSL, MdpParams, OccupancyParams, WORKGROUP_SIZE,
     };
     let (m, _) = module(MDP_BACKUP_WGSL);
@@ -122,7 +122,7 @@ fn mdp_kernels_layout_matches_rust() {
     );
     assert_eq!(
         constant(&m, "TIE_RELATIVE"),
-        naga::Literal::F32(softvi::reference::TIE_RELATIVE as f32)
+        naga::Literal::F32(softvi::engine::cpu::TIE_RELATIVE as f32)
     );
     for entry in ["mdp_backup", "mdp_extrapolate", "mdp_policy"] {
         assert!(m.entry_points.iter().any(|e| e.name == entry), "{entry}");

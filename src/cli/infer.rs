@@ -9,10 +9,10 @@ use clap::Args;
 use serde_json::json;
 
 use super::{BackendArg, IterationArgs, MdpWorld, WorldArgs, add_run_json, run_mdp_backend};
-use crate::infer::{Observation, check_possible, posterior_inputs};
-use crate::npy;
-use crate::output::{OutputFile, write_folder};
-use crate::problem::{Horizon, MdpOutputs};
+use softvi::analysis::infer::{Observation, check_possible, posterior_inputs};
+use softvi::engine::options::{Horizon, MdpOutputs};
+use softvi::io::npy;
+use softvi::io::output::{OutputFile, write_folder};
 
 #[derive(Args, Debug)]
 pub struct InferArgs {
@@ -151,10 +151,10 @@ pub fn infer_command(args: &InferArgs) -> Result<i32> {
     let inputs = posterior_inputs(&world.mdp, policy, policy_steps, &trajectory, &prior)
         .with_context(|| format!("trajectory {}", args.trajectory.display()))?;
     let (posterior, joint) = match args.iteration.backend {
-        BackendArg::Cpu => crate::reference::task_posterior(&inputs),
+        BackendArg::Cpu => softvi::engine::cpu::task_posterior(&inputs),
         BackendArg::Gpu => {
-            let ctx = crate::gpu::GpuContext::from_env()?;
-            crate::gpu::TaskPosterior::new(&ctx)?.run(&inputs)?
+            let ctx = softvi::engine::gpu::GpuContext::from_env()?;
+            softvi::engine::gpu::TaskPosterior::new(&ctx)?.run(&inputs)?
         }
     };
     check_possible(&inputs, &joint)

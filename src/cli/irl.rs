@@ -9,11 +9,11 @@ use clap::Args;
 use serde_json::json;
 
 use super::{BackendArg, BackupArg, MdpWorld, WorldArgs, adapter_json};
-use crate::irl::{Demos, IrlOptions, learn};
-use crate::npy;
-use crate::output::{OutputFile, write_folder};
-use crate::problem::{Backup, Horizon, SolveOptions};
-use crate::sample::ENDED;
+use softvi::analysis::irl::{Demos, IrlOptions, learn};
+use softvi::analysis::sample::ENDED;
+use softvi::engine::options::{Backup, Horizon, SolveOptions};
+use softvi::io::npy;
+use softvi::io::output::{OutputFile, write_folder};
 
 #[derive(Args, Debug)]
 pub struct IrlArgs {
@@ -219,7 +219,7 @@ pub fn irl_command(args: &IrlArgs) -> Result<i32> {
     };
     ensure!(args.iters >= 1, "--iters must be at least 1");
     let quiet = args.quiet;
-    let mut report = |it: u32, step: &crate::irl::IrlStep| {
+    let mut report = |it: u32, step: &softvi::analysis::irl::IrlStep| {
         if !quiet {
             let worst = step.gradient_norm.iter().copied().fold(0.0, f64::max);
             let mean_ll =
@@ -237,30 +237,30 @@ pub fn irl_command(args: &IrlArgs) -> Result<i32> {
                 &features,
                 &demos,
                 &options,
-                &mut |m, o, x| crate::solve::solve_mdp_cpu(m, o, x),
+                &mut |m, o, x| softvi::engine::cpu::solve_mdp_cpu(m, o, x),
                 &mut report,
             )?,
             json!({"name": "cpu reference (f64)", "backend": "cpu"}),
         ),
         BackendArg::Gpu => {
-            let ctx = crate::gpu::GpuContext::from_env()?;
+            let ctx = softvi::engine::gpu::GpuContext::from_env()?;
             let result = match (&world.grid, horizon) {
                 // A grid with a finite horizon runs on the grid kernels (about 10x the CSR path
                 // on a grid with slip).
                 (Some((grid_world, grid_mdp)), Horizon::Finite(_)) => {
-                    let mut engine = crate::gpu::GridEngine::new(&ctx)?;
+                    let mut engine = softvi::engine::gpu::GridEngine::new(&ctx)?;
                     let template = &grid_world.problem;
                     learn(
                         &world.mdp,
                         &features,
                         &demos,
                         &options,
-                        &mut |m, o, x| grid_mdp.solve_on_grid(&mut engine, template, m, o, x),
+                        &mut |m, o, x| engine.solve_grid_mdp(grid_mdp, template, m, o, x),
                         &mut report,
                     )?
                 }
                 _ => {
-                    let mut engine = crate::gpu::MdpEngine::new(&ctx)?;
+                    let mut engine = softvi::engine::gpu::MdpEngine::new(&ctx)?;
                     learn(
                         &world.mdp,
                         &features,

@@ -9,8 +9,8 @@ use std::sync::{Mutex, OnceLock};
 
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
-use softvi::mdp::TabularMdp;
-use softvi::npy::NpyValues;
+use softvi::io::npy::NpyValues;
+use softvi::world::mdp::TabularMdp;
 use softvi::{
     ActionSet, Connectivity, EngineOptions, GpuContext, Grid, GridEngine, GridProblem, GridTask,
     MoveCost, Solution,

@@ -5,9 +5,9 @@ use std::path::Path;
 
 use anyhow::{Context, Result, bail, ensure};
 
-use crate::grid::Grid;
-use crate::problem::GridProblem;
-use crate::reference::TIE_RELATIVE;
+use crate::engine::cpu::TIE_RELATIVE;
+use crate::world::grid::Grid;
+use crate::world::grid_problem::GridProblem;
 
 /// One scenario line.
 #[derive(Clone, Debug, PartialEq)]

@@ -7,11 +7,11 @@
 
 use anyhow::{Result, bail, ensure};
 
-use crate::mdp::TabularMdp;
-use crate::problem::{Horizon, MdpOutputs, SolveOptions};
-use crate::reference::csr_action_values;
-use crate::sample::ENDED;
-use crate::solve::{MdpSolution, Status};
+use crate::analysis::sample::ENDED;
+use crate::engine::cpu::csr_action_values;
+use crate::engine::options::{Horizon, MdpOutputs, SolveOptions};
+use crate::engine::solution::{MdpSolution, Status};
+use crate::world::mdp::TabularMdp;
 
 /// Demonstrations: M sets of N episodes of T steps over the MDP's states.
 #[derive(Clone, Debug, PartialEq)]

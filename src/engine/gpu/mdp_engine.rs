@@ -14,17 +14,18 @@ use super::core::{
     EngineOptions, GpuCore, Iteration, Kernels, StepCopies, Window, bind, compute_pipeline,
     shader_module, storage, window,
 };
-use crate::mdp::{MdpInputs, TabularMdp, Transpose};
-use crate::problem::{Backup, Horizon, MdpOutputs, SolveOptions};
-use crate::solve::{
-    MdpSolution, Occupancy, Progress, Solution, Status, TimeSteps, Verdict, check_mdp_terminals,
-    final_status, task_major,
+use crate::engine::layout::MdpInputs;
+use crate::engine::options::{Backup, Horizon, MdpOutputs, SolveOptions};
+use crate::engine::schedule::{Progress, Verdict, final_status};
+use crate::engine::solution::{
+    MdpSolution, Occupancy, Solution, Status, TimeSteps, check_mdp_terminals, task_major,
 };
+use crate::world::mdp::{TabularMdp, Transpose};
 
 /// WGSL source of the CSR backup, extrapolation and policy kernels.
-pub const MDP_BACKUP_WGSL: &str = include_str!("../../shaders/mdp_backup.wgsl");
+pub const MDP_BACKUP_WGSL: &str = include_str!("../../../shaders/mdp_backup.wgsl");
 /// WGSL source of the occupancy (forward message) kernel.
-pub const MDP_OCCUPANCY_WGSL: &str = include_str!("../../shaders/mdp_occupancy.wgsl");
+pub const MDP_OCCUPANCY_WGSL: &str = include_str!("../../../shaders/mdp_occupancy.wgsl");
 
 /// Invocations (states) per workgroup. Same as `WORKGROUP_SIZE` in both shaders.
 pub const WORKGROUP_SIZE: u32 = 64;
@@ -388,7 +389,7 @@ impl MdpEngine {
     }
 
     /// Solves every task of `mdp`; the result has the same layout and meaning as
-    /// [`crate::solve::solve_mdp_cpu`]'s.
+    /// [`crate::engine::cpu::solve_mdp_cpu`]'s.
     pub fn solve(
         &mut self,
         mdp: &TabularMdp,
@@ -1006,7 +1007,7 @@ impl MdpEngine {
         }
 
         // Forward pass; the discounted sum iterates on the start scaled to a peak of 1.
-        let (scaled, scales) = crate::solve::scaled_start(mdp);
+        let (scaled, scales) = crate::engine::solution::scaled_start(mdp);
         let (start, scales): (Vec<f32>, &[f64]) = if finite {
             (mdp.initial[range.clone()].to_vec(), &[])
         } else {

@@ -5,10 +5,10 @@ use bytemuck::{Pod, Zeroable};
 
 use super::context::GpuContext;
 use super::core::{EngineOptions, GpuCore, compute_pipeline, shader_module, storage};
-use crate::infer::PosteriorInputs;
+use crate::engine::layout::PosteriorInputs;
 
 /// WGSL source of the posterior kernels.
-pub const TASK_POSTERIOR_WGSL: &str = include_str!("../../shaders/task_posterior.wgsl");
+pub const TASK_POSTERIOR_WGSL: &str = include_str!("../../../shaders/task_posterior.wgsl");
 /// Invocations per workgroup. Same as `WORKGROUP_SIZE` in the shader.
 pub const WORKGROUP_SIZE: u32 = 64;
 
@@ -62,7 +62,7 @@ impl TaskPosterior {
     }
 
     /// The posterior `[step + 1][task]` (row 0 the prior) and the log joint it normalizes,
-    /// laid out and computed as [`crate::reference::task_posterior`].
+    /// laid out and computed as [`crate::engine::cpu::task_posterior`].
     pub fn run(&mut self, inputs: &PosteriorInputs) -> Result<(Vec<f32>, Vec<f32>)> {
         use wgpu::BufferUsages as U;
         let (b, k) = (inputs.tasks, inputs.steps);

@@ -6,8 +6,9 @@ use std::time::Instant;
 use anyhow::{Context, Result, ensure};
 
 use super::grid_engine::GridEngine;
-use crate::problem::{GridProblem, SolveOptions};
-use crate::solve::Solution;
+use crate::engine::options::SolveOptions;
+use crate::engine::solution::Solution;
+use crate::world::grid_problem::GridProblem;
 
 /// Solves `problem` with its tasks split evenly over `engines` (in order); the result is laid
 /// out exactly as a single engine's.

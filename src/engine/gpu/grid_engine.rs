@@ -14,18 +14,21 @@ use super::core::{
     EngineOptions, GpuCore, Kernels, StepCopies, WINDOW_SLACK, Window, bind, compute_pipeline,
     shader_module, storage, window,
 };
-use crate::layout::GridInputs;
-use crate::problem::{Backup, GridProblem, Horizon, MdpOutputs, SolveOptions};
-use crate::reference::SweepStats;
-use crate::solve::{
-    MdpSolution, Occupancy, Progress, Solution, TimeSteps, Verdict, final_status,
-    mark_special_cells, task_major,
+use crate::engine::cpu::SweepStats;
+use crate::engine::layout::GridInputs;
+use crate::engine::options::{Backup, Horizon, MdpOutputs, SolveOptions};
+use crate::engine::schedule::{Progress, Verdict, final_status};
+use crate::engine::solution::{
+    MdpSolution, Occupancy, Solution, TimeSteps, mark_special_cells, task_major,
 };
+use crate::world::grid_mdp::GridMdp;
+use crate::world::grid_problem::GridProblem;
+use crate::world::mdp::TabularMdp;
 
 /// WGSL source of the backup and policy kernels.
-pub const GRID_BACKUP_WGSL: &str = include_str!("../../shaders/grid_backup.wgsl");
+pub const GRID_BACKUP_WGSL: &str = include_str!("../../../shaders/grid_backup.wgsl");
 /// WGSL source of the forward (occupancy) kernel.
-pub const GRID_OCCUPANCY_WGSL: &str = include_str!("../../shaders/grid_occupancy.wgsl");
+pub const GRID_OCCUPANCY_WGSL: &str = include_str!("../../../shaders/grid_occupancy.wgsl");
 
 /// Invocations (quads) per workgroup of the grid kernels. Same as `WORKGROUP_SIZE` in the
 /// shader.
@@ -352,7 +355,7 @@ impl GridEngine {
     }
 
     /// Solves every task of `problem`; the result has the same layout and meaning as
-    /// [`crate::solve::solve_cpu`]'s.
+    /// [`crate::engine::cpu::solve_cpu`]'s.
     pub fn solve(&mut self, problem: &GridProblem, options: &SolveOptions) -> Result<Solution> {
         self.solve_with_progress(problem, options, &mut |_| {})
     }
@@ -367,13 +370,31 @@ impl GridEngine {
         Ok(self.solve_grid(problem, options, None, progress)?.solution)
     }
 
+    /// Solves `mdp` (an MDP over `world`'s states, see [`GridMdp::problem_for`]) for a finite
+    /// horizon on the grid kernels, with its own start distribution, and returns the result
+    /// over the states as [`crate::engine::cpu::solve_mdp_cpu`] lays it out.
+    pub fn solve_grid_mdp(
+        &mut self,
+        world: &GridMdp,
+        template: &GridProblem,
+        mdp: &TabularMdp,
+        options: &SolveOptions,
+        outputs: MdpOutputs,
+    ) -> Result<MdpSolution> {
+        let problem = world.problem_for(template, mdp)?;
+        let start = world.start_cells(mdp);
+        let mut solved = self.solve_steps(&problem, options, outputs, &start, &mut |_| {})?;
+        solved.to_states(world);
+        Ok(solved)
+    }
+
     /// A finite-horizon solve with every step and/or the occupancy, on the grid kernels
     /// (`grid_policy` per step, then `grid_occupancy` pulling through the reverse moves) from
     /// the start distribution `start` `[task][row][col]` (e.g.
-    /// [`crate::grid_mdp::start_distribution`]). The result is laid out over the map
+    /// [`crate::world::grid_mdp::start_distribution`]). The result is laid out over the map
     /// (`height` H, `width` W): values `[task][t][row][col]`, policy
     /// `[task][t][row][col][action]`, occupancy `[task][t][row][col]`, NaN on walls, as
-    /// [`crate::solve::solve_mdp_cpu`] gives them through [`crate::grid_mdp::GridMdp`]. A task's
+    /// [`crate::engine::cpu::solve_mdp_cpu`] gives them through [`crate::world::grid_mdp::GridMdp`]. A task's
     /// policy must fit one storage binding. (The discounted occupancy runs through `GridMdp`
     /// and [`super::MdpEngine`].)
     pub fn solve_steps(
@@ -470,7 +491,7 @@ impl GridEngine {
         }
         mark_special_cells(&inputs, &mut values, policy.as_deref_mut());
         let (w, padded_w) = (problem.grid.width, inputs.width);
-        let diverged = status.contains(&crate::solve::Status::Diverged);
+        let diverged = status.contains(&crate::engine::solution::Status::Diverged);
         let steps = (horizon as usize) + 1;
         // Per step as a task of its own: walls NaN, fixed cells' policy NaN.
         let mark_steps = |data: &mut Vec<f32>, count: usize, per_cell: usize| {
@@ -498,7 +519,7 @@ impl GridEngine {
             steps,
             iterations: horizon as u32,
             residual: vec![0.0; inputs.tasks],
-            status: vec![crate::solve::Status::Horizon; inputs.tasks],
+            status: vec![crate::engine::solution::Status::Horizon; inputs.tasks],
         });
         Ok(MdpSolution {
             solution: Solution {

@@ -2,47 +2,13 @@
 //! is a hypothesis z whose soft-optimal policy pi_z is the likelihood of the behaviour,
 //! `log p(z | tau_0:k) = log p(z) + sum_t log pi_z(a_t|s_t) + const`, or with unobserved
 //! actions `p(s_{t+1}|s_t, z) = sum_a pi_z(a|s_t) P(s_{t+1}|s_t,a)`. The posterior kernel is
-//! `shaders/task_posterior.wgsl` (`gpu::TaskPosterior`), its CPU twin
-//! [`crate::reference::task_posterior`].
+//! `shaders/task_posterior.wgsl` (`engine::gpu::TaskPosterior`), its CPU twin
+//! [`crate::engine::cpu::task_posterior`].
 
 use anyhow::{Result, bail, ensure};
 
-use crate::mdp::TabularMdp;
-
-/// A zero likelihood in log space: a finite stand-in for -inf, as in the shader.
-pub const IMPOSSIBLE: f32 = -1.0e30;
-
-/// One observed line of a trajectory.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Observation {
-    /// The state.
-    pub state: usize,
-    /// The action taken there, when observed.
-    pub action: Option<usize>,
-    /// Where it was read (1-based line), for messages.
-    pub line: usize,
-}
-
-/// The arrays the posterior kernel reads.
-#[derive(Clone, Debug, PartialEq)]
-pub struct PosteriorInputs {
-    /// Tasks B.
-    pub tasks: usize,
-    /// Observed steps K.
-    pub steps: usize,
-    /// Actions A.
-    pub actions: usize,
-    /// Per step, the weight of each action's probability: one-hot on the observed action, or
-    /// `P(s_{k+1}|s_k, a)`, `[step][action]`.
-    pub weight: Vec<f32>,
-    /// `pi_z(.|s_k)`, zeros where task z has no policy at s_k (terminal: its episode would
-    /// have ended), `[step][task][action]`.
-    pub pi_rows: Vec<f32>,
-    /// `log p(z)`, [`IMPOSSIBLE`] for a zero prior, `[task]`.
-    pub log_prior: Vec<f32>,
-    /// The observation behind each step, for messages.
-    pub observed: Vec<Observation>,
-}
+pub use crate::engine::layout::{IMPOSSIBLE, Observation, PosteriorInputs};
+use crate::world::mdp::TabularMdp;
 
 /// Builds the kernel inputs from a solve's `policy` (`[task][t][state][action]` with
 /// `policy_steps` steps, or stationary with 1), the trajectory and the prior `[task]`

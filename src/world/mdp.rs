@@ -9,7 +9,7 @@ use std::path::Path;
 
 use anyhow::{Context, Result, bail, ensure};
 
-use crate::npy::{self, NpyValues};
+use crate::io::npy::{self, NpyValues};
 
 /// Largest deviation of a transition row's sum from 1.
 pub const ROW_SUM_TOLERANCE: f64 = 1e-5;
@@ -348,90 +348,4 @@ fn rewards(r: &NpyValues, states: usize, actions: usize) -> Result<(usize, Vec<f
             .collect()
     };
     Ok((tasks, reward))
-}
-
-/// The flat arrays the general-MDP backups read (CPU reference now; the GPU kernel will take
-/// the same), built once per solve.
-#[derive(Clone, Debug)]
-pub struct MdpInputs<'a> {
-    /// The MDP.
-    pub mdp: &'a TabularMdp,
-    /// States whose value stays fixed (terminal, or excluded as unreachable), `[task][state]`.
-    pub fixed: Vec<bool>,
-    /// States excluded because no terminal is reachable (value -inf), `[task][state]`; all
-    /// false unless gamma = 1 with an infinite horizon.
-    pub excluded: Vec<bool>,
-    /// Non-terminal states with no path to a terminal, per task.
-    pub unreachable: Vec<u32>,
-    /// Initial values: terminal values on terminal states, -inf on excluded ones, else 0,
-    /// `[task][state]`.
-    pub v0: Vec<f64>,
-    /// Temperature.
-    pub alpha: f64,
-    /// Discount.
-    pub gamma: f64,
-    /// Backup kind.
-    pub backup: crate::problem::Backup,
-}
-
-impl<'a> MdpInputs<'a> {
-    /// Builds the inputs; `options` must be validated.
-    pub fn new(mdp: &'a TabularMdp, options: &crate::problem::SolveOptions) -> Self {
-        let (s_count, a_count) = (mdp.states, mdp.actions);
-        // Predecessors over possible transitions (the transposed CSR), for the reverse
-        // reachability pass.
-        let incoming = mdp.transpose();
-        let predecessors = |s: usize| {
-            (incoming.indptr[s] as usize..incoming.indptr[s + 1] as usize)
-                .filter(|&k| incoming.probs[k] > 0.0)
-                .map(|k| incoming.rows[k] as usize / a_count)
-        };
-        let mut excluded = vec![false; mdp.tasks * s_count];
-        let mut unreachable = Vec::with_capacity(mdp.tasks);
-        for t in 0..mdp.tasks {
-            let terminal = &mdp.terminal[t * s_count..(t + 1) * s_count];
-            let mut reaches = terminal.to_vec();
-            let mut stack: Vec<usize> = (0..s_count).filter(|&s| reaches[s]).collect();
-            while let Some(s) = stack.pop() {
-                for p in predecessors(s) {
-                    if !reaches[p] {
-                        reaches[p] = true;
-                        stack.push(p);
-                    }
-                }
-            }
-            let cut: Vec<usize> = (0..s_count).filter(|&s| !reaches[s]).collect();
-            unreachable.push(cut.len() as u32);
-            if options.excludes_unreachable() {
-                for s in cut {
-                    excluded[t * s_count + s] = true;
-                }
-            }
-        }
-        let fixed = mdp
-            .terminal
-            .iter()
-            .zip(&excluded)
-            .map(|(&t, &e)| t || e)
-            .collect();
-        // Excluded states hold -inf: unlike a grid's, a general MDP's reachable state may
-        // step into them, and its expected backup must see their value.
-        let v0 = (0..mdp.tasks * s_count)
-            .map(|i| match (mdp.terminal[i], excluded[i]) {
-                (true, _) => mdp.terminal_value[i] as f64,
-                (false, true) => f64::NEG_INFINITY,
-                (false, false) => 0.0,
-            })
-            .collect();
-        Self {
-            mdp,
-            fixed,
-            excluded,
-            unreachable,
-            v0,
-            alpha: options.alpha,
-            gamma: options.gamma,
-            backup: options.backup,
-        }
-    }
 }

@@ -8,7 +8,7 @@ use anyhow::{Context, Result, bail, ensure};
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 
-use crate::grid::{ActionSet, Grid, MOVE_OFFSETS};
+use crate::world::grid::{ActionSet, Grid, MOVE_OFFSETS};
 
 /// Wall (blocked cell) colour.
 pub const WALL: [u8; 3] = [0, 0, 0];

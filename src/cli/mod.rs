@@ -7,16 +7,18 @@ use anyhow::{Context, Result, bail, ensure};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use serde_json::json;
 
-use crate::gpu::{GpuContext, GridEngine};
-use crate::grid::{ActionSet, Connectivity, Grid, MoveCost};
-use crate::npy;
-use crate::output::{OutputFile, write_folder};
-use crate::problem::{Backup, GridProblem, GridTask, Horizon, SolveOptions};
-use crate::solve::{Progress, Solution, Status};
+use softvi::engine::gpu::{GpuContext, GridEngine};
+use softvi::engine::options::{Backup, Horizon, SolveOptions};
+use softvi::engine::schedule::Progress;
+use softvi::engine::solution::{Solution, Status};
+use softvi::io::npy;
+use softvi::io::output::{OutputFile, write_folder};
+use softvi::world::grid::{ActionSet, Connectivity, Grid, MoveCost};
+use softvi::world::grid_problem::{GridProblem, GridTask};
 
 mod infer;
 mod irl;
-pub use infer::{InferArgs, infer_command, read_trajectory};
+pub use infer::{InferArgs, infer_command};
 pub use irl::{IrlArgs, irl_command};
 
 /// Exit code of a solve that diverged (no finite values exist).
@@ -636,12 +638,12 @@ fn run_backend_with(
             .iter()
             .map(GridEngine::new)
             .collect::<Result<Vec<_>>>()?;
-        let solution = crate::gpu::solve_sharded(&mut engines, problem, options)?;
+        let solution = softvi::engine::gpu::solve_sharded(&mut engines, problem, options)?;
         return Ok((solution, contexts.iter().map(adapter_json).collect()));
     }
     match backend {
         BackendArg::Cpu => Ok((
-            crate::solve::solve_cpu_with_progress(problem, options, progress)?,
+            softvi::engine::cpu::solve_cpu_with_progress(problem, options, progress)?,
             json!({"name": "cpu reference (f64)", "backend": "cpu"}),
         )),
         BackendArg::Gpu => {
@@ -660,13 +662,13 @@ fn run_backend_with(
 /// every step), `policy.npy` `[B,S,A]` (`[B,T,S,A]`), `occupancy.npy`, `summary.json`.
 fn mdp_solve_command(args: &SolveArgs, path: &Path) -> Result<i32> {
     let start = Instant::now();
-    let mdp = crate::mdp::TabularMdp::load_npz(path)?;
+    let mdp = softvi::world::mdp::TabularMdp::load_npz(path)?;
     let options = args.iteration.options(!args.no_policy)?;
     ensure!(
         args.png.is_none(),
         "--png draws grid worlds only, not --mdp"
     );
-    let outputs = crate::problem::MdpOutputs {
+    let outputs = softvi::engine::options::MdpOutputs {
         all_steps: args.all_steps,
         occupancy: args.occupancy,
     };
@@ -921,8 +923,8 @@ fn write_solve_folder(
 /// (`[B, T+1, ...]` / `[B, T, ...]` with every step) and `occupancy.npy`.
 fn solve_arrays<'a>(
     solution: &'a Solution,
-    steps: Option<&'a crate::solve::TimeSteps>,
-    occupancy: Option<&'a crate::solve::Occupancy>,
+    steps: Option<&'a softvi::engine::solution::TimeSteps>,
+    occupancy: Option<&'a softvi::engine::solution::Occupancy>,
     state_shape: &[usize],
 ) -> Vec<NpyArray<'a>> {
     let tasks = solution.iterations.len();
@@ -952,7 +954,7 @@ fn solve_arrays<'a>(
 }
 
 /// Adds the time-step and occupancy facts of an MDP solve to `summary`.
-fn add_mdp_json(summary: &mut serde_json::Value, solution: &crate::solve::MdpSolution) {
+fn add_mdp_json(summary: &mut serde_json::Value, solution: &softvi::engine::solution::MdpSolution) {
     summary["all_steps"] = json!(solution.steps.is_some());
     if let Some(d) = &solution.occupancy {
         summary["occupancy"] = json!({
@@ -967,11 +969,11 @@ fn add_mdp_json(summary: &mut serde_json::Value, solution: &crate::solve::MdpSol
 /// Runs a general-MDP solve on the chosen backend; returns it with the adapter description.
 fn run_mdp_backend(
     iteration: &IterationArgs,
-    mdp: &crate::mdp::TabularMdp,
+    mdp: &softvi::world::mdp::TabularMdp,
     options: &SolveOptions,
-    outputs: crate::problem::MdpOutputs,
+    outputs: softvi::engine::options::MdpOutputs,
     quiet: bool,
-) -> Result<(crate::solve::MdpSolution, serde_json::Value)> {
+) -> Result<(softvi::engine::solution::MdpSolution, serde_json::Value)> {
     ensure!(
         iteration.adapters == "1",
         "--adapters {} shards plain grid solves only; this solve runs on one adapter",
@@ -979,13 +981,13 @@ fn run_mdp_backend(
     );
     match iteration.backend {
         BackendArg::Cpu => Ok((
-            crate::solve::solve_mdp_cpu(mdp, options, outputs)?,
+            softvi::engine::cpu::solve_mdp_cpu(mdp, options, outputs)?,
             json!({"name": "cpu reference (f64)", "backend": "cpu"}),
         )),
         BackendArg::Gpu => {
             let ctx = GpuContext::from_env()?;
             let adapter = adapter_json(&ctx);
-            let mut engine = crate::gpu::MdpEngine::new(&ctx)?;
+            let mut engine = softvi::engine::gpu::MdpEngine::new(&ctx)?;
             let mut line = ProgressLine::new(quiet);
             let result = engine.solve_with_progress(mdp, options, outputs, &mut |p| line.update(p));
             line.finish();
@@ -995,12 +997,12 @@ fn run_mdp_backend(
 }
 
 /// A world of the command line as a tabular MDP: an `--mdp` file, or a grid batch through
-/// [`crate::grid_mdp::GridMdp`].
+/// [`softvi::world::grid_mdp::GridMdp`].
 pub struct MdpWorld {
     /// The MDP.
-    pub mdp: crate::mdp::TabularMdp,
+    pub mdp: softvi::world::mdp::TabularMdp,
     /// The grid world and its cell/state maps, for a grid.
-    pub grid: Option<(World, crate::grid_mdp::GridMdp)>,
+    pub grid: Option<(World, softvi::world::grid_mdp::GridMdp)>,
     /// Start cells given with --start (`row * W + col`).
     pub starts: Vec<usize>,
     /// Where the world came from, for summary.json.
@@ -1011,7 +1013,7 @@ impl MdpWorld {
     /// Builds the world of `args`; `start` holds the --start X,Y flags (grids only).
     pub fn build(args: &WorldArgs, start: &[String]) -> Result<Self> {
         if let Some(path) = &args.mdp {
-            let mdp = crate::mdp::TabularMdp::load_npz(path)?;
+            let mdp = softvi::world::mdp::TabularMdp::load_npz(path)?;
             let source = json!({
                 "path": std::fs::canonicalize(path).unwrap_or_else(|_| path.clone()),
                 "states": mdp.states,
@@ -1041,7 +1043,7 @@ impl MdpWorld {
             })
             .collect::<Result<Vec<_>>>()?;
         let grid_mdp =
-            crate::grid_mdp::GridMdp::new(p, (!starts.is_empty()).then_some(&starts[..]))?;
+            softvi::world::grid_mdp::GridMdp::new(p, (!starts.is_empty()).then_some(&starts[..]))?;
         let source = json!({
             "source": world.source,
             "map": world.map,
@@ -1075,7 +1077,7 @@ impl MdpWorld {
             Some((_, g)) => g
                 .state_of_cell
                 .get(label)
-                .filter(|&&s| s != crate::grid_mdp::NO_STATE)
+                .filter(|&&s| s != softvi::world::grid_mdp::NO_STATE)
                 .map(|&s| s as usize),
             None => (label < self.mdp.states).then_some(label),
         }
@@ -1110,7 +1112,7 @@ pub fn sample_command(args: &SampleArgs) -> Result<i32> {
     };
     ensure!(steps >= 1, "--steps must be at least 1");
     let finite = matches!(options.horizon, Horizon::Finite(_));
-    let outputs = crate::problem::MdpOutputs {
+    let outputs = softvi::engine::options::MdpOutputs {
         all_steps: finite,
         occupancy: false,
     };
@@ -1124,7 +1126,7 @@ pub fn sample_command(args: &SampleArgs) -> Result<i32> {
         (Some(s), Horizon::Finite(h)) => (s.policy.as_ref().context("no policy")?, h as usize),
         _ => (solved.solution.policy.as_ref().context("no policy")?, 1),
     };
-    let mut samples = crate::sample::sample(
+    let mut samples = softvi::analysis::sample::sample(
         &world.mdp,
         policy,
         policy_steps,
@@ -1140,7 +1142,10 @@ pub fn sample_command(args: &SampleArgs) -> Result<i32> {
     let lengths: Vec<f64> = (0..b)
         .map(|t| {
             let rows = &samples.actions[t * n * steps..(t + 1) * n * steps];
-            rows.iter().filter(|&&a| a != crate::sample::ENDED).count() as f64 / n as f64
+            rows.iter()
+                .filter(|&&a| a != softvi::analysis::sample::ENDED)
+                .count() as f64
+                / n as f64
         })
         .collect();
     let mut summary = json!({
@@ -1207,7 +1212,7 @@ fn grid_mdp_solve_command(args: &SolveArgs, start: Instant) -> Result<i32> {
     let starts = &mdp_world.starts;
     let p = &world.problem;
     let options = args.iteration.options(!args.no_policy)?;
-    let outputs = crate::problem::MdpOutputs {
+    let outputs = softvi::engine::options::MdpOutputs {
         all_steps: args.all_steps,
         occupancy: args.occupancy,
     };
@@ -1234,7 +1239,7 @@ fn grid_mdp_solve_command(args: &SolveArgs, start: Instant) -> Result<i32> {
             outputs,
             args.quiet,
         )?;
-        grid_mdp.solution_to_cells(&mut solved);
+        solved.to_cells(grid_mdp);
         (solved, adapter)
     };
     let seconds = start.elapsed().as_secs_f64();
@@ -1345,7 +1350,7 @@ fn finish_solve(
     let p = &world.problem;
     if let (Some(png), false) = (&args.png, solution.diverged()) {
         let cells = p.grid.cells();
-        let view = crate::render::TaskView {
+        let view = softvi::analysis::render::TaskView {
             grid: &p.grid,
             actions: p.actions,
             slip: p.slip,
@@ -1354,8 +1359,9 @@ fn finish_solve(
             policy: None,
             occupancy: None,
         };
-        let (canvas, _) = crate::render::render(&view, crate::render::Layer::Value, None)?;
-        crate::render::write_png(&canvas, png)?;
+        let (canvas, _) =
+            softvi::analysis::render::render(&view, softvi::analysis::render::Layer::Value, None)?;
+        softvi::analysis::render::write_png(&canvas, png)?;
     }
     if args.json {
         print!("{summary_text}");
@@ -1452,7 +1458,7 @@ fn print_summary(
 /// `softvi render`: reads a solve's folder (summary.json, values.npy, policy.npy,
 /// occupancy.npy), rebuilds its map and draws one task.
 pub fn render_command(args: &RenderArgs) -> Result<i32> {
-    use crate::render::{Layer, TaskView, render, write_png};
+    use softvi::analysis::render::{Layer, TaskView, render, write_png};
     let dir = &args.from;
     let summary_path = dir.join("summary.json");
     let summary: serde_json::Value =
@@ -1576,7 +1582,7 @@ pub fn render_command(args: &RenderArgs) -> Result<i32> {
         LayerArg::Occupancy => Layer::Occupancy,
         LayerArg::Entropy => Layer::Entropy,
     };
-    if layer == Layer::Policy && w.max(h) > crate::render::MAX_ARROW_SIDE {
+    if layer == Layer::Policy && w.max(h) > softvi::analysis::render::MAX_ARROW_SIDE {
         eprintln!("note: {w}x{h} is too large for arrows; drawing the policy entropy instead");
     }
     let (canvas, (lo, hi)) = render(&view, layer, args.trajectories.map(|n| (n, args.seed)))?;
@@ -1597,7 +1603,7 @@ pub fn render_command(args: &RenderArgs) -> Result<i32> {
 pub fn scen_command(args: &ScenArgs) -> Result<i32> {
     let start = Instant::now();
     let grid = Grid::load_movingai(&args.map)?;
-    let mut scenarios = crate::scen::load_scenarios(&args.scen, &grid)?;
+    let mut scenarios = softvi::analysis::scen::load_scenarios(&args.scen, &grid)?;
     if let Some(limit) = args.limit {
         ensure!(limit >= 1, "--limit must be >= 1");
         scenarios.truncate(limit);
@@ -1674,7 +1680,9 @@ pub fn scen_command(args: &ScenArgs) -> Result<i32> {
         let (start_cell, goal_cell) = (s.start.1 * width + s.start.0, s.goal.1 * width + s.goal.0);
         let value = values[start_cell] as f64;
         let path = hard
-            .then(|| crate::scen::greedy_path_length(&problem, values, start_cell, goal_cell))
+            .then(|| {
+                softvi::analysis::scen::greedy_path_length(&problem, values, start_cell, goal_cell)
+            })
             .flatten();
         if hard && path.is_none() {
             bail!(
@@ -1721,7 +1729,7 @@ pub fn scen_command(args: &ScenArgs) -> Result<i32> {
 
 /// `softvi bench`: one table row per workload and backend, and the GPU/CPU ratio.
 pub fn bench_command(args: &BenchArgs) -> Result<i32> {
-    use crate::bench::{
+    use softvi::bench::{
         Measurement, measure_cpu, measure_gpu, measure_mdp_cpu, measure_mdp_gpu, sparse_mdp,
         standard_workloads,
     };
@@ -1831,7 +1839,7 @@ pub fn bench_command(args: &BenchArgs) -> Result<i32> {
     }
     if run_mdp {
         let mdp = sparse_mdp(1_000_000, 0);
-        let mut mdp_engine = crate::gpu::MdpEngine::new(&ctx)?;
+        let mut mdp_engine = softvi::engine::gpu::MdpEngine::new(&ctx)?;
         let gpu = measure_mdp_gpu(&mut mdp_engine, &mdp, args.sweeps.unwrap_or(32))?;
         let cpu = if args.cpu_sweeps > 0 {
             Some(measure_mdp_cpu(&mdp, args.cpu_sweeps)?)
@@ -1847,17 +1855,19 @@ pub fn bench_command(args: &BenchArgs) -> Result<i32> {
             cpu,
         );
         // End to end: soft VI to tol, then the discounted occupancy to tol.
-        let options = crate::bench::reference_options(Horizon::Infinite {
+        let options = softvi::bench::reference_options(Horizon::Infinite {
             tol: 1e-4,
             max_iters: 100_000,
         });
-        let outputs = crate::problem::MdpOutputs {
+        let outputs = softvi::engine::options::MdpOutputs {
             all_steps: false,
             occupancy: true,
         };
         let end_to_end = |backend: &str,
-                          solve: &mut dyn FnMut() -> Result<crate::solve::MdpSolution>|
-         -> Result<crate::solve::MdpSolution> {
+                          solve: &mut dyn FnMut() -> Result<
+            softvi::engine::solution::MdpSolution,
+        >|
+         -> Result<softvi::engine::solution::MdpSolution> {
             let start = Instant::now();
             let solved = solve()?;
             let total = start.elapsed().as_secs_f64();
@@ -1878,7 +1888,7 @@ pub fn bench_command(args: &BenchArgs) -> Result<i32> {
         })?;
         if args.cpu_solve {
             let cpu = end_to_end("cpu reference", &mut || {
-                crate::solve::solve_mdp_cpu(&mdp, &options, outputs)
+                softvi::engine::cpu::solve_mdp_cpu(&mdp, &options, outputs)
             })?;
             // Both stop within tol of their fixed points, so they differ by up to
             // 2 tol gamma / (1 - gamma) in V; the occupancy by its own tol.
@@ -1905,13 +1915,13 @@ pub fn bench_command(args: &BenchArgs) -> Result<i32> {
     }
     if run_irl {
         // Seconds per IRL iteration (backward + forward + gradient), after one warm-up.
-        let crate::bench::IrlWorkload {
+        let softvi::bench::IrlWorkload {
             problem,
             world,
             features,
             demos,
-        } = crate::bench::irl_workload()?;
-        let options = crate::irl::IrlOptions {
+        } = softvi::bench::irl_workload()?;
+        let options = softvi::analysis::irl::IrlOptions {
             solve: SolveOptions {
                 alpha: 1.0,
                 gamma: 1.0,
@@ -1925,15 +1935,16 @@ pub fn bench_command(args: &BenchArgs) -> Result<i32> {
         };
         // The first iteration of a run is a warm-up (pipelines, buffers).
         let per_iteration = |solve: &mut dyn FnMut(
-            &crate::mdp::TabularMdp,
+            &softvi::world::mdp::TabularMdp,
             &SolveOptions,
-            crate::problem::MdpOutputs,
-        )
-            -> Result<crate::solve::MdpSolution>,
+            softvi::engine::options::MdpOutputs,
+        ) -> Result<
+            softvi::engine::solution::MdpSolution,
+        >,
                              iters: u32|
          -> Result<f64> {
-            let options = crate::irl::IrlOptions { iters, ..options };
-            let result = crate::irl::learn(
+            let options = softvi::analysis::irl::IrlOptions { iters, ..options };
+            let result = softvi::analysis::irl::learn(
                 &world.mdp,
                 &features,
                 &demos,
@@ -1952,7 +1963,7 @@ pub fn bench_command(args: &BenchArgs) -> Result<i32> {
         };
         let mut grid_engine = GridEngine::new(&ctx)?;
         let gpu = per_iteration(
-            &mut |m, o, x| world.solve_on_grid(&mut grid_engine, &problem, m, o, x),
+            &mut |m, o, x| grid_engine.solve_grid_mdp(&world, &problem, m, o, x),
             4,
         )?;
         describe(
@@ -1960,7 +1971,7 @@ pub fn bench_command(args: &BenchArgs) -> Result<i32> {
             gpu,
             String::new(),
         );
-        let mut mdp_engine = crate::gpu::MdpEngine::new(&ctx)?;
+        let mut mdp_engine = softvi::engine::gpu::MdpEngine::new(&ctx)?;
         let csr = per_iteration(&mut |m, o, x| mdp_engine.solve(m, o, x), 3)?;
         describe(
             &format!("{} (CSR kernels)", ctx.adapter_label()),
@@ -1968,7 +1979,10 @@ pub fn bench_command(args: &BenchArgs) -> Result<i32> {
             String::new(),
         );
         if args.cpu_solve {
-            let cpu = per_iteration(&mut |m, o, x| crate::solve::solve_mdp_cpu(m, o, x), 1)?;
+            let cpu = per_iteration(
+                &mut |m, o, x| softvi::engine::cpu::solve_mdp_cpu(m, o, x),
+                1,
+            )?;
             describe(
                 "cpu reference",
                 cpu,
@@ -1983,7 +1997,7 @@ pub fn bench_command(args: &BenchArgs) -> Result<i32> {
 pub fn adapters_command() -> Result<i32> {
     let adapters = GpuContext::adapters_from_env()?;
     if adapters.is_empty() {
-        bail!(crate::gpu::context::NO_ADAPTER_HELP);
+        bail!(softvi::engine::gpu::context::NO_ADAPTER_HELP);
     }
     for (i, a) in adapters.iter().enumerate() {
         let info = a.get_info();

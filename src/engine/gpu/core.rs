@@ -8,12 +8,12 @@ use anyhow::{Context, Result, anyhow, ensure};
 use bytemuck::{Pod, Zeroable};
 
 use super::context::GpuContext;
-use crate::problem::{Horizon, SolveOptions};
-use crate::reference::SweepStats;
-use crate::solve::{ConvergenceMonitor, Progress, Verdict, check_windows, sweep_budget};
+use crate::engine::cpu::SweepStats;
+use crate::engine::options::{Horizon, SolveOptions};
+use crate::engine::schedule::{ConvergenceMonitor, Progress, Verdict, check_windows, sweep_budget};
 
 /// WGSL source of the convergence reduction.
-pub const RESIDUAL_REDUCE_WGSL: &str = include_str!("../../shaders/residual_reduce.wgsl");
+pub const RESIDUAL_REDUCE_WGSL: &str = include_str!("../../../shaders/residual_reduce.wgsl");
 
 /// Invocations of one `residual_reduce` workgroup. Same as `REDUCE_SIZE` in the shader.
 pub const REDUCE_SIZE: u32 = 256;

@@ -1,8 +1,10 @@
 //! The flat arrays the grid kernels read, built once per solve from a [`GridProblem`]: the
 //! GPU path uploads exactly these and the CPU reference reads exactly these.
 
-use crate::grid::MOVE_OFFSETS;
-use crate::problem::{Backup, GridProblem, SolveOptions};
+use crate::engine::options::{Backup, SolveOptions};
+use crate::world::grid::MOVE_OFFSETS;
+use crate::world::grid_problem::GridProblem;
+use crate::world::mdp::TabularMdp;
 
 /// Kernel inputs of a batched gridworld solve.
 #[derive(Clone, Debug)]
@@ -151,4 +153,125 @@ impl GridInputs {
     pub fn fixed_words_per_task(&self) -> usize {
         self.cells().div_ceil(32)
     }
+}
+
+/// The flat arrays the general-MDP backups read (CPU reference now; the GPU kernel will take
+/// the same), built once per solve.
+#[derive(Clone, Debug)]
+pub struct MdpInputs<'a> {
+    /// The MDP.
+    pub mdp: &'a TabularMdp,
+    /// States whose value stays fixed (terminal, or excluded as unreachable), `[task][state]`.
+    pub fixed: Vec<bool>,
+    /// States excluded because no terminal is reachable (value -inf), `[task][state]`; all
+    /// false unless gamma = 1 with an infinite horizon.
+    pub excluded: Vec<bool>,
+    /// Non-terminal states with no path to a terminal, per task.
+    pub unreachable: Vec<u32>,
+    /// Initial values: terminal values on terminal states, -inf on excluded ones, else 0,
+    /// `[task][state]`.
+    pub v0: Vec<f64>,
+    /// Temperature.
+    pub alpha: f64,
+    /// Discount.
+    pub gamma: f64,
+    /// Backup kind.
+    pub backup: super::options::Backup,
+}
+
+impl<'a> MdpInputs<'a> {
+    /// Builds the inputs; `options` must be validated.
+    pub fn new(mdp: &'a TabularMdp, options: &super::options::SolveOptions) -> Self {
+        let (s_count, a_count) = (mdp.states, mdp.actions);
+        // Predecessors over possible transitions (the transposed CSR), for the reverse
+        // reachability pass.
+        let incoming = mdp.transpose();
+        let predecessors = |s: usize| {
+            (incoming.indptr[s] as usize..incoming.indptr[s + 1] as usize)
+                .filter(|&k| incoming.probs[k] > 0.0)
+                .map(|k| incoming.rows[k] as usize / a_count)
+        };
+        let mut excluded = vec![false; mdp.tasks * s_count];
+        let mut unreachable = Vec::with_capacity(mdp.tasks);
+        for t in 0..mdp.tasks {
+            let terminal = &mdp.terminal[t * s_count..(t + 1) * s_count];
+            let mut reaches = terminal.to_vec();
+            let mut stack: Vec<usize> = (0..s_count).filter(|&s| reaches[s]).collect();
+            while let Some(s) = stack.pop() {
+                for p in predecessors(s) {
+                    if !reaches[p] {
+                        reaches[p] = true;
+                        stack.push(p);
+                    }
+                }
+            }
+            let cut: Vec<usize> = (0..s_count).filter(|&s| !reaches[s]).collect();
+            unreachable.push(cut.len() as u32);
+            if options.excludes_unreachable() {
+                for s in cut {
+                    excluded[t * s_count + s] = true;
+                }
+            }
+        }
+        let fixed = mdp
+            .terminal
+            .iter()
+            .zip(&excluded)
+            .map(|(&t, &e)| t || e)
+            .collect();
+        // Excluded states hold -inf: unlike a grid's, a general MDP's reachable state may
+        // step into them, and its expected backup must see their value.
+        let v0 = (0..mdp.tasks * s_count)
+            .map(|i| match (mdp.terminal[i], excluded[i]) {
+                (true, _) => mdp.terminal_value[i] as f64,
+                (false, true) => f64::NEG_INFINITY,
+                (false, false) => 0.0,
+            })
+            .collect();
+        Self {
+            mdp,
+            fixed,
+            excluded,
+            unreachable,
+            v0,
+            alpha: options.alpha,
+            gamma: options.gamma,
+            backup: options.backup,
+        }
+    }
+}
+
+/// A zero likelihood in log space: a finite stand-in for -inf, as in the shader.
+pub const IMPOSSIBLE: f32 = -1.0e30;
+
+/// One observed line of a trajectory.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Observation {
+    /// The state.
+    pub state: usize,
+    /// The action taken there, when observed.
+    pub action: Option<usize>,
+    /// Where it was read (1-based line), for messages.
+    pub line: usize,
+}
+
+/// The arrays the posterior kernel reads.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PosteriorInputs {
+    /// Tasks B.
+    pub tasks: usize,
+    /// Observed steps K.
+    pub steps: usize,
+    /// Actions A.
+    pub actions: usize,
+    /// Per step, the weight of each action's probability: one-hot on the observed action, or
+    /// `P(s_{k+1}|s_k, a)`, `[step][action]`.
+    pub weight: Vec<f32>,
+    /// `pi_z(.|s_k)`, zeros where task z has no policy at s_k (terminal: its episode would
+    /// have ended), `[step][task][action]`.
+    pub pi_rows: Vec<f32>,
+    /// `log p(z)`, [`IMPOSSIBLE`] for a zero prior, `[task]`.
+    pub log_prior: Vec<f32>,
+    /// The observation behind each step, for messages.
+    pub observed: Vec<Observation>,
 }

@@ -8,7 +8,7 @@ use anyhow::{Result, ensure};
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 
-use crate::mdp::TabularMdp;
+use crate::world::mdp::TabularMdp;
 
 /// Marks "after termination" in [`Samples`].
 pub const ENDED: i32 = -1;

@@ -6,8 +6,8 @@
 
 use anyhow::{Result, ensure};
 
-use crate::mdp::TabularMdp;
-use crate::problem::GridProblem;
+use crate::world::grid_problem::GridProblem;
+use crate::world::mdp::TabularMdp;
 
 /// Marks a blocked cell in [`GridMdp::state_of_cell`].
 pub const NO_STATE: u32 = u32::MAX;
@@ -191,7 +191,7 @@ impl GridMdp {
                     reward[c as usize] =
                         (mdp.reward[(t * mdp.states + s) * n] as f64 + cost) as f32;
                 }
-                crate::problem::GridTask {
+                crate::world::grid_problem::GridTask {
                     goals,
                     reward: Some(reward),
                 }
@@ -201,56 +201,6 @@ impl GridMdp {
             tasks,
             ..template.clone()
         })
-    }
-
-    /// Solves `mdp` (an MDP over this grid's states, see [`GridMdp::problem_for`]) for a finite
-    /// horizon on the grid kernels, with its own start distribution, and returns the result
-    /// over the states as [`crate::solve::solve_mdp_cpu`] lays it out.
-    pub fn solve_on_grid(
-        &self,
-        engine: &mut crate::gpu::GridEngine,
-        template: &GridProblem,
-        mdp: &TabularMdp,
-        options: &crate::problem::SolveOptions,
-        outputs: crate::problem::MdpOutputs,
-    ) -> Result<crate::solve::MdpSolution> {
-        let problem = self.problem_for(template, mdp)?;
-        let start = self.start_cells(mdp);
-        let mut solved = engine.solve_steps(&problem, options, outputs, &start, &mut |_| {})?;
-        self.relayout(&mut solved, (1, mdp.states), |data, inner| {
-            self.to_states(data, inner)
-        });
-        Ok(solved)
-    }
-
-    /// Lays a solution over this grid's states (as `solve_mdp_cpu` gives it) onto the map, NaN
-    /// on blocked cells: `height` H, `width` W, every array `[...][row][col][...]`.
-    pub fn solution_to_cells(&self, solved: &mut crate::solve::MdpSolution) {
-        self.relayout(solved, (self.height, self.width), |data, inner| {
-            self.to_cells(data, inner)
-        });
-    }
-
-    /// Applies `map(data, per_state)` to every array of `solved` and sets its shape.
-    fn relayout(
-        &self,
-        solved: &mut crate::solve::MdpSolution,
-        (height, width): (usize, usize),
-        map: impl Fn(&[f32], usize) -> Vec<f32>,
-    ) {
-        let solution = &mut solved.solution;
-        let n = solution.action_count;
-        solution.height = height;
-        solution.width = width;
-        solution.values = map(&solution.values, 1);
-        solution.policy = solution.policy.as_ref().map(|p| map(p, n));
-        if let Some(steps) = &mut solved.steps {
-            steps.values = map(&steps.values, 1);
-            steps.policy = steps.policy.as_ref().map(|p| map(p, n));
-        }
-        if let Some(d) = &mut solved.occupancy {
-            d.values = map(&d.values, 1);
-        }
     }
 
     /// `[block][row][col][inner]` to `[block][state][inner]`.

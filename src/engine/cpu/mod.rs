@@ -1,0 +1,61 @@
+//! CPU reference: plain f64 twins of the WGSL kernels, one file per shader and one function
+//! per entry point, written to read like them. The tests take these as the truth for the GPU
+//! path, and `--backend cpu` runs them through the drivers in [`solve`].
+//!
+//! `shaders/grid_backup.wgsl::grid_backup` <-> [`grid_backup::grid_backup`],
+//! `shaders/grid_backup.wgsl::grid_policy` <-> [`grid_backup::grid_policy`],
+//! `shaders/grid_backup.wgsl::grid_extrapolate` <-> [`grid_backup::grid_extrapolate`],
+//! `shaders/grid_occupancy.wgsl::grid_occupancy` <-> [`grid_occupancy::grid_occupancy`],
+//! `shaders/mdp_backup.wgsl::mdp_backup` <-> [`mdp_backup::mdp_backup`],
+//! `shaders/mdp_backup.wgsl::mdp_policy` <-> [`mdp_backup::mdp_policy`],
+//! `shaders/mdp_occupancy.wgsl::mdp_occupancy` <-> [`mdp_occupancy::mdp_occupancy`],
+//! `shaders/task_posterior.wgsl` <-> [`task_posterior::task_posterior`],
+//! `shaders/residual_reduce.wgsl` <-> [`residual_reduce::SweepStats`].
+
+pub mod grid_backup;
+pub mod grid_occupancy;
+pub mod mdp_backup;
+pub mod mdp_occupancy;
+pub mod residual_reduce;
+pub mod solve;
+pub mod task_posterior;
+
+pub use grid_backup::{action_values, grid_backup, grid_extrapolate, grid_policy};
+pub use grid_occupancy::grid_occupancy;
+pub use mdp_backup::{csr_action_values, mdp_action_values, mdp_backup, mdp_policy};
+pub use mdp_occupancy::mdp_occupancy;
+pub use residual_reduce::SweepStats;
+pub use solve::{iterate_cpu, solve_cpu, solve_cpu_with_progress, solve_mdp_cpu};
+pub use task_posterior::task_posterior;
+
+/// Two Q values closer than this (relative to max(1, |max Q|)) tie for the hard-max policy;
+/// the first maximising action wins. Same constant as `TIE_RELATIVE` in the shader.
+pub const TIE_RELATIVE: f64 = 1e-5;
+
+/// `V = alpha * log sum_a exp(Q / alpha)` computed stably, or `max_a Q` when alpha = 0.
+pub fn soft_max(alpha: f64, q: &[f64]) -> f64 {
+    let top = q.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    if alpha == 0.0 || top == f64::NEG_INFINITY {
+        return top;
+    }
+    let total: f64 = q.iter().map(|&x| ((x - top) / alpha).exp()).sum();
+    top + alpha * total.ln()
+}
+
+/// `pi = exp((Q - V) / alpha)` with V the soft max of `q`, or one-hot on the first maximiser
+/// (ties within [`TIE_RELATIVE`]) when alpha = 0.
+pub(crate) fn write_policy(alpha: f64, q: &[f64], out: &mut [f32]) {
+    if alpha == 0.0 {
+        let top = q.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        let tie = top - TIE_RELATIVE * top.abs().max(1.0);
+        let first = q.iter().position(|&x| x >= tie).unwrap_or(0);
+        for (a, p) in out.iter_mut().enumerate() {
+            *p = if a == first { 1.0 } else { 0.0 };
+        }
+    } else {
+        let v = soft_max(alpha, q);
+        for (p, &qa) in out.iter_mut().zip(q) {
+            *p = ((qa - v) / alpha).exp() as f32;
+        }
+    }
+}

@@ -1,0 +1,273 @@
+//! The CPU-reference solve drivers (f64, one thread): the grid and general-MDP solves over the
+//! twins in this folder, on the GPU path's check schedule.
+
+use std::time::Instant;
+
+use anyhow::Result;
+
+use super::residual_reduce::SweepStats;
+use super::{grid_backup, grid_extrapolate, grid_policy, mdp_backup, mdp_occupancy, mdp_policy};
+use crate::engine::layout::{GridInputs, MdpInputs};
+use crate::engine::options::{Horizon, MdpOutputs, SolveOptions};
+use crate::engine::schedule::{
+    ConvergenceMonitor, Progress, RateExtrapolator, Verdict, check_windows, final_status,
+    sweep_budget,
+};
+use crate::engine::solution::{
+    MdpSolution, Occupancy, Solution, Status, TimeSteps, check_mdp_terminals, mark_special_cells,
+    reported_values, scaled_start, task_major,
+};
+use crate::world::grid_problem::GridProblem;
+use crate::world::mdp::TabularMdp;
+
+/// Where a CPU iteration stopped.
+pub struct CpuIteration {
+    /// The last values, `[task][state]`.
+    pub v: Vec<f64>,
+    /// The values the last sweep read (V_1 for a finite horizon).
+    pub v_prev: Vec<f64>,
+    /// Statistics of the last checked sweep, per task.
+    pub last: Vec<SweepStats>,
+    /// Sweeps applied.
+    pub sweeps: u32,
+    /// Why it stopped.
+    pub verdict: Verdict,
+}
+
+/// The iteration both CPU references share: `sweep(v_in, v_out)` applied on the check schedule
+/// of the GPU path, with the same convergence, divergence and rate-extrapolation decisions.
+/// `fixed` `[task][state]` marks the states extrapolation leaves alone.
+pub fn iterate_cpu(
+    options: &SolveOptions,
+    v0: Vec<f64>,
+    fixed: &[bool],
+    mut sweep: impl FnMut(&[f64], &mut [f64]) -> Vec<SweepStats>,
+    progress: &mut dyn FnMut(&Progress),
+) -> CpuIteration {
+    let mut v = v0;
+    let mut v_next = v.clone();
+    let mut backup = if options.uses_extrapolation() {
+        v.clone()
+    } else {
+        Vec::new()
+    };
+    let mut monitor: Option<ConvergenceMonitor> = None;
+    let mut extrapolator: Option<RateExtrapolator> = None;
+    let mut verdict = Verdict::Continue;
+    let mut sweeps = 0u32;
+    let mut last = Vec::new();
+    for window in check_windows(sweep_budget(&options.horizon)) {
+        for _ in 0..window {
+            last = sweep(&v, &mut v_next);
+            std::mem::swap(&mut v, &mut v_next);
+            sweeps += 1;
+        }
+        let tasks = last.len();
+        verdict = monitor
+            .get_or_insert_with(|| ConvergenceMonitor::new(options, tasks))
+            .observe(&last);
+        progress(&Progress::after(options, sweeps, &last));
+        if verdict != Verdict::Continue {
+            break;
+        }
+        if let (true, Horizon::Infinite { tol, .. }) =
+            (options.uses_extrapolation(), options.horizon)
+        {
+            let factors = extrapolator
+                .get_or_insert_with(|| RateExtrapolator::new(tasks))
+                .observe(tol, options.gamma, &last);
+            grid_extrapolate(fixed, &mut v, &v_next, &mut backup, &factors);
+        }
+    }
+    CpuIteration {
+        v,
+        v_prev: v_next,
+        last,
+        sweeps,
+        verdict,
+    }
+}
+
+/// Solves `problem` with the CPU reference (f64 throughout, one thread).
+pub fn solve_cpu(problem: &GridProblem, options: &SolveOptions) -> Result<Solution> {
+    solve_cpu_with_progress(problem, options, &mut |_| {})
+}
+
+/// [`solve_cpu`], calling `progress` after every convergence check.
+pub fn solve_cpu_with_progress(
+    problem: &GridProblem,
+    options: &SolveOptions,
+    progress: &mut dyn FnMut(&Progress),
+) -> Result<Solution> {
+    let start = Instant::now();
+    problem.validate()?;
+    options.validate()?;
+    let inputs = GridInputs::new(problem, options);
+    let run = iterate_cpu(
+        options,
+        vec![0.0f64; inputs.tasks * inputs.cells()],
+        &inputs.fixed,
+        |v_in, v_out| grid_backup(&inputs, v_in, v_out),
+        progress,
+    );
+    let CpuIteration {
+        v,
+        v_prev: v_next,
+        last,
+        sweeps,
+        verdict,
+    } = run;
+    let status = final_status(options, &verdict, &last);
+    let residual = last.iter().map(|s| s.max_abs_delta).collect();
+    // After the swap, v_next holds the values the last sweep read (V_1 for a finite horizon).
+    let policy_from = match options.horizon {
+        Horizon::Finite(_) => &v_next,
+        Horizon::Infinite { .. } => &v,
+    };
+    let mut policy = (options.policy && !status.contains(&Status::Diverged))
+        .then(|| grid_policy(&inputs, policy_from));
+    let mut values: Vec<f32> = v.iter().map(|&x| x as f32).collect();
+    mark_special_cells(&inputs, &mut values, policy.as_deref_mut());
+    Ok(Solution {
+        height: inputs.height,
+        width: inputs.width,
+        action_count: inputs.action_count,
+        values,
+        policy,
+        iterations: vec![sweeps; inputs.tasks],
+        residual,
+        status,
+        unreachable: inputs.unreachable.clone(),
+        seconds: start.elapsed().as_secs_f64(),
+    })
+}
+
+/// Solves a general MDP with the CPU reference (f64, one thread); `outputs` adds every time
+/// step and the occupancy.
+pub fn solve_mdp_cpu(
+    mdp: &TabularMdp,
+    options: &SolveOptions,
+    outputs: MdpOutputs,
+) -> Result<MdpSolution> {
+    let start = Instant::now();
+    options.validate()?;
+    check_mdp_terminals(mdp, options)?;
+    let inputs = MdpInputs::new(mdp, options);
+    let finite = matches!(options.horizon, Horizon::Finite(_));
+    // V_{T-1}, ..., V_0 as the sweeps make them, when later steps need them.
+    let keep_steps = finite && (outputs.all_steps || outputs.occupancy);
+    let mut history: Vec<Vec<f64>> = Vec::new();
+    let CpuIteration {
+        v,
+        v_prev,
+        last,
+        sweeps,
+        verdict,
+    } = iterate_cpu(
+        options,
+        inputs.v0.clone(),
+        &inputs.fixed,
+        |v_in, v_out| {
+            let stats = mdp_backup(&inputs, v_in, v_out);
+            if keep_steps {
+                history.push(v_out.to_vec());
+            }
+            stats
+        },
+        &mut |_| {},
+    );
+    let status = final_status(options, &verdict, &last);
+    let diverged = status.contains(&Status::Diverged);
+    let policy_from = match options.horizon {
+        Horizon::Finite(_) => &v_prev,
+        Horizon::Infinite { .. } => &v,
+    };
+    let policy = (!diverged && (options.policy || outputs.occupancy))
+        .then(|| mdp_policy(&inputs, policy_from));
+    let mut steps = None;
+    let mut occupancy = None;
+    if keep_steps && !diverged {
+        // V_t for t = 0..T.
+        history.reverse();
+        history.push(inputs.v0.clone());
+        let horizon = history.len() - 1;
+        let mut step_policy = Vec::new();
+        let mut d = vec![mdp.initial.iter().map(|&x| x as f64).collect::<Vec<f64>>()];
+        let transpose = outputs.occupancy.then(|| mdp.transpose());
+        for t in 0..horizon {
+            let pi_t = mdp_policy(&inputs, &history[t + 1]);
+            if let Some(transpose) = &transpose {
+                let mut next = vec![0.0; d[t].len()];
+                mdp_occupancy(&inputs, transpose, &pi_t, &d[t], None, &mut next);
+                d.push(next);
+            }
+            if outputs.all_steps && options.policy {
+                step_policy.push(pi_t);
+            }
+        }
+        if outputs.all_steps {
+            let values: Vec<Vec<f32>> = history
+                .iter()
+                .map(|v| reported_values(&inputs, v))
+                .collect();
+            steps = Some(TimeSteps {
+                values: task_major(&values, mdp.tasks),
+                policy: options.policy.then(|| task_major(&step_policy, mdp.tasks)),
+            });
+        }
+        if outputs.occupancy {
+            let d: Vec<Vec<f32>> = d
+                .iter()
+                .map(|x| x.iter().map(|&y| y as f32).collect())
+                .collect();
+            occupancy = Some(Occupancy {
+                values: task_major(&d, mdp.tasks),
+                steps: horizon + 1,
+                iterations: horizon as u32,
+                residual: vec![0.0; mdp.tasks],
+                status: vec![Status::Horizon; mdp.tasks],
+            });
+        }
+    }
+    if outputs.occupancy && !finite && !diverged {
+        let transpose = mdp.transpose();
+        let pi = policy.as_ref().expect("policy computed for the occupancy");
+        let (start, scale) = scaled_start(mdp);
+        let run = iterate_cpu(
+            options,
+            start.iter().map(|&x| x as f64).collect(),
+            &vec![false; mdp.tasks * mdp.states],
+            |d_in, d_out| mdp_occupancy(&inputs, &transpose, pi, d_in, Some(&start), d_out),
+            &mut |_| {},
+        );
+        let status = final_status(options, &run.verdict, &run.last);
+        occupancy = Some(Occupancy {
+            values: run
+                .v
+                .iter()
+                .enumerate()
+                .map(|(i, &x)| (x / scale[i / mdp.states]) as f32)
+                .collect(),
+            steps: 1,
+            iterations: run.sweeps,
+            residual: run.last.iter().map(|s| s.max_abs_delta).collect(),
+            status,
+        });
+    }
+    Ok(MdpSolution {
+        solution: Solution {
+            height: 1,
+            width: mdp.states,
+            action_count: mdp.actions,
+            values: reported_values(&inputs, &v),
+            policy: if options.policy { policy } else { None },
+            iterations: vec![sweeps; mdp.tasks],
+            residual: last.iter().map(|s| s.max_abs_delta).collect(),
+            status,
+            unreachable: inputs.unreachable.clone(),
+            seconds: start.elapsed().as_secs_f64(),
+        },
+        steps,
+        occupancy,
+    })
+}

@@ -1,0 +1,14 @@
+//! The solvers: the options and outputs both backends honour, the check schedule, the result
+//! types, the kernel input layouts, the f64 CPU reference ([`cpu`]) and the wgpu engines
+//! ([`gpu`]).
+
+pub mod cpu;
+pub mod gpu;
+pub mod layout;
+pub mod options;
+pub mod schedule;
+pub mod solution;
+
+pub use options::{Backup, Horizon, MdpOutputs, SolveOptions};
+pub use schedule::Progress;
+pub use solution::{MdpSolution, Occupancy, Solution, Status, TimeSteps};

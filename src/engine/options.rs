@@ -1,0 +1,142 @@
+//! What a solve is asked to compute: the soft value iteration settings (the math contract)
+//! both backends honour, and the extra outputs a caller may ask for.
+
+use anyhow::{Result, bail, ensure};
+
+/// Which soft Bellman backup computes Q from the next values V'.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backup {
+    /// Max-ent RL / soft Q-learning: `Q(s,a) = r(s,a) + gamma * sum_s' P(s'|s,a) V'(s')`.
+    Expected,
+    /// Exact-inference backward message:
+    /// `Q(s,a) = r(s,a) + alpha * log sum_s' P(s'|s,a) exp(gamma * V'(s') / alpha)`.
+    Optimistic,
+}
+
+impl Backup {
+    /// The CLI / summary name.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Backup::Expected => "expected",
+            Backup::Optimistic => "optimistic",
+        }
+    }
+}
+
+/// How many backups to apply.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Horizon {
+    /// Exactly `T` backups from `V_T = 0`; the result is `V_0`, `pi_0`.
+    Finite(u32),
+    /// Backups from `V = 0` until `max_s |V_new - V_old| <= tol` or `max_iters` backups.
+    Infinite {
+        /// Residual threshold (value units).
+        tol: f64,
+        /// Largest number of backups.
+        max_iters: u32,
+    },
+}
+
+impl Horizon {
+    /// `T` for a finite horizon, 0 for an infinite one (the steps a solve can keep).
+    pub fn finite_steps(&self) -> usize {
+        match self {
+            Horizon::Finite(t) => *t as usize,
+            Horizon::Infinite { .. } => 0,
+        }
+    }
+}
+
+/// Soft value iteration settings shared by all tasks of a solve.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct SolveOptions {
+    /// Temperature alpha >= 0 (value units); 0 is the hard max.
+    pub alpha: f64,
+    /// Discount gamma in [0, 1].
+    pub gamma: f64,
+    /// Backup kind.
+    pub backup: Backup,
+    /// Finite or infinite horizon.
+    pub horizon: Horizon,
+    /// Whether to compute the policy at the end.
+    pub policy: bool,
+    /// Infinite horizon with alpha > 0: extrapolate along the slowest mode once its
+    /// convergence rate has settled (see `schedule::RateExtrapolator`). `false` is plain
+    /// Jacobi value iteration.
+    pub extrapolate: bool,
+}
+
+impl Default for SolveOptions {
+    fn default() -> Self {
+        Self {
+            alpha: 1.0,
+            gamma: 0.99,
+            backup: Backup::Expected,
+            horizon: Horizon::Infinite {
+                tol: 1e-4,
+                max_iters: 100_000,
+            },
+            policy: true,
+            extrapolate: true,
+        }
+    }
+}
+
+impl SolveOptions {
+    /// Checks the settings against the contract; errors name the offending setting.
+    pub fn validate(&self) -> Result<()> {
+        ensure!(
+            self.alpha.is_finite() && self.alpha >= 0.0,
+            "alpha (--alpha) must be finite and >= 0, got {}",
+            self.alpha
+        );
+        ensure!(
+            self.gamma.is_finite() && (0.0..=1.0).contains(&self.gamma),
+            "gamma (--gamma) must be in [0, 1], got {}",
+            self.gamma
+        );
+        if self.backup == Backup::Optimistic && self.alpha == 0.0 {
+            bail!(
+                "the optimistic backup (--backup optimistic) needs alpha > 0: its log-sum-exp \
+                 has no alpha = 0 form"
+            );
+        }
+        match self.horizon {
+            Horizon::Finite(t) => ensure!(t >= 1, "horizon (--horizon) must be >= 1, got {t}"),
+            Horizon::Infinite { tol, max_iters } => {
+                ensure!(
+                    tol.is_finite() && tol > 0.0,
+                    "tol (--tol) must be > 0, got {tol}"
+                );
+                ensure!(max_iters > 0, "max_iters (--max-iters) must be > 0");
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether rate extrapolation applies: asked for, infinite horizon, alpha > 0 (the hard
+    /// max's residual does not decay geometrically, and jumps there cost sweeps) and gamma < 1
+    /// (undiscounted solves may have no fixed point; their growth must stay visible to the
+    /// divergence check).
+    pub fn uses_extrapolation(&self) -> bool {
+        self.extrapolate
+            && self.alpha > 0.0
+            && self.gamma < 1.0
+            && matches!(self.horizon, Horizon::Infinite { .. })
+    }
+
+    /// Whether states that cannot reach a terminal have no finite value and are excluded:
+    /// the undiscounted infinite-horizon case.
+    pub fn excludes_unreachable(&self) -> bool {
+        self.gamma == 1.0 && matches!(self.horizon, Horizon::Infinite { .. })
+    }
+}
+
+/// What a general-MDP solve returns beyond `V_0` and `pi_0` (or the stationary V and pi).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MdpOutputs {
+    /// Finite horizon: keep every step, `V_0..V_T` and `pi_0..pi_{T-1}`.
+    pub all_steps: bool,
+    /// The forward messages: state occupancy under the soft-optimal policy.
+    pub occupancy: bool,
+}

@@ -1,0 +1,244 @@
+//! The check schedule both backends obey: check windows, convergence and divergence
+//! decisions, and rate extrapolation.
+
+use super::cpu::residual_reduce::SweepStats;
+use super::options::{Horizon, SolveOptions};
+use super::solution::Status;
+
+/// Sweeps between two convergence checks (the last window of a solve may be shorter).
+pub const CHECK_INTERVAL: u32 = 16;
+
+/// Consecutive checks at which every updated value of a task rose and its residual did not
+/// shrink before an undiscounted solve is declared diverged.
+pub const DIVERGENCE_PATIENCE: u32 = 8;
+
+/// A task has converged when its residual is within `max(tol, RESIDUAL_FLOOR * max |V|)`:
+/// below a few f32 ulps of V the GPU iteration may cycle instead of settling. Same as
+/// `RESIDUAL_FLOOR` in `shaders/residual_reduce.wgsl`; both backends apply it.
+pub const RESIDUAL_FLOOR: f64 = 1e-6;
+
+/// Whether a task's check statistics meet the convergence threshold for `tol`.
+pub fn within_tolerance(tol: f64, stats: &SweepStats) -> bool {
+    stats.max_abs_delta <= tol.max(RESIDUAL_FLOOR * stats.max_abs_value)
+}
+
+/// Two successive per-sweep rate estimates closer than this trigger an extrapolation. Same
+/// as `RATE_AGREEMENT` in `shaders/residual_reduce.wgsl`.
+pub const RATE_AGREEMENT: f64 = 1e-4;
+
+/// Convergence acceleration shared by both backends. Soft value iteration's residual soon
+/// decays like lambda^k along one slow mode (the discount times the policy's survival
+/// probability). Once two successive per-sweep rate estimates, each from the residuals of two
+/// checks `CHECK_INTERVAL` sweeps apart, agree within [`RATE_AGREEMENT`] and lie below gamma,
+/// V jumps to that mode's limit: `V += lambda / (1 - lambda) * (V - V_prev)`, keeping a backup
+/// of V. The jump is judged at the next check: if the residual rose above its value at the
+/// jump, V returns to the backup and jumps stop for that task (near the hard max the slow
+/// mode is a wavefront that the max operator soon bends, and a jump along it overshoots).
+/// The stopping rule and the fixed point are unchanged, since the backup is a contraction from
+/// any start. On a 127 x 127 maze (8-connected, slip 0.1, alpha 1, tol 1e-4) this cuts the
+/// sweeps from 907 to 188 at gamma = 0.99 and from 9095 to 481 at gamma = 0.999.
+#[derive(Clone, Debug)]
+pub struct RateExtrapolator {
+    // Per task: the last three residuals (oldest first) and checks since the last jump.
+    history: Vec<[f64; 4]>,
+    // Per task: the residual at the last jump and the jump state.
+    jump: Vec<(f64, JumpState)>,
+}
+
+/// Where a task's extrapolation stands. Same values as `JUMP_*` in
+/// `shaders/residual_reduce.wgsl`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum JumpState {
+    /// Jumps may happen.
+    Allowed = 0,
+    /// Jumped at the previous check; judged at the next one.
+    Pending = 1,
+    /// A jump raised the residual and was rolled back; no more jumps.
+    Disabled = 2,
+}
+
+/// Extrapolation factor asking to restore V from its backup. Same as `ROLLBACK` in
+/// `shaders/residual_reduce.wgsl`.
+pub const ROLLBACK: f64 = -1.0;
+
+impl RateExtrapolator {
+    /// No history, for `tasks` tasks.
+    pub fn new(tasks: usize) -> Self {
+        Self {
+            history: vec![[0.0; 4]; tasks],
+            jump: vec![(0.0, JumpState::Allowed); tasks],
+        }
+    }
+
+    /// Takes one check's statistics of a solve that has not converged; returns each task's
+    /// extrapolation factor: > 0 jump, [`ROLLBACK`], or 0 (nothing). A rate is trusted only
+    /// below gamma, the contraction factor that bounds every mode. Mirrors
+    /// `convergence_decide`.
+    pub fn observe(&mut self, tol: f64, gamma: f64, stats: &[SweepStats]) -> Vec<f64> {
+        let mut factors = vec![0.0; stats.len()];
+        for (t, s) in stats.iter().enumerate() {
+            let h = &mut self.history[t];
+            let (at_jump, state) = &mut self.jump[t];
+            *h = [h[1], h[2], s.max_abs_delta, h[3] + 1.0];
+            if *state == JumpState::Pending {
+                if s.max_abs_delta > *at_jump {
+                    factors[t] = ROLLBACK;
+                    *state = JumpState::Disabled;
+                } else {
+                    *state = JumpState::Allowed;
+                }
+            }
+            if *state == JumpState::Allowed
+                && h[3] >= 3.0
+                && h[0] > 0.0
+                && h[1] > 0.0
+                && h[2] > 0.0
+                && !within_tolerance(tol, s)
+            {
+                let newer = (h[2] / h[1]).powf(1.0 / CHECK_INTERVAL as f64);
+                let older = (h[1] / h[0]).powf(1.0 / CHECK_INTERVAL as f64);
+                if (newer - older).abs() < RATE_AGREEMENT && newer < gamma {
+                    factors[t] = newer / (1.0 - newer);
+                    h[3] = 0.0;
+                    (*at_jump, *state) = (s.max_abs_delta, JumpState::Pending);
+                }
+            }
+        }
+        factors
+    }
+}
+
+/// A value beyond this magnitude means the iteration is running away (or about to overflow
+/// f32); the solve stops as diverged.
+pub const VALUE_LIMIT: f64 = 1e30;
+
+/// Where a solve stands, reported after convergence checks (for progress displays).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Progress {
+    /// Sweeps done so far.
+    pub sweeps: u32,
+    /// Sweeps the solve may run at most (`T` or `max_iters`).
+    pub budget: u32,
+    /// Largest task residual at the last check.
+    pub residual: f64,
+    /// The tolerance, for an infinite horizon.
+    pub tol: Option<f64>,
+}
+
+impl Progress {
+    /// The progress after `sweeps` sweeps whose last check gave `stats`.
+    pub fn after(options: &SolveOptions, sweeps: u32, stats: &[SweepStats]) -> Self {
+        Self {
+            sweeps,
+            budget: sweep_budget(&options.horizon),
+            residual: stats.iter().map(|s| s.max_abs_delta).fold(0.0, f64::max),
+            tol: match options.horizon {
+                Horizon::Infinite { tol, .. } => Some(tol),
+                Horizon::Finite(_) => None,
+            },
+        }
+    }
+}
+
+/// Lengths of the check windows covering `total` sweeps: `CHECK_INTERVAL` each, the last one
+/// shorter; a check runs at the end of each window.
+pub fn check_windows(total: u32) -> Vec<u32> {
+    let mut windows = vec![CHECK_INTERVAL; (total / CHECK_INTERVAL) as usize];
+    if !total.is_multiple_of(CHECK_INTERVAL) {
+        windows.push(total % CHECK_INTERVAL);
+    }
+    windows
+}
+
+/// Total sweeps a solve may run: `T`, or `max_iters`.
+pub fn sweep_budget(horizon: &Horizon) -> u32 {
+    match *horizon {
+        Horizon::Finite(t) => t,
+        Horizon::Infinite { max_iters, .. } => max_iters,
+    }
+}
+
+/// Watches the per-task statistics of successive checks and says when to stop.
+#[derive(Clone, Debug)]
+pub struct ConvergenceMonitor {
+    tol: Option<f64>,
+    undiscounted: bool,
+    streak: Vec<u32>,
+    last_residual: Vec<f64>,
+}
+
+/// What a check decided.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Verdict {
+    /// Keep iterating.
+    Continue,
+    /// Every task's residual is within tol.
+    Converged,
+    /// These tasks diverged.
+    Diverged(Vec<usize>),
+}
+
+impl ConvergenceMonitor {
+    /// A monitor for `tasks` tasks under `options`.
+    pub fn new(options: &SolveOptions, tasks: usize) -> Self {
+        let tol = match options.horizon {
+            Horizon::Finite(_) => None,
+            Horizon::Infinite { tol, .. } => Some(tol),
+        };
+        Self {
+            tol,
+            undiscounted: options.excludes_unreachable(),
+            streak: vec![0; tasks],
+            last_residual: vec![f64::INFINITY; tasks],
+        }
+    }
+
+    /// Takes one check's per-task statistics.
+    ///
+    /// Divergence: a value beyond [`VALUE_LIMIT`] (or not finite); or, with gamma = 1, a task
+    /// whose updated values all rose while its residual did not shrink (by 0.1%) for
+    /// [`DIVERGENCE_PATIENCE`] consecutive checks: the growth mode of a soft Bellman operator
+    /// with no finite fixed point. A converging undiscounted solve either falls towards its
+    /// fixed point (values drop from 0) or approaches it with a shrinking residual.
+    pub fn observe(&mut self, stats: &[SweepStats]) -> Verdict {
+        let mut diverged = Vec::new();
+        for (t, s) in stats.iter().enumerate() {
+            let runaway = !(s.max_abs_value <= VALUE_LIMIT && s.max_abs_delta.is_finite());
+            let rising = self.undiscounted
+                && s.active
+                && s.min_delta > 0.0
+                && s.max_abs_delta >= self.last_residual[t] * (1.0 - 1e-3);
+            self.streak[t] = if rising { self.streak[t] + 1 } else { 0 };
+            if s.active {
+                self.last_residual[t] = s.max_abs_delta;
+            }
+            if runaway || self.streak[t] >= DIVERGENCE_PATIENCE {
+                diverged.push(t);
+            }
+        }
+        if !diverged.is_empty() {
+            return Verdict::Diverged(diverged);
+        }
+        match self.tol {
+            Some(tol) if stats.iter().all(|s| within_tolerance(tol, s)) => Verdict::Converged,
+            _ => Verdict::Continue,
+        }
+    }
+}
+
+/// Final per-task statuses once iteration stopped after `verdict`, from each task's last
+/// check statistics.
+pub fn final_status(options: &SolveOptions, verdict: &Verdict, last: &[SweepStats]) -> Vec<Status> {
+    let within = |t: usize| match options.horizon {
+        Horizon::Infinite { tol, .. } => within_tolerance(tol, &last[t]),
+        Horizon::Finite(_) => false,
+    };
+    (0..last.len())
+        .map(|t| match verdict {
+            Verdict::Diverged(tasks) if tasks.contains(&t) => Status::Diverged,
+            _ if matches!(options.horizon, Horizon::Finite(_)) => Status::Horizon,
+            _ if within(t) => Status::Converged,
+            _ => Status::MaxIters,
+        })
+        .collect()
+}

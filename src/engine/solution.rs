@@ -1,0 +1,217 @@
+//! What a solve returns: per-task status, the values and policy, every time step, the
+//! occupancy, and the helpers both backends use to lay them out.
+
+use anyhow::Result;
+
+use super::layout::{GridInputs, MdpInputs};
+use super::options::SolveOptions;
+use crate::world::grid_mdp::GridMdp;
+use crate::world::mdp::TabularMdp;
+
+/// How a task's solve ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Status {
+    /// Residual reached `tol`.
+    Converged,
+    /// `max_iters` sweeps without reaching `tol`.
+    MaxIters,
+    /// Values grew without bound (no finite solution); no values are reported.
+    Diverged,
+    /// A finite horizon: exactly `T` backups.
+    Horizon,
+}
+
+impl Status {
+    /// The `summary.json` name.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Status::Converged => "converged",
+            Status::MaxIters => "max_iters",
+            Status::Diverged => "diverged",
+            Status::Horizon => "horizon",
+        }
+    }
+}
+
+/// Result of a batched gridworld solve.
+#[derive(Clone, Debug)]
+pub struct Solution {
+    /// Rows H.
+    pub height: usize,
+    /// Columns W.
+    pub width: usize,
+    /// Actions |A|.
+    pub action_count: usize,
+    /// `V_0` (finite horizon) or the converged V, `[task][row][col]`; NaN on blocked cells,
+    /// -inf on cells excluded as unreachable. Meaningless when a task diverged.
+    pub values: Vec<f32>,
+    /// `pi(a|s)`, `[task][row][col][action]`; NaN on blocked, terminal and excluded cells.
+    pub policy: Option<Vec<f32>>,
+    /// Backups applied, per task.
+    pub iterations: Vec<u32>,
+    /// `max_s |V_new - V_old|` of the last checked sweep, per task.
+    pub residual: Vec<f64>,
+    /// How each task ended.
+    pub status: Vec<Status>,
+    /// Free non-terminal cells with no path to a terminal, per task.
+    pub unreachable: Vec<u32>,
+    /// Wall time of the solve (s).
+    pub seconds: f64,
+}
+
+impl Solution {
+    /// Whether any task diverged.
+    pub fn diverged(&self) -> bool {
+        self.status.contains(&Status::Diverged)
+    }
+}
+
+/// Marks blocked cells NaN and excluded cells -inf in `values` `[task][row][col]`, and fixed
+/// cells NaN in `policy` `[task][row][col][action]`.
+pub fn mark_special_cells(inputs: &GridInputs, values: &mut [f32], policy: Option<&mut [f32]>) {
+    let cells = inputs.cells();
+    for (i, v) in values.iter_mut().enumerate() {
+        if !inputs.free[i % cells] {
+            *v = f32::NAN;
+        } else if inputs.excluded[i] {
+            *v = f32::NEG_INFINITY;
+        }
+    }
+    if let Some(policy) = policy {
+        let n = inputs.action_count;
+        for (i, &fixed) in inputs.fixed.iter().enumerate() {
+            if fixed {
+                policy[i * n..(i + 1) * n].fill(f32::NAN);
+            }
+        }
+    }
+}
+
+/// Time-indexed results of a finite-horizon solve.
+#[derive(Clone, Debug)]
+pub struct TimeSteps {
+    /// `V_0..V_T`, `[task][t][state]` (T + 1 steps).
+    pub values: Vec<f32>,
+    /// `pi_0..pi_{T-1}`, `[task][t][state][action]` (T steps), when the policy was asked for.
+    pub policy: Option<Vec<f32>>,
+}
+
+/// State occupancy under the soft-optimal policy (the forward messages).
+#[derive(Clone, Debug)]
+pub struct Occupancy {
+    /// Finite horizon: `D_0..D_T`, `[task][t][state]` (`steps` = T + 1); infinite horizon:
+    /// the discounted occupancy `sum_t gamma^t D_t`, `[task][state]` (`steps` = 1).
+    pub values: Vec<f32>,
+    /// Time steps per task in `values`.
+    pub steps: usize,
+    /// Forward iterations applied (T, or the sweeps of the discounted sum).
+    pub iterations: u32,
+    /// Residual of the discounted sum's last check per task (0 for a finite horizon).
+    pub residual: Vec<f64>,
+    /// How the discounted sum ended per task (`horizon` for a finite horizon).
+    pub status: Vec<Status>,
+}
+
+/// Result of a general-MDP solve.
+#[derive(Clone, Debug)]
+pub struct MdpSolution {
+    /// `V_0` / `pi_0` (or the stationary V, pi) laid out as a grid of one row: `height` 1,
+    /// `width` S, `values` `[task][state]`, `policy` `[task][state][action]`; terminal states
+    /// keep their terminal value, excluded ones (gamma = 1) are -inf; the policy is NaN on
+    /// both.
+    pub solution: Solution,
+    /// Every step, with [`MdpOutputs::all_steps`] and a finite horizon.
+    pub steps: Option<TimeSteps>,
+    /// With [`MdpOutputs::occupancy`], unless the backward pass diverged.
+    pub occupancy: Option<Occupancy>,
+}
+
+/// `[t][task][inner]` to `[task][t][inner]`.
+pub fn task_major(steps: &[Vec<f32>], tasks: usize) -> Vec<f32> {
+    let per_task = steps.first().map_or(0, |s| s.len() / tasks.max(1));
+    let mut out = Vec::with_capacity(steps.len() * tasks * per_task);
+    for task in 0..tasks {
+        for step in steps {
+            out.extend_from_slice(&step[task * per_task..(task + 1) * per_task]);
+        }
+    }
+    out
+}
+
+/// Fails when gamma = 1 without a horizon meets a task without terminal states (no finite
+/// values exist).
+pub fn check_mdp_terminals(mdp: &TabularMdp, options: &SolveOptions) -> Result<()> {
+    if options.excludes_unreachable() {
+        for t in 0..mdp.tasks {
+            anyhow::ensure!(
+                mdp.terminal[t * mdp.states..(t + 1) * mdp.states]
+                    .iter()
+                    .any(|&x| x),
+                "task {t}: gamma = 1 without a horizon needs terminal states"
+            );
+        }
+    }
+    Ok(())
+}
+
+/// The f32 values a solve reports: -inf on excluded states.
+pub fn reported_values(inputs: &MdpInputs, v: &[f64]) -> Vec<f32> {
+    v.iter()
+        .zip(&inputs.excluded)
+        .map(|(&x, &e)| if e { f32::NEG_INFINITY } else { x as f32 })
+        .collect()
+}
+
+/// The start distribution of each task scaled to a peak of 1, and the scale per task. The
+/// discounted occupancy iterates on `d / max_s D_0(s)`, so that `tol` bounds its residual
+/// relative to the start's peak on every backend: a start spread over 10^6 states would
+/// otherwise meet an absolute tol after one sweep.
+pub fn scaled_start(mdp: &TabularMdp) -> (Vec<f32>, Vec<f64>) {
+    let mut start = mdp.initial.clone();
+    let mut scales = Vec::with_capacity(mdp.tasks);
+    for row in start.chunks_exact_mut(mdp.states) {
+        let peak = row.iter().fold(0.0f32, |m, &x| m.max(x));
+        let scale = if peak > 0.0 { 1.0 / peak as f64 } else { 1.0 };
+        row.iter_mut().for_each(|x| *x = (*x as f64 * scale) as f32);
+        scales.push(scale);
+    }
+    (start, scales)
+}
+
+impl MdpSolution {
+    /// Lays a solution over `world`'s states (as `solve_mdp_cpu` gives it) onto the map, NaN
+    /// on blocked cells: `height` H, `width` W, every array `[...][row][col][...]`.
+    pub fn to_cells(&mut self, world: &GridMdp) {
+        self.relayout((world.height, world.width), |data, inner| {
+            world.to_cells(data, inner)
+        });
+    }
+
+    /// Lays a solution over `world`'s map (as the grid kernels give it) onto its states:
+    /// `height` 1, `width` S, every array `[...][state][...]`.
+    pub fn to_states(&mut self, world: &GridMdp) {
+        let states = world.cell_of_state.len();
+        self.relayout((1, states), |data, inner| world.to_states(data, inner));
+    }
+
+    /// Applies `map(data, per_state)` to every array and sets the shape.
+    fn relayout(
+        &mut self,
+        (height, width): (usize, usize),
+        map: impl Fn(&[f32], usize) -> Vec<f32>,
+    ) {
+        let solution = &mut self.solution;
+        let n = solution.action_count;
+        solution.height = height;
+        solution.width = width;
+        solution.values = map(&solution.values, 1);
+        solution.policy = solution.policy.as_ref().map(|p| map(p, n));
+        if let Some(steps) = &mut self.steps {
+            steps.values = map(&steps.values, 1);
+            steps.policy = steps.policy.as_ref().map(|p| map(p, n));
+        }
+        if let Some(d) = &mut self.occupancy {
+            d.values = map(&d.values, 1);
+        }
+    }
+}
