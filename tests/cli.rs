@@ -150,11 +150,17 @@ fn crlf_maps_are_accepted() {
         out.to_str().unwrap(),
     ]);
     assert!(o.status.success(), "{}", stderr(&o));
-    let berlin = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/maps/Berlin_1_256.map");
-    if berlin.exists() {
-        let grid = softvi::Grid::load_movingai(&berlin).unwrap();
-        assert_eq!((grid.width, grid.height), (256, 256));
-    }
+    let berlin = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data/maps/Berlin_1_256.map");
+    assert!(
+        std::fs::read(&berlin)
+            .unwrap()
+            .windows(2)
+            .any(|w| w == b"\r\n"),
+        "{} lost its CRLF line endings",
+        berlin.display()
+    );
+    let grid = softvi::Grid::load_movingai(&berlin).unwrap();
+    assert_eq!((grid.width, grid.height), (256, 256));
 }
 
 #[test]
@@ -381,10 +387,10 @@ fn progress_line_only_on_a_terminal() {
             .unwrap()
             .contains("sweeps/s")
     );
-    if Command::new("script").arg("--version").output().is_err() {
-        eprintln!("\n*** SKIPPING the terminal half: no `script` (util-linux) ***\n");
-        return;
-    }
+    assert!(
+        Command::new("script").arg("--version").output().is_ok(),
+        "the terminal half needs `script` (util-linux) to emulate a terminal: install it"
+    );
     let on_terminal = |quiet: bool| -> String {
         let mut command = format!(
             "{} {} --out {}",

@@ -126,7 +126,7 @@ fn check_value_picture(map_args: &[&str], grid: &Grid, goal: (usize, usize), dir
 
 #[test]
 fn value_pictures_of_every_shared_map() {
-    let Some(dir) = maps_dir() else { return };
+    let dir = maps_dir();
     let tmp = tempfile::tempdir().unwrap();
     let mut maps: Vec<_> = std::fs::read_dir(&dir)
         .unwrap()

@@ -1,5 +1,5 @@
-//! `softvi scen` on every map in ../shared/maps: scenario files are written here from an
-//! independent Dijkstra (the shared folder holds maps only). At alpha = 0 the length of the
+//! `softvi scen` on every map in tests/data/maps: scenario files are written here from an
+//! independent Dijkstra (the data folder holds maps only). At alpha = 0 the length of the
 //! path the solve's greedy policy takes must equal the optimal length within 1e-3; V itself
 //! within 1e-3, or 5e-6 of the length for paths over 200 long: V is f32, and each sqrt(2)
 //! step rounds the same way at a given magnitude, so its error grows with the length
@@ -23,7 +23,7 @@ fn write_scen(
     per_goal: usize,
     seed: u64,
 ) -> (std::path::PathBuf, f64) {
-    let map_path = maps_dir().unwrap().join(name);
+    let map_path = maps_dir().join(name);
     let text = std::fs::read_to_string(&map_path).unwrap();
     let grid = Grid::load_movingai(&map_path).unwrap();
     let free: Vec<usize> = (0..grid.cells()).filter(|&c| grid.free[c]).collect();
@@ -60,7 +60,7 @@ fn write_scen(
 
 /// Runs `softvi scen` and returns (max |gap|, max |V gap|, tasks) from its summary line.
 fn run_scen(map: &str, scen: &std::path::Path, extra: &[&str]) -> (f64, f64, usize) {
-    let map_path = maps_dir().unwrap().join(map);
+    let map_path = maps_dir().join(map);
     let mut args = vec![
         "scen",
         "--map",
@@ -99,7 +99,7 @@ fn gpu_or_cpu() -> &'static str {
 
 #[test]
 fn scen_gaps_vanish_at_alpha_zero_on_every_map() {
-    let Some(dir) = maps_dir() else { return };
+    let dir = maps_dir();
     let tmp = tempfile::tempdir().unwrap();
     let mut maps: Vec<String> = std::fs::read_dir(&dir)
         .unwrap()
@@ -126,7 +126,6 @@ fn scen_gaps_vanish_at_alpha_zero_on_every_map() {
 
 #[test]
 fn scen_soft_values_sit_below_the_optimal_cost() {
-    let Some(_) = maps_dir() else { return };
     let tmp = tempfile::tempdir().unwrap();
     let (scen, _) = write_scen(tmp.path(), "den312d.map", 3, 4, 9);
     // gap = -V(start) - optimal < 0 for alpha > 0, and it shrinks with alpha.
@@ -150,7 +149,7 @@ fn scen_soft_values_sit_below_the_optimal_cost() {
 
 #[test]
 fn scen_errors_name_the_line() {
-    let Some(dir) = maps_dir() else { return };
+    let dir = maps_dir();
     let tmp = tempfile::tempdir().unwrap();
     let map = dir.join("maze-32-32-2.map");
     let bad = tmp.path().join("bad.scen");

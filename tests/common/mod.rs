@@ -147,18 +147,16 @@ pub fn value_at(solution: &Solution, task: usize, row: usize, col: usize) -> f32
     solution.values[task * cells + row * solution.width + col]
 }
 
-/// `../shared/maps`, or `None` with a loud message when it is absent.
-pub fn maps_dir() -> Option<PathBuf> {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/maps");
-    if dir.is_dir() {
-        Some(dir)
-    } else {
-        eprintln!(
-            "\n*** SKIPPING MovingAI TESTS: {} is absent ***\n",
-            dir.display()
-        );
-        None
-    }
+/// `tests/data/maps`: the MovingAI maps the tests read, kept in the repository (see its
+/// README.md for their source). A missing folder fails the test: no data, no pass.
+pub fn maps_dir() -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data/maps");
+    assert!(
+        dir.is_dir(),
+        "test data missing: {} is not a folder (the MovingAI maps belong in the repository)",
+        dir.display()
+    );
+    dir
 }
 
 #[derive(PartialEq)]
