@@ -2,6 +2,8 @@
 //! worlds, and comparisons with stated tolerances.
 #![allow(dead_code)]
 
+pub mod cli;
+
 use std::cmp::Ordering;
 use std::collections::BinaryHeap;
 use std::path::PathBuf;
