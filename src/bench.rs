@@ -4,7 +4,7 @@
 use std::path::Path;
 use std::time::Instant;
 
-use anyhow::{Context, Result};
+use crate::error::{Context, Result};
 
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};

@@ -40,6 +40,7 @@
 pub mod analysis;
 pub mod bench;
 pub mod engine;
+pub mod error;
 pub mod io;
 pub mod world;
 
@@ -51,6 +52,7 @@ pub use engine::gpu::{
 pub use engine::{
     Backup, Horizon, MdpOutputs, MdpSolution, Occupancy, Solution, SolveOptions, Status, TimeSteps,
 };
+pub use error::{Error, Result};
 /// The wgpu version softvi is built on, for callers that pick adapters themselves.
 pub use wgpu;
 pub use world::{

@@ -96,7 +96,7 @@ fn demos(world: &TabularMdp, features: &[f32], theta: &[f64], episodes: usize, s
 }
 
 type Solver<'a> =
-    Box<dyn FnMut(&TabularMdp, &SolveOptions, MdpOutputs) -> anyhow::Result<MdpSolution> + 'a>;
+    Box<dyn FnMut(&TabularMdp, &SolveOptions, MdpOutputs) -> softvi::Result<MdpSolution> + 'a>;
 
 /// The CPU reference, and on the GPU the CSR kernels and the grid kernels.
 fn solvers() -> Vec<(&'static str, Solver<'static>)> {
@@ -185,7 +185,7 @@ fn learned_reward_explains_held_out_demos() {
                 &mut *solve,
             )
             .unwrap();
-            demo_log_likelihood(&mdp, &options(), &solved, &held_out)
+            demo_log_likelihood(&mdp, &options(), &solved, &held_out).unwrap()
         };
         let (learned, true_ll) = (score(&result.theta), score(&truth));
         for m in 0..2 {
@@ -390,7 +390,7 @@ fn discounted_irl_matches_discounted_feature_expectations() {
                 &mut *solve,
             )
             .unwrap();
-            demo_log_likelihood(&mdp, &o, &solved, &held_out)[0]
+            demo_log_likelihood(&mdp, &o, &solved, &held_out).unwrap()[0]
         };
         let (learned, true_ll) = (score(&result.theta), score(&truth));
         eprintln!(

@@ -282,19 +282,31 @@ fn requests_beyond_the_adapter_name_the_limit() {
     let Some(mut engine) = small_engine(tiny_binding) else {
         return;
     };
-    let err = format!("{:#}", engine.solve(&problem, &options).unwrap_err());
-    assert!(
-        err.contains("max_storage_buffer_binding_size is 4096 bytes") && err.contains("1000 cells"),
-        "{err}"
-    );
+    let err = engine.solve(&problem, &options).unwrap_err();
+    match &err {
+        softvi::Error::LimitExceeded {
+            what,
+            limit_name,
+            limit: 4096,
+            ..
+        } => assert!(
+            what.contains("1000 cells") && limit_name.contains("max_storage_buffer_binding_size"),
+            "{err}"
+        ),
+        other => panic!("expected LimitExceeded of 4096 bytes, got {other:?}"),
+    }
     let tiny_buffer = EngineOptions {
         max_binding_bytes: None,
         max_buffer_bytes: Some(1 << 14),
     };
     let mut engine = small_engine(tiny_buffer).unwrap();
-    let err = format!("{:#}", engine.solve(&problem, &options).unwrap_err());
+    let err = engine.solve(&problem, &options).unwrap_err();
     assert!(
-        err.contains("max_buffer_size 16384 bytes") && err.contains("needs 36000 bytes"),
-        "{err}"
+        matches!(
+            &err,
+            softvi::Error::LimitExceeded { needed: 36000, limit_name, .. }
+                if limit_name.contains("max_buffer_size 16384 bytes")
+        ),
+        "{err:?}"
     );
 }

@@ -5,7 +5,7 @@
 //! `shaders/task_posterior.wgsl` (`engine::gpu::TaskPosterior`), its CPU twin
 //! [`crate::engine::cpu::task_posterior`].
 
-use anyhow::{Result, bail, ensure};
+use crate::error::{Result, bail, ensure};
 
 pub use crate::engine::layout::{IMPOSSIBLE, Observation, PosteriorInputs};
 use crate::world::mdp::TabularMdp;
@@ -21,6 +21,7 @@ pub fn posterior_inputs(
     trajectory: &[Observation],
     prior: &[f64],
 ) -> Result<PosteriorInputs> {
+    mdp.validate()?;
     let (s_n, a_n, b_n) = (mdp.states, mdp.actions, mdp.tasks);
     ensure!(!trajectory.is_empty(), "the trajectory is empty");
     ensure!(

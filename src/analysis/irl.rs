@@ -5,7 +5,7 @@
 //! of the demos' log-likelihood is the demos' feature expectation minus the model's,
 //! `mu_demo - sum_t sum_s D_t(s) phi(s)` (both discounted by gamma^t), and theta follows Adam.
 
-use anyhow::{Result, bail, ensure};
+use crate::error::{Context, Result, bail, ensure};
 
 use crate::analysis::sample::ENDED;
 use crate::engine::cpu::csr_action_values;
@@ -239,7 +239,7 @@ pub fn demo_log_likelihood(
     options: &SolveOptions,
     solved: &MdpSolution,
     demos: &Demos,
-) -> Vec<f64> {
+) -> Result<Vec<f64>> {
     let (s_n, a_n) = (mdp.states, mdp.actions);
     let alpha = options.alpha;
     let mut q = vec![0.0; a_n];
@@ -284,7 +284,11 @@ pub fn demo_log_likelihood(
                         }
                     }
                     None => {
-                        let policy = solved.solution.policy.as_ref().expect("stationary policy");
+                        let policy = solved
+                            .solution
+                            .policy
+                            .as_ref()
+                            .context("the solver returned no policy for the demos")?;
                         for a in 0..a_n {
                             log_pi[a] = (policy[(m * s_n + s) * a_n + a] as f64).ln();
                         }
@@ -304,7 +308,7 @@ pub fn demo_log_likelihood(
         }
         *total /= demos.episodes as f64;
     }
-    out
+    Ok(out)
 }
 
 /// One gradient: solves the MDP of `theta`, returns the solution, the model's feature
@@ -336,7 +340,10 @@ pub fn gradient(
         "the soft value iteration diverged at this theta; lower the learning rate or use \
          gamma < 1"
     );
-    let occupancy = solved.occupancy.as_ref().expect("occupancy asked for");
+    let occupancy = solved
+        .occupancy
+        .as_ref()
+        .context("the solver returned no occupancy")?;
     let model = model_feature_expectations(features, mdp.states, &occupancy.values, demos.sets);
     let grad = demo_features
         .iter()
@@ -410,7 +417,7 @@ pub fn learn(
             .map(|g| g.iter().map(|x| x * x).sum::<f64>().sqrt())
             .collect();
         let step = IrlStep {
-            log_likelihood: demo_log_likelihood(&mdp, &options.solve, &solved, demos),
+            log_likelihood: demo_log_likelihood(&mdp, &options.solve, &solved, demos)?,
             gradient_norm: norms.clone(),
             solve_seconds,
         };

@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use anyhow::{Context, Result, bail, ensure};
+use crate::error::{Context, Error, Result, ensure};
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 
@@ -407,10 +407,10 @@ pub fn write_png(canvas: &Canvas, path: &Path) -> Result<()> {
         path.display()
     );
     let temp = path.with_file_name(format!(".{name}.tmp-{}", std::process::id()));
-    std::fs::write(&temp, bytes).with_context(|| format!("cannot write {}", temp.display()))?;
+    std::fs::write(&temp, bytes).map_err(|e| Error::io("cannot write", &temp, e))?;
     if let Err(e) = std::fs::rename(&temp, path) {
         let _ = std::fs::remove_file(&temp);
-        bail!("cannot move {} into place: {e}", path.display());
+        return Err(Error::io("cannot move into place", path, e));
     }
     Ok(())
 }

@@ -4,7 +4,7 @@
 //! order; for one seed they are reproducible given the same policy (the GPU's f32 policy and
 //! the CPU reference's may round a draw differently).
 
-use anyhow::{Result, ensure};
+use crate::error::{Result, ensure};
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 
@@ -75,6 +75,7 @@ pub fn sample(
     steps: usize,
     seed: u64,
 ) -> Result<Samples> {
+    mdp.validate()?;
     let (s_n, a_n, b_n) = (mdp.states, mdp.actions, mdp.tasks);
     ensure!(
         policy.len() == b_n * policy_steps * s_n * a_n,

@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use anyhow::{Context, Result, bail, ensure};
+use crate::error::{Context, Error, Result, bail, ensure};
 
 use crate::engine::cpu::TIE_RELATIVE;
 use crate::world::grid::Grid;
@@ -27,7 +27,7 @@ pub struct Scenario {
 /// line. Errors name the file and line.
 pub fn load_scenarios(path: &Path, grid: &Grid) -> Result<Vec<Scenario>> {
     let text = std::fs::read_to_string(path)
-        .with_context(|| format!("cannot read scenario file {}", path.display()))?;
+        .map_err(|e| Error::io("cannot read scenario file", path, e))?;
     parse_scenarios(&text, grid)
         .with_context(|| format!("invalid scenario file {}", path.display()))
 }

@@ -637,7 +637,7 @@ fn run_backend_with(
         let mut engines = contexts
             .iter()
             .map(GridEngine::new)
-            .collect::<Result<Vec<_>>>()?;
+            .collect::<softvi::Result<Vec<_>>>()?;
         let solution = softvi::engine::gpu::solve_sharded(&mut engines, problem, options)?;
         return Ok((solution, contexts.iter().map(adapter_json).collect()));
     }
@@ -916,7 +916,8 @@ fn write_solve_folder(
         out,
         &files,
         &["summary.json", "values.npy", "policy.npy", "occupancy.npy"],
-    )
+    )?;
+    Ok(())
 }
 
 /// The arrays of a solve's folder: `values.npy` and `policy.npy` of shape `[B, *state_shape]`
@@ -1864,7 +1865,7 @@ pub fn bench_command(args: &BenchArgs) -> Result<i32> {
             occupancy: true,
         };
         let end_to_end = |backend: &str,
-                          solve: &mut dyn FnMut() -> Result<
+                          solve: &mut dyn FnMut() -> softvi::Result<
             softvi::engine::solution::MdpSolution,
         >|
          -> Result<softvi::engine::solution::MdpSolution> {
@@ -1938,7 +1939,7 @@ pub fn bench_command(args: &BenchArgs) -> Result<i32> {
             &softvi::world::mdp::TabularMdp,
             &SolveOptions,
             softvi::engine::options::MdpOutputs,
-        ) -> Result<
+        ) -> softvi::Result<
             softvi::engine::solution::MdpSolution,
         >,
                              iters: u32|

@@ -1,7 +1,7 @@
 //! What a solve is asked to compute: the soft value iteration settings (the math contract)
 //! both backends honour, and the extra outputs a caller may ask for.
 
-use anyhow::{Result, bail, ensure};
+use crate::error::{Result, bail, ensure};
 
 /// Which soft Bellman backup computes Q from the next values V'.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

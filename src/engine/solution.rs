@@ -1,7 +1,7 @@
 //! What a solve returns: per-task status, the values and policy, every time step, the
 //! occupancy, and the helpers both backends use to lay them out.
 
-use anyhow::Result;
+use crate::error::Result;
 
 use super::layout::{GridInputs, MdpInputs};
 use super::options::SolveOptions;
@@ -143,7 +143,7 @@ pub fn task_major(steps: &[Vec<f32>], tasks: usize) -> Vec<f32> {
 pub fn check_mdp_terminals(mdp: &TabularMdp, options: &SolveOptions) -> Result<()> {
     if options.excludes_unreachable() {
         for t in 0..mdp.tasks {
-            anyhow::ensure!(
+            crate::error::ensure!(
                 mdp.terminal[t * mdp.states..(t + 1) * mdp.states]
                     .iter()
                     .any(|&x| x),

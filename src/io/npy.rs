@@ -4,7 +4,7 @@
 use std::io::Write;
 use std::path::Path;
 
-use anyhow::{Context, Result, bail, ensure};
+use crate::error::{Context, Error, Result, bail, ensure};
 
 /// An array read from a `.npy` file, converted to f32.
 #[derive(Clone, Debug, PartialEq)]
@@ -40,10 +40,9 @@ pub fn encode_f32(shape: &[usize], data: &[f32]) -> Vec<u8> {
 
 /// Writes a float32 `.npy` file.
 pub fn write_f32(path: &Path, shape: &[usize], data: &[f32]) -> Result<()> {
-    let mut file =
-        std::fs::File::create(path).with_context(|| format!("cannot create {}", path.display()))?;
+    let mut file = std::fs::File::create(path).map_err(|e| Error::io("cannot create", path, e))?;
     file.write_all(&encode_f32(shape, data))
-        .with_context(|| format!("cannot write {}", path.display()))?;
+        .map_err(|e| Error::io("cannot write", path, e))?;
     Ok(())
 }
 
@@ -119,7 +118,7 @@ pub fn decode(bytes: &[u8]) -> Result<NpyValues> {
 
 /// Reads a float32 or float64 `.npy` file as f32.
 pub fn read_float(path: &Path) -> Result<NpyArray> {
-    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let bytes = std::fs::read(path).map_err(|e| Error::io("cannot read", path, e))?;
     decode_float(&bytes).with_context(|| format!("{} is not a usable .npy file", path.display()))
 }
 

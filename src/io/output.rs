@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result};
+use crate::error::{Error, Result};
 
 /// One file of a result folder.
 pub struct OutputFile {
@@ -40,16 +40,15 @@ fn stage_and_place(
     managed: &[&str],
 ) -> Result<()> {
     std::fs::create_dir_all(staging)
-        .with_context(|| format!("cannot create a staging folder beside {}", dir.display()))?;
+        .map_err(|e| Error::io("cannot create a staging folder beside", dir, e))?;
     for file in files {
         let path = staging.join(file.name);
-        std::fs::write(&path, &file.bytes).with_context(|| {
-            format!("cannot write {} (staged for {})", file.name, dir.display())
-        })?;
+        std::fs::write(&path, &file.bytes)
+            .map_err(|e| Error::io(format!("cannot write {} staged for", file.name), dir, e))?;
     }
     if !dir.exists() {
         return std::fs::rename(staging, dir)
-            .with_context(|| format!("cannot create output folder {}", dir.display()));
+            .map_err(|e| Error::io("cannot create output folder", dir, e));
     }
     let mut placed: Vec<PathBuf> = Vec::new();
     for file in files {
@@ -58,7 +57,7 @@ fn stage_and_place(
             for path in &placed {
                 let _ = std::fs::remove_file(path);
             }
-            return Err(e).with_context(|| format!("cannot move {} into place", target.display()));
+            return Err(Error::io("cannot move into place", &target, e));
         }
         placed.push(target);
     }

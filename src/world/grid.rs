@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use anyhow::{Context, Result, bail, ensure};
+use crate::error::{Context, Error, Result, bail, ensure};
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 
@@ -204,7 +204,7 @@ impl Grid {
     /// rows of W characters; `.`, `G`, `S` passable). CRLF line endings are accepted.
     pub fn load_movingai(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path)
-            .with_context(|| format!("cannot read map file {}", path.display()))?;
+            .map_err(|e| Error::io("cannot read map file", path, e))?;
         Self::parse_movingai(&text).with_context(|| format!("invalid map file {}", path.display()))
     }
 

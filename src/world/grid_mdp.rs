@@ -4,7 +4,7 @@
 //! probability 1 - slip and along a uniformly drawn action's with probability slip, a blocked
 //! move stays; `r(s, a) = R_task(s) - cost(a)`; goals are terminal with value 0.
 
-use anyhow::{Result, ensure};
+use crate::error::{Result, ensure};
 
 use crate::world::grid_problem::GridProblem;
 use crate::world::mdp::TabularMdp;

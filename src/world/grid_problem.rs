@@ -1,7 +1,7 @@
 //! A batch of tasks over one gridworld: the map, the actions, slip, step costs and each task's
 //! goals and state reward.
 
-use anyhow::{Result, bail, ensure};
+use crate::error::{Result, bail, ensure};
 
 use super::grid::{ActionSet, Grid, MoveCost};
 

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::io::Read;
 use std::path::Path;
 
-use anyhow::{Context, Result, bail, ensure};
+use crate::error::{Context, Error, Result, bail, ensure};
 
 use crate::io::npy::{self, NpyValues};
 
@@ -42,16 +42,21 @@ pub struct TabularMdp {
 impl TabularMdp {
     /// Reads and validates an `.npz` file; errors name the file and the array.
     pub fn load_npz(path: &Path) -> Result<Self> {
-        let file = std::fs::File::open(path)
-            .with_context(|| format!("cannot read MDP file {}", path.display()))?;
+        let file =
+            std::fs::File::open(path).map_err(|e| Error::io("cannot read MDP file", path, e))?;
         let mut archive = zip::ZipArchive::new(file)
             .with_context(|| format!("{} is not an .npz (zip) archive", path.display()))?;
         let mut arrays = HashMap::new();
         for i in 0..archive.len() {
-            let mut entry = archive.by_index(i)?;
-            let name = entry.name()?.trim_end_matches(".npy").to_owned();
+            let unreadable = || format!("{}: entry {i} of the archive", path.display());
+            let mut entry = archive.by_index(i).with_context(unreadable)?;
+            let name = entry
+                .name()
+                .with_context(unreadable)?
+                .trim_end_matches(".npy")
+                .to_owned();
             let mut bytes = Vec::new();
-            entry.read_to_end(&mut bytes)?;
+            entry.read_to_end(&mut bytes).with_context(unreadable)?;
             let array = npy::decode(&bytes)
                 .with_context(|| format!("{}: array {name:?}", path.display()))?;
             arrays.insert(name, array);
@@ -133,6 +138,116 @@ impl TabularMdp {
             terminal_value: terminal_value.iter().map(|&v| v as f32).collect(),
             initial: initial.iter().map(|&v| v as f32).collect(),
         })
+    }
+
+    /// Checks that the arrays agree with each other and hold a valid MDP: every shape, a
+    /// monotone `indptr` covering `indices`, successors in range, each row a probability
+    /// distribution (non-negative, finite, summing to 1 within [`ROW_SUM_TOLERANCE`]), finite
+    /// rewards and terminal values, and a start distribution of finite non-negative entries.
+    /// Every solve runs this first, so no MDP the library accepts can panic it; errors name
+    /// the array and the index, row or task.
+    pub fn validate(&self) -> Result<()> {
+        let (s_n, a_n, b_n) = (self.states, self.actions, self.tasks);
+        ensure!(s_n > 0, "the MDP has no state (states = 0)");
+        ensure!(a_n > 0, "the MDP has no action (actions = 0)");
+        ensure!(b_n > 0, "the MDP has no task (tasks = 0)");
+        let rows = s_n.checked_mul(a_n).context("states x actions overflows")?;
+        let per_task = b_n.checked_mul(s_n).context("tasks x states overflows")?;
+        let with_actions = per_task
+            .checked_mul(a_n)
+            .context("tasks x states x actions overflows")?;
+        ensure!(
+            u32::try_from(s_n).is_ok(),
+            "{s_n} states do not fit the u32 state indices"
+        );
+        ensure!(
+            self.indptr.len() == rows + 1,
+            "indptr holds {} entries, not states x actions + 1 = {}",
+            self.indptr.len(),
+            rows + 1
+        );
+        ensure!(
+            self.indptr[0] == 0,
+            "indptr[0] is {}, not 0",
+            self.indptr[0]
+        );
+        if let Some(i) = self.indptr.windows(2).position(|w| w[1] < w[0]) {
+            bail!(
+                "indptr decreases at index {} ({} after {})",
+                i + 1,
+                self.indptr[i + 1],
+                self.indptr[i]
+            );
+        }
+        let nnz = self.indptr[rows] as usize;
+        ensure!(
+            self.indices.len() == nnz && self.probs.len() == nnz,
+            "indptr ends at {nnz} but indices holds {} and probs {} entries",
+            self.indices.len(),
+            self.probs.len()
+        );
+        if let Some(k) = self.indices.iter().position(|&j| j as usize >= s_n) {
+            bail!(
+                "indices[{k}] = {} is not a state (states = {s_n})",
+                self.indices[k]
+            );
+        }
+        for row in 0..rows {
+            let range = self.indptr[row] as usize..self.indptr[row + 1] as usize;
+            let probs: Vec<f64> = self.probs[range.clone()]
+                .iter()
+                .map(|&p| p as f64)
+                .collect();
+            let successors: Vec<f64> = self.indices[range].iter().map(|&j| j as f64).collect();
+            check_row((row / a_n, row % a_n), &probs, &successors, s_n)?;
+        }
+        for (name, len, want) in [
+            ("reward", self.reward.len(), with_actions),
+            ("terminal", self.terminal.len(), per_task),
+            ("terminal_value", self.terminal_value.len(), per_task),
+            ("initial", self.initial.len(), per_task),
+        ] {
+            ensure!(
+                len == want,
+                "{name} holds {len} entries, not the {want} its shape [B,S{}] = [{b_n}, {s_n}{}] needs",
+                if name == "reward" { ",A" } else { "" },
+                if name == "reward" {
+                    format!(", {a_n}")
+                } else {
+                    String::new()
+                }
+            );
+        }
+        if let Some(i) = self.reward.iter().position(|r| !r.is_finite()) {
+            bail!(
+                "reward at task {}, state {}, action {} is {} (rewards must be finite)",
+                i / (s_n * a_n),
+                i / a_n % s_n,
+                i % a_n,
+                self.reward[i]
+            );
+        }
+        if let Some(i) = self.terminal_value.iter().position(|v| !v.is_finite()) {
+            bail!(
+                "terminal_value at task {}, state {} is {}",
+                i / s_n,
+                i % s_n,
+                self.terminal_value[i]
+            );
+        }
+        if let Some(i) = self
+            .initial
+            .iter()
+            .position(|x| !(x.is_finite() && *x >= 0.0))
+        {
+            bail!(
+                "initial at task {}, state {} is {} (must be finite and >= 0)",
+                i / s_n,
+                i % s_n,
+                self.initial[i]
+            );
+        }
+        Ok(())
     }
 
     /// Nonzero transition entries.

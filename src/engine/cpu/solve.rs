@@ -3,7 +3,7 @@
 
 use std::time::Instant;
 
-use anyhow::Result;
+use crate::error::Result;
 
 use super::residual_reduce::SweepStats;
 use super::{grid_backup, grid_extrapolate, grid_policy, mdp_backup, mdp_occupancy, mdp_policy};
@@ -151,6 +151,7 @@ pub fn solve_mdp_cpu(
 ) -> Result<MdpSolution> {
     let start = Instant::now();
     options.validate()?;
+    mdp.validate()?;
     check_mdp_terminals(mdp, options)?;
     let inputs = MdpInputs::new(mdp, options);
     let finite = matches!(options.horizon, Horizon::Finite(_));

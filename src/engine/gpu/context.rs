@@ -1,7 +1,7 @@
 //! Adapter and device selection, honouring `WGPU_BACKEND`, `WGPU_ADAPTER_NAME` and
 //! `WGPU_POWER_PREF`.
 
-use anyhow::{Context, Result, anyhow, bail, ensure};
+use crate::error::{Error, Result};
 
 /// A wgpu adapter with its device and queue, as the engines borrow them.
 pub struct GpuContext {
@@ -29,14 +29,16 @@ impl GpuContext {
         let adapter = adapters
             .into_iter()
             .next()
-            .ok_or_else(|| anyhow!(NO_ADAPTER_HELP))?;
+            .ok_or_else(|| Error::NoAdapter(NO_ADAPTER_HELP.into()))?;
         Self::from_adapter(adapter)
     }
 
     /// A context on every adapter the environment allows, the preferred one first.
     pub fn all_from_env() -> Result<Vec<Self>> {
         let adapters = Self::adapters_from_env()?;
-        ensure!(!adapters.is_empty(), NO_ADAPTER_HELP);
+        if adapters.is_empty() {
+            return Err(Error::NoAdapter(NO_ADAPTER_HELP.into()));
+        }
         adapters.into_iter().map(Self::from_adapter).collect()
     }
 
@@ -58,7 +60,9 @@ impl GpuContext {
             let seen: Vec<String> = adapters.iter().map(|a| a.get_info().name).collect();
             adapters.retain(|a| a.get_info().name.to_lowercase().contains(&wanted));
             if adapters.is_empty() {
-                bail!("WGPU_ADAPTER_NAME={name:?} matches no adapter (found: {seen:?})");
+                return Err(Error::NoAdapter(format!(
+                    "WGPU_ADAPTER_NAME={name:?} matches no adapter (found: {seen:?})"
+                )));
             }
             return Ok(adapters);
         }
@@ -84,21 +88,19 @@ impl GpuContext {
             .flags
             .contains(wgpu::DownlevelFlags::COMPUTE_SHADERS)
         {
-            bail!(
+            return Err(Error::NoAdapter(format!(
                 "adapter {} ({:?}) has no compute shaders",
-                info.name,
-                info.backend
-            );
+                info.name, info.backend
+            )));
         }
         if !downlevel
             .flags
             .contains(wgpu::DownlevelFlags::INDIRECT_EXECUTION)
         {
-            bail!(
+            return Err(Error::NoAdapter(format!(
                 "adapter {} ({:?}) has no indirect dispatch",
-                info.name,
-                info.backend
-            );
+                info.name, info.backend
+            )));
         }
         let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
             label: Some("softvi"),
@@ -106,11 +108,11 @@ impl GpuContext {
             memory_hints: wgpu::MemoryHints::Performance,
             ..Default::default()
         }))
-        .with_context(|| {
-            format!(
-                "cannot open a device on adapter {} ({:?})",
+        .map_err(|e| {
+            Error::NoAdapter(format!(
+                "cannot open a device on adapter {} ({:?}): {e}",
                 info.name, info.backend
-            )
+            ))
         })?;
         Ok(Self {
             adapter,

@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 
-use anyhow::{Context, Result, anyhow, ensure};
+use crate::error::{Error, Result, ensure_limit};
 use bytemuck::{Pod, Zeroable};
 
 use super::context::GpuContext;
@@ -411,24 +411,22 @@ impl GpuCore {
 
     /// Fails with the limit and the size when an array of `bytes` bytes cannot be bound.
     pub fn ensure_bindable(&self, what: &str, bytes: u64) -> Result<()> {
-        ensure!(
-            bytes <= self.max_binding,
-            "{what} needs {bytes} bytes in one storage binding, over the adapter's \
-             max_storage_buffer_binding_size of {} bytes",
-            self.max_binding
-        );
-        Ok(())
+        ensure_limit(
+            bytes,
+            self.max_binding,
+            || format!("{what} in one storage binding"),
+            "the adapter's max_storage_buffer_binding_size",
+        )
     }
 
     /// Fails with the limit and the size when a buffer of `bytes` bytes cannot be made.
     pub fn ensure_buffer(&self, what: &str, bytes: u64) -> Result<()> {
-        ensure!(
-            bytes <= self.max_buffer,
-            "{what} needs a buffer of {bytes} bytes, over the adapter's max_buffer_size of {} \
-             bytes",
-            self.max_buffer
-        );
-        Ok(())
+        ensure_limit(
+            bytes,
+            self.max_buffer,
+            || format!("{what} in one buffer"),
+            "the adapter's max_buffer_size",
+        )
     }
 
     /// The check buffers of an iteration over `tasks` tasks whose sweeps run as `dispatch`
@@ -655,14 +653,14 @@ impl GpuCore {
         });
         self.device
             .poll(wgpu::PollType::wait_indefinitely())
-            .map_err(|e| anyhow!("waiting for the GPU failed: {e}"))?;
+            .map_err(|e| Error::Gpu(format!("waiting for the GPU failed: {e}")))?;
         receiver
             .recv()
-            .context("GPU readback was dropped")?
-            .map_err(|e| anyhow!("mapping a readback buffer failed: {e}"))?;
+            .map_err(|_| Error::Gpu("GPU readback was dropped".into()))?
+            .map_err(|e| Error::Gpu(format!("mapping a readback buffer failed: {e}")))?;
         let bytes = slice
             .get_mapped_range()
-            .map_err(|e| anyhow!("reading a mapped buffer failed: {e:?}"))?
+            .map_err(|e| Error::Gpu(format!("reading a mapped buffer failed: {e:?}")))?
             .to_vec();
         staging.unmap();
         Ok(bytes)

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::ops::Range;
 use std::time::Instant;
 
-use anyhow::{Context, Result, bail, ensure};
+use crate::error::{Context, Error, Result, ensure, ensure_limit};
 use bytemuck::{Pod, Zeroable};
 
 use super::context::GpuContext;
@@ -104,11 +104,12 @@ pub fn plan_bands(
     }
     let rows = (capacity / width as u64).saturating_sub(2) as usize;
     if rows == 0 {
-        bail!(
-            "a grid row of {width} cells needs {} bytes per storage binding for one row and its \
-             two neighbours, but the adapter's max_storage_buffer_binding_size is {max_binding} bytes",
+        return Err(Error::limit(
+            format!("a grid row of {width} cells with its two neighbours in one storage binding"),
             (width as u64) * bytes_per_cell * 3 + WINDOW_SLACK * bytes_per_cell,
-        );
+            "the adapter's max_storage_buffer_binding_size",
+            max_binding,
+        ));
     }
     let mut bands = Vec::new();
     for task in 0..tasks {
@@ -345,12 +346,15 @@ impl GridEngine {
     fn tasks_per_chunk(&self, cells: usize, bytes_per_cell: u64) -> Result<usize> {
         let task_bytes = cells as u64 * bytes_per_cell;
         let budget = self.core.max_buffer.min(MAX_CHUNK_BYTES);
-        ensure!(
-            task_bytes <= budget,
-            "a grid of {cells} cells needs {task_bytes} bytes per task in one array, over the \
-             limit of {budget} bytes (adapter max_buffer_size {} bytes)",
-            self.core.max_buffer
-        );
+        ensure_limit(
+            task_bytes,
+            budget,
+            || format!("a grid of {cells} cells, per task in one array,"),
+            format_args!(
+                "the per-chunk limit (adapter max_buffer_size {} bytes)",
+                self.core.max_buffer
+            ),
+        )?;
         Ok(((budget / task_bytes) as usize).min(MAX_TASKS_PER_CHUNK))
     }
 
@@ -944,12 +948,14 @@ impl GridEngine {
 
         // Forward pass: pi_t from V_{t+1} into one policy array, then D_{t+1} from D_t.
         for l in &policy_layouts {
-            ensure!(
-                l.first_cell % cells as u64 == 0 && l.end_cell % cells as u64 == 0,
-                "the forward pass needs a task's policy ({} bytes) in one storage binding, over \
-                 the adapter's max_storage_buffer_binding_size of {max_binding} bytes",
-                cells * n_actions * 4
-            );
+            if l.first_cell % cells as u64 != 0 || l.end_cell % cells as u64 != 0 {
+                return Err(Error::limit(
+                    "the forward pass, a task's policy in one storage binding,",
+                    (cells * n_actions * 4) as u64,
+                    "the adapter's max_storage_buffer_binding_size",
+                    max_binding,
+                ));
+            }
         }
         let outputs = forward.outputs;
         if outputs.all_steps {

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::ops::Range;
 use std::time::Instant;
 
-use anyhow::{Context, Result, ensure};
+use crate::error::{Context, Error, Result, ensure_limit};
 use bytemuck::{Pod, Zeroable};
 
 use super::context::GpuContext;
@@ -125,11 +125,14 @@ pub fn plan_mdp_bands(
     max_binding: u64,
 ) -> Result<Vec<MdpBand>> {
     let cap = max_binding.saturating_sub(ALIGN_SLACK);
-    ensure!(
-        whole_task_bytes <= cap,
-        "an MDP of {states} states needs {whole_task_bytes} bytes per task in one storage \
-         binding, over the adapter's max_storage_buffer_binding_size of {max_binding} bytes"
-    );
+    if whole_task_bytes > cap {
+        return Err(Error::limit(
+            format!("an MDP of {states} states, per task in one storage binding,"),
+            whole_task_bytes,
+            "the adapter's max_storage_buffer_binding_size",
+            max_binding,
+        ));
+    }
     let task_bytes = whole_task_bytes.max(states as u64 * bytes_per_state);
     if task_bytes <= cap && entries_before(states) * 4 <= cap {
         let per_band = ((cap / task_bytes.max(1)) as usize).clamp(1, 65_535);
@@ -150,11 +153,14 @@ pub fn plan_mdp_bands(
     let mut ranges = Vec::new();
     let mut s0 = 0;
     while s0 < states {
-        ensure!(
-            fits(s0, s0 + 1),
-            "state {s0} alone needs more than the adapter's max_storage_buffer_binding_size \
-             of {max_binding} bytes for its transitions"
-        );
+        if !fits(s0, s0 + 1) {
+            return Err(Error::limit(
+                format!("state {s0} alone, with its transitions,"),
+                (bytes_per_state + (entries_before(s0 + 1) - entries_before(s0)) * 4).max(cap + 1),
+                "the adapter's max_storage_buffer_binding_size",
+                max_binding,
+            ));
+        }
         // Largest fitting range by doubling, then bisection.
         let (mut lo, mut step) = (s0 + 1, 1usize);
         while lo < states && fits(s0, (lo + step).min(states)) {
@@ -409,6 +415,7 @@ impl MdpEngine {
     ) -> Result<MdpSolution> {
         let start = Instant::now();
         options.validate()?;
+        mdp.validate()?;
         check_mdp_terminals(mdp, options)?;
         let inputs = MdpInputs::new(mdp, options);
         let finite = matches!(options.horizon, Horizon::Finite(_));
@@ -426,17 +433,22 @@ impl MdpEngine {
             task_bytes = task_bytes.max(mdp.nonzeros() as u64 * 4);
         }
         let budget = self.core.max_buffer.min(MAX_CHUNK_BYTES);
-        ensure!(
-            task_bytes <= budget,
-            "an MDP of {s} states and {a} actions{} needs {task_bytes} bytes per task in one \
-             buffer, over the limit of {budget} bytes (adapter max_buffer_size {} bytes)",
-            if keep_steps {
-                format!(" kept over {} steps", horizon + 1)
-            } else {
-                String::new()
+        ensure_limit(
+            task_bytes,
+            budget,
+            || {
+                let kept = if keep_steps {
+                    format!(" kept over {} steps", horizon + 1)
+                } else {
+                    String::new()
+                };
+                format!("an MDP of {s} states and {a} actions{kept}, per task in one buffer,")
             },
-            self.core.max_buffer
-        );
+            format_args!(
+                "the per-chunk limit (adapter max_buffer_size {} bytes)",
+                self.core.max_buffer
+            ),
+        )?;
         let per_chunk = ((budget / task_bytes) as usize).clamp(1, MAX_TASKS_PER_CHUNK);
         let dynamics = self.upload_dynamics(mdp, outputs.occupancy)?;
 

@@ -3,7 +3,7 @@
 
 use std::time::Instant;
 
-use anyhow::{Context, Result, ensure};
+use crate::error::{Context, Error, Result, ensure};
 
 use super::grid_engine::GridEngine;
 use crate::engine::options::SolveOptions;
@@ -44,11 +44,14 @@ pub fn solve_sharded(
             .collect();
         handles
             .into_iter()
-            .map(|h| h.join().expect("shard thread panicked"))
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err(Error::Gpu("a shard's thread panicked".into())))
+            })
             .collect()
     });
     let mut parts = results.into_iter().collect::<Result<Vec<_>>>()?.into_iter();
-    let mut merged = parts.next().expect("at least one shard");
+    let mut merged = parts.next().context("no shard ran")?;
     for part in parts {
         merged.values.extend(part.values);
         merged.policy = match (merged.policy, part.policy) {

@@ -1,6 +1,6 @@
 //! The task posterior on the GPU: `shaders/task_posterior.wgsl`.
 
-use anyhow::{Result, ensure};
+use crate::error::{Result, ensure};
 use bytemuck::{Pod, Zeroable};
 
 use super::context::GpuContext;

@@ -1,0 +1,151 @@
+//! Typed errors: a caller tells a missing adapter from bad input, a file it cannot read and a
+//! request past a limit by the variant, not the message; a hand-built `TabularMdp` that
+//! breaks any invariant is refused by every solve instead of panicking.
+
+mod common;
+
+use std::path::Path;
+
+use softvi::{Error, Horizon, MdpOutputs, SolveOptions, TabularMdp, solve_mdp_cpu};
+
+/// A valid 3-state, 2-action chain with one task; each test breaks one field of it.
+fn chain() -> TabularMdp {
+    // s0 -a0-> s1, s0 -a1-> s0; s1 -a0-> s2 (0.5) / s1 (0.5), s1 -a1-> s0; s2 absorbing.
+    TabularMdp {
+        states: 3,
+        actions: 2,
+        tasks: 1,
+        indptr: vec![0, 1, 2, 4, 5, 6, 7],
+        indices: vec![1, 0, 2, 1, 0, 2, 2],
+        probs: vec![1.0, 1.0, 0.5, 0.5, 1.0, 1.0, 1.0],
+        reward: vec![-1.0; 6],
+        terminal: vec![false, false, true],
+        terminal_value: vec![0.0; 3],
+        initial: vec![1.0, 0.0, 0.0],
+    }
+}
+
+fn options() -> SolveOptions {
+    SolveOptions {
+        gamma: 0.9,
+        horizon: Horizon::Finite(4),
+        ..SolveOptions::default()
+    }
+}
+
+#[test]
+fn a_valid_mdp_solves() {
+    let mdp = chain();
+    mdp.validate().unwrap();
+    let one_step = SolveOptions {
+        horizon: Horizon::Finite(1),
+        ..options()
+    };
+    let solved = solve_mdp_cpu(&mdp, &one_step, MdpOutputs::default()).unwrap();
+    // One backup from V_1 = 0 at alpha = 1: V_0 = log(2 e^-1) = ln 2 - 1 on s0 and s1 (both
+    // actions cost 1); s2 keeps its terminal value. f32 output: 1e-6.
+    let expected = [2f64.ln() - 1.0, 2f64.ln() - 1.0, 0.0];
+    for (v, e) in solved.solution.values.iter().zip(expected) {
+        assert!((*v as f64 - e).abs() < 1e-6, "{v} vs {e}");
+    }
+}
+
+/// Each broken field is an `InvalidInput` naming the array (and index), from `validate`, the
+/// CPU solve and, where an adapter exists, the GPU solve alike.
+#[test]
+fn broken_mdps_are_invalid_input_naming_the_array() {
+    type Break = fn(&mut TabularMdp);
+    let cases: [(&str, Break, &str); 9] = [
+        (
+            "indptr too short",
+            |m| m.indptr.pop().map(drop).unwrap_or(()),
+            "indptr holds 6",
+        ),
+        (
+            "indptr decreasing",
+            |m| m.indptr[2] = 0,
+            "indptr decreases at index 2",
+        ),
+        (
+            "indptr past indices",
+            |m| m.indptr[6] = 9,
+            "indptr ends at 9",
+        ),
+        (
+            "successor out of range",
+            |m| m.indices[3] = 7,
+            "indices[3] = 7",
+        ),
+        ("row sum", |m| m.probs[2] = 0.25, "sums to 0.75"),
+        ("negative probability", |m| m.probs[0] = -1.0, "is negative"),
+        (
+            "reward length",
+            |m| m.reward.truncate(5),
+            "reward holds 5 entries",
+        ),
+        (
+            "non-finite reward",
+            |m| m.reward[3] = f32::NAN,
+            "state 1, action 1",
+        ),
+        (
+            "initial",
+            |m| m.initial[1] = -0.5,
+            "initial at task 0, state 1",
+        ),
+    ];
+    let mut engine = common::gpu().map(|ctx| softvi::MdpEngine::new(ctx).unwrap());
+    for (what, break_it, expected) in cases {
+        let mut mdp = chain();
+        break_it(&mut mdp);
+        let mut errors = vec![
+            mdp.validate().unwrap_err(),
+            solve_mdp_cpu(&mdp, &options(), MdpOutputs::default()).unwrap_err(),
+        ];
+        if let Some(engine) = engine.as_mut() {
+            errors.push(
+                engine
+                    .solve(&mdp, &options(), MdpOutputs::default())
+                    .unwrap_err(),
+            );
+        }
+        for error in errors {
+            match &error {
+                Error::InvalidInput(message) => {
+                    assert!(message.contains(expected), "{what}: {message}")
+                }
+                other => panic!("{what}: expected InvalidInput, got {other:?}"),
+            }
+        }
+    }
+}
+
+#[test]
+fn a_missing_file_is_an_io_error_with_its_path() {
+    let path = Path::new("tests/data/no-such-world.npz");
+    match TabularMdp::load_npz(path).unwrap_err() {
+        Error::Io {
+            path: p, source, ..
+        } => {
+            assert_eq!(p, path);
+            assert_eq!(source.kind(), std::io::ErrorKind::NotFound);
+        }
+        other => panic!("expected Io, got {other:?}"),
+    }
+    match softvi::Grid::load_movingai(Path::new("tests/data/maps/none.map")).unwrap_err() {
+        Error::Io { .. } => {}
+        other => panic!("expected Io, got {other:?}"),
+    }
+}
+
+#[test]
+fn bad_settings_are_invalid_input() {
+    let bad = SolveOptions {
+        alpha: -1.0,
+        ..options()
+    };
+    assert!(matches!(
+        solve_mdp_cpu(&chain(), &bad, MdpOutputs::default()),
+        Err(Error::InvalidInput(m)) if m.contains("--alpha")
+    ));
+}
