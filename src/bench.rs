@@ -11,7 +11,7 @@ use rand::{RngExt, SeedableRng};
 
 use crate::engine::cpu::{solve_cpu, solve_mdp_cpu};
 use crate::engine::gpu::{GridEngine, MdpEngine};
-use crate::engine::options::{Backup, Horizon, MdpOutputs, SolveOptions};
+use crate::engine::options::{Backup, Horizon, Outputs, SolveOptions};
 use crate::world::grid::{ActionSet, Connectivity, Grid, MoveCost};
 use crate::world::grid_problem::{GridProblem, GridTask};
 use crate::world::mdp::TabularMdp;
@@ -291,7 +291,7 @@ pub fn measure_mdp_gpu(
                 .solve(
                     mdp,
                     &reference_options(Horizon::Finite(t)),
-                    MdpOutputs::default(),
+                    Outputs::default(),
                 )
                 .map(|_| ())
                 .context("GPU MDP bench solve")
@@ -310,7 +310,7 @@ pub fn measure_mdp_cpu(mdp: &TabularMdp, sweeps: u32) -> Result<Measurement> {
             solve_mdp_cpu(
                 mdp,
                 &reference_options(Horizon::Finite(t)),
-                MdpOutputs::default(),
+                Outputs::default(),
             )
             .map(|_| ())
         },
@@ -376,7 +376,7 @@ pub fn irl_workload() -> Result<IrlWorkload> {
     let solved = solve_mdp_cpu(
         &truth,
         &options,
-        MdpOutputs {
+        Outputs {
             all_steps: true,
             occupancy: false,
         },

@@ -50,7 +50,8 @@ pub use engine::gpu::{
     EngineOptions, GpuContext, GridEngine, MdpEngine, TaskPosterior, solve_sharded,
 };
 pub use engine::{
-    Backup, Horizon, MdpOutputs, MdpSolution, Occupancy, Solution, SolveOptions, Status, TimeSteps,
+    Backup, CpuReference, GpuSolver, GridKernelsOnMdp, GridSolver, Horizon, MdpSolution, MdpSolver,
+    Occupancy, Outputs, ShardedSolver, Solution, SolveOptions, Status, TimeSteps,
 };
 pub use error::{Error, Result};
 /// The wgpu version softvi is built on, for callers that pick adapters themselves.

@@ -6,7 +6,7 @@ mod common;
 
 use std::path::Path;
 
-use softvi::{Error, Horizon, MdpOutputs, SolveOptions, TabularMdp, solve_mdp_cpu};
+use softvi::{Error, Horizon, Outputs, SolveOptions, TabularMdp, solve_mdp_cpu};
 
 /// A valid 3-state, 2-action chain with one task; each test breaks one field of it.
 fn chain() -> TabularMdp {
@@ -41,7 +41,7 @@ fn a_valid_mdp_solves() {
         horizon: Horizon::Finite(1),
         ..options()
     };
-    let solved = solve_mdp_cpu(&mdp, &one_step, MdpOutputs::default()).unwrap();
+    let solved = solve_mdp_cpu(&mdp, &one_step, Outputs::default()).unwrap();
     // One backup from V_1 = 0 at alpha = 1: V_0 = log(2 e^-1) = ln 2 - 1 on s0 and s1 (both
     // actions cost 1); s2 keeps its terminal value. f32 output: 1e-6.
     let expected = [2f64.ln() - 1.0, 2f64.ln() - 1.0, 0.0];
@@ -100,12 +100,12 @@ fn broken_mdps_are_invalid_input_naming_the_array() {
         break_it(&mut mdp);
         let mut errors = vec![
             mdp.validate().unwrap_err(),
-            solve_mdp_cpu(&mdp, &options(), MdpOutputs::default()).unwrap_err(),
+            solve_mdp_cpu(&mdp, &options(), Outputs::default()).unwrap_err(),
         ];
         if let Some(engine) = engine.as_mut() {
             errors.push(
                 engine
-                    .solve(&mdp, &options(), MdpOutputs::default())
+                    .solve(&mdp, &options(), Outputs::default())
                     .unwrap_err(),
             );
         }
@@ -145,7 +145,7 @@ fn bad_settings_are_invalid_input() {
         ..options()
     };
     assert!(matches!(
-        solve_mdp_cpu(&chain(), &bad, MdpOutputs::default()),
+        solve_mdp_cpu(&chain(), &bad, Outputs::default()),
         Err(Error::InvalidInput(m)) if m.contains("--alpha")
     ));
 }

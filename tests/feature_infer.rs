@@ -9,7 +9,7 @@ use softvi::infer::{Observation, check_possible, posterior_inputs};
 use softvi::sample::{ENDED, sample};
 use softvi::world::grid_mdp::GridMdp;
 use softvi::{
-    Grid, GridProblem, GridTask, Horizon, MdpEngine, MdpOutputs, SolveOptions, TaskPosterior,
+    Grid, GridProblem, GridTask, Horizon, MdpEngine, Outputs, SolveOptions, TaskPosterior,
     engine::cpu as reference, solve_mdp_cpu,
 };
 
@@ -84,11 +84,11 @@ fn own_task_wins_on_sampled_trajectories() {
     let world = corner_goals();
     let mdp = &world.mdp;
     let o = options();
-    let cpu = solve_mdp_cpu(mdp, &o, MdpOutputs::default()).unwrap();
+    let cpu = solve_mdp_cpu(mdp, &o, Outputs::default()).unwrap();
     let mut gpu_parts = common::gpu().map(|ctx| {
         let solved = MdpEngine::new(ctx)
             .unwrap()
-            .solve(mdp, &o, MdpOutputs::default())
+            .solve(mdp, &o, Outputs::default())
             .unwrap();
         (solved, TaskPosterior::new(ctx).unwrap())
     });
@@ -139,7 +139,7 @@ fn impossible_steps_zero_some_tasks_or_fail_clearly() {
     let world = corner_goals();
     let mdp = &world.mdp;
     let o = options();
-    let cpu = solve_mdp_cpu(mdp, &o, MdpOutputs::default()).unwrap();
+    let cpu = solve_mdp_cpu(mdp, &o, Outputs::default()).unwrap();
     let policy = cpu.solution.policy.as_ref().unwrap();
     let state = |x: usize, y: usize| world.state_of_cell[y * 41 + x] as usize;
     let obs = |cells: &[(usize, usize)]| -> Vec<Observation> {

@@ -15,8 +15,9 @@ use softvi::irl::{
 use softvi::sample::sample;
 use softvi::world::grid_mdp::GridMdp;
 use softvi::{
-    ActionSet, Connectivity, Grid, GridEngine, GridProblem, GridTask, Horizon, MdpEngine,
-    MdpOutputs, MdpSolution, MoveCost, SolveOptions, TabularMdp, solve_mdp_cpu,
+    ActionSet, Connectivity, CpuReference, GpuSolver, Grid, GridKernelsOnMdp, GridProblem,
+    GridTask, Horizon, MdpSolution, MdpSolver, MoveCost, Outputs, SolveOptions, TabularMdp,
+    solve_mdp_cpu,
 };
 
 const HORIZON: usize = 12;
@@ -78,7 +79,7 @@ fn demos(world: &TabularMdp, features: &[f32], theta: &[f64], episodes: usize, s
     let solved = solve_mdp_cpu(
         &truth,
         &o,
-        MdpOutputs {
+        Outputs {
             all_steps: true,
             occupancy: false,
         },
@@ -95,28 +96,46 @@ fn demos(world: &TabularMdp, features: &[f32], theta: &[f64], episodes: usize, s
     }
 }
 
-type Solver<'a> =
-    Box<dyn FnMut(&TabularMdp, &SolveOptions, MdpOutputs) -> softvi::Result<MdpSolution> + 'a>;
+/// The grid kernels on the test world's MDPs, owning what [`GridKernelsOnMdp`] borrows.
+struct OnGrid {
+    solver: GpuSolver,
+    world: GridMdp,
+    template: GridProblem,
+}
+
+impl MdpSolver for OnGrid {
+    fn label(&self) -> String {
+        "grid kernels".into()
+    }
+
+    fn solve_mdp(
+        &mut self,
+        mdp: &TabularMdp,
+        options: &SolveOptions,
+        outputs: Outputs,
+        progress: &mut dyn FnMut(&softvi::engine::Progress),
+    ) -> softvi::Result<MdpSolution> {
+        GridKernelsOnMdp {
+            solver: &mut self.solver,
+            world: &self.world,
+            template: &self.template,
+        }
+        .solve_mdp(mdp, options, outputs, progress)
+    }
+}
 
 /// The CPU reference, and on the GPU the CSR kernels and the grid kernels.
-fn solvers() -> Vec<(&'static str, Solver<'static>)> {
-    let mut all: Vec<(&str, Solver)> = vec![(
-        "cpu",
-        Box::new(|m: &TabularMdp, o: &SolveOptions, x| solve_mdp_cpu(m, o, x)),
-    )];
+fn solvers() -> Vec<(&'static str, Box<dyn MdpSolver>)> {
+    let mut all: Vec<(&str, Box<dyn MdpSolver>)> = vec![("cpu", Box::new(CpuReference))];
     if let Some(ctx) = common::gpu() {
-        let mut engine = MdpEngine::new(ctx).unwrap();
-        all.push((
-            "gpu",
-            Box::new(move |m: &TabularMdp, o: &SolveOptions, x| engine.solve(m, o, x)),
-        ));
-        let mut grid_engine = GridEngine::new(ctx).unwrap();
+        all.push(("gpu", Box::new(GpuSolver::new(ctx.clone()))));
         let (world, _) = world();
-        let template = grid_problem();
         all.push((
             "gpu-grid",
-            Box::new(move |m: &TabularMdp, o: &SolveOptions, x| {
-                grid_engine.solve_grid_mdp(&world, &template, m, o, x)
+            Box::new(OnGrid {
+                solver: GpuSolver::new(ctx.clone()),
+                world,
+                template: grid_problem(),
             }),
         ));
     }
@@ -135,13 +154,13 @@ fn learned_reward_explains_held_out_demos() {
         iters: 400,
         tol: 1e-3,
     };
-    for (name, mut solve) in solvers() {
+    for (name, mut solver) in solvers() {
         let result = learn(
             &world.mdp,
             &features,
             &train,
             &irl,
-            &mut *solve,
+            &mut *solver,
             &mut |_, _| {},
         )
         .unwrap();
@@ -182,7 +201,7 @@ fn learned_reward_explains_held_out_demos() {
                 &[0.0; 6],
                 theta,
                 &options(),
-                &mut *solve,
+                &mut *solver,
             )
             .unwrap();
             demo_log_likelihood(&mdp, &options(), &solved, &held_out).unwrap()
@@ -285,7 +304,7 @@ fn one_gradient_matches_a_dense_computation() {
     );
     let theta = [0.2, -0.1, 0.3, -0.4, 0.5, 0.1];
     let demo_features = demo_feature_expectations(&features, world.mdp.states, &train, 1.0);
-    for (name, mut solve) in solvers() {
+    for (name, mut solver) in solvers() {
         let (mdp, _, model, grad) = gradient(
             &world.mdp,
             &features,
@@ -293,7 +312,7 @@ fn one_gradient_matches_a_dense_computation() {
             &demo_features,
             &theta,
             &options(),
-            &mut *solve,
+            &mut *solver,
         )
         .unwrap();
         for m in 0..2 {
@@ -338,7 +357,7 @@ fn discounted_irl_matches_discounted_feature_expectations() {
     };
     // Demos from the true reward's stationary policy.
     let true_mdp = linear_reward_mdp(&world.mdp, &features, 1, &truth).unwrap();
-    let solved = solve_mdp_cpu(&true_mdp, &o, MdpOutputs::default()).unwrap();
+    let solved = solve_mdp_cpu(&true_mdp, &o, Outputs::default()).unwrap();
     let policy = solved.solution.policy.unwrap();
     let draw = |seed| {
         let s = sample(&true_mdp, &policy, 1, 3000, steps, seed).unwrap();
@@ -357,13 +376,13 @@ fn discounted_irl_matches_discounted_feature_expectations() {
         iters: 400,
         tol: 2e-3,
     };
-    for (name, mut solve) in solvers().into_iter().filter(|(n, _)| *n != "gpu-grid") {
+    for (name, mut solver) in solvers().into_iter().filter(|(n, _)| *n != "gpu-grid") {
         let result = learn(
             &world.mdp,
             &features,
             &train,
             &irl,
-            &mut *solve,
+            &mut *solver,
             &mut |_, _| {},
         )
         .unwrap();
@@ -387,7 +406,7 @@ fn discounted_irl_matches_discounted_feature_expectations() {
                 &[0.0; 3],
                 theta,
                 &o,
-                &mut *solve,
+                &mut *solver,
             )
             .unwrap();
             demo_log_likelihood(&mdp, &o, &solved, &held_out).unwrap()[0]

@@ -6,7 +6,7 @@
 mod common;
 
 use softvi::bench::sparse_mdp;
-use softvi::{Horizon, MdpEngine, MdpOutputs, SolveOptions, solve_mdp_cpu};
+use softvi::{Horizon, MdpEngine, Outputs, SolveOptions, solve_mdp_cpu};
 
 #[test]
 fn million_state_mdp_solves_with_occupancy() {
@@ -21,7 +21,7 @@ fn million_state_mdp_solves_with_occupancy() {
         horizon: Horizon::Finite(3),
         ..SolveOptions::default()
     };
-    let outputs = MdpOutputs {
+    let outputs = Outputs {
         all_steps: false,
         occupancy: true,
     };

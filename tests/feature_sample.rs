@@ -6,10 +6,10 @@
 mod common;
 
 use softvi::sample::{ENDED, sample};
-use softvi::{Horizon, MdpEngine, MdpOutputs, MdpSolution, SolveOptions, solve_mdp_cpu};
+use softvi::{Horizon, MdpEngine, MdpSolution, Outputs, SolveOptions, solve_mdp_cpu};
 
 /// Solves on the CPU reference and, when an adapter exists, on the GPU.
-fn solves(mdp: &softvi::TabularMdp, o: &SolveOptions, outputs: MdpOutputs) -> Vec<MdpSolution> {
+fn solves(mdp: &softvi::TabularMdp, o: &SolveOptions, outputs: Outputs) -> Vec<MdpSolution> {
     let mut all = vec![solve_mdp_cpu(mdp, o, outputs).unwrap()];
     if let Some(ctx) = common::gpu() {
         all.push(MdpEngine::new(ctx).unwrap().solve(mdp, o, outputs).unwrap());
@@ -27,7 +27,7 @@ fn finite_horizon_visits_match_the_occupancy() {
         horizon: Horizon::Finite(horizon as u32),
         ..SolveOptions::default()
     };
-    let outputs = MdpOutputs {
+    let outputs = Outputs {
         all_steps: true,
         occupancy: true,
     };
@@ -92,7 +92,7 @@ fn discounted_visits_match_the_discounted_occupancy() {
         },
         ..SolveOptions::default()
     };
-    let outputs = MdpOutputs {
+    let outputs = Outputs {
         all_steps: false,
         occupancy: true,
     };

@@ -5,7 +5,7 @@ mod common;
 
 use softvi::world::grid_mdp::GridMdp;
 use softvi::{
-    Backup, Connectivity, Horizon, MdpEngine, MdpOutputs, SolveOptions, solve_cpu, solve_mdp_cpu,
+    Backup, Connectivity, Horizon, MdpEngine, Outputs, SolveOptions, solve_cpu, solve_mdp_cpu,
 };
 
 /// Action sets, slips and backups every grid-as-MDP test runs: (connectivity, STAY, slip,
@@ -40,7 +40,7 @@ fn grid_as_mdp_solves_like_the_grid() {
             };
             let what = format!("case {i} {horizon:?}");
             let grid = solve_cpu(&problem, &o).unwrap();
-            let cpu = solve_mdp_cpu(&grid_mdp.mdp, &o, MdpOutputs::default()).unwrap();
+            let cpu = solve_mdp_cpu(&grid_mdp.mdp, &o, Outputs::default()).unwrap();
             let values = grid_mdp.to_cells(&cpu.solution.values, 1);
             let policy = grid_mdp.to_cells(
                 cpu.solution.policy.as_ref().unwrap(),
@@ -58,9 +58,7 @@ fn grid_as_mdp_solves_like_the_grid() {
             let dp = common::max_abs_error(&policy, grid.policy.as_ref().unwrap());
             assert!(dp <= bound, "{what}: CPU policy differs by {dp}");
             if let Some(engine) = &mut engine {
-                let gpu = engine
-                    .solve(&grid_mdp.mdp, &o, MdpOutputs::default())
-                    .unwrap();
+                let gpu = engine.solve(&grid_mdp.mdp, &o, Outputs::default()).unwrap();
                 let values = grid_mdp.to_cells(&gpu.solution.values, 1);
                 // f32 sweeps against f64 ones, stopped within tol 1e-7 (gamma 0.95).
                 let dv = common::max_relative_error(&values, &grid.values);
@@ -95,7 +93,7 @@ fn grid_forward_pass_matches_the_mdp_path() {
             horizon: Horizon::Finite(horizon),
             ..SolveOptions::default()
         };
-        let outputs = MdpOutputs {
+        let outputs = Outputs {
             all_steps: true,
             occupancy: true,
         };
@@ -188,7 +186,7 @@ fn grid_forward_pass_names_the_binding_limit() {
         ..SolveOptions::default()
     };
     let start = softvi::world::grid_mdp::start_distribution(&problem, None).unwrap();
-    let outputs = MdpOutputs {
+    let outputs = Outputs {
         all_steps: false,
         occupancy: true,
     };

@@ -9,7 +9,7 @@ use std::collections::HashMap;
 
 use softvi::world::mdp::TabularMdp;
 use softvi::{
-    Backup, EngineOptions, Horizon, MdpEngine, MdpOutputs, MdpSolution, SolveOptions, Status,
+    Backup, EngineOptions, Horizon, MdpEngine, MdpSolution, Outputs, SolveOptions, Status,
     solve_mdp_cpu,
 };
 
@@ -137,7 +137,7 @@ fn infinite_horizon_matches_reference() {
     };
     // 301 states: not a multiple of the 64-wide workgroup.
     let mdp = common::random_mdp(301, 4, 3, true, 11);
-    let outputs = MdpOutputs {
+    let outputs = Outputs {
         all_steps: false,
         occupancy: true,
     };
@@ -189,7 +189,7 @@ fn finite_horizon_every_step_matches_reference_and_dense_forward_pass() {
     let horizon = 7;
     for (terminals, gamma) in [(false, 1.0), (true, 0.95)] {
         let mdp = common::random_mdp(157, 3, 2, terminals, 5);
-        let outputs = MdpOutputs {
+        let outputs = Outputs {
             all_steps: true,
             occupancy: true,
         };
@@ -219,7 +219,7 @@ fn finite_horizon_every_step_matches_reference_and_dense_forward_pass() {
                     horizon: Horizon::Finite((horizon - t) as u32),
                     ..o
                 };
-                let v0 = solve_mdp_cpu(&mdp, &shorter, MdpOutputs::default()).unwrap();
+                let v0 = solve_mdp_cpu(&mdp, &shorter, Outputs::default()).unwrap();
                 let steps = &gpu.steps.as_ref().unwrap().values;
                 for task in 0..mdp.tasks {
                     let v_t = &steps[(task * (horizon + 1) + t) * mdp.states..][..mdp.states];
@@ -309,7 +309,7 @@ fn dead_ends_are_excluded_at_gamma_one() {
     let mdp = TabularMdp::from_arrays(&arrays).unwrap();
     for backup in [Backup::Expected, Backup::Optimistic] {
         let o = infinite(0.5, 1.0, backup);
-        let outputs = MdpOutputs {
+        let outputs = Outputs {
             all_steps: false,
             occupancy: true,
         };
@@ -346,7 +346,7 @@ fn state_bands_and_task_chunks_match_reference() {
         for (horizon, outputs) in [
             (
                 Horizon::Finite(6),
-                MdpOutputs {
+                Outputs {
                     all_steps: true,
                     occupancy: true,
                 },
@@ -356,7 +356,7 @@ fn state_bands_and_task_chunks_match_reference() {
                     tol: 1e-6,
                     max_iters: 10_000,
                 },
-                MdpOutputs {
+                Outputs {
                     all_steps: false,
                     occupancy: true,
                 },

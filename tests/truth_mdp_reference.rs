@@ -9,7 +9,7 @@ use rand::{RngExt, SeedableRng};
 use softvi::io::npy::NpyValues;
 use softvi::solve_mdp_cpu;
 use softvi::world::mdp::TabularMdp;
-use softvi::{Backup, Horizon, MdpOutputs, SolveOptions, Status};
+use softvi::{Backup, Horizon, Outputs, SolveOptions, Status};
 
 fn array(shape: Vec<usize>, data: Vec<f64>) -> NpyValues {
     NpyValues {
@@ -113,7 +113,7 @@ fn finite_horizon_matches_a_dense_computation() {
                 policy: true,
                 extrapolate: true,
             };
-            let solution = solve_mdp_cpu(&mdp, &o, MdpOutputs::default())
+            let solution = solve_mdp_cpu(&mdp, &o, Outputs::default())
                 .unwrap()
                 .solution;
             assert_eq!(solution.status, vec![Status::Horizon; 2]);
@@ -169,7 +169,7 @@ fn optimistic_value_is_the_log_partition_over_trajectories() {
         policy: false,
         extrapolate: true,
     };
-    let solution = solve_mdp_cpu(&mdp, &o, MdpOutputs::default())
+    let solution = solve_mdp_cpu(&mdp, &o, Outputs::default())
         .unwrap()
         .solution;
     for start in 1..4 {
@@ -219,7 +219,7 @@ fn infinite_horizon_satisfies_the_bellman_equation() {
             policy: false,
             extrapolate: true,
         };
-        let solution = solve_mdp_cpu(&mdp, &o, MdpOutputs::default())
+        let solution = solve_mdp_cpu(&mdp, &o, Outputs::default())
             .unwrap()
             .solution;
         assert_eq!(solution.status, vec![Status::Converged; 2]);
@@ -269,7 +269,7 @@ fn dead_ends_are_excluded_when_undiscounted() {
         policy: true,
         extrapolate: true,
     };
-    let s = solve_mdp_cpu(&mdp, &o, MdpOutputs::default())
+    let s = solve_mdp_cpu(&mdp, &o, Outputs::default())
         .unwrap()
         .solution;
     assert_eq!(s.unreachable, vec![1]);
@@ -285,7 +285,7 @@ fn dead_ends_are_excluded_when_undiscounted() {
     let err = solve_mdp_cpu(
         &TabularMdp::from_arrays(&no_terminal).unwrap(),
         &o,
-        MdpOutputs::default(),
+        Outputs::default(),
     )
     .unwrap_err();
     assert!(err.to_string().contains("needs terminal states"), "{err}");

@@ -9,8 +9,9 @@ use crate::error::{Context, Result, bail, ensure};
 
 use crate::analysis::sample::ENDED;
 use crate::engine::cpu::csr_action_values;
-use crate::engine::options::{Horizon, MdpOutputs, SolveOptions};
+use crate::engine::options::{Horizon, Outputs, SolveOptions};
 use crate::engine::solution::{MdpSolution, Status};
+use crate::engine::solver::MdpSolver;
 use crate::world::mdp::TabularMdp;
 
 /// Demonstrations: M sets of N episodes of T steps over the MDP's states.
@@ -320,7 +321,7 @@ pub fn gradient(
     demo_features: &[f64],
     theta: &[f64],
     options: &SolveOptions,
-    solve: &mut dyn FnMut(&TabularMdp, &SolveOptions, MdpOutputs) -> Result<MdpSolution>,
+    solver: &mut dyn MdpSolver,
 ) -> Result<(TabularMdp, MdpSolution, Vec<f64>, Vec<f64>)> {
     let mdp = irl_mdp(world, features, demos, theta)?;
     let finite = matches!(options.horizon, Horizon::Finite(_));
@@ -330,11 +331,11 @@ pub fn gradient(
         policy: !finite,
         ..*options
     };
-    let outputs = MdpOutputs {
+    let outputs = Outputs {
         all_steps: finite,
         occupancy: true,
     };
-    let solved = solve(&mdp, &solve_options, outputs)?;
+    let solved = solver.solve_mdp(&mdp, &solve_options, outputs, &mut |_| {})?;
     ensure!(
         !solved.solution.status.contains(&Status::Diverged),
         "the soft value iteration diverged at this theta; lower the learning rate or use \
@@ -360,7 +361,7 @@ pub fn learn(
     features: &[f32],
     demos: &Demos,
     options: &IrlOptions,
-    solve: &mut dyn FnMut(&TabularMdp, &SolveOptions, MdpOutputs) -> Result<MdpSolution>,
+    solver: &mut dyn MdpSolver,
     progress: &mut dyn FnMut(u32, &IrlStep),
 ) -> Result<IrlResult> {
     let s_n = world.states;
@@ -409,7 +410,7 @@ pub fn learn(
             &demo_features,
             &theta,
             &options.solve,
-            solve,
+            solver,
         )?;
         let solve_seconds = start.elapsed().as_secs_f64();
         let norms: Vec<f64> = grad

@@ -10,7 +10,7 @@ use serde_json::json;
 
 use super::{BackendArg, IterationArgs, MdpWorld, WorldArgs, add_run_json, run_mdp_backend};
 use softvi::analysis::infer::{Observation, check_possible, posterior_inputs};
-use softvi::engine::options::{Horizon, MdpOutputs};
+use softvi::engine::options::{Horizon, Outputs};
 use softvi::io::npy;
 use softvi::io::output::{OutputFile, write_folder};
 
@@ -135,7 +135,7 @@ pub fn infer_command(args: &InferArgs) -> Result<i32> {
     };
     let options = args.iteration.options(true)?;
     let finite = matches!(options.horizon, Horizon::Finite(_));
-    let outputs = MdpOutputs {
+    let outputs = Outputs {
         all_steps: finite,
         occupancy: false,
     };

@@ -7,6 +7,7 @@ use std::time::Instant;
 use anyhow::{Context, Result, ensure};
 use clap::Args;
 use serde_json::json;
+use softvi::{CpuReference, GpuSolver, GridKernelsOnMdp, MdpSolver};
 
 use super::{BackendArg, BackupArg, MdpWorld, WorldArgs, adapter_json};
 use softvi::analysis::irl::{Demos, IrlOptions, learn};
@@ -230,48 +231,30 @@ pub fn irl_command(args: &IrlArgs) -> Result<i32> {
             );
         }
     };
+    let mut learn_with = |solver: &mut dyn MdpSolver| {
+        learn(&world.mdp, &features, &demos, &options, solver, &mut report)
+    };
     let (result, adapter) = match args.backend {
         BackendArg::Cpu => (
-            learn(
-                &world.mdp,
-                &features,
-                &demos,
-                &options,
-                &mut |m, o, x| softvi::engine::cpu::solve_mdp_cpu(m, o, x),
-                &mut report,
-            )?,
+            learn_with(&mut CpuReference)?,
             json!({"name": "cpu reference (f64)", "backend": "cpu"}),
         ),
         BackendArg::Gpu => {
-            let ctx = softvi::engine::gpu::GpuContext::from_env()?;
+            let mut gpu = GpuSolver::from_env()?;
+            let adapter = adapter_json(gpu.context());
             let result = match (&world.grid, horizon) {
                 // A grid with a finite horizon runs on the grid kernels (about 10x the CSR path
                 // on a grid with slip).
                 (Some((grid_world, grid_mdp)), Horizon::Finite(_)) => {
-                    let mut engine = softvi::engine::gpu::GridEngine::new(&ctx)?;
-                    let template = &grid_world.problem;
-                    learn(
-                        &world.mdp,
-                        &features,
-                        &demos,
-                        &options,
-                        &mut |m, o, x| engine.solve_grid_mdp(grid_mdp, template, m, o, x),
-                        &mut report,
-                    )?
+                    learn_with(&mut GridKernelsOnMdp {
+                        solver: &mut gpu,
+                        world: grid_mdp,
+                        template: &grid_world.problem,
+                    })?
                 }
-                _ => {
-                    let mut engine = softvi::engine::gpu::MdpEngine::new(&ctx)?;
-                    learn(
-                        &world.mdp,
-                        &features,
-                        &demos,
-                        &options,
-                        &mut |m, o, x| engine.solve(m, o, x),
-                        &mut report,
-                    )?
-                }
+                _ => learn_with(&mut gpu)?,
             };
-            (result, adapter_json(&ctx))
+            (result, adapter)
         }
     };
     let seconds = start.elapsed().as_secs_f64();

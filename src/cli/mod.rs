@@ -668,7 +668,7 @@ fn mdp_solve_command(args: &SolveArgs, path: &Path) -> Result<i32> {
         args.png.is_none(),
         "--png draws grid worlds only, not --mdp"
     );
-    let outputs = softvi::engine::options::MdpOutputs {
+    let outputs = softvi::engine::options::Outputs {
         all_steps: args.all_steps,
         occupancy: args.occupancy,
     };
@@ -972,7 +972,7 @@ fn run_mdp_backend(
     iteration: &IterationArgs,
     mdp: &softvi::world::mdp::TabularMdp,
     options: &SolveOptions,
-    outputs: softvi::engine::options::MdpOutputs,
+    outputs: softvi::engine::options::Outputs,
     quiet: bool,
 ) -> Result<(softvi::engine::solution::MdpSolution, serde_json::Value)> {
     ensure!(
@@ -1113,7 +1113,7 @@ pub fn sample_command(args: &SampleArgs) -> Result<i32> {
     };
     ensure!(steps >= 1, "--steps must be at least 1");
     let finite = matches!(options.horizon, Horizon::Finite(_));
-    let outputs = softvi::engine::options::MdpOutputs {
+    let outputs = softvi::engine::options::Outputs {
         all_steps: finite,
         occupancy: false,
     };
@@ -1213,7 +1213,7 @@ fn grid_mdp_solve_command(args: &SolveArgs, start: Instant) -> Result<i32> {
     let starts = &mdp_world.starts;
     let p = &world.problem;
     let options = args.iteration.options(!args.no_policy)?;
-    let outputs = softvi::engine::options::MdpOutputs {
+    let outputs = softvi::engine::options::Outputs {
         all_steps: args.all_steps,
         occupancy: args.occupancy,
     };
@@ -1860,7 +1860,7 @@ pub fn bench_command(args: &BenchArgs) -> Result<i32> {
             tol: 1e-4,
             max_iters: 100_000,
         });
-        let outputs = softvi::engine::options::MdpOutputs {
+        let outputs = softvi::engine::options::Outputs {
             all_steps: false,
             occupancy: true,
         };
@@ -1935,22 +1935,14 @@ pub fn bench_command(args: &BenchArgs) -> Result<i32> {
             tol: 0.0,
         };
         // The first iteration of a run is a warm-up (pipelines, buffers).
-        let per_iteration = |solve: &mut dyn FnMut(
-            &softvi::world::mdp::TabularMdp,
-            &SolveOptions,
-            softvi::engine::options::MdpOutputs,
-        ) -> softvi::Result<
-            softvi::engine::solution::MdpSolution,
-        >,
-                             iters: u32|
-         -> Result<f64> {
+        let per_iteration = |solver: &mut dyn softvi::MdpSolver, iters: u32| -> Result<f64> {
             let options = softvi::analysis::irl::IrlOptions { iters, ..options };
             let result = softvi::analysis::irl::learn(
                 &world.mdp,
                 &features,
                 &demos,
                 &options,
-                solve,
+                solver,
                 &mut |_, _| {},
             )?;
             let timed = &result.history[(iters > 1) as usize..];
@@ -1962,9 +1954,13 @@ pub fn bench_command(args: &BenchArgs) -> Result<i32> {
                 demos.episodes, demos.steps
             );
         };
-        let mut grid_engine = GridEngine::new(&ctx)?;
+        let mut gpu_solver = softvi::GpuSolver::new(ctx.clone());
         let gpu = per_iteration(
-            &mut |m, o, x| grid_engine.solve_grid_mdp(&world, &problem, m, o, x),
+            &mut softvi::GridKernelsOnMdp {
+                solver: &mut gpu_solver,
+                world: &world,
+                template: &problem,
+            },
             4,
         )?;
         describe(
@@ -1972,18 +1968,14 @@ pub fn bench_command(args: &BenchArgs) -> Result<i32> {
             gpu,
             String::new(),
         );
-        let mut mdp_engine = softvi::engine::gpu::MdpEngine::new(&ctx)?;
-        let csr = per_iteration(&mut |m, o, x| mdp_engine.solve(m, o, x), 3)?;
+        let csr = per_iteration(&mut gpu_solver, 3)?;
         describe(
             &format!("{} (CSR kernels)", ctx.adapter_label()),
             csr,
             String::new(),
         );
         if args.cpu_solve {
-            let cpu = per_iteration(
-                &mut |m, o, x| softvi::engine::cpu::solve_mdp_cpu(m, o, x),
-                1,
-            )?;
+            let cpu = per_iteration(&mut softvi::CpuReference, 1)?;
             describe(
                 "cpu reference",
                 cpu,

@@ -8,7 +8,9 @@ pub mod layout;
 pub mod options;
 pub mod schedule;
 pub mod solution;
+pub mod solver;
 
-pub use options::{Backup, Horizon, MdpOutputs, SolveOptions};
+pub use options::{Backup, Horizon, Outputs, SolveOptions};
 pub use schedule::Progress;
 pub use solution::{MdpSolution, Occupancy, Solution, Status, TimeSteps};
+pub use solver::{CpuReference, GpuSolver, GridKernelsOnMdp, GridSolver, MdpSolver, ShardedSolver};

@@ -132,9 +132,10 @@ impl SolveOptions {
     }
 }
 
-/// What a general-MDP solve returns beyond `V_0` and `pi_0` (or the stationary V and pi).
+/// What a solve returns beyond `V_0` and `pi_0` (or the stationary V and pi); every solver
+/// ([`super::solver::GridSolver`], [`super::solver::MdpSolver`]) honours it.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct MdpOutputs {
+pub struct Outputs {
     /// Finite horizon: keep every step, `V_0..V_T` and `pi_0..pi_{T-1}`.
     pub all_steps: bool,
     /// The forward messages: state occupancy under the soft-optimal policy.

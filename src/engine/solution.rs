@@ -120,9 +120,9 @@ pub struct MdpSolution {
     /// keep their terminal value, excluded ones (gamma = 1) are -inf; the policy is NaN on
     /// both.
     pub solution: Solution,
-    /// Every step, with [`MdpOutputs::all_steps`] and a finite horizon.
+    /// Every step, with [`Outputs::all_steps`] and a finite horizon.
     pub steps: Option<TimeSteps>,
-    /// With [`MdpOutputs::occupancy`], unless the backward pass diverged.
+    /// With [`Outputs::occupancy`], unless the backward pass diverged.
     pub occupancy: Option<Occupancy>,
 }
 

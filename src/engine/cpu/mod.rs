@@ -25,7 +25,9 @@ pub use grid_occupancy::grid_occupancy;
 pub use mdp_backup::{csr_action_values, mdp_action_values, mdp_backup, mdp_policy};
 pub use mdp_occupancy::mdp_occupancy;
 pub use residual_reduce::SweepStats;
-pub use solve::{iterate_cpu, solve_cpu, solve_cpu_with_progress, solve_mdp_cpu};
+pub use solve::{
+    iterate_cpu, solve_cpu, solve_cpu_with_progress, solve_mdp_cpu, solve_mdp_cpu_with_progress,
+};
 pub use task_posterior::task_posterior;
 
 /// Two Q values closer than this (relative to max(1, |max Q|)) tie for the hard-max policy;

@@ -8,7 +8,7 @@ use crate::error::Result;
 use super::residual_reduce::SweepStats;
 use super::{grid_backup, grid_extrapolate, grid_policy, mdp_backup, mdp_occupancy, mdp_policy};
 use crate::engine::layout::{GridInputs, MdpInputs};
-use crate::engine::options::{Horizon, MdpOutputs, SolveOptions};
+use crate::engine::options::{Horizon, Outputs, SolveOptions};
 use crate::engine::schedule::{
     ConvergenceMonitor, Progress, RateExtrapolator, Verdict, check_windows, final_status,
     sweep_budget,
@@ -147,7 +147,17 @@ pub fn solve_cpu_with_progress(
 pub fn solve_mdp_cpu(
     mdp: &TabularMdp,
     options: &SolveOptions,
-    outputs: MdpOutputs,
+    outputs: Outputs,
+) -> Result<MdpSolution> {
+    solve_mdp_cpu_with_progress(mdp, options, outputs, &mut |_| {})
+}
+
+/// [`solve_mdp_cpu`], calling `progress` after every convergence check of the backward pass.
+pub fn solve_mdp_cpu_with_progress(
+    mdp: &TabularMdp,
+    options: &SolveOptions,
+    outputs: Outputs,
+    progress: &mut dyn FnMut(&Progress),
 ) -> Result<MdpSolution> {
     let start = Instant::now();
     options.validate()?;
@@ -175,7 +185,7 @@ pub fn solve_mdp_cpu(
             }
             stats
         },
-        &mut |_| {},
+        progress,
     );
     let status = final_status(options, &verdict, &last);
     let diverged = status.contains(&Status::Diverged);

@@ -4,6 +4,7 @@
 use crate::error::{Error, Result};
 
 /// A wgpu adapter with its device and queue, as the engines borrow them.
+#[derive(Clone, Debug)]
 pub struct GpuContext {
     /// The adapter the device was made from.
     pub adapter: wgpu::Adapter,

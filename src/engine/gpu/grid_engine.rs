@@ -16,7 +16,7 @@ use super::core::{
 };
 use crate::engine::cpu::SweepStats;
 use crate::engine::layout::GridInputs;
-use crate::engine::options::{Backup, Horizon, MdpOutputs, SolveOptions};
+use crate::engine::options::{Backup, Horizon, Outputs, SolveOptions};
 use crate::engine::schedule::{Progress, Verdict, final_status};
 use crate::engine::solution::{
     MdpSolution, Occupancy, Solution, TimeSteps, mark_special_cells, task_major,
@@ -231,7 +231,7 @@ struct GridArrays<'a> {
 /// A finite-horizon forward pass asked of a chunk: what to keep, and the start distribution of
 /// every task of the problem, `[task][cell]` (padded).
 struct Forward<'a> {
-    outputs: MdpOutputs,
+    outputs: Outputs,
     start: &'a [f32],
 }
 
@@ -383,7 +383,7 @@ impl GridEngine {
         template: &GridProblem,
         mdp: &TabularMdp,
         options: &SolveOptions,
-        outputs: MdpOutputs,
+        outputs: Outputs,
     ) -> Result<MdpSolution> {
         let problem = world.problem_for(template, mdp)?;
         let start = world.start_cells(mdp);
@@ -405,7 +405,7 @@ impl GridEngine {
         &mut self,
         problem: &GridProblem,
         options: &SolveOptions,
-        outputs: MdpOutputs,
+        outputs: Outputs,
         start: &[f32],
         progress: &mut dyn FnMut(&Progress),
     ) -> Result<MdpSolution> {

@@ -15,7 +15,7 @@ use super::core::{
     shader_module, storage, window,
 };
 use crate::engine::layout::MdpInputs;
-use crate::engine::options::{Backup, Horizon, MdpOutputs, SolveOptions};
+use crate::engine::options::{Backup, Horizon, Outputs, SolveOptions};
 use crate::engine::schedule::{Progress, Verdict, final_status};
 use crate::engine::solution::{
     MdpSolution, Occupancy, Solution, Status, TimeSteps, check_mdp_terminals, task_major,
@@ -400,7 +400,7 @@ impl MdpEngine {
         &mut self,
         mdp: &TabularMdp,
         options: &SolveOptions,
-        outputs: MdpOutputs,
+        outputs: Outputs,
     ) -> Result<MdpSolution> {
         self.solve_with_progress(mdp, options, outputs, &mut |_| {})
     }
@@ -410,7 +410,7 @@ impl MdpEngine {
         &mut self,
         mdp: &TabularMdp,
         options: &SolveOptions,
-        outputs: MdpOutputs,
+        outputs: Outputs,
         progress: &mut dyn FnMut(&Progress),
     ) -> Result<MdpSolution> {
         let start = Instant::now();
@@ -814,7 +814,7 @@ impl MdpEngine {
         dynamics: &Dynamics,
         tasks: Range<usize>,
         options: &SolveOptions,
-        outputs: MdpOutputs,
+        outputs: Outputs,
         progress: &mut dyn FnMut(&Progress),
     ) -> Result<ChunkResult> {
         use wgpu::BufferUsages as U;

@@ -1,6 +1,7 @@
 //! Several adapters at once: the task batch is split into contiguous shards, one per engine,
 //! solved concurrently (a thread each) and gathered in task order.
 
+use std::borrow::BorrowMut;
 use std::time::Instant;
 
 use crate::error::{Context, Error, Result, ensure};
@@ -12,8 +13,8 @@ use crate::world::grid_problem::GridProblem;
 
 /// Solves `problem` with its tasks split evenly over `engines` (in order); the result is laid
 /// out exactly as a single engine's.
-pub fn solve_sharded(
-    engines: &mut [GridEngine],
+pub fn solve_sharded<E: BorrowMut<GridEngine> + Send>(
+    engines: &mut [E],
     problem: &GridProblem,
     options: &SolveOptions,
 ) -> Result<Solution> {
@@ -36,6 +37,7 @@ pub fn solve_sharded(
             .zip(&shards)
             .map(|(engine, shard)| {
                 scope.spawn(move || {
+                    let engine = engine.borrow_mut();
                     engine
                         .solve(shard, options)
                         .with_context(|| format!("shard on {}", engine.adapter_label()))

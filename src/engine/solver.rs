@@ -1,0 +1,312 @@
+//! One way to solve: the [`GridSolver`] and [`MdpSolver`] traits, implemented by the CPU
+//! reference ([`CpuReference`]), one adapter ([`GpuSolver`], which builds its grid and CSR
+//! engines on first use and keeps them) and several adapters at once ([`ShardedSolver`]).
+//! [`GridKernelsOnMdp`] solves an MDP over a [`GridMdp`]'s states on the grid kernels.
+//!
+//! Every solver takes the same [`SolveOptions`] and [`Outputs`] and returns an
+//! [`MdpSolution`] laid out the same way, so a caller (the CLI, IRL, the tests) picks a
+//! solver once and never matches on the backend again.
+
+use std::time::Instant;
+
+use super::cpu::{solve_cpu_with_progress, solve_mdp_cpu_with_progress};
+use super::gpu::{EngineOptions, GpuContext, GridEngine, MdpEngine, solve_sharded};
+use super::options::{Horizon, Outputs, SolveOptions};
+use super::schedule::Progress;
+use super::solution::MdpSolution;
+use crate::error::{Result, ensure};
+use crate::world::grid_mdp::{GridMdp, start_distribution};
+use crate::world::grid_problem::GridProblem;
+use crate::world::mdp::TabularMdp;
+
+/// Solves batches of general tabular MDPs.
+pub trait MdpSolver {
+    /// Where it runs, for summaries: `"cpu reference (f64)"` or the adapter's label.
+    fn label(&self) -> String;
+
+    /// Solves every task of `mdp`; `progress` is called after convergence checks. Values
+    /// `[task][state]` (`[task][t][state]` with every step), policy `[task][state][action]`.
+    fn solve_mdp(
+        &mut self,
+        mdp: &TabularMdp,
+        options: &SolveOptions,
+        outputs: Outputs,
+        progress: &mut dyn FnMut(&Progress),
+    ) -> Result<MdpSolution>;
+}
+
+/// Solves batches of gridworld tasks.
+pub trait GridSolver {
+    /// Where it runs, for summaries.
+    fn label(&self) -> String;
+
+    /// Solves every task of `problem`, laid out over the map: values `[task][row][col]`
+    /// (`[task][t][row][col]` with every step), policy `[task][row][col][action]`, NaN on
+    /// walls. `starts` are the cells the occupancy starts from, shared by all tasks (`None`:
+    /// uniform over each task's free non-goal cells); only the occupancy reads them.
+    fn solve_grid(
+        &mut self,
+        problem: &GridProblem,
+        starts: Option<&[usize]>,
+        options: &SolveOptions,
+        outputs: Outputs,
+        progress: &mut dyn FnMut(&Progress),
+    ) -> Result<MdpSolution>;
+}
+
+/// Whether a grid solve needs the grid as a tabular MDP (every step, or the occupancy).
+fn needs_steps(outputs: Outputs) -> bool {
+    outputs.all_steps || outputs.occupancy
+}
+
+/// The f64 CPU reference: one thread, the truth every GPU result is compared with.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct CpuReference;
+
+impl MdpSolver for CpuReference {
+    fn label(&self) -> String {
+        "cpu reference (f64)".into()
+    }
+
+    fn solve_mdp(
+        &mut self,
+        mdp: &TabularMdp,
+        options: &SolveOptions,
+        outputs: Outputs,
+        progress: &mut dyn FnMut(&Progress),
+    ) -> Result<MdpSolution> {
+        solve_mdp_cpu_with_progress(mdp, options, outputs, progress)
+    }
+}
+
+impl GridSolver for CpuReference {
+    fn label(&self) -> String {
+        MdpSolver::label(self)
+    }
+
+    fn solve_grid(
+        &mut self,
+        problem: &GridProblem,
+        starts: Option<&[usize]>,
+        options: &SolveOptions,
+        outputs: Outputs,
+        progress: &mut dyn FnMut(&Progress),
+    ) -> Result<MdpSolution> {
+        if !needs_steps(outputs) {
+            return Ok(MdpSolution {
+                solution: solve_cpu_with_progress(problem, options, progress)?,
+                steps: None,
+                occupancy: None,
+            });
+        }
+        let world = GridMdp::new(problem, starts)?;
+        let mut solved = solve_mdp_cpu_with_progress(&world.mdp, options, outputs, progress)?;
+        solved.to_cells(&world);
+        Ok(solved)
+    }
+}
+
+/// One adapter: owns its GPU context and builds the grid and CSR engines on first use, so
+/// one process opens one device and compiles each pipeline once, whatever it solves.
+pub struct GpuSolver {
+    context: GpuContext,
+    engine_options: EngineOptions,
+    grid: Option<GridEngine>,
+    mdp: Option<MdpEngine>,
+}
+
+impl GpuSolver {
+    /// A solver on `context` with the adapter's own limits.
+    pub fn new(context: GpuContext) -> Self {
+        Self::with_options(context, EngineOptions::default())
+    }
+
+    /// A solver on `context` whose engines take `engine_options` (e.g. lowered limits).
+    pub fn with_options(context: GpuContext, engine_options: EngineOptions) -> Self {
+        Self {
+            context,
+            engine_options,
+            grid: None,
+            mdp: None,
+        }
+    }
+
+    /// A solver on the adapter the environment picks (`WGPU_BACKEND`, `WGPU_ADAPTER_NAME`);
+    /// [`crate::Error::NoAdapter`] when there is none.
+    pub fn from_env() -> Result<Self> {
+        Ok(Self::new(GpuContext::from_env()?))
+    }
+
+    /// The GPU context (adapter, device, queue), e.g. for the posterior kernel.
+    pub fn context(&self) -> &GpuContext {
+        &self.context
+    }
+
+    /// The grid engine, built on first use.
+    pub fn grid_engine(&mut self) -> Result<&mut GridEngine> {
+        if self.grid.is_none() {
+            self.grid = Some(GridEngine::with_options(
+                &self.context,
+                self.engine_options,
+            )?);
+        }
+        Ok(self.grid.as_mut().expect("just built"))
+    }
+
+    /// The CSR engine, built on first use.
+    pub fn mdp_engine(&mut self) -> Result<&mut MdpEngine> {
+        if self.mdp.is_none() {
+            self.mdp = Some(MdpEngine::with_options(&self.context, self.engine_options)?);
+        }
+        Ok(self.mdp.as_mut().expect("just built"))
+    }
+}
+
+impl MdpSolver for GpuSolver {
+    fn label(&self) -> String {
+        self.context.adapter_label()
+    }
+
+    fn solve_mdp(
+        &mut self,
+        mdp: &TabularMdp,
+        options: &SolveOptions,
+        outputs: Outputs,
+        progress: &mut dyn FnMut(&Progress),
+    ) -> Result<MdpSolution> {
+        self.mdp_engine()?
+            .solve_with_progress(mdp, options, outputs, progress)
+    }
+}
+
+impl GridSolver for GpuSolver {
+    fn label(&self) -> String {
+        MdpSolver::label(self)
+    }
+
+    /// Plain solves and finite horizons run on the grid kernels (with their own forward
+    /// pass); the discounted occupancy runs on the CSR kernels over the grid's free cells.
+    fn solve_grid(
+        &mut self,
+        problem: &GridProblem,
+        starts: Option<&[usize]>,
+        options: &SolveOptions,
+        outputs: Outputs,
+        progress: &mut dyn FnMut(&Progress),
+    ) -> Result<MdpSolution> {
+        if !needs_steps(outputs) {
+            return Ok(MdpSolution {
+                solution: self
+                    .grid_engine()?
+                    .solve_with_progress(problem, options, progress)?,
+                steps: None,
+                occupancy: None,
+            });
+        }
+        if matches!(options.horizon, Horizon::Finite(_)) {
+            problem.validate()?;
+            let start = start_distribution(problem, starts)?;
+            return self
+                .grid_engine()?
+                .solve_steps(problem, options, outputs, &start, progress);
+        }
+        let world = GridMdp::new(problem, starts)?;
+        let mut solved = self.solve_mdp(&world.mdp, options, outputs, progress)?;
+        solved.to_cells(&world);
+        Ok(solved)
+    }
+}
+
+/// Several adapters at once: a grid batch's tasks split into contiguous shards, one per
+/// adapter, solved concurrently and gathered in task order.
+pub struct ShardedSolver {
+    solvers: Vec<GpuSolver>,
+}
+
+impl ShardedSolver {
+    /// A solver over `contexts` (at least one), in that order.
+    pub fn new(contexts: Vec<GpuContext>) -> Result<Self> {
+        ensure!(!contexts.is_empty(), "no adapter to shard the tasks over");
+        Ok(Self {
+            solvers: contexts.into_iter().map(GpuSolver::new).collect(),
+        })
+    }
+
+    /// The GPU contexts, in shard order.
+    pub fn contexts(&self) -> impl Iterator<Item = &GpuContext> {
+        self.solvers.iter().map(GpuSolver::context)
+    }
+}
+
+impl GridSolver for ShardedSolver {
+    fn label(&self) -> String {
+        self.contexts()
+            .map(GpuContext::adapter_label)
+            .collect::<Vec<_>>()
+            .join(" + ")
+    }
+
+    /// Plain solves only: every step and the occupancy run on one adapter.
+    fn solve_grid(
+        &mut self,
+        problem: &GridProblem,
+        _starts: Option<&[usize]>,
+        options: &SolveOptions,
+        outputs: Outputs,
+        _progress: &mut dyn FnMut(&Progress),
+    ) -> Result<MdpSolution> {
+        ensure!(
+            !needs_steps(outputs),
+            "several adapters (--adapters) shard plain grid solves only; every step and the \
+             occupancy run on one adapter"
+        );
+        let mut engines = Vec::with_capacity(self.solvers.len());
+        for solver in &mut self.solvers {
+            engines.push(solver.grid_engine()?);
+        }
+        Ok(MdpSolution {
+            solution: solve_sharded(&mut engines, problem, options)?,
+            steps: None,
+            occupancy: None,
+        })
+    }
+}
+
+/// An MDP over `world`'s states (as [`GridMdp::problem_for`] reads it: the grid's dynamics,
+/// any state reward) solved for a finite horizon on the grid kernels, and laid out over the
+/// states as [`MdpSolver`]s give it. IRL on a grid runs this way: the grid kernels are several
+/// times faster than the grid as CSR.
+pub struct GridKernelsOnMdp<'a> {
+    /// The solver whose grid engine runs.
+    pub solver: &'a mut GpuSolver,
+    /// The grid as an MDP.
+    pub world: &'a GridMdp,
+    /// The grid batch the MDP was built from (map, actions, slip, costs, goals).
+    pub template: &'a GridProblem,
+}
+
+impl MdpSolver for GridKernelsOnMdp<'_> {
+    fn label(&self) -> String {
+        format!("{} (grid kernels)", MdpSolver::label(&*self.solver))
+    }
+
+    fn solve_mdp(
+        &mut self,
+        mdp: &TabularMdp,
+        options: &SolveOptions,
+        outputs: Outputs,
+        _progress: &mut dyn FnMut(&Progress),
+    ) -> Result<MdpSolution> {
+        mdp.validate()?;
+        let started = Instant::now();
+        let mut solved = self.solver.grid_engine()?.solve_grid_mdp(
+            self.world,
+            self.template,
+            mdp,
+            options,
+            outputs,
+        )?;
+        solved.solution.seconds = started.elapsed().as_secs_f64();
+        Ok(solved)
+    }
+}

@@ -1,0 +1,190 @@
+//! One way to solve: every `GridSolver` (the CPU reference, one adapter, several adapters)
+//! and every `MdpSolver` returns the same layout and, within the stated f32 tolerances, the
+//! same numbers for every output; a grid solved as a grid equals the same grid solved as a
+//! tabular MDP over its free cells (`GridMdp`) with the states laid back onto the map.
+
+mod common;
+
+use common::*;
+use softvi::world::grid_mdp::GridMdp;
+use softvi::{
+    Connectivity, CpuReference, GpuContext, GpuSolver, GridSolver, Horizon, MdpSolution, MdpSolver,
+    Outputs, ShardedSolver, SolveOptions,
+};
+
+fn every_output() -> Outputs {
+    Outputs {
+        all_steps: true,
+        occupancy: true,
+    }
+}
+
+/// Values within `1e-4` relative (f32 over a dozen backups of values up to ~20), the policy
+/// and the occupancy within `1e-4` absolute (probabilities and masses, each <= 1).
+fn assert_close(name: &str, gpu: &MdpSolution, cpu: &MdpSolution) {
+    let (g, c) = (&gpu.solution, &cpu.solution);
+    assert_eq!((g.height, g.width), (c.height, c.width), "{name}: shape");
+    assert!(max_relative_error(&g.values, &c.values) < 1e-4, "{name}: V");
+    if let (Some(gp), Some(cp)) = (&g.policy, &c.policy) {
+        assert!(max_abs_error(gp, cp) < 1e-4, "{name}: pi");
+    }
+    assert_eq!(
+        g.policy.is_some(),
+        c.policy.is_some(),
+        "{name}: policy present"
+    );
+    match (&gpu.steps, &cpu.steps) {
+        (Some(gs), Some(cs)) => {
+            assert!(
+                max_relative_error(&gs.values, &cs.values) < 1e-4,
+                "{name}: V_t"
+            );
+            assert!(
+                max_abs_error(gs.policy.as_ref().unwrap(), cs.policy.as_ref().unwrap()) < 1e-4,
+                "{name}: pi_t"
+            );
+        }
+        (None, None) => {}
+        _ => panic!("{name}: steps present on one side only"),
+    }
+    match (&gpu.occupancy, &cpu.occupancy) {
+        (Some(gd), Some(cd)) => {
+            assert_eq!(gd.steps, cd.steps, "{name}: occupancy steps");
+            assert!(max_abs_error(&gd.values, &cd.values) < 1e-4, "{name}: D");
+        }
+        (None, None) => {}
+        _ => panic!("{name}: occupancy present on one side only"),
+    }
+}
+
+/// Finite and infinite horizons, every output, on a 13 x 17 grid (not a multiple of the
+/// workgroup or quad width), 8-connected with slip: the GPU solver equals the reference.
+#[test]
+fn grid_solvers_agree_on_every_output() {
+    let problem = random_problem(13, 17, 3, Connectivity::Eight, false, 0.1, 5);
+    let starts = [problem.grid.width + 1, 5 * problem.grid.width + 9];
+    let starts: Vec<usize> = starts
+        .into_iter()
+        .filter(|&c| problem.grid.free[c])
+        .collect();
+    let mut gpu = gpu().map(|ctx| GpuSolver::new(ctx.clone()));
+    for horizon in [
+        Horizon::Finite(9),
+        Horizon::Infinite {
+            tol: 1e-6,
+            max_iters: 10_000,
+        },
+    ] {
+        let options = SolveOptions {
+            alpha: 0.5,
+            gamma: 0.9,
+            horizon,
+            ..SolveOptions::default()
+        };
+        for outputs in [Outputs::default(), every_output()] {
+            // Every step exists for a finite horizon only.
+            let outputs = Outputs {
+                all_steps: outputs.all_steps && matches!(horizon, Horizon::Finite(_)),
+                ..outputs
+            };
+            let name = format!("{horizon:?} {outputs:?}");
+            let cpu = CpuReference
+                .solve_grid(&problem, Some(&starts), &options, outputs, &mut |_| {})
+                .unwrap();
+            assert_eq!(cpu.solution.height, 13, "{name}: laid over the map");
+            assert_eq!(cpu.occupancy.is_some(), outputs.occupancy, "{name}");
+            if let Some(gpu) = gpu.as_mut() {
+                let solved = gpu
+                    .solve_grid(&problem, Some(&starts), &options, outputs, &mut |_| {})
+                    .unwrap();
+                assert_close(&name, &solved, &cpu);
+            }
+        }
+    }
+}
+
+/// The grid as a tabular MDP (`MdpSolver` over `GridMdp`), laid back onto the map, equals
+/// the grid solve: the two layouts agree cell for cell.
+#[test]
+fn a_grid_as_an_mdp_equals_the_grid() {
+    let problem = random_problem(11, 9, 2, Connectivity::Four, true, 0.2, 8);
+    let options = SolveOptions {
+        alpha: 1.0,
+        gamma: 0.95,
+        horizon: Horizon::Finite(7),
+        ..SolveOptions::default()
+    };
+    let outputs = every_output();
+    let world = GridMdp::new(&problem, None).unwrap();
+    let mut solvers: Vec<Box<dyn MdpSolver>> = vec![Box::new(CpuReference)];
+    if let Some(ctx) = gpu() {
+        solvers.push(Box::new(GpuSolver::new(ctx.clone())));
+    }
+    let grid = CpuReference
+        .solve_grid(&problem, None, &options, outputs, &mut |_| {})
+        .unwrap();
+    for solver in &mut solvers {
+        let mut solved = solver
+            .solve_mdp(&world.mdp, &options, outputs, &mut |_| {})
+            .unwrap();
+        assert_eq!(solved.solution.width, world.mdp.states);
+        solved.to_cells(&world);
+        assert_close(&solver.label(), &solved, &grid);
+    }
+}
+
+/// Several adapters (Vulkan and GL llvmpipe here) as one `GridSolver`: the same answer as
+/// one adapter, bit for bit (the same kernels on the same tasks); every step is refused with
+/// a message saying plain solves only.
+#[test]
+fn sharded_solver_equals_one_adapter() {
+    let adapters = GpuContext::adapters(softvi::wgpu::Backends::all()).unwrap();
+    if adapters.len() < 2 {
+        assert!(
+            std::env::var("SOFTVI_REQUIRE_GPU").as_deref() != Ok("1"),
+            "SOFTVI_REQUIRE_GPU=1 but only {} adapter(s)",
+            adapters.len()
+        );
+        eprintln!(
+            "\n*** SKIPPING SHARDED SOLVER TEST: {} adapter(s) ***\n",
+            adapters.len()
+        );
+        return;
+    }
+    let contexts: Vec<GpuContext> = adapters
+        .into_iter()
+        .map(|a| GpuContext::from_adapter(a).unwrap())
+        .collect();
+    let problem = random_problem(21, 19, 5, Connectivity::Eight, false, 0.1, 2);
+    // A finite horizon: every shard runs the same sweeps, so the same kernels on the same
+    // task give the same bits (an infinite horizon stops when a shard's batch converges).
+    let options = SolveOptions {
+        horizon: Horizon::Finite(20),
+        ..SolveOptions::default()
+    };
+    let mut single = GpuSolver::new(contexts[0].clone());
+    let one = single
+        .solve_grid(&problem, None, &options, Outputs::default(), &mut |_| {})
+        .unwrap();
+    let mut sharded = ShardedSolver::new(vec![contexts[0].clone(), contexts[0].clone()]).unwrap();
+    let both = sharded
+        .solve_grid(&problem, None, &options, Outputs::default(), &mut |_| {})
+        .unwrap();
+    assert_eq!(one.solution.values.len(), both.solution.values.len());
+    for (a, b) in one.solution.values.iter().zip(&both.solution.values) {
+        assert!(a.to_bits() == b.to_bits() || (a.is_nan() && b.is_nan()));
+    }
+    let mut across = ShardedSolver::new(contexts).unwrap();
+    let mixed = across
+        .solve_grid(&problem, None, &options, Outputs::default(), &mut |_| {})
+        .unwrap();
+    // Different backends may round differently: 1e-5 relative over 20 f32 backups.
+    assert!(max_relative_error(&mixed.solution.values, &one.solution.values) < 1e-5);
+    let refused = across
+        .solve_grid(&problem, None, &options, every_output(), &mut |_| {})
+        .unwrap_err();
+    assert!(
+        refused.to_string().contains("plain grid solves only"),
+        "{refused}"
+    );
+}
