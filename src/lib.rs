@@ -6,7 +6,10 @@
 //! are ordered `N, E, S, W, NE, SE, SW, NW, STAY` (the subset in use).
 //!
 //! ```
-//! use softvi::{ActionSet, Connectivity, Grid, GridProblem, GridTask, MoveCost, SolveOptions};
+//! use softvi::{
+//!     ActionSet, Connectivity, CpuReference, GpuSolver, Grid, GridProblem, GridSolver, GridTask,
+//!     MoveCost, Outputs, SolveOptions,
+//! };
 //!
 //! # fn main() -> anyhow::Result<()> {
 //! let grid = Grid::generate_maze(63, 47, 0)?; // W x H, seed
@@ -24,15 +27,18 @@
 //! let options = SolveOptions { alpha: 0.5, ..SolveOptions::default() };
 //!
 //! // The CPU reference (f64) ...
-//! let cpu = softvi::solve_cpu(&problem, &options)?;
-//! // ... and the GPU path on any wgpu adapter; an engine keeps its pipelines and buffers.
-//! if let Ok(ctx) = softvi::GpuContext::from_env() {
-//!     let mut engine = softvi::GridEngine::new(&ctx)?;
-//!     let gpu = engine.solve(&problem, &options)?;
-//!     let v = |s: &softvi::Solution| s.values[(0 * h + 1) * w + 3]; // task 0, Y=1, X=3
-//!     assert!((v(&gpu) - v(&cpu)).abs() < 1e-3);
+//! let cpu = CpuReference.solve_grid(&problem, None, &options, Outputs::default(), &mut |_| {})?;
+//! // ... and the GPU path on any wgpu adapter; a solver keeps its pipelines and buffers.
+//! match GpuSolver::from_env() {
+//!     Ok(mut gpu) => {
+//!         let gpu = gpu.solve_grid(&problem, None, &options, Outputs::default(), &mut |_| {})?;
+//!         let v = |s: &softvi::MdpSolution| s.solution.values[(0 * h + 1) * w + 3]; // task 0, Y=1, X=3
+//!         assert!((v(&gpu) - v(&cpu)).abs() < 1e-3);
+//!     }
+//!     Err(softvi::Error::NoAdapter(why)) => eprintln!("CPU only: {why}"),
+//!     Err(e) => return Err(e.into()),
 //! }
-//! assert_eq!(cpu.status, vec![softvi::Status::Converged; 2]);
+//! assert_eq!(cpu.solution.status, vec![softvi::Status::Converged; 2]);
 //! # Ok(())
 //! # }
 //! ```
