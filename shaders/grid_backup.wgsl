@@ -17,11 +17,11 @@
 // or of rows of one task, so that every binding stays under the adapter's storage-binding
 // limit; the *_origin fields locate each window in the chunk's arrays.
 
-const WORKGROUP_SIZE: u32 = 64u;
+// Joined after shared/constants.wgsl and shared/residual_stats.wgsl (`gpu::GRID_BACKUP_WGSL`).
+
 const MAX_ACTIONS: u32 = 9u;
 // Two Q values closer than this (relative to max(1, |max Q|)) tie for the hard-max policy.
 const TIE_RELATIVE: f32 = 1e-5;
-const HUGE: f32 = 3.0e38;
 
 // 4 (N, E, S, W) or 8 (then NE, SE, SW, NW).
 override CONNECTIVITY: u32 = 8u;
@@ -77,8 +77,6 @@ struct GridParams {
 // grid_policy: pi [task][row][col][action]; grid_extrapolate: the backup of V [task][row][col].
 @group(0) @binding(7) var<storage, read_write> policy: array<f32>;
 @group(0) @binding(8) var<storage, read> extrapolation: array<f32>;      // [task]
-
-var<workgroup> scratch: array<vec4<f32>, WORKGROUP_SIZE>;
 
 fn action_count() -> u32 {
     return CONNECTIVITY + select(0u, 1u, STAY);
@@ -223,8 +221,7 @@ fn quad_reward(q: Quad) -> vec4<f32> {
 
 @compute @workgroup_size(WORKGROUP_SIZE, 1, 1)
 fn grid_backup(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-    // (max |dV|, min dV, max |V|, any active cell)
-    var stats = vec4<f32>(0.0, HUGE, 0.0, 0.0);
+    var stats = NO_STATS;
     let q = locate(wid, lid);
     if q.valid && q.fixed != 15u {
         let up = row_above(q);
@@ -243,26 +240,17 @@ fn grid_backup(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_
                 let next = successors(top, mid, bot, j, (q.masks >> (8u * j)) & 255u);
                 updated[j] = soft_max(action_values(next, r4[j]));
                 let delta = updated[j] - old[j];
-                stats = vec4<f32>(max(stats.x, abs(delta)), min(stats.y, delta), max(stats.z, abs(updated[j])), 1.0);
+                stats = combine_stats(stats, element_stats(delta, updated[j]));
             }
         }
         v_out[q.out_index] = updated;
     }
     if WRITE_RESIDUAL {
-        scratch[lid] = stats;
-        workgroupBarrier();
-        for (var stride = WORKGROUP_SIZE / 2u; stride > 0u; stride /= 2u) {
-            if lid < stride {
-                let a = scratch[lid];
-                let b = scratch[lid + stride];
-                scratch[lid] = vec4<f32>(max(a.x, b.x), min(a.y, b.y), max(a.z, b.z), max(a.w, b.w));
-            }
-            workgroupBarrier();
-        }
+        let total = workgroup_stats(lid, stats);
         let group = wid.y * params.dispatch_x + wid.x;
         if lid == 0u && group * WORKGROUP_SIZE < params.list_count {
             let task = params.task_base + wid.z;
-            partials[task * params.groups_per_task + params.group_base + group] = scratch[0];
+            partials[task * params.groups_per_task + params.group_base + group] = total;
         }
     }
 }
@@ -309,9 +297,9 @@ fn grid_policy(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_
         return;
     }
     let up = row_above(q);
-        let down = row_below(q);
-        let l = step_left(q);
-        let r = step_right(q);
+    let down = row_below(q);
+    let l = step_left(q);
+    let r = step_right(q);
     let here = q.in_index;
     let top = segment(v_in[up - l], v_in[up], v_in[up + r]);
     let mid = segment(v_in[here - l], v_in[here], v_in[here + r]);

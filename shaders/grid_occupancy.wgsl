@@ -13,7 +13,8 @@
 // Dispatch: 64 invocations per workgroup over the cells of a task (x + y * dispatch_x
 // workgroups), z = task within the band. Bands hold whole tasks; the origins locate them.
 
-const WORKGROUP_SIZE: u32 = 64u;
+// Joined after shared/constants.wgsl (`gpu::GRID_OCCUPANCY_WGSL`).
+
 const MAX_ACTIONS: u32 = 9u;
 
 // 4 (N, E, S, W) or 8 (then NE, SE, SW, NW).

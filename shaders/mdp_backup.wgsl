@@ -11,10 +11,11 @@
 // task, chosen so that every binding stays under the adapter's storage-binding limit; the
 // *_origin fields locate each window in its full array.
 
-const WORKGROUP_SIZE: u32 = 64u;
+// Joined after shared/constants.wgsl and shared/residual_stats.wgsl
+// (`gpu::mdp_engine::MDP_BACKUP_WGSL`).
+
 // Two Q values closer than this (relative to max(1, |max Q|)) tie for the hard-max policy.
 const TIE_RELATIVE: f32 = 1e-5;
-const HUGE: f32 = 3.0e38;
 
 // Optimistic (log-expectation) backup instead of the expected one.
 override OPTIMISTIC: bool = false;
@@ -63,8 +64,6 @@ struct MdpParams {
 // mdp_policy: pi [task][state][action]; mdp_extrapolate: the backup of V [task][state].
 @group(0) @binding(9) var<storage, read_write> out: array<f32>;
 @group(0) @binding(10) var<storage, read> extrapolation: array<f32>;  // [task]
-
-var<workgroup> scratch: array<vec4<f32>, WORKGROUP_SIZE>;
 
 // One state of one task of the band.
 struct Item {
@@ -141,8 +140,7 @@ fn finish(acc: vec2<f32>) -> f32 {
 
 @compute @workgroup_size(WORKGROUP_SIZE, 1, 1)
 fn mdp_backup(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-    // (max |dV|, min dV, max |V|, any active state)
-    var stats = vec4<f32>(0.0, HUGE, 0.0, 0.0);
+    var stats = NO_STATS;
     let item = locate(wid, lid);
     if item.valid && !item.fixed {
         var acc = vec2<f32>(action_value(item, 0u), 1.0);
@@ -154,25 +152,15 @@ fn mdp_backup(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_i
         v_out[item.task * params.states + item.state - params.out_origin] = updated;
         // A state whose every action may step into an excluded one stays at -inf for good.
         if updated > -HUGE {
-            let delta = updated - old;
-            stats = vec4<f32>(abs(delta), delta, abs(updated), 1.0);
+            stats = element_stats(updated - old, updated);
         }
     }
     if WRITE_RESIDUAL {
-        scratch[lid] = stats;
-        workgroupBarrier();
-        for (var stride = WORKGROUP_SIZE / 2u; stride > 0u; stride /= 2u) {
-            if lid < stride {
-                let a = scratch[lid];
-                let b = scratch[lid + stride];
-                scratch[lid] = vec4<f32>(max(a.x, b.x), min(a.y, b.y), max(a.z, b.z), max(a.w, b.w));
-            }
-            workgroupBarrier();
-        }
+        let total = workgroup_stats(lid, stats);
         let group = wid.y * params.dispatch_x + wid.x;
         if lid == 0u && group * WORKGROUP_SIZE < params.state_count {
             let task = params.task_base + wid.z;
-            partials[task * params.groups_per_task + params.group_base + group] = scratch[0];
+            partials[task * params.groups_per_task + params.group_base + group] = total;
         }
     }
 }

@@ -11,8 +11,8 @@
 //
 // Dispatch as mdp_backup.wgsl: 64 invocations per workgroup over the band's states, z = task.
 
-const WORKGROUP_SIZE: u32 = 64u;
-const HUGE: f32 = 3.0e38;
+// Joined after shared/constants.wgsl and shared/residual_stats.wgsl
+// (`gpu::mdp_engine::MDP_OCCUPANCY_WGSL`).
 
 // Whether d_out adds the start distribution (the discounted sum's iteration).
 override ADD_START: bool = false;
@@ -56,12 +56,9 @@ struct OccupancyParams {
 @group(0) @binding(8) var<storage, read> start: array<f32>;            // [task][state]
 @group(0) @binding(9) var<storage, read_write> weights: array<f32>;    // [task][entry]
 
-var<workgroup> scratch: array<vec4<f32>, WORKGROUP_SIZE>;
-
 @compute @workgroup_size(WORKGROUP_SIZE, 1, 1)
 fn mdp_occupancy(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-    // (max |dD|, min dD, max |D|, any state)
-    var stats = vec4<f32>(0.0, HUGE, 0.0, 0.0);
+    var stats = NO_STATS;
     let index = (wid.y * params.dispatch_x + wid.x) * WORKGROUP_SIZE + lid;
     if index < params.state_count {
         let task = params.task_base + wid.z;
@@ -88,24 +85,14 @@ fn mdp_occupancy(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocatio
             updated += start[here - params.out_origin];
         }
         d_out[here - params.out_origin] = updated;
-        let delta = updated - d_in[here - params.d_in_origin];
-        stats = vec4<f32>(abs(delta), delta, abs(updated), 1.0);
+        stats = element_stats(updated - d_in[here - params.d_in_origin], updated);
     }
     if WRITE_RESIDUAL {
-        scratch[lid] = stats;
-        workgroupBarrier();
-        for (var stride = WORKGROUP_SIZE / 2u; stride > 0u; stride /= 2u) {
-            if lid < stride {
-                let a = scratch[lid];
-                let b = scratch[lid + stride];
-                scratch[lid] = vec4<f32>(max(a.x, b.x), min(a.y, b.y), max(a.z, b.z), max(a.w, b.w));
-            }
-            workgroupBarrier();
-        }
+        let total = workgroup_stats(lid, stats);
         let group = wid.y * params.dispatch_x + wid.x;
         if lid == 0u && group * WORKGROUP_SIZE < params.state_count {
             let task = params.task_base + wid.z;
-            partials[task * params.groups_per_task + params.group_base + group] = scratch[0];
+            partials[task * params.groups_per_task + params.group_base + group] = total;
         }
     }
 }

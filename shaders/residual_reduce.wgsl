@@ -1,12 +1,14 @@
-// Convergence check on the GPU: reduces the per-workgroup statistics that a residual sweep of
-// grid_backup.wgsl wrote, records them per check, and, once the residual is within tolerance,
-// zeroes the indirect dispatch arguments so that the rest of the submission's sweeps do nothing.
+// Convergence check on the GPU: reduces the per-workgroup statistics that a residual sweep
+// (grid_backup, mdp_backup, mdp_occupancy) wrote, records them per check, and, once the
+// residual is within tolerance, zeroes the indirect dispatch arguments so that the rest of the
+// submission's sweeps do nothing.
 // Until then it estimates each task's convergence rate and, when the estimate has settled,
 // asks `grid_extrapolate` to jump ahead along the slowest mode.
 // CPU twin: `reference::SweepStats`, `solve::ConvergenceMonitor`, `solve::RateExtrapolator`.
 
-const REDUCE_SIZE: u32 = 256u;
-const HUGE: f32 = 3.0e38;
+// Joined after shared/constants.wgsl and shared/residual_stats.wgsl
+// (`gpu::core::RESIDUAL_REDUCE_WGSL`).
+
 const NOT_CONVERGED: u32 = 0xffffffffu;
 // A task has converged when its residual is within max(tol, RESIDUAL_FLOOR * max |V|): below
 // a few f32 ulps of V the iteration may cycle instead of settling. Same as the Rust constant.
@@ -59,30 +61,17 @@ struct Control {
 // ROLLBACK restores the backup, 0 does nothing.
 @group(0) @binding(5) var<storage, read_write> extrapolation: array<f32>; // [task]
 
-var<workgroup> scratch: array<vec4<f32>, REDUCE_SIZE>;
-
-fn combine(a: vec4<f32>, b: vec4<f32>) -> vec4<f32> {
-    return vec4<f32>(max(a.x, b.x), min(a.y, b.y), max(a.z, b.z), max(a.w, b.w));
-}
-
 // One workgroup per task: (max |dV|, min dV, max |V|, any active) over the task's cells.
-@compute @workgroup_size(REDUCE_SIZE, 1, 1)
+@compute @workgroup_size(WORKGROUP_SIZE, 1, 1)
 fn residual_reduce(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let task = wid.x;
-    var acc = vec4<f32>(0.0, HUGE, 0.0, 0.0);
-    for (var g = lid; g < params.groups_per_task; g += REDUCE_SIZE) {
-        acc = combine(acc, partials[task * params.groups_per_task + g]);
+    var acc = NO_STATS;
+    for (var g = lid; g < params.groups_per_task; g += WORKGROUP_SIZE) {
+        acc = combine_stats(acc, partials[task * params.groups_per_task + g]);
     }
-    scratch[lid] = acc;
-    workgroupBarrier();
-    for (var stride = REDUCE_SIZE / 2u; stride > 0u; stride /= 2u) {
-        if lid < stride {
-            scratch[lid] = combine(scratch[lid], scratch[lid + stride]);
-        }
-        workgroupBarrier();
-    }
+    let total = workgroup_stats(lid, acc);
     if lid == 0u {
-        checks[control.check_count * params.task_count + task] = scratch[0];
+        checks[control.check_count * params.task_count + task] = total;
     }
 }
 

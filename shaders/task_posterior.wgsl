@@ -14,7 +14,8 @@
 // Dispatch: step_likelihood over (task, step) as x = task (64 per workgroup), y = step;
 // accumulate over tasks (64 per workgroup); normalize one workgroup per row k of `joint`.
 
-const WORKGROUP_SIZE: u32 = 64u;
+// Joined after shared/constants.wgsl (`gpu::posterior::TASK_POSTERIOR_WGSL`).
+
 const IMPOSSIBLE: f32 = -1.0e30;
 
 // Keep in sync with `gpu::posterior::PosteriorParams` (size checked by tests/shader_layout.rs).

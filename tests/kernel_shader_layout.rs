@@ -1,7 +1,7 @@
 //! Every WGSL file parses and validates with naga, and the uniform structs and constants
 //! shared with Rust have the same sizes and values on both sides.
 
-use softvi::engine::gpu::core::{NOT_CONVERGED, REDUCE_SIZE, RESIDUAL_REDUCE_WGSL, ReduceParams};
+use softvi::engine::gpu::core::{NOT_CONVERGED, RESIDUAL_REDUCE_WGSL, ReduceParams};
 use softvi::engine::gpu::grid_engine::{GRID_BACKUP_WGSL, GridParams, WORKGROUP_SIZE};
 
 fn module(source: &str) -> (naga::Module, naga::valid::ModuleInfo) {
@@ -71,7 +71,10 @@ fn residual_reduce_layout_matches_rust() {
         struct_size(&m, "Control") as u64,
         softvi::engine::gpu::core::CONTROL_HEADER_BYTES + 4
     );
-    assert_eq!(constant(&m, "REDUCE_SIZE"), naga::Literal::U32(REDUCE_SIZE));
+    assert_eq!(
+        constant(&m, "WORKGROUP_SIZE"),
+        naga::Literal::U32(softvi::engine::gpu::core::WORKGROUP_SIZE)
+    );
     assert_eq!(
         constant(&m, "NOT_CONVERGED"),
         naga::Literal::U32(NOT_CONVERGED)

@@ -13,10 +13,15 @@ use crate::engine::options::{Horizon, SolveOptions};
 use crate::engine::schedule::{ConvergenceMonitor, Progress, Verdict, check_windows, sweep_budget};
 
 /// WGSL source of the convergence reduction.
-pub const RESIDUAL_REDUCE_WGSL: &str = include_str!("../../../shaders/residual_reduce.wgsl");
+pub const RESIDUAL_REDUCE_WGSL: &str = wgsl!(
+    "shared/constants.wgsl",
+    "shared/residual_stats.wgsl",
+    "residual_reduce.wgsl",
+);
 
-/// Invocations of one `residual_reduce` workgroup. Same as `REDUCE_SIZE` in the shader.
-pub const REDUCE_SIZE: u32 = 256;
+/// Invocations per workgroup of every kernel, `residual_reduce` included. Same as
+/// `WORKGROUP_SIZE` in `shaders/shared/constants.wgsl`.
+pub const WORKGROUP_SIZE: u32 = 64;
 /// `Control::converged_check` before convergence. Same as `NOT_CONVERGED` in the shader.
 pub const NOT_CONVERGED: u32 = u32::MAX;
 /// Bytes of `Control` before its `dispatch_args` array.

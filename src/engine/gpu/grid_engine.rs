@@ -26,9 +26,13 @@ use crate::world::grid_problem::GridProblem;
 use crate::world::mdp::TabularMdp;
 
 /// WGSL source of the backup and policy kernels.
-pub const GRID_BACKUP_WGSL: &str = include_str!("../../../shaders/grid_backup.wgsl");
+pub const GRID_BACKUP_WGSL: &str = wgsl!(
+    "shared/constants.wgsl",
+    "shared/residual_stats.wgsl",
+    "grid_backup.wgsl",
+);
 /// WGSL source of the forward (occupancy) kernel.
-pub const GRID_OCCUPANCY_WGSL: &str = include_str!("../../../shaders/grid_occupancy.wgsl");
+pub const GRID_OCCUPANCY_WGSL: &str = wgsl!("shared/constants.wgsl", "grid_occupancy.wgsl");
 
 /// Invocations (quads) per workgroup of the grid kernels. Same as `WORKGROUP_SIZE` in the
 /// shader.

@@ -23,9 +23,17 @@ use crate::engine::solution::{
 use crate::world::mdp::{TabularMdp, Transpose};
 
 /// WGSL source of the CSR backup, extrapolation and policy kernels.
-pub const MDP_BACKUP_WGSL: &str = include_str!("../../../shaders/mdp_backup.wgsl");
+pub const MDP_BACKUP_WGSL: &str = wgsl!(
+    "shared/constants.wgsl",
+    "shared/residual_stats.wgsl",
+    "mdp_backup.wgsl",
+);
 /// WGSL source of the occupancy (forward message) kernel.
-pub const MDP_OCCUPANCY_WGSL: &str = include_str!("../../../shaders/mdp_occupancy.wgsl");
+pub const MDP_OCCUPANCY_WGSL: &str = wgsl!(
+    "shared/constants.wgsl",
+    "shared/residual_stats.wgsl",
+    "mdp_occupancy.wgsl",
+);
 
 /// Invocations (states) per workgroup. Same as `WORKGROUP_SIZE` in both shaders.
 pub const WORKGROUP_SIZE: u32 = 64;

@@ -8,7 +8,7 @@ use super::core::{EngineOptions, GpuCore, compute_pipeline, shader_module, stora
 use crate::engine::layout::PosteriorInputs;
 
 /// WGSL source of the posterior kernels.
-pub const TASK_POSTERIOR_WGSL: &str = include_str!("../../../shaders/task_posterior.wgsl");
+pub const TASK_POSTERIOR_WGSL: &str = wgsl!("shared/constants.wgsl", "task_posterior.wgsl");
 /// Invocations per workgroup. Same as `WORKGROUP_SIZE` in the shader.
 pub const WORKGROUP_SIZE: u32 = 64;
 

@@ -1,0 +1,34 @@
+// Residual statistics of a sweep over one task: (max |dV|, min dV, max |V|, 1 if any element
+// was updated), with V the values (or the occupancy) after the sweep and dV their change. A
+// kernel that writes `partials` combines its invocations' statistics with `workgroup_stats`;
+// `residual_reduce` combines a task's partials the same way.
+// CPU twin: `reference::SweepStats`. Needs WORKGROUP_SIZE and HUGE of shared/constants.wgsl.
+
+// The statistics of no element: the identity of `combine_stats`.
+const NO_STATS = vec4<f32>(0.0, HUGE, 0.0, 0.0);
+
+// The statistics of one element whose value became `value`, a change of `delta`.
+fn element_stats(delta: f32, value: f32) -> vec4<f32> {
+    return vec4<f32>(abs(delta), delta, abs(value), 1.0);
+}
+
+fn combine_stats(a: vec4<f32>, b: vec4<f32>) -> vec4<f32> {
+    return vec4<f32>(max(a.x, b.x), min(a.y, b.y), max(a.z, b.z), max(a.w, b.w));
+}
+
+var<workgroup> stats_scratch: array<vec4<f32>, WORKGROUP_SIZE>;
+
+// The statistics of the whole workgroup from each invocation's own (`lid` its
+// local_invocation_index), by a tree over `stats_scratch`. Every invocation of the workgroup
+// must call it (it has barriers), from uniform control flow, once per kernel.
+fn workgroup_stats(lid: u32, own: vec4<f32>) -> vec4<f32> {
+    stats_scratch[lid] = own;
+    workgroupBarrier();
+    for (var stride = WORKGROUP_SIZE / 2u; stride > 0u; stride /= 2u) {
+        if lid < stride {
+            stats_scratch[lid] = combine_stats(stats_scratch[lid], stats_scratch[lid + stride]);
+        }
+        workgroupBarrier();
+    }
+    return stats_scratch[0];
+}
