@@ -17,11 +17,10 @@
 // or of rows of one task, so that every binding stays under the adapter's storage-binding
 // limit; the *_origin fields locate each window in the chunk's arrays.
 
-// Joined after shared/constants.wgsl and shared/residual_stats.wgsl (`gpu::GRID_BACKUP_WGSL`).
+// Joined after shared/constants.wgsl, shared/residual_stats.wgsl, shared/log_sum_exp.wgsl and
+// shared/policy_ties.wgsl (`gpu::GRID_BACKUP_WGSL`).
 
 const MAX_ACTIONS: u32 = 9u;
-// Two Q values closer than this (relative to max(1, |max Q|)) tie for the hard-max policy.
-const TIE_RELATIVE: f32 = 1e-5;
 
 // 4 (N, E, S, W) or 8 (then NE, SE, SW, NW).
 override CONNECTIVITY: u32 = 8u;
@@ -102,7 +101,7 @@ fn action_values(next: array<f32, MAX_ACTIONS>, r: f32) -> array<f32, MAX_ACTION
         var weight: array<f32, MAX_ACTIONS>;
         var mass = 0.0;
         for (var a = 0u; a < action_count(); a++) {
-            weight[a] = exp2((next[a] - top) * scale);
+            weight[a] = exp_shifted(next[a], top, scale);
             mass += weight[a];
         }
         let shared_mass = params.slip_share * mass;
@@ -135,9 +134,9 @@ fn soft_max(q: array<f32, MAX_ACTIONS>) -> f32 {
     }
     var total = 0.0;
     for (var a = 0u; a < action_count(); a++) {
-        total += exp2((q[a] - top) * params.log2e_over_alpha);
+        total += exp_shifted(q[a], top, params.log2e_over_alpha);
     }
-    return top + params.alpha_ln2 * log2(total);
+    return lse_value(vec2<f32>(top, total), params.alpha_ln2);
 }
 
 // One active quad of one task, with everything its 4 cells' backups need.
@@ -313,18 +312,15 @@ fn grid_policy(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_
         let out_base = (4u * q.out_index + j) * count;
         let values = action_values(successors(top, mid, bot, j, (q.masks >> (8u * j)) & 255u), r4[j]);
         if HARD_MAX {
-            let top = max_value(values);
-            let tie = top - TIE_RELATIVE * max(1.0, abs(top));
+            let tie = tie_threshold(max_value(values));
             var chosen = false;
             for (var a = 0u; a < count; a++) {
-                let pick = !chosen && values[a] >= tie;
-                chosen = chosen || pick;
-                policy[out_base + a] = select(0.0, 1.0, pick);
+                policy[out_base + a] = one_hot(values[a], tie, &chosen);
             }
         } else {
             let v = soft_max(values);
             for (var a = 0u; a < count; a++) {
-                policy[out_base + a] = exp2((values[a] - v) * params.log2e_over_alpha);
+                policy[out_base + a] = exp_shifted(values[a], v, params.log2e_over_alpha);
             }
         }
     }

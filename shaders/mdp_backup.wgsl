@@ -11,11 +11,8 @@
 // task, chosen so that every binding stays under the adapter's storage-binding limit; the
 // *_origin fields locate each window in its full array.
 
-// Joined after shared/constants.wgsl and shared/residual_stats.wgsl
-// (`gpu::mdp_engine::MDP_BACKUP_WGSL`).
-
-// Two Q values closer than this (relative to max(1, |max Q|)) tie for the hard-max policy.
-const TIE_RELATIVE: f32 = 1e-5;
+// Joined after shared/constants.wgsl, shared/residual_stats.wgsl, shared/log_sum_exp.wgsl and
+// shared/policy_ties.wgsl (`gpu::mdp_engine::MDP_BACKUP_WGSL`).
 
 // Optimistic (log-expectation) backup instead of the expected one.
 override OPTIMISTIC: bool = false;
@@ -107,7 +104,7 @@ fn action_value(item: Item, a: u32) -> f32 {
         let scale = params.gamma * params.log2e_over_alpha;
         var mass = 0.0;
         for (var k = first; k < end; k++) {
-            mass += probs[k] * exp2((v_in[base + successors[k]] - top) * scale);
+            mass += probs[k] * exp_shifted(v_in[base + successors[k]], top, scale);
         }
         return r + params.gamma * top + params.alpha_ln2 * log2(mass);
     }
@@ -118,16 +115,13 @@ fn action_value(item: Item, a: u32) -> f32 {
     return r + params.gamma * expected;
 }
 
-// Running soft max: (largest Q so far, sum of exp((Q - largest) / alpha)); starts at the first
-// action's (Q, 1), so that a state whose every Q is -inf gets -inf.
+// Running soft max over the actions (`lse_push`), or the running max when alpha = 0; starts at
+// the first action's (Q, 1), so that a state whose every Q is -inf gets -inf.
 fn fold(acc: vec2<f32>, q: f32) -> vec2<f32> {
     if HARD_MAX {
         return vec2<f32>(max(acc.x, q), 1.0);
     }
-    if q > acc.x {
-        return vec2<f32>(q, acc.y * exp2((acc.x - q) * params.log2e_over_alpha) + 1.0);
-    }
-    return vec2<f32>(acc.x, acc.y + exp2((q - acc.x) * params.log2e_over_alpha));
+    return lse_push(acc, q, params.log2e_over_alpha);
 }
 
 // V = alpha * log sum_a exp(Q / alpha) from the fold, or max_a Q when alpha = 0.
@@ -135,7 +129,7 @@ fn finish(acc: vec2<f32>) -> f32 {
     if HARD_MAX || acc.x < -HUGE {
         return acc.x;
     }
-    return acc.x + params.alpha_ln2 * log2(acc.y);
+    return lse_value(acc, params.alpha_ln2);
 }
 
 @compute @workgroup_size(WORKGROUP_SIZE, 1, 1)
@@ -215,18 +209,15 @@ fn mdp_policy(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_i
         acc = fold(acc, q);
     }
     if HARD_MAX {
-        let top = acc.x;
-        let tie = top - TIE_RELATIVE * max(1.0, abs(top));
+        let tie = tie_threshold(acc.x);
         var chosen = false;
         for (var a = 0u; a < params.actions; a++) {
-            let pick = !chosen && out[base + a] >= tie;
-            chosen = chosen || pick;
-            out[base + a] = select(0.0, 1.0, pick);
+            out[base + a] = one_hot(out[base + a], tie, &chosen);
         }
     } else {
         let v = finish(acc);
         for (var a = 0u; a < params.actions; a++) {
-            out[base + a] = exp2((out[base + a] - v) * params.log2e_over_alpha);
+            out[base + a] = exp_shifted(out[base + a], v, params.log2e_over_alpha);
         }
     }
 }

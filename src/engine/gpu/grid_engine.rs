@@ -29,6 +29,8 @@ use crate::world::mdp::TabularMdp;
 pub const GRID_BACKUP_WGSL: &str = wgsl!(
     "shared/constants.wgsl",
     "shared/residual_stats.wgsl",
+    "shared/log_sum_exp.wgsl",
+    "shared/policy_ties.wgsl",
     "grid_backup.wgsl",
 );
 /// WGSL source of the forward (occupancy) kernel.

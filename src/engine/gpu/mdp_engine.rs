@@ -26,6 +26,8 @@ use crate::world::mdp::{TabularMdp, Transpose};
 pub const MDP_BACKUP_WGSL: &str = wgsl!(
     "shared/constants.wgsl",
     "shared/residual_stats.wgsl",
+    "shared/log_sum_exp.wgsl",
+    "shared/policy_ties.wgsl",
     "mdp_backup.wgsl",
 );
 /// WGSL source of the occupancy (forward message) kernel.
