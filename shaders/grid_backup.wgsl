@@ -17,15 +17,9 @@
 // or of rows of one task, so that every binding stays under the adapter's storage-binding
 // limit; the *_origin fields locate each window in the chunk's arrays.
 
-// Joined after shared/constants.wgsl, shared/residual_stats.wgsl, shared/log_sum_exp.wgsl and
-// shared/policy_ties.wgsl (`gpu::GRID_BACKUP_WGSL`).
+// Joined after shared/constants.wgsl, shared/grid_params.wgsl, shared/residual_stats.wgsl,
+// shared/log_sum_exp.wgsl and shared/policy_ties.wgsl (`gpu::GRID_BACKUP_WGSL`).
 
-const MAX_ACTIONS: u32 = 9u;
-
-// 4 (N, E, S, W) or 8 (then NE, SE, SW, NW).
-override CONNECTIVITY: u32 = 8u;
-// A final STAY action.
-override STAY: bool = false;
 // Optimistic (log-expectation) backup instead of the expected one.
 override OPTIMISTIC: bool = false;
 // alpha = 0: V = max_a Q and a one-hot policy.
@@ -34,36 +28,6 @@ override HARD_MAX: bool = false;
 override HAS_REWARD: bool = true;
 // Whether this sweep writes per-workgroup residual statistics into `partials`.
 override WRITE_RESIDUAL: bool = false;
-
-// Keep in sync with `gpu::GridParams` (sizes compared in tests/shader_layout.rs).
-struct GridParams {
-    width: u32, // cells per row, a multiple of 4
-    height: u32,
-    cells_per_task: u32,
-    fixed_words_per_task: u32,
-    // First task ([task] index within the chunk) of this band.
-    task_base: u32,
-    // This band's slice of `active_quads`: first entry and count.
-    list_base: u32,
-    list_count: u32,
-    // Workgroups along x of this band's dispatch.
-    dispatch_x: u32,
-    // `partials` slot of this band's first workgroup within a task, and slots per task.
-    group_base: u32,
-    groups_per_task: u32,
-    // Where each binding's window starts in its full array, in that array's elements.
-    quads_origin: u32, // active_quads [entry]
-    fixed_origin: u32, // fixed_bits [task][word]
-    v_in_origin: u32,  // v_in [task][row][quad]
-    out_origin: u32,   // reward, v_out [task][row][quad]; policy cell 4 * out_origin
-    gamma: f32,
-    slip: f32,
-    alpha_ln2: f32,        // alpha * ln(2)
-    log2e_over_alpha: f32, // log2(e) / alpha
-    slip_share: f32,       // slip / |A|
-    _pad0: u32,
-    step_cost: array<vec4<f32>, 3>, // cost(a), action order
-}
 
 @group(0) @binding(0) var<uniform> params: GridParams;
 // (row << 16 | quad column, move masks of the quad's 4 cells: byte j = cell 4q + j).
@@ -76,10 +40,6 @@ struct GridParams {
 // grid_policy: pi [task][row][col][action]; grid_extrapolate: the backup of V [task][row][col].
 @group(0) @binding(7) var<storage, read_write> policy: array<f32>;
 @group(0) @binding(8) var<storage, read> extrapolation: array<f32>;      // [task]
-
-fn action_count() -> u32 {
-    return CONNECTIVITY + select(0u, 1u, STAY);
-}
 
 fn step_cost(a: u32) -> f32 {
     return params.step_cost[a / 4u][a % 4u];

@@ -13,40 +13,9 @@
 // Dispatch: 64 invocations per workgroup over the cells of a task (x + y * dispatch_x
 // workgroups), z = task within the band. Bands hold whole tasks; the origins locate them.
 
-// Joined after shared/constants.wgsl (`gpu::GRID_OCCUPANCY_WGSL`).
-
-const MAX_ACTIONS: u32 = 9u;
-
-// 4 (N, E, S, W) or 8 (then NE, SE, SW, NW).
-override CONNECTIVITY: u32 = 8u;
-// A final STAY action.
-override STAY: bool = false;
-
-// The grid kernels' uniform (see shaders/grid_backup.wgsl); this kernel reads the fields
-// named below. Keep in sync with `gpu::GridParams` (sizes compared in tests/shader_layout.rs).
-struct GridParams {
-    width: u32,
-    height: u32,
-    cells_per_task: u32,
-    fixed_words_per_task: u32,
-    task_base: u32,
-    list_base: u32,
-    list_count: u32,
-    dispatch_x: u32,
-    group_base: u32,
-    groups_per_task: u32,
-    quads_origin: u32,
-    fixed_origin: u32, // fixed_bits [task][word]
-    v_in_origin: u32,  // d_in, d_out [task][row][col]
-    out_origin: u32,   // policy [task][row][col][action]
-    gamma: f32,
-    slip: f32,
-    alpha_ln2: f32,
-    log2e_over_alpha: f32,
-    slip_share: f32,
-    _pad0: u32,
-    step_cost: array<vec4<f32>, 3>,
-}
+// Joined after shared/constants.wgsl and shared/grid_params.wgsl (`gpu::GRID_OCCUPANCY_WGSL`).
+// Of `GridParams` this kernel reads the map's size, task_base, dispatch_x, fixed_origin,
+// v_in_origin (d_in and d_out), out_origin (policy), gamma, slip and slip_share.
 
 @group(0) @binding(0) var<uniform> params: GridParams;
 @group(0) @binding(1) var<storage, read> move_masks: array<u32>;      // [row][col]
@@ -54,10 +23,6 @@ struct GridParams {
 @group(0) @binding(3) var<storage, read> policy: array<f32>;          // [task][row][col][action]
 @group(0) @binding(4) var<storage, read> d_in: array<f32>;            // [task][row][col]
 @group(0) @binding(5) var<storage, read_write> d_out: array<f32>;     // [task][row][col]
-
-fn action_count() -> u32 {
-    return CONNECTIVITY + select(0u, 1u, STAY);
-}
 
 fn is_fixed(task: u32, cell: u32) -> bool {
     let word = task * params.fixed_words_per_task + (cell >> 5u) - params.fixed_origin;

@@ -28,13 +28,18 @@ use crate::world::mdp::TabularMdp;
 /// WGSL source of the backup and policy kernels.
 pub const GRID_BACKUP_WGSL: &str = wgsl!(
     "shared/constants.wgsl",
+    "shared/grid_params.wgsl",
     "shared/residual_stats.wgsl",
     "shared/log_sum_exp.wgsl",
     "shared/policy_ties.wgsl",
     "grid_backup.wgsl",
 );
 /// WGSL source of the forward (occupancy) kernel.
-pub const GRID_OCCUPANCY_WGSL: &str = wgsl!("shared/constants.wgsl", "grid_occupancy.wgsl");
+pub const GRID_OCCUPANCY_WGSL: &str = wgsl!(
+    "shared/constants.wgsl",
+    "shared/grid_params.wgsl",
+    "grid_occupancy.wgsl",
+);
 
 /// Invocations (quads) per workgroup of the grid kernels. Same as `WORKGROUP_SIZE` in the
 /// shader.
@@ -44,7 +49,7 @@ const MAX_TASKS_PER_CHUNK: usize = 1024;
 /// Largest value array of a chunk (bytes), whatever the adapter allows.
 const MAX_CHUNK_BYTES: u64 = 1 << 30;
 /// Per-band uniform of the grid kernels. Keep in sync with `GridParams` in
-/// `shaders/grid_backup.wgsl` (size checked by tests/shader_layout.rs).
+/// `shaders/shared/grid_params.wgsl` (size checked by tests/shader_layout.rs).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, Pod, Zeroable)]
 pub struct GridParams {
