@@ -1,6 +1,6 @@
 // Soft Bellman backups over a batch of gridworld tasks that share one map.
-// CPU twin: src/reference.rs (`grid_backup`, `grid_extrapolate`, `grid_policy`,
-// `action_values`, `soft_max`).
+// CPU twin: src/reference.rs (`grid_backup`, `grid_policy`, `action_values`, `soft_max`). The
+// rate-extrapolation jump between sweeps is shaders/extrapolate.wgsl.
 //
 // Transitions are never stored: each cell's legal-move bitmask says which moves leave it
 // (bit a clear = the move is blocked and the agent stays). With slip eps, action a executes its
@@ -37,7 +37,7 @@ override WRITE_RESIDUAL: bool = false;
 @group(0) @binding(4) var<storage, read> v_in: array<vec4<f32>>;         // [task][row][quad]
 @group(0) @binding(5) var<storage, read_write> v_out: array<vec4<f32>>;  // [task][row][quad]
 @group(0) @binding(6) var<storage, read_write> partials: array<vec4<f32>>; // [task][group]
-// grid_policy: pi [task][row][col][action]; grid_extrapolate: the backup of V [task][row][col].
+// grid_policy: pi [task][row][col][action].
 @group(0) @binding(7) var<storage, read_write> policy: array<f32>;
 @group(0) @binding(8) var<storage, read> extrapolation: array<f32>;      // [task]
 
@@ -212,38 +212,6 @@ fn grid_backup(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_
             partials[task * params.groups_per_task + params.group_base + group] = total;
         }
     }
-}
-
-// V <- V + factor * (V - V_prev) on non-fixed cells, V in v_out and V_prev (the values before
-// the last sweep) in v_in, with the task's factor from `convergence_decide`; V is first saved
-// in `policy` (the backup). If the residual decays like lambda^k along one mode, this lands on
-// that mode's limit: factor = lambda / (1 - lambda). A negative factor restores V from the
-// backup instead (the jump did not pay off). Same dispatch as grid_backup.
-@compute @workgroup_size(WORKGROUP_SIZE, 1, 1)
-fn grid_extrapolate(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-    let q = locate(wid, lid);
-    if !q.valid || q.fixed == 15u {
-        return;
-    }
-    let factor = extrapolation[q.task];
-    if factor == 0.0 {
-        return;
-    }
-    let backup = 4u * q.out_index;
-    if factor < 0.0 {
-        v_out[q.out_index] = vec4<f32>(policy[backup], policy[backup + 1u], policy[backup + 2u], policy[backup + 3u]);
-        return;
-    }
-    let current = v_out[q.out_index];
-    let previous = v_in[q.in_index];
-    var moved = current;
-    for (var j = 0u; j < 4u; j++) {
-        policy[backup + j] = current[j];
-        if ((q.fixed >> j) & 1u) == 0u {
-            moved[j] = current[j] + factor * (current[j] - previous[j]);
-        }
-    }
-    v_out[q.out_index] = moved;
 }
 
 // pi(a|s) = exp((Q(s,a) - V(s)) / alpha) from the next values in v_in, written to `policy`;

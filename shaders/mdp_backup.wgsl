@@ -1,6 +1,6 @@
 // Soft Bellman backups over a batch of tasks that share the sparse dynamics of a general
 // tabular MDP. CPU twin: src/reference.rs (`mdp_backup`, `mdp_policy`, `mdp_action_values`,
-// `grid_extrapolate`, `soft_max`).
+// `soft_max`). The rate-extrapolation jump between sweeps is shaders/extrapolate.wgsl.
 //
 // Transitions are CSR over rows s * A + a: `indptr[row] .. indptr[row + 1]` index `successors`
 // and `probs`. One invocation backs up one state of one task: it walks the state's A rows
@@ -38,10 +38,10 @@ struct MdpParams {
     // Where each binding's window starts in its full array, in that array's elements.
     indptr_origin: u32, // indptr [row]
     entry_origin: u32,  // successors, probs [entry]
-    row_origin: u32,    // reward, mdp_policy's out [task][state][action]
+    row_origin: u32,    // reward, out [task][state][action]
     fixed_origin: u32,  // fixed_bits [task][word]
     v_in_origin: u32,   // v_in [task][state]
-    out_origin: u32,    // v_out, mdp_extrapolate's out [task][state]
+    out_origin: u32,    // v_out [task][state]
     gamma: f32,
     alpha_ln2: f32,        // alpha * ln(2)
     log2e_over_alpha: f32, // log2(e) / alpha
@@ -58,7 +58,7 @@ struct MdpParams {
 @group(0) @binding(6) var<storage, read> v_in: array<f32>;            // [task][state]
 @group(0) @binding(7) var<storage, read_write> v_out: array<f32>;     // [task][state]
 @group(0) @binding(8) var<storage, read_write> partials: array<vec4<f32>>; // [task][group]
-// mdp_policy: pi [task][state][action]; mdp_extrapolate: the backup of V [task][state].
+// mdp_policy: pi [task][state][action].
 @group(0) @binding(9) var<storage, read_write> out: array<f32>;
 @group(0) @binding(10) var<storage, read> extrapolation: array<f32>;  // [task]
 
@@ -157,31 +157,6 @@ fn mdp_backup(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_i
             partials[task * params.groups_per_task + params.group_base + group] = total;
         }
     }
-}
-
-// V <- V + factor * (V - V_prev) on non-fixed states, V in v_out and V_prev in v_in, with the
-// task's factor from `convergence_decide`; V is first saved in `out` (the backup). A negative
-// factor restores V from the backup instead. Same dispatch as mdp_backup. The occupancy's
-// discounted sum runs it too (over the occupancy, with no fixed state).
-@compute @workgroup_size(WORKGROUP_SIZE, 1, 1)
-fn mdp_extrapolate(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-    let item = locate(wid, lid);
-    if !item.valid || item.fixed {
-        return;
-    }
-    let factor = extrapolation[item.task];
-    if factor == 0.0 {
-        return;
-    }
-    let here = item.task * params.states + item.state;
-    let slot = here - params.out_origin;
-    if factor < 0.0 {
-        v_out[slot] = out[slot];
-        return;
-    }
-    let current = v_out[slot];
-    out[slot] = current;
-    v_out[slot] = current + factor * (current - v_in[here - params.v_in_origin]);
 }
 
 // pi(a|s) = exp((Q(s,a) - V(s)) / alpha) from the next values in v_in, written to `out`; for

@@ -3,7 +3,7 @@
 // residual is within tolerance, zeroes the indirect dispatch arguments so that the rest of the
 // submission's sweeps do nothing.
 // Until then it estimates each task's convergence rate and, when the estimate has settled,
-// asks `grid_extrapolate` to jump ahead along the slowest mode.
+// asks `extrapolate` (shaders/extrapolate.wgsl) to jump ahead along the slowest mode.
 // CPU twin: `reference::SweepStats`, `solve::ConvergenceMonitor`, `solve::RateExtrapolator`.
 
 // Joined after shared/constants.wgsl and shared/residual_stats.wgsl

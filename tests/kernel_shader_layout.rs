@@ -55,7 +55,7 @@ fn grid_backup_layout_matches_rust() {
         constant(&m, "TIE_RELATIVE"),
         naga::Literal::F32(softvi::engine::cpu::TIE_RELATIVE as f32)
     );
-    for entry in ["grid_backup", "grid_extrapolate", "grid_policy"] {
+    for entry in ["grid_backup", "grid_policy"] {
         assert!(m.entry_points.iter().any(|e| e.name == entry), "{entry}");
     }
 }
@@ -127,7 +127,7 @@ fn mdp_kernels_layout_matches_rust() {
         constant(&m, "TIE_RELATIVE"),
         naga::Literal::F32(softvi::engine::cpu::TIE_RELATIVE as f32)
     );
-    for entry in ["mdp_backup", "mdp_extrapolate", "mdp_policy"] {
+    for entry in ["mdp_backup", "mdp_policy"] {
         assert!(m.entry_points.iter().any(|e| e.name == entry), "{entry}");
     }
     let (m, _) = module(MDP_OCCUPANCY_WGSL);
@@ -142,4 +142,15 @@ fn mdp_kernels_layout_matches_rust() {
     for entry in ["mdp_occupancy", "mdp_occupancy_weights"] {
         assert!(m.entry_points.iter().any(|e| e.name == entry), "{entry}");
     }
+}
+
+#[test]
+fn extrapolate_layout_matches_rust() {
+    use softvi::engine::gpu::core::{EXTRAPOLATE_WGSL, ExtrapolateParams};
+    let (m, _) = module(EXTRAPOLATE_WGSL);
+    assert_eq!(
+        struct_size(&m, "ExtrapolateParams") as usize,
+        size_of::<ExtrapolateParams>()
+    );
+    assert!(m.entry_points.iter().any(|e| e.name == "extrapolate"));
 }

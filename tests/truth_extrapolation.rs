@@ -1,11 +1,12 @@
-//! Rate extrapolation (`solve::RateExtrapolator`, `grid_extrapolate`): it must cut the sweeps
-//! of slowly contracting solves, land on the same fixed point as plain value iteration, and
-//! do the same thing on both backends.
+//! Rate extrapolation (`solve::RateExtrapolator`, `shaders/extrapolate.wgsl`): it must cut the
+//! sweeps of slowly contracting solves, land on the same fixed point as plain value iteration,
+//! and do the same thing on both backends and over any banding.
 
 mod common;
 
 use common::*;
-use softvi::{Backup, Grid, Horizon, SolveOptions, solve_cpu};
+use softvi::world::grid_mdp::GridMdp;
+use softvi::{Backup, EngineOptions, Grid, Horizon, MdpEngine, Outputs, SolveOptions, solve_cpu};
 
 fn options(gamma: f64, extrapolate: bool, backup: Backup) -> SolveOptions {
     SolveOptions {
@@ -121,4 +122,98 @@ fn bad_jumps_are_rolled_back() {
             "values off by {err}"
         );
     }
+}
+
+/// The bits of `values`, so that equal floats compare equal and NaN equals NaN.
+fn bits(values: &[f32]) -> Vec<u32> {
+    values.iter().map(|v| v.to_bits()).collect()
+}
+
+/// Bands change which dispatch updates a cell or state, not its arithmetic, and the residual
+/// statistics are maxima and minima: a banded solve must jump at the same checks by the same
+/// factors and give the same bits as an unbanded one. Run where jumps happen (and some are
+/// rolled back), so that `extrapolate` runs over row bands of a padded grid and over state
+/// bands of an MDP and its discounted occupancy.
+#[test]
+fn banded_jumps_match_unbanded_bit_for_bit() {
+    let Some(ctx) = gpu() else {
+        return;
+    };
+    let cool = |extrapolate| SolveOptions {
+        alpha: 0.1,
+        gamma: 0.999,
+        policy: true,
+        ..options(0.999, extrapolate, Backup::Expected)
+    };
+    // 127 columns, padded to 128 on the GPU: 16 KiB bindings hold about 30 rows.
+    let problem = softvi::bench::reference_problem(Grid::generate_maze(127, 127, 0).unwrap(), 2);
+    let small = EngineOptions {
+        max_binding_bytes: Some(16 << 10),
+        max_buffer_bytes: None,
+    };
+    let mut whole = softvi::GridEngine::new(ctx).unwrap();
+    let mut banded = softvi::GridEngine::with_options(ctx, small).unwrap();
+    let plain = whole.solve(&problem, &cool(false)).unwrap();
+    let one = whole.solve(&problem, &cool(true)).unwrap();
+    let many = banded.solve(&problem, &cool(true)).unwrap();
+    assert_ne!(one.iterations, plain.iterations, "no jump happened");
+    assert_eq!(many.iterations, one.iterations);
+    assert_eq!(many.status, one.status);
+    assert!(bits(&many.values) == bits(&one.values), "grid values");
+    assert!(bits(many.policy.as_ref().unwrap()) == bits(one.policy.as_ref().unwrap()));
+
+    // The same maze, smaller, as an MDP with its discounted occupancy. Bindings that hold a
+    // task's policy but not its transitions split the sweeps and the occupancy into state
+    // bands, and the occupancy then gathers pi * P per entry instead of folded weights (other
+    // roundings): its bits are compared between two bandings.
+    let problem = softvi::bench::reference_problem(Grid::generate_maze(63, 63, 0).unwrap(), 2);
+    let mdp = GridMdp::new(&problem, None).unwrap().mdp;
+    let outputs = Outputs {
+        all_steps: false,
+        occupancy: true,
+    };
+    let policy_bytes = (mdp.states * mdp.actions * 4) as u64;
+    assert!(mdp.nonzeros() as u64 * 4 > 3 * policy_bytes);
+    let engine = |binding: Option<u64>| {
+        MdpEngine::with_options(
+            ctx,
+            EngineOptions {
+                max_binding_bytes: binding,
+                max_buffer_bytes: None,
+            },
+        )
+        .unwrap()
+    };
+    let mut whole = engine(None);
+    let warm = |extrapolate| SolveOptions {
+        policy: true,
+        ..options(0.99, extrapolate, Backup::Expected)
+    };
+    let plain = whole.solve(&mdp, &warm(false), outputs).unwrap();
+    let one = whole.solve(&mdp, &warm(true), outputs).unwrap();
+    let sweeps = |s: &softvi::MdpSolution| {
+        let occupancy = s.occupancy.as_ref().unwrap();
+        (s.solution.iterations.clone(), occupancy.iterations)
+    };
+    let d = |s: &softvi::MdpSolution| bits(&s.occupancy.as_ref().unwrap().values);
+    assert_ne!(sweeps(&one).0, sweeps(&plain).0, "no jump happened");
+    let mut banded = Vec::new();
+    for binding in [policy_bytes + 4096, 2 * policy_bytes + 4096] {
+        let many = engine(Some(binding))
+            .solve(&mdp, &warm(true), outputs)
+            .unwrap();
+        assert_eq!(sweeps(&many).0, sweeps(&one).0, "binding {binding}");
+        assert!(
+            bits(&many.solution.values) == bits(&one.solution.values),
+            "MDP values"
+        );
+        banded.push(many);
+    }
+    assert_ne!(
+        sweeps(&banded[0]).1,
+        sweeps(&plain).1,
+        "no occupancy jump happened"
+    );
+    assert_eq!(sweeps(&banded[0]).1, sweeps(&banded[1]).1);
+    assert!(d(&banded[0]) == d(&banded[1]), "MDP occupancy");
 }

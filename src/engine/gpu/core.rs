@@ -1,6 +1,6 @@
 //! What every GPU solver shares: the device, a pool of reusable buffers, readback, and the
-//! iteration driver that records many sweeps per submission and checks convergence on the GPU
-//! with `shaders/residual_reduce.wgsl`.
+//! iteration driver that records many sweeps per submission, checks convergence on the GPU
+//! with `shaders/residual_reduce.wgsl` and jumps ahead with `shaders/extrapolate.wgsl`.
 
 use std::collections::HashMap;
 
@@ -18,6 +18,9 @@ pub const RESIDUAL_REDUCE_WGSL: &str = wgsl!(
     "shared/residual_stats.wgsl",
     "residual_reduce.wgsl",
 );
+
+/// WGSL source of the rate-extrapolation jump of every iteration.
+pub const EXTRAPOLATE_WGSL: &str = wgsl!("shared/constants.wgsl", "extrapolate.wgsl");
 
 /// Invocations per workgroup of every kernel, `residual_reduce` included. Same as
 /// `WORKGROUP_SIZE` in `shaders/shared/constants.wgsl`.
@@ -48,6 +51,41 @@ pub struct ReduceParams {
     pub gamma: f32,
     pub _pad1: u32,
     pub _pad2: u32,
+}
+
+/// Per-band uniform of the extrapolation jump. Keep in sync with `ExtrapolateParams` in
+/// `shaders/extrapolate.wgsl` (size checked by tests/shader_layout.rs).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, Pod, Zeroable)]
+pub struct ExtrapolateParams {
+    pub values_per_task: u32,
+    pub task_base: u32,
+    pub first: u32,
+    pub count: u32,
+    pub dispatch_x: u32,
+    pub invocations: u32,
+    pub fixed_words_per_task: u32,
+    pub fixed_origin: u32,
+    pub prev_origin: u32,
+    pub out_origin: u32,
+    pub _pad0: u32,
+    pub _pad1: u32,
+}
+
+/// One band of an iteration as `extrapolate` sees it: its uniform and its windows over the
+/// fixed bits, V_prev and V (the backup's window is V's).
+pub(crate) struct ExtrapolateBand {
+    pub params: ExtrapolateParams,
+    pub fixed: Window,
+    pub prev: Window,
+    pub values: Window,
+}
+
+/// Invocations per task of a dispatch of `WORKGROUP_SIZE`-wide workgroups `[x, y, tasks]`:
+/// the stride by which `extrapolate` steps through a band dispatched that way.
+pub(crate) fn invocations(dispatch: [u32; 3]) -> u32 {
+    let n = dispatch[0] as u64 * dispatch[1] as u64 * WORKGROUP_SIZE as u64;
+    n.clamp(1, u32::MAX as u64) as u32
 }
 
 /// Size limits the engines plan with; `None` takes the adapter's. Tests lower them to
@@ -238,8 +276,10 @@ impl Checks {
 pub(crate) struct Kernels<'a> {
     pub sweep: &'a wgpu::ComputePipeline,
     pub sweep_checked: &'a wgpu::ComputePipeline,
+    /// [`GpuCore::extrapolate_pipeline`].
     pub extrapolate: &'a wgpu::ComputePipeline,
     pub sweep_groups: &'a [[wgpu::BindGroup; 2]],
+    /// From [`GpuCore::extrapolate_groups`], over the same bands as `sweep_groups`.
     pub extrapolate_groups: &'a [[wgpu::BindGroup; 2]],
     /// A finite horizon that keeps every step: each sweep's output is copied to its slot.
     pub keep_steps: Option<StepCopies<'a>>,
@@ -310,7 +350,7 @@ pub(crate) struct Iteration {
     pub verdict: Verdict,
 }
 
-/// A device with its buffer pool and the convergence-check pipelines.
+/// A device with its buffer pool and the convergence-check and extrapolation pipelines.
 pub(crate) struct GpuCore {
     pub device: wgpu::Device,
     pub queue: wgpu::Queue,
@@ -323,6 +363,9 @@ pub(crate) struct GpuCore {
     reduce_layout: wgpu::BindGroupLayout,
     reduce_pipeline: wgpu::ComputePipeline,
     decide_pipeline: wgpu::ComputePipeline,
+    extrapolate_layout: wgpu::BindGroupLayout,
+    /// The `extrapolate` kernel, for [`Kernels::extrapolate`].
+    pub extrapolate_pipeline: wgpu::ComputePipeline,
 }
 
 impl GpuCore {
@@ -347,6 +390,28 @@ impl GpuCore {
             immediate_size: 0,
         });
         let stage = |entry: &str| compute_pipeline(&device, &layout, &module, entry, &[]);
+        let (reduce_pipeline, decide_pipeline) =
+            (stage("residual_reduce"), stage("convergence_decide"));
+        // Binding order = position in this list; the shader declares the same order.
+        let extrapolate_layout =
+            device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
+                label: Some("softvi.extrapolate"),
+                entries: &layout_entries(&[
+                    wgpu::BufferBindingType::Uniform, // params
+                    storage(true),                    // fixed_bits
+                    storage(true),                    // v_prev
+                    storage(false),                   // v
+                    storage(false),                   // backup
+                    storage(true),                    // extrapolation
+                ]),
+            });
+        let module = shader_module(&device, "softvi.extrapolate", EXTRAPOLATE_WGSL);
+        let layout = device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
+            label: Some("softvi.extrapolate"),
+            bind_group_layouts: &[Some(&extrapolate_layout)],
+            immediate_size: 0,
+        });
+        let extrapolate_pipeline = compute_pipeline(&device, &layout, &module, "extrapolate", &[]);
         Self {
             queue: ctx.queue.clone(),
             adapter_label: ctx.adapter_label(),
@@ -361,9 +426,11 @@ impl GpuCore {
                 .min(limits.max_buffer_size),
             storage_align: limits.min_storage_buffer_offset_alignment as u64,
             uniform_align: limits.min_uniform_buffer_offset_alignment as u64,
-            reduce_pipeline: stage("residual_reduce"),
-            decide_pipeline: stage("convergence_decide"),
+            reduce_pipeline,
+            decide_pipeline,
             reduce_layout,
+            extrapolate_layout,
+            extrapolate_pipeline,
             device,
         }
     }
@@ -514,6 +581,52 @@ impl GpuCore {
             tasks,
             bands: dispatch.len(),
         })
+    }
+
+    /// The `extrapolate` bind groups of an iteration's `bands`, their uniforms in the pooled
+    /// buffer `label`: group p reads V_prev from `values[p]` and jumps `values[1 - p]`, saving
+    /// it in `backup`, as [`Kernels::extrapolate_groups`] wants them.
+    pub fn extrapolate_groups(
+        &mut self,
+        label: &'static str,
+        bands: &[ExtrapolateBand],
+        fixed: &wgpu::Buffer,
+        values: &[wgpu::Buffer; 2],
+        backup: &wgpu::Buffer,
+        extrapolation: &wgpu::Buffer,
+    ) -> Vec<[wgpu::BindGroup; 2]> {
+        let stride = (size_of::<ExtrapolateParams>() as u64).next_multiple_of(self.uniform_align);
+        let params = self.buffer(
+            label,
+            bands.len() as u64 * stride,
+            wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+        );
+        bands
+            .iter()
+            .enumerate()
+            .map(|(b, band)| {
+                let slot = b as u64 * stride;
+                self.queue
+                    .write_buffer(&params, slot, bytemuck::bytes_of(&band.params));
+                let (f, prev, out) = (&band.fixed, &band.prev, &band.values);
+                let group = |p: usize| {
+                    // Binding order = the layout's order = the shader's @binding numbers.
+                    self.bind_group(
+                        "softvi.extrapolate",
+                        &self.extrapolate_layout,
+                        [
+                            bind(&params, slot, size_of::<ExtrapolateParams>() as u64),
+                            bind(fixed, f.offset, f.size),
+                            bind(&values[p], prev.offset, prev.size),
+                            bind(&values[1 - p], out.offset, out.size),
+                            bind(backup, out.offset, out.size),
+                            extrapolation.as_entire_binding(),
+                        ],
+                    )
+                };
+                [group(0), group(1)]
+            })
+            .collect()
     }
 
     /// Runs sweeps on the check schedule of `options` (the CPU reference's): `record` adds

@@ -11,8 +11,8 @@ use bytemuck::{Pod, Zeroable};
 
 use super::context::GpuContext;
 use super::core::{
-    EngineOptions, GpuCore, Kernels, StepCopies, WINDOW_SLACK, Window, bind, compute_pipeline,
-    shader_module, storage, window,
+    EngineOptions, ExtrapolateBand, ExtrapolateParams, GpuCore, Kernels, StepCopies, WINDOW_SLACK,
+    Window, bind, compute_pipeline, invocations, shader_module, storage, window,
 };
 use crate::engine::cpu::SweepStats;
 use crate::engine::layout::GridInputs;
@@ -186,7 +186,6 @@ fn strip_padding(data: &[f32], padded_w: usize, w: usize, per_cell: usize) -> Ve
 enum GridStage {
     Backup,
     Policy,
-    Extrapolate,
     Occupancy,
 }
 
@@ -215,6 +214,35 @@ impl BandLayout {
     /// Workgroups of one task of this band.
     fn dispatch_groups(&self) -> u32 {
         self.params.list_count.div_ceil(WORKGROUP_SIZE)
+    }
+
+    /// This band as `extrapolate` sees it: the cells `[first_cell, end_cell)` of its tasks
+    /// over the sweep's dispatch.
+    fn extrapolate_band(&self) -> ExtrapolateBand {
+        let p = &self.params;
+        let cells = p.cells_per_task as u64;
+        let first = self.first_cell - p.task_base as u64 * cells;
+        let last_task = (p.task_base + self.dispatch[2] - 1) as u64;
+        let [_, fixed, prev, values] = self.windows;
+        ExtrapolateBand {
+            params: ExtrapolateParams {
+                values_per_task: p.cells_per_task,
+                task_base: p.task_base,
+                first: first as u32,
+                count: (self.end_cell - last_task * cells - first) as u32,
+                dispatch_x: p.dispatch_x,
+                invocations: invocations(self.dispatch),
+                fixed_words_per_task: p.fixed_words_per_task,
+                fixed_origin: p.fixed_origin,
+                // v_in and v_out are windows of vec4 quads, 4 cells each.
+                prev_origin: 4 * p.v_in_origin,
+                out_origin: 4 * p.out_origin,
+                ..Default::default()
+            },
+            fixed,
+            prev,
+            values,
+        }
     }
 }
 
@@ -323,11 +351,6 @@ impl GridEngine {
         let (entry, module, layout) = match key.stage {
             GridStage::Backup => ("grid_backup", &self.grid_module, &self.grid_pipeline_layout),
             GridStage::Policy => ("grid_policy", &self.grid_module, &self.grid_pipeline_layout),
-            GridStage::Extrapolate => (
-                "grid_extrapolate",
-                &self.grid_module,
-                &self.grid_pipeline_layout,
-            ),
             GridStage::Occupancy => (
                 "grid_occupancy",
                 &self.occupancy_module,
@@ -837,10 +860,7 @@ impl GridEngine {
                     &reward,
                     &values[p],
                     &values[1 - p],
-                    match options.uses_extrapolation() {
-                        true => (&backup, layout.windows[3].offset, layout.windows[3].size),
-                        false => (&no_policy, 0, 16),
-                    },
+                    (&no_policy, 0, 16),
                     &checks.partials,
                     &checks.extrapolation,
                 )
@@ -861,10 +881,21 @@ impl GridEngine {
             write_residual: true,
             ..key
         });
-        let extrapolate = self.grid_pipeline(GridPipelineKey {
-            stage: GridStage::Extrapolate,
-            ..key
-        });
+        let extrapolate = self.core.extrapolate_pipeline.clone();
+        let extrapolate_groups = match options.uses_extrapolation() {
+            true => {
+                let bands: Vec<_> = layouts.iter().map(BandLayout::extrapolate_band).collect();
+                self.core.extrapolate_groups(
+                    "softvi.extrapolate_params",
+                    &bands,
+                    &fixed,
+                    &values,
+                    &backup,
+                    &checks.extrapolation,
+                )
+            }
+            false => Vec::new(),
+        };
 
         let mut encoder = self.core.device.create_command_encoder(&Default::default());
         encoder.clear_buffer(&values[0], 0, Some(v_bytes));
@@ -876,7 +907,7 @@ impl GridEngine {
             sweep_checked: &sweep_checked,
             extrapolate: &extrapolate,
             sweep_groups: &sweep_groups,
-            extrapolate_groups: &sweep_groups,
+            extrapolate_groups: &extrapolate_groups,
             keep_steps: steps_buf.as_ref().map(|steps| StepCopies {
                 values: &values,
                 steps,

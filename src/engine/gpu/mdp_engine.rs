@@ -1,5 +1,5 @@
 //! The GPU path for general tabular MDPs: `shaders/mdp_backup.wgsl` (CSR soft backups,
-//! extrapolation, policy) and `shaders/mdp_occupancy.wgsl` (forward messages), driven by the
+//! policy) and `shaders/mdp_occupancy.wgsl` (forward messages), driven by the
 //! same convergence checks as the grid engine.
 
 use std::collections::HashMap;
@@ -11,8 +11,8 @@ use bytemuck::{Pod, Zeroable};
 
 use super::context::GpuContext;
 use super::core::{
-    EngineOptions, GpuCore, Iteration, Kernels, StepCopies, Window, bind, compute_pipeline,
-    shader_module, storage, window,
+    EngineOptions, ExtrapolateBand, ExtrapolateParams, GpuCore, Iteration, Kernels, StepCopies,
+    Window, bind, compute_pipeline, invocations, shader_module, storage, window,
 };
 use crate::engine::layout::MdpInputs;
 use crate::engine::options::{Backup, Horizon, Outputs, SolveOptions};
@@ -22,7 +22,7 @@ use crate::engine::solution::{
 };
 use crate::world::mdp::{TabularMdp, Transpose};
 
-/// WGSL source of the CSR backup, extrapolation and policy kernels.
+/// WGSL source of the CSR backup and policy kernels.
 pub const MDP_BACKUP_WGSL: &str = wgsl!(
     "shared/constants.wgsl",
     "shared/residual_stats.wgsl",
@@ -233,11 +233,35 @@ struct Layout<P> {
     dispatch: [u32; 3],
 }
 
+impl Layout<MdpParams> {
+    /// This band of the backup kernels as `extrapolate` sees it.
+    fn extrapolate_band(&self) -> ExtrapolateBand {
+        let p = &self.params;
+        ExtrapolateBand {
+            params: ExtrapolateParams {
+                values_per_task: p.states,
+                task_base: p.task_base,
+                first: p.state_base,
+                count: p.state_count,
+                dispatch_x: p.dispatch_x,
+                invocations: invocations(self.dispatch),
+                fixed_words_per_task: p.fixed_words_per_task,
+                fixed_origin: p.fixed_origin,
+                prev_origin: p.v_in_origin,
+                out_origin: p.out_origin,
+                ..Default::default()
+            },
+            fixed: self.windows[3],
+            prev: self.windows[4],
+            values: self.windows[5],
+        }
+    }
+}
+
 /// Entry points.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 enum MdpStage {
     Backup,
-    Extrapolate,
     Policy,
     Occupancy,
     OccupancyWeights,
@@ -387,7 +411,6 @@ impl MdpEngine {
             stage => (
                 match stage {
                     MdpStage::Backup => "mdp_backup",
-                    MdpStage::Extrapolate => "mdp_extrapolate",
                     _ => "mdp_policy",
                 },
                 &self.backup_module,
@@ -803,7 +826,7 @@ impl MdpEngine {
     }
 
     /// The ping-pong pair of a band over `values`: group p reads `values[p]` and writes
-    /// `values[1 - p]`, with `backup` (its v_out window) for the extrapolation's rollback.
+    /// `values[1 - p]`; `out` (which the sweeps leave alone) is `backup`'s v_out window.
     fn backup_pair(
         &self,
         params: (&wgpu::Buffer, u64),
@@ -935,10 +958,21 @@ impl MdpEngine {
             write_residual: true,
             ..key
         });
-        let extrapolate = self.pipeline(MdpPipelineKey {
-            stage: MdpStage::Extrapolate,
-            ..key
-        });
+        let extrapolate = self.core.extrapolate_pipeline.clone();
+        let extrapolate_groups = match options.uses_extrapolation() {
+            true => {
+                let bands: Vec<_> = layouts.iter().map(Layout::extrapolate_band).collect();
+                self.core.extrapolate_groups(
+                    "softvi.extrapolate_params",
+                    &bands,
+                    &fixed,
+                    &values,
+                    &backup,
+                    &checks.extrapolation,
+                )
+            }
+            false => Vec::new(),
+        };
         let policy_pipeline = self.pipeline(MdpPipelineKey {
             stage: MdpStage::Policy,
             ..key
@@ -949,7 +983,7 @@ impl MdpEngine {
             sweep_checked: &sweep_checked,
             extrapolate: &extrapolate,
             sweep_groups: &groups,
-            extrapolate_groups: &groups,
+            extrapolate_groups: &extrapolate_groups,
             keep_steps: steps_buf.as_ref().map(|steps| StepCopies {
                 values: &values,
                 steps,
@@ -1202,33 +1236,24 @@ impl MdpEngine {
             options,
         )?;
         let groups = occupancy_groups(self);
-        // The extrapolation runs mdp_extrapolate over the occupancy bands with no fixed state.
-        let extrapolate_layouts = self.backup_layouts(inputs, n, &occupancy_bands);
-        let extrapolate_params = self.core.buffer(
-            "softvi.occupancy_extrapolate_params",
-            extrapolate_layouts.len() as u64 * self.uniform_stride,
-            U::UNIFORM | U::COPY_DST,
-        );
-        let extrapolate_groups: Vec<[wgpu::BindGroup; 2]> = extrapolate_layouts
+        // The extrapolation runs over the occupancy bands (laid out as the backup's: the same
+        // states and dispatch) with no fixed state.
+        let extrapolate_bands: Vec<_> = self
+            .backup_layouts(inputs, n, &occupancy_bands)
             .iter()
-            .enumerate()
-            .map(|(b, layout)| {
-                let slot = b as u64 * self.uniform_stride;
-                self.core.queue.write_buffer(
-                    &extrapolate_params,
-                    slot,
-                    bytemuck::bytes_of(&layout.params),
-                );
-                let common = BackupBindings {
-                    dynamics,
-                    reward: &reward,
-                    fixed: &zero_bits,
-                    partials: &checks.partials,
-                    extrapolation: &checks.extrapolation,
-                };
-                self.backup_pair((&extrapolate_params, slot), layout, &common, &d, &backup)
-            })
+            .map(Layout::extrapolate_band)
             .collect();
+        let extrapolate_groups = match options.uses_extrapolation() {
+            true => self.core.extrapolate_groups(
+                "softvi.occupancy_extrapolate_params",
+                &extrapolate_bands,
+                &zero_bits,
+                &d,
+                &backup,
+                &checks.extrapolation,
+            ),
+            false => Vec::new(),
+        };
         let occupancy_key = MdpPipelineKey {
             weighted,
             ..occupancy_key
