@@ -39,7 +39,6 @@ override WRITE_RESIDUAL: bool = false;
 @group(0) @binding(6) var<storage, read_write> partials: array<vec4<f32>>; // [task][group]
 // grid_policy: pi [task][row][col][action].
 @group(0) @binding(7) var<storage, read_write> policy: array<f32>;
-@group(0) @binding(8) var<storage, read> extrapolation: array<f32>;      // [task]
 
 fn step_cost(a: u32) -> f32 {
     return params.step_cost[a / 4u][a % 4u];

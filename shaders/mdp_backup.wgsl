@@ -60,7 +60,6 @@ struct MdpParams {
 @group(0) @binding(8) var<storage, read_write> partials: array<vec4<f32>>; // [task][group]
 // mdp_policy: pi [task][state][action].
 @group(0) @binding(9) var<storage, read_write> out: array<f32>;
-@group(0) @binding(10) var<storage, read> extrapolation: array<f32>;  // [task]
 
 // One state of one task of the band.
 struct Item {

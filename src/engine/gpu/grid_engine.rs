@@ -309,7 +309,6 @@ impl GridEngine {
                 storage(false),                   // v_out
                 storage(false),                   // partials
                 storage(false),                   // policy
-                storage(true),                    // extrapolation
             ],
         );
         let (occupancy_layout, occupancy_pipeline_layout) = core.layouts(
@@ -719,7 +718,6 @@ impl GridEngine {
         v_out: &wgpu::Buffer,
         policy: (&wgpu::Buffer, u64, u64),
         partials: &wgpu::Buffer,
-        extrapolation: &wgpu::Buffer,
     ) -> wgpu::BindGroup {
         let [quads_w, fixed_w, v_in_w, out_w] = windows;
         // Binding order = the layout's order = the shader's @binding numbers.
@@ -735,7 +733,6 @@ impl GridEngine {
                 bind(v_out, out_w.offset, out_w.size),
                 partials.as_entire_binding(),
                 bind(policy.0, policy.1, policy.2),
-                extrapolation.as_entire_binding(),
             ],
         )
     }
@@ -862,7 +859,6 @@ impl GridEngine {
                     &values[1 - p],
                     (&no_policy, 0, 16),
                     &checks.partials,
-                    &checks.extrapolation,
                 )
             };
             sweep_groups.push([group(0), group(1)]);
@@ -957,7 +953,6 @@ impl GridEngine {
                     &values[1 - from],
                     (&out, 0, out_bytes),
                     &checks.partials,
-                    &checks.extrapolation,
                 );
                 let mut encoder = self.core.device.create_command_encoder(&Default::default());
                 self.core
@@ -1057,7 +1052,6 @@ impl GridEngine {
                     (layout.end_cell - origin) * n_actions as u64 * 4,
                 ),
                 &checks.partials,
-                &checks.extrapolation,
             ));
             // The occupancy of the band's whole tasks.
             let (t0, t1) = (

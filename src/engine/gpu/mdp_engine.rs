@@ -294,7 +294,6 @@ struct BackupBindings<'a> {
     reward: &'a wgpu::Buffer,
     fixed: &'a wgpu::Buffer,
     partials: &'a wgpu::Buffer,
-    extrapolation: &'a wgpu::Buffer,
 }
 
 /// What one chunk of tasks returns, `[task][...]` within the chunk.
@@ -346,7 +345,6 @@ impl MdpEngine {
                 storage(false), // v_out
                 storage(false), // partials
                 storage(false), // out
-                storage(true),  // extrapolation
             ],
         );
         let (occupancy_layout, occupancy_pipeline_layout) = core.layouts(
@@ -820,7 +818,6 @@ impl MdpEngine {
                 bind(v_out, w[5].offset, w[5].size),
                 common.partials.as_entire_binding(),
                 bind(out.0, out.1, out.2),
-                common.extrapolation.as_entire_binding(),
             ],
         )
     }
@@ -934,7 +931,6 @@ impl MdpEngine {
             reward: &reward,
             fixed: &fixed,
             partials: &checks.partials,
-            extrapolation: &checks.extrapolation,
         };
         let groups: Vec<[wgpu::BindGroup; 2]> = layouts
             .iter()
