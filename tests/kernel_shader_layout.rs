@@ -1,18 +1,111 @@
-//! Every WGSL file parses and validates with naga, and the uniform structs and constants
-//! shared with Rust have the same sizes and values on both sides.
+//! Every shader module, composed exactly as the engines build it (the `*_WGSL` constants: the
+//! shared pieces of `shaders/shared/` joined in front of a kernel file), parses and validates
+//! with naga and translates to SPIR-V, MSL, HLSL and GLSL, entry point by entry point, under
+//! every set of override constants the engines pass. Every file under `shaders/` belongs to
+//! some module, and the uniform structs and constants shared with Rust have the same sizes and
+//! values on both sides.
 
-use softvi::engine::gpu::core::{NOT_CONVERGED, RESIDUAL_REDUCE_WGSL, ReduceParams};
-use softvi::engine::gpu::grid_engine::{GRID_BACKUP_WGSL, GridParams, WORKGROUP_SIZE};
+use std::collections::BTreeSet;
 
-fn module(source: &str) -> (naga::Module, naga::valid::ModuleInfo) {
+use naga::back::{glsl, hlsl, msl, spv};
+use naga::valid::{Capabilities, ModuleInfo, ValidationFlags, Validator};
+use softvi::engine::gpu::core::{
+    CONTROL_HEADER_BYTES, EXTRAPOLATE_WGSL, ExtrapolateParams, NOT_CONVERGED, RESIDUAL_REDUCE_WGSL,
+    ReduceParams,
+};
+use softvi::engine::gpu::grid_engine::{GRID_BACKUP_WGSL, GRID_OCCUPANCY_WGSL, GridParams};
+use softvi::engine::gpu::mdp_engine::{
+    MDP_BACKUP_WGSL, MDP_OCCUPANCY_WGSL, MdpParams, OccupancyParams,
+};
+use softvi::engine::gpu::task_posterior::{PosteriorParams, TASK_POSTERIOR_WGSL};
+
+const BOOL: &[f64] = &[0.0, 1.0];
+
+/// One shader module as an engine builds it: its entry points and, for each `override`, the
+/// values the engine may pass (see `GridEngine::grid_pipeline` and `MdpEngine::pipeline`).
+struct Shader {
+    name: &'static str,
+    source: &'static str,
+    entry_points: &'static [&'static str],
+    overrides: &'static [(&'static str, &'static [f64])],
+}
+
+const SHADERS: &[Shader] = &[
+    Shader {
+        name: "grid_backup",
+        source: GRID_BACKUP_WGSL,
+        entry_points: &["grid_backup", "grid_policy"],
+        overrides: &[
+            ("CONNECTIVITY", &[4.0, 8.0]),
+            ("STAY", BOOL),
+            ("OPTIMISTIC", BOOL),
+            ("HAS_REWARD", BOOL),
+            ("HARD_MAX", BOOL),
+            ("WRITE_RESIDUAL", BOOL),
+        ],
+    },
+    Shader {
+        name: "grid_occupancy",
+        source: GRID_OCCUPANCY_WGSL,
+        entry_points: &["grid_occupancy"],
+        overrides: &[("CONNECTIVITY", &[4.0, 8.0]), ("STAY", BOOL)],
+    },
+    Shader {
+        name: "mdp_backup",
+        source: MDP_BACKUP_WGSL,
+        entry_points: &["mdp_backup", "mdp_policy"],
+        overrides: &[
+            ("OPTIMISTIC", BOOL),
+            ("HARD_MAX", BOOL),
+            ("WRITE_RESIDUAL", BOOL),
+        ],
+    },
+    Shader {
+        name: "mdp_occupancy",
+        source: MDP_OCCUPANCY_WGSL,
+        entry_points: &["mdp_occupancy", "mdp_occupancy_weights"],
+        overrides: &[
+            ("ADD_START", BOOL),
+            ("WRITE_RESIDUAL", BOOL),
+            // Any action count; these cover 1, a power of two and odd ones.
+            ("ACTIONS", &[1.0, 4.0, 5.0, 8.0, 9.0, 17.0]),
+            ("WEIGHTED", BOOL),
+        ],
+    },
+    Shader {
+        name: "residual_reduce",
+        source: RESIDUAL_REDUCE_WGSL,
+        entry_points: &["residual_reduce", "convergence_decide"],
+        overrides: &[],
+    },
+    Shader {
+        name: "extrapolate",
+        source: EXTRAPOLATE_WGSL,
+        entry_points: &["extrapolate"],
+        overrides: &[],
+    },
+    Shader {
+        name: "task_posterior",
+        source: TASK_POSTERIOR_WGSL,
+        entry_points: &["step_likelihood", "accumulate", "normalize"],
+        overrides: &[],
+    },
+];
+
+fn shader(name: &str) -> &'static Shader {
+    SHADERS.iter().find(|s| s.name == name).unwrap()
+}
+
+fn validate(module: &naga::Module) -> Result<ModuleInfo, String> {
+    Validator::new(ValidationFlags::all(), Capabilities::all())
+        .validate(module)
+        .map_err(|e| format!("{e:?}"))
+}
+
+fn module(source: &str) -> (naga::Module, ModuleInfo) {
     let module = naga::front::wgsl::parse_str(source)
         .unwrap_or_else(|e| panic!("{}", e.emit_to_string(source)));
-    let info = naga::valid::Validator::new(
-        naga::valid::ValidationFlags::all(),
-        naga::valid::Capabilities::all(),
-    )
-    .validate(&module)
-    .unwrap_or_else(|e| panic!("{e:?}"));
+    let info = validate(&module).unwrap_or_else(|e| panic!("{e}"));
     (module, info)
 }
 
@@ -40,24 +133,224 @@ fn constant(module: &naga::Module, name: &str) -> naga::Literal {
     }
 }
 
+/// Every combination of the listed override values.
+fn combinations(overrides: &[(&str, &[f64])]) -> Vec<naga::back::PipelineConstants> {
+    let mut all = vec![naga::back::PipelineConstants::default()];
+    for &(name, values) in overrides {
+        all = all
+            .into_iter()
+            .flat_map(|c| {
+                values.iter().map(move |&v| {
+                    let mut c = c.clone();
+                    c.insert(name.to_string(), v);
+                    c
+                })
+            })
+            .collect();
+    }
+    all
+}
+
+/// Translates compute entry point `entry` of `module` (overrides resolved) with each backend
+/// wgpu uses, at the lowest language versions wgpu supports.
+fn translate(module: &naga::Module, info: &ModuleInfo, entry: &str) -> Result<(), String> {
+    let stage = naga::ShaderStage::Compute;
+    let words = spv::write_vec(
+        module,
+        info,
+        &spv::Options::default(),
+        Some(&spv::PipelineOptions {
+            shader_stage: stage,
+            entry_point: entry.to_string(),
+        }),
+    )
+    .map_err(|e| format!("SPIR-V: {e}"))?;
+    let (metal, _) = msl::write_string(
+        module,
+        info,
+        &msl::Options {
+            lang_version: (2, 0),
+            ..Default::default()
+        },
+        &msl::PipelineOptions {
+            entry_point: Some((stage, entry.to_string())),
+            ..Default::default()
+        },
+    )
+    .map_err(|e| format!("MSL: {e}"))?;
+    let mut hlsl_out = String::new();
+    hlsl::Writer::new(
+        &mut hlsl_out,
+        &hlsl::Options::default(),
+        &hlsl::PipelineOptions {
+            entry_point: Some((stage, entry.to_string())),
+        },
+    )
+    .write(module, info, None)
+    .map_err(|e| format!("HLSL: {e}"))?;
+    let mut glsl_out = String::new();
+    glsl::Writer::new(
+        &mut glsl_out,
+        module,
+        info,
+        &glsl::Options::default(),
+        &glsl::PipelineOptions {
+            shader_stage: stage,
+            entry_point: entry.to_string(),
+            multiview: None,
+        },
+        naga::proc::BoundsCheckPolicies::default(),
+    )
+    .and_then(|mut w| w.write())
+    .map_err(|e| format!("GLSL: {e}"))?;
+    // Each output holds the kernel: SPIR-V's magic number, the entry point's name in MSL and
+    // HLSL, GLSL's main.
+    let ok = words.first() == Some(&0x0723_0203)
+        && metal.contains(entry)
+        && hlsl_out.contains(entry)
+        && glsl_out.contains("void main(");
+    if ok {
+        Ok(())
+    } else {
+        Err("an empty translation".into())
+    }
+}
+
 #[test]
-fn grid_backup_layout_matches_rust() {
+fn every_module_translates_for_every_entry_point_and_override() {
+    for shader in SHADERS {
+        let (module, info) = module(shader.source);
+        let entries: BTreeSet<&str> = module.entry_points.iter().map(|e| &*e.name).collect();
+        let expected: BTreeSet<&str> = shader.entry_points.iter().copied().collect();
+        assert_eq!(entries, expected, "{}: entry points", shader.name);
+        let overrides: BTreeSet<&str> = module
+            .overrides
+            .iter()
+            .filter_map(|(_, o)| o.name.as_deref())
+            .collect();
+        let listed: BTreeSet<&str> = shader.overrides.iter().map(|&(n, _)| n).collect();
+        assert_eq!(overrides, listed, "{}: overrides", shader.name);
+        let mut translated = 0;
+        for constants in combinations(shader.overrides) {
+            for &entry in shader.entry_points {
+                let what = format!("{} {entry} {constants:?}", shader.name);
+                let (resolved, resolved_info) = naga::back::pipeline_constants::process_overrides(
+                    &module,
+                    &info,
+                    Some((naga::ShaderStage::Compute, entry)),
+                    &constants,
+                )
+                .unwrap_or_else(|e| panic!("{what}: {e}"));
+                translate(&resolved, &resolved_info, entry)
+                    .unwrap_or_else(|e| panic!("{what}: {e}"));
+                translated += 1;
+            }
+        }
+        eprintln!("{}: {translated} translations per backend", shader.name);
+        assert!(translated >= shader.entry_points.len());
+    }
+}
+
+/// The files of `dir` (relative to the crate) with extension `wgsl`, sorted.
+fn wgsl_files(dir: &str) -> Vec<(String, String)> {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(dir);
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "wgsl"))
+        .map(|p| {
+            let name = p.file_name().unwrap().to_string_lossy().into_owned();
+            (name, std::fs::read_to_string(&p).unwrap())
+        })
+        .collect();
+    files.sort();
+    files
+}
+
+/// Every kernel file and every shared piece is part of some module the engines build, so the
+/// test above covers it; each shared piece is valid WGSL on its own or after
+/// shared/constants.wgsl (which residual_stats.wgsl needs).
+#[test]
+fn every_wgsl_file_is_in_a_module() {
+    let kernels = wgsl_files("shaders");
+    let shared = wgsl_files("shaders/shared");
+    assert!(kernels.len() >= 7 && shared.len() >= 5);
+    for (name, text) in kernels.iter().chain(&shared) {
+        assert!(
+            SHADERS.iter().any(|s| s.source.contains(text.as_str())),
+            "{name} is in no *_WGSL module"
+        );
+    }
+    let constants = &shared
+        .iter()
+        .find(|(n, _)| n == "constants.wgsl")
+        .unwrap()
+        .1;
+    for (name, text) in &shared {
+        let alone = naga::front::wgsl::parse_str(text)
+            .map_err(|e| e.emit_to_string(text))
+            .and_then(|m| validate(&m));
+        if alone.is_err() {
+            let joined = format!("{constants}\n{text}");
+            let m = naga::front::wgsl::parse_str(&joined)
+                .unwrap_or_else(|e| panic!("{name}: {}", e.emit_to_string(&joined)));
+            validate(&m).unwrap_or_else(|e| panic!("{name} after constants.wgsl: {e}"));
+        }
+    }
+}
+
+#[test]
+fn workgroup_sizes_match_rust() {
+    use softvi::engine::gpu::{core, grid_engine, mdp_engine, task_posterior as posterior};
+    for shader in SHADERS {
+        let (m, _) = module(shader.source);
+        assert_eq!(
+            constant(&m, "WORKGROUP_SIZE"),
+            naga::Literal::U32(core::WORKGROUP_SIZE),
+            "{}",
+            shader.name
+        );
+    }
+    // The engines dispatch with their own constants; `extrapolate` and `residual_reduce`
+    // rely on them being the sweeps' workgroup size.
+    assert_eq!(grid_engine::WORKGROUP_SIZE, core::WORKGROUP_SIZE);
+    assert_eq!(mdp_engine::WORKGROUP_SIZE, core::WORKGROUP_SIZE);
+    assert_eq!(posterior::WORKGROUP_SIZE, core::WORKGROUP_SIZE);
+}
+
+#[test]
+fn grid_layouts_match_rust() {
+    for name in ["grid_backup", "grid_occupancy"] {
+        let (m, _) = module(shader(name).source);
+        assert_eq!(
+            struct_size(&m, "GridParams") as usize,
+            size_of::<GridParams>(),
+            "{name}"
+        );
+    }
     let (m, _) = module(GRID_BACKUP_WGSL);
     assert_eq!(
-        struct_size(&m, "GridParams") as usize,
-        size_of::<GridParams>()
+        constant(&m, "TIE_RELATIVE"),
+        naga::Literal::F32(softvi::engine::cpu::TIE_RELATIVE as f32)
     );
+}
+
+#[test]
+fn mdp_layouts_match_rust() {
+    let (m, _) = module(MDP_BACKUP_WGSL);
     assert_eq!(
-        constant(&m, "WORKGROUP_SIZE"),
-        naga::Literal::U32(WORKGROUP_SIZE)
+        struct_size(&m, "MdpParams") as usize,
+        size_of::<MdpParams>()
     );
     assert_eq!(
         constant(&m, "TIE_RELATIVE"),
         naga::Literal::F32(softvi::engine::cpu::TIE_RELATIVE as f32)
     );
-    for entry in ["grid_backup", "grid_policy"] {
-        assert!(m.entry_points.iter().any(|e| e.name == entry), "{entry}");
-    }
+    let (m, _) = module(MDP_OCCUPANCY_WGSL);
+    assert_eq!(
+        struct_size(&m, "OccupancyParams") as usize,
+        size_of::<OccupancyParams>()
+    );
 }
 
 #[test]
@@ -67,14 +360,7 @@ fn residual_reduce_layout_matches_rust() {
         struct_size(&m, "ReduceParams") as usize,
         size_of::<ReduceParams>()
     );
-    assert_eq!(
-        struct_size(&m, "Control") as u64,
-        softvi::engine::gpu::core::CONTROL_HEADER_BYTES + 4
-    );
-    assert_eq!(
-        constant(&m, "WORKGROUP_SIZE"),
-        naga::Literal::U32(softvi::engine::gpu::core::WORKGROUP_SIZE)
-    );
+    assert_eq!(struct_size(&m, "Control") as u64, CONTROL_HEADER_BYTES + 4);
     assert_eq!(
         constant(&m, "NOT_CONVERGED"),
         naga::Literal::U32(NOT_CONVERGED)
@@ -110,47 +396,23 @@ fn residual_reduce_layout_matches_rust() {
 }
 
 #[test]
-fn mdp_kernels_layout_matches_rust() {
-    use softvi::engine::gpu::mdp_engine::{
-        MDP_BACKUP_WGSL, MDP_OCCUPANCY_WGSL, MdpParams, OccupancyParams, WORKGROUP_SIZE,
-    };
-    let (m, _) = module(MDP_BACKUP_WGSL);
-    assert_eq!(
-        struct_size(&m, "MdpParams") as usize,
-        size_of::<MdpParams>()
-    );
-    assert_eq!(
-        constant(&m, "WORKGROUP_SIZE"),
-        naga::Literal::U32(WORKGROUP_SIZE)
-    );
-    assert_eq!(
-        constant(&m, "TIE_RELATIVE"),
-        naga::Literal::F32(softvi::engine::cpu::TIE_RELATIVE as f32)
-    );
-    for entry in ["mdp_backup", "mdp_policy"] {
-        assert!(m.entry_points.iter().any(|e| e.name == entry), "{entry}");
-    }
-    let (m, _) = module(MDP_OCCUPANCY_WGSL);
-    assert_eq!(
-        struct_size(&m, "OccupancyParams") as usize,
-        size_of::<OccupancyParams>()
-    );
-    assert_eq!(
-        constant(&m, "WORKGROUP_SIZE"),
-        naga::Literal::U32(WORKGROUP_SIZE)
-    );
-    for entry in ["mdp_occupancy", "mdp_occupancy_weights"] {
-        assert!(m.entry_points.iter().any(|e| e.name == entry), "{entry}");
-    }
-}
-
-#[test]
 fn extrapolate_layout_matches_rust() {
-    use softvi::engine::gpu::core::{EXTRAPOLATE_WGSL, ExtrapolateParams};
     let (m, _) = module(EXTRAPOLATE_WGSL);
     assert_eq!(
         struct_size(&m, "ExtrapolateParams") as usize,
         size_of::<ExtrapolateParams>()
     );
-    assert!(m.entry_points.iter().any(|e| e.name == "extrapolate"));
+}
+
+#[test]
+fn task_posterior_layout_matches_rust() {
+    let (m, _) = module(TASK_POSTERIOR_WGSL);
+    assert_eq!(
+        struct_size(&m, "PosteriorParams") as usize,
+        size_of::<PosteriorParams>()
+    );
+    assert_eq!(
+        constant(&m, "IMPOSSIBLE"),
+        naga::Literal::F32(softvi::infer::IMPOSSIBLE)
+    );
 }
