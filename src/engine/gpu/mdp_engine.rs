@@ -534,7 +534,7 @@ impl MdpEngine {
             }
         }
         // Terminal states keep their value; excluded ones report -inf; the policy is NaN on
-        // both (the kernels leave fixed states alone).
+        // both, as the CPU's (mdp_policy writes zeros there, which the occupancy pull needs).
         let mark = |v: &mut [f32]| {
             for (x, &e) in v.iter_mut().zip(&inputs.excluded) {
                 if e {
