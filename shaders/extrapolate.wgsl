@@ -7,7 +7,7 @@
 // V is what the last sweep wrote and V_prev what it read. If the residual decays like
 // lambda^k along one mode, the jump lands on that mode's limit: factor = lambda / (1 - lambda).
 // Fixed elements never change, so leaving them out of the backup and the restore changes
-// nothing. CPU twin: `reference::grid_extrapolate`.
+// nothing. CPU twin: `engine::cpu::extrapolate`.
 //
 // Elements are [task][element]: the states of an MDP, or the cells of the padded map (the grid
 // sweep's vec4 quads are 4 consecutive cells). The fixed bits are [task][element / 32], each
@@ -19,9 +19,9 @@
 // so the sweep's dispatch covers them whatever it was sized for (the grid sweep's counts active
 // quads, not cells).
 //
-// Joined after shared/constants.wgsl (`gpu::core::EXTRAPOLATE_WGSL`).
+// Joined after shared/constants.wgsl (`engine::gpu::core::EXTRAPOLATE_WGSL`).
 
-// Keep in sync with `gpu::core::ExtrapolateParams` (sizes compared in tests/shader_layout.rs).
+// Keep in sync with `engine::gpu::core::ExtrapolateParams` (sizes compared in tests/kernel_shader_layout.rs).
 struct ExtrapolateParams {
     values_per_task: u32, // elements of V per task
     task_base: u32,       // first task ([task] index within the chunk) of this band

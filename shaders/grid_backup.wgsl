@@ -18,7 +18,7 @@
 // limit; the *_origin fields locate each window in the chunk's arrays.
 
 // Joined after shared/constants.wgsl, shared/grid_params.wgsl, shared/residual_stats.wgsl,
-// shared/log_sum_exp.wgsl and shared/policy_ties.wgsl (`gpu::GRID_BACKUP_WGSL`).
+// shared/log_sum_exp.wgsl and shared/policy_ties.wgsl (`engine::gpu::GRID_BACKUP_WGSL`).
 
 // Optimistic (log-expectation) backup instead of the expected one.
 override OPTIMISTIC: bool = false;

@@ -13,7 +13,7 @@
 // Dispatch: 64 invocations per workgroup over the cells of a task (x + y * dispatch_x
 // workgroups), z = task within the band. Bands hold whole tasks; the origins locate them.
 
-// Joined after shared/constants.wgsl and shared/grid_params.wgsl (`gpu::GRID_OCCUPANCY_WGSL`).
+// Joined after shared/constants.wgsl and shared/grid_params.wgsl (`engine::gpu::GRID_OCCUPANCY_WGSL`).
 // Of `GridParams` this kernel reads the map's size, task_base, dispatch_x, fixed_origin,
 // v_in_origin (d_in and d_out), out_origin (policy), gamma, slip and slip_share.
 

@@ -12,7 +12,7 @@
 // *_origin fields locate each window in its full array.
 
 // Joined after shared/constants.wgsl, shared/residual_stats.wgsl, shared/log_sum_exp.wgsl and
-// shared/policy_ties.wgsl (`gpu::mdp_engine::MDP_BACKUP_WGSL`).
+// shared/policy_ties.wgsl (`engine::gpu::mdp_engine::MDP_BACKUP_WGSL`).
 
 // Optimistic (log-expectation) backup instead of the expected one.
 override OPTIMISTIC: bool = false;
@@ -21,7 +21,7 @@ override HARD_MAX: bool = false;
 // Whether this sweep writes per-workgroup residual statistics into `partials`.
 override WRITE_RESIDUAL: bool = false;
 
-// Keep in sync with `gpu::mdp_engine::MdpParams` (sizes compared in tests/shader_layout.rs).
+// Keep in sync with `engine::gpu::mdp_engine::MdpParams` (sizes compared in tests/kernel_shader_layout.rs).
 struct MdpParams {
     states: u32,
     actions: u32,
@@ -161,7 +161,7 @@ fn mdp_backup(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_i
 // pi(a|s) = exp((Q(s,a) - V(s)) / alpha) from the next values in v_in, written to `out`; for
 // alpha = 0, one-hot on the first maximising action. Q is staged in `out` between the passes.
 // Same dispatch as mdp_backup. Fixed states get a row of zeros where the CPU twin
-// (`reference::mdp_policy`) has NaN: mdp_occupancy.wgsl gathers pi * P over every entry
+// (`engine::cpu::mdp_policy`) has NaN: mdp_occupancy.wgsl gathers pi * P over every entry
 // without a per-entry stop check, so a stopping state must pass nothing on (the CPU twin of
 // the occupancy checks `fixed` instead), and WGSL has no portable NaN to write (an
 // implementation may assume none occurs). The engine writes NaN over those rows after every

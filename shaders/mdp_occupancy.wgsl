@@ -12,7 +12,7 @@
 // Dispatch as mdp_backup.wgsl: 64 invocations per workgroup over the band's states, z = task.
 
 // Joined after shared/constants.wgsl and shared/residual_stats.wgsl
-// (`gpu::mdp_engine::MDP_OCCUPANCY_WGSL`).
+// (`engine::gpu::mdp_engine::MDP_OCCUPANCY_WGSL`).
 
 // Whether d_out adds the start distribution (the discounted sum's iteration).
 override ADD_START: bool = false;
@@ -24,7 +24,7 @@ override WRITE_RESIDUAL: bool = false;
 // (the discounted sum: its policy is fixed, so each sweep gathers only d_in).
 override WEIGHTED: bool = false;
 
-// Keep in sync with `gpu::mdp_engine::OccupancyParams` (sizes compared in tests/shader_layout.rs).
+// Keep in sync with `engine::gpu::mdp_engine::OccupancyParams` (sizes compared in tests/kernel_shader_layout.rs).
 struct OccupancyParams {
     states: u32,
     actions: u32,

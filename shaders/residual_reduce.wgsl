@@ -4,27 +4,27 @@
 // submission's sweeps do nothing.
 // Until then it estimates each task's convergence rate and, when the estimate has settled,
 // asks `extrapolate` (shaders/extrapolate.wgsl) to jump ahead along the slowest mode.
-// CPU twin: `reference::SweepStats`, `solve::ConvergenceMonitor`, `solve::RateExtrapolator`.
+// CPU twin: `engine::cpu::SweepStats`, `engine::schedule::ConvergenceMonitor`, `engine::schedule::RateExtrapolator`.
 
 // Joined after shared/constants.wgsl and shared/residual_stats.wgsl
-// (`gpu::core::RESIDUAL_REDUCE_WGSL`).
+// (`engine::gpu::core::RESIDUAL_REDUCE_WGSL`).
 
 const NOT_CONVERGED: u32 = 0xffffffffu;
 // A task has converged when its residual is within max(tol, RESIDUAL_FLOOR * max |V|): below
 // a few f32 ulps of V the iteration may cycle instead of settling. Same as the Rust constant.
 const RESIDUAL_FLOOR: f32 = 1e-6;
-// Sweeps between two checks. Same as `solve::CHECK_INTERVAL`.
+// Sweeps between two checks. Same as `engine::schedule::CHECK_INTERVAL`.
 const CHECK_INTERVAL: f32 = 16.0;
 // Two successive per-sweep rate estimates closer than this trigger an extrapolation.
-// Same as `solve::RATE_AGREEMENT`.
+// Same as `engine::schedule::RATE_AGREEMENT`.
 const RATE_AGREEMENT: f32 = 1e-4;
-// Jump states. Same as `solve::RateExtrapolator`.
+// Jump states. Same as `engine::schedule::RateExtrapolator`.
 const JUMP_ALLOWED: f32 = 0.0;
 const JUMP_PENDING: f32 = 1.0;  // jumped at the previous check; judged at this one
 const JUMP_DISABLED: f32 = 2.0; // a jump raised the residual and was rolled back
 const ROLLBACK: f32 = -1.0;
 
-// Keep in sync with `gpu::ReduceParams` (sizes compared in tests/shader_layout.rs).
+// Keep in sync with `engine::gpu::core::ReduceParams` (sizes compared in tests/kernel_shader_layout.rs).
 struct ReduceParams {
     task_count: u32,
     groups_per_task: u32,
@@ -39,7 +39,7 @@ struct ReduceParams {
     _pad2: u32,
 }
 
-// Keep in sync with `gpu::CONTROL_*` offsets.
+// Keep in sync with `engine::gpu::CONTROL_*` offsets.
 struct Control {
     check_count: u32,     // checks done in this submission
     converged_check: u32, // index of the first converged check, or NOT_CONVERGED

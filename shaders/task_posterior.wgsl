@@ -14,11 +14,11 @@
 // Dispatch: step_likelihood over (task, step) as x = task (64 per workgroup), y = step;
 // accumulate over tasks (64 per workgroup); normalize one workgroup per row k of `joint`.
 
-// Joined after shared/constants.wgsl (`gpu::posterior::TASK_POSTERIOR_WGSL`).
+// Joined after shared/constants.wgsl (`engine::gpu::task_posterior::TASK_POSTERIOR_WGSL`).
 
 const IMPOSSIBLE: f32 = -1.0e30;
 
-// Keep in sync with `gpu::posterior::PosteriorParams` (size checked by tests/shader_layout.rs).
+// Keep in sync with `engine::gpu::task_posterior::PosteriorParams` (size checked by tests/kernel_shader_layout.rs).
 struct PosteriorParams {
     tasks: u32,
     steps: u32,

@@ -12,8 +12,8 @@ fn action_count() -> u32 {
     return CONNECTIVITY + select(0u, 1u, STAY);
 }
 
-// Per-band uniform of the grid kernels. Keep in sync with `gpu::GridParams` (sizes compared in
-// tests/shader_layout.rs).
+// Per-band uniform of the grid kernels. Keep in sync with `engine::gpu::grid_engine::GridParams` (sizes compared in
+// tests/kernel_shader_layout.rs).
 struct GridParams {
     width: u32, // cells per row, a multiple of 4
     height: u32,

@@ -1,6 +1,6 @@
 // alpha * log sum_i exp(x_i / alpha), shifted by the largest x so that no term overflows, in
 // base 2: `scale` is log2(e) / alpha and `alpha_ln2` is alpha * ln(2), as the kernels' uniforms
-// carry them. CPU twin: `reference::soft_max`.
+// carry them. CPU twin: `engine::cpu::soft_max`.
 
 // exp((x - top) / alpha): x's term shifted by `top`; with top the log-sum-exp, x's softmax
 // weight.

@@ -1,8 +1,8 @@
 // The hard-max policy (alpha = 0): one-hot on the first action, in action order, whose Q ties
-// with the largest. CPU twin: `reference::write_policy`.
+// with the largest. CPU twin: `engine::cpu::write_policy`.
 
 // Two Q values closer than this (relative to max(1, |max Q|)) tie. Same as
-// `reference::TIE_RELATIVE`.
+// `engine::cpu::TIE_RELATIVE`.
 const TIE_RELATIVE: f32 = 1e-5;
 
 // The Q at or above which an action ties with the largest Q, `top`.

@@ -2,7 +2,7 @@
 // was updated), with V the values (or the occupancy) after the sweep and dV their change. A
 // kernel that writes `partials` combines its invocations' statistics with `workgroup_stats`;
 // `residual_reduce` combines a task's partials the same way.
-// CPU twin: `reference::SweepStats`. Needs WORKGROUP_SIZE and HUGE of shared/constants.wgsl.
+// CPU twin: `engine::cpu::SweepStats`. Needs WORKGROUP_SIZE and HUGE of shared/constants.wgsl.
 
 // The statistics of no element: the identity of `combine_stats`.
 const NO_STATS = vec4<f32>(0.0, HUGE, 0.0, 0.0);

@@ -1,4 +1,4 @@
-//! Twins of `shaders/grid_backup.wgsl`: `grid_backup`, `grid_extrapolate`, `grid_policy`.
+//! Twins of `shaders/grid_backup.wgsl`: `grid_backup`, `grid_policy`.
 
 // Index loops mirror the WGSL loops line by line, so a reviewer can diff them by eye.
 #![allow(clippy::needless_range_loop)]
@@ -70,32 +70,6 @@ pub fn grid_backup(inputs: &GridInputs, v_in: &[f64], v_out: &mut [f64]) -> Vec<
         }
     }
     stats
-}
-
-/// The jump of [`crate::engine::schedule::RateExtrapolator`] per task: for a factor > 0, `backup = V`,
-/// then `V += factor * (V - V_prev)` on non-`fixed` states; for [`crate::engine::schedule::ROLLBACK`],
-/// `V = backup`. Arrays are `[task][state]`.
-pub fn grid_extrapolate(
-    fixed: &[bool],
-    v: &mut [f64],
-    v_prev: &[f64],
-    backup: &mut [f64],
-    factors: &[f64],
-) {
-    let cells = fixed.len() / factors.len().max(1);
-    for (task, &factor) in factors.iter().enumerate() {
-        let range = task * cells..(task + 1) * cells;
-        if factor < 0.0 {
-            v[range.clone()].copy_from_slice(&backup[range]);
-        } else if factor > 0.0 {
-            backup[range.clone()].copy_from_slice(&v[range.clone()]);
-            for index in range {
-                if !fixed[index] {
-                    v[index] += factor * (v[index] - v_prev[index]);
-                }
-            }
-        }
-    }
 }
 
 /// `pi(a|s) = exp((Q(s,a) - V(s)) / alpha)` from the next values `v_in`, written as

@@ -4,7 +4,7 @@
 //!
 //! `shaders/grid_backup.wgsl::grid_backup` <-> [`grid_backup::grid_backup`],
 //! `shaders/grid_backup.wgsl::grid_policy` <-> [`grid_backup::grid_policy`],
-//! `shaders/grid_backup.wgsl::grid_extrapolate` <-> [`grid_backup::grid_extrapolate`],
+//! `shaders/extrapolate.wgsl::extrapolate` <-> [`extrapolate::extrapolate`],
 //! `shaders/grid_occupancy.wgsl::grid_occupancy` <-> [`grid_occupancy::grid_occupancy`],
 //! `shaders/mdp_backup.wgsl::mdp_backup` <-> [`mdp_backup::mdp_backup`],
 //! `shaders/mdp_backup.wgsl::mdp_policy` <-> [`mdp_backup::mdp_policy`],
@@ -12,6 +12,7 @@
 //! `shaders/task_posterior.wgsl` <-> [`task_posterior::task_posterior`],
 //! `shaders/residual_reduce.wgsl` <-> [`residual_reduce::SweepStats`].
 
+pub mod extrapolate;
 pub mod grid_backup;
 pub mod grid_occupancy;
 pub mod mdp_backup;
@@ -20,7 +21,8 @@ pub mod residual_reduce;
 pub mod solve;
 pub mod task_posterior;
 
-pub use grid_backup::{action_values, grid_backup, grid_extrapolate, grid_policy};
+pub use extrapolate::extrapolate;
+pub use grid_backup::{action_values, grid_backup, grid_policy};
 pub use grid_occupancy::grid_occupancy;
 pub use mdp_backup::{csr_action_values, mdp_action_values, mdp_backup, mdp_policy};
 pub use mdp_occupancy::mdp_occupancy;

@@ -6,7 +6,7 @@ use std::time::Instant;
 use crate::error::Result;
 
 use super::residual_reduce::SweepStats;
-use super::{grid_backup, grid_extrapolate, grid_policy, mdp_backup, mdp_occupancy, mdp_policy};
+use super::{extrapolate, grid_backup, grid_policy, mdp_backup, mdp_occupancy, mdp_policy};
 use crate::engine::layout::{GridInputs, MdpInputs};
 use crate::engine::options::{Horizon, Outputs, SolveOptions};
 use crate::engine::schedule::{
@@ -76,7 +76,7 @@ pub fn iterate_cpu(
             let factors = extrapolator
                 .get_or_insert_with(|| RateExtrapolator::new(tasks))
                 .observe(tol, options.gamma, &last);
-            grid_extrapolate(fixed, &mut v, &v_next, &mut backup, &factors);
+            extrapolate(fixed, &mut v, &v_next, &mut backup, &factors);
         }
     }
     CpuIteration {

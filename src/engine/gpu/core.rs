@@ -39,7 +39,7 @@ const STAGING_BYTES: u64 = 64 << 20;
 pub(crate) const WINDOW_SLACK: u64 = 64;
 
 /// Uniform of the convergence reduction. Keep in sync with `ReduceParams` in
-/// `shaders/residual_reduce.wgsl` (size checked by tests/shader_layout.rs).
+/// `shaders/residual_reduce.wgsl` (size checked by tests/kernel_shader_layout.rs).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, Pod, Zeroable)]
 pub struct ReduceParams {
@@ -54,7 +54,7 @@ pub struct ReduceParams {
 }
 
 /// Per-band uniform of the extrapolation jump. Keep in sync with `ExtrapolateParams` in
-/// `shaders/extrapolate.wgsl` (size checked by tests/shader_layout.rs).
+/// `shaders/extrapolate.wgsl` (size checked by tests/kernel_shader_layout.rs).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, Pod, Zeroable)]
 pub struct ExtrapolateParams {

@@ -49,7 +49,7 @@ const MAX_TASKS_PER_CHUNK: usize = 1024;
 /// Largest value array of a chunk (bytes), whatever the adapter allows.
 const MAX_CHUNK_BYTES: u64 = 1 << 30;
 /// Per-band uniform of the grid kernels. Keep in sync with `GridParams` in
-/// `shaders/shared/grid_params.wgsl` (size checked by tests/shader_layout.rs).
+/// `shaders/shared/grid_params.wgsl` (size checked by tests/kernel_shader_layout.rs).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, Pod, Zeroable)]
 pub struct GridParams {

@@ -47,7 +47,7 @@ const MAX_TASKS_PER_CHUNK: usize = 1024;
 const ALIGN_SLACK: u64 = 256;
 
 /// Per-band uniform of `shaders/mdp_backup.wgsl`. Keep in sync with `MdpParams` there (size
-/// checked by tests/shader_layout.rs).
+/// checked by tests/kernel_shader_layout.rs).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, Pod, Zeroable)]
 pub struct MdpParams {
@@ -74,7 +74,7 @@ pub struct MdpParams {
 }
 
 /// Per-band uniform of `shaders/mdp_occupancy.wgsl`. Keep in sync with `OccupancyParams`
-/// there (size checked by tests/shader_layout.rs).
+/// there (size checked by tests/kernel_shader_layout.rs).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, Pod, Zeroable)]
 pub struct OccupancyParams {

@@ -13,7 +13,7 @@ pub const TASK_POSTERIOR_WGSL: &str = wgsl!("shared/constants.wgsl", "task_poste
 pub const WORKGROUP_SIZE: u32 = 64;
 
 /// Uniform of `shaders/task_posterior.wgsl`. Keep in sync with `PosteriorParams` there (size
-/// checked by tests/shader_layout.rs).
+/// checked by tests/kernel_shader_layout.rs).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, Pod, Zeroable)]
 pub struct PosteriorParams {
