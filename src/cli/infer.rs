@@ -8,39 +8,42 @@ use anyhow::{Context, Result, bail, ensure};
 use clap::Args;
 use serde_json::json;
 
-use super::{BackendArg, IterationArgs, MdpWorld, WorldArgs, add_run_json, run_mdp_backend};
+use super::backend::{BackendArg, run_mdp_backend};
+use super::iteration::IterationArgs;
+use super::summary::add_run_json;
+use super::world::{MdpWorld, WorldArgs};
 use softvi::analysis::infer::{Observation, check_possible, posterior_inputs};
 use softvi::engine::options::{Horizon, Outputs};
 use softvi::io::npy;
 use softvi::io::output::{OutputFile, write_folder};
 
 #[derive(Args, Debug)]
-pub struct InferArgs {
+pub(super) struct InferArgs {
     #[command(flatten)]
-    pub world: WorldArgs,
+    world: WorldArgs,
     #[command(flatten)]
-    pub iteration: IterationArgs,
+    iteration: IterationArgs,
     /// Observed trajectory: one `X Y [ACTION]` per line on a grid (`S [ACTION]` for --mdp);
     /// ACTION is an index or a name (N, E, S, W, NE, SE, SW, NW, STAY). Blank lines and #
     /// comments allowed.
     #[arg(long, value_name = "FILE")]
-    pub trajectory: PathBuf,
+    trajectory: PathBuf,
     /// Prior over the tasks, float .npy of shape [B] (default uniform).
     #[arg(long, value_name = "FILE.npy")]
-    pub prior: Option<PathBuf>,
+    prior: Option<PathBuf>,
     /// Output folder: posterior.npy, summary.json.
     #[arg(long, value_name = "DIR")]
-    pub out: PathBuf,
+    out: PathBuf,
     /// Print summary.json's content instead of the human summary.
     #[arg(long)]
-    pub json: bool,
+    json: bool,
     /// No progress line on stderr.
     #[arg(long)]
-    pub quiet: bool,
+    quiet: bool,
 }
 
 /// Reads a trajectory file against `world`; errors name the file and line.
-pub fn read_trajectory(path: &Path, world: &MdpWorld) -> Result<Vec<Observation>> {
+fn read_trajectory(path: &Path, world: &MdpWorld) -> Result<Vec<Observation>> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("cannot read trajectory file {}", path.display()))?;
     let names: Vec<&str> = match &world.grid {
@@ -115,7 +118,7 @@ pub fn read_trajectory(path: &Path, world: &MdpWorld) -> Result<Vec<Observation>
 }
 
 /// `softvi infer`.
-pub fn infer_command(args: &InferArgs) -> Result<i32> {
+pub(super) fn infer_command(args: &InferArgs) -> Result<i32> {
     let start = Instant::now();
     let world = MdpWorld::build(&args.world, &[])?;
     let trajectory = read_trajectory(&args.trajectory, &world)?;

@@ -9,67 +9,69 @@ use clap::Args;
 use serde_json::json;
 use softvi::{CpuReference, GpuSolver, GridKernelsOnMdp, MdpSolver};
 
-use super::{BackendArg, BackupArg, MdpWorld, WorldArgs, adapter_json};
-use softvi::analysis::irl::{Demos, IrlOptions, learn};
+use super::backend::{BackendArg, adapter_json};
+use super::iteration::BackupArg;
+use super::world::{MdpWorld, WorldArgs};
+use softvi::analysis::irl::{Demos, IrlOptions, IrlResult, learn};
 use softvi::analysis::sample::ENDED;
 use softvi::engine::options::{Backup, Horizon, SolveOptions};
 use softvi::io::npy;
 use softvi::io::output::{OutputFile, write_folder};
 
 #[derive(Args, Debug)]
-pub struct IrlArgs {
+pub(super) struct IrlArgs {
     #[command(flatten)]
-    pub world: WorldArgs,
+    world: WorldArgs,
     /// State features phi, float .npy of shape [H,W,K] on a grid, [S,K] with --mdp.
     #[arg(long, value_name = "FILE.npy")]
-    pub features: PathBuf,
+    features: PathBuf,
     /// Demonstrated states, integer .npy [N,T+1] or [M,N,T+1] (M sets, one reward each), as
     /// `softvi sample` writes them: grid cells row * W + col, -1 after an episode's end.
     #[arg(long, value_name = "FILE.npy")]
-    pub demos: PathBuf,
+    demos: PathBuf,
     /// The demos' actions, integer .npy [N,T] or [M,N,T] (-1 after the end); without them
     /// the likelihood is that of the state sequence.
     #[arg(long, value_name = "FILE.npy")]
-    pub demo_actions: Option<PathBuf>,
+    demo_actions: Option<PathBuf>,
     /// Temperature alpha > 0 of the demonstrator's soft-optimal policy.
     #[arg(long, default_value_t = 1.0)]
-    pub alpha: f64,
+    alpha: f64,
     /// Discount gamma in [0, 1].
     #[arg(long, default_value_t = 1.0)]
-    pub gamma: f64,
+    gamma: f64,
     /// Backup kind.
     #[arg(long, value_enum, default_value_t = BackupArg::Expected)]
-    pub backup: BackupArg,
+    backup: BackupArg,
     /// Horizon T of each solve (default: the demo length); with --discounted, none.
     #[arg(long, value_name = "T", conflicts_with = "discounted")]
-    pub horizon: Option<u32>,
+    horizon: Option<u32>,
     /// Discounted (infinite-horizon) IRL with --gamma < 1 instead of the demo length's horizon.
     #[arg(long)]
-    pub discounted: bool,
+    discounted: bool,
     /// With --discounted: residual tolerance of each solve and occupancy.
     #[arg(long, default_value_t = 1e-6)]
-    pub solve_tol: f64,
+    solve_tol: f64,
     /// Adam step size.
     #[arg(long, default_value_t = 0.05)]
-    pub lr: f64,
+    lr: f64,
     /// Most gradient steps.
     #[arg(long, default_value_t = 200)]
-    pub iters: u32,
+    iters: u32,
     /// Stop once every set's gradient norm |mu_demo - mu_model| is at most TOL.
     #[arg(long, default_value_t = 1e-3)]
-    pub tol: f64,
+    tol: f64,
     /// Where the solves run.
     #[arg(long, value_enum, default_value_t = BackendArg::Gpu)]
-    pub backend: BackendArg,
+    backend: BackendArg,
     /// Output folder: theta.npy, reward.npy, summary.json.
     #[arg(long, value_name = "DIR")]
-    pub out: PathBuf,
+    out: PathBuf,
     /// Print summary.json's content instead of the human summary.
     #[arg(long)]
-    pub json: bool,
+    json: bool,
     /// No per-iteration line on stderr.
     #[arg(long)]
-    pub quiet: bool,
+    quiet: bool,
 }
 
 /// Reads an integer `.npy` of shape `[..lead, inner]` as `[sets][rest]`, with `sets` = 1 for
@@ -188,7 +190,7 @@ fn read_features(path: &Path, world: &MdpWorld) -> Result<(Vec<f32>, usize)> {
 }
 
 /// `softvi irl`.
-pub fn irl_command(args: &IrlArgs) -> Result<i32> {
+pub(super) fn irl_command(args: &IrlArgs) -> Result<i32> {
     let start = Instant::now();
     let world = MdpWorld::build(&args.world, &[])?;
     let (features, k) = read_features(&args.features, &world)?;
@@ -219,44 +221,7 @@ pub fn irl_command(args: &IrlArgs) -> Result<i32> {
         tol: args.tol,
     };
     ensure!(args.iters >= 1, "--iters must be at least 1");
-    let quiet = args.quiet;
-    let mut report = |it: u32, step: &softvi::analysis::irl::IrlStep| {
-        if !quiet {
-            let worst = step.gradient_norm.iter().copied().fold(0.0, f64::max);
-            let mean_ll =
-                step.log_likelihood.iter().sum::<f64>() / step.log_likelihood.len() as f64;
-            eprintln!(
-                "iter {it:>4}  mean log-likelihood {mean_ll:.5}  max |grad| {worst:.3e}  {:.3} s",
-                step.solve_seconds
-            );
-        }
-    };
-    let mut learn_with = |solver: &mut dyn MdpSolver| {
-        learn(&world.mdp, &features, &demos, &options, solver, &mut report)
-    };
-    let (result, adapter) = match args.backend {
-        BackendArg::Cpu => (
-            learn_with(&mut CpuReference)?,
-            json!({"name": "cpu reference (f64)", "backend": "cpu"}),
-        ),
-        BackendArg::Gpu => {
-            let mut gpu = GpuSolver::from_env()?;
-            let adapter = adapter_json(gpu.context());
-            let result = match (&world.grid, horizon) {
-                // A grid with a finite horizon runs on the grid kernels (about 10x the CSR path
-                // on a grid with slip).
-                (Some((grid_world, grid_mdp)), Horizon::Finite(_)) => {
-                    learn_with(&mut GridKernelsOnMdp {
-                        solver: &mut gpu,
-                        world: grid_mdp,
-                        template: &grid_world.problem,
-                    })?
-                }
-                _ => learn_with(&mut gpu)?,
-            };
-            (result, adapter)
-        }
-    };
+    let (result, adapter) = learn_on_backend(args, &world, &features, &demos, &options)?;
     let seconds = start.elapsed().as_secs_f64();
     let (m_n, s_n) = (demos.sets, world.mdp.states);
     // theta . phi per set and state, laid out over the map on a grid.
@@ -350,4 +315,55 @@ pub fn irl_command(args: &IrlArgs) -> Result<i32> {
         );
     }
     Ok(0)
+}
+
+/// Runs the MaxEnt IRL iterations on the chosen backend (a grid with a finite horizon on the
+/// grid kernels), one line per iteration on stderr unless --quiet; returns the result and the
+/// adapter description.
+fn learn_on_backend(
+    args: &IrlArgs,
+    world: &MdpWorld,
+    features: &[f32],
+    demos: &Demos,
+    options: &IrlOptions,
+) -> Result<(IrlResult, serde_json::Value)> {
+    let quiet = args.quiet;
+    let mut report = |it: u32, step: &softvi::analysis::irl::IrlStep| {
+        if !quiet {
+            let worst = step.gradient_norm.iter().copied().fold(0.0, f64::max);
+            let mean_ll =
+                step.log_likelihood.iter().sum::<f64>() / step.log_likelihood.len() as f64;
+            eprintln!(
+                "iter {it:>4}  mean log-likelihood {mean_ll:.5}  max |grad| {worst:.3e}  {:.3} s",
+                step.solve_seconds
+            );
+        }
+    };
+    let mut learn_with = |solver: &mut dyn MdpSolver| {
+        learn(&world.mdp, features, demos, options, solver, &mut report)
+    };
+    let (result, adapter) = match args.backend {
+        BackendArg::Cpu => (
+            learn_with(&mut CpuReference)?,
+            json!({"name": "cpu reference (f64)", "backend": "cpu"}),
+        ),
+        BackendArg::Gpu => {
+            let mut gpu = GpuSolver::from_env()?;
+            let adapter = adapter_json(gpu.context());
+            let result = match (&world.grid, options.solve.horizon) {
+                // A grid with a finite horizon runs on the grid kernels (about 10x the CSR path
+                // on a grid with slip).
+                (Some((grid_world, grid_mdp)), Horizon::Finite(_)) => {
+                    learn_with(&mut GridKernelsOnMdp {
+                        solver: &mut gpu,
+                        world: grid_mdp,
+                        template: &grid_world.problem,
+                    })?
+                }
+                _ => learn_with(&mut gpu)?,
+            };
+            (result, adapter)
+        }
+    };
+    Ok((result, adapter))
 }

@@ -1,0 +1,334 @@
+//! `softvi bench`: sweep throughput of the standard workloads on the GPU path and the CPU
+//! reference.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{Context, Result, ensure};
+use clap::Args;
+
+use softvi::bench::{
+    Measurement, Workload, measure_cpu, measure_gpu, measure_mdp_cpu, measure_mdp_gpu, sparse_mdp,
+    standard_workloads,
+};
+use softvi::engine::gpu::{GpuContext, GridEngine};
+use softvi::engine::options::{Horizon, SolveOptions};
+
+#[derive(Args, Debug)]
+pub(super) struct BenchArgs {
+    /// Workloads to run (default: all): maze1024-b1, maze1024-b8, maze4096-b1, orz900d-b64,
+    /// mdp1m (10^6 states, 8 actions, ~4 successors; also timed end to end with occupancy),
+    /// irl256 (seconds per MaxEnt IRL iteration, 256x256 grid, K = 8, M = 16).
+    #[arg(long = "workload", value_name = "NAME")]
+    workloads: Vec<String>,
+    /// Folder holding the MovingAI maps (orz900d.map).
+    #[arg(long, default_value = "../shared/maps", value_name = "DIR")]
+    maps: PathBuf,
+    /// Extra sweeps timed on the GPU path per workload, to start with (default: about 2e8
+    /// state updates, 4 to 128); doubled until they take half a second.
+    #[arg(long)]
+    sweeps: Option<u32>,
+    /// Extra sweeps timed on the CPU reference per workload, to start with (0 skips the CPU).
+    #[arg(long, default_value_t = 2)]
+    cpu_sweeps: u32,
+    /// Also time mdp1m's end-to-end solve + occupancy and an irl256 iteration on the CPU
+    /// reference (minutes each).
+    #[arg(long)]
+    cpu_solve: bool,
+}
+
+/// The general-MDP workload: throughput, then soft VI and occupancy to tol end to end.
+const MDP_WORKLOAD: &str = "mdp1m";
+/// The MaxEnt IRL workload: seconds per iteration.
+const IRL_WORKLOAD: &str = "irl256";
+
+/// `softvi bench`: one table row per workload and backend, and the GPU/CPU ratio.
+pub(super) fn bench_command(args: &BenchArgs) -> Result<i32> {
+    let maps = args.maps.is_dir().then_some(args.maps.as_path());
+    let mut workloads = standard_workloads(maps)?;
+    let (mut run_mdp, mut run_irl) = (true, true);
+    if !args.workloads.is_empty() {
+        for name in &args.workloads {
+            ensure!(
+                name == MDP_WORKLOAD
+                    || name == IRL_WORKLOAD
+                    || workloads.iter().any(|w| &w.name == name),
+                "--workload {name:?} is unknown (known: maze1024-b1, maze1024-b8, maze4096-b1, \
+                 orz900d-b64, mdp1m, irl256)"
+            );
+        }
+        workloads.retain(|w| args.workloads.contains(&w.name));
+        run_mdp = args.workloads.iter().any(|w| w == MDP_WORKLOAD);
+        run_irl = args.workloads.iter().any(|w| w == IRL_WORKLOAD);
+    }
+    let ctx = GpuContext::from_env()?;
+    let mut engine = GridEngine::new(&ctx)?;
+    println!(
+        "{:<13} {:>3} {:>11} {:>5} {:<8} {:<40} {:>9} {:>10} {:>8} {:>8}",
+        "workload",
+        "B",
+        "states",
+        "A",
+        "backend",
+        "adapter",
+        "sweeps/s",
+        "updates/s",
+        "GB/s",
+        "gpu/cpu"
+    );
+    bench_grids(args, &ctx, &mut engine, &workloads)?;
+    if run_mdp {
+        bench_mdp(args, &ctx)?;
+    }
+    if run_irl {
+        bench_irl(args, &ctx)?;
+    }
+    Ok(0)
+}
+
+/// The table rows of one workload: the GPU path, and the CPU reference when it was timed.
+fn print_rows(
+    ctx: &GpuContext,
+    name: &str,
+    tasks: usize,
+    size: &str,
+    actions: usize,
+    gpu: &Measurement,
+    cpu: Option<Measurement>,
+) {
+    let row = |name: &str,
+               tasks: usize,
+               size: &str,
+               actions: usize,
+               backend: &str,
+               adapter: &str,
+               m: &Measurement,
+               ratio: String| {
+        println!(
+            "{:<13} {:>3} {:>11} {:>5} {:<8} {:<40} {:>9.2} {:>10.3e} {:>8.2} {:>8}",
+            name,
+            tasks,
+            size,
+            actions,
+            backend,
+            adapter,
+            m.sweeps_per_second,
+            m.state_updates_per_second,
+            m.bytes_per_second / 1e9,
+            ratio
+        );
+    };
+    let ratio = cpu.as_ref().map_or("-".into(), |c| {
+        format!(
+            "{:.1}x",
+            gpu.state_updates_per_second / c.state_updates_per_second
+        )
+    });
+    row(
+        name,
+        tasks,
+        size,
+        actions,
+        "gpu",
+        &ctx.adapter_label(),
+        gpu,
+        ratio,
+    );
+    if let Some(c) = &cpu {
+        row(
+            name,
+            tasks,
+            size,
+            actions,
+            "cpu",
+            "reference (f64, 1 thread)",
+            c,
+            "1.0x".into(),
+        );
+    }
+}
+
+/// The gridworld workloads: one GPU row each, and a CPU row unless --cpu-sweeps 0.
+fn bench_grids(
+    args: &BenchArgs,
+    ctx: &GpuContext,
+    engine: &mut GridEngine,
+    workloads: &[Workload],
+) -> Result<()> {
+    for w in workloads {
+        let p = &w.problem;
+        let size = format!("{}x{}", p.grid.height, p.grid.width);
+        let default_sweeps =
+            (2e8 / (p.task_count() * p.grid.cells()) as f64).clamp(4.0, 128.0) as u32;
+        let gpu = measure_gpu(engine, p, args.sweeps.unwrap_or(default_sweeps))?;
+        let cpu = if args.cpu_sweeps > 0 {
+            Some(measure_cpu(p, args.cpu_sweeps)?)
+        } else {
+            None
+        };
+        print_rows(
+            ctx,
+            &w.name,
+            p.task_count(),
+            &size,
+            p.actions.count(),
+            &gpu,
+            cpu,
+        );
+    }
+    Ok(())
+}
+
+/// The mdp1m workload: its sweep throughput, then soft VI and the discounted occupancy to tol
+/// end to end on the GPU (and with --cpu-solve on the CPU reference, compared).
+fn bench_mdp(args: &BenchArgs, ctx: &GpuContext) -> Result<()> {
+    let mdp = sparse_mdp(1_000_000, 0);
+    let mut mdp_engine = softvi::engine::gpu::MdpEngine::new(ctx)?;
+    let gpu = measure_mdp_gpu(&mut mdp_engine, &mdp, args.sweeps.unwrap_or(32))?;
+    let cpu = if args.cpu_sweeps > 0 {
+        Some(measure_mdp_cpu(&mdp, args.cpu_sweeps)?)
+    } else {
+        None
+    };
+    print_rows(
+        ctx,
+        MDP_WORKLOAD,
+        1,
+        &mdp.states.to_string(),
+        mdp.actions,
+        &gpu,
+        cpu,
+    );
+    // End to end: soft VI to tol, then the discounted occupancy to tol.
+    let options = softvi::bench::reference_options(Horizon::Infinite {
+        tol: 1e-4,
+        max_iters: 100_000,
+    });
+    let outputs = softvi::engine::options::Outputs {
+        all_steps: false,
+        occupancy: true,
+    };
+    let end_to_end = |backend: &str,
+                      solve: &mut dyn FnMut() -> softvi::Result<
+        softvi::engine::solution::MdpSolution,
+    >|
+     -> Result<softvi::engine::solution::MdpSolution> {
+        let start = Instant::now();
+        let solved = solve()?;
+        let total = start.elapsed().as_secs_f64();
+        let d = solved.occupancy.as_ref().context("no occupancy")?;
+        println!(
+            "{MDP_WORKLOAD} end to end on {backend}: {} nonzeros, alpha 1, gamma 0.99, tol 1e-4: \
+             {} sweeps ({}) + {} occupancy sweeps ({}) in {total:.2} s",
+            mdp.nonzeros(),
+            solved.solution.iterations[0],
+            solved.solution.status[0].name(),
+            d.iterations,
+            d.status[0].name(),
+        );
+        Ok(solved)
+    };
+    let gpu = end_to_end(&ctx.adapter_label(), &mut || {
+        mdp_engine.solve(&mdp, &options, outputs)
+    })?;
+    if args.cpu_solve {
+        let cpu = end_to_end("cpu reference", &mut || {
+            softvi::engine::cpu::solve_mdp_cpu(&mdp, &options, outputs)
+        })?;
+        // Both stop within tol of their fixed points, so they differ by up to
+        // 2 tol gamma / (1 - gamma) in V; the occupancy by its own tol.
+        let gap = |a: &[f32], b: &[f32]| {
+            a.iter()
+                .zip(b)
+                .map(|(x, y)| (x - y).abs() as f64)
+                .fold(0.0, f64::max)
+        };
+        let top = |a: &[f32]| a.iter().fold(0.0f64, |m, x| m.max(x.abs() as f64));
+        let (gv, cv) = (&gpu.solution.values, &cpu.solution.values);
+        let (gd, cd) = (
+            &gpu.occupancy.as_ref().context("no occupancy")?.values,
+            &cpu.occupancy.as_ref().context("no occupancy")?.values,
+        );
+        println!(
+            "{MDP_WORKLOAD} GPU vs CPU: max |dV| {:.3e} (max |V| {:.3}), max |d occupancy| {:.3e} (max {:.3e})",
+            gap(gv, cv),
+            top(cv),
+            gap(gd, cd),
+            top(cd)
+        );
+    }
+    Ok(())
+}
+
+/// The irl256 workload: seconds per MaxEnt IRL iteration on the grid and CSR kernels (and with
+/// --cpu-solve on the CPU reference).
+fn bench_irl(args: &BenchArgs, ctx: &GpuContext) -> Result<()> {
+    // Seconds per IRL iteration (backward + forward + gradient), after one warm-up.
+    let softvi::bench::IrlWorkload {
+        problem,
+        world,
+        features,
+        demos,
+    } = softvi::bench::irl_workload()?;
+    let options = softvi::analysis::irl::IrlOptions {
+        solve: SolveOptions {
+            alpha: 1.0,
+            gamma: 1.0,
+            horizon: Horizon::Finite(demos.steps as u32),
+            policy: false,
+            ..SolveOptions::default()
+        },
+        learning_rate: 0.05,
+        iters: 4,
+        tol: 0.0,
+    };
+    // The first iteration of a run is a warm-up (pipelines, buffers).
+    let per_iteration = |solver: &mut dyn softvi::MdpSolver, iters: u32| -> Result<f64> {
+        let options = softvi::analysis::irl::IrlOptions { iters, ..options };
+        let result = softvi::analysis::irl::learn(
+            &world.mdp,
+            &features,
+            &demos,
+            &options,
+            solver,
+            &mut |_, _| {},
+        )?;
+        let timed = &result.history[(iters > 1) as usize..];
+        Ok(timed.iter().map(|h| h.solve_seconds).sum::<f64>() / timed.len() as f64)
+    };
+    let describe = |backend: &str, seconds: f64, ratio: String| {
+        println!(
+            "{IRL_WORKLOAD} on {backend}: 256x256 open grid, 8 actions, slip 0.1, K = 8, M = 16 sets x {} demos x {} steps: {seconds:.3} s per IRL iteration{ratio}",
+            demos.episodes, demos.steps
+        );
+    };
+    let mut gpu_solver = softvi::GpuSolver::new(ctx.clone());
+    let gpu = per_iteration(
+        &mut softvi::GridKernelsOnMdp {
+            solver: &mut gpu_solver,
+            world: &world,
+            template: &problem,
+        },
+        4,
+    )?;
+    describe(
+        &format!("{} (grid kernels)", ctx.adapter_label()),
+        gpu,
+        String::new(),
+    );
+    let csr = per_iteration(&mut gpu_solver, 3)?;
+    describe(
+        &format!("{} (CSR kernels)", ctx.adapter_label()),
+        csr,
+        String::new(),
+    );
+    if args.cpu_solve {
+        let cpu = per_iteration(&mut softvi::CpuReference, 1)?;
+        describe(
+            "cpu reference",
+            cpu,
+            format!(" (grid kernels {:.1}x faster)", cpu / gpu),
+        );
+    }
+    Ok(())
+}

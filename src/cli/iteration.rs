@@ -1,0 +1,76 @@
+//! The soft value iteration flags shared by the commands that solve, and the solve settings
+//! they give.
+
+use anyhow::Result;
+use clap::{Args, ValueEnum};
+
+use super::backend::BackendArg;
+use softvi::engine::options::{Backup, Horizon, SolveOptions};
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+pub(super) enum BackupArg {
+    /// Q = r + gamma * E[V'] (max-ent RL / soft Q-learning).
+    Expected,
+    /// Q = r + alpha * log E[exp(gamma V'/alpha)] (exact inference backward message).
+    Optimistic,
+}
+
+/// Soft value iteration settings.
+#[derive(Args, Debug)]
+pub(super) struct IterationArgs {
+    /// Temperature alpha >= 0 (0 = hard max).
+    #[arg(long, default_value_t = 1.0, allow_negative_numbers = true)]
+    alpha: f64,
+    /// Discount gamma in [0, 1].
+    #[arg(long, default_value_t = 0.99, allow_negative_numbers = true)]
+    gamma: f64,
+    /// Backup kind.
+    #[arg(long, value_enum, default_value_t = BackupArg::Expected)]
+    backup: BackupArg,
+    /// Finite horizon T: apply exactly T backups from V_T = 0 and report V_0, pi_0.
+    #[arg(long, value_name = "T", conflicts_with_all = ["tol", "max_iters"])]
+    horizon: Option<u32>,
+    /// Infinite horizon: stop when max_s |V_new - V_old| <= TOL.
+    #[arg(long, default_value_t = 1e-4)]
+    tol: f64,
+    /// Infinite horizon: most backups.
+    #[arg(long, default_value_t = 100_000)]
+    max_iters: u32,
+    /// Where the sweeps run.
+    #[arg(long, value_enum, default_value_t = BackendArg::Gpu)]
+    pub(super) backend: BackendArg,
+    /// Plain value iteration: no jumps along the estimated slowest mode.
+    #[arg(long)]
+    no_extrapolation: bool,
+    /// GPU adapters to shard the tasks over: `all` (every adapter WGPU_BACKEND allows) or a
+    /// count N (the first N; `softvi adapters` lists them).
+    #[arg(long, default_value = "1", value_name = "all|N")]
+    pub(super) adapters: String,
+}
+
+impl IterationArgs {
+    /// The solve settings, validated.
+    pub(super) fn options(&self, policy: bool) -> Result<SolveOptions> {
+        let horizon = match self.horizon {
+            Some(t) => Horizon::Finite(t),
+            None => Horizon::Infinite {
+                tol: self.tol,
+                max_iters: self.max_iters,
+            },
+        };
+        let backup = match self.backup {
+            BackupArg::Expected => Backup::Expected,
+            BackupArg::Optimistic => Backup::Optimistic,
+        };
+        let options = SolveOptions {
+            extrapolate: !self.no_extrapolation,
+            alpha: self.alpha,
+            gamma: self.gamma,
+            backup,
+            horizon,
+            policy,
+        };
+        options.validate()?;
+        Ok(options)
+    }
+}

@@ -1,0 +1,191 @@
+//! `softvi render`: one task of a solve's output folder drawn as a PNG.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail, ensure};
+use clap::{Args, ValueEnum};
+
+use softvi::io::npy;
+use softvi::world::grid::{ActionSet, Connectivity, Grid};
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+enum LayerArg {
+    /// Heatmap of V.
+    Value,
+    /// Arrows along the expected move over the value heatmap (maps up to 128 x 128; larger
+    /// ones get the entropy heatmap).
+    Policy,
+    /// Heatmap of log10 occupancy (needs occupancy.npy).
+    Occupancy,
+    /// Heatmap of the policy entropy -sum pi log pi.
+    Entropy,
+}
+
+#[derive(Args, Debug)]
+pub(super) struct RenderArgs {
+    /// Output folder of `softvi solve`.
+    #[arg(long, value_name = "DIR")]
+    from: PathBuf,
+    /// Task to draw (0-based).
+    #[arg(long, default_value_t = 0)]
+    task: usize,
+    /// PNG file to write.
+    #[arg(long, value_name = "FILE.png")]
+    out: PathBuf,
+    /// What to draw.
+    #[arg(long, value_enum, default_value_t = LayerArg::Value)]
+    layer: LayerArg,
+    /// Overlay this many trajectories sampled from the policy (needs policy.npy).
+    #[arg(long, value_name = "N")]
+    trajectories: Option<usize>,
+    /// Seed of the sampled trajectories.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Time step to draw from a solve with --all-steps (values V_t, policy pi_t, occupancy
+    /// D_t); default: step 0, and for the occupancy the sum over the steps (expected visits).
+    #[arg(long, value_name = "T")]
+    step: Option<usize>,
+}
+
+/// `softvi render`: reads a solve's folder (summary.json, values.npy, policy.npy,
+/// occupancy.npy), rebuilds its map and draws one task.
+pub(super) fn render_command(args: &RenderArgs) -> Result<i32> {
+    use softvi::analysis::render::{Layer, TaskView, render, write_png};
+    let dir = &args.from;
+    let summary_path = dir.join("summary.json");
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&summary_path).with_context(|| {
+            format!(
+                "cannot read {} (is --from a solve output folder?)",
+                summary_path.display()
+            )
+        })?)
+        .with_context(|| format!("{} is not JSON", summary_path.display()))?;
+    let world = &summary["world"];
+    let map = &world["map"];
+    let field = |v: &serde_json::Value, what: &str| -> Result<u64> {
+        v.as_u64()
+            .with_context(|| format!("{}: missing {what}", summary_path.display()))
+    };
+    let grid = match map["kind"].as_str() {
+        Some("maze") => Grid::generate_maze(
+            field(&map["width"], "world.map.width")? as usize,
+            field(&map["height"], "world.map.height")? as usize,
+            field(&map["seed"], "world.map.seed")?,
+        )?,
+        Some("file") => Grid::load_movingai(Path::new(map["path"].as_str().unwrap_or_default()))
+            .context("cannot reload the solve's map")?,
+        _ => bail!(
+            "{}: world.map does not say how to rebuild the map",
+            summary_path.display()
+        ),
+    };
+    let tasks = field(&summary["tasks"], "tasks")? as usize;
+    ensure!(
+        args.task < tasks,
+        "--task {} is out of range: the solve has {tasks} tasks",
+        args.task
+    );
+    let names: Vec<&str> = world["actions"].as_array().map_or(Vec::new(), |a| {
+        a.iter().filter_map(|n| n.as_str()).collect()
+    });
+    let actions = ActionSet {
+        connectivity: if names.contains(&"NE") {
+            Connectivity::Eight
+        } else {
+            Connectivity::Four
+        },
+        stay: names.contains(&"STAY"),
+    };
+    let goals: Vec<usize> = summary["goals"][args.task]
+        .as_array()
+        .map_or(Vec::new(), |g| {
+            g.iter()
+                .filter_map(|xy| {
+                    Some(xy[1].as_u64()? as usize * grid.width + xy[0].as_u64()? as usize)
+                })
+                .collect()
+        });
+    let (h, w, cells) = (grid.height, grid.width, grid.cells());
+    // One task of `[B, H, W(, per_cell)]`, or of `[B, K, H, W(, per_cell)]` (every time step):
+    // step --step, or with `sum_steps` and no --step the sum over the steps.
+    let read_task = |name: &str, per_cell: usize, sum_steps: bool| -> Result<Option<Vec<f32>>> {
+        let path = dir.join(name);
+        if !path.exists() {
+            return Ok(None);
+        }
+        let array = npy::read_float(&path)?;
+        let tail: &[usize] = if per_cell > 1 {
+            &[h, w, per_cell]
+        } else {
+            &[h, w]
+        };
+        let timed = array.shape.len() == tail.len() + 2;
+        let steps = if timed { array.shape[1] } else { 1 };
+        let lead: &[usize] = if timed { &array.shape[1..2] } else { &[] };
+        let expected = [&[tasks], lead, tail].concat();
+        ensure!(
+            array.shape == expected,
+            "{}: shape {:?}, expected [{tasks}, {}] or with a time axis after the task axis",
+            path.display(),
+            array.shape,
+            tail.iter()
+                .map(|x| x.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        let n = cells * per_cell;
+        let task = &array.data[args.task * steps * n..(args.task + 1) * steps * n];
+        Ok(Some(match args.step {
+            Some(t) => {
+                ensure!(
+                    t < steps,
+                    "--step {t} is out of range: {} holds {steps} time steps",
+                    path.display()
+                );
+                task[t * n..(t + 1) * n].to_vec()
+            }
+            None if sum_steps => (0..n)
+                .map(|i| (0..steps).map(|t| task[t * n + i]).sum())
+                .collect(),
+            None => task[..n].to_vec(),
+        }))
+    };
+    let values = read_task("values.npy", 1, false)?.with_context(|| {
+        format!(
+            "{} has no values.npy (did the solve diverge?)",
+            dir.display()
+        )
+    })?;
+    let policy = read_task("policy.npy", actions.count(), false)?;
+    let occupancy = read_task("occupancy.npy", 1, true)?;
+    let view = TaskView {
+        grid: &grid,
+        actions,
+        slip: world["slip"].as_f64().unwrap_or(0.0),
+        goals: &goals,
+        values: &values,
+        policy: policy.as_deref(),
+        occupancy: occupancy.as_deref(),
+    };
+    let layer = match args.layer {
+        LayerArg::Value => Layer::Value,
+        LayerArg::Policy => Layer::Policy,
+        LayerArg::Occupancy => Layer::Occupancy,
+        LayerArg::Entropy => Layer::Entropy,
+    };
+    if layer == Layer::Policy && w.max(h) > softvi::analysis::render::MAX_ARROW_SIDE {
+        eprintln!("note: {w}x{h} is too large for arrows; drawing the policy entropy instead");
+    }
+    let (canvas, (lo, hi)) = render(&view, layer, args.trajectories.map(|n| (n, args.seed)))?;
+    write_png(&canvas, &args.out)?;
+    println!(
+        "wrote {} ({}x{} px), task {}, {:?} from {lo:.6} to {hi:.6}",
+        args.out.display(),
+        canvas.width,
+        canvas.height,
+        args.task,
+        args.layer
+    );
+    Ok(0)
+}

@@ -1,0 +1,155 @@
+//! `softvi sample`: trajectories drawn from each task's soft-optimal policy.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{Context, Result, ensure};
+use clap::Args;
+use serde_json::json;
+
+use super::EXIT_DIVERGED;
+use super::backend::{BackendArg, run_mdp_backend};
+use super::iteration::IterationArgs;
+use super::summary::add_run_json;
+use super::world::{MdpWorld, WorldArgs};
+use softvi::engine::options::Horizon;
+use softvi::io::npy;
+use softvi::io::output::{OutputFile, write_folder};
+
+#[derive(Args, Debug)]
+pub(super) struct SampleArgs {
+    #[command(flatten)]
+    world: WorldArgs,
+    #[command(flatten)]
+    iteration: IterationArgs,
+    /// Episodes per task N.
+    #[arg(long, default_value_t = 100, value_name = "N")]
+    episodes: usize,
+    /// Steps per episode T (default: --horizon, else 100); at most --horizon.
+    #[arg(long, value_name = "T")]
+    steps: Option<usize>,
+    /// Seed of the draws.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Start cell X,Y (repeatable, equal weights; default: uniform over the free non-goal
+    /// cells). Grid worlds only; an --mdp file carries `initial`.
+    #[arg(long = "start", value_name = "X,Y", conflicts_with = "mdp")]
+    start: Vec<String>,
+    /// Output folder: states.npy, actions.npy, summary.json.
+    #[arg(long, value_name = "DIR")]
+    out: PathBuf,
+    /// Print summary.json's content instead of the human summary.
+    #[arg(long)]
+    json: bool,
+    /// No progress line on stderr.
+    #[arg(long)]
+    quiet: bool,
+}
+
+/// `softvi sample`: trajectories from each task's soft-optimal policy.
+pub(super) fn sample_command(args: &SampleArgs) -> Result<i32> {
+    let start = Instant::now();
+    let world = MdpWorld::build(&args.world, &args.start)?;
+    let options = args.iteration.options(true)?;
+    ensure!(args.episodes >= 1, "--episodes must be at least 1");
+    let steps = match (args.steps, options.horizon) {
+        (Some(t), Horizon::Finite(h)) => {
+            ensure!(
+                t <= h as usize,
+                "--steps {t} is longer than --horizon {h}: the policy has {h} time steps"
+            );
+            t
+        }
+        (Some(t), Horizon::Infinite { .. }) => t,
+        (None, Horizon::Finite(h)) => h as usize,
+        (None, Horizon::Infinite { .. }) => 100,
+    };
+    ensure!(steps >= 1, "--steps must be at least 1");
+    let finite = matches!(options.horizon, Horizon::Finite(_));
+    let outputs = softvi::engine::options::Outputs {
+        all_steps: finite,
+        occupancy: false,
+    };
+    let (solved, adapter) =
+        run_mdp_backend(&args.iteration, &world.mdp, &options, outputs, args.quiet)?;
+    if solved.solution.diverged() {
+        eprintln!("error: the solve diverged: no policy to sample from; nothing was written");
+        return Ok(EXIT_DIVERGED);
+    }
+    let (policy, policy_steps) = match (&solved.steps, options.horizon) {
+        (Some(s), Horizon::Finite(h)) => (s.policy.as_ref().context("no policy")?, h as usize),
+        _ => (solved.solution.policy.as_ref().context("no policy")?, 1),
+    };
+    let mut samples = softvi::analysis::sample::sample(
+        &world.mdp,
+        policy,
+        policy_steps,
+        args.episodes,
+        steps,
+        args.seed,
+    )?;
+    for s in &mut samples.states {
+        *s = world.state_label(*s);
+    }
+    let seconds = start.elapsed().as_secs_f64();
+    let (b, n) = (world.mdp.tasks, args.episodes);
+    let lengths: Vec<f64> = (0..b)
+        .map(|t| {
+            let rows = &samples.actions[t * n * steps..(t + 1) * n * steps];
+            rows.iter()
+                .filter(|&&a| a != softvi::analysis::sample::ENDED)
+                .count() as f64
+                / n as f64
+        })
+        .collect();
+    let mut summary = json!({
+        "backend": match args.iteration.backend { BackendArg::Gpu => "gpu", BackendArg::Cpu => "cpu" },
+        "adapter": adapter,
+        "world": world.source,
+        "episodes": n,
+        "steps": steps,
+        "seed": args.seed,
+        "mean_episode_length": lengths,
+        "layout": {
+            "states": if world.grid.is_some() { "int32 [task][episode][t], cell row * W + col; -1 after termination" }
+                else { "int32 [task][episode][t]; -1 after termination" },
+            "actions": "int32 [task][episode][t]; -1 from the terminal state on",
+        },
+    });
+    add_run_json(&mut summary, &options, &solved.solution, seconds);
+    let summary_text = serde_json::to_string_pretty(&summary)? + "\n";
+    let files = [
+        OutputFile {
+            name: "summary.json",
+            bytes: summary_text.as_bytes().to_vec(),
+        },
+        OutputFile {
+            name: "states.npy",
+            bytes: npy::encode_i32(&[b, n, steps + 1], &samples.states),
+        },
+        OutputFile {
+            name: "actions.npy",
+            bytes: npy::encode_i32(&[b, n, steps], &samples.actions),
+        },
+    ];
+    write_folder(
+        &args.out,
+        &files,
+        &["summary.json", "states.npy", "actions.npy"],
+    )?;
+    if args.json {
+        print!("{summary_text}");
+    } else {
+        println!(
+            "sample   {b} tasks x {n} episodes x {steps} steps, seed {}, mean length {}",
+            args.seed,
+            lengths
+                .iter()
+                .map(|l| format!("{l:.1}"))
+                .collect::<Vec<_>>()
+                .join("/")
+        );
+        println!("wrote    {} in {seconds:.3} s", args.out.display());
+    }
+    Ok(0)
+}

@@ -1,0 +1,521 @@
+//! `softvi solve`: a batch of grid goals or a general MDP solved to values, policy,
+//! occupancy and summary.json.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{Result, ensure};
+use clap::Args;
+use serde_json::json;
+
+use super::EXIT_DIVERGED;
+use super::backend::{BackendArg, adapter_json, run_backend, run_mdp_backend};
+use super::iteration::IterationArgs;
+use super::summary::{ProgressLine, add_run_json};
+use super::world::{MdpWorld, World, WorldArgs};
+use softvi::engine::gpu::{GpuContext, GridEngine};
+use softvi::engine::options::{Horizon, SolveOptions};
+use softvi::engine::solution::Solution;
+use softvi::io::npy;
+use softvi::io::output::{OutputFile, write_folder};
+
+#[derive(Args, Debug)]
+pub(super) struct SolveArgs {
+    #[command(flatten)]
+    world: WorldArgs,
+    #[command(flatten)]
+    iteration: IterationArgs,
+    /// Output folder: values.npy, policy.npy, summary.json.
+    #[arg(long, value_name = "DIR")]
+    out: PathBuf,
+    /// Skip policy.npy (for huge worlds).
+    #[arg(long)]
+    no_policy: bool,
+    /// With --horizon T: keep every step, values.npy [B,T+1,...] (V_0..V_T) and policy.npy
+    /// [B,T,...,A] (pi_0..pi_{T-1}).
+    #[arg(long, requires = "horizon")]
+    all_steps: bool,
+    /// Also write occupancy.npy, the state occupancy under the soft-optimal policy: D_0..D_T
+    /// [B,T+1,...] with --horizon T, else the discounted sum_t gamma^t D_t [B,...], iterated
+    /// until its residual is within --tol times the start distribution's peak.
+    #[arg(long)]
+    occupancy: bool,
+    /// Start cell X,Y of the occupancy (repeatable, equal weights; default: uniform over the
+    /// free non-goal cells). Grid worlds only; an --mdp file carries `initial`.
+    #[arg(long = "start", value_name = "X,Y", conflicts_with = "mdp")]
+    start: Vec<String>,
+    /// Also draw task 0's value heatmap to this PNG (as `softvi render --from DIR`).
+    #[arg(long, value_name = "FILE.png")]
+    png: Option<PathBuf>,
+    /// Print summary.json's content instead of the human summary.
+    #[arg(long)]
+    json: bool,
+    /// No progress line on stderr (it is shown only on a terminal, for solves over a second).
+    #[arg(long)]
+    quiet: bool,
+}
+
+/// `softvi solve`. Returns the process exit code.
+pub(super) fn solve_command(args: &SolveArgs) -> Result<i32> {
+    if let Some(path) = &args.world.mdp {
+        return mdp_solve_command(args, path);
+    }
+    let start = Instant::now();
+    if args.all_steps || args.occupancy || !args.start.is_empty() {
+        return grid_mdp_solve_command(args, start);
+    }
+    let world = args.world.build()?;
+    let options = args.iteration.options(!args.no_policy)?;
+    let (solution, adapter) = run_backend(
+        args.iteration.backend,
+        &args.iteration.adapters,
+        &world.problem,
+        &options,
+        args.quiet,
+    )?;
+    let seconds = start.elapsed().as_secs_f64();
+    let summary = summary_json(
+        &world,
+        &options,
+        args.iteration.backend,
+        &adapter,
+        &solution,
+        seconds,
+    );
+    let summary_text = serde_json::to_string_pretty(&summary)? + "\n";
+    let p = &world.problem;
+    let arrays = solve_arrays(&solution, None, None, &[p.grid.height, p.grid.width]);
+    write_solve_folder(&args.out, &summary_text, solution.diverged(), &arrays)?;
+    finish_solve(
+        args,
+        &world,
+        &options,
+        &adapter,
+        &solution,
+        seconds,
+        &summary_text,
+    )
+}
+
+/// `softvi solve --mdp FILE.npz`: a general MDP; `values.npy` `[B,S]` (`[B,T+1,S]` with
+/// every step), `policy.npy` `[B,S,A]` (`[B,T,S,A]`), `occupancy.npy`, `summary.json`.
+fn mdp_solve_command(args: &SolveArgs, path: &Path) -> Result<i32> {
+    let start = Instant::now();
+    let mdp = softvi::world::mdp::TabularMdp::load_npz(path)?;
+    let options = args.iteration.options(!args.no_policy)?;
+    ensure!(
+        args.png.is_none(),
+        "--png draws grid worlds only, not --mdp"
+    );
+    let outputs = softvi::engine::options::Outputs {
+        all_steps: args.all_steps,
+        occupancy: args.occupancy,
+    };
+    let (solved, adapter) = run_mdp_backend(&args.iteration, &mdp, &options, outputs, args.quiet)?;
+    let solution = &solved.solution;
+    let seconds = start.elapsed().as_secs_f64();
+    let (b, s, a) = (mdp.tasks, mdp.states, mdp.actions);
+    let backend = match args.iteration.backend {
+        BackendArg::Gpu => "gpu",
+        BackendArg::Cpu => "cpu",
+    };
+    let steps = solved.steps.is_some();
+    let mut summary = json!({
+        "backend": backend,
+        "adapter": adapter,
+        "mdp": {
+            "path": std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf()),
+            "states": s,
+            "actions": a,
+            "nonzeros": mdp.nonzeros(),
+        },
+        "layout": {
+            "values": if steps { "float32 [task][t][state], t = 0..T; -inf where no terminal is reachable (gamma = 1)" }
+                else { "float32 [task][state]; -inf where no terminal is reachable (gamma = 1)" },
+            "policy": if steps { "float32 [task][t][state][action], t = 0..T-1; NaN on terminal and such states" }
+                else { "float32 [task][state][action]; NaN on terminal and such states" },
+            "occupancy": match options.horizon {
+                Horizon::Finite(_) => "float32 [task][t][state], D_0..D_T",
+                Horizon::Infinite { .. } => "float32 [task][state], sum_t gamma^t D_t",
+            },
+        },
+    });
+    add_run_json(&mut summary, &options, solution, seconds);
+    add_mdp_json(&mut summary, &solved);
+    let summary_text = serde_json::to_string_pretty(&summary)? + "\n";
+    let arrays = solve_arrays(
+        solution,
+        solved.steps.as_ref(),
+        solved.occupancy.as_ref(),
+        &[s],
+    );
+    write_solve_folder(&args.out, &summary_text, solution.diverged(), &arrays)?;
+    if args.json {
+        print!("{summary_text}");
+    } else {
+        let statuses: Vec<&str> = solution.status.iter().map(|s| s.name()).collect();
+        println!(
+            "mdp      {} ({s} states, {a} actions, {} transitions)",
+            path.display(),
+            mdp.nonzeros()
+        );
+        println!(
+            "solve    {b} tasks, {} backup, alpha {}, gamma {}",
+            options.backup.name(),
+            options.alpha,
+            options.gamma
+        );
+        println!(
+            "backend  {} ({})",
+            summary["adapter"]["name"].as_str().unwrap_or("?"),
+            summary["adapter"]["backend"].as_str().unwrap_or("?")
+        );
+        println!(
+            "result   {} after {} sweeps in {:.3} s",
+            statuses.join("/"),
+            solution.iterations.iter().max().unwrap_or(&0),
+            solution.seconds
+        );
+        if let Some(d) = &solved.occupancy {
+            println!(
+                "forward  occupancy {} after {} iterations",
+                d.status
+                    .iter()
+                    .map(|s| s.name())
+                    .collect::<Vec<_>>()
+                    .join("/"),
+                d.iterations
+            );
+        }
+        println!("wrote    {} in {seconds:.3} s", args.out.display());
+    }
+    if solution.diverged() {
+        eprintln!("error: the solve diverged: values grow without bound; no values were written");
+        return Ok(EXIT_DIVERGED);
+    }
+    Ok(0)
+}
+
+/// `softvi solve` on a grid with --all-steps, --occupancy or --start: the grid as a tabular
+/// MDP over its free cells, outputs laid out over the map.
+fn grid_mdp_solve_command(args: &SolveArgs, start: Instant) -> Result<i32> {
+    ensure!(
+        args.occupancy || args.start.is_empty(),
+        "--start sets where the occupancy starts: add --occupancy"
+    );
+    let mdp_world = MdpWorld::build(&args.world, &args.start)?;
+    let (world, grid_mdp) = mdp_world.grid.as_ref().expect("a grid world");
+    let starts = &mdp_world.starts;
+    let p = &world.problem;
+    let options = args.iteration.options(!args.no_policy)?;
+    let outputs = softvi::engine::options::Outputs {
+        all_steps: args.all_steps,
+        occupancy: args.occupancy,
+    };
+    let finite = matches!(options.horizon, Horizon::Finite(_));
+    let (solved, adapter) = if args.iteration.backend == BackendArg::Gpu && finite {
+        // The grid kernels' own forward pass.
+        ensure!(
+            args.iteration.adapters == "1",
+            "--adapters {} shards plain grid solves only; this solve runs on one adapter",
+            args.iteration.adapters
+        );
+        let ctx = GpuContext::from_env()?;
+        let mut engine = GridEngine::new(&ctx)?;
+        let start = grid_mdp.start_cells(&grid_mdp.mdp);
+        let mut line = ProgressLine::new(args.quiet);
+        let solved = engine.solve_steps(p, &options, outputs, &start, &mut |x| line.update(x));
+        line.finish();
+        (solved?, adapter_json(&ctx))
+    } else {
+        let (mut solved, adapter) = run_mdp_backend(
+            &args.iteration,
+            &grid_mdp.mdp,
+            &options,
+            outputs,
+            args.quiet,
+        )?;
+        solved.to_cells(grid_mdp);
+        (solved, adapter)
+    };
+    let seconds = start.elapsed().as_secs_f64();
+    let backend = args.iteration.backend;
+    let mut summary = summary_json(
+        world,
+        &options,
+        backend,
+        &adapter,
+        &solved.solution,
+        seconds,
+    );
+    add_mdp_json(&mut summary, &solved);
+    summary["starts"] = json!(
+        starts
+            .iter()
+            .map(|c| [c % p.grid.width, c / p.grid.width])
+            .collect::<Vec<_>>()
+    );
+    if solved.steps.is_some() {
+        summary["layout"]["values"] = json!("float32 [task][t][row][col], t = 0..T; NaN blocked");
+        summary["layout"]["policy"] =
+            json!("float32 [task][t][row][col][action], t = 0..T-1; NaN blocked, terminal");
+    }
+    if let Some(d) = &solved.occupancy {
+        summary["layout"]["occupancy"] = json!(if d.steps > 1 {
+            "float32 [task][t][row][col], D_0..D_T; NaN blocked"
+        } else {
+            "float32 [task][row][col], sum_t gamma^t D_t; NaN blocked"
+        });
+    }
+    let summary_text = serde_json::to_string_pretty(&summary)? + "\n";
+    let arrays = solve_arrays(
+        &solved.solution,
+        solved.steps.as_ref(),
+        solved.occupancy.as_ref(),
+        &[p.grid.height, p.grid.width],
+    );
+    write_solve_folder(
+        &args.out,
+        &summary_text,
+        solved.solution.diverged(),
+        &arrays,
+    )?;
+    finish_solve(
+        args,
+        world,
+        &options,
+        &adapter,
+        &solved.solution,
+        seconds,
+        &summary_text,
+    )
+}
+
+/// The end of a grid solve: the --png picture, the summary on stdout, the exit code.
+fn finish_solve(
+    args: &SolveArgs,
+    world: &World,
+    options: &SolveOptions,
+    adapter: &serde_json::Value,
+    solution: &Solution,
+    seconds: f64,
+    summary_text: &str,
+) -> Result<i32> {
+    let p = &world.problem;
+    if let (Some(png), false) = (&args.png, solution.diverged()) {
+        let cells = p.grid.cells();
+        let view = softvi::analysis::render::TaskView {
+            grid: &p.grid,
+            actions: p.actions,
+            slip: p.slip,
+            goals: &p.tasks[0].goals,
+            values: &solution.values[..cells],
+            policy: None,
+            occupancy: None,
+        };
+        let (canvas, _) =
+            softvi::analysis::render::render(&view, softvi::analysis::render::Layer::Value, None)?;
+        softvi::analysis::render::write_png(&canvas, png)?;
+    }
+    if args.json {
+        print!("{summary_text}");
+    } else {
+        print_summary(world, options, adapter, solution, seconds, &args.out);
+    }
+    if solution.diverged() {
+        eprintln!(
+            "error: the solve diverged: values grow without bound (the entropy bonus alpha*log|A| \
+             outweighs the step costs with gamma = 1); no values were written. Lower --alpha, \
+             raise the costs, or use --gamma < 1 or --horizon T."
+        );
+        return Ok(EXIT_DIVERGED);
+    }
+    Ok(0)
+}
+
+fn print_summary(
+    world: &World,
+    options: &SolveOptions,
+    adapter: &serde_json::Value,
+    solution: &Solution,
+    seconds: f64,
+    out: &Path,
+) {
+    let p = &world.problem;
+    let statuses: Vec<&str> = solution.status.iter().map(|s| s.name()).collect();
+    let mut distinct = statuses.clone();
+    distinct.dedup();
+    let max_residual = solution.residual.iter().copied().fold(0.0, f64::max);
+    println!(
+        "world    {} ({}x{}, {} free cells, {} actions, slip {})",
+        world.source,
+        p.grid.width,
+        p.grid.height,
+        p.grid.free_cells(),
+        p.actions.count(),
+        p.slip
+    );
+    println!(
+        "solve    {} tasks, {} backup, alpha {}, gamma {}{}",
+        p.task_count(),
+        options.backup.name(),
+        options.alpha,
+        options.gamma,
+        match options.horizon {
+            Horizon::Finite(t) => format!(", horizon {t}"),
+            Horizon::Infinite { tol, .. } => format!(", tol {tol}"),
+        }
+    );
+    let adapters = match adapter {
+        serde_json::Value::Array(list) => list.clone(),
+        single => vec![single.clone()],
+    };
+    let names: Vec<String> = adapters
+        .iter()
+        .map(|a| {
+            format!(
+                "{} ({})",
+                a["name"].as_str().unwrap_or("?"),
+                a["backend"].as_str().unwrap_or("?")
+            )
+        })
+        .collect();
+    println!("backend  {}", names.join(" + "));
+    println!(
+        "result   {} after {} sweeps, max residual {:.3e}, {} unreachable cells",
+        distinct.join("/"),
+        solution.iterations.iter().max().unwrap_or(&0),
+        max_residual,
+        solution.unreachable.iter().sum::<u32>()
+    );
+    for (t, goals) in world.goals.iter().enumerate().take(8) {
+        let cells = p.grid.cells();
+        let finite: Vec<f32> = solution.values[t * cells..(t + 1) * cells]
+            .iter()
+            .copied()
+            .filter(|v| v.is_finite())
+            .collect();
+        let lo = finite.iter().copied().fold(f32::INFINITY, f32::min);
+        let hi = finite.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        println!("task {t:<3} goal {:?}: V in [{lo:.4}, {hi:.4}]", goals[0]);
+    }
+    if world.goals.len() > 8 {
+        println!("... {} more tasks", world.goals.len() - 8);
+    }
+    println!(
+        "time     {:.3} s solve, {seconds:.3} s total; wrote {}",
+        solution.seconds,
+        out.display()
+    );
+}
+
+/// `summary.json` of a solve.
+fn summary_json(
+    world: &World,
+    options: &SolveOptions,
+    backend: BackendArg,
+    adapter: &serde_json::Value,
+    solution: &Solution,
+    seconds: f64,
+) -> serde_json::Value {
+    let p = &world.problem;
+    let mut summary = json!({
+        "backend": match backend { BackendArg::Gpu => "gpu", BackendArg::Cpu => "cpu" },
+        "adapter": adapter,
+        "world": {
+            "source": world.source,
+            "map": world.map,
+            "height": p.grid.height,
+            "width": p.grid.width,
+            "free_cells": p.grid.free_cells(),
+            "actions": p.actions.names(),
+            "slip": p.slip,
+            "move_cost": p.move_cost.per_action(&p.actions),
+        },
+        "goals": world.goals,
+        "layout": {
+            "values": "float32 [task][row][col]; NaN blocked, -inf unreachable (gamma = 1)",
+            "policy": "float32 [task][row][col][action]; NaN blocked, terminal, unreachable",
+        },
+    });
+    add_run_json(&mut summary, options, solution, seconds);
+    summary
+}
+
+/// Adds the time-step and occupancy facts of an MDP solve to `summary`.
+fn add_mdp_json(summary: &mut serde_json::Value, solution: &softvi::engine::solution::MdpSolution) {
+    summary["all_steps"] = json!(solution.steps.is_some());
+    if let Some(d) = &solution.occupancy {
+        summary["occupancy"] = json!({
+            "steps": d.steps,
+            "iterations": d.iterations,
+            "residual": d.residual,
+            "status": d.status.iter().map(|s| s.name()).collect::<Vec<_>>(),
+        });
+    }
+}
+
+/// One `.npy` of a solve's folder: name, shape, data.
+type NpyArray<'a> = (&'static str, Vec<usize>, &'a [f32]);
+
+/// Writes a solve's folder: `summary.json`, and unless the solve diverged the `arrays`;
+/// outputs of an earlier run that this one does not write are removed.
+fn write_solve_folder(
+    out: &Path,
+    summary_text: &str,
+    diverged: bool,
+    arrays: &[NpyArray],
+) -> Result<()> {
+    let mut files = vec![OutputFile {
+        name: "summary.json",
+        bytes: summary_text.as_bytes().to_vec(),
+    }];
+    if !diverged {
+        for (name, shape, data) in arrays {
+            files.push(OutputFile {
+                name,
+                bytes: npy::encode_f32(shape, data),
+            });
+        }
+    }
+    write_folder(
+        out,
+        &files,
+        &["summary.json", "values.npy", "policy.npy", "occupancy.npy"],
+    )?;
+    Ok(())
+}
+
+/// The arrays of a solve's folder: `values.npy` and `policy.npy` of shape `[B, *state_shape]`
+/// (`[B, T+1, ...]` / `[B, T, ...]` with every step) and `occupancy.npy`.
+fn solve_arrays<'a>(
+    solution: &'a Solution,
+    steps: Option<&'a softvi::engine::solution::TimeSteps>,
+    occupancy: Option<&'a softvi::engine::solution::Occupancy>,
+    state_shape: &[usize],
+) -> Vec<NpyArray<'a>> {
+    let tasks = solution.iterations.len();
+    let with = |lead: &[usize], tail: &[usize]| [&[tasks], lead, state_shape, tail].concat();
+    let a = [solution.action_count];
+    let mut arrays = Vec::new();
+    match steps {
+        Some(steps) => {
+            let t = steps.values.len() / solution.values.len().max(1);
+            arrays.push(("values.npy", with(&[t], &[]), &steps.values[..]));
+            if let Some(p) = &steps.policy {
+                arrays.push(("policy.npy", with(&[t - 1], &a), &p[..]));
+            }
+        }
+        None => {
+            arrays.push(("values.npy", with(&[], &[]), &solution.values[..]));
+            if let Some(p) = &solution.policy {
+                arrays.push(("policy.npy", with(&[], &a), &p[..]));
+            }
+        }
+    }
+    if let Some(d) = occupancy {
+        let lead: &[usize] = if d.steps > 1 { &[d.steps] } else { &[] };
+        arrays.push(("occupancy.npy", with(lead, &[]), &d.values[..]));
+    }
+    arrays
+}

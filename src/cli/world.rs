@@ -1,0 +1,343 @@
+//! The world and task flags shared by the commands that build a batch, and the batch they
+//! build: a gridworld ([`World`]) or any world as a tabular MDP ([`MdpWorld`]).
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail, ensure};
+use clap::Args;
+use serde_json::json;
+
+use softvi::io::npy;
+use softvi::world::grid::{ActionSet, Connectivity, Grid, MoveCost};
+use softvi::world::grid_problem::{GridProblem, GridTask};
+
+/// The world and task flags shared by commands that build a gridworld batch.
+#[derive(Args, Debug)]
+pub(super) struct WorldArgs {
+    /// MovingAI .map file.
+    #[arg(
+        long,
+        value_name = "FILE.map",
+        conflicts_with = "maze",
+        required_unless_present_any = ["maze", "mdp"]
+    )]
+    map: Option<PathBuf>,
+    /// General tabular MDP as a NumPy .npz (P or indptr/indices/data, R, optional terminal,
+    /// terminal_value, initial); outputs are [B,S] and [B,S,A].
+    #[arg(long, value_name = "FILE.npz", conflicts_with_all = ["map", "maze", "goal", "goals", "reward"])]
+    pub(super) mdp: Option<PathBuf>,
+    /// Built-in generated maze of W x H cells (free cells at odd X and Y).
+    #[arg(long, value_name = "WxH")]
+    maze: Option<String>,
+    /// Seed of the generated maze.
+    #[arg(long, default_value_t = 0, requires = "maze", value_name = "N")]
+    maze_seed: u64,
+    /// Goal cell X,Y (X = column, Y = row); each goal is one task. Repeatable.
+    #[arg(long = "goal", value_name = "X,Y", num_args = 1.., conflicts_with = "goals",
+          required_unless_present_any = ["goals", "mdp"])]
+    goal: Vec<String>,
+    /// File with one `X Y` goal per line (one task each; blank lines and # comments allowed).
+    #[arg(long, value_name = "FILE")]
+    goals: Option<PathBuf>,
+    /// State reward R_task, float32 .npy of shape [H,W] (shared) or [B,H,W] (per task).
+    #[arg(long, value_name = "FILE.npy")]
+    reward: Option<PathBuf>,
+    /// 4- or 8-connected moves.
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u8).range(4..=8))]
+    connectivity: u8,
+    /// Add a STAY action (last in the action order).
+    #[arg(long)]
+    stay: bool,
+    /// Slip probability eps: with probability eps a uniformly drawn action's move happens.
+    #[arg(long, default_value_t = 0.0, value_name = "EPS")]
+    slip: f64,
+    /// Step costs ORTH,DIAG[,STAY] (default 1, sqrt(2), 0).
+    #[arg(long, value_name = "ORTH,DIAG[,STAY]")]
+    move_cost: Option<String>,
+}
+
+/// A gridworld batch built from the command line, with a description of its source.
+pub(super) struct World {
+    /// The problem.
+    pub(super) problem: GridProblem,
+    /// `"maze 255x255 seed 0"` or the map path.
+    pub(super) source: String,
+    /// Goals per task as (X, Y).
+    pub(super) goals: Vec<Vec<(usize, usize)>>,
+    /// How to rebuild the map: `{"kind": "maze", "width", "height", "seed"}` or
+    /// `{"kind": "file", "path"}` (absolute).
+    pub(super) map: serde_json::Value,
+}
+
+fn parse_pair(text: &str, sep: char, what: &str) -> Result<(usize, usize)> {
+    let parts: Vec<&str> = text
+        .split(sep)
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .collect();
+    ensure!(
+        parts.len() == 2,
+        "{what} {text:?} is not of the form X{sep}Y"
+    );
+    let num = |s: &str| {
+        s.parse::<usize>()
+            .with_context(|| format!("{what} {text:?}: {s:?} is not a cell index"))
+    };
+    Ok((num(parts[0])?, num(parts[1])?))
+}
+
+/// Parses a goals file: one `X Y` per line, blank lines and `#` comments allowed.
+fn parse_goals_file(path: &Path) -> Result<Vec<(usize, usize)>> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read goals file {}", path.display()))?;
+    let mut goals = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let line = line.split('#').next().unwrap_or("").trim();
+        if line.is_empty() {
+            continue;
+        }
+        let pair = parse_pair(&line.replace(',', " "), ' ', "goal")
+            .with_context(|| format!("{}:{}", path.display(), i + 1))?;
+        goals.push(pair);
+    }
+    ensure!(
+        !goals.is_empty(),
+        "goals file {} lists no goal",
+        path.display()
+    );
+    Ok(goals)
+}
+
+impl WorldArgs {
+    /// Builds the gridworld batch, validating everything the flags say.
+    pub(super) fn build(&self) -> Result<World> {
+        let (grid, source, map) = match (&self.map, &self.maze) {
+            (Some(path), _) => {
+                let grid = Grid::load_movingai(path)?;
+                let absolute = std::fs::canonicalize(path).unwrap_or_else(|_| path.clone());
+                (
+                    grid,
+                    path.display().to_string(),
+                    json!({"kind": "file", "path": absolute}),
+                )
+            }
+            (None, Some(size)) => {
+                let (w, h) =
+                    parse_pair(size, 'x', "--maze").context("--maze expects WxH, e.g. 255x255")?;
+                let map = json!({"kind": "maze", "width": w, "height": h, "seed": self.maze_seed});
+                (
+                    Grid::generate_maze(w, h, self.maze_seed)?,
+                    format!("maze {w}x{h} seed {}", self.maze_seed),
+                    map,
+                )
+            }
+            (None, None) => bail!("give a world: --map FILE.map or --maze WxH"),
+        };
+        let goals: Vec<(usize, usize)> = match &self.goals {
+            Some(path) => parse_goals_file(path)?,
+            None => self
+                .goal
+                .iter()
+                .map(|g| parse_pair(g, ',', "--goal"))
+                .collect::<Result<_>>()?,
+        };
+        ensure!(
+            !goals.is_empty(),
+            "give at least one goal: --goal X,Y or --goals FILE"
+        );
+        for &(x, y) in &goals {
+            ensure!(
+                x < grid.width && y < grid.height,
+                "goal X={x},Y={y} is off the {}x{} map (X < {}, Y < {})",
+                grid.width,
+                grid.height,
+                grid.width,
+                grid.height
+            );
+            ensure!(
+                grid.free[y * grid.width + x],
+                "goal X={x},Y={y} is on a blocked cell"
+            );
+        }
+        let connectivity = match self.connectivity {
+            4 => Connectivity::Four,
+            8 => Connectivity::Eight,
+            c => bail!("--connectivity must be 4 or 8, got {c}"),
+        };
+        let move_cost = match &self.move_cost {
+            None => MoveCost::default(),
+            Some(text) => {
+                let v: Vec<f64> = text
+                    .split(',')
+                    .map(|s| s.trim().parse::<f64>())
+                    .collect::<Result<_, _>>()
+                    .with_context(|| {
+                        format!("--move-cost {text:?} is not ORTH,DIAG[,STAY] numbers")
+                    })?;
+                ensure!(
+                    (2..=3).contains(&v.len()),
+                    "--move-cost {text:?} needs 2 or 3 numbers (ORTH,DIAG[,STAY])"
+                );
+                MoveCost {
+                    orthogonal: v[0],
+                    diagonal: v[1],
+                    stay: v.get(2).copied().unwrap_or(0.0),
+                }
+            }
+        };
+        let rewards = match &self.reward {
+            None => vec![None; goals.len()],
+            Some(path) => {
+                let array = npy::read_float(path)?;
+                let (h, w, b) = (grid.height, grid.width, goals.len());
+                let per_task = match array.shape[..] {
+                    [ah, aw] if (ah, aw) == (h, w) => false,
+                    [ab, ah, aw] if (ab, ah, aw) == (b, h, w) => true,
+                    _ => bail!(
+                        "--reward {}: shape {:?} is neither [H,W] = [{h}, {w}] nor [B,H,W] = [{b}, {h}, {w}]",
+                        path.display(),
+                        array.shape
+                    ),
+                };
+                if let Some(i) = array.data.iter().position(|r| !r.is_finite()) {
+                    let c = i % (h * w);
+                    bail!(
+                        "--reward {}: value {} at task {}, X={}, Y={} is not finite",
+                        path.display(),
+                        array.data[i],
+                        i / (h * w),
+                        c % w,
+                        c / w
+                    );
+                }
+                (0..b)
+                    .map(|t| {
+                        let start = if per_task { t * h * w } else { 0 };
+                        Some(array.data[start..start + h * w].to_vec())
+                    })
+                    .collect()
+            }
+        };
+        let tasks = goals
+            .iter()
+            .zip(rewards)
+            .map(|(&(x, y), reward)| GridTask {
+                goals: vec![y * grid.width + x],
+                reward,
+            })
+            .collect();
+        let problem = GridProblem {
+            grid,
+            actions: ActionSet {
+                connectivity,
+                stay: self.stay,
+            },
+            slip: self.slip,
+            move_cost,
+            tasks,
+        };
+        problem.validate()?;
+        Ok(World {
+            problem,
+            source,
+            goals: goals.into_iter().map(|g| vec![g]).collect(),
+            map,
+        })
+    }
+}
+
+/// A world of the command line as a tabular MDP: an `--mdp` file, or a grid batch through
+/// [`softvi::world::grid_mdp::GridMdp`].
+pub(super) struct MdpWorld {
+    /// The MDP.
+    pub(super) mdp: softvi::world::mdp::TabularMdp,
+    /// The grid world and its cell/state maps, for a grid.
+    pub(super) grid: Option<(World, softvi::world::grid_mdp::GridMdp)>,
+    /// Start cells given with --start (`row * W + col`).
+    pub(super) starts: Vec<usize>,
+    /// Where the world came from, for summary.json.
+    pub(super) source: serde_json::Value,
+}
+
+impl MdpWorld {
+    /// Builds the world of `args`; `start` holds the --start X,Y flags (grids only).
+    pub(super) fn build(args: &WorldArgs, start: &[String]) -> Result<Self> {
+        if let Some(path) = &args.mdp {
+            let mdp = softvi::world::mdp::TabularMdp::load_npz(path)?;
+            let source = json!({
+                "path": std::fs::canonicalize(path).unwrap_or_else(|_| path.clone()),
+                "states": mdp.states,
+                "actions": mdp.actions,
+                "nonzeros": mdp.nonzeros(),
+            });
+            return Ok(Self {
+                mdp,
+                grid: None,
+                starts: Vec::new(),
+                source,
+            });
+        }
+        let world = args.build()?;
+        let p = &world.problem;
+        let starts = start
+            .iter()
+            .map(|text| {
+                let (x, y) = parse_pair(text, ',', "--start")?;
+                ensure!(
+                    x < p.grid.width && y < p.grid.height,
+                    "--start X={x},Y={y} is off the {}x{} map",
+                    p.grid.width,
+                    p.grid.height
+                );
+                Ok(y * p.grid.width + x)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let grid_mdp =
+            softvi::world::grid_mdp::GridMdp::new(p, (!starts.is_empty()).then_some(&starts[..]))?;
+        let source = json!({
+            "source": world.source,
+            "map": world.map,
+            "height": p.grid.height,
+            "width": p.grid.width,
+            "actions": p.actions.names(),
+            "slip": p.slip,
+            "goals": world.goals,
+            "starts": starts.iter().map(|c| [c % p.grid.width, c / p.grid.width]).collect::<Vec<_>>(),
+        });
+        Ok(Self {
+            mdp: grid_mdp.mdp.clone(),
+            grid: Some((world, grid_mdp)),
+            starts,
+            source,
+        })
+    }
+
+    /// The label users see for state `s`: the cell `row * W + col` on a grid, else `s`.
+    pub(super) fn state_label(&self, s: i32) -> i32 {
+        match (&self.grid, s) {
+            (Some((_, g)), s) if s >= 0 => g.cell_of_state[s as usize] as i32,
+            _ => s,
+        }
+    }
+
+    /// The state of a user's label (inverse of [`MdpWorld::state_label`]); `None` off the
+    /// world or on a blocked cell.
+    pub(super) fn state_of_label(&self, label: usize) -> Option<usize> {
+        match &self.grid {
+            Some((_, g)) => g
+                .state_of_cell
+                .get(label)
+                .filter(|&&s| s != softvi::world::grid_mdp::NO_STATE)
+                .map(|&s| s as usize),
+            None => (label < self.mdp.states).then_some(label),
+        }
+    }
+
+    /// Shape of one task's per-state array: `[S]`, or `[H, W]` on a grid.
+    pub(super) fn state_shape(&self) -> Vec<usize> {
+        match &self.grid {
+            Some((_, g)) => vec![g.height, g.width],
+            None => vec![self.mdp.states],
+        }
+    }
+}
