@@ -1,17 +1,17 @@
-//! Choosing and running a backend: the CPU reference or the GPU, on one adapter or sharded
-//! over several.
+//! Choosing the backend once per run: the CPU reference, one adapter, or several adapters
+//! sharing a grid batch. Commands solve through the [`Backend`]'s solver traits and never
+//! match on `--backend` again; a run opens one GPU device (or one per sharded adapter).
 
-use anyhow::{Context, Result, ensure};
+use anyhow::{Context, Result, bail, ensure};
 use clap::ValueEnum;
 use serde_json::json;
 
-use super::iteration::IterationArgs;
 use super::summary::ProgressLine;
-use softvi::engine::gpu::{GpuContext, GridEngine};
-use softvi::engine::options::SolveOptions;
-use softvi::engine::schedule::Progress;
-use softvi::engine::solution::Solution;
-use softvi::world::grid_problem::GridProblem;
+use softvi::engine::gpu::GpuContext;
+use softvi::{
+    CpuReference, GpuSolver, GridProblem, GridSolver, MdpSolution, MdpSolver, Outputs,
+    ShardedSolver, SolveOptions, TabularMdp,
+};
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
 pub(super) enum BackendArg {
@@ -19,6 +19,16 @@ pub(super) enum BackendArg {
     Gpu,
     /// The f64 CPU reference.
     Cpu,
+}
+
+impl BackendArg {
+    /// The `summary.json` name.
+    pub(super) fn name(self) -> &'static str {
+        match self {
+            BackendArg::Gpu => "gpu",
+            BackendArg::Cpu => "cpu",
+        }
+    }
 }
 
 pub(super) fn adapter_json(ctx: &GpuContext) -> serde_json::Value {
@@ -42,89 +52,120 @@ fn adapter_count(text: &str) -> Result<Option<usize>> {
     Ok(Some(n))
 }
 
-/// Runs the solve on the chosen backend and adapters; returns the solution and the adapter
-/// description (a list when the tasks were sharded over several adapters).
-pub(super) fn run_backend(
-    backend: BackendArg,
-    adapters: &str,
-    problem: &GridProblem,
-    options: &SolveOptions,
-    quiet: bool,
-) -> Result<(Solution, serde_json::Value)> {
-    let mut line = ProgressLine::new(quiet);
-    let result = run_backend_with(backend, adapters, problem, options, &mut |p| line.update(p));
-    line.finish();
-    result
+/// The solver a run uses, chosen once from `--backend` and `--adapters`.
+pub(super) enum Backend {
+    /// The f64 reference.
+    Cpu(CpuReference),
+    /// One adapter, its engines built on first use (boxed: it holds the engines' state).
+    Gpu(Box<GpuSolver>),
+    /// Several adapters; `adapters` is the flag's text, for messages.
+    Sharded {
+        solver: ShardedSolver,
+        adapters: String,
+    },
 }
 
-fn run_backend_with(
-    backend: BackendArg,
-    adapters: &str,
-    problem: &GridProblem,
-    options: &SolveOptions,
-    progress: &mut dyn FnMut(&Progress),
-) -> Result<(Solution, serde_json::Value)> {
-    let count = adapter_count(adapters)?;
-    if backend == BackendArg::Gpu && count != Some(1) {
-        let mut contexts = GpuContext::all_from_env()?;
-        if let Some(n) = count {
-            ensure!(
-                n <= contexts.len(),
-                "--adapters {n}: only {} adapter(s) available (see `softvi adapters`)",
-                contexts.len()
-            );
-            contexts.truncate(n);
-        }
-        let mut engines = contexts
-            .iter()
-            .map(GridEngine::new)
-            .collect::<softvi::Result<Vec<_>>>()?;
-        let solution = softvi::engine::gpu::solve_sharded(&mut engines, problem, options)?;
-        return Ok((solution, contexts.iter().map(adapter_json).collect()));
-    }
-    match backend {
-        BackendArg::Cpu => Ok((
-            softvi::engine::cpu::solve_cpu_with_progress(problem, options, progress)?,
-            json!({"name": "cpu reference (f64)", "backend": "cpu"}),
-        )),
-        BackendArg::Gpu => {
-            let ctx = GpuContext::from_env()?;
-            let adapter = adapter_json(&ctx);
-            let mut engine = GridEngine::new(&ctx)?;
-            Ok((
-                engine.solve_with_progress(problem, options, progress)?,
-                adapter,
-            ))
+impl Backend {
+    /// Opens the backend `--backend` and `--adapters` ask for (validated before any device
+    /// is opened).
+    pub(super) fn open(backend: BackendArg, adapters: &str) -> Result<Self> {
+        let count = adapter_count(adapters)?;
+        match backend {
+            BackendArg::Cpu => Ok(Backend::Cpu(CpuReference)),
+            BackendArg::Gpu if count == Some(1) => {
+                Ok(Backend::Gpu(Box::new(GpuSolver::from_env()?)))
+            }
+            BackendArg::Gpu => {
+                let mut contexts = GpuContext::all_from_env()?;
+                if let Some(n) = count {
+                    ensure!(
+                        n <= contexts.len(),
+                        "--adapters {n}: only {} adapter(s) available (see `softvi adapters`)",
+                        contexts.len()
+                    );
+                    contexts.truncate(n);
+                }
+                Ok(Backend::Sharded {
+                    solver: ShardedSolver::new(contexts)?,
+                    adapters: adapters.to_owned(),
+                })
+            }
         }
     }
-}
 
-/// Runs a general-MDP solve on the chosen backend; returns it with the adapter description.
-pub(super) fn run_mdp_backend(
-    iteration: &IterationArgs,
-    mdp: &softvi::world::mdp::TabularMdp,
-    options: &SolveOptions,
-    outputs: softvi::engine::options::Outputs,
-    quiet: bool,
-) -> Result<(softvi::engine::solution::MdpSolution, serde_json::Value)> {
-    ensure!(
-        iteration.adapters == "1",
-        "--adapters {} shards plain grid solves only; this solve runs on one adapter",
-        iteration.adapters
-    );
-    match iteration.backend {
-        BackendArg::Cpu => Ok((
-            softvi::engine::cpu::solve_mdp_cpu(mdp, options, outputs)?,
-            json!({"name": "cpu reference (f64)", "backend": "cpu"}),
-        )),
-        BackendArg::Gpu => {
-            let ctx = GpuContext::from_env()?;
-            let adapter = adapter_json(&ctx);
-            let mut engine = softvi::engine::gpu::MdpEngine::new(&ctx)?;
-            let mut line = ProgressLine::new(quiet);
-            let result = engine.solve_with_progress(mdp, options, outputs, &mut |p| line.update(p));
-            line.finish();
-            Ok((result?, adapter))
+    /// The adapter description for `summary.json` (a list when sharded).
+    pub(super) fn adapter_json(&self) -> serde_json::Value {
+        match self {
+            Backend::Cpu(_) => json!({"name": "cpu reference (f64)", "backend": "cpu"}),
+            Backend::Gpu(gpu) => adapter_json(gpu.context()),
+            Backend::Sharded { solver, .. } => solver.contexts().map(adapter_json).collect(),
         }
+    }
+
+    /// The grid solver.
+    pub(super) fn grid(&mut self) -> &mut dyn GridSolver {
+        match self {
+            Backend::Cpu(cpu) => cpu,
+            Backend::Gpu(gpu) => gpu.as_mut(),
+            Backend::Sharded { solver, .. } => solver,
+        }
+    }
+
+    /// The general-MDP solver; several adapters shard plain grid solves only.
+    pub(super) fn mdp(&mut self) -> Result<&mut dyn MdpSolver> {
+        match self {
+            Backend::Cpu(cpu) => Ok(cpu),
+            Backend::Gpu(gpu) => Ok(gpu.as_mut()),
+            Backend::Sharded { adapters, .. } => bail!(
+                "--adapters {adapters} shards plain grid solves only; this solve runs on one \
+                 adapter"
+            ),
+        }
+    }
+
+    /// The one adapter's solver, for what only the GPU has (the grid kernels on an MDP, the
+    /// posterior kernel); `None` on the CPU reference.
+    pub(super) fn gpu(&mut self) -> Result<Option<&mut GpuSolver>> {
+        match self {
+            Backend::Cpu(_) => Ok(None),
+            Backend::Gpu(gpu) => Ok(Some(gpu.as_mut())),
+            Backend::Sharded { .. } => self.mdp().map(|_| None),
+        }
+    }
+
+    /// Solves a grid batch with a progress line; `starts` are the occupancy's start cells.
+    pub(super) fn solve_grid(
+        &mut self,
+        problem: &GridProblem,
+        starts: Option<&[usize]>,
+        options: &SolveOptions,
+        outputs: Outputs,
+        quiet: bool,
+    ) -> Result<MdpSolution> {
+        if outputs.all_steps || outputs.occupancy {
+            // Several adapters shard plain solves only.
+            self.mdp()?;
+        }
+        let mut line = ProgressLine::new(quiet);
+        let solved = self
+            .grid()
+            .solve_grid(problem, starts, options, outputs, &mut |p| line.update(p));
+        line.finish();
+        Ok(solved?)
+    }
+
+    /// Solves a general MDP with a progress line.
+    pub(super) fn solve_mdp(
+        &mut self,
+        mdp: &TabularMdp,
+        options: &SolveOptions,
+        outputs: Outputs,
+        quiet: bool,
+    ) -> Result<MdpSolution> {
+        let solver = self.mdp()?;
+        let mut line = ProgressLine::new(quiet);
+        let solved = solver.solve_mdp(mdp, options, outputs, &mut |p| line.update(p));
+        line.finish();
+        Ok(solved?)
     }
 }

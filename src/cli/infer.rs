@@ -8,7 +8,7 @@ use anyhow::{Context, Result, bail, ensure};
 use clap::Args;
 use serde_json::json;
 
-use super::backend::{BackendArg, run_mdp_backend};
+use super::backend::Backend;
 use super::iteration::IterationArgs;
 use super::summary::add_run_json;
 use super::world::{MdpWorld, WorldArgs};
@@ -142,8 +142,9 @@ pub(super) fn infer_command(args: &InferArgs) -> Result<i32> {
         all_steps: finite,
         occupancy: false,
     };
-    let (solved, adapter) =
-        run_mdp_backend(&args.iteration, &world.mdp, &options, outputs, args.quiet)?;
+    let mut backend = Backend::open(args.iteration.backend, &args.iteration.adapters)?;
+    let solved = backend.solve_mdp(&world.mdp, &options, outputs, args.quiet)?;
+    let adapter = backend.adapter_json();
     if solved.solution.diverged() {
         bail!("the solve diverged: no policy, so no likelihood; lower --alpha or use --gamma < 1");
     }
@@ -153,12 +154,10 @@ pub(super) fn infer_command(args: &InferArgs) -> Result<i32> {
     };
     let inputs = posterior_inputs(&world.mdp, policy, policy_steps, &trajectory, &prior)
         .with_context(|| format!("trajectory {}", args.trajectory.display()))?;
-    let (posterior, joint) = match args.iteration.backend {
-        BackendArg::Cpu => softvi::engine::cpu::task_posterior(&inputs),
-        BackendArg::Gpu => {
-            let ctx = softvi::engine::gpu::GpuContext::from_env()?;
-            softvi::engine::gpu::TaskPosterior::new(&ctx)?.run(&inputs)?
-        }
+    // The posterior kernel runs on the solve's device; the CPU reference has its twin.
+    let (posterior, joint) = match backend.gpu()? {
+        None => softvi::engine::cpu::task_posterior(&inputs),
+        Some(gpu) => softvi::engine::gpu::TaskPosterior::new(gpu.context())?.run(&inputs)?,
     };
     check_possible(&inputs, &joint)
         .with_context(|| format!("trajectory {}", args.trajectory.display()))?;
@@ -172,7 +171,7 @@ pub(super) fn infer_command(args: &InferArgs) -> Result<i32> {
         .chunks_exact(tasks)
         .position(|row| row[best] > 0.9);
     let mut summary = json!({
-        "backend": match args.iteration.backend { BackendArg::Gpu => "gpu", BackendArg::Cpu => "cpu" },
+        "backend": args.iteration.backend.name(),
         "adapter": adapter,
         "world": world.source,
         "trajectory": std::fs::canonicalize(&args.trajectory).unwrap_or_else(|_| args.trajectory.clone()),

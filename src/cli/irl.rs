@@ -7,9 +7,9 @@ use std::time::Instant;
 use anyhow::{Context, Result, ensure};
 use clap::Args;
 use serde_json::json;
-use softvi::{CpuReference, GpuSolver, GridKernelsOnMdp, MdpSolver};
+use softvi::{GridKernelsOnMdp, MdpSolver};
 
-use super::backend::{BackendArg, adapter_json};
+use super::backend::{Backend, BackendArg};
 use super::iteration::BackupArg;
 use super::world::{MdpWorld, WorldArgs};
 use softvi::analysis::irl::{Demos, IrlOptions, IrlResult, learn};
@@ -244,7 +244,7 @@ pub(super) fn irl_command(args: &IrlArgs) -> Result<i32> {
     let mean_iteration =
         history.iter().map(|h| h.solve_seconds).sum::<f64>() / history.len() as f64;
     let summary = json!({
-        "backend": match args.backend { BackendArg::Gpu => "gpu", BackendArg::Cpu => "cpu" },
+        "backend": args.backend.name(),
         "adapter": adapter,
         "world": world.source,
         "features": k,
@@ -342,28 +342,19 @@ fn learn_on_backend(
     let mut learn_with = |solver: &mut dyn MdpSolver| {
         learn(&world.mdp, features, demos, options, solver, &mut report)
     };
-    let (result, adapter) = match args.backend {
-        BackendArg::Cpu => (
-            learn_with(&mut CpuReference)?,
-            json!({"name": "cpu reference (f64)", "backend": "cpu"}),
-        ),
-        BackendArg::Gpu => {
-            let mut gpu = GpuSolver::from_env()?;
-            let adapter = adapter_json(gpu.context());
-            let result = match (&world.grid, options.solve.horizon) {
-                // A grid with a finite horizon runs on the grid kernels (about 10x the CSR path
-                // on a grid with slip).
-                (Some((grid_world, grid_mdp)), Horizon::Finite(_)) => {
-                    learn_with(&mut GridKernelsOnMdp {
-                        solver: &mut gpu,
-                        world: grid_mdp,
-                        template: &grid_world.problem,
-                    })?
-                }
-                _ => learn_with(&mut gpu)?,
-            };
-            (result, adapter)
+    let mut backend = Backend::open(args.backend, "1")?;
+    let adapter = backend.adapter_json();
+    let result = match (backend.gpu()?, &world.grid, options.solve.horizon) {
+        // A grid with a finite horizon runs on the grid kernels (about 10x the CSR path on a
+        // grid with slip).
+        (Some(gpu), Some((grid_world, grid_mdp)), Horizon::Finite(_)) => {
+            learn_with(&mut GridKernelsOnMdp {
+                solver: gpu,
+                world: grid_mdp,
+                template: &grid_world.problem,
+            })?
         }
+        _ => learn_with(backend.mdp()?)?,
     };
     Ok((result, adapter))
 }

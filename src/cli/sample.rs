@@ -8,7 +8,7 @@ use clap::Args;
 use serde_json::json;
 
 use super::EXIT_DIVERGED;
-use super::backend::{BackendArg, run_mdp_backend};
+use super::backend::Backend;
 use super::iteration::IterationArgs;
 use super::summary::add_run_json;
 use super::world::{MdpWorld, WorldArgs};
@@ -70,8 +70,9 @@ pub(super) fn sample_command(args: &SampleArgs) -> Result<i32> {
         all_steps: finite,
         occupancy: false,
     };
-    let (solved, adapter) =
-        run_mdp_backend(&args.iteration, &world.mdp, &options, outputs, args.quiet)?;
+    let mut backend = Backend::open(args.iteration.backend, &args.iteration.adapters)?;
+    let solved = backend.solve_mdp(&world.mdp, &options, outputs, args.quiet)?;
+    let adapter = backend.adapter_json();
     if solved.solution.diverged() {
         eprintln!("error: the solve diverged: no policy to sample from; nothing was written");
         return Ok(EXIT_DIVERGED);
@@ -103,7 +104,7 @@ pub(super) fn sample_command(args: &SampleArgs) -> Result<i32> {
         })
         .collect();
     let mut summary = json!({
-        "backend": match args.iteration.backend { BackendArg::Gpu => "gpu", BackendArg::Cpu => "cpu" },
+        "backend": args.iteration.backend.name(),
         "adapter": adapter,
         "world": world.source,
         "episodes": n,

@@ -7,8 +7,8 @@ use std::time::Instant;
 use anyhow::{Result, bail, ensure};
 use clap::Args;
 
-use super::backend::{BackendArg, run_backend};
-use softvi::engine::options::{Backup, Horizon, SolveOptions};
+use super::backend::{Backend, BackendArg};
+use softvi::engine::options::{Backup, Horizon, Outputs, SolveOptions};
 use softvi::engine::solution::Status;
 use softvi::world::grid::{ActionSet, Connectivity, Grid, MoveCost};
 use softvi::world::grid_problem::{GridProblem, GridTask};
@@ -95,7 +95,9 @@ pub(super) fn scen_command(args: &ScenArgs) -> Result<i32> {
         policy: false,
         extrapolate: true,
     };
-    let (solution, _) = run_backend(args.backend, &args.adapters, &problem, &options, args.quiet)?;
+    let solution = Backend::open(args.backend, &args.adapters)?
+        .solve_grid(&problem, None, &options, Outputs::default(), args.quiet)?
+        .solution;
     if solution.diverged() {
         bail!(
             "the solve diverged at alpha {}: with gamma = 1 the entropy bonus alpha*log(8) \

@@ -9,12 +9,11 @@ use clap::Args;
 use serde_json::json;
 
 use super::EXIT_DIVERGED;
-use super::backend::{BackendArg, adapter_json, run_backend, run_mdp_backend};
+use super::backend::{Backend, BackendArg};
 use super::iteration::IterationArgs;
-use super::summary::{ProgressLine, add_run_json};
+use super::summary::add_run_json;
 use super::world::{MdpWorld, World, WorldArgs};
-use softvi::engine::gpu::{GpuContext, GridEngine};
-use softvi::engine::options::{Horizon, SolveOptions};
+use softvi::engine::options::{Horizon, Outputs, SolveOptions};
 use softvi::engine::solution::Solution;
 use softvi::io::npy;
 use softvi::io::output::{OutputFile, write_folder};
@@ -66,13 +65,17 @@ pub(super) fn solve_command(args: &SolveArgs) -> Result<i32> {
     }
     let world = args.world.build()?;
     let options = args.iteration.options(!args.no_policy)?;
-    let (solution, adapter) = run_backend(
-        args.iteration.backend,
-        &args.iteration.adapters,
-        &world.problem,
-        &options,
-        args.quiet,
-    )?;
+    let mut backend = Backend::open(args.iteration.backend, &args.iteration.adapters)?;
+    let solution = backend
+        .solve_grid(
+            &world.problem,
+            None,
+            &options,
+            Outputs::default(),
+            args.quiet,
+        )?
+        .solution;
+    let adapter = backend.adapter_json();
     let seconds = start.elapsed().as_secs_f64();
     let summary = summary_json(
         &world,
@@ -111,14 +114,13 @@ fn mdp_solve_command(args: &SolveArgs, path: &Path) -> Result<i32> {
         all_steps: args.all_steps,
         occupancy: args.occupancy,
     };
-    let (solved, adapter) = run_mdp_backend(&args.iteration, &mdp, &options, outputs, args.quiet)?;
+    let mut backend = Backend::open(args.iteration.backend, &args.iteration.adapters)?;
+    let solved = backend.solve_mdp(&mdp, &options, outputs, args.quiet)?;
+    let adapter = backend.adapter_json();
     let solution = &solved.solution;
     let seconds = start.elapsed().as_secs_f64();
     let (b, s, a) = (mdp.tasks, mdp.states, mdp.actions);
-    let backend = match args.iteration.backend {
-        BackendArg::Gpu => "gpu",
-        BackendArg::Cpu => "cpu",
-    };
+    let backend = args.iteration.backend.name();
     let steps = solved.steps.is_some();
     let mut summary = json!({
         "backend": backend,
@@ -204,7 +206,7 @@ fn grid_mdp_solve_command(args: &SolveArgs, start: Instant) -> Result<i32> {
         "--start sets where the occupancy starts: add --occupancy"
     );
     let mdp_world = MdpWorld::build(&args.world, &args.start)?;
-    let (world, grid_mdp) = mdp_world.grid.as_ref().expect("a grid world");
+    let (world, _) = mdp_world.grid.as_ref().expect("a grid world");
     let starts = &mdp_world.starts;
     let p = &world.problem;
     let options = args.iteration.options(!args.no_policy)?;
@@ -212,32 +214,10 @@ fn grid_mdp_solve_command(args: &SolveArgs, start: Instant) -> Result<i32> {
         all_steps: args.all_steps,
         occupancy: args.occupancy,
     };
-    let finite = matches!(options.horizon, Horizon::Finite(_));
-    let (solved, adapter) = if args.iteration.backend == BackendArg::Gpu && finite {
-        // The grid kernels' own forward pass.
-        ensure!(
-            args.iteration.adapters == "1",
-            "--adapters {} shards plain grid solves only; this solve runs on one adapter",
-            args.iteration.adapters
-        );
-        let ctx = GpuContext::from_env()?;
-        let mut engine = GridEngine::new(&ctx)?;
-        let start = grid_mdp.start_cells(&grid_mdp.mdp);
-        let mut line = ProgressLine::new(args.quiet);
-        let solved = engine.solve_steps(p, &options, outputs, &start, &mut |x| line.update(x));
-        line.finish();
-        (solved?, adapter_json(&ctx))
-    } else {
-        let (mut solved, adapter) = run_mdp_backend(
-            &args.iteration,
-            &grid_mdp.mdp,
-            &options,
-            outputs,
-            args.quiet,
-        )?;
-        solved.to_cells(grid_mdp);
-        (solved, adapter)
-    };
+    let mut backend = Backend::open(args.iteration.backend, &args.iteration.adapters)?;
+    let starts_given = (!starts.is_empty()).then_some(&starts[..]);
+    let solved = backend.solve_grid(p, starts_given, &options, outputs, args.quiet)?;
+    let adapter = backend.adapter_json();
     let seconds = start.elapsed().as_secs_f64();
     let backend = args.iteration.backend;
     let mut summary = summary_json(
@@ -420,7 +400,7 @@ fn summary_json(
 ) -> serde_json::Value {
     let p = &world.problem;
     let mut summary = json!({
-        "backend": match backend { BackendArg::Gpu => "gpu", BackendArg::Cpu => "cpu" },
+        "backend": backend.name(),
         "adapter": adapter,
         "world": {
             "source": world.source,
