@@ -3,7 +3,7 @@
 //! `log p(z | tau_0:k) = log p(z) + sum_t log pi_z(a_t|s_t) + const`, or with unobserved
 //! actions `p(s_{t+1}|s_t, z) = sum_a pi_z(a|s_t) P(s_{t+1}|s_t,a)`. The posterior kernel is
 //! `shaders/task_posterior.wgsl` (`engine::gpu::TaskPosterior`), its CPU twin
-//! [`crate::engine::cpu::task_posterior`].
+//! [`crate::engine::cpu::task_posterior()`].
 
 use crate::error::{Result, bail, ensure};
 

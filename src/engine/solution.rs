@@ -120,9 +120,9 @@ pub struct MdpSolution {
     /// keep their terminal value, excluded ones (gamma = 1) are -inf; the policy is NaN on
     /// both.
     pub solution: Solution,
-    /// Every step, with [`Outputs::all_steps`] and a finite horizon.
+    /// Every step, with [`super::Outputs::all_steps`] and a finite horizon.
     pub steps: Option<TimeSteps>,
-    /// With [`Outputs::occupancy`], unless the backward pass diverged.
+    /// With [`super::Outputs::occupancy`], unless the backward pass diverged.
     pub occupancy: Option<Occupancy>,
 }
 
@@ -152,6 +152,19 @@ pub fn check_mdp_terminals(mdp: &TabularMdp, options: &SolveOptions) -> Result<(
         }
     }
     Ok(())
+}
+
+/// Writes NaN over the policy rows of fixed states (terminal or excluded), which the policy
+/// kernels and their twins leave as zeros: `policy` is `[task][t][state][action]` with
+/// `steps` steps per task, `fixed` is `[task][state]`.
+pub fn mark_fixed_policy(inputs: &MdpInputs, steps: usize, policy: &mut [f32]) {
+    let (states, actions) = (inputs.mdp.states, inputs.mdp.actions);
+    for (i, row) in policy.chunks_exact_mut(actions).enumerate() {
+        let task = i / (steps * states);
+        if inputs.fixed[task * states + i % states] {
+            row.fill(f32::NAN);
+        }
+    }
 }
 
 /// The f32 values a solve reports: -inf on excluded states.

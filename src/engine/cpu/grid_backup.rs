@@ -74,11 +74,12 @@ pub fn grid_backup(inputs: &GridInputs, v_in: &[f64], v_out: &mut [f64]) -> Vec<
 
 /// `pi(a|s) = exp((Q(s,a) - V(s)) / alpha)` from the next values `v_in`, written as
 /// `[task][row][col][action]`; one-hot on the first maximising action (ties within
-/// [`TIE_RELATIVE`]) when alpha = 0. Fixed cells get NaN.
+/// [`super::TIE_RELATIVE`]) when alpha = 0. Fixed cells get a row of zeros, as the kernel leaves
+/// them (they take no action); solutions report NaN there ([`crate::engine::solution::mark_special_cells`]).
 pub fn grid_policy(inputs: &GridInputs, v_in: &[f64]) -> Vec<f32> {
     let cells = inputs.cells();
     let n_actions = inputs.action_count;
-    let mut policy = vec![f32::NAN; inputs.tasks * cells * n_actions];
+    let mut policy = vec![0.0f32; inputs.tasks * cells * n_actions];
     let mut q = vec![0.0; n_actions];
     for task in 0..inputs.tasks {
         for cell in 0..cells {

@@ -9,7 +9,7 @@ use crate::engine::layout::MdpInputs;
 use crate::engine::options::Backup;
 
 /// Q(s, a) for every action of state `s` in `task` of a general MDP from the next values
-/// `v_in` `[task][state]`: the same backups as [`action_values`] over the CSR row `s * A + a`.
+/// `v_in` `[task][state]`: the same backups as [`super::action_values`] over the CSR row `s * A + a`.
 pub fn mdp_action_values(inputs: &MdpInputs, task: usize, s: usize, v_in: &[f64], q: &mut [f64]) {
     let base = task * inputs.mdp.states;
     csr_action_values(
@@ -94,13 +94,15 @@ pub fn mdp_backup(inputs: &MdpInputs, v_in: &[f64], v_out: &mut [f64]) -> Vec<Sw
     stats
 }
 
-/// `pi(a|s)` of a general MDP from the next values `v_in`, `[task][state][action]`; NaN on
-/// fixed states; one-hot on the first maximising action (ties within [`TIE_RELATIVE`]) when
-/// alpha = 0.
+/// `pi(a|s)` of a general MDP from the next values `v_in`, `[task][state][action]`; one-hot
+/// on the first maximising action (ties within [`super::TIE_RELATIVE`]) when alpha = 0. Fixed
+/// states get a row of zeros, as the kernel writes them (they pass no mass on in the forward
+/// pull); solutions report NaN there
+/// ([`crate::engine::solution::mark_fixed_policy`]).
 pub fn mdp_policy(inputs: &MdpInputs, v_in: &[f64]) -> Vec<f32> {
     let mdp = inputs.mdp;
     let n = mdp.actions;
-    let mut policy = vec![f32::NAN; mdp.tasks * mdp.states * n];
+    let mut policy = vec![0.0f32; mdp.tasks * mdp.states * n];
     let mut q = vec![0.0; n];
     for task in 0..mdp.tasks {
         for s in 0..mdp.states {

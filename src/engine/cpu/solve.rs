@@ -14,8 +14,8 @@ use crate::engine::schedule::{
     sweep_budget,
 };
 use crate::engine::solution::{
-    MdpSolution, Occupancy, Solution, Status, TimeSteps, check_mdp_terminals, mark_special_cells,
-    reported_values, scaled_start, task_major,
+    MdpSolution, Occupancy, Solution, Status, TimeSteps, check_mdp_terminals, mark_fixed_policy,
+    mark_special_cells, reported_values, scaled_start, task_major,
 };
 use crate::world::grid_problem::GridProblem;
 use crate::world::mdp::TabularMdp;
@@ -223,7 +223,11 @@ pub fn solve_mdp_cpu_with_progress(
                 .collect();
             steps = Some(TimeSteps {
                 values: task_major(&values, mdp.tasks),
-                policy: options.policy.then(|| task_major(&step_policy, mdp.tasks)),
+                policy: options.policy.then(|| {
+                    let mut all = task_major(&step_policy, mdp.tasks);
+                    mark_fixed_policy(&inputs, horizon, &mut all);
+                    all
+                }),
             });
         }
         if outputs.occupancy {
@@ -271,7 +275,10 @@ pub fn solve_mdp_cpu_with_progress(
             width: mdp.states,
             action_count: mdp.actions,
             values: reported_values(&inputs, &v),
-            policy: if options.policy { policy } else { None },
+            policy: policy.filter(|_| options.policy).map(|mut p| {
+                mark_fixed_policy(&inputs, 1, &mut p);
+                p
+            }),
             iterations: vec![sweeps; mdp.tasks],
             residual: last.iter().map(|s| s.max_abs_delta).collect(),
             status,

@@ -62,7 +62,7 @@ impl TaskPosterior {
     }
 
     /// The posterior `[step + 1][task]` (row 0 the prior) and the log joint it normalizes,
-    /// laid out and computed as [`crate::engine::cpu::task_posterior`].
+    /// laid out and computed as [`crate::engine::cpu::task_posterior()`].
     pub fn run(&mut self, inputs: &PosteriorInputs) -> Result<(Vec<f32>, Vec<f32>)> {
         use wgpu::BufferUsages as U;
         let (b, k) = (inputs.tasks, inputs.steps);
