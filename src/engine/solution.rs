@@ -208,7 +208,7 @@ impl MdpSolution {
     }
 
     /// Applies `map(data, per_state)` to every array and sets the shape.
-    fn relayout(
+    pub(crate) fn relayout(
         &mut self,
         (height, width): (usize, usize),
         map: impl Fn(&[f32], usize) -> Vec<f32>,

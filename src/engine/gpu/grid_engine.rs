@@ -6,21 +6,19 @@ use std::collections::HashMap;
 use std::ops::Range;
 use std::time::Instant;
 
-use crate::error::{Context, Error, Result, ensure, ensure_limit};
+use crate::error::{Error, Result, ensure, ensure_limit};
 use bytemuck::{Pod, Zeroable};
 
+use super::chunks::{ChunkResult, Marks, solve_in_chunks};
 use super::context::GpuContext;
 use super::core::{
     EngineOptions, ExtrapolateBand, ExtrapolateParams, GpuCore, Kernels, StepCopies, WINDOW_SLACK,
     Window, bind, compute_pipeline, invocations, shader_module, storage, window,
 };
-use crate::engine::cpu::SweepStats;
 use crate::engine::layout::GridInputs;
 use crate::engine::options::{Backup, Horizon, Outputs, SolveOptions};
-use crate::engine::schedule::{Progress, Verdict, final_status};
-use crate::engine::solution::{
-    MdpSolution, Occupancy, Solution, TimeSteps, mark_special_cells, task_major,
-};
+use crate::engine::schedule::{Progress, Verdict};
+use crate::engine::solution::{MdpSolution, Solution};
 use crate::world::grid_mdp::GridMdp;
 use crate::world::grid_problem::GridProblem;
 use crate::world::mdp::TabularMdp;
@@ -244,20 +242,6 @@ impl BandLayout {
             values,
         }
     }
-}
-
-/// Result of one chunk of tasks.
-struct ChunkResult {
-    values: Vec<f32>,
-    policy: Option<Vec<f32>>,
-    iterations: u32,
-    last: Vec<SweepStats>,
-    verdict: Verdict,
-    /// With a forward pass: `[t][task][cell]` values, `[t][task][cell][action]` policies and
-    /// `[t][task][cell]` occupancies, as asked for.
-    step_values: Vec<Vec<f32>>,
-    step_policy: Vec<Vec<f32>>,
-    occupancy: Vec<Vec<f32>>,
 }
 
 /// The kernel inputs of a solve and the arrays derived from them once for every chunk.
@@ -491,89 +475,35 @@ impl GridEngine {
             active_quads: inputs.active_quads(),
             inputs: &inputs,
         };
-        let mut values = Vec::with_capacity(inputs.tasks * cells);
-        let mut policy = options.policy.then(Vec::new);
-        let (mut iterations, mut residual) = (Vec::new(), Vec::new());
-        let mut status = Vec::new();
-        let (mut step_values, mut step_policy, mut occupancy) =
-            (Vec::new(), Vec::new(), Vec::new());
-        for t0 in (0..inputs.tasks).step_by(per_chunk) {
-            let tasks = t0..(t0 + per_chunk).min(inputs.tasks);
-            let chunk = self
-                .solve_chunk(&arrays, tasks.clone(), options, forward.as_ref(), progress)
-                .with_context(|| {
-                    format!(
-                        "GPU solve of tasks {tasks:?} on {}",
-                        self.core.adapter_label
-                    )
-                })?;
-            values.extend_from_slice(&chunk.values);
-            match (&mut policy, chunk.policy) {
-                (Some(all), Some(part)) => all.extend_from_slice(&part),
-                _ => policy = None,
-            }
-            let k = tasks.len();
-            if !chunk.step_values.is_empty() {
-                step_values.extend(task_major(&chunk.step_values, k));
-            }
-            if !chunk.step_policy.is_empty() {
-                step_policy.extend(task_major(&chunk.step_policy, k));
-            }
-            if !chunk.occupancy.is_empty() {
-                occupancy.extend(task_major(&chunk.occupancy, k));
-            }
-            iterations.extend(std::iter::repeat_n(chunk.iterations, k));
-            status.extend(final_status(options, &chunk.verdict, &chunk.last));
-            residual.extend(chunk.last.iter().map(|s| s.max_abs_delta));
-        }
-        mark_special_cells(&inputs, &mut values, policy.as_deref_mut());
-        let (w, padded_w) = (problem.grid.width, inputs.width);
-        let diverged = status.contains(&crate::engine::solution::Status::Diverged);
-        let steps = (horizon as usize) + 1;
-        // Per step as a task of its own: walls NaN, fixed cells' policy NaN.
-        let mark_steps = |data: &mut Vec<f32>, count: usize, per_cell: usize| {
-            for (i, block) in data.chunks_exact_mut(cells * per_cell).enumerate() {
-                let task = i / count;
-                for c in 0..cells {
-                    let fixed = inputs.fixed[task * cells + c];
-                    let cell = &mut block[c * per_cell..(c + 1) * per_cell];
-                    if !inputs.free[c] || (per_cell > 1 && fixed) {
-                        cell.fill(f32::NAN);
-                    }
-                }
-            }
-            strip_padding(data, padded_w, w, per_cell)
+        let adapter = self.core.adapter_label.clone();
+        let gathered = solve_in_chunks(
+            inputs.tasks,
+            per_chunk,
+            options,
+            ("GPU solve", &adapter),
+            &mut |tasks| self.solve_chunk(&arrays, tasks, options, forward.as_ref(), progress),
+        )?;
+        let marks = Marks {
+            states: cells,
+            free: Some(&inputs.free),
+            excluded: &inputs.excluded,
+            fixed: &inputs.fixed,
         };
         let outputs = forward.as_ref().map(|f| f.outputs).unwrap_or_default();
-        let time_steps = (outputs.all_steps && !diverged && forward.is_some()).then(|| TimeSteps {
-            values: mark_steps(&mut step_values, steps, 1),
-            policy: options
-                .policy
-                .then(|| mark_steps(&mut step_policy, steps - 1, n)),
+        let (h, w, padded_w) = (inputs.height, problem.grid.width, inputs.width);
+        let mut solved = gathered.into_solution(
+            options,
+            outputs,
+            &marks,
+            ((h, padded_w), n),
+            inputs.unreachable.clone(),
+            start,
+        );
+        // Marked over the padded map, then the padding columns dropped.
+        solved.relayout((h, w), |data, per_cell| {
+            strip_padding(data, padded_w, w, per_cell)
         });
-        let occupancy = (outputs.occupancy && !diverged && forward.is_some()).then(|| Occupancy {
-            values: mark_steps(&mut occupancy, steps, 1),
-            steps,
-            iterations: horizon as u32,
-            residual: vec![0.0; inputs.tasks],
-            status: vec![crate::engine::solution::Status::Horizon; inputs.tasks],
-        });
-        Ok(MdpSolution {
-            solution: Solution {
-                height: inputs.height,
-                width: w,
-                action_count: n,
-                values: strip_padding(&values, padded_w, w, 1),
-                policy: policy.map(|p| strip_padding(&p, padded_w, w, n)),
-                iterations,
-                residual,
-                status,
-                unreachable: inputs.unreachable.clone(),
-                seconds: start.elapsed().as_secs_f64(),
-            },
-            steps: time_steps,
-            occupancy,
-        })
+        Ok(solved)
     }
 
     /// The parts of [`GridParams`] shared by every band of a chunk.
@@ -917,7 +847,8 @@ impl GridEngine {
             &mut |encoder, step| kernels.record(encoder, &checks, step),
             progress,
         )?;
-        let (sweeps, verdict) = (run.sweeps, run.verdict);
+        let sweeps = run.sweeps;
+        let diverged = matches!(run.verdict, Verdict::Diverged(_));
 
         let v_final = &values[(sweeps % 2) as usize];
         let policy_pipeline = self.grid_pipeline(GridPipelineKey {
@@ -925,7 +856,6 @@ impl GridEngine {
             ..key
         });
         let values_out = self.core.read_f32(v_final, 0, v_bytes)?;
-        let diverged = matches!(verdict, Verdict::Diverged(_));
         let policy = if options.policy && !diverged {
             // Finite horizon: pi_0 comes from V_1, the values the last sweep read.
             let from = match options.horizon {
@@ -967,16 +897,8 @@ impl GridEngine {
         } else {
             None
         };
-        let mut result = ChunkResult {
-            values: values_out,
-            policy,
-            iterations: sweeps,
-            last: run.last,
-            verdict,
-            step_values: Vec::new(),
-            step_policy: Vec::new(),
-            occupancy: Vec::new(),
-        };
+        let mut result = ChunkResult::new(values_out, run);
+        result.policy = policy;
         let (Some(forward), Some(steps), false) = (forward, &steps_buf, diverged) else {
             return Ok(result);
         };

@@ -6,20 +6,19 @@ use std::collections::HashMap;
 use std::ops::Range;
 use std::time::Instant;
 
-use crate::error::{Context, Error, Result, ensure_limit};
+use crate::error::{Error, Result, ensure_limit};
 use bytemuck::{Pod, Zeroable};
 
+use super::chunks::{ChunkResult, Marks, solve_in_chunks};
 use super::context::GpuContext;
 use super::core::{
-    EngineOptions, ExtrapolateBand, ExtrapolateParams, GpuCore, Iteration, Kernels, StepCopies,
-    Window, bind, compute_pipeline, invocations, shader_module, storage, window,
+    EngineOptions, ExtrapolateBand, ExtrapolateParams, GpuCore, Kernels, StepCopies, Window, bind,
+    compute_pipeline, invocations, shader_module, storage, window,
 };
 use crate::engine::layout::MdpInputs;
 use crate::engine::options::{Backup, Horizon, Outputs, SolveOptions};
-use crate::engine::schedule::{Progress, Verdict, final_status};
-use crate::engine::solution::{
-    MdpSolution, Occupancy, Solution, Status, TimeSteps, check_mdp_terminals, task_major,
-};
+use crate::engine::schedule::{Progress, Verdict};
+use crate::engine::solution::{MdpSolution, check_mdp_terminals};
 use crate::world::mdp::{TabularMdp, Transpose};
 
 /// WGSL source of the CSR backup and policy kernels.
@@ -296,17 +295,6 @@ struct BackupBindings<'a> {
     partials: &'a wgpu::Buffer,
 }
 
-/// What one chunk of tasks returns, `[task][...]` within the chunk.
-struct ChunkResult {
-    values: Vec<f32>,
-    policy: Option<Vec<f32>>,
-    step_values: Vec<Vec<f32>>,
-    step_policy: Vec<Vec<f32>>,
-    occupancy: Vec<Vec<f32>>,
-    occupancy_run: Option<Iteration>,
-    run: Iteration,
-}
-
 /// Batched general-MDP soft value iteration and occupancy on one wgpu device. Pipelines,
 /// layouts and buffers are built once and reused by every solve.
 pub struct MdpEngine {
@@ -483,129 +471,30 @@ impl MdpEngine {
         let per_chunk = ((budget / task_bytes) as usize).clamp(1, MAX_TASKS_PER_CHUNK);
         let dynamics = self.upload_dynamics(mdp, outputs.occupancy)?;
 
-        let mut values = Vec::new();
-        let mut policy = (options.policy).then(Vec::new);
-        let (mut step_values, mut step_policy, mut occupancy) =
-            (Vec::new(), Vec::new(), Vec::new());
-        let (mut iterations, mut residual, mut status) = (Vec::new(), Vec::new(), Vec::new());
-        let (mut occ_iterations, mut occ_residual, mut occ_status) = (0, Vec::new(), Vec::new());
-        let mut diverged = false;
-        for t0 in (0..mdp.tasks).step_by(per_chunk) {
-            let tasks = t0..(t0 + per_chunk).min(mdp.tasks);
-            let chunk = self
-                .solve_chunk(
-                    &inputs,
-                    &dynamics,
-                    tasks.clone(),
-                    options,
-                    outputs,
-                    progress,
-                )
-                .with_context(|| {
-                    format!(
-                        "GPU MDP solve of tasks {tasks:?} on {}",
-                        self.core.adapter_label
-                    )
-                })?;
-            let n = tasks.len();
-            values.extend_from_slice(&chunk.values);
-            match (&mut policy, chunk.policy) {
-                (Some(all), Some(part)) => all.extend_from_slice(&part),
-                _ => policy = None,
-            }
-            if !chunk.step_values.is_empty() {
-                step_values.extend(task_major(&chunk.step_values, n));
-            }
-            if !chunk.step_policy.is_empty() {
-                step_policy.extend(task_major(&chunk.step_policy, n));
-            }
-            if !chunk.occupancy.is_empty() {
-                occupancy.extend(task_major(&chunk.occupancy, n));
-            }
-            iterations.extend(std::iter::repeat_n(chunk.run.sweeps, n));
-            let chunk_status = final_status(options, &chunk.run.verdict, &chunk.run.last);
-            diverged |= chunk_status.contains(&Status::Diverged);
-            status.extend(chunk_status);
-            residual.extend(chunk.run.last.iter().map(|s| s.max_abs_delta));
-            if let Some(run) = chunk.occupancy_run {
-                occ_iterations = occ_iterations.max(run.sweeps);
-                occ_status.extend(final_status(options, &run.verdict, &run.last));
-                occ_residual.extend(run.last.iter().map(|s| s.max_abs_delta));
-            }
-        }
+        let adapter = self.core.adapter_label.clone();
+        let gathered = solve_in_chunks(
+            mdp.tasks,
+            per_chunk,
+            options,
+            ("GPU MDP solve", &adapter),
+            &mut |tasks| self.solve_chunk(&inputs, &dynamics, tasks, options, outputs, progress),
+        )?;
         // Terminal states keep their value; excluded ones report -inf; the policy is NaN on
         // both, as the CPU's (mdp_policy writes zeros there, which the occupancy pull needs).
-        let mark = |v: &mut [f32]| {
-            for (x, &e) in v.iter_mut().zip(&inputs.excluded) {
-                if e {
-                    *x = f32::NEG_INFINITY;
-                }
-            }
+        let marks = Marks {
+            states: mdp.states,
+            free: None,
+            excluded: &inputs.excluded,
+            fixed: &inputs.fixed,
         };
-        mark(&mut values);
-        let n_actions = mdp.actions;
-        let nan_fixed = |p: &mut [f32], steps: usize| {
-            for (i, chunk) in p.chunks_exact_mut(n_actions).enumerate() {
-                let task = i / (steps * mdp.states);
-                if inputs.fixed[task * mdp.states + i % mdp.states] {
-                    chunk.fill(f32::NAN);
-                }
-            }
-        };
-        if let Some(p) = &mut policy {
-            nan_fixed(p, 1);
-        }
-        let steps = (outputs.all_steps && finite && !diverged).then(|| {
-            for (i, x) in step_values.iter_mut().enumerate() {
-                let task = i / ((horizon as usize + 1) * mdp.states);
-                if inputs.excluded[task * mdp.states + i % mdp.states] {
-                    *x = f32::NEG_INFINITY;
-                }
-            }
-            let policy = options.policy.then(|| {
-                nan_fixed(&mut step_policy, horizon as usize);
-                step_policy
-            });
-            TimeSteps {
-                values: step_values,
-                policy,
-            }
-        });
-        let occupancy = (outputs.occupancy && !diverged).then(|| Occupancy {
-            values: occupancy,
-            steps: if finite { horizon as usize + 1 } else { 1 },
-            iterations: if finite {
-                horizon as u32
-            } else {
-                occ_iterations
-            },
-            residual: if finite {
-                vec![0.0; mdp.tasks]
-            } else {
-                occ_residual
-            },
-            status: if finite {
-                vec![Status::Horizon; mdp.tasks]
-            } else {
-                occ_status
-            },
-        });
-        Ok(MdpSolution {
-            solution: Solution {
-                height: 1,
-                width: mdp.states,
-                action_count: mdp.actions,
-                values,
-                policy: if diverged { None } else { policy },
-                iterations,
-                residual,
-                status,
-                unreachable: inputs.unreachable.clone(),
-                seconds: start.elapsed().as_secs_f64(),
-            },
-            steps,
-            occupancy,
-        })
+        Ok(gathered.into_solution(
+            options,
+            outputs,
+            &marks,
+            ((1, mdp.states), mdp.actions),
+            inputs.unreachable.clone(),
+            start,
+        ))
     }
 
     /// Uploads the transitions (and their transpose, for the occupancy).
@@ -1021,15 +910,7 @@ impl MdpEngine {
                         .dispatch(encoder, &policy_pipeline, group, layout.dispatch);
                 }
             };
-        let mut result = ChunkResult {
-            values: values_out,
-            policy: None,
-            step_values: Vec::new(),
-            step_policy: Vec::new(),
-            occupancy: Vec::new(),
-            occupancy_run: None,
-            run,
-        };
+        let mut result = ChunkResult::new(values_out, run);
         if diverged {
             return Ok(result);
         }

@@ -10,6 +10,7 @@ macro_rules! wgsl {
     };
 }
 
+pub(crate) mod chunks;
 pub mod context;
 pub mod core;
 pub mod grid_engine;

@@ -1,0 +1,238 @@
+//! The chunk driver both engines share: a batch of tasks solved as chunks that fit the buffer
+//! limit, their outputs gathered in task order, then marked (NaN, -inf) as the CPU marks them.
+
+use std::ops::Range;
+use std::time::Instant;
+
+use crate::error::{Context, Result};
+
+use super::core::Iteration;
+use crate::engine::options::{Horizon, Outputs, SolveOptions};
+use crate::engine::schedule::final_status;
+use crate::engine::solution::{MdpSolution, Occupancy, Solution, Status, TimeSteps, task_major};
+
+/// What one chunk of tasks returns; arrays are `[...]` over the chunk's tasks only.
+pub(crate) struct ChunkResult {
+    /// `[task][state]`.
+    pub values: Vec<f32>,
+    /// `[task][state][action]`; `None` when not asked for or diverged.
+    pub policy: Option<Vec<f32>>,
+    /// With a forward pass, as asked for: `[t][task][state]` values, `[t][task][state][action]`
+    /// policies and `[t][task][state]` occupancies (one entry for a discounted occupancy).
+    pub step_values: Vec<Vec<f32>>,
+    pub step_policy: Vec<Vec<f32>>,
+    pub occupancy: Vec<Vec<f32>>,
+    /// The backward iteration.
+    pub run: Iteration,
+    /// The discounted occupancy's iteration, when it ran.
+    pub occupancy_run: Option<Iteration>,
+}
+
+impl ChunkResult {
+    /// The chunk's values after `run`, nothing else yet.
+    pub fn new(values: Vec<f32>, run: Iteration) -> Self {
+        Self {
+            values,
+            policy: None,
+            step_values: Vec::new(),
+            step_policy: Vec::new(),
+            occupancy: Vec::new(),
+            run,
+            occupancy_run: None,
+        }
+    }
+}
+
+/// Every chunk's outputs in task order: arrays `[task][...]`, figures per task.
+#[derive(Default)]
+pub(crate) struct Gathered {
+    pub values: Vec<f32>,
+    pub policy: Option<Vec<f32>>,
+    /// `[task][t][state]`, `[task][t][state][action]`, `[task][t][state]`.
+    pub step_values: Vec<f32>,
+    pub step_policy: Vec<f32>,
+    pub occupancy: Vec<f32>,
+    pub iterations: Vec<u32>,
+    pub residual: Vec<f64>,
+    pub status: Vec<Status>,
+    /// Of the discounted occupancy: most sweeps of any chunk, and per task.
+    pub occupancy_iterations: u32,
+    pub occupancy_residual: Vec<f64>,
+    pub occupancy_status: Vec<Status>,
+}
+
+/// Solves `tasks` tasks as chunks of at most `per_chunk` with `solve` (given the chunk's task
+/// range) and gathers the outputs; an error names the chunk (`what` of tasks .. on `adapter`).
+pub(crate) fn solve_in_chunks(
+    tasks: usize,
+    per_chunk: usize,
+    options: &SolveOptions,
+    (what, adapter): (&str, &str),
+    solve: &mut dyn FnMut(Range<usize>) -> Result<ChunkResult>,
+) -> Result<Gathered> {
+    let mut all = Gathered {
+        policy: options.policy.then(Vec::new),
+        ..Default::default()
+    };
+    for t0 in (0..tasks).step_by(per_chunk.max(1)) {
+        let range = t0..(t0 + per_chunk).min(tasks);
+        let chunk = solve(range.clone())
+            .with_context(|| format!("{what} of tasks {range:?} on {adapter}"))?;
+        all.push(chunk, range.len(), options);
+    }
+    Ok(all)
+}
+
+impl Gathered {
+    /// Appends a chunk of `k` tasks.
+    fn push(&mut self, chunk: ChunkResult, k: usize, options: &SolveOptions) {
+        self.values.extend_from_slice(&chunk.values);
+        match (&mut self.policy, chunk.policy) {
+            (Some(all), Some(part)) => all.extend_from_slice(&part),
+            _ => self.policy = None,
+        }
+        for (all, part) in [
+            (&mut self.step_values, &chunk.step_values),
+            (&mut self.step_policy, &chunk.step_policy),
+            (&mut self.occupancy, &chunk.occupancy),
+        ] {
+            if !part.is_empty() {
+                all.extend(task_major(part, k));
+            }
+        }
+        let run = &chunk.run;
+        self.iterations.extend(std::iter::repeat_n(run.sweeps, k));
+        self.status
+            .extend(final_status(options, &run.verdict, &run.last));
+        self.residual
+            .extend(run.last.iter().map(|s| s.max_abs_delta));
+        if let Some(run) = chunk.occupancy_run {
+            self.occupancy_iterations = self.occupancy_iterations.max(run.sweeps);
+            self.occupancy_status
+                .extend(final_status(options, &run.verdict, &run.last));
+            self.occupancy_residual
+                .extend(run.last.iter().map(|s| s.max_abs_delta));
+        }
+    }
+
+    /// Whether any task diverged.
+    pub fn diverged(&self) -> bool {
+        self.status.contains(&Status::Diverged)
+    }
+
+    /// The solution over `states` states per task (`shape` = (height, width)) and `actions`
+    /// actions, marked by `marks`; every step and the occupancy as `outputs` asks (none when
+    /// a task diverged). `unreachable` per task; `start` when the solve began.
+    pub fn into_solution(
+        mut self,
+        options: &SolveOptions,
+        outputs: Outputs,
+        marks: &Marks,
+        (shape, actions): ((usize, usize), usize),
+        unreachable: Vec<u32>,
+        start: Instant,
+    ) -> MdpSolution {
+        let finite = matches!(options.horizon, Horizon::Finite(_));
+        let horizon = options.horizon.finite_steps();
+        let (diverged, tasks) = (self.diverged(), self.status.len());
+        marks.values(&mut self.values, 1);
+        if let Some(p) = &mut self.policy {
+            marks.policy(p, 1, actions);
+        }
+        let steps = (outputs.all_steps && finite && !diverged).then(|| {
+            marks.values(&mut self.step_values, horizon + 1);
+            let policy = options.policy.then(|| {
+                marks.policy(&mut self.step_policy, horizon, actions);
+                self.step_policy
+            });
+            TimeSteps {
+                values: self.step_values,
+                policy,
+            }
+        });
+        let occupancy = (outputs.occupancy && !diverged).then(|| match finite {
+            true => {
+                marks.occupancy(&mut self.occupancy);
+                Occupancy {
+                    values: self.occupancy,
+                    steps: horizon + 1,
+                    iterations: horizon as u32,
+                    residual: vec![0.0; tasks],
+                    status: vec![Status::Horizon; tasks],
+                }
+            }
+            false => Occupancy {
+                values: self.occupancy,
+                steps: 1,
+                iterations: self.occupancy_iterations,
+                residual: self.occupancy_residual,
+                status: self.occupancy_status,
+            },
+        });
+        MdpSolution {
+            solution: Solution {
+                height: shape.0,
+                width: shape.1,
+                action_count: actions,
+                values: self.values,
+                policy: if diverged { None } else { self.policy },
+                iterations: self.iterations,
+                residual: self.residual,
+                status: self.status,
+                unreachable,
+                seconds: start.elapsed().as_secs_f64(),
+            },
+            steps,
+            occupancy,
+        }
+    }
+}
+
+/// The states a solve's outputs mark, as the CPU reference marks them: values NaN where not
+/// `free` and -inf where `excluded`; policies NaN where `fixed`.
+pub(crate) struct Marks<'a> {
+    /// States per task.
+    pub states: usize,
+    /// `[state]`, the same for every task; `None`: all free.
+    pub free: Option<&'a [bool]>,
+    /// `[task][state]`.
+    pub excluded: &'a [bool],
+    /// `[task][state]`.
+    pub fixed: &'a [bool],
+}
+
+impl Marks<'_> {
+    /// Marks values `[task][t][state]`, `steps` per task.
+    pub fn values(&self, data: &mut [f32], steps: usize) {
+        for (i, x) in data.iter_mut().enumerate() {
+            let state = i % self.states;
+            let task = i / (steps * self.states);
+            if self.free.is_some_and(|free| !free[state]) {
+                *x = f32::NAN;
+            } else if self.excluded[task * self.states + state] {
+                *x = f32::NEG_INFINITY;
+            }
+        }
+    }
+
+    /// Marks policies `[task][t][state][action]`, `steps` per task.
+    pub fn policy(&self, data: &mut [f32], steps: usize, actions: usize) {
+        for (i, row) in data.chunks_exact_mut(actions).enumerate() {
+            let task = i / (steps * self.states);
+            if self.fixed[task * self.states + i % self.states] {
+                row.fill(f32::NAN);
+            }
+        }
+    }
+
+    /// Marks a finite-horizon occupancy `[task][t][state]`: NaN where not free.
+    fn occupancy(&self, data: &mut [f32]) {
+        if let Some(free) = self.free {
+            for (i, x) in data.iter_mut().enumerate() {
+                if !free[i % self.states] {
+                    *x = f32::NAN;
+                }
+            }
+        }
+    }
+}
