@@ -12,9 +12,11 @@ use bytemuck::{Pod, Zeroable};
 use super::chunks::{ChunkResult, Marks, solve_in_chunks};
 use super::context::GpuContext;
 use super::core::{
-    EngineOptions, ExtrapolateBand, ExtrapolateParams, GpuCore, Kernels, StepCopies, WINDOW_SLACK,
-    Window, bind, compute_pipeline, invocations, shader_module, storage, window,
+    Checks, EngineOptions, ExtrapolateBand, ExtrapolateParams, GpuCore, Iteration, Kernels,
+    StepCopies, WINDOW_SLACK, Window, bind, compute_pipeline, invocations, shader_module, storage,
+    window,
 };
+use super::forward::{BandDispatch, ForwardPass, PairDispatch, record_forward};
 use crate::engine::layout::GridInputs;
 use crate::engine::options::{Backup, Horizon, Outputs, SolveOptions};
 use crate::engine::schedule::{Progress, Verdict};
@@ -242,6 +244,35 @@ impl BandLayout {
             values,
         }
     }
+}
+
+/// A chunk's plan and buffers (pooled across solves): what every step of its solve binds.
+struct GridChunk {
+    /// Tasks.
+    n: usize,
+    /// Bytes of one value array, `[task][cell]`.
+    v_bytes: u64,
+    /// Sweep bands, and the policy's (whole cells' actions per binding).
+    layouts: Vec<BandLayout>,
+    policy_layouts: Vec<BandLayout>,
+    checks: Checks,
+    /// The backup's pipeline; the other stages differ only in `stage`.
+    key: GridPipelineKey,
+    /// V ping-pong pair, `[task][cell]`.
+    values: [wgpu::Buffer; 2],
+    /// Active quads `[entry][row << 16 | quad column, move masks]`, fixed bits
+    /// `[task][word]`, reward `[task][cell]`.
+    quads: wgpu::Buffer,
+    fixed: wgpu::Buffer,
+    reward: wgpu::Buffer,
+    /// Uniform slots: sweep bands, policy bands, then occupancy bands.
+    params: wgpu::Buffer,
+    /// With a forward pass, V_t of every step: slot t = V_t, `[t][task][cell]`.
+    steps: Option<wgpu::Buffer>,
+    /// A 16-byte stand-in for the policy binding of the sweeps.
+    no_policy: wgpu::Buffer,
+    /// V before the last extrapolation jump, for its rollback.
+    backup: wgpu::Buffer,
 }
 
 /// The kernel inputs of a solve and the arrays derived from them once for every chunk.
@@ -636,18 +667,15 @@ impl GridEngine {
         layouts
     }
 
-    #[allow(clippy::too_many_arguments)]
+    /// The `grid_backup` bind group of a band of `chunk`: its uniform at `slot`, reading
+    /// `v_in`, writing `v_out` and (the policy entry) `policy` = (buffer, offset, bytes).
     fn grid_bind_group(
         &self,
-        params: (&wgpu::Buffer, u64),
+        chunk: &GridChunk,
+        slot: u64,
         windows: &[Window; 4],
-        quads: &wgpu::Buffer,
-        fixed: &wgpu::Buffer,
-        reward: &wgpu::Buffer,
-        v_in: &wgpu::Buffer,
-        v_out: &wgpu::Buffer,
+        (v_in, v_out): (&wgpu::Buffer, &wgpu::Buffer),
         policy: (&wgpu::Buffer, u64, u64),
-        partials: &wgpu::Buffer,
     ) -> wgpu::BindGroup {
         let [quads_w, fixed_w, v_in_w, out_w] = windows;
         // Binding order = the layout's order = the shader's @binding numbers.
@@ -655,16 +683,21 @@ impl GridEngine {
             "softvi.grid_backup",
             &self.grid_layout,
             [
-                bind(params.0, params.1, size_of::<GridParams>() as u64),
-                bind(quads, quads_w.offset, quads_w.size),
-                bind(fixed, fixed_w.offset, fixed_w.size),
-                bind(reward, out_w.offset, out_w.size),
+                bind(&chunk.params, slot, size_of::<GridParams>() as u64),
+                bind(&chunk.quads, quads_w.offset, quads_w.size),
+                bind(&chunk.fixed, fixed_w.offset, fixed_w.size),
+                bind(&chunk.reward, out_w.offset, out_w.size),
                 bind(v_in, v_in_w.offset, v_in_w.size),
                 bind(v_out, out_w.offset, out_w.size),
-                partials.as_entire_binding(),
+                chunk.checks.partials.as_entire_binding(),
                 bind(policy.0, policy.1, policy.2),
             ],
         )
+    }
+
+    /// Byte offset of uniform slot `i` of a chunk.
+    fn slot(&self, i: usize) -> u64 {
+        i as u64 * self.uniform_stride
     }
 
     fn solve_chunk(
@@ -675,29 +708,47 @@ impl GridEngine {
         forward: Option<&Forward>,
         progress: &mut dyn FnMut(&Progress),
     ) -> Result<ChunkResult> {
+        let chunk = self.plan_chunk(arrays, tasks.len(), options, forward.is_some())?;
+        let run = self.backward(arrays, &chunk, tasks.clone(), options, progress)?;
+        let sweeps = run.sweeps;
+        let diverged = matches!(run.verdict, Verdict::Diverged(_));
+        let v_final = &chunk.values[(sweeps % 2) as usize];
+        let values = self.core.read_f32(v_final, 0, chunk.v_bytes)?;
+        let mut result = ChunkResult::new(values, run);
+        if diverged {
+            return Ok(result);
+        }
+        if options.policy {
+            // Finite horizon: pi_0 comes from V_1, the values the last sweep read.
+            let from = match options.horizon {
+                Horizon::Finite(_) => ((sweeps + 1) % 2) as usize,
+                Horizon::Infinite { .. } => (sweeps % 2) as usize,
+            };
+            result.policy = Some(self.policy_pass(&chunk, arrays.inputs.action_count, from)?);
+        }
+        if let Some(forward) = forward {
+            self.forward_pass(arrays, &chunk, tasks, options, forward, &mut result)?;
+        }
+        Ok(result)
+    }
+
+    /// A chunk of `n` tasks: its bands, checks, pipeline key and (pooled) buffers.
+    fn plan_chunk(
+        &mut self,
+        arrays: &GridArrays,
+        n: usize,
+        options: &SolveOptions,
+        forward: bool,
+    ) -> Result<GridChunk> {
         use wgpu::BufferUsages as U;
-        let GridArrays {
-            inputs,
-            fixed_bits,
-            active_quads,
-        } = arrays;
-        let n = tasks.len();
-        let cells = inputs.cells();
-        let wpt = inputs.fixed_words_per_task();
-        let n_actions = inputs.action_count;
+        let inputs = arrays.inputs;
+        let (h, w, n_actions) = (inputs.height, inputs.width, inputs.action_count);
         let max_binding = self.core.max_binding;
-        let bands = plan_bands(n, inputs.height, inputs.width, 4, max_binding)?;
-        let layouts = self.lay_out_bands(inputs, active_quads, n, &bands);
-        let horizon = options.horizon.finite_steps();
-        let policy_layouts = if options.policy || forward.is_some() {
-            let policy_bands = plan_bands(
-                n,
-                inputs.height,
-                inputs.width,
-                4 * n_actions as u64,
-                max_binding,
-            )?;
-            self.lay_out_bands(inputs, active_quads, n, &policy_bands)
+        let bands = plan_bands(n, h, w, 4, max_binding)?;
+        let layouts = self.lay_out_bands(inputs, &arrays.active_quads, n, &bands);
+        let policy_layouts = if options.policy || forward {
+            let policy_bands = plan_bands(n, h, w, 4 * n_actions as u64, max_binding)?;
+            self.lay_out_bands(inputs, &arrays.active_quads, n, &policy_bands)
         } else {
             Vec::new()
         };
@@ -705,94 +756,52 @@ impl GridEngine {
         let checks = self
             .core
             .checks(n, layouts[0].params.groups_per_task, &dispatch, options)?;
-
-        // Buffers (pooled across solves).
+        let horizon = options.horizon.finite_steps() as u64;
         let core = &mut self.core;
-        let v_bytes = (n * cells * 4) as u64;
+        let v_bytes = (n * inputs.cells() * 4) as u64;
+        let usage = U::STORAGE | U::COPY_SRC | U::COPY_DST;
         let values = [
-            core.buffer(
-                "softvi.values_a",
-                v_bytes,
-                U::STORAGE | U::COPY_SRC | U::COPY_DST,
-            ),
-            core.buffer(
-                "softvi.values_b",
-                v_bytes,
-                U::STORAGE | U::COPY_SRC | U::COPY_DST,
-            ),
+            core.buffer("softvi.values_a", v_bytes, usage),
+            core.buffer("softvi.values_b", v_bytes, usage),
         ];
         let quads = core.buffer(
             "softvi.active_quads",
-            (active_quads.len().max(1) * 8) as u64,
+            (arrays.active_quads.len().max(1) * 8) as u64,
             U::STORAGE | U::COPY_DST,
         );
         let fixed = core.buffer(
             "softvi.fixed_bits",
-            (n * wpt * 4) as u64,
+            (n * inputs.fixed_words_per_task() * 4) as u64,
             U::STORAGE | U::COPY_DST,
         );
         let reward = core.buffer("softvi.reward", v_bytes, U::STORAGE | U::COPY_DST);
         // Sweep bands, policy bands, then with a forward pass one occupancy slot per policy
         // band.
         let slots = (layouts.len() + 2 * policy_layouts.len()) as u64;
-        let params_buf = core.buffer(
+        let params = core.buffer(
             "softvi.grid_params",
             slots * self.uniform_stride,
             U::UNIFORM | U::COPY_DST,
         );
         // V_t of every step, slot t = V_t; V_T = 0.
-        let steps_buf = match forward {
-            Some(_) => {
-                let bytes = (horizon as u64 + 1) * v_bytes;
+        let steps = match forward {
+            true => {
+                let bytes = (horizon + 1) * v_bytes;
                 core.ensure_buffer("the values of every step", bytes)?;
                 let buffer = core.buffer("softvi.step_values", bytes, U::COPY_SRC | U::COPY_DST);
                 let mut encoder = core.device.create_command_encoder(&Default::default());
-                encoder.clear_buffer(&buffer, horizon as u64 * v_bytes, Some(v_bytes));
+                encoder.clear_buffer(&buffer, horizon * v_bytes, Some(v_bytes));
                 core.queue.submit([encoder.finish()]);
                 Some(buffer)
             }
-            None => None,
+            false => None,
         };
         let no_policy = core.buffer("softvi.no_policy", 16, U::STORAGE);
         // V before the last extrapolation jump, for its rollback.
-        let backup = if options.uses_extrapolation() {
-            core.buffer("softvi.backup", v_bytes, U::STORAGE)
-        } else {
-            no_policy.clone()
+        let backup = match options.uses_extrapolation() {
+            true => core.buffer("softvi.backup", v_bytes, U::STORAGE),
+            false => no_policy.clone(),
         };
-
-        // Uploads.
-        let q = core.queue.clone();
-        q.write_buffer(&quads, 0, bytemuck::cast_slice(active_quads));
-        q.write_buffer(
-            &fixed,
-            0,
-            bytemuck::cast_slice(&fixed_bits[tasks.start * wpt..tasks.end * wpt]),
-        );
-        q.write_buffer(
-            &reward,
-            0,
-            bytemuck::cast_slice(&inputs.reward[tasks.start * cells..tasks.end * cells]),
-        );
-        let mut sweep_groups = Vec::new();
-        for (b, layout) in layouts.iter().enumerate() {
-            let slot = b as u64 * self.uniform_stride;
-            q.write_buffer(&params_buf, slot, bytemuck::bytes_of(&layout.params));
-            let group = |p: usize| {
-                self.grid_bind_group(
-                    (&params_buf, slot),
-                    &layout.windows,
-                    &quads,
-                    &fixed,
-                    &reward,
-                    &values[p],
-                    &values[1 - p],
-                    (&no_policy, 0, 16),
-                    &checks.partials,
-                )
-            };
-            sweep_groups.push([group(0), group(1)]);
-        }
         let key = GridPipelineKey {
             stage: GridStage::Backup,
             connectivity: if n_actions >= 8 { 8 } else { 4 },
@@ -802,117 +811,163 @@ impl GridEngine {
             hard_max: inputs.alpha == 0.0,
             write_residual: false,
         };
-        let sweep = self.grid_pipeline(key);
+        Ok(GridChunk {
+            n,
+            v_bytes,
+            layouts,
+            policy_layouts,
+            checks,
+            key,
+            values,
+            quads,
+            fixed,
+            reward,
+            params,
+            steps,
+            no_policy,
+            backup,
+        })
+    }
+
+    /// Uploads the chunk `tasks`' inputs and runs the backward iteration from V = 0.
+    fn backward(
+        &mut self,
+        arrays: &GridArrays,
+        chunk: &GridChunk,
+        tasks: Range<usize>,
+        options: &SolveOptions,
+        progress: &mut dyn FnMut(&Progress),
+    ) -> Result<Iteration> {
+        let (cells, wpt) = (arrays.inputs.cells(), arrays.inputs.fixed_words_per_task());
+        let q = self.core.queue.clone();
+        q.write_buffer(&chunk.quads, 0, bytemuck::cast_slice(&arrays.active_quads));
+        let fixed_bits = &arrays.fixed_bits[tasks.start * wpt..tasks.end * wpt];
+        q.write_buffer(&chunk.fixed, 0, bytemuck::cast_slice(fixed_bits));
+        let reward = &arrays.inputs.reward[tasks.start * cells..tasks.end * cells];
+        q.write_buffer(&chunk.reward, 0, bytemuck::cast_slice(reward));
+        let values = &chunk.values;
+        let sweep_groups: Vec<_> = (chunk.layouts.iter().enumerate())
+            .map(|(b, layout)| {
+                let slot = self.slot(b);
+                q.write_buffer(&chunk.params, slot, bytemuck::bytes_of(&layout.params));
+                let no_policy = (&chunk.no_policy, 0, 16);
+                let group = |p: usize| {
+                    let io = (&values[p], &values[1 - p]);
+                    self.grid_bind_group(chunk, slot, &layout.windows, io, no_policy)
+                };
+                [group(0), group(1)]
+            })
+            .collect();
+        let sweep = self.grid_pipeline(chunk.key);
         let sweep_checked = self.grid_pipeline(GridPipelineKey {
             write_residual: true,
-            ..key
+            ..chunk.key
         });
         let extrapolate = self.core.extrapolate_pipeline.clone();
         let extrapolate_groups = match options.uses_extrapolation() {
             true => {
-                let bands: Vec<_> = layouts.iter().map(BandLayout::extrapolate_band).collect();
+                let bands: Vec<_> = (chunk.layouts.iter())
+                    .map(BandLayout::extrapolate_band)
+                    .collect();
                 self.core.extrapolate_groups(
                     "softvi.extrapolate_params",
                     &bands,
-                    &fixed,
-                    &values,
-                    &backup,
-                    &checks.extrapolation,
+                    &chunk.fixed,
+                    values,
+                    &chunk.backup,
+                    &chunk.checks.extrapolation,
                 )
             }
             false => Vec::new(),
         };
-
         let mut encoder = self.core.device.create_command_encoder(&Default::default());
-        encoder.clear_buffer(&values[0], 0, Some(v_bytes));
-        encoder.clear_buffer(&values[1], 0, Some(v_bytes));
+        encoder.clear_buffer(&values[0], 0, Some(chunk.v_bytes));
+        encoder.clear_buffer(&values[1], 0, Some(chunk.v_bytes));
         self.core.queue.submit([encoder.finish()]);
-
         let kernels = Kernels {
             sweep: &sweep,
             sweep_checked: &sweep_checked,
             extrapolate: &extrapolate,
             sweep_groups: &sweep_groups,
             extrapolate_groups: &extrapolate_groups,
-            keep_steps: steps_buf.as_ref().map(|steps| StepCopies {
-                values: &values,
+            keep_steps: chunk.steps.as_ref().map(|steps| StepCopies {
+                values,
                 steps,
-                horizon,
-                bytes: v_bytes,
+                horizon: options.horizon.finite_steps(),
+                bytes: chunk.v_bytes,
             }),
         };
-        let run = self.core.iterate(
-            &checks,
+        let checks = &chunk.checks;
+        self.core.iterate(
+            checks,
             options,
-            &mut |encoder, step| kernels.record(encoder, &checks, step),
+            &mut |encoder, step| kernels.record(encoder, checks, step),
             progress,
-        )?;
-        let sweeps = run.sweeps;
-        let diverged = matches!(run.verdict, Verdict::Diverged(_));
+        )
+    }
 
-        let v_final = &values[(sweeps % 2) as usize];
-        let policy_pipeline = self.grid_pipeline(GridPipelineKey {
+    /// pi from `values[from]`, `[task][cell][action]`, band by band through a pooled buffer.
+    fn policy_pass(
+        &mut self,
+        chunk: &GridChunk,
+        n_actions: usize,
+        from: usize,
+    ) -> Result<Vec<f32>> {
+        let pipeline = self.grid_pipeline(GridPipelineKey {
             stage: GridStage::Policy,
-            ..key
+            ..chunk.key
         });
-        let values_out = self.core.read_f32(v_final, 0, v_bytes)?;
-        let policy = if options.policy && !diverged {
-            // Finite horizon: pi_0 comes from V_1, the values the last sweep read.
-            let from = match options.horizon {
-                Horizon::Finite(_) => ((sweeps + 1) % 2) as usize,
-                Horizon::Infinite { .. } => (sweeps % 2) as usize,
-            };
-            let pipeline = policy_pipeline.clone();
-            let mut policy = vec![0.0f32; n * cells * n_actions];
-            for (i, layout) in policy_layouts.iter().enumerate() {
-                let slot = (layouts.len() + i) as u64 * self.uniform_stride;
-                q.write_buffer(&params_buf, slot, bytemuck::bytes_of(&layout.params));
-                // The policy window starts at the reward window's first cell.
-                let origin = 4 * layout.windows[3].origin;
-                let out_bytes = (layout.end_cell - origin) * n_actions as u64 * 4;
-                let out = self
-                    .core
-                    .buffer("softvi.policy", out_bytes, U::STORAGE | U::COPY_SRC);
-                let group = self.grid_bind_group(
-                    (&params_buf, slot),
-                    &layout.windows,
-                    &quads,
-                    &fixed,
-                    &reward,
-                    &values[from],
-                    &values[1 - from],
-                    (&out, 0, out_bytes),
-                    &checks.partials,
-                );
-                let mut encoder = self.core.device.create_command_encoder(&Default::default());
-                self.core
-                    .dispatch(&mut encoder, &pipeline, &group, layout.dispatch);
-                self.core.queue.submit([encoder.finish()]);
-                let skip = (layout.first_cell - origin) * n_actions as u64 * 4;
-                let part = self.core.read_f32(&out, skip, out_bytes - skip)?;
-                let dst = layout.first_cell as usize * n_actions;
-                policy[dst..dst + part.len()].copy_from_slice(&part);
-            }
-            Some(policy)
-        } else {
-            None
-        };
-        let mut result = ChunkResult::new(values_out, run);
-        result.policy = policy;
-        let (Some(forward), Some(steps), false) = (forward, &steps_buf, diverged) else {
-            return Ok(result);
-        };
-        let needs_policy =
-            forward.outputs.occupancy || (forward.outputs.all_steps && options.policy);
+        let usage = wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC;
+        let a = n_actions as u64;
+        let mut policy = vec![0.0f32; (chunk.v_bytes / 4) as usize * n_actions];
+        for (i, layout) in chunk.policy_layouts.iter().enumerate() {
+            let slot = self.slot(chunk.layouts.len() + i);
+            (self.core.queue).write_buffer(&chunk.params, slot, bytemuck::bytes_of(&layout.params));
+            // The policy window starts at the reward window's first cell.
+            let origin = 4 * layout.windows[3].origin;
+            let out_bytes = (layout.end_cell - origin) * a * 4;
+            let out = self.core.buffer("softvi.policy", out_bytes, usage);
+            let io = (&chunk.values[from], &chunk.values[1 - from]);
+            let group =
+                self.grid_bind_group(chunk, slot, &layout.windows, io, (&out, 0, out_bytes));
+            let mut encoder = self.core.device.create_command_encoder(&Default::default());
+            self.core
+                .dispatch(&mut encoder, &pipeline, &group, layout.dispatch);
+            self.core.queue.submit([encoder.finish()]);
+            let skip = (layout.first_cell - origin) * a * 4;
+            let part = self.core.read_f32(&out, skip, out_bytes - skip)?;
+            let dst = layout.first_cell as usize * n_actions;
+            policy[dst..dst + part.len()].copy_from_slice(&part);
+        }
+        Ok(policy)
+    }
 
-        // Forward pass: pi_t from V_{t+1} into one policy array, then D_{t+1} from D_t.
-        for l in &policy_layouts {
+    /// The finite-horizon forward pass of a chunk: every step's values, and per step pi_t
+    /// from V_{t+1} into one policy array, then D_{t+1} from D_t, as `forward` asks.
+    fn forward_pass(
+        &mut self,
+        arrays: &GridArrays,
+        chunk: &GridChunk,
+        tasks: Range<usize>,
+        options: &SolveOptions,
+        forward: &Forward,
+        result: &mut ChunkResult,
+    ) -> Result<()> {
+        use wgpu::BufferUsages as U;
+        let inputs = arrays.inputs;
+        let (cells, n_actions) = (inputs.cells(), inputs.action_count);
+        let (horizon, v_bytes) = (options.horizon.finite_steps(), chunk.v_bytes);
+        let steps = chunk
+            .steps
+            .as_ref()
+            .expect("steps are kept with a forward pass");
+        for l in &chunk.policy_layouts {
             if l.first_cell % cells as u64 != 0 || l.end_cell % cells as u64 != 0 {
                 return Err(Error::limit(
                     "the forward pass, a task's policy in one storage binding,",
                     (cells * n_actions * 4) as u64,
                     "the adapter's max_storage_buffer_binding_size",
-                    max_binding,
+                    self.core.max_binding,
                 ));
             }
         }
@@ -921,156 +976,140 @@ impl GridEngine {
             let all = self
                 .core
                 .read_f32(steps, 0, (horizon as u64 + 1) * v_bytes)?;
-            result.step_values = all.chunks_exact(n * cells).map(<[f32]>::to_vec).collect();
+            let per_step = chunk.n * cells;
+            result.step_values = all.chunks_exact(per_step).map(<[f32]>::to_vec).collect();
         }
-        if !needs_policy {
-            return Ok(result);
+        let keep_policy = outputs.all_steps && options.policy;
+        if !outputs.occupancy && !keep_policy {
+            return Ok(());
         }
         let core = &mut self.core;
         let policy_bytes = v_bytes * n_actions as u64;
         let step_policy = core.buffer("softvi.step_policy", policy_bytes, U::STORAGE | U::COPY_SRC);
         let v_next = core.buffer("softvi.step_v", v_bytes, U::STORAGE | U::COPY_DST);
-        let masks = core.buffer(
-            "softvi.move_masks",
-            (cells * 4) as u64,
-            U::STORAGE | U::COPY_DST,
-        );
+        let usage = U::STORAGE | U::COPY_SRC | U::COPY_DST;
         let d = [
-            core.buffer(
-                "softvi.occupancy_a",
-                v_bytes,
-                U::STORAGE | U::COPY_SRC | U::COPY_DST,
-            ),
-            core.buffer(
-                "softvi.occupancy_b",
-                v_bytes,
-                U::STORAGE | U::COPY_SRC | U::COPY_DST,
-            ),
+            core.buffer("softvi.occupancy_a", v_bytes, usage),
+            core.buffer("softvi.occupancy_b", v_bytes, usage),
         ];
-        core.queue
-            .write_buffer(&masks, 0, bytemuck::cast_slice(&inputs.move_mask));
         let start = &forward.start[tasks.start * cells..tasks.end * cells];
         core.queue
             .write_buffer(&d[0], 0, bytemuck::cast_slice(start));
-        let align = core.storage_align;
-        let base = self.grid_params(inputs);
-        let mut policy_groups = Vec::new();
-        let mut occupancy_groups = Vec::new();
-        for (i, layout) in policy_layouts.iter().enumerate() {
-            let slot = (layouts.len() + i) as u64 * self.uniform_stride;
-            q.write_buffer(&params_buf, slot, bytemuck::bytes_of(&layout.params));
-            let origin = 4 * layout.windows[3].origin;
-            policy_groups.push(self.grid_bind_group(
-                (&params_buf, slot),
-                &layout.windows,
-                &quads,
-                &fixed,
-                &reward,
-                &v_next,
-                &values[0],
-                (
+        let policy_groups: Vec<_> = (chunk.policy_layouts.iter().enumerate())
+            .map(|(i, layout)| {
+                let slot = self.slot(chunk.layouts.len() + i);
+                let q = &self.core.queue;
+                q.write_buffer(&chunk.params, slot, bytemuck::bytes_of(&layout.params));
+                let origin = 4 * layout.windows[3].origin;
+                let out = (
                     &step_policy,
                     origin * n_actions as u64 * 4,
                     (layout.end_cell - origin) * n_actions as u64 * 4,
-                ),
-                &checks.partials,
-            ));
-            // The occupancy of the band's whole tasks.
-            let (t0, t1) = (
-                layout.first_cell / cells as u64,
-                layout.end_cell / cells as u64,
-            );
-            let c = cells as u64;
-            let a = n_actions as u64;
-            let fixed_w = window(t0 * wpt as u64, t1 * wpt as u64, (n * wpt) as u64, 4, align);
-            let d_w = window(t0 * c, t1 * c, n as u64 * c, 4, align);
-            let pi_w = window(t0 * c * a, t1 * c * a, n as u64 * c * a, 4, align);
-            let groups = (cells as u32).div_ceil(WORKGROUP_SIZE);
-            let dispatch_x = groups.clamp(1, 65_535);
-            let params = GridParams {
-                task_base: t0 as u32,
-                dispatch_x,
-                fixed_origin: fixed_w.origin as u32,
-                v_in_origin: d_w.origin as u32,
-                out_origin: pi_w.origin as u32,
-                ..base
-            };
-            let slot = (layouts.len() + policy_layouts.len() + i) as u64 * self.uniform_stride;
-            q.write_buffer(&params_buf, slot, bytemuck::bytes_of(&params));
-            let group = |p: usize| {
-                self.core.bind_group(
-                    "softvi.grid_occupancy",
-                    &self.occupancy_layout,
-                    [
-                        bind(&params_buf, slot, size_of::<GridParams>() as u64),
-                        masks.as_entire_binding(),
-                        bind(&fixed, fixed_w.offset, fixed_w.size),
-                        bind(&step_policy, pi_w.offset, pi_w.size),
-                        bind(&d[p], d_w.offset, d_w.size),
-                        bind(&d[1 - p], d_w.offset, d_w.size),
-                    ],
-                )
-            };
-            occupancy_groups.push((
-                [group(0), group(1)],
-                [dispatch_x, groups.div_ceil(dispatch_x), (t1 - t0) as u32],
-            ));
-        }
-        let occupancy_pipeline = self.grid_pipeline(GridPipelineKey {
-            stage: GridStage::Occupancy,
-            ..key
-        });
-        // One submission for all steps (D_t gathered on the GPU), unless every step's policy
-        // is read back.
-        let keep_policy = outputs.all_steps && options.policy;
-        let d_steps = match outputs.occupancy {
-            true => Some(self.core.buffer(
-                "softvi.step_occupancy",
-                (horizon as u64 + 1) * v_bytes,
-                U::COPY_SRC | U::COPY_DST,
-            )),
-            false => None,
-        };
-        let mut encoder = self.core.device.create_command_encoder(&Default::default());
-        if let Some(d_steps) = &d_steps {
-            encoder.copy_buffer_to_buffer(&d[0], 0, d_steps, 0, v_bytes);
-        }
-        for t in 0..horizon {
-            encoder.copy_buffer_to_buffer(steps, (t as u64 + 1) * v_bytes, &v_next, 0, v_bytes);
-            for (layout, group) in policy_layouts.iter().zip(&policy_groups) {
-                self.core
-                    .dispatch(&mut encoder, &policy_pipeline, group, layout.dispatch);
-            }
-            if let Some(d_steps) = &d_steps {
-                for (groups, dispatch) in &occupancy_groups {
-                    self.core.dispatch(
-                        &mut encoder,
-                        &occupancy_pipeline,
-                        &groups[t % 2],
-                        *dispatch,
-                    );
-                }
-                let slot = (t as u64 + 1) * v_bytes;
-                encoder.copy_buffer_to_buffer(&d[1 - t % 2], 0, d_steps, slot, v_bytes);
-            }
-            if keep_policy {
-                let done = std::mem::replace(
-                    &mut encoder,
-                    self.core.device.create_command_encoder(&Default::default()),
                 );
-                self.core.queue.submit([done.finish()]);
-                result
-                    .step_policy
-                    .push(self.core.read_f32(&step_policy, 0, policy_bytes)?);
-            }
-        }
-        self.core.queue.submit([encoder.finish()]);
-        if let Some(d_steps) = &d_steps {
-            let all = self
-                .core
-                .read_f32(d_steps, 0, (horizon as u64 + 1) * v_bytes)?;
-            result.occupancy = all.chunks_exact(n * cells).map(<[f32]>::to_vec).collect();
-        }
-        Ok(result)
+                let io = (&v_next, &chunk.values[0]);
+                self.grid_bind_group(chunk, slot, &layout.windows, io, out)
+            })
+            .collect();
+        let occupancy_groups = self.occupancy_groups(inputs, chunk, &step_policy, &d);
+        let policy = self.grid_pipeline(GridPipelineKey {
+            stage: GridStage::Policy,
+            ..chunk.key
+        });
+        let occupancy = self.grid_pipeline(GridPipelineKey {
+            stage: GridStage::Occupancy,
+            ..chunk.key
+        });
+        let pass = ForwardPass {
+            horizon,
+            v_bytes,
+            steps,
+            v_next: &v_next,
+            policy: &policy,
+            policy_bands: (chunk.policy_layouts.iter().zip(&policy_groups))
+                .map(|(layout, group)| BandDispatch {
+                    group,
+                    workgroups: layout.dispatch,
+                })
+                .collect(),
+            policy_out: (&step_policy, policy_bytes),
+            keep_policy,
+            occupancy: outputs.occupancy.then(|| {
+                let bands = (occupancy_groups.iter())
+                    .map(|(groups, workgroups)| PairDispatch {
+                        groups,
+                        workgroups: *workgroups,
+                    })
+                    .collect();
+                (&occupancy, bands)
+            }),
+            d: &d,
+        };
+        let out = record_forward(&mut self.core, &pass)?;
+        result.step_policy = out.policy;
+        result.occupancy = out.occupancy;
+        Ok(())
+    }
+
+    /// The `grid_occupancy` ping-pong groups over `d` and their workgroups, one band per policy
+    /// band of `chunk` (whole tasks each), reading pi from `step_policy`.
+    fn occupancy_groups(
+        &mut self,
+        inputs: &GridInputs,
+        chunk: &GridChunk,
+        step_policy: &wgpu::Buffer,
+        d: &[wgpu::Buffer; 2],
+    ) -> Vec<([wgpu::BindGroup; 2], [u32; 3])> {
+        let masks = self.core.buffer(
+            "softvi.move_masks",
+            (inputs.cells() * 4) as u64,
+            wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST,
+        );
+        (self.core.queue).write_buffer(&masks, 0, bytemuck::cast_slice(&inputs.move_mask));
+        let (n, c, a) = (
+            chunk.n as u64,
+            inputs.cells() as u64,
+            inputs.action_count as u64,
+        );
+        let wpt = inputs.fixed_words_per_task() as u64;
+        let align = self.core.storage_align;
+        let base = self.grid_params(inputs);
+        let slot0 = chunk.layouts.len() + chunk.policy_layouts.len();
+        (chunk.policy_layouts.iter().enumerate())
+            .map(|(i, layout)| {
+                // The occupancy of the band's whole tasks.
+                let (t0, t1) = (layout.first_cell / c, layout.end_cell / c);
+                let fixed_w = window(t0 * wpt, t1 * wpt, n * wpt, 4, align);
+                let d_w = window(t0 * c, t1 * c, n * c, 4, align);
+                let pi_w = window(t0 * c * a, t1 * c * a, n * c * a, 4, align);
+                let groups = (c as u32).div_ceil(WORKGROUP_SIZE);
+                let dispatch_x = groups.clamp(1, 65_535);
+                let params = GridParams {
+                    task_base: t0 as u32,
+                    dispatch_x,
+                    fixed_origin: fixed_w.origin as u32,
+                    v_in_origin: d_w.origin as u32,
+                    out_origin: pi_w.origin as u32,
+                    ..base
+                };
+                let slot = self.slot(slot0 + i);
+                (self.core.queue).write_buffer(&chunk.params, slot, bytemuck::bytes_of(&params));
+                let group = |p: usize| {
+                    self.core.bind_group(
+                        "softvi.grid_occupancy",
+                        &self.occupancy_layout,
+                        [
+                            bind(&chunk.params, slot, size_of::<GridParams>() as u64),
+                            masks.as_entire_binding(),
+                            bind(&chunk.fixed, fixed_w.offset, fixed_w.size),
+                            bind(step_policy, pi_w.offset, pi_w.size),
+                            bind(&d[p], d_w.offset, d_w.size),
+                            bind(&d[1 - p], d_w.offset, d_w.size),
+                        ],
+                    )
+                };
+                let dispatch = [dispatch_x, groups.div_ceil(dispatch_x), (t1 - t0) as u32];
+                ([group(0), group(1)], dispatch)
+            })
+            .collect()
     }
 }

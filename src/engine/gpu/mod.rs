@@ -13,6 +13,7 @@ macro_rules! wgsl {
 pub(crate) mod chunks;
 pub mod context;
 pub mod core;
+pub(crate) mod forward;
 pub mod grid_engine;
 pub mod mdp_engine;
 pub mod sharded;
