@@ -15,6 +15,7 @@ use super::core::{
     EngineOptions, ExtrapolateBand, ExtrapolateParams, GpuCore, Kernels, StepCopies, Window, bind,
     compute_pipeline, invocations, shader_module, storage, window,
 };
+use super::forward::{BandDispatch, ForwardPass, PairDispatch, record_forward};
 use crate::engine::layout::MdpInputs;
 use crate::engine::options::{Backup, Horizon, Outputs, SolveOptions};
 use crate::engine::schedule::{Progress, Verdict};
@@ -1045,52 +1046,34 @@ impl MdpEngine {
             let pipeline = self.pipeline(occupancy_key);
             let groups = occupancy_groups(self);
             let step_policy = policy_groups(self, &v_next);
-            // One submission for all steps (D_t gathered on the GPU), unless every step's
-            // policy is read back.
-            let d_steps = outputs.occupancy.then(|| {
-                self.core.buffer(
-                    "softvi.step_occupancy",
-                    (horizon as u64 + 1) * v_bytes,
-                    U::COPY_SRC | U::COPY_DST,
-                )
-            });
-            let mut encoder = self.core.device.create_command_encoder(&Default::default());
-            if let Some(d_steps) = &d_steps {
-                encoder.copy_buffer_to_buffer(&d[0], 0, d_steps, 0, v_bytes);
-            }
-            for t in 0..horizon {
-                encoder.copy_buffer_to_buffer(steps, (t as u64 + 1) * v_bytes, &v_next, 0, v_bytes);
-                record_policy(self, &mut encoder, &step_policy);
-                if let Some(d_steps) = &d_steps {
-                    for (b, layout) in occupancy_layouts.iter().enumerate() {
-                        self.core.dispatch(
-                            &mut encoder,
-                            &pipeline,
-                            &groups[b][t % 2],
-                            layout.dispatch,
-                        );
-                    }
-                    let slot = (t as u64 + 1) * v_bytes;
-                    encoder.copy_buffer_to_buffer(&d[1 - t % 2], 0, d_steps, slot, v_bytes);
-                }
-                if steps_policy {
-                    let done = std::mem::replace(
-                        &mut encoder,
-                        self.core.device.create_command_encoder(&Default::default()),
-                    );
-                    self.core.queue.submit([done.finish()]);
-                    result
-                        .step_policy
-                        .push(self.core.read_f32(&policy_buf, 0, row_bytes)?);
-                }
-            }
-            self.core.queue.submit([encoder.finish()]);
-            if let Some(d_steps) = &d_steps {
-                let all = self
-                    .core
-                    .read_f32(d_steps, 0, (horizon as u64 + 1) * v_bytes)?;
-                result.occupancy = all.chunks_exact(n * s).map(<[f32]>::to_vec).collect();
-            }
+            let pass = ForwardPass {
+                horizon,
+                v_bytes,
+                steps,
+                v_next: &v_next,
+                policy: &policy_pipeline,
+                policy_bands: (layouts.iter().zip(&step_policy))
+                    .map(|(layout, group)| BandDispatch {
+                        group,
+                        workgroups: layout.dispatch,
+                    })
+                    .collect(),
+                policy_out: (&policy_buf, row_bytes),
+                keep_policy: steps_policy,
+                occupancy: outputs.occupancy.then(|| {
+                    let bands = (occupancy_layouts.iter().zip(&groups))
+                        .map(|(layout, groups)| PairDispatch {
+                            groups,
+                            workgroups: layout.dispatch,
+                        })
+                        .collect();
+                    (&pipeline, bands)
+                }),
+                d: &d,
+            };
+            let out = record_forward(&mut self.core, &pass)?;
+            result.step_policy = out.policy;
+            result.occupancy = out.occupancy;
             return Ok(result);
         }
         if !outputs.occupancy {
