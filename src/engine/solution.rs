@@ -3,7 +3,7 @@
 
 use crate::error::Result;
 
-use super::layout::{GridInputs, MdpInputs};
+use super::layout::MdpInputs;
 use super::options::SolveOptions;
 use crate::world::grid_mdp::GridMdp;
 use crate::world::mdp::TabularMdp;
@@ -66,22 +66,50 @@ impl Solution {
     }
 }
 
-/// Marks blocked cells NaN and excluded cells -inf in `values` `[task][row][col]`, and fixed
-/// cells NaN in `policy` `[task][row][col][action]`.
-pub fn mark_special_cells(inputs: &GridInputs, values: &mut [f32], policy: Option<&mut [f32]>) {
-    let cells = inputs.cells();
-    for (i, v) in values.iter_mut().enumerate() {
-        if !inputs.free[i % cells] {
-            *v = f32::NAN;
-        } else if inputs.excluded[i] {
-            *v = f32::NEG_INFINITY;
+/// The states a solve's outputs mark, on every backend: values NaN where not
+/// `free` and -inf where `excluded`; policies NaN where `fixed`.
+pub struct Marks<'a> {
+    /// States per task.
+    pub states: usize,
+    /// `[state]`, the same for every task; `None`: all free.
+    pub free: Option<&'a [bool]>,
+    /// `[task][state]`.
+    pub excluded: &'a [bool],
+    /// `[task][state]`.
+    pub fixed: &'a [bool],
+}
+
+impl Marks<'_> {
+    /// Marks values `[task][t][state]`, `steps` per task.
+    pub fn values(&self, data: &mut [f32], steps: usize) {
+        for (i, x) in data.iter_mut().enumerate() {
+            let state = i % self.states;
+            let task = i / (steps * self.states);
+            if self.free.is_some_and(|free| !free[state]) {
+                *x = f32::NAN;
+            } else if self.excluded[task * self.states + state] {
+                *x = f32::NEG_INFINITY;
+            }
         }
     }
-    if let Some(policy) = policy {
-        let n = inputs.action_count;
-        for (i, &fixed) in inputs.fixed.iter().enumerate() {
-            if fixed {
-                policy[i * n..(i + 1) * n].fill(f32::NAN);
+
+    /// Marks policies `[task][t][state][action]`, `steps` per task.
+    pub fn policy(&self, data: &mut [f32], steps: usize, actions: usize) {
+        for (i, row) in data.chunks_exact_mut(actions).enumerate() {
+            let task = i / (steps * self.states);
+            if self.fixed[task * self.states + i % self.states] {
+                row.fill(f32::NAN);
+            }
+        }
+    }
+
+    /// Marks a finite-horizon occupancy `[task][t][state]`: NaN where not free.
+    pub fn occupancy(&self, data: &mut [f32]) {
+        if let Some(free) = self.free {
+            for (i, x) in data.iter_mut().enumerate() {
+                if !free[i % self.states] {
+                    *x = f32::NAN;
+                }
             }
         }
     }
@@ -152,19 +180,6 @@ pub fn check_mdp_terminals(mdp: &TabularMdp, options: &SolveOptions) -> Result<(
         }
     }
     Ok(())
-}
-
-/// Writes NaN over the policy rows of fixed states (terminal or excluded), which the policy
-/// kernels and their twins leave as zeros: `policy` is `[task][t][state][action]` with
-/// `steps` steps per task, `fixed` is `[task][state]`.
-pub fn mark_fixed_policy(inputs: &MdpInputs, steps: usize, policy: &mut [f32]) {
-    let (states, actions) = (inputs.mdp.states, inputs.mdp.actions);
-    for (i, row) in policy.chunks_exact_mut(actions).enumerate() {
-        let task = i / (steps * states);
-        if inputs.fixed[task * states + i % states] {
-            row.fill(f32::NAN);
-        }
-    }
 }
 
 /// The f32 values a solve reports: -inf on excluded states.

@@ -98,7 +98,7 @@ pub fn mdp_backup(inputs: &MdpInputs, v_in: &[f64], v_out: &mut [f64]) -> Vec<Sw
 /// on the first maximising action (ties within [`super::TIE_RELATIVE`]) when alpha = 0. Fixed
 /// states get a row of zeros, as the kernel writes them (they pass no mass on in the forward
 /// pull); solutions report NaN there
-/// ([`crate::engine::solution::mark_fixed_policy`]).
+/// ([`crate::engine::solution::Marks`]).
 pub fn mdp_policy(inputs: &MdpInputs, v_in: &[f64]) -> Vec<f32> {
     let mdp = inputs.mdp;
     let n = mdp.actions;

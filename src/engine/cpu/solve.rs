@@ -14,8 +14,8 @@ use crate::engine::schedule::{
     sweep_budget,
 };
 use crate::engine::solution::{
-    MdpSolution, Occupancy, Solution, Status, TimeSteps, check_mdp_terminals, mark_fixed_policy,
-    mark_special_cells, reported_values, scaled_start, task_major,
+    Marks, MdpSolution, Occupancy, Solution, Status, TimeSteps, check_mdp_terminals,
+    reported_values, scaled_start, task_major,
 };
 use crate::world::grid_problem::GridProblem;
 use crate::world::mdp::TabularMdp;
@@ -127,7 +127,16 @@ pub fn solve_cpu_with_progress(
     let mut policy = (options.policy && !status.contains(&Status::Diverged))
         .then(|| grid_policy(&inputs, policy_from));
     let mut values: Vec<f32> = v.iter().map(|&x| x as f32).collect();
-    mark_special_cells(&inputs, &mut values, policy.as_deref_mut());
+    let marks = Marks {
+        states: inputs.cells(),
+        free: Some(&inputs.free),
+        excluded: &inputs.excluded,
+        fixed: &inputs.fixed,
+    };
+    marks.values(&mut values, 1);
+    if let Some(policy) = policy.as_deref_mut() {
+        marks.policy(policy, 1, inputs.action_count);
+    }
     Ok(Solution {
         height: inputs.height,
         width: inputs.width,
@@ -164,6 +173,12 @@ pub fn solve_mdp_cpu_with_progress(
     mdp.validate()?;
     check_mdp_terminals(mdp, options)?;
     let inputs = MdpInputs::new(mdp, options);
+    let marks = Marks {
+        states: mdp.states,
+        free: None,
+        excluded: &inputs.excluded,
+        fixed: &inputs.fixed,
+    };
     let finite = matches!(options.horizon, Horizon::Finite(_));
     // V_{T-1}, ..., V_0 as the sweeps make them, when later steps need them.
     let keep_steps = finite && (outputs.all_steps || outputs.occupancy);
@@ -225,7 +240,7 @@ pub fn solve_mdp_cpu_with_progress(
                 values: task_major(&values, mdp.tasks),
                 policy: options.policy.then(|| {
                     let mut all = task_major(&step_policy, mdp.tasks);
-                    mark_fixed_policy(&inputs, horizon, &mut all);
+                    marks.policy(&mut all, horizon, mdp.actions);
                     all
                 }),
             });
@@ -276,7 +291,7 @@ pub fn solve_mdp_cpu_with_progress(
             action_count: mdp.actions,
             values: reported_values(&inputs, &v),
             policy: policy.filter(|_| options.policy).map(|mut p| {
-                mark_fixed_policy(&inputs, 1, &mut p);
+                marks.policy(&mut p, 1, mdp.actions);
                 p
             }),
             iterations: vec![sweeps; mdp.tasks],

@@ -9,7 +9,9 @@ use crate::error::{Context, Result};
 use super::core::Iteration;
 use crate::engine::options::{Horizon, Outputs, SolveOptions};
 use crate::engine::schedule::final_status;
-use crate::engine::solution::{MdpSolution, Occupancy, Solution, Status, TimeSteps, task_major};
+use crate::engine::solution::{
+    Marks, MdpSolution, Occupancy, Solution, Status, TimeSteps, task_major,
+};
 
 /// What one chunk of tasks returns; arrays are `[...]` over the chunk's tasks only.
 pub(crate) struct ChunkResult {
@@ -184,55 +186,6 @@ impl Gathered {
             },
             steps,
             occupancy,
-        }
-    }
-}
-
-/// The states a solve's outputs mark, as the CPU reference marks them: values NaN where not
-/// `free` and -inf where `excluded`; policies NaN where `fixed`.
-pub(crate) struct Marks<'a> {
-    /// States per task.
-    pub states: usize,
-    /// `[state]`, the same for every task; `None`: all free.
-    pub free: Option<&'a [bool]>,
-    /// `[task][state]`.
-    pub excluded: &'a [bool],
-    /// `[task][state]`.
-    pub fixed: &'a [bool],
-}
-
-impl Marks<'_> {
-    /// Marks values `[task][t][state]`, `steps` per task.
-    pub fn values(&self, data: &mut [f32], steps: usize) {
-        for (i, x) in data.iter_mut().enumerate() {
-            let state = i % self.states;
-            let task = i / (steps * self.states);
-            if self.free.is_some_and(|free| !free[state]) {
-                *x = f32::NAN;
-            } else if self.excluded[task * self.states + state] {
-                *x = f32::NEG_INFINITY;
-            }
-        }
-    }
-
-    /// Marks policies `[task][t][state][action]`, `steps` per task.
-    pub fn policy(&self, data: &mut [f32], steps: usize, actions: usize) {
-        for (i, row) in data.chunks_exact_mut(actions).enumerate() {
-            let task = i / (steps * self.states);
-            if self.fixed[task * self.states + i % self.states] {
-                row.fill(f32::NAN);
-            }
-        }
-    }
-
-    /// Marks a finite-horizon occupancy `[task][t][state]`: NaN where not free.
-    fn occupancy(&self, data: &mut [f32]) {
-        if let Some(free) = self.free {
-            for (i, x) in data.iter_mut().enumerate() {
-                if !free[i % self.states] {
-                    *x = f32::NAN;
-                }
-            }
         }
     }
 }

@@ -9,7 +9,7 @@ use std::time::Instant;
 use crate::error::{Error, Result, ensure, ensure_limit};
 use bytemuck::{Pod, Zeroable};
 
-use super::chunks::{ChunkResult, Marks, solve_in_chunks};
+use super::chunks::{ChunkResult, solve_in_chunks};
 use super::context::GpuContext;
 use super::core::{
     Checks, EngineOptions, ExtrapolateBand, ExtrapolateParams, GpuCore, Iteration, Kernels,
@@ -20,6 +20,7 @@ use super::forward::{BandDispatch, ForwardPass, PairDispatch, record_forward};
 use crate::engine::layout::GridInputs;
 use crate::engine::options::{Backup, Horizon, Outputs, SolveOptions};
 use crate::engine::schedule::{Progress, Verdict};
+use crate::engine::solution::Marks;
 use crate::engine::solution::{MdpSolution, Solution};
 use crate::world::grid_mdp::GridMdp;
 use crate::world::grid_problem::GridProblem;

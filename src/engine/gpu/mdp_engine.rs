@@ -9,7 +9,7 @@ use std::time::Instant;
 use crate::error::{Error, Result, ensure_limit};
 use bytemuck::{Pod, Zeroable};
 
-use super::chunks::{ChunkResult, Marks, solve_in_chunks};
+use super::chunks::{ChunkResult, solve_in_chunks};
 use super::context::GpuContext;
 use super::core::{
     EngineOptions, ExtrapolateBand, ExtrapolateParams, GpuCore, Kernels, StepCopies, Window, bind,
@@ -19,6 +19,7 @@ use super::forward::{BandDispatch, ForwardPass, PairDispatch, record_forward};
 use crate::engine::layout::MdpInputs;
 use crate::engine::options::{Backup, Horizon, Outputs, SolveOptions};
 use crate::engine::schedule::{Progress, Verdict};
+use crate::engine::solution::Marks;
 use crate::engine::solution::{MdpSolution, check_mdp_terminals};
 use crate::world::mdp::{TabularMdp, Transpose};
 
