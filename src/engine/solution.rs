@@ -166,9 +166,12 @@ pub fn task_major(steps: &[Vec<f32>], tasks: usize) -> Vec<f32> {
     out
 }
 
-/// Fails when gamma = 1 without a horizon meets a task without terminal states (no finite
-/// values exist).
-pub fn check_mdp_terminals(mdp: &TabularMdp, options: &SolveOptions) -> Result<()> {
+/// Checks what every general-MDP solve checks first: the settings, the MDP's arrays
+/// ([`TabularMdp::validate`]), and that gamma = 1 without a horizon meets no task without
+/// terminal states (no finite values exist then).
+pub fn check_mdp_solve(mdp: &TabularMdp, options: &SolveOptions) -> Result<()> {
+    options.validate()?;
+    mdp.validate()?;
     if options.excludes_unreachable() {
         for t in 0..mdp.tasks {
             crate::error::ensure!(
@@ -207,6 +210,15 @@ pub fn scaled_start(mdp: &TabularMdp) -> (Vec<f32>, Vec<f64>) {
 }
 
 impl MdpSolution {
+    /// A solution without time steps or occupancy.
+    pub fn plain(solution: Solution) -> Self {
+        Self {
+            solution,
+            steps: None,
+            occupancy: None,
+        }
+    }
+
     /// Lays a solution over `world`'s states (as `solve_mdp_cpu` gives it) onto the map, NaN
     /// on blocked cells: `height` H, `width` W, every array `[...][row][col][...]`.
     pub fn to_cells(&mut self, world: &GridMdp) {

@@ -59,6 +59,22 @@ fn needs_steps(outputs: Outputs) -> bool {
     outputs.all_steps || outputs.occupancy
 }
 
+/// A grid batch solved as a tabular MDP over its free cells by `solver`, laid back onto the
+/// map: how every step and the occupancy of a grid are computed where the grid kernels do not.
+fn solve_as_mdp(
+    solver: &mut dyn MdpSolver,
+    problem: &GridProblem,
+    starts: Option<&[usize]>,
+    options: &SolveOptions,
+    outputs: Outputs,
+    progress: &mut dyn FnMut(&Progress),
+) -> Result<MdpSolution> {
+    let world = GridMdp::new(problem, starts)?;
+    let mut solved = solver.solve_mdp(&world.mdp, options, outputs, progress)?;
+    solved.to_cells(&world);
+    Ok(solved)
+}
+
 /// The f64 CPU reference: one thread, the truth every GPU result is compared with.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct CpuReference;
@@ -93,16 +109,11 @@ impl GridSolver for CpuReference {
         progress: &mut dyn FnMut(&Progress),
     ) -> Result<MdpSolution> {
         if !needs_steps(outputs) {
-            return Ok(MdpSolution {
-                solution: solve_cpu_with_progress(problem, options, progress)?,
-                steps: None,
-                occupancy: None,
-            });
+            return Ok(MdpSolution::plain(solve_cpu_with_progress(
+                problem, options, progress,
+            )?));
         }
-        let world = GridMdp::new(problem, starts)?;
-        let mut solved = solve_mdp_cpu_with_progress(&world.mdp, options, outputs, progress)?;
-        solved.to_cells(&world);
-        Ok(solved)
+        solve_as_mdp(self, problem, starts, options, outputs, progress)
     }
 }
 
@@ -195,13 +206,10 @@ impl GridSolver for GpuSolver {
         progress: &mut dyn FnMut(&Progress),
     ) -> Result<MdpSolution> {
         if !needs_steps(outputs) {
-            return Ok(MdpSolution {
-                solution: self
-                    .grid_engine()?
+            return Ok(MdpSolution::plain(
+                self.grid_engine()?
                     .solve_with_progress(problem, options, progress)?,
-                steps: None,
-                occupancy: None,
-            });
+            ));
         }
         if matches!(options.horizon, Horizon::Finite(_)) {
             problem.validate()?;
@@ -210,10 +218,7 @@ impl GridSolver for GpuSolver {
                 .grid_engine()?
                 .solve_steps(problem, options, outputs, &start, progress);
         }
-        let world = GridMdp::new(problem, starts)?;
-        let mut solved = self.solve_mdp(&world.mdp, options, outputs, progress)?;
-        solved.to_cells(&world);
-        Ok(solved)
+        solve_as_mdp(self, problem, starts, options, outputs, progress)
     }
 }
 
@@ -264,11 +269,11 @@ impl GridSolver for ShardedSolver {
         for solver in &mut self.solvers {
             engines.push(solver.grid_engine()?);
         }
-        Ok(MdpSolution {
-            solution: solve_sharded(&mut engines, problem, options)?,
-            steps: None,
-            occupancy: None,
-        })
+        Ok(MdpSolution::plain(solve_sharded(
+            &mut engines,
+            problem,
+            options,
+        )?))
     }
 }
 

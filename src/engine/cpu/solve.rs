@@ -14,8 +14,8 @@ use crate::engine::schedule::{
     sweep_budget,
 };
 use crate::engine::solution::{
-    Marks, MdpSolution, Occupancy, Solution, Status, TimeSteps, check_mdp_terminals,
-    reported_values, scaled_start, task_major,
+    Marks, MdpSolution, Occupancy, Solution, Status, TimeSteps, check_mdp_solve, reported_values,
+    scaled_start, task_major,
 };
 use crate::world::grid_problem::GridProblem;
 use crate::world::mdp::TabularMdp;
@@ -169,9 +169,7 @@ pub fn solve_mdp_cpu_with_progress(
     progress: &mut dyn FnMut(&Progress),
 ) -> Result<MdpSolution> {
     let start = Instant::now();
-    options.validate()?;
-    mdp.validate()?;
-    check_mdp_terminals(mdp, options)?;
+    check_mdp_solve(mdp, options)?;
     let inputs = MdpInputs::new(mdp, options);
     let marks = Marks {
         states: mdp.states,

@@ -20,7 +20,7 @@ use crate::engine::layout::MdpInputs;
 use crate::engine::options::{Backup, Horizon, Outputs, SolveOptions};
 use crate::engine::schedule::{Progress, Verdict};
 use crate::engine::solution::Marks;
-use crate::engine::solution::{MdpSolution, check_mdp_terminals};
+use crate::engine::solution::{MdpSolution, check_mdp_solve};
 use crate::world::mdp::{TabularMdp, Transpose};
 
 /// WGSL source of the CSR backup and policy kernels.
@@ -435,9 +435,7 @@ impl MdpEngine {
         progress: &mut dyn FnMut(&Progress),
     ) -> Result<MdpSolution> {
         let start = Instant::now();
-        options.validate()?;
-        mdp.validate()?;
-        check_mdp_terminals(mdp, options)?;
+        check_mdp_solve(mdp, options)?;
         let inputs = MdpInputs::new(mdp, options);
         let finite = matches!(options.horizon, Horizon::Finite(_));
         let horizon = options.horizon.finite_steps() as u64;
