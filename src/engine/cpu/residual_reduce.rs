@@ -1,4 +1,5 @@
-//! Twin of `shaders/residual_reduce.wgsl`: the residual statistics of one sweep per task.
+//! Twins of `shaders/residual_reduce.wgsl`: the residual statistics of one sweep per task
+//! (`residual_reduce`) and the decision a check takes (`convergence_decide`).
 
 /// Residual statistics of one sweep for one task, as the GPU reduction produces them.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -36,5 +37,80 @@ impl SweepStats {
             self.max_abs_value = f64::INFINITY;
             self.max_abs_delta = f64::INFINITY;
         }
+    }
+}
+
+impl SweepStats {
+    /// Both statistics as one, as `combine_stats` in `shaders/shared/residual_stats.wgsl`
+    /// merges two invocations' or two workgroups' statistics (order does not matter).
+    pub fn combine(self, other: SweepStats) -> SweepStats {
+        SweepStats {
+            max_abs_delta: self.max_abs_delta.max(other.max_abs_delta),
+            min_delta: self.min_delta.min(other.min_delta),
+            max_abs_value: self.max_abs_value.max(other.max_abs_value),
+            active: self.active || other.active,
+        }
+    }
+}
+
+/// Twin of `residual_reduce`: one task's statistics from its workgroups' partial statistics.
+pub fn residual_reduce(partials: &[SweepStats]) -> SweepStats {
+    partials
+        .iter()
+        .fold(SweepStats::default(), |acc, &p| acc.combine(p))
+}
+
+/// Twin of `convergence_decide`: the batch has converged when every task's residual is
+/// within tolerance (`tol` is `None` for a finite horizon, which never converges early);
+/// otherwise, when `extrapolator` is given (extrapolation on), each task's jump factor
+/// (> 0 jump, [`crate::engine::schedule::ROLLBACK`], 0 nothing), else no factors.
+pub fn convergence_decide(
+    tol: Option<f64>,
+    gamma: f64,
+    extrapolator: Option<&mut crate::engine::schedule::RateExtrapolator>,
+    stats: &[SweepStats],
+) -> (bool, Vec<f64>) {
+    let converged = tol.is_some_and(|tol| {
+        stats
+            .iter()
+            .all(|s| crate::engine::schedule::within_tolerance(tol, s))
+    });
+    match (converged, tol, extrapolator) {
+        (false, Some(tol), Some(extrapolator)) => (false, extrapolator.observe(tol, gamma, stats)),
+        _ => (converged, Vec::new()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The GPU reduces partials in a tree whose shape depends on the dispatch; the statistics
+    /// must not: any split into partials reduces to the statistics of the whole.
+    #[test]
+    fn any_split_reduces_to_the_whole() {
+        let cells = [
+            (0.0, 1.5),
+            (2.0, -1.0),
+            (-3.0, -3.0),
+            (1.0, 4.0),
+            (0.5, 0.25),
+        ];
+        let mut whole = SweepStats::default();
+        for &(old, new) in &cells {
+            whole.observe(old, new);
+        }
+        assert_eq!(whole.max_abs_delta, 3.0);
+        assert_eq!(whole.min_delta, -3.0);
+        for split in 0..=cells.len() {
+            let mut parts = [SweepStats::default(); 2];
+            for (i, &(old, new)) in cells.iter().enumerate() {
+                parts[(i >= split) as usize].observe(old, new);
+            }
+            assert_eq!(residual_reduce(&parts), whole, "split at {split}");
+        }
+        // No partial at all: nothing updated, the identity.
+        assert_eq!(residual_reduce(&[]), SweepStats::default());
+        assert!(!residual_reduce(&[SweepStats::default(); 3]).active);
     }
 }

@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use crate::error::Result;
 
-use super::residual_reduce::SweepStats;
+use super::residual_reduce::{SweepStats, convergence_decide};
 use super::{extrapolate, grid_backup, grid_policy, mdp_backup, mdp_occupancy, mdp_policy};
 use crate::engine::layout::{GridInputs, MdpInputs};
 use crate::engine::options::{Horizon, Outputs, SolveOptions};
@@ -70,12 +70,15 @@ pub fn iterate_cpu(
         if verdict != Verdict::Continue {
             break;
         }
-        if let (true, Horizon::Infinite { tol, .. }) =
-            (options.uses_extrapolation(), options.horizon)
-        {
-            let factors = extrapolator
-                .get_or_insert_with(|| RateExtrapolator::new(tasks))
-                .observe(tol, options.gamma, &last);
+        let tol = match options.horizon {
+            Horizon::Infinite { tol, .. } => Some(tol),
+            Horizon::Finite(_) => None,
+        };
+        let extrapolator = options
+            .uses_extrapolation()
+            .then(|| extrapolator.get_or_insert_with(|| RateExtrapolator::new(tasks)));
+        let (_, factors) = convergence_decide(tol, options.gamma, extrapolator, &last);
+        if !factors.is_empty() {
             extrapolate(fixed, &mut v, &v_next, &mut backup, &factors);
         }
     }
