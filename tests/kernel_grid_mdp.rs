@@ -112,9 +112,11 @@ fn grid_forward_pass_matches_the_mdp_path() {
         let d_states = &cpu.occupancy.as_ref().unwrap().values;
         let (b, t_n) = (problem.tasks.len(), horizon as usize);
         for t in 0..t_n {
-            // [task][state] slices of step t.
+            // [task][state] slices of step t; the kernels read zero rows where the reported
+            // policy has NaN (states that stop pass nothing on).
             let pi_t: Vec<f32> = (0..b)
                 .flat_map(|k| pi_states[(k * t_n + t) * states * n..][..states * n].to_vec())
+                .map(|x| if x.is_nan() { 0.0 } else { x })
                 .collect();
             let d_t: Vec<f64> = (0..b)
                 .flat_map(|k| {
@@ -125,7 +127,15 @@ fn grid_forward_pass_matches_the_mdp_path() {
                 })
                 .collect();
             let mut via_csr = vec![0.0; d_t.len()];
-            mdp_occupancy(&mdp_inputs, &transpose, &pi_t, &d_t, None, &mut via_csr);
+            mdp_occupancy(
+                &mdp_inputs,
+                &transpose,
+                &pi_t,
+                None,
+                &d_t,
+                None,
+                &mut via_csr,
+            );
             let pi_cells = grid_mdp.to_cells(&pi_t, n);
             let d_cells: Vec<f64> = grid_mdp
                 .to_cells(&d_t.iter().map(|&x| x as f32).collect::<Vec<_>>(), 1)

@@ -1,4 +1,4 @@
-//! Twin of `shaders/mdp_occupancy.wgsl`: `mdp_occupancy`.
+//! Twins of `shaders/mdp_occupancy.wgsl`: `mdp_occupancy`, `mdp_occupancy_weights`.
 
 // Index loops mirror the WGSL loops line by line, so a reviewer can diff them by eye.
 #![allow(clippy::needless_range_loop)]
@@ -8,20 +8,24 @@ use crate::engine::layout::MdpInputs;
 use crate::world::mdp::Transpose;
 
 /// One forward step of the state occupancy, pulled over the transitions into each state:
-/// `d_out(s') = base(s') + gamma * sum_{(s,a) -> s'} d_in(s) pi(a|s) P(s'|s,a)`, where states
-/// that stop (terminal, or excluded with gamma = 1) pass nothing on. `policy` is
-/// `[task][state][action]`, the rest `[task][state]`; `base` is absent for a finite-horizon
-/// step (`D_{t+1}`) and the start distribution for the discounted sum's fixed point.
+/// `d_out(s') = base(s') + gamma * sum_{(s,a) -> s'} d_in(s) pi(a|s) P(s'|s,a)`. `policy` is
+/// `[task][state][action]` with zero rows on states that stop (terminal, or excluded with
+/// gamma = 1), as [`super::mdp_policy`] and the kernel write them, so they pass nothing on;
+/// with `weights` (`[task][entry]`, from [`mdp_occupancy_weights`]) each entry's
+/// `pi(a|s) P(s'|s,a)` is read from there instead (the kernel's `WEIGHTED`). The rest is
+/// `[task][state]`; `base` is absent for a finite-horizon step (`D_{t+1}`) and the start
+/// distribution for the discounted sum's fixed point.
 pub fn mdp_occupancy(
     inputs: &MdpInputs,
     transpose: &Transpose,
     policy: &[f32],
+    weights: Option<&[f64]>,
     d_in: &[f64],
     base: Option<&[f32]>,
     d_out: &mut [f64],
 ) -> Vec<SweepStats> {
     let mdp = inputs.mdp;
-    let (n, states) = (mdp.actions, mdp.states);
+    let (n, states, entries) = (mdp.actions, mdp.states, transpose.rows.len());
     let mut stats = vec![SweepStats::default(); mdp.tasks];
     for (task, task_stats) in stats.iter_mut().enumerate() {
         let offset = task * states;
@@ -29,13 +33,11 @@ pub fn mdp_occupancy(
             let mut inflow = 0.0;
             for k in transpose.indptr[s_next] as usize..transpose.indptr[s_next + 1] as usize {
                 let row = transpose.rows[k] as usize;
-                let s = row / n;
-                if inputs.fixed[offset + s] {
-                    continue;
-                }
-                inflow += d_in[offset + s]
-                    * policy[(offset + s) * n + row % n] as f64
-                    * transpose.probs[k] as f64;
+                let weight = match weights {
+                    Some(w) => w[task * entries + k],
+                    None => policy[offset * n + row] as f64 * transpose.probs[k] as f64,
+                };
+                inflow += d_in[offset + row / n] * weight;
             }
             let index = offset + s_next;
             d_out[index] = base.map_or(0.0, |b| b[index] as f64) + inputs.gamma * inflow;
@@ -43,4 +45,24 @@ pub fn mdp_occupancy(
         }
     }
     stats
+}
+
+/// Twin of `mdp_occupancy_weights`: `pi(a|s) P(s'|s,a)` of every transposed entry, once for
+/// a fixed policy (the discounted sum's), `[task][entry]`.
+pub fn mdp_occupancy_weights(
+    inputs: &MdpInputs,
+    transpose: &Transpose,
+    policy: &[f32],
+) -> Vec<f64> {
+    let mdp = inputs.mdp;
+    let (n, states) = (mdp.actions, mdp.states);
+    (0..mdp.tasks)
+        .flat_map(|task| {
+            transpose
+                .rows
+                .iter()
+                .zip(&transpose.probs)
+                .map(move |(&row, &p)| policy[task * states * n + row as usize] as f64 * p as f64)
+        })
+        .collect()
 }

@@ -9,6 +9,7 @@
 //! `shaders/mdp_backup.wgsl::mdp_backup` <-> [`mdp_backup::mdp_backup`],
 //! `shaders/mdp_backup.wgsl::mdp_policy` <-> [`mdp_backup::mdp_policy`],
 //! `shaders/mdp_occupancy.wgsl::mdp_occupancy` <-> [`mdp_occupancy::mdp_occupancy`],
+//! `shaders/mdp_occupancy.wgsl::mdp_occupancy_weights` <-> [`mdp_occupancy::mdp_occupancy_weights`],
 //! `shaders/task_posterior.wgsl` <-> [`task_posterior::task_posterior`],
 //! `shaders/residual_reduce.wgsl::residual_reduce` <-> [`residual_reduce::residual_reduce`],
 //! `shaders/residual_reduce.wgsl::convergence_decide` <-> [`residual_reduce::convergence_decide`]
@@ -27,7 +28,7 @@ pub use extrapolate::extrapolate;
 pub use grid_backup::{action_values, grid_backup, grid_policy};
 pub use grid_occupancy::grid_occupancy;
 pub use mdp_backup::{csr_action_values, mdp_action_values, mdp_backup, mdp_policy};
-pub use mdp_occupancy::mdp_occupancy;
+pub use mdp_occupancy::{mdp_occupancy, mdp_occupancy_weights};
 pub use residual_reduce::{SweepStats, convergence_decide, residual_reduce};
 pub use solve::{
     iterate_cpu, solve_cpu, solve_cpu_with_progress, solve_mdp_cpu, solve_mdp_cpu_with_progress,

@@ -6,7 +6,10 @@ use std::time::Instant;
 use crate::error::Result;
 
 use super::residual_reduce::{SweepStats, convergence_decide};
-use super::{extrapolate, grid_backup, grid_policy, mdp_backup, mdp_occupancy, mdp_policy};
+use super::{
+    extrapolate, grid_backup, grid_policy, mdp_backup, mdp_occupancy, mdp_occupancy_weights,
+    mdp_policy,
+};
 use crate::engine::layout::{GridInputs, MdpInputs};
 use crate::engine::options::{Horizon, Outputs, SolveOptions};
 use crate::engine::schedule::{
@@ -225,7 +228,7 @@ pub fn solve_mdp_cpu_with_progress(
             let pi_t = mdp_policy(&inputs, &history[t + 1]);
             if let Some(transpose) = &transpose {
                 let mut next = vec![0.0; d[t].len()];
-                mdp_occupancy(&inputs, transpose, &pi_t, &d[t], None, &mut next);
+                mdp_occupancy(&inputs, transpose, &pi_t, None, &d[t], None, &mut next);
                 d.push(next);
             }
             if outputs.all_steps && options.policy {
@@ -264,11 +267,22 @@ pub fn solve_mdp_cpu_with_progress(
         let transpose = mdp.transpose();
         let pi = policy.as_ref().expect("policy computed for the occupancy");
         let (start, scale) = scaled_start(mdp);
+        let weights = mdp_occupancy_weights(&inputs, &transpose, pi);
         let run = iterate_cpu(
             options,
             start.iter().map(|&x| x as f64).collect(),
             &vec![false; mdp.tasks * mdp.states],
-            |d_in, d_out| mdp_occupancy(&inputs, &transpose, pi, d_in, Some(&start), d_out),
+            |d_in, d_out| {
+                mdp_occupancy(
+                    &inputs,
+                    &transpose,
+                    pi,
+                    Some(&weights),
+                    d_in,
+                    Some(&start),
+                    d_out,
+                )
+            },
             &mut |_| {},
         );
         let status = final_status(options, &run.verdict, &run.last);
