@@ -711,3 +711,51 @@ fn fixed_bits_start_each_task_on_a_word() {
     assert_eq!(inputs.fixed_words_per_task(), 2);
     assert_eq!(inputs.fixed_bits(), vec![0, 1 << 1, 1 << 1, 0]);
 }
+
+// ---------------------------------------------------------------------------------------
+// GridInputs::active_quads
+
+/// Width 8, height 3: quad (row 0, quad column 1) and (row 2, quad column 0) are all walls and
+/// must be skipped; the others are listed row-major with byte j of the masks = cell 4q + j.
+#[test]
+fn active_quads_skip_all_wall_quads_and_pack_masks_by_cell() {
+    let drawn = ["...@@@@@", "........", "@@@@.@.."];
+    let free: Vec<bool> = drawn
+        .iter()
+        .flat_map(|row| row.chars().map(|c| c == '.'))
+        .collect();
+    let problem = GridProblem {
+        grid: Grid {
+            height: 3,
+            width: 8,
+            free,
+        },
+        actions: ActionSet {
+            connectivity: Connectivity::Four,
+            stay: false,
+        },
+        slip: 0.0,
+        move_cost: MoveCost::default(),
+        tasks: vec![GridTask {
+            goals: vec![8],
+            reward: None,
+        }],
+    };
+    let inputs = GridInputs::new(&problem, &SolveOptions::default());
+    let quads = inputs.active_quads();
+    let keys: Vec<(u32, u32)> = quads.iter().map(|q| (q[0] >> 16, q[0] & 0xffff)).collect();
+    assert_eq!(keys, [(0, 0), (1, 0), (1, 1), (2, 1)]);
+    for (q, &(row, column)) in quads.iter().zip(&keys) {
+        for j in 0..4 {
+            let cell = row as usize * 8 + 4 * column as usize + j;
+            assert_eq!(
+                q[1] >> (8 * j) & 255,
+                inputs.move_mask[cell] & 255,
+                "quad ({row}, {column}) cell {j}"
+            );
+        }
+    }
+    // Row 0, cell 3 is a wall: no moves; cell 0 (top-left) moves E and S only (N E S W).
+    assert_eq!(quads[0][1] >> 24 & 255, 0);
+    assert_eq!(quads[0][1] & 255, 0b0110);
+}

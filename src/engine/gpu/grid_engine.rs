@@ -1114,3 +1114,59 @@ impl GridEngine {
             .collect()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::world::grid::{ActionSet, Connectivity, Grid, MoveCost};
+    use crate::world::grid_problem::GridTask;
+
+    /// A 2 x 5 map widened to 8 columns: walls in the new columns, goals and rewards moved to
+    /// the same (row, column), and stripping the padding gives back the original layout.
+    #[test]
+    fn padding_to_quads_keeps_every_cell_in_place() {
+        let problem = GridProblem {
+            grid: Grid {
+                height: 2,
+                width: 5,
+                free: vec![true, true, false, true, true, true, true, true, true, false],
+            },
+            actions: ActionSet {
+                connectivity: Connectivity::Eight,
+                stay: false,
+            },
+            slip: 0.0,
+            move_cost: MoveCost::default(),
+            tasks: vec![GridTask {
+                goals: vec![8], // row 1, column 3
+                reward: Some((0..10).map(|c| c as f32).collect()),
+            }],
+        };
+        let padded = pad_to_quads(&problem);
+        assert_eq!(padded.grid.width, 8);
+        let free: Vec<bool> = padded.grid.free.clone();
+        assert_eq!(
+            free,
+            [
+                true, true, false, true, true, false, false, false, //
+                true, true, true, true, false, false, false, false,
+            ]
+        );
+        assert_eq!(padded.tasks[0].goals, [11]); // row 1, column 3 of 8
+        let reward = padded.tasks[0].reward.as_ref().unwrap();
+        assert_eq!(reward[8..13], [5.0, 6.0, 7.0, 8.0, 9.0]);
+        assert_eq!(reward[13..16], [0.0; 3]);
+        // [task][row][col][2]: strip back to the 5 columns.
+        let per_cell: Vec<f32> = (0..2 * 8 * 2).map(|x| x as f32).collect();
+        let stripped = strip_padding(&per_cell, 8, 5, 2);
+        assert_eq!(stripped.len(), 2 * 5 * 2);
+        assert_eq!(stripped[..10], per_cell[..10]);
+        assert_eq!(stripped[10..], per_cell[16..26]);
+        // A width already a multiple of 4 is left alone.
+        let mut four = problem.clone();
+        four.grid = Grid::open(2, 4);
+        four.tasks[0].reward = None;
+        four.tasks[0].goals = vec![1];
+        assert!(matches!(pad_to_quads(&four), std::borrow::Cow::Borrowed(_)));
+    }
+}
