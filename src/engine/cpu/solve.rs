@@ -214,90 +214,16 @@ pub fn solve_mdp_cpu_with_progress(
     };
     let policy = (!diverged && (options.policy || outputs.occupancy))
         .then(|| mdp_policy(&inputs, policy_from));
-    let mut steps = None;
-    let mut occupancy = None;
+    let (mut steps, mut occupancy) = (None, None);
     if keep_steps && !diverged {
         // V_t for t = 0..T.
         history.reverse();
         history.push(inputs.v0.clone());
-        let horizon = history.len() - 1;
-        let mut step_policy = Vec::new();
-        let mut d = vec![mdp.initial.iter().map(|&x| x as f64).collect::<Vec<f64>>()];
-        let transpose = outputs.occupancy.then(|| mdp.transpose());
-        for t in 0..horizon {
-            let pi_t = mdp_policy(&inputs, &history[t + 1]);
-            if let Some(transpose) = &transpose {
-                let mut next = vec![0.0; d[t].len()];
-                mdp_occupancy(&inputs, transpose, &pi_t, None, &d[t], None, &mut next);
-                d.push(next);
-            }
-            if outputs.all_steps && options.policy {
-                step_policy.push(pi_t);
-            }
-        }
-        if outputs.all_steps {
-            let values: Vec<Vec<f32>> = history
-                .iter()
-                .map(|v| reported_values(&inputs, v))
-                .collect();
-            steps = Some(TimeSteps {
-                values: task_major(&values, mdp.tasks),
-                policy: options.policy.then(|| {
-                    let mut all = task_major(&step_policy, mdp.tasks);
-                    marks.policy(&mut all, horizon, mdp.actions);
-                    all
-                }),
-            });
-        }
-        if outputs.occupancy {
-            let d: Vec<Vec<f32>> = d
-                .iter()
-                .map(|x| x.iter().map(|&y| y as f32).collect())
-                .collect();
-            occupancy = Some(Occupancy {
-                values: task_major(&d, mdp.tasks),
-                steps: horizon + 1,
-                iterations: horizon as u32,
-                residual: vec![0.0; mdp.tasks],
-                status: vec![Status::Horizon; mdp.tasks],
-            });
-        }
+        (steps, occupancy) = forward_steps(&inputs, &marks, options, outputs, &history);
     }
     if outputs.occupancy && !finite && !diverged {
-        let transpose = mdp.transpose();
         let pi = policy.as_ref().expect("policy computed for the occupancy");
-        let (start, scale) = scaled_start(mdp);
-        let weights = mdp_occupancy_weights(&inputs, &transpose, pi);
-        let run = iterate_cpu(
-            options,
-            start.iter().map(|&x| x as f64).collect(),
-            &vec![false; mdp.tasks * mdp.states],
-            |d_in, d_out| {
-                mdp_occupancy(
-                    &inputs,
-                    &transpose,
-                    pi,
-                    Some(&weights),
-                    d_in,
-                    Some(&start),
-                    d_out,
-                )
-            },
-            &mut |_| {},
-        );
-        let status = final_status(options, &run.verdict, &run.last);
-        occupancy = Some(Occupancy {
-            values: run
-                .v
-                .iter()
-                .enumerate()
-                .map(|(i, &x)| (x / scale[i / mdp.states]) as f32)
-                .collect(),
-            steps: 1,
-            iterations: run.sweeps,
-            residual: run.last.iter().map(|s| s.max_abs_delta).collect(),
-            status,
-        });
+        occupancy = Some(discounted_occupancy(&inputs, options, pi));
     }
     Ok(MdpSolution {
         solution: Solution {
@@ -318,4 +244,90 @@ pub fn solve_mdp_cpu_with_progress(
         steps,
         occupancy,
     })
+}
+
+/// Every step of a finite-horizon solve from `history` (`V_0..V_T`): `pi_t` from `V_{t+1}`,
+/// and with the occupancy `D_{t+1}` pulled from `D_t`. Returns the steps (with
+/// [`Outputs::all_steps`]) and the occupancy (with [`Outputs::occupancy`]), reported as
+/// [`Marks`] says.
+fn forward_steps(
+    inputs: &MdpInputs,
+    marks: &Marks,
+    options: &SolveOptions,
+    outputs: Outputs,
+    history: &[Vec<f64>],
+) -> (Option<TimeSteps>, Option<Occupancy>) {
+    let mdp = inputs.mdp;
+    let horizon = history.len() - 1;
+    let mut step_policy = Vec::new();
+    let mut d = vec![mdp.initial.iter().map(|&x| x as f64).collect::<Vec<f64>>()];
+    let transpose = outputs.occupancy.then(|| mdp.transpose());
+    for t in 0..horizon {
+        let pi_t = mdp_policy(inputs, &history[t + 1]);
+        if let Some(transpose) = &transpose {
+            let mut next = vec![0.0; d[t].len()];
+            mdp_occupancy(inputs, transpose, &pi_t, None, &d[t], None, &mut next);
+            d.push(next);
+        }
+        if outputs.all_steps && options.policy {
+            step_policy.push(pi_t);
+        }
+    }
+    let steps = outputs.all_steps.then(|| {
+        let values: Vec<Vec<f32>> = history.iter().map(|v| reported_values(inputs, v)).collect();
+        TimeSteps {
+            values: task_major(&values, mdp.tasks),
+            policy: options.policy.then(|| {
+                let mut all = task_major(&step_policy, mdp.tasks);
+                marks.policy(&mut all, horizon, mdp.actions);
+                all
+            }),
+        }
+    });
+    let occupancy = outputs.occupancy.then(|| {
+        let d: Vec<Vec<f32>> = d
+            .iter()
+            .map(|x| x.iter().map(|&y| y as f32).collect())
+            .collect();
+        Occupancy {
+            values: task_major(&d, mdp.tasks),
+            steps: horizon + 1,
+            iterations: horizon as u32,
+            residual: vec![0.0; mdp.tasks],
+            status: vec![Status::Horizon; mdp.tasks],
+        }
+    });
+    (steps, occupancy)
+}
+
+/// The discounted occupancy `sum_t gamma^t D_t` under the stationary policy `pi`, iterated on
+/// the check schedule of the backward pass from the start scaled to a peak of 1
+/// ([`scaled_start`]).
+fn discounted_occupancy(inputs: &MdpInputs, options: &SolveOptions, pi: &[f32]) -> Occupancy {
+    let mdp = inputs.mdp;
+    let transpose = mdp.transpose();
+    let (start, scale) = scaled_start(mdp);
+    let weights = mdp_occupancy_weights(inputs, &transpose, pi);
+    let run = iterate_cpu(
+        options,
+        start.iter().map(|&x| x as f64).collect(),
+        &vec![false; mdp.tasks * mdp.states],
+        |d_in, d_out| {
+            let weights = Some(&weights[..]);
+            mdp_occupancy(inputs, &transpose, pi, weights, d_in, Some(&start), d_out)
+        },
+        &mut |_| {},
+    );
+    Occupancy {
+        values: run
+            .v
+            .iter()
+            .enumerate()
+            .map(|(i, &x)| (x / scale[i / mdp.states]) as f32)
+            .collect(),
+        steps: 1,
+        iterations: run.sweeps,
+        residual: run.last.iter().map(|s| s.max_abs_delta).collect(),
+        status: final_status(options, &run.verdict, &run.last),
+    }
 }
