@@ -12,10 +12,10 @@ use bytemuck::{Pod, Zeroable};
 use super::chunks::{ChunkResult, solve_in_chunks};
 use super::context::GpuContext;
 use super::core::{
-    EngineOptions, ExtrapolateBand, ExtrapolateParams, GpuCore, Kernels, StepCopies, Window, bind,
-    compute_pipeline, invocations, shader_module, storage, window,
+    Checks, EngineOptions, ExtrapolateBand, ExtrapolateParams, GpuCore, Iteration, Kernels,
+    StepCopies, Window, bind, compute_pipeline, invocations, shader_module, storage, window,
 };
-use super::forward::{BandDispatch, ForwardPass, PairDispatch, record_forward};
+use super::forward::{BandDispatch, ForwardOutputs, ForwardPass, PairDispatch, record_forward};
 use crate::engine::layout::MdpInputs;
 use crate::engine::options::{Backup, Horizon, Outputs, SolveOptions};
 use crate::engine::schedule::{Progress, Verdict};
@@ -297,6 +297,123 @@ struct BackupBindings<'a> {
     partials: &'a wgpu::Buffer,
 }
 
+/// Where a band sits in its chunk: its span and the fields both kernels' uniforms open with.
+struct BandPlace {
+    /// Tasks `[t0, t1)` and states `[s0, s1)` covered.
+    span: (u64, u64, u64, u64),
+    states: u32,
+    actions: u32,
+    task_base: u32,
+    state_base: u32,
+    state_count: u32,
+    dispatch_x: u32,
+    group_base: u32,
+    groups_per_task: u32,
+}
+
+/// A band's uniform of type `$params`: the fields every band's uniform opens with, from the
+/// [`BandPlace`] `$place`, then the kernel's own.
+macro_rules! band_params {
+    ($params:ident at $place:expr, { $($field:ident: $value:expr),* $(,)? }) => {{
+        let place: &BandPlace = $place;
+        $params {
+            states: place.states,
+            actions: place.actions,
+            task_base: place.task_base,
+            state_base: place.state_base,
+            state_count: place.state_count,
+            dispatch_x: place.dispatch_x,
+            group_base: place.group_base,
+            groups_per_task: place.groups_per_task,
+            $($field: $value,)*
+        }
+    }};
+}
+
+/// Lays out `bands` of a chunk of `mdp` for one kernel: `band` gives a band's binding windows
+/// and uniform from its place.
+fn lay_out<P>(
+    mdp: &TabularMdp,
+    bands: &[MdpBand],
+    band: impl Fn(&BandPlace) -> (Vec<Window>, P),
+) -> Vec<Layout<P>> {
+    let (bases, per_task) = group_bases(bands);
+    (bands.iter().zip(bases))
+        .map(|(b, group_base)| {
+            let (dispatch, _) = band_dispatch(b.state_count, b.task_count);
+            let place = BandPlace {
+                span: b.span(),
+                states: mdp.states as u32,
+                actions: mdp.actions as u32,
+                task_base: b.task_base as u32,
+                state_base: b.state_base as u32,
+                state_count: b.state_count as u32,
+                dispatch_x: dispatch[0].max(1),
+                group_base,
+                groups_per_task: per_task,
+            };
+            let (windows, params) = band(&place);
+            Layout {
+                params,
+                windows,
+                dispatch,
+            }
+        })
+        .collect()
+}
+
+/// A chunk's plan and buffers (pooled across solves): what every step of its solve binds.
+struct MdpChunk {
+    /// Tasks of the problem in the chunk, and their states' entries in its `[task][state]`
+    /// arrays.
+    tasks: Range<usize>,
+    task_states: Range<usize>,
+    /// Bytes of one value array, `[task][state]`, and of one row array,
+    /// `[task][state][action]`.
+    v_bytes: u64,
+    row_bytes: u64,
+    /// The backup kernels' bands.
+    layouts: Vec<Layout<MdpParams>>,
+    checks: Checks,
+    /// The backup's pipeline; the policy differs only in `stage`.
+    key: MdpPipelineKey,
+    /// V ping-pong pair, `[task][state]`.
+    values: [wgpu::Buffer; 2],
+    /// Reward `[task][state][action]`, fixed bits `[task][word]`.
+    reward: wgpu::Buffer,
+    fixed: wgpu::Buffer,
+    /// pi, `[task][state][action]`.
+    policy: wgpu::Buffer,
+    /// V before the last extrapolation jump, for its rollback, `[task][state]`.
+    backup: wgpu::Buffer,
+    /// Uniform slots, one per band.
+    params: wgpu::Buffer,
+    /// With a forward pass, V_t of every step: slot t = V_t, `[t][task][state]`.
+    steps: Option<wgpu::Buffer>,
+}
+
+/// A chunk's occupancy plan and buffers (pooled across solves), over the transposed
+/// transitions.
+struct OccupancyChunk {
+    /// Bands over the incoming entries and their layouts (none without the transpose).
+    bands: Vec<MdpBand>,
+    layouts: Vec<Layout<OccupancyParams>>,
+    /// The discounted sum reads pi(a|s) P(s'|s,a) folded into `weights`, `[task][entry]`
+    /// (a 16-byte stand-in otherwise).
+    weighted: bool,
+    weights: wgpu::Buffer,
+    /// D ping-pong pair and the start distribution, `[task][state]`.
+    d: [wgpu::Buffer; 2],
+    start: wgpu::Buffer,
+    /// Per task of the chunk, the discounted sum's start scale (peak 1); empty when finite.
+    scales: Vec<f64>,
+    /// Uniform slots, one per band.
+    params: wgpu::Buffer,
+    /// The plain pull's pipeline; the others differ in `stage`, `weighted`, `add_start` and
+    /// `write_residual`.
+    key: MdpPipelineKey,
+}
+
 /// Batched general-MDP soft value iteration and occupancy on one wgpu device. Pipelines,
 /// layouts and buffers are built once and reused by every solve.
 pub struct MdpEngine {
@@ -551,71 +668,55 @@ impl MdpEngine {
         let (s, a) = (mdp.states as u64, mdp.actions as u64);
         let wpt = s.div_ceil(32);
         let nnz = mdp.nonzeros() as u64;
+        let n = tasks as u64;
         let align = self.core.storage_align;
         let alpha = inputs.alpha as f32;
-        let (bases, per_task) = group_bases(bands);
-        bands
-            .iter()
-            .zip(bases)
-            .map(|(band, group_base)| {
-                let (t0, t1, s0, s1) = band.span();
-                let (e0, e1) = (
-                    mdp.indptr[(s0 * a) as usize] as u64,
-                    mdp.indptr[(s1 * a) as usize] as u64,
-                );
-                let windows = vec![
-                    window(s0 * a, s1 * a + 1, s * a + 1, 4, align),
-                    window(e0, e1.max(e0 + 1), nnz, 4, align),
-                    window(
-                        (t0 * s + s0) * a,
-                        ((t1 - 1) * s + s1) * a,
-                        tasks as u64 * s * a,
-                        4,
-                        align,
-                    ),
-                    window(
-                        t0 * wpt + s0 / 32,
-                        (t1 - 1) * wpt + s1.div_ceil(32),
-                        tasks as u64 * wpt,
-                        4,
-                        align,
-                    ),
-                    window(t0 * s, t1 * s, tasks as u64 * s, 4, align),
-                    window(t0 * s + s0, (t1 - 1) * s + s1, tasks as u64 * s, 4, align),
-                ];
-                let (dispatch, _) = band_dispatch(band.state_count, band.task_count);
-                let params = MdpParams {
-                    states: s as u32,
-                    actions: a as u32,
-                    task_base: band.task_base as u32,
-                    state_base: band.state_base as u32,
-                    state_count: band.state_count as u32,
-                    dispatch_x: dispatch[0].max(1),
-                    group_base,
-                    groups_per_task: per_task,
-                    fixed_words_per_task: wpt as u32,
-                    indptr_origin: windows[0].origin as u32,
-                    entry_origin: windows[1].origin as u32,
-                    row_origin: windows[2].origin as u32,
-                    fixed_origin: windows[3].origin as u32,
-                    v_in_origin: windows[4].origin as u32,
-                    out_origin: windows[5].origin as u32,
-                    gamma: inputs.gamma as f32,
-                    alpha_ln2: alpha * std::f32::consts::LN_2,
-                    log2e_over_alpha: if alpha > 0.0 {
-                        std::f32::consts::LOG2_E / alpha
-                    } else {
-                        0.0
-                    },
-                    ..Default::default()
-                };
-                Layout {
-                    params,
-                    windows,
-                    dispatch,
-                }
-            })
-            .collect()
+        lay_out(mdp, bands, |place| {
+            let (t0, t1, s0, s1) = place.span;
+            let (e0, e1) = (
+                mdp.indptr[(s0 * a) as usize] as u64,
+                mdp.indptr[(s1 * a) as usize] as u64,
+            );
+            let windows = vec![
+                window(s0 * a, s1 * a + 1, s * a + 1, 4, align),
+                window(e0, e1.max(e0 + 1), nnz, 4, align),
+                window(
+                    (t0 * s + s0) * a,
+                    ((t1 - 1) * s + s1) * a,
+                    n * s * a,
+                    4,
+                    align,
+                ),
+                window(
+                    t0 * wpt + s0 / 32,
+                    (t1 - 1) * wpt + s1.div_ceil(32),
+                    n * wpt,
+                    4,
+                    align,
+                ),
+                window(t0 * s, t1 * s, n * s, 4, align),
+                window(t0 * s + s0, (t1 - 1) * s + s1, n * s, 4, align),
+            ];
+            let params = band_params!(MdpParams at place, {
+                fixed_words_per_task: wpt as u32,
+                indptr_origin: windows[0].origin as u32,
+                entry_origin: windows[1].origin as u32,
+                row_origin: windows[2].origin as u32,
+                fixed_origin: windows[3].origin as u32,
+                v_in_origin: windows[4].origin as u32,
+                out_origin: windows[5].origin as u32,
+                gamma: inputs.gamma as f32,
+                alpha_ln2: alpha * std::f32::consts::LN_2,
+                log2e_over_alpha: if alpha > 0.0 {
+                    std::f32::consts::LOG2_E / alpha
+                } else {
+                    0.0
+                },
+                _pad0: 0,
+                _pad1: 0,
+            });
+            (windows, params)
+        })
     }
 
     /// The occupancy kernel's layout of `bands` of a chunk of `tasks` tasks.
@@ -629,57 +730,40 @@ impl MdpEngine {
         let mdp = inputs.mdp;
         let (s, a) = (mdp.states as u64, mdp.actions as u64);
         let nnz = mdp.nonzeros() as u64;
+        let n = tasks as u64;
         let align = self.core.storage_align;
-        let (bases, per_task) = group_bases(bands);
-        bands
-            .iter()
-            .zip(bases)
-            .map(|(band, group_base)| {
-                let (t0, t1, s0, s1) = band.span();
-                let (e0, e1) = (
-                    incoming_indptr[s0 as usize] as u64,
-                    incoming_indptr[s1 as usize] as u64,
-                );
-                let windows = vec![
-                    window(s0, s1 + 1, s + 1, 4, align),
-                    window(e0, e1.max(e0 + 1), nnz, 4, align),
-                    window(t0 * s * a, t1 * s * a, tasks as u64 * s * a, 4, align),
-                    window(t0 * s, t1 * s, tasks as u64 * s, 4, align),
-                    window(t0 * s + s0, (t1 - 1) * s + s1, tasks as u64 * s, 4, align),
-                    window(
-                        t0 * nnz + e0,
-                        ((t1 - 1) * nnz + e1).max(t0 * nnz + e0 + 1),
-                        tasks as u64 * nnz,
-                        4,
-                        align,
-                    ),
-                ];
-                let (dispatch, _) = band_dispatch(band.state_count, band.task_count);
-                let params = OccupancyParams {
-                    states: s as u32,
-                    actions: a as u32,
-                    task_base: band.task_base as u32,
-                    state_base: band.state_base as u32,
-                    state_count: band.state_count as u32,
-                    dispatch_x: dispatch[0].max(1),
-                    group_base,
-                    groups_per_task: per_task,
-                    indptr_origin: windows[0].origin as u32,
-                    entry_origin: windows[1].origin as u32,
-                    policy_origin: windows[2].origin as u32,
-                    d_in_origin: windows[3].origin as u32,
-                    out_origin: windows[4].origin as u32,
-                    gamma: inputs.gamma as f32,
-                    entries: nnz as u32,
-                    weight_origin: windows[5].origin as u32,
-                };
-                Layout {
-                    params,
-                    windows,
-                    dispatch,
-                }
-            })
-            .collect()
+        lay_out(mdp, bands, |place| {
+            let (t0, t1, s0, s1) = place.span;
+            let (e0, e1) = (
+                incoming_indptr[s0 as usize] as u64,
+                incoming_indptr[s1 as usize] as u64,
+            );
+            let windows = vec![
+                window(s0, s1 + 1, s + 1, 4, align),
+                window(e0, e1.max(e0 + 1), nnz, 4, align),
+                window(t0 * s * a, t1 * s * a, n * s * a, 4, align),
+                window(t0 * s, t1 * s, n * s, 4, align),
+                window(t0 * s + s0, (t1 - 1) * s + s1, n * s, 4, align),
+                window(
+                    t0 * nnz + e0,
+                    ((t1 - 1) * nnz + e1).max(t0 * nnz + e0 + 1),
+                    n * nnz,
+                    4,
+                    align,
+                ),
+            ];
+            let params = band_params!(OccupancyParams at place, {
+                indptr_origin: windows[0].origin as u32,
+                entry_origin: windows[1].origin as u32,
+                policy_origin: windows[2].origin as u32,
+                d_in_origin: windows[3].origin as u32,
+                out_origin: windows[4].origin as u32,
+                gamma: inputs.gamma as f32,
+                entries: nnz as u32,
+                weight_origin: windows[5].origin as u32,
+            });
+            (windows, params)
+        })
     }
 
     fn backup_group(
@@ -727,6 +811,24 @@ impl MdpEngine {
         [group(0), group(1)]
     }
 
+    /// The policy groups of every band: pi from the values in `v`, into `chunk.policy`.
+    fn policy_groups(
+        &self,
+        dynamics: &Dynamics,
+        chunk: &MdpChunk,
+        v: &wgpu::Buffer,
+    ) -> Vec<wgpu::BindGroup> {
+        let common = chunk.bindings(dynamics);
+        (chunk.layouts.iter().enumerate())
+            .map(|(b, layout)| {
+                let params = (&chunk.params, b as u64 * self.uniform_stride);
+                let w = layout.windows[2];
+                let out = (&chunk.policy, w.offset, w.size);
+                self.backup_group(params, layout, &common, v, &chunk.backup, out)
+            })
+            .collect()
+    }
+
     fn solve_chunk(
         &mut self,
         inputs: &MdpInputs,
@@ -736,24 +838,81 @@ impl MdpEngine {
         outputs: Outputs,
         progress: &mut dyn FnMut(&Progress),
     ) -> Result<ChunkResult> {
+        let chunk = self.plan_chunk(inputs, tasks, options, outputs)?;
+        let run = self.backward(inputs, dynamics, &chunk, options, progress)?;
+        let diverged = matches!(run.verdict, Verdict::Diverged(_));
+        let v_final = (run.sweeps % 2) as usize;
+        let values = self
+            .core
+            .read_f32(&chunk.values[v_final], 0, chunk.v_bytes)?;
+        let mut result = ChunkResult::new(values, run);
+        if diverged {
+            return Ok(result);
+        }
+        let finite = matches!(options.horizon, Horizon::Finite(_));
+        if options.policy || (outputs.occupancy && !finite) {
+            // Finite horizon: pi_0 comes from V_1, the values the last sweep read.
+            let from = if finite { 1 - v_final } else { v_final };
+            self.policy_pass(dynamics, &chunk, from);
+            if options.policy {
+                result.policy = Some(self.core.read_f32(&chunk.policy, 0, chunk.row_bytes)?);
+            }
+        }
+        if let (Some(steps), true) = (&chunk.steps, outputs.all_steps) {
+            let horizon = options.horizon.finite_steps() as u64;
+            let all = self
+                .core
+                .read_f32(steps, 0, (horizon + 1) * chunk.v_bytes)?;
+            let per_step = chunk.task_states.len();
+            result.step_values = all.chunks_exact(per_step).map(<[f32]>::to_vec).collect();
+        }
+        let steps_policy = outputs.all_steps && finite && options.policy;
+        if !outputs.occupancy && !steps_policy {
+            return Ok(result);
+        }
+        let occupancy = self.plan_occupancy(inputs, dynamics, &chunk, finite)?;
+        if finite {
+            let pass = (
+                options.horizon.finite_steps(),
+                outputs.occupancy,
+                steps_policy,
+            );
+            let out = self.forward_pass(dynamics, &chunk, &occupancy, pass)?;
+            result.step_policy = out.policy;
+            result.occupancy = out.occupancy;
+        } else {
+            // Only the occupancy reaches here without a finite horizon.
+            let (d, run) =
+                self.discounted_occupancy(inputs, dynamics, &chunk, &occupancy, options)?;
+            result.occupancy = vec![d];
+            result.occupancy_run = Some(run);
+        }
+        Ok(result)
+    }
+
+    /// A chunk of `tasks`: its bands, checks, pipeline key and (pooled) buffers.
+    fn plan_chunk(
+        &mut self,
+        inputs: &MdpInputs,
+        tasks: Range<usize>,
+        options: &SolveOptions,
+        outputs: Outputs,
+    ) -> Result<MdpChunk> {
         use wgpu::BufferUsages as U;
         let mdp = inputs.mdp;
         let n = tasks.len();
         let (s, a) = (mdp.states, mdp.actions);
-        let wpt = s.div_ceil(32);
-        let max_binding = self.core.max_binding;
         let entries = |state: usize| mdp.indptr[state * a] as u64;
+        let max_binding = self.core.max_binding;
         let bands = plan_mdp_bands(n, s, s as u64 * 4, a as u64 * 4, &entries, max_binding)?;
         let layouts = self.backup_layouts(inputs, n, &bands);
         let dispatch: Vec<[u32; 3]> = layouts.iter().map(|l| l.dispatch).collect();
         let checks = self
             .core
             .checks(n, layouts[0].params.groups_per_task, &dispatch, options)?;
-        let finite = matches!(options.horizon, Horizon::Finite(_));
-        let horizon = options.horizon.finite_steps();
-        let keep_steps = finite && (outputs.all_steps || outputs.occupancy);
-
-        // Buffers and uploads.
+        let horizon = options.horizon.finite_steps() as u64;
+        let keep_steps = matches!(options.horizon, Horizon::Finite(_))
+            && (outputs.all_steps || outputs.occupancy);
         let core = &mut self.core;
         let v_bytes = (n * s * 4) as u64;
         let row_bytes = v_bytes * a as u64;
@@ -763,72 +922,23 @@ impl MdpEngine {
             core.buffer("softvi.values_b", v_bytes, usage),
         ];
         let reward = core.buffer("softvi.reward", row_bytes, U::STORAGE | U::COPY_DST);
-        let fixed = core.buffer(
-            "softvi.fixed_bits",
-            (n * wpt * 4) as u64,
-            U::STORAGE | U::COPY_DST,
-        );
-        let policy_buf = core.buffer("softvi.policy", row_bytes, U::STORAGE | U::COPY_SRC);
+        let fixed_bytes = (n * s.div_ceil(32) * 4) as u64;
+        let fixed = core.buffer("softvi.fixed_bits", fixed_bytes, U::STORAGE | U::COPY_DST);
+        let policy = core.buffer("softvi.policy", row_bytes, U::STORAGE | U::COPY_SRC);
         let backup = core.buffer("softvi.backup", v_bytes, U::STORAGE);
-        let params_buf = core.buffer(
+        let params = core.buffer(
             "softvi.mdp_params",
             2 * layouts.len() as u64 * self.uniform_stride,
             U::UNIFORM | U::COPY_DST,
         );
-        let steps_buf = if keep_steps {
-            core.ensure_buffer("the values of every step", (horizon as u64 + 1) * v_bytes)?;
-            Some(core.buffer(
-                "softvi.step_values",
-                (horizon as u64 + 1) * v_bytes,
-                U::COPY_SRC | U::COPY_DST,
-            ))
-        } else {
-            None
-        };
-        let q = core.queue.clone();
-        let range = tasks.start * s..tasks.end * s;
-        q.write_buffer(
-            &reward,
-            0,
-            bytemuck::cast_slice(&mdp.reward[range.start * a..range.end * a]),
-        );
-        let mut bits = vec![0u32; n * wpt];
-        for t in 0..n {
-            for state in 0..s {
-                if inputs.fixed[range.start + t * s + state] {
-                    bits[t * wpt + state / 32] |= 1 << (state % 32);
-                }
+        let steps = match keep_steps {
+            true => {
+                let bytes = (horizon + 1) * v_bytes;
+                core.ensure_buffer("the values of every step", bytes)?;
+                Some(core.buffer("softvi.step_values", bytes, U::COPY_SRC | U::COPY_DST))
             }
-        }
-        q.write_buffer(&fixed, 0, bytemuck::cast_slice(&bits));
-        let v0: Vec<f32> = inputs.v0[range.clone()].iter().map(|&x| x as f32).collect();
-        for buffer in &values {
-            q.write_buffer(buffer, 0, bytemuck::cast_slice(&v0));
-        }
-        if let Some(steps) = &steps_buf {
-            q.write_buffer(steps, horizon as u64 * v_bytes, bytemuck::cast_slice(&v0));
-        }
-        for (b, layout) in layouts.iter().enumerate() {
-            q.write_buffer(
-                &params_buf,
-                b as u64 * self.uniform_stride,
-                bytemuck::bytes_of(&layout.params),
-            );
-        }
-        let common = BackupBindings {
-            dynamics,
-            reward: &reward,
-            fixed: &fixed,
-            partials: &checks.partials,
+            false => None,
         };
-        let groups: Vec<[wgpu::BindGroup; 2]> = layouts
-            .iter()
-            .enumerate()
-            .map(|(b, layout)| {
-                let params = (&params_buf, b as u64 * self.uniform_stride);
-                self.backup_pair(params, layout, &common, &values, &backup)
-            })
-            .collect();
         let key = MdpPipelineKey {
             stage: MdpStage::Backup,
             optimistic: inputs.backup == Backup::Optimistic,
@@ -838,138 +948,163 @@ impl MdpEngine {
             weighted: false,
             actions: 0,
         };
-        let sweep = self.pipeline(key);
+        Ok(MdpChunk {
+            task_states: tasks.start * s..tasks.end * s,
+            tasks,
+            v_bytes,
+            row_bytes,
+            layouts,
+            checks,
+            key,
+            values,
+            reward,
+            fixed,
+            policy,
+            backup,
+            params,
+            steps,
+        })
+    }
+
+    /// Uploads the chunk's inputs and runs the backward iteration from V_0 (V_T when finite).
+    fn backward(
+        &mut self,
+        inputs: &MdpInputs,
+        dynamics: &Dynamics,
+        chunk: &MdpChunk,
+        options: &SolveOptions,
+        progress: &mut dyn FnMut(&Progress),
+    ) -> Result<Iteration> {
+        let mdp = inputs.mdp;
+        let (s, a) = (mdp.states, mdp.actions);
+        let (wpt, rows) = (s.div_ceil(32), &chunk.task_states);
+        let horizon = options.horizon.finite_steps();
+        let q = self.core.queue.clone();
+        let reward = &mdp.reward[rows.start * a..rows.end * a];
+        q.write_buffer(&chunk.reward, 0, bytemuck::cast_slice(reward));
+        let mut bits = vec![0u32; chunk.tasks.len() * wpt];
+        for t in 0..chunk.tasks.len() {
+            for state in 0..s {
+                if inputs.fixed[rows.start + t * s + state] {
+                    bits[t * wpt + state / 32] |= 1 << (state % 32);
+                }
+            }
+        }
+        q.write_buffer(&chunk.fixed, 0, bytemuck::cast_slice(&bits));
+        let v0: Vec<f32> = inputs.v0[rows.clone()].iter().map(|&x| x as f32).collect();
+        for buffer in &chunk.values {
+            q.write_buffer(buffer, 0, bytemuck::cast_slice(&v0));
+        }
+        if let Some(steps) = &chunk.steps {
+            let last = horizon as u64 * chunk.v_bytes;
+            q.write_buffer(steps, last, bytemuck::cast_slice(&v0));
+        }
+        let common = chunk.bindings(dynamics);
+        let groups: Vec<[wgpu::BindGroup; 2]> = (chunk.layouts.iter().enumerate())
+            .map(|(b, layout)| {
+                let slot = b as u64 * self.uniform_stride;
+                q.write_buffer(&chunk.params, slot, bytemuck::bytes_of(&layout.params));
+                let params = (&chunk.params, slot);
+                self.backup_pair(params, layout, &common, &chunk.values, &chunk.backup)
+            })
+            .collect();
+        let sweep = self.pipeline(chunk.key);
         let sweep_checked = self.pipeline(MdpPipelineKey {
             write_residual: true,
-            ..key
+            ..chunk.key
         });
         let extrapolate = self.core.extrapolate_pipeline.clone();
         let extrapolate_groups = match options.uses_extrapolation() {
             true => {
-                let bands: Vec<_> = layouts.iter().map(Layout::extrapolate_band).collect();
+                let bands: Vec<_> = chunk.layouts.iter().map(Layout::extrapolate_band).collect();
                 self.core.extrapolate_groups(
                     "softvi.extrapolate_params",
                     &bands,
-                    &fixed,
-                    &values,
-                    &backup,
-                    &checks.extrapolation,
+                    &chunk.fixed,
+                    &chunk.values,
+                    &chunk.backup,
+                    &chunk.checks.extrapolation,
                 )
             }
             false => Vec::new(),
         };
-        let policy_pipeline = self.pipeline(MdpPipelineKey {
-            stage: MdpStage::Policy,
-            ..key
-        });
-
         let kernels = Kernels {
             sweep: &sweep,
             sweep_checked: &sweep_checked,
             extrapolate: &extrapolate,
             sweep_groups: &groups,
             extrapolate_groups: &extrapolate_groups,
-            keep_steps: steps_buf.as_ref().map(|steps| StepCopies {
-                values: &values,
+            keep_steps: chunk.steps.as_ref().map(|steps| StepCopies {
+                values: &chunk.values,
                 steps,
                 horizon,
-                bytes: v_bytes,
+                bytes: chunk.v_bytes,
             }),
         };
-        let run = self.core.iterate(
-            &checks,
+        let checks = &chunk.checks;
+        self.core.iterate(
+            checks,
             options,
-            &mut |encoder, step| kernels.record(encoder, &checks, step),
+            &mut |encoder, step| kernels.record(encoder, checks, step),
             progress,
-        )?;
-        let diverged = matches!(run.verdict, Verdict::Diverged(_));
-        let v_final = (run.sweeps % 2) as usize;
-        let values_out = self.core.read_f32(&values[v_final], 0, v_bytes)?;
+        )
+    }
 
-        // pi from the values in `v`: written to policy_buf by every band.
-        // pi from the values in `v`, written to policy_buf by every band.
-        let policy_groups = |this: &Self, v: &wgpu::Buffer| -> Vec<wgpu::BindGroup> {
-            layouts
-                .iter()
-                .enumerate()
-                .map(|(b, layout)| {
-                    let params = (&params_buf, b as u64 * this.uniform_stride);
-                    let out = (
-                        &policy_buf,
-                        layout.windows[2].offset,
-                        layout.windows[2].size,
-                    );
-                    this.backup_group(params, layout, &common, v, &backup, out)
-                })
-                .collect()
-        };
-        let record_policy =
-            |this: &Self, encoder: &mut wgpu::CommandEncoder, groups: &[wgpu::BindGroup]| {
-                for (layout, group) in layouts.iter().zip(groups) {
-                    this.core
-                        .dispatch(encoder, &policy_pipeline, group, layout.dispatch);
-                }
-            };
-        let mut result = ChunkResult::new(values_out, run);
-        if diverged {
-            return Ok(result);
+    /// pi from `chunk.values[from]` into `chunk.policy`, every band in one submission.
+    fn policy_pass(&mut self, dynamics: &Dynamics, chunk: &MdpChunk, from: usize) {
+        let pipeline = self.pipeline(MdpPipelineKey {
+            stage: MdpStage::Policy,
+            ..chunk.key
+        });
+        let groups = self.policy_groups(dynamics, chunk, &chunk.values[from]);
+        let mut encoder = self.core.device.create_command_encoder(&Default::default());
+        for (layout, group) in chunk.layouts.iter().zip(&groups) {
+            self.core
+                .dispatch(&mut encoder, &pipeline, group, layout.dispatch);
         }
-        let wants_policy = options.policy || (outputs.occupancy && !finite);
-        if wants_policy {
-            // Finite horizon: pi_0 comes from V_1, the values the last sweep read.
-            let from = if finite { 1 - v_final } else { v_final };
-            let mut encoder = self.core.device.create_command_encoder(&Default::default());
-            record_policy(self, &mut encoder, &policy_groups(self, &values[from]));
-            self.core.queue.submit([encoder.finish()]);
-            if options.policy {
-                result.policy = Some(self.core.read_f32(&policy_buf, 0, row_bytes)?);
-            }
-        }
-        if let (Some(steps), true) = (&steps_buf, outputs.all_steps) {
-            let step_values = self
-                .core
-                .read_f32(steps, 0, (horizon as u64 + 1) * v_bytes)?;
-            result.step_values = step_values
-                .chunks_exact(n * s)
-                .map(<[f32]>::to_vec)
-                .collect();
-        }
-        let steps_policy = outputs.all_steps && finite && options.policy;
-        if !outputs.occupancy && !steps_policy {
-            return Ok(result);
-        }
+        self.core.queue.submit([encoder.finish()]);
+    }
 
-        // Forward pass; the discounted sum iterates on the start scaled to a peak of 1.
+    /// The chunk's occupancy bands and buffers, D_0 uploaded; the discounted sum iterates on
+    /// the start scaled to a peak of 1.
+    fn plan_occupancy(
+        &mut self,
+        inputs: &MdpInputs,
+        dynamics: &Dynamics,
+        chunk: &MdpChunk,
+        finite: bool,
+    ) -> Result<OccupancyChunk> {
+        use wgpu::BufferUsages as U;
+        let mdp = inputs.mdp;
+        let (n, s, a) = (chunk.tasks.len(), mdp.states, mdp.actions);
         let (scaled, scales) = crate::engine::solution::scaled_start(mdp);
-        let (start, scales): (Vec<f32>, &[f64]) = if finite {
-            (mdp.initial[range.clone()].to_vec(), &[])
-        } else {
-            (scaled[range.clone()].to_vec(), &scales[tasks.clone()])
+        let (start, scales) = match finite {
+            true => (mdp.initial[chunk.task_states.clone()].to_vec(), Vec::new()),
+            false => (
+                scaled[chunk.task_states.clone()].to_vec(),
+                scales[chunk.tasks.clone()].to_vec(),
+            ),
         };
         // The discounted sum folds pi(a|s) P(s'|s,a) into per-entry weights once, when a task's
         // weights fit one binding: its sweeps then gather only d.
         let nnz = mdp.nonzeros() as u64;
+        let max_binding = self.core.max_binding;
         let weighted = !finite && nnz * 4 + 256 <= max_binding;
-        let occupancy_bands = match &dynamics.incoming {
+        let (bands, layouts) = match &dynamics.incoming {
             Some((_, _, _, incoming_indptr)) => {
                 let incoming = |state: usize| incoming_indptr[state] as u64;
-                let whole_task = (s * a * 4) as u64;
-                let whole_task = if weighted {
-                    whole_task.max(nnz * 4)
-                } else {
-                    whole_task
-                };
-                plan_mdp_bands(n, s, whole_task, 4, &incoming, max_binding)?
+                let mut whole_task = (s * a * 4) as u64;
+                if weighted {
+                    whole_task = whole_task.max(nnz * 4);
+                }
+                let bands = plan_mdp_bands(n, s, whole_task, 4, &incoming, max_binding)?;
+                let layouts = self.occupancy_layouts(inputs, incoming_indptr, n, &bands);
+                (bands, layouts)
             }
-            None => Vec::new(),
-        };
-        let occupancy_layouts = match &dynamics.incoming {
-            Some((_, _, _, incoming_indptr)) => {
-                self.occupancy_layouts(inputs, incoming_indptr, n, &occupancy_bands)
-            }
-            None => Vec::new(),
+            None => (Vec::new(), Vec::new()),
         };
         let core = &mut self.core;
+        let (v_bytes, usage) = (chunk.v_bytes, U::STORAGE | U::COPY_SRC | U::COPY_DST);
         let d = [
             core.buffer("softvi.occupancy_a", v_bytes, usage),
             core.buffer("softvi.occupancy_b", v_bytes, usage),
@@ -979,57 +1114,19 @@ impl MdpEngine {
             true => core.buffer("softvi.occupancy_weights", n as u64 * nnz * 4, U::STORAGE),
             false => core.buffer("softvi.no_weights", 16, U::STORAGE),
         };
-        let occ_params = core.buffer(
+        let params = core.buffer(
             "softvi.occupancy_params",
-            occupancy_layouts.len().max(1) as u64 * self.uniform_stride,
+            layouts.len().max(1) as u64 * self.uniform_stride,
             U::UNIFORM | U::COPY_DST,
         );
-        let q = core.queue.clone();
+        let q = &core.queue;
         q.write_buffer(&start_buf, 0, bytemuck::cast_slice(&start));
         q.write_buffer(&d[0], 0, bytemuck::cast_slice(&start));
-        let occupancy_groups = |this: &Self| -> Vec<[wgpu::BindGroup; 2]> {
-            let Some((indptr, rows, probs, _)) = &dynamics.incoming else {
-                return Vec::new();
-            };
-            occupancy_layouts
-                .iter()
-                .enumerate()
-                .map(|(b, layout)| {
-                    let slot = b as u64 * this.uniform_stride;
-                    let w = &layout.windows;
-                    let group = |p: usize| {
-                        this.core.bind_group(
-                            "softvi.mdp_occupancy",
-                            &this.occupancy_layout,
-                            [
-                                bind(&occ_params, slot, size_of::<OccupancyParams>() as u64),
-                                bind(indptr, w[0].offset, w[0].size),
-                                bind(rows, w[1].offset, w[1].size),
-                                bind(probs, w[1].offset, w[1].size),
-                                bind(&policy_buf, w[2].offset, w[2].size),
-                                bind(&d[p], w[3].offset, w[3].size),
-                                bind(&d[1 - p], w[4].offset, w[4].size),
-                                checks.partials.as_entire_binding(),
-                                bind(&start_buf, w[4].offset, w[4].size),
-                                match weighted {
-                                    true => bind(&weights, w[5].offset, w[5].size),
-                                    false => weights.as_entire_binding(),
-                                },
-                            ],
-                        )
-                    };
-                    [group(0), group(1)]
-                })
-                .collect()
-        };
-        for (b, layout) in occupancy_layouts.iter().enumerate() {
-            q.write_buffer(
-                &occ_params,
-                b as u64 * self.uniform_stride,
-                bytemuck::bytes_of(&layout.params),
-            );
+        for (b, layout) in layouts.iter().enumerate() {
+            let slot = b as u64 * self.uniform_stride;
+            q.write_buffer(&params, slot, bytemuck::bytes_of(&layout.params));
         }
-        let occupancy_key = MdpPipelineKey {
+        let key = MdpPipelineKey {
             stage: MdpStage::Occupancy,
             optimistic: false,
             hard_max: false,
@@ -1038,68 +1135,136 @@ impl MdpEngine {
             weighted: false,
             actions: a as u32,
         };
-        if finite {
-            // D_{t+1} from D_t under pi_t (from V_{t+1}); pi_t kept when every step is asked for.
-            let steps = steps_buf.as_ref().expect("steps kept");
-            let v_next = self.core.buffer("softvi.step_v", v_bytes, usage);
-            let pipeline = self.pipeline(occupancy_key);
-            let groups = occupancy_groups(self);
-            let step_policy = policy_groups(self, &v_next);
-            let pass = ForwardPass {
-                horizon,
-                v_bytes,
-                steps,
-                v_next: &v_next,
-                policy: &policy_pipeline,
-                policy_bands: (layouts.iter().zip(&step_policy))
-                    .map(|(layout, group)| BandDispatch {
-                        group,
+        Ok(OccupancyChunk {
+            bands,
+            layouts,
+            weighted,
+            weights,
+            d,
+            start: start_buf,
+            scales,
+            params,
+            key,
+        })
+    }
+
+    /// The occupancy ping-pong groups of every band: group p pulls `occ.d[p]` into
+    /// `occ.d[1 - p]` under `chunk.policy`.
+    fn occupancy_groups(
+        &self,
+        dynamics: &Dynamics,
+        chunk: &MdpChunk,
+        occ: &OccupancyChunk,
+    ) -> Vec<[wgpu::BindGroup; 2]> {
+        let Some((indptr, rows, probs, _)) = &dynamics.incoming else {
+            return Vec::new();
+        };
+        let d = &occ.d;
+        (occ.layouts.iter().enumerate())
+            .map(|(b, layout)| {
+                let slot = b as u64 * self.uniform_stride;
+                let w = &layout.windows;
+                let group = |p: usize| {
+                    self.core.bind_group(
+                        "softvi.mdp_occupancy",
+                        &self.occupancy_layout,
+                        [
+                            bind(&occ.params, slot, size_of::<OccupancyParams>() as u64),
+                            bind(indptr, w[0].offset, w[0].size),
+                            bind(rows, w[1].offset, w[1].size),
+                            bind(probs, w[1].offset, w[1].size),
+                            bind(&chunk.policy, w[2].offset, w[2].size),
+                            bind(&d[p], w[3].offset, w[3].size),
+                            bind(&d[1 - p], w[4].offset, w[4].size),
+                            chunk.checks.partials.as_entire_binding(),
+                            bind(&occ.start, w[4].offset, w[4].size),
+                            match occ.weighted {
+                                true => bind(&occ.weights, w[5].offset, w[5].size),
+                                false => occ.weights.as_entire_binding(),
+                            },
+                        ],
+                    )
+                };
+                [group(0), group(1)]
+            })
+            .collect()
+    }
+
+    /// The finite-horizon forward pass, `(horizon, occupancy, keep_policy)`: D_{t+1} from D_t
+    /// under pi_t (from V_{t+1}); pi_t kept when every step is asked for.
+    fn forward_pass(
+        &mut self,
+        dynamics: &Dynamics,
+        chunk: &MdpChunk,
+        occ: &OccupancyChunk,
+        (horizon, occupancy, keep_policy): (usize, bool, bool),
+    ) -> Result<ForwardOutputs> {
+        use wgpu::BufferUsages as U;
+        let steps = chunk.steps.as_ref().expect("steps kept");
+        let usage = U::STORAGE | U::COPY_SRC | U::COPY_DST;
+        let v_next = self.core.buffer("softvi.step_v", chunk.v_bytes, usage);
+        let pipeline = self.pipeline(occ.key);
+        let policy = self.pipeline(MdpPipelineKey {
+            stage: MdpStage::Policy,
+            ..chunk.key
+        });
+        let groups = self.occupancy_groups(dynamics, chunk, occ);
+        let step_policy = self.policy_groups(dynamics, chunk, &v_next);
+        let pass = ForwardPass {
+            horizon,
+            v_bytes: chunk.v_bytes,
+            steps,
+            v_next: &v_next,
+            policy: &policy,
+            policy_bands: (chunk.layouts.iter().zip(&step_policy))
+                .map(|(layout, group)| BandDispatch {
+                    group,
+                    workgroups: layout.dispatch,
+                })
+                .collect(),
+            policy_out: (&chunk.policy, chunk.row_bytes),
+            keep_policy,
+            occupancy: occupancy.then(|| {
+                let bands = (occ.layouts.iter().zip(&groups))
+                    .map(|(layout, groups)| PairDispatch {
+                        groups,
                         workgroups: layout.dispatch,
                     })
-                    .collect(),
-                policy_out: (&policy_buf, row_bytes),
-                keep_policy: steps_policy,
-                occupancy: outputs.occupancy.then(|| {
-                    let bands = (occupancy_layouts.iter().zip(&groups))
-                        .map(|(layout, groups)| PairDispatch {
-                            groups,
-                            workgroups: layout.dispatch,
-                        })
-                        .collect();
-                    (&pipeline, bands)
-                }),
-                d: &d,
-            };
-            let out = record_forward(&mut self.core, &pass)?;
-            result.step_policy = out.policy;
-            result.occupancy = out.occupancy;
-            return Ok(result);
-        }
-        if !outputs.occupancy {
-            return Ok(result);
-        }
-        // Discounted occupancy: d = start + gamma * pull(d), iterated to tol like the values.
+                    .collect();
+                (&pipeline, bands)
+            }),
+            d: &occ.d,
+        };
+        record_forward(&mut self.core, &pass)
+    }
+
+    /// The discounted occupancy, `[task][state]`: d = start + gamma * pull(d), iterated to tol
+    /// like the values, then scaled back; and its run.
+    fn discounted_occupancy(
+        &mut self,
+        inputs: &MdpInputs,
+        dynamics: &Dynamics,
+        chunk: &MdpChunk,
+        occ: &OccupancyChunk,
+        options: &SolveOptions,
+    ) -> Result<(Vec<f32>, Iteration)> {
+        use wgpu::BufferUsages as U;
+        let (n, s) = (chunk.tasks.len(), inputs.mdp.states);
         let zero_bits = self.core.buffer(
             "softvi.no_fixed_bits",
-            (n * wpt * 4) as u64,
+            (n * s.div_ceil(32) * 4) as u64,
             U::STORAGE | U::COPY_DST,
         );
         let mut encoder = self.core.device.create_command_encoder(&Default::default());
         encoder.clear_buffer(&zero_bits, 0, None);
         self.core.queue.submit([encoder.finish()]);
-        let dispatch: Vec<[u32; 3]> = occupancy_layouts.iter().map(|l| l.dispatch).collect();
-        let checks = self.core.checks(
-            n,
-            occupancy_layouts[0].params.groups_per_task,
-            &dispatch,
-            options,
-        )?;
-        let groups = occupancy_groups(self);
+        let dispatch: Vec<[u32; 3]> = occ.layouts.iter().map(|l| l.dispatch).collect();
+        let per_task = occ.layouts[0].params.groups_per_task;
+        let checks = self.core.checks(n, per_task, &dispatch, options)?;
+        let groups = self.occupancy_groups(dynamics, chunk, occ);
         // The extrapolation runs over the occupancy bands (laid out as the backup's: the same
         // states and dispatch) with no fixed state.
-        let extrapolate_bands: Vec<_> = self
-            .backup_layouts(inputs, n, &occupancy_bands)
-            .iter()
+        let extrapolate_bands: Vec<_> = (self.backup_layouts(inputs, n, &occ.bands).iter())
             .map(Layout::extrapolate_band)
             .collect();
         let extrapolate_groups = match options.uses_extrapolation() {
@@ -1107,23 +1272,23 @@ impl MdpEngine {
                 "softvi.occupancy_extrapolate_params",
                 &extrapolate_bands,
                 &zero_bits,
-                &d,
-                &backup,
+                &occ.d,
+                &chunk.backup,
                 &checks.extrapolation,
             ),
             false => Vec::new(),
         };
-        let occupancy_key = MdpPipelineKey {
-            weighted,
-            ..occupancy_key
+        let key = MdpPipelineKey {
+            weighted: occ.weighted,
+            ..occ.key
         };
-        if weighted {
+        if occ.weighted {
             let fold = self.pipeline(MdpPipelineKey {
                 stage: MdpStage::OccupancyWeights,
-                ..occupancy_key
+                ..key
             });
             let mut encoder = self.core.device.create_command_encoder(&Default::default());
-            for (layout, group) in occupancy_layouts.iter().zip(&groups) {
+            for (layout, group) in occ.layouts.iter().zip(&groups) {
                 self.core
                     .dispatch(&mut encoder, &fold, &group[0], layout.dispatch);
             }
@@ -1131,13 +1296,14 @@ impl MdpEngine {
         }
         let accumulate = self.pipeline(MdpPipelineKey {
             add_start: true,
-            ..occupancy_key
+            ..key
         });
         let accumulate_checked = self.pipeline(MdpPipelineKey {
             add_start: true,
             write_residual: true,
-            ..occupancy_key
+            ..key
         });
+        let extrapolate = self.core.extrapolate_pipeline.clone();
         let kernels = Kernels {
             sweep: &accumulate,
             sweep_checked: &accumulate_checked,
@@ -1146,19 +1312,29 @@ impl MdpEngine {
             extrapolate_groups: &extrapolate_groups,
             keep_steps: None,
         };
-        let occupancy_run = self.core.iterate(
+        let run = self.core.iterate(
             &checks,
             options,
             &mut |encoder, step| kernels.record(encoder, &checks, step),
             &mut |_| {},
         )?;
-        let last = (occupancy_run.sweeps % 2) as usize;
-        let mut d_final = self.core.read_f32(&d[last], 0, v_bytes)?;
-        for (i, x) in d_final.iter_mut().enumerate() {
-            *x = (*x as f64 / scales[i / s]) as f32;
+        let last = (run.sweeps % 2) as usize;
+        let mut d = self.core.read_f32(&occ.d[last], 0, chunk.v_bytes)?;
+        for (i, x) in d.iter_mut().enumerate() {
+            *x = (*x as f64 / occ.scales[i / s]) as f32;
         }
-        result.occupancy = vec![d_final];
-        result.occupancy_run = Some(occupancy_run);
-        Ok(result)
+        Ok((d, run))
+    }
+}
+
+impl MdpChunk {
+    /// The backup kernels' bindings that stay the same across the chunk's dispatches.
+    fn bindings<'a>(&'a self, dynamics: &'a Dynamics) -> BackupBindings<'a> {
+        BackupBindings {
+            dynamics,
+            reward: &self.reward,
+            fixed: &self.fixed,
+            partials: &self.checks.partials,
+        }
     }
 }
