@@ -17,6 +17,8 @@ use softvi::{
 /// Most workgroups in one dispatch dimension (wgpu's `max_compute_workgroups_per_dimension`
 /// default); a band's tasks run along one dimension.
 const MAX_DISPATCH: usize = 65_535;
+/// The same limit as the planners take it.
+const MAX_WORKGROUPS: u32 = MAX_DISPATCH as u32;
 
 /// Room the MDP planner may keep below the limit for binding-offset alignment (offsets align
 /// down to at most 256 bytes). Generous on purpose: this bounds how wasteful a plan may be.
@@ -120,7 +122,15 @@ fn grid_bands_cover_every_row_once_within_the_limit() {
                 .into_iter()
                 .filter(|&l| l >= 3 * row_bytes + grid_allowance(bytes_per_cell));
             for max_binding in workable {
-                let bands = plan_bands(tasks, height, width, bytes_per_cell, max_binding).unwrap();
+                let bands = plan_bands(
+                    tasks,
+                    height,
+                    width,
+                    bytes_per_cell,
+                    max_binding,
+                    MAX_WORKGROUPS,
+                )
+                .unwrap();
                 check_grid_plan(&bands, tasks, height, width, bytes_per_cell, max_binding);
                 multi_task += bands.iter().any(|b| b.task_count > 1) as usize;
                 row_banded += bands.iter().any(|b| b.row_count < height) as usize;
@@ -142,7 +152,7 @@ fn grid_bands_use_the_room_they_are_given() {
     let task_bytes = (height * width) as u64 * bpc;
     let row_bytes = width as u64 * bpc;
 
-    let bands = plan_bands(tasks, height, width, bpc, 1 << 30).unwrap();
+    let bands = plan_bands(tasks, height, width, bpc, 1 << 30, MAX_WORKGROUPS).unwrap();
     assert_eq!(bands.len(), 1, "{bands:?}");
 
     let bands = plan_bands(
@@ -151,6 +161,7 @@ fn grid_bands_use_the_room_they_are_given() {
         width,
         bpc,
         3 * task_bytes + grid_allowance(bpc),
+        MAX_WORKGROUPS,
     )
     .unwrap();
     assert!(bands.iter().all(|b| b.row_count == height), "{bands:?}");
@@ -160,7 +171,15 @@ fn grid_bands_use_the_room_they_are_given() {
     );
     assert_eq!(bands.len(), 3, "7 tasks, 3 per band: {bands:?}");
 
-    let bands = plan_bands(tasks, height, width, bpc, task_bytes + grid_allowance(bpc)).unwrap();
+    let bands = plan_bands(
+        tasks,
+        height,
+        width,
+        bpc,
+        task_bytes + grid_allowance(bpc),
+        MAX_WORKGROUPS,
+    )
+    .unwrap();
     assert_eq!(bands.len(), tasks, "one whole task per band: {bands:?}");
     assert!(
         bands
@@ -175,6 +194,7 @@ fn grid_bands_use_the_room_they_are_given() {
         width,
         bpc,
         12 * row_bytes + grid_allowance(bpc),
+        MAX_WORKGROUPS,
     )
     .unwrap();
     for t in 0..tasks {
@@ -189,7 +209,7 @@ fn grid_bands_use_the_room_they_are_given() {
 fn grid_bands_of_one_row_keep_room_for_both_halo_rows() {
     let (tasks, height, width, bpc) = (2, 9, 1000, 4u64);
     let max_binding = 3 * width as u64 * bpc + grid_allowance(bpc);
-    let bands = plan_bands(tasks, height, width, bpc, max_binding).unwrap();
+    let bands = plan_bands(tasks, height, width, bpc, max_binding, MAX_WORKGROUPS).unwrap();
     assert_eq!(bands.len(), tasks * height, "{bands:?}");
     assert!(bands.iter().all(|b| b.row_count == 1 && b.task_count == 1));
     check_grid_plan(&bands, tasks, height, width, bpc, max_binding);
@@ -201,7 +221,7 @@ fn grid_limit_too_small_is_an_error_naming_the_limit() {
     let (height, width, bpc) = (9, 1000, 4u64);
     // Two rows' worth: a row cannot be read with both neighbours.
     for max_binding in [2 * width as u64 * bpc, 3 * width as u64 * bpc - 1, 100, 0] {
-        let err = plan_bands(1, height, width, bpc, max_binding)
+        let err = plan_bands(1, height, width, bpc, max_binding, MAX_WORKGROUPS)
             .expect_err("a limit under three rows must fail")
             .to_string();
         assert!(
@@ -216,10 +236,25 @@ fn grid_limit_too_small_is_an_error_naming_the_limit() {
 #[test]
 fn grid_bands_split_batches_larger_than_one_dispatch() {
     let tasks = MAX_DISPATCH * 2 + 17;
-    let bands = plan_bands(tasks, 3, 5, 4, 1 << 30).unwrap();
+    let bands = plan_bands(tasks, 3, 5, 4, 1 << 30, MAX_WORKGROUPS).unwrap();
     assert_eq!(bands.len(), 3, "{:?}", &bands);
     assert_eq!(bands[2].task_count, 17);
     check_grid_plan(&bands, tasks, 3, 5, 4, 1 << 30);
+}
+
+/// An adapter allowing 7 workgroups per dimension: both planners put at most 7 tasks in a
+/// band (its tasks run along one dimension), whatever room the binding has.
+#[test]
+fn bands_split_at_the_adapters_workgroup_limit() {
+    let tasks = 7 * 2 + 3;
+    let grid = plan_bands(tasks, 3, 5, 4, 1 << 30, 7).unwrap();
+    let counts: Vec<_> = grid.iter().map(|b| b.task_count).collect();
+    assert_eq!(counts, [7, 7, 3], "{grid:?}");
+    check_grid_plan(&grid, tasks, 3, 5, 4, 1 << 30);
+    let mdp = plan_mdp_bands(tasks, 3, 12, 4, &|s| s as u64, 1 << 30, 7).unwrap();
+    let counts: Vec<_> = mdp.iter().map(|b| b.task_count).collect();
+    assert_eq!(counts, [7, 7, 3], "{mdp:?}");
+    check_mdp_plan(&mdp, tasks, 3, 12, 4, &|s| s as u64, 1 << 30, "limit 7");
 }
 
 // ---------------------------------------------------------------------------------------
@@ -335,8 +370,16 @@ fn mdp_bands_cover_every_state_once_within_the_limit() {
         ];
         for max_binding in limits {
             let label = format!("heavy {heavy:?}, limit {max_binding}");
-            let bands =
-                plan_mdp_bands(tasks, states, whole, per_state, &entries, max_binding).unwrap();
+            let bands = plan_mdp_bands(
+                tasks,
+                states,
+                whole,
+                per_state,
+                &entries,
+                max_binding,
+                MAX_WORKGROUPS,
+            )
+            .unwrap();
             check_mdp_plan(
                 &bands,
                 tasks,
@@ -362,7 +405,7 @@ fn mdp_state_bands_are_as_long_as_the_limit_allows() {
     let indptr = csr_indptr(states, actions, &[77, 78, 640], 200, 11);
     let entries = |s: usize| indptr[s * actions];
     let max_binding = 3000 + ALIGNMENT_ALLOWANCE;
-    let bands = plan_mdp_bands(2, states, 1000, 4, &entries, max_binding).unwrap();
+    let bands = plan_mdp_bands(2, states, 1000, 4, &entries, max_binding, MAX_WORKGROUPS).unwrap();
     assert!(
         bands.len() > 2 * 2,
         "the limit forces state bands: {bands:?}"
@@ -398,6 +441,7 @@ fn mdp_whole_task_bands_pack_tasks() {
         8,
         &entries,
         4 * task_bytes + ALIGNMENT_ALLOWANCE,
+        MAX_WORKGROUPS,
     )
     .unwrap();
     assert!(
@@ -407,7 +451,7 @@ fn mdp_whole_task_bands_pack_tasks() {
     );
     assert_eq!(bands.len(), 3, "10 tasks, 4 per band: {bands:?}");
     let tasks = 2 * MAX_DISPATCH + 1;
-    let bands = plan_mdp_bands(tasks, 3, 12, 4, &|s| s as u64, 1 << 30).unwrap();
+    let bands = plan_mdp_bands(tasks, 3, 12, 4, &|s| s as u64, 1 << 30, MAX_WORKGROUPS).unwrap();
     assert_eq!(bands.len(), 3, "{bands:?}");
     check_mdp_plan(&bands, tasks, 3, 12, 4, &|s| s as u64, 1 << 30, "dispatch");
 }
@@ -420,16 +464,24 @@ fn mdp_limit_too_small_is_an_error_naming_the_limit() {
     let indptr = csr_indptr(states, actions, &[], 0, 1);
     let entries = |s: usize| indptr[s * actions];
     let max_binding = 4000;
-    let err = plan_mdp_bands(1, states, states as u64 * 4, 12, &entries, max_binding)
-        .expect_err("4012 B of V per task over a 4000 B limit")
-        .to_string();
+    let err = plan_mdp_bands(
+        1,
+        states,
+        states as u64 * 4,
+        12,
+        &entries,
+        max_binding,
+        MAX_WORKGROUPS,
+    )
+    .expect_err("4012 B of V per task over a 4000 B limit")
+    .to_string();
     assert!(err.contains("4000 bytes"), "{err}");
     assert!(err.contains("1003 states"), "{err}");
 
     let indptr = csr_indptr(states, actions, &[321], 1000, 1);
     let entries = |s: usize| indptr[s * actions];
     let max_binding = 8000;
-    let err = plan_mdp_bands(1, states, 100, 12, &entries, max_binding)
+    let err = plan_mdp_bands(1, states, 100, 12, &entries, max_binding, MAX_WORKGROUPS)
         .expect_err("state 321 holds 3 * 1000 entries, 12000 B")
         .to_string();
     assert!(err.contains("8000 bytes"), "{err}");

@@ -358,6 +358,9 @@ pub(crate) struct GpuCore {
     pub pool: BufferPool,
     pub max_binding: u64,
     pub max_buffer: u64,
+    /// Most workgroups a dispatch may have along one dimension (the adapter's
+    /// `max_compute_workgroups_per_dimension`).
+    pub max_workgroups: u32,
     pub storage_align: u64,
     pub uniform_align: u64,
     reduce_layout: wgpu::BindGroupLayout,
@@ -424,6 +427,7 @@ impl GpuCore {
                 .max_buffer_bytes
                 .unwrap_or(u64::MAX)
                 .min(limits.max_buffer_size),
+            max_workgroups: limits.max_compute_workgroups_per_dimension,
             storage_align: limits.min_storage_buffer_offset_alignment as u64,
             uniform_align: limits.min_uniform_buffer_offset_alignment as u64,
             reduce_pipeline,

@@ -92,18 +92,20 @@ pub struct Band {
 }
 
 /// Splits `tasks` tasks of `height` x `width` cells into bands whose per-cell arrays of
-/// `bytes_per_cell` bytes fit `max_binding` bytes (a one-row halo included).
+/// `bytes_per_cell` bytes fit `max_binding` bytes (a one-row halo included), at most
+/// `max_workgroups` tasks (one dispatch dimension) each.
 pub fn plan_bands(
     tasks: usize,
     height: usize,
     width: usize,
     bytes_per_cell: u64,
     max_binding: u64,
+    max_workgroups: u32,
 ) -> Result<Vec<Band>> {
     let cells = (height * width) as u64;
     let capacity = (max_binding / bytes_per_cell).saturating_sub(WINDOW_SLACK);
     if cells <= capacity {
-        let per_band = ((capacity / cells) as usize).min(65_535);
+        let per_band = ((capacity / cells) as usize).min(max_workgroups as usize);
         return Ok((0..tasks)
             .step_by(per_band)
             .map(|t| Band {
@@ -598,7 +600,7 @@ impl GridEngine {
                 );
                 let (lo, hi) = (first_at_row(band.row_base), first_at_row(r1 as usize));
                 let groups = ((hi - lo) as u32).div_ceil(WORKGROUP_SIZE);
-                let dispatch_x = groups.clamp(1, 65_535);
+                let dispatch_x = groups.clamp(1, self.core.max_workgroups);
                 let windows = [
                     // A band with no active quad dispatches nothing; bind any entry.
                     match hi > lo {
@@ -745,10 +747,12 @@ impl GridEngine {
         let inputs = arrays.inputs;
         let (h, w, n_actions) = (inputs.height, inputs.width, inputs.action_count);
         let max_binding = self.core.max_binding;
-        let bands = plan_bands(n, h, w, 4, max_binding)?;
+        let max_workgroups = self.core.max_workgroups;
+        let bands = plan_bands(n, h, w, 4, max_binding, max_workgroups)?;
         let layouts = self.lay_out_bands(inputs, &arrays.active_quads, n, &bands);
         let policy_layouts = if options.policy || forward {
-            let policy_bands = plan_bands(n, h, w, 4 * n_actions as u64, max_binding)?;
+            let policy_bands =
+                plan_bands(n, h, w, 4 * n_actions as u64, max_binding, max_workgroups)?;
             self.lay_out_bands(inputs, &arrays.active_quads, n, &policy_bands)
         } else {
             Vec::new()
@@ -1083,7 +1087,7 @@ impl GridEngine {
                 let d_w = window(t0 * c, t1 * c, n * c, 4, align);
                 let pi_w = window(t0 * c * a, t1 * c * a, n * c * a, 4, align);
                 let groups = (c as u32).div_ceil(WORKGROUP_SIZE);
-                let dispatch_x = groups.clamp(1, 65_535);
+                let dispatch_x = groups.clamp(1, self.core.max_workgroups);
                 let params = GridParams {
                     task_base: t0 as u32,
                     dispatch_x,

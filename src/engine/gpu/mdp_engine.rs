@@ -126,7 +126,8 @@ impl MdpBand {
 /// Splits `tasks` tasks of `states` states into bands whose bindings fit `max_binding` bytes:
 /// arrays read over whole tasks take `whole_task_bytes` per task, arrays windowed by state
 /// `bytes_per_state` per state and task, and the transition entries of states `[0, s)` are
-/// `entries_before(s)` (4 bytes each).
+/// `entries_before(s)` (4 bytes each). A band has at most `max_workgroups` tasks (one
+/// dispatch dimension).
 pub fn plan_mdp_bands(
     tasks: usize,
     states: usize,
@@ -134,6 +135,7 @@ pub fn plan_mdp_bands(
     bytes_per_state: u64,
     entries_before: &dyn Fn(usize) -> u64,
     max_binding: u64,
+    max_workgroups: u32,
 ) -> Result<Vec<MdpBand>> {
     let cap = max_binding.saturating_sub(ALIGN_SLACK);
     if whole_task_bytes > cap {
@@ -146,7 +148,7 @@ pub fn plan_mdp_bands(
     }
     let task_bytes = whole_task_bytes.max(states as u64 * bytes_per_state);
     if task_bytes <= cap && entries_before(states) * 4 <= cap {
-        let per_band = ((cap / task_bytes.max(1)) as usize).clamp(1, 65_535);
+        let per_band = ((cap / task_bytes.max(1)) as usize).clamp(1, max_workgroups as usize);
         return Ok((0..tasks)
             .step_by(per_band)
             .map(|t| MdpBand {
@@ -199,11 +201,11 @@ pub fn plan_mdp_bands(
         .collect())
 }
 
-/// Workgroups of a band of `states` states and `tasks` tasks, `[x, y, z]`, and the
-/// workgroups per task.
-fn band_dispatch(states: usize, tasks: usize) -> ([u32; 3], u32) {
+/// Workgroups of a band of `states` states and `tasks` tasks, `[x, y, z]` with x at most
+/// `max_workgroups`, and the workgroups per task.
+fn band_dispatch(states: usize, tasks: usize, max_workgroups: u32) -> ([u32; 3], u32) {
     let groups = (states as u32).div_ceil(WORKGROUP_SIZE);
-    let x = groups.clamp(1, 65_535);
+    let x = groups.clamp(1, max_workgroups);
     let dispatch = if groups == 0 {
         [0, 0, 0]
     } else {
@@ -221,7 +223,7 @@ fn group_bases(bands: &[MdpBand]) -> (Vec<u32>, u32) {
             base = 0;
         }
         bases.push(base);
-        base += band_dispatch(band.state_count, band.task_count).1;
+        base += (band.state_count as u32).div_ceil(WORKGROUP_SIZE);
         per_task = per_task.max(base);
     }
     (bases, per_task)
@@ -330,17 +332,18 @@ macro_rules! band_params {
     }};
 }
 
-/// Lays out `bands` of a chunk of `mdp` for one kernel: `band` gives a band's binding windows
-/// and uniform from its place.
+/// Lays out `bands` of a chunk of `mdp` for one kernel, at most `max_workgroups` workgroups
+/// along x: `band` gives a band's binding windows and uniform from its place.
 fn lay_out<P>(
     mdp: &TabularMdp,
     bands: &[MdpBand],
+    max_workgroups: u32,
     band: impl Fn(&BandPlace) -> (Vec<Window>, P),
 ) -> Vec<Layout<P>> {
     let (bases, per_task) = group_bases(bands);
     (bands.iter().zip(bases))
         .map(|(b, group_base)| {
-            let (dispatch, _) = band_dispatch(b.state_count, b.task_count);
+            let (dispatch, _) = band_dispatch(b.state_count, b.task_count, max_workgroups);
             let place = BandPlace {
                 span: b.span(),
                 states: mdp.states as u32,
@@ -671,7 +674,7 @@ impl MdpEngine {
         let n = tasks as u64;
         let align = self.core.storage_align;
         let alpha = inputs.alpha as f32;
-        lay_out(mdp, bands, |place| {
+        lay_out(mdp, bands, self.core.max_workgroups, |place| {
             let (t0, t1, s0, s1) = place.span;
             let (e0, e1) = (
                 mdp.indptr[(s0 * a) as usize] as u64,
@@ -732,7 +735,7 @@ impl MdpEngine {
         let nnz = mdp.nonzeros() as u64;
         let n = tasks as u64;
         let align = self.core.storage_align;
-        lay_out(mdp, bands, |place| {
+        lay_out(mdp, bands, self.core.max_workgroups, |place| {
             let (t0, t1, s0, s1) = place.span;
             let (e0, e1) = (
                 incoming_indptr[s0 as usize] as u64,
@@ -903,8 +906,16 @@ impl MdpEngine {
         let n = tasks.len();
         let (s, a) = (mdp.states, mdp.actions);
         let entries = |state: usize| mdp.indptr[state * a] as u64;
-        let max_binding = self.core.max_binding;
-        let bands = plan_mdp_bands(n, s, s as u64 * 4, a as u64 * 4, &entries, max_binding)?;
+        let (max_binding, max_workgroups) = (self.core.max_binding, self.core.max_workgroups);
+        let bands = plan_mdp_bands(
+            n,
+            s,
+            s as u64 * 4,
+            a as u64 * 4,
+            &entries,
+            max_binding,
+            max_workgroups,
+        )?;
         let layouts = self.backup_layouts(inputs, n, &bands);
         let dispatch: Vec<[u32; 3]> = layouts.iter().map(|l| l.dispatch).collect();
         let checks = self
@@ -1088,7 +1099,7 @@ impl MdpEngine {
         // The discounted sum folds pi(a|s) P(s'|s,a) into per-entry weights once, when a task's
         // weights fit one binding: its sweeps then gather only d.
         let nnz = mdp.nonzeros() as u64;
-        let max_binding = self.core.max_binding;
+        let (max_binding, max_workgroups) = (self.core.max_binding, self.core.max_workgroups);
         let weighted = !finite && nnz * 4 + 256 <= max_binding;
         let (bands, layouts) = match &dynamics.incoming {
             Some((_, _, _, incoming_indptr)) => {
@@ -1097,7 +1108,8 @@ impl MdpEngine {
                 if weighted {
                     whole_task = whole_task.max(nnz * 4);
                 }
-                let bands = plan_mdp_bands(n, s, whole_task, 4, &incoming, max_binding)?;
+                let bands =
+                    plan_mdp_bands(n, s, whole_task, 4, &incoming, max_binding, max_workgroups)?;
                 let layouts = self.occupancy_layouts(inputs, incoming_indptr, n, &bands);
                 (bands, layouts)
             }

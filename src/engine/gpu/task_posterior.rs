@@ -67,8 +67,9 @@ impl TaskPosterior {
         use wgpu::BufferUsages as U;
         let (b, k) = (inputs.tasks, inputs.steps);
         ensure!(
-            k <= 65_535,
-            "the trajectory has {k} steps; at most 65535 are inferred in one run"
+            k <= self.core.max_workgroups as usize,
+            "the trajectory has {k} steps; at most {} are inferred in one run",
+            self.core.max_workgroups
         );
         for (what, bytes) in [
             (
