@@ -1167,6 +1167,7 @@ impl MdpEngine {
         dynamics: &Dynamics,
         chunk: &MdpChunk,
         occ: &OccupancyChunk,
+        partials: &wgpu::Buffer,
     ) -> Vec<[wgpu::BindGroup; 2]> {
         let Some((indptr, rows, probs, _)) = &dynamics.incoming else {
             return Vec::new();
@@ -1188,7 +1189,7 @@ impl MdpEngine {
                             bind(&chunk.policy, w[2].offset, w[2].size),
                             bind(&d[p], w[3].offset, w[3].size),
                             bind(&d[1 - p], w[4].offset, w[4].size),
-                            chunk.checks.partials.as_entire_binding(),
+                            partials.as_entire_binding(),
                             bind(&occ.start, w[4].offset, w[4].size),
                             match occ.weighted {
                                 true => bind(&occ.weights, w[5].offset, w[5].size),
@@ -1220,7 +1221,7 @@ impl MdpEngine {
             stage: MdpStage::Policy,
             ..chunk.key
         });
-        let groups = self.occupancy_groups(dynamics, chunk, occ);
+        let groups = self.occupancy_groups(dynamics, chunk, occ, &chunk.checks.partials);
         let step_policy = self.policy_groups(dynamics, chunk, &v_next);
         let pass = ForwardPass {
             horizon,
@@ -1273,7 +1274,9 @@ impl MdpEngine {
         let dispatch: Vec<[u32; 3]> = occ.layouts.iter().map(|l| l.dispatch).collect();
         let per_task = occ.layouts[0].params.groups_per_task;
         let checks = self.core.checks(n, per_task, &dispatch, options)?;
-        let groups = self.occupancy_groups(dynamics, chunk, occ);
+        // The occupancy's own checks: its bands may need more partials than the backward
+        // pass's, and the pool then hands out a new buffer.
+        let groups = self.occupancy_groups(dynamics, chunk, occ, &checks.partials);
         // The extrapolation runs over the occupancy bands (laid out as the backup's: the same
         // states and dispatch) with no fixed state.
         let extrapolate_bands: Vec<_> = (self.backup_layouts(inputs, n, &occ.bands).iter())
