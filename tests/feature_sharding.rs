@@ -4,27 +4,13 @@
 mod common;
 
 use common::*;
-use softvi::{Backup, Connectivity, GpuContext, GridEngine, Horizon, SolveOptions, solve_sharded};
+use softvi::{Backup, Connectivity, GridEngine, Horizon, SolveOptions, solve_sharded};
 
 #[test]
 fn sharded_solve_matches_single_adapter() {
-    let adapters = GpuContext::adapters(softvi::wgpu::Backends::all()).unwrap();
-    if adapters.len() < 2 {
-        assert!(
-            std::env::var("SOFTVI_REQUIRE_GPU").as_deref() != Ok("1"),
-            "SOFTVI_REQUIRE_GPU=1 but only {} adapter(s): install mesa-vulkan-drivers for a second",
-            adapters.len()
-        );
-        eprintln!(
-            "\n*** SKIPPING SHARDING TEST: {} adapter(s) ***\n",
-            adapters.len()
-        );
+    let Some(contexts) = every_adapter() else {
         return;
-    }
-    let contexts: Vec<GpuContext> = adapters
-        .into_iter()
-        .map(|a| GpuContext::from_adapter(a).unwrap())
-        .collect();
+    };
     let mut engines: Vec<GridEngine> = contexts
         .iter()
         .map(|c| GridEngine::new(c).unwrap())

@@ -8,8 +8,8 @@ mod common;
 use common::*;
 use softvi::world::grid_mdp::GridMdp;
 use softvi::{
-    Connectivity, CpuReference, GpuContext, GpuSolver, GridSolver, Horizon, MdpSolution, MdpSolver,
-    Outputs, ShardedSolver, SolveOptions,
+    Connectivity, CpuReference, GpuSolver, GridSolver, Horizon, MdpSolution, MdpSolver, Outputs,
+    ShardedSolver, SolveOptions,
 };
 
 fn every_output() -> Outputs {
@@ -138,23 +138,9 @@ fn a_grid_as_an_mdp_equals_the_grid() {
 /// a message saying plain solves only.
 #[test]
 fn sharded_solver_equals_one_adapter() {
-    let adapters = GpuContext::adapters(softvi::wgpu::Backends::all()).unwrap();
-    if adapters.len() < 2 {
-        assert!(
-            std::env::var("SOFTVI_REQUIRE_GPU").as_deref() != Ok("1"),
-            "SOFTVI_REQUIRE_GPU=1 but only {} adapter(s)",
-            adapters.len()
-        );
-        eprintln!(
-            "\n*** SKIPPING SHARDED SOLVER TEST: {} adapter(s) ***\n",
-            adapters.len()
-        );
+    let Some(contexts) = every_adapter() else {
         return;
-    }
-    let contexts: Vec<GpuContext> = adapters
-        .into_iter()
-        .map(|a| GpuContext::from_adapter(a).unwrap())
-        .collect();
+    };
     let problem = random_problem(21, 19, 5, Connectivity::Eight, false, 0.1, 2);
     // A finite horizon: every shard runs the same sweeps, so the same kernels on the same
     // task give the same bits (an infinite horizon stops when a shard's batch converges).

@@ -40,6 +40,31 @@ pub fn gpu() -> Option<&'static GpuContext> {
         .as_ref()
 }
 
+/// A context on every adapter of every backend (Vulkan and GL llvmpipe here), or `None` (with
+/// a loud message) when there are fewer than two and `SOFTVI_REQUIRE_GPU` is not `1`; with it
+/// set, fewer than two adapters fail the test.
+pub fn every_adapter() -> Option<Vec<GpuContext>> {
+    let adapters = GpuContext::adapters(softvi::wgpu::Backends::all()).unwrap();
+    if adapters.len() < 2 {
+        assert!(
+            std::env::var("SOFTVI_REQUIRE_GPU").as_deref() != Ok("1"),
+            "SOFTVI_REQUIRE_GPU=1 but only {} adapter(s): install mesa-vulkan-drivers for a second",
+            adapters.len()
+        );
+        eprintln!(
+            "\n*** SKIPPING SEVERAL-ADAPTER TEST: {} adapter(s) ***\n",
+            adapters.len()
+        );
+        return None;
+    }
+    Some(
+        adapters
+            .into_iter()
+            .map(|a| GpuContext::from_adapter(a).unwrap())
+            .collect(),
+    )
+}
+
 /// A GPU engine with the adapter's limits, shared by a test binary (engines are reused
 /// across solves, as in real use).
 pub fn with_engine<R>(f: impl FnOnce(&mut GridEngine) -> R) -> Option<R> {
