@@ -129,7 +129,7 @@ impl Backend {
         match self {
             Backend::Cpu(_) => Ok(None),
             Backend::Gpu(gpu) => Ok(Some(gpu.as_mut())),
-            Backend::Sharded { .. } => self.mdp().map(|_| None),
+            Backend::Sharded { .. } => self.mdp().and(Ok(None)),
         }
     }
 
@@ -142,10 +142,7 @@ impl Backend {
         outputs: Outputs,
         quiet: bool,
     ) -> Result<MdpSolution> {
-        if outputs.all_steps || outputs.occupancy {
-            // Several adapters shard plain solves only.
-            self.mdp()?;
-        }
+        // Several adapters refuse every step and the occupancy before computing anything.
         let mut line = ProgressLine::new(quiet);
         let solved = self
             .grid()

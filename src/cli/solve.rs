@@ -12,7 +12,7 @@ use super::EXIT_DIVERGED;
 use super::backend::{Backend, BackendArg};
 use super::iteration::IterationArgs;
 use super::summary::add_run_json;
-use super::world::{MdpWorld, World, WorldArgs};
+use super::world::{World, WorldArgs};
 use softvi::engine::options::{Horizon, Outputs, SolveOptions};
 use softvi::engine::solution::Solution;
 use softvi::io::npy;
@@ -205,9 +205,9 @@ fn grid_mdp_solve_command(args: &SolveArgs, start: Instant) -> Result<i32> {
         args.occupancy || args.start.is_empty(),
         "--start sets where the occupancy starts: add --occupancy"
     );
-    let mdp_world = MdpWorld::build(&args.world, &args.start)?;
-    let (world, _) = mdp_world.grid.as_ref().expect("a grid world");
-    let starts = &mdp_world.starts;
+    // The solver builds the grid as an MDP where it needs one (and checks the starts there).
+    let world = &args.world.build()?;
+    let starts = world.start_cells(&args.start)?;
     let p = &world.problem;
     let options = args.iteration.options(!args.no_policy)?;
     let outputs = softvi::engine::options::Outputs {

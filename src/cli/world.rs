@@ -246,6 +246,26 @@ impl WorldArgs {
     }
 }
 
+impl World {
+    /// The cells (`row * W + col`) of the --start X,Y flags, each on the map.
+    pub(super) fn start_cells(&self, start: &[String]) -> Result<Vec<usize>> {
+        let grid = &self.problem.grid;
+        start
+            .iter()
+            .map(|text| {
+                let (x, y) = parse_pair(text, ',', "--start")?;
+                ensure!(
+                    x < grid.width && y < grid.height,
+                    "--start X={x},Y={y} is off the {}x{} map",
+                    grid.width,
+                    grid.height
+                );
+                Ok(y * grid.width + x)
+            })
+            .collect()
+    }
+}
+
 /// A world of the command line as a tabular MDP: an `--mdp` file, or a grid batch through
 /// [`softvi::world::grid_mdp::GridMdp`].
 pub(super) struct MdpWorld {
@@ -253,8 +273,6 @@ pub(super) struct MdpWorld {
     pub(super) mdp: softvi::world::mdp::TabularMdp,
     /// The grid world and its cell/state maps, for a grid.
     pub(super) grid: Option<(World, softvi::world::grid_mdp::GridMdp)>,
-    /// Start cells given with --start (`row * W + col`).
-    pub(super) starts: Vec<usize>,
     /// Where the world came from, for summary.json.
     pub(super) source: serde_json::Value,
 }
@@ -273,25 +291,12 @@ impl MdpWorld {
             return Ok(Self {
                 mdp,
                 grid: None,
-                starts: Vec::new(),
                 source,
             });
         }
         let world = args.build()?;
         let p = &world.problem;
-        let starts = start
-            .iter()
-            .map(|text| {
-                let (x, y) = parse_pair(text, ',', "--start")?;
-                ensure!(
-                    x < p.grid.width && y < p.grid.height,
-                    "--start X={x},Y={y} is off the {}x{} map",
-                    p.grid.width,
-                    p.grid.height
-                );
-                Ok(y * p.grid.width + x)
-            })
-            .collect::<Result<Vec<_>>>()?;
+        let starts = world.start_cells(start)?;
         let grid_mdp =
             softvi::world::grid_mdp::GridMdp::new(p, (!starts.is_empty()).then_some(&starts[..]))?;
         let source = json!({
@@ -307,7 +312,6 @@ impl MdpWorld {
         Ok(Self {
             mdp: grid_mdp.mdp.clone(),
             grid: Some((world, grid_mdp)),
-            starts,
             source,
         })
     }
