@@ -3,7 +3,6 @@
 
 use crate::error::Result;
 
-use super::layout::MdpInputs;
 use super::options::SolveOptions;
 use crate::world::grid_mdp::GridMdp;
 use crate::world::mdp::TabularMdp;
@@ -91,6 +90,13 @@ impl Marks<'_> {
                 *x = f32::NEG_INFINITY;
             }
         }
+    }
+
+    /// The f32 values a solve reports from f64 values `[task][t][state]`, marked.
+    pub fn reported(&self, data: &[f64], steps: usize) -> Vec<f32> {
+        let mut values: Vec<f32> = data.iter().map(|&x| x as f32).collect();
+        self.values(&mut values, steps);
+        values
     }
 
     /// Marks policies `[task][t][state][action]`, `steps` per task.
@@ -183,14 +189,6 @@ pub fn check_mdp_solve(mdp: &TabularMdp, options: &SolveOptions) -> Result<()> {
         }
     }
     Ok(())
-}
-
-/// The f32 values a solve reports: -inf on excluded states.
-pub fn reported_values(inputs: &MdpInputs, v: &[f64]) -> Vec<f32> {
-    v.iter()
-        .zip(&inputs.excluded)
-        .map(|(&x, &e)| if e { f32::NEG_INFINITY } else { x as f32 })
-        .collect()
 }
 
 /// The start distribution of each task scaled to a peak of 1, and the scale per task. The

@@ -17,8 +17,8 @@ use crate::engine::schedule::{
     sweep_budget,
 };
 use crate::engine::solution::{
-    Marks, MdpSolution, Occupancy, Solution, Status, TimeSteps, check_mdp_solve, reported_values,
-    scaled_start, task_major,
+    Marks, MdpSolution, Occupancy, Solution, Status, TimeSteps, check_mdp_solve, scaled_start,
+    task_major,
 };
 use crate::world::grid_problem::GridProblem;
 use crate::world::mdp::TabularMdp;
@@ -132,14 +132,13 @@ pub fn solve_cpu_with_progress(
     };
     let mut policy = (options.policy && !status.contains(&Status::Diverged))
         .then(|| grid_policy(&inputs, policy_from));
-    let mut values: Vec<f32> = v.iter().map(|&x| x as f32).collect();
     let marks = Marks {
         states: inputs.cells(),
         free: Some(&inputs.free),
         excluded: &inputs.excluded,
         fixed: &inputs.fixed,
     };
-    marks.values(&mut values, 1);
+    let values = marks.reported(&v, 1);
     if let Some(policy) = policy.as_deref_mut() {
         marks.policy(policy, 1, inputs.action_count);
     }
@@ -230,7 +229,7 @@ pub fn solve_mdp_cpu_with_progress(
             height: 1,
             width: mdp.states,
             action_count: mdp.actions,
-            values: reported_values(&inputs, &v),
+            values: marks.reported(&v, 1),
             policy: policy.filter(|_| options.policy).map(|mut p| {
                 marks.policy(&mut p, 1, mdp.actions);
                 p
@@ -274,7 +273,7 @@ fn forward_steps(
         }
     }
     let steps = outputs.all_steps.then(|| {
-        let values: Vec<Vec<f32>> = history.iter().map(|v| reported_values(inputs, v)).collect();
+        let values: Vec<Vec<f32>> = history.iter().map(|v| marks.reported(v, 1)).collect();
         TimeSteps {
             values: task_major(&values, mdp.tasks),
             policy: options.policy.then(|| {
