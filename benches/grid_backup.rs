@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use softvi::bench::{reference_options, reference_problem};
-use softvi::{GpuContext, Grid, GridEngine, Horizon, solve_cpu};
+use softvi::{GpuContext, Grid, GridEngine, Horizon, Outputs, solve_cpu};
 
 const SWEEPS: u32 = 32;
 
@@ -30,7 +30,7 @@ fn grid_backup(c: &mut Criterion) {
                 b.iter_custom(|iters| {
                     let start = Instant::now();
                     for _ in 0..iters {
-                        engine.solve(&problem, &options).unwrap();
+                        engine.solve(&problem, &options, Outputs::VALUES).unwrap();
                     }
                     start.elapsed()
                 })
@@ -39,7 +39,7 @@ fn grid_backup(c: &mut Criterion) {
             eprintln!("no GPU adapter: only the CPU reference is benchmarked");
         }
         group.bench_function(format!("cpu/maze512-b{tasks}"), |b| {
-            b.iter(|| solve_cpu(&problem, &options).unwrap())
+            b.iter(|| solve_cpu(&problem, &options, Outputs::VALUES).unwrap())
         });
     }
     group.finish();

@@ -1,5 +1,5 @@
 // Soft Bellman backups over a batch of gridworld tasks that share one map.
-// CPU twin: src/reference.rs (`grid_backup`, `grid_policy`, `action_values`, `soft_max`). The
+// CPU twin: src/engine/cpu/grid_backup.rs (`grid_backup`, `grid_policy`, `action_values`, `soft_max`). The
 // rate-extrapolation jump between sweeps is shaders/extrapolate.wgsl.
 //
 // Transitions are never stored: each cell's legal-move bitmask says which moves leave it
@@ -28,6 +28,8 @@ override HARD_MAX: bool = false;
 override HAS_REWARD: bool = true;
 // Whether this sweep writes per-workgroup residual statistics into `partials`.
 override WRITE_RESIDUAL: bool = false;
+// grid_policy writes the soft Q-values themselves instead of pi.
+override WRITE_Q: bool = false;
 
 @group(0) @binding(0) var<uniform> params: GridParams;
 // (row << 16 | quad column, move masks of the quad's 4 cells: byte j = cell 4q + j).
@@ -37,7 +39,7 @@ override WRITE_RESIDUAL: bool = false;
 @group(0) @binding(4) var<storage, read> v_in: array<vec4<f32>>;         // [task][row][quad]
 @group(0) @binding(5) var<storage, read_write> v_out: array<vec4<f32>>;  // [task][row][quad]
 @group(0) @binding(6) var<storage, read_write> partials: array<vec4<f32>>; // [task][group]
-// grid_policy: pi [task][row][col][action].
+// grid_policy: pi (Q with WRITE_Q) [task][row][col][action].
 @group(0) @binding(7) var<storage, read_write> policy: array<f32>;
 
 fn step_cost(a: u32) -> f32 {
@@ -214,8 +216,9 @@ fn grid_backup(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_
 }
 
 // pi(a|s) = exp((Q(s,a) - V(s)) / alpha) from the next values in v_in, written to `policy`;
-// for alpha = 0, one-hot on the first maximising action. Same dispatch as grid_backup; fixed
-// cells and cells of inactive quads are left alone (the host writes NaN there).
+// for alpha = 0, one-hot on the first maximising action; with WRITE_Q, Q(s,a) itself. Same
+// dispatch as grid_backup; fixed cells and cells of inactive quads are left alone (the host
+// writes NaN there).
 @compute @workgroup_size(WORKGROUP_SIZE, 1, 1)
 fn grid_policy(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let q = locate(wid, lid);
@@ -238,7 +241,11 @@ fn grid_policy(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_
         }
         let out_base = (4u * q.out_index + j) * count;
         let values = action_values(successors(top, mid, bot, j, (q.masks >> (8u * j)) & 255u), r4[j]);
-        if HARD_MAX {
+        if WRITE_Q {
+            for (var a = 0u; a < count; a++) {
+                policy[out_base + a] = values[a];
+            }
+        } else if HARD_MAX {
             let tie = tie_threshold(max_value(values));
             var chosen = false;
             for (var a = 0u; a < count; a++) {

@@ -1,6 +1,6 @@
 // One forward (occupancy) step of a batch of gridworld tasks, pulled through the grid's reverse
 // moves: WGSL has no float atomics, so each cell gathers what flows in instead of its sources
-// scattering. CPU twin: src/reference.rs `grid_occupancy`.
+// scattering. CPU twin: src/engine/cpu/grid_occupancy.rs `grid_occupancy`.
 //
 // D_out(c') = gamma * sum over sources c with dest(c, a) = c' of D_in(c) * ((1 - eps) pi(a|c) + eps / |A|)
 //

@@ -1,5 +1,5 @@
 // Soft Bellman backups over a batch of tasks that share the sparse dynamics of a general
-// tabular MDP. CPU twin: src/reference.rs (`mdp_backup`, `mdp_policy`, `mdp_action_values`,
+// tabular MDP. CPU twin: src/engine/cpu/mdp_backup.rs (`mdp_backup`, `mdp_policy`, `mdp_action_values`,
 // `soft_max`). The rate-extrapolation jump between sweeps is shaders/extrapolate.wgsl.
 //
 // Transitions are CSR over rows s * A + a: `indptr[row] .. indptr[row + 1]` index `successors`
@@ -20,6 +20,8 @@ override OPTIMISTIC: bool = false;
 override HARD_MAX: bool = false;
 // Whether this sweep writes per-workgroup residual statistics into `partials`.
 override WRITE_RESIDUAL: bool = false;
+// mdp_policy writes the soft Q-values themselves instead of pi.
+override WRITE_Q: bool = false;
 
 // Keep in sync with `engine::gpu::mdp_engine::MdpParams` (sizes compared in tests/kernel_shader_layout.rs).
 struct MdpParams {
@@ -58,7 +60,7 @@ struct MdpParams {
 @group(0) @binding(6) var<storage, read> v_in: array<f32>;            // [task][state]
 @group(0) @binding(7) var<storage, read_write> v_out: array<f32>;     // [task][state]
 @group(0) @binding(8) var<storage, read_write> partials: array<vec4<f32>>; // [task][group]
-// mdp_policy: pi [task][state][action].
+// mdp_policy: pi (Q with WRITE_Q) [task][state][action].
 @group(0) @binding(9) var<storage, read_write> out: array<f32>;
 
 // One state of one task of the band.
@@ -159,13 +161,14 @@ fn mdp_backup(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_i
 }
 
 // pi(a|s) = exp((Q(s,a) - V(s)) / alpha) from the next values in v_in, written to `out`; for
-// alpha = 0, one-hot on the first maximising action. Q is staged in `out` between the passes.
+// alpha = 0, one-hot on the first maximising action; with WRITE_Q, Q(s, a) itself. Q is staged
+// in `out` between the passes.
 // Same dispatch as mdp_backup. Fixed states get a row of zeros where the CPU twin
 // (`engine::cpu::mdp_policy`) has NaN: mdp_occupancy.wgsl gathers pi * P over every entry
 // without a per-entry stop check, so a stopping state must pass nothing on (the CPU twin of
 // the occupancy checks `fixed` instead), and WGSL has no portable NaN to write (an
 // implementation may assume none occurs). The engine writes NaN over those rows after every
-// policy readback, so its policies equal the CPU's there (tests/mdp_gpu.rs compares where the
+// policy readback, so its policies equal the CPU's there (tests/kernel_mdp_gpu.rs compares where the
 // NaNs are).
 @compute @workgroup_size(WORKGROUP_SIZE, 1, 1)
 fn mdp_policy(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
@@ -186,6 +189,9 @@ fn mdp_policy(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_i
         let q = action_value(item, a);
         out[base + a] = q;
         acc = fold(acc, q);
+    }
+    if WRITE_Q {
+        return;
     }
     if HARD_MAX {
         let tie = tie_threshold(acc.x);

@@ -1,6 +1,6 @@
 // Forward messages of a general tabular MDP: the state occupancy under a policy, pulled over
 // the transitions into each state (WGSL has no float atomics, so no scatter).
-// CPU twin: src/reference.rs `mdp_occupancy`.
+// CPU twin: src/engine/cpu/mdp_occupancy.rs `mdp_occupancy`.
 //
 // d_out(s') = base(s') + gamma * sum over (s, a) -> s' of d_in(s) pi(a|s) P(s'|s,a), where
 // states that stop (terminal, or excluded with gamma = 1) pass nothing on: mdp_policy writes

@@ -1,5 +1,5 @@
 // Exact inference over a discrete set of B tasks from an observed trajectory, in log space.
-// CPU twin: src/reference.rs `task_posterior`.
+// CPU twin: src/engine/cpu/task_posterior.rs `task_posterior`.
 //
 // Observed step k (k = 0..K-1) has a likelihood under task z of
 //   L[k][z] = sum_a weight[k][a] * pi_z(a | s_k),

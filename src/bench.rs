@@ -32,7 +32,6 @@ pub fn reference_options(horizon: Horizon) -> SolveOptions {
         gamma: 0.99,
         backup: Backup::Expected,
         horizon,
-        policy: false,
         extrapolate: true,
     }
 }
@@ -177,7 +176,11 @@ pub fn measure_gpu(
     measure(
         |t| {
             engine
-                .solve(problem, &reference_options(Horizon::Finite(t)))
+                .solve(
+                    problem,
+                    &reference_options(Horizon::Finite(t)),
+                    Outputs::VALUES,
+                )
                 .map(|_| ())
                 .context("GPU bench solve")
         },
@@ -191,7 +194,10 @@ pub fn measure_gpu(
 /// Measures `problem` with the CPU reference over `sweeps` extra sweeps.
 pub fn measure_cpu(problem: &GridProblem, sweeps: u32) -> Result<Measurement> {
     measure(
-        |t| solve_cpu(problem, &reference_options(Horizon::Finite(t))).map(|_| ()),
+        |t| {
+            let options = reference_options(Horizon::Finite(t));
+            solve_cpu(problem, &options, Outputs::VALUES).map(|_| ())
+        },
         grid_updates(problem),
         bytes_per_sweep(problem),
         1,
@@ -370,7 +376,6 @@ pub fn irl_workload() -> Result<IrlWorkload> {
         alpha: 1.0,
         gamma: 1.0,
         horizon: Horizon::Finite(steps as u32),
-        policy: true,
         ..SolveOptions::default()
     };
     let solved = solve_mdp_cpu(
@@ -378,7 +383,7 @@ pub fn irl_workload() -> Result<IrlWorkload> {
         &options,
         Outputs {
             all_steps: true,
-            occupancy: false,
+            ..Outputs::default()
         },
     )?;
     let policy = solved

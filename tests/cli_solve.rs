@@ -386,6 +386,61 @@ fn progress_line_only_on_a_terminal() {
 
 /// `--occupancy` on a grid: [B,H,W] discounted, [B,T+1,H,W] per step with `--horizon`, NaN on
 /// walls, each D_t a distribution without discount; `--start` off the map or on a wall fails.
+/// `--q` writes the soft Q-values `[B,H,W,A]` (`[B,T,H,W,A]` with every step), NaN on walls
+/// and goals, whose soft max is values.npy (alpha 1: `V = log sum_a exp Q`, within 1e-4 of
+/// max(1, |V|), f32 on either backend); with `--no-policy` no policy.npy.
+#[test]
+fn q_flag_writes_soft_q_values() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("out");
+    let map = write(tmp.path(), "small.map", SMALL_MAP.as_bytes());
+    let out_s = out.to_str().unwrap();
+    for backend in ["cpu", "gpu"] {
+        if backend == "gpu" && !gpu_available() {
+            continue;
+        }
+        let base = [
+            "solve",
+            "--map",
+            &map,
+            "--goal",
+            "4,0",
+            "--q",
+            "--backend",
+            backend,
+            "--out",
+            out_s,
+        ];
+        let o = softvi(&base);
+        assert!(o.status.success(), "{}", stderr(&o));
+        let q = npy::read_float(&out.join("q.npy")).unwrap();
+        let v = npy::read_float(&out.join("values.npy")).unwrap();
+        assert_eq!(q.shape, vec![1, 4, 5, 8]);
+        assert!(out.join("policy.npy").exists());
+        for cell in 0..20 {
+            let row = &q.data[cell * 8..cell * 8 + 8];
+            if cell == 4 || v.data[cell].is_nan() {
+                assert!(
+                    row.iter().all(|x| x.is_nan()),
+                    "{backend} cell {cell}: {row:?}"
+                );
+                continue;
+            }
+            let soft_max = row.iter().map(|&x| (x as f64).exp()).sum::<f64>().ln();
+            let want = v.data[cell] as f64;
+            assert!(
+                (soft_max - want).abs() <= 1e-4 * want.abs().max(1.0),
+                "{backend} cell {cell}: log sum exp Q = {soft_max}, V = {want}"
+            );
+        }
+        let o = softvi(&[&base[..], &["--horizon", "3", "--all-steps", "--no-policy"]].concat());
+        assert!(o.status.success(), "{}", stderr(&o));
+        let q = npy::read_float(&out.join("q.npy")).unwrap();
+        assert_eq!(q.shape, vec![1, 3, 4, 5, 8]);
+        assert!(!out.join("policy.npy").exists());
+    }
+}
+
 #[test]
 fn grid_occupancy_from_the_command_line() {
     let tmp = tempfile::tempdir().unwrap();

@@ -72,16 +72,14 @@ fn demos(world: &TabularMdp, features: &[f32], theta: &[f64], episodes: usize, s
     let sets = theta.len() / 3;
     // The true MDP: the world's start (uniform), the true rewards.
     let truth = linear_reward_mdp(world, features, sets, theta).unwrap();
-    let o = SolveOptions {
-        policy: true,
-        ..options()
-    };
+    let o = SolveOptions { ..options() };
     let solved = solve_mdp_cpu(
         &truth,
         &o,
         Outputs {
             all_steps: true,
             occupancy: false,
+            ..Outputs::default()
         },
     )
     .unwrap();

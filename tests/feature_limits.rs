@@ -5,13 +5,15 @@ mod common;
 
 use common::*;
 use softvi::{
-    ActionSet, Backup, Connectivity, Grid, GridProblem, GridTask, Horizon, MoveCost, SolveOptions,
-    Status, solve_cpu,
+    ActionSet, Backup, Connectivity, Grid, GridProblem, GridTask, Horizon, MoveCost, Outputs,
+    SolveOptions, Status, solve_cpu,
 };
 
 fn solve_both(problem: &GridProblem, options: &SolveOptions) -> Vec<softvi::Solution> {
-    let mut out = vec![solve_cpu(problem, options).unwrap()];
-    out.extend(with_engine(|e| e.solve(problem, options).unwrap()));
+    let mut out = vec![solve_cpu(problem, options, Outputs::default()).unwrap()];
+    out.extend(with_engine(|e| {
+        e.solve(problem, options, Outputs::default()).unwrap()
+    }));
     out
 }
 
@@ -32,7 +34,6 @@ fn soft_values_approach_hard_values() {
             tol,
             max_iters: 50_000,
         },
-        policy: false,
         extrapolate: true,
     };
     let hard = solve_both(&problem, &options(0.0));
@@ -93,7 +94,6 @@ fn undiscounted_soft_problem_diverges() {
                 tol: 1e-4,
                 max_iters: 100_000,
             },
-            policy: true,
             extrapolate: true,
         };
         for solution in solve_both(&problem, &options) {
@@ -117,7 +117,6 @@ fn undiscounted_low_temperature_converges() {
             tol: 1e-5,
             max_iters: 100_000,
         },
-        policy: true,
         extrapolate: true,
     };
     let solutions = solve_both(&problem, &options);
@@ -166,7 +165,6 @@ fn unreachable_cells_are_excluded_when_undiscounted() {
                 tol: 1e-6,
                 max_iters: 10_000,
             },
-            policy: true,
             extrapolate: true,
         };
         for s in solve_both(&problem, &options) {

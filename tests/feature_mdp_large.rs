@@ -24,6 +24,7 @@ fn million_state_mdp_solves_with_occupancy() {
     let outputs = Outputs {
         all_steps: false,
         occupancy: true,
+        ..Outputs::default()
     };
     let gpu = MdpEngine::new(ctx)
         .unwrap()

@@ -270,6 +270,7 @@ fn solve_mdp_from_the_command_line() {
             "4",
             "--all-steps",
             "--occupancy",
+            "--q",
             "--gamma",
             "1",
         ]);
@@ -280,9 +281,14 @@ fn solve_mdp_from_the_command_line() {
         let shape = |name: &str| softvi::io::npy::read_float(&out.join(name)).unwrap().shape;
         assert_eq!(shape("values.npy"), vec![2, 5, 3]);
         assert_eq!(shape("policy.npy"), vec![2, 4, 3, 2]);
+        assert_eq!(shape("q.npy"), vec![2, 4, 3, 2]);
         assert_eq!(shape("occupancy.npy"), vec![2, 5, 3]);
         let o = run(&["--backend", backend, "--occupancy"]);
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        assert!(
+            !out.join("q.npy").exists(),
+            "an earlier run's q.npy is removed"
+        );
         assert_eq!(shape("values.npy"), vec![2, 3]);
         assert_eq!(shape("occupancy.npy"), vec![2, 3]);
     }

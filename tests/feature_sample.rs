@@ -30,6 +30,7 @@ fn finite_horizon_visits_match_the_occupancy() {
     let outputs = Outputs {
         all_steps: true,
         occupancy: true,
+        ..Outputs::default()
     };
     for solved in solves(&mdp, &o, outputs) {
         let policy = solved.steps.as_ref().unwrap().policy.as_ref().unwrap();
@@ -95,6 +96,7 @@ fn discounted_visits_match_the_discounted_occupancy() {
     let outputs = Outputs {
         all_steps: false,
         occupancy: true,
+        ..Outputs::default()
     };
     for solved in solves(&mdp, &o, outputs) {
         let policy = solved.solution.policy.as_ref().unwrap();

@@ -4,7 +4,7 @@
 mod common;
 
 use common::*;
-use softvi::{Backup, Connectivity, GridEngine, Horizon, SolveOptions, solve_sharded};
+use softvi::{Backup, Connectivity, GridEngine, Horizon, Outputs, SolveOptions, solve_sharded};
 
 #[test]
 fn sharded_solve_matches_single_adapter() {
@@ -30,11 +30,12 @@ fn sharded_solve_matches_single_adapter() {
             gamma: 0.95,
             backup: Backup::Optimistic,
             horizon,
-            policy: true,
             extrapolate: true,
         };
-        let sharded = solve_sharded(&mut engines, &problem, &options).unwrap();
-        let single = engines[0].solve(&problem, &options).unwrap();
+        let sharded = solve_sharded(&mut engines, &problem, &options, Outputs::default()).unwrap();
+        let single = engines[0]
+            .solve(&problem, &options, Outputs::default())
+            .unwrap();
         assert_eq!(sharded.status, single.status);
         assert_eq!(sharded.unreachable, single.unreachable);
         assert_eq!(sharded.values.len(), single.values.len());

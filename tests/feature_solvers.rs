@@ -14,13 +14,15 @@ use softvi::{
 
 fn every_output() -> Outputs {
     Outputs {
+        policy: true,
+        q: true,
         all_steps: true,
         occupancy: true,
     }
 }
 
-/// Values within `1e-4` relative (f32 over a dozen backups of values up to ~20), the policy
-/// and the occupancy within `1e-4` absolute (probabilities and masses, each <= 1).
+/// Values and Q within `1e-4` relative (f32 over a dozen backups of values up to ~20), the
+/// policy and the occupancy within `1e-4` absolute (probabilities and masses, each <= 1).
 fn assert_close(name: &str, gpu: &MdpSolution, cpu: &MdpSolution) {
     let (g, c) = (&gpu.solution, &cpu.solution);
     assert_eq!((g.height, g.width), (c.height, c.width), "{name}: shape");
@@ -33,16 +35,24 @@ fn assert_close(name: &str, gpu: &MdpSolution, cpu: &MdpSolution) {
         c.policy.is_some(),
         "{name}: policy present"
     );
+    assert_eq!(g.q.is_some(), c.q.is_some(), "{name}: Q present");
+    if let (Some(gq), Some(cq)) = (&g.q, &c.q) {
+        assert!(max_relative_error(gq, cq) < 1e-4, "{name}: Q");
+    }
     match (&gpu.steps, &cpu.steps) {
         (Some(gs), Some(cs)) => {
             assert!(
                 max_relative_error(&gs.values, &cs.values) < 1e-4,
                 "{name}: V_t"
             );
-            assert!(
-                max_abs_error(gs.policy.as_ref().unwrap(), cs.policy.as_ref().unwrap()) < 1e-4,
-                "{name}: pi_t"
-            );
+            assert_eq!(gs.policy.is_some(), cs.policy.is_some(), "{name}: pi_t");
+            if let (Some(gp), Some(cp)) = (&gs.policy, &cs.policy) {
+                assert!(max_abs_error(gp, cp) < 1e-4, "{name}: pi_t");
+            }
+            assert_eq!(gs.q.is_some(), cs.q.is_some(), "{name}: Q_t");
+            if let (Some(gq), Some(cq)) = (&gs.q, &cs.q) {
+                assert!(max_relative_error(gq, cq) < 1e-4, "{name}: Q_t");
+            }
         }
         (None, None) => {}
         _ => panic!("{name}: steps present on one side only"),
@@ -81,7 +91,11 @@ fn grid_solvers_agree_on_every_output() {
             horizon,
             ..SolveOptions::default()
         };
-        for outputs in [Outputs::default(), every_output()] {
+        let q_only = Outputs {
+            policy: false,
+            ..every_output()
+        };
+        for outputs in [Outputs::default(), every_output(), q_only] {
             // Every step exists for a finite horizon only.
             let outputs = Outputs {
                 all_steps: outputs.all_steps && matches!(horizon, Horizon::Finite(_)),
@@ -93,6 +107,8 @@ fn grid_solvers_agree_on_every_output() {
                 .unwrap();
             assert_eq!(cpu.solution.height, 13, "{name}: laid over the map");
             assert_eq!(cpu.occupancy.is_some(), outputs.occupancy, "{name}");
+            assert_eq!(cpu.solution.policy.is_some(), outputs.policy, "{name}");
+            assert_eq!(cpu.solution.q.is_some(), outputs.q, "{name}");
             if let Some(gpu) = gpu.as_mut() {
                 let solved = gpu
                     .solve_grid(&problem, Some(&starts), &options, outputs, &mut |_| {})
@@ -148,24 +164,36 @@ fn sharded_solver_equals_one_adapter() {
         horizon: Horizon::Finite(20),
         ..SolveOptions::default()
     };
+    let plain = Outputs {
+        q: true,
+        ..Outputs::default()
+    };
     let mut single = GpuSolver::new(contexts[0].clone());
     let one = single
-        .solve_grid(&problem, None, &options, Outputs::default(), &mut |_| {})
+        .solve_grid(&problem, None, &options, plain, &mut |_| {})
         .unwrap();
     let mut sharded = ShardedSolver::new(vec![contexts[0].clone(), contexts[0].clone()]).unwrap();
     let both = sharded
-        .solve_grid(&problem, None, &options, Outputs::default(), &mut |_| {})
+        .solve_grid(&problem, None, &options, plain, &mut |_| {})
         .unwrap();
-    assert_eq!(one.solution.values.len(), both.solution.values.len());
-    for (a, b) in one.solution.values.iter().zip(&both.solution.values) {
-        assert!(a.to_bits() == b.to_bits() || (a.is_nan() && b.is_nan()));
+    let (one, both) = (&one.solution, &both.solution);
+    for (x, y) in [
+        (&one.values, &both.values),
+        (one.policy.as_ref().unwrap(), both.policy.as_ref().unwrap()),
+        (one.q.as_ref().unwrap(), both.q.as_ref().unwrap()),
+    ] {
+        assert_eq!(x.len(), y.len());
+        for (a, b) in x.iter().zip(y) {
+            assert!(a.to_bits() == b.to_bits() || (a.is_nan() && b.is_nan()));
+        }
     }
     let mut across = ShardedSolver::new(contexts).unwrap();
     let mixed = across
-        .solve_grid(&problem, None, &options, Outputs::default(), &mut |_| {})
+        .solve_grid(&problem, None, &options, plain, &mut |_| {})
         .unwrap();
     // Different backends may round differently: 1e-5 relative over 20 f32 backups.
-    assert!(max_relative_error(&mixed.solution.values, &one.solution.values) < 1e-5);
+    assert!(max_relative_error(&mixed.solution.values, &one.values) < 1e-5);
+    assert!(max_relative_error(mixed.solution.q.as_ref().unwrap(), one.q.as_ref().unwrap()) < 1e-5);
     let refused = across
         .solve_grid(&problem, None, &options, every_output(), &mut |_| {})
         .unwrap_err();

@@ -16,7 +16,9 @@ mod common;
 use common::*;
 use softvi::engine::cpu::action_values;
 use softvi::engine::layout::GridInputs;
-use softvi::{Backup, Connectivity, EngineOptions, GridProblem, Horizon, SolveOptions, solve_cpu};
+use softvi::{
+    Backup, Connectivity, EngineOptions, GridProblem, Horizon, Outputs, SolveOptions, solve_cpu,
+};
 
 /// Checks that `gpu_policy`'s one-hot actions maximise the reference Q computed from
 /// `v_next` (the values the policy's backup reads).
@@ -60,8 +62,12 @@ fn assert_hard_policy_optimal(
 }
 
 fn compare(problem: &GridProblem, options: &SolveOptions, label: &str) -> Option<(f64, f64)> {
-    let cpu = solve_cpu(problem, options).unwrap();
-    let gpu = with_engine(|e| e.solve(problem, options).unwrap())?;
+    let outputs = Outputs {
+        q: true,
+        ..Outputs::default()
+    };
+    let cpu = solve_cpu(problem, options, outputs).unwrap();
+    let gpu = with_engine(|e| e.solve(problem, options, outputs).unwrap())?;
     assert_eq!(gpu.status, cpu.status, "{label}");
     assert_eq!(gpu.unreachable, cpu.unreachable, "{label}");
     let (value_err, policy_err);
@@ -70,6 +76,9 @@ fn compare(problem: &GridProblem, options: &SolveOptions, label: &str) -> Option
             assert_eq!(gpu.iterations, vec![t; problem.tasks.len()], "{label}");
             value_err = max_relative_error(&gpu.values, &cpu.values);
             assert!(value_err <= 1e-4, "{label}: value error {value_err}");
+            let (gq, cq) = (gpu.q.as_ref().unwrap(), cpu.q.as_ref().unwrap());
+            let q_err = max_relative_error(gq, cq);
+            assert!(q_err <= 1e-4, "{label}: Q error {q_err}");
         }
         Horizon::Infinite { tol, .. } => {
             let g = options.gamma;
@@ -84,6 +93,10 @@ fn compare(problem: &GridProblem, options: &SolveOptions, label: &str) -> Option
                 value_err <= bound,
                 "{label}: value error {value_err} > bound {bound}"
             );
+            // Q = r + gamma E V: within gamma times the value bound.
+            let (gq, cq) = (gpu.q.as_ref().unwrap(), cpu.q.as_ref().unwrap());
+            let q_err = max_abs_error(gq, cq);
+            assert!(q_err <= bound, "{label}: Q error {q_err} > bound {bound}");
             // Identical check schedules: iteration counts agree within one check window,
             // unless tol is near the f32 resolution of V (then the GPU's residual is noisy).
             if tol > 100.0 * f32::EPSILON as f64 * scale {
@@ -99,11 +112,12 @@ fn compare(problem: &GridProblem, options: &SolveOptions, label: &str) -> Option
             Horizon::Finite(t) => {
                 let shorter = SolveOptions {
                     horizon: Horizon::Finite(t - 1),
-                    policy: false,
                     ..*options
                 };
                 if t > 1 {
-                    solve_cpu(problem, &shorter).unwrap().values
+                    solve_cpu(problem, &shorter, Outputs::VALUES)
+                        .unwrap()
+                        .values
                 } else {
                     vec![0.0; cpu.values.len()]
                 }
@@ -160,7 +174,6 @@ fn gpu_matches_reference_across_settings() {
                                 gamma: 0.9,
                                 backup,
                                 horizon,
-                                policy: true,
                                 extrapolate: true,
                             };
                             let label = format!(
@@ -191,7 +204,6 @@ fn large_grid_matches_reference() {
             gamma: 0.99,
             backup,
             horizon: Horizon::Finite(12),
-            policy: true,
             extrapolate: true,
         };
         if let Some((v, p)) = compare(&problem, &options, &format!("517x523 {backup:?}")) {
@@ -250,11 +262,12 @@ fn banding_and_chunking_match_reference() {
                     gamma: 0.9,
                     backup,
                     horizon,
-                    policy: true,
                     extrapolate: true,
                 };
-                let cpu = solve_cpu(&problem, &options).unwrap();
-                let gpu = engine.solve(&problem, &options).unwrap();
+                let cpu = solve_cpu(&problem, &options, Outputs::default()).unwrap();
+                let gpu = engine
+                    .solve(&problem, &options, Outputs::default())
+                    .unwrap();
                 let label = format!("{limit:?} {horizon:?} {backup:?}");
                 assert_eq!(gpu.status, cpu.status, "{label}");
                 let err = max_abs_error(&gpu.values, &cpu.values);
@@ -282,7 +295,9 @@ fn requests_beyond_the_adapter_name_the_limit() {
     let Some(mut engine) = small_engine(tiny_binding) else {
         return;
     };
-    let err = engine.solve(&problem, &options).unwrap_err();
+    let err = engine
+        .solve(&problem, &options, Outputs::default())
+        .unwrap_err();
     match &err {
         softvi::Error::LimitExceeded {
             what,
@@ -300,7 +315,9 @@ fn requests_beyond_the_adapter_name_the_limit() {
         max_buffer_bytes: Some(1 << 14),
     };
     let mut engine = small_engine(tiny_buffer).unwrap();
-    let err = engine.solve(&problem, &options).unwrap_err();
+    let err = engine
+        .solve(&problem, &options, Outputs::default())
+        .unwrap_err();
     assert!(
         matches!(
             &err,

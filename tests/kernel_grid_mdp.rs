@@ -39,7 +39,7 @@ fn grid_as_mdp_solves_like_the_grid() {
                 ..SolveOptions::default()
             };
             let what = format!("case {i} {horizon:?}");
-            let grid = solve_cpu(&problem, &o).unwrap();
+            let grid = solve_cpu(&problem, &o, Outputs::default()).unwrap();
             let cpu = solve_mdp_cpu(&grid_mdp.mdp, &o, Outputs::default()).unwrap();
             let values = grid_mdp.to_cells(&cpu.solution.values, 1);
             let policy = grid_mdp.to_cells(
@@ -96,6 +96,7 @@ fn grid_forward_pass_matches_the_mdp_path() {
         let outputs = Outputs {
             all_steps: true,
             occupancy: true,
+            ..Outputs::default()
         };
         let cpu = solve_mdp_cpu(&grid_mdp.mdp, &o, outputs).unwrap();
         let n = problem.actions.count();
@@ -199,6 +200,7 @@ fn grid_forward_pass_names_the_binding_limit() {
     let outputs = Outputs {
         all_steps: false,
         occupancy: true,
+        ..Outputs::default()
     };
     let error = engine
         .solve_steps(&problem, &o, outputs, &start, &mut |_| {})

@@ -35,8 +35,8 @@ fn max_gap(what: &str, gpu: &[f32], cpu: &[f32]) -> f64 {
     gap
 }
 
-/// Compares every output of two solves; `value_tol` bounds |dV| (value units), `prob_tol`
-/// |dpi| and |dD|.
+/// Compares every output of two solves; `value_tol` bounds |dV| and |dQ| (value units),
+/// `prob_tol` |dpi| and |dD|.
 fn compare(what: &str, gpu: &MdpSolution, cpu: &MdpSolution, value_tol: f64, prob_tol: f64) {
     let (g, c) = (&gpu.solution, &cpu.solution);
     assert_eq!(g.status, c.status, "{what}: status");
@@ -51,6 +51,11 @@ fn compare(what: &str, gpu: &MdpSolution, cpu: &MdpSolution, value_tol: f64, pro
         let dp = max_gap(&format!("{what} policy"), gp, cp);
         assert!(dp <= prob_tol, "{what}: max |dpi| {dp} > {prob_tol}");
     }
+    assert_eq!(g.q.is_some(), c.q.is_some(), "{what}: Q presence");
+    if let (Some(gq), Some(cq)) = (&g.q, &c.q) {
+        let dq = max_gap(&format!("{what} Q"), gq, cq);
+        assert!(dq <= value_tol, "{what}: max |dQ| {dq} > {value_tol}");
+    }
     assert_eq!(
         gpu.steps.is_some(),
         cpu.steps.is_some(),
@@ -62,6 +67,11 @@ fn compare(what: &str, gpu: &MdpSolution, cpu: &MdpSolution, value_tol: f64, pro
         if let (Some(gp), Some(cp)) = (&gs.policy, &cs.policy) {
             let dp = max_gap(&format!("{what} step policy"), gp, cp);
             assert!(dp <= prob_tol, "{what}: steps max |dpi| {dp}");
+        }
+        assert_eq!(gs.q.is_some(), cs.q.is_some(), "{what}: step Q presence");
+        if let (Some(gq), Some(cq)) = (&gs.q, &cs.q) {
+            let dq = max_gap(&format!("{what} step Q"), gq, cq);
+            assert!(dq <= value_tol, "{what}: steps max |dQ| {dq}");
         }
     }
     assert_eq!(
@@ -138,8 +148,9 @@ fn infinite_horizon_matches_reference() {
     // 301 states: not a multiple of the 64-wide workgroup.
     let mdp = common::random_mdp(301, 4, 3, true, 11);
     let outputs = Outputs {
-        all_steps: false,
+        q: true,
         occupancy: true,
+        ..Outputs::default()
     };
     for (alpha, backup) in [
         (0.0, Backup::Expected),
@@ -190,8 +201,10 @@ fn finite_horizon_every_step_matches_reference_and_dense_forward_pass() {
     for (terminals, gamma) in [(false, 1.0), (true, 0.95)] {
         let mdp = common::random_mdp(157, 3, 2, terminals, 5);
         let outputs = Outputs {
+            q: true,
             all_steps: true,
             occupancy: true,
+            ..Outputs::default()
         };
         for (alpha, backup) in [
             (0.1, Backup::Expected),
@@ -312,6 +325,7 @@ fn dead_ends_are_excluded_at_gamma_one() {
         let outputs = Outputs {
             all_steps: false,
             occupancy: true,
+            ..Outputs::default()
         };
         let gpu = engine.solve(&mdp, &o, outputs).unwrap();
         let cpu = solve_mdp_cpu(&mdp, &o, outputs).unwrap();
@@ -347,8 +361,10 @@ fn state_bands_and_task_chunks_match_reference() {
             (
                 Horizon::Finite(6),
                 Outputs {
+                    q: true,
                     all_steps: true,
                     occupancy: true,
+                    ..Outputs::default()
                 },
             ),
             (
@@ -357,8 +373,9 @@ fn state_bands_and_task_chunks_match_reference() {
                     max_iters: 10_000,
                 },
                 Outputs {
-                    all_steps: false,
+                    q: true,
                     occupancy: true,
+                    ..Outputs::default()
                 },
             ),
         ] {

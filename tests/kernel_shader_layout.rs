@@ -42,6 +42,7 @@ const SHADERS: &[Shader] = &[
             ("HAS_REWARD", BOOL),
             ("HARD_MAX", BOOL),
             ("WRITE_RESIDUAL", BOOL),
+            ("WRITE_Q", BOOL),
         ],
     },
     Shader {
@@ -58,6 +59,7 @@ const SHADERS: &[Shader] = &[
             ("OPTIMISTIC", BOOL),
             ("HARD_MAX", BOOL),
             ("WRITE_RESIDUAL", BOOL),
+            ("WRITE_Q", BOOL),
         ],
     },
     Shader {

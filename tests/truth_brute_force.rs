@@ -8,8 +8,8 @@ mod common;
 
 use common::*;
 use softvi::{
-    ActionSet, Backup, Connectivity, Grid, GridProblem, GridTask, Horizon, MoveCost, SolveOptions,
-    solve_cpu,
+    ActionSet, Backup, Connectivity, Grid, GridProblem, GridTask, Horizon, MoveCost, Outputs,
+    SolveOptions, solve_cpu,
 };
 
 const MAP: &str = "type octile\nheight 3\nwidth 4\nmap\n..@.\n....\n.@..\n";
@@ -130,11 +130,10 @@ fn optimistic_finite_horizon_is_the_log_partition() {
                 gamma: 1.0,
                 backup: Backup::Optimistic,
                 horizon: Horizon::Finite(steps),
-                policy: false,
                 extrapolate: true,
             };
-            let cpu = solve_cpu(&p, &options).unwrap();
-            let gpu = with_engine(|e| e.solve(&p, &options).unwrap());
+            let cpu = solve_cpu(&p, &options, Outputs::VALUES).unwrap();
+            let gpu = with_engine(|e| e.solve(&p, &options, Outputs::VALUES).unwrap());
             for &(r, c) in &cells {
                 let truth = enumerate(&grid, goal, &reward, eps, alpha, (r, c), steps);
                 let cpu_v = value_at(&cpu, 0, r, c) as f64;
@@ -169,11 +168,10 @@ fn hard_finite_horizon_is_the_best_trajectory() {
         gamma: 1.0,
         backup: Backup::Expected,
         horizon: Horizon::Finite(6),
-        policy: true,
         extrapolate: true,
     };
-    let cpu = solve_cpu(&p, &options).unwrap();
-    let gpu = with_engine(|e| e.solve(&p, &options).unwrap());
+    let cpu = solve_cpu(&p, &options, Outputs::default()).unwrap();
+    let gpu = with_engine(|e| e.solve(&p, &options, Outputs::default()).unwrap());
     for &(r, c) in &cells {
         let truth = enumerate(&grid, (0, 3), &reward, 0.0, 0.0, (r, c), 6);
         assert!(
@@ -202,10 +200,9 @@ fn soft_value_is_bounded_by_hard_value_and_entropy() {
             gamma: 1.0,
             backup: Backup::Expected,
             horizon: Horizon::Finite(4),
-            policy: false,
             extrapolate: true,
         };
-        let soft = solve_cpu(&p, &options).unwrap();
+        let soft = solve_cpu(&p, &options, Outputs::VALUES).unwrap();
         for &(r, c) in &cells {
             let hard = enumerate(&grid, (0, 3), &reward, 0.0, 0.0, (r, c), 4);
             let v = value_at(&soft, 0, r, c) as f64;

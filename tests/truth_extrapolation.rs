@@ -17,7 +17,6 @@ fn options(gamma: f64, extrapolate: bool, backup: Backup) -> SolveOptions {
             tol: 1e-4,
             max_iters: 100_000,
         },
-        policy: false,
         extrapolate,
     }
 }
@@ -30,9 +29,12 @@ fn extrapolation_cuts_sweeps_and_keeps_the_fixed_point() {
         (0.99, Backup::Expected, 2.5),
         (0.995, Backup::Optimistic, 2.5),
     ] {
-        let plain = solve_cpu(&problem, &options(gamma, false, backup)).unwrap();
-        let fast = solve_cpu(&problem, &options(gamma, true, backup)).unwrap();
-        let gpu = with_engine(|e| e.solve(&problem, &options(gamma, true, backup)).unwrap());
+        let plain = solve_cpu(&problem, &options(gamma, false, backup), Outputs::VALUES).unwrap();
+        let fast = solve_cpu(&problem, &options(gamma, true, backup), Outputs::VALUES).unwrap();
+        let gpu = with_engine(|e| {
+            e.solve(&problem, &options(gamma, true, backup), Outputs::VALUES)
+                .unwrap()
+        });
         let speedup = plain.iterations[0] as f64 / fast.iterations[0] as f64;
         eprintln!(
             "gamma {gamma} {backup:?}: plain {} sweeps, extrapolated {} (cpu) {:?} (gpu)",
@@ -105,9 +107,11 @@ fn bad_jumps_are_rolled_back() {
         gamma: 0.999,
         ..options(0.999, extrapolate, Backup::Expected)
     };
-    let plain = solve_cpu(&problem, &cool(false)).unwrap();
-    let mut solutions = vec![solve_cpu(&problem, &cool(true)).unwrap()];
-    solutions.extend(with_engine(|e| e.solve(&problem, &cool(true)).unwrap()));
+    let plain = solve_cpu(&problem, &cool(false), Outputs::default()).unwrap();
+    let mut solutions = vec![solve_cpu(&problem, &cool(true), Outputs::default()).unwrap()];
+    solutions.extend(with_engine(|e| {
+        e.solve(&problem, &cool(true), Outputs::default()).unwrap()
+    }));
     for s in solutions {
         assert_eq!(s.status, plain.status);
         assert!(
@@ -142,7 +146,6 @@ fn banded_jumps_match_unbanded_bit_for_bit() {
     let cool = |extrapolate| SolveOptions {
         alpha: 0.1,
         gamma: 0.999,
-        policy: true,
         ..options(0.999, extrapolate, Backup::Expected)
     };
     // 127 columns, padded to 128 on the GPU: 16 KiB bindings hold about 30 rows.
@@ -153,9 +156,15 @@ fn banded_jumps_match_unbanded_bit_for_bit() {
     };
     let mut whole = softvi::GridEngine::new(ctx).unwrap();
     let mut banded = softvi::GridEngine::with_options(ctx, small).unwrap();
-    let plain = whole.solve(&problem, &cool(false)).unwrap();
-    let one = whole.solve(&problem, &cool(true)).unwrap();
-    let many = banded.solve(&problem, &cool(true)).unwrap();
+    let plain = whole
+        .solve(&problem, &cool(false), Outputs::default())
+        .unwrap();
+    let one = whole
+        .solve(&problem, &cool(true), Outputs::default())
+        .unwrap();
+    let many = banded
+        .solve(&problem, &cool(true), Outputs::default())
+        .unwrap();
     assert_ne!(one.iterations, plain.iterations, "no jump happened");
     assert_eq!(many.iterations, one.iterations);
     assert_eq!(many.status, one.status);
@@ -171,6 +180,7 @@ fn banded_jumps_match_unbanded_bit_for_bit() {
     let outputs = Outputs {
         all_steps: false,
         occupancy: true,
+        ..Outputs::default()
     };
     let policy_bytes = (mdp.states * mdp.actions * 4) as u64;
     assert!(mdp.nonzeros() as u64 * 4 > 3 * policy_bytes);
@@ -186,7 +196,6 @@ fn banded_jumps_match_unbanded_bit_for_bit() {
     };
     let mut whole = engine(None);
     let warm = |extrapolate| SolveOptions {
-        policy: true,
         ..options(0.99, extrapolate, Backup::Expected)
     };
     let plain = whole.solve(&mdp, &warm(false), outputs).unwrap();

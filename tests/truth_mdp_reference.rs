@@ -2,6 +2,8 @@
 //! dense computation written here from the contract, brute-force enumeration of trajectories,
 //! the Bellman equation at the fixed point, and the gamma = 1 exclusion of dead ends.
 
+mod common;
+
 use std::collections::HashMap;
 
 use rand::rngs::StdRng;
@@ -9,7 +11,7 @@ use rand::{RngExt, SeedableRng};
 use softvi::io::npy::NpyValues;
 use softvi::solve_mdp_cpu;
 use softvi::world::mdp::TabularMdp;
-use softvi::{Backup, Horizon, Outputs, SolveOptions, Status};
+use softvi::{Backup, Horizon, MdpEngine, MdpSolution, Outputs, SolveOptions, Status};
 
 fn array(shape: Vec<usize>, data: Vec<f64>) -> NpyValues {
     NpyValues {
@@ -110,7 +112,6 @@ fn finite_horizon_matches_a_dense_computation() {
                 gamma: 0.95,
                 backup,
                 horizon: Horizon::Finite(7),
-                policy: true,
                 extrapolate: true,
             };
             let solution = solve_mdp_cpu(&mdp, &o, Outputs::default())
@@ -166,7 +167,6 @@ fn optimistic_value_is_the_log_partition_over_trajectories() {
         gamma: 1.0,
         backup: Backup::Optimistic,
         horizon: Horizon::Finite(steps),
-        policy: false,
         extrapolate: true,
     };
     let solution = solve_mdp_cpu(&mdp, &o, Outputs::default())
@@ -216,7 +216,6 @@ fn infinite_horizon_satisfies_the_bellman_equation() {
                 tol: 1e-8,
                 max_iters: 10_000,
             },
-            policy: false,
             extrapolate: true,
         };
         let solution = solve_mdp_cpu(&mdp, &o, Outputs::default())
@@ -266,7 +265,6 @@ fn dead_ends_are_excluded_when_undiscounted() {
             tol: 1e-9,
             max_iters: 1000,
         },
-        policy: true,
         extrapolate: true,
     };
     let s = solve_mdp_cpu(&mdp, &o, Outputs::default())
@@ -289,4 +287,125 @@ fn dead_ends_are_excluded_when_undiscounted() {
     )
     .unwrap_err();
     assert!(err.to_string().contains("needs terminal states"), "{err}");
+}
+
+/// The soft Q-values every solver returns against the dense backup above: `Q_t` of every step
+/// from `V_{t+1}` (finite horizon, the recurrence run here from the terminal values) and the
+/// stationary `Q = r + gamma E V` (expected) or `r + alpha log E exp(gamma V / alpha)`
+/// (optimistic) from the solve's own V; and the policy and values they make,
+/// `pi = exp((Q - V) / alpha)`, `V = alpha log sum_a exp(Q / alpha)`. On the CPU reference
+/// and the GPU. Tolerance 1e-4 relative to max(1, |Q|): f32 storage of values up to ~10.
+#[test]
+fn soft_q_matches_a_dense_computation() {
+    let (mdp, p, r) = random_mdp(7, 3, 2, 21);
+    let (s_n, a_n) = (mdp.states, mdp.actions);
+    let close = |got: f32, want: f64, what: &str| {
+        assert!(
+            (got as f64 - want).abs() <= 1e-4 * want.abs().max(1.0),
+            "{what}: {got} vs {want}"
+        );
+    };
+    for backup in [Backup::Expected, Backup::Optimistic] {
+        for horizon in [
+            Horizon::Finite(5),
+            Horizon::Infinite {
+                tol: 1e-6,
+                max_iters: 10_000,
+            },
+        ] {
+            let finite = matches!(horizon, Horizon::Finite(_));
+            let o = SolveOptions {
+                alpha: 0.5,
+                gamma: 0.9,
+                backup,
+                horizon,
+                extrapolate: true,
+            };
+            let outputs = Outputs {
+                q: true,
+                all_steps: finite,
+                ..Outputs::default()
+            };
+            let mut solved: Vec<(&str, MdpSolution)> =
+                vec![("cpu", solve_mdp_cpu(&mdp, &o, outputs).unwrap())];
+            if let Some(ctx) = common::gpu() {
+                let gpu = MdpEngine::new(ctx)
+                    .unwrap()
+                    .solve(&mdp, &o, outputs)
+                    .unwrap();
+                solved.push(("gpu", gpu));
+            }
+            for (name, solved) in &solved {
+                let solution = &solved.solution;
+                let q = solution.q.as_ref().unwrap();
+                let pi = solution.policy.as_ref().unwrap();
+                for t in 0..2 {
+                    let what = format!("{name} {backup:?} {horizon:?} task {t}");
+                    // Q_0 (and Q_t of every step) from the recurrence, or Q from the solve's V.
+                    let truth: Vec<Vec<f64>> = if finite {
+                        let mut next: Vec<f64> = (0..s_n)
+                            .map(|s| mdp.terminal_value[t * s_n + s] as f64)
+                            .collect();
+                        let mut all = Vec::new();
+                        for _ in 0..5 {
+                            let (v, q) = dense_backup(&mdp, &p, &r, t, &next, &o);
+                            all.push(q);
+                            next = v;
+                        }
+                        all.reverse();
+                        all
+                    } else {
+                        let v: Vec<f64> = solution.values[t * s_n..(t + 1) * s_n]
+                            .iter()
+                            .map(|&x| x as f64)
+                            .collect();
+                        vec![dense_backup(&mdp, &p, &r, t, &v, &o).1]
+                    };
+                    for s in 0..s_n {
+                        let row = (t * s_n + s) * a_n;
+                        if mdp.terminal[t * s_n + s] {
+                            assert!(q[row..row + a_n].iter().all(|x| x.is_nan()), "{what}");
+                            continue;
+                        }
+                        let v = solution.values[t * s_n + s] as f64;
+                        let qs = &q[row..row + a_n];
+                        let soft_max = o.alpha
+                            * qs.iter()
+                                .map(|&x| (x as f64 / o.alpha).exp())
+                                .sum::<f64>()
+                                .ln();
+                        close(
+                            v as f32,
+                            soft_max,
+                            &format!("{what} s {s}: V vs soft max Q"),
+                        );
+                        for a in 0..a_n {
+                            close(qs[a], truth[0][s * a_n + a], &format!("{what} Q({s},{a})"));
+                            let want = ((qs[a] as f64 - v) / o.alpha).exp();
+                            assert!(
+                                (pi[row + a] as f64 - want).abs() <= 1e-4,
+                                "{what} pi({a}|{s}): {} vs {want}",
+                                pi[row + a]
+                            );
+                        }
+                    }
+                    if let Some(steps) = &solved.steps {
+                        let q_t = steps.q.as_ref().unwrap();
+                        for (k, want) in truth.iter().enumerate() {
+                            for s in (0..s_n).filter(|&s| !mdp.terminal[t * s_n + s]) {
+                                for a in 0..a_n {
+                                    let got = q_t[((t * 5 + k) * s_n + s) * a_n + a];
+                                    close(
+                                        got,
+                                        want[s * a_n + a],
+                                        &format!("{what} Q_{k}({s},{a})"),
+                                    );
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
 }

@@ -8,8 +8,8 @@ mod common;
 
 use common::*;
 use softvi::{
-    ActionSet, Backup, Connectivity, Grid, GridProblem, GridTask, Horizon, MoveCost, SolveOptions,
-    solve_cpu,
+    ActionSet, Backup, Connectivity, Grid, GridProblem, GridTask, Horizon, MoveCost, Outputs,
+    SolveOptions, solve_cpu,
 };
 
 /// Returns the number of unreachable cells summed over the goals.
@@ -42,11 +42,10 @@ fn check_map(name: &str, goals: &[(usize, usize)]) -> usize {
             tol: 1e-6,
             max_iters: 100_000,
         },
-        policy: false,
         extrapolate: true,
     };
-    let cpu = solve_cpu(&problem, &options).unwrap();
-    let gpu = with_engine(|e| e.solve(&problem, &options).unwrap());
+    let cpu = solve_cpu(&problem, &options, Outputs::VALUES).unwrap();
+    let gpu = with_engine(|e| e.solve(&problem, &options, Outputs::VALUES).unwrap());
     let mut worst = 0.0f64;
     let mut total_unreachable = 0;
     for (t, &(x, y)) in goals.iter().enumerate() {

@@ -327,15 +327,13 @@ pub fn gradient(
     let finite = matches!(options.horizon, Horizon::Finite(_));
     // A finite horizon needs V_t of every step for the likelihood; the forward pass makes its
     // own pi_t, so no policy is read back.
-    let solve_options = SolveOptions {
-        policy: !finite,
-        ..*options
-    };
     let outputs = Outputs {
+        policy: !finite,
         all_steps: finite,
         occupancy: true,
+        ..Outputs::VALUES
     };
-    let solved = solver.solve_mdp(&mdp, &solve_options, outputs, &mut |_| {})?;
+    let solved = solver.solve_mdp(&mdp, options, outputs, &mut |_| {})?;
     ensure!(
         !solved.solution.status.contains(&Status::Diverged),
         "the soft value iteration diverged at this theta; lower the learning rate or use \

@@ -205,8 +205,8 @@ fn bench_mdp(args: &BenchArgs, ctx: &GpuContext) -> Result<()> {
         max_iters: 100_000,
     });
     let outputs = softvi::engine::options::Outputs {
-        all_steps: false,
         occupancy: true,
+        ..softvi::engine::options::Outputs::VALUES
     };
     let end_to_end = |backend: &str,
                       solve: &mut dyn FnMut() -> softvi::Result<
@@ -275,7 +275,6 @@ fn bench_irl(args: &BenchArgs, ctx: &GpuContext) -> Result<()> {
             alpha: 1.0,
             gamma: 1.0,
             horizon: Horizon::Finite(demos.steps as u32),
-            policy: false,
             ..SolveOptions::default()
         },
         learning_rate: 0.05,

@@ -136,11 +136,11 @@ pub(super) fn infer_command(args: &InferArgs) -> Result<i32> {
             array.data.iter().map(|&x| x as f64).collect()
         }
     };
-    let options = args.iteration.options(true)?;
+    let options = args.iteration.options()?;
     let finite = matches!(options.horizon, Horizon::Finite(_));
     let outputs = Outputs {
         all_steps: finite,
-        occupancy: false,
+        ..Outputs::default()
     };
     let mut backend = Backend::open(args.iteration.backend, &args.iteration.adapters)?;
     let solved = backend.solve_mdp(&world.mdp, &options, outputs, args.quiet)?;

@@ -211,7 +211,6 @@ pub(super) fn irl_command(args: &IrlArgs) -> Result<i32> {
             BackupArg::Optimistic => Backup::Optimistic,
         },
         horizon,
-        policy: false,
         extrapolate: true,
     };
     let options = IrlOptions {

@@ -50,7 +50,7 @@ pub(super) struct IterationArgs {
 
 impl IterationArgs {
     /// The solve settings, validated.
-    pub(super) fn options(&self, policy: bool) -> Result<SolveOptions> {
+    pub(super) fn options(&self) -> Result<SolveOptions> {
         let horizon = match self.horizon {
             Some(t) => Horizon::Finite(t),
             None => Horizon::Infinite {
@@ -68,7 +68,6 @@ impl IterationArgs {
             gamma: self.gamma,
             backup,
             horizon,
-            policy,
         };
         options.validate()?;
         Ok(options)

@@ -50,7 +50,7 @@ pub(super) struct SampleArgs {
 pub(super) fn sample_command(args: &SampleArgs) -> Result<i32> {
     let start = Instant::now();
     let world = MdpWorld::build(&args.world, &args.start)?;
-    let options = args.iteration.options(true)?;
+    let options = args.iteration.options()?;
     ensure!(args.episodes >= 1, "--episodes must be at least 1");
     let steps = match (args.steps, options.horizon) {
         (Some(t), Horizon::Finite(h)) => {
@@ -68,7 +68,7 @@ pub(super) fn sample_command(args: &SampleArgs) -> Result<i32> {
     let finite = matches!(options.horizon, Horizon::Finite(_));
     let outputs = softvi::engine::options::Outputs {
         all_steps: finite,
-        occupancy: false,
+        ..Default::default()
     };
     let mut backend = Backend::open(args.iteration.backend, &args.iteration.adapters)?;
     let solved = backend.solve_mdp(&world.mdp, &options, outputs, args.quiet)?;

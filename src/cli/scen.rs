@@ -92,11 +92,10 @@ pub(super) fn scen_command(args: &ScenArgs) -> Result<i32> {
             tol: args.tol,
             max_iters: 10_000_000,
         },
-        policy: false,
         extrapolate: true,
     };
     let solution = Backend::open(args.backend, &args.adapters)?
-        .solve_grid(&problem, None, &options, Outputs::default(), args.quiet)?
+        .solve_grid(&problem, None, &options, Outputs::VALUES, args.quiet)?
         .solution;
     if solution.diverged() {
         bail!(

@@ -24,14 +24,18 @@ pub(super) struct SolveArgs {
     world: WorldArgs,
     #[command(flatten)]
     iteration: IterationArgs,
-    /// Output folder: values.npy, policy.npy, summary.json.
+    /// Output folder: values.npy, policy.npy, summary.json (and q.npy, occupancy.npy as asked).
     #[arg(long, value_name = "DIR")]
     out: PathBuf,
     /// Skip policy.npy (for huge worlds).
     #[arg(long)]
     no_policy: bool,
+    /// Also write q.npy, the soft Q-values Q(s,a) the policy is made from (value units):
+    /// [B,...,A], or Q_0..Q_{T-1} [B,T,...,A] with --all-steps; NaN where the policy is.
+    #[arg(long = "q")]
+    q: bool,
     /// With --horizon T: keep every step, values.npy [B,T+1,...] (V_0..V_T) and policy.npy
-    /// [B,T,...,A] (pi_0..pi_{T-1}).
+    /// [B,T,...,A] (pi_0..pi_{T-1}; q.npy likewise).
     #[arg(long, requires = "horizon")]
     all_steps: bool,
     /// Also write occupancy.npy, the state occupancy under the soft-optimal policy: D_0..D_T
@@ -54,6 +58,16 @@ pub(super) struct SolveArgs {
     quiet: bool,
 }
 
+/// What `args` asks a solve to return beyond the values.
+fn outputs(args: &SolveArgs) -> Outputs {
+    Outputs {
+        policy: !args.no_policy,
+        q: args.q,
+        all_steps: args.all_steps,
+        occupancy: args.occupancy,
+    }
+}
+
 /// `softvi solve`. Returns the process exit code.
 pub(super) fn solve_command(args: &SolveArgs) -> Result<i32> {
     if let Some(path) = &args.world.mdp {
@@ -64,16 +78,10 @@ pub(super) fn solve_command(args: &SolveArgs) -> Result<i32> {
         return grid_mdp_solve_command(args, start);
     }
     let world = args.world.build()?;
-    let options = args.iteration.options(!args.no_policy)?;
+    let options = args.iteration.options()?;
     let mut backend = Backend::open(args.iteration.backend, &args.iteration.adapters)?;
     let solution = backend
-        .solve_grid(
-            &world.problem,
-            None,
-            &options,
-            Outputs::default(),
-            args.quiet,
-        )?
+        .solve_grid(&world.problem, None, &options, outputs(args), args.quiet)?
         .solution;
     let adapter = backend.adapter_json();
     let seconds = start.elapsed().as_secs_f64();
@@ -105,15 +113,12 @@ pub(super) fn solve_command(args: &SolveArgs) -> Result<i32> {
 fn mdp_solve_command(args: &SolveArgs, path: &Path) -> Result<i32> {
     let start = Instant::now();
     let mdp = softvi::world::mdp::TabularMdp::load_npz(path)?;
-    let options = args.iteration.options(!args.no_policy)?;
+    let options = args.iteration.options()?;
     ensure!(
         args.png.is_none(),
         "--png draws grid worlds only, not --mdp"
     );
-    let outputs = softvi::engine::options::Outputs {
-        all_steps: args.all_steps,
-        occupancy: args.occupancy,
-    };
+    let outputs = outputs(args);
     let mut backend = Backend::open(args.iteration.backend, &args.iteration.adapters)?;
     let solved = backend.solve_mdp(&mdp, &options, outputs, args.quiet)?;
     let adapter = backend.adapter_json();
@@ -136,6 +141,8 @@ fn mdp_solve_command(args: &SolveArgs, path: &Path) -> Result<i32> {
                 else { "float32 [task][state]; -inf where no terminal is reachable (gamma = 1)" },
             "policy": if steps { "float32 [task][t][state][action], t = 0..T-1; NaN on terminal and such states" }
                 else { "float32 [task][state][action]; NaN on terminal and such states" },
+            "q": if steps { "float32 [task][t][state][action], t = 0..T-1, soft Q-values; NaN where the policy is" }
+                else { "float32 [task][state][action], soft Q-values; NaN where the policy is" },
             "occupancy": match options.horizon {
                 Horizon::Finite(_) => "float32 [task][t][state], D_0..D_T",
                 Horizon::Infinite { .. } => "float32 [task][state], sum_t gamma^t D_t",
@@ -209,11 +216,8 @@ fn grid_mdp_solve_command(args: &SolveArgs, start: Instant) -> Result<i32> {
     let world = &args.world.build()?;
     let starts = world.start_cells(&args.start)?;
     let p = &world.problem;
-    let options = args.iteration.options(!args.no_policy)?;
-    let outputs = softvi::engine::options::Outputs {
-        all_steps: args.all_steps,
-        occupancy: args.occupancy,
-    };
+    let options = args.iteration.options()?;
+    let outputs = outputs(args);
     let mut backend = Backend::open(args.iteration.backend, &args.iteration.adapters)?;
     let starts_given = (!starts.is_empty()).then_some(&starts[..]);
     let solved = backend.solve_grid(p, starts_given, &options, outputs, args.quiet)?;
@@ -239,6 +243,9 @@ fn grid_mdp_solve_command(args: &SolveArgs, start: Instant) -> Result<i32> {
         summary["layout"]["values"] = json!("float32 [task][t][row][col], t = 0..T; NaN blocked");
         summary["layout"]["policy"] =
             json!("float32 [task][t][row][col][action], t = 0..T-1; NaN blocked, terminal");
+        summary["layout"]["q"] = json!(
+            "float32 [task][t][row][col][action], t = 0..T-1, soft Q-values; NaN where the policy is"
+        );
     }
     if let Some(d) = &solved.occupancy {
         summary["layout"]["occupancy"] = json!(if d.steps > 1 {
@@ -416,6 +423,7 @@ fn summary_json(
         "layout": {
             "values": "float32 [task][row][col]; NaN blocked, -inf unreachable (gamma = 1)",
             "policy": "float32 [task][row][col][action]; NaN blocked, terminal, unreachable",
+            "q": "float32 [task][row][col][action], soft Q-values; NaN where the policy is",
         },
     });
     add_run_json(&mut summary, options, solution, seconds);
@@ -461,13 +469,19 @@ fn write_solve_folder(
     write_folder(
         out,
         &files,
-        &["summary.json", "values.npy", "policy.npy", "occupancy.npy"],
+        &[
+            "summary.json",
+            "values.npy",
+            "policy.npy",
+            "q.npy",
+            "occupancy.npy",
+        ],
     )?;
     Ok(())
 }
 
-/// The arrays of a solve's folder: `values.npy` and `policy.npy` of shape `[B, *state_shape]`
-/// (`[B, T+1, ...]` / `[B, T, ...]` with every step) and `occupancy.npy`.
+/// The arrays of a solve's folder: `values.npy`, `policy.npy` and `q.npy` of shape
+/// `[B, *state_shape]` (`[B, T+1, ...]` / `[B, T, ...]` with every step) and `occupancy.npy`.
 fn solve_arrays<'a>(
     solution: &'a Solution,
     steps: Option<&'a softvi::engine::solution::TimeSteps>,
@@ -485,11 +499,17 @@ fn solve_arrays<'a>(
             if let Some(p) = &steps.policy {
                 arrays.push(("policy.npy", with(&[t - 1], &a), &p[..]));
             }
+            if let Some(q) = &steps.q {
+                arrays.push(("q.npy", with(&[t - 1], &a), &q[..]));
+            }
         }
         None => {
             arrays.push(("values.npy", with(&[], &[]), &solution.values[..]));
             if let Some(p) = &solution.policy {
                 arrays.push(("policy.npy", with(&[], &a), &p[..]));
+            }
+            if let Some(q) = &solution.q {
+                arrays.push(("q.npy", with(&[], &a), &q[..]));
             }
         }
     }

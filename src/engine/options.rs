@@ -58,8 +58,6 @@ pub struct SolveOptions {
     pub backup: Backup,
     /// Finite or infinite horizon.
     pub horizon: Horizon,
-    /// Whether to compute the policy at the end.
-    pub policy: bool,
     /// Infinite horizon with alpha > 0: extrapolate along the slowest mode once its
     /// convergence rate has settled (see `schedule::RateExtrapolator`). `false` is plain
     /// Jacobi value iteration.
@@ -76,7 +74,6 @@ impl Default for SolveOptions {
                 tol: 1e-4,
                 max_iters: 100_000,
             },
-            policy: true,
             extrapolate: true,
         }
     }
@@ -132,12 +129,58 @@ impl SolveOptions {
     }
 }
 
-/// What a solve returns beyond `V_0` and `pi_0` (or the stationary V and pi); every solver
-/// ([`super::solver::GridSolver`], [`super::solver::MdpSolver`]) honours it.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+/// What a solve returns beyond the values `V_0` (or the stationary V); every solver
+/// ([`super::solver::GridSolver`], [`super::solver::MdpSolver`]) honours it. The default asks
+/// for the policy only.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Outputs {
-    /// Finite horizon: keep every step, `V_0..V_T` and `pi_0..pi_{T-1}`.
+    /// The policy `pi_0(a|s) = exp((Q_0(s,a) - V_0(s)) / alpha)` (or the stationary one).
+    pub policy: bool,
+    /// The soft Q-values `Q_0(s,a)` (or the stationary Q) the policy is made from, in value
+    /// units: what a soft Q-learning user compares against.
+    pub q: bool,
+    /// Finite horizon: keep every step, `V_0..V_T` and (as asked) `pi_0..pi_{T-1}`,
+    /// `Q_0..Q_{T-1}`.
     pub all_steps: bool,
     /// The forward messages: state occupancy under the soft-optimal policy.
     pub occupancy: bool,
+}
+
+impl Default for Outputs {
+    fn default() -> Self {
+        Self {
+            policy: true,
+            q: false,
+            all_steps: false,
+            occupancy: false,
+        }
+    }
+}
+
+impl Outputs {
+    /// The values alone: no policy, Q, steps or occupancy.
+    pub const VALUES: Outputs = Outputs {
+        policy: false,
+        q: false,
+        all_steps: false,
+        occupancy: false,
+    };
+
+    /// Whether a grid solve needs a forward pass over the map (every step or the occupancy),
+    /// beyond the plain backward iteration.
+    pub fn needs_steps(&self) -> bool {
+        self.all_steps || self.occupancy
+    }
+
+    /// Refuses what a plain grid solve ([`crate::solve_cpu`], [`crate::GridEngine::solve`])
+    /// cannot give: every step and the occupancy of a grid come through
+    /// [`crate::GridSolver::solve_grid`].
+    pub fn ensure_plain(&self) -> Result<()> {
+        ensure!(
+            !self.needs_steps(),
+            "a plain grid solve keeps neither every step nor the occupancy; solve through \
+             GridSolver::solve_grid for those"
+        );
+        Ok(())
+    }
 }

@@ -46,6 +46,9 @@ pub struct Solution {
     pub values: Vec<f32>,
     /// `pi(a|s)`, `[task][row][col][action]`; NaN on blocked, terminal and excluded cells.
     pub policy: Option<Vec<f32>>,
+    /// Soft Q-values `Q(s,a)` (value units) the policy is made from,
+    /// `[task][row][col][action]`; NaN where the policy is.
+    pub q: Option<Vec<f32>>,
     /// Backups applied, per task.
     pub iterations: Vec<u32>,
     /// `max_s |V_new - V_old|` of the last checked sweep, per task.
@@ -99,7 +102,7 @@ impl Marks<'_> {
         values
     }
 
-    /// Marks policies `[task][t][state][action]`, `steps` per task.
+    /// Marks policies or Q-values `[task][t][state][action]`, `steps` per task.
     pub fn policy(&self, data: &mut [f32], steps: usize, actions: usize) {
         for (i, row) in data.chunks_exact_mut(actions).enumerate() {
             let task = i / (steps * self.states);
@@ -128,6 +131,8 @@ pub struct TimeSteps {
     pub values: Vec<f32>,
     /// `pi_0..pi_{T-1}`, `[task][t][state][action]` (T steps), when the policy was asked for.
     pub policy: Option<Vec<f32>>,
+    /// `Q_0..Q_{T-1}`, `[task][t][state][action]` (T steps), when Q was asked for.
+    pub q: Option<Vec<f32>>,
 }
 
 /// State occupancy under the soft-optimal policy (the forward messages).
@@ -244,9 +249,11 @@ impl MdpSolution {
         solution.width = width;
         solution.values = map(&solution.values, 1);
         solution.policy = solution.policy.as_ref().map(|p| map(p, n));
+        solution.q = solution.q.as_ref().map(|q| map(q, n));
         if let Some(steps) = &mut self.steps {
             steps.values = map(&steps.values, 1);
             steps.policy = steps.policy.as_ref().map(|p| map(p, n));
+            steps.q = steps.q.as_ref().map(|q| map(q, n));
         }
         if let Some(d) = &mut self.occupancy {
             d.values = map(&d.values, 1);

@@ -54,11 +54,6 @@ pub trait GridSolver {
     ) -> Result<MdpSolution>;
 }
 
-/// Whether a grid solve needs the grid as a tabular MDP (every step, or the occupancy).
-fn needs_steps(outputs: Outputs) -> bool {
-    outputs.all_steps || outputs.occupancy
-}
-
 /// A grid batch solved as a tabular MDP over its free cells by `solver`, laid back onto the
 /// map: how every step and the occupancy of a grid are computed where the grid kernels do not.
 fn solve_as_mdp(
@@ -108,9 +103,9 @@ impl GridSolver for CpuReference {
         outputs: Outputs,
         progress: &mut dyn FnMut(&Progress),
     ) -> Result<MdpSolution> {
-        if !needs_steps(outputs) {
+        if !outputs.needs_steps() {
             return Ok(MdpSolution::plain(solve_cpu_with_progress(
-                problem, options, progress,
+                problem, options, outputs, progress,
             )?));
         }
         solve_as_mdp(self, problem, starts, options, outputs, progress)
@@ -205,10 +200,10 @@ impl GridSolver for GpuSolver {
         outputs: Outputs,
         progress: &mut dyn FnMut(&Progress),
     ) -> Result<MdpSolution> {
-        if !needs_steps(outputs) {
+        if !outputs.needs_steps() {
             return Ok(MdpSolution::plain(
                 self.grid_engine()?
-                    .solve_with_progress(problem, options, progress)?,
+                    .solve_with_progress(problem, options, outputs, progress)?,
             ));
         }
         if matches!(options.horizon, Horizon::Finite(_)) {
@@ -261,7 +256,7 @@ impl GridSolver for ShardedSolver {
         _progress: &mut dyn FnMut(&Progress),
     ) -> Result<MdpSolution> {
         ensure!(
-            !needs_steps(outputs),
+            !outputs.needs_steps(),
             "several adapters (--adapters) shard plain grid solves only; every step and the \
              occupancy run on one adapter"
         );
@@ -273,6 +268,7 @@ impl GridSolver for ShardedSolver {
             &mut engines,
             problem,
             options,
+            outputs,
         )?))
     }
 }

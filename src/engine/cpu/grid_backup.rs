@@ -74,10 +74,10 @@ pub fn grid_backup(inputs: &GridInputs, v_in: &[f64], v_out: &mut [f64]) -> Vec<
 
 /// `pi(a|s) = exp((Q(s,a) - V(s)) / alpha)` from the next values `v_in`, written as
 /// `[task][row][col][action]`; one-hot on the first maximising action (ties within
-/// [`super::TIE_RELATIVE`]) when alpha = 0. Fixed cells get a row of zeros, as the kernel leaves
-/// them (they take no action); solutions report NaN there
-/// ([`crate::engine::solution::Marks`]).
-pub fn grid_policy(inputs: &GridInputs, v_in: &[f64]) -> Vec<f32> {
+/// [`super::TIE_RELATIVE`]) when alpha = 0; with `write_q` (the kernel's `WRITE_Q`) the soft
+/// Q-values themselves. Fixed cells get a row of zeros, as the kernel leaves them (they take no
+/// action); solutions report NaN there ([`crate::engine::solution::Marks`]).
+pub fn grid_policy(inputs: &GridInputs, v_in: &[f64], write_q: bool) -> Vec<f32> {
     let cells = inputs.cells();
     let n_actions = inputs.action_count;
     let mut policy = vec![0.0f32; inputs.tasks * cells * n_actions];
@@ -92,6 +92,7 @@ pub fn grid_policy(inputs: &GridInputs, v_in: &[f64]) -> Vec<f32> {
             write_policy(
                 inputs.alpha,
                 &q,
+                write_q,
                 &mut policy[index * n_actions..(index + 1) * n_actions],
             );
         }

@@ -95,11 +95,11 @@ pub fn mdp_backup(inputs: &MdpInputs, v_in: &[f64], v_out: &mut [f64]) -> Vec<Sw
 }
 
 /// `pi(a|s)` of a general MDP from the next values `v_in`, `[task][state][action]`; one-hot
-/// on the first maximising action (ties within [`super::TIE_RELATIVE`]) when alpha = 0. Fixed
-/// states get a row of zeros, as the kernel writes them (they pass no mass on in the forward
-/// pull); solutions report NaN there
-/// ([`crate::engine::solution::Marks`]).
-pub fn mdp_policy(inputs: &MdpInputs, v_in: &[f64]) -> Vec<f32> {
+/// on the first maximising action (ties within [`super::TIE_RELATIVE`]) when alpha = 0; with
+/// `write_q` (the kernel's `WRITE_Q`) the soft Q-values themselves. Fixed states get a row of
+/// zeros, as the kernel writes them (they pass no mass on in the forward pull); solutions
+/// report NaN there ([`crate::engine::solution::Marks`]).
+pub fn mdp_policy(inputs: &MdpInputs, v_in: &[f64], write_q: bool) -> Vec<f32> {
     let mdp = inputs.mdp;
     let n = mdp.actions;
     let mut policy = vec![0.0f32; mdp.tasks * mdp.states * n];
@@ -111,7 +111,12 @@ pub fn mdp_policy(inputs: &MdpInputs, v_in: &[f64]) -> Vec<f32> {
                 continue;
             }
             mdp_action_values(inputs, task, s, v_in, &mut q);
-            write_policy(inputs.alpha, &q, &mut policy[index * n..(index + 1) * n]);
+            write_policy(
+                inputs.alpha,
+                &q,
+                write_q,
+                &mut policy[index * n..(index + 1) * n],
+            );
         }
     }
     policy

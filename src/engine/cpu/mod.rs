@@ -3,11 +3,12 @@
 //! path, and `--backend cpu` runs them through the drivers in [`solve`].
 //!
 //! `shaders/grid_backup.wgsl::grid_backup` <-> [`grid_backup::grid_backup`],
-//! `shaders/grid_backup.wgsl::grid_policy` <-> [`grid_backup::grid_policy`],
+//! `shaders/grid_backup.wgsl::grid_policy` <-> [`grid_backup::grid_policy`] (Q with
+//! `WRITE_Q`),
 //! `shaders/extrapolate.wgsl::extrapolate` <-> [`extrapolate::extrapolate`],
 //! `shaders/grid_occupancy.wgsl::grid_occupancy` <-> [`grid_occupancy::grid_occupancy`],
 //! `shaders/mdp_backup.wgsl::mdp_backup` <-> [`mdp_backup::mdp_backup`],
-//! `shaders/mdp_backup.wgsl::mdp_policy` <-> [`mdp_backup::mdp_policy`],
+//! `shaders/mdp_backup.wgsl::mdp_policy` <-> [`mdp_backup::mdp_policy`] (Q with `WRITE_Q`),
 //! `shaders/mdp_occupancy.wgsl::mdp_occupancy` <-> [`mdp_occupancy::mdp_occupancy`],
 //! `shaders/mdp_occupancy.wgsl::mdp_occupancy_weights` <-> [`mdp_occupancy::mdp_occupancy_weights`],
 //! `shaders/task_posterior.wgsl` <-> [`task_posterior::task_posterior`],
@@ -50,9 +51,14 @@ pub fn soft_max(alpha: f64, q: &[f64]) -> f64 {
 }
 
 /// `pi = exp((Q - V) / alpha)` with V the soft max of `q`, or one-hot on the first maximiser
-/// (ties within [`TIE_RELATIVE`]) when alpha = 0.
-pub(crate) fn write_policy(alpha: f64, q: &[f64], out: &mut [f32]) {
-    if alpha == 0.0 {
+/// (ties within [`TIE_RELATIVE`]) when alpha = 0; `q` itself when `write_q` (the kernels'
+/// `WRITE_Q`).
+pub(crate) fn write_policy(alpha: f64, q: &[f64], write_q: bool, out: &mut [f32]) {
+    if write_q {
+        for (x, &qa) in out.iter_mut().zip(q) {
+            *x = qa as f32;
+        }
+    } else if alpha == 0.0 {
         let top = q.iter().copied().fold(f64::NEG_INFINITY, f64::max);
         let tie = top - TIE_RELATIVE * top.abs().max(1.0);
         let first = q.iter().position(|&x| x >= tie).unwrap_or(0);

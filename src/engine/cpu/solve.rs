@@ -94,20 +94,28 @@ pub fn iterate_cpu(
     }
 }
 
-/// Solves `problem` with the CPU reference (f64 throughout, one thread).
-pub fn solve_cpu(problem: &GridProblem, options: &SolveOptions) -> Result<Solution> {
-    solve_cpu_with_progress(problem, options, &mut |_| {})
+/// Solves `problem` with the CPU reference (f64 throughout, one thread): the values and, as
+/// `outputs` asks, the policy and Q (every step and the occupancy of a grid come from
+/// [`crate::engine::solver::GridSolver::solve_grid`]).
+pub fn solve_cpu(
+    problem: &GridProblem,
+    options: &SolveOptions,
+    outputs: Outputs,
+) -> Result<Solution> {
+    solve_cpu_with_progress(problem, options, outputs, &mut |_| {})
 }
 
 /// [`solve_cpu`], calling `progress` after every convergence check.
 pub fn solve_cpu_with_progress(
     problem: &GridProblem,
     options: &SolveOptions,
+    outputs: Outputs,
     progress: &mut dyn FnMut(&Progress),
 ) -> Result<Solution> {
     let start = Instant::now();
     problem.validate()?;
     options.validate()?;
+    outputs.ensure_plain()?;
     let inputs = GridInputs::new(problem, options);
     let run = iterate_cpu(
         options,
@@ -130,24 +138,27 @@ pub fn solve_cpu_with_progress(
         Horizon::Finite(_) => &v_next,
         Horizon::Infinite { .. } => &v,
     };
-    let mut policy = (options.policy && !status.contains(&Status::Diverged))
-        .then(|| grid_policy(&inputs, policy_from));
     let marks = Marks {
         states: inputs.cells(),
         free: Some(&inputs.free),
         excluded: &inputs.excluded,
         fixed: &inputs.fixed,
     };
-    let values = marks.reported(&v, 1);
-    if let Some(policy) = policy.as_deref_mut() {
-        marks.policy(policy, 1, inputs.action_count);
-    }
+    let diverged = status.contains(&Status::Diverged);
+    let rows = |asked: bool, write_q: bool| {
+        (asked && !diverged).then(|| {
+            let mut rows = grid_policy(&inputs, policy_from, write_q);
+            marks.policy(&mut rows, 1, inputs.action_count);
+            rows
+        })
+    };
     Ok(Solution {
         height: inputs.height,
         width: inputs.width,
         action_count: inputs.action_count,
-        values,
-        policy,
+        values: marks.reported(&v, 1),
+        policy: rows(outputs.policy, false),
+        q: rows(outputs.q, true),
         iterations: vec![sweeps; inputs.tasks],
         residual,
         status,
@@ -211,14 +222,19 @@ pub fn solve_mdp_cpu_with_progress(
         Horizon::Finite(_) => &v_prev,
         Horizon::Infinite { .. } => &v,
     };
-    let policy = (!diverged && (options.policy || outputs.occupancy))
-        .then(|| mdp_policy(&inputs, policy_from));
+    let policy = (!diverged && (outputs.policy || outputs.occupancy))
+        .then(|| mdp_policy(&inputs, policy_from, false));
+    let q = (!diverged && outputs.q).then(|| {
+        let mut q = mdp_policy(&inputs, policy_from, true);
+        marks.policy(&mut q, 1, mdp.actions);
+        q
+    });
     let (mut steps, mut occupancy) = (None, None);
     if keep_steps && !diverged {
         // V_t for t = 0..T.
         history.reverse();
         history.push(inputs.v0.clone());
-        (steps, occupancy) = forward_steps(&inputs, &marks, options, outputs, &history);
+        (steps, occupancy) = forward_steps(&inputs, &marks, outputs, &history);
     }
     if outputs.occupancy && !finite && !diverged {
         let pi = policy.as_ref().expect("policy computed for the occupancy");
@@ -230,10 +246,11 @@ pub fn solve_mdp_cpu_with_progress(
             width: mdp.states,
             action_count: mdp.actions,
             values: marks.reported(&v, 1),
-            policy: policy.filter(|_| options.policy).map(|mut p| {
+            policy: policy.filter(|_| outputs.policy).map(|mut p| {
                 marks.policy(&mut p, 1, mdp.actions);
                 p
             }),
+            q,
             iterations: vec![sweeps; mdp.tasks],
             residual: last.iter().map(|s| s.max_abs_delta).collect(),
             status,
@@ -245,42 +262,48 @@ pub fn solve_mdp_cpu_with_progress(
     })
 }
 
-/// Every step of a finite-horizon solve from `history` (`V_0..V_T`): `pi_t` from `V_{t+1}`,
-/// and with the occupancy `D_{t+1}` pulled from `D_t`. Returns the steps (with
+/// Every step of a finite-horizon solve from `history` (`V_0..V_T`): `pi_t` (and `Q_t`) from
+/// `V_{t+1}`, and with the occupancy `D_{t+1}` pulled from `D_t`. Returns the steps (with
 /// [`Outputs::all_steps`]) and the occupancy (with [`Outputs::occupancy`]), reported as
 /// [`Marks`] says.
 fn forward_steps(
     inputs: &MdpInputs,
     marks: &Marks,
-    options: &SolveOptions,
     outputs: Outputs,
     history: &[Vec<f64>],
 ) -> (Option<TimeSteps>, Option<Occupancy>) {
     let mdp = inputs.mdp;
     let horizon = history.len() - 1;
-    let mut step_policy = Vec::new();
+    let (mut step_policy, mut step_q) = (Vec::new(), Vec::new());
     let mut d = vec![mdp.initial.iter().map(|&x| x as f64).collect::<Vec<f64>>()];
     let transpose = outputs.occupancy.then(|| mdp.transpose());
     for t in 0..horizon {
-        let pi_t = mdp_policy(inputs, &history[t + 1]);
+        let pi_t = mdp_policy(inputs, &history[t + 1], false);
         if let Some(transpose) = &transpose {
             let mut next = vec![0.0; d[t].len()];
             mdp_occupancy(inputs, transpose, &pi_t, None, &d[t], None, &mut next);
             d.push(next);
         }
-        if outputs.all_steps && options.policy {
+        if outputs.all_steps && outputs.q {
+            step_q.push(mdp_policy(inputs, &history[t + 1], true));
+        }
+        if outputs.all_steps && outputs.policy {
             step_policy.push(pi_t);
         }
     }
+    let kept = |asked: bool, rows: &[Vec<f32>]| {
+        asked.then(|| {
+            let mut all = task_major(rows, mdp.tasks);
+            marks.policy(&mut all, horizon, mdp.actions);
+            all
+        })
+    };
     let steps = outputs.all_steps.then(|| {
         let values: Vec<Vec<f32>> = history.iter().map(|v| marks.reported(v, 1)).collect();
         TimeSteps {
             values: task_major(&values, mdp.tasks),
-            policy: options.policy.then(|| {
-                let mut all = task_major(&step_policy, mdp.tasks);
-                marks.policy(&mut all, horizon, mdp.actions);
-                all
-            }),
+            policy: kept(outputs.policy, &step_policy),
+            q: kept(outputs.q, &step_q),
         }
     });
     let occupancy = outputs.occupancy.then(|| {

@@ -17,12 +17,15 @@ use crate::engine::solution::{
 pub(crate) struct ChunkResult {
     /// `[task][state]`.
     pub values: Vec<f32>,
-    /// `[task][state][action]`; `None` when not asked for or diverged.
+    /// pi and Q, `[task][state][action]`; `None` when not asked for or diverged.
     pub policy: Option<Vec<f32>>,
+    pub q: Option<Vec<f32>>,
     /// With a forward pass, as asked for: `[t][task][state]` values, `[t][task][state][action]`
-    /// policies and `[t][task][state]` occupancies (one entry for a discounted occupancy).
+    /// policies and Q-values, and `[t][task][state]` occupancies (one entry for a discounted
+    /// occupancy).
     pub step_values: Vec<Vec<f32>>,
     pub step_policy: Vec<Vec<f32>>,
+    pub step_q: Vec<Vec<f32>>,
     pub occupancy: Vec<Vec<f32>>,
     /// The backward iteration.
     pub run: Iteration,
@@ -36,8 +39,10 @@ impl ChunkResult {
         Self {
             values,
             policy: None,
+            q: None,
             step_values: Vec::new(),
             step_policy: Vec::new(),
+            step_q: Vec::new(),
             occupancy: Vec::new(),
             run,
             occupancy_run: None,
@@ -50,9 +55,11 @@ impl ChunkResult {
 pub(crate) struct Gathered {
     pub values: Vec<f32>,
     pub policy: Option<Vec<f32>>,
-    /// `[task][t][state]`, `[task][t][state][action]`, `[task][t][state]`.
+    pub q: Option<Vec<f32>>,
+    /// `[task][t][state]`, `[task][t][state][action]` (pi and Q), `[task][t][state]`.
     pub step_values: Vec<f32>,
     pub step_policy: Vec<f32>,
+    pub step_q: Vec<f32>,
     pub occupancy: Vec<f32>,
     pub iterations: Vec<u32>,
     pub residual: Vec<f64>,
@@ -68,12 +75,13 @@ pub(crate) struct Gathered {
 pub(crate) fn solve_in_chunks(
     tasks: usize,
     per_chunk: usize,
-    options: &SolveOptions,
+    (options, outputs): (&SolveOptions, Outputs),
     (what, adapter): (&str, &str),
     solve: &mut dyn FnMut(Range<usize>) -> Result<ChunkResult>,
 ) -> Result<Gathered> {
     let mut all = Gathered {
-        policy: options.policy.then(Vec::new),
+        policy: outputs.policy.then(Vec::new),
+        q: outputs.q.then(Vec::new),
         ..Default::default()
     };
     for t0 in (0..tasks).step_by(per_chunk.max(1)) {
@@ -89,13 +97,16 @@ impl Gathered {
     /// Appends a chunk of `k` tasks.
     fn push(&mut self, chunk: ChunkResult, k: usize, options: &SolveOptions) {
         self.values.extend_from_slice(&chunk.values);
-        match (&mut self.policy, chunk.policy) {
-            (Some(all), Some(part)) => all.extend_from_slice(&part),
-            _ => self.policy = None,
+        for (all, part) in [(&mut self.policy, chunk.policy), (&mut self.q, chunk.q)] {
+            match (all.as_mut(), part) {
+                (Some(all), Some(part)) => all.extend_from_slice(&part),
+                _ => *all = None,
+            }
         }
         for (all, part) in [
             (&mut self.step_values, &chunk.step_values),
             (&mut self.step_policy, &chunk.step_policy),
+            (&mut self.step_q, &chunk.step_q),
             (&mut self.occupancy, &chunk.occupancy),
         ] {
             if !part.is_empty() {
@@ -138,18 +149,21 @@ impl Gathered {
         let horizon = options.horizon.finite_steps();
         let (diverged, tasks) = (self.diverged(), self.status.len());
         marks.values(&mut self.values, 1);
-        if let Some(p) = &mut self.policy {
-            marks.policy(p, 1, actions);
+        for rows in [&mut self.policy, &mut self.q].into_iter().flatten() {
+            marks.policy(rows, 1, actions);
         }
         let steps = (outputs.all_steps && finite && !diverged).then(|| {
             marks.values(&mut self.step_values, horizon + 1);
-            let policy = options.policy.then(|| {
-                marks.policy(&mut self.step_policy, horizon, actions);
-                self.step_policy
-            });
+            let kept = |asked: bool, mut rows: Vec<f32>| {
+                asked.then(|| {
+                    marks.policy(&mut rows, horizon, actions);
+                    rows
+                })
+            };
             TimeSteps {
                 values: self.step_values,
-                policy,
+                policy: kept(outputs.policy, self.step_policy),
+                q: kept(outputs.q, self.step_q),
             }
         });
         let occupancy = (outputs.occupancy && !diverged).then(|| match finite {
@@ -178,6 +192,7 @@ impl Gathered {
                 action_count: actions,
                 values: self.values,
                 policy: if diverged { None } else { self.policy },
+                q: if diverged { None } else { self.q },
                 iterations: self.iterations,
                 residual: self.residual,
                 status: self.status,

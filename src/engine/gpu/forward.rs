@@ -32,15 +32,20 @@ pub(crate) struct ForwardPass<'a> {
     /// pi_t, `[task][state][action]`, read back every step when `keep_policy`.
     pub policy_out: (&'a wgpu::Buffer, u64),
     pub keep_policy: bool,
+    /// The policy kernel with `WRITE_Q`, when every step's Q is read back: it runs over the
+    /// same bands into `policy_out` before the policy kernel does.
+    pub q: Option<&'a wgpu::ComputePipeline>,
     /// With the occupancy: its kernel, its bands over `d` (D_0 already in `d[0]`).
     pub occupancy: Option<(&'a wgpu::ComputePipeline, Vec<PairDispatch<'a>>)>,
     pub d: &'a [wgpu::Buffer; 2],
 }
 
-/// What the forward pass read back: `[t][task][state][action]` policies (when kept) and
-/// `[t][task][state]` occupancies (with the occupancy), each entry over the chunk's tasks.
+/// What the forward pass read back: `[t][task][state][action]` policies and Q-values (when
+/// kept) and `[t][task][state]` occupancies (with the occupancy), each entry over the chunk's
+/// tasks.
 pub(crate) struct ForwardOutputs {
     pub policy: Vec<Vec<f32>>,
+    pub q: Vec<Vec<f32>>,
     pub occupancy: Vec<Vec<f32>>,
 }
 
@@ -50,7 +55,16 @@ pub(crate) fn record_forward(core: &mut GpuCore, pass: &ForwardPass) -> Result<F
     let (horizon, v_bytes) = (pass.horizon, pass.v_bytes);
     let mut out = ForwardOutputs {
         policy: Vec::new(),
+        q: Vec::new(),
         occupancy: Vec::new(),
+    };
+    // Submits what `encoder` holds and reads `policy_out` back.
+    let read_rows = |core: &mut GpuCore, encoder: &mut wgpu::CommandEncoder| {
+        let fresh = core.device.create_command_encoder(&Default::default());
+        core.queue
+            .submit([std::mem::replace(encoder, fresh).finish()]);
+        let (rows, bytes) = pass.policy_out;
+        core.read_f32(rows, 0, bytes)
     };
     let d_steps = pass.occupancy.as_ref().map(|_| {
         core.buffer(
@@ -66,6 +80,12 @@ pub(crate) fn record_forward(core: &mut GpuCore, pass: &ForwardPass) -> Result<F
     for t in 0..horizon {
         let slot = (t as u64 + 1) * v_bytes;
         encoder.copy_buffer_to_buffer(pass.steps, slot, pass.v_next, 0, v_bytes);
+        if let Some(q) = pass.q {
+            for band in &pass.policy_bands {
+                core.dispatch(&mut encoder, q, band.group, band.workgroups);
+            }
+            out.q.push(read_rows(core, &mut encoder)?);
+        }
         for band in &pass.policy_bands {
             core.dispatch(&mut encoder, pass.policy, band.group, band.workgroups);
         }
@@ -76,13 +96,7 @@ pub(crate) fn record_forward(core: &mut GpuCore, pass: &ForwardPass) -> Result<F
             encoder.copy_buffer_to_buffer(&pass.d[1 - t % 2], 0, d_steps, slot, v_bytes);
         }
         if pass.keep_policy {
-            let done = std::mem::replace(
-                &mut encoder,
-                core.device.create_command_encoder(&Default::default()),
-            );
-            core.queue.submit([done.finish()]);
-            let (policy, bytes) = pass.policy_out;
-            out.policy.push(core.read_f32(policy, 0, bytes)?);
+            out.policy.push(read_rows(core, &mut encoder)?);
         }
     }
     core.queue.submit([encoder.finish()]);

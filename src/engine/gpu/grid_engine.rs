@@ -201,6 +201,8 @@ struct GridPipelineKey {
     has_reward: bool,
     hard_max: bool,
     write_residual: bool,
+    /// `grid_policy` writes Q instead of pi.
+    write_q: bool,
 }
 
 /// One band's params, binding windows (active quads, fixed bits, v_in, out) and workgroup
@@ -285,10 +287,9 @@ struct GridArrays<'a> {
     active_quads: Vec<[u32; 2]>,
 }
 
-/// A finite-horizon forward pass asked of a chunk: what to keep, and the start distribution of
-/// every task of the problem, `[task][cell]` (padded).
+/// A finite-horizon forward pass asked of a chunk: the start distribution of every task of the
+/// problem, `[task][cell]` (padded).
 struct Forward<'a> {
-    outputs: Outputs,
     start: &'a [f32],
 }
 
@@ -385,6 +386,7 @@ impl GridEngine {
                 ("HAS_REWARD", flag(key.has_reward)),
                 ("HARD_MAX", flag(key.hard_max)),
                 ("WRITE_RESIDUAL", flag(key.write_residual)),
+                ("WRITE_Q", flag(key.write_q)),
             ]);
         }
         let pipeline = compute_pipeline(&self.core.device, layout, module, entry, &constants);
@@ -409,10 +411,15 @@ impl GridEngine {
         Ok(((budget / task_bytes) as usize).min(MAX_TASKS_PER_CHUNK))
     }
 
-    /// Solves every task of `problem`; the result has the same layout and meaning as
-    /// [`crate::engine::cpu::solve_cpu`]'s.
-    pub fn solve(&mut self, problem: &GridProblem, options: &SolveOptions) -> Result<Solution> {
-        self.solve_with_progress(problem, options, &mut |_| {})
+    /// Solves every task of `problem` with the policy and Q as `outputs` asks; the result has
+    /// the same layout and meaning as [`crate::engine::cpu::solve_cpu`]'s.
+    pub fn solve(
+        &mut self,
+        problem: &GridProblem,
+        options: &SolveOptions,
+        outputs: Outputs,
+    ) -> Result<Solution> {
+        self.solve_with_progress(problem, options, outputs, &mut |_| {})
     }
 
     /// [`GridEngine::solve`], calling `progress` after every submission's checks.
@@ -420,9 +427,13 @@ impl GridEngine {
         &mut self,
         problem: &GridProblem,
         options: &SolveOptions,
+        outputs: Outputs,
         progress: &mut dyn FnMut(&Progress),
     ) -> Result<Solution> {
-        Ok(self.solve_grid(problem, options, None, progress)?.solution)
+        outputs.ensure_plain()?;
+        Ok(self
+            .solve_grid(problem, options, outputs, None, progress)?
+            .solution)
     }
 
     /// Solves `mdp` (an MDP over `world`'s states, see [`GridMdp::problem_for`]) for a finite
@@ -476,10 +487,8 @@ impl GridEngine {
         self.solve_grid(
             problem,
             options,
-            Some(Forward {
-                outputs,
-                start: &padded,
-            }),
+            outputs,
+            Some(Forward { start: &padded }),
             progress,
         )
     }
@@ -488,6 +497,7 @@ impl GridEngine {
         &mut self,
         problem: &GridProblem,
         options: &SolveOptions,
+        outputs: Outputs,
         forward: Option<Forward>,
         progress: &mut dyn FnMut(&Progress),
     ) -> Result<MdpSolution> {
@@ -513,9 +523,12 @@ impl GridEngine {
         let gathered = solve_in_chunks(
             inputs.tasks,
             per_chunk,
-            options,
+            (options, outputs),
             ("GPU solve", &adapter),
-            &mut |tasks| self.solve_chunk(&arrays, tasks, options, forward.as_ref(), progress),
+            &mut |tasks| {
+                let asked = (options, outputs, forward.as_ref());
+                self.solve_chunk(&arrays, tasks, asked, progress)
+            },
         )?;
         let marks = Marks {
             states: cells,
@@ -523,7 +536,6 @@ impl GridEngine {
             excluded: &inputs.excluded,
             fixed: &inputs.fixed,
         };
-        let outputs = forward.as_ref().map(|f| f.outputs).unwrap_or_default();
         let (h, w, padded_w) = (inputs.height, problem.grid.width, inputs.width);
         let mut solved = gathered.into_solution(
             options,
@@ -707,11 +719,11 @@ impl GridEngine {
         &mut self,
         arrays: &GridArrays,
         tasks: Range<usize>,
-        options: &SolveOptions,
-        forward: Option<&Forward>,
+        (options, outputs, forward): (&SolveOptions, Outputs, Option<&Forward>),
         progress: &mut dyn FnMut(&Progress),
     ) -> Result<ChunkResult> {
-        let chunk = self.plan_chunk(arrays, tasks.len(), options, forward.is_some())?;
+        let rows = outputs.policy || outputs.q || forward.is_some();
+        let chunk = self.plan_chunk(arrays, tasks.len(), options, (rows, forward.is_some()))?;
         let run = self.backward(arrays, &chunk, tasks.clone(), options, progress)?;
         let sweeps = run.sweeps;
         let diverged = matches!(run.verdict, Verdict::Diverged(_));
@@ -721,27 +733,33 @@ impl GridEngine {
         if diverged {
             return Ok(result);
         }
-        if options.policy {
-            // Finite horizon: pi_0 comes from V_1, the values the last sweep read.
-            let from = match options.horizon {
-                Horizon::Finite(_) => ((sweeps + 1) % 2) as usize,
-                Horizon::Infinite { .. } => (sweeps % 2) as usize,
-            };
-            result.policy = Some(self.policy_pass(&chunk, arrays.inputs.action_count, from)?);
+        // Finite horizon: pi_0 and Q_0 come from V_1, the values the last sweep read.
+        let from = match options.horizon {
+            Horizon::Finite(_) => ((sweeps + 1) % 2) as usize,
+            Horizon::Infinite { .. } => (sweeps % 2) as usize,
+        };
+        let n_actions = arrays.inputs.action_count;
+        if outputs.policy {
+            result.policy = Some(self.policy_pass(&chunk, n_actions, from, false)?);
+        }
+        if outputs.q {
+            result.q = Some(self.policy_pass(&chunk, n_actions, from, true)?);
         }
         if let Some(forward) = forward {
-            self.forward_pass(arrays, &chunk, tasks, options, forward, &mut result)?;
+            let asked = (options, outputs, forward);
+            self.forward_pass(arrays, &chunk, tasks, asked, &mut result)?;
         }
         Ok(result)
     }
 
-    /// A chunk of `n` tasks: its bands, checks, pipeline key and (pooled) buffers.
+    /// A chunk of `n` tasks: its bands, checks, pipeline key and (pooled) buffers; `rows`:
+    /// whether a policy or Q pass runs, `forward`: whether a forward pass does.
     fn plan_chunk(
         &mut self,
         arrays: &GridArrays,
         n: usize,
         options: &SolveOptions,
-        forward: bool,
+        (rows, forward): (bool, bool),
     ) -> Result<GridChunk> {
         use wgpu::BufferUsages as U;
         let inputs = arrays.inputs;
@@ -750,7 +768,7 @@ impl GridEngine {
         let max_workgroups = self.core.max_workgroups;
         let bands = plan_bands(n, h, w, 4, max_binding, max_workgroups)?;
         let layouts = self.lay_out_bands(inputs, &arrays.active_quads, n, &bands);
-        let policy_layouts = if options.policy || forward {
+        let policy_layouts = if rows {
             let policy_bands =
                 plan_bands(n, h, w, 4 * n_actions as u64, max_binding, max_workgroups)?;
             self.lay_out_bands(inputs, &arrays.active_quads, n, &policy_bands)
@@ -815,6 +833,7 @@ impl GridEngine {
             has_reward: inputs.reward.iter().any(|&r| r != 0.0),
             hard_max: inputs.alpha == 0.0,
             write_residual: false,
+            write_q: false,
         };
         Ok(GridChunk {
             n,
@@ -911,15 +930,18 @@ impl GridEngine {
         )
     }
 
-    /// pi from `values[from]`, `[task][cell][action]`, band by band through a pooled buffer.
+    /// pi (Q with `write_q`) from `values[from]`, `[task][cell][action]`, band by band through
+    /// a pooled buffer.
     fn policy_pass(
         &mut self,
         chunk: &GridChunk,
         n_actions: usize,
         from: usize,
+        write_q: bool,
     ) -> Result<Vec<f32>> {
         let pipeline = self.grid_pipeline(GridPipelineKey {
             stage: GridStage::Policy,
+            write_q,
             ..chunk.key
         });
         let usage = wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC;
@@ -954,8 +976,7 @@ impl GridEngine {
         arrays: &GridArrays,
         chunk: &GridChunk,
         tasks: Range<usize>,
-        options: &SolveOptions,
-        forward: &Forward,
+        (options, outputs, forward): (&SolveOptions, Outputs, &Forward),
         result: &mut ChunkResult,
     ) -> Result<()> {
         use wgpu::BufferUsages as U;
@@ -976,7 +997,6 @@ impl GridEngine {
                 ));
             }
         }
-        let outputs = forward.outputs;
         if outputs.all_steps {
             let all = self
                 .core
@@ -984,8 +1004,9 @@ impl GridEngine {
             let per_step = chunk.n * cells;
             result.step_values = all.chunks_exact(per_step).map(<[f32]>::to_vec).collect();
         }
-        let keep_policy = outputs.all_steps && options.policy;
-        if !outputs.occupancy && !keep_policy {
+        let keep_policy = outputs.all_steps && outputs.policy;
+        let keep_q = outputs.all_steps && outputs.q;
+        if !outputs.occupancy && !keep_policy && !keep_q {
             return Ok(());
         }
         let core = &mut self.core;
@@ -1020,6 +1041,11 @@ impl GridEngine {
             stage: GridStage::Policy,
             ..chunk.key
         });
+        let q = self.grid_pipeline(GridPipelineKey {
+            stage: GridStage::Policy,
+            write_q: true,
+            ..chunk.key
+        });
         let occupancy = self.grid_pipeline(GridPipelineKey {
             stage: GridStage::Occupancy,
             ..chunk.key
@@ -1038,6 +1064,7 @@ impl GridEngine {
                 .collect(),
             policy_out: (&step_policy, policy_bytes),
             keep_policy,
+            q: keep_q.then_some(&q),
             occupancy: outputs.occupancy.then(|| {
                 let bands = (occupancy_groups.iter())
                     .map(|(groups, workgroups)| PairDispatch {
@@ -1051,6 +1078,7 @@ impl GridEngine {
         };
         let out = record_forward(&mut self.core, &pass)?;
         result.step_policy = out.policy;
+        result.step_q = out.q;
         result.occupancy = out.occupancy;
         Ok(())
     }

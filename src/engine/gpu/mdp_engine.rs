@@ -281,6 +281,8 @@ struct MdpPipelineKey {
     weighted: bool,
     /// Actions, for the occupancy pull (0 for the other stages).
     actions: u32,
+    /// `mdp_policy` writes Q instead of pi.
+    write_q: bool,
 }
 
 /// The arrays of one MDP on the device, shared by every chunk of tasks.
@@ -527,6 +529,7 @@ impl MdpEngine {
                     ("OPTIMISTIC", flag(key.optimistic)),
                     ("HARD_MAX", flag(key.hard_max)),
                     ("WRITE_RESIDUAL", flag(key.write_residual)),
+                    ("WRITE_Q", flag(key.write_q)),
                 ],
             ),
         };
@@ -595,7 +598,7 @@ impl MdpEngine {
         let gathered = solve_in_chunks(
             mdp.tasks,
             per_chunk,
-            options,
+            (options, outputs),
             ("GPU MDP solve", &adapter),
             &mut |tasks| self.solve_chunk(&inputs, &dynamics, tasks, options, outputs, progress),
         )?;
@@ -853,11 +856,16 @@ impl MdpEngine {
             return Ok(result);
         }
         let finite = matches!(options.horizon, Horizon::Finite(_));
-        if options.policy || (outputs.occupancy && !finite) {
-            // Finite horizon: pi_0 comes from V_1, the values the last sweep read.
-            let from = if finite { 1 - v_final } else { v_final };
-            self.policy_pass(dynamics, &chunk, from);
-            if options.policy {
+        // Finite horizon: pi_0 and Q_0 come from V_1, the values the last sweep read.
+        let from = if finite { 1 - v_final } else { v_final };
+        if outputs.q {
+            self.policy_pass(dynamics, &chunk, from, true);
+            result.q = Some(self.core.read_f32(&chunk.policy, 0, chunk.row_bytes)?);
+        }
+        // Last, so that the discounted occupancy reads pi from `chunk.policy`.
+        if outputs.policy || (outputs.occupancy && !finite) {
+            self.policy_pass(dynamics, &chunk, from, false);
+            if outputs.policy {
                 result.policy = Some(self.core.read_f32(&chunk.policy, 0, chunk.row_bytes)?);
             }
         }
@@ -869,19 +877,16 @@ impl MdpEngine {
             let per_step = chunk.task_states.len();
             result.step_values = all.chunks_exact(per_step).map(<[f32]>::to_vec).collect();
         }
-        let steps_policy = outputs.all_steps && finite && options.policy;
-        if !outputs.occupancy && !steps_policy {
+        let steps_rows = outputs.all_steps && finite && (outputs.policy || outputs.q);
+        if !outputs.occupancy && !steps_rows {
             return Ok(result);
         }
         let occupancy = self.plan_occupancy(inputs, dynamics, &chunk, finite)?;
         if finite {
-            let pass = (
-                options.horizon.finite_steps(),
-                outputs.occupancy,
-                steps_policy,
-            );
+            let pass = (options.horizon.finite_steps(), outputs);
             let out = self.forward_pass(dynamics, &chunk, &occupancy, pass)?;
             result.step_policy = out.policy;
+            result.step_q = out.q;
             result.occupancy = out.occupancy;
         } else {
             // Only the occupancy reaches here without a finite horizon.
@@ -958,6 +963,7 @@ impl MdpEngine {
             add_start: false,
             weighted: false,
             actions: 0,
+            write_q: false,
         };
         Ok(MdpChunk {
             task_states: tasks.start * s..tasks.end * s,
@@ -1061,10 +1067,12 @@ impl MdpEngine {
         )
     }
 
-    /// pi from `chunk.values[from]` into `chunk.policy`, every band in one submission.
-    fn policy_pass(&mut self, dynamics: &Dynamics, chunk: &MdpChunk, from: usize) {
+    /// pi (Q with `write_q`) from `chunk.values[from]` into `chunk.policy`, every band in one
+    /// submission.
+    fn policy_pass(&mut self, dynamics: &Dynamics, chunk: &MdpChunk, from: usize, write_q: bool) {
         let pipeline = self.pipeline(MdpPipelineKey {
             stage: MdpStage::Policy,
+            write_q,
             ..chunk.key
         });
         let groups = self.policy_groups(dynamics, chunk, &chunk.values[from]);
@@ -1146,6 +1154,7 @@ impl MdpEngine {
             add_start: false,
             weighted: false,
             actions: a as u32,
+            write_q: false,
         };
         Ok(OccupancyChunk {
             bands,
@@ -1203,14 +1212,14 @@ impl MdpEngine {
             .collect()
     }
 
-    /// The finite-horizon forward pass, `(horizon, occupancy, keep_policy)`: D_{t+1} from D_t
-    /// under pi_t (from V_{t+1}); pi_t kept when every step is asked for.
+    /// The finite-horizon forward pass over `horizon` steps: D_{t+1} from D_t under pi_t (from
+    /// V_{t+1}) with the occupancy; pi_t and Q_t kept as `outputs` asks with every step.
     fn forward_pass(
         &mut self,
         dynamics: &Dynamics,
         chunk: &MdpChunk,
         occ: &OccupancyChunk,
-        (horizon, occupancy, keep_policy): (usize, bool, bool),
+        (horizon, outputs): (usize, Outputs),
     ) -> Result<ForwardOutputs> {
         use wgpu::BufferUsages as U;
         let steps = chunk.steps.as_ref().expect("steps kept");
@@ -1219,6 +1228,11 @@ impl MdpEngine {
         let pipeline = self.pipeline(occ.key);
         let policy = self.pipeline(MdpPipelineKey {
             stage: MdpStage::Policy,
+            ..chunk.key
+        });
+        let q = self.pipeline(MdpPipelineKey {
+            stage: MdpStage::Policy,
+            write_q: true,
             ..chunk.key
         });
         let groups = self.occupancy_groups(dynamics, chunk, occ, &chunk.checks.partials);
@@ -1236,8 +1250,9 @@ impl MdpEngine {
                 })
                 .collect(),
             policy_out: (&chunk.policy, chunk.row_bytes),
-            keep_policy,
-            occupancy: occupancy.then(|| {
+            keep_policy: outputs.all_steps && outputs.policy,
+            q: (outputs.all_steps && outputs.q).then_some(&q),
+            occupancy: outputs.occupancy.then(|| {
                 let bands = (occ.layouts.iter().zip(&groups))
                     .map(|(layout, groups)| PairDispatch {
                         groups,

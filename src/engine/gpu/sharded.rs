@@ -7,7 +7,7 @@ use std::time::Instant;
 use crate::error::{Context, Error, Result, ensure};
 
 use super::grid_engine::GridEngine;
-use crate::engine::options::SolveOptions;
+use crate::engine::options::{Outputs, SolveOptions};
 use crate::engine::solution::Solution;
 use crate::world::grid_problem::GridProblem;
 
@@ -17,10 +17,12 @@ pub fn solve_sharded<E: BorrowMut<GridEngine> + Send>(
     engines: &mut [E],
     problem: &GridProblem,
     options: &SolveOptions,
+    outputs: Outputs,
 ) -> Result<Solution> {
     ensure!(!engines.is_empty(), "no engine to shard the tasks over");
     problem.validate()?;
     options.validate()?;
+    outputs.ensure_plain()?;
     let start = Instant::now();
     let per_shard = problem.tasks.len().div_ceil(engines.len());
     let shards: Vec<GridProblem> = problem
@@ -39,7 +41,7 @@ pub fn solve_sharded<E: BorrowMut<GridEngine> + Send>(
                 scope.spawn(move || {
                     let engine = engine.borrow_mut();
                     engine
-                        .solve(shard, options)
+                        .solve(shard, options, outputs)
                         .with_context(|| format!("shard on {}", engine.adapter_label()))
                 })
             })
@@ -56,13 +58,12 @@ pub fn solve_sharded<E: BorrowMut<GridEngine> + Send>(
     let mut merged = parts.next().context("no shard ran")?;
     for part in parts {
         merged.values.extend(part.values);
-        merged.policy = match (merged.policy, part.policy) {
-            (Some(mut all), Some(p)) => {
-                all.extend(p);
-                Some(all)
+        for (all, part) in [(&mut merged.policy, part.policy), (&mut merged.q, part.q)] {
+            match (all.as_mut(), part) {
+                (Some(all), Some(part)) => all.extend(part),
+                _ => *all = None,
             }
-            _ => None,
-        };
+        }
         merged.iterations.extend(part.iterations);
         merged.residual.extend(part.residual);
         merged.status.extend(part.status);
