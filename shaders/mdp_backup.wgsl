@@ -152,10 +152,10 @@ fn mdp_backup(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_i
     }
     if WRITE_RESIDUAL {
         let total = workgroup_stats(lid, stats);
-        let group = wid.y * params.dispatch_x + wid.x;
-        if lid == 0u && group * WORKGROUP_SIZE < params.state_count {
-            let task = params.task_base + wid.z;
-            partials[task * params.groups_per_task + params.group_base + group] = total;
+        let p = params;
+        let slot = partial_slot(wid, lid, p.dispatch_x, p.state_count, p.task_base, p.group_base, p.groups_per_task);
+        if slot != NO_SLOT {
+            partials[slot] = total;
         }
     }
 }

@@ -1,13 +1,15 @@
-//! The pure planners, no GPU: row/task bands of a grid (`plan_bands`) and state/task bands of
-//! a CSR MDP (`plan_mdp_bands`) under a binding-size limit, the check schedule
+//! The pure planners, no GPU: row/task bands of a grid (`plan_grid_bands`) and state/task
+//! bands of a CSR MDP (`plan_mdp_bands`) under a binding-size limit (both on the one
+//! `bands::plan_bands`), the workgroups of a band's dispatch (`band_dispatch`), the check schedule
 //! (`check_windows`, `sweep_budget`), and the masks and fixed/excluded cells of
 //! `GridInputs::new` on a hand-drawn map. Every expectation is written here from the contract,
 //! not read back from the code under test.
 
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
-use softvi::engine::gpu::grid_engine::{Band, plan_bands};
-use softvi::engine::gpu::mdp_engine::{MdpBand, plan_mdp_bands};
+use softvi::engine::gpu::bands::{Band, band_dispatch};
+use softvi::engine::gpu::grid_engine::plan_grid_bands;
+use softvi::engine::gpu::mdp_engine::plan_mdp_bands;
 use softvi::engine::layout::GridInputs;
 use softvi::engine::schedule::{CHECK_INTERVAL, check_windows, sweep_budget};
 use softvi::{
@@ -32,7 +34,7 @@ fn grid_allowance(bytes_per_cell: u64) -> u64 {
 }
 
 // ---------------------------------------------------------------------------------------
-// plan_bands
+// plan_grid_bands
 
 /// Checks the contract of a grid plan: every (task, row) exactly once, bands of whole tasks
 /// or of rows of one task, each band's per-cell array within `max_binding` (a band of rows
@@ -50,7 +52,7 @@ fn check_grid_plan(
     let mut covered = vec![0u32; tasks * height];
     for band in bands {
         assert!(
-            band.task_count >= 1 && band.row_count >= 1,
+            band.task_count >= 1 && band.count >= 1,
             "{label}: empty {band:?}"
         );
         assert!(
@@ -61,13 +63,10 @@ fn check_grid_plan(
             band.task_base + band.task_count <= tasks,
             "{label}: {band:?}"
         );
-        assert!(
-            band.row_base + band.row_count <= height,
-            "{label}: {band:?}"
-        );
+        assert!(band.first + band.count <= height, "{label}: {band:?}");
         let cell_bytes = width as u64 * bytes_per_cell;
-        if band.row_count == height {
-            assert_eq!(band.row_base, 0, "{label}: {band:?}");
+        if band.count == height {
+            assert_eq!(band.first, 0, "{label}: {band:?}");
             let bytes = band.task_count as u64 * height as u64 * cell_bytes;
             assert!(bytes <= max_binding, "{label}: {band:?} needs {bytes} B");
         } else {
@@ -75,14 +74,14 @@ fn check_grid_plan(
                 band.task_count, 1,
                 "{label}: a row band spans one task: {band:?}"
             );
-            let bytes = (band.row_count as u64 + 2) * cell_bytes;
+            let bytes = (band.count as u64 + 2) * cell_bytes;
             assert!(
                 bytes <= max_binding,
                 "{label}: {band:?} with halo needs {bytes} B"
             );
         }
         for t in band.task_base..band.task_base + band.task_count {
-            for r in band.row_base..band.row_base + band.row_count {
+            for r in band.first..band.first + band.count {
                 covered[t * height + r] += 1;
             }
         }
@@ -122,7 +121,7 @@ fn grid_bands_cover_every_row_once_within_the_limit() {
                 .into_iter()
                 .filter(|&l| l >= 3 * row_bytes + grid_allowance(bytes_per_cell));
             for max_binding in workable {
-                let bands = plan_bands(
+                let bands = plan_grid_bands(
                     tasks,
                     height,
                     width,
@@ -133,7 +132,7 @@ fn grid_bands_cover_every_row_once_within_the_limit() {
                 .unwrap();
                 check_grid_plan(&bands, tasks, height, width, bytes_per_cell, max_binding);
                 multi_task += bands.iter().any(|b| b.task_count > 1) as usize;
-                row_banded += bands.iter().any(|b| b.row_count < height) as usize;
+                row_banded += bands.iter().any(|b| b.count < height) as usize;
             }
         }
     }
@@ -152,10 +151,10 @@ fn grid_bands_use_the_room_they_are_given() {
     let task_bytes = (height * width) as u64 * bpc;
     let row_bytes = width as u64 * bpc;
 
-    let bands = plan_bands(tasks, height, width, bpc, 1 << 30, MAX_WORKGROUPS).unwrap();
+    let bands = plan_grid_bands(tasks, height, width, bpc, 1 << 30, MAX_WORKGROUPS).unwrap();
     assert_eq!(bands.len(), 1, "{bands:?}");
 
-    let bands = plan_bands(
+    let bands = plan_grid_bands(
         tasks,
         height,
         width,
@@ -164,14 +163,14 @@ fn grid_bands_use_the_room_they_are_given() {
         MAX_WORKGROUPS,
     )
     .unwrap();
-    assert!(bands.iter().all(|b| b.row_count == height), "{bands:?}");
+    assert!(bands.iter().all(|b| b.count == height), "{bands:?}");
     assert!(
         bands[..bands.len() - 1].iter().all(|b| b.task_count >= 3),
         "{bands:?}"
     );
     assert_eq!(bands.len(), 3, "7 tasks, 3 per band: {bands:?}");
 
-    let bands = plan_bands(
+    let bands = plan_grid_bands(
         tasks,
         height,
         width,
@@ -181,14 +180,10 @@ fn grid_bands_use_the_room_they_are_given() {
     )
     .unwrap();
     assert_eq!(bands.len(), tasks, "one whole task per band: {bands:?}");
-    assert!(
-        bands
-            .iter()
-            .all(|b| b.row_count == height && b.task_count == 1)
-    );
+    assert!(bands.iter().all(|b| b.count == height && b.task_count == 1));
 
     // Room for 10 rows and 2 halo rows: 37 rows need ceil(37 / 10) = 4 bands per task.
-    let bands = plan_bands(
+    let bands = plan_grid_bands(
         tasks,
         height,
         width,
@@ -209,9 +204,9 @@ fn grid_bands_use_the_room_they_are_given() {
 fn grid_bands_of_one_row_keep_room_for_both_halo_rows() {
     let (tasks, height, width, bpc) = (2, 9, 1000, 4u64);
     let max_binding = 3 * width as u64 * bpc + grid_allowance(bpc);
-    let bands = plan_bands(tasks, height, width, bpc, max_binding, MAX_WORKGROUPS).unwrap();
+    let bands = plan_grid_bands(tasks, height, width, bpc, max_binding, MAX_WORKGROUPS).unwrap();
     assert_eq!(bands.len(), tasks * height, "{bands:?}");
-    assert!(bands.iter().all(|b| b.row_count == 1 && b.task_count == 1));
+    assert!(bands.iter().all(|b| b.count == 1 && b.task_count == 1));
     check_grid_plan(&bands, tasks, height, width, bpc, max_binding);
 }
 
@@ -221,7 +216,7 @@ fn grid_limit_too_small_is_an_error_naming_the_limit() {
     let (height, width, bpc) = (9, 1000, 4u64);
     // Two rows' worth: a row cannot be read with both neighbours.
     for max_binding in [2 * width as u64 * bpc, 3 * width as u64 * bpc - 1, 100, 0] {
-        let err = plan_bands(1, height, width, bpc, max_binding, MAX_WORKGROUPS)
+        let err = plan_grid_bands(1, height, width, bpc, max_binding, MAX_WORKGROUPS)
             .expect_err("a limit under three rows must fail")
             .to_string();
         assert!(
@@ -236,7 +231,7 @@ fn grid_limit_too_small_is_an_error_naming_the_limit() {
 #[test]
 fn grid_bands_split_batches_larger_than_one_dispatch() {
     let tasks = MAX_DISPATCH * 2 + 17;
-    let bands = plan_bands(tasks, 3, 5, 4, 1 << 30, MAX_WORKGROUPS).unwrap();
+    let bands = plan_grid_bands(tasks, 3, 5, 4, 1 << 30, MAX_WORKGROUPS).unwrap();
     assert_eq!(bands.len(), 3, "{:?}", &bands);
     assert_eq!(bands[2].task_count, 17);
     check_grid_plan(&bands, tasks, 3, 5, 4, 1 << 30);
@@ -247,7 +242,7 @@ fn grid_bands_split_batches_larger_than_one_dispatch() {
 #[test]
 fn bands_split_at_the_adapters_workgroup_limit() {
     let tasks = 7 * 2 + 3;
-    let grid = plan_bands(tasks, 3, 5, 4, 1 << 30, 7).unwrap();
+    let grid = plan_grid_bands(tasks, 3, 5, 4, 1 << 30, 7).unwrap();
     let counts: Vec<_> = grid.iter().map(|b| b.task_count).collect();
     assert_eq!(counts, [7, 7, 3], "{grid:?}");
     check_grid_plan(&grid, tasks, 3, 5, 4, 1 << 30);
@@ -255,6 +250,53 @@ fn bands_split_at_the_adapters_workgroup_limit() {
     let counts: Vec<_> = mdp.iter().map(|b| b.task_count).collect();
     assert_eq!(counts, [7, 7, 3], "{mdp:?}");
     check_mdp_plan(&mdp, tasks, 3, 12, 4, &|s| s as u64, 1 << 30, "limit 7");
+}
+
+// ---------------------------------------------------------------------------------------
+// band_dispatch
+
+/// Workgroups of 64 invocations cover every item exactly: x * y * 64 >= items with less than
+/// one row of x workgroups to spare, x within the limit, z = tasks; nothing to do is
+/// [0, 0, 0]; a y or z past the limit is an error naming it, never a clamp that would skip
+/// work. Item counts not multiples of 64, and on both sides of x's limit.
+#[test]
+fn band_dispatch_covers_every_item_within_the_limits() {
+    for (items, tasks, limit) in [
+        (1usize, 1usize, 65_535u32),
+        (63, 3, 65_535),
+        (64, 1, 65_535),
+        (65, 2, 65_535),
+        (64 * 7 + 1, 5, 7),
+        (64 * 49, 1, 7),
+        (100_003, 9, 100),
+    ] {
+        let (dispatch, groups) = band_dispatch(items, tasks, limit).unwrap();
+        let [x, y, z] = dispatch.map(|d| d as usize);
+        assert_eq!(groups as usize, items.div_ceil(64), "{items} items");
+        assert!(
+            x >= 1 && x <= limit as usize && y <= limit as usize,
+            "{dispatch:?}"
+        );
+        assert!(x * y * 64 >= items, "{items} items: {dispatch:?} too small");
+        assert!(
+            x * (y - 1) * 64 < items,
+            "{items} items: {dispatch:?} a spare row"
+        );
+        assert_eq!(z, tasks);
+    }
+    assert_eq!(band_dispatch(0, 4, 7).unwrap().0, [0, 0, 0]);
+    // 64 * 7 * 7 items fill a 7-limited dispatch; one more needs y = 8.
+    assert!(band_dispatch(64 * 49, 1, 7).is_ok());
+    let err = band_dispatch(64 * 49 + 1, 1, 7).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("max_compute_workgroups_per_dimension"),
+        "{err}"
+    );
+    assert!(
+        band_dispatch(10, 8, 7).is_err(),
+        "8 tasks along z past a limit of 7"
+    );
 }
 
 // ---------------------------------------------------------------------------------------
@@ -287,7 +329,7 @@ fn csr_indptr(
 /// arrays and the band's transition entries (4 bytes each) each within `max_binding`.
 #[allow(clippy::too_many_arguments)]
 fn check_mdp_plan(
-    bands: &[MdpBand],
+    bands: &[Band],
     tasks: usize,
     states: usize,
     whole_task_bytes: u64,
@@ -298,17 +340,14 @@ fn check_mdp_plan(
 ) {
     let mut covered = vec![0u32; tasks * states];
     for band in bands {
-        assert!(
-            band.task_count >= 1 && band.state_count >= 1,
-            "{label}: {band:?}"
-        );
+        assert!(band.task_count >= 1 && band.count >= 1, "{label}: {band:?}");
         assert!(band.task_count <= MAX_DISPATCH, "{label}: {band:?}");
-        let (s0, s1) = (band.state_base, band.state_base + band.state_count);
+        let (s0, s1) = (band.first, band.first + band.count);
         assert!(
             band.task_base + band.task_count <= tasks && s1 <= states,
             "{label}: {band:?}"
         );
-        if band.state_count < states {
+        if band.count < states {
             assert_eq!(
                 band.task_count, 1,
                 "{label}: a state band spans one task: {band:?}"
@@ -319,7 +358,7 @@ fn check_mdp_plan(
             tasks_in * whole_task_bytes <= max_binding,
             "{label}: {band:?} whole-task"
         );
-        let windowed = tasks_in * band.state_count as u64 * bytes_per_state;
+        let windowed = tasks_in * band.count as u64 * bytes_per_state;
         assert!(
             windowed <= max_binding,
             "{label}: {band:?} needs {windowed} B"
@@ -390,7 +429,7 @@ fn mdp_bands_cover_every_state_once_within_the_limit() {
                 max_binding,
                 &label,
             );
-            state_banded += bands.iter().any(|b| b.state_count < states) as usize;
+            state_banded += bands.iter().any(|b| b.count < states) as usize;
         }
     }
     // The last three limits force state bands, with and without the heavy state.
@@ -413,7 +452,7 @@ fn mdp_state_bands_are_as_long_as_the_limit_allows() {
     check_mdp_plan(&bands, 2, states, 1000, 4, &entries, max_binding, "ranges");
     let room = max_binding - ALIGNMENT_ALLOWANCE;
     for band in &bands {
-        let (s0, s1) = (band.state_base, band.state_base + band.state_count);
+        let (s0, s1) = (band.first, band.first + band.count);
         if s1 == states {
             continue;
         }
@@ -444,11 +483,7 @@ fn mdp_whole_task_bands_pack_tasks() {
         MAX_WORKGROUPS,
     )
     .unwrap();
-    assert!(
-        bands
-            .iter()
-            .all(|b| b.state_base == 0 && b.state_count == states)
-    );
+    assert!(bands.iter().all(|b| b.first == 0 && b.count == states));
     assert_eq!(bands.len(), 3, "10 tasks, 4 per band: {bands:?}");
     let tasks = 2 * MAX_DISPATCH + 1;
     let bands = plan_mdp_bands(tasks, 3, 12, 4, &|s| s as u64, 1 << 30, MAX_WORKGROUPS).unwrap();

@@ -32,3 +32,18 @@ fn workgroup_stats(lid: u32, own: vec4<f32>) -> vec4<f32> {
     }
     return stats_scratch[0];
 }
+
+// No `partials` slot: what `partial_slot` gives every invocation but lane 0 of a workgroup
+// that covers some of its band's items.
+const NO_SLOT: u32 = 0xffffffffu;
+
+// Where this workgroup's statistics go in `partials` [task][group], for a band dispatched as
+// workgroups (x + y * dispatch_x, z = task within the band) over `items` items per task:
+// slot `(task_base + z) * groups_per_task + group_base + group` for lane 0, else NO_SLOT.
+fn partial_slot(wid: vec3<u32>, lid: u32, dispatch_x: u32, items: u32, task_base: u32, group_base: u32, groups_per_task: u32) -> u32 {
+    let group = wid.y * dispatch_x + wid.x;
+    if lid != 0u || group * WORKGROUP_SIZE >= items {
+        return NO_SLOT;
+    }
+    return (task_base + wid.z) * groups_per_task + group_base + group;
+}

@@ -3,6 +3,7 @@
 //! with `shaders/residual_reduce.wgsl` and jumps ahead with `shaders/extrapolate.wgsl`.
 
 use std::collections::HashMap;
+use std::marker::PhantomData;
 
 use crate::error::{Error, Result, ensure_limit};
 use bytemuck::{Pod, Zeroable};
@@ -158,31 +159,83 @@ pub(crate) fn layout_entries(kinds: &[wgpu::BufferBindingType]) -> Vec<wgpu::Bin
         .collect()
 }
 
-/// A WGSL module from its source.
-pub(crate) fn shader_module(
-    device: &wgpu::Device,
-    label: &str,
-    source: &str,
-) -> wgpu::ShaderModule {
-    device.create_shader_module(wgpu::ShaderModuleDescriptor {
-        label: Some(label),
-        source: wgpu::ShaderSource::Wgsl(source.into()),
-    })
+/// One composed WGSL module and its single bind group layout (binding i = the i-th kind it
+/// was made with): the entry points of one `shaders/*.wgsl` file, whose pipelines
+/// [`GpuCore::pipeline`] builds and caches.
+pub(crate) struct Shader {
+    /// `"softvi.<file>"`: the module's and layouts' label, and the cache's key.
+    pub label: &'static str,
+    module: wgpu::ShaderModule,
+    /// The bind group layout every entry point of the module uses.
+    pub group_layout: wgpu::BindGroupLayout,
+    pipeline_layout: wgpu::PipelineLayout,
 }
 
-/// The pipeline of `entry` in `module` with the given `override` constants. Every kernel writes
-/// its workgroup memory before reading it, so none is zero-initialised.
-pub(crate) fn compute_pipeline(
+/// A cached pipeline: module label, entry point, override constants (name, f64 bits).
+type PipelineKey = (&'static str, &'static str, Vec<(&'static str, u64)>);
+
+/// Uniforms of type `P` in one pooled buffer, slot i at i times the adapter's uniform offset
+/// alignment: the allocator every band's uniform comes from (slot = band).
+pub(crate) struct Uniforms<P> {
+    buffer: wgpu::Buffer,
+    stride: u64,
+    count: usize,
+    params: PhantomData<P>,
+}
+
+impl<P: Pod> Uniforms<P> {
+    /// The binding of slot `i`.
+    pub fn bind(&self, i: usize) -> wgpu::BindingResource<'_> {
+        debug_assert!(i < self.count, "uniform slot {i} of {}", self.count);
+        bind(&self.buffer, i as u64 * self.stride, size_of::<P>() as u64)
+    }
+}
+
+/// A storage binding type.
+pub(crate) fn storage(read_only: bool) -> wgpu::BufferBindingType {
+    wgpu::BufferBindingType::Storage { read_only }
+}
+
+/// [`GpuCore::shader`] on `device`.
+fn shader(
     device: &wgpu::Device,
-    layout: &wgpu::PipelineLayout,
-    module: &wgpu::ShaderModule,
+    label: &'static str,
+    source: &str,
+    kinds: &[wgpu::BufferBindingType],
+) -> Shader {
+    let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
+        label: Some(label),
+        source: wgpu::ShaderSource::Wgsl(source.into()),
+    });
+    let group_layout = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
+        label: Some(label),
+        entries: &layout_entries(kinds),
+    });
+    let pipeline_layout = device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
+        label: Some(label),
+        bind_group_layouts: &[Some(&group_layout)],
+        immediate_size: 0,
+    });
+    Shader {
+        label,
+        module,
+        group_layout,
+        pipeline_layout,
+    }
+}
+
+/// The pipeline of `entry` in `shader` with the given `override` constants. Every kernel
+/// writes its workgroup memory before reading it, so none is zero-initialised.
+fn compute_pipeline(
+    device: &wgpu::Device,
+    shader: &Shader,
     entry: &str,
     constants: &[(&str, f64)],
 ) -> wgpu::ComputePipeline {
     device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
         label: Some(&format!("softvi.{entry}")),
-        layout: Some(layout),
-        module,
+        layout: Some(&shader.pipeline_layout),
+        module: &shader.module,
         entry_point: Some(entry),
         compilation_options: wgpu::PipelineCompilationOptions {
             constants,
@@ -190,11 +243,6 @@ pub(crate) fn compute_pipeline(
         },
         cache: None,
     })
-}
-
-/// A storage binding type.
-pub(crate) fn storage(read_only: bool) -> wgpu::BufferBindingType {
-    wgpu::BufferBindingType::Storage { read_only }
 }
 
 /// Reusable buffers by role; a buffer is replaced only when a solve needs a larger one.
@@ -350,12 +398,14 @@ pub(crate) struct Iteration {
     pub verdict: Verdict,
 }
 
-/// A device with its buffer pool and the convergence-check and extrapolation pipelines.
+/// A device with its buffer pool, its pipeline cache and the convergence-check and
+/// extrapolation pipelines.
 pub(crate) struct GpuCore {
     pub device: wgpu::Device,
     pub queue: wgpu::Queue,
     pub adapter_label: String,
     pub pool: BufferPool,
+    pipelines: HashMap<PipelineKey, wgpu::ComputePipeline>,
     pub max_binding: u64,
     pub max_buffer: u64,
     /// Most workgroups a dispatch may have along one dimension (the adapter's
@@ -363,10 +413,10 @@ pub(crate) struct GpuCore {
     pub max_workgroups: u32,
     pub storage_align: u64,
     pub uniform_align: u64,
-    reduce_layout: wgpu::BindGroupLayout,
+    reduce: Shader,
     reduce_pipeline: wgpu::ComputePipeline,
     decide_pipeline: wgpu::ComputePipeline,
-    extrapolate_layout: wgpu::BindGroupLayout,
+    extrapolate: Shader,
     /// The `extrapolate` kernel, for [`Kernels::extrapolate`].
     pub extrapolate_pipeline: wgpu::ComputePipeline,
 }
@@ -375,50 +425,38 @@ impl GpuCore {
     pub fn new(ctx: &GpuContext, options: EngineOptions) -> Self {
         let device = ctx.device.clone();
         let limits = device.limits();
-        let reduce_layout = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
-            label: Some("softvi.residual_reduce"),
-            entries: &layout_entries(&[
+        let reduce = shader(
+            &device,
+            "softvi.residual_reduce",
+            RESIDUAL_REDUCE_WGSL,
+            &[
                 wgpu::BufferBindingType::Uniform, // params
                 storage(true),                    // partials
                 storage(false),                   // checks
                 storage(false),                   // control
                 storage(false),                   // history
                 storage(false),                   // extrapolation
-            ]),
-        });
-        let module = shader_module(&device, "softvi.residual_reduce", RESIDUAL_REDUCE_WGSL);
-        let layout = device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
-            label: Some("softvi.residual_reduce"),
-            bind_group_layouts: &[Some(&reduce_layout)],
-            immediate_size: 0,
-        });
-        let stage = |entry: &str| compute_pipeline(&device, &layout, &module, entry, &[]);
-        let (reduce_pipeline, decide_pipeline) =
-            (stage("residual_reduce"), stage("convergence_decide"));
+            ],
+        );
         // Binding order = position in this list; the shader declares the same order.
-        let extrapolate_layout =
-            device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
-                label: Some("softvi.extrapolate"),
-                entries: &layout_entries(&[
-                    wgpu::BufferBindingType::Uniform, // params
-                    storage(true),                    // fixed_bits
-                    storage(true),                    // v_prev
-                    storage(false),                   // v
-                    storage(false),                   // backup
-                    storage(true),                    // extrapolation
-                ]),
-            });
-        let module = shader_module(&device, "softvi.extrapolate", EXTRAPOLATE_WGSL);
-        let layout = device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
-            label: Some("softvi.extrapolate"),
-            bind_group_layouts: &[Some(&extrapolate_layout)],
-            immediate_size: 0,
-        });
-        let extrapolate_pipeline = compute_pipeline(&device, &layout, &module, "extrapolate", &[]);
+        let extrapolate = shader(
+            &device,
+            "softvi.extrapolate",
+            EXTRAPOLATE_WGSL,
+            &[
+                wgpu::BufferBindingType::Uniform, // params
+                storage(true),                    // fixed_bits
+                storage(true),                    // v_prev
+                storage(false),                   // v
+                storage(false),                   // backup
+                storage(true),                    // extrapolation
+            ],
+        );
         Self {
             queue: ctx.queue.clone(),
             adapter_label: ctx.adapter_label(),
             pool: BufferPool::default(),
+            pipelines: HashMap::new(),
             max_binding: options
                 .max_binding_bytes
                 .unwrap_or(u64::MAX)
@@ -430,35 +468,62 @@ impl GpuCore {
             max_workgroups: limits.max_compute_workgroups_per_dimension,
             storage_align: limits.min_storage_buffer_offset_alignment as u64,
             uniform_align: limits.min_uniform_buffer_offset_alignment as u64,
-            reduce_pipeline,
-            decide_pipeline,
-            reduce_layout,
-            extrapolate_layout,
-            extrapolate_pipeline,
+            reduce_pipeline: compute_pipeline(&device, &reduce, "residual_reduce", &[]),
+            decide_pipeline: compute_pipeline(&device, &reduce, "convergence_decide", &[]),
+            extrapolate_pipeline: compute_pipeline(&device, &extrapolate, "extrapolate", &[]),
+            reduce,
+            extrapolate,
             device,
         }
     }
 
-    /// A bind group layout over `kinds` (binding i = `kinds[i]`) and its pipeline layout.
-    pub fn layouts(
+    /// The module of `source` with one bind group layout over `kinds` (binding i =
+    /// `kinds[i]`, the order the shader declares).
+    pub fn shader(
         &self,
-        label: &str,
+        label: &'static str,
+        source: &str,
         kinds: &[wgpu::BufferBindingType],
-    ) -> (wgpu::BindGroupLayout, wgpu::PipelineLayout) {
-        let group = self
-            .device
-            .create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
-                label: Some(label),
-                entries: &layout_entries(kinds),
-            });
-        let pipeline = self
-            .device
-            .create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
-                label: Some(label),
-                bind_group_layouts: &[Some(&group)],
-                immediate_size: 0,
-            });
-        (group, pipeline)
+    ) -> Shader {
+        shader(&self.device, label, source, kinds)
+    }
+
+    /// The pipeline of `entry` in `shader` specialised by the `override` `constants`, built
+    /// once per engine and reused by every later solve.
+    pub fn pipeline(
+        &mut self,
+        shader: &Shader,
+        entry: &'static str,
+        constants: &[(&'static str, f64)],
+    ) -> wgpu::ComputePipeline {
+        let key = (
+            shader.label,
+            entry,
+            constants.iter().map(|&(n, v)| (n, v.to_bits())).collect(),
+        );
+        let device = &self.device;
+        self.pipelines
+            .entry(key)
+            .or_insert_with(|| compute_pipeline(device, shader, entry, constants))
+            .clone()
+    }
+
+    /// `params` uploaded into the pooled uniform buffer `label`, slot i = `params[i]`.
+    pub fn uniforms<P: Pod>(&mut self, label: &'static str, params: &[P]) -> Uniforms<P> {
+        let stride = (size_of::<P>() as u64).next_multiple_of(self.uniform_align);
+        let mut bytes = vec![0u8; params.len().max(1) * stride as usize];
+        for (slot, p) in bytes.chunks_exact_mut(stride as usize).zip(params) {
+            slot[..size_of::<P>()].copy_from_slice(bytemuck::bytes_of(p));
+        }
+        let usage = wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST;
+        let buffer = self.buffer(label, bytes.len() as u64, usage);
+        self.queue.write_buffer(&buffer, 0, &bytes);
+        Uniforms {
+            buffer,
+            stride,
+            count: params.len(),
+            params: PhantomData,
+        }
     }
 
     /// A buffer from the pool.
@@ -535,11 +600,6 @@ impl GpuCore {
             U::STORAGE | U::COPY_DST,
         );
         let extrapolation = self.buffer("softvi.extrapolation", tasks as u64 * 4, U::STORAGE);
-        let reduce_params = self.buffer(
-            "softvi.reduce_params",
-            size_of::<ReduceParams>() as u64,
-            U::UNIFORM | U::COPY_DST,
-        );
         let tol = match options.horizon {
             Horizon::Infinite { tol, .. } => tol as f32,
             Horizon::Finite(_) => -1.0,
@@ -553,8 +613,7 @@ impl GpuCore {
             gamma: options.gamma as f32,
             ..Default::default()
         };
-        self.queue
-            .write_buffer(&reduce_params, 0, bytemuck::bytes_of(&params));
+        let reduce_params = self.uniforms("softvi.reduce_params", &[params]);
         let mut control_init = vec![0u32, NOT_CONVERGED, 0, 0];
         control_init.extend(dispatch.iter().flatten());
         // Extrapolation dispatches start disabled; convergence_decide enables them.
@@ -566,9 +625,9 @@ impl GpuCore {
         self.queue.submit([encoder.finish()]);
         let group = self.bind_group(
             "softvi.residual_reduce",
-            &self.reduce_layout,
+            &self.reduce.group_layout,
             [
-                reduce_params.as_entire_binding(),
+                reduce_params.bind(0),
                 partials.as_entire_binding(),
                 checks.as_entire_binding(),
                 control.as_entire_binding(),
@@ -599,27 +658,20 @@ impl GpuCore {
         backup: &wgpu::Buffer,
         extrapolation: &wgpu::Buffer,
     ) -> Vec<[wgpu::BindGroup; 2]> {
-        let stride = (size_of::<ExtrapolateParams>() as u64).next_multiple_of(self.uniform_align);
-        let params = self.buffer(
-            label,
-            bands.len() as u64 * stride,
-            wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
-        );
+        let all: Vec<ExtrapolateParams> = bands.iter().map(|b| b.params).collect();
+        let params = self.uniforms(label, &all);
         bands
             .iter()
             .enumerate()
             .map(|(b, band)| {
-                let slot = b as u64 * stride;
-                self.queue
-                    .write_buffer(&params, slot, bytemuck::bytes_of(&band.params));
                 let (f, prev, out) = (&band.fixed, &band.prev, &band.values);
                 let group = |p: usize| {
                     // Binding order = the layout's order = the shader's @binding numbers.
                     self.bind_group(
                         "softvi.extrapolate",
-                        &self.extrapolate_layout,
+                        &self.extrapolate.group_layout,
                         [
-                            bind(&params, slot, size_of::<ExtrapolateParams>() as u64),
+                            params.bind(b),
                             bind(fixed, f.offset, f.size),
                             bind(&values[p], prev.offset, prev.size),
                             bind(&values[1 - p], out.offset, out.size),

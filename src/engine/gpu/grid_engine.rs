@@ -2,19 +2,18 @@
 //! `shaders/residual_reduce.wgsl`, built once per engine, and the solve driver that records
 //! many sweeps per submission and checks convergence on the GPU.
 
-use std::collections::HashMap;
 use std::ops::Range;
 use std::time::Instant;
 
 use crate::error::{Error, Result, ensure, ensure_limit};
 use bytemuck::{Pod, Zeroable};
 
+use super::bands::{Band, BandLimits, band_dispatch, plan_bands};
 use super::chunks::{ChunkResult, solve_in_chunks};
 use super::context::GpuContext;
 use super::core::{
-    Checks, EngineOptions, ExtrapolateBand, ExtrapolateParams, GpuCore, Iteration, Kernels,
-    StepCopies, WINDOW_SLACK, Window, bind, compute_pipeline, invocations, shader_module, storage,
-    window,
+    Checks, EngineOptions, ExtrapolateBand, ExtrapolateParams, GpuCore, Iteration, Kernels, Shader,
+    StepCopies, Uniforms, WINDOW_SLACK, Window, bind, invocations, storage, window,
 };
 use super::forward::{BandDispatch, ForwardPass, PairDispatch, record_forward};
 use crate::engine::layout::GridInputs;
@@ -77,24 +76,10 @@ pub struct GridParams {
     pub step_cost: [[f32; 4]; 3],
 }
 
-/// A window of whole tasks, or of rows of one task, dispatched as one unit so that each
-/// binding stays within the storage-binding limit.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Band {
-    /// First task, within the chunk.
-    pub task_base: usize,
-    /// Tasks covered.
-    pub task_count: usize,
-    /// First row.
-    pub row_base: usize,
-    /// Rows covered.
-    pub row_count: usize,
-}
-
-/// Splits `tasks` tasks of `height` x `width` cells into bands whose per-cell arrays of
-/// `bytes_per_cell` bytes fit `max_binding` bytes (a one-row halo included), at most
-/// `max_workgroups` tasks (one dispatch dimension) each.
-pub fn plan_bands(
+/// Splits `tasks` tasks of `height` x `width` cells into bands (of whole tasks, or of rows of
+/// one task) whose per-cell arrays of `bytes_per_cell` bytes fit `max_binding` bytes, a row
+/// of halo above and below a row band included, at most `max_workgroups` tasks each.
+pub fn plan_grid_bands(
     tasks: usize,
     height: usize,
     width: usize,
@@ -103,40 +88,29 @@ pub fn plan_bands(
     max_workgroups: u32,
 ) -> Result<Vec<Band>> {
     let cells = (height * width) as u64;
-    let capacity = (max_binding / bytes_per_cell).saturating_sub(WINDOW_SLACK);
-    if cells <= capacity {
-        let per_band = ((capacity / cells) as usize).min(max_workgroups as usize);
-        return Ok((0..tasks)
-            .step_by(per_band)
-            .map(|t| Band {
-                task_base: t,
-                task_count: per_band.min(tasks - t),
-                row_base: 0,
-                row_count: height,
-            })
-            .collect());
-    }
-    let rows = (capacity / width as u64).saturating_sub(2) as usize;
-    if rows == 0 {
-        return Err(Error::limit(
-            format!("a grid row of {width} cells with its two neighbours in one storage binding"),
-            (width as u64) * bytes_per_cell * 3 + WINDOW_SLACK * bytes_per_cell,
-            "the adapter's max_storage_buffer_binding_size",
-            max_binding,
-        ));
-    }
-    let mut bands = Vec::new();
-    for task in 0..tasks {
-        for row_base in (0..height).step_by(rows) {
-            bands.push(Band {
-                task_base: task,
-                task_count: 1,
-                row_base,
-                row_count: rows.min(height - row_base),
-            });
-        }
-    }
-    Ok(bands)
+    let capacity = max_binding.saturating_sub(WINDOW_SLACK * bytes_per_cell);
+    let row_bytes = width as u64 * bytes_per_cell;
+    plan_bands(
+        tasks,
+        height,
+        &BandLimits {
+            whole_task_bytes: (cells * bytes_per_cell <= capacity)
+                .then_some(cells * bytes_per_cell),
+            capacity,
+            fits: &|r0, r1| (r1 - r0 + 2) as u64 * row_bytes <= capacity,
+            alone: &|_| {
+                Error::limit(
+                    format!(
+                        "a grid row of {width} cells with its two neighbours in one storage binding"
+                    ),
+                    3 * row_bytes + WINDOW_SLACK * bytes_per_cell,
+                    "the adapter's max_storage_buffer_binding_size",
+                    max_binding,
+                )
+            },
+            max_workgroups,
+        },
+    )
 }
 
 /// `problem` with its map widened to a multiple of 4 columns by blocked cells, as the quad
@@ -270,8 +244,9 @@ struct GridChunk {
     quads: wgpu::Buffer,
     fixed: wgpu::Buffer,
     reward: wgpu::Buffer,
-    /// Uniform slots: sweep bands, policy bands, then occupancy bands.
-    params: wgpu::Buffer,
+    /// The uniforms of the sweep bands and of the policy bands, slot = band.
+    sweep_params: Uniforms<GridParams>,
+    policy_params: Uniforms<GridParams>,
     /// With a forward pass, V_t of every step: slot t = V_t, `[t][task][cell]`.
     steps: Option<wgpu::Buffer>,
     /// A 16-byte stand-in for the policy binding of the sweeps.
@@ -297,14 +272,8 @@ struct Forward<'a> {
 /// buffers are built once and reused by every solve.
 pub struct GridEngine {
     core: GpuCore,
-    grid_module: wgpu::ShaderModule,
-    grid_layout: wgpu::BindGroupLayout,
-    grid_pipeline_layout: wgpu::PipelineLayout,
-    occupancy_module: wgpu::ShaderModule,
-    occupancy_layout: wgpu::BindGroupLayout,
-    occupancy_pipeline_layout: wgpu::PipelineLayout,
-    grid_pipelines: HashMap<GridPipelineKey, wgpu::ComputePipeline>,
-    uniform_stride: u64,
+    grid_backup: Shader,
+    grid_occupancy: Shader,
 }
 
 impl GridEngine {
@@ -316,9 +285,10 @@ impl GridEngine {
     /// An engine on `ctx`'s device with the given size limits (each at most the device's).
     pub fn with_options(ctx: &GpuContext, options: EngineOptions) -> Result<Self> {
         let core = GpuCore::new(ctx, options);
-        // Binding order = position in this list; the shader declares the same order.
-        let (grid_layout, grid_pipeline_layout) = core.layouts(
+        // Binding order = position in these lists; the shaders declare the same order.
+        let grid_backup = core.shader(
             "softvi.grid_backup",
+            GRID_BACKUP_WGSL,
             &[
                 wgpu::BufferBindingType::Uniform, // params
                 storage(true),                    // active_quads
@@ -330,8 +300,9 @@ impl GridEngine {
                 storage(false),                   // policy
             ],
         );
-        let (occupancy_layout, occupancy_pipeline_layout) = core.layouts(
+        let grid_occupancy = core.shader(
             "softvi.grid_occupancy",
+            GRID_OCCUPANCY_WGSL,
             &[
                 wgpu::BufferBindingType::Uniform, // params
                 storage(true),                    // move_masks
@@ -341,19 +312,10 @@ impl GridEngine {
                 storage(false),                   // d_out
             ],
         );
-        let module = |label, source: &str| shader_module(&core.device, label, source);
-        let grid_module = module("softvi.grid_backup", GRID_BACKUP_WGSL);
-        let occupancy_module = module("softvi.grid_occupancy", GRID_OCCUPANCY_WGSL);
         Ok(Self {
-            occupancy_module,
-            occupancy_layout,
-            occupancy_pipeline_layout,
-            uniform_stride: (size_of::<GridParams>() as u64).next_multiple_of(core.uniform_align),
             core,
-            grid_module,
-            grid_layout,
-            grid_pipeline_layout,
-            grid_pipelines: HashMap::new(),
+            grid_backup,
+            grid_occupancy,
         })
     }
 
@@ -362,18 +324,12 @@ impl GridEngine {
         &self.core.adapter_label
     }
 
+    /// The pipeline of `key`, from the core's cache.
     fn grid_pipeline(&mut self, key: GridPipelineKey) -> wgpu::ComputePipeline {
-        if let Some(p) = self.grid_pipelines.get(&key) {
-            return p.clone();
-        }
-        let (entry, module, layout) = match key.stage {
-            GridStage::Backup => ("grid_backup", &self.grid_module, &self.grid_pipeline_layout),
-            GridStage::Policy => ("grid_policy", &self.grid_module, &self.grid_pipeline_layout),
-            GridStage::Occupancy => (
-                "grid_occupancy",
-                &self.occupancy_module,
-                &self.occupancy_pipeline_layout,
-            ),
+        let (entry, shader) = match key.stage {
+            GridStage::Backup => ("grid_backup", &self.grid_backup),
+            GridStage::Policy => ("grid_policy", &self.grid_backup),
+            GridStage::Occupancy => ("grid_occupancy", &self.grid_occupancy),
         };
         let flag = |b: bool| if b { 1.0 } else { 0.0 };
         let mut constants = vec![
@@ -389,9 +345,7 @@ impl GridEngine {
                 ("WRITE_Q", flag(key.write_q)),
             ]);
         }
-        let pipeline = compute_pipeline(&self.core.device, layout, module, entry, &constants);
-        self.grid_pipelines.insert(key, pipeline.clone());
-        pipeline
+        self.core.pipeline(shader, entry, &constants)
     }
 
     /// Tasks solved together so that the largest per-chunk array, `bytes_per_cell` per cell
@@ -586,7 +540,7 @@ impl GridEngine {
         active_quads: &[[u32; 2]],
         tasks: usize,
         bands: &[Band],
-    ) -> Vec<BandLayout> {
+    ) -> Result<Vec<BandLayout>> {
         let base = self.grid_params(inputs);
         let (w, h, cells) = (
             inputs.width as u64,
@@ -606,13 +560,10 @@ impl GridEngine {
                     band.task_base as u64,
                     (band.task_base + band.task_count - 1) as u64,
                 );
-                let (r0, r1) = (
-                    band.row_base as u64,
-                    (band.row_base + band.row_count) as u64,
-                );
-                let (lo, hi) = (first_at_row(band.row_base), first_at_row(r1 as usize));
-                let groups = ((hi - lo) as u32).div_ceil(WORKGROUP_SIZE);
-                let dispatch_x = groups.clamp(1, self.core.max_workgroups);
+                let (r0, r1) = (band.first as u64, (band.first + band.count) as u64);
+                let (lo, hi) = (first_at_row(band.first), first_at_row(r1 as usize));
+                let (dispatch, groups) =
+                    band_dispatch(hi - lo, band.task_count, self.core.max_workgroups)?;
                 let windows = [
                     // A band with no active quad dispatches nothing; bind any entry.
                     match hi > lo {
@@ -641,14 +592,14 @@ impl GridEngine {
                         align,
                     ),
                 ];
-                if band.row_base == 0 {
+                if band.first == 0 {
                     group_base = 0;
                 }
                 let params = GridParams {
                     task_base: band.task_base as u32,
                     list_base: lo as u32,
                     list_count: (hi - lo) as u32,
-                    dispatch_x,
+                    dispatch_x: dispatch[0].max(1),
                     group_base,
                     quads_origin: windows[0].origin as u32,
                     fixed_origin: windows[1].origin as u32,
@@ -657,19 +608,15 @@ impl GridEngine {
                     ..base
                 };
                 group_base += groups;
-                BandLayout {
+                Ok(BandLayout {
                     params,
                     windows,
-                    dispatch: [
-                        if groups == 0 { 0 } else { dispatch_x },
-                        groups.div_ceil(dispatch_x),
-                        band.task_count as u32,
-                    ],
+                    dispatch,
                     first_cell: t0 * cells + r0 * w,
                     end_cell: t_last * cells + r1 * w,
-                }
+                })
             })
-            .collect();
+            .collect::<Result<_>>()?;
         // Row bands of one task tile the task; its workgroups are counted over all of them.
         let per_task = layouts
             .iter()
@@ -679,15 +626,15 @@ impl GridEngine {
         for l in &mut layouts {
             l.params.groups_per_task = per_task;
         }
-        layouts
+        Ok(layouts)
     }
 
-    /// The `grid_backup` bind group of a band of `chunk`: its uniform at `slot`, reading
+    /// The `grid_backup` bind group of a band of `chunk`: its uniform `params`, reading
     /// `v_in`, writing `v_out` and (the policy entry) `policy` = (buffer, offset, bytes).
     fn grid_bind_group(
         &self,
         chunk: &GridChunk,
-        slot: u64,
+        params: wgpu::BindingResource,
         windows: &[Window; 4],
         (v_in, v_out): (&wgpu::Buffer, &wgpu::Buffer),
         policy: (&wgpu::Buffer, u64, u64),
@@ -696,9 +643,9 @@ impl GridEngine {
         // Binding order = the layout's order = the shader's @binding numbers.
         self.core.bind_group(
             "softvi.grid_backup",
-            &self.grid_layout,
+            &self.grid_backup.group_layout,
             [
-                bind(&chunk.params, slot, size_of::<GridParams>() as u64),
+                params,
                 bind(&chunk.quads, quads_w.offset, quads_w.size),
                 bind(&chunk.fixed, fixed_w.offset, fixed_w.size),
                 bind(&chunk.reward, out_w.offset, out_w.size),
@@ -708,11 +655,6 @@ impl GridEngine {
                 bind(policy.0, policy.1, policy.2),
             ],
         )
-    }
-
-    /// Byte offset of uniform slot `i` of a chunk.
-    fn slot(&self, i: usize) -> u64 {
-        i as u64 * self.uniform_stride
     }
 
     fn solve_chunk(
@@ -766,12 +708,12 @@ impl GridEngine {
         let (h, w, n_actions) = (inputs.height, inputs.width, inputs.action_count);
         let max_binding = self.core.max_binding;
         let max_workgroups = self.core.max_workgroups;
-        let bands = plan_bands(n, h, w, 4, max_binding, max_workgroups)?;
-        let layouts = self.lay_out_bands(inputs, &arrays.active_quads, n, &bands);
+        let bands = plan_grid_bands(n, h, w, 4, max_binding, max_workgroups)?;
+        let layouts = self.lay_out_bands(inputs, &arrays.active_quads, n, &bands)?;
         let policy_layouts = if rows {
             let policy_bands =
-                plan_bands(n, h, w, 4 * n_actions as u64, max_binding, max_workgroups)?;
-            self.lay_out_bands(inputs, &arrays.active_quads, n, &policy_bands)
+                plan_grid_bands(n, h, w, 4 * n_actions as u64, max_binding, max_workgroups)?;
+            self.lay_out_bands(inputs, &arrays.active_quads, n, &policy_bands)?
         } else {
             Vec::new()
         };
@@ -798,14 +740,9 @@ impl GridEngine {
             U::STORAGE | U::COPY_DST,
         );
         let reward = core.buffer("softvi.reward", v_bytes, U::STORAGE | U::COPY_DST);
-        // Sweep bands, policy bands, then with a forward pass one occupancy slot per policy
-        // band.
-        let slots = (layouts.len() + 2 * policy_layouts.len()) as u64;
-        let params = core.buffer(
-            "softvi.grid_params",
-            slots * self.uniform_stride,
-            U::UNIFORM | U::COPY_DST,
-        );
+        let params = |layouts: &[BandLayout]| layouts.iter().map(|l| l.params).collect::<Vec<_>>();
+        let sweep_params = core.uniforms("softvi.grid_sweep_params", &params(&layouts));
+        let policy_params = core.uniforms("softvi.grid_policy_params", &params(&policy_layouts));
         // V_t of every step, slot t = V_t; V_T = 0.
         let steps = match forward {
             true => {
@@ -846,7 +783,8 @@ impl GridEngine {
             quads,
             fixed,
             reward,
-            params,
+            sweep_params,
+            policy_params,
             steps,
             no_policy,
             backup,
@@ -872,12 +810,11 @@ impl GridEngine {
         let values = &chunk.values;
         let sweep_groups: Vec<_> = (chunk.layouts.iter().enumerate())
             .map(|(b, layout)| {
-                let slot = self.slot(b);
-                q.write_buffer(&chunk.params, slot, bytemuck::bytes_of(&layout.params));
                 let no_policy = (&chunk.no_policy, 0, 16);
                 let group = |p: usize| {
                     let io = (&values[p], &values[1 - p]);
-                    self.grid_bind_group(chunk, slot, &layout.windows, io, no_policy)
+                    let params = chunk.sweep_params.bind(b);
+                    self.grid_bind_group(chunk, params, &layout.windows, io, no_policy)
                 };
                 [group(0), group(1)]
             })
@@ -948,15 +885,14 @@ impl GridEngine {
         let a = n_actions as u64;
         let mut policy = vec![0.0f32; (chunk.v_bytes / 4) as usize * n_actions];
         for (i, layout) in chunk.policy_layouts.iter().enumerate() {
-            let slot = self.slot(chunk.layouts.len() + i);
-            (self.core.queue).write_buffer(&chunk.params, slot, bytemuck::bytes_of(&layout.params));
             // The policy window starts at the reward window's first cell.
             let origin = 4 * layout.windows[3].origin;
             let out_bytes = (layout.end_cell - origin) * a * 4;
             let out = self.core.buffer("softvi.policy", out_bytes, usage);
             let io = (&chunk.values[from], &chunk.values[1 - from]);
+            let params = chunk.policy_params.bind(i);
             let group =
-                self.grid_bind_group(chunk, slot, &layout.windows, io, (&out, 0, out_bytes));
+                self.grid_bind_group(chunk, params, &layout.windows, io, (&out, 0, out_bytes));
             let mut encoder = self.core.device.create_command_encoder(&Default::default());
             self.core
                 .dispatch(&mut encoder, &pipeline, &group, layout.dispatch);
@@ -1023,9 +959,6 @@ impl GridEngine {
             .write_buffer(&d[0], 0, bytemuck::cast_slice(start));
         let policy_groups: Vec<_> = (chunk.policy_layouts.iter().enumerate())
             .map(|(i, layout)| {
-                let slot = self.slot(chunk.layouts.len() + i);
-                let q = &self.core.queue;
-                q.write_buffer(&chunk.params, slot, bytemuck::bytes_of(&layout.params));
                 let origin = 4 * layout.windows[3].origin;
                 let out = (
                     &step_policy,
@@ -1033,10 +966,11 @@ impl GridEngine {
                     (layout.end_cell - origin) * n_actions as u64 * 4,
                 );
                 let io = (&v_next, &chunk.values[0]);
-                self.grid_bind_group(chunk, slot, &layout.windows, io, out)
+                let params = chunk.policy_params.bind(i);
+                self.grid_bind_group(chunk, params, &layout.windows, io, out)
             })
             .collect();
-        let occupancy_groups = self.occupancy_groups(inputs, chunk, &step_policy, &d);
+        let occupancy_groups = self.occupancy_groups(inputs, chunk, &step_policy, &d)?;
         let policy = self.grid_pipeline(GridPipelineKey {
             stage: GridStage::Policy,
             ..chunk.key
@@ -1091,7 +1025,7 @@ impl GridEngine {
         chunk: &GridChunk,
         step_policy: &wgpu::Buffer,
         d: &[wgpu::Buffer; 2],
-    ) -> Vec<([wgpu::BindGroup; 2], [u32; 3])> {
+    ) -> Result<Vec<([wgpu::BindGroup; 2], [u32; 3])>> {
         let masks = self.core.buffer(
             "softvi.move_masks",
             (inputs.cells() * 4) as u64,
@@ -1106,32 +1040,36 @@ impl GridEngine {
         let wpt = inputs.fixed_words_per_task() as u64;
         let align = self.core.storage_align;
         let base = self.grid_params(inputs);
-        let slot0 = chunk.layouts.len() + chunk.policy_layouts.len();
-        (chunk.policy_layouts.iter().enumerate())
-            .map(|(i, layout)| {
-                // The occupancy of the band's whole tasks.
+        // Per policy band: the occupancy of its whole tasks.
+        let bands: Vec<_> = (chunk.policy_layouts.iter())
+            .map(|layout| {
                 let (t0, t1) = (layout.first_cell / c, layout.end_cell / c);
                 let fixed_w = window(t0 * wpt, t1 * wpt, n * wpt, 4, align);
                 let d_w = window(t0 * c, t1 * c, n * c, 4, align);
                 let pi_w = window(t0 * c * a, t1 * c * a, n * c * a, 4, align);
-                let groups = (c as u32).div_ceil(WORKGROUP_SIZE);
-                let dispatch_x = groups.clamp(1, self.core.max_workgroups);
+                let (dispatch, _) =
+                    band_dispatch(c as usize, (t1 - t0) as usize, self.core.max_workgroups)?;
                 let params = GridParams {
                     task_base: t0 as u32,
-                    dispatch_x,
+                    dispatch_x: dispatch[0].max(1),
                     fixed_origin: fixed_w.origin as u32,
                     v_in_origin: d_w.origin as u32,
                     out_origin: pi_w.origin as u32,
                     ..base
                 };
-                let slot = self.slot(slot0 + i);
-                (self.core.queue).write_buffer(&chunk.params, slot, bytemuck::bytes_of(&params));
+                Ok((params, [fixed_w, d_w, pi_w], dispatch))
+            })
+            .collect::<Result<_>>()?;
+        let all: Vec<GridParams> = bands.iter().map(|b| b.0).collect();
+        let params = self.core.uniforms("softvi.grid_occupancy_params", &all);
+        Ok((bands.iter().enumerate())
+            .map(|(i, (_, [fixed_w, d_w, pi_w], dispatch))| {
                 let group = |p: usize| {
                     self.core.bind_group(
                         "softvi.grid_occupancy",
-                        &self.occupancy_layout,
+                        &self.grid_occupancy.group_layout,
                         [
-                            bind(&chunk.params, slot, size_of::<GridParams>() as u64),
+                            params.bind(i),
                             masks.as_entire_binding(),
                             bind(&chunk.fixed, fixed_w.offset, fixed_w.size),
                             bind(step_policy, pi_w.offset, pi_w.size),
@@ -1140,10 +1078,9 @@ impl GridEngine {
                         ],
                     )
                 };
-                let dispatch = [dispatch_x, groups.div_ceil(dispatch_x), (t1 - t0) as u32];
-                ([group(0), group(1)], dispatch)
+                ([group(0), group(1)], *dispatch)
             })
-            .collect()
+            .collect())
     }
 }
 

@@ -2,18 +2,18 @@
 //! policy) and `shaders/mdp_occupancy.wgsl` (forward messages), driven by the
 //! same convergence checks as the grid engine.
 
-use std::collections::HashMap;
 use std::ops::Range;
 use std::time::Instant;
 
 use crate::error::{Error, Result, ensure_limit};
 use bytemuck::{Pod, Zeroable};
 
+use super::bands::{Band, BandLimits, band_dispatch, plan_bands};
 use super::chunks::{ChunkResult, solve_in_chunks};
 use super::context::GpuContext;
 use super::core::{
-    Checks, EngineOptions, ExtrapolateBand, ExtrapolateParams, GpuCore, Iteration, Kernels,
-    StepCopies, Window, bind, compute_pipeline, invocations, shader_module, storage, window,
+    Checks, EngineOptions, ExtrapolateBand, ExtrapolateParams, GpuCore, Iteration, Kernels, Shader,
+    StepCopies, Uniforms, Window, bind, invocations, storage, window,
 };
 use super::forward::{BandDispatch, ForwardOutputs, ForwardPass, PairDispatch, record_forward};
 use crate::engine::layout::MdpInputs;
@@ -97,37 +97,21 @@ pub struct OccupancyParams {
     pub weight_origin: u32,
 }
 
-/// A window of whole tasks, or of states of one task, dispatched as one unit so that each
-/// binding stays within the storage-binding limit.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct MdpBand {
-    /// First task, within the chunk.
-    pub task_base: usize,
-    /// Tasks covered.
-    pub task_count: usize,
-    /// First state.
-    pub state_base: usize,
-    /// States covered.
-    pub state_count: usize,
+/// Tasks `[t0, t1)` and states `[s0, s1)` of a band.
+fn span(band: &Band) -> (u64, u64, u64, u64) {
+    (
+        band.task_base as u64,
+        (band.task_base + band.task_count) as u64,
+        band.first as u64,
+        (band.first + band.count) as u64,
+    )
 }
 
-impl MdpBand {
-    /// Tasks `[t0, t1)` and states `[s0, s1)` covered.
-    fn span(&self) -> (u64, u64, u64, u64) {
-        (
-            self.task_base as u64,
-            (self.task_base + self.task_count) as u64,
-            self.state_base as u64,
-            (self.state_base + self.state_count) as u64,
-        )
-    }
-}
-
-/// Splits `tasks` tasks of `states` states into bands whose bindings fit `max_binding` bytes:
-/// arrays read over whole tasks take `whole_task_bytes` per task, arrays windowed by state
-/// `bytes_per_state` per state and task, and the transition entries of states `[0, s)` are
-/// `entries_before(s)` (4 bytes each). A band has at most `max_workgroups` tasks (one
-/// dispatch dimension).
+/// Splits `tasks` tasks of `states` states into bands (of whole tasks, or of states of one
+/// task) whose bindings fit `max_binding` bytes: arrays read over whole tasks take
+/// `whole_task_bytes` per task, arrays windowed by state `bytes_per_state` per state and
+/// task, and the transition entries of states `[0, s)` are `entries_before(s)` (4 bytes
+/// each). A band has at most `max_workgroups` tasks.
 pub fn plan_mdp_bands(
     tasks: usize,
     states: usize,
@@ -136,9 +120,9 @@ pub fn plan_mdp_bands(
     entries_before: &dyn Fn(usize) -> u64,
     max_binding: u64,
     max_workgroups: u32,
-) -> Result<Vec<MdpBand>> {
-    let cap = max_binding.saturating_sub(ALIGN_SLACK);
-    if whole_task_bytes > cap {
+) -> Result<Vec<Band>> {
+    let capacity = max_binding.saturating_sub(ALIGN_SLACK);
+    if whole_task_bytes > capacity {
         return Err(Error::limit(
             format!("an MDP of {states} states, per task in one storage binding,"),
             whole_task_bytes,
@@ -147,83 +131,40 @@ pub fn plan_mdp_bands(
         ));
     }
     let task_bytes = whole_task_bytes.max(states as u64 * bytes_per_state);
-    if task_bytes <= cap && entries_before(states) * 4 <= cap {
-        let per_band = ((cap / task_bytes.max(1)) as usize).clamp(1, max_workgroups as usize);
-        return Ok((0..tasks)
-            .step_by(per_band)
-            .map(|t| MdpBand {
-                task_base: t,
-                task_count: per_band.min(tasks - t),
-                state_base: 0,
-                state_count: states,
-            })
-            .collect());
-    }
-    let fits = |s0: usize, s1: usize| {
-        (s1 - s0) as u64 * bytes_per_state <= cap
-            && (entries_before(s1) - entries_before(s0)) * 4 <= cap
-    };
-    let mut ranges = Vec::new();
-    let mut s0 = 0;
-    while s0 < states {
-        if !fits(s0, s0 + 1) {
-            return Err(Error::limit(
-                format!("state {s0} alone, with its transitions,"),
-                (bytes_per_state + (entries_before(s0 + 1) - entries_before(s0)) * 4).max(cap + 1),
-                "the adapter's max_storage_buffer_binding_size",
-                max_binding,
-            ));
-        }
-        // Largest fitting range by doubling, then bisection.
-        let (mut lo, mut step) = (s0 + 1, 1usize);
-        while lo < states && fits(s0, (lo + step).min(states)) {
-            lo = (lo + step).min(states);
-            step *= 2;
-        }
-        while step > 1 {
-            step /= 2;
-            if lo < states && fits(s0, (lo + step).min(states)) {
-                lo = (lo + step).min(states);
-            }
-        }
-        ranges.push(s0..lo);
-        s0 = lo;
-    }
-    Ok((0..tasks)
-        .flat_map(|t| {
-            ranges.iter().map(move |r| MdpBand {
-                task_base: t,
-                task_count: 1,
-                state_base: r.start,
-                state_count: r.len(),
-            })
-        })
-        .collect())
-}
-
-/// Workgroups of a band of `states` states and `tasks` tasks, `[x, y, z]` with x at most
-/// `max_workgroups`, and the workgroups per task.
-fn band_dispatch(states: usize, tasks: usize, max_workgroups: u32) -> ([u32; 3], u32) {
-    let groups = (states as u32).div_ceil(WORKGROUP_SIZE);
-    let x = groups.clamp(1, max_workgroups);
-    let dispatch = if groups == 0 {
-        [0, 0, 0]
-    } else {
-        [x, groups.div_ceil(x), tasks as u32]
-    };
-    (dispatch, groups)
+    let whole = task_bytes <= capacity && entries_before(states) * 4 <= capacity;
+    let entry_bytes = |s0: usize, s1: usize| (entries_before(s1) - entries_before(s0)) * 4;
+    plan_bands(
+        tasks,
+        states,
+        &BandLimits {
+            whole_task_bytes: whole.then_some(task_bytes),
+            capacity,
+            fits: &|s0, s1| {
+                (s1 - s0) as u64 * bytes_per_state <= capacity && entry_bytes(s0, s1) <= capacity
+            },
+            alone: &|s0| {
+                Error::limit(
+                    format!("state {s0} alone, with its transitions,"),
+                    (bytes_per_state + entry_bytes(s0, s0 + 1)).max(capacity + 1),
+                    "the adapter's max_storage_buffer_binding_size",
+                    max_binding,
+                )
+            },
+            max_workgroups,
+        },
+    )
 }
 
 /// Partial-slot offsets per band: bands of one task's state ranges follow each other; a band
 /// starting at state 0 starts at slot 0. Returns the offsets and the slots per task.
-fn group_bases(bands: &[MdpBand]) -> (Vec<u32>, u32) {
+fn group_bases(bands: &[Band]) -> (Vec<u32>, u32) {
     let (mut bases, mut base, mut per_task) = (Vec::new(), 0u32, 0u32);
     for band in bands {
-        if band.state_base == 0 {
+        if band.first == 0 {
             base = 0;
         }
         bases.push(base);
-        base += (band.state_count as u32).div_ceil(WORKGROUP_SIZE);
+        base += (band.count as u32).div_ceil(WORKGROUP_SIZE);
         per_task = per_task.max(base);
     }
     (bases, per_task)
@@ -295,6 +236,7 @@ struct Dynamics {
 
 /// The bindings of `shaders/mdp_backup.wgsl` that stay the same across a run's dispatches.
 struct BackupBindings<'a> {
+    params: &'a Uniforms<MdpParams>,
     dynamics: &'a Dynamics,
     reward: &'a wgpu::Buffer,
     fixed: &'a wgpu::Buffer,
@@ -338,31 +280,31 @@ macro_rules! band_params {
 /// along x: `band` gives a band's binding windows and uniform from its place.
 fn lay_out<P>(
     mdp: &TabularMdp,
-    bands: &[MdpBand],
+    bands: &[Band],
     max_workgroups: u32,
     band: impl Fn(&BandPlace) -> (Vec<Window>, P),
-) -> Vec<Layout<P>> {
+) -> Result<Vec<Layout<P>>> {
     let (bases, per_task) = group_bases(bands);
     (bands.iter().zip(bases))
         .map(|(b, group_base)| {
-            let (dispatch, _) = band_dispatch(b.state_count, b.task_count, max_workgroups);
+            let (dispatch, _) = band_dispatch(b.count, b.task_count, max_workgroups)?;
             let place = BandPlace {
-                span: b.span(),
+                span: span(b),
                 states: mdp.states as u32,
                 actions: mdp.actions as u32,
                 task_base: b.task_base as u32,
-                state_base: b.state_base as u32,
-                state_count: b.state_count as u32,
+                state_base: b.first as u32,
+                state_count: b.count as u32,
                 dispatch_x: dispatch[0].max(1),
                 group_base,
                 groups_per_task: per_task,
             };
             let (windows, params) = band(&place);
-            Layout {
+            Ok(Layout {
                 params,
                 windows,
                 dispatch,
-            }
+            })
         })
         .collect()
 }
@@ -391,8 +333,8 @@ struct MdpChunk {
     policy: wgpu::Buffer,
     /// V before the last extrapolation jump, for its rollback, `[task][state]`.
     backup: wgpu::Buffer,
-    /// Uniform slots, one per band.
-    params: wgpu::Buffer,
+    /// The bands' uniforms, slot = band.
+    params: Uniforms<MdpParams>,
     /// With a forward pass, V_t of every step: slot t = V_t, `[t][task][state]`.
     steps: Option<wgpu::Buffer>,
 }
@@ -401,7 +343,7 @@ struct MdpChunk {
 /// transitions.
 struct OccupancyChunk {
     /// Bands over the incoming entries and their layouts (none without the transpose).
-    bands: Vec<MdpBand>,
+    bands: Vec<Band>,
     layouts: Vec<Layout<OccupancyParams>>,
     /// The discounted sum reads pi(a|s) P(s'|s,a) folded into `weights`, `[task][entry]`
     /// (a 16-byte stand-in otherwise).
@@ -412,8 +354,8 @@ struct OccupancyChunk {
     start: wgpu::Buffer,
     /// Per task of the chunk, the discounted sum's start scale (peak 1); empty when finite.
     scales: Vec<f64>,
-    /// Uniform slots, one per band.
-    params: wgpu::Buffer,
+    /// The bands' uniforms, slot = band.
+    params: Uniforms<OccupancyParams>,
     /// The plain pull's pipeline; the others differ in `stage`, `weighted`, `add_start` and
     /// `write_residual`.
     key: MdpPipelineKey,
@@ -423,14 +365,8 @@ struct OccupancyChunk {
 /// layouts and buffers are built once and reused by every solve.
 pub struct MdpEngine {
     core: GpuCore,
-    backup_module: wgpu::ShaderModule,
-    backup_layout: wgpu::BindGroupLayout,
-    backup_pipeline_layout: wgpu::PipelineLayout,
-    occupancy_module: wgpu::ShaderModule,
-    occupancy_layout: wgpu::BindGroupLayout,
-    occupancy_pipeline_layout: wgpu::PipelineLayout,
-    pipelines: HashMap<MdpPipelineKey, wgpu::ComputePipeline>,
-    uniform_stride: u64,
+    mdp_backup: Shader,
+    mdp_occupancy: Shader,
 }
 
 impl MdpEngine {
@@ -444,8 +380,9 @@ impl MdpEngine {
         let core = GpuCore::new(ctx, options);
         let uniform = wgpu::BufferBindingType::Uniform;
         // Binding order = position in these lists; the shaders declare the same order.
-        let (backup_layout, backup_pipeline_layout) = core.layouts(
+        let mdp_backup = core.shader(
             "softvi.mdp_backup",
+            MDP_BACKUP_WGSL,
             &[
                 uniform,        // params
                 storage(true),  // indptr
@@ -459,8 +396,9 @@ impl MdpEngine {
                 storage(false), // out
             ],
         );
-        let (occupancy_layout, occupancy_pipeline_layout) = core.layouts(
+        let mdp_occupancy = core.shader(
             "softvi.mdp_occupancy",
+            MDP_OCCUPANCY_WGSL,
             &[
                 uniform,        // params
                 storage(true),  // incoming_indptr
@@ -474,21 +412,10 @@ impl MdpEngine {
                 storage(false), // weights
             ],
         );
-        let module = |label, source: &str| shader_module(&core.device, label, source);
-        let backup_module = module("softvi.mdp_backup", MDP_BACKUP_WGSL);
-        let occupancy_module = module("softvi.mdp_occupancy", MDP_OCCUPANCY_WGSL);
-        let uniform_stride = (size_of::<MdpParams>().max(size_of::<OccupancyParams>()) as u64)
-            .next_multiple_of(core.uniform_align);
         Ok(Self {
             core,
-            backup_module,
-            backup_layout,
-            backup_pipeline_layout,
-            occupancy_module,
-            occupancy_layout,
-            occupancy_pipeline_layout,
-            pipelines: HashMap::new(),
-            uniform_stride,
+            mdp_backup,
+            mdp_occupancy,
         })
     }
 
@@ -497,20 +424,17 @@ impl MdpEngine {
         &self.core.adapter_label
     }
 
+    /// The pipeline of `key`, from the core's cache.
     fn pipeline(&mut self, key: MdpPipelineKey) -> wgpu::ComputePipeline {
-        if let Some(p) = self.pipelines.get(&key) {
-            return p.clone();
-        }
         let flag = |b: bool| if b { 1.0 } else { 0.0 };
-        let (entry, module, layout, constants) = match key.stage {
+        let (entry, shader, constants) = match key.stage {
             MdpStage::Occupancy | MdpStage::OccupancyWeights => (
                 if key.stage == MdpStage::Occupancy {
                     "mdp_occupancy"
                 } else {
                     "mdp_occupancy_weights"
                 },
-                &self.occupancy_module,
-                &self.occupancy_pipeline_layout,
+                &self.mdp_occupancy,
                 vec![
                     ("ADD_START", flag(key.add_start)),
                     ("WRITE_RESIDUAL", flag(key.write_residual)),
@@ -523,8 +447,7 @@ impl MdpEngine {
                     MdpStage::Backup => "mdp_backup",
                     _ => "mdp_policy",
                 },
-                &self.backup_module,
-                &self.backup_pipeline_layout,
+                &self.mdp_backup,
                 vec![
                     ("OPTIMISTIC", flag(key.optimistic)),
                     ("HARD_MAX", flag(key.hard_max)),
@@ -533,9 +456,7 @@ impl MdpEngine {
                 ],
             ),
         };
-        let pipeline = compute_pipeline(&self.core.device, layout, module, entry, &constants);
-        self.pipelines.insert(key, pipeline.clone());
-        pipeline
+        self.core.pipeline(shader, entry, &constants)
     }
 
     /// Solves every task of `mdp`; the result has the same layout and meaning as
@@ -668,8 +589,8 @@ impl MdpEngine {
         &self,
         inputs: &MdpInputs,
         tasks: usize,
-        bands: &[MdpBand],
-    ) -> Vec<Layout<MdpParams>> {
+        bands: &[Band],
+    ) -> Result<Vec<Layout<MdpParams>>> {
         let mdp = inputs.mdp;
         let (s, a) = (mdp.states as u64, mdp.actions as u64);
         let wpt = s.div_ceil(32);
@@ -731,8 +652,8 @@ impl MdpEngine {
         inputs: &MdpInputs,
         incoming_indptr: &[u32],
         tasks: usize,
-        bands: &[MdpBand],
-    ) -> Vec<Layout<OccupancyParams>> {
+        bands: &[Band],
+    ) -> Result<Vec<Layout<OccupancyParams>>> {
         let mdp = inputs.mdp;
         let (s, a) = (mdp.states as u64, mdp.actions as u64);
         let nnz = mdp.nonzeros() as u64;
@@ -774,7 +695,7 @@ impl MdpEngine {
 
     fn backup_group(
         &self,
-        params: (&wgpu::Buffer, u64),
+        params: wgpu::BindingResource,
         layout: &Layout<MdpParams>,
         common: &BackupBindings,
         v_in: &wgpu::Buffer,
@@ -785,9 +706,9 @@ impl MdpEngine {
         let dynamics = common.dynamics;
         self.core.bind_group(
             "softvi.mdp_backup",
-            &self.backup_layout,
+            &self.mdp_backup.group_layout,
             [
-                bind(params.0, params.1, size_of::<MdpParams>() as u64),
+                params,
                 bind(&dynamics.indptr, w[0].offset, w[0].size),
                 bind(&dynamics.successors, w[1].offset, w[1].size),
                 bind(&dynamics.probs, w[1].offset, w[1].size),
@@ -801,19 +722,20 @@ impl MdpEngine {
         )
     }
 
-    /// The ping-pong pair of a band over `values`: group p reads `values[p]` and writes
+    /// The ping-pong pair of band `b` over `values`: group p reads `values[p]` and writes
     /// `values[1 - p]`; `out` (which the sweeps leave alone) is `backup`'s v_out window.
     fn backup_pair(
         &self,
-        params: (&wgpu::Buffer, u64),
-        layout: &Layout<MdpParams>,
+        (b, layout): (usize, &Layout<MdpParams>),
         common: &BackupBindings,
         values: &[wgpu::Buffer; 2],
         backup: &wgpu::Buffer,
     ) -> [wgpu::BindGroup; 2] {
         let out = (backup, layout.windows[5].offset, layout.windows[5].size);
-        let group =
-            |p: usize| self.backup_group(params, layout, common, &values[p], &values[1 - p], out);
+        let group = |p: usize| {
+            let params = common.params.bind(b);
+            self.backup_group(params, layout, common, &values[p], &values[1 - p], out)
+        };
         [group(0), group(1)]
     }
 
@@ -827,7 +749,7 @@ impl MdpEngine {
         let common = chunk.bindings(dynamics);
         (chunk.layouts.iter().enumerate())
             .map(|(b, layout)| {
-                let params = (&chunk.params, b as u64 * self.uniform_stride);
+                let params = chunk.params.bind(b);
                 let w = layout.windows[2];
                 let out = (&chunk.policy, w.offset, w.size);
                 self.backup_group(params, layout, &common, v, &chunk.backup, out)
@@ -921,7 +843,7 @@ impl MdpEngine {
             max_binding,
             max_workgroups,
         )?;
-        let layouts = self.backup_layouts(inputs, n, &bands);
+        let layouts = self.backup_layouts(inputs, n, &bands)?;
         let dispatch: Vec<[u32; 3]> = layouts.iter().map(|l| l.dispatch).collect();
         let checks = self
             .core
@@ -942,11 +864,8 @@ impl MdpEngine {
         let fixed = core.buffer("softvi.fixed_bits", fixed_bytes, U::STORAGE | U::COPY_DST);
         let policy = core.buffer("softvi.policy", row_bytes, U::STORAGE | U::COPY_SRC);
         let backup = core.buffer("softvi.backup", v_bytes, U::STORAGE);
-        let params = core.buffer(
-            "softvi.mdp_params",
-            2 * layouts.len() as u64 * self.uniform_stride,
-            U::UNIFORM | U::COPY_DST,
-        );
+        let all: Vec<MdpParams> = layouts.iter().map(|l| l.params).collect();
+        let params = core.uniforms("softvi.mdp_params", &all);
         let steps = match keep_steps {
             true => {
                 let bytes = (horizon + 1) * v_bytes;
@@ -1018,12 +937,7 @@ impl MdpEngine {
         }
         let common = chunk.bindings(dynamics);
         let groups: Vec<[wgpu::BindGroup; 2]> = (chunk.layouts.iter().enumerate())
-            .map(|(b, layout)| {
-                let slot = b as u64 * self.uniform_stride;
-                q.write_buffer(&chunk.params, slot, bytemuck::bytes_of(&layout.params));
-                let params = (&chunk.params, slot);
-                self.backup_pair(params, layout, &common, &chunk.values, &chunk.backup)
-            })
+            .map(|band| self.backup_pair(band, &common, &chunk.values, &chunk.backup))
             .collect();
         let sweep = self.pipeline(chunk.key);
         let sweep_checked = self.pipeline(MdpPipelineKey {
@@ -1118,7 +1032,7 @@ impl MdpEngine {
                 }
                 let bands =
                     plan_mdp_bands(n, s, whole_task, 4, &incoming, max_binding, max_workgroups)?;
-                let layouts = self.occupancy_layouts(inputs, incoming_indptr, n, &bands);
+                let layouts = self.occupancy_layouts(inputs, incoming_indptr, n, &bands)?;
                 (bands, layouts)
             }
             None => (Vec::new(), Vec::new()),
@@ -1134,18 +1048,11 @@ impl MdpEngine {
             true => core.buffer("softvi.occupancy_weights", n as u64 * nnz * 4, U::STORAGE),
             false => core.buffer("softvi.no_weights", 16, U::STORAGE),
         };
-        let params = core.buffer(
-            "softvi.occupancy_params",
-            layouts.len().max(1) as u64 * self.uniform_stride,
-            U::UNIFORM | U::COPY_DST,
-        );
+        let all: Vec<OccupancyParams> = layouts.iter().map(|l| l.params).collect();
+        let params = core.uniforms("softvi.occupancy_params", &all);
         let q = &core.queue;
         q.write_buffer(&start_buf, 0, bytemuck::cast_slice(&start));
         q.write_buffer(&d[0], 0, bytemuck::cast_slice(&start));
-        for (b, layout) in layouts.iter().enumerate() {
-            let slot = b as u64 * self.uniform_stride;
-            q.write_buffer(&params, slot, bytemuck::bytes_of(&layout.params));
-        }
         let key = MdpPipelineKey {
             stage: MdpStage::Occupancy,
             optimistic: false,
@@ -1184,14 +1091,13 @@ impl MdpEngine {
         let d = &occ.d;
         (occ.layouts.iter().enumerate())
             .map(|(b, layout)| {
-                let slot = b as u64 * self.uniform_stride;
                 let w = &layout.windows;
                 let group = |p: usize| {
                     self.core.bind_group(
                         "softvi.mdp_occupancy",
-                        &self.occupancy_layout,
+                        &self.mdp_occupancy.group_layout,
                         [
-                            bind(&occ.params, slot, size_of::<OccupancyParams>() as u64),
+                            occ.params.bind(b),
                             bind(indptr, w[0].offset, w[0].size),
                             bind(rows, w[1].offset, w[1].size),
                             bind(probs, w[1].offset, w[1].size),
@@ -1294,7 +1200,7 @@ impl MdpEngine {
         let groups = self.occupancy_groups(dynamics, chunk, occ, &checks.partials);
         // The extrapolation runs over the occupancy bands (laid out as the backup's: the same
         // states and dispatch) with no fixed state.
-        let extrapolate_bands: Vec<_> = (self.backup_layouts(inputs, n, &occ.bands).iter())
+        let extrapolate_bands: Vec<_> = (self.backup_layouts(inputs, n, &occ.bands)?.iter())
             .map(Layout::extrapolate_band)
             .collect();
         let extrapolate_groups = match options.uses_extrapolation() {
@@ -1361,6 +1267,7 @@ impl MdpChunk {
     /// The backup kernels' bindings that stay the same across the chunk's dispatches.
     fn bindings<'a>(&'a self, dynamics: &'a Dynamics) -> BackupBindings<'a> {
         BackupBindings {
+            params: &self.params,
             dynamics,
             reward: &self.reward,
             fixed: &self.fixed,

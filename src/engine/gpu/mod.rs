@@ -10,6 +10,7 @@ macro_rules! wgsl {
     };
 }
 
+pub mod bands;
 pub(crate) mod chunks;
 pub mod context;
 pub mod core;

@@ -4,7 +4,7 @@ use crate::error::{Result, ensure};
 use bytemuck::{Pod, Zeroable};
 
 use super::context::GpuContext;
-use super::core::{EngineOptions, GpuCore, compute_pipeline, shader_module, storage};
+use super::core::{EngineOptions, GpuCore, Shader, storage};
 use crate::engine::layout::PosteriorInputs;
 
 /// WGSL source of the posterior kernels.
@@ -26,16 +26,17 @@ pub struct PosteriorParams {
 /// Posterior over the tasks of a batch after each observed step, on one wgpu device.
 pub struct TaskPosterior {
     core: GpuCore,
-    layout: wgpu::BindGroupLayout,
+    shader: Shader,
     pipelines: [wgpu::ComputePipeline; 3],
 }
 
 impl TaskPosterior {
     /// Pipelines on `ctx`'s device.
     pub fn new(ctx: &GpuContext) -> Result<Self> {
-        let core = GpuCore::new(ctx, EngineOptions::default());
-        let (layout, pipeline_layout) = core.layouts(
+        let mut core = GpuCore::new(ctx, EngineOptions::default());
+        let shader = core.shader(
             "softvi.task_posterior",
+            TASK_POSTERIOR_WGSL,
             &[
                 wgpu::BufferBindingType::Uniform, // params
                 storage(true),                    // weight
@@ -46,17 +47,11 @@ impl TaskPosterior {
                 storage(false),                   // posterior
             ],
         );
-        let module = shader_module(&core.device, "softvi.task_posterior", TASK_POSTERIOR_WGSL);
-        let pipeline =
-            |entry: &str| compute_pipeline(&core.device, &pipeline_layout, &module, entry, &[]);
-        let pipelines = [
-            pipeline("step_likelihood"),
-            pipeline("accumulate"),
-            pipeline("normalize"),
-        ];
+        let pipelines = ["step_likelihood", "accumulate", "normalize"]
+            .map(|entry| core.pipeline(&shader, entry, &[]));
         Ok(Self {
             core,
-            layout,
+            shader,
             pipelines,
         })
     }
@@ -93,13 +88,7 @@ impl TaskPosterior {
             actions: inputs.actions as u32,
             _pad0: 0,
         };
-        let params_buf = core.buffer(
-            "softvi.posterior_params",
-            size_of::<PosteriorParams>() as u64,
-            U::UNIFORM | U::COPY_DST,
-        );
-        core.queue
-            .write_buffer(&params_buf, 0, bytemuck::bytes_of(&params));
+        let params = core.uniforms("softvi.posterior_params", &[params]);
         let weight = upload(core, "softvi.step_weight", &inputs.weight);
         let pi_rows = upload(core, "softvi.pi_rows", &inputs.pi_rows);
         let log_prior = upload(core, "softvi.log_prior", &inputs.log_prior);
@@ -113,9 +102,9 @@ impl TaskPosterior {
         let posterior = core.buffer("softvi.posterior", rows_bytes, U::STORAGE | U::COPY_SRC);
         let group = core.bind_group(
             "softvi.task_posterior",
-            &self.layout,
+            &self.shader.group_layout,
             [
-                params_buf.as_entire_binding(),
+                params.bind(0),
                 weight.as_entire_binding(),
                 pi_rows.as_entire_binding(),
                 log_prior.as_entire_binding(),
