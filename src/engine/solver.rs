@@ -150,21 +150,20 @@ impl GpuSolver {
 
     /// The grid engine, built on first use.
     pub fn grid_engine(&mut self) -> Result<&mut GridEngine> {
-        if self.grid.is_none() {
-            self.grid = Some(GridEngine::with_options(
-                &self.context,
-                self.engine_options,
-            )?);
-        }
-        Ok(self.grid.as_mut().expect("just built"))
+        let engine = match self.grid.take() {
+            Some(engine) => engine,
+            None => GridEngine::with_options(&self.context, self.engine_options)?,
+        };
+        Ok(self.grid.insert(engine))
     }
 
     /// The CSR engine, built on first use.
     pub fn mdp_engine(&mut self) -> Result<&mut MdpEngine> {
-        if self.mdp.is_none() {
-            self.mdp = Some(MdpEngine::with_options(&self.context, self.engine_options)?);
-        }
-        Ok(self.mdp.as_mut().expect("just built"))
+        let engine = match self.mdp.take() {
+            Some(engine) => engine,
+            None => MdpEngine::with_options(&self.context, self.engine_options)?,
+        };
+        Ok(self.mdp.insert(engine))
     }
 }
 
