@@ -92,7 +92,16 @@ fn infer_names_the_goal_of_a_sampled_walk() {
         ("15 15\n15 x\n", "walk.txt:2: Y \"x\""),
         ("15 15 N\n0 0 N\n", "walk.txt:2: X=0,Y=0 is blocked"),
         ("15 15 Q\n", "walk.txt:1: action \"Q\""),
-        ("15 15\n15 19\n", "step 0 (lines 1 to 2)"),
+        // A name of the 8-connected set on this 4-connected world: the world's names are said.
+        (
+            "15 15 NE\n",
+            "walk.txt:1: action \"NE\" is not one of this world's actions (N, E, S, W)",
+        ),
+        // Cells as the user wrote them, not internal state numbers.
+        (
+            "15 15\n15 19\n",
+            "step 0 (lines 1 to 2): no action moves X=15,Y=15 to X=15,Y=19",
+        ),
     ] {
         let walk = write(tmp.path(), "walk.txt", text.as_bytes());
         let o = softvi(
@@ -117,4 +126,28 @@ fn infer_names_the_goal_of_a_sampled_walk() {
         );
         assert!(!out.exists());
     }
+    // A bad prior is named as the prior, before any solve.
+    let walk = write(tmp.path(), "walk.txt", b"15 15\n");
+    let prior = write(
+        tmp.path(),
+        "prior.npy",
+        &npy::encode_f32(&[3], &[0.5, -1.0, 0.5]),
+    );
+    let o = softvi(
+        &[
+            &["infer"][..],
+            &world,
+            &["--trajectory", &walk, "--prior", &prior, "--backend", "cpu"],
+            &["--out", out.to_str().unwrap()],
+        ]
+        .concat(),
+    );
+    let err = stderr(&o);
+    assert!(!o.status.success(), "{err}");
+    assert!(
+        err.contains("--prior") && err.contains("prior.npy") && err.contains("task 1 is -1"),
+        "{err}"
+    );
+    assert!(!err.contains("trajectory"), "{err}");
+    assert!(!out.exists());
 }

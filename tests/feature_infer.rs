@@ -65,6 +65,7 @@ fn episode(
         .enumerate()
         .map(|(t, &s)| Observation {
             state: s as usize,
+            label: format!("state {s}"),
             action: (actions && t < n && taken[t] != ENDED).then(|| taken[t] as usize),
             line: t + 1,
         })
@@ -148,6 +149,7 @@ fn impossible_steps_zero_some_tasks_or_fail_clearly() {
             .enumerate()
             .map(|(i, &(x, y))| Observation {
                 state: state(x, y),
+                label: format!("X={x},Y={y}"),
                 action: None,
                 line: i + 1,
             })

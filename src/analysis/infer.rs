@@ -24,21 +24,14 @@ pub fn posterior_inputs(
     mdp.validate()?;
     let (s_n, a_n, b_n) = (mdp.states, mdp.actions, mdp.tasks);
     ensure!(!trajectory.is_empty(), "the trajectory is empty");
-    ensure!(
-        prior.len() == b_n,
-        "the prior has {} entries for {b_n} tasks",
-        prior.len()
-    );
-    if let Some(z) = prior.iter().position(|p| !p.is_finite() || *p < 0.0) {
-        bail!("the prior of task {z} is {}; priors must be >= 0", prior[z]);
-    }
+    check_prior(prior, b_n)?;
     let total: f64 = prior.iter().sum();
-    ensure!(total > 0.0, "the prior is zero for every task");
     for o in trajectory {
         ensure!(
             o.state < s_n,
-            "line {}: state {} is outside 0..{s_n}",
+            "line {}: {} (state {}) is outside 0..{s_n}",
             o.line,
+            o.label,
             o.state
         );
         if let Some(a) = o.action {
@@ -67,7 +60,7 @@ pub fn posterior_inputs(
     let mut weight = vec![0f32; steps * a_n];
     let mut pi_rows = vec![0f32; steps * b_n * a_n];
     for k in 0..steps {
-        let (here, next) = (trajectory[k], trajectory.get(k + 1));
+        let (here, next) = (&trajectory[k], trajectory.get(k + 1));
         let w = &mut weight[k * a_n..(k + 1) * a_n];
         match here.action {
             Some(a) => {
@@ -75,11 +68,11 @@ pub fn posterior_inputs(
                 if let Some(n) = next {
                     ensure!(
                         mdp.probability(here.state, a, n.state) > 0.0,
-                        "step {k} (lines {} to {}): action {a} cannot move state {} to {}",
+                        "step {k} (lines {} to {}): action {a} cannot move {} to {}",
                         here.line,
                         n.line,
-                        here.state,
-                        n.state
+                        here.label,
+                        n.label
                     );
                 }
             }
@@ -90,11 +83,11 @@ pub fn posterior_inputs(
                 }
                 ensure!(
                     w.iter().any(|&x| x > 0.0),
-                    "step {k} (lines {} to {}): no action moves state {} to {}",
+                    "step {k} (lines {} to {}): no action moves {} to {}",
                     here.line,
                     n.line,
-                    here.state,
-                    n.state
+                    here.label,
+                    n.label
                 );
             }
         }
@@ -127,18 +120,35 @@ pub fn posterior_inputs(
     })
 }
 
+/// Checks a prior over `tasks` tasks: one entry per task, each finite and >= 0, not all 0.
+pub fn check_prior(prior: &[f64], tasks: usize) -> Result<()> {
+    ensure!(
+        prior.len() == tasks,
+        "the prior has {} entries for {tasks} tasks",
+        prior.len()
+    );
+    if let Some(z) = prior.iter().position(|p| !p.is_finite() || *p < 0.0) {
+        bail!("the prior of task {z} is {}; priors must be >= 0", prior[z]);
+    }
+    ensure!(
+        prior.iter().sum::<f64>() > 0.0,
+        "the prior is zero for every task"
+    );
+    Ok(())
+}
+
 /// Fails, naming the step, when some row of `joint` (`[step + 1][task]`, row 0 the prior)
 /// leaves every task impossible.
 pub fn check_possible(inputs: &PosteriorInputs, joint: &[f32]) -> Result<()> {
     for (row, values) in joint.chunks_exact(inputs.tasks).enumerate() {
         if values.iter().all(|&j| j <= IMPOSSIBLE) {
             let k = row.saturating_sub(1);
-            let o = inputs.observed[k];
+            let o = &inputs.observed[k];
             bail!(
-                "step {k} (line {}: state {}{}) is impossible under every task: no task's \
+                "step {k} (line {}: {}{}) is impossible under every task: no task's \
                  soft-optimal policy could have produced the trajectory up to there",
                 o.line,
-                o.state,
+                o.label,
                 o.action.map_or(String::new(), |a| format!(", action {a}"))
             );
         }

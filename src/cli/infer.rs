@@ -95,7 +95,20 @@ fn read_trajectory(path: &Path, world: &MdpWorld) -> Result<Vec<Observation>> {
                 match names.iter().position(|n| n.eq_ignore_ascii_case(text)) {
                     Some(a) => a,
                     None => {
-                        let a = number(text, "action")?;
+                        let a: usize = text.parse().map_err(|_| match names.is_empty() {
+                            true => anyhow::anyhow!(
+                                "{}: action {text:?} is not an action index (0..{})",
+                                at(),
+                                world.mdp.actions
+                            ),
+                            false => anyhow::anyhow!(
+                                "{}: action {text:?} is not one of this world's actions ({}) \
+                                 nor an index 0..{}",
+                                at(),
+                                names.join(", "),
+                                world.mdp.actions
+                            ),
+                        })?;
                         ensure!(
                             a < world.mdp.actions,
                             "{}: action {a} is outside 0..{}",
@@ -109,6 +122,7 @@ fn read_trajectory(path: &Path, world: &MdpWorld) -> Result<Vec<Observation>> {
         };
         out.push(Observation {
             state,
+            label: shown,
             action,
             line: i + 1,
         });
@@ -133,7 +147,11 @@ pub(super) fn infer_command(args: &InferArgs) -> Result<i32> {
                 path.display(),
                 array.shape
             );
-            array.data.iter().map(|&x| x as f64).collect()
+            let prior: Vec<f64> = array.data.iter().map(|&x| x as f64).collect();
+            // Checked before the solve, so a bad prior costs no solve and is named as such.
+            softvi::analysis::infer::check_prior(&prior, tasks)
+                .with_context(|| format!("--prior {}", path.display()))?;
+            prior
         }
     };
     let options = args.iteration.options()?;

@@ -245,10 +245,12 @@ impl<'a> MdpInputs<'a> {
 pub const IMPOSSIBLE: f32 = -1.0e30;
 
 /// One observed line of a trajectory.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Observation {
     /// The state.
     pub state: usize,
+    /// The state as the caller named it (`X=3,Y=4` on a grid, `state 12`), for messages.
+    pub label: String,
     /// The action taken there, when observed.
     pub action: Option<usize>,
     /// Where it was read (1-based line), for messages.
