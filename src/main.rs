@@ -3,6 +3,7 @@ use clap::Parser;
 mod cli;
 
 fn main() {
+    quiet_headless_vulkan();
     let cli = cli::Cli::parse();
     match cli::run(cli) {
         Ok(code) => std::process::exit(code),
@@ -10,5 +11,23 @@ fn main() {
             eprintln!("error: {e:#}");
             std::process::exit(1);
         }
+    }
+}
+
+/// Turns off Mesa's Vulkan device-selection layer (`VK_LAYER_MESA_device_select`, an implicit
+/// layer the Vulkan loader puts into every instance) by its documented switch
+/// `NODEVICE_SELECT=1`, unless the user configured it (`NODEVICE_SELECT` or
+/// `MESA_VK_DEVICE_SELECT` set). The layer only reorders adapters towards the one driving the
+/// display, probing Wayland and X11 for it, and on a headless machine libwayland prints
+/// `error: XDG_RUNTIME_DIR is invalid or not set in the environment.` four times, which reads
+/// like softvi's own error. softvi presents nothing and orders adapters itself
+/// (`GpuContext::adapters`); wgpu 30 has no instance option that skips implicit layers or
+/// window-system extensions, so the variable it is.
+fn quiet_headless_vulkan() {
+    if std::env::var_os("NODEVICE_SELECT").is_none()
+        && std::env::var_os("MESA_VK_DEVICE_SELECT").is_none()
+    {
+        // SAFETY: the first statement of main, before any thread exists.
+        unsafe { std::env::set_var("NODEVICE_SELECT", "1") };
     }
 }

@@ -156,6 +156,56 @@ fn gpu_backend_reports_its_adapter() {
     );
 }
 
+/// Mesa's Vulkan device-selection layer probes Wayland for the display's GPU and, without
+/// XDG_RUNTIME_DIR, prints `error: XDG_RUNTIME_DIR is invalid ...` on stderr; a headless
+/// compute run must stay quiet (issue 11).
+#[test]
+fn vulkan_run_prints_no_window_system_noise() {
+    let vulkan = softvi::GpuContext::adapters(softvi::wgpu::Backends::VULKAN)
+        .map(|a| a.len())
+        .unwrap_or(0);
+    if vulkan == 0 {
+        assert!(
+            std::env::var("SOFTVI_REQUIRE_GPU").as_deref() != Ok("1"),
+            "SOFTVI_REQUIRE_GPU=1 but no Vulkan adapter (install mesa-vulkan-drivers)"
+        );
+        eprintln!("\n*** SKIPPING VULKAN STDERR TEST: no Vulkan adapter ***\n");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("out");
+    let o = Command::new(env!("CARGO_BIN_EXE_softvi"))
+        .args([
+            "solve",
+            "--maze",
+            "9x9",
+            "--goal",
+            "1,1",
+            "--backend",
+            "gpu",
+            "--out",
+        ])
+        .arg(&out)
+        .env("WGPU_BACKEND", "vulkan")
+        .env_remove("XDG_RUNTIME_DIR")
+        .env_remove("NODEVICE_SELECT")
+        .env_remove("MESA_VK_DEVICE_SELECT")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        !stderr(&o).contains("XDG_RUNTIME_DIR"),
+        "window-system noise on stderr:\n{}",
+        stderr(&o)
+    );
+    assert!(
+        summary(&out)["adapter"]["backend"]
+            .to_string()
+            .to_lowercase()
+            .contains("vulkan")
+    );
+}
+
 #[test]
 fn adapters_all_lists_every_adapter_used() {
     if !gpu_available() {
