@@ -215,8 +215,10 @@ fn grid_backup(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_
     }
 }
 
-// pi(a|s) = exp((Q(s,a) - V(s)) / alpha) from the next values in v_in, written to `policy`;
-// for alpha = 0, one-hot on the first maximising action; with WRITE_Q, Q(s,a) itself. Same
+// pi(a|s) = exp((Q(s,a) - V(s)) / alpha) from the next values in v_in, written to `policy`
+// (normalised over the row); for alpha = 0, or alpha below f32's resolution of Q
+// (`soft_policy_resolved`), one-hot on the first maximising action; with WRITE_Q, Q(s,a)
+// itself. Same
 // dispatch as grid_backup; fixed cells and cells of inactive quads are left alone (the host
 // writes NaN there).
 @compute @workgroup_size(WORKGROUP_SIZE, 1, 1)
@@ -245,16 +247,26 @@ fn grid_policy(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_
             for (var a = 0u; a < count; a++) {
                 policy[out_base + a] = values[a];
             }
-        } else if HARD_MAX {
-            let tie = tie_threshold(max_value(values));
+            continue;
+        }
+        let top = max_value(values);
+        if HARD_MAX || !soft_policy_resolved(params.alpha_ln2, top) {
+            let tie = tie_threshold(top);
             var chosen = false;
             for (var a = 0u; a < count; a++) {
                 policy[out_base + a] = one_hot(values[a], tie, &chosen);
             }
         } else {
-            let v = soft_max(values);
+            // exp((Q - top) / alpha) normalised: the same as exp((Q - V) / alpha), but the
+            // row sums to 1 within f32 rounding whatever the rounding of V.
+            var weight: array<f32, MAX_ACTIONS>;
+            var total = 0.0;
             for (var a = 0u; a < count; a++) {
-                policy[out_base + a] = exp_shifted(values[a], v, params.log2e_over_alpha);
+                weight[a] = exp_shifted(values[a], top, params.log2e_over_alpha);
+                total += weight[a];
+            }
+            for (var a = 0u; a < count; a++) {
+                policy[out_base + a] = weight[a] / total;
             }
         }
     }

@@ -145,8 +145,9 @@ fn mdp_backup(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_i
         let updated = finish(acc);
         let old = v_in[item.task * params.states + item.state - params.v_in_origin];
         v_out[item.task * params.states + item.state - params.out_origin] = updated;
-        // A state whose every action may step into an excluded one stays at -inf for good.
-        if updated > -HUGE {
+        // A state whose every action may step into an excluded one stays at -inf for good
+        // (a NaN still counts: element_stats reports it).
+        if !(updated < -HUGE) {
             stats = element_stats(updated - old, updated);
         }
     }
@@ -160,8 +161,10 @@ fn mdp_backup(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_i
     }
 }
 
-// pi(a|s) = exp((Q(s,a) - V(s)) / alpha) from the next values in v_in, written to `out`; for
-// alpha = 0, one-hot on the first maximising action; with WRITE_Q, Q(s, a) itself. Q is staged
+// pi(a|s) = exp((Q(s,a) - V(s)) / alpha) from the next values in v_in, written to `out`
+// (normalised over the row); for alpha = 0, or alpha below f32's resolution of Q
+// (`soft_policy_resolved`), one-hot on the first maximising action; with WRITE_Q, Q(s, a)
+// itself. Q is staged
 // in `out` between the passes.
 // Same dispatch as mdp_backup. Fixed states get a row of zeros where the CPU twin
 // (`engine::cpu::mdp_policy`) has NaN: mdp_occupancy.wgsl gathers pi * P over every entry
@@ -193,16 +196,24 @@ fn mdp_policy(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_i
     if WRITE_Q {
         return;
     }
-    if HARD_MAX {
+    // acc.x is the largest Q.
+    if HARD_MAX || !soft_policy_resolved(params.alpha_ln2, acc.x) {
         let tie = tie_threshold(acc.x);
         var chosen = false;
         for (var a = 0u; a < params.actions; a++) {
             out[base + a] = one_hot(out[base + a], tie, &chosen);
         }
     } else {
-        let v = finish(acc);
+        // exp((Q - max Q) / alpha) normalised: the same as exp((Q - V) / alpha), but the row
+        // sums to 1 within f32 rounding whatever the rounding of V.
+        var total = 0.0;
         for (var a = 0u; a < params.actions; a++) {
-            out[base + a] = exp_shifted(out[base + a], v, params.log2e_over_alpha);
+            let weight = exp_shifted(out[base + a], acc.x, params.log2e_over_alpha);
+            out[base + a] = weight;
+            total += weight;
+        }
+        for (var a = 0u; a < params.actions; a++) {
+            out[base + a] = out[base + a] / total;
         }
     }
 }

@@ -77,8 +77,9 @@ fn residual_reduce(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocat
 
 // Whether a task's check statistics meet the convergence threshold.
 fn within_tolerance(stats: vec4<f32>) -> bool {
-    // Written so that a NaN residual never counts as converged.
-    return stats.x <= max(params.tol, RESIDUAL_FLOOR * stats.z);
+    // Written so that a NaN residual never counts as converged, nor a runaway (element_stats
+    // reports one as HUGE).
+    return stats.x <= max(params.tol, RESIDUAL_FLOOR * stats.z) && stats.x < HUGE && stats.z < HUGE;
 }
 
 // Single invocation: decides convergence on every task's residual of this check, then the

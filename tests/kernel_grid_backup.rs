@@ -17,7 +17,8 @@ use common::*;
 use softvi::engine::cpu::action_values;
 use softvi::engine::layout::GridInputs;
 use softvi::{
-    Backup, Connectivity, EngineOptions, GridProblem, Horizon, Outputs, SolveOptions, solve_cpu,
+    Backup, Connectivity, EngineOptions, GridProblem, Horizon, Outputs, SolveOptions, Status,
+    solve_cpu,
 };
 
 /// Checks that `gpu_policy`'s one-hot actions maximise the reference Q computed from
@@ -326,4 +327,102 @@ fn requests_beyond_the_adapter_name_the_limit() {
         ),
         "{err:?}"
     );
+}
+
+/// Tiny temperatures (issue 11: at `--alpha 1e-40` every GPU value was NaN yet "converged";
+/// policy rows summed to 0.77..2 at alpha = 1e-6). Below `soft_policy_resolved` (alpha <
+/// 1e-5 max(1, |max Q|)) f32 cannot resolve the soft policy and both backends write the hard
+/// max's one-hot; elsewhere the row is normalised. Truths: rows sum to 1 within 1e-5 (f32
+/// rounding of a normalised row of 8 terms), no value is NaN off the walls, V lies within
+/// alpha ln|A| / (1 - gamma) above the hard-max solution, and the GPU's likeliest action
+/// maximises the reference Q within the tie width plus the value error bound.
+#[test]
+fn tiny_alpha_policies_sum_to_one_on_both_backends() {
+    let problem = random_problem(37, 53, 2, Connectivity::Eight, false, 0.0, 41);
+    let (gamma, tol) = (0.99, 1e-6);
+    let outputs = Outputs {
+        q: true,
+        ..Outputs::default()
+    };
+    for alpha in [1e-3, 1e-4, 1e-6, 1e-8, 1e-40] {
+        let options = SolveOptions {
+            alpha,
+            gamma,
+            backup: Backup::Expected,
+            horizon: Horizon::Infinite {
+                tol,
+                max_iters: 20_000,
+            },
+            extrapolate: true,
+        };
+        let cpu = solve_cpu(&problem, &options, outputs).unwrap();
+        let Some(gpu) = with_engine(|e| e.solve(&problem, &options, outputs).unwrap()) else {
+            return;
+        };
+        let hard_options = SolveOptions {
+            alpha: 0.0,
+            ..options
+        };
+        let hard = solve_cpu(&problem, &hard_options, Outputs::VALUES).unwrap();
+        let scale = hard
+            .values
+            .iter()
+            .filter(|v| v.is_finite())
+            .fold(1.0f64, |m, &v| m.max(v.abs() as f64));
+        let rounding =
+            2.0 * tol * gamma / (1.0 - gamma) + 8.0 * f32::EPSILON as f64 * scale / (1.0 - gamma);
+        let soft_gap = alpha * 8f64.ln() / (1.0 - gamma);
+        let mut sums = Vec::new();
+        for (name, s) in [("cpu", &cpu), ("gpu", &gpu)] {
+            let what = format!("alpha {alpha:e} {name}");
+            assert!(
+                s.status.iter().all(|&t| t == Status::Converged),
+                "{what}: {:?}",
+                s.status
+            );
+            // NaN only on walls and goals: the same places as the hard-max solution's.
+            let gap = max_abs_error(&s.values, &hard.values);
+            assert!(gap <= soft_gap + rounding, "{what}: |V - V_hard| {gap}");
+            sums.push(assert_rows_sum_to_one(
+                &what,
+                s.policy.as_ref().unwrap(),
+                8,
+                1e-5,
+            ));
+            assert_likeliest_action_optimal(
+                &what,
+                s.policy.as_ref().unwrap(),
+                cpu.q.as_ref().unwrap(),
+                8,
+                |top| 1e-5 * top.abs().max(1.0) + 10.0 * alpha + rounding,
+            );
+        }
+        eprintln!(
+            "alpha {alpha:e}: largest |row sum - 1| cpu {:.1e}, gpu {:.1e}",
+            sums[0], sums[1]
+        );
+    }
+}
+
+/// Values that overflow f32 (alpha = 1e37: V ~ alpha ln 8 / (1 - gamma)) are a runaway on both
+/// backends, never "converged" (issue 11: the GPU's max() dropped the NaN residual and an
+/// infinite max |V| lifted the threshold to inf).
+#[test]
+fn overflowing_values_diverge_on_both_backends() {
+    let problem = random_problem(21, 19, 2, Connectivity::Eight, false, 0.0, 5);
+    let options = SolveOptions {
+        alpha: 1e37,
+        gamma: 0.99,
+        ..SolveOptions::default()
+    };
+    let cpu = solve_cpu(&problem, &options, Outputs::VALUES).unwrap();
+    assert!(
+        cpu.status.contains(&Status::Diverged),
+        "cpu {:?}",
+        cpu.status
+    );
+    let Some(gpu) = with_engine(|e| e.solve(&problem, &options, Outputs::VALUES).unwrap()) else {
+        return;
+    };
+    assert_eq!(gpu.status, cpu.status);
 }

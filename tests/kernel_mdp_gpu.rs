@@ -406,3 +406,60 @@ fn state_bands_and_task_chunks_match_reference() {
         }
     }
 }
+
+/// Tiny temperatures (issue 11): rows sum to 1 within 1e-5, values are never NaN and match the
+/// reference, and the GPU's likeliest action maximises the reference Q (below
+/// `soft_policy_resolved` both backends write the hard max's one-hot).
+#[test]
+fn tiny_alpha_policies_sum_to_one() {
+    let Some(mut engine) = engine(EngineOptions::default()) else {
+        return;
+    };
+    let mdp = common::random_mdp(301, 4, 3, true, 11);
+    let outputs = Outputs {
+        q: true,
+        ..Outputs::default()
+    };
+    for alpha in [1e-3, 1e-4, 1e-6, 1e-40] {
+        let o = infinite(alpha, 0.9, Backup::Expected);
+        let gpu = engine.solve(&mdp, &o, outputs).unwrap();
+        let cpu = solve_mdp_cpu(&mdp, &o, outputs).unwrap();
+        let what = format!("alpha {alpha:e}");
+        assert_eq!(gpu.solution.status, vec![Status::Converged; 3], "{what}");
+        assert_eq!(cpu.solution.status, vec![Status::Converged; 3], "{what}");
+        // As in infinite_horizon_matches_reference (values below ~10).
+        let value_tol = 2.0 * 1e-6 * 0.9 / 0.1 + 1e-4;
+        let dv = max_gap(&what, &gpu.solution.values, &cpu.solution.values);
+        assert!(dv <= value_tol, "{what}: |dV| {dv}");
+        let cq = cpu.solution.q.as_ref().unwrap();
+        for (name, s) in [("gpu", &gpu), ("cpu", &cpu)] {
+            let policy = s.solution.policy.as_ref().unwrap();
+            common::assert_rows_sum_to_one(&format!("{what} {name}"), policy, 4, 1e-5);
+            common::assert_likeliest_action_optimal(
+                &format!("{what} {name}"),
+                policy,
+                cq,
+                4,
+                |top| 1e-5 * top.abs().max(1.0) + 10.0 * alpha + value_tol,
+            );
+        }
+    }
+}
+
+/// Values that overflow f32 are a runaway on both backends, never "converged" (issue 11).
+#[test]
+fn overflowing_values_diverge() {
+    let Some(mut engine) = engine(EngineOptions::default()) else {
+        return;
+    };
+    let mdp = common::random_mdp(101, 4, 2, false, 3);
+    let o = infinite(1e37, 0.9, Backup::Expected);
+    let cpu = solve_mdp_cpu(&mdp, &o, Outputs::VALUES).unwrap();
+    assert!(
+        cpu.solution.status.contains(&Status::Diverged),
+        "{:?}",
+        cpu.solution.status
+    );
+    let gpu = engine.solve(&mdp, &o, Outputs::VALUES).unwrap();
+    assert_eq!(gpu.solution.status, cpu.solution.status);
+}

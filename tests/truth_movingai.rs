@@ -129,3 +129,86 @@ fn first_free_near(name: &str, (x, y): (usize, usize)) -> (usize, usize) {
         .unwrap();
     (cell % grid.width, cell / grid.width)
 }
+
+/// Tiny temperatures on the GPU and the CPU (issue 11: NaN values at alpha = 1e-40, policy
+/// rows summing to 0.77..2 at 1e-6): at gamma = 1 the soft value lies within alpha ln 8 per
+/// step above minus the octile distance, and below `soft_policy_resolved` the policy is the
+/// hard max's one-hot, whose move must follow a shortest path.
+#[test]
+fn tiny_alpha_follows_shortest_paths() {
+    let name = "maze-32-32-2.map";
+    let path = maps_dir().join(name);
+    let text = std::fs::read_to_string(&path).unwrap();
+    let grid = Grid::load_movingai(&path).unwrap();
+    let (x, y) = first_free_near(name, (31, 31));
+    let goal = y * grid.width + x;
+    let problem = GridProblem {
+        grid: grid.clone(),
+        actions: ActionSet {
+            connectivity: Connectivity::Eight,
+            stay: false,
+        },
+        slip: 0.0,
+        move_cost: MoveCost::default(),
+        tasks: vec![GridTask {
+            goals: vec![goal],
+            reward: None,
+        }],
+    };
+    let (_, dist) = octile_dijkstra(&text, goal);
+    // Action order N, E, S, W, NE, SE, SW, NW.
+    let moves: [(i64, i64); 8] = [
+        (-1, 0),
+        (0, 1),
+        (1, 0),
+        (0, -1),
+        (-1, 1),
+        (1, 1),
+        (1, -1),
+        (-1, -1),
+    ];
+    for alpha in [1e-6, 1e-8, 1e-40] {
+        let options = SolveOptions {
+            alpha,
+            gamma: 1.0,
+            backup: Backup::Expected,
+            horizon: Horizon::Infinite {
+                tol: 1e-6,
+                max_iters: 100_000,
+            },
+            extrapolate: true,
+        };
+        let cpu = solve_cpu(&problem, &options, Outputs::default()).unwrap();
+        let gpu = with_engine(|e| e.solve(&problem, &options, Outputs::default()).unwrap());
+        for (backend, s) in std::iter::once(("cpu", &cpu)).chain(gpu.as_ref().map(|g| ("gpu", g))) {
+            let what = format!("alpha {alpha:e} {backend}");
+            assert_eq!(s.status, vec![softvi::Status::Converged], "{what}");
+            let policy = s.policy.as_ref().unwrap();
+            assert_rows_sum_to_one(&what, policy, 8, 1e-5);
+            for (c, &d) in dist.iter().enumerate() {
+                if !grid.free[c] || d.is_infinite() || c == goal {
+                    continue;
+                }
+                let v = s.values[c] as f64;
+                assert!(
+                    (v + d).abs() <= 1e-6 * d + 1e-5 + alpha * 8f64.ln() * (d + 1.0),
+                    "{what} cell {c}: V = {v}, distance {d}"
+                );
+                let row = &policy[c * 8..(c + 1) * 8];
+                let a = (0..8)
+                    .find(|&a| row[a] == 1.0)
+                    .unwrap_or_else(|| panic!("{what} cell {c}: {row:?} not one-hot"));
+                let (r, col) = (
+                    (c / grid.width) as i64 + moves[a].0,
+                    (c % grid.width) as i64 + moves[a].1,
+                );
+                let next = r as usize * grid.width + col as usize;
+                let step = if a < 4 { 1.0 } else { std::f64::consts::SQRT_2 };
+                assert!(
+                    dist[next] + step <= d + 1e-5 * d.max(1.0),
+                    "{what} cell {c}: action {a} to {next} is off the shortest path"
+                );
+            }
+        }
+    }
+}

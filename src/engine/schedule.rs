@@ -17,9 +17,14 @@ pub const DIVERGENCE_PATIENCE: u32 = 8;
 /// `RESIDUAL_FLOOR` in `shaders/residual_reduce.wgsl`; both backends apply it.
 pub const RESIDUAL_FLOOR: f64 = 1e-6;
 
-/// Whether a task's check statistics meet the convergence threshold for `tol`.
+/// Whether a task's check statistics meet the convergence threshold for `tol`. A NaN or
+/// infinite residual or value never does (else an infinite max |V| would lift the threshold
+/// to inf); the GPU twin, `within_tolerance` in `shaders/residual_reduce.wgsl`, sees those as
+/// HUGE.
 pub fn within_tolerance(tol: f64, stats: &SweepStats) -> bool {
     stats.max_abs_delta <= tol.max(RESIDUAL_FLOOR * stats.max_abs_value)
+        && stats.max_abs_delta.is_finite()
+        && stats.max_abs_value.is_finite()
 }
 
 /// Two successive per-sweep rate estimates closer than this trigger an extrapolation. Same

@@ -298,3 +298,48 @@ pub fn random_mdp(s: usize, a: usize, b: usize, terminals: bool, seed: u64) -> T
     }
     TabularMdp::from_arrays(&arrays).unwrap()
 }
+
+/// Checks that every policy row (`actions` entries) without NaN has entries in [0, 1] that sum
+/// to 1 within `tol`; returns the largest |sum - 1|.
+pub fn assert_rows_sum_to_one(what: &str, policy: &[f32], actions: usize, tol: f64) -> f64 {
+    let mut worst = 0.0f64;
+    for (i, row) in policy.chunks(actions).enumerate() {
+        if row.iter().any(|p| p.is_nan()) {
+            assert!(row.iter().all(|p| p.is_nan()), "{what}: row {i} {row:?}");
+            continue;
+        }
+        assert!(
+            row.iter().all(|&p| (0.0..=1.0).contains(&p)),
+            "{what}: row {i} {row:?}"
+        );
+        let gap = (row.iter().map(|&p| p as f64).sum::<f64>() - 1.0).abs();
+        assert!(gap <= tol, "{what}: row {i} sums to 1 + {gap}: {row:?}");
+        worst = worst.max(gap);
+    }
+    worst
+}
+
+/// Checks that in every policy row of `policy` the most likely action has a reference Q
+/// (`q`, same layout) within `slack` of the row's largest Q.
+pub fn assert_likeliest_action_optimal(
+    what: &str,
+    policy: &[f32],
+    q: &[f32],
+    actions: usize,
+    slack: impl Fn(f64) -> f64,
+) {
+    for (i, (row, q_row)) in policy.chunks(actions).zip(q.chunks(actions)).enumerate() {
+        if row.iter().any(|p| p.is_nan()) {
+            continue;
+        }
+        let likeliest = (0..actions)
+            .max_by(|&a, &b| row[a].total_cmp(&row[b]))
+            .unwrap();
+        let top = q_row.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x)) as f64;
+        let chosen = q_row[likeliest] as f64;
+        assert!(
+            chosen >= top - slack(top),
+            "{what}: row {i}: likeliest action {likeliest} has Q {chosen}, max {top}: {row:?}"
+        );
+    }
+}

@@ -50,25 +50,38 @@ pub fn soft_max(alpha: f64, q: &[f64]) -> f64 {
     top + alpha * total.ln()
 }
 
-/// `pi = exp((Q - V) / alpha)` with V the soft max of `q`, or one-hot on the first maximiser
-/// (ties within [`TIE_RELATIVE`]) when alpha = 0; `q` itself when `write_q` (the kernels'
-/// `WRITE_Q`).
+/// Whether the soft policy of a state whose largest Q is `top` is resolved at temperature
+/// `alpha`: `alpha >= TIE_RELATIVE * max(1, |top|)`, the hard max's tie width. The GPU's Q
+/// carries f32 rounding of a few ulps of |Q| per backup (up to about 1e-6 |V| after many
+/// sweeps, see [`crate::engine::schedule::RESIDUAL_FLOOR`]) and `exp((Q - V) / alpha)`
+/// multiplies it by 1 / alpha: below this alpha rounding, not Q, decides the policy (on the
+/// 31 x 31 maze of issue 11, |V| <= 55, rows summed to 0.77..2 at alpha = 1e-6). There both
+/// backends write the hard max's one-hot policy, so that they stay comparable; V keeps its soft
+/// form. Twin of `soft_policy_resolved` in `shaders/shared/policy_ties.wgsl`.
+pub fn soft_policy_resolved(alpha: f64, top: f64) -> bool {
+    alpha >= TIE_RELATIVE * top.abs().max(1.0)
+}
+
+/// `pi = exp((Q - V) / alpha)` with V the soft max of `q`, computed as the normalised
+/// `exp((Q - max Q) / alpha)` so that the row sums to 1; one-hot on the first maximiser (ties
+/// within [`TIE_RELATIVE`]) when alpha = 0 or alpha is below [`soft_policy_resolved`]; `q`
+/// itself when `write_q` (the kernels' `WRITE_Q`).
 pub(crate) fn write_policy(alpha: f64, q: &[f64], write_q: bool, out: &mut [f32]) {
+    let top = q.iter().copied().fold(f64::NEG_INFINITY, f64::max);
     if write_q {
         for (x, &qa) in out.iter_mut().zip(q) {
             *x = qa as f32;
         }
-    } else if alpha == 0.0 {
-        let top = q.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    } else if alpha == 0.0 || !soft_policy_resolved(alpha, top) {
         let tie = top - TIE_RELATIVE * top.abs().max(1.0);
         let first = q.iter().position(|&x| x >= tie).unwrap_or(0);
         for (a, p) in out.iter_mut().enumerate() {
             *p = if a == first { 1.0 } else { 0.0 };
         }
     } else {
-        let v = soft_max(alpha, q);
+        let total: f64 = q.iter().map(|&qa| ((qa - top) / alpha).exp()).sum();
         for (p, &qa) in out.iter_mut().zip(q) {
-            *p = ((qa - v) / alpha).exp() as f32;
+            *p = (((qa - top) / alpha).exp() / total) as f32;
         }
     }
 }

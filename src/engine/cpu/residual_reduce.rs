@@ -26,17 +26,21 @@ impl Default for SweepStats {
 }
 
 impl SweepStats {
-    /// Adds one updated cell.
+    /// Adds one updated cell. A change or value that is not finite makes the residual and
+    /// max |V| infinite and min dV -inf (`element_stats` in `shaders/shared/residual_stats.wgsl`
+    /// writes HUGE, f32's stand-in): never within tolerance, always a runaway.
     pub fn observe(&mut self, v_old: f64, v_new: f64) {
         let delta = v_new - v_old;
+        self.active = true;
+        if !(delta.is_finite() && v_new.is_finite()) {
+            self.max_abs_value = f64::INFINITY;
+            self.max_abs_delta = f64::INFINITY;
+            self.min_delta = f64::NEG_INFINITY;
+            return;
+        }
         self.max_abs_delta = self.max_abs_delta.max(delta.abs());
         self.min_delta = self.min_delta.min(delta);
         self.max_abs_value = self.max_abs_value.max(v_new.abs());
-        self.active = true;
-        if !v_new.is_finite() {
-            self.max_abs_value = f64::INFINITY;
-            self.max_abs_delta = f64::INFINITY;
-        }
     }
 }
 

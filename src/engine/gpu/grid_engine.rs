@@ -508,7 +508,7 @@ impl GridEngine {
 
     /// The parts of [`GridParams`] shared by every band of a chunk.
     fn grid_params(&self, inputs: &GridInputs) -> GridParams {
-        let alpha = inputs.alpha as f32;
+        let (alpha_ln2, log2e_over_alpha) = super::temperature_uniforms(inputs.alpha);
         let mut step_cost = [[0.0f32; 4]; 3];
         for a in 0..inputs.action_count {
             step_cost[a / 4][a % 4] = inputs.step_cost[a] as f32;
@@ -520,12 +520,8 @@ impl GridEngine {
             fixed_words_per_task: inputs.fixed_words_per_task() as u32,
             gamma: inputs.gamma as f32,
             slip: inputs.slip as f32,
-            alpha_ln2: alpha * std::f32::consts::LN_2,
-            log2e_over_alpha: if alpha > 0.0 {
-                std::f32::consts::LOG2_E / alpha
-            } else {
-                0.0
-            },
+            alpha_ln2,
+            log2e_over_alpha,
             slip_share: (inputs.slip / inputs.action_count as f64) as f32,
             step_cost,
             ..Default::default()

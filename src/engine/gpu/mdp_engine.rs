@@ -597,7 +597,7 @@ impl MdpEngine {
         let nnz = mdp.nonzeros() as u64;
         let n = tasks as u64;
         let align = self.core.storage_align;
-        let alpha = inputs.alpha as f32;
+        let (alpha_ln2, log2e_over_alpha) = super::temperature_uniforms(inputs.alpha);
         lay_out(mdp, bands, self.core.max_workgroups, |place| {
             let (t0, t1, s0, s1) = place.span;
             let (e0, e1) = (
@@ -633,12 +633,8 @@ impl MdpEngine {
                 v_in_origin: windows[4].origin as u32,
                 out_origin: windows[5].origin as u32,
                 gamma: inputs.gamma as f32,
-                alpha_ln2: alpha * std::f32::consts::LN_2,
-                log2e_over_alpha: if alpha > 0.0 {
-                    std::f32::consts::LOG2_E / alpha
-                } else {
-                    0.0
-                },
+                alpha_ln2: alpha_ln2,
+                log2e_over_alpha: log2e_over_alpha,
                 _pad0: 0,
                 _pad1: 0,
             });
