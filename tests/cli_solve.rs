@@ -276,6 +276,59 @@ fn divergence_exits_non_zero_without_values() {
     assert!(!out.join("values.npy").exists() && !out.join("policy.npy").exists());
 }
 
+/// With a zero-cost STAY and gamma = 1 no soft value is finite (staying earns the entropy
+/// bonus forever), but V grows by only alpha * 8 exp(-1 / alpha) ~ 1e-45 per sweep at alpha
+/// 0.01: both backends, on the grid kernels and on the grid-as-MDP path (`--occupancy`), must
+/// report it diverged, not "converged" at V = 0 (issue 11).
+#[test]
+fn zero_cost_stay_at_gamma_one_diverges_on_both_backends() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut runs = vec![vec!["--backend", "cpu"]];
+    if gpu_available() {
+        runs.push(vec!["--backend", "gpu"]);
+        runs.push(vec!["--backend", "gpu", "--occupancy"]);
+    }
+    for (i, extra) in runs.iter().enumerate() {
+        let out = tmp.path().join(format!("out{i}"));
+        let mut args = vec![
+            "solve", "--maze", "31x31", "--goal", "1,1", "--gamma", "1", "--alpha", "0.01",
+            "--stay", "--out",
+        ];
+        args.push(out.to_str().unwrap());
+        args.extend(extra);
+        let o = softvi(&args);
+        assert_eq!(o.status.code(), Some(3), "{extra:?}: {}", stderr(&o));
+        assert_eq!(
+            summary(&out)["status"],
+            serde_json::json!(["diverged"]),
+            "{extra:?}"
+        );
+        assert!(!out.join("values.npy").exists(), "{extra:?}");
+    }
+    // A positive STAY cost has a finite solution: it converges.
+    let out = tmp.path().join("costly");
+    let o = softvi(&[
+        "solve",
+        "--maze",
+        "31x31",
+        "--goal",
+        "1,1",
+        "--gamma",
+        "1",
+        "--alpha",
+        "0.01",
+        "--stay",
+        "--move-cost",
+        "1,1.4142135,0.5",
+        "--backend",
+        "cpu",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(summary(&out)["status"], serde_json::json!(["converged"]));
+}
+
 /// Each bad input: non-zero exit, an error naming the problem, and no output folder.
 #[test]
 fn bad_inputs_fail_clearly_and_write_nothing() {

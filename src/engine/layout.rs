@@ -45,6 +45,8 @@ pub struct GridInputs {
     pub alpha: f64,
     /// Backup kind actually run (`optimistic` with slip 0 equals `expected` and runs as it).
     pub backup: Backup,
+    /// gamma = 1 with an infinite horizon.
+    pub infinite_undiscounted: bool,
 }
 
 impl GridInputs {
@@ -103,12 +105,43 @@ impl GridInputs {
             gamma: options.gamma,
             alpha: options.alpha,
             backup,
+            infinite_undiscounted: options.excludes_unreachable(),
         }
     }
 
     /// Cells per task H * W.
     pub fn cells(&self) -> usize {
         self.height * self.width
+    }
+
+    /// Per task, whether it has no finite solution by its structure
+    /// ([`crate::engine::schedule::unbounded_self_loop`]): gamma = 1, infinite horizon, slip 0
+    /// and a free cell that neither stops nor is excluded where an action keeps the agent in
+    /// place (STAY, or a blocked move) at a reward `R(s) - cost(a)` >= 0 (> 0 for alpha = 0).
+    /// The default STAY costs 0, so `--stay --gamma 1` with alpha > 0 has none (issue 11).
+    pub fn unbounded_tasks(&self) -> Vec<bool> {
+        use crate::engine::schedule::unbounded_self_loop;
+        let (cells, n) = (self.cells(), self.action_count);
+        let infinite = self.infinite_undiscounted;
+        (0..self.tasks)
+            .map(|t| {
+                infinite
+                    && self.slip == 0.0
+                    && (0..cells).any(|c| {
+                        let i = t * cells + c;
+                        !self.fixed[i]
+                            && (0..n).any(|a| {
+                                let stays = (self.move_mask[c] >> a) & 1 == 0;
+                                stays
+                                    && unbounded_self_loop(
+                                        self.alpha,
+                                        n,
+                                        self.reward[i] as f64 - self.step_cost[a],
+                                    )
+                            })
+                    })
+            })
+            .collect()
     }
 
     /// `fixed` packed 32 cells per word, `[task][cell / 32]`, each task starting on a word.
@@ -177,6 +210,8 @@ pub struct MdpInputs<'a> {
     pub gamma: f64,
     /// Backup kind.
     pub backup: super::options::Backup,
+    /// gamma = 1 with an infinite horizon.
+    pub infinite_undiscounted: bool,
 }
 
 impl<'a> MdpInputs<'a> {
@@ -237,7 +272,38 @@ impl<'a> MdpInputs<'a> {
             alpha: options.alpha,
             gamma: options.gamma,
             backup: options.backup,
+            infinite_undiscounted: options.excludes_unreachable(),
         }
+    }
+
+    /// Per task, whether it has no finite solution by its structure
+    /// ([`crate::engine::schedule::unbounded_self_loop`]): gamma = 1, infinite horizon and a
+    /// state that neither stops nor is excluded with an action whose every successor is the
+    /// state itself at a reward `R(s, a)` >= 0 (> 0 for alpha = 0).
+    pub fn unbounded_tasks(&self) -> Vec<bool> {
+        use crate::engine::schedule::unbounded_self_loop;
+        let mdp = self.mdp;
+        let (s_count, n) = (mdp.states, mdp.actions);
+        (0..mdp.tasks)
+            .map(|t| {
+                self.infinite_undiscounted
+                    && (0..s_count).any(|s| {
+                        !self.fixed[t * s_count + s]
+                            && (0..n).any(|a| {
+                                let row = s * n + a;
+                                let entries =
+                                    mdp.indptr[row] as usize..mdp.indptr[row + 1] as usize;
+                                !entries.is_empty()
+                                    && entries.clone().all(|k| mdp.indices[k] as usize == s)
+                                    && unbounded_self_loop(
+                                        self.alpha,
+                                        n,
+                                        mdp.reward[(t * s_count + s) * n + a] as f64,
+                                    )
+                            })
+                    })
+            })
+            .collect()
     }
 }
 

@@ -231,6 +231,37 @@ impl ConvergenceMonitor {
     }
 }
 
+/// Whether a state with an action that surely keeps the agent there at reward `reward` per
+/// step (after its cost) has no finite value at gamma = 1. Soft: with `q = reward + V(s)`,
+/// `V(s) = alpha log(exp(q / alpha) + sum_other exp(Q / alpha)) > q >= V(s)` for any finite V
+/// when `reward >= 0` and another action exists, so there is no fixed point; hard (alpha = 0):
+/// when `reward > 0`. The iteration itself may not show it: at `--stay --alpha 0.01` with unit
+/// step costs V grows by alpha 8 exp(-1 / alpha), about 1e-45 per sweep, below f32 and below
+/// any tolerance, and used to be reported converged at V = 0 (issue 11).
+pub fn unbounded_self_loop(alpha: f64, actions: usize, reward: f64) -> bool {
+    if alpha > 0.0 {
+        actions > 1 && reward >= 0.0
+    } else {
+        reward > 0.0
+    }
+}
+
+/// `verdict` with every task flagged in `unbounded` (tasks without a finite solution by their
+/// structure, `GridInputs::unbounded_tasks`, `MdpInputs::unbounded_tasks`) declared diverged,
+/// whatever the iteration saw. Both backends apply it to the backward iteration's verdict.
+pub fn with_unbounded(verdict: Verdict, unbounded: &[bool]) -> Verdict {
+    let mut tasks: Vec<usize> = (0..unbounded.len()).filter(|&t| unbounded[t]).collect();
+    if tasks.is_empty() {
+        return verdict;
+    }
+    if let Verdict::Diverged(seen) = verdict {
+        tasks.extend(seen);
+        tasks.sort_unstable();
+        tasks.dedup();
+    }
+    Verdict::Diverged(tasks)
+}
+
 /// Final per-task statuses once iteration stopped after `verdict`, from each task's last
 /// check statistics.
 pub fn final_status(options: &SolveOptions, verdict: &Verdict, last: &[SweepStats]) -> Vec<Status> {

@@ -14,7 +14,7 @@ use crate::engine::layout::{GridInputs, MdpInputs};
 use crate::engine::options::{Horizon, Outputs, SolveOptions};
 use crate::engine::schedule::{
     ConvergenceMonitor, Progress, RateExtrapolator, Verdict, check_windows, final_status,
-    sweep_budget,
+    sweep_budget, with_unbounded,
 };
 use crate::engine::solution::{
     Marks, MdpSolution, Occupancy, Solution, Status, TimeSteps, check_mdp_solve, scaled_start,
@@ -131,6 +131,7 @@ pub fn solve_cpu_with_progress(
         sweeps,
         verdict,
     } = run;
+    let verdict = with_unbounded(verdict, &inputs.unbounded_tasks());
     let status = final_status(options, &verdict, &last);
     let residual = last.iter().map(|s| s.max_abs_delta).collect();
     // After the swap, v_next holds the values the last sweep read (V_1 for a finite horizon).
@@ -216,6 +217,7 @@ pub fn solve_mdp_cpu_with_progress(
         },
         progress,
     );
+    let verdict = with_unbounded(verdict, &inputs.unbounded_tasks());
     let status = final_status(options, &verdict, &last);
     let diverged = status.contains(&Status::Diverged);
     let policy_from = match options.horizon {

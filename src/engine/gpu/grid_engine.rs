@@ -18,7 +18,7 @@ use super::core::{
 use super::forward::{BandDispatch, ForwardPass, PairDispatch, record_forward};
 use crate::engine::layout::GridInputs;
 use crate::engine::options::{Backup, Horizon, Outputs, SolveOptions};
-use crate::engine::schedule::{Progress, Verdict};
+use crate::engine::schedule::{Progress, Verdict, with_unbounded};
 use crate::engine::solution::Marks;
 use crate::engine::solution::{MdpSolution, Solution};
 use crate::world::grid_mdp::GridMdp;
@@ -662,7 +662,9 @@ impl GridEngine {
     ) -> Result<ChunkResult> {
         let rows = outputs.policy || outputs.q || forward.is_some();
         let chunk = self.plan_chunk(arrays, tasks.len(), options, (rows, forward.is_some()))?;
-        let run = self.backward(arrays, &chunk, tasks.clone(), options, progress)?;
+        let mut run = self.backward(arrays, &chunk, tasks.clone(), options, progress)?;
+        let unbounded = arrays.inputs.unbounded_tasks();
+        run.verdict = with_unbounded(run.verdict, &unbounded[tasks.clone()]);
         let sweeps = run.sweeps;
         let diverged = matches!(run.verdict, Verdict::Diverged(_));
         let v_final = &chunk.values[(sweeps % 2) as usize];

@@ -18,7 +18,7 @@ use super::core::{
 use super::forward::{BandDispatch, ForwardOutputs, ForwardPass, PairDispatch, record_forward};
 use crate::engine::layout::MdpInputs;
 use crate::engine::options::{Backup, Horizon, Outputs, SolveOptions};
-use crate::engine::schedule::{Progress, Verdict};
+use crate::engine::schedule::{Progress, Verdict, with_unbounded};
 use crate::engine::solution::Marks;
 use crate::engine::solution::{MdpSolution, check_mdp_solve};
 use crate::world::mdp::{TabularMdp, Transpose};
@@ -762,8 +762,10 @@ impl MdpEngine {
         outputs: Outputs,
         progress: &mut dyn FnMut(&Progress),
     ) -> Result<ChunkResult> {
+        let unbounded = inputs.unbounded_tasks()[tasks.clone()].to_vec();
         let chunk = self.plan_chunk(inputs, tasks, options, outputs)?;
-        let run = self.backward(inputs, dynamics, &chunk, options, progress)?;
+        let mut run = self.backward(inputs, dynamics, &chunk, options, progress)?;
+        run.verdict = with_unbounded(run.verdict, &unbounded);
         let diverged = matches!(run.verdict, Verdict::Diverged(_));
         let v_final = (run.sweeps % 2) as usize;
         let values = self
