@@ -158,7 +158,7 @@ fn gpu_backend_reports_its_adapter() {
 
 /// Mesa's Vulkan device-selection layer probes Wayland for the display's GPU and, without
 /// XDG_RUNTIME_DIR, prints `error: XDG_RUNTIME_DIR is invalid ...` on stderr; a headless
-/// compute run must stay quiet (issue 11).
+/// compute run must stay quiet.
 #[test]
 fn vulkan_run_prints_no_window_system_noise() {
     let vulkan = softvi::GpuContext::adapters(softvi::wgpu::Backends::VULKAN)
@@ -279,7 +279,7 @@ fn divergence_exits_non_zero_without_values() {
 /// With a zero-cost STAY and gamma = 1 no soft value is finite (staying earns the entropy
 /// bonus forever), but V grows by only alpha * 8 exp(-1 / alpha) ~ 1e-45 per sweep at alpha
 /// 0.01: both backends, on the grid kernels and on the grid-as-MDP path (`--occupancy`), must
-/// report it diverged, not "converged" at V = 0 (issue 11).
+/// report it diverged, not "converged" at V = 0.
 #[test]
 fn zero_cost_stay_at_gamma_one_diverges_on_both_backends() {
     let tmp = tempfile::tempdir().unwrap();

@@ -329,7 +329,7 @@ fn requests_beyond_the_adapter_name_the_limit() {
     );
 }
 
-/// Tiny temperatures (issue 11: at `--alpha 1e-40` every GPU value was NaN yet "converged";
+/// Tiny temperatures (at `--alpha 1e-40` every GPU value was NaN yet "converged";
 /// policy rows summed to 0.77..2 at alpha = 1e-6). Below `soft_policy_resolved` (alpha <
 /// 1e-5 max(1, |max Q|)) f32 cannot resolve the soft policy and both backends write the hard
 /// max's one-hot; elsewhere the row is normalised. Truths: rows sum to 1 within 1e-5 (f32
@@ -405,7 +405,7 @@ fn tiny_alpha_policies_sum_to_one_on_both_backends() {
 }
 
 /// Values that overflow f32 (alpha = 1e37: V ~ alpha ln 8 / (1 - gamma)) are a runaway on both
-/// backends, never "converged" (issue 11: the GPU's max() dropped the NaN residual and an
+/// backends, never "converged" (the GPU's max() dropped the NaN residual and an
 /// infinite max |V| lifted the threshold to inf).
 #[test]
 fn overflowing_values_diverge_on_both_backends() {

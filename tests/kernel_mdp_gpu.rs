@@ -407,7 +407,7 @@ fn state_bands_and_task_chunks_match_reference() {
     }
 }
 
-/// Tiny temperatures (issue 11): rows sum to 1 within 1e-5, values are never NaN and match the
+/// Tiny temperatures: rows sum to 1 within 1e-5, values are never NaN and match the
 /// reference, and the GPU's likeliest action maximises the reference Q (below
 /// `soft_policy_resolved` both backends write the hard max's one-hot).
 #[test]
@@ -446,7 +446,7 @@ fn tiny_alpha_policies_sum_to_one() {
     }
 }
 
-/// Values that overflow f32 are a runaway on both backends, never "converged" (issue 11).
+/// Values that overflow f32 are a runaway on both backends, never "converged".
 #[test]
 fn overflowing_values_diverge() {
     let Some(mut engine) = engine(EngineOptions::default()) else {

@@ -130,7 +130,7 @@ fn first_free_near(name: &str, (x, y): (usize, usize)) -> (usize, usize) {
     (cell % grid.width, cell / grid.width)
 }
 
-/// Tiny temperatures on the GPU and the CPU (issue 11: NaN values at alpha = 1e-40, policy
+/// Tiny temperatures on the GPU and the CPU (NaN values at alpha = 1e-40, policy
 /// rows summing to 0.77..2 at 1e-6): at gamma = 1 the soft value lies within alpha ln 8 per
 /// step above minus the octile distance, and below `soft_policy_resolved` the policy is the
 /// hard max's one-hot, whose move must follow a shortest path.

@@ -10,7 +10,7 @@ const NO_STATS = vec4<f32>(0.0, HUGE, 0.0, 0.0);
 // The statistics of one element whose value became `value`, a change of `delta`. A change or
 // value that is not finite (an f32 overflow, inf - inf) counts as a residual and a value of
 // HUGE: `max` may drop a NaN, and an infinite |V| would lift the convergence threshold
-// RESIDUAL_FLOOR * max |V| to inf, either way a runaway would pass as converged (issue 11).
+// RESIDUAL_FLOOR * max |V| to inf, either way a runaway would pass as converged.
 // HUGE is beyond `engine::schedule::VALUE_LIMIT`, so the host declares it diverged.
 fn element_stats(delta: f32, value: f32) -> vec4<f32> {
     if !(abs(delta) <= HUGE && abs(value) <= HUGE) {

@@ -118,7 +118,7 @@ impl GridInputs {
     /// ([`crate::engine::schedule::unbounded_self_loop`]): gamma = 1, infinite horizon, slip 0
     /// and a free cell that neither stops nor is excluded where an action keeps the agent in
     /// place (STAY, or a blocked move) at a reward `R(s) - cost(a)` >= 0 (> 0 for alpha = 0).
-    /// The default STAY costs 0, so `--stay --gamma 1` with alpha > 0 has none (issue 11).
+    /// The default STAY costs 0, so `--stay --gamma 1` with alpha > 0 has none.
     pub fn unbounded_tasks(&self) -> Vec<bool> {
         use crate::engine::schedule::unbounded_self_loop;
         let (cells, n) = (self.cells(), self.action_count);

@@ -237,7 +237,7 @@ impl ConvergenceMonitor {
 /// when `reward >= 0` and another action exists, so there is no fixed point; hard (alpha = 0):
 /// when `reward > 0`. The iteration itself may not show it: at `--stay --alpha 0.01` with unit
 /// step costs V grows by alpha 8 exp(-1 / alpha), about 1e-45 per sweep, below f32 and below
-/// any tolerance, and used to be reported converged at V = 0 (issue 11).
+/// any tolerance, and used to be reported converged at V = 0.
 pub fn unbounded_self_loop(alpha: f64, actions: usize, reward: f64) -> bool {
     if alpha > 0.0 {
         actions > 1 && reward >= 0.0

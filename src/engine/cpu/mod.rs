@@ -55,7 +55,7 @@ pub fn soft_max(alpha: f64, q: &[f64]) -> f64 {
 /// carries f32 rounding of a few ulps of |Q| per backup (up to about 1e-6 |V| after many
 /// sweeps, see [`crate::engine::schedule::RESIDUAL_FLOOR`]) and `exp((Q - V) / alpha)`
 /// multiplies it by 1 / alpha: below this alpha rounding, not Q, decides the policy (on the
-/// 31 x 31 maze of issue 11, |V| <= 55, rows summed to 0.77..2 at alpha = 1e-6). There both
+/// 31 x 31 maze, |V| <= 55, rows summed to 0.77..2 at alpha = 1e-6). There both
 /// backends write the hard max's one-hot policy, so that they stay comparable; V keeps its soft
 /// form. Twin of `soft_policy_resolved` in `shaders/shared/policy_ties.wgsl`.
 pub fn soft_policy_resolved(alpha: f64, top: f64) -> bool {

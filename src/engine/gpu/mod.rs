@@ -13,7 +13,7 @@ macro_rules! wgsl {
 /// The temperature uniforms of the backup kernels, `(alpha * ln 2, log2(e) / alpha)`, for
 /// alpha > 0 taken at least as the smallest normal f32: below about 4e-39, `log2(e) / alpha`
 /// overflows f32 and `exp_shifted` turns the largest Q's `0 * inf` into NaN (every value NaN
-/// at `--alpha 1e-40`, issue 11). That alpha is far below `soft_policy_resolved`, so the
+/// at `--alpha 1e-40`). That alpha is far below `soft_policy_resolved`, so the
 /// policy is the hard max's there and V's soft term is below f32 resolution either way.
 pub(crate) fn temperature_uniforms(alpha: f64) -> (f32, f32) {
     if alpha == 0.0 {
