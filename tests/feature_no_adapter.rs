@@ -13,3 +13,24 @@ fn no_matching_adapter_is_a_no_adapter_error() {
         Ok(ctx) => panic!("an adapter matched: {}", ctx.adapter_label()),
     }
 }
+
+/// A `WGPU_BACKEND` that names no wgpu backend is refused by name (wgpu would ignore the name
+/// and find no adapter, which reads as "no GPU"); known names and lists pass.
+#[test]
+fn an_unknown_backend_name_is_named() {
+    use softvi::engine::gpu::context::backends_from_list;
+    match backends_from_list("nonsense") {
+        Err(softvi::Error::NoAdapter(message)) => {
+            assert!(
+                message.contains("WGPU_BACKEND") && message.contains("\"nonsense\""),
+                "{message}"
+            )
+        }
+        other => panic!("expected NoAdapter, got {other:?}"),
+    }
+    assert!(backends_from_list("vulkan, nonsense").is_err());
+    assert_eq!(
+        backends_from_list("Vulkan,gl").unwrap(),
+        wgpu::Backends::VULKAN | wgpu::Backends::GL
+    );
+}

@@ -43,9 +43,14 @@ impl GpuContext {
         adapters.into_iter().map(Self::from_adapter).collect()
     }
 
-    /// Every adapter the environment allows, the preferred one first.
+    /// Every adapter the environment allows, the preferred one first; a `WGPU_BACKEND` naming
+    /// no backend wgpu knows is refused by name (wgpu would ignore it and find no adapter).
     pub fn adapters_from_env() -> Result<Vec<wgpu::Adapter>> {
-        Self::adapters(wgpu::Backends::from_env().unwrap_or(wgpu::Backends::all()))
+        let backends = match std::env::var("WGPU_BACKEND") {
+            Ok(list) => backends_from_list(&list)?,
+            Err(_) => wgpu::Backends::all(),
+        };
+        Self::adapters(backends)
     }
 
     /// Every adapter on `backends` (`WGPU_ADAPTER_NAME` still filters), the preferred one
@@ -131,4 +136,23 @@ impl GpuContext {
 
 fn adapter_key(info: &wgpu::AdapterInfo) -> (String, wgpu::Backend, u32) {
     (info.name.clone(), info.backend, info.device)
+}
+
+/// The backends of a `WGPU_BACKEND` value: comma-separated names as wgpu reads them
+/// (`vulkan`/`vk`, `gl`/`gles`/`opengl`, `metal`/`mtl`, `dx12`/`d3d12`, `webgpu`, `noop`);
+/// an unknown name is an error that names it.
+pub fn backends_from_list(list: &str) -> Result<wgpu::Backends> {
+    for name in list.split(',').map(str::trim) {
+        let known = [
+            "vulkan", "vk", "gl", "gles", "opengl", "metal", "mtl", "dx12", "d3d12", "webgpu",
+            "noop",
+        ];
+        if !known.contains(&name.to_lowercase().as_str()) {
+            return Err(Error::NoAdapter(format!(
+                "WGPU_BACKEND={list:?}: {name:?} is not a wgpu backend; use vulkan, gl, metal, \
+                 dx12 or a comma-separated list of them"
+            )));
+        }
+    }
+    Ok(wgpu::Backends::from_comma_list(list))
 }
