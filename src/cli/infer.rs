@@ -15,7 +15,7 @@ use super::world::{MdpWorld, WorldArgs};
 use softvi::analysis::infer::{Observation, check_possible, posterior_inputs};
 use softvi::engine::options::{Horizon, Outputs};
 use softvi::io::npy;
-use softvi::io::output::{OutputFile, write_folder};
+use softvi::io::output::{OutputFile, OutputFolder};
 
 #[derive(Args, Debug)]
 pub(super) struct InferArgs {
@@ -31,9 +31,14 @@ pub(super) struct InferArgs {
     /// Prior over the tasks, float .npy of shape [B] (default uniform).
     #[arg(long, value_name = "FILE.npy")]
     prior: Option<PathBuf>,
-    /// Output folder: posterior.npy, summary.json.
+    /// Output folder: posterior.npy, summary.json. It must be new, empty or a folder of an
+    /// earlier `softvi infer`, whose result is replaced.
     #[arg(long, value_name = "DIR")]
     out: PathBuf,
+    /// Write into a non-empty --out that is not a `softvi infer` folder (files of the same
+    /// names are replaced, other files kept).
+    #[arg(long)]
+    force: bool,
     /// Print summary.json's content instead of the human summary.
     #[arg(long)]
     json: bool,
@@ -134,6 +139,7 @@ fn read_trajectory(path: &Path, world: &MdpWorld) -> Result<Vec<Observation>> {
 /// `softvi infer`.
 pub(super) fn infer_command(args: &InferArgs) -> Result<i32> {
     let start = Instant::now();
+    let mut folder = OutputFolder::claim(&args.out, "infer", &["posterior.npy"], args.force)?;
     let world = MdpWorld::build(&args.world, &[])?;
     let trajectory = read_trajectory(&args.trajectory, &world)?;
     let tasks = world.mdp.tasks;
@@ -202,20 +208,12 @@ pub(super) fn infer_command(args: &InferArgs) -> Result<i32> {
         "layout": {"posterior": "float32 [step][task], row 0 the prior, row k after k observed steps"},
     });
     add_run_json(&mut summary, &options, &solved.solution, seconds);
-    let summary_text = serde_json::to_string_pretty(&summary)? + "\n";
-    write_folder(
-        &args.out,
-        &[
-            OutputFile {
-                name: "summary.json",
-                bytes: summary_text.as_bytes().to_vec(),
-            },
-            OutputFile {
-                name: "posterior.npy",
-                bytes: npy::encode_f32(&[k + 1, tasks], &posterior),
-            },
-        ],
-        &["summary.json", "posterior.npy"],
+    let summary_text = folder.write(
+        &mut summary,
+        vec![OutputFile {
+            name: "posterior.npy",
+            bytes: npy::encode_f32(&[k + 1, tasks], &posterior),
+        }],
     )?;
     if args.json {
         print!("{summary_text}");

@@ -16,7 +16,7 @@ use softvi::analysis::irl::{Demos, IrlOptions, IrlResult, learn};
 use softvi::analysis::sample::ENDED;
 use softvi::engine::options::{Backup, Horizon, SolveOptions};
 use softvi::io::npy;
-use softvi::io::output::{OutputFile, write_folder};
+use softvi::io::output::{OutputFile, OutputFolder};
 
 #[derive(Args, Debug)]
 pub(super) struct IrlArgs {
@@ -63,9 +63,14 @@ pub(super) struct IrlArgs {
     /// Where the solves run.
     #[arg(long, value_enum, default_value_t = BackendArg::Gpu)]
     backend: BackendArg,
-    /// Output folder: theta.npy, reward.npy, summary.json.
+    /// Output folder: theta.npy, reward.npy, summary.json. It must be new, empty or a folder
+    /// of an earlier `softvi irl`, whose result is replaced.
     #[arg(long, value_name = "DIR")]
     out: PathBuf,
+    /// Write into a non-empty --out that is not a `softvi irl` folder (files of the same
+    /// names are replaced, other files kept).
+    #[arg(long)]
+    force: bool,
     /// Print summary.json's content instead of the human summary.
     #[arg(long)]
     json: bool,
@@ -192,6 +197,7 @@ fn read_features(path: &Path, world: &MdpWorld) -> Result<(Vec<f32>, usize)> {
 /// `softvi irl`.
 pub(super) fn irl_command(args: &IrlArgs) -> Result<i32> {
     let start = Instant::now();
+    let mut out = OutputFolder::claim(&args.out, "irl", &["theta.npy", "reward.npy"], args.force)?;
     let world = MdpWorld::build(&args.world, &[])?;
     let (features, k) = read_features(&args.features, &world)?;
     let demos = read_demos(args, &world)?;
@@ -242,7 +248,7 @@ pub(super) fn irl_command(args: &IrlArgs) -> Result<i32> {
     let last = history.last().expect("at least one iteration");
     let mean_iteration =
         history.iter().map(|h| h.solve_seconds).sum::<f64>() / history.len() as f64;
-    let summary = json!({
+    let mut summary = json!({
         "backend": args.backend.name(),
         "adapter": adapter,
         "world": world.source,
@@ -269,16 +275,11 @@ pub(super) fn irl_command(args: &IrlArgs) -> Result<i32> {
             "log_likelihood": "[iteration][set], mean over a set's demo episodes, before the iteration's update",
         },
     });
-    let summary_text = serde_json::to_string_pretty(&summary)? + "\n";
     let theta: Vec<f32> = result.theta.iter().map(|&x| x as f32).collect();
     let reward_shape = [&[m_n][..], &world.state_shape()].concat();
-    write_folder(
-        &args.out,
-        &[
-            OutputFile {
-                name: "summary.json",
-                bytes: summary_text.as_bytes().to_vec(),
-            },
+    let summary_text = out.write(
+        &mut summary,
+        vec![
             OutputFile {
                 name: "theta.npy",
                 bytes: npy::encode_f32(&[m_n, k], &theta),
@@ -288,7 +289,6 @@ pub(super) fn irl_command(args: &IrlArgs) -> Result<i32> {
                 bytes: npy::encode_f32(&reward_shape, &reward),
             },
         ],
-        &["summary.json", "theta.npy", "reward.npy"],
     )?;
     if args.json {
         print!("{summary_text}");

@@ -14,7 +14,7 @@ use super::summary::add_run_json;
 use super::world::{MdpWorld, WorldArgs};
 use softvi::engine::options::Horizon;
 use softvi::io::npy;
-use softvi::io::output::{OutputFile, write_folder};
+use softvi::io::output::{OutputFile, OutputFolder};
 
 #[derive(Args, Debug)]
 pub(super) struct SampleArgs {
@@ -35,9 +35,14 @@ pub(super) struct SampleArgs {
     /// cells). Grid worlds only; an --mdp file carries `initial`.
     #[arg(long = "start", value_name = "X,Y", conflicts_with = "mdp")]
     start: Vec<String>,
-    /// Output folder: states.npy, actions.npy, summary.json.
+    /// Output folder: states.npy, actions.npy, summary.json. It must be new, empty or a
+    /// folder of an earlier `softvi sample`, whose result is replaced.
     #[arg(long, value_name = "DIR")]
     out: PathBuf,
+    /// Write into a non-empty --out that is not a `softvi sample` folder (files of the same
+    /// names are replaced, other files kept).
+    #[arg(long)]
+    force: bool,
     /// Print summary.json's content instead of the human summary.
     #[arg(long)]
     json: bool,
@@ -49,6 +54,12 @@ pub(super) struct SampleArgs {
 /// `softvi sample`: trajectories from each task's soft-optimal policy.
 pub(super) fn sample_command(args: &SampleArgs) -> Result<i32> {
     let start = Instant::now();
+    let mut out = OutputFolder::claim(
+        &args.out,
+        "sample",
+        &["states.npy", "actions.npy"],
+        args.force,
+    )?;
     let world = MdpWorld::build(&args.world, &args.start)?;
     let options = args.iteration.options()?;
     ensure!(args.episodes >= 1, "--episodes must be at least 1");
@@ -118,12 +129,7 @@ pub(super) fn sample_command(args: &SampleArgs) -> Result<i32> {
         },
     });
     add_run_json(&mut summary, &options, &solved.solution, seconds);
-    let summary_text = serde_json::to_string_pretty(&summary)? + "\n";
-    let files = [
-        OutputFile {
-            name: "summary.json",
-            bytes: summary_text.as_bytes().to_vec(),
-        },
+    let files = vec![
         OutputFile {
             name: "states.npy",
             bytes: npy::encode_i32(&[b, n, steps + 1], &samples.states),
@@ -133,11 +139,7 @@ pub(super) fn sample_command(args: &SampleArgs) -> Result<i32> {
             bytes: npy::encode_i32(&[b, n, steps], &samples.actions),
         },
     ];
-    write_folder(
-        &args.out,
-        &files,
-        &["summary.json", "states.npy", "actions.npy"],
-    )?;
+    let summary_text = out.write(&mut summary, files)?;
     if args.json {
         print!("{summary_text}");
     } else {

@@ -16,7 +16,7 @@ use super::world::{World, WorldArgs};
 use softvi::engine::options::{Horizon, Outputs, SolveOptions};
 use softvi::engine::solution::Solution;
 use softvi::io::npy;
-use softvi::io::output::{OutputFile, write_folder};
+use softvi::io::output::{OutputFile, OutputFolder};
 
 #[derive(Args, Debug)]
 pub(super) struct SolveArgs {
@@ -25,8 +25,13 @@ pub(super) struct SolveArgs {
     #[command(flatten)]
     iteration: IterationArgs,
     /// Output folder: values.npy, policy.npy, summary.json (and q.npy, occupancy.npy as asked).
+    /// It must be new, empty or a folder of an earlier `softvi solve`, whose result is replaced.
     #[arg(long, value_name = "DIR")]
     out: PathBuf,
+    /// Write into a non-empty --out that is not a `softvi solve` folder (files of the same
+    /// names are replaced, other files kept).
+    #[arg(long)]
+    force: bool,
     /// Skip policy.npy (for huge worlds).
     #[arg(long)]
     no_policy: bool,
@@ -68,14 +73,18 @@ fn outputs(args: &SolveArgs) -> Outputs {
     }
 }
 
+/// The files `softvi solve` writes besides summary.json.
+const SOLVE_FILES: &[&str] = &["values.npy", "policy.npy", "q.npy", "occupancy.npy"];
+
 /// `softvi solve`. Returns the process exit code.
 pub(super) fn solve_command(args: &SolveArgs) -> Result<i32> {
-    if let Some(path) = &args.world.mdp {
-        return mdp_solve_command(args, path);
-    }
     let start = Instant::now();
+    let mut out = OutputFolder::claim(&args.out, "solve", SOLVE_FILES, args.force)?;
+    if let Some(path) = &args.world.mdp {
+        return mdp_solve_command(args, path, &mut out, start);
+    }
     if args.all_steps || args.occupancy || !args.start.is_empty() {
-        return grid_mdp_solve_command(args, start);
+        return grid_mdp_solve_command(args, &mut out, start);
     }
     let world = args.world.build()?;
     let options = args.iteration.options()?;
@@ -85,7 +94,7 @@ pub(super) fn solve_command(args: &SolveArgs) -> Result<i32> {
         .solution;
     let adapter = backend.adapter_json();
     let seconds = start.elapsed().as_secs_f64();
-    let summary = summary_json(
+    let mut summary = summary_json(
         &world,
         &options,
         args.iteration.backend,
@@ -93,10 +102,9 @@ pub(super) fn solve_command(args: &SolveArgs) -> Result<i32> {
         &solution,
         seconds,
     );
-    let summary_text = serde_json::to_string_pretty(&summary)? + "\n";
     let p = &world.problem;
     let arrays = solve_arrays(&solution, None, None, &[p.grid.height, p.grid.width]);
-    write_solve_folder(&args.out, &summary_text, solution.diverged(), &arrays)?;
+    let summary_text = write_solve_folder(&mut out, &mut summary, solution.diverged(), &arrays)?;
     finish_solve(
         args,
         &world,
@@ -110,8 +118,12 @@ pub(super) fn solve_command(args: &SolveArgs) -> Result<i32> {
 
 /// `softvi solve --mdp FILE.npz`: a general MDP; `values.npy` `[B,S]` (`[B,T+1,S]` with
 /// every step), `policy.npy` `[B,S,A]` (`[B,T,S,A]`), `occupancy.npy`, `summary.json`.
-fn mdp_solve_command(args: &SolveArgs, path: &Path) -> Result<i32> {
-    let start = Instant::now();
+fn mdp_solve_command(
+    args: &SolveArgs,
+    path: &Path,
+    out: &mut OutputFolder,
+    start: Instant,
+) -> Result<i32> {
     let mdp = softvi::world::mdp::TabularMdp::load_npz(path)?;
     let options = args.iteration.options()?;
     ensure!(
@@ -151,14 +163,13 @@ fn mdp_solve_command(args: &SolveArgs, path: &Path) -> Result<i32> {
     });
     add_run_json(&mut summary, &options, solution, seconds);
     add_mdp_json(&mut summary, &solved);
-    let summary_text = serde_json::to_string_pretty(&summary)? + "\n";
     let arrays = solve_arrays(
         solution,
         solved.steps.as_ref(),
         solved.occupancy.as_ref(),
         &[s],
     );
-    write_solve_folder(&args.out, &summary_text, solution.diverged(), &arrays)?;
+    let summary_text = write_solve_folder(out, &mut summary, solution.diverged(), &arrays)?;
     if args.json {
         print!("{summary_text}");
     } else {
@@ -207,7 +218,7 @@ fn mdp_solve_command(args: &SolveArgs, path: &Path) -> Result<i32> {
 
 /// `softvi solve` on a grid with --all-steps, --occupancy or --start: the grid as a tabular
 /// MDP over its free cells, outputs laid out over the map.
-fn grid_mdp_solve_command(args: &SolveArgs, start: Instant) -> Result<i32> {
+fn grid_mdp_solve_command(args: &SolveArgs, out: &mut OutputFolder, start: Instant) -> Result<i32> {
     ensure!(
         args.occupancy || args.start.is_empty(),
         "--start sets where the occupancy starts: add --occupancy"
@@ -254,19 +265,13 @@ fn grid_mdp_solve_command(args: &SolveArgs, start: Instant) -> Result<i32> {
             "float32 [task][row][col], sum_t gamma^t D_t; NaN blocked"
         });
     }
-    let summary_text = serde_json::to_string_pretty(&summary)? + "\n";
     let arrays = solve_arrays(
         &solved.solution,
         solved.steps.as_ref(),
         solved.occupancy.as_ref(),
         &[p.grid.height, p.grid.width],
     );
-    write_solve_folder(
-        &args.out,
-        &summary_text,
-        solved.solution.diverged(),
-        &arrays,
-    )?;
+    let summary_text = write_solve_folder(out, &mut summary, solved.solution.diverged(), &arrays)?;
     finish_solve(
         args,
         world,
@@ -446,18 +451,15 @@ fn add_mdp_json(summary: &mut serde_json::Value, solution: &softvi::engine::solu
 /// One `.npy` of a solve's folder: name, shape, data.
 type NpyArray<'a> = (&'static str, Vec<usize>, &'a [f32]);
 
-/// Writes a solve's folder: `summary.json`, and unless the solve diverged the `arrays`;
-/// outputs of an earlier run that this one does not write are removed.
+/// Writes a solve's folder: `summary.json`, and unless the solve diverged the `arrays`,
+/// replacing an earlier solve's result; returns summary.json's text.
 fn write_solve_folder(
-    out: &Path,
-    summary_text: &str,
+    out: &mut OutputFolder,
+    summary: &mut serde_json::Value,
     diverged: bool,
     arrays: &[NpyArray],
-) -> Result<()> {
-    let mut files = vec![OutputFile {
-        name: "summary.json",
-        bytes: summary_text.as_bytes().to_vec(),
-    }];
+) -> Result<String> {
+    let mut files = Vec::new();
     if !diverged {
         for (name, shape, data) in arrays {
             files.push(OutputFile {
@@ -466,18 +468,7 @@ fn write_solve_folder(
             });
         }
     }
-    write_folder(
-        out,
-        &files,
-        &[
-            "summary.json",
-            "values.npy",
-            "policy.npy",
-            "q.npy",
-            "occupancy.npy",
-        ],
-    )?;
-    Ok(())
+    Ok(out.write(summary, files)?)
 }
 
 /// The arrays of a solve's folder: `values.npy`, `policy.npy` and `q.npy` of shape
