@@ -244,6 +244,56 @@ fn concurrent_solves_on_one_folder_never_mix() {
     assert!(!stale.exists());
 }
 
+/// Item 4: `--png` may not replace an output file or a file that is not a picture, and a path
+/// that cannot be written is refused before anything is computed or written.
+#[test]
+fn png_paths_are_checked_before_anything_is_written() {
+    let tmp = tempfile::tempdir().unwrap();
+    let o5 = tmp.path().join("o5");
+    let o = solve(&o5, &["--png", o5.join("values.npy").to_str().unwrap()]);
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("would overwrite values.npy"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(!o5.exists());
+    let o = solve(&o5, &["--png", o5.join("v.png").to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let before = snapshot(&o5);
+    for name in ["values.npy", "summary.json", "policy.npy"] {
+        let o = solve(&o5, &["--png", o5.join(name).to_str().unwrap()]);
+        assert!(!o.status.success(), "--png {name} was accepted");
+        assert!(stderr(&o).contains("would overwrite"), "{}", stderr(&o));
+    }
+    assert_eq!(snapshot(&o5), before);
+    let o6 = tmp.path().join("o6");
+    let notes = write(tmp.path(), "notes.txt", b"mine\n");
+    for (png, expected) in [
+        (
+            "/nonexistent/dir/x.png",
+            "the folder /nonexistent/dir does not exist",
+        ),
+        (tmp.path().to_str().unwrap(), "is a folder"),
+        (&notes, "is not a PNG picture"),
+    ] {
+        let o = solve(&o6, &["--png", png]);
+        assert!(!o.status.success(), "--png {png} was accepted");
+        assert!(stderr(&o).contains(expected), "{}", stderr(&o));
+        assert!(!o6.exists(), "--png {png}: the folder was written");
+    }
+    assert_eq!(std::fs::read(&notes).unwrap(), b"mine\n");
+    // `render --out` is checked the same way before it draws.
+    let o = softvi(&["render", "--from", o5.to_str().unwrap(), "--out", &notes]);
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("is not a PNG picture"),
+        "{}",
+        stderr(&o)
+    );
+    assert_eq!(std::fs::read(&notes).unwrap(), b"mine\n");
+}
+
 /// Item 5: `sample`, `infer` and `irl` refuse a folder `solve` wrote (and `solve` theirs), so
 /// `render` never draws one run over another; `--force` replaces the whole earlier result.
 #[test]

@@ -51,6 +51,7 @@ pub(super) struct RenderArgs {
 /// occupancy.npy), rebuilds its map and draws one task.
 pub(super) fn render_command(args: &RenderArgs) -> Result<i32> {
     use softvi::analysis::render::{Layer, TaskView, render, write_png};
+    softvi::io::output::check_picture_path(&args.out, "--out", false)?;
     let dir = &args.from;
     let summary_path = dir.join("summary.json");
     let summary: serde_json::Value =

@@ -29,7 +29,7 @@ pub(super) struct SolveArgs {
     #[arg(long, value_name = "DIR")]
     out: PathBuf,
     /// Write into a non-empty --out that is not a `softvi solve` folder (files of the same
-    /// names are replaced, other files kept).
+    /// names are replaced, other files kept), and replace a --png file that is not a PNG.
     #[arg(long)]
     force: bool,
     /// Skip policy.npy (for huge worlds).
@@ -80,6 +80,9 @@ const SOLVE_FILES: &[&str] = &["values.npy", "policy.npy", "q.npy", "occupancy.n
 pub(super) fn solve_command(args: &SolveArgs) -> Result<i32> {
     let start = Instant::now();
     let mut out = OutputFolder::claim(&args.out, "solve", SOLVE_FILES, args.force)?;
+    if let (Some(png), None) = (&args.png, &args.world.mdp) {
+        out.check_picture(png, "--png", args.force)?;
+    }
     if let Some(path) = &args.world.mdp {
         return mdp_solve_command(args, path, &mut out, start);
     }

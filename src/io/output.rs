@@ -286,6 +286,36 @@ impl OutputFolder {
         Ok((previous, ours))
     }
 
+    /// Refuses a picture path `path` (given as `flag`) that would replace one of this folder's
+    /// files, then checks it as [`check_picture_path`] does. A picture inside the folder
+    /// itself is allowed even before the folder exists.
+    pub fn check_picture(&self, path: &Path, flag: &str, force: bool) -> Result<()> {
+        let parent = path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        let name = path.file_name().map(|n| n.to_string_lossy().into_owned());
+        let inside = std::fs::canonicalize(parent).ok().as_deref() == Some(&self.path)
+            || (!self.path.exists() && absolute(parent).as_deref() == Some(&self.path));
+        if let (true, Some(name)) = (inside, &name) {
+            let ours = self.names.iter().any(|n| n == name)
+                || self.previous.iter().any(|n| n == name)
+                || self.forced.iter().any(|n| n == name)
+                || name == "summary.json";
+            if ours {
+                return Err(Error::InvalidInput(format!(
+                    "{flag} {} would overwrite {name} of --out {}: choose another file name",
+                    path.display(),
+                    self.shown.display()
+                )));
+            }
+            if !self.path.exists() {
+                return Ok(());
+            }
+        }
+        check_picture_path(path, flag, force)
+    }
+
     /// Writes `files` and `summary` (as `summary.json`, with the marker naming the command and
     /// the files added) into the folder, replacing the previous result; returns the summary's
     /// text. Nothing of the previous result is lost when this fails.
@@ -528,6 +558,59 @@ fn process_alive(pid: u32) -> bool {
     Path::new("/proc/self").exists() && Path::new("/proc").join(pid.to_string()).exists()
 }
 
+/// `path` made absolute without touching the file system.
+fn absolute(path: &Path) -> Option<PathBuf> {
+    std::path::absolute(path).ok()
+}
+
+/// Checks, before anything is computed, that a picture can be written at `path` (given as
+/// `flag`): a file name, not a folder, in a folder that exists and can be written to, and not
+/// an existing file that is not a PNG picture (unless `force`).
+pub fn check_picture_path(path: &Path, flag: &str, force: bool) -> Result<()> {
+    let shown = path.display();
+    let Some(name) = path.file_name().map(|n| n.to_string_lossy().into_owned()) else {
+        return Err(Error::InvalidInput(format!(
+            "{flag} {shown} is not a file name"
+        )));
+    };
+    if let Ok(meta) = std::fs::metadata(path) {
+        if meta.is_dir() {
+            return Err(Error::InvalidInput(format!(
+                "{flag} {shown} is a folder, not a file name"
+            )));
+        }
+        let mut head = [0u8; 8];
+        let is_png = File::open(path)
+            .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut head))
+            .is_ok()
+            && head == *b"\x89PNG\r\n\x1a\n";
+        if !is_png && !force {
+            return Err(Error::InvalidInput(format!(
+                "{flag} {shown} exists and is not a PNG picture: softvi will not replace it \
+                 (choose another file name, or --force)"
+            )));
+        }
+    }
+    let parent = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    if !std::fs::metadata(parent).is_ok_and(|m| m.is_dir()) {
+        return Err(Error::InvalidInput(format!(
+            "{flag} {shown}: the folder {} does not exist",
+            parent.display()
+        )));
+    }
+    let probe = parent.join(format!(".{name}.softvi-probe-{}", std::process::id()));
+    OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&probe)
+        .map_err(|e| Error::io(format!("{flag}: cannot write into the folder of"), path, e))?;
+    let _ = std::fs::remove_file(&probe);
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -720,5 +803,36 @@ mod tests {
         assert_eq!(after, before);
         assert_eq!(listing(&dir), ["a.txt", "b.txt", "summary.json"]);
         assert_eq!(listing(root.path()), ["out"]);
+    }
+
+    #[test]
+    fn pictures_may_not_replace_results_or_other_files() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("out");
+        let folder = OutputFolder::claim(&dir, "solve", NAMES, false).unwrap();
+        let e = folder
+            .check_picture(&dir.join("a.txt"), "--png", true)
+            .unwrap_err();
+        assert!(e.to_string().contains("would overwrite a.txt"), "{e}");
+        folder
+            .check_picture(&dir.join("v.png"), "--png", false)
+            .unwrap();
+        let e = folder
+            .check_picture(&root.path().join("no/such/v.png"), "--png", false)
+            .unwrap_err();
+        assert!(e.to_string().contains("does not exist"), "{e}");
+        let e = folder
+            .check_picture(root.path(), "--png", false)
+            .unwrap_err();
+        assert!(e.to_string().contains("is a folder"), "{e}");
+        let text = root.path().join("notes.txt");
+        std::fs::write(&text, b"mine").unwrap();
+        let e = folder.check_picture(&text, "--png", false).unwrap_err();
+        assert!(e.to_string().contains("not a PNG picture"), "{e}");
+        folder.check_picture(&text, "--png", true).unwrap();
+        let png = root.path().join("old.png");
+        std::fs::write(&png, b"\x89PNG\r\n\x1a\n...").unwrap();
+        folder.check_picture(&png, "--png", false).unwrap();
+        assert_eq!(std::fs::read(&text).unwrap(), b"mine");
     }
 }
