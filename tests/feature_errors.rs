@@ -149,3 +149,75 @@ fn bad_settings_are_invalid_input() {
         Err(Error::InvalidInput(m)) if m.contains("--alpha")
     ));
 }
+
+/// `.npy` bytes whose header declares `shape` (a Python tuple) with no data after it.
+fn npy_header_only(dtype: &str, shape: &str) -> Vec<u8> {
+    let mut header = format!("{{'descr': '{dtype}', 'fortran_order': False, 'shape': {shape}, }}");
+    let unpadded = 10 + header.len() + 1;
+    header.push_str(&" ".repeat(unpadded.next_multiple_of(64) - unpadded));
+    header.push('\n');
+    let mut bytes = b"\x93NUMPY\x01\x00".to_vec();
+    bytes.extend_from_slice(&(header.len() as u16).to_le_bytes());
+    bytes.extend_from_slice(header.as_bytes());
+    bytes
+}
+
+/// A shape whose product overflows usize (it wrapped to 0 and then matched the empty data)
+/// is InvalidInput naming the shape, from the `.npy` decoder, from `from_arrays` given such an
+/// array by hand, and from an `.npz` holding one (naming the file and the array).
+#[test]
+fn overflowing_shapes_are_invalid_input() {
+    use softvi::io::npy::{self, NpyValues};
+    use std::collections::HashMap;
+    use std::io::Write;
+    let overflowing = "(2147483648, 4, 2147483648)";
+    for dtype in ["<f8", "<f4", "|b1"] {
+        match npy::decode(&npy_header_only(dtype, overflowing)) {
+            Err(Error::InvalidInput(m)) => {
+                assert!(m.contains("overflows") && m.contains("2147483648"), "{m}")
+            }
+            other => panic!("{dtype}: expected InvalidInput, got {other:?}"),
+        }
+    }
+    let mut arrays = HashMap::new();
+    arrays.insert(
+        "P".to_owned(),
+        NpyValues {
+            shape: vec![2147483648, 4, 2147483648],
+            data: Vec::new(),
+            dtype: "<f8".into(),
+        },
+    );
+    arrays.insert(
+        "R".to_owned(),
+        NpyValues {
+            shape: vec![2147483648],
+            data: Vec::new(),
+            dtype: "<f8".into(),
+        },
+    );
+    match TabularMdp::from_arrays(&arrays) {
+        Err(Error::InvalidInput(m)) => {
+            assert!(m.contains("\"P\"") && m.contains("overflows"), "{m}")
+        }
+        other => panic!("expected InvalidInput, got {other:?}"),
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("overflow.npz");
+    let mut zip = zip::ZipWriter::new(std::fs::File::create(&path).unwrap());
+    for (name, shape) in [("P", overflowing), ("R", "(2147483648,)")] {
+        zip.start_file(
+            format!("{name}.npy"),
+            zip::write::SimpleFileOptions::default(),
+        )
+        .unwrap();
+        zip.write_all(&npy_header_only("<f8", shape)).unwrap();
+    }
+    zip.finish().unwrap();
+    match TabularMdp::load_npz(&path) {
+        Err(Error::InvalidInput(m)) => {
+            assert!(m.contains("overflow.npz") && m.contains("overflows"), "{m}")
+        }
+        other => panic!("expected InvalidInput, got {other:?}"),
+    }
+}

@@ -88,17 +88,25 @@ pub fn encode(dtype: &str, shape: &[usize], data: &[f64]) -> Vec<u8> {
 /// Decodes `.npy` bytes of any supported dtype.
 pub fn decode(bytes: &[u8]) -> Result<NpyValues> {
     let (shape, dtype, body) = parse_header(bytes)?;
-    let count: usize = shape.iter().product();
     let width = match dtype.as_str() {
         "<f8" | "<i8" | "<u8" => 8,
         "<f4" | "<i4" | "<u4" => 4,
         "|b1" | "|u1" => 1,
         other => bail!("dtype {other} is not float32/64, int32/64, uint8/32/64 or bool"),
     };
+    let bytes = shape
+        .iter()
+        .try_fold(width, |acc: usize, &d| acc.checked_mul(d))
+        .with_context(|| {
+            format!(
+                "shape {shape:?} holds more entries than fit in memory (the product of its \
+                 dimensions overflows); the file has {} data bytes",
+                body.len()
+            )
+        })?;
     ensure!(
-        body.len() == count * width,
-        "shape {shape:?} needs {} data bytes, the file has {}",
-        count * width,
+        body.len() == bytes,
+        "shape {shape:?} needs {bytes} data bytes, the file has {}",
         body.len()
     );
     let data = body

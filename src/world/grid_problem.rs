@@ -1,7 +1,7 @@
 //! A batch of tasks over one gridworld: the map, the actions, slip, step costs and each task's
 //! goals and state reward.
 
-use crate::error::{Result, bail, ensure};
+use crate::error::{Context, Result, bail, ensure};
 
 use super::grid::{ActionSet, Grid, MoveCost};
 
@@ -38,6 +38,19 @@ impl GridProblem {
     /// Checks shapes and values; errors name the task, cell or setting.
     pub fn validate(&self) -> Result<()> {
         let g = &self.grid;
+        let cells = g
+            .height
+            .checked_mul(g.width)
+            .with_context(|| format!("a {}x{} map has more cells than fit", g.width, g.height))?;
+        ensure!(
+            g.free.len() == cells,
+            "the map's free flags hold {} cells, not height x width = {cells}",
+            g.free.len()
+        );
+        self.tasks
+            .len()
+            .checked_mul(cells)
+            .context("tasks x cells overflows")?;
         ensure!(
             !self.tasks.is_empty(),
             "a solve needs at least one task (goal)"

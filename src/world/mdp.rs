@@ -68,6 +68,25 @@ impl TabularMdp {
     ///
     /// A 2-D `R` is `[S,A]` when S*A matches the transitions, else `[B,S]`.
     pub fn from_arrays(arrays: &HashMap<String, NpyValues>) -> Result<Self> {
+        let mut names: Vec<&String> = arrays.keys().collect();
+        names.sort();
+        for name in names {
+            let array = &arrays[name];
+            let entries = array
+                .shape
+                .iter()
+                .try_fold(1usize, |acc, &d| acc.checked_mul(d));
+            ensure!(
+                entries == Some(array.data.len()),
+                "array {name:?} has shape {:?}, which {}, but holds {} entries",
+                array.shape,
+                match entries {
+                    Some(n) => format!("needs {n} entries"),
+                    None => "overflows (the product of its dimensions does not fit)".into(),
+                },
+                array.data.len()
+            );
+        }
         let reward = arrays.get("R").context("missing array R (rewards)")?;
         let (states, actions, indptr, indices, probs) = match arrays.get("P") {
             Some(p) => dense_to_csr(p)?,
@@ -444,6 +463,9 @@ fn rewards(r: &NpyValues, states: usize, actions: usize) -> Result<(usize, Vec<f
         bail!("R has a non-finite entry {} at flat index {i}", r.data[i]);
     }
     let (tasks, per_action) = match r.shape[..] {
+        _ if states.checked_mul(actions).is_none() => {
+            bail!("states x actions = {states} x {actions} overflows")
+        }
         [s] if s == states => (1, false),
         [s, a] if (s, a) == (states, actions) => (1, true),
         [b, s] if s == states => (b, false),
@@ -454,6 +476,9 @@ fn rewards(r: &NpyValues, states: usize, actions: usize) -> Result<(usize, Vec<f
         ),
     };
     ensure!(tasks > 0, "R holds no task");
+    tasks.checked_mul(states * actions).with_context(|| {
+        format!("R: tasks x states x actions = {tasks} x {states} x {actions} overflows")
+    })?;
     let reward = if per_action {
         r.data.iter().map(|&x| x as f32).collect()
     } else {
