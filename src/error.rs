@@ -17,7 +17,11 @@ pub enum Error {
     #[error("{0}")]
     NoAdapter(String),
     /// A request past a size limit of the adapter or of this machine.
-    #[error("{what} needs {needed} bytes, over {limit_name} of {limit} bytes")]
+    #[error(
+        "{what} needs {needed} bytes ({}), over {limit_name} of {limit} bytes ({})",
+        human_bytes(*.needed),
+        human_bytes(*.limit)
+    )]
     LimitExceeded {
         /// What asked for the memory, with its sizes (e.g. "a grid of 1000 cells").
         what: String,
@@ -97,6 +101,18 @@ impl Error {
             },
             Error::Gpu(m) => Error::Gpu(format!("{context}: {m}")),
         }
+    }
+}
+
+/// A size in decimal units for messages: `"3.2 GB"`.
+pub fn human_bytes(bytes: u64) -> String {
+    let b = bytes as f64;
+    match bytes {
+        0..1_000 => format!("{bytes} B"),
+        1_000..1_000_000 => format!("{:.1} kB", b / 1e3),
+        1_000_000..1_000_000_000 => format!("{:.1} MB", b / 1e6),
+        1_000_000_000..1_000_000_000_000 => format!("{:.1} GB", b / 1e9),
+        _ => format!("{:.1} TB", b / 1e12),
     }
 }
 
@@ -189,7 +205,8 @@ mod tests {
         ));
         assert_eq!(
             e.to_string(),
-            "task 3: a grid of 9 cells needs 36 bytes, over the adapter's max_buffer_size of 16 bytes"
+            "task 3: a grid of 9 cells needs 36 bytes (36 B), over the adapter's max_buffer_size \
+             of 16 bytes (16 B)"
         );
         let parse: Result<u32> = "x".parse::<u32>().context("`width` is not a number");
         let e = parse.unwrap_err();

@@ -108,3 +108,41 @@ fn sample_writes_trajectories() {
     );
     assert!(!bad.exists());
 }
+
+/// Samples that cannot fit are refused before the solve (10^9 x 10^9 steps aborted trying to
+/// allocate 4e18 bytes after it; a 10^9 horizon kept every policy step): exit 1, a message
+/// naming the flags and the size, nothing written.
+#[test]
+fn oversized_samples_are_refused_before_solving() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("out");
+    let mut cases: Vec<(Vec<&str>, &str)> = vec![(
+        vec!["--episodes", "1000000000", "--steps", "1000000000"],
+        "1000000000 episodes (--episodes) x 1000000000 steps (--steps)",
+    )];
+    if softvi::engine::memory::available_bytes().is_some() {
+        cases.push((vec!["--horizon", "1000000000"], "horizon 1000000000"));
+    }
+    for (args, expected) in cases {
+        let mut full = vec![
+            "sample",
+            "--maze",
+            "9x9",
+            "--goal",
+            "1,1",
+            "--backend",
+            "cpu",
+            "--out",
+            out.to_str().unwrap(),
+        ];
+        full.extend(&args);
+        let o = softvi(&full);
+        let err = stderr(&o);
+        assert_eq!(o.status.code(), Some(1), "{args:?}: {err}");
+        assert!(
+            err.contains(expected) && err.contains("needs"),
+            "{args:?}: {err}"
+        );
+        assert!(!out.exists(), "{args:?} left {}", out.display());
+    }
+}

@@ -631,3 +631,55 @@ fn grid_occupancy_from_the_command_line() {
         stderr(&o)
     );
 }
+
+/// Solves that cannot fit this machine's memory are refused before any work (they grew past
+/// 9 GB, or aborted after 73 s, before): exit 1, a message saying how much they need and how
+/// much the machine has, no output folder. On a GPU too: its readback arrays live on the host.
+#[test]
+fn oversized_solves_are_refused_before_any_work() {
+    if softvi::engine::memory::available_bytes().is_none() {
+        eprintln!("\n*** SKIPPING: this machine does not say how much memory it has ***\n");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("out");
+    let billion = ["--maze", "9x9", "--goal", "1,1", "--horizon", "1000000000"];
+    let mut cases: Vec<(Vec<&str>, &str)> = vec![
+        (
+            [&billion[..], &["--all-steps", "--backend", "cpu"]].concat(),
+            "every step (--all-steps)",
+        ),
+        (
+            [&billion[..], &["--occupancy", "--backend", "cpu"]].concat(),
+            "the occupancy",
+        ),
+        (
+            vec!["--maze", "32768x32768", "--goal", "1,1", "--backend", "cpu"],
+            "1073741824 cells",
+        ),
+    ];
+    if gpu_available() {
+        cases.push((
+            [&billion[..], &["--all-steps", "--backend", "gpu"]].concat(),
+            "every step (--all-steps)",
+        ));
+        cases.push((
+            vec!["--maze", "32768x32768", "--goal", "1,1", "--backend", "gpu"],
+            "1073741824 cells",
+        ));
+    }
+    for (args, expected) in cases {
+        let mut full = vec!["solve", "--out", out.to_str().unwrap()];
+        full.extend(&args);
+        let o = softvi(&full);
+        let err = stderr(&o);
+        assert_eq!(o.status.code(), Some(1), "{args:?}: {err}");
+        assert!(
+            err.contains(expected)
+                && err.contains(" GB")
+                && err.contains("the memory this machine has available"),
+            "{args:?}: {err}"
+        );
+        assert!(!out.exists(), "{args:?} left {}", out.display());
+    }
+}

@@ -221,3 +221,97 @@ fn overflowing_shapes_are_invalid_input() {
         other => panic!("expected InvalidInput, got {other:?}"),
     }
 }
+
+/// A solve that keeps 10^9 steps of a 9x9 maze (terabytes) is refused before any work with
+/// LimitExceeded naming the machine's memory, on the CPU reference (which grew past 9 GB
+/// before) and on the GPU solver alike; so is sampling 10^9 x 10^9 steps.
+#[test]
+fn solves_past_the_machine_memory_are_refused_up_front() {
+    use softvi::engine::memory;
+    use softvi::{CpuReference, GpuSolver, GridProblem, GridSolver, GridTask, MdpSolver};
+    if memory::available_bytes().is_none() {
+        eprintln!("\n*** SKIPPING: this machine does not say how much memory it has ***\n");
+        return;
+    }
+    let grid = softvi::Grid::generate_maze(9, 9, 0).unwrap();
+    let problem = GridProblem {
+        tasks: vec![GridTask {
+            goals: vec![grid.width + 1],
+            reward: None,
+        }],
+        actions: softvi::ActionSet {
+            connectivity: softvi::Connectivity::Eight,
+            stay: false,
+        },
+        slip: 0.0,
+        move_cost: softvi::MoveCost::default(),
+        grid,
+    };
+    let options = SolveOptions {
+        horizon: Horizon::Finite(1_000_000_000),
+        ..SolveOptions::default()
+    };
+    let refused = |result: softvi::Result<softvi::MdpSolution>, what: &str| match result {
+        Err(Error::LimitExceeded {
+            needed,
+            limit_name,
+            limit,
+            ..
+        }) => {
+            assert!(needed > limit, "{what}");
+            assert!(
+                limit_name.contains("memory this machine has available"),
+                "{what}: {limit_name}"
+            );
+        }
+        Err(other) => panic!("{what}: expected LimitExceeded, got {other}"),
+        Ok(_) => panic!("{what}: solved"),
+    };
+    let world = softvi::GridMdp::new(&problem, None).unwrap();
+    fn each<S: GridSolver + MdpSolver>(
+        solver: &mut S,
+        (problem, world, options): (&GridProblem, &softvi::GridMdp, &SolveOptions),
+        check: &dyn Fn(softvi::Result<softvi::MdpSolution>, &str),
+    ) {
+        let backend = MdpSolver::label(solver);
+        for outputs in [
+            Outputs {
+                all_steps: true,
+                ..Outputs::default()
+            },
+            Outputs {
+                occupancy: true,
+                ..Outputs::default()
+            },
+        ] {
+            let what = format!("{backend} {outputs:?}");
+            check(
+                solver.solve_grid(problem, None, options, outputs, &mut |_| {}),
+                &what,
+            );
+            check(
+                solver.solve_mdp(&world.mdp, options, outputs, &mut |_| {}),
+                &what,
+            );
+        }
+    }
+    each(&mut CpuReference, (&problem, &world, &options), &refused);
+    if let Some(ctx) = common::gpu() {
+        let mut gpu = GpuSolver::new(ctx.clone());
+        each(&mut gpu, (&problem, &world, &options), &refused);
+    }
+    let every_step = Outputs {
+        all_steps: true,
+        ..Outputs::default()
+    };
+    assert!(matches!(
+        softvi::solve_mdp_cpu(&world.mdp, &options, every_step),
+        Err(Error::LimitExceeded { .. })
+    ));
+    // Sampling sizes its trajectories before allocating them.
+    let policy = vec![1.0 / 8.0; world.mdp.states * 8];
+    match softvi::sample::sample(&world.mdp, &policy, 1, 1_000_000_000, 1_000_000_000, 0) {
+        Err(Error::LimitExceeded { what, .. }) => assert!(what.contains("episodes"), "{what}"),
+        other => panic!("expected LimitExceeded, got {:?}", other.map(|_| ())),
+    }
+}

@@ -30,6 +30,17 @@ pub struct Samples {
     pub actions: Vec<i32>,
 }
 
+/// Bytes of the [`Samples`] of `tasks` x `episodes` x `steps` (states and actions, i32),
+/// saturating rather than wrapping.
+pub fn samples_bytes(tasks: usize, episodes: usize, steps: usize) -> u64 {
+    let per_episode = (steps as u128).saturating_mul(2).saturating_add(1);
+    let bytes = (tasks as u128)
+        .saturating_mul(episodes as u128)
+        .saturating_mul(per_episode)
+        .saturating_mul(4);
+    u64::try_from(bytes).unwrap_or(u64::MAX)
+}
+
 /// The random stream of one episode: SplitMix64 of (seed, task, episode).
 fn episode_rng(seed: u64, task: usize, episode: usize) -> StdRng {
     let mut z = seed
@@ -78,7 +89,10 @@ pub fn sample(
     mdp.validate()?;
     let (s_n, a_n, b_n) = (mdp.states, mdp.actions, mdp.tasks);
     ensure!(
-        policy.len() == b_n * policy_steps * s_n * a_n,
+        [policy_steps, s_n, a_n]
+            .iter()
+            .try_fold(b_n, |acc, &d| acc.checked_mul(d))
+            == Some(policy.len()),
         "the policy holds {} numbers, not tasks x steps x states x actions = {b_n} x \
          {policy_steps} x {s_n} x {a_n}",
         policy.len()
@@ -87,6 +101,9 @@ pub fn sample(
         policy_steps == 1 || policy_steps >= steps,
         "--steps {steps} is longer than the horizon's {policy_steps} policy steps"
     );
+    crate::engine::memory::ensure_fits(samples_bytes(b_n, episodes, steps), || {
+        format!("{b_n} task(s) x {episodes} episodes x {steps} steps of samples")
+    })?;
     let mut states = vec![ENDED; b_n * episodes * (steps + 1)];
     let mut actions = vec![ENDED; b_n * episodes * steps];
     for task in 0..b_n {

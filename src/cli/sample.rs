@@ -60,8 +60,14 @@ pub(super) fn sample_command(args: &SampleArgs) -> Result<i32> {
         &["states.npy", "actions.npy"],
         args.force,
     )?;
-    let world = MdpWorld::build(&args.world, &args.start)?;
     let options = args.iteration.options()?;
+    let finite = matches!(options.horizon, Horizon::Finite(_));
+    let outputs = softvi::engine::options::Outputs {
+        all_steps: finite,
+        ..Default::default()
+    };
+    args.world.check_memory(&options, outputs)?;
+    let world = MdpWorld::build(&args.world, &args.start)?;
     ensure!(args.episodes >= 1, "--episodes must be at least 1");
     let steps = match (args.steps, options.horizon) {
         (Some(t), Horizon::Finite(h)) => {
@@ -76,11 +82,17 @@ pub(super) fn sample_command(args: &SampleArgs) -> Result<i32> {
         (None, Horizon::Infinite { .. }) => 100,
     };
     ensure!(steps >= 1, "--steps must be at least 1");
-    let finite = matches!(options.horizon, Horizon::Finite(_));
-    let outputs = softvi::engine::options::Outputs {
-        all_steps: finite,
-        ..Default::default()
-    };
+    // Every output sized before solving: the trajectories (and their encoded files) beside
+    // what the solve holds.
+    let (b, n) = (world.mdp.tasks, args.episodes);
+    let samples = softvi::analysis::sample::samples_bytes(b, n, steps).saturating_mul(2);
+    let solve = softvi::engine::memory::estimate_mdp_bytes(&world.mdp, &options, outputs);
+    softvi::engine::memory::ensure_fits(samples.saturating_add(solve), || {
+        format!(
+            "sampling {b} task(s) x {n} episodes (--episodes) x {steps} steps (--steps), with \
+             the solve they follow,"
+        )
+    })?;
     let mut backend = Backend::open(args.iteration.backend, &args.iteration.adapters)?;
     let solved = backend.solve_mdp(&world.mdp, &options, outputs, args.quiet)?;
     let adapter = backend.adapter_json();
@@ -104,7 +116,6 @@ pub(super) fn sample_command(args: &SampleArgs) -> Result<i32> {
         *s = world.state_label(*s);
     }
     let seconds = start.elapsed().as_secs_f64();
-    let (b, n) = (world.mdp.tasks, args.episodes);
     let lengths: Vec<f64> = (0..b)
         .map(|t| {
             let rows = &samples.actions[t * n * steps..(t + 1) * n * steps];

@@ -86,6 +86,8 @@ pub(super) fn solve_command(args: &SolveArgs) -> Result<i32> {
     if let Some(path) = &args.world.mdp {
         return mdp_solve_command(args, path, &mut out, start);
     }
+    args.world
+        .check_memory(&args.iteration.options()?, outputs(args))?;
     if args.all_steps || args.occupancy || !args.start.is_empty() {
         return grid_mdp_solve_command(args, &mut out, start);
     }

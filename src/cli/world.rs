@@ -109,6 +109,42 @@ fn parse_goals_file(path: &Path) -> Result<Vec<(usize, usize)>> {
 }
 
 impl WorldArgs {
+    /// Refuses, before a --maze world is generated, a solve of it that cannot fit this
+    /// machine's memory (the solver checks again, exactly, once the world is built): a
+    /// 32768x32768 maze takes a minute to generate. Map files are checked once loaded.
+    pub(super) fn check_memory(
+        &self,
+        options: &softvi::SolveOptions,
+        outputs: softvi::Outputs,
+    ) -> Result<()> {
+        use softvi::engine::memory::{GridSize, check_grid_size};
+        use softvi::world::grid::MAX_SIDE;
+        let Some(Ok((w, h))) = self.maze.as_ref().map(|m| parse_pair(m, 'x', "--maze")) else {
+            return Ok(());
+        };
+        if !(3..=MAX_SIDE).contains(&w) || !(3..=MAX_SIDE).contains(&h) {
+            return Ok(()); // build() says why
+        }
+        let actions = ActionSet {
+            connectivity: if self.connectivity == 4 {
+                Connectivity::Four
+            } else {
+                Connectivity::Eight
+            },
+            stay: self.stay,
+        };
+        // A maze's free cells: its rooms (odd X and Y) and the passages between them.
+        let rooms = ((w - 1) / 2) * ((h - 1) / 2);
+        let size = GridSize {
+            cells: w * h,
+            free_cells: 2 * rooms,
+            tasks: self.goal.len().max(1),
+            actions: actions.count(),
+            slip: self.slip > 0.0,
+        };
+        Ok(check_grid_size(size, options, outputs)?)
+    }
+
     /// Builds the gridworld batch, validating everything the flags say.
     pub(super) fn build(&self) -> Result<World> {
         let (grid, source, map) = match (&self.map, &self.maze) {

@@ -5,6 +5,7 @@
 pub mod cpu;
 pub mod gpu;
 pub mod layout;
+pub mod memory;
 pub mod options;
 pub mod schedule;
 pub mod solution;

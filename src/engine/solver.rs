@@ -11,9 +11,10 @@ use std::time::Instant;
 
 use super::cpu::{solve_cpu_with_progress, solve_mdp_cpu_with_progress};
 use super::gpu::{EngineOptions, GpuContext, GridEngine, MdpEngine, solve_sharded};
+use super::memory;
 use super::options::{Horizon, Outputs, SolveOptions};
 use super::schedule::Progress;
-use super::solution::MdpSolution;
+use super::solution::{MdpSolution, check_mdp_solve};
 use crate::error::{Result, ensure};
 use crate::world::grid_mdp::{GridMdp, start_distribution};
 use crate::world::grid_problem::GridProblem;
@@ -54,6 +55,21 @@ pub trait GridSolver {
     ) -> Result<MdpSolution>;
 }
 
+/// What every grid solver checks before any work: the problem, the settings, and that the
+/// solve's host memory ([`memory::estimate_grid_bytes`]) fits this machine.
+fn check_grid_solve(problem: &GridProblem, options: &SolveOptions, outputs: Outputs) -> Result<()> {
+    problem.validate()?;
+    options.validate()?;
+    memory::check_grid(problem, options, outputs)
+}
+
+/// What every MDP solver checks before any work: the MDP, the settings, and that the solve's
+/// host memory ([`memory::estimate_mdp_bytes`]) fits this machine.
+fn check_mdp(mdp: &TabularMdp, options: &SolveOptions, outputs: Outputs) -> Result<()> {
+    check_mdp_solve(mdp, options)?;
+    memory::check_mdp(mdp, options, outputs)
+}
+
 /// A grid batch solved as a tabular MDP over its free cells by `solver`, laid back onto the
 /// map: how every step and the occupancy of a grid are computed where the grid kernels do not.
 fn solve_as_mdp(
@@ -86,6 +102,7 @@ impl MdpSolver for CpuReference {
         outputs: Outputs,
         progress: &mut dyn FnMut(&Progress),
     ) -> Result<MdpSolution> {
+        check_mdp(mdp, options, outputs)?;
         solve_mdp_cpu_with_progress(mdp, options, outputs, progress)
     }
 }
@@ -103,6 +120,7 @@ impl GridSolver for CpuReference {
         outputs: Outputs,
         progress: &mut dyn FnMut(&Progress),
     ) -> Result<MdpSolution> {
+        check_grid_solve(problem, options, outputs)?;
         if !outputs.needs_steps() {
             return Ok(MdpSolution::plain(solve_cpu_with_progress(
                 problem, options, outputs, progress,
@@ -179,6 +197,7 @@ impl MdpSolver for GpuSolver {
         outputs: Outputs,
         progress: &mut dyn FnMut(&Progress),
     ) -> Result<MdpSolution> {
+        check_mdp(mdp, options, outputs)?;
         self.mdp_engine()?
             .solve_with_progress(mdp, options, outputs, progress)
     }
@@ -199,6 +218,7 @@ impl GridSolver for GpuSolver {
         outputs: Outputs,
         progress: &mut dyn FnMut(&Progress),
     ) -> Result<MdpSolution> {
+        check_grid_solve(problem, options, outputs)?;
         if !outputs.needs_steps() {
             return Ok(MdpSolution::plain(
                 self.grid_engine()?
@@ -259,6 +279,7 @@ impl GridSolver for ShardedSolver {
             "several adapters (--adapters) shard plain grid solves only; every step and the \
              occupancy run on one adapter"
         );
+        check_grid_solve(problem, options, outputs)?;
         let mut engines = Vec::with_capacity(self.solvers.len());
         for solver in &mut self.solvers {
             engines.push(solver.grid_engine()?);

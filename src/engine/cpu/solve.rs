@@ -116,6 +116,7 @@ pub fn solve_cpu_with_progress(
     problem.validate()?;
     options.validate()?;
     outputs.ensure_plain()?;
+    crate::engine::memory::check_grid(problem, options, outputs)?;
     let inputs = GridInputs::new(problem, options);
     let run = iterate_cpu(
         options,
@@ -187,6 +188,7 @@ pub fn solve_mdp_cpu_with_progress(
 ) -> Result<MdpSolution> {
     let start = Instant::now();
     check_mdp_solve(mdp, options)?;
+    crate::engine::memory::check_mdp(mdp, options, outputs)?;
     let inputs = MdpInputs::new(mdp, options);
     let marks = Marks {
         states: mdp.states,
