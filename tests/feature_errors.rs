@@ -315,3 +315,73 @@ fn solves_past_the_machine_memory_are_refused_up_front() {
         other => panic!("expected LimitExceeded, got {:?}", other.map(|_| ())),
     }
 }
+
+/// What render reads back is checked before drawing: a slip past 1 (it panicked), policy rows
+/// that are not distributions (entries of 1e30 drew endless arrows), goals off the map, and
+/// more trajectories than a picture draws.
+#[test]
+fn render_refuses_read_back_data_it_cannot_draw() {
+    use softvi::render::{Layer, MAX_TRAJECTORIES, TaskView, render};
+    let grid = softvi::Grid::generate_maze(9, 9, 0).unwrap();
+    let actions = softvi::ActionSet {
+        connectivity: softvi::Connectivity::Four,
+        stay: false,
+    };
+    let cells = grid.cells();
+    let values: Vec<f32> = (0..cells)
+        .map(|c| if grid.free[c] { -(c as f32) } else { f32::NAN })
+        .collect();
+    let policy: Vec<f32> = (0..cells * 4)
+        .map(|i| if grid.free[i / 4] { 0.25 } else { f32::NAN })
+        .collect();
+    let goals = [grid.width + 1];
+    let view = TaskView {
+        grid: &grid,
+        actions,
+        slip: 0.1,
+        goals: &goals,
+        values: &values,
+        policy: Some(&policy),
+        occupancy: None,
+    };
+    render(&view, Layer::Policy, Some((MAX_TRAJECTORIES, 0))).unwrap();
+    let expect = |view: &TaskView, trajectories: Option<(usize, u64)>, text: &str| match render(
+        view,
+        Layer::Policy,
+        trajectories,
+    ) {
+        Err(Error::InvalidInput(m)) => assert!(m.contains(text), "{text}: {m}"),
+        Err(other) => panic!("{text}: expected InvalidInput, got {other}"),
+        Ok(_) => panic!("{text}: drawn"),
+    };
+    expect(&TaskView { slip: 2.0, ..view }, Some((3, 0)), "slip 2");
+    let mut huge = policy.clone();
+    huge[(grid.width + 3) * 4] = 1e30;
+    expect(
+        &TaskView {
+            policy: Some(&huge),
+            ..view
+        },
+        None,
+        "policy (policy.npy) at X=3,Y=1 has an entry 1000000000000000000000000000000",
+    );
+    let mut half = policy.clone();
+    half[(grid.width + 3) * 4] = 0.0;
+    expect(
+        &TaskView {
+            policy: Some(&half),
+            ..view
+        },
+        None,
+        "sums to 0.75",
+    );
+    expect(
+        &TaskView {
+            goals: &[cells + 5],
+            ..view
+        },
+        None,
+        "off the 9x9 map",
+    );
+    expect(&view, Some((MAX_TRAJECTORIES + 1, 0)), "--trajectories");
+}

@@ -340,3 +340,111 @@ fn render_errors_are_clear() {
         assert!(!png.exists());
     }
 }
+
+/// A results folder whose fields or arrays render cannot draw fails at once, naming the file
+/// and the field or cell, and writes no picture: a slip of 2 (it panicked), unknown actions,
+/// goals off the map, policy entries of 1e30 (the arrows never finished), more trajectories
+/// than a picture draws (they grew without bound).
+#[test]
+fn render_validates_what_it_reads_back() {
+    let tmp = tempfile::tempdir().unwrap();
+    let good = tmp.path().join("good");
+    softvi(&[
+        "solve",
+        "--maze",
+        "21x11",
+        "--goal",
+        "1,1",
+        "--slip",
+        "0.1",
+        "--backend",
+        "cpu",
+        "--out",
+        good.to_str().unwrap(),
+    ]);
+    let summary = std::fs::read_to_string(good.join("summary.json")).unwrap();
+    let policy = npy::read_float(&good.join("policy.npy")).unwrap();
+    let broken = |name: &str, summary_text: &str, policy_data: &[f32]| {
+        let dir = tmp.path().join(name);
+        std::fs::create_dir(&dir).unwrap();
+        std::fs::copy(good.join("values.npy"), dir.join("values.npy")).unwrap();
+        std::fs::write(dir.join("summary.json"), summary_text).unwrap();
+        std::fs::write(
+            dir.join("policy.npy"),
+            npy::encode_f32(&policy.shape, policy_data),
+        )
+        .unwrap();
+        dir
+    };
+    assert!(summary.contains("\"slip\": 0.1"));
+    let mut huge = policy.data.clone();
+    // The first free cell's row.
+    let free_row = policy
+        .data
+        .chunks_exact(8)
+        .position(|r| !r[0].is_nan())
+        .unwrap();
+    huge[free_row * 8] = 1e30;
+    let cases = [
+        (
+            broken(
+                "slip",
+                &summary.replace("\"slip\": 0.1", "\"slip\": 2.0"),
+                &policy.data,
+            ),
+            vec!["--trajectories", "3"],
+            "world.slip is 2.0",
+        ),
+        (
+            broken(
+                "actions",
+                &summary.replace("\"NE\"", "\"UP\""),
+                &policy.data,
+            ),
+            vec![],
+            "world.actions",
+        ),
+        (
+            broken(
+                "goals",
+                &summary.replacen(
+                    "\"goals\": [\n    [\n      [\n        1,",
+                    "\"goals\": [\n    [\n      [\n        99,",
+                    1,
+                ),
+                &policy.data,
+            ),
+            vec![],
+            "goals[0][0]",
+        ),
+        (
+            broken("huge", &summary, &huge),
+            vec!["--layer", "policy"],
+            "policy.npy) at X=",
+        ),
+        (
+            good.clone(),
+            vec!["--trajectories", "100000000"],
+            "--trajectories 100000000",
+        ),
+    ];
+    for (dir, args, expected) in cases {
+        let png = tmp.path().join("x.png");
+        let mut full = vec![
+            "render",
+            "--from",
+            dir.to_str().unwrap(),
+            "--out",
+            png.to_str().unwrap(),
+        ];
+        full.extend(&args);
+        let o = Command::new(env!("CARGO_BIN_EXE_softvi"))
+            .args(&full)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(1), "{args:?}: {err}");
+        assert!(err.contains(expected), "{expected}: {err}");
+        assert!(!png.exists());
+    }
+}

@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use crate::error::{Context, Error, Result, ensure};
+use crate::error::{Context, Error, Result, bail, ensure};
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 
@@ -24,6 +24,11 @@ pub const TRAJECTORY: [u8; 3] = [255, 64, 32];
 pub const MAX_SIDE_PX: usize = 2048;
 /// Largest map side drawn with policy arrows; beyond it the policy is drawn as entropy.
 pub const MAX_ARROW_SIDE: usize = 128;
+/// Most trajectories a picture draws (`--trajectories`); more are refused: each is up to
+/// `4 (H + W)` steps, and beyond this count they cover the map anyway.
+pub const MAX_TRAJECTORIES: usize = 10_000;
+/// Largest deviation of a drawn policy row's sum from 1.
+pub const POLICY_ROW_TOLERANCE: f64 = 1e-3;
 
 /// Viridis control points (matplotlib's colormap at t = 0, 1/8, ..., 1).
 const VIRIDIS: [[f64; 3]; 9] = [
@@ -81,7 +86,9 @@ impl Canvas {
     }
 
     fn line(&mut self, (x0, y0): (f64, f64), (x1, y1): (f64, f64), c: [u8; 3]) {
-        let steps = ((x1 - x0).abs().max((y1 - y0).abs()).ceil() as usize).max(1);
+        // No more steps than pixels across the canvas, however far the ends lie.
+        let steps = ((x1 - x0).abs().max((y1 - y0).abs()).ceil() as usize)
+            .clamp(1, 2 * (self.width + self.height));
         for i in 0..=steps {
             let t = i as f64 / steps as f64;
             self.set(
@@ -173,6 +180,96 @@ pub struct TaskView<'a> {
     pub occupancy: Option<&'a [f32]>,
 }
 
+impl TaskView<'_> {
+    /// Checks what was read back against the map: the slip a probability, the goals on free
+    /// cells, every array the map's size, the values on free cells a number or -inf, the
+    /// occupancy there finite, and each policy row either NaN (no policy there) or
+    /// probabilities in [0, 1] summing to 1 within [`POLICY_ROW_TOLERANCE`]. Errors name the
+    /// array (as its file in a solve's folder) and the cell.
+    pub fn validate(&self) -> Result<()> {
+        let g = self.grid;
+        let cells = g.cells();
+        let n_actions = self.actions.count();
+        let at = |c: usize| format!("X={},Y={}", c % g.width, c / g.width);
+        ensure!(
+            self.slip.is_finite() && (0.0..=1.0).contains(&self.slip),
+            "slip {} is not a probability in [0, 1]",
+            self.slip
+        );
+        for &goal in self.goals {
+            ensure!(
+                goal < cells && g.free[goal],
+                "goal cell {goal} is {} the {}x{} map",
+                if goal < cells {
+                    "a blocked cell of"
+                } else {
+                    "off"
+                },
+                g.width,
+                g.height
+            );
+        }
+        ensure!(
+            self.values.len() == cells,
+            "the values (values.npy) hold {} cells, the map {cells}",
+            self.values.len()
+        );
+        if let Some(c) = (0..cells).find(|&c| {
+            let v = self.values[c];
+            g.free[c] && (v.is_nan() || v == f32::INFINITY)
+        }) {
+            bail!(
+                "the value (values.npy) at {} is {} (a free cell holds a number, or -inf where \
+                 no goal is reachable)",
+                at(c),
+                self.values[c]
+            );
+        }
+        if let Some(d) = self.occupancy {
+            ensure!(
+                d.len() == cells,
+                "the occupancy (occupancy.npy) holds {} cells, the map {cells}",
+                d.len()
+            );
+            if let Some(c) = (0..cells).find(|&c| g.free[c] && !d[c].is_finite()) {
+                bail!(
+                    "the occupancy (occupancy.npy) at {} is {} (a free cell holds a number)",
+                    at(c),
+                    d[c]
+                );
+            }
+        }
+        if let Some(p) = self.policy {
+            ensure!(
+                Some(p.len()) == cells.checked_mul(n_actions),
+                "the policy (policy.npy) holds {} numbers, not {cells} cells x {n_actions} \
+                 actions",
+                p.len()
+            );
+            for (c, row) in p.chunks_exact(n_actions).enumerate() {
+                if row.iter().all(|x| x.is_nan()) {
+                    continue;
+                }
+                if let Some(x) = row.iter().find(|x| !(0.0..=1.0).contains(*x)) {
+                    bail!(
+                        "the policy (policy.npy) at {} has an entry {x}, not a probability in \
+                         [0, 1]",
+                        at(c)
+                    );
+                }
+                let sum: f64 = row.iter().map(|&x| x as f64).sum();
+                ensure!(
+                    (sum - 1.0).abs() <= POLICY_ROW_TOLERANCE,
+                    "the policy (policy.npy) at {} sums to {sum}, not 1 (tolerance \
+                     {POLICY_ROW_TOLERANCE})",
+                    at(c)
+                );
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Pixels per cell, or cells per pixel for maps over [`MAX_SIDE_PX`]: `(scale, block)`.
 fn geometry(grid: &Grid) -> (usize, usize) {
     let side = grid.width.max(grid.height);
@@ -205,6 +302,13 @@ pub fn render(
     layer: Layer,
     trajectories: Option<(usize, u64)>,
 ) -> Result<(Canvas, (f64, f64))> {
+    view.validate()?;
+    if let Some((count, _)) = trajectories {
+        ensure!(
+            count <= MAX_TRAJECTORIES,
+            "--trajectories {count} is over the {MAX_TRAJECTORIES} a picture draws"
+        );
+    }
     let g = view.grid;
     let n_actions = view.actions.count();
     let need_policy = || {
@@ -321,17 +425,18 @@ pub fn render(
     }
     if let Some((count, seed)) = trajectories {
         let policy = need_policy()?;
-        for path in sample_paths(view, policy, count, seed) {
-            let at = |c: usize| {
-                (
-                    ((c % g.width) as f64 + 0.5) * scale as f64 / block as f64,
-                    ((c / g.width) as f64 + 0.5) * scale as f64 / block as f64,
-                )
-            };
+        let at = |c: usize| {
+            (
+                ((c % g.width) as f64 + 0.5) * scale as f64 / block as f64,
+                ((c / g.width) as f64 + 0.5) * scale as f64 / block as f64,
+            )
+        };
+        // Each path drawn as it is sampled: only one is held at a time.
+        for_each_path(view, policy, count, seed, |path| {
             for w in path.windows(2) {
                 canvas.line(at(w[0]), at(w[1]), TRAJECTORY);
             }
-        }
+        });
     }
     // Legend: the colour bar from min (left) to max (right), the range written under it.
     for x in 0..legend_w {
@@ -353,6 +458,19 @@ pub fn render(
 /// Trajectories from seeded random free starts following `policy` with the grid's slip
 /// dynamics, until a goal or `4 (H + W)` steps: cells visited, in order.
 pub fn sample_paths(view: &TaskView, policy: &[f32], count: usize, seed: u64) -> Vec<Vec<usize>> {
+    let mut paths = Vec::new();
+    for_each_path(view, policy, count, seed, |path| paths.push(path.to_vec()));
+    paths
+}
+
+/// [`sample_paths`], handing each path to `draw` as it is sampled instead of keeping them.
+fn for_each_path(
+    view: &TaskView,
+    policy: &[f32],
+    count: usize,
+    seed: u64,
+    mut draw: impl FnMut(&[usize]),
+) {
     let g = view.grid;
     let moves = view.actions.moves();
     let n = moves.len();
@@ -361,13 +479,14 @@ pub fn sample_paths(view: &TaskView, policy: &[f32], count: usize, seed: u64) ->
         .filter(|&c| g.free[c] && !view.goals.contains(&c) && !policy[c * n].is_nan())
         .collect();
     let mut rng = StdRng::seed_from_u64(seed);
-    let mut paths = Vec::new();
     if starts.is_empty() {
-        return paths;
+        return;
     }
+    let mut path = Vec::new();
     for _ in 0..count {
         let mut cell = starts[rng.random_range(0..starts.len())];
-        let mut path = vec![cell];
+        path.clear();
+        path.push(cell);
         for _ in 0..4 * (g.width + g.height) {
             if view.goals.contains(&cell) || policy[cell * n].is_nan() {
                 break;
@@ -383,15 +502,15 @@ pub fn sample_paths(view: &TaskView, policy: &[f32], count: usize, seed: u64) ->
                     break;
                 }
             }
-            if rng.random_bool(view.slip) {
+            // A slip outside [0, 1] (refused by `TaskView::validate`) never slips here.
+            if (0.0..=1.0).contains(&view.slip) && rng.random_bool(view.slip) {
                 a = rng.random_range(0..n);
             }
             cell = g.destination(cell, mask[cell], &moves, a);
             path.push(cell);
         }
-        paths.push(path);
+        draw(&path);
     }
-    paths
 }
 
 /// Writes `canvas` as a PNG at `path` through a temporary file.

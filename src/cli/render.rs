@@ -81,15 +81,28 @@ pub(super) fn render_command(args: &RenderArgs) -> Result<i32> {
             summary_path.display()
         ),
     };
+    let bad = |what: String| anyhow::anyhow!("{}: {what}", summary_path.display());
+    for (key, have) in [("width", grid.width), ("height", grid.height)] {
+        if let Some(v) = world.get(key) {
+            ensure!(
+                v.as_u64() == Some(have as u64),
+                bad(format!(
+                    "world.{key} is {v}, but the rebuilt map's is {have}"
+                ))
+            );
+        }
+    }
     let tasks = field(&summary["tasks"], "tasks")? as usize;
+    ensure!(tasks >= 1, bad("tasks is 0".into()));
     ensure!(
         args.task < tasks,
         "--task {} is out of range: the solve has {tasks} tasks",
         args.task
     );
-    let names: Vec<&str> = world["actions"].as_array().map_or(Vec::new(), |a| {
-        a.iter().filter_map(|n| n.as_str()).collect()
-    });
+    let names: Vec<&str> = world["actions"]
+        .as_array()
+        .and_then(|a| a.iter().map(|n| n.as_str()).collect::<Option<Vec<_>>>())
+        .ok_or_else(|| bad("world.actions is not a list of action names".into()))?;
     let actions = ActionSet {
         connectivity: if names.contains(&"NE") {
             Connectivity::Eight
@@ -98,15 +111,51 @@ pub(super) fn render_command(args: &RenderArgs) -> Result<i32> {
         },
         stay: names.contains(&"STAY"),
     };
-    let goals: Vec<usize> = summary["goals"][args.task]
+    ensure!(
+        actions.names() == names,
+        bad(format!(
+            "world.actions {names:?} is not an action list softvi writes (N, E, S, W, then \
+             NE, SE, SW, NW when 8-connected, then STAY)"
+        ))
+    );
+    let slip = world
+        .get("slip")
+        .map_or(Some(0.0), |v| v.as_f64())
+        .ok_or_else(|| bad(format!("world.slip is {}, not a number", world["slip"])))?;
+    ensure!(
+        (0.0..=1.0).contains(&slip),
+        bad(format!(
+            "world.slip is {}, not a probability in [0, 1]",
+            world["slip"]
+        ))
+    );
+    let goal_list = summary["goals"]
         .as_array()
-        .map_or(Vec::new(), |g| {
-            g.iter()
-                .filter_map(|xy| {
-                    Some(xy[1].as_u64()? as usize * grid.width + xy[0].as_u64()? as usize)
-                })
-                .collect()
-        });
+        .filter(|g| g.len() == tasks)
+        .ok_or_else(|| bad(format!("goals is not a list of {tasks} tasks' goals")))?;
+    let goals: Vec<usize> = goal_list[args.task]
+        .as_array()
+        .ok_or_else(|| bad(format!("goals[{}] is not a list of [X, Y]", args.task)))?
+        .iter()
+        .enumerate()
+        .map(|(k, xy)| {
+            let pair = xy
+                .as_array()
+                .filter(|p| p.len() == 2)
+                .and_then(|p| Some((p[0].as_u64()? as usize, p[1].as_u64()? as usize)));
+            match pair {
+                Some((x, y))
+                    if x < grid.width && y < grid.height && grid.free[y * grid.width + x] =>
+                {
+                    Ok(y * grid.width + x)
+                }
+                _ => Err(bad(format!(
+                    "goals[{}][{k}] = {xy} is not a free cell X,Y of the {}x{} map",
+                    args.task, grid.width, grid.height
+                ))),
+            }
+        })
+        .collect::<Result<_>>()?;
     let (h, w, cells) = (grid.height, grid.width, grid.cells());
     // One task of `[B, H, W(, per_cell)]`, or of `[B, K, H, W(, per_cell)]` (every time step):
     // step --step, or with `sum_steps` and no --step the sum over the steps.
@@ -163,7 +212,7 @@ pub(super) fn render_command(args: &RenderArgs) -> Result<i32> {
     let view = TaskView {
         grid: &grid,
         actions,
-        slip: world["slip"].as_f64().unwrap_or(0.0),
+        slip,
         goals: &goals,
         values: &values,
         policy: policy.as_deref(),
@@ -178,6 +227,8 @@ pub(super) fn render_command(args: &RenderArgs) -> Result<i32> {
     if layer == Layer::Policy && w.max(h) > softvi::analysis::render::MAX_ARROW_SIDE {
         eprintln!("note: {w}x{h} is too large for arrows; drawing the policy entropy instead");
     }
+    view.validate()
+        .with_context(|| format!("{} holds a result render cannot draw", dir.display()))?;
     let (canvas, (lo, hi)) = render(&view, layer, args.trajectories.map(|n| (n, args.seed)))?;
     write_png(&canvas, &args.out)?;
     println!(
