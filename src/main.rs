@@ -4,7 +4,15 @@ mod cli;
 
 fn main() {
     quiet_headless_vulkan();
-    let cli = cli::Cli::parse();
+    // A malformed command line is bad input like any other: exit 1, not clap's 2 (help and
+    // --version still print and exit 0).
+    let cli = match cli::Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            std::process::exit(if e.use_stderr() { 1 } else { 0 });
+        }
+    };
     match cli::run(cli) {
         Ok(code) => std::process::exit(code),
         Err(e) => {

@@ -330,6 +330,63 @@ fn zero_cost_stay_at_gamma_one_diverges_on_both_backends() {
 }
 
 /// Each bad input: non-zero exit, an error naming the problem, and no output folder.
+/// Files as people write them: goals apart by a tab, a map drawn with `X` for walls (read
+/// as walls, with a warning naming the character and its line); and a divergence at
+/// gamma < 1 blames the value scale, not gamma = 1.
+#[test]
+fn tabs_unknown_terrain_and_overflow_are_told_apart() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let map = write(
+        d,
+        "x.map",
+        b"type octile\nheight 3\nwidth 4\nmap\n....\n.XX.\n....\n",
+    );
+    let goals = write(d, "goals.txt", b"0\t0\n3\t2\n");
+    let out = d.join("out");
+    let o = softvi(&[
+        "solve",
+        "--map",
+        &map,
+        "--goals",
+        &goals,
+        "--backend",
+        "cpu",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    let err = stderr(&o);
+    assert!(o.status.success(), "{err}");
+    assert!(
+        err.contains("warning") && err.contains("x.map:6") && err.contains("'X'"),
+        "{err}"
+    );
+    let values = npy::read_float(&out.join("values.npy")).unwrap();
+    assert_eq!(values.shape, vec![2, 3, 4]);
+    assert!(
+        values.data[5].is_nan() && values.data[6].is_nan(),
+        "X cells are walls"
+    );
+    let out = d.join("huge");
+    let o = softvi(&[
+        "solve",
+        "--maze",
+        "31x31",
+        "--goal",
+        "1,1",
+        "--alpha",
+        "1e29",
+        "--backend",
+        "cpu",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(3), "{err}");
+    assert!(err.contains("values passed 1e30"), "{err}");
+    assert!(!err.contains("gamma = 1"), "{err}");
+}
+
 #[test]
 fn bad_inputs_fail_clearly_and_write_nothing() {
     let tmp = tempfile::tempdir().unwrap();
@@ -350,6 +407,7 @@ fn bad_inputs_fail_clearly_and_write_nothing() {
     nan[7] = f32::NAN;
     let nan_reward = write(d, "nan.npy", &npy::encode_f32(&[4, 5], &nan));
     let bad_goals = write(d, "goals.txt", b"1 0\n# fine\n2 zero\n");
+    let off_goals = write(d, "off.txt", b"0 0\n9\t0\n");
     let cases: Vec<(Vec<&str>, &str)> = vec![
         (vec!["--map", "missing.map", "--goal", "0,0"], "missing.map"),
         (vec!["--map", &garbled, "--goal", "0,0"], "line 6"),
@@ -358,6 +416,24 @@ fn bad_inputs_fail_clearly_and_write_nothing() {
         (vec!["--map", &map, "--goal", "1,1"], "blocked cell"),
         (vec!["--map", &map, "--goal", "1;1"], "--goal"),
         (vec!["--map", &map, "--goals", &bad_goals], "goals.txt:3"),
+        // A goal from a file is named by file and line; one from a flag by the flag.
+        (
+            vec!["--map", &map, "--goals", &off_goals],
+            "off.txt:2: goal X=9,Y=0 is off the 5x4 map",
+        ),
+        (
+            vec!["--map", &map, "--goal", "1,1"],
+            "--goal 1,1: goal X=1,Y=1 is on a blocked cell",
+        ),
+        // Malformed numbers are bad input like the rest: exit 1.
+        (
+            vec!["--map", &map, "--goal", "0,0", "--horizon", "-3"],
+            "-3",
+        ),
+        (
+            vec!["--map", &map, "--goal", "0,0", "--alpha", "x"],
+            "--alpha",
+        ),
         (
             vec!["--map", &map, "--goal", "0,0", "--alpha", "-1"],
             "alpha (--alpha) must be finite and >= 0",
@@ -416,7 +492,7 @@ fn bad_inputs_fail_clearly_and_write_nothing() {
         full.extend(&args);
         let o = softvi(&full);
         let err = stderr(&o);
-        assert!(!o.status.success(), "{args:?} succeeded");
+        assert_eq!(o.status.code(), Some(1), "{args:?}: {err}");
         assert!(
             err.contains(expected),
             "{args:?}: stderr lacks {expected:?}:\n{err}"

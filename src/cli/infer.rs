@@ -170,7 +170,10 @@ pub(super) fn infer_command(args: &InferArgs) -> Result<i32> {
     let solved = backend.solve_mdp(&world.mdp, &options, outputs, args.quiet)?;
     let adapter = backend.adapter_json();
     if solved.solution.diverged() {
-        bail!("the solve diverged: no policy, so no likelihood; lower --alpha or use --gamma < 1");
+        bail!(
+            "the solve diverged ({}): no policy, so no likelihood",
+            super::summary::divergence_reason(&options)
+        );
     }
     let (policy, policy_steps) = match (&solved.steps, options.horizon) {
         (Some(s), Horizon::Finite(h)) => (s.policy.as_ref().context("no policy")?, h as usize),

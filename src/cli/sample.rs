@@ -97,7 +97,10 @@ pub(super) fn sample_command(args: &SampleArgs) -> Result<i32> {
     let solved = backend.solve_mdp(&world.mdp, &options, outputs, args.quiet)?;
     let adapter = backend.adapter_json();
     if solved.solution.diverged() {
-        eprintln!("error: the solve diverged: no policy to sample from; nothing was written");
+        eprintln!(
+            "error: the solve diverged ({}): no policy to sample from; nothing was written",
+            super::summary::divergence_reason(&options)
+        );
         return Ok(EXIT_DIVERGED);
     }
     let (policy, policy_steps) = match (&solved.steps, options.horizon) {

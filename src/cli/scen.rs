@@ -10,7 +10,7 @@ use clap::Args;
 use super::backend::{Backend, BackendArg};
 use softvi::engine::options::{Backup, Horizon, Outputs, SolveOptions};
 use softvi::engine::solution::Status;
-use softvi::world::grid::{ActionSet, Connectivity, Grid, MoveCost};
+use softvi::world::grid::{ActionSet, Connectivity, MoveCost};
 use softvi::world::grid_problem::{GridProblem, GridTask};
 
 #[derive(Args, Debug)]
@@ -45,7 +45,7 @@ pub(super) struct ScenArgs {
 /// sqrt(2) costs, gamma = 1), then the soft value at each start against the published length.
 pub(super) fn scen_command(args: &ScenArgs) -> Result<i32> {
     let start = Instant::now();
-    let grid = Grid::load_movingai(&args.map)?;
+    let grid = super::world::load_map(&args.map)?;
     let mut scenarios = softvi::analysis::scen::load_scenarios(&args.scen, &grid)?;
     if let Some(limit) = args.limit {
         ensure!(limit >= 1, "--limit must be >= 1");

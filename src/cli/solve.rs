@@ -11,7 +11,7 @@ use serde_json::json;
 use super::EXIT_DIVERGED;
 use super::backend::{Backend, BackendArg};
 use super::iteration::IterationArgs;
-use super::summary::add_run_json;
+use super::summary::{add_run_json, divergence_reason};
 use super::world::{World, WorldArgs};
 use softvi::engine::options::{Horizon, Outputs, SolveOptions};
 use softvi::engine::solution::Solution;
@@ -215,7 +215,10 @@ fn mdp_solve_command(
         println!("wrote    {} in {seconds:.3} s", args.out.display());
     }
     if solution.diverged() {
-        eprintln!("error: the solve diverged: values grow without bound; no values were written");
+        eprintln!(
+            "error: the solve diverged: {}; no values were written",
+            divergence_reason(&options)
+        );
         return Ok(EXIT_DIVERGED);
     }
     Ok(0)
@@ -321,9 +324,8 @@ fn finish_solve(
     }
     if solution.diverged() {
         eprintln!(
-            "error: the solve diverged: values grow without bound (the entropy bonus alpha*log|A| \
-             outweighs the step costs with gamma = 1); no values were written. Lower --alpha, \
-             raise the costs, or use --gamma < 1 or --horizon T."
+            "error: the solve diverged: {}; no values were written",
+            divergence_reason(options)
         );
         return Ok(EXIT_DIVERGED);
     }

@@ -107,3 +107,26 @@ pub(super) fn add_run_json(
         all.extend(run);
     }
 }
+
+/// Why a solve diverged, for its error line: undiscounted without a horizon, the values grow
+/// without bound (no finite solution); otherwise they passed `VALUE_LIMIT`, beyond which
+/// float32 outputs cannot hold them.
+pub(super) fn divergence_reason(options: &SolveOptions) -> String {
+    if options.excludes_unreachable() {
+        "values grow without bound: with gamma = 1 and no horizon the entropy bonus \
+         alpha*log|A| (or a reward >= 0 for staying) outweighs the step costs. Lower --alpha, \
+         raise the costs, or use --gamma < 1 or --horizon T"
+            .into()
+    } else {
+        format!(
+            "values passed {:e}, too large for the float32 outputs (alpha {} and the rewards \
+             set their scale: about max(|r|, alpha*log|A|) / (1 - gamma)). Lower --alpha or \
+             scale the rewards down",
+            softvi::engine::schedule::VALUE_LIMIT,
+            match options.alpha {
+                a if a != 0.0 && !(1e-4..1e6).contains(&a) => format!("{a:e}"),
+                a => a.to_string(),
+            }
+        )
+    }
+}

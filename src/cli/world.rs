@@ -86,8 +86,27 @@ fn parse_pair(text: &str, sep: char, what: &str) -> Result<(usize, usize)> {
     Ok((num(parts[0])?, num(parts[1])?))
 }
 
-/// Parses a goals file: one `X Y` per line, blank lines and `#` comments allowed.
-fn parse_goals_file(path: &Path) -> Result<Vec<(usize, usize)>> {
+/// Loads a MovingAI map, warning on stderr about characters that are no MovingAI terrain
+/// (read as walls: a map drawn with `#` or `X` for walls works, a typo for `.` is visible).
+pub(super) fn load_map(path: &Path) -> Result<Grid> {
+    let (grid, unknown) = Grid::load_movingai_noting(path)?;
+    for u in unknown {
+        eprintln!(
+            "warning: {}:{}: {:?} is no MovingAI terrain (. G S passable; @ O T W blocked); its \
+             {} cell(s) are read as walls",
+            path.display(),
+            u.first_line,
+            u.character,
+            u.cells
+        );
+    }
+    Ok(grid)
+}
+
+/// Parses a goals file: one `X Y` per line (X and Y apart by spaces, tabs or a comma),
+/// blank lines and `#` comments allowed. Each goal comes with where it was read
+/// (`FILE:LINE`), for messages.
+fn parse_goals_file(path: &Path) -> Result<Vec<((usize, usize), String)>> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("cannot read goals file {}", path.display()))?;
     let mut goals = Vec::new();
@@ -96,9 +115,10 @@ fn parse_goals_file(path: &Path) -> Result<Vec<(usize, usize)>> {
         if line.is_empty() {
             continue;
         }
-        let pair = parse_pair(&line.replace(',', " "), ' ', "goal")
-            .with_context(|| format!("{}:{}", path.display(), i + 1))?;
-        goals.push(pair);
+        let at = format!("{}:{}", path.display(), i + 1);
+        let spaced = line.replace([',', '\t'], " ");
+        let pair = parse_pair(&spaced, ' ', "goal").with_context(|| at.clone())?;
+        goals.push((pair, at));
     }
     ensure!(
         !goals.is_empty(),
@@ -149,7 +169,7 @@ impl WorldArgs {
     pub(super) fn build(&self) -> Result<World> {
         let (grid, source, map) = match (&self.map, &self.maze) {
             (Some(path), _) => {
-                let grid = Grid::load_movingai(path)?;
+                let grid = load_map(path)?;
                 let absolute = std::fs::canonicalize(path).unwrap_or_else(|_| path.clone());
                 (
                     grid,
@@ -169,22 +189,21 @@ impl WorldArgs {
             }
             (None, None) => bail!("give a world: --map FILE.map or --maze WxH"),
         };
-        let goals: Vec<(usize, usize)> = match &self.goals {
+        // Each goal with where it was given: `FILE:LINE` or `--goal X,Y`.
+        let placed: Vec<((usize, usize), String)> = match &self.goals {
             Some(path) => parse_goals_file(path)?,
-            None => self
-                .goal
-                .iter()
-                .map(|g| parse_pair(g, ',', "--goal"))
+            None => (self.goal.iter())
+                .map(|g| Ok((parse_pair(g, ',', "--goal")?, format!("--goal {g}"))))
                 .collect::<Result<_>>()?,
         };
         ensure!(
-            !goals.is_empty(),
+            !placed.is_empty(),
             "give at least one goal: --goal X,Y or --goals FILE"
         );
-        for &(x, y) in &goals {
+        for ((x, y), at) in &placed {
             ensure!(
-                x < grid.width && y < grid.height,
-                "goal X={x},Y={y} is off the {}x{} map (X < {}, Y < {})",
+                *x < grid.width && *y < grid.height,
+                "{at}: goal X={x},Y={y} is off the {}x{} map (X < {}, Y < {})",
                 grid.width,
                 grid.height,
                 grid.width,
@@ -192,9 +211,10 @@ impl WorldArgs {
             );
             ensure!(
                 grid.free[y * grid.width + x],
-                "goal X={x},Y={y} is on a blocked cell"
+                "{at}: goal X={x},Y={y} is on a blocked cell"
             );
         }
+        let goals: Vec<(usize, usize)> = placed.into_iter().map(|(g, _)| g).collect();
         let connectivity = match self.connectivity {
             4 => Connectivity::Four,
             8 => Connectivity::Eight,

@@ -122,6 +122,18 @@ impl MoveCost {
     }
 }
 
+/// A character of a MovingAI map that is no MovingAI terrain (`.`, `G`, `S`, `@`, `O`, `T`,
+/// `W`); the parser reads it as a wall.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UnknownTerrain {
+    /// The character.
+    pub character: char,
+    /// Cells holding it.
+    pub cells: usize,
+    /// The 1-based line of its first cell.
+    pub first_line: usize,
+}
+
 impl Grid {
     /// A grid with every cell free.
     pub fn open(height: usize, width: usize) -> Self {
@@ -201,15 +213,28 @@ impl Grid {
     }
 
     /// Parses a MovingAI `.map` file (`type octile`, `height H`, `width W`, `map`, then H
-    /// rows of W characters; `.`, `G`, `S` passable). CRLF line endings are accepted.
+    /// rows of W characters; `.`, `G`, `S` passable, `@`, `O`, `T`, `W` blocked, any other
+    /// character blocked too). CRLF line endings are accepted.
     pub fn load_movingai(path: &Path) -> Result<Self> {
+        Ok(Self::load_movingai_noting(path)?.0)
+    }
+
+    /// [`Grid::load_movingai`], and the characters of the map that are no MovingAI terrain
+    /// (read as walls), for a warning.
+    pub fn load_movingai_noting(path: &Path) -> Result<(Self, Vec<UnknownTerrain>)> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| Error::io("cannot read map file", path, e))?;
-        Self::parse_movingai(&text).with_context(|| format!("invalid map file {}", path.display()))
+        Self::parse_movingai_noting(&text)
+            .with_context(|| format!("invalid map file {}", path.display()))
     }
 
     /// Parses the text of a MovingAI `.map` file; errors name the 1-based line.
     pub fn parse_movingai(text: &str) -> Result<Self> {
+        Ok(Self::parse_movingai_noting(text)?.0)
+    }
+
+    /// [`Grid::parse_movingai`], and the characters that are no MovingAI terrain.
+    pub fn parse_movingai_noting(text: &str) -> Result<(Self, Vec<UnknownTerrain>)> {
         let mut lines = text.lines().map(|l| l.trim_end_matches('\r')).enumerate();
         let mut header = |key: &str| -> Result<String> {
             let (i, line) = lines
@@ -239,6 +264,7 @@ impl Grid {
         let width = parse_side(header("width")?, "width")?;
         header("map")?;
         let mut free = Vec::with_capacity(height * width);
+        let mut unknown: Vec<UnknownTerrain> = Vec::new();
         for row in 0..height {
             let (i, line) = lines.next().with_context(|| {
                 format!("map ends after {row} of {height} rows (line {})", row + 5)
@@ -252,6 +278,16 @@ impl Grid {
                 );
             }
             free.extend(chars.iter().map(|c| matches!(c, '.' | 'G' | 'S')));
+            for &c in chars.iter().filter(|c| !".GS@OTW".contains(**c)) {
+                match unknown.iter_mut().find(|u| u.character == c) {
+                    Some(u) => u.cells += 1,
+                    None => unknown.push(UnknownTerrain {
+                        character: c,
+                        cells: 1,
+                        first_line: i + 1,
+                    }),
+                }
+            }
         }
         for (i, line) in lines {
             ensure!(
@@ -260,11 +296,12 @@ impl Grid {
                 i + 1
             );
         }
-        Ok(Self {
+        let grid = Self {
             height,
             width,
             free,
-        })
+        };
+        Ok((grid, unknown))
     }
 
     /// The built-in generated world: a maze carved by a seeded depth-first search on the odd
