@@ -67,32 +67,43 @@ pub fn reference_problem(grid: Grid, tasks: usize) -> GridProblem {
 /// The standard workloads: generated mazes of 1024 x 1024 (B = 1, 8) and 4096 x 4096 (B = 1),
 /// and MovingAI orz900d with 64 goal tasks when `maps` holds it.
 pub fn standard_workloads(maps: Option<&Path>) -> Result<Vec<Workload>> {
-    let maze1024 = Grid::generate_maze(1024, 1024, 0)?;
-    let mut out = vec![
-        Workload {
-            name: "maze1024-b1".into(),
-            problem: reference_problem(maze1024.clone(), 1),
-        },
-        Workload {
-            name: "maze1024-b8".into(),
-            problem: reference_problem(maze1024, 8),
-        },
-        Workload {
-            name: "maze4096-b1".into(),
-            problem: reference_problem(Grid::generate_maze(4096, 4096, 0)?, 1),
-        },
-    ];
-    if let Some(dir) = maps {
-        let path = dir.join("orz900d.map");
-        if path.exists() {
-            let grid = Grid::load_movingai(&path)?;
-            out.push(Workload {
-                name: "orz900d-b64".into(),
-                problem: reference_problem(grid, 64),
-            });
-        }
+    let mut names = GRID_WORKLOADS.to_vec();
+    if maps.is_none_or(|dir| !dir.join("orz900d.map").exists()) {
+        names.retain(|&n| n != "orz900d-b64");
     }
-    Ok(out)
+    names.into_iter().map(|n| grid_workload(n, maps)).collect()
+}
+
+/// Names of the gridworld workloads, in table order.
+pub const GRID_WORKLOADS: [&str; 4] = ["maze1024-b1", "maze1024-b8", "maze4096-b1", "orz900d-b64"];
+
+/// The gridworld workload `name` (one of [`GRID_WORKLOADS`]), built alone; orz900d-b64 reads
+/// `orz900d.map` from `maps`, and without it is an error saying where it looked.
+pub fn grid_workload(name: &str, maps: Option<&Path>) -> Result<Workload> {
+    let problem = match name {
+        "maze1024-b1" => reference_problem(Grid::generate_maze(1024, 1024, 0)?, 1),
+        "maze1024-b8" => reference_problem(Grid::generate_maze(1024, 1024, 0)?, 8),
+        "maze4096-b1" => reference_problem(Grid::generate_maze(4096, 4096, 0)?, 1),
+        "orz900d-b64" => {
+            let path = maps.map(|dir| dir.join("orz900d.map"));
+            match path {
+                Some(path) if path.exists() => reference_problem(Grid::load_movingai(&path)?, 64),
+                _ => crate::error::bail!(
+                    "the orz900d-b64 workload reads orz900d.map, which is not in the maps \
+                     folder {} (--maps)",
+                    maps.map_or("(none)".into(), |d| d.display().to_string())
+                ),
+            }
+        }
+        other => crate::error::bail!(
+            "no workload {other:?} (known: {})",
+            GRID_WORKLOADS.join(", ")
+        ),
+    };
+    Ok(Workload {
+        name: name.into(),
+        problem,
+    })
 }
 
 /// One measured row.
@@ -142,7 +153,8 @@ pub fn measure(
     };
     // Warm-up: pipelines, buffers.
     let t_short = time(short)?;
-    let mut extra = extra.max(1);
+    // At most 2^14 extra sweeps: a caller's start beyond that is taken as 2^14.
+    let mut extra = extra.clamp(1, 1 << 14);
     while extra < 1 << 14 {
         let t_long = time(short + extra)?;
         if t_long - t_short >= 0.5f64.max(0.5 * t_short) {

@@ -8,8 +8,8 @@ use anyhow::{Context, Result, ensure};
 use clap::Args;
 
 use softvi::bench::{
-    Measurement, Workload, measure_cpu, measure_gpu, measure_mdp_cpu, measure_mdp_gpu, sparse_mdp,
-    standard_workloads,
+    GRID_WORKLOADS, Measurement, Workload, grid_workload, measure_cpu, measure_gpu,
+    measure_mdp_cpu, measure_mdp_gpu, sparse_mdp, standard_workloads,
 };
 use softvi::engine::gpu::{GpuContext, GridEngine};
 use softvi::engine::options::{Horizon, SolveOptions};
@@ -44,23 +44,35 @@ const IRL_WORKLOAD: &str = "irl256";
 
 /// `softvi bench`: one table row per workload and backend, and the GPU/CPU ratio.
 pub(super) fn bench_command(args: &BenchArgs) -> Result<i32> {
+    if let Some(sweeps) = args.sweeps {
+        ensure!(
+            (1..=1 << 14).contains(&sweeps),
+            "--sweeps must be in 1..=16384 (the timing doubles it up to 16384), got {sweeps}"
+        );
+    }
     let maps = args.maps.is_dir().then_some(args.maps.as_path());
-    let mut workloads = standard_workloads(maps)?;
     let (mut run_mdp, mut run_irl) = (true, true);
-    if !args.workloads.is_empty() {
+    // Names are checked before anything is built (the big mazes take seconds), and only
+    // the asked workloads are built.
+    let workloads = if args.workloads.is_empty() {
+        standard_workloads(maps)?
+    } else {
         for name in &args.workloads {
             ensure!(
                 name == MDP_WORKLOAD
                     || name == IRL_WORKLOAD
-                    || workloads.iter().any(|w| &w.name == name),
-                "--workload {name:?} is unknown (known: maze1024-b1, maze1024-b8, maze4096-b1, \
-                 orz900d-b64, mdp1m, irl256)"
+                    || GRID_WORKLOADS.contains(&name.as_str()),
+                "--workload {name:?} is unknown (known: {}, {MDP_WORKLOAD}, {IRL_WORKLOAD})",
+                GRID_WORKLOADS.join(", ")
             );
         }
-        workloads.retain(|w| args.workloads.contains(&w.name));
         run_mdp = args.workloads.iter().any(|w| w == MDP_WORKLOAD);
         run_irl = args.workloads.iter().any(|w| w == IRL_WORKLOAD);
-    }
+        (GRID_WORKLOADS.iter())
+            .filter(|n| args.workloads.iter().any(|w| w == *n))
+            .map(|n| grid_workload(n, Some(&args.maps)).with_context(|| format!("--workload {n}")))
+            .collect::<Result<Vec<_>, _>>()?
+    };
     let ctx = GpuContext::from_env()?;
     let mut engine = GridEngine::new(&ctx)?;
     println!(
