@@ -1,0 +1,214 @@
+//! Properties over generated inputs (proptest; a bounded number of cases per property so that
+//! CI stays short, `PROPTEST_CASES=N` for more): no input panics the `.npy` decoder, the map
+//! parser, the MDP builder or a solve of what it accepts; and the command line, fed generated
+//! goals and trajectory files, exits 0 or 1 (never a panic's 101), writes nothing when it
+//! fails, and leaves an earlier result exactly as it was.
+
+mod common;
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use common::cli::*;
+use proptest::collection::vec;
+use proptest::prelude::*;
+use softvi::io::npy::{self, NpyValues};
+use softvi::world::grid::Grid;
+use softvi::world::mdp::TabularMdp;
+use softvi::{Horizon, Outputs, SolveOptions, solve_mdp_cpu};
+
+/// Cases per in-process property (each takes microseconds).
+const CASES: u32 = 256;
+/// Cases per command-line property (each runs the binary, tens of milliseconds).
+const CLI_CASES: u32 = 24;
+
+/// `.npy` bytes with header text `dict` (version 1.0, padded as NumPy pads) and `body`.
+fn npy_bytes(dict: &str, body: &[u8]) -> Vec<u8> {
+    let mut header = dict.to_owned();
+    while !(10 + header.len() + 1).is_multiple_of(64) {
+        header.push(' ');
+    }
+    header.push('\n');
+    let mut out = b"\x93NUMPY\x01\x00".to_vec();
+    out.extend_from_slice(&(header.len() as u16).to_le_bytes());
+    out.extend_from_slice(header.as_bytes());
+    out.extend_from_slice(body);
+    out
+}
+
+/// Every file of `dir` with its bytes, sorted by name (empty when `dir` is absent).
+fn snapshot(dir: &Path) -> Vec<(String, Vec<u8>)> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut files: Vec<_> = entries
+        .map(|e| {
+            let e = e.unwrap();
+            let name = e.file_name().to_string_lossy().into_owned();
+            (name, std::fs::read(e.path()).unwrap_or_default())
+        })
+        .collect();
+    files.sort();
+    files
+}
+
+/// A line of a goals or trajectory file as people mistype them: numbers in and out of
+/// range, words, signs, separators, comments.
+fn messy_line() -> impl Strategy<Value = String> {
+    let token = prop_oneof![
+        (0u64..12).prop_map(|n| n.to_string()),
+        Just("-1".to_owned()),
+        Just("18446744073709551616".to_owned()),
+        Just("x".to_owned()),
+        Just("NE".to_owned()),
+        Just("STAY".to_owned()),
+        Just("1.5".to_owned()),
+        Just("#".to_owned()),
+        Just("".to_owned()),
+    ];
+    (
+        vec(token, 0..4),
+        prop::sample::select(vec![" ", "\t", ",", ", "]),
+    )
+        .prop_map(|(tokens, sep)| tokens.join(sep))
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: CASES, ..ProptestConfig::default() })]
+
+    /// Arbitrary bytes: an error or an array, never a panic.
+    #[test]
+    fn npy_decode_takes_any_bytes(bytes in vec(any::<u8>(), 0..200)) {
+        let _ = npy::decode(&bytes);
+        let _ = npy::decode_float(&bytes);
+    }
+
+    /// Well-formed headers with any dtype, any shape (dimensions up to 2^63, whose products
+    /// overflow) and any body length: an error or an array whose data has the shape's size.
+    #[test]
+    fn npy_headers_with_any_shape_decode_or_fail(
+        dtype in prop::sample::select(vec!["<f4", "<f8", "<i4", "<i8", "|b1", "<u8", "<c8", "zz"]),
+        shape in vec(prop_oneof![0u64..5, Just(1 << 31), Just(1 << 63)], 0..4),
+        body in vec(any::<u8>(), 0..64),
+    ) {
+        let dims: Vec<String> = shape.iter().map(|d| format!("{d}, ")).collect();
+        let dict = format!(
+            "{{'descr': '{dtype}', 'fortran_order': False, 'shape': ({}), }}",
+            dims.concat()
+        );
+        if let Ok(array) = npy::decode(&npy_bytes(&dict, &body)) {
+            let size: usize = array.shape.iter().product();
+            prop_assert_eq!(size, array.data.len());
+        }
+    }
+
+    /// Map text from headers and rows of map characters (and others): an error, or a grid of
+    /// the header's size.
+    #[test]
+    fn map_text_parses_or_fails(
+        height in 0usize..6,
+        width in 0usize..6,
+        rows in vec("[.@GSTOWX# ]{0,6}", 0..7),
+        crlf in any::<bool>(),
+    ) {
+        let newline = if crlf { "\r\n" } else { "\n" };
+        let text = format!("type octile\nheight {height}\nwidth {width}\nmap\n")
+            + &rows.join(newline);
+        if let Ok(grid) = Grid::parse_movingai(&text) {
+            prop_assert_eq!((grid.height, grid.width), (height, width));
+            prop_assert_eq!(grid.free.len(), height * width);
+        }
+    }
+
+    /// MDP arrays of small, often inconsistent shapes and values (NaN, negative, unnormalised
+    /// rows; R of any rank; optional terminal and initial): `from_arrays` fails or gives an
+    /// MDP that validates, and a finite-horizon solve of it with every output returns.
+    #[test]
+    fn mdp_arrays_build_or_fail_and_built_ones_solve(
+        s in 0usize..4,
+        a in 0usize..3,
+        b in 1usize..3,
+        p in vec(prop_oneof![Just(0.0), Just(1.0), Just(0.5), Just(-0.5), Just(f64::NAN)], 0..40),
+        r_rank in 0usize..4,
+        r_values in vec(prop_oneof![Just(0.0), Just(-1.0), Just(2.5), Just(f64::INFINITY)], 0..30),
+        terminal in prop::option::of(vec(prop_oneof![Just(0.0), Just(1.0)], 0..8)),
+        initial in prop::option::of(vec(prop_oneof![Just(0.0), Just(1.0), Just(f64::NAN), Just(-1.0)], 0..8)),
+    ) {
+        let array = |shape: Vec<usize>, data: Vec<f64>| NpyValues { shape, data, dtype: "<f8".into() };
+        let mut p = p;
+        p.resize(s * a * s, 0.5);
+        let r_shape = match r_rank {
+            0 => vec![s],
+            1 => vec![s, a],
+            2 => vec![b, s],
+            _ => vec![b, s, a],
+        };
+        let mut r = r_values;
+        r.resize(r_shape.iter().product(), -1.0);
+        let mut arrays = HashMap::from([
+            ("P".to_owned(), array(vec![s, a, s], p)),
+            ("R".to_owned(), array(r_shape, r)),
+        ]);
+        if let Some(t) = terminal {
+            arrays.insert("terminal".into(), array(vec![t.len()], t));
+        }
+        if let Some(d) = initial {
+            arrays.insert("initial".into(), array(vec![d.len()], d));
+        }
+        if let Ok(mdp) = TabularMdp::from_arrays(&arrays) {
+            prop_assert!(mdp.validate().is_ok());
+            let options = SolveOptions { horizon: Horizon::Finite(3), ..SolveOptions::default() };
+            let every = Outputs { q: true, all_steps: true, occupancy: true, ..Outputs::default() };
+            let _ = solve_mdp_cpu(&mdp, &options, every);
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: CLI_CASES, ..ProptestConfig::default() })]
+
+    /// A generated goals file against an earlier good result in the same folder: exit 0 (a
+    /// new result) or 1 with a message; on 1 the folder is byte for byte what it was.
+    #[test]
+    fn goals_files_succeed_or_leave_the_earlier_result(lines in vec(messy_line(), 0..5)) {
+        let tmp = tempfile::tempdir().unwrap();
+        let map = write(tmp.path(), "small.map", SMALL_MAP.as_bytes());
+        let out = tmp.path().join("out");
+        let out_s = out.to_str().unwrap();
+        let base = ["solve", "--map", &map, "--backend", "cpu", "--horizon", "2", "--out", out_s];
+        let o = softvi(&[&base[..], &["--goal", "0,0"]].concat());
+        prop_assert!(o.status.success(), "{}", stderr(&o));
+        let before = snapshot(&out);
+        let goals = write(tmp.path(), "goals.txt", lines.join("\n").as_bytes());
+        let o = softvi(&[&base[..], &["--goals", &goals]].concat());
+        match o.status.code() {
+            Some(0) => {}
+            Some(1) => {
+                prop_assert!(!stderr(&o).trim().is_empty(), "exit 1 without a message");
+                prop_assert_eq!(snapshot(&out), before, "a failed run changed the result");
+            }
+            other => prop_assert!(false, "exit {:?}: {}", other, stderr(&o)),
+        }
+    }
+
+    /// A generated trajectory for `infer`: exit 0 or 1 with a message; nothing written on 1.
+    #[test]
+    fn trajectory_files_succeed_or_write_nothing(lines in vec(messy_line(), 0..6)) {
+        let tmp = tempfile::tempdir().unwrap();
+        let map = write(tmp.path(), "small.map", SMALL_MAP.as_bytes());
+        let walk = write(tmp.path(), "walk.txt", lines.join("\n").as_bytes());
+        let out = tmp.path().join("post");
+        let o = softvi(&[
+            "infer", "--map", &map, "--goal", "4,0", "--goal", "1,3", "--backend", "cpu",
+            "--horizon", "6", "--trajectory", &walk, "--out", out.to_str().unwrap(),
+        ]);
+        match o.status.code() {
+            Some(0) => prop_assert!(out.join("posterior.npy").exists()),
+            Some(1) => {
+                prop_assert!(!stderr(&o).trim().is_empty(), "exit 1 without a message");
+                prop_assert!(!out.exists(), "a failed run wrote {}", out.display());
+            }
+            other => prop_assert!(false, "exit {:?}: {}", other, stderr(&o)),
+        }
+    }
+}
