@@ -759,3 +759,61 @@ fn oversized_solves_are_refused_before_any_work() {
         assert!(!out.exists(), "{args:?} left {}", out.display());
     }
 }
+
+/// `--all-steps` on a world whose only free cell is the goal (every free cell a goal): the
+/// values and policy of every step, the policy NaN on the goal, on both backends; with
+/// `--occupancy` the start is the goal itself (uniform over all free cells when none is left).
+#[test]
+fn all_steps_where_every_free_cell_is_a_goal() {
+    let tmp = tempfile::tempdir().unwrap();
+    let map = write(
+        tmp.path(),
+        "one.map",
+        b"type octile\nheight 1\nwidth 3\nmap\n@.@\n",
+    );
+    for backend in ["cpu", "gpu"] {
+        if backend == "gpu" && !gpu_available() {
+            continue;
+        }
+        for occupancy in [false, true] {
+            let out = tmp.path().join(format!("{backend}-{occupancy}"));
+            let mut args = vec![
+                "solve",
+                "--map",
+                &map,
+                "--goal",
+                "1,0",
+                "--horizon",
+                "3",
+                "--all-steps",
+                "--backend",
+                backend,
+                "--out",
+                out.to_str().unwrap(),
+            ];
+            if occupancy {
+                args.push("--occupancy");
+            }
+            let o = softvi(&args);
+            assert!(o.status.success(), "{args:?}: {}", stderr(&o));
+            let values = npy::read_float(&out.join("values.npy")).unwrap();
+            assert_eq!(values.shape, vec![1, 4, 1, 3]);
+            for t in 0..4 {
+                assert_eq!(values.data[t * 3 + 1], 0.0, "{backend}: V_{t} on the goal");
+                assert!(values.data[t * 3].is_nan() && values.data[t * 3 + 2].is_nan());
+            }
+            let policy = npy::read_float(&out.join("policy.npy")).unwrap();
+            assert_eq!(policy.shape, vec![1, 3, 1, 3, 8]);
+            assert!(policy.data.iter().all(|p| p.is_nan()), "{backend}");
+            if occupancy {
+                let d = npy::read_float(&out.join("occupancy.npy")).unwrap();
+                assert_eq!(d.shape, vec![1, 4, 1, 3]);
+                assert_eq!(d.data[1], 1.0, "{backend}: D_0 on the goal");
+                assert_eq!(
+                    d.data[4], 0.0,
+                    "{backend}: D_1: the mass stopped at the goal"
+                );
+            }
+        }
+    }
+}

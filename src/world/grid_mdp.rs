@@ -14,7 +14,8 @@ pub const NO_STATE: u32 = u32::MAX;
 
 /// The start distribution of every task, `[task][row][col]`: equal weights on the `starts`
 /// cells (`row * W + col`, shared by all tasks), or with `None` uniform over each task's free
-/// non-goal cells.
+/// non-goal cells, or over its free cells when every one is a goal (episodes then end where
+/// they start; the values and policy need no start, and this keeps such a world solvable).
 pub fn start_distribution(problem: &GridProblem, starts: Option<&[usize]>) -> Result<Vec<f32>> {
     let grid = &problem.grid;
     let cells = grid.cells();
@@ -35,9 +36,10 @@ pub fn start_distribution(problem: &GridProblem, starts: Option<&[usize]>) -> Re
                 }
             }
             None => {
-                let open = |c: usize| grid.free[c] && !terminal[t * cells + c];
+                let non_goal = (0..cells).any(|c| grid.free[c] && !terminal[t * cells + c]);
+                let open = |c: usize| grid.free[c] && (!non_goal || !terminal[t * cells + c]);
                 let free = (0..cells).filter(|&c| open(c)).count();
-                ensure!(free > 0, "task {t}: every free cell is a goal");
+                ensure!(free > 0, "task {t}: the map has no free cell");
                 for (c, x) in row.iter_mut().enumerate() {
                     if open(c) {
                         *x = 1.0 / free as f32;
