@@ -448,3 +448,73 @@ fn render_validates_what_it_reads_back() {
         assert!(!png.exists());
     }
 }
+
+/// `--step T` of a solve with `--horizon T --all-steps`: the values and the occupancy hold
+/// `T + 1` steps and are drawn at step T; the policy holds `T` (`pi_0..pi_{T-1}`), so a layer
+/// or trajectories that need it at step T are refused, saying there is no policy at the last
+/// step, and nothing is written.
+#[test]
+fn render_draws_the_last_step_of_values_and_occupancy() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("solve");
+    softvi(&[
+        "solve",
+        "--maze",
+        "9x9",
+        "--goal",
+        "1,1",
+        "--horizon",
+        "3",
+        "--all-steps",
+        "--occupancy",
+        "--backend",
+        "cpu",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    let cases: [(&[&str], Option<&str>); 7] = [
+        (&["--step", "3"], None),
+        (&["--step", "3", "--layer", "occupancy"], None),
+        (&["--step", "2", "--layer", "policy"], None),
+        (
+            &["--step", "3", "--layer", "policy"],
+            Some("no policy at the last step"),
+        ),
+        (
+            &["--step", "3", "--layer", "entropy"],
+            Some("no policy at the last step"),
+        ),
+        (
+            &["--step", "3", "--trajectories", "2"],
+            Some("no policy at the last step"),
+        ),
+        (&["--step", "4"], Some("values.npy holds 4 time steps")),
+    ];
+    for (i, (args, expected)) in cases.iter().enumerate() {
+        let png = tmp.path().join(format!("step{i}.png"));
+        let mut full = vec![
+            "render",
+            "--from",
+            out.to_str().unwrap(),
+            "--out",
+            png.to_str().unwrap(),
+        ];
+        full.extend(*args);
+        let o = Command::new(env!("CARGO_BIN_EXE_softvi"))
+            .args(&full)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        match expected {
+            None => {
+                assert!(o.status.success(), "{args:?}: {err}");
+                assert!(png.exists(), "{args:?}");
+            }
+            Some(message) => {
+                assert_eq!(o.status.code(), Some(1), "{args:?}: {err}");
+                assert!(err.contains(message), "{args:?}: {err}");
+                assert!(!png.exists(), "{args:?}");
+            }
+        }
+    }
+}

@@ -43,6 +43,8 @@ pub(super) struct RenderArgs {
     seed: u64,
     /// Time step to draw from a solve with --all-steps (values V_t, policy pi_t, occupancy
     /// D_t); default: step 0, and for the occupancy the sum over the steps (expected visits).
+    /// A horizon T holds V_0..V_T and D_0..D_T but pi_0..pi_{T-1}: at step T only the value
+    /// and occupancy layers (there is no policy at the last step).
     #[arg(long, value_name = "T")]
     step: Option<usize>,
 }
@@ -159,7 +161,13 @@ pub(super) fn render_command(args: &RenderArgs) -> Result<i32> {
     let (h, w, cells) = (grid.height, grid.width, grid.cells());
     // One task of `[B, H, W(, per_cell)]`, or of `[B, K, H, W(, per_cell)]` (every time step):
     // step --step, or with `sum_steps` and no --step the sum over the steps.
-    let read_task = |name: &str, per_cell: usize, sum_steps: bool| -> Result<Option<Vec<f32>>> {
+    // `one_fewer`: the array holds one step fewer than the values (the policy: pi_0..pi_{T-1}
+    // beside V_0..V_T), so --step one past its last step reads as absent, not out of range.
+    let read_task = |name: &str,
+                     per_cell: usize,
+                     sum_steps: bool,
+                     one_fewer: bool|
+     -> Result<Option<Vec<f32>>> {
         let path = dir.join(name);
         if !path.exists() {
             return Ok(None);
@@ -187,6 +195,7 @@ pub(super) fn render_command(args: &RenderArgs) -> Result<i32> {
         let n = cells * per_cell;
         let task = &array.data[args.task * steps * n..(args.task + 1) * steps * n];
         Ok(Some(match args.step {
+            Some(t) if one_fewer && timed && t == steps => return Ok(None),
             Some(t) => {
                 ensure!(
                     t < steps,
@@ -201,14 +210,35 @@ pub(super) fn render_command(args: &RenderArgs) -> Result<i32> {
             None => task[..n].to_vec(),
         }))
     };
-    let values = read_task("values.npy", 1, false)?.with_context(|| {
+    let values = read_task("values.npy", 1, false, false)?.with_context(|| {
         format!(
             "{} has no values.npy (did the solve diverge?)",
             dir.display()
         )
     })?;
-    let policy = read_task("policy.npy", actions.count(), false)?;
-    let occupancy = read_task("occupancy.npy", 1, true)?;
+    let policy = read_task("policy.npy", actions.count(), false, true)?;
+    let occupancy = read_task("occupancy.npy", 1, true, false)?;
+    // V_0..V_T and D_0..D_T have T + 1 steps, pi_0..pi_{T-1} T: at the last step only the
+    // values and the occupancy exist.
+    if let Some(t) = args.step
+        && policy.is_none()
+        && dir.join("policy.npy").exists()
+    {
+        let what = match (args.layer, args.trajectories) {
+            (_, Some(_)) => Some("--trajectories"),
+            (LayerArg::Policy | LayerArg::Entropy, None) => Some("this layer"),
+            _ => None,
+        };
+        if let Some(what) = what {
+            bail!(
+                "--step {t} is the last step: there is no policy at the last step ({} holds \
+                 pi_0..pi_{} beside the values V_0..V_{t}), and {what} needs it; draw --layer \
+                 value or occupancy at step {t}, or a step below {t}",
+                dir.join("policy.npy").display(),
+                t.saturating_sub(1)
+            );
+        }
+    }
     let view = TaskView {
         grid: &grid,
         actions,
