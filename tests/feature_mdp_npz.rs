@@ -199,6 +199,55 @@ fn bad_mdps_name_the_problem() {
     assert!(format!("{:#}", TabularMdp::load_npz(&not_zip).unwrap_err()).contains("not an .npz"));
 }
 
+/// `render` on the folder of an `--mdp` solve says that it draws grid solves only, and writes
+/// no picture.
+#[test]
+fn render_refuses_an_mdp_solve() {
+    let tmp = tempfile::tempdir().unwrap();
+    let path = write_npz(
+        tmp.path(),
+        "chain.npz",
+        false,
+        &[
+            ("P", "<f8", vec![3, 2, 3], dense_p()),
+            ("R", "<f8", vec![3], vec![-1.0, -1.0, 0.0]),
+            ("terminal", "|b1", vec![3], vec![0.0, 0.0, 1.0]),
+        ],
+    );
+    let out = tmp.path().join("out");
+    let run = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_softvi"))
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let o = run(&[
+        "solve",
+        "--mdp",
+        path.to_str().unwrap(),
+        "--backend",
+        "cpu",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let png = tmp.path().join("x.png");
+    let o = run(&[
+        "render",
+        "--from",
+        out.to_str().unwrap(),
+        "--out",
+        png.to_str().unwrap(),
+    ]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("render draws grid solves only") && err.contains("chain.npz"),
+        "{err}"
+    );
+    assert!(!png.exists());
+}
+
 /// `softvi solve --mdp FILE.npz`: [B,S] values, [B,S,A] policy, summary on the CPU reference;
 /// the same values on the GPU; every step and the occupancy with their shapes; a broken file
 /// names itself and writes nothing.

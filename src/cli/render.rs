@@ -64,6 +64,13 @@ pub(super) fn render_command(args: &RenderArgs) -> Result<i32> {
             )
         })?)
         .with_context(|| format!("{} is not JSON", summary_path.display()))?;
+    ensure!(
+        summary.get("mdp").is_none() || summary.get("world").is_some(),
+        "{} holds the solve of an MDP (--mdp {}): render draws grid solves only (--map, \
+         --maze, --goals)",
+        dir.display(),
+        summary["mdp"]["path"].as_str().unwrap_or("FILE.npz")
+    );
     let world = &summary["world"];
     let map = &world["map"];
     let field = |v: &serde_json::Value, what: &str| -> Result<u64> {
