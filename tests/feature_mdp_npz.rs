@@ -185,6 +185,24 @@ fn bad_mdps_name_the_problem() {
             ],
             "initial has shape [2]",
         ),
+        // A 2-D R is [S,A] when it is [S, A], else [B,S]: a shape that is neither says so.
+        (
+            vec![
+                ("P", "<f8", vec![3, 2, 3], dense_p()),
+                ("R", "<f8", vec![2, 2], vec![0.0; 4]),
+            ],
+            "a 2-D R is read as [S,A] = [3, 2] when it has that shape, else as [B,S]",
+        ),
+        // With CSR transitions S comes from R: [4, 2] is not [S,A] over 6 rows, so [B,S].
+        (
+            {
+                let mut arrays = csr(vec![1.0, 0.0, 1.0, 2.0, 1.0, 0.0, 0.0, 2.0, 0.0]);
+                arrays.pop();
+                arrays.push(("R", "<f8", vec![4, 2], vec![0.0; 8]));
+                arrays
+            },
+            "read as [B,S] (a 2-D R is [S,A] when S x A is the 6 transition rows, else [B,S])",
+        ),
     ];
     for (i, (arrays, expected)) in cases.into_iter().enumerate() {
         let path = write_npz(tmp.path(), &format!("bad{i}.npz"), false, &arrays);

@@ -415,16 +415,30 @@ fn sparse_transitions(
     let rows = indptr.data.len() - 1;
     let states = match reward.shape[..] {
         [s] | [_, s, _] => s,
-        [x, y] if x * y == rows => x,
+        [x, y] if x.checked_mul(y) == Some(rows) => x,
         [_, s] => s,
         _ => bail!(
             "R has shape {:?}; expected [S], [S,A], [B,S] or [B,S,A]",
             reward.shape
         ),
     };
+    // With CSR transitions S comes from R's shape; a 2-D R says how it was read.
+    let s_from_r = || match reward.shape[..] {
+        [x, y] => format!(
+            "S = {states} from R of shape [{x}, {y}] read as {} (a 2-D R is [S,A] when S x A \
+             is the {rows} transition rows, else [B,S])",
+            if x.checked_mul(y) == Some(rows) {
+                "[S,A]"
+            } else {
+                "[B,S]"
+            }
+        ),
+        _ => format!("S = {states} from R of shape {:?}", reward.shape),
+    };
     ensure!(
         states > 0 && rows.is_multiple_of(states),
-        "indptr has {rows} rows, not a multiple of S = {states}"
+        "indptr has {rows} rows, not a multiple of S: {}",
+        s_from_r()
     );
     let actions = rows / states;
     let nnz = indices.data.len();
@@ -446,7 +460,8 @@ fn sparse_transitions(
             &data.data[range.clone()],
             &indices.data[range],
             states,
-        )?;
+        )
+        .with_context(s_from_r)?;
     }
     Ok((
         states,
@@ -470,6 +485,11 @@ fn rewards(r: &NpyValues, states: usize, actions: usize) -> Result<(usize, Vec<f
         [s, a] if (s, a) == (states, actions) => (1, true),
         [b, s] if s == states => (b, false),
         [b, s, a] if (s, a) == (states, actions) => (b, true),
+        [x, y] => bail!(
+            "R has shape [{x}, {y}]: a 2-D R is read as [S,A] = [{states}, {actions}] when it \
+             has that shape, else as [B,S] (a reward per task and state) when its last axis is \
+             S = {states}; it is neither"
+        ),
         _ => bail!(
             "R has shape {:?}; expected [S], [S,A], [B,S] or [B,S,A] with S = {states}, A = {actions}",
             r.shape
