@@ -204,6 +204,52 @@ fn bad_mdps_name_the_problem() {
             "read as [B,S] (a 2-D R is [S,A] when S x A is the 6 transition rows, else [B,S])",
         ),
     ];
+    let with_initial = |shape: Vec<usize>, initial: Vec<f64>| {
+        vec![
+            ("P", "<f8", vec![3, 2, 3], dense_p()),
+            r.clone(),
+            ("initial", "<f8", shape, initial),
+        ]
+    };
+    let cases: Vec<(Vec<Array>, &str)> = cases
+        .into_iter()
+        .chain([
+            // NaN at index 0 was taken for "not given" and replaced by uniform.
+            (
+                with_initial(vec![3], vec![f64::NAN, 0.5, 0.5]),
+                "initial[0] is NaN",
+            ),
+            (
+                with_initial(vec![3], vec![0.5, f64::INFINITY, 0.5]),
+                "initial[1] is inf",
+            ),
+            (
+                with_initial(vec![3], vec![0.5, 0.6, -0.1]),
+                "initial[2] is -0.1",
+            ),
+            (
+                vec![
+                    ("P", "<f8", vec![3, 2, 3], dense_p()),
+                    ("R", "<f8", vec![2, 3], vec![0.0; 6]),
+                    (
+                        "initial",
+                        "<f8",
+                        vec![2, 3],
+                        vec![1.0, 0.0, 0.0, 0.5, f64::NAN, 0.5],
+                    ),
+                ],
+                "initial[1, 1] is NaN",
+            ),
+            (
+                with_initial(vec![3], vec![0.0; 3]),
+                "initial of task 0 is all zero",
+            ),
+            (
+                with_initial(vec![3], vec![0.5, 0.5, 0.5]),
+                "initial of task 0 sums to 1.5, not 1",
+            ),
+        ])
+        .collect();
     for (i, (arrays, expected)) in cases.into_iter().enumerate() {
         let path = write_npz(tmp.path(), &format!("bad{i}.npz"), false, &arrays);
         let err = format!("{:#}", TabularMdp::load_npz(&path).unwrap_err());
@@ -215,6 +261,39 @@ fn bad_mdps_name_the_problem() {
     let not_zip = tmp.path().join("plain.npz");
     std::fs::write(&not_zip, b"not a zip").unwrap();
     assert!(format!("{:#}", TabularMdp::load_npz(&not_zip).unwrap_err()).contains("not an .npz"));
+}
+
+/// An `initial` within 1e-6 of summing to 1 is accepted and scaled to sum to 1; a missing one
+/// is uniform over the non-terminal states, or over all states when every state is terminal.
+#[test]
+fn initial_is_normalised_within_its_tolerance() {
+    let tmp = tempfile::tempdir().unwrap();
+    let r = ("R", "<f8", vec![3], vec![0.0; 3]);
+    let path = write_npz(
+        tmp.path(),
+        "near.npz",
+        false,
+        &[
+            ("P", "<f8", vec![3, 2, 3], dense_p()),
+            r.clone(),
+            ("initial", "<f8", vec![3], vec![0.2, 0.3, 0.5 + 5e-7]),
+        ],
+    );
+    let mdp = TabularMdp::load_npz(&path).unwrap();
+    let sum: f64 = mdp.initial.iter().map(|&x| x as f64).sum();
+    assert!((sum - 1.0).abs() <= 1e-7, "{:?}", mdp.initial);
+    let path = write_npz(
+        tmp.path(),
+        "all_terminal.npz",
+        false,
+        &[
+            ("P", "<f8", vec![3, 2, 3], dense_p()),
+            r,
+            ("terminal", "|b1", vec![3], vec![1.0; 3]),
+        ],
+    );
+    let mdp = TabularMdp::load_npz(&path).unwrap();
+    assert_eq!(mdp.initial, vec![1.0 / 3.0; 3]);
 }
 
 /// `render` on the folder of an `--mdp` solve says that it draws grid solves only, and writes

@@ -14,6 +14,10 @@ use crate::io::npy::{self, NpyValues};
 /// Largest deviation of a transition row's sum from 1.
 pub const ROW_SUM_TOLERANCE: f64 = 1e-5;
 
+/// Largest deviation of a task's `initial` sum from 1 that `.npz` loading accepts; within it
+/// the row is scaled to sum to 1, beyond it refused.
+pub const INITIAL_SUM_TOLERANCE: f64 = 1e-6;
+
 /// A batch of B tasks sharing sparse dynamics.
 #[derive(Clone, Debug, PartialEq)]
 pub struct TabularMdp {
@@ -35,7 +39,8 @@ pub struct TabularMdp {
     pub terminal: Vec<bool>,
     /// Values of terminal states, `[task][state]` (0 unless given).
     pub terminal_value: Vec<f32>,
-    /// Start distribution, `[task][state]` (uniform over non-terminal states unless given).
+    /// Start distribution, `[task][state]` (uniform over non-terminal states unless given;
+    /// over all states when every state is terminal).
     pub initial: Vec<f32>,
 }
 
@@ -66,7 +71,10 @@ impl TabularMdp {
 
     /// Builds and validates an MDP from named arrays (the entries of an `.npz`).
     ///
-    /// A 2-D `R` is `[S,A]` when S*A matches the transitions, else `[B,S]`.
+    /// A 2-D `R` is `[S,A]` when S*A matches the transitions, else `[B,S]`. A given `initial`
+    /// must hold finite, non-negative entries summing per task to 1 within
+    /// [`INITIAL_SUM_TOLERANCE`] (and is then scaled to sum to 1); a missing one is uniform
+    /// over the non-terminal states, or over all states when every state is terminal.
     pub fn from_arrays(arrays: &HashMap<String, NpyValues>) -> Result<Self> {
         let mut names: Vec<&String> = arrays.keys().collect();
         names.sort();
@@ -116,24 +124,49 @@ impl TabularMdp {
             .map(|&t| t != 0.0)
             .collect();
         let terminal_value = per_task("terminal_value", 0.0)?;
-        let mut initial = per_task("initial", f64::NAN)?;
+        let given = arrays.get("initial");
+        let mut initial = per_task("initial", 0.0)?;
+        if let Some(array) = given
+            && let Some(i) = array
+                .data
+                .iter()
+                .position(|x| !(x.is_finite() && *x >= 0.0))
+        {
+            let index = match array.shape[..] {
+                [_, _] => format!("{}, {}", i / states, i % states),
+                _ => i.to_string(),
+            };
+            bail!(
+                "initial[{index}] is {} (a start probability is finite and >= 0)",
+                array.data[i]
+            );
+        }
         for t in 0..tasks {
             let row = &mut initial[t * states..(t + 1) * states];
-            if row[0].is_nan() {
-                let free = (0..states).filter(|&s| !terminal[t * states + s]).count();
-                ensure!(free > 0, "task {t}: every state is terminal");
+            if given.is_none() {
+                // Uniform over the non-terminal states, or over all when every state is
+                // terminal (episodes then end where they start).
+                let open = |s: usize| !terminal[t * states + s];
+                let free = (0..states).filter(|&s| open(s)).count();
                 for (s, x) in row.iter_mut().enumerate() {
-                    *x = if terminal[t * states + s] {
-                        0.0
-                    } else {
-                        1.0 / free as f64
+                    *x = match free {
+                        0 => 1.0 / states as f64,
+                        _ if open(s) => 1.0 / free as f64,
+                        _ => 0.0,
                     };
                 }
+                continue;
             }
+            let sum: f64 = row.iter().sum();
             ensure!(
-                row.iter().all(|x| x.is_finite() && *x >= 0.0),
-                "initial of task {t} has a negative or non-finite entry"
+                sum > 0.0,
+                "initial of task {t} is all zero (a start distribution sums to 1)"
             );
+            ensure!(
+                (sum - 1.0).abs() <= INITIAL_SUM_TOLERANCE,
+                "initial of task {t} sums to {sum}, not 1 (tolerance {INITIAL_SUM_TOLERANCE})"
+            );
+            row.iter_mut().for_each(|x| *x /= sum);
         }
         for (name, values) in [("terminal_value", &terminal_value)] {
             if let Some(i) = values.iter().position(|v| !v.is_finite()) {
@@ -162,7 +195,8 @@ impl TabularMdp {
     /// Checks that the arrays agree with each other and hold a valid MDP: every shape, a
     /// monotone `indptr` covering `indices`, successors in range, each row a probability
     /// distribution (non-negative, finite, summing to 1 within [`ROW_SUM_TOLERANCE`]), finite
-    /// rewards and terminal values, and a start distribution of finite non-negative entries.
+    /// rewards and terminal values, and a start distribution of finite non-negative entries,
+    /// not all zero in any task.
     /// Every solve runs this first, so no MDP the library accepts can panic it; errors name
     /// the array and the index, row or task.
     pub fn validate(&self) -> Result<()> {
@@ -265,6 +299,13 @@ impl TabularMdp {
                 i % s_n,
                 self.initial[i]
             );
+        }
+        if let Some(t) = self
+            .initial
+            .chunks_exact(s_n)
+            .position(|row| row.iter().all(|&x| x == 0.0))
+        {
+            bail!("initial of task {t} is all zero (a start distribution sums to 1)");
         }
         Ok(())
     }
