@@ -135,3 +135,99 @@ fn irl_recovers_the_reward_behind_sampled_demos() {
         assert!(!out.exists());
     }
 }
+
+/// Demos the world cannot produce are refused before any solve, naming the file, episode and
+/// step: a jump of two cells (log-likelihood -inf), an action that does not lead to the next
+/// state, an action after an episode's end; so are a NaN `--tol` and a zero `--solve-tol`
+/// (named as such, not as `--tol`). Nothing is written.
+#[test]
+fn irl_refuses_impossible_demos_and_bad_tolerances() {
+    let tmp = tempfile::tempdir().unwrap();
+    let map = write(tmp.path(), "small.map", SMALL_MAP.as_bytes());
+    let features = write(
+        tmp.path(),
+        "features.npy",
+        &npy::encode_f32(&[4, 5, 1], &[0.5; 20]),
+    );
+    // Row Y=2 of the map is free: cells 10..14 are X=0..4.
+    let good_states = write(
+        tmp.path(),
+        "good.npy",
+        &npy::encode_i32(&[2, 3], &[10, 11, 12, 12, 13, 14]),
+    );
+    let jump = write(
+        tmp.path(),
+        "jump.npy",
+        &npy::encode_i32(&[2, 3], &[10, 11, 12, 12, 13, 11]),
+    );
+    // E = 1, W = 3 (4-connected: N, E, S, W, STAY).
+    let wrong_action = write(
+        tmp.path(),
+        "wrong_action.npy",
+        &npy::encode_i32(&[2, 2], &[1, 1, 1, 3]),
+    );
+    let ended = write(
+        tmp.path(),
+        "ended.npy",
+        &npy::encode_i32(&[2, 3], &[10, -1, -1, 12, 13, 14]),
+    );
+    let after_end = write(
+        tmp.path(),
+        "after_end.npy",
+        &npy::encode_i32(&[2, 2], &[1, 1, 1, 1]),
+    );
+    let out = tmp.path().join("out");
+    let run = |demos: &str, extra: &[&str]| {
+        softvi(
+            &[
+                &["irl", "--map", &map, "--goal", "4,0", "--connectivity", "4"][..],
+                &["--stay", "--features", &features, "--demos", demos],
+                &["--iters", "2", "--quiet", "--backend", "cpu"],
+                &["--out", out.to_str().unwrap()],
+                extra,
+            ]
+            .concat(),
+        )
+    };
+    let o = run(&good_states, &[]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    std::fs::remove_dir_all(&out).unwrap();
+    let cases: [(&str, &[&str], &[&str]); 6] = [
+        (
+            &jump,
+            &[],
+            &["jump.npy", "episode 1, step 1", "no action moves"],
+        ),
+        (
+            &good_states,
+            &["--demo-actions", &wrong_action],
+            &["wrong_action.npy", "episode 1, step 1", "action 3 (W)"],
+        ),
+        (
+            &ended,
+            &["--demo-actions", &after_end],
+            &[
+                "after_end.npy",
+                "episode 0, step 1",
+                "after the episode's end",
+            ],
+        ),
+        (&good_states, &["--tol", "NaN"], &["--tol", "NaN"]),
+        (
+            &good_states,
+            &["--discounted", "--gamma", "0.9", "--solve-tol", "0"],
+            &["--solve-tol"],
+        ),
+        (&good_states, &["--tol=-1"], &["--tol -1"]),
+    ];
+    for (demos, extra, expected) in cases {
+        let o = run(demos, extra);
+        let err = stderr(&o);
+        assert_eq!(o.status.code(), Some(1), "{extra:?}: {err}");
+        for e in expected {
+            assert!(err.contains(e), "{extra:?}: {e:?} in {err}");
+        }
+        assert!(!err.contains("(--tol)"), "{extra:?}: {err}");
+        assert!(!out.exists(), "{extra:?}");
+    }
+}

@@ -75,8 +75,106 @@ impl Demos {
                     a[i]
                 );
             }
+            if let Some(i) =
+                (0..a.len()).find(|&i| a[i] != ENDED && self.states[i / t + i] == ENDED)
+            {
+                bail!(
+                    "demo set {}, episode {}, step {}: action {} after the episode's end (the \
+                     state there is -1)",
+                    i / (n * t),
+                    i / t % n,
+                    i % t,
+                    a[i]
+                );
+            }
         }
         Ok(())
+    }
+
+    /// The first step that the MDP's dynamics cannot produce (validated demos): an observed
+    /// action whose transitions never reach the next state, or without an action a next state
+    /// that no action reaches. Such a step has probability 0 (a log-likelihood of -inf).
+    /// Steps from a terminal state are not looked at: the episode ends there. Set m reads
+    /// task m of the MDP, or its only task.
+    pub fn impossible_step(&self, mdp: &TabularMdp) -> Option<ImpossibleStep> {
+        let (s_n, a_n, t_n) = (mdp.states, mdp.actions, self.steps);
+        for m in 0..self.sets {
+            let task = if mdp.tasks == 1 { 0 } else { m };
+            for e in 0..self.episodes {
+                let row = m * self.episodes + e;
+                let states = &self.states[row * (t_n + 1)..(row + 1) * (t_n + 1)];
+                for t in 0..t_n {
+                    let (s, next) = (states[t], states[t + 1]);
+                    if s == ENDED
+                        || next == ENDED
+                        || mdp.terminal.get(task * s_n + s as usize) != Some(&false)
+                    {
+                        break;
+                    }
+                    let (s, next) = (s as usize, next as usize);
+                    let action = self
+                        .actions
+                        .as_ref()
+                        .map(|a| a[row * t_n + t])
+                        .filter(|&a| a != ENDED)
+                        .map(|a| a as usize);
+                    let possible = match action {
+                        Some(a) => mdp.probability(s, a, next) > 0.0,
+                        None => (0..a_n).any(|a| mdp.probability(s, a, next) > 0.0),
+                    };
+                    if !possible {
+                        return Some(ImpossibleStep {
+                            set: m,
+                            episode: e,
+                            step: t,
+                            state: s,
+                            next,
+                            action,
+                        });
+                    }
+                }
+            }
+        }
+        None
+    }
+}
+
+/// A demo step the dynamics cannot produce ([`Demos::impossible_step`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ImpossibleStep {
+    /// Demo set.
+    pub set: usize,
+    /// Episode within the set.
+    pub episode: usize,
+    /// Step t: the move from state t to state t + 1.
+    pub step: usize,
+    /// The state at step t.
+    pub state: usize,
+    /// The state at step t + 1.
+    pub next: usize,
+    /// The action observed at step t, if any.
+    pub action: Option<usize>,
+}
+
+impl std::fmt::Display for ImpossibleStep {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "demo set {}, episode {}, step {}: ",
+            self.set, self.episode, self.step
+        )?;
+        match self.action {
+            Some(a) => write!(
+                f,
+                "action {a} never moves state {} to state {}, the next state of the demo",
+                self.state, self.next
+            ),
+            None => write!(
+                f,
+                "no action moves state {} to state {} (the step has probability 0)",
+                self.state, self.next
+            ),
+        }
     }
 }
 
@@ -381,8 +479,22 @@ pub fn learn(
         "the learning rate (--lr) must be > 0, got {}",
         options.learning_rate
     );
+    ensure!(
+        options.tol.is_finite() && options.tol >= 0.0,
+        "the gradient tolerance (--tol) must be finite and >= 0, got {}",
+        options.tol
+    );
     options.solve.validate()?;
     demos.validate(world.states, world.actions)?;
+    ensure!(
+        world.tasks == 1 || world.tasks == demos.sets,
+        "the world has {} tasks but the demos {} sets: give one task, or one per set",
+        world.tasks,
+        demos.sets
+    );
+    if let Some(step) = demos.impossible_step(world) {
+        bail!("{step}");
+    }
     if let Horizon::Finite(t) = options.solve.horizon {
         ensure!(
             t as usize >= demos.steps,

@@ -146,13 +146,69 @@ fn read_demos(args: &IrlArgs, world: &MdpWorld) -> Result<Demos> {
             Some(data.iter().map(|&a| a as i32).collect())
         }
     };
-    Ok(Demos {
+    let demos = Demos {
         sets: m,
         episodes: n,
         steps: t1 - 1,
         states,
         actions,
-    })
+    };
+    let files = match &args.demo_actions {
+        Some(path) => format!(
+            "--demo-actions {} (with --demos {})",
+            path.display(),
+            args.demos.display()
+        ),
+        None => format!("--demos {}", args.demos.display()),
+    };
+    // The states were checked above: what is left to refuse is in the actions.
+    demos
+        .validate(world.mdp.states, world.mdp.actions)
+        .with_context(|| files.clone())?;
+    ensure!(
+        world.mdp.tasks == 1 || world.mdp.tasks == m,
+        "--demos {}: {m} sets, but the world has {} tasks: give one task, or one per set",
+        args.demos.display(),
+        world.mdp.tasks
+    );
+    if let Some(bad) = demos.impossible_step(&world.mdp) {
+        let state = |s: usize| {
+            let label = world.state_label(s as i32);
+            match &world.grid {
+                Some((_, g)) => format!(
+                    "cell {label} (X={},Y={})",
+                    label as usize % g.width,
+                    label as usize / g.width
+                ),
+                None => format!("state {label}"),
+            }
+        };
+        let what = match bad.action {
+            Some(a) => {
+                let name = match &world.grid {
+                    Some((w, _)) => format!(" ({})", w.problem.actions.names()[a]),
+                    None => String::new(),
+                };
+                format!(
+                    "action {a}{name} never moves {} to {}, the next state of the demo",
+                    state(bad.state),
+                    state(bad.next)
+                )
+            }
+            None => format!(
+                "no action moves {} to {} (the step has probability 0)",
+                state(bad.state),
+                state(bad.next)
+            ),
+        };
+        anyhow::bail!(
+            "{files}: set {}, episode {}, step {}: {what}; the world cannot produce this demo",
+            bad.set,
+            bad.episode,
+            bad.step
+        );
+    }
+    Ok(demos)
 }
 
 /// The features of the command line as `[state][feature]`, and K.
@@ -197,6 +253,24 @@ fn read_features(path: &Path, world: &MdpWorld) -> Result<(Vec<f32>, usize)> {
 /// `softvi irl`.
 pub(super) fn irl_command(args: &IrlArgs) -> Result<i32> {
     let start = Instant::now();
+    // The command's own flags first, named as the user wrote them (the library's checks name
+    // the solve's tolerance --tol, which is --solve-tol here).
+    ensure!(
+        args.tol.is_finite() && args.tol >= 0.0,
+        "--tol {} is not a gradient norm: give a finite number >= 0",
+        args.tol
+    );
+    ensure!(
+        args.solve_tol.is_finite() && args.solve_tol > 0.0,
+        "--solve-tol {} is not a residual tolerance: give a finite number > 0",
+        args.solve_tol
+    );
+    ensure!(
+        args.lr.is_finite() && args.lr > 0.0,
+        "--lr {} is not a step size: give a finite number > 0",
+        args.lr
+    );
+    ensure!(args.iters >= 1, "--iters must be at least 1");
     let mut out = OutputFolder::claim(&args.out, "irl", &["theta.npy", "reward.npy"], args.force)?;
     let world = MdpWorld::build(&args.world, &[])?;
     let (features, k) = read_features(&args.features, &world)?;
@@ -225,7 +299,6 @@ pub(super) fn irl_command(args: &IrlArgs) -> Result<i32> {
         iters: args.iters,
         tol: args.tol,
     };
-    ensure!(args.iters >= 1, "--iters must be at least 1");
     let (result, adapter) = learn_on_backend(args, &world, &features, &demos, &options)?;
     let seconds = start.elapsed().as_secs_f64();
     let (m_n, s_n) = (demos.sets, world.mdp.states);
