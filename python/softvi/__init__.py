@@ -1,0 +1,36 @@
+"""softvi: batched soft value iteration (max-ent RL, control as inference) on wgpu.
+
+The engine is Rust: WGSL compute shaders on any wgpu adapter (Vulkan, Metal, DX12, GL) and an
+f64 CPU reference. This package passes NumPy / SciPy arrays in and NumPy arrays out.
+
+Example::
+
+    import numpy as np
+    import softvi
+
+    rng = np.random.default_rng(0)
+    P = rng.random((50, 4, 50))
+    P /= P.sum(axis=2, keepdims=True)  # P(s'|s,a), [S,A,S]
+    mdp = softvi.TabularMDP(P, rng.normal(size=(50, 4)))  # r(s,a) [S,A]
+    result = softvi.solve(mdp, alpha=1.0, gamma=1.0, horizon=20, q=True)
+    result.values  # V_0 [S]; result.policy, result.q [S,A]
+"""
+
+from __future__ import annotations
+
+from ._grid import Grid, solve_grid
+from ._mdp import TabularMDP, load_npz
+from ._softvi import DeviceError
+from ._solve import SolveResult, adapters, solve
+
+__all__ = [
+    "DeviceError",
+    "Grid",
+    "SolveResult",
+    "TabularMDP",
+    "adapters",
+    "load_npz",
+    "solve",
+    "solve_grid",
+]
+__version__ = "0.1.0"

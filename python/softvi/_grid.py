@@ -1,0 +1,192 @@
+"""Gridworlds: a map of free cells and a batch of goal tasks, solved on the grid kernels."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from numpy.typing import ArrayLike
+
+from . import _softvi
+from ._solve import Backup, Device, SolveResult, _result, _settings
+
+Cell = tuple[int, int]
+
+
+class Grid:
+    """An H x W map of free (passable) and blocked cells; cell ``(row, col)``.
+
+    Args:
+        free: bool ``[H,W]``, True where the cell is passable (any array-like; converted).
+
+    Actions are ordered ``N, E, S, W``, then ``NE, SE, SW, NW`` with 8-connectivity, then
+    ``STAY``; the index into this list is the action axis of every policy.
+    """
+
+    def __init__(self, free: ArrayLike) -> None:
+        array = np.asarray(free)
+        if array.ndim != 2 or array.shape[0] == 0 or array.shape[1] == 0:
+            raise ValueError(f"free has shape {array.shape}; expected a non-empty [H,W] array")
+        self.free: np.ndarray = np.ascontiguousarray(array, dtype=bool)
+
+    @classmethod
+    def maze(cls, width: int, height: int, seed: int = 0) -> Grid:
+        """The CLI's generated maze (``--maze WxH --maze-seed N``).
+
+        Free cells at odd row and odd column, carved by a seeded depth-first search, with about
+        10% of the other inner walls knocked out (so that there are loops).
+        """
+        return cls(_softvi.maze(int(width), int(height), int(seed)))
+
+    @classmethod
+    def from_movingai(cls, path: str | os.PathLike[str]) -> Grid:
+        """Reads a MovingAI ``.map`` file (``.``, ``G``, ``S`` passable).
+
+        Raises:
+            ValueError: the file is not a valid map (the message names the line).
+            OSError: it cannot be read.
+        """
+        return cls(_softvi.load_movingai(os.fspath(path)))
+
+    @property
+    def height(self) -> int:
+        """Rows H."""
+        return self.free.shape[0]
+
+    @property
+    def width(self) -> int:
+        """Columns W."""
+        return self.free.shape[1]
+
+    def __repr__(self) -> str:
+        return f"Grid(height={self.height}, width={self.width}, free={int(self.free.sum())})"
+
+
+def _cells(grid: Grid, name: str, cells: Any) -> list[int]:
+    """``(row, col)`` pairs as cell indices ``row * W + col``; errors name ``name``."""
+    array = np.asarray(cells)
+    if array.ndim == 1:
+        array = array[None, :]
+    if array.ndim != 2 or array.shape[1] != 2 or array.shape[0] == 0:
+        raise ValueError(f"{name} must be a (row, col) pair or a list of them, got {cells!r}")
+    if not np.issubdtype(array.dtype, np.integer):
+        raise ValueError(f"{name} must hold integer (row, col) pairs, got {cells!r}")
+    out = []
+    for row, col in array.tolist():
+        if not (0 <= row < grid.height and 0 <= col < grid.width):
+            raise ValueError(
+                f"{name} (row={row}, col={col}) is off the {grid.height}x{grid.width} grid"
+            )
+        out.append(row * grid.width + col)
+    return out
+
+
+def solve_grid(
+    grid: Grid,
+    goals: Sequence[Cell | Sequence[Cell]],
+    *,
+    reward: ArrayLike | None = None,
+    connectivity: int = 8,
+    stay: bool = False,
+    slip: float = 0.0,
+    move_cost: tuple[float, float] | tuple[float, float, float] | None = None,
+    start: Cell | Sequence[Cell] | None = None,
+    alpha: float = 1.0,
+    gamma: float = 0.99,
+    backup: Backup = "expected",
+    horizon: int | None = None,
+    tol: float = 1e-4,
+    max_iters: int = 100_000,
+    policy: bool = True,
+    q: bool = False,
+    all_steps: bool = False,
+    occupancy: bool = False,
+    extrapolate: bool = True,
+    device: Device = "auto",
+) -> SolveResult:
+    """Solves one task per entry of ``goals`` over ``grid``; arrays as the CLI writes them.
+
+    The reward of a step from cell s by action a is ``reward[task, s] - cost(a)``; goal cells
+    are terminal with value 0.
+
+    Args:
+        grid: the map.
+        goals: per task, a goal cell ``(row, col)`` or a list of them (the CLI's ``--goal
+            X,Y`` is ``(row=Y, col=X)``).
+        reward: state reward ``[H,W]`` (shared) or ``[B,H,W]`` (per task); default 0.
+        connectivity: 4 or 8 moves.
+        stay: add a ``STAY`` action (last).
+        slip: with probability ``slip`` a uniformly drawn action's move happens instead.
+        move_cost: ``(orthogonal, diagonal[, stay])`` step costs; default ``(1, sqrt 2, 0)``.
+        start: the occupancy's start cells ``(row, col)``, shared by all tasks (default:
+            uniform over each task's free non-goal cells).
+        alpha: as in :func:`softvi.solve`.
+        gamma: as in :func:`softvi.solve`.
+        backup: as in :func:`softvi.solve`.
+        horizon: as in :func:`softvi.solve`.
+        tol: as in :func:`softvi.solve`.
+        max_iters: as in :func:`softvi.solve`.
+        policy: as in :func:`softvi.solve`.
+        q: as in :func:`softvi.solve`.
+        all_steps: as in :func:`softvi.solve`.
+        occupancy: as in :func:`softvi.solve`.
+        extrapolate: as in :func:`softvi.solve`.
+        device: as in :func:`softvi.solve`.
+
+    Returns:
+        A :class:`SolveResult` with ``values`` ``[B,H,W]`` (``[B,T+1,H,W]`` with
+        ``all_steps``), ``policy``/``q`` ``[B,H,W,A]`` (``[B,T,H,W,A]``), ``occupancy``
+        ``[B,H,W]`` or ``[B,T+1,H,W]``; NaN on walls.
+
+    Raises:
+        ValueError: a goal, start or reward that does not fit the grid, or a setting out of
+            range (the message names it; the engine's messages name cells as the CLI does,
+            ``X`` = column, ``Y`` = row).
+        DeviceError: ``device="gpu"`` and no usable adapter.
+    """
+    if not isinstance(grid, Grid):
+        raise TypeError(f"grid must be a softvi.Grid, got {type(grid).__name__}")
+    if isinstance(goals, np.ndarray) and goals.ndim == 2:
+        goals = list(goals)
+    if len(goals) == 0:
+        raise ValueError("goals is empty: give at least one task (a goal cell)")
+    goal_cells = [_cells(grid, f"goals[{i}]", g) for i, g in enumerate(goals)]
+    tasks = len(goal_cells)
+    reward32 = None
+    if reward is not None:
+        r = np.asarray(reward)
+        if r.shape == (grid.height, grid.width):
+            r = np.broadcast_to(r, (tasks, grid.height, grid.width))
+        if r.shape != (tasks, grid.height, grid.width):
+            raise ValueError(
+                f"reward has shape {r.shape}; expected [H,W] = [{grid.height}, {grid.width}] "
+                f"or [B,H,W] = [{tasks}, {grid.height}, {grid.width}]"
+            )
+        reward32 = np.ascontiguousarray(r, dtype=np.float32)
+    costs = None
+    if move_cost is not None:
+        c = [float(x) for x in move_cost]
+        if len(c) not in (2, 3):
+            raise ValueError(f"move_cost must be (orthogonal, diagonal[, stay]), got {move_cost!r}")
+        costs = (c[0], c[1], c[2] if len(c) == 3 else 0.0)
+    starts = None if start is None else _cells(grid, "start", start)
+    if starts is not None and not occupancy:
+        raise ValueError("start sets where the occupancy starts: add occupancy=True")
+    settings = _settings(
+        alpha, gamma, backup, horizon, tol, max_iters, extrapolate, policy, q, all_steps,
+        occupancy, device,
+    )  # fmt: skip
+    raw = _softvi.solve_grid(
+        grid.free,
+        goal_cells,
+        reward32,
+        connectivity=int(connectivity),
+        stay=bool(stay),
+        slip=float(slip),
+        move_cost=costs,
+        starts=starts,
+        **settings,
+    )
+    return _result(raw, batched=True)

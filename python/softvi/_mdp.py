@@ -1,0 +1,166 @@
+"""General tabular MDPs: NumPy / SciPy arrays in, the engine's validated CSR form inside."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import numpy as np
+from numpy.typing import ArrayLike
+
+from . import _softvi
+
+
+def _float64(name: str, array: ArrayLike) -> np.ndarray:
+    """``array`` as a C-contiguous float64 array (one conversion; none if it already is)."""
+    try:
+        out = np.ascontiguousarray(array, dtype=np.float64)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{name} is not a numeric array: {e}") from None
+    return out
+
+
+def _is_sparse(x: Any) -> bool:
+    """Whether ``x`` is a ``scipy.sparse`` matrix or array (without importing SciPy)."""
+    return hasattr(x, "tocsr") and hasattr(x, "nnz")
+
+
+class TabularMDP:
+    """A batch of B tasks (reward functions) sharing one tabular MDP's dynamics.
+
+    Args:
+        transitions: ``P(s'|s,a)`` as a dense array ``[S,A,S]``, or any ``scipy.sparse``
+            matrix or array of shape ``(S*A, S)`` whose row ``s*A + a`` is ``P(.|s,a)``.
+            Every row must be a probability distribution (sums to 1 within 1e-5).
+        reward: ``r(s)`` ``[S]``, ``r(s,a)`` ``[S,A]``, per-task ``[B,S]`` or ``[B,S,A]``. A
+            2-D reward whose shape is ``(S, A)`` is read as ``[S,A]`` (one task), any other
+            2-D reward as ``[B,S]``; so when ``S == A`` a square reward is ``[S,A]``; pass
+            ``reward[:, :, None].repeat(A, 2)`` (``[B,S,A]``) for B = S state rewards.
+        terminal: terminal states, bool ``[S]`` or ``[B,S]``: they keep ``terminal_value``
+            and take no action (default: none).
+        terminal_value: values of terminal states, ``[S]`` or ``[B,S]`` (default 0).
+        initial: start distribution for the occupancy, ``[S]`` or ``[B,S]`` (default:
+            uniform over the non-terminal states).
+
+    Inputs of any numeric dtype, read-only, non-contiguous or misaligned are accepted
+    (converted once). The result of :func:`softvi.solve` has a task axis B iff ``reward``
+    had one.
+
+    Raises:
+        ValueError: the engine's message naming the array and the row or entry at fault
+            (the engine calls ``transitions`` ``P`` and ``reward`` ``R``, as in the CLI's
+            ``.npz`` files).
+    """
+
+    def __init__(
+        self,
+        transitions: Any,
+        reward: ArrayLike,
+        *,
+        terminal: ArrayLike | None = None,
+        terminal_value: ArrayLike | None = None,
+        initial: ArrayLike | None = None,
+    ) -> None:
+        r = _float64("reward", reward)
+        arrays: dict[str, np.ndarray] = {}
+        if _is_sparse(transitions):
+            csr = transitions.tocsr()
+            rows, states = csr.shape
+            if states == 0 or rows % states != 0:
+                raise ValueError(f"transitions has shape {csr.shape}; expected (S*A, S), row s*A+a")
+            actions = rows // states
+            arrays["indptr"] = _float64("transitions.indptr", csr.indptr)
+            arrays["indices"] = _float64("transitions.indices", csr.indices)
+            arrays["data"] = _float64("transitions.data", csr.data)
+            # The engine takes S from a sparse MDP's reward; a [B,S] reward with B = A would
+            # read as [S,A] there, so it goes in as [B,S,A].
+            if r.ndim == 2 and r.shape == (actions, states) and actions != states:
+                r = np.repeat(r[:, :, None], actions, axis=2)
+        else:
+            p = _float64("transitions", transitions)
+            if p.ndim != 3:
+                raise ValueError(
+                    f"transitions has shape {p.shape}; expected a dense [S,A,S] array or a "
+                    "scipy.sparse matrix (S*A, S)"
+                )
+            states, actions = p.shape[0], p.shape[1]
+            arrays["P"] = p
+        arrays["R"] = r
+        for name, value in (
+            ("terminal", terminal),
+            ("terminal_value", terminal_value),
+            ("initial", initial),
+        ):
+            if value is not None:
+                arrays[name] = _float64(name, value)
+        self._mdp = _softvi.mdp_from_arrays(arrays)
+        self._batched = r.ndim == 3 or (r.ndim == 2 and r.shape != (states, actions))
+
+    @classmethod
+    def _wrap(cls, mdp: Any, batched: bool) -> TabularMDP:
+        self = cls.__new__(cls)
+        self._mdp = mdp
+        self._batched = batched
+        return self
+
+    @property
+    def states(self) -> int:
+        """Number of states S."""
+        return self._mdp.states
+
+    @property
+    def actions(self) -> int:
+        """Number of actions A."""
+        return self._mdp.actions
+
+    @property
+    def tasks(self) -> int:
+        """Number of tasks B (reward functions)."""
+        return self._mdp.tasks
+
+    @property
+    def nonzeros(self) -> int:
+        """Nonzero transition entries."""
+        return self._mdp.nonzeros
+
+    @property
+    def batched(self) -> bool:
+        """Whether results carry a task axis B (the reward had one)."""
+        return self._batched
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        """The MDP as the engine holds it, in the CLI's ``.npz`` names.
+
+        Returns:
+            ``indptr``, ``indices``, ``data`` (CSR over rows ``s*A+a``, uint32 / float32),
+            ``R`` float32 ``[B,S,A]``, ``terminal`` bool, ``terminal_value`` and ``initial``
+            float32 ``[B,S]`` (copies).
+        """
+        return self._mdp.arrays()
+
+    def save_npz(self, path: str | os.PathLike[str]) -> None:
+        """Writes the MDP as an ``.npz`` that ``softvi solve --mdp`` and :func:`load_npz` read.
+
+        The reward is written as ``[B,S,A]``, so results of the file keep the task axis.
+        """
+        np.savez(path, **self.arrays())
+
+    def __repr__(self) -> str:
+        return (
+            f"TabularMDP(states={self.states}, actions={self.actions}, tasks={self.tasks}, "
+            f"nonzeros={self.nonzeros})"
+        )
+
+
+def load_npz(path: str | os.PathLike[str]) -> TabularMDP:
+    """Reads an MDP from an ``.npz`` in the CLI's format (see ``softvi solve --mdp``).
+
+    The file holds ``P`` ``[S,A,S]`` or ``indptr``/``indices``/``data`` (CSR of shape
+    ``(S*A, S)``), ``R``, and optionally ``terminal``, ``terminal_value``, ``initial``.
+    Results of a loaded MDP keep the task axis B, as the CLI writes them.
+
+    Raises:
+        ValueError: the file is not a valid MDP (the message names the array and entry).
+        OSError: the file cannot be read (``FileNotFoundError`` when it does not exist).
+    """
+    return TabularMDP._wrap(_softvi.load_npz(os.fspath(path)), batched=True)

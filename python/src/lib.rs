@@ -1,0 +1,604 @@
+//! `softvi._softvi`: the PyO3 extension module behind the `softvi` Python package. It binds the
+//! library's solver traits and worlds; the pure-Python layer (`python/softvi/`) shapes the
+//! inputs (one conversion to contiguous float64 / float32 / bool arrays) and the results.
+//!
+//! Every solve releases the GIL (`Python::detach`); results are handed to NumPy without a
+//! copy (`PyArray::from_vec` owns the engine's `Vec`, `reshape` makes a view of it).
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{LazyLock, Mutex, MutexGuard};
+
+use numpy::{PyArray1, PyArrayDyn, PyArrayMethods, PyReadonlyArrayDyn, PyUntypedArrayMethods};
+use pyo3::create_exception;
+use pyo3::exceptions::{
+    PyFileNotFoundError, PyMemoryError, PyOSError, PyRuntimeError, PyValueError,
+};
+use pyo3::prelude::*;
+use pyo3::types::PyDict;
+
+use softvi::engine::gpu::GpuContext;
+use softvi::io::npy::NpyValues;
+use softvi::{
+    ActionSet, Backup, Connectivity, CpuReference, Error, GpuSolver, Grid, GridProblem, GridSolver,
+    GridTask, Horizon, MdpSolution, MdpSolver, MoveCost, Outputs, SolveOptions, TabularMdp,
+};
+
+// The command line, compiled from the binary's own sources: `softvi` installed by the wheel
+// is the same program as `cargo install softvi`.
+#[path = "../../src/cli/mod.rs"]
+mod cli;
+
+create_exception!(
+    _softvi,
+    DeviceError,
+    PyRuntimeError,
+    "No usable GPU adapter (device=\"gpu\" or an adapter index), or the GPU failed while running."
+);
+
+/// A library error as the Python exception a user expects: bad input `ValueError`, no adapter
+/// or a GPU failure `DeviceError`, a size limit `MemoryError`, a file `OSError`.
+fn to_py(e: Error) -> PyErr {
+    match e {
+        Error::InvalidInput(m) => PyValueError::new_err(m),
+        Error::NoAdapter(m) => DeviceError::new_err(m),
+        Error::Gpu(_) => DeviceError::new_err(e.to_string()),
+        Error::LimitExceeded { .. } => PyMemoryError::new_err(e.to_string()),
+        Error::Io { ref source, .. } => {
+            let message = format!("{e}: {source}");
+            if source.kind() == std::io::ErrorKind::NotFound {
+                PyFileNotFoundError::new_err(message)
+            } else {
+                PyOSError::new_err(message)
+            }
+        }
+        other => PyRuntimeError::new_err(other.to_string()),
+    }
+}
+
+/// A validated batch of tabular MDPs (the library's `TabularMdp`), built by
+/// `softvi.TabularMDP`.
+#[pyclass(name = "Mdp", module = "softvi._softvi", frozen)]
+struct PyMdp {
+    inner: TabularMdp,
+}
+
+#[pymethods]
+impl PyMdp {
+    /// States S.
+    #[getter]
+    fn states(&self) -> usize {
+        self.inner.states
+    }
+
+    /// Actions A.
+    #[getter]
+    fn actions(&self) -> usize {
+        self.inner.actions
+    }
+
+    /// Tasks B.
+    #[getter]
+    fn tasks(&self) -> usize {
+        self.inner.tasks
+    }
+
+    /// Nonzero transition entries.
+    #[getter]
+    fn nonzeros(&self) -> usize {
+        self.inner.nonzeros()
+    }
+
+    /// The arrays in the CLI's `.npz` names: `indptr`, `indices`, `data` (CSR over rows
+    /// `s*A+a`), `R` `[B,S,A]`, `terminal`, `terminal_value`, `initial` `[B,S]` (copies).
+    fn arrays<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let m = &self.inner;
+        let (b, s, a) = (m.tasks, m.states, m.actions);
+        let out = PyDict::new(py);
+        out.set_item("indptr", PyArray1::from_slice(py, &m.indptr))?;
+        out.set_item("indices", PyArray1::from_slice(py, &m.indices))?;
+        out.set_item("data", PyArray1::from_slice(py, &m.probs))?;
+        out.set_item("R", PyArray1::from_slice(py, &m.reward).reshape([b, s, a])?)?;
+        out.set_item(
+            "terminal",
+            PyArray1::from_slice(py, &m.terminal).reshape([b, s])?,
+        )?;
+        out.set_item(
+            "terminal_value",
+            PyArray1::from_slice(py, &m.terminal_value).reshape([b, s])?,
+        )?;
+        out.set_item(
+            "initial",
+            PyArray1::from_slice(py, &m.initial).reshape([b, s])?,
+        )?;
+        Ok(out)
+    }
+}
+
+/// Builds an MDP from arrays named as in the CLI's `.npz` (`P` or `indptr`/`indices`/`data`,
+/// `R`, optional `terminal`, `terminal_value`, `initial`), validated by the library.
+#[pyfunction]
+fn mdp_from_arrays(
+    py: Python<'_>,
+    arrays: HashMap<String, PyReadonlyArrayDyn<'_, f64>>,
+) -> PyResult<PyMdp> {
+    let values: HashMap<String, NpyValues> = arrays
+        .into_iter()
+        .map(|(name, array)| {
+            let values = NpyValues {
+                shape: array.shape().to_vec(),
+                // Logical (C) order whatever the strides.
+                data: array.as_array().iter().copied().collect(),
+                dtype: "<f8".into(),
+            };
+            (name, values)
+        })
+        .collect();
+    let inner = py
+        .detach(|| TabularMdp::from_arrays(&values))
+        .map_err(to_py)?;
+    Ok(PyMdp { inner })
+}
+
+/// Reads an MDP from an `.npz` file in the CLI's format.
+#[pyfunction]
+fn load_npz(py: Python<'_>, path: PathBuf) -> PyResult<PyMdp> {
+    let inner = py.detach(|| TabularMdp::load_npz(&path)).map_err(to_py)?;
+    Ok(PyMdp { inner })
+}
+
+/// A built-in maze's free cells, `bool [H,W]`.
+#[pyfunction]
+fn maze<'py>(
+    py: Python<'py>,
+    width: usize,
+    height: usize,
+    seed: u64,
+) -> PyResult<Bound<'py, PyArrayDyn<bool>>> {
+    let grid = py
+        .detach(|| Grid::generate_maze(width, height, seed))
+        .map_err(to_py)?;
+    free_array(py, grid)
+}
+
+/// A MovingAI `.map` file's free cells, `bool [H,W]`.
+#[pyfunction]
+fn load_movingai<'py>(py: Python<'py>, path: PathBuf) -> PyResult<Bound<'py, PyArrayDyn<bool>>> {
+    let grid = py.detach(|| Grid::load_movingai(&path)).map_err(to_py)?;
+    free_array(py, grid)
+}
+
+fn free_array(py: Python<'_>, grid: Grid) -> PyResult<Bound<'_, PyArrayDyn<bool>>> {
+    PyArray1::from_vec(py, grid.free).reshape(vec![grid.height, grid.width])
+}
+
+/// The wgpu adapters the environment allows (`WGPU_BACKEND`, `WGPU_ADAPTER_NAME`), preferred
+/// first: `"name (backend)"` each; the index is what `device=` takes.
+#[pyfunction]
+fn adapters(py: Python<'_>) -> PyResult<Vec<String>> {
+    let adapters = py.detach(GpuContext::adapters_from_env).map_err(to_py)?;
+    Ok(adapters
+        .iter()
+        .map(|a| {
+            let info = a.get_info();
+            format!("{} ({})", info.name, info.backend)
+        })
+        .collect())
+}
+
+/// Where a solve runs, as `device=` said it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Device {
+    /// The first adapter if there is one, else the CPU reference.
+    Auto,
+    /// The CPU reference (f64).
+    Cpu,
+    /// The adapter the environment prefers (`None`) or the one at this index.
+    Gpu(Option<usize>),
+}
+
+/// GPU solvers opened so far, by adapter (`None`: the preferred one), kept for the process so
+/// that a device is opened and each pipeline compiled once; `Err` remembers why there is none.
+type SolverCache = HashMap<Option<usize>, Result<GpuSolver, String>>;
+
+static SOLVERS: LazyLock<Mutex<SolverCache>> = LazyLock::new(|| Mutex::new(HashMap::new()));
+
+fn solvers() -> MutexGuard<'static, SolverCache> {
+    // A panic inside a solve poisons nothing the cache relies on.
+    SOLVERS.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The GPU solver on `adapter`, opened on first use; `Error::NoAdapter` when there is none.
+fn gpu_solver(cache: &mut SolverCache, adapter: Option<usize>) -> softvi::Result<&mut GpuSolver> {
+    let entry = cache.entry(adapter).or_insert_with(|| {
+        let context = match adapter {
+            None => GpuContext::from_env(),
+            Some(i) => GpuContext::adapters_from_env().and_then(|list| {
+                let n = list.len();
+                let adapter = list.into_iter().nth(i).ok_or_else(|| {
+                    Error::NoAdapter(format!(
+                        "device={i}: there are {n} adapter(s), numbered from 0 (see \
+                         softvi.adapters())"
+                    ))
+                })?;
+                GpuContext::from_adapter(adapter)
+            }),
+        };
+        context.map(GpuSolver::new).map_err(|e| e.to_string())
+    });
+    match entry {
+        Ok(solver) => Ok(solver),
+        Err(why) => Err(Error::NoAdapter(format!(
+            "{why} (device=\"cpu\" runs on the CPU reference)"
+        ))),
+    }
+}
+
+/// Runs `solve` on the solver `device` picks; returns its result and the solver's label.
+fn with_solver<R>(
+    device: Device,
+    solve: impl FnOnce(&mut dyn Solver) -> softvi::Result<R>,
+) -> softvi::Result<(R, String)> {
+    if device == Device::Cpu {
+        let mut cpu = CpuReference;
+        let label = MdpSolver::label(&cpu);
+        return Ok((solve(&mut cpu)?, label));
+    }
+    let mut cache = solvers();
+    let adapter = match device {
+        Device::Gpu(i) => i,
+        _ => None,
+    };
+    match gpu_solver(&mut cache, adapter) {
+        Ok(gpu) => {
+            let label = MdpSolver::label(gpu);
+            Ok((solve(gpu)?, label))
+        }
+        Err(Error::NoAdapter(_)) if device == Device::Auto => {
+            drop(cache);
+            let mut cpu = CpuReference;
+            let label = format!(
+                "{} (no GPU adapter: {})",
+                MdpSolver::label(&cpu),
+                softvi::engine::gpu::context::NO_ADAPTER_HELP
+                    .split('.')
+                    .next()
+                    .unwrap_or("none found")
+            );
+            Ok((solve(&mut cpu)?, label))
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Both solver traits, so one picked solver serves grid and MDP solves.
+trait Solver: MdpSolver + GridSolver {
+    fn as_mdp(&mut self) -> &mut dyn MdpSolver;
+    fn as_grid(&mut self) -> &mut dyn GridSolver;
+}
+
+impl<T: MdpSolver + GridSolver> Solver for T {
+    fn as_mdp(&mut self) -> &mut dyn MdpSolver {
+        self
+    }
+    fn as_grid(&mut self) -> &mut dyn GridSolver {
+        self
+    }
+}
+
+fn parse_device(device: &str, adapter: Option<usize>) -> PyResult<Device> {
+    match (device, adapter) {
+        ("auto", None) => Ok(Device::Auto),
+        ("cpu", None) => Ok(Device::Cpu),
+        ("gpu", i) => Ok(Device::Gpu(i)),
+        _ => Err(PyValueError::new_err(format!(
+            "device must be \"auto\", \"gpu\", \"cpu\" or an adapter index, got {device:?}"
+        ))),
+    }
+}
+
+/// The library's settings from `solve`'s keywords, validated.
+#[allow(clippy::too_many_arguments)]
+fn options(
+    alpha: f64,
+    gamma: f64,
+    backup: &str,
+    horizon: Option<u32>,
+    tol: f64,
+    max_iters: u32,
+    extrapolate: bool,
+) -> PyResult<SolveOptions> {
+    let backup = match backup {
+        "expected" => Backup::Expected,
+        "optimistic" => Backup::Optimistic,
+        other => {
+            return Err(PyValueError::new_err(format!(
+                "backup must be \"expected\" or \"optimistic\", got {other:?}"
+            )));
+        }
+    };
+    let horizon = match horizon {
+        Some(t) => Horizon::Finite(t),
+        None => Horizon::Infinite { tol, max_iters },
+    };
+    let options = SolveOptions {
+        alpha,
+        gamma,
+        backup,
+        horizon,
+        extrapolate,
+    };
+    options.validate().map_err(to_py)?;
+    Ok(options)
+}
+
+/// A flat engine array as a NumPy array of `shape`, owning the `Vec` (no copy).
+fn array<'py, T: numpy::Element>(
+    py: Python<'py>,
+    data: Vec<T>,
+    shape: Vec<usize>,
+) -> PyResult<Bound<'py, PyAny>> {
+    Ok(PyArray1::from_vec(py, data).reshape(shape)?.into_any())
+}
+
+/// A solution as a dict of NumPy arrays and per-task lists, every array with its B axis:
+/// values `[B, *state_shape]` (`[B,T+1,...]` with every step), policy and q
+/// `[B, *state_shape, A]` (`[B,T,...,A]`), occupancy `[B, *state_shape]` (`[B,T+1,...]` for a
+/// finite horizon), as the CLI writes them.
+fn solution_dict<'py>(
+    py: Python<'py>,
+    solved: MdpSolution,
+    state_shape: &[usize],
+    adapter: String,
+) -> PyResult<Bound<'py, PyDict>> {
+    let MdpSolution {
+        solution,
+        steps,
+        occupancy,
+    } = solved;
+    let tasks = solution.iterations.len();
+    let a = solution.action_count;
+    let with = |lead: &[usize], tail: &[usize]| [&[tasks], lead, state_shape, tail].concat();
+    let out = PyDict::new(py);
+    let none = py.None();
+    match steps {
+        Some(steps) => {
+            let t = steps.values.len() / solution.values.len().max(1);
+            out.set_item("values", array(py, steps.values, with(&[t], &[]))?)?;
+            let lead = [t.saturating_sub(1)];
+            for (name, data) in [("policy", steps.policy), ("q", steps.q)] {
+                match data {
+                    Some(d) => out.set_item(name, array(py, d, with(&lead, &[a]))?)?,
+                    None => out.set_item(name, &none)?,
+                }
+            }
+        }
+        None => {
+            out.set_item("values", array(py, solution.values, with(&[], &[]))?)?;
+            for (name, data) in [("policy", solution.policy), ("q", solution.q)] {
+                match data {
+                    Some(d) => out.set_item(name, array(py, d, with(&[], &[a]))?)?,
+                    None => out.set_item(name, &none)?,
+                }
+            }
+        }
+    }
+    match occupancy {
+        Some(d) => {
+            let lead: &[usize] = if d.steps > 1 { &[d.steps] } else { &[] };
+            out.set_item("occupancy", array(py, d.values, with(lead, &[]))?)?;
+            let status: Vec<&str> = d.status.iter().map(|s| s.name()).collect();
+            out.set_item("occupancy_status", status)?;
+            out.set_item("occupancy_residual", d.residual)?;
+            out.set_item("occupancy_iterations", d.iterations)?;
+        }
+        None => out.set_item("occupancy", &none)?,
+    }
+    let status: Vec<&str> = solution.status.iter().map(|s| s.name()).collect();
+    out.set_item("status", status)?;
+    out.set_item("iterations", solution.iterations)?;
+    out.set_item("residual", solution.residual)?;
+    out.set_item("unreachable", solution.unreachable)?;
+    out.set_item("seconds", solution.seconds)?;
+    out.set_item("adapter", adapter)?;
+    Ok(out)
+}
+
+/// Solves every task of `mdp` (see `softvi.solve`).
+#[pyfunction]
+#[pyo3(signature = (
+    mdp, *, alpha, gamma, backup, horizon, tol, max_iters, extrapolate,
+    policy, q, all_steps, occupancy, device, adapter
+))]
+#[allow(clippy::too_many_arguments)]
+fn solve_mdp<'py>(
+    py: Python<'py>,
+    mdp: Py<PyMdp>,
+    alpha: f64,
+    gamma: f64,
+    backup: &str,
+    horizon: Option<u32>,
+    tol: f64,
+    max_iters: u32,
+    extrapolate: bool,
+    policy: bool,
+    q: bool,
+    all_steps: bool,
+    occupancy: bool,
+    device: &str,
+    adapter: Option<usize>,
+) -> PyResult<Bound<'py, PyDict>> {
+    let options = options(alpha, gamma, backup, horizon, tol, max_iters, extrapolate)?;
+    let outputs = Outputs {
+        policy,
+        q,
+        all_steps,
+        occupancy,
+    };
+    let device = parse_device(device, adapter)?;
+    let model = &mdp.get().inner;
+    let (solved, label) = py
+        .detach(|| {
+            with_solver(device, |solver| {
+                solver
+                    .as_mdp()
+                    .solve_mdp(model, &options, outputs, &mut |_| {})
+            })
+        })
+        .map_err(to_py)?;
+    solution_dict(py, solved, &[model.states], label)
+}
+
+/// Solves a gridworld batch (see `softvi.solve_grid`): `free` `bool [H,W]`, `goals` the goal
+/// cells `row * W + col` of each task, `reward` `float32 [B,H,W]` or none.
+#[pyfunction]
+#[pyo3(signature = (
+    free, goals, reward, *, connectivity, stay, slip, move_cost, starts,
+    alpha, gamma, backup, horizon, tol, max_iters, extrapolate,
+    policy, q, all_steps, occupancy, device, adapter
+))]
+#[allow(clippy::too_many_arguments)]
+fn solve_grid<'py>(
+    py: Python<'py>,
+    free: PyReadonlyArrayDyn<'py, bool>,
+    goals: Vec<Vec<usize>>,
+    reward: Option<PyReadonlyArrayDyn<'py, f32>>,
+    connectivity: u8,
+    stay: bool,
+    slip: f64,
+    move_cost: Option<(f64, f64, f64)>,
+    starts: Option<Vec<usize>>,
+    alpha: f64,
+    gamma: f64,
+    backup: &str,
+    horizon: Option<u32>,
+    tol: f64,
+    max_iters: u32,
+    extrapolate: bool,
+    policy: bool,
+    q: bool,
+    all_steps: bool,
+    occupancy: bool,
+    device: &str,
+    adapter: Option<usize>,
+) -> PyResult<Bound<'py, PyDict>> {
+    let options = options(alpha, gamma, backup, horizon, tol, max_iters, extrapolate)?;
+    let outputs = Outputs {
+        policy,
+        q,
+        all_steps,
+        occupancy,
+    };
+    let device = parse_device(device, adapter)?;
+    let &[height, width] = free.shape() else {
+        return Err(PyValueError::new_err(format!(
+            "free has shape {:?}; expected [H,W]",
+            free.shape()
+        )));
+    };
+    let grid = Grid {
+        height,
+        width,
+        free: free.as_array().iter().copied().collect(),
+    };
+    let cells = height * width;
+    let rewards: Vec<Option<Vec<f32>>> = match &reward {
+        None => vec![None; goals.len()],
+        Some(r) => {
+            let data: Vec<f32> = r.as_array().iter().copied().collect();
+            if r.shape() != [goals.len(), height, width] {
+                return Err(PyValueError::new_err(format!(
+                    "reward has shape {:?}; expected [B,H,W] = [{}, {height}, {width}]",
+                    r.shape(),
+                    goals.len()
+                )));
+            }
+            data.chunks_exact(cells.max(1))
+                .map(|c| Some(c.to_vec()))
+                .collect()
+        }
+    };
+    let actions = ActionSet {
+        connectivity: match connectivity {
+            4 => Connectivity::Four,
+            8 => Connectivity::Eight,
+            other => {
+                return Err(PyValueError::new_err(format!(
+                    "connectivity must be 4 or 8, got {other}"
+                )));
+            }
+        },
+        stay,
+    };
+    let move_cost = match move_cost {
+        Some((orthogonal, diagonal, stay)) => MoveCost {
+            orthogonal,
+            diagonal,
+            stay,
+        },
+        None => MoveCost::default(),
+    };
+    let problem = GridProblem {
+        grid,
+        actions,
+        slip,
+        move_cost,
+        tasks: goals
+            .into_iter()
+            .zip(rewards)
+            .map(|(goals, reward)| GridTask { goals, reward })
+            .collect(),
+    };
+    let (solved, label) = py
+        .detach(|| {
+            problem.validate()?;
+            with_solver(device, |solver| {
+                solver.as_grid().solve_grid(
+                    &problem,
+                    starts.as_deref(),
+                    &options,
+                    outputs,
+                    &mut |_| {},
+                )
+            })
+        })
+        .map_err(to_py)?;
+    solution_dict(py, solved, &[height, width], label)
+}
+
+/// Runs the `softvi` command line on `argv` (`argv[0]` is the program name); returns the exit
+/// code. Errors are printed as the binary prints them.
+#[pyfunction]
+fn cli_main(py: Python<'_>, argv: Vec<String>) -> i32 {
+    use clap::Parser;
+    let parsed = match cli::Cli::try_parse_from(argv) {
+        Ok(parsed) => parsed,
+        Err(e) => {
+            // --help and --version print to stdout and exit 0, usage errors to stderr.
+            let _ = e.print();
+            return e.exit_code();
+        }
+    };
+    py.detach(|| match cli::run(parsed) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            1
+        }
+    })
+}
+
+#[pymodule]
+fn _softvi(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add("DeviceError", m.py().get_type::<DeviceError>())?;
+    m.add_class::<PyMdp>()?;
+    m.add_function(wrap_pyfunction!(mdp_from_arrays, m)?)?;
+    m.add_function(wrap_pyfunction!(load_npz, m)?)?;
+    m.add_function(wrap_pyfunction!(maze, m)?)?;
+    m.add_function(wrap_pyfunction!(load_movingai, m)?)?;
+    m.add_function(wrap_pyfunction!(adapters, m)?)?;
+    m.add_function(wrap_pyfunction!(solve_mdp, m)?)?;
+    m.add_function(wrap_pyfunction!(solve_grid, m)?)?;
+    m.add_function(wrap_pyfunction!(cli_main, m)?)?;
+    Ok(())
+}

@@ -1,0 +1,193 @@
+"""Every ValueError path, the device errors, and the GIL released during a solve."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+import time
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+from conftest import random_mdp
+
+import softvi
+
+RNG = np.random.default_rng(11)
+P = random_mdp(RNG, 5, 2)
+R = RNG.normal(size=(5, 2))
+
+
+def mdp(**kwargs):
+    return softvi.TabularMDP(kwargs.pop("transitions", P), kwargs.pop("reward", R), **kwargs)
+
+
+def bad_row():
+    p = P.copy()
+    p[1, 0, 3] += 0.5
+    return p
+
+
+def negative():
+    p = P.copy()
+    p[3, 1, 0] = -p[3, 1, 0]
+    return p
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"transitions": bad_row()}, r"row \(s=1, a=0\) sums to"),
+        ({"transitions": negative()}, r"P\(s'=0\|s=3,a=1\) = .* negative"),
+        ({"transitions": P[0]}, r"transitions has shape \(2, 5\); expected a dense \[S,A,S\]"),
+        ({"transitions": P[:, :, :4]}, r"first and last axes differ"),
+        ({"transitions": sp.csr_matrix(np.ones((7, 5)) / 5)}, r"expected \(S\*A, S\)"),
+        ({"transitions": "P"}, r"transitions is not a numeric array"),
+        ({"reward": np.ones((5, 3))}, r"R has shape \[5, 3\]; expected \[S\], \[S,A\]"),
+        ({"reward": np.ones(4)}, r"R has shape \[4\]"),
+        ({"reward": np.array([[1.0, np.nan]] * 5)}, r"R has a non-finite entry"),
+        ({"terminal": np.zeros(4)}, r"terminal has shape \[4\]; expected \[S\]"),
+        ({"terminal": np.ones(5)}, r"task 0: every state is terminal"),
+        ({"terminal_value": [0, 0, np.inf, 0, 0]}, r"terminal_value at task 0, state 2 is inf"),
+        ({"initial": [1, 0, -1, 0, 0]}, r"initial of task 0 has a negative"),
+    ],
+    ids=lambda x: x if isinstance(x, str) else None,
+)
+def test_mdp_value_errors_name_the_array(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        mdp(**kwargs)
+
+
+def test_sparse_value_errors_name_the_row():
+    p = bad_row().reshape(10, 5)
+    with pytest.raises(ValueError, match=r"row \(s=1, a=0\) sums to"):
+        softvi.TabularMDP(sp.csr_matrix(p), R)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"alpha": -1.0}, r"alpha .* must be finite and >= 0"),
+        ({"alpha": np.nan}, r"alpha .* must be finite and >= 0"),
+        ({"gamma": 1.5}, r"gamma .* must be in \[0, 1\]"),
+        ({"backup": "greedy"}, r"backup must be \"expected\" or \"optimistic\""),
+        ({"backup": "optimistic", "alpha": 0.0}, r"optimistic backup .* needs alpha > 0"),
+        ({"horizon": 0}, r"horizon must be None or an integer >= 1"),
+        ({"horizon": 2.5}, r"horizon must be None or an integer >= 1"),
+        ({"tol": 0.0}, r"tol .* must be > 0"),
+        ({"max_iters": 0}, r"max_iters must be an integer in \[1, 2\*\*32\)"),
+        ({"all_steps": True}, r"all_steps needs a finite horizon"),
+        ({"device": "tpu"}, r"device must be 'auto', 'gpu', 'cpu' or an adapter index"),
+        ({"device": -1}, r"device \(an adapter index\) must be >= 0"),
+        ({"gamma": 1.0}, r"task 0: gamma = 1 without a horizon needs terminal states"),
+    ],
+    ids=lambda x: x if isinstance(x, str) else None,
+)
+def test_setting_value_errors_name_the_setting(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        softvi.solve(mdp(), **{"device": "cpu", **kwargs})
+
+
+def test_solve_needs_a_tabular_mdp():
+    with pytest.raises(TypeError, match="softvi.TabularMDP"):
+        softvi.solve(P)
+
+
+@pytest.mark.parametrize(
+    ("args", "kwargs", "message"),
+    [
+        (([(1, 1)],), {"reward": np.zeros((3, 9))}, r"reward has shape \(3, 9\); expected"),
+        (([(0, 0)],), {}, r"task 0: goal X=0,Y=0 is on a blocked cell"),
+        (([(1, 1)],), {"connectivity": 6}, r"connectivity must be 4 or 8"),
+        (([(1, 1)],), {"move_cost": (1.0,)}, r"move_cost must be \(orthogonal, diagonal"),
+        (([(1, 1)],), {"slip": 2.0}, r"slip .* must be in \[0, 1\]"),
+        (([(1, 1)],), {"start": [(7, 7)]}, r"start sets where the occupancy starts"),
+        (([(1, 1)],), {"start": [(0, 0)], "occupancy": True}, r"start X=0,Y=0 is on a blocked"),
+        (([(9, 1)],), {}, r"goals\[0\] \(row=9, col=1\) is off the 9x9 grid"),
+        (([(1.5, 1)],), {}, r"goals\[0\] must hold integer \(row, col\) pairs"),
+        (([],), {}, r"goals is empty"),
+    ],
+)
+def test_grid_value_errors(args, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        softvi.solve_grid(softvi.Grid.maze(9, 9), *args, device="cpu", **kwargs)
+
+
+def test_grid_inputs():
+    with pytest.raises(ValueError, match=r"free has shape \(3,\); expected a non-empty \[H,W\]"):
+        softvi.Grid([True, False, True])
+    with pytest.raises(ValueError, match=r"maze size 2x9 is outside"):
+        softvi.Grid.maze(2, 9)
+
+
+def test_map_file_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="cannot read map file"):
+        softvi.Grid.from_movingai(tmp_path / "missing.map")
+    bad = tmp_path / "bad.map"
+    bad.write_text("type octile\nheight 2\nwidth 3\nmap\n...\n..\n")
+    with pytest.raises(ValueError, match=r"line 6: row 1 has 2 cells, expected width 3"):
+        softvi.Grid.from_movingai(bad)
+    good = tmp_path / "good.map"
+    good.write_text("type octile\nheight 2\nwidth 3\nmap\n.@.\n...\n")
+    np.testing.assert_array_equal(
+        softvi.Grid.from_movingai(good).free, [[True, False, True], [True, True, True]]
+    )
+    with pytest.raises(ValueError, match="is not an .npz"):
+        softvi.load_npz(good)
+
+
+def test_an_adapter_index_past_the_list_is_a_device_error():
+    with pytest.raises(softvi.DeviceError, match=r"device=99: there are \d+ adapter"):
+        softvi.solve(mdp(), horizon=2, device=99)
+
+
+def test_no_adapter_gpu_raises_device_error_and_auto_falls_back():
+    # In a fresh process (adapters are opened once per process) where no adapter matches.
+    code = (
+        "import numpy as np, softvi\n"
+        "m = softvi.TabularMDP(np.full((2, 1, 2), 0.5), [1.0, 2.0])\n"
+        "print(softvi.solve(m, horizon=2).adapter)\n"
+        "try:\n"
+        "    softvi.solve(m, horizon=2, device='gpu')\n"
+        "except softvi.DeviceError as e:\n"
+        "    print('DeviceError:', e)\n"
+    )
+    env = {**os.environ, "WGPU_ADAPTER_NAME": "no such adapter"}
+    done = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    auto, error = done.stdout.strip().splitlines()
+    assert auto.startswith("cpu reference (f64)")
+    assert error.startswith('DeviceError: WGPU_ADAPTER_NAME="no such adapter" matches no')
+    assert 'device="cpu"' in error
+
+
+def test_the_gil_is_released_during_a_solve():
+    grid = softvi.Grid.maze(151, 151, 1)
+    ticks = []
+    done = threading.Event()
+
+    def ticker():
+        while not done.is_set():
+            ticks.append(time.perf_counter())
+            time.sleep(0.001)
+
+    thread = threading.Thread(target=ticker)
+    thread.start()
+    try:
+        time.sleep(0.05)
+        start = time.perf_counter()
+        softvi.solve_grid(grid, [(1, 1)], alpha=0.05, gamma=0.995, device="cpu")
+        end = time.perf_counter()
+    finally:
+        done.set()
+        thread.join()
+    during = [t for t in ticks if start < t < end]
+    assert end - start > 0.1, "the solve was too short to tell"
+    # With the GIL held the ticker would stall for the whole solve.
+    assert len(during) >= 10, f"{len(during)} ticks in a {end - start:.2f} s solve"
+    gaps = np.diff([start, *during, end])
+    assert gaps.max() < max(0.5 * (end - start), 0.05), f"the ticker stalled {gaps.max():.3f} s"

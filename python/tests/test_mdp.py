@@ -1,0 +1,202 @@
+"""softvi.solve on tabular MDPs against a NumPy recurrence (imitation's formulas)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+from conftest import (
+    as_engine_reads,
+    assert_close,
+    occupancy_fh,
+    random_mdp,
+    run_on,
+    soft_vi_fh,
+    tolerance,
+)
+
+import softvi
+
+S, A, B, T = 23, 3, 3, 12
+
+
+@pytest.fixture(scope="module")
+def world():
+    rng = np.random.default_rng(7)
+    p = random_mdp(rng, S, A, sparsity=0.5)
+    r = rng.normal(size=(B, S, A))
+    initial = rng.random((B, S))
+    initial /= initial.sum(axis=1, keepdims=True)
+    return p, r, initial
+
+
+@pytest.mark.parametrize("gamma", [0.0, 0.5, 0.9, 0.99, 1.0])
+def test_finite_horizon_v_q_pi_occupancy(world, device, gamma):
+    p, r, initial = world
+    mdp = softvi.TabularMDP(p, r, initial=initial)
+    got = run_on(
+        device,
+        softvi.solve,
+        mdp,
+        alpha=1.0,
+        gamma=gamma,
+        horizon=T,
+        q=True,
+        all_steps=True,
+        occupancy=True,
+    )
+    assert got.values.shape == (B, T + 1, S)
+    assert got.policy.shape == got.q.shape == (B, T, S, A)
+    assert got.occupancy.shape == (B, T + 1, S)
+    assert got.values.dtype == np.float32
+    assert got.status == ["horizon"] * B
+    rtol = tolerance(device)
+    pe = as_engine_reads(p)
+    for b in range(B):
+        v, q, pi = soft_vi_fh(pe, as_engine_reads(r[b]), T, gamma)
+        d = occupancy_fh(pe, pi, as_engine_reads(initial[b]), gamma)
+        assert_close(got.values[b], v, rtol, f"V, task {b}")
+        assert_close(got.q[b], q, rtol, f"Q, task {b}")
+        assert_close(got.policy[b], pi, rtol, f"pi, task {b}")
+        assert_close(got.occupancy[b], d, rtol, f"D, task {b}")
+
+
+@pytest.mark.parametrize("backup", ["expected", "optimistic"])
+@pytest.mark.parametrize("alpha", [0.3, 2.0])
+def test_temperature_and_backup(world, device, alpha, backup):
+    p, r, _ = world
+    mdp = softvi.TabularMDP(p, r[0])  # [S,A]: no task axis
+    got = run_on(device, softvi.solve, mdp, alpha=alpha, gamma=0.9, horizon=T, backup=backup)
+    assert got.values.shape == (S,) and got.policy.shape == (S, A)
+    v, _, pi = soft_vi_fh(as_engine_reads(p), as_engine_reads(r[0]), T, 0.9, alpha, backup)
+    assert_close(got.values, v[0], tolerance(device), "V_0")
+    assert_close(got.policy, pi[0], tolerance(device), "pi_0")
+
+
+def test_infinite_horizon_fixed_point(world, device):
+    p, r, _ = world
+    mdp = softvi.TabularMDP(p, r)
+    got = run_on(device, softvi.solve, mdp, gamma=0.8, tol=1e-7, q=True)
+    assert got.status == ["converged"] * B
+    # The fixed point: V = log sum_a exp(r + gamma P V); 200 backups at gamma 0.8 leave 1e-19.
+    pe = as_engine_reads(p)
+    for b in range(B):
+        v, q, _ = soft_vi_fh(pe, as_engine_reads(r[b]), 200, 0.8)
+        rtol = max(tolerance(device), 1e-5)  # tol 1e-7 over values of ~10
+        assert_close(got.values[b], v[0], rtol, f"V, task {b}")
+        assert_close(got.q[b], q[0], rtol, f"Q, task {b}")
+
+
+@pytest.mark.parametrize(
+    "make",
+    [sp.csr_matrix, sp.coo_matrix, sp.csc_matrix, sp.csr_array],
+    ids=["csr", "coo", "csc", "csr_array"],
+)
+def test_sparse_transitions_equal_dense(world, make):
+    p, r, _ = world
+    dense = softvi.solve(softvi.TabularMDP(p, r), gamma=0.9, horizon=T, device="cpu")
+    sparse = softvi.TabularMDP(make(p.reshape(S * A, S)), r)
+    assert sparse.nonzeros == np.count_nonzero(p)
+    got = softvi.solve(sparse, gamma=0.9, horizon=T, device="cpu")
+    np.testing.assert_array_equal(got.values, dense.values)
+    np.testing.assert_array_equal(got.policy, dense.policy)
+
+
+@pytest.mark.parametrize("shape", ["S", "SA", "BS", "BSA"])
+def test_reward_shapes_and_task_axis(world, shape):
+    p, r, _ = world
+    reward = {"S": r[0, :, 0], "SA": r[0], "BS": r[:, :, 0], "BSA": r}[shape]
+    got = softvi.solve(softvi.TabularMDP(p, reward), gamma=0.5, horizon=4, device="cpu")
+    batched = shape.startswith("B")
+    assert got.values.shape == ((B, S) if batched else (S,))
+    assert got.policy.shape == ((B, S, A) if batched else (S, A))
+    per_action = reward if shape.endswith("A") else np.repeat(reward[..., None], A, axis=-1)
+    first = per_action[0] if batched else per_action
+    v, _, _ = soft_vi_fh(as_engine_reads(p), as_engine_reads(first), 4, 0.5)
+    assert_close(got.values[0] if batched else got.values, v[0], 1e-6)
+
+
+def test_state_reward_batch_with_as_many_tasks_as_actions_from_sparse():
+    # [B,S] with B = A: S must come from the matrix, not from the reward's shape.
+    rng = np.random.default_rng(1)
+    p = random_mdp(rng, 6, 2)
+    r = rng.normal(size=(2, 6))
+    dense = softvi.solve(softvi.TabularMDP(p, r), horizon=3, device="cpu")
+    sparse = softvi.solve(
+        softvi.TabularMDP(sp.csr_matrix(p.reshape(12, 6)), r), horizon=3, device="cpu"
+    )
+    assert sparse.values.shape == (2, 6)
+    np.testing.assert_array_equal(sparse.values, dense.values)
+
+
+def test_read_only_non_contiguous_misaligned_and_integer_inputs(world):
+    p, r, initial = world
+    want = softvi.solve(
+        softvi.TabularMDP(p, np.round(r), initial=initial), horizon=5, occupancy=True, device="cpu"
+    )
+    p_f = np.asfortranarray(p)  # non-contiguous in C order
+    p_f.flags.writeable = False
+    r_int = np.round(r).astype(np.int64)[:, ::-1, :][:, ::-1, :]  # strided view of int64
+    r_int.flags.writeable = False
+    raw = np.zeros(initial.size * 8 + 1, dtype=np.uint8)
+    misaligned = np.frombuffer(raw.data, dtype=np.float64, count=initial.size, offset=1)
+    assert not misaligned.flags.aligned
+    misaligned = misaligned.reshape(initial.shape)
+    misaligned[...] = initial
+    got = softvi.solve(
+        softvi.TabularMDP(p_f, r_int, initial=misaligned), horizon=5, occupancy=True, device="cpu"
+    )
+    np.testing.assert_array_equal(got.values, want.values)
+    np.testing.assert_array_equal(got.occupancy, want.occupancy)
+
+
+def test_terminal_states_keep_their_value():
+    rng = np.random.default_rng(3)
+    p = random_mdp(rng, 8, 2)
+    terminal = np.zeros(8, dtype=bool)
+    terminal[[2, 5]] = True
+    got = softvi.solve(
+        softvi.TabularMDP(p, -np.ones(8), terminal=terminal, terminal_value=np.arange(8.0)),
+        gamma=1.0,
+        horizon=6,
+        device="cpu",
+    )
+    np.testing.assert_array_equal(got.values[[2, 5]], [2.0, 5.0])
+    assert np.isnan(got.policy[[2, 5]]).all()
+    assert np.isfinite(got.policy[~terminal]).all()
+
+
+def test_save_and_load_npz_round_trip(world, tmp_path):
+    p, r, initial = world
+    mdp = softvi.TabularMDP(sp.csr_matrix(p.reshape(S * A, S)), r, initial=initial)
+    mdp.save_npz(tmp_path / "mdp.npz")
+    loaded = softvi.load_npz(tmp_path / "mdp.npz")
+    assert (loaded.states, loaded.actions, loaded.tasks) == (S, A, B)
+    for name, array in mdp.arrays().items():
+        np.testing.assert_array_equal(loaded.arrays()[name], array, err_msg=name)
+    a = softvi.solve(mdp, horizon=T, occupancy=True, device="cpu")
+    b = softvi.solve(loaded, horizon=T, occupancy=True, device="cpu")
+    np.testing.assert_array_equal(a.values, b.values)
+    np.testing.assert_array_equal(a.occupancy, b.occupancy)
+
+
+def test_divergence_is_a_status_and_a_warning():
+    # gamma = 1, no horizon: state 0 loops on itself with reward +1 (it may also leave for the
+    # terminal state 1): no finite value exists.
+    p = np.zeros((2, 2, 2))
+    p[0, 0, 0] = 1.0
+    p[0, 1, 1] = 1.0
+    p[1, :, 1] = 1.0
+    mdp = softvi.TabularMDP(p, np.array([[1.0, 0.0], [0.0, 0.0]]), terminal=[False, True])
+    with pytest.warns(RuntimeWarning, match="diverged"):
+        got = softvi.solve(mdp, gamma=1.0, device="cpu")
+    assert got.status == ["diverged"]
+
+
+def test_auto_says_where_it_ran(world):
+    p, r, _ = world
+    got = softvi.solve(softvi.TabularMDP(p, r), horizon=2)
+    assert got.adapter
+    assert softvi.solve(softvi.TabularMDP(p, r), horizon=2, device="cpu").adapter == (
+        "cpu reference (f64)"
+    )
