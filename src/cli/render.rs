@@ -49,12 +49,20 @@ pub(super) struct RenderArgs {
     step: Option<usize>,
 }
 
-/// `softvi render`: reads a solve's folder (summary.json, values.npy, policy.npy,
-/// occupancy.npy), rebuilds its map and draws one task.
-pub(super) fn render_command(args: &RenderArgs) -> Result<i32> {
-    use softvi::analysis::render::{Layer, TaskView, render, write_png};
-    softvi::io::output::check_picture_path(&args.out, "--out", false)?;
-    let dir = &args.from;
+/// What render needs of a grid solve's `summary.json`, every field checked.
+struct SolvedWorld {
+    grid: Grid,
+    tasks: usize,
+    actions: ActionSet,
+    slip: f64,
+    /// The drawn task's goal cells.
+    goals: Vec<usize>,
+}
+
+/// Reads `dir/summary.json`, rebuilds its map and checks each field render reads (the map's
+/// size, the tasks, the action list, the slip, task `task`'s goals); errors name the file
+/// and the field.
+fn read_world(dir: &Path, task: usize) -> Result<SolvedWorld> {
     let summary_path = dir.join("summary.json");
     let summary: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&summary_path).with_context(|| {
@@ -104,9 +112,8 @@ pub(super) fn render_command(args: &RenderArgs) -> Result<i32> {
     let tasks = field(&summary["tasks"], "tasks")? as usize;
     ensure!(tasks >= 1, bad("tasks is 0".into()));
     ensure!(
-        args.task < tasks,
-        "--task {} is out of range: the solve has {tasks} tasks",
-        args.task
+        task < tasks,
+        "--task {task} is out of range: the solve has {tasks} tasks"
     );
     let names: Vec<&str> = world["actions"]
         .as_array()
@@ -142,9 +149,9 @@ pub(super) fn render_command(args: &RenderArgs) -> Result<i32> {
         .as_array()
         .filter(|g| g.len() == tasks)
         .ok_or_else(|| bad(format!("goals is not a list of {tasks} tasks' goals")))?;
-    let goals: Vec<usize> = goal_list[args.task]
+    let goals: Vec<usize> = goal_list[task]
         .as_array()
-        .ok_or_else(|| bad(format!("goals[{}] is not a list of [X, Y]", args.task)))?
+        .ok_or_else(|| bad(format!("goals[{task}] is not a list of [X, Y]")))?
         .iter()
         .enumerate()
         .map(|(k, xy)| {
@@ -159,27 +166,51 @@ pub(super) fn render_command(args: &RenderArgs) -> Result<i32> {
                     Ok(y * grid.width + x)
                 }
                 _ => Err(bad(format!(
-                    "goals[{}][{k}] = {xy} is not a free cell X,Y of the {}x{} map",
-                    args.task, grid.width, grid.height
+                    "goals[{task}][{k}] = {xy} is not a free cell X,Y of the {}x{} map",
+                    grid.width, grid.height
                 ))),
             }
         })
         .collect::<Result<_>>()?;
-    let (h, w, cells) = (grid.height, grid.width, grid.cells());
-    // One task of `[B, H, W(, per_cell)]`, or of `[B, K, H, W(, per_cell)]` (every time step):
-    // step --step, or with `sum_steps` and no --step the sum over the steps.
-    // `one_fewer`: the array holds one step fewer than the values (the policy: pi_0..pi_{T-1}
-    // beside V_0..V_T), so --step one past its last step reads as absent, not out of range.
-    let read_task = |name: &str,
-                     per_cell: usize,
-                     sum_steps: bool,
-                     one_fewer: bool|
-     -> Result<Option<Vec<f32>>> {
-        let path = dir.join(name);
+    Ok(SolvedWorld {
+        grid,
+        tasks,
+        actions,
+        slip,
+        goals,
+    })
+}
+
+/// Where one task's arrays are read from: the folder, the batch's shape `[tasks, H, W]`, the
+/// task and the `--step`.
+struct TaskArrays<'a> {
+    dir: &'a Path,
+    tasks: usize,
+    height: usize,
+    width: usize,
+    task: usize,
+    step: Option<usize>,
+}
+
+impl TaskArrays<'_> {
+    /// The task's slice of `name`, `[B, H, W(, per_cell)]`, or of `[B, K, H, W(, per_cell)]`
+    /// (every time step): step `--step`, or with `sum_steps` and no `--step` the sum over the
+    /// steps; `None` when the file is absent. `one_fewer`: the array holds one step fewer than
+    /// the values (the policy: pi_0..pi_{T-1} beside V_0..V_T), so `--step` one past its last
+    /// step reads as absent, not out of range.
+    fn read(
+        &self,
+        name: &str,
+        per_cell: usize,
+        sum_steps: bool,
+        one_fewer: bool,
+    ) -> Result<Option<Vec<f32>>> {
+        let path = self.dir.join(name);
         if !path.exists() {
             return Ok(None);
         }
         let array = npy::read_float(&path)?;
+        let (h, w, tasks) = (self.height, self.width, self.tasks);
         let tail: &[usize] = if per_cell > 1 {
             &[h, w, per_cell]
         } else {
@@ -199,9 +230,9 @@ pub(super) fn render_command(args: &RenderArgs) -> Result<i32> {
                 .collect::<Vec<_>>()
                 .join(", ")
         );
-        let n = cells * per_cell;
-        let task = &array.data[args.task * steps * n..(args.task + 1) * steps * n];
-        Ok(Some(match args.step {
+        let n = h * w * per_cell;
+        let task = &array.data[self.task * steps * n..(self.task + 1) * steps * n];
+        Ok(Some(match self.step {
             Some(t) if one_fewer && timed && t == steps => return Ok(None),
             Some(t) => {
                 ensure!(
@@ -216,15 +247,41 @@ pub(super) fn render_command(args: &RenderArgs) -> Result<i32> {
                 .collect(),
             None => task[..n].to_vec(),
         }))
+    }
+}
+
+/// `softvi render`: reads a solve's folder (summary.json, values.npy, policy.npy,
+/// occupancy.npy), rebuilds its map and draws one task.
+pub(super) fn render_command(args: &RenderArgs) -> Result<i32> {
+    use softvi::analysis::render::{Layer, TaskView, render, write_png};
+    softvi::io::output::check_picture_path(&args.out, "--out", false)?;
+    let dir = &args.from;
+    let SolvedWorld {
+        grid,
+        tasks,
+        actions,
+        slip,
+        goals,
+    } = read_world(dir, args.task)?;
+    let (h, w) = (grid.height, grid.width);
+    let arrays = TaskArrays {
+        dir,
+        tasks,
+        height: h,
+        width: w,
+        task: args.task,
+        step: args.step,
     };
-    let values = read_task("values.npy", 1, false, false)?.with_context(|| {
-        format!(
-            "{} has no values.npy (did the solve diverge?)",
-            dir.display()
-        )
-    })?;
-    let policy = read_task("policy.npy", actions.count(), false, true)?;
-    let occupancy = read_task("occupancy.npy", 1, true, false)?;
+    let values = arrays
+        .read("values.npy", 1, false, false)?
+        .with_context(|| {
+            format!(
+                "{} has no values.npy (did the solve diverge?)",
+                dir.display()
+            )
+        })?;
+    let policy = arrays.read("policy.npy", actions.count(), false, true)?;
+    let occupancy = arrays.read("occupancy.npy", 1, true, false)?;
     // V_0..V_T and D_0..D_T have T + 1 steps, pi_0..pi_{T-1} T: at the last step only the
     // values and the occupancy exist.
     if let Some(t) = args.step
