@@ -164,15 +164,13 @@ fn mdp_backup(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_i
 // pi(a|s) = exp((Q(s,a) - V(s)) / alpha) from the next values in v_in, written to `out`
 // (normalised over the row); for alpha = 0, or alpha below f32's resolution of Q
 // (`soft_policy_resolved`), one-hot on the first maximising action; with WRITE_Q, Q(s, a)
-// itself. Q is staged
-// in `out` between the passes.
-// Same dispatch as mdp_backup. Fixed states get a row of zeros where the CPU twin
+// itself. Q is staged in `out` between the passes. Same dispatch as mdp_backup. Fixed states get a row of zeros where the CPU twin
 // (`engine::cpu::mdp_policy`) has NaN: mdp_occupancy.wgsl gathers pi * P over every entry
 // without a per-entry stop check, so a stopping state must pass nothing on (the CPU twin of
 // the occupancy checks `fixed` instead), and WGSL has no portable NaN to write (an
 // implementation may assume none occurs). The engine writes NaN over those rows after every
-// policy readback, so its policies equal the CPU's there (tests/kernel_mdp_gpu.rs compares where the
-// NaNs are).
+// policy readback, so its policies equal the CPU's there (tests/kernel_mdp_gpu.rs compares
+// where the NaNs are).
 @compute @workgroup_size(WORKGROUP_SIZE, 1, 1)
 fn mdp_policy(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let item = locate(wid, lid);
