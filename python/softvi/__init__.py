@@ -18,10 +18,19 @@ Example::
 
 from __future__ import annotations
 
-from ._grid import Grid, solve_grid
-from ._mdp import TabularMDP, load_npz
-from ._softvi import DeviceError
-from ._solve import SolveResult, adapters, solve
+import os
+
+# Mesa's Vulkan device-select layer probes the window system and, headless, prints
+# "XDG_RUNTIME_DIR is invalid" to stderr on every device; softvi presents nothing, so it is
+# turned off by the layer's own switch before the engine opens a device (as the CLI does),
+# unless the user configured it.
+if "NODEVICE_SELECT" not in os.environ and "MESA_VK_DEVICE_SELECT" not in os.environ:
+    os.environ["NODEVICE_SELECT"] = "1"
+
+from ._grid import Grid, solve_grid  # noqa: E402
+from ._mdp import TabularMDP, load_npz  # noqa: E402
+from ._softvi import DeviceError  # noqa: E402
+from ._solve import SolveResult, adapters, solve  # noqa: E402
 
 __all__ = [
     "DeviceError",

@@ -191,3 +191,20 @@ def test_the_gil_is_released_during_a_solve():
     assert len(during) >= 10, f"{len(during)} ticks in a {end - start:.2f} s solve"
     gaps = np.diff([start, *during, end])
     assert gaps.max() < max(0.5 * (end - start), 0.05), f"the ticker stalled {gaps.max():.3f} s"
+
+
+def test_a_headless_vulkan_solve_prints_nothing_on_stderr():
+    # Mesa's device-select layer would print "XDG_RUNTIME_DIR is invalid" four times.
+    code = (
+        "import numpy as np, softvi\n"
+        "m = softvi.TabularMDP(np.full((2, 1, 2), 0.5), [1.0, 2.0])\n"
+        "print(softvi.solve(m, horizon=2, device='gpu').adapter)\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in ("XDG_RUNTIME_DIR", "NODEVICE_SELECT")}
+    env["WGPU_BACKEND"] = "vulkan"
+    done = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    assert "vulkan" in done.stdout
+    assert "XDG_RUNTIME_DIR" not in done.stderr, done.stderr
