@@ -3,11 +3,18 @@
 
 #[test]
 fn no_matching_adapter_is_a_no_adapter_error() {
-    // SAFETY: the only test in this binary, so no other thread reads the environment.
+    // SAFETY: no other test of this binary reads the environment.
     unsafe { std::env::set_var("WGPU_ADAPTER_NAME", "no-such-adapter-softvi") };
     match softvi::GpuContext::from_env() {
         Err(softvi::Error::NoAdapter(message)) => {
-            assert!(message.contains("no-such-adapter-softvi"), "{message}")
+            assert!(message.contains("no-such-adapter-softvi"), "{message}");
+            // The adapters seen are listed with their backends, so two llvmpipe entries
+            // (Vulkan and GL) are told apart; without any adapter the list is empty.
+            let listed = message.split("found:").nth(1).unwrap_or_default();
+            assert!(
+                listed.contains("(vulkan)") || listed.contains("(gl)") || listed.contains("[]"),
+                "{message}"
+            );
         }
         Err(other) => panic!("expected NoAdapter, got {other:?}"),
         Ok(ctx) => panic!("an adapter matched: {}", ctx.adapter_label()),

@@ -63,7 +63,13 @@ impl GpuContext {
             pollster::block_on(instance.enumerate_adapters(backends));
         if let Ok(name) = std::env::var("WGPU_ADAPTER_NAME") {
             let wanted = name.to_lowercase();
-            let seen: Vec<String> = adapters.iter().map(|a| a.get_info().name).collect();
+            // Name and backend: the same driver often appears once per backend.
+            let seen: Vec<String> = (adapters.iter())
+                .map(|a| {
+                    let info = a.get_info();
+                    format!("{} ({})", info.name, info.backend)
+                })
+                .collect();
             adapters.retain(|a| a.get_info().name.to_lowercase().contains(&wanted));
             if adapters.is_empty() {
                 return Err(Error::NoAdapter(format!(
