@@ -27,6 +27,7 @@ import os
 if "NODEVICE_SELECT" not in os.environ and "MESA_VK_DEVICE_SELECT" not in os.environ:
     os.environ["NODEVICE_SELECT"] = "1"
 
+from ._envs import from_gymnasium, from_seals  # noqa: E402
 from ._grid import Grid, solve_grid  # noqa: E402
 from ._mdp import TabularMDP, load_npz  # noqa: E402
 from ._softvi import DeviceError  # noqa: E402
@@ -38,6 +39,8 @@ __all__ = [
     "SolveResult",
     "TabularMDP",
     "adapters",
+    "from_gymnasium",
+    "from_seals",
     "load_npz",
     "solve",
     "solve_grid",

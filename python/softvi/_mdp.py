@@ -46,11 +46,20 @@ class TabularMDP:
     (converted once). The result of :func:`softvi.solve` has a task axis B iff ``reward``
     had one.
 
+    Attributes:
+        horizon: the episode length of the env the MDP came from (:func:`softvi.from_gymnasium`,
+            :func:`softvi.from_seals`; None if it has none, and for an MDP built here), to
+            pass as ``softvi.solve(mdp, horizon=mdp.horizon)``.
+        sink: the absorbing state :func:`softvi.from_gymnasium` adds (None otherwise).
+
     Raises:
         ValueError: the engine's message naming the array and the row or entry at fault
             (the engine calls ``transitions`` ``P`` and ``reward`` ``R``, as in the CLI's
             ``.npz`` files).
     """
+
+    horizon: int | None = None
+    sink: int | None = None
 
     def __init__(
         self,
