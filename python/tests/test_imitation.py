@@ -1,0 +1,109 @@
+"""softvi.compat.imitation against imitation's formulas, written out here in NumPy."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from conftest import as_engine_reads, assert_close, run_on, tolerance
+from scipy.special import logsumexp
+
+from softvi.compat import imitation
+
+gym = pytest.importorskip("gymnasium")
+pytest.importorskip("seals")
+
+DISCOUNTS = [0.0, 0.5, 0.9, 0.99, 1.0]
+
+
+def partition_fh(transitions, reward, horizon, discount):
+    """imitation's mce_partition_fh: Q[H-1] = r, Q[t] = r + discount T V[t+1],
+    V[t] = logsumexp_a Q[t], pi = exp(Q - V); V [H,S], Q and pi [H,S,A]."""
+    s_n, a_n, _ = transitions.shape
+    r = np.broadcast_to(reward[:, None] if reward.ndim == 1 else reward, (s_n, a_n))
+    v = np.zeros((horizon, s_n))
+    q = np.zeros((horizon, s_n, a_n))
+    q[horizon - 1] = r
+    v[horizon - 1] = logsumexp(q[horizon - 1], axis=1)
+    for t in reversed(range(horizon - 1)):
+        q[t] = r + discount * transitions @ v[t + 1]
+        v[t] = logsumexp(q[t], axis=1)
+    return v, q, np.exp(q - v[:, :, None])
+
+
+def occupancy(transitions, pi, initial, discount):
+    """imitation's mce_occupancy_measures: D [H+1,S] undiscounted per step, and
+    D_cum = sum_t discount^t D[t]."""
+    horizon = pi.shape[0]
+    d = np.zeros((horizon + 1, transitions.shape[0]))
+    d[0] = initial
+    for t in range(horizon):
+        for a in range(transitions.shape[1]):
+            d[t + 1] += (d[t] * pi[t, :, a]) @ transitions[:, a, :]
+    return d, sum(discount**t * d[t] for t in range(horizon + 1))
+
+
+@pytest.fixture(scope="module", params=["seals/Random-v0", "seals/CliffWorld7x4-v0"])
+def env(request):
+    return gym.make(request.param)
+
+
+def engine_view(env):
+    """The env's model rounded to float32 as the engine stores it."""
+    model = env.unwrapped
+    return (
+        as_engine_reads(model.transition_matrix),
+        as_engine_reads(model.reward_matrix),
+        as_engine_reads(model.initial_state_dist),
+        model.horizon,
+    )
+
+
+@pytest.mark.parametrize("discount", DISCOUNTS)
+def test_partition_and_occupancy(env, device, discount):
+    p, r, initial, horizon = engine_view(env)
+    rtol = tolerance(device)
+    v, q, pi = run_on(device, imitation.mce_partition_fh, env, discount=discount)
+    assert v.shape == (horizon, p.shape[0]) and v.dtype == np.float64
+    assert q.shape == pi.shape == (horizon, p.shape[0], p.shape[1])
+    want_v, want_q, want_pi = partition_fh(p, r, horizon, discount)
+    assert_close(v, want_v, rtol, "V")
+    assert_close(q, want_q, rtol, "Q")
+    assert_close(pi, want_pi, rtol, "pi")
+
+    # The default policy is imitation's: mce_partition_fh(env, reward=reward), undiscounted.
+    d, d_cum = run_on(device, imitation.mce_occupancy_measures, env, discount=discount)
+    _, _, pi_1 = partition_fh(p, r, horizon, 1.0)
+    want_d, want_cum = occupancy(p, pi_1, initial, discount)
+    assert d.shape == (horizon + 1, p.shape[0]) and d_cum.shape == (p.shape[0],)
+    assert_close(d, want_d, rtol, "D")
+    assert_close(d_cum, want_cum, rtol, "D_cum")
+
+    # A given policy (here the discounted one) is simulated as it is.
+    d, d_cum = imitation.mce_occupancy_measures(env, pi=want_pi, discount=discount)
+    want_d, want_cum = occupancy(p, want_pi, initial, discount)
+    assert_close(d, want_d, 1e-6, "D of a given pi")
+    assert_close(d_cum, want_cum, 1e-6, "D_cum of a given pi")
+
+
+def test_state_action_reward(env):
+    p, _, initial, horizon = engine_view(env)
+    reward = np.random.default_rng(5).normal(size=p.shape[:2])
+    v, q, pi = imitation.mce_partition_fh(env, reward=reward, discount=0.9, device="cpu")
+    want_v, want_q, want_pi = partition_fh(p, as_engine_reads(reward), horizon, 0.9)
+    assert_close(v, want_v, 1e-6, "V")
+    assert_close(q, want_q, 1e-6, "Q")
+    d, _ = imitation.mce_occupancy_measures(env, reward=reward, device="cpu")
+    _, _, pi_1 = partition_fh(p, as_engine_reads(reward), horizon, 1.0)
+    assert_close(d, occupancy(p, pi_1, initial, 1.0)[0], 1e-6, "D")
+
+
+def test_errors(env):
+    s_n, a_n = env.unwrapped.transition_matrix.shape[:2]
+    with pytest.raises(ValueError, match="reward has shape"):
+        imitation.mce_partition_fh(env, reward=np.zeros(s_n + 1))
+    with pytest.raises(ValueError, match="pi has shape"):
+        imitation.mce_occupancy_measures(env, pi=np.ones((1, s_n, a_n)) / a_n)
+    infinite = env.unwrapped.__class__.__new__(env.unwrapped.__class__)
+    infinite.__dict__.update(env.unwrapped.__dict__, horizon=None)
+    with pytest.raises(ValueError, match="finite-horizon"):
+        imitation.mce_partition_fh(infinite)
