@@ -299,6 +299,20 @@ fn solves_past_the_machine_memory_are_refused_up_front() {
     if let Some(ctx) = common::gpu() {
         let mut gpu = GpuSolver::new(ctx.clone());
         each(&mut gpu, (&problem, &world, &options), &refused);
+        // The grid kernels solving an MDP over the grid's states (IRL on a grid) too.
+        let mut kernels = softvi::GridKernelsOnMdp {
+            solver: &mut gpu,
+            world: &world,
+            template: &problem,
+        };
+        let outputs = Outputs {
+            all_steps: true,
+            ..Outputs::default()
+        };
+        refused(
+            kernels.solve_mdp(&world.mdp, &options, outputs, &mut |_| {}),
+            "grid kernels on the MDP",
+        );
     }
     let every_step = Outputs {
         all_steps: true,

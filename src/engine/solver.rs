@@ -318,7 +318,7 @@ impl MdpSolver for GridKernelsOnMdp<'_> {
         outputs: Outputs,
         _progress: &mut dyn FnMut(&Progress),
     ) -> Result<MdpSolution> {
-        mdp.validate()?;
+        check_mdp(mdp, options, outputs)?;
         let started = Instant::now();
         let mut solved = self.solver.grid_engine()?.solve_grid_mdp(
             self.world,
