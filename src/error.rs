@@ -51,6 +51,13 @@ pub enum Error {
     /// The GPU failed while running (a device lost, a failed map or poll).
     #[error("GPU failure: {0}")]
     Gpu(String),
+    /// The caller's progress callback stopped the solve (e.g. on Ctrl-C) after `sweeps` sweeps;
+    /// nothing was written.
+    #[error("solve cancelled by its caller after {sweeps} sweeps")]
+    Cancelled {
+        /// Sweeps done when the solve stopped.
+        sweeps: u32,
+    },
 }
 
 impl Error {
@@ -100,6 +107,8 @@ impl Error {
                 source,
             },
             Error::Gpu(m) => Error::Gpu(format!("{context}: {m}")),
+            // Nothing went wrong with what the context names: the caller stopped the solve.
+            cancelled @ Error::Cancelled { .. } => cancelled,
         }
     }
 }

@@ -27,11 +27,11 @@
 //! let options = SolveOptions { alpha: 0.5, ..SolveOptions::default() };
 //!
 //! // The CPU reference (f64) ...
-//! let cpu = CpuReference.solve_grid(&problem, None, &options, Outputs::default(), &mut |_| {})?;
+//! let cpu = CpuReference.solve_grid(&problem, None, &options, Outputs::default(), &mut keep_going)?;
 //! // ... and the GPU path on any wgpu adapter; a solver keeps its pipelines and buffers.
 //! match GpuSolver::from_env() {
 //!     Ok(mut gpu) => {
-//!         let gpu = gpu.solve_grid(&problem, None, &options, Outputs::default(), &mut |_| {})?;
+//!         let gpu = gpu.solve_grid(&problem, None, &options, Outputs::default(), &mut keep_going)?;
 //!         let v = |s: &softvi::MdpSolution| s.solution.values[(0 * h + 1) * w + 3]; // task 0, Y=1, X=3
 //!         assert!((v(&gpu) - v(&cpu)).abs() < 1e-3);
 //!     }
@@ -57,7 +57,8 @@ pub use engine::gpu::{
 };
 pub use engine::{
     Backup, CpuReference, GpuSolver, GridKernelsOnMdp, GridSolver, Horizon, MdpSolution, MdpSolver,
-    Occupancy, Outputs, ShardedSolver, Solution, SolveOptions, Status, TimeSteps,
+    Occupancy, OnProgress, Outputs, Progress, ShardedSolver, Solution, SolveOptions, Status,
+    TimeSteps, keep_going,
 };
 pub use error::{Error, Result};
 /// The wgpu version softvi is built on, for callers that pick adapters themselves.

@@ -6,7 +6,7 @@ mod common;
 
 use std::path::Path;
 
-use softvi::{Error, Horizon, Outputs, SolveOptions, TabularMdp, solve_mdp_cpu};
+use softvi::{Error, Horizon, Outputs, SolveOptions, TabularMdp, keep_going, solve_mdp_cpu};
 
 /// A valid 3-state, 2-action chain with one task; each test breaks one field of it.
 fn chain() -> TabularMdp {
@@ -286,11 +286,11 @@ fn solves_past_the_machine_memory_are_refused_up_front() {
         ] {
             let what = format!("{backend} {outputs:?}");
             check(
-                solver.solve_grid(problem, None, options, outputs, &mut |_| {}),
+                solver.solve_grid(problem, None, options, outputs, &mut keep_going),
                 &what,
             );
             check(
-                solver.solve_mdp(&world.mdp, options, outputs, &mut |_| {}),
+                solver.solve_mdp(&world.mdp, options, outputs, &mut keep_going),
                 &what,
             );
         }
@@ -310,7 +310,7 @@ fn solves_past_the_machine_memory_are_refused_up_front() {
             ..Outputs::default()
         };
         refused(
-            kernels.solve_mdp(&world.mdp, &options, outputs, &mut |_| {}),
+            kernels.solve_mdp(&world.mdp, &options, outputs, &mut keep_going),
             "grid kernels on the MDP",
         );
     }

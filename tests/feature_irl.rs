@@ -111,7 +111,7 @@ impl MdpSolver for OnGrid {
         mdp: &TabularMdp,
         options: &SolveOptions,
         outputs: Outputs,
-        progress: &mut dyn FnMut(&softvi::engine::Progress),
+        progress: &mut softvi::OnProgress<'_>,
     ) -> softvi::Result<MdpSolution> {
         GridKernelsOnMdp {
             solver: &mut self.solver,

@@ -9,7 +9,7 @@ use common::*;
 use softvi::world::grid_mdp::GridMdp;
 use softvi::{
     Connectivity, CpuReference, GpuSolver, GridSolver, Horizon, MdpSolution, MdpSolver, Outputs,
-    ShardedSolver, SolveOptions,
+    ShardedSolver, SolveOptions, keep_going,
 };
 
 fn every_output() -> Outputs {
@@ -103,7 +103,7 @@ fn grid_solvers_agree_on_every_output() {
             };
             let name = format!("{horizon:?} {outputs:?}");
             let cpu = CpuReference
-                .solve_grid(&problem, Some(&starts), &options, outputs, &mut |_| {})
+                .solve_grid(&problem, Some(&starts), &options, outputs, &mut keep_going)
                 .unwrap();
             assert_eq!(cpu.solution.height, 13, "{name}: laid over the map");
             assert_eq!(cpu.occupancy.is_some(), outputs.occupancy, "{name}");
@@ -111,7 +111,7 @@ fn grid_solvers_agree_on_every_output() {
             assert_eq!(cpu.solution.q.is_some(), outputs.q, "{name}");
             if let Some(gpu) = gpu.as_mut() {
                 let solved = gpu
-                    .solve_grid(&problem, Some(&starts), &options, outputs, &mut |_| {})
+                    .solve_grid(&problem, Some(&starts), &options, outputs, &mut keep_going)
                     .unwrap();
                 assert_close(&name, &solved, &cpu);
             }
@@ -137,11 +137,11 @@ fn a_grid_as_an_mdp_equals_the_grid() {
         solvers.push(Box::new(GpuSolver::new(ctx.clone())));
     }
     let grid = CpuReference
-        .solve_grid(&problem, None, &options, outputs, &mut |_| {})
+        .solve_grid(&problem, None, &options, outputs, &mut keep_going)
         .unwrap();
     for solver in &mut solvers {
         let mut solved = solver
-            .solve_mdp(&world.mdp, &options, outputs, &mut |_| {})
+            .solve_mdp(&world.mdp, &options, outputs, &mut keep_going)
             .unwrap();
         assert_eq!(solved.solution.width, world.mdp.states);
         solved.to_cells(&world);
@@ -170,11 +170,11 @@ fn sharded_solver_equals_one_adapter() {
     };
     let mut single = GpuSolver::new(contexts[0].clone());
     let one = single
-        .solve_grid(&problem, None, &options, plain, &mut |_| {})
+        .solve_grid(&problem, None, &options, plain, &mut keep_going)
         .unwrap();
     let mut sharded = ShardedSolver::new(vec![contexts[0].clone(), contexts[0].clone()]).unwrap();
     let both = sharded
-        .solve_grid(&problem, None, &options, plain, &mut |_| {})
+        .solve_grid(&problem, None, &options, plain, &mut keep_going)
         .unwrap();
     let (one, both) = (&one.solution, &both.solution);
     for (x, y) in [
@@ -189,16 +189,83 @@ fn sharded_solver_equals_one_adapter() {
     }
     let mut across = ShardedSolver::new(contexts).unwrap();
     let mixed = across
-        .solve_grid(&problem, None, &options, plain, &mut |_| {})
+        .solve_grid(&problem, None, &options, plain, &mut keep_going)
         .unwrap();
     // Different backends may round differently: 1e-5 relative over 20 f32 backups.
     assert!(max_relative_error(&mixed.solution.values, &one.values) < 1e-5);
     assert!(max_relative_error(mixed.solution.q.as_ref().unwrap(), one.q.as_ref().unwrap()) < 1e-5);
     let refused = across
-        .solve_grid(&problem, None, &options, every_output(), &mut |_| {})
+        .solve_grid(&problem, None, &options, every_output(), &mut keep_going)
         .unwrap_err();
     assert!(
         refused.to_string().contains("plain grid solves only"),
         "{refused}"
     );
 }
+
+/// A progress callback that answers `Break` stops every solver at that convergence check with
+/// `Error::Cancelled` (how Ctrl-C reaches a solve); one that keeps going reaches the same
+/// solve's end, so the stop is the callback's doing.
+#[test]
+fn a_progress_callback_cancels_the_solve() {
+    use std::ops::ControlFlow;
+    let problem = random_problem(15, 13, 2, Connectivity::Eight, false, 0.1, 4);
+    let world = GridMdp::new(&problem, None).unwrap();
+    // gamma 0.999 with tol 1e-9 needs far more than two checks.
+    let options = SolveOptions {
+        gamma: 0.999,
+        horizon: Horizon::Infinite {
+            tol: 1e-9,
+            max_iters: 100_000,
+        },
+        ..SolveOptions::default()
+    };
+    let mut solvers: Vec<Box<dyn GridSolverAndMdp>> = vec![Box::new(CpuReference)];
+    if let Some(ctx) = gpu() {
+        solvers.push(Box::new(GpuSolver::new(ctx.clone())));
+    }
+    for solver in &mut solvers {
+        let label = GridSolver::label(solver.as_mut());
+        let mut checks = 0;
+        let mut stop_at_second = |p: &softvi::Progress| {
+            checks += 1;
+            assert!(p.sweeps > 0, "{label}: progress after sweeps");
+            if checks == 2 {
+                ControlFlow::Break(())
+            } else {
+                ControlFlow::Continue(())
+            }
+        };
+        let grid = solver.solve_grid(
+            &problem,
+            None,
+            &options,
+            Outputs::default(),
+            &mut stop_at_second,
+        );
+        assert!(
+            matches!(grid, Err(softvi::Error::Cancelled { sweeps }) if sweeps >= 2),
+            "{label}: grid solve {:?}",
+            grid.err()
+        );
+        let mdp = solver.solve_mdp(&world.mdp, &options, Outputs::default(), &mut |_| {
+            ControlFlow::Break(())
+        });
+        assert!(
+            matches!(mdp, Err(softvi::Error::Cancelled { sweeps }) if sweeps > 0),
+            "{label}: MDP solve {:?}",
+            mdp.err()
+        );
+        let whole = solver
+            .solve_mdp(&world.mdp, &options, Outputs::default(), &mut keep_going)
+            .unwrap();
+        assert!(
+            whole.solution.iterations[0] > 32,
+            "{label}: more than two checks"
+        );
+    }
+}
+
+/// Both solver traits behind one box.
+trait GridSolverAndMdp: GridSolver + MdpSolver {}
+impl<T: GridSolver + MdpSolver> GridSolverAndMdp for T {}

@@ -5,7 +5,8 @@ mod common;
 
 use softvi::world::grid_mdp::GridMdp;
 use softvi::{
-    Backup, Connectivity, Horizon, MdpEngine, Outputs, SolveOptions, solve_cpu, solve_mdp_cpu,
+    Backup, Connectivity, Horizon, MdpEngine, Outputs, SolveOptions, keep_going, solve_cpu,
+    solve_mdp_cpu,
 };
 
 /// Action sets, slips and backups every grid-as-MDP test runs: (connectivity, STAY, slip,
@@ -159,7 +160,7 @@ fn grid_forward_pass_matches_the_mdp_path() {
             let start =
                 softvi::world::grid_mdp::start_distribution(&problem, starts.as_deref()).unwrap();
             let gpu = engine
-                .solve_steps(&problem, &o, outputs, &start, &mut |_| {})
+                .solve_steps(&problem, &o, outputs, &start, &mut keep_going)
                 .unwrap();
             let what = format!("case {i}");
             let steps = gpu.steps.as_ref().unwrap();
@@ -203,7 +204,7 @@ fn grid_forward_pass_names_the_binding_limit() {
         ..Outputs::default()
     };
     let error = engine
-        .solve_steps(&problem, &o, outputs, &start, &mut |_| {})
+        .solve_steps(&problem, &o, outputs, &start, &mut keep_going)
         .unwrap_err();
     assert!(
         matches!(

@@ -6,6 +6,7 @@
 //! copy (`PyArray::from_vec` owns the engine's `Vec`, `reshape` makes a view of it).
 
 use std::collections::HashMap;
+use std::ops::ControlFlow;
 use std::path::PathBuf;
 use std::sync::{LazyLock, Mutex, MutexGuard};
 
@@ -21,7 +22,8 @@ use softvi::engine::gpu::GpuContext;
 use softvi::io::npy::NpyValues;
 use softvi::{
     ActionSet, Backup, Connectivity, CpuReference, Error, GpuSolver, Grid, GridProblem, GridSolver,
-    GridTask, Horizon, MdpSolution, MdpSolver, MoveCost, Outputs, SolveOptions, TabularMdp,
+    GridTask, Horizon, MdpSolution, MdpSolver, MoveCost, OnProgress, Outputs, Progress,
+    SolveOptions, TabularMdp,
 };
 
 // The command line, compiled from the binary's own sources: `softvi` installed by the wheel
@@ -271,6 +273,31 @@ fn with_solver<R>(
     }
 }
 
+/// Runs `solve` without the GIL, handing it a progress callback that takes the GIL for a
+/// moment at every convergence check to run Python's signal handlers: Ctrl-C's
+/// `KeyboardInterrupt` (or any exception a handler raises) stops the solve and is raised here.
+fn solve_detached<R: Send>(
+    py: Python<'_>,
+    solve: impl FnOnce(&mut OnProgress<'_>) -> softvi::Result<R> + Send,
+) -> PyResult<R> {
+    let mut raised: Option<PyErr> = None;
+    let result = py.detach(|| {
+        solve(
+            &mut |_: &Progress| match Python::attach(|py| py.check_signals()) {
+                Ok(()) => ControlFlow::Continue(()),
+                Err(e) => {
+                    raised = Some(e);
+                    ControlFlow::Break(())
+                }
+            },
+        )
+    });
+    match (result, raised) {
+        (Err(Error::Cancelled { .. }), Some(e)) => Err(e),
+        (result, _) => result.map_err(to_py),
+    }
+}
+
 /// Both solver traits, so one picked solver serves grid and MDP solves.
 trait Solver: MdpSolver + GridSolver {
     fn as_mdp(&mut self) -> &mut dyn MdpSolver;
@@ -437,15 +464,13 @@ fn solve_mdp<'py>(
     };
     let device = parse_device(device, adapter)?;
     let model = &mdp.get().inner;
-    let (solved, label) = py
-        .detach(|| {
-            with_solver(device, |solver| {
-                solver
-                    .as_mdp()
-                    .solve_mdp(model, &options, outputs, &mut |_| {})
-            })
+    let (solved, label) = solve_detached(py, |progress| {
+        with_solver(device, |solver| {
+            solver
+                .as_mdp()
+                .solve_mdp(model, &options, outputs, progress)
         })
-        .map_err(to_py)?;
+    })?;
     solution_dict(py, solved, &[model.states], label)
 }
 
@@ -549,20 +574,14 @@ fn solve_grid<'py>(
             .map(|(goals, reward)| GridTask { goals, reward })
             .collect(),
     };
-    let (solved, label) = py
-        .detach(|| {
-            problem.validate()?;
-            with_solver(device, |solver| {
-                solver.as_grid().solve_grid(
-                    &problem,
-                    starts.as_deref(),
-                    &options,
-                    outputs,
-                    &mut |_| {},
-                )
-            })
+    let (solved, label) = solve_detached(py, |progress| {
+        problem.validate()?;
+        with_solver(device, |solver| {
+            solver
+                .as_grid()
+                .solve_grid(&problem, starts.as_deref(), &options, outputs, progress)
         })
-        .map_err(to_py)?;
+    })?;
     solution_dict(py, solved, &[height, width], label)
 }
 

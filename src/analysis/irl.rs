@@ -10,6 +10,7 @@ use crate::error::{Context, Result, bail, ensure};
 use crate::analysis::sample::ENDED;
 use crate::engine::cpu::csr_action_values;
 use crate::engine::options::{Horizon, Outputs, SolveOptions};
+use crate::engine::schedule::keep_going;
 use crate::engine::solution::{MdpSolution, Status};
 use crate::engine::solver::MdpSolver;
 use crate::world::mdp::TabularMdp;
@@ -431,7 +432,7 @@ pub fn gradient(
         occupancy: true,
         ..Outputs::VALUES
     };
-    let solved = solver.solve_mdp(&mdp, options, outputs, &mut |_| {})?;
+    let solved = solver.solve_mdp(&mdp, options, outputs, &mut keep_going)?;
     ensure!(
         !solved.solution.status.contains(&Status::Diverged),
         "the soft value iteration diverged at this theta; lower the learning rate or use \

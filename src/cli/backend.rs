@@ -2,6 +2,8 @@
 //! sharing a grid batch. Commands solve through the [`Backend`]'s solver traits and never
 //! match on `--backend` again; a run opens one GPU device (or one per sharded adapter).
 
+use std::ops::ControlFlow;
+
 use anyhow::{Context, Result, bail, ensure};
 use clap::ValueEnum;
 use serde_json::json;
@@ -146,7 +148,10 @@ impl Backend {
         let mut line = ProgressLine::new(quiet);
         let solved = self
             .grid()
-            .solve_grid(problem, starts, options, outputs, &mut |p| line.update(p));
+            .solve_grid(problem, starts, options, outputs, &mut |p| {
+                line.update(p);
+                ControlFlow::Continue(())
+            });
         line.finish();
         Ok(solved?)
     }
@@ -161,7 +166,10 @@ impl Backend {
     ) -> Result<MdpSolution> {
         let solver = self.mdp()?;
         let mut line = ProgressLine::new(quiet);
-        let solved = solver.solve_mdp(mdp, options, outputs, &mut |p| line.update(p));
+        let solved = solver.solve_mdp(mdp, options, outputs, &mut |p| {
+            line.update(p);
+            ControlFlow::Continue(())
+        });
         line.finish();
         Ok(solved?)
     }

@@ -12,6 +12,6 @@ pub mod solution;
 pub mod solver;
 
 pub use options::{Backup, Horizon, Outputs, SolveOptions};
-pub use schedule::Progress;
+pub use schedule::{OnProgress, Progress, keep_going};
 pub use solution::{MdpSolution, Occupancy, Solution, Status, TimeSteps};
 pub use solver::{CpuReference, GpuSolver, GridKernelsOnMdp, GridSolver, MdpSolver, ShardedSolver};

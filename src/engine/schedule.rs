@@ -1,6 +1,8 @@
 //! The check schedule both backends obey: check windows, convergence and divergence
 //! decisions, and rate extrapolation.
 
+use std::ops::ControlFlow;
+
 use super::cpu::residual_reduce::SweepStats;
 use super::options::{Horizon, SolveOptions};
 use super::solution::Status;
@@ -116,6 +118,16 @@ impl RateExtrapolator {
 /// A value beyond this magnitude means the iteration is running away (or about to overflow
 /// f32); the solve stops as diverged.
 pub const VALUE_LIMIT: f64 = 1e30;
+
+/// A solve's progress callback, called after every convergence check: `Continue` goes on,
+/// `Break` stops the solve, which then returns [`Error::Cancelled`](crate::Error::Cancelled)
+/// (how a Ctrl-C or a deadline reaches a long solve).
+pub type OnProgress<'a> = dyn FnMut(&Progress) -> ControlFlow<()> + 'a;
+
+/// The progress callback of a caller that watches nothing: never stops the solve.
+pub fn keep_going(_: &Progress) -> ControlFlow<()> {
+    ControlFlow::Continue(())
+}
 
 /// Where a solve stands, reported after convergence checks (for progress displays).
 #[derive(Clone, Copy, Debug, PartialEq)]

@@ -13,7 +13,7 @@ use super::cpu::{solve_cpu_with_progress, solve_mdp_cpu_with_progress};
 use super::gpu::{EngineOptions, GpuContext, GridEngine, MdpEngine, solve_sharded};
 use super::memory;
 use super::options::{Horizon, Outputs, SolveOptions};
-use super::schedule::Progress;
+use super::schedule::OnProgress;
 use super::solution::{MdpSolution, check_mdp_solve};
 use crate::error::{Result, ensure};
 use crate::world::grid_mdp::{GridMdp, start_distribution};
@@ -32,7 +32,7 @@ pub trait MdpSolver {
         mdp: &TabularMdp,
         options: &SolveOptions,
         outputs: Outputs,
-        progress: &mut dyn FnMut(&Progress),
+        progress: &mut OnProgress<'_>,
     ) -> Result<MdpSolution>;
 }
 
@@ -51,7 +51,7 @@ pub trait GridSolver {
         starts: Option<&[usize]>,
         options: &SolveOptions,
         outputs: Outputs,
-        progress: &mut dyn FnMut(&Progress),
+        progress: &mut OnProgress<'_>,
     ) -> Result<MdpSolution>;
 }
 
@@ -78,7 +78,7 @@ fn solve_as_mdp(
     starts: Option<&[usize]>,
     options: &SolveOptions,
     outputs: Outputs,
-    progress: &mut dyn FnMut(&Progress),
+    progress: &mut OnProgress<'_>,
 ) -> Result<MdpSolution> {
     let world = GridMdp::new(problem, starts)?;
     let mut solved = solver.solve_mdp(&world.mdp, options, outputs, progress)?;
@@ -100,7 +100,7 @@ impl MdpSolver for CpuReference {
         mdp: &TabularMdp,
         options: &SolveOptions,
         outputs: Outputs,
-        progress: &mut dyn FnMut(&Progress),
+        progress: &mut OnProgress<'_>,
     ) -> Result<MdpSolution> {
         check_mdp(mdp, options, outputs)?;
         solve_mdp_cpu_with_progress(mdp, options, outputs, progress)
@@ -118,7 +118,7 @@ impl GridSolver for CpuReference {
         starts: Option<&[usize]>,
         options: &SolveOptions,
         outputs: Outputs,
-        progress: &mut dyn FnMut(&Progress),
+        progress: &mut OnProgress<'_>,
     ) -> Result<MdpSolution> {
         check_grid_solve(problem, options, outputs)?;
         if !outputs.needs_steps() {
@@ -195,7 +195,7 @@ impl MdpSolver for GpuSolver {
         mdp: &TabularMdp,
         options: &SolveOptions,
         outputs: Outputs,
-        progress: &mut dyn FnMut(&Progress),
+        progress: &mut OnProgress<'_>,
     ) -> Result<MdpSolution> {
         check_mdp(mdp, options, outputs)?;
         self.mdp_engine()?
@@ -216,7 +216,7 @@ impl GridSolver for GpuSolver {
         starts: Option<&[usize]>,
         options: &SolveOptions,
         outputs: Outputs,
-        progress: &mut dyn FnMut(&Progress),
+        progress: &mut OnProgress<'_>,
     ) -> Result<MdpSolution> {
         check_grid_solve(problem, options, outputs)?;
         if !outputs.needs_steps() {
@@ -272,7 +272,7 @@ impl GridSolver for ShardedSolver {
         _starts: Option<&[usize]>,
         options: &SolveOptions,
         outputs: Outputs,
-        _progress: &mut dyn FnMut(&Progress),
+        _progress: &mut OnProgress<'_>,
     ) -> Result<MdpSolution> {
         ensure!(
             !outputs.needs_steps(),
@@ -316,7 +316,7 @@ impl MdpSolver for GridKernelsOnMdp<'_> {
         mdp: &TabularMdp,
         options: &SolveOptions,
         outputs: Outputs,
-        _progress: &mut dyn FnMut(&Progress),
+        _progress: &mut OnProgress<'_>,
     ) -> Result<MdpSolution> {
         check_mdp(mdp, options, outputs)?;
         let started = Instant::now();

@@ -3,7 +3,7 @@
 
 use std::time::Instant;
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 
 use super::residual_reduce::{SweepStats, convergence_decide};
 use super::{
@@ -13,8 +13,8 @@ use super::{
 use crate::engine::layout::{GridInputs, MdpInputs};
 use crate::engine::options::{Horizon, Outputs, SolveOptions};
 use crate::engine::schedule::{
-    ConvergenceMonitor, Progress, RateExtrapolator, Verdict, check_windows, final_status,
-    sweep_budget, with_unbounded,
+    ConvergenceMonitor, OnProgress, Progress, RateExtrapolator, Verdict, check_windows,
+    final_status, keep_going, sweep_budget, with_unbounded,
 };
 use crate::engine::solution::{
     Marks, MdpSolution, Occupancy, Solution, Status, TimeSteps, check_mdp_solve, scaled_start,
@@ -45,8 +45,8 @@ pub fn iterate_cpu(
     v0: Vec<f64>,
     fixed: &[bool],
     mut sweep: impl FnMut(&[f64], &mut [f64]) -> Vec<SweepStats>,
-    progress: &mut dyn FnMut(&Progress),
-) -> CpuIteration {
+    progress: &mut OnProgress<'_>,
+) -> Result<CpuIteration> {
     let mut v = v0;
     let mut v_next = v.clone();
     let mut backup = if options.uses_extrapolation() {
@@ -69,7 +69,9 @@ pub fn iterate_cpu(
         verdict = monitor
             .get_or_insert_with(|| ConvergenceMonitor::new(options, tasks))
             .observe(&last);
-        progress(&Progress::after(options, sweeps, &last));
+        if progress(&Progress::after(options, sweeps, &last)).is_break() {
+            return Err(Error::Cancelled { sweeps });
+        }
         if verdict != Verdict::Continue {
             break;
         }
@@ -85,13 +87,13 @@ pub fn iterate_cpu(
             extrapolate(fixed, &mut v, &v_next, &mut backup, &factors);
         }
     }
-    CpuIteration {
+    Ok(CpuIteration {
         v,
         v_prev: v_next,
         last,
         sweeps,
         verdict,
-    }
+    })
 }
 
 /// Solves `problem` with the CPU reference (f64 throughout, one thread): the values and, as
@@ -102,7 +104,7 @@ pub fn solve_cpu(
     options: &SolveOptions,
     outputs: Outputs,
 ) -> Result<Solution> {
-    solve_cpu_with_progress(problem, options, outputs, &mut |_| {})
+    solve_cpu_with_progress(problem, options, outputs, &mut keep_going)
 }
 
 /// [`solve_cpu`], calling `progress` after every convergence check.
@@ -110,7 +112,7 @@ pub fn solve_cpu_with_progress(
     problem: &GridProblem,
     options: &SolveOptions,
     outputs: Outputs,
-    progress: &mut dyn FnMut(&Progress),
+    progress: &mut OnProgress<'_>,
 ) -> Result<Solution> {
     let start = Instant::now();
     problem.validate()?;
@@ -124,7 +126,7 @@ pub fn solve_cpu_with_progress(
         &inputs.fixed,
         |v_in, v_out| grid_backup(&inputs, v_in, v_out),
         progress,
-    );
+    )?;
     let CpuIteration {
         v,
         v_prev: v_next,
@@ -176,7 +178,7 @@ pub fn solve_mdp_cpu(
     options: &SolveOptions,
     outputs: Outputs,
 ) -> Result<MdpSolution> {
-    solve_mdp_cpu_with_progress(mdp, options, outputs, &mut |_| {})
+    solve_mdp_cpu_with_progress(mdp, options, outputs, &mut keep_going)
 }
 
 /// [`solve_mdp_cpu`], calling `progress` after every convergence check of the backward pass.
@@ -184,7 +186,7 @@ pub fn solve_mdp_cpu_with_progress(
     mdp: &TabularMdp,
     options: &SolveOptions,
     outputs: Outputs,
-    progress: &mut dyn FnMut(&Progress),
+    progress: &mut OnProgress<'_>,
 ) -> Result<MdpSolution> {
     let start = Instant::now();
     check_mdp_solve(mdp, options)?;
@@ -218,7 +220,7 @@ pub fn solve_mdp_cpu_with_progress(
             stats
         },
         progress,
-    );
+    )?;
     let verdict = with_unbounded(verdict, &inputs.unbounded_tasks());
     let status = final_status(options, &verdict, &last);
     let diverged = status.contains(&Status::Diverged);
@@ -242,7 +244,7 @@ pub fn solve_mdp_cpu_with_progress(
     }
     if outputs.occupancy && !finite && !diverged {
         let pi = policy.as_ref().expect("policy computed for the occupancy");
-        occupancy = Some(discounted_occupancy(&inputs, options, pi));
+        occupancy = Some(discounted_occupancy(&inputs, options, pi, progress)?);
     }
     Ok(MdpSolution {
         solution: Solution {
@@ -329,7 +331,12 @@ fn forward_steps(
 /// The discounted occupancy `sum_t gamma^t D_t` under the stationary policy `pi`, iterated on
 /// the check schedule of the backward pass from the start scaled to a peak of 1
 /// ([`scaled_start`]).
-fn discounted_occupancy(inputs: &MdpInputs, options: &SolveOptions, pi: &[f32]) -> Occupancy {
+fn discounted_occupancy(
+    inputs: &MdpInputs,
+    options: &SolveOptions,
+    pi: &[f32],
+    progress: &mut OnProgress<'_>,
+) -> Result<Occupancy> {
     let mdp = inputs.mdp;
     let transpose = mdp.transpose();
     let (start, scale) = scaled_start(mdp);
@@ -342,9 +349,9 @@ fn discounted_occupancy(inputs: &MdpInputs, options: &SolveOptions, pi: &[f32]) 
             let weights = Some(&weights[..]);
             mdp_occupancy(inputs, &transpose, pi, weights, d_in, Some(&start), d_out)
         },
-        &mut |_| {},
-    );
-    Occupancy {
+        progress,
+    )?;
+    Ok(Occupancy {
         values: run
             .v
             .iter()
@@ -355,5 +362,5 @@ fn discounted_occupancy(inputs: &MdpInputs, options: &SolveOptions, pi: &[f32]) 
         iterations: run.sweeps,
         residual: run.last.iter().map(|s| s.max_abs_delta).collect(),
         status: final_status(options, &run.verdict, &run.last),
-    }
+    })
 }

@@ -11,7 +11,9 @@ use bytemuck::{Pod, Zeroable};
 use super::context::GpuContext;
 use crate::engine::cpu::SweepStats;
 use crate::engine::options::{Horizon, SolveOptions};
-use crate::engine::schedule::{ConvergenceMonitor, Progress, Verdict, check_windows, sweep_budget};
+use crate::engine::schedule::{
+    ConvergenceMonitor, OnProgress, Progress, Verdict, check_windows, sweep_budget,
+};
 
 /// WGSL source of the convergence reduction.
 pub const RESIDUAL_REDUCE_WGSL: &str = wgsl!(
@@ -694,7 +696,7 @@ impl GpuCore {
         checks: &Checks,
         options: &SolveOptions,
         record: &mut dyn FnMut(&mut wgpu::CommandEncoder, Step),
-        progress: &mut dyn FnMut(&Progress),
+        progress: &mut OnProgress<'_>,
     ) -> Result<Iteration> {
         use wgpu::BufferUsages as U;
         let n = checks.tasks;
@@ -782,7 +784,9 @@ impl GpuCore {
                     break;
                 }
             }
-            progress(&Progress::after(options, sweeps, &last));
+            if progress(&Progress::after(options, sweeps, &last)).is_break() {
+                return Err(Error::Cancelled { sweeps });
+            }
         }
         Ok(Iteration {
             sweeps,

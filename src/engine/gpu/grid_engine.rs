@@ -18,7 +18,7 @@ use super::core::{
 use super::forward::{BandDispatch, ForwardPass, PairDispatch, record_forward};
 use crate::engine::layout::GridInputs;
 use crate::engine::options::{Backup, Horizon, Outputs, SolveOptions};
-use crate::engine::schedule::{Progress, Verdict, with_unbounded};
+use crate::engine::schedule::{OnProgress, Verdict, keep_going, with_unbounded};
 use crate::engine::solution::Marks;
 use crate::engine::solution::{MdpSolution, Solution};
 use crate::world::grid_mdp::GridMdp;
@@ -373,7 +373,7 @@ impl GridEngine {
         options: &SolveOptions,
         outputs: Outputs,
     ) -> Result<Solution> {
-        self.solve_with_progress(problem, options, outputs, &mut |_| {})
+        self.solve_with_progress(problem, options, outputs, &mut keep_going)
     }
 
     /// [`GridEngine::solve`], calling `progress` after every submission's checks.
@@ -382,7 +382,7 @@ impl GridEngine {
         problem: &GridProblem,
         options: &SolveOptions,
         outputs: Outputs,
-        progress: &mut dyn FnMut(&Progress),
+        progress: &mut OnProgress<'_>,
     ) -> Result<Solution> {
         outputs.ensure_plain()?;
         Ok(self
@@ -403,7 +403,7 @@ impl GridEngine {
     ) -> Result<MdpSolution> {
         let problem = world.problem_for(template, mdp)?;
         let start = world.start_cells(mdp);
-        let mut solved = self.solve_steps(&problem, options, outputs, &start, &mut |_| {})?;
+        let mut solved = self.solve_steps(&problem, options, outputs, &start, &mut keep_going)?;
         solved.to_states(world);
         Ok(solved)
     }
@@ -423,7 +423,7 @@ impl GridEngine {
         options: &SolveOptions,
         outputs: Outputs,
         start: &[f32],
-        progress: &mut dyn FnMut(&Progress),
+        progress: &mut OnProgress<'_>,
     ) -> Result<MdpSolution> {
         ensure!(
             matches!(options.horizon, Horizon::Finite(_)),
@@ -453,7 +453,7 @@ impl GridEngine {
         options: &SolveOptions,
         outputs: Outputs,
         forward: Option<Forward>,
-        progress: &mut dyn FnMut(&Progress),
+        progress: &mut OnProgress<'_>,
     ) -> Result<MdpSolution> {
         let start = Instant::now();
         problem.validate()?;
@@ -658,7 +658,7 @@ impl GridEngine {
         arrays: &GridArrays,
         tasks: Range<usize>,
         (options, outputs, forward): (&SolveOptions, Outputs, Option<&Forward>),
-        progress: &mut dyn FnMut(&Progress),
+        progress: &mut OnProgress<'_>,
     ) -> Result<ChunkResult> {
         let rows = outputs.policy || outputs.q || forward.is_some();
         let chunk = self.plan_chunk(arrays, tasks.len(), options, (rows, forward.is_some()))?;
@@ -796,7 +796,7 @@ impl GridEngine {
         chunk: &GridChunk,
         tasks: Range<usize>,
         options: &SolveOptions,
-        progress: &mut dyn FnMut(&Progress),
+        progress: &mut OnProgress<'_>,
     ) -> Result<Iteration> {
         let (cells, wpt) = (arrays.inputs.cells(), arrays.inputs.fixed_words_per_task());
         let q = self.core.queue.clone();

@@ -18,7 +18,7 @@ use super::core::{
 use super::forward::{BandDispatch, ForwardOutputs, ForwardPass, PairDispatch, record_forward};
 use crate::engine::layout::MdpInputs;
 use crate::engine::options::{Backup, Horizon, Outputs, SolveOptions};
-use crate::engine::schedule::{Progress, Verdict, with_unbounded};
+use crate::engine::schedule::{OnProgress, Verdict, keep_going, with_unbounded};
 use crate::engine::solution::Marks;
 use crate::engine::solution::{MdpSolution, check_mdp_solve};
 use crate::world::mdp::{TabularMdp, Transpose};
@@ -467,7 +467,7 @@ impl MdpEngine {
         options: &SolveOptions,
         outputs: Outputs,
     ) -> Result<MdpSolution> {
-        self.solve_with_progress(mdp, options, outputs, &mut |_| {})
+        self.solve_with_progress(mdp, options, outputs, &mut keep_going)
     }
 
     /// [`MdpEngine::solve`], calling `progress` after every submission's checks.
@@ -476,7 +476,7 @@ impl MdpEngine {
         mdp: &TabularMdp,
         options: &SolveOptions,
         outputs: Outputs,
-        progress: &mut dyn FnMut(&Progress),
+        progress: &mut OnProgress<'_>,
     ) -> Result<MdpSolution> {
         let start = Instant::now();
         check_mdp_solve(mdp, options)?;
@@ -760,7 +760,7 @@ impl MdpEngine {
         tasks: Range<usize>,
         options: &SolveOptions,
         outputs: Outputs,
-        progress: &mut dyn FnMut(&Progress),
+        progress: &mut OnProgress<'_>,
     ) -> Result<ChunkResult> {
         let unbounded = inputs.unbounded_tasks()[tasks.clone()].to_vec();
         let chunk = self.plan_chunk(inputs, tasks, options, outputs)?;
@@ -907,7 +907,7 @@ impl MdpEngine {
         dynamics: &Dynamics,
         chunk: &MdpChunk,
         options: &SolveOptions,
-        progress: &mut dyn FnMut(&Progress),
+        progress: &mut OnProgress<'_>,
     ) -> Result<Iteration> {
         let mdp = inputs.mdp;
         let (s, a) = (mdp.states, mdp.actions);
@@ -1250,7 +1250,7 @@ impl MdpEngine {
             &checks,
             options,
             &mut |encoder, step| kernels.record(encoder, &checks, step),
-            &mut |_| {},
+            &mut keep_going,
         )?;
         let last = (run.sweeps % 2) as usize;
         let mut d = self.core.read_f32(&occ.d[last], 0, chunk.v_bytes)?;
