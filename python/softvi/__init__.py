@@ -27,6 +27,15 @@ import os
 if "NODEVICE_SELECT" not in os.environ and "MESA_VK_DEVICE_SELECT" not in os.environ:
     os.environ["NODEVICE_SELECT"] = "1"
 
+from ._analysis import (  # noqa: E402
+    ENDED,
+    IrlResult,
+    Posterior,
+    Trajectories,
+    goal_posterior,
+    maxent_irl,
+    sample,
+)
 from ._envs import from_gymnasium, from_seals  # noqa: E402
 from ._grid import Grid, solve_grid  # noqa: E402
 from ._mdp import TabularMDP, load_npz  # noqa: E402
@@ -34,14 +43,21 @@ from ._softvi import DeviceError  # noqa: E402
 from ._solve import SolveResult, adapters, solve  # noqa: E402
 
 __all__ = [
+    "ENDED",
     "DeviceError",
     "Grid",
+    "IrlResult",
+    "Posterior",
     "SolveResult",
     "TabularMDP",
+    "Trajectories",
     "adapters",
     "from_gymnasium",
     "from_seals",
+    "goal_posterior",
     "load_npz",
+    "maxent_irl",
+    "sample",
     "solve",
     "solve_grid",
 ]

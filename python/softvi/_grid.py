@@ -178,15 +178,12 @@ def solve_grid(
         alpha, gamma, backup, horizon, tol, max_iters, extrapolate, policy, q, all_steps,
         occupancy, device,
     )  # fmt: skip
-    raw = _softvi.solve_grid(
-        grid.free,
-        goal_cells,
-        reward32,
+    world = dict(
         connectivity=int(connectivity),
         stay=bool(stay),
         slip=float(slip),
         move_cost=costs,
         starts=starts,
-        **settings,
     )
+    raw = _softvi.solve_grid(grid.free, goal_cells, reward32, world, settings)
     return _result(raw, batched=True)

@@ -26,11 +26,37 @@ def load_npz(path: str | os.PathLike[str]) -> Mdp: ...
 def maze(width: int, height: int, seed: int) -> np.ndarray: ...
 def load_movingai(path: str | os.PathLike[str]) -> np.ndarray: ...
 def adapters() -> list[str]: ...
-def solve_mdp(mdp: Mdp, **settings: Any) -> dict[str, Any]: ...
+def solve_mdp(mdp: Mdp, settings: dict[str, Any]) -> dict[str, Any]: ...
 def solve_grid(
     free: np.ndarray,
     goals: list[list[int]],
     reward: np.ndarray | None,
-    **settings: Any,
+    world: dict[str, Any],
+    settings: dict[str, Any],
+) -> dict[str, Any]: ...
+def sample(
+    mdp: Mdp, policy: np.ndarray, policy_steps: int, episodes: int, steps: int, seed: int
+) -> tuple[np.ndarray, np.ndarray]: ...
+def goal_posterior(
+    mdp: Mdp,
+    policy: np.ndarray,
+    policy_steps: int,
+    states: list[int],
+    actions: list[int] | None,
+    prior: list[float],
+    *,
+    device: str,
+    adapter: int | None,
+) -> tuple[np.ndarray, np.ndarray, str]: ...
+def maxent_irl(
+    mdp: Mdp,
+    features: np.ndarray,
+    states: np.ndarray,
+    actions: np.ndarray | None,
+    settings: dict[str, Any],
+    *,
+    learning_rate: float,
+    iters: int,
+    tol: float,
 ) -> dict[str, Any]: ...
 def cli_main(argv: list[str]) -> int: ...

@@ -191,7 +191,7 @@ def solve(
         alpha, gamma, backup, horizon, tol, max_iters, extrapolate, policy, q, all_steps,
         occupancy, device,
     )  # fmt: skip
-    raw = _softvi.solve_mdp(mdp._mdp, **settings)
+    raw = _softvi.solve_mdp(mdp._mdp, settings)
     return _result(raw, mdp.batched)
 
 

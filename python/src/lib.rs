@@ -18,8 +18,10 @@ use pyo3::exceptions::{
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
 
-use softvi::engine::gpu::GpuContext;
+use softvi::engine::gpu::{GpuContext, TaskPosterior};
+use softvi::infer::{Observation, check_possible, posterior_inputs};
 use softvi::io::npy::NpyValues;
+use softvi::irl::{Demos, IrlOptions};
 use softvi::{
     ActionSet, Backup, Connectivity, CpuReference, Error, GpuSolver, Grid, GridProblem, GridSolver,
     GridTask, Horizon, MdpSolution, MdpSolver, MoveCost, OnProgress, Outputs, Progress,
@@ -313,6 +315,72 @@ impl<T: MdpSolver + GridSolver> Solver for T {
     }
 }
 
+/// The keywords every solve takes, as the dict `softvi._solve._settings` builds them: one
+/// definition for every entry point.
+#[derive(FromPyObject)]
+#[pyo3(from_item_all)]
+struct Settings {
+    alpha: f64,
+    gamma: f64,
+    backup: String,
+    horizon: Option<u32>,
+    tol: f64,
+    max_iters: u32,
+    extrapolate: bool,
+    policy: bool,
+    q: bool,
+    all_steps: bool,
+    occupancy: bool,
+    device: String,
+    adapter: Option<usize>,
+}
+
+impl Settings {
+    /// The library's settings, validated.
+    fn options(&self) -> PyResult<SolveOptions> {
+        let backup = match self.backup.as_str() {
+            "expected" => Backup::Expected,
+            "optimistic" => Backup::Optimistic,
+            other => {
+                return Err(PyValueError::new_err(format!(
+                    "backup must be \"expected\" or \"optimistic\", got {other:?}"
+                )));
+            }
+        };
+        let horizon = match self.horizon {
+            Some(t) => Horizon::Finite(t),
+            None => Horizon::Infinite {
+                tol: self.tol,
+                max_iters: self.max_iters,
+            },
+        };
+        let options = SolveOptions {
+            alpha: self.alpha,
+            gamma: self.gamma,
+            backup,
+            horizon,
+            extrapolate: self.extrapolate,
+        };
+        options.validate().map_err(to_py)?;
+        Ok(options)
+    }
+
+    /// The outputs asked for.
+    fn outputs(&self) -> Outputs {
+        Outputs {
+            policy: self.policy,
+            q: self.q,
+            all_steps: self.all_steps,
+            occupancy: self.occupancy,
+        }
+    }
+
+    /// Where the solve runs.
+    fn device(&self) -> PyResult<Device> {
+        parse_device(&self.device, self.adapter)
+    }
+}
+
 fn parse_device(device: &str, adapter: Option<usize>) -> PyResult<Device> {
     match (device, adapter) {
         ("auto", None) => Ok(Device::Auto),
@@ -322,41 +390,6 @@ fn parse_device(device: &str, adapter: Option<usize>) -> PyResult<Device> {
             "device must be \"auto\", \"gpu\", \"cpu\" or an adapter index, got {device:?}"
         ))),
     }
-}
-
-/// The library's settings from `solve`'s keywords, validated.
-#[allow(clippy::too_many_arguments)]
-fn options(
-    alpha: f64,
-    gamma: f64,
-    backup: &str,
-    horizon: Option<u32>,
-    tol: f64,
-    max_iters: u32,
-    extrapolate: bool,
-) -> PyResult<SolveOptions> {
-    let backup = match backup {
-        "expected" => Backup::Expected,
-        "optimistic" => Backup::Optimistic,
-        other => {
-            return Err(PyValueError::new_err(format!(
-                "backup must be \"expected\" or \"optimistic\", got {other:?}"
-            )));
-        }
-    };
-    let horizon = match horizon {
-        Some(t) => Horizon::Finite(t),
-        None => Horizon::Infinite { tol, max_iters },
-    };
-    let options = SolveOptions {
-        alpha,
-        gamma,
-        backup,
-        horizon,
-        extrapolate,
-    };
-    options.validate().map_err(to_py)?;
-    Ok(options)
 }
 
 /// A flat engine array as a NumPy array of `shape`, owning the `Vec` (no copy).
@@ -433,36 +466,12 @@ fn solution_dict<'py>(
 
 /// Solves every task of `mdp` (see `softvi.solve`).
 #[pyfunction]
-#[pyo3(signature = (
-    mdp, *, alpha, gamma, backup, horizon, tol, max_iters, extrapolate,
-    policy, q, all_steps, occupancy, device, adapter
-))]
-#[allow(clippy::too_many_arguments)]
 fn solve_mdp<'py>(
     py: Python<'py>,
     mdp: Py<PyMdp>,
-    alpha: f64,
-    gamma: f64,
-    backup: &str,
-    horizon: Option<u32>,
-    tol: f64,
-    max_iters: u32,
-    extrapolate: bool,
-    policy: bool,
-    q: bool,
-    all_steps: bool,
-    occupancy: bool,
-    device: &str,
-    adapter: Option<usize>,
+    settings: Settings,
 ) -> PyResult<Bound<'py, PyDict>> {
-    let options = options(alpha, gamma, backup, horizon, tol, max_iters, extrapolate)?;
-    let outputs = Outputs {
-        policy,
-        q,
-        all_steps,
-        occupancy,
-    };
-    let device = parse_device(device, adapter)?;
+    let (options, outputs, device) = (settings.options()?, settings.outputs(), settings.device()?);
     let model = &mdp.get().inner;
     let (solved, label) = solve_detached(py, |progress| {
         with_solver(device, |solver| {
@@ -474,77 +483,58 @@ fn solve_mdp<'py>(
     solution_dict(py, solved, &[model.states], label)
 }
 
-/// Solves a gridworld batch (see `softvi.solve_grid`): `free` `bool [H,W]`, `goals` the goal
-/// cells `row * W + col` of each task, `reward` `float32 [B,H,W]` or none.
-#[pyfunction]
-#[pyo3(signature = (
-    free, goals, reward, *, connectivity, stay, slip, move_cost, starts,
-    alpha, gamma, backup, horizon, tol, max_iters, extrapolate,
-    policy, q, all_steps, occupancy, device, adapter
-))]
-#[allow(clippy::too_many_arguments)]
-fn solve_grid<'py>(
-    py: Python<'py>,
-    free: PyReadonlyArrayDyn<'py, bool>,
-    goals: Vec<Vec<usize>>,
-    reward: Option<PyReadonlyArrayDyn<'py, f32>>,
+/// The world of a gridworld batch besides its map and goals, as `softvi.solve_grid`'s
+/// keywords give it.
+#[derive(FromPyObject)]
+#[pyo3(from_item_all)]
+struct GridWorld {
     connectivity: u8,
     stay: bool,
     slip: f64,
+    /// Orthogonal, diagonal and STAY move costs.
     move_cost: Option<(f64, f64, f64)>,
+    /// Cells `row * W + col` the occupancy starts from (none: uniform).
     starts: Option<Vec<usize>>,
-    alpha: f64,
-    gamma: f64,
-    backup: &str,
-    horizon: Option<u32>,
-    tol: f64,
-    max_iters: u32,
-    extrapolate: bool,
-    policy: bool,
-    q: bool,
-    all_steps: bool,
-    occupancy: bool,
-    device: &str,
-    adapter: Option<usize>,
-) -> PyResult<Bound<'py, PyDict>> {
-    let options = options(alpha, gamma, backup, horizon, tol, max_iters, extrapolate)?;
-    let outputs = Outputs {
-        policy,
-        q,
-        all_steps,
-        occupancy,
-    };
-    let device = parse_device(device, adapter)?;
-    let &[height, width] = free.shape() else {
-        return Err(PyValueError::new_err(format!(
-            "free has shape {:?}; expected [H,W]",
-            free.shape()
-        )));
-    };
-    let grid = Grid {
-        height,
-        width,
-        free: free.as_array().iter().copied().collect(),
-    };
-    let cells = height * width;
-    let rewards: Vec<Option<Vec<f32>>> = match &reward {
-        None => vec![None; goals.len()],
-        Some(r) => {
-            let data: Vec<f32> = r.as_array().iter().copied().collect();
-            if r.shape() != [goals.len(), height, width] {
-                return Err(PyValueError::new_err(format!(
-                    "reward has shape {:?}; expected [B,H,W] = [{}, {height}, {width}]",
-                    r.shape(),
-                    goals.len()
-                )));
+}
+
+impl GridWorld {
+    /// The problem over `free` `bool [H,W]` with one task per goal list and, when given, its
+    /// reward map (`float32 [B,H,W]`).
+    fn problem(
+        &self,
+        free: &PyReadonlyArrayDyn<'_, bool>,
+        goals: Vec<Vec<usize>>,
+        reward: Option<&PyReadonlyArrayDyn<'_, f32>>,
+    ) -> PyResult<GridProblem> {
+        let &[height, width] = free.shape() else {
+            return Err(PyValueError::new_err(format!(
+                "free has shape {:?}; expected [H,W]",
+                free.shape()
+            )));
+        };
+        let grid = Grid {
+            height,
+            width,
+            free: free.as_array().iter().copied().collect(),
+        };
+        let cells = height * width;
+        let rewards: Vec<Option<Vec<f32>>> = match reward {
+            None => vec![None; goals.len()],
+            Some(r) => {
+                if r.shape() != [goals.len(), height, width] {
+                    return Err(PyValueError::new_err(format!(
+                        "reward has shape {:?}; expected [B,H,W] = [{}, {height}, {width}]",
+                        r.shape(),
+                        goals.len()
+                    )));
+                }
+                let data: Vec<f32> = r.as_array().iter().copied().collect();
+                data.chunks_exact(cells.max(1))
+                    .map(|c| Some(c.to_vec()))
+                    .collect()
             }
-            data.chunks_exact(cells.max(1))
-                .map(|c| Some(c.to_vec()))
-                .collect()
-        }
-    };
-    let actions = ActionSet {
-        connectivity: match connectivity {
+        };
+        let connectivity = match self.connectivity {
             4 => Connectivity::Four,
             8 => Connectivity::Eight,
             other => {
@@ -552,37 +542,239 @@ fn solve_grid<'py>(
                     "connectivity must be 4 or 8, got {other}"
                 )));
             }
-        },
-        stay,
-    };
-    let move_cost = match move_cost {
-        Some((orthogonal, diagonal, stay)) => MoveCost {
-            orthogonal,
-            diagonal,
-            stay,
-        },
-        None => MoveCost::default(),
-    };
-    let problem = GridProblem {
-        grid,
-        actions,
-        slip,
-        move_cost,
-        tasks: goals
-            .into_iter()
-            .zip(rewards)
-            .map(|(goals, reward)| GridTask { goals, reward })
-            .collect(),
-    };
+        };
+        let move_cost = match self.move_cost {
+            Some((orthogonal, diagonal, stay)) => MoveCost {
+                orthogonal,
+                diagonal,
+                stay,
+            },
+            None => MoveCost::default(),
+        };
+        Ok(GridProblem {
+            grid,
+            actions: ActionSet {
+                connectivity,
+                stay: self.stay,
+            },
+            slip: self.slip,
+            move_cost,
+            tasks: goals
+                .into_iter()
+                .zip(rewards)
+                .map(|(goals, reward)| GridTask { goals, reward })
+                .collect(),
+        })
+    }
+}
+
+/// Solves a gridworld batch (see `softvi.solve_grid`): `free` `bool [H,W]`, `goals` the goal
+/// cells `row * W + col` of each task, `reward` `float32 [B,H,W]` or none.
+#[pyfunction]
+fn solve_grid<'py>(
+    py: Python<'py>,
+    free: PyReadonlyArrayDyn<'py, bool>,
+    goals: Vec<Vec<usize>>,
+    reward: Option<PyReadonlyArrayDyn<'py, f32>>,
+    world: GridWorld,
+    settings: Settings,
+) -> PyResult<Bound<'py, PyDict>> {
+    let (options, outputs, device) = (settings.options()?, settings.outputs(), settings.device()?);
+    let problem = world.problem(&free, goals, reward.as_ref())?;
+    let shape = [problem.grid.height, problem.grid.width];
+    let starts = world.starts.as_deref();
     let (solved, label) = solve_detached(py, |progress| {
         problem.validate()?;
         with_solver(device, |solver| {
             solver
                 .as_grid()
-                .solve_grid(&problem, starts.as_deref(), &options, outputs, progress)
+                .solve_grid(&problem, starts, &options, outputs, progress)
         })
     })?;
-    solution_dict(py, solved, &[height, width], label)
+    solution_dict(py, solved, &shape, label)
+}
+
+/// Trajectories of every task of `mdp` drawn from `policy` (`float32 [B,S,A]`, stationary,
+/// with `policy_steps` 1; `[B,T,S,A]` with `policy_steps` T): states `int32 [B,N,steps+1]`
+/// and actions `int32 [B,N,steps]`, -1 after an episode's end (see `softvi.sample`).
+#[pyfunction]
+fn sample<'py>(
+    py: Python<'py>,
+    mdp: Py<PyMdp>,
+    policy: PyReadonlyArrayDyn<'py, f32>,
+    policy_steps: usize,
+    episodes: usize,
+    steps: usize,
+    seed: u64,
+) -> PyResult<(Bound<'py, PyAny>, Bound<'py, PyAny>)> {
+    let model = &mdp.get().inner;
+    let policy: Vec<f32> = policy.as_array().iter().copied().collect();
+    let drawn = py
+        .detach(|| softvi::sample::sample(model, &policy, policy_steps, episodes, steps, seed))
+        .map_err(to_py)?;
+    let (b, n, t) = (drawn.tasks, drawn.episodes, drawn.steps);
+    Ok((
+        array(py, drawn.states, vec![b, n, t + 1])?,
+        array(py, drawn.actions, vec![b, n, t])?,
+    ))
+}
+
+/// The posterior over the tasks of `mdp` after each step of one observed trajectory
+/// (`states`, with `actions` or without), from `policy` as in [`sample`] and `prior` `[B]`:
+/// the posterior and the log joint it normalises, `float32 [K+1,B]` (row 0 the prior), and
+/// where the kernel ran (see `softvi.goal_posterior`).
+#[pyfunction]
+#[pyo3(signature = (mdp, policy, policy_steps, states, actions, prior, *, device, adapter))]
+#[allow(clippy::too_many_arguments)]
+fn goal_posterior<'py>(
+    py: Python<'py>,
+    mdp: Py<PyMdp>,
+    policy: PyReadonlyArrayDyn<'py, f32>,
+    policy_steps: usize,
+    states: Vec<usize>,
+    actions: Option<Vec<usize>>,
+    prior: Vec<f64>,
+    device: &str,
+    adapter: Option<usize>,
+) -> PyResult<(Bound<'py, PyAny>, Bound<'py, PyAny>, String)> {
+    let model = &mdp.get().inner;
+    let device = parse_device(device, adapter)?;
+    let policy: Vec<f32> = policy.as_array().iter().copied().collect();
+    let trajectory: Vec<Observation> = states
+        .iter()
+        .enumerate()
+        .map(|(i, &state)| Observation {
+            state,
+            label: format!("states[{i}] = {state}"),
+            action: actions.as_ref().and_then(|a| a.get(i).copied()),
+            line: i + 1,
+        })
+        .collect();
+    let (posterior, joint, label) = py
+        .detach(|| {
+            let inputs = posterior_inputs(model, &policy, policy_steps, &trajectory, &prior)?;
+            let cpu = |why: &str| {
+                let (posterior, joint) = softvi::engine::cpu::task_posterior(&inputs);
+                (posterior, joint, format!("cpu reference (f64){why}"))
+            };
+            let (posterior, joint, label) = match device {
+                Device::Cpu => cpu(""),
+                Device::Auto | Device::Gpu(_) => {
+                    let adapter = match device {
+                        Device::Gpu(i) => i,
+                        _ => None,
+                    };
+                    let mut cache = solvers();
+                    match gpu_solver(&mut cache, adapter) {
+                        Ok(gpu) => {
+                            let (posterior, joint) =
+                                TaskPosterior::new(gpu.context())?.run(&inputs)?;
+                            (posterior, joint, MdpSolver::label(gpu))
+                        }
+                        Err(Error::NoAdapter(_)) if device == Device::Auto => {
+                            cpu(" (no GPU adapter)")
+                        }
+                        Err(e) => return Err(e),
+                    }
+                }
+            };
+            check_possible(&inputs, &joint)?;
+            Ok((posterior, joint, label))
+        })
+        .map_err(to_py)?;
+    let shape = vec![posterior.len() / model.tasks, model.tasks];
+    Ok((
+        array(py, posterior, shape.clone())?,
+        array(py, joint, shape)?,
+        label,
+    ))
+}
+
+/// MaxEnt IRL (see `softvi.maxent_irl`): learns theta `[M,K]` of the reward `theta . phi(s)`
+/// for each of M demo sets from `features` `float32 [S,K]`, demonstrated `states`
+/// `int32 [M,N,T+1]` and optional `actions` `int32 [M,N,T]` (-1 after an episode's end).
+#[pyfunction]
+#[pyo3(signature = (mdp, features, states, actions, settings, *, learning_rate, iters, tol))]
+#[allow(clippy::too_many_arguments)]
+fn maxent_irl<'py>(
+    py: Python<'py>,
+    mdp: Py<PyMdp>,
+    features: PyReadonlyArrayDyn<'py, f32>,
+    states: PyReadonlyArrayDyn<'py, i32>,
+    actions: Option<PyReadonlyArrayDyn<'py, i32>>,
+    settings: Settings,
+    learning_rate: f64,
+    iters: u32,
+    tol: f64,
+) -> PyResult<Bound<'py, PyDict>> {
+    let model = &mdp.get().inner;
+    let (options, device) = (settings.options()?, settings.device()?);
+    let &[sets, episodes, steps_1] = states.shape() else {
+        return Err(PyValueError::new_err(format!(
+            "states has shape {:?}; expected [M,N,T+1]",
+            states.shape()
+        )));
+    };
+    let steps = steps_1.saturating_sub(1);
+    if let Some(a) = &actions
+        && a.shape() != [sets, episodes, steps]
+    {
+        return Err(PyValueError::new_err(format!(
+            "actions has shape {:?}; expected [M,N,T] = [{sets}, {episodes}, {steps}]",
+            a.shape()
+        )));
+    }
+    let demos = Demos {
+        sets,
+        episodes,
+        steps,
+        states: states.as_array().iter().copied().collect(),
+        actions: actions.map(|a| a.as_array().iter().copied().collect()),
+    };
+    let features: Vec<f32> = features.as_array().iter().copied().collect();
+    let irl_options = IrlOptions {
+        solve: options,
+        learning_rate,
+        iters,
+        tol,
+    };
+    let (learned, label) = py
+        .detach(|| {
+            with_solver(device, |solver| {
+                softvi::irl::learn(
+                    model,
+                    &features,
+                    &demos,
+                    &irl_options,
+                    solver.as_mdp(),
+                    &mut |_, _| {},
+                )
+            })
+        })
+        .map_err(to_py)?;
+    let k = features.len() / model.states.max(1);
+    let out = PyDict::new(py);
+    out.set_item("theta", array(py, learned.theta, vec![sets, k])?)?;
+    let history = pyo3::types::PyList::empty(py);
+    for step in &learned.history {
+        let row = PyDict::new(py);
+        row.set_item("log_likelihood", step.log_likelihood.clone())?;
+        row.set_item("gradient_norm", step.gradient_norm.clone())?;
+        row.set_item("solve_seconds", step.solve_seconds)?;
+        history.append(row)?;
+    }
+    out.set_item("history", history)?;
+    out.set_item("converged", learned.converged)?;
+    out.set_item(
+        "demo_features",
+        array(py, learned.demo_features, vec![sets, k])?,
+    )?;
+    out.set_item(
+        "model_features",
+        array(py, learned.model_features, vec![sets, k])?,
+    )?;
+    out.set_item("adapter", label)?;
+    Ok(out)
 }
 
 /// Runs the `softvi` command line on `argv` (`argv[0]` is the program name); returns the exit
@@ -618,6 +810,9 @@ fn _softvi(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(adapters, m)?)?;
     m.add_function(wrap_pyfunction!(solve_mdp, m)?)?;
     m.add_function(wrap_pyfunction!(solve_grid, m)?)?;
+    m.add_function(wrap_pyfunction!(sample, m)?)?;
+    m.add_function(wrap_pyfunction!(goal_posterior, m)?)?;
+    m.add_function(wrap_pyfunction!(maxent_irl, m)?)?;
     m.add_function(wrap_pyfunction!(cli_main, m)?)?;
     Ok(())
 }

@@ -1,7 +1,8 @@
-"""Every ValueError path, the device errors, and the GIL released during a solve."""
+"""Every ValueError path, the device errors, the GIL released during a solve, and Ctrl-C."""
 
 from __future__ import annotations
 
+import _thread
 import os
 import subprocess
 import sys
@@ -11,7 +12,7 @@ import time
 import numpy as np
 import pytest
 import scipy.sparse as sp
-from conftest import random_mdp
+from conftest import random_mdp, run_on
 
 import softvi
 
@@ -194,6 +195,27 @@ def test_the_gil_is_released_during_a_solve():
     assert len(during) >= 10, f"{len(during)} ticks in a {end - start:.2f} s solve"
     gaps = np.diff([start, *during, end])
     assert gaps.max() < max(0.5 * (end - start), 0.05), f"the ticker stalled {gaps.max():.3f} s"
+
+
+@pytest.mark.parametrize("which", ["cpu", "gpu"])
+def test_ctrl_c_stops_a_long_solve_with_keyboard_interrupt(which):
+    # interrupt_main() is what the terminal's Ctrl-C does to Python: SIGINT's handler
+    # raises KeyboardInterrupt in the main thread, here inside the solve, at its next check.
+    grid = softvi.Grid.maze(301, 301, 2)
+    # gamma 0.9999 at tol 1e-9 takes minutes on either device; the interrupt comes at 0.5 s.
+    settings = dict(alpha=0.05, gamma=0.9999, tol=1e-9, max_iters=1_000_000, extrapolate=False)
+    timer = threading.Timer(0.5, _thread.interrupt_main)
+    start = time.perf_counter()
+    timer.start()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            run_on(which, softvi.solve_grid, grid, [(1, 1)], **settings)
+    finally:
+        timer.cancel()
+    assert time.perf_counter() - start < 20, "the interrupt did not stop the solve soon"
+    # The device is still usable after a cancelled solve.
+    again = run_on(which, softvi.solve_grid, grid, [(1, 1)], horizon=3)
+    assert again.status == ["horizon"]
 
 
 def test_a_headless_vulkan_solve_prints_nothing_on_stderr():

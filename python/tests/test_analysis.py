@@ -1,0 +1,197 @@
+"""softvi.sample, softvi.goal_posterior and softvi.maxent_irl: against env.step rollouts, a
+posterior written here in NumPy, and the CLI's `softvi irl` on the same files."""
+
+from __future__ import annotations
+
+import json
+
+import gymnasium as gym
+import numpy as np
+import pytest
+from conftest import random_mdp, run_on
+from scipy.special import logsumexp
+
+import softvi
+
+
+def test_sampled_state_frequencies_match_env_step_rollouts():
+    # FrozenLake 8x8, slippery: softvi.sample of the MDP from_gymnasium against rollouts of
+    # the same stationary policy through env.step. Frequencies of each state at each t are
+    # binomial: with N episodes on each side the difference has standard deviation
+    # sqrt(p (1 - p) (2 / N)); 5 of them (over ~1,000 cells tested) leaves a false alarm
+    # chance near 1e-4, while a wrong transition or action order shifts whole rows.
+    env = gym.make("FrozenLake-v1", map_name="8x8")
+    mdp = softvi.from_gymnasium(env)
+    solved = softvi.solve(mdp, alpha=0.3, gamma=0.97, device="cpu")
+    pi = solved.policy[: env.unwrapped.observation_space.n].astype(np.float64)
+    n, steps = 4000, 16
+    drawn = softvi.sample(mdp, solved, episodes=n, steps=steps, seed=3)
+    assert drawn.states.shape == (n, steps + 1) and drawn.actions.shape == (n, steps)
+    rng = np.random.default_rng(5)
+    rollouts = np.full((n, steps + 1), -1)
+    for e in range(n):
+        s, _ = env.reset(seed=int(rng.integers(2**31)))
+        rollouts[e, 0] = s
+        for t in range(steps):
+            a = rng.choice(4, p=pi[s] / pi[s].sum())
+            s, _, terminated, truncated, _ = env.step(a)
+            rollouts[e, t + 1] = s
+            if terminated or truncated:
+                break
+    # softvi's episodes pass through the sink (the terminated transition's target) and stop:
+    # count real states only.
+    real = env.unwrapped.observation_space.n
+    checked = 0
+    for t in range(steps + 1):
+        at_t = drawn.states[:, t]
+        ours = np.bincount(at_t[(at_t >= 0) & (at_t < real)], minlength=real) / n
+        theirs = np.bincount(rollouts[:, t][rollouts[:, t] >= 0], minlength=real) / n
+        p = (ours + theirs) / 2
+        sd = np.sqrt(np.maximum(p * (1 - p), 1 / n) * 2 / n)
+        worst = np.max(np.abs(ours - theirs) / sd)
+        assert worst < 5, f"t={t}: state frequencies differ by {worst:.1f} sd"
+        checked += np.count_nonzero(p)
+    assert checked > 200
+    # A step is taken (action >= 0) exactly when the episode goes on to a next state.
+    assert np.array_equal(drawn.actions >= 0, drawn.states[:, 1:] >= 0)
+
+
+def test_sample_shapes_seeds_and_errors():
+    rng = np.random.default_rng(2)
+    p = random_mdp(rng, 6, 3)
+    mdp = softvi.TabularMDP(p, rng.normal(size=(4, 6, 3)))
+    solved = softvi.solve(mdp, horizon=5, all_steps=True, device="cpu")
+    assert solved.policy.shape == (4, 5, 6, 3)
+    a = softvi.sample(mdp, solved, episodes=7, seed=9)
+    assert a.states.shape == (4, 7, 6) and a.actions.shape == (4, 7, 5)
+    b = softvi.sample(mdp, solved.policy, episodes=7, seed=9)
+    assert np.array_equal(a.states, b.states) and np.array_equal(a.actions, b.actions)
+    c = softvi.sample(mdp, solved.policy, episodes=7, seed=10)
+    assert not np.array_equal(a.states, c.states)
+    # Every drawn step has probability > 0 under P.
+    s, acts, nxt = a.states[..., :-1], a.actions, a.states[..., 1:]
+    assert np.all(p[s, acts, nxt] > 0)
+    with pytest.raises(ValueError, match="longer than the horizon"):
+        softvi.sample(mdp, solved, steps=6)
+    with pytest.raises(ValueError, match=r"policy has shape \(6, 3\)"):
+        softvi.sample(mdp, solved.policy[0, 0])
+    with pytest.raises(ValueError, match="episodes must be an integer >= 1"):
+        softvi.sample(mdp, solved, episodes=0)
+    with pytest.raises(ValueError, match="holds no policy"):
+        softvi.sample(mdp, softvi.solve(mdp, policy=False, device="cpu"))
+
+
+def numpy_posterior(pi, p, states, actions, prior):
+    """log p(z) + sum_t log pi_z(a_t|s_t), or with states only log sum_a pi_z(a|s_t)
+    P(s_{t+1}|s_t,a), normalised after each step: ``[K+1, B]``."""
+    log = [np.log(prior / prior.sum())]
+    for k in range(len(states) - 1):
+        s, s1 = states[k], states[k + 1]
+        if actions is None:
+            like = np.einsum("za,a->z", pi[:, s, :], p[s, :, s1])
+        else:
+            like = pi[:, s, actions[k]]
+        with np.errstate(divide="ignore"):
+            log.append(log[-1] + np.log(like))
+    log = np.array(log)
+    return np.exp(log - logsumexp(log, axis=1, keepdims=True))
+
+
+@pytest.mark.parametrize("with_actions", [True, False])
+def test_goal_posterior_equals_numpy(device, with_actions):
+    rng = np.random.default_rng(21)
+    s_n, a_n, b_n = 9, 3, 5
+    p = random_mdp(rng, s_n, a_n, sparsity=0.5)
+    mdp = softvi.TabularMDP(p, rng.normal(size=(b_n, s_n, a_n)) * 2)
+    solved = softvi.solve(mdp, alpha=0.5, gamma=0.9, tol=1e-7, device="cpu")
+    drawn = softvi.sample(mdp, solved, episodes=1, steps=12, seed=4)
+    states, actions = drawn.states[2, 0], drawn.actions[2, 0]  # behaviour of task 2
+    prior = np.array([1.0, 2.0, 3.0, 0.5, 1.5])
+    got = run_on(
+        device, softvi.goal_posterior, mdp, solved, states,
+        actions if with_actions else None, prior=prior,
+    )  # fmt: skip
+    want = numpy_posterior(
+        solved.policy.astype(np.float64), p, states, actions if with_actions else None, prior
+    )
+    assert got.posterior.shape == (13, b_n)
+    # float32 posterior from float32 policies: 1e-5 absolute on probabilities (CPU twin in
+    # f64 rounded once; the GPU sums 12 float32 logs, ~1e-6 each).
+    np.testing.assert_allclose(got.posterior, want, atol=1e-5)
+    assert (device == "cpu") == got.adapter.startswith("cpu reference")
+
+
+def test_goal_posterior_errors():
+    rng = np.random.default_rng(1)
+    p = random_mdp(rng, 4, 2)
+    p[0, 0] = [0, 1, 0, 0]  # from state 0, action 0 reaches state 1 only
+    mdp = softvi.TabularMDP(p, rng.normal(size=(2, 4, 2)))
+    solved = softvi.solve(mdp, device="cpu")
+    with pytest.raises(ValueError, match=r"states\[1\] = 9 is outside 0..4"):
+        softvi.goal_posterior(mdp, solved, [0, 9], device="cpu")
+    with pytest.raises(ValueError, match=r"actions\[0\] = 2 is outside 0..2"):
+        softvi.goal_posterior(mdp, solved, [0, 1], [2], device="cpu")
+    with pytest.raises(ValueError, match="cannot move"):
+        softvi.goal_posterior(mdp, solved, [0, 2], [0], device="cpu")
+    with pytest.raises(ValueError, match="batched MDP"):
+        softvi.goal_posterior(softvi.TabularMDP(p, np.zeros((4, 2))), solved, [0, 1])
+    with pytest.raises(ValueError, match="prior"):
+        softvi.goal_posterior(mdp, solved, [0, 1], prior=[0.0, 0.0], device="cpu")
+
+
+def test_maxent_irl_equals_the_cli_and_matches_the_demos(tmp_path, device):
+    # A 5 x 4 grid-like chain world with state features; demos from a known reward. The
+    # Python call and `softvi irl` on the same files run the same code on the same backend:
+    # theta equal to float32 rounding; and the learned model's feature expectations match
+    # the demos' (the MaxEnt IRL optimality condition) to the gradient tolerance.
+    rng = np.random.default_rng(8)
+    s_n, a_n, k_n, horizon = 20, 4, 3, 8
+    p = random_mdp(rng, s_n, a_n, sparsity=0.7)
+    phi = rng.random((s_n, k_n)).astype(np.float32)
+    true_reward = phi @ np.array([1.0, -2.0, 0.5])
+    world = softvi.TabularMDP(p, np.zeros((s_n, a_n)))
+    expert = softvi.TabularMDP(p, np.repeat(true_reward[:, None], a_n, 1))
+    solved = softvi.solve(expert, horizon=horizon, all_steps=True, device="cpu")
+    demos = softvi.sample(expert, solved, episodes=200, seed=1)
+    learned = run_on(
+        device, softvi.maxent_irl, world, phi, demos.states, demos.actions,
+        learning_rate=0.1, iters=300, tol=2e-3,
+    )  # fmt: skip
+    assert learned.theta.shape == (k_n,) and learned.reward.shape == (s_n,)
+    assert learned.converged, learned.history[-1]
+    assert np.max(np.abs(learned.demo_features - learned.model_features)) < 2e-3
+    lls = [h["log_likelihood"][0] for h in learned.history]
+    assert lls[-1] > lls[0]
+    world.save_npz(tmp_path / "world.npz")
+    np.save(tmp_path / "phi.npy", phi)
+    np.save(tmp_path / "demos.npy", demos.states)
+    np.save(tmp_path / "acts.npy", demos.actions)
+    code = softvi._softvi.cli_main(
+        [
+            "softvi", "irl", "--mdp", str(tmp_path / "world.npz"),
+            "--features", str(tmp_path / "phi.npy"), "--demos", str(tmp_path / "demos.npy"),
+            "--demo-actions", str(tmp_path / "acts.npy"), "--lr", "0.1", "--iters", "300",
+            "--tol", "2e-3", "--backend", device, "--out", str(tmp_path / "irl"), "--quiet",
+        ]
+    )  # fmt: skip
+    assert code == 0
+    theta = np.load(tmp_path / "irl" / "theta.npy")
+    np.testing.assert_allclose(learned.theta, theta.reshape(-1), rtol=1e-6, atol=1e-7)
+    summary = json.loads((tmp_path / "irl" / "summary.json").read_text())
+    assert summary["iterations"] == len(learned.history)
+
+
+def test_maxent_irl_errors():
+    rng = np.random.default_rng(3)
+    p = random_mdp(rng, 5, 2)
+    world = softvi.TabularMDP(p, np.zeros((5, 2)))
+    phi = np.eye(5)
+    states = np.array([[0, 1, 2]])
+    with pytest.raises(ValueError, match=r"features has shape \(4, 5\)"):
+        softvi.maxent_irl(world, phi[:4], states)
+    with pytest.raises(ValueError, match="states must be integers"):
+        softvi.maxent_irl(world, phi, states.astype(float))
+    with pytest.raises(ValueError, match="alpha > 0"):
+        softvi.maxent_irl(world, phi, states, alpha=0.0, device="cpu")
+    with pytest.raises(ValueError, match="horizon or discounted"):
+        softvi.maxent_irl(world, phi, states, horizon=3, discounted=True)
