@@ -57,7 +57,7 @@ pub use engine::gpu::{
 };
 pub use engine::{
     Backup, CpuReference, GpuSolver, GridKernelsOnMdp, GridSolver, Horizon, MdpSolution, MdpSolver,
-    Occupancy, OnProgress, Outputs, Progress, ShardedSolver, Solution, SolveOptions, Status,
+    Occupancy, OnProgress, Outputs, Progress, Real, ShardedSolver, Solution, SolveOptions, Status,
     TimeSteps, keep_going,
 };
 pub use error::{Error, Result};

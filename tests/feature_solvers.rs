@@ -269,3 +269,52 @@ fn a_progress_callback_cancels_the_solve() {
 /// Both solver traits behind one box.
 trait GridSolverAndMdp: GridSolver + MdpSolver {}
 impl<T: GridSolver + MdpSolver> GridSolverAndMdp for T {}
+
+/// The CPU reference in f64 (`solve_mdp_cpu_f64`) is the same computation as the f32 report,
+/// unrounded: values, policy and Q of every step round to the f32 solve's bits, and they carry
+/// more than f32 precision (else the f64 report would be a widened f32 one).
+#[test]
+fn the_f64_reference_rounds_to_the_f32_one() {
+    let problem = random_problem(9, 7, 3, Connectivity::Eight, false, 0.1, 6);
+    let world = GridMdp::new(&problem, None).unwrap();
+    let options = SolveOptions {
+        alpha: 0.7,
+        gamma: 0.9,
+        horizon: Horizon::Finite(6),
+        ..SolveOptions::default()
+    };
+    let outputs = every_output();
+    let f32s = softvi::solve_mdp_cpu(&world.mdp, &options, outputs).unwrap();
+    let f64s =
+        softvi::engine::cpu::solve_mdp_cpu_f64(&world.mdp, &options, outputs, &mut keep_going)
+            .unwrap();
+    let (s32, s64) = (f32s.steps.unwrap(), f64s.steps.unwrap());
+    let pairs: [(&str, &[f32], &[f64]); 4] = [
+        ("V", &f32s.solution.values, &f64s.solution.values),
+        ("V_t", &s32.values, &s64.values),
+        (
+            "pi_t",
+            s32.policy.as_ref().unwrap(),
+            s64.policy.as_ref().unwrap(),
+        ),
+        ("Q_t", s32.q.as_ref().unwrap(), s64.q.as_ref().unwrap()),
+    ];
+    for (name, narrow, wide) in pairs {
+        assert_eq!(narrow.len(), wide.len(), "{name}");
+        for (&a, &b) in narrow.iter().zip(wide) {
+            assert!(
+                a.to_bits() == (b as f32).to_bits() || (a.is_nan() && b.is_nan()),
+                "{name}"
+            );
+        }
+        assert!(
+            wide.iter()
+                .any(|&b| b.is_finite() && b != (b as f32) as f64),
+            "{name}: no digit past f32"
+        );
+    }
+    // The occupancy reads the policy at each precision: equal to f32 rounding of pi.
+    let (d32, d64) = (f32s.occupancy.unwrap(), f64s.occupancy.unwrap());
+    let widened: Vec<f32> = d64.values.iter().map(|&x| x as f32).collect();
+    assert!(max_abs_error(&d32.values, &widened) < 1e-6);
+}

@@ -19,8 +19,11 @@ Backup = Literal["expected", "optimistic"]
 class SolveResult:
     """What a solve returns.
 
-    Arrays are float32 (as the engine stores them, also from the f64 CPU reference), owned by
-    NumPy without a copy.
+    Arrays are owned by NumPy without a copy: float64 from the CPU reference on a
+    :class:`TabularMDP` (its f64 arithmetic, unrounded), float32 otherwise (a GPU computes in
+    float32; grid solves are reported in float32 on every device). The model itself is
+    stored in float32 (P, r, initial), so compare with code that reads the same rounded
+    inputs.
 
     Shapes, with B the task axis (present iff the reward had one; always for grids), the state
     axes ``...`` (``S`` for an MDP, ``H, W`` for a grid) and A the actions:

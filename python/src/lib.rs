@@ -18,13 +18,14 @@ use pyo3::exceptions::{
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
 
+use softvi::engine::cpu::solve_mdp_cpu_f64;
 use softvi::engine::gpu::{GpuContext, TaskPosterior};
 use softvi::infer::{Observation, check_possible, posterior_inputs};
 use softvi::io::npy::NpyValues;
 use softvi::irl::{Demos, IrlOptions};
 use softvi::{
     ActionSet, Backup, Connectivity, CpuReference, Error, GpuSolver, Grid, GridProblem, GridSolver,
-    GridTask, Horizon, MdpSolution, MdpSolver, MoveCost, OnProgress, Outputs, Progress,
+    GridTask, Horizon, MdpSolution, MdpSolver, MoveCost, OnProgress, Outputs, Progress, Real,
     SolveOptions, TabularMdp,
 };
 
@@ -238,15 +239,21 @@ fn gpu_solver(cache: &mut SolverCache, adapter: Option<usize>) -> softvi::Result
     }
 }
 
-/// Runs `solve` on the solver `device` picks; returns its result and the solver's label.
-fn with_solver<R>(
+/// The solver `device` picked: the CPU reference (with its label for `adapter`) or a GPU
+/// solver from the cache.
+enum Picked<'a> {
+    Cpu(String),
+    Gpu(&'a mut GpuSolver),
+}
+
+/// Runs `run` on what `device` picks: the GPU solver (opened on first use), or the CPU
+/// reference for `"cpu"` and for `"auto"` without an adapter.
+fn with_device<R>(
     device: Device,
-    solve: impl FnOnce(&mut dyn Solver) -> softvi::Result<R>,
-) -> softvi::Result<(R, String)> {
+    run: impl FnOnce(Picked<'_>) -> softvi::Result<R>,
+) -> softvi::Result<R> {
     if device == Device::Cpu {
-        let mut cpu = CpuReference;
-        let label = MdpSolver::label(&cpu);
-        return Ok((solve(&mut cpu)?, label));
+        return run(Picked::Cpu(MdpSolver::label(&CpuReference)));
     }
     let mut cache = solvers();
     let adapter = match device {
@@ -254,25 +261,34 @@ fn with_solver<R>(
         _ => None,
     };
     match gpu_solver(&mut cache, adapter) {
-        Ok(gpu) => {
-            let label = MdpSolver::label(gpu);
-            Ok((solve(gpu)?, label))
-        }
+        Ok(gpu) => run(Picked::Gpu(gpu)),
         Err(Error::NoAdapter(_)) if device == Device::Auto => {
             drop(cache);
-            let mut cpu = CpuReference;
-            let label = format!(
+            run(Picked::Cpu(format!(
                 "{} (no GPU adapter: {})",
-                MdpSolver::label(&cpu),
+                MdpSolver::label(&CpuReference),
                 softvi::engine::gpu::context::NO_ADAPTER_HELP
                     .split('.')
                     .next()
                     .unwrap_or("none found")
-            );
-            Ok((solve(&mut cpu)?, label))
+            )))
         }
         Err(e) => Err(e),
     }
+}
+
+/// Runs `solve` on the solver `device` picks; returns its result and the solver's label.
+fn with_solver<R>(
+    device: Device,
+    solve: impl FnOnce(&mut dyn Solver) -> softvi::Result<R>,
+) -> softvi::Result<(R, String)> {
+    with_device(device, |picked| match picked {
+        Picked::Cpu(label) => Ok((solve(&mut CpuReference)?, label)),
+        Picked::Gpu(gpu) => {
+            let label = MdpSolver::label(gpu);
+            Ok((solve(gpu)?, label))
+        }
+    })
 }
 
 /// Runs `solve` without the GIL, handing it a progress callback that takes the GIL for a
@@ -405,9 +421,9 @@ fn array<'py, T: numpy::Element>(
 /// values `[B, *state_shape]` (`[B,T+1,...]` with every step), policy and q
 /// `[B, *state_shape, A]` (`[B,T,...,A]`), occupancy `[B, *state_shape]` (`[B,T+1,...]` for a
 /// finite horizon), as the CLI writes them.
-fn solution_dict<'py>(
+fn solution_dict<'py, T: Real + numpy::Element>(
     py: Python<'py>,
-    solved: MdpSolution,
+    solved: MdpSolution<T>,
     state_shape: &[usize],
     adapter: String,
 ) -> PyResult<Bound<'py, PyDict>> {
@@ -473,14 +489,23 @@ fn solve_mdp<'py>(
 ) -> PyResult<Bound<'py, PyDict>> {
     let (options, outputs, device) = (settings.options()?, settings.outputs(), settings.device()?);
     let model = &mdp.get().inner;
-    let (solved, label) = solve_detached(py, |progress| {
-        with_solver(device, |solver| {
-            solver
-                .as_mdp()
-                .solve_mdp(model, &options, outputs, progress)
+    // The CPU reference reports its f64 arrays as they are; a GPU its f32 ones.
+    let solved = solve_detached(py, |progress| {
+        with_device(device, |picked| match picked {
+            Picked::Cpu(label) => {
+                let solved = solve_mdp_cpu_f64(model, &options, outputs, progress)?;
+                Ok(Ok((solved, label)))
+            }
+            Picked::Gpu(gpu) => {
+                let solved = gpu.solve_mdp(model, &options, outputs, progress)?;
+                Ok(Err((solved, MdpSolver::label(gpu))))
+            }
         })
     })?;
-    solution_dict(py, solved, &[model.states], label)
+    match solved {
+        Ok((exact, label)) => solution_dict(py, exact, &[model.states], label),
+        Err((rounded, label)) => solution_dict(py, rounded, &[model.states], label),
+    }
 }
 
 /// The world of a gridworld batch besides its map and goals, as `softvi.solve_grid`'s

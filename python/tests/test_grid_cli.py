@@ -34,8 +34,12 @@ def cli_solve(tmp_path: Path, backend: str, *args: str) -> dict[str, np.ndarray]
 
 
 def assert_same(got, want, device: str, what: str) -> None:
-    """The same backend gives the same bits; NaN where the CLI has NaN."""
+    """The same backend gives the same bits; NaN where the CLI has NaN.
+
+    The CLI writes float32; the CPU reference's float64 arrays (MDP solves) are those rounded.
+    """
     assert got.shape == want.shape, what
+    got = np.asarray(got, dtype=np.float32)
     np.testing.assert_array_equal(np.isnan(got), np.isnan(want), err_msg=what)
     np.testing.assert_array_equal(got, want, err_msg=what)
 
@@ -126,5 +130,12 @@ def test_mdp_equals_cli_files(tmp_path, device):
         *("--mdp", str(tmp_path / "mdp.npz"), "--alpha", "0.7", "--gamma", "0.95"),
         *("--tol", "1e-6", "--q", "--occupancy"),
     )
-    for name in ("values", "policy", "q", "occupancy"):
+    for name in ("values", "policy", "q"):
         assert_same(getattr(got, name), files[name], device, name)
+    if device == "gpu":
+        assert_same(got.occupancy, files["occupancy"], device, "occupancy")
+    else:
+        # The f64 reference's discounted occupancy iterates with its f64 policy, the CLI's
+        # with the float32 one; each stops at tol 1e-6 (relative to the start's peak), so the
+        # two agree to a few tol, not bit for bit.
+        np.testing.assert_allclose(got.occupancy, files["occupancy"], rtol=0, atol=2e-5)

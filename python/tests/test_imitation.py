@@ -78,11 +78,15 @@ def test_partition_and_occupancy(env, device, discount):
     assert_close(d, want_d, rtol, "D")
     assert_close(d_cum, want_cum, rtol, "D_cum")
 
-    # A given policy (here the discounted one) is simulated as it is.
+    # A given policy (here the discounted one) is simulated as it is, in NumPy on the env's
+    # own float64 model (no engine, no rounding).
     d, d_cum = imitation.mce_occupancy_measures(env, pi=want_pi, discount=discount)
-    want_d, want_cum = occupancy(p, want_pi, initial, discount)
-    assert_close(d, want_d, 1e-6, "D of a given pi")
-    assert_close(d_cum, want_cum, 1e-6, "D_cum of a given pi")
+    model = env.unwrapped
+    want_d, want_cum = occupancy(
+        model.transition_matrix, want_pi, model.initial_state_dist, discount
+    )
+    assert_close(d, want_d, 1e-10, "D of a given pi")
+    assert_close(d_cum, want_cum, 1e-10, "D_cum of a given pi")
 
 
 def test_state_action_reward(env):
@@ -90,11 +94,11 @@ def test_state_action_reward(env):
     reward = np.random.default_rng(5).normal(size=p.shape[:2])
     v, q, pi = imitation.mce_partition_fh(env, reward=reward, discount=0.9, device="cpu")
     want_v, want_q, want_pi = partition_fh(p, as_engine_reads(reward), horizon, 0.9)
-    assert_close(v, want_v, 1e-6, "V")
-    assert_close(q, want_q, 1e-6, "Q")
+    assert_close(v, want_v, 1e-10, "V")
+    assert_close(q, want_q, 1e-10, "Q")
     d, _ = imitation.mce_occupancy_measures(env, reward=reward, device="cpu")
     _, _, pi_1 = partition_fh(p, as_engine_reads(reward), horizon, 1.0)
-    assert_close(d, occupancy(p, pi_1, initial, 1.0)[0], 1e-6, "D")
+    assert_close(d, occupancy(p, pi_1, initial, 1.0)[0], 1e-10, "D")
 
 
 def test_errors(env):

@@ -13,5 +13,5 @@ pub mod solver;
 
 pub use options::{Backup, Horizon, Outputs, SolveOptions};
 pub use schedule::{OnProgress, Progress, keep_going};
-pub use solution::{MdpSolution, Occupancy, Solution, Status, TimeSteps};
+pub use solution::{MdpSolution, Occupancy, Real, Solution, Status, TimeSteps};
 pub use solver::{CpuReference, GpuSolver, GridKernelsOnMdp, GridSolver, MdpSolver, ShardedSolver};

@@ -32,9 +32,45 @@ impl Status {
     }
 }
 
-/// Result of a batched gridworld solve.
+/// The float type a solve's arrays are reported in: `f32` on every backend (the default of
+/// every result type), `f64` from the CPU reference on request
+/// ([`crate::engine::cpu::solve_mdp_cpu_f64`]), for callers who compare with f64 code.
+pub trait Real: Copy + Default + PartialEq + std::fmt::Debug + Send + Sync + 'static {
+    /// Not a number: blocked cells, terminal rows of a policy.
+    const NAN: Self;
+    /// Minus infinity: states excluded as unreachable.
+    const NEG_INFINITY: Self;
+    /// `x` rounded to this type.
+    fn from_f64(x: f64) -> Self;
+    /// The value as f64 (exact).
+    fn to_f64(self) -> f64;
+}
+
+impl Real for f32 {
+    const NAN: Self = f32::NAN;
+    const NEG_INFINITY: Self = f32::NEG_INFINITY;
+    fn from_f64(x: f64) -> Self {
+        x as f32
+    }
+    fn to_f64(self) -> f64 {
+        self as f64
+    }
+}
+
+impl Real for f64 {
+    const NAN: Self = f64::NAN;
+    const NEG_INFINITY: Self = f64::NEG_INFINITY;
+    fn from_f64(x: f64) -> Self {
+        x
+    }
+    fn to_f64(self) -> f64 {
+        self
+    }
+}
+
+/// Result of a batched gridworld solve; arrays in `T` (f32 unless asked for f64).
 #[derive(Clone, Debug)]
-pub struct Solution {
+pub struct Solution<T: Real = f32> {
     /// Rows H.
     pub height: usize,
     /// Columns W.
@@ -43,12 +79,12 @@ pub struct Solution {
     pub action_count: usize,
     /// `V_0` (finite horizon) or the converged V, `[task][row][col]`; NaN on blocked cells,
     /// -inf on cells excluded as unreachable. Meaningless when a task diverged.
-    pub values: Vec<f32>,
+    pub values: Vec<T>,
     /// `pi(a|s)`, `[task][row][col][action]`; NaN on blocked, terminal and excluded cells.
-    pub policy: Option<Vec<f32>>,
+    pub policy: Option<Vec<T>>,
     /// Soft Q-values `Q(s,a)` (value units) the policy is made from,
     /// `[task][row][col][action]`; NaN where the policy is.
-    pub q: Option<Vec<f32>>,
+    pub q: Option<Vec<T>>,
     /// Backups applied, per task.
     pub iterations: Vec<u32>,
     /// `max_s |V_new - V_old|` of the last checked sweep, per task.
@@ -61,7 +97,7 @@ pub struct Solution {
     pub seconds: f64,
 }
 
-impl Solution {
+impl<T: Real> Solution<T> {
     /// Whether any task diverged.
     pub fn diverged(&self) -> bool {
         self.status.contains(&Status::Diverged)
@@ -83,41 +119,41 @@ pub struct Marks<'a> {
 
 impl Marks<'_> {
     /// Marks values `[task][t][state]`, `steps` per task.
-    pub fn values(&self, data: &mut [f32], steps: usize) {
+    pub fn values<T: Real>(&self, data: &mut [T], steps: usize) {
         for (i, x) in data.iter_mut().enumerate() {
             let state = i % self.states;
             let task = i / (steps * self.states);
             if self.free.is_some_and(|free| !free[state]) {
-                *x = f32::NAN;
+                *x = T::NAN;
             } else if self.excluded[task * self.states + state] {
-                *x = f32::NEG_INFINITY;
+                *x = T::NEG_INFINITY;
             }
         }
     }
 
-    /// The f32 values a solve reports from f64 values `[task][t][state]`, marked.
-    pub fn reported(&self, data: &[f64], steps: usize) -> Vec<f32> {
-        let mut values: Vec<f32> = data.iter().map(|&x| x as f32).collect();
+    /// The values a solve reports from f64 values `[task][t][state]`, marked.
+    pub fn reported<T: Real>(&self, data: &[f64], steps: usize) -> Vec<T> {
+        let mut values: Vec<T> = data.iter().map(|&x| T::from_f64(x)).collect();
         self.values(&mut values, steps);
         values
     }
 
     /// Marks policies or Q-values `[task][t][state][action]`, `steps` per task.
-    pub fn policy(&self, data: &mut [f32], steps: usize, actions: usize) {
+    pub fn policy<T: Real>(&self, data: &mut [T], steps: usize, actions: usize) {
         for (i, row) in data.chunks_exact_mut(actions).enumerate() {
             let task = i / (steps * self.states);
             if self.fixed[task * self.states + i % self.states] {
-                row.fill(f32::NAN);
+                row.fill(T::NAN);
             }
         }
     }
 
     /// Marks a finite-horizon occupancy `[task][t][state]`: NaN where not free.
-    pub fn occupancy(&self, data: &mut [f32]) {
+    pub fn occupancy<T: Real>(&self, data: &mut [T]) {
         if let Some(free) = self.free {
             for (i, x) in data.iter_mut().enumerate() {
                 if !free[i % self.states] {
-                    *x = f32::NAN;
+                    *x = T::NAN;
                 }
             }
         }
@@ -126,21 +162,21 @@ impl Marks<'_> {
 
 /// Time-indexed results of a finite-horizon solve.
 #[derive(Clone, Debug)]
-pub struct TimeSteps {
+pub struct TimeSteps<T: Real = f32> {
     /// `V_0..V_T`, `[task][t][state]` (T + 1 steps).
-    pub values: Vec<f32>,
+    pub values: Vec<T>,
     /// `pi_0..pi_{T-1}`, `[task][t][state][action]` (T steps), when the policy was asked for.
-    pub policy: Option<Vec<f32>>,
+    pub policy: Option<Vec<T>>,
     /// `Q_0..Q_{T-1}`, `[task][t][state][action]` (T steps), when Q was asked for.
-    pub q: Option<Vec<f32>>,
+    pub q: Option<Vec<T>>,
 }
 
 /// State occupancy under the soft-optimal policy (the forward messages).
 #[derive(Clone, Debug)]
-pub struct Occupancy {
+pub struct Occupancy<T: Real = f32> {
     /// Finite horizon: `D_0..D_T`, `[task][t][state]` (`steps` = T + 1); infinite horizon:
     /// the discounted occupancy `sum_t gamma^t D_t`, `[task][state]` (`steps` = 1).
-    pub values: Vec<f32>,
+    pub values: Vec<T>,
     /// Time steps per task in `values`.
     pub steps: usize,
     /// Forward iterations applied (T, or the sweeps of the discounted sum).
@@ -153,20 +189,20 @@ pub struct Occupancy {
 
 /// Result of a general-MDP solve.
 #[derive(Clone, Debug)]
-pub struct MdpSolution {
+pub struct MdpSolution<T: Real = f32> {
     /// `V_0` / `pi_0` (or the stationary V, pi) laid out as a grid of one row: `height` 1,
     /// `width` S, `values` `[task][state]`, `policy` `[task][state][action]`; terminal states
     /// keep their terminal value, excluded ones (gamma = 1) are -inf; the policy is NaN on
     /// both.
-    pub solution: Solution,
+    pub solution: Solution<T>,
     /// Every step, with [`super::Outputs::all_steps`] and a finite horizon.
-    pub steps: Option<TimeSteps>,
+    pub steps: Option<TimeSteps<T>>,
     /// With [`super::Outputs::occupancy`], unless the backward pass diverged.
-    pub occupancy: Option<Occupancy>,
+    pub occupancy: Option<Occupancy<T>>,
 }
 
 /// `[t][task][inner]` to `[task][t][inner]`.
-pub fn task_major(steps: &[Vec<f32>], tasks: usize) -> Vec<f32> {
+pub fn task_major<T: Copy>(steps: &[Vec<T>], tasks: usize) -> Vec<T> {
     let per_task = steps.first().map_or(0, |s| s.len() / tasks.max(1));
     let mut out = Vec::with_capacity(steps.len() * tasks * per_task);
     for task in 0..tasks {

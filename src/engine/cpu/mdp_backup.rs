@@ -7,6 +7,7 @@ use super::residual_reduce::SweepStats;
 use super::{soft_max, write_policy};
 use crate::engine::layout::MdpInputs;
 use crate::engine::options::Backup;
+use crate::engine::solution::Real;
 
 /// Q(s, a) for every action of state `s` in `task` of a general MDP from the next values
 /// `v_in` `[task][state]`: the same backups as [`super::action_values`] over the CSR row `s * A + a`.
@@ -99,10 +100,10 @@ pub fn mdp_backup(inputs: &MdpInputs, v_in: &[f64], v_out: &mut [f64]) -> Vec<Sw
 /// `write_q` (the kernel's `WRITE_Q`) the soft Q-values themselves. Fixed states get a row of
 /// zeros, as the kernel writes them (they pass no mass on in the forward pull); solutions
 /// report NaN there ([`crate::engine::solution::Marks`]).
-pub fn mdp_policy(inputs: &MdpInputs, v_in: &[f64], write_q: bool) -> Vec<f32> {
+pub fn mdp_policy<T: Real>(inputs: &MdpInputs, v_in: &[f64], write_q: bool) -> Vec<T> {
     let mdp = inputs.mdp;
     let n = mdp.actions;
-    let mut policy = vec![0.0f32; mdp.tasks * mdp.states * n];
+    let mut policy = vec![T::default(); mdp.tasks * mdp.states * n];
     let mut q = vec![0.0; n];
     for task in 0..mdp.tasks {
         for s in 0..mdp.states {

@@ -5,6 +5,7 @@
 
 use super::residual_reduce::SweepStats;
 use crate::engine::layout::MdpInputs;
+use crate::engine::solution::Real;
 use crate::world::mdp::Transpose;
 
 /// One forward step of the state occupancy, pulled over the transitions into each state:
@@ -15,13 +16,13 @@ use crate::world::mdp::Transpose;
 /// `pi(a|s) P(s'|s,a)` is read from there instead (the kernel's `WEIGHTED`). The rest is
 /// `[task][state]`; `base` is absent for a finite-horizon step (`D_{t+1}`) and the start
 /// distribution for the discounted sum's fixed point.
-pub fn mdp_occupancy(
+pub fn mdp_occupancy<T: Real>(
     inputs: &MdpInputs,
     transpose: &Transpose,
-    policy: &[f32],
+    policy: &[T],
     weights: Option<&[f64]>,
     d_in: &[f64],
-    base: Option<&[f32]>,
+    base: Option<&[f64]>,
     d_out: &mut [f64],
 ) -> Vec<SweepStats> {
     let mdp = inputs.mdp;
@@ -35,12 +36,12 @@ pub fn mdp_occupancy(
                 let row = transpose.rows[k] as usize;
                 let weight = match weights {
                     Some(w) => w[task * entries + k],
-                    None => policy[offset * n + row] as f64 * transpose.probs[k] as f64,
+                    None => policy[offset * n + row].to_f64() * transpose.probs[k] as f64,
                 };
                 inflow += d_in[offset + row / n] * weight;
             }
             let index = offset + s_next;
-            d_out[index] = base.map_or(0.0, |b| b[index] as f64) + inputs.gamma * inflow;
+            d_out[index] = base.map_or(0.0, |b| b[index]) + inputs.gamma * inflow;
             task_stats.observe(d_in[index], d_out[index]);
         }
     }
@@ -49,10 +50,10 @@ pub fn mdp_occupancy(
 
 /// Twin of `mdp_occupancy_weights`: `pi(a|s) P(s'|s,a)` of every transposed entry, once for
 /// a fixed policy (the discounted sum's), `[task][entry]`.
-pub fn mdp_occupancy_weights(
+pub fn mdp_occupancy_weights<T: Real>(
     inputs: &MdpInputs,
     transpose: &Transpose,
-    policy: &[f32],
+    policy: &[T],
 ) -> Vec<f64> {
     let mdp = inputs.mdp;
     let (n, states) = (mdp.actions, mdp.states);
@@ -62,7 +63,7 @@ pub fn mdp_occupancy_weights(
                 .rows
                 .iter()
                 .zip(&transpose.probs)
-                .map(move |(&row, &p)| policy[task * states * n + row as usize] as f64 * p as f64)
+                .map(move |(&row, &p)| policy[task * states * n + row as usize].to_f64() * p as f64)
         })
         .collect()
 }

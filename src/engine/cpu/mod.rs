@@ -32,9 +32,12 @@ pub use mdp_backup::{csr_action_values, mdp_action_values, mdp_backup, mdp_polic
 pub use mdp_occupancy::{mdp_occupancy, mdp_occupancy_weights};
 pub use residual_reduce::{SweepStats, convergence_decide, residual_reduce};
 pub use solve::{
-    iterate_cpu, solve_cpu, solve_cpu_with_progress, solve_mdp_cpu, solve_mdp_cpu_with_progress,
+    iterate_cpu, solve_cpu, solve_cpu_with_progress, solve_mdp_cpu, solve_mdp_cpu_f64,
+    solve_mdp_cpu_with_progress,
 };
 pub use task_posterior::task_posterior;
+
+use crate::engine::solution::Real;
 
 /// Two Q values closer than this (relative to max(1, |max Q|)) tie for the hard-max policy;
 /// the first maximising action wins. Same constant as `TIE_RELATIVE` in the shader.
@@ -66,22 +69,22 @@ pub fn soft_policy_resolved(alpha: f64, top: f64) -> bool {
 /// `exp((Q - max Q) / alpha)` so that the row sums to 1; one-hot on the first maximiser (ties
 /// within [`TIE_RELATIVE`]) when alpha = 0 or alpha is below [`soft_policy_resolved`]; `q`
 /// itself when `write_q` (the kernels' `WRITE_Q`).
-pub(crate) fn write_policy(alpha: f64, q: &[f64], write_q: bool, out: &mut [f32]) {
+pub(crate) fn write_policy<T: Real>(alpha: f64, q: &[f64], write_q: bool, out: &mut [T]) {
     let top = q.iter().copied().fold(f64::NEG_INFINITY, f64::max);
     if write_q {
         for (x, &qa) in out.iter_mut().zip(q) {
-            *x = qa as f32;
+            *x = T::from_f64(qa);
         }
     } else if alpha == 0.0 || !soft_policy_resolved(alpha, top) {
         let tie = top - TIE_RELATIVE * top.abs().max(1.0);
         let first = q.iter().position(|&x| x >= tie).unwrap_or(0);
         for (a, p) in out.iter_mut().enumerate() {
-            *p = if a == first { 1.0 } else { 0.0 };
+            *p = T::from_f64(if a == first { 1.0 } else { 0.0 });
         }
     } else {
         let total: f64 = q.iter().map(|&qa| ((qa - top) / alpha).exp()).sum();
         for (p, &qa) in out.iter_mut().zip(q) {
-            *p = (((qa - top) / alpha).exp() / total) as f32;
+            *p = T::from_f64(((qa - top) / alpha).exp() / total);
         }
     }
 }

@@ -17,8 +17,8 @@ use crate::engine::schedule::{
     final_status, keep_going, sweep_budget, with_unbounded,
 };
 use crate::engine::solution::{
-    Marks, MdpSolution, Occupancy, Solution, Status, TimeSteps, check_mdp_solve, scaled_start,
-    task_major,
+    Marks, MdpSolution, Occupancy, Real, Solution, Status, TimeSteps, check_mdp_solve,
+    scaled_start, task_major,
 };
 use crate::world::grid_problem::GridProblem;
 use crate::world::mdp::TabularMdp;
@@ -188,6 +188,28 @@ pub fn solve_mdp_cpu_with_progress(
     outputs: Outputs,
     progress: &mut OnProgress<'_>,
 ) -> Result<MdpSolution> {
+    solve_mdp_cpu_as(mdp, options, outputs, progress)
+}
+
+/// [`solve_mdp_cpu_with_progress`] with every array in f64 as the reference computes it (no
+/// rounding to f32 anywhere after the model's f32 inputs): for callers who compare with f64
+/// code, e.g. the Python package's `device="cpu"`.
+pub fn solve_mdp_cpu_f64(
+    mdp: &TabularMdp,
+    options: &SolveOptions,
+    outputs: Outputs,
+    progress: &mut OnProgress<'_>,
+) -> Result<MdpSolution<f64>> {
+    solve_mdp_cpu_as(mdp, options, outputs, progress)
+}
+
+/// The CPU reference's general-MDP solve, reporting its arrays in `T`.
+fn solve_mdp_cpu_as<T: Real>(
+    mdp: &TabularMdp,
+    options: &SolveOptions,
+    outputs: Outputs,
+    progress: &mut OnProgress<'_>,
+) -> Result<MdpSolution<T>> {
     let start = Instant::now();
     check_mdp_solve(mdp, options)?;
     crate::engine::memory::check_mdp(mdp, options, outputs)?;
@@ -229,9 +251,9 @@ pub fn solve_mdp_cpu_with_progress(
         Horizon::Infinite { .. } => &v,
     };
     let policy = (!diverged && (outputs.policy || outputs.occupancy))
-        .then(|| mdp_policy(&inputs, policy_from, false));
+        .then(|| mdp_policy::<T>(&inputs, policy_from, false));
     let q = (!diverged && outputs.q).then(|| {
-        let mut q = mdp_policy(&inputs, policy_from, true);
+        let mut q = mdp_policy::<T>(&inputs, policy_from, true);
         marks.policy(&mut q, 1, mdp.actions);
         q
     });
@@ -272,19 +294,19 @@ pub fn solve_mdp_cpu_with_progress(
 /// `V_{t+1}`, and with the occupancy `D_{t+1}` pulled from `D_t`. Returns the steps (with
 /// [`Outputs::all_steps`]) and the occupancy (with [`Outputs::occupancy`]), reported as
 /// [`Marks`] says.
-fn forward_steps(
+fn forward_steps<T: Real>(
     inputs: &MdpInputs,
     marks: &Marks,
     outputs: Outputs,
     history: &[Vec<f64>],
-) -> (Option<TimeSteps>, Option<Occupancy>) {
+) -> (Option<TimeSteps<T>>, Option<Occupancy<T>>) {
     let mdp = inputs.mdp;
     let horizon = history.len() - 1;
     let (mut step_policy, mut step_q) = (Vec::new(), Vec::new());
     let mut d = vec![mdp.initial.iter().map(|&x| x as f64).collect::<Vec<f64>>()];
     let transpose = outputs.occupancy.then(|| mdp.transpose());
     for t in 0..horizon {
-        let pi_t = mdp_policy(inputs, &history[t + 1], false);
+        let pi_t = mdp_policy::<T>(inputs, &history[t + 1], false);
         if let Some(transpose) = &transpose {
             let mut next = vec![0.0; d[t].len()];
             mdp_occupancy(inputs, transpose, &pi_t, None, &d[t], None, &mut next);
@@ -297,7 +319,7 @@ fn forward_steps(
             step_policy.push(pi_t);
         }
     }
-    let kept = |asked: bool, rows: &[Vec<f32>]| {
+    let kept = |asked: bool, rows: &[Vec<T>]| {
         asked.then(|| {
             let mut all = task_major(rows, mdp.tasks);
             marks.policy(&mut all, horizon, mdp.actions);
@@ -305,7 +327,7 @@ fn forward_steps(
         })
     };
     let steps = outputs.all_steps.then(|| {
-        let values: Vec<Vec<f32>> = history.iter().map(|v| marks.reported(v, 1)).collect();
+        let values: Vec<Vec<T>> = history.iter().map(|v| marks.reported(v, 1)).collect();
         TimeSteps {
             values: task_major(&values, mdp.tasks),
             policy: kept(outputs.policy, &step_policy),
@@ -313,9 +335,9 @@ fn forward_steps(
         }
     });
     let occupancy = outputs.occupancy.then(|| {
-        let d: Vec<Vec<f32>> = d
+        let d: Vec<Vec<T>> = d
             .iter()
-            .map(|x| x.iter().map(|&y| y as f32).collect())
+            .map(|x| x.iter().map(|&y| T::from_f64(y)).collect())
             .collect();
         Occupancy {
             values: task_major(&d, mdp.tasks),
@@ -331,19 +353,26 @@ fn forward_steps(
 /// The discounted occupancy `sum_t gamma^t D_t` under the stationary policy `pi`, iterated on
 /// the check schedule of the backward pass from the start scaled to a peak of 1
 /// ([`scaled_start`]).
-fn discounted_occupancy(
+fn discounted_occupancy<T: Real>(
     inputs: &MdpInputs,
     options: &SolveOptions,
-    pi: &[f32],
+    pi: &[T],
     progress: &mut OnProgress<'_>,
-) -> Result<Occupancy> {
+) -> Result<Occupancy<T>> {
     let mdp = inputs.mdp;
     let transpose = mdp.transpose();
-    let (start, scale) = scaled_start(mdp);
+    // The scale of the GPU's start, applied in f64 (the GPU rounds the scaled start to f32).
+    let (_, scale) = scaled_start(mdp);
+    let start: Vec<f64> = mdp
+        .initial
+        .iter()
+        .enumerate()
+        .map(|(i, &x)| x as f64 * scale[i / mdp.states])
+        .collect();
     let weights = mdp_occupancy_weights(inputs, &transpose, pi);
     let run = iterate_cpu(
         options,
-        start.iter().map(|&x| x as f64).collect(),
+        start.clone(),
         &vec![false; mdp.tasks * mdp.states],
         |d_in, d_out| {
             let weights = Some(&weights[..]);
@@ -356,7 +385,7 @@ fn discounted_occupancy(
             .v
             .iter()
             .enumerate()
-            .map(|(i, &x)| (x / scale[i / mdp.states]) as f32)
+            .map(|(i, &x)| T::from_f64(x / scale[i / mdp.states]))
             .collect(),
         steps: 1,
         iterations: run.sweeps,
