@@ -89,7 +89,7 @@ const SHADERS: &[Shader] = &[
     Shader {
         name: "task_posterior",
         source: TASK_POSTERIOR_WGSL,
-        entry_points: &["step_likelihood", "accumulate", "normalize"],
+        entry_points: &["step_likelihood", "accumulate", "normalize", "observe"],
         overrides: &[],
     },
 ];
@@ -416,5 +416,21 @@ fn task_posterior_layout_matches_rust() {
     assert_eq!(
         constant(&m, "IMPOSSIBLE"),
         naga::Literal::F32(softvi::infer::IMPOSSIBLE)
+    );
+    assert_eq!(
+        struct_size(&m, "ObservedStep") as usize,
+        size_of::<softvi::engine::layout::ObservedStep>()
+    );
+    assert_eq!(
+        constant(&m, "NOT_TERMINAL"),
+        naga::Literal::F32(softvi::engine::layout::NOT_TERMINAL)
+    );
+    assert_eq!(
+        constant(&m, "REWARD_TOLERANCE"),
+        naga::Literal::F32(softvi::engine::layout::REWARD_TOLERANCE)
+    );
+    assert_eq!(
+        constant(&m, "NO_STEP"),
+        naga::Literal::U32(softvi::engine::layout::NO_STEP)
     );
 }

@@ -343,3 +343,83 @@ pub struct PosteriorInputs {
     /// The observation behind each step, for messages.
     pub observed: Vec<Observation>,
 }
+
+/// `ObservedStep::state` of a step past the end of its run's episode. Same as `NO_STEP` in
+/// `shaders/task_posterior.wgsl`.
+pub const NO_STEP: u32 = u32::MAX;
+
+/// [`TaskEvidence::terminal`]'s mark of a state that is not terminal. Same as
+/// `NOT_TERMINAL` in the shader.
+pub const NOT_TERMINAL: f32 = -3.0e38;
+
+/// An exact reward observation matches a task's reward within this, relative to
+/// `max(1, |r|)`. Same as `REWARD_TOLERANCE` in the shader.
+pub const REWARD_TOLERANCE: f32 = 1e-6;
+
+/// One transition a meta-RL run observed; `state` [`NO_STEP`] past its episode's end. Keep in
+/// sync with `ObservedStep` in `shaders/task_posterior.wgsl`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct ObservedStep {
+    /// `s_t`.
+    pub state: u32,
+    /// `a_t`, the agent's own choice.
+    pub action: u32,
+    /// `s_{t+1}`.
+    pub next: u32,
+    /// 1 if the step ended the episode (the true task's terminal state), else 0.
+    pub terminated: u32,
+    /// The reward seen: `r(s_t, a_t)` plus the terminal value of `s_{t+1}` when it ended the
+    /// episode, with noise under the Gaussian model (value units).
+    pub reward: f32,
+}
+
+impl ObservedStep {
+    /// Padding past an episode's end.
+    pub const NONE: Self = Self {
+        state: NO_STEP,
+        action: 0,
+        next: 0,
+        terminated: 0,
+        reward: 0.0,
+    };
+}
+
+/// What each task of a batch predicts a meta-RL agent observes: the arrays `observe` in
+/// `shaders/task_posterior.wgsl` reads, and how rewards are observed.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TaskEvidence {
+    /// Tasks B.
+    pub tasks: usize,
+    /// States S.
+    pub states: usize,
+    /// Actions A.
+    pub actions: usize,
+    /// `r_z(s,a)`, `[task][state][action]`.
+    pub reward: Vec<f32>,
+    /// The terminal value of each terminal state, [`NOT_TERMINAL`] elsewhere, `[task][state]`.
+    pub terminal: Vec<f32>,
+    /// `None`: rewards are observed exactly; `Some(sigma)`: with Gaussian noise of standard
+    /// deviation sigma > 0 (value units).
+    pub reward_noise: Option<f64>,
+}
+
+impl TaskEvidence {
+    /// The evidence model of `mdp`'s tasks.
+    pub fn new(mdp: &TabularMdp, reward_noise: Option<f64>) -> Self {
+        let terminal = mdp
+            .terminal
+            .iter()
+            .zip(&mdp.terminal_value)
+            .map(|(&t, &v)| if t { v } else { NOT_TERMINAL })
+            .collect();
+        Self {
+            tasks: mdp.tasks,
+            states: mdp.states,
+            actions: mdp.actions,
+            reward: mdp.reward.clone(),
+            terminal,
+            reward_noise,
+        }
+    }
+}

@@ -174,6 +174,18 @@ pub fn value_at(solution: &Solution, task: usize, row: usize, col: usize) -> f32
     solution.values[task * cells + row * solution.width + col]
 }
 
+/// `tests/data`: the files the tests read, kept in the repository. A missing folder fails the
+/// test: no data, no pass.
+pub fn data_dir() -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data");
+    assert!(
+        dir.is_dir(),
+        "test data missing: {} is not a folder",
+        dir.display()
+    );
+    dir
+}
+
 /// `tests/data/maps`: the MovingAI maps the tests read, kept in the repository (see its
 /// README.md for their source). A missing folder fails the test: no data, no pass.
 pub fn maps_dir() -> PathBuf {

@@ -41,4 +41,4 @@ pub use core::EngineOptions;
 pub use grid_engine::GridEngine;
 pub use mdp_engine::MdpEngine;
 pub use sharded::solve_sharded;
-pub use task_posterior::TaskPosterior;
+pub use task_posterior::{MetaPosterior, TaskPosterior};
