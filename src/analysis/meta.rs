@@ -248,6 +248,13 @@ fn episode(
     total
 }
 
+impl MetaOptions {
+    /// Checks the options against a batch of `tasks` tasks (before any solve).
+    pub fn validate(&self, tasks: usize) -> Result<()> {
+        check(self, tasks)
+    }
+}
+
 /// Checks the options against a batch of `tasks` tasks.
 fn check(options: &MetaOptions, tasks: usize) -> Result<()> {
     ensure!(

@@ -145,8 +145,192 @@ fn glyph(ch: char) -> [u8; 5] {
         '-' => [0, 0, 7, 0, 0],
         '+' => [0, 2, 7, 2, 0],
         'e' => [0, 7, 7, 4, 7],
+        // Letters in capitals (labels are drawn upper-case; `e` above is the exponent's).
+        'A' => [2, 5, 7, 5, 5],
+        'B' => [6, 5, 6, 5, 6],
+        'C' => [3, 4, 4, 4, 3],
+        'D' => [6, 5, 5, 5, 6],
+        'E' => [7, 4, 6, 4, 7],
+        'F' => [7, 4, 6, 4, 4],
+        'G' => [3, 4, 5, 5, 3],
+        'H' => [5, 5, 7, 5, 5],
+        'I' => [7, 2, 2, 2, 7],
+        'J' => [1, 1, 1, 5, 2],
+        'K' => [5, 5, 6, 5, 5],
+        'L' => [4, 4, 4, 4, 7],
+        'M' => [5, 7, 7, 5, 5],
+        'N' => [6, 5, 5, 5, 5],
+        'O' => [2, 5, 5, 5, 2],
+        'P' => [6, 5, 6, 4, 4],
+        'Q' => [2, 5, 5, 6, 3],
+        'R' => [6, 5, 6, 5, 5],
+        'S' => [3, 4, 2, 1, 6],
+        'T' => [7, 2, 2, 2, 2],
+        'U' => [5, 5, 5, 5, 7],
+        'V' => [5, 5, 5, 5, 2],
+        'W' => [5, 5, 7, 7, 5],
+        'X' => [5, 5, 2, 5, 5],
+        'Y' => [5, 5, 2, 2, 2],
+        'Z' => [7, 1, 2, 4, 7],
+        '*' => [5, 2, 7, 2, 5],
+        '(' => [1, 2, 2, 2, 1],
+        ')' => [4, 2, 2, 2, 4],
+        '/' => [1, 1, 2, 4, 4],
+        ':' => [0, 2, 0, 2, 0],
+        ',' => [0, 0, 0, 2, 4],
+        '=' => [0, 7, 0, 7, 0],
         _ => [0; 5],
     }
+}
+
+/// One line of a [`line_chart`]: its label, colour, and per x index a mean and the half
+/// height of its error bar.
+pub struct Series<'a> {
+    /// Legend text.
+    pub label: &'a str,
+    /// Line colour.
+    pub colour: [u8; 3],
+    /// `[x]`.
+    pub mean: &'a [f64],
+    /// `[x]`, drawn as +- bars (e.g. one standard error).
+    pub error: &'a [f64],
+}
+
+/// Chart colours of the series, in order (blue, orange, green, red), on white.
+pub const SERIES_COLOURS: [[u8; 3]; 4] =
+    [[31, 119, 180], [255, 127, 14], [44, 160, 44], [214, 39, 40]];
+
+/// A line chart of `series` over x = 1..=n (n the longest series), with error bars, axes
+/// with numbered ticks, `title`, axis labels and a legend; 720 x 440 pixels.
+pub fn line_chart(title: &str, x_label: &str, y_label: &str, series: &[Series]) -> Canvas {
+    const INK: [u8; 3] = [0, 0, 0];
+    const GRID: [u8; 3] = [225, 225, 225];
+    let (width, height, scale) = (720usize, 440usize, 2usize);
+    let (left, right, top, bottom) = (70.0, 20.0, 50.0, 60.0);
+    let mut canvas = Canvas::new(width, height, [255, 255, 255]);
+    let n = series
+        .iter()
+        .map(|s| s.mean.len())
+        .max()
+        .unwrap_or(0)
+        .max(1);
+    let points = || {
+        series.iter().flat_map(|s| {
+            s.mean
+                .iter()
+                .zip(s.error)
+                .flat_map(|(&m, &e)| [m - e, m + e])
+                .filter(|v| v.is_finite())
+        })
+    };
+    let (mut lo, mut hi) = points().fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), v| {
+        (lo.min(v), hi.max(v))
+    });
+    if !lo.is_finite() {
+        (lo, hi) = (0.0, 1.0);
+    }
+    if hi - lo < 1e-9 {
+        (lo, hi) = (lo - 0.5, hi + 0.5);
+    }
+    let pad = 0.05 * (hi - lo);
+    (lo, hi) = (lo - pad, hi + pad);
+    let plot_w = width as f64 - left - right;
+    let plot_h = height as f64 - top - bottom;
+    let x_at = |i: usize| {
+        if n == 1 {
+            left + plot_w / 2.0
+        } else {
+            left + plot_w * i as f64 / (n - 1) as f64
+        }
+    };
+    let y_at = |v: f64| top + plot_h * (hi - v) / (hi - lo);
+    // Horizontal grid lines at round values (steps of 1, 2 or 5 x 10^k, about five).
+    let rough = (hi - lo) / 5.0;
+    let magnitude = 10f64.powf(rough.log10().floor());
+    let step = [1.0, 2.0, 5.0, 10.0]
+        .iter()
+        .map(|m| m * magnitude)
+        .find(|&s| s >= rough)
+        .unwrap_or(10.0 * magnitude);
+    let decimals = (-step.log10().floor()).max(0.0) as usize;
+    let first = (lo / step).ceil() as i64;
+    for k in first..=(hi / step).floor() as i64 {
+        let v = k as f64 * step;
+        let y = y_at(v);
+        canvas.line((left, y), (left + plot_w, y), GRID);
+        let text = format!("{v:.decimals$}");
+        let x = (left as usize).saturating_sub(text.len() * 4 * scale + 6);
+        canvas.text(x, (y as usize).saturating_sub(5), &text, scale, INK);
+    }
+    // Axes and x ticks (every episode, labels thinned to ~10).
+    canvas.line((left, top), (left, top + plot_h), INK);
+    canvas.line((left, top + plot_h), (left + plot_w, top + plot_h), INK);
+    let every = n.div_ceil(10);
+    for i in 0..n {
+        let x = x_at(i);
+        canvas.line((x, top + plot_h), (x, top + plot_h + 5.0), INK);
+        if i % every == 0 || i == n - 1 {
+            let text = (i + 1).to_string();
+            let tx = (x as usize).saturating_sub(text.len() * 2 * scale);
+            canvas.text(tx, (top + plot_h + 10.0) as usize, &text, scale, INK);
+        }
+    }
+    let upper = |t: &str| t.to_uppercase();
+    let x_text = upper(x_label);
+    canvas.text(
+        (left + plot_w / 2.0) as usize - x_text.len() * 2 * scale,
+        height - 22,
+        &x_text,
+        scale,
+        INK,
+    );
+    canvas.text(8, (top - 18.0) as usize, &upper(y_label), scale, INK);
+    let title = upper(title);
+    canvas.text(
+        (width / 2).saturating_sub(title.len() * 2 * 3),
+        8,
+        &title,
+        3,
+        INK,
+    );
+    // Series: error bars, lines, point marks.
+    for s in series {
+        for (i, (&m, &e)) in s.mean.iter().zip(s.error).enumerate() {
+            let x = x_at(i);
+            if e > 0.0 {
+                canvas.line((x, y_at(m - e)), (x, y_at(m + e)), s.colour);
+                canvas.line((x - 3.0, y_at(m - e)), (x + 3.0, y_at(m - e)), s.colour);
+                canvas.line((x - 3.0, y_at(m + e)), (x + 3.0, y_at(m + e)), s.colour);
+            }
+            canvas.fill_rect(
+                (x as usize).saturating_sub(2),
+                (y_at(m) as usize).saturating_sub(2),
+                5,
+                5,
+                s.colour,
+            );
+            if i + 1 < s.mean.len() {
+                let next = s.mean[i + 1];
+                for dy in [-0.5, 0.0, 0.5] {
+                    canvas.line((x, y_at(m) + dy), (x_at(i + 1), y_at(next) + dy), s.colour);
+                }
+            }
+        }
+    }
+    // Legend on a white box at the right, halfway down, over whatever it covers.
+    let longest = series.iter().map(|s| s.label.len()).max().unwrap_or(0);
+    let (box_w, box_h) = (longest * 4 * scale + 44, series.len() * 16 + 10);
+    let legend_x = (left + plot_w) as usize - box_w - 10;
+    let legend_y = (top + plot_h / 2.0) as usize - box_h / 2;
+    canvas.fill_rect(legend_x - 1, legend_y - 1, box_w + 2, box_h + 2, INK);
+    canvas.fill_rect(legend_x, legend_y, box_w, box_h, [255, 255, 255]);
+    let legend_x = legend_x + 8;
+    for (k, s) in series.iter().enumerate() {
+        let y = legend_y + 6 + k * 16;
+        canvas.fill_rect(legend_x, y + 2, 20, 5, s.colour);
+        canvas.text(legend_x + 26, y, &upper(s.label), scale, INK);
+    }
+    canvas
 }
 
 /// What `render` draws.

@@ -1,6 +1,6 @@
 //! The `softvi` command line: argument definitions and the commands they run.
 //!
-//! One file per command (`solve`, `sample`, `infer`, `irl`, `render`, `scen`, `bench`,
+//! One file per command (`solve`, `sample`, `infer`, `irl`, `meta`, `render`, `scen`, `bench`,
 //! `adapters`), each with its `XxxArgs`; what several commands share lives in `world` (the
 //! world and task flags, the batch they build), `iteration` (the solve settings), `backend`
 //! (choosing and running a backend) and `summary` (summary.json and the progress line).
@@ -14,6 +14,7 @@ mod bench;
 mod infer;
 mod irl;
 mod iteration;
+mod meta;
 mod render;
 mod sample;
 mod scen;
@@ -25,6 +26,7 @@ use adapters::adapters_command;
 use bench::{BenchArgs, bench_command};
 use infer::{InferArgs, infer_command};
 use irl::{IrlArgs, irl_command};
+use meta::{MetaArgs, meta_command};
 use render::{RenderArgs, render_command};
 use sample::{SampleArgs, sample_command};
 use scen::{ScenArgs, scen_command};
@@ -101,6 +103,21 @@ Each iteration solves the world with reward (its own, e.g. move costs) + theta .
 and forward, and steps theta along mu_demos - mu_model (feature expectations, discounted by \
 gamma^t) with Adam. The horizon is the demo length unless --discounted.")]
     Irl(IrlArgs),
+    /// Meta-RL as inference over a latent task: posterior sampling (sample z from the posterior
+    /// before each episode, act with pi_z) against an oracle and a prior-only agent, on every
+    /// true task of a batch: meta.json (mean return per episode, standard errors, posterior
+    /// mass on the true task) and returns.png.
+    #[command(
+        after_help = "Example (the sparse-goal world: 7 goals on a half ring, reward 1 at the goal):\n  \
+softvi meta --map tests/data/half_ring.map --goals tests/data/half_ring_goals.txt --start 7,8 \
+--move-cost 0,0 --goal-value 1 --alpha 0.01 --gamma 0.9 --steps 15 --episodes 10 --trials 30 --out meta\n\n\
+The agent does not know its task; it observes rewards and terminations (exactly, or with \
+--reward-noise) and updates the posterior over the batch after each episode (on the solve's \
+device). Returns are undiscounted: the true task's rewards plus the terminal value where the \
+episode ended. Where the sampled task's policy has no action (its goal, not the true one), the \
+agent acts uniformly."
+    )]
+    Meta(MetaArgs),
     /// Solve the distinct goals of a MovingAI scenario file as one batch and compare the soft
     /// value at each start with the published optimal length.
     #[command(
@@ -131,6 +148,7 @@ pub(crate) fn run(cli: Cli) -> Result<i32> {
         Command::Sample(args) => sample_command(&args),
         Command::Infer(args) => infer_command(&args),
         Command::Irl(args) => irl_command(&args),
+        Command::Meta(args) => meta_command(&args),
         Command::Bench(args) => bench_command(&args),
         Command::Adapters => adapters_command(),
     }
