@@ -30,10 +30,13 @@ if "NODEVICE_SELECT" not in os.environ and "MESA_VK_DEVICE_SELECT" not in os.env
 from ._analysis import (  # noqa: E402
     ENDED,
     IrlResult,
+    MetaCurve,
+    MetaReport,
     Posterior,
     Trajectories,
     goal_posterior,
     maxent_irl,
+    meta_rl,
     sample,
 )
 from ._envs import from_gymnasium, from_seals  # noqa: E402
@@ -47,6 +50,8 @@ __all__ = [
     "DeviceError",
     "Grid",
     "IrlResult",
+    "MetaCurve",
+    "MetaReport",
     "Posterior",
     "SolveResult",
     "TabularMDP",
@@ -57,6 +62,7 @@ __all__ = [
     "goal_posterior",
     "load_npz",
     "maxent_irl",
+    "meta_rl",
     "sample",
     "solve",
     "solve_grid",

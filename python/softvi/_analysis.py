@@ -302,3 +302,103 @@ def maxent_irl(
         model_features=pick(raw["model_features"]),
         adapter=raw["adapter"],
     )
+
+
+@dataclass
+class MetaCurve:
+    """A quantity per episode index over the runs: ``mean`` and ``standard_error``, ``[K]``."""
+
+    mean: np.ndarray
+    standard_error: np.ndarray
+
+
+@dataclass
+class MetaReport:
+    """What :func:`meta_rl` measured, per episode index.
+
+    ``posterior_sampling``, ``oracle`` and ``prior_only``: each agent's undiscounted return
+    (the true task's rewards plus the terminal value where the episode ended);
+    ``mass_on_true_task``: posterior sampling's posterior mass on the true task after each
+    episode; ``runs`` true tasks x trials; ``adapter`` where the posteriors were updated.
+    """
+
+    posterior_sampling: MetaCurve
+    oracle: MetaCurve
+    prior_only: MetaCurve
+    mass_on_true_task: MetaCurve
+    runs: int
+    adapter: str
+
+
+def meta_rl(
+    mdp: TabularMDP,
+    policy: ArrayLike | SolveResult,
+    *,
+    episodes: int = 10,
+    steps: int | None = None,
+    trials: int = 20,
+    seed: int = 0,
+    eval_tasks: list[int] | None = None,
+    prior: ArrayLike | None = None,
+    reward_noise: float | None = None,
+    device: Device = "auto",
+) -> MetaReport:
+    """Meta-RL as inference over a latent task, as ``softvi meta`` runs it.
+
+    For each true task z* (``eval_tasks``, default all) and each of ``trials`` trials, three
+    agents play ``episodes`` episodes of at most ``steps`` steps in the world of z*: posterior
+    sampling (z drawn from the exact posterior over the batch given the rewards and
+    terminations seen so far, before each episode, then ``pi_z`` for the episode), an oracle
+    acting with ``pi_{z*}``, and a prior-only agent that draws z from the prior every
+    episode. The posteriors of all runs are updated after each episode on ``device``.
+
+    Args:
+        mdp: a batched MDP: one task per hypothesis z.
+        policy: the tasks' policies ``[B,S,A]`` or ``[B,T,S,A]``, or a :class:`SolveResult`.
+        episodes: episodes K per trial.
+        steps: steps T per episode at most (default: the policy's T, else 100).
+        trials: trials M per true task.
+        seed: seed of every draw.
+        eval_tasks: the true tasks evaluated (default: every task).
+        prior: ``p(z)`` ``[B]`` (default uniform).
+        reward_noise: None: rewards observed exactly (a task inconsistent with an observation
+            is ruled out); else the standard deviation of Gaussian reward noise.
+        device: as in :func:`softvi.solve`: where the posterior updates run.
+
+    Returns:
+        :class:`MetaReport`.
+
+    Raises:
+        ValueError: an evaluated task outside the batch, a bad prior or noise, zero episodes.
+    """
+    _check_mdp(mdp)
+    if not mdp.batched:
+        raise ValueError("meta_rl needs a batched MDP: one task (reward) per hypothesis")
+    pi, policy_steps = _policy(mdp, policy)
+    if steps is None:
+        steps = policy_steps if policy_steps > 1 else 100
+    for name, value in (("episodes", episodes), ("steps", steps), ("trials", trials)):
+        if not (isinstance(value, (int, np.integer)) and value >= 1):
+            raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+    tasks = list(range(mdp.tasks)) if eval_tasks is None else [int(z) for z in eval_tasks]
+    p = [1.0] * mdp.tasks if prior is None else [float(x) for x in np.ravel(prior)]
+    kind, adapter = _device(device)
+    raw = _softvi.meta_rl(
+        mdp._mdp, pi, policy_steps,
+        episodes=int(episodes), steps=int(steps), trials=int(trials), seed=int(seed),
+        eval_tasks=tasks, prior=p,
+        reward_noise=None if reward_noise is None else float(reward_noise),
+        device=kind, adapter=adapter,
+    )  # fmt: skip
+
+    def curve(name: str) -> MetaCurve:
+        return MetaCurve(raw[name]["mean"], raw[name]["standard_error"])
+
+    return MetaReport(
+        posterior_sampling=curve("posterior_sampling"),
+        oracle=curve("oracle"),
+        prior_only=curve("prior_only"),
+        mass_on_true_task=curve("mass_on_true_task"),
+        runs=int(raw["runs"]),
+        adapter=raw["adapter"],
+    )

@@ -59,4 +59,19 @@ def maxent_irl(
     iters: int,
     tol: float,
 ) -> dict[str, Any]: ...
+def meta_rl(
+    mdp: Mdp,
+    policy: np.ndarray,
+    policy_steps: int,
+    *,
+    episodes: int,
+    steps: int,
+    trials: int,
+    seed: int,
+    eval_tasks: list[int],
+    prior: list[float],
+    reward_noise: float | None,
+    device: str,
+    adapter: int | None,
+) -> dict[str, Any]: ...
 def cli_main(argv: list[str]) -> int: ...

@@ -802,6 +802,88 @@ fn maxent_irl<'py>(
     Ok(out)
 }
 
+/// Meta-RL as task inference (see `softvi.meta_rl`): posterior sampling, an oracle and a
+/// prior-only agent on every true task of `mdp`, acting with `policy` as in [`sample`].
+#[pyfunction]
+#[pyo3(signature = (
+    mdp, policy, policy_steps, *, episodes, steps, trials, seed, eval_tasks, prior,
+    reward_noise, device, adapter
+))]
+#[allow(clippy::too_many_arguments)]
+fn meta_rl<'py>(
+    py: Python<'py>,
+    mdp: Py<PyMdp>,
+    policy: PyReadonlyArrayDyn<'py, f32>,
+    policy_steps: usize,
+    episodes: usize,
+    steps: usize,
+    trials: usize,
+    seed: u64,
+    eval_tasks: Vec<usize>,
+    prior: Vec<f64>,
+    reward_noise: Option<f64>,
+    device: &str,
+    adapter: Option<usize>,
+) -> PyResult<Bound<'py, PyDict>> {
+    use softvi::meta::{MetaOptions, PosteriorDevice};
+    let model = &mdp.get().inner;
+    let device = parse_device(device, adapter)?;
+    let policy: Vec<f32> = policy.as_array().iter().copied().collect();
+    let options = MetaOptions {
+        episodes,
+        steps,
+        trials,
+        seed,
+        eval_tasks,
+        prior,
+        reward_noise,
+    };
+    let (report, label) = py
+        .detach(|| {
+            with_device(device, |picked| match picked {
+                Picked::Cpu(label) => Ok((
+                    softvi::meta::meta_rl(
+                        model,
+                        &policy,
+                        policy_steps,
+                        &options,
+                        PosteriorDevice::Cpu,
+                    )?,
+                    label,
+                )),
+                Picked::Gpu(gpu) => {
+                    let report = softvi::meta::meta_rl(
+                        model,
+                        &policy,
+                        policy_steps,
+                        &options,
+                        PosteriorDevice::Gpu(gpu.context()),
+                    )?;
+                    Ok((report, MdpSolver::label(gpu)))
+                }
+            })
+        })
+        .map_err(to_py)?;
+    let out = PyDict::new(py);
+    for (name, curve) in [
+        ("posterior_sampling", &report.posterior_sampling),
+        ("oracle", &report.oracle),
+        ("prior_only", &report.prior_only),
+        ("mass_on_true_task", &report.mass_on_true_task),
+    ] {
+        let pair = PyDict::new(py);
+        pair.set_item("mean", PyArray1::from_slice(py, &curve.mean))?;
+        pair.set_item(
+            "standard_error",
+            PyArray1::from_slice(py, &curve.standard_error),
+        )?;
+        out.set_item(name, pair)?;
+    }
+    out.set_item("runs", report.runs)?;
+    out.set_item("adapter", label)?;
+    Ok(out)
+}
+
 /// Runs the `softvi` command line on `argv` (`argv[0]` is the program name); returns the exit
 /// code. Errors are printed as the binary prints them.
 #[pyfunction]
@@ -838,6 +920,7 @@ fn _softvi(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(sample, m)?)?;
     m.add_function(wrap_pyfunction!(goal_posterior, m)?)?;
     m.add_function(wrap_pyfunction!(maxent_irl, m)?)?;
+    m.add_function(wrap_pyfunction!(meta_rl, m)?)?;
     m.add_function(wrap_pyfunction!(cli_main, m)?)?;
     Ok(())
 }
