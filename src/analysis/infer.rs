@@ -25,7 +25,6 @@ pub fn posterior_inputs(
     let (s_n, a_n, b_n) = (mdp.states, mdp.actions, mdp.tasks);
     ensure!(!trajectory.is_empty(), "the trajectory is empty");
     check_prior(prior, b_n)?;
-    let total: f64 = prior.iter().sum();
     for o in trajectory {
         ensure!(
             o.state < s_n,
@@ -106,18 +105,24 @@ pub fn posterior_inputs(
         actions: a_n,
         weight,
         pi_rows,
-        log_prior: prior
-            .iter()
-            .map(|&p| {
-                if p > 0.0 {
-                    (p / total).ln() as f32
-                } else {
-                    IMPOSSIBLE
-                }
-            })
-            .collect(),
+        log_prior: log_prior(prior),
         observed: trajectory[..steps].to_vec(),
     })
+}
+
+/// `log p(z)` of a checked prior ([`check_prior`]), normalised: [`IMPOSSIBLE`] for a zero.
+pub fn log_prior(prior: &[f64]) -> Vec<f32> {
+    let total: f64 = prior.iter().sum();
+    prior
+        .iter()
+        .map(|&p| {
+            if p > 0.0 {
+                (p / total).ln() as f32
+            } else {
+                IMPOSSIBLE
+            }
+        })
+        .collect()
 }
 
 /// Checks a prior over `tasks` tasks: one entry per task, each finite and >= 0, not all 0.

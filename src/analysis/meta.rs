@@ -11,12 +11,14 @@
 //! of the state that ended it. The runs' posteriors are updated after every episode in one
 //! dispatch (`observe` in `shaders/task_posterior.wgsl`) or by its CPU twin.
 
+use rand::RngExt;
 use rand::rngs::StdRng;
-use rand::{RngExt, SeedableRng};
 
+use crate::analysis::infer::log_prior;
+use crate::analysis::sample::{draw, episode_rng};
 use crate::engine::cpu::task_posterior::{normalize, observe};
 use crate::engine::gpu::{GpuContext, MetaPosterior};
-use crate::engine::layout::{IMPOSSIBLE, ObservedStep, TaskEvidence};
+use crate::engine::layout::{ObservedStep, TaskEvidence};
 use crate::error::{Result, ensure};
 use crate::world::mdp::TabularMdp;
 
@@ -148,34 +150,14 @@ enum Agent {
     PriorOnly = 2,
 }
 
-/// The random stream of one (agent, run, episode): SplitMix64 of them and the seed.
+/// The random stream of one (agent, run, episode): the sampler's episode stream of (run,
+/// episode) under the seed mixed with the agent.
 fn stream(seed: u64, agent: Agent, run: usize, episode: usize) -> StdRng {
-    let mut z = seed
-        ^ (agent as u64 + 1).wrapping_mul(0xA24B_AED4_963E_E407)
-        ^ (run as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)
-        ^ (episode as u64).wrapping_mul(0xD1B5_4A32_D192_ED03);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    StdRng::seed_from_u64(z ^ (z >> 31))
-}
-
-/// The index drawn from non-negative `weights` by `u` in [0, 1); `None` without mass.
-fn draw(weights: impl Iterator<Item = f64> + Clone, u: f64) -> Option<usize> {
-    let total: f64 = weights.clone().filter(|w| *w > 0.0).sum();
-    if total.is_nan() || total <= 0.0 {
-        return None;
-    }
-    let target = u * total;
-    let (mut acc, mut last) = (0.0, None);
-    for (i, w) in weights.enumerate() {
-        if w > 0.0 {
-            (acc, last) = (acc + w, Some(i));
-            if target < acc {
-                return Some(i);
-            }
-        }
-    }
-    last
+    episode_rng(
+        seed ^ (agent as u64 + 1).wrapping_mul(0xA24B_AED4_963E_E407),
+        run,
+        episode,
+    )
 }
 
 /// A standard normal draw (Box-Muller).
@@ -311,17 +293,7 @@ pub fn meta_rl(
         .collect();
     let runs = truths.len();
     let total: f64 = options.prior.iter().sum();
-    let log_prior: Vec<f32> = options
-        .prior
-        .iter()
-        .map(|&p| {
-            if p > 0.0 {
-                (p / total).ln() as f32
-            } else {
-                IMPOSSIBLE
-            }
-        })
-        .collect();
+    let log_prior = log_prior(&options.prior);
     let evidence = TaskEvidence::new(mdp, options.reward_noise);
     let mut posteriors = RunPosteriors::new(device, evidence, runs, t_n, &log_prior.repeat(runs))?;
     let mut posterior: Vec<f32> = options

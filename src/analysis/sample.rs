@@ -42,7 +42,7 @@ pub fn samples_bytes(tasks: usize, episodes: usize, steps: usize) -> u64 {
 }
 
 /// The random stream of one episode: SplitMix64 of (seed, task, episode).
-fn episode_rng(seed: u64, task: usize, episode: usize) -> StdRng {
+pub(crate) fn episode_rng(seed: u64, task: usize, episode: usize) -> StdRng {
     let mut z = seed
         ^ (task as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)
         ^ (episode as u64).wrapping_mul(0xD1B5_4A32_D192_ED03);
@@ -53,7 +53,7 @@ fn episode_rng(seed: u64, task: usize, episode: usize) -> StdRng {
 
 /// The index drawn from non-negative `weights` by `u` in [0, 1) (inverse CDF over their sum);
 /// `None` when they hold no mass (or a NaN).
-fn draw(weights: impl Iterator<Item = f64> + Clone, u: f64) -> Option<usize> {
+pub(crate) fn draw(weights: impl Iterator<Item = f64> + Clone, u: f64) -> Option<usize> {
     let total: f64 = weights.clone().sum();
     if total.is_nan() || total <= 0.0 {
         return None;
