@@ -4,10 +4,9 @@
 //! distributions. Loading validates everything and names the array and entry at fault.
 
 use std::collections::HashMap;
-use std::io::Read;
 use std::path::Path;
 
-use crate::error::{Context, Error, Result, bail, ensure};
+use crate::error::{Context, Result, bail, ensure};
 
 use crate::io::npy::{self, NpyValues};
 
@@ -47,25 +46,7 @@ pub struct TabularMdp {
 impl TabularMdp {
     /// Reads and validates an `.npz` file; errors name the file and the array.
     pub fn load_npz(path: &Path) -> Result<Self> {
-        let file =
-            std::fs::File::open(path).map_err(|e| Error::io("cannot read MDP file", path, e))?;
-        let mut archive = zip::ZipArchive::new(file)
-            .with_context(|| format!("{} is not an .npz (zip) archive", path.display()))?;
-        let mut arrays = HashMap::new();
-        for i in 0..archive.len() {
-            let unreadable = || format!("{}: entry {i} of the archive", path.display());
-            let mut entry = archive.by_index(i).with_context(unreadable)?;
-            let name = entry
-                .name()
-                .with_context(unreadable)?
-                .trim_end_matches(".npy")
-                .to_owned();
-            let mut bytes = Vec::new();
-            entry.read_to_end(&mut bytes).with_context(unreadable)?;
-            let array = npy::decode(&bytes)
-                .with_context(|| format!("{}: array {name:?}", path.display()))?;
-            arrays.insert(name, array);
-        }
+        let arrays = npy::read_npz(path, "MDP file")?;
         Self::from_arrays(&arrays).with_context(|| format!("invalid MDP file {}", path.display()))
     }
 
