@@ -32,7 +32,8 @@ pub struct TabularMdp {
     pub indices: Vec<u32>,
     /// Probabilities of the nonzero entries, `[nnz]`.
     pub probs: Vec<f32>,
-    /// `r(s,a)`, `[task][state][action]`.
+    /// `r(s,a)`, `[task][state][action]`; -inf excludes the action (Q = -inf, policy 0),
+    /// which every non-terminal state must leave one of. `.npz` files hold finite rewards.
     pub reward: Vec<f32>,
     /// Terminal states, `[task][state]`.
     pub terminal: Vec<bool>,
@@ -175,8 +176,9 @@ impl TabularMdp {
 
     /// Checks that the arrays agree with each other and hold a valid MDP: every shape, a
     /// monotone `indptr` covering `indices`, successors in range, each row a probability
-    /// distribution (non-negative, finite, summing to 1 within [`ROW_SUM_TOLERANCE`]), finite
-    /// rewards and terminal values, and a start distribution of finite non-negative entries,
+    /// distribution (non-negative, finite, summing to 1 within [`ROW_SUM_TOLERANCE`]), rewards
+    /// finite or -inf (an excluded action) with a finite one in every non-terminal state, finite
+    /// terminal values, and a start distribution of finite non-negative entries,
     /// not all zero in any task.
     /// Every solve runs this first, so no MDP the library accepts can panic it; errors name
     /// the array and the index, row or task.
@@ -252,13 +254,29 @@ impl TabularMdp {
                 }
             );
         }
-        if let Some(i) = self.reward.iter().position(|r| !r.is_finite()) {
+        // -inf excludes an action from the soft max (an unseen pair of
+        // `analysis::qlearn`): its Q is -inf and its policy mass exactly 0.
+        if let Some(i) = self
+            .reward
+            .iter()
+            .position(|r| !(r.is_finite() || *r == f32::NEG_INFINITY))
+        {
             bail!(
-                "reward at task {}, state {}, action {} is {} (rewards must be finite)",
+                "reward at task {}, state {}, action {} is {} (rewards are finite, or -inf to \
+                 exclude the action)",
                 i / (s_n * a_n),
                 i / a_n % s_n,
                 i % a_n,
                 self.reward[i]
+            );
+        }
+        for (i, row) in self.reward.chunks_exact(a_n).enumerate() {
+            ensure!(
+                self.terminal[i] || row.iter().any(|r| r.is_finite()),
+                "task {}, state {}: every action's reward is -inf (excluded); a state that does \
+                 not stop needs an action",
+                i / s_n,
+                i % s_n
             );
         }
         if let Some(i) = self.terminal_value.iter().position(|v| !v.is_finite()) {
