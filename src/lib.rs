@@ -50,7 +50,7 @@ pub mod error;
 pub mod io;
 pub mod world;
 
-pub use analysis::{infer, irl, render, sample, scen};
+pub use analysis::{infer, irl, qlearn, render, sample, scen};
 pub use engine::cpu::{solve_cpu, solve_mdp_cpu};
 pub use engine::gpu::{
     EngineOptions, GpuContext, GridEngine, MdpEngine, TaskPosterior, solve_sharded,

@@ -3,6 +3,7 @@
 
 pub mod infer;
 pub mod irl;
+pub mod qlearn;
 pub mod render;
 pub mod sample;
 pub mod scen;
