@@ -117,6 +117,49 @@ fn sample_writes_a_dataset_that_qlearn_learns_from_on_both_backends() {
 }
 
 #[test]
+fn sample_follows_the_soft_policy_at_its_own_temperature() {
+    let dir = tempfile::tempdir().unwrap();
+    let map = write(dir.path(), "small.map", SMALL_MAP.as_bytes());
+    let out = dir.path().join("samples");
+    let o = softvi(&[
+        "sample",
+        "--map",
+        &map,
+        "--goal",
+        "4,3",
+        "--alpha",
+        "3",
+        "--behaviour",
+        "soft",
+        "--alpha-behaviour",
+        "0.05",
+        "--episodes",
+        "200",
+        "--steps",
+        "40",
+        "--backend",
+        "cpu",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let s = summary(&out);
+    assert_eq!(s["behaviour"]["alpha"], 0.05);
+    assert_eq!(s["alpha"], 0.05, "the solve ran at --alpha-behaviour");
+    // Near-greedy (alpha 0.05 against unit step costs): episodes from any cell of this 5 x 4
+    // map reach the goal in at most 7 steps, none runs out of its 40 (a uniform walk would).
+    let data = Dataset::load_npz(&out.join("dataset.npz"), 20, 8).unwrap();
+    for episode in 0..200 {
+        let steps = (0..40).filter(|&t| data.s[episode * 40 + t] != -1).count();
+        assert!(steps <= 7, "episode {episode}: {steps} steps");
+        assert!(
+            steps >= 1 && data.done[episode * 40 + steps - 1],
+            "episode {episode}"
+        );
+    }
+}
+
+#[test]
 fn qlearn_refuses_bad_data_and_writes_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let shape = [3];
