@@ -149,7 +149,10 @@ pub(super) fn sample_command(args: &SampleArgs) -> Result<i32> {
         return Ok(EXIT_DIVERGED);
     }
     let mdp = &world.mdp;
-    let uniform_policy = vec![1.0 / mdp.actions as f32; mdp.tasks * mdp.states * mdp.actions];
+    let uniform_policy = match uniform {
+        true => vec![1.0 / mdp.actions as f32; mdp.tasks * mdp.states * mdp.actions],
+        false => Vec::new(),
+    };
     let (policy, policy_steps) = match (&solved, options.horizon) {
         (None, _) => (&uniform_policy, 1),
         (Some(solved), Horizon::Finite(h)) => (
