@@ -50,7 +50,7 @@ pub mod error;
 pub mod io;
 pub mod world;
 
-pub use analysis::{infer, irl, meta, render, sample, scen};
+pub use analysis::{infer, irl, meta, qlearn, render, sample, scen};
 pub use engine::cpu::{solve_cpu, solve_mdp_cpu};
 pub use engine::gpu::{
     EngineOptions, GpuContext, GridEngine, MdpEngine, TaskPosterior, solve_sharded,

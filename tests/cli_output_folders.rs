@@ -347,7 +347,10 @@ fn a_command_refuses_another_commands_folder() {
     let o = softvi(&sample);
     assert!(o.status.success(), "{}", stderr(&o));
     let names: Vec<String> = snapshot(&out).into_iter().map(|(n, _)| n).collect();
-    assert_eq!(names, ["actions.npy", "states.npy", "summary.json"]);
+    assert_eq!(
+        names,
+        ["actions.npy", "dataset.npz", "states.npy", "summary.json"]
+    );
     assert_eq!(summary(&out)["softvi"]["command"], "sample");
     let o = solve(&out, &[]);
     assert!(!o.status.success());

@@ -463,3 +463,127 @@ fn overflowing_values_diverge() {
     let gpu = engine.solve(&mdp, &o, Outputs::VALUES).unwrap();
     assert_eq!(gpu.solution.status, cpu.solution.status);
 }
+
+/// Dense soft value iteration over the actions of finite reward only, written from the
+/// contract: `V(s) = alpha log sum_{a: R > -inf} exp(Q(s,a) / alpha)` (max at alpha = 0),
+/// `Q = R + gamma sum_s' P V`, terminal states at their value; `sweeps` Jacobi sweeps from 0.
+fn dense_values_over_open_actions(
+    mdp: &TabularMdp,
+    alpha: f64,
+    gamma: f64,
+    sweeps: usize,
+) -> Vec<f64> {
+    let (s_n, a_n) = (mdp.states, mdp.actions);
+    let mut v = vec![0.0; mdp.tasks * s_n];
+    for _ in 0..sweeps {
+        let mut next = v.clone();
+        for t in 0..mdp.tasks {
+            for s in 0..s_n {
+                if mdp.terminal[t * s_n + s] {
+                    next[t * s_n + s] = mdp.terminal_value[t * s_n + s] as f64;
+                    continue;
+                }
+                let q: Vec<f64> = (0..a_n)
+                    .filter(|&a| mdp.reward[(t * s_n + s) * a_n + a].is_finite())
+                    .map(|a| {
+                        let expected: f64 = (0..s_n)
+                            .map(|j| mdp.probability(s, a, j) * v[t * s_n + j])
+                            .sum();
+                        mdp.reward[(t * s_n + s) * a_n + a] as f64 + gamma * expected
+                    })
+                    .collect();
+                let top = q.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+                next[t * s_n + s] = if alpha == 0.0 {
+                    top
+                } else {
+                    top + alpha
+                        * q.iter()
+                            .map(|x| ((x - top) / alpha).exp())
+                            .sum::<f64>()
+                            .ln()
+                };
+            }
+        }
+        v = next;
+    }
+    v
+}
+
+#[test]
+fn excluded_actions_drop_out_of_the_soft_max() {
+    let Some(mut engine) = engine(EngineOptions::default()) else {
+        return;
+    };
+    // 203 states (not a multiple of 64), 5 actions, 2 tasks. Reward -inf excludes: the first
+    // two actions where s % 5 == 0 (a running log-sum-exp that starts on two -inf terms), all
+    // but the last where s % 5 == 1, the last where s % 5 == 2.
+    let mut mdp = common::random_mdp(203, 5, 2, true, 23);
+    let (s_n, a_n) = (mdp.states, mdp.actions);
+    let excluded = |s: usize, a: usize| match s % 5 {
+        0 => a < 2,
+        1 => a < a_n - 1,
+        2 => a == a_n - 1,
+        _ => false,
+    };
+    for t in 0..mdp.tasks {
+        for s in 0..s_n {
+            for a in (0..a_n).filter(|&a| excluded(s, a)) {
+                mdp.reward[(t * s_n + s) * a_n + a] = f32::NEG_INFINITY;
+            }
+        }
+    }
+    let outputs = Outputs {
+        q: true,
+        ..Outputs::default()
+    };
+    for (alpha, backup) in [
+        (0.0, Backup::Expected),
+        (0.3, Backup::Expected),
+        (1.0, Backup::Expected),
+        (1.0, Backup::Optimistic),
+    ] {
+        let what = format!("alpha {alpha} {backup:?}");
+        let o = infinite(alpha, 0.9, backup);
+        let gpu = engine.solve(&mdp, &o, outputs).unwrap();
+        let cpu = solve_mdp_cpu(&mdp, &o, outputs).unwrap();
+        assert!(cpu.solution.status.iter().all(|&s| s == Status::Converged));
+        // As in infinite_horizon_matches_reference: 2 tol gamma / (1 - gamma) from stopping
+        // within tol, plus f32 rounding of values up to |r| / (1 - gamma) = 10.
+        let scale = cpu
+            .solution
+            .values
+            .iter()
+            .fold(1.0f32, |m, v| m.max(v.abs())) as f64;
+        let value_tol = 2.0 * 1e-6 * 0.9 / 0.1 + 1e-5 * scale;
+        let prob_tol = if alpha == 0.0 { 1e-6 } else { 1e-4 / alpha };
+        compare(&what, &gpu, &cpu, value_tol, prob_tol);
+        // Excluded: Q = -inf and policy exactly 0 on both backends (compare checks that the
+        // infinities agree), the policy rows of the rest summing to 1.
+        let (q, pi) = (cpu.solution.q.unwrap(), gpu.solution.policy.unwrap());
+        for t in 0..mdp.tasks {
+            for s in (0..s_n).filter(|&s| !mdp.terminal[t * s_n + s]) {
+                for a in 0..a_n {
+                    let i = (t * s_n + s) * a_n + a;
+                    assert_eq!(excluded(s, a), q[i] == f32::NEG_INFINITY, "{what}: Q[{i}]");
+                    if excluded(s, a) {
+                        assert_eq!(pi[i], 0.0, "{what}: pi[{i}]");
+                    }
+                }
+            }
+        }
+        common::assert_rows_sum_to_one(&what, &pi, a_n, 1e-5);
+        if backup == Backup::Expected {
+            // 400 sweeps: 0.9^400 * 10 < 1e-17, far below the tolerance.
+            let truth = dense_values_over_open_actions(&mdp, alpha, 0.9, 400);
+            for (i, (&v, &t)) in gpu.solution.values.iter().zip(&truth).enumerate() {
+                if mdp.terminal[i] {
+                    continue;
+                }
+                assert!(
+                    (v as f64 - t).abs() <= value_tol,
+                    "{what}: V[{i}] GPU {v}, dense {t}"
+                );
+            }
+        }
+    }
+}

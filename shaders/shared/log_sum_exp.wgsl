@@ -10,8 +10,13 @@ fn exp_shifted(x: f32, top: f32, scale: f32) -> f32 {
 
 // A running log-sum-exp over terms that arrive one at a time, (largest x so far, sum of the
 // terms shifted by it): start at vec2(x_0, 1.0) and push the others; a larger x rescales the
-// sum.
+// sum. An x_0 of -inf is rescaled to nothing by the first finite x.
 fn lse_push(acc: vec2<f32>, x: f32, scale: f32) -> vec2<f32> {
+    // An excluded term (-inf) adds nothing; pushed onto a running -inf it would make
+    // exp2(-inf - -inf) = NaN.
+    if x < -HUGE {
+        return acc;
+    }
     if x > acc.x {
         return vec2<f32>(x, acc.y * exp_shifted(acc.x, x, scale) + 1.0);
     }

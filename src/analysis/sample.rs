@@ -146,3 +146,53 @@ pub fn sample(
         actions,
     })
 }
+
+/// The transitions of `samples` (drawn on `mdp`) as a soft Q-learning dataset: one dataset
+/// per task, entry `episode * T + t` holding step t of the episode, [`NO_SAMPLE`] padding
+/// after the episode stopped; `r = R(s,a)` of the task, `done` where `s'` is terminal.
+///
+/// [`NO_SAMPLE`]: crate::qlearn::NO_SAMPLE
+pub fn transitions(mdp: &TabularMdp, samples: &Samples) -> Result<crate::qlearn::Dataset> {
+    use crate::qlearn::NO_SAMPLE;
+    let (b_n, n, t_n) = (samples.tasks, samples.episodes, samples.steps);
+    ensure!(
+        b_n == mdp.tasks,
+        "samples of {b_n} tasks, an MDP of {}",
+        mdp.tasks
+    );
+    let length = n * t_n;
+    let mut data = crate::qlearn::Dataset {
+        states: mdp.states,
+        actions: mdp.actions,
+        datasets: b_n,
+        length,
+        s: vec![NO_SAMPLE; b_n * length],
+        a: vec![NO_SAMPLE; b_n * length],
+        r: vec![0.0; b_n * length],
+        s_next: vec![NO_SAMPLE; b_n * length],
+        done: vec![false; b_n * length],
+    };
+    for task in 0..b_n {
+        for episode in 0..n {
+            let row = task * n + episode;
+            for t in 0..t_n {
+                let action = samples.actions[row * t_n + t];
+                if action == ENDED {
+                    break;
+                }
+                let (s, next) = (
+                    samples.states[row * (t_n + 1) + t] as usize,
+                    samples.states[row * (t_n + 1) + t + 1] as usize,
+                );
+                let i = task * length + episode * t_n + t;
+                data.s[i] = s as i64;
+                data.a[i] = action as i64;
+                data.s_next[i] = next as i64;
+                data.r[i] =
+                    mdp.reward[(task * mdp.states + s) * mdp.actions + action as usize] as f64;
+                data.done[i] = mdp.terminal[task * mdp.states + next];
+            }
+        }
+    }
+    Ok(data)
+}

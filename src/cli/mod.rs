@@ -1,7 +1,7 @@
 //! The `softvi` command line: argument definitions and the commands they run.
 //!
-//! One file per command (`solve`, `sample`, `infer`, `irl`, `meta`, `render`, `scen`, `bench`,
-//! `adapters`), each with its `XxxArgs`; what several commands share lives in `world` (the
+//! One file per command (`solve`, `sample`, `qlearn`, `infer`, `irl`, `meta`, `render`, `scen`,
+//! `bench`, `adapters`), each with its `XxxArgs`; what several commands share lives in `world` (the
 //! world and task flags, the batch they build), `iteration` (the solve settings), `backend`
 //! (choosing and running a backend) and `summary` (summary.json and the progress line).
 
@@ -15,6 +15,7 @@ mod infer;
 mod irl;
 mod iteration;
 mod meta;
+mod qlearn;
 mod render;
 mod sample;
 mod scen;
@@ -27,6 +28,7 @@ use bench::{BenchArgs, bench_command};
 use infer::{InferArgs, infer_command};
 use irl::{IrlArgs, irl_command};
 use meta::{MetaArgs, meta_command};
+use qlearn::{QlearnArgs, qlearn_command};
 use render::{RenderArgs, render_command};
 use sample::{SampleArgs, sample_command};
 use scen::{ScenArgs, scen_command};
@@ -83,6 +85,19 @@ recorded; later states and actions are -1. Each (task, episode) draws from its o
 --seed, so a seed reproduces its samples on a given backend."
     )]
     Sample(SampleArgs),
+    /// Soft Q-learning from a dataset of transitions (s, a, r, s', done): fitted soft Q
+    /// iteration to its fixed point, which is soft value iteration on the data's empirical MDP.
+    /// Writes q.npy [B,S,A], values.npy, policy.npy, summary.json.
+    #[command(
+        after_help = "Examples:\n  softvi sample --maze 15x15 --goal 1,1 --behaviour uniform --episodes 2000 --steps 50 --out samples\n  \
+softvi qlearn --data samples/dataset.npz --maze 15x15 --alpha 1 --gamma 0.95 --out learned\n  \
+softvi qlearn --data data.npz --states 20 --actions 4 --alpha 0 --backend cpu --out learned\n\n\
+Targets y = r + gamma (1 - done) alpha log sum_a' exp(Q(s',a')/alpha); the tabular fit is \
+the mean target per (s,a), i.e. the soft backup of the MDP with P(s'|s,a) = N(s,a,s')/N(s,a) \
+and mean rewards. Pairs the data never shows are left out of the soft max (NaN in q.npy); a \
+state with no seen action has no value (NaN), and a transition into it bootstraps 0."
+    )]
+    Qlearn(QlearnArgs),
     /// Posterior over the tasks (goals, rewards or MDP reward batches) after each step of an
     /// observed trajectory: posterior.npy float32 [K+1,B], rows summing to 1.
     #[command(
@@ -146,6 +161,7 @@ pub(crate) fn run(cli: Cli) -> Result<i32> {
         Command::Scen(args) => scen_command(&args),
         Command::Render(args) => render_command(&args),
         Command::Sample(args) => sample_command(&args),
+        Command::Qlearn(args) => qlearn_command(&args),
         Command::Infer(args) => infer_command(&args),
         Command::Irl(args) => irl_command(&args),
         Command::Meta(args) => meta_command(&args),

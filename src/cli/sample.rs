@@ -1,10 +1,11 @@
-//! `softvi sample`: trajectories drawn from each task's soft-optimal policy.
+//! `softvi sample`: trajectories drawn from each task's soft-optimal policy (or a uniform
+//! one), and their transitions as a `softvi qlearn` dataset.
 
 use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{Context, Result, ensure};
-use clap::Args;
+use clap::{Args, ValueEnum};
 use serde_json::json;
 
 use super::EXIT_DIVERGED;
@@ -28,6 +29,13 @@ pub(super) struct SampleArgs {
     /// Steps per episode T (default: --horizon, else 100); at most --horizon.
     #[arg(long, value_name = "T")]
     steps: Option<usize>,
+    /// Policy the episodes follow: `soft`, the soft-optimal policy at --alpha-behaviour, or
+    /// `uniform` over the actions (no solve).
+    #[arg(long, value_enum, default_value_t = Behaviour::Soft)]
+    behaviour: Behaviour,
+    /// Temperature of the soft behaviour policy (default: --alpha).
+    #[arg(long, value_name = "A", allow_negative_numbers = true)]
+    alpha_behaviour: Option<f64>,
     /// Seed of the draws.
     #[arg(long, default_value_t = 0)]
     seed: u64,
@@ -35,8 +43,9 @@ pub(super) struct SampleArgs {
     /// cells). Grid worlds only; an --mdp file carries `initial`.
     #[arg(long = "start", value_name = "X,Y", conflicts_with = "mdp")]
     start: Vec<String>,
-    /// Output folder: states.npy, actions.npy, summary.json. It must be new, empty or a
-    /// folder of an earlier `softvi sample`, whose result is replaced.
+    /// Output folder: states.npy, actions.npy, dataset.npz (the transitions s, a, r, s_next,
+    /// done [B, N*T] for `softvi qlearn`; -1 after an episode stopped), summary.json. It must be
+    /// new, empty or a folder of an earlier `softvi sample`, whose result is replaced.
     #[arg(long, value_name = "DIR")]
     out: PathBuf,
     /// Write into a non-empty --out that is not a `softvi sample` folder (files of the same
@@ -51,16 +60,35 @@ pub(super) struct SampleArgs {
     quiet: bool,
 }
 
+/// The policy `softvi sample` follows.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+pub(super) enum Behaviour {
+    /// The soft-optimal policy at --alpha-behaviour (default --alpha).
+    Soft,
+    /// pi(a|s) = 1/A everywhere.
+    Uniform,
+}
+
 /// `softvi sample`: trajectories from each task's soft-optimal policy.
 pub(super) fn sample_command(args: &SampleArgs) -> Result<i32> {
     let start = Instant::now();
     let mut out = OutputFolder::claim(
         &args.out,
         "sample",
-        &["states.npy", "actions.npy"],
+        &["states.npy", "actions.npy", "dataset.npz"],
         args.force,
     )?;
-    let options = args.iteration.options()?;
+    let mut options = args.iteration.options()?;
+    if let Some(alpha) = args.alpha_behaviour {
+        ensure!(
+            args.behaviour == Behaviour::Soft,
+            "--alpha-behaviour sets the soft behaviour policy's temperature; --behaviour \
+             uniform has none"
+        );
+        options.alpha = alpha;
+        options.validate().context("--alpha-behaviour")?;
+    }
+    let uniform = args.behaviour == Behaviour::Uniform;
     let finite = matches!(options.horizon, Horizon::Finite(_));
     let outputs = softvi::engine::options::Outputs {
         all_steps: finite,
@@ -85,38 +113,75 @@ pub(super) fn sample_command(args: &SampleArgs) -> Result<i32> {
     // Every output sized before solving: the trajectories (and their encoded files) beside
     // what the solve holds.
     let (b, n) = (world.mdp.tasks, args.episodes);
-    let samples = softvi::analysis::sample::samples_bytes(b, n, steps).saturating_mul(2);
-    let solve = softvi::engine::memory::estimate_mdp_bytes(&world.mdp, &options, outputs);
+    // The trajectories, and the dataset of their transitions (4 x 8 + 1 bytes each).
+    let transitions = (b as u64)
+        .saturating_mul(n as u64)
+        .saturating_mul(steps as u64)
+        .saturating_mul(33);
+    let samples = softvi::analysis::sample::samples_bytes(b, n, steps)
+        .saturating_add(transitions)
+        .saturating_mul(2);
+    let solve = if uniform {
+        0
+    } else {
+        softvi::engine::memory::estimate_mdp_bytes(&world.mdp, &options, outputs)
+    };
     softvi::engine::memory::ensure_fits(samples.saturating_add(solve), || {
         format!(
             "sampling {b} task(s) x {n} episodes (--episodes) x {steps} steps (--steps), with \
              the solve they follow,"
         )
     })?;
-    let mut backend = Backend::open(args.iteration.backend, &args.iteration.adapters)?;
-    let solved = backend.solve_mdp(&world.mdp, &options, outputs, args.quiet)?;
-    let adapter = backend.adapter_json();
-    if solved.solution.diverged() {
+    let (solved, adapter) = if uniform {
+        (None, json!(null))
+    } else {
+        let mut backend = Backend::open(args.iteration.backend, &args.iteration.adapters)?;
+        let solved = backend.solve_mdp(&world.mdp, &options, outputs, args.quiet)?;
+        (Some(solved), backend.adapter_json())
+    };
+    if let Some(solved) = &solved
+        && solved.solution.diverged()
+    {
         eprintln!(
             "error: the solve diverged ({}): no policy to sample from; nothing was written",
             super::summary::divergence_reason(&options)
         );
         return Ok(EXIT_DIVERGED);
     }
-    let (policy, policy_steps) = match (&solved.steps, options.horizon) {
-        (Some(s), Horizon::Finite(h)) => (s.policy.as_ref().context("no policy")?, h as usize),
-        _ => (solved.solution.policy.as_ref().context("no policy")?, 1),
+    let mdp = &world.mdp;
+    let uniform_policy = match uniform {
+        true => vec![1.0 / mdp.actions as f32; mdp.tasks * mdp.states * mdp.actions],
+        false => Vec::new(),
+    };
+    let (policy, policy_steps) = match (&solved, options.horizon) {
+        (None, _) => (&uniform_policy, 1),
+        (Some(solved), Horizon::Finite(h)) => (
+            solved
+                .steps
+                .as_ref()
+                .and_then(|s| s.policy.as_ref())
+                .context("no policy")?,
+            h as usize,
+        ),
+        (Some(solved), _) => (solved.solution.policy.as_ref().context("no policy")?, 1),
     };
     let mut samples = softvi::analysis::sample::sample(
-        &world.mdp,
+        mdp,
         policy,
         policy_steps,
         args.episodes,
         steps,
         args.seed,
     )?;
+    let mut dataset = softvi::analysis::sample::transitions(mdp, &samples)?;
     for s in &mut samples.states {
         *s = world.state_label(*s);
+    }
+    for s in dataset.s.iter_mut().chain(dataset.s_next.iter_mut()) {
+        *s = world.state_label(*s as i32) as i64;
+    }
+    if let Some((_, grid)) = &world.grid {
+        dataset.states = grid.height * grid.width;
     }
     let seconds = start.elapsed().as_secs_f64();
     let lengths: Vec<f64> = (0..b)
@@ -136,13 +201,22 @@ pub(super) fn sample_command(args: &SampleArgs) -> Result<i32> {
         "steps": steps,
         "seed": args.seed,
         "mean_episode_length": lengths,
+        "behaviour": match args.behaviour {
+            Behaviour::Soft => json!({"policy": "soft", "alpha": options.alpha}),
+            Behaviour::Uniform => json!({"policy": "uniform"}),
+        },
+        "transitions": (0..b).map(|t| dataset.samples(t)).collect::<Vec<_>>(),
         "layout": {
             "states": if world.grid.is_some() { "int32 [task][episode][t], cell row * W + col; -1 after termination" }
                 else { "int32 [task][episode][t]; -1 after termination" },
             "actions": "int32 [task][episode][t]; -1 from the terminal state on",
+            "dataset": "s, a, s_next int32, r float64, done bool, each [task][episode * T + t]; \
+                        s = a = s_next = -1 after the episode stopped",
         },
     });
-    add_run_json(&mut summary, &options, &solved.solution, seconds);
+    if let Some(solved) = &solved {
+        add_run_json(&mut summary, &options, &solved.solution, seconds);
+    }
     let files = vec![
         OutputFile {
             name: "states.npy",
@@ -151,6 +225,10 @@ pub(super) fn sample_command(args: &SampleArgs) -> Result<i32> {
         OutputFile {
             name: "actions.npy",
             bytes: npy::encode_i32(&[b, n, steps], &samples.actions),
+        },
+        OutputFile {
+            name: "dataset.npz",
+            bytes: dataset.encode_npz()?,
         },
     ];
     let summary_text = out.write(&mut summary, files)?;

@@ -69,7 +69,7 @@ pub(super) struct World {
     pub(super) map: serde_json::Value,
 }
 
-fn parse_pair(text: &str, sep: char, what: &str) -> Result<(usize, usize)> {
+pub(super) fn parse_pair(text: &str, sep: char, what: &str) -> Result<(usize, usize)> {
     let parts: Vec<&str> = text
         .split(sep)
         .map(str::trim)

@@ -290,6 +290,9 @@ impl<'a> MdpInputs<'a> {
                     && (0..s_count).any(|s| {
                         !self.fixed[t * s_count + s]
                             && (0..n).any(|a| {
+                                let rewards = &mdp.reward[(t * s_count + s) * n..][..n];
+                                // Excluded actions (reward -inf) are no alternative.
+                                let open = rewards.iter().filter(|r| r.is_finite()).count();
                                 let row = s * n + a;
                                 let entries =
                                     mdp.indptr[row] as usize..mdp.indptr[row + 1] as usize;
@@ -297,7 +300,7 @@ impl<'a> MdpInputs<'a> {
                                     && entries.clone().all(|k| mdp.indices[k] as usize == s)
                                     && unbounded_self_loop(
                                         self.alpha,
-                                        n,
+                                        open,
                                         mdp.reward[(t * s_count + s) * n + a] as f64,
                                     )
                             })

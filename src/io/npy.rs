@@ -1,6 +1,7 @@
 //! NumPy `.npy` files (format 1.0 / 2.0, little-endian, C order): float32 writing; reading
-//! of float32/64, int32/64, uint8/32/64 and bool arrays.
+//! of float32/64, int32/64, uint8/32/64 and bool arrays; `.npz` archives of them.
 
+use std::collections::HashMap;
 use std::io::Write;
 use std::path::Path;
 
@@ -122,6 +123,48 @@ pub fn decode(bytes: &[u8]) -> Result<NpyValues> {
         })
         .collect();
     Ok(NpyValues { shape, data, dtype })
+}
+
+/// Reads every array of a NumPy `.npz` archive (stored or deflated), by name without the
+/// `.npy` suffix; errors name the file (`what` it is, e.g. "MDP file") and the entry or array.
+pub fn read_npz(path: &Path, what: &str) -> Result<HashMap<String, NpyValues>> {
+    use std::io::Read;
+    let file =
+        std::fs::File::open(path).map_err(|e| Error::io(format!("cannot read {what}"), path, e))?;
+    let mut archive = zip::ZipArchive::new(file)
+        .with_context(|| format!("{} is not an .npz (zip) archive", path.display()))?;
+    let mut arrays = HashMap::new();
+    for i in 0..archive.len() {
+        let unreadable = || format!("{}: entry {i} of the archive", path.display());
+        let mut entry = archive.by_index(i).with_context(unreadable)?;
+        let name = entry
+            .name()
+            .with_context(unreadable)?
+            .trim_end_matches(".npy")
+            .to_owned();
+        let mut bytes = Vec::new();
+        entry.read_to_end(&mut bytes).with_context(unreadable)?;
+        let array =
+            decode(&bytes).with_context(|| format!("{}: array {name:?}", path.display()))?;
+        arrays.insert(name, array);
+    }
+    Ok(arrays)
+}
+
+/// An uncompressed `.npz` archive (as `numpy.savez` writes) of `.npy` files given as
+/// (name without `.npy`, bytes).
+pub fn encode_npz(arrays: &[(&str, Vec<u8>)]) -> Result<Vec<u8>> {
+    let mut zip = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+    let stored =
+        zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored);
+    for (name, bytes) in arrays {
+        zip.start_file(format!("{name}.npy"), stored)
+            .with_context(|| format!("npz entry {name}"))?;
+        zip.write_all(bytes)
+            .map_err(|e| Error::InvalidInput(format!("npz entry {name}: {e}")))?;
+    }
+    let cursor = zip.finish().context("finishing the npz archive")?;
+    Ok(cursor.into_inner())
 }
 
 /// Reads a float32 or float64 `.npy` file as f32.

@@ -4,10 +4,9 @@
 //! distributions. Loading validates everything and names the array and entry at fault.
 
 use std::collections::HashMap;
-use std::io::Read;
 use std::path::Path;
 
-use crate::error::{Context, Error, Result, bail, ensure};
+use crate::error::{Context, Result, bail, ensure};
 
 use crate::io::npy::{self, NpyValues};
 
@@ -33,7 +32,8 @@ pub struct TabularMdp {
     pub indices: Vec<u32>,
     /// Probabilities of the nonzero entries, `[nnz]`.
     pub probs: Vec<f32>,
-    /// `r(s,a)`, `[task][state][action]`.
+    /// `r(s,a)`, `[task][state][action]`; -inf excludes the action (Q = -inf, policy 0),
+    /// which every non-terminal state must leave one of. `.npz` files hold finite rewards.
     pub reward: Vec<f32>,
     /// Terminal states, `[task][state]`.
     pub terminal: Vec<bool>,
@@ -47,25 +47,7 @@ pub struct TabularMdp {
 impl TabularMdp {
     /// Reads and validates an `.npz` file; errors name the file and the array.
     pub fn load_npz(path: &Path) -> Result<Self> {
-        let file =
-            std::fs::File::open(path).map_err(|e| Error::io("cannot read MDP file", path, e))?;
-        let mut archive = zip::ZipArchive::new(file)
-            .with_context(|| format!("{} is not an .npz (zip) archive", path.display()))?;
-        let mut arrays = HashMap::new();
-        for i in 0..archive.len() {
-            let unreadable = || format!("{}: entry {i} of the archive", path.display());
-            let mut entry = archive.by_index(i).with_context(unreadable)?;
-            let name = entry
-                .name()
-                .with_context(unreadable)?
-                .trim_end_matches(".npy")
-                .to_owned();
-            let mut bytes = Vec::new();
-            entry.read_to_end(&mut bytes).with_context(unreadable)?;
-            let array = npy::decode(&bytes)
-                .with_context(|| format!("{}: array {name:?}", path.display()))?;
-            arrays.insert(name, array);
-        }
+        let arrays = npy::read_npz(path, "MDP file")?;
         Self::from_arrays(&arrays).with_context(|| format!("invalid MDP file {}", path.display()))
     }
 
@@ -194,8 +176,9 @@ impl TabularMdp {
 
     /// Checks that the arrays agree with each other and hold a valid MDP: every shape, a
     /// monotone `indptr` covering `indices`, successors in range, each row a probability
-    /// distribution (non-negative, finite, summing to 1 within [`ROW_SUM_TOLERANCE`]), finite
-    /// rewards and terminal values, and a start distribution of finite non-negative entries,
+    /// distribution (non-negative, finite, summing to 1 within [`ROW_SUM_TOLERANCE`]), rewards
+    /// finite or -inf (an excluded action) with a finite one in every non-terminal state, finite
+    /// terminal values, and a start distribution of finite non-negative entries,
     /// not all zero in any task.
     /// Every solve runs this first, so no MDP the library accepts can panic it; errors name
     /// the array and the index, row or task.
@@ -271,13 +254,29 @@ impl TabularMdp {
                 }
             );
         }
-        if let Some(i) = self.reward.iter().position(|r| !r.is_finite()) {
+        // -inf excludes an action from the soft max (an unseen pair of
+        // `analysis::qlearn`): its Q is -inf and its policy mass exactly 0.
+        if let Some(i) = self
+            .reward
+            .iter()
+            .position(|r| !(r.is_finite() || *r == f32::NEG_INFINITY))
+        {
             bail!(
-                "reward at task {}, state {}, action {} is {} (rewards must be finite)",
+                "reward at task {}, state {}, action {} is {} (rewards are finite, or -inf to \
+                 exclude the action)",
                 i / (s_n * a_n),
                 i / a_n % s_n,
                 i % a_n,
                 self.reward[i]
+            );
+        }
+        for (i, row) in self.reward.chunks_exact(a_n).enumerate() {
+            ensure!(
+                self.terminal[i] || row.iter().any(|r| r.is_finite()),
+                "task {}, state {}: every action's reward is -inf (excluded); a state that does \
+                 not stop needs an action",
+                i / s_n,
+                i % s_n
             );
         }
         if let Some(i) = self.terminal_value.iter().position(|v| !v.is_finite()) {
