@@ -30,6 +30,7 @@ if "NODEVICE_SELECT" not in os.environ and "MESA_VK_DEVICE_SELECT" not in os.env
 from ._analysis import (  # noqa: E402
     ENDED,
     IrlResult,
+    LearnedQ,
     MetaCurve,
     MetaReport,
     Posterior,
@@ -37,6 +38,7 @@ from ._analysis import (  # noqa: E402
     goal_posterior,
     maxent_irl,
     meta_rl,
+    qlearn,
     sample,
 )
 from ._envs import from_gymnasium, from_seals  # noqa: E402
@@ -50,6 +52,7 @@ __all__ = [
     "DeviceError",
     "Grid",
     "IrlResult",
+    "LearnedQ",
     "MetaCurve",
     "MetaReport",
     "Posterior",
@@ -63,6 +66,7 @@ __all__ = [
     "load_npz",
     "maxent_irl",
     "meta_rl",
+    "qlearn",
     "sample",
     "solve",
     "solve_grid",

@@ -402,3 +402,107 @@ def meta_rl(
         runs=int(raw["runs"]),
         adapter=raw["adapter"],
     )
+
+
+@dataclass
+class LearnedQ:
+    """What :func:`qlearn` learned, with a B axis iff the arrays had one.
+
+    ``q`` ``[B, S, A]`` (NaN on pairs the data never shows), ``values`` ``[B, S]`` (NaN on
+    states without data), ``policy`` ``[B, S, A]`` (0 on unseen pairs, NaN rows on states
+    without data); per dataset ``samples``, ``unseen_pairs``, ``states_without_data``; the
+    solve's ``sweeps``, ``residual``, ``status`` (one solve for the batch), ``adapter``,
+    ``seconds``.
+    """
+
+    q: np.ndarray
+    values: np.ndarray
+    policy: np.ndarray
+    samples: list[int]
+    unseen_pairs: list[int]
+    states_without_data: list[int]
+    sweeps: int
+    residual: float
+    status: str
+    adapter: str
+    seconds: float
+
+
+def qlearn(
+    s: ArrayLike,
+    a: ArrayLike,
+    r: ArrayLike,
+    s_next: ArrayLike,
+    done: ArrayLike | None = None,
+    *,
+    states: int,
+    actions: int,
+    alpha: float = 1.0,
+    gamma: float = 0.99,
+    backup: Backup = "expected",
+    horizon: int | None = None,
+    tol: float = 1e-4,
+    max_iters: int = 100_000,
+    device: Device = "auto",
+) -> LearnedQ:
+    """Soft Q-learning from a fixed dataset of transitions, as ``softvi qlearn`` runs it.
+
+    Fitted soft Q iteration regresses ``Q(s,a)`` onto ``y = r + gamma (1 - done) alpha log
+    sum_a' exp(Q(s',a') / alpha)``; for a tabular Q its exact minimiser is the mean target
+    over the samples of ``(s,a)``, so the fixed point is soft value iteration on the
+    empirical MDP (counts ``N(s,a,s') / N(s,a)``, mean rewards, done transitions into an
+    absorbing state of value 0), which is how it is computed. Pairs the data never shows are
+    left out of the soft max (their Q is unknown, not 0).
+
+    Args:
+        s: states ``[N]``, or ``[B, N]`` for B datasets learned as one batch; -1 marks an
+            empty entry (padding).
+        a: actions, shaped as ``s``.
+        r: rewards, shaped as ``s``.
+        s_next: next states, shaped as ``s``.
+        done: 0/1 per transition (default all 0).
+        states: S.
+        actions: A.
+        alpha: temperature >= 0 (0: hard fitted Q iteration, Q-learning's max).
+        gamma: discount in [0, 1].
+        backup: ``"expected"`` or ``"optimistic"``.
+        horizon: a finite horizon T, or None to iterate to ``tol``.
+        tol: infinite horizon: residual tolerance.
+        max_iters: infinite horizon: most backups.
+        device: as in :func:`softvi.solve`.
+
+    Returns:
+        :class:`LearnedQ`.
+
+    Raises:
+        ValueError: a bad entry (the message names the array and the index), a shape
+            mismatch, a setting out of range.
+    """
+    arrays = {"s": s, "a": a, "r": r, "s_next": s_next}
+    if done is not None:
+        arrays["done"] = done
+    converted: dict[str, np.ndarray] = {}
+    for name, x in arrays.items():
+        try:
+            converted[name] = np.ascontiguousarray(x, dtype=np.float64)
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"{name} is not a numeric array: {e}") from None
+    batched = converted["s"].ndim == 2
+    settings = _settings(
+        alpha, gamma, backup, horizon, tol, max_iters, True, True, True, False, False, device
+    )
+    raw = _softvi.qlearn(converted, int(states), int(actions), settings)
+    pick = (lambda x: x) if batched else (lambda x: x[0])
+    return LearnedQ(
+        q=pick(raw["q"]),
+        values=pick(raw["values"]),
+        policy=pick(raw["policy"]),
+        samples=list(raw["samples"]),
+        unseen_pairs=list(raw["unseen_pairs"]),
+        states_without_data=list(raw["states_without_data"]),
+        sweeps=int(raw["sweeps"]),
+        residual=float(raw["residual"]),
+        status=str(raw["status"]),
+        adapter=raw["adapter"],
+        seconds=float(raw["seconds"]),
+    )

@@ -884,6 +884,51 @@ fn meta_rl<'py>(
     Ok(out)
 }
 
+/// Soft Q-learning from a dataset (see `softvi.qlearn`): `arrays` holds `s`, `a`, `r`,
+/// `s_next` (`[N]` or `[B,N]`, -1 marks padding) and optional `done`, as the CLI's `--data`
+/// file; learned on the empirical MDP by the solver `settings` pick.
+#[pyfunction]
+fn qlearn<'py>(
+    py: Python<'py>,
+    arrays: HashMap<String, PyReadonlyArrayDyn<'py, f64>>,
+    states: usize,
+    actions: usize,
+    settings: Settings,
+) -> PyResult<Bound<'py, PyDict>> {
+    let (options, device) = (settings.options()?, settings.device()?);
+    let values: HashMap<String, NpyValues> = arrays
+        .into_iter()
+        .map(|(name, array)| {
+            let values = NpyValues {
+                shape: array.shape().to_vec(),
+                data: array.as_array().iter().copied().collect(),
+                dtype: "<f8".into(),
+            };
+            (name, values)
+        })
+        .collect();
+    let data = softvi::qlearn::Dataset::from_arrays(&values, states, actions).map_err(to_py)?;
+    let (learned, label) = solve_detached(py, |progress| {
+        with_solver(device, |solver| {
+            softvi::qlearn::qlearn(solver.as_mdp(), &data, &options, progress)
+        })
+    })?;
+    let (b, s, a) = (learned.datasets, learned.states, learned.actions);
+    let out = PyDict::new(py);
+    out.set_item("q", array(py, learned.q, vec![b, s, a])?)?;
+    out.set_item("values", array(py, learned.values, vec![b, s])?)?;
+    out.set_item("policy", array(py, learned.policy, vec![b, s, a])?)?;
+    out.set_item("samples", learned.samples)?;
+    out.set_item("unseen_pairs", learned.unseen_pairs)?;
+    out.set_item("states_without_data", learned.states_without_data)?;
+    out.set_item("sweeps", learned.sweeps)?;
+    out.set_item("residual", learned.residual)?;
+    out.set_item("status", learned.status.name())?;
+    out.set_item("seconds", learned.seconds)?;
+    out.set_item("adapter", label)?;
+    Ok(out)
+}
+
 /// Runs the `softvi` command line on `argv` (`argv[0]` is the program name); returns the exit
 /// code. Errors are printed as the binary prints them.
 #[pyfunction]
@@ -921,6 +966,7 @@ fn _softvi(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(goal_posterior, m)?)?;
     m.add_function(wrap_pyfunction!(maxent_irl, m)?)?;
     m.add_function(wrap_pyfunction!(meta_rl, m)?)?;
+    m.add_function(wrap_pyfunction!(qlearn, m)?)?;
     m.add_function(wrap_pyfunction!(cli_main, m)?)?;
     Ok(())
 }

@@ -236,3 +236,44 @@ def test_meta_rl_reaches_the_oracle(device):
         softvi.meta_rl(mdp, solved, eval_tasks=[7], device="cpu")
     with pytest.raises(ValueError, match="batched MDP"):
         softvi.meta_rl(softvi.TabularMDP(np.eye(3)[:, None, :], np.zeros(3)), np.ones((3, 1)))
+
+
+def test_qlearn_equals_soft_vi_on_the_empirical_mdp(device):
+    # 600 noisy transitions of a random 6-state MDP with pair (0, 1) never tried: the learned
+    # Q is soft VI on the empirical MDP (counts, mean rewards) written here in NumPy, with
+    # the unseen pair left out of the soft max (NaN in q, 0 in the policy). float32 outputs:
+    # 1e-5 relative on the CPU reference, 1e-4 on the GPU.
+    rng = np.random.default_rng(4)
+    s_n, a_n, n = 6, 3, 600
+    p = random_mdp(rng, s_n, a_n)
+    reward = rng.normal(size=(s_n, a_n))
+    s, a = rng.integers(0, s_n, n), rng.integers(0, a_n, n)
+    a[(s == 0) & (a == 1)] = 2
+    s_next = np.array([rng.choice(s_n, p=p[i, j]) for i, j in zip(s, a, strict=True)])
+    r = reward[s, a] + rng.normal(scale=0.1, size=n)
+    learned = run_on(
+        device, softvi.qlearn, s, a, r, s_next, states=s_n, actions=a_n, alpha=0.5, gamma=0.9,
+        tol=1e-9,
+    )  # fmt: skip
+    counts = np.zeros((s_n, a_n, s_n))
+    np.add.at(counts, (s, a, s_next), 1.0)
+    seen = counts.sum(axis=2)
+    sums = np.zeros((s_n, a_n))
+    np.add.at(sums, (s, a), r)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        p_hat = counts / seen[..., None]
+        r_hat = sums / seen
+    v = np.zeros(s_n)
+    for _ in range(3000):
+        q = np.where(seen > 0, r_hat + 0.9 * np.nan_to_num(p_hat) @ v, -np.inf)
+        v = 0.5 * logsumexp(q / 0.5, axis=1)
+    rtol = 1e-5 if device == "cpu" else 1e-4
+    assert learned.unseen_pairs == [1] and learned.samples == [n]
+    assert np.isnan(learned.q[0, 1]) and learned.policy[0, 1] == 0.0
+    mask = seen > 0
+    np.testing.assert_allclose(
+        learned.q[mask], q[mask], rtol=rtol, atol=rtol * np.abs(q[mask]).max()
+    )
+    np.testing.assert_allclose(learned.values, v, rtol=rtol, atol=rtol * np.abs(v).max())
+    with pytest.raises(ValueError, match=r"s\[\d+\] = 9"):
+        softvi.qlearn(np.r_[s[:-1], 9], a, r, s_next, states=s_n, actions=a_n, device="cpu")
