@@ -324,3 +324,51 @@ fn cases_the_warm_start_leaves_cold_are_unchanged_bit_for_bit() {
         }
     }
 }
+
+#[test]
+fn row_bands_and_task_chunks_start_from_the_same_warm_values() {
+    // Three tasks on a 131 x 97 maze (padded to 132 columns on the GPU): a 16 KiB binding
+    // splits each task into row bands, a 64 KiB buffer into one-task chunks. Every band and
+    // chunk must start from its own tasks' warm values: then each solve converges at the
+    // first check and agrees with the cold CPU solve as in the test above (tol + 8 f32 ulps).
+    let grid = Grid::generate_maze(131, 97, 5).unwrap();
+    let goals = [grid.width + 1, free_cell(&grid, 0.5), free_cell(&grid, 0.9)];
+    let problem = problem_on(grid.clone(), Connectivity::Eight, &goals);
+    let options = infinite(0.1, 1.0, 1e-4);
+    let (cold, cold_sweeps, _) = cold_cpu(&problem, &options);
+    let scale = cold.iter().fold(1.0f64, |m, v| m.max(v.abs()));
+    let bound = 1e-4 + 8.0 * f32::EPSILON as f64 * scale;
+    let inputs = GridInputs::new(&problem, &options);
+    for limits in [
+        softvi::EngineOptions {
+            max_binding_bytes: Some(16 << 10),
+            max_buffer_bytes: None,
+        },
+        softvi::EngineOptions {
+            max_binding_bytes: None,
+            max_buffer_bytes: Some(1 << 16),
+        },
+    ] {
+        let Some(mut engine) = small_engine(limits) else {
+            return;
+        };
+        let gpu = engine.solve(&problem, &options, Outputs::VALUES).unwrap();
+        let mut worst = 0.0f64;
+        for i in 0..cold.len() {
+            if !inputs.fixed[i] {
+                worst = worst.max((gpu.values[i] as f64 - cold[i]).abs());
+            }
+        }
+        eprintln!(
+            "{limits:?}: sweeps {:?} (cold {cold_sweeps}), max |dV| {worst:.2e}",
+            gpu.iterations
+        );
+        assert_eq!(gpu.status, vec![Status::Converged; 3], "{limits:?}");
+        assert!(
+            gpu.iterations.iter().all(|&s| s == 16),
+            "{limits:?}: {:?}",
+            gpu.iterations
+        );
+        assert!(worst <= bound, "{limits:?}: max |dV| {worst} > {bound}");
+    }
+}
