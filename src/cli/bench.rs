@@ -18,7 +18,8 @@ use softvi::engine::options::{Horizon, SolveOptions};
 pub(super) struct BenchArgs {
     /// Workloads to run (default: all): maze1024-b1, maze1024-b8, maze4096-b1, orz900d-b64,
     /// mdp1m (10^6 states, 8 actions, ~4 successors; also timed end to end with occupancy),
-    /// irl256 (seconds per MaxEnt IRL iteration, 256x256 grid, K = 8, M = 16).
+    /// irl256 (seconds per MaxEnt IRL iteration, 256x256 grid, K = 8, M = 16),
+    /// maze1023-gamma1 (seconds to convergence of a long undiscounted maze).
     #[arg(long = "workload", value_name = "NAME")]
     workloads: Vec<String>,
     /// Folder holding the MovingAI maps (orz900d.map).
@@ -41,6 +42,8 @@ pub(super) struct BenchArgs {
 const MDP_WORKLOAD: &str = "mdp1m";
 /// The MaxEnt IRL workload: seconds per iteration.
 const IRL_WORKLOAD: &str = "irl256";
+/// The long-path workload: seconds to convergence at gamma = 1.
+const LONG_WORKLOAD: &str = "maze1023-gamma1";
 
 /// `softvi bench`: one table row per workload and backend, and the GPU/CPU ratio.
 pub(super) fn bench_command(args: &BenchArgs) -> Result<i32> {
@@ -51,7 +54,7 @@ pub(super) fn bench_command(args: &BenchArgs) -> Result<i32> {
         );
     }
     let maps = args.maps.is_dir().then_some(args.maps.as_path());
-    let (mut run_mdp, mut run_irl) = (true, true);
+    let (mut run_mdp, mut run_irl, mut run_long) = (true, true, true);
     // Names are checked before anything is built (the big mazes take seconds), and only
     // the asked workloads are built.
     let workloads = if args.workloads.is_empty() {
@@ -61,13 +64,16 @@ pub(super) fn bench_command(args: &BenchArgs) -> Result<i32> {
             ensure!(
                 name == MDP_WORKLOAD
                     || name == IRL_WORKLOAD
+                    || name == LONG_WORKLOAD
                     || GRID_WORKLOADS.contains(&name.as_str()),
-                "--workload {name:?} is unknown (known: {}, {MDP_WORKLOAD}, {IRL_WORKLOAD})",
+                "--workload {name:?} is unknown (known: {}, {MDP_WORKLOAD}, {IRL_WORKLOAD}, \
+                 {LONG_WORKLOAD})",
                 GRID_WORKLOADS.join(", ")
             );
         }
         run_mdp = args.workloads.iter().any(|w| w == MDP_WORKLOAD);
         run_irl = args.workloads.iter().any(|w| w == IRL_WORKLOAD);
+        run_long = args.workloads.iter().any(|w| w == LONG_WORKLOAD);
         (GRID_WORKLOADS.iter())
             .filter(|n| args.workloads.iter().any(|w| w == *n))
             .map(|n| grid_workload(n, Some(&args.maps)).with_context(|| format!("--workload {n}")))
@@ -95,7 +101,73 @@ pub(super) fn bench_command(args: &BenchArgs) -> Result<i32> {
     if run_irl {
         bench_irl(args, &ctx)?;
     }
+    if run_long {
+        bench_long(args, &ctx, &mut engine)?;
+    }
     Ok(0)
+}
+
+/// The maze1023-gamma1 workload: `softvi solve --maze 1023x1023 --goal 1,1 --gamma 1 --alpha
+/// 0.1 --no-policy` timed to convergence on the GPU (and the CPU reference unless
+/// --cpu-sweeps 0), against the time of one sweep measured in the same run: from V = 0 it
+/// took 3040 sweeps (one per cell of the longest path), with the warm start
+/// (`softvi::engine::warm_start`) one check window.
+fn bench_long(args: &BenchArgs, ctx: &GpuContext, engine: &mut GridEngine) -> Result<()> {
+    use softvi::engine::options::{Backup, Outputs};
+    use softvi::world::grid::{ActionSet, Connectivity, Grid, MoveCost};
+    use softvi::world::grid_problem::{GridProblem, GridTask};
+    let grid = Grid::generate_maze(1023, 1023, 0)?;
+    let problem = GridProblem {
+        tasks: vec![GridTask {
+            goals: vec![grid.width + 1],
+            reward: None,
+        }],
+        grid,
+        actions: ActionSet {
+            connectivity: Connectivity::Eight,
+            stay: false,
+        },
+        slip: 0.0,
+        move_cost: MoveCost::default(),
+    };
+    let options = SolveOptions {
+        alpha: 0.1,
+        gamma: 1.0,
+        backup: Backup::Expected,
+        horizon: Horizon::Infinite {
+            tol: 1e-4,
+            max_iters: 100_000,
+        },
+        extrapolate: true,
+    };
+    let sweep = measure_gpu(engine, &problem, args.sweeps.unwrap_or(32))?.seconds_per_sweep;
+    let timed = |backend: &str,
+                 sweep: f64,
+                 solve: &mut dyn FnMut() -> softvi::Result<softvi::Solution>|
+     -> Result<()> {
+        let start = Instant::now();
+        let solved = solve()?;
+        let seconds = start.elapsed().as_secs_f64();
+        println!(
+            "{LONG_WORKLOAD} on {backend}: alpha 0.1, gamma 1, tol 1e-4: {} sweeps ({}) in \
+             {seconds:.2} s = {:.0} sweeps' time ({:.4} s per sweep)",
+            solved.iterations[0],
+            solved.status[0].name(),
+            seconds / sweep,
+            sweep
+        );
+        Ok(())
+    };
+    timed(&ctx.adapter_label(), sweep, &mut || {
+        engine.solve(&problem, &options, Outputs::VALUES)
+    })?;
+    if args.cpu_sweeps > 0 {
+        let sweep = measure_cpu(&problem, args.cpu_sweeps)?.seconds_per_sweep;
+        timed("cpu reference", sweep, &mut || {
+            softvi::engine::cpu::solve_cpu(&problem, &options, Outputs::VALUES)
+        })?;
+    }
+    Ok(())
 }
 
 /// The table rows of one workload: the GPU path, and the CPU reference when it was timed.

@@ -10,6 +10,7 @@ pub mod options;
 pub mod schedule;
 pub mod solution;
 pub mod solver;
+pub mod warm_start;
 
 pub use options::{Backup, Horizon, Outputs, SolveOptions};
 pub use schedule::{OnProgress, Progress, keep_going};

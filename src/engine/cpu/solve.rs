@@ -20,6 +20,7 @@ use crate::engine::solution::{
     Marks, MdpSolution, Occupancy, Real, Solution, Status, TimeSteps, check_mdp_solve,
     scaled_start, task_major,
 };
+use crate::engine::warm_start::grid_start_values_for;
 use crate::world::grid_problem::GridProblem;
 use crate::world::mdp::TabularMdp;
 
@@ -120,9 +121,11 @@ pub fn solve_cpu_with_progress(
     outputs.ensure_plain()?;
     crate::engine::memory::check_grid(problem, options, outputs)?;
     let inputs = GridInputs::new(problem, options);
+    let start_values = grid_start_values_for(&inputs, options)
+        .unwrap_or_else(|| vec![0.0f64; inputs.tasks * inputs.cells()]);
     let run = iterate_cpu(
         options,
-        vec![0.0f64; inputs.tasks * inputs.cells()],
+        start_values,
         &inputs.fixed,
         |v_in, v_out| grid_backup(&inputs, v_in, v_out),
         progress,

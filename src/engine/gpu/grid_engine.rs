@@ -21,6 +21,7 @@ use crate::engine::options::{Backup, Horizon, Outputs, SolveOptions};
 use crate::engine::schedule::{OnProgress, Verdict, keep_going, with_unbounded};
 use crate::engine::solution::Marks;
 use crate::engine::solution::{MdpSolution, Solution};
+use crate::engine::warm_start::grid_start_values_for;
 use crate::world::grid_mdp::GridMdp;
 use crate::world::grid_problem::GridProblem;
 use crate::world::mdp::TabularMdp;
@@ -258,6 +259,8 @@ struct GridChunk {
 /// The kernel inputs of a solve and the arrays derived from them once for every chunk.
 struct GridArrays<'a> {
     inputs: &'a GridInputs,
+    /// The warm start (`crate::engine::warm_start`), `[task][cell]`; `None`: V = 0.
+    start_values: Option<Vec<f32>>,
     fixed_bits: Vec<u32>,
     active_quads: Vec<[u32; 2]>,
 }
@@ -469,6 +472,8 @@ impl GridEngine {
         };
         let per_chunk = self.tasks_per_chunk(cells, bytes_per_cell)?;
         let arrays = GridArrays {
+            start_values: grid_start_values_for(&inputs, options)
+                .map(|v| v.into_iter().map(|x| x as f32).collect()),
             fixed_bits: inputs.fixed_bits(),
             active_quads: inputs.active_quads(),
             inputs: &inputs,
@@ -789,7 +794,8 @@ impl GridEngine {
         })
     }
 
-    /// Uploads the chunk `tasks`' inputs and runs the backward iteration from V = 0.
+    /// Uploads the chunk `tasks`' inputs and runs the backward iteration from the start values
+    /// (V = 0, or the warm start).
     fn backward(
         &mut self,
         arrays: &GridArrays,
@@ -839,10 +845,19 @@ impl GridEngine {
             }
             false => Vec::new(),
         };
-        let mut encoder = self.core.device.create_command_encoder(&Default::default());
-        encoder.clear_buffer(&values[0], 0, Some(chunk.v_bytes));
-        encoder.clear_buffer(&values[1], 0, Some(chunk.v_bytes));
-        self.core.queue.submit([encoder.finish()]);
+        match &arrays.start_values {
+            Some(start) => {
+                let start = &start[tasks.start * cells..tasks.end * cells];
+                q.write_buffer(&values[0], 0, bytemuck::cast_slice(start));
+                q.write_buffer(&values[1], 0, bytemuck::cast_slice(start));
+            }
+            None => {
+                let mut encoder = self.core.device.create_command_encoder(&Default::default());
+                encoder.clear_buffer(&values[0], 0, Some(chunk.v_bytes));
+                encoder.clear_buffer(&values[1], 0, Some(chunk.v_bytes));
+                self.core.queue.submit([encoder.finish()]);
+            }
+        }
         let kernels = Kernels {
             sweep: &sweep,
             sweep_checked: &sweep_checked,
