@@ -159,7 +159,7 @@ fn learned_reward_explains_held_out_demos() {
             &train,
             &irl,
             &mut *solver,
-            &mut |_, _| {},
+            &mut |_, _| std::ops::ControlFlow::Continue(()),
         )
         .unwrap();
         let last = result.history.last().unwrap();
@@ -381,7 +381,7 @@ fn discounted_irl_matches_discounted_feature_expectations() {
             &train,
             &irl,
             &mut *solver,
-            &mut |_, _| {},
+            &mut |_, _| std::ops::ControlFlow::Continue(()),
         )
         .unwrap();
         assert!(
@@ -418,5 +418,50 @@ fn discounted_irl_matches_discounted_feature_expectations() {
             learned >= true_ll - 0.01 * true_ll.abs(),
             "{name}: {learned} vs {true_ll}"
         );
+    }
+}
+
+/// A progress callback that answers `Break` after the third iteration stops the learning
+/// there with `Error::Cancelled`, counting the sweeps of the three solves (how Ctrl-C reaches
+/// a long IRL run from Python).
+#[test]
+fn a_progress_callback_stops_the_learning() {
+    let (world, features) = world();
+    let train = demos(
+        &world.mdp,
+        &features,
+        &[0.8, -0.5, -1.5, -0.6, 0.9, 0.7],
+        200,
+        1,
+    );
+    let irl = IrlOptions {
+        solve: options(),
+        learning_rate: 0.05,
+        iters: 400,
+        tol: 0.0,
+    };
+    let mut seen = 0;
+    let stopped = learn(
+        &world.mdp,
+        &features,
+        &train,
+        &irl,
+        &mut softvi::CpuReference,
+        &mut |it, _| {
+            seen = it + 1;
+            if it == 2 {
+                std::ops::ControlFlow::Break(())
+            } else {
+                std::ops::ControlFlow::Continue(())
+            }
+        },
+    );
+    assert_eq!(seen, 3);
+    match stopped {
+        Err(softvi::Error::Cancelled { sweeps }) => assert!(sweeps > 0),
+        other => panic!(
+            "expected Cancelled, got {:?}",
+            other.map(|r| r.history.len())
+        ),
     }
 }

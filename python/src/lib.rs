@@ -763,20 +763,19 @@ fn maxent_irl<'py>(
         iters,
         tol,
     };
-    let (learned, label) = py
-        .detach(|| {
-            with_solver(device, |solver| {
-                softvi::irl::learn(
-                    model,
-                    &features,
-                    &demos,
-                    &irl_options,
-                    solver.as_mdp(),
-                    &mut |_, _| {},
-                )
-            })
+    // Ctrl-C stops the learning after the iteration in progress, as it stops a solve.
+    let (learned, label) = solve_detached(py, |progress| {
+        with_solver(device, |solver| {
+            softvi::irl::learn(
+                model,
+                &features,
+                &demos,
+                &irl_options,
+                solver.as_mdp(),
+                &mut |_, _| progress(&Progress::default()),
+            )
         })
-        .map_err(to_py)?;
+    })?;
     let k = features.len() / model.states.max(1);
     let out = PyDict::new(py);
     out.set_item("theta", array(py, learned.theta, vec![sets, k])?)?;

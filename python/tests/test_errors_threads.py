@@ -218,6 +218,23 @@ def test_ctrl_c_stops_a_long_solve_with_keyboard_interrupt(which):
     assert again.status == ["horizon"]
 
 
+def test_ctrl_c_stops_maxent_irl_with_keyboard_interrupt():
+    # 10^5 iterations at tol 0 would take minutes; the interrupt comes at 0.5 s and stops the
+    # learning after the iteration in progress.
+    rng = np.random.default_rng(2)
+    world = softvi.TabularMDP(random_mdp(rng, 30, 4), np.zeros((30, 4)))
+    states = rng.integers(0, 30, size=(20, 9))
+    timer = threading.Timer(0.5, _thread.interrupt_main)
+    start = time.perf_counter()
+    timer.start()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            softvi.maxent_irl(world, np.eye(30), states, iters=100_000, tol=0.0, device="cpu")
+    finally:
+        timer.cancel()
+    assert time.perf_counter() - start < 20
+
+
 def test_a_headless_vulkan_solve_prints_nothing_on_stderr():
     # Mesa's device-select layer would print "XDG_RUNTIME_DIR is invalid" four times.
     code = (

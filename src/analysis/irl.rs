@@ -5,6 +5,8 @@
 //! of the demos' log-likelihood is the demos' feature expectation minus the model's,
 //! `mu_demo - sum_t sum_s D_t(s) phi(s)` (both discounted by gamma^t), and theta follows Adam.
 
+use std::ops::ControlFlow;
+
 use crate::error::{Context, Result, bail, ensure};
 
 use crate::analysis::sample::ENDED;
@@ -459,7 +461,7 @@ pub fn learn(
     demos: &Demos,
     options: &IrlOptions,
     solver: &mut dyn MdpSolver,
-    progress: &mut dyn FnMut(u32, &IrlStep),
+    progress: &mut dyn FnMut(u32, &IrlStep) -> ControlFlow<()>,
 ) -> Result<IrlResult> {
     let s_n = world.states;
     ensure!(
@@ -512,6 +514,7 @@ pub fn learn(
     let mut history = Vec::new();
     let mut model_features = Vec::new();
     let mut converged = false;
+    let mut sweeps = 0u32;
     for it in 0..options.iters {
         let start = std::time::Instant::now();
         let (mdp, solved, model, grad) = gradient(
@@ -533,7 +536,18 @@ pub fn learn(
             gradient_norm: norms.clone(),
             solve_seconds,
         };
-        progress(it, &step);
+        sweeps = sweeps.saturating_add(
+            solved
+                .solution
+                .iterations
+                .iter()
+                .copied()
+                .max()
+                .unwrap_or(0),
+        );
+        if progress(it, &step).is_break() {
+            return Err(crate::error::Error::Cancelled { sweeps });
+        }
         history.push(step);
         model_features = model;
         if norms.iter().all(|&n| n <= options.tol) {

@@ -374,7 +374,7 @@ fn bench_irl(args: &BenchArgs, ctx: &GpuContext) -> Result<()> {
             &demos,
             &options,
             solver,
-            &mut |_, _| {},
+            &mut |_, _| std::ops::ControlFlow::Continue(()),
         )?;
         let timed = &result.history[(iters > 1) as usize..];
         Ok(timed.iter().map(|h| h.solve_seconds).sum::<f64>() / timed.len() as f64)

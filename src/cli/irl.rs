@@ -410,6 +410,7 @@ fn learn_on_backend(
                 step.solve_seconds
             );
         }
+        std::ops::ControlFlow::Continue(())
     };
     let mut learn_with = |solver: &mut dyn MdpSolver| {
         learn(&world.mdp, features, demos, options, solver, &mut report)

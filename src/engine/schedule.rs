@@ -130,7 +130,7 @@ pub fn keep_going(_: &Progress) -> ControlFlow<()> {
 }
 
 /// Where a solve stands, reported after convergence checks (for progress displays).
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct Progress {
     /// Sweeps done so far.
     pub sweeps: u32,
