@@ -505,13 +505,14 @@ impl NativeGrid {
                     constant,
                     alpha: self.alpha,
                 };
-                let unsure = shared_row(&args, flags, v_out, sums);
-                if unsure {
-                    // Cells whose sum f32 cannot hold exactly enough: the per-cell form.
-                    for j in 0..self.width {
-                        if flags[j] & FIXED == 0 && !(sums[j] >= SUM_LOW && sums[j] <= SUM_HIGH) {
-                            v_out[j] = self.cell_value(task, row_base + j, &input.v);
-                        }
+                if let Some(finished) = shared_row(&args, flags, v_out, sums) {
+                    return finished;
+                }
+                // Cells whose sum f32 cannot hold exactly enough: the per-cell form (the
+                // statistics are then taken again below).
+                for j in 0..self.width {
+                    if flags[j] & FIXED == 0 && !(sums[j] >= SUM_LOW && sums[j] <= SUM_HIGH) {
+                        v_out[j] = self.cell_value(task, row_base + j, &input.v);
                     }
                 }
             }
@@ -687,7 +688,7 @@ with_avx2!(shared_row => shared_row_any(
     flags: &[u8],
     v_out: &mut [f32],
     sums: &mut [f32]
-) -> bool);
+) -> Option<(RowStats, f32)>);
 
 /// [`shared_row_n`] for the row's action set and reward.
 #[inline(always)]
@@ -696,7 +697,7 @@ fn shared_row_any<const FMA: bool>(
     flags: &[u8],
     v_out: &mut [f32],
     sums: &mut [f32],
-) -> bool {
+) -> Option<(RowStats, f32)> {
     // Actions 0..4 are the orthogonal moves, 4..8 the diagonals, STAY last (never moves).
     match (args.offset.len() >= 8, args.has_reward) {
         (true, true) => shared_row_n::<FMA, true, true>(args, flags, v_out, sums),
@@ -750,10 +751,14 @@ fn shared_row_n<const FMA: bool, const DIAGONALS: bool, const REWARD: bool>(
     flags: &[u8],
     v_out: &mut [f32],
     sums: &mut [f32],
-) -> bool {
+) -> Option<(RowStats, f32)> {
     let w = v_out.len();
     let flags = &flags[..w];
     let mut unsure = 0u32;
+    // What `finish_row` computes, fused into this loop (a pass less over the row); the
+    // reductions run on integer keys, which vectorise where f32 max and min do not.
+    let (mut max_delta, mut max_value, mut updated) = (0u32, 0u32, 0u32);
+    let (mut min_delta, mut top) = (ordered(f32::INFINITY), ordered(f32::NEG_INFINITY));
     let v_own = &args.v[args.base..args.base + w];
     let e_own = &args.e_rows[1][1..1 + w];
     let mask = &args.mask[..w];
@@ -802,9 +807,50 @@ fn shared_row_n<const FMA: bool, const DIAGONALS: bool, const REWARD: bool>(
         let safe = pick(trusted, sum, 1.0);
         let r = if REWARD { reward[j] } else { 0.0 };
         let base = madd::<FMA>(args.slip_gamma, total, r + args.constant);
-        v_out[j] = madd::<FMA>(args.alpha, ln_f32::<FMA>(safe), base);
+        let candidate = madd::<FMA>(args.alpha, ln_f32::<FMA>(safe), base);
+        let (fixed, live) = (flags[j] & FIXED != 0, flags[j] & LIVE != 0);
+        let new = pick(fixed, v_own[j], candidate);
+        v_out[j] = new;
+        let delta = new - v_own[j];
+        // A NaN compares false: counted as infinite.
+        let finite = (delta.abs() <= f32::MAX) & (new.abs() <= f32::MAX);
+        let abs_delta = pick(finite, delta.abs(), f32::INFINITY);
+        let abs_value = pick(finite, new.abs(), f32::INFINITY);
+        // Non-negative f32 order as their bits do.
+        max_delta = max_delta.max(pick(fixed, 0.0, abs_delta).to_bits());
+        max_value = max_value.max(pick(fixed, 0.0, abs_value).to_bits());
+        let signed_delta = pick(finite, delta, f32::NEG_INFINITY);
+        min_delta = min_delta.min(ordered(pick(fixed, f32::INFINITY, signed_delta)));
+        top = top.max(ordered(pick(live, new, f32::NEG_INFINITY)));
+        updated += !fixed as u32;
     }
-    unsure != 0
+    if unsure != 0 {
+        return None;
+    }
+    let top = from_ordered(top);
+    if updated == 0 {
+        return Some((RowStats::default(), top));
+    }
+    let stats = RowStats {
+        max_abs_delta: f32::from_bits(max_delta),
+        min_delta: from_ordered(min_delta),
+        max_abs_value: f32::from_bits(max_value),
+        active: true,
+    };
+    Some((stats, top))
+}
+
+/// An i32 that orders as the f32 `x` does (NaN above +inf).
+#[inline(always)]
+fn ordered(x: f32) -> i32 {
+    let bits = x.to_bits() as i32;
+    bits ^ (((bits >> 31) as u32) >> 1) as i32
+}
+
+/// The f32 of [`ordered`]'s key.
+#[inline(always)]
+fn from_ordered(key: i32) -> f32 {
+    f32::from_bits((key ^ (((key >> 31) as u32) >> 1) as i32) as u32)
 }
 
 /// Keeps fixed cells at their old value and returns the row's residual statistics over the
