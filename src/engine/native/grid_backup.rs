@@ -67,8 +67,6 @@ pub struct NativeGrid {
     offset: Vec<isize>,
     /// Row offset of each action's move (-1, 0, 1).
     row_step: Vec<isize>,
-    /// (row, column) step of each action's move.
-    steps: Vec<(isize, isize)>,
     /// Legal-move bitmask per cell, `[row + 1][col + 1]` (STAY never moves: 8 bits suffice).
     mask: Vec<u8>,
     /// [`FIXED`] and [`LIVE`] per cell, `[task][row + 1][col + 1]`.
@@ -270,10 +268,6 @@ impl NativeGrid {
                 .map(|&(dr, dc)| dr as isize * stride as isize + dc as isize)
                 .collect(),
             row_step: moves.iter().map(|&(dr, _)| dr as isize).collect(),
-            steps: moves
-                .iter()
-                .map(|&(dr, dc)| (dr as isize, dc as isize))
-                .collect(),
             mask,
             flags,
             reward,
@@ -492,8 +486,8 @@ impl NativeGrid {
                     v: &input.v,
                     e_rows: slots.map(|k| &window.rows[k][..]),
                     base: row_base,
+                    stride: self.stride,
                     offset: &self.offset,
-                    steps: &self.steps,
                     mask,
                     reward,
                     coefficients: &coefficients,
@@ -642,9 +636,9 @@ struct SharedRow<'a> {
     e_rows: [&'a [f32]; 3],
     /// Padded index of the row's first cell.
     base: usize,
+    /// Padded row length.
+    stride: usize,
     offset: &'a [isize],
-    /// (row, column) step of each action's move.
-    steps: &'a [(isize, isize)],
     mask: &'a [u8],
     reward: &'a [f32],
     coefficients: &'a [f32; 9],
@@ -741,6 +735,19 @@ fn smaller(a: f32, b: f32) -> f32 {
     if a < b { a } else { b }
 }
 
+/// `(dr + 1, dc + 1)` of the 8 moves in action order ([`MOVE_OFFSETS`]): the row of the
+/// window and the column of a padded row each move reads.
+const PADDED_STEPS: [(usize, usize); 8] = {
+    let mut steps = [(0, 0); 8];
+    let mut a = 0;
+    while a < 8 {
+        let (dr, dc) = MOVE_OFFSETS[a];
+        steps[a] = ((dr + 1) as usize, (dc + 1) as usize);
+        a += 1;
+    }
+    steps
+};
+
 /// The shared form over one row. Orthogonal moves are read unmasked: a blocked one points at
 /// a wall or the padding, which hold V = E = 0, and the staying actions come in through
 /// `blocked` (counts per kind) and STAY. Diagonals (with `DIAGONALS`) are masked: a move cut at a
@@ -759,43 +766,42 @@ fn shared_row_n<const FMA: bool, const DIAGONALS: bool, const REWARD: bool>(
     // reductions run on integer keys, which vectorise where f32 max and min do not.
     let (mut max_delta, mut max_value, mut updated) = (0u32, 0u32, 0u32);
     let (mut min_delta, mut top) = (ordered(f32::INFINITY), ordered(f32::NEG_INFINITY));
-    let v_own = &args.v[args.base..args.base + w];
-    let e_own = &args.e_rows[1][1..1 + w];
     let mask = &args.mask[..w];
     let reward = &args.reward[..w];
     let blocked = &args.blocked[..w];
     let [orthogonal_weight, diagonal_weight, stay_weight] = args.kind_weight;
     let sums = &mut sums[..w];
-    // The neighbours' rows as slices of the row's length, so the loop needs no bounds checks.
-    let start =
-        |a: usize| (args.base as isize + args.offset[a.min(args.offset.len() - 1)]) as usize;
-    let v_n: [&[f32]; 8] = std::array::from_fn(|a| &args.v[start(a)..start(a) + w]);
-    let e_n: [&[f32]; 8] = std::array::from_fn(|a| {
-        let (dr, dc) = args.steps[a.min(args.steps.len() - 1)];
-        let first = (1 + dc) as usize;
-        &args.e_rows[(1 + dr) as usize][first..first + w]
+    // The three input rows around the row, padded (w + 2 cells: the cell at column j of a row
+    // is its element j + 1), one base pointer each: with the moves' steps constant, every
+    // neighbour load is one addressing mode off them, no register per move.
+    let v_rows: [&[f32]; 3] = std::array::from_fn(|k| {
+        let first = args.base + k * args.stride - args.stride - 1;
+        &args.v[first..first + w + 2]
     });
+    let e_rows: [&[f32]; 3] = std::array::from_fn(|k| &args.e_rows[k][..w + 2]);
     let coefficients: [f32; 8] = std::array::from_fn(|a| args.coefficients[a]);
     for j in 0..w {
         let m = mask[j] as u32;
         let b = blocked[j] as u32;
         let (orthogonal, diagonal) = ((b & 15) as f32, (b >> 4) as f32);
-        let mut total = (orthogonal + diagonal + args.stay_actions) * v_own[j];
+        let mut total = (orthogonal + diagonal + args.stay_actions) * v_rows[1][j + 1];
         let stay_weight = madd::<FMA>(
             orthogonal,
             orthogonal_weight,
             madd::<FMA>(diagonal, diagonal_weight, stay_weight),
         );
-        let mut sum = stay_weight * e_own[j];
+        let mut sum = stay_weight * e_rows[1][j + 1];
         for a in 0..4 {
-            total += v_n[a][j];
-            sum = madd::<FMA>(coefficients[a], e_n[a][j], sum);
+            let (k, c) = PADDED_STEPS[a];
+            total += v_rows[k][j + c];
+            sum = madd::<FMA>(coefficients[a], e_rows[k][j + c], sum);
         }
         if DIAGONALS {
             for a in 4..8 {
+                let (k, c) = PADDED_STEPS[a];
                 let legal = (m >> a) & 1 != 0;
-                total += pick(legal, v_n[a][j], 0.0);
-                sum += pick(legal, coefficients[a] * e_n[a][j], 0.0);
+                total += pick(legal, v_rows[k][j + c], 0.0);
+                sum += pick(legal, coefficients[a] * e_rows[k][j + c], 0.0);
             }
         }
         sums[j] = sum;
@@ -809,9 +815,10 @@ fn shared_row_n<const FMA: bool, const DIAGONALS: bool, const REWARD: bool>(
         let base = madd::<FMA>(args.slip_gamma, total, r + args.constant);
         let candidate = madd::<FMA>(args.alpha, ln_f32::<FMA>(safe), base);
         let (fixed, live) = (flags[j] & FIXED != 0, flags[j] & LIVE != 0);
-        let new = pick(fixed, v_own[j], candidate);
+        let old = v_rows[1][j + 1];
+        let new = pick(fixed, old, candidate);
         v_out[j] = new;
-        let delta = new - v_own[j];
+        let delta = new - old;
         // A NaN compares false: counted as infinite.
         let finite = (delta.abs() <= f32::MAX) & (new.abs() <= f32::MAX);
         let abs_delta = pick(finite, delta.abs(), f32::INFINITY);
