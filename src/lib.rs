@@ -8,7 +8,7 @@
 //! ```
 //! use softvi::{
 //!     ActionSet, Connectivity, CpuReference, GpuSolver, Grid, GridProblem, GridSolver, GridTask,
-//!     MoveCost, Outputs, SolveOptions,
+//!     MoveCost, Outputs, SolveOptions, keep_going,
 //! };
 //!
 //! # fn main() -> anyhow::Result<()> {
