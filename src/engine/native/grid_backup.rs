@@ -654,16 +654,25 @@ struct SharedRow<'a> {
     alpha: f32,
 }
 
-/// `fn $name(args) -> ret` calling `$inner::<FMA>(args)` compiled for AVX2 + FMA (FMA = true)
-/// when the CPU has them, else for the baseline: the row loops then run 8 lanes wide.
+/// `fn $name(args) -> ret` calling `$inner::<FMA>(args)` compiled for the widest vectors the
+/// CPU has: AVX-512 (16 lanes, mask registers for the selects; XLA's peer uses it too), else
+/// AVX2 + FMA, else the baseline (FMA = false).
 macro_rules! with_avx2 {
     ($name:ident => $inner:ident($($arg:ident: $ty:ty),*) -> $ret:ty) => {
         fn $name($($arg: $ty),*) -> $ret {
             #[cfg(target_arch = "x86_64")]
             {
+                #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,avx2,fma")]
+                fn widest($($arg: $ty),*) -> $ret {
+                    $inner::<true>($($arg),*)
+                }
                 #[target_feature(enable = "avx2,fma")]
                 fn wide($($arg: $ty),*) -> $ret {
                     $inner::<true>($($arg),*)
+                }
+                if *AVX512 {
+                    // SAFETY: the CPU supports these features (checked once, in `AVX512`).
+                    return unsafe { widest($($arg),*) };
                 }
                 if std::arch::is_x86_feature_detected!("avx2")
                     && std::arch::is_x86_feature_detected!("fma")
@@ -676,6 +685,17 @@ macro_rules! with_avx2 {
         }
     };
 }
+
+/// Whether the CPU has the AVX-512 subsets the widest row loops are compiled for.
+#[cfg(target_arch = "x86_64")]
+static AVX512: std::sync::LazyLock<bool> = std::sync::LazyLock::new(|| {
+    std::arch::is_x86_feature_detected!("avx512f")
+        && std::arch::is_x86_feature_detected!("avx512bw")
+        && std::arch::is_x86_feature_detected!("avx512dq")
+        && std::arch::is_x86_feature_detected!("avx512vl")
+        && std::arch::is_x86_feature_detected!("avx2")
+        && std::arch::is_x86_feature_detected!("fma")
+});
 
 with_avx2!(shared_row => shared_row_any(
     args: &SharedRow<'_>,
