@@ -65,6 +65,7 @@ pub fn reference_problem(grid: Grid, tasks: usize) -> GridProblem {
 }
 
 /// The standard workloads: generated mazes of 1024 x 1024 (B = 1, 8) and 4096 x 4096 (B = 1),
+/// 1024 x 1024 maps with 20% random obstacles (B = 1, 8),
 /// and MovingAI orz900d with 64 goal tasks when `maps` holds it.
 pub fn standard_workloads(maps: Option<&Path>) -> Result<Vec<Workload>> {
     let mut names = GRID_WORKLOADS.to_vec();
@@ -75,7 +76,25 @@ pub fn standard_workloads(maps: Option<&Path>) -> Result<Vec<Workload>> {
 }
 
 /// Names of the gridworld workloads, in table order.
-pub const GRID_WORKLOADS: [&str; 4] = ["maze1024-b1", "maze1024-b8", "maze4096-b1", "orz900d-b64"];
+pub const GRID_WORKLOADS: [&str; 6] = [
+    "maze1024-b1",
+    "maze1024-b8",
+    "random1024-b1",
+    "random1024-b8",
+    "maze4096-b1",
+    "orz900d-b64",
+];
+
+/// A `side` x `side` map whose cells are blocked with probability `blocked` (seeded): the
+/// JAX stencil peer's world (`benches/peer_ratio.py` runs it on the peer's exact map).
+pub fn random_grid(side: usize, blocked: f64, seed: u64) -> Grid {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut grid = Grid::open(side, side);
+    for free in grid.free.iter_mut() {
+        *free = rng.random::<f64>() >= blocked;
+    }
+    grid
+}
 
 /// The gridworld workload `name` (one of [`GRID_WORKLOADS`]), built alone; orz900d-b64 reads
 /// `orz900d.map` from `maps`, and without it is an error saying where it looked.
@@ -83,6 +102,8 @@ pub fn grid_workload(name: &str, maps: Option<&Path>) -> Result<Workload> {
     let problem = match name {
         "maze1024-b1" => reference_problem(Grid::generate_maze(1024, 1024, 0)?, 1),
         "maze1024-b8" => reference_problem(Grid::generate_maze(1024, 1024, 0)?, 8),
+        "random1024-b1" => reference_problem(random_grid(1024, 0.2, 0), 1),
+        "random1024-b8" => reference_problem(random_grid(1024, 0.2, 0), 8),
         "maze4096-b1" => reference_problem(Grid::generate_maze(4096, 4096, 0)?, 1),
         "orz900d-b64" => {
             let path = maps.map(|dir| dir.join("orz900d.map"));
@@ -195,6 +216,28 @@ pub fn measure_gpu(
                 )
                 .map(|_| ())
                 .context("GPU bench solve")
+        },
+        grid_updates(problem),
+        bytes_per_sweep(problem),
+        16,
+        sweeps,
+    )
+}
+
+/// Measures `problem` with the native engine on `threads` threads over `sweeps` extra sweeps.
+pub fn measure_native(problem: &GridProblem, sweeps: u32, threads: usize) -> Result<Measurement> {
+    measure(
+        |t| {
+            let options = reference_options(Horizon::Finite(t));
+            crate::engine::native::solve_native(
+                problem,
+                &options,
+                Outputs::VALUES,
+                None,
+                threads,
+                &mut crate::engine::schedule::keep_going,
+            )
+            .map(|_| ())
         },
         grid_updates(problem),
         bytes_per_sweep(problem),

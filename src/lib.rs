@@ -57,8 +57,8 @@ pub use engine::gpu::{
 };
 pub use engine::{
     Backup, CpuReference, GpuSolver, GridKernelsOnMdp, GridSolver, Horizon, MdpSolution, MdpSolver,
-    Occupancy, OnProgress, Outputs, Progress, Real, ShardedSolver, Solution, SolveOptions, Status,
-    TimeSteps, keep_going,
+    NativeSolver, Occupancy, OnProgress, Outputs, Progress, Real, ShardedSolver, Solution,
+    SolveOptions, Status, TimeSteps, keep_going,
 };
 pub use error::{Error, Result};
 /// The wgpu version softvi is built on, for callers that pick adapters themselves.

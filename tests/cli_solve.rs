@@ -129,7 +129,7 @@ fn crlf_maps_are_accepted() {
 }
 
 #[test]
-fn gpu_backend_reports_its_adapter() {
+fn default_backend_reports_what_ran() {
     if !gpu_available() {
         return;
     }
@@ -148,8 +148,24 @@ fn gpu_backend_reports_its_adapter() {
     ]);
     assert!(o.status.success(), "{}", stderr(&o));
     let s = summary(&out);
-    assert_eq!(s["backend"], "gpu");
+    // The default, `auto`: the WGSL kernels on a hardware adapter, the native engine where the
+    // only adapter is a CPU (llvmpipe), which keeps it for what the native engine does not do.
+    assert_eq!(s["backend"], "auto");
     assert!(s["adapter"]["name"].as_str().unwrap().len() > 1);
+    let ctx = softvi::GpuContext::from_env().unwrap();
+    let native = ctx.info.device_type == softvi::wgpu::DeviceType::Cpu;
+    assert_eq!(
+        s["adapter"]["backend"] == "native",
+        native,
+        "{}",
+        s["adapter"]
+    );
+    if native {
+        assert_eq!(
+            s["adapter"]["fallback"]["name"].as_str(),
+            Some(ctx.info.name.as_str())
+        );
+    }
     assert_eq!(
         npy::read_float(&out.join("values.npy")).unwrap().shape,
         vec![2, 17, 33]

@@ -1,5 +1,5 @@
-//! Choosing the backend once per run: the CPU reference, one adapter, or several adapters
-//! sharing a grid batch. Commands solve through the [`Backend`]'s solver traits and never
+//! Choosing the backend once per run: the CPU reference, one adapter, the native f32 engine,
+//! or several adapters sharing a grid batch. Commands solve through the [`Backend`]'s solver traits and never
 //! match on `--backend` again; a run opens one GPU device (or one per sharded adapter).
 
 use std::ops::ControlFlow;
@@ -10,15 +10,22 @@ use serde_json::json;
 
 use super::summary::ProgressLine;
 use softvi::engine::gpu::GpuContext;
+use softvi::wgpu::DeviceType;
 use softvi::{
-    CpuReference, GpuSolver, GridProblem, GridSolver, MdpSolution, MdpSolver, Outputs,
-    ShardedSolver, SolveOptions, TabularMdp,
+    CpuReference, GpuSolver, GridProblem, GridSolver, MdpSolution, MdpSolver, NativeSolver,
+    Outputs, ShardedSolver, SolveOptions, TabularMdp,
 };
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
 pub(super) enum BackendArg {
+    /// `gpu` on a hardware adapter; `native` where the only adapter is a CPU (llvmpipe), which
+    /// runs the WGSL kernels several times slower than the native engine.
+    Auto,
     /// WGSL compute shaders on a wgpu adapter.
     Gpu,
+    /// The native f32 engine on every core for plain grid solves (every step, the occupancy
+    /// and general MDPs run on the adapter, or on the reference without one).
+    Native,
     /// The f64 CPU reference.
     Cpu,
 }
@@ -27,7 +34,9 @@ impl BackendArg {
     /// The `summary.json` name.
     pub(super) fn name(self) -> &'static str {
         match self {
+            BackendArg::Auto => "auto",
             BackendArg::Gpu => "gpu",
+            BackendArg::Native => "native",
             BackendArg::Cpu => "cpu",
         }
     }
@@ -60,6 +69,8 @@ pub(super) enum Backend {
     Cpu(CpuReference),
     /// One adapter, its engines built on first use (boxed: it holds the engines' state).
     Gpu(Box<GpuSolver>),
+    /// The native engine, with the adapter (if any) for what it does not compute.
+    Native(Box<NativeSolver>),
     /// Several adapters; `adapters` is the flag's text, for messages.
     Sharded {
         solver: ShardedSolver,
@@ -74,10 +85,27 @@ impl Backend {
         let count = adapter_count(adapters)?;
         match backend {
             BackendArg::Cpu => Ok(Backend::Cpu(CpuReference)),
-            BackendArg::Gpu if count == Some(1) => {
+            BackendArg::Native => Ok(Backend::Native(Box::new(NativeSolver::new(
+                GpuSolver::from_env().ok().map(Box::new),
+            )))),
+            BackendArg::Auto if count == Some(1) => match GpuSolver::from_env() {
+                Ok(gpu) if gpu.context().info.device_type != DeviceType::Cpu => {
+                    Ok(Backend::Gpu(Box::new(gpu)))
+                }
+                // A software rasteriser (llvmpipe) keeps what the native engine does not
+                // compute; with no adapter at all the reference does.
+                Ok(gpu) => Ok(Backend::Native(Box::new(NativeSolver::new(Some(
+                    Box::new(gpu),
+                ))))),
+                Err(softvi::Error::NoAdapter(_)) => {
+                    Ok(Backend::Native(Box::new(NativeSolver::new(None))))
+                }
+                Err(e) => Err(e.into()),
+            },
+            BackendArg::Gpu | BackendArg::Auto if count == Some(1) => {
                 Ok(Backend::Gpu(Box::new(GpuSolver::from_env()?)))
             }
-            BackendArg::Gpu => {
+            BackendArg::Gpu | BackendArg::Auto => {
                 let mut contexts = GpuContext::all_from_env()?;
                 if let Some(n) = count {
                     ensure!(
@@ -100,6 +128,12 @@ impl Backend {
         match self {
             Backend::Cpu(_) => json!({"name": "cpu reference (f64)", "backend": "cpu"}),
             Backend::Gpu(gpu) => adapter_json(gpu.context()),
+            Backend::Native(native) => json!({
+                "name": GridSolver::label(native.as_ref()),
+                "backend": "native",
+                "threads": native.threads,
+                "fallback": native.fallback.as_ref().map(|gpu| adapter_json(gpu.context())),
+            }),
             Backend::Sharded { solver, .. } => solver.contexts().map(adapter_json).collect(),
         }
     }
@@ -109,6 +143,7 @@ impl Backend {
         match self {
             Backend::Cpu(cpu) => cpu,
             Backend::Gpu(gpu) => gpu.as_mut(),
+            Backend::Native(native) => native.as_mut(),
             Backend::Sharded { solver, .. } => solver,
         }
     }
@@ -118,6 +153,7 @@ impl Backend {
         match self {
             Backend::Cpu(cpu) => Ok(cpu),
             Backend::Gpu(gpu) => Ok(gpu.as_mut()),
+            Backend::Native(native) => Ok(native.as_mut()),
             Backend::Sharded { adapters, .. } => bail!(
                 "--adapters {adapters} shards plain grid solves only; this solve runs on one \
                  adapter"
@@ -131,6 +167,7 @@ impl Backend {
         match self {
             Backend::Cpu(_) => Ok(None),
             Backend::Gpu(gpu) => Ok(Some(gpu.as_mut())),
+            Backend::Native(native) => Ok(native.fallback.as_deref_mut()),
             Backend::Sharded { .. } => self.mdp().and(Ok(None)),
         }
     }

@@ -9,19 +9,31 @@ use clap::Args;
 
 use softvi::bench::{
     GRID_WORKLOADS, Measurement, Workload, grid_workload, measure_cpu, measure_gpu,
-    measure_mdp_cpu, measure_mdp_gpu, sparse_mdp, standard_workloads,
+    measure_mdp_cpu, measure_mdp_gpu, measure_native, reference_problem, sparse_mdp,
+    standard_workloads,
 };
 use softvi::engine::gpu::{GpuContext, GridEngine};
 use softvi::engine::options::{Horizon, SolveOptions};
 
 #[derive(Args, Debug)]
 pub(super) struct BenchArgs {
-    /// Workloads to run (default: all): maze1024-b1, maze1024-b8, maze4096-b1, orz900d-b64,
+    /// Workloads to run (default: all): maze1024-b1, maze1024-b8, random1024-b1 (20% random
+    /// obstacles, the JAX stencil peer's world), random1024-b8, maze4096-b1, orz900d-b64,
     /// mdp1m (10^6 states, 8 actions, ~4 successors; also timed end to end with occupancy),
     /// irl256 (seconds per MaxEnt IRL iteration, 256x256 grid, K = 8, M = 16),
     /// maze1023-gamma1 (seconds to convergence of a long undiscounted maze).
     #[arg(long = "workload", value_name = "NAME")]
     workloads: Vec<String>,
+    /// Grid paths to time (repeatable; default gpu and native): `gpu` (the WGSL kernels on
+    /// the adapter), `native` (the f32 CPU engine on every core) or `auto` (the one `--backend
+    /// auto`, the default of the solving commands, picks here: native where the only adapter
+    /// is a CPU).
+    #[arg(long = "backend", value_name = "gpu|native|auto")]
+    backends: Vec<GridPath>,
+    /// A MovingAI map timed as the workloads `map-b1` and `map-b8` (reference settings: 8
+    /// actions, slip 0.1, alpha 1, gamma 0.99), instead of the named grid workloads.
+    #[arg(long, value_name = "FILE")]
+    map: Option<PathBuf>,
     /// Folder holding the MovingAI maps (orz900d.map).
     #[arg(long, default_value = "../shared/maps", value_name = "DIR")]
     maps: PathBuf,
@@ -36,6 +48,17 @@ pub(super) struct BenchArgs {
     /// reference (minutes each).
     #[arg(long)]
     cpu_solve: bool,
+}
+
+/// A grid path `softvi bench` times.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum GridPath {
+    /// The WGSL kernels on the adapter.
+    Gpu,
+    /// The native f32 engine.
+    Native,
+    /// What `--backend auto` picks on this adapter.
+    Auto,
 }
 
 /// The general-MDP workload: throughput, then soft VI and occupancy to tol end to end.
@@ -57,7 +80,18 @@ pub(super) fn bench_command(args: &BenchArgs) -> Result<i32> {
     let (mut run_mdp, mut run_irl, mut run_long) = (true, true, true);
     // Names are checked before anything is built (the big mazes take seconds), and only
     // the asked workloads are built.
-    let workloads = if args.workloads.is_empty() {
+    let workloads = if let Some(path) = &args.map {
+        (run_mdp, run_irl) = (false, false);
+        let grid = softvi::Grid::load_movingai(path)
+            .with_context(|| format!("--map {}", path.display()))?;
+        [1, 8]
+            .into_iter()
+            .map(|tasks| Workload {
+                name: format!("map-b{tasks}"),
+                problem: reference_problem(grid.clone(), tasks),
+            })
+            .collect()
+    } else if args.workloads.is_empty() {
         standard_workloads(maps)?
     } else {
         for name in &args.workloads {
@@ -92,7 +126,7 @@ pub(super) fn bench_command(args: &BenchArgs) -> Result<i32> {
         "sweeps/s",
         "updates/s",
         "GB/s",
-        "gpu/cpu"
+        "x cpu"
     );
     bench_grids(args, &ctx, &mut engine, &workloads)?;
     if run_mdp {
@@ -170,24 +204,17 @@ fn bench_long(args: &BenchArgs, ctx: &GpuContext, engine: &mut GridEngine) -> Re
     Ok(())
 }
 
-/// The table rows of one workload: the GPU path, and the CPU reference when it was timed.
+/// The table rows of one workload: each timed path, then the CPU reference when it was
+/// timed; every row's ratio is against the reference.
 fn print_rows(
-    ctx: &GpuContext,
     name: &str,
     tasks: usize,
     size: &str,
     actions: usize,
-    gpu: &Measurement,
+    timed: &[(String, String, Measurement)],
     cpu: Option<Measurement>,
 ) {
-    let row = |name: &str,
-               tasks: usize,
-               size: &str,
-               actions: usize,
-               backend: &str,
-               adapter: &str,
-               m: &Measurement,
-               ratio: String| {
+    let row = |backend: &str, adapter: &str, m: &Measurement, ratio: String| {
         println!(
             "{:<13} {:>3} {:>11} {:>5} {:<8} {:<40} {:>9.2} {:>10.3e} {:>8.2} {:>8}",
             name,
@@ -202,61 +229,72 @@ fn print_rows(
             ratio
         );
     };
-    let ratio = cpu.as_ref().map_or("-".into(), |c| {
-        format!(
-            "{:.1}x",
-            gpu.state_updates_per_second / c.state_updates_per_second
-        )
-    });
-    row(
-        name,
-        tasks,
-        size,
-        actions,
-        "gpu",
-        &ctx.adapter_label(),
-        gpu,
-        ratio,
-    );
+    for (backend, adapter, m) in timed {
+        let ratio = cpu.as_ref().map_or("-".into(), |c| {
+            format!(
+                "{:.1}x",
+                m.state_updates_per_second / c.state_updates_per_second
+            )
+        });
+        row(backend, adapter, m, ratio);
+    }
     if let Some(c) = &cpu {
-        row(
-            name,
-            tasks,
-            size,
-            actions,
-            "cpu",
-            "reference (f64, 1 thread)",
-            c,
-            "1.0x".into(),
-        );
+        row("cpu", "reference (f64, 1 thread)", c, "1.0x".into());
     }
 }
 
-/// The gridworld workloads: one GPU row each, and a CPU row unless --cpu-sweeps 0.
+/// The gridworld workloads: a row per timed path, and a CPU row unless --cpu-sweeps 0.
 fn bench_grids(
     args: &BenchArgs,
     ctx: &GpuContext,
     engine: &mut GridEngine,
     workloads: &[Workload],
 ) -> Result<()> {
+    let paths = if args.backends.is_empty() {
+        vec![GridPath::Gpu, GridPath::Native]
+    } else {
+        args.backends.clone()
+    };
+    let threads = softvi::engine::native::default_threads();
     for w in workloads {
         let p = &w.problem;
         let size = format!("{}x{}", p.grid.height, p.grid.width);
         let default_sweeps =
             (2e8 / (p.task_count() * p.grid.cells()) as f64).clamp(4.0, 128.0) as u32;
-        let gpu = measure_gpu(engine, p, args.sweeps.unwrap_or(default_sweeps))?;
+        let sweeps = args.sweeps.unwrap_or(default_sweeps);
+        let mut timed = Vec::new();
+        for &path in &paths {
+            let path = match path {
+                GridPath::Auto if ctx.info.device_type == softvi::wgpu::DeviceType::Cpu => {
+                    GridPath::Native
+                }
+                GridPath::Auto => GridPath::Gpu,
+                other => other,
+            };
+            timed.push(match path {
+                GridPath::Gpu => (
+                    "gpu".into(),
+                    ctx.adapter_label(),
+                    measure_gpu(engine, p, sweeps)?,
+                ),
+                GridPath::Native | GridPath::Auto => (
+                    "native".into(),
+                    format!("f32, {threads} threads"),
+                    measure_native(p, sweeps, threads)?,
+                ),
+            });
+        }
         let cpu = if args.cpu_sweeps > 0 {
             Some(measure_cpu(p, args.cpu_sweeps)?)
         } else {
             None
         };
         print_rows(
-            ctx,
             &w.name,
             p.task_count(),
             &size,
             p.actions.count(),
-            &gpu,
+            &timed,
             cpu,
         );
     }
@@ -275,12 +313,11 @@ fn bench_mdp(args: &BenchArgs, ctx: &GpuContext) -> Result<()> {
         None
     };
     print_rows(
-        ctx,
         MDP_WORKLOAD,
         1,
         &mdp.states.to_string(),
         mdp.actions,
-        &gpu,
+        &[("gpu".into(), ctx.adapter_label(), gpu)],
         cpu,
     );
     // End to end: soft VI to tol, then the discounted occupancy to tol.

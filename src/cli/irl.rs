@@ -61,7 +61,7 @@ pub(super) struct IrlArgs {
     #[arg(long, default_value_t = 1e-3)]
     tol: f64,
     /// Where the solves run.
-    #[arg(long, value_enum, default_value_t = BackendArg::Gpu)]
+    #[arg(long, value_enum, default_value_t = BackendArg::Auto)]
     backend: BackendArg,
     /// Output folder: theta.npy, reward.npy, summary.json. It must be new, empty or a folder
     /// of an earlier `softvi irl`, whose result is replaced.

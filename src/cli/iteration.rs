@@ -37,7 +37,7 @@ pub(super) struct IterationArgs {
     #[arg(long, default_value_t = 100_000)]
     max_iters: u32,
     /// Where the sweeps run.
-    #[arg(long, value_enum, default_value_t = BackendArg::Gpu)]
+    #[arg(long, value_enum, default_value_t = BackendArg::Auto)]
     pub(super) backend: BackendArg,
     /// Plain value iteration: no jumps along the estimated slowest mode.
     #[arg(long)]

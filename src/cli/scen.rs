@@ -31,7 +31,7 @@ pub(super) struct ScenArgs {
     #[arg(long, default_value_t = 1e-6)]
     tol: f64,
     /// Where the sweeps run.
-    #[arg(long, value_enum, default_value_t = BackendArg::Gpu)]
+    #[arg(long, value_enum, default_value_t = BackendArg::Auto)]
     backend: BackendArg,
     /// GPU adapters to shard the goals over: `all` or a count N.
     #[arg(long, default_value = "1", value_name = "all|N")]

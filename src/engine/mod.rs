@@ -1,11 +1,12 @@
 //! The solvers: the options and outputs both backends honour, the check schedule, the result
-//! types, the kernel input layouts, the f64 CPU reference ([`cpu`]) and the wgpu engines
-//! ([`gpu`]).
+//! types, the kernel input layouts, the f64 CPU reference ([`cpu`]), the wgpu engines
+//! ([`gpu`]) and the native f32 CPU engine ([`native`]).
 
 pub mod cpu;
 pub mod gpu;
 pub mod layout;
 pub mod memory;
+pub mod native;
 pub mod options;
 pub mod schedule;
 pub mod solution;
@@ -15,4 +16,6 @@ pub mod warm_start;
 pub use options::{Backup, Horizon, Outputs, SolveOptions};
 pub use schedule::{OnProgress, Progress, keep_going};
 pub use solution::{MdpSolution, Occupancy, Real, Solution, Status, TimeSteps};
-pub use solver::{CpuReference, GpuSolver, GridKernelsOnMdp, GridSolver, MdpSolver, ShardedSolver};
+pub use solver::{
+    CpuReference, GpuSolver, GridKernelsOnMdp, GridSolver, MdpSolver, NativeSolver, ShardedSolver,
+};

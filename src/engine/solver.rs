@@ -236,6 +236,93 @@ impl GridSolver for GpuSolver {
     }
 }
 
+/// The native f32 engine ([`super::native`]) on every core for plain grid solves; every
+/// step, the occupancy and general MDPs run on `fallback` (an adapter), or on the CPU
+/// reference without one. What `--backend auto` picks where the only adapters are CPUs
+/// (llvmpipe): there it sweeps grids several times faster than the WGSL kernels.
+pub struct NativeSolver {
+    /// Threads per sweep.
+    pub threads: usize,
+    /// The solver of what the native engine does not compute.
+    pub fallback: Option<Box<GpuSolver>>,
+}
+
+impl NativeSolver {
+    /// A solver on every core, with `fallback` for what it does not compute.
+    pub fn new(fallback: Option<Box<GpuSolver>>) -> Self {
+        Self {
+            threads: super::native::default_threads(),
+            fallback,
+        }
+    }
+
+    /// Solves a plain grid batch from the initial values `v0` `[task][row][col]` (`None`:
+    /// zeros), for callers that warm-start.
+    pub fn solve_plain_from(
+        &self,
+        problem: &GridProblem,
+        options: &SolveOptions,
+        outputs: Outputs,
+        v0: Option<&[f64]>,
+        progress: &mut OnProgress<'_>,
+    ) -> Result<MdpSolution> {
+        check_grid_solve(problem, options, outputs)?;
+        Ok(MdpSolution::plain(super::native::solve_native(
+            problem,
+            options,
+            outputs,
+            v0,
+            self.threads,
+            progress,
+        )?))
+    }
+}
+
+impl MdpSolver for NativeSolver {
+    fn label(&self) -> String {
+        match &self.fallback {
+            Some(gpu) => MdpSolver::label(gpu.as_ref()),
+            None => MdpSolver::label(&CpuReference),
+        }
+    }
+
+    fn solve_mdp(
+        &mut self,
+        mdp: &TabularMdp,
+        options: &SolveOptions,
+        outputs: Outputs,
+        progress: &mut OnProgress<'_>,
+    ) -> Result<MdpSolution> {
+        match &mut self.fallback {
+            Some(gpu) => gpu.solve_mdp(mdp, options, outputs, progress),
+            None => CpuReference.solve_mdp(mdp, options, outputs, progress),
+        }
+    }
+}
+
+impl GridSolver for NativeSolver {
+    fn label(&self) -> String {
+        format!("native cpu (f32, {} threads)", self.threads)
+    }
+
+    fn solve_grid(
+        &mut self,
+        problem: &GridProblem,
+        starts: Option<&[usize]>,
+        options: &SolveOptions,
+        outputs: Outputs,
+        progress: &mut OnProgress<'_>,
+    ) -> Result<MdpSolution> {
+        if !outputs.needs_steps() {
+            return self.solve_plain_from(problem, options, outputs, None, progress);
+        }
+        match &mut self.fallback {
+            Some(gpu) => gpu.solve_grid(problem, starts, options, outputs, progress),
+            None => CpuReference.solve_grid(problem, starts, options, outputs, progress),
+        }
+    }
+}
+
 /// Several adapters at once: a grid batch's tasks split into contiguous shards, one per
 /// adapter, solved concurrently and gathered in task order.
 pub struct ShardedSolver {
