@@ -1,6 +1,6 @@
 //! The warm start of infinite-horizon grid solves (`softvi::engine::warm_start`): its tree
-//! values against a shortest-path truth written from the map text, warm solves (CPU reference
-//! and GPU) against the cold iteration from V = 0 and against a soft value iteration written
+//! values against a shortest-path truth written from the map text, warm solves (CPU reference,
+//! native engine and GPU) against the cold iteration from V = 0 and against a soft value iteration written
 //! here, and the cases it must leave cold (finite horizon, positive rewards, slip, tasks
 //! without a finite solution) unchanged bit for bit.
 
@@ -15,8 +15,8 @@ use softvi::engine::layout::GridInputs;
 use softvi::engine::schedule::{Verdict, keep_going};
 use softvi::engine::warm_start::grid_start_values;
 use softvi::{
-    ActionSet, Backup, Connectivity, Grid, GridProblem, GridTask, Horizon, MoveCost, Outputs,
-    SolveOptions, Status, solve_cpu,
+    ActionSet, Backup, Connectivity, Grid, GridProblem, GridSolver, GridTask, Horizon, MoveCost,
+    NativeSolver, Outputs, SolveOptions, Status, solve_cpu,
 };
 
 fn infinite(alpha: f64, gamma: f64, tol: f64) -> SolveOptions {
@@ -237,6 +237,11 @@ fn warm_gpu_solve_of_a_long_maze_matches_the_cold_cpu_solve() {
     assert_eq!(verdict, Verdict::Converged);
     let warm_cpu = solve_cpu(&problem, &options, Outputs::VALUES).unwrap();
     let gpu = with_engine(|e| e.solve(&problem, &options, Outputs::VALUES).unwrap());
+    // The native engine (the default where the only adapter is a CPU) starts warm too.
+    let native = NativeSolver::new(None)
+        .solve_grid(&problem, None, &options, Outputs::VALUES, &mut keep_going)
+        .unwrap()
+        .solution;
     let inputs = GridInputs::new(&problem, &options);
     let scale = cold.iter().fold(1.0f64, |m, v| m.max(v.abs()));
     let bound = 1e-4 + 8.0 * f32::EPSILON as f64 * scale;
@@ -244,8 +249,9 @@ fn warm_gpu_solve_of_a_long_maze_matches_the_cold_cpu_solve() {
         "cold {cold_sweeps} sweeps, warm CPU {} sweeps, max |V| {scale}",
         warm_cpu.iterations[0]
     );
-    for (name, solution) in
-        std::iter::once(("cpu", &warm_cpu)).chain(gpu.as_ref().map(|g| ("gpu", g)))
+    for (name, solution) in [("cpu", &warm_cpu), ("native", &native)]
+        .into_iter()
+        .chain(gpu.as_ref().map(|g| ("gpu", g)))
     {
         assert_eq!(solution.status, vec![Status::Converged], "{name}");
         assert!(

@@ -15,6 +15,7 @@ use super::memory;
 use super::options::{Horizon, Outputs, SolveOptions};
 use super::schedule::OnProgress;
 use super::solution::{MdpSolution, check_mdp_solve};
+use super::warm_start::grid_start_values;
 use crate::error::{Result, ensure};
 use crate::world::grid_mdp::{GridMdp, start_distribution};
 use crate::world::grid_problem::GridProblem;
@@ -314,7 +315,9 @@ impl GridSolver for NativeSolver {
         progress: &mut OnProgress<'_>,
     ) -> Result<MdpSolution> {
         if !outputs.needs_steps() {
-            return self.solve_plain_from(problem, options, outputs, None, progress);
+            // The same start as the other backends (the gamma = 1 warm start where it applies).
+            let v0 = grid_start_values(problem, options);
+            return self.solve_plain_from(problem, options, outputs, v0.as_deref(), progress);
         }
         match &mut self.fallback {
             Some(gpu) => gpu.solve_grid(problem, starts, options, outputs, progress),
