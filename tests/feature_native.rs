@@ -350,3 +350,17 @@ fn native_isolated_cells_match_closed_form() {
         .unwrap();
     assert!(max_relative_error(&fast.values, &cpu.solution.values) <= 1e-4);
 }
+
+/// `SOFTVI_NATIVE_VECTORS` caps the row loops' vectors, so that `.ci/run` runs this file at
+/// every width the machine has (AVX-512, AVX2 + FMA, baseline): the cap is honoured.
+#[test]
+fn the_vector_cap_is_honoured() {
+    use softvi::engine::native::grid_backup::{VECTORS, VECTORS_VAR, Vectors};
+    let vectors = *VECTORS;
+    eprintln!("native row loops run at {vectors:?}");
+    match std::env::var(VECTORS_VAR).as_deref() {
+        Ok("baseline") => assert_eq!(vectors, Vectors::Baseline),
+        Ok("avx2") => assert!(vectors <= Vectors::Avx2),
+        _ => {}
+    }
+}

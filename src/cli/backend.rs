@@ -132,6 +132,7 @@ impl Backend {
                 "name": GridSolver::label(native.as_ref()),
                 "backend": "native",
                 "threads": native.threads,
+                "vectors": format!("{:?}", *softvi::engine::native::grid_backup::VECTORS).to_lowercase(),
                 "fallback": native.fallback.as_ref().map(|gpu| adapter_json(gpu.context())),
             }),
             Backend::Sharded { solver, .. } => solver.contexts().map(adapter_json).collect(),

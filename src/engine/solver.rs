@@ -303,7 +303,8 @@ impl MdpSolver for NativeSolver {
 
 impl GridSolver for NativeSolver {
     fn label(&self) -> String {
-        format!("native cpu (f32, {} threads)", self.threads)
+        let vectors = *super::native::grid_backup::VECTORS;
+        format!("native cpu (f32, {} threads, {vectors:?})", self.threads)
     }
 
     fn solve_grid(

@@ -670,15 +670,12 @@ macro_rules! with_avx2 {
                 fn wide($($arg: $ty),*) -> $ret {
                     $inner::<true>($($arg),*)
                 }
-                if *AVX512 {
-                    // SAFETY: the CPU supports these features (checked once, in `AVX512`).
-                    return unsafe { widest($($arg),*) };
-                }
-                if std::arch::is_x86_feature_detected!("avx2")
-                    && std::arch::is_x86_feature_detected!("fma")
-                {
-                    // SAFETY: the CPU supports AVX2 and FMA (checked just above).
-                    return unsafe { wide($($arg),*) };
+                match *VECTORS {
+                    // SAFETY: the CPU supports these features (checked once, in `VECTORS`).
+                    Vectors::Avx512 => return unsafe { widest($($arg),*) },
+                    // SAFETY: the CPU supports AVX2 and FMA (checked once, in `VECTORS`).
+                    Vectors::Avx2 => return unsafe { wide($($arg),*) },
+                    Vectors::Baseline => {}
                 }
             }
             $inner::<false>($($arg),*)
@@ -686,15 +683,48 @@ macro_rules! with_avx2 {
     };
 }
 
-/// Whether the CPU has the AVX-512 subsets the widest row loops are compiled for.
-#[cfg(target_arch = "x86_64")]
-static AVX512: std::sync::LazyLock<bool> = std::sync::LazyLock::new(|| {
-    std::arch::is_x86_feature_detected!("avx512f")
-        && std::arch::is_x86_feature_detected!("avx512bw")
-        && std::arch::is_x86_feature_detected!("avx512dq")
-        && std::arch::is_x86_feature_detected!("avx512vl")
-        && std::arch::is_x86_feature_detected!("avx2")
-        && std::arch::is_x86_feature_detected!("fma")
+/// The vector width the row loops run at, widest last.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Vectors {
+    /// The build's baseline (SSE2 on x86-64), no FMA.
+    Baseline,
+    /// AVX2 + FMA, 8 lanes.
+    Avx2,
+    /// The AVX-512 subsets F, BW, DQ, VL (16 lanes) with AVX2 + FMA.
+    Avx512,
+}
+
+/// The environment variable that caps the row loops' vectors (`avx512`, `avx2`, `baseline`):
+/// how the tests run every path on one machine.
+pub const VECTORS_VAR: &str = "SOFTVI_NATIVE_VECTORS";
+
+/// The widest vectors this CPU has, capped by [`VECTORS_VAR`]; checked once.
+pub static VECTORS: std::sync::LazyLock<Vectors> = std::sync::LazyLock::new(|| {
+    #[cfg(target_arch = "x86_64")]
+    let has = {
+        use std::arch::is_x86_feature_detected as has;
+        if has!("avx512f")
+            && has!("avx512bw")
+            && has!("avx512dq")
+            && has!("avx512vl")
+            && has!("avx2")
+            && has!("fma")
+        {
+            Vectors::Avx512
+        } else if has!("avx2") && has!("fma") {
+            Vectors::Avx2
+        } else {
+            Vectors::Baseline
+        }
+    };
+    #[cfg(not(target_arch = "x86_64"))]
+    let has = Vectors::Baseline;
+    let cap = match std::env::var(VECTORS_VAR).as_deref() {
+        Ok("baseline") => Vectors::Baseline,
+        Ok("avx2") => Vectors::Avx2,
+        _ => Vectors::Avx512,
+    };
+    has.min(cap)
 });
 
 with_avx2!(shared_row => shared_row_any(
