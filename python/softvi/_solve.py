@@ -11,7 +11,7 @@ import numpy as np
 from . import _softvi
 from ._mdp import TabularMDP
 
-Device = Literal["auto", "gpu", "cpu"] | int
+Device = Literal["auto", "gpu", "native", "cpu"] | int
 Backup = Literal["expected", "optimistic"]
 
 
@@ -60,14 +60,18 @@ class SolveResult:
 def _device(device: Device) -> tuple[str, int | None]:
     """``device=`` as the extension takes it: a kind and an adapter index."""
     if isinstance(device, bool):
-        raise ValueError(f"device must be 'auto', 'gpu', 'cpu' or an adapter index, got {device!r}")
+        raise ValueError(
+            f"device must be 'auto', 'gpu', 'native', 'cpu' or an adapter index, got {device!r}"
+        )
     if isinstance(device, (int, np.integer)):
         if device < 0:
             raise ValueError(f"device (an adapter index) must be >= 0, got {device}")
         return "gpu", int(device)
-    if device in ("auto", "gpu", "cpu"):
+    if device in ("auto", "gpu", "native", "cpu"):
         return str(device), None
-    raise ValueError(f"device must be 'auto', 'gpu', 'cpu' or an adapter index, got {device!r}")
+    raise ValueError(
+        f"device must be 'auto', 'gpu', 'native', 'cpu' or an adapter index, got {device!r}"
+    )
 
 
 def _settings(
@@ -178,7 +182,11 @@ def solve(
             its rate has settled (False: plain value iteration).
         device: ``"auto"`` (the GPU if wgpu finds an adapter, else the f64 CPU reference;
             ``adapter`` says which), ``"gpu"``, ``"cpu"``, or an index into
-            :func:`softvi.adapters`.
+            :func:`softvi.adapters`. ``"native"``, the multi-threaded f32 CPU engine, solves
+            plain grids (:func:`softvi.solve_grid` without ``all_steps`` or ``occupancy``) and
+            runs everything else as ``"auto"``; ``"auto"`` picks it for those grids where the
+            preferred adapter is a CPU (a software rasteriser such as llvmpipe) or there is
+            none, as the CLI's ``--backend auto`` does.
 
     Returns:
         A :class:`SolveResult`; the GIL is released while the engine runs.

@@ -25,8 +25,8 @@ use softvi::io::npy::NpyValues;
 use softvi::irl::{Demos, IrlOptions};
 use softvi::{
     ActionSet, Backup, Connectivity, CpuReference, Error, GpuSolver, Grid, GridProblem, GridSolver,
-    GridTask, Horizon, MdpSolution, MdpSolver, MoveCost, OnProgress, Outputs, Progress, Real,
-    SolveOptions, TabularMdp,
+    GridTask, Horizon, MdpSolution, MdpSolver, MoveCost, NativeSolver, OnProgress, Outputs,
+    Progress, Real, SolveOptions, TabularMdp,
 };
 
 // The command line, compiled from the binary's own sources: `softvi` installed by the wheel
@@ -277,6 +277,17 @@ fn with_device<R>(
     }
 }
 
+/// Whether `device="auto"` runs plain grid solves on the native engine, as the CLI's
+/// `--backend auto` does: the preferred adapter is a CPU (a software rasteriser such as
+/// llvmpipe, where the native engine sweeps grids several times faster), or there is none.
+fn software_only() -> bool {
+    let mut cache = solvers();
+    match gpu_solver(&mut cache, None) {
+        Ok(gpu) => gpu.context().info.device_type == softvi::wgpu::DeviceType::Cpu,
+        Err(_) => true,
+    }
+}
+
 /// Runs `solve` on the solver `device` picks; returns its result and the solver's label.
 fn with_solver<R>(
     device: Device,
@@ -399,11 +410,13 @@ impl Settings {
 
 fn parse_device(device: &str, adapter: Option<usize>) -> PyResult<Device> {
     match (device, adapter) {
-        ("auto", None) => Ok(Device::Auto),
+        // What the native engine does not do (all but plain grid solves) runs as "auto".
+        ("auto" | "native", None) => Ok(Device::Auto),
         ("cpu", None) => Ok(Device::Cpu),
         ("gpu", i) => Ok(Device::Gpu(i)),
         _ => Err(PyValueError::new_err(format!(
-            "device must be \"auto\", \"gpu\", \"cpu\" or an adapter index, got {device:?}"
+            "device must be \"auto\", \"gpu\", \"native\", \"cpu\" or an adapter index, got \
+             {device:?}"
         ))),
     }
 }
@@ -610,6 +623,17 @@ fn solve_grid<'py>(
     let starts = world.starts.as_deref();
     let (solved, label) = solve_detached(py, |progress| {
         problem.validate()?;
+        let native = match settings.device.as_str() {
+            "native" => true,
+            "auto" => software_only(),
+            _ => false,
+        };
+        if native && !outputs.needs_steps() {
+            let mut solver = NativeSolver::new(None);
+            let label = GridSolver::label(&solver);
+            let solved = solver.solve_grid(&problem, starts, &options, outputs, progress)?;
+            return Ok((solved, label));
+        }
         with_solver(device, |solver| {
             solver
                 .as_grid()

@@ -83,7 +83,7 @@ def test_sparse_value_errors_name_the_row():
         ({"tol": 0.0}, r"tol .* must be > 0"),
         ({"max_iters": 0}, r"max_iters must be an integer in \[1, 2\*\*32\)"),
         ({"all_steps": True}, r"all_steps needs a finite horizon"),
-        ({"device": "tpu"}, r"device must be 'auto', 'gpu', 'cpu' or an adapter index"),
+        ({"device": "tpu"}, r"device must be 'auto', 'gpu', 'native', 'cpu' or an adapter index"),
         ({"device": -1}, r"device \(an adapter index\) must be >= 0"),
         ({"gamma": 1.0}, r"task 0: gamma = 1 without a horizon needs terminal states"),
     ],

@@ -75,6 +75,35 @@ def test_grid_equals_cli_files(tmp_path, device):
     assert np.isnan(got.values[:, ~grid.free]).all()
 
 
+def test_native_grid_equals_cli_files_and_the_reference(tmp_path):
+    # device="native" is the CLI's --backend native (the same engine: the same bits), and
+    # within f32 rounding of the f64 reference over a finite horizon of 40 backups (1e-4
+    # relative, as the GPU is held to).
+    grid = softvi.Grid.maze(31, 21, 4)
+    goals = [(1, 1), (19, 29)]
+    got = softvi.solve_grid(grid, goals, alpha=0.3, gamma=0.995, slip=0.1, q=True, device="native")
+    assert got.adapter.startswith("native cpu")
+    files = cli_solve(
+        tmp_path,
+        "native",
+        *("--maze", "31x21", "--maze-seed", "4", "--alpha", "0.3", "--gamma", "0.995"),
+        *("--slip", "0.1", "--q", "--goal", "1,1", "--goal", "29,19"),
+    )
+    for name in ("values", "policy", "q"):
+        assert_same(getattr(got, name), files[name], "native", name)
+    finite = dict(alpha=0.3, gamma=0.995, slip=0.1, horizon=40)
+    native = softvi.solve_grid(grid, goals, device="native", **finite)
+    reference = softvi.solve_grid(grid, goals, device="cpu", **finite)
+    scale = np.nanmax(np.abs(reference.values))
+    np.testing.assert_allclose(native.values, reference.values, rtol=0, atol=1e-4 * scale)
+    # "auto" picks the native engine for plain grids where the only adapters are software
+    # rasterisers (llvmpipe here), and the adapter for every step.
+    if all("llvmpipe" in a for a in softvi.adapters()):
+        assert softvi.solve_grid(grid, goals, **finite).adapter.startswith("native cpu")
+        steps = softvi.solve_grid(grid, goals, all_steps=True, **finite)
+        assert not steps.adapter.startswith("native")
+
+
 def test_a_task_may_have_several_goals():
     got = softvi.solve_grid(softvi.Grid.maze(9, 9), [[(1, 1), (7, 7)]], alpha=0.2, device="cpu")
     assert got.values.shape == (1, 9, 9)
