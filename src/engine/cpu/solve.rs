@@ -38,23 +38,36 @@ pub struct CpuIteration {
     pub verdict: Verdict,
 }
 
-/// The iteration both CPU references share: `sweep(v_in, v_out)` applied on the check schedule
-/// of the GPU path, with the same convergence, divergence and rate-extrapolation decisions.
-/// `fixed` `[task][state]` marks the states extrapolation leaves alone.
-pub fn iterate_cpu(
+/// Where an iteration on the check schedule stopped, over any state type.
+pub struct Checked<S> {
+    /// The last state.
+    pub state: S,
+    /// The state the last sweep read (V_1 for a finite horizon).
+    pub previous: S,
+    /// Statistics of the last checked sweep, per task.
+    pub last: Vec<SweepStats>,
+    /// Sweeps applied.
+    pub sweeps: u32,
+    /// Why it stopped.
+    pub verdict: Verdict,
+}
+
+/// The check schedule every host-side engine runs (the CPU reference, the native engine), as
+/// the GPU path does: `sweep(state, next)` in windows of [`crate::engine::schedule::CHECK_INTERVAL`],
+/// then the convergence and divergence decisions, `progress`, and the rate extrapolation, which
+/// `jump(state, previous, factors)` applies (a factor > 0 jumps, [`ROLLBACK`] restores, 0
+/// leaves a task alone; it is called only when some factor is not 0).
+///
+/// [`ROLLBACK`]: crate::engine::schedule::ROLLBACK
+pub fn iterate_checked<S: Clone>(
     options: &SolveOptions,
-    v0: Vec<f64>,
-    fixed: &[bool],
-    mut sweep: impl FnMut(&[f64], &mut [f64]) -> Vec<SweepStats>,
+    start: S,
+    mut sweep: impl FnMut(&S, &mut S) -> Vec<SweepStats>,
+    mut jump: impl FnMut(&mut S, &S, &[f64]),
     progress: &mut OnProgress<'_>,
-) -> Result<CpuIteration> {
-    let mut v = v0;
-    let mut v_next = v.clone();
-    let mut backup = if options.uses_extrapolation() {
-        v.clone()
-    } else {
-        Vec::new()
-    };
+) -> Result<Checked<S>> {
+    let mut state = start;
+    let mut next = state.clone();
     let mut monitor: Option<ConvergenceMonitor> = None;
     let mut extrapolator: Option<RateExtrapolator> = None;
     let mut verdict = Verdict::Continue;
@@ -62,8 +75,8 @@ pub fn iterate_cpu(
     let mut last = Vec::new();
     for window in check_windows(sweep_budget(&options.horizon)) {
         for _ in 0..window {
-            last = sweep(&v, &mut v_next);
-            std::mem::swap(&mut v, &mut v_next);
+            last = sweep(&state, &mut next);
+            std::mem::swap(&mut state, &mut next);
             sweeps += 1;
         }
         let tasks = last.len();
@@ -84,16 +97,47 @@ pub fn iterate_cpu(
             .uses_extrapolation()
             .then(|| extrapolator.get_or_insert_with(|| RateExtrapolator::new(tasks)));
         let (_, factors) = convergence_decide(tol, options.gamma, extrapolator, &last);
-        if !factors.is_empty() {
-            extrapolate(fixed, &mut v, &v_next, &mut backup, &factors);
+        if factors.iter().any(|&f| f != 0.0) {
+            jump(&mut state, &next, &factors);
         }
     }
-    Ok(CpuIteration {
-        v,
-        v_prev: v_next,
+    Ok(Checked {
+        state,
+        previous: next,
         last,
         sweeps,
         verdict,
+    })
+}
+
+/// The iteration both CPU references share: `sweep(v_in, v_out)` on the check schedule
+/// ([`iterate_checked`]) of `[task][state]` values from `v0`; `fixed` `[task][state]` marks
+/// the states extrapolation leaves alone.
+pub fn iterate_cpu(
+    options: &SolveOptions,
+    v0: Vec<f64>,
+    fixed: &[bool],
+    mut sweep: impl FnMut(&[f64], &mut [f64]) -> Vec<SweepStats>,
+    progress: &mut OnProgress<'_>,
+) -> Result<CpuIteration> {
+    let mut backup = if options.uses_extrapolation() {
+        v0.clone()
+    } else {
+        Vec::new()
+    };
+    let run = iterate_checked(
+        options,
+        v0,
+        |v: &Vec<f64>, v_next: &mut Vec<f64>| sweep(v, v_next),
+        |v, v_prev, factors| extrapolate(fixed, v, v_prev, &mut backup, factors),
+        progress,
+    )?;
+    Ok(CpuIteration {
+        v: run.state,
+        v_prev: run.previous,
+        last: run.last,
+        sweeps: run.sweeps,
+        verdict: run.verdict,
     })
 }
 

@@ -1,20 +1,17 @@
-//! The native driver: [`NativeGrid`] sweeps on the check schedule of the GPU path (as
-//! [`crate::engine::cpu::iterate_cpu`] drives the reference), then the policy and Q from the
-//! final values.
+//! The native driver: [`NativeGrid`] sweeps on the check schedule of the GPU path (the same
+//! [`iterate_checked`] that drives the reference), then the policy and Q from the final
+//! values.
 
 use std::time::Instant;
 
 use super::grid_backup::{NativeGrid, NativeState};
-use crate::engine::cpu::residual_reduce::convergence_decide;
+use crate::engine::cpu::solve::iterate_checked;
 use crate::engine::cpu::{SweepStats, action_values, write_policy};
 use crate::engine::layout::GridInputs;
 use crate::engine::options::{Horizon, Outputs, SolveOptions};
-use crate::engine::schedule::{
-    ConvergenceMonitor, OnProgress, Progress, RateExtrapolator, Verdict, check_windows,
-    final_status, sweep_budget, with_unbounded,
-};
+use crate::engine::schedule::{OnProgress, Verdict, final_status, with_unbounded};
 use crate::engine::solution::{Marks, Solution, Status};
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::world::grid_problem::GridProblem;
 
 /// Threads a native solve uses by default: every core the OS gives this process.
@@ -108,53 +105,27 @@ fn iterate_native(
     threads: usize,
     progress: &mut OnProgress<'_>,
 ) -> Result<NativeIteration> {
-    let mut state = grid.state(v0);
-    let mut next: NativeState = state.clone();
     let mut backup = if options.uses_extrapolation() {
-        state.v.clone()
+        grid.state(v0).v
     } else {
         Vec::new()
     };
-    let mut monitor: Option<ConvergenceMonitor> = None;
-    let mut extrapolator: Option<RateExtrapolator> = None;
-    let mut verdict = Verdict::Continue;
-    let mut sweeps = 0u32;
-    let mut last = Vec::new();
-    for window in check_windows(sweep_budget(&options.horizon)) {
-        for _ in 0..window {
-            last = grid.sweep(&state, &mut next, threads);
-            std::mem::swap(&mut state, &mut next);
-            sweeps += 1;
-        }
-        let tasks = last.len();
-        verdict = monitor
-            .get_or_insert_with(|| ConvergenceMonitor::new(options, tasks))
-            .observe(&last);
-        if progress(&Progress::after(options, sweeps, &last)).is_break() {
-            return Err(Error::Cancelled { sweeps });
-        }
-        if verdict != Verdict::Continue {
-            break;
-        }
-        let tol = match options.horizon {
-            Horizon::Infinite { tol, .. } => Some(tol),
-            Horizon::Finite(_) => None,
-        };
-        let extrapolator = options
-            .uses_extrapolation()
-            .then(|| extrapolator.get_or_insert_with(|| RateExtrapolator::new(tasks)));
-        let (_, factors) = convergence_decide(tol, options.gamma, extrapolator, &last);
-        if factors.iter().any(|&f| f != 0.0) {
-            grid.extrapolate(&mut state.v, &next.v, &mut backup, &factors);
-            grid.refresh_shared(&mut state);
-        }
-    }
+    let run = iterate_checked(
+        options,
+        grid.state(v0),
+        |state: &NativeState, next: &mut NativeState| grid.sweep(state, next, threads),
+        |state, previous, factors| {
+            grid.extrapolate(&mut state.v, &previous.v, &mut backup, factors);
+            grid.refresh_shared(state);
+        },
+        progress,
+    )?;
     Ok(NativeIteration {
-        v: state.v,
-        v_prev: next.v,
-        last,
-        sweeps,
-        verdict,
+        v: run.state.v,
+        v_prev: run.previous.v,
+        last: run.last,
+        sweeps: run.sweeps,
+        verdict: run.verdict,
     })
 }
 
