@@ -364,3 +364,57 @@ fn the_vector_cap_is_honoured() {
         _ => {}
     }
 }
+
+/// A broken problem (a goal past the map, a reward map of the wrong size) is `InvalidInput`
+/// from the native solver, as from every solver, before any work: never a panic in the warm
+/// start or the engine's layout.
+#[test]
+fn broken_problems_are_invalid_input() {
+    let grid = Grid::generate_maze(9, 7, 1).unwrap();
+    let cells = grid.cells();
+    for (what, task) in [
+        (
+            "goal past the map",
+            GridTask {
+                goals: vec![cells + 3],
+                reward: None,
+            },
+        ),
+        (
+            "short reward map",
+            GridTask {
+                goals: vec![grid.width + 1],
+                reward: Some(vec![0.0; 5]),
+            },
+        ),
+    ] {
+        let problem = GridProblem {
+            grid: grid.clone(),
+            actions: ActionSet {
+                connectivity: Connectivity::Eight,
+                stay: false,
+            },
+            slip: 0.0,
+            move_cost: MoveCost::default(),
+            tasks: vec![task],
+        };
+        // gamma 1, no slip, infinite horizon: the case the warm start looks at.
+        let options = SolveOptions {
+            alpha: 0.1,
+            gamma: 1.0,
+            ..SolveOptions::default()
+        };
+        let solved = NativeSolver::new(None).solve_grid(
+            &problem,
+            None,
+            &options,
+            Outputs::VALUES,
+            &mut keep_going,
+        );
+        assert!(
+            matches!(solved, Err(softvi::Error::InvalidInput(_))),
+            "{what}: {:?}",
+            solved.err()
+        );
+    }
+}

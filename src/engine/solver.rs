@@ -316,9 +316,18 @@ impl GridSolver for NativeSolver {
         progress: &mut OnProgress<'_>,
     ) -> Result<MdpSolution> {
         if !outputs.needs_steps() {
+            // Checked before the start values are computed: they read the problem's layout.
+            check_grid_solve(problem, options, outputs)?;
             // The same start as the other backends (the gamma = 1 warm start where it applies).
             let v0 = grid_start_values(problem, options);
-            return self.solve_plain_from(problem, options, outputs, v0.as_deref(), progress);
+            return Ok(MdpSolution::plain(super::native::solve_native(
+                problem,
+                options,
+                outputs,
+                v0.as_deref(),
+                self.threads,
+                progress,
+            )?));
         }
         match &mut self.fallback {
             Some(gpu) => gpu.solve_grid(problem, starts, options, outputs, progress),
