@@ -11,7 +11,7 @@ use serde_json::json;
 use super::backend::Backend;
 use super::iteration::IterationArgs;
 use super::summary::add_run_json;
-use super::world::{MdpWorld, WorldArgs};
+use super::world::{MdpWorld, WorldArgs, read_prior};
 use softvi::analysis::infer::{Observation, check_possible, posterior_inputs};
 use softvi::engine::options::{Horizon, Outputs};
 use softvi::io::npy;
@@ -143,23 +143,7 @@ pub(super) fn infer_command(args: &InferArgs) -> Result<i32> {
     let world = MdpWorld::build(&args.world, &[])?;
     let trajectory = read_trajectory(&args.trajectory, &world)?;
     let tasks = world.mdp.tasks;
-    let prior: Vec<f64> = match &args.prior {
-        None => vec![1.0 / tasks as f64; tasks],
-        Some(path) => {
-            let array = npy::read_float(path)?;
-            ensure!(
-                array.shape == [tasks],
-                "--prior {}: shape {:?}, expected [B] = [{tasks}]",
-                path.display(),
-                array.shape
-            );
-            let prior: Vec<f64> = array.data.iter().map(|&x| x as f64).collect();
-            // Checked before the solve, so a bad prior costs no solve and is named as such.
-            softvi::analysis::infer::check_prior(&prior, tasks)
-                .with_context(|| format!("--prior {}", path.display()))?;
-            prior
-        }
-    };
+    let prior = read_prior(args.prior.as_ref(), tasks)?;
     let options = args.iteration.options()?;
     let finite = matches!(options.horizon, Horizon::Finite(_));
     let outputs = Outputs {

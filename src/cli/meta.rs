@@ -12,11 +12,10 @@ use super::EXIT_DIVERGED;
 use super::backend::Backend;
 use super::iteration::IterationArgs;
 use super::summary::add_run_json;
-use super::world::{MdpWorld, WorldArgs};
+use super::world::{MdpWorld, WorldArgs, read_prior};
 use softvi::analysis::meta::{Curve, MetaOptions, MetaReport, PosteriorDevice, meta_rl};
 use softvi::analysis::render::{SERIES_COLOURS, Series, line_chart};
 use softvi::engine::options::{Horizon, Outputs};
-use softvi::io::npy;
 use softvi::io::output::{OutputFile, OutputFolder};
 
 #[derive(Args, Debug)]
@@ -69,24 +68,6 @@ pub(super) struct MetaArgs {
     /// No progress line on stderr.
     #[arg(long)]
     quiet: bool,
-}
-
-/// The prior of `--prior` (checked), or uniform over `tasks`.
-fn read_prior(path: Option<&PathBuf>, tasks: usize) -> Result<Vec<f64>> {
-    let Some(path) = path else {
-        return Ok(vec![1.0 / tasks as f64; tasks]);
-    };
-    let array = npy::read_float(path)?;
-    ensure!(
-        array.shape == [tasks],
-        "--prior {}: shape {:?}, expected [B] = [{tasks}]",
-        path.display(),
-        array.shape
-    );
-    let prior: Vec<f64> = array.data.iter().map(|&x| x as f64).collect();
-    softvi::analysis::infer::check_prior(&prior, tasks)
-        .with_context(|| format!("--prior {}", path.display()))?;
-    Ok(prior)
 }
 
 fn curve_json(curve: &Curve) -> serde_json::Value {

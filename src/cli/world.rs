@@ -86,6 +86,25 @@ pub(super) fn parse_pair(text: &str, sep: char, what: &str) -> Result<(usize, us
     Ok((num(parts[0])?, num(parts[1])?))
 }
 
+/// The prior over a batch's tasks from `--prior FILE.npy` (shape `[B]`, checked before any
+/// solve, so a bad prior costs none and is named as such), or uniform over `tasks`.
+pub(super) fn read_prior(path: Option<&PathBuf>, tasks: usize) -> Result<Vec<f64>> {
+    let Some(path) = path else {
+        return Ok(vec![1.0 / tasks as f64; tasks]);
+    };
+    let array = npy::read_float(path)?;
+    ensure!(
+        array.shape == [tasks],
+        "--prior {}: shape {:?}, expected [B] = [{tasks}]",
+        path.display(),
+        array.shape
+    );
+    let prior: Vec<f64> = array.data.iter().map(|&x| x as f64).collect();
+    softvi::analysis::infer::check_prior(&prior, tasks)
+        .with_context(|| format!("--prior {}", path.display()))?;
+    Ok(prior)
+}
+
 /// Loads a MovingAI map, warning on stderr about characters that are no MovingAI terrain
 /// (read as walls: a map drawn with `#` or `X` for walls works, a typo for `.` is visible).
 pub(super) fn load_map(path: &Path) -> Result<Grid> {
