@@ -1,7 +1,7 @@
 //! The soft value iteration flags shared by the commands that solve, and the solve settings
 //! they give.
 
-use anyhow::Result;
+use anyhow::{Result, ensure};
 use clap::{Args, ValueEnum};
 
 use super::backend::BackendArg;
@@ -72,4 +72,21 @@ impl IterationArgs {
         options.validate()?;
         Ok(options)
     }
+}
+
+/// Steps per episode of commands that act with a solve's policy (`sample`, `meta`): `--steps`,
+/// at most a finite `--horizon` (the policy's time steps); by default the horizon, else 100.
+pub(super) fn episode_steps(steps: Option<usize>, horizon: &Horizon) -> Result<usize> {
+    Ok(match (steps, *horizon) {
+        (Some(t), Horizon::Finite(h)) => {
+            ensure!(
+                t <= h as usize,
+                "--steps {t} is longer than --horizon {h}: the policy has {h} time steps"
+            );
+            t
+        }
+        (Some(t), Horizon::Infinite { .. }) => t,
+        (None, Horizon::Finite(h)) => h as usize,
+        (None, Horizon::Infinite { .. }) => 100,
+    })
 }

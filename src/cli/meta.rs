@@ -10,7 +10,7 @@ use serde_json::json;
 
 use super::EXIT_DIVERGED;
 use super::backend::Backend;
-use super::iteration::IterationArgs;
+use super::iteration::{IterationArgs, episode_steps};
 use super::summary::add_run_json;
 use super::world::{MdpWorld, WorldArgs, read_prior};
 use softvi::analysis::meta::{Curve, MetaOptions, MetaReport, PosteriorDevice, meta_rl};
@@ -121,18 +121,7 @@ pub(super) fn meta_command(args: &MetaArgs) -> Result<i32> {
     }
     let tasks = world.mdp.tasks;
     let prior = read_prior(args.prior.as_ref(), tasks)?;
-    let steps = match (args.steps, options.horizon) {
-        (Some(t), Horizon::Finite(h)) => {
-            ensure!(
-                t <= h as usize,
-                "--steps {t} is longer than --horizon {h}: the policy has {h} time steps"
-            );
-            t
-        }
-        (Some(t), Horizon::Infinite { .. }) => t,
-        (None, Horizon::Finite(h)) => h as usize,
-        (None, Horizon::Infinite { .. }) => 100,
-    };
+    let steps = episode_steps(args.steps, &options.horizon)?;
     let eval_tasks = if args.eval_tasks.is_empty() {
         (0..tasks).collect()
     } else {

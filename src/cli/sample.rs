@@ -10,7 +10,7 @@ use serde_json::json;
 
 use super::EXIT_DIVERGED;
 use super::backend::Backend;
-use super::iteration::IterationArgs;
+use super::iteration::{IterationArgs, episode_steps};
 use super::summary::add_run_json;
 use super::world::{MdpWorld, WorldArgs};
 use softvi::engine::options::Horizon;
@@ -97,18 +97,7 @@ pub(super) fn sample_command(args: &SampleArgs) -> Result<i32> {
     args.world.check_memory(&options, outputs)?;
     let world = MdpWorld::build(&args.world, &args.start)?;
     ensure!(args.episodes >= 1, "--episodes must be at least 1");
-    let steps = match (args.steps, options.horizon) {
-        (Some(t), Horizon::Finite(h)) => {
-            ensure!(
-                t <= h as usize,
-                "--steps {t} is longer than --horizon {h}: the policy has {h} time steps"
-            );
-            t
-        }
-        (Some(t), Horizon::Infinite { .. }) => t,
-        (None, Horizon::Finite(h)) => h as usize,
-        (None, Horizon::Infinite { .. }) => 100,
-    };
+    let steps = episode_steps(args.steps, &options.horizon)?;
     ensure!(steps >= 1, "--steps must be at least 1");
     // Every output sized before solving: the trajectories (and their encoded files) beside
     // what the solve holds.
