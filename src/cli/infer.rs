@@ -9,7 +9,7 @@ use clap::Args;
 use serde_json::json;
 
 use super::backend::Backend;
-use super::iteration::IterationArgs;
+use super::iteration::{IterationArgs, acting_policy};
 use super::summary::add_run_json;
 use super::world::{MdpWorld, WorldArgs, read_prior};
 use softvi::analysis::infer::{Observation, check_possible, posterior_inputs};
@@ -159,10 +159,7 @@ pub(super) fn infer_command(args: &InferArgs) -> Result<i32> {
             super::summary::divergence_reason(&options)
         );
     }
-    let (policy, policy_steps) = match (&solved.steps, options.horizon) {
-        (Some(s), Horizon::Finite(h)) => (s.policy.as_ref().context("no policy")?, h as usize),
-        _ => (solved.solution.policy.as_ref().context("no policy")?, 1),
-    };
+    let (policy, policy_steps) = acting_policy(&solved, &options.horizon)?;
     let inputs = posterior_inputs(&world.mdp, policy, policy_steps, &trajectory, &prior)
         .with_context(|| format!("trajectory {}", args.trajectory.display()))?;
     // The posterior kernel runs on the solve's device; the CPU reference has its twin.

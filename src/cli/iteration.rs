@@ -1,10 +1,11 @@
 //! The soft value iteration flags shared by the commands that solve, and the solve settings
 //! they give.
 
-use anyhow::{Result, ensure};
+use anyhow::{Context, Result, ensure};
 use clap::{Args, ValueEnum};
 
 use super::backend::BackendArg;
+use softvi::MdpSolution;
 use softvi::engine::options::{Backup, Horizon, SolveOptions};
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
@@ -88,5 +89,17 @@ pub(super) fn episode_steps(steps: Option<usize>, horizon: &Horizon) -> Result<u
         (Some(t), Horizon::Infinite { .. }) => t,
         (None, Horizon::Finite(h)) => h as usize,
         (None, Horizon::Infinite { .. }) => 100,
+    })
+}
+
+/// The policy a solve's agent acts with and its time steps: `pi_0..pi_{T-1}` (`T` steps) of a
+/// finite horizon solved with every step, else the stationary policy (1 step).
+pub(super) fn acting_policy<'a>(
+    solved: &'a MdpSolution,
+    horizon: &Horizon,
+) -> Result<(&'a [f32], usize)> {
+    Ok(match (&solved.steps, *horizon) {
+        (Some(s), Horizon::Finite(h)) => (s.policy.as_deref().context("no policy")?, h as usize),
+        _ => (solved.solution.policy.as_deref().context("no policy")?, 1),
     })
 }

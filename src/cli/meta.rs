@@ -4,13 +4,13 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
-use anyhow::{Context, Result, ensure};
+use anyhow::{Result, ensure};
 use clap::Args;
 use serde_json::json;
 
 use super::EXIT_DIVERGED;
 use super::backend::Backend;
-use super::iteration::{IterationArgs, episode_steps};
+use super::iteration::{IterationArgs, acting_policy, episode_steps};
 use super::summary::add_run_json;
 use super::world::{MdpWorld, WorldArgs, read_prior};
 use softvi::analysis::meta::{Curve, MetaOptions, MetaReport, PosteriorDevice, meta_rl};
@@ -148,10 +148,7 @@ pub(super) fn meta_command(args: &MetaArgs) -> Result<i32> {
         );
         return Ok(EXIT_DIVERGED);
     }
-    let (policy, policy_steps) = match (&solved.steps, options.horizon) {
-        (Some(s), Horizon::Finite(h)) => (s.policy.as_ref().context("no policy")?, h as usize),
-        _ => (solved.solution.policy.as_ref().context("no policy")?, 1),
-    };
+    let (policy, policy_steps) = acting_policy(&solved, &options.horizon)?;
     // The posteriors are updated where the solve ran; the CPU reference has the twin.
     let report = match backend.gpu()? {
         None => meta_rl(
