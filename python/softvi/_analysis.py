@@ -13,7 +13,7 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 from . import _softvi
-from ._mdp import TabularMDP
+from ._mdp import TabularMDP, _float64
 from ._solve import Backup, Device, SolveResult, _device, _settings
 
 #: Marks "after the episode's end" in sampled and demonstrated states and actions.
@@ -481,12 +481,7 @@ def qlearn(
     arrays = {"s": s, "a": a, "r": r, "s_next": s_next}
     if done is not None:
         arrays["done"] = done
-    converted: dict[str, np.ndarray] = {}
-    for name, x in arrays.items():
-        try:
-            converted[name] = np.ascontiguousarray(x, dtype=np.float64)
-        except (TypeError, ValueError) as e:
-            raise ValueError(f"{name} is not a numeric array: {e}") from None
+    converted = {name: _float64(name, x) for name, x in arrays.items()}
     batched = converted["s"].ndim == 2
     settings = _settings(
         alpha, gamma, backup, horizon, tol, max_iters, True, True, True, False, False, device

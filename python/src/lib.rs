@@ -120,6 +120,22 @@ impl PyMdp {
     }
 }
 
+/// Named float64 arrays as the library's `.npz` entries read them, in logical (C) order
+/// whatever the strides.
+fn npy_values(arrays: HashMap<String, PyReadonlyArrayDyn<'_, f64>>) -> HashMap<String, NpyValues> {
+    arrays
+        .into_iter()
+        .map(|(name, array)| {
+            let values = NpyValues {
+                shape: array.shape().to_vec(),
+                data: array.as_array().iter().copied().collect(),
+                dtype: "<f8".into(),
+            };
+            (name, values)
+        })
+        .collect()
+}
+
 /// Builds an MDP from arrays named as in the CLI's `.npz` (`P` or `indptr`/`indices`/`data`,
 /// `R`, optional `terminal`, `terminal_value`, `initial`), validated by the library.
 #[pyfunction]
@@ -127,18 +143,7 @@ fn mdp_from_arrays(
     py: Python<'_>,
     arrays: HashMap<String, PyReadonlyArrayDyn<'_, f64>>,
 ) -> PyResult<PyMdp> {
-    let values: HashMap<String, NpyValues> = arrays
-        .into_iter()
-        .map(|(name, array)| {
-            let values = NpyValues {
-                shape: array.shape().to_vec(),
-                // Logical (C) order whatever the strides.
-                data: array.as_array().iter().copied().collect(),
-                dtype: "<f8".into(),
-            };
-            (name, values)
-        })
-        .collect();
+    let values = npy_values(arrays);
     let inner = py
         .detach(|| TabularMdp::from_arrays(&values))
         .map_err(to_py)?;
@@ -919,17 +924,7 @@ fn qlearn<'py>(
     settings: Settings,
 ) -> PyResult<Bound<'py, PyDict>> {
     let (options, device) = (settings.options()?, settings.device()?);
-    let values: HashMap<String, NpyValues> = arrays
-        .into_iter()
-        .map(|(name, array)| {
-            let values = NpyValues {
-                shape: array.shape().to_vec(),
-                data: array.as_array().iter().copied().collect(),
-                dtype: "<f8".into(),
-            };
-            (name, values)
-        })
-        .collect();
+    let values = npy_values(arrays);
     let data = softvi::qlearn::Dataset::from_arrays(&values, states, actions).map_err(to_py)?;
     let (learned, label) = solve_detached(py, |progress| {
         with_solver(device, |solver| {

@@ -12,10 +12,9 @@ use serde_json::json;
 use super::EXIT_DIVERGED;
 use super::backend::Backend;
 use super::iteration::IterationArgs;
-use super::summary::{ProgressLine, divergence_reason};
+use super::summary::{ProgressLine, add_settings_json, divergence_reason};
 use super::world::{load_map, parse_pair};
 use softvi::Status;
-use softvi::engine::options::Horizon;
 use softvi::io::npy;
 use softvi::io::output::{OutputFile, OutputFolder};
 use softvi::qlearn::{Dataset, qlearn};
@@ -151,10 +150,6 @@ pub(super) fn qlearn_command(args: &QlearnArgs) -> Result<i32> {
     let adapter = backend.adapter_json();
     let seconds = start.elapsed().as_secs_f64();
     let (b, a) = (learned.datasets, learned.actions);
-    let (horizon, tol, max_iters) = match options.horizon {
-        Horizon::Finite(t) => (Some(t), None, None),
-        Horizon::Infinite { tol, max_iters } => (None, Some(tol), Some(max_iters)),
-    };
     let grid = space.state_shape.len() == 2;
     let mut summary = json!({
         "backend": args.iteration.backend.name(),
@@ -168,13 +163,6 @@ pub(super) fn qlearn_command(args: &QlearnArgs) -> Result<i32> {
         "samples": learned.samples,
         "unseen_pairs": learned.unseen_pairs,
         "states_without_data": learned.states_without_data,
-        "alpha": options.alpha,
-        "gamma": options.gamma,
-        "backup": options.backup.name(),
-        "horizon": horizon,
-        "tol": tol,
-        "max_iters": max_iters,
-        "extrapolation": options.uses_extrapolation(),
         "sweeps": learned.sweeps,
         "residual": learned.residual,
         "status": learned.status.name(),
@@ -189,6 +177,7 @@ pub(super) fn qlearn_command(args: &QlearnArgs) -> Result<i32> {
                 else { "float32 [dataset][state][action]; 0 on unseen pairs, NaN on states without data" },
         },
     });
+    add_settings_json(&mut summary, &options);
     let diverged = learned.status == Status::Diverged;
     let mut files = Vec::new();
     if !diverged {

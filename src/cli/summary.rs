@@ -76,18 +76,13 @@ impl ProgressLine {
     }
 }
 
-/// Adds the settings and per-task results every `summary.json` carries to `summary`.
-pub(super) fn add_run_json(
-    summary: &mut serde_json::Value,
-    options: &SolveOptions,
-    solution: &Solution,
-    seconds: f64,
-) {
+/// Adds the solve settings every `summary.json` carries to `summary`.
+pub(super) fn add_settings_json(summary: &mut serde_json::Value, options: &SolveOptions) {
     let (horizon, tol, max_iters) = match options.horizon {
         Horizon::Finite(t) => (Some(t), None, None),
         Horizon::Infinite { tol, max_iters } => (None, Some(tol), Some(max_iters)),
     };
-    let run = json!({
+    let settings = json!({
         "alpha": options.alpha,
         "gamma": options.gamma,
         "backup": options.backup.name(),
@@ -95,6 +90,22 @@ pub(super) fn add_run_json(
         "tol": tol,
         "max_iters": max_iters,
         "extrapolation": options.uses_extrapolation(),
+    });
+    if let (Some(all), serde_json::Value::Object(settings)) = (summary.as_object_mut(), settings) {
+        all.extend(settings);
+    }
+}
+
+/// Adds the settings ([`add_settings_json`]) and per-task results every `summary.json` of a
+/// solve carries to `summary`.
+pub(super) fn add_run_json(
+    summary: &mut serde_json::Value,
+    options: &SolveOptions,
+    solution: &Solution,
+    seconds: f64,
+) {
+    add_settings_json(summary, options);
+    let run = json!({
         "tasks": solution.iterations.len(),
         "iterations": solution.iterations,
         "residual": solution.residual,
