@@ -2,6 +2,7 @@
 //! GPU path uploads exactly these and the CPU reference reads exactly these.
 
 use crate::engine::options::{Backup, SolveOptions};
+use crate::engine::solution::Marks;
 use crate::world::grid::MOVE_OFFSETS;
 use crate::world::grid_problem::GridProblem;
 use crate::world::mdp::TabularMdp;
@@ -114,6 +115,17 @@ impl GridInputs {
         self.height * self.width
     }
 
+    /// What a grid solve's outputs mark: NaN off the free cells, -inf on excluded ones, NaN
+    /// policy rows on fixed ones.
+    pub fn marks(&self) -> Marks<'_> {
+        Marks {
+            states: self.cells(),
+            free: Some(&self.free),
+            excluded: &self.excluded,
+            fixed: &self.fixed,
+        }
+    }
+
     /// Per task, whether it has no finite solution by its structure
     /// ([`crate::engine::schedule::unbounded_self_loop`]): gamma = 1, infinite horizon, slip 0
     /// and a free cell that neither stops nor is excluded where an action keeps the agent in
@@ -215,6 +227,16 @@ pub struct MdpInputs<'a> {
 }
 
 impl<'a> MdpInputs<'a> {
+    /// What an MDP solve's outputs mark: -inf on excluded states, NaN policy rows on fixed ones.
+    pub fn marks(&self) -> Marks<'_> {
+        Marks {
+            states: self.mdp.states,
+            free: None,
+            excluded: &self.excluded,
+            fixed: &self.fixed,
+        }
+    }
+
     /// Builds the inputs; `options` must be validated.
     pub fn new(mdp: &'a TabularMdp, options: &super::options::SolveOptions) -> Self {
         let (s_count, a_count) = (mdp.states, mdp.actions);

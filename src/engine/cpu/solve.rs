@@ -189,12 +189,7 @@ pub fn solve_cpu_with_progress(
         Horizon::Finite(_) => &v_next,
         Horizon::Infinite { .. } => &v,
     };
-    let marks = Marks {
-        states: inputs.cells(),
-        free: Some(&inputs.free),
-        excluded: &inputs.excluded,
-        fixed: &inputs.fixed,
-    };
+    let marks = inputs.marks();
     let diverged = status.contains(&Status::Diverged);
     let rows = |asked: bool, write_q: bool| {
         (asked && !diverged).then(|| {
@@ -261,12 +256,7 @@ fn solve_mdp_cpu_as<T: Real>(
     check_mdp_solve(mdp, options)?;
     crate::engine::memory::check_mdp(mdp, options, outputs)?;
     let inputs = MdpInputs::new(mdp, options);
-    let marks = Marks {
-        states: mdp.states,
-        free: None,
-        excluded: &inputs.excluded,
-        fixed: &inputs.fixed,
-    };
+    let marks = inputs.marks();
     let finite = matches!(options.horizon, Horizon::Finite(_));
     // V_{T-1}, ..., V_0 as the sweeps make them, when later steps need them.
     let keep_steps = finite && (outputs.all_steps || outputs.occupancy);

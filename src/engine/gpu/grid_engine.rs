@@ -19,7 +19,6 @@ use super::forward::{BandDispatch, ForwardPass, PairDispatch, record_forward};
 use crate::engine::layout::GridInputs;
 use crate::engine::options::{Backup, Horizon, Outputs, SolveOptions};
 use crate::engine::schedule::{OnProgress, Verdict, keep_going, with_unbounded};
-use crate::engine::solution::Marks;
 use crate::engine::solution::{MdpSolution, Solution};
 use crate::engine::warm_start::grid_start_values_for;
 use crate::world::grid_mdp::GridMdp;
@@ -489,12 +488,7 @@ impl GridEngine {
                 self.solve_chunk(&arrays, tasks, asked, progress)
             },
         )?;
-        let marks = Marks {
-            states: cells,
-            free: Some(&inputs.free),
-            excluded: &inputs.excluded,
-            fixed: &inputs.fixed,
-        };
+        let marks = inputs.marks();
         let (h, w, padded_w) = (inputs.height, problem.grid.width, inputs.width);
         let mut solved = gathered.into_solution(
             options,

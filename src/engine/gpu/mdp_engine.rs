@@ -19,7 +19,6 @@ use super::forward::{BandDispatch, ForwardOutputs, ForwardPass, PairDispatch, re
 use crate::engine::layout::MdpInputs;
 use crate::engine::options::{Backup, Horizon, Outputs, SolveOptions};
 use crate::engine::schedule::{OnProgress, Verdict, keep_going, with_unbounded};
-use crate::engine::solution::Marks;
 use crate::engine::solution::{MdpSolution, check_mdp_solve};
 use crate::world::mdp::{TabularMdp, Transpose};
 
@@ -525,12 +524,7 @@ impl MdpEngine {
         )?;
         // Terminal states keep their value; excluded ones report -inf; the policy is NaN on
         // both, as the CPU's (mdp_policy writes zeros there, which the occupancy pull needs).
-        let marks = Marks {
-            states: mdp.states,
-            free: None,
-            excluded: &inputs.excluded,
-            fixed: &inputs.fixed,
-        };
+        let marks = inputs.marks();
         Ok(gathered.into_solution(
             options,
             outputs,

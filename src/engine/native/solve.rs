@@ -10,7 +10,7 @@ use crate::engine::cpu::{SweepStats, action_values, write_policy};
 use crate::engine::layout::GridInputs;
 use crate::engine::options::{Horizon, Outputs, SolveOptions};
 use crate::engine::schedule::{OnProgress, Verdict, final_status, with_unbounded};
-use crate::engine::solution::{Marks, Solution, Status};
+use crate::engine::solution::{Solution, Status};
 use crate::error::Result;
 use crate::world::grid_problem::GridProblem;
 
@@ -58,12 +58,7 @@ pub fn solve_native(
         Horizon::Finite(_) => grid.unpadded(&run.v_prev),
         Horizon::Infinite { .. } => grid.unpadded(&run.v),
     };
-    let marks = Marks {
-        states: inputs.cells(),
-        free: Some(&inputs.free),
-        excluded: &inputs.excluded,
-        fixed: &inputs.fixed,
-    };
+    let marks = inputs.marks();
     let diverged = status.contains(&Status::Diverged);
     let rows = |asked: bool, write_q: bool| {
         (asked && !diverged).then(|| {
