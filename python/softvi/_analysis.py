@@ -13,16 +13,11 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 from . import _softvi
-from ._mdp import TabularMDP, _float64
+from ._mdp import TabularMDP, _check_mdp, _float64
 from ._solve import Backup, Device, SolveResult, _device, _settings
 
 #: Marks "after the episode's end" in sampled and demonstrated states and actions.
 ENDED = -1
-
-
-def _check_mdp(mdp: Any) -> None:
-    if not isinstance(mdp, TabularMDP):
-        raise TypeError(f"mdp must be a softvi.TabularMDP, got {type(mdp).__name__}")
 
 
 def _policy(mdp: TabularMDP, policy: ArrayLike | SolveResult) -> tuple[np.ndarray, int]:

@@ -25,6 +25,12 @@ def _is_sparse(x: Any) -> bool:
     return hasattr(x, "tocsr") and hasattr(x, "nnz")
 
 
+def _check_mdp(mdp: Any) -> None:
+    """Raises TypeError unless ``mdp`` is a :class:`TabularMDP`."""
+    if not isinstance(mdp, TabularMDP):
+        raise TypeError(f"mdp must be a softvi.TabularMDP, got {type(mdp).__name__}")
+
+
 class TabularMDP:
     """A batch of B tasks (reward functions) sharing one tabular MDP's dynamics.
 

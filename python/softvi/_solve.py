@@ -9,7 +9,7 @@ from typing import Any, Literal
 import numpy as np
 
 from . import _softvi
-from ._mdp import TabularMDP
+from ._mdp import TabularMDP, _check_mdp
 
 Device = Literal["auto", "gpu", "native", "cpu"] | int
 Backup = Literal["expected", "optimistic"]
@@ -196,8 +196,7 @@ def solve(
         DeviceError: ``device="gpu"`` (or an index) and no usable adapter, or a GPU failure.
         MemoryError: the problem exceeds a limit of the adapter or of this machine.
     """
-    if not isinstance(mdp, TabularMDP):
-        raise TypeError(f"mdp must be a softvi.TabularMDP, got {type(mdp).__name__}")
+    _check_mdp(mdp)
     settings = _settings(
         alpha, gamma, backup, horizon, tol, max_iters, extrapolate, policy, q, all_steps,
         occupancy, device,

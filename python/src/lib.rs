@@ -707,31 +707,17 @@ fn goal_posterior<'py>(
     let (posterior, joint, label) = py
         .detach(|| {
             let inputs = posterior_inputs(model, &policy, policy_steps, &trajectory, &prior)?;
-            let cpu = |why: &str| {
-                let (posterior, joint) = softvi::engine::cpu::task_posterior(&inputs);
-                (posterior, joint, format!("cpu reference (f64){why}"))
-            };
-            let (posterior, joint, label) = match device {
-                Device::Cpu => cpu(""),
-                Device::Auto | Device::Gpu(_) => {
-                    let adapter = match device {
-                        Device::Gpu(i) => i,
-                        _ => None,
-                    };
-                    let mut cache = solvers();
-                    match gpu_solver(&mut cache, adapter) {
-                        Ok(gpu) => {
-                            let (posterior, joint) =
-                                TaskPosterior::new(gpu.context())?.run(&inputs)?;
-                            (posterior, joint, MdpSolver::label(gpu))
-                        }
-                        Err(Error::NoAdapter(_)) if device == Device::Auto => {
-                            cpu(" (no GPU adapter)")
-                        }
-                        Err(e) => return Err(e),
-                    }
+            // The posterior kernel runs where a solve would: its CPU twin on the reference.
+            let (posterior, joint, label) = with_device(device, |picked| match picked {
+                Picked::Cpu(label) => {
+                    let (posterior, joint) = softvi::engine::cpu::task_posterior(&inputs);
+                    Ok((posterior, joint, label))
                 }
-            };
+                Picked::Gpu(gpu) => {
+                    let (posterior, joint) = TaskPosterior::new(gpu.context())?.run(&inputs)?;
+                    Ok((posterior, joint, MdpSolver::label(gpu)))
+                }
+            })?;
             check_possible(&inputs, &joint)?;
             Ok((posterior, joint, label))
         })
