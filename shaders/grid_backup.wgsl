@@ -41,6 +41,8 @@ override WRITE_Q: bool = false;
 @group(0) @binding(6) var<storage, read_write> partials: array<vec4<f32>>; // [task][group]
 // grid_policy: pi (Q with WRITE_Q) [task][row][col][action].
 @group(0) @binding(7) var<storage, read_write> policy: array<f32>;
+// grid_backup: NOT_FROZEN, or the task stopped iterating and is copied (shared/residual_stats.wgsl).
+@group(0) @binding(8) var<storage, read> frozen: array<u32>;             // [task]
 
 fn step_cost(a: u32) -> f32 {
     return params.step_cost[a / 4u][a % 4u];
@@ -183,7 +185,9 @@ fn quad_reward(q: Quad) -> vec4<f32> {
 fn grid_backup(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     var stats = NO_STATS;
     let q = locate(wid, lid);
-    if q.valid && q.fixed != 15u {
+    if q.valid && q.fixed != 15u && frozen[q.task] != NOT_FROZEN {
+        v_out[q.out_index] = v_in[q.in_index];
+    } else if q.valid && q.fixed != 15u {
         let up = row_above(q);
         let down = row_below(q);
         let l = step_left(q);

@@ -62,6 +62,8 @@ struct MdpParams {
 @group(0) @binding(8) var<storage, read_write> partials: array<vec4<f32>>; // [task][group]
 // mdp_policy: pi (Q with WRITE_Q) [task][state][action].
 @group(0) @binding(9) var<storage, read_write> out: array<f32>;
+// mdp_backup: NOT_FROZEN, or the task stopped iterating and is copied (shared/residual_stats.wgsl).
+@group(0) @binding(10) var<storage, read> frozen: array<u32>;     // [task]
 
 // One state of one task of the band.
 struct Item {
@@ -137,7 +139,10 @@ fn finish(acc: vec2<f32>) -> f32 {
 fn mdp_backup(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     var stats = NO_STATS;
     let item = locate(wid, lid);
-    if item.valid && !item.fixed {
+    if item.valid && !item.fixed && frozen[item.task] != NOT_FROZEN {
+        let here = item.task * params.states + item.state;
+        v_out[here - params.out_origin] = v_in[here - params.v_in_origin];
+    } else if item.valid && !item.fixed {
         var acc = vec2<f32>(action_value(item, 0u), 1.0);
         for (var a = 1u; a < params.actions; a++) {
             acc = fold(acc, action_value(item, a));

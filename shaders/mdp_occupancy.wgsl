@@ -55,6 +55,8 @@ struct OccupancyParams {
 @group(0) @binding(7) var<storage, read_write> partials: array<vec4<f32>>; // [task][group]
 @group(0) @binding(8) var<storage, read> start: array<f32>;            // [task][state]
 @group(0) @binding(9) var<storage, read_write> weights: array<f32>;    // [task][entry]
+// mdp_occupancy: NOT_FROZEN, or the task stopped iterating and is copied (shared/residual_stats.wgsl).
+@group(0) @binding(10) var<storage, read> frozen: array<u32>;          // [task]
 
 @compute @workgroup_size(WORKGROUP_SIZE, 1, 1)
 fn mdp_occupancy(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
@@ -63,29 +65,12 @@ fn mdp_occupancy(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocatio
     if index < params.state_count {
         let task = params.task_base + wid.z;
         let target_state = params.state_base + index;
-        let first = incoming_indptr[target_state - params.indptr_origin] - params.entry_origin;
-        let end = incoming_indptr[target_state + 1u - params.indptr_origin] - params.entry_origin;
-        let d_base = task * params.states - params.d_in_origin;
-        var inflow = 0.0;
-        if WEIGHTED {
-            let w_base = task * params.entries + params.entry_origin - params.weight_origin;
-            for (var k = first; k < end; k++) {
-                inflow += d_in[d_base + incoming[k] / ACTIONS] * weights[w_base + k];
-            }
-        } else {
-            let pi_base = task * params.states * ACTIONS - params.policy_origin;
-            for (var k = first; k < end; k++) {
-                let row = incoming[k];
-                inflow += d_in[d_base + row / ACTIONS] * policy[pi_base + row] * incoming_probs[k];
-            }
-        }
         let here = task * params.states + target_state;
-        var updated = params.gamma * inflow;
-        if ADD_START {
-            updated += start[here - params.out_origin];
+        if frozen[task] != NOT_FROZEN {
+            d_out[here - params.out_origin] = d_in[here - params.d_in_origin];
+        } else {
+            stats = occupancy_update(task, target_state);
         }
-        d_out[here - params.out_origin] = updated;
-        stats = element_stats(updated - d_in[here - params.d_in_origin], updated);
     }
     if WRITE_RESIDUAL {
         let total = workgroup_stats(lid, stats);
@@ -95,6 +80,33 @@ fn mdp_occupancy(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocatio
             partials[slot] = total;
         }
     }
+}
+
+// d_out of `target_state` of `task`; returns its element statistics.
+fn occupancy_update(task: u32, target_state: u32) -> vec4<f32> {
+    let first = incoming_indptr[target_state - params.indptr_origin] - params.entry_origin;
+    let end = incoming_indptr[target_state + 1u - params.indptr_origin] - params.entry_origin;
+    let d_base = task * params.states - params.d_in_origin;
+    var inflow = 0.0;
+    if WEIGHTED {
+        let w_base = task * params.entries + params.entry_origin - params.weight_origin;
+        for (var k = first; k < end; k++) {
+            inflow += d_in[d_base + incoming[k] / ACTIONS] * weights[w_base + k];
+        }
+    } else {
+        let pi_base = task * params.states * ACTIONS - params.policy_origin;
+        for (var k = first; k < end; k++) {
+            let row = incoming[k];
+            inflow += d_in[d_base + row / ACTIONS] * policy[pi_base + row] * incoming_probs[k];
+        }
+    }
+    let here = task * params.states + target_state;
+    var updated = params.gamma * inflow;
+    if ADD_START {
+        updated += start[here - params.out_origin];
+    }
+    d_out[here - params.out_origin] = updated;
+    return element_stats(updated - d_in[here - params.d_in_origin], updated);
 }
 
 // weights[task][k] = pi(a|s) P(s'|s,a) for the entries k into each state s' of the band, from

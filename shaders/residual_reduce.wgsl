@@ -1,9 +1,10 @@
 // Convergence check on the GPU: reduces the per-workgroup statistics that a residual sweep
-// (grid_backup, mdp_backup, mdp_occupancy) wrote, records them per check, and, once the
-// residual is within tolerance, zeroes the indirect dispatch arguments so that the rest of the
-// submission's sweeps do nothing.
-// Until then it estimates each task's convergence rate and, when the estimate has settled,
-// asks `extrapolate` (shaders/extrapolate.wgsl) to jump ahead along the slowest mode.
+// (grid_backup, mdp_backup, mdp_occupancy) wrote and records them per check. A task whose
+// residual is within tolerance freezes (`frozen`: the sweeps copy it from then on); once every
+// task has, it zeroes the indirect dispatch arguments so that the rest of the submission's
+// sweeps do nothing.
+// For the tasks still iterating it estimates the convergence rate and, when the estimate has
+// settled, asks `extrapolate` (shaders/extrapolate.wgsl) to jump ahead along the slowest mode.
 // CPU twin: `engine::cpu::SweepStats`, `engine::schedule::ConvergenceMonitor`, `engine::schedule::RateExtrapolator`.
 
 // Joined after shared/constants.wgsl and shared/residual_stats.wgsl
@@ -42,7 +43,7 @@ struct ReduceParams {
 // Keep in sync with `engine::gpu::CONTROL_*` offsets.
 struct Control {
     check_count: u32,     // checks done in this submission
-    converged_check: u32, // index of the first converged check, or NOT_CONVERGED
+    converged_check: u32, // index of the check at which every task had frozen, or NOT_CONVERGED
     _pad0: u32,
     _pad1: u32,
     // [band][x, y, z] workgroup counts of the sweep dispatches, then of the extrapolation
@@ -60,6 +61,8 @@ struct Control {
 // After this check: factor > 0 jumps (V += factor * (V - V_prev), keeping a backup of V),
 // ROLLBACK restores the backup, 0 does nothing.
 @group(0) @binding(5) var<storage, read_write> extrapolation: array<f32>; // [task]
+// NOT_FROZEN, or the index (in its submission) of the check at which the task converged.
+@group(0) @binding(6) var<storage, read_write> frozen: array<u32>; // [task]
 
 // One workgroup per task: (max |dV|, min dV, max |V|, any active) over the task's cells.
 @compute @workgroup_size(WORKGROUP_SIZE, 1, 1)
@@ -82,55 +85,37 @@ fn within_tolerance(stats: vec4<f32>) -> bool {
     return stats.x <= max(params.tol, RESIDUAL_FLOOR * stats.z) && stats.x < HUGE && stats.z < HUGE;
 }
 
-// Single invocation: decides convergence on every task's residual of this check, then the
-// extrapolation factors of the tasks still iterating.
+// Single invocation: freezes every task still iterating whose residual of this check is within
+// tolerance, then decides the extrapolation factors of the tasks still iterating.
 @compute @workgroup_size(1, 1, 1)
 fn convergence_decide() {
     let check = control.check_count;
     let sweep_args = 3u * params.band_count;
     if control.converged_check == NOT_CONVERGED {
-        var all_within = params.tol >= 0.0;
-        for (var t = 0u; t < params.task_count; t++) {
-            all_within = all_within && within_tolerance(checks[check * params.task_count + t]);
-        }
+        var all_frozen = true;
         var any_jump = false;
-        if all_within {
+        for (var t = 0u; t < params.task_count; t++) {
+            var factor = 0.0;
+            let stats = checks[check * params.task_count + t];
+            if frozen[t] != NOT_FROZEN {
+                // Stopped at an earlier check.
+            } else if params.tol >= 0.0 && within_tolerance(stats) {
+                frozen[t] = check;
+            } else {
+                all_frozen = false;
+                if params.extrapolate != 0u {
+                    factor = jump_factor(t, stats);
+                }
+            }
+            if params.extrapolate != 0u {
+                extrapolation[t] = factor;
+            }
+            any_jump = any_jump || factor != 0.0;
+        }
+        if all_frozen {
             control.converged_check = check;
             for (var i = 0u; i < sweep_args; i++) {
                 control.dispatch_args[i] = 0u;
-            }
-        } else if params.extrapolate != 0u {
-            for (var t = 0u; t < params.task_count; t++) {
-                let stats = checks[check * params.task_count + t];
-                let r = stats.x;
-                var h = history[2u * t];
-                var jump = history[2u * t + 1u];
-                h = vec4<f32>(h.y, h.z, r, h.w + 1.0);
-                var factor = 0.0;
-                // A jump is kept only if the residual 16 sweeps later is below the residual
-                // at the jump; otherwise V goes back to its backup and jumps stop for the task.
-                if jump.y == JUMP_PENDING {
-                    if r > jump.x {
-                        factor = ROLLBACK;
-                        jump.y = JUMP_DISABLED;
-                    } else {
-                        jump.y = JUMP_ALLOWED;
-                    }
-                }
-                if jump.y == JUMP_ALLOWED && h.w >= 3.0 && h.x > 0.0 && h.y > 0.0 && r > 0.0 && !within_tolerance(stats) {
-                    // Per-sweep contraction rates over the last two check windows.
-                    let newer = pow(h.z / h.y, 1.0 / CHECK_INTERVAL);
-                    let older = pow(h.y / h.x, 1.0 / CHECK_INTERVAL);
-                    if abs(newer - older) < RATE_AGREEMENT && newer < params.gamma {
-                        factor = newer / (1.0 - newer);
-                        h.w = 0.0;
-                        jump = vec4<f32>(r, JUMP_PENDING, 0.0, 0.0);
-                    }
-                }
-                history[2u * t] = h;
-                history[2u * t + 1u] = jump;
-                extrapolation[t] = factor;
-                any_jump = any_jump || factor != 0.0;
             }
         }
         for (var i = 0u; i < sweep_args; i++) {
@@ -138,4 +123,37 @@ fn convergence_decide() {
         }
     }
     control.check_count = check + 1u;
+}
+
+// The extrapolation factor of task `t`, still iterating and not within tolerance, from this
+// check's `stats`; updates its history.
+fn jump_factor(t: u32, stats: vec4<f32>) -> f32 {
+    let r = stats.x;
+    var h = history[2u * t];
+    var jump = history[2u * t + 1u];
+    h = vec4<f32>(h.y, h.z, r, h.w + 1.0);
+    var factor = 0.0;
+    // A jump is kept only if the residual 16 sweeps later is below the residual at the jump;
+    // otherwise V goes back to its backup and jumps stop for the task.
+    if jump.y == JUMP_PENDING {
+        if r > jump.x {
+            factor = ROLLBACK;
+            jump.y = JUMP_DISABLED;
+        } else {
+            jump.y = JUMP_ALLOWED;
+        }
+    }
+    if jump.y == JUMP_ALLOWED && h.w >= 3.0 && h.x > 0.0 && h.y > 0.0 && r > 0.0 {
+        // Per-sweep contraction rates over the last two check windows.
+        let newer = pow(h.z / h.y, 1.0 / CHECK_INTERVAL);
+        let older = pow(h.y / h.x, 1.0 / CHECK_INTERVAL);
+        if abs(newer - older) < RATE_AGREEMENT && newer < params.gamma {
+            factor = newer / (1.0 - newer);
+            h.w = 0.0;
+            jump = vec4<f32>(r, JUMP_PENDING, 0.0, 0.0);
+        }
+    }
+    history[2u * t] = h;
+    history[2u * t + 1u] = jump;
+    return factor;
 }

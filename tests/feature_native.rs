@@ -17,6 +17,7 @@ use common::*;
 use softvi::engine::cpu::action_values;
 use softvi::engine::layout::GridInputs;
 use softvi::engine::native::solve_native;
+use softvi::engine::schedule::RESIDUAL_FLOOR;
 use softvi::{
     ActionSet, Backup, Connectivity, CpuReference, Grid, GridProblem, GridSolver, GridTask,
     Horizon, MoveCost, NativeSolver, Outputs, Solution, SolveOptions, keep_going, solve_cpu,
@@ -61,6 +62,14 @@ fn assert_hard_policy_optimal(
     }
 }
 
+/// The largest finite |V|, at least 1.
+fn value_scale(values: &[f32]) -> f64 {
+    values
+        .iter()
+        .filter(|v| v.is_finite())
+        .fold(1.0f64, |m, &v| m.max(v.abs() as f64))
+}
+
 /// Native vs reference on one problem; returns the value error.
 fn compare(problem: &GridProblem, options: &SolveOptions, label: &str) -> f64 {
     let outputs = Outputs {
@@ -82,11 +91,10 @@ fn compare(problem: &GridProblem, options: &SolveOptions, label: &str) -> f64 {
         }
         Horizon::Infinite { tol, .. } => {
             let g = options.gamma;
-            let scale = cpu
-                .values
-                .iter()
-                .filter(|v| v.is_finite())
-                .fold(1.0f64, |m, &v| m.max(v.abs() as f64));
+            let scale = value_scale(&cpu.values);
+            // Each side stops within its threshold max(tol, RESIDUAL_FLOOR * max |V|) of a
+            // sweep: tol g / (1 - g) from the fixed point.
+            let tol = tol.max(RESIDUAL_FLOOR * scale);
             let bound = 2.0 * tol * g / (1.0 - g) + 8.0 * f32::EPSILON as f64 * scale / (1.0 - g);
             let err = max_abs_error(&fast.values, &cpu.values);
             assert!(err <= bound, "{label}: value error {err} > bound {bound}");
@@ -116,6 +124,7 @@ fn compare(problem: &GridProblem, options: &SolveOptions, label: &str) -> f64 {
             Horizon::Finite(_) => 1e-4,
             // pi depends on Q - V; both sides' V differ by at most the value bound above.
             Horizon::Infinite { tol, .. } => {
+                let tol = tol.max(RESIDUAL_FLOOR * value_scale(&cpu.values));
                 1e-4 + 4.0 * tol / (1.0 - options.gamma) / options.alpha
             }
         };

@@ -3,6 +3,7 @@
 
 mod common;
 
+use softvi::engine::schedule::RESIDUAL_FLOOR;
 use softvi::world::grid_mdp::GridMdp;
 use softvi::{
     Backup, Connectivity, Horizon, MdpEngine, Outputs, SolveOptions, keep_going, solve_cpu,
@@ -48,11 +49,19 @@ fn grid_as_mdp_solves_like_the_grid() {
                 5 + 4 * (connectivity == Connectivity::Eight) as usize - (!stay) as usize,
             );
             // Same f64 math in another summation order: f32 rounding of the outputs for a
-            // finite horizon; an infinite one stops within tol of the fixed point on each
-            // side, 2 tol gamma / (1 - gamma) = 3.8e-6 apart at most.
+            // finite horizon; an infinite one stops within its threshold
+            // max(tol, RESIDUAL_FLOOR max |V|) of a sweep on each side, so within
+            // 2 threshold gamma / (1 - gamma) of each other (|V| >= 1 makes that bound relative).
+            let scale = grid
+                .values
+                .iter()
+                .filter(|v| v.is_finite())
+                .fold(0.0f64, |m, &v| m.max(v.abs() as f64));
             let bound = match horizon {
                 Horizon::Finite(_) => 1e-6,
-                Horizon::Infinite { .. } => 1e-6 + 2.0 * 1e-7 * 0.95 / 0.05,
+                Horizon::Infinite { tol, .. } => {
+                    1e-6 + 2.0 * tol.max(RESIDUAL_FLOOR * scale) * 0.95 / 0.05
+                }
             };
             let dv = common::max_relative_error(&values, &grid.values);
             assert!(dv <= bound, "{what}: CPU values differ by {dv}");

@@ -58,13 +58,14 @@ fn cold_cpu(problem: &GridProblem, options: &SolveOptions) -> (Vec<f64>, u32, Ve
     let mut watch = keep_going;
     let run = iterate_cpu(
         options,
+        inputs.tasks,
         vec![0.0; inputs.tasks * inputs.cells()],
         &inputs.fixed,
         |v_in, v_out| grid_backup(&inputs, v_in, v_out),
         &mut watch,
     )
     .unwrap();
-    (run.v, run.sweeps, run.verdict)
+    (run.v, run.sweeps, run.outcomes.verdict)
 }
 
 /// A free cell of `grid` at about `fraction` of its free cells.

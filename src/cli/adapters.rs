@@ -14,12 +14,13 @@ pub(super) fn adapters_command() -> Result<i32> {
         let info = a.get_info();
         let limits = a.limits();
         println!(
-            "{i}: {} ({}), {:?}, max storage binding {} MiB, max buffer {} MiB",
+            "{i}: {} ({}), {:?}, max storage binding {} MiB, max buffer {} MiB, {} storage buffers per stage",
             info.name,
             info.backend,
             info.device_type,
             limits.max_storage_buffer_binding_size >> 20,
-            limits.max_buffer_size >> 20
+            limits.max_buffer_size >> 20,
+            limits.max_storage_buffers_per_shader_stage
         );
     }
     Ok(0)

@@ -77,41 +77,33 @@ impl RateExtrapolator {
         }
     }
 
-    /// Takes one check's statistics of a solve that has not converged; returns each task's
-    /// extrapolation factor: > 0 jump, [`ROLLBACK`], or 0 (nothing). A rate is trusted only
-    /// below gamma, the contraction factor that bounds every mode. Mirrors
-    /// `convergence_decide`.
-    pub fn observe(&mut self, tol: f64, gamma: f64, stats: &[SweepStats]) -> Vec<f64> {
-        let mut factors = vec![0.0; stats.len()];
-        for (t, s) in stats.iter().enumerate() {
-            let h = &mut self.history[t];
-            let (at_jump, state) = &mut self.jump[t];
-            *h = [h[1], h[2], s.max_abs_delta, h[3] + 1.0];
-            if *state == JumpState::Pending {
-                if s.max_abs_delta > *at_jump {
-                    factors[t] = ROLLBACK;
-                    *state = JumpState::Disabled;
-                } else {
-                    *state = JumpState::Allowed;
-                }
-            }
-            if *state == JumpState::Allowed
-                && h[3] >= 3.0
-                && h[0] > 0.0
-                && h[1] > 0.0
-                && h[2] > 0.0
-                && !within_tolerance(tol, s)
-            {
-                let newer = (h[2] / h[1]).powf(1.0 / CHECK_INTERVAL as f64);
-                let older = (h[1] / h[0]).powf(1.0 / CHECK_INTERVAL as f64);
-                if (newer - older).abs() < RATE_AGREEMENT && newer < gamma {
-                    factors[t] = newer / (1.0 - newer);
-                    h[3] = 0.0;
-                    (*at_jump, *state) = (s.max_abs_delta, JumpState::Pending);
-                }
+    /// Takes one check's statistics of task `t`, which is still iterating and not within
+    /// tolerance; returns its extrapolation factor: > 0 jump, [`ROLLBACK`], or 0 (nothing). A
+    /// rate is trusted only below gamma, the contraction factor that bounds every mode.
+    /// Mirrors the per-task loop of `convergence_decide`.
+    pub fn observe(&mut self, t: usize, gamma: f64, stats: &SweepStats) -> f64 {
+        let h = &mut self.history[t];
+        let (at_jump, state) = &mut self.jump[t];
+        *h = [h[1], h[2], stats.max_abs_delta, h[3] + 1.0];
+        let mut factor = 0.0;
+        if *state == JumpState::Pending {
+            if stats.max_abs_delta > *at_jump {
+                factor = ROLLBACK;
+                *state = JumpState::Disabled;
+            } else {
+                *state = JumpState::Allowed;
             }
         }
-        factors
+        if *state == JumpState::Allowed && h[3] >= 3.0 && h[0] > 0.0 && h[1] > 0.0 && h[2] > 0.0 {
+            let newer = (h[2] / h[1]).powf(1.0 / CHECK_INTERVAL as f64);
+            let older = (h[1] / h[0]).powf(1.0 / CHECK_INTERVAL as f64);
+            if (newer - older).abs() < RATE_AGREEMENT && newer < gamma {
+                factor = newer / (1.0 - newer);
+                h[3] = 0.0;
+                (*at_jump, *state) = (stats.max_abs_delta, JumpState::Pending);
+            }
+        }
+        factor
     }
 }
 
@@ -175,51 +167,81 @@ pub fn sweep_budget(horizon: &Horizon) -> u32 {
     }
 }
 
-/// Watches the per-task statistics of successive checks and says when to stop.
+/// Watches the per-task statistics of successive checks: each task stops iterating (is
+/// frozen, its values and statistics kept) at the first check where it converged or
+/// diverged, and the solve stops once every task has. So a task's iteration, and every bit of
+/// its result, is the same whatever batch it is solved in: alone, in a chunk, on one adapter
+/// of several, or in a shard of `softvi solve --tasks I/N`.
 #[derive(Clone, Debug)]
 pub struct ConvergenceMonitor {
-    tol: Option<f64>,
     undiscounted: bool,
     streak: Vec<u32>,
     last_residual: Vec<f64>,
+    ended: Vec<Option<TaskEnd>>,
+}
+
+/// Where and how one task stopped iterating before the sweep budget ran out.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct TaskEnd {
+    /// Sweeps the task had when it stopped.
+    pub sweeps: u32,
+    /// Its statistics at that check.
+    pub stats: SweepStats,
+    /// Converged (within tolerance) or diverged.
+    pub converged: bool,
 }
 
 /// What a check decided.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Verdict {
-    /// Keep iterating.
+    /// Keep iterating: some task is still iterating.
     Continue,
     /// Every task's residual is within tol.
     Converged,
-    /// These tasks diverged.
+    /// These tasks diverged (and every other one converged or ran out of sweeps).
     Diverged(Vec<usize>),
+}
+
+/// Per task, how an iteration ended: what every solve reports.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TaskOutcomes {
+    /// Converged when every task converged; the diverged tasks if any; else `Continue` (the
+    /// budget ran out with some task still iterating).
+    pub verdict: Verdict,
+    /// Sweeps each task had: when it stopped, else the whole budget.
+    pub iterations: Vec<u32>,
+    /// Each task's statistics at its last check.
+    pub last: Vec<SweepStats>,
+    /// Whether each task converged.
+    pub converged: Vec<bool>,
 }
 
 impl ConvergenceMonitor {
     /// A monitor for `tasks` tasks under `options`.
     pub fn new(options: &SolveOptions, tasks: usize) -> Self {
-        let tol = match options.horizon {
-            Horizon::Finite(_) => None,
-            Horizon::Infinite { tol, .. } => Some(tol),
-        };
         Self {
-            tol,
             undiscounted: options.excludes_unreachable(),
             streak: vec![0; tasks],
             last_residual: vec![f64::INFINITY; tasks],
+            ended: vec![None; tasks],
         }
     }
 
-    /// Takes one check's per-task statistics.
+    /// Takes one check's per-task statistics after `sweeps` sweeps, and `converged`: the
+    /// tasks `convergence_decide` found within tolerance at this check (newly frozen). Tasks
+    /// that ended at an earlier check are left alone.
     ///
     /// Divergence: a value beyond [`VALUE_LIMIT`] (or not finite); or, with gamma = 1, a task
     /// whose updated values all rose while its residual did not shrink (by 0.1%) for
     /// [`DIVERGENCE_PATIENCE`] consecutive checks: the growth mode of a soft Bellman operator
     /// with no finite fixed point. A converging undiscounted solve either falls towards its
-    /// fixed point (values drop from 0) or approaches it with a shrinking residual.
-    pub fn observe(&mut self, stats: &[SweepStats]) -> Verdict {
-        let mut diverged = Vec::new();
+    /// fixed point (values drop from 0) or approaches it with a shrinking residual. It is
+    /// judged first, so a runaway that also looks within tolerance counts as diverged.
+    pub fn observe(&mut self, sweeps: u32, stats: &[SweepStats], converged: &[bool]) -> Verdict {
         for (t, s) in stats.iter().enumerate() {
+            if self.ended[t].is_some() {
+                continue;
+            }
             let runaway = !(s.max_abs_value <= VALUE_LIMIT && s.max_abs_delta.is_finite());
             let rising = self.undiscounted
                 && s.active
@@ -229,16 +251,64 @@ impl ConvergenceMonitor {
             if s.active {
                 self.last_residual[t] = s.max_abs_delta;
             }
-            if runaway || self.streak[t] >= DIVERGENCE_PATIENCE {
-                diverged.push(t);
+            let diverged = runaway || self.streak[t] >= DIVERGENCE_PATIENCE;
+            if diverged || converged[t] {
+                self.ended[t] = Some(TaskEnd {
+                    sweeps,
+                    stats: *s,
+                    converged: !diverged,
+                });
             }
         }
-        if !diverged.is_empty() {
-            return Verdict::Diverged(diverged);
+        match self.ended.iter().all(Option::is_some) {
+            true => self.verdict(),
+            false => Verdict::Continue,
         }
-        match self.tol {
-            Some(tol) if stats.iter().all(|s| within_tolerance(tol, s)) => Verdict::Converged,
-            _ => Verdict::Continue,
+    }
+
+    /// Whether each task has stopped iterating.
+    pub fn frozen(&self) -> Vec<bool> {
+        self.ended.iter().map(Option::is_some).collect()
+    }
+
+    /// Whether task `t` has stopped iterating.
+    pub fn is_frozen(&self, t: usize) -> bool {
+        self.ended[t].is_some()
+    }
+
+    /// Converged when every task converged, the diverged tasks if any, else `Continue`.
+    fn verdict(&self) -> Verdict {
+        let diverged: Vec<usize> = (self.ended.iter().enumerate())
+            .filter(|(_, e)| e.is_some_and(|e| !e.converged))
+            .map(|(t, _)| t)
+            .collect();
+        if !diverged.is_empty() {
+            Verdict::Diverged(diverged)
+        } else if self.ended.iter().all(|e| e.is_some_and(|e| e.converged)) {
+            Verdict::Converged
+        } else {
+            Verdict::Continue
+        }
+    }
+
+    /// The outcome once the iteration stopped after `sweeps` sweeps, `last` the statistics of
+    /// the last check (which tasks still iterating keep).
+    pub fn outcomes(&self, sweeps: u32, last: &[SweepStats]) -> TaskOutcomes {
+        let ended = |t: usize| self.ended.get(t).copied().flatten();
+        let n = self.ended.len().max(last.len());
+        TaskOutcomes {
+            verdict: self.verdict(),
+            iterations: (0..n)
+                .map(|t| ended(t).map_or(sweeps, |e| e.sweeps))
+                .collect(),
+            last: (0..n)
+                .map(|t| {
+                    ended(t).map_or_else(|| last.get(t).copied().unwrap_or_default(), |e| e.stats)
+                })
+                .collect(),
+            converged: (0..n)
+                .map(|t| ended(t).is_some_and(|e| e.converged))
+                .collect(),
         }
     }
 }
@@ -274,18 +344,14 @@ pub fn with_unbounded(verdict: Verdict, unbounded: &[bool]) -> Verdict {
     Verdict::Diverged(tasks)
 }
 
-/// Final per-task statuses once iteration stopped after `verdict`, from each task's last
-/// check statistics.
-pub fn final_status(options: &SolveOptions, verdict: &Verdict, last: &[SweepStats]) -> Vec<Status> {
-    let within = |t: usize| match options.horizon {
-        Horizon::Infinite { tol, .. } => within_tolerance(tol, &last[t]),
-        Horizon::Finite(_) => false,
-    };
-    (0..last.len())
+/// Final per-task statuses once iteration stopped after `verdict` (with
+/// [`with_unbounded`] applied), `converged` the tasks the monitor saw converge.
+pub fn final_status(options: &SolveOptions, verdict: &Verdict, converged: &[bool]) -> Vec<Status> {
+    (0..converged.len())
         .map(|t| match verdict {
             Verdict::Diverged(tasks) if tasks.contains(&t) => Status::Diverged,
             _ if matches!(options.horizon, Horizon::Finite(_)) => Status::Horizon,
-            _ if within(t) => Status::Converged,
+            _ if converged[t] => Status::Converged,
             _ => Status::MaxIters,
         })
         .collect()

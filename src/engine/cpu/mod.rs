@@ -14,7 +14,8 @@
 //! `shaders/task_posterior.wgsl` <-> [`task_posterior::task_posterior`],
 //! `shaders/residual_reduce.wgsl::residual_reduce` <-> [`residual_reduce::residual_reduce`],
 //! `shaders/residual_reduce.wgsl::convergence_decide` <-> [`residual_reduce::convergence_decide`]
-//! (with [`crate::engine::schedule::RateExtrapolator`]).
+//! (with [`crate::engine::schedule::RateExtrapolator`]), the `frozen` branch of every
+//! backup kernel (`grid_backup`, `mdp_backup`, `mdp_occupancy`) <-> [`hold_frozen`].
 
 pub mod extrapolate;
 pub mod grid_backup;
@@ -38,6 +39,18 @@ pub use solve::{
 pub use task_posterior::task_posterior;
 
 use crate::engine::solution::Real;
+
+/// Twin of the `frozen` branch of the backup kernels: a task that stopped iterating at an
+/// earlier check (converged or diverged) keeps its values, `v_out = v_in`, and reports no
+/// updated element. Arrays are `[task][state]`, `frozen` and `stats` `[task]`.
+pub fn hold_frozen(frozen: &[bool], v_in: &[f64], v_out: &mut [f64], stats: &mut [SweepStats]) {
+    let states = v_in.len() / frozen.len().max(1);
+    for (t, _) in frozen.iter().enumerate().filter(|(_, f)| **f) {
+        let range = t * states..(t + 1) * states;
+        v_out[range.clone()].copy_from_slice(&v_in[range]);
+        stats[t] = SweepStats::default();
+    }
+}
 
 /// Two Q values closer than this (relative to max(1, |max Q|)) tie for the hard-max policy;
 /// the first maximising action wins. Same constant as `TIE_RELATIVE` in the shader.

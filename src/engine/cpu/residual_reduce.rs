@@ -64,25 +64,34 @@ pub fn residual_reduce(partials: &[SweepStats]) -> SweepStats {
         .fold(SweepStats::default(), |acc, &p| acc.combine(p))
 }
 
-/// Twin of `convergence_decide`: the batch has converged when every task's residual is
-/// within tolerance (`tol` is `None` for a finite horizon, which never converges early);
-/// otherwise, when `extrapolator` is given (extrapolation on), each task's jump factor
-/// (> 0 jump, [`crate::engine::schedule::ROLLBACK`], 0 nothing), else no factors.
+/// Twin of `convergence_decide`: each task still iterating (not `frozen`) whose residual is
+/// within tolerance freezes (`tol` is `None` for a finite horizon, where none does); when
+/// `extrapolator` is given (extrapolation on), every other task still iterating gets its jump
+/// factor (> 0 jump, [`crate::engine::schedule::ROLLBACK`], 0 nothing). Returns the tasks
+/// frozen at this check and the factors (empty without an extrapolator).
 pub fn convergence_decide(
     tol: Option<f64>,
     gamma: f64,
-    extrapolator: Option<&mut crate::engine::schedule::RateExtrapolator>,
+    mut extrapolator: Option<&mut crate::engine::schedule::RateExtrapolator>,
     stats: &[SweepStats],
-) -> (bool, Vec<f64>) {
-    let converged = tol.is_some_and(|tol| {
-        stats
-            .iter()
-            .all(|s| crate::engine::schedule::within_tolerance(tol, s))
-    });
-    match (converged, tol, extrapolator) {
-        (false, Some(tol), Some(extrapolator)) => (false, extrapolator.observe(tol, gamma, stats)),
-        _ => (converged, Vec::new()),
+    frozen: &[bool],
+) -> (Vec<bool>, Vec<f64>) {
+    let mut newly = vec![false; stats.len()];
+    let mut factors = match extrapolator {
+        Some(_) => vec![0.0; stats.len()],
+        None => Vec::new(),
+    };
+    for (t, s) in stats.iter().enumerate() {
+        if frozen[t] {
+            continue;
+        }
+        if tol.is_some_and(|tol| crate::engine::schedule::within_tolerance(tol, s)) {
+            newly[t] = true;
+        } else if let (Some(extrapolator), Some(_)) = (extrapolator.as_deref_mut(), tol) {
+            factors[t] = extrapolator.observe(t, gamma, s);
+        }
     }
+    (newly, factors)
 }
 
 #[cfg(test)]

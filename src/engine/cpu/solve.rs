@@ -7,14 +7,14 @@ use crate::error::{Error, Result};
 
 use super::residual_reduce::{SweepStats, convergence_decide};
 use super::{
-    extrapolate, grid_backup, grid_policy, mdp_backup, mdp_occupancy, mdp_occupancy_weights,
-    mdp_policy,
+    extrapolate, grid_backup, grid_policy, hold_frozen, mdp_backup, mdp_occupancy,
+    mdp_occupancy_weights, mdp_policy,
 };
 use crate::engine::layout::{GridInputs, MdpInputs};
 use crate::engine::options::{Horizon, Outputs, SolveOptions};
 use crate::engine::schedule::{
-    ConvergenceMonitor, OnProgress, Progress, RateExtrapolator, Verdict, check_windows,
-    final_status, keep_going, sweep_budget, with_unbounded,
+    ConvergenceMonitor, OnProgress, Progress, RateExtrapolator, TaskOutcomes, Verdict,
+    check_windows, final_status, keep_going, sweep_budget, with_unbounded,
 };
 use crate::engine::solution::{
     Marks, MdpSolution, Occupancy, Real, Solution, Status, TimeSteps, check_mdp_solve,
@@ -26,16 +26,14 @@ use crate::world::mdp::TabularMdp;
 
 /// Where a CPU iteration stopped.
 pub struct CpuIteration {
-    /// The last values, `[task][state]`.
+    /// The last values, `[task][state]` (a frozen task's since it stopped).
     pub v: Vec<f64>,
     /// The values the last sweep read (V_1 for a finite horizon).
     pub v_prev: Vec<f64>,
-    /// Statistics of the last checked sweep, per task.
-    pub last: Vec<SweepStats>,
-    /// Sweeps applied.
+    /// Sweeps applied (the most of any task).
     pub sweeps: u32,
-    /// Why it stopped.
-    pub verdict: Verdict,
+    /// How each task ended.
+    pub outcomes: TaskOutcomes,
 }
 
 /// Where an iteration on the check schedule stopped, over any state type.
@@ -44,59 +42,67 @@ pub struct Checked<S> {
     pub state: S,
     /// The state the last sweep read (V_1 for a finite horizon).
     pub previous: S,
-    /// Statistics of the last checked sweep, per task.
-    pub last: Vec<SweepStats>,
-    /// Sweeps applied.
+    /// Sweeps applied (the most of any task).
     pub sweeps: u32,
-    /// Why it stopped.
-    pub verdict: Verdict,
+    /// How each task ended.
+    pub outcomes: TaskOutcomes,
 }
 
 /// The check schedule every host-side engine runs (the CPU reference, the native engine), as
-/// the GPU path does: `sweep(state, next)` in windows of [`crate::engine::schedule::CHECK_INTERVAL`],
-/// then the convergence and divergence decisions, `progress`, and the rate extrapolation, which
-/// `jump(state, previous, factors)` applies (a factor > 0 jumps, [`ROLLBACK`] restores, 0
-/// leaves a task alone; it is called only when some factor is not 0).
+/// the GPU path does: `sweep(state, next, frozen)` in windows of
+/// [`crate::engine::schedule::CHECK_INTERVAL`] (a task flagged in `frozen` `[task]` must be
+/// copied unchanged, with default statistics), then the per-task convergence decisions
+/// ([`convergence_decide`]: a task within tolerance freezes), divergence
+/// ([`ConvergenceMonitor`]), `progress`, and the rate extrapolation of the tasks still
+/// iterating, which `jump(state, previous, factors)` applies (a factor > 0 jumps,
+/// [`ROLLBACK`] restores, 0 leaves a task alone; it is called only when some factor is not 0).
+/// The iteration stops when every one of the `tasks` tasks has frozen or the budget is spent.
 ///
 /// [`ROLLBACK`]: crate::engine::schedule::ROLLBACK
 pub fn iterate_checked<S: Clone>(
     options: &SolveOptions,
+    tasks: usize,
     start: S,
-    mut sweep: impl FnMut(&S, &mut S) -> Vec<SweepStats>,
+    mut sweep: impl FnMut(&S, &mut S, &[bool]) -> Vec<SweepStats>,
     mut jump: impl FnMut(&mut S, &S, &[f64]),
     progress: &mut OnProgress<'_>,
 ) -> Result<Checked<S>> {
     let mut state = start;
     let mut next = state.clone();
-    let mut monitor: Option<ConvergenceMonitor> = None;
+    let mut monitor = ConvergenceMonitor::new(options, tasks);
     let mut extrapolator: Option<RateExtrapolator> = None;
-    let mut verdict = Verdict::Continue;
+    let mut frozen = vec![false; tasks];
     let mut sweeps = 0u32;
-    let mut last = Vec::new();
+    let mut last = vec![SweepStats::default(); tasks];
+    let tol = match options.horizon {
+        Horizon::Infinite { tol, .. } => Some(tol),
+        Horizon::Finite(_) => None,
+    };
     for window in check_windows(sweep_budget(&options.horizon)) {
         for _ in 0..window {
-            last = sweep(&state, &mut next);
+            last = sweep(&state, &mut next, &frozen);
             std::mem::swap(&mut state, &mut next);
             sweeps += 1;
         }
-        let tasks = last.len();
-        verdict = monitor
-            .get_or_insert_with(|| ConvergenceMonitor::new(options, tasks))
-            .observe(&last);
+        let extrapolator = options
+            .uses_extrapolation()
+            .then(|| extrapolator.get_or_insert_with(|| RateExtrapolator::new(tasks)));
+        let (newly, mut factors) =
+            convergence_decide(tol, options.gamma, extrapolator, &last, &frozen);
+        let verdict = monitor.observe(sweeps, &last, &newly);
+        frozen = monitor.frozen();
         if progress(&Progress::after(options, sweeps, &last)).is_break() {
             return Err(Error::Cancelled { sweeps });
         }
         if verdict != Verdict::Continue {
             break;
         }
-        let tol = match options.horizon {
-            Horizon::Infinite { tol, .. } => Some(tol),
-            Horizon::Finite(_) => None,
-        };
-        let extrapolator = options
-            .uses_extrapolation()
-            .then(|| extrapolator.get_or_insert_with(|| RateExtrapolator::new(tasks)));
-        let (_, factors) = convergence_decide(tol, options.gamma, extrapolator, &last);
+        // A task that diverged at this check stops as it is.
+        for (f, &stop) in factors.iter_mut().zip(&frozen) {
+            if stop {
+                *f = 0.0;
+            }
+        }
         if factors.iter().any(|&f| f != 0.0) {
             jump(&mut state, &next, &factors);
         }
@@ -104,17 +110,18 @@ pub fn iterate_checked<S: Clone>(
     Ok(Checked {
         state,
         previous: next,
-        last,
         sweeps,
-        verdict,
+        outcomes: monitor.outcomes(sweeps, &last),
     })
 }
 
 /// The iteration both CPU references share: `sweep(v_in, v_out)` on the check schedule
-/// ([`iterate_checked`]) of `[task][state]` values from `v0`; `fixed` `[task][state]` marks
-/// the states extrapolation leaves alone.
+/// ([`iterate_checked`]) of `[task][state]` values from `v0` over `tasks` tasks, frozen tasks
+/// held by [`hold_frozen`]; `fixed` `[task][state]` marks the states extrapolation leaves
+/// alone.
 pub fn iterate_cpu(
     options: &SolveOptions,
+    tasks: usize,
     v0: Vec<f64>,
     fixed: &[bool],
     mut sweep: impl FnMut(&[f64], &mut [f64]) -> Vec<SweepStats>,
@@ -127,17 +134,21 @@ pub fn iterate_cpu(
     };
     let run = iterate_checked(
         options,
+        tasks,
         v0,
-        |v: &Vec<f64>, v_next: &mut Vec<f64>| sweep(v, v_next),
+        |v: &Vec<f64>, v_next: &mut Vec<f64>, frozen: &[bool]| {
+            let mut stats = sweep(v, v_next);
+            hold_frozen(frozen, v, v_next, &mut stats);
+            stats
+        },
         |v, v_prev, factors| extrapolate(fixed, v, v_prev, &mut backup, factors),
         progress,
     )?;
     Ok(CpuIteration {
         v: run.state,
         v_prev: run.previous,
-        last: run.last,
         sweeps: run.sweeps,
-        verdict: run.verdict,
+        outcomes: run.outcomes,
     })
 }
 
@@ -167,23 +178,22 @@ pub fn solve_cpu_with_progress(
     let inputs = GridInputs::new(problem, options);
     let start_values = grid_start_values_for(&inputs, options)
         .unwrap_or_else(|| vec![0.0f64; inputs.tasks * inputs.cells()]);
-    let run = iterate_cpu(
+    let CpuIteration {
+        v,
+        v_prev: v_next,
+        outcomes,
+        ..
+    } = iterate_cpu(
         options,
+        inputs.tasks,
         start_values,
         &inputs.fixed,
         |v_in, v_out| grid_backup(&inputs, v_in, v_out),
         progress,
     )?;
-    let CpuIteration {
-        v,
-        v_prev: v_next,
-        last,
-        sweeps,
-        verdict,
-    } = run;
-    let verdict = with_unbounded(verdict, &inputs.unbounded_tasks());
-    let status = final_status(options, &verdict, &last);
-    let residual = last.iter().map(|s| s.max_abs_delta).collect();
+    let verdict = with_unbounded(outcomes.verdict, &inputs.unbounded_tasks());
+    let status = final_status(options, &verdict, &outcomes.converged);
+    let residual = outcomes.last.iter().map(|s| s.max_abs_delta).collect();
     // After the swap, v_next holds the values the last sweep read (V_1 for a finite horizon).
     let policy_from = match options.horizon {
         Horizon::Finite(_) => &v_next,
@@ -205,7 +215,7 @@ pub fn solve_cpu_with_progress(
         values: marks.reported(&v, 1),
         policy: rows(outputs.policy, false),
         q: rows(outputs.q, true),
-        iterations: vec![sweeps; inputs.tasks],
+        iterations: outcomes.iterations,
         residual,
         status,
         unreachable: inputs.unreachable.clone(),
@@ -264,11 +274,11 @@ fn solve_mdp_cpu_as<T: Real>(
     let CpuIteration {
         v,
         v_prev,
-        last,
-        sweeps,
-        verdict,
+        outcomes,
+        ..
     } = iterate_cpu(
         options,
+        mdp.tasks,
         inputs.v0.clone(),
         &inputs.fixed,
         |v_in, v_out| {
@@ -280,8 +290,8 @@ fn solve_mdp_cpu_as<T: Real>(
         },
         progress,
     )?;
-    let verdict = with_unbounded(verdict, &inputs.unbounded_tasks());
-    let status = final_status(options, &verdict, &last);
+    let verdict = with_unbounded(outcomes.verdict, &inputs.unbounded_tasks());
+    let status = final_status(options, &verdict, &outcomes.converged);
     let diverged = status.contains(&Status::Diverged);
     let policy_from = match options.horizon {
         Horizon::Finite(_) => &v_prev,
@@ -316,8 +326,8 @@ fn solve_mdp_cpu_as<T: Real>(
                 p
             }),
             q,
-            iterations: vec![sweeps; mdp.tasks],
-            residual: last.iter().map(|s| s.max_abs_delta).collect(),
+            iterations: outcomes.iterations,
+            residual: outcomes.last.iter().map(|s| s.max_abs_delta).collect(),
             status,
             unreachable: inputs.unreachable.clone(),
             seconds: start.elapsed().as_secs_f64(),
@@ -409,6 +419,7 @@ fn discounted_occupancy<T: Real>(
     let weights = mdp_occupancy_weights(inputs, &transpose, pi);
     let run = iterate_cpu(
         options,
+        mdp.tasks,
         start.clone(),
         &vec![false; mdp.tasks * mdp.states],
         |d_in, d_out| {
@@ -426,7 +437,7 @@ fn discounted_occupancy<T: Real>(
             .collect(),
         steps: 1,
         iterations: run.sweeps,
-        residual: run.last.iter().map(|s| s.max_abs_delta).collect(),
-        status: final_status(options, &run.verdict, &run.last),
+        residual: run.outcomes.last.iter().map(|s| s.max_abs_delta).collect(),
+        status: final_status(options, &run.outcomes.verdict, &run.outcomes.converged),
     })
 }

@@ -113,16 +113,18 @@ impl Gathered {
                 all.extend(task_major(part, k));
             }
         }
-        let run = &chunk.run;
-        self.iterations.extend(std::iter::repeat_n(run.sweeps, k));
+        let run = &chunk.run.outcomes;
+        debug_assert_eq!(run.iterations.len(), k);
+        self.iterations.extend(&run.iterations);
         self.status
-            .extend(final_status(options, &run.verdict, &run.last));
+            .extend(final_status(options, &run.verdict, &run.converged));
         self.residual
             .extend(run.last.iter().map(|s| s.max_abs_delta));
         if let Some(run) = chunk.occupancy_run {
             self.occupancy_iterations = self.occupancy_iterations.max(run.sweeps);
+            let run = run.outcomes;
             self.occupancy_status
-                .extend(final_status(options, &run.verdict, &run.last));
+                .extend(final_status(options, &run.verdict, &run.converged));
             self.occupancy_residual
                 .extend(run.last.iter().map(|s| s.max_abs_delta));
         }

@@ -12,7 +12,7 @@ use super::context::GpuContext;
 use crate::engine::cpu::SweepStats;
 use crate::engine::options::{Horizon, SolveOptions};
 use crate::engine::schedule::{
-    ConvergenceMonitor, OnProgress, Progress, Verdict, check_windows, sweep_budget,
+    ConvergenceMonitor, OnProgress, Progress, TaskOutcomes, Verdict, check_windows, sweep_budget,
 };
 
 /// WGSL source of the convergence reduction.
@@ -30,6 +30,12 @@ pub const EXTRAPOLATE_WGSL: &str = wgsl!("shared/constants.wgsl", "extrapolate.w
 pub const WORKGROUP_SIZE: u32 = 64;
 /// `Control::converged_check` before convergence. Same as `NOT_CONVERGED` in the shader.
 pub const NOT_CONVERGED: u32 = u32::MAX;
+/// `frozen[task]` of a task still iterating. Same as `NOT_FROZEN` in
+/// `shaders/shared/residual_stats.wgsl`.
+pub const NOT_FROZEN: u32 = u32::MAX;
+/// `frozen[task]` the host writes for a task it found diverged (any value but
+/// [`NOT_FROZEN`] freezes it; this one is no check index).
+const FROZEN_BY_HOST: u32 = u32::MAX - 1;
 /// Bytes of `Control` before its `dispatch_args` array.
 pub const CONTROL_HEADER_BYTES: u64 = 16;
 
@@ -303,6 +309,8 @@ pub(crate) struct Checks {
     pub control: wgpu::Buffer,
     /// Extrapolation factor per task.
     pub extrapolation: wgpu::Buffer,
+    /// Per task [`NOT_FROZEN`], or the task stopped iterating (every backup kernel binds it).
+    pub frozen: wgpu::Buffer,
     checks: wgpu::Buffer,
     group: wgpu::BindGroup,
     tasks: usize,
@@ -392,12 +400,10 @@ impl Kernels<'_> {
 
 /// Where an iteration stopped.
 pub(crate) struct Iteration {
-    /// Sweeps applied.
+    /// Sweeps applied (the most of any task): the final values are in buffer `sweeps % 2`.
     pub sweeps: u32,
-    /// Statistics of the last check, per task.
-    pub last: Vec<SweepStats>,
-    /// Why it stopped.
-    pub verdict: Verdict,
+    /// How each task ended.
+    pub outcomes: TaskOutcomes,
 }
 
 /// A device with its buffer pool, its pipeline cache and the convergence-check and
@@ -438,6 +444,7 @@ impl GpuCore {
                 storage(false),                   // control
                 storage(false),                   // history
                 storage(false),                   // extrapolation
+                storage(false),                   // frozen
             ],
         );
         // Binding order = position in this list; the shader declares the same order.
@@ -602,6 +609,13 @@ impl GpuCore {
             U::STORAGE | U::COPY_DST,
         );
         let extrapolation = self.buffer("softvi.extrapolation", tasks as u64 * 4, U::STORAGE);
+        let frozen = self.buffer(
+            "softvi.frozen",
+            tasks as u64 * 4,
+            U::STORAGE | U::COPY_DST | U::COPY_SRC,
+        );
+        self.queue
+            .write_buffer(&frozen, 0, bytemuck::cast_slice(&vec![NOT_FROZEN; tasks]));
         let tol = match options.horizon {
             Horizon::Infinite { tol, .. } => tol as f32,
             Horizon::Finite(_) => -1.0,
@@ -635,12 +649,14 @@ impl GpuCore {
                 control.as_entire_binding(),
                 history.as_entire_binding(),
                 extrapolation.as_entire_binding(),
+                frozen.as_entire_binding(),
             ],
         );
         Ok(Checks {
             partials,
             control,
             extrapolation,
+            frozen,
             checks,
             group,
             tasks,
@@ -689,8 +705,10 @@ impl GpuCore {
 
     /// Runs sweeps on the check schedule of `options` (the CPU reference's): `record` adds
     /// each sweep and each extrapolation to the encoder; after every check window the GPU
-    /// reduces the residual and decides convergence and extrapolation. A converged check
-    /// zeroes the indirect arguments, so that the rest of the submission's sweeps do nothing.
+    /// reduces the residual, freezes the tasks within tolerance and decides the extrapolation
+    /// of the others. Once every task has frozen it zeroes the indirect arguments, so that the
+    /// rest of the submission's sweeps do nothing. Between submissions the host reads the
+    /// checks back, judges divergence ([`ConvergenceMonitor`]) and freezes the diverged tasks.
     pub fn iterate(
         &mut self,
         checks: &Checks,
@@ -705,9 +723,10 @@ impl GpuCore {
         let mut verdict = Verdict::Continue;
         let mut last = vec![SweepStats::default(); n];
         let (mut next_window, mut sweeps, mut per_submit) = (0usize, 0u32, 1usize);
+        let frozen_bytes = n as u64 * 4;
         let staging = self.buffer(
             "softvi.check_staging",
-            (MAX_CHECKS_PER_SUBMIT * n * 16) as u64 + CONTROL_HEADER_BYTES,
+            (MAX_CHECKS_PER_SUBMIT * n * 16) as u64 + CONTROL_HEADER_BYTES + frozen_bytes,
             U::MAP_READ | U::COPY_DST,
         );
         while next_window < windows.len() && verdict == Verdict::Continue {
@@ -750,6 +769,7 @@ impl GpuCore {
                 }
             }
             let check_bytes = (batch.len() * n * 16) as u64;
+            let frozen_at = CONTROL_HEADER_BYTES + check_bytes;
             encoder.copy_buffer_to_buffer(&checks.control, 0, &staging, 0, CONTROL_HEADER_BYTES);
             encoder.copy_buffer_to_buffer(
                 &checks.checks,
@@ -758,11 +778,14 @@ impl GpuCore {
                 CONTROL_HEADER_BYTES,
                 check_bytes,
             );
+            encoder.copy_buffer_to_buffer(&checks.frozen, 0, &staging, frozen_at, frozen_bytes);
             self.queue.submit([encoder.finish()]);
-            let bytes = self.map_read(&staging, CONTROL_HEADER_BYTES + check_bytes)?;
+            let bytes = self.map_read(&staging, frozen_at + frozen_bytes)?;
             let header: &[u32] = bytemuck::cast_slice(&bytes[..CONTROL_HEADER_BYTES as usize]);
             let converged_check = header[1];
-            let stats: &[[f32; 4]] = bytemuck::cast_slice(&bytes[CONTROL_HEADER_BYTES as usize..]);
+            let stats: &[[f32; 4]] =
+                bytemuck::cast_slice(&bytes[CONTROL_HEADER_BYTES as usize..frozen_at as usize]);
+            let frozen: &[u32] = bytemuck::cast_slice(&bytes[frozen_at as usize..]);
             for (j, &len) in batch.iter().enumerate() {
                 sweeps += len;
                 last = stats[j * n..(j + 1) * n]
@@ -774,25 +797,26 @@ impl GpuCore {
                         active: s[3] > 0.0,
                     })
                     .collect();
-                if converged_check == j as u32 {
-                    verdict = Verdict::Converged;
-                    break;
-                }
-                // The GPU decided convergence on the same figures; the monitor adds divergence.
-                if let Verdict::Diverged(t) = monitor.observe(&last) {
-                    verdict = Verdict::Diverged(t);
+                // The GPU froze these tasks at this check; the monitor adds divergence. A task
+                // the host froze earlier holds a stale or host value, which it ignores.
+                let converged: Vec<bool> = frozen.iter().map(|&f| f == j as u32).collect();
+                verdict = monitor.observe(sweeps, &last, &converged);
+                if verdict != Verdict::Continue || converged_check == j as u32 {
                     break;
                 }
             }
             if progress(&Progress::after(options, sweeps, &last)).is_break() {
                 return Err(Error::Cancelled { sweeps });
             }
+            // Freeze on the GPU the tasks the host found diverged, before the next submission.
+            for t in (0..n).filter(|&t| monitor.is_frozen(t) && frozen[t] == NOT_FROZEN) {
+                let at = t as u64 * 4;
+                self.queue
+                    .write_buffer(&checks.frozen, at, bytemuck::bytes_of(&FROZEN_BY_HOST));
+            }
         }
-        Ok(Iteration {
-            sweeps,
-            last,
-            verdict,
-        })
+        let outcomes = monitor.outcomes(sweeps, &last);
+        Ok(Iteration { sweeps, outcomes })
     }
 
     /// Copies `size` bytes of `src` from `offset` to the host through a pooled staging buffer.

@@ -300,6 +300,7 @@ impl GridEngine {
                 storage(false),                   // v_out
                 storage(false),                   // partials
                 storage(false),                   // policy
+                storage(true),                    // frozen
             ],
         );
         let grid_occupancy = core.shader(
@@ -648,6 +649,7 @@ impl GridEngine {
                 bind(v_out, out_w.offset, out_w.size),
                 chunk.checks.partials.as_entire_binding(),
                 bind(policy.0, policy.1, policy.2),
+                chunk.checks.frozen.as_entire_binding(),
             ],
         )
     }
@@ -663,9 +665,9 @@ impl GridEngine {
         let chunk = self.plan_chunk(arrays, tasks.len(), options, (rows, forward.is_some()))?;
         let mut run = self.backward(arrays, &chunk, tasks.clone(), options, progress)?;
         let unbounded = arrays.inputs.unbounded_tasks();
-        run.verdict = with_unbounded(run.verdict, &unbounded[tasks.clone()]);
+        run.outcomes.verdict = with_unbounded(run.outcomes.verdict, &unbounded[tasks.clone()]);
         let sweeps = run.sweeps;
-        let diverged = matches!(run.verdict, Verdict::Diverged(_));
+        let diverged = matches!(run.outcomes.verdict, Verdict::Diverged(_));
         let v_final = &chunk.values[(sweeps % 2) as usize];
         let values = self.core.read_f32(v_final, 0, chunk.v_bytes)?;
         let mut result = ChunkResult::new(values, run);

@@ -240,6 +240,7 @@ struct BackupBindings<'a> {
     reward: &'a wgpu::Buffer,
     fixed: &'a wgpu::Buffer,
     partials: &'a wgpu::Buffer,
+    frozen: &'a wgpu::Buffer,
 }
 
 /// Where a band sits in its chunk: its span and the fields both kernels' uniforms open with.
@@ -393,6 +394,7 @@ impl MdpEngine {
                 storage(false), // v_out
                 storage(false), // partials
                 storage(false), // out
+                storage(true),  // frozen
             ],
         );
         let mdp_occupancy = core.shader(
@@ -409,6 +411,7 @@ impl MdpEngine {
                 storage(false), // partials
                 storage(true),  // start
                 storage(false), // weights
+                storage(true),  // frozen
             ],
         );
         Ok(Self {
@@ -708,6 +711,7 @@ impl MdpEngine {
                 bind(v_out, w[5].offset, w[5].size),
                 common.partials.as_entire_binding(),
                 bind(out.0, out.1, out.2),
+                common.frozen.as_entire_binding(),
             ],
         )
     }
@@ -759,8 +763,8 @@ impl MdpEngine {
         let unbounded = inputs.unbounded_tasks()[tasks.clone()].to_vec();
         let chunk = self.plan_chunk(inputs, tasks, options, outputs)?;
         let mut run = self.backward(inputs, dynamics, &chunk, options, progress)?;
-        run.verdict = with_unbounded(run.verdict, &unbounded);
-        let diverged = matches!(run.verdict, Verdict::Diverged(_));
+        run.outcomes.verdict = with_unbounded(run.outcomes.verdict, &unbounded);
+        let diverged = matches!(run.outcomes.verdict, Verdict::Diverged(_));
         let v_final = (run.sweeps % 2) as usize;
         let values = self
             .core
@@ -1075,7 +1079,7 @@ impl MdpEngine {
         dynamics: &Dynamics,
         chunk: &MdpChunk,
         occ: &OccupancyChunk,
-        partials: &wgpu::Buffer,
+        checks: &Checks,
     ) -> Vec<[wgpu::BindGroup; 2]> {
         let Some((indptr, rows, probs, _)) = &dynamics.incoming else {
             return Vec::new();
@@ -1096,12 +1100,13 @@ impl MdpEngine {
                             bind(&chunk.policy, w[2].offset, w[2].size),
                             bind(&d[p], w[3].offset, w[3].size),
                             bind(&d[1 - p], w[4].offset, w[4].size),
-                            partials.as_entire_binding(),
+                            checks.partials.as_entire_binding(),
                             bind(&occ.start, w[4].offset, w[4].size),
                             match occ.weighted {
                                 true => bind(&occ.weights, w[5].offset, w[5].size),
                                 false => occ.weights.as_entire_binding(),
                             },
+                            checks.frozen.as_entire_binding(),
                         ],
                     )
                 };
@@ -1133,7 +1138,7 @@ impl MdpEngine {
             write_q: true,
             ..chunk.key
         });
-        let groups = self.occupancy_groups(dynamics, chunk, occ, &chunk.checks.partials);
+        let groups = self.occupancy_groups(dynamics, chunk, occ, &chunk.checks);
         let step_policy = self.policy_groups(dynamics, chunk, &v_next);
         let pass = ForwardPass {
             horizon,
@@ -1189,7 +1194,7 @@ impl MdpEngine {
         let checks = self.core.checks(n, per_task, &dispatch, options)?;
         // The occupancy's own checks: its bands may need more partials than the backward
         // pass's, and the pool then hands out a new buffer.
-        let groups = self.occupancy_groups(dynamics, chunk, occ, &checks.partials);
+        let groups = self.occupancy_groups(dynamics, chunk, occ, &checks);
         // The extrapolation runs over the occupancy bands (laid out as the backup's: the same
         // states and dispatch) with no fixed state.
         let extrapolate_bands: Vec<_> = (self.backup_layouts(inputs, n, &occ.bands)?.iter())
@@ -1264,6 +1269,7 @@ impl MdpChunk {
             reward: &self.reward,
             fixed: &self.fixed,
             partials: &self.checks.partials,
+            frozen: &self.checks.frozen,
         }
     }
 }

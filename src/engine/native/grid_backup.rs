@@ -363,12 +363,13 @@ impl NativeGrid {
         blocks
     }
 
-    /// One sweep `output = T(input)` over every task, on `threads` threads; per-task residual
-    /// statistics.
+    /// One sweep `output = T(input)` over every task not `frozen` (`[task]`: those are copied
+    /// and report no updated cell), on `threads` threads; per-task residual statistics.
     pub fn sweep(
         &self,
         input: &NativeState,
         output: &mut NativeState,
+        frozen: &[bool],
         threads: usize,
     ) -> Vec<SweepStats> {
         let NativeState { v, shift } = output;
@@ -378,9 +379,9 @@ impl NativeGrid {
         let queue = &queue;
         let partials: Vec<Vec<RowStats>> = std::thread::scope(|scope| {
             let handles: Vec<_> = (1..threads.max(1))
-                .map(|_| scope.spawn(move || self.sweep_blocks(input, queue)))
+                .map(|_| scope.spawn(move || self.sweep_blocks(input, frozen, queue)))
                 .collect();
-            let mut partials = vec![self.sweep_blocks(input, queue)];
+            let mut partials = vec![self.sweep_blocks(input, frozen, queue)];
             partials.extend(
                 handles
                     .into_iter()
@@ -403,6 +404,7 @@ impl NativeGrid {
     fn sweep_blocks<'a>(
         &self,
         input: &NativeState,
+        frozen: &[bool],
         queue: &Mutex<std::vec::IntoIter<RowBlock<'a>>>,
     ) -> Vec<RowStats> {
         let mut stats = vec![RowStats::default(); self.tasks];
@@ -415,6 +417,18 @@ impl NativeGrid {
             let next = queue.lock().unwrap_or_else(|e| e.into_inner()).next();
             let Some(block) = next else { break };
             let rows = block.shift.len();
+            if frozen[block.task] {
+                // A task that stopped iterating keeps its values (and so its row shifts).
+                let v_at = block.task * self.plane() + (block.first_row + 1) * self.stride;
+                let shift_at = block.task * (self.height + 2) + block.first_row + 1;
+                block
+                    .v
+                    .copy_from_slice(&input.v[v_at..v_at + block.v.len()]);
+                block
+                    .shift
+                    .copy_from_slice(&input.shift[shift_at..shift_at + rows]);
+                continue;
+            }
             for i in 0..rows {
                 let row = block.first_row + i;
                 let base = i * self.stride + 1;

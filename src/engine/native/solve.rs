@@ -6,10 +6,10 @@ use std::time::Instant;
 
 use super::grid_backup::{NativeGrid, NativeState};
 use crate::engine::cpu::solve::iterate_checked;
-use crate::engine::cpu::{SweepStats, action_values, write_policy};
+use crate::engine::cpu::{action_values, write_policy};
 use crate::engine::layout::GridInputs;
 use crate::engine::options::{Horizon, Outputs, SolveOptions};
-use crate::engine::schedule::{OnProgress, Verdict, final_status, with_unbounded};
+use crate::engine::schedule::{OnProgress, TaskOutcomes, final_status, with_unbounded};
 use crate::engine::solution::{Solution, Status};
 use crate::error::Result;
 use crate::world::grid_problem::GridProblem;
@@ -50,9 +50,10 @@ pub fn solve_native(
         inputs.tasks * inputs.cells()
     );
     let run = iterate_native(&grid, options, v0, threads, progress)?;
-    let verdict = with_unbounded(run.verdict, &inputs.unbounded_tasks());
-    let status = final_status(options, &verdict, &run.last);
-    let residual = run.last.iter().map(|s| s.max_abs_delta).collect();
+    let outcomes = run.outcomes;
+    let verdict = with_unbounded(outcomes.verdict, &inputs.unbounded_tasks());
+    let status = final_status(options, &verdict, &outcomes.converged);
+    let residual = outcomes.last.iter().map(|s| s.max_abs_delta).collect();
     // As in the reference: V_1 for a finite horizon, the last V otherwise.
     let policy_from = match options.horizon {
         Horizon::Finite(_) => grid.unpadded(&run.v_prev),
@@ -74,7 +75,7 @@ pub fn solve_native(
         values: marks.reported(&grid.unpadded(&run.v), 1),
         policy: rows(outputs.policy, false),
         q: rows(outputs.q, true),
-        iterations: vec![run.sweeps; inputs.tasks],
+        iterations: outcomes.iterations,
         residual,
         status,
         unreachable: inputs.unreachable.clone(),
@@ -86,9 +87,7 @@ pub fn solve_native(
 struct NativeIteration {
     v: Vec<f32>,
     v_prev: Vec<f32>,
-    last: Vec<SweepStats>,
-    sweeps: u32,
-    verdict: Verdict,
+    outcomes: TaskOutcomes,
 }
 
 /// [`crate::engine::cpu::iterate_cpu`] on the native state: the same windows, checks,
@@ -107,8 +106,11 @@ fn iterate_native(
     };
     let run = iterate_checked(
         options,
+        grid.tasks,
         grid.state(v0),
-        |state: &NativeState, next: &mut NativeState| grid.sweep(state, next, threads),
+        |state: &NativeState, next: &mut NativeState, frozen: &[bool]| {
+            grid.sweep(state, next, frozen, threads)
+        },
         |state, previous, factors| {
             grid.extrapolate(&mut state.v, &previous.v, &mut backup, factors);
             grid.refresh_shared(state);
@@ -118,9 +120,7 @@ fn iterate_native(
     Ok(NativeIteration {
         v: run.state.v,
         v_prev: run.previous.v,
-        last: run.last,
-        sweeps: run.sweeps,
-        verdict: run.verdict,
+        outcomes: run.outcomes,
     })
 }
 
