@@ -294,20 +294,19 @@ impl ConvergenceMonitor {
     /// The outcome once the iteration stopped after `sweeps` sweeps, `last` the statistics of
     /// the last check (which tasks still iterating keep).
     pub fn outcomes(&self, sweeps: u32, last: &[SweepStats]) -> TaskOutcomes {
-        let ended = |t: usize| self.ended.get(t).copied().flatten();
-        let n = self.ended.len().max(last.len());
+        let ended = &self.ended;
         TaskOutcomes {
             verdict: self.verdict(),
-            iterations: (0..n)
-                .map(|t| ended(t).map_or(sweeps, |e| e.sweeps))
+            iterations: ended
+                .iter()
+                .map(|e| e.map_or(sweeps, |e| e.sweeps))
                 .collect(),
-            last: (0..n)
-                .map(|t| {
-                    ended(t).map_or_else(|| last.get(t).copied().unwrap_or_default(), |e| e.stats)
-                })
+            last: (ended.iter().zip(last))
+                .map(|(e, &s)| e.map_or(s, |e| e.stats))
                 .collect(),
-            converged: (0..n)
-                .map(|t| ended(t).is_some_and(|e| e.converged))
+            converged: ended
+                .iter()
+                .map(|e| e.is_some_and(|e| e.converged))
                 .collect(),
         }
     }
