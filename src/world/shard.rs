@@ -187,6 +187,9 @@ mod tests {
         // From the FNV reference (draft-eastlake-fnv): "" and "a", "foobar".
         assert_eq!(Fnv1a::default().finish(), 0xcbf29ce484222325);
         assert_eq!(Fnv1a::default().bytes(b"a").finish(), 0xaf63dc4c8601ec8c);
-        assert_eq!(Fnv1a::default().bytes(b"foobar").finish(), 0x85944171f73967e8);
+        assert_eq!(
+            Fnv1a::default().bytes(b"foobar").finish(),
+            0x85944171f73967e8
+        );
     }
 }
