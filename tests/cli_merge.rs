@@ -115,11 +115,21 @@ fn shards_merge_to_whole(world: &[String], shards: usize, tmp: &Path) -> Value {
     w
 }
 
+/// A per-task reward `[B,H,W]` for the 13 goals of the 23x17 maze (so each shard must take
+/// its own tasks' rewards), in [-0.5, 0].
+fn write_rewards(dir: &Path) -> String {
+    let data: Vec<f32> = (0..13 * 17 * 23)
+        .map(|i| -((i * 37 % 101) as f32) / 200.0)
+        .collect();
+    write(dir, "reward.npy", &npy::encode_f32(&[13, 17, 23], &data))
+}
+
 #[test]
 fn grid_shards_merge_to_the_whole_solve_finite_horizon() {
     let tmp = tempfile::tempdir().unwrap();
     let mut world = grid_world();
     world.extend(["--horizon", "40", "--alpha", "0.3", "--q"].map(String::from));
+    world.extend(["--reward".into(), write_rewards(tmp.path())]);
     shards_merge_to_whole(&world, 4, tmp.path());
 }
 
@@ -171,15 +181,36 @@ fn grid_mdp_shards_merge_to_the_whole_solve() {
 /// different sweeps, so a task's bits must not depend on which tasks share its batch.
 #[test]
 fn grid_shards_merge_to_the_whole_solve_infinite_horizon() {
-    let tmp = tempfile::tempdir().unwrap();
-    let mut world = grid_world();
-    world.extend(["--gamma", "0.95", "--tol", "1e-6", "--alpha", "0.3"].map(String::from));
-    let w = shards_merge_to_whole(&world, 4, tmp.path());
-    let mut sweeps: Vec<u64> = (w["iterations"].as_array().unwrap().iter())
-        .map(|i| i.as_u64().unwrap())
-        .collect();
-    sweeps.dedup();
-    assert!(sweeps.len() > 1, "the tasks converge together: {sweeps:?}");
+    let mut backends = vec!["auto"];
+    if gpu_available() {
+        backends.push("gpu");
+    }
+    for backend in backends {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut world = grid_world();
+        world.extend(
+            [
+                "--gamma",
+                "0.95",
+                "--tol",
+                "1e-6",
+                "--alpha",
+                "0.3",
+                "--backend",
+                backend,
+            ]
+            .map(String::from),
+        );
+        let w = shards_merge_to_whole(&world, 4, tmp.path());
+        let mut sweeps: Vec<u64> = (w["iterations"].as_array().unwrap().iter())
+            .map(|i| i.as_u64().unwrap())
+            .collect();
+        sweeps.dedup();
+        assert!(
+            sweeps.len() > 1,
+            "{backend}: the tasks converge together: {sweeps:?}"
+        );
+    }
 }
 
 /// An `.npz` MDP of `tasks` tasks with seeded random transitions, rewards and terminals.
@@ -252,6 +283,19 @@ fn mdp_shards_merge_to_the_whole_solve() {
     let ones = tmp.path().join("ones");
     std::fs::create_dir(&ones).unwrap();
     shards_merge_to_whole(&world, 11, &ones);
+}
+
+/// As the grid's infinite horizon: converged tasks must freeze at their own check.
+#[test]
+fn mdp_shards_merge_to_the_whole_solve_infinite_horizon() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mdp = write_mdp(tmp.path(), "mdp.npz", 11, 8);
+    let world: Vec<String> = [
+        "--mdp", &mdp, "--alpha", "0.4", "--gamma", "0.9", "--tol", "1e-6",
+    ]
+    .map(String::from)
+    .to_vec();
+    shards_merge_to_whole(&world, 4, tmp.path());
 }
 
 /// Each file of `dir` with its bytes, to show a refused merge touched nothing.
