@@ -1,6 +1,6 @@
 //! The `softvi` command line: argument definitions and the commands they run.
 //!
-//! One file per command (`solve`, `sample`, `qlearn`, `infer`, `irl`, `meta`, `render`, `scen`,
+//! One file per command (`solve`, `merge`, `sample`, `qlearn`, `infer`, `irl`, `meta`, `render`, `scen`,
 //! `bench`, `adapters`), each with its `XxxArgs`; what several commands share lives in `world` (the
 //! world and task flags, the batch they build), `iteration` (the solve settings), `backend`
 //! (choosing and running a backend) and `summary` (summary.json and the progress line).
@@ -14,6 +14,7 @@ mod bench;
 mod infer;
 mod irl;
 mod iteration;
+mod merge;
 mod meta;
 mod qlearn;
 mod render;
@@ -27,6 +28,7 @@ use adapters::adapters_command;
 use bench::{BenchArgs, bench_command};
 use infer::{InferArgs, infer_command};
 use irl::{IrlArgs, irl_command};
+use merge::{MergeArgs, merge_command};
 use meta::{MetaArgs, meta_command};
 use qlearn::{QlearnArgs, qlearn_command};
 use render::{RenderArgs, render_command};
@@ -65,6 +67,17 @@ softvi solve --mdp mdp.npz --horizon 50 --all-steps --occupancy --out out
 softvi solve --maze 63x63 --goal 1,1 --alpha 0.1 --occupancy --start 61,61 --out out"
     )]
     Solve(SolveArgs),
+    /// Join the folders of `softvi solve --tasks I/N` shards into the folder the whole solve
+    /// would have written: checks that they are shards of one world, batch and settings
+    /// covering every task once, and joins every array and per-task list in task order.
+    #[command(
+        after_help = "Example (a Slurm job array of 16 shards, then the merge):\n  \
+softvi solve --map den520d.map --goals goals.txt --alpha 0.1 --tasks $SLURM_ARRAY_TASK_ID/16 --out shards/$SLURM_ARRAY_TASK_ID\n  \
+softvi merge --out all shards/*\n\n\
+Shard I of N solves tasks I*B/N .. (I+1)*B/N (floor). Nothing is written when the shards do \
+not fit together; the error names the gap, the overlap or the first differing setting."
+    )]
+    Merge(MergeArgs),
     /// Draw a solve's output folder as a PNG: value, policy, entropy or occupancy heatmaps,
     /// policy arrows, sampled trajectories.
     #[command(
@@ -158,6 +171,7 @@ reports the f32 value's own gap, which grows with the path length (f32 rounding)
 pub(crate) fn run(cli: Cli) -> Result<i32> {
     match cli.command {
         Command::Solve(args) => solve_command(&args),
+        Command::Merge(args) => merge_command(&args),
         Command::Scen(args) => scen_command(&args),
         Command::Render(args) => render_command(&args),
         Command::Sample(args) => sample_command(&args),

@@ -1,10 +1,11 @@
 //! `softvi solve`: a batch of grid goals or a general MDP solved to values, policy,
 //! occupancy and summary.json.
 
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use anyhow::{Result, ensure};
+use anyhow::{Result, bail, ensure};
 use clap::Args;
 use serde_json::json;
 
@@ -17,6 +18,7 @@ use softvi::engine::options::{Horizon, Outputs, SolveOptions};
 use softvi::engine::solution::Solution;
 use softvi::io::npy;
 use softvi::io::output::{OutputFile, OutputFolder};
+use softvi::world::shard::task_range;
 
 #[derive(Args, Debug)]
 pub(super) struct SolveArgs {
@@ -52,6 +54,16 @@ pub(super) struct SolveArgs {
     /// free non-goal cells). Grid worlds only; an --mdp file carries `initial`.
     #[arg(long = "start", value_name = "X,Y", conflicts_with = "mdp")]
     start: Vec<String>,
+    /// Solve only shard I of N of the task batch (0 <= I < N <= tasks): tasks
+    /// I*B/N .. (I+1)*B/N (floor), for Slurm job arrays; summary.json records the shard, and
+    /// `softvi merge` joins the N folders into the folder of the whole solve.
+    #[arg(
+        long,
+        value_name = "I/N",
+        allow_hyphen_values = true,
+        conflicts_with = "png"
+    )]
+    tasks: Option<String>,
     /// Also draw task 0's value heatmap to this PNG (as `softvi render --from DIR`).
     #[arg(long, value_name = "FILE.png")]
     png: Option<PathBuf>,
@@ -74,11 +86,110 @@ fn outputs(args: &SolveArgs) -> Outputs {
 }
 
 /// The files `softvi solve` writes besides summary.json.
-const SOLVE_FILES: &[&str] = &["values.npy", "policy.npy", "q.npy", "occupancy.npy"];
+pub(super) const SOLVE_FILES: &[&str] = &["values.npy", "policy.npy", "q.npy", "occupancy.npy"];
+
+/// `--tasks I/N`: the shard index I and count N, checked (0 <= I < N); errors name the flag.
+fn parse_tasks(text: &str) -> Result<(usize, usize)> {
+    let form = "expected I/N with 0 <= I < N, e.g. --tasks 3/16";
+    let Some((i, n)) = text.split_once('/') else {
+        bail!("--tasks {text}: not of the form I/N ({form})");
+    };
+    let number = |s: &str, what: &str| {
+        s.trim().parse::<usize>().map_err(|_| {
+            anyhow::anyhow!("--tasks {text}: {s:?} is not a {what}: a whole number >= 0 ({form})")
+        })
+    };
+    let (i, n) = (number(i, "shard index")?, number(n, "shard count")?);
+    ensure!(n >= 1, "--tasks {text}: the shard count must be at least 1");
+    ensure!(
+        i < n,
+        "--tasks {text}: shard index must be below {n} (shards are numbered 0..{})",
+        n - 1
+    );
+    Ok((i, n))
+}
+
+/// The shard of the batch a `--tasks I/N` solve writes: which tasks, of which batch.
+struct Shard {
+    index: usize,
+    count: usize,
+    /// The tasks of the shard, [`task_range`].
+    range: Range<usize>,
+    /// Tasks B of the whole batch.
+    batch: usize,
+    /// The whole batch's fingerprint (`GridProblem::fingerprint`, `TabularMdp::fingerprint`).
+    fingerprint: u64,
+}
+
+impl Shard {
+    /// The shard `--tasks` asks for out of a batch of `batch` tasks, or `None` without the flag.
+    /// Refuses more shards than tasks: some shards would hold no task.
+    fn of(
+        tasks: Option<&str>,
+        batch: usize,
+        fingerprint: impl Fn() -> u64,
+    ) -> Result<Option<Self>> {
+        let Some(text) = tasks else {
+            return Ok(None);
+        };
+        let (index, count) = parse_tasks(text)?;
+        ensure!(
+            count <= batch,
+            "--tasks {text}: {count} shards of a {batch}-task batch would leave some shards \
+             without a task: use at most {batch} shards"
+        );
+        Ok(Some(Self {
+            index,
+            count,
+            range: task_range(batch, index, count),
+            batch,
+            fingerprint: fingerprint(),
+        }))
+    }
+
+    /// Records the shard in `summary`: `"shard": {"index", "count", "tasks": [start, end],
+    /// "batch_tasks", "fingerprint"}` (the fingerprint as 16 hex digits), what `softvi merge`
+    /// checks.
+    fn add_json(shard: Option<&Self>, summary: &mut serde_json::Value) {
+        if let Some(s) = shard {
+            summary["shard"] = json!({
+                "index": s.index,
+                "count": s.count,
+                "tasks": [s.range.start, s.range.end],
+                "batch_tasks": s.batch,
+                "fingerprint": format!("{:016x}", s.fingerprint),
+            });
+        }
+    }
+
+    /// The first task of the shard in the whole batch (0 without `--tasks`).
+    fn first(shard: Option<&Self>) -> usize {
+        shard.map_or(0, |s| s.range.start)
+    }
+}
+
+/// The grid batch of `args`, cut to the shard `--tasks` asks for.
+fn build_world(args: &SolveArgs) -> Result<(World, Option<Shard>)> {
+    let world = args.world.build()?;
+    let batch = world.problem.task_count();
+    let shard = Shard::of(args.tasks.as_deref(), batch, || world.problem.fingerprint())?;
+    let Some(s) = &shard else {
+        return Ok((world, None));
+    };
+    let world = World {
+        problem: world.problem.shard(s.range.clone())?,
+        goals: world.goals[s.range.clone()].to_vec(),
+        ..world
+    };
+    Ok((world, shard))
+}
 
 /// `softvi solve`. Returns the process exit code.
 pub(super) fn solve_command(args: &SolveArgs) -> Result<i32> {
     let start = Instant::now();
+    if let Some(text) = &args.tasks {
+        parse_tasks(text)?;
+    }
     let mut out = OutputFolder::claim(&args.out, "solve", SOLVE_FILES, args.force)?;
     if let (Some(png), None) = (&args.png, &args.world.mdp) {
         out.check_picture(png, "--png", args.force)?;
@@ -91,7 +202,7 @@ pub(super) fn solve_command(args: &SolveArgs) -> Result<i32> {
     if args.all_steps || args.occupancy || !args.start.is_empty() {
         return grid_mdp_solve_command(args, &mut out, start);
     }
-    let world = args.world.build()?;
+    let (world, shard) = build_world(args)?;
     let options = args.iteration.options()?;
     let mut backend = Backend::open(args.iteration.backend, &args.iteration.adapters)?;
     let solution = backend
@@ -107,12 +218,14 @@ pub(super) fn solve_command(args: &SolveArgs) -> Result<i32> {
         &solution,
         seconds,
     );
+    Shard::add_json(shard.as_ref(), &mut summary);
     let p = &world.problem;
     let arrays = solve_arrays(&solution, None, None, &[p.grid.height, p.grid.width]);
     let summary_text = write_solve_folder(&mut out, &mut summary, solution.diverged(), &arrays)?;
     finish_solve(
         args,
         &world,
+        Shard::first(shard.as_ref()),
         &options,
         &adapter,
         &solution,
@@ -130,6 +243,11 @@ fn mdp_solve_command(
     start: Instant,
 ) -> Result<i32> {
     let mdp = softvi::world::mdp::TabularMdp::load_npz(path)?;
+    let shard = Shard::of(args.tasks.as_deref(), mdp.tasks, || mdp.fingerprint())?;
+    let mdp = match &shard {
+        Some(s) => mdp.shard(s.range.clone())?,
+        None => mdp,
+    };
     let options = args.iteration.options()?;
     ensure!(
         args.png.is_none(),
@@ -168,6 +286,7 @@ fn mdp_solve_command(
     });
     add_run_json(&mut summary, &options, solution, seconds);
     add_mdp_json(&mut summary, &solved);
+    Shard::add_json(shard.as_ref(), &mut summary);
     let arrays = solve_arrays(
         solution,
         solved.steps.as_ref(),
@@ -232,7 +351,8 @@ fn grid_mdp_solve_command(args: &SolveArgs, out: &mut OutputFolder, start: Insta
         "--start sets where the occupancy starts: add --occupancy"
     );
     // The solver builds the grid as an MDP where it needs one (and checks the starts there).
-    let world = &args.world.build()?;
+    let (world, shard) = build_world(args)?;
+    let world = &world;
     let starts = world.start_cells(&args.start)?;
     let p = &world.problem;
     let options = args.iteration.options()?;
@@ -273,6 +393,7 @@ fn grid_mdp_solve_command(args: &SolveArgs, out: &mut OutputFolder, start: Insta
             "float32 [task][row][col], sum_t gamma^t D_t; NaN blocked"
         });
     }
+    Shard::add_json(shard.as_ref(), &mut summary);
     let arrays = solve_arrays(
         &solved.solution,
         solved.steps.as_ref(),
@@ -283,6 +404,7 @@ fn grid_mdp_solve_command(args: &SolveArgs, out: &mut OutputFolder, start: Insta
     finish_solve(
         args,
         world,
+        Shard::first(shard.as_ref()),
         &options,
         &adapter,
         &solved.solution,
@@ -292,9 +414,11 @@ fn grid_mdp_solve_command(args: &SolveArgs, out: &mut OutputFolder, start: Insta
 }
 
 /// The end of a grid solve: the --png picture, the summary on stdout, the exit code.
+#[allow(clippy::too_many_arguments)] // the one tail of the two grid solve paths
 fn finish_solve(
     args: &SolveArgs,
     world: &World,
+    first_task: usize,
     options: &SolveOptions,
     adapter: &serde_json::Value,
     solution: &Solution,
@@ -320,7 +444,9 @@ fn finish_solve(
     if args.json {
         print!("{summary_text}");
     } else {
-        print_summary(world, options, adapter, solution, seconds, &args.out);
+        print_summary(
+            world, first_task, options, adapter, solution, seconds, &args.out,
+        );
     }
     if solution.diverged() {
         eprintln!(
@@ -332,8 +458,11 @@ fn finish_solve(
     Ok(0)
 }
 
+/// The human summary of a grid solve; `first_task` numbers the tasks of a `--tasks` shard as
+/// in the whole batch.
 fn print_summary(
     world: &World,
+    first_task: usize,
     options: &SolveOptions,
     adapter: &serde_json::Value,
     solution: &Solution,
@@ -396,7 +525,11 @@ fn print_summary(
             .collect();
         let lo = finite.iter().copied().fold(f32::INFINITY, f32::min);
         let hi = finite.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-        println!("task {t:<3} goal {:?}: V in [{lo:.4}, {hi:.4}]", goals[0]);
+        let task = first_task + t;
+        println!(
+            "task {task:<3} goal {:?}: V in [{lo:.4}, {hi:.4}]",
+            goals[0]
+        );
     }
     if world.goals.len() > 8 {
         println!("... {} more tasks", world.goals.len() - 8);

@@ -187,6 +187,31 @@ pub fn decode_float(bytes: &[u8]) -> Result<NpyArray> {
     })
 }
 
+/// Decodes `.npy` bytes holding float32 values bit for bit (every NaN payload and -0.0 kept),
+/// for copying arrays softvi wrote (`softvi merge`); other dtypes are refused.
+pub fn decode_f32(bytes: &[u8]) -> Result<NpyArray> {
+    let (shape, dtype, body) = parse_header(bytes)?;
+    ensure!(
+        dtype == "<f4",
+        "dtype {dtype} is not float32 (little-endian)"
+    );
+    let entries = shape
+        .iter()
+        .try_fold(1usize, |acc, &d| acc.checked_mul(d))
+        .context("the product of the shape's dimensions overflows")?;
+    ensure!(
+        Some(body.len()) == entries.checked_mul(4),
+        "shape {shape:?} needs {} data bytes, the file has {}",
+        entries.saturating_mul(4),
+        body.len()
+    );
+    let data = body
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes(b.try_into().expect("4 bytes")))
+        .collect();
+    Ok(NpyArray { shape, data })
+}
+
 /// Shape, dtype and data bytes of a `.npy` file.
 fn parse_header(bytes: &[u8]) -> Result<(Vec<usize>, String, &[u8])> {
     ensure!(
@@ -261,6 +286,17 @@ mod tests {
         );
         let one = decode_float(&encode_f32(&[3], &[1.0, 2.0, 3.0])).unwrap();
         assert_eq!(one.shape, vec![3]);
+    }
+
+    #[test]
+    fn decode_f32_keeps_every_bit() {
+        let data = [f32::from_bits(0x7fc0_1234), -0.0, f32::NEG_INFINITY, 1.5];
+        let back = decode_f32(&encode_f32(&[2, 2], &data)).unwrap();
+        assert_eq!(back.shape, vec![2, 2]);
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(&back.data), bits(&data));
+        let wide = encode("<f8", &[1], &[1.0]);
+        assert!(decode_f32(&wide).unwrap_err().to_string().contains("<f8"));
     }
 
     #[test]
