@@ -196,6 +196,30 @@ fn adapters(py: Python<'_>) -> PyResult<Vec<String>> {
         .collect())
 }
 
+/// Per adapter, in [`adapters`] order: `name`, `backend`, `device_type` (wgpu's `DeviceType`
+/// as a lowercase word: `discretegpu`, `integratedgpu`, `virtualgpu`, `cpu`, `other`) and
+/// `pci_bus_id` (`"0000:01:00.0"`; empty where the backend does not report one). `softvi.ray`
+/// matches it to the GPU a Ray worker was assigned.
+#[pyfunction]
+fn adapter_info(py: Python<'_>) -> PyResult<Vec<HashMap<&'static str, String>>> {
+    let adapters = py.detach(GpuContext::adapters_from_env).map_err(to_py)?;
+    Ok(adapters
+        .iter()
+        .map(|a| {
+            let info = a.get_info();
+            HashMap::from([
+                ("name", info.name),
+                ("backend", info.backend.to_string()),
+                (
+                    "device_type",
+                    format!("{:?}", info.device_type).to_lowercase(),
+                ),
+                ("pci_bus_id", info.device_pci_bus_id),
+            ])
+        })
+        .collect())
+}
+
 /// Where a solve runs, as `device=` said it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Device {
@@ -964,6 +988,7 @@ fn _softvi(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(maze, m)?)?;
     m.add_function(wrap_pyfunction!(load_movingai, m)?)?;
     m.add_function(wrap_pyfunction!(adapters, m)?)?;
+    m.add_function(wrap_pyfunction!(adapter_info, m)?)?;
     m.add_function(wrap_pyfunction!(solve_mdp, m)?)?;
     m.add_function(wrap_pyfunction!(solve_grid, m)?)?;
     m.add_function(wrap_pyfunction!(sample, m)?)?;
