@@ -263,27 +263,31 @@ def _run(
     results: list[SolveResult | None] = [None] * len(refs)
     pending = list(refs)
     count = len(refs)
-    while pending:
-        (ref,), pending = ray.wait(pending, num_returns=1)
-        i = shard_of[ref]
-        lo, hi = ranges[i]
-        try:
-            result, seconds = ray.get(ref)
-        except Exception as e:
-            for other in pending:
-                try:
-                    ray.cancel(other, force=True)
-                except Exception:  # already finished or gone: nothing to cancel
-                    pass
-            raise _shard_error(e, i, count, lo, hi) from e
-        results[i] = result
-        if progress:
-            print(
-                f"softvi.ray: shard {i}/{count} (tasks {lo}..{hi}) done in {seconds:.1f} s "
-                f"on {result.adapter}",
-                file=sys.stderr,
-                flush=True,
-            )
+    try:
+        while pending:
+            (ref,), pending = ray.wait(pending, num_returns=1)
+            i = shard_of[ref]
+            lo, hi = ranges[i]
+            try:
+                result, seconds = ray.get(ref)
+            except Exception as e:
+                raise _shard_error(e, i, count, lo, hi) from e
+            results[i] = result
+            if progress:
+                print(
+                    f"softvi.ray: shard {i}/{count} (tasks {lo}..{hi}) done in {seconds:.1f} s "
+                    f"on {result.adapter}",
+                    file=sys.stderr,
+                    flush=True,
+                )
+    except BaseException:
+        # A failed shard or Ctrl-C: the other shards' work is wasted, stop it.
+        for other in pending:
+            try:
+                ray.cancel(other, force=True)
+            except Exception:  # already finished or gone: nothing to cancel
+                pass
+        raise
     return _gather(results, batched, time.perf_counter() - start)
 
 

@@ -172,22 +172,19 @@ def test_an_unbatched_mdp_keeps_no_task_axis():
     assert_same(got, softvi.solve(mdp, horizon=5, device="cpu"))
 
 
-def test_a_shard_whose_worker_is_killed_is_retried_and_still_exact():
-    grid = softvi.Grid.maze(251, 251, 5)
-    free = np.argwhere(grid.free)
-    rng = np.random.default_rng(6)
-    goals = [tuple(map(int, free[i])) for i in rng.choice(len(free), 9, replace=False)]
-    kwargs = dict(horizon=800, alpha=0.5)
-    killed: list[int] = []
-    stop = threading.Event()
+class ShardKiller:
+    """A thread that SIGKILLs the first Ray worker seen running a shard for 0.3 s (so
+    mid-run), once; ``killed`` lists the pid it killed."""
 
-    def kill_one_shard() -> None:
-        """SIGKILLs the first worker seen running a shard for 0.3 s (so mid-run)."""
+    def __init__(self) -> None:
+        self.killed: list[int] = []
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self.run, daemon=True)
+
+    def run(self) -> None:
         seen: dict[int, float] = {}
-        while not stop.is_set() and not killed:
-            for pid in os.listdir("/proc"):
-                if not pid.isdigit():
-                    continue
+        while not self.stop.is_set():
+            for pid in filter(str.isdigit, os.listdir("/proc")):
                 try:
                     with open(f"/proc/{pid}/cmdline", "rb") as f:
                         title = f.read()
@@ -197,19 +194,41 @@ def test_a_shard_whose_worker_is_killed_is_retried_and_still_exact():
                     first = seen.setdefault(int(pid), time.monotonic())
                     if time.monotonic() - first > 0.3:
                         os.kill(int(pid), signal.SIGKILL)
-                        killed.append(int(pid))
+                        self.killed.append(int(pid))
                         return
             time.sleep(0.02)
 
-    killer = threading.Thread(target=kill_one_shard, daemon=True)
-    killer.start()
-    try:
+    def __enter__(self) -> ShardKiller:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop.set()
+        self.thread.join()
+
+
+def long_grid_batch():
+    """Two shards of a few seconds each: long enough for the kill to land mid-run."""
+    grid = softvi.Grid.maze(251, 251, 5)
+    free = np.argwhere(grid.free)
+    rng = np.random.default_rng(6)
+    goals = [tuple(map(int, free[i])) for i in rng.choice(len(free), 9, replace=False)]
+    return grid, goals, dict(horizon=800, alpha=0.5)
+
+
+def test_a_shard_whose_worker_is_killed_is_retried_and_still_exact():
+    grid, goals, kwargs = long_grid_batch()
+    with ShardKiller() as killer:
         got = softvi.ray.solve_grid(grid, goals, shards=2, max_retries=2, **kwargs)
-    finally:
-        stop.set()
-        killer.join()
-    assert len(killed) == 1, "no shard worker was killed: the test did not test a retry"
+    assert len(killer.killed) == 1, "no shard worker was killed: the test did not test a retry"
     assert_same(got, softvi.solve_grid(grid, goals, **kwargs))
+
+
+def test_a_shard_killed_with_no_retries_left_fails_the_call_naming_it():
+    grid, goals, kwargs = long_grid_batch()
+    with ShardKiller() as killer, pytest.raises(RuntimeError, match=r"shard [01]/2 \(tasks "):
+        softvi.ray.solve_grid(grid, goals, shards=2, max_retries=0, progress=False, **kwargs)
+    assert len(killer.killed) == 1
 
 
 def test_bad_input_in_one_shard_raises_its_value_error_naming_the_shard():
