@@ -291,3 +291,10 @@ def test_pick_adapter_without_bus_ids_counts_hardware_adapters_of_one_backend():
         pick_adapter([], infos, [])
     with pytest.raises(ValueError, match="UUID"):
         pick_adapter(["GPU-1234"], infos, [])
+
+
+def test_adapter_info_lists_the_adapters_in_adapters_order():
+    infos = softvi._softvi.adapter_info()
+    assert [f"{i['name']} ({i['backend']})" for i in infos] == softvi.adapters()
+    kinds = {"discretegpu", "integratedgpu", "virtualgpu", "cpu", "other"}
+    assert all(i["device_type"] in kinds for i in infos)
