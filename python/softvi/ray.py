@@ -187,7 +187,10 @@ def _worker_device(device: Any, gpus: float) -> Any:
     if gpus == 0:
         return device
     ray = _ray()
-    return pick_adapter(ray.get_gpu_ids(), _softvi.adapter_info(), _nvidia_bus_ids())
+    try:
+        return pick_adapter(ray.get_gpu_ids(), _softvi.adapter_info(), _nvidia_bus_ids())
+    except ValueError as e:  # not the user's input: this node's GPUs
+        raise _softvi.DeviceError(f"no wgpu adapter for the GPU Ray assigned: {e}") from None
 
 
 def _solve_shard(
