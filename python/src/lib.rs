@@ -34,8 +34,9 @@ use softvi::{
 #[path = "../../src/cli/mod.rs"]
 mod cli;
 
+// The full module path, so that pickle (multiprocessing, Ray) finds the class again.
 create_exception!(
-    _softvi,
+    softvi._softvi,
     DeviceError,
     PyRuntimeError,
     "No usable GPU adapter (device=\"gpu\" or an adapter index), or the GPU failed while running."

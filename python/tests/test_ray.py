@@ -8,6 +8,7 @@ not a tolerance.
 from __future__ import annotations
 
 import os
+import pickle
 import re
 import signal
 import threading
@@ -27,11 +28,13 @@ SHARD_TITLE = b"ray::_solve_shard"
 
 @pytest.fixture(scope="module", autouse=True)
 def cluster():
-    """A local two-CPU Ray cluster whose workers see this process's wgpu settings."""
+    """A local two-CPU Ray cluster whose workers see this process's wgpu settings, with one
+    GPU declared (Ray then assigns CUDA device 0; the machine has only llvmpipe)."""
     names = ("WGPU_BACKEND", "WGPU_ADAPTER_NAME", "SOFTVI_REQUIRE_GPU", "SOFTVI_NATIVE_VECTORS")
     env = {k: os.environ[k] for k in names if k in os.environ}
     ray.init(
         num_cpus=2,
+        num_gpus=1,
         include_dashboard=False,
         log_to_driver=False,
         runtime_env={"env_vars": env},
@@ -298,3 +301,20 @@ def test_adapter_info_lists_the_adapters_in_adapters_order():
     assert [f"{i['name']} ({i['backend']})" for i in infos] == softvi.adapters()
     kinds = {"discretegpu", "integratedgpu", "virtualgpu", "cpu", "other"}
     assert all(i["device_type"] in kinds for i in infos)
+
+
+def test_a_shard_given_a_gpu_the_node_has_no_adapter_for_raises_device_error():
+    # Ray assigns the declared CUDA device 0; wgpu here lists only llvmpipe (a CPU), so the
+    # shard cannot match it and must say so, not solve on the CPU instead.
+    infos = softvi._softvi.adapter_info()
+    assert all(i["device_type"] == "cpu" for i in infos), "this test needs a GPU-less machine"
+    grid, goals, _ = maze_batch(3, 8)
+    with pytest.raises(softvi.DeviceError, match=r"shard 0/1 \(tasks 0\.\.3\).*CUDA device 0"):
+        softvi.ray.solve_grid(grid, goals, shards=1, num_gpus_per_shard=1, progress=False)
+
+
+def test_device_error_survives_pickle():
+    # Ray (and multiprocessing) return a worker's exception pickled: the class must be found
+    # again by its module path, or the driver gets a copy that is not softvi.DeviceError.
+    e = pickle.loads(pickle.dumps(softvi.DeviceError("no adapter")))
+    assert type(e) is softvi.DeviceError and str(e) == "no adapter"
