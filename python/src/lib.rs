@@ -34,8 +34,9 @@ use softvi::{
 #[path = "../../src/cli/mod.rs"]
 mod cli;
 
+// The full module path, so that pickle (multiprocessing, Ray) finds the class again.
 create_exception!(
-    _softvi,
+    softvi._softvi,
     DeviceError,
     PyRuntimeError,
     "No usable GPU adapter (device=\"gpu\" or an adapter index), or the GPU failed while running."
@@ -192,6 +193,30 @@ fn adapters(py: Python<'_>) -> PyResult<Vec<String>> {
         .map(|a| {
             let info = a.get_info();
             format!("{} ({})", info.name, info.backend)
+        })
+        .collect())
+}
+
+/// Per adapter, in [`adapters`] order: `name`, `backend`, `device_type` (wgpu's `DeviceType`
+/// as a lowercase word: `discretegpu`, `integratedgpu`, `virtualgpu`, `cpu`, `other`) and
+/// `pci_bus_id` (`"0000:01:00.0"`; empty where the backend does not report one). `softvi.ray`
+/// matches it to the GPU a Ray worker was assigned.
+#[pyfunction]
+fn adapter_info(py: Python<'_>) -> PyResult<Vec<HashMap<&'static str, String>>> {
+    let adapters = py.detach(GpuContext::adapters_from_env).map_err(to_py)?;
+    Ok(adapters
+        .iter()
+        .map(|a| {
+            let info = a.get_info();
+            HashMap::from([
+                ("name", info.name),
+                ("backend", info.backend.to_string()),
+                (
+                    "device_type",
+                    format!("{:?}", info.device_type).to_lowercase(),
+                ),
+                ("pci_bus_id", info.device_pci_bus_id),
+            ])
         })
         .collect())
 }
@@ -964,6 +989,7 @@ fn _softvi(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(maze, m)?)?;
     m.add_function(wrap_pyfunction!(load_movingai, m)?)?;
     m.add_function(wrap_pyfunction!(adapters, m)?)?;
+    m.add_function(wrap_pyfunction!(adapter_info, m)?)?;
     m.add_function(wrap_pyfunction!(solve_mdp, m)?)?;
     m.add_function(wrap_pyfunction!(solve_grid, m)?)?;
     m.add_function(wrap_pyfunction!(sample, m)?)?;
