@@ -30,6 +30,8 @@ override HAS_REWARD: bool = true;
 override WRITE_RESIDUAL: bool = false;
 // grid_policy writes the soft Q-values themselves instead of pi.
 override WRITE_Q: bool = false;
+// Whether a task may stop iterating (an infinite horizon): `frozen` is read only then.
+override FREEZE: bool = false;
 
 @group(0) @binding(0) var<uniform> params: GridParams;
 // (row << 16 | quad column, move masks of the quad's 4 cells: byte j = cell 4q + j).
@@ -185,7 +187,7 @@ fn quad_reward(q: Quad) -> vec4<f32> {
 fn grid_backup(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     var stats = NO_STATS;
     let q = locate(wid, lid);
-    if q.valid && q.fixed != 15u && frozen[q.task] != NOT_FROZEN {
+    if q.valid && q.fixed != 15u && FREEZE && frozen[q.task] != NOT_FROZEN {
         v_out[q.out_index] = v_in[q.in_index];
     } else if q.valid && q.fixed != 15u {
         let up = row_above(q);

@@ -22,6 +22,8 @@ override HARD_MAX: bool = false;
 override WRITE_RESIDUAL: bool = false;
 // mdp_policy writes the soft Q-values themselves instead of pi.
 override WRITE_Q: bool = false;
+// Whether a task may stop iterating (an infinite horizon): `frozen` is read only then.
+override FREEZE: bool = false;
 
 // Keep in sync with `engine::gpu::mdp_engine::MdpParams` (sizes compared in tests/kernel_shader_layout.rs).
 struct MdpParams {
@@ -139,7 +141,7 @@ fn finish(acc: vec2<f32>) -> f32 {
 fn mdp_backup(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     var stats = NO_STATS;
     let item = locate(wid, lid);
-    if item.valid && !item.fixed && frozen[item.task] != NOT_FROZEN {
+    if item.valid && !item.fixed && FREEZE && frozen[item.task] != NOT_FROZEN {
         let here = item.task * params.states + item.state;
         v_out[here - params.out_origin] = v_in[here - params.v_in_origin];
     } else if item.valid && !item.fixed {

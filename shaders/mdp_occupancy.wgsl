@@ -66,7 +66,8 @@ fn mdp_occupancy(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocatio
         let task = params.task_base + wid.z;
         let target_state = params.state_base + index;
         let here = task * params.states + target_state;
-        if frozen[task] != NOT_FROZEN {
+        // Only the discounted sum (ADD_START) iterates to a tolerance and freezes tasks.
+        if ADD_START && frozen[task] != NOT_FROZEN {
             d_out[here - params.out_origin] = d_in[here - params.d_in_origin];
         } else {
             stats = occupancy_update(task, target_state);

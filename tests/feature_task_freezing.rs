@@ -21,23 +21,12 @@ use softvi::{
 
 /// The tasks `range` of `problem`, same map and settings.
 fn grid_tasks(problem: &GridProblem, range: Range<usize>) -> GridProblem {
-    GridProblem {
-        tasks: problem.tasks[range].to_vec(),
-        ..problem.clone()
-    }
+    problem.shard(range).unwrap()
 }
 
 /// The tasks `range` of `mdp`, same transitions.
 fn mdp_tasks(mdp: &TabularMdp, range: Range<usize>) -> TabularMdp {
-    let (s, a) = (mdp.states, mdp.actions);
-    TabularMdp {
-        tasks: range.len(),
-        reward: mdp.reward[range.start * s * a..range.end * s * a].to_vec(),
-        terminal: mdp.terminal[range.start * s..range.end * s].to_vec(),
-        terminal_value: mdp.terminal_value[range.start * s..range.end * s].to_vec(),
-        initial: mdp.initial[range.start * s..range.end * s].to_vec(),
-        ..mdp.clone()
-    }
+    mdp.shard(range).unwrap()
 }
 
 /// `array`'s entries of tasks `range` (`per_task` entries each), as bits (NaN included).

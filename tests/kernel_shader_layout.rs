@@ -10,8 +10,8 @@ use std::collections::BTreeSet;
 use naga::back::{glsl, hlsl, msl, spv};
 use naga::valid::{Capabilities, ModuleInfo, ValidationFlags, Validator};
 use softvi::engine::gpu::core::{
-    CONTROL_HEADER_BYTES, EXTRAPOLATE_WGSL, ExtrapolateParams, NOT_CONVERGED, RESIDUAL_REDUCE_WGSL,
-    ReduceParams,
+    CONTROL_HEADER_BYTES, EXTRAPOLATE_WGSL, ExtrapolateParams, NOT_CONVERGED, NOT_FROZEN,
+    RESIDUAL_REDUCE_WGSL, ReduceParams,
 };
 use softvi::engine::gpu::grid_engine::{GRID_BACKUP_WGSL, GRID_OCCUPANCY_WGSL, GridParams};
 use softvi::engine::gpu::mdp_engine::{
@@ -43,6 +43,7 @@ const SHADERS: &[Shader] = &[
             ("HARD_MAX", BOOL),
             ("WRITE_RESIDUAL", BOOL),
             ("WRITE_Q", BOOL),
+            ("FREEZE", BOOL),
         ],
     },
     Shader {
@@ -60,6 +61,7 @@ const SHADERS: &[Shader] = &[
             ("HARD_MAX", BOOL),
             ("WRITE_RESIDUAL", BOOL),
             ("WRITE_Q", BOOL),
+            ("FREEZE", BOOL),
         ],
     },
     Shader {
@@ -367,6 +369,7 @@ fn residual_reduce_layout_matches_rust() {
         constant(&m, "NOT_CONVERGED"),
         naga::Literal::U32(NOT_CONVERGED)
     );
+    assert_eq!(constant(&m, "NOT_FROZEN"), naga::Literal::U32(NOT_FROZEN));
     assert_eq!(
         constant(&m, "RESIDUAL_FLOOR"),
         naga::Literal::F32(softvi::engine::schedule::RESIDUAL_FLOOR as f32)

@@ -113,6 +113,22 @@ def _settings(
     )
 
 
+def _warn_diverged(status: list[str], stacklevel: int) -> None:
+    """A RuntimeWarning naming the tasks whose ``status`` is ``"diverged"``, if any.
+
+    ``stacklevel`` counts from this function (that of the user's call).
+    """
+    diverged = [i for i, s in enumerate(status) if s == "diverged"]
+    if diverged:
+        warnings.warn(
+            f"the solve diverged for task(s) {diverged}: values grow without bound (no finite "
+            "solution; e.g. gamma = 1 with a positive-reward cycle); their values are "
+            "meaningless",
+            RuntimeWarning,
+            stacklevel=stacklevel,
+        )
+
+
 def _result(raw: dict[str, Any], batched: bool) -> SolveResult:
     """The extension's dict as a :class:`SolveResult`.
 
@@ -122,15 +138,7 @@ def _result(raw: dict[str, Any], batched: bool) -> SolveResult:
     if not batched:
         arrays = {k: None if v is None else v[0] for k, v in arrays.items()}
     status = list(raw["status"])
-    diverged = [i for i, s in enumerate(status) if s == "diverged"]
-    if diverged:
-        warnings.warn(
-            f"the solve diverged for task(s) {diverged}: values grow without bound (no finite "
-            "solution; e.g. gamma = 1 with a positive-reward cycle); their values are "
-            "meaningless",
-            RuntimeWarning,
-            stacklevel=3,
-        )
+    _warn_diverged(status, stacklevel=4)
     return SolveResult(
         **arrays,
         status=status,

@@ -44,7 +44,7 @@ from . import _softvi
 from ._grid import Grid, _cells
 from ._grid import solve_grid as _solve_grid
 from ._mdp import TabularMDP, _check_mdp
-from ._solve import SolveResult, _settings
+from ._solve import SolveResult, _settings, _warn_diverged
 from ._solve import solve as _solve
 
 _NEEDS_RAY = "softvi.ray needs Ray: pip install 'softvi[ray]'"
@@ -327,15 +327,7 @@ def _gather(results: list[Any], batched: bool, seconds: float) -> SolveResult:
     if results[0].occupancy_status is not None:
         occupancy_status = [x for r in results for x in r.occupancy_status]
     adapters = list(dict.fromkeys(r.adapter for r in results))
-    diverged = [i for i, s in enumerate(lists["status"]) if s == "diverged"]
-    if diverged:
-        warnings.warn(
-            f"the solve diverged for task(s) {diverged}: values grow without bound (no finite "
-            "solution; e.g. gamma = 1 with a positive-reward cycle); their values are "
-            "meaningless",
-            RuntimeWarning,
-            stacklevel=3,
-        )
+    _warn_diverged(lists["status"], stacklevel=4)
     return SolveResult(
         **arrays,
         **lists,

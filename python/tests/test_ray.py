@@ -7,12 +7,16 @@ not a tolerance.
 
 from __future__ import annotations
 
+import json
 import os
 import pickle
 import re
 import signal
+import subprocess
+import sys
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -24,6 +28,14 @@ import softvi.ray
 from softvi.ray import pick_adapter, shard_ranges
 
 SHARD_TITLE = b"ray::_solve_shard"
+# The `softvi` command the wheel installed next to this Python.
+CLI = Path(sys.executable).parent / "softvi"
+
+
+def cli(*args: str) -> None:
+    """Runs the wheel's ``softvi`` command; fails the test with its stderr on an error."""
+    done = subprocess.run([str(CLI), *args], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, f"softvi {args[0]} failed: {done.stderr}"
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -129,6 +141,34 @@ def test_grid_batch_in_four_shards_equals_the_single_solve(horizon, capfd):
     )
     parsed = sorted(pattern.fullmatch(ln).groups() for ln in lines)
     assert parsed == [(str(i), str(16 * i), str(16 * i + 16), want.adapter) for i in range(4)]
+
+
+def test_ray_shards_and_cli_shards_merged_give_the_same_bits(tmp_path):
+    # The two ways past one machine split alike (`--tasks I/3` writes shard_ranges' ranges)
+    # and give the same answer: Ray on the native engine and three CLI shard folders merged
+    # by `softvi merge`, at an infinite horizon where the 10 goals converge apart.
+    grid = softvi.Grid.maze(31, 21, 4)
+    free = np.argwhere(grid.free)
+    goals = [tuple(map(int, free[i])) for i in range(0, 10 * 23, 23)]
+    settings = dict(alpha=0.3, gamma=0.97, slip=0.1)
+    got = softvi.ray.solve_grid(grid, goals, shards=3, device="native", progress=False, **settings)
+    assert len(set(got.iterations)) > 1
+    world = ["--maze", "31x21", "--maze-seed", "4", "--alpha", "0.3", "--gamma", "0.97"]
+    world += ["--slip", "0.1", "--backend", "native", "--quiet"]
+    for row, col in goals:
+        world += ["--goal", f"{col},{row}"]
+    for i, (start, end) in enumerate(shard_ranges(len(goals), 3)):
+        cli("solve", *world, "--tasks", f"{i}/3", "--out", str(tmp_path / f"shard{i}"))
+        summary = json.loads((tmp_path / f"shard{i}" / "summary.json").read_text())
+        assert summary["shard"]["tasks"] == [start, end]
+    shards = [str(tmp_path / f"shard{i}") for i in range(3)]
+    cli("merge", "--out", str(tmp_path / "all"), *shards)
+    for name in ("values", "policy"):
+        merged = np.load(tmp_path / "all" / f"{name}.npy")
+        assert np.array_equal(getattr(got, name), merged, equal_nan=True), name
+    summary = json.loads((tmp_path / "all" / "summary.json").read_text())
+    assert summary["iterations"] == got.iterations
+    assert summary["status"] == got.status
 
 
 def test_grid_with_a_shared_reward_and_occupancy_equals_the_single_solve():

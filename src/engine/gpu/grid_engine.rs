@@ -177,6 +177,8 @@ struct GridPipelineKey {
     write_residual: bool,
     /// `grid_policy` writes Q instead of pi.
     write_q: bool,
+    /// Tasks may stop iterating (an infinite horizon): `grid_backup` reads `frozen`.
+    freeze: bool,
 }
 
 /// One band's params, binding windows (active quads, fixed bits, v_in, out) and workgroup
@@ -346,6 +348,7 @@ impl GridEngine {
                 ("HARD_MAX", flag(key.hard_max)),
                 ("WRITE_RESIDUAL", flag(key.write_residual)),
                 ("WRITE_Q", flag(key.write_q)),
+                ("FREEZE", flag(key.freeze)),
             ]);
         }
         self.core.pipeline(shader, entry, &constants)
@@ -770,6 +773,7 @@ impl GridEngine {
             hard_max: inputs.alpha == 0.0,
             write_residual: false,
             write_q: false,
+            freeze: matches!(options.horizon, Horizon::Infinite { .. }),
         };
         Ok(GridChunk {
             n,

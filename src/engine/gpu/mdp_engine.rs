@@ -223,6 +223,8 @@ struct MdpPipelineKey {
     actions: u32,
     /// `mdp_policy` writes Q instead of pi.
     write_q: bool,
+    /// Tasks may stop iterating (an infinite horizon): `mdp_backup` reads `frozen`.
+    freeze: bool,
 }
 
 /// The arrays of one MDP on the device, shared by every chunk of tasks.
@@ -455,6 +457,7 @@ impl MdpEngine {
                     ("HARD_MAX", flag(key.hard_max)),
                     ("WRITE_RESIDUAL", flag(key.write_residual)),
                     ("WRITE_Q", flag(key.write_q)),
+                    ("FREEZE", flag(key.freeze)),
                 ],
             ),
         };
@@ -879,6 +882,7 @@ impl MdpEngine {
             weighted: false,
             actions: 0,
             write_q: false,
+            freeze: matches!(options.horizon, Horizon::Infinite { .. }),
         };
         Ok(MdpChunk {
             task_states: tasks.start * s..tasks.end * s,
@@ -1058,6 +1062,7 @@ impl MdpEngine {
             weighted: false,
             actions: a as u32,
             write_q: false,
+            freeze: false,
         };
         Ok(OccupancyChunk {
             bands,
