@@ -70,9 +70,13 @@ impl GridProblem {
             range.end,
             self.tasks.len()
         );
+        // Field by field: `..self.clone()` would copy every task's reward first.
         Ok(GridProblem {
+            grid: self.grid.clone(),
+            actions: self.actions,
+            slip: self.slip,
+            move_cost: self.move_cost,
             tasks: self.tasks[range].to_vec(),
-            ..self.clone()
         })
     }
 
@@ -118,13 +122,18 @@ impl TabularMdp {
         );
         let (s, sa) = (self.states, self.states * self.actions);
         let rows = |per: usize| range.start * per..range.end * per;
+        // Field by field: `..self.clone()` would copy the whole batch's rows first.
         Ok(TabularMdp {
+            states: self.states,
+            actions: self.actions,
             tasks: range.len(),
+            indptr: self.indptr.clone(),
+            indices: self.indices.clone(),
+            probs: self.probs.clone(),
             reward: self.reward[rows(sa)].to_vec(),
             terminal: self.terminal[rows(s)].to_vec(),
             terminal_value: self.terminal_value[rows(s)].to_vec(),
             initial: self.initial[rows(s)].to_vec(),
-            ..self.clone()
         })
     }
 
