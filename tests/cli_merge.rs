@@ -215,7 +215,19 @@ fn grid_shards_merge_to_the_whole_solve_infinite_horizon() {
 
 /// An `.npz` MDP of `tasks` tasks with seeded random transitions, rewards and terminals.
 fn write_mdp(dir: &Path, name: &str, tasks: usize, seed: u64) -> String {
-    let mdp = random_mdp(37, 3, tasks, true, seed);
+    write_mdp_edited(dir, name, tasks, seed, |_| {})
+}
+
+/// [`write_mdp`] with `edit` applied to the MDP before it is written.
+fn write_mdp_edited(
+    dir: &Path,
+    name: &str,
+    tasks: usize,
+    seed: u64,
+    edit: impl FnOnce(&mut softvi::TabularMdp),
+) -> String {
+    let mut mdp = random_mdp(37, 3, tasks, true, seed);
+    edit(&mut mdp);
     let wide = |v: &[f32]| v.iter().map(|&x| x as f64).collect::<Vec<_>>();
     let (s, a, b) = (mdp.states, mdp.actions, mdp.tasks);
     let npz = npy::encode_npz(&[
@@ -438,46 +450,78 @@ fn merge_refuses_shards_that_do_not_fit_and_writes_nothing() {
     );
 }
 
-#[test]
-fn merge_of_diverged_shards_writes_the_summary_only_and_exits_as_the_solve() {
-    let tmp = tempfile::tempdir().unwrap();
-    // gamma 1, alpha 10: the entropy bonus outweighs the step costs, no finite value.
-    let world: Vec<String> = [
-        "--maze",
-        "15x15",
-        "--goal",
-        "1,1",
-        "--goal",
-        "13,13",
-        "--goal",
-        "7,7",
-        "--gamma",
-        "1",
-        "--alpha",
-        "10",
-        "--backend",
-        "cpu",
-    ]
-    .map(String::from)
-    .to_vec();
+/// Solves `world` whole and as `shards` shards, all of which exit 3 (diverged) or 0, and
+/// merges them: the merge exits 3, writes summary.json only, equal to the whole solve's.
+fn diverged_shards_merge_to_whole(world: &[String], shards: usize, tmp: &Path) {
     let run = |extra: &[String], out: &Path| {
         let mut all: Vec<&str> = vec!["solve", "--quiet", "--out", out.to_str().unwrap()];
         all.extend(world.iter().chain(extra).map(String::as_str));
         softvi(&all)
     };
-    let whole = tmp.path().join("whole");
+    let whole = tmp.join("whole");
     assert_eq!(run(&[], &whole).status.code(), Some(3));
-    let dirs: Vec<PathBuf> = (0..2).map(|i| tmp.path().join(format!("s{i}"))).collect();
+    let dirs: Vec<PathBuf> = (0..shards).map(|i| tmp.join(format!("s{i}"))).collect();
     for (i, d) in dirs.iter().enumerate() {
-        let o = run(&["--tasks".into(), format!("{i}/2")], d);
-        assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
+        let o = run(&["--tasks".into(), format!("{i}/{shards}")], d);
+        assert!(
+            [Some(0), Some(3)].contains(&o.status.code()),
+            "{}",
+            stderr(&o)
+        );
     }
-    let merged = tmp.path().join("merged");
+    let merged = tmp.join("merged");
     let o = merge(&merged, &dirs);
     assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
     assert!(stderr(&o).contains("diverged"));
     assert!(!merged.join("values.npy").exists());
     assert_eq!(comparable(summary(&merged)), comparable(summary(&whole)));
+}
+
+#[test]
+fn merge_of_diverged_shards_writes_the_summary_only_and_exits_as_the_solve() {
+    let tmp = tempfile::tempdir().unwrap();
+    let maze = [
+        "--maze", "15x15", "--goal", "1,1", "--goal", "13,13", "--goal", "7,7",
+    ];
+    let world = |extra: &[&str]| -> Vec<String> {
+        maze.iter().chain(extra).map(|s| s.to_string()).collect()
+    };
+    // gamma 1, alpha 10: the entropy bonus outweighs the step costs, no task has a finite
+    // value.
+    let all = world(&["--gamma", "1", "--alpha", "10", "--backend", "cpu"]);
+    diverged_shards_merge_to_whole(&all, 2, &tmp.path().join("all"));
+    // Only task 2, in the second shard, diverges: its reward outweighs every step cost. The
+    // first shard converged and wrote its arrays; the merge writes what the whole solve does.
+    let mut reward = vec![0.0f32; 3 * 15 * 15];
+    reward[2 * 15 * 15..].fill(3.0);
+    let reward = write(
+        tmp.path(),
+        "reward.npy",
+        &npy::encode_f32(&[3, 15, 15], &reward),
+    );
+    let mut one = world(&["--gamma", "1", "--alpha", "0.2", "--occupancy", "--reward"]);
+    one.push(reward);
+    diverged_shards_merge_to_whole(&one, 2, &tmp.path().join("one"));
+    // A finite horizon with every step: task 2's values run past 1e30.
+    let mut huge = vec![-1.0f32; 3 * 15 * 15];
+    huge[2 * 15 * 15..].fill(1e29);
+    let huge = write(
+        tmp.path(),
+        "huge.npy",
+        &npy::encode_f32(&[3, 15, 15], &huge),
+    );
+    let mut steps = world(&["--horizon", "20", "--all-steps", "--q", "--reward"]);
+    steps.push(huge);
+    diverged_shards_merge_to_whole(&steps, 2, &tmp.path().join("steps"));
+    // An --mdp batch whose last task's values run past 1e30 (reward 1e29, gamma 0.99).
+    let npz = write_mdp_edited(tmp.path(), "diverging.npz", 5, 3, |mdp| {
+        let per_task = mdp.states * mdp.actions;
+        mdp.reward[4 * per_task..].fill(1e29);
+    });
+    let mdp: Vec<String> = ["--mdp", &npz, "--gamma", "0.99", "--occupancy"]
+        .map(String::from)
+        .to_vec();
+    diverged_shards_merge_to_whole(&mdp, 3, &tmp.path().join("mdp"));
 }
 
 #[test]

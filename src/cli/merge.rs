@@ -154,8 +154,9 @@ impl ShardFolder {
     }
 
     /// The summary without what may differ between shards ([`MAY_DIFFER`], [`PER_TASK`]):
-    /// what must be equal. With `diverged` somewhere, also without the occupancy, which a
-    /// diverged solve does not compute.
+    /// what must be equal. With `diverged` somewhere, also without what a diverged solve
+    /// writes differently: no occupancy, no steps, and the layout of the arrays it did not
+    /// write.
     fn settings(&self, diverged: bool) -> Value {
         let mut settings = self.summary.clone();
         for key in PER_TASK.iter().chain(MAY_DIFFER) {
@@ -163,7 +164,8 @@ impl ShardFolder {
         }
         if diverged {
             remove(&mut settings, &["occupancy"]);
-            remove(&mut settings, &["layout", "occupancy"]);
+            remove(&mut settings, &["layout"]);
+            remove(&mut settings, &["all_steps"]);
         }
         settings
     }
@@ -307,13 +309,15 @@ fn dims(shape: &[usize]) -> String {
 /// settings, every per-task list joined in task order, `tasks` = B, the timing summed over
 /// the shards, and `"merged"` naming the shards in place of `"shard"`.
 fn merged_summary(shards: &[ShardFolder], batch: usize, diverged: bool) -> Value {
-    let mut summary = shards[0].summary.clone();
+    // A diverged shard's summary has what the whole diverged solve writes (its layout, no
+    // occupancy, no steps); the per-task lists below come from every shard.
+    let base = match diverged {
+        true => shards.iter().find(|s| s.diverged).unwrap_or(&shards[0]),
+        false => &shards[0],
+    };
+    let mut summary = base.summary.clone();
     remove(&mut summary, &["shard"]);
     remove(&mut summary, &[MARKER]);
-    if diverged {
-        remove(&mut summary, &["occupancy"]);
-        remove(&mut summary, &["layout", "occupancy"]);
-    }
     for key in PER_TASK {
         if get(&summary, key).is_none() {
             continue;
