@@ -259,6 +259,13 @@ def _run(
     """Submits one Ray task per shard and gathers them in task order."""
     ray = _ray()
     start = time.perf_counter()
+    gpus_there = ray.cluster_resources().get("GPU", 0)
+    if gpus > gpus_there:
+        # Ray would keep such tasks pending for a node that never comes: fail instead.
+        raise _softvi.DeviceError(
+            f"num_gpus_per_shard={gpus}, but the Ray cluster has {gpus_there:g} GPU(s): no "
+            "shard could ever be scheduled (an autoscaling cluster: start a GPU node first)"
+        )
     world_ref = ray.put(world)
     remote = _remote().options(num_gpus=gpus, max_retries=retries)
     refs = [remote.remote(kind, world_ref, part, options, gpus) for part in parts]
@@ -316,15 +323,23 @@ def _gather(results: list[Any], batched: bool, seconds: float) -> SolveResult:
     arrays = {}
     for name in _ARRAYS:
         parts = [getattr(r, name) for r in results]
-        arrays[name] = None if parts[0] is None else np.concatenate(parts, axis=0)
-        if arrays[name] is not None and not batched:
+        if any(p is None for p in parts):
+            # Not asked for, or a shard diverged: the whole solve would have none either.
+            arrays[name] = None
+            continue
+        if name == "values":
+            # A diverged solve reports V_0 only: so does the whole one, where a shard did.
+            steps = min(p.ndim for p in parts)
+            parts = [p[:, 0] if p.ndim > steps else p for p in parts]
+        arrays[name] = np.concatenate(parts, axis=0)
+        if not batched:
             arrays[name] = arrays[name][0]
     lists = {
         name: [x for r in results for x in getattr(r, name)]
         for name in ("status", "iterations", "residual", "unreachable")
     }
     occupancy_status = None
-    if results[0].occupancy_status is not None:
+    if all(r.occupancy_status is not None for r in results):
         occupancy_status = [x for r in results for x in r.occupancy_status]
     adapters = list(dict.fromkeys(r.adapter for r in results))
     _warn_diverged(lists["status"], stacklevel=4)

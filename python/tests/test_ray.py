@@ -171,6 +171,23 @@ def test_ray_shards_and_cli_shards_merged_give_the_same_bits(tmp_path):
     assert summary["status"] == got.status
 
 
+def test_a_task_diverging_in_the_last_shard_gives_the_single_solve_result():
+    # gamma = 1: the tasks with step costs converge, task 7, whose reward outweighs every step
+    # cost, diverges. The whole solve reports no policy and warns; so must the gathered one,
+    # whichever shard held the task (here the last, whose result alone has no policy).
+    grid, goals, _ = maze_batch(8, 4)
+    reward = np.zeros((8, grid.height, grid.width))
+    reward[7] = 3.0
+    kwargs = dict(reward=reward, alpha=0.2, gamma=1.0, occupancy=True)
+    with pytest.warns(RuntimeWarning, match=r"diverged for task\(s\) \[7\]"):
+        want = softvi.solve_grid(grid, goals, **kwargs)
+    with pytest.warns(RuntimeWarning, match=r"diverged for task\(s\) \[7\]"):
+        got = softvi.ray.solve_grid(grid, goals, shards=4, progress=False, **kwargs)
+    assert want.policy is None and want.status[7] == "diverged"
+    assert want.status[:7] == ["converged"] * 7
+    assert_same(got, want)
+
+
 def test_grid_with_a_shared_reward_and_occupancy_equals_the_single_solve():
     grid, goals, _ = maze_batch(13, 2)
     shared = np.random.default_rng(3).normal(size=(grid.height, grid.width)) * 0.1
@@ -351,6 +368,12 @@ def test_a_shard_given_a_gpu_the_node_has_no_adapter_for_raises_device_error():
     grid, goals, _ = maze_batch(3, 8)
     with pytest.raises(softvi.DeviceError, match=r"shard 0/1 \(tasks 0\.\.3\).*CUDA device 0"):
         softvi.ray.solve_grid(grid, goals, shards=1, num_gpus_per_shard=1, progress=False)
+
+
+def test_more_gpus_per_shard_than_the_cluster_has_is_refused_not_left_pending():
+    grid, goals, _ = maze_batch(4, 5)
+    with pytest.raises(softvi.DeviceError, match=r"num_gpus_per_shard=2, but .* 1 GPU"):
+        softvi.ray.solve_grid(grid, goals, shards=2, num_gpus_per_shard=2, horizon=5)
 
 
 def test_device_error_survives_pickle():

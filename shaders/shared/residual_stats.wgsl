@@ -5,8 +5,9 @@
 // CPU twin: `engine::cpu::SweepStats`. Needs WORKGROUP_SIZE and HUGE of shared/constants.wgsl.
 
 // `frozen[task]` of a task still iterating. Otherwise the task stopped at a check (converged:
-// the check's index in its submission, set by `convergence_decide`; diverged: set by the host),
-// and every sweep copies its values unchanged (`v_out = v_in`, no statistics), so that a task's
+// the check's index in its submission, set by `convergence_decide`; diverged: set by the host
+// after the submission in which it diverged), and every sweep of an infinite horizon (`FREEZE`)
+// copies its values unchanged (`v_out = v_in`, no statistics), so that a converged task's
 // result does not depend on the batch it is solved in. Same as `engine::gpu::core::NOT_FROZEN`.
 const NOT_FROZEN: u32 = 0xffffffffu;
 
