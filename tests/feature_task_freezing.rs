@@ -94,11 +94,21 @@ fn assert_same_tasks(whole: &MdpSolution, part: &MdpSolution, range: Range<usize
     }
 }
 
-/// Every task alone and a split into uneven shards, against the whole batch.
-fn splits(tasks: usize) -> Vec<Range<usize>> {
+/// Every task alone and a split into uneven shards, each solved by `solve`, against `whole`,
+/// the batch of `tasks` tasks solved by `name`.
+fn assert_splits_match(
+    whole: &MdpSolution,
+    tasks: usize,
+    name: &str,
+    mut solve: impl FnMut(Range<usize>) -> MdpSolution,
+) {
     let mut ranges: Vec<Range<usize>> = (0..tasks).map(|t| t..t + 1).collect();
     ranges.extend([0..tasks / 3, tasks / 3..tasks - 1, tasks - 1..tasks]);
-    ranges
+    for range in ranges {
+        let part = solve(range.clone());
+        let what = format!("{name} tasks {range:?}");
+        assert_same_tasks(whole, &part, range, &what);
+    }
 }
 
 /// The grid solvers under test: the reference, the native engine, the WGSL kernels (also with
@@ -157,23 +167,10 @@ fn grid_tasks_do_not_depend_on_their_batch() {
                 .iter()
                 .all(|&s| s == Status::Converged)
         );
-        for range in splits(problem.tasks.len()) {
-            let part = solver
-                .solve_grid(
-                    &grid_tasks(&problem, range.clone()),
-                    None,
-                    &options,
-                    outputs,
-                    &mut keep_going,
-                )
-                .unwrap();
-            assert_same_tasks(
-                &whole,
-                &part,
-                range.clone(),
-                &format!("{name} tasks {range:?}"),
-            );
-        }
+        assert_splits_match(&whole, problem.tasks.len(), name, |range| {
+            let part = grid_tasks(&problem, range);
+            (solver.solve_grid(&part, None, &options, outputs, &mut keep_going)).unwrap()
+        });
     }
 }
 
@@ -276,21 +273,9 @@ fn mdp_tasks_do_not_depend_on_their_batch() {
             iterations.iter().min() < iterations.iter().max(),
             "{name}: every task took {iterations:?} sweeps"
         );
-        for range in splits(mdp.tasks) {
-            let part = solver
-                .solve_mdp(
-                    &mdp_tasks(&mdp, range.clone()),
-                    &options,
-                    outputs,
-                    &mut keep_going,
-                )
-                .unwrap();
-            assert_same_tasks(
-                &whole,
-                &part,
-                range.clone(),
-                &format!("{name} tasks {range:?}"),
-            );
-        }
+        assert_splits_match(&whole, mdp.tasks, name, |range| {
+            let part = mdp_tasks(&mdp, range);
+            (solver.solve_mdp(&part, &options, outputs, &mut keep_going)).unwrap()
+        });
     }
 }
