@@ -15,7 +15,6 @@ use super::memory;
 use super::options::{Horizon, Outputs, SolveOptions};
 use super::schedule::OnProgress;
 use super::solution::{MdpSolution, check_mdp_solve};
-use super::warm_start::grid_start_values;
 use crate::error::{Result, ensure};
 use crate::world::grid_mdp::{GridMdp, start_distribution};
 use crate::world::grid_problem::GridProblem;
@@ -257,8 +256,8 @@ impl NativeSolver {
         }
     }
 
-    /// Solves a plain grid batch from the initial values `v0` `[task][row][col]` (`None`:
-    /// zeros), for callers that warm-start.
+    /// Solves a plain grid batch from the initial values `v0` `[task][row][col]` (`None`: the
+    /// start every backend takes), for callers that warm-start.
     pub fn solve_plain_from(
         &self,
         problem: &GridProblem,
@@ -316,18 +315,7 @@ impl GridSolver for NativeSolver {
         progress: &mut OnProgress<'_>,
     ) -> Result<MdpSolution> {
         if !outputs.needs_steps() {
-            // Checked before the start values are computed: they read the problem's layout.
-            check_grid_solve(problem, options, outputs)?;
-            // The same start as the other backends (the gamma = 1 warm start where it applies).
-            let v0 = grid_start_values(problem, options);
-            return Ok(MdpSolution::plain(super::native::solve_native(
-                problem,
-                options,
-                outputs,
-                v0.as_deref(),
-                self.threads,
-                progress,
-            )?));
+            return self.solve_plain_from(problem, options, outputs, None, progress);
         }
         match &mut self.fallback {
             Some(gpu) => gpu.solve_grid(problem, starts, options, outputs, progress),

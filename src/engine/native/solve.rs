@@ -11,6 +11,7 @@ use crate::engine::layout::GridInputs;
 use crate::engine::options::{Horizon, Outputs, SolveOptions};
 use crate::engine::schedule::{OnProgress, TaskOutcomes, final_status, with_unbounded};
 use crate::engine::solution::{Solution, Status};
+use crate::engine::warm_start::grid_start_values_for;
 use crate::error::Result;
 use crate::world::grid_problem::GridProblem;
 
@@ -20,8 +21,9 @@ pub fn default_threads() -> usize {
 }
 
 /// Solves a plain grid batch (values, and the policy and Q as `outputs` asks) with the native
-/// f32 engine on `threads` threads from the initial values `v0` `[task][row][col]` (zeros for
-/// a cold start). `problem`, `options` and `outputs` must be checked by the caller
+/// f32 engine on `threads` threads from the initial values `v0` `[task][row][col]` (`None`:
+/// the start every backend takes, [`grid_start_values_for`]: zeros, or the gamma = 1 warm
+/// start where it applies). `problem`, `options` and `outputs` must be checked by the caller
 /// ([`crate::engine::solver::NativeSolver`] does).
 pub fn solve_native(
     problem: &GridProblem,
@@ -35,12 +37,13 @@ pub fn solve_native(
     outputs.ensure_plain()?;
     let inputs = GridInputs::new(problem, options);
     let grid = NativeGrid::new(&inputs);
-    let zeros;
+    let usual_start;
     let v0 = match v0 {
         Some(v0) => v0,
         None => {
-            zeros = vec![0.0; inputs.tasks * inputs.cells()];
-            &zeros
+            usual_start = grid_start_values_for(&inputs, options)
+                .unwrap_or_else(|| vec![0.0; inputs.tasks * inputs.cells()]);
+            &usual_start
         }
     };
     crate::error::ensure!(
