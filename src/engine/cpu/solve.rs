@@ -191,36 +191,54 @@ pub fn solve_cpu_with_progress(
         |v_in, v_out| grid_backup(&inputs, v_in, v_out),
         progress,
     )?;
-    let verdict = with_unbounded(outcomes.verdict, &inputs.unbounded_tasks());
-    let status = final_status(options, &verdict, &outcomes.converged);
-    let residual = outcomes.last.iter().map(|s| s.max_abs_delta).collect();
     // After the swap, v_next holds the values the last sweep read (V_1 for a finite horizon).
     let policy_from = match options.horizon {
         Horizon::Finite(_) => &v_next,
         Horizon::Infinite { .. } => &v,
     };
+    let rows = |write_q| grid_policy(&inputs, policy_from, write_q);
+    Ok(grid_solution(
+        &inputs, options, outputs, outcomes, &v, rows, start,
+    ))
+}
+
+/// A plain grid solve's result from its iteration's `outcomes` and final values `v`
+/// `[task][row][col]` (f64): the statuses, residuals and values, marked, and the policy and Q
+/// as `outputs` asks, made by `rows(write_q)` `[task][row][col][action]` (none when a task
+/// diverged). The CPU reference and the native engine report through it.
+pub(crate) fn grid_solution(
+    inputs: &GridInputs,
+    options: &SolveOptions,
+    outputs: Outputs,
+    outcomes: TaskOutcomes,
+    v: &[f64],
+    rows: impl Fn(bool) -> Vec<f32>,
+    start: Instant,
+) -> Solution {
+    let verdict = with_unbounded(outcomes.verdict, &inputs.unbounded_tasks());
+    let status = final_status(options, &verdict, &outcomes.converged);
     let marks = inputs.marks();
     let diverged = status.contains(&Status::Diverged);
-    let rows = |asked: bool, write_q: bool| {
+    let marked_rows = |asked: bool, write_q: bool| {
         (asked && !diverged).then(|| {
-            let mut rows = grid_policy(&inputs, policy_from, write_q);
+            let mut rows = rows(write_q);
             marks.policy(&mut rows, 1, inputs.action_count);
             rows
         })
     };
-    Ok(Solution {
+    Solution {
         height: inputs.height,
         width: inputs.width,
         action_count: inputs.action_count,
-        values: marks.reported(&v, 1),
-        policy: rows(outputs.policy, false),
-        q: rows(outputs.q, true),
+        values: marks.reported(v, 1),
+        policy: marked_rows(outputs.policy, false),
+        q: marked_rows(outputs.q, true),
         iterations: outcomes.iterations,
-        residual,
+        residual: outcomes.last.iter().map(|s| s.max_abs_delta).collect(),
         status,
         unreachable: inputs.unreachable.clone(),
         seconds: start.elapsed().as_secs_f64(),
-    })
+    }
 }
 
 /// Solves a general MDP with the CPU reference (f64, one thread); `outputs` adds every time

@@ -5,12 +5,12 @@
 use std::time::Instant;
 
 use super::grid_backup::{NativeGrid, NativeState};
-use crate::engine::cpu::solve::iterate_checked;
+use crate::engine::cpu::solve::{grid_solution, iterate_checked};
 use crate::engine::cpu::{action_values, write_policy};
 use crate::engine::layout::GridInputs;
 use crate::engine::options::{Horizon, Outputs, SolveOptions};
-use crate::engine::schedule::{OnProgress, TaskOutcomes, final_status, with_unbounded};
-use crate::engine::solution::{Solution, Status};
+use crate::engine::schedule::{OnProgress, TaskOutcomes};
+use crate::engine::solution::Solution;
 use crate::engine::warm_start::grid_start_values_for;
 use crate::error::Result;
 use crate::world::grid_problem::GridProblem;
@@ -53,37 +53,26 @@ pub fn solve_native(
         inputs.tasks * inputs.cells()
     );
     let run = iterate_native(&grid, options, v0, threads, progress)?;
-    let outcomes = run.outcomes;
-    let verdict = with_unbounded(outcomes.verdict, &inputs.unbounded_tasks());
-    let status = final_status(options, &verdict, &outcomes.converged);
-    let residual = outcomes.last.iter().map(|s| s.max_abs_delta).collect();
+    let v = grid.unpadded(&run.v);
     // As in the reference: V_1 for a finite horizon, the last V otherwise.
+    let v_prev;
     let policy_from = match options.horizon {
-        Horizon::Finite(_) => grid.unpadded(&run.v_prev),
-        Horizon::Infinite { .. } => grid.unpadded(&run.v),
+        Horizon::Finite(_) => {
+            v_prev = grid.unpadded(&run.v_prev);
+            &v_prev
+        }
+        Horizon::Infinite { .. } => &v,
     };
-    let marks = inputs.marks();
-    let diverged = status.contains(&Status::Diverged);
-    let rows = |asked: bool, write_q: bool| {
-        (asked && !diverged).then(|| {
-            let mut rows = grid_policy_threads(&inputs, &policy_from, write_q, threads);
-            marks.policy(&mut rows, 1, inputs.action_count);
-            rows
-        })
-    };
-    Ok(Solution {
-        height: inputs.height,
-        width: inputs.width,
-        action_count: inputs.action_count,
-        values: marks.reported(&grid.unpadded(&run.v), 1),
-        policy: rows(outputs.policy, false),
-        q: rows(outputs.q, true),
-        iterations: outcomes.iterations,
-        residual,
-        status,
-        unreachable: inputs.unreachable.clone(),
-        seconds: start.elapsed().as_secs_f64(),
-    })
+    let rows = |write_q| grid_policy_threads(&inputs, policy_from, write_q, threads);
+    Ok(grid_solution(
+        &inputs,
+        options,
+        outputs,
+        run.outcomes,
+        &v,
+        rows,
+        start,
+    ))
 }
 
 /// Where a native iteration stopped (padded layout).
