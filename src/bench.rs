@@ -14,7 +14,7 @@ use crate::engine::gpu::{GridEngine, MdpEngine};
 use crate::engine::options::{Backup, Horizon, Outputs, SolveOptions};
 use crate::world::grid::{ActionSet, Connectivity, Grid, MoveCost};
 use crate::world::grid_problem::{GridProblem, GridTask};
-use crate::world::mdp::TabularMdp;
+use crate::world::mdp::{TabularMdp, uniform_start};
 
 /// A named benchmark problem.
 pub struct Workload {
@@ -311,10 +311,9 @@ pub fn sparse_mdp(states: usize, seed: u64) -> TabularMdp {
     for k in 0..16 {
         terminal[k * states / 16 + states / 32] = true;
     }
-    let free = states - 16;
-    let initial = terminal
-        .iter()
-        .map(|&t| if t { 0.0 } else { 1.0 / free as f32 })
+    let initial = uniform_start(&terminal)
+        .into_iter()
+        .map(|x| x as f32)
         .collect();
     TabularMdp {
         states,

@@ -22,7 +22,7 @@ use crate::engine::solution::Status;
 use crate::engine::solver::MdpSolver;
 use crate::error::{Context, Result, bail, ensure};
 use crate::io::npy::NpyValues;
-use crate::world::mdp::TabularMdp;
+use crate::world::mdp::{TabularMdp, uniform_start};
 use std::collections::HashMap;
 use std::path::Path;
 
@@ -347,10 +347,9 @@ pub fn empirical_mdp(data: &Dataset) -> Result<EmpiricalMdp> {
         .map(|s| counts[s * a_n..(s + 1) * a_n].iter().all(|&n| n == 0))
         .collect();
     terminal[sink] = true;
-    let open = terminal.iter().filter(|&&t| !t).count();
-    let initial = terminal
-        .iter()
-        .map(|&t| if t { 0.0 } else { 1.0 / open as f32 })
+    let initial = uniform_start(&terminal)
+        .into_iter()
+        .map(|x| x as f32)
         .collect();
     let mdp = TabularMdp {
         states,

@@ -44,6 +44,21 @@ pub struct TabularMdp {
     pub initial: Vec<f32>,
 }
 
+/// The start distribution a task gets when none is given, `[state]`: uniform over its
+/// non-`terminal` states, or over all when every state is terminal (episodes then end where
+/// they start).
+pub fn uniform_start(terminal: &[bool]) -> Vec<f64> {
+    let free = terminal.iter().filter(|&&t| !t).count();
+    terminal
+        .iter()
+        .map(|&t| match free {
+            0 => 1.0 / terminal.len() as f64,
+            _ if !t => 1.0 / free as f64,
+            _ => 0.0,
+        })
+        .collect()
+}
+
 impl TabularMdp {
     /// Reads and validates an `.npz` file; errors name the file and the array.
     pub fn load_npz(path: &Path) -> Result<Self> {
@@ -126,17 +141,7 @@ impl TabularMdp {
         for t in 0..tasks {
             let row = &mut initial[t * states..(t + 1) * states];
             if given.is_none() {
-                // Uniform over the non-terminal states, or over all when every state is
-                // terminal (episodes then end where they start).
-                let open = |s: usize| !terminal[t * states + s];
-                let free = (0..states).filter(|&s| open(s)).count();
-                for (s, x) in row.iter_mut().enumerate() {
-                    *x = match free {
-                        0 => 1.0 / states as f64,
-                        _ if open(s) => 1.0 / free as f64,
-                        _ => 0.0,
-                    };
-                }
+                row.copy_from_slice(&uniform_start(&terminal[t * states..(t + 1) * states]));
                 continue;
             }
             let sum: f64 = row.iter().sum();
