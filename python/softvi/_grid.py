@@ -83,6 +83,39 @@ def _cells(grid: Grid, name: str, cells: Any) -> list[int]:
     return out
 
 
+def _grid_batch(
+    grid: Grid, goals: Any, reward: ArrayLike | None, start: Any, occupancy: bool
+) -> tuple[list[Any], list[list[int]], np.ndarray | None, list[int] | None]:
+    """A grid batch as :func:`solve_grid` takes it, checked.
+
+    Returns the goals as a list, each task's goal cells, the reward as given (``[H,W]``,
+    shared, or ``[B,H,W]``; or None) and the start cells (or None).
+
+    Raises:
+        TypeError: ``grid`` is not a :class:`Grid`.
+        ValueError: no goal, a goal or ``start`` off the grid or on a wall, a reward of
+            another shape, or ``start`` without the occupancy.
+    """
+    if not isinstance(grid, Grid):
+        raise TypeError(f"grid must be a softvi.Grid, got {type(grid).__name__}")
+    goals = list(goals)
+    if len(goals) == 0:
+        raise ValueError("goals is empty: give at least one task (a goal cell)")
+    goal_cells = [_cells(grid, f"goals[{i}]", g) for i, g in enumerate(goals)]
+    tasks = len(goals)
+    if reward is not None:
+        reward = np.asarray(reward)
+        if reward.shape not in ((grid.height, grid.width), (tasks, grid.height, grid.width)):
+            raise ValueError(
+                f"reward has shape {reward.shape}; expected [H,W] = [{grid.height}, "
+                f"{grid.width}] or [B,H,W] = [{tasks}, {grid.height}, {grid.width}]"
+            )
+    starts = None if start is None else _cells(grid, "start", start)
+    if starts is not None and not occupancy:
+        raise ValueError("start sets where the occupancy starts: add occupancy=True")
+    return goals, goal_cells, reward, starts
+
+
 def solve_grid(
     grid: Grid,
     goals: Sequence[Cell | Sequence[Cell]],
@@ -146,24 +179,11 @@ def solve_grid(
             ``X`` = column, ``Y`` = row).
         DeviceError: ``device="gpu"`` and no usable adapter.
     """
-    if not isinstance(grid, Grid):
-        raise TypeError(f"grid must be a softvi.Grid, got {type(grid).__name__}")
-    if isinstance(goals, np.ndarray) and goals.ndim == 2:
-        goals = list(goals)
-    if len(goals) == 0:
-        raise ValueError("goals is empty: give at least one task (a goal cell)")
-    goal_cells = [_cells(grid, f"goals[{i}]", g) for i, g in enumerate(goals)]
+    goals, goal_cells, reward, starts = _grid_batch(grid, goals, reward, start, occupancy)
     tasks = len(goal_cells)
     reward32 = None
     if reward is not None:
-        r = np.asarray(reward)
-        if r.shape == (grid.height, grid.width):
-            r = np.broadcast_to(r, (tasks, grid.height, grid.width))
-        if r.shape != (tasks, grid.height, grid.width):
-            raise ValueError(
-                f"reward has shape {r.shape}; expected [H,W] = [{grid.height}, {grid.width}] "
-                f"or [B,H,W] = [{tasks}, {grid.height}, {grid.width}]"
-            )
+        r = np.broadcast_to(reward, (tasks, grid.height, grid.width))
         reward32 = np.ascontiguousarray(r, dtype=np.float32)
     costs = None
     if move_cost is not None:
@@ -171,9 +191,6 @@ def solve_grid(
         if len(c) not in (2, 3):
             raise ValueError(f"move_cost must be (orthogonal, diagonal[, stay]), got {move_cost!r}")
         costs = (c[0], c[1], c[2] if len(c) == 3 else 0.0)
-    starts = None if start is None else _cells(grid, "start", start)
-    if starts is not None and not occupancy:
-        raise ValueError("start sets where the occupancy starts: add occupancy=True")
     settings = _settings(
         alpha, gamma, backup, horizon, tol, max_iters, extrapolate, policy, q, all_steps,
         occupancy, device,

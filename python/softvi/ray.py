@@ -41,7 +41,7 @@ from typing import Any
 import numpy as np
 
 from . import _softvi
-from ._grid import Grid, _cells
+from ._grid import Grid, _grid_batch
 from ._grid import solve_grid as _solve_grid
 from ._mdp import TabularMDP, _check_mdp
 from ._solve import SolveResult, _settings, _warn_diverged
@@ -442,44 +442,22 @@ def solve_grid(
             shape.
         RuntimeError: as in :func:`solve`.
     """
-    if not isinstance(grid, Grid):
-        raise TypeError(f"grid must be a softvi.Grid, got {type(grid).__name__}")
-    if isinstance(goals, np.ndarray) and goals.ndim == 2:
-        goals = list(goals)
-    goals = list(goals)
-    if len(goals) == 0:
-        raise ValueError("goals is empty: give at least one task (a goal cell)")
-    for i, g in enumerate(goals):
-        _cells(grid, f"goals[{i}]", g)
-    tasks = len(goals)
-    ranges = shard_ranges(tasks, shards)
+    given = options.get("reward"), options.get("start"), options.get("occupancy", False)
+    goals, _, reward, _ = _grid_batch(grid, goals, *given)
+    ranges = shard_ranges(len(goals), shards)
     options = _options(
         "softvi.ray.solve_grid", _GRID_KEYWORDS, options, num_gpus_per_shard, max_retries
     )
     _ray()
     world_keys = ("connectivity", "stay", "slip", "move_cost", "start")
+    options.pop("reward")
+    shared = reward is not None and reward.ndim == 2
     world: dict[str, Any] = {
         "free": grid.free,
         "options": {k: options.pop(k) for k in world_keys},
-        "reward": None,
+        "reward": reward if shared else None,
     }
-    if world["options"]["start"] is not None:
-        _cells(grid, "start", world["options"]["start"])
-        if not options["occupancy"]:
-            raise ValueError("start sets where the occupancy starts: add occupancy=True")
-    reward = options.pop("reward")
-    per_task = None
-    if reward is not None:
-        r = np.asarray(reward)
-        if r.shape == (grid.height, grid.width):
-            world["reward"] = r
-        elif r.shape == (tasks, grid.height, grid.width):
-            per_task = r
-        else:
-            raise ValueError(
-                f"reward has shape {r.shape}; expected [H,W] = [{grid.height}, {grid.width}] "
-                f"or [B,H,W] = [{tasks}, {grid.height}, {grid.width}]"
-            )
+    per_task = None if shared else reward
     parts = [
         {"goals": goals[lo:hi], "reward": None if per_task is None else per_task[lo:hi]}
         for lo, hi in ranges
