@@ -285,7 +285,7 @@ pub fn sparse_mdp(states: usize, seed: u64) -> TabularMdp {
         for (a, &d) in offsets.iter().enumerate() {
             let side = offsets[(a + 1) % 4];
             let mut entries = [
-                (wrap(s + d), 0.7f32),
+                (wrap(s + d), 0.7f64),
                 (wrap(s + d + side), 0.1),
                 (wrap(s + d - side), 0.1),
                 (rng.random_range(0..states as u32), 0.1),
@@ -305,16 +305,13 @@ pub fn sparse_mdp(states: usize, seed: u64) -> TabularMdp {
         }
     }
     let reward = (0..states * actions)
-        .map(|_| -1.0 + rng.random_range(-0.1f32..0.1))
+        .map(|_| (-1.0 + rng.random_range(-0.1f32..0.1)) as f64)
         .collect();
     let mut terminal = vec![false; states];
     for k in 0..16 {
         terminal[k * states / 16 + states / 32] = true;
     }
-    let initial = uniform_start(&terminal)
-        .into_iter()
-        .map(|x| x as f32)
-        .collect();
+    let initial = uniform_start(&terminal);
     TabularMdp {
         states,
         actions,

@@ -60,6 +60,26 @@ pub enum Error {
     },
 }
 
+/// How an error message names a setting: by its name in the library and the Python API
+/// (`max_iters`), or with the command line's flag beside it (`max_iters (--max-iters)`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Spelling {
+    /// The setting's name: what `softvi.solve(...)` and the library call it.
+    Name,
+    /// The name with its flag, for the command line.
+    Flag,
+}
+
+impl Spelling {
+    /// `name` spelled this way (`Flag`: the flag is `--` and the name with `-` for `_`).
+    pub fn setting(self, name: &str) -> String {
+        match self {
+            Spelling::Name => name.to_string(),
+            Spelling::Flag => format!("{name} (--{})", name.replace('_', "-")),
+        }
+    }
+}
+
 impl Error {
     /// An I/O error on `path` while doing `action` (e.g. "cannot write").
     pub fn io(action: impl Display, path: &Path, source: std::io::Error) -> Self {

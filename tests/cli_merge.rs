@@ -228,7 +228,6 @@ fn write_mdp_edited(
 ) -> String {
     let mut mdp = random_mdp(37, 3, tasks, true, seed);
     edit(&mut mdp);
-    let wide = |v: &[f32]| v.iter().map(|&x| x as f64).collect::<Vec<_>>();
     let (s, a, b) = (mdp.states, mdp.actions, mdp.tasks);
     let npz = npy::encode_npz(&[
         (
@@ -247,11 +246,8 @@ fn write_mdp_edited(
                 &mdp.indices.iter().map(|&x| x as f64).collect::<Vec<_>>(),
             ),
         ),
-        (
-            "data",
-            npy::encode("<f4", &[mdp.nonzeros()], &wide(&mdp.probs)),
-        ),
-        ("R", npy::encode("<f4", &[b, s, a], &wide(&mdp.reward))),
+        ("data", npy::encode("<f8", &[mdp.nonzeros()], &mdp.probs)),
+        ("R", npy::encode("<f8", &[b, s, a], &mdp.reward)),
         (
             "terminal",
             npy::encode(
@@ -265,7 +261,7 @@ fn write_mdp_edited(
         ),
         (
             "terminal_value",
-            npy::encode("<f4", &[b, s], &wide(&mdp.terminal_value)),
+            npy::encode("<f8", &[b, s], &mdp.terminal_value),
         ),
     ])
     .unwrap();

@@ -833,3 +833,139 @@ fn all_steps_where_every_free_cell_is_a_goal() {
         }
     }
 }
+
+/// `--dtype f64` on `--backend cpu`: float64 `.npy` files holding the f64 reference's arrays
+/// bit for bit as the library returns them, and layouts that say float64; refused on other
+/// backends and on grids, with nothing written.
+#[test]
+fn dtype_f64_writes_the_reference_in_float64() {
+    use softvi::engine::cpu::solve_mdp_cpu_f64;
+    use softvi::world::mdp::TabularMdp;
+    use softvi::{Horizon, Outputs, SolveOptions};
+    let tmp = tempfile::tempdir().unwrap();
+    // 5 states, 2 actions, probabilities in thirds and rewards in sevenths: not float32 values.
+    let (s, a) = (5, 2);
+    let mut p = vec![0.0; s * a * s];
+    for state in 0..s {
+        for action in 0..a {
+            let row = &mut p[(state * a + action) * s..][..s];
+            row[(state + 1) % s] += 1.0 / 3.0;
+            row[(state + action + 2) % s] += 2.0 / 3.0;
+        }
+    }
+    let r: Vec<f64> = (0..s * a).map(|i| i as f64 / 7.0 - 0.5).collect();
+    let npz = npy::encode_npz(&[
+        ("P", npy::encode("<f8", &[s, a, s], &p)),
+        ("R", npy::encode("<f8", &[s, a], &r)),
+    ])
+    .unwrap();
+    let path = write(tmp.path(), "m.npz", &npz);
+    let out = tmp.path().join("f64");
+    let settings = [
+        "solve",
+        "--mdp",
+        &path,
+        "--horizon",
+        "12",
+        "--gamma",
+        "0.9",
+        "--alpha",
+        "0.6",
+        "--q",
+        "--occupancy",
+        "--all-steps",
+        "--quiet",
+    ];
+    let o = softvi(
+        &[
+            &settings[..],
+            &[
+                "--backend",
+                "cpu",
+                "--dtype",
+                "f64",
+                "--out",
+                out.to_str().unwrap(),
+            ],
+        ]
+        .concat(),
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let mdp = TabularMdp::load_npz(std::path::Path::new(&path)).unwrap();
+    let options = SolveOptions {
+        alpha: 0.6,
+        gamma: 0.9,
+        horizon: Horizon::Finite(12),
+        ..SolveOptions::default()
+    };
+    let outputs = Outputs {
+        policy: true,
+        q: true,
+        all_steps: true,
+        occupancy: true,
+    };
+    let want = solve_mdp_cpu_f64(&mdp, &options, outputs, &mut |_| {
+        std::ops::ControlFlow::Continue(())
+    })
+    .unwrap();
+    let steps = want.steps.unwrap();
+    for (file, data) in [
+        ("values.npy", &steps.values),
+        ("policy.npy", steps.policy.as_ref().unwrap()),
+        ("q.npy", steps.q.as_ref().unwrap()),
+        ("occupancy.npy", &want.occupancy.as_ref().unwrap().values),
+    ] {
+        let read = npy::decode(&std::fs::read(out.join(file)).unwrap()).unwrap();
+        assert_eq!(read.dtype, "<f8", "{file}");
+        let same = read
+            .data
+            .iter()
+            .zip(data.iter())
+            .all(|(x, y)| x.to_bits() == y.to_bits());
+        assert!(
+            same && read.data.len() == data.len(),
+            "{file} differs from the library's"
+        );
+    }
+    let layout = summary(&out)["layout"].clone();
+    assert!(
+        layout["values"].as_str().unwrap().starts_with("float64 "),
+        "{layout}"
+    );
+
+    // Refused where the arrays would not be f64, before any file is written.
+    let map = write(
+        tmp.path(),
+        "open.map",
+        b"type octile\nheight 2\nwidth 3\nmap\n...\n...\n",
+    );
+    for (args, message) in [
+        (
+            [&settings[..], &["--backend", "native", "--dtype", "f64"]].concat(),
+            "--dtype f64 needs --backend cpu",
+        ),
+        (
+            vec![
+                "solve",
+                "--map",
+                &map,
+                "--goal",
+                "0,0",
+                "--backend",
+                "cpu",
+                "--dtype",
+                "f64",
+            ],
+            "--dtype f64 needs an --mdp solve",
+        ),
+    ] {
+        let refused = tmp.path().join("refused");
+        let o = softvi(&[&args[..], &["--out", refused.to_str().unwrap()]].concat());
+        assert_eq!(o.status.code(), Some(1), "{args:?}");
+        assert!(stderr(&o).contains(message), "{args:?}: {}", stderr(&o));
+        assert!(
+            !refused.join("values.npy").exists(),
+            "{args:?} wrote values"
+        );
+    }
+}

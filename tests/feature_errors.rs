@@ -85,7 +85,7 @@ fn broken_mdps_are_invalid_input_naming_the_array() {
         ),
         (
             "non-finite reward",
-            |m| m.reward[3] = f32::NAN,
+            |m| m.reward[3] = f64::NAN,
             "state 1, action 1",
         ),
         (

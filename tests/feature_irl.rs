@@ -227,11 +227,11 @@ fn dense_model_features(mdp: &TabularMdp, features: &[f32], m: usize) -> Vec<f64
     let mut p = vec![0.0; s_n * a_n * s_n];
     for row in 0..s_n * a_n {
         for k in mdp.indptr[row] as usize..mdp.indptr[row + 1] as usize {
-            p[row * s_n + mdp.indices[k] as usize] += mdp.probs[k] as f64;
+            p[row * s_n + mdp.indices[k] as usize] += mdp.probs[k];
         }
     }
     let terminal = &mdp.terminal[m * s_n..(m + 1) * s_n];
-    let r = |s: usize, a: usize| mdp.reward[(m * s_n + s) * a_n + a] as f64;
+    let r = |s: usize, a: usize| mdp.reward[(m * s_n + s) * a_n + a];
     // Backward: V_T = 0, pi_t from V_{t+1}.
     let mut v = vec![0.0; s_n];
     let mut policies = Vec::new();
@@ -259,10 +259,7 @@ fn dense_model_features(mdp: &TabularMdp, features: &[f32], m: usize) -> Vec<f64
         v = next;
     }
     policies.reverse(); // pi_0 .. pi_{T-1}
-    let mut d: Vec<f64> = mdp.initial[m * s_n..(m + 1) * s_n]
-        .iter()
-        .map(|&x| x as f64)
-        .collect();
+    let mut d: Vec<f64> = mdp.initial[m * s_n..(m + 1) * s_n].to_vec();
     let k_n = features.len() / s_n;
     let mut mu = vec![0.0; k_n];
     for t in 0..=HORIZON {

@@ -38,12 +38,11 @@ fn posterior_by_definition(
                 continue;
             }
             let end = if mdp.terminal[next] {
-                mdp.terminal_value[next] as f64
+                mdp.terminal_value[next]
             } else {
                 0.0
             };
-            let expected =
-                mdp.reward[(z * s_n + o.state as usize) * a_n + o.action as usize] as f64 + end;
+            let expected = mdp.reward[(z * s_n + o.state as usize) * a_n + o.action as usize] + end;
             let gap = o.reward as f64 - expected;
             *w *= match noise {
                 Some(sigma) => {
@@ -81,9 +80,9 @@ fn random_episodes(
                 rng.random_range(0..s_n),
             );
             let ends = mdp.terminal[truth * s_n + next];
-            let reward = mdp.reward[(truth * s_n + s) * a_n + a] as f64
+            let reward = mdp.reward[(truth * s_n + s) * a_n + a]
                 + if ends {
-                    mdp.terminal_value[truth * s_n + next] as f64
+                    mdp.terminal_value[truth * s_n + next]
                 } else {
                     0.0
                 };
@@ -117,7 +116,7 @@ fn the_posterior_update_equals_its_definition() {
         *r = (*r * 4.0).round() / 4.0;
     }
     for (i, v) in mdp.terminal_value.iter_mut().enumerate() {
-        *v = (i % 3) as f32;
+        *v = (i % 3) as f64;
     }
     let (runs, steps) = (37, 6);
     let prior = [0.1, 0.3, 0.2, 0.25, 0.15];

@@ -444,7 +444,7 @@ fn the_empirical_mdp_lays_datasets_side_by_side() {
     assert_eq!(m.probability(0, 0, 1), 0.5);
     assert_eq!(m.probability(0, 0, 2), 0.5);
     assert_eq!(m.reward[0], 2.0);
-    assert_eq!(m.reward[1], f32::NEG_INFINITY, "(0, 1) unseen");
+    assert_eq!(m.reward[1], f64::NEG_INFINITY, "(0, 1) unseen");
     assert_eq!(m.probability(1, 1, 6), 1.0, "done: into the sink");
     assert_eq!(m.probability(3 + 2, 1, 3), 0.5, "dataset 1, state 2");
     assert_eq!(m.probability(3 + 2, 1, 6), 0.5);

@@ -242,7 +242,7 @@ fn mdp_tasks_do_not_depend_on_their_batch() {
     // Rewards of different scales (x1 .. x16): the tasks reach tol 1e-4 sweeps apart.
     let per_task = mdp.states * mdp.actions;
     for (i, r) in mdp.reward.iter_mut().enumerate() {
-        *r *= (1 + 3 * (i / per_task)) as f32;
+        *r *= (1 + 3 * (i / per_task)) as f64;
     }
     let options = SolveOptions {
         alpha: 0.7,

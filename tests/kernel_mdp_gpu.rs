@@ -97,15 +97,12 @@ fn dense_occupancy(mdp: &TabularMdp, gamma: f64, policy: &[f32], horizon: usize)
     let mut p = vec![0.0; s_n * a_n * s_n];
     for row in 0..s_n * a_n {
         for k in mdp.indptr[row] as usize..mdp.indptr[row + 1] as usize {
-            p[row * s_n + mdp.indices[k] as usize] += mdp.probs[k] as f64;
+            p[row * s_n + mdp.indices[k] as usize] += mdp.probs[k];
         }
     }
     let mut out = Vec::new();
     for t in 0..b_n {
-        let mut d: Vec<f64> = mdp.initial[t * s_n..(t + 1) * s_n]
-            .iter()
-            .map(|&x| x as f64)
-            .collect();
+        let mut d: Vec<f64> = mdp.initial[t * s_n..(t + 1) * s_n].to_vec();
         out.extend_from_slice(&d);
         for step in 0..horizon {
             let mut next = vec![0.0; s_n];
@@ -480,7 +477,7 @@ fn dense_values_over_open_actions(
         for t in 0..mdp.tasks {
             for s in 0..s_n {
                 if mdp.terminal[t * s_n + s] {
-                    next[t * s_n + s] = mdp.terminal_value[t * s_n + s] as f64;
+                    next[t * s_n + s] = mdp.terminal_value[t * s_n + s];
                     continue;
                 }
                 let q: Vec<f64> = (0..a_n)
@@ -489,7 +486,7 @@ fn dense_values_over_open_actions(
                         let expected: f64 = (0..s_n)
                             .map(|j| mdp.probability(s, a, j) * v[t * s_n + j])
                             .sum();
-                        mdp.reward[(t * s_n + s) * a_n + a] as f64 + gamma * expected
+                        mdp.reward[(t * s_n + s) * a_n + a] + gamma * expected
                     })
                     .collect();
                 let top = q.iter().copied().fold(f64::NEG_INFINITY, f64::max);
@@ -528,7 +525,7 @@ fn excluded_actions_drop_out_of_the_soft_max() {
     for t in 0..mdp.tasks {
         for s in 0..s_n {
             for a in (0..a_n).filter(|&a| excluded(s, a)) {
-                mdp.reward[(t * s_n + s) * a_n + a] = f32::NEG_INFINITY;
+                mdp.reward[(t * s_n + s) * a_n + a] = f64::NEG_INFINITY;
             }
         }
     }

@@ -75,7 +75,7 @@ fn dense_backup(
     let mut q = vec![0.0; s_n * a_n];
     for s in 0..s_n {
         if mdp.terminal[t * s_n + s] {
-            v[s] = mdp.terminal_value[t * s_n + s] as f64;
+            v[s] = mdp.terminal_value[t * s_n + s];
             continue;
         }
         for a in 0..a_n {
@@ -122,7 +122,7 @@ fn finite_horizon_matches_a_dense_computation() {
                 let mut next: Vec<f64> = (0..6)
                     .map(|s| {
                         if mdp.terminal[t * 6 + s] {
-                            mdp.terminal_value[t * 6 + s] as f64
+                            mdp.terminal_value[t * 6 + s]
                         } else {
                             0.0
                         }
@@ -179,7 +179,7 @@ fn optimistic_value_is_the_log_partition_over_trajectories() {
         while let Some((s, left, prob, ret)) = stack.pop() {
             if mdp.terminal[s] || left == 0 {
                 let end = if mdp.terminal[s] {
-                    mdp.terminal_value[s] as f64
+                    mdp.terminal_value[s]
                 } else {
                     0.0
                 };
@@ -343,9 +343,8 @@ fn soft_q_matches_a_dense_computation() {
                     let what = format!("{name} {backup:?} {horizon:?} task {t}");
                     // Q_0 (and Q_t of every step) from the recurrence, or Q from the solve's V.
                     let truth: Vec<Vec<f64>> = if finite {
-                        let mut next: Vec<f64> = (0..s_n)
-                            .map(|s| mdp.terminal_value[t * s_n + s] as f64)
-                            .collect();
+                        let mut next: Vec<f64> =
+                            (0..s_n).map(|s| mdp.terminal_value[t * s_n + s]).collect();
                         let mut all = Vec::new();
                         for _ in 0..5 {
                             let (v, q) = dense_backup(&mdp, &p, &r, t, &next, &o);

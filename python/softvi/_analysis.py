@@ -267,6 +267,15 @@ def maxent_irl(
             of range.
     """
     _check_mdp(mdp)
+    # Checked here so that messages name these arguments (the engine's name the CLI's flags).
+    for name, value, ok, rule in (
+        ("alpha", alpha, lambda x: x > 0, "> 0 (the demos' likelihood is the soft policy's)"),
+        ("learning_rate", learning_rate, lambda x: x > 0, "> 0"),
+        ("tol", tol, lambda x: x >= 0, ">= 0"),
+        ("solve_tol", solve_tol, lambda x: x > 0, "> 0"),
+    ):
+        if not (np.isfinite(value) and ok(value)):
+            raise ValueError(f"{name} must be finite and {rule}, got {value}")
     one_set = np.ndim(states) == 2
     s = _demo_array("states", states, 3)
     a = None if actions is None else _demo_array("actions", actions, 3)

@@ -147,9 +147,9 @@ class TabularMDP:
         """The MDP as the engine holds it, in the CLI's ``.npz`` names.
 
         Returns:
-            ``indptr``, ``indices``, ``data`` (CSR over rows ``s*A+a``, uint32 / float32),
-            ``R`` float32 ``[B,S,A]``, ``terminal`` bool, ``terminal_value`` and ``initial``
-            float32 ``[B,S]`` (copies).
+            ``indptr``, ``indices``, ``data`` (CSR over rows ``s*A+a``, uint32 / float64),
+            ``R`` float64 ``[B,S,A]``, ``terminal`` bool, ``terminal_value`` and ``initial``
+            float64 ``[B,S]`` (copies; the entries as given, float64).
         """
         return self._mdp.arrays()
 

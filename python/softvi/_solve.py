@@ -20,10 +20,12 @@ class SolveResult:
     """What a solve returns.
 
     Arrays are owned by NumPy without a copy: float64 from the CPU reference on a
-    :class:`TabularMDP` (its f64 arithmetic, unrounded), float32 otherwise (a GPU computes in
-    float32; grid solves are reported in float32 on every device). The model itself is
-    stored in float32 (P, r, initial), so compare with code that reads the same rounded
-    inputs.
+    :class:`TabularMDP` (f64 arithmetic on the model's float64 entries as given: no rounding
+    anywhere), float32 otherwise (a GPU or the native engine rounds the model to float32 once
+    and computes in float32; grid solves are reported in float32 on every device). The f32
+    devices write a soft policy as the hard max's one-hot where alpha < 1e-5 max(1, |max Q|)
+    (below that, f32 rounding of Q would decide it); the CPU device only where alpha <
+    1e-12 max(1, |max Q|).
 
     Shapes, with B the task axis (present iff the reward had one; always for grids), the state
     axes ``...`` (``S`` for an MDP, ``H, W`` for a grid) and A the actions:

@@ -37,10 +37,11 @@ def device(request) -> str:
 def tolerance(device: str) -> float:
     """Relative tolerance of a TabularMDP result against the NumPy reference.
 
-    The engine stores P and r in float32. On the same float32-rounded inputs the CPU
-    reference, f64 throughout and returned as float64, agrees with a float64 recurrence to
-    rounding (1e-10 leaves room for the different summation orders over a few hundred steps);
-    the GPU computes in float32 throughout (1e-4).
+    The CPU reference computes in f64 on the model's float64 entries as given and returns
+    float64: it agrees with a float64 recurrence on the same inputs to rounding (1e-10 leaves
+    room for the different summation orders over a few hundred steps). A GPU computes in
+    float32 on the model rounded to float32 once at upload (1e-4, against a recurrence on
+    those rounded inputs: :func:`as_engine_reads`).
     """
     return 1e-10 if device == "cpu" else 1e-4
 
@@ -62,8 +63,11 @@ def random_mdp(rng, states: int, actions: int, sparsity: float = 0.0):
     return p / p.sum(axis=2, keepdims=True)
 
 
-def as_engine_reads(x) -> np.ndarray:
-    """``x`` rounded to float32 as the engine stores it, back in float64."""
+def as_engine_reads(x, device: str) -> np.ndarray:
+    """``x`` as ``device`` reads it, in float64: as given on the CPU reference, rounded to
+    float32 (as a GPU uploads it) elsewhere."""
+    if device == "cpu":
+        return np.asarray(x, dtype=np.float64)
     return np.asarray(x, dtype=np.float32).astype(np.float64)
 
 

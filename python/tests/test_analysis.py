@@ -191,7 +191,7 @@ def test_maxent_irl_errors():
         softvi.maxent_irl(world, phi[:4], states)
     with pytest.raises(ValueError, match="states must be integers"):
         softvi.maxent_irl(world, phi, states.astype(float))
-    with pytest.raises(ValueError, match="alpha > 0"):
+    with pytest.raises(ValueError, match="alpha must be finite and > 0"):
         softvi.maxent_irl(world, phi, states, alpha=0.0, device="cpu")
     with pytest.raises(ValueError, match="horizon or discounted"):
         softvi.maxent_irl(world, phi, states, horizon=3, discounted=True)

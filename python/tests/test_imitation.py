@@ -47,20 +47,20 @@ def env(request):
     return gym.make(request.param)
 
 
-def engine_view(env):
-    """The env's model rounded to float32 as the engine stores it."""
+def engine_view(env, device):
+    """The env's model as ``device`` reads it (rounded to float32 on a GPU)."""
     model = env.unwrapped
     return (
-        as_engine_reads(model.transition_matrix),
-        as_engine_reads(model.reward_matrix),
-        as_engine_reads(model.initial_state_dist),
+        as_engine_reads(model.transition_matrix, device),
+        as_engine_reads(model.reward_matrix, device),
+        as_engine_reads(model.initial_state_dist, device),
         model.horizon,
     )
 
 
 @pytest.mark.parametrize("discount", DISCOUNTS)
 def test_partition_and_occupancy(env, device, discount):
-    p, r, initial, horizon = engine_view(env)
+    p, r, initial, horizon = engine_view(env, device)
     rtol = tolerance(device)
     v, q, pi = run_on(device, imitation.mce_partition_fh, env, discount=discount)
     assert v.shape == (horizon, p.shape[0]) and v.dtype == np.float64
@@ -90,14 +90,14 @@ def test_partition_and_occupancy(env, device, discount):
 
 
 def test_state_action_reward(env):
-    p, _, initial, horizon = engine_view(env)
+    p, _, initial, horizon = engine_view(env, "cpu")
     reward = np.random.default_rng(5).normal(size=p.shape[:2])
     v, q, pi = imitation.mce_partition_fh(env, reward=reward, discount=0.9, device="cpu")
-    want_v, want_q, want_pi = partition_fh(p, as_engine_reads(reward), horizon, 0.9)
+    want_v, want_q, want_pi = partition_fh(p, as_engine_reads(reward, "cpu"), horizon, 0.9)
     assert_close(v, want_v, 1e-10, "V")
     assert_close(q, want_q, 1e-10, "Q")
     d, _ = imitation.mce_occupancy_measures(env, reward=reward, device="cpu")
-    _, _, pi_1 = partition_fh(p, as_engine_reads(reward), horizon, 1.0)
+    _, _, pi_1 = partition_fh(p, as_engine_reads(reward, "cpu"), horizon, 1.0)
     assert_close(d, occupancy(p, pi_1, initial, 1.0)[0], 1e-10, "D")
 
 

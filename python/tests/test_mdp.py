@@ -52,10 +52,10 @@ def test_finite_horizon_v_q_pi_occupancy(world, device, gamma):
     assert got.values.dtype == (np.float64 if device == "cpu" else np.float32)
     assert got.status == ["horizon"] * B
     rtol = tolerance(device)
-    pe = as_engine_reads(p)
+    pe = as_engine_reads(p, device)
     for b in range(B):
-        v, q, pi = soft_vi_fh(pe, as_engine_reads(r[b]), T, gamma)
-        d = occupancy_fh(pe, pi, as_engine_reads(initial[b]), gamma)
+        v, q, pi = soft_vi_fh(pe, as_engine_reads(r[b], device), T, gamma)
+        d = occupancy_fh(pe, pi, as_engine_reads(initial[b], device), gamma)
         assert_close(got.values[b], v, rtol, f"V, task {b}")
         assert_close(got.q[b], q, rtol, f"Q, task {b}")
         assert_close(got.policy[b], pi, rtol, f"pi, task {b}")
@@ -69,7 +69,8 @@ def test_temperature_and_backup(world, device, alpha, backup):
     mdp = softvi.TabularMDP(p, r[0])  # [S,A]: no task axis
     got = run_on(device, softvi.solve, mdp, alpha=alpha, gamma=0.9, horizon=T, backup=backup)
     assert got.values.shape == (S,) and got.policy.shape == (S, A)
-    v, _, pi = soft_vi_fh(as_engine_reads(p), as_engine_reads(r[0]), T, 0.9, alpha, backup)
+    pe, re = as_engine_reads(p, device), as_engine_reads(r[0], device)
+    v, _, pi = soft_vi_fh(pe, re, T, 0.9, alpha, backup)
     assert_close(got.values, v[0], tolerance(device), "V_0")
     assert_close(got.policy, pi[0], tolerance(device), "pi_0")
 
@@ -80,9 +81,9 @@ def test_infinite_horizon_fixed_point(world, device):
     got = run_on(device, softvi.solve, mdp, gamma=0.8, tol=1e-7, q=True)
     assert got.status == ["converged"] * B
     # The fixed point: V = log sum_a exp(r + gamma P V); 200 backups at gamma 0.8 leave 1e-19.
-    pe = as_engine_reads(p)
+    pe = as_engine_reads(p, device)
     for b in range(B):
-        v, q, _ = soft_vi_fh(pe, as_engine_reads(r[b]), 200, 0.8)
+        v, q, _ = soft_vi_fh(pe, as_engine_reads(r[b], device), 200, 0.8)
         rtol = max(tolerance(device), 1e-5)  # tol 1e-7 over values of ~10
         assert_close(got.values[b], v[0], rtol, f"V, task {b}")
         assert_close(got.q[b], q[0], rtol, f"Q, task {b}")
@@ -113,7 +114,7 @@ def test_reward_shapes_and_task_axis(world, shape):
     assert got.policy.shape == ((B, S, A) if batched else (S, A))
     per_action = reward if shape.endswith("A") else np.repeat(reward[..., None], A, axis=-1)
     first = per_action[0] if batched else per_action
-    v, _, _ = soft_vi_fh(as_engine_reads(p), as_engine_reads(first), 4, 0.5)
+    v, _, _ = soft_vi_fh(as_engine_reads(p, "cpu"), as_engine_reads(first, "cpu"), 4, 0.5)
     assert_close(got.values[0] if batched else got.values, v[0], 1e-6)
 
 

@@ -255,7 +255,7 @@ pub fn linear_reward_mdp(
                 .sum();
             for a in 0..a_n {
                 mdp.reward
-                    .push((world.reward[(w * s_n + s) * a_n + a] as f64 + learned) as f32);
+                    .push(world.reward[(w * s_n + s) * a_n + a] + learned);
             }
         }
         let own = w * s_n..(w + 1) * s_n;
@@ -280,7 +280,7 @@ pub fn irl_mdp(
     for m in 0..demos.sets {
         for e in 0..demos.episodes {
             let s0 = demos.states[(m * demos.episodes + e) * (demos.steps + 1)] as usize;
-            mdp.initial[m * s_n + s0] += 1.0 / demos.episodes as f32;
+            mdp.initial[m * s_n + s0] += 1.0 / demos.episodes as f64;
         }
     }
     Ok(mdp)

@@ -185,7 +185,7 @@ fn episode(
     let (s_n, a_n) = (mdp.states, mdp.actions);
     observed.fill(ObservedStep::NONE);
     let initial = &mdp.initial[truth * s_n..(truth + 1) * s_n];
-    let Some(mut s) = draw(initial.iter().map(|&x| x as f64), rng.random()) else {
+    let Some(mut s) = draw(initial.iter().copied(), rng.random()) else {
         return 0.0;
     };
     let mut total = 0.0;
@@ -203,13 +203,13 @@ fn episode(
         }
         .unwrap_or(((u_action * a_n as f64) as usize).min(a_n - 1));
         let entries = mdp.indptr[s * a_n + a] as usize..mdp.indptr[s * a_n + a + 1] as usize;
-        let k = draw(entries.clone().map(|k| mdp.probs[k] as f64), u_next)
-            .expect("transition rows hold mass");
+        let k =
+            draw(entries.clone().map(|k| mdp.probs[k]), u_next).expect("transition rows hold mass");
         let next = mdp.indices[entries.start + k] as usize;
         let ends = mdp.terminal[truth * s_n + next];
-        let reward = mdp.reward[(truth * s_n + s) * a_n + a] as f64
+        let reward = mdp.reward[(truth * s_n + s) * a_n + a]
             + if ends {
-                mdp.terminal_value[truth * s_n + next] as f64
+                mdp.terminal_value[truth * s_n + next]
             } else {
                 0.0
             };

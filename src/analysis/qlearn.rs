@@ -314,7 +314,7 @@ pub fn empirical_mdp(data: &Dataset) -> Result<EmpiricalMdp> {
     }
     drop(sample_row);
     let (mut indptr, mut indices, mut probs) = (vec![0u32], Vec::new(), Vec::new());
-    let mut reward = vec![0f32; rows];
+    let mut reward = vec![0f64; rows];
     for row in 0..rows {
         let n = counts[row];
         let bucket = &mut successors[start[row]..start[row + 1]];
@@ -325,17 +325,17 @@ pub fn empirical_mdp(data: &Dataset) -> Result<EmpiricalMdp> {
             // Unseen: excluded from the soft max; the row itself is never weighed.
             indices.push(sink as u32);
             probs.push(1.0);
-            reward[row] = f32::NEG_INFINITY;
+            reward[row] = f64::NEG_INFINITY;
         } else {
             bucket.sort_unstable();
             let mut k = 0;
             while k < bucket.len() {
                 let run = bucket[k..].iter().take_while(|&&j| j == bucket[k]).count();
                 indices.push(bucket[k]);
-                probs.push((run as f64 / n as f64) as f32);
+                probs.push(run as f64 / n as f64);
                 k += run;
             }
-            reward[row] = (reward_sum[row] / n as f64) as f32;
+            reward[row] = reward_sum[row] / n as f64;
         }
         ensure!(
             indices.len() < u32::MAX as usize,
@@ -347,10 +347,7 @@ pub fn empirical_mdp(data: &Dataset) -> Result<EmpiricalMdp> {
         .map(|s| counts[s * a_n..(s + 1) * a_n].iter().all(|&n| n == 0))
         .collect();
     terminal[sink] = true;
-    let initial = uniform_start(&terminal)
-        .into_iter()
-        .map(|x| x as f32)
-        .collect();
+    let initial = uniform_start(&terminal);
     let mdp = TabularMdp {
         states,
         actions: a_n,

@@ -114,7 +114,7 @@ pub fn sample(
             let visited = &mut states[row * (steps + 1)..(row + 1) * (steps + 1)];
             let taken = &mut actions[row * steps..(row + 1) * steps];
             let u: f64 = rng.random();
-            let Some(mut s) = draw(initial.iter().map(|&x| x as f64), u) else {
+            let Some(mut s) = draw(initial.iter().copied(), u) else {
                 continue;
             };
             visited[0] = s as i32;
@@ -130,7 +130,7 @@ pub fn sample(
                 };
                 let entries =
                     mdp.indptr[s * a_n + a] as usize..mdp.indptr[s * a_n + a + 1] as usize;
-                let next = draw(entries.clone().map(|k| mdp.probs[k] as f64), u_next)
+                let next = draw(entries.clone().map(|k| mdp.probs[k]), u_next)
                     .expect("transition rows hold mass");
                 s = mdp.indices[entries.start + next] as usize;
                 taken[t] = a as i32;
@@ -188,8 +188,7 @@ pub fn transitions(mdp: &TabularMdp, samples: &Samples) -> Result<crate::qlearn:
                 data.s[i] = s as i64;
                 data.a[i] = action as i64;
                 data.s_next[i] = next as i64;
-                data.r[i] =
-                    mdp.reward[(task * mdp.states + s) * mdp.actions + action as usize] as f64;
+                data.r[i] = mdp.reward[(task * mdp.states + s) * mdp.actions + action as usize];
                 data.done[i] = mdp.terminal[task * mdp.states + next];
             }
         }

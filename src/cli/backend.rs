@@ -194,6 +194,28 @@ impl Backend {
         Ok(solved?)
     }
 
+    /// Solves a general MDP on the f64 reference with a progress line, reporting f64 arrays;
+    /// only the CPU backend computes in f64.
+    pub(super) fn solve_mdp_f64(
+        &mut self,
+        mdp: &TabularMdp,
+        options: &SolveOptions,
+        outputs: Outputs,
+        quiet: bool,
+    ) -> Result<MdpSolution<f64>> {
+        ensure!(
+            matches!(self, Backend::Cpu(_)),
+            "f64 results come from the CPU reference only (--backend cpu)"
+        );
+        let mut line = ProgressLine::new(quiet);
+        let solved = softvi::engine::cpu::solve_mdp_cpu_f64(mdp, options, outputs, &mut |p| {
+            line.update(p);
+            ControlFlow::Continue(())
+        });
+        line.finish();
+        Ok(solved?)
+    }
+
     /// Solves a general MDP with a progress line.
     pub(super) fn solve_mdp(
         &mut self,

@@ -7,6 +7,7 @@ use clap::{Args, ValueEnum};
 use super::backend::BackendArg;
 use softvi::MdpSolution;
 use softvi::engine::options::{Backup, Horizon, SolveOptions};
+use softvi::error::Spelling;
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
 pub(super) enum BackupArg {
@@ -70,7 +71,7 @@ impl IterationArgs {
             backup,
             horizon,
         };
-        options.validate()?;
+        options.validate_as(Spelling::Flag)?;
         Ok(options)
     }
 }

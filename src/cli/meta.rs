@@ -115,7 +115,7 @@ pub(super) fn meta_command(args: &MetaArgs) -> Result<i32> {
         let mdp = &mut world.mdp;
         for (v, &t) in mdp.terminal_value.iter_mut().zip(&mdp.terminal) {
             if t {
-                *v = value as f32;
+                *v = value;
             }
         }
     }

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{Result, bail, ensure};
-use clap::Args;
+use clap::{Args, ValueEnum};
 use serde_json::json;
 
 use super::EXIT_DIVERGED;
@@ -15,8 +15,7 @@ use super::iteration::IterationArgs;
 use super::summary::{add_run_json, divergence_reason};
 use super::world::{World, WorldArgs};
 use softvi::engine::options::{Horizon, Outputs, SolveOptions};
-use softvi::engine::solution::Solution;
-use softvi::io::npy;
+use softvi::engine::solution::{MdpSolution, Occupancy, Real, Solution, TimeSteps};
 use softvi::io::output::{OutputFile, OutputFolder};
 use softvi::world::shard::task_range;
 
@@ -67,12 +66,25 @@ pub(super) struct SolveArgs {
     /// Also draw task 0's value heatmap to this PNG (as `softvi render --from DIR`).
     #[arg(long, value_name = "FILE.png")]
     png: Option<PathBuf>,
+    /// The float type of the .npy files: f32, or f64 (an --mdp solve on `--backend cpu`: the
+    /// f64 reference's values as computed, for comparing with float64 code).
+    #[arg(long, value_enum, default_value_t = Dtype::F32, conflicts_with = "tasks")]
+    dtype: Dtype,
     /// Print summary.json's content instead of the human summary.
     #[arg(long)]
     json: bool,
     /// No progress line on stderr (it is shown only on a terminal, for solves over a second).
     #[arg(long)]
     quiet: bool,
+}
+
+/// `--dtype`: the float type the result files hold.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+pub(super) enum Dtype {
+    /// float32 (every backend).
+    F32,
+    /// float64 (the CPU reference on an --mdp solve).
+    F64,
 }
 
 /// What `args` asks a solve to return beyond the values.
@@ -197,6 +209,10 @@ pub(super) fn solve_command(args: &SolveArgs) -> Result<i32> {
     if let Some(path) = &args.world.mdp {
         return mdp_solve_command(args, path, &mut out, start);
     }
+    ensure!(
+        args.dtype == Dtype::F32,
+        "--dtype f64 needs an --mdp solve on --backend cpu; grid solves write float32"
+    );
     args.world
         .check_memory(&args.iteration.options()?, outputs(args))?;
     if args.all_steps || args.occupancy || !args.start.is_empty() {
@@ -254,93 +270,142 @@ fn mdp_solve_command(
         "--png draws grid worlds only, not --mdp"
     );
     let outputs = outputs(args);
-    let mut backend = Backend::open(args.iteration.backend, &args.iteration.adapters)?;
-    let solved = backend.solve_mdp(&mdp, &options, outputs, args.quiet)?;
-    let adapter = backend.adapter_json();
-    let solution = &solved.solution;
-    let seconds = start.elapsed().as_secs_f64();
-    let (b, s, a) = (mdp.tasks, mdp.states, mdp.actions);
-    let backend = args.iteration.backend.name();
-    let steps = solved.steps.is_some();
-    let mut summary = json!({
-        "backend": backend,
-        "adapter": adapter,
-        "mdp": {
-            "path": std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf()),
-            "states": s,
-            "actions": a,
-            "nonzeros": mdp.nonzeros(),
-        },
-        "layout": {
-            "values": if steps { "float32 [task][t][state], t = 0..T; -inf where no terminal is reachable (gamma = 1)" }
-                else { "float32 [task][state]; -inf where no terminal is reachable (gamma = 1)" },
-            "policy": if steps { "float32 [task][t][state][action], t = 0..T-1; NaN on terminal and such states" }
-                else { "float32 [task][state][action]; NaN on terminal and such states" },
-            "q": if steps { "float32 [task][t][state][action], t = 0..T-1, soft Q-values; NaN where the policy is" }
-                else { "float32 [task][state][action], soft Q-values; NaN where the policy is" },
-            "occupancy": match options.horizon {
-                Horizon::Finite(_) => "float32 [task][t][state], D_0..D_T",
-                Horizon::Infinite { .. } => "float32 [task][state], sum_t gamma^t D_t",
-            },
-        },
-    });
-    add_run_json(&mut summary, &options, solution, seconds);
-    add_mdp_json(&mut summary, &solved);
-    Shard::add_json(shard.as_ref(), &mut summary);
-    let arrays = solve_arrays(
-        solution,
-        solved.steps.as_ref(),
-        solved.occupancy.as_ref(),
-        &[s],
+    ensure!(
+        args.dtype == Dtype::F32 || args.iteration.backend == BackendArg::Cpu,
+        "--dtype f64 needs --backend cpu: the other backends compute in float32"
     );
-    let summary_text = write_solve_folder(out, &mut summary, solution.diverged(), &arrays)?;
-    if args.json {
-        print!("{summary_text}");
-    } else {
-        let statuses: Vec<&str> = solution.status.iter().map(|s| s.name()).collect();
-        println!(
-            "mdp      {} ({s} states, {a} actions, {} transitions)",
-            path.display(),
-            mdp.nonzeros()
-        );
-        println!(
-            "solve    {b} tasks, {} backup, alpha {}, gamma {}",
-            options.backup.name(),
-            options.alpha,
-            options.gamma
-        );
-        println!(
-            "backend  {} ({})",
-            summary["adapter"]["name"].as_str().unwrap_or("?"),
-            summary["adapter"]["backend"].as_str().unwrap_or("?")
-        );
-        println!(
-            "result   {} after {} sweeps in {:.3} s",
-            statuses.join("/"),
-            solution.iterations.iter().max().unwrap_or(&0),
-            solution.seconds
-        );
-        if let Some(d) = &solved.occupancy {
-            println!(
-                "forward  occupancy {} after {} iterations",
-                d.status
-                    .iter()
-                    .map(|s| s.name())
-                    .collect::<Vec<_>>()
-                    .join("/"),
-                d.iterations
-            );
+    let mut backend = Backend::open(args.iteration.backend, &args.iteration.adapters)?;
+    let adapter = backend.adapter_json();
+    let run = MdpRun {
+        args,
+        path,
+        mdp: &mdp,
+        shard: shard.as_ref(),
+        options: &options,
+        adapter,
+        start,
+    };
+    match args.dtype {
+        Dtype::F32 => {
+            let solved = backend.solve_mdp(&mdp, &options, outputs, args.quiet)?;
+            run.report(out, &solved)
         }
-        println!("wrote    {} in {seconds:.3} s", args.out.display());
+        Dtype::F64 => {
+            let solved = backend.solve_mdp_f64(&mdp, &options, outputs, args.quiet)?;
+            run.report(out, &solved)
+        }
     }
-    if solution.diverged() {
-        eprintln!(
-            "error: the solve diverged: {}; no values were written",
-            divergence_reason(&options)
+}
+
+/// An `--mdp` solve's setting, for writing its folder and summary.
+struct MdpRun<'a> {
+    args: &'a SolveArgs,
+    path: &'a Path,
+    mdp: &'a softvi::world::mdp::TabularMdp,
+    shard: Option<&'a Shard>,
+    options: &'a SolveOptions,
+    adapter: serde_json::Value,
+    start: Instant,
+}
+
+impl MdpRun<'_> {
+    /// Writes the folder of `solved` (arrays in `T`) and prints the summary; the exit code.
+    fn report<T: Real>(&self, out: &mut OutputFolder, solved: &MdpSolution<T>) -> Result<i32> {
+        let MdpRun {
+            args,
+            path,
+            mdp,
+            shard,
+            options,
+            ref adapter,
+            start,
+        } = *self;
+        let solution = &solved.solution;
+        let seconds = start.elapsed().as_secs_f64();
+        let (b, s, a) = (mdp.tasks, mdp.states, mdp.actions);
+        let backend = args.iteration.backend.name();
+        let steps = solved.steps.is_some();
+        let float = T::NUMPY_NAME;
+        let mut summary = json!({
+            "backend": backend,
+            "adapter": adapter,
+            "mdp": {
+                "path": std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf()),
+                "states": s,
+                "actions": a,
+                "nonzeros": mdp.nonzeros(),
+            },
+            "layout": {
+                "values": if steps { format!("{float} [task][t][state], t = 0..T; -inf where no terminal is reachable (gamma = 1)") }
+                    else { format!("{float} [task][state]; -inf where no terminal is reachable (gamma = 1)") },
+                "policy": if steps { format!("{float} [task][t][state][action], t = 0..T-1; NaN on terminal and such states") }
+                    else { format!("{float} [task][state][action]; NaN on terminal and such states") },
+                "q": if steps { format!("{float} [task][t][state][action], t = 0..T-1, soft Q-values; NaN where the policy is") }
+                    else { format!("{float} [task][state][action], soft Q-values; NaN where the policy is") },
+                "occupancy": match options.horizon {
+                    Horizon::Finite(_) => format!("{float} [task][t][state], D_0..D_T"),
+                    Horizon::Infinite { .. } => format!("{float} [task][state], sum_t gamma^t D_t"),
+                },
+            },
+        });
+        add_run_json(&mut summary, options, solution, seconds);
+        add_mdp_json(&mut summary, solved);
+        Shard::add_json(shard, &mut summary);
+        let arrays = solve_arrays(
+            solution,
+            solved.steps.as_ref(),
+            solved.occupancy.as_ref(),
+            &[s],
         );
-        return Ok(EXIT_DIVERGED);
+        let summary_text = write_solve_folder(out, &mut summary, solution.diverged(), &arrays)?;
+        if args.json {
+            print!("{summary_text}");
+        } else {
+            let statuses: Vec<&str> = solution.status.iter().map(|s| s.name()).collect();
+            println!(
+                "mdp      {} ({s} states, {a} actions, {} transitions)",
+                path.display(),
+                mdp.nonzeros()
+            );
+            println!(
+                "solve    {b} tasks, {} backup, alpha {}, gamma {}",
+                options.backup.name(),
+                options.alpha,
+                options.gamma
+            );
+            println!(
+                "backend  {} ({})",
+                summary["adapter"]["name"].as_str().unwrap_or("?"),
+                summary["adapter"]["backend"].as_str().unwrap_or("?")
+            );
+            println!(
+                "result   {} after {} sweeps in {:.3} s",
+                statuses.join("/"),
+                solution.iterations.iter().max().unwrap_or(&0),
+                solution.seconds
+            );
+            if let Some(d) = &solved.occupancy {
+                println!(
+                    "forward  occupancy {} after {} iterations",
+                    d.status
+                        .iter()
+                        .map(|s| s.name())
+                        .collect::<Vec<_>>()
+                        .join("/"),
+                    d.iterations
+                );
+            }
+            println!("wrote    {} in {seconds:.3} s", args.out.display());
+        }
+        if solution.diverged() {
+            eprintln!(
+                "error: the solve diverged: {}; no values were written",
+                divergence_reason(options)
+            );
+            return Ok(EXIT_DIVERGED);
+        }
+        Ok(0)
     }
-    Ok(0)
 }
 
 /// `softvi solve` on a grid with --all-steps, --occupancy or --start: the grid as a tabular
@@ -576,7 +641,7 @@ fn summary_json(
 }
 
 /// Adds the time-step and occupancy facts of an MDP solve to `summary`.
-fn add_mdp_json(summary: &mut serde_json::Value, solution: &softvi::engine::solution::MdpSolution) {
+fn add_mdp_json<T: Real>(summary: &mut serde_json::Value, solution: &MdpSolution<T>) {
     summary["all_steps"] = json!(solution.steps.is_some());
     if let Some(d) = &solution.occupancy {
         summary["occupancy"] = json!({
@@ -589,22 +654,22 @@ fn add_mdp_json(summary: &mut serde_json::Value, solution: &softvi::engine::solu
 }
 
 /// One `.npy` of a solve's folder: name, shape, data.
-type NpyArray<'a> = (&'static str, Vec<usize>, &'a [f32]);
+type NpyArray<'a, T = f32> = (&'static str, Vec<usize>, &'a [T]);
 
 /// Writes a solve's folder: `summary.json`, and unless the solve diverged the `arrays`,
 /// replacing an earlier solve's result; returns summary.json's text.
-fn write_solve_folder(
+fn write_solve_folder<T: Real>(
     out: &mut OutputFolder,
     summary: &mut serde_json::Value,
     diverged: bool,
-    arrays: &[NpyArray],
+    arrays: &[NpyArray<T>],
 ) -> Result<String> {
     let mut files = Vec::new();
     if !diverged {
         for (name, shape, data) in arrays {
             files.push(OutputFile {
                 name,
-                bytes: npy::encode_f32(shape, data),
+                bytes: T::encode_npy(shape, data),
             });
         }
     }
@@ -613,12 +678,12 @@ fn write_solve_folder(
 
 /// The arrays of a solve's folder: `values.npy`, `policy.npy` and `q.npy` of shape
 /// `[B, *state_shape]` (`[B, T+1, ...]` / `[B, T, ...]` with every step) and `occupancy.npy`.
-fn solve_arrays<'a>(
-    solution: &'a Solution,
-    steps: Option<&'a softvi::engine::solution::TimeSteps>,
-    occupancy: Option<&'a softvi::engine::solution::Occupancy>,
+fn solve_arrays<'a, T: Real>(
+    solution: &'a Solution<T>,
+    steps: Option<&'a TimeSteps<T>>,
+    occupancy: Option<&'a Occupancy<T>>,
     state_shape: &[usize],
-) -> Vec<NpyArray<'a>> {
+) -> Vec<NpyArray<'a, T>> {
     let tasks = solution.iterations.len();
     let with = |lead: &[usize], tail: &[usize]| [&[tasks], lead, state_shape, tail].concat();
     let a = [solution.action_count];

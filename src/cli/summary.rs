@@ -7,7 +7,7 @@ use serde_json::json;
 
 use softvi::engine::options::{Horizon, SolveOptions};
 use softvi::engine::schedule::Progress;
-use softvi::engine::solution::Solution;
+use softvi::engine::solution::{Real, Solution};
 
 /// A one-line progress display on stderr: sweeps, residual, sweeps/s and an ETA (from the
 /// residual's decay rate for an infinite horizon). Shown only when stderr is a terminal, the
@@ -98,10 +98,10 @@ pub(super) fn add_settings_json(summary: &mut serde_json::Value, options: &Solve
 
 /// Adds the settings ([`add_settings_json`]) and per-task results every `summary.json` of a
 /// solve carries to `summary`.
-pub(super) fn add_run_json(
+pub(super) fn add_run_json<T: Real>(
     summary: &mut serde_json::Value,
     options: &SolveOptions,
-    solution: &Solution,
+    solution: &Solution<T>,
     seconds: f64,
 ) {
     add_settings_json(summary, options);

@@ -7,6 +7,7 @@ use anyhow::{Context, Result, bail, ensure};
 use clap::Args;
 use serde_json::json;
 
+use softvi::error::Spelling;
 use softvi::io::npy;
 use softvi::world::grid::{ActionSet, Connectivity, Grid, MoveCost};
 use softvi::world::grid_problem::{GridProblem, GridTask};
@@ -311,7 +312,7 @@ impl WorldArgs {
             move_cost,
             tasks,
         };
-        problem.validate()?;
+        problem.validate_as(Spelling::Flag)?;
         Ok(World {
             problem,
             source,

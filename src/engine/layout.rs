@@ -280,7 +280,7 @@ impl<'a> MdpInputs<'a> {
         // step into them, and its expected backup must see their value.
         let v0 = (0..mdp.tasks * s_count)
             .map(|i| match (mdp.terminal[i], excluded[i]) {
-                (true, _) => mdp.terminal_value[i] as f64,
+                (true, _) => mdp.terminal_value[i],
                 (false, true) => f64::NEG_INFINITY,
                 (false, false) => 0.0,
             })
@@ -323,7 +323,7 @@ impl<'a> MdpInputs<'a> {
                                     && unbounded_self_loop(
                                         self.alpha,
                                         open,
-                                        mdp.reward[(t * s_count + s) * n + a] as f64,
+                                        mdp.reward[(t * s_count + s) * n + a],
                                     )
                             })
                     })
@@ -436,13 +436,13 @@ impl TaskEvidence {
             .terminal
             .iter()
             .zip(&mdp.terminal_value)
-            .map(|(&t, &v)| if t { v } else { NOT_TERMINAL })
+            .map(|(&t, &v)| if t { v as f32 } else { NOT_TERMINAL })
             .collect();
         Self {
             tasks: mdp.tasks,
             states: mdp.states,
             actions: mdp.actions,
-            reward: mdp.reward.clone(),
+            reward: mdp.reward.iter().map(|&r| r as f32).collect(),
             terminal,
             reward_noise,
         }

@@ -1,7 +1,7 @@
 //! What a solve is asked to compute: the soft value iteration settings (the math contract)
 //! both backends honour, and the extra outputs a caller may ask for.
 
-use crate::error::{Result, bail, ensure};
+use crate::error::{Result, Spelling, bail, ensure};
 
 /// Which soft Bellman backup computes Q from the next values V'.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -80,32 +80,46 @@ impl Default for SolveOptions {
 }
 
 impl SolveOptions {
-    /// Checks the settings against the contract; errors name the offending setting.
+    /// Checks the settings against the contract; errors name the offending setting as the
+    /// library and Python do ([`Spelling::Name`]).
     pub fn validate(&self) -> Result<()> {
+        self.validate_as(Spelling::Name)
+    }
+
+    /// [`Self::validate`] with errors naming each setting as `spelling` says.
+    pub fn validate_as(&self, spelling: Spelling) -> Result<()> {
+        let name = |setting: &str| spelling.setting(setting);
         ensure!(
             self.alpha.is_finite() && self.alpha >= 0.0,
-            "alpha (--alpha) must be finite and >= 0, got {}",
+            "{} must be finite and >= 0, got {}",
+            name("alpha"),
             self.alpha
         );
         ensure!(
             self.gamma.is_finite() && (0.0..=1.0).contains(&self.gamma),
-            "gamma (--gamma) must be in [0, 1], got {}",
+            "{} must be in [0, 1], got {}",
+            name("gamma"),
             self.gamma
         );
         if self.backup == Backup::Optimistic && self.alpha == 0.0 {
             bail!(
-                "the optimistic backup (--backup optimistic) needs alpha > 0: its log-sum-exp \
-                 has no alpha = 0 form"
+                "the optimistic backup ({} optimistic) needs alpha > 0: its log-sum-exp has no \
+                 alpha = 0 form",
+                match spelling {
+                    Spelling::Name => "backup =",
+                    Spelling::Flag => "--backup",
+                }
             );
         }
         match self.horizon {
-            Horizon::Finite(t) => ensure!(t >= 1, "horizon (--horizon) must be >= 1, got {t}"),
+            Horizon::Finite(t) => ensure!(t >= 1, "{} must be >= 1, got {t}", name("horizon")),
             Horizon::Infinite { tol, max_iters } => {
                 ensure!(
                     tol.is_finite() && tol > 0.0,
-                    "tol (--tol) must be > 0, got {tol}"
+                    "{} must be > 0, got {tol}",
+                    name("tol")
                 );
-                ensure!(max_iters > 0, "max_iters (--max-iters) must be > 0");
+                ensure!(max_iters > 0, "{} must be > 0", name("max_iters"));
             }
         }
         Ok(())

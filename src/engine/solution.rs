@@ -40,8 +40,16 @@ pub trait Real: Copy + Default + PartialEq + std::fmt::Debug + Send + Sync + 'st
     const NAN: Self;
     /// Minus infinity: states excluded as unreachable.
     const NEG_INFINITY: Self;
+    /// The hard max's tie width relative to max(1, |max Q|), and the temperature (in the same
+    /// units) below which a soft policy is written as the hard max's: what this type resolves
+    /// (see [`crate::engine::cpu::soft_policy_resolved`]).
+    const TIE_RELATIVE: f64;
+    /// NumPy's name of this type (`float32`, `float64`), for layouts in `summary.json`.
+    const NUMPY_NAME: &'static str;
     /// `x` rounded to this type.
     fn from_f64(x: f64) -> Self;
+    /// `data` (C order) as `.npy` bytes of `shape` in this type.
+    fn encode_npy(shape: &[usize], data: &[Self]) -> Vec<u8>;
     /// The value as f64 (exact).
     fn to_f64(self) -> f64;
 }
@@ -49,8 +57,13 @@ pub trait Real: Copy + Default + PartialEq + std::fmt::Debug + Send + Sync + 'st
 impl Real for f32 {
     const NAN: Self = f32::NAN;
     const NEG_INFINITY: Self = f32::NEG_INFINITY;
+    const TIE_RELATIVE: f64 = crate::engine::cpu::TIE_RELATIVE;
+    const NUMPY_NAME: &'static str = "float32";
     fn from_f64(x: f64) -> Self {
         x as f32
+    }
+    fn encode_npy(shape: &[usize], data: &[Self]) -> Vec<u8> {
+        crate::io::npy::encode_f32(shape, data)
     }
     fn to_f64(self) -> f64 {
         self as f64
@@ -60,8 +73,13 @@ impl Real for f32 {
 impl Real for f64 {
     const NAN: Self = f64::NAN;
     const NEG_INFINITY: Self = f64::NEG_INFINITY;
+    const TIE_RELATIVE: f64 = crate::engine::cpu::TIE_RELATIVE_F64;
+    const NUMPY_NAME: &'static str = "float64";
     fn from_f64(x: f64) -> Self {
         x
+    }
+    fn encode_npy(shape: &[usize], data: &[Self]) -> Vec<u8> {
+        crate::io::npy::encode("<f8", shape, data)
     }
     fn to_f64(self) -> f64 {
         self
@@ -236,13 +254,13 @@ pub fn check_mdp_solve(mdp: &TabularMdp, options: &SolveOptions) -> Result<()> {
 /// discounted occupancy iterates on `d / max_s D_0(s)`, so that `tol` bounds its residual
 /// relative to the start's peak on every backend: a start spread over 10^6 states would
 /// otherwise meet an absolute tol after one sweep.
-pub fn scaled_start(mdp: &TabularMdp) -> (Vec<f32>, Vec<f64>) {
+pub fn scaled_start(mdp: &TabularMdp) -> (Vec<f64>, Vec<f64>) {
     let mut start = mdp.initial.clone();
     let mut scales = Vec::with_capacity(mdp.tasks);
     for row in start.chunks_exact_mut(mdp.states) {
-        let peak = row.iter().fold(0.0f32, |m, &x| m.max(x));
-        let scale = if peak > 0.0 { 1.0 / peak as f64 } else { 1.0 };
-        row.iter_mut().for_each(|x| *x = (*x as f64 * scale) as f32);
+        let peak = row.iter().fold(0.0f64, |m, &x| m.max(x));
+        let scale = if peak > 0.0 { 1.0 / peak } else { 1.0 };
+        row.iter_mut().for_each(|x| *x *= scale);
         scales.push(scale);
     }
     (start, scales)

@@ -112,7 +112,7 @@ impl GridMdp {
                 for (d, p) in merged {
                     if p > 0.0 {
                         indices.push(d);
-                        probs.push(p as f32);
+                        probs.push(p);
                     }
                 }
                 indptr.push(indices.len() as u32);
@@ -124,7 +124,7 @@ impl GridMdp {
         for (t, task) in problem.tasks.iter().enumerate() {
             for &c in &cell_of_state {
                 let r = task.reward.as_ref().map_or(0.0, |r| r[c as usize] as f64);
-                reward.extend(cost.iter().map(|k| (r - k) as f32));
+                reward.extend(cost.iter().map(|k| r - k));
             }
             for &g in &task.goals {
                 terminal[t * states + state_of_cell[g] as usize] = true;
@@ -133,7 +133,7 @@ impl GridMdp {
         let start = start_distribution(problem, starts)?;
         let initial = start
             .chunks_exact(cells)
-            .flat_map(|task| cell_of_state.iter().map(|&c| task[c as usize]))
+            .flat_map(|task| cell_of_state.iter().map(|&c| task[c as usize] as f64))
             .collect();
         Ok(Self {
             mdp: TabularMdp {
@@ -190,8 +190,7 @@ impl GridMdp {
                     .clone();
                 let mut reward = vec![0.0f32; self.height * self.width];
                 for (s, &c) in self.cell_of_state.iter().enumerate() {
-                    reward[c as usize] =
-                        (mdp.reward[(t * mdp.states + s) * n] as f64 + cost) as f32;
+                    reward[c as usize] = (mdp.reward[(t * mdp.states + s) * n] + cost) as f32;
                 }
                 crate::world::grid_problem::GridTask {
                     goals,
@@ -222,7 +221,8 @@ impl GridMdp {
     /// The start distribution of `mdp` (over this grid's states) over the map,
     /// `[task][row][col]`, 0 on walls.
     pub fn start_cells(&self, mdp: &TabularMdp) -> Vec<f32> {
-        self.to_cells(&mdp.initial, 1)
+        let initial: Vec<f32> = mdp.initial.iter().map(|&x| x as f32).collect();
+        self.to_cells(&initial, 1)
             .into_iter()
             .map(|x| if x.is_nan() { 0.0 } else { x })
             .collect()

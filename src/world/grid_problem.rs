@@ -4,6 +4,7 @@
 use crate::error::{Context, Result, bail, ensure};
 
 use super::grid::{ActionSet, Grid, MoveCost};
+use crate::error::Spelling;
 
 /// One task of a batch: its terminal (goal) cells and its state reward.
 #[derive(Clone, Debug, PartialEq)]
@@ -35,8 +36,14 @@ impl GridProblem {
         self.tasks.len()
     }
 
-    /// Checks shapes and values; errors name the task, cell or setting.
+    /// Checks shapes and values; errors name the task, cell or setting (settings as the
+    /// library and Python name them).
     pub fn validate(&self) -> Result<()> {
+        self.validate_as(Spelling::Name)
+    }
+
+    /// [`Self::validate`] with settings named as `spelling` says.
+    pub fn validate_as(&self, spelling: Spelling) -> Result<()> {
         let g = &self.grid;
         let cells = g
             .height
@@ -57,7 +64,8 @@ impl GridProblem {
         );
         ensure!(
             self.slip.is_finite() && (0.0..=1.0).contains(&self.slip),
-            "slip (--slip) must be in [0, 1], got {}",
+            "{} must be in [0, 1], got {}",
+            spelling.setting("slip"),
             self.slip
         );
         for (name, c) in [

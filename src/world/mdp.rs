@@ -30,18 +30,19 @@ pub struct TabularMdp {
     pub indptr: Vec<u32>,
     /// Successor states of the nonzero entries, `[nnz]`.
     pub indices: Vec<u32>,
-    /// Probabilities of the nonzero entries, `[nnz]`.
-    pub probs: Vec<f32>,
+    /// Probabilities of the nonzero entries, `[nnz]`, as the caller gave them (the f32
+    /// engines round them once, when they upload).
+    pub probs: Vec<f64>,
     /// `r(s,a)`, `[task][state][action]`; -inf excludes the action (Q = -inf, policy 0),
     /// which every non-terminal state must leave one of. `.npz` files hold finite rewards.
-    pub reward: Vec<f32>,
+    pub reward: Vec<f64>,
     /// Terminal states, `[task][state]`.
     pub terminal: Vec<bool>,
     /// Values of terminal states, `[task][state]` (0 unless given).
-    pub terminal_value: Vec<f32>,
+    pub terminal_value: Vec<f64>,
     /// Start distribution, `[task][state]` (uniform over non-terminal states unless given;
     /// over all states when every state is terminal).
-    pub initial: Vec<f32>,
+    pub initial: Vec<f64>,
 }
 
 /// The start distribution a task gets when none is given, `[state]`: uniform over its
@@ -70,7 +71,8 @@ impl TabularMdp {
     ///
     /// A 2-D `R` is `[S,A]` when S*A matches the transitions, else `[B,S]`. A given `initial`
     /// must hold finite, non-negative entries summing per task to 1 within
-    /// [`INITIAL_SUM_TOLERANCE`] (and is then scaled to sum to 1); a missing one is uniform
+    /// [`INITIAL_SUM_TOLERANCE`] (and is then scaled to sum to 1, unless it does within the
+    /// rounding of its sum, S f64 ulps: then it is kept as given); a missing one is uniform
     /// over the non-terminal states, or over all states when every state is terminal.
     pub fn from_arrays(arrays: &HashMap<String, NpyValues>) -> Result<Self> {
         let mut names: Vec<&String> = arrays.keys().collect();
@@ -153,7 +155,11 @@ impl TabularMdp {
                 (sum - 1.0).abs() <= INITIAL_SUM_TOLERANCE,
                 "initial of task {t} sums to {sum}, not 1 (tolerance {INITIAL_SUM_TOLERANCE})"
             );
-            row.iter_mut().for_each(|x| *x /= sum);
+            // A row that sums to 1 within its own sum's rounding is kept as given, so that an
+            // MDP written back (`TabularMDP.save_npz`) loads bit for bit.
+            if (sum - 1.0).abs() > states as f64 * f64::EPSILON {
+                row.iter_mut().for_each(|x| *x /= sum);
+            }
         }
         for (name, values) in [("terminal_value", &terminal_value)] {
             if let Some(i) = values.iter().position(|v| !v.is_finite()) {
@@ -174,8 +180,8 @@ impl TabularMdp {
             probs,
             reward,
             terminal,
-            terminal_value: terminal_value.iter().map(|&v| v as f32).collect(),
-            initial: initial.iter().map(|&v| v as f32).collect(),
+            terminal_value,
+            initial,
         })
     }
 
@@ -235,12 +241,11 @@ impl TabularMdp {
         }
         for row in 0..rows {
             let range = self.indptr[row] as usize..self.indptr[row + 1] as usize;
-            let probs: Vec<f64> = self.probs[range.clone()]
+            let successors: Vec<f64> = self.indices[range.clone()]
                 .iter()
-                .map(|&p| p as f64)
+                .map(|&j| j as f64)
                 .collect();
-            let successors: Vec<f64> = self.indices[range].iter().map(|&j| j as f64).collect();
-            check_row((row / a_n, row % a_n), &probs, &successors, s_n)?;
+            check_row((row / a_n, row % a_n), &self.probs[range], &successors, s_n)?;
         }
         for (name, len, want) in [
             ("reward", self.reward.len(), with_actions),
@@ -264,7 +269,7 @@ impl TabularMdp {
         if let Some(i) = self
             .reward
             .iter()
-            .position(|r| !(r.is_finite() || *r == f32::NEG_INFINITY))
+            .position(|r| !(r.is_finite() || *r == f64::NEG_INFINITY))
         {
             bail!(
                 "reward at task {}, state {}, action {} is {} (rewards are finite, or -inf to \
@@ -324,7 +329,7 @@ impl TabularMdp {
         let row = s * self.actions + a;
         (self.indptr[row] as usize..self.indptr[row + 1] as usize)
             .filter(|&k| self.indices[k] as usize == next)
-            .map(|k| self.probs[k] as f64)
+            .map(|k| self.probs[k])
             .sum()
     }
 
@@ -340,7 +345,7 @@ impl TabularMdp {
         }
         let mut next = indptr.clone();
         let mut rows = vec![0u32; self.indices.len()];
-        let mut probs = vec![0f32; self.indices.len()];
+        let mut probs = vec![0f64; self.indices.len()];
         for row in 0..self.states * self.actions {
             for k in self.indptr[row] as usize..self.indptr[row + 1] as usize {
                 let slot = &mut next[self.indices[k] as usize];
@@ -365,7 +370,7 @@ pub struct Transpose {
     /// Source rows `s * A + a` of the entries, ascending within a row, `[nnz]`.
     pub rows: Vec<u32>,
     /// `P(s'|s,a)` of the entries, `[nnz]`.
-    pub probs: Vec<f32>,
+    pub probs: Vec<f64>,
 }
 
 /// Checks one row's entries; `label` names the row as `(s, a)`.
@@ -396,7 +401,7 @@ fn check_row(
     Ok(())
 }
 
-type Csr = (usize, usize, Vec<u32>, Vec<u32>, Vec<f32>);
+type Csr = (usize, usize, Vec<u32>, Vec<u32>, Vec<f64>);
 
 /// Dense `P` `[S,A,S]` to CSR, dropping zeros.
 fn dense_to_csr(p: &NpyValues) -> Result<Csr> {
@@ -428,7 +433,7 @@ fn dense_to_csr(p: &NpyValues) -> Result<Csr> {
         let columns: Vec<f64> = nonzero.iter().map(|&j| j as f64).collect();
         check_row((row / actions, row % actions), &values, &columns, states)?;
         indices.extend(nonzero.iter().map(|&j| j as u32));
-        probs.extend(values.iter().map(|&x| x as f32));
+        probs.extend_from_slice(&values);
         indptr.push(indices.len() as u32);
     }
     Ok((states, actions, indptr, indices, probs))
@@ -513,12 +518,12 @@ fn sparse_transitions(
         actions,
         indptr.data.iter().map(|&x| x as u32).collect(),
         indices.data.iter().map(|&x| x as u32).collect(),
-        data.data.iter().map(|&x| x as f32).collect(),
+        data.data.clone(),
     ))
 }
 
 /// `R` of shape `[S]`, `[S,A]`, `[B,S]` or `[B,S,A]` to `[task][state][action]`.
-fn rewards(r: &NpyValues, states: usize, actions: usize) -> Result<(usize, Vec<f32>)> {
+fn rewards(r: &NpyValues, states: usize, actions: usize) -> Result<(usize, Vec<f64>)> {
     if let Some(i) = r.data.iter().position(|v| !v.is_finite()) {
         bail!("R has a non-finite entry {} at flat index {i}", r.data[i]);
     }
@@ -545,11 +550,11 @@ fn rewards(r: &NpyValues, states: usize, actions: usize) -> Result<(usize, Vec<f
         format!("R: tasks x states x actions = {tasks} x {states} x {actions} overflows")
     })?;
     let reward = if per_action {
-        r.data.iter().map(|&x| x as f32).collect()
+        r.data.clone()
     } else {
         r.data
             .iter()
-            .flat_map(|&x| std::iter::repeat_n(x as f32, actions))
+            .flat_map(|&x| std::iter::repeat_n(x, actions))
             .collect()
     };
     Ok((tasks, reward))

@@ -149,18 +149,23 @@ impl TabularMdp {
             .flat_map(|x| x.to_le_bytes())
             .collect();
         h.bytes(&words);
-        h.bytes(&f32_bytes(&self.probs));
-        h.bytes(&f32_bytes(&self.reward));
+        h.bytes(&f64_bytes(&self.probs));
+        h.bytes(&f64_bytes(&self.reward));
         let flags: Vec<u8> = self.terminal.iter().map(|&t| t as u8).collect();
         h.bytes(&flags);
-        h.bytes(&f32_bytes(&self.terminal_value));
-        h.bytes(&f32_bytes(&self.initial));
+        h.bytes(&f64_bytes(&self.terminal_value));
+        h.bytes(&f64_bytes(&self.initial));
         h.finish()
     }
 }
 
 /// The little-endian bytes of `values` (bit patterns, so -0.0 and NaN payloads count).
 fn f32_bytes(values: &[f32]) -> Vec<u8> {
+    values.iter().flat_map(|x| x.to_le_bytes()).collect()
+}
+
+/// [`f32_bytes`] of f64 values.
+fn f64_bytes(values: &[f64]) -> Vec<u8> {
     values.iter().flat_map(|x| x.to_le_bytes()).collect()
 }
 

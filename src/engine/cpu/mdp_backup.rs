@@ -41,12 +41,12 @@ pub fn csr_action_values(
     for a in 0..n {
         let row = s * n + a;
         let entries = mdp.indptr[row] as usize..mdp.indptr[row + 1] as usize;
-        let r = mdp.reward[(task * mdp.states + s) * n + a] as f64;
+        let r = mdp.reward[(task * mdp.states + s) * n + a];
         q[a] = match backup {
             Backup::Expected => {
                 let mut expected = 0.0;
                 for k in entries {
-                    expected += mdp.probs[k] as f64 * next(mdp.indices[k] as usize);
+                    expected += mdp.probs[k] * next(mdp.indices[k] as usize);
                 }
                 r + gamma * expected
             }
@@ -61,7 +61,7 @@ pub fn csr_action_values(
                     let mut mass = 0.0;
                     for k in entries {
                         let v = next(mdp.indices[k] as usize);
-                        mass += mdp.probs[k] as f64 * ((v - top) * gamma / alpha).exp();
+                        mass += mdp.probs[k] * ((v - top) * gamma / alpha).exp();
                     }
                     r + gamma * top + alpha * mass.ln()
                 }

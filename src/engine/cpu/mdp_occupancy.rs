@@ -36,7 +36,7 @@ pub fn mdp_occupancy<T: Real>(
                 let row = transpose.rows[k] as usize;
                 let weight = match weights {
                     Some(w) => w[task * entries + k],
-                    None => policy[offset * n + row].to_f64() * transpose.probs[k] as f64,
+                    None => policy[offset * n + row].to_f64() * transpose.probs[k],
                 };
                 inflow += d_in[offset + row / n] * weight;
             }
@@ -63,7 +63,7 @@ pub fn mdp_occupancy_weights<T: Real>(
                 .rows
                 .iter()
                 .zip(&transpose.probs)
-                .map(move |(&row, &p)| policy[task * states * n + row as usize].to_f64() * p as f64)
+                .map(move |(&row, &p)| policy[task * states * n + row as usize].to_f64() * p)
         })
         .collect()
 }

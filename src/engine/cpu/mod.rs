@@ -53,8 +53,16 @@ pub fn hold_frozen(frozen: &[bool], v_in: &[f64], v_out: &mut [f64], stats: &mut
 }
 
 /// Two Q values closer than this (relative to max(1, |max Q|)) tie for the hard-max policy;
-/// the first maximising action wins. Same constant as `TIE_RELATIVE` in the shader.
+/// the first maximising action wins. Same constant as `TIE_RELATIVE` in the shader: the rule
+/// of every result reported in f32 (the GPU, the native engine, the reference's f32 twin).
 pub const TIE_RELATIVE: f64 = 1e-5;
+
+/// [`TIE_RELATIVE`] of results reported in f64 (the reference's f64 path: Python's
+/// `device="cpu"`, `--backend cpu --dtype f64`). Q in f64 carries rounding of a few ulps of
+/// |Q| per backup (2.2e-16 each), so ties are ~4,500 ulps wide and the soft policy is
+/// resolved at any alpha >= 1e-12 max(1, |max Q|): at temperature 1 up to |Q| = 1e12, where
+/// the f32 rule turns one-hot at |Q| = 1e5.
+pub const TIE_RELATIVE_F64: f64 = 1e-12;
 
 /// `V = alpha * log sum_a exp(Q / alpha)` computed stably, or `max_a Q` when alpha = 0.
 pub fn soft_max(alpha: f64, q: &[f64]) -> f64 {
@@ -67,29 +75,33 @@ pub fn soft_max(alpha: f64, q: &[f64]) -> f64 {
 }
 
 /// Whether the soft policy of a state whose largest Q is `top` is resolved at temperature
-/// `alpha`: `alpha >= TIE_RELATIVE * max(1, |top|)`, the hard max's tie width. The GPU's Q
+/// `alpha` in a result reported with tie width `tie_relative` ([`Real::TIE_RELATIVE`]):
+/// `alpha >= tie_relative * max(1, |top|)`, the hard max's tie width. In f32, the GPU's Q
 /// carries f32 rounding of a few ulps of |Q| per backup (up to about 1e-6 |V| after many
 /// sweeps, see [`crate::engine::schedule::RESIDUAL_FLOOR`]) and `exp((Q - V) / alpha)`
 /// multiplies it by 1 / alpha: below this alpha rounding, not Q, decides the policy (on the
 /// 31 x 31 maze, |V| <= 55, rows summed to 0.77..2 at alpha = 1e-6). There both
 /// backends write the hard max's one-hot policy, so that they stay comparable; V keeps its soft
-/// form. Twin of `soft_policy_resolved` in `shaders/shared/policy_ties.wgsl`.
-pub fn soft_policy_resolved(alpha: f64, top: f64) -> bool {
-    alpha >= TIE_RELATIVE * top.abs().max(1.0)
+/// form. Twin of `soft_policy_resolved` in `shaders/shared/policy_ties.wgsl` (with
+/// [`TIE_RELATIVE`]); the f64 path's [`TIE_RELATIVE_F64`] keeps policies soft down to
+/// alpha = 1e-12 max(1, |top|).
+pub fn soft_policy_resolved(alpha: f64, top: f64, tie_relative: f64) -> bool {
+    alpha >= tie_relative * top.abs().max(1.0)
 }
 
 /// `pi = exp((Q - V) / alpha)` with V the soft max of `q`, computed as the normalised
 /// `exp((Q - max Q) / alpha)` so that the row sums to 1; one-hot on the first maximiser (ties
-/// within [`TIE_RELATIVE`]) when alpha = 0 or alpha is below [`soft_policy_resolved`]; `q`
-/// itself when `write_q` (the kernels' `WRITE_Q`).
+/// within `T::TIE_RELATIVE`: [`TIE_RELATIVE`] in f32, [`TIE_RELATIVE_F64`] in f64) when
+/// alpha = 0 or alpha is below [`soft_policy_resolved`]; `q` itself when `write_q` (the
+/// kernels' `WRITE_Q`).
 pub(crate) fn write_policy<T: Real>(alpha: f64, q: &[f64], write_q: bool, out: &mut [T]) {
     let top = q.iter().copied().fold(f64::NEG_INFINITY, f64::max);
     if write_q {
         for (x, &qa) in out.iter_mut().zip(q) {
             *x = T::from_f64(qa);
         }
-    } else if alpha == 0.0 || !soft_policy_resolved(alpha, top) {
-        let tie = top - TIE_RELATIVE * top.abs().max(1.0);
+    } else if alpha == 0.0 || !soft_policy_resolved(alpha, top, T::TIE_RELATIVE) {
+        let tie = top - T::TIE_RELATIVE * top.abs().max(1.0);
         let first = q.iter().position(|&x| x >= tie).unwrap_or(0);
         for (a, p) in out.iter_mut().enumerate() {
             *p = T::from_f64(if a == first { 1.0 } else { 0.0 });

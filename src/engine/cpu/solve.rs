@@ -368,7 +368,7 @@ fn forward_steps<T: Real>(
     let mdp = inputs.mdp;
     let horizon = history.len() - 1;
     let (mut step_policy, mut step_q) = (Vec::new(), Vec::new());
-    let mut d = vec![mdp.initial.iter().map(|&x| x as f64).collect::<Vec<f64>>()];
+    let mut d = vec![mdp.initial.clone()];
     let transpose = outputs.occupancy.then(|| mdp.transpose());
     for t in 0..horizon {
         let pi_t = mdp_policy::<T>(inputs, &history[t + 1], false);
@@ -432,7 +432,7 @@ fn discounted_occupancy<T: Real>(
         .initial
         .iter()
         .enumerate()
-        .map(|(i, &x)| x as f64 * scale[i / mdp.states])
+        .map(|(i, &x)| x * scale[i / mdp.states])
         .collect();
     let weights = mdp_occupancy_weights(inputs, &transpose, pi);
     let run = iterate_cpu(

@@ -558,7 +558,12 @@ impl MdpEngine {
             "softvi.successors",
             bytemuck::cast_slice(&mdp.indices),
         );
-        let probs = upload(core, "softvi.probs", bytemuck::cast_slice(&mdp.probs));
+        // The model's f64 entries, rounded once for the kernels.
+        let probs = upload(
+            core,
+            "softvi.probs",
+            bytemuck::cast_slice(&to_f32(&mdp.probs)),
+        );
         let incoming = occupancy.then(|| {
             let Transpose {
                 indptr,
@@ -572,7 +577,11 @@ impl MdpEngine {
                     bytemuck::cast_slice(&indptr),
                 ),
                 upload(core, "softvi.incoming", bytemuck::cast_slice(&rows)),
-                upload(core, "softvi.incoming_probs", bytemuck::cast_slice(&probs)),
+                upload(
+                    core,
+                    "softvi.incoming_probs",
+                    bytemuck::cast_slice(&to_f32(&probs)),
+                ),
                 indptr,
             )
         });
@@ -916,8 +925,8 @@ impl MdpEngine {
         let (wpt, rows) = (s.div_ceil(32), &chunk.task_states);
         let horizon = options.horizon.finite_steps();
         let q = self.core.queue.clone();
-        let reward = &mdp.reward[rows.start * a..rows.end * a];
-        q.write_buffer(&chunk.reward, 0, bytemuck::cast_slice(reward));
+        let reward = to_f32(&mdp.reward[rows.start * a..rows.end * a]);
+        q.write_buffer(&chunk.reward, 0, bytemuck::cast_slice(&reward));
         let mut bits = vec![0u32; chunk.tasks.len() * wpt];
         for t in 0..chunk.tasks.len() {
             for state in 0..s {
@@ -1012,9 +1021,9 @@ impl MdpEngine {
         let (n, s, a) = (chunk.tasks.len(), mdp.states, mdp.actions);
         let (scaled, scales) = crate::engine::solution::scaled_start(mdp);
         let (start, scales) = match finite {
-            true => (mdp.initial[chunk.task_states.clone()].to_vec(), Vec::new()),
+            true => (to_f32(&mdp.initial[chunk.task_states.clone()]), Vec::new()),
             false => (
-                scaled[chunk.task_states.clone()].to_vec(),
+                to_f32(&scaled[chunk.task_states.clone()]),
                 scales[chunk.tasks.clone()].to_vec(),
             ),
         };
@@ -1277,4 +1286,9 @@ impl MdpChunk {
             frozen: &self.checks.frozen,
         }
     }
+}
+
+/// `values` rounded to the f32 the kernels read.
+fn to_f32(values: &[f64]) -> Vec<f32> {
+    values.iter().map(|&x| x as f32).collect()
 }
