@@ -144,9 +144,14 @@ fn bad_settings_are_invalid_input() {
         alpha: -1.0,
         ..options()
     };
+    // The library names the setting as Python does; the command line asks for its flag.
     assert!(matches!(
         solve_mdp_cpu(&chain(), &bad, Outputs::default()),
-        Err(Error::InvalidInput(m)) if m.contains("--alpha")
+        Err(Error::InvalidInput(m)) if m.starts_with("alpha must be finite and >= 0")
+    ));
+    assert!(matches!(
+        bad.validate_as(softvi::error::Spelling::Flag),
+        Err(Error::InvalidInput(m)) if m.starts_with("alpha (--alpha) must be")
     ));
 }
 

@@ -42,6 +42,7 @@ from ._analysis import (  # noqa: E402
     sample,
 )
 from ._envs import from_gymnasium, from_seals  # noqa: E402
+from ._gradients import Gradients, vjp  # noqa: E402
 from ._grid import Grid, solve_grid  # noqa: E402
 from ._mdp import TabularMDP, load_npz  # noqa: E402
 from ._softvi import DeviceError  # noqa: E402
@@ -50,6 +51,7 @@ from ._solve import SolveResult, adapters, solve  # noqa: E402
 __all__ = [
     "ENDED",
     "DeviceError",
+    "Gradients",
     "Grid",
     "IrlResult",
     "LearnedQ",
@@ -70,5 +72,6 @@ __all__ = [
     "sample",
     "solve",
     "solve_grid",
+    "vjp",
 ]
 __version__ = "0.1.0"

@@ -153,6 +153,62 @@ class TabularMDP:
         """
         return self._mdp.arrays()
 
+    def replace(
+        self,
+        *,
+        reward: ArrayLike | None = None,
+        terminal_value: ArrayLike | None = None,
+        transition_probs: ArrayLike | None = None,
+    ) -> TabularMDP:
+        """This MDP with some arrays replaced.
+
+        The others are kept; the task axis is as ``reward`` gives it, or as before.
+
+        Args:
+            reward: as :class:`TabularMDP` takes it.
+            terminal_value: ``[S]`` or ``[B,S]``.
+            transition_probs: the stored nonzeros' probabilities, ``[nnz]`` in CSR order
+                (``arrays()["data"]``); each row must still sum to 1.
+
+        Raises:
+            ValueError: the engine's message naming the array at fault.
+        """
+        arrays = self.arrays()
+        batched = self._batched
+        if reward is not None:
+            r = _float64("reward", reward)
+            arrays["R"] = r
+            batched = r.ndim == 3 or (r.ndim == 2 and r.shape != (self.states, self.actions))
+            if r.ndim == 2 and r.shape == (self.actions, self.states) and batched:
+                arrays["R"] = np.repeat(r[:, :, None], self.actions, axis=2)  # as __init__
+        if terminal_value is not None:
+            arrays["terminal_value"] = _float64("terminal_value", terminal_value)
+        if transition_probs is not None:
+            data = _float64("transition_probs", transition_probs)
+            if data.shape != arrays["data"].shape:
+                raise ValueError(
+                    f"transition_probs has shape {data.shape}; expected [nnz] = "
+                    f"[{arrays['data'].shape[0]}] (the stored nonzeros, CSR order)"
+                )
+            arrays["data"] = data
+        for name in ("indptr", "indices"):
+            arrays[name] = arrays[name].astype(np.float64)
+        r = arrays["R"]
+        tasks = r.shape[0] if r.ndim == 3 else (r.shape[0] if batched else 1)
+        if tasks != self.tasks:
+            # The per-task arrays of the old batch: kept where every task shares them.
+            for name in ("terminal", "terminal_value", "initial"):
+                x = arrays[name]
+                if x.ndim == 2 and not (name == "terminal_value" and terminal_value is not None):
+                    if not (x == x[:1]).all():
+                        raise ValueError(
+                            f"{name} differs between this MDP's {self.tasks} tasks; a reward "
+                            f"of {tasks} tasks needs one {name} for all"
+                        )
+                    arrays[name] = x[0]
+        arrays["terminal"] = arrays["terminal"].astype(np.float64)
+        return TabularMDP._wrap(_softvi.mdp_from_arrays(arrays), batched)
+
     def save_npz(self, path: str | os.PathLike[str]) -> None:
         """Writes the MDP as an ``.npz`` that ``softvi solve --mdp`` and :func:`load_npz` read.
 

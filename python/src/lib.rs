@@ -18,7 +18,7 @@ use pyo3::exceptions::{
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
 
-use softvi::engine::cpu::solve_mdp_cpu_f64;
+use softvi::engine::cpu::{MdpCotangents, mdp_vjp_cpu, solve_mdp_cpu_f64};
 use softvi::engine::gpu::{GpuContext, TaskPosterior};
 use softvi::infer::{Observation, check_possible, posterior_inputs};
 use softvi::io::npy::NpyValues;
@@ -551,6 +551,49 @@ fn solve_mdp<'py>(
     }
 }
 
+/// The vector-Jacobian product of `mdp`'s solve on the f64 reference (see `softvi.vjp`):
+/// cotangents on the values, Q and the policy as `solve` returns them with every task axis
+/// (`[B,S]`, `[B,S,A]`; `[B,T+1,S]`, `[B,T,S,A]` with `all_steps`), none for a zero one.
+/// Returns the gradients: `reward` `[B,S,A]`, `terminal_value` `[B,S]`, `probs` `[nnz]` (CSR
+/// order), `alpha`, `gamma`, and the adjoint's `sweeps`.
+#[pyfunction]
+#[pyo3(signature = (mdp, settings, values, q, policy))]
+fn vjp<'py>(
+    py: Python<'py>,
+    mdp: Py<PyMdp>,
+    settings: Settings,
+    values: Option<PyReadonlyArrayDyn<'py, f64>>,
+    q: Option<PyReadonlyArrayDyn<'py, f64>>,
+    policy: Option<PyReadonlyArrayDyn<'py, f64>>,
+) -> PyResult<Bound<'py, PyDict>> {
+    let options = settings.options()?;
+    let model = &mdp.get().inner;
+    let flat = |x: Option<PyReadonlyArrayDyn<'py, f64>>| {
+        x.map(|a| a.as_array().iter().copied().collect::<Vec<f64>>())
+    };
+    let cotangents = MdpCotangents {
+        values: flat(values),
+        q: flat(q),
+        policy: flat(policy),
+        all_steps: settings.all_steps,
+    };
+    let grads = py
+        .detach(|| mdp_vjp_cpu(model, &options, &cotangents))
+        .map_err(to_py)?;
+    let (b, s, a) = (model.tasks, model.states, model.actions);
+    let out = PyDict::new(py);
+    out.set_item("reward", array(py, grads.reward, vec![b, s, a])?)?;
+    out.set_item(
+        "terminal_value",
+        array(py, grads.terminal_value, vec![b, s])?,
+    )?;
+    out.set_item("probs", array(py, grads.probs, vec![model.nonzeros()])?)?;
+    out.set_item("alpha", grads.alpha)?;
+    out.set_item("gamma", grads.gamma)?;
+    out.set_item("sweeps", grads.sweeps)?;
+    Ok(out)
+}
+
 /// The world of a gridworld batch besides its map and goals, as `softvi.solve_grid`'s
 /// keywords give it.
 #[derive(FromPyObject)]
@@ -991,6 +1034,7 @@ fn _softvi(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(adapters, m)?)?;
     m.add_function(wrap_pyfunction!(adapter_info, m)?)?;
     m.add_function(wrap_pyfunction!(solve_mdp, m)?)?;
+    m.add_function(wrap_pyfunction!(vjp, m)?)?;
     m.add_function(wrap_pyfunction!(solve_grid, m)?)?;
     m.add_function(wrap_pyfunction!(sample, m)?)?;
     m.add_function(wrap_pyfunction!(goal_posterior, m)?)?;

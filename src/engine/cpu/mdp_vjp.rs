@@ -1,0 +1,371 @@
+//! The vector-Jacobian product of a general-MDP solve on the f64 reference: the gradient of
+//! `<c, outputs>` with respect to the rewards, alpha, gamma, the terminal values and the
+//! transition probabilities, by one forward-message solve seeded with the cotangent (signed,
+//! not a distribution) instead of unrolling the sweeps. Memory is `O(B S A)` (`O(B T S A)` for
+//! a finite horizon), independent of the number of sweeps.
+//!
+//! With `W(s'|s,a)` the dynamics a backup differentiates through (`P` for the expected backup;
+//! the tilted `P(s'|s,a) exp((gamma V(s') - (Q - r)) / alpha)` for the optimistic one) and
+//! `g(s,a)` the total cotangent on `Q(s,a)`:
+//! `u = c_V + gamma W^T g`, `g = c_Q + pi u` (the occupancy recursion `mdp_occupancy` runs
+//! with a signed start), then `r_bar = g`, `alpha_bar = sum u H_pi + sum g dQ/dalpha`,
+//! `gamma_bar = sum g (W V)`, `P_bar(s,a,s') = g dQ/dP`, `terminal_value_bar = u` on terminal
+//! states. A finite horizon runs the same per step, `u_{t+1} = c_{V,t+1} + gamma W_t^T g_t`.
+
+// Index loops mirror the formulas, so a reviewer can check them by eye.
+#![allow(clippy::needless_range_loop)]
+
+use super::{mdp_action_values, mdp_backup};
+use crate::engine::layout::MdpInputs;
+use crate::engine::options::{Backup, Horizon, SolveOptions};
+use crate::engine::solution::check_mdp_solve;
+use crate::error::{Result, ensure};
+use crate::world::mdp::TabularMdp;
+
+/// Cotangents of a solve's outputs (f64). Each is `None` or laid out as the solve reports the
+/// output: `values` `[task][state]` (`V_0`, or the stationary V), `q` and `policy`
+/// `[task][state][action]`; with `all_steps` (finite horizon) every step: `values`
+/// `[task][t][state]` for t = 0..T, `q` and `policy` `[task][t][state][action]` for t = 0..T-1.
+/// Entries on states an output marks NaN (terminal rows of Q and pi) are ignored.
+#[derive(Clone, Debug, Default)]
+pub struct MdpCotangents {
+    /// On V.
+    pub values: Option<Vec<f64>>,
+    /// On the soft Q-values.
+    pub q: Option<Vec<f64>>,
+    /// On the policy.
+    pub policy: Option<Vec<f64>>,
+    /// The cotangents cover every step of a finite horizon.
+    pub all_steps: bool,
+}
+
+/// The gradient of `<cotangents, outputs>`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct MdpVjp {
+    /// With respect to `r(s,a)`, `[task][state][action]` (0 on excluded actions and on states
+    /// that stop).
+    pub reward: Vec<f64>,
+    /// With respect to the terminal values, `[task][state]` (0 off terminal states).
+    pub terminal_value: Vec<f64>,
+    /// With respect to the stored transition probabilities, `[nnz]` in CSR order (summed over
+    /// the tasks, which share them).
+    pub probs: Vec<f64>,
+    /// With respect to the temperature alpha (0 at alpha = 0: the hard max's subgradient).
+    pub alpha: f64,
+    /// With respect to the discount gamma.
+    pub gamma: f64,
+    /// Sweeps of the adjoint (forward-message) iteration: T for a finite horizon.
+    pub sweeps: u32,
+}
+
+/// The stationary adjoint stops once a sweep changes it by at most this, relative to its
+/// largest entry: near f64's resolution, so the gradient is as exact as the fixed point.
+const ADJOINT_TOL: f64 = 1e-14;
+
+/// The VJP of [`super::solve_mdp_cpu_f64`]'s outputs at `options` (see the module docs).
+/// The forward values are iterated to f64's resolution first (the gradient is that of the
+/// fixed point); an infinite horizon needs gamma < 1.
+pub fn mdp_vjp_cpu(
+    mdp: &TabularMdp,
+    options: &SolveOptions,
+    cotangents: &MdpCotangents,
+) -> Result<MdpVjp> {
+    check_mdp_solve(mdp, options)?;
+    let (b, s_n, a_n) = (mdp.tasks, mdp.states, mdp.actions);
+    let steps = match options.horizon {
+        Horizon::Finite(t) => t as usize,
+        Horizon::Infinite { .. } => {
+            ensure!(
+                options.gamma < 1.0,
+                "gradients of an infinite horizon need gamma < 1 (give a horizon at gamma = 1)"
+            );
+            1
+        }
+    };
+    ensure!(
+        !cotangents.all_steps || matches!(options.horizon, Horizon::Finite(_)),
+        "cotangents on every step need a finite horizon"
+    );
+    // Per task and step the cotangent arrays' lengths.
+    let (v_steps, qa_steps) = match cotangents.all_steps {
+        true => (steps + 1, steps),
+        false => (1, 1),
+    };
+    for (name, array, per) in [
+        ("values", &cotangents.values, v_steps * s_n),
+        ("q", &cotangents.q, qa_steps * s_n * a_n),
+        ("policy", &cotangents.policy, qa_steps * s_n * a_n),
+    ] {
+        if let Some(x) = array {
+            ensure!(
+                x.len() == b * per,
+                "the cotangent on {name} holds {} entries, not the {} of its output",
+                x.len(),
+                b * per
+            );
+            ensure!(
+                x.iter().all(|v| !v.is_infinite()),
+                "the cotangent on {name} holds an infinite entry"
+            );
+        }
+    }
+    let inputs = MdpInputs::new(mdp, options);
+    // V_0..V_T (finite) or the fixed point (infinite), [t][task][state].
+    let values = forward_values(&inputs, options)?;
+    let mut out = MdpVjp {
+        reward: vec![0.0; b * s_n * a_n],
+        terminal_value: vec![0.0; b * s_n],
+        probs: vec![0.0; mdp.nonzeros()],
+        alpha: 0.0,
+        gamma: 0.0,
+        sweeps: 0,
+    };
+    let mut q = vec![0.0; a_n];
+    // The cotangent `array` of step `t` of `task`, `len` entries, NaN (marked entries) as 0.
+    let at = |array: &Option<Vec<f64>>, task: usize, t: usize, len: usize| -> Vec<f64> {
+        match array {
+            Some(x) if cotangents.all_steps || t == 0 => {
+                let per_task = x.len() / b;
+                let start = task * per_task + t * len;
+                x[start..start + len]
+                    .iter()
+                    .map(|v| if v.is_nan() { 0.0 } else { *v })
+                    .collect()
+            }
+            _ => vec![0.0; len],
+        }
+    };
+    for task in 0..b {
+        let terminal = &mdp.terminal[task * s_n..(task + 1) * s_n];
+        let u = match options.horizon {
+            Horizon::Finite(_) => {
+                let mut u = at(&cotangents.values, task, 0, s_n);
+                for t in 0..steps {
+                    let mut next = at(&cotangents.values, task, t + 1, s_n);
+                    let step = Step {
+                        task,
+                        v_now: &values[t],
+                        v_next: &values[t + 1],
+                        u: &u,
+                        c_q: &at(&cotangents.q, task, t, s_n * a_n),
+                        c_pi: &at(&cotangents.policy, task, t, s_n * a_n),
+                    };
+                    step.adjoint(&inputs, &mut q, &mut next, Some(&mut out));
+                    // Terminal states keep their value at every step.
+                    for s in (0..s_n).filter(|&s| terminal[s]) {
+                        out.terminal_value[task * s_n + s] += u[s];
+                    }
+                    u = next;
+                }
+                out.sweeps = steps as u32;
+                u
+            }
+            Horizon::Infinite { max_iters, .. } => {
+                let v = &values[0];
+                let c_v = at(&cotangents.values, task, 0, s_n);
+                let (c_q, c_pi) = (
+                    at(&cotangents.q, task, 0, s_n * a_n),
+                    at(&cotangents.policy, task, 0, s_n * a_n),
+                );
+                // u = c_V + gamma W^T (c_Q' + pi u) from u = c_V: a gamma-contraction.
+                let mut u = c_v.clone();
+                let mut sweeps = 0;
+                loop {
+                    let mut next = c_v.clone();
+                    let step = Step {
+                        task,
+                        v_now: v,
+                        v_next: v,
+                        u: &u,
+                        c_q: &c_q,
+                        c_pi: &c_pi,
+                    };
+                    step.adjoint(&inputs, &mut q, &mut next, None);
+                    sweeps += 1;
+                    let change = u
+                        .iter()
+                        .zip(&next)
+                        .fold(0.0f64, |m, (x, y)| m.max((x - y).abs()));
+                    let size = next.iter().fold(0.0f64, |m, x| m.max(x.abs()));
+                    u = next;
+                    if change <= ADJOINT_TOL * size {
+                        break;
+                    }
+                    ensure!(
+                        sweeps < max_iters,
+                        "the adjoint of task {task} did not settle within max_iters = \
+                         {max_iters} sweeps"
+                    );
+                }
+                // The products of the settled u, taken once.
+                let step = Step {
+                    task,
+                    v_now: v,
+                    v_next: v,
+                    u: &u,
+                    c_q: &c_q,
+                    c_pi: &c_pi,
+                };
+                step.adjoint(&inputs, &mut q, &mut c_v.clone(), Some(&mut out));
+                out.sweeps = out.sweeps.max(sweeps);
+                u
+            }
+        };
+        // V_T of a finite horizon, or the stationary V: terminal states hold their value.
+        for s in (0..s_n).filter(|&s| terminal[s]) {
+            out.terminal_value[task * s_n + s] += u[s];
+        }
+    }
+    Ok(out)
+}
+
+/// One step of the adjoint: the cotangent `u` `[state]` on `V_t` of `task` and `c_q`, `c_pi`
+/// `[state][action]` on `Q_t`, `pi_t`, with `v_now` = `V_t` and `v_next` = `V_{t+1}`
+/// `[task][state]` (the same array for a stationary solve).
+struct Step<'a> {
+    task: usize,
+    v_now: &'a [f64],
+    v_next: &'a [f64],
+    u: &'a [f64],
+    c_q: &'a [f64],
+    c_pi: &'a [f64],
+}
+
+impl Step<'_> {
+    /// Adds `gamma W^T g` to `next` (the cotangent on `V_{t+1}`, `[state]`) and, with `out`,
+    /// the step's products to the gradient.
+    fn adjoint(
+        &self,
+        inputs: &MdpInputs,
+        q: &mut [f64],
+        next: &mut [f64],
+        mut out: Option<&mut MdpVjp>,
+    ) {
+        let mdp = inputs.mdp;
+        let (s_n, a_n) = (mdp.states, mdp.actions);
+        let (alpha, gamma) = (inputs.alpha, inputs.gamma);
+        let (task, u, c_q, c_pi) = (self.task, self.u, self.c_q, self.c_pi);
+        let base = task * s_n;
+        let mut d_alpha = 0.0;
+        for s in 0..s_n {
+            if inputs.fixed[base + s] {
+                continue;
+            }
+            mdp_action_values(inputs, task, s, self.v_next, q);
+            let v = self.v_now[base + s];
+            let pi = policy_row(alpha, q);
+            let live = |a: &usize| pi[*a] > 0.0;
+            // V's own dependence on alpha at fixed Q: the policy's entropy.
+            if alpha > 0.0 {
+                let entropy: f64 = (0..a_n)
+                    .filter(live)
+                    .map(|a| -pi[a] * (q[a] - v) / alpha)
+                    .sum();
+                d_alpha += u[s] * entropy;
+            }
+            // The total cotangent on Q(s, .): its own, V's through pi, and pi's (pi is
+            // softmax(Q / alpha)).
+            let mut g: Vec<f64> = (0..a_n).map(|a| c_q[s * a_n + a] + pi[a] * u[s]).collect();
+            if alpha > 0.0 {
+                let mean_c: f64 = (0..a_n).map(|a| pi[a] * c_pi[s * a_n + a]).sum();
+                let mean_gap: f64 = (0..a_n).filter(live).map(|a| pi[a] * (q[a] - v)).sum();
+                for a in (0..a_n).filter(live) {
+                    g[a] += pi[a] * (c_pi[s * a_n + a] - mean_c) / alpha;
+                    d_alpha +=
+                        c_pi[s * a_n + a] * pi[a] * (mean_gap - (q[a] - v)) / (alpha * alpha);
+                }
+            }
+            for a in 0..a_n {
+                let r = mdp.reward[(base + s) * a_n + a];
+                if !r.is_finite() || g[a] == 0.0 {
+                    continue;
+                }
+                let row = s * a_n + a;
+                // Optimistic: alpha log sum P exp(gamma V' / alpha), the tilt of W.
+                let tilt = q[a] - r;
+                let mut w_v = 0.0;
+                for k in mdp.indptr[row] as usize..mdp.indptr[row + 1] as usize {
+                    let j = mdp.indices[k] as usize;
+                    let vj = self.v_next[base + j];
+                    if vj == f64::NEG_INFINITY {
+                        continue;
+                    }
+                    let p = mdp.probs[k];
+                    let (w, d_p) = match inputs.backup {
+                        Backup::Expected => (p, gamma * vj),
+                        Backup::Optimistic => {
+                            let e = ((gamma * vj - tilt) / alpha).exp();
+                            (p * e, alpha * e)
+                        }
+                    };
+                    w_v += w * vj;
+                    next[j] += gamma * w * g[a];
+                    if let Some(out) = out.as_deref_mut() {
+                        out.probs[k] += g[a] * d_p;
+                    }
+                }
+                if let Some(out) = out.as_deref_mut() {
+                    out.reward[(base + s) * a_n + a] += g[a];
+                    out.gamma += g[a] * w_v;
+                    if inputs.backup == Backup::Optimistic {
+                        out.alpha += g[a] * (tilt - gamma * w_v) / alpha;
+                    }
+                }
+            }
+        }
+        if let Some(out) = out {
+            out.alpha += d_alpha;
+        }
+    }
+}
+
+/// `pi = exp((Q - V) / alpha)` normalised, or the hard max's one-hot (first maximiser) at
+/// alpha = 0; excluded actions (Q = -inf) get 0.
+fn policy_row(alpha: f64, q: &[f64]) -> Vec<f64> {
+    let top = q.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    if alpha == 0.0 {
+        let first = q.iter().position(|&x| x == top).unwrap_or(0);
+        return (0..q.len()).map(|a| f64::from(a == first)).collect();
+    }
+    let total: f64 = q.iter().map(|&x| ((x - top) / alpha).exp()).sum();
+    q.iter()
+        .map(|&x| ((x - top) / alpha).exp() / total)
+        .collect()
+}
+
+/// The values the products are taken at, `[t][task][state]`: `V_0..V_T` of a finite
+/// horizon, or the fixed point iterated until a sweep changes it by at most [`ADJOINT_TOL`] of
+/// its size (at most `max_iters` sweeps).
+fn forward_values(inputs: &MdpInputs, options: &SolveOptions) -> Result<Vec<Vec<f64>>> {
+    let mut v = inputs.v0.clone();
+    let mut next = v.clone();
+    match options.horizon {
+        Horizon::Finite(t) => {
+            let mut all = vec![v.clone()];
+            for _ in 0..t {
+                mdp_backup(inputs, &v, &mut next);
+                std::mem::swap(&mut v, &mut next);
+                all.push(v.clone());
+            }
+            all.reverse();
+            Ok(all)
+        }
+        Horizon::Infinite { max_iters, .. } => {
+            for sweep in 0.. {
+                let stats = mdp_backup(inputs, &v, &mut next);
+                std::mem::swap(&mut v, &mut next);
+                let settled = stats
+                    .iter()
+                    .all(|s| s.max_abs_delta <= ADJOINT_TOL * s.max_abs_value.max(1.0));
+                if settled {
+                    break;
+                }
+                ensure!(
+                    sweep + 1 < max_iters,
+                    "the values did not settle to f64's resolution within max_iters = {max_iters} sweeps"
+                );
+            }
+            Ok(vec![v])
+        }
+    }
+}

@@ -1,0 +1,227 @@
+//! The VJP of a general-MDP solve on the f64 reference (`mdp_vjp_cpu`) against central finite
+//! differences of the solve itself: every input (each reward, alpha, gamma, each terminal
+//! value, each stored transition probability), cotangents on V, Q and pi alone and together,
+//! both backups, finite and infinite horizons, and the hard max.
+
+mod common;
+
+use softvi::engine::cpu::{MdpCotangents, mdp_vjp_cpu, solve_mdp_cpu_f64};
+use softvi::engine::schedule::keep_going;
+use softvi::world::mdp::TabularMdp;
+use softvi::{Backup, Horizon, Outputs, SolveOptions};
+
+use rand::rngs::StdRng;
+use rand::{RngExt, SeedableRng};
+
+/// A gamma = 0.9 discount past horizon 400 weighs 0.9^400 = 5e-19: V_0 of that horizon is the
+/// infinite horizon's fixed point to f64's resolution, a differentiable stand-in for it.
+const LONG: u32 = 400;
+
+/// `<c, outputs>` of the f64 solve, marked (NaN) entries left out; the cotangents' steps as
+/// `cot.all_steps` says.
+fn loss(mdp: &TabularMdp, options: &SolveOptions, cot: &MdpCotangents) -> f64 {
+    let outputs = Outputs {
+        policy: true,
+        q: true,
+        all_steps: matches!(options.horizon, Horizon::Finite(_)),
+        occupancy: false,
+    };
+    let got = solve_mdp_cpu_f64(mdp, options, outputs, &mut keep_going).unwrap();
+    let steps = got.steps.as_ref();
+    let (b, s_n, a_n) = (mdp.tasks, mdp.states, mdp.actions);
+    let t_n = steps.map_or(1, |x| x.values.len() / (b * s_n) - 1);
+    // Output `all` `[task][t][inner]` (t < steps) at the cotangent's steps.
+    let pick = |all: &[f64], steps: usize, inner: usize, kept: usize| -> Vec<f64> {
+        (0..b)
+            .flat_map(|task| all[task * steps * inner..][..kept * inner].to_vec())
+            .collect()
+    };
+    let dot = |c: &Option<Vec<f64>>, x: &[f64]| -> f64 {
+        c.as_ref().map_or(0.0, |c| {
+            c.iter()
+                .zip(x)
+                .filter(|(_, v)| v.is_finite())
+                .map(|(c, v)| c * v)
+                .sum()
+        })
+    };
+    let kept = |steps: usize| if cot.all_steps { steps } else { 1 };
+    match steps {
+        Some(st) => {
+            dot(&cot.values, &pick(&st.values, t_n + 1, s_n, kept(t_n + 1)))
+                + dot(
+                    &cot.q,
+                    &pick(st.q.as_ref().unwrap(), t_n, s_n * a_n, kept(t_n)),
+                )
+                + dot(
+                    &cot.policy,
+                    &pick(st.policy.as_ref().unwrap(), t_n, s_n * a_n, kept(t_n)),
+                )
+        }
+        None => unreachable!("every solve here has a finite horizon"),
+    }
+}
+
+/// Central difference of `loss` along one input set by `set(mdp, options, x)` from `x0`.
+fn central(
+    mdp: &TabularMdp,
+    options: &SolveOptions,
+    cot: &MdpCotangents,
+    x0: f64,
+    set: impl Fn(&mut TabularMdp, &mut SolveOptions, f64),
+) -> f64 {
+    // Small enough that a perturbed transition row still sums to 1 within the 1e-5 the
+    // solve accepts.
+    let h = 2e-6 * x0.abs().max(1.0);
+    let at = |x: f64| {
+        let (mut m, mut o) = (mdp.clone(), *options);
+        set(&mut m, &mut o, x);
+        loss(&m, &o, cot)
+    };
+    (at(x0 + h) - at(x0 - h)) / (2.0 * h)
+}
+
+fn cotangents(
+    mdp: &TabularMdp,
+    steps: usize,
+    all_steps: bool,
+    which: &str,
+    seed: u64,
+) -> MdpCotangents {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let (b, s_n, a_n) = (mdp.tasks, mdp.states, mdp.actions);
+    let (v_len, qa_len) = match all_steps {
+        true => (b * (steps + 1) * s_n, b * steps * s_n * a_n),
+        false => (b * s_n, b * s_n * a_n),
+    };
+    let mut draw = |n: usize| -> Vec<f64> { (0..n).map(|_| rng.random_range(-1.0..1.0)).collect() };
+    MdpCotangents {
+        values: which.contains('v').then(|| draw(v_len)),
+        q: which.contains('q').then(|| draw(qa_len)),
+        policy: which.contains('p').then(|| draw(qa_len)),
+        all_steps,
+    }
+}
+
+/// Checks every input's gradient against central differences: within 1e-6 relative to the
+/// largest gradient entry (the differences' own error, h^2 f''' + eps f / h at h = 2e-6, is
+/// below 1e-9 here).
+fn check(mdp: &TabularMdp, options: &SolveOptions, cot: &MdpCotangents, label: &str) {
+    let vjp = mdp_vjp_cpu(mdp, options, cot).unwrap();
+    let scale = vjp
+        .reward
+        .iter()
+        .chain(&vjp.probs)
+        .chain(&vjp.terminal_value)
+        .chain([&vjp.alpha, &vjp.gamma])
+        .fold(1e-3f64, |m, x| m.max(x.abs()));
+    let mut worst = (0.0f64, String::new());
+    let mut compare = |what: String, got: f64, want: f64| {
+        let gap = (got - want).abs() / scale;
+        if gap > worst.0 {
+            worst = (gap, format!("{what}: vjp {got}, differences {want}"));
+        }
+    };
+    for i in 0..mdp.reward.len() {
+        let fd = central(mdp, options, cot, mdp.reward[i], |m, _, x| m.reward[i] = x);
+        compare(format!("reward[{i}]"), vjp.reward[i], fd);
+    }
+    for i in (0..mdp.terminal.len()).filter(|&i| mdp.terminal[i]) {
+        let fd = central(mdp, options, cot, mdp.terminal_value[i], |m, _, x| {
+            m.terminal_value[i] = x
+        });
+        compare(format!("terminal_value[{i}]"), vjp.terminal_value[i], fd);
+    }
+    for k in (0..mdp.probs.len()).step_by(3) {
+        let fd = central(mdp, options, cot, mdp.probs[k], |m, _, x| m.probs[k] = x);
+        compare(format!("probs[{k}]"), vjp.probs[k], fd);
+    }
+    if options.alpha > 0.0 {
+        let fd = central(mdp, options, cot, options.alpha, |_, o, x| o.alpha = x);
+        compare("alpha".into(), vjp.alpha, fd);
+    }
+    let gamma = options.gamma;
+    let fd = central(mdp, options, cot, gamma, |_, o, x| o.gamma = x);
+    compare("gamma".into(), vjp.gamma, fd);
+    assert!(worst.0 <= 1e-6, "{label}: {} (gap {:e})", worst.1, worst.0);
+}
+
+fn finite(alpha: f64, gamma: f64, horizon: u32, backup: Backup) -> SolveOptions {
+    SolveOptions {
+        alpha,
+        gamma,
+        backup,
+        horizon: Horizon::Finite(horizon),
+        ..SolveOptions::default()
+    }
+}
+
+#[test]
+fn finite_horizon_gradients_match_differences() {
+    let mdp = common::random_mdp(9, 3, 2, true, 23);
+    for backup in [Backup::Expected, Backup::Optimistic] {
+        let o = finite(0.7, 0.95, 6, backup);
+        for (which, all) in [("v", false), ("q", false), ("p", false), ("vqp", true)] {
+            let cot = cotangents(&mdp, 6, all, which, 5);
+            check(
+                &mdp,
+                &o,
+                &cot,
+                &format!("{backup:?}, cotangent {which}, all steps {all}"),
+            );
+        }
+    }
+}
+
+/// The infinite horizon at gamma 0.9: the VJP of the stationary solve against differences of
+/// the horizon-400 solve (the same function to f64's resolution, see [`LONG`]).
+#[test]
+fn infinite_horizon_gradients_match_differences() {
+    let mdp = common::random_mdp(7, 3, 2, true, 31);
+    for backup in [Backup::Expected, Backup::Optimistic] {
+        for which in ["v", "qp"] {
+            let cot = cotangents(&mdp, 1, false, which, 9);
+            let stationary = SolveOptions {
+                alpha: 0.5,
+                gamma: 0.9,
+                backup,
+                horizon: Horizon::Infinite {
+                    tol: 1e-6,
+                    max_iters: 100_000,
+                },
+                ..SolveOptions::default()
+            };
+            let vjp = mdp_vjp_cpu(&mdp, &stationary, &cot).unwrap();
+            let long = finite(0.5, 0.9, LONG, backup);
+            let unrolled = mdp_vjp_cpu(&mdp, &long, &cot).unwrap();
+            // The two VJPs agree to f64 rounding (0.9^400 of the tail is far below it)...
+            for (a, b) in vjp.reward.iter().zip(&unrolled.reward) {
+                assert!(
+                    (a - b).abs() <= 1e-10,
+                    "{backup:?} {which}: reward {a} vs {b}"
+                );
+            }
+            assert!((vjp.alpha - unrolled.alpha).abs() <= 1e-9 * unrolled.alpha.abs().max(1.0));
+            assert!((vjp.gamma - unrolled.gamma).abs() <= 1e-9 * unrolled.gamma.abs().max(1.0));
+            // ... and the horizon-400 one matches differences of the solve.
+            check(
+                &mdp,
+                &long,
+                &cot,
+                &format!("{backup:?}, cotangent {which}, horizon 400"),
+            );
+        }
+    }
+}
+
+/// alpha = 0: the hard max's argmax policy as the subgradient (random rewards: no ties, so the
+/// values are differentiable and the differences agree); the policy's own cotangent gives 0.
+#[test]
+fn hard_max_gradients_are_the_argmax_subgradient() {
+    let mdp = common::random_mdp(8, 3, 1, true, 41);
+    let o = finite(0.0, 0.9, 5, Backup::Expected);
+    check(&mdp, &o, &cotangents(&mdp, 5, false, "v", 2), "hard max, V");
+    let policy_only = cotangents(&mdp, 5, false, "p", 3);
+    let vjp = mdp_vjp_cpu(&mdp, &o, &policy_only).unwrap();
+    assert!(vjp.reward.iter().all(|&g| g == 0.0));
+}
