@@ -10,7 +10,9 @@ from numpy.typing import ArrayLike
 
 from . import _softvi
 from ._mdp import TabularMDP, _check_mdp
-from ._solve import Backup, _settings
+from ._solve import Backup, Device, _settings, solve
+
+OUTPUTS = ("values", "q", "policy")
 
 
 @dataclass
@@ -114,3 +116,109 @@ def vjp(
         gamma=float(raw["gamma"]),
         sweeps=int(raw["sweeps"]),
     )
+
+
+@dataclass(frozen=True)
+class Primitive:
+    """What a framework wrapper's soft value iteration holds fixed: the world and settings.
+
+    The framework passes the differentiable inputs (reward, alpha, gamma, terminal values,
+    transition probabilities) as arrays to :meth:`outputs` and :meth:`gradients`.
+    """
+
+    world: TabularMDP
+    horizon: int | None
+    backup: Backup
+    outputs: tuple[str, ...]
+    device: Device
+    tol: float
+
+    def __post_init__(self) -> None:
+        _check_mdp(self.world)
+        if not self.outputs or any(o not in OUTPUTS for o in self.outputs):
+            raise ValueError(
+                f"outputs must be a non-empty tuple of {OUTPUTS}, got {self.outputs!r}"
+            )
+
+    def model(self, reward: Any, terminal_value: Any, probs: Any) -> TabularMDP:
+        """The world with these arrays (host NumPy)."""
+        return self.world.replace(
+            reward=np.asarray(reward, np.float64),
+            terminal_value=np.asarray(terminal_value, np.float64),
+            transition_probs=np.asarray(probs, np.float64),
+        )
+
+    def batched(self, reward_shape: tuple[int, ...]) -> bool:
+        """Whether a reward of this shape carries a task axis (as TabularMDP reads it)."""
+        s, a = self.world.states, self.world.actions
+        return len(reward_shape) == 3 or (len(reward_shape) == 2 and reward_shape != (s, a))
+
+    def shapes(self, reward_shape: tuple[int, ...]) -> tuple[tuple[int, ...], ...]:
+        """The outputs' shapes for a reward of this shape."""
+        s, a = self.world.states, self.world.actions
+        lead = reward_shape[:1] if self.batched(reward_shape) else ()
+        shape = {"values": (*lead, s), "q": (*lead, s, a), "policy": (*lead, s, a)}
+        return tuple(shape[o] for o in self.outputs)
+
+    def solve(self, reward, alpha, gamma, terminal_value, probs) -> tuple[np.ndarray, ...]:
+        """The outputs, in the reward's dtype."""
+        res = solve(
+            self.model(reward, terminal_value, probs),
+            alpha=float(alpha), gamma=float(gamma), backup=self.backup,
+            horizon=self.horizon, tol=self.tol, policy="policy" in self.outputs,
+            q="q" in self.outputs, device=self.device,
+        )  # fmt: skip
+        dtype = np.asarray(reward).dtype
+        return tuple(np.asarray(getattr(res, o), dtype) for o in self.outputs)
+
+    def gradients(
+        self, reward, alpha, gamma, terminal_value, probs, *cotangents
+    ) -> tuple[np.ndarray, ...]:
+        """The gradients of ``<cotangents, outputs>``, each shaped and typed as its input.
+
+        In the order (reward, alpha, gamma, terminal_value, probs); NaN cotangents count as 0.
+        """
+        given = {
+            o: np.nan_to_num(np.asarray(c, np.float64), nan=0.0)
+            for o, c in zip(self.outputs, cotangents, strict=True)
+        }
+        grads = vjp(
+            self.model(reward, terminal_value, probs),
+            values=given.get("values"),
+            q=given.get("q"),
+            policy=given.get("policy"),
+            alpha=float(alpha),
+            gamma=float(gamma),
+            backup=self.backup,
+            horizon=self.horizon,
+        )
+        reward = np.asarray(reward)
+        r_bar = grads.reward
+        # [..., S, A] back to the reward's shape: a state reward [S] / [B,S] sums the actions.
+        if reward.ndim == 1 or (reward.ndim == 2 and self.batched(reward.shape)):
+            r_bar = r_bar.sum(axis=-1)
+        tv = np.asarray(terminal_value)
+        tv_bar = grads.terminal_value
+        if tv.ndim < tv_bar.ndim:
+            tv_bar = tv_bar.sum(axis=0)
+        dtype = reward.dtype
+        return (
+            r_bar.reshape(reward.shape).astype(dtype),
+            np.asarray(grads.alpha, dtype),
+            np.asarray(grads.gamma, dtype),
+            tv_bar.reshape(tv.shape).astype(dtype),
+            grads.transition_probs.astype(dtype),
+        )
+
+    def defaults(self, terminal_value: Any, transition_probs: Any) -> tuple[Any, Any]:
+        """The world's terminal values and probabilities, where not given.
+
+        The terminal values are ``[S]`` where every task shares them, else ``[B,S]``.
+        """
+        arrays = self.world.arrays()
+        if terminal_value is None:
+            values = arrays["terminal_value"]
+            terminal_value = values[0] if (values == values[:1]).all() else values
+        if transition_probs is None:
+            transition_probs = arrays["data"]
+        return terminal_value, transition_probs

@@ -15,13 +15,10 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
-from ._gradients import vjp
-from ._mdp import TabularMDP, _check_mdp
-from ._solve import Backup, Device, solve
-
-_OUTPUTS = ("values", "q", "policy")
+from ._gradients import Primitive
+from ._mdp import TabularMDP
+from ._solve import Backup, Device
 
 
 def soft_value_iteration(
@@ -60,119 +57,41 @@ def soft_value_iteration(
         V shaped as :func:`softvi.solve` returns it (``[S]`` or ``[B,S]``), or a tuple of the
         ``outputs`` in their order; terminal states' rows of Q and pi are NaN.
     """
-    _check_mdp(world)
-    outputs = tuple(outputs)
-    if not outputs or any(o not in _OUTPUTS for o in outputs):
-        raise ValueError(f"outputs must be a non-empty tuple of {_OUTPUTS}, got {outputs!r}")
-    arrays = world.arrays()
+    primitive = Primitive(world, horizon, backup, tuple(outputs), device, float(tol))
+    terminal_value, transition_probs = primitive.defaults(terminal_value, transition_probs)
     dtype = jnp.result_type(reward, float)
-    if terminal_value is None:
-        terminal_value = arrays["terminal_value"][0]
-    if transition_probs is None:
-        transition_probs = arrays["data"]
-    static = (world, horizon, backup, outputs, device, float(tol))
     result = _svi(
-        static,
+        primitive,
         jnp.asarray(reward, dtype),
         jnp.asarray(alpha, dtype),
         jnp.asarray(gamma, dtype),
         jnp.asarray(terminal_value, dtype),
         jnp.asarray(transition_probs, dtype),
     )
-    return result[0] if len(outputs) == 1 else result
-
-
-def _model(static: tuple, reward, terminal_value, probs) -> TabularMDP:
-    """The world with these arrays (NumPy, on the host)."""
-    world = static[0]
-    return world.replace(
-        reward=np.asarray(reward, np.float64),
-        terminal_value=np.asarray(terminal_value, np.float64),
-        transition_probs=np.asarray(probs, np.float64),
-    )
-
-
-def _shapes(static: tuple, reward: jax.Array) -> tuple[jax.ShapeDtypeStruct, ...]:
-    """The outputs' shapes and dtype for ``reward``."""
-    world, horizon, _, outputs, _, _ = static
-    s, a = world.states, world.actions
-    batched = reward.ndim == 3 or (reward.ndim == 2 and reward.shape != (s, a))
-    lead = (reward.shape[0],) if batched else ()
-    shape = {"values": (*lead, s), "q": (*lead, s, a), "policy": (*lead, s, a)}
-    return tuple(jax.ShapeDtypeStruct(shape[o], reward.dtype) for o in outputs)
-
-
-def _forward_host(static: tuple, reward, alpha, gamma, terminal_value, probs):
-    world, horizon, backup, outputs, device, tol = static
-    mdp = _model(static, reward, terminal_value, probs)
-    res = solve(
-        mdp, alpha=float(alpha), gamma=float(gamma), backup=backup, horizon=horizon, tol=tol,
-        policy="policy" in outputs, q="q" in outputs, device=device,
-    )  # fmt: skip
-    dtype = np.asarray(reward).dtype
-    return tuple(np.asarray(getattr(res, o), dtype) for o in outputs)
+    return result[0] if len(primitive.outputs) == 1 else result
 
 
 @partial(jax.custom_vjp, nondiff_argnums=(0,))
-def _svi(static, reward, alpha, gamma, terminal_value, probs):
+def _svi(primitive: Primitive, reward, alpha, gamma, terminal_value, probs):
+    shapes = tuple(
+        jax.ShapeDtypeStruct(shape, reward.dtype) for shape in primitive.shapes(reward.shape)
+    )
     return jax.pure_callback(
-        partial(_forward_host, static),
-        _shapes(static, reward),
-        reward, alpha, gamma, terminal_value, probs,
+        primitive.solve, shapes, reward, alpha, gamma, terminal_value, probs,
         vmap_method="sequential",
     )  # fmt: skip
 
 
-def _svi_forward(static, reward, alpha, gamma, terminal_value, probs):
-    out = _svi(static, reward, alpha, gamma, terminal_value, probs)
+def _svi_forward(primitive: Primitive, reward, alpha, gamma, terminal_value, probs):
+    out = _svi(primitive, reward, alpha, gamma, terminal_value, probs)
     return out, (reward, alpha, gamma, terminal_value, probs)
 
 
-def _backward_host(static: tuple, reward, alpha, gamma, terminal_value, probs, *cotangents):
-    world, horizon, backup, outputs, _, _ = static
-    mdp = _model(static, reward, terminal_value, probs)
-    given = dict(zip(outputs, cotangents, strict=True))
-    grads = vjp(
-        mdp,
-        values=given.get("values"),
-        q=given.get("q"),
-        policy=given.get("policy"),
-        alpha=float(alpha),
-        gamma=float(gamma),
-        backup=backup,
-        horizon=horizon,
-    )
-    reward = np.asarray(reward)
-    r_bar = grads.reward
-    # [..., S, A] back to the reward's own shape: a state reward [S] / [B,S] sums the actions.
-    s, a = world.states, world.actions
-    if reward.ndim == 1 or (reward.ndim == 2 and reward.shape != (s, a)):
-        r_bar = r_bar.sum(axis=-1)
-    tv = np.asarray(terminal_value)
-    tv_bar = grads.terminal_value
-    if tv.ndim < tv_bar.ndim:
-        tv_bar = tv_bar.sum(axis=0)
-    dtype = reward.dtype
-    return (
-        r_bar.reshape(reward.shape).astype(dtype),
-        np.asarray(grads.alpha, dtype),
-        np.asarray(grads.gamma, dtype),
-        tv_bar.reshape(tv.shape).astype(dtype),
-        grads.transition_probs.astype(dtype),
-    )
-
-
-def _svi_backward(static, residuals, cotangents):
-    reward, alpha, gamma, terminal_value, probs = residuals
+def _svi_backward(primitive: Primitive, residuals, cotangents):
     shapes = tuple(jax.ShapeDtypeStruct(x.shape, x.dtype) for x in residuals)
-    # NaN entries of an output (terminal rows) carry no gradient.
-    cotangents = tuple(jnp.nan_to_num(c, nan=0.0) for c in cotangents)
     return jax.pure_callback(
-        partial(_backward_host, static),
-        shapes,
-        reward, alpha, gamma, terminal_value, probs, *cotangents,
-        vmap_method="sequential",
-    )  # fmt: skip
+        primitive.gradients, shapes, *residuals, *cotangents, vmap_method="sequential"
+    )
 
 
 _svi.defvjp(_svi_forward, _svi_backward)

@@ -3,10 +3,10 @@ autodiff of the value iteration unrolled here, in float64."""
 
 from __future__ import annotations
 
+import jax
 import numpy as np
 import pytest
 
-jax = pytest.importorskip("jax")
 jax.config.update("jax_enable_x64", True)
 import jax.numpy as jnp  # noqa: E402
 from jax.scipy.special import logsumexp  # noqa: E402
