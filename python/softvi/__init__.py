@@ -43,7 +43,7 @@ from ._analysis import (  # noqa: E402
 )
 from ._envs import from_gymnasium, from_seals  # noqa: E402
 from ._gradients import Gradients, vjp  # noqa: E402
-from ._grid import Grid, solve_grid  # noqa: E402
+from ._grid import Grid, GridMDP, solve_grid  # noqa: E402
 from ._mdp import TabularMDP, load_npz  # noqa: E402
 from ._softvi import DeviceError  # noqa: E402
 from ._solve import SolveResult, adapters, solve  # noqa: E402
@@ -53,6 +53,7 @@ __all__ = [
     "DeviceError",
     "Gradients",
     "Grid",
+    "GridMDP",
     "IrlResult",
     "LearnedQ",
     "MetaCurve",

@@ -140,16 +140,31 @@ class Primitive:
                 f"outputs must be a non-empty tuple of {OUTPUTS}, got {self.outputs!r}"
             )
 
+    @property
+    def grid(self) -> Any:
+        """The world as a :class:`softvi.GridMDP`, or None for a plain MDP."""
+        from ._grid import GridMDP
+
+        return self.world if isinstance(self.world, GridMDP) else None
+
     def model(self, reward: Any, terminal_value: Any, probs: Any) -> TabularMDP:
-        """The world with these arrays (host NumPy)."""
+        """The world with these arrays (host NumPy); a grid's reward map laid on its states."""
+        reward = np.asarray(reward, np.float64)
+        if self.grid is not None:
+            reward = self.grid.reward_of(reward)
         return self.world.replace(
-            reward=np.asarray(reward, np.float64),
+            reward=reward,
             terminal_value=np.asarray(terminal_value, np.float64),
             transition_probs=np.asarray(probs, np.float64),
         )
 
     def batched(self, reward_shape: tuple[int, ...]) -> bool:
-        """Whether a reward of this shape carries a task axis (as TabularMDP reads it)."""
+        """Whether a reward of this shape carries a task axis, as TabularMDP reads it.
+
+        A grid's outputs always have one, as :func:`softvi.solve_grid`'s.
+        """
+        if self.grid is not None:
+            return True
         s, a = self.world.states, self.world.actions
         return len(reward_shape) == 3 or (len(reward_shape) == 2 and reward_shape != (s, a))
 
@@ -157,6 +172,10 @@ class Primitive:
         """The outputs' shapes for a reward of this shape."""
         s, a = self.world.states, self.world.actions
         lead = reward_shape[:1] if self.batched(reward_shape) else ()
+        if self.grid is not None:
+            lead, s = (self.world.tasks,), (self.grid.height, self.grid.width)
+            shape = {"values": (*lead, *s), "q": (*lead, *s, a), "policy": (*lead, *s, a)}
+            return tuple(shape[o] for o in self.outputs)
         shape = {"values": (*lead, s), "q": (*lead, s, a), "policy": (*lead, s, a)}
         return tuple(shape[o] for o in self.outputs)
 
@@ -169,7 +188,10 @@ class Primitive:
             q="q" in self.outputs, device=self.device,
         )  # fmt: skip
         dtype = np.asarray(reward).dtype
-        return tuple(np.asarray(getattr(res, o), dtype) for o in self.outputs)
+        outs = tuple(np.asarray(getattr(res, o), dtype) for o in self.outputs)
+        if self.grid is not None:
+            outs = tuple(self.grid.to_cells(x) for x in outs)
+        return outs
 
     def gradients(
         self, reward, alpha, gamma, terminal_value, probs, *cotangents
@@ -182,6 +204,10 @@ class Primitive:
             o: np.nan_to_num(np.asarray(c, np.float64), nan=0.0)
             for o, c in zip(self.outputs, cotangents, strict=True)
         }
+        if self.grid is not None:
+            # Map layout [B,H,W,...] to the states' [B,S,...].
+            cells = self.grid.cells
+            given = {o: c.reshape(c.shape[0], -1, *c.shape[3:])[:, cells] for o, c in given.items()}
         grads = vjp(
             self.model(reward, terminal_value, probs),
             values=given.get("values"),
@@ -194,8 +220,10 @@ class Primitive:
         )
         reward = np.asarray(reward)
         r_bar = grads.reward
+        if self.grid is not None:
+            r_bar = self.grid.map_gradient(r_bar, reward.shape)
         # [..., S, A] back to the reward's shape: a state reward [S] / [B,S] sums the actions.
-        if reward.ndim == 1 or (reward.ndim == 2 and self.batched(reward.shape)):
+        elif reward.ndim == 1 or (reward.ndim == 2 and self.batched(reward.shape)):
             r_bar = r_bar.sum(axis=-1)
         tv = np.asarray(terminal_value)
         tv_bar = grads.terminal_value

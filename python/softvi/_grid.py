@@ -10,6 +10,7 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 from . import _softvi
+from ._mdp import TabularMDP
 from ._solve import Backup, Device, SolveResult, _result, _settings
 
 Cell = tuple[int, int]
@@ -63,6 +64,110 @@ class Grid:
     def __repr__(self) -> str:
         return f"Grid(height={self.height}, width={self.width}, free={int(self.free.sum())})"
 
+    def as_mdp(
+        self,
+        goals: Sequence[Cell | Sequence[Cell]],
+        *,
+        connectivity: int = 8,
+        stay: bool = False,
+        slip: float = 0.0,
+        move_cost: tuple[float, float] | tuple[float, float, float] | None = None,
+        start: Cell | Sequence[Cell] | None = None,
+    ) -> GridMDP:
+        """The batch :func:`solve_grid` would solve, as a :class:`GridMDP` over the free cells.
+
+        Same transitions, step costs and terminal goals as the grid kernels, with a zero reward
+        map; the gradient wrappers (:mod:`softvi.jax`, :mod:`softvi.torch`) take it as their
+        world and reward maps ``[H,W]``, ``[B,H,W]`` or ``[B,H,W,A]``.
+
+        Args:
+            goals: per task, a goal cell ``(row, col)`` or a list of them.
+            connectivity: 4 or 8 moves.
+            stay: add a ``STAY`` action (last).
+            slip: with probability ``slip`` a uniformly drawn action's move happens instead.
+            move_cost: ``(orthogonal, diagonal[, stay])`` step costs; default ``(1, sqrt 2, 0)``.
+            start: the start cells ``(row, col)`` (default: uniform over the free non-goal
+                cells).
+
+        Returns:
+            The :class:`GridMDP`.
+
+        Raises:
+            ValueError: as :func:`solve_grid`.
+        """
+        _, goal_cells, _, starts = _grid_batch(self, goals, None, start, True)
+        world = _grid_world(connectivity, stay, slip, move_cost, starts)
+        mdp, cells = _softvi.grid_as_mdp(self.free, goal_cells, world)
+        return GridMDP._of(mdp, cells, self)
+
+
+class GridMDP(TabularMDP):
+    """A gridworld batch as a :class:`TabularMDP` over its free cells (:meth:`Grid.as_mdp`).
+
+    Its reward ``[B,S,A]`` is ``-cost(a)``; :meth:`reward_of` adds a reward map. ``cells`` is
+    the cell ``row * W + col`` of each state, ``[S]``.
+    """
+
+    cells: np.ndarray
+    height: int
+    width: int
+
+    @classmethod
+    def _of(cls, mdp: Any, cells: np.ndarray, grid: Grid) -> GridMDP:
+        self = cls.__new__(cls)
+        self._mdp = mdp
+        self._batched = True
+        self.cells = cells.astype(np.int64)
+        self.height, self.width = grid.height, grid.width
+        return self
+
+    def reward_of(self, reward_map: ArrayLike) -> np.ndarray:
+        """The MDP reward ``[B,S,A]`` of a reward map: its value at each cell, less the cost.
+
+        Args:
+            reward_map: ``[H,W]`` (shared), ``[B,H,W]`` (a state reward) or ``[B,H,W,A]``.
+
+        Returns:
+            ``[B,S,A]`` float64.
+
+        Raises:
+            ValueError: a map of another shape.
+        """
+        r = np.asarray(reward_map, dtype=np.float64)
+        base = self.arrays()["R"]
+        b, s, a = base.shape
+        if r.shape == (self.height, self.width):
+            r = np.broadcast_to(r, (b, self.height, self.width))
+        if r.shape == (b, self.height, self.width):
+            return base + r.reshape(b, -1)[:, self.cells, None]
+        if r.shape == (b, self.height, self.width, a):
+            return base + r.reshape(b, -1, a)[:, self.cells, :]
+        raise ValueError(
+            f"reward has shape {r.shape}; expected [H,W] = [{self.height}, {self.width}], "
+            f"[B,H,W] = [{b}, {self.height}, {self.width}] or [B,H,W,A] = [{b}, {self.height}, "
+            f"{self.width}, {a}]"
+        )
+
+    def map_gradient(self, reward_bar: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+        """A gradient ``[B,S,A]`` on the MDP reward as one on a map of ``shape`` (0 on walls)."""
+        b, _, a = reward_bar.shape
+        cells = self.height * self.width
+        if len(shape) == 4:
+            out = np.zeros((b, cells, a))
+            out[:, self.cells, :] = reward_bar
+        else:
+            out = np.zeros((b, cells))
+            out[:, self.cells] = reward_bar.sum(axis=-1)
+            if len(shape) == 2:
+                out = out.sum(axis=0)
+        return out.reshape(shape)
+
+    def to_cells(self, x: np.ndarray) -> np.ndarray:
+        """``[B,S,...]`` laid over the map, ``[B,H,W,...]``, NaN on walls."""
+        out = np.full((x.shape[0], self.height * self.width, *x.shape[2:]), np.nan, x.dtype)
+        out[:, self.cells] = x
+        return out.reshape(x.shape[0], self.height, self.width, *x.shape[2:])
+
 
 def _cells(grid: Grid, name: str, cells: Any) -> list[int]:
     """``(row, col)`` pairs as cell indices ``row * W + col``; errors name ``name``."""
@@ -114,6 +219,29 @@ def _grid_batch(
     if starts is not None and not occupancy:
         raise ValueError("start sets where the occupancy starts: add occupancy=True")
     return goals, goal_cells, reward, starts
+
+
+def _grid_world(
+    connectivity: int,
+    stay: bool,
+    slip: float,
+    move_cost: tuple[float, float] | tuple[float, float, float] | None,
+    starts: list[int] | None,
+) -> dict[str, Any]:
+    """The world keywords the extension's grid functions take, checked."""
+    costs = None
+    if move_cost is not None:
+        c = [float(x) for x in move_cost]
+        if len(c) not in (2, 3):
+            raise ValueError(f"move_cost must be (orthogonal, diagonal[, stay]), got {move_cost!r}")
+        costs = (c[0], c[1], c[2] if len(c) == 3 else 0.0)
+    return dict(
+        connectivity=int(connectivity),
+        stay=bool(stay),
+        slip=float(slip),
+        move_cost=costs,
+        starts=starts,
+    )
 
 
 def solve_grid(
@@ -185,22 +313,10 @@ def solve_grid(
     if reward is not None:
         r = np.broadcast_to(reward, (tasks, grid.height, grid.width))
         reward32 = np.ascontiguousarray(r, dtype=np.float32)
-    costs = None
-    if move_cost is not None:
-        c = [float(x) for x in move_cost]
-        if len(c) not in (2, 3):
-            raise ValueError(f"move_cost must be (orthogonal, diagonal[, stay]), got {move_cost!r}")
-        costs = (c[0], c[1], c[2] if len(c) == 3 else 0.0)
     settings = _settings(
         alpha, gamma, backup, horizon, tol, max_iters, extrapolate, policy, q, all_steps,
         occupancy, device,
     )  # fmt: skip
-    world = dict(
-        connectivity=int(connectivity),
-        stay=bool(stay),
-        slip=float(slip),
-        move_cost=costs,
-        starts=starts,
-    )
+    world = _grid_world(connectivity, stay, slip, move_cost, starts)
     raw = _softvi.solve_grid(grid.free, goal_cells, reward32, world, settings)
     return _result(raw, batched=True)

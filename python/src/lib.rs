@@ -679,6 +679,26 @@ impl GridWorld {
     }
 }
 
+/// A gridworld batch as a tabular MDP over its free cells (the grid kernels' transitions and
+/// step costs, a zero reward map, goals terminal at 0), and the cell `row * W + col` of each
+/// state, `uint32 [S]` (see `softvi.Grid.as_mdp`).
+#[pyfunction]
+fn grid_as_mdp<'py>(
+    py: Python<'py>,
+    free: PyReadonlyArrayDyn<'py, bool>,
+    goals: Vec<Vec<usize>>,
+    world: GridWorld,
+) -> PyResult<(PyMdp, Bound<'py, PyAny>)> {
+    let problem = world.problem(&free, goals, None)?;
+    let starts = world.starts.as_deref();
+    let built = py
+        .detach(|| softvi::world::grid_mdp::GridMdp::new(&problem, starts))
+        .map_err(to_py)?;
+    let states = built.cell_of_state.len();
+    let cells = array(py, built.cell_of_state, vec![states])?;
+    Ok((PyMdp { inner: built.mdp }, cells))
+}
+
 /// Solves a gridworld batch (see `softvi.solve_grid`): `free` `bool [H,W]`, `goals` the goal
 /// cells `row * W + col` of each task, `reward` `float32 [B,H,W]` or none.
 #[pyfunction]
@@ -1035,6 +1055,7 @@ fn _softvi(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(adapter_info, m)?)?;
     m.add_function(wrap_pyfunction!(solve_mdp, m)?)?;
     m.add_function(wrap_pyfunction!(vjp, m)?)?;
+    m.add_function(wrap_pyfunction!(grid_as_mdp, m)?)?;
     m.add_function(wrap_pyfunction!(solve_grid, m)?)?;
     m.add_function(wrap_pyfunction!(sample, m)?)?;
     m.add_function(wrap_pyfunction!(goal_posterior, m)?)?;
