@@ -185,8 +185,9 @@ fn infinite_horizon_gradients_match_differences() {
                 alpha: 0.5,
                 gamma: 0.9,
                 backup,
+                // The fixed point and the adjoint to f64's resolution.
                 horizon: Horizon::Infinite {
-                    tol: 1e-6,
+                    tol: 1e-13,
                     max_iters: 100_000,
                 },
                 ..SolveOptions::default()

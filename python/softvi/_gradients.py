@@ -59,6 +59,7 @@ def vjp(
     backup: Backup = "expected",
     horizon: int | None = None,
     all_steps: bool = False,
+    tol: float = 1e-10,
     max_iters: int = 100_000,
 ) -> Gradients:
     r"""The vector-Jacobian product of :func:`softvi.solve` on the f64 CPU reference.
@@ -71,7 +72,7 @@ def vjp(
     recursion with a signed start), not an unrolled iteration: memory ``O(B S A)``
     (``O(B T S A)`` for a finite horizon) whatever the number of sweeps. At ``alpha = 0`` the
     argmax policy gives the subgradient. An infinite horizon is differentiated at its fixed
-    point, iterated to f64's resolution (``gamma < 1``).
+    point (``gamma < 1``), to ``tol``.
 
     Args:
         mdp: the world and rewards.
@@ -83,6 +84,9 @@ def vjp(
         backup: ``"expected"`` or ``"optimistic"``.
         horizon: a finite horizon T, or None for the fixed point.
         all_steps: the cotangents cover every step of the finite horizon.
+        tol: infinite horizon: the fixed point and the adjoint are iterated until a sweep
+            changes them by at most ``tol (1 - gamma)`` of their size (at least 1e-14), so the
+            gradient is within about ``tol`` of the exact one, relative.
         max_iters: most sweeps of the fixed point and of the adjoint.
 
     Returns:
@@ -96,7 +100,7 @@ def vjp(
     if values is None and q is None and policy is None:
         raise ValueError("give a cotangent: values, q or policy")
     settings = _settings(
-        alpha, gamma, backup, horizon, 1.0, max_iters, False, True, False, all_steps, False,
+        alpha, gamma, backup, horizon, tol, max_iters, True, True, False, all_steps, False,
         "cpu",
     )  # fmt: skip
     tasks, batched = mdp.tasks, mdp.batched
@@ -217,6 +221,7 @@ class Primitive:
             gamma=float(gamma),
             backup=self.backup,
             horizon=self.horizon,
+            tol=self.tol,
         )
         reward = np.asarray(reward)
         r_bar = grads.reward

@@ -51,7 +51,8 @@ def soft_value_iteration(
         outputs: a tuple of ``"values"``, ``"q"``, ``"policy"``.
         device: where the forward solve runs (see :func:`softvi.solve`; ``"cpu"``, the f64
             reference, by default).
-        tol: infinite horizon: the forward solve's tolerance.
+        tol: infinite horizon: the forward solve's tolerance and the gradient's (see
+            :func:`softvi.vjp`).
 
     Returns:
         V shaped as :func:`softvi.solve` returns it (``[S]`` or ``[B,S]``), or a tuple of the

@@ -75,7 +75,8 @@ def soft_value_iteration(
             world's.
         outputs: a tuple of ``"values"``, ``"q"``, ``"policy"``.
         device: where the forward solve runs (see :func:`softvi.solve`).
-        tol: infinite horizon: the forward solve's tolerance.
+        tol: infinite horizon: the forward solve's tolerance and the gradient's (see
+            :func:`softvi.vjp`).
 
     Returns:
         V shaped as :func:`softvi.solve` returns it, or a tuple of the ``outputs``.

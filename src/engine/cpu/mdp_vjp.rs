@@ -58,13 +58,14 @@ pub struct MdpVjp {
     pub sweeps: u32,
 }
 
-/// The stationary adjoint stops once a sweep changes it by at most this, relative to its
-/// largest entry: near f64's resolution, so the gradient is as exact as the fixed point.
-const ADJOINT_TOL: f64 = 1e-14;
+/// The finest relative change at which the stationary iterations stop: near f64's resolution.
+const F64_RESOLUTION: f64 = 1e-14;
 
 /// The VJP of [`super::solve_mdp_cpu_f64`]'s outputs at `options` (see the module docs).
-/// The forward values are iterated to f64's resolution first (the gradient is that of the
-/// fixed point); an infinite horizon needs gamma < 1.
+/// An infinite horizon needs gamma < 1 and is differentiated at its fixed point: the values
+/// are iterated (from the reference's solve) and the adjoint likewise until a sweep changes
+/// them by at most `tol (1 - gamma)` relative to their size (at least [`F64_RESOLUTION`]), so
+/// both are within about `tol` of their limits, relative.
 pub fn mdp_vjp_cpu(
     mdp: &TabularMdp,
     options: &SolveOptions,
@@ -111,7 +112,7 @@ pub fn mdp_vjp_cpu(
     }
     let inputs = MdpInputs::new(mdp, options);
     // V_0..V_T (finite) or the fixed point (infinite), [t][task][state].
-    let values = forward_values(&inputs, options)?;
+    let values = forward_values(mdp, &inputs, options)?;
     let mut out = MdpVjp {
         reward: vec![0.0; b * s_n * a_n],
         terminal_value: vec![0.0; b * s_n],
@@ -167,20 +168,32 @@ pub fn mdp_vjp_cpu(
                     at(&cotangents.q, task, 0, s_n * a_n),
                     at(&cotangents.policy, task, 0, s_n * a_n),
                 );
-                // u = c_V + gamma W^T (c_Q' + pi u) from u = c_V: a gamma-contraction.
-                let mut u = c_v.clone();
+                // u = c_V + gamma W^T (c_Q' + pi u): its seed `c_V + gamma W^T c_Q'` is the
+                // step at u = 0, and `gamma W_pi^T` a fixed sparse product, `weights` per
+                // stored entry.
+                let zero = vec![0.0; s_n];
+                let mut seed = c_v.clone();
+                Step {
+                    task,
+                    v_now: v,
+                    v_next: v,
+                    u: &zero,
+                    c_q: &c_q,
+                    c_pi: &c_pi,
+                }
+                .adjoint(&inputs, &mut q, &mut seed, None);
+                let weights = policy_weights(&inputs, task, v, &mut q);
+                let stop = stopping(options);
+                let mut u = seed.clone();
                 let mut sweeps = 0;
                 loop {
-                    let mut next = c_v.clone();
-                    let step = Step {
-                        task,
-                        v_now: v,
-                        v_next: v,
-                        u: &u,
-                        c_q: &c_q,
-                        c_pi: &c_pi,
-                    };
-                    step.adjoint(&inputs, &mut q, &mut next, None);
+                    let mut next = seed.clone();
+                    for s in 0..s_n {
+                        let row = &weights[s];
+                        for &(j, w) in row {
+                            next[j] += w * u[s];
+                        }
+                    }
                     sweeps += 1;
                     let change = u
                         .iter()
@@ -188,7 +201,7 @@ pub fn mdp_vjp_cpu(
                         .fold(0.0f64, |m, (x, y)| m.max((x - y).abs()));
                     let size = next.iter().fold(0.0f64, |m, x| m.max(x.abs()));
                     u = next;
-                    if change <= ADJOINT_TOL * size {
+                    if change <= stop * size {
                         break;
                     }
                     ensure!(
@@ -319,6 +332,57 @@ impl Step<'_> {
     }
 }
 
+/// Per state of `task`, the entries `(s', gamma pi(a|s) W(s'|s,a))` of `gamma W_pi^T` (empty
+/// on fixed states), at the stationary values `v` `[task][state]`.
+fn policy_weights(
+    inputs: &MdpInputs,
+    task: usize,
+    v: &[f64],
+    q: &mut [f64],
+) -> Vec<Vec<(usize, f64)>> {
+    let mdp = inputs.mdp;
+    let (s_n, a_n) = (mdp.states, mdp.actions);
+    let (alpha, gamma) = (inputs.alpha, inputs.gamma);
+    let base = task * s_n;
+    (0..s_n)
+        .map(|s| {
+            let mut row = Vec::new();
+            if inputs.fixed[base + s] {
+                return row;
+            }
+            mdp_action_values(inputs, task, s, v, q);
+            let pi = policy_row(alpha, q);
+            for a in (0..a_n).filter(|&a| pi[a] > 0.0) {
+                let r = mdp.reward[(base + s) * a_n + a];
+                let tilt = q[a] - r;
+                let entries =
+                    mdp.indptr[s * a_n + a] as usize..mdp.indptr[s * a_n + a + 1] as usize;
+                for k in entries {
+                    let j = mdp.indices[k] as usize;
+                    let vj = v[base + j];
+                    if vj == f64::NEG_INFINITY {
+                        continue;
+                    }
+                    let w = match inputs.backup {
+                        Backup::Expected => mdp.probs[k],
+                        Backup::Optimistic => mdp.probs[k] * ((gamma * vj - tilt) / alpha).exp(),
+                    };
+                    row.push((j, gamma * pi[a] * w));
+                }
+            }
+            row
+        })
+        .collect()
+}
+
+/// The relative change at which the stationary iterations stop for `options`' tol.
+fn stopping(options: &SolveOptions) -> f64 {
+    match options.horizon {
+        Horizon::Infinite { tol, .. } => (tol * (1.0 - options.gamma)).max(F64_RESOLUTION),
+        Horizon::Finite(_) => F64_RESOLUTION,
+    }
+}
+
 /// `pi = exp((Q - V) / alpha)` normalised, or the hard max's one-hot (first maximiser) at
 /// alpha = 0; excluded actions (Q = -inf) get 0.
 fn policy_row(alpha: f64, q: &[f64]) -> Vec<f64> {
@@ -334,10 +398,27 @@ fn policy_row(alpha: f64, q: &[f64]) -> Vec<f64> {
 }
 
 /// The values the products are taken at, `[t][task][state]`: `V_0..V_T` of a finite
-/// horizon, or the fixed point iterated until a sweep changes it by at most [`ADJOINT_TOL`] of
-/// its size (at most `max_iters` sweeps).
-fn forward_values(inputs: &MdpInputs, options: &SolveOptions) -> Result<Vec<Vec<f64>>> {
+/// horizon, or the fixed point: the reference's solve, then plain sweeps until one changes it
+/// by at most [`stopping`] of its size (at most `max_iters` sweeps).
+fn forward_values(
+    mdp: &TabularMdp,
+    inputs: &MdpInputs,
+    options: &SolveOptions,
+) -> Result<Vec<Vec<f64>>> {
     let mut v = inputs.v0.clone();
+    if matches!(options.horizon, Horizon::Infinite { .. }) {
+        let solved = super::solve_mdp_cpu_f64(
+            mdp,
+            options,
+            crate::engine::options::Outputs {
+                policy: false,
+                ..Default::default()
+            },
+            &mut crate::engine::schedule::keep_going,
+        )?;
+        // The reference reports fixed states as their values; excluded ones stay -inf.
+        v = solved.solution.values;
+    }
     let mut next = v.clone();
     match options.horizon {
         Horizon::Finite(t) => {
@@ -354,15 +435,16 @@ fn forward_values(inputs: &MdpInputs, options: &SolveOptions) -> Result<Vec<Vec<
             for sweep in 0.. {
                 let stats = mdp_backup(inputs, &v, &mut next);
                 std::mem::swap(&mut v, &mut next);
+                let stop = stopping(options);
                 let settled = stats
                     .iter()
-                    .all(|s| s.max_abs_delta <= ADJOINT_TOL * s.max_abs_value.max(1.0));
+                    .all(|s| s.max_abs_delta <= stop * s.max_abs_value.max(1.0));
                 if settled {
                     break;
                 }
                 ensure!(
                     sweep + 1 < max_iters,
-                    "the values did not settle to f64's resolution within max_iters = {max_iters} sweeps"
+                    "the values did not settle within max_iters = {max_iters} sweeps"
                 );
             }
             Ok(vec![v])
