@@ -12,7 +12,7 @@ use serde_json::json;
 use super::EXIT_DIVERGED;
 use super::backend::{Backend, BackendArg};
 use super::iteration::IterationArgs;
-use super::summary::{add_run_json, divergence_reason};
+use super::summary::{add_run_json, divergence_reason, error_bound_line, error_bound_note};
 use super::world::{World, WorldArgs};
 use softvi::engine::options::{Horizon, Outputs, SolveOptions};
 use softvi::engine::solution::Solution;
@@ -320,6 +320,7 @@ fn mdp_solve_command(
             solution.iterations.iter().max().unwrap_or(&0),
             solution.seconds
         );
+        print_error_bound(&options, solution);
         if let Some(d) = &solved.occupancy {
             println!(
                 "forward  occupancy {} after {} iterations",
@@ -516,6 +517,7 @@ fn print_summary(
         max_residual,
         solution.unreachable.iter().sum::<u32>()
     );
+    print_error_bound(options, solution);
     for (t, goals) in world.goals.iter().enumerate().take(8) {
         let cells = p.grid.cells();
         let finite: Vec<f32> = solution.values[t * cells..(t + 1) * cells]
@@ -593,6 +595,14 @@ type NpyArray<'a> = (&'static str, Vec<usize>, &'a [f32]);
 
 /// Writes a solve's folder: `summary.json`, and unless the solve diverged the `arrays`,
 /// replacing an earlier solve's result; returns summary.json's text.
+/// The report's error-bound line, and why it exceeds tol where it does (on stderr).
+fn print_error_bound(options: &SolveOptions, solution: &Solution) {
+    println!("bound    {}", error_bound_line(options, solution));
+    if let Some(note) = error_bound_note(options, solution) {
+        eprintln!("warning: {note}");
+    }
+}
+
 fn write_solve_folder(
     out: &mut OutputFolder,
     summary: &mut serde_json::Value,
