@@ -203,4 +203,4 @@ def solve_grid(
         starts=starts,
     )
     raw = _softvi.solve_grid(grid.free, goal_cells, reward32, world, settings)
-    return _result(raw, batched=True)
+    return _result(raw, batched=True, tol=tol if horizon is None else None)
