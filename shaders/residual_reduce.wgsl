@@ -11,8 +11,9 @@
 // (`engine::gpu::core::RESIDUAL_REDUCE_WGSL`).
 
 const NOT_CONVERGED: u32 = 0xffffffffu;
-// A task has converged when its residual is within max(tol, RESIDUAL_FLOOR * max |V|): below
-// a few f32 ulps of V the iteration may cycle instead of settling. Same as the Rust constant.
+// A task has converged when its error bound (bound_factor * residual) is within tol, or its
+// residual within RESIDUAL_FLOOR * max |V|: below a few f32 ulps of V the iteration may cycle
+// instead of settling. Same as `engine::schedule::RESIDUAL_FLOOR`.
 const RESIDUAL_FLOOR: f32 = 1e-6;
 // Sweeps between two checks. Same as `engine::schedule::CHECK_INTERVAL`.
 const CHECK_INTERVAL: f32 = 16.0;
@@ -36,7 +37,9 @@ struct ReduceParams {
     // infinite horizon), and the discount that bounds every mode's rate.
     extrapolate: u32,
     gamma: f32,
-    _pad1: u32,
+    // gamma / (1 - gamma), 1 at gamma = 1 (`engine::schedule::bound_factor`): the residual
+    // times it bounds max |V - V*|.
+    bound_factor: f32,
     _pad2: u32,
 }
 
@@ -78,11 +81,13 @@ fn residual_reduce(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocat
     }
 }
 
-// Whether a task's check statistics meet the convergence threshold.
+// Whether a task's check statistics meet the convergence test. Twin of
+// `engine::schedule::within_tolerance`.
 fn within_tolerance(stats: vec4<f32>) -> bool {
     // Written so that a NaN residual never counts as converged, nor a runaway (element_stats
     // reports one as HUGE).
-    return stats.x <= max(params.tol, RESIDUAL_FLOOR * stats.z) && stats.x < HUGE && stats.z < HUGE;
+    let bounded = stats.x * params.bound_factor <= params.tol || stats.x <= RESIDUAL_FLOOR * stats.z;
+    return bounded && stats.x < HUGE && stats.z < HUGE;
 }
 
 // Single invocation: freezes every task still iterating whose residual of this check is within

@@ -172,8 +172,11 @@ fn infinite_horizon_matches_reference() {
         let value_tol = 2.0 * 1e-6 * 0.9 / 0.1 + 1e-5 * scale;
         // At alpha = 0 the policy is one-hot: a near-tie (within 1e-5) may pick either action,
         // which these seeds avoid; elsewhere pi and D carry the value error times 1/alpha.
+        // The occupancy iteration: the reference runs to its f64 floor, the GPU stops at f32's
+        // (residual 1e-6 |D|), whose bound is 1e-6 |D| / (1 - gamma) = 1e-5 |D|; one-hot rows
+        // still match exactly.
         let prob_tol = if alpha == 0.0 {
-            1e-6
+            1e-5
         } else {
             1e-4 / alpha.min(1.0)
         };

@@ -319,4 +319,4 @@ def solve_grid(
     )  # fmt: skip
     world = _grid_world(connectivity, stay, slip, move_cost, starts)
     raw = _softvi.solve_grid(grid.free, goal_cells, reward32, world, settings)
-    return _result(raw, batched=True)
+    return _result(raw, batched=True, tol=tol if horizon is None else None)

@@ -42,6 +42,11 @@ class SolveResult:
     - ``status``: per task ``"converged"``, ``"max_iters"``, ``"diverged"`` or ``"horizon"``.
     - ``iterations``, ``residual``, ``unreachable``: per task backups applied, the last
       residual ``max_s |V_new - V_old|``, and non-terminal states with no path to a terminal.
+    - ``error_bound``: per task a bound on ``max_s |V(s) - V*(s)|`` of ``values``:
+      ``gamma / (1 - gamma)`` times the residual; within ``tol`` for a converged task unless
+      f32's precision floor stopped it first (then a ``RuntimeWarning`` says so;
+      ``device="cpu"`` computes in f64); ``inf`` at gamma = 1 (no bound exists, only the
+      residual is known); ``0.0`` for a finite horizon (exact up to rounding).
     - ``adapter``: where it ran (``"cpu reference (f64)"`` or ``"<adapter> (<backend>)"``).
     - ``seconds``: the engine's wall time of the solve.
     """
@@ -57,6 +62,7 @@ class SolveResult:
     adapter: str
     seconds: float
     occupancy_status: list[str] | None = None
+    error_bound: list[float] | None = None
 
 
 def _device(device: Device) -> tuple[str, int | None]:
@@ -131,16 +137,38 @@ def _warn_diverged(status: list[str], stacklevel: int) -> None:
         )
 
 
-def _result(raw: dict[str, Any], batched: bool) -> SolveResult:
+def _warn_bound(
+    status: list[str], error_bound: list[float], tol: float | None, stacklevel: int
+) -> None:
+    """Warns when a converged task's error bound exceeds ``tol`` (precision floor reached)."""
+    if tol is None:
+        return
+    pairs = zip(status, error_bound, strict=True)
+    # inf: gamma = 1, where no bound exists (tol bounds the residual).
+    short = [b for s, b in pairs if s == "converged" and tol < b < float("inf")]
+    if short:
+        warnings.warn(
+            f"{len(short)} converged task(s) stopped at the engine's precision floor before "
+            f"the error bound reached tol {tol:g}: error_bound up to {max(short):.3e}; "
+            'device="cpu" (f64) resolves smaller tolerances',
+            RuntimeWarning,
+            stacklevel=stacklevel,
+        )
+
+
+def _result(raw: dict[str, Any], batched: bool, tol: float | None = None) -> SolveResult:
     """The extension's dict as a :class:`SolveResult`.
 
-    The B axis is dropped unless ``batched``; a diverged task warns.
+    The B axis is dropped unless ``batched``; a diverged task warns, and so does a converged
+    one whose error bound exceeds ``tol`` (infinite horizon; ``None`` otherwise).
     """
     arrays = {k: raw[k] for k in ("values", "policy", "q", "occupancy")}
     if not batched:
         arrays = {k: None if v is None else v[0] for k, v in arrays.items()}
     status = list(raw["status"])
     _warn_diverged(status, stacklevel=4)
+    error_bound = [float(b) for b in raw["error_bound"]]
+    _warn_bound(status, error_bound, tol, stacklevel=4)
     return SolveResult(
         **arrays,
         status=status,
@@ -150,6 +178,7 @@ def _result(raw: dict[str, Any], batched: bool) -> SolveResult:
         adapter=raw["adapter"],
         seconds=raw["seconds"],
         occupancy_status=raw.get("occupancy_status"),
+        error_bound=error_bound,
     )
 
 
@@ -182,7 +211,9 @@ def solve(
         backup: ``"expected"`` or ``"optimistic"``.
         horizon: a finite horizon T (exactly T backups from ``V_T = 0``, the result is
             ``V_0``, ``pi_0``), or None to iterate to ``tol``.
-        tol: infinite horizon: stop when ``max_s |V_new - V_old| <= tol``.
+        tol: infinite horizon: stop when the error bound ``gamma / (1 - gamma) *
+            max_s |V_new - V_old|`` (the residual at gamma = 1) is within ``tol``, or at the
+            engine's precision floor (see ``SolveResult.error_bound``).
         max_iters: infinite horizon: most backups.
         policy: return the policy.
         q: return the soft Q-values.
@@ -212,7 +243,7 @@ def solve(
         occupancy, device,
     )  # fmt: skip
     raw = _softvi.solve_mdp(mdp._mdp, settings)
-    return _result(raw, mdp.batched)
+    return _result(raw, mdp.batched, tol if horizon is None else None)
 
 
 def adapters() -> list[str]:

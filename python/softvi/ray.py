@@ -336,7 +336,7 @@ def _gather(results: list[Any], batched: bool, seconds: float) -> SolveResult:
             arrays[name] = arrays[name][0]
     lists = {
         name: [x for r in results for x in getattr(r, name)]
-        for name in ("status", "iterations", "residual", "unreachable")
+        for name in ("status", "iterations", "residual", "unreachable", "error_bound")
     }
     occupancy_status = None
     if all(r.occupancy_status is not None for r in results):

@@ -517,6 +517,7 @@ fn solution_dict<'py, T: Real + numpy::Element>(
     out.set_item("status", status)?;
     out.set_item("iterations", solution.iterations)?;
     out.set_item("residual", solution.residual)?;
+    out.set_item("error_bound", solution.error_bound)?;
     out.set_item("unreachable", solution.unreachable)?;
     out.set_item("seconds", solution.seconds)?;
     out.set_item("adapter", adapter)?;

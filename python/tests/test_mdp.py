@@ -78,7 +78,12 @@ def test_temperature_and_backup(world, device, alpha, backup):
 def test_infinite_horizon_fixed_point(world, device):
     p, r, _ = world
     mdp = softvi.TabularMDP(p, r)
-    got = run_on(device, softvi.solve, mdp, gamma=0.8, tol=1e-7, q=True)
+    if device == "cpu":
+        got = run_on(device, softvi.solve, mdp, gamma=0.8, tol=1e-7, q=True)
+    else:
+        # 1e-7 is below f32's reach at |V| ~ 10 (1e-6 |V| / (1 - gamma) = 5e-5): it says so.
+        with pytest.warns(RuntimeWarning, match="precision floor"):
+            got = run_on(device, softvi.solve, mdp, gamma=0.8, tol=1e-7, q=True)
     assert got.status == ["converged"] * B
     # The fixed point: V = log sum_a exp(r + gamma P V); 200 backups at gamma 0.8 leave 1e-19.
     pe = as_engine_reads(p, device)
@@ -87,6 +92,44 @@ def test_infinite_horizon_fixed_point(world, device):
         rtol = max(tolerance(device), 1e-5)  # tol 1e-7 over values of ~10
         assert_close(got.values[b], v[0], rtol, f"V, task {b}")
         assert_close(got.q[b], q[0], rtol, f"Q, task {b}")
+
+
+def test_error_bound_contains_the_fixed_point(world, device):
+    p, r, _ = world
+    mdp = softvi.TabularMDP(p, r)
+    gamma = 0.95
+    # V* from 1000 backups of the f64 recurrence: 0.95^1000 of |V| ~ 20 leaves 1e-21.
+    pe = as_engine_reads(p)
+    truth = [soft_vi_fh(pe, as_engine_reads(r[b]), 1000, gamma)[0][0] for b in range(B)]
+    # 2e-3 is 100x what f32 resolves here (1e-6 |V| / (1 - gamma) ~ 4e-4 at |V| ~ 20): the
+    # bound test, not the floor, stops both devices.
+    got = run_on(device, softvi.solve, mdp, gamma=gamma, tol=2e-3)
+    assert got.status == ["converged"] * B
+    for b in range(B):
+        err = np.abs(got.values[b] - truth[b]).max()
+        assert got.error_bound[b] <= 2e-3
+        assert err <= got.error_bound[b], (err, got.error_bound[b])
+    if device == "cpu":
+        # f64 honours 1e-11.
+        got = softvi.solve(mdp, gamma=gamma, tol=1e-11, device="cpu")
+        for b in range(B):
+            assert np.abs(got.values[b] - truth[b]).max() <= got.error_bound[b] <= 1e-11
+    else:
+        # f32 cannot resolve 1e-9 at |V| ~ 20: it converges, reports its bound and warns.
+        with pytest.warns(RuntimeWarning, match="precision floor"):
+            got = run_on(device, softvi.solve, mdp, gamma=gamma, tol=1e-9)
+        assert got.status == ["converged"] * B
+        for b in range(B):
+            assert 1e-9 < got.error_bound[b]
+            assert np.abs(got.values[b] - truth[b]).max() <= got.error_bound[b]
+
+
+def test_error_bound_without_a_bound():
+    p = np.full((2, 1, 2), 0.5)
+    r = -np.ones((2, 1))
+    mdp = softvi.TabularMDP(p, r, terminal=np.array([True, False]))
+    assert softvi.solve(mdp, gamma=1.0, device="cpu").error_bound == [float("inf")]
+    assert softvi.solve(mdp, gamma=0.9, horizon=5, device="cpu").error_bound == [0.0]
 
 
 @pytest.mark.parametrize(

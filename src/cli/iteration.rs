@@ -32,7 +32,8 @@ pub(super) struct IterationArgs {
     /// Finite horizon T: apply exactly T backups from V_T = 0 and report V_0, pi_0.
     #[arg(long, value_name = "T", conflicts_with_all = ["tol", "max_iters"])]
     horizon: Option<u32>,
-    /// Infinite horizon: stop when max_s |V_new - V_old| <= TOL.
+    /// Infinite horizon: stop when the error bound gamma/(1-gamma) max_s |V_new - V_old|
+    /// (the residual itself at gamma = 1) is <= TOL, or at the engine's precision floor.
     #[arg(long, default_value_t = 1e-4)]
     tol: f64,
     /// Infinite horizon: most backups.

@@ -32,6 +32,8 @@ const PER_TASK: &[&[&str]] = &[
     &["goals"],
     &["iterations"],
     &["residual"],
+    &["error_bound"],
+    &["precision_limited"],
     &["status"],
     &["unreachable"],
     &["occupancy", "residual"],

@@ -12,7 +12,7 @@ use serde_json::json;
 use super::EXIT_DIVERGED;
 use super::backend::{Backend, BackendArg};
 use super::iteration::IterationArgs;
-use super::summary::{add_run_json, divergence_reason};
+use super::summary::{add_run_json, divergence_reason, error_bound_line, error_bound_note};
 use super::world::{World, WorldArgs};
 use softvi::engine::options::{Horizon, Outputs, SolveOptions};
 use softvi::engine::solution::{MdpSolution, Occupancy, Real, Solution, TimeSteps};
@@ -384,6 +384,7 @@ impl MdpRun<'_> {
                 solution.iterations.iter().max().unwrap_or(&0),
                 solution.seconds
             );
+            print_error_bound(options, solution);
             if let Some(d) = &solved.occupancy {
                 println!(
                     "forward  occupancy {} after {} iterations",
@@ -581,6 +582,7 @@ fn print_summary(
         max_residual,
         solution.unreachable.iter().sum::<u32>()
     );
+    print_error_bound(options, solution);
     for (t, goals) in world.goals.iter().enumerate().take(8) {
         let cells = p.grid.cells();
         let finite: Vec<f32> = solution.values[t * cells..(t + 1) * cells]
@@ -655,6 +657,14 @@ fn add_mdp_json<T: Real>(summary: &mut serde_json::Value, solution: &MdpSolution
 
 /// One `.npy` of a solve's folder: name, shape, data.
 type NpyArray<'a, T = f32> = (&'static str, Vec<usize>, &'a [T]);
+
+/// The report's error-bound line, and why it exceeds tol where it does (on stderr).
+fn print_error_bound<T: Real>(options: &SolveOptions, solution: &Solution<T>) {
+    println!("bound    {}", error_bound_line(options, solution));
+    if let Some(note) = error_bound_note(options, solution) {
+        eprintln!("warning: {note}");
+    }
+}
 
 /// Writes a solve's folder: `summary.json`, and unless the solve diverged the `arrays`,
 /// replacing an earlier solve's result; returns summary.json's text.

@@ -6,8 +6,8 @@ use std::time::Instant;
 use serde_json::json;
 
 use softvi::engine::options::{Horizon, SolveOptions};
-use softvi::engine::schedule::Progress;
-use softvi::engine::solution::{Real, Solution};
+use softvi::engine::schedule::{Progress, RESIDUAL_FLOOR, RESIDUAL_FLOOR_F64};
+use softvi::engine::solution::{Real, Solution, Status};
 
 /// A one-line progress display on stderr: sweeps, residual, sweeps/s and an ETA (from the
 /// residual's decay rate for an infinite horizon). Shown only when stderr is a terminal, the
@@ -109,6 +109,10 @@ pub(super) fn add_run_json<T: Real>(
         "tasks": solution.iterations.len(),
         "iterations": solution.iterations,
         "residual": solution.residual,
+        // inf (gamma = 1: no bound) is written as null.
+        "error_bound": solution.error_bound,
+        // Why a converged task's bound exceeds tol: its precision floor came first.
+        "precision_limited": precision_limited(options, solution),
         "status": solution.status.iter().map(|s| s.name()).collect::<Vec<_>>(),
         "unreachable": solution.unreachable,
         "solve_seconds": solution.seconds,
@@ -117,6 +121,56 @@ pub(super) fn add_run_json<T: Real>(
     if let (Some(all), serde_json::Value::Object(run)) = (summary.as_object_mut(), run) {
         all.extend(run);
     }
+}
+
+/// The largest error bound of a solve's tasks (`Solution::error_bound`), for its report line.
+pub(super) fn error_bound_line<T: Real>(options: &SolveOptions, solution: &Solution<T>) -> String {
+    let worst = solution.error_bound.iter().copied().fold(0.0, f64::max);
+    match options.horizon {
+        Horizon::Finite(_) => "exact up to rounding (finite horizon)".to_string(),
+        Horizon::Infinite { .. } if options.gamma >= 1.0 => {
+            "none at gamma = 1 (tol bounds the last residual only)".to_string()
+        }
+        Horizon::Infinite { .. } => format!("max |V - V*| <= {worst:.3e}"),
+    }
+}
+
+/// Per task, whether it converged with an error bound above `tol`: its residual reached the
+/// engine's precision floor first (f32 at a small tol, large |V| or gamma near 1). Never at
+/// gamma = 1 (no bound) or a finite horizon.
+pub(super) fn precision_limited<T: Real>(
+    options: &SolveOptions,
+    solution: &Solution<T>,
+) -> Vec<bool> {
+    let tol = match options.horizon {
+        Horizon::Infinite { tol, .. } if options.gamma < 1.0 => tol,
+        _ => f64::INFINITY,
+    };
+    (solution.status.iter().zip(&solution.error_bound))
+        .map(|(&s, &bound)| s == Status::Converged && bound > tol)
+        .collect()
+}
+
+/// Why some converged task's error bound exceeds `tol`, when one does
+/// ([`precision_limited`]).
+pub(super) fn error_bound_note<T: Real>(
+    options: &SolveOptions,
+    solution: &Solution<T>,
+) -> Option<String> {
+    let limited = precision_limited(options, solution);
+    let worst = (limited.iter().zip(&solution.error_bound))
+        .filter(|(l, _)| **l)
+        .map(|(_, &b)| b)
+        .fold(0.0, f64::max);
+    let count = limited.iter().filter(|&&l| l).count();
+    (count > 0).then(|| {
+        format!(
+            "{count} converged task(s) stopped at the engine's precision floor (f32: residual \
+             <= {RESIDUAL_FLOOR:e} max |V|; f64: {RESIDUAL_FLOOR_F64:e}) before the error \
+             bound reached tol: bound up to {worst:.3e}; the f64 CPU reference (--backend cpu) \
+             resolves smaller tolerances"
+        )
+    })
 }
 
 /// Why a solve diverged, for its error line: undiscounted without a horizon, the values grow

@@ -28,9 +28,11 @@ impl Backup {
 pub enum Horizon {
     /// Exactly `T` backups from `V_T = 0`; the result is `V_0`, `pi_0`.
     Finite(u32),
-    /// Backups from `V = 0` until `max_s |V_new - V_old| <= tol` or `max_iters` backups.
+    /// Backups from `V = 0` until the error bound `gamma / (1 - gamma) max_s |V_new - V_old|`
+    /// (the residual itself at gamma = 1) is within `tol`, the engine's precision floor is
+    /// reached (`schedule::within_tolerance`), or `max_iters` backups.
     Infinite {
-        /// Residual threshold (value units).
+        /// Bound on `max_s |V - V*|` asked for (value units; the residual at gamma = 1).
         tol: f64,
         /// Largest number of backups.
         max_iters: u32,

@@ -14,19 +14,81 @@ pub const CHECK_INTERVAL: u32 = 16;
 /// shrink before an undiscounted solve is declared diverged.
 pub const DIVERGENCE_PATIENCE: u32 = 8;
 
-/// A task has converged when its residual is within `max(tol, RESIDUAL_FLOOR * max |V|)`:
-/// below a few f32 ulps of V the GPU iteration may cycle instead of settling. Same as
-/// `RESIDUAL_FLOOR` in `shaders/residual_reduce.wgsl`; both backends apply it.
+/// The floor of an f32 engine (the GPU kernels, the native engine): a task also stops when
+/// its residual is within `RESIDUAL_FLOOR * max |V|`, since below a few f32 ulps of V the
+/// iteration may cycle instead of settling. Its error bound then stays above `tol` when
+/// `tol` asks for more than f32 resolves at that |V| and gamma; the solve reports it
+/// ([`error_bound`]) and the CLI and Python say so. Same as `RESIDUAL_FLOOR` in
+/// `shaders/residual_reduce.wgsl`.
 pub const RESIDUAL_FLOOR: f64 = 1e-6;
 
-/// Whether a task's check statistics meet the convergence threshold for `tol`. A NaN or
-/// infinite residual or value never does (else an infinite max |V| would lift the threshold
-/// to inf); the GPU twin, `within_tolerance` in `shaders/residual_reduce.wgsl`, sees those as
-/// HUGE.
-pub fn within_tolerance(tol: f64, stats: &SweepStats) -> bool {
-    stats.max_abs_delta <= tol.max(RESIDUAL_FLOOR * stats.max_abs_value)
-        && stats.max_abs_delta.is_finite()
+/// The floor of the f64 CPU reference: a few f64 ulps of max |V| (one ulp is 1.1e-16
+/// relative), so that it honours `tol` down to about `1e3 * gamma / (1 - gamma) * 1e-15 *
+/// max |V|` (1e-12 at |V| ~ 20, gamma 0.95).
+pub const RESIDUAL_FLOOR_F64: f64 = 1e-15;
+
+/// The arithmetic an iteration runs in, which sets its residual floor.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Precision {
+    /// f32: the GPU kernels and the native engine ([`RESIDUAL_FLOOR`]).
+    F32,
+    /// f64: the CPU reference ([`RESIDUAL_FLOOR_F64`]).
+    F64,
+}
+
+impl Precision {
+    /// The residual floor relative to max |V|.
+    pub fn residual_floor(self) -> f64 {
+        match self {
+            Precision::F32 => RESIDUAL_FLOOR,
+            Precision::F64 => RESIDUAL_FLOOR_F64,
+        }
+    }
+}
+
+/// What a residual (max |dV| of one plain backup sweep) is multiplied by to bound the error
+/// `max |V - V*|`: `gamma / (1 - gamma)`, as every discounted backup is a gamma-contraction
+/// in the max norm (`|V_k - V*| <= gamma |V_{k-1} - V*|`, so `|V_k - V*| <= gamma / (1 -
+/// gamma) |V_k - V_{k-1}|`). With gamma = 1 no bound exists; the factor is 1 and `tol` bounds
+/// the residual itself, as the error bound ([`error_bound`]) reports inf. The GPU gets it
+/// computed here in f64 (`ReduceParams::bound_factor`): `1 - gamma` in f32 loses digits.
+pub fn bound_factor(gamma: f64) -> f64 {
+    if gamma < 1.0 {
+        gamma / (1.0 - gamma)
+    } else {
+        1.0
+    }
+}
+
+/// Whether a task's check statistics meet the convergence test for `tol`: its error bound
+/// `bound_factor(gamma) * max |dV|` is within `tol`, or its residual is within the
+/// `precision`'s floor times max |V| (then the reported [`error_bound`] may exceed `tol`). A
+/// NaN or infinite residual or value never does; the GPU twin, `within_tolerance` in
+/// `shaders/residual_reduce.wgsl`, sees those as HUGE.
+pub fn within_tolerance(tol: f64, gamma: f64, precision: Precision, stats: &SweepStats) -> bool {
+    let residual = stats.max_abs_delta;
+    (residual * bound_factor(gamma) <= tol
+        || residual <= precision.residual_floor() * stats.max_abs_value)
+        && residual.is_finite()
         && stats.max_abs_value.is_finite()
+}
+
+/// The bound on `max_s |V(s) - V*(s)|` a task's last check statistics give under `options`
+/// for an iteration in `precision`: for a discounted infinite horizon the larger of
+/// `gamma / (1 - gamma) * max |dV|` (exact arithmetic) and the precision's reach
+/// `floor * max |V| / (1 - gamma)` (a backup rounded to a few ulps of |V| moves the fixed
+/// point by up to that: a residual of 0 in f32 does not mean V*); inf when the residual is
+/// not finite or gamma = 1 (no contraction, no bound: only the residual is known); 0 for a
+/// finite horizon, whose `T` backups are exact up to rounding.
+pub fn error_bound(options: &SolveOptions, precision: Precision, stats: &SweepStats) -> f64 {
+    match options.horizon {
+        Horizon::Finite(_) => 0.0,
+        Horizon::Infinite { .. } if options.gamma < 1.0 && stats.max_abs_delta.is_finite() => {
+            let reach = precision.residual_floor() * stats.max_abs_value / (1.0 - options.gamma);
+            (bound_factor(options.gamma) * stats.max_abs_delta).max(reach)
+        }
+        Horizon::Infinite { .. } => f64::INFINITY,
+    }
 }
 
 /// Two successive per-sweep rate estimates closer than this trigger an extrapolation. Same

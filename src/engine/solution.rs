@@ -107,6 +107,12 @@ pub struct Solution<T: Real = f32> {
     pub iterations: Vec<u32>,
     /// `max_s |V_new - V_old|` of the last checked sweep, per task.
     pub residual: Vec<f64>,
+    /// A bound on `max_s |V(s) - V*(s)|` (value units) of the returned values, per task
+    /// (`schedule::error_bound`): within `tol` when a task converged, unless the engine's
+    /// precision floor stopped it first (f32 at a small `tol`, large |V| or gamma near 1);
+    /// inf with gamma = 1 (no bound exists, only the residual is known); 0 for a finite
+    /// horizon (exact up to rounding).
+    pub error_bound: Vec<f64>,
     /// How each task ended.
     pub status: Vec<Status>,
     /// Free non-terminal cells with no path to a terminal, per task.

@@ -41,7 +41,7 @@ use super::cpu::residual_reduce::SweepStats;
 use super::cpu::{action_values, soft_max};
 use super::layout::GridInputs;
 use super::options::{Horizon, SolveOptions};
-use super::schedule::within_tolerance;
+use super::schedule::{Precision, within_tolerance};
 use crate::world::grid_problem::GridProblem;
 
 /// The heap entry's action of a goal (a tree root).
@@ -174,7 +174,9 @@ fn gauss_seidel(
         if !stats.max_abs_value.is_finite() {
             return false;
         }
-        if within_tolerance(tol, &stats) {
+        // gamma = 1 (the only warm-started case); the f32 floor, the looser one: the solve's
+        // own iteration then checks at its precision.
+        if within_tolerance(tol, 1.0, Precision::F32, &stats) {
             return true;
         }
         // A slow mode (the entropy bonus near the step costs) or growth: give up early.

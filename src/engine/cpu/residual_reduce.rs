@@ -65,13 +65,15 @@ pub fn residual_reduce(partials: &[SweepStats]) -> SweepStats {
 }
 
 /// Twin of `convergence_decide`: each task still iterating (not `frozen`) whose residual is
-/// within tolerance freezes (`tol` is `None` for a finite horizon, where none does); when
+/// within tolerance freezes ([`crate::engine::schedule::within_tolerance`] at `gamma` and
+/// `precision`; `tol` is `None` for a finite horizon, where none does); when
 /// `extrapolator` is given (extrapolation on), every other task still iterating gets its jump
 /// factor (> 0 jump, [`crate::engine::schedule::ROLLBACK`], 0 nothing). Returns the tasks
 /// frozen at this check and the factors (empty without an extrapolator).
 pub fn convergence_decide(
     tol: Option<f64>,
     gamma: f64,
+    precision: crate::engine::schedule::Precision,
     mut extrapolator: Option<&mut crate::engine::schedule::RateExtrapolator>,
     stats: &[SweepStats],
     frozen: &[bool],
@@ -85,7 +87,9 @@ pub fn convergence_decide(
         if frozen[t] {
             continue;
         }
-        if tol.is_some_and(|tol| crate::engine::schedule::within_tolerance(tol, s)) {
+        if tol
+            .is_some_and(|tol| crate::engine::schedule::within_tolerance(tol, gamma, precision, s))
+        {
             newly[t] = true;
         } else if let (Some(extrapolator), Some(_)) = (extrapolator.as_deref_mut(), tol) {
             factors[t] = extrapolator.observe(t, gamma, s);

@@ -13,8 +13,8 @@ use super::{
 use crate::engine::layout::{GridInputs, MdpInputs};
 use crate::engine::options::{Horizon, Outputs, SolveOptions};
 use crate::engine::schedule::{
-    ConvergenceMonitor, OnProgress, Progress, RateExtrapolator, TaskOutcomes, Verdict,
-    check_windows, final_status, keep_going, sweep_budget, with_unbounded,
+    ConvergenceMonitor, OnProgress, Precision, Progress, RateExtrapolator, TaskOutcomes, Verdict,
+    check_windows, error_bound, final_status, keep_going, sweep_budget, with_unbounded,
 };
 use crate::engine::solution::{
     Marks, MdpSolution, Occupancy, Real, Solution, Status, TimeSteps, check_mdp_solve,
@@ -53,7 +53,8 @@ pub struct Checked<S> {
 /// [`crate::engine::schedule::CHECK_INTERVAL`] (a task flagged in `frozen` `[task]` must be
 /// copied unchanged, with default statistics), then the per-task convergence decisions
 /// ([`convergence_decide`]: a task within tolerance freezes), divergence
-/// ([`ConvergenceMonitor`]), `progress`, and the rate extrapolation of the tasks still
+/// ([`ConvergenceMonitor`]; `precision` is the arithmetic `sweep` runs in, which sets the
+/// residual floor), `progress`, and the rate extrapolation of the tasks still
 /// iterating, which `jump(state, previous, factors)` applies (a factor > 0 jumps,
 /// [`ROLLBACK`] restores, 0 leaves a task alone; it is called only when some factor is not 0).
 /// The iteration stops when every one of the `tasks` tasks has frozen or the budget is spent.
@@ -61,6 +62,7 @@ pub struct Checked<S> {
 /// [`ROLLBACK`]: crate::engine::schedule::ROLLBACK
 pub fn iterate_checked<S: Clone>(
     options: &SolveOptions,
+    precision: Precision,
     tasks: usize,
     start: S,
     mut sweep: impl FnMut(&S, &mut S, &[bool]) -> Vec<SweepStats>,
@@ -88,7 +90,7 @@ pub fn iterate_checked<S: Clone>(
             .uses_extrapolation()
             .then(|| extrapolator.get_or_insert_with(|| RateExtrapolator::new(tasks)));
         let (newly, mut factors) =
-            convergence_decide(tol, options.gamma, extrapolator, &last, &frozen);
+            convergence_decide(tol, options.gamma, precision, extrapolator, &last, &frozen);
         let verdict = monitor.observe(sweeps, &last, &newly);
         frozen = monitor.frozen();
         if progress(&Progress::after(options, sweeps, &last)).is_break() {
@@ -115,7 +117,7 @@ pub fn iterate_checked<S: Clone>(
     })
 }
 
-/// The iteration both CPU references share: `sweep(v_in, v_out)` on the check schedule
+/// The iteration both CPU references share: `sweep(v_in, v_out)` (f64) on the check schedule
 /// ([`iterate_checked`]) of `[task][state]` values from `v0` over `tasks` tasks, frozen tasks
 /// held by [`hold_frozen`]; `fixed` `[task][state]` marks the states extrapolation leaves
 /// alone.
@@ -134,6 +136,7 @@ pub fn iterate_cpu(
     };
     let run = iterate_checked(
         options,
+        Precision::F64,
         tasks,
         v0,
         |v: &Vec<f64>, v_next: &mut Vec<f64>, frozen: &[bool]| {
@@ -198,17 +201,24 @@ pub fn solve_cpu_with_progress(
     };
     let rows = |write_q| grid_policy(&inputs, policy_from, write_q);
     Ok(grid_solution(
-        &inputs, options, outputs, outcomes, &v, rows, start,
+        &inputs,
+        (options, Precision::F64),
+        outputs,
+        outcomes,
+        &v,
+        rows,
+        start,
     ))
 }
 
 /// A plain grid solve's result from its iteration's `outcomes` and final values `v`
-/// `[task][row][col]` (f64): the statuses, residuals and values, marked, and the policy and Q
+/// `[task][row][col]` (f64, iterated in `precision`): the statuses, residuals, error bounds
+/// and values, marked, and the policy and Q
 /// as `outputs` asks, made by `rows(write_q)` `[task][row][col][action]` (none when a task
 /// diverged). The CPU reference and the native engine report through it.
 pub(crate) fn grid_solution(
     inputs: &GridInputs,
-    options: &SolveOptions,
+    (options, precision): (&SolveOptions, Precision),
     outputs: Outputs,
     outcomes: TaskOutcomes,
     v: &[f64],
@@ -235,6 +245,11 @@ pub(crate) fn grid_solution(
         q: marked_rows(outputs.q, true),
         iterations: outcomes.iterations,
         residual: outcomes.last.iter().map(|s| s.max_abs_delta).collect(),
+        error_bound: outcomes
+            .last
+            .iter()
+            .map(|s| error_bound(options, precision, s))
+            .collect(),
         status,
         unreachable: inputs.unreachable.clone(),
         seconds: start.elapsed().as_secs_f64(),
@@ -346,6 +361,11 @@ fn solve_mdp_cpu_as<T: Real>(
             q,
             iterations: outcomes.iterations,
             residual: outcomes.last.iter().map(|s| s.max_abs_delta).collect(),
+            error_bound: outcomes
+                .last
+                .iter()
+                .map(|s| error_bound(options, Precision::F64, s))
+                .collect(),
             status,
             unreachable: inputs.unreachable.clone(),
             seconds: start.elapsed().as_secs_f64(),

@@ -8,7 +8,7 @@ use crate::error::{Context, Result};
 
 use super::core::Iteration;
 use crate::engine::options::{Horizon, Outputs, SolveOptions};
-use crate::engine::schedule::final_status;
+use crate::engine::schedule::{Precision, error_bound, final_status};
 use crate::engine::solution::{
     Marks, MdpSolution, Occupancy, Solution, Status, TimeSteps, task_major,
 };
@@ -63,6 +63,7 @@ pub(crate) struct Gathered {
     pub occupancy: Vec<f32>,
     pub iterations: Vec<u32>,
     pub residual: Vec<f64>,
+    pub error_bound: Vec<f64>,
     pub status: Vec<Status>,
     /// Of the discounted occupancy: most sweeps of any chunk, and per task.
     pub occupancy_iterations: u32,
@@ -120,6 +121,11 @@ impl Gathered {
             .extend(final_status(options, &run.verdict, &run.converged));
         self.residual
             .extend(run.last.iter().map(|s| s.max_abs_delta));
+        self.error_bound.extend(
+            run.last
+                .iter()
+                .map(|s| error_bound(options, Precision::F32, s)),
+        );
         if let Some(run) = chunk.occupancy_run {
             self.occupancy_iterations = self.occupancy_iterations.max(run.sweeps);
             let run = run.outcomes;
@@ -197,6 +203,7 @@ impl Gathered {
                 q: if diverged { None } else { self.q },
                 iterations: self.iterations,
                 residual: self.residual,
+                error_bound: self.error_bound,
                 status: self.status,
                 unreachable,
                 seconds: start.elapsed().as_secs_f64(),

@@ -12,7 +12,8 @@ use super::context::GpuContext;
 use crate::engine::cpu::SweepStats;
 use crate::engine::options::{Horizon, SolveOptions};
 use crate::engine::schedule::{
-    ConvergenceMonitor, OnProgress, Progress, TaskOutcomes, Verdict, check_windows, sweep_budget,
+    ConvergenceMonitor, OnProgress, Progress, TaskOutcomes, Verdict, bound_factor, check_windows,
+    sweep_budget,
 };
 
 /// WGSL source of the convergence reduction.
@@ -58,7 +59,8 @@ pub struct ReduceParams {
     pub tol: f32,
     pub extrapolate: u32,
     pub gamma: f32,
-    pub _pad1: u32,
+    /// `schedule::bound_factor(gamma)`: the residual times it bounds the error.
+    pub bound_factor: f32,
     pub _pad2: u32,
 }
 
@@ -627,6 +629,7 @@ impl GpuCore {
             tol,
             extrapolate: options.uses_extrapolation() as u32,
             gamma: options.gamma as f32,
+            bound_factor: bound_factor(options.gamma) as f32,
             ..Default::default()
         };
         let reduce_params = self.uniforms("softvi.reduce_params", &[params]);

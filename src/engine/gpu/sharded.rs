@@ -66,6 +66,7 @@ pub fn solve_sharded<E: BorrowMut<GridEngine> + Send>(
         }
         merged.iterations.extend(part.iterations);
         merged.residual.extend(part.residual);
+        merged.error_bound.extend(part.error_bound);
         merged.status.extend(part.status);
         merged.unreachable.extend(part.unreachable);
     }

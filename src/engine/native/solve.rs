@@ -9,7 +9,7 @@ use crate::engine::cpu::solve::{grid_solution, iterate_checked};
 use crate::engine::cpu::{action_values, write_policy};
 use crate::engine::layout::GridInputs;
 use crate::engine::options::{Horizon, Outputs, SolveOptions};
-use crate::engine::schedule::{OnProgress, TaskOutcomes};
+use crate::engine::schedule::{OnProgress, Precision, TaskOutcomes};
 use crate::engine::solution::Solution;
 use crate::engine::warm_start::grid_start_values_for;
 use crate::error::Result;
@@ -66,7 +66,7 @@ pub fn solve_native(
     let rows = |write_q| grid_policy_threads(&inputs, policy_from, write_q, threads);
     Ok(grid_solution(
         &inputs,
-        options,
+        (options, Precision::F32),
         outputs,
         run.outcomes,
         &v,
@@ -98,6 +98,7 @@ fn iterate_native(
     };
     let run = iterate_checked(
         options,
+        Precision::F32,
         grid.tasks,
         grid.state(v0),
         |state: &NativeState, next: &mut NativeState, frozen: &[bool]| {
