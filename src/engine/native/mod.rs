@@ -9,7 +9,9 @@
 
 pub mod fast_math;
 pub mod grid_backup;
+pub mod mdp_backup;
 pub mod solve;
 
 pub use grid_backup::NativeGrid;
-pub use solve::{default_threads, solve_native};
+pub use mdp_backup::NativeMdp;
+pub use solve::{default_threads, solve_native, solve_native_mdp};
