@@ -99,6 +99,11 @@ impl NativeMdp {
         let blocks = states.div_ceil(LANES);
         let padded = blocks * LANES;
         let stride = padded + 1;
+        // Successors are read as i32 offsets (`slice_dot`).
+        assert!(
+            padded < i32::MAX as usize,
+            "{states} states do not fit i32 offsets"
+        );
         let row_len = |s: usize, a: usize| {
             let row = s * actions + a;
             (mdp.indptr[row + 1] - mdp.indptr[row]) as usize
@@ -393,11 +398,17 @@ fn sweep_unit_any<const FMA: bool>(
 #[inline(always)]
 fn slice_dot<const FMA: bool>(cols: &[u32], probs: &[f32], x: &[f32]) -> [f32; LANES] {
     let mut acc = [0.0f32; LANES];
-    for (c, p) in cols.chunks_exact(LANES).zip(probs.chunks_exact(LANES)) {
+    // Whole vectors as arrays: no bounds checks in the lane loop, so it becomes one gather
+    // and one fused multiply-add per entry.
+    let (cols, _) = cols.as_chunks::<LANES>();
+    let (probs, _) = probs.as_chunks::<LANES>();
+    for (c, p) in cols.iter().zip(probs) {
         for l in 0..LANES {
-            // SAFETY: `NativeMdp::new` writes successor states (< S) and the sentinel (the
-            // stride's last index) only, and the caller asserts `x.len()` is the stride.
-            let xs = unsafe { *x.get_unchecked(c[l] as usize) };
+            // SAFETY: `NativeMdp::new` and `NativeOccupancy::new` write states (< S) and the
+            // sentinel (the stride's last index, below i32::MAX: asserted there) only, and the
+            // callers assert `x.len()` is the stride. Read as i32: a signed 32-bit offset is
+            // what a gather takes (as u32 LLVM widens every index to 64 bits one by one).
+            let xs = unsafe { *x.as_ptr().offset(c[l] as i32 as isize) };
             acc[l] = madd::<FMA>(p[l], xs, acc[l]);
         }
     }
@@ -547,6 +558,11 @@ impl NativeOccupancy {
         let (states, n, tasks) = (mdp.states, mdp.actions, mdp.tasks);
         let blocks = states.div_ceil(LANES);
         let padded = blocks * LANES;
+        // Sources are read as i32 offsets (`slice_dot`).
+        assert!(
+            padded < i32::MAX as usize,
+            "{states} states do not fit i32 offsets"
+        );
         let row_len = |s: usize| (transpose.indptr[s + 1] - transpose.indptr[s]) as usize;
         let mut slice_start = Vec::with_capacity(blocks + 1);
         slice_start.push(0);
