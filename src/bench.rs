@@ -360,6 +360,27 @@ pub fn measure_mdp_gpu(
     )
 }
 
+/// Measures MDP sweeps of `mdp` with the native CSR engine on `threads` threads over `sweeps`
+/// extra sweeps.
+pub fn measure_mdp_native(mdp: &TabularMdp, sweeps: u32, threads: usize) -> Result<Measurement> {
+    measure(
+        |t| {
+            crate::engine::native::solve_native_mdp(
+                mdp,
+                &reference_options(Horizon::Finite(t)),
+                Outputs::default(),
+                threads,
+                &mut crate::engine::schedule::keep_going,
+            )
+            .map(|_| ())
+        },
+        (mdp.tasks * mdp.states) as f64,
+        mdp_bytes_per_sweep(mdp),
+        4,
+        sweeps,
+    )
+}
+
 /// Measures MDP sweeps of `mdp` with the CPU reference over `sweeps` extra sweeps.
 pub fn measure_mdp_cpu(mdp: &TabularMdp, sweeps: u32) -> Result<Measurement> {
     measure(

@@ -1,7 +1,7 @@
 //! Tasks of a batch are independent: each stops iterating (freezes) at its own convergence or
 //! divergence check, so a task's result, bit for bit, is the same solved alone, in any
 //! sub-batch, in GPU chunks or in the whole batch, on every solver (the CPU reference, the
-//! native engine, the WGSL grid and CSR kernels, the discounted occupancy). What `softvi solve
+//! native grid and CSR engines, the WGSL grid and CSR kernels, the discounted occupancy). What `softvi solve
 //! --tasks I/N` and `softvi.ray` rely on to merge shards into the whole solve's result.
 //!
 //! The independent truth: the same solver on the task alone, which never sees its batchmates.
@@ -260,7 +260,10 @@ fn mdp_tasks_do_not_depend_on_their_batch() {
         occupancy: true,
         ..Outputs::default()
     };
-    let mut solvers: Vec<(&str, Box<dyn MdpSolver>)> = vec![("cpu", Box::new(CpuReference))];
+    let mut solvers: Vec<(&str, Box<dyn MdpSolver>)> = vec![
+        ("cpu", Box::new(CpuReference)),
+        ("native", Box::new(NativeSolver::new(None))),
+    ];
     if let Some(ctx) = gpu() {
         solvers.push(("gpu", Box::new(GpuSolver::new(ctx.clone()))));
     }

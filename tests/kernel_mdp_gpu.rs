@@ -9,85 +9,13 @@ use std::collections::HashMap;
 
 use softvi::world::mdp::TabularMdp;
 use softvi::{
-    Backup, EngineOptions, Horizon, MdpEngine, MdpSolution, Outputs, SolveOptions, Status,
-    solve_mdp_cpu,
+    Backup, EngineOptions, Horizon, MdpEngine, Outputs, SolveOptions, Status, solve_mdp_cpu,
 };
+
+use common::{compare, max_gap};
 
 fn engine(options: EngineOptions) -> Option<MdpEngine> {
     common::gpu().map(|ctx| MdpEngine::with_options(ctx, options).unwrap())
-}
-
-/// Largest |x - y| over entries where both are finite; infinities must agree exactly and NaN
-/// must sit at the same places.
-fn max_gap(what: &str, gpu: &[f32], cpu: &[f32]) -> f64 {
-    assert_eq!(gpu.len(), cpu.len(), "{what}: lengths");
-    let mut gap = 0.0f64;
-    for (i, (&x, &y)) in gpu.iter().zip(cpu).enumerate() {
-        if x.is_finite() && y.is_finite() {
-            gap = gap.max((x as f64 - y as f64).abs());
-        } else {
-            assert!(
-                x == y || (x.is_nan() && y.is_nan()),
-                "{what}[{i}]: GPU {x}, CPU {y}"
-            );
-        }
-    }
-    gap
-}
-
-/// Compares every output of two solves; `value_tol` bounds |dV| and |dQ| (value units),
-/// `prob_tol` |dpi| and |dD|.
-fn compare(what: &str, gpu: &MdpSolution, cpu: &MdpSolution, value_tol: f64, prob_tol: f64) {
-    let (g, c) = (&gpu.solution, &cpu.solution);
-    assert_eq!(g.status, c.status, "{what}: status");
-    let dv = max_gap(&format!("{what} values"), &g.values, &c.values);
-    assert!(dv <= value_tol, "{what}: max |dV| {dv} > {value_tol}");
-    assert_eq!(
-        g.policy.is_some(),
-        c.policy.is_some(),
-        "{what}: policy presence"
-    );
-    if let (Some(gp), Some(cp)) = (&g.policy, &c.policy) {
-        let dp = max_gap(&format!("{what} policy"), gp, cp);
-        assert!(dp <= prob_tol, "{what}: max |dpi| {dp} > {prob_tol}");
-    }
-    assert_eq!(g.q.is_some(), c.q.is_some(), "{what}: Q presence");
-    if let (Some(gq), Some(cq)) = (&g.q, &c.q) {
-        let dq = max_gap(&format!("{what} Q"), gq, cq);
-        assert!(dq <= value_tol, "{what}: max |dQ| {dq} > {value_tol}");
-    }
-    assert_eq!(
-        gpu.steps.is_some(),
-        cpu.steps.is_some(),
-        "{what}: steps presence"
-    );
-    if let (Some(gs), Some(cs)) = (&gpu.steps, &cpu.steps) {
-        let dv = max_gap(&format!("{what} step values"), &gs.values, &cs.values);
-        assert!(dv <= value_tol, "{what}: steps max |dV| {dv}");
-        if let (Some(gp), Some(cp)) = (&gs.policy, &cs.policy) {
-            let dp = max_gap(&format!("{what} step policy"), gp, cp);
-            assert!(dp <= prob_tol, "{what}: steps max |dpi| {dp}");
-        }
-        assert_eq!(gs.q.is_some(), cs.q.is_some(), "{what}: step Q presence");
-        if let (Some(gq), Some(cq)) = (&gs.q, &cs.q) {
-            let dq = max_gap(&format!("{what} step Q"), gq, cq);
-            assert!(dq <= value_tol, "{what}: steps max |dQ| {dq}");
-        }
-    }
-    assert_eq!(
-        gpu.occupancy.is_some(),
-        cpu.occupancy.is_some(),
-        "{what}: occupancy presence"
-    );
-    if let (Some(go), Some(co)) = (&gpu.occupancy, &cpu.occupancy) {
-        assert_eq!(go.steps, co.steps);
-        let scale = co.values.iter().fold(1.0f32, |m, x| m.max(x.abs())) as f64;
-        let dd = max_gap(&format!("{what} occupancy"), &go.values, &co.values);
-        assert!(
-            dd <= prob_tol * scale,
-            "{what}: max |dD| {dd} > {prob_tol} x {scale}"
-        );
-    }
 }
 
 /// Dense forward pass written from the contract: `D_{t+1}(s') = gamma sum_{s,a} D_t(s)

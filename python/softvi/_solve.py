@@ -224,10 +224,10 @@ def solve(
         device: ``"auto"`` (the GPU if wgpu finds an adapter, else the f64 CPU reference;
             ``adapter`` says which), ``"gpu"``, ``"cpu"``, or an index into
             :func:`softvi.adapters`. ``"native"``, the multi-threaded f32 CPU engine, solves
-            plain grids (:func:`softvi.solve_grid` without ``all_steps`` or ``occupancy``) and
-            runs everything else as ``"auto"``; ``"auto"`` picks it for those grids where the
-            preferred adapter is a CPU (a software rasteriser such as llvmpipe) or there is
-            none, as the CLI's ``--backend auto`` does.
+            general MDPs (every output) and plain grids (:func:`softvi.solve_grid` without
+            ``all_steps`` or ``occupancy``) and runs everything else as ``"auto"``; ``"auto"``
+            picks it for those where the preferred adapter is a CPU (a software rasteriser
+            such as llvmpipe) or there is none, as the CLI's ``--backend auto`` does.
 
     Returns:
         A :class:`SolveResult`; the GIL is released while the engine runs.

@@ -440,7 +440,8 @@ impl Settings {
 
 fn parse_device(device: &str, adapter: Option<usize>) -> PyResult<Device> {
     match (device, adapter) {
-        // What the native engine does not do (all but plain grid solves) runs as "auto".
+        // What the native engine does not do (every step and the occupancy of a grid) runs as
+        // "auto".
         ("auto" | "native", None) => Ok(Device::Auto),
         ("cpu", None) => Ok(Device::Cpu),
         ("gpu", i) => Ok(Device::Gpu(i)),
@@ -533,8 +534,19 @@ fn solve_mdp<'py>(
 ) -> PyResult<Bound<'py, PyDict>> {
     let (options, outputs, device) = (settings.options()?, settings.outputs(), settings.device()?);
     let model = &mdp.get().inner;
-    // The CPU reference reports its f64 arrays as they are; a GPU its f32 ones.
+    // The CPU reference reports its f64 arrays as they are; a GPU and the native engine their
+    // f32 ones.
     let solved = solve_detached(py, |progress| {
+        let native = match settings.device.as_str() {
+            "native" => true,
+            "auto" => software_only(),
+            _ => false,
+        };
+        if native {
+            let mut solver = NativeSolver::new(None);
+            let solved = solver.solve_mdp(model, &options, outputs, progress)?;
+            return Ok(Err((solved, MdpSolver::label(&solver))));
+        }
         with_device(device, |picked| match picked {
             Picked::Cpu(label) => {
                 let solved = solve_mdp_cpu_f64(model, &options, outputs, progress)?;

@@ -164,7 +164,8 @@ def test_no_adapter_gpu_raises_device_error_and_auto_falls_back():
     )
     assert done.returncode == 0, done.stderr
     auto, error = done.stdout.strip().splitlines()
-    assert auto.startswith("cpu reference (f64)")
+    # With no adapter, "auto" runs MDPs on the native engine (as the CLI's --backend auto).
+    assert auto.startswith("native cpu (f32")
     assert error.startswith('DeviceError: WGPU_ADAPTER_NAME="no such adapter" matches no')
     assert 'device="cpu"' in error
 

@@ -23,8 +23,8 @@ pub(super) enum BackendArg {
     Auto,
     /// WGSL compute shaders on a wgpu adapter.
     Gpu,
-    /// The native f32 engine on every core for plain grid solves (every step, the occupancy
-    /// and general MDPs run on the adapter, or on the reference without one).
+    /// The native f32 engine on every core for plain grid solves and general MDPs (every step
+    /// and the occupancy of a grid run on the adapter, or on the reference without one).
     Native,
     /// The f64 CPU reference.
     Cpu,

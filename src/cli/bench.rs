@@ -306,7 +306,34 @@ fn bench_grids(
 fn bench_mdp(args: &BenchArgs, ctx: &GpuContext) -> Result<()> {
     let mdp = sparse_mdp(1_000_000, 0);
     let mut mdp_engine = softvi::engine::gpu::MdpEngine::new(ctx)?;
-    let gpu = measure_mdp_gpu(&mut mdp_engine, &mdp, args.sweeps.unwrap_or(32))?;
+    let threads = softvi::engine::native::default_threads();
+    let software = ctx.info.device_type == softvi::wgpu::DeviceType::Cpu;
+    let paths = if args.backends.is_empty() {
+        vec![GridPath::Gpu, GridPath::Native]
+    } else {
+        args.backends.clone()
+    };
+    let mut timed = Vec::new();
+    for &path in &paths {
+        let native = match path {
+            GridPath::Auto => software,
+            GridPath::Native => true,
+            GridPath::Gpu => false,
+        };
+        let sweeps = args.sweeps.unwrap_or(32);
+        timed.push(match native {
+            true => (
+                "native".into(),
+                format!("f32, {threads} threads"),
+                softvi::bench::measure_mdp_native(&mdp, sweeps, threads)?,
+            ),
+            false => (
+                "gpu".into(),
+                ctx.adapter_label(),
+                measure_mdp_gpu(&mut mdp_engine, &mdp, sweeps)?,
+            ),
+        });
+    }
     let cpu = if args.cpu_sweeps > 0 {
         Some(measure_mdp_cpu(&mdp, args.cpu_sweeps)?)
     } else {
@@ -317,7 +344,7 @@ fn bench_mdp(args: &BenchArgs, ctx: &GpuContext) -> Result<()> {
         1,
         &mdp.states.to_string(),
         mdp.actions,
-        &[("gpu".into(), ctx.adapter_label(), gpu)],
+        &timed,
         cpu,
     );
     // End to end: soft VI to tol, then the discounted occupancy to tol.
@@ -349,9 +376,24 @@ fn bench_mdp(args: &BenchArgs, ctx: &GpuContext) -> Result<()> {
         );
         Ok(solved)
     };
-    let gpu = end_to_end(&ctx.adapter_label(), &mut || {
-        mdp_engine.solve(&mdp, &options, outputs)
-    })?;
+    // On the path `--backend auto` takes: the native engine where the adapter is a CPU.
+    let gpu = if software {
+        let mut native = softvi::NativeSolver::new(None);
+        let label = softvi::MdpSolver::label(&native);
+        end_to_end(&label, &mut || {
+            softvi::MdpSolver::solve_mdp(
+                &mut native,
+                &mdp,
+                &options,
+                outputs,
+                &mut softvi::keep_going,
+            )
+        })?
+    } else {
+        end_to_end(&ctx.adapter_label(), &mut || {
+            mdp_engine.solve(&mdp, &options, outputs)
+        })?
+    };
     if args.cpu_solve {
         let cpu = end_to_end("cpu reference", &mut || {
             softvi::engine::cpu::solve_mdp_cpu(&mdp, &options, outputs)

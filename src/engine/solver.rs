@@ -236,10 +236,10 @@ impl GridSolver for GpuSolver {
     }
 }
 
-/// The native f32 engine ([`super::native`]) on every core for plain grid solves; every
-/// step, the occupancy and general MDPs run on `fallback` (an adapter), or on the CPU
-/// reference without one. What `--backend auto` picks where the only adapters are CPUs
-/// (llvmpipe): there it sweeps grids several times faster than the WGSL kernels.
+/// The native f32 engine ([`super::native`]) on every core for plain grid solves and general
+/// MDPs (with every output); every step and the occupancy of a grid run on `fallback` (an
+/// adapter), or on the CPU reference without one. What `--backend auto` picks where the only
+/// adapters are CPUs (llvmpipe): there it sweeps several times faster than the WGSL kernels.
 pub struct NativeSolver {
     /// Threads per sweep.
     pub threads: usize,
@@ -280,10 +280,8 @@ impl NativeSolver {
 
 impl MdpSolver for NativeSolver {
     fn label(&self) -> String {
-        match &self.fallback {
-            Some(gpu) => MdpSolver::label(gpu.as_ref()),
-            None => MdpSolver::label(&CpuReference),
-        }
+        let vectors = *super::native::grid_backup::VECTORS;
+        format!("native cpu (f32, {} threads, {vectors:?})", self.threads)
     }
 
     fn solve_mdp(
@@ -293,17 +291,14 @@ impl MdpSolver for NativeSolver {
         outputs: Outputs,
         progress: &mut OnProgress<'_>,
     ) -> Result<MdpSolution> {
-        match &mut self.fallback {
-            Some(gpu) => gpu.solve_mdp(mdp, options, outputs, progress),
-            None => CpuReference.solve_mdp(mdp, options, outputs, progress),
-        }
+        check_mdp(mdp, options, outputs)?;
+        super::native::solve_native_mdp(mdp, options, outputs, self.threads, progress)
     }
 }
 
 impl GridSolver for NativeSolver {
     fn label(&self) -> String {
-        let vectors = *super::native::grid_backup::VECTORS;
-        format!("native cpu (f32, {} threads, {vectors:?})", self.threads)
+        MdpSolver::label(self)
     }
 
     fn solve_grid(

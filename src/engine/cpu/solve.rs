@@ -299,7 +299,6 @@ fn solve_mdp_cpu_as<T: Real>(
     check_mdp_solve(mdp, options)?;
     crate::engine::memory::check_mdp(mdp, options, outputs)?;
     let inputs = MdpInputs::new(mdp, options);
-    let marks = inputs.marks();
     let finite = matches!(options.horizon, Horizon::Finite(_));
     // V_{T-1}, ..., V_0 as the sweeps make them, when later steps need them.
     let keep_steps = finite && (outputs.all_steps || outputs.occupancy);
@@ -323,17 +322,64 @@ fn solve_mdp_cpu_as<T: Real>(
         },
         progress,
     )?;
+    let rows = |v: &[f64], write_q: bool| mdp_policy::<T>(&inputs, v, write_q);
+    let discounted = |pi: &[T], progress: &mut OnProgress<'_>| {
+        discounted_occupancy(&inputs, options, pi, progress)
+    };
+    mdp_solution(
+        &inputs,
+        options,
+        Precision::F64,
+        outputs,
+        outcomes,
+        (&v, &v_prev),
+        history,
+        &rows,
+        &discounted,
+        progress,
+        start,
+    )
+}
+
+/// How a solve computes the discounted occupancy from its stationary policy
+/// `[task][state][action]`.
+pub(crate) type Discounted<'a, T> = dyn Fn(&[T], &mut OnProgress<'_>) -> Result<Occupancy<T>> + 'a;
+
+/// A general-MDP solve's result from its backward iteration: `outcomes`, the last values `v`
+/// and those the last sweep read `v_prev` (`[task][state]`, f64), and with every step or a
+/// finite horizon's occupancy the values each sweep made (`history`, V_{T-1} first). The
+/// policy and Q rows `[task][state][action]` come from `rows(v, write_q)`, the discounted
+/// occupancy from `discounted(pi)`; the error bounds as `precision` iterated. The CPU
+/// reference and the native engine report through it.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn mdp_solution<T: Real>(
+    inputs: &MdpInputs,
+    options: &SolveOptions,
+    precision: Precision,
+    outputs: Outputs,
+    outcomes: TaskOutcomes,
+    (v, v_prev): (&[f64], &[f64]),
+    mut history: Vec<Vec<f64>>,
+    rows: &dyn Fn(&[f64], bool) -> Vec<T>,
+    discounted: &Discounted<'_, T>,
+    progress: &mut OnProgress<'_>,
+    start: Instant,
+) -> Result<MdpSolution<T>> {
+    let mdp = inputs.mdp;
+    let marks = inputs.marks();
+    let finite = matches!(options.horizon, Horizon::Finite(_));
+    let keep_steps = finite && (outputs.all_steps || outputs.occupancy);
     let verdict = with_unbounded(outcomes.verdict, &inputs.unbounded_tasks());
     let status = final_status(options, &verdict, &outcomes.converged);
     let diverged = status.contains(&Status::Diverged);
     let policy_from = match options.horizon {
-        Horizon::Finite(_) => &v_prev,
-        Horizon::Infinite { .. } => &v,
+        Horizon::Finite(_) => v_prev,
+        Horizon::Infinite { .. } => v,
     };
-    let policy = (!diverged && (outputs.policy || outputs.occupancy))
-        .then(|| mdp_policy::<T>(&inputs, policy_from, false));
+    let policy =
+        (!diverged && (outputs.policy || outputs.occupancy)).then(|| rows(policy_from, false));
     let q = (!diverged && outputs.q).then(|| {
-        let mut q = mdp_policy::<T>(&inputs, policy_from, true);
+        let mut q = rows(policy_from, true);
         marks.policy(&mut q, 1, mdp.actions);
         q
     });
@@ -342,18 +388,18 @@ fn solve_mdp_cpu_as<T: Real>(
         // V_t for t = 0..T.
         history.reverse();
         history.push(inputs.v0.clone());
-        (steps, occupancy) = forward_steps(&inputs, &marks, outputs, &history);
+        (steps, occupancy) = forward_steps(inputs, &marks, outputs, &history, rows);
     }
     if outputs.occupancy && !finite && !diverged {
         let pi = policy.as_ref().expect("policy computed for the occupancy");
-        occupancy = Some(discounted_occupancy(&inputs, options, pi, progress)?);
+        occupancy = Some(discounted(pi, progress)?);
     }
     Ok(MdpSolution {
         solution: Solution {
             height: 1,
             width: mdp.states,
             action_count: mdp.actions,
-            values: marks.reported(&v, 1),
+            values: marks.reported(v, 1),
             policy: policy.filter(|_| outputs.policy).map(|mut p| {
                 marks.policy(&mut p, 1, mdp.actions);
                 p
@@ -364,7 +410,7 @@ fn solve_mdp_cpu_as<T: Real>(
             error_bound: outcomes
                 .last
                 .iter()
-                .map(|s| error_bound(options, Precision::F64, s))
+                .map(|s| error_bound(options, precision, s))
                 .collect(),
             status,
             unreachable: inputs.unreachable.clone(),
@@ -384,6 +430,7 @@ fn forward_steps<T: Real>(
     marks: &Marks,
     outputs: Outputs,
     history: &[Vec<f64>],
+    rows: &dyn Fn(&[f64], bool) -> Vec<T>,
 ) -> (Option<TimeSteps<T>>, Option<Occupancy<T>>) {
     let mdp = inputs.mdp;
     let horizon = history.len() - 1;
@@ -391,14 +438,14 @@ fn forward_steps<T: Real>(
     let mut d = vec![mdp.initial.clone()];
     let transpose = outputs.occupancy.then(|| mdp.transpose());
     for t in 0..horizon {
-        let pi_t = mdp_policy::<T>(inputs, &history[t + 1], false);
+        let pi_t = rows(&history[t + 1], false);
         if let Some(transpose) = &transpose {
             let mut next = vec![0.0; d[t].len()];
             mdp_occupancy(inputs, transpose, &pi_t, None, &d[t], None, &mut next);
             d.push(next);
         }
         if outputs.all_steps && outputs.q {
-            step_q.push(mdp_policy(inputs, &history[t + 1], true));
+            step_q.push(rows(&history[t + 1], true));
         }
         if outputs.all_steps && outputs.policy {
             step_policy.push(pi_t);

@@ -122,11 +122,11 @@ struct ExpWindow {
 
 /// Residual statistics of one thread's rows, f32 as the sweep computes them.
 #[derive(Clone, Copy, Debug)]
-struct RowStats {
-    max_abs_delta: f32,
-    min_delta: f32,
-    max_abs_value: f32,
-    active: bool,
+pub(super) struct RowStats {
+    pub(super) max_abs_delta: f32,
+    pub(super) min_delta: f32,
+    pub(super) max_abs_value: f32,
+    pub(super) active: bool,
 }
 
 impl Default for RowStats {
@@ -141,7 +141,7 @@ impl Default for RowStats {
 }
 
 impl RowStats {
-    fn combine(self, o: RowStats) -> RowStats {
+    pub(super) fn combine(self, o: RowStats) -> RowStats {
         RowStats {
             max_abs_delta: self.max_abs_delta.max(o.max_abs_delta),
             min_delta: self.min_delta.min(o.min_delta),
@@ -152,7 +152,7 @@ impl RowStats {
 
     /// As [`SweepStats`]: a NaN or infinite value or change (kept as +inf in
     /// `max_abs_value`) makes every statistic a runaway, as `SweepStats::observe` does.
-    fn to_sweep_stats(self) -> SweepStats {
+    pub(super) fn to_sweep_stats(self) -> SweepStats {
         if !self.active {
             return SweepStats::default();
         }
@@ -696,6 +696,7 @@ macro_rules! with_avx2 {
         }
     };
 }
+pub(super) use with_avx2;
 
 /// The vector width the row loops run at, widest last.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]

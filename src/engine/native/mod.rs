@@ -1,15 +1,21 @@
-//! The native engine: the grid backup in f32 on every CPU core, for machines whose only
-//! wgpu adapter is a software rasteriser (llvmpipe runs the WGSL kernels several times slower
-//! than this). Plain grid solves only (values, policy, Q; finite and infinite horizons);
-//! every step and the occupancy go to another solver ([`crate::engine::solver::NativeSolver`]).
+//! The native engine: the grid and CSR backups in f32 on every CPU core, for machines whose
+//! only wgpu adapter is a software rasteriser (llvmpipe runs the WGSL kernels several times
+//! slower than this). Plain grid solves (values, policy, Q; finite and infinite horizons) and
+//! general MDPs with every output; every step and the occupancy of a grid go to another solver
+//! ([`crate::engine::solver::NativeSolver`]).
 //!
 //! `shaders/grid_backup.wgsl::grid_backup` <-> [`grid_backup::NativeGrid::sweep`] (its
-//! per-cell form is [`grid_backup::NativeGrid::cell_value`]); the policy and Q are the
-//! reference's `grid_policy` from the f32 values, threaded.
+//! per-cell form is [`grid_backup::NativeGrid::cell_value`]);
+//! `shaders/mdp_backup.wgsl::mdp_backup` <-> [`mdp_backup::NativeMdp::sweep`];
+//! `shaders/mdp_occupancy.wgsl::mdp_occupancy` (`WEIGHTED`) <->
+//! [`mdp_backup::NativeOccupancy::sweep`]; the policy and Q are the reference's `grid_policy`
+//! and `mdp_policy` from the f32 values, threaded.
 
 pub mod fast_math;
 pub mod grid_backup;
+pub mod mdp_backup;
 pub mod solve;
 
 pub use grid_backup::NativeGrid;
-pub use solve::{default_threads, solve_native};
+pub use mdp_backup::NativeMdp;
+pub use solve::{default_threads, solve_native, solve_native_mdp};

@@ -5,15 +5,17 @@
 use std::time::Instant;
 
 use super::grid_backup::{NativeGrid, NativeState};
-use crate::engine::cpu::solve::{grid_solution, iterate_checked};
+use super::mdp_backup::{NativeMdp, NativeOccupancy, mdp_policy_threads};
+use crate::engine::cpu::solve::{grid_solution, iterate_checked, mdp_solution};
 use crate::engine::cpu::{action_values, write_policy};
-use crate::engine::layout::GridInputs;
+use crate::engine::layout::{GridInputs, MdpInputs};
 use crate::engine::options::{Horizon, Outputs, SolveOptions};
-use crate::engine::schedule::{OnProgress, Precision, TaskOutcomes};
-use crate::engine::solution::Solution;
+use crate::engine::schedule::{OnProgress, Precision, TaskOutcomes, final_status};
+use crate::engine::solution::{MdpSolution, Occupancy, Solution, scaled_start};
 use crate::engine::warm_start::grid_start_values_for;
 use crate::error::Result;
 use crate::world::grid_problem::GridProblem;
+use crate::world::mdp::TabularMdp;
 
 /// Threads a native solve uses by default: every core the OS gives this process.
 pub fn default_threads() -> usize {
@@ -140,4 +142,110 @@ fn grid_policy_threads(inputs: &GridInputs, v: &[f64], write_q: bool, threads: u
         }
     });
     policy
+}
+
+/// Solves a general MDP (values, policy, Q, every step, the occupancy, as `outputs` asks)
+/// with the native f32 CSR engine on `threads` threads: the sweeps in f32 ([`NativeMdp`]), the
+/// policy and Q from the f32 values by the reference's twin on every thread, every step's
+/// forward pass and the discounted occupancy by the reference. `mdp`, `options` and
+/// `outputs` must be checked by the caller ([`crate::engine::solver::NativeSolver`] does).
+pub fn solve_native_mdp(
+    mdp: &TabularMdp,
+    options: &SolveOptions,
+    outputs: Outputs,
+    threads: usize,
+    progress: &mut OnProgress<'_>,
+) -> Result<MdpSolution> {
+    let start = Instant::now();
+    let inputs = MdpInputs::new(mdp, options);
+    let native = NativeMdp::new(&inputs);
+    let finite = matches!(options.horizon, Horizon::Finite(_));
+    // V_{T-1}, ..., V_0 as the sweeps make them, when later steps need them.
+    let keep_steps = finite && (outputs.all_steps || outputs.occupancy);
+    let mut history: Vec<Vec<f64>> = Vec::new();
+    let v0 = native.padded_values(&inputs.v0);
+    let mut backup = if options.uses_extrapolation() {
+        v0.clone()
+    } else {
+        Vec::new()
+    };
+    let run = iterate_checked(
+        options,
+        Precision::F32,
+        mdp.tasks,
+        v0,
+        |v: &Vec<f32>, next: &mut Vec<f32>, frozen: &[bool]| {
+            let stats = native.sweep(v, next, frozen, threads);
+            if keep_steps {
+                history.push(native.unpadded(next));
+            }
+            stats
+        },
+        |v, v_prev, factors| native.extrapolate(v, v_prev, &mut backup, factors),
+        progress,
+    )?;
+    let (v, v_prev) = (native.unpadded(&run.state), native.unpadded(&run.previous));
+    let rows = |v: &[f64], write_q: bool| mdp_policy_threads::<f32>(&inputs, v, write_q, threads);
+    let discounted = |pi: &[f32], progress: &mut OnProgress<'_>| {
+        discounted_occupancy_native(&inputs, options, pi, threads, progress)
+    };
+    mdp_solution(
+        &inputs,
+        options,
+        Precision::F32,
+        outputs,
+        run.outcomes,
+        (&v, &v_prev),
+        history,
+        &rows,
+        &discounted,
+        progress,
+        start,
+    )
+}
+
+/// The discounted occupancy `sum_t gamma^t D_t` under the stationary policy `pi`, in f32 on
+/// `threads` threads ([`NativeOccupancy`]), on the check schedule of the backward pass from
+/// the start scaled to a peak of 1, as the reference's
+/// (`crate::engine::cpu::solve::discounted_occupancy`).
+fn discounted_occupancy_native(
+    inputs: &MdpInputs,
+    options: &SolveOptions,
+    pi: &[f32],
+    threads: usize,
+    progress: &mut OnProgress<'_>,
+) -> Result<Occupancy<f32>> {
+    let mdp = inputs.mdp;
+    let pull = NativeOccupancy::new(inputs, &mdp.transpose(), pi);
+    let (_, scale) = scaled_start(mdp);
+    let start: Vec<f64> = (mdp.initial.iter().enumerate())
+        .map(|(i, &x)| x * scale[i / mdp.states])
+        .collect();
+    let base = pull.padded(&start);
+    let mut backup = if options.uses_extrapolation() {
+        base.clone()
+    } else {
+        Vec::new()
+    };
+    let run = iterate_checked(
+        options,
+        Precision::F32,
+        mdp.tasks,
+        base.clone(),
+        |d: &Vec<f32>, next: &mut Vec<f32>, frozen: &[bool]| {
+            pull.sweep(&base, d, next, frozen, threads)
+        },
+        |d, d_prev, factors| pull.extrapolate(d, d_prev, &mut backup, factors),
+        progress,
+    )?;
+    let d = pull.unpadded(&run.state);
+    Ok(Occupancy {
+        values: (d.iter().enumerate())
+            .map(|(i, &x)| (x / scale[i / mdp.states]) as f32)
+            .collect(),
+        steps: 1,
+        iterations: run.sweeps,
+        residual: run.outcomes.last.iter().map(|s| s.max_abs_delta).collect(),
+        status: final_status(options, &run.outcomes.verdict, &run.outcomes.converged),
+    })
 }

@@ -1,0 +1,741 @@
+//! The native engine's CSR sweep: `shaders/mdp_backup.wgsl::mdp_backup` in f32 on the CPU,
+//! blocks of states split over threads, inner loops over a block's [`LANES`] states that LLVM
+//! vectorises (gathers on AVX2 and AVX-512).
+//!
+//! Layout (sliced ELL): states go in blocks of [`LANES`]; the rows `s * A + a` of one block
+//! and one action form a *slice* of the block's longest row's length, stored entry-major
+//! (`[entry][lane]`), so that entry `k` of the block's [`LANES`] rows is one vector load. Short
+//! rows are padded with probability 0 on a *sentinel* state whose value is always 0, so a
+//! padded entry adds `0 * 0` (never `0 * -inf`). Values are `[task][state]` with a task
+//! stride of `padded + 1`: the states rounded up to whole blocks (the extra ones fixed at 0),
+//! then the sentinel.
+//!
+//! The optimistic backup shares one exponential per successor state, as the grid engine shares
+//! one per cell: `E(s') = exp(gamma (V(s') - M) / alpha)` with `M` the task's largest finite
+//! V, computed once per sweep, so a row is the dot product `mass = sum_k p_k E(s'_k)` like the
+//! expected backup's and `Q = r + gamma M + alpha ln mass`. Where `mass` falls below
+//! [`SUM_LOW`] (every successor far below `M`, or at -inf) the row is recomputed with its own
+//! largest successor ([`optimistic_row`], the reference's form), so the result never depends
+//! on the shortcut.
+
+// Lane loops over fixed-size arrays are what LLVM turns into vectors.
+#![allow(clippy::needless_range_loop)]
+
+use std::sync::Mutex;
+
+use super::fast_math::{exp_f32, ln_f32, madd};
+use super::grid_backup::{RowStats, VECTORS, Vectors, with_avx2};
+use crate::engine::cpu::residual_reduce::SweepStats;
+use crate::engine::cpu::{mdp_action_values, write_policy};
+use crate::engine::layout::MdpInputs;
+use crate::engine::options::Backup;
+use crate::engine::solution::Real;
+
+/// States per block: one slice entry is one 8-lane vector (AVX2's f32 width; AVX-512 runs
+/// the same layout, its gathers being no wider in throughput).
+pub const LANES: usize = 8;
+
+/// Blocks per unit of work a thread takes from the queue.
+const UNIT_BLOCKS: usize = 128;
+
+/// A shared-exponential row mass below this is recomputed per row: every term that underflowed
+/// (or sits on a -inf successor) is below 1.2e-38, so it moves a mass of at least `SUM_LOW` by
+/// under 1e-18 relatively.
+const SUM_LOW: f32 = 1e-20;
+
+/// The kernel inputs of a general MDP in the sliced layout, built once per solve from
+/// [`MdpInputs`] (every array converted to f32 here).
+#[derive(Clone, Debug)]
+pub struct NativeMdp {
+    /// States S.
+    pub states: usize,
+    /// Actions A.
+    pub actions: usize,
+    /// Tasks B.
+    pub tasks: usize,
+    /// Blocks of [`LANES`] states.
+    blocks: usize,
+    /// States rounded up to whole blocks; the sentinel's index.
+    padded: usize,
+    /// Per-task stride of every value array: `padded + 1`.
+    pub stride: usize,
+    /// Slice starts in entries (each [`LANES`] wide), `[block][action]` and one past the end.
+    slice_start: Vec<usize>,
+    /// Successor state per slice entry and lane, `[entry][lane]` (the sentinel on padding).
+    cols: Vec<u32>,
+    /// `P(s'|s,a)` per slice entry and lane, `[entry][lane]` (0 on padding).
+    probs: Vec<f32>,
+    /// `r(s,a)`, `[task][block][action][lane]` (0 on the padding states).
+    reward: Vec<f32>,
+    /// Whether a state's value stays fixed (terminal, excluded, padding, sentinel),
+    /// `[task][state]` with the values' stride.
+    fixed: Vec<bool>,
+    alpha: f32,
+    gamma: f32,
+    backup: Backup,
+}
+
+/// What the optimistic backup shares per sweep: `E` `[task][state]` (values' stride) and `M`
+/// per task.
+struct Shared {
+    e: Vec<f32>,
+    top: Vec<f32>,
+}
+
+/// A thread's unit of work: blocks `first_block..` of every task, written into `out[task]`.
+struct Unit<'a> {
+    first_block: usize,
+    out: Vec<&'a mut [f32]>,
+}
+
+impl NativeMdp {
+    /// The sliced inputs of `inputs`.
+    // The model's probabilities and rewards are f32 today and become f64 (issue 26): the
+    // explicit `as f32` compiles either way.
+    #[allow(clippy::unnecessary_cast)]
+    pub fn new(inputs: &MdpInputs) -> Self {
+        let mdp = inputs.mdp;
+        let (states, actions, tasks) = (mdp.states, mdp.actions, mdp.tasks);
+        let blocks = states.div_ceil(LANES);
+        let padded = blocks * LANES;
+        let stride = padded + 1;
+        // Successors are read as i32 offsets (`slice_dot`).
+        assert!(
+            padded < i32::MAX as usize,
+            "{states} states do not fit i32 offsets"
+        );
+        let row_len = |s: usize, a: usize| {
+            let row = s * actions + a;
+            (mdp.indptr[row + 1] - mdp.indptr[row]) as usize
+        };
+        let mut slice_start = Vec::with_capacity(blocks * actions + 1);
+        slice_start.push(0);
+        for b in 0..blocks {
+            for a in 0..actions {
+                let longest = (b * LANES..(b * LANES + LANES).min(states))
+                    .map(|s| row_len(s, a))
+                    .max()
+                    .unwrap_or(0);
+                slice_start.push(slice_start.last().copied().unwrap_or(0) + longest);
+            }
+        }
+        let entries = slice_start.last().copied().unwrap_or(0);
+        let mut cols = vec![padded as u32; entries * LANES];
+        let mut probs = vec![0.0f32; entries * LANES];
+        for s in 0..states {
+            let (b, lane) = (s / LANES, s % LANES);
+            for a in 0..actions {
+                let row = s * actions + a;
+                let first = slice_start[b * actions + a];
+                let range = mdp.indptr[row] as usize..mdp.indptr[row + 1] as usize;
+                for (k, i) in range.enumerate() {
+                    cols[(first + k) * LANES + lane] = mdp.indices[i];
+                    probs[(first + k) * LANES + lane] = mdp.probs[i] as f32;
+                }
+            }
+        }
+        let mut reward = vec![0.0f32; tasks * blocks * actions * LANES];
+        let mut fixed = vec![true; tasks * stride];
+        for t in 0..tasks {
+            for s in 0..states {
+                let (b, lane) = (s / LANES, s % LANES);
+                for a in 0..actions {
+                    reward[((t * blocks + b) * actions + a) * LANES + lane] =
+                        mdp.reward[(t * states + s) * actions + a] as f32;
+                }
+                fixed[t * stride + s] = inputs.fixed[t * states + s];
+            }
+        }
+        Self {
+            states,
+            actions,
+            tasks,
+            blocks,
+            padded,
+            stride,
+            slice_start,
+            cols,
+            probs,
+            reward,
+            fixed,
+            alpha: inputs.alpha as f32,
+            gamma: inputs.gamma as f32,
+            backup: inputs.backup,
+        }
+    }
+
+    /// `v` `[task][state]` (f64) in the values' layout (0 on padding and the sentinel).
+    pub fn padded_values(&self, v: &[f64]) -> Vec<f32> {
+        let mut out = vec![0.0f32; self.tasks * self.stride];
+        for t in 0..self.tasks {
+            for s in 0..self.states {
+                out[t * self.stride + s] = v[t * self.states + s] as f32;
+            }
+        }
+        out
+    }
+
+    /// Values in the padded layout back to `[task][state]` in f64.
+    pub fn unpadded(&self, v: &[f32]) -> Vec<f64> {
+        (0..self.tasks)
+            .flat_map(|t| {
+                v[t * self.stride..][..self.states]
+                    .iter()
+                    .map(|&x| x as f64)
+            })
+            .collect()
+    }
+
+    /// One sweep `output = T(input)` over every task not `frozen` (`[task]`: those are copied
+    /// and report no updated state), on `threads` threads; per-task residual statistics.
+    /// Arrays are in the values' layout.
+    pub fn sweep(
+        &self,
+        input: &[f32],
+        output: &mut [f32],
+        frozen: &[bool],
+        threads: usize,
+    ) -> Vec<SweepStats> {
+        let shared = (self.backup == Backup::Optimistic).then(|| self.shared_exp(input, frozen));
+        let shared = shared.as_ref();
+        let unit_len = UNIT_BLOCKS * LANES;
+        let mut per_task: Vec<_> = output
+            .chunks_mut(self.stride)
+            .map(|v| v[..self.padded].chunks_mut(unit_len))
+            .collect();
+        let units: Vec<Unit<'_>> = (0..self.blocks.div_ceil(UNIT_BLOCKS))
+            .map(|u| Unit {
+                first_block: u * UNIT_BLOCKS,
+                out: per_task.iter_mut().filter_map(Iterator::next).collect(),
+            })
+            .collect();
+        // Threads take units as they finish (not a fixed share each): on a machine shared with
+        // other work, a thread that loses its core does not hold the sweep up.
+        let queue = Mutex::new(units.into_iter());
+        let queue = &queue;
+        let partials: Vec<Vec<RowStats>> = std::thread::scope(|scope| {
+            let handles: Vec<_> = (1..threads.max(1))
+                .map(|_| scope.spawn(move || self.sweep_units(input, shared, frozen, queue)))
+                .collect();
+            let mut partials = vec![self.sweep_units(input, shared, frozen, queue)];
+            partials.extend(
+                handles
+                    .into_iter()
+                    .map(|h| h.join().expect("a sweep thread panicked")),
+            );
+            partials
+        });
+        (0..self.tasks)
+            .map(|t| {
+                partials
+                    .iter()
+                    .fold(RowStats::default(), |acc, p| acc.combine(p[t]))
+                    .to_sweep_stats()
+            })
+            .collect()
+    }
+
+    /// `E` and `M` of every task not `frozen` (zeros for frozen ones, which do not sweep).
+    fn shared_exp(&self, v: &[f32], frozen: &[bool]) -> Shared {
+        let mut e = vec![0.0f32; v.len()];
+        let mut top = vec![0.0f32; self.tasks];
+        let rate = self.gamma / self.alpha;
+        for t in (0..self.tasks).filter(|&t| !frozen[t]) {
+            let range = t * self.stride..t * self.stride + self.states;
+            let m = v[range.clone()]
+                .iter()
+                .filter(|x| x.is_finite())
+                .fold(f32::NEG_INFINITY, |m, &x| m.max(x));
+            top[t] = if m.is_finite() { m } else { 0.0 };
+            shared_exp_row(rate, top[t], &v[range.clone()], &mut e[range]);
+        }
+        Shared { e, top }
+    }
+
+    /// One thread's units of a sweep, taken from `queue` until it is empty; statistics per
+    /// task.
+    fn sweep_units(
+        &self,
+        input: &[f32],
+        shared: Option<&Shared>,
+        frozen: &[bool],
+        queue: &Mutex<std::vec::IntoIter<Unit<'_>>>,
+    ) -> Vec<RowStats> {
+        let mut stats = vec![RowStats::default(); self.tasks];
+        let mut q = vec![[0.0f32; LANES]; self.actions];
+        loop {
+            let next = queue.lock().unwrap_or_else(|e| e.into_inner()).next();
+            let Some(mut unit) = next else { break };
+            for (t, out) in unit.out.iter_mut().enumerate() {
+                let at = t * self.stride + unit.first_block * LANES;
+                if frozen[t] {
+                    // A task that stopped iterating keeps its values.
+                    out.copy_from_slice(&input[at..at + out.len()]);
+                    continue;
+                }
+                let args = UnitArgs {
+                    mdp: self,
+                    task: t,
+                    first_block: unit.first_block,
+                    input: &input[t * self.stride..(t + 1) * self.stride],
+                    shared: shared
+                        .map(|s| (&s.e[t * self.stride..(t + 1) * self.stride], s.top[t])),
+                };
+                stats[t] = stats[t].combine(sweep_unit(&args, out, &mut q));
+            }
+        }
+        stats
+    }
+
+    /// Twin of `extrapolate` on the values' layout (see
+    /// [`crate::engine::cpu::extrapolate::extrapolate`]).
+    pub fn extrapolate(&self, v: &mut [f32], v_prev: &[f32], backup: &mut [f32], factors: &[f64]) {
+        for (task, &factor) in factors.iter().enumerate() {
+            let range = task * self.stride..(task + 1) * self.stride;
+            if factor < 0.0 {
+                v[range.clone()].copy_from_slice(&backup[range]);
+            } else if factor > 0.0 {
+                backup[range.clone()].copy_from_slice(&v[range.clone()]);
+                let factor = factor as f32;
+                for i in range {
+                    if !self.fixed[i] {
+                        v[i] += factor * (v[i] - v_prev[i]);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// What [`sweep_unit`] reads for one task.
+struct UnitArgs<'a> {
+    mdp: &'a NativeMdp,
+    task: usize,
+    first_block: usize,
+    /// V of the task, values' layout.
+    input: &'a [f32],
+    /// `E` of the task and its `M` (optimistic backup only).
+    shared: Option<(&'a [f32], f32)>,
+}
+
+with_avx2!(shared_exp_row => shared_exp_row_any(rate: f32, top: f32, v: &[f32], e: &mut [f32]) -> ());
+
+/// `e = exp(rate (v - top))`, 0 where `v` is -inf.
+#[inline(always)]
+fn shared_exp_row_any<const FMA: bool>(rate: f32, top: f32, v: &[f32], e: &mut [f32]) {
+    for (e, &v) in e.iter_mut().zip(v) {
+        let x = exp_f32::<FMA>(rate * (v - top));
+        *e = if v == f32::NEG_INFINITY { 0.0 } else { x };
+    }
+}
+
+with_avx2!(sweep_unit => sweep_unit_any(
+    args: &UnitArgs<'_>,
+    out: &mut [f32],
+    q: &mut [[f32; LANES]]
+) -> RowStats);
+
+/// The new values of one unit's blocks of one task into `out` (the unit's states); `q` is
+/// scratch of one lane vector per action.
+#[inline(always)]
+fn sweep_unit_any<const FMA: bool>(
+    args: &UnitArgs<'_>,
+    out: &mut [f32],
+    q: &mut [[f32; LANES]],
+) -> RowStats {
+    let m = args.mdp;
+    let (alpha, gamma, n) = (m.alpha, m.gamma, m.actions);
+    let mut stats = RowStats::default();
+    let x = args.shared.map_or(args.input, |(e, _)| e);
+    // Every successor index is below the stride (padding points at the sentinel).
+    assert_eq!(x.len(), m.stride);
+    for (i, v_out) in out.chunks_exact_mut(LANES).enumerate() {
+        let b = args.first_block + i;
+        let rewards = &m.reward[(args.task * m.blocks + b) * n * LANES..][..n * LANES];
+        for a in 0..n {
+            let entries = m.slice_start[b * n + a]..m.slice_start[b * n + a + 1];
+            let cols = &m.cols[entries.start * LANES..entries.end * LANES];
+            let probs = &m.probs[entries.start * LANES..entries.end * LANES];
+            let dot = slice_dot::<FMA>(cols, probs, x);
+            let r = &rewards[a * LANES..(a + 1) * LANES];
+            q[a] = match args.shared {
+                None => std::array::from_fn(|l| madd::<FMA>(gamma, dot[l], r[l])),
+                Some((_, top)) => {
+                    let mut qa: [f32; LANES] = std::array::from_fn(|l| {
+                        r[l] + gamma * top + alpha * ln_f32::<FMA>(dot[l].max(SUM_LOW))
+                    });
+                    for l in 0..LANES {
+                        if dot[l].is_nan() || dot[l] < SUM_LOW {
+                            qa[l] = r[l] + optimistic_row(args.input, cols, probs, l, alpha, gamma);
+                        }
+                    }
+                    qa
+                }
+            };
+        }
+        let values = soft_max_lanes::<FMA>(alpha, &q[..n]);
+        let at = b * LANES;
+        let fixed = &m.fixed[args.task * m.stride + at..][..LANES];
+        let v_in = &args.input[at..at + LANES];
+        for l in 0..LANES {
+            if fixed[l] {
+                v_out[l] = v_in[l];
+                continue;
+            }
+            v_out[l] = values[l];
+            // A state every action of which may step into an excluded one has value -inf for
+            // good; it is not a runaway.
+            if values[l] != f32::NEG_INFINITY {
+                observe(&mut stats, v_in[l], values[l]);
+            }
+        }
+    }
+    stats
+}
+
+/// `sum_k p_k x(s'_k)` of a slice's [`LANES`] rows, entry by entry (`cols` and `probs`
+/// `[entry][lane]`).
+#[inline(always)]
+fn slice_dot<const FMA: bool>(cols: &[u32], probs: &[f32], x: &[f32]) -> [f32; LANES] {
+    let mut acc = [0.0f32; LANES];
+    // Whole vectors as arrays: no bounds checks in the lane loop, so it becomes one gather
+    // and one fused multiply-add per entry.
+    let (cols, _) = cols.as_chunks::<LANES>();
+    let (probs, _) = probs.as_chunks::<LANES>();
+    for (c, p) in cols.iter().zip(probs) {
+        for l in 0..LANES {
+            // SAFETY: `NativeMdp::new` and `NativeOccupancy::new` write states (< S) and the
+            // sentinel (the stride's last index, below i32::MAX: asserted there) only, and the
+            // callers assert `x.len()` is the stride. Read as i32: a signed 32-bit offset is
+            // what a gather takes (as u32 LLVM widens every index to 64 bits one by one).
+            let xs = unsafe { *x.as_ptr().offset(c[l] as i32 as isize) };
+            acc[l] = madd::<FMA>(p[l], xs, acc[l]);
+        }
+    }
+    acc
+}
+
+/// `alpha ln sum_k p_k exp(gamma V(s'_k) / alpha)` of lane `lane`'s row, with its own largest
+/// successor value (the reference's form; -inf when every successor is at -inf); padding
+/// entries (on the sentinel, probability 0) are skipped.
+fn optimistic_row(
+    v: &[f32],
+    cols: &[u32],
+    probs: &[f32],
+    lane: usize,
+    alpha: f32,
+    gamma: f32,
+) -> f32 {
+    let sentinel = (v.len() - 1) as u32;
+    let entries = || {
+        cols.iter()
+            .zip(probs)
+            .skip(lane)
+            .step_by(LANES)
+            .filter(move |(c, _)| **c != sentinel)
+    };
+    let top = entries()
+        .map(|(&c, _)| v[c as usize])
+        .fold(f32::NEG_INFINITY, f32::max);
+    if top == f32::NEG_INFINITY {
+        return f32::NEG_INFINITY;
+    }
+    let mass: f32 = entries()
+        .map(|(&c, &p)| p * ((v[c as usize] - top) * gamma / alpha).exp())
+        .sum();
+    gamma * top + alpha * mass.ln()
+}
+
+/// Per lane, `alpha ln sum_a exp(Q_a / alpha)` computed stably (`max_a Q_a` at alpha = 0, -inf
+/// when every Q is -inf): [`crate::engine::cpu::soft_max`] over [`LANES`] states.
+#[inline(always)]
+fn soft_max_lanes<const FMA: bool>(alpha: f32, q: &[[f32; LANES]]) -> [f32; LANES] {
+    let mut top = [f32::NEG_INFINITY; LANES];
+    for qa in q {
+        for l in 0..LANES {
+            top[l] = top[l].max(qa[l]);
+        }
+    }
+    if alpha == 0.0 {
+        return top;
+    }
+    let mut total = [0.0f32; LANES];
+    for qa in q {
+        for l in 0..LANES {
+            let e = exp_f32::<FMA>((qa[l] - top[l]) / alpha);
+            total[l] += if qa[l] == f32::NEG_INFINITY { 0.0 } else { e };
+        }
+    }
+    std::array::from_fn(|l| {
+        let v = madd::<FMA>(alpha, ln_f32::<FMA>(total[l]), top[l]);
+        if top[l] == f32::NEG_INFINITY {
+            top[l]
+        } else {
+            v
+        }
+    })
+}
+
+/// Adds one updated state to `stats`, as [`SweepStats::observe`] does in f64.
+#[inline(always)]
+fn observe(stats: &mut RowStats, v_old: f32, v_new: f32) {
+    let delta = v_new - v_old;
+    stats.active = true;
+    if !(delta.is_finite() && v_new.is_finite()) {
+        stats.max_abs_value = f32::INFINITY;
+        stats.max_abs_delta = f32::INFINITY;
+        return;
+    }
+    stats.max_abs_delta = stats.max_abs_delta.max(delta.abs());
+    stats.min_delta = stats.min_delta.min(delta);
+    stats.max_abs_value = stats.max_abs_value.max(v_new.abs());
+}
+
+/// [`crate::engine::cpu::mdp_policy`] (f64, from the f32 values `v` `[task][state]`) with the
+/// states split over `threads` threads: `[task][state][action]`, Q itself with `write_q`.
+pub fn mdp_policy_threads<T: Real + Send>(
+    inputs: &MdpInputs,
+    v: &[f64],
+    write_q: bool,
+    threads: usize,
+) -> Vec<T> {
+    let mdp = inputs.mdp;
+    let n = mdp.actions;
+    let rows = mdp.tasks * mdp.states;
+    let mut policy = vec![T::default(); rows * n];
+    let per = rows.div_ceil(threads.max(1)).max(1);
+    std::thread::scope(|scope| {
+        for (chunk, out) in policy.chunks_mut(per * n).enumerate() {
+            scope.spawn(move || {
+                let mut q = vec![0.0; n];
+                for (k, row) in out.chunks_exact_mut(n).enumerate() {
+                    let index = chunk * per + k;
+                    if inputs.fixed[index] {
+                        continue;
+                    }
+                    let (task, s) = (index / mdp.states, index % mdp.states);
+                    mdp_action_values(inputs, task, s, v, &mut q);
+                    write_policy(inputs.alpha, &q, write_q, row);
+                }
+            });
+        }
+    });
+    policy
+}
+
+/// The discounted occupancy's pull (`shaders/mdp_occupancy.wgsl::mdp_occupancy` with
+/// `WEIGHTED`) in f32 on the values' layout: `d_out(s') = base(s') + gamma sum d_in(s)
+/// pi(a|s) P(s'|s,a)` over the transitions into `s'`, in the sliced layout of [`NativeMdp`]
+/// with one slice per block of successor states. Built once per occupancy solve.
+#[derive(Clone, Debug)]
+pub struct NativeOccupancy {
+    tasks: usize,
+    states: usize,
+    blocks: usize,
+    padded: usize,
+    /// Per-task stride of every array: `padded + 1` (the sentinel last, always 0).
+    pub stride: usize,
+    /// Slice starts in entries, `[block]` and one past the end.
+    slice_start: Vec<usize>,
+    /// Source state of each entry, `[entry][lane]` (the sentinel on padding).
+    cols: Vec<u32>,
+    /// `pi(a|s) P(s'|s,a)` of each entry, `[task][entry][lane]` (0 on padding).
+    weights: Vec<f32>,
+    gamma: f32,
+}
+
+impl NativeOccupancy {
+    /// The pull of `inputs`' MDP under the stationary policy `policy` `[task][state][action]`
+    /// (zero rows on states that stop, as [`mdp_policy_threads`] writes them).
+    // The transposed probabilities become f64 with the model's (issue 26).
+    #[allow(clippy::unnecessary_cast)]
+    pub fn new(
+        inputs: &MdpInputs,
+        transpose: &crate::world::mdp::Transpose,
+        policy: &[f32],
+    ) -> Self {
+        let mdp = inputs.mdp;
+        let (states, n, tasks) = (mdp.states, mdp.actions, mdp.tasks);
+        let blocks = states.div_ceil(LANES);
+        let padded = blocks * LANES;
+        // Sources are read as i32 offsets (`slice_dot`).
+        assert!(
+            padded < i32::MAX as usize,
+            "{states} states do not fit i32 offsets"
+        );
+        let row_len = |s: usize| (transpose.indptr[s + 1] - transpose.indptr[s]) as usize;
+        let mut slice_start = Vec::with_capacity(blocks + 1);
+        slice_start.push(0);
+        for b in 0..blocks {
+            let longest = (b * LANES..(b * LANES + LANES).min(states))
+                .map(row_len)
+                .max()
+                .unwrap_or(0);
+            slice_start.push(slice_start[b] + longest);
+        }
+        let entries = slice_start[blocks] * LANES;
+        let mut cols = vec![padded as u32; entries];
+        let mut weights = vec![0.0f32; tasks * entries];
+        for s in 0..states {
+            let (b, lane) = (s / LANES, s % LANES);
+            let range = transpose.indptr[s] as usize..transpose.indptr[s + 1] as usize;
+            for (k, i) in range.enumerate() {
+                let row = transpose.rows[i] as usize;
+                let at = (slice_start[b] + k) * LANES + lane;
+                cols[at] = (row / n) as u32;
+                for t in 0..tasks {
+                    weights[t * entries + at] =
+                        policy[t * states * n + row] * transpose.probs[i] as f32;
+                }
+            }
+        }
+        Self {
+            tasks,
+            states,
+            blocks,
+            padded,
+            stride: padded + 1,
+            slice_start,
+            cols,
+            weights,
+            gamma: inputs.gamma as f32,
+        }
+    }
+
+    /// `[task][state]` (f64) in the padded layout.
+    pub fn padded(&self, x: &[f64]) -> Vec<f32> {
+        let mut out = vec![0.0f32; self.tasks * self.stride];
+        for t in 0..self.tasks {
+            for s in 0..self.states {
+                out[t * self.stride + s] = x[t * self.states + s] as f32;
+            }
+        }
+        out
+    }
+
+    /// The padded layout back to `[task][state]` in f64.
+    pub fn unpadded(&self, x: &[f32]) -> Vec<f64> {
+        (0..self.tasks)
+            .flat_map(|t| {
+                x[t * self.stride..][..self.states]
+                    .iter()
+                    .map(|&v| v as f64)
+            })
+            .collect()
+    }
+
+    /// One pull `d_out = base + gamma P_pi^T d_in` over every task not `frozen` (copied), on
+    /// `threads` threads; per-task residual statistics.
+    pub fn sweep(
+        &self,
+        base: &[f32],
+        d_in: &[f32],
+        d_out: &mut [f32],
+        frozen: &[bool],
+        threads: usize,
+    ) -> Vec<SweepStats> {
+        let unit_len = UNIT_BLOCKS * LANES;
+        let mut per_task: Vec<_> = d_out
+            .chunks_mut(self.stride)
+            .map(|v| v[..self.padded].chunks_mut(unit_len))
+            .collect();
+        let units: Vec<Unit<'_>> = (0..self.blocks.div_ceil(UNIT_BLOCKS))
+            .map(|u| Unit {
+                first_block: u * UNIT_BLOCKS,
+                out: per_task.iter_mut().filter_map(Iterator::next).collect(),
+            })
+            .collect();
+        let queue = Mutex::new(units.into_iter());
+        let queue = &queue;
+        let work = move || {
+            let mut stats = vec![RowStats::default(); self.tasks];
+            loop {
+                let next = queue.lock().unwrap_or_else(|e| e.into_inner()).next();
+                let Some(mut unit) = next else { break };
+                for (t, out) in unit.out.iter_mut().enumerate() {
+                    let at = t * self.stride + unit.first_block * LANES;
+                    if frozen[t] {
+                        out.copy_from_slice(&d_in[at..at + out.len()]);
+                        continue;
+                    }
+                    let args = PullArgs {
+                        pull: self,
+                        first_block: unit.first_block,
+                        d_in: &d_in[t * self.stride..(t + 1) * self.stride],
+                        base: &base[t * self.stride..(t + 1) * self.stride],
+                        weights: &self.weights[t * self.cols.len()..(t + 1) * self.cols.len()],
+                    };
+                    stats[t] = stats[t].combine(pull_unit(&args, out));
+                }
+            }
+            stats
+        };
+        let partials: Vec<Vec<RowStats>> = std::thread::scope(|scope| {
+            let handles: Vec<_> = (1..threads.max(1)).map(|_| scope.spawn(work)).collect();
+            let mut partials = vec![work()];
+            partials.extend(
+                handles
+                    .into_iter()
+                    .map(|h| h.join().expect("a sweep thread panicked")),
+            );
+            partials
+        });
+        (0..self.tasks)
+            .map(|t| {
+                partials
+                    .iter()
+                    .fold(RowStats::default(), |acc, p| acc.combine(p[t]))
+                    .to_sweep_stats()
+            })
+            .collect()
+    }
+
+    /// Twin of `extrapolate` on the padded layout (nothing is fixed).
+    pub fn extrapolate(&self, d: &mut [f32], d_prev: &[f32], backup: &mut [f32], factors: &[f64]) {
+        for (task, &factor) in factors.iter().enumerate() {
+            let range = task * self.stride..(task + 1) * self.stride;
+            if factor < 0.0 {
+                d[range.clone()].copy_from_slice(&backup[range]);
+            } else if factor > 0.0 {
+                backup[range.clone()].copy_from_slice(&d[range.clone()]);
+                let factor = factor as f32;
+                for i in range {
+                    d[i] += factor * (d[i] - d_prev[i]);
+                }
+            }
+        }
+    }
+}
+
+/// What [`pull_unit`] reads for one task.
+struct PullArgs<'a> {
+    pull: &'a NativeOccupancy,
+    first_block: usize,
+    d_in: &'a [f32],
+    base: &'a [f32],
+    /// The task's weights, `[entry][lane]`.
+    weights: &'a [f32],
+}
+
+with_avx2!(pull_unit => pull_unit_any(args: &PullArgs<'_>, out: &mut [f32]) -> RowStats);
+
+/// The new occupancy of one unit's blocks of one task into `out`.
+#[inline(always)]
+fn pull_unit_any<const FMA: bool>(args: &PullArgs<'_>, out: &mut [f32]) -> RowStats {
+    let p = args.pull;
+    let mut stats = RowStats::default();
+    assert_eq!(args.d_in.len(), p.stride);
+    for (i, d_out) in out.chunks_exact_mut(LANES).enumerate() {
+        let b = args.first_block + i;
+        let entries = p.slice_start[b] * LANES..p.slice_start[b + 1] * LANES;
+        let inflow = slice_dot::<FMA>(&p.cols[entries.clone()], &args.weights[entries], args.d_in);
+        let at = b * LANES;
+        for l in 0..LANES {
+            d_out[l] = madd::<FMA>(p.gamma, inflow[l], args.base[at + l]);
+            if at + l < p.states {
+                observe(&mut stats, args.d_in[at + l], d_out[l]);
+            }
+        }
+    }
+    stats
+}
