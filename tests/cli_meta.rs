@@ -111,6 +111,20 @@ fn meta_refuses_bad_flags() {
             &["--reward-noise", "0"][..],
             "reward noise must be finite and > 0",
         ),
+        // Past float32 (observations inf), and below the float32 rounding of the rewards on
+        // the CPU and on the GPU: each put posterior mass 0 on the true task, exit 0.
+        (
+            &["--reward-noise", "1e39"][..],
+            "the reward noise 1e39 is outside what the kernels hold",
+        ),
+        (
+            &["--reward-noise", "1e-300"][..],
+            "the reward noise 1e-300 is outside what the kernels hold",
+        ),
+        (
+            &["--reward-noise", "1e-46"][..],
+            "float32 roundings of the rewards' scale",
+        ),
         (&["--episodes", "0"][..], "episodes (0)"),
         (
             &["--horizon", "5"][..],

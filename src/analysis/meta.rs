@@ -260,6 +260,41 @@ fn check(options: &MetaOptions, tasks: usize) -> Result<()> {
     Ok(())
 }
 
+/// The largest reward noise (value units): an observation `r + sigma * N(0, 1)` is held in
+/// float32, and must stay finite out to the normal's far tail (10 sigma) beside the rewards.
+pub const MAX_REWARD_NOISE: f64 = f32::MAX as f64 / 1e3;
+
+/// How many float32 roundings of the rewards' scale the reward noise must span at least: an
+/// observation is rounded to float32 (the GPU computes in it), and a noise below that rounding
+/// makes the rounding itself look like evidence against the true task (its posterior mass
+/// went to 0 at sigma = 1e-300 on the CPU, 1e-46 on the GPU).
+pub const MIN_REWARD_NOISE_ROUNDINGS: f64 = 64.0;
+
+/// Refuses a reward noise the kernels cannot hold: not finite, not > 0, above
+/// [`MAX_REWARD_NOISE`], or below [`MIN_REWARD_NOISE_ROUNDINGS`] float32 roundings of the
+/// rewards' scale `max(1, |R| + |terminal value|)` of `mdp`.
+fn check_reward_noise(mdp: &TabularMdp, reward_noise: Option<f64>) -> Result<()> {
+    let Some(sigma) = reward_noise else {
+        return Ok(());
+    };
+    let largest = |x: &[f32]| {
+        x.iter()
+            .map(|&v| (v as f64).abs())
+            .filter(|v| v.is_finite())
+            .fold(0.0, f64::max)
+    };
+    let scale = 1f64.max(largest(&mdp.reward) + largest(&mdp.terminal_value));
+    let least = MIN_REWARD_NOISE_ROUNDINGS * f32::EPSILON as f64 * scale;
+    ensure!(
+        sigma.is_finite() && (least..=MAX_REWARD_NOISE).contains(&sigma),
+        "the reward noise {sigma:e} is outside what the kernels hold: from {least:.3e} \
+         ({MIN_REWARD_NOISE_ROUNDINGS} float32 roundings of the rewards' scale {scale:e}; \
+         less is rounding, not noise) to {MAX_REWARD_NOISE:.3e} (observations stay within \
+         float32)"
+    );
+    Ok(())
+}
+
 /// Runs the three agents on every true task of `options` in `mdp`, acting with `policy`
 /// (`[task][state][action]` stationary, `policy_steps` 1, or `[task][t][state][action]` with
 /// `policy_steps` >= `options.steps`: a solve of the same batch), and updates posterior
@@ -285,6 +320,8 @@ pub fn meta_rl(
         "episodes of {} steps are longer than the policy's {policy_steps} steps",
         options.steps
     );
+    crate::analysis::sample::check_policy_rows(policy, policy_steps, s_n, a_n)?;
+    check_reward_noise(mdp, options.reward_noise)?;
     let (k_n, t_n, m_n) = (options.episodes, options.steps, options.trials);
     let truths: Vec<usize> = options
         .eval_tasks
