@@ -667,3 +667,85 @@ fn merge_checks_each_file_against_its_summary_and_honours_the_lock() {
     let o = merge(&fresh, &s);
     assert!(o.status.success(), "{}", stderr(&o));
 }
+
+/// Shards whose world file is the same map named differently — a copy, a symbolic link, a
+/// path relative to another working directory (Slurm jobs run elsewhere) — merge: the
+/// fingerprint compares the contents, not the spelling (before: "world.map.path is ... in the
+/// first"). A map of other contents is still refused.
+#[test]
+fn merge_compares_the_world_by_content_not_by_path() {
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let map = write(t, "a.map", common::cli::SMALL_MAP.as_bytes());
+    std::fs::copy(&map, t.join("copy.map")).unwrap();
+    #[cfg(unix)]
+    std::os::unix::fs::symlink(t.join("a.map"), t.join("link.map")).unwrap();
+    #[cfg(not(unix))]
+    std::fs::copy(&map, t.join("link.map")).unwrap();
+    let world = |map: &str| -> Vec<String> {
+        [
+            "--map",
+            map,
+            "--goal",
+            "4,3",
+            "--goal",
+            "0,0",
+            "--goal",
+            "2,2",
+            "--horizon",
+            "9",
+        ]
+        .map(String::from)
+        .to_vec()
+    };
+    // Shard 0 from inside t, by a relative path; 1 from a copy; 2 through a link.
+    let s0 = t.join("s0");
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_softvi"))
+        .current_dir(t)
+        .args(["solve", "--quiet", "--out", "s0", "--tasks", "0/3"])
+        .args(world("a.map"))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let mut shards = vec![s0];
+    for (i, name) in [(1, "copy.map"), (2, "link.map")] {
+        let mut args = world(t.join(name).to_str().unwrap());
+        args.extend(["--tasks".into(), format!("{i}/3")]);
+        let dir = t.join(format!("s{i}"));
+        solve(&args, &dir);
+        shards.push(dir);
+    }
+    let whole = t.join("whole");
+    solve(&world(&map), &whole);
+    let merged = t.join("merged");
+    let o = merge(&merged, &shards);
+    assert!(o.status.success(), "{}", stderr(&o));
+    for name in ["values.npy", "policy.npy"] {
+        assert_eq!(
+            std::fs::read(merged.join(name)).unwrap(),
+            std::fs::read(whole.join(name)).unwrap(),
+            "{name}"
+        );
+    }
+    // Other contents: one more wall.
+    let other = write(
+        t,
+        "other.map",
+        common::cli::SMALL_MAP
+            .replace("@....\n", "@@...\n")
+            .as_bytes(),
+    );
+    let mut args = world(&other);
+    args.extend(["--tasks".into(), "2/3".into()]);
+    let foreign = t.join("foreign");
+    solve(&args, &foreign);
+    let o = merge(
+        &t.join("refused"),
+        &[shards[0].clone(), shards[1].clone(), foreign],
+    );
+    assert!(
+        stderr(&o).contains("different task batches"),
+        "{}",
+        stderr(&o)
+    );
+}

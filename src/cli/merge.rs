@@ -9,6 +9,7 @@ use serde_json::{Value, json};
 
 use super::EXIT_DIVERGED;
 use super::solve::SOLVE_FILES;
+use super::summary::path_json;
 use softvi::engine::solution::Status;
 use softvi::io::npy;
 use softvi::io::output::{MARKER, OutputFile, OutputFolder, ResultFolder};
@@ -40,8 +41,10 @@ const PER_TASK: &[&[&str]] = &[
 ];
 
 /// Fields of summary.json that may differ between the shards of one solve: per-machine
-/// timing and adapter, which shard it is, the files a diverged shard did not write, and the
-/// forward pass's sweep count (the batch's slowest task's; the merge takes the largest).
+/// timing and adapter, which shard it is, the files a diverged shard did not write, the
+/// forward pass's sweep count (the batch's slowest task's; the merge takes the largest), and
+/// where each shard read its world file (a copy, a link, another working directory: the
+/// fingerprint compares the contents).
 const MAY_DIFFER: &[&[&str]] = &[
     &["tasks"],
     &["seconds"],
@@ -53,11 +56,16 @@ const MAY_DIFFER: &[&[&str]] = &[
     &[MARKER, "files"],
     &[MARKER, "hashes"],
     &["occupancy", "iterations"],
+    &["world", "map", "path"],
+    &["world", "source"],
+    &["mdp", "path"],
 ];
 
 /// One shard folder, read and locked (no run rewrites it while the merge reads it).
 struct ShardFolder {
     dir: PathBuf,
+    /// The folder's absolute path, for summary.json.
+    path: Value,
     folder: std::rc::Rc<ResultFolder>,
     summary: Value,
     index: u64,
@@ -172,6 +180,7 @@ impl ShardFolder {
         );
         Ok(Self {
             dir: dir.to_path_buf(),
+            path: path_json(dir, "shard folder")?,
             folder,
             index,
             count,
@@ -388,7 +397,7 @@ fn merged_summary(shards: &[ShardFolder], batch: usize, diverged: bool) -> Value
         "batch_tasks": batch,
         "fingerprint": shards[0].fingerprint,
         "shards": shards.iter().map(|s| json!({
-            "path": std::fs::canonicalize(&s.dir).unwrap_or_else(|_| s.dir.clone()),
+            "path": s.path.clone(),
             "index": s.index,
             "count": s.count,
             "tasks": [s.start, s.end],

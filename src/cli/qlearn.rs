@@ -12,7 +12,7 @@ use serde_json::json;
 use super::EXIT_DIVERGED;
 use super::backend::Backend;
 use super::iteration::IterationArgs;
-use super::summary::{ProgressLine, add_settings_json, divergence_reason};
+use super::summary::{ProgressLine, add_settings_json, divergence_reason, path_json};
 use super::world::{load_map, parse_pair};
 use softvi::Status;
 use softvi::io::npy;
@@ -163,7 +163,7 @@ pub(super) fn qlearn_command(args: &QlearnArgs) -> Result<i32> {
         "backend": args.iteration.backend.name(),
         "adapter": adapter,
         "data": {
-            "path": std::fs::canonicalize(&args.data).unwrap_or_else(|_| args.data.clone()),
+            "path": path_json(&args.data, "--data")?,
             "datasets": b,
             "entries": data.length,
         },

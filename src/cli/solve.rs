@@ -12,7 +12,7 @@ use serde_json::json;
 use super::EXIT_DIVERGED;
 use super::backend::{Backend, BackendArg};
 use super::iteration::IterationArgs;
-use super::summary::{add_run_json, divergence_reason};
+use super::summary::{add_run_json, divergence_reason, path_json};
 use super::world::{World, WorldArgs};
 use softvi::engine::options::{Horizon, Outputs, SolveOptions};
 use softvi::engine::solution::Solution;
@@ -266,7 +266,7 @@ fn mdp_solve_command(
         "backend": backend,
         "adapter": adapter,
         "mdp": {
-            "path": std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf()),
+            "path": path_json(path, "--mdp")?,
             "states": s,
             "actions": a,
             "nonzeros": mdp.nonzeros(),
