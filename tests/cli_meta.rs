@@ -143,3 +143,30 @@ fn meta_refuses_bad_flags() {
         assert!(!std::path::Path::new(out).join("meta.json").exists());
     }
 }
+
+/// Run counts past memory are refused before anything is allocated, exit 1 with the sizes
+/// named (before: a capacity-overflow panic for `--trials 2^64-1`, an abort on allocation for
+/// `--episodes 2^32`, 2.5 GB allocated for `--trials 10^7` before the refusal).
+#[test]
+fn meta_sizes_its_runs_before_allocating() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("big");
+    let out = out.to_str().unwrap();
+    for (flag, value) in [
+        ("--trials", "18446744073709551615"),
+        ("--episodes", "4294967296"),
+        ("--steps", "1000000000000"),
+    ] {
+        let mut args = half_ring_args(out, "cpu");
+        let i = args.iter().position(|a| *a == flag).unwrap();
+        args[i + 1] = value;
+        let o = softvi(&args);
+        let err = stderr(&o);
+        assert_eq!(o.status.code(), Some(1), "{flag} {value}: {err}");
+        assert!(
+            err.contains("of meta-RL runs over 7 tasks"),
+            "{flag}: {err}"
+        );
+        assert!(!std::path::Path::new(out).exists());
+    }
+}

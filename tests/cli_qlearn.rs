@@ -300,6 +300,16 @@ fn qlearn_refuses_data_without_a_finite_answer() {
         &["--states", "2", "--actions", "1"],
         "r[0] = 1e40 exceeds float32's range",
     );
+    // 4e9 states (u32 indices hold them): the empirical MDP needs hundreds of GB, refused
+    // before it is built (2^31 states aborted on allocation; 2^26 took 3.8 GB and 25 s).
+    let o = run(&one_loop, &["--states", "4000000000", "--actions", "1"]);
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("the empirical MDP of 1 dataset(s) x 4000000000 states x 1 actions needs"),
+        "{err}"
+    );
+    assert!(!out.exists());
     // 3e38 per step at gamma 0.99 sums past float32: diverged, exit 3, summary.json only.
     let big = transitions(t, "big.npz", &[(0., 0., 3e38, 1.), (1., 0., 3e38, 0.)]);
     let o = run(&big, &["--states", "2", "--actions", "1"]);

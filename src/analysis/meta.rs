@@ -237,6 +237,21 @@ impl MetaOptions {
     }
 }
 
+/// Host bytes [`meta_rl`] holds for `options` over a batch of `tasks` tasks, saturating
+/// rather than wrapping: per run (evaluated task x trial) its truth, prior, posterior and joint
+/// (`[run][task]`: f32, f32, f64, and the device's copy), the four curves' entries
+/// (`[run][episode]` f64) and its observed steps (`[run][step]`, twice: host and device).
+pub fn meta_bytes(options: &MetaOptions, tasks: usize) -> u64 {
+    let runs = (options.eval_tasks.len() as u128).saturating_mul(options.trials as u128);
+    let step = std::mem::size_of::<ObservedStep>() as u128;
+    let per_run = 8u128
+        .saturating_add((tasks as u128).saturating_mul(4 + 4 + 8 + 8))
+        .saturating_add((options.episodes as u128).saturating_mul(4 * 8))
+        .saturating_add((options.steps as u128).saturating_mul(2 * step));
+    let scratch = (options.steps as u128).saturating_mul(step);
+    u64::try_from(runs.saturating_mul(per_run).saturating_add(scratch)).unwrap_or(u64::MAX)
+}
+
 /// Checks the options against a batch of `tasks` tasks.
 fn check(options: &MetaOptions, tasks: usize) -> Result<()> {
     ensure!(
@@ -251,6 +266,16 @@ fn check(options: &MetaOptions, tasks: usize) -> Result<()> {
         crate::error::bail!("evaluated task {z} is outside the batch's 0..{tasks}");
     }
     crate::analysis::infer::check_prior(&options.prior, tasks)?;
+    crate::engine::memory::ensure_fits(meta_bytes(options, tasks), || {
+        format!(
+            "{} evaluated task(s) x {} trials x ({} episodes, {} steps) of meta-RL runs over \
+             {tasks} tasks",
+            options.eval_tasks.len(),
+            options.trials,
+            options.episodes,
+            options.steps
+        )
+    })?;
     if let Some(sigma) = options.reward_noise {
         ensure!(
             sigma.is_finite() && sigma > 0.0,

@@ -304,10 +304,35 @@ impl EmpiricalMdp {
     }
 }
 
+/// Host bytes [`empirical_mdp`] holds while it builds the MDP of `data`, saturating: per
+/// (state, action) row of the `B * S + 1` states its count, reward sum, mean reward, CSR
+/// pointer and two bucket offsets (8 + 8 + 4 + 4 + 8 + 8); per state its terminal flag,
+/// terminal value, start probability (and the f64 start it is made from) and reachability;
+/// per sample its row, successor and CSR entry (8 + 4 + 4 + 4) and the reverse edge (4).
+pub fn empirical_bytes(data: &Dataset) -> u64 {
+    let states = (data.datasets as u128)
+        .saturating_mul(data.states as u128)
+        .saturating_add(1);
+    let rows = states.saturating_mul(data.actions as u128);
+    let samples = data.s.len() as u128;
+    let bytes = rows
+        .saturating_mul(40)
+        .saturating_add(states.saturating_mul(1 + 4 + 4 + 8 + 1 + 8))
+        .saturating_add(samples.saturating_add(rows).saturating_mul(24));
+    u64::try_from(bytes).unwrap_or(u64::MAX)
+}
+
 /// Builds the empirical MDP of `data` (see [`EmpiricalMdp`]); sums in f64, probabilities and
-/// mean rewards rounded to f32 once.
+/// mean rewards rounded to f32 once. Refuses with `LimitExceeded` before building when
+/// [`empirical_bytes`] does not fit the host's memory.
 pub fn empirical_mdp(data: &Dataset) -> Result<EmpiricalMdp> {
     data.validate()?;
+    crate::engine::memory::ensure_fits(empirical_bytes(data), || {
+        format!(
+            "the empirical MDP of {} dataset(s) x {} states x {} actions",
+            data.datasets, data.states, data.actions
+        )
+    })?;
     let (s_n, a_n, b_n) = (data.states, data.actions, data.datasets);
     let states = b_n
         .checked_mul(s_n)
