@@ -331,6 +331,21 @@ pub fn meta_rl(
     options: &MetaOptions,
     device: PosteriorDevice,
 ) -> Result<MetaReport> {
+    meta_rl_until(mdp, policy, policy_steps, options, device, &mut || {
+        std::ops::ControlFlow::Continue(())
+    })
+}
+
+/// [`meta_rl`], asking `stop` before each run's episode whether to go on: a `Break` (Ctrl-C in
+/// Python) ends it with [`crate::error::Error::Cancelled`] within one episode.
+pub fn meta_rl_until(
+    mdp: &TabularMdp,
+    policy: &[f32],
+    policy_steps: usize,
+    options: &MetaOptions,
+    device: PosteriorDevice,
+    stop: &mut dyn FnMut() -> std::ops::ControlFlow<()>,
+) -> Result<MetaReport> {
     mdp.validate()?;
     let (b, s_n, a_n) = (mdp.tasks, mdp.states, mdp.actions);
     check(options, b)?;
@@ -374,6 +389,9 @@ pub fn meta_rl(
     let mut scratch = vec![ObservedStep::NONE; t_n];
     for k in 0..k_n {
         for (run, &truth) in truths.iter().enumerate() {
+            if stop().is_break() {
+                return Err(crate::error::Error::Cancelled { sweeps: 0 });
+            }
             for agent in [Agent::PosteriorSampling, Agent::Oracle, Agent::PriorOnly] {
                 let mut rng = stream(options.seed, agent, run, k);
                 let acting = match agent {

@@ -5,7 +5,9 @@
 //! the CPU reference's may round a draw differently).
 
 use crate::analysis::render::POLICY_ROW_TOLERANCE;
-use crate::error::{Result, bail, ensure};
+use std::ops::ControlFlow;
+
+use crate::error::{Error, Result, bail, ensure};
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 
@@ -137,6 +139,28 @@ pub fn sample(
     steps: usize,
     seed: u64,
 ) -> Result<Samples> {
+    sample_until(
+        mdp,
+        policy,
+        policy_steps,
+        episodes,
+        steps,
+        seed,
+        &mut || ControlFlow::Continue(()),
+    )
+}
+
+/// [`sample`], asking `stop` before each episode whether to go on: a `Break` (Ctrl-C in
+/// Python) ends it with [`Error::Cancelled`] within one episode.
+pub fn sample_until(
+    mdp: &TabularMdp,
+    policy: &[f32],
+    policy_steps: usize,
+    episodes: usize,
+    steps: usize,
+    seed: u64,
+    stop: &mut dyn FnMut() -> ControlFlow<()>,
+) -> Result<Samples> {
     mdp.validate()?;
     let (s_n, a_n, b_n) = (mdp.states, mdp.actions, mdp.tasks);
     ensure!(
@@ -161,6 +185,9 @@ pub fn sample(
     for task in 0..b_n {
         let initial = &mdp.initial[task * s_n..(task + 1) * s_n];
         for episode in 0..episodes {
+            if stop().is_break() {
+                return Err(Error::Cancelled { sweeps: 0 });
+            }
             let mut rng = episode_rng(seed, task, episode);
             let row = task * episodes + episode;
             let visited = &mut states[row * (steps + 1)..(row + 1) * (steps + 1)];
