@@ -640,3 +640,44 @@ fn render_binds_files_to_the_summary_and_numbers_shard_tasks_globally() {
         "is the folder of `softvi qlearn`",
     );
 }
+
+/// A render whose write fails part-way (here a file size limit of 1 kB standing in for a full
+/// disk) exits 1 and leaves neither the picture nor its hidden `.NAME.png.tmp-PID` file (it
+/// was left behind).
+#[test]
+#[cfg(target_os = "linux")]
+fn a_failed_render_leaves_no_temporary_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    let solve = tmp.path().join("solve");
+    softvi(&[
+        "solve",
+        "--quiet",
+        "--maze",
+        "21x11",
+        "--goal",
+        "1,1",
+        "--backend",
+        "cpu",
+        "--out",
+        solve.to_str().unwrap(),
+    ]);
+    let pictures = tmp.path().join("pictures");
+    std::fs::create_dir(&pictures).unwrap();
+    let png = pictures.join("v.png");
+    // SIGXFSZ ignored: a write past the limit fails with EFBIG instead of killing softvi.
+    let o = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "trap '' XFSZ; ulimit -f 2; exec '{}' render --from '{}' --out '{}'",
+            env!("CARGO_BIN_EXE_softvi"),
+            solve.display(),
+            png.display()
+        ))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(err.contains("cannot write"), "{err}");
+    let left: Vec<_> = std::fs::read_dir(&pictures).unwrap().collect();
+    assert!(left.is_empty(), "left behind: {left:?}");
+}
