@@ -300,6 +300,8 @@ def _solved_batch():
         (lambda: mdp(terminal=[0, 2, 0, 0, 0]), ValueError, "got 2"),
         (lambda: mdp(terminal=[0, -1, 0, 0, 0]), ValueError, "got -1"),
         (lambda: mdp(terminal=[0, np.nan, 0, 0, 0]), ValueError, "got nan"),
+        # None was read as NaN ("R is NaN").
+        (lambda: mdp(reward=None), ValueError, "reward is not a numeric array"),
         # Complex: the imaginary part was dropped.
         (lambda: mdp(reward=R + 1j), ValueError, "reward is complex"),
         (lambda: mdp(initial=np.ones(5) * (1 + 0j) / 5), ValueError, "initial is complex"),
