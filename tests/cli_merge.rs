@@ -420,7 +420,7 @@ fn merge_refuses_shards_that_do_not_fit_and_writes_nothing() {
     std::fs::write(notes.join("readme.txt"), "mine").unwrap();
     refused(
         &[s[0].clone(), notes.clone()],
-        &[&format!("{} is not a solve folder", show(&notes))],
+        &[&format!("{} is not a softvi result folder", show(&notes))],
     );
     let plain = t.join("plain");
     solve(&world, &plain);
@@ -561,6 +561,186 @@ fn bad_tasks_values_are_named() {
     ]);
     assert!(
         !o.status.success() && stderr(&o).contains("--png"),
+        "{}",
+        stderr(&o)
+    );
+}
+
+/// Copies the files of folder `from` into a new folder `to`.
+fn copy_folder(from: &Path, to: &Path) -> PathBuf {
+    std::fs::create_dir(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+    }
+    to.to_path_buf()
+}
+
+/// Edits `dir/summary.json` with `edit`.
+fn edit_summary(dir: &Path, edit: impl FnOnce(&mut Value)) {
+    let mut s = summary(dir);
+    edit(&mut s);
+    std::fs::write(dir.join("summary.json"), s.to_string()).unwrap();
+}
+
+/// Every file of a shard is bound to its summary.json by the hash the summary records, and
+/// merge reads a shard under its lock: an array swapped in from another shard of the same
+/// shape, or from a solve with another alpha (what a run rewriting the shard while merge read
+/// it produced: summary alpha 0.5, policy of alpha 5), a summary without hashes, a shard
+/// another run holds locked, a status softvi never writes and a shard index past the count
+/// are all refused, naming the shard, and nothing is written. (Each merged with exit 0.)
+#[test]
+fn merge_checks_each_file_against_its_summary_and_honours_the_lock() {
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let mut world = grid_world();
+    world.extend(["--horizon", "20"].map(String::from));
+    let shard = |i: usize, extra: &[&str], name: &str| {
+        let mut args = world.clone();
+        if extra.is_empty() {
+            args.extend(["--alpha".into(), "0.5".into()]);
+        }
+        args.extend(["--tasks".into(), format!("{i}/4")]);
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let dir = t.join(name);
+        solve(&args, &dir);
+        dir
+    };
+    let s: Vec<PathBuf> = (0..4).map(|i| shard(i, &[], &format!("s{i}"))).collect();
+    let hot = shard(0, &["--alpha", "5"], "hot");
+    let fresh = t.join("fresh");
+    let refused = |first: &Path, wants: &[&str]| {
+        let shards = [
+            first.to_path_buf(),
+            s[1].clone(),
+            s[2].clone(),
+            s[3].clone(),
+        ];
+        let o = merge(&fresh, &shards);
+        let err = stderr(&o);
+        assert_eq!(o.status.code(), Some(1), "merged {first:?}: {err}");
+        for want in wants {
+            assert!(err.contains(want), "wanted {want:?} in: {err}");
+        }
+        assert!(!fresh.exists(), "a refused merge created --out");
+    };
+    let show = |p: &Path| p.display().to_string();
+    // Shards 0 and 1 both hold 3 tasks: the same shape.
+    let swapped = copy_folder(&s[0], &t.join("swapped"));
+    std::fs::copy(s[1].join("values.npy"), swapped.join("values.npy")).unwrap();
+    refused(
+        &swapped,
+        &[
+            &show(&swapped.join("values.npy")),
+            "does not match its summary.json",
+        ],
+    );
+    let mixed = copy_folder(&s[0], &t.join("mixed"));
+    std::fs::copy(hot.join("policy.npy"), mixed.join("policy.npy")).unwrap();
+    refused(&mixed, &["policy.npy", "does not match its summary.json"]);
+    let unbound = copy_folder(&s[0], &t.join("unbound"));
+    edit_summary(&unbound, |v| {
+        v["softvi"].as_object_mut().unwrap().remove("hashes");
+    });
+    refused(&unbound, &[&show(&unbound), "records no file hashes"]);
+    let bogus = copy_folder(&s[0], &t.join("bogus"));
+    edit_summary(&bogus, |v| v["status"][1] = "bogus".into());
+    refused(&bogus, &[&show(&bogus), "status[1] is \"bogus\""]);
+    let past = copy_folder(&s[0], &t.join("past"));
+    edit_summary(&past, |v| {
+        v["shard"]["index"] = 7.into();
+        v["shard"]["count"] = 2.into();
+    });
+    refused(&past, &["shard.index 7 is not below its shard.count 2"]);
+    // Another run holds shard 0's lock (as `solve --out s0` does while it writes).
+    let lock = std::fs::File::create(t.join(".s0.softvi-lock")).unwrap();
+    lock.lock().unwrap();
+    refused(
+        &s[0],
+        &[&show(&s[0]), "being written by another softvi run"],
+    );
+    drop(lock);
+    let o = merge(&fresh, &s);
+    assert!(o.status.success(), "{}", stderr(&o));
+}
+
+/// Shards whose world file is the same map named differently — a copy, a symbolic link, a
+/// path relative to another working directory (Slurm jobs run elsewhere) — merge: the
+/// fingerprint compares the contents, not the spelling (before: "world.map.path is ... in the
+/// first"). A map of other contents is still refused.
+#[test]
+fn merge_compares_the_world_by_content_not_by_path() {
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let map = write(t, "a.map", common::cli::SMALL_MAP.as_bytes());
+    std::fs::copy(&map, t.join("copy.map")).unwrap();
+    #[cfg(unix)]
+    std::os::unix::fs::symlink(t.join("a.map"), t.join("link.map")).unwrap();
+    #[cfg(not(unix))]
+    std::fs::copy(&map, t.join("link.map")).unwrap();
+    let world = |map: &str| -> Vec<String> {
+        [
+            "--map",
+            map,
+            "--goal",
+            "4,3",
+            "--goal",
+            "0,0",
+            "--goal",
+            "2,2",
+            "--horizon",
+            "9",
+        ]
+        .map(String::from)
+        .to_vec()
+    };
+    // Shard 0 from inside t, by a relative path; 1 from a copy; 2 through a link.
+    let s0 = t.join("s0");
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_softvi"))
+        .current_dir(t)
+        .args(["solve", "--quiet", "--out", "s0", "--tasks", "0/3"])
+        .args(world("a.map"))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let mut shards = vec![s0];
+    for (i, name) in [(1, "copy.map"), (2, "link.map")] {
+        let mut args = world(t.join(name).to_str().unwrap());
+        args.extend(["--tasks".into(), format!("{i}/3")]);
+        let dir = t.join(format!("s{i}"));
+        solve(&args, &dir);
+        shards.push(dir);
+    }
+    let whole = t.join("whole");
+    solve(&world(&map), &whole);
+    let merged = t.join("merged");
+    let o = merge(&merged, &shards);
+    assert!(o.status.success(), "{}", stderr(&o));
+    for name in ["values.npy", "policy.npy"] {
+        assert_eq!(
+            std::fs::read(merged.join(name)).unwrap(),
+            std::fs::read(whole.join(name)).unwrap(),
+            "{name}"
+        );
+    }
+    // Other contents: one more wall.
+    let other = write(
+        t,
+        "other.map",
+        common::cli::SMALL_MAP
+            .replace("@....\n", "@@...\n")
+            .as_bytes(),
+    );
+    let mut args = world(&other);
+    args.extend(["--tasks".into(), "2/3".into()]);
+    let foreign = t.join("foreign");
+    solve(&args, &foreign);
+    let o = merge(
+        &t.join("refused"),
+        &[shards[0].clone(), shards[1].clone(), foreign],
+    );
+    assert!(
+        stderr(&o).contains("different task batches"),
         "{}",
         stderr(&o)
     );

@@ -111,6 +111,20 @@ fn meta_refuses_bad_flags() {
             &["--reward-noise", "0"][..],
             "reward noise must be finite and > 0",
         ),
+        // Past float32 (observations inf), and below the float32 rounding of the rewards on
+        // the CPU and on the GPU: each put posterior mass 0 on the true task, exit 0.
+        (
+            &["--reward-noise", "1e39"][..],
+            "the reward noise 1e39 is outside what the kernels hold",
+        ),
+        (
+            &["--reward-noise", "1e-300"][..],
+            "the reward noise 1e-300 is outside what the kernels hold",
+        ),
+        (
+            &["--reward-noise", "1e-46"][..],
+            "float32 roundings of the rewards' scale",
+        ),
         (&["--episodes", "0"][..], "episodes (0)"),
         (
             &["--horizon", "5"][..],
@@ -127,5 +141,32 @@ fn meta_refuses_bad_flags() {
         assert_eq!(o.status.code(), Some(1), "{extra:?}");
         assert!(stderr(&o).contains(message), "{extra:?}: {}", stderr(&o));
         assert!(!std::path::Path::new(out).join("meta.json").exists());
+    }
+}
+
+/// Run counts past memory are refused before anything is allocated, exit 1 with the sizes
+/// named (before: a capacity-overflow panic for `--trials 2^64-1`, an abort on allocation for
+/// `--episodes 2^32`, 2.5 GB allocated for `--trials 10^7` before the refusal).
+#[test]
+fn meta_sizes_its_runs_before_allocating() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("big");
+    let out = out.to_str().unwrap();
+    for (flag, value) in [
+        ("--trials", "18446744073709551615"),
+        ("--episodes", "4294967296"),
+        ("--steps", "1000000000000"),
+    ] {
+        let mut args = half_ring_args(out, "cpu");
+        let i = args.iter().position(|a| *a == flag).unwrap();
+        args[i + 1] = value;
+        let o = softvi(&args);
+        let err = stderr(&o);
+        assert_eq!(o.status.code(), Some(1), "{flag} {value}: {err}");
+        assert!(
+            err.contains("of meta-RL runs over 7 tasks"),
+            "{flag}: {err}"
+        );
+        assert!(!std::path::Path::new(out).exists());
     }
 }

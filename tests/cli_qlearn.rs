@@ -217,3 +217,105 @@ fn qlearn_refuses_bad_data_and_writes_nothing() {
     assert!(stderr(&o).contains("--alpha-behaviour"), "{}", stderr(&o));
     assert!(!out.exists());
 }
+
+/// A one-dataset `.npz` of the transitions `(s, a, r, s_next)`, no `done`.
+fn transitions(dir: &std::path::Path, name: &str, rows: &[(f64, f64, f64, f64)]) -> String {
+    let shape = [rows.len()];
+    let column = |k: usize| -> Vec<f64> { rows.iter().map(|r| [r.0, r.1, r.2, r.3][k]).collect() };
+    let npz = npy::encode_npz(&[
+        ("s", npy::encode("<i8", &shape, &column(0))),
+        ("a", npy::encode("<i8", &shape, &column(1))),
+        ("r", npy::encode("<f8", &shape, &column(2))),
+        ("s_next", npy::encode("<i8", &shape, &column(3))),
+    ])
+    .unwrap();
+    write(dir, name, &npz)
+}
+
+/// Data whose soft values have no finite fixed point, or that do not fit the solver, is
+/// refused with a reason and nothing written (before: exit 0 and "converged" with V = -inf and
+/// Q NaN on a seen pair, max_iters, "the solver returned no Q", "a softvi bug"): at gamma = 1
+/// a self-loop of reward 1 with no done, two self-loops at r = -1 with alpha 5; samples on
+/// walls of the --map (data of another maze); a reward past float32. A solve whose values
+/// outgrow float32 reports the divergence (exit 3), as `solve` does.
+#[test]
+fn qlearn_refuses_data_without_a_finite_answer() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = dir.path();
+    let out = t.join("out");
+    let run = |data: &str, extra: &[&str]| {
+        let mut args = vec!["qlearn", "--data", data, "--backend", "cpu", "--quiet"];
+        args.extend(["--out", out.to_str().unwrap()]);
+        args.extend(extra);
+        softvi(&args)
+    };
+    let refused = |data: &str, extra: &[&str], want: &str| {
+        let o = run(data, extra);
+        let err = stderr(&o);
+        assert_eq!(o.status.code(), Some(1), "{extra:?}: {err}");
+        assert!(err.contains(want), "wanted {want:?} in: {err}");
+        assert!(!out.exists(), "a refused run leaves no folder");
+    };
+    let one_loop = transitions(t, "loop.npz", &[(0., 0., 1., 0.)]);
+    let two_loops = transitions(t, "loops.npz", &[(0., 0., -1., 0.), (1., 0., -1., 1.)]);
+    let no_end = "with gamma = 1 and no horizon, ";
+    refused(
+        &one_loop,
+        &["--states", "1", "--actions", "1", "--gamma", "1"],
+        no_end,
+    );
+    refused(
+        &two_loops,
+        &[
+            "--states",
+            "2",
+            "--actions",
+            "2",
+            "--gamma",
+            "1",
+            "--alpha",
+            "5",
+        ],
+        "2 state(s) with data reach no done transition",
+    );
+    // The same data with a discount, or a horizon, has a finite answer.
+    for extra in [["--gamma", "0.5"], ["--horizon", "3"]] {
+        let mut args = vec!["--states", "2", "--actions", "2", "--gamma", "1"];
+        args.splice(4..6, extra);
+        let o = run(&two_loops, &args);
+        assert!(o.status.success(), "{args:?}: {}", stderr(&o));
+        std::fs::remove_dir_all(&out).unwrap();
+    }
+    // SMALL_MAP's cell X=1,Y=1 (state 6) is a wall.
+    let map = write(t, "small.map", SMALL_MAP.as_bytes());
+    let on_wall = transitions(t, "wall.npz", &[(0., 1., 0., 1.), (5., 1., 0., 6.)]);
+    refused(
+        &on_wall,
+        &["--map", &map],
+        "s_next[1] = 6 is the wall cell X=1,Y=1 of the map",
+    );
+    let huge = transitions(t, "huge.npz", &[(0., 0., 1e40, 1.), (1., 0., 0., 0.)]);
+    refused(
+        &huge,
+        &["--states", "2", "--actions", "1"],
+        "r[0] = 1e40 exceeds float32's range",
+    );
+    // 4e9 states (u32 indices hold them): the empirical MDP needs hundreds of GB, refused
+    // before it is built (2^31 states aborted on allocation; 2^26 took 3.8 GB and 25 s).
+    let o = run(&one_loop, &["--states", "4000000000", "--actions", "1"]);
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("the empirical MDP of 1 dataset(s) x 4000000000 states x 1 actions needs"),
+        "{err}"
+    );
+    assert!(!out.exists());
+    // 3e38 per step at gamma 0.99 sums past float32: diverged, exit 3, summary.json only.
+    let big = transitions(t, "big.npz", &[(0., 0., 3e38, 1.), (1., 0., 3e38, 0.)]);
+    let o = run(&big, &["--states", "2", "--actions", "1"]);
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(3), "{err}");
+    assert!(!err.contains("returned no Q"), "{err}");
+    assert_eq!(summary(&out)["status"], "diverged");
+    assert!(!out.join("q.npy").exists());
+}

@@ -249,6 +249,19 @@ fn bad_mdps_name_the_problem() {
                 "initial of task 0 sums to 1.5, not 1",
             ),
         ])
+        // A terminal flag other than 0 or 1 (each read as terminal before).
+        .chain([0.5, 2.0, -1.0, f64::NAN].map(|t| {
+            let mut arrays = with_p(dense_p());
+            arrays.push(("terminal", "<f8", vec![3], vec![0.0, t, 0.0]));
+            (
+                arrays,
+                if t.is_nan() {
+                    "terminal[1] = NaN is not 0 or 1"
+                } else {
+                    "is not 0 or 1"
+                },
+            )
+        }))
         .collect();
     for (i, (arrays, expected)) in cases.into_iter().enumerate() {
         let path = write_npz(tmp.path(), &format!("bad{i}.npz"), false, &arrays);

@@ -427,3 +427,32 @@ fn broken_problems_are_invalid_input() {
         );
     }
 }
+
+/// `SOFTVI_NATIVE_VECTORS` with a value that is no vector width is said on stderr (it was
+/// ignored silently); the solve goes on with the widest vectors and succeeds.
+#[test]
+fn an_unknown_vectors_cap_is_said() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("out");
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_softvi"))
+        .args([
+            "solve",
+            "--maze",
+            "9x9",
+            "--goal",
+            "1,1",
+            "--backend",
+            "native",
+            "--out",
+        ])
+        .arg(&out)
+        .env("SOFTVI_NATIVE_VECTORS", "nonsense")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert!(
+        err.contains("SOFTVI_NATIVE_VECTORS=\"nonsense\" is not avx512, avx2 or baseline"),
+        "{err}"
+    );
+}

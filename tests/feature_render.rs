@@ -9,6 +9,7 @@ use std::process::Command;
 
 use common::*;
 use softvi::Grid;
+use softvi::io::hash::file_hash;
 use softvi::io::npy;
 use softvi::render::{ARROW, GOAL, MAX_ARROW_SIDE, TRAJECTORY, WALL, viridis};
 
@@ -368,12 +369,13 @@ fn render_validates_what_it_reads_back() {
         let dir = tmp.path().join(name);
         std::fs::create_dir(&dir).unwrap();
         std::fs::copy(good.join("values.npy"), dir.join("values.npy")).unwrap();
-        std::fs::write(dir.join("summary.json"), summary_text).unwrap();
-        std::fs::write(
-            dir.join("policy.npy"),
-            npy::encode_f32(&policy.shape, policy_data),
-        )
-        .unwrap();
+        // The summary binds the arrays by hash: record the policy's, so that render's own
+        // content checks are what refuses it.
+        let bytes = npy::encode_f32(&policy.shape, policy_data);
+        let mut summary: serde_json::Value = serde_json::from_str(summary_text).unwrap();
+        summary["softvi"]["hashes"]["policy.npy"] = file_hash(&bytes).into();
+        std::fs::write(dir.join("summary.json"), summary.to_string()).unwrap();
+        std::fs::write(dir.join("policy.npy"), bytes).unwrap();
         dir
     };
     assert!(summary.contains("\"slip\": 0.1"));
@@ -517,4 +519,165 @@ fn render_draws_the_last_step_of_values_and_occupancy() {
             }
         }
     }
+}
+
+/// Runs `softvi render` with `args`, expecting exit 1 and `expected` in stderr, and no picture.
+fn render_refused(args: &[&str], png: &Path, expected: &str) {
+    let o = Command::new(env!("CARGO_BIN_EXE_softvi"))
+        .args(["render", "--out", png.to_str().unwrap()])
+        .args(args)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{args:?}: {err}");
+    assert!(err.contains(expected), "{expected}: {err}");
+    assert!(!png.exists());
+}
+
+/// render reads a folder as its summary.json records it: an array rewritten after the summary
+/// (another run writing it) is refused by its hash; a shard of `solve --tasks 1/2` draws the
+/// tasks by the numbers the solve printed (1 and 2 of 0..3, not 0 and 1); a folder of another
+/// command is named as such. Before, the first drew the rewritten values, the second drew task
+/// 1 as task 2 (or refused 2), the third said "missing world.map" things.
+#[test]
+fn render_binds_files_to_the_summary_and_numbers_shard_tasks_globally() {
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let solve = |out: &Path, extra: &[&str]| {
+        let mut args = vec![
+            "solve",
+            "--quiet",
+            "--maze",
+            "21x11",
+            "--goal",
+            "1,1",
+            "--goal",
+            "19,9",
+            "--goal",
+            "9,5",
+            "--backend",
+            "cpu",
+            "--out",
+        ];
+        args.push(out.to_str().unwrap());
+        args.extend(extra);
+        softvi(&args);
+    };
+    let (whole, shard) = (t.join("whole"), t.join("shard"));
+    solve(&whole, &[]);
+    solve(&shard, &["--tasks", "1/2"]);
+    let png = t.join("x.png");
+    let from = |dir: &Path| dir.to_str().unwrap().to_owned();
+    // Shard 1 of 2 of 3 tasks holds tasks 1..3: task 2 draws what the whole solve's task 2 does.
+    for task in ["1", "2"] {
+        let (a, b) = (
+            t.join(format!("whole{task}.png")),
+            t.join(format!("shard{task}.png")),
+        );
+        softvi(&[
+            "render",
+            "--from",
+            &from(&whole),
+            "--task",
+            task,
+            "--out",
+            a.to_str().unwrap(),
+        ]);
+        softvi(&[
+            "render",
+            "--from",
+            &from(&shard),
+            "--task",
+            task,
+            "--out",
+            b.to_str().unwrap(),
+        ]);
+        assert_eq!(
+            std::fs::read(&a).unwrap(),
+            std::fs::read(&b).unwrap(),
+            "task {task}"
+        );
+    }
+    render_refused(
+        &["--from", &from(&shard), "--task", "0"],
+        &png,
+        "holds tasks 1..3",
+    );
+    render_refused(
+        &["--from", &from(&shard), "--task", "3"],
+        &png,
+        "holds tasks 1..3",
+    );
+    // One free cell's value rewritten after the summary was written.
+    let rewritten = t.join("rewritten");
+    std::fs::create_dir(&rewritten).unwrap();
+    for name in ["summary.json", "policy.npy", "values.npy"] {
+        std::fs::copy(whole.join(name), rewritten.join(name)).unwrap();
+    }
+    let mut values = npy::read_float(&whole.join("values.npy")).unwrap();
+    let free = values.data.iter().position(|v| v.is_finite()).unwrap();
+    values.data[free] += 1.0;
+    std::fs::write(
+        rewritten.join("values.npy"),
+        npy::encode_f32(&values.shape, &values.data),
+    )
+    .unwrap();
+    render_refused(
+        &["--from", &from(&rewritten)],
+        &png,
+        "does not match its summary.json",
+    );
+    let mut summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(whole.join("summary.json")).unwrap())
+            .unwrap();
+    summary["softvi"]["command"] = "qlearn".into();
+    let other = t.join("other");
+    std::fs::create_dir(&other).unwrap();
+    std::fs::write(other.join("summary.json"), summary.to_string()).unwrap();
+    render_refused(
+        &["--from", &from(&other)],
+        &png,
+        "is the folder of `softvi qlearn`",
+    );
+}
+
+/// A render whose write fails part-way (here a file size limit of 1 kB standing in for a full
+/// disk) exits 1 and leaves neither the picture nor its hidden `.NAME.png.tmp-PID` file (it
+/// was left behind).
+#[test]
+#[cfg(target_os = "linux")]
+fn a_failed_render_leaves_no_temporary_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    let solve = tmp.path().join("solve");
+    softvi(&[
+        "solve",
+        "--quiet",
+        "--maze",
+        "21x11",
+        "--goal",
+        "1,1",
+        "--backend",
+        "cpu",
+        "--out",
+        solve.to_str().unwrap(),
+    ]);
+    let pictures = tmp.path().join("pictures");
+    std::fs::create_dir(&pictures).unwrap();
+    let png = pictures.join("v.png");
+    // SIGXFSZ ignored: a write past the limit fails with EFBIG instead of killing softvi.
+    let o = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "trap '' XFSZ; ulimit -f 2; exec '{}' render --from '{}' --out '{}'",
+            env!("CARGO_BIN_EXE_softvi"),
+            solve.display(),
+            png.display()
+        ))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(err.contains("cannot write"), "{err}");
+    let left: Vec<_> = std::fs::read_dir(&pictures).unwrap().collect();
+    assert!(left.is_empty(), "left behind: {left:?}");
 }

@@ -127,3 +127,92 @@ fn discounted_visits_match_the_discounted_occupancy() {
         }
     }
 }
+
+/// A policy whose rows are not distributions is refused by `sample`, `posterior_inputs` and
+/// `meta_rl` alike, naming the row, as `render` refuses it (before, sampling renormalised a
+/// row summing to 1.5, clipped a negative entry and took the last action past an inf). The
+/// solve's own policy (rows summing to 1 within f32 rounding, NaN on terminal rows) passes.
+#[test]
+fn policies_that_are_not_distributions_are_refused() {
+    use softvi::infer::{Observation, posterior_inputs};
+    use softvi::meta::{MetaOptions, PosteriorDevice, meta_rl};
+    let (s_n, a_n, b_n) = (9, 3, 2);
+    let mdp = common::random_mdp(s_n, a_n, b_n, true, 21);
+    let o = SolveOptions {
+        alpha: 0.7,
+        gamma: 0.9,
+        ..SolveOptions::default()
+    };
+    let policy = solve_mdp_cpu(&mdp, &o, Outputs::default())
+        .unwrap()
+        .solution
+        .policy
+        .unwrap();
+    // A row with a policy (not a terminal state's NaN row), in task 1.
+    let row = (s_n..2 * s_n).find(|&s| !policy[s * a_n].is_nan()).unwrap();
+    let state = row - s_n;
+    let trajectory: Vec<Observation> = (0..2)
+        .map(|line| Observation {
+            state,
+            label: format!("state {state}"),
+            action: None,
+            line: line + 1,
+        })
+        .collect();
+    let options = MetaOptions {
+        episodes: 2,
+        steps: 3,
+        trials: 2,
+        seed: 1,
+        eval_tasks: vec![0, 1],
+        prior: vec![1.0; b_n],
+        reward_noise: Some(0.5),
+    };
+    let check = |p: &[f32]| -> Vec<String> {
+        vec![
+            sample(&mdp, p, 1, 4, 5, 0).err().map(|e| e.to_string()),
+            posterior_inputs(&mdp, p, 1, &trajectory, &options.prior)
+                .err()
+                .map(|e| e.to_string()),
+            meta_rl(&mdp, p, 1, &options, PosteriorDevice::Cpu)
+                .err()
+                .map(|e| e.to_string()),
+        ]
+        .into_iter()
+        .map(|e| e.unwrap_or_default())
+        .collect()
+    };
+    assert_eq!(
+        check(&policy),
+        vec![String::new(); 3],
+        "the solve's own policy"
+    );
+    let at = format!("[task 1, state {state}]");
+    for (what, change, expected) in [
+        ("x1.5", [1.5f32, 1.5, 1.5], ", not 1 (tolerance 0.001)"),
+        ("negative", [-0.25, 1.0, 1.0], "pi(action 0) = -0.25"),
+        ("inf", [1.0, 1.0, f32::INFINITY], "pi(action 2) = inf"),
+    ] {
+        let mut bad = policy.clone();
+        for a in 0..a_n {
+            let x = &mut bad[row * a_n + a];
+            *x = if what == "x1.5" {
+                *x * change[a]
+            } else {
+                *x * change[a].min(1.0)
+            };
+            if change[a] < 0.0 || change[a].is_infinite() {
+                *x = change[a];
+            }
+        }
+        for (function, err) in ["sample", "posterior_inputs", "meta_rl"]
+            .iter()
+            .zip(check(&bad))
+        {
+            assert!(
+                err.contains(&at) && err.contains(expected),
+                "{what} in {function}: {err:?}"
+            );
+        }
+    }
+}

@@ -212,3 +212,206 @@ proptest! {
         }
     }
 }
+
+/// Runs softvi with `args` (any bytes) and returns (exit code, stderr).
+fn run_os(args: &[&std::ffi::OsStr]) -> (Option<i32>, String) {
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_softvi"))
+        .args(args)
+        .output()
+        .unwrap();
+    (o.status.code(), stderr(&o))
+}
+
+/// Paths that are not UTF-8 (a Linux file name may hold any byte) are refused with exit 1 and
+/// a message naming the flag, in --map, --data and a merge's shard folder (each panicked,
+/// exit 101, when summary.json recorded the path); and input files that are no regular
+/// files (`/dev/zero` read until memory ran out; a FIFO as a shard's values.npy hung merge)
+/// are refused at once, naming the file. Nothing is written.
+#[test]
+#[cfg(unix)]
+fn odd_paths_and_special_files_are_refused() {
+    use std::ffi::OsStr;
+    use std::os::unix::ffi::OsStrExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let odd = t.join(OsStr::from_bytes(b"caf\xe9"));
+    std::fs::create_dir(&odd).unwrap();
+    let map = odd.join("small.map");
+    std::fs::write(&map, SMALL_MAP).unwrap();
+    let out = t.join("out");
+    let o = |s: &'static str| OsStr::new(s);
+    let (code, err) = run_os(&[
+        o("solve"),
+        o("--map"),
+        map.as_os_str(),
+        o("--goal"),
+        o("4,3"),
+        o("--out"),
+        out.as_os_str(),
+    ]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(
+        err.contains("--map") && err.contains("not valid UTF-8"),
+        "{err}"
+    );
+    assert!(!out.exists());
+    let data = odd.join("data.npz");
+    let one = [1];
+    let npz = npy::encode_npz(&[
+        ("s", npy::encode("<i8", &one, &[0.])),
+        ("a", npy::encode("<i8", &one, &[0.])),
+        ("r", npy::encode("<f8", &one, &[1.])),
+        ("s_next", npy::encode("<i8", &one, &[1.])),
+    ])
+    .unwrap();
+    std::fs::write(&data, npz).unwrap();
+    let (code, err) = run_os(&[
+        o("qlearn"),
+        o("--data"),
+        data.as_os_str(),
+        o("--states"),
+        o("2"),
+        o("--actions"),
+        o("1"),
+        o("--out"),
+        out.as_os_str(),
+    ]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(
+        err.contains("--data") && err.contains("not valid UTF-8"),
+        "{err}"
+    );
+    assert!(!out.exists());
+    // A shard in a folder of that name.
+    let good_map = write(t, "small.map", SMALL_MAP.as_bytes());
+    let shard = odd.join("s0");
+    let (code, err) = run_os(&[
+        o("solve"),
+        o("--map"),
+        OsStr::new(&good_map),
+        o("--goal"),
+        o("4,3"),
+        o("--goal"),
+        o("0,0"),
+        o("--tasks"),
+        o("0/1"),
+        o("--out"),
+        shard.as_os_str(),
+    ]);
+    assert_eq!(code, Some(0), "{err}");
+    let (code, err) = run_os(&[o("merge"), o("--out"), out.as_os_str(), shard.as_os_str()]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(
+        err.contains("shard folder") && err.contains("not valid UTF-8"),
+        "{err}"
+    );
+    assert!(!out.exists());
+    // /dev/zero as the map and as the goals file.
+    for flags in [
+        ["--map", "/dev/zero", "--goal", "1,1"],
+        ["--map", good_map.as_str(), "--goals", "/dev/zero"],
+    ] {
+        let mut args = vec!["solve", "--out", out.to_str().unwrap()];
+        args.extend(flags);
+        let o = softvi(&args);
+        let err = stderr(&o);
+        assert_eq!(o.status.code(), Some(1), "{flags:?}: {err}");
+        assert!(
+            err.contains("/dev/zero is a device, pipe or socket, not a regular file"),
+            "{err}"
+        );
+        assert!(!out.exists());
+    }
+    // A FIFO in place of a shard's values.npy.
+    let plain = t.join("plain");
+    let o = softvi(&[
+        "solve",
+        "--map",
+        &good_map,
+        "--goal",
+        "4,3",
+        "--goal",
+        "0,0",
+        "--tasks",
+        "0/1",
+        "--out",
+        plain.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    std::fs::remove_file(plain.join("values.npy")).unwrap();
+    let made = std::process::Command::new("mkfifo")
+        .arg(plain.join("values.npy"))
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let o = softvi(&[
+        "merge",
+        "--out",
+        out.to_str().unwrap(),
+        plain.to_str().unwrap(),
+    ]);
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("values.npy is a device, pipe or socket"),
+        "{err}"
+    );
+    assert!(!out.exists());
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: CASES, ..ProptestConfig::default() })]
+
+    /// Generated datasets (states 1..5, actions 1..3, any transitions, rewards up to 1e39,
+    /// done or not) into qlearn at gamma = 1 without horizon: refused with a message, or every
+    /// state with data has a finite value and every seen pair a finite Q (before, a loop with
+    /// no done gave V = -inf and Q NaN with status converged). A divergence (values past
+    /// float32) is reported as such, with no values.
+    #[test]
+    fn qlearn_returns_finite_values_or_refuses(
+        (states, actions, rows) in (1usize..5, 1usize..3).prop_flat_map(|(s, a)| {
+            let row = (0..s as i64, 0..a as i64, prop_oneof![-2.0..2.0f64, Just(1e39)],
+                       0..s as i64, any::<bool>());
+            (Just(s), Just(a), vec(row, 1..8))
+        })
+    ) {
+        use softvi::qlearn::{Dataset, qlearn};
+        let data = Dataset {
+            states,
+            actions,
+            datasets: 1,
+            length: rows.len(),
+            s: rows.iter().map(|r| r.0).collect(),
+            a: rows.iter().map(|r| r.1).collect(),
+            r: rows.iter().map(|r| r.2).collect(),
+            s_next: rows.iter().map(|r| r.3).collect(),
+            done: rows.iter().map(|r| r.4).collect(),
+        };
+        let options = SolveOptions {
+            alpha: 0.5,
+            gamma: 1.0,
+            horizon: Horizon::Infinite { tol: 1e-6, max_iters: 20_000 },
+            ..SolveOptions::default()
+        };
+        let learned = qlearn(&mut softvi::CpuReference, &data, &options, &mut softvi::keep_going);
+        match learned {
+            Err(e) => prop_assert!(!e.to_string().is_empty()),
+            // Reported, as solve reports it (exit 3): values past float32.
+            Ok(q) if q.status == softvi::Status::Diverged => {}
+            Ok(q) => {
+                for s in 0..states {
+                    let seen: Vec<usize> = (0..actions)
+                        .filter(|&a| rows.iter().any(|r| r.0 == s as i64 && r.1 == a as i64))
+                        .collect();
+                    if seen.is_empty() {
+                        continue;
+                    }
+                    prop_assert!(q.values[s].is_finite(), "V({s}) = {}", q.values[s]);
+                    for a in seen {
+                        prop_assert!(q.q[s * actions + a].is_finite(), "Q({s},{a})");
+                    }
+                }
+            }
+        }
+    }
+}

@@ -13,7 +13,7 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 from . import _softvi
-from ._mdp import TabularMDP, _check_mdp, _float64
+from ._mdp import TabularMDP, _check_mdp, _float64, _integer, _integers, _real
 from ._solve import Backup, Device, SolveResult, _device, _settings
 
 #: Marks "after the episode's end" in sampled and demonstrated states and actions.
@@ -30,7 +30,7 @@ def _policy(mdp: TabularMDP, policy: ArrayLike | SolveResult) -> tuple[np.ndarra
         if policy.policy is None:
             raise ValueError("the SolveResult holds no policy: solve with policy=True")
         policy = policy.policy
-    pi = np.ascontiguousarray(policy, dtype=np.float32)
+    pi = np.ascontiguousarray(_real("policy", policy), dtype=np.float32)
     s, a, b = mdp.states, mdp.actions, mdp.tasks
     lead = 1 if mdp.batched else 0  # the B axis, present iff the MDP's reward had one
     if pi.ndim not in (lead + 2, lead + 3) or pi.shape[-2:] != (s, a):
@@ -89,13 +89,13 @@ def sample(
     pi, policy_steps = _policy(mdp, policy)
     if steps is None:
         steps = policy_steps if policy_steps > 1 else 100
-    for name, value in (("episodes", episodes), ("steps", steps)):
-        if not (isinstance(value, (int, np.integer)) and value >= 1):
-            raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
-    if not (isinstance(seed, (int, np.integer)) and 0 <= seed < 2**64):
-        raise ValueError(f"seed must be an integer in [0, 2**64), got {seed!r}")
     states, actions = _softvi.sample(
-        mdp._mdp, pi, policy_steps, int(episodes), int(steps), int(seed)
+        mdp._mdp,
+        pi,
+        policy_steps,
+        _integer("episodes", episodes, 1),
+        _integer("steps", steps, 1),
+        _integer("seed", seed, 0),
     )
     if not mdp.batched:
         states, actions = states[0], actions[0]
@@ -214,6 +214,15 @@ def _demo_array(name: str, x: ArrayLike, ndim: int) -> np.ndarray:
         raise ValueError(f"{name} has {a.ndim} axes; expected {ndim - 1} or {ndim}")
     if np.any(a > np.iinfo(np.int32).max):
         raise ValueError(f"{name} holds a value past int32")
+    # An episode ends at its first -1: a valid entry after it would be silently cut off.
+    ended = np.maximum.accumulate(a == -1, axis=-1)
+    resumed = ended & (a != -1)
+    if np.any(resumed):
+        where = tuple(int(i) for i in np.argwhere(resumed)[0])
+        raise ValueError(
+            f"{name}{list(where)} = {a[where]} follows a -1 in its episode: -1 marks the end of "
+            "an episode, after which every entry is -1"
+        )
     return np.ascontiguousarray(a, dtype=np.int32)
 
 
@@ -292,7 +301,7 @@ def maxent_irl(
     )  # fmt: skip
     raw = _softvi.maxent_irl(
         mdp._mdp, phi, s, a, settings,
-        learning_rate=float(learning_rate), iters=int(iters), tol=float(tol),
+        learning_rate=float(learning_rate), iters=_integer("iters", iters, 1), tol=float(tol),
     )  # fmt: skip
     theta = raw["theta"]
     reward = theta.astype(np.float64) @ phi.T.astype(np.float64)
@@ -381,15 +390,24 @@ def meta_rl(
     pi, policy_steps = _policy(mdp, policy)
     if steps is None:
         steps = policy_steps if policy_steps > 1 else 100
-    for name, value in (("episodes", episodes), ("steps", steps), ("trials", trials)):
-        if not (isinstance(value, (int, np.integer)) and value >= 1):
-            raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
-    tasks = list(range(mdp.tasks)) if eval_tasks is None else [int(z) for z in eval_tasks]
+    episodes, steps, trials = (
+        _integer("episodes", episodes, 1),
+        _integer("steps", steps, 1),
+        _integer("trials", trials, 1),
+    )
+    tasks = (
+        list(range(mdp.tasks))
+        if eval_tasks is None
+        else [int(z) for z in _integers("eval_tasks", eval_tasks).reshape(-1)]
+    )
+    if any(z < 0 for z in tasks):
+        raise ValueError(f"eval_tasks must be task indices >= 0, got {min(tasks)}")
     p = [1.0] * mdp.tasks if prior is None else [float(x) for x in np.ravel(prior)]
     kind, adapter = _device(device)
     raw = _softvi.meta_rl(
         mdp._mdp, pi, policy_steps,
-        episodes=int(episodes), steps=int(steps), trials=int(trials), seed=int(seed),
+        episodes=int(episodes), steps=int(steps), trials=int(trials),
+        seed=_integer("seed", seed, 0),
         eval_tasks=tasks, prior=p,
         reward_noise=None if reward_noise is None else float(reward_noise),
         device=kind, adapter=adapter,
@@ -490,7 +508,9 @@ def qlearn(
     settings = _settings(
         alpha, gamma, backup, horizon, tol, max_iters, True, True, True, False, False, device
     )
-    raw = _softvi.qlearn(converted, int(states), int(actions), settings)
+    raw = _softvi.qlearn(
+        converted, _integer("states", states, 1), _integer("actions", actions, 1), settings
+    )
     pick = (lambda x: x) if batched else (lambda x: x[0])
     return LearnedQ(
         q=pick(raw["q"]),

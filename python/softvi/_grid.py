@@ -10,7 +10,7 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 from . import _softvi
-from ._mdp import TabularMDP
+from ._mdp import TabularMDP, _flags, _integer
 from ._solve import Backup, Device, SolveResult, _result, _settings
 
 Cell = tuple[int, int]
@@ -27,10 +27,10 @@ class Grid:
     """
 
     def __init__(self, free: ArrayLike) -> None:
-        array = np.asarray(free)
+        array = _flags("free", free)
         if array.ndim != 2 or array.shape[0] == 0 or array.shape[1] == 0:
             raise ValueError(f"free has shape {array.shape}; expected a non-empty [H,W] array")
-        self.free: np.ndarray = np.ascontiguousarray(array, dtype=bool)
+        self.free: np.ndarray = np.ascontiguousarray(array)
 
     @classmethod
     def maze(cls, width: int, height: int, seed: int = 0) -> Grid:
@@ -39,7 +39,13 @@ class Grid:
         Free cells at odd row and odd column, carved by a seeded depth-first search, with about
         10% of the other inner walls knocked out (so that there are loops).
         """
-        return cls(_softvi.maze(int(width), int(height), int(seed)))
+        return cls(
+            _softvi.maze(
+                _integer("width", width, 1),
+                _integer("height", height, 1),
+                _integer("seed", seed, 0),
+            )
+        )
 
     @classmethod
     def from_movingai(cls, path: str | os.PathLike[str]) -> Grid:

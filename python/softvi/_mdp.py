@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import operator
 import os
 from typing import Any
 
@@ -11,13 +12,79 @@ from numpy.typing import ArrayLike
 from . import _softvi
 
 
-def _float64(name: str, array: ArrayLike) -> np.ndarray:
-    """``array`` as a C-contiguous float64 array (one conversion; none if it already is)."""
+def _real(name: str, array: ArrayLike) -> np.ndarray:
+    """``array`` as a NumPy array of real numbers or bools, not converted yet.
+
+    Raises ValueError naming ``name`` for text (NumPy would parse it), complex numbers (the
+    imaginary part would be dropped) and objects that are not numbers.
+    """
     try:
-        out = np.ascontiguousarray(array, dtype=np.float64)
+        a = np.asarray(array)
     except (TypeError, ValueError) as e:
         raise ValueError(f"{name} is not a numeric array: {e}") from None
-    return out
+    if a.dtype.kind == "c":
+        raise ValueError(
+            f"{name} is complex ({a.dtype}): its imaginary part would be dropped; pass a real array"
+        )
+    if a.dtype.kind not in "biuf":
+        raise ValueError(f"{name} is not a numeric array: dtype {a.dtype}")
+    return a
+
+
+def _float64(name: str, array: ArrayLike) -> np.ndarray:
+    """``array`` as a C-contiguous float64 array (one conversion; none if it already is)."""
+    return np.ascontiguousarray(_real(name, array), dtype=np.float64)
+
+
+def _integer(name: str, value: Any, minimum: int | None = None, maximum: int = 2**64 - 1) -> int:
+    """``value`` as an int, naming ``name`` when it is not one.
+
+    A float is refused even when whole (``1.5`` was truncated to 1), as is a value below
+    ``minimum`` (ValueError; a negative count read as a huge unsigned one) or above
+    ``maximum`` (ValueError; the engine's counts are 64-bit).
+    """
+    try:
+        i = operator.index(value)
+    except TypeError:
+        raise TypeError(f"{name} must be an integer, got {value!r}") from None
+    if minimum is not None and i < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {i}")
+    if i > maximum:
+        raise ValueError(f"{name} must be an integer <= {maximum}, got {i}")
+    return i
+
+
+def _integers(name: str, values: ArrayLike) -> np.ndarray:
+    """``values`` as an int64 array: integers, bools, or floats that are whole numbers.
+
+    Raises TypeError naming ``name`` for fractions, NaN or inf (truncation would change them).
+    """
+    a = _real(name, values)
+    if a.dtype.kind == "f":
+        bad = ~np.isfinite(a) | (a != np.round(a))
+        if np.any(bad):
+            x = a[bad].flat[0].item()
+            raise TypeError(f"{name} must hold integers, got {x!r}")
+        if np.any(np.abs(a) > 2**62):
+            raise ValueError(f"{name} holds a value past int64")
+    if a.dtype.kind == "u" and a.size and a.max() > np.iinfo(np.int64).max:
+        raise ValueError(f"{name} holds a value past int64")
+    return a.astype(np.int64)
+
+
+def _flags(name: str, values: ArrayLike) -> np.ndarray:
+    """``values`` as a bool array: bools, or numbers that are each 0 or 1.
+
+    Raises ValueError naming ``name`` and the first other value (0.5, 2, -1 and NaN were all
+    read as True).
+    """
+    a = _real(name, values)
+    if a.dtype.kind != "b":
+        bad = (a != 0) & (a != 1)
+        if np.any(bad):
+            x = a[bad].flat[0].item()
+            raise ValueError(f"{name} must hold 0 or 1 (or bools), got {x!r}")
+    return a.astype(bool)
 
 
 def _is_sparse(x: Any) -> bool:
@@ -101,15 +168,20 @@ class TabularMDP:
             states, actions = p.shape[0], p.shape[1]
             arrays["P"] = p
         arrays["R"] = r
-        for name, value in (
-            ("terminal", terminal),
-            ("terminal_value", terminal_value),
-            ("initial", initial),
-        ):
+        if terminal is not None:
+            arrays["terminal"] = _flags("terminal", terminal).astype(np.float64)
+        for name, value in (("terminal_value", terminal_value), ("initial", initial)):
             if value is not None:
                 arrays[name] = _float64(name, value)
         self._mdp = _softvi.mdp_from_arrays(arrays)
         self._batched = r.ndim == 3 or (r.ndim == 2 and r.shape != (states, actions))
+
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
+        """Pickles (``copy.deepcopy``, ``multiprocessing``) as the engine's arrays.
+
+        The arrays hold the engine's float32 values exactly, so the copy is the same MDP.
+        """
+        return (_unpickle, (self.arrays(), self._batched, self.horizon, self.sink))
 
     @classmethod
     def _wrap(cls, mdp: Any, batched: bool) -> TabularMDP:
@@ -221,6 +293,16 @@ class TabularMDP:
             f"TabularMDP(states={self.states}, actions={self.actions}, tasks={self.tasks}, "
             f"nonzeros={self.nonzeros})"
         )
+
+
+def _unpickle(
+    arrays: dict[str, np.ndarray], batched: bool, horizon: int | None, sink: int | None
+) -> TabularMDP:
+    """The :class:`TabularMDP` that :meth:`TabularMDP.__reduce__` pickled."""
+    converted = {name: np.ascontiguousarray(a, dtype=np.float64) for name, a in arrays.items()}
+    mdp = TabularMDP._wrap(_softvi.mdp_from_arrays(converted), batched)
+    mdp.horizon, mdp.sink = horizon, sink
+    return mdp
 
 
 def load_npz(path: str | os.PathLike[str]) -> TabularMDP:

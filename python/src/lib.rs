@@ -357,6 +357,36 @@ fn solve_detached<R: Send>(
     }
 }
 
+/// Runs `work` without the GIL, handing it a stop check that takes the GIL at most every 50 ms
+/// to run Python's signal handlers: Ctrl-C's `KeyboardInterrupt` stops sampling and meta-RL
+/// runs (which have no convergence checks) within one episode, and is raised here.
+fn detached_until<R: Send>(
+    py: Python<'_>,
+    work: impl FnOnce(&mut dyn FnMut() -> ControlFlow<()>) -> softvi::Result<R> + Send,
+) -> PyResult<R> {
+    let mut raised: Option<PyErr> = None;
+    let result = py.detach(|| {
+        let mut last = std::time::Instant::now();
+        work(&mut || {
+            if last.elapsed() < std::time::Duration::from_millis(50) {
+                return ControlFlow::Continue(());
+            }
+            last = std::time::Instant::now();
+            match Python::attach(|py| py.check_signals()) {
+                Ok(()) => ControlFlow::Continue(()),
+                Err(e) => {
+                    raised = Some(e);
+                    ControlFlow::Break(())
+                }
+            }
+        })
+    });
+    match (result, raised) {
+        (Err(Error::Cancelled { .. }), Some(e)) => Err(e),
+        (result, _) => result.map_err(to_py),
+    }
+}
+
 /// Both solver traits, so one picked solver serves grid and MDP solves.
 trait Solver: MdpSolver + GridSolver {
     fn as_mdp(&mut self) -> &mut dyn MdpSolver;
@@ -764,9 +794,9 @@ fn sample<'py>(
 ) -> PyResult<(Bound<'py, PyAny>, Bound<'py, PyAny>)> {
     let model = &mdp.get().inner;
     let policy: Vec<f32> = policy.as_array().iter().copied().collect();
-    let drawn = py
-        .detach(|| softvi::sample::sample(model, &policy, policy_steps, episodes, steps, seed))
-        .map_err(to_py)?;
+    let drawn = detached_until(py, |stop| {
+        softvi::sample::sample_until(model, &policy, policy_steps, episodes, steps, seed, stop)
+    })?;
     let (b, n, t) = (drawn.tasks, drawn.episodes, drawn.steps);
     Ok((
         array(py, drawn.states, vec![b, n, t + 1])?,
@@ -953,32 +983,32 @@ fn meta_rl<'py>(
         prior,
         reward_noise,
     };
-    let (report, label) = py
-        .detach(|| {
-            with_device(device, |picked| match picked {
-                Picked::Cpu(label) => Ok((
-                    softvi::meta::meta_rl(
-                        model,
-                        &policy,
-                        policy_steps,
-                        &options,
-                        PosteriorDevice::Cpu,
-                    )?,
-                    label,
-                )),
-                Picked::Gpu(gpu) => {
-                    let report = softvi::meta::meta_rl(
-                        model,
-                        &policy,
-                        policy_steps,
-                        &options,
-                        PosteriorDevice::Gpu(gpu.context()),
-                    )?;
-                    Ok((report, MdpSolver::label(gpu)))
-                }
-            })
+    let (report, label) = detached_until(py, |stop| {
+        with_device(device, |picked| match picked {
+            Picked::Cpu(label) => Ok((
+                softvi::meta::meta_rl_until(
+                    model,
+                    &policy,
+                    policy_steps,
+                    &options,
+                    PosteriorDevice::Cpu,
+                    stop,
+                )?,
+                label,
+            )),
+            Picked::Gpu(gpu) => {
+                let report = softvi::meta::meta_rl_until(
+                    model,
+                    &policy,
+                    policy_steps,
+                    &options,
+                    PosteriorDevice::Gpu(gpu.context()),
+                    stop,
+                )?;
+                Ok((report, MdpSolver::label(gpu)))
+            }
         })
-        .map_err(to_py)?;
+    })?;
     let out = PyDict::new(py);
     for (name, curve) in [
         ("posterior_sampling", &report.posterior_sampling),

@@ -236,6 +236,38 @@ def test_ctrl_c_stops_maxent_irl_with_keyboard_interrupt():
     assert time.perf_counter() - start < 20
 
 
+def _dense_world(tasks: int):
+    """2000 states, 1 action, every row over all 2000 successors: each sampled step scans
+    about 1000 probabilities (about a microsecond), so long runs are cheap to set up."""
+    rng = np.random.default_rng(4)
+    p = rng.random((2000, 1, 2000))
+    p /= p.sum(axis=2, keepdims=True)
+    world = softvi.TabularMDP(p, rng.normal(size=(tasks, 2000)))
+    return world, np.ones((tasks, 2000, 1), dtype=np.float32)
+
+
+@pytest.mark.parametrize("which", ["sample", "meta_rl"])
+def test_ctrl_c_stops_sampling_and_meta_rl_with_keyboard_interrupt(which):
+    # 2.5e7 sampled steps (sample) or 6e7 (meta_rl's three agents) take tens of seconds; the
+    # interrupt comes at 0.5 s (it was honoured only at the end, 21-25 s later).
+    world, policy = _dense_world(2)
+    if which == "sample":
+        call = lambda: softvi.sample(world, policy, episodes=12_500, steps=1000)  # noqa: E731
+    else:
+        call = lambda: softvi.meta_rl(  # noqa: E731
+            world, policy, episodes=10, steps=1000, trials=1000, device="cpu"
+        )
+    timer = threading.Timer(0.5, _thread.interrupt_main)
+    start = time.perf_counter()
+    timer.start()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            call()
+    finally:
+        timer.cancel()
+    assert time.perf_counter() - start < 10, "the interrupt did not stop the run soon"
+
+
 def test_a_headless_vulkan_solve_prints_nothing_on_stderr():
     # Mesa's device-select layer would print "XDG_RUNTIME_DIR is invalid" four times.
     code = (
@@ -251,3 +283,78 @@ def test_a_headless_vulkan_solve_prints_nothing_on_stderr():
     assert done.returncode == 0, done.stderr
     assert "vulkan" in done.stdout
     assert "XDG_RUNTIME_DIR" not in done.stderr, done.stderr
+
+
+def _solved_batch():
+    batch = softvi.TabularMDP(P, RNG.normal(size=(3, 5)), terminal=[1, 0, 0, 0, 0])
+    return batch, softvi.solve(batch, gamma=0.9)
+
+
+@pytest.mark.parametrize(
+    "call, error, message",
+    [
+        # Text read as every cell free; NaN counted free.
+        (lambda: softvi.Grid(np.array([["#", "."], [".", "."]])), ValueError, "free is not a"),
+        (lambda: softvi.Grid(np.array([[1.0, np.nan], [1, 1]])), ValueError, "free must hold 0"),
+        # Terminal flags of 0.5, 2, -1, NaN all read as terminal.
+        (lambda: mdp(terminal=[0, 0.5, 0, 0, 0]), ValueError, "terminal must hold 0 or 1"),
+        (lambda: mdp(terminal=[0, 2, 0, 0, 0]), ValueError, "got 2"),
+        (lambda: mdp(terminal=[0, -1, 0, 0, 0]), ValueError, "got -1"),
+        (lambda: mdp(terminal=[0, np.nan, 0, 0, 0]), ValueError, "got nan"),
+        # None was read as NaN ("R is NaN").
+        (lambda: mdp(reward=None), ValueError, "reward is not a numeric array"),
+        # Complex: the imaginary part was dropped.
+        (lambda: mdp(reward=R + 1j), ValueError, "reward is complex"),
+        (lambda: mdp(initial=np.ones(5) * (1 + 0j) / 5), ValueError, "initial is complex"),
+        # Floats where ints belong were truncated; negatives said "can't convert negative int".
+        (lambda: softvi.Grid.maze(9, 9, seed=1.5), TypeError, "seed must be an integer"),
+        (lambda: softvi.Grid.maze(-5, 9), ValueError, "width must be an integer >= 1"),
+        (
+            lambda: softvi.qlearn([0], [0], [1.0], [1], states=3.7, actions=1),
+            TypeError,
+            "states must be an integer",
+        ),
+        (
+            lambda: softvi.qlearn([0], [0], [1.0], [1], states=-1, actions=1),
+            ValueError,
+            "states must be an integer >= 1",
+        ),
+        (
+            lambda: softvi.meta_rl(*_solved_batch(), eval_tasks=[1.7], steps=2, trials=1),
+            TypeError,
+            "eval_tasks must hold integers",
+        ),
+        (
+            lambda: softvi.meta_rl(*_solved_batch(), seed=1.5, steps=2, trials=1),
+            TypeError,
+            "seed must be an integer",
+        ),
+        (
+            lambda: softvi.meta_rl(*_solved_batch(), seed=-1, steps=2, trials=1),
+            ValueError,
+            "seed must be an integer >= 0",
+        ),
+        # Demos were cut at the first -1 although valid states followed.
+        (
+            lambda: softvi.maxent_irl(mdp(), np.eye(5), np.array([[1, -1, 2]])),
+            ValueError,
+            r"states\[0, 0, 2\] = 2 follows a -1",
+        ),
+        # A reshape error from deep inside before.
+        (
+            lambda: softvi.maxent_irl(mdp(), np.eye(5), np.array([[1, 2, 3]]), iters=0),
+            ValueError,
+            "iters must be an integer >= 1",
+        ),
+    ],
+)
+def test_coercions_that_would_change_the_meaning_are_refused(call, error, message):
+    with pytest.raises(error, match=message):
+        call()
+
+
+def test_npz_terminal_flags_are_zero_or_one(tmp_path):
+    path = tmp_path / "m.npz"
+    np.savez(path, P=P, R=R[:, 0], terminal=np.array([0, 0.5, 0, 0, 0]))
+    with pytest.raises(ValueError, match=r"terminal\[1\] = 0.5 is not 0 or 1"):
+        softvi.load_npz(path)

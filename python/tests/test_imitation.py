@@ -111,3 +111,20 @@ def test_errors(env):
     infinite.__dict__.update(env.unwrapped.__dict__, horizon=None)
     with pytest.raises(ValueError, match="finite-horizon"):
         imitation.mce_partition_fh(infinite)
+
+
+def test_policies_pass_imitations_sampling(env, device):
+    """imitation samples each row with NumPy's Generator.choice, which checks the sum in
+    float64: every row of the returned policy must pass it (GPU rows summed to 1 only within
+    float32 rounding and were refused), and the renormalisation stays within f32 rounding of
+    imitation's own policy (the truth, computed here)."""
+    _, _, pi = run_on(device, imitation.mce_partition_fh, env, discount=0.9)
+    rng = np.random.default_rng(3)
+    rows = pi.reshape(-1, pi.shape[-1])
+    for row in rows:
+        rng.choice(len(row), p=row)
+    assert np.all(np.abs(rows.sum(axis=1) - 1.0) <= 4 * np.finfo(np.float64).eps)
+    transitions, reward, _, horizon = engine_view(env)
+    _, _, truth = partition_fh(transitions, reward, horizon, 0.9)
+    # f32 outputs of probabilities <= 1: 1e-5 covers the solve's f32 rounding over H steps.
+    assert np.max(np.abs(pi - truth)) <= 1e-5

@@ -245,3 +245,24 @@ def test_auto_says_where_it_ran(world):
     assert softvi.solve(softvi.TabularMDP(p, r), horizon=2, device="cpu").adapter == (
         "cpu reference (f64)"
     )
+
+
+def test_tabular_mdp_pickles_and_deep_copies():
+    """pickle, copy.deepcopy and multiprocessing need a TabularMDP to pickle (it raised
+    TypeError): the copy holds the same arrays and solves to the same bits."""
+    import copy
+    import pickle
+
+    rng = np.random.default_rng(5)
+    p = rng.random((7, 3, 7))
+    p /= p.sum(axis=2, keepdims=True)
+    original = softvi.TabularMDP(
+        p, rng.normal(size=(2, 7)), terminal=[0, 0, 1, 0, 0, 0, 0], initial=np.full(7, 1 / 7)
+    )
+    original.horizon = 12
+    for copied in (pickle.loads(pickle.dumps(original)), copy.deepcopy(original)):
+        assert copied.batched and copied.horizon == 12 and copied.sink is None
+        for name, a in original.arrays().items():
+            np.testing.assert_array_equal(copied.arrays()[name], a, err_msg=name)
+        a, b = softvi.solve(original, gamma=0.9), softvi.solve(copied, gamma=0.9)
+        np.testing.assert_array_equal(a.values, b.values)

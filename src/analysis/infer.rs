@@ -56,6 +56,16 @@ pub fn posterior_inputs(
         policy_steps == 1 || steps <= policy_steps,
         "the trajectory has {steps} steps, more than the horizon's {policy_steps}"
     );
+    ensure!(
+        Some(policy.len())
+            == [b_n, policy_steps, s_n, a_n]
+                .iter()
+                .try_fold(1usize, |n, &d| n.checked_mul(d)),
+        "the policy holds {} numbers, not tasks x steps x states x actions = {b_n} x \
+         {policy_steps} x {s_n} x {a_n}",
+        policy.len()
+    );
+    crate::analysis::sample::check_policy_rows(policy, policy_steps, s_n, a_n)?;
     let mut weight = vec![0f32; steps * a_n];
     let mut pi_rows = vec![0f32; steps * b_n * a_n];
     for k in 0..steps {

@@ -237,6 +237,21 @@ impl MetaOptions {
     }
 }
 
+/// Host bytes [`meta_rl`] holds for `options` over a batch of `tasks` tasks, saturating
+/// rather than wrapping: per run (evaluated task x trial) its truth, prior, posterior and joint
+/// (`[run][task]`: f32, f32, f64, and the device's copy), the four curves' entries
+/// (`[run][episode]` f64) and its observed steps (`[run][step]`, twice: host and device).
+pub fn meta_bytes(options: &MetaOptions, tasks: usize) -> u64 {
+    let runs = (options.eval_tasks.len() as u128).saturating_mul(options.trials as u128);
+    let step = std::mem::size_of::<ObservedStep>() as u128;
+    let per_run = 8u128
+        .saturating_add((tasks as u128).saturating_mul(4 + 4 + 8 + 8))
+        .saturating_add((options.episodes as u128).saturating_mul(4 * 8))
+        .saturating_add((options.steps as u128).saturating_mul(2 * step));
+    let scratch = (options.steps as u128).saturating_mul(step);
+    u64::try_from(runs.saturating_mul(per_run).saturating_add(scratch)).unwrap_or(u64::MAX)
+}
+
 /// Checks the options against a batch of `tasks` tasks.
 fn check(options: &MetaOptions, tasks: usize) -> Result<()> {
     ensure!(
@@ -251,12 +266,57 @@ fn check(options: &MetaOptions, tasks: usize) -> Result<()> {
         crate::error::bail!("evaluated task {z} is outside the batch's 0..{tasks}");
     }
     crate::analysis::infer::check_prior(&options.prior, tasks)?;
+    crate::engine::memory::ensure_fits(meta_bytes(options, tasks), || {
+        format!(
+            "{} evaluated task(s) x {} trials x ({} episodes, {} steps) of meta-RL runs over \
+             {tasks} tasks",
+            options.eval_tasks.len(),
+            options.trials,
+            options.episodes,
+            options.steps
+        )
+    })?;
     if let Some(sigma) = options.reward_noise {
         ensure!(
             sigma.is_finite() && sigma > 0.0,
             "the reward noise must be finite and > 0, got {sigma}"
         );
     }
+    Ok(())
+}
+
+/// The largest reward noise (value units): an observation `r + sigma * N(0, 1)` is held in
+/// float32, and must stay finite out to the normal's far tail (10 sigma) beside the rewards.
+pub const MAX_REWARD_NOISE: f64 = f32::MAX as f64 / 1e3;
+
+/// How many float32 roundings of the rewards' scale the reward noise must span at least: an
+/// observation is rounded to float32 (the GPU computes in it), and a noise below that rounding
+/// makes the rounding itself look like evidence against the true task (its posterior mass
+/// went to 0 at sigma = 1e-300 on the CPU, 1e-46 on the GPU).
+pub const MIN_REWARD_NOISE_ROUNDINGS: f64 = 64.0;
+
+/// Refuses a reward noise the kernels cannot hold: not finite, not > 0, above
+/// [`MAX_REWARD_NOISE`], or below [`MIN_REWARD_NOISE_ROUNDINGS`] float32 roundings of the
+/// rewards' scale `max(1, |R| + |terminal value|)` of `mdp`.
+fn check_reward_noise(mdp: &TabularMdp, reward_noise: Option<f64>) -> Result<()> {
+    let Some(sigma) = reward_noise else {
+        return Ok(());
+    };
+    let largest = |x: &[f64]| {
+        x.iter()
+            .map(|&v| v.abs())
+            .filter(|v| v.is_finite())
+            .fold(0.0, f64::max)
+    };
+    let scale = 1f64.max(largest(&mdp.reward) + largest(&mdp.terminal_value));
+    let least = MIN_REWARD_NOISE_ROUNDINGS * f32::EPSILON as f64 * scale;
+    ensure!(
+        sigma.is_finite() && (least..=MAX_REWARD_NOISE).contains(&sigma),
+        "the reward noise {sigma:e} is outside what the kernels hold: from {least:.3e} \
+         ({MIN_REWARD_NOISE_ROUNDINGS} float32 roundings of the rewards' scale {scale:e}; \
+         less is rounding, not noise) to {MAX_REWARD_NOISE:.3e} (observations stay within \
+         float32)"
+    );
     Ok(())
 }
 
@@ -270,6 +330,21 @@ pub fn meta_rl(
     policy_steps: usize,
     options: &MetaOptions,
     device: PosteriorDevice,
+) -> Result<MetaReport> {
+    meta_rl_until(mdp, policy, policy_steps, options, device, &mut || {
+        std::ops::ControlFlow::Continue(())
+    })
+}
+
+/// [`meta_rl`], asking `stop` before each run's episode whether to go on: a `Break` (Ctrl-C in
+/// Python) ends it with [`crate::error::Error::Cancelled`] within one episode.
+pub fn meta_rl_until(
+    mdp: &TabularMdp,
+    policy: &[f32],
+    policy_steps: usize,
+    options: &MetaOptions,
+    device: PosteriorDevice,
+    stop: &mut dyn FnMut() -> std::ops::ControlFlow<()>,
 ) -> Result<MetaReport> {
     mdp.validate()?;
     let (b, s_n, a_n) = (mdp.tasks, mdp.states, mdp.actions);
@@ -285,6 +360,8 @@ pub fn meta_rl(
         "episodes of {} steps are longer than the policy's {policy_steps} steps",
         options.steps
     );
+    crate::analysis::sample::check_policy_rows(policy, policy_steps, s_n, a_n)?;
+    check_reward_noise(mdp, options.reward_noise)?;
     let (k_n, t_n, m_n) = (options.episodes, options.steps, options.trials);
     let truths: Vec<usize> = options
         .eval_tasks
@@ -312,6 +389,9 @@ pub fn meta_rl(
     let mut scratch = vec![ObservedStep::NONE; t_n];
     for k in 0..k_n {
         for (run, &truth) in truths.iter().enumerate() {
+            if stop().is_break() {
+                return Err(crate::error::Error::Cancelled { sweeps: 0 });
+            }
             for agent in [Agent::PosteriorSampling, Agent::Oracle, Agent::PriorOnly] {
                 let mut rng = stream(options.seed, agent, run, k);
                 let acting = match agent {

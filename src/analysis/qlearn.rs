@@ -196,9 +196,43 @@ impl Dataset {
                 at(i),
                 self.r[i]
             );
+            ensure!(
+                self.r[i].abs() <= f32::MAX as f64,
+                "r[{}] = {:e} exceeds float32's range (|r| <= {:e}, what the solvers hold): \
+                 scale the rewards down",
+                at(i),
+                self.r[i],
+                f32::MAX
+            );
         }
         if let Some(b) = (0..self.datasets).find(|&b| self.samples(b) == 0) {
             bail!("dataset {b} holds no sample (every entry is padding, s = -1)");
+        }
+        Ok(())
+    }
+
+    /// Checks that every sample's state and successor is a free cell of a grid (`free`,
+    /// `[row][col]`, `width` columns): data recorded on another map puts samples on walls.
+    pub fn check_free_cells(&self, free: &[bool], width: usize) -> Result<()> {
+        ensure!(
+            free.len() == self.states,
+            "the map has {} cells, the dataset {} states",
+            free.len(),
+            self.states
+        );
+        let at = |i: usize| entry_label(self.datasets, self.length, i);
+        for i in 0..self.s.len() {
+            for (name, x) in [("s", self.s[i]), ("s_next", self.s_next[i])] {
+                if x != NO_SAMPLE && !free[x as usize] {
+                    bail!(
+                        "{name}[{}] = {x} is the wall cell X={},Y={} of the map: the data was \
+                         not recorded on this map",
+                        at(i),
+                        x as usize % width,
+                        x as usize / width
+                    );
+                }
+            }
         }
         Ok(())
     }
@@ -270,10 +304,35 @@ impl EmpiricalMdp {
     }
 }
 
+/// Host bytes [`empirical_mdp`] holds while it builds the MDP of `data`, saturating: per
+/// (state, action) row of the `B * S + 1` states its count, reward sum, mean reward, CSR
+/// pointer and two bucket offsets (8 + 8 + 4 + 4 + 8 + 8); per state its terminal flag,
+/// terminal value, start probability (and the f64 start it is made from) and reachability;
+/// per sample its row, successor and CSR entry (8 + 4 + 4 + 4) and the reverse edge (4).
+pub fn empirical_bytes(data: &Dataset) -> u64 {
+    let states = (data.datasets as u128)
+        .saturating_mul(data.states as u128)
+        .saturating_add(1);
+    let rows = states.saturating_mul(data.actions as u128);
+    let samples = data.s.len() as u128;
+    let bytes = rows
+        .saturating_mul(40)
+        .saturating_add(states.saturating_mul(1 + 4 + 4 + 8 + 1 + 8))
+        .saturating_add(samples.saturating_add(rows).saturating_mul(24));
+    u64::try_from(bytes).unwrap_or(u64::MAX)
+}
+
 /// Builds the empirical MDP of `data` (see [`EmpiricalMdp`]); sums in f64, probabilities and
-/// mean rewards rounded to f32 once.
+/// mean rewards rounded to f32 once. Refuses with `LimitExceeded` before building when
+/// [`empirical_bytes`] does not fit the host's memory.
 pub fn empirical_mdp(data: &Dataset) -> Result<EmpiricalMdp> {
     data.validate()?;
+    crate::engine::memory::ensure_fits(empirical_bytes(data), || {
+        format!(
+            "the empirical MDP of {} dataset(s) x {} states x {} actions",
+            data.datasets, data.states, data.actions
+        )
+    })?;
     let (s_n, a_n, b_n) = (data.states, data.actions, data.datasets);
     let states = b_n
         .checked_mul(s_n)
@@ -372,6 +431,63 @@ pub fn empirical_mdp(data: &Dataset) -> Result<EmpiricalMdp> {
     })
 }
 
+/// Refuses, for an undiscounted solve without horizon, data in which some state with a seen
+/// action reaches no `done` transition: the soft values there have no finite fixed point
+/// (they grow without bound, or are -inf with Q NaN on seen pairs), as `solve --mdp` refuses
+/// such a world. The error names the first such state.
+fn check_ends_reachable(empirical: &EmpiricalMdp) -> Result<()> {
+    let mdp = &empirical.mdp;
+    let (n, a_n) = (mdp.states, mdp.actions);
+    // Reverse edges of the seen transitions, CSR by successor.
+    let mut start = vec![0usize; n + 1];
+    let seen = |row: usize| mdp.reward[row] != f64::NEG_INFINITY && row / a_n != empirical.sink();
+    for row in (0..n * a_n).filter(|&r| seen(r)) {
+        for k in mdp.indptr[row] as usize..mdp.indptr[row + 1] as usize {
+            start[mdp.indices[k] as usize + 1] += 1;
+        }
+    }
+    for j in 0..n {
+        start[j + 1] += start[j];
+    }
+    let mut from = vec![0u32; start[n]];
+    let mut slot = start.clone();
+    for row in (0..n * a_n).filter(|&r| seen(r)) {
+        for k in mdp.indptr[row] as usize..mdp.indptr[row + 1] as usize {
+            let j = mdp.indices[k] as usize;
+            from[slot[j]] = (row / a_n) as u32;
+            slot[j] += 1;
+        }
+    }
+    // The ends: the sink of done transitions and the states without data (terminal, 0).
+    let mut reached = mdp.terminal.clone();
+    let mut stack: Vec<usize> = (0..n).filter(|&j| reached[j]).collect();
+    while let Some(j) = stack.pop() {
+        for &s in &from[start[j]..start[j + 1]] {
+            if !reached[s as usize] {
+                reached[s as usize] = true;
+                stack.push(s as usize);
+            }
+        }
+    }
+    let s_n = empirical.states;
+    let stuck: Vec<usize> = (0..empirical.datasets * s_n)
+        .filter(|&x| !reached[x] && empirical.has_data(x / s_n, x % s_n))
+        .collect();
+    if let Some(&x) = stuck.first() {
+        let which = match empirical.datasets {
+            1 => format!("state {x}"),
+            _ => format!("state {} of dataset {}", x % s_n, x / s_n),
+        };
+        bail!(
+            "with gamma = 1 and no horizon, {} state(s) with data reach no done transition \
+             nor a state without data ({which} first): their soft values have no finite fixed point. Use gamma < 1 or \
+             a horizon, or mark the episode ends in done",
+            stuck.len()
+        );
+    }
+    Ok(())
+}
+
 /// What [`qlearn`] learned from each dataset.
 #[derive(Clone, Debug)]
 pub struct LearnedQ {
@@ -385,7 +501,8 @@ pub struct LearnedQ {
     /// with no seen action.
     pub q: Vec<f32>,
     /// `V = alpha * log sum_a exp(Q / alpha)` over the seen actions, `[dataset][state]`; NaN
-    /// on states with no seen action (-inf where gamma = 1 reaches no end of the data).
+    /// on states with no seen action (gamma = 1 without horizon needs every state with data to
+    /// reach an end of the data: [`qlearn`] refuses data where one does not).
     pub values: Vec<f32>,
     /// `pi(a|s) = exp((Q - V) / alpha)`, `[dataset][state][action]`; 0 on unseen pairs, NaN
     /// rows on states with no seen action.
@@ -417,6 +534,9 @@ pub fn qlearn(
 ) -> Result<LearnedQ> {
     options.validate()?;
     let empirical = empirical_mdp(data)?;
+    if options.excludes_unreachable() {
+        check_ends_reachable(&empirical)?;
+    }
     let outputs = Outputs {
         policy: true,
         q: true,
@@ -426,11 +546,20 @@ pub fn qlearn(
     let solution = &solved.solution;
     let (s_n, a_n, b_n) = (data.states, data.actions, data.datasets);
     let rows = b_n * s_n;
-    let q_all = solution.q.as_ref().context("the solver returned no Q")?;
-    let policy_all = solution
-        .policy
-        .as_ref()
-        .context("the solver returned no policy")?;
+    // A diverged solve returns no Q and no policy: NaN (the caller reports the divergence).
+    let total = empirical.mdp.states * a_n;
+    let nan = vec![f32::NAN; total];
+    let diverged = solution.status[0] == Status::Diverged;
+    let q_all = match &solution.q {
+        Some(q) => q,
+        None if diverged => &nan,
+        None => bail!("the solver returned no Q (a softvi bug: report it)"),
+    };
+    let policy_all = match &solution.policy {
+        Some(p) => p,
+        None if diverged => &nan,
+        None => bail!("the solver returned no policy (a softvi bug: report it)"),
+    };
     let mut q = q_all[..rows * a_n].to_vec();
     let mut values = solution.values[..rows].to_vec();
     let mut policy = policy_all[..rows * a_n].to_vec();

@@ -710,7 +710,11 @@ pub fn write_png(canvas: &Canvas, path: &Path) -> Result<()> {
         path.display()
     );
     let temp = path.with_file_name(format!(".{name}.tmp-{}", std::process::id()));
-    std::fs::write(&temp, bytes).map_err(|e| Error::io("cannot write", &temp, e))?;
+    if let Err(e) = std::fs::write(&temp, bytes) {
+        // A full disk leaves a partial file: not ours to keep.
+        let _ = std::fs::remove_file(&temp);
+        return Err(Error::io("cannot write", &temp, e));
+    }
     if let Err(e) = std::fs::rename(&temp, path) {
         let _ = std::fs::remove_file(&temp);
         return Err(Error::io("cannot move into place", path, e));

@@ -4,7 +4,10 @@
 //! order; for one seed they are reproducible given the same policy (the GPU's f32 policy and
 //! the CPU reference's may round a draw differently).
 
-use crate::error::{Result, ensure};
+use crate::analysis::render::POLICY_ROW_TOLERANCE;
+use std::ops::ControlFlow;
+
+use crate::error::{Error, Result, bail, ensure};
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 
@@ -73,6 +76,56 @@ pub(crate) fn draw(weights: impl Iterator<Item = f64> + Clone, u: f64) -> Option
     last
 }
 
+/// Checks every row of `policy` (`[task][t][state][action]` with `steps` time steps, or
+/// `[task][state][action]` with `steps` = 1, `actions` per row) as `render` does: a row is all
+/// NaN (no policy there: terminal, unreachable) or probabilities in [0, 1] summing to 1 within
+/// [`POLICY_ROW_TOLERANCE`]. Sampling and the likelihoods would otherwise renormalise, clip,
+/// or pick the last action silently. The error names the row `[task, t, state]`.
+pub fn check_policy_rows(
+    policy: &[f32],
+    steps: usize,
+    states: usize,
+    actions: usize,
+) -> Result<()> {
+    if actions == 0 {
+        return Ok(());
+    }
+    let at = |row: usize| {
+        let (task, rest) = (row / (steps * states), row % (steps * states));
+        match steps {
+            1 => format!("[task {task}, state {rest}]"),
+            _ => format!(
+                "[task {task}, t {}, state {}]",
+                rest / states,
+                rest % states
+            ),
+        }
+    };
+    for (row, pi) in policy.chunks_exact(actions).enumerate() {
+        if pi.iter().all(|x| x.is_nan()) {
+            continue;
+        }
+        if let Some((a, x)) = pi
+            .iter()
+            .enumerate()
+            .find(|(_, x)| !(0.0..=1.0).contains(*x))
+        {
+            bail!(
+                "the policy at {} has pi(action {a}) = {x}, not a probability in [0, 1] (a row \
+                 is all NaN where there is no policy)",
+                at(row)
+            );
+        }
+        let sum: f64 = pi.iter().map(|&x| x as f64).sum();
+        ensure!(
+            (sum - 1.0).abs() <= POLICY_ROW_TOLERANCE,
+            "the policy at {} sums to {sum}, not 1 (tolerance {POLICY_ROW_TOLERANCE})",
+            at(row)
+        );
+    }
+    Ok(())
+}
+
 /// Draws `episodes` trajectories of `steps` steps per task of `mdp` from `policy`:
 /// `[task][t][state][action]` with `policy_steps` >= `steps` time steps (a finite-horizon
 /// solve's `pi_0..pi_{T-1}`), or `[task][state][action]` with `policy_steps` = 1 (stationary).
@@ -85,6 +138,28 @@ pub fn sample(
     episodes: usize,
     steps: usize,
     seed: u64,
+) -> Result<Samples> {
+    sample_until(
+        mdp,
+        policy,
+        policy_steps,
+        episodes,
+        steps,
+        seed,
+        &mut || ControlFlow::Continue(()),
+    )
+}
+
+/// [`sample`], asking `stop` before each episode whether to go on: a `Break` (Ctrl-C in
+/// Python) ends it with [`Error::Cancelled`] within one episode.
+pub fn sample_until(
+    mdp: &TabularMdp,
+    policy: &[f32],
+    policy_steps: usize,
+    episodes: usize,
+    steps: usize,
+    seed: u64,
+    stop: &mut dyn FnMut() -> ControlFlow<()>,
 ) -> Result<Samples> {
     mdp.validate()?;
     let (s_n, a_n, b_n) = (mdp.states, mdp.actions, mdp.tasks);
@@ -101,6 +176,7 @@ pub fn sample(
         policy_steps == 1 || policy_steps >= steps,
         "--steps {steps} is longer than the horizon's {policy_steps} policy steps"
     );
+    check_policy_rows(policy, policy_steps, s_n, a_n)?;
     crate::engine::memory::ensure_fits(samples_bytes(b_n, episodes, steps), || {
         format!("{b_n} task(s) x {episodes} episodes x {steps} steps of samples")
     })?;
@@ -109,6 +185,9 @@ pub fn sample(
     for task in 0..b_n {
         let initial = &mdp.initial[task * s_n..(task + 1) * s_n];
         for episode in 0..episodes {
+            if stop().is_break() {
+                return Err(Error::Cancelled { sweeps: 0 });
+            }
             let mut rng = episode_rng(seed, task, episode);
             let row = task * episodes + episode;
             let visited = &mut states[row * (steps + 1)..(row + 1) * (steps + 1)];

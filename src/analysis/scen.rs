@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use crate::error::{Context, Error, Result, bail, ensure};
+use crate::error::{Context, Result, bail, ensure};
 
 use crate::engine::cpu::TIE_RELATIVE;
 use crate::world::grid::Grid;
@@ -26,8 +26,7 @@ pub struct Scenario {
 /// tab-separated `bucket map width height start_x start_y goal_x goal_y optimal_length` per
 /// line. Errors name the file and line.
 pub fn load_scenarios(path: &Path, grid: &Grid) -> Result<Vec<Scenario>> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| Error::io("cannot read scenario file", path, e))?;
+    let text = crate::io::output::read_input_text(path, "scenario file")?;
     parse_scenarios(&text, grid)
         .with_context(|| format!("invalid scenario file {}", path.display()))
 }

@@ -10,7 +10,7 @@ use serde_json::json;
 
 use super::backend::Backend;
 use super::iteration::{IterationArgs, acting_policy};
-use super::summary::add_run_json;
+use super::summary::{add_run_json, path_json};
 use super::world::{MdpWorld, WorldArgs, read_prior};
 use softvi::analysis::infer::{Observation, check_possible, posterior_inputs};
 use softvi::engine::options::{Horizon, Outputs};
@@ -49,8 +49,7 @@ pub(super) struct InferArgs {
 
 /// Reads a trajectory file against `world`; errors name the file and line.
 fn read_trajectory(path: &Path, world: &MdpWorld) -> Result<Vec<Observation>> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("cannot read trajectory file {}", path.display()))?;
+    let text = softvi::io::output::read_input_text(path, "trajectory file")?;
     let names: Vec<&str> = match &world.grid {
         Some((w, _)) => w.problem.actions.names(),
         None => Vec::new(),
@@ -182,7 +181,7 @@ pub(super) fn infer_command(args: &InferArgs) -> Result<i32> {
         "backend": args.iteration.backend.name(),
         "adapter": adapter,
         "world": world.source,
-        "trajectory": std::fs::canonicalize(&args.trajectory).unwrap_or_else(|_| args.trajectory.clone()),
+        "trajectory": path_json(&args.trajectory, "--trajectory")?,
         "observed_actions": trajectory[0].action.is_some(),
         "steps": k,
         "prior": prior,

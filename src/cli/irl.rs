@@ -82,7 +82,7 @@ pub(super) struct IrlArgs {
 /// Reads an integer `.npy` of shape `[..lead, inner]` as `[sets][rest]`, with `sets` = 1 for
 /// `[N, inner]`.
 fn read_sets(path: &Path, what: &str) -> Result<(Vec<usize>, Vec<f64>)> {
-    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let bytes = softvi::io::output::read_input(path, what)?;
     let array =
         npy::decode(&bytes).with_context(|| format!("{} is not a usable .npy", path.display()))?;
     ensure!(

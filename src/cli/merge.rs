@@ -9,8 +9,10 @@ use serde_json::{Value, json};
 
 use super::EXIT_DIVERGED;
 use super::solve::SOLVE_FILES;
+use super::summary::path_json;
+use softvi::engine::solution::Status;
 use softvi::io::npy;
-use softvi::io::output::{MARKER, OutputFile, OutputFolder};
+use softvi::io::output::{MARKER, OutputFile, OutputFolder, ResultFolder};
 
 #[derive(Args, Debug)]
 pub(super) struct MergeArgs {
@@ -41,8 +43,10 @@ const PER_TASK: &[&[&str]] = &[
 ];
 
 /// Fields of summary.json that may differ between the shards of one solve: per-machine
-/// timing and adapter, which shard it is, the files a diverged shard did not write, and the
-/// forward pass's sweep count (the batch's slowest task's; the merge takes the largest).
+/// timing and adapter, which shard it is, the files a diverged shard did not write, the
+/// forward pass's sweep count (the batch's slowest task's; the merge takes the largest), and
+/// where each shard read its world file (a copy, a link, another working directory: the
+/// fingerprint compares the contents).
 const MAY_DIFFER: &[&[&str]] = &[
     &["tasks"],
     &["seconds"],
@@ -52,12 +56,19 @@ const MAY_DIFFER: &[&[&str]] = &[
     &["shard", "count"],
     &["shard", "tasks"],
     &[MARKER, "files"],
+    &[MARKER, "hashes"],
     &["occupancy", "iterations"],
+    &["world", "map", "path"],
+    &["world", "source"],
+    &["mdp", "path"],
 ];
 
-/// One shard folder, read.
+/// One shard folder, read and locked (no run rewrites it while the merge reads it).
 struct ShardFolder {
     dir: PathBuf,
+    /// The folder's absolute path, for summary.json.
+    path: Value,
+    folder: std::rc::Rc<ResultFolder>,
     summary: Value,
     index: u64,
     count: u64,
@@ -73,14 +84,11 @@ struct ShardFolder {
 
 impl ShardFolder {
     /// Reads `dir/summary.json` and checks that it is a shard of a `softvi solve`.
-    fn read(dir: &Path) -> Result<Self> {
+    /// Reads `dir` through `folder`, its [`ResultFolder`] (shared by the names of one folder:
+    /// one lock each).
+    fn read(dir: &Path, folder: std::rc::Rc<ResultFolder>) -> Result<Self> {
         let shown = dir.display();
-        let path = dir.join("summary.json");
-        let text = std::fs::read_to_string(&path).with_context(|| {
-            format!("{shown} is not a solve folder: cannot read its summary.json")
-        })?;
-        let summary: Value = serde_json::from_str(&text)
-            .with_context(|| format!("{shown} is not a solve folder: summary.json is not JSON"))?;
+        let summary = folder.summary.clone();
         let command = summary[MARKER]["command"].as_str();
         ensure!(
             command == Some("solve"),
@@ -123,10 +131,41 @@ impl ShardFolder {
                 );
             }
         }
-        let diverged = (summary["status"].as_array())
-            .with_context(|| format!("{shown}: summary.json has no status list"))?
-            .iter()
-            .any(|s| s == "diverged");
+        let statuses = (summary["status"].as_array())
+            .with_context(|| format!("{shown}: summary.json has no status list"))?;
+        let names = [
+            Status::Converged,
+            Status::MaxIters,
+            Status::Diverged,
+            Status::Horizon,
+        ]
+        .map(|s| s.name());
+        if let Some((k, bad)) = (statuses.iter().enumerate())
+            .find(|(_, s)| !s.as_str().is_some_and(|s| names.contains(&s)))
+        {
+            bail!(
+                "{shown}: summary.json's status[{k}] is {bad}, not a status softvi writes \
+                 ({})",
+                names.join(", ")
+            );
+        }
+        let diverged = statuses.iter().any(|s| s == "diverged");
+        let (index, count) = (
+            number(&shard["index"], "index")?,
+            number(&shard["count"], "count")?,
+        );
+        ensure!(
+            index < count,
+            "{shown}: summary.json's shard.index {index} is not below its shard.count {count}"
+        );
+        let expected = softvi::world::shard::task_range(batch, index as usize, count as usize);
+        ensure!(
+            expected == (start..end),
+            "{shown}: summary.json's shard.tasks {start}..{end} is not shard {index} of {count} \
+             of a {batch}-task batch (that is tasks {}..{})",
+            expected.start,
+            expected.end
+        );
         let files: Vec<String> = (summary[MARKER]["files"].as_array())
             .with_context(|| format!("{shown}: summary.json's marker lists no files"))?
             .iter()
@@ -143,8 +182,10 @@ impl ShardFolder {
         );
         Ok(Self {
             dir: dir.to_path_buf(),
-            index: number(&shard["index"], "index")?,
-            count: number(&shard["count"], "count")?,
+            path: path_json(dir, "shard folder")?,
+            folder,
+            index,
+            count,
             summary,
             start,
             end,
@@ -265,9 +306,9 @@ fn merge_array(shards: &[ShardFolder], name: &'static str, batch: usize) -> Resu
     let mut tail: Option<(Vec<usize>, &Path)> = None;
     for s in shards {
         let path = s.dir.join(name);
-        let bytes = std::fs::read(&path).with_context(|| {
+        let bytes = s.folder.read(name)?.with_context(|| {
             format!(
-                "{}: its summary.json lists {name}, which cannot be read",
+                "{}: its summary.json lists {name} but records no hash for it",
                 s.dir.display()
             )
         })?;
@@ -358,7 +399,7 @@ fn merged_summary(shards: &[ShardFolder], batch: usize, diverged: bool) -> Value
         "batch_tasks": batch,
         "fingerprint": shards[0].fingerprint,
         "shards": shards.iter().map(|s| json!({
-            "path": std::fs::canonicalize(&s.dir).unwrap_or_else(|_| s.dir.clone()),
+            "path": s.path.clone(),
             "index": s.index,
             "count": s.count,
             "tasks": [s.start, s.end],
@@ -381,9 +422,21 @@ pub(super) fn merge_command(args: &MergeArgs) -> Result<i32> {
         );
     }
     let mut out = OutputFolder::claim(&args.out, "solve", SOLVE_FILES, args.force)?;
-    let mut shards: Vec<ShardFolder> = (args.shards.iter())
-        .map(|d| ShardFolder::read(d))
-        .collect::<Result<_>>()?;
+    // A folder named twice is opened (and locked) once; the coverage check names the overlap.
+    let mut opened: Vec<(PathBuf, std::rc::Rc<ResultFolder>)> = Vec::new();
+    let mut shards: Vec<ShardFolder> = Vec::new();
+    for dir in &args.shards {
+        let key = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.clone());
+        let folder = match opened.iter().find(|(k, _)| *k == key) {
+            Some((_, f)) => f.clone(),
+            None => {
+                let f = std::rc::Rc::new(ResultFolder::open(dir, "the shard folder")?);
+                opened.push((key, f.clone()));
+                f
+            }
+        };
+        shards.push(ShardFolder::read(dir, folder)?);
+    }
     shards.sort_by_key(|s| (s.start, s.end));
     let first = &shards[0];
     for s in &shards[1..] {

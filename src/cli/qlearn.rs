@@ -12,7 +12,7 @@ use serde_json::json;
 use super::EXIT_DIVERGED;
 use super::backend::Backend;
 use super::iteration::IterationArgs;
-use super::summary::{ProgressLine, add_settings_json, divergence_reason};
+use super::summary::{ProgressLine, add_settings_json, divergence_reason, path_json};
 use super::world::{load_map, parse_pair};
 use softvi::Status;
 use softvi::io::npy;
@@ -75,6 +75,8 @@ struct Space {
     state_shape: Vec<usize>,
     /// For summary.json.
     json: serde_json::Value,
+    /// A grid's free cells, `[row][col]`: samples on walls are refused.
+    free: Option<Vec<bool>>,
 }
 
 impl QlearnArgs {
@@ -88,6 +90,7 @@ impl QlearnArgs {
                 actions,
                 state_shape: vec![states],
                 json: json!({"states": states, "actions": actions}),
+                free: None,
             });
         }
         let (grid, source) = match (&self.map, &self.maze) {
@@ -122,6 +125,7 @@ impl QlearnArgs {
                 "states": grid.cells(),
                 "actions": actions.names(),
             }),
+            free: Some(grid.free.clone()),
         })
     }
 }
@@ -139,6 +143,10 @@ pub(super) fn qlearn_command(args: &QlearnArgs) -> Result<i32> {
     let space = args.space()?;
     let data = Dataset::load_npz(&args.data, space.states, space.actions)
         .with_context(|| format!("--data {}", args.data.display()))?;
+    if let Some(free) = &space.free {
+        data.check_free_cells(free, space.state_shape[1])
+            .with_context(|| format!("--data {}", args.data.display()))?;
+    }
     let mut backend = Backend::open(args.iteration.backend, &args.iteration.adapters)?;
     let mut line = ProgressLine::new(args.quiet);
     let learned = qlearn(backend.mdp()?, &data, &options, &mut |p| {
@@ -155,7 +163,7 @@ pub(super) fn qlearn_command(args: &QlearnArgs) -> Result<i32> {
         "backend": args.iteration.backend.name(),
         "adapter": adapter,
         "data": {
-            "path": std::fs::canonicalize(&args.data).unwrap_or_else(|_| args.data.clone()),
+            "path": path_json(&args.data, "--data")?,
             "datasets": b,
             "entries": data.length,
         },

@@ -6,6 +6,7 @@ use anyhow::{Context, Result, bail, ensure};
 use clap::{Args, ValueEnum};
 
 use softvi::io::npy;
+use softvi::io::output::ResultFolder;
 use softvi::world::grid::{ActionSet, Connectivity, Grid};
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
@@ -26,9 +27,10 @@ pub(super) struct RenderArgs {
     /// Output folder of `softvi solve`.
     #[arg(long, value_name = "DIR")]
     from: PathBuf,
-    /// Task to draw (0-based).
-    #[arg(long, default_value_t = 0)]
-    task: usize,
+    /// Task to draw (0-based; in a shard folder of `solve --tasks I/N`, its number in the whole
+    /// batch, as the solve printed it). Default: the folder's first task.
+    #[arg(long)]
+    task: Option<usize>,
     /// PNG file to write.
     #[arg(long, value_name = "FILE.png")]
     out: PathBuf,
@@ -59,19 +61,12 @@ struct SolvedWorld {
     goals: Vec<usize>,
 }
 
-/// Reads `dir/summary.json`, rebuilds its map and checks each field render reads (the map's
-/// size, the tasks, the action list, the slip, task `task`'s goals); errors name the file
-/// and the field.
-fn read_world(dir: &Path, task: usize) -> Result<SolvedWorld> {
+/// Reads `dir/summary.json` (locked, [`ResultFolder`]), rebuilds its map and checks each field
+/// render reads (the map's size, the tasks, the action list, the slip, task `task`'s goals,
+/// `task` local to the folder); errors name the file and the field.
+fn read_world(folder: &ResultFolder, dir: &Path, task: usize) -> Result<SolvedWorld> {
     let summary_path = dir.join("summary.json");
-    let summary: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&summary_path).with_context(|| {
-            format!(
-                "cannot read {} (is --from a solve output folder?)",
-                summary_path.display()
-            )
-        })?)
-        .with_context(|| format!("{} is not JSON", summary_path.display()))?;
+    let summary = &folder.summary;
     ensure!(
         summary.get("mdp").is_none() || summary.get("world").is_some(),
         "{} holds the solve of an MDP (--mdp {}): render draws grid solves only (--map, \
@@ -184,6 +179,7 @@ fn read_world(dir: &Path, task: usize) -> Result<SolvedWorld> {
 /// Where one task's arrays are read from: the folder, the batch's shape `[tasks, H, W]`, the
 /// task and the `--step`.
 struct TaskArrays<'a> {
+    folder: &'a ResultFolder,
     dir: &'a Path,
     tasks: usize,
     height: usize,
@@ -206,10 +202,11 @@ impl TaskArrays<'_> {
         one_fewer: bool,
     ) -> Result<Option<Vec<f32>>> {
         let path = self.dir.join(name);
-        if !path.exists() {
+        let Some(bytes) = self.folder.read(name)? else {
             return Ok(None);
-        }
-        let array = npy::read_float(&path)?;
+        };
+        let array = npy::decode_float(&bytes)
+            .with_context(|| format!("{} is not a float .npy", path.display()))?;
         let (h, w, tasks) = (self.height, self.width, self.tasks);
         let tail: &[usize] = if per_cell > 1 {
             &[h, w, per_cell]
@@ -256,20 +253,60 @@ pub(super) fn render_command(args: &RenderArgs) -> Result<i32> {
     use softvi::analysis::render::{Layer, TaskView, render, write_png};
     softvi::io::output::check_picture_path(&args.out, "--out", false)?;
     let dir = &args.from;
+    let folder = ResultFolder::open(dir, "--from")?;
+    ensure!(
+        folder.command == "solve",
+        "--from {} is the folder of `softvi {}`: {}",
+        dir.display(),
+        folder.command,
+        match folder.command.as_str() {
+            "qlearn" =>
+                "render draws grid solves; its values.npy and policy.npy are NumPy \
+                         arrays over the dataset's states (plot them with NumPy), or solve the \
+                         grid with `softvi solve` and render that folder",
+            "meta" | "sample" | "infer" | "scen" | "irl" =>
+                "render draws the folders of \
+                         `softvi solve` (values, policy, occupancy of a grid); solve the world \
+                         with `softvi solve --out DIR` and render DIR",
+            _ => "render draws the folders of `softvi solve` only",
+        }
+    );
+    // A shard folder of `solve --tasks I/N` holds tasks start..end of the batch, numbered as
+    // the solve printed them.
+    let first = folder.summary["shard"]["tasks"][0].as_u64().unwrap_or(0) as usize;
+    let global = args.task.unwrap_or(first);
+    ensure!(
+        global >= first,
+        "--task {global} is not in {}: it holds tasks {first}..{} of the batch (a shard of \
+         `solve --tasks`)",
+        dir.display(),
+        folder.summary["shard"]["tasks"][1]
+    );
+    let task = global - first;
     let SolvedWorld {
         grid,
         tasks,
         actions,
         slip,
         goals,
-    } = read_world(dir, args.task)?;
+    } = read_world(&folder, dir, task).map_err(|e| match first {
+        0 => e,
+        _ if task >= folder.summary["tasks"].as_u64().unwrap_or(0) as usize => anyhow::anyhow!(
+            "--task {global} is not in {}: it holds tasks {first}..{} of the batch (a shard \
+             of `solve --tasks`)",
+            dir.display(),
+            folder.summary["shard"]["tasks"][1]
+        ),
+        _ => e,
+    })?;
     let (h, w) = (grid.height, grid.width);
     let arrays = TaskArrays {
+        folder: &folder,
         dir,
         tasks,
         height: h,
         width: w,
-        task: args.task,
+        task,
         step: args.step,
     };
     let values = arrays
@@ -286,7 +323,7 @@ pub(super) fn render_command(args: &RenderArgs) -> Result<i32> {
     // values and the occupancy exist.
     if let Some(t) = args.step
         && policy.is_none()
-        && dir.join("policy.npy").exists()
+        && folder.lists("policy.npy")
     {
         let what = match (args.layer, args.trajectories) {
             (_, Some(_)) => Some("--trajectories"),
@@ -330,7 +367,7 @@ pub(super) fn render_command(args: &RenderArgs) -> Result<i32> {
         args.out.display(),
         canvas.width,
         canvas.height,
-        args.task,
+        global,
         args.layer
     );
     Ok(0)

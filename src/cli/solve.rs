@@ -12,7 +12,9 @@ use serde_json::json;
 use super::EXIT_DIVERGED;
 use super::backend::{Backend, BackendArg};
 use super::iteration::IterationArgs;
-use super::summary::{add_run_json, divergence_reason, error_bound_line, error_bound_note};
+use super::summary::{
+    add_run_json, divergence_reason, error_bound_line, error_bound_note, path_json,
+};
 use super::world::{World, WorldArgs};
 use softvi::engine::options::{Horizon, Outputs, SolveOptions};
 use softvi::engine::solution::{MdpSolution, Occupancy, Real, Solution, TimeSteps};
@@ -330,7 +332,7 @@ impl MdpRun<'_> {
             "backend": backend,
             "adapter": adapter,
             "mdp": {
-                "path": std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf()),
+                "path": path_json(path, "--mdp")?,
                 "states": s,
                 "actions": a,
                 "nonzeros": mdp.nonzeros(),

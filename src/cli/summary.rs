@@ -195,3 +195,18 @@ pub(super) fn divergence_reason(options: &SolveOptions) -> String {
         )
     }
 }
+
+/// `path` made absolute (symbolic links resolved when it exists) as summary.json records it,
+/// or an error naming `flag` when it is not UTF-8: JSON holds text, and a lossy copy would
+/// name another file.
+pub(super) fn path_json(path: &std::path::Path, flag: &str) -> anyhow::Result<serde_json::Value> {
+    let absolute = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+    match absolute.to_str() {
+        Some(text) => Ok(serde_json::Value::from(text)),
+        None => anyhow::bail!(
+            "{flag} {}: the path is not valid UTF-8, and summary.json records it; rename it \
+             (or a folder above it)",
+            path.display()
+        ),
+    }
+}

@@ -7,7 +7,9 @@ use anyhow::{Context, Result, bail, ensure};
 use clap::Args;
 use serde_json::json;
 
+use super::summary::path_json;
 use softvi::error::Spelling;
+
 use softvi::io::npy;
 use softvi::world::grid::{ActionSet, Connectivity, Grid, MoveCost};
 use softvi::world::grid_problem::{GridProblem, GridTask};
@@ -127,8 +129,7 @@ pub(super) fn load_map(path: &Path) -> Result<Grid> {
 /// blank lines and `#` comments allowed. Each goal comes with where it was read
 /// (`FILE:LINE`), for messages.
 fn parse_goals_file(path: &Path) -> Result<Vec<((usize, usize), String)>> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("cannot read goals file {}", path.display()))?;
+    let text = softvi::io::output::read_input_text(path, "goals file")?;
     let mut goals = Vec::new();
     for (i, line) in text.lines().enumerate() {
         let line = line.split('#').next().unwrap_or("").trim();
@@ -190,7 +191,7 @@ impl WorldArgs {
         let (grid, source, map) = match (&self.map, &self.maze) {
             (Some(path), _) => {
                 let grid = load_map(path)?;
-                let absolute = std::fs::canonicalize(path).unwrap_or_else(|_| path.clone());
+                let absolute = path_json(path, "--map")?;
                 (
                     grid,
                     path.display().to_string(),
@@ -359,7 +360,7 @@ impl MdpWorld {
         if let Some(path) = &args.mdp {
             let mdp = softvi::world::mdp::TabularMdp::load_npz(path)?;
             let source = json!({
-                "path": std::fs::canonicalize(path).unwrap_or_else(|_| path.clone()),
+                "path": path_json(path, "--mdp")?,
                 "states": mdp.states,
                 "actions": mdp.actions,
                 "nonzeros": mdp.nonzeros(),

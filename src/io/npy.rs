@@ -129,6 +129,16 @@ pub fn decode(bytes: &[u8]) -> Result<NpyValues> {
 /// `.npy` suffix; errors name the file (`what` it is, e.g. "MDP file") and the entry or array.
 pub fn read_npz(path: &Path, what: &str) -> Result<HashMap<String, NpyValues>> {
     use std::io::Read;
+    // A device or FIFO is no archive (and /dev/zero or a FIFO never ends).
+    match std::fs::metadata(path) {
+        Ok(meta) if !meta.is_file() => {
+            return Err(Error::InvalidInput(format!(
+                "{what} {} is not a regular file: softvi reads its inputs from files",
+                path.display()
+            )));
+        }
+        _ => {}
+    }
     let file =
         std::fs::File::open(path).map_err(|e| Error::io(format!("cannot read {what}"), path, e))?;
     let mut archive = zip::ZipArchive::new(file)
@@ -169,7 +179,7 @@ pub fn encode_npz(arrays: &[(&str, Vec<u8>)]) -> Result<Vec<u8>> {
 
 /// Reads a float32 or float64 `.npy` file as f32.
 pub fn read_float(path: &Path) -> Result<NpyArray> {
-    let bytes = std::fs::read(path).map_err(|e| Error::io("cannot read", path, e))?;
+    let bytes = crate::io::output::read_input(path, "array file")?;
     decode_float(&bytes).with_context(|| format!("{} is not a usable .npy file", path.display()))
 }
 

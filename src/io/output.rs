@@ -4,12 +4,14 @@
 //! A command claims its folder before it computes anything ([`OutputFolder::claim`]): it takes
 //! an exclusive lock beside the folder (a second run on the same folder fails at once), and it
 //! accepts only a new or empty folder, or a result folder of the same command, recognised by
-//! the marker in its `summary.json` (`"softvi": {"command", "version", "files"}`); anything
+//! the marker in its `summary.json` (`"softvi": {"command", "version", "files", "hashes"}`:
+//! `hashes` holds each file's [`file_hash`], binding it to this summary); anything
 //! else needs `force`. [`OutputFolder::write`] stages every file in a hidden sibling folder,
 //! moves the previous result's files aside, moves the new ones in (`summary.json` last), and
 //! only then deletes the old ones; any failure puts the previous result back as it was. Files
 //! in the folder that the previous result does not list (a picture, the user's notes) are
-//! left alone.
+//! left alone. [`ResultFolder`] reads a result back under the same lock, each file checked
+//! against its hash; [`read_input`] reads an input file, refusing what is not a regular file.
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
@@ -18,6 +20,8 @@ use std::path::{Component, Path, PathBuf};
 use serde_json::json;
 
 use crate::error::{Error, Result};
+
+use super::hash::file_hash;
 
 /// The key of the marker every result folder's `summary.json` carries.
 pub const MARKER: &str = "softvi";
@@ -48,6 +52,19 @@ impl Lock {
     /// Takes the lock on `folder` (shown to the user as `shown`), or fails at once naming the
     /// holder when another run holds it.
     fn take(path: &Path, shown: &Path) -> Result<Self> {
+        Self::take_or(path, |holder| {
+            format!(
+                "--out {} is being written by another softvi run{holder}: wait for it to \
+                 finish or choose another --out (lock file {})",
+                shown.display(),
+                path.display()
+            )
+        })
+    }
+
+    /// Takes the lock at `path`, or fails at once with `busy(" (pid N)")` when another run
+    /// holds it.
+    fn take_or(path: &Path, busy: impl Fn(&str) -> String) -> Result<Self> {
         loop {
             let file = OpenOptions::new()
                 .create(true)
@@ -63,12 +80,7 @@ impl Lock {
                         .ok()
                         .and_then(|t| t.trim().parse::<u32>().ok())
                         .map_or(String::new(), |pid| format!(" (pid {pid})"));
-                    return Err(Error::InvalidInput(format!(
-                        "--out {} is being written by another softvi run{holder}: wait for it \
-                         to finish or choose another --out (lock file {})",
-                        shown.display(),
-                        path.display()
-                    )));
+                    return Err(Error::InvalidInput(busy(&holder)));
                 }
                 Err(std::fs::TryLockError::Error(e)) => {
                     return Err(Error::io("cannot lock", path, e));
@@ -336,10 +348,14 @@ impl OutputFolder {
                 self.command, self.names
             )));
         }
+        let hashes: serde_json::Map<String, serde_json::Value> = (files.iter())
+            .map(|f| (f.name.to_owned(), json!(file_hash(&f.bytes))))
+            .collect();
         summary[MARKER] = json!({
             "command": self.command,
             "version": env!("CARGO_PKG_VERSION"),
             "files": listed,
+            "hashes": hashes,
         });
         let text = serde_json::to_string_pretty(summary)
             .map_err(|e| Error::InvalidInput(format!("cannot encode summary.json: {e}")))?
@@ -541,6 +557,164 @@ fn read_marker(dir: &Path) -> Option<Marker> {
         .map(|f| f.as_str().filter(|n| is_plain_name(n)).map(str::to_owned))
         .collect::<Option<Vec<_>>>()?;
     Some(Marker { command, files })
+}
+
+/// Reads the input file `path` (`what` names it for messages: a flag, an array): only a
+/// regular file (a device such as `/dev/zero` never ends, a FIFO blocks), read to the length
+/// it had when opened.
+pub fn read_input(path: &Path, what: &str) -> Result<Vec<u8>> {
+    use std::io::Read;
+    let shown = path.display();
+    let meta =
+        std::fs::metadata(path).map_err(|e| Error::io(format!("cannot read {what}"), path, e))?;
+    if !meta.is_file() {
+        return Err(Error::InvalidInput(format!(
+            "{what} {shown} is {}, not a regular file: softvi reads its inputs from files",
+            if meta.is_dir() {
+                "a folder"
+            } else {
+                "a device, pipe or socket"
+            }
+        )));
+    }
+    let file = File::open(path).map_err(|e| Error::io(format!("cannot read {what}"), path, e))?;
+    let len = file
+        .metadata()
+        .map_err(|e| Error::io(format!("cannot read {what}"), path, e))?
+        .len();
+    if !file.metadata().is_ok_and(|m| m.is_file()) {
+        return Err(Error::InvalidInput(format!(
+            "{what} {shown} is not a regular file: softvi reads its inputs from files"
+        )));
+    }
+    let mut bytes = Vec::new();
+    bytes
+        .try_reserve_exact(usize::try_from(len).unwrap_or(usize::MAX))
+        .map_err(|_| {
+            Error::InvalidInput(format!(
+                "{what} {shown} ({len} bytes) does not fit in memory"
+            ))
+        })?;
+    file.take(len)
+        .read_to_end(&mut bytes)
+        .map_err(|e| Error::io(format!("cannot read {what}"), path, e))?;
+    Ok(bytes)
+}
+
+/// [`read_input`] of a text file.
+pub fn read_input_text(path: &Path, what: &str) -> Result<String> {
+    String::from_utf8(read_input(path, what)?).map_err(|e| {
+        Error::InvalidInput(format!(
+            "{what} {} is not UTF-8 text (byte {} is not)",
+            path.display(),
+            e.utf8_error().valid_up_to()
+        ))
+    })
+}
+
+/// A result folder read back: its `summary.json`, and the files its marker lists, each checked
+/// against the hash the marker records, all under the folder's lock (a run writing it fails,
+/// and reading waits for none: a folder being written is refused at once).
+pub struct ResultFolder {
+    dir: PathBuf,
+    /// The parsed `summary.json`.
+    pub summary: serde_json::Value,
+    /// The marker's `command`.
+    pub command: String,
+    /// The marker's files, each with its hash.
+    hashes: serde_json::Map<String, serde_json::Value>,
+    _lock: Option<Lock>,
+}
+
+impl ResultFolder {
+    /// Locks `dir` and reads its `summary.json`; `flag` names where the folder came from.
+    /// Refuses a folder another run is writing, one without a softvi marker, and one whose
+    /// marker records no file hashes (written before softvi bound files to their summary).
+    pub fn open(dir: &Path, flag: &str) -> Result<Self> {
+        let shown = dir.display();
+        let path = std::fs::canonicalize(dir)
+            .map_err(|e| Error::io(format!("cannot open {flag}"), dir, e))?;
+        let (Some(parent), Some(name)) = (path.parent(), path.file_name()) else {
+            return Err(Error::InvalidInput(format!(
+                "{flag} {shown} is not a result folder"
+            )));
+        };
+        let lock_path = parent.join(format!(".{}.softvi-lock", name.to_string_lossy()));
+        let lock = match Lock::take_or(&lock_path, |holder| {
+            format!(
+                "{flag} {shown} is being written by another softvi run{holder}: wait for it to \
+                 finish (lock file {})",
+                lock_path.display()
+            )
+        }) {
+            Ok(lock) => Some(lock),
+            // A folder we may not write beside (read-only): no run writes it either, and the
+            // hashes still bind each file to the summary.
+            Err(Error::Io { .. }) => None,
+            Err(e) => return Err(e),
+        };
+        let summary_path = path.join("summary.json");
+        let text = read_input_text(&summary_path, &format!("{flag} {shown}: summary.json"))
+            .map_err(|e| {
+                Error::InvalidInput(format!("{flag} {shown} is not a softvi result folder: {e}"))
+            })?;
+        let summary: serde_json::Value = serde_json::from_str(&text).map_err(|e| {
+            Error::InvalidInput(format!(
+                "{flag} {shown} is not a softvi result folder: its summary.json is not JSON ({e})"
+            ))
+        })?;
+        let command = summary[MARKER]["command"]
+            .as_str()
+            .map(str::to_owned)
+            .ok_or_else(|| {
+                Error::InvalidInput(format!(
+                    "{flag} {shown} is not a softvi result folder: its summary.json has no \
+                 \"{MARKER}\" marker"
+                ))
+            })?;
+        let hashes = summary[MARKER]["hashes"]
+            .as_object()
+            .cloned()
+            .ok_or_else(|| {
+                Error::InvalidInput(format!(
+                    "{flag} {shown}: its summary.json records no file hashes (written by a softvi \
+                 before {}?): run the command again to bind its files to the summary",
+                    env!("CARGO_PKG_VERSION")
+                ))
+            })?;
+        Ok(Self {
+            dir: path,
+            summary,
+            command,
+            hashes,
+            _lock: lock,
+        })
+    }
+
+    /// Whether the marker lists `name` (with a hash).
+    pub fn lists(&self, name: &str) -> bool {
+        self.hashes.contains_key(name)
+    }
+
+    /// The file `name` of the folder, or `None` when the marker does not list it; an error when
+    /// it cannot be read or does not match its hash (changed or rewritten after the summary).
+    pub fn read(&self, name: &str) -> Result<Option<Vec<u8>>> {
+        let Some(hash) = self.hashes.get(name) else {
+            return Ok(None);
+        };
+        let path = self.dir.join(name);
+        let bytes = read_input(&path, "the result file")?;
+        let found = file_hash(&bytes);
+        if hash.as_str() != Some(found.as_str()) {
+            return Err(Error::InvalidInput(format!(
+                "{} does not match its summary.json (hash {found}, the summary records {hash}): \
+                 the file was changed or rewritten after the summary was written; run the \
+                 command again",
+                path.display()
+            )));
+        }
+        Ok(Some(bytes))
+    }
 }
 
 /// Whether `name` is a plain file name (no folder, no `..`): a marker names nothing else.

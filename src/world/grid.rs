@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use crate::error::{Context, Error, Result, bail, ensure};
+use crate::error::{Context, Result, bail, ensure};
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 
@@ -222,8 +222,7 @@ impl Grid {
     /// [`Grid::load_movingai`], and the characters of the map that are no MovingAI terrain
     /// (read as walls), for a warning.
     pub fn load_movingai_noting(path: &Path) -> Result<(Self, Vec<UnknownTerrain>)> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| Error::io("cannot read map file", path, e))?;
+        let text = crate::io::output::read_input_text(path, "map file")?;
         Self::parse_movingai_noting(&text)
             .with_context(|| format!("invalid map file {}", path.display()))
     }

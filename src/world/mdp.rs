@@ -118,10 +118,16 @@ impl TabularMdp {
                 ),
             }
         };
-        let terminal: Vec<bool> = per_task("terminal", 0.0)?
-            .iter()
-            .map(|&t| t != 0.0)
-            .collect();
+        let terminal = per_task("terminal", 0.0)?;
+        // 0.5, 2, -1 and NaN all read as terminal before.
+        if let Some(i) = terminal.iter().position(|&t| t != 0.0 && t != 1.0) {
+            bail!(
+                "terminal[{}] = {} is not 0 or 1 (false or true)",
+                i % states,
+                terminal[i]
+            );
+        }
+        let terminal: Vec<bool> = terminal.iter().map(|&t| t == 1.0).collect();
         let terminal_value = per_task("terminal_value", 0.0)?;
         let given = arrays.get("initial");
         let mut initial = per_task("initial", 0.0)?;

@@ -12,7 +12,9 @@ Same signatures, shapes and conventions as imitation's (``env`` a ``seals`` tabu
 ``transition_matrix`` ``[S,A,S]``, ``reward_matrix``, a finite ``horizon`` H and
 ``initial_state_dist``), plus a keyword ``device`` (as in :func:`softvi.solve`). Results are
 float64 arrays: the CPU reference's f64 values (on the env's own float64 entries, within
-1e-10 of imitation's recurrences), or a GPU's float32 values.
+1e-10 of imitation's recurrences), or a GPU's float32 values; the policy's rows are
+renormalised in float64 (a change within the engine's rounding), so that they sum to 1 as
+NumPy's ``Generator.choice`` checks it in imitation's own rollouts.
 """
 
 from __future__ import annotations
@@ -86,7 +88,18 @@ def mce_partition_fh(
         device=device,
     )
     values = res.values[:horizon].astype(np.float64)
-    return values, res.q.astype(np.float64), res.policy.astype(np.float64)
+    return values, res.q.astype(np.float64), _rows_summing_to_one(res.policy)
+
+
+def _rows_summing_to_one(policy: np.ndarray) -> np.ndarray:
+    """``policy`` ``[..., A]`` in float64 with each row divided by its float64 sum.
+
+    A float32 row sums to 1 only within float32 rounding (1e-7); imitation samples with
+    ``Generator.choice``, which checks the sum in float64 (to about 1e-8) and refused rows
+    of GPU policies. Rows without a policy (NaN) stay NaN.
+    """
+    p = policy.astype(np.float64)
+    return p / p.sum(axis=-1, keepdims=True)
 
 
 def _discounted_sum(d: np.ndarray, discount: float) -> np.ndarray:

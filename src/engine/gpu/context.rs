@@ -154,7 +154,8 @@ pub fn backends_from_list(list: &str) -> Result<wgpu::Backends> {
             "noop",
         ];
         if !known.contains(&name.to_lowercase().as_str()) {
-            return Err(Error::NoAdapter(format!(
+            // Bad input, not a missing adapter: `auto` must not fall back to the CPU silently.
+            return Err(Error::InvalidInput(format!(
                 "WGPU_BACKEND={list:?}: {name:?} is not a wgpu backend; use vulkan, gl, metal, \
                  dx12 or a comma-separated list of them"
             )));

@@ -737,7 +737,15 @@ pub static VECTORS: std::sync::LazyLock<Vectors> = std::sync::LazyLock::new(|| {
     let cap = match std::env::var(VECTORS_VAR).as_deref() {
         Ok("baseline") => Vectors::Baseline,
         Ok("avx2") => Vectors::Avx2,
-        _ => Vectors::Avx512,
+        Ok("avx512") | Err(_) => Vectors::Avx512,
+        Ok(other) => {
+            // Read once, where no error can be returned: said, not silently ignored.
+            eprintln!(
+                "warning: {VECTORS_VAR}={other:?} is not avx512, avx2 or baseline; ignored \
+                 (the widest vectors this CPU has are used)"
+            );
+            Vectors::Avx512
+        }
     };
     has.min(cap)
 });
