@@ -124,7 +124,7 @@ def test_policies_pass_imitations_sampling(env, device):
     for row in rows:
         rng.choice(len(row), p=row)
     assert np.all(np.abs(rows.sum(axis=1) - 1.0) <= 4 * np.finfo(np.float64).eps)
-    transitions, reward, _, horizon = engine_view(env)
+    transitions, reward, _, horizon = engine_view(env, device)
     _, _, truth = partition_fh(transitions, reward, horizon, 0.9)
     # f32 outputs of probabilities <= 1: 1e-5 covers the solve's f32 rounding over H steps.
     assert np.max(np.abs(pi - truth)) <= 1e-5

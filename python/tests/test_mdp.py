@@ -99,8 +99,8 @@ def test_error_bound_contains_the_fixed_point(world, device):
     mdp = softvi.TabularMDP(p, r)
     gamma = 0.95
     # V* from 1000 backups of the f64 recurrence: 0.95^1000 of |V| ~ 20 leaves 1e-21.
-    pe = as_engine_reads(p)
-    truth = [soft_vi_fh(pe, as_engine_reads(r[b]), 1000, gamma)[0][0] for b in range(B)]
+    pe = as_engine_reads(p, device)
+    truth = [soft_vi_fh(pe, as_engine_reads(r[b], device), 1000, gamma)[0][0] for b in range(B)]
     # 2e-3 is 100x what f32 resolves here (1e-6 |V| / (1 - gamma) ~ 4e-4 at |V| ~ 20): the
     # bound test, not the floor, stops both devices.
     got = run_on(device, softvi.solve, mdp, gamma=gamma, tol=2e-3)
