@@ -74,6 +74,11 @@ def _device(device: Device) -> tuple[str, int | None]:
     if isinstance(device, (int, np.integer)):
         if device < 0:
             raise ValueError(f"device (an adapter index) must be >= 0, got {device}")
+        if device >= 2**32:
+            raise ValueError(
+                f"device (an adapter index) {device} is past any adapter; softvi.adapters() "
+                "lists them"
+            )
         return "gpu", int(device)
     if device in ("auto", "gpu", "native", "cpu"):
         return str(device), None

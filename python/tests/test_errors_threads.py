@@ -85,6 +85,7 @@ def test_sparse_value_errors_name_the_row():
         ({"all_steps": True}, r"all_steps needs a finite horizon"),
         ({"device": "tpu"}, r"device must be 'auto', 'gpu', 'native', 'cpu' or an adapter index"),
         ({"device": -1}, r"device \(an adapter index\) must be >= 0"),
+        ({"device": 2**64}, r"device \(an adapter index\) 18446744073709551616 is past any"),
         ({"gamma": 1.0}, r"task 0: gamma = 1 without a horizon needs terminal states"),
     ],
     ids=lambda x: x if isinstance(x, str) else None,
