@@ -166,24 +166,12 @@ impl NativeMdp {
 
     /// `v` `[task][state]` (f64) in the values' layout (0 on padding and the sentinel).
     pub fn padded_values(&self, v: &[f64]) -> Vec<f32> {
-        let mut out = vec![0.0f32; self.tasks * self.stride];
-        for t in 0..self.tasks {
-            for s in 0..self.states {
-                out[t * self.stride + s] = v[t * self.states + s] as f32;
-            }
-        }
-        out
+        pad(v, self.tasks, self.states, self.stride)
     }
 
     /// Values in the padded layout back to `[task][state]` in f64.
     pub fn unpadded(&self, v: &[f32]) -> Vec<f64> {
-        (0..self.tasks)
-            .flat_map(|t| {
-                v[t * self.stride..][..self.states]
-                    .iter()
-                    .map(|&x| x as f64)
-            })
-            .collect()
+        unpad(v, self.tasks, self.states, self.stride)
     }
 
     /// One sweep `output = T(input)` over every task not `frozen` (`[task]`: those are copied
@@ -290,20 +278,7 @@ impl NativeMdp {
     /// Twin of `extrapolate` on the values' layout (see
     /// [`crate::engine::cpu::extrapolate::extrapolate`]).
     pub fn extrapolate(&self, v: &mut [f32], v_prev: &[f32], backup: &mut [f32], factors: &[f64]) {
-        for (task, &factor) in factors.iter().enumerate() {
-            let range = task * self.stride..(task + 1) * self.stride;
-            if factor < 0.0 {
-                v[range.clone()].copy_from_slice(&backup[range]);
-            } else if factor > 0.0 {
-                backup[range.clone()].copy_from_slice(&v[range.clone()]);
-                let factor = factor as f32;
-                for i in range {
-                    if !self.fixed[i] {
-                        v[i] += factor * (v[i] - v_prev[i]);
-                    }
-                }
-            }
-        }
+        extrapolate_padded(self.stride, Some(&self.fixed), v, v_prev, backup, factors);
     }
 }
 
@@ -604,24 +579,12 @@ impl NativeOccupancy {
 
     /// `[task][state]` (f64) in the padded layout.
     pub fn padded(&self, x: &[f64]) -> Vec<f32> {
-        let mut out = vec![0.0f32; self.tasks * self.stride];
-        for t in 0..self.tasks {
-            for s in 0..self.states {
-                out[t * self.stride + s] = x[t * self.states + s] as f32;
-            }
-        }
-        out
+        pad(x, self.tasks, self.states, self.stride)
     }
 
     /// The padded layout back to `[task][state]` in f64.
     pub fn unpadded(&self, x: &[f32]) -> Vec<f64> {
-        (0..self.tasks)
-            .flat_map(|t| {
-                x[t * self.stride..][..self.states]
-                    .iter()
-                    .map(|&v| v as f64)
-            })
-            .collect()
+        unpad(x, self.tasks, self.states, self.stride)
     }
 
     /// One pull `d_out = base + gamma P_pi^T d_in` over every task not `frozen` (copied), on
@@ -692,15 +655,51 @@ impl NativeOccupancy {
 
     /// Twin of `extrapolate` on the padded layout (nothing is fixed).
     pub fn extrapolate(&self, d: &mut [f32], d_prev: &[f32], backup: &mut [f32], factors: &[f64]) {
-        for (task, &factor) in factors.iter().enumerate() {
-            let range = task * self.stride..(task + 1) * self.stride;
-            if factor < 0.0 {
-                d[range.clone()].copy_from_slice(&backup[range]);
-            } else if factor > 0.0 {
-                backup[range.clone()].copy_from_slice(&d[range.clone()]);
-                let factor = factor as f32;
-                for i in range {
-                    d[i] += factor * (d[i] - d_prev[i]);
+        extrapolate_padded(self.stride, None, d, d_prev, backup, factors);
+    }
+}
+
+/// `x` `[task][state]` (f64) in the padded layout of `stride` entries per task (0 on the
+/// padding and the sentinel): the layout of [`NativeMdp`]'s values and
+/// [`NativeOccupancy`]'s occupancy.
+fn pad(x: &[f64], tasks: usize, states: usize, stride: usize) -> Vec<f32> {
+    let mut out = vec![0.0f32; tasks * stride];
+    for t in 0..tasks {
+        for s in 0..states {
+            out[t * stride + s] = x[t * states + s] as f32;
+        }
+    }
+    out
+}
+
+/// The padded layout back to `[task][state]` in f64 (the inverse of [`pad`]).
+fn unpad(x: &[f32], tasks: usize, states: usize, stride: usize) -> Vec<f64> {
+    (0..tasks)
+        .flat_map(|t| x[t * stride..][..states].iter().map(|&v| v as f64))
+        .collect()
+}
+
+/// Twin of `extrapolate` (see [`crate::engine::cpu::extrapolate::extrapolate`]) on the padded
+/// layout of `stride` entries per task: a factor > 0 keeps a backup and jumps every entry not
+/// flagged in `fixed` (same layout; none when absent), a factor < 0 restores the backup.
+fn extrapolate_padded(
+    stride: usize,
+    fixed: Option<&[bool]>,
+    v: &mut [f32],
+    v_prev: &[f32],
+    backup: &mut [f32],
+    factors: &[f64],
+) {
+    for (task, &factor) in factors.iter().enumerate() {
+        let range = task * stride..(task + 1) * stride;
+        if factor < 0.0 {
+            v[range.clone()].copy_from_slice(&backup[range]);
+        } else if factor > 0.0 {
+            backup[range.clone()].copy_from_slice(&v[range.clone()]);
+            let factor = factor as f32;
+            for i in range {
+                if !fixed.is_some_and(|f| f[i]) {
+                    v[i] += factor * (v[i] - v_prev[i]);
                 }
             }
         }
