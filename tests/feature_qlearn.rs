@@ -493,6 +493,14 @@ fn bad_datasets_are_refused_naming_the_array_and_entry() {
     refused("a", 1, 5.0, "a[0, 1] = 5 is not an action (actions = 2)");
     refused("s_next", 0, -3.0, "s_next[0, 0] = -3 is not a state");
     refused("s", 1, 0.5, "s[0, 1] = 0.5 is not an integer");
+    // A uint64 2^64 - 1 as the npy reader holds it: not the saturated 2^63 - 1.
+    refused(
+        "s_next",
+        1,
+        u64::MAX as f64,
+        "s_next[0, 1] = 1.8446744073709552e19 is past int64",
+    );
+    refused("a", 0, -1e19, "a[0, 0] = -1e19 is past int64");
     refused("r", 0, f64::NAN, "r[0, 0] = NaN is not finite");
     refused("a", 3, 0.0, "s[1, 1] = -1 marks no sample, but a[1, 1] = 0");
     let mut arrays = good();

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import operator
 from typing import Any
 
 import numpy as np
 
-from ._mdp import TabularMDP
+from ._mdp import TabularMDP, _real
 
 # Up to this many entries S*A*S a transition model is built dense (32 MiB of float64);
 # above it, as a scipy.sparse matrix.
@@ -81,17 +82,24 @@ def from_gymnasium(env: Any) -> TabularMDP:
                 outcomes = per_action[a]
             except (KeyError, IndexError):
                 raise ValueError(f"P[{s}] has no entry for action {a} (of {actions})") from None
-            for outcome in outcomes:
-                prob, nxt, r, terminated = outcome[:4]
-                nxt = int(nxt)
+            for k, outcome in enumerate(outcomes):
+                try:
+                    prob, nxt, r, terminated = outcome[:4]
+                    prob, r = float(prob), float(r)
+                    nxt = operator.index(nxt)
+                except (TypeError, ValueError):
+                    raise ValueError(
+                        f"P[{s}][{a}][{k}] = {outcome!r} is not (prob, next_state, reward, "
+                        "terminated) with a number, an integer state, a number and a bool"
+                    ) from None
                 if not 0 <= nxt < states:
                     raise ValueError(
                         f"P[{s}][{a}] goes to state {nxt}, outside the {states} states"
                     )
                 rows.append(s * actions + a)
                 cols.append(sink if terminated else nxt)
-                probs.append(float(prob))
-                reward[s, a] += float(prob) * float(r)
+                probs.append(prob)
+                reward[s, a] += prob * r
     for a in range(actions):  # the sink stays the sink
         rows.append(sink * actions + a)
         cols.append(sink)
@@ -108,8 +116,13 @@ def from_gymnasium(env: Any) -> TabularMDP:
     start = getattr(inner, "initial_state_distrib", None)
     if start is None:
         start = np.full(states, 1.0 / states)
+    start = _real("initial_state_distrib", start)
+    if start.shape != (states,):
+        raise ValueError(
+            f"initial_state_distrib has shape {start.shape}; expected [S] = [{states}]"
+        )
     initial = np.zeros(n)
-    initial[:states] = np.asarray(start, dtype=np.float64).reshape(states)
+    initial[:states] = start.astype(np.float64).reshape(states)
     terminal = np.zeros(n, dtype=bool)
     terminal[sink] = True
     mdp = TabularMDP(transitions, reward, terminal=terminal, initial=initial)
@@ -158,8 +171,14 @@ def from_seals(env: Any) -> TabularMDP:
         ValueError: the model is malformed (the engine's message names the array and row).
     """
     model = _seals_model(env)
-    transitions = np.asarray(model.transition_matrix, dtype=np.float64)
-    reward = _expected_reward(np.asarray(model.reward_matrix, dtype=np.float64), transitions)
+    transitions = _real("transition_matrix", model.transition_matrix).astype(np.float64)
+    reward = _real("reward_matrix", model.reward_matrix).astype(np.float64)
+    if reward.ndim == 3 and reward.shape != transitions.shape:
+        raise ValueError(
+            f"reward_matrix has shape {reward.shape}; a 3-D reward is r(s,a,s') shaped like "
+            f"transition_matrix {transitions.shape}"
+        )
+    reward = _expected_reward(reward, transitions)
     mdp = TabularMDP(transitions, reward, initial=np.asarray(model.initial_state_dist))
     horizon = getattr(model, "horizon", None)
     mdp.horizon = None if horizon is None else int(horizon)

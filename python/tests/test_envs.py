@@ -134,3 +134,56 @@ def test_from_seals(name):
 def test_from_seals_expects_a_tabular_env():
     with pytest.raises(TypeError, match="transition_matrix"):
         softvi.from_seals(gym.make("FrozenLake-v1"))
+
+
+class _ModelEnv:
+    """A toy-text-style env holding only a model ``P`` (and optionally a start)."""
+
+    def __init__(self, model, start=None):
+        self.P = model
+        if start is not None:
+            self.initial_state_distrib = start
+
+
+GOOD_MODEL = {0: {0: [(1.0, 1, 0.0, False)]}, 1: {0: [(1.0, 1, 1.0, True)]}}
+
+
+@pytest.mark.parametrize(
+    "outcome, needle",
+    [
+        ((1.0, 1, 0.0), r"P\[0\]\[0\]\[0\] = \(1.0, 1, 0.0\) is not \(prob"),
+        ((1.0, 0.5, 0.0, False), r"P\[0\]\[0\]\[0\]"),  # a fractional next state
+        (("x", 1, 0.0, False), r"P\[0\]\[0\]\[0\]"),
+        ((1.0, 1, None, False), r"P\[0\]\[0\]\[0\]"),
+    ],
+)
+def test_from_gymnasium_malformed_outcomes_name_the_entry(outcome, needle):
+    # Each was a bare unpacking, int() or float() error that named no entry.
+    model = {0: {0: [outcome]}, 1: GOOD_MODEL[1]}
+    with pytest.raises(ValueError, match=needle):
+        softvi.from_gymnasium(_ModelEnv(model))
+
+
+def test_from_gymnasium_start_distribution_of_the_wrong_shape():
+    # It was NumPy's "cannot reshape array of size 3 into shape (2,)".
+    assert softvi.from_gymnasium(_ModelEnv(GOOD_MODEL, [1.0, 0.0])).states == 3
+    with pytest.raises(ValueError, match=r"initial_state_distrib has shape \(3,\); expected \[S\]"):
+        softvi.from_gymnasium(_ModelEnv(GOOD_MODEL, [1.0, 0.0, 0.0]))
+    with pytest.raises(ValueError, match="initial_state_distrib is not a numeric array"):
+        softvi.from_gymnasium(_ModelEnv(GOOD_MODEL, ["a", "b"]))
+
+
+class _SealsModel:
+    def __init__(self, reward):
+        self.transition_matrix = np.full((2, 1, 2), 0.5)
+        self.reward_matrix = reward
+        self.initial_state_dist = np.array([1.0, 0.0])
+
+
+def test_from_seals_malformed_reward_names_the_array():
+    # A mismatched [S,A,S] reward was an einsum error; text was NumPy's float() error.
+    with pytest.raises(ValueError, match=r"reward_matrix has shape \(2, 1, 3\)"):
+        softvi.from_seals(_SealsModel(np.zeros((2, 1, 3))))
+    with pytest.raises(ValueError, match="reward_matrix is not a numeric array"):
+        softvi.from_seals(_SealsModel(np.array(["a", "b"])))
+    assert softvi.from_seals(_SealsModel(np.ones((2, 1, 2)))).states == 2

@@ -266,3 +266,16 @@ def test_tabular_mdp_pickles_and_deep_copies():
             np.testing.assert_array_equal(copied.arrays()[name], a, err_msg=name)
         a, b = softvi.solve(original, gamma=0.9), softvi.solve(copied, gamma=0.9)
         np.testing.assert_array_equal(a.values, b.values)
+
+
+def test_a_reward_that_grows_past_memory_is_a_memory_error():
+    # One state, 2^20 actions: a [B,S] reward of 2^20 + 1 tasks (8 MiB) is kept as [B,S,A]
+    # f64, 8 TiB. It aborted the interpreter in the allocation; now it is refused before.
+    actions = 1 << 20
+    p = sp.csr_matrix(
+        (np.ones(actions), np.zeros(actions, dtype=np.int64), np.arange(actions + 1)),
+        shape=(actions, 1),
+    )
+    with pytest.raises(MemoryError, match=r"rewards \[B,S,A\] = \[1048577, 1, 1048576\]"):
+        softvi.TabularMDP(p, np.zeros((actions + 1, 1)))
+    assert softvi.TabularMDP(p, np.zeros((2, 1))).tasks == 2  # the same model, 2 tasks

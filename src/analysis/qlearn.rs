@@ -105,6 +105,15 @@ impl Dataset {
             if let Some(i) = array.data.iter().position(|x| x.fract() != 0.0) {
                 bail!("{name}[{}] = {} is not an integer", at(i), array.data[i]);
             }
+            // `as i64` saturates: a uint64 2^64 - 1 would be reported as 2^63 - 1.
+            const PAST_I64: f64 = 9_223_372_036_854_775_808.0;
+            if let Some(i) = array.data.iter().position(|x| x.abs() >= PAST_I64) {
+                bail!(
+                    "{name}[{}] = {:e} is past int64 (no state or action is that large)",
+                    at(i),
+                    array.data[i]
+                );
+            }
             Ok(array.data.iter().map(|&x| x as i64).collect())
         };
         let done = match arrays.get("done") {

@@ -552,8 +552,16 @@ fn rewards(r: &NpyValues, states: usize, actions: usize) -> Result<(usize, Vec<f
         ),
     };
     ensure!(tasks > 0, "R holds no task");
-    tasks.checked_mul(states * actions).with_context(|| {
+    let entries = tasks.checked_mul(states * actions).with_context(|| {
         format!("R: tasks x states x actions = {tasks} x {states} x {actions} overflows")
+    })?;
+    // The model keeps R as [B,S,A] f64 and three [B,S] per-task arrays: refuse before
+    // allocating them (a [B,S] R over many actions grows A times here).
+    let kept = (entries as u128 + 3 * (tasks as u128) * (states as u128)) * 8;
+    crate::engine::memory::ensure_fits(u64::try_from(kept).unwrap_or(u64::MAX), || {
+        format!(
+            "the MDP's rewards [B,S,A] = [{tasks}, {states}, {actions}] (f64) and per-task arrays"
+        )
     })?;
     let reward = if per_action {
         r.data.clone()
