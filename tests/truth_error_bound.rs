@@ -10,8 +10,8 @@ use softvi::engine::cpu::solve_mdp_cpu_f64;
 use softvi::engine::schedule::{RESIDUAL_FLOOR, bound_factor, keep_going};
 use softvi::world::mdp::TabularMdp;
 use softvi::{
-    Connectivity, GridProblem, GridSolver, Horizon, MdpEngine, NativeSolver, Outputs, SolveOptions,
-    Status, solve_cpu,
+    Connectivity, GridProblem, GridSolver, Horizon, MdpEngine, MdpSolver, NativeSolver, Outputs,
+    SolveOptions, Status, solve_cpu,
 };
 
 fn options(alpha: f64, gamma: f64, tol: f64) -> SolveOptions {
@@ -246,4 +246,111 @@ fn no_bound_at_gamma_one_and_exact_finite_horizons() {
         .unwrap()
         .solution;
     assert_eq!(got.error_bound, vec![0.0]);
+}
+
+/// V* of a terminal-free `mdp` by plain value iteration written here (expected backup, soft at
+/// `alpha > 0`, hard max at 0), from V = 0 until `gamma^n` times the first change is below
+/// 1e-15: independent of the engine's stopping rule.
+fn value_iteration(mdp: &TabularMdp, alpha: f64, gamma: f64) -> Vec<f64> {
+    let (s_n, a_n) = (mdp.states, mdp.actions);
+    let mut v = vec![0.0; mdp.tasks * s_n];
+    let sweeps = (1e-15f64.ln() / gamma.ln()).ceil() as usize + 50;
+    for _ in 0..sweeps {
+        let mut next = vec![0.0; v.len()];
+        for t in 0..mdp.tasks {
+            for s in 0..s_n {
+                let q: Vec<f64> = (0..a_n)
+                    .map(|a| {
+                        let row = s * a_n + a;
+                        let entries = mdp.indptr[row] as usize..mdp.indptr[row + 1] as usize;
+                        let expected: f64 = entries
+                            .map(|k| mdp.probs[k] * v[t * s_n + mdp.indices[k] as usize])
+                            .sum();
+                        mdp.reward[(t * s_n + s) * a_n + a] + gamma * expected
+                    })
+                    .collect();
+                let top = q.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+                next[t * s_n + s] = if alpha == 0.0 {
+                    top
+                } else {
+                    top + alpha
+                        * q.iter()
+                            .map(|x| ((x - top) / alpha).exp())
+                            .sum::<f64>()
+                            .ln()
+                };
+            }
+        }
+        v = next;
+    }
+    v
+}
+
+/// Sweeps the plain bound needs at least: `gamma / (1 - gamma) max |dV| <= tol` once the
+/// uniform mode, decaying like gamma^n from a first change of about 1 (rewards in [-1, 0.3]),
+/// is all that is left (benches/mdp_peers.py's S = 10^5 model at alpha 0, tol 1e-3: 96 sweeps
+/// at gamma 0.9 and 1,008 at 0.99 by the plain bound, 16 by the span).
+fn plain_sweeps(gamma: f64, tol: f64) -> u32 {
+    ((tol * (1.0 - gamma) / gamma).ln() / gamma.ln()) as u32
+}
+
+/// MacQueen's span bound (Puterman 6.6.12) where no state keeps a fixed value: the f64
+/// reference and the native engine stop in one or two check windows where the plain bound
+/// `gamma / (1 - gamma) max |dV|` needs the uniform mode (decaying like gamma^n) to die out,
+/// return V shifted to the interval's centre, and their reported bound contains V*.
+#[test]
+fn span_bound_stops_early_and_contains_the_fixed_point() {
+    // 211 states, 4 actions, 3 tasks: no terminal state.
+    let mdp = common::random_mdp(211, 4, 3, false, 17);
+    for (alpha, gamma) in [(0.0, 0.9), (0.0, 0.99), (1.0, 0.99), (0.5, 0.999)] {
+        let truth = value_iteration(&mdp, alpha, gamma);
+        let tol = 1e-6;
+        let got = solve_mdp_cpu_f64(
+            &mdp,
+            &options(alpha, gamma, tol),
+            Outputs::VALUES,
+            &mut keep_going,
+        )
+        .unwrap()
+        .solution;
+        let err = errors(&got.values, &truth, mdp.tasks);
+        for t in 0..mdp.tasks {
+            assert_eq!(got.status[t], Status::Converged);
+            assert!(got.error_bound[t] <= tol, "alpha {alpha} gamma {gamma}");
+            // The truth's own error: 1e-15 relative to |V| <= 1 / (1 - gamma).
+            assert!(
+                err[t] <= got.error_bound[t] + 1e-12,
+                "alpha {alpha} gamma {gamma}: {err:?} {:?}",
+                got.error_bound
+            );
+            assert!(
+                got.iterations[t] <= plain_sweeps(gamma, tol) / 2,
+                "alpha {alpha} gamma {gamma}: {:?}",
+                got.iterations
+            );
+        }
+        // The native engine in f32, at a tol its floor resolves.
+        let tol = f32_tol(gamma, &truth);
+        let got = NativeSolver::new(None)
+            .solve_mdp(
+                &mdp,
+                &options(alpha, gamma, tol),
+                Outputs::VALUES,
+                &mut keep_going,
+            )
+            .unwrap()
+            .solution;
+        let err = errors(&got.values, &truth, mdp.tasks);
+        for t in 0..mdp.tasks {
+            assert_eq!(got.status[t], Status::Converged);
+            assert!(got.error_bound[t] <= tol, "native gamma {gamma}");
+            assert!(
+                err[t] <= got.error_bound[t] + 1e-12,
+                "native alpha {alpha} gamma {gamma}: {err:?} {:?}",
+                got.error_bound
+            );
+            let most = plain_sweeps(gamma, tol) / 2;
+            assert!(got.iterations[t] <= most, "native {:?}", got.iterations);
+        }
+    }
 }

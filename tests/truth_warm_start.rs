@@ -61,6 +61,7 @@ fn cold_cpu(problem: &GridProblem, options: &SolveOptions) -> (Vec<f64>, u32, Ve
         inputs.tasks,
         vec![0.0; inputs.tasks * inputs.cells()],
         &inputs.fixed,
+        &[],
         |v_in, v_out| grid_backup(&inputs, v_in, v_out),
         &mut watch,
     )

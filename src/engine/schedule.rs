@@ -60,15 +60,58 @@ pub fn bound_factor(gamma: f64) -> f64 {
     }
 }
 
+/// Per task of `tasks` tasks over `fixed` `[task][state]`: whether its error is bounded by the
+/// span of dV ([`span_bounds`]): no state of it keeps a fixed value (a terminal state, a goal),
+/// so its backup shifts by `gamma c` when V shifts by `c`, as the soft, hard and optimistic
+/// backups all do.
+pub fn span_bounded_tasks(fixed: &[bool], tasks: usize) -> Vec<bool> {
+    let states = fixed.len() / tasks.max(1);
+    (0..tasks)
+        .map(|t| !fixed[t * states..(t + 1) * states].contains(&true))
+        .collect()
+}
+
+/// MacQueen's bounds (Puterman, eq. 6.6.12): for a task whose backup shifts by `gamma c` when
+/// V shifts by `c` ([`span_bounded_tasks`]), a sweep `V_new = T V_old` with `dV` in
+/// `[min_delta, max_delta]` puts `V*` in `[V_new + k min_delta, V_new + k max_delta]` with
+/// `k = gamma / (1 - gamma)` (T is monotone, so `T^n V_old` climbs by at least `gamma^n
+/// min_delta` per step, and by at most the max). Returns `(shift, half_width)`: `V_new +
+/// shift` is the interval's centre and within `half_width` of `V*` everywhere, at most the
+/// plain bound `k max |dV|` and far below it where V moves nearly uniformly (a well-mixing
+/// MDP). None for gamma = 1, a finite horizon, no update or a statistic that is not finite.
+pub fn span_bounds(options: &SolveOptions, stats: &SweepStats) -> Option<(f64, f64)> {
+    let finite = stats.active && stats.min_delta.is_finite() && stats.max_delta.is_finite();
+    match options.horizon {
+        Horizon::Infinite { .. } if options.gamma < 1.0 && finite => {
+            let k = bound_factor(options.gamma);
+            let shift = k * (0.5 * stats.max_delta + 0.5 * stats.min_delta);
+            Some((shift, k * (0.5 * stats.max_delta - 0.5 * stats.min_delta)))
+        }
+        _ => None,
+    }
+}
+
 /// Whether a task's check statistics meet the convergence test for `tol`: its error bound
-/// `bound_factor(gamma) * max |dV|` is within `tol`, or its residual is within the
-/// `precision`'s floor times max |V| (then the reported [`error_bound`] may exceed `tol`). A
-/// NaN or infinite residual or value never does; the GPU twin, `within_tolerance` in
-/// `shaders/residual_reduce.wgsl`, sees those as HUGE.
-pub fn within_tolerance(tol: f64, gamma: f64, precision: Precision, stats: &SweepStats) -> bool {
+/// (the span's half width for a `span_bounded` task, [`span_bounds`], else
+/// `bound_factor(gamma) * max |dV|`) is within `tol`, or its residual is within the `precision`'s floor times
+/// max |V| (then the reported [`error_bound`] may exceed `tol`). A NaN or infinite residual or
+/// value never does; the GPU twin, `within_tolerance` in `shaders/residual_reduce.wgsl`, sees
+/// those as HUGE and tests the plain bound (the kernels reduce no signed maximum).
+pub fn within_tolerance(
+    tol: f64,
+    gamma: f64,
+    precision: Precision,
+    stats: &SweepStats,
+    span_bounded: bool,
+) -> bool {
     let residual = stats.max_abs_delta;
-    (residual * bound_factor(gamma) <= tol
-        || residual <= precision.residual_floor() * stats.max_abs_value)
+    let finite = stats.min_delta.is_finite() && stats.max_delta.is_finite();
+    let bound = if span_bounded && gamma < 1.0 && stats.active && finite {
+        bound_factor(gamma) * (0.5 * stats.max_delta - 0.5 * stats.min_delta)
+    } else {
+        residual * bound_factor(gamma)
+    };
+    (bound <= tol || residual <= precision.residual_floor() * stats.max_abs_value)
         && residual.is_finite()
         && stats.max_abs_value.is_finite()
 }
@@ -79,13 +122,25 @@ pub fn within_tolerance(tol: f64, gamma: f64, precision: Precision, stats: &Swee
 /// `floor * max |V| / (1 - gamma)` (a backup rounded to a few ulps of |V| moves the fixed
 /// point by up to that: a residual of 0 in f32 does not mean V*); inf when the residual is
 /// not finite or gamma = 1 (no contraction, no bound: only the residual is known); 0 for a
-/// finite horizon, whose `T` backups are exact up to rounding.
-pub fn error_bound(options: &SolveOptions, precision: Precision, stats: &SweepStats) -> f64 {
+/// finite horizon, whose `T` backups are exact up to rounding. For a `span_bounded` task the
+/// span's half width ([`span_bounds`]) replaces `gamma / (1 - gamma) * max |dV|`: the bound
+/// of the values shifted to the interval's centre, which is what the solves return.
+pub fn error_bound(
+    options: &SolveOptions,
+    precision: Precision,
+    stats: &SweepStats,
+    span_bounded: bool,
+) -> f64 {
     match options.horizon {
         Horizon::Finite(_) => 0.0,
         Horizon::Infinite { .. } if options.gamma < 1.0 && stats.max_abs_delta.is_finite() => {
             let reach = precision.residual_floor() * stats.max_abs_value / (1.0 - options.gamma);
-            (bound_factor(options.gamma) * stats.max_abs_delta).max(reach)
+            let plain = bound_factor(options.gamma) * stats.max_abs_delta;
+            let bound = match span_bounds(options, stats).filter(|_| span_bounded) {
+                Some((_, half_width)) => half_width.min(plain),
+                None => plain,
+            };
+            bound.max(reach)
         }
         Horizon::Infinite { .. } => f64::INFINITY,
     }

@@ -176,7 +176,7 @@ fn gauss_seidel(
         }
         // gamma = 1 (the only warm-started case); the f32 floor, the looser one: the solve's
         // own iteration then checks at its precision.
-        if within_tolerance(tol, 1.0, Precision::F32, &stats) {
+        if within_tolerance(tol, 1.0, Precision::F32, &stats, false) {
             return true;
         }
         // A slow mode (the entropy bonus near the step costs) or growth: give up early.

@@ -8,6 +8,11 @@ pub struct SweepStats {
     pub max_abs_delta: f64,
     /// `min_s (V_new(s) - V_old(s))` over updated cells (+inf when none).
     pub min_delta: f64,
+    /// An upper bound on `max_s (V_new(s) - V_old(s))` over updated cells (-inf when none):
+    /// that maximum itself in the f64 reference and the native CSR engine, `max_abs_delta`
+    /// where a sweep does not reduce it (the WGSL kernels, the native grid engine). With
+    /// `min_delta` it gives the span bound ([`crate::engine::schedule::error_bound`]).
+    pub max_delta: f64,
     /// `max_s |V_new(s)|` over updated cells.
     pub max_abs_value: f64,
     /// Whether any cell was updated.
@@ -19,6 +24,7 @@ impl Default for SweepStats {
         Self {
             max_abs_delta: 0.0,
             min_delta: f64::INFINITY,
+            max_delta: f64::NEG_INFINITY,
             max_abs_value: 0.0,
             active: false,
         }
@@ -36,10 +42,12 @@ impl SweepStats {
             self.max_abs_value = f64::INFINITY;
             self.max_abs_delta = f64::INFINITY;
             self.min_delta = f64::NEG_INFINITY;
+            self.max_delta = f64::INFINITY;
             return;
         }
         self.max_abs_delta = self.max_abs_delta.max(delta.abs());
         self.min_delta = self.min_delta.min(delta);
+        self.max_delta = self.max_delta.max(delta);
         self.max_abs_value = self.max_abs_value.max(v_new.abs());
     }
 }
@@ -51,6 +59,7 @@ impl SweepStats {
         SweepStats {
             max_abs_delta: self.max_abs_delta.max(other.max_abs_delta),
             min_delta: self.min_delta.min(other.min_delta),
+            max_delta: self.max_delta.max(other.max_delta),
             max_abs_value: self.max_abs_value.max(other.max_abs_value),
             active: self.active || other.active,
         }
@@ -66,7 +75,8 @@ pub fn residual_reduce(partials: &[SweepStats]) -> SweepStats {
 
 /// Twin of `convergence_decide`: each task still iterating (not `frozen`) whose residual is
 /// within tolerance freezes ([`crate::engine::schedule::within_tolerance`] at `gamma` and
-/// `precision`; `tol` is `None` for a finite horizon, where none does); when
+/// `precision`, by the span of dV for the `span_bounded` tasks; `tol` is `None` for a finite
+/// horizon, where none does); when
 /// `extrapolator` is given (extrapolation on), every other task still iterating gets its jump
 /// factor (> 0 jump, [`crate::engine::schedule::ROLLBACK`], 0 nothing). Returns the tasks
 /// frozen at this check and the factors (empty without an extrapolator).
@@ -77,6 +87,7 @@ pub fn convergence_decide(
     mut extrapolator: Option<&mut crate::engine::schedule::RateExtrapolator>,
     stats: &[SweepStats],
     frozen: &[bool],
+    span_bounded: &[bool],
 ) -> (Vec<bool>, Vec<f64>) {
     let mut newly = vec![false; stats.len()];
     let mut factors = match extrapolator {
@@ -87,9 +98,10 @@ pub fn convergence_decide(
         if frozen[t] {
             continue;
         }
-        if tol
-            .is_some_and(|tol| crate::engine::schedule::within_tolerance(tol, gamma, precision, s))
-        {
+        let within = |tol| {
+            crate::engine::schedule::within_tolerance(tol, gamma, precision, s, span_bounded[t])
+        };
+        if tol.is_some_and(within) {
             newly[t] = true;
         } else if let (Some(extrapolator), Some(_)) = (extrapolator.as_deref_mut(), tol) {
             factors[t] = extrapolator.observe(t, gamma, s);
@@ -119,6 +131,7 @@ mod tests {
         }
         assert_eq!(whole.max_abs_delta, 3.0);
         assert_eq!(whole.min_delta, -3.0);
+        assert_eq!(whole.max_delta, 3.0);
         for split in 0..=cells.len() {
             let mut parts = [SweepStats::default(); 2];
             for (i, &(old, new)) in cells.iter().enumerate() {

@@ -14,7 +14,8 @@ use crate::engine::layout::{GridInputs, MdpInputs};
 use crate::engine::options::{Horizon, Outputs, SolveOptions};
 use crate::engine::schedule::{
     ConvergenceMonitor, OnProgress, Precision, Progress, RateExtrapolator, TaskOutcomes, Verdict,
-    check_windows, error_bound, final_status, keep_going, sweep_budget, with_unbounded,
+    check_windows, error_bound, final_status, keep_going, span_bounded_tasks, span_bounds,
+    sweep_budget, with_unbounded,
 };
 use crate::engine::solution::{
     Marks, MdpSolution, Occupancy, Real, Solution, Status, TimeSteps, check_mdp_solve,
@@ -58,12 +59,17 @@ pub struct Checked<S> {
 /// iterating, which `jump(state, previous, factors)` applies (a factor > 0 jumps,
 /// [`ROLLBACK`] restores, 0 leaves a task alone; it is called only when some factor is not 0).
 /// The iteration stops when every one of the `tasks` tasks has frozen or the budget is spent.
+/// The tasks flagged in `span_bounded` (`[task]`, [`span_bounded_tasks`]; empty: none) stop
+/// by the span bound.
 ///
 /// [`ROLLBACK`]: crate::engine::schedule::ROLLBACK
+/// [`span_bounded_tasks`]: crate::engine::schedule::span_bounded_tasks
+#[allow(clippy::too_many_arguments)]
 pub fn iterate_checked<S: Clone>(
     options: &SolveOptions,
     precision: Precision,
     tasks: usize,
+    span_bounded: &[bool],
     start: S,
     mut sweep: impl FnMut(&S, &mut S, &[bool]) -> Vec<SweepStats>,
     mut jump: impl FnMut(&mut S, &S, &[f64]),
@@ -80,6 +86,12 @@ pub fn iterate_checked<S: Clone>(
         Horizon::Infinite { tol, .. } => Some(tol),
         Horizon::Finite(_) => None,
     };
+    let none = vec![false; tasks];
+    let span_bounded = if span_bounded.is_empty() {
+        &none
+    } else {
+        span_bounded
+    };
     for window in check_windows(sweep_budget(&options.horizon)) {
         for _ in 0..window {
             last = sweep(&state, &mut next, &frozen);
@@ -89,8 +101,15 @@ pub fn iterate_checked<S: Clone>(
         let extrapolator = options
             .uses_extrapolation()
             .then(|| extrapolator.get_or_insert_with(|| RateExtrapolator::new(tasks)));
-        let (newly, mut factors) =
-            convergence_decide(tol, options.gamma, precision, extrapolator, &last, &frozen);
+        let (newly, mut factors) = convergence_decide(
+            tol,
+            options.gamma,
+            precision,
+            extrapolator,
+            &last,
+            &frozen,
+            span_bounded,
+        );
         let verdict = monitor.observe(sweeps, &last, &newly);
         frozen = monitor.frozen();
         if progress(&Progress::after(options, sweeps, &last)).is_break() {
@@ -120,12 +139,13 @@ pub fn iterate_checked<S: Clone>(
 /// The iteration both CPU references share: `sweep(v_in, v_out)` (f64) on the check schedule
 /// ([`iterate_checked`]) of `[task][state]` values from `v0` over `tasks` tasks, frozen tasks
 /// held by [`hold_frozen`]; `fixed` `[task][state]` marks the states extrapolation leaves
-/// alone.
+/// alone; the tasks flagged in `span_bounded` stop by the span bound (empty: none).
 pub fn iterate_cpu(
     options: &SolveOptions,
     tasks: usize,
     v0: Vec<f64>,
     fixed: &[bool],
+    span_bounded: &[bool],
     mut sweep: impl FnMut(&[f64], &mut [f64]) -> Vec<SweepStats>,
     progress: &mut OnProgress<'_>,
 ) -> Result<CpuIteration> {
@@ -138,6 +158,7 @@ pub fn iterate_cpu(
         options,
         Precision::F64,
         tasks,
+        span_bounded,
         v0,
         |v: &Vec<f64>, v_next: &mut Vec<f64>, frozen: &[bool]| {
             let mut stats = sweep(v, v_next);
@@ -191,6 +212,7 @@ pub fn solve_cpu_with_progress(
         inputs.tasks,
         start_values,
         &inputs.fixed,
+        &[],
         |v_in, v_out| grid_backup(&inputs, v_in, v_out),
         progress,
     )?;
@@ -248,7 +270,7 @@ pub(crate) fn grid_solution(
         error_bound: outcomes
             .last
             .iter()
-            .map(|s| error_bound(options, precision, s))
+            .map(|s| error_bound(options, precision, s, false))
             .collect(),
         status,
         unreachable: inputs.unreachable.clone(),
@@ -313,6 +335,7 @@ fn solve_mdp_cpu_as<T: Real>(
         mdp.tasks,
         inputs.v0.clone(),
         &inputs.fixed,
+        &span_bounded_tasks(&inputs.fixed, mdp.tasks),
         |v_in, v_out| {
             let stats = mdp_backup(&inputs, v_in, v_out);
             if keep_steps {
@@ -349,8 +372,9 @@ pub(crate) type Discounted<'a, T> = dyn Fn(&[T], &mut OnProgress<'_>) -> Result<
 /// and those the last sweep read `v_prev` (`[task][state]`, f64), and with every step or a
 /// finite horizon's occupancy the values each sweep made (`history`, V_{T-1} first). The
 /// policy and Q rows `[task][state][action]` come from `rows(v, write_q)`, the discounted
-/// occupancy from `discounted(pi)`; the error bounds as `precision` iterated. The CPU
-/// reference and the native engine report through it.
+/// occupancy from `discounted(pi)`; the error bounds as `precision` iterated. A task the span
+/// bounds ([`span_bounds`]) reports V shifted to the centre of MacQueen's interval, and the
+/// policy and Q from those values. The CPU reference and the native engine report through it.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn mdp_solution<T: Real>(
     inputs: &MdpInputs,
@@ -372,6 +396,16 @@ pub(crate) fn mdp_solution<T: Real>(
     let verdict = with_unbounded(outcomes.verdict, &inputs.unbounded_tasks());
     let status = final_status(options, &verdict, &outcomes.converged);
     let diverged = status.contains(&Status::Diverged);
+    let span_bounded = span_bounded_tasks(&inputs.fixed, mdp.tasks);
+    let mut centred = v.to_vec();
+    for (t, stats) in outcomes.last.iter().enumerate() {
+        if let Some((shift, _)) = span_bounds(options, stats).filter(|_| span_bounded[t]) {
+            for x in &mut centred[t * mdp.states..(t + 1) * mdp.states] {
+                *x += shift;
+            }
+        }
+    }
+    let v = &centred[..];
     let policy_from = match options.horizon {
         Horizon::Finite(_) => v_prev,
         Horizon::Infinite { .. } => v,
@@ -407,10 +441,8 @@ pub(crate) fn mdp_solution<T: Real>(
             q,
             iterations: outcomes.iterations,
             residual: outcomes.last.iter().map(|s| s.max_abs_delta).collect(),
-            error_bound: outcomes
-                .last
-                .iter()
-                .map(|s| error_bound(options, precision, s))
+            error_bound: (outcomes.last.iter().zip(&span_bounded))
+                .map(|(s, &span)| error_bound(options, precision, s, span))
                 .collect(),
             status,
             unreachable: inputs.unreachable.clone(),
@@ -507,6 +539,7 @@ fn discounted_occupancy<T: Real>(
         mdp.tasks,
         start.clone(),
         &vec![false; mdp.tasks * mdp.states],
+        &[],
         |d_in, d_out| {
             let weights = Some(&weights[..]);
             mdp_occupancy(inputs, &transpose, pi, weights, d_in, Some(&start), d_out)

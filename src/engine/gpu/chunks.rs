@@ -124,7 +124,7 @@ impl Gathered {
         self.error_bound.extend(
             run.last
                 .iter()
-                .map(|s| error_bound(options, Precision::F32, s)),
+                .map(|s| error_bound(options, Precision::F32, s, false)),
         );
         if let Some(run) = chunk.occupancy_run {
             self.occupancy_iterations = self.occupancy_iterations.max(run.sweeps);

@@ -796,6 +796,8 @@ impl GpuCore {
                     .map(|s| SweepStats {
                         max_abs_delta: s[0] as f64,
                         min_delta: s[1] as f64,
+                        // The kernels reduce no signed maximum: max |dV| bounds it.
+                        max_delta: s[0] as f64,
                         max_abs_value: s[2] as f64,
                         active: s[3] > 0.0,
                     })

@@ -125,6 +125,9 @@ struct ExpWindow {
 pub(super) struct RowStats {
     pub(super) max_abs_delta: f32,
     pub(super) min_delta: f32,
+    /// An upper bound on max dV, as [`SweepStats::max_delta`]: exact in the CSR engine,
+    /// `max_abs_delta` in the grid rows (grids keep fixed goal values: no span bound).
+    pub(super) max_delta: f32,
     pub(super) max_abs_value: f32,
     pub(super) active: bool,
 }
@@ -134,6 +137,7 @@ impl Default for RowStats {
         Self {
             max_abs_delta: 0.0,
             min_delta: f32::INFINITY,
+            max_delta: f32::NEG_INFINITY,
             max_abs_value: 0.0,
             active: false,
         }
@@ -145,6 +149,7 @@ impl RowStats {
         RowStats {
             max_abs_delta: self.max_abs_delta.max(o.max_abs_delta),
             min_delta: self.min_delta.min(o.min_delta),
+            max_delta: self.max_delta.max(o.max_delta),
             max_abs_value: self.max_abs_value.max(o.max_abs_value),
             active: self.active || o.active,
         }
@@ -160,6 +165,7 @@ impl RowStats {
             return SweepStats {
                 max_abs_delta: f64::INFINITY,
                 min_delta: f64::NEG_INFINITY,
+                max_delta: f64::INFINITY,
                 max_abs_value: f64::INFINITY,
                 active: true,
             };
@@ -167,6 +173,7 @@ impl RowStats {
         SweepStats {
             max_abs_delta: self.max_abs_delta as f64,
             min_delta: self.min_delta as f64,
+            max_delta: self.max_delta as f64,
             max_abs_value: self.max_abs_value as f64,
             active: true,
         }
@@ -914,6 +921,7 @@ fn shared_row_n<const FMA: bool, const DIAGONALS: bool, const REWARD: bool>(
     let stats = RowStats {
         max_abs_delta: f32::from_bits(max_delta),
         min_delta: from_ordered(min_delta),
+        max_delta: f32::from_bits(max_delta),
         max_abs_value: f32::from_bits(max_value),
         active: true,
     };
@@ -968,9 +976,11 @@ fn finish_row_any<const FMA: bool>(
     if lanes.updated.iter().all(|&u| u == 0) {
         return (RowStats::default(), top);
     }
+    let max_abs_delta = lanes.max_delta.into_iter().fold(0.0, larger);
     let stats = RowStats {
-        max_abs_delta: lanes.max_delta.into_iter().fold(0.0, larger),
+        max_abs_delta,
         min_delta: lanes.min_delta.into_iter().fold(f32::INFINITY, smaller),
+        max_delta: max_abs_delta,
         max_abs_value: lanes.max_value.into_iter().fold(0.0, larger),
         active: true,
     };

@@ -463,6 +463,7 @@ fn observe(stats: &mut RowStats, v_old: f32, v_new: f32) {
     }
     stats.max_abs_delta = stats.max_abs_delta.max(delta.abs());
     stats.min_delta = stats.min_delta.min(delta);
+    stats.max_delta = stats.max_delta.max(delta);
     stats.max_abs_value = stats.max_abs_value.max(v_new.abs());
 }
 

@@ -10,7 +10,9 @@ use crate::engine::cpu::solve::{grid_solution, iterate_checked, mdp_solution};
 use crate::engine::cpu::{action_values, write_policy};
 use crate::engine::layout::{GridInputs, MdpInputs};
 use crate::engine::options::{Horizon, Outputs, SolveOptions};
-use crate::engine::schedule::{OnProgress, Precision, TaskOutcomes, final_status};
+use crate::engine::schedule::{
+    OnProgress, Precision, TaskOutcomes, final_status, span_bounded_tasks,
+};
 use crate::engine::solution::{MdpSolution, Occupancy, Solution, scaled_start};
 use crate::engine::warm_start::grid_start_values_for;
 use crate::error::Result;
@@ -102,6 +104,7 @@ fn iterate_native(
         options,
         Precision::F32,
         grid.tasks,
+        &[],
         grid.state(v0),
         |state: &NativeState, next: &mut NativeState, frozen: &[bool]| {
             grid.sweep(state, next, frozen, threads)
@@ -173,6 +176,7 @@ pub fn solve_native_mdp(
         options,
         Precision::F32,
         mdp.tasks,
+        &span_bounded_tasks(&inputs.fixed, mdp.tasks),
         v0,
         |v: &Vec<f32>, next: &mut Vec<f32>, frozen: &[bool]| {
             let stats = native.sweep(v, next, frozen, threads);
@@ -231,6 +235,7 @@ fn discounted_occupancy_native(
         options,
         Precision::F32,
         mdp.tasks,
+        &[],
         base.clone(),
         |d: &Vec<f32>, next: &mut Vec<f32>, frozen: &[bool]| {
             pull.sweep(&base, d, next, frozen, threads)
