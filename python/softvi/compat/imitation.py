@@ -157,8 +157,28 @@ def mce_occupancy_measures(
         want = (horizon, transitions.shape[0], transitions.shape[1])
         if policy.shape != want:
             raise ValueError(f"pi has shape {policy.shape}; expected [H,S,A] = {list(want)}")
-        d = np.zeros((horizon + 1, transitions.shape[0]))
-        d[0] = initial
-        for t in range(horizon):
-            d[t + 1] = np.einsum("s,sa,sak->k", d[t], policy[t], transitions)
+        d = _pushed_forward(transitions, policy, initial)
     return d, _discounted_sum(d, float(discount))
+
+
+def _pushed_forward(transitions: np.ndarray, policy: np.ndarray, initial: np.ndarray) -> np.ndarray:
+    """``D[t+1] = sum_{s,a} D[t](s) pi[t,s,a] T[s,a,:]`` for every step, ``[H+1,S]``.
+
+    Each step is one product with ``T`` as ``[S*A, S]``: a BLAS matrix-vector product where
+    ``T`` is mostly full, a sum over its nonzeros where it is sparse (an ``einsum`` over the
+    dense ``[S,A,S]`` took 12.5 s where the engine's own pass took 1.3 s).
+    """
+    horizon, states, actions = policy.shape
+    flat = transitions.reshape(states * actions, states)
+    d = np.zeros((horizon + 1, states))
+    d[0] = initial
+    rows, cols = np.nonzero(flat)
+    if rows.size < flat.size // 4:
+        probs = flat[rows, cols]
+        for t in range(horizon):
+            mass = (d[t][:, None] * policy[t]).reshape(-1)
+            d[t + 1] = np.bincount(cols, weights=mass[rows] * probs, minlength=states)
+    else:
+        for t in range(horizon):
+            d[t + 1] = (d[t][:, None] * policy[t]).reshape(-1) @ flat
+    return d
