@@ -26,26 +26,42 @@ pub fn mdp_occupancy<T: Real>(
     d_out: &mut [f64],
 ) -> Vec<SweepStats> {
     let mdp = inputs.mdp;
-    let (n, states, entries) = (mdp.actions, mdp.states, transpose.rows.len());
+    let states = mdp.states;
     let mut stats = vec![SweepStats::default(); mdp.tasks];
     for (task, task_stats) in stats.iter_mut().enumerate() {
-        let offset = task * states;
         for s_next in 0..states {
-            let mut inflow = 0.0;
-            for k in transpose.indptr[s_next] as usize..transpose.indptr[s_next + 1] as usize {
-                let row = transpose.rows[k] as usize;
-                let weight = match weights {
-                    Some(w) => w[task * entries + k],
-                    None => policy[offset * n + row].to_f64() * transpose.probs[k],
-                };
-                inflow += d_in[offset + row / n] * weight;
-            }
-            let index = offset + s_next;
+            let index = task * states + s_next;
+            let inflow = occupancy_inflow(inputs, transpose, policy, weights, d_in, index);
             d_out[index] = base.map_or(0.0, |b| b[index]) + inputs.gamma * inflow;
             task_stats.observe(d_in[index], d_out[index]);
         }
     }
     stats
+}
+
+/// `sum_{(s,a) -> s'} d_in(s) pi(a|s) P(s'|s,a)` into `index = task * S + s'`, as
+/// [`mdp_occupancy`] pulls it (the same arguments).
+pub fn occupancy_inflow<T: Real>(
+    inputs: &MdpInputs,
+    transpose: &Transpose,
+    policy: &[T],
+    weights: Option<&[f64]>,
+    d_in: &[f64],
+    index: usize,
+) -> f64 {
+    let (n, states, entries) = (inputs.mdp.actions, inputs.mdp.states, transpose.rows.len());
+    let (task, s_next) = (index / states, index % states);
+    let offset = task * states;
+    let mut inflow = 0.0;
+    for k in transpose.indptr[s_next] as usize..transpose.indptr[s_next + 1] as usize {
+        let row = transpose.rows[k] as usize;
+        let weight = match weights {
+            Some(w) => w[task * entries + k],
+            None => policy[offset * n + row].to_f64() * transpose.probs[k],
+        };
+        inflow += d_in[offset + row / n] * weight;
+    }
+    inflow
 }
 
 /// Twin of `mdp_occupancy_weights`: `pi(a|s) P(s'|s,a)` of every transposed entry, once for

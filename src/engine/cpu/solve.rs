@@ -23,7 +23,7 @@ use crate::engine::solution::{
 };
 use crate::engine::warm_start::grid_start_values_for;
 use crate::world::grid_problem::GridProblem;
-use crate::world::mdp::TabularMdp;
+use crate::world::mdp::{TabularMdp, Transpose};
 
 /// Where a CPU iteration stopped.
 pub struct CpuIteration {
@@ -349,6 +349,9 @@ fn solve_mdp_cpu_as<T: Real>(
     let discounted = |pi: &[T], progress: &mut OnProgress<'_>| {
         discounted_occupancy(&inputs, options, pi, progress)
     };
+    let step = |transpose: &Transpose, pi: &[T], d: &[f64], next: &mut [f64]| {
+        mdp_occupancy(&inputs, transpose, pi, None, d, None, next);
+    };
     mdp_solution(
         &inputs,
         options,
@@ -357,12 +360,21 @@ fn solve_mdp_cpu_as<T: Real>(
         outcomes,
         (&v, &v_prev),
         history,
-        &rows,
+        (&rows, &step),
         &discounted,
         progress,
         start,
     )
 }
+
+/// How a solve computes the policy (or Q, with `write_q`) rows `[task][state][action]` from
+/// values `[task][state]`: `rows(v, write_q)`.
+pub(crate) type PolicyRows<'a, T> = dyn Fn(&[f64], bool) -> Vec<T> + 'a;
+
+/// How a finite-horizon solve pulls `D_{t+1}` (`next`, `[task][state]`) from `D_t` under
+/// `pi_t` `[task][state][action]` over the transposed transitions, as [`mdp_occupancy`] does
+/// with no base.
+pub(crate) type OccupancyStep<'a, T> = dyn Fn(&Transpose, &[T], &[f64], &mut [f64]) + 'a;
 
 /// How a solve computes the discounted occupancy from its stationary policy
 /// `[task][state][action]`.
@@ -371,8 +383,9 @@ pub(crate) type Discounted<'a, T> = dyn Fn(&[T], &mut OnProgress<'_>) -> Result<
 /// A general-MDP solve's result from its backward iteration: `outcomes`, the last values `v`
 /// and those the last sweep read `v_prev` (`[task][state]`, f64), and with every step or a
 /// finite horizon's occupancy the values each sweep made (`history`, V_{T-1} first). The
-/// policy and Q rows `[task][state][action]` come from `rows(v, write_q)`, the discounted
-/// occupancy from `discounted(pi)`; the error bounds as `precision` iterated. A task the span
+/// policy and Q rows `[task][state][action]` come from `rows(v, write_q)`, a finite horizon's
+/// occupancy steps from `step` ([`OccupancyStep`]), the discounted occupancy from
+/// `discounted(pi)`; the error bounds as `precision` iterated. A task the span
 /// bounds ([`span_bounds`]) reports V shifted to the centre of MacQueen's interval, and the
 /// policy and Q from those values. The CPU reference and the native engine report through it.
 #[allow(clippy::too_many_arguments)]
@@ -384,7 +397,7 @@ pub(crate) fn mdp_solution<T: Real>(
     outcomes: TaskOutcomes,
     (v, v_prev): (&[f64], &[f64]),
     mut history: Vec<Vec<f64>>,
-    rows: &dyn Fn(&[f64], bool) -> Vec<T>,
+    (rows, step): (&PolicyRows<'_, T>, &OccupancyStep<'_, T>),
     discounted: &Discounted<'_, T>,
     progress: &mut OnProgress<'_>,
     start: Instant,
@@ -422,7 +435,7 @@ pub(crate) fn mdp_solution<T: Real>(
         // V_t for t = 0..T.
         history.reverse();
         history.push(inputs.v0.clone());
-        (steps, occupancy) = forward_steps(inputs, &marks, outputs, &history, rows);
+        (steps, occupancy) = forward_steps(inputs, &marks, outputs, &history, rows, step);
     }
     if outputs.occupancy && !finite && !diverged {
         let pi = policy.as_ref().expect("policy computed for the occupancy");
@@ -463,6 +476,7 @@ fn forward_steps<T: Real>(
     outputs: Outputs,
     history: &[Vec<f64>],
     rows: &dyn Fn(&[f64], bool) -> Vec<T>,
+    step: &OccupancyStep<'_, T>,
 ) -> (Option<TimeSteps<T>>, Option<Occupancy<T>>) {
     let mdp = inputs.mdp;
     let horizon = history.len() - 1;
@@ -473,7 +487,7 @@ fn forward_steps<T: Real>(
         let pi_t = rows(&history[t + 1], false);
         if let Some(transpose) = &transpose {
             let mut next = vec![0.0; d[t].len()];
-            mdp_occupancy(inputs, transpose, &pi_t, None, &d[t], None, &mut next);
+            step(transpose, &pi_t, &d[t], &mut next);
             d.push(next);
         }
         if outputs.all_steps && outputs.q {

@@ -25,11 +25,13 @@ use std::sync::Mutex;
 
 use super::fast_math::{exp_f32, ln_f32, madd};
 use super::grid_backup::{RowStats, VECTORS, Vectors, with_avx2};
+use crate::engine::cpu::mdp_occupancy::occupancy_inflow;
 use crate::engine::cpu::residual_reduce::SweepStats;
 use crate::engine::cpu::{mdp_action_values, write_policy};
 use crate::engine::layout::MdpInputs;
 use crate::engine::options::Backup;
 use crate::engine::solution::Real;
+use crate::world::mdp::Transpose;
 
 /// States per block: one slice entry is one 8-lane vector (AVX2's f32 width; AVX-512 runs
 /// the same layout, its gathers being no wider in throughput).
@@ -497,6 +499,31 @@ pub fn mdp_policy_threads<T: Real + Send>(
         }
     });
     policy
+}
+
+/// [`crate::engine::cpu::mdp_occupancy`]'s finite-horizon step (no base; f64, from the f32
+/// policy) with the target states `[task][state]` split over `threads` threads: `d_out(s') =
+/// gamma sum d_in(s) pi(a|s) P(s'|s,a)` over the transitions into `s'`.
+pub fn mdp_occupancy_threads<T: Real + Sync>(
+    inputs: &MdpInputs,
+    transpose: &Transpose,
+    policy: &[T],
+    d_in: &[f64],
+    d_out: &mut [f64],
+    threads: usize,
+) {
+    let per = d_out.len().div_ceil(threads.max(1)).max(1);
+    std::thread::scope(|scope| {
+        for (chunk, out) in d_out.chunks_mut(per).enumerate() {
+            scope.spawn(move || {
+                for (k, x) in out.iter_mut().enumerate() {
+                    let inflow =
+                        occupancy_inflow(inputs, transpose, policy, None, d_in, chunk * per + k);
+                    *x = inputs.gamma * inflow;
+                }
+            });
+        }
+    });
 }
 
 /// The discounted occupancy's pull (`shaders/mdp_occupancy.wgsl::mdp_occupancy` with

@@ -5,7 +5,7 @@
 use std::time::Instant;
 
 use super::grid_backup::{NativeGrid, NativeState};
-use super::mdp_backup::{NativeMdp, NativeOccupancy, mdp_policy_threads};
+use super::mdp_backup::{NativeMdp, NativeOccupancy, mdp_occupancy_threads, mdp_policy_threads};
 use crate::engine::cpu::solve::{grid_solution, iterate_checked, mdp_solution};
 use crate::engine::cpu::{action_values, write_policy};
 use crate::engine::layout::{GridInputs, MdpInputs};
@@ -17,7 +17,7 @@ use crate::engine::solution::{MdpSolution, Occupancy, Solution, scaled_start};
 use crate::engine::warm_start::grid_start_values_for;
 use crate::error::Result;
 use crate::world::grid_problem::GridProblem;
-use crate::world::mdp::TabularMdp;
+use crate::world::mdp::{TabularMdp, Transpose};
 
 /// Threads a native solve uses by default: every core the OS gives this process.
 pub fn default_threads() -> usize {
@@ -190,6 +190,9 @@ pub fn solve_native_mdp(
     )?;
     let (v, v_prev) = (native.unpadded(&run.state), native.unpadded(&run.previous));
     let rows = |v: &[f64], write_q: bool| mdp_policy_threads::<f32>(&inputs, v, write_q, threads);
+    let step = |transpose: &Transpose, pi: &[f32], d: &[f64], next: &mut [f64]| {
+        mdp_occupancy_threads(&inputs, transpose, pi, d, next, threads);
+    };
     let discounted = |pi: &[f32], progress: &mut OnProgress<'_>| {
         discounted_occupancy_native(&inputs, options, pi, threads, progress)
     };
@@ -201,7 +204,7 @@ pub fn solve_native_mdp(
         run.outcomes,
         (&v, &v_prev),
         history,
-        &rows,
+        (&rows, &step),
         &discounted,
         progress,
         start,
