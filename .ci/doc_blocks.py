@@ -5,14 +5,15 @@ A block whose fence's info string is ``sh runnable``, ``bash runnable`` or ``pyt
 runnable`` is run; an ``output`` block after it lists lines its output must contain (each
 non-blank line, compared with runs of whitespace collapsed, anywhere in stdout + stderr;
 a line ``...`` is only a reader's ellipsis). The blocks of one page run in order in one
-scratch folder, ``target/doc-blocks/<page>/`` (made afresh; ``tests`` and ``examples`` link to
-the checkout's, so a page's commands read the repository's data as they would from its root),
-with ``target/release`` (the ``softvi`` binary) and this Python's folder first on PATH. Shell
-blocks run under ``bash -euo pipefail``, Python blocks with this interpreter. Any failure, or
-an ``output`` block with no runnable block before it, fails the run (exit 1) after every
-page was tried. Usage: ``python3 .ci/doc_blocks.py [--list] PAGE.md ...``.
+scratch folder made afresh, ``target/doc-blocks/<page>/`` (``docs-inference`` for
+``docs/inference.md``), where ``tests`` and ``examples`` link to the checkout's, so a page's
+commands read the repository's data as they would from its root; ``target/release`` (the
+``softvi`` binary) and this Python's folder come first on PATH. Shell blocks run under
+``bash -euo pipefail``, Python blocks with this interpreter. Any failure, or an ``output``
+block with no runnable block before it, fails the run (exit 1) after every page was tried.
+Usage: ``python3 .ci/doc_blocks.py [--list] PAGE.md ...``.
 
-Only the Python standard library: CI runs it with the venv's Python before anything else.
+Only the Python standard library, so any Python that imports softvi can run it.
 """
 
 from __future__ import annotations
@@ -87,9 +88,9 @@ def squash(s: str) -> str:
 
 def run_page(page: Path, found: list[Block]) -> list[str]:
     """Runs a page's blocks in order in its scratch folder; the failures."""
-    scratch = ROOT / "target" / "doc-blocks" / page.stem.lower()
-    if page.parent.name == "examples":
-        scratch = scratch.with_name("examples-" + scratch.name)
+    # One folder per page, named by its path: docs/README.md and README.md apart.
+    name = str(page.relative_to(ROOT).with_suffix("")).replace(os.sep, "-").lower()
+    scratch = ROOT / "target" / "doc-blocks" / name
     shutil.rmtree(scratch, ignore_errors=True)
     (scratch / "docs").mkdir(parents=True)
     for shared in ("tests", "examples"):
