@@ -223,8 +223,9 @@ def test_maxent_irl_says_when_it_did_not_converge(device):
 
 
 def half_ring_mdp() -> softvi.TabularMDP:
-    """The README's sparse-goal world as a TabularMDP: a 15 x 9 open grid, 8-connected, start
-    at (row 8, col 7), seven goals on a half ring of radius 6, reward 1 on reaching the goal."""
+    """The sparse-goal world of docs/qlearn-and-meta-rl.md as a TabularMDP: a 15 x 9 open grid,
+    8-connected, start at (row 8, col 7), seven goals on a half ring of radius 6, reward 1 on
+    reaching the goal."""
     h, w = 9, 15
     moves = [(-1, 0), (0, 1), (1, 0), (0, -1), (-1, 1), (1, 1), (1, -1), (-1, -1)]
     p = np.zeros((h * w, 8, h * w))
@@ -246,8 +247,9 @@ def half_ring_mdp() -> softvi.TabularMDP:
 
 
 def test_meta_rl_reaches_the_oracle(device):
-    # The same world and settings as the README's `softvi meta` run (7 x 30 runs): posterior
-    # sampling climbs from the prior-only level to the oracle's, on either device.
+    # The same world and settings as the `softvi meta` run of docs/qlearn-and-meta-rl.md
+    # (7 x 30 runs): posterior sampling climbs from the prior-only level to the oracle's, on
+    # either device.
     mdp = half_ring_mdp()
     solved = softvi.solve(mdp, alpha=0.01, gamma=0.9, tol=1e-6, device="cpu")
     report = run_on(device, softvi.meta_rl, mdp, solved, steps=15, episodes=10, trials=30)
