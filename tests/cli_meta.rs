@@ -1,5 +1,6 @@
-//! `softvi meta`: the README's sparse-goal run writes meta.json and its chart, the GPU and the
-//! CPU reference agree, and bad flags name themselves before any solve.
+//! `softvi meta`: the guide's sparse-goal run (docs/qlearn-and-meta-rl.md) writes meta.json
+//! and its chart, the GPU and the CPU reference agree, and bad flags name themselves before any
+//! solve.
 
 mod common;
 

@@ -169,7 +169,7 @@ fn the_posterior_update_equals_its_definition() {
     }
 }
 
-/// The sparse-goal world of the README: a 15 x 9 open grid, the start at the bottom centre,
+/// The sparse-goal world of docs/qlearn-and-meta-rl.md: a 15 x 9 open grid, the start at the bottom centre,
 /// seven goals on a half ring of radius 6 (`tests/data/half_ring*`), no step cost, reward 1
 /// on reaching the goal (its terminal value).
 fn half_ring() -> (TabularMdp, Vec<f32>) {

@@ -6,6 +6,7 @@ and MaxEnt IRL.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -269,7 +270,8 @@ def maxent_irl(
         device: as in :func:`softvi.solve`.
 
     Returns:
-        :class:`IrlResult`.
+        :class:`IrlResult`; when ``iters`` ran out before every gradient norm reached ``tol``,
+        its ``converged`` is False and a ``RuntimeWarning`` says so, naming the largest norm.
 
     Raises:
         ValueError: shapes that do not match, a demo step the MDP cannot make, a setting out
@@ -306,6 +308,17 @@ def maxent_irl(
     theta = raw["theta"]
     reward = theta.astype(np.float64) @ phi.T.astype(np.float64)
     pick = (lambda x: x[0]) if one_set else (lambda x: x)
+    if not raw["converged"]:
+        norms = list(raw["history"][-1]["gradient_norm"])
+        worst = int(np.argmax(norms))
+        warnings.warn(
+            f"maxent_irl did not converge: after {len(raw['history'])} iterations (iters) the "
+            f"largest gradient norm is {norms[worst]:.3e} (demo set {worst}), above tol "
+            f"{tol:g}; theta is not yet the maximum-likelihood reward (raise iters or "
+            "learning_rate; IrlResult.converged is False)",
+            RuntimeWarning,
+            stacklevel=2,
+        )
     return IrlResult(
         theta=pick(theta),
         reward=pick(reward),

@@ -4,6 +4,7 @@ posterior written here in NumPy, and the CLI's `softvi irl` on the same files.""
 from __future__ import annotations
 
 import json
+import warnings
 
 import gymnasium as gym
 import numpy as np
@@ -197,9 +198,34 @@ def test_maxent_irl_errors():
         softvi.maxent_irl(world, phi, states, horizon=3, discounted=True)
 
 
+def test_maxent_irl_says_when_it_did_not_converge(device):
+    # Demos of a random 12-state world and one-hot features: 3 Adam steps cannot match the
+    # demos' feature expectations to 1e-6, so the result is marked unconverged and a
+    # RuntimeWarning names the largest gradient norm of the last iteration; a tol that the
+    # first gradient already meets converges without a warning.
+    rng = np.random.default_rng(11)
+    p = random_mdp(rng, 12, 3)
+    world = softvi.TabularMDP(p, np.zeros((12, 3)))
+    expert = softvi.TabularMDP(p, rng.normal(size=(12, 3)))
+    demos = softvi.sample(expert, softvi.solve(expert, horizon=6, device="cpu"), episodes=40)
+    with pytest.warns(RuntimeWarning, match="maxent_irl did not converge") as caught:
+        short = run_on(
+            device, softvi.maxent_irl, world, np.eye(12), demos.states, iters=3, tol=1e-6
+        )
+    assert not short.converged and len(short.history) == 3
+    worst = max(short.history[-1]["gradient_norm"])
+    assert worst > 1e-6
+    assert f"largest gradient norm is {worst:.3e}" in str(caught[0].message)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        done = run_on(device, softvi.maxent_irl, world, np.eye(12), demos.states, iters=3, tol=1e3)
+    assert done.converged and len(done.history) == 1
+
+
 def half_ring_mdp() -> softvi.TabularMDP:
-    """The README's sparse-goal world as a TabularMDP: a 15 x 9 open grid, 8-connected, start
-    at (row 8, col 7), seven goals on a half ring of radius 6, reward 1 on reaching the goal."""
+    """The sparse-goal world of docs/qlearn-and-meta-rl.md as a TabularMDP: a 15 x 9 open grid,
+    8-connected, start at (row 8, col 7), seven goals on a half ring of radius 6, reward 1 on
+    reaching the goal."""
     h, w = 9, 15
     moves = [(-1, 0), (0, 1), (1, 0), (0, -1), (-1, 1), (1, 1), (1, -1), (-1, -1)]
     p = np.zeros((h * w, 8, h * w))
@@ -221,8 +247,9 @@ def half_ring_mdp() -> softvi.TabularMDP:
 
 
 def test_meta_rl_reaches_the_oracle(device):
-    # The same world and settings as the README's `softvi meta` run (7 x 30 runs): posterior
-    # sampling climbs from the prior-only level to the oracle's, on either device.
+    # The same world and settings as the `softvi meta` run of docs/qlearn-and-meta-rl.md
+    # (7 x 30 runs): posterior sampling climbs from the prior-only level to the oracle's, on
+    # either device.
     mdp = half_ring_mdp()
     solved = softvi.solve(mdp, alpha=0.01, gamma=0.9, tol=1e-6, device="cpu")
     report = run_on(device, softvi.meta_rl, mdp, solved, steps=15, episodes=10, trials=30)

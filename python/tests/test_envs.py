@@ -22,7 +22,7 @@ def start_distribution(mdp: softvi.TabularMDP) -> np.ndarray:
         ("FrozenLake-v1", {}, 0.7442),
         ("FrozenLake8x8-v1", {}, 0.9132),
         # The 8x8 map under FrozenLake-v1's 100-step limit (FrozenLake8x8-v1 has 200): the
-        # README names both.
+        # guide (docs/python.md, examples/frozenlake.py) names both.
         ("FrozenLake-v1", {"map_name": "8x8"}, 0.6407),
     ],
     ids=["4x4", "8x8", "8x8-horizon-100"],

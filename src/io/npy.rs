@@ -66,6 +66,8 @@ pub fn encode_i32(shape: &[usize], data: &[i32]) -> Vec<u8> {
     encode("<i4", shape, &wide)
 }
 
+/// A `.npy` file of `data` (row-major, `shape`), its values converted from f64 to `dtype`:
+/// `<f4`, `<f8`, `<i4`, `<i8` or `|b1` (nonzero is true); another dtype panics.
 pub fn encode(dtype: &str, shape: &[usize], data: &[f64]) -> Vec<u8> {
     let mut out = encode_f32(shape, &vec![0.0; data.len()]);
     let header_end = out.len() - 4 * data.len();

@@ -53,14 +53,21 @@ pub(crate) const WINDOW_SLACK: u64 = 64;
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, Pod, Zeroable)]
 pub struct ReduceParams {
+    /// Tasks of the chunk.
     pub task_count: u32,
+    /// Residual partials per task (workgroups of one task's sweep, all bands).
     pub groups_per_task: u32,
+    /// Bands the sweep ran in.
     pub band_count: u32,
+    /// Residual tolerance (value units); negative for a fixed horizon.
     pub tol: f32,
+    /// 1 to extrapolate along the slowest mode (alpha > 0, gamma < 1, infinite horizon), else 0.
     pub extrapolate: u32,
+    /// Discount, which bounds every mode's rate.
     pub gamma: f32,
     /// `schedule::bound_factor(gamma)`: the residual times it bounds the error.
     pub bound_factor: f32,
+    /// Padding to 16 bytes.
     pub _pad2: u32,
 }
 
@@ -69,17 +76,29 @@ pub struct ReduceParams {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, Pod, Zeroable)]
 pub struct ExtrapolateParams {
+    /// Elements of V per task.
     pub values_per_task: u32,
+    /// First task (`[task]` index within the chunk) of this band.
     pub task_base: u32,
+    /// First element of this band within each of its tasks.
     pub first: u32,
+    /// Elements of this band per task.
     pub count: u32,
+    /// Workgroups along x of this band's dispatch.
     pub dispatch_x: u32,
+    /// Invocations per task of this band's dispatch.
     pub invocations: u32,
+    /// 32-bit words of fixed-element bits per task.
     pub fixed_words_per_task: u32,
+    /// Start of the `fixed_bits` window, in elements of `[task][word]`.
     pub fixed_origin: u32,
+    /// Start of the `v_prev` window, in elements of `[task][element]`.
     pub prev_origin: u32,
+    /// Start of the `v` and backup windows, in elements of `[task][element]`.
     pub out_origin: u32,
+    /// Padding to 16 bytes.
     pub _pad0: u32,
+    /// Padding to 16 bytes.
     pub _pad1: u32,
 }
 

@@ -53,26 +53,49 @@ const MAX_CHUNK_BYTES: u64 = 1 << 30;
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, Pod, Zeroable)]
 pub struct GridParams {
+    /// Cells per row, a multiple of 4 (the padded width).
     pub width: u32,
+    /// Rows of the grid.
     pub height: u32,
+    /// Cells per task (`width * height`).
     pub cells_per_task: u32,
+    /// 32-bit words of fixed-cell bits per task.
     pub fixed_words_per_task: u32,
+    /// First task (`[task]` index within the chunk) of this band.
     pub task_base: u32,
+    /// `grid_backup`: first entry of this band's slice of `active_quads`.
     pub list_base: u32,
+    /// `grid_backup`: entries of this band's slice of `active_quads`.
     pub list_count: u32,
+    /// Workgroups along x of this band's dispatch.
     pub dispatch_x: u32,
+    /// `grid_backup`: `partials` slot of this band's first workgroup within a task.
     pub group_base: u32,
+    /// `grid_backup`: `partials` slots per task.
     pub groups_per_task: u32,
+    /// Start of the `active_quads` window, in entries.
     pub quads_origin: u32,
+    /// Start of the `fixed_bits` window, in elements of `[task][word]`.
     pub fixed_origin: u32,
+    /// Start of the `v_in` window (`[task][row][quad]`; `grid_occupancy`: `d_in`, `d_out`
+    /// `[task][row][col]`).
     pub v_in_origin: u32,
+    /// Start of the reward and `v_out` windows (`[task][row][quad]`, the policy's cell `4 *
+    /// out_origin`; `grid_occupancy`: policy `[task][row][col][action]`).
     pub out_origin: u32,
+    /// Discount.
     pub gamma: f32,
+    /// Slip probability in [0, 1].
     pub slip: f32,
+    /// `alpha * ln(2)` (value units).
     pub alpha_ln2: f32,
+    /// `log2(e) / alpha`.
     pub log2e_over_alpha: f32,
+    /// `slip / |A|`: each action's share of a slipped move.
     pub slip_share: f32,
+    /// Padding to 16 bytes.
     pub _pad0: u32,
+    /// `cost(a)` per action in the action order, 4 per vec4 (value units).
     pub step_cost: [[f32; 4]; 3],
 }
 
@@ -420,7 +443,8 @@ impl GridEngine {
     /// [`crate::world::grid_mdp::start_distribution`]). The result is laid out over the map
     /// (`height` H, `width` W): values `[task][t][row][col]`, policy
     /// `[task][t][row][col][action]`, occupancy `[task][t][row][col]`, NaN on walls, as
-    /// [`crate::engine::cpu::solve_mdp_cpu`] gives them through [`crate::world::grid_mdp::GridMdp`]. A task's
+    /// [`crate::engine::cpu::solve_mdp_cpu`] gives them through
+    /// [`crate::world::grid_mdp::GridMdp`]. A task's
     /// policy must fit one storage binding. (The discounted occupancy runs through `GridMdp`
     /// and [`super::MdpEngine`].)
     pub fn solve_steps(

@@ -51,25 +51,45 @@ const ALIGN_SLACK: u64 = 256;
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, Pod, Zeroable)]
 pub struct MdpParams {
+    /// States S per task.
     pub states: u32,
+    /// Actions A.
     pub actions: u32,
+    /// First task (`[task]` index within the chunk) of this band.
     pub task_base: u32,
+    /// First state of this band.
     pub state_base: u32,
+    /// States of this band.
     pub state_count: u32,
+    /// Workgroups along x of this band's dispatch.
     pub dispatch_x: u32,
+    /// `partials` slot of this band's first workgroup within a task.
     pub group_base: u32,
+    /// `partials` slots per task.
     pub groups_per_task: u32,
+    /// 32-bit words of fixed-state bits per task.
     pub fixed_words_per_task: u32,
+    /// Start of the `indptr` window, in rows.
     pub indptr_origin: u32,
+    /// Start of the `successors` and `probs` windows, in entries.
     pub entry_origin: u32,
+    /// Start of the reward and `out` windows, in elements of `[task][state][action]`.
     pub row_origin: u32,
+    /// Start of the `fixed_bits` window, in elements of `[task][word]`.
     pub fixed_origin: u32,
+    /// Start of the `v_in` window, in elements of `[task][state]`.
     pub v_in_origin: u32,
+    /// Start of the `v_out` window, in elements of `[task][state]`.
     pub out_origin: u32,
+    /// Discount.
     pub gamma: f32,
+    /// `alpha * ln(2)` (value units).
     pub alpha_ln2: f32,
+    /// `log2(e) / alpha`.
     pub log2e_over_alpha: f32,
+    /// Padding to 16 bytes.
     pub _pad0: u32,
+    /// Padding to 16 bytes.
     pub _pad1: u32,
 }
 
@@ -78,21 +98,37 @@ pub struct MdpParams {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, Pod, Zeroable)]
 pub struct OccupancyParams {
+    /// States S per task.
     pub states: u32,
+    /// Actions A.
     pub actions: u32,
+    /// First task (`[task]` index within the chunk) of this band.
     pub task_base: u32,
+    /// First state of this band.
     pub state_base: u32,
+    /// States of this band.
     pub state_count: u32,
+    /// Workgroups along x of this band's dispatch.
     pub dispatch_x: u32,
+    /// `partials` slot of this band's first workgroup within a task.
     pub group_base: u32,
+    /// `partials` slots per task.
     pub groups_per_task: u32,
+    /// Transitions per task (nonzeros).
     pub entries: u32,
+    /// Start of the `incoming_indptr` window, in states.
     pub indptr_origin: u32,
+    /// Start of the `incoming` and `incoming_probs` windows, in entries.
     pub entry_origin: u32,
+    /// Start of the policy window, in elements of `[task][state][action]`.
     pub policy_origin: u32,
+    /// Start of the `d_in` window, in elements of `[task][state]`.
     pub d_in_origin: u32,
+    /// Start of the `d_out` and `start` windows, in elements of `[task][state]`.
     pub out_origin: u32,
+    /// Discount.
     pub gamma: f32,
+    /// Start of the `weights` window, in elements of `[task][entry]`.
     pub weight_origin: u32,
 }
 

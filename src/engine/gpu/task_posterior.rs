@@ -17,13 +17,21 @@ pub const WORKGROUP_SIZE: u32 = 64;
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, Pod, Zeroable)]
 pub struct PosteriorParams {
+    /// Tasks B (the hypotheses).
     pub tasks: u32,
+    /// Observed steps K.
     pub steps: u32,
+    /// Actions A.
     pub actions: u32,
+    /// Meta-RL only: states S.
     pub states: u32,
+    /// Meta-RL only: runs updated together.
     pub runs: u32,
+    /// Meta-RL only: the reward model, 0 exact, 1 Gaussian.
     pub gaussian: u32,
+    /// Meta-RL only: the Gaussian reward model's standard deviation (reward units).
     pub reward_noise: f32,
+    /// Padding to 16 bytes.
     pub _pad0: u32,
 }
 

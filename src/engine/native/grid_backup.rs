@@ -629,7 +629,7 @@ impl NativeGrid {
     }
 
     /// The jump of rate extrapolation on the padded arrays, as
-    /// [`crate::engine::cpu::extrapolate`] does it on `[task][state]`.
+    /// [`crate::engine::cpu::extrapolate()`] does it on `[task][state]`.
     pub fn extrapolate(&self, v: &mut [f32], v_prev: &[f32], backup: &mut [f32], factors: &[f64]) {
         let plane = self.plane();
         for (task, &factor) in factors.iter().enumerate() {

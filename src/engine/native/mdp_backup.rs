@@ -14,8 +14,8 @@
 //! one per cell: `E(s') = exp(gamma (V(s') - M) / alpha)` with `M` the task's largest finite
 //! V, computed once per sweep, so a row is the dot product `mass = sum_k p_k E(s'_k)` like the
 //! expected backup's and `Q = r + gamma M + alpha ln mass`. Where `mass` falls below
-//! [`SUM_LOW`] (every successor far below `M`, or at -inf) the row is recomputed with its own
-//! largest successor ([`optimistic_row`], the reference's form), so the result never depends
+//! `SUM_LOW` (every successor far below `M`, or at -inf) the row is recomputed with its own
+//! largest successor (`optimistic_row`, the reference's form), so the result never depends
 //! on the shortcut.
 
 // Lane loops over fixed-size arrays are what LLVM turns into vectors.
