@@ -501,7 +501,7 @@ pub fn mdp_policy_threads<T: Real + Send>(
     policy
 }
 
-/// [`crate::engine::cpu::mdp_occupancy`]'s finite-horizon step (no base; f64, from the f32
+/// [`crate::engine::cpu::mdp_occupancy()`]'s finite-horizon step (no base; f64, from the f32
 /// policy) with the target states `[task][state]` split over `threads` threads: `d_out(s') =
 /// gamma sum d_in(s) pi(a|s) P(s'|s,a)` over the transitions into `s'`.
 pub fn mdp_occupancy_threads<T: Real + Sync>(
