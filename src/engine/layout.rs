@@ -239,14 +239,18 @@ impl<'a> MdpInputs<'a> {
 
     /// Builds the inputs; `options` must be validated.
     pub fn new(mdp: &'a TabularMdp, options: &super::options::SolveOptions) -> Self {
-        let (s_count, a_count) = (mdp.states, mdp.actions);
-        // Predecessors over possible transitions (the transposed CSR), for the reverse
-        // reachability pass.
-        let incoming = mdp.transpose();
+        let s_count = mdp.states;
+        // Predecessors over possible transitions, for the reverse reachability pass; none is
+        // needed where no task has a terminal state (then no state reaches one).
+        let (starts, sources) = if mdp.terminal.contains(&true) {
+            mdp.predecessors()
+        } else {
+            (vec![0; s_count + 1], Vec::new())
+        };
         let predecessors = |s: usize| {
-            (incoming.indptr[s] as usize..incoming.indptr[s + 1] as usize)
-                .filter(|&k| incoming.probs[k] > 0.0)
-                .map(|k| incoming.rows[k] as usize / a_count)
+            sources[starts[s] as usize..starts[s + 1] as usize]
+                .iter()
+                .map(|&p| p as usize)
         };
         let mut excluded = vec![false; mdp.tasks * s_count];
         let mut unreachable = Vec::with_capacity(mdp.tasks);

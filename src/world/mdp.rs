@@ -342,18 +342,36 @@ impl TabularMdp {
     /// The transitions by successor, for the forward (occupancy) pass's pull: row `s'` lists
     /// the CSR rows `s * A + a` that may step into `s'`, ascending, with their probabilities.
     pub fn transpose(&self) -> Transpose {
+        self.transpose_where(|_| true)
+    }
+
+    /// The states that step into each state with positive probability: row starts `[S + 1]`
+    /// and source states `[entries]` (a state once per action that may step there), the
+    /// structure of [`Self::transpose`] without the probabilities or the actions.
+    pub fn predecessors(&self) -> (Vec<u32>, Vec<u32>) {
+        let t = self.transpose_where(|p| p > 0.0);
+        let a = self.actions as u32;
+        (t.indptr, t.rows.iter().map(|&row| row / a).collect())
+    }
+
+    /// [`Self::transpose`] of the entries whose probability passes `keep`.
+    fn transpose_where(&self, keep: impl Fn(f64) -> bool) -> Transpose {
         let mut indptr = vec![0u32; self.states + 1];
-        for &j in &self.indices {
-            indptr[j as usize + 1] += 1;
+        for (&j, &p) in self.indices.iter().zip(&self.probs) {
+            indptr[j as usize + 1] += keep(p) as u32;
         }
         for s in 0..self.states {
             indptr[s + 1] += indptr[s];
         }
         let mut next = indptr.clone();
-        let mut rows = vec![0u32; self.indices.len()];
-        let mut probs = vec![0f64; self.indices.len()];
+        let kept = indptr[self.states] as usize;
+        let mut rows = vec![0u32; kept];
+        let mut probs = vec![0f64; kept];
         for row in 0..self.states * self.actions {
             for k in self.indptr[row] as usize..self.indptr[row + 1] as usize {
+                if !keep(self.probs[k]) {
+                    continue;
+                }
                 let slot = &mut next[self.indices[k] as usize];
                 rows[*slot as usize] = row as u32;
                 probs[*slot as usize] = self.probs[k];
