@@ -145,7 +145,12 @@ def mce_occupancy_measures(
         DeviceError: ``device="gpu"`` and no usable adapter.
     """
     horizon, transitions, r, initial = _world(env, reward)
-    if pi is None:
+    if pi is None and np.count_nonzero(transitions) >= transitions.size // 4:
+        # A mostly full T: the engine's policy, pushed forward by BLAS products (the engine's
+        # per-step pull reads T as 10^8 CSR entries at S = 5,000, A = 4).
+        _, _, policy = mce_partition_fh(env, reward=reward, device=device)
+        d = _pushed_forward(transitions, policy, initial)
+    elif pi is None:
         mdp = TabularMDP(transitions, r, initial=initial)
         # gamma = 1: the engine's per-step occupancy is then imitation's undiscounted D.
         res = solve(
