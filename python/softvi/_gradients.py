@@ -61,6 +61,7 @@ def vjp(
     all_steps: bool = False,
     tol: float = 1e-10,
     max_iters: int = 100_000,
+    solution: ArrayLike | None = None,
 ) -> Gradients:
     r"""The vector-Jacobian product of :func:`softvi.solve` on the f64 CPU reference.
 
@@ -72,7 +73,8 @@ def vjp(
     recursion with a signed start), not an unrolled iteration: memory ``O(B S A)``
     (``O(B T S A)`` for a finite horizon) whatever the number of sweeps. At ``alpha = 0`` the
     argmax policy gives the subgradient. An infinite horizon is differentiated at its fixed
-    point (``gamma < 1``), to ``tol``.
+    point (``gamma < 1``), to ``tol``: Gauss-Seidel sweeps find it (from ``solution`` when
+    given), then the adjoint.
 
     Args:
         mdp: the world and rewards.
@@ -88,13 +90,17 @@ def vjp(
             changes them by at most ``tol (1 - gamma)`` of their size (at least 1e-14), so the
             gradient is within about ``tol`` of the exact one, relative.
         max_iters: most sweeps of the fixed point and of the adjoint.
+        solution: infinite horizon: V of a solve of this MDP at these settings (``[B,S]``, or
+            ``[S]`` without a task axis; any device), so that the fixed point is not solved
+            again: the sweeps start from it and stop after one when it is within ``tol``.
 
     Returns:
         :class:`Gradients`.
 
     Raises:
-        ValueError: a cotangent of the wrong size or with an infinite entry, a setting out of
-            range, an infinite horizon at ``gamma = 1``.
+        ValueError: a cotangent or ``solution`` of the wrong size or with an infinite entry, a
+            setting out of range, an infinite horizon at ``gamma = 1``, ``solution`` with a
+            finite horizon.
     """
     _check_mdp(mdp)
     if values is None and q is None and policy is None:
@@ -110,6 +116,7 @@ def vjp(
         _cotangent("values", values, batched, tasks),
         _cotangent("q", q, batched, tasks),
         _cotangent("policy", policy, batched, tasks),
+        _cotangent("solution", solution, batched, tasks),
     )
     pick: Any = (lambda x: x) if batched else (lambda x: x[0])
     return Gradients(
@@ -185,6 +192,16 @@ class Primitive:
 
     def solve(self, reward, alpha, gamma, terminal_value, probs) -> tuple[np.ndarray, ...]:
         """The outputs, in the reward's dtype."""
+        return self.solve_keeping_values(reward, alpha, gamma, terminal_value, probs)[:-1]
+
+    def solve_keeping_values(
+        self, reward, alpha, gamma, terminal_value, probs
+    ) -> tuple[np.ndarray, ...]:
+        """The outputs, then V shaped as the ``values`` output, in the reward's dtype.
+
+        V is what :meth:`gradients` takes as ``solution``, so that the backward pass does not
+        solve the forward again.
+        """
         res = solve(
             self.model(reward, terminal_value, probs),
             alpha=float(alpha), gamma=float(gamma), backup=self.backup,
@@ -192,18 +209,31 @@ class Primitive:
             q="q" in self.outputs, device=self.device,
         )  # fmt: skip
         dtype = np.asarray(reward).dtype
-        outs = tuple(np.asarray(getattr(res, o), dtype) for o in self.outputs)
+        outs = tuple(np.asarray(getattr(res, o), dtype) for o in (*self.outputs, "values"))
         if self.grid is not None:
             outs = tuple(self.grid.to_cells(x) for x in outs)
         return outs
 
+    def values_shape(self, reward_shape: tuple[int, ...]) -> tuple[int, ...]:
+        """The shape of V (the ``values`` output) for a reward of this shape."""
+        return Primitive(
+            self.world, self.horizon, self.backup, ("values",), self.device, self.tol
+        ).shapes(reward_shape)[0]
+
     def gradients(
-        self, reward, alpha, gamma, terminal_value, probs, *cotangents
+        self, reward, alpha, gamma, terminal_value, probs, solution, *cotangents
     ) -> tuple[np.ndarray, ...]:
         """The gradients of ``<cotangents, outputs>``, each shaped and typed as its input.
 
         In the order (reward, alpha, gamma, terminal_value, probs); NaN cotangents count as 0.
+        ``solution``: V as :meth:`solve_keeping_values` gave it (or None), the fixed point
+        the backward pass starts from (an infinite horizon's; ignored for a finite one).
         """
+        if self.horizon is not None or solution is None:
+            solution = None
+        elif self.grid is not None:
+            solution = np.asarray(solution, np.float64)
+            solution = solution.reshape(solution.shape[0], -1)[:, self.grid.cells]
         given = {
             o: np.nan_to_num(np.asarray(c, np.float64), nan=0.0)
             for o, c in zip(self.outputs, cotangents, strict=True)
@@ -222,6 +252,7 @@ class Primitive:
             backup=self.backup,
             horizon=self.horizon,
             tol=self.tol,
+            solution=solution,
         )
         reward = np.asarray(reward)
         r_bar = grads.reward
