@@ -200,8 +200,13 @@ class Primitive:
         """The outputs, then V shaped as the ``values`` output, in the reward's dtype.
 
         V is what :meth:`gradients` takes as ``solution``, so that the backward pass does not
-        solve the forward again.
+        solve the forward again. A grid batch's reward map on an f32 device, with the world's
+        own terminal values and probabilities, is solved on the grid kernels
+        (:func:`softvi.solve_grid`, the same batch), which are several times faster there than
+        the general-MDP ones.
         """
+        if self.on_grid_kernels(reward, terminal_value, probs):
+            return self.solve_on_grid_kernels(reward, alpha, gamma)
         res = solve(
             self.model(reward, terminal_value, probs),
             alpha=float(alpha), gamma=float(gamma), backup=self.backup,
@@ -213,6 +218,47 @@ class Primitive:
         if self.grid is not None:
             outs = tuple(self.grid.to_cells(x) for x in outs)
         return outs
+
+    def on_grid_kernels(self, reward, terminal_value, probs) -> bool:
+        """Whether :meth:`solve_keeping_values` solves on the grid kernels (see there).
+
+        Not on the f64 reference (``device="cpu"``), whose general-MDP solve keeps the float64
+        reward the grid kernels would round to float32.
+        """
+        grid = self.grid
+        if grid is None or self.device == "cpu" or np.ndim(reward) not in (2, 3):
+            return False
+        arrays = self.world.arrays()
+        tv = np.asarray(terminal_value, np.float64)
+        return (
+            tv.shape[-1:] == arrays["terminal_value"].shape[-1:]
+            and np.array_equal(np.broadcast_to(tv, arrays["terminal_value"].shape),
+                               arrays["terminal_value"])
+            and np.array_equal(np.asarray(probs, np.float64), arrays["data"])
+        )  # fmt: skip
+
+    def solve_on_grid_kernels(self, reward, alpha, gamma) -> tuple[np.ndarray, ...]:
+        """:meth:`solve_keeping_values` by :func:`softvi.solve_grid` (see there)."""
+        from ._grid import solve_grid
+
+        grid = self.grid
+        res = solve_grid(
+            **grid.batch, reward=np.asarray(reward, np.float64), alpha=float(alpha),
+            gamma=float(gamma), backup=self.backup, horizon=self.horizon, tol=self.tol,
+            policy="policy" in self.outputs, q="q" in self.outputs, device=self.device,
+        )  # fmt: skip
+        dtype = np.asarray(reward).dtype
+        # Terminal (goal) rows of Q and pi are NaN, as the general-MDP path reports them.
+        terminal = np.zeros((grid.tasks, grid.height * grid.width), bool)
+        terminal[:, grid.cells] = grid.arrays()["terminal"]
+        terminal = terminal.reshape(grid.tasks, grid.height, grid.width)
+        outs = []
+        for o in (*self.outputs, "values"):
+            x = np.array(getattr(res, o), dtype)
+            if o != "values":
+                x[terminal] = np.nan
+            outs.append(x)
+        return tuple(outs)
 
     def values_shape(self, reward_shape: tuple[int, ...]) -> tuple[int, ...]:
         """The shape of V (the ``values`` output) for a reward of this shape."""
