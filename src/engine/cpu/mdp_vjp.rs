@@ -15,6 +15,7 @@
 // Index loops mirror the formulas, so a reviewer can check them by eye.
 #![allow(clippy::needless_range_loop)]
 
+use super::mdp_backup::csr_action_values;
 use super::residual_reduce::SweepStats;
 use super::{mdp_action_values, mdp_backup, soft_max};
 use crate::engine::layout::MdpInputs;
@@ -150,7 +151,7 @@ pub fn mdp_vjp_cpu_at(
     let inputs = MdpInputs::new(mdp, options);
     // V_0..V_T (finite) or the fixed point (infinite), [t][task][state].
     let values = forward_values(mdp, &inputs, options, values)?;
-    let mut out = MdpVjp {
+    let empty = || MdpVjp {
         reward: vec![0.0; b * s_n * a_n],
         terminal_value: vec![0.0; b * s_n],
         probs: vec![0.0; mdp.nonzeros()],
@@ -158,7 +159,6 @@ pub fn mdp_vjp_cpu_at(
         gamma: 0.0,
         sweeps: 0,
     };
-    let mut q = vec![0.0; a_n];
     // The cotangent `array` of step `t` of `task`, `len` entries, NaN (marked entries) as 0.
     let at = |array: &Option<Vec<f64>>, task: usize, t: usize, len: usize| -> Vec<f64> {
         match array {
@@ -173,7 +173,9 @@ pub fn mdp_vjp_cpu_at(
             _ => vec![0.0; len],
         }
     };
-    for task in 0..b {
+    // One task's share of the gradient, added to `out`; `q` `[action]` scratch.
+    let one = |task: usize, out: &mut MdpVjp, q: &mut Vec<f64>| -> Result<()> {
+        let q = q.as_mut_slice();
         let terminal = &mdp.terminal[task * s_n..(task + 1) * s_n];
         let u = match options.horizon {
             Horizon::Finite(_) => {
@@ -188,7 +190,7 @@ pub fn mdp_vjp_cpu_at(
                         c_q: &at(&cotangents.q, task, t, s_n * a_n),
                         c_pi: &at(&cotangents.policy, task, t, s_n * a_n),
                     };
-                    step.adjoint(&inputs, &mut q, &mut next, Some(&mut out));
+                    step.adjoint(&inputs, q, &mut next, Some(&mut *out));
                     // Terminal states keep their value at every step.
                     for s in (0..s_n).filter(|&s| terminal[s]) {
                         out.terminal_value[task * s_n + s] += u[s];
@@ -218,14 +220,14 @@ pub fn mdp_vjp_cpu_at(
                     c_q: &c_q,
                     c_pi: &c_pi,
                 }
-                .adjoint(&inputs, &mut q, &mut seed, None);
+                .adjoint(&inputs, q, &mut seed, None);
                 // Messages flow towards higher values (the policy climbs V): visiting states
                 // from the lowest V up, a Gauss-Seidel sweep carries each message along a
                 // whole path at once, where a Jacobi sweep moves it one step.
                 let mut order: Vec<usize> = (0..s_n).collect();
                 let base = task * s_n;
                 order.sort_by(|&x, &y| v[base + x].total_cmp(&v[base + y]));
-                let incoming = Incoming::of(&policy_weights(&inputs, task, v, &mut q), &order);
+                let incoming = Incoming::of(&policy_weights(&inputs, task, v, q), &order);
                 let stop = stopping(options);
                 let mut u = seed.clone();
                 let mut sweeps = 0;
@@ -259,7 +261,7 @@ pub fn mdp_vjp_cpu_at(
                     c_q: &c_q,
                     c_pi: &c_pi,
                 };
-                step.adjoint(&inputs, &mut q, &mut c_v.clone(), Some(&mut out));
+                step.adjoint(&inputs, q, &mut c_v.clone(), Some(&mut *out));
                 out.sweeps = out.sweeps.max(sweeps);
                 u
             }
@@ -268,8 +270,54 @@ pub fn mdp_vjp_cpu_at(
         for s in (0..s_n).filter(|&s| terminal[s]) {
             out.terminal_value[task * s_n + s] += u[s];
         }
+        Ok(())
+    };
+    // The tasks are independent: one partial gradient per thread, tasks dealt round-robin,
+    // summed in thread order (so a given thread count always rounds the same way).
+    let threads = task_threads(b);
+    let partials: Vec<Result<MdpVjp>> = std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..threads)
+            .map(|w| {
+                let (one, empty) = (&one, &empty);
+                scope.spawn(move || {
+                    let (mut out, mut q) = (empty(), vec![0.0; a_n]);
+                    for task in (w..b).step_by(threads) {
+                        one(task, &mut out, &mut q)?;
+                    }
+                    Ok(out)
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .map(|h| h.join().unwrap_or_else(|e| std::panic::resume_unwind(e)))
+            .collect()
+    });
+    let mut out = empty();
+    for part in partials {
+        let part = part?;
+        for (total, x) in [
+            (&mut out.reward, &part.reward),
+            (&mut out.terminal_value, &part.terminal_value),
+            (&mut out.probs, &part.probs),
+        ] {
+            for (t, x) in total.iter_mut().zip(x) {
+                *t += x;
+            }
+        }
+        out.alpha += part.alpha;
+        out.gamma += part.gamma;
+        out.sweeps = out.sweeps.max(part.sweeps);
     }
     Ok(out)
+}
+
+/// Threads for `tasks` independent tasks: one per core, at most one per task.
+fn task_threads(tasks: usize) -> usize {
+    std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(tasks)
+        .max(1)
 }
 
 /// One step of the adjoint: the cotangent `u` `[state]` on `V_t` of `task` and `c_q`, `c_pi`
@@ -544,20 +592,21 @@ fn forward_values(
             }
             let stop = stopping(options);
             let before = reversed(mdp);
-            let mut q = vec![0.0; mdp.actions];
-            for task in 0..mdp.tasks {
+            // Gauss-Seidel sweeps of one task's values `[state]` until they settle.
+            let settle = |task: usize, v: &mut [f64], q: &mut [f64]| -> Result<()> {
                 let base = task * mdp.states;
                 let order = nearest_fixed_first(&before, &inputs.fixed[base..base + mdp.states]);
                 for sweep in 0.. {
                     let mut stats = SweepStats::default();
                     for &s in &order {
-                        mdp_action_values(inputs, task, s, &v, &mut q);
-                        let x = soft_max(inputs.alpha, &q);
+                        let (b, a) = (inputs.backup, inputs.alpha);
+                        csr_action_values(mdp, b, a, inputs.gamma, task, s, |j| v[j], q);
+                        let x = soft_max(inputs.alpha, q);
                         // A state all of whose actions are excluded keeps -inf; no runaway.
                         if x != f64::NEG_INFINITY {
-                            stats.observe(v[base + s], x);
+                            stats.observe(v[s], x);
                         }
-                        v[base + s] = x;
+                        v[s] = x;
                     }
                     if stats.max_abs_delta <= stop * stats.max_abs_value.max(1.0) {
                         break;
@@ -568,7 +617,32 @@ fn forward_values(
                          {max_iters} sweeps"
                     );
                 }
-            }
+                Ok(())
+            };
+            // The tasks are independent: a contiguous share of them per thread.
+            let per_thread = mdp.tasks.div_ceil(task_threads(mdp.tasks));
+            let mut tasks: Vec<(usize, &mut [f64])> =
+                v.chunks_mut(mdp.states).enumerate().collect();
+            let settled: Vec<Result<()>> = std::thread::scope(|scope| {
+                let workers: Vec<_> = tasks
+                    .chunks_mut(per_thread)
+                    .map(|share| {
+                        let settle = &settle;
+                        scope.spawn(move || {
+                            let mut q = vec![0.0; mdp.actions];
+                            for (task, v) in share.iter_mut() {
+                                settle(*task, v, &mut q)?;
+                            }
+                            Ok(())
+                        })
+                    })
+                    .collect();
+                workers
+                    .into_iter()
+                    .map(|h| h.join().unwrap_or_else(|e| std::panic::resume_unwind(e)))
+                    .collect()
+            });
+            settled.into_iter().collect::<Result<()>>()?;
             Ok(vec![v])
         }
     }
