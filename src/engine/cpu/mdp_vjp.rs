@@ -66,7 +66,7 @@ const F64_RESOLUTION: f64 = 1e-14;
 /// The VJP of [`super::solve_mdp_cpu_f64`]'s outputs at `options` (see the module docs).
 /// An infinite horizon needs gamma < 1 and is differentiated at its fixed point: the values
 /// and then the adjoint are iterated by Gauss-Seidel sweeps until a sweep changes them by at
-/// most `tol (1 - gamma)` relative to their size (at least [`F64_RESOLUTION`]), so both are
+/// most `tol (1 - gamma)` relative to their size (at least `F64_RESOLUTION`, 1e-14), so both are
 /// within about `tol` of their limits, relative.
 pub fn mdp_vjp_cpu(
     mdp: &TabularMdp,
