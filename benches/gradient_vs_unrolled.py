@@ -1,6 +1,9 @@
 """The gradient of sum(initial * V_0) with respect to a [H,W] reward map on a maze, by softvi's
 forward + VJP (softvi.jax.soft_value_iteration) against the same gradient by autodiff through
 value iteration unrolled in JAX (jit, CPU): time and peak memory, each in its own process.
+softvi runs twice: forward on the f64 CPU reference (device="cpu", the default) and on the
+native f32 engine (device="native"); the backward pass is the f64 VJP from the forward's V in
+both.
 
     python benches/gradient_vs_unrolled.py [SIZE] [REPEATS]
 
@@ -51,12 +54,13 @@ def run(method: str, size: int, repeats: int) -> None:
     arrays = mdp.arrays()
     start = np.nan_to_num(mdp.to_cells(arrays["initial"]))[0]
     base_mib = peak_mib()
-    if method == "softvi":
+    if method.startswith("softvi"):
+        device = method.split("-")[1]
 
         def grad_of(r):
             def objective(r):
                 v = softvi.jax.soft_value_iteration(
-                    mdp, r, alpha=0.5, gamma=0.99, tol=1e-4
+                    mdp, r, alpha=0.5, gamma=0.99, tol=1e-4, device=device
                 )
                 return jnp.nansum(start * v[0])
 
@@ -121,7 +125,7 @@ def main() -> None:
     size = int(sys.argv[1]) if len(sys.argv) > 1 else 255
     repeats = int(sys.argv[2]) if len(sys.argv) > 2 else 3
     results = {}
-    for method in ("softvi", "unrolled"):
+    for method in ("softvi-cpu", "softvi-native", "unrolled"):
         out = subprocess.run(
             [sys.executable, __file__, "--child", method, str(size), str(repeats)],
             check=True,
@@ -132,16 +136,22 @@ def main() -> None:
         print(results[method])
     import numpy as np
 
-    a, b = np.load("/tmp/gradient_softvi.npy"), np.load("/tmp/gradient_unrolled.npy")
-    gap = float(np.abs(a - b).max() / np.abs(b).max())
-    s, u = results["softvi"], results["unrolled"]
+    b = np.load("/tmp/gradient_unrolled.npy")
+    u = results["unrolled"]
     print(
-        f"{size}x{size} maze, {u['sweeps']} unrolled sweeps: softvi {s['seconds']:.2f} s, "
-        f"{s['peak_mib_over_imports']:.0f} MiB; unrolled JAX {u['seconds']:.2f} s, "
-        f"{u['peak_mib_over_imports']:.0f} MiB; time x{u['seconds'] / s['seconds']:.2f}, "
-        f"memory x{u['peak_mib_over_imports'] / max(s['peak_mib_over_imports'], 1):.1f}; "
-        f"gradients differ by {gap:.1e} (relative to the largest)"
+        f"{size}x{size} maze, {u['sweeps']} unrolled sweeps: unrolled JAX {u['seconds']:.2f} s, "
+        f"{u['peak_mib_over_imports']:.0f} MiB"
     )
+    for method in ("softvi-cpu", "softvi-native"):
+        a = np.load(f"/tmp/gradient_{method}.npy")
+        gap = float(np.abs(a - b).max() / np.abs(b).max())
+        s = results[method]
+        print(
+            f"  {method}: {s['seconds']:.2f} s, {s['peak_mib_over_imports']:.0f} MiB; "
+            f"time x{u['seconds'] / s['seconds']:.2f}, memory "
+            f"x{u['peak_mib_over_imports'] / max(s['peak_mib_over_imports'], 1):.1f}; "
+            f"gradients differ by {gap:.1e} (relative to the largest)"
+        )
 
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@
 
 mod common;
 
-use softvi::engine::cpu::{MdpCotangents, mdp_vjp_cpu, solve_mdp_cpu_f64};
+use softvi::engine::cpu::{MdpCotangents, mdp_vjp_cpu, mdp_vjp_cpu_at, solve_mdp_cpu_f64};
 use softvi::engine::schedule::keep_going;
 use softvi::world::mdp::TabularMdp;
 use softvi::{Backup, Horizon, Outputs, SolveOptions};
@@ -225,4 +225,67 @@ fn hard_max_gradients_are_the_argmax_subgradient() {
     let policy_only = cotangents(&mdp, 5, false, "p", 3);
     let vjp = mdp_vjp_cpu(&mdp, &o, &policy_only).unwrap();
     assert!(vjp.reward.iter().all(|&g| g == 0.0));
+}
+
+/// Starting the backward pass from the forward's V (`mdp_vjp_cpu_at`), as the framework
+/// wrappers do, gives the VJP that solves again: from the exact fixed point and from one off
+/// by up to 1e-3 (an f32 engine's, or a loose tolerance's), both backups, within 1e-9 of the
+/// largest entry (the sweeps take either to the same 1e-13 stopping point, whose own error is
+/// about 1e-12). A solution of the wrong length, with a NaN, or for a finite horizon is an
+/// error naming it.
+#[test]
+fn a_given_forward_solution_gives_the_same_gradient() {
+    let mdp = common::random_mdp(9, 3, 2, true, 57);
+    for backup in [Backup::Expected, Backup::Optimistic] {
+        let cot = cotangents(&mdp, 1, false, "vqp", 5);
+        let options = SolveOptions {
+            alpha: 0.7,
+            gamma: 0.9,
+            backup,
+            horizon: Horizon::Infinite {
+                tol: 1e-13,
+                max_iters: 100_000,
+            },
+            ..SolveOptions::default()
+        };
+        let want = mdp_vjp_cpu(&mdp, &options, &cot).unwrap();
+        let solved = solve_mdp_cpu_f64(&mdp, &options, Outputs::default(), &mut keep_going)
+            .unwrap()
+            .solution
+            .values;
+        let mut rng = StdRng::seed_from_u64(3);
+        let rough: Vec<f64> = solved
+            .iter()
+            .map(|v| v + rng.random_range(-1e-3..1e-3))
+            .collect();
+        for (label, start) in [("exact", &solved), ("rough", &rough)] {
+            let got = mdp_vjp_cpu_at(&mdp, &options, &cot, Some(start)).unwrap();
+            let scale = want.reward.iter().fold(1.0f64, |m, x| m.max(x.abs()));
+            let gaps = got
+                .reward
+                .iter()
+                .zip(&want.reward)
+                .chain(got.probs.iter().zip(&want.probs))
+                .chain(got.terminal_value.iter().zip(&want.terminal_value))
+                .chain([(&got.alpha, &want.alpha), (&got.gamma, &want.gamma)]);
+            for (a, b) in gaps {
+                assert!(
+                    (a - b).abs() <= 1e-9 * scale,
+                    "{backup:?}, {label} start: {a} vs {b}"
+                );
+            }
+        }
+        let error = |v: &[f64], o: &SolveOptions| {
+            mdp_vjp_cpu_at(&mdp, o, &cot, Some(v))
+                .unwrap_err()
+                .to_string()
+        };
+        assert!(error(&solved[1..], &options).contains("holds 17 values, not the 18"));
+        let mut nan = solved.clone();
+        let i = (0..nan.len()).find(|&i| !mdp.terminal[i]).unwrap();
+        nan[i] = f64::NAN;
+        assert!(error(&nan, &options).contains("is NaN, not finite"));
+        let finite_horizon = finite(0.7, 0.9, 5, backup);
+        assert!(error(&solved, &finite_horizon).contains("for an infinite horizon"));
+    }
 }

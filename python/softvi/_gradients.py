@@ -61,6 +61,7 @@ def vjp(
     all_steps: bool = False,
     tol: float = 1e-10,
     max_iters: int = 100_000,
+    solution: ArrayLike | None = None,
 ) -> Gradients:
     r"""The vector-Jacobian product of :func:`softvi.solve` on the f64 CPU reference.
 
@@ -72,7 +73,8 @@ def vjp(
     recursion with a signed start), not an unrolled iteration: memory ``O(B S A)``
     (``O(B T S A)`` for a finite horizon) whatever the number of sweeps. At ``alpha = 0`` the
     argmax policy gives the subgradient. An infinite horizon is differentiated at its fixed
-    point (``gamma < 1``), to ``tol``.
+    point (``gamma < 1``), to ``tol``: Gauss-Seidel sweeps find it (from ``solution`` when
+    given), then the adjoint.
 
     Args:
         mdp: the world and rewards.
@@ -88,13 +90,17 @@ def vjp(
             changes them by at most ``tol (1 - gamma)`` of their size (at least 1e-14), so the
             gradient is within about ``tol`` of the exact one, relative.
         max_iters: most sweeps of the fixed point and of the adjoint.
+        solution: infinite horizon: V of a solve of this MDP at these settings (``[B,S]``, or
+            ``[S]`` without a task axis; any device), so that the fixed point is not solved
+            again: the sweeps start from it and stop after one when it is within ``tol``.
 
     Returns:
         :class:`Gradients`.
 
     Raises:
-        ValueError: a cotangent of the wrong size or with an infinite entry, a setting out of
-            range, an infinite horizon at ``gamma = 1``.
+        ValueError: a cotangent or ``solution`` of the wrong size or with an infinite entry, a
+            setting out of range, an infinite horizon at ``gamma = 1``, ``solution`` with a
+            finite horizon.
     """
     _check_mdp(mdp)
     if values is None and q is None and policy is None:
@@ -110,6 +116,7 @@ def vjp(
         _cotangent("values", values, batched, tasks),
         _cotangent("q", q, batched, tasks),
         _cotangent("policy", policy, batched, tasks),
+        _cotangent("solution", solution, batched, tasks),
     )
     pick: Any = (lambda x: x) if batched else (lambda x: x[0])
     return Gradients(
@@ -185,6 +192,21 @@ class Primitive:
 
     def solve(self, reward, alpha, gamma, terminal_value, probs) -> tuple[np.ndarray, ...]:
         """The outputs, in the reward's dtype."""
+        return self.solve_keeping_values(reward, alpha, gamma, terminal_value, probs)[:-1]
+
+    def solve_keeping_values(
+        self, reward, alpha, gamma, terminal_value, probs
+    ) -> tuple[np.ndarray, ...]:
+        """The outputs, then V shaped as the ``values`` output, in the reward's dtype.
+
+        V is what :meth:`gradients` takes as ``solution``, so that the backward pass does not
+        solve the forward again. A grid batch's reward map on an f32 device, with the world's
+        own terminal values and probabilities, is solved on the grid kernels
+        (:func:`softvi.solve_grid`, the same batch), which are several times faster there than
+        the general-MDP ones.
+        """
+        if self.on_grid_kernels(reward, terminal_value, probs):
+            return self.solve_on_grid_kernels(reward, alpha, gamma)
         res = solve(
             self.model(reward, terminal_value, probs),
             alpha=float(alpha), gamma=float(gamma), backup=self.backup,
@@ -192,18 +214,72 @@ class Primitive:
             q="q" in self.outputs, device=self.device,
         )  # fmt: skip
         dtype = np.asarray(reward).dtype
-        outs = tuple(np.asarray(getattr(res, o), dtype) for o in self.outputs)
+        outs = tuple(np.asarray(getattr(res, o), dtype) for o in (*self.outputs, "values"))
         if self.grid is not None:
             outs = tuple(self.grid.to_cells(x) for x in outs)
         return outs
 
+    def on_grid_kernels(self, reward, terminal_value, probs) -> bool:
+        """Whether :meth:`solve_keeping_values` solves on the grid kernels (see there).
+
+        Not on the f64 reference (``device="cpu"``), whose general-MDP solve keeps the float64
+        reward the grid kernels would round to float32.
+        """
+        grid = self.grid
+        if grid is None or self.device == "cpu" or np.ndim(reward) not in (2, 3):
+            return False
+        arrays = self.world.arrays()
+        tv = np.asarray(terminal_value, np.float64)
+        return (
+            tv.shape[-1:] == arrays["terminal_value"].shape[-1:]
+            and np.array_equal(np.broadcast_to(tv, arrays["terminal_value"].shape),
+                               arrays["terminal_value"])
+            and np.array_equal(np.asarray(probs, np.float64), arrays["data"])
+        )  # fmt: skip
+
+    def solve_on_grid_kernels(self, reward, alpha, gamma) -> tuple[np.ndarray, ...]:
+        """:meth:`solve_keeping_values` by :func:`softvi.solve_grid` (see there)."""
+        from ._grid import solve_grid
+
+        grid = self.grid
+        res = solve_grid(
+            **grid.batch, reward=np.asarray(reward, np.float64), alpha=float(alpha),
+            gamma=float(gamma), backup=self.backup, horizon=self.horizon, tol=self.tol,
+            policy="policy" in self.outputs, q="q" in self.outputs, device=self.device,
+        )  # fmt: skip
+        dtype = np.asarray(reward).dtype
+        # Terminal (goal) rows of Q and pi are NaN, as the general-MDP path reports them.
+        terminal = np.zeros((grid.tasks, grid.height * grid.width), bool)
+        terminal[:, grid.cells] = grid.arrays()["terminal"]
+        terminal = terminal.reshape(grid.tasks, grid.height, grid.width)
+        outs = []
+        for o in (*self.outputs, "values"):
+            x = np.array(getattr(res, o), dtype)
+            if o != "values":
+                x[terminal] = np.nan
+            outs.append(x)
+        return tuple(outs)
+
+    def values_shape(self, reward_shape: tuple[int, ...]) -> tuple[int, ...]:
+        """The shape of V (the ``values`` output) for a reward of this shape."""
+        return Primitive(
+            self.world, self.horizon, self.backup, ("values",), self.device, self.tol
+        ).shapes(reward_shape)[0]
+
     def gradients(
-        self, reward, alpha, gamma, terminal_value, probs, *cotangents
+        self, reward, alpha, gamma, terminal_value, probs, solution, *cotangents
     ) -> tuple[np.ndarray, ...]:
         """The gradients of ``<cotangents, outputs>``, each shaped and typed as its input.
 
         In the order (reward, alpha, gamma, terminal_value, probs); NaN cotangents count as 0.
+        ``solution``: V as :meth:`solve_keeping_values` gave it (or None), the fixed point
+        the backward pass starts from (an infinite horizon's; ignored for a finite one).
         """
+        if self.horizon is not None or solution is None:
+            solution = None
+        elif self.grid is not None:
+            solution = np.asarray(solution, np.float64)
+            solution = solution.reshape(solution.shape[0], -1)[:, self.grid.cells]
         given = {
             o: np.nan_to_num(np.asarray(c, np.float64), nan=0.0)
             for o, c in zip(self.outputs, cotangents, strict=True)
@@ -222,6 +298,7 @@ class Primitive:
             backup=self.backup,
             horizon=self.horizon,
             tol=self.tol,
+            solution=solution,
         )
         reward = np.asarray(reward)
         r_bar = grads.reward

@@ -101,30 +101,37 @@ class Grid:
         Raises:
             ValueError: as :func:`solve_grid`.
         """
-        _, goal_cells, _, starts = _grid_batch(self, goals, None, start, True)
+        goals, goal_cells, _, starts = _grid_batch(self, goals, None, start, True)
         world = _grid_world(connectivity, stay, slip, move_cost, starts)
         mdp, cells = _softvi.grid_as_mdp(self.free, goal_cells, world)
-        return GridMDP._of(mdp, cells, self)
+        batch = dict(
+            grid=self, goals=goals, connectivity=connectivity, stay=stay, slip=slip,
+            move_cost=move_cost, start=start,
+        )  # fmt: skip
+        return GridMDP._of(mdp, cells, self, batch)
 
 
 class GridMDP(TabularMDP):
     """A gridworld batch as a :class:`TabularMDP` over its free cells (:meth:`Grid.as_mdp`).
 
     Its reward ``[B,S,A]`` is ``-cost(a)``; :meth:`reward_of` adds a reward map. ``cells`` is
-    the cell ``row * W + col`` of each state, ``[S]``.
+    the cell ``row * W + col`` of each state, ``[S]``; ``batch`` the :func:`solve_grid`
+    arguments (grid, goals, world keywords) that solve the same batch on the grid kernels.
     """
 
     cells: np.ndarray
     height: int
     width: int
+    batch: dict[str, Any]
 
     @classmethod
-    def _of(cls, mdp: Any, cells: np.ndarray, grid: Grid) -> GridMDP:
+    def _of(cls, mdp: Any, cells: np.ndarray, grid: Grid, batch: dict[str, Any]) -> GridMDP:
         self = cls.__new__(cls)
         self._mdp = mdp
         self._batched = True
         self.cells = cells.astype(np.int64)
         self.height, self.width = grid.height, grid.width
+        self.batch = batch
         return self
 
     def reward_of(self, reward_map: ArrayLike) -> np.ndarray:

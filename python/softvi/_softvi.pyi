@@ -37,6 +37,7 @@ def vjp(
     values: np.ndarray | None,
     q: np.ndarray | None,
     policy: np.ndarray | None,
+    solution: np.ndarray | None = None,
 ) -> dict[str, Any]: ...
 def solve_grid(
     free: np.ndarray,

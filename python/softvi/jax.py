@@ -1,7 +1,8 @@
 """Soft value iteration as a JAX primitive, differentiable by forward messages.
 
 ``soft_value_iteration`` is a ``jax.custom_vjp``: the forward pass is :func:`softvi.solve`,
-the backward pass :func:`softvi.vjp` (one forward-message solve seeded with the cotangent), both
+the backward pass :func:`softvi.vjp` from the forward's V (one forward-message solve seeded
+with the cotangent), both
 through ``jax.pure_callback``, so it works under ``jit``, ``vmap`` (over a leading task axis of
 the reward, one solve per element) and ``grad``, with memory independent of the number of
 sweeps. Arrays on an accelerator are copied to the host and back. The gradients come from the
@@ -84,12 +85,20 @@ def _svi(primitive: Primitive, reward, alpha, gamma, terminal_value, probs):
 
 
 def _svi_forward(primitive: Primitive, reward, alpha, gamma, terminal_value, probs):
-    out = _svi(primitive, reward, alpha, gamma, terminal_value, probs)
-    return out, (reward, alpha, gamma, terminal_value, probs)
+    # V comes along as a residual, so that the backward pass starts from the fixed point.
+    shapes = tuple(
+        jax.ShapeDtypeStruct(shape, reward.dtype)
+        for shape in (*primitive.shapes(reward.shape), primitive.values_shape(reward.shape))
+    )
+    *out, solution = jax.pure_callback(
+        primitive.solve_keeping_values, shapes, reward, alpha, gamma, terminal_value, probs,
+        vmap_method="sequential",
+    )  # fmt: skip
+    return tuple(out), (reward, alpha, gamma, terminal_value, probs, solution)
 
 
 def _svi_backward(primitive: Primitive, residuals, cotangents):
-    shapes = tuple(jax.ShapeDtypeStruct(x.shape, x.dtype) for x in residuals)
+    shapes = tuple(jax.ShapeDtypeStruct(x.shape, x.dtype) for x in residuals[:-1])
     return jax.pure_callback(
         primitive.gradients, shapes, *residuals, *cotangents, vmap_method="sequential"
     )

@@ -1,9 +1,10 @@
 """Soft value iteration as a PyTorch autograd function, differentiable by forward messages.
 
-``soft_value_iteration`` runs :func:`softvi.solve` forward and :func:`softvi.vjp` backward (one
-forward-message solve seeded with the cotangent), so memory does not grow with the number of
-sweeps. CPU tensors reach NumPy without a copy; tensors on an accelerator are copied to the host
-and the results back to their device. The gradients come from the f64 CPU reference.
+``soft_value_iteration`` runs :func:`softvi.solve` forward and :func:`softvi.vjp` backward from
+the forward's V (one forward-message solve seeded with the cotangent), so memory does not grow
+with the number of sweeps. CPU tensors reach NumPy without a copy; tensors on an accelerator are
+copied to the host and the results back to their device. The gradients come from the f64 CPU
+reference.
 """
 
 from __future__ import annotations
@@ -29,14 +30,14 @@ class _SoftValueIteration(torch.autograd.Function):
         reward = inputs[0]
         ctx.primitive = primitive
         ctx.save_for_backward(*inputs)
-        outs = primitive.solve(*(_host(x) for x in inputs))
+        *outs, ctx.solution = primitive.solve_keeping_values(*(_host(x) for x in inputs))
         return tuple(torch.as_tensor(o, device=reward.device) for o in outs)
 
     @staticmethod
     def backward(ctx: Any, *cotangents: torch.Tensor) -> tuple[Any, ...]:
         inputs = ctx.saved_tensors
         grads = ctx.primitive.gradients(
-            *(_host(x) for x in inputs), *(_host(c) for c in cotangents)
+            *(_host(x) for x in inputs), ctx.solution, *(_host(c) for c in cotangents)
         )
         return (
             None,

@@ -18,7 +18,7 @@ use pyo3::exceptions::{
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
 
-use softvi::engine::cpu::{MdpCotangents, mdp_vjp_cpu, solve_mdp_cpu_f64};
+use softvi::engine::cpu::{MdpCotangents, mdp_vjp_cpu_at, solve_mdp_cpu_f64};
 use softvi::engine::gpu::{GpuContext, TaskPosterior};
 use softvi::infer::{Observation, check_possible, posterior_inputs};
 use softvi::io::npy::NpyValues;
@@ -598,9 +598,10 @@ fn solve_mdp<'py>(
 /// cotangents on the values, Q and the policy as `solve` returns them with every task axis
 /// (`[B,S]`, `[B,S,A]`; `[B,T+1,S]`, `[B,T,S,A]` with `all_steps`), none for a zero one.
 /// Returns the gradients: `reward` `[B,S,A]`, `terminal_value` `[B,S]`, `probs` `[nnz]` (CSR
-/// order), `alpha`, `gamma`, and the adjoint's `sweeps`.
+/// order), `alpha`, `gamma`, and the adjoint's `sweeps`. `solution`: the forward solve's V
+/// `[B,S]` (infinite horizon) to start from instead of solving again.
 #[pyfunction]
-#[pyo3(signature = (mdp, settings, values, q, policy))]
+#[pyo3(signature = (mdp, settings, values, q, policy, solution=None))]
 fn vjp<'py>(
     py: Python<'py>,
     mdp: Py<PyMdp>,
@@ -608,6 +609,7 @@ fn vjp<'py>(
     values: Option<PyReadonlyArrayDyn<'py, f64>>,
     q: Option<PyReadonlyArrayDyn<'py, f64>>,
     policy: Option<PyReadonlyArrayDyn<'py, f64>>,
+    solution: Option<PyReadonlyArrayDyn<'py, f64>>,
 ) -> PyResult<Bound<'py, PyDict>> {
     let options = settings.options()?;
     let model = &mdp.get().inner;
@@ -620,8 +622,9 @@ fn vjp<'py>(
         policy: flat(policy),
         all_steps: settings.all_steps,
     };
+    let solution = flat(solution);
     let grads = py
-        .detach(|| mdp_vjp_cpu(model, &options, &cotangents))
+        .detach(|| mdp_vjp_cpu_at(model, &options, &cotangents, solution.as_deref()))
         .map_err(to_py)?;
     let (b, s, a) = (model.tasks, model.states, model.actions);
     let out = PyDict::new(py);

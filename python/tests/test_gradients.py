@@ -3,12 +3,15 @@ autodiff of the value iteration unrolled here, in float64."""
 
 from __future__ import annotations
 
+import warnings
+
 import jax
 import numpy as np
 import pytest
 
 jax.config.update("jax_enable_x64", True)
 import jax.numpy as jnp  # noqa: E402
+from conftest import run_on  # noqa: E402
 from jax.scipy.special import logsumexp  # noqa: E402
 
 import softvi  # noqa: E402
@@ -125,6 +128,33 @@ def test_vjp_matches_unrolled_autodiff(backup, horizon, which):
         ("transition_probs", got.transition_probs, want[4]),
     ]:
         assert relative(g, w) <= 1e-8, f"{name}: {relative(g, w):.1e}"
+    if horizon is None:
+        # Started from the forward's V (as the wrappers do), from the f64 reference's or the
+        # f32 native engine's (which warns that it cannot reach tol 1e-10): the same gradient,
+        # within 1e-8 of the unrolled one (the sweeps stop where a solve from scratch does).
+        for device in ("cpu", "native"):
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)
+                v = softvi.solve(
+                    mdp, alpha=alpha, gamma=gamma, backup=backup, tol=1e-10, device=device
+                ).values
+            again = softvi.vjp(mdp, alpha=alpha, gamma=gamma, backup=backup, solution=v, **cot)
+            assert relative(again.reward, want[0]) <= 1e-8, device
+            assert relative(again.transition_probs, want[4]) <= 1e-8, device
+
+
+def test_vjp_solution_errors():
+    """A forward solution of the wrong size, with a NaN, or for a finite horizon is refused."""
+    mdp = world(2)
+    c = np.ones((B, S))
+    with pytest.raises(ValueError, match="holds 17 values, not the 18"):
+        softvi.vjp(mdp, values=c, gamma=0.9, solution=np.zeros(17))
+    nan = np.zeros((B, S))
+    nan[0, 0] = np.nan
+    with pytest.raises(ValueError, match="state 0 in task 0 is NaN"):
+        softvi.vjp(mdp, values=c, gamma=0.9, solution=nan)
+    with pytest.raises(ValueError, match="for an infinite horizon"):
+        softvi.vjp(mdp, values=c, gamma=0.9, horizon=3, solution=np.zeros((B, S)))
 
 
 def test_hard_max_subgradient():
@@ -245,3 +275,56 @@ def test_grid_world_gradients():
         assert relative(got, expected) <= 1e-8, shape
         walls = ~grid.free
         assert np.all(np.asarray(got).reshape(-1, h, w, *shape[3:])[:, walls] == 0)
+
+
+@pytest.mark.parametrize("device", ["native", "gpu"])
+def test_grid_world_on_the_grid_kernels(device):
+    """On an f32 device a grid batch's reward map is solved forward on the grid kernels
+    (``solve_grid``): the outputs match the f64 general-MDP path's (NaN on walls and goal rows,
+    -inf on the same excluded actions) within the f32 engines' precision floor, and the
+    gradient, the f64 VJP from that V, within 1e-8 of the f64 path's (the VJP's sweeps start
+    from the f32 V and refine it to the same tol 1e-10). A per-action map, or replaced
+    transition probabilities, take the general-MDP path."""
+    from softvi._gradients import Primitive
+
+    grid = softvi.Grid.maze(31, 21, seed=3)
+    goals = [(1, 1), (19, 29)]
+    world = grid.as_mdp(goals, slip=0.1)
+    rng = np.random.default_rng(4)
+    r_map = rng.normal(0.0, 0.3, (2, 21, 31))
+    outputs = ("values", "q", "policy")
+    on = Primitive(world, None, "expected", outputs, device, 1e-10)
+    tv, probs = on.defaults(None, None)
+    assert on.on_grid_kernels(r_map, tv, probs)
+    assert not on.on_grid_kernels(rng.normal(size=(2, 21, 31, world.actions)), tv, probs)
+    assert not on.on_grid_kernels(r_map, tv, probs * (1 + 1e-9))
+    assert not Primitive(world, None, "expected", outputs, "cpu", 1e-10).on_grid_kernels(
+        r_map, tv, probs
+    )
+    start = jnp.asarray(np.nan_to_num(world.to_cells(world.arrays()["initial"])))
+
+    def objective(r, device):
+        v, q, pi = softvi.jax.soft_value_iteration(
+            world, r, alpha=0.5, gamma=0.95, outputs=outputs, device=device
+        )
+        return jnp.nansum(start * v) + jnp.nansum(jnp.where(jnp.isfinite(q), q, 0.0)) * 1e-3
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # f32 cannot reach tol 1e-10
+        got = run_on(device, softvi.jax.soft_value_iteration, world, r_map, alpha=0.5,
+                     gamma=0.95, outputs=outputs)  # fmt: skip
+        grad = jax.grad(objective)(jnp.asarray(r_map), device)
+        kernels = softvi.solve_grid(grid, goals, reward=r_map, slip=0.1, alpha=0.5, gamma=0.95,
+                                    tol=1e-10, device=device).values  # fmt: skip
+    np.testing.assert_array_equal(np.asarray(got[0]), kernels)  # the grid kernels' own V
+    want = softvi.jax.soft_value_iteration(world, r_map, alpha=0.5, gamma=0.95, outputs=outputs)
+    for x, y in zip(got, want, strict=True):
+        x, y = np.asarray(x), np.asarray(y)
+        assert np.array_equal(np.isnan(x), np.isnan(y))
+        assert np.array_equal(np.isneginf(x), np.isneginf(y))
+        finite = np.isfinite(y)
+        # The f32 engines stop at their precision floor, a sweep changing V by about 1e-6 of
+        # its size: |V - V*| up to about 1e-6 / (1 - gamma) = 2e-5 of it at gamma 0.95.
+        assert np.abs(x[finite] - y[finite]).max() <= 5e-5 * max(np.abs(y[finite]).max(), 1)
+    expected = jax.grad(objective)(jnp.asarray(r_map), "cpu")
+    assert relative(grad, expected) <= 1e-8

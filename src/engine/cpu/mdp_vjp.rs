@@ -15,7 +15,9 @@
 // Index loops mirror the formulas, so a reviewer can check them by eye.
 #![allow(clippy::needless_range_loop)]
 
-use super::{mdp_action_values, mdp_backup};
+use super::mdp_backup::csr_action_values;
+use super::residual_reduce::SweepStats;
+use super::{mdp_action_values, mdp_backup, soft_max};
 use crate::engine::layout::MdpInputs;
 use crate::engine::options::{Backup, Horizon, SolveOptions};
 use crate::engine::solution::check_mdp_solve;
@@ -63,15 +65,51 @@ const F64_RESOLUTION: f64 = 1e-14;
 
 /// The VJP of [`super::solve_mdp_cpu_f64`]'s outputs at `options` (see the module docs).
 /// An infinite horizon needs gamma < 1 and is differentiated at its fixed point: the values
-/// are iterated (from the reference's solve) and the adjoint likewise until a sweep changes
-/// them by at most `tol (1 - gamma)` relative to their size (at least `F64_RESOLUTION`, 1e-14), so
-/// both are within about `tol` of their limits, relative.
+/// and then the adjoint are iterated by Gauss-Seidel sweeps until a sweep changes them by at
+/// most `tol (1 - gamma)` relative to their size (at least `F64_RESOLUTION`, 1e-14), so both are
+/// within about `tol` of their limits, relative.
 pub fn mdp_vjp_cpu(
     mdp: &TabularMdp,
     options: &SolveOptions,
     cotangents: &MdpCotangents,
 ) -> Result<MdpVjp> {
+    mdp_vjp_cpu_at(mdp, options, cotangents, None)
+}
+
+/// [`mdp_vjp_cpu`] starting from `values`, the fixed point V `[task][state]` a solve of the
+/// same inputs reported (any engine, any precision), so that the backward pass does not solve
+/// the forward again: the Gauss-Seidel sweeps start from it and stop as soon as a sweep
+/// changes it by at most the tolerance (one sweep when it is already there). Infinite horizon
+/// only (a finite horizon's steps are recomputed: T sweeps); entries on terminal states are
+/// taken from the MDP.
+pub fn mdp_vjp_cpu_at(
+    mdp: &TabularMdp,
+    options: &SolveOptions,
+    cotangents: &MdpCotangents,
+    values: Option<&[f64]>,
+) -> Result<MdpVjp> {
     check_mdp_solve(mdp, options)?;
+    if let Some(v) = values {
+        ensure!(
+            matches!(options.horizon, Horizon::Infinite { .. }),
+            "a forward solution to start from is for an infinite horizon (a finite one's steps \
+             are recomputed)"
+        );
+        ensure!(
+            v.len() == mdp.tasks * mdp.states,
+            "the forward solution holds {} values, not the {} of [task][state]",
+            v.len(),
+            mdp.tasks * mdp.states
+        );
+        if let Some(i) = v.iter().position(|x| !x.is_finite()) {
+            let (task, state) = (i / mdp.states, i % mdp.states);
+            ensure!(
+                mdp.terminal[i],
+                "the forward solution's value of state {state} in task {task} is {}, not finite",
+                v[i]
+            );
+        }
+    }
     let (b, s_n, a_n) = (mdp.tasks, mdp.states, mdp.actions);
     let steps = match options.horizon {
         Horizon::Finite(t) => t as usize,
@@ -112,8 +150,8 @@ pub fn mdp_vjp_cpu(
     }
     let inputs = MdpInputs::new(mdp, options);
     // V_0..V_T (finite) or the fixed point (infinite), [t][task][state].
-    let values = forward_values(mdp, &inputs, options)?;
-    let mut out = MdpVjp {
+    let values = forward_values(mdp, &inputs, options, values)?;
+    let empty = || MdpVjp {
         reward: vec![0.0; b * s_n * a_n],
         terminal_value: vec![0.0; b * s_n],
         probs: vec![0.0; mdp.nonzeros()],
@@ -121,7 +159,6 @@ pub fn mdp_vjp_cpu(
         gamma: 0.0,
         sweeps: 0,
     };
-    let mut q = vec![0.0; a_n];
     // The cotangent `array` of step `t` of `task`, `len` entries, NaN (marked entries) as 0.
     let at = |array: &Option<Vec<f64>>, task: usize, t: usize, len: usize| -> Vec<f64> {
         match array {
@@ -136,7 +173,9 @@ pub fn mdp_vjp_cpu(
             _ => vec![0.0; len],
         }
     };
-    for task in 0..b {
+    // One task's share of the gradient, added to `out`; `q` `[action]` scratch.
+    let one = |task: usize, out: &mut MdpVjp, q: &mut Vec<f64>| -> Result<()> {
+        let q = q.as_mut_slice();
         let terminal = &mdp.terminal[task * s_n..(task + 1) * s_n];
         let u = match options.horizon {
             Horizon::Finite(_) => {
@@ -151,7 +190,7 @@ pub fn mdp_vjp_cpu(
                         c_q: &at(&cotangents.q, task, t, s_n * a_n),
                         c_pi: &at(&cotangents.policy, task, t, s_n * a_n),
                     };
-                    step.adjoint(&inputs, &mut q, &mut next, Some(&mut out));
+                    step.adjoint(&inputs, q, &mut next, Some(&mut *out));
                     // Terminal states keep their value at every step.
                     for s in (0..s_n).filter(|&s| terminal[s]) {
                         out.terminal_value[task * s_n + s] += u[s];
@@ -181,26 +220,29 @@ pub fn mdp_vjp_cpu(
                     c_q: &c_q,
                     c_pi: &c_pi,
                 }
-                .adjoint(&inputs, &mut q, &mut seed, None);
-                let weights = policy_weights(&inputs, task, v, &mut q);
+                .adjoint(&inputs, q, &mut seed, None);
+                // Messages flow towards higher values (the policy climbs V): visiting states
+                // from the lowest V up, a Gauss-Seidel sweep carries each message along a
+                // whole path at once, where a Jacobi sweep moves it one step.
+                let mut order: Vec<usize> = (0..s_n).collect();
+                let base = task * s_n;
+                order.sort_by(|&x, &y| v[base + x].total_cmp(&v[base + y]));
+                let incoming = Incoming::of(&policy_weights(&inputs, task, v, q), &order);
                 let stop = stopping(options);
                 let mut u = seed.clone();
                 let mut sweeps = 0;
                 loop {
-                    let mut next = seed.clone();
-                    for s in 0..s_n {
-                        let row = &weights[s];
-                        for &(j, w) in row {
-                            next[j] += w * u[s];
+                    let mut change = 0.0f64;
+                    for (p, &j) in order.iter().enumerate() {
+                        let mut x = seed[j];
+                        for k in incoming.start[p]..incoming.start[p + 1] {
+                            x += incoming.weight[k] * u[incoming.from[k] as usize];
                         }
+                        change = change.max((x - u[j]).abs());
+                        u[j] = x;
                     }
                     sweeps += 1;
-                    let change = u
-                        .iter()
-                        .zip(&next)
-                        .fold(0.0f64, |m, (x, y)| m.max((x - y).abs()));
-                    let size = next.iter().fold(0.0f64, |m, x| m.max(x.abs()));
-                    u = next;
+                    let size = u.iter().fold(0.0f64, |m, x| m.max(x.abs()));
                     if change <= stop * size {
                         break;
                     }
@@ -219,7 +261,7 @@ pub fn mdp_vjp_cpu(
                     c_q: &c_q,
                     c_pi: &c_pi,
                 };
-                step.adjoint(&inputs, &mut q, &mut c_v.clone(), Some(&mut out));
+                step.adjoint(&inputs, q, &mut c_v.clone(), Some(&mut *out));
                 out.sweeps = out.sweeps.max(sweeps);
                 u
             }
@@ -228,8 +270,54 @@ pub fn mdp_vjp_cpu(
         for s in (0..s_n).filter(|&s| terminal[s]) {
             out.terminal_value[task * s_n + s] += u[s];
         }
+        Ok(())
+    };
+    // The tasks are independent: one partial gradient per thread, tasks dealt round-robin,
+    // summed in thread order (so a given thread count always rounds the same way).
+    let threads = task_threads(b);
+    let partials: Vec<Result<MdpVjp>> = std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..threads)
+            .map(|w| {
+                let (one, empty) = (&one, &empty);
+                scope.spawn(move || {
+                    let (mut out, mut q) = (empty(), vec![0.0; a_n]);
+                    for task in (w..b).step_by(threads) {
+                        one(task, &mut out, &mut q)?;
+                    }
+                    Ok(out)
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .map(|h| h.join().unwrap_or_else(|e| std::panic::resume_unwind(e)))
+            .collect()
+    });
+    let mut out = empty();
+    for part in partials {
+        let part = part?;
+        for (total, x) in [
+            (&mut out.reward, &part.reward),
+            (&mut out.terminal_value, &part.terminal_value),
+            (&mut out.probs, &part.probs),
+        ] {
+            for (t, x) in total.iter_mut().zip(x) {
+                *t += x;
+            }
+        }
+        out.alpha += part.alpha;
+        out.gamma += part.gamma;
+        out.sweeps = out.sweeps.max(part.sweeps);
     }
     Ok(out)
+}
+
+/// Threads for `tasks` independent tasks: one per core, at most one per task.
+fn task_threads(tasks: usize) -> usize {
+    std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(tasks)
+        .max(1)
 }
 
 /// One step of the adjoint: the cotangent `u` `[state]` on `V_t` of `task` and `c_q`, `c_pi`
@@ -375,6 +463,67 @@ fn policy_weights(
         .collect()
 }
 
+/// `gamma W_pi^T` of one task as incoming entries per state, laid out in the order the sweeps
+/// visit the states (so that a sweep reads them front to back): for the state at position `p`
+/// of that order, the entries `start[p]..start[p + 1]` of `from` (the state the message comes
+/// from) and `weight`, one per predecessor (the actions' entries summed).
+struct Incoming {
+    start: Vec<usize>,
+    from: Vec<u32>,
+    weight: Vec<f64>,
+}
+
+impl Incoming {
+    /// The transpose of [`policy_weights`]' rows (outgoing entries per state) for the visiting
+    /// `order` (a permutation of the states).
+    fn of(rows: &[Vec<(usize, f64)>], order: &[usize]) -> Self {
+        let n = order.len();
+        let mut position = vec![0usize; n];
+        for (p, &j) in order.iter().enumerate() {
+            position[j] = p;
+        }
+        // Each row's entries merged per successor: W_pi(s -> j) = sum_a pi(a|s) W(j|s,a).
+        let rows: Vec<Vec<(usize, f64)>> = rows
+            .iter()
+            .map(|row| {
+                let mut row = row.clone();
+                row.sort_by_key(|&(j, _)| j);
+                row.dedup_by(|(j, w), (j0, w0)| {
+                    let same = j == j0;
+                    if same {
+                        *w0 += *w;
+                    }
+                    same
+                });
+                row
+            })
+            .collect();
+        let mut start = vec![0usize; n + 1];
+        for &(j, _) in rows.iter().flatten() {
+            start[position[j] + 1] += 1;
+        }
+        for p in 0..n {
+            start[p + 1] += start[p];
+        }
+        let mut fill = start.clone();
+        let mut from = vec![0; start[n]];
+        let mut weight = vec![0.0; start[n]];
+        for (s, row) in rows.iter().enumerate() {
+            for &(j, w) in row {
+                let p = position[j];
+                from[fill[p]] = s as u32;
+                weight[fill[p]] = w;
+                fill[p] += 1;
+            }
+        }
+        Self {
+            start,
+            from,
+            weight,
+        }
+    }
+}
+
 /// The relative change at which the stationary iterations stop for `options`' tol.
 fn stopping(options: &SolveOptions) -> f64 {
     match options.horizon {
@@ -398,30 +547,20 @@ fn policy_row(alpha: f64, q: &[f64]) -> Vec<f64> {
 }
 
 /// The values the products are taken at, `[t][task][state]`: `V_0..V_T` of a finite
-/// horizon, or the fixed point: the reference's solve, then plain sweeps until one changes it
-/// by at most [`stopping`] of its size (at most `max_iters` sweeps).
+/// horizon, or the fixed point: Gauss-Seidel sweeps from `given` (else from the reference's
+/// solve) until one changes it by at most [`stopping`] of its size (at most `max_iters`
+/// sweeps). The sweeps visit states nearest the fixed (terminal) ones first, by breadth-first
+/// distance along reversed transitions, so that a value reaches a whole path in one sweep.
 fn forward_values(
     mdp: &TabularMdp,
     inputs: &MdpInputs,
     options: &SolveOptions,
+    given: Option<&[f64]>,
 ) -> Result<Vec<Vec<f64>>> {
     let mut v = inputs.v0.clone();
-    if matches!(options.horizon, Horizon::Infinite { .. }) {
-        let solved = super::solve_mdp_cpu_f64(
-            mdp,
-            options,
-            crate::engine::options::Outputs {
-                policy: false,
-                ..Default::default()
-            },
-            &mut crate::engine::schedule::keep_going,
-        )?;
-        // The reference reports fixed states as their values; excluded ones stay -inf.
-        v = solved.solution.values;
-    }
-    let mut next = v.clone();
     match options.horizon {
         Horizon::Finite(t) => {
+            let mut next = v.clone();
             let mut all = vec![v.clone()];
             for _ in 0..t {
                 mdp_backup(inputs, &v, &mut next);
@@ -432,22 +571,122 @@ fn forward_values(
             Ok(all)
         }
         Horizon::Infinite { max_iters, .. } => {
-            for sweep in 0.. {
-                let stats = mdp_backup(inputs, &v, &mut next);
-                std::mem::swap(&mut v, &mut next);
-                let stop = stopping(options);
-                let settled = stats
-                    .iter()
-                    .all(|s| s.max_abs_delta <= stop * s.max_abs_value.max(1.0));
-                if settled {
-                    break;
+            let start = match given {
+                Some(given) => given.to_vec(),
+                // The reference's solve (with its extrapolation) gets there in fewer sweeps
+                // than Gauss-Seidel from the initial values.
+                None => {
+                    let outputs = crate::engine::options::Outputs {
+                        policy: false,
+                        ..Default::default()
+                    };
+                    let keep_going = &mut crate::engine::schedule::keep_going;
+                    let solved = super::solve_mdp_cpu_f64(mdp, options, outputs, keep_going)?;
+                    solved.solution.values
                 }
-                ensure!(
-                    sweep + 1 < max_iters,
-                    "the values did not settle within max_iters = {max_iters} sweeps"
-                );
+            };
+            for (i, x) in v.iter_mut().enumerate() {
+                if !inputs.fixed[i] {
+                    *x = start[i];
+                }
             }
+            let stop = stopping(options);
+            let before = reversed(mdp);
+            // Gauss-Seidel sweeps of one task's values `[state]` until they settle.
+            let settle = |task: usize, v: &mut [f64], q: &mut [f64]| -> Result<()> {
+                let base = task * mdp.states;
+                let order = nearest_fixed_first(&before, &inputs.fixed[base..base + mdp.states]);
+                for sweep in 0.. {
+                    let mut stats = SweepStats::default();
+                    for &s in &order {
+                        let (b, a) = (inputs.backup, inputs.alpha);
+                        csr_action_values(mdp, b, a, inputs.gamma, task, s, |j| v[j], q);
+                        let x = soft_max(inputs.alpha, q);
+                        // A state all of whose actions are excluded keeps -inf; no runaway.
+                        if x != f64::NEG_INFINITY {
+                            stats.observe(v[s], x);
+                        }
+                        v[s] = x;
+                    }
+                    if stats.max_abs_delta <= stop * stats.max_abs_value.max(1.0) {
+                        break;
+                    }
+                    ensure!(
+                        sweep + 1 < max_iters,
+                        "the values of task {task} did not settle within max_iters = \
+                         {max_iters} sweeps"
+                    );
+                }
+                Ok(())
+            };
+            // The tasks are independent: a contiguous share of them per thread.
+            let per_thread = mdp.tasks.div_ceil(task_threads(mdp.tasks));
+            let mut tasks: Vec<(usize, &mut [f64])> =
+                v.chunks_mut(mdp.states).enumerate().collect();
+            let settled: Vec<Result<()>> = std::thread::scope(|scope| {
+                let workers: Vec<_> = tasks
+                    .chunks_mut(per_thread)
+                    .map(|share| {
+                        let settle = &settle;
+                        scope.spawn(move || {
+                            let mut q = vec![0.0; mdp.actions];
+                            for (task, v) in share.iter_mut() {
+                                settle(*task, v, &mut q)?;
+                            }
+                            Ok(())
+                        })
+                    })
+                    .collect();
+                workers
+                    .into_iter()
+                    .map(|h| h.join().unwrap_or_else(|e| std::panic::resume_unwind(e)))
+                    .collect()
+            });
+            settled.into_iter().collect::<Result<()>>()?;
             Ok(vec![v])
         }
     }
+}
+
+/// The transitions reversed: for state `j`, the states `from[start[j]..start[j + 1]]` some
+/// action of which may lead to `j` (repeats kept).
+fn reversed(mdp: &TabularMdp) -> (Vec<usize>, Vec<usize>) {
+    let n = mdp.states;
+    let mut start = vec![0usize; n + 1];
+    for &j in &mdp.indices {
+        start[j as usize + 1] += 1;
+    }
+    for j in 0..n {
+        start[j + 1] += start[j];
+    }
+    let mut fill = start.clone();
+    let mut from = vec![0; start[n]];
+    for row in 0..n * mdp.actions {
+        for k in mdp.indptr[row] as usize..mdp.indptr[row + 1] as usize {
+            let j = mdp.indices[k] as usize;
+            from[fill[j]] = row / mdp.actions;
+            fill[j] += 1;
+        }
+    }
+    (start, from)
+}
+
+/// The states that are not `fixed` `[state]`, by breadth-first distance from the fixed ones
+/// along the `reversed` transitions; those no fixed state is reachable from come last.
+fn nearest_fixed_first((start, from): &(Vec<usize>, Vec<usize>), fixed: &[bool]) -> Vec<usize> {
+    let n = fixed.len();
+    let mut seen = fixed.to_vec();
+    let mut queue: std::collections::VecDeque<usize> = (0..n).filter(|&s| fixed[s]).collect();
+    let mut order = Vec::with_capacity(n);
+    while let Some(j) = queue.pop_front() {
+        for &s in &from[start[j]..start[j + 1]] {
+            if !seen[s] {
+                seen[s] = true;
+                order.push(s);
+                queue.push_back(s);
+            }
+        }
+    }
+    order.extend((0..n).filter(|&s| !seen[s]));
+    order
 }
