@@ -4,6 +4,9 @@
 
 use std::collections::HashMap;
 use std::marker::PhantomData;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Waker};
 
 use crate::error::{Error, Result, ensure_limit};
 use bytemuck::{Pod, Zeroable};
@@ -712,7 +715,7 @@ impl GpuCore {
     /// of the others. Once every task has frozen it zeroes the indirect arguments, so that the
     /// rest of the submission's sweeps do nothing. Between submissions the host reads the
     /// checks back, judges divergence ([`ConvergenceMonitor`]) and freezes the diverged tasks.
-    pub fn iterate(
+    pub async fn iterate(
         &mut self,
         checks: &Checks,
         options: &SolveOptions,
@@ -783,7 +786,7 @@ impl GpuCore {
             );
             encoder.copy_buffer_to_buffer(&checks.frozen, 0, &staging, frozen_at, frozen_bytes);
             self.queue.submit([encoder.finish()]);
-            let bytes = self.map_read(&staging, frozen_at + frozen_bytes)?;
+            let bytes = self.map_read(&staging, frozen_at + frozen_bytes).await?;
             let header: &[u32] = bytemuck::cast_slice(&bytes[..CONTROL_HEADER_BYTES as usize]);
             let converged_check = header[1];
             let stats: &[[f32; 4]] =
@@ -823,7 +826,12 @@ impl GpuCore {
     }
 
     /// Copies `size` bytes of `src` from `offset` to the host through a pooled staging buffer.
-    pub fn read_buffer(&mut self, src: &wgpu::Buffer, offset: u64, size: u64) -> Result<Vec<u8>> {
+    pub async fn read_buffer(
+        &mut self,
+        src: &wgpu::Buffer,
+        offset: u64,
+        size: u64,
+    ) -> Result<Vec<u8>> {
         let mut out = Vec::with_capacity(size as usize);
         let staging_size = size.min(STAGING_BYTES).next_multiple_of(4);
         let staging = self.buffer(
@@ -837,31 +845,36 @@ impl GpuCore {
             let mut encoder = self.device.create_command_encoder(&Default::default());
             encoder.copy_buffer_to_buffer(src, offset + done, &staging, 0, part);
             self.queue.submit([encoder.finish()]);
-            out.extend_from_slice(&self.map_read(&staging, part)?);
+            out.extend_from_slice(&self.map_read(&staging, part).await?);
             done += part;
         }
         Ok(out)
     }
 
     /// [`GpuCore::read_buffer`] as f32s.
-    pub fn read_f32(&mut self, src: &wgpu::Buffer, offset: u64, size: u64) -> Result<Vec<f32>> {
-        Ok(bytemuck::cast_slice(&self.read_buffer(src, offset, size)?).to_vec())
+    pub async fn read_f32(
+        &mut self,
+        src: &wgpu::Buffer,
+        offset: u64,
+        size: u64,
+    ) -> Result<Vec<f32>> {
+        Ok(bytemuck::cast_slice(&self.read_buffer(src, offset, size).await?).to_vec())
     }
 
     /// Maps the first `size` bytes of a MAP_READ buffer after all submitted work and copies
-    /// them out.
-    pub fn map_read(&self, staging: &wgpu::Buffer, size: u64) -> Result<Vec<u8>> {
+    /// them out. Natively `device.poll` waits and the map is done when it returns; in a
+    /// browser the poll returns at once and the map completes from the event loop, which the
+    /// returned future awaits.
+    pub async fn map_read(&self, staging: &wgpu::Buffer, size: u64) -> Result<Vec<u8>> {
         let slice = staging.slice(..size);
-        let (sender, receiver) = std::sync::mpsc::channel();
-        slice.map_async(wgpu::MapMode::Read, move |r| {
-            let _ = sender.send(r);
-        });
+        let mapped = MapDone::default();
+        let signal = mapped.clone();
+        slice.map_async(wgpu::MapMode::Read, move |r| signal.finish(r));
         self.device
             .poll(wgpu::PollType::wait_indefinitely())
             .map_err(|e| Error::Gpu(format!("waiting for the GPU failed: {e}")))?;
-        receiver
-            .recv()
-            .map_err(|_| Error::Gpu("GPU readback was dropped".into()))?
+        mapped
+            .await
             .map_err(|e| Error::Gpu(format!("mapping a readback buffer failed: {e}")))?;
         let bytes = slice
             .get_mapped_range()
@@ -887,5 +900,40 @@ impl GpuCore {
         pass.set_bind_group(0, group, &[]);
         let [x, y, z] = workgroups;
         pass.dispatch_workgroups(x, y, z);
+    }
+}
+
+/// The end of one `map_async`: its callback stores the result and wakes the task awaiting it.
+#[derive(Clone, Default)]
+struct MapDone(Arc<Mutex<MapState>>);
+
+#[derive(Default)]
+struct MapState {
+    result: Option<std::result::Result<(), wgpu::BufferAsyncError>>,
+    waker: Option<Waker>,
+}
+
+impl MapDone {
+    fn finish(&self, result: std::result::Result<(), wgpu::BufferAsyncError>) {
+        let mut state = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        state.result = Some(result);
+        if let Some(waker) = state.waker.take() {
+            waker.wake();
+        }
+    }
+}
+
+impl Future for MapDone {
+    type Output = std::result::Result<(), wgpu::BufferAsyncError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut state = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        match state.result.take() {
+            Some(result) => Poll::Ready(result),
+            None => {
+                state.waker = Some(cx.waker().clone());
+                Poll::Pending
+            }
+        }
     }
 }
