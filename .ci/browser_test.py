@@ -16,6 +16,7 @@ Usage: python .ci/browser_test.py  (after web/build.sh and cargo build --release
 import asyncio
 import base64
 import collections
+import functools
 import http.server
 import json
 import os
@@ -53,17 +54,28 @@ def check(ok, what):
     (passes if ok else failures).append(what)
 
 
+def read_json(url):
+    """The JSON document at `url`."""
+    with urllib.request.urlopen(url, timeout=2) as r:
+        return json.load(r)
+
+
 def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
 
+class Quiet(http.server.SimpleHTTPRequestHandler):
+    """The standard handler, without a log line per request."""
+
+    def log_message(self, *args):
+        pass
+
+
 def serve(directory):
-    handler = lambda *a, **k: http.server.SimpleHTTPRequestHandler(  # noqa: E731
-        *a, directory=str(directory), **k
-    )
-    http.server.SimpleHTTPRequestHandler.log_message = lambda *a: None
+    """A static server of `directory` on a free loopback port, in a thread."""
+    handler = functools.partial(Quiet, directory=str(directory))
     server = http.server.ThreadingHTTPServer(("127.0.0.1", free_port()), handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     return server
@@ -99,8 +111,8 @@ class Browser:
         while True:
             try:
                 url = f"http://127.0.0.1:{self.port}/json/list"
-                with urllib.request.urlopen(url, timeout=2) as r:
-                    pages = [t for t in json.load(r) if t["type"] == "page"]
+                targets = await asyncio.to_thread(read_json, url)
+                pages = [t for t in targets if t["type"] == "page"]
                 if pages:
                     break
             except OSError:
@@ -250,7 +262,9 @@ async def main():
         print(f"time to first picture, 255x255 maze, WebGPU (SwiftShader): {ms / 1000:.2f} s")
         print(f"  its solve: {status}")
         stall = await browser.eval("window.playground.state.maxStallMs")
-        check(stall < 1000, f"the page kept running during that solve (longest stall {stall:.0f} ms)")
+        check(
+            stall < 1000, f"the page kept running during that solve (longest stall {stall:.0f} ms)"
+        )
         check(not browser.errors, f"no console error on the 255x255 page ({browser.errors})")
     finally:
         await browser.close()
