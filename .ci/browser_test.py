@@ -36,6 +36,7 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 WEB = ROOT / "web"
 SOFTVI = ROOT / "target" / "release" / "softvi"
 SIZE, SEED = 37, 3
+MAP = "den312d.map"
 # Settings the page and the CLI both solve. At tol 1e-6 the f32 solves stop at f32's precision
 # floor (residual <= 1e-6 max |V|, |V| <= 1 / (1 - gamma) = 20), which the CLI reports as an
 # error bound of at most 5e-5: two such solves (or one and the f64 reference) differ by at
@@ -172,14 +173,15 @@ class Browser:
         self.profile.cleanup()
 
 
-def cli_values(goals, out):
-    args = [str(SOFTVI), "solve", "--maze", f"{SIZE}x{SIZE}", "--maze-seed", str(SEED)]
+def cli_values(world, width, goals, out):
+    """`softvi solve`'s values.npy over `world` (its flags) with `goals` (cells)."""
+    args = [str(SOFTVI), "solve", *world]
     for g in goals:
-        args += ["--goal", f"{g % SIZE},{g // SIZE}"]
+        args += ["--goal", f"{g % width},{g // width}"]
     args += ["--alpha", str(SETTINGS["alpha"]), "--gamma", str(SETTINGS["gamma"])]
     args += ["--tol", str(SETTINGS["tol"]), "--slip", str(SETTINGS["slip"]), "--out", out]
     subprocess.run(args, check=True, stdout=subprocess.DEVNULL)
-    return np.load(pathlib.Path(out) / "values.npy")
+    return np.load(pathlib.Path(out) / "values.npy").reshape(-1)
 
 
 def page_values(result):
@@ -223,8 +225,9 @@ async def main():
     base = f"http://127.0.0.1:{server.server_address[1]}/index.html"
     # Goals: the page's defaults (opposite corners of the maze's odd lattice).
     goals = [(SIZE - 2) * SIZE + SIZE - 2, SIZE + SIZE - 2]
+    maze = ["--maze", f"{SIZE}x{SIZE}", "--maze-seed", str(SEED)]
     with tempfile.TemporaryDirectory() as tmp:
-        cli = cli_values(goals, os.path.join(tmp, "out")).reshape(-1)
+        cli = cli_values(maze, SIZE, goals, os.path.join(tmp, "out"))
 
     browser = Browser(GPU_FLAGS)
     try:
@@ -235,6 +238,16 @@ async def main():
         spec = json.dumps({**SETTINGS, "goals": goals})
         values = page_values(await browser.eval(SOLVE.format(s=spec)))
         gpu_diff = compare(values, cli, f"WebGPU solve of a {SIZE}x{SIZE} maze vs softvi solve")
+        # A bundled MovingAI map: 65 wide (not a multiple of 4: the padded rows), 81 high.
+        await browser.eval(f"window.playground.loadMap('{MAP}')")
+        map_goals = await browser.eval("window.playground.state.goals")
+        map_values = page_values(await browser.eval(SOLVE.format(s=json.dumps(SETTINGS))))
+        with tempfile.TemporaryDirectory() as tmp:
+            world = ["--map", str(ROOT / "tests" / "data" / "maps" / MAP)]
+            map_cli = cli_values(world, 65, map_goals, os.path.join(tmp, "out"))
+        compare(map_values, map_cli, f"WebGPU solve of {MAP} (65x81) vs softvi solve")
+        await browser.goto(f"{base}?size={SIZE}&seed={SEED}")
+        await browser.eval(SOLVE.format(s=spec))
         before = await browser.eval("window.playground.mapImage()")
         await browser.eval(SOLVE.format(s=json.dumps({"alpha": 3.0})))
         after = await browser.eval("window.playground.mapImage()")

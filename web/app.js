@@ -52,7 +52,7 @@ worker.onerror = (e) => { $('backend').textContent = `the solver thread failed: 
 
 // ---- state ----
 const S = {
-  W: 0, H: 0, seed: 0, walls: null, edited: false, goals: [], task: 0,
+  W: 0, H: 0, seed: 0, walls: null, edited: false, mapName: null, goals: [], task: 0,
   result: null, occupancy: null, walk: [], traj: [], start: null, posterior: null,
   firstPictureMs: null, solves: 0, backend: '', maxStallMs: 0,
 };
@@ -92,7 +92,8 @@ function showSettings() {
   $('alphav').textContent = String(s.alpha);
   $('gammav').textContent = String(s.gamma);
   $('slipv').textContent = String(s.slip);
-  const world = S.edited ? '--map playground.map' : `--maze ${S.W}x${S.H} --maze-seed ${S.seed}`;
+  const world = S.edited ? '--map playground.map'
+    : S.mapName ? `--map tests/data/maps/${S.mapName}` : `--maze ${S.W}x${S.H} --maze-seed ${S.seed}`;
   const goals = S.goals.map((g) => `--goal ${label(g)}`).join(' ');
   const horizon = s.horizon === null ? `--tol ${s.tol}` : `--horizon ${s.horizon}`;
   $('cli').value = `softvi solve ${world} ${goals} --alpha ${s.alpha} --gamma ${s.gamma} `
@@ -157,14 +158,37 @@ function resolveSoon() {
 function reportError(e) { $('status').textContent = `error: ${e.message}`; }
 
 async function newMaze(size, seed) {
-  S.W = S.H = size;
   S.seed = seed;
-  S.walls = await request({ type: 'maze', width: size, height: size, seed });
-  S.edited = false;
-  // Two goals in opposite corners (odd cells are always free in softvi's mazes).
-  S.goals = [(size - 2) * size + (size - 2), size + (size - 2)];
-  S.walk = []; S.traj = []; S.start = 1 * size + 1; S.posterior = null;
-  $('map').width = size; $('map').height = size;
+  setWorld(size, size, await request({ type: 'maze', width: size, height: size, seed }), null);
+}
+
+async function loadMap(name) {
+  const m = await request({ type: 'map', name });
+  setWorld(m.width, m.height, m.walls, name);
+}
+
+// The free cell nearest to (row, col), scanning outwards.
+function freeNear(row, col) {
+  for (let d = 0; d < S.W + S.H; d++) {
+    for (let r = Math.max(0, row - d); r <= Math.min(S.H - 1, row + d); r++) {
+      for (let c = Math.max(0, col - d); c <= Math.min(S.W - 1, col + d); c++) {
+        if (!S.walls[r * S.W + c]) return r * S.W + c;
+      }
+    }
+  }
+  return 0;
+}
+
+function setWorld(width, height, walls, mapName) {
+  S.W = width; S.H = height; S.walls = walls; S.mapName = mapName; S.edited = false;
+  // Two goals in opposite corners, the start in a third (on a maze: its odd, free cells).
+  S.goals = [freeNear(height - 2, width - 2), freeNear(1, width - 2)];
+  S.start = freeNear(1, 1);
+  S.walk = []; S.traj = []; S.posterior = null; S.result = null; S.occupancy = null;
+  const k = STAGE / Math.max(width, height);
+  $('map').width = width; $('map').height = height;
+  $('map').style.width = `${width * k}px`; $('map').style.height = `${height * k}px`;
+  $('over').getContext('2d').clearRect(0, 0, STAGE, STAGE);
 }
 
 // ---- drawing ----
@@ -310,7 +334,13 @@ $('layer').addEventListener('change', () => {
 });
 $('arrows').addEventListener('change', drawOverlay);
 $('task').addEventListener('change', () => { S.task = Number($('task').value); draw(); });
+$('mapname').addEventListener('change', async () => {
+  if (!$('mapname').value) return;
+  await loadMap($('mapname').value);
+  await solve();
+});
 $('newmaze').addEventListener('click', async () => {
+  $('mapname').value = '';
   await newMaze(Number($('size').value), Number($('seed').value));
   await solve();
 });
@@ -375,5 +405,7 @@ window.playground = {
     return solve();
   },
   mapImage: () => $('map').toDataURL(),
+  // Loads a bundled MovingAI map (web/pkg/maps/) with its default goals, unsolved.
+  loadMap,
   inferWalk,
 };

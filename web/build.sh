@@ -18,4 +18,7 @@ cargo build -p softvi-web --release --target wasm32-unknown-unknown
 rm -rf web/pkg
 wasm-bindgen --target web --no-typescript --out-dir web/pkg \
     target/wasm32-unknown-unknown/release/softvi_web.wasm
+# A few small MovingAI maps the page offers (the tests' copies; see tests/data/maps/README.md).
+mkdir -p web/pkg/maps
+cp tests/data/maps/den312d.map tests/data/maps/Berlin_1_256.map web/pkg/maps/
 echo "web/pkg/softvi_web_bg.wasm: $(stat -c %s web/pkg/softvi_web_bg.wasm) bytes"

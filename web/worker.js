@@ -48,6 +48,10 @@ async function handle(msg) {
         progress);
       return [r, [r.buffer]];
     }
+    case 'map': {
+      const text = await (await fetch(`pkg/maps/${msg.name}`)).text();
+      return [wasm.parse_map(text), []];
+    }
     case 'trajectory':
       return [wasm.trajectory(msg.task, msg.start, msg.steps, BigInt(msg.seed)), []];
     case 'posterior':

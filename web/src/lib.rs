@@ -103,6 +103,19 @@ pub fn maze(width: usize, height: usize, seed: u64) -> Result<Vec<u8>, JsError> 
     Ok(grid.free.iter().map(|&f| u8::from(!f)).collect())
 }
 
+/// A MovingAI `.map` text read by the library's parser (as `softvi solve --map` reads it):
+/// `{width, height, walls}`, walls `[row][col]` as a Uint8Array (1 = wall).
+#[wasm_bindgen]
+pub fn parse_map(text: &str) -> Result<JsValue, JsError> {
+    let grid = Grid::parse_movingai(text).map_err(js_error)?;
+    let walls: Vec<u8> = grid.free.iter().map(|&f| u8::from(!f)).collect();
+    let out = Object::new();
+    set(&out, "width", grid.width as u32);
+    set(&out, "height", grid.height as u32);
+    set(&out, "walls", js_sys::Uint8Array::from(&walls[..]));
+    Ok(out.into())
+}
+
 /// The problem and settings of `spec` (JSON: `width`, `height`, `goals` (cells, one task
 /// each), `alpha`, `gamma`, `slip`, `connectivity` 4|8, `stay`, `backup`
 /// "expected"|"optimistic", `horizon` null or T, `tol`, `max_iters`) over `walls`.
