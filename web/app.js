@@ -265,11 +265,12 @@ function drawOverlay() {
   }
 }
 
-function drawPosterior() {
+// The posterior after `step` steps of the walk (default: all of them), as bars.
+function drawPosterior(step) {
   const rows = S.posterior, b = S.goals.length;
   if (!rows) { $('bars').innerHTML = ''; return; }
-  const last = rows.subarray(rows.length - b);
-  const steps = rows.length / b - 1;
+  const steps = step ?? rows.length / b - 1;
+  const last = rows.subarray(steps * b, (steps + 1) * b);
   $('bars').innerHTML = `<div>p(goal | walk), after ${steps} steps:</div>` + Array.from(last, (p, i) =>
     `<div>goal ${i} (X,Y = ${label(S.goals[i])}): ${p.toFixed(3)}</div>`
     + `<div class="bar" style="width:${Math.max(1, 280 * p)}px"></div>`).join('');
@@ -370,6 +371,12 @@ async function inferWalk(walk) {
   S.walk = Array.from(walk);
   drawOverlay();
   S.posterior = await request({ type: 'posterior', walk: S.walk });
+  // Step by step along the walk, about two seconds in all, ending on the whole walk.
+  const steps = S.posterior.length / S.goals.length - 1;
+  for (let t = 0; t < steps; t += Math.max(1, Math.ceil(steps / 120))) {
+    drawPosterior(t);
+    await new Promise(requestAnimationFrame);
+  }
   drawPosterior();
   return S.posterior;
 }
