@@ -158,12 +158,21 @@ class Browser:
         return r["result"].get("value")
 
     async def goto(self, url):
+        """Opens `url` and waits for the playground's first solve; the backend line."""
         await self.call("Page.navigate", url=url)
-        await asyncio.sleep(0.5)
+        deadline = time.time() + 60
+        while True:
+            try:
+                here = await self.eval("location.href + ' ' + document.readyState")
+                if here == f"{url} complete":
+                    break
+            except RuntimeError:
+                pass  # the old document went away under the evaluation
+            if time.time() > deadline:
+                raise RuntimeError(f"{url} did not load in 60 s")
+            await asyncio.sleep(0.1)
         return await self.eval(
-            "(async () => { while (!window.playground) await new Promise(r => setTimeout(r, 50));"
-            " await window.playground.ready;"
-            " return document.getElementById('backend').textContent; })()"
+            "window.playground.ready.then(() => document.getElementById('backend').textContent)"
         )
 
     async def close(self):
