@@ -159,21 +159,25 @@ class Browser:
 
     async def goto(self, url):
         """Opens `url` and waits for the playground's first solve; the backend line."""
+        await self.load(url)
+        return await self.eval(
+            "window.playground.ready.then(() => document.getElementById('backend').textContent)"
+        )
+
+    async def load(self, url):
+        """Opens `url` and waits until its document has loaded."""
         await self.call("Page.navigate", url=url)
         deadline = time.time() + 60
         while True:
             try:
                 here = await self.eval("location.href + ' ' + document.readyState")
                 if here == f"{url} complete":
-                    break
+                    return
             except RuntimeError:
                 pass  # the old document went away under the evaluation
             if time.time() > deadline:
                 raise RuntimeError(f"{url} did not load in 60 s")
             await asyncio.sleep(0.1)
-        return await self.eval(
-            "window.playground.ready.then(() => document.getElementById('backend').textContent)"
-        )
 
     async def close(self):
         await self.ws.close()
@@ -288,6 +292,27 @@ async def main():
             stall < 1000, f"the page kept running during that solve (longest stall {stall:.0f} ms)"
         )
         check(not browser.errors, f"no console error on the 255x255 page ({browser.errors})")
+        # A 1025 x 1025 world: the page keeps running while it solves, and a newer solve
+        # (a small map) cancels it at its next progress report.
+        await browser.load(f"{base}?size=1025&seed=0")
+        status = await browser.eval(
+            "(async () => { const s = document.getElementById('status');"
+            " while (!s.textContent.startsWith('solving'))"
+            " await new Promise(r => setTimeout(r, 100));"
+            " return s.textContent; })()"
+        )
+        stall = await browser.eval("window.playground.state.maxStallMs")
+        check(stall < 1000, f"1025x1025 ({status}): longest stall {stall:.0f} ms")
+        started = time.time()
+        newer = await browser.eval(
+            f"window.playground.loadMap('{MAP}')"
+            ".then(() => window.playground.solveWith({})).then(r => r && r.iterations)"
+        )
+        check(
+            newer is not None and newer > 0,
+            f"a newer solve replaced the 1025x1025 one ({time.time() - started:.1f} s)",
+        )
+        check(not browser.errors, f"no console error on the 1025x1025 page ({browser.errors})")
     finally:
         await browser.close()
 

@@ -52,7 +52,7 @@ worker.onerror = (e) => { $('backend').textContent = `the solver thread failed: 
 
 // ---- state ----
 const S = {
-  W: 0, H: 0, seed: 0, walls: null, edited: false, mapName: null, goals: [], task: 0,
+  W: 0, H: 0, seed: 0, walls: null, edited: false, mapName: null, world: 0, goals: [], task: 0,
   result: null, occupancy: null, walk: [], traj: [], start: null, posterior: null,
   firstPictureMs: null, solves: 0, backend: '', maxStallMs: 0,
 };
@@ -128,17 +128,19 @@ async function solve() {
   onProgress = (m) => {
     $('status').textContent = `solving… ${m.sweeps} sweeps, residual ${m.residual.toExponential(2)}`;
   };
+  const world = S.world;
   const run = request({ type: 'solve', spec: spec(), walls: S.walls.slice() });
   solving = run;
   let r;
   try {
     r = await run;
   } catch (e) {
-    if (solving === run && e.message !== 'cancelled') $('status').textContent = `error: ${e.message}`;
-    if (e.message === 'cancelled') return null;
+    // A newer solve or world replaced this one: the worker stopped it, nothing to report.
+    if (solving !== run || /cancel/i.test(e.message)) return null;
+    $('status').textContent = `error: ${e.message}`;
     throw e;
   }
-  if (solving !== run) return null;
+  if (solving !== run || S.world !== world) return null;
   S.result = r;
   S.occupancy = null;
   S.solves++;
@@ -181,6 +183,7 @@ function freeNear(row, col) {
 
 function setWorld(width, height, walls, mapName) {
   S.W = width; S.H = height; S.walls = walls; S.mapName = mapName; S.edited = false;
+  S.world++;
   // Two goals in opposite corners, the start in a third (on a maze: its odd, free cells).
   S.goals = [freeNear(height - 2, width - 2), freeNear(1, width - 2)];
   S.start = freeNear(1, 1);
@@ -393,7 +396,7 @@ $('size').value = String(size); $('seed').value = String(seed);
 const startup = (async () => {
   const info = await ready;
   await newMaze(size, seed);
-  await solve();
+  await solve().catch(reportError);
   return info;
 })();
 

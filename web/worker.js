@@ -61,16 +61,25 @@ async function handle(msg) {
   }
 }
 
+async function answer(msg) {
+  try {
+    const [result, transfer] = await handle(msg);
+    self.postMessage({ type: 'done', id: msg.id, result }, transfer);
+  } catch (err) {
+    self.postMessage({ type: 'error', id: msg.id, error: String(err?.message ?? err) });
+  }
+}
+
+// Calls that use the backend run one after another; a new world (maze, map) does not touch
+// it, so it is answered at once, and it makes any solve still running obsolete.
 let chain = ready;
 self.onmessage = (e) => {
   const msg = e.data;
+  if (msg.type === 'maze' || msg.type === 'map') {
+    latestSolve = msg.id;
+    ready.then(() => answer(msg));
+    return;
+  }
   if (msg.type === 'solve') latestSolve = msg.id;
-  chain = chain.then(async () => {
-    try {
-      const [result, transfer] = await handle(msg);
-      self.postMessage({ type: 'done', id: msg.id, result }, transfer);
-    } catch (err) {
-      self.postMessage({ type: 'error', id: msg.id, error: String(err?.message ?? err) });
-    }
-  });
+  chain = chain.then(() => answer(msg));
 };

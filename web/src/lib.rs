@@ -14,6 +14,7 @@ use js_sys::{Array, Float32Array, Function, Object, Reflect, Uint32Array};
 use softvi::analysis::infer::{Observation, check_possible, posterior_inputs};
 use softvi::analysis::sample::{ENDED, sample};
 use softvi::engine::cpu::{solve_cpu_with_progress, task_posterior};
+use softvi::engine::schedule::CHECK_INTERVAL;
 use softvi::world::grid_mdp::{GridMdp, start_distribution};
 use softvi::{
     ActionSet, Backup, Connectivity, CpuReference, GpuContext, Grid, GridEngine, GridProblem,
@@ -191,6 +192,17 @@ fn parse_spec(spec: &str, walls: &[u8]) -> Result<(GridProblem, SolveOptions), J
     Ok((problem, options))
 }
 
+/// Cell updates one GPU submission may hold: a few milliseconds on a discrete GPU, seconds on
+/// a software adapter (SwiftShader), so progress and cancellation stay prompt on both.
+const UPDATES_PER_SUBMIT: usize = 1 << 24;
+
+/// The checks per submission that keep one under [`UPDATES_PER_SUBMIT`] cell updates (at
+/// least one check: 16 sweeps of a 1024 x 1024 world with two goals is about 2^25).
+fn checks_per_submit(problem: &GridProblem) -> usize {
+    let per_check = problem.grid.cells() * problem.tasks.len() * CHECK_INTERVAL as usize;
+    (UPDATES_PER_SUBMIT / per_check.max(1)).max(1)
+}
+
 /// A progress callback that reports the sweeps to `report` and stops the solve (an error
 /// "cancelled") when it returns `false`: the page has asked for a newer solve.
 fn reporter(report: &Function) -> impl FnMut(&Progress) -> ControlFlow<()> + '_ {
@@ -227,6 +239,7 @@ pub async fn solve(spec: String, walls: Vec<u8>, progress: Function) -> Result<J
     let mut report = reporter(&progress);
     let solved = match &mut backend {
         Backend::Gpu { engine, .. } => {
+            engine.set_checks_per_submit(checks_per_submit(&problem));
             (engine.solve_async(&problem, &options, outputs, &mut report)).await
         }
         Backend::Cpu { .. } => solve_cpu_with_progress(&problem, &options, outputs, &mut report),
@@ -287,6 +300,7 @@ pub async fn occupancy(
     let solved: softvi::Result<MdpSolution> = match &mut backend {
         Backend::Gpu { engine, .. } => match start_distribution(&problem, Some(&starts)) {
             Ok(d0) => {
+                engine.set_checks_per_submit(checks_per_submit(&problem));
                 let run = engine.solve_steps_async(&problem, &options, outputs, &d0, &mut report);
                 run.await
             }

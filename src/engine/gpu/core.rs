@@ -44,7 +44,7 @@ const FROZEN_BY_HOST: u32 = u32::MAX - 1;
 pub const CONTROL_HEADER_BYTES: u64 = 16;
 
 /// Most convergence checks recorded into one submission (submissions grow 1, 2, 4, ...).
-const MAX_CHECKS_PER_SUBMIT: usize = 64;
+pub const MAX_CHECKS_PER_SUBMIT: usize = 64;
 /// Largest staging buffer used for readback (bytes).
 const STAGING_BYTES: u64 = 64 << 20;
 /// Elements a binding window may start before its first used element (storage offsets are
@@ -426,6 +426,9 @@ pub(crate) struct GpuCore {
     pub max_workgroups: u32,
     pub storage_align: u64,
     pub uniform_align: u64,
+    /// Most check windows one submission of [`GpuCore::iterate`] runs (1..=64): how long the
+    /// device works between two progress reports, where a caller can stop the solve.
+    pub checks_per_submit: usize,
     reduce: Shader,
     reduce_pipeline: wgpu::ComputePipeline,
     decide_pipeline: wgpu::ComputePipeline,
@@ -482,6 +485,7 @@ impl GpuCore {
             max_workgroups: limits.max_compute_workgroups_per_dimension,
             storage_align: limits.min_storage_buffer_offset_alignment as u64,
             uniform_align: limits.min_uniform_buffer_offset_alignment as u64,
+            checks_per_submit: MAX_CHECKS_PER_SUBMIT,
             reduce_pipeline: compute_pipeline(&device, &reduce, "residual_reduce", &[]),
             decide_pipeline: compute_pipeline(&device, &reduce, "convergence_decide", &[]),
             extrapolate_pipeline: compute_pipeline(&device, &extrapolate, "extrapolate", &[]),
@@ -738,7 +742,7 @@ impl GpuCore {
         while next_window < windows.len() && verdict == Verdict::Continue {
             let batch = &windows[next_window..(next_window + per_submit).min(windows.len())];
             next_window += batch.len();
-            per_submit = (per_submit * 2).min(MAX_CHECKS_PER_SUBMIT);
+            per_submit = (per_submit * 2).min(self.checks_per_submit);
             self.queue
                 .write_buffer(&checks.control, 0, bytemuck::bytes_of(&0u32));
             let mut encoder = self.device.create_command_encoder(&Default::default());

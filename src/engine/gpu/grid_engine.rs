@@ -324,6 +324,14 @@ impl GridEngine {
         })
     }
 
+    /// Limits a submission to `checks` convergence checks of
+    /// [`crate::engine::schedule::CHECK_INTERVAL`] sweeps each (clamped to 1..=64, the
+    /// default 64): the longest the device works between progress reports, where a caller
+    /// can stop the solve. The results do not depend on it (every check runs either way).
+    pub fn set_checks_per_submit(&mut self, checks: usize) {
+        self.core.checks_per_submit = checks.clamp(1, super::core::MAX_CHECKS_PER_SUBMIT);
+    }
+
     /// `"<adapter name> (<backend>)"` of the device this engine runs on.
     pub fn adapter_label(&self) -> &str {
         &self.core.adapter_label
