@@ -18,6 +18,7 @@ import base64
 import collections
 import functools
 import http.server
+import itertools
 import json
 import os
 import pathlib
@@ -192,7 +193,9 @@ def cli_values(world, width, goals, out):
     for g in goals:
         args += ["--goal", f"{g % width},{g // width}"]
     args += ["--alpha", str(SETTINGS["alpha"]), "--gamma", str(SETTINGS["gamma"])]
-    args += ["--tol", str(SETTINGS["tol"]), "--slip", str(SETTINGS["slip"]), "--out", out]
+    if "--horizon" not in world:
+        args += ["--tol", str(SETTINGS["tol"])]
+    args += ["--slip", str(SETTINGS["slip"]), "--out", out]
     subprocess.run(args, check=True, stdout=subprocess.DEVNULL)
     return np.load(pathlib.Path(out) / "values.npy").reshape(-1)
 
@@ -207,6 +210,14 @@ def compare(page, cli, what):
     diff = float(np.max(np.abs(page[both] - cli[both])))
     check(same_nan and diff <= TOLERANCE, f"{what}: max |page - CLI| = {diff:.2e} <= {TOLERANCE}")
     return diff
+
+
+def legal(walls, a, b):
+    """Whether one step from cell `a` to `b` is a stay or a legal 8-connected move."""
+    (ra, ca), (rb, cb) = divmod(a, SIZE), divmod(b, SIZE)
+    if max(abs(ra - rb), abs(ca - cb)) > 1 or walls[b]:
+        return False
+    return ra == rb or ca == cb or not (walls[ra * SIZE + cb] or walls[rb * SIZE + ca])
 
 
 def shortest_path(walls, start, goal):
@@ -251,6 +262,24 @@ async def main():
         spec = json.dumps({**SETTINGS, "goals": goals})
         values = page_values(await browser.eval(SOLVE.format(s=spec)))
         gpu_diff = compare(values, cli, f"WebGPU solve of a {SIZE}x{SIZE} maze vs softvi solve")
+        # Forward messages: `softvi solve --horizon T --occupancy --start` summed over t.
+        occ = page_values(await browser.eval(f"window.playground.occupancy({SIZE + 1}, 60)"))
+        with tempfile.TemporaryDirectory() as tmp:
+            world = [*maze, "--horizon", "60", "--occupancy", "--start", "1,1"]
+            out = os.path.join(tmp, "out")
+            cli_values(world, SIZE, goals, out)
+            cli_occ = np.load(pathlib.Path(out) / "occupancy.npy").sum(axis=1).reshape(-1)
+        compare(occ, cli_occ, "occupancy over 60 steps from X,Y = 1,1 vs softvi solve")
+        # A sampled trajectory: legal moves only (8-connected, no corner cutting), ending
+        # early only on its goal.
+        walls = await browser.eval("Array.from(window.playground.state.walls)")
+        path = await browser.eval(f"window.playground.trajectory(0, {SIZE + 1}, 400, 5)")
+        check(
+            path[0] == SIZE + 1
+            and all(legal(walls, a, b) for a, b in itertools.pairwise(path))
+            and (len(path) == 401 or path[-1] == goals[0]),
+            f"a sampled trajectory ({len(path) - 1} steps) moves legally, stops only on goal 0",
+        )
         # A bundled MovingAI map: 65 wide (not a multiple of 4: the padded rows), 81 high.
         await browser.eval(f"window.playground.loadMap('{MAP}')")
         map_goals = await browser.eval("window.playground.state.goals")
@@ -324,6 +353,9 @@ async def main():
         check("No WebGPU" in backend, "without WebGPU the page says so")
         values = page_values(await browser.eval(SOLVE.format(s=spec)))
         compare(values, cli, "CPU fallback (f64 reference in wasm) vs softvi solve")
+        rows = await browser.eval(f"window.playground.inferWalk({walk}).then(Array.from)")
+        rows = np.array(rows).reshape(-1, len(goals))
+        check(rows[-1, 0] > 0.9, f"CPU fallback: the walk's posterior ends at {rows[-1, 0]:.4f}")
         check(not browser.errors, f"no console error on the CPU page ({browser.errors})")
     finally:
         await browser.close()

@@ -418,4 +418,12 @@ window.playground = {
   // Loads a bundled MovingAI map (web/pkg/maps/) with its default goals, unsolved.
   loadMap,
   inferWalk,
+  // The occupancy from `start` over `steps` steps ([task][cell], expected visits).
+  async occupancy(start, steps) {
+    S.start = start; $('steps').value = String(steps);
+    await runOccupancy();
+    return Array.from(S.occupancy, (v) => (Number.isNaN(v) ? null : v));
+  },
+  trajectory: (task, start, steps, seed) =>
+    request({ type: 'trajectory', task, start, steps, seed }).then(Array.from),
 };
