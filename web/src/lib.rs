@@ -224,8 +224,11 @@ fn set(obj: &Object, key: &str, value: impl Into<JsValue>) {
     let _ = Reflect::set(obj, &key.into(), &value.into());
 }
 
-/// Solves every goal of `spec` over `walls` (see [`parse_spec`]), calling `progress(sweeps,
-/// residual)` after every check. Returns `{values, policy, entropy, actions, iterations,
+/// Solves every goal of `spec` over `walls` (`[row][col]`, 1 = wall). `spec` is JSON: `width`,
+/// `height`, `goals` (cells, one task each), `alpha`, `gamma`, `slip`, `connectivity` 4|8,
+/// `stay`, `backup` "expected"|"optimistic", `horizon` null or T, `tol`, `max_iters`. Calls
+/// `progress(sweeps, residual)` after every GPU submission (every check on the CPU); a
+/// `false` from it stops the solve ("cancelled"). Returns `{values, policy, entropy, actions, iterations,
 /// status, seconds, backend}`: `values` and `entropy` (nats, `-sum pi ln pi`) `[task][cell]`,
 /// `policy` `[task][cell][action]`, as Float32Arrays.
 #[wasm_bindgen]
