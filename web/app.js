@@ -338,17 +338,15 @@ $('layer').addEventListener('change', () => {
 });
 $('arrows').addEventListener('change', drawOverlay);
 $('task').addEventListener('change', () => { S.task = Number($('task').value); draw(); });
-$('mapname').addEventListener('change', async () => {
-  if (!$('mapname').value) return;
-  await loadMap($('mapname').value);
-  await solve();
+$('mapname').addEventListener('change', () => {
+  if ($('mapname').value) loadMap($('mapname').value).then(solve).catch(reportError);
 });
-$('newmaze').addEventListener('click', async () => {
+$('newmaze').addEventListener('click', () => {
   $('mapname').value = '';
-  await newMaze(Number($('size').value), Number($('seed').value));
-  await solve();
+  newMaze(Number($('size').value), Number($('seed').value)).then(solve).catch(reportError);
 });
-$('sample').addEventListener('click', async () => {
+$('sample').addEventListener('click', () => sampleTrajectory().catch(reportError));
+async function sampleTrajectory() {
   S.traj = Array.from(await request({ type: 'trajectory', task: S.task, start: S.start,
     steps: Number($('steps').value), seed: Math.floor(Math.random() * 2 ** 31) }));
   // Animated: the path grows a cell per frame.
@@ -358,7 +356,7 @@ $('sample').addEventListener('click', async () => {
     await new Promise(requestAnimationFrame);
   }
   S.traj = full; drawOverlay();
-});
+}
 async function runOccupancy() {
   const steps = settings().horizon ?? Number($('steps').value);
   S.occupancy = await request({ type: 'occupancy', spec: spec(), walls: S.walls.slice(),
