@@ -320,6 +320,11 @@ async def main():
         check(
             stall < 1000, f"the page kept running during that solve (longest stall {stall:.0f} ms)"
         )
+        live = await browser.eval(
+            "[window.playground.state.liveDraws, window.playground.state.firstLiveMs]"
+        )
+        check(live[0] >= 2, f"the map was drawn {live[0]} times as the solve ran")
+        print(f"  first values drawn while solving: {live[1] / 1000:.2f} s after navigation")
         check(not browser.errors, f"no console error on the 255x255 page ({browser.errors})")
         # A 1025 x 1025 world: the page keeps running while it solves, and a newer solve
         # (a small map) cancels it at its next progress report.

@@ -22,6 +22,7 @@ const worker = new Worker(`worker.js${params.get('cpu') === '1' ? '?cpu=1' : ''}
 let nextId = 1;
 const pending = new Map();
 let onProgress = () => {};
+let onLive = () => {};
 function request(msg, transfer = []) {
   const id = nextId++;
   return new Promise((resolve, reject) => {
@@ -42,6 +43,8 @@ worker.onmessage = (e) => {
     resolveReady(m);
   } else if (m.type === 'progress') {
     onProgress(m);
+  } else if (m.type === 'live') {
+    onLive(m);
   } else {
     const p = pending.get(m.id);
     pending.delete(m.id);
@@ -54,7 +57,8 @@ worker.onerror = (e) => { $('backend').textContent = `the solver thread failed: 
 const S = {
   W: 0, H: 0, seed: 0, walls: null, edited: false, mapName: null, world: 0, goals: [], task: 0,
   result: null, occupancy: null, walk: [], traj: [], start: null, posterior: null,
-  firstPictureMs: null, solves: 0, backend: '', maxStallMs: 0,
+  firstPictureMs: null, solves: 0, backend: '', maxStallMs: 0, liveDraws: 0,
+  firstLiveMs: null,
 };
 // The longest the page's own thread went without running a 50 ms timer (solves run in the
 // worker, so this stays near 50 ms however large the world).
@@ -129,6 +133,18 @@ async function solve() {
     $('status').textContent = `solving… ${m.sweeps} sweeps, residual ${m.residual.toExponential(2)}`;
   };
   const world = S.world;
+  const id = nextId;
+  // The values as the solve runs (WebGPU): drawn as they come, for the shown task.
+  onLive = (m) => {
+    if (m.id !== id || S.world !== world || $('layer').value !== 'values') return;
+    const pw = Math.ceil(S.W / 4) * 4, t = S.task, data = new Float32Array(S.W * S.H);
+    for (let r = 0; r < S.H; r++) {
+      data.set(m.values.subarray((t * S.H + r) * pw, (t * S.H + r) * pw + S.W), r * S.W);
+    }
+    drawMap(data);
+    S.liveDraws++;
+    if (S.firstLiveMs === null) S.firstLiveMs = performance.now();
+  };
   const run = request({ type: 'solve', spec: spec(), walls: S.walls.slice() });
   solving = run;
   let r;
@@ -207,7 +223,13 @@ function layerData() {
 
 function draw() {
   if (!S.result) return;
-  const cells = S.W * S.H, data = layerData(), goals = new Set(S.goals);
+  drawMap(layerData());
+  drawOverlay();
+}
+
+// `data` `[cell]` in viridis over the free non-goal cells, walls black, goals magenta.
+function drawMap(data) {
+  const cells = S.W * S.H, goals = new Set(S.goals);
   let lo = Infinity, hi = -Infinity;
   for (let c = 0; c < cells; c++) {
     const v = data[c];
@@ -222,7 +244,6 @@ function draw() {
     img.data.set([rgb[0], rgb[1], rgb[2], 255], 4 * c);
   }
   ctx.putImageData(img, 0, 0);
-  drawOverlay();
 }
 
 function drawOverlay() {

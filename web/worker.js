@@ -40,7 +40,10 @@ async function handle(msg) {
       return [wasm.maze(msg.width, msg.height, BigInt(msg.seed)), []];
     case 'solve': {
       if (msg.id !== latestSolve) throw new Error('cancelled');
-      const r = await wasm.solve(JSON.stringify(msg.spec), msg.walls, progress);
+      const live = (sweeps, values) => {
+        self.postMessage({ type: 'live', id: msg.id, sweeps, values }, [values.buffer]);
+      };
+      const r = await wasm.solve(JSON.stringify(msg.spec), msg.walls, progress, live);
       return [r, [r.values.buffer, r.policy.buffer, r.entropy.buffer]];
     }
     case 'occupancy': {

@@ -228,11 +228,18 @@ fn set(obj: &Object, key: &str, value: impl Into<JsValue>) {
 /// `height`, `goals` (cells, one task each), `alpha`, `gamma`, `slip`, `connectivity` 4|8,
 /// `stay`, `backup` "expected"|"optimistic", `horizon` null or T, `tol`, `max_iters`. Calls
 /// `progress(sweeps, residual)` after every GPU submission (every check on the CPU); a
-/// `false` from it stops the solve ("cancelled"). Returns `{values, policy, entropy, actions, iterations,
+/// `false` from it stops the solve ("cancelled"). On WebGPU `live(sweeps, values)` gets the
+/// values after every submission, `[task][row][col]` over rows padded to
+/// `width.next_multiple_of(4)` columns, as a Float32Array. Returns `{values, policy, entropy, actions, iterations,
 /// status, seconds, backend}`: `values` and `entropy` (nats, `-sum pi ln pi`) `[task][cell]`,
 /// `policy` `[task][cell][action]`, as Float32Arrays.
 #[wasm_bindgen]
-pub async fn solve(spec: String, walls: Vec<u8>, progress: Function) -> Result<JsValue, JsError> {
+pub async fn solve(
+    spec: String,
+    walls: Vec<u8>,
+    progress: Function,
+    live: Function,
+) -> Result<JsValue, JsError> {
     let (problem, options) = parse_spec(&spec, &walls)?;
     let outputs = Outputs {
         policy: true,
@@ -243,7 +250,14 @@ pub async fn solve(spec: String, walls: Vec<u8>, progress: Function) -> Result<J
     let solved = match &mut backend {
         Backend::Gpu { engine, .. } => {
             engine.set_checks_per_submit(checks_per_submit(&problem));
-            (engine.solve_async(&problem, &options, outputs, &mut report)).await
+            engine.watch_values(Some(Box::new(move |sweeps, values| {
+                let values = Float32Array::from(values);
+                let _ = live.call2(&JsValue::NULL, &sweeps.into(), &values);
+            })));
+            let solved = engine.solve_async(&problem, &options, outputs, &mut report);
+            let solved = solved.await;
+            engine.watch_values(None);
+            solved
         }
         Backend::Cpu { .. } => solve_cpu_with_progress(&problem, &options, outputs, &mut report),
     };

@@ -316,6 +316,9 @@ pub(crate) struct Checks {
     pub extrapolation: wgpu::Buffer,
     /// Per task [`NOT_FROZEN`], or the task stopped iterating (every backup kernel binds it).
     pub frozen: wgpu::Buffer,
+    /// The ping-pong values `[task][state]` and their bytes, read back after every submission
+    /// for [`GpuCore::live_values`] (`None`: nobody watches).
+    pub live: Option<([wgpu::Buffer; 2], u64)>,
     checks: wgpu::Buffer,
     group: wgpu::BindGroup,
     tasks: usize,
@@ -403,6 +406,15 @@ impl Kernels<'_> {
     }
 }
 
+/// The watcher of [`GpuCore::live_values`]: sweeps so far, then the values `[task][state]`.
+/// `Send` natively, so an engine can move between threads; in a browser (one thread, and
+/// JavaScript callbacks are not `Send`) any closure.
+#[cfg(not(target_arch = "wasm32"))]
+pub type LiveValues = Box<dyn FnMut(u32, &[f32]) + Send>;
+/// The watcher of [`GpuCore::live_values`]: sweeps so far, then the values `[task][state]`.
+#[cfg(target_arch = "wasm32")]
+pub type LiveValues = Box<dyn FnMut(u32, &[f32])>;
+
 /// Where an iteration stopped.
 pub(crate) struct Iteration {
     /// Sweeps applied (the most of any task): the final values are in buffer `sweeps % 2`.
@@ -429,6 +441,9 @@ pub(crate) struct GpuCore {
     /// Most check windows one submission of [`GpuCore::iterate`] runs (1..=64): how long the
     /// device works between two progress reports, where a caller can stop the solve.
     pub checks_per_submit: usize,
+    /// Called after every submission with the sweeps so far and the values then, for an
+    /// iteration whose [`Checks::live`] names them (the browser playground draws them).
+    pub live_values: Option<LiveValues>,
     reduce: Shader,
     reduce_pipeline: wgpu::ComputePipeline,
     decide_pipeline: wgpu::ComputePipeline,
@@ -486,6 +501,7 @@ impl GpuCore {
             storage_align: limits.min_storage_buffer_offset_alignment as u64,
             uniform_align: limits.min_uniform_buffer_offset_alignment as u64,
             checks_per_submit: MAX_CHECKS_PER_SUBMIT,
+            live_values: None,
             reduce_pipeline: compute_pipeline(&device, &reduce, "residual_reduce", &[]),
             decide_pipeline: compute_pipeline(&device, &reduce, "convergence_decide", &[]),
             extrapolate_pipeline: compute_pipeline(&device, &extrapolate, "extrapolate", &[]),
@@ -671,6 +687,7 @@ impl GpuCore {
             group,
             tasks,
             bands: dispatch.len(),
+            live: None,
         })
     }
 
@@ -817,6 +834,17 @@ impl GpuCore {
             }
             if progress(&Progress::after(options, sweeps, &last)).is_break() {
                 return Err(Error::Cancelled { sweeps });
+            }
+            if let (Some(mut live), Some((values, bytes))) = (self.live_values.take(), &checks.live)
+            {
+                let now = self
+                    .read_f32(&values[(sweeps % 2) as usize], 0, *bytes)
+                    .await;
+                if let Ok(now) = &now {
+                    live(sweeps, now);
+                }
+                self.live_values = Some(live);
+                now?;
             }
             // Freeze on the GPU the tasks the host found diverged, before the next submission.
             for t in (0..n).filter(|&t| monitor.is_frozen(t) && frozen[t] == NOT_FROZEN) {

@@ -332,6 +332,14 @@ impl GridEngine {
         self.core.checks_per_submit = checks.clamp(1, super::core::MAX_CHECKS_PER_SUBMIT);
     }
 
+    /// Calls `watch(sweeps, values)` after every submission of the backward iteration with the
+    /// values then (extrapolation jumps included), `[task][row][col]` over the tasks of the
+    /// chunk being solved and rows padded to `width.next_multiple_of(4)` columns; `None`
+    /// stops watching. Each call costs a readback of the values.
+    pub fn watch_values(&mut self, watch: Option<super::core::LiveValues>) {
+        self.core.live_values = watch;
+    }
+
     /// `"<adapter name> (<backend>)"` of the device this engine runs on.
     pub fn adapter_label(&self) -> &str {
         &self.core.adapter_label
@@ -753,9 +761,9 @@ impl GridEngine {
             Vec::new()
         };
         let dispatch: Vec<[u32; 3]> = layouts.iter().map(|l| l.dispatch).collect();
-        let checks = self
-            .core
-            .checks(n, layouts[0].params.groups_per_task, &dispatch, options)?;
+        let mut checks =
+            self.core
+                .checks(n, layouts[0].params.groups_per_task, &dispatch, options)?;
         let horizon = options.horizon.finite_steps() as u64;
         let core = &mut self.core;
         let v_bytes = (n * inputs.cells() * 4) as u64;
@@ -764,6 +772,9 @@ impl GridEngine {
             core.buffer("softvi.values_a", v_bytes, usage),
             core.buffer("softvi.values_b", v_bytes, usage),
         ];
+        if core.live_values.is_some() {
+            checks.live = Some((values.clone(), v_bytes));
+        }
         let quads = core.buffer(
             "softvi.active_quads",
             (arrays.active_quads.len().max(1) * 8) as u64,
