@@ -48,6 +48,7 @@
 #![warn(missing_docs)]
 
 pub mod analysis;
+#[cfg(not(target_arch = "wasm32"))]
 pub mod bench;
 pub mod engine;
 pub mod error;
@@ -56,14 +57,16 @@ pub mod world;
 
 pub use analysis::{infer, irl, meta, qlearn, render, sample, scen};
 pub use engine::cpu::{solve_cpu, solve_mdp_cpu};
-pub use engine::gpu::{
-    EngineOptions, GpuContext, GridEngine, MdpEngine, TaskPosterior, solve_sharded,
-};
+#[cfg(not(target_arch = "wasm32"))]
+pub use engine::gpu::solve_sharded;
+pub use engine::gpu::{EngineOptions, GpuContext, GridEngine, MdpEngine, TaskPosterior};
 pub use engine::{
     Backup, CpuReference, GpuSolver, GridKernelsOnMdp, GridSolver, Horizon, MdpSolution, MdpSolver,
-    NativeSolver, Occupancy, OnProgress, Outputs, Progress, Real, ShardedSolver, Solution,
-    SolveOptions, Status, TimeSteps, keep_going,
+    Occupancy, OnProgress, Outputs, Progress, Real, Solution, SolveOptions, Status, TimeSteps,
+    keep_going,
 };
+#[cfg(not(target_arch = "wasm32"))]
+pub use engine::{NativeSolver, ShardedSolver};
 pub use error::{Error, Result};
 /// The wgpu version softvi is built on, for callers that pick adapters themselves.
 pub use wgpu;

@@ -6,6 +6,7 @@ pub mod cpu;
 pub mod gpu;
 pub mod layout;
 pub mod memory;
+#[cfg(not(target_arch = "wasm32"))]
 pub mod native;
 pub mod options;
 pub mod schedule;
@@ -16,6 +17,13 @@ pub mod warm_start;
 pub use options::{Backup, Horizon, Outputs, SolveOptions};
 pub use schedule::{OnProgress, Progress, keep_going};
 pub use solution::{MdpSolution, Occupancy, Real, Solution, Status, TimeSteps};
-pub use solver::{
-    CpuReference, GpuSolver, GridKernelsOnMdp, GridSolver, MdpSolver, NativeSolver, ShardedSolver,
-};
+pub use solver::{CpuReference, GpuSolver, GridKernelsOnMdp, GridSolver, MdpSolver};
+#[cfg(not(target_arch = "wasm32"))]
+pub use solver::{NativeSolver, ShardedSolver};
+
+/// Wall-clock time of the solve drivers: std's `Instant` panics on wasm32-unknown-unknown,
+/// where `web_time` reads the browser's `performance.now()`.
+#[cfg(not(target_arch = "wasm32"))]
+pub(crate) use std::time::Instant;
+#[cfg(target_arch = "wasm32")]
+pub(crate) use web_time::Instant;

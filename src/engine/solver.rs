@@ -7,15 +7,17 @@
 //! [`MdpSolution`] laid out the same way, so a caller (the CLI, IRL, the tests) picks a
 //! solver once and never matches on the backend again.
 
-use std::time::Instant;
+use crate::engine::Instant;
 
 use super::cpu::{solve_cpu_with_progress, solve_mdp_cpu_with_progress};
-use super::gpu::{EngineOptions, GpuContext, GridEngine, MdpEngine, solve_sharded};
+#[cfg(not(target_arch = "wasm32"))]
+use super::gpu::solve_sharded;
+use super::gpu::{EngineOptions, GpuContext, GridEngine, MdpEngine};
 use super::memory;
 use super::options::{Horizon, Outputs, SolveOptions};
 use super::schedule::OnProgress;
 use super::solution::{MdpSolution, check_mdp_solve};
-use crate::error::{Result, ensure};
+use crate::error::Result;
 use crate::world::grid_mdp::{GridMdp, start_distribution};
 use crate::world::grid_problem::GridProblem;
 use crate::world::mdp::TabularMdp;
@@ -240,6 +242,7 @@ impl GridSolver for GpuSolver {
 /// MDPs (with every output); every step and the occupancy of a grid run on `fallback` (an
 /// adapter), or on the CPU reference without one. What `--backend auto` picks where the only
 /// adapters are CPUs (llvmpipe): there it sweeps several times faster than the WGSL kernels.
+#[cfg(not(target_arch = "wasm32"))]
 pub struct NativeSolver {
     /// Threads per sweep.
     pub threads: usize,
@@ -247,6 +250,7 @@ pub struct NativeSolver {
     pub fallback: Option<Box<GpuSolver>>,
 }
 
+#[cfg(not(target_arch = "wasm32"))]
 impl NativeSolver {
     /// A solver on every core, with `fallback` for what it does not compute.
     pub fn new(fallback: Option<Box<GpuSolver>>) -> Self {
@@ -278,6 +282,7 @@ impl NativeSolver {
     }
 }
 
+#[cfg(not(target_arch = "wasm32"))]
 impl MdpSolver for NativeSolver {
     fn label(&self) -> String {
         let vectors = *super::native::grid_backup::VECTORS;
@@ -296,6 +301,7 @@ impl MdpSolver for NativeSolver {
     }
 }
 
+#[cfg(not(target_arch = "wasm32"))]
 impl GridSolver for NativeSolver {
     fn label(&self) -> String {
         MdpSolver::label(self)
@@ -321,14 +327,16 @@ impl GridSolver for NativeSolver {
 
 /// Several adapters at once: a grid batch's tasks split into contiguous shards, one per
 /// adapter, solved concurrently and gathered in task order.
+#[cfg(not(target_arch = "wasm32"))]
 pub struct ShardedSolver {
     solvers: Vec<GpuSolver>,
 }
 
+#[cfg(not(target_arch = "wasm32"))]
 impl ShardedSolver {
     /// A solver over `contexts` (at least one), in that order.
     pub fn new(contexts: Vec<GpuContext>) -> Result<Self> {
-        ensure!(!contexts.is_empty(), "no adapter to shard the tasks over");
+        crate::error::ensure!(!contexts.is_empty(), "no adapter to shard the tasks over");
         Ok(Self {
             solvers: contexts.into_iter().map(GpuSolver::new).collect(),
         })
@@ -340,6 +348,7 @@ impl ShardedSolver {
     }
 }
 
+#[cfg(not(target_arch = "wasm32"))]
 impl GridSolver for ShardedSolver {
     fn label(&self) -> String {
         self.contexts()
@@ -357,7 +366,7 @@ impl GridSolver for ShardedSolver {
         outputs: Outputs,
         _progress: &mut OnProgress<'_>,
     ) -> Result<MdpSolution> {
-        ensure!(
+        crate::error::ensure!(
             !outputs.needs_steps(),
             "several adapters (--adapters) shard plain grid solves only; every step and the \
              occupancy run on one adapter"

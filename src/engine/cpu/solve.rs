@@ -1,7 +1,7 @@
 //! The CPU-reference solve drivers (f64, one thread): the grid and general-MDP solves over the
 //! twins in this folder, on the GPU path's check schedule.
 
-use std::time::Instant;
+use crate::engine::Instant;
 
 use crate::error::{Error, Result};
 

@@ -1,8 +1,8 @@
 //! The chunk driver both engines share: a batch of tasks solved as chunks that fit the buffer
 //! limit, their outputs gathered in task order, then marked (NaN, -inf) as the CPU marks them.
 
+use crate::engine::Instant;
 use std::ops::Range;
-use std::time::Instant;
 
 use crate::error::{Context, Result};
 
@@ -73,12 +73,12 @@ pub(crate) struct Gathered {
 
 /// Solves `tasks` tasks as chunks of at most `per_chunk` with `solve` (given the chunk's task
 /// range) and gathers the outputs; an error names the chunk (`what` of tasks .. on `adapter`).
-pub(crate) fn solve_in_chunks(
+pub(crate) async fn solve_in_chunks(
     tasks: usize,
     per_chunk: usize,
     (options, outputs): (&SolveOptions, Outputs),
     (what, adapter): (&str, &str),
-    solve: &mut dyn FnMut(Range<usize>) -> Result<ChunkResult>,
+    mut solve: impl AsyncFnMut(Range<usize>) -> Result<ChunkResult>,
 ) -> Result<Gathered> {
     let mut all = Gathered {
         policy: outputs.policy.then(Vec::new),
@@ -87,7 +87,7 @@ pub(crate) fn solve_in_chunks(
     };
     for t0 in (0..tasks).step_by(per_chunk.max(1)) {
         let range = t0..(t0 + per_chunk).min(tasks);
-        let chunk = solve(range.clone())
+        let chunk = (solve(range.clone()).await)
             .with_context(|| format!("{what} of tasks {range:?} on {adapter}"))?;
         all.push(chunk, range.len(), options);
     }

@@ -60,7 +60,7 @@ impl GpuContext {
         descriptor.backends = backends;
         let instance = wgpu::Instance::new(descriptor);
         let mut adapters: Vec<wgpu::Adapter> =
-            pollster::block_on(instance.enumerate_adapters(backends));
+            super::wait(async { Ok(instance.enumerate_adapters(backends).await) })?;
         if let Ok(name) = std::env::var("WGPU_ADAPTER_NAME") {
             let wanted = name.to_lowercase();
             // Name and backend: the same driver often appears once per backend.
@@ -79,11 +79,13 @@ impl GpuContext {
             return Ok(adapters);
         }
         // The adapter wgpu itself would pick (power preference from WGPU_POWER_PREF) first.
-        let preferred =
-            pollster::block_on(instance.request_adapter(&wgpu::RequestAdapterOptions {
+        let preferred = super::wait(async {
+            let options = wgpu::RequestAdapterOptions {
                 power_preference: wgpu::PowerPreference::from_env().unwrap_or_default(),
                 ..Default::default()
-            }));
+            };
+            Ok(instance.request_adapter(&options).await)
+        })?;
         if let Ok(preferred) = preferred {
             let key = adapter_key(&preferred.get_info());
             adapters.retain(|a| adapter_key(&a.get_info()) != key);
@@ -92,8 +94,25 @@ impl GpuContext {
         Ok(adapters)
     }
 
+    /// The adapter the browser offers (WebGPU's `navigator.gpu.requestAdapter()`; natively
+    /// the one wgpu prefers) with a device, for the browser build, which cannot block.
+    pub async fn request_async() -> Result<Self> {
+        let instance =
+            wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
+        let adapter = (instance
+            .request_adapter(&wgpu::RequestAdapterOptions::default())
+            .await)
+            .map_err(|e| Error::NoAdapter(format!("no WebGPU adapter: {e}")))?;
+        Self::from_adapter_async(adapter).await
+    }
+
     /// Opens a device on `adapter` with the adapter's limits.
     pub fn from_adapter(adapter: wgpu::Adapter) -> Result<Self> {
+        super::wait(Self::from_adapter_async(adapter))
+    }
+
+    /// [`GpuContext::from_adapter`] as a future, for the browser build.
+    pub async fn from_adapter_async(adapter: wgpu::Adapter) -> Result<Self> {
         let info = adapter.get_info();
         let downlevel = adapter.get_downlevel_capabilities();
         if !downlevel
@@ -114,12 +133,13 @@ impl GpuContext {
                 info.name, info.backend
             )));
         }
-        let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
+        let (device, queue) = (adapter.request_device(&wgpu::DeviceDescriptor {
             label: Some("softvi"),
             required_limits: adapter.limits(),
             memory_hints: wgpu::MemoryHints::Performance,
             ..Default::default()
         }))
+        .await
         .map_err(|e| {
             Error::NoAdapter(format!(
                 "cannot open a device on adapter {} ({:?}): {e}",

@@ -4,6 +4,9 @@
 
 use std::collections::HashMap;
 use std::marker::PhantomData;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Waker};
 
 use crate::error::{Error, Result, ensure_limit};
 use bytemuck::{Pod, Zeroable};
@@ -41,7 +44,7 @@ const FROZEN_BY_HOST: u32 = u32::MAX - 1;
 pub const CONTROL_HEADER_BYTES: u64 = 16;
 
 /// Most convergence checks recorded into one submission (submissions grow 1, 2, 4, ...).
-const MAX_CHECKS_PER_SUBMIT: usize = 64;
+pub const MAX_CHECKS_PER_SUBMIT: usize = 64;
 /// Largest staging buffer used for readback (bytes).
 const STAGING_BYTES: u64 = 64 << 20;
 /// Elements a binding window may start before its first used element (storage offsets are
@@ -332,6 +335,9 @@ pub(crate) struct Checks {
     pub extrapolation: wgpu::Buffer,
     /// Per task [`NOT_FROZEN`], or the task stopped iterating (every backup kernel binds it).
     pub frozen: wgpu::Buffer,
+    /// The ping-pong values `[task][state]` and their bytes, read back after every submission
+    /// for [`GpuCore::live_values`] (`None`: nobody watches).
+    pub live: Option<([wgpu::Buffer; 2], u64)>,
     checks: wgpu::Buffer,
     group: wgpu::BindGroup,
     tasks: usize,
@@ -419,6 +425,15 @@ impl Kernels<'_> {
     }
 }
 
+/// The watcher of [`GpuCore::live_values`]: sweeps so far, then the values `[task][state]`.
+/// `Send` natively, so an engine can move between threads; in a browser (one thread, and
+/// JavaScript callbacks are not `Send`) any closure.
+#[cfg(not(target_arch = "wasm32"))]
+pub type LiveValues = Box<dyn FnMut(u32, &[f32]) + Send>;
+/// The watcher of [`GpuCore::live_values`]: sweeps so far, then the values `[task][state]`.
+#[cfg(target_arch = "wasm32")]
+pub type LiveValues = Box<dyn FnMut(u32, &[f32])>;
+
 /// Where an iteration stopped.
 pub(crate) struct Iteration {
     /// Sweeps applied (the most of any task): the final values are in buffer `sweeps % 2`.
@@ -442,6 +457,12 @@ pub(crate) struct GpuCore {
     pub max_workgroups: u32,
     pub storage_align: u64,
     pub uniform_align: u64,
+    /// Most check windows one submission of [`GpuCore::iterate`] runs (1..=64): how long the
+    /// device works between two progress reports, where a caller can stop the solve.
+    pub checks_per_submit: usize,
+    /// Called after every submission with the sweeps so far and the values then, for an
+    /// iteration whose [`Checks::live`] names them (the browser playground draws them).
+    pub live_values: Option<LiveValues>,
     reduce: Shader,
     reduce_pipeline: wgpu::ComputePipeline,
     decide_pipeline: wgpu::ComputePipeline,
@@ -498,6 +519,8 @@ impl GpuCore {
             max_workgroups: limits.max_compute_workgroups_per_dimension,
             storage_align: limits.min_storage_buffer_offset_alignment as u64,
             uniform_align: limits.min_uniform_buffer_offset_alignment as u64,
+            checks_per_submit: MAX_CHECKS_PER_SUBMIT,
+            live_values: None,
             reduce_pipeline: compute_pipeline(&device, &reduce, "residual_reduce", &[]),
             decide_pipeline: compute_pipeline(&device, &reduce, "convergence_decide", &[]),
             extrapolate_pipeline: compute_pipeline(&device, &extrapolate, "extrapolate", &[]),
@@ -683,6 +706,7 @@ impl GpuCore {
             group,
             tasks,
             bands: dispatch.len(),
+            live: None,
         })
     }
 
@@ -731,7 +755,7 @@ impl GpuCore {
     /// of the others. Once every task has frozen it zeroes the indirect arguments, so that the
     /// rest of the submission's sweeps do nothing. Between submissions the host reads the
     /// checks back, judges divergence ([`ConvergenceMonitor`]) and freezes the diverged tasks.
-    pub fn iterate(
+    pub async fn iterate(
         &mut self,
         checks: &Checks,
         options: &SolveOptions,
@@ -754,7 +778,7 @@ impl GpuCore {
         while next_window < windows.len() && verdict == Verdict::Continue {
             let batch = &windows[next_window..(next_window + per_submit).min(windows.len())];
             next_window += batch.len();
-            per_submit = (per_submit * 2).min(MAX_CHECKS_PER_SUBMIT);
+            per_submit = (per_submit * 2).min(self.checks_per_submit);
             self.queue
                 .write_buffer(&checks.control, 0, bytemuck::bytes_of(&0u32));
             let mut encoder = self.device.create_command_encoder(&Default::default());
@@ -802,7 +826,7 @@ impl GpuCore {
             );
             encoder.copy_buffer_to_buffer(&checks.frozen, 0, &staging, frozen_at, frozen_bytes);
             self.queue.submit([encoder.finish()]);
-            let bytes = self.map_read(&staging, frozen_at + frozen_bytes)?;
+            let bytes = self.map_read(&staging, frozen_at + frozen_bytes).await?;
             let header: &[u32] = bytemuck::cast_slice(&bytes[..CONTROL_HEADER_BYTES as usize]);
             let converged_check = header[1];
             let stats: &[[f32; 4]] =
@@ -832,6 +856,17 @@ impl GpuCore {
             if progress(&Progress::after(options, sweeps, &last)).is_break() {
                 return Err(Error::Cancelled { sweeps });
             }
+            if let (Some(mut live), Some((values, bytes))) = (self.live_values.take(), &checks.live)
+            {
+                let now = self
+                    .read_f32(&values[(sweeps % 2) as usize], 0, *bytes)
+                    .await;
+                if let Ok(now) = &now {
+                    live(sweeps, now);
+                }
+                self.live_values = Some(live);
+                now?;
+            }
             // Freeze on the GPU the tasks the host found diverged, before the next submission.
             for t in (0..n).filter(|&t| monitor.is_frozen(t) && frozen[t] == NOT_FROZEN) {
                 let at = t as u64 * 4;
@@ -844,7 +879,12 @@ impl GpuCore {
     }
 
     /// Copies `size` bytes of `src` from `offset` to the host through a pooled staging buffer.
-    pub fn read_buffer(&mut self, src: &wgpu::Buffer, offset: u64, size: u64) -> Result<Vec<u8>> {
+    pub async fn read_buffer(
+        &mut self,
+        src: &wgpu::Buffer,
+        offset: u64,
+        size: u64,
+    ) -> Result<Vec<u8>> {
         let mut out = Vec::with_capacity(size as usize);
         let staging_size = size.min(STAGING_BYTES).next_multiple_of(4);
         let staging = self.buffer(
@@ -858,31 +898,36 @@ impl GpuCore {
             let mut encoder = self.device.create_command_encoder(&Default::default());
             encoder.copy_buffer_to_buffer(src, offset + done, &staging, 0, part);
             self.queue.submit([encoder.finish()]);
-            out.extend_from_slice(&self.map_read(&staging, part)?);
+            out.extend_from_slice(&self.map_read(&staging, part).await?);
             done += part;
         }
         Ok(out)
     }
 
     /// [`GpuCore::read_buffer`] as f32s.
-    pub fn read_f32(&mut self, src: &wgpu::Buffer, offset: u64, size: u64) -> Result<Vec<f32>> {
-        Ok(bytemuck::cast_slice(&self.read_buffer(src, offset, size)?).to_vec())
+    pub async fn read_f32(
+        &mut self,
+        src: &wgpu::Buffer,
+        offset: u64,
+        size: u64,
+    ) -> Result<Vec<f32>> {
+        Ok(bytemuck::cast_slice(&self.read_buffer(src, offset, size).await?).to_vec())
     }
 
     /// Maps the first `size` bytes of a MAP_READ buffer after all submitted work and copies
-    /// them out.
-    pub fn map_read(&self, staging: &wgpu::Buffer, size: u64) -> Result<Vec<u8>> {
+    /// them out. Natively `device.poll` waits and the map is done when it returns; in a
+    /// browser the poll returns at once and the map completes from the event loop, which the
+    /// returned future awaits.
+    pub async fn map_read(&self, staging: &wgpu::Buffer, size: u64) -> Result<Vec<u8>> {
         let slice = staging.slice(..size);
-        let (sender, receiver) = std::sync::mpsc::channel();
-        slice.map_async(wgpu::MapMode::Read, move |r| {
-            let _ = sender.send(r);
-        });
+        let mapped = MapDone::default();
+        let signal = mapped.clone();
+        slice.map_async(wgpu::MapMode::Read, move |r| signal.finish(r));
         self.device
             .poll(wgpu::PollType::wait_indefinitely())
             .map_err(|e| Error::Gpu(format!("waiting for the GPU failed: {e}")))?;
-        receiver
-            .recv()
-            .map_err(|_| Error::Gpu("GPU readback was dropped".into()))?
+        mapped
+            .await
             .map_err(|e| Error::Gpu(format!("mapping a readback buffer failed: {e}")))?;
         let bytes = slice
             .get_mapped_range()
@@ -908,5 +953,40 @@ impl GpuCore {
         pass.set_bind_group(0, group, &[]);
         let [x, y, z] = workgroups;
         pass.dispatch_workgroups(x, y, z);
+    }
+}
+
+/// The end of one `map_async`: its callback stores the result and wakes the task awaiting it.
+#[derive(Clone, Default)]
+struct MapDone(Arc<Mutex<MapState>>);
+
+#[derive(Default)]
+struct MapState {
+    result: Option<std::result::Result<(), wgpu::BufferAsyncError>>,
+    waker: Option<Waker>,
+}
+
+impl MapDone {
+    fn finish(&self, result: std::result::Result<(), wgpu::BufferAsyncError>) {
+        let mut state = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        state.result = Some(result);
+        if let Some(waker) = state.waker.take() {
+            waker.wake();
+        }
+    }
+}
+
+impl Future for MapDone {
+    type Output = std::result::Result<(), wgpu::BufferAsyncError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut state = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        match state.result.take() {
+            Some(result) => Poll::Ready(result),
+            None => {
+                state.waker = Some(cx.waker().clone());
+                Poll::Pending
+            }
+        }
     }
 }

@@ -50,21 +50,16 @@ pub(crate) struct ForwardOutputs {
 }
 
 /// Records and runs `pass`; D_t of every step is gathered on the GPU and read back once.
-pub(crate) fn record_forward(core: &mut GpuCore, pass: &ForwardPass) -> Result<ForwardOutputs> {
+pub(crate) async fn record_forward(
+    core: &mut GpuCore,
+    pass: &ForwardPass<'_>,
+) -> Result<ForwardOutputs> {
     use wgpu::BufferUsages as U;
     let (horizon, v_bytes) = (pass.horizon, pass.v_bytes);
     let mut out = ForwardOutputs {
         policy: Vec::new(),
         q: Vec::new(),
         occupancy: Vec::new(),
-    };
-    // Submits what `encoder` holds and reads `policy_out` back.
-    let read_rows = |core: &mut GpuCore, encoder: &mut wgpu::CommandEncoder| {
-        let fresh = core.device.create_command_encoder(&Default::default());
-        core.queue
-            .submit([std::mem::replace(encoder, fresh).finish()]);
-        let (rows, bytes) = pass.policy_out;
-        core.read_f32(rows, 0, bytes)
     };
     let d_steps = pass.occupancy.as_ref().map(|_| {
         core.buffer(
@@ -84,7 +79,7 @@ pub(crate) fn record_forward(core: &mut GpuCore, pass: &ForwardPass) -> Result<F
             for band in &pass.policy_bands {
                 core.dispatch(&mut encoder, q, band.group, band.workgroups);
             }
-            out.q.push(read_rows(core, &mut encoder)?);
+            out.q.push(read_rows(core, &mut encoder, pass).await?);
         }
         for band in &pass.policy_bands {
             core.dispatch(&mut encoder, pass.policy, band.group, band.workgroups);
@@ -96,14 +91,27 @@ pub(crate) fn record_forward(core: &mut GpuCore, pass: &ForwardPass) -> Result<F
             encoder.copy_buffer_to_buffer(&pass.d[1 - t % 2], 0, d_steps, slot, v_bytes);
         }
         if pass.keep_policy {
-            out.policy.push(read_rows(core, &mut encoder)?);
+            out.policy.push(read_rows(core, &mut encoder, pass).await?);
         }
     }
     core.queue.submit([encoder.finish()]);
     if let Some(d_steps) = &d_steps {
-        let all = core.read_f32(d_steps, 0, (horizon as u64 + 1) * v_bytes)?;
+        let all = (core.read_f32(d_steps, 0, (horizon as u64 + 1) * v_bytes)).await?;
         let per_step = (v_bytes / 4) as usize;
         out.occupancy = all.chunks_exact(per_step).map(<[f32]>::to_vec).collect();
     }
     Ok(out)
+}
+
+/// Submits what `encoder` holds and reads `pass.policy_out` back.
+async fn read_rows(
+    core: &mut GpuCore,
+    encoder: &mut wgpu::CommandEncoder,
+    pass: &ForwardPass<'_>,
+) -> Result<Vec<f32>> {
+    let fresh = core.device.create_command_encoder(&Default::default());
+    core.queue
+        .submit([std::mem::replace(encoder, fresh).finish()]);
+    let (rows, bytes) = pass.policy_out;
+    core.read_f32(rows, 0, bytes).await
 }

@@ -2,8 +2,8 @@
 //! `shaders/residual_reduce.wgsl`, built once per engine, and the solve driver that records
 //! many sweeps per submission and checks convergence on the GPU.
 
+use crate::engine::Instant;
 use std::ops::Range;
-use std::time::Instant;
 
 use crate::error::{Error, Result, ensure, ensure_limit};
 use bytemuck::{Pod, Zeroable};
@@ -347,6 +347,22 @@ impl GridEngine {
         })
     }
 
+    /// Limits a submission to `checks` convergence checks of
+    /// [`crate::engine::schedule::CHECK_INTERVAL`] sweeps each (clamped to 1..=64, the
+    /// default 64): the longest the device works between progress reports, where a caller
+    /// can stop the solve. The results do not depend on it (every check runs either way).
+    pub fn set_checks_per_submit(&mut self, checks: usize) {
+        self.core.checks_per_submit = checks.clamp(1, super::core::MAX_CHECKS_PER_SUBMIT);
+    }
+
+    /// Calls `watch(sweeps, values)` after every submission of the backward iteration with the
+    /// values then (extrapolation jumps included), `[task][row][col]` over the tasks of the
+    /// chunk being solved and rows padded to `width.next_multiple_of(4)` columns; `None`
+    /// stops watching. Each call costs a readback of the values.
+    pub fn watch_values(&mut self, watch: Option<super::core::LiveValues>) {
+        self.core.live_values = watch;
+    }
+
     /// `"<adapter name> (<backend>)"` of the device this engine runs on.
     pub fn adapter_label(&self) -> &str {
         &self.core.adapter_label
@@ -413,10 +429,21 @@ impl GridEngine {
         outputs: Outputs,
         progress: &mut OnProgress<'_>,
     ) -> Result<Solution> {
+        super::wait(self.solve_async(problem, options, outputs, progress))
+    }
+
+    /// [`GridEngine::solve_with_progress`] as a future: the browser build awaits it, each
+    /// readback yielding to the event loop.
+    pub async fn solve_async(
+        &mut self,
+        problem: &GridProblem,
+        options: &SolveOptions,
+        outputs: Outputs,
+        progress: &mut OnProgress<'_>,
+    ) -> Result<Solution> {
         outputs.ensure_plain()?;
-        Ok(self
-            .solve_grid(problem, options, outputs, None, progress)?
-            .solution)
+        let solved = self.solve_grid(problem, options, outputs, None, progress);
+        Ok(solved.await?.solution)
     }
 
     /// Solves `mdp` (an MDP over `world`'s states, see [`GridMdp::problem_for`]) for a finite
@@ -432,7 +459,13 @@ impl GridEngine {
     ) -> Result<MdpSolution> {
         let problem = world.problem_for(template, mdp)?;
         let start = world.start_cells(mdp);
-        let mut solved = self.solve_steps(&problem, options, outputs, &start, &mut keep_going)?;
+        let mut solved = super::wait(self.solve_steps_async(
+            &problem,
+            options,
+            outputs,
+            &start,
+            &mut keep_going,
+        ))?;
         solved.to_states(world);
         Ok(solved)
     }
@@ -455,6 +488,18 @@ impl GridEngine {
         start: &[f32],
         progress: &mut OnProgress<'_>,
     ) -> Result<MdpSolution> {
+        super::wait(self.solve_steps_async(problem, options, outputs, start, progress))
+    }
+
+    /// [`GridEngine::solve_steps`] as a future, for the browser build.
+    pub async fn solve_steps_async(
+        &mut self,
+        problem: &GridProblem,
+        options: &SolveOptions,
+        outputs: Outputs,
+        start: &[f32],
+        progress: &mut OnProgress<'_>,
+    ) -> Result<MdpSolution> {
         ensure!(
             matches!(options.horizon, Horizon::Finite(_)),
             "the grid kernels' forward pass needs a finite horizon"
@@ -468,21 +513,16 @@ impl GridEngine {
         );
         let padded_w = w.next_multiple_of(4);
         let padded = pad_rows(start, w, padded_w, 0.0);
-        self.solve_grid(
-            problem,
-            options,
-            outputs,
-            Some(Forward { start: &padded }),
-            progress,
-        )
+        let forward = Some(Forward { start: &padded });
+        (self.solve_grid(problem, options, outputs, forward, progress)).await
     }
 
-    fn solve_grid(
+    async fn solve_grid(
         &mut self,
         problem: &GridProblem,
         options: &SolveOptions,
         outputs: Outputs,
-        forward: Option<Forward>,
+        forward: Option<Forward<'_>>,
         progress: &mut OnProgress<'_>,
     ) -> Result<MdpSolution> {
         let start = Instant::now();
@@ -511,11 +551,12 @@ impl GridEngine {
             per_chunk,
             (options, outputs),
             ("GPU solve", &adapter),
-            &mut |tasks| {
+            async |tasks| {
                 let asked = (options, outputs, forward.as_ref());
-                self.solve_chunk(&arrays, tasks, asked, progress)
+                self.solve_chunk(&arrays, tasks, asked, progress).await
             },
-        )?;
+        )
+        .await?;
         let marks = inputs.marks();
         let (h, w, padded_w) = (inputs.height, problem.grid.width, inputs.width);
         let mut solved = gathered.into_solution(
@@ -681,22 +722,22 @@ impl GridEngine {
         )
     }
 
-    fn solve_chunk(
+    async fn solve_chunk(
         &mut self,
-        arrays: &GridArrays,
+        arrays: &GridArrays<'_>,
         tasks: Range<usize>,
-        (options, outputs, forward): (&SolveOptions, Outputs, Option<&Forward>),
+        (options, outputs, forward): (&SolveOptions, Outputs, Option<&Forward<'_>>),
         progress: &mut OnProgress<'_>,
     ) -> Result<ChunkResult> {
         let rows = outputs.policy || outputs.q || forward.is_some();
         let chunk = self.plan_chunk(arrays, tasks.len(), options, (rows, forward.is_some()))?;
-        let mut run = self.backward(arrays, &chunk, tasks.clone(), options, progress)?;
+        let mut run = (self.backward(arrays, &chunk, tasks.clone(), options, progress)).await?;
         let unbounded = arrays.inputs.unbounded_tasks();
         run.outcomes.verdict = with_unbounded(run.outcomes.verdict, &unbounded[tasks.clone()]);
         let sweeps = run.sweeps;
         let diverged = matches!(run.outcomes.verdict, Verdict::Diverged(_));
         let v_final = &chunk.values[(sweeps % 2) as usize];
-        let values = self.core.read_f32(v_final, 0, chunk.v_bytes)?;
+        let values = self.core.read_f32(v_final, 0, chunk.v_bytes).await?;
         let mut result = ChunkResult::new(values, run);
         if diverged {
             return Ok(result);
@@ -708,14 +749,14 @@ impl GridEngine {
         };
         let n_actions = arrays.inputs.action_count;
         if outputs.policy {
-            result.policy = Some(self.policy_pass(&chunk, n_actions, from, false)?);
+            result.policy = Some(self.policy_pass(&chunk, n_actions, from, false).await?);
         }
         if outputs.q {
-            result.q = Some(self.policy_pass(&chunk, n_actions, from, true)?);
+            result.q = Some(self.policy_pass(&chunk, n_actions, from, true).await?);
         }
         if let Some(forward) = forward {
             let asked = (options, outputs, forward);
-            self.forward_pass(arrays, &chunk, tasks, asked, &mut result)?;
+            (self.forward_pass(arrays, &chunk, tasks, asked, &mut result)).await?;
         }
         Ok(result)
     }
@@ -744,9 +785,9 @@ impl GridEngine {
             Vec::new()
         };
         let dispatch: Vec<[u32; 3]> = layouts.iter().map(|l| l.dispatch).collect();
-        let checks = self
-            .core
-            .checks(n, layouts[0].params.groups_per_task, &dispatch, options)?;
+        let mut checks =
+            self.core
+                .checks(n, layouts[0].params.groups_per_task, &dispatch, options)?;
         let horizon = options.horizon.finite_steps() as u64;
         let core = &mut self.core;
         let v_bytes = (n * inputs.cells() * 4) as u64;
@@ -755,6 +796,9 @@ impl GridEngine {
             core.buffer("softvi.values_a", v_bytes, usage),
             core.buffer("softvi.values_b", v_bytes, usage),
         ];
+        if core.live_values.is_some() {
+            checks.live = Some((values.clone(), v_bytes));
+        }
         let quads = core.buffer(
             "softvi.active_quads",
             (arrays.active_quads.len().max(1) * 8) as u64,
@@ -820,9 +864,9 @@ impl GridEngine {
 
     /// Uploads the chunk `tasks`' inputs and runs the backward iteration from the start values
     /// (V = 0, or the warm start).
-    fn backward(
+    async fn backward(
         &mut self,
-        arrays: &GridArrays,
+        arrays: &GridArrays<'_>,
         chunk: &GridChunk,
         tasks: Range<usize>,
         options: &SolveOptions,
@@ -896,17 +940,15 @@ impl GridEngine {
             }),
         };
         let checks = &chunk.checks;
-        self.core.iterate(
-            checks,
-            options,
-            &mut |encoder, step| kernels.record(encoder, checks, step),
-            progress,
-        )
+        let mut record = |encoder: &mut wgpu::CommandEncoder, step| {
+            kernels.record(encoder, checks, step);
+        };
+        (self.core.iterate(checks, options, &mut record, progress)).await
     }
 
     /// pi (Q with `write_q`) from `values[from]`, `[task][cell][action]`, band by band through
     /// a pooled buffer.
-    fn policy_pass(
+    async fn policy_pass(
         &mut self,
         chunk: &GridChunk,
         n_actions: usize,
@@ -935,7 +977,7 @@ impl GridEngine {
                 .dispatch(&mut encoder, &pipeline, &group, layout.dispatch);
             self.core.queue.submit([encoder.finish()]);
             let skip = (layout.first_cell - origin) * a * 4;
-            let part = self.core.read_f32(&out, skip, out_bytes - skip)?;
+            let part = self.core.read_f32(&out, skip, out_bytes - skip).await?;
             let dst = layout.first_cell as usize * n_actions;
             policy[dst..dst + part.len()].copy_from_slice(&part);
         }
@@ -944,12 +986,12 @@ impl GridEngine {
 
     /// The finite-horizon forward pass of a chunk: every step's values, and per step pi_t
     /// from V_{t+1} into one policy array, then D_{t+1} from D_t, as `forward` asks.
-    fn forward_pass(
+    async fn forward_pass(
         &mut self,
-        arrays: &GridArrays,
+        arrays: &GridArrays<'_>,
         chunk: &GridChunk,
         tasks: Range<usize>,
-        (options, outputs, forward): (&SolveOptions, Outputs, &Forward),
+        (options, outputs, forward): (&SolveOptions, Outputs, &Forward<'_>),
         result: &mut ChunkResult,
     ) -> Result<()> {
         use wgpu::BufferUsages as U;
@@ -973,7 +1015,8 @@ impl GridEngine {
         if outputs.all_steps {
             let all = self
                 .core
-                .read_f32(steps, 0, (horizon as u64 + 1) * v_bytes)?;
+                .read_f32(steps, 0, (horizon as u64 + 1) * v_bytes)
+                .await?;
             let per_step = chunk.n * cells;
             result.step_values = all.chunks_exact(per_step).map(<[f32]>::to_vec).collect();
         }
@@ -1047,7 +1090,7 @@ impl GridEngine {
             }),
             d: &d,
         };
-        let out = record_forward(&mut self.core, &pass)?;
+        let out = record_forward(&mut self.core, &pass).await?;
         result.step_policy = out.policy;
         result.step_q = out.q;
         result.occupancy = out.occupancy;

@@ -2,8 +2,8 @@
 //! policy) and `shaders/mdp_occupancy.wgsl` (forward messages), driven by the
 //! same convergence checks as the grid engine.
 
+use crate::engine::Instant;
 use std::ops::Range;
-use std::time::Instant;
 
 use crate::error::{Error, Result, ensure_limit};
 use bytemuck::{Pod, Zeroable};
@@ -16,6 +16,7 @@ use super::core::{
     StepCopies, Uniforms, Window, bind, invocations, storage, window,
 };
 use super::forward::{BandDispatch, ForwardOutputs, ForwardPass, PairDispatch, record_forward};
+use super::wait;
 use crate::engine::layout::MdpInputs;
 use crate::engine::options::{Backup, Horizon, Outputs, SolveOptions};
 use crate::engine::schedule::{OnProgress, Verdict, keep_going, with_unbounded};
@@ -557,13 +558,14 @@ impl MdpEngine {
         let dynamics = self.upload_dynamics(mdp, outputs.occupancy)?;
 
         let adapter = self.core.adapter_label.clone();
-        let gathered = solve_in_chunks(
+        // The CSR engine stays synchronous (the browser build runs grids only).
+        let gathered = wait(solve_in_chunks(
             mdp.tasks,
             per_chunk,
             (options, outputs),
             ("GPU MDP solve", &adapter),
-            &mut |tasks| self.solve_chunk(&inputs, &dynamics, tasks, options, outputs, progress),
-        )?;
+            async |tasks| self.solve_chunk(&inputs, &dynamics, tasks, options, outputs, progress),
+        ))?;
         // Terminal states keep their value; excluded ones report -inf; the policy is NaN on
         // both, as the CPU's (mdp_policy writes zeros there, which the occupancy pull needs).
         let marks = inputs.marks();
@@ -814,9 +816,7 @@ impl MdpEngine {
         run.outcomes.verdict = with_unbounded(run.outcomes.verdict, &unbounded);
         let diverged = matches!(run.outcomes.verdict, Verdict::Diverged(_));
         let v_final = (run.sweeps % 2) as usize;
-        let values = self
-            .core
-            .read_f32(&chunk.values[v_final], 0, chunk.v_bytes)?;
+        let values = wait(self.core.read_f32(&chunk.values[v_final], 0, chunk.v_bytes))?;
         let mut result = ChunkResult::new(values, run);
         if diverged {
             return Ok(result);
@@ -826,20 +826,19 @@ impl MdpEngine {
         let from = if finite { 1 - v_final } else { v_final };
         if outputs.q {
             self.policy_pass(dynamics, &chunk, from, true);
-            result.q = Some(self.core.read_f32(&chunk.policy, 0, chunk.row_bytes)?);
+            result.q = Some(wait(self.core.read_f32(&chunk.policy, 0, chunk.row_bytes))?);
         }
         // Last, so that the discounted occupancy reads pi from `chunk.policy`.
         if outputs.policy || (outputs.occupancy && !finite) {
             self.policy_pass(dynamics, &chunk, from, false);
             if outputs.policy {
-                result.policy = Some(self.core.read_f32(&chunk.policy, 0, chunk.row_bytes)?);
+                let policy = wait(self.core.read_f32(&chunk.policy, 0, chunk.row_bytes))?;
+                result.policy = Some(policy);
             }
         }
         if let (Some(steps), true) = (&chunk.steps, outputs.all_steps) {
             let horizon = options.horizon.finite_steps() as u64;
-            let all = self
-                .core
-                .read_f32(steps, 0, (horizon + 1) * chunk.v_bytes)?;
+            let all = wait(self.core.read_f32(steps, 0, (horizon + 1) * chunk.v_bytes))?;
             let per_step = chunk.task_states.len();
             result.step_values = all.chunks_exact(per_step).map(<[f32]>::to_vec).collect();
         }
@@ -1018,12 +1017,10 @@ impl MdpEngine {
             }),
         };
         let checks = &chunk.checks;
-        self.core.iterate(
-            checks,
-            options,
-            &mut |encoder, step| kernels.record(encoder, checks, step),
-            progress,
-        )
+        let mut record = |encoder: &mut wgpu::CommandEncoder, step| {
+            kernels.record(encoder, checks, step);
+        };
+        wait(self.core.iterate(checks, options, &mut record, progress))
     }
 
     /// pi (Q with `write_q`) from `chunk.values[from]` into `chunk.policy`, every band in one
@@ -1216,7 +1213,7 @@ impl MdpEngine {
             }),
             d: &occ.d,
         };
-        record_forward(&mut self.core, &pass)
+        wait(record_forward(&mut self.core, &pass))
     }
 
     /// The discounted occupancy, `[task][state]`: d = start + gamma * pull(d), iterated to tol
@@ -1295,14 +1292,15 @@ impl MdpEngine {
             extrapolate_groups: &extrapolate_groups,
             keep_steps: None,
         };
-        let run = self.core.iterate(
-            &checks,
-            options,
-            &mut |encoder, step| kernels.record(encoder, &checks, step),
-            &mut keep_going,
+        let mut record = |encoder: &mut wgpu::CommandEncoder, step| {
+            kernels.record(encoder, &checks, step);
+        };
+        let run = wait(
+            self.core
+                .iterate(&checks, options, &mut record, &mut keep_going),
         )?;
         let last = (run.sweeps % 2) as usize;
-        let mut d = self.core.read_f32(&occ.d[last], 0, chunk.v_bytes)?;
+        let mut d = wait(self.core.read_f32(&occ.d[last], 0, chunk.v_bytes))?;
         for (i, x) in d.iter_mut().enumerate() {
             *x = (*x as f64 / occ.scales[i / s]) as f32;
         }

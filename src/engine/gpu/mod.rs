@@ -26,6 +26,28 @@ pub(crate) fn temperature_uniforms(alpha: f64) -> (f32, f32) {
     )
 }
 
+/// Runs a future of the GPU path to its end for the synchronous API. Natively the readbacks
+/// inside it wait on `device.poll`, so it blocks (pollster). In a browser a readback resolves
+/// only once control returns to the event loop, so there the future is polled once and one
+/// that still waits is an error: the web build calls the `_async` methods and awaits them.
+pub(crate) fn wait<T>(future: impl Future<Output = crate::Result<T>>) -> crate::Result<T> {
+    #[cfg(not(target_arch = "wasm32"))]
+    return pollster::block_on(future);
+    #[cfg(target_arch = "wasm32")]
+    {
+        let mut future = std::pin::pin!(future);
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        match future.as_mut().poll(&mut cx) {
+            std::task::Poll::Ready(out) => out,
+            std::task::Poll::Pending => Err(crate::Error::Gpu(
+                "in a browser the GPU answers asynchronously: call the `_async` method and \
+                 await it"
+                    .into(),
+            )),
+        }
+    }
+}
+
 pub mod bands;
 pub(crate) mod chunks;
 pub mod context;
@@ -33,6 +55,7 @@ pub mod core;
 pub(crate) mod forward;
 pub mod grid_engine;
 pub mod mdp_engine;
+#[cfg(not(target_arch = "wasm32"))]
 pub mod sharded;
 pub mod task_posterior;
 
@@ -40,5 +63,6 @@ pub use context::GpuContext;
 pub use core::EngineOptions;
 pub use grid_engine::GridEngine;
 pub use mdp_engine::MdpEngine;
+#[cfg(not(target_arch = "wasm32"))]
 pub use sharded::solve_sharded;
 pub use task_posterior::{MetaPosterior, TaskPosterior};

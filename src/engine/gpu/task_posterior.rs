@@ -81,6 +81,11 @@ impl TaskPosterior {
     /// The posterior `[step + 1][task]` (row 0 the prior) and the log joint it normalizes,
     /// laid out and computed as [`crate::engine::cpu::task_posterior()`].
     pub fn run(&mut self, inputs: &PosteriorInputs) -> Result<(Vec<f32>, Vec<f32>)> {
+        super::wait(self.run_async(inputs))
+    }
+
+    /// [`TaskPosterior::run`] as a future, for the browser build.
+    pub async fn run_async(&mut self, inputs: &PosteriorInputs) -> Result<(Vec<f32>, Vec<f32>)> {
         use wgpu::BufferUsages as U;
         let (b, k) = (inputs.tasks, inputs.steps);
         ensure!(
@@ -151,8 +156,8 @@ impl TaskPosterior {
         core.dispatch(&mut encoder, accumulate, &group, [groups, 1, 1]);
         core.dispatch(&mut encoder, normalize, &group, [(k + 1) as u32, 1, 1]);
         core.queue.submit([encoder.finish()]);
-        let joint = core.read_f32(&joint, 0, rows_bytes)?;
-        let posterior = core.read_f32(&posterior, 0, rows_bytes)?;
+        let joint = core.read_f32(&joint, 0, rows_bytes).await?;
+        let posterior = core.read_f32(&posterior, 0, rows_bytes).await?;
         Ok((posterior, joint))
     }
 }
@@ -295,12 +300,12 @@ impl MetaPosterior {
         core.dispatch(&mut encoder, observe, &self.group, [groups, runs, 1]);
         core.dispatch(&mut encoder, normalize, &self.group, [runs, 1, 1]);
         core.queue.submit([encoder.finish()]);
-        core.read_f32(&self.posterior, 0, (runs * b * 4) as u64)
+        super::wait(core.read_f32(&self.posterior, 0, (runs * b * 4) as u64))
     }
 
     /// The runs' log joints `[run][task]` as they stand.
     pub fn joint(&mut self) -> Result<Vec<f32>> {
         let bytes = (self.params.runs * self.params.tasks * 4) as u64;
-        self.core.read_f32(&self.joint, 0, bytes)
+        super::wait(self.core.read_f32(&self.joint, 0, bytes))
     }
 }
