@@ -425,12 +425,12 @@ impl Kernels<'_> {
     }
 }
 
-/// The watcher of [`GpuCore::live_values`]: sweeps so far, then the values `[task][state]`.
+/// The watcher `GridEngine::watch_values` installs: sweeps so far, then the values `[task][state]`.
 /// `Send` natively, so an engine can move between threads; in a browser (one thread, and
 /// JavaScript callbacks are not `Send`) any closure.
 #[cfg(not(target_arch = "wasm32"))]
 pub type LiveValues = Box<dyn FnMut(u32, &[f32]) + Send>;
-/// The watcher of [`GpuCore::live_values`]: sweeps so far, then the values `[task][state]`.
+/// The watcher `GridEngine::watch_values` installs: sweeps so far, then the values `[task][state]`.
 #[cfg(target_arch = "wasm32")]
 pub type LiveValues = Box<dyn FnMut(u32, &[f32])>;
 
