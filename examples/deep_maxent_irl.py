@@ -29,6 +29,7 @@ import numpy as np
 
 jax.config.update("jax_enable_x64", True)
 import jax.numpy as jnp  # noqa: E402
+
 import softvi  # noqa: E402
 import softvi.jax  # noqa: E402
 
