@@ -80,15 +80,20 @@ pub fn span_bounded_tasks(fixed: &[bool], tasks: usize) -> Vec<bool> {
 /// plain bound `k max |dV|` and far below it where V moves nearly uniformly (a well-mixing
 /// MDP). None for gamma = 1, a finite horizon, no update or a statistic that is not finite.
 pub fn span_bounds(options: &SolveOptions, stats: &SweepStats) -> Option<(f64, f64)> {
-    let finite = stats.active && stats.min_delta.is_finite() && stats.max_delta.is_finite();
     match options.horizon {
-        Horizon::Infinite { .. } if options.gamma < 1.0 && finite => {
-            let k = bound_factor(options.gamma);
-            let shift = k * (0.5 * stats.max_delta + 0.5 * stats.min_delta);
-            Some((shift, k * (0.5 * stats.max_delta - 0.5 * stats.min_delta)))
-        }
-        _ => None,
+        Horizon::Infinite { .. } => discounted_span_bounds(options.gamma, stats),
+        Horizon::Finite(_) => None,
     }
+}
+
+/// [`span_bounds`] of an infinite horizon at `gamma`.
+fn discounted_span_bounds(gamma: f64, stats: &SweepStats) -> Option<(f64, f64)> {
+    let finite = stats.active && stats.min_delta.is_finite() && stats.max_delta.is_finite();
+    (gamma < 1.0 && finite).then(|| {
+        let k = bound_factor(gamma);
+        let shift = k * (0.5 * stats.max_delta + 0.5 * stats.min_delta);
+        (shift, k * (0.5 * stats.max_delta - 0.5 * stats.min_delta))
+    })
 }
 
 /// Whether a task's check statistics meet the convergence test for `tol`: its error bound
@@ -105,11 +110,9 @@ pub fn within_tolerance(
     span_bounded: bool,
 ) -> bool {
     let residual = stats.max_abs_delta;
-    let finite = stats.min_delta.is_finite() && stats.max_delta.is_finite();
-    let bound = if span_bounded && gamma < 1.0 && stats.active && finite {
-        bound_factor(gamma) * (0.5 * stats.max_delta - 0.5 * stats.min_delta)
-    } else {
-        residual * bound_factor(gamma)
+    let bound = match discounted_span_bounds(gamma, stats).filter(|_| span_bounded) {
+        Some((_, half_width)) => half_width,
+        None => residual * bound_factor(gamma),
     };
     (bound <= tol || residual <= precision.residual_floor() * stats.max_abs_value)
         && residual.is_finite()

@@ -56,8 +56,9 @@ pub struct Checked<S> {
 /// ([`convergence_decide`]: a task within tolerance freezes), divergence
 /// ([`ConvergenceMonitor`]; `precision` is the arithmetic `sweep` runs in, which sets the
 /// residual floor), `progress`, and the rate extrapolation of the tasks still
-/// iterating, which `jump(state, previous, factors)` applies (a factor > 0 jumps,
-/// [`ROLLBACK`] restores, 0 leaves a task alone; it is called only when some factor is not 0).
+/// iterating, which `jump(state, previous, backup, factors)` applies (a factor > 0 copies
+/// the task's state to `backup` and jumps, [`ROLLBACK`] restores it from there, 0 leaves a
+/// task alone; it is called only when some factor is not 0; `backup` starts as `start`).
 /// The iteration stops when every one of the `tasks` tasks has frozen or the budget is spent.
 /// The tasks flagged in `span_bounded` (`[task]`, [`span_bounded_tasks`]; empty: none) stop
 /// by the span bound.
@@ -72,11 +73,12 @@ pub fn iterate_checked<S: Clone>(
     span_bounded: &[bool],
     start: S,
     mut sweep: impl FnMut(&S, &mut S, &[bool]) -> Vec<SweepStats>,
-    mut jump: impl FnMut(&mut S, &S, &[f64]),
+    mut jump: impl FnMut(&mut S, &S, &mut S, &[f64]),
     progress: &mut OnProgress<'_>,
 ) -> Result<Checked<S>> {
     let mut state = start;
     let mut next = state.clone();
+    let mut backup = options.uses_extrapolation().then(|| state.clone());
     let mut monitor = ConvergenceMonitor::new(options, tasks);
     let mut extrapolator: Option<RateExtrapolator> = None;
     let mut frozen = vec![false; tasks];
@@ -124,8 +126,11 @@ pub fn iterate_checked<S: Clone>(
                 *f = 0.0;
             }
         }
-        if factors.iter().any(|&f| f != 0.0) {
-            jump(&mut state, &next, &factors);
+        if let Some(backup) = backup
+            .as_mut()
+            .filter(|_| factors.iter().any(|&f| f != 0.0))
+        {
+            jump(&mut state, &next, backup, &factors);
         }
     }
     Ok(Checked {
@@ -149,11 +154,6 @@ pub fn iterate_cpu(
     mut sweep: impl FnMut(&[f64], &mut [f64]) -> Vec<SweepStats>,
     progress: &mut OnProgress<'_>,
 ) -> Result<CpuIteration> {
-    let mut backup = if options.uses_extrapolation() {
-        v0.clone()
-    } else {
-        Vec::new()
-    };
     let run = iterate_checked(
         options,
         Precision::F64,
@@ -165,7 +165,7 @@ pub fn iterate_cpu(
             hold_frozen(frozen, v, v_next, &mut stats);
             stats
         },
-        |v, v_prev, factors| extrapolate(fixed, v, v_prev, &mut backup, factors),
+        |v, v_prev, backup, factors| extrapolate(fixed, v, v_prev, backup, factors),
         progress,
     )?;
     Ok(CpuIteration {

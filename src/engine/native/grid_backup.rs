@@ -144,6 +144,61 @@ impl Default for RowStats {
     }
 }
 
+/// Twin of `extrapolate` (see [`crate::engine::cpu::extrapolate::extrapolate`]) on a padded
+/// layout of `stride` entries per task: a factor > 0 keeps a backup and jumps every entry `i`
+/// that is not `fixed(i)`, a factor < 0 restores the backup.
+pub(super) fn extrapolate_padded(
+    stride: usize,
+    fixed: impl Fn(usize) -> bool,
+    v: &mut [f32],
+    v_prev: &[f32],
+    backup: &mut [f32],
+    factors: &[f64],
+) {
+    for (task, &factor) in factors.iter().enumerate() {
+        let range = task * stride..(task + 1) * stride;
+        if factor < 0.0 {
+            v[range.clone()].copy_from_slice(&backup[range]);
+        } else if factor > 0.0 {
+            backup[range.clone()].copy_from_slice(&v[range.clone()]);
+            let factor = factor as f32;
+            for i in range {
+                if !fixed(i) {
+                    v[i] += factor * (v[i] - v_prev[i]);
+                }
+            }
+        }
+    }
+}
+
+/// Runs `work` on `threads` threads (this one among them), each taking units of a shared queue
+/// until it is empty and returning its statistics per task, and combines them per task.
+pub(super) fn on_threads(
+    tasks: usize,
+    threads: usize,
+    work: impl Fn() -> Vec<RowStats> + Sync,
+) -> Vec<SweepStats> {
+    let work = &work;
+    let partials: Vec<Vec<RowStats>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (1..threads.max(1)).map(|_| scope.spawn(work)).collect();
+        let mut partials = vec![work()];
+        partials.extend(
+            handles
+                .into_iter()
+                .map(|h| h.join().expect("a sweep thread panicked")),
+        );
+        partials
+    });
+    (0..tasks)
+        .map(|t| {
+            partials
+                .iter()
+                .fold(RowStats::default(), |acc, p| acc.combine(p[t]))
+                .to_sweep_stats()
+        })
+        .collect()
+}
+
 impl RowStats {
     pub(super) fn combine(self, o: RowStats) -> RowStats {
         RowStats {
@@ -384,26 +439,9 @@ impl NativeGrid {
         // other work, a thread that loses its core does not hold the sweep up.
         let queue = Mutex::new(self.row_blocks(v, shift).into_iter());
         let queue = &queue;
-        let partials: Vec<Vec<RowStats>> = std::thread::scope(|scope| {
-            let handles: Vec<_> = (1..threads.max(1))
-                .map(|_| scope.spawn(move || self.sweep_blocks(input, frozen, queue)))
-                .collect();
-            let mut partials = vec![self.sweep_blocks(input, frozen, queue)];
-            partials.extend(
-                handles
-                    .into_iter()
-                    .map(|h| h.join().expect("a sweep thread panicked")),
-            );
-            partials
-        });
-        (0..self.tasks)
-            .map(|t| {
-                partials
-                    .iter()
-                    .fold(RowStats::default(), |acc, p| acc.combine(p[t]))
-                    .to_sweep_stats()
-            })
-            .collect()
+        on_threads(self.tasks, threads, || {
+            self.sweep_blocks(input, frozen, queue)
+        })
     }
 
     /// One thread's rows of a sweep, blocks taken from `queue` until it is empty; statistics
@@ -631,21 +669,8 @@ impl NativeGrid {
     /// The jump of rate extrapolation on the padded arrays, as
     /// [`crate::engine::cpu::extrapolate()`] does it on `[task][state]`.
     pub fn extrapolate(&self, v: &mut [f32], v_prev: &[f32], backup: &mut [f32], factors: &[f64]) {
-        let plane = self.plane();
-        for (task, &factor) in factors.iter().enumerate() {
-            let range = task * plane..(task + 1) * plane;
-            if factor < 0.0 {
-                v[range.clone()].copy_from_slice(&backup[range]);
-            } else if factor > 0.0 {
-                backup[range.clone()].copy_from_slice(&v[range.clone()]);
-                let factor = factor as f32;
-                for i in range {
-                    if self.flags[i] & FIXED == 0 {
-                        v[i] += factor * (v[i] - v_prev[i]);
-                    }
-                }
-            }
-        }
+        let fixed = |i: usize| self.flags[i] & FIXED != 0;
+        extrapolate_padded(self.plane(), fixed, v, v_prev, backup, factors);
     }
 }
 

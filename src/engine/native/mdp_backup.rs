@@ -24,7 +24,8 @@
 use std::sync::Mutex;
 
 use super::fast_math::{exp_f32, ln_f32, madd};
-use super::grid_backup::{RowStats, VECTORS, Vectors, with_avx2};
+use super::grid_backup::{RowStats, VECTORS, Vectors, extrapolate_padded, on_threads, with_avx2};
+use super::rows_on_threads;
 use crate::engine::cpu::mdp_occupancy::occupancy_inflow;
 use crate::engine::cpu::residual_reduce::SweepStats;
 use crate::engine::cpu::{mdp_action_values, write_policy};
@@ -88,6 +89,23 @@ struct Shared {
 struct Unit<'a> {
     first_block: usize,
     out: Vec<&'a mut [f32]>,
+}
+
+impl<'a> Unit<'a> {
+    /// `output` (`[task]` of `stride` values, the first `padded` of them `blocks` blocks of
+    /// [`LANES`] states) cut into units of [`UNIT_BLOCKS`] blocks.
+    fn split(output: &'a mut [f32], stride: usize, padded: usize, blocks: usize) -> Vec<Self> {
+        let mut per_task: Vec<_> = output
+            .chunks_mut(stride)
+            .map(|v| v[..padded].chunks_mut(UNIT_BLOCKS * LANES))
+            .collect();
+        (0..blocks.div_ceil(UNIT_BLOCKS))
+            .map(|u| Unit {
+                first_block: u * UNIT_BLOCKS,
+                out: per_task.iter_mut().filter_map(Iterator::next).collect(),
+            })
+            .collect()
+    }
 }
 
 impl NativeMdp {
@@ -188,41 +206,14 @@ impl NativeMdp {
     ) -> Vec<SweepStats> {
         let shared = (self.backup == Backup::Optimistic).then(|| self.shared_exp(input, frozen));
         let shared = shared.as_ref();
-        let unit_len = UNIT_BLOCKS * LANES;
-        let mut per_task: Vec<_> = output
-            .chunks_mut(self.stride)
-            .map(|v| v[..self.padded].chunks_mut(unit_len))
-            .collect();
-        let units: Vec<Unit<'_>> = (0..self.blocks.div_ceil(UNIT_BLOCKS))
-            .map(|u| Unit {
-                first_block: u * UNIT_BLOCKS,
-                out: per_task.iter_mut().filter_map(Iterator::next).collect(),
-            })
-            .collect();
+        let units = Unit::split(output, self.stride, self.padded, self.blocks);
         // Threads take units as they finish (not a fixed share each): on a machine shared with
         // other work, a thread that loses its core does not hold the sweep up.
         let queue = Mutex::new(units.into_iter());
         let queue = &queue;
-        let partials: Vec<Vec<RowStats>> = std::thread::scope(|scope| {
-            let handles: Vec<_> = (1..threads.max(1))
-                .map(|_| scope.spawn(move || self.sweep_units(input, shared, frozen, queue)))
-                .collect();
-            let mut partials = vec![self.sweep_units(input, shared, frozen, queue)];
-            partials.extend(
-                handles
-                    .into_iter()
-                    .map(|h| h.join().expect("a sweep thread panicked")),
-            );
-            partials
-        });
-        (0..self.tasks)
-            .map(|t| {
-                partials
-                    .iter()
-                    .fold(RowStats::default(), |acc, p| acc.combine(p[t]))
-                    .to_sweep_stats()
-            })
-            .collect()
+        on_threads(self.tasks, threads, || {
+            self.sweep_units(input, shared, frozen, queue)
+        })
     }
 
     /// `E` and `M` of every task not `frozen` (zeros for frozen ones, which do not sweep).
@@ -280,7 +271,7 @@ impl NativeMdp {
     /// Twin of `extrapolate` on the values' layout (see
     /// [`crate::engine::cpu::extrapolate::extrapolate`]).
     pub fn extrapolate(&self, v: &mut [f32], v_prev: &[f32], backup: &mut [f32], factors: &[f64]) {
-        extrapolate_padded(self.stride, Some(&self.fixed), v, v_prev, backup, factors);
+        extrapolate_padded(self.stride, |i| self.fixed[i], v, v_prev, backup, factors);
     }
 }
 
@@ -479,25 +470,15 @@ pub fn mdp_policy_threads<T: Real + Send>(
 ) -> Vec<T> {
     let mdp = inputs.mdp;
     let n = mdp.actions;
-    let rows = mdp.tasks * mdp.states;
-    let mut policy = vec![T::default(); rows * n];
-    let per = rows.div_ceil(threads.max(1)).max(1);
-    std::thread::scope(|scope| {
-        for (chunk, out) in policy.chunks_mut(per * n).enumerate() {
-            scope.spawn(move || {
-                let mut q = vec![0.0; n];
-                for (k, row) in out.chunks_exact_mut(n).enumerate() {
-                    let index = chunk * per + k;
-                    if inputs.fixed[index] {
-                        continue;
-                    }
-                    let (task, s) = (index / mdp.states, index % mdp.states);
-                    mdp_action_values(inputs, task, s, v, &mut q);
-                    write_policy(inputs.alpha, &q, write_q, row);
-                }
-            });
+    let mut policy = vec![T::default(); mdp.tasks * mdp.states * n];
+    let fill = |q: &mut Vec<f64>, index: usize, row: &mut [T]| {
+        if !inputs.fixed[index] {
+            let (task, s) = (index / mdp.states, index % mdp.states);
+            mdp_action_values(inputs, task, s, v, q);
+            write_policy(inputs.alpha, q, write_q, row);
         }
-    });
+    };
+    rows_on_threads(&mut policy, n, threads, || vec![0.0; n], fill);
     policy
 }
 
@@ -512,18 +493,10 @@ pub fn mdp_occupancy_threads<T: Real + Sync>(
     d_out: &mut [f64],
     threads: usize,
 ) {
-    let per = d_out.len().div_ceil(threads.max(1)).max(1);
-    std::thread::scope(|scope| {
-        for (chunk, out) in d_out.chunks_mut(per).enumerate() {
-            scope.spawn(move || {
-                for (k, x) in out.iter_mut().enumerate() {
-                    let inflow =
-                        occupancy_inflow(inputs, transpose, policy, None, d_in, chunk * per + k);
-                    *x = inputs.gamma * inflow;
-                }
-            });
-        }
-    });
+    let fill = |_: &mut (), index: usize, x: &mut [f64]| {
+        x[0] = inputs.gamma * occupancy_inflow(inputs, transpose, policy, None, d_in, index);
+    };
+    rows_on_threads(d_out, 1, threads, || (), fill);
 }
 
 /// The discounted occupancy's pull (`shaders/mdp_occupancy.wgsl::mdp_occupancy` with
@@ -625,17 +598,7 @@ impl NativeOccupancy {
         frozen: &[bool],
         threads: usize,
     ) -> Vec<SweepStats> {
-        let unit_len = UNIT_BLOCKS * LANES;
-        let mut per_task: Vec<_> = d_out
-            .chunks_mut(self.stride)
-            .map(|v| v[..self.padded].chunks_mut(unit_len))
-            .collect();
-        let units: Vec<Unit<'_>> = (0..self.blocks.div_ceil(UNIT_BLOCKS))
-            .map(|u| Unit {
-                first_block: u * UNIT_BLOCKS,
-                out: per_task.iter_mut().filter_map(Iterator::next).collect(),
-            })
-            .collect();
+        let units = Unit::split(d_out, self.stride, self.padded, self.blocks);
         let queue = Mutex::new(units.into_iter());
         let queue = &queue;
         let work = move || {
@@ -661,29 +624,12 @@ impl NativeOccupancy {
             }
             stats
         };
-        let partials: Vec<Vec<RowStats>> = std::thread::scope(|scope| {
-            let handles: Vec<_> = (1..threads.max(1)).map(|_| scope.spawn(work)).collect();
-            let mut partials = vec![work()];
-            partials.extend(
-                handles
-                    .into_iter()
-                    .map(|h| h.join().expect("a sweep thread panicked")),
-            );
-            partials
-        });
-        (0..self.tasks)
-            .map(|t| {
-                partials
-                    .iter()
-                    .fold(RowStats::default(), |acc, p| acc.combine(p[t]))
-                    .to_sweep_stats()
-            })
-            .collect()
+        on_threads(self.tasks, threads, work)
     }
 
     /// Twin of `extrapolate` on the padded layout (nothing is fixed).
     pub fn extrapolate(&self, d: &mut [f32], d_prev: &[f32], backup: &mut [f32], factors: &[f64]) {
-        extrapolate_padded(self.stride, None, d, d_prev, backup, factors);
+        extrapolate_padded(self.stride, |_| false, d, d_prev, backup, factors);
     }
 }
 
@@ -705,33 +651,6 @@ fn unpad(x: &[f32], tasks: usize, states: usize, stride: usize) -> Vec<f64> {
     (0..tasks)
         .flat_map(|t| x[t * stride..][..states].iter().map(|&v| v as f64))
         .collect()
-}
-
-/// Twin of `extrapolate` (see [`crate::engine::cpu::extrapolate::extrapolate`]) on the padded
-/// layout of `stride` entries per task: a factor > 0 keeps a backup and jumps every entry not
-/// flagged in `fixed` (same layout; none when absent), a factor < 0 restores the backup.
-fn extrapolate_padded(
-    stride: usize,
-    fixed: Option<&[bool]>,
-    v: &mut [f32],
-    v_prev: &[f32],
-    backup: &mut [f32],
-    factors: &[f64],
-) {
-    for (task, &factor) in factors.iter().enumerate() {
-        let range = task * stride..(task + 1) * stride;
-        if factor < 0.0 {
-            v[range.clone()].copy_from_slice(&backup[range]);
-        } else if factor > 0.0 {
-            backup[range.clone()].copy_from_slice(&v[range.clone()]);
-            let factor = factor as f32;
-            for i in range {
-                if !fixed.is_some_and(|f| f[i]) {
-                    v[i] += factor * (v[i] - v_prev[i]);
-                }
-            }
-        }
-    }
 }
 
 /// What [`pull_unit`] reads for one task.

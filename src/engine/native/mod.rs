@@ -19,3 +19,27 @@ pub mod solve;
 pub use grid_backup::NativeGrid;
 pub use mdp_backup::NativeMdp;
 pub use solve::{default_threads, solve_native, solve_native_mdp};
+
+/// `out` as rows of `row_len` entries split into one contiguous share per thread of
+/// `threads`: `fill(scratch, index, row)` for every row (`index` counted over all of `out`),
+/// with `scratch` made once per thread by `scratch()`.
+fn rows_on_threads<T: Send, W>(
+    out: &mut [T],
+    row_len: usize,
+    threads: usize,
+    scratch: impl Fn() -> W + Sync,
+    fill: impl Fn(&mut W, usize, &mut [T]) + Sync,
+) {
+    let per = (out.len() / row_len.max(1)).div_ceil(threads.max(1)).max(1);
+    let (scratch, fill) = (&scratch, &fill);
+    std::thread::scope(|scope| {
+        for (chunk, out) in out.chunks_mut(per * row_len).enumerate() {
+            scope.spawn(move || {
+                let mut w = scratch();
+                for (k, row) in out.chunks_exact_mut(row_len).enumerate() {
+                    fill(&mut w, chunk * per + k, row);
+                }
+            });
+        }
+    });
+}

@@ -6,6 +6,7 @@ use std::time::Instant;
 
 use super::grid_backup::{NativeGrid, NativeState};
 use super::mdp_backup::{NativeMdp, NativeOccupancy, mdp_occupancy_threads, mdp_policy_threads};
+use super::rows_on_threads;
 use crate::engine::cpu::solve::{grid_solution, iterate_checked, mdp_solution};
 use crate::engine::cpu::{action_values, write_policy};
 use crate::engine::layout::{GridInputs, MdpInputs};
@@ -95,11 +96,6 @@ fn iterate_native(
     threads: usize,
     progress: &mut OnProgress<'_>,
 ) -> Result<NativeIteration> {
-    let mut backup = if options.uses_extrapolation() {
-        grid.state(v0).v
-    } else {
-        Vec::new()
-    };
     let run = iterate_checked(
         options,
         Precision::F32,
@@ -109,8 +105,8 @@ fn iterate_native(
         |state: &NativeState, next: &mut NativeState, frozen: &[bool]| {
             grid.sweep(state, next, frozen, threads)
         },
-        |state, previous, factors| {
-            grid.extrapolate(&mut state.v, &previous.v, &mut backup, factors);
+        |state, previous, backup, factors| {
+            grid.extrapolate(&mut state.v, &previous.v, &mut backup.v, factors);
             grid.refresh_shared(state);
         },
         progress,
@@ -128,22 +124,13 @@ fn grid_policy_threads(inputs: &GridInputs, v: &[f64], write_q: bool, threads: u
     let n = inputs.action_count;
     let cells = inputs.cells();
     let mut policy = vec![0.0f32; inputs.tasks * cells * n];
-    let per = (inputs.tasks * cells).div_ceil(threads.max(1)).max(1);
-    std::thread::scope(|scope| {
-        for (chunk, out) in policy.chunks_mut(per * n).enumerate() {
-            scope.spawn(move || {
-                let mut q = vec![0.0; n];
-                for (k, row) in out.chunks_exact_mut(n).enumerate() {
-                    let index = chunk * per + k;
-                    if inputs.fixed[index] {
-                        continue;
-                    }
-                    action_values(inputs, index / cells, index % cells, v, &mut q);
-                    write_policy(inputs.alpha, &q, write_q, row);
-                }
-            });
+    let fill = |q: &mut Vec<f64>, index: usize, row: &mut [f32]| {
+        if !inputs.fixed[index] {
+            action_values(inputs, index / cells, index % cells, v, q);
+            write_policy(inputs.alpha, q, write_q, row);
         }
-    });
+    };
+    rows_on_threads(&mut policy, n, threads, || vec![0.0; n], fill);
     policy
 }
 
@@ -167,11 +154,6 @@ pub fn solve_native_mdp(
     let keep_steps = finite && (outputs.all_steps || outputs.occupancy);
     let mut history: Vec<Vec<f64>> = Vec::new();
     let v0 = native.padded_values(&inputs.v0);
-    let mut backup = if options.uses_extrapolation() {
-        v0.clone()
-    } else {
-        Vec::new()
-    };
     let run = iterate_checked(
         options,
         Precision::F32,
@@ -185,7 +167,7 @@ pub fn solve_native_mdp(
             }
             stats
         },
-        |v, v_prev, factors| native.extrapolate(v, v_prev, &mut backup, factors),
+        |v, v_prev, backup, factors| native.extrapolate(v, v_prev, backup, factors),
         progress,
     )?;
     let (v, v_prev) = (native.unpadded(&run.state), native.unpadded(&run.previous));
@@ -229,11 +211,6 @@ fn discounted_occupancy_native(
         .map(|(i, &x)| x * scale[i / mdp.states])
         .collect();
     let base = pull.padded(&start);
-    let mut backup = if options.uses_extrapolation() {
-        base.clone()
-    } else {
-        Vec::new()
-    };
     let run = iterate_checked(
         options,
         Precision::F32,
@@ -243,7 +220,7 @@ fn discounted_occupancy_native(
         |d: &Vec<f32>, next: &mut Vec<f32>, frozen: &[bool]| {
             pull.sweep(&base, d, next, frozen, threads)
         },
-        |d, d_prev, factors| pull.extrapolate(d, d_prev, &mut backup, factors),
+        |d, d_prev, backup, factors| pull.extrapolate(d, d_prev, backup, factors),
         progress,
     )?;
     let d = pull.unpadded(&run.state);
