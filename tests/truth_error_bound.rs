@@ -305,7 +305,7 @@ fn span_bound_stops_early_and_contains_the_fixed_point() {
     for (alpha, gamma) in [(0.0, 0.9), (0.0, 0.99), (1.0, 0.99), (0.5, 0.999)] {
         let truth = value_iteration(&mdp, alpha, gamma);
         let tol = 1e-6;
-        let got = solve_mdp_cpu_f64(
+        let reference = solve_mdp_cpu_f64(
             &mdp,
             &options(alpha, gamma, tol),
             Outputs::VALUES,
@@ -313,44 +313,51 @@ fn span_bound_stops_early_and_contains_the_fixed_point() {
         )
         .unwrap()
         .solution;
-        let err = errors(&got.values, &truth, mdp.tasks);
-        for t in 0..mdp.tasks {
-            assert_eq!(got.status[t], Status::Converged);
-            assert!(got.error_bound[t] <= tol, "alpha {alpha} gamma {gamma}");
-            // The truth's own error: 1e-15 relative to |V| <= 1 / (1 - gamma).
-            assert!(
-                err[t] <= got.error_bound[t] + 1e-12,
-                "alpha {alpha} gamma {gamma}: {err:?} {:?}",
-                got.error_bound
-            );
-            assert!(
-                got.iterations[t] <= plain_sweeps(gamma, tol) / 2,
-                "alpha {alpha} gamma {gamma}: {:?}",
-                got.iterations
-            );
-        }
         // The native engine in f32, at a tol its floor resolves.
-        let tol = f32_tol(gamma, &truth);
-        let got = NativeSolver::new(None)
+        let native_tol = f32_tol(gamma, &truth);
+        let native = NativeSolver::new(None)
             .solve_mdp(
                 &mdp,
-                &options(alpha, gamma, tol),
+                &options(alpha, gamma, native_tol),
                 Outputs::VALUES,
                 &mut keep_going,
             )
             .unwrap()
             .solution;
-        let err = errors(&got.values, &truth, mdp.tasks);
-        for t in 0..mdp.tasks {
-            assert_eq!(got.status[t], Status::Converged);
-            assert!(got.error_bound[t] <= tol, "native gamma {gamma}");
-            assert!(
-                err[t] <= got.error_bound[t] + 1e-12,
-                "native alpha {alpha} gamma {gamma}: {err:?} {:?}",
-                got.error_bound
-            );
-            let most = plain_sweeps(gamma, tol) / 2;
-            assert!(got.iterations[t] <= most, "native {:?}", got.iterations);
+        let reference_err = errors(&reference.values, &truth, mdp.tasks);
+        let native_err = errors(&native.values, &truth, mdp.tasks);
+        let solves = [
+            (
+                "f64",
+                tol,
+                &reference.status,
+                &reference.error_bound,
+                &reference.iterations,
+                reference_err,
+            ),
+            (
+                "native",
+                native_tol,
+                &native.status,
+                &native.error_bound,
+                &native.iterations,
+                native_err,
+            ),
+        ];
+        for (name, tol, status, bound, iterations, err) in solves {
+            for t in 0..mdp.tasks {
+                assert_eq!(status[t], Status::Converged, "{name}");
+                assert!(bound[t] <= tol, "{name} alpha {alpha} gamma {gamma}");
+                // The truth's own error: 1e-15 relative to |V| <= 1 / (1 - gamma).
+                assert!(
+                    err[t] <= bound[t] + 1e-12,
+                    "{name} alpha {alpha} gamma {gamma}: {err:?} {bound:?}"
+                );
+                assert!(
+                    iterations[t] <= plain_sweeps(gamma, tol) / 2,
+                    "{name} alpha {alpha} gamma {gamma}: {iterations:?}"
+                );
+            }
         }
     }
 }
