@@ -332,29 +332,14 @@ fn with_solver<R>(
     })
 }
 
-/// Runs `solve` without the GIL, handing it a progress callback that takes the GIL for a
-/// moment at every convergence check to run Python's signal handlers: Ctrl-C's
-/// `KeyboardInterrupt` (or any exception a handler raises) stops the solve and is raised here.
+/// Runs `solve` without the GIL, handing it a progress callback that runs Python's signal
+/// handlers as [`detached_until`] does, at convergence checks: Ctrl-C's `KeyboardInterrupt`
+/// (or any exception a handler raises) stops the solve and is raised here.
 fn solve_detached<R: Send>(
     py: Python<'_>,
     solve: impl FnOnce(&mut OnProgress<'_>) -> softvi::Result<R> + Send,
 ) -> PyResult<R> {
-    let mut raised: Option<PyErr> = None;
-    let result = py.detach(|| {
-        solve(
-            &mut |_: &Progress| match Python::attach(|py| py.check_signals()) {
-                Ok(()) => ControlFlow::Continue(()),
-                Err(e) => {
-                    raised = Some(e);
-                    ControlFlow::Break(())
-                }
-            },
-        )
-    });
-    match (result, raised) {
-        (Err(Error::Cancelled { .. }), Some(e)) => Err(e),
-        (result, _) => result.map_err(to_py),
-    }
+    detached_until(py, |stop| solve(&mut |_: &Progress| stop()))
 }
 
 /// Runs `work` without the GIL, handing it a stop check that takes the GIL at most every 50 ms
