@@ -128,3 +128,28 @@ def test_policies_pass_imitations_sampling(env, device):
     _, _, truth = partition_fh(transitions, reward, horizon, 0.9)
     # f32 outputs of probabilities <= 1: 1e-5 covers the solve's f32 rounding over H steps.
     assert np.max(np.abs(pi - truth)) <= 1e-5
+
+
+class _DenseEnv:
+    """A seals-style tabular env whose every transition row is full (the compat layer pushes
+    the default policy forward by BLAS products there, not through the engine's pull)."""
+
+    def __init__(self):
+        rng = np.random.default_rng(11)
+        t = rng.random((13, 3, 13))
+        self.transition_matrix = t / t.sum(axis=2, keepdims=True)
+        self.reward_matrix = rng.normal(size=13)
+        self.initial_state_dist = np.full(13, 1 / 13)
+        self.horizon = 9
+
+
+def test_dense_default_policy_occupancy(device):
+    env = _DenseEnv()
+    p, r, initial = env.transition_matrix, env.reward_matrix, env.initial_state_dist
+    d, d_cum = run_on(device, imitation.mce_occupancy_measures, env, discount=0.9)
+    _, _, pi_1 = partition_fh(
+        as_engine_reads(p, device), as_engine_reads(r, device), env.horizon, 1.0
+    )
+    want_d, want_cum = occupancy(p, pi_1, initial, 0.9)
+    assert_close(d, want_d, tolerance(device), "D")
+    assert_close(d_cum, want_cum, tolerance(device), "D_cum")

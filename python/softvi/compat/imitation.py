@@ -145,18 +145,19 @@ def mce_occupancy_measures(
         DeviceError: ``device="gpu"`` and no usable adapter.
     """
     horizon, transitions, r, initial = _world(env, reward)
-    if pi is None and np.count_nonzero(transitions) >= transitions.size // 4:
-        # A mostly full T: the engine's policy, pushed forward by BLAS products (the engine's
-        # per-step pull reads T as 10^8 CSR entries at S = 5,000, A = 4).
-        _, _, policy = mce_partition_fh(env, reward=reward, device=device)
-        d = _pushed_forward(transitions, policy, initial)
-    elif pi is None:
+    if pi is None:
         mdp = TabularMDP(transitions, r, initial=initial)
-        # gamma = 1: the engine's per-step occupancy is then imitation's undiscounted D.
-        res = solve(
-            mdp, alpha=1.0, gamma=1.0, horizon=horizon, policy=False, occupancy=True, device=device
-        )
-        d = res.occupancy.astype(np.float64)
+        # gamma = 1: the engine's per-step policy and occupancy are then imitation's
+        # (undiscounted) ones.
+        settings = dict(alpha=1.0, gamma=1.0, horizon=horizon, device=device)
+        if np.count_nonzero(transitions) >= transitions.size // 4:
+            # A mostly full T: the engine's policy, pushed forward by BLAS products (the
+            # engine's per-step pull reads T as 10^8 CSR entries at S = 5,000, A = 4).
+            res = solve(mdp, all_steps=True, **settings)
+            d = _pushed_forward(transitions, _rows_summing_to_one(res.policy), initial)
+        else:
+            res = solve(mdp, policy=False, occupancy=True, **settings)
+            d = res.occupancy.astype(np.float64)
     else:
         policy = np.asarray(pi, dtype=np.float64)
         want = (horizon, transitions.shape[0], transitions.shape[1])
