@@ -56,7 +56,7 @@ worker.onerror = (e) => { $('backend').textContent = `the solver thread failed: 
 // ---- state ----
 const S = {
   W: 0, H: 0, seed: 0, walls: null, edited: false, mapName: null, world: 0, goals: [], task: 0,
-  result: null, occupancy: null, walk: [], traj: [], start: null, posterior: null,
+  result: null, horizon: null, occupancy: null, walk: [], traj: [], start: null, posterior: null,
   firstPictureMs: null, solves: 0, backend: '', maxStallMs: 0, liveDraws: 0,
   firstLiveMs: null,
 };
@@ -145,7 +145,8 @@ async function solve() {
     S.liveDraws++;
     if (S.firstLiveMs === null) S.firstLiveMs = performance.now();
   };
-  const run = request({ type: 'solve', spec: spec(), walls: S.walls.slice() });
+  const asked = spec();
+  const run = request({ type: 'solve', spec: asked, walls: S.walls.slice() });
   solving = run;
   let r;
   try {
@@ -158,6 +159,7 @@ async function solve() {
   }
   if (solving !== run || S.world !== world) return null;
   S.result = r;
+  S.horizon = asked.horizon;
   S.occupancy = null;
   S.solves++;
   draw();
@@ -173,7 +175,26 @@ function resolveSoon() {
   scheduled = true;
   requestAnimationFrame(() => { scheduled = false; solve().catch(reportError); });
 }
-function reportError(e) { $('status').textContent = `error: ${e.message}`; }
+// A call a newer solve or world made obsolete reports nothing: that one's status follows.
+function reportError(e) {
+  if (!/cancel/i.test(e.message)) $('status').textContent = `error: ${e.message}`;
+}
+
+// At a finite horizon T sampling and inference act with pi_t at step t, as `softvi sample`
+// and `softvi infer` do: the worker solves once more keeping every step (pi_0..pi_{T-1}) on
+// first use after a solve. Runs `call` with the status line saying so, then puts it back.
+async function actingWith(what, call) {
+  const before = $('status').textContent;
+  if (S.horizon !== null) {
+    onProgress = (m) => {
+      $('status').textContent = `keeping pi_0..pi_${S.horizon - 1} for ${what}: `
+        + `${m.sweeps} of ${S.horizon} sweeps`;
+    };
+  }
+  const r = await call();
+  $('status').textContent = before;
+  return r;
+}
 
 async function newMaze(size, seed) {
   S.seed = seed;
@@ -295,7 +316,8 @@ function drawPosterior(step) {
   if (!rows) { $('bars').innerHTML = ''; return; }
   const steps = step ?? rows.length / b - 1;
   const last = rows.subarray(steps * b, (steps + 1) * b);
-  $('bars').innerHTML = `<div>p(goal | walk), after ${steps} steps:</div>` + Array.from(last, (p, i) =>
+  const policy = S.horizon === null ? 'the stationary pi' : `pi_t at step t, horizon T = ${S.horizon}`;
+  $('bars').innerHTML = `<div>p(goal | walk), after ${steps} steps (${policy}):</div>` + Array.from(last, (p, i) =>
     `<div>goal ${i} (X,Y = ${label(S.goals[i])}): ${p.toFixed(3)}</div>`
     + `<div class="bar" style="width:${Math.max(1, 280 * p)}px"></div>`).join('');
 }
@@ -368,8 +390,8 @@ $('newmaze').addEventListener('click', () => {
 });
 $('sample').addEventListener('click', () => sampleTrajectory().catch(reportError));
 async function sampleTrajectory() {
-  S.traj = Array.from(await request({ type: 'trajectory', task: S.task, start: S.start,
-    steps: Number($('steps').value), seed: Math.floor(Math.random() * 2 ** 31) }));
+  S.traj = Array.from(await actingWith('sampling', () => request({ type: 'trajectory', task: S.task,
+    start: S.start, steps: Number($('steps').value), seed: Math.floor(Math.random() * 2 ** 31) })));
   // Animated: the path grows a cell per frame.
   const full = S.traj;
   for (let i = 1; i <= full.length; i += Math.max(1, Math.floor(full.length / 120))) {
@@ -392,7 +414,8 @@ $('clearwalk').addEventListener('click', () => { S.walk = []; S.posterior = null
 async function inferWalk(walk) {
   S.walk = Array.from(walk);
   drawOverlay();
-  S.posterior = await request({ type: 'posterior', walk: S.walk });
+  S.posterior = await actingWith('goal inference',
+    () => request({ type: 'posterior', walk: S.walk }));
   // Step by step along the walk, about two seconds in all, ending on the whole walk.
   const steps = S.posterior.length / S.goals.length - 1;
   for (let t = 0; t < steps; t += Math.max(1, Math.ceil(steps / 120))) {
@@ -443,6 +466,8 @@ window.playground = {
     await runOccupancy();
     return Array.from(S.occupancy, (v) => (Number.isNaN(v) ? null : v));
   },
-  trajectory: (task, start, steps, seed) =>
-    request({ type: 'trajectory', task, start, steps, seed }).then(Array.from),
+  // One trajectory (cells) as `softvi sample --episodes 1 --seed` draws it; pi_t at step t of
+  // a finite horizon.
+  trajectory: (task, start, steps, seed) => actingWith('sampling',
+    () => request({ type: 'trajectory', task, start, steps, seed })).then(Array.from),
 };

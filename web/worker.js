@@ -31,9 +31,12 @@ const ready = (async () => {
 })();
 
 async function handle(msg) {
+  // A solve goes on while it is the latest; any other call (the occupancy, the solve keeping
+  // every step of a finite horizon that sampling and inference act with) while no solve or
+  // world came after it.
   const progress = (sweeps, residual) => {
     self.postMessage({ type: 'progress', id: msg.id, sweeps, residual });
-    return msg.type !== 'solve' || msg.id === latestSolve;
+    return msg.type === 'solve' ? msg.id === latestSolve : latestSolve < msg.id;
   };
   switch (msg.type) {
     case 'maze':
@@ -56,9 +59,9 @@ async function handle(msg) {
       return [wasm.parse_map(text), []];
     }
     case 'trajectory':
-      return [wasm.trajectory(msg.task, msg.start, msg.steps, BigInt(msg.seed)), []];
+      return [await wasm.trajectory(msg.task, msg.start, msg.steps, BigInt(msg.seed), progress), []];
     case 'posterior':
-      return [await wasm.posterior(Uint32Array.from(msg.walk)), []];
+      return [await wasm.posterior(Uint32Array.from(msg.walk), progress), []];
     default:
       throw new Error(`unknown request ${msg.type}`);
   }

@@ -14,6 +14,7 @@ use js_sys::{Array, Float32Array, Function, Object, Reflect, Uint32Array};
 use softvi::analysis::infer::{Observation, check_possible, posterior_inputs};
 use softvi::analysis::sample::{ENDED, sample};
 use softvi::engine::cpu::{solve_cpu_with_progress, task_posterior};
+use softvi::engine::memory::estimate_grid_bytes;
 use softvi::engine::schedule::CHECK_INTERVAL;
 use softvi::world::grid_mdp::{GridMdp, start_distribution};
 use softvi::{
@@ -38,8 +39,12 @@ enum Backend {
 /// The last solve: what sampling and goal inference read.
 struct Solved {
     problem: GridProblem,
-    /// `[task][cell][action]`.
+    options: SolveOptions,
+    /// `pi_0` (or the stationary policy), `[task][cell][action]`.
     policy: Vec<f32>,
+    /// Finite horizon: `pi_0..pi_{T-1}` over the world's states, `[task][t][state][action]`,
+    /// once sampling or goal inference has asked for it.
+    steps: Option<Vec<f32>>,
 }
 
 thread_local! {
@@ -290,7 +295,14 @@ pub async fn solve(
     set(&out, "status", status);
     set(&out, "seconds", solution.seconds);
     set(&out, "backend", label);
-    LAST.with_borrow_mut(|last| *last = Some(Solved { problem, policy }));
+    LAST.with_borrow_mut(|last| {
+        *last = Some(Solved {
+            problem,
+            options,
+            policy,
+            steps: None,
+        })
+    });
     Ok(out.into())
 }
 
@@ -343,29 +355,143 @@ pub async fn occupancy(
     Ok(Float32Array::from(&visits[..]))
 }
 
-/// The last solve's world as an MDP over its free cells, and its policy over those states.
-fn last_as_mdp(starts: Option<&[usize]>) -> Result<(GridMdp, Vec<f32>), JsError> {
+/// The most host memory a solve keeping every step of a finite horizon (what sampling and
+/// goal inference act with) may need, by the library's own estimate
+/// ([`softvi::engine::memory::estimate_grid_bytes`]): a quarter of wasm32's 4 GiB address
+/// space, so the page stays well clear of what a tab may allocate.
+pub const STEP_POLICY_BUDGET: u64 = 1 << 30;
+
+/// Makes, on first use, what the last solve's agent acts with at a finite horizon T: its
+/// `pi_0..pi_{T-1}` over the world's states, by a solve of the same problem and settings that
+/// keeps every step (as `softvi sample` and `softvi infer` solve), refused over
+/// [`STEP_POLICY_BUDGET`]. Nothing to make for an infinite horizon.
+async fn keep_steps(
+    backend: &mut Backend,
+    world: &GridMdp,
+    progress: &Function,
+) -> Result<(), JsError> {
+    let asked = LAST.with_borrow(|last| {
+        let last = last.as_ref().ok_or_else(|| JsError::new("solve first"))?;
+        let finite = matches!(last.options.horizon, Horizon::Finite(_));
+        Ok::<_, JsError>(
+            (finite && last.steps.is_none()).then(|| (last.problem.clone(), last.options)),
+        )
+    })?;
+    let Some((problem, options)) = asked else {
+        return Ok(());
+    };
+    let horizon = options.horizon.finite_steps();
+    let outputs = Outputs {
+        policy: true,
+        all_steps: true,
+        ..Outputs::VALUES
+    };
+    let needed = estimate_grid_bytes(&problem, &options, outputs);
+    if needed > STEP_POLICY_BUDGET {
+        let e = softvi::Error::limit(
+            format!(
+                "the policy of every step (pi_0..pi_{}) of {} goal(s) over {} x {} cells, \
+                 which sampling and goal inference act with at a finite horizon,",
+                horizon - 1,
+                problem.tasks.len(),
+                problem.grid.width,
+                problem.grid.height
+            ),
+            needed,
+            "the page's budget",
+            STEP_POLICY_BUDGET,
+        );
+        let e = format!("{e}: lower T or the world's size, or run softvi sample / softvi infer");
+        return Err(js_error(e));
+    }
+    let mut report = reporter(progress);
+    let solved = match backend {
+        Backend::Gpu { engine, .. } => match start_distribution(&problem, None) {
+            Ok(d0) => {
+                engine.set_checks_per_submit(checks_per_submit(&problem));
+                let run = engine.solve_steps_async(&problem, &options, outputs, &d0, &mut report);
+                run.await
+            }
+            Err(e) => Err(e),
+        },
+        Backend::Cpu { .. } => {
+            CpuReference.solve_grid(&problem, None, &options, outputs, &mut report)
+        }
+    };
+    let steps = (solved.map_err(js_error)?.steps)
+        .and_then(|s| s.policy)
+        .ok_or_else(|| JsError::new("the solve diverged: no policy to act with"))?;
+    // `[task][t][cell][action]` to `[task][t][state][action]`: every (task, t) block alike.
+    let steps = world.to_states(&steps, problem.actions.count());
+    LAST.with_borrow_mut(|last| {
+        if let Some(last) = last {
+            last.steps = Some(steps);
+        }
+    });
+    Ok(())
+}
+
+/// `act(policy, policy_steps)` with the policy the last solve's agent acts with over `world`'s
+/// states, as `softvi sample` and `softvi infer` pick it: at a finite horizon T
+/// `pi_0..pi_{T-1}` `[task][t][state][action]` (T steps; [`keep_steps`] first), else the
+/// stationary policy `[task][state][action]` (1 step).
+fn with_acting_policy<R>(
+    world: &GridMdp,
+    act: impl FnOnce(&[f32], usize) -> Result<R, JsError>,
+) -> Result<R, JsError> {
     LAST.with_borrow(|last| {
         let last = last.as_ref().ok_or_else(|| JsError::new("solve first"))?;
-        let world = GridMdp::new(&last.problem, starts).map_err(js_error)?;
-        let n = last.problem.actions.count();
-        let policy = world.to_states(&last.policy, n);
-        Ok((world, policy))
+        match (last.options.horizon, &last.steps) {
+            (Horizon::Finite(t), Some(steps)) => act(steps, t as usize),
+            (Horizon::Finite(_), None) => Err(JsError::new("every step is not kept yet")),
+            (Horizon::Infinite { .. }, _) => act(
+                &world.to_states(&last.policy, last.problem.actions.count()),
+                1,
+            ),
+        }
+    })
+}
+
+/// The last solve's world as an MDP over its free cells, with `starts` (cells; `None`:
+/// uniform over the free non-goal cells).
+fn last_world(starts: Option<&[usize]>) -> Result<GridMdp, JsError> {
+    LAST.with_borrow(|last| {
+        let last = last.as_ref().ok_or_else(|| JsError::new("solve first"))?;
+        GridMdp::new(&last.problem, starts).map_err(js_error)
+    })
+}
+
+/// The horizon T of the last solve, if finite.
+fn last_horizon() -> Option<u32> {
+    LAST.with_borrow(|last| match last.as_ref()?.options.horizon {
+        Horizon::Finite(t) => Some(t),
+        Horizon::Infinite { .. } => None,
     })
 }
 
 /// One trajectory of task `task`'s policy (the last solve's) from `start` for at most `steps`
-/// steps, drawn with `seed` as `softvi sample` draws (slip included): the cells visited,
-/// ending at the goal when reached.
+/// steps, drawn with `seed` as `softvi sample --start X,Y --episodes 1 --seed N` draws (slip
+/// included; at a finite horizon step t acts with `pi_t`, and `steps` is cut to T, as
+/// `softvi sample`'s default): the cells visited, ending at the goal when reached.
+/// `progress(sweeps, residual)` reports the solve keeping every step that a finite horizon runs
+/// on first use; a `false` from it stops that solve ("cancelled").
 #[wasm_bindgen]
-pub fn trajectory(
+pub async fn trajectory(
     task: usize,
     start: usize,
     steps: usize,
     seed: u64,
+    progress: Function,
 ) -> Result<Uint32Array, JsError> {
-    let (world, policy) = last_as_mdp(Some(&[start]))?;
-    let samples = sample(&world.mdp, &policy, 1, 1, steps, seed).map_err(js_error)?;
+    let world = last_world(Some(&[start]))?;
+    let steps = last_horizon().map_or(steps, |t| steps.min(t as usize));
+    let mut backend = take_backend()?;
+    let kept = keep_steps(&mut backend, &world, &progress).await;
+    put_backend(backend);
+    kept?;
+    let samples = with_acting_policy(&world, |policy, policy_steps| {
+        sample(&world.mdp, policy, policy_steps, 1, steps, seed).map_err(js_error)
+    })?;
     if task >= samples.tasks {
         return Err(JsError::new(&format!(
             "task {task} is not one of {}",
@@ -383,10 +509,12 @@ pub fn trajectory(
 
 /// The posterior over the last solve's goals (uniform prior) after each step of `walk` (cells,
 /// each step a transition; actions unobserved): `[step + 1][task]`, row 0 the prior, as
-/// `softvi infer` computes it (`shaders/task_posterior.wgsl` on WebGPU, its CPU twin else).
+/// `softvi infer` computes it (`shaders/task_posterior.wgsl` on WebGPU, its CPU twin else; at
+/// a finite horizon step t's likelihood is `pi_t`'s, and the walk may have at most T steps).
+/// `progress` as [`trajectory`]'s.
 #[wasm_bindgen]
-pub async fn posterior(walk: Vec<u32>) -> Result<Float32Array, JsError> {
-    let (world, policy) = last_as_mdp(None)?;
+pub async fn posterior(walk: Vec<u32>, progress: Function) -> Result<Float32Array, JsError> {
+    let world = last_world(None)?;
     let mut observed = Vec::with_capacity(walk.len());
     for (i, &cell) in walk.iter().enumerate() {
         let state = *world
@@ -404,14 +532,21 @@ pub async fn posterior(walk: Vec<u32>) -> Result<Float32Array, JsError> {
         });
     }
     let prior = vec![1.0; world.mdp.tasks];
-    let inputs = posterior_inputs(&world.mdp, &policy, 1, &observed, &prior).map_err(js_error)?;
     let mut backend = take_backend()?;
-    let run = match &mut backend {
-        Backend::Gpu { posterior, .. } => posterior.run_async(&inputs).await,
-        Backend::Cpu { .. } => Ok(task_posterior(&inputs)),
+    let run = async {
+        keep_steps(&mut backend, &world, &progress).await?;
+        let inputs = with_acting_policy(&world, |policy, policy_steps| {
+            posterior_inputs(&world.mdp, policy, policy_steps, &observed, &prior).map_err(js_error)
+        })?;
+        let run = match &mut backend {
+            Backend::Gpu { posterior, .. } => posterior.run_async(&inputs).await,
+            Backend::Cpu { .. } => Ok(task_posterior(&inputs)),
+        };
+        Ok::<_, JsError>((run.map_err(js_error)?, inputs))
     };
+    let run = run.await;
     put_backend(backend);
-    let (rows, joint) = run.map_err(js_error)?;
+    let ((rows, joint), inputs) = run?;
     check_possible(&inputs, &joint).map_err(js_error)?;
     Ok(Float32Array::from(&rows[..]))
 }
