@@ -6,9 +6,11 @@ Checks, each against an independent truth: the page loads with no console error;
 37 x 37 maze (not a multiple of the 64-wide workgroup, nor of the 4-cell row padding) equals
 the CLI's values.npy (`softvi solve`, same settings, run here) within 1e-4; a new alpha
 changes the picture; the goal posterior of a shortest path (found here by BFS) to goal 0 ends
-above 0.9 on goal 0 and starts at the uniform prior; with WebGPU disabled the page says so and
-its CPU path (the f64 reference in wasm) matches the CLI too. Saves target/playground.png and
-prints the time to the first picture of a 255 x 255 maze.
+above 0.9 on goal 0 and starts at the uniform prior; at a finite horizon the posterior of a
+walk equals `softvi infer`'s and seeded trajectories equal `softvi sample`'s (both act with
+pi_t at step t); with WebGPU disabled the page says so and its CPU path (the f64 reference in
+wasm) matches the CLI too. Saves target/playground.png and prints the time to the first
+picture of a 255 x 255 maze.
 
 Usage: python .ci/browser_test.py  (after web/build.sh and cargo build --release)
 """
@@ -243,6 +245,82 @@ def shortest_path(walls, start, goal):
 
 SOLVE = "window.playground.solveWith({s}).then(r => Array.from(r.values))"
 
+# Settings of the finite-horizon sampling check: a low temperature and gamma near 1 (the
+# page's slider stops at 0.999), so whether goal 0 is worth heading for depends on the steps
+# left and pi_t differs from pi_0 (see finite_horizon_checks); the trajectories start
+# FROM_GOAL steps from goal 0 along a shortest path.
+FINITE = {"alpha": 0.1, "gamma": 0.999, "slip": 0.05, "horizon": 40}
+FROM_GOAL = 36
+# Seeds of the trajectories compared with `softvi sample`: on this maze a page acting with
+# pi_0 draws a different trajectory for 4 of them (measured by that mutation).
+SAMPLE_SEEDS = range(1, 11)
+# Page and CLI posteriors both come from f32 policies of two engines (or the f64 reference)
+# that agree to about 1e-6 relative; a walk's log-likelihood sums its steps' (under 100
+# here), so the posteriors differ by about 100 * 1e-6 * p(1 - p) < 1e-4 (the measured figure
+# is printed). Acting with pi_0 instead of pi_t moves them by 6e-2 here (that mutation).
+POSTERIOR_TOLERANCE = 1e-4
+
+
+def cli_run(command, world, goals, settings, extra, out):
+    """Runs `softvi COMMAND` on `world` with `goals` and `settings` (a finite horizon)."""
+    args = [str(SOFTVI), command, *world]
+    for g in goals:
+        args += ["--goal", f"{g % SIZE},{g // SIZE}"]
+    for flag in ["alpha", "gamma", "slip", "horizon"]:
+        args += [f"--{flag}", str(settings[flag])]
+    args += [*extra, "--out", out, "--quiet"]
+    subprocess.run(args, check=True, stdout=subprocess.DEVNULL)
+
+
+async def finite_horizon_checks(browser, maze, walls, goals, where):
+    """At a finite horizon T the page samples and infers with pi_t at step t, as the CLI.
+
+    Posterior: the first T steps of a shortest walk to goal 0 from X,Y = 1,1 (L steps), T =
+    3L/4 at SETTINGS: late in the horizon goal 0 is out of reach and pi_t near uniform, where
+    pi_0 (T steps left) still heads for it. Trajectories (FINITE): from FROM_GOAL = 36 steps
+    off goal 0 with T = 40, heading for it is only just worth its cost (each step costs 1,
+    wandering earns alpha times the policy's entropy), so at step t pi_t hesitates where pi_0
+    heads on. Both checks fail if the page acted with pi_0 (checked by that mutation).
+    Returns the posterior's max difference to `softvi infer`.
+    """
+    full = shortest_path(walls, SIZE + 1, goals[0])
+    settings = {**SETTINGS, "horizon": (3 * (len(full) - 1)) // 4}
+    walk = full[: settings["horizon"] + 1]
+    await browser.eval(SOLVE.format(s=json.dumps({**settings, "goals": goals})))
+    rows = await browser.eval(f"window.playground.inferWalk({walk}).then(Array.from)")
+    rows = np.array(rows).reshape(-1, len(goals))
+    with tempfile.TemporaryDirectory() as tmp:
+        path = pathlib.Path(tmp) / "walk.txt"
+        path.write_text("".join(f"{c % SIZE} {c // SIZE}\n" for c in walk))
+        out = os.path.join(tmp, "out")
+        cli_run("infer", maze, goals, settings, ["--trajectory", str(path)], out)
+        cli_rows = np.load(pathlib.Path(out) / "posterior.npy")
+    diff = float(np.max(np.abs(rows - cli_rows))) if rows.shape == cli_rows.shape else np.inf
+    check(
+        diff <= POSTERIOR_TOLERANCE,
+        f"{where}: horizon {settings['horizon']}, posterior of a {len(walk) - 1}-step walk vs "
+        f"softvi infer: max |page - CLI| = {diff:.2e} <= {POSTERIOR_TOLERANCE}",
+    )
+    horizon = FINITE["horizon"]
+    start = full[len(full) - 1 - FROM_GOAL]
+    await browser.eval(SOLVE.format(s=json.dumps({**SETTINGS, **FINITE, "goals": goals})))
+    same = 0
+    for seed in SAMPLE_SEEDS:
+        path = await browser.eval(f"window.playground.trajectory(0, {start}, {horizon}, {seed})")
+        with tempfile.TemporaryDirectory() as tmp:
+            out = os.path.join(tmp, "out")
+            at = f"{start % SIZE},{start // SIZE}"
+            extra = ["--start", at, "--episodes", "1", "--seed", str(seed)]
+            cli_run("sample", maze, goals, FINITE, extra, out)
+            states = np.load(pathlib.Path(out) / "states.npy")[0, 0]
+        same += path == [int(c) for c in states if c >= 0]
+    check(
+        same == len(SAMPLE_SEEDS),
+        f"{where}: horizon {horizon}, {same} of {len(SAMPLE_SEEDS)} seeded trajectories from "
+        f"X,Y = {start % SIZE},{start // SIZE} equal softvi sample's",
+    )
+    return diff
+
 
 async def main():
     server = serve(WEB)
@@ -309,6 +387,7 @@ async def main():
         png = ROOT / "target" / "playground.png"
         png.write_bytes(base64.b64decode(shot["data"]))
         print(f"screenshot: {png}")
+        gpu_posterior = await finite_horizon_checks(browser, maze, walls, goals, "WebGPU")
         check(not browser.errors, f"no console error on the WebGPU page ({browser.errors})")
         # Time to first picture of a 255 x 255 maze: navigation start to the first drawn map.
         await browser.goto(f"{base}?size=255&seed=0")
@@ -325,6 +404,18 @@ async def main():
         )
         check(live[0] >= 2, f"the map was drawn {live[0]} times as the solve ran")
         print(f"  first values drawn while solving: {live[1] / 1000:.2f} s after navigation")
+        # Past the page's budget for every step's policy (255 x 255, two goals, 8 moves, T =
+        # 120: 1.2 GB by the library's estimate, over 1 GiB) sampling refuses and says why.
+        await browser.eval(SOLVE.format(s=json.dumps({"horizon": 120})))
+        try:
+            await browser.eval("window.playground.trajectory(0, 256, 120, 1)")
+            refused = "nothing: it sampled"
+        except RuntimeError as e:
+            refused = str(e)
+        check(
+            "over the page's budget" in refused,
+            f"255x255 at horizon 120, sampling refuses: {refused[refused.find('Error') :][:150]}",
+        )
         check(not browser.errors, f"no console error on the 255x255 page ({browser.errors})")
         # A 1025 x 1025 world: the page keeps running while it solves, and a newer solve
         # (a small map) cancels it at its next progress report.
@@ -361,11 +452,16 @@ async def main():
         rows = await browser.eval(f"window.playground.inferWalk({walk}).then(Array.from)")
         rows = np.array(rows).reshape(-1, len(goals))
         check(rows[-1, 0] > 0.9, f"CPU fallback: the walk's posterior ends at {rows[-1, 0]:.4f}")
+        cpu_posterior = await finite_horizon_checks(browser, maze, walls, goals, "CPU fallback")
         check(not browser.errors, f"no console error on the CPU page ({browser.errors})")
     finally:
         await browser.close()
     server.shutdown()
     print(f"WebGPU max abs diff to the CLI: {gpu_diff:.2e}")
+    print(
+        f"finite-horizon posterior, max abs diff to softvi infer: WebGPU {gpu_posterior:.2e}, "
+        f"CPU fallback {cpu_posterior:.2e}"
+    )
     print(f"browser: {len(passes)} passed, {len(failures)} failed")
     return 1 if failures else 0
 
