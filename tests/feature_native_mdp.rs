@@ -3,7 +3,8 @@
 //! Bellman equation of the returned values (infinite horizons) and a backward recurrence
 //! (finite ones), both in f64 from the contract. Both backups, alpha 0 and > 0, ragged and
 //! long rows (sliced-ELL padding), terminals, -inf rewards (excluded actions), dead ends at
-//! gamma = 1, many tasks (not a multiple of any vector width), and any thread count.
+//! gamma = 1, many tasks (not a multiple of any vector width), and any thread count; a model
+//! with mostly full rows, which the engine stores dense, through the same checks.
 //! `.ci/run` runs this file at `SOFTVI_NATIVE_VECTORS=avx2` and `baseline` too.
 
 mod common;
@@ -11,6 +12,8 @@ mod common;
 use common::{compare, max_gap, random_mdp};
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
+use softvi::engine::layout::MdpInputs;
+use softvi::engine::native::NativeMdp;
 use softvi::world::mdp::TabularMdp;
 use softvi::{
     Backup, Horizon, MdpSolution, MdpSolver, NativeSolver, Outputs, SolveOptions, Status,
@@ -177,6 +180,57 @@ fn ragged_mdp(s: usize, tasks: usize, seed: u64) -> TabularMdp {
     mdp
 }
 
+/// An MDP of `s` states and 3 actions whose rows are mostly full (each successor kept with
+/// probability 0.85, so the engine stores it dense), action 1 excluded (-inf) on every 7th
+/// state, state `5 t + 1` terminal (value 0.3 t) for task t; rewards in [-1, 0.3].
+fn dense_mdp(s: usize, tasks: usize, seed: u64) -> TabularMdp {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut p = vec![0.0; s * 3 * s];
+    for row in p.chunks_exact_mut(s) {
+        for x in row.iter_mut() {
+            if rng.random_range(0.0..1.0) < 0.85 {
+                *x = rng.random_range(0.05..1.0);
+            }
+        }
+        row[rng.random_range(0..s)] += 0.5; // no empty row
+        let total: f64 = row.iter().sum();
+        row.iter_mut().for_each(|x| *x /= total);
+    }
+    let r: Vec<f64> = (0..tasks * s * 3)
+        .map(|_| rng.random_range(-1.0..0.3))
+        .collect();
+    let (mut terminal, mut value) = (vec![0.0; tasks * s], vec![0.0; tasks * s]);
+    for t in 0..tasks {
+        terminal[t * s + (5 * t + 1) % s] = 1.0;
+        value[t * s + (5 * t + 1) % s] = 0.3 * t as f64;
+    }
+    let arrays = HashMap::from([
+        ("P".to_owned(), common::array(vec![s, 3, s], p)),
+        ("R".to_owned(), common::array(vec![tasks, s, 3], r)),
+        (
+            "terminal".to_owned(),
+            common::array(vec![tasks, s], terminal),
+        ),
+        (
+            "terminal_value".to_owned(),
+            common::array(vec![tasks, s], value),
+        ),
+    ]);
+    let mut mdp = TabularMdp::from_arrays(&arrays).unwrap();
+    for t in 0..tasks {
+        for state in (0..s).filter(|x| x % 7 == 2) {
+            mdp.reward[(t * s + state) * 3 + 1] = f64::NEG_INFINITY as _;
+        }
+    }
+    mdp.validate().unwrap();
+    let inputs = MdpInputs::new(&mdp, &SolveOptions::default());
+    assert!(
+        NativeMdp::new(&inputs).is_dense(),
+        "the test model is stored dense"
+    );
+    mdp
+}
+
 /// Every output of an infinite-horizon solve, at every setting, on `mdp`: against the
 /// reference, and the values against their own Bellman equation.
 fn check_infinite(what: &str, mdp: &TabularMdp, gamma: f64) {
@@ -229,6 +283,16 @@ fn random_mdp_every_output_matches_reference_and_bellman() {
 }
 
 #[test]
+fn dense_rows_match_reference_and_bellman() {
+    // 77 states (9 blocks of 8 and 5 over), 3 tasks; sparse models stay sliced.
+    let mdp = dense_mdp(77, 3, 21);
+    check_infinite("dense", &mdp, 0.9);
+    let sparse = random_mdp(77, 3, 1, false, 2);
+    let sparse = MdpInputs::new(&sparse, &SolveOptions::default());
+    assert!(!NativeMdp::new(&sparse).is_dense());
+}
+
+#[test]
 fn ragged_long_rows_and_excluded_actions_match_reference_and_bellman() {
     let mdp = ragged_mdp(203, 3, 7);
     check_infinite("ragged", &mdp, 0.9);
@@ -268,6 +332,7 @@ fn finite_horizon_every_step_matches_reference_and_recurrence() {
     for (name, mdp, gamma) in [
         ("random", random_mdp(157, 3, 5, false, 5), 1.0),
         ("ragged", ragged_mdp(99, 2, 3), 0.95),
+        ("dense", dense_mdp(45, 2, 8), 0.97),
     ] {
         for (alpha, backup) in SETTINGS {
             let o = SolveOptions {
@@ -287,11 +352,16 @@ fn finite_horizon_every_step_matches_reference_and_recurrence() {
                 1e-5 / alpha.min(1.0)
             };
             compare(&what, &got, &truth, 1e-4, prob_tol);
-            // The recurrence: V_T = 0 on non-terminal states (terminal value 0 here),
-            // V_t = T V_{t+1}; every reported step against it.
+            // The recurrence: V_T = 0 on non-terminal states, the terminal value on terminal
+            // ones, V_t = T V_{t+1}; every reported step against it.
             let steps = &got.steps.as_ref().unwrap().values;
             let n = mdp.tasks * mdp.states;
-            let mut v = vec![0.0f64; n];
+            let mut v: Vec<f64> = (0..n)
+                .map(|i| match mdp.terminal[i] {
+                    true => mdp.terminal_value[i],
+                    false => 0.0,
+                })
+                .collect();
             for t in (0..=horizon as usize).rev() {
                 for task in 0..mdp.tasks {
                     let at = (task * (horizon as usize + 1) + t) * mdp.states;

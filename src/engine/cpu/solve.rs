@@ -1,6 +1,8 @@
 //! The CPU-reference solve drivers (f64, one thread): the grid and general-MDP solves over the
 //! twins in this folder, on the GPU path's check schedule.
 
+use std::cell::OnceCell;
+
 use crate::engine::Instant;
 
 use crate::error::{Error, Result};
@@ -23,7 +25,7 @@ use crate::engine::solution::{
 };
 use crate::engine::warm_start::grid_start_values_for;
 use crate::world::grid_problem::GridProblem;
-use crate::world::mdp::{TabularMdp, Transpose};
+use crate::world::mdp::TabularMdp;
 
 /// Where a CPU iteration stopped.
 pub struct CpuIteration {
@@ -345,11 +347,13 @@ fn solve_mdp_cpu_as<T: Real>(
         },
         progress,
     )?;
-    let rows = |v: &[f64], write_q: bool| mdp_policy::<T>(&inputs, v, write_q);
+    let rows = |_: Option<usize>, v: &[f64], write_q: bool| mdp_policy::<T>(&inputs, v, write_q);
     let discounted = |pi: &[T], progress: &mut OnProgress<'_>| {
         discounted_occupancy(&inputs, options, pi, progress)
     };
-    let step = |transpose: &Transpose, pi: &[T], d: &[f64], next: &mut [f64]| {
+    let transpose = OnceCell::new();
+    let step = |pi: &[T], d: &[f64], next: &mut [f64]| {
+        let transpose = transpose.get_or_init(|| mdp.transpose());
         mdp_occupancy(&inputs, transpose, pi, None, d, None, next);
     };
     mdp_solution(
@@ -368,13 +372,14 @@ fn solve_mdp_cpu_as<T: Real>(
 }
 
 /// How a solve computes the policy (or Q, with `write_q`) rows `[task][state][action]` from
-/// values `[task][state]`: `rows(v, write_q)`.
-pub(crate) type PolicyRows<'a, T> = dyn Fn(&[f64], bool) -> Vec<T> + 'a;
+/// values `[task][state]`: `rows(step, v, write_q)`, `step` `Some(t)` where `v` is a finite
+/// horizon's `V_{t+1}` (the rows are `pi_t`, `Q_t`: a solver that kept the sweep's Q may
+/// read them), `None` for the stationary policy.
+pub(crate) type PolicyRows<'a, T> = dyn Fn(Option<usize>, &[f64], bool) -> Vec<T> + 'a;
 
-/// How a finite-horizon solve pulls `D_{t+1}` (`next`, `[task][state]`) from `D_t` under
-/// `pi_t` `[task][state][action]` over the transposed transitions, as [`mdp_occupancy`] does
-/// with no base.
-pub(crate) type OccupancyStep<'a, T> = dyn Fn(&Transpose, &[T], &[f64], &mut [f64]) + 'a;
+/// How a finite-horizon solve moves `D_t` to `D_{t+1}` (`next`, `[task][state]`) under `pi_t`
+/// `[task][state][action]`, as [`mdp_occupancy`] does with no base: `step(pi_t, d_t, next)`.
+pub(crate) type OccupancyStep<'a, T> = dyn Fn(&[T], &[f64], &mut [f64]) + 'a;
 
 /// How a solve computes the discounted occupancy from its stationary policy
 /// `[task][state][action]`.
@@ -419,14 +424,14 @@ pub(crate) fn mdp_solution<T: Real>(
         }
     }
     let v = &centred[..];
-    let policy_from = match options.horizon {
-        Horizon::Finite(_) => v_prev,
-        Horizon::Infinite { .. } => v,
+    let (step_of, policy_from) = match options.horizon {
+        Horizon::Finite(_) => (Some(0), v_prev),
+        Horizon::Infinite { .. } => (None, v),
     };
-    let policy =
-        (!diverged && (outputs.policy || outputs.occupancy)).then(|| rows(policy_from, false));
+    let policy = (!diverged && (outputs.policy || outputs.occupancy))
+        .then(|| rows(step_of, policy_from, false));
     let q = (!diverged && outputs.q).then(|| {
-        let mut q = rows(policy_from, true);
+        let mut q = rows(step_of, policy_from, true);
         marks.policy(&mut q, 1, mdp.actions);
         q
     });
@@ -475,23 +480,22 @@ fn forward_steps<T: Real>(
     marks: &Marks,
     outputs: Outputs,
     history: &[Vec<f64>],
-    rows: &dyn Fn(&[f64], bool) -> Vec<T>,
+    rows: &PolicyRows<'_, T>,
     step: &OccupancyStep<'_, T>,
 ) -> (Option<TimeSteps<T>>, Option<Occupancy<T>>) {
     let mdp = inputs.mdp;
     let horizon = history.len() - 1;
     let (mut step_policy, mut step_q) = (Vec::new(), Vec::new());
     let mut d = vec![mdp.initial.clone()];
-    let transpose = outputs.occupancy.then(|| mdp.transpose());
     for t in 0..horizon {
-        let pi_t = rows(&history[t + 1], false);
-        if let Some(transpose) = &transpose {
+        let pi_t = rows(Some(t), &history[t + 1], false);
+        if outputs.occupancy {
             let mut next = vec![0.0; d[t].len()];
-            step(transpose, &pi_t, &d[t], &mut next);
+            step(&pi_t, &d[t], &mut next);
             d.push(next);
         }
         if outputs.all_steps && outputs.q {
-            step_q.push(rows(&history[t + 1], true));
+            step_q.push(rows(Some(t), &history[t + 1], true));
         }
         if outputs.all_steps && outputs.policy {
             step_policy.push(pi_t);

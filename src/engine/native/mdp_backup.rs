@@ -10,6 +10,12 @@
 //! stride of `padded + 1`: the states rounded up to whole blocks (the extra ones fixed at 0),
 //! then the sentinel.
 //!
+//! A model whose rows are mostly full (where the sliced layout would take more memory than
+//! the dense one, about half full) is stored *dense* instead: `P` as `[s * A + a][s']` in
+//! f32, the `[S*A, S]` matrix read by contiguous dot products (no successor indices, no
+//! gathers: half the bytes of a full sliced row), with one block's rows read for every task
+//! while they are in cache.
+//!
 //! The optimistic backup shares one exponential per successor state, as the grid engine shares
 //! one per cell: `E(s') = exp(gamma (V(s') - M) / alpha)` with `M` the task's largest finite
 //! V, computed once per sweep, so a row is the dot product `mass = sum_k p_k E(s'_k)` like the
@@ -38,8 +44,12 @@ use crate::world::mdp::Transpose;
 /// the same layout, its gathers being no wider in throughput).
 pub const LANES: usize = 8;
 
-/// Blocks per unit of work a thread takes from the queue.
+/// Blocks per unit of work a thread takes from the queue (sliced layout).
 const UNIT_BLOCKS: usize = 128;
+
+/// Bytes of dense rows per unit of work: a unit's rows stay in a core's L2 cache while every
+/// task reads them.
+const DENSE_UNIT_BYTES: usize = 256 << 10;
 
 /// A shared-exponential row mass below this is recomputed per row: every term that underflowed
 /// (or sits on a -inf successor) is below 1.2e-38, so it moves a mass of at least `SUM_LOW` by
@@ -62,11 +72,16 @@ pub struct NativeMdp {
     padded: usize,
     /// Per-task stride of every value array: `padded + 1`.
     pub stride: usize,
+    /// Whether `probs` holds the dense matrix (`slice_start` and `cols` then empty).
+    dense: bool,
+    /// Blocks per unit of work.
+    unit_blocks: usize,
     /// Slice starts in entries (each [`LANES`] wide), `[block][action]` and one past the end.
     slice_start: Vec<usize>,
     /// Successor state per slice entry and lane, `[entry][lane]` (the sentinel on padding).
     cols: Vec<u32>,
-    /// `P(s'|s,a)` per slice entry and lane, `[entry][lane]` (0 on padding).
+    /// Sliced: `P(s'|s,a)` per slice entry and lane, `[entry][lane]` (0 on padding). Dense:
+    /// `P(s'|s,a)` `[s * A + a][s']`.
     probs: Vec<f32>,
     /// `r(s,a)`, `[task][block][action][lane]` (0 on the padding states).
     reward: Vec<f32>,
@@ -85,26 +100,51 @@ struct Shared {
     top: Vec<f32>,
 }
 
-/// A thread's unit of work: blocks `first_block..` of every task, written into `out[task]`.
+/// A thread's unit of work: blocks `first_block..` of every task, written into `out[task]`
+/// (and their Q into `q[task]`, when recorded).
 struct Unit<'a> {
     first_block: usize,
     out: Vec<&'a mut [f32]>,
+    q: Vec<&'a mut [f32]>,
 }
 
 impl<'a> Unit<'a> {
     /// `output` (`[task]` of `stride` values, the first `padded` of them `blocks` blocks of
     /// [`LANES`] states) cut into units of [`UNIT_BLOCKS`] blocks.
-    fn split(output: &'a mut [f32], stride: usize, padded: usize, blocks: usize) -> Vec<Self> {
+    fn split(
+        output: &'a mut [f32],
+        (stride, padded, blocks): (usize, usize, usize),
+        unit_blocks: usize,
+    ) -> Vec<Self> {
         let mut per_task: Vec<_> = output
             .chunks_mut(stride)
-            .map(|v| v[..padded].chunks_mut(UNIT_BLOCKS * LANES))
+            .map(|v| v[..padded].chunks_mut(unit_blocks * LANES))
             .collect();
-        (0..blocks.div_ceil(UNIT_BLOCKS))
+        (0..blocks.div_ceil(unit_blocks))
             .map(|u| Unit {
-                first_block: u * UNIT_BLOCKS,
+                first_block: u * unit_blocks,
                 out: per_task.iter_mut().filter_map(Iterator::next).collect(),
+                q: Vec::new(),
             })
             .collect()
+    }
+
+    /// [`Unit::split`] with `q` `[task][padded state][action]` cut alongside.
+    fn split_with_q(
+        output: &'a mut [f32],
+        q: &'a mut [f32],
+        (stride, padded, blocks): (usize, usize, usize),
+        (unit_blocks, actions): (usize, usize),
+    ) -> Vec<Self> {
+        let mut units = Self::split(output, (stride, padded, blocks), unit_blocks);
+        let mut per_task: Vec<_> = q
+            .chunks_mut(padded * actions)
+            .map(|q| q.chunks_mut(unit_blocks * LANES * actions))
+            .collect();
+        for unit in &mut units {
+            unit.q = per_task.iter_mut().filter_map(Iterator::next).collect();
+        }
+        units
     }
 }
 
@@ -140,20 +180,39 @@ impl NativeMdp {
             }
         }
         let entries = slice_start.last().copied().unwrap_or(0);
-        let mut cols = vec![padded as u32; entries * LANES];
-        let mut probs = vec![0.0f32; entries * LANES];
-        for s in 0..states {
-            let (b, lane) = (s / LANES, s % LANES);
-            for a in 0..actions {
-                let row = s * actions + a;
-                let first = slice_start[b * actions + a];
+        // Dense where the sliced layout (index and probability per entry and lane) would
+        // take at least the dense matrix's bytes.
+        let dense = 4 * states * actions * states <= 8 * LANES * entries;
+        let (mut cols, mut probs);
+        if dense {
+            (slice_start, cols) = (Vec::new(), Vec::new());
+            probs = vec![0.0f32; states * actions * states];
+            for (row, out) in probs.chunks_exact_mut(states).enumerate() {
                 let range = mdp.indptr[row] as usize..mdp.indptr[row + 1] as usize;
-                for (k, i) in range.enumerate() {
-                    cols[(first + k) * LANES + lane] = mdp.indices[i];
-                    probs[(first + k) * LANES + lane] = mdp.probs[i] as f32;
+                for (&j, &p) in mdp.indices[range.clone()].iter().zip(&mdp.probs[range]) {
+                    out[j as usize] += p as f32;
+                }
+            }
+        } else {
+            cols = vec![padded as u32; entries * LANES];
+            probs = vec![0.0f32; entries * LANES];
+            for s in 0..states {
+                let (b, lane) = (s / LANES, s % LANES);
+                for a in 0..actions {
+                    let row = s * actions + a;
+                    let first = slice_start[b * actions + a];
+                    let range = mdp.indptr[row] as usize..mdp.indptr[row + 1] as usize;
+                    for (k, i) in range.enumerate() {
+                        cols[(first + k) * LANES + lane] = mdp.indices[i];
+                        probs[(first + k) * LANES + lane] = mdp.probs[i] as f32;
+                    }
                 }
             }
         }
+        let unit_blocks = match dense {
+            true => (DENSE_UNIT_BYTES / (4 * LANES * actions * states)).max(1),
+            false => UNIT_BLOCKS,
+        };
         let mut reward = vec![0.0f32; tasks * blocks * actions * LANES];
         let mut fixed = vec![true; tasks * stride];
         for t in 0..tasks {
@@ -173,6 +232,8 @@ impl NativeMdp {
             blocks,
             padded,
             stride,
+            dense,
+            unit_blocks,
             slice_start,
             cols,
             probs,
@@ -181,6 +242,64 @@ impl NativeMdp {
             alpha: inputs.alpha as f32,
             gamma: inputs.gamma as f32,
             backup: inputs.backup,
+        }
+    }
+
+    /// Whether the transitions are stored dense (`[S*A, S]`) rather than sliced.
+    pub fn is_dense(&self) -> bool {
+        self.dense
+    }
+
+    /// States rounded up to whole blocks of [`LANES`]: the state axis of recorded Q.
+    pub fn padded_states(&self) -> usize {
+        self.padded
+    }
+
+    /// A dense model's finite-horizon occupancy step (the push form of
+    /// [`mdp_occupancy_threads`], no transpose): `d_out(s') = gamma sum_{s,a} d_in(s) pi(a|s)
+    /// P(s'|s,a)`, `d_in`/`d_out` `[task][state]` (f64), `policy` `[task][state][action]`.
+    /// The rows are split over `threads` threads, each summing into its own f32 copy of
+    /// `d_out` (one row's product streams `P(.|s,a)` once for every task), then added up in
+    /// f64. Panics on a sliced model.
+    pub fn dense_push<T: Real + Sync>(
+        &self,
+        policy: &[T],
+        d_in: &[f64],
+        d_out: &mut [f64],
+        threads: usize,
+    ) {
+        assert!(self.dense, "dense_push on a sliced model");
+        let (s_n, n, tasks) = (self.states, self.actions, self.tasks);
+        let per = s_n.div_ceil(threads.max(1)).max(1);
+        let partials: Vec<Vec<f32>> = std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..s_n.div_ceil(per))
+                .map(|chunk| {
+                    scope.spawn(move || {
+                        let mut acc = vec![0.0f32; tasks * s_n];
+                        for s in chunk * per..((chunk + 1) * per).min(s_n) {
+                            for a in 0..n {
+                                let row = &self.probs[(s * n + a) * s_n..][..s_n];
+                                for t in 0..tasks {
+                                    let i = t * s_n + s;
+                                    let w = d_in[i] * policy[i * n + a].to_f64();
+                                    if w != 0.0 {
+                                        push_row(w as f32, row, &mut acc[t * s_n..][..s_n]);
+                                    }
+                                }
+                            }
+                        }
+                        acc
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().expect("an occupancy thread panicked"))
+                .collect()
+        });
+        let gamma = self.gamma as f64;
+        for (i, out) in d_out.iter_mut().enumerate() {
+            *out = gamma * partials.iter().map(|p| p[i] as f64).sum::<f64>();
         }
     }
 
@@ -204,9 +323,30 @@ impl NativeMdp {
         frozen: &[bool],
         threads: usize,
     ) -> Vec<SweepStats> {
+        self.sweep_recording_q(input, output, None, frozen, threads)
+    }
+
+    /// [`NativeMdp::sweep`] that also writes the sweep's `Q(s,a)` into `q`
+    /// `[task][padded state][action]` (`tasks * padded_states() * actions`; frozen tasks'
+    /// entries are left as they are).
+    pub fn sweep_recording_q(
+        &self,
+        input: &[f32],
+        output: &mut [f32],
+        q: Option<&mut [f32]>,
+        frozen: &[bool],
+        threads: usize,
+    ) -> Vec<SweepStats> {
         let shared = (self.backup == Backup::Optimistic).then(|| self.shared_exp(input, frozen));
         let shared = shared.as_ref();
-        let units = Unit::split(output, self.stride, self.padded, self.blocks);
+        let shape = (self.stride, self.padded, self.blocks);
+        let units = match q {
+            Some(q) => {
+                assert_eq!(q.len(), self.tasks * self.padded * self.actions);
+                Unit::split_with_q(output, q, shape, (self.unit_blocks, self.actions))
+            }
+            None => Unit::split(output, shape, self.unit_blocks),
+        };
         // Threads take units as they finish (not a fixed share each): on a machine shared with
         // other work, a thread that loses its core does not hold the sweep up.
         let queue = Mutex::new(units.into_iter());
@@ -262,7 +402,8 @@ impl NativeMdp {
                     shared: shared
                         .map(|s| (&s.e[t * self.stride..(t + 1) * self.stride], s.top[t])),
                 };
-                stats[t] = stats[t].combine(sweep_unit(&args, out, &mut q));
+                let q_out = unit.q.get_mut(t).map(|q| &mut **q);
+                stats[t] = stats[t].combine(sweep_unit(&args, out, &mut q, q_out));
             }
         }
         stats
@@ -300,16 +441,19 @@ fn shared_exp_row_any<const FMA: bool>(rate: f32, top: f32, v: &[f32], e: &mut [
 with_avx2!(sweep_unit => sweep_unit_any(
     args: &UnitArgs<'_>,
     out: &mut [f32],
-    q: &mut [[f32; LANES]]
+    q: &mut [[f32; LANES]],
+    q_out: Option<&mut [f32]>
 ) -> RowStats);
 
 /// The new values of one unit's blocks of one task into `out` (the unit's states); `q` is
-/// scratch of one lane vector per action.
+/// scratch of one lane vector per action; `q_out` (`[state][action]` of the unit's states)
+/// receives Q when given.
 #[inline(always)]
 fn sweep_unit_any<const FMA: bool>(
     args: &UnitArgs<'_>,
     out: &mut [f32],
     q: &mut [[f32; LANES]],
+    mut q_out: Option<&mut [f32]>,
 ) -> RowStats {
     let m = args.mdp;
     let (alpha, gamma, n) = (m.alpha, m.gamma, m.actions);
@@ -321,10 +465,26 @@ fn sweep_unit_any<const FMA: bool>(
         let b = args.first_block + i;
         let rewards = &m.reward[(args.task * m.blocks + b) * n * LANES..][..n * LANES];
         for a in 0..n {
-            let entries = m.slice_start[b * n + a]..m.slice_start[b * n + a + 1];
-            let cols = &m.cols[entries.start * LANES..entries.end * LANES];
-            let probs = &m.probs[entries.start * LANES..entries.end * LANES];
-            let dot = slice_dot::<FMA>(cols, probs, x);
+            let (cols, probs, dot);
+            if m.dense {
+                // The block's rows of action a; lanes past S have none (their states are
+                // fixed).
+                // (A plain loop: a closure would not inherit this function's FMA target, and
+                // `mul_add` there is a libm call per entry.)
+                let lanes = LANES.min(m.states - b * LANES);
+                (cols, probs) = (&[][..], &m.probs[..0]);
+                let mut sums = [0.0f32; LANES];
+                for l in 0..lanes {
+                    let row = &m.probs[((b * LANES + l) * n + a) * m.states..][..m.states];
+                    sums[l] = dense_dot::<FMA>(row, &x[..m.states]);
+                }
+                dot = sums;
+            } else {
+                let entries = m.slice_start[b * n + a]..m.slice_start[b * n + a + 1];
+                cols = &m.cols[entries.start * LANES..entries.end * LANES];
+                probs = &m.probs[entries.start * LANES..entries.end * LANES];
+                dot = slice_dot::<FMA>(cols, probs, x);
+            }
             let r = &rewards[a * LANES..(a + 1) * LANES];
             q[a] = match args.shared {
                 None => std::array::from_fn(|l| madd::<FMA>(gamma, dot[l], r[l])),
@@ -334,12 +494,26 @@ fn sweep_unit_any<const FMA: bool>(
                     });
                     for l in 0..LANES {
                         if dot[l].is_nan() || dot[l] < SUM_LOW {
-                            qa[l] = r[l] + optimistic_row(args.input, cols, probs, l, alpha, gamma);
+                            let entries = match m.dense {
+                                // A padding lane (past S) has no row.
+                                true if b * LANES + l >= m.states => Vec::new(),
+                                true => dense_entries(m, b * LANES + l, a),
+                                false => sliced_entries(args.input.len(), cols, probs, l),
+                            };
+                            qa[l] = r[l] + optimistic_row(args.input, &entries, alpha, gamma);
                         }
                     }
                     qa
                 }
             };
+        }
+        if let Some(q_out) = q_out.as_deref_mut() {
+            let rows = &mut q_out[i * LANES * n..][..LANES * n];
+            for (l, row) in rows.chunks_exact_mut(n).enumerate() {
+                for (a, x) in row.iter_mut().enumerate() {
+                    *x = q[a][l];
+                }
+            }
         }
         let values = soft_max_lanes::<FMA>(alpha, &q[..n]);
         let at = b * LANES;
@@ -383,33 +557,69 @@ fn slice_dot<const FMA: bool>(cols: &[u32], probs: &[f32], x: &[f32]) -> [f32; L
     acc
 }
 
-/// `alpha ln sum_k p_k exp(gamma V(s'_k) / alpha)` of lane `lane`'s row, with its own largest
-/// successor value (the reference's form; -inf when every successor is at -inf); padding
-/// entries (on the sentinel, probability 0) are skipped.
-fn optimistic_row(
-    v: &[f32],
-    cols: &[u32],
-    probs: &[f32],
-    lane: usize,
-    alpha: f32,
-    gamma: f32,
-) -> f32 {
-    let sentinel = (v.len() - 1) as u32;
-    let entries = || {
-        cols.iter()
-            .zip(probs)
-            .skip(lane)
-            .step_by(LANES)
-            .filter(move |(c, _)| **c != sentinel)
-    };
-    let top = entries()
-        .map(|(&c, _)| v[c as usize])
+/// `sum_k p_k x(s'_k)` of one dense row `p` `[s']` (`x` `[s']`): 64 running sums, eight
+/// AVX2 vectors, so that the loop streams at memory speed rather than waiting on one sum.
+#[inline(always)]
+fn dense_dot<const FMA: bool>(p: &[f32], x: &[f32]) -> f32 {
+    const WIDE: usize = 8 * LANES;
+    let (p_wide, p_rest) = p.as_chunks::<WIDE>();
+    let (x_wide, x_rest) = x.as_chunks::<WIDE>();
+    let mut acc = [0.0f32; WIDE];
+    for (p, x) in p_wide.iter().zip(x_wide) {
+        for i in 0..WIDE {
+            acc[i] = madd::<FMA>(p[i], x[i], acc[i]);
+        }
+    }
+    let mut width = WIDE;
+    while width > 1 {
+        width /= 2;
+        for i in 0..width {
+            acc[i] += acc[i + width];
+        }
+    }
+    (p_rest.iter().zip(x_rest)).fold(acc[0], |sum, (&p, &x)| madd::<FMA>(p, x, sum))
+}
+
+with_avx2!(push_row => push_row_any(w: f32, row: &[f32], acc: &mut [f32]) -> ());
+
+/// `acc += w row` (one dense row's share of an occupancy push).
+#[inline(always)]
+fn push_row_any<const FMA: bool>(w: f32, row: &[f32], acc: &mut [f32]) {
+    for (a, &p) in acc.iter_mut().zip(row) {
+        *a = madd::<FMA>(w, p, *a);
+    }
+}
+
+/// The nonzero entries `(s', p)` of lane `lane`'s row in a slice (`cols`, `probs`
+/// `[entry][lane]`; padding, on the sentinel `stride - 1`, skipped).
+fn sliced_entries(stride: usize, cols: &[u32], probs: &[f32], lane: usize) -> Vec<(usize, f32)> {
+    let sentinel = (stride - 1) as u32;
+    (cols.iter().zip(probs).skip(lane).step_by(LANES))
+        .filter(|(c, _)| **c != sentinel)
+        .map(|(&c, &p)| (c as usize, p))
+        .collect()
+}
+
+/// The nonzero entries `(s', p)` of row `(s, a)` of a dense model.
+fn dense_entries(m: &NativeMdp, s: usize, a: usize) -> Vec<(usize, f32)> {
+    let row = &m.probs[(s * m.actions + a) * m.states..][..m.states];
+    (row.iter().enumerate())
+        .filter(|(_, p)| **p != 0.0)
+        .map(|(j, &p)| (j, p))
+        .collect()
+}
+
+/// `alpha ln sum_k p_k exp(gamma V(s'_k) / alpha)` of one row's `entries` `(s', p)`, with its
+/// own largest successor value (the reference's form; -inf when every successor is at -inf).
+fn optimistic_row(v: &[f32], entries: &[(usize, f32)], alpha: f32, gamma: f32) -> f32 {
+    let top = (entries.iter())
+        .map(|&(c, _)| v[c])
         .fold(f32::NEG_INFINITY, f32::max);
     if top == f32::NEG_INFINITY {
         return f32::NEG_INFINITY;
     }
-    let mass: f32 = entries()
-        .map(|(&c, &p)| p * ((v[c as usize] - top) * gamma / alpha).exp())
+    let mass: f32 = (entries.iter())
+        .map(|&(c, p)| p * ((v[c] - top) * gamma / alpha).exp())
         .sum();
     gamma * top + alpha * mass.ln()
 }
@@ -598,7 +808,8 @@ impl NativeOccupancy {
         frozen: &[bool],
         threads: usize,
     ) -> Vec<SweepStats> {
-        let units = Unit::split(d_out, self.stride, self.padded, self.blocks);
+        let shape = (self.stride, self.padded, self.blocks);
+        let units = Unit::split(d_out, shape, UNIT_BLOCKS);
         let queue = Mutex::new(units.into_iter());
         let queue = &queue;
         let work = move || {

@@ -2,6 +2,7 @@
 //! [`iterate_checked`] that drives the reference), then the policy and Q from the final
 //! values.
 
+use std::cell::OnceCell;
 use std::time::Instant;
 
 use super::grid_backup::{NativeGrid, NativeState};
@@ -18,7 +19,7 @@ use crate::engine::solution::{MdpSolution, Occupancy, Solution, scaled_start};
 use crate::engine::warm_start::grid_start_values_for;
 use crate::error::Result;
 use crate::world::grid_problem::GridProblem;
-use crate::world::mdp::{TabularMdp, Transpose};
+use crate::world::mdp::TabularMdp;
 
 /// Threads a native solve uses by default: every core the OS gives this process.
 pub fn default_threads() -> usize {
@@ -153,6 +154,16 @@ pub fn solve_native_mdp(
     // V_{T-1}, ..., V_0 as the sweeps make them, when later steps need them.
     let keep_steps = finite && (outputs.all_steps || outputs.occupancy);
     let mut history: Vec<Vec<f64>> = Vec::new();
+    // And Q_{T-1}, ..., Q_0 (f32, padded states), so that every step's policy is read rather
+    // than recomputed from V: where every step is reported (no bigger than that output), or
+    // where a recomputation reads a dense P of S x S x A entries (Q's T x S x A are fewer).
+    let horizon = match options.horizon {
+        Horizon::Finite(t) => t as usize,
+        Horizon::Infinite { .. } => 0,
+    };
+    let keep_q = keep_steps && (outputs.all_steps || (native.is_dense() && horizon <= mdp.states));
+    let q_len = mdp.tasks * native.padded_states() * mdp.actions;
+    let mut q_history: Vec<Vec<f32>> = Vec::new();
     let v0 = native.padded_values(&inputs.v0);
     let run = iterate_checked(
         options,
@@ -161,7 +172,15 @@ pub fn solve_native_mdp(
         &span_bounded_tasks(&inputs.fixed, mdp.tasks),
         v0,
         |v: &Vec<f32>, next: &mut Vec<f32>, frozen: &[bool]| {
-            let stats = native.sweep(v, next, frozen, threads);
+            let stats = match keep_q {
+                true => {
+                    let mut q = vec![0.0f32; q_len];
+                    let stats = native.sweep_recording_q(v, next, Some(&mut q), frozen, threads);
+                    q_history.push(q);
+                    stats
+                }
+                false => native.sweep(v, next, frozen, threads),
+            };
             if keep_steps {
                 history.push(native.unpadded(next));
             }
@@ -171,9 +190,19 @@ pub fn solve_native_mdp(
         progress,
     )?;
     let (v, v_prev) = (native.unpadded(&run.state), native.unpadded(&run.previous));
-    let rows = |v: &[f64], write_q: bool| mdp_policy_threads::<f32>(&inputs, v, write_q, threads);
-    let step = |transpose: &Transpose, pi: &[f32], d: &[f64], next: &mut [f64]| {
-        mdp_occupancy_threads(&inputs, transpose, pi, d, next, threads);
+    // Sweep k read V_{T-k} and made Q_{T-1-k}.
+    let kept_q = |t: usize| (q_history.len() == horizon).then(|| &q_history[horizon - 1 - t][..]);
+    let rows = |step: Option<usize>, v: &[f64], write_q: bool| match step.and_then(kept_q) {
+        Some(q) => policy_from_q(&inputs, q, native.padded_states(), write_q, threads),
+        None => mdp_policy_threads::<f32>(&inputs, v, write_q, threads),
+    };
+    let transpose = OnceCell::new();
+    let step = |pi: &[f32], d: &[f64], next: &mut [f64]| match native.is_dense() {
+        true => native.dense_push(pi, d, next, threads),
+        false => {
+            let transpose = transpose.get_or_init(|| mdp.transpose());
+            mdp_occupancy_threads(&inputs, transpose, pi, d, next, threads);
+        }
     };
     let discounted = |pi: &[f32], progress: &mut OnProgress<'_>| {
         discounted_occupancy_native(&inputs, options, pi, threads, progress)
@@ -191,6 +220,32 @@ pub fn solve_native_mdp(
         progress,
         start,
     )
+}
+
+/// The policy (or Q, with `write_q`) rows `[task][state][action]` from a sweep's recorded Q
+/// `[task][padded state][action]` ([`NativeMdp::sweep_recording_q`]), on `threads` threads,
+/// as [`mdp_policy_threads`] computes them from V.
+fn policy_from_q(
+    inputs: &MdpInputs,
+    q: &[f32],
+    padded: usize,
+    write_q: bool,
+    threads: usize,
+) -> Vec<f32> {
+    let mdp = inputs.mdp;
+    let n = mdp.actions;
+    let mut policy = vec![0.0f32; mdp.tasks * mdp.states * n];
+    let fill = |row_q: &mut Vec<f64>, index: usize, row: &mut [f32]| {
+        if !inputs.fixed[index] {
+            let (task, s) = (index / mdp.states, index % mdp.states);
+            let at = (task * padded + s) * n;
+            row_q.clear();
+            row_q.extend(q[at..at + n].iter().map(|&x| x as f64));
+            write_policy(inputs.alpha, row_q, write_q, row);
+        }
+    };
+    rows_on_threads(&mut policy, n, threads, || Vec::with_capacity(n), fill);
+    policy
 }
 
 /// The discounted occupancy `sum_t gamma^t D_t` under the stationary policy `pi`, in f32 on
