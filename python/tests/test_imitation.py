@@ -42,6 +42,13 @@ def occupancy(transitions, pi, initial, discount):
     return d, sum(discount**t * d[t] for t in range(horizon + 1))
 
 
+@pytest.fixture(params=["cpu", "native", "gpu"])
+def device(request) -> str:
+    """The f64 reference, the native engine (the default on a machine without a GPU: dense
+    models run as dense products there) and the first wgpu adapter."""
+    return request.param
+
+
 @pytest.fixture(scope="module", params=["seals/Random-v0", "seals/CliffWorld7x4-v0"])
 def env(request):
     return gym.make(request.param)
@@ -79,14 +86,15 @@ def test_partition_and_occupancy(env, device, discount):
     assert_close(d_cum, want_cum, rtol, "D_cum")
 
     # A given policy (here the discounted one) is simulated as it is, in NumPy on the env's
-    # own float64 model (no engine, no rounding).
-    d, d_cum = imitation.mce_occupancy_measures(env, pi=want_pi, discount=discount)
+    # own model: in float64 on the CPU reference (no rounding), in float32 elsewhere (1e-4:
+    # float32 products over H steps of probabilities).
+    d, d_cum = imitation.mce_occupancy_measures(env, pi=want_pi, discount=discount, device=device)
     model = env.unwrapped
     want_d, want_cum = occupancy(
         model.transition_matrix, want_pi, model.initial_state_dist, discount
     )
-    assert_close(d, want_d, 1e-10, "D of a given pi")
-    assert_close(d_cum, want_cum, 1e-10, "D_cum of a given pi")
+    assert_close(d, want_d, rtol, "D of a given pi")
+    assert_close(d_cum, want_cum, rtol, "D_cum of a given pi")
 
 
 def test_state_action_reward(env):
@@ -131,8 +139,9 @@ def test_policies_pass_imitations_sampling(env, device):
 
 
 class _DenseEnv:
-    """A seals-style tabular env whose every transition row is full (the compat layer pushes
-    the default policy forward by BLAS products there, not through the engine's pull)."""
+    """A seals-style tabular env whose every transition row is full (the native engine keeps
+    it dense; on the f64 reference the compat layer pushes the default policy forward by BLAS
+    products, not through the reference's pull)."""
 
     def __init__(self):
         rng = np.random.default_rng(11)
@@ -143,9 +152,16 @@ class _DenseEnv:
         self.horizon = 9
 
 
-def test_dense_default_policy_occupancy(device):
+def test_dense_partition_and_occupancy(device):
     env = _DenseEnv()
     p, r, initial = env.transition_matrix, env.reward_matrix, env.initial_state_dist
+    v, q, pi = run_on(device, imitation.mce_partition_fh, env, discount=0.9)
+    want_v, want_q, want_pi = partition_fh(
+        as_engine_reads(p, device), as_engine_reads(r, device), env.horizon, 0.9
+    )
+    assert_close(v, want_v, tolerance(device), "V")
+    assert_close(q, want_q, tolerance(device), "Q")
+    assert_close(pi, want_pi, tolerance(device), "pi")
     d, d_cum = run_on(device, imitation.mce_occupancy_measures, env, discount=0.9)
     _, _, pi_1 = partition_fh(
         as_engine_reads(p, device), as_engine_reads(r, device), env.horizon, 1.0

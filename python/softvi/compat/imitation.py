@@ -132,8 +132,8 @@ def mce_occupancy_measures(
             of ``mce_partition_fh(env, reward=reward)``: undiscounted, whatever ``discount``
             is (``discount`` only weighs the sum). Pass ``pi`` to simulate another one.
         discount: the rate that discounts the cumulative occupancy ``D_cum``.
-        device: as in :func:`softvi.solve` (used when ``pi`` is None; a given ``pi`` is
-            simulated in NumPy).
+        device: as in :func:`softvi.solve`. A given ``pi`` is simulated in NumPy: in
+            float64 on ``"cpu"``, in float32 (as the engine computes there) elsewhere.
 
     Returns:
         ``(D, D_cum)``: ``D`` ``[H+1,S]`` the probability of each state at each step
@@ -150,11 +150,12 @@ def mce_occupancy_measures(
         # gamma = 1: the engine's per-step policy and occupancy are then imitation's
         # (undiscounted) ones.
         settings = dict(alpha=1.0, gamma=1.0, horizon=horizon, device=device)
-        if np.count_nonzero(transitions) >= transitions.size // 4:
-            # A mostly full T: the engine's policy, pushed forward by BLAS products (the
-            # engine's per-step pull reads T as 10^8 CSR entries at S = 5,000, A = 4).
+        if device == "cpu" and np.count_nonzero(transitions) >= transitions.size // 4:
+            # A mostly full T on the f64 reference, which pulls over the transposed CSR
+            # (10^8 entries at S = 5,000, A = 4): its policy, pushed forward by BLAS products.
+            # (The native engine keeps such a T dense and pushes it itself.)
             res = solve(mdp, all_steps=True, **settings)
-            d = _pushed_forward(transitions, _rows_summing_to_one(res.policy), initial)
+            d = _pushed_forward(transitions, _rows_summing_to_one(res.policy), initial, np.float64)
         else:
             res = solve(mdp, policy=False, occupancy=True, **settings)
             d = res.occupancy.astype(np.float64)
@@ -163,28 +164,33 @@ def mce_occupancy_measures(
         want = (horizon, transitions.shape[0], transitions.shape[1])
         if policy.shape != want:
             raise ValueError(f"pi has shape {policy.shape}; expected [H,S,A] = {list(want)}")
-        d = _pushed_forward(transitions, policy, initial)
+        dtype = np.float64 if device == "cpu" else np.float32
+        d = _pushed_forward(transitions, policy, initial, dtype)
     return d, _discounted_sum(d, float(discount))
 
 
-def _pushed_forward(transitions: np.ndarray, policy: np.ndarray, initial: np.ndarray) -> np.ndarray:
+def _pushed_forward(
+    transitions: np.ndarray, policy: np.ndarray, initial: np.ndarray, dtype: type
+) -> np.ndarray:
     """``D[t+1] = sum_{s,a} D[t](s) pi[t,s,a] T[s,a,:]`` for every step, ``[H+1,S]``.
 
-    Each step is one product with ``T`` as ``[S*A, S]``: a BLAS matrix-vector product where
-    ``T`` is mostly full, a sum over its nonzeros where it is sparse (an ``einsum`` over the
-    dense ``[S,A,S]`` took 12.5 s where the engine's own pass took 1.3 s).
+    Each step is one product with ``T`` as ``[S*A, S]``: a BLAS matrix-vector product in
+    ``dtype`` where ``T`` is mostly full (float32 reads half the bytes of float64, and the
+    product is bound by reading ``T``), a sum over its nonzeros where it is sparse (an
+    ``einsum`` over the dense ``[S,A,S]`` took 12.5 s where the engine's own pass took 1.3 s).
     """
     horizon, states, actions = policy.shape
     flat = transitions.reshape(states * actions, states)
     d = np.zeros((horizon + 1, states))
     d[0] = initial
-    rows, cols = np.nonzero(flat)
-    if rows.size < flat.size // 4:
+    if np.count_nonzero(flat) < flat.size // 4:
+        rows, cols = np.nonzero(flat)
         probs = flat[rows, cols]
         for t in range(horizon):
             mass = (d[t][:, None] * policy[t]).reshape(-1)
             d[t + 1] = np.bincount(cols, weights=mass[rows] * probs, minlength=states)
     else:
+        flat = flat.astype(dtype, copy=False)
         for t in range(horizon):
-            d[t + 1] = (d[t][:, None] * policy[t]).reshape(-1) @ flat
+            d[t + 1] = (d[t][:, None] * policy[t]).reshape(-1).astype(dtype) @ flat
     return d
