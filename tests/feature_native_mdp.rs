@@ -476,4 +476,36 @@ fn every_thread_count_gives_the_same_bits() {
             assert_eq!(one.solution.iterations, many.solution.iterations);
         }
     }
+    // A dense model's finite horizon: every step's policy and the pushed occupancy (summed
+    // per fixed group of source states, whichever thread takes the group).
+    let mdp = dense_mdp(61, 3, 4);
+    let o = SolveOptions {
+        alpha: 0.7,
+        gamma: 0.98,
+        horizon: Horizon::Finite(12),
+        ..SolveOptions::default()
+    };
+    let outputs = Outputs {
+        policy: true,
+        all_steps: true,
+        occupancy: true,
+        ..Outputs::default()
+    };
+    let solve = |threads: usize| {
+        let mut solver = NativeSolver::new(None);
+        solver.threads = threads;
+        let got = solver
+            .solve_mdp(&mdp, &o, outputs, &mut keep_going)
+            .unwrap();
+        let steps = got.steps.unwrap();
+        (steps.policy.unwrap().iter())
+            .chain(&steps.values)
+            .chain(&got.occupancy.unwrap().values)
+            .map(|x| x.to_bits())
+            .collect::<Vec<u32>>()
+    };
+    let one = solve(1);
+    for threads in [2, 5, 17] {
+        assert_eq!(one, solve(threads), "dense, {threads} threads");
+    }
 }

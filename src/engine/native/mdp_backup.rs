@@ -47,6 +47,10 @@ pub const LANES: usize = 8;
 /// Blocks per unit of work a thread takes from the queue (sliced layout).
 const UNIT_BLOCKS: usize = 128;
 
+/// Groups of source states a dense occupancy push sums separately (fixed, so that the sum's
+/// order does not depend on the thread count).
+pub const PUSH_GROUPS: usize = 16;
+
 /// Bytes of dense rows per unit of work: a unit's rows stay in a core's L2 cache while every
 /// task reads them.
 const DENSE_UNIT_BYTES: usize = 256 << 10;
@@ -258,9 +262,10 @@ impl NativeMdp {
     /// A dense model's finite-horizon occupancy step (the push form of
     /// [`mdp_occupancy_threads`], no transpose): `d_out(s') = gamma sum_{s,a} d_in(s) pi(a|s)
     /// P(s'|s,a)`, `d_in`/`d_out` `[task][state]` (f64), `policy` `[task][state][action]`.
-    /// The rows are split over `threads` threads, each summing into its own f32 copy of
-    /// `d_out` (one row's product streams `P(.|s,a)` once for every task), then added up in
-    /// f64. Panics on a sliced model.
+    /// The source states go in [`PUSH_GROUPS`] fixed groups, taken by `threads` threads, each
+    /// group summing into its own f32 copy of `d_out` (one row's product streams `P(.|s,a)`
+    /// once for every task); the copies are added up in f64 in group order, so the bits do
+    /// not depend on the thread count. Panics on a sliced model.
     pub fn dense_push<T: Real + Sync>(
         &self,
         policy: &[T],
@@ -270,33 +275,34 @@ impl NativeMdp {
     ) {
         assert!(self.dense, "dense_push on a sliced model");
         let (s_n, n, tasks) = (self.states, self.actions, self.tasks);
-        let per = s_n.div_ceil(threads.max(1)).max(1);
-        let partials: Vec<Vec<f32>> = std::thread::scope(|scope| {
-            let handles: Vec<_> = (0..s_n.div_ceil(per))
-                .map(|chunk| {
-                    scope.spawn(move || {
-                        let mut acc = vec![0.0f32; tasks * s_n];
-                        for s in chunk * per..((chunk + 1) * per).min(s_n) {
-                            for a in 0..n {
-                                let row = &self.probs[(s * n + a) * s_n..][..s_n];
-                                for t in 0..tasks {
-                                    let i = t * s_n + s;
-                                    let w = d_in[i] * policy[i * n + a].to_f64();
-                                    if w != 0.0 {
-                                        push_row(w as f32, row, &mut acc[t * s_n..][..s_n]);
-                                    }
-                                }
+        let per = s_n.div_ceil(PUSH_GROUPS);
+        let mut partials = vec![0.0f32; PUSH_GROUPS * tasks * s_n];
+        let queue = Mutex::new(partials.chunks_mut(tasks * s_n).enumerate());
+        let work = || {
+            loop {
+                let next = queue.lock().unwrap_or_else(|e| e.into_inner()).next();
+                let Some((group, acc)) = next else { break };
+                for s in group * per..((group + 1) * per).min(s_n) {
+                    for a in 0..n {
+                        let row = &self.probs[(s * n + a) * s_n..][..s_n];
+                        for t in 0..tasks {
+                            let i = t * s_n + s;
+                            let w = d_in[i] * policy[i * n + a].to_f64();
+                            if w != 0.0 {
+                                push_row(w as f32, row, &mut acc[t * s_n..][..s_n]);
                             }
                         }
-                        acc
-                    })
-                })
-                .collect();
-            handles
-                .into_iter()
-                .map(|h| h.join().expect("an occupancy thread panicked"))
-                .collect()
+                    }
+                }
+            }
+        };
+        std::thread::scope(|scope| {
+            for _ in 1..threads.clamp(1, PUSH_GROUPS) {
+                scope.spawn(work);
+            }
+            work();
         });
+        let partials: Vec<&[f32]> = partials.chunks(tasks * s_n).collect();
         let gamma = self.gamma as f64;
         for (i, out) in d_out.iter_mut().enumerate() {
             *out = gamma * partials.iter().map(|p| p[i] as f64).sum::<f64>();
