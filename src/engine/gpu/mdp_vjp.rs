@@ -160,13 +160,27 @@ impl MdpEngine {
         };
         let sweeps = match options.horizon {
             Horizon::Finite(_) => {
-                let mut u = cot_values(0);
+                // u_0..u_T stay on the device, read back once for the terminal states.
+                let bytes = (steps as u64 + 1) * run.v_bytes;
+                self.core
+                    .ensure_buffer("the adjoint of every step", bytes)?;
+                let usage = wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST;
+                let kept = self.core.buffer("softvi.vjp_steps", bytes, usage);
+                let q = self.core.queue.clone();
+                q.write_buffer(&run.u[0], 0, bytemuck::cast_slice(&cot_values(0)));
                 for t in 0..steps {
-                    run.step(self, &forward[t + 1], &cot_rows(t), &u, &cot_values(t + 1));
-                    add_terminal(&u);
-                    u = wait(self.core.read_f32(&run.u[1], 0, run.v_bytes))?;
+                    let cot = cot_rows(t);
+                    let step = (forward[t + 1].as_slice(), cot.as_slice());
+                    run.step(self, t, step, &cot_values(t + 1), &kept);
                 }
-                add_terminal(&u);
+                let mut encoder = self.core.device.create_command_encoder(&Default::default());
+                let last = run.v_bytes * steps as u64;
+                encoder.copy_buffer_to_buffer(&run.u[steps % 2], 0, &kept, last, run.v_bytes);
+                q.submit([encoder.finish()]);
+                let all = wait(self.core.read_f32(&kept, 0, bytes))?;
+                for u in all.chunks_exact(b * s_n) {
+                    add_terminal(u);
+                }
                 steps as u32
             }
             Horizon::Infinite { max_iters, tol } => {
@@ -342,7 +356,7 @@ struct VjpRun {
     v: wgpu::Buffer,
     /// `(c_Q, c_pi, -, -)` in, `(pi, tilt, g0, -)` out, `[task][state][action]`.
     rows: wgpu::Buffer,
-    /// The adjoint ping-pong pair `[task][state]`: u_t in `u[0]`, u_{t+1} made in `u[1]`.
+    /// The adjoint ping-pong pair `[task][state]`.
     u: [wgpu::Buffer; 2],
     /// r_bar `[task][state][action]`, then the (alpha, gamma) terms `[task][state][2]`.
     grads: wgpu::Buffer,
@@ -351,10 +365,10 @@ struct VjpRun {
     p_bar: wgpu::Buffer,
     /// pi W per transposed entry, `[task][entry]`, for the stationary sweeps.
     weights: wgpu::Buffer,
-    /// `rows` and `products` reading u[p] (`forward[p]`); `pull` from u[0] into u[1]
-    /// writing `weights`.
+    /// `rows` and `products` reading u[p] (`forward[p]`); `pull` from u[p] into u[1 - p]
+    /// (`pull[p]`), writing `weights` with `WRITE_WEIGHTS`.
     forward: [wgpu::BindGroup; 2],
-    pull: wgpu::BindGroup,
+    pull: [wgpu::BindGroup; 2],
     /// The transposed transitions, for `mdp_occupancy`.
     incoming: [wgpu::Buffer; 3],
     optimistic: bool,
@@ -473,23 +487,26 @@ impl VjpRun {
             )
         };
         let forward = [forward(0), forward(1)];
-        let pull = core.bind_group(
-            "softvi.mdp_vjp_pull",
-            layout,
-            [
-                params.bind(0),
-                whole(&incoming[0]),
-                whole(&incoming[1]),
-                whole(&incoming[2]),
-                whole(&reward),
-                whole(&fixed),
-                whole(&v),
-                whole(&rows),
-                whole(&u[0]),
-                whole(&u[1]),
-                bind(&weights, 0, entry_bytes),
-            ],
-        );
+        let pull = |p: usize| {
+            core.bind_group(
+                "softvi.mdp_vjp_pull",
+                layout,
+                [
+                    params.bind(0),
+                    whole(&incoming[0]),
+                    whole(&incoming[1]),
+                    whole(&incoming[2]),
+                    whole(&reward),
+                    whole(&fixed),
+                    whole(&v),
+                    whole(&rows),
+                    whole(&u[p]),
+                    whole(&u[1 - p]),
+                    bind(&weights, 0, entry_bytes),
+                ],
+            )
+        };
+        let pull = [pull(0), pull(1)];
         Ok(Self {
             tasks: b,
             states: s_n,
@@ -552,22 +569,23 @@ impl VjpRun {
         }
     }
 
-    /// One finite-horizon step: the products of u_t (`u`) at V_{t+1} (`v`), and u_{t+1} =
-    /// `c_next` + gamma W_t^T (g0_t + pi_t u_t) into `u[1]`.
+    /// Finite-horizon step `t`, u_t in `u[t % 2]`: the products of u_t at V_{t+1} (`v`), and
+    /// u_{t+1} = `c_next` + gamma W_t^T (g0_t + pi_t u_t) into the other buffer; u_t is copied
+    /// to slot t of `kept` (`[t][task][state]`).
     fn step(
         &self,
         engine: &mut MdpEngine,
-        v: &[f32],
-        cot_rows: &[[f32; 4]],
-        u: &[f32],
+        t: usize,
+        (v, cot_rows): (&[f32], &[[f32; 4]]),
         c_next: &[f32],
+        kept: &wgpu::Buffer,
     ) {
+        let p = t % 2;
         let q = engine.core.queue.clone();
-        q.write_buffer(&self.u[0], 0, bytemuck::cast_slice(u));
-        q.write_buffer(&self.u[1], 0, bytemuck::cast_slice(c_next));
+        q.write_buffer(&self.u[1 - p], 0, bytemuck::cast_slice(c_next));
         let device = engine.core.device.clone();
         let mut encoder = device.create_command_encoder(&Default::default());
-        self.rows_and_products(engine, &mut encoder, (v, cot_rows), Some(0));
+        self.rows_and_products(engine, &mut encoder, (v, cot_rows), Some(p));
         let pull = self.pipeline(
             engine,
             VjpStage::Pull {
@@ -576,7 +594,9 @@ impl VjpRun {
         );
         engine
             .core
-            .dispatch(&mut encoder, &pull, &self.pull, self.dispatch);
+            .dispatch(&mut encoder, &pull, &self.pull[p], self.dispatch);
+        let slot = self.v_bytes * t as u64;
+        encoder.copy_buffer_to_buffer(&self.u[p], 0, kept, slot, self.v_bytes);
         q.submit([encoder.finish()]);
     }
 
@@ -609,7 +629,7 @@ impl VjpRun {
         );
         engine
             .core
-            .dispatch(&mut encoder, &pull, &self.pull, self.dispatch);
+            .dispatch(&mut encoder, &pull, &self.pull[0], self.dispatch);
         // The seed is in u[1]: the sweeps start from it and add it every sweep.
         let core = &mut engine.core;
         let start = core.buffer("softvi.vjp_seed", v_bytes, U::STORAGE | U::COPY_DST);
