@@ -267,3 +267,45 @@ fn a_given_forward_solution_gives_the_same_gpu_gradient() {
         "{error}"
     );
 }
+
+/// A batch whose arrays exceed one binding runs in chunks of whole tasks (here 2 of 5 tasks
+/// each under a 10,000-byte binding limit; the rows of one task take 70 x 4 x 16 = 4,480
+/// bytes): the same gradient within the f32 tolerance, the transitions' summed over the chunks.
+#[test]
+fn a_batch_over_the_binding_limit_runs_in_chunks() {
+    let Some(ctx) = common::gpu() else { return };
+    let options = softvi::EngineOptions {
+        max_binding_bytes: Some(10_000),
+        ..Default::default()
+    };
+    let mut small = MdpEngine::with_options(ctx, options).unwrap();
+    let mdp = common::random_mdp(70, 4, 5, true, 61);
+    for options in [
+        infinite(0.5, Backup::Optimistic),
+        finite(0.5, 7, Backup::Expected),
+    ] {
+        let all = matches!(options.horizon, Horizon::Finite(_));
+        let cot = cotangents(&mdp, 7, all, "vqp", 62);
+        let want = mdp_vjp_cpu(&mdp, &options, &cot).unwrap();
+        let got = small.vjp(&mdp, &options, &cot, None).unwrap();
+        let label = format!("chunked, {:?}", options.horizon);
+        let gap = assert_close(&got, &want, GPU_TOL, &label);
+        eprintln!("{label}: worst gap {gap:.2e}");
+    }
+    let mut one = MdpEngine::with_options(
+        ctx,
+        softvi::EngineOptions {
+            max_binding_bytes: Some(4_000),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let cot = cotangents(&mdp, 1, false, "v", 63);
+    let error = one
+        .vjp(&mdp, &infinite(0.5, Backup::Expected), &cot, None)
+        .unwrap_err();
+    assert!(
+        error.to_string().contains("the VJP's arrays of one task"),
+        "{error}"
+    );
+}

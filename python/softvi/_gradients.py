@@ -109,7 +109,7 @@ def vjp(
             setting out of range, an infinite horizon at ``gamma = 1``, ``solution`` with a
             finite horizon.
         DeviceError: ``device="gpu"`` (or an index) and no usable adapter, or a GPU failure.
-        MemoryError: the batch's arrays exceed what one GPU storage binding holds.
+        MemoryError: one task's arrays exceed what one GPU storage binding holds.
     """
     _check_mdp(mdp)
     if values is None and q is None and policy is None:

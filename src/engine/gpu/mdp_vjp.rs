@@ -76,8 +76,9 @@ impl MdpEngine {
     /// of a solve of the same inputs (infinite horizon only) to take the products at; without
     /// it the engine solves first (a finite horizon always does, keeping every step's V).
     /// `sweeps` counts the adjoint's sweeps (T for a finite horizon). Every array is bound
-    /// whole: a batch whose `[task][state][action]` rows (16 bytes each) or `[task][entry]`
-    /// weights exceed one storage binding is refused with `LimitExceeded`.
+    /// whole: the batch runs in chunks of tasks whose `[task][state][action]` rows (16 bytes
+    /// each) and `[task][entry]` weights fit one storage binding; a single task that does not
+    /// fit is refused with `LimitExceeded`.
     pub fn vjp(
         &mut self,
         mdp: &TabularMdp,
@@ -91,19 +92,75 @@ impl MdpEngine {
             !(options.backup == Backup::Optimistic && options.alpha == 0.0),
             "the optimistic backup's gradient needs alpha > 0"
         );
+        let (b, s_n, a_n) = (mdp.tasks as u64, mdp.states as u64, mdp.actions as u64);
+        let nnz = mdp.nonzeros() as u64;
+        // Per task: the largest bound array, and the kept u_t of a finite horizon.
+        let bound = (s_n * a_n * 16).max(nnz * 4).max(s_n * (a_n + 2) * 4);
+        let kept = match options.horizon {
+            Horizon::Finite(t) => (t as u64 + 1) * s_n * 4,
+            Horizon::Infinite { .. } => 0,
+        };
+        let core = &self.core;
+        core.ensure_bindable("the VJP's arrays of one task", bound)?;
+        core.ensure_buffer("the adjoint of every step of one task", kept)?;
+        let per_chunk = (core.max_binding / bound)
+            .min(core.max_buffer / kept.max(1))
+            .clamp(1, b) as usize;
+        if per_chunk == mdp.tasks {
+            return self.vjp_chunk(mdp, options, cotangents, values, steps);
+        }
+        // Chunks of whole tasks: each its own solve and adjoint; the tasks share only the
+        // transitions, whose gradient is summed.
+        let mut out = MdpVjp {
+            reward: Vec::with_capacity(mdp.reward.len()),
+            terminal_value: Vec::with_capacity(mdp.terminal_value.len()),
+            probs: vec![0.0; mdp.nonzeros()],
+            alpha: 0.0,
+            gamma: 0.0,
+            sweeps: 0,
+        };
+        let cut = |x: &Option<Vec<f64>>, range: &std::ops::Range<usize>| {
+            x.as_ref().map(|x| {
+                let per = x.len() / mdp.tasks;
+                x[range.start * per..range.end * per].to_vec()
+            })
+        };
+        for start in (0..mdp.tasks).step_by(per_chunk) {
+            let range = start..(start + per_chunk).min(mdp.tasks);
+            let part = mdp.shard(range.clone())?;
+            let cot = MdpCotangents {
+                values: cut(&cotangents.values, &range),
+                q: cut(&cotangents.q, &range),
+                policy: cut(&cotangents.policy, &range),
+                all_steps: cotangents.all_steps,
+            };
+            let given =
+                values.map(|v| v[range.start * mdp.states..range.end * mdp.states].to_vec());
+            let got = self.vjp_chunk(&part, options, &cot, given.as_deref(), steps)?;
+            out.reward.extend(got.reward);
+            out.terminal_value.extend(got.terminal_value);
+            for (total, x) in out.probs.iter_mut().zip(got.probs) {
+                *total += x;
+            }
+            out.alpha += got.alpha;
+            out.gamma += got.gamma;
+            out.sweeps = out.sweeps.max(got.sweeps);
+        }
+        Ok(out)
+    }
+
+    /// [`MdpEngine::vjp`] of a batch whose arrays fit (checked inputs; `steps` of the horizon).
+    fn vjp_chunk(
+        &mut self,
+        mdp: &TabularMdp,
+        options: &SolveOptions,
+        cotangents: &MdpCotangents,
+        values: Option<&[f64]>,
+        steps: usize,
+    ) -> Result<MdpVjp> {
         let inputs = MdpInputs::new(mdp, options);
         let (b, s_n, a_n) = (mdp.tasks, mdp.states, mdp.actions);
         let nnz = mdp.nonzeros();
-        let core = &self.core;
-        core.ensure_bindable(
-            "the VJP's rows [task][state][action] x 16 bytes",
-            (b * s_n * a_n * 16) as u64,
-        )?;
-        core.ensure_bindable("the VJP's weights [task][entry]", (b * nnz * 4) as u64)?;
-        core.ensure_bindable(
-            "the VJP's gradients [task][state][action + 2]",
-            (b * s_n * (a_n + 2) * 4) as u64,
-        )?;
         // V_t of every step `[t][task][state]` (t = 0..T), or the fixed point.
         let forward = self.forward_values(mdp, options, &inputs, values)?;
         let run = VjpRun::new(self, &inputs, nnz)?;
