@@ -96,9 +96,9 @@ def vjp(
             again: the sweeps start from it and stop after one when it is within ``tol``.
         device: ``"cpu"`` (the default): the f64 reference. ``"gpu"`` or an adapter index:
             the wgpu engine in float32 (within about 1e-3 of the f64 gradient, relative to
-            each input's largest entry; the adjoint stops where a sweep changes it by at most
-            ``max(tol (1 - gamma), 1e-6)`` of its size, and from ``solution`` it takes the
-            products at that V as given). ``"auto"``: the GPU where wgpu finds a hardware
+            each input's largest entry; the adjoint stops at ``tol`` or at f32's floor, a
+            sweep changing it by 1e-6 of its size, and from ``solution`` it takes the products
+            at that V as given). ``"auto"``: the GPU where wgpu finds a hardware
             adapter, else the f64 reference; ``"native"``: the f64 reference.
 
     Returns:

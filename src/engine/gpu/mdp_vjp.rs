@@ -3,8 +3,10 @@
 //! `shaders/mdp_vjp.wgsl` forms pi, the tilt and the cotangent on Q per state, pulls the
 //! signed adjoint over the transposed transitions and forms the products; the stationary
 //! adjoint `u = seed + gamma (pi W)^T u` is iterated by `shaders/mdp_occupancy.wgsl`'s weighted
-//! sweeps (the discounted occupancy's, with a signed start), stopped on the host when a sweep
-//! changes u by at most `max(tol (1 - gamma), RESIDUAL_FLOOR)` of max |u| in every task. Memory
+//! sweeps (the discounted occupancy's, with a signed start scaled to a peak of 1) on the solves'
+//! check schedule (`GpuCore::iterate`: residual checks that compare max |du| with tol and with
+//! `RESIDUAL_FLOOR` max |u|, so no sign is assumed; freezing; rate extrapolation), then
+//! `ln 0.1 / ln gamma` more sweeps that shrink the floor's error tenfold. Memory
 //! on the device: `O(B S A + B nnz)`, plus the kept `u_t` `O(B T S)` of a finite horizon
 //! (whose V_t come from one GPU solve that keeps every step), independent of the sweeps.
 
@@ -16,11 +18,13 @@ use super::mdp_engine::{
 };
 use crate::engine::cpu::{MdpCotangents, MdpVjp};
 use crate::engine::gpu::bands::band_dispatch;
-use crate::engine::gpu::core::{NOT_FROZEN, bind};
+use crate::engine::gpu::core::{
+    ExtrapolateBand, ExtrapolateParams, Kernels, NOT_FROZEN, Window, bind, invocations,
+};
 use crate::engine::gpu::wait;
 use crate::engine::layout::MdpInputs;
 use crate::engine::options::{Backup, Horizon, Outputs, SolveOptions};
-use crate::engine::schedule::RESIDUAL_FLOOR;
+use crate::engine::schedule::{Verdict, keep_going};
 use crate::engine::solution::{Status, check_mdp_solve};
 use crate::error::{Result, ensure};
 use crate::world::mdp::{TabularMdp, Transpose};
@@ -56,10 +60,6 @@ pub struct VjpParams {
     /// Padding to 16 bytes.
     pub _pad1: u32,
 }
-
-/// Sweeps of the stationary adjoint per submission; the last one writes the residual
-/// statistics the host checks.
-const SWEEPS_PER_SUBMIT: u32 = 64;
 
 /// `mdp_vjp.wgsl`'s entry points.
 #[derive(Clone, Copy)]
@@ -240,15 +240,9 @@ impl MdpEngine {
                 }
                 steps as u32
             }
-            Horizon::Infinite { max_iters, tol } => {
-                let stop = (tol * (1.0 - options.gamma)).max(RESIDUAL_FLOOR);
-                let (u, sweeps) = run.stationary(
-                    self,
-                    &forward[0],
-                    &cot_rows(0),
-                    &cot_values(0),
-                    (stop, max_iters),
-                )?;
+            Horizon::Infinite { .. } => {
+                let (u, sweeps) =
+                    run.stationary(self, &forward[0], &cot_rows(0), &cot_values(0), options)?;
                 add_terminal(&u);
                 sweeps
             }
@@ -659,20 +653,22 @@ impl VjpRun {
 
     /// The stationary adjoint at the fixed point `v`: its seed `c_V + gamma W^T g0` by one
     /// pull from u = 0 (writing the weights pi W), then `mdp_occupancy`'s weighted sweeps from
-    /// it until every task's change is within `stop` of its max |u| (at most `max_iters`
-    /// sweeps), then the products. Returns u `[task][state]` and the sweeps.
+    /// it on the solves' check schedule (`GpuCore::iterate`: checks and freezing on the GPU,
+    /// rate extrapolation), each task's seed scaled to a peak of 1 so that `options`' tol is
+    /// relative to it (as the discounted occupancy's start); then the products. Returns u
+    /// `[task][state]` and the sweeps.
     fn stationary(
         &self,
         engine: &mut MdpEngine,
         v: &[f32],
         cot_rows: &[[f32; 4]],
         c_v: &[f32],
-        (stop, max_iters): (f64, u32),
+        options: &SolveOptions,
     ) -> Result<(Vec<f32>, u32)> {
         use wgpu::BufferUsages as U;
-        let (b, v_bytes) = (self.tasks, self.v_bytes);
+        let (b, s_n, v_bytes) = (self.tasks, self.states, self.v_bytes);
         let q = engine.core.queue.clone();
-        let zeros = vec![0.0f32; v_bytes as usize / 4];
+        let zeros = vec![0.0f32; b * s_n];
         q.write_buffer(&self.u[0], 0, bytemuck::cast_slice(&zeros));
         q.write_buffer(&self.u[1], 0, bytemuck::cast_slice(c_v));
         let device = engine.core.device.clone();
@@ -687,59 +683,99 @@ impl VjpRun {
         engine
             .core
             .dispatch(&mut encoder, &pull, &self.pull[0], self.dispatch);
-        // The seed is in u[1]: the sweeps start from it and add it every sweep.
+        q.submit([encoder.finish()]);
+        // The seed, scaled per task to a peak of 1 (an all-zero seed keeps scale 1).
+        let mut seed = wait(engine.core.read_f32(&self.u[1], 0, v_bytes))?;
+        let scales: Vec<f32> = (seed.chunks_exact_mut(s_n))
+            .map(|task| {
+                let peak = task.iter().fold(0.0f32, |m, x| m.max(x.abs()));
+                let scale = if peak > 0.0 && peak.is_finite() {
+                    peak
+                } else {
+                    1.0
+                };
+                task.iter_mut().for_each(|x| *x /= scale);
+                scale
+            })
+            .collect();
         let core = &mut engine.core;
         let start = core.buffer("softvi.vjp_seed", v_bytes, U::STORAGE | U::COPY_DST);
-        encoder.copy_buffer_to_buffer(&self.u[1], 0, &start, 0, v_bytes);
-        encoder.copy_buffer_to_buffer(&self.u[1], 0, &self.u[0], 0, v_bytes);
-        q.submit([encoder.finish()]);
-        let groups_per_task = (self.states as u32).div_ceil(WORKGROUP_SIZE);
-        let partial_bytes = b as u64 * groups_per_task as u64 * 16;
-        let partials = core.buffer(
-            "softvi.vjp_partials",
-            partial_bytes,
-            U::STORAGE | U::COPY_SRC,
-        );
-        let frozen = core.buffer(
-            "softvi.vjp_frozen",
-            (b * 4) as u64,
-            U::STORAGE | U::COPY_DST,
-        );
-        q.write_buffer(&frozen, 0, bytemuck::cast_slice(&vec![NOT_FROZEN; b]));
+        q.write_buffer(&start, 0, bytemuck::cast_slice(&seed));
+        q.write_buffer(&self.u[0], 0, bytemuck::cast_slice(&seed));
+        let groups_per_task = (s_n as u32).div_ceil(WORKGROUP_SIZE);
+        let checks = core.checks(b, groups_per_task, &[self.dispatch], options)?;
         let params = OccupancyParams {
-            states: self.states as u32,
+            states: s_n as u32,
             actions: self.actions as u32,
-            state_count: self.states as u32,
+            state_count: s_n as u32,
             dispatch_x: self.dispatch[0].max(1),
             groups_per_task,
             entries: self.entries as u32,
             gamma: self.gamma,
             ..Default::default()
         };
-        let core = &mut engine.core;
         let uniforms = core.uniforms("softvi.vjp_occupancy_params", &[params]);
-        let groups: Vec<wgpu::BindGroup> = (0..2)
-            .map(|p| {
-                core.bind_group(
-                    "softvi.mdp_occupancy",
-                    &engine.mdp_occupancy.group_layout,
-                    [
-                        uniforms.bind(0),
-                        self.incoming[0].as_entire_binding(),
-                        self.incoming[1].as_entire_binding(),
-                        self.incoming[2].as_entire_binding(),
-                        // `policy`: not read by the weighted sweeps.
-                        self.incoming[2].as_entire_binding(),
-                        self.u[p].as_entire_binding(),
-                        self.u[1 - p].as_entire_binding(),
-                        partials.as_entire_binding(),
-                        start.as_entire_binding(),
-                        self.weights.as_entire_binding(),
-                        frozen.as_entire_binding(),
-                    ],
-                )
-            })
-            .collect();
+        let group = |p: usize| {
+            core.bind_group(
+                "softvi.mdp_occupancy",
+                &engine.mdp_occupancy.group_layout,
+                [
+                    uniforms.bind(0),
+                    self.incoming[0].as_entire_binding(),
+                    self.incoming[1].as_entire_binding(),
+                    self.incoming[2].as_entire_binding(),
+                    // `policy`: not read by the weighted sweeps.
+                    self.incoming[2].as_entire_binding(),
+                    self.u[p].as_entire_binding(),
+                    self.u[1 - p].as_entire_binding(),
+                    checks.partials.as_entire_binding(),
+                    start.as_entire_binding(),
+                    self.weights.as_entire_binding(),
+                    checks.frozen.as_entire_binding(),
+                ],
+            )
+        };
+        let groups = [[group(0), group(1)]];
+        // The jump and its rollback over every state (none fixed: u is iterated everywhere).
+        let wpt = s_n.div_ceil(32);
+        let no_fixed = core.buffer(
+            "softvi.no_fixed_bits",
+            (b * wpt * 4) as u64,
+            U::STORAGE | U::COPY_DST,
+        );
+        let backup = core.buffer("softvi.vjp_backup", v_bytes, U::STORAGE);
+        let mut encoder = core.device.create_command_encoder(&Default::default());
+        encoder.clear_buffer(&no_fixed, 0, None);
+        q.submit([encoder.finish()]);
+        let whole = |bytes: u64| Window {
+            origin: 0,
+            offset: 0,
+            size: bytes,
+        };
+        let band = ExtrapolateBand {
+            params: ExtrapolateParams {
+                values_per_task: s_n as u32,
+                count: s_n as u32,
+                dispatch_x: self.dispatch[0].max(1),
+                invocations: invocations(self.dispatch),
+                fixed_words_per_task: wpt as u32,
+                ..Default::default()
+            },
+            fixed: whole((b * wpt * 4) as u64),
+            prev: whole(v_bytes),
+            values: whole(v_bytes),
+        };
+        let extrapolate_groups = match options.uses_extrapolation() {
+            true => core.extrapolate_groups(
+                "softvi.vjp_extrapolate_params",
+                &[band],
+                &no_fixed,
+                &self.u,
+                &backup,
+                &checks.extrapolation,
+            ),
+            false => Vec::new(),
+        };
         let key = MdpPipelineKey {
             stage: MdpStage::Occupancy,
             optimistic: false,
@@ -747,52 +783,78 @@ impl VjpRun {
             write_residual: false,
             add_start: true,
             weighted: true,
-            actions: params.actions,
+            actions: self.actions as u32,
             write_q: false,
             freeze: false,
         };
         let sweep = engine.pipeline(key);
-        let checked = engine.pipeline(MdpPipelineKey {
+        let sweep_checked = engine.pipeline(MdpPipelineKey {
             write_residual: true,
             ..key
         });
-        let mut sweeps = 0u32;
-        loop {
-            let core = &mut engine.core;
-            let mut encoder = core.device.create_command_encoder(&Default::default());
-            for k in 0..SWEEPS_PER_SUBMIT {
-                let last = k + 1 == SWEEPS_PER_SUBMIT;
-                let pipeline = if last { &checked } else { &sweep };
-                let group = &groups[(sweeps % 2) as usize];
-                core.dispatch(&mut encoder, pipeline, group, self.dispatch);
-                sweeps += 1;
-            }
-            core.queue.submit([encoder.finish()]);
-            let stats = wait(core.read_f32(&partials, 0, partial_bytes))?;
-            let settled = stats
-                .chunks_exact(4 * groups_per_task as usize)
-                .all(|task| {
-                    let change = task.chunks_exact(4).map(|s| s[0]).fold(0.0f32, f32::max);
-                    let size = task.chunks_exact(4).map(|s| s[2]).fold(0.0f32, f32::max);
-                    change as f64 <= stop * size as f64
-                });
-            if settled {
-                break;
-            }
-            ensure!(
-                sweeps < max_iters,
-                "the GPU adjoint did not settle within max_iters = {max_iters} sweeps"
-            );
-        }
-        let last = (sweeps % 2) as usize;
+        let extrapolate = engine.core.extrapolate_pipeline.clone();
+        let kernels = Kernels {
+            sweep: &sweep,
+            sweep_checked: &sweep_checked,
+            extrapolate: &extrapolate,
+            sweep_groups: &groups,
+            extrapolate_groups: &extrapolate_groups,
+            keep_steps: None,
+        };
+        let mut record = |encoder: &mut wgpu::CommandEncoder, step| {
+            kernels.record(encoder, &checks, step);
+        };
         let core = &mut engine.core;
-        let u = wait(core.read_f32(&self.u[last], 0, v_bytes))?;
+        let run = wait(core.iterate(&checks, options, &mut record, &mut keep_going))?;
+        match &run.outcomes.verdict {
+            Verdict::Converged => {}
+            Verdict::Diverged(tasks) => {
+                ensure!(
+                    false,
+                    "the GPU adjoint of tasks {tasks:?} grew without bound"
+                )
+            }
+            Verdict::Continue => {
+                let max_iters = match options.horizon {
+                    Horizon::Infinite { max_iters, .. } => max_iters,
+                    Horizon::Finite(t) => t,
+                };
+                ensure!(
+                    false,
+                    "the GPU adjoint did not settle within max_iters = {max_iters} sweeps"
+                )
+            }
+        }
+        // The checks stop a task at f32's floor, a sweep changing u by 1e-6 of max |u|: up to
+        // 1e-6 / (1 - gamma) of it from the fixed point, which a gradient summed over many
+        // states of both signs (alpha's, gamma's) amplifies. Every task then runs the sweeps
+        // that shrink that error tenfold (ln 0.1 / ln gamma, at most 4,096).
+        let polish = ((0.1f64.ln() / options.gamma.ln()).ceil() as u32).clamp(1, 4096);
+        q.write_buffer(
+            &checks.frozen,
+            0,
+            bytemuck::cast_slice(&vec![NOT_FROZEN; b]),
+        );
+        let mut encoder = core.device.create_command_encoder(&Default::default());
+        for i in 0..polish {
+            let parity = ((run.sweeps + i) % 2) as usize;
+            core.dispatch(&mut encoder, &sweep, &groups[0][parity], self.dispatch);
+        }
+        q.submit([encoder.finish()]);
+        let sweeps = run.sweeps + polish;
+        // u at its scale, where the products read it.
+        let last = (sweeps % 2) as usize;
+        let mut u = wait(core.read_f32(&self.u[last], 0, v_bytes))?;
+        for (task, scale) in u.chunks_exact_mut(s_n).zip(&scales) {
+            task.iter_mut().for_each(|x| *x *= scale);
+        }
+        q.write_buffer(&self.u[last], 0, bytemuck::cast_slice(&u));
         let mut encoder = core.device.create_command_encoder(&Default::default());
         let products = self.pipeline(engine, VjpStage::Products);
         engine
             .core
             .dispatch(&mut encoder, &products, &self.forward[last], self.dispatch);
-        engine.core.queue.submit([encoder.finish()]);
+        q.submit([encoder.finish()]);
         Ok((u, sweeps))
     }
 }
