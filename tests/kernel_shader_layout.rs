@@ -15,8 +15,9 @@ use softvi::engine::gpu::core::{
 };
 use softvi::engine::gpu::grid_engine::{GRID_BACKUP_WGSL, GRID_OCCUPANCY_WGSL, GridParams};
 use softvi::engine::gpu::mdp_engine::{
-    MDP_BACKUP_WGSL, MDP_OCCUPANCY_WGSL, MdpParams, OccupancyParams,
+    MDP_BACKUP_WGSL, MDP_OCCUPANCY_WGSL, MDP_VJP_WGSL, MdpParams, OccupancyParams,
 };
+use softvi::engine::gpu::mdp_vjp::VjpParams;
 use softvi::engine::gpu::task_posterior::{PosteriorParams, TASK_POSTERIOR_WGSL};
 
 const BOOL: &[f64] = &[0.0, 1.0];
@@ -74,6 +75,16 @@ const SHADERS: &[Shader] = &[
             // Any action count; these cover 1, a power of two and odd ones.
             ("ACTIONS", &[1.0, 4.0, 5.0, 8.0, 9.0, 17.0]),
             ("WEIGHTED", BOOL),
+        ],
+    },
+    Shader {
+        name: "mdp_vjp",
+        source: MDP_VJP_WGSL,
+        entry_points: &["mdp_vjp_rows", "mdp_vjp_pull", "mdp_vjp_products"],
+        overrides: &[
+            ("OPTIMISTIC", BOOL),
+            ("HARD_MAX", BOOL),
+            ("WRITE_WEIGHTS", BOOL),
         ],
     },
     Shader {
@@ -354,6 +365,11 @@ fn mdp_layouts_match_rust() {
     assert_eq!(
         struct_size(&m, "OccupancyParams") as usize,
         size_of::<OccupancyParams>()
+    );
+    let (m, _) = module(MDP_VJP_WGSL);
+    assert_eq!(
+        struct_size(&m, "VjpParams") as usize,
+        size_of::<VjpParams>()
     );
 }
 

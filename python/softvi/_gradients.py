@@ -62,8 +62,9 @@ def vjp(
     tol: float = 1e-10,
     max_iters: int = 100_000,
     solution: ArrayLike | None = None,
+    device: Device = "cpu",
 ) -> Gradients:
-    r"""The vector-Jacobian product of :func:`softvi.solve` on the f64 CPU reference.
+    r"""The vector-Jacobian product of :func:`softvi.solve`, on the f64 CPU reference or a GPU.
 
     With cotangents ``values`` (on V), ``q`` and ``policy`` shaped as ``solve`` returns those
     outputs (``[B,S]`` / ``[B,S,A]``, no B for an MDP without a task axis; ``[B,T+1,S]`` /
@@ -93,6 +94,12 @@ def vjp(
         solution: infinite horizon: V of a solve of this MDP at these settings (``[B,S]``, or
             ``[S]`` without a task axis; any device), so that the fixed point is not solved
             again: the sweeps start from it and stop after one when it is within ``tol``.
+        device: ``"cpu"`` (the default): the f64 reference. ``"gpu"`` or an adapter index:
+            the wgpu engine in float32 (within about 1e-3 of the f64 gradient, relative to
+            each input's largest entry; the adjoint stops at ``tol`` or at f32's floor, a
+            sweep changing it by 1e-6 of its size, and from ``solution`` it takes the products
+            at that V as given). ``"auto"``: the GPU where wgpu finds a hardware
+            adapter, else the f64 reference; ``"native"``: the f64 reference.
 
     Returns:
         :class:`Gradients`.
@@ -101,16 +108,18 @@ def vjp(
         ValueError: a cotangent or ``solution`` of the wrong size or with an infinite entry, a
             setting out of range, an infinite horizon at ``gamma = 1``, ``solution`` with a
             finite horizon.
+        DeviceError: ``device="gpu"`` (or an index) and no usable adapter, or a GPU failure.
+        MemoryError: one task's arrays exceed what one GPU storage binding holds.
     """
     _check_mdp(mdp)
     if values is None and q is None and policy is None:
         raise ValueError("give a cotangent: values, q or policy")
     settings = _settings(
         alpha, gamma, backup, horizon, tol, max_iters, True, True, False, all_steps, False,
-        "cpu",
+        device,
     )  # fmt: skip
     tasks, batched = mdp.tasks, mdp.batched
-    raw = _softvi.vjp(
+    raw = (_softvi.vjp if settings["device"] == "cpu" else _softvi.vjp_on_device)(
         mdp._mdp,
         settings,
         _cotangent("values", values, batched, tasks),

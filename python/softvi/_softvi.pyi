@@ -39,6 +39,14 @@ def vjp(
     policy: np.ndarray | None,
     solution: np.ndarray | None = None,
 ) -> dict[str, Any]: ...
+def vjp_on_device(
+    mdp: Mdp,
+    settings: dict[str, Any],
+    values: np.ndarray | None,
+    q: np.ndarray | None,
+    policy: np.ndarray | None,
+    solution: np.ndarray | None = None,
+) -> dict[str, Any]: ...
 def solve_grid(
     free: np.ndarray,
     goals: list[list[int]],

@@ -629,6 +629,69 @@ fn vjp<'py>(
     Ok(out)
 }
 
+/// [`vjp`] on `settings.device`: the GPU engine's f32 VJP (`MdpEngine::vjp`) for `"gpu"` or
+/// an adapter index, and for `"auto"` where an adapter is not a CPU; the f64 reference
+/// otherwise (`"cpu"`, `"native"`, `"auto"` without a hardware adapter). The same arguments and
+/// result, plus `device`: the label of what computed it.
+#[pyfunction]
+#[pyo3(signature = (mdp, settings, values, q, policy, solution=None))]
+fn vjp_on_device<'py>(
+    py: Python<'py>,
+    mdp: Py<PyMdp>,
+    settings: Settings,
+    values: Option<PyReadonlyArrayDyn<'py, f64>>,
+    q: Option<PyReadonlyArrayDyn<'py, f64>>,
+    policy: Option<PyReadonlyArrayDyn<'py, f64>>,
+    solution: Option<PyReadonlyArrayDyn<'py, f64>>,
+) -> PyResult<Bound<'py, PyDict>> {
+    let (options, device) = (settings.options()?, settings.device()?);
+    let model = &mdp.get().inner;
+    let flat = |x: Option<PyReadonlyArrayDyn<'py, f64>>| {
+        x.map(|a| a.as_array().iter().copied().collect::<Vec<f64>>())
+    };
+    let cotangents = MdpCotangents {
+        values: flat(values),
+        q: flat(q),
+        policy: flat(policy),
+        all_steps: settings.all_steps,
+    };
+    let solution = flat(solution);
+    let reference = settings.device == "native" || (device == Device::Auto && software_only());
+    let (grads, label) = py
+        .detach(|| {
+            let start = solution.as_deref();
+            if reference {
+                let grads = mdp_vjp_cpu_at(model, &options, &cotangents, start)?;
+                return Ok((grads, MdpSolver::label(&CpuReference)));
+            }
+            with_device(device, |picked| match picked {
+                Picked::Cpu(label) => {
+                    let grads = mdp_vjp_cpu_at(model, &options, &cotangents, start)?;
+                    Ok((grads, label))
+                }
+                Picked::Gpu(gpu) => {
+                    let label = MdpSolver::label(gpu);
+                    let grads = gpu.mdp_engine()?.vjp(model, &options, &cotangents, start)?;
+                    Ok((grads, label))
+                }
+            })
+        })
+        .map_err(to_py)?;
+    let (b, s, a) = (model.tasks, model.states, model.actions);
+    let out = PyDict::new(py);
+    out.set_item("reward", array(py, grads.reward, vec![b, s, a])?)?;
+    out.set_item(
+        "terminal_value",
+        array(py, grads.terminal_value, vec![b, s])?,
+    )?;
+    out.set_item("probs", array(py, grads.probs, vec![model.nonzeros()])?)?;
+    out.set_item("alpha", grads.alpha)?;
+    out.set_item("gamma", grads.gamma)?;
+    out.set_item("sweeps", grads.sweeps)?;
+    out.set_item("device", label)?;
+    Ok(out)
+}
+
 /// The world of a gridworld batch besides its map and goals, as `softvi.solve_grid`'s
 /// keywords give it.
 #[derive(FromPyObject)]
@@ -1090,6 +1153,7 @@ fn _softvi(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(adapter_info, m)?)?;
     m.add_function(wrap_pyfunction!(solve_mdp, m)?)?;
     m.add_function(wrap_pyfunction!(vjp, m)?)?;
+    m.add_function(wrap_pyfunction!(vjp_on_device, m)?)?;
     m.add_function(wrap_pyfunction!(grid_as_mdp, m)?)?;
     m.add_function(wrap_pyfunction!(solve_grid, m)?)?;
     m.add_function(wrap_pyfunction!(sample, m)?)?;

@@ -38,6 +38,14 @@ pub const MDP_OCCUPANCY_WGSL: &str = wgsl!(
     "mdp_occupancy.wgsl",
 );
 
+/// WGSL source of the VJP kernels (`engine::gpu::mdp_vjp`).
+pub const MDP_VJP_WGSL: &str = wgsl!(
+    "shared/constants.wgsl",
+    "shared/log_sum_exp.wgsl",
+    "shared/policy_ties.wgsl",
+    "mdp_vjp.wgsl",
+);
+
 /// Invocations (states) per workgroup. Same as `WORKGROUP_SIZE` in both shaders.
 pub const WORKGROUP_SIZE: u32 = 64;
 /// Largest per-chunk array (bytes), whatever the adapter allows.
@@ -240,7 +248,7 @@ impl Layout<MdpParams> {
 
 /// Entry points.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-enum MdpStage {
+pub(super) enum MdpStage {
     Backup,
     Policy,
     Occupancy,
@@ -248,20 +256,20 @@ enum MdpStage {
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-struct MdpPipelineKey {
-    stage: MdpStage,
-    optimistic: bool,
-    hard_max: bool,
-    write_residual: bool,
-    add_start: bool,
+pub(super) struct MdpPipelineKey {
+    pub stage: MdpStage,
+    pub optimistic: bool,
+    pub hard_max: bool,
+    pub write_residual: bool,
+    pub add_start: bool,
     /// The occupancy pull reads folded weights.
-    weighted: bool,
+    pub weighted: bool,
     /// Actions, for the occupancy pull (0 for the other stages).
-    actions: u32,
+    pub actions: u32,
     /// `mdp_policy` writes Q instead of pi.
-    write_q: bool,
+    pub write_q: bool,
     /// Tasks may stop iterating (an infinite horizon): `mdp_backup` reads `frozen`.
-    freeze: bool,
+    pub freeze: bool,
 }
 
 /// The arrays of one MDP on the device, shared by every chunk of tasks.
@@ -403,9 +411,11 @@ struct OccupancyChunk {
 /// Batched general-MDP soft value iteration and occupancy on one wgpu device. Pipelines,
 /// layouts and buffers are built once and reused by every solve.
 pub struct MdpEngine {
-    core: GpuCore,
+    pub(super) core: GpuCore,
     mdp_backup: Shader,
-    mdp_occupancy: Shader,
+    pub(super) mdp_occupancy: Shader,
+    /// The VJP's kernels (`super::mdp_vjp`).
+    pub(super) mdp_vjp: Shader,
 }
 
 impl MdpEngine {
@@ -453,10 +463,28 @@ impl MdpEngine {
                 storage(true),  // frozen
             ],
         );
+        let mdp_vjp = core.shader(
+            "softvi.mdp_vjp",
+            MDP_VJP_WGSL,
+            &[
+                uniform,        // params
+                storage(true),  // csr_indptr
+                storage(true),  // csr_index
+                storage(true),  // csr_probs
+                storage(true),  // reward
+                storage(true),  // fixed_bits
+                storage(true),  // v
+                storage(false), // rows
+                storage(true),  // u_in
+                storage(false), // out
+                storage(false), // weights
+            ],
+        );
         Ok(Self {
             core,
             mdp_backup,
             mdp_occupancy,
+            mdp_vjp,
         })
     }
 
@@ -466,7 +494,7 @@ impl MdpEngine {
     }
 
     /// The pipeline of `key`, from the core's cache.
-    fn pipeline(&mut self, key: MdpPipelineKey) -> wgpu::ComputePipeline {
+    pub(super) fn pipeline(&mut self, key: MdpPipelineKey) -> wgpu::ComputePipeline {
         let flag = |b: bool| if b { 1.0 } else { 0.0 };
         let (entry, shader, constants) = match key.stage {
             MdpStage::Occupancy | MdpStage::OccupancyWeights => (
@@ -1323,6 +1351,6 @@ impl MdpChunk {
 }
 
 /// `values` rounded to the f32 the kernels read.
-fn to_f32(values: &[f64]) -> Vec<f32> {
+pub(super) fn to_f32(values: &[f64]) -> Vec<f32> {
     values.iter().map(|&x| x as f32).collect()
 }

@@ -55,6 +55,7 @@ pub mod core;
 pub(crate) mod forward;
 pub mod grid_engine;
 pub mod mdp_engine;
+pub mod mdp_vjp;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod sharded;
 pub mod task_posterior;
