@@ -66,8 +66,11 @@ struct Control {
 @group(0) @binding(5) var<storage, read_write> extrapolation: array<f32>; // [task]
 // NOT_FROZEN, or the index (in its submission) of the check at which the task converged.
 @group(0) @binding(6) var<storage, read_write> frozen: array<u32>; // [task]
+// 1 for a task that stops by MacQueen's span bound (no fixed state: its backup shifts by
+// gamma c when V does; `engine::schedule::span_bounded_tasks`), else 0.
+@group(0) @binding(7) var<storage, read> span_bounded: array<u32>; // [task]
 
-// One workgroup per task: (max |dV|, min dV, max |V|, any active) over the task's cells.
+// One workgroup per task: (max |dV|, min dV, max |V|, max dV) over the task's cells.
 @compute @workgroup_size(WORKGROUP_SIZE, 1, 1)
 fn residual_reduce(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let task = wid.x;
@@ -81,12 +84,18 @@ fn residual_reduce(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocat
     }
 }
 
-// Whether a task's check statistics meet the convergence test. Twin of
+// Whether a task's check statistics meet the convergence test: its error bound (the span's
+// half width gamma / (1 - gamma) (max dV - min dV) / 2 for a `span` task at gamma < 1, else
+// gamma / (1 - gamma) max |dV|) within tol, or its residual within the f32 floor. Twin of
 // `engine::schedule::within_tolerance`.
-fn within_tolerance(stats: vec4<f32>) -> bool {
+fn within_tolerance(stats: vec4<f32>, span: bool) -> bool {
+    var bound = stats.x * params.bound_factor;
+    if span && params.gamma < 1.0 && stats.y <= stats.w {
+        bound = params.bound_factor * (0.5 * stats.w - 0.5 * stats.y);
+    }
     // Written so that a NaN residual never counts as converged, nor a runaway (element_stats
-    // reports one as HUGE).
-    let bounded = stats.x * params.bound_factor <= params.tol || stats.x <= RESIDUAL_FLOOR * stats.z;
+    // reports one as HUGE, and its span as 2 HUGE).
+    let bounded = bound <= params.tol || stats.x <= RESIDUAL_FLOOR * stats.z;
     return bounded && stats.x < HUGE && stats.z < HUGE;
 }
 
@@ -104,7 +113,7 @@ fn convergence_decide() {
             let stats = checks[check * params.task_count + t];
             if frozen[t] != NOT_FROZEN {
                 // Stopped at an earlier check.
-            } else if params.tol >= 0.0 && within_tolerance(stats) {
+            } else if params.tol >= 0.0 && within_tolerance(stats, span_bounded[t] != 0u) {
                 frozen[t] = check;
             } else {
                 all_frozen = false;

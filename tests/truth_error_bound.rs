@@ -295,13 +295,14 @@ fn plain_sweeps(gamma: f64, tol: f64) -> u32 {
 }
 
 /// MacQueen's span bound (Puterman 6.6.12) where no state keeps a fixed value: the f64
-/// reference and the native engine stop in one or two check windows where the plain bound
+/// reference, the native engine and the WGSL CSR kernels stop in one or two check windows where the plain bound
 /// `gamma / (1 - gamma) max |dV|` needs the uniform mode (decaying like gamma^n) to die out,
 /// return V shifted to the interval's centre, and their reported bound contains V*.
 #[test]
 fn span_bound_stops_early_and_contains_the_fixed_point() {
     // 211 states, 4 actions, 3 tasks: no terminal state.
     let mdp = common::random_mdp(211, 4, 3, false, 17);
+    let mut gpu = common::gpu().map(|ctx| MdpEngine::new(ctx).unwrap());
     for (alpha, gamma) in [(0.0, 0.9), (0.0, 0.99), (1.0, 0.99), (0.5, 0.999)] {
         let truth = value_iteration(&mdp, alpha, gamma);
         let tol = 1e-6;
@@ -326,7 +327,12 @@ fn span_bound_stops_early_and_contains_the_fixed_point() {
             .solution;
         let reference_err = errors(&reference.values, &truth, mdp.tasks);
         let native_err = errors(&native.values, &truth, mdp.tasks);
-        let solves = [
+        let on_gpu = (gpu.as_mut()).map(|engine| {
+            (engine.solve(&mdp, &options(alpha, gamma, native_tol), Outputs::VALUES))
+                .unwrap()
+                .solution
+        });
+        let mut solves = vec![
             (
                 "f64",
                 tol,
@@ -344,6 +350,18 @@ fn span_bound_stops_early_and_contains_the_fixed_point() {
                 native_err,
             ),
         ];
+        if let Some(got) = &on_gpu {
+            let err = errors(&got.values, &truth, mdp.tasks);
+            let solve = (
+                "gpu",
+                native_tol,
+                &got.status,
+                &got.error_bound,
+                &got.iterations,
+                err,
+            );
+            solves.push(solve);
+        }
         for (name, tol, status, bound, iterations, err) in solves {
             for t in 0..mdp.tasks {
                 assert_eq!(status[t], Status::Converged, "{name}");

@@ -1,5 +1,6 @@
-// Residual statistics of a sweep over one task: (max |dV|, min dV, max |V|, 1 if any element
-// was updated), with V the values (or the occupancy) after the sweep and dV their change. A
+// Residual statistics of a sweep over one task: (max |dV|, min dV, max |V|, max dV), with V the
+// values (or the occupancy) after the sweep and dV their change; min dV <= max dV exactly when
+// some element was updated. A
 // kernel that writes `partials` combines its invocations' statistics with `workgroup_stats`;
 // `residual_reduce` combines a task's partials the same way.
 // CPU twin: `engine::cpu::SweepStats`. Needs WORKGROUP_SIZE and HUGE of shared/constants.wgsl.
@@ -12,7 +13,7 @@
 const NOT_FROZEN: u32 = 0xffffffffu;
 
 // The statistics of no element: the identity of `combine_stats`.
-const NO_STATS = vec4<f32>(0.0, HUGE, 0.0, 0.0);
+const NO_STATS = vec4<f32>(0.0, HUGE, 0.0, -HUGE);
 
 // The statistics of one element whose value became `value`, a change of `delta`. A change or
 // value that is not finite (an f32 overflow, inf - inf) counts as a residual and a value of
@@ -21,9 +22,9 @@ const NO_STATS = vec4<f32>(0.0, HUGE, 0.0, 0.0);
 // HUGE is beyond `engine::schedule::VALUE_LIMIT`, so the host declares it diverged.
 fn element_stats(delta: f32, value: f32) -> vec4<f32> {
     if !(abs(delta) <= HUGE && abs(value) <= HUGE) {
-        return vec4<f32>(HUGE, -HUGE, HUGE, 1.0);
+        return vec4<f32>(HUGE, -HUGE, HUGE, HUGE);
     }
-    return vec4<f32>(abs(delta), delta, abs(value), 1.0);
+    return vec4<f32>(abs(delta), delta, abs(value), delta);
 }
 
 fn combine_stats(a: vec4<f32>, b: vec4<f32>) -> vec4<f32> {

@@ -101,7 +101,7 @@ fn discounted_span_bounds(gamma: f64, stats: &SweepStats) -> Option<(f64, f64)> 
 /// `bound_factor(gamma) * max |dV|`) is within `tol`, or its residual is within the `precision`'s floor times
 /// max |V| (then the reported [`error_bound`] may exceed `tol`). A NaN or infinite residual or
 /// value never does; the GPU twin, `within_tolerance` in `shaders/residual_reduce.wgsl`, sees
-/// those as HUGE and tests the plain bound (the kernels reduce no signed maximum).
+/// those as HUGE.
 pub fn within_tolerance(
     tol: f64,
     gamma: f64,

@@ -8,7 +8,7 @@ use crate::error::{Context, Result};
 
 use super::core::Iteration;
 use crate::engine::options::{Horizon, Outputs, SolveOptions};
-use crate::engine::schedule::{Precision, error_bound, final_status};
+use crate::engine::schedule::{Precision, error_bound, final_status, span_bounds};
 use crate::engine::solution::{
     Marks, MdpSolution, Occupancy, Solution, Status, TimeSteps, task_major,
 };
@@ -31,6 +31,9 @@ pub(crate) struct ChunkResult {
     pub run: Iteration,
     /// The discounted occupancy's iteration, when it ran.
     pub occupancy_run: Option<Iteration>,
+    /// `[task]`: the tasks that stopped by the span bound, whose values and Q are reported at
+    /// the interval's centre (empty: none).
+    pub span_bounded: Vec<bool>,
 }
 
 impl ChunkResult {
@@ -46,6 +49,7 @@ impl ChunkResult {
             occupancy: Vec::new(),
             run,
             occupancy_run: None,
+            span_bounded: Vec::new(),
         }
     }
 }
@@ -96,7 +100,24 @@ pub(crate) async fn solve_in_chunks(
 
 impl Gathered {
     /// Appends a chunk of `k` tasks.
-    fn push(&mut self, chunk: ChunkResult, k: usize, options: &SolveOptions) {
+    fn push(&mut self, mut chunk: ChunkResult, k: usize, options: &SolveOptions) {
+        let span_bounded = |t: usize| chunk.span_bounded.get(t).copied().unwrap_or(false);
+        // A span-bounded task's V moves to the centre of MacQueen's interval, as the CPU
+        // solves return it: V + c, Q + gamma c (pi does not change).
+        let states = chunk.values.len() / k.max(1);
+        for (t, stats) in chunk.run.outcomes.last.iter().enumerate() {
+            if let Some((shift, _)) = span_bounds(options, stats).filter(|_| span_bounded(t)) {
+                for v in &mut chunk.values[t * states..(t + 1) * states] {
+                    *v = (*v as f64 + shift) as f32;
+                }
+                if let Some(q) = chunk.q.as_mut() {
+                    let per = q.len() / k.max(1);
+                    for x in &mut q[t * per..(t + 1) * per] {
+                        *x = (*x as f64 + options.gamma * shift) as f32;
+                    }
+                }
+            }
+        }
         self.values.extend_from_slice(&chunk.values);
         for (all, part) in [(&mut self.policy, chunk.policy), (&mut self.q, chunk.q)] {
             match (all.as_mut(), part) {
@@ -122,9 +143,8 @@ impl Gathered {
         self.residual
             .extend(run.last.iter().map(|s| s.max_abs_delta));
         self.error_bound.extend(
-            run.last
-                .iter()
-                .map(|s| error_bound(options, Precision::F32, s, false)),
+            (run.last.iter().enumerate())
+                .map(|(t, s)| error_bound(options, Precision::F32, s, span_bounded(t))),
         );
         if let Some(run) = chunk.occupancy_run {
             self.occupancy_iterations = self.occupancy_iterations.max(run.sweeps);

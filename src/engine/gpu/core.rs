@@ -487,6 +487,7 @@ impl GpuCore {
                 storage(false),                   // history
                 storage(false),                   // extrapolation
                 storage(false),                   // frozen
+                storage(true),                    // span_bounded
             ],
         );
         // Binding order = position in this list; the shader declares the same order.
@@ -625,13 +626,15 @@ impl GpuCore {
 
     /// The check buffers of an iteration over `tasks` tasks whose sweeps run as `dispatch`
     /// (workgroups per band) with `groups_per_task` partials per task; the extrapolation
-    /// dispatches reuse the sweep's.
+    /// dispatches reuse the sweep's. The tasks flagged in `span_bounded` (`[task]`; empty:
+    /// none) stop by the span bound ([`crate::engine::schedule::span_bounded_tasks`]).
     pub fn checks(
         &mut self,
         tasks: usize,
         groups_per_task: u32,
         dispatch: &[[u32; 3]],
         options: &SolveOptions,
+        span_bounded: &[bool],
     ) -> Result<Checks> {
         use wgpu::BufferUsages as U;
         let partial_bytes = tasks as u64 * groups_per_task as u64 * 16;
@@ -660,6 +663,16 @@ impl GpuCore {
         );
         self.queue
             .write_buffer(&frozen, 0, bytemuck::cast_slice(&vec![NOT_FROZEN; tasks]));
+        let span: Vec<u32> = (0..tasks)
+            .map(|t| span_bounded.get(t).copied().unwrap_or(false) as u32)
+            .collect();
+        let span_bounded = self.buffer(
+            "softvi.span_bounded",
+            tasks as u64 * 4,
+            U::STORAGE | U::COPY_DST,
+        );
+        self.queue
+            .write_buffer(&span_bounded, 0, bytemuck::cast_slice(&span));
         let tol = match options.horizon {
             Horizon::Infinite { tol, .. } => tol as f32,
             Horizon::Finite(_) => -1.0,
@@ -695,6 +708,7 @@ impl GpuCore {
                 history.as_entire_binding(),
                 extrapolation.as_entire_binding(),
                 frozen.as_entire_binding(),
+                span_bounded.as_entire_binding(),
             ],
         );
         Ok(Checks {
@@ -839,10 +853,9 @@ impl GpuCore {
                     .map(|s| SweepStats {
                         max_abs_delta: s[0] as f64,
                         min_delta: s[1] as f64,
-                        // The kernels reduce no signed maximum: max |dV| bounds it.
-                        max_delta: s[0] as f64,
+                        max_delta: s[3] as f64,
                         max_abs_value: s[2] as f64,
-                        active: s[3] > 0.0,
+                        active: s[1] <= s[3],
                     })
                     .collect();
                 // The GPU froze these tasks at this check; the monitor adds divergence. A task

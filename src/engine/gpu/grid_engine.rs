@@ -785,9 +785,13 @@ impl GridEngine {
             Vec::new()
         };
         let dispatch: Vec<[u32; 3]> = layouts.iter().map(|l| l.dispatch).collect();
-        let mut checks =
-            self.core
-                .checks(n, layouts[0].params.groups_per_task, &dispatch, options)?;
+        let mut checks = self.core.checks(
+            n,
+            layouts[0].params.groups_per_task,
+            &dispatch,
+            options,
+            &[],
+        )?;
         let horizon = options.horizon.finite_steps() as u64;
         let core = &mut self.core;
         let v_bytes = (n * inputs.cells() * 4) as u64;

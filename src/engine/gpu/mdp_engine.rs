@@ -19,7 +19,9 @@ use super::forward::{BandDispatch, ForwardOutputs, ForwardPass, PairDispatch, re
 use super::wait;
 use crate::engine::layout::MdpInputs;
 use crate::engine::options::{Backup, Horizon, Outputs, SolveOptions};
-use crate::engine::schedule::{OnProgress, Verdict, keep_going, with_unbounded};
+use crate::engine::schedule::{
+    OnProgress, Verdict, keep_going, span_bounded_tasks, with_unbounded,
+};
 use crate::engine::solution::{MdpSolution, check_mdp_solve};
 use crate::world::mdp::{TabularMdp, Transpose};
 
@@ -839,6 +841,9 @@ impl MdpEngine {
         progress: &mut OnProgress<'_>,
     ) -> Result<ChunkResult> {
         let unbounded = inputs.unbounded_tasks()[tasks.clone()].to_vec();
+        let s = inputs.mdp.states;
+        let span_bounded =
+            span_bounded_tasks(&inputs.fixed[tasks.start * s..tasks.end * s], tasks.len());
         let chunk = self.plan_chunk(inputs, tasks, options, outputs)?;
         let mut run = self.backward(inputs, dynamics, &chunk, options, progress)?;
         run.outcomes.verdict = with_unbounded(run.outcomes.verdict, &unbounded);
@@ -846,6 +851,7 @@ impl MdpEngine {
         let v_final = (run.sweeps % 2) as usize;
         let values = wait(self.core.read_f32(&chunk.values[v_final], 0, chunk.v_bytes))?;
         let mut result = ChunkResult::new(values, run);
+        result.span_bounded = span_bounded;
         if diverged {
             return Ok(result);
         }
@@ -916,9 +922,14 @@ impl MdpEngine {
         )?;
         let layouts = self.backup_layouts(inputs, n, &bands)?;
         let dispatch: Vec<[u32; 3]> = layouts.iter().map(|l| l.dispatch).collect();
-        let checks = self
-            .core
-            .checks(n, layouts[0].params.groups_per_task, &dispatch, options)?;
+        let span_bounded = span_bounded_tasks(&inputs.fixed[tasks.start * s..tasks.end * s], n);
+        let checks = self.core.checks(
+            n,
+            layouts[0].params.groups_per_task,
+            &dispatch,
+            options,
+            &span_bounded,
+        )?;
         let horizon = options.horizon.finite_steps() as u64;
         let keep_steps = matches!(options.horizon, Horizon::Finite(_))
             && (outputs.all_steps || outputs.occupancy);
@@ -1266,7 +1277,7 @@ impl MdpEngine {
         self.core.queue.submit([encoder.finish()]);
         let dispatch: Vec<[u32; 3]> = occ.layouts.iter().map(|l| l.dispatch).collect();
         let per_task = occ.layouts[0].params.groups_per_task;
-        let checks = self.core.checks(n, per_task, &dispatch, options)?;
+        let checks = self.core.checks(n, per_task, &dispatch, options, &[])?;
         // The occupancy's own checks: its bands may need more partials than the backward
         // pass's, and the pool then hands out a new buffer.
         let groups = self.occupancy_groups(dynamics, chunk, occ, &checks);

@@ -703,7 +703,7 @@ impl VjpRun {
         q.write_buffer(&start, 0, bytemuck::cast_slice(&seed));
         q.write_buffer(&self.u[0], 0, bytemuck::cast_slice(&seed));
         let groups_per_task = (s_n as u32).div_ceil(WORKGROUP_SIZE);
-        let checks = core.checks(b, groups_per_task, &[self.dispatch], options)?;
+        let checks = core.checks(b, groups_per_task, &[self.dispatch], options, &[])?;
         let params = OccupancyParams {
             states: s_n as u32,
             actions: self.actions as u32,
