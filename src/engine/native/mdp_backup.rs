@@ -470,21 +470,24 @@ fn sweep_unit_any<const FMA: bool>(
     for (i, v_out) in out.chunks_exact_mut(LANES).enumerate() {
         let b = args.first_block + i;
         let rewards = &m.reward[(args.task * m.blocks + b) * n * LANES..][..n * LANES];
+        if m.dense {
+            // The block's rows in memory order (state, then action), each sum into `q[a][l]`
+            // until the action loop below reads it; lanes past S have no rows (their states
+            // are fixed). A plain loop: a closure would not inherit this function's FMA
+            // target, and `mul_add` there is a libm call per entry.
+            let lanes = LANES.min(m.states - b * LANES);
+            let rows = &m.probs[b * LANES * n * m.states..][..lanes * n * m.states];
+            for (k, row) in rows.chunks_exact(m.states).enumerate() {
+                q[k % n][k / n] = dense_dot::<FMA>(row, &x[..m.states]);
+            }
+            for qa in q.iter_mut() {
+                qa[lanes..].fill(0.0);
+            }
+        }
         for a in 0..n {
             let (cols, probs, dot);
             if m.dense {
-                // The block's rows of action a; lanes past S have none (their states are
-                // fixed).
-                // (A plain loop: a closure would not inherit this function's FMA target, and
-                // `mul_add` there is a libm call per entry.)
-                let lanes = LANES.min(m.states - b * LANES);
-                (cols, probs) = (&[][..], &m.probs[..0]);
-                let mut sums = [0.0f32; LANES];
-                for l in 0..lanes {
-                    let row = &m.probs[((b * LANES + l) * n + a) * m.states..][..m.states];
-                    sums[l] = dense_dot::<FMA>(row, &x[..m.states]);
-                }
-                dot = sums;
+                (cols, probs, dot) = (&[][..], &m.probs[..0], q[a]);
             } else {
                 let entries = m.slice_start[b * n + a]..m.slice_start[b * n + a + 1];
                 cols = &m.cols[entries.start * LANES..entries.end * LANES];
