@@ -65,7 +65,8 @@ const F64_RESOLUTION: f64 = 1e-14;
 
 /// The VJP of [`super::solve_mdp_cpu_f64`]'s outputs at `options` (see the module docs).
 /// An infinite horizon needs gamma < 1 and is differentiated at its fixed point: the values
-/// and then the adjoint are iterated by Gauss-Seidel sweeps until a sweep changes them by at
+/// and then the adjoint (its sweeps Anderson-accelerated, a linear system's Krylov solve) are
+/// iterated by Gauss-Seidel sweeps until a sweep changes them by at
 /// most `tol (1 - gamma)` relative to their size (at least `F64_RESOLUTION`, 1e-14), so both are
 /// within about `tol` of their limits, relative.
 pub fn mdp_vjp_cpu(
@@ -227,31 +228,14 @@ pub fn mdp_vjp_cpu_at(
                 let mut order: Vec<usize> = (0..s_n).collect();
                 let base = task * s_n;
                 order.sort_by(|&x, &y| v[base + x].total_cmp(&v[base + y]));
-                let incoming = Incoming::of(&policy_weights(&inputs, task, v, q), &order);
+                let incoming = Incoming::of(&inputs, task, v, &order);
                 let stop = stopping(options);
-                let mut u = seed.clone();
-                let mut sweeps = 0;
-                loop {
-                    let mut change = 0.0f64;
-                    for (p, &j) in order.iter().enumerate() {
-                        let mut x = seed[j];
-                        for k in incoming.start[p]..incoming.start[p + 1] {
-                            x += incoming.weight[k] * u[incoming.from[k] as usize];
-                        }
-                        change = change.max((x - u[j]).abs());
-                        u[j] = x;
-                    }
-                    sweeps += 1;
-                    let size = u.iter().fold(0.0f64, |m, x| m.max(x.abs()));
-                    if change <= stop * size {
-                        break;
-                    }
-                    ensure!(
-                        sweeps < max_iters,
+                let Some((u, sweeps)) = incoming.solve(&seed, stop, max_iters) else {
+                    return Err(crate::error::Error::InvalidInput(format!(
                         "the adjoint of task {task} did not settle within max_iters = \
                          {max_iters} sweeps"
-                    );
-                }
+                    )));
+                };
                 // The products of the settled u, taken once.
                 let step = Step {
                     task,
@@ -420,26 +404,47 @@ impl Step<'_> {
     }
 }
 
-/// Per state of `task`, the entries `(s', gamma pi(a|s) W(s'|s,a))` of `gamma W_pi^T` (empty
-/// on fixed states), at the stationary values `v` `[task][state]`.
-fn policy_weights(
-    inputs: &MdpInputs,
-    task: usize,
-    v: &[f64],
-    q: &mut [f64],
-) -> Vec<Vec<(usize, f64)>> {
-    let mdp = inputs.mdp;
-    let (s_n, a_n) = (mdp.states, mdp.actions);
-    let (alpha, gamma) = (inputs.alpha, inputs.gamma);
-    let base = task * s_n;
-    (0..s_n)
-        .map(|s| {
-            let mut row = Vec::new();
+/// `gamma W_pi^T` of one task as incoming entries per state, laid out in the order the sweeps
+/// visit the states (so that a sweep reads them front to back): for the state at position `p`
+/// of that order, `stay[p]` (its own entry, `gamma W_pi(j -> j)`) and the entries
+/// `start[p]..start[p + 1]` of `from` (the position of the state the message comes from) and
+/// `weight`, one per other predecessor (the actions' entries summed).
+struct Incoming {
+    start: Vec<usize>,
+    from: Vec<u32>,
+    weight: Vec<f64>,
+    stay: Vec<f64>,
+    /// The state at each position of the visiting order.
+    order: Vec<usize>,
+}
+
+/// Earlier iterates the adjoint's Anderson acceleration mixes (its memory: `2 * MIXING`
+/// vectors of `[state]` per thread).
+const MIXING: usize = 5;
+
+impl Incoming {
+    /// The entries `gamma pi(a|s) W(j|s,a)` of `task` at the stationary values `v`
+    /// `[task][state]` (none out of fixed states), transposed for the visiting `order` (a
+    /// permutation of the states).
+    fn of(inputs: &MdpInputs, task: usize, v: &[f64], order: &[usize]) -> Self {
+        let mdp = inputs.mdp;
+        let (s_n, a_n) = (mdp.states, mdp.actions);
+        let (alpha, gamma) = (inputs.alpha, inputs.gamma);
+        let base = task * s_n;
+        let mut position = vec![0usize; s_n];
+        for (p, &j) in order.iter().enumerate() {
+            position[j] = p;
+        }
+        // Outgoing entries (position of s, position of j, weight), s in visiting order, so
+        // that each target's incoming entries come grouped by source.
+        let mut out: Vec<(u32, u32, f64)> = Vec::with_capacity(mdp.indices.len() / a_n.max(1));
+        let mut q = vec![0.0; a_n];
+        for (p, &s) in order.iter().enumerate() {
             if inputs.fixed[base + s] {
-                return row;
+                continue;
             }
-            mdp_action_values(inputs, task, s, v, q);
-            let pi = policy_row(alpha, q);
+            mdp_action_values(inputs, task, s, v, &mut q);
+            let pi = policy_row(alpha, &q);
             for a in (0..a_n).filter(|&a| pi[a] > 0.0) {
                 let r = mdp.reward[(base + s) * a_n + a];
                 let tilt = q[a] - r;
@@ -455,73 +460,176 @@ fn policy_weights(
                         Backup::Expected => mdp.probs[k],
                         Backup::Optimistic => mdp.probs[k] * ((gamma * vj - tilt) / alpha).exp(),
                     };
-                    row.push((j, gamma * pi[a] * w));
+                    out.push((p as u32, position[j] as u32, gamma * pi[a] * w));
                 }
             }
-            row
-        })
-        .collect()
-}
-
-/// `gamma W_pi^T` of one task as incoming entries per state, laid out in the order the sweeps
-/// visit the states (so that a sweep reads them front to back): for the state at position `p`
-/// of that order, the entries `start[p]..start[p + 1]` of `from` (the state the message comes
-/// from) and `weight`, one per predecessor (the actions' entries summed).
-struct Incoming {
-    start: Vec<usize>,
-    from: Vec<u32>,
-    weight: Vec<f64>,
-}
-
-impl Incoming {
-    /// The transpose of [`policy_weights`]' rows (outgoing entries per state) for the visiting
-    /// `order` (a permutation of the states).
-    fn of(rows: &[Vec<(usize, f64)>], order: &[usize]) -> Self {
+        }
         let n = order.len();
-        let mut position = vec![0usize; n];
-        for (p, &j) in order.iter().enumerate() {
-            position[j] = p;
-        }
-        // Each row's entries merged per successor: W_pi(s -> j) = sum_a pi(a|s) W(j|s,a).
-        let rows: Vec<Vec<(usize, f64)>> = rows
-            .iter()
-            .map(|row| {
-                let mut row = row.clone();
-                row.sort_by_key(|&(j, _)| j);
-                row.dedup_by(|(j, w), (j0, w0)| {
-                    let same = j == j0;
-                    if same {
-                        *w0 += *w;
-                    }
-                    same
-                });
-                row
-            })
-            .collect();
+        let mut stay = vec![0.0; n];
         let mut start = vec![0usize; n + 1];
-        for &(j, _) in rows.iter().flatten() {
-            start[position[j] + 1] += 1;
-        }
-        for p in 0..n {
-            start[p + 1] += start[p];
-        }
-        let mut fill = start.clone();
-        let mut from = vec![0; start[n]];
-        let mut weight = vec![0.0; start[n]];
-        for (s, row) in rows.iter().enumerate() {
-            for &(j, w) in row {
-                let p = position[j];
-                from[fill[p]] = s as u32;
-                weight[fill[p]] = w;
-                fill[p] += 1;
+        for &(p, t, _) in &out {
+            if p != t {
+                start[t as usize + 1] += 1;
             }
         }
+        for t in 0..n {
+            start[t + 1] += start[t];
+        }
+        // Filled in source order: a source's entries to one target (several actions) land
+        // next to each other and are summed into one.
+        let mut fill = start.clone();
+        let mut from = vec![0u32; start[n]];
+        let mut weight = vec![0.0; start[n]];
+        for &(p, t, w) in &out {
+            let t = t as usize;
+            if p as usize == t {
+                stay[t] += w;
+            } else if fill[t] > start[t] && from[fill[t] - 1] == p {
+                weight[fill[t] - 1] += w;
+            } else {
+                from[fill[t]] = p;
+                weight[fill[t]] = w;
+                fill[t] += 1;
+            }
+        }
+        // Close the gaps the merges left.
+        let mut kept = 0;
+        let mut compact = vec![0usize; n + 1];
+        for t in 0..n {
+            for k in start[t]..fill[t] {
+                from[kept] = from[k];
+                weight[kept] = weight[k];
+                kept += 1;
+            }
+            compact[t + 1] = kept;
+        }
+        from.truncate(kept);
+        weight.truncate(kept);
         Self {
-            start,
+            start: compact,
             from,
             weight,
+            stay,
+            order: order.to_vec(),
         }
     }
+
+    /// One Gauss-Seidel sweep of `u = seed + gamma W_pi^T u` over `u` (visiting order), each
+    /// state solved with its own entry exactly (a state that mostly stays put, as by a wall,
+    /// would otherwise take a sweep per step of its stay). Returns the largest change.
+    fn sweep(&self, seed: &[f64], u: &mut [f64]) -> f64 {
+        let mut change = 0.0f64;
+        for p in 0..u.len() {
+            let mut x = seed[p];
+            for k in self.start[p]..self.start[p + 1] {
+                x += self.weight[k] * u[self.from[k] as usize];
+            }
+            let x = x / (1.0 - self.stay[p]);
+            change = change.max((x - u[p]).abs());
+            u[p] = x;
+        }
+        change
+    }
+
+    /// `u = seed + gamma W_pi^T u` (`seed` and `u` `[state]`) by Gauss-Seidel sweeps with
+    /// Anderson acceleration (the linear system's Krylov solve in the sweeps' own terms: each
+    /// next start is the combination of the last [`MIXING`] sweeps' results that best cancels
+    /// their changes), until a sweep changes u by at most `stop` of its size; with its number
+    /// of sweeps, or None after `max_iters`.
+    fn solve(&self, seed: &[f64], stop: f64, max_iters: u32) -> Option<(Vec<f64>, u32)> {
+        let n = seed.len();
+        let seed: Vec<f64> = self.order.iter().map(|&j| seed[j]).collect();
+        // The start x_k, the sweep's result g_k = G(x_k) and its change f_k = g_k - x_k;
+        // differences of consecutive g and f, oldest first.
+        let mut x = seed.clone();
+        let (mut g_prev, mut f_prev): (Vec<f64>, Vec<f64>) = (Vec::new(), Vec::new());
+        let (mut d_g, mut d_f): (Vec<Vec<f64>>, Vec<Vec<f64>>) = (Vec::new(), Vec::new());
+        let mut sweeps = 0;
+        let g = loop {
+            let mut g = x.clone();
+            self.sweep(&seed, &mut g);
+            sweeps += 1;
+            let f: Vec<f64> = g.iter().zip(&x).map(|(g, x)| g - x).collect();
+            let change = f.iter().fold(0.0f64, |m, x| m.max(x.abs()));
+            let size = g.iter().fold(0.0f64, |m, x| m.max(x.abs()));
+            if change <= stop * size {
+                break g;
+            }
+            if sweeps >= max_iters || !change.is_finite() {
+                return None;
+            }
+            if !g_prev.is_empty() {
+                d_g.push(g.iter().zip(&g_prev).map(|(a, b)| a - b).collect());
+                d_f.push(f.iter().zip(&f_prev).map(|(a, b)| a - b).collect());
+                if d_g.len() > MIXING {
+                    d_g.remove(0);
+                    d_f.remove(0);
+                }
+            }
+            // x_{k+1} = g_k - dG c, c minimising |f_k - dF c| (normal equations); a mix the
+            // equations cannot pin down restarts from the plain sweep.
+            x.clone_from(&g);
+            match least_squares(&d_f, &f) {
+                Some(c) => {
+                    for (col, &c) in d_g.iter().zip(&c) {
+                        for (x, d) in x.iter_mut().zip(col) {
+                            *x -= c * d;
+                        }
+                    }
+                }
+                None => {
+                    d_g.clear();
+                    d_f.clear();
+                }
+            }
+            (g_prev, f_prev) = (g, f);
+        };
+        let mut u = vec![0.0; n];
+        for (p, &j) in self.order.iter().enumerate() {
+            u[j] = g[p];
+        }
+        Some((u, sweeps))
+    }
+}
+
+/// The coefficients `c` minimising `|f - sum_i c_i cols[i]|_2`, by the normal equations
+/// (Gaussian elimination with partial pivoting); None where they are singular to f64's
+/// resolution (columns nearly dependent), or for no columns.
+fn least_squares(cols: &[Vec<f64>], f: &[f64]) -> Option<Vec<f64>> {
+    let m = cols.len();
+    if m == 0 {
+        return None;
+    }
+    let dot = |a: &[f64], b: &[f64]| a.iter().zip(b).map(|(a, b)| a * b).sum::<f64>();
+    // [m][m + 1]: the Gram matrix, then the right-hand side.
+    let mut a: Vec<Vec<f64>> = (0..m)
+        .map(|i| {
+            let mut row: Vec<f64> = (0..m).map(|j| dot(&cols[i], &cols[j])).collect();
+            row.push(dot(&cols[i], f));
+            row
+        })
+        .collect();
+    let scale = (0..m).map(|i| a[i][i]).fold(0.0f64, f64::max);
+    for i in 0..m {
+        let pivot = (i..m).max_by(|&x, &y| a[x][i].abs().total_cmp(&a[y][i].abs()))?;
+        a.swap(i, pivot);
+        // (NaN fails too.)
+        if a[i][i].abs().partial_cmp(&(1e-13 * scale)) != Some(std::cmp::Ordering::Greater) {
+            return None;
+        }
+        for r in i + 1..m {
+            let k = a[r][i] / a[i][i];
+            for c in i..=m {
+                a[r][c] -= k * a[i][c];
+            }
+        }
+    }
+    let mut c = vec![0.0; m];
+    for i in (0..m).rev() {
+        let tail: f64 = (i + 1..m).map(|j| a[i][j] * c[j]).sum();
+        c[i] = (a[i][m] - tail) / a[i][i];
+    }
+    c.iter().all(|x| x.is_finite()).then_some(c)
 }
 
 /// The relative change at which the stationary iterations stop for `options`' tol.
