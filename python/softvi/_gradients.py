@@ -62,8 +62,9 @@ def vjp(
     tol: float = 1e-10,
     max_iters: int = 100_000,
     solution: ArrayLike | None = None,
+    device: Device = "cpu",
 ) -> Gradients:
-    r"""The vector-Jacobian product of :func:`softvi.solve` on the f64 CPU reference.
+    r"""The vector-Jacobian product of :func:`softvi.solve`, on the f64 reference or natively.
 
     With cotangents ``values`` (on V), ``q`` and ``policy`` shaped as ``solve`` returns those
     outputs (``[B,S]`` / ``[B,S,A]``, no B for an MDP without a task axis; ``[B,T+1,S]`` /
@@ -92,7 +93,16 @@ def vjp(
         max_iters: most sweeps of the fixed point and of the adjoint.
         solution: infinite horizon: V of a solve of this MDP at these settings (``[B,S]``, or
             ``[S]`` without a task axis; any device), so that the fixed point is not solved
-            again: the sweeps start from it and stop after one when it is within ``tol``.
+            again: the sweeps start from it and stop after one when it is within ``tol``
+            (the native engine takes it as the fixed point as it is).
+        device: ``"cpu"``, the f64 reference: the fixed point refined by f64 sweeps, the
+            gradient within about ``tol`` of the exact one. ``"native"`` (and ``"auto"``
+            where :func:`softvi.solve` picks the native engine): an infinite horizon is
+            differentiated at ``solution`` as it is, or at the native f32 engine's own solve,
+            without those sweeps: within that V's error of the f64 gradient (f32 engines stop
+            near 1e-6 of V per sweep; 4e-5 relative on ``benches/gradient_vs_unrolled.py``),
+            with the same adjoint and products in f64. A finite horizon, and other devices,
+            run on the reference.
 
     Returns:
         :class:`Gradients`.
@@ -107,7 +117,7 @@ def vjp(
         raise ValueError("give a cotangent: values, q or policy")
     settings = _settings(
         alpha, gamma, backup, horizon, tol, max_iters, True, True, False, all_steps, False,
-        "cpu",
+        device,
     )  # fmt: skip
     tasks, batched = mdp.tasks, mdp.batched
     raw = _softvi.vjp(
@@ -299,6 +309,7 @@ class Primitive:
             horizon=self.horizon,
             tol=self.tol,
             solution=solution,
+            device=self.device,
         )
         reward = np.asarray(reward)
         r_bar = grads.reward

@@ -20,6 +20,7 @@ use pyo3::types::PyDict;
 
 use softvi::engine::cpu::{MdpCotangents, mdp_vjp_cpu_at, solve_mdp_cpu_f64};
 use softvi::engine::gpu::{GpuContext, TaskPosterior};
+use softvi::engine::native::{default_threads, mdp_vjp_native};
 use softvi::infer::{Observation, check_possible, posterior_inputs};
 use softvi::io::npy::NpyValues;
 use softvi::irl::{Demos, IrlOptions};
@@ -579,12 +580,14 @@ fn solve_mdp<'py>(
     }
 }
 
-/// The vector-Jacobian product of `mdp`'s solve on the f64 reference (see `softvi.vjp`):
+/// The vector-Jacobian product of `mdp`'s solve on the f64 reference, or on the native
+/// engine as [`vjp_on_native`] picks it (see `softvi.vjp`):
 /// cotangents on the values, Q and the policy as `solve` returns them with every task axis
 /// (`[B,S]`, `[B,S,A]`; `[B,T+1,S]`, `[B,T,S,A]` with `all_steps`), none for a zero one.
 /// Returns the gradients: `reward` `[B,S,A]`, `terminal_value` `[B,S]`, `probs` `[nnz]` (CSR
 /// order), `alpha`, `gamma`, and the adjoint's `sweeps`. `solution`: the forward solve's V
-/// `[B,S]` (infinite horizon) to start from instead of solving again.
+/// `[B,S]` (infinite horizon) to start from instead of solving again (the native engine takes
+/// it as the fixed point).
 #[pyfunction]
 #[pyo3(signature = (mdp, settings, values, q, policy, solution=None))]
 fn vjp<'py>(
@@ -608,8 +611,18 @@ fn vjp<'py>(
         all_steps: settings.all_steps,
     };
     let solution = flat(solution);
+    let native = vjp_on_native(&settings.device);
     let grads = py
-        .detach(|| mdp_vjp_cpu_at(model, &options, &cotangents, solution.as_deref()))
+        .detach(|| match native {
+            true => mdp_vjp_native(
+                model,
+                &options,
+                &cotangents,
+                solution.as_deref(),
+                default_threads(),
+            ),
+            false => mdp_vjp_cpu_at(model, &options, &cotangents, solution.as_deref()),
+        })
         .map_err(to_py)?;
     let (b, s, a) = (model.tasks, model.states, model.actions);
     let out = PyDict::new(py);
@@ -623,6 +636,17 @@ fn vjp<'py>(
     out.set_item("gamma", grads.gamma)?;
     out.set_item("sweeps", grads.sweeps)?;
     Ok(out)
+}
+
+/// Whether `vjp` runs on the native engine for `device`: as `solve_mdp` picks it (`"native"`,
+/// and `"auto"` where the only adapter is a software rasteriser or there is none); the f64
+/// reference otherwise.
+fn vjp_on_native(device: &str) -> bool {
+    match device {
+        "native" => true,
+        "auto" => software_only(),
+        _ => false,
+    }
 }
 
 /// The world of a gridworld batch besides its map and goals, as `softvi.solve_grid`'s

@@ -89,6 +89,32 @@ pub fn mdp_vjp_cpu_at(
     cotangents: &MdpCotangents,
     values: Option<&[f64]>,
 ) -> Result<MdpVjp> {
+    vjp_at(mdp, options, cotangents, values, true)
+}
+
+/// The VJP of an infinite horizon at `values` `[task][state]` taken as the fixed point as they
+/// are (no sweeps refine them; entries on terminal states are taken from the MDP): the
+/// gradient at an f32 engine's solution, within that solution's own error of the f64 one
+/// (the policy and the adjoint are linear in it to first order). The adjoint and the products
+/// are [`mdp_vjp_cpu_at`]'s, in f64.
+pub fn mdp_vjp_at_fixed_point(
+    mdp: &TabularMdp,
+    options: &SolveOptions,
+    cotangents: &MdpCotangents,
+    values: &[f64],
+) -> Result<MdpVjp> {
+    vjp_at(mdp, options, cotangents, Some(values), false)
+}
+
+/// [`mdp_vjp_cpu_at`], its `values` refined by Gauss-Seidel sweeps or (not `refine`) taken
+/// as they are.
+fn vjp_at(
+    mdp: &TabularMdp,
+    options: &SolveOptions,
+    cotangents: &MdpCotangents,
+    values: Option<&[f64]>,
+    refine: bool,
+) -> Result<MdpVjp> {
     check_mdp_solve(mdp, options)?;
     if let Some(v) = values {
         ensure!(
@@ -151,7 +177,7 @@ pub fn mdp_vjp_cpu_at(
     }
     let inputs = MdpInputs::new(mdp, options);
     // V_0..V_T (finite) or the fixed point (infinite), [t][task][state].
-    let values = forward_values(mdp, &inputs, options, values)?;
+    let values = forward_values(mdp, &inputs, options, values, refine)?;
     let empty = || MdpVjp {
         reward: vec![0.0; b * s_n * a_n],
         terminal_value: vec![0.0; b * s_n],
@@ -657,13 +683,14 @@ fn policy_row(alpha: f64, q: &[f64]) -> Vec<f64> {
 /// The values the products are taken at, `[t][task][state]`: `V_0..V_T` of a finite
 /// horizon, or the fixed point: Gauss-Seidel sweeps from `given` (else from the reference's
 /// solve) until one changes it by at most [`stopping`] of its size (at most `max_iters`
-/// sweeps). The sweeps visit states nearest the fixed (terminal) ones first, by breadth-first
+/// sweeps), or `given` as it is without `refine`. The sweeps visit states nearest the fixed (terminal) ones first, by breadth-first
 /// distance along reversed transitions, so that a value reaches a whole path in one sweep.
 fn forward_values(
     mdp: &TabularMdp,
     inputs: &MdpInputs,
     options: &SolveOptions,
     given: Option<&[f64]>,
+    refine: bool,
 ) -> Result<Vec<Vec<f64>>> {
     let mut v = inputs.v0.clone();
     match options.horizon {
@@ -697,6 +724,9 @@ fn forward_values(
                 if !inputs.fixed[i] {
                     *x = start[i];
                 }
+            }
+            if !refine && given.is_some() {
+                return Ok(vec![v]);
             }
             let stop = stopping(options);
             let before = reversed(mdp);
