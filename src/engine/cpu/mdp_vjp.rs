@@ -463,7 +463,7 @@ impl Incoming {
         }
         // Outgoing entries (position of s, position of j, weight), s in visiting order, so
         // that each target's incoming entries come grouped by source.
-        let mut out: Vec<(u32, u32, f64)> = Vec::with_capacity(mdp.indices.len() / a_n.max(1));
+        let mut out: Vec<(u32, u32, f64)> = Vec::with_capacity(mdp.indices.len());
         let mut q = vec![0.0; a_n];
         for (p, &s) in order.iter().enumerate() {
             if inputs.fixed[base + s] {
@@ -570,6 +570,9 @@ impl Incoming {
         let mut x = seed.clone();
         let (mut g_prev, mut f_prev): (Vec<f64>, Vec<f64>) = (Vec::new(), Vec::new());
         let (mut d_g, mut d_f): (Vec<Vec<f64>>, Vec<Vec<f64>>) = (Vec::new(), Vec::new());
+        // The dot products of the d_f columns, kept in step with them (each new column's
+        // taken once).
+        let mut gram: Vec<Vec<f64>> = Vec::new();
         let mut sweeps = 0;
         let g = loop {
             let mut g = x.clone();
@@ -585,17 +588,26 @@ impl Incoming {
                 return None;
             }
             if !g_prev.is_empty() {
-                d_g.push(g.iter().zip(&g_prev).map(|(a, b)| a - b).collect());
-                d_f.push(f.iter().zip(&f_prev).map(|(a, b)| a - b).collect());
-                if d_g.len() > MIXING {
+                if d_g.len() == MIXING {
                     d_g.remove(0);
                     d_f.remove(0);
+                    gram.remove(0);
+                    gram.iter_mut().for_each(|row| _ = row.remove(0));
                 }
+                d_g.push(g.iter().zip(&g_prev).map(|(a, b)| a - b).collect());
+                let col: Vec<f64> = f.iter().zip(&f_prev).map(|(a, b)| a - b).collect();
+                let dots: Vec<f64> = d_f.iter().map(|c| dot(c, &col)).collect();
+                for (row, &d) in gram.iter_mut().zip(&dots) {
+                    row.push(d);
+                }
+                gram.push(dots.into_iter().chain([dot(&col, &col)]).collect());
+                d_f.push(col);
             }
             // x_{k+1} = g_k - dG c, c minimising |f_k - dF c| (normal equations); a mix the
             // equations cannot pin down restarts from the plain sweep.
             x.clone_from(&g);
-            match least_squares(&d_f, &f) {
+            let rhs: Vec<f64> = d_f.iter().map(|c| dot(c, &f)).collect();
+            match least_squares(&gram, rhs) {
                 Some(c) => {
                     for (col, &c) in d_g.iter().zip(&c) {
                         for (x, d) in x.iter_mut().zip(col) {
@@ -606,6 +618,7 @@ impl Incoming {
                 None => {
                     d_g.clear();
                     d_f.clear();
+                    gram.clear();
                 }
             }
             (g_prev, f_prev) = (g, f);
@@ -618,22 +631,25 @@ impl Incoming {
     }
 }
 
-/// The coefficients `c` minimising `|f - sum_i c_i cols[i]|_2`, by the normal equations
-/// (Gaussian elimination with partial pivoting); None where they are singular to f64's
-/// resolution (columns nearly dependent), or for no columns.
-fn least_squares(cols: &[Vec<f64>], f: &[f64]) -> Option<Vec<f64>> {
-    let m = cols.len();
+/// `sum_i a_i b_i`.
+fn dot(a: &[f64], b: &[f64]) -> f64 {
+    a.iter().zip(b).map(|(a, b)| a * b).sum()
+}
+
+/// The coefficients `c` minimising `|f - sum_i c_i col_i|_2` from the columns' dot products
+/// `gram` `[m][m]` and `rhs` `[m]` (`col_i . f`): the normal equations, by Gaussian
+/// elimination with partial pivoting; None where they are singular to f64's resolution
+/// (columns nearly dependent), or for no columns.
+fn least_squares(gram: &[Vec<f64>], rhs: Vec<f64>) -> Option<Vec<f64>> {
+    let m = gram.len();
     if m == 0 {
         return None;
     }
-    let dot = |a: &[f64], b: &[f64]| a.iter().zip(b).map(|(a, b)| a * b).sum::<f64>();
     // [m][m + 1]: the Gram matrix, then the right-hand side.
-    let mut a: Vec<Vec<f64>> = (0..m)
-        .map(|i| {
-            let mut row: Vec<f64> = (0..m).map(|j| dot(&cols[i], &cols[j])).collect();
-            row.push(dot(&cols[i], f));
-            row
-        })
+    let mut a: Vec<Vec<f64>> = gram
+        .iter()
+        .zip(rhs)
+        .map(|(row, r)| row.iter().copied().chain([r]).collect())
         .collect();
     let scale = (0..m).map(|i| a[i][i]).fold(0.0f64, f64::max);
     for i in 0..m {

@@ -24,13 +24,13 @@ pub fn mdp_vjp_native(
     values: Option<&[f64]>,
     threads: usize,
 ) -> Result<MdpVjp> {
-    check_mdp_solve(mdp, options)?;
     if matches!(options.horizon, Horizon::Finite(_)) && values.is_none() {
         return mdp_vjp_cpu(mdp, options, cotangents);
     }
     match values {
         Some(v) => mdp_vjp_at_fixed_point(mdp, options, cotangents, v),
         None => {
+            check_mdp_solve(mdp, options)?;
             let outputs = Outputs {
                 policy: false,
                 ..Outputs::default()
