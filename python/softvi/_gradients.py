@@ -173,11 +173,24 @@ class Primitive:
         reward = np.asarray(reward, np.float64)
         if self.grid is not None:
             reward = self.grid.reward_of(reward)
+        if self.owns(terminal_value, probs):
+            return self.world.replace(reward=reward)  # the transitions not checked again
         return self.world.replace(
             reward=reward,
             terminal_value=np.asarray(terminal_value, np.float64),
             transition_probs=np.asarray(probs, np.float64),
         )
+
+    def owns(self, terminal_value, probs) -> bool:
+        """Whether these are the world's own terminal values and probabilities."""
+        arrays = self.world.arrays()
+        tv = np.asarray(terminal_value, np.float64)
+        return (
+            tv.shape[-1:] == arrays["terminal_value"].shape[-1:]
+            and np.array_equal(np.broadcast_to(tv, arrays["terminal_value"].shape),
+                               arrays["terminal_value"])
+            and np.array_equal(np.asarray(probs, np.float64), arrays["data"])
+        )  # fmt: skip
 
     def batched(self, reward_shape: tuple[int, ...]) -> bool:
         """Whether a reward of this shape carries a task axis, as TabularMDP reads it.
@@ -238,14 +251,7 @@ class Primitive:
         grid = self.grid
         if grid is None or self.device == "cpu" or np.ndim(reward) not in (2, 3):
             return False
-        arrays = self.world.arrays()
-        tv = np.asarray(terminal_value, np.float64)
-        return (
-            tv.shape[-1:] == arrays["terminal_value"].shape[-1:]
-            and np.array_equal(np.broadcast_to(tv, arrays["terminal_value"].shape),
-                               arrays["terminal_value"])
-            and np.array_equal(np.asarray(probs, np.float64), arrays["data"])
-        )  # fmt: skip
+        return self.owns(terminal_value, probs)
 
     def solve_on_grid_kernels(self, reward, alpha, gamma) -> tuple[np.ndarray, ...]:
         """:meth:`solve_keeping_values` by :func:`softvi.solve_grid` (see there)."""

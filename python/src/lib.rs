@@ -120,6 +120,18 @@ impl PyMdp {
         )?;
         Ok(out)
     }
+
+    /// This MDP with the rewards `reward` (float64, as `mdp_from_arrays` reads `R`), the
+    /// transitions kept as they are, not converted and checked again (`TabularMdp::with_reward`).
+    fn with_reward(&self, py: Python<'_>, reward: PyReadonlyArrayDyn<'_, f64>) -> PyResult<PyMdp> {
+        let r = NpyValues {
+            shape: reward.shape().to_vec(),
+            data: reward.as_array().iter().copied().collect(),
+            dtype: "<f8".into(),
+        };
+        let inner = py.detach(|| self.inner.with_reward(&r)).map_err(to_py)?;
+        Ok(PyMdp { inner })
+    }
 }
 
 /// Named float64 arrays as the library's `.npz` entries read them, in logical (C) order
