@@ -289,12 +289,13 @@ impl TabularMdp {
                 self.indices[k]
             );
         }
+        // One buffer for every row's successors (an allocation per row cost more than the
+        // checks).
+        let mut successors: Vec<f64> = Vec::new();
         for row in 0..rows {
             let range = self.indptr[row] as usize..self.indptr[row + 1] as usize;
-            let successors: Vec<f64> = self.indices[range.clone()]
-                .iter()
-                .map(|&j| j as f64)
-                .collect();
+            successors.clear();
+            successors.extend(self.indices[range.clone()].iter().map(|&j| j as f64));
             check_row((row / a_n, row % a_n), &self.probs[range], &successors, s_n)?;
         }
         for (name, len, want) in [
