@@ -60,37 +60,6 @@ pub struct MdpVjp {
     pub sweeps: u32,
 }
 
-impl MdpVjp {
-    /// All zero for `mdp`.
-    fn zero(mdp: &TabularMdp) -> Self {
-        let (b, s_n, a_n) = (mdp.tasks, mdp.states, mdp.actions);
-        Self {
-            reward: vec![0.0; b * s_n * a_n],
-            terminal_value: vec![0.0; b * s_n],
-            probs: vec![0.0; mdp.nonzeros()],
-            alpha: 0.0,
-            gamma: 0.0,
-            sweeps: 0,
-        }
-    }
-
-    /// Adds `part`'s gradient (its sweeps count as a maximum).
-    fn add(&mut self, part: &Self) {
-        for (total, x) in [
-            (&mut self.reward, &part.reward),
-            (&mut self.terminal_value, &part.terminal_value),
-            (&mut self.probs, &part.probs),
-        ] {
-            for (t, x) in total.iter_mut().zip(x) {
-                *t += x;
-            }
-        }
-        self.alpha += part.alpha;
-        self.gamma += part.gamma;
-        self.sweeps = self.sweeps.max(part.sweeps);
-    }
-}
-
 /// The finest relative change at which the stationary iterations stop: near f64's resolution.
 const F64_RESOLUTION: f64 = 1e-14;
 
@@ -209,9 +178,14 @@ fn vjp_at(
     let inputs = MdpInputs::new(mdp, options);
     // V_0..V_T (finite) or the fixed point (infinite), [t][task][state].
     let values = forward_values(mdp, &inputs, options, values, refine)?;
-    let empty = || MdpVjp::zero(mdp);
-    // Threads per task where there are fewer tasks than cores.
-    let within = (std::thread::available_parallelism().map_or(1, |n| n.get()) / b).max(1);
+    let empty = || MdpVjp {
+        reward: vec![0.0; b * s_n * a_n],
+        terminal_value: vec![0.0; b * s_n],
+        probs: vec![0.0; mdp.nonzeros()],
+        alpha: 0.0,
+        gamma: 0.0,
+        sweeps: 0,
+    };
     // The cotangent `array` of step `t` of `task`, `len` entries, NaN (marked entries) as 0.
     let at = |array: &Option<Vec<f64>>, task: usize, t: usize, len: usize| -> Vec<f64> {
         match array {
@@ -273,14 +247,14 @@ fn vjp_at(
                     c_q: &c_q,
                     c_pi: &c_pi,
                 }
-                .adjoint_on(&inputs, &mut seed, None, within);
+                .adjoint(&inputs, q, &mut seed, None);
                 // Messages flow towards higher values (the policy climbs V): visiting states
                 // from the lowest V up, a Gauss-Seidel sweep carries each message along a
                 // whole path at once, where a Jacobi sweep moves it one step.
                 let mut order: Vec<usize> = (0..s_n).collect();
                 let base = task * s_n;
                 order.sort_by(|&x, &y| v[base + x].total_cmp(&v[base + y]));
-                let incoming = Incoming::of(&inputs, task, v, &order, within);
+                let incoming = Incoming::of(&inputs, task, v, &order);
                 let stop = stopping(options);
                 let Some((u, sweeps)) = incoming.solve(&seed, stop, max_iters) else {
                     return Err(crate::error::Error::InvalidInput(format!(
@@ -297,7 +271,7 @@ fn vjp_at(
                     c_q: &c_q,
                     c_pi: &c_pi,
                 };
-                step.adjoint_on(&inputs, &mut c_v.clone(), Some(&mut *out), within);
+                step.adjoint(&inputs, q, &mut c_v.clone(), Some(&mut *out));
                 out.sweeps = out.sweeps.max(sweeps);
                 u
             }
@@ -331,7 +305,19 @@ fn vjp_at(
     });
     let mut out = empty();
     for part in partials {
-        out.add(&part?);
+        let part = part?;
+        for (total, x) in [
+            (&mut out.reward, &part.reward),
+            (&mut out.terminal_value, &part.terminal_value),
+            (&mut out.probs, &part.probs),
+        ] {
+            for (t, x) in total.iter_mut().zip(x) {
+                *t += x;
+            }
+        }
+        out.alpha += part.alpha;
+        out.gamma += part.gamma;
+        out.sweeps = out.sweeps.max(part.sweeps);
     }
     Ok(out)
 }
@@ -364,65 +350,7 @@ impl Step<'_> {
         inputs: &MdpInputs,
         q: &mut [f64],
         next: &mut [f64],
-        out: Option<&mut MdpVjp>,
-    ) {
-        self.adjoint_states(inputs, q, next, out, 0..inputs.mdp.states);
-    }
-
-    /// [`Step::adjoint`] with the states cut into one contiguous share per thread of
-    /// `threads`, each adding into its own `next` and gradient, summed in thread order.
-    fn adjoint_on(
-        &self,
-        inputs: &MdpInputs,
-        next: &mut [f64],
-        out: Option<&mut MdpVjp>,
-        threads: usize,
-    ) {
-        let mdp = inputs.mdp;
-        if threads <= 1 {
-            self.adjoint(inputs, &mut vec![0.0; mdp.actions], next, out);
-            return;
-        }
-        let per = mdp.states.div_ceil(threads);
-        let (with_out, len) = (out.is_some(), next.len());
-        let parts: Vec<(Vec<f64>, Option<MdpVjp>)> = std::thread::scope(|scope| {
-            let workers: Vec<_> = (0..mdp.states)
-                .step_by(per)
-                .map(|first| {
-                    scope.spawn(move || {
-                        let mut part_next = vec![0.0; len];
-                        let mut part_out = with_out.then(|| MdpVjp::zero(mdp));
-                        let states = first..(first + per).min(mdp.states);
-                        let q = &mut vec![0.0; mdp.actions];
-                        self.adjoint_states(inputs, q, &mut part_next, part_out.as_mut(), states);
-                        (part_next, part_out)
-                    })
-                })
-                .collect();
-            workers
-                .into_iter()
-                .map(|h| h.join().unwrap_or_else(|e| std::panic::resume_unwind(e)))
-                .collect()
-        });
-        let mut out = out;
-        for (part_next, part_out) in parts {
-            for (n, x) in next.iter_mut().zip(&part_next) {
-                *n += x;
-            }
-            if let (Some(out), Some(part)) = (out.as_deref_mut(), part_out) {
-                out.add(&part);
-            }
-        }
-    }
-
-    /// [`Step::adjoint`] over `states` only.
-    fn adjoint_states(
-        &self,
-        inputs: &MdpInputs,
-        q: &mut [f64],
-        next: &mut [f64],
         mut out: Option<&mut MdpVjp>,
-        states: std::ops::Range<usize>,
     ) {
         let mdp = inputs.mdp;
         let (s_n, a_n) = (mdp.states, mdp.actions);
@@ -430,7 +358,7 @@ impl Step<'_> {
         let (task, u, c_q, c_pi) = (self.task, self.u, self.c_q, self.c_pi);
         let base = task * s_n;
         let mut d_alpha = 0.0;
-        for s in states {
+        for s in 0..s_n {
             if inputs.fixed[base + s] {
                 continue;
             }
@@ -524,7 +452,7 @@ impl Incoming {
     /// The entries `gamma pi(a|s) W(j|s,a)` of `task` at the stationary values `v`
     /// `[task][state]` (none out of fixed states), transposed for the visiting `order` (a
     /// permutation of the states).
-    fn of(inputs: &MdpInputs, task: usize, v: &[f64], order: &[usize], threads: usize) -> Self {
+    fn of(inputs: &MdpInputs, task: usize, v: &[f64], order: &[usize]) -> Self {
         let mdp = inputs.mdp;
         let (s_n, a_n) = (mdp.states, mdp.actions);
         let (alpha, gamma) = (inputs.alpha, inputs.gamma);
@@ -533,58 +461,39 @@ impl Incoming {
         for (p, &j) in order.iter().enumerate() {
             position[j] = p;
         }
-        // Outgoing entries (position of s, position of j, weight) of the positions `share`,
-        // s in visiting order, so that each target's incoming entries come grouped by source.
-        let position = &position;
-        let entries_of = |share: std::ops::Range<usize>| -> Vec<(u32, u32, f64)> {
-            let mut out = Vec::with_capacity(mdp.indices.len() * share.len() / s_n.max(1));
-            let mut q = vec![0.0; a_n];
-            for p in share {
-                let s = order[p];
-                if inputs.fixed[base + s] {
-                    continue;
-                }
-                mdp_action_values(inputs, task, s, v, &mut q);
-                let pi = policy_row(alpha, &q);
-                for a in (0..a_n).filter(|&a| pi[a] > 0.0) {
-                    let r = mdp.reward[(base + s) * a_n + a];
-                    let tilt = q[a] - r;
-                    let row = s * a_n + a;
-                    for k in mdp.indptr[row] as usize..mdp.indptr[row + 1] as usize {
-                        let j = mdp.indices[k] as usize;
-                        let vj = v[base + j];
-                        if vj == f64::NEG_INFINITY {
-                            continue;
-                        }
-                        let w = match inputs.backup {
-                            Backup::Expected => mdp.probs[k],
-                            Backup::Optimistic => {
-                                mdp.probs[k] * ((gamma * vj - tilt) / alpha).exp()
-                            }
-                        };
-                        out.push((p as u32, position[j] as u32, gamma * pi[a] * w));
+        // Outgoing entries (position of s, position of j, weight), s in visiting order, so
+        // that each target's incoming entries come grouped by source.
+        let mut out: Vec<(u32, u32, f64)> = Vec::with_capacity(mdp.indices.len());
+        let mut q = vec![0.0; a_n];
+        for (p, &s) in order.iter().enumerate() {
+            if inputs.fixed[base + s] {
+                continue;
+            }
+            mdp_action_values(inputs, task, s, v, &mut q);
+            let pi = policy_row(alpha, &q);
+            for a in (0..a_n).filter(|&a| pi[a] > 0.0) {
+                let r = mdp.reward[(base + s) * a_n + a];
+                let tilt = q[a] - r;
+                let entries =
+                    mdp.indptr[s * a_n + a] as usize..mdp.indptr[s * a_n + a + 1] as usize;
+                for k in entries {
+                    let j = mdp.indices[k] as usize;
+                    let vj = v[base + j];
+                    if vj == f64::NEG_INFINITY {
+                        continue;
                     }
+                    let w = match inputs.backup {
+                        Backup::Expected => mdp.probs[k],
+                        Backup::Optimistic => mdp.probs[k] * ((gamma * vj - tilt) / alpha).exp(),
+                    };
+                    out.push((p as u32, position[j] as u32, gamma * pi[a] * w));
                 }
             }
-            out
-        };
-        // One contiguous share of the positions per thread, joined in order.
-        let per = s_n.div_ceil(threads.max(1)).max(1);
-        let parts: Vec<Vec<(u32, u32, f64)>> = std::thread::scope(|scope| {
-            let workers: Vec<_> = (0..s_n)
-                .step_by(per)
-                .map(|first| scope.spawn(move || entries_of(first..(first + per).min(s_n))))
-                .collect();
-            workers
-                .into_iter()
-                .map(|h| h.join().unwrap_or_else(|e| std::panic::resume_unwind(e)))
-                .collect()
-        });
-        let out = || parts.iter().flatten();
+        }
         let n = order.len();
         let mut stay = vec![0.0; n];
         let mut start = vec![0usize; n + 1];
-        for &(p, t, _) in out() {
+        for &(p, t, _) in &out {
             if p != t {
                 start[t as usize + 1] += 1;
             }
@@ -597,7 +506,7 @@ impl Incoming {
         let mut fill = start.clone();
         let mut from = vec![0u32; start[n]];
         let mut weight = vec![0.0; start[n]];
-        for &(p, t, w) in out() {
+        for &(p, t, w) in &out {
             let t = t as usize;
             if p as usize == t {
                 stay[t] += w;
