@@ -461,9 +461,31 @@ impl Incoming {
         for (p, &j) in order.iter().enumerate() {
             position[j] = p;
         }
-        // Outgoing entries (position of s, position of j, weight), s in visiting order, so
-        // that each target's incoming entries come grouped by source.
-        let mut out: Vec<(u32, u32, f64)> = Vec::with_capacity(mdp.indices.len());
+        let n = order.len();
+        // Slots per target: an upper bound, every stored entry into it from another state
+        // (entries of actions the policy never takes, or into -inf states, leave gaps).
+        let mut start = vec![0usize; n + 1];
+        for (p, &s) in order.iter().enumerate() {
+            if inputs.fixed[base + s] {
+                continue;
+            }
+            let rows = mdp.indptr[s * a_n] as usize..mdp.indptr[(s + 1) * a_n] as usize;
+            for &j in &mdp.indices[rows] {
+                let t = position[j as usize];
+                if t != p {
+                    start[t + 1] += 1;
+                }
+            }
+        }
+        for t in 0..n {
+            start[t + 1] += start[t];
+        }
+        // Filled with sources in visiting order: a source's entries to one target (several
+        // actions) land next to each other and are summed into one.
+        let mut stay = vec![0.0; n];
+        let mut fill = start.clone();
+        let mut from = vec![0u32; start[n]];
+        let mut weight = vec![0.0; start[n]];
         let mut q = vec![0.0; a_n];
         for (p, &s) in order.iter().enumerate() {
             if inputs.fixed[base + s] {
@@ -474,48 +496,32 @@ impl Incoming {
             for a in (0..a_n).filter(|&a| pi[a] > 0.0) {
                 let r = mdp.reward[(base + s) * a_n + a];
                 let tilt = q[a] - r;
-                let entries =
-                    mdp.indptr[s * a_n + a] as usize..mdp.indptr[s * a_n + a + 1] as usize;
-                for k in entries {
+                let row = s * a_n + a;
+                for k in mdp.indptr[row] as usize..mdp.indptr[row + 1] as usize {
                     let j = mdp.indices[k] as usize;
                     let vj = v[base + j];
                     if vj == f64::NEG_INFINITY {
                         continue;
                     }
-                    let w = match inputs.backup {
-                        Backup::Expected => mdp.probs[k],
-                        Backup::Optimistic => mdp.probs[k] * ((gamma * vj - tilt) / alpha).exp(),
-                    };
-                    out.push((p as u32, position[j] as u32, gamma * pi[a] * w));
+                    let w = gamma
+                        * pi[a]
+                        * match inputs.backup {
+                            Backup::Expected => mdp.probs[k],
+                            Backup::Optimistic => {
+                                mdp.probs[k] * ((gamma * vj - tilt) / alpha).exp()
+                            }
+                        };
+                    let t = position[j];
+                    if t == p {
+                        stay[t] += w;
+                    } else if fill[t] > start[t] && from[fill[t] - 1] == p as u32 {
+                        weight[fill[t] - 1] += w;
+                    } else {
+                        from[fill[t]] = p as u32;
+                        weight[fill[t]] = w;
+                        fill[t] += 1;
+                    }
                 }
-            }
-        }
-        let n = order.len();
-        let mut stay = vec![0.0; n];
-        let mut start = vec![0usize; n + 1];
-        for &(p, t, _) in &out {
-            if p != t {
-                start[t as usize + 1] += 1;
-            }
-        }
-        for t in 0..n {
-            start[t + 1] += start[t];
-        }
-        // Filled in source order: a source's entries to one target (several actions) land
-        // next to each other and are summed into one.
-        let mut fill = start.clone();
-        let mut from = vec![0u32; start[n]];
-        let mut weight = vec![0.0; start[n]];
-        for &(p, t, w) in &out {
-            let t = t as usize;
-            if p as usize == t {
-                stay[t] += w;
-            } else if fill[t] > start[t] && from[fill[t] - 1] == p {
-                weight[fill[t] - 1] += w;
-            } else {
-                from[fill[t]] = p;
-                weight[fill[t]] = w;
-                fill[t] += 1;
             }
         }
         // Close the gaps the merges left.
