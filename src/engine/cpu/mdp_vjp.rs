@@ -358,13 +358,14 @@ impl Step<'_> {
         let (task, u, c_q, c_pi) = (self.task, self.u, self.c_q, self.c_pi);
         let base = task * s_n;
         let mut d_alpha = 0.0;
+        let (mut pi, mut g) = (vec![0.0; a_n], vec![0.0; a_n]);
         for s in 0..s_n {
             if inputs.fixed[base + s] {
                 continue;
             }
             mdp_action_values(inputs, task, s, self.v_next, q);
             let v = self.v_now[base + s];
-            let pi = policy_row(alpha, q);
+            policy_row(alpha, q, &mut pi);
             let live = |a: &usize| pi[*a] > 0.0;
             // V's own dependence on alpha at fixed Q: the policy's entropy.
             if alpha > 0.0 {
@@ -376,7 +377,9 @@ impl Step<'_> {
             }
             // The total cotangent on Q(s, .): its own, V's through pi, and pi's (pi is
             // softmax(Q / alpha)).
-            let mut g: Vec<f64> = (0..a_n).map(|a| c_q[s * a_n + a] + pi[a] * u[s]).collect();
+            for a in 0..a_n {
+                g[a] = c_q[s * a_n + a] + pi[a] * u[s];
+            }
             if alpha > 0.0 {
                 let mean_c: f64 = (0..a_n).map(|a| pi[a] * c_pi[s * a_n + a]).sum();
                 let mean_gap: f64 = (0..a_n).filter(live).map(|a| pi[a] * (q[a] - v)).sum();
@@ -486,13 +489,13 @@ impl Incoming {
         let mut fill = start.clone();
         let mut from = vec![0u32; start[n]];
         let mut weight = vec![0.0; start[n]];
-        let mut q = vec![0.0; a_n];
+        let (mut q, mut pi) = (vec![0.0; a_n], vec![0.0; a_n]);
         for (p, &s) in order.iter().enumerate() {
             if inputs.fixed[base + s] {
                 continue;
             }
             mdp_action_values(inputs, task, s, v, &mut q);
-            let pi = policy_row(alpha, &q);
+            policy_row(alpha, &q, &mut pi);
             for a in (0..a_n).filter(|&a| pi[a] > 0.0) {
                 let r = mdp.reward[(base + s) * a_n + a];
                 let tilt = q[a] - r;
@@ -690,23 +693,32 @@ fn stopping(options: &SolveOptions) -> f64 {
 
 /// `pi = exp((Q - V) / alpha)` normalised, or the hard max's one-hot (first maximiser) at
 /// alpha = 0; excluded actions (Q = -inf) get 0.
-fn policy_row(alpha: f64, q: &[f64]) -> Vec<f64> {
+/// Written into `pi` `[action]`.
+fn policy_row(alpha: f64, q: &[f64], pi: &mut [f64]) {
     let top = q.iter().copied().fold(f64::NEG_INFINITY, f64::max);
     if alpha == 0.0 {
         let first = q.iter().position(|&x| x == top).unwrap_or(0);
-        return (0..q.len()).map(|a| f64::from(a == first)).collect();
+        for (a, p) in pi.iter_mut().enumerate() {
+            *p = f64::from(a == first);
+        }
+        return;
     }
-    let total: f64 = q.iter().map(|&x| ((x - top) / alpha).exp()).sum();
-    q.iter()
-        .map(|&x| ((x - top) / alpha).exp() / total)
-        .collect()
+    let mut total = 0.0;
+    for (p, &x) in pi.iter_mut().zip(q) {
+        *p = ((x - top) / alpha).exp();
+        total += *p;
+    }
+    for p in pi.iter_mut() {
+        *p /= total;
+    }
 }
 
 /// The values the products are taken at, `[t][task][state]`: `V_0..V_T` of a finite
 /// horizon, or the fixed point: Gauss-Seidel sweeps from `given` (else from the reference's
 /// solve) until one changes it by at most [`stopping`] of its size (at most `max_iters`
-/// sweeps), or `given` as it is without `refine`. The sweeps visit states nearest the fixed (terminal) ones first, by breadth-first
-/// distance along reversed transitions, so that a value reaches a whole path in one sweep.
+/// sweeps), or `given` as it is without `refine`. The sweeps visit states nearest the fixed
+/// (terminal) ones first, by breadth-first distance along reversed transitions, so that a
+/// value reaches a whole path in one sweep.
 fn forward_values(
     mdp: &TabularMdp,
     inputs: &MdpInputs,
