@@ -89,9 +89,7 @@ def run(method: str, size: int, repeats: int) -> None:
             rew = base + r.reshape(-1)[cells][:, None]
 
             def sweep(v, _):
-                pv = (
-                    jnp.zeros(s_n * a_n).at[rows].add(probs * v[cols]).reshape(s_n, a_n)
-                )
+                pv = jnp.zeros(s_n * a_n).at[rows].add(probs * v[cols]).reshape(s_n, a_n)
                 q = rew + 0.99 * pv
                 v = jnp.where(terminal, 0.0, 0.5 * logsumexp(q / 0.5, axis=1))
                 return v, None
