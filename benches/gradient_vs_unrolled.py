@@ -1,9 +1,9 @@
 """The gradient of sum(initial * V_0) with respect to a [H,W] reward map on a maze, by softvi's
 forward + VJP (softvi.jax.soft_value_iteration) against the same gradient by autodiff through
 value iteration unrolled in JAX (jit, CPU): time and peak memory, each in its own process.
-softvi runs twice: forward on the f64 CPU reference (device="cpu", the default) and on the
-native f32 engine (device="native"); the backward pass is the f64 VJP from the forward's V in
-both.
+softvi runs twice: on the f64 CPU reference (device="cpu", the default: the f64 VJP refines
+the forward's V) and on the native f32 engine (device="native": the forward on the grid
+kernels, the VJP at its f32 V as it is).
 
     python benches/gradient_vs_unrolled.py [SIZE] [REPEATS]
 
@@ -11,7 +11,9 @@ Defaults: a 255 x 255 maze (SIZE 255; the maze generator wants odd sizes), 8-con
 0.1, alpha 0.5, gamma 0.99, softvi's fixed point to tol 1e-4; the unrolled iteration runs as
 many sweeps as plain value iteration needs to the same residual (counted first), in float64.
 Prints seconds (median of REPEATS after a warm-up), the peak resident memory each process added
-over its imports, and the gradients' largest relative difference.
+over its imports, the gradients' largest relative difference, and the machine's load average
+before and after (the methods run one after another: a load that changes between them moves
+the ratios).
 """
 
 from __future__ import annotations
@@ -87,9 +89,7 @@ def run(method: str, size: int, repeats: int) -> None:
             rew = base + r.reshape(-1)[cells][:, None]
 
             def sweep(v, _):
-                pv = (
-                    jnp.zeros(s_n * a_n).at[rows].add(probs * v[cols]).reshape(s_n, a_n)
-                )
+                pv = jnp.zeros(s_n * a_n).at[rows].add(probs * v[cols]).reshape(s_n, a_n)
                 q = rew + 0.99 * pv
                 v = jnp.where(terminal, 0.0, 0.5 * logsumexp(q / 0.5, axis=1))
                 return v, None
@@ -124,6 +124,9 @@ def main() -> None:
         return
     size = int(sys.argv[1]) if len(sys.argv) > 1 else 255
     repeats = int(sys.argv[2]) if len(sys.argv) > 2 else 3
+    import os
+
+    print(f"load average before: {os.getloadavg()[0]:.1f}")
     results = {}
     for method in ("softvi-cpu", "softvi-native", "unrolled"):
         out = subprocess.run(
@@ -152,6 +155,7 @@ def main() -> None:
             f"x{u['peak_mib_over_imports'] / max(s['peak_mib_over_imports'], 1):.1f}; "
             f"gradients differ by {gap:.1e} (relative to the largest)"
         )
+    print(f"load average after: {os.getloadavg()[0]:.1f}")
 
 
 if __name__ == "__main__":

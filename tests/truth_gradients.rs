@@ -1,11 +1,13 @@
 //! The VJP of a general-MDP solve on the f64 reference (`mdp_vjp_cpu`) against central finite
 //! differences of the solve itself: every input (each reward, alpha, gamma, each terminal
 //! value, each stored transition probability), cotangents on V, Q and pi alone and together,
-//! both backups, finite and infinite horizons, and the hard max.
+//! both backups, finite and infinite horizons, and the hard max; the native engine's VJP (at
+//! its f32 fixed point) against the reference's and the same differences.
 
 mod common;
 
-use softvi::engine::cpu::{MdpCotangents, mdp_vjp_cpu, mdp_vjp_cpu_at, solve_mdp_cpu_f64};
+use softvi::engine::cpu::{MdpCotangents, MdpVjp, mdp_vjp_cpu, mdp_vjp_cpu_at, solve_mdp_cpu_f64};
+use softvi::engine::native::{mdp_vjp_native, solve_native_mdp};
 use softvi::engine::schedule::keep_going;
 use softvi::world::mdp::TabularMdp;
 use softvi::{Backup, Horizon, Outputs, SolveOptions};
@@ -108,6 +110,19 @@ fn cotangents(
 /// below 1e-9 here).
 fn check(mdp: &TabularMdp, options: &SolveOptions, cot: &MdpCotangents, label: &str) {
     let vjp = mdp_vjp_cpu(mdp, options, cot).unwrap();
+    check_vjp(&vjp, mdp, options, cot, label, 1e-6);
+}
+
+/// `vjp` against central differences of the f64 solve at `options`: every input within
+/// `tolerance` relative to the largest gradient entry.
+fn check_vjp(
+    vjp: &MdpVjp,
+    mdp: &TabularMdp,
+    options: &SolveOptions,
+    cot: &MdpCotangents,
+    label: &str,
+    tolerance: f64,
+) {
     let scale = vjp
         .reward
         .iter()
@@ -143,7 +158,12 @@ fn check(mdp: &TabularMdp, options: &SolveOptions, cot: &MdpCotangents, label: &
     let gamma = options.gamma;
     let fd = central(mdp, options, cot, gamma, |_, o, x| o.gamma = x);
     compare("gamma".into(), vjp.gamma, fd);
-    assert!(worst.0 <= 1e-6, "{label}: {} (gap {:e})", worst.1, worst.0);
+    assert!(
+        worst.0 <= tolerance,
+        "{label}: {} (gap {:e})",
+        worst.1,
+        worst.0
+    );
 }
 
 fn finite(alpha: f64, gamma: f64, horizon: u32, backup: Backup) -> SolveOptions {
@@ -287,5 +307,63 @@ fn a_given_forward_solution_gives_the_same_gradient() {
         assert!(error(&nan, &options).contains("is NaN, not finite"));
         let finite_horizon = finite(0.7, 0.9, 5, backup);
         assert!(error(&solved, &finite_horizon).contains("for an infinite horizon"));
+    }
+}
+
+/// The native engine's VJP, at its own f32 fixed point (`values` None) and at a given one,
+/// against the reference's and against central differences of the horizon-400 f64 solve (the
+/// fixed point to f64's resolution, see [`LONG`]): every input within 1e-3 relative to the
+/// largest entry, both backups, cotangents on V, Q and pi together. The f32 sweeps stop where
+/// one changes V by about 1e-6 of its size, so V is within about 1e-6 / (1 - gamma) = 1e-5 of
+/// the fixed point, and the gradient, linear in that error to first order, about as close;
+/// 1e-3 is the f32 engines' contract. Sizes are not multiples of the engine's 8 lanes.
+#[test]
+fn native_gradients_match_the_reference_and_differences() {
+    let mdp = common::random_mdp(13, 3, 2, true, 71);
+    for backup in [Backup::Expected, Backup::Optimistic] {
+        let cot = cotangents(&mdp, 1, false, "vqp", 13);
+        let options = SolveOptions {
+            alpha: 0.5,
+            gamma: 0.9,
+            backup,
+            horizon: Horizon::Infinite {
+                tol: 1e-6,
+                max_iters: 100_000,
+            },
+            ..SolveOptions::default()
+        };
+        let want = mdp_vjp_cpu(&mdp, &options, &cot).unwrap();
+        let own = mdp_vjp_native(&mdp, &options, &cot, None, 3).unwrap();
+        let solved = solve_native_mdp(&mdp, &options, Outputs::default(), 2, &mut keep_going)
+            .unwrap()
+            .solution
+            .values;
+        let v: Vec<f64> = solved.iter().map(|&x| x.into()).collect();
+        let given = mdp_vjp_native(&mdp, &options, &cot, Some(&v), 1).unwrap();
+        let scale = want.reward.iter().fold(1.0f64, |m, x| m.max(x.abs()));
+        for (label, got) in [("own solve", &own), ("given V", &given)] {
+            let gaps = got
+                .reward
+                .iter()
+                .zip(&want.reward)
+                .chain(got.probs.iter().zip(&want.probs))
+                .chain(got.terminal_value.iter().zip(&want.terminal_value))
+                .chain([(&got.alpha, &want.alpha), (&got.gamma, &want.gamma)]);
+            for (a, b) in gaps {
+                assert!(
+                    (a - b).abs() <= 1e-3 * scale,
+                    "{backup:?}, {label}: native {a} vs reference {b}"
+                );
+            }
+            let long = finite(0.5, 0.9, LONG, backup);
+            check_vjp(
+                got,
+                &mdp,
+                &long,
+                &cot,
+                &format!("native, {backup:?}, {label}"),
+                1e-3,
+            );
+        }
     }
 }

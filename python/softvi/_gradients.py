@@ -64,7 +64,7 @@ def vjp(
     solution: ArrayLike | None = None,
     device: Device = "cpu",
 ) -> Gradients:
-    r"""The vector-Jacobian product of :func:`softvi.solve`, on the f64 CPU reference or a GPU.
+    r"""The vector-Jacobian product of :func:`softvi.solve`: on the f64 reference, natively or on a GPU.
 
     With cotangents ``values`` (on V), ``q`` and ``policy`` shaped as ``solve`` returns those
     outputs (``[B,S]`` / ``[B,S,A]``, no B for an MDP without a task axis; ``[B,T+1,S]`` /
@@ -93,13 +93,20 @@ def vjp(
         max_iters: most sweeps of the fixed point and of the adjoint.
         solution: infinite horizon: V of a solve of this MDP at these settings (``[B,S]``, or
             ``[S]`` without a task axis; any device), so that the fixed point is not solved
-            again: the sweeps start from it and stop after one when it is within ``tol``.
-        device: ``"cpu"`` (the default): the f64 reference. ``"gpu"`` or an adapter index:
-            the wgpu engine in float32 (within about 1e-3 of the f64 gradient, relative to
-            each input's largest entry; the adjoint stops at ``tol`` or at f32's floor, a
-            sweep changing it by 1e-6 of its size, and from ``solution`` it takes the products
-            at that V as given). ``"auto"``: the GPU where wgpu finds a hardware
-            adapter, else the f64 reference; ``"native"``: the f64 reference.
+            again: the sweeps start from it and stop after one when it is within ``tol``
+            (the native and GPU engines take it as the fixed point as it is).
+        device: ``"cpu"`` (the default), the f64 reference: the fixed point refined by f64
+            sweeps, the gradient within about ``tol`` of the exact one. ``"native"`` (and
+            ``"auto"`` where :func:`softvi.solve` picks the native engine): an infinite
+            horizon is differentiated at ``solution`` as it is, or at the native f32 engine's
+            own solve, without those sweeps: within that V's error of the f64 gradient (f32
+            engines stop near 1e-6 of V per sweep; 4e-5 relative on
+            ``benches/gradient_vs_unrolled.py``), with the same adjoint and products in f64;
+            a finite horizon runs on the reference. ``"gpu"`` or an adapter index (and
+            ``"auto"`` where wgpu finds a hardware adapter): the wgpu engine in float32
+            (within about 1e-3 of the f64 gradient, relative to each input's largest entry;
+            the adjoint stops at ``tol`` or at f32's floor, a sweep changing it by 1e-6 of its
+            size).
 
     Returns:
         :class:`Gradients`.
@@ -119,7 +126,7 @@ def vjp(
         device,
     )  # fmt: skip
     tasks, batched = mdp.tasks, mdp.batched
-    raw = (_softvi.vjp if settings["device"] == "cpu" else _softvi.vjp_on_device)(
+    raw = _softvi.vjp(
         mdp._mdp,
         settings,
         _cotangent("values", values, batched, tasks),
@@ -172,11 +179,24 @@ class Primitive:
         reward = np.asarray(reward, np.float64)
         if self.grid is not None:
             reward = self.grid.reward_of(reward)
+        if self.owns(terminal_value, probs):
+            return self.world.replace(reward=reward)  # the transitions not checked again
         return self.world.replace(
             reward=reward,
             terminal_value=np.asarray(terminal_value, np.float64),
             transition_probs=np.asarray(probs, np.float64),
         )
+
+    def owns(self, terminal_value, probs) -> bool:
+        """Whether these are the world's own terminal values and probabilities."""
+        arrays = self.world.arrays()
+        tv = np.asarray(terminal_value, np.float64)
+        return (
+            tv.shape[-1:] == arrays["terminal_value"].shape[-1:]
+            and np.array_equal(np.broadcast_to(tv, arrays["terminal_value"].shape),
+                               arrays["terminal_value"])
+            and np.array_equal(np.asarray(probs, np.float64), arrays["data"])
+        )  # fmt: skip
 
     def batched(self, reward_shape: tuple[int, ...]) -> bool:
         """Whether a reward of this shape carries a task axis, as TabularMDP reads it.
@@ -237,14 +257,7 @@ class Primitive:
         grid = self.grid
         if grid is None or self.device == "cpu" or np.ndim(reward) not in (2, 3):
             return False
-        arrays = self.world.arrays()
-        tv = np.asarray(terminal_value, np.float64)
-        return (
-            tv.shape[-1:] == arrays["terminal_value"].shape[-1:]
-            and np.array_equal(np.broadcast_to(tv, arrays["terminal_value"].shape),
-                               arrays["terminal_value"])
-            and np.array_equal(np.asarray(probs, np.float64), arrays["data"])
-        )  # fmt: skip
+        return self.owns(terminal_value, probs)
 
     def solve_on_grid_kernels(self, reward, alpha, gamma) -> tuple[np.ndarray, ...]:
         """:meth:`solve_keeping_values` by :func:`softvi.solve_grid` (see there)."""
@@ -308,6 +321,7 @@ class Primitive:
             horizon=self.horizon,
             tol=self.tol,
             solution=solution,
+            device=self.device,
         )
         reward = np.asarray(reward)
         r_bar = grads.reward

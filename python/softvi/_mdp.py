@@ -245,14 +245,19 @@ class TabularMDP:
         Raises:
             ValueError: the engine's message naming the array at fault.
         """
-        arrays = self.arrays()
         batched = self._batched
+        r = None
         if reward is not None:
             r = _float64("reward", reward)
-            arrays["R"] = r
             batched = r.ndim == 3 or (r.ndim == 2 and r.shape != (self.states, self.actions))
             if r.ndim == 2 and r.shape == (self.actions, self.states) and batched:
-                arrays["R"] = np.repeat(r[:, :, None], self.actions, axis=2)  # as __init__
+                r = np.repeat(r[:, :, None], self.actions, axis=2)  # as __init__
+            if terminal_value is None and transition_probs is None:
+                # The transitions as they are: not copied out and checked again.
+                return TabularMDP._wrap(self._mdp.with_reward(r), batched)
+        arrays = self.arrays()
+        if r is not None:
+            arrays["R"] = r
         if terminal_value is not None:
             arrays["terminal_value"] = _float64("terminal_value", terminal_value)
         if transition_probs is not None:

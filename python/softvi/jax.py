@@ -5,8 +5,9 @@ the backward pass :func:`softvi.vjp` from the forward's V (one forward-message s
 with the cotangent), both
 through ``jax.pure_callback``, so it works under ``jit``, ``vmap`` (over a leading task axis of
 the reward, one solve per element) and ``grad``, with memory independent of the number of
-sweeps. Arrays on an accelerator are copied to the host and back. The gradients come from the
-f64 CPU reference; the values from ``device``.
+sweeps. Arrays on an accelerator are copied to the host and back. The values come from
+``device``, the gradients from :func:`softvi.vjp` on the same ``device`` (the native engine's
+where it solves forward, else the f64 CPU reference's).
 """
 
 from __future__ import annotations
@@ -51,7 +52,7 @@ def soft_value_iteration(
             (``world.arrays()["data"]``), replacing the world's.
         outputs: a tuple of ``"values"``, ``"q"``, ``"policy"``.
         device: where the forward solve runs (see :func:`softvi.solve`; ``"cpu"``, the f64
-            reference, by default).
+            reference, by default) and the gradient's ``device`` (see :func:`softvi.vjp`).
         tol: infinite horizon: the forward solve's tolerance and the gradient's (see
             :func:`softvi.vjp`).
 

@@ -3,8 +3,9 @@
 ``soft_value_iteration`` runs :func:`softvi.solve` forward and :func:`softvi.vjp` backward from
 the forward's V (one forward-message solve seeded with the cotangent), so memory does not grow
 with the number of sweeps. CPU tensors reach NumPy without a copy; tensors on an accelerator are
-copied to the host and the results back to their device. The gradients come from the f64 CPU
-reference.
+copied to the host and the results back to their device. The gradients come from
+:func:`softvi.vjp` on the forward's ``device`` (the native engine's where it solves forward,
+else the f64 CPU reference's).
 """
 
 from __future__ import annotations
@@ -75,7 +76,8 @@ def soft_value_iteration(
         transition_probs: ``[nnz]`` in CSR order (``world.arrays()["data"]``), replacing the
             world's.
         outputs: a tuple of ``"values"``, ``"q"``, ``"policy"``.
-        device: where the forward solve runs (see :func:`softvi.solve`).
+        device: where the forward solve runs (see :func:`softvi.solve`) and the gradient's
+            ``device`` (see :func:`softvi.vjp`).
         tol: infinite horizon: the forward solve's tolerance and the gradient's (see
             :func:`softvi.vjp`).
 

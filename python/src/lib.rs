@@ -20,6 +20,7 @@ use pyo3::types::PyDict;
 
 use softvi::engine::cpu::{MdpCotangents, mdp_vjp_cpu_at, solve_mdp_cpu_f64};
 use softvi::engine::gpu::{GpuContext, TaskPosterior};
+use softvi::engine::native::{default_threads, mdp_vjp_native};
 use softvi::infer::{Observation, check_possible, posterior_inputs};
 use softvi::io::npy::NpyValues;
 use softvi::irl::{Demos, IrlOptions};
@@ -118,6 +119,18 @@ impl PyMdp {
             PyArray1::from_slice(py, &m.initial).reshape([b, s])?,
         )?;
         Ok(out)
+    }
+
+    /// This MDP with the rewards `reward` (float64, as `mdp_from_arrays` reads `R`), the
+    /// transitions kept as they are, not converted and checked again (`TabularMdp::with_reward`).
+    fn with_reward(&self, py: Python<'_>, reward: PyReadonlyArrayDyn<'_, f64>) -> PyResult<PyMdp> {
+        let r = NpyValues {
+            shape: reward.shape().to_vec(),
+            data: reward.as_array().iter().copied().collect(),
+            dtype: "<f8".into(),
+        };
+        let inner = py.detach(|| self.inner.with_reward(&r)).map_err(to_py)?;
+        Ok(PyMdp { inner })
     }
 }
 
@@ -583,12 +596,15 @@ fn solve_mdp<'py>(
     }
 }
 
-/// The vector-Jacobian product of `mdp`'s solve on the f64 reference (see `softvi.vjp`):
+/// The vector-Jacobian product of `mdp`'s solve on `settings.device` (see `softvi.vjp`): the
+/// native engine as [`vjp_on_native`] picks it, the GPU engine's f32 VJP (`MdpEngine::vjp`)
+/// for `"gpu"`, an adapter index, or `"auto"` with a hardware adapter, else the f64 reference:
 /// cotangents on the values, Q and the policy as `solve` returns them with every task axis
 /// (`[B,S]`, `[B,S,A]`; `[B,T+1,S]`, `[B,T,S,A]` with `all_steps`), none for a zero one.
 /// Returns the gradients: `reward` `[B,S,A]`, `terminal_value` `[B,S]`, `probs` `[nnz]` (CSR
 /// order), `alpha`, `gamma`, and the adjoint's `sweeps`. `solution`: the forward solve's V
-/// `[B,S]` (infinite horizon) to start from instead of solving again.
+/// `[B,S]` (infinite horizon) to start from instead of solving again (the native engine takes
+/// it as the fixed point).
 #[pyfunction]
 #[pyo3(signature = (mdp, settings, values, q, policy, solution=None))]
 fn vjp<'py>(
@@ -612,57 +628,15 @@ fn vjp<'py>(
         all_steps: settings.all_steps,
     };
     let solution = flat(solution);
-    let grads = py
-        .detach(|| mdp_vjp_cpu_at(model, &options, &cotangents, solution.as_deref()))
-        .map_err(to_py)?;
-    let (b, s, a) = (model.tasks, model.states, model.actions);
-    let out = PyDict::new(py);
-    out.set_item("reward", array(py, grads.reward, vec![b, s, a])?)?;
-    out.set_item(
-        "terminal_value",
-        array(py, grads.terminal_value, vec![b, s])?,
-    )?;
-    out.set_item("probs", array(py, grads.probs, vec![model.nonzeros()])?)?;
-    out.set_item("alpha", grads.alpha)?;
-    out.set_item("gamma", grads.gamma)?;
-    out.set_item("sweeps", grads.sweeps)?;
-    Ok(out)
-}
-
-/// [`vjp`] on `settings.device`: the GPU engine's f32 VJP (`MdpEngine::vjp`) for `"gpu"` or
-/// an adapter index, and for `"auto"` where an adapter is not a CPU; the f64 reference
-/// otherwise (`"cpu"`, `"native"`, `"auto"` without a hardware adapter). The same arguments and
-/// result, plus `device`: the label of what computed it.
-#[pyfunction]
-#[pyo3(signature = (mdp, settings, values, q, policy, solution=None))]
-fn vjp_on_device<'py>(
-    py: Python<'py>,
-    mdp: Py<PyMdp>,
-    settings: Settings,
-    values: Option<PyReadonlyArrayDyn<'py, f64>>,
-    q: Option<PyReadonlyArrayDyn<'py, f64>>,
-    policy: Option<PyReadonlyArrayDyn<'py, f64>>,
-    solution: Option<PyReadonlyArrayDyn<'py, f64>>,
-) -> PyResult<Bound<'py, PyDict>> {
-    let (options, device) = (settings.options()?, settings.device()?);
-    let model = &mdp.get().inner;
-    let flat = |x: Option<PyReadonlyArrayDyn<'py, f64>>| {
-        x.map(|a| a.as_array().iter().copied().collect::<Vec<f64>>())
-    };
-    let cotangents = MdpCotangents {
-        values: flat(values),
-        q: flat(q),
-        policy: flat(policy),
-        all_steps: settings.all_steps,
-    };
-    let solution = flat(solution);
-    let reference = settings.device == "native" || (device == Device::Auto && software_only());
+    let native = vjp_on_native(&settings.device);
+    let device = settings.device()?;
     let (grads, label) = py
         .detach(|| {
             let start = solution.as_deref();
-            if reference {
-                let grads = mdp_vjp_cpu_at(model, &options, &cotangents, start)?;
-                return Ok((grads, MdpSolver::label(&CpuReference)));
+            if native {
+                let label = MdpSolver::label(&NativeSolver::new(None));
+                let grads = mdp_vjp_native(model, &options, &cotangents, start, default_threads())?;
+                return Ok((grads, label));
             }
             with_device(device, |picked| match picked {
                 Picked::Cpu(label) => {
@@ -690,6 +664,17 @@ fn vjp_on_device<'py>(
     out.set_item("sweeps", grads.sweeps)?;
     out.set_item("device", label)?;
     Ok(out)
+}
+
+/// Whether `vjp` runs on the native engine for `device`: as `solve_mdp` picks it (`"native"`,
+/// and `"auto"` where the only adapter is a software rasteriser or there is none); the f64
+/// reference otherwise.
+fn vjp_on_native(device: &str) -> bool {
+    match device {
+        "native" => true,
+        "auto" => software_only(),
+        _ => false,
+    }
 }
 
 /// The world of a gridworld batch besides its map and goals, as `softvi.solve_grid`'s
@@ -1153,7 +1138,6 @@ fn _softvi(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(adapter_info, m)?)?;
     m.add_function(wrap_pyfunction!(solve_mdp, m)?)?;
     m.add_function(wrap_pyfunction!(vjp, m)?)?;
-    m.add_function(wrap_pyfunction!(vjp_on_device, m)?)?;
     m.add_function(wrap_pyfunction!(grid_as_mdp, m)?)?;
     m.add_function(wrap_pyfunction!(solve_grid, m)?)?;
     m.add_function(wrap_pyfunction!(sample, m)?)?;

@@ -161,6 +161,30 @@ def test_reward_shapes_and_task_axis(world, shape):
     assert_close(got.values[0] if batched else got.values, v[0], 1e-6)
 
 
+@pytest.mark.parametrize("shape", ["S", "SA", "BS", "BSA", "2SA"])
+def test_replace_reward_equals_building_again(world, shape):
+    """``replace(reward=...)`` (which keeps the engine's transitions without checking them
+    again) gives the MDP the constructor builds from the same arrays, for every reward shape
+    and a new number of tasks; per-task arrays that differ between tasks refuse a new number
+    of tasks, naming the array, as the constructor's path does."""
+    p, r, initial = world
+    shared = dict(terminal=np.arange(S) == 4, terminal_value=np.where(np.arange(S) == 4, 0.7, 0),
+                  initial=initial[0])  # fmt: skip
+    base = softvi.TabularMDP(p, r, **shared)
+    x = {"S": r[0, :, 0], "SA": r[0], "BS": r[:, :, 0] + 1, "BSA": -r, "2SA": r[:2]}[shape]
+    got, want = base.replace(reward=x), softvi.TabularMDP(p, x, **shared)
+    assert got.batched == want.batched and got.tasks == want.tasks
+    for name, a in want.arrays().items():
+        np.testing.assert_array_equal(got.arrays()[name], a, err_msg=name)
+    per_task = softvi.TabularMDP(p, r, initial=initial)  # a different start in each task
+    with pytest.raises(ValueError, match="initial differs between this MDP's 3 tasks"):
+        per_task.replace(reward=r[:2])
+    with pytest.raises(ValueError, match="initial differs between this MDP's 3 tasks"):
+        per_task.replace(reward=r[:2], transition_probs=per_task.arrays()["data"])
+    with pytest.raises(ValueError, match="non-finite"):
+        base.replace(reward=np.full((S, A), np.nan))
+
+
 def test_state_reward_batch_with_as_many_tasks_as_actions_from_sparse():
     # [B,S] with B = A: S must come from the matrix, not from the reward's shape.
     rng = np.random.default_rng(1)

@@ -191,6 +191,50 @@ impl TabularMdp {
         })
     }
 
+    /// This MDP with the rewards `r` (`R` as [`Self::from_arrays`] reads it), the rest kept:
+    /// what `from_arrays` gives for these arrays with `R` replaced, without converting and
+    /// checking the transitions again. Where the number of tasks changes, the per-task arrays
+    /// (terminal, terminal values, start) must be the same in every task of this MDP; each new
+    /// task gets them.
+    pub fn with_reward(&self, r: &NpyValues) -> Result<Self> {
+        ensure!(
+            r.shape.iter().try_fold(1usize, |n, &d| n.checked_mul(d)) == Some(r.data.len()),
+            "array \"R\" has shape {:?}, which does not hold its {} entries",
+            r.shape,
+            r.data.len()
+        );
+        let (tasks, reward) = rewards(r, self.states, self.actions)?;
+        let s_n = self.states;
+        let per_task = |name: &str, x: &[f64]| -> Result<Vec<f64>> {
+            if tasks == self.tasks {
+                return Ok(x.to_vec());
+            }
+            ensure!(
+                x.chunks_exact(s_n).all(|row| row == &x[..s_n]),
+                "{name} differs between this MDP's {} tasks; a reward of {tasks} tasks needs \
+                 one {name} for all",
+                self.tasks
+            );
+            Ok(x[..s_n].repeat(tasks))
+        };
+        let terminal: Vec<f64> = self
+            .terminal
+            .iter()
+            .map(|&t| f64::from(u8::from(t)))
+            .collect();
+        Ok(Self {
+            tasks,
+            reward,
+            terminal: per_task("terminal", &terminal)?
+                .iter()
+                .map(|&t| t == 1.0)
+                .collect(),
+            terminal_value: per_task("terminal_value", &self.terminal_value)?,
+            initial: per_task("initial", &self.initial)?,
+            ..self.clone()
+        })
+    }
+
     /// Checks that the arrays agree with each other and hold a valid MDP: every shape, a
     /// monotone `indptr` covering `indices`, successors in range, each row a probability
     /// distribution (non-negative, finite, summing to 1 within [`ROW_SUM_TOLERANCE`]), rewards

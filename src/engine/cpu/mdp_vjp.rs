@@ -65,7 +65,8 @@ const F64_RESOLUTION: f64 = 1e-14;
 
 /// The VJP of [`super::solve_mdp_cpu_f64`]'s outputs at `options` (see the module docs).
 /// An infinite horizon needs gamma < 1 and is differentiated at its fixed point: the values
-/// and then the adjoint are iterated by Gauss-Seidel sweeps until a sweep changes them by at
+/// and then the adjoint (its sweeps Anderson-accelerated, a linear system's Krylov solve) are
+/// iterated by Gauss-Seidel sweeps until a sweep changes them by at
 /// most `tol (1 - gamma)` relative to their size (at least `F64_RESOLUTION`, 1e-14), so both are
 /// within about `tol` of their limits, relative.
 pub fn mdp_vjp_cpu(
@@ -87,6 +88,32 @@ pub fn mdp_vjp_cpu_at(
     options: &SolveOptions,
     cotangents: &MdpCotangents,
     values: Option<&[f64]>,
+) -> Result<MdpVjp> {
+    vjp_at(mdp, options, cotangents, values, true)
+}
+
+/// The VJP of an infinite horizon at `values` `[task][state]` taken as the fixed point as they
+/// are (no sweeps refine them; entries on terminal states are taken from the MDP): the
+/// gradient at an f32 engine's solution, within that solution's own error of the f64 one
+/// (the policy and the adjoint are linear in it to first order). The adjoint and the products
+/// are [`mdp_vjp_cpu_at`]'s, in f64.
+pub fn mdp_vjp_at_fixed_point(
+    mdp: &TabularMdp,
+    options: &SolveOptions,
+    cotangents: &MdpCotangents,
+    values: &[f64],
+) -> Result<MdpVjp> {
+    vjp_at(mdp, options, cotangents, Some(values), false)
+}
+
+/// [`mdp_vjp_cpu_at`], its `values` refined by Gauss-Seidel sweeps or (not `refine`) taken
+/// as they are.
+fn vjp_at(
+    mdp: &TabularMdp,
+    options: &SolveOptions,
+    cotangents: &MdpCotangents,
+    values: Option<&[f64]>,
+    refine: bool,
 ) -> Result<MdpVjp> {
     check_mdp_solve(mdp, options)?;
     if let Some(v) = values {
@@ -150,7 +177,7 @@ pub fn mdp_vjp_cpu_at(
     }
     let inputs = MdpInputs::new(mdp, options);
     // V_0..V_T (finite) or the fixed point (infinite), [t][task][state].
-    let values = forward_values(mdp, &inputs, options, values)?;
+    let values = forward_values(mdp, &inputs, options, values, refine)?;
     let empty = || MdpVjp {
         reward: vec![0.0; b * s_n * a_n],
         terminal_value: vec![0.0; b * s_n],
@@ -227,31 +254,14 @@ pub fn mdp_vjp_cpu_at(
                 let mut order: Vec<usize> = (0..s_n).collect();
                 let base = task * s_n;
                 order.sort_by(|&x, &y| v[base + x].total_cmp(&v[base + y]));
-                let incoming = Incoming::of(&policy_weights(&inputs, task, v, q), &order);
+                let incoming = Incoming::of(&inputs, task, v, &order);
                 let stop = stopping(options);
-                let mut u = seed.clone();
-                let mut sweeps = 0;
-                loop {
-                    let mut change = 0.0f64;
-                    for (p, &j) in order.iter().enumerate() {
-                        let mut x = seed[j];
-                        for k in incoming.start[p]..incoming.start[p + 1] {
-                            x += incoming.weight[k] * u[incoming.from[k] as usize];
-                        }
-                        change = change.max((x - u[j]).abs());
-                        u[j] = x;
-                    }
-                    sweeps += 1;
-                    let size = u.iter().fold(0.0f64, |m, x| m.max(x.abs()));
-                    if change <= stop * size {
-                        break;
-                    }
-                    ensure!(
-                        sweeps < max_iters,
+                let Some((u, sweeps)) = incoming.solve(&seed, stop, max_iters) else {
+                    return Err(crate::error::Error::InvalidInput(format!(
                         "the adjoint of task {task} did not settle within max_iters = \
                          {max_iters} sweeps"
-                    );
-                }
+                    )));
+                };
                 // The products of the settled u, taken once.
                 let step = Step {
                     task,
@@ -348,13 +358,14 @@ impl Step<'_> {
         let (task, u, c_q, c_pi) = (self.task, self.u, self.c_q, self.c_pi);
         let base = task * s_n;
         let mut d_alpha = 0.0;
+        let (mut pi, mut g) = (vec![0.0; a_n], vec![0.0; a_n]);
         for s in 0..s_n {
             if inputs.fixed[base + s] {
                 continue;
             }
             mdp_action_values(inputs, task, s, self.v_next, q);
             let v = self.v_now[base + s];
-            let pi = policy_row(alpha, q);
+            policy_row(alpha, q, &mut pi);
             let live = |a: &usize| pi[*a] > 0.0;
             // V's own dependence on alpha at fixed Q: the policy's entropy.
             if alpha > 0.0 {
@@ -366,7 +377,9 @@ impl Step<'_> {
             }
             // The total cotangent on Q(s, .): its own, V's through pi, and pi's (pi is
             // softmax(Q / alpha)).
-            let mut g: Vec<f64> = (0..a_n).map(|a| c_q[s * a_n + a] + pi[a] * u[s]).collect();
+            for a in 0..a_n {
+                g[a] = c_q[s * a_n + a] + pi[a] * u[s];
+            }
             if alpha > 0.0 {
                 let mean_c: f64 = (0..a_n).map(|a| pi[a] * c_pi[s * a_n + a]).sum();
                 let mean_gap: f64 = (0..a_n).filter(live).map(|a| pi[a] * (q[a] - v)).sum();
@@ -420,108 +433,254 @@ impl Step<'_> {
     }
 }
 
-/// Per state of `task`, the entries `(s', gamma pi(a|s) W(s'|s,a))` of `gamma W_pi^T` (empty
-/// on fixed states), at the stationary values `v` `[task][state]`.
-fn policy_weights(
-    inputs: &MdpInputs,
-    task: usize,
-    v: &[f64],
-    q: &mut [f64],
-) -> Vec<Vec<(usize, f64)>> {
-    let mdp = inputs.mdp;
-    let (s_n, a_n) = (mdp.states, mdp.actions);
-    let (alpha, gamma) = (inputs.alpha, inputs.gamma);
-    let base = task * s_n;
-    (0..s_n)
-        .map(|s| {
-            let mut row = Vec::new();
+/// `gamma W_pi^T` of one task as incoming entries per state, laid out in the order the sweeps
+/// visit the states (so that a sweep reads them front to back): for the state at position `p`
+/// of that order, `stay[p]` (its own entry, `gamma W_pi(j -> j)`) and the entries
+/// `start[p]..start[p + 1]` of `from` (the position of the state the message comes from) and
+/// `weight`, one per other predecessor (the actions' entries summed).
+struct Incoming {
+    start: Vec<usize>,
+    from: Vec<u32>,
+    weight: Vec<f64>,
+    stay: Vec<f64>,
+    /// The state at each position of the visiting order.
+    order: Vec<usize>,
+}
+
+/// Earlier iterates the adjoint's Anderson acceleration mixes (its memory: `2 * MIXING`
+/// vectors of `[state]` per thread).
+const MIXING: usize = 5;
+
+impl Incoming {
+    /// The entries `gamma pi(a|s) W(j|s,a)` of `task` at the stationary values `v`
+    /// `[task][state]` (none out of fixed states), transposed for the visiting `order` (a
+    /// permutation of the states).
+    fn of(inputs: &MdpInputs, task: usize, v: &[f64], order: &[usize]) -> Self {
+        let mdp = inputs.mdp;
+        let (s_n, a_n) = (mdp.states, mdp.actions);
+        let (alpha, gamma) = (inputs.alpha, inputs.gamma);
+        let base = task * s_n;
+        let mut position = vec![0usize; s_n];
+        for (p, &j) in order.iter().enumerate() {
+            position[j] = p;
+        }
+        let n = order.len();
+        // Slots per target: an upper bound, every stored entry into it from another state
+        // (entries of actions the policy never takes, or into -inf states, leave gaps).
+        let mut start = vec![0usize; n + 1];
+        for (p, &s) in order.iter().enumerate() {
             if inputs.fixed[base + s] {
-                return row;
+                continue;
             }
-            mdp_action_values(inputs, task, s, v, q);
-            let pi = policy_row(alpha, q);
+            let rows = mdp.indptr[s * a_n] as usize..mdp.indptr[(s + 1) * a_n] as usize;
+            for &j in &mdp.indices[rows] {
+                let t = position[j as usize];
+                if t != p {
+                    start[t + 1] += 1;
+                }
+            }
+        }
+        for t in 0..n {
+            start[t + 1] += start[t];
+        }
+        // Filled with sources in visiting order: a source's entries to one target (several
+        // actions) land next to each other and are summed into one.
+        let mut stay = vec![0.0; n];
+        let mut fill = start.clone();
+        let mut from = vec![0u32; start[n]];
+        let mut weight = vec![0.0; start[n]];
+        let (mut q, mut pi) = (vec![0.0; a_n], vec![0.0; a_n]);
+        for (p, &s) in order.iter().enumerate() {
+            if inputs.fixed[base + s] {
+                continue;
+            }
+            mdp_action_values(inputs, task, s, v, &mut q);
+            policy_row(alpha, &q, &mut pi);
             for a in (0..a_n).filter(|&a| pi[a] > 0.0) {
                 let r = mdp.reward[(base + s) * a_n + a];
                 let tilt = q[a] - r;
-                let entries =
-                    mdp.indptr[s * a_n + a] as usize..mdp.indptr[s * a_n + a + 1] as usize;
-                for k in entries {
+                let row = s * a_n + a;
+                for k in mdp.indptr[row] as usize..mdp.indptr[row + 1] as usize {
                     let j = mdp.indices[k] as usize;
                     let vj = v[base + j];
                     if vj == f64::NEG_INFINITY {
                         continue;
                     }
-                    let w = match inputs.backup {
-                        Backup::Expected => mdp.probs[k],
-                        Backup::Optimistic => mdp.probs[k] * ((gamma * vj - tilt) / alpha).exp(),
-                    };
-                    row.push((j, gamma * pi[a] * w));
+                    let w = gamma
+                        * pi[a]
+                        * match inputs.backup {
+                            Backup::Expected => mdp.probs[k],
+                            Backup::Optimistic => {
+                                mdp.probs[k] * ((gamma * vj - tilt) / alpha).exp()
+                            }
+                        };
+                    let t = position[j];
+                    if t == p {
+                        stay[t] += w;
+                    } else if fill[t] > start[t] && from[fill[t] - 1] == p as u32 {
+                        weight[fill[t] - 1] += w;
+                    } else {
+                        from[fill[t]] = p as u32;
+                        weight[fill[t]] = w;
+                        fill[t] += 1;
+                    }
                 }
             }
-            row
-        })
-        .collect()
-}
-
-/// `gamma W_pi^T` of one task as incoming entries per state, laid out in the order the sweeps
-/// visit the states (so that a sweep reads them front to back): for the state at position `p`
-/// of that order, the entries `start[p]..start[p + 1]` of `from` (the state the message comes
-/// from) and `weight`, one per predecessor (the actions' entries summed).
-struct Incoming {
-    start: Vec<usize>,
-    from: Vec<u32>,
-    weight: Vec<f64>,
-}
-
-impl Incoming {
-    /// The transpose of [`policy_weights`]' rows (outgoing entries per state) for the visiting
-    /// `order` (a permutation of the states).
-    fn of(rows: &[Vec<(usize, f64)>], order: &[usize]) -> Self {
-        let n = order.len();
-        let mut position = vec![0usize; n];
-        for (p, &j) in order.iter().enumerate() {
-            position[j] = p;
         }
-        // Each row's entries merged per successor: W_pi(s -> j) = sum_a pi(a|s) W(j|s,a).
-        let rows: Vec<Vec<(usize, f64)>> = rows
-            .iter()
-            .map(|row| {
-                let mut row = row.clone();
-                row.sort_by_key(|&(j, _)| j);
-                row.dedup_by(|(j, w), (j0, w0)| {
-                    let same = j == j0;
-                    if same {
-                        *w0 += *w;
-                    }
-                    same
-                });
-                row
-            })
-            .collect();
-        let mut start = vec![0usize; n + 1];
-        for &(j, _) in rows.iter().flatten() {
-            start[position[j] + 1] += 1;
-        }
-        for p in 0..n {
-            start[p + 1] += start[p];
-        }
-        let mut fill = start.clone();
-        let mut from = vec![0; start[n]];
-        let mut weight = vec![0.0; start[n]];
-        for (s, row) in rows.iter().enumerate() {
-            for &(j, w) in row {
-                let p = position[j];
-                from[fill[p]] = s as u32;
-                weight[fill[p]] = w;
-                fill[p] += 1;
+        // Close the gaps the merges left.
+        let mut kept = 0;
+        let mut compact = vec![0usize; n + 1];
+        for t in 0..n {
+            for k in start[t]..fill[t] {
+                from[kept] = from[k];
+                weight[kept] = weight[k];
+                kept += 1;
             }
+            compact[t + 1] = kept;
         }
+        from.truncate(kept);
+        weight.truncate(kept);
         Self {
-            start,
+            start: compact,
             from,
             weight,
+            stay,
+            order: order.to_vec(),
         }
     }
+
+    /// One Gauss-Seidel sweep of `u = seed + gamma W_pi^T u` over `u` (visiting order), each
+    /// state solved with its own entry exactly (a state that mostly stays put, as by a wall,
+    /// would otherwise take a sweep per step of its stay). Returns the largest change.
+    fn sweep(&self, seed: &[f64], u: &mut [f64]) -> f64 {
+        let mut change = 0.0f64;
+        for p in 0..u.len() {
+            let mut x = seed[p];
+            for k in self.start[p]..self.start[p + 1] {
+                x += self.weight[k] * u[self.from[k] as usize];
+            }
+            let x = x / (1.0 - self.stay[p]);
+            change = change.max((x - u[p]).abs());
+            u[p] = x;
+        }
+        change
+    }
+
+    /// `u = seed + gamma W_pi^T u` (`seed` and `u` `[state]`) by Gauss-Seidel sweeps with
+    /// Anderson acceleration (the linear system's Krylov solve in the sweeps' own terms: each
+    /// next start is the combination of the last [`MIXING`] sweeps' results that best cancels
+    /// their changes), until a sweep changes u by at most `stop` of its size; with its number
+    /// of sweeps, or None after `max_iters`.
+    fn solve(&self, seed: &[f64], stop: f64, max_iters: u32) -> Option<(Vec<f64>, u32)> {
+        let n = seed.len();
+        let seed: Vec<f64> = self.order.iter().map(|&j| seed[j]).collect();
+        // The start x_k, the sweep's result g_k = G(x_k) and its change f_k = g_k - x_k;
+        // differences of consecutive g and f, oldest first.
+        let mut x = seed.clone();
+        let (mut g_prev, mut f_prev): (Vec<f64>, Vec<f64>) = (Vec::new(), Vec::new());
+        let (mut d_g, mut d_f): (Vec<Vec<f64>>, Vec<Vec<f64>>) = (Vec::new(), Vec::new());
+        // The dot products of the d_f columns, kept in step with them (each new column's
+        // taken once).
+        let mut gram: Vec<Vec<f64>> = Vec::new();
+        let mut sweeps = 0;
+        let g = loop {
+            let mut g = x.clone();
+            self.sweep(&seed, &mut g);
+            sweeps += 1;
+            let f: Vec<f64> = g.iter().zip(&x).map(|(g, x)| g - x).collect();
+            let change = f.iter().fold(0.0f64, |m, x| m.max(x.abs()));
+            let size = g.iter().fold(0.0f64, |m, x| m.max(x.abs()));
+            if change <= stop * size {
+                break g;
+            }
+            if sweeps >= max_iters || !change.is_finite() {
+                return None;
+            }
+            if !g_prev.is_empty() {
+                if d_g.len() == MIXING {
+                    d_g.remove(0);
+                    d_f.remove(0);
+                    gram.remove(0);
+                    gram.iter_mut().for_each(|row| _ = row.remove(0));
+                }
+                d_g.push(g.iter().zip(&g_prev).map(|(a, b)| a - b).collect());
+                let col: Vec<f64> = f.iter().zip(&f_prev).map(|(a, b)| a - b).collect();
+                let dots: Vec<f64> = d_f.iter().map(|c| dot(c, &col)).collect();
+                for (row, &d) in gram.iter_mut().zip(&dots) {
+                    row.push(d);
+                }
+                gram.push(dots.into_iter().chain([dot(&col, &col)]).collect());
+                d_f.push(col);
+            }
+            // x_{k+1} = g_k - dG c, c minimising |f_k - dF c| (normal equations); a mix the
+            // equations cannot pin down restarts from the plain sweep.
+            x.clone_from(&g);
+            let rhs: Vec<f64> = d_f.iter().map(|c| dot(c, &f)).collect();
+            match least_squares(&gram, rhs) {
+                Some(c) => {
+                    for (col, &c) in d_g.iter().zip(&c) {
+                        for (x, d) in x.iter_mut().zip(col) {
+                            *x -= c * d;
+                        }
+                    }
+                }
+                None => {
+                    d_g.clear();
+                    d_f.clear();
+                    gram.clear();
+                }
+            }
+            (g_prev, f_prev) = (g, f);
+        };
+        let mut u = vec![0.0; n];
+        for (p, &j) in self.order.iter().enumerate() {
+            u[j] = g[p];
+        }
+        Some((u, sweeps))
+    }
+}
+
+/// `sum_i a_i b_i`.
+fn dot(a: &[f64], b: &[f64]) -> f64 {
+    a.iter().zip(b).map(|(a, b)| a * b).sum()
+}
+
+/// The coefficients `c` minimising `|f - sum_i c_i col_i|_2` from the columns' dot products
+/// `gram` `[m][m]` and `rhs` `[m]` (`col_i . f`): the normal equations, by Gaussian
+/// elimination with partial pivoting; None where they are singular to f64's resolution
+/// (columns nearly dependent), or for no columns.
+fn least_squares(gram: &[Vec<f64>], rhs: Vec<f64>) -> Option<Vec<f64>> {
+    let m = gram.len();
+    if m == 0 {
+        return None;
+    }
+    // [m][m + 1]: the Gram matrix, then the right-hand side.
+    let mut a: Vec<Vec<f64>> = gram
+        .iter()
+        .zip(rhs)
+        .map(|(row, r)| row.iter().copied().chain([r]).collect())
+        .collect();
+    let scale = (0..m).map(|i| a[i][i]).fold(0.0f64, f64::max);
+    for i in 0..m {
+        let pivot = (i..m).max_by(|&x, &y| a[x][i].abs().total_cmp(&a[y][i].abs()))?;
+        a.swap(i, pivot);
+        // (NaN fails too.)
+        if a[i][i].abs().partial_cmp(&(1e-13 * scale)) != Some(std::cmp::Ordering::Greater) {
+            return None;
+        }
+        for r in i + 1..m {
+            let k = a[r][i] / a[i][i];
+            for c in i..=m {
+                a[r][c] -= k * a[i][c];
+            }
+        }
+    }
+    let mut c = vec![0.0; m];
+    for i in (0..m).rev() {
+        let tail: f64 = (i + 1..m).map(|j| a[i][j] * c[j]).sum();
+        c[i] = (a[i][m] - tail) / a[i][i];
+    }
+    c.iter().all(|x| x.is_finite()).then_some(c)
 }
 
 /// The relative change at which the stationary iterations stop for `options`' tol.
@@ -534,28 +693,38 @@ fn stopping(options: &SolveOptions) -> f64 {
 
 /// `pi = exp((Q - V) / alpha)` normalised, or the hard max's one-hot (first maximiser) at
 /// alpha = 0; excluded actions (Q = -inf) get 0.
-fn policy_row(alpha: f64, q: &[f64]) -> Vec<f64> {
+/// Written into `pi` `[action]`.
+fn policy_row(alpha: f64, q: &[f64], pi: &mut [f64]) {
     let top = q.iter().copied().fold(f64::NEG_INFINITY, f64::max);
     if alpha == 0.0 {
         let first = q.iter().position(|&x| x == top).unwrap_or(0);
-        return (0..q.len()).map(|a| f64::from(a == first)).collect();
+        for (a, p) in pi.iter_mut().enumerate() {
+            *p = f64::from(a == first);
+        }
+        return;
     }
-    let total: f64 = q.iter().map(|&x| ((x - top) / alpha).exp()).sum();
-    q.iter()
-        .map(|&x| ((x - top) / alpha).exp() / total)
-        .collect()
+    let mut total = 0.0;
+    for (p, &x) in pi.iter_mut().zip(q) {
+        *p = ((x - top) / alpha).exp();
+        total += *p;
+    }
+    for p in pi.iter_mut() {
+        *p /= total;
+    }
 }
 
 /// The values the products are taken at, `[t][task][state]`: `V_0..V_T` of a finite
 /// horizon, or the fixed point: Gauss-Seidel sweeps from `given` (else from the reference's
 /// solve) until one changes it by at most [`stopping`] of its size (at most `max_iters`
-/// sweeps). The sweeps visit states nearest the fixed (terminal) ones first, by breadth-first
-/// distance along reversed transitions, so that a value reaches a whole path in one sweep.
+/// sweeps), or `given` as it is without `refine`. The sweeps visit states nearest the fixed
+/// (terminal) ones first, by breadth-first distance along reversed transitions, so that a
+/// value reaches a whole path in one sweep.
 fn forward_values(
     mdp: &TabularMdp,
     inputs: &MdpInputs,
     options: &SolveOptions,
     given: Option<&[f64]>,
+    refine: bool,
 ) -> Result<Vec<Vec<f64>>> {
     let mut v = inputs.v0.clone();
     match options.horizon {
@@ -589,6 +758,9 @@ fn forward_values(
                 if !inputs.fixed[i] {
                     *x = start[i];
                 }
+            }
+            if !refine && given.is_some() {
+                return Ok(vec![v]);
             }
             let stop = stopping(options);
             let before = reversed(mdp);

@@ -32,7 +32,7 @@ pub use grid_backup::{action_values, grid_backup, grid_policy};
 pub use grid_occupancy::grid_occupancy;
 pub use mdp_backup::{csr_action_values, mdp_action_values, mdp_backup, mdp_policy};
 pub use mdp_occupancy::{mdp_occupancy, mdp_occupancy_weights};
-pub use mdp_vjp::{MdpCotangents, MdpVjp, mdp_vjp_cpu, mdp_vjp_cpu_at};
+pub use mdp_vjp::{MdpCotangents, MdpVjp, mdp_vjp_at_fixed_point, mdp_vjp_cpu, mdp_vjp_cpu_at};
 pub use residual_reduce::{SweepStats, convergence_decide, residual_reduce};
 pub use solve::{
     iterate_cpu, solve_cpu, solve_cpu_with_progress, solve_mdp_cpu, solve_mdp_cpu_f64,

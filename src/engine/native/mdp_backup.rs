@@ -198,7 +198,13 @@ impl NativeMdp {
                     out[j as usize] += p as f32;
                 }
             };
-            rows_on_threads(&mut probs, states, super::solve::default_threads(), || (), fill);
+            rows_on_threads(
+                &mut probs,
+                states,
+                super::solve::default_threads(),
+                || (),
+                fill,
+            );
         } else {
             cols = vec![padded as u32; entries * LANES];
             probs = vec![0.0f32; entries * LANES];

@@ -8,16 +8,19 @@
 //! per-cell form is [`grid_backup::NativeGrid::cell_value`]);
 //! `shaders/mdp_backup.wgsl::mdp_backup` <-> [`mdp_backup::NativeMdp::sweep`];
 //! `shaders/mdp_occupancy.wgsl::mdp_occupancy` (`WEIGHTED`) <->
-//! [`mdp_backup::NativeOccupancy::sweep`]; the policy and Q are the reference's `grid_policy`
+//! [`mdp_backup::NativeOccupancy::sweep`]; the VJP of a solve is [`mdp_vjp::mdp_vjp_native`]
+//! (the reference's at the native forward's fixed point); the policy and Q are the reference's `grid_policy`
 //! and `mdp_policy` from the f32 values, threaded.
 
 pub mod fast_math;
 pub mod grid_backup;
 pub mod mdp_backup;
+pub mod mdp_vjp;
 pub mod solve;
 
 pub use grid_backup::NativeGrid;
 pub use mdp_backup::NativeMdp;
+pub use mdp_vjp::mdp_vjp_native;
 pub use solve::{default_threads, solve_native, solve_native_mdp};
 
 /// `out` as rows of `row_len` entries split into one contiguous share per thread of
