@@ -64,7 +64,7 @@ def vjp(
     solution: ArrayLike | None = None,
     device: Device = "cpu",
 ) -> Gradients:
-    r"""The vector-Jacobian product of :func:`softvi.solve`: on the f64 reference, natively or on a GPU.
+    r"""The vector-Jacobian product of :func:`softvi.solve`, on the reference, natively or a GPU.
 
     With cotangents ``values`` (on V), ``q`` and ``policy`` shaped as ``solve`` returns those
     outputs (``[B,S]`` / ``[B,S,A]``, no B for an MDP without a task axis; ``[B,T+1,S]`` /
