@@ -21,7 +21,7 @@ use super::{mdp_action_values, mdp_backup, soft_max};
 use crate::engine::layout::MdpInputs;
 use crate::engine::options::{Backup, Horizon, SolveOptions};
 use crate::engine::solution::check_mdp_solve;
-use crate::error::{Result, ensure};
+use crate::error::{Result, bail, ensure};
 use crate::world::mdp::TabularMdp;
 
 /// Cotangents of a solve's outputs (f64). Each is `None` or laid out as the solve reports the
@@ -116,65 +116,8 @@ fn vjp_at(
     refine: bool,
 ) -> Result<MdpVjp> {
     check_mdp_solve(mdp, options)?;
-    if let Some(v) = values {
-        ensure!(
-            matches!(options.horizon, Horizon::Infinite { .. }),
-            "a forward solution to start from is for an infinite horizon (a finite one's steps \
-             are recomputed)"
-        );
-        ensure!(
-            v.len() == mdp.tasks * mdp.states,
-            "the forward solution holds {} values, not the {} of [task][state]",
-            v.len(),
-            mdp.tasks * mdp.states
-        );
-        if let Some(i) = v.iter().position(|x| !x.is_finite()) {
-            let (task, state) = (i / mdp.states, i % mdp.states);
-            ensure!(
-                mdp.terminal[i],
-                "the forward solution's value of state {state} in task {task} is {}, not finite",
-                v[i]
-            );
-        }
-    }
+    let steps = check_vjp_inputs(mdp, options, cotangents, values)?;
     let (b, s_n, a_n) = (mdp.tasks, mdp.states, mdp.actions);
-    let steps = match options.horizon {
-        Horizon::Finite(t) => t as usize,
-        Horizon::Infinite { .. } => {
-            ensure!(
-                options.gamma < 1.0,
-                "gradients of an infinite horizon need gamma < 1 (give a horizon at gamma = 1)"
-            );
-            1
-        }
-    };
-    ensure!(
-        !cotangents.all_steps || matches!(options.horizon, Horizon::Finite(_)),
-        "cotangents on every step need a finite horizon"
-    );
-    // Per task and step the cotangent arrays' lengths.
-    let (v_steps, qa_steps) = match cotangents.all_steps {
-        true => (steps + 1, steps),
-        false => (1, 1),
-    };
-    for (name, array, per) in [
-        ("values", &cotangents.values, v_steps * s_n),
-        ("q", &cotangents.q, qa_steps * s_n * a_n),
-        ("policy", &cotangents.policy, qa_steps * s_n * a_n),
-    ] {
-        if let Some(x) = array {
-            ensure!(
-                x.len() == b * per,
-                "the cotangent on {name} holds {} entries, not the {} of its output",
-                x.len(),
-                b * per
-            );
-            ensure!(
-                x.iter().all(|v| !v.is_infinite()),
-                "the cotangent on {name} holds an infinite entry"
-            );
-        }
-    }
     let inputs = MdpInputs::new(mdp, options);
     // V_0..V_T (finite) or the fixed point (infinite), [t][task][state].
     let values = forward_values(mdp, &inputs, options, values, refine)?;
@@ -861,4 +804,77 @@ fn nearest_fixed_first((start, from): &(Vec<usize>, Vec<usize>), fixed: &[bool])
     }
     order.extend((0..n).filter(|&s| !seen[s]));
     order
+}
+
+/// Checks a VJP's inputs beside the MDP and settings (every engine's VJP runs it): a
+/// forward solution only for an infinite horizon, of `[task][state]` values finite off the
+/// terminal states; gamma < 1 for an infinite horizon; cotangents of their outputs' sizes
+/// with no infinite entry, on every step only for a finite horizon. Returns the steps the
+/// adjoint takes per task: T, or 1 for the fixed point.
+pub(crate) fn check_vjp_inputs(
+    mdp: &TabularMdp,
+    options: &SolveOptions,
+    cotangents: &MdpCotangents,
+    values: Option<&[f64]>,
+) -> Result<usize> {
+    if let Some(v) = values {
+        ensure!(
+            matches!(options.horizon, Horizon::Infinite { .. }),
+            "a forward solution to start from is for an infinite horizon (a finite one's steps \
+             are recomputed)"
+        );
+        ensure!(
+            v.len() == mdp.tasks * mdp.states,
+            "the forward solution holds {} values, not the {} of [task][state]",
+            v.len(),
+            mdp.tasks * mdp.states
+        );
+        // A terminal state's entry is taken from the MDP: any value passes there.
+        if let Some(i) = (0..v.len()).find(|&i| !v[i].is_finite() && !mdp.terminal[i]) {
+            let (task, state) = (i / mdp.states, i % mdp.states);
+            bail!(
+                "the forward solution's value of state {state} in task {task} is {}, not finite",
+                v[i]
+            );
+        }
+    }
+    let (b, s_n, a_n) = (mdp.tasks, mdp.states, mdp.actions);
+    let steps = match options.horizon {
+        Horizon::Finite(t) => t as usize,
+        Horizon::Infinite { .. } => {
+            ensure!(
+                options.gamma < 1.0,
+                "gradients of an infinite horizon need gamma < 1 (give a horizon at gamma = 1)"
+            );
+            1
+        }
+    };
+    ensure!(
+        !cotangents.all_steps || matches!(options.horizon, Horizon::Finite(_)),
+        "cotangents on every step need a finite horizon"
+    );
+    // Per task and step the cotangent arrays' lengths.
+    let (v_steps, qa_steps) = match cotangents.all_steps {
+        true => (steps + 1, steps),
+        false => (1, 1),
+    };
+    for (name, array, per) in [
+        ("values", &cotangents.values, v_steps * s_n),
+        ("q", &cotangents.q, qa_steps * s_n * a_n),
+        ("policy", &cotangents.policy, qa_steps * s_n * a_n),
+    ] {
+        if let Some(x) = array {
+            ensure!(
+                x.len() == b * per,
+                "the cotangent on {name} holds {} entries, not the {} of its output",
+                x.len(),
+                b * per
+            );
+            ensure!(
+                x.iter().all(|v| !v.is_infinite()),
+                "the cotangent on {name} holds an infinite entry"
+            );
+        }
+    }
+    Ok(steps)
 }

@@ -16,6 +16,7 @@ use super::core::GpuCore;
 use super::mdp_engine::{
     MdpEngine, MdpPipelineKey, MdpStage, OccupancyParams, WORKGROUP_SIZE, to_f32,
 };
+use crate::engine::cpu::mdp_vjp::check_vjp_inputs;
 use crate::engine::cpu::{MdpCotangents, MdpVjp};
 use crate::engine::gpu::bands::band_dispatch;
 use crate::engine::gpu::core::{
@@ -87,7 +88,7 @@ impl MdpEngine {
         values: Option<&[f64]>,
     ) -> Result<MdpVjp> {
         check_mdp_solve(mdp, options)?;
-        let steps = check_cotangents(mdp, options, cotangents, values)?;
+        let steps = check_vjp_inputs(mdp, options, cotangents, values)?;
         ensure!(
             !(options.backup == Backup::Optimistic && options.alpha == 0.0),
             "the optimistic backup's gradient needs alpha > 0"
@@ -323,75 +324,6 @@ impl MdpEngine {
             None => Ok(vec![with_fixed(solved.solution.values)]),
         }
     }
-}
-
-/// Checks the cotangents' lengths and entries and the starting `values` as the reference
-/// does; returns the horizon's steps (1 for an infinite horizon).
-fn check_cotangents(
-    mdp: &TabularMdp,
-    options: &SolveOptions,
-    cotangents: &MdpCotangents,
-    values: Option<&[f64]>,
-) -> Result<usize> {
-    let (b, s_n, a_n) = (mdp.tasks, mdp.states, mdp.actions);
-    if let Some(v) = values {
-        ensure!(
-            matches!(options.horizon, Horizon::Infinite { .. }),
-            "a forward solution to start from is for an infinite horizon (a finite one's steps \
-             are recomputed)"
-        );
-        ensure!(
-            v.len() == b * s_n,
-            "the forward solution holds {} values, not the {} of [task][state]",
-            v.len(),
-            b * s_n
-        );
-        if let Some(i) = (0..v.len()).find(|&i| !v[i].is_finite() && !mdp.terminal[i]) {
-            let (task, state) = (i / s_n, i % s_n);
-            ensure!(
-                false,
-                "the forward solution's value of state {state} in task {task} is {}, not finite",
-                v[i]
-            );
-        }
-    }
-    let steps = match options.horizon {
-        Horizon::Finite(t) => t as usize,
-        Horizon::Infinite { .. } => {
-            ensure!(
-                options.gamma < 1.0,
-                "gradients of an infinite horizon need gamma < 1 (give a horizon at gamma = 1)"
-            );
-            1
-        }
-    };
-    ensure!(
-        !cotangents.all_steps || matches!(options.horizon, Horizon::Finite(_)),
-        "cotangents on every step need a finite horizon"
-    );
-    let (v_steps, qa_steps) = match cotangents.all_steps {
-        true => (steps + 1, steps),
-        false => (1, 1),
-    };
-    for (name, array, per) in [
-        ("values", &cotangents.values, v_steps * s_n),
-        ("q", &cotangents.q, qa_steps * s_n * a_n),
-        ("policy", &cotangents.policy, qa_steps * s_n * a_n),
-    ] {
-        if let Some(x) = array {
-            ensure!(
-                x.len() == b * per,
-                "the cotangent on {name} holds {} entries, not the {} of its output",
-                x.len(),
-                b * per
-            );
-            ensure!(
-                x.iter().all(|v| !v.is_infinite()),
-                "the cotangent on {name} holds an infinite entry"
-            );
-        }
-    }
-    Ok(steps)
 }
 
 /// The device arrays of one VJP (pooled) and its bind groups.
