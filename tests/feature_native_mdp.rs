@@ -509,3 +509,50 @@ fn every_thread_count_gives_the_same_bits() {
         assert_eq!(one, solve(threads), "dense, {threads} threads");
     }
 }
+
+/// The native engine tests each task after every sweep, not only at the checks 16 sweeps
+/// apart (its sweeps return the statistics anyway): on an MDP without terminals it stops at
+/// the first sweep whose span bound is within tol, between two checks, with a bound
+/// that contains the fixed point (value iteration in f64 to 1e-13, written here); solved
+/// beside a slower task it stops at the same sweep with the same bits.
+#[test]
+fn stops_between_checks_and_alone_as_in_a_batch() {
+    let mdp = random_mdp(301, 4, 1, false, 23);
+    let o = infinite(0.0, 0.9, Backup::Expected, 1e-3);
+    let alone = native(&mdp, &o, Outputs::VALUES).solution;
+    assert_eq!(alone.status, vec![Status::Converged]);
+    // Between two checks, and at the first sweep within tol: one sweep fewer is not.
+    let sweeps = alone.iterations[0];
+    assert!(sweeps % 16 != 0, "stopped after {sweeps} sweeps");
+    let fewer = SolveOptions {
+        horizon: Horizon::Infinite {
+            tol: 1e-3,
+            max_iters: sweeps - 1,
+        },
+        ..o
+    };
+    let short = native(&mdp, &fewer, Outputs::VALUES).solution;
+    assert_ne!(short.status, vec![Status::Converged]);
+    // The fixed point, by plain value iteration.
+    let mut v = vec![0.0f64; mdp.states];
+    for _ in 0..400 {
+        v = (0..mdp.states).map(|s| bellman(&mdp, &o, 0, s, &v)).collect();
+    }
+    let err = (alone.values.iter().zip(&v))
+        .map(|(&x, &y)| (x as f64 - y).abs())
+        .fold(0.0, f64::max);
+    assert!(err <= alone.error_bound[0], "{err} > {}", alone.error_bound[0]);
+    assert!(alone.error_bound[0] <= 1e-3);
+    // Task 0 as above, task 1 a scaled copy of its rewards at a tol it reaches later.
+    let mut pair = random_mdp(301, 4, 2, false, 23);
+    let (s_a, r) = (mdp.states * mdp.actions, mdp.reward.clone());
+    pair.reward[..s_a].copy_from_slice(&r);
+    for (x, y) in pair.reward[s_a..].iter_mut().zip(&r) {
+        *x = 40.0 * y;
+    }
+    let both = native(&pair, &o, Outputs::VALUES).solution;
+    assert_eq!(both.iterations[0], sweeps);
+    assert!(both.iterations[1] > sweeps, "{:?}", both.iterations);
+    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<u32>>();
+    assert_eq!(bits(&both.values[..mdp.states]), bits(&alone.values));
+}

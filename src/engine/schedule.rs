@@ -386,6 +386,26 @@ impl ConvergenceMonitor {
         }
     }
 
+    /// Records the tasks in `converged`, found within tolerance after `sweeps` sweeps between
+    /// two checks (`stats` that sweep's), as converged there; no divergence test runs (that is
+    /// judged at checks only). Tasks that already ended are left alone.
+    pub fn converged_between_checks(
+        &mut self,
+        sweeps: u32,
+        stats: &[SweepStats],
+        converged: &[bool],
+    ) {
+        for (t, s) in stats.iter().enumerate() {
+            if self.ended[t].is_none() && converged[t] {
+                self.ended[t] = Some(TaskEnd {
+                    sweeps,
+                    stats: *s,
+                    converged: true,
+                });
+            }
+        }
+    }
+
     /// Whether each task has stopped iterating.
     pub fn frozen(&self) -> Vec<bool> {
         self.ended.iter().map(Option::is_some).collect()

@@ -17,7 +17,7 @@ use crate::engine::options::{Horizon, Outputs, SolveOptions};
 use crate::engine::schedule::{
     ConvergenceMonitor, OnProgress, Precision, Progress, RateExtrapolator, TaskOutcomes, Verdict,
     check_windows, error_bound, final_status, keep_going, span_bounded_tasks, span_bounds,
-    sweep_budget, with_unbounded,
+    sweep_budget, with_unbounded, within_tolerance,
 };
 use crate::engine::solution::{
     Marks, MdpSolution, Occupancy, Real, Solution, Status, TimeSteps, check_mdp_solve,
@@ -63,7 +63,10 @@ pub struct Checked<S> {
 /// task alone; it is called only when some factor is not 0; `backup` starts as `start`).
 /// The iteration stops when every one of the `tasks` tasks has frozen or the budget is spent.
 /// The tasks flagged in `span_bounded` (`[task]`, [`span_bounded_tasks`]; empty: none) stop
-/// by the span bound.
+/// by the span bound. With `every_sweep` (an engine whose sweeps return their statistics
+/// anyway, so that a test costs nothing) a task is also tested after each sweep between
+/// checks and stops at the first within tolerance, as its own statistics say (so its result
+/// still does not depend on its batch).
 ///
 /// [`ROLLBACK`]: crate::engine::schedule::ROLLBACK
 /// [`span_bounded_tasks`]: crate::engine::schedule::span_bounded_tasks
@@ -73,6 +76,7 @@ pub fn iterate_checked<S: Clone>(
     precision: Precision,
     tasks: usize,
     span_bounded: &[bool],
+    every_sweep: bool,
     start: S,
     mut sweep: impl FnMut(&S, &mut S, &[bool]) -> Vec<SweepStats>,
     mut jump: impl FnMut(&mut S, &S, &mut S, &[f64]),
@@ -97,10 +101,32 @@ pub fn iterate_checked<S: Clone>(
         span_bounded
     };
     for window in check_windows(sweep_budget(&options.horizon)) {
-        for _ in 0..window {
+        for i in 0..window {
             last = sweep(&state, &mut next, &frozen);
             std::mem::swap(&mut state, &mut next);
             sweeps += 1;
+            // Between checks (the window's last sweep gets the check itself).
+            if let (true, Some(tol)) = (every_sweep && i + 1 < window, tol) {
+                let newly: Vec<bool> = (0..tasks)
+                    .map(|t| {
+                        !frozen[t]
+                            && within_tolerance(
+                                tol,
+                                options.gamma,
+                                precision,
+                                &last[t],
+                                span_bounded[t],
+                            )
+                    })
+                    .collect();
+                if newly.contains(&true) {
+                    monitor.converged_between_checks(sweeps, &last, &newly);
+                    frozen = monitor.frozen();
+                    if !frozen.contains(&false) {
+                        break;
+                    }
+                }
+            }
         }
         let extrapolator = options
             .uses_extrapolation()
@@ -161,6 +187,7 @@ pub fn iterate_cpu(
         Precision::F64,
         tasks,
         span_bounded,
+        false,
         v0,
         |v: &Vec<f64>, v_next: &mut Vec<f64>, frozen: &[bool]| {
             let mut stats = sweep(v, v_next);

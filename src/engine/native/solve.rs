@@ -102,6 +102,7 @@ fn iterate_native(
         Precision::F32,
         grid.tasks,
         &[],
+        false,
         grid.state(v0),
         |state: &NativeState, next: &mut NativeState, frozen: &[bool]| {
             grid.sweep(state, next, frozen, threads)
@@ -170,6 +171,7 @@ pub fn solve_native_mdp(
         Precision::F32,
         mdp.tasks,
         &span_bounded_tasks(&inputs.fixed, mdp.tasks),
+        true,
         v0,
         |v: &Vec<f32>, next: &mut Vec<f32>, frozen: &[bool]| {
             let stats = match keep_q {
@@ -271,6 +273,7 @@ fn discounted_occupancy_native(
         Precision::F32,
         mdp.tasks,
         &[],
+        false,
         base.clone(),
         |d: &Vec<f32>, next: &mut Vec<f32>, frozen: &[bool]| {
             pull.sweep(&base, d, next, frozen, threads)
