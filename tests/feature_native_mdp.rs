@@ -536,12 +536,18 @@ fn stops_between_checks_and_alone_as_in_a_batch() {
     // The fixed point, by plain value iteration.
     let mut v = vec![0.0f64; mdp.states];
     for _ in 0..400 {
-        v = (0..mdp.states).map(|s| bellman(&mdp, &o, 0, s, &v)).collect();
+        v = (0..mdp.states)
+            .map(|s| bellman(&mdp, &o, 0, s, &v))
+            .collect();
     }
     let err = (alone.values.iter().zip(&v))
         .map(|(&x, &y)| (x as f64 - y).abs())
         .fold(0.0, f64::max);
-    assert!(err <= alone.error_bound[0], "{err} > {}", alone.error_bound[0]);
+    assert!(
+        err <= alone.error_bound[0],
+        "{err} > {}",
+        alone.error_bound[0]
+    );
     assert!(alone.error_bound[0] <= 1e-3);
     // Task 0 as above, task 1 a scaled copy of its rewards at a tol it reaches later.
     let mut pair = random_mdp(301, 4, 2, false, 23);
