@@ -523,7 +523,7 @@ fn stops_between_checks_and_alone_as_in_a_batch() {
     assert_eq!(alone.status, vec![Status::Converged]);
     // Between two checks, and at the first sweep within tol: one sweep fewer is not.
     let sweeps = alone.iterations[0];
-    assert!(sweeps % 16 != 0, "stopped after {sweeps} sweeps");
+    assert!(!sweeps.is_multiple_of(16), "stopped after {sweeps} sweeps");
     let fewer = SolveOptions {
         horizon: Horizon::Infinite {
             tol: 1e-3,
