@@ -6,14 +6,12 @@
 //! 64-invocation workgroup.
 
 mod common;
+use common::{cotangent_loss, random_cotangents};
 
-use softvi::engine::cpu::{MdpCotangents, MdpVjp, mdp_vjp_cpu, solve_mdp_cpu_f64};
+use softvi::engine::cpu::{MdpVjp, mdp_vjp_cpu, solve_mdp_cpu_f64};
 use softvi::engine::schedule::keep_going;
 use softvi::world::mdp::TabularMdp;
 use softvi::{Backup, Horizon, MdpEngine, Outputs, SolveOptions};
-
-use rand::rngs::StdRng;
-use rand::{RngExt, SeedableRng};
 
 /// The bound: the f32 GPU gradient within 1e-3 of the f64 one, relative to the largest
 /// entry of each input's gradient (f32 rounds each product to 6e-8 and the adjoint's fixed
@@ -23,30 +21,6 @@ const GPU_TOL: f64 = 1e-3;
 
 fn engine() -> Option<MdpEngine> {
     common::gpu().map(|ctx| MdpEngine::new(ctx).unwrap())
-}
-
-/// Random cotangents in [-1, 1] (signed: the adjoint is no distribution) on the outputs named
-/// in `which` (`v`, `q`, `p`).
-fn cotangents(
-    mdp: &TabularMdp,
-    steps: usize,
-    all_steps: bool,
-    which: &str,
-    seed: u64,
-) -> MdpCotangents {
-    let mut rng = StdRng::seed_from_u64(seed);
-    let (b, s_n, a_n) = (mdp.tasks, mdp.states, mdp.actions);
-    let (v_len, qa_len) = match all_steps {
-        true => (b * (steps + 1) * s_n, b * steps * s_n * a_n),
-        false => (b * s_n, b * s_n * a_n),
-    };
-    let mut draw = |n: usize| -> Vec<f64> { (0..n).map(|_| rng.random_range(-1.0..1.0)).collect() };
-    MdpCotangents {
-        values: which.contains('v').then(|| draw(v_len)),
-        q: which.contains('q').then(|| draw(qa_len)),
-        policy: which.contains('p').then(|| draw(qa_len)),
-        all_steps,
-    }
 }
 
 /// The gradient's inputs as (name, entries).
@@ -119,7 +93,7 @@ fn infinite_horizon_gpu_gradients_match_the_reference() {
         for backup in [Backup::Expected, Backup::Optimistic] {
             for which in ["v", "q", "p", "vqp"] {
                 let options = infinite(0.5, backup);
-                let cot = cotangents(&mdp, 1, false, which, seed + 1);
+                let cot = random_cotangents(&mdp, 1, false, which, seed + 1);
                 let want = mdp_vjp_cpu(&mdp, &options, &cot).unwrap();
                 let got = gpu.vjp(&mdp, &options, &cot, None).unwrap();
                 let label = format!("S {s}, {backup:?}, cotangent {which}");
@@ -138,7 +112,7 @@ fn finite_horizon_gpu_gradients_match_the_reference() {
     for backup in [Backup::Expected, Backup::Optimistic] {
         for (which, all) in [("v", false), ("qp", false), ("vqp", true)] {
             let options = finite(0.7, 9, backup);
-            let cot = cotangents(&mdp, 9, all, which, 22);
+            let cot = random_cotangents(&mdp, 9, all, which, 22);
             let want = mdp_vjp_cpu(&mdp, &options, &cot).unwrap();
             let got = gpu.vjp(&mdp, &options, &cot, None).unwrap();
             assert_eq!(got.sweeps, 9);
@@ -158,7 +132,7 @@ fn hard_max_gpu_gradients_match_the_reference() {
         finite(0.0, 6, Backup::Expected),
         infinite(0.0, Backup::Expected),
     ] {
-        let cot = cotangents(&mdp, 6, false, "vq", 32);
+        let cot = random_cotangents(&mdp, 6, false, "vq", 32);
         let want = mdp_vjp_cpu(&mdp, &options, &cot).unwrap();
         let got = gpu.vjp(&mdp, &options, &cot, None).unwrap();
         assert_close(
@@ -170,33 +144,9 @@ fn hard_max_gpu_gradients_match_the_reference() {
         assert_eq!(got.alpha, 0.0);
     }
     let optimistic = infinite(0.0, Backup::Optimistic);
-    let cot = cotangents(&mdp, 1, false, "v", 1);
+    let cot = random_cotangents(&mdp, 1, false, "v", 1);
     let error = gpu.vjp(&mdp, &optimistic, &cot, None).unwrap_err();
     assert!(error.to_string().contains("needs alpha > 0"), "{error}");
-}
-
-/// `<c, outputs>` of the f64 solve over every step of a finite horizon (cotangents on every
-/// step), marked (NaN) entries left out.
-fn loss(mdp: &TabularMdp, options: &SolveOptions, cot: &MdpCotangents) -> f64 {
-    let outputs = Outputs {
-        policy: true,
-        q: true,
-        all_steps: true,
-        occupancy: false,
-    };
-    let got = solve_mdp_cpu_f64(mdp, options, outputs, &mut keep_going).unwrap();
-    let steps = got.steps.unwrap();
-    let dot = |c: &Option<Vec<f64>>, x: &[f64]| -> f64 {
-        c.as_ref().map_or(0.0, |c| {
-            (c.iter().zip(x))
-                .filter(|(_, v)| v.is_finite())
-                .map(|(c, v)| c * v)
-                .sum()
-        })
-    };
-    dot(&cot.values, &steps.values)
-        + dot(&cot.q, steps.q.as_ref().unwrap())
-        + dot(&cot.policy, steps.policy.as_ref().unwrap())
 }
 
 /// The independent truth: the GPU gradient of every input against central differences of the
@@ -210,14 +160,14 @@ fn gpu_gradients_match_central_differences() {
     let horizon = 5;
     for backup in [Backup::Expected, Backup::Optimistic] {
         let options = finite(0.6, horizon, backup);
-        let cot = cotangents(&mdp, horizon as usize, true, "vqp", 42);
+        let cot = random_cotangents(&mdp, horizon as usize, true, "vqp", 42);
         let got = gpu.vjp(&mdp, &options, &cot, None).unwrap();
         let central = |set: &dyn Fn(&mut TabularMdp, &mut SolveOptions, f64), x0: f64| {
             let h = 2e-6 * x0.abs().max(1.0);
             let at = |x: f64| {
                 let (mut m, mut o) = (mdp.clone(), options);
                 set(&mut m, &mut o, x);
-                loss(&m, &o, &cot)
+                cotangent_loss(&m, &o, &cot)
             };
             (at(x0 + h) - at(x0 - h)) / (2.0 * h)
         };
@@ -251,7 +201,7 @@ fn a_given_forward_solution_gives_the_same_gpu_gradient() {
     let Some(mut gpu) = engine() else { return };
     let mdp = common::random_mdp(70, 3, 2, true, 51);
     let options = infinite(0.8, Backup::Expected);
-    let cot = cotangents(&mdp, 1, false, "vqp", 52);
+    let cot = random_cotangents(&mdp, 1, false, "vqp", 52);
     let solved = solve_mdp_cpu_f64(&mdp, &options, Outputs::default(), &mut keep_going)
         .unwrap()
         .solution
@@ -285,7 +235,7 @@ fn a_batch_over_the_binding_limit_runs_in_chunks() {
         finite(0.5, 7, Backup::Expected),
     ] {
         let all = matches!(options.horizon, Horizon::Finite(_));
-        let cot = cotangents(&mdp, 7, all, "vqp", 62);
+        let cot = random_cotangents(&mdp, 7, all, "vqp", 62);
         let want = mdp_vjp_cpu(&mdp, &options, &cot).unwrap();
         let got = small.vjp(&mdp, &options, &cot, None).unwrap();
         let label = format!("chunked, {:?}", options.horizon);
@@ -300,7 +250,7 @@ fn a_batch_over_the_binding_limit_runs_in_chunks() {
         },
     )
     .unwrap();
-    let cot = cotangents(&mdp, 1, false, "v", 63);
+    let cot = random_cotangents(&mdp, 1, false, "v", 63);
     let error = one
         .vjp(&mdp, &infinite(0.5, Backup::Expected), &cot, None)
         .unwrap_err();

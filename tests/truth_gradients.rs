@@ -5,6 +5,7 @@
 //! its f32 fixed point) against the reference's and the same differences.
 
 mod common;
+use common::{cotangent_loss, random_cotangents};
 
 use softvi::engine::cpu::{MdpCotangents, MdpVjp, mdp_vjp_cpu, mdp_vjp_cpu_at, solve_mdp_cpu_f64};
 use softvi::engine::native::{mdp_vjp_native, solve_native_mdp};
@@ -18,51 +19,6 @@ use rand::{RngExt, SeedableRng};
 /// A gamma = 0.9 discount past horizon 400 weighs 0.9^400 = 5e-19: V_0 of that horizon is the
 /// infinite horizon's fixed point to f64's resolution, a differentiable stand-in for it.
 const LONG: u32 = 400;
-
-/// `<c, outputs>` of the f64 solve, marked (NaN) entries left out; the cotangents' steps as
-/// `cot.all_steps` says.
-fn loss(mdp: &TabularMdp, options: &SolveOptions, cot: &MdpCotangents) -> f64 {
-    let outputs = Outputs {
-        policy: true,
-        q: true,
-        all_steps: matches!(options.horizon, Horizon::Finite(_)),
-        occupancy: false,
-    };
-    let got = solve_mdp_cpu_f64(mdp, options, outputs, &mut keep_going).unwrap();
-    let steps = got.steps.as_ref();
-    let (b, s_n, a_n) = (mdp.tasks, mdp.states, mdp.actions);
-    let t_n = steps.map_or(1, |x| x.values.len() / (b * s_n) - 1);
-    // Output `all` `[task][t][inner]` (t < steps) at the cotangent's steps.
-    let pick = |all: &[f64], steps: usize, inner: usize, kept: usize| -> Vec<f64> {
-        (0..b)
-            .flat_map(|task| all[task * steps * inner..][..kept * inner].to_vec())
-            .collect()
-    };
-    let dot = |c: &Option<Vec<f64>>, x: &[f64]| -> f64 {
-        c.as_ref().map_or(0.0, |c| {
-            c.iter()
-                .zip(x)
-                .filter(|(_, v)| v.is_finite())
-                .map(|(c, v)| c * v)
-                .sum()
-        })
-    };
-    let kept = |steps: usize| if cot.all_steps { steps } else { 1 };
-    match steps {
-        Some(st) => {
-            dot(&cot.values, &pick(&st.values, t_n + 1, s_n, kept(t_n + 1)))
-                + dot(
-                    &cot.q,
-                    &pick(st.q.as_ref().unwrap(), t_n, s_n * a_n, kept(t_n)),
-                )
-                + dot(
-                    &cot.policy,
-                    &pick(st.policy.as_ref().unwrap(), t_n, s_n * a_n, kept(t_n)),
-                )
-        }
-        None => unreachable!("every solve here has a finite horizon"),
-    }
-}
 
 /// Central difference of `loss` along one input set by `set(mdp, options, x)` from `x0`.
 fn central(
@@ -78,31 +34,9 @@ fn central(
     let at = |x: f64| {
         let (mut m, mut o) = (mdp.clone(), *options);
         set(&mut m, &mut o, x);
-        loss(&m, &o, cot)
+        cotangent_loss(&m, &o, cot)
     };
     (at(x0 + h) - at(x0 - h)) / (2.0 * h)
-}
-
-fn cotangents(
-    mdp: &TabularMdp,
-    steps: usize,
-    all_steps: bool,
-    which: &str,
-    seed: u64,
-) -> MdpCotangents {
-    let mut rng = StdRng::seed_from_u64(seed);
-    let (b, s_n, a_n) = (mdp.tasks, mdp.states, mdp.actions);
-    let (v_len, qa_len) = match all_steps {
-        true => (b * (steps + 1) * s_n, b * steps * s_n * a_n),
-        false => (b * s_n, b * s_n * a_n),
-    };
-    let mut draw = |n: usize| -> Vec<f64> { (0..n).map(|_| rng.random_range(-1.0..1.0)).collect() };
-    MdpCotangents {
-        values: which.contains('v').then(|| draw(v_len)),
-        q: which.contains('q').then(|| draw(qa_len)),
-        policy: which.contains('p').then(|| draw(qa_len)),
-        all_steps,
-    }
 }
 
 /// Checks every input's gradient against central differences: within 1e-6 relative to the
@@ -182,7 +116,7 @@ fn finite_horizon_gradients_match_differences() {
     for backup in [Backup::Expected, Backup::Optimistic] {
         let o = finite(0.7, 0.95, 6, backup);
         for (which, all) in [("v", false), ("q", false), ("p", false), ("vqp", true)] {
-            let cot = cotangents(&mdp, 6, all, which, 5);
+            let cot = random_cotangents(&mdp, 6, all, which, 5);
             check(
                 &mdp,
                 &o,
@@ -200,7 +134,7 @@ fn infinite_horizon_gradients_match_differences() {
     let mdp = common::random_mdp(7, 3, 2, true, 31);
     for backup in [Backup::Expected, Backup::Optimistic] {
         for which in ["v", "qp"] {
-            let cot = cotangents(&mdp, 1, false, which, 9);
+            let cot = random_cotangents(&mdp, 1, false, which, 9);
             let stationary = SolveOptions {
                 alpha: 0.5,
                 gamma: 0.9,
@@ -241,8 +175,13 @@ fn infinite_horizon_gradients_match_differences() {
 fn hard_max_gradients_are_the_argmax_subgradient() {
     let mdp = common::random_mdp(8, 3, 1, true, 41);
     let o = finite(0.0, 0.9, 5, Backup::Expected);
-    check(&mdp, &o, &cotangents(&mdp, 5, false, "v", 2), "hard max, V");
-    let policy_only = cotangents(&mdp, 5, false, "p", 3);
+    check(
+        &mdp,
+        &o,
+        &random_cotangents(&mdp, 5, false, "v", 2),
+        "hard max, V",
+    );
+    let policy_only = random_cotangents(&mdp, 5, false, "p", 3);
     let vjp = mdp_vjp_cpu(&mdp, &o, &policy_only).unwrap();
     assert!(vjp.reward.iter().all(|&g| g == 0.0));
 }
@@ -257,7 +196,7 @@ fn hard_max_gradients_are_the_argmax_subgradient() {
 fn a_given_forward_solution_gives_the_same_gradient() {
     let mdp = common::random_mdp(9, 3, 2, true, 57);
     for backup in [Backup::Expected, Backup::Optimistic] {
-        let cot = cotangents(&mdp, 1, false, "vqp", 5);
+        let cot = random_cotangents(&mdp, 1, false, "vqp", 5);
         let options = SolveOptions {
             alpha: 0.7,
             gamma: 0.9,
@@ -321,7 +260,7 @@ fn a_given_forward_solution_gives_the_same_gradient() {
 fn native_gradients_match_the_reference_and_differences() {
     let mdp = common::random_mdp(13, 3, 2, true, 71);
     for backup in [Backup::Expected, Backup::Optimistic] {
-        let cot = cotangents(&mdp, 1, false, "vqp", 13);
+        let cot = random_cotangents(&mdp, 1, false, "vqp", 13);
         let options = SolveOptions {
             alpha: 0.5,
             gamma: 0.9,

@@ -11,11 +11,13 @@ use std::sync::{Mutex, OnceLock};
 
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
+use softvi::engine::cpu::{MdpCotangents, solve_mdp_cpu_f64};
+use softvi::engine::schedule::keep_going;
 use softvi::io::npy::NpyValues;
 use softvi::world::mdp::TabularMdp;
 use softvi::{
     ActionSet, Connectivity, EngineOptions, GpuContext, Grid, GridEngine, GridProblem, GridTask,
-    MdpSolution, MoveCost, Solution,
+    Horizon, MdpSolution, MoveCost, Outputs, Solution, SolveOptions,
 };
 use std::collections::HashMap;
 
@@ -426,5 +428,74 @@ pub fn compare(what: &str, gpu: &MdpSolution, cpu: &MdpSolution, value_tol: f64,
             dd <= prob_tol * scale,
             "{what}: max |dD| {dd} > {prob_tol} x {scale}"
         );
+    }
+}
+
+/// Random cotangents in [-1, 1] (signed: an adjoint is no distribution) on the outputs named
+/// in `which` (`v`, `q`, `p`), for `steps` steps of every task with `all_steps`.
+pub fn random_cotangents(
+    mdp: &TabularMdp,
+    steps: usize,
+    all_steps: bool,
+    which: &str,
+    seed: u64,
+) -> MdpCotangents {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let (b, s_n, a_n) = (mdp.tasks, mdp.states, mdp.actions);
+    let (v_len, qa_len) = match all_steps {
+        true => (b * (steps + 1) * s_n, b * steps * s_n * a_n),
+        false => (b * s_n, b * s_n * a_n),
+    };
+    let mut draw = |n: usize| -> Vec<f64> { (0..n).map(|_| rng.random_range(-1.0..1.0)).collect() };
+    MdpCotangents {
+        values: which.contains('v').then(|| draw(v_len)),
+        q: which.contains('q').then(|| draw(qa_len)),
+        policy: which.contains('p').then(|| draw(qa_len)),
+        all_steps,
+    }
+}
+
+/// `<c, outputs>` of the f64 solve, marked (NaN) entries left out; the cotangents' steps as
+/// `cot.all_steps` says.
+pub fn cotangent_loss(mdp: &TabularMdp, options: &SolveOptions, cot: &MdpCotangents) -> f64 {
+    let outputs = Outputs {
+        policy: true,
+        q: true,
+        all_steps: matches!(options.horizon, Horizon::Finite(_)),
+        occupancy: false,
+    };
+    let got = solve_mdp_cpu_f64(mdp, options, outputs, &mut keep_going).unwrap();
+    let steps = got.steps.as_ref();
+    let (b, s_n, a_n) = (mdp.tasks, mdp.states, mdp.actions);
+    let t_n = steps.map_or(1, |x| x.values.len() / (b * s_n) - 1);
+    // Output `all` `[task][t][inner]` (t < steps) at the cotangent's steps.
+    let pick = |all: &[f64], steps: usize, inner: usize, kept: usize| -> Vec<f64> {
+        (0..b)
+            .flat_map(|task| all[task * steps * inner..][..kept * inner].to_vec())
+            .collect()
+    };
+    let dot = |c: &Option<Vec<f64>>, x: &[f64]| -> f64 {
+        c.as_ref().map_or(0.0, |c| {
+            c.iter()
+                .zip(x)
+                .filter(|(_, v)| v.is_finite())
+                .map(|(c, v)| c * v)
+                .sum()
+        })
+    };
+    let kept = |steps: usize| if cot.all_steps { steps } else { 1 };
+    match steps {
+        Some(st) => {
+            dot(&cot.values, &pick(&st.values, t_n + 1, s_n, kept(t_n + 1)))
+                + dot(
+                    &cot.q,
+                    &pick(st.q.as_ref().unwrap(), t_n, s_n * a_n, kept(t_n)),
+                )
+                + dot(
+                    &cot.policy,
+                    &pick(st.policy.as_ref().unwrap(), t_n, s_n * a_n, kept(t_n)),
+                )
+        }
+        None => unreachable!("every solve here has a finite horizon"),
     }
 }
