@@ -1313,37 +1313,53 @@ impl MdpEngine {
             }
             self.core.queue.submit([encoder.finish()]);
         }
-        let accumulate = self.pipeline(MdpPipelineKey {
+        let accumulate = MdpPipelineKey {
             add_start: true,
             ..key
-        });
-        let accumulate_checked = self.pipeline(MdpPipelineKey {
-            add_start: true,
-            write_residual: true,
-            ..key
-        });
-        let extrapolate = self.core.extrapolate_pipeline.clone();
-        let kernels = Kernels {
-            sweep: &accumulate,
-            sweep_checked: &accumulate_checked,
-            extrapolate: &extrapolate,
-            sweep_groups: &groups,
-            extrapolate_groups: &extrapolate_groups,
-            keep_steps: None,
         };
-        let mut record = |encoder: &mut wgpu::CommandEncoder, step| {
-            kernels.record(encoder, &checks, step);
-        };
-        let run = wait(
-            self.core
-                .iterate(&checks, options, &mut record, &mut keep_going),
-        )?;
+        let run = self.iterate_pull(accumulate, &checks, &groups, &extrapolate_groups, options)?;
         let last = (run.sweeps % 2) as usize;
         let mut d = wait(self.core.read_f32(&occ.d[last], 0, chunk.v_bytes))?;
         for (i, x) in d.iter_mut().enumerate() {
             *x = (*x as f64 / occ.scales[i / s]) as f32;
         }
         Ok((d, run))
+    }
+}
+
+impl MdpEngine {
+    /// Iterates the occupancy pull `key` (`add_start`: `d = start + gamma P_pi^T d`) over the
+    /// bands bound in `groups` on `checks`' schedule (checks, freezing, the extrapolation
+    /// bound in `extrapolate_groups`): the discounted occupancy's and the VJP's adjoint.
+    pub(super) fn iterate_pull(
+        &mut self,
+        key: MdpPipelineKey,
+        checks: &Checks,
+        groups: &[[wgpu::BindGroup; 2]],
+        extrapolate_groups: &[[wgpu::BindGroup; 2]],
+        options: &SolveOptions,
+    ) -> Result<Iteration> {
+        let sweep = self.pipeline(key);
+        let sweep_checked = self.pipeline(MdpPipelineKey {
+            write_residual: true,
+            ..key
+        });
+        let extrapolate = self.core.extrapolate_pipeline.clone();
+        let kernels = Kernels {
+            sweep: &sweep,
+            sweep_checked: &sweep_checked,
+            extrapolate: &extrapolate,
+            sweep_groups: groups,
+            extrapolate_groups,
+            keep_steps: None,
+        };
+        let mut record = |encoder: &mut wgpu::CommandEncoder, step| {
+            kernels.record(encoder, checks, step);
+        };
+        wait(
+            self.core
+                .iterate(checks, options, &mut record, &mut keep_going),
+        )
     }
 }
 

@@ -20,12 +20,12 @@ use crate::engine::cpu::mdp_vjp::check_vjp_inputs;
 use crate::engine::cpu::{MdpCotangents, MdpVjp};
 use crate::engine::gpu::bands::band_dispatch;
 use crate::engine::gpu::core::{
-    ExtrapolateBand, ExtrapolateParams, Kernels, NOT_FROZEN, Window, bind, invocations,
+    ExtrapolateBand, ExtrapolateParams, NOT_FROZEN, Window, bind, invocations,
 };
 use crate::engine::gpu::wait;
 use crate::engine::layout::MdpInputs;
 use crate::engine::options::{Backup, Horizon, Outputs, SolveOptions};
-use crate::engine::schedule::{Verdict, keep_going};
+use crate::engine::schedule::Verdict;
 use crate::engine::solution::{Status, check_mdp_solve};
 use crate::error::{Result, ensure};
 use crate::world::mdp::{TabularMdp, Transpose};
@@ -719,25 +719,10 @@ impl VjpRun {
             write_q: false,
             freeze: false,
         };
+        let run = engine.iterate_pull(key, &checks, &groups, &extrapolate_groups, options)?;
+        // The polishing sweeps below, unchecked (the pipeline comes from the cache).
         let sweep = engine.pipeline(key);
-        let sweep_checked = engine.pipeline(MdpPipelineKey {
-            write_residual: true,
-            ..key
-        });
-        let extrapolate = engine.core.extrapolate_pipeline.clone();
-        let kernels = Kernels {
-            sweep: &sweep,
-            sweep_checked: &sweep_checked,
-            extrapolate: &extrapolate,
-            sweep_groups: &groups,
-            extrapolate_groups: &extrapolate_groups,
-            keep_steps: None,
-        };
-        let mut record = |encoder: &mut wgpu::CommandEncoder, step| {
-            kernels.record(encoder, &checks, step);
-        };
         let core = &mut engine.core;
-        let run = wait(core.iterate(&checks, options, &mut record, &mut keep_going))?;
         match &run.outcomes.verdict {
             Verdict::Converged => {}
             Verdict::Diverged(tasks) => {
