@@ -489,27 +489,17 @@ fn dense_to_csr(p: &NpyValues) -> Result<Csr> {
     indptr.push(0u32);
     let (mut indices, mut probs) = (Vec::with_capacity(nonzeros), Vec::with_capacity(nonzeros));
     for (row, entries) in p.data.chunks_exact(states).enumerate() {
-        let (s, a) = (row / actions, row % actions);
-        let mut sum = 0.0;
+        let start = indices.len();
         for (j, &x) in entries.iter().enumerate() {
-            ensure!(
-                x.is_finite() && x >= 0.0,
-                "P(s'={j}|s={s},a={a}) = {x} is negative or not a number"
-            );
+            // NaN and negative entries are kept here and named by `check_row`.
             if x != 0.0 {
                 indices.push(j as u32);
                 probs.push(x);
-                sum += x;
             }
         }
-        ensure!(
-            indices.len() > *indptr.last().unwrap_or(&0) as usize,
-            "transition row (s={s}, a={a}) is empty"
-        );
-        ensure!(
-            (sum - 1.0).abs() <= ROW_SUM_TOLERANCE,
-            "transition row (s={s}, a={a}) sums to {sum}, not 1 (tolerance {ROW_SUM_TOLERANCE})"
-        );
+        check_row((row / actions, row % actions), &probs[start..], |k| {
+            indices[start + k] as f64
+        })?;
         indptr.push(indices.len() as u32);
     }
     Ok((states, actions, indptr, indices, probs))
