@@ -158,10 +158,7 @@ pub fn solve_native_mdp(
     // And Q_{T-1}, ..., Q_0 (f32, padded states), so that every step's policy is read rather
     // than recomputed from V: where every step is reported (no bigger than that output), or
     // where a recomputation reads a dense P of S x S x A entries (Q's T x S x A are fewer).
-    let horizon = match options.horizon {
-        Horizon::Finite(t) => t as usize,
-        Horizon::Infinite { .. } => 0,
-    };
+    let horizon = options.horizon.finite_steps();
     let keep_q = keep_steps && (outputs.all_steps || (native.is_dense() && horizon <= mdp.states));
     let q_len = mdp.tasks * native.padded_states() * mdp.actions;
     let mut q_history: Vec<Vec<f32>> = Vec::new();
@@ -174,15 +171,9 @@ pub fn solve_native_mdp(
         true,
         v0,
         |v: &Vec<f32>, next: &mut Vec<f32>, frozen: &[bool]| {
-            let stats = match keep_q {
-                true => {
-                    let mut q = vec![0.0f32; q_len];
-                    let stats = native.sweep_recording_q(v, next, Some(&mut q), frozen, threads);
-                    q_history.push(q);
-                    stats
-                }
-                false => native.sweep(v, next, frozen, threads),
-            };
+            let mut q = keep_q.then(|| vec![0.0f32; q_len]);
+            let stats = native.sweep_recording_q(v, next, q.as_deref_mut(), frozen, threads);
+            q_history.extend(q);
             if keep_steps {
                 history.push(native.unpadded(next));
             }
