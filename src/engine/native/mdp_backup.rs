@@ -254,6 +254,31 @@ impl NativeMdp {
         self.dense
     }
 
+    /// The stored entries `(s', p)` of row `(s, a)` (none for a padding state past S; in the
+    /// sliced layout, without the padding on the sentinel).
+    fn row_entries(&self, s: usize, a: usize) -> Vec<(usize, f32)> {
+        if s >= self.states {
+            return Vec::new();
+        }
+        if self.dense {
+            let row = &self.probs[(s * self.actions + a) * self.states..][..self.states];
+            return (row.iter().enumerate())
+                .filter(|(_, p)| **p != 0.0)
+                .map(|(j, &p)| (j, p))
+                .collect();
+        }
+        let (block, lane) = (s / LANES, s % LANES);
+        let slice = block * self.actions + a;
+        let entries = self.slice_start[slice] * LANES..self.slice_start[slice + 1] * LANES;
+        let sentinel = self.padded as u32;
+        (self.cols[entries.clone()].iter().zip(&self.probs[entries]))
+            .skip(lane)
+            .step_by(LANES)
+            .filter(|(c, _)| **c != sentinel)
+            .map(|(&c, &p)| (c as usize, p))
+            .collect()
+    }
+
     /// States rounded up to whole blocks of [`LANES`]: the state axis of recorded Q.
     pub fn padded_states(&self) -> usize {
         self.padded
@@ -485,15 +510,15 @@ fn sweep_unit_any<const FMA: bool>(
             }
         }
         for a in 0..n {
-            let (cols, probs, dot);
-            if m.dense {
-                (cols, probs, dot) = (&[][..], &m.probs[..0], q[a]);
-            } else {
-                let entries = m.slice_start[b * n + a]..m.slice_start[b * n + a + 1];
-                cols = &m.cols[entries.start * LANES..entries.end * LANES];
-                probs = &m.probs[entries.start * LANES..entries.end * LANES];
-                dot = slice_dot::<FMA>(cols, probs, x);
-            }
+            let dot = match m.dense {
+                true => q[a],
+                false => {
+                    let entries = m.slice_start[b * n + a]..m.slice_start[b * n + a + 1];
+                    let cols = &m.cols[entries.start * LANES..entries.end * LANES];
+                    let probs = &m.probs[entries.start * LANES..entries.end * LANES];
+                    slice_dot::<FMA>(cols, probs, x)
+                }
+            };
             let r = &rewards[a * LANES..(a + 1) * LANES];
             q[a] = match args.shared {
                 None => std::array::from_fn(|l| madd::<FMA>(gamma, dot[l], r[l])),
@@ -503,12 +528,7 @@ fn sweep_unit_any<const FMA: bool>(
                     });
                     for l in 0..LANES {
                         if dot[l].is_nan() || dot[l] < SUM_LOW {
-                            let entries = match m.dense {
-                                // A padding lane (past S) has no row.
-                                true if b * LANES + l >= m.states => Vec::new(),
-                                true => dense_entries(m, b * LANES + l, a),
-                                false => sliced_entries(args.input.len(), cols, probs, l),
-                            };
+                            let entries = m.row_entries(b * LANES + l, a);
                             qa[l] = r[l] + optimistic_row(args.input, &entries, alpha, gamma);
                         }
                     }
@@ -597,25 +617,6 @@ fn push_row_any<const FMA: bool>(w: f32, row: &[f32], acc: &mut [f32]) {
     for (a, &p) in acc.iter_mut().zip(row) {
         *a = madd::<FMA>(w, p, *a);
     }
-}
-
-/// The nonzero entries `(s', p)` of lane `lane`'s row in a slice (`cols`, `probs`
-/// `[entry][lane]`; padding, on the sentinel `stride - 1`, skipped).
-fn sliced_entries(stride: usize, cols: &[u32], probs: &[f32], lane: usize) -> Vec<(usize, f32)> {
-    let sentinel = (stride - 1) as u32;
-    (cols.iter().zip(probs).skip(lane).step_by(LANES))
-        .filter(|(c, _)| **c != sentinel)
-        .map(|(&c, &p)| (c as usize, p))
-        .collect()
-}
-
-/// The nonzero entries `(s', p)` of row `(s, a)` of a dense model.
-fn dense_entries(m: &NativeMdp, s: usize, a: usize) -> Vec<(usize, f32)> {
-    let row = &m.probs[(s * m.actions + a) * m.states..][..m.states];
-    (row.iter().enumerate())
-        .filter(|(_, p)| **p != 0.0)
-        .map(|(j, &p)| (j, p))
-        .collect()
 }
 
 /// `alpha ln sum_k p_k exp(gamma V(s'_k) / alpha)` of one row's `entries` `(s', p)`, with its
