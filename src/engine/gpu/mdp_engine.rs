@@ -371,6 +371,8 @@ struct MdpChunk {
     /// The backup kernels' bands.
     layouts: Vec<Layout<MdpParams>>,
     checks: Checks,
+    /// `[task]`: the tasks that stop by the span bound (no fixed state).
+    span_bounded: Vec<bool>,
     /// The backup's pipeline; the policy differs only in `stage`.
     key: MdpPipelineKey,
     /// V ping-pong pair, `[task][state]`.
@@ -841,9 +843,6 @@ impl MdpEngine {
         progress: &mut OnProgress<'_>,
     ) -> Result<ChunkResult> {
         let unbounded = inputs.unbounded_tasks()[tasks.clone()].to_vec();
-        let s = inputs.mdp.states;
-        let span_bounded =
-            span_bounded_tasks(&inputs.fixed[tasks.start * s..tasks.end * s], tasks.len());
         let chunk = self.plan_chunk(inputs, tasks, options, outputs)?;
         let mut run = self.backward(inputs, dynamics, &chunk, options, progress)?;
         run.outcomes.verdict = with_unbounded(run.outcomes.verdict, &unbounded);
@@ -851,7 +850,7 @@ impl MdpEngine {
         let v_final = (run.sweeps % 2) as usize;
         let values = wait(self.core.read_f32(&chunk.values[v_final], 0, chunk.v_bytes))?;
         let mut result = ChunkResult::new(values, run);
-        result.span_bounded = span_bounded;
+        result.span_bounded = chunk.span_bounded.clone();
         if diverged {
             return Ok(result);
         }
@@ -974,6 +973,7 @@ impl MdpEngine {
             row_bytes,
             layouts,
             checks,
+            span_bounded,
             key,
             values,
             reward,
