@@ -14,7 +14,7 @@ use crate::engine::gpu::{GridEngine, MdpEngine};
 use crate::engine::options::{Backup, Horizon, Outputs, SolveOptions};
 use crate::world::grid::{ActionSet, Connectivity, Grid, MoveCost};
 use crate::world::grid_problem::{GridProblem, GridTask};
-use crate::world::mdp::{TabularMdp, uniform_start};
+use crate::world::mdp::{TabularMdp, Transitions, uniform_start};
 
 /// A named benchmark problem.
 pub struct Workload {
@@ -316,9 +316,7 @@ pub fn sparse_mdp(states: usize, seed: u64) -> TabularMdp {
         states,
         actions,
         tasks: 1,
-        indptr,
-        indices,
-        probs,
+        transitions: Transitions::sparse(indptr, indices, probs),
         reward,
         terminal,
         terminal_value: vec![0.0; states],

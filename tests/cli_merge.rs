@@ -235,7 +235,11 @@ fn write_mdp_edited(
             npy::encode(
                 "<i8",
                 &[s * a + 1],
-                &mdp.indptr.iter().map(|&x| x as f64).collect::<Vec<_>>(),
+                &mdp.csr()
+                    .indptr
+                    .iter()
+                    .map(|&x| x as f64)
+                    .collect::<Vec<_>>(),
             ),
         ),
         (
@@ -243,10 +247,17 @@ fn write_mdp_edited(
             npy::encode(
                 "<i8",
                 &[mdp.nonzeros()],
-                &mdp.indices.iter().map(|&x| x as f64).collect::<Vec<_>>(),
+                &mdp.csr()
+                    .indices
+                    .iter()
+                    .map(|&x| x as f64)
+                    .collect::<Vec<_>>(),
             ),
         ),
-        ("data", npy::encode("<f8", &[mdp.nonzeros()], &mdp.probs)),
+        (
+            "data",
+            npy::encode("<f8", &[mdp.nonzeros()], &mdp.csr().probs),
+        ),
         ("R", npy::encode("<f8", &[b, s, a], &mdp.reward)),
         (
             "terminal",

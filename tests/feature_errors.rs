@@ -6,6 +6,7 @@ mod common;
 
 use std::path::Path;
 
+use softvi::world::mdp::Transitions;
 use softvi::{Error, Horizon, Outputs, SolveOptions, TabularMdp, keep_going, solve_mdp_cpu};
 
 /// A valid 3-state, 2-action chain with one task; each test breaks one field of it.
@@ -15,9 +16,11 @@ fn chain() -> TabularMdp {
         states: 3,
         actions: 2,
         tasks: 1,
-        indptr: vec![0, 1, 2, 4, 5, 6, 7],
-        indices: vec![1, 0, 2, 1, 0, 2, 2],
-        probs: vec![1.0, 1.0, 0.5, 0.5, 1.0, 1.0, 1.0],
+        transitions: Transitions::sparse(
+            vec![0, 1, 2, 4, 5, 6, 7],
+            vec![1, 0, 2, 1, 0, 2, 2],
+            vec![1.0, 1.0, 0.5, 0.5, 1.0, 1.0, 1.0],
+        ),
         reward: vec![-1.0; 6],
         terminal: vec![false, false, true],
         terminal_value: vec![0.0; 3],
@@ -58,26 +61,58 @@ fn broken_mdps_are_invalid_input_naming_the_array() {
     let cases: [(&str, Break, &str); 9] = [
         (
             "indptr too short",
-            |m| m.indptr.pop().map(drop).unwrap_or(()),
+            |m| {
+                common::edit_csr(m, |c| {
+                    c.indptr.pop();
+                })
+            },
             "indptr holds 6",
         ),
         (
             "indptr decreasing",
-            |m| m.indptr[2] = 0,
+            |m| {
+                common::edit_csr(m, |c| {
+                    c.indptr[2] = 0;
+                })
+            },
             "indptr decreases at index 2",
         ),
         (
             "indptr past indices",
-            |m| m.indptr[6] = 9,
+            |m| {
+                common::edit_csr(m, |c| {
+                    c.indptr[6] = 9;
+                })
+            },
             "indptr ends at 9",
         ),
         (
             "successor out of range",
-            |m| m.indices[3] = 7,
+            |m| {
+                common::edit_csr(m, |c| {
+                    c.indices[3] = 7;
+                })
+            },
             "indices[3] = 7",
         ),
-        ("row sum", |m| m.probs[2] = 0.25, "sums to 0.75"),
-        ("negative probability", |m| m.probs[0] = -1.0, "is negative"),
+        (
+            "row sum",
+            |m| {
+                common::edit_csr(m, |c| {
+                    c.probs[2] = 0.25;
+                })
+            },
+            "sums to 0.75",
+        ),
+        (
+            "negative probability",
+            |m| {
+                common::edit_csr(m, |c| {
+                    c.probs[0] = -1.0;
+                })
+            },
+            "is negative",
+        ),
         (
             "reward length",
             |m| m.reward.truncate(5),

@@ -161,12 +161,12 @@ fn impossible_steps_zero_some_tasks_or_fail_clearly() {
         .iter()
         .position(|&c| c == 41 + 1)
         .unwrap();
-    let next = (0..mdp.indices.len())
+    let next = (0..mdp.csr().indices.len())
         .find(|&k| {
-            let row = mdp.indptr.partition_point(|&p| p as usize <= k) - 1;
-            row / mdp.actions == goal && mdp.indices[k] as usize != goal
+            let row = mdp.csr().indptr.partition_point(|&p| p as usize <= k) - 1;
+            row / mdp.actions == goal && mdp.csr().indices[k] as usize != goal
         })
-        .map(|k| mdp.indices[k] as usize)
+        .map(|k| mdp.csr().indices[k] as usize)
         .unwrap();
     let cell = world.cell_of_state[next] as usize;
     let trajectory = obs(&[(1, 1), (cell % 41, cell / 41)]);

@@ -226,8 +226,8 @@ fn dense_model_features(mdp: &TabularMdp, features: &[f32], m: usize) -> Vec<f64
     let (s_n, a_n) = (mdp.states, mdp.actions);
     let mut p = vec![0.0; s_n * a_n * s_n];
     for row in 0..s_n * a_n {
-        for k in mdp.indptr[row] as usize..mdp.indptr[row + 1] as usize {
-            p[row * s_n + mdp.indices[k] as usize] += mdp.probs[k];
+        for k in mdp.csr().indptr[row] as usize..mdp.csr().indptr[row + 1] as usize {
+            p[row * s_n + mdp.csr().indices[k] as usize] += mdp.csr().probs[k];
         }
     }
     let terminal = &mdp.terminal[m * s_n..(m + 1) * s_n];

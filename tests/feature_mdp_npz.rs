@@ -61,9 +61,9 @@ fn dense_transitions_become_csr() {
         );
         let mdp = TabularMdp::load_npz(&path).unwrap();
         assert_eq!((mdp.states, mdp.actions, mdp.tasks), (3, 2, 1));
-        assert_eq!(mdp.indptr, vec![0, 1, 3, 4, 6, 7, 9]);
-        assert_eq!(mdp.indices[..3], [1, 0, 1]);
-        assert_eq!(mdp.probs[..3], [1.0, 0.5, 0.5]);
+        assert_eq!(mdp.csr().indptr, vec![0, 1, 3, 4, 6, 7, 9]);
+        assert_eq!(mdp.csr().indices[..3], [1, 0, 1]);
+        assert_eq!(mdp.csr().probs[..3], [1.0, 0.5, 0.5]);
         // [S] rewards broadcast over actions; uniform start over non-terminal states.
         assert_eq!(mdp.reward, vec![1.0, 1.0, 2.0, 2.0, 3.0, 3.0]);
         assert_eq!(mdp.initial, vec![0.5, 0.5, 0.0]);

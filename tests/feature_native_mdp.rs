@@ -14,7 +14,7 @@ use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 use softvi::engine::layout::MdpInputs;
 use softvi::engine::native::NativeMdp;
-use softvi::world::mdp::TabularMdp;
+use softvi::world::mdp::{TabularMdp, Transitions};
 use softvi::{
     Backup, Horizon, MdpSolution, MdpSolver, NativeSolver, Outputs, SolveOptions, Status,
     keep_going, solve_mdp_cpu,
@@ -77,8 +77,8 @@ fn bellman(mdp: &TabularMdp, o: &SolveOptions, task: usize, s: usize, v: &[f64])
         .map(|a| {
             let row = s * mdp.actions + a;
             let r = mdp.reward[(base + s) * mdp.actions + a];
-            let entries = mdp.indptr[row] as usize..mdp.indptr[row + 1] as usize;
-            let next = |k: usize| (mdp.probs[k], v[base + mdp.indices[k] as usize]);
+            let entries = mdp.csr().indptr[row] as usize..mdp.csr().indptr[row + 1] as usize;
+            let next = |k: usize| (mdp.csr().probs[k], v[base + mdp.csr().indices[k] as usize]);
             match o.backup {
                 Backup::Expected => {
                     r + o.gamma * entries.map(next).map(|(p, x)| p * x).sum::<f64>()
@@ -290,6 +290,80 @@ fn dense_rows_match_reference_and_bellman() {
     let sparse = random_mdp(77, 3, 1, false, 2);
     let sparse = MdpInputs::new(&sparse, &SolveOptions::default());
     assert!(!NativeMdp::new(&sparse).is_dense());
+}
+
+/// `mdp` with its transitions as CSR (a dense model's own CSR form).
+fn as_csr(mdp: &TabularMdp) -> TabularMdp {
+    let csr = mdp.csr().clone();
+    TabularMdp {
+        transitions: Transitions::sparse(csr.indptr, csr.indices, csr.probs),
+        ..mdp.clone()
+    }
+}
+
+#[test]
+fn a_model_kept_dense_gives_its_csr_forms_bits() {
+    // A dense P at least half full stays dense (the native engine reads its rows, never a
+    // CSR); the same model as CSR must give the same bits on the native engine (whose dense
+    // layout from either is the same f32 matrix) and on the reference (which reads the CSR
+    // built from the dense rows). Every output, both horizons.
+    let dense = dense_mdp(61, 2, 17);
+    assert!(dense.transitions.dense_rows().is_some(), "kept dense");
+    let csr = as_csr(&dense);
+    assert!(csr.transitions.dense_rows().is_none());
+    assert_eq!(dense, csr, "a dense model equals its CSR form");
+    assert_eq!(dense.nonzeros(), csr.csr().indices.len());
+    assert_eq!(dense.probability(3, 2, 7), csr.probability(3, 2, 7));
+    let outputs = Outputs {
+        policy: true,
+        q: true,
+        all_steps: true,
+        occupancy: true,
+    };
+    for horizon in [
+        Horizon::Finite(7),
+        infinite(0.5, 0.9, Backup::Expected, 1e-6).horizon,
+    ] {
+        for (alpha, backup) in [
+            (0.5, Backup::Expected),
+            (0.0, Backup::Expected),
+            (1.0, Backup::Optimistic),
+        ] {
+            let o = SolveOptions {
+                alpha,
+                gamma: 0.9,
+                backup,
+                horizon,
+                ..SolveOptions::default()
+            };
+            let outputs = Outputs {
+                all_steps: matches!(horizon, Horizon::Finite(_)),
+                ..outputs
+            };
+            let what = format!("{horizon:?} alpha {alpha} {backup:?}");
+            // Tolerance 0: the same bits.
+            let (got, want) = (native(&dense, &o, outputs), native(&csr, &o, outputs));
+            compare(&format!("native {what}"), &got, &want, 0.0, 0.0);
+            let got = solve_mdp_cpu(&dense, &o, outputs).unwrap();
+            let want = solve_mdp_cpu(&csr, &o, outputs).unwrap();
+            compare(&format!("reference {what}"), &got, &want, 0.0, 0.0);
+        }
+    }
+    // Fewer than half the entries nonzero: CSR.
+    let (s, a) = (20, 2);
+    let mut p = vec![0.0; s * a * s];
+    for (row, out) in p.chunks_exact_mut(s).enumerate() {
+        for k in 0..(s / 2 - 1) {
+            out[(row + k) % s] = 1.0 / (s / 2 - 1) as f64;
+        }
+    }
+    let arrays = HashMap::from([
+        ("P".to_owned(), common::array(vec![s, a, s], p)),
+        ("R".to_owned(), common::array(vec![s], vec![0.5; s])),
+    ]);
+    let sparse = TabularMdp::from_arrays(&arrays).unwrap();
+    assert!(sparse.transitions.dense_rows().is_none(), "under half full");
+    assert_eq!(sparse.nonzeros(), s * a * (s / 2 - 1));
 }
 
 #[test]

@@ -363,15 +363,15 @@ fn learned_q_approaches_the_true_soft_q_as_samples_grow() {
         for &s in &open {
             for a in 0..a_n {
                 let row = s * a_n + a;
-                let entries = mdp.indptr[row] as usize..mdp.indptr[row + 1] as usize;
+                let entries = mdp.csr().indptr[row] as usize..mdp.csr().indptr[row + 1] as usize;
                 for _ in 0..per_pair {
                     let u: f64 = rng.random_range(0.0..1.0);
                     let mut acc = 0.0;
-                    let mut next = mdp.indices[entries.end - 1] as usize;
+                    let mut next = mdp.csr().indices[entries.end - 1] as usize;
                     for k in entries.clone() {
-                        acc += mdp.probs[k] as f64;
+                        acc += mdp.csr().probs[k] as f64;
                         if u < acc {
-                            next = mdp.indices[k] as usize;
+                            next = mdp.csr().indices[k] as usize;
                             break;
                         }
                     }

@@ -24,8 +24,8 @@ fn dense_occupancy(mdp: &TabularMdp, gamma: f64, policy: &[f32], horizon: usize)
     let (s_n, a_n, b_n) = (mdp.states, mdp.actions, mdp.tasks);
     let mut p = vec![0.0; s_n * a_n * s_n];
     for row in 0..s_n * a_n {
-        for k in mdp.indptr[row] as usize..mdp.indptr[row + 1] as usize {
-            p[row * s_n + mdp.indices[k] as usize] += mdp.probs[k];
+        for k in mdp.csr().indptr[row] as usize..mdp.csr().indptr[row + 1] as usize {
+            p[row * s_n + mdp.csr().indices[k] as usize] += mdp.csr().probs[k];
         }
     }
     let mut out = Vec::new();

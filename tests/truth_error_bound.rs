@@ -262,9 +262,12 @@ fn value_iteration(mdp: &TabularMdp, alpha: f64, gamma: f64) -> Vec<f64> {
                 let q: Vec<f64> = (0..a_n)
                     .map(|a| {
                         let row = s * a_n + a;
-                        let entries = mdp.indptr[row] as usize..mdp.indptr[row + 1] as usize;
+                        let entries =
+                            mdp.csr().indptr[row] as usize..mdp.csr().indptr[row + 1] as usize;
                         let expected: f64 = entries
-                            .map(|k| mdp.probs[k] * v[t * s_n + mdp.indices[k] as usize])
+                            .map(|k| {
+                                mdp.csr().probs[k] * v[t * s_n + mdp.csr().indices[k] as usize]
+                            })
                             .sum();
                         mdp.reward[(t * s_n + s) * a_n + a] + gamma * expected
                     })

@@ -81,8 +81,10 @@ fn check_vjp(
         });
         compare(format!("terminal_value[{i}]"), vjp.terminal_value[i], fd);
     }
-    for k in (0..mdp.probs.len()).step_by(3) {
-        let fd = central(mdp, options, cot, mdp.probs[k], |m, _, x| m.probs[k] = x);
+    for k in (0..mdp.csr().probs.len()).step_by(3) {
+        let fd = central(mdp, options, cot, mdp.csr().probs[k], |m, _, x| {
+            common::set_prob(m, k, x)
+        });
         compare(format!("probs[{k}]"), vjp.probs[k], fd);
     }
     if options.alpha > 0.0 {

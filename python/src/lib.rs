@@ -102,9 +102,11 @@ impl PyMdp {
         let m = &self.inner;
         let (b, s, a) = (m.tasks, m.states, m.actions);
         let out = PyDict::new(py);
-        out.set_item("indptr", PyArray1::from_slice(py, &m.indptr))?;
-        out.set_item("indices", PyArray1::from_slice(py, &m.indices))?;
-        out.set_item("data", PyArray1::from_slice(py, &m.probs))?;
+        // A dense model's CSR is built here on first use.
+        let csr = py.detach(|| m.csr());
+        out.set_item("indptr", PyArray1::from_slice(py, &csr.indptr))?;
+        out.set_item("indices", PyArray1::from_slice(py, &csr.indices))?;
+        out.set_item("data", PyArray1::from_slice(py, &csr.probs))?;
         out.set_item("R", PyArray1::from_slice(py, &m.reward).reshape([b, s, a])?)?;
         out.set_item(
             "terminal",
@@ -163,7 +165,7 @@ fn mdp_from_arrays(
 ) -> PyResult<PyMdp> {
     let values = npy_values(arrays);
     let inner = py
-        .detach(|| TabularMdp::from_arrays(&values))
+        .detach(|| TabularMdp::from_array_map(values))
         .map_err(to_py)?;
     Ok(PyMdp { inner })
 }

@@ -202,10 +202,11 @@ fn episode(
             None
         }
         .unwrap_or(((u_action * a_n as f64) as usize).min(a_n - 1));
-        let entries = mdp.indptr[s * a_n + a] as usize..mdp.indptr[s * a_n + a + 1] as usize;
-        let k =
-            draw(entries.clone().map(|k| mdp.probs[k]), u_next).expect("transition rows hold mass");
-        let next = mdp.indices[entries.start + k] as usize;
+        let entries =
+            mdp.csr().indptr[s * a_n + a] as usize..mdp.csr().indptr[s * a_n + a + 1] as usize;
+        let k = draw(entries.clone().map(|k| mdp.csr().probs[k]), u_next)
+            .expect("transition rows hold mass");
+        let next = mdp.csr().indices[entries.start + k] as usize;
         let ends = mdp.terminal[truth * s_n + next];
         let reward = mdp.reward[(truth * s_n + s) * a_n + a]
             + if ends {

@@ -22,7 +22,7 @@ use crate::engine::solution::Status;
 use crate::engine::solver::MdpSolver;
 use crate::error::{Context, Result, bail, ensure};
 use crate::io::npy::NpyValues;
-use crate::world::mdp::{TabularMdp, uniform_start};
+use crate::world::mdp::{TabularMdp, Transitions, uniform_start};
 use std::collections::HashMap;
 use std::path::Path;
 
@@ -420,9 +420,7 @@ pub fn empirical_mdp(data: &Dataset) -> Result<EmpiricalMdp> {
         states,
         actions: a_n,
         tasks: 1,
-        indptr,
-        indices,
-        probs,
+        transitions: Transitions::sparse(indptr, indices, probs),
         reward,
         terminal,
         terminal_value: vec![0.0; states],
@@ -451,8 +449,8 @@ fn check_ends_reachable(empirical: &EmpiricalMdp) -> Result<()> {
     let mut start = vec![0usize; n + 1];
     let seen = |row: usize| mdp.reward[row] != f64::NEG_INFINITY && row / a_n != empirical.sink();
     for row in (0..n * a_n).filter(|&r| seen(r)) {
-        for k in mdp.indptr[row] as usize..mdp.indptr[row + 1] as usize {
-            start[mdp.indices[k] as usize + 1] += 1;
+        for k in mdp.csr().indptr[row] as usize..mdp.csr().indptr[row + 1] as usize {
+            start[mdp.csr().indices[k] as usize + 1] += 1;
         }
     }
     for j in 0..n {
@@ -461,8 +459,8 @@ fn check_ends_reachable(empirical: &EmpiricalMdp) -> Result<()> {
     let mut from = vec![0u32; start[n]];
     let mut slot = start.clone();
     for row in (0..n * a_n).filter(|&r| seen(r)) {
-        for k in mdp.indptr[row] as usize..mdp.indptr[row + 1] as usize {
-            let j = mdp.indices[k] as usize;
+        for k in mdp.csr().indptr[row] as usize..mdp.csr().indptr[row + 1] as usize {
+            let j = mdp.csr().indices[k] as usize;
             from[slot[j]] = (row / a_n) as u32;
             slot[j] += 1;
         }

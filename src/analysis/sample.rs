@@ -207,11 +207,11 @@ pub fn sample_until(
                 let Some(a) = draw(pi.iter().map(|&p| p as f64), u_action) else {
                     break;
                 };
-                let entries =
-                    mdp.indptr[s * a_n + a] as usize..mdp.indptr[s * a_n + a + 1] as usize;
-                let next = draw(entries.clone().map(|k| mdp.probs[k]), u_next)
+                let entries = mdp.csr().indptr[s * a_n + a] as usize
+                    ..mdp.csr().indptr[s * a_n + a + 1] as usize;
+                let next = draw(entries.clone().map(|k| mdp.csr().probs[k]), u_next)
                     .expect("transition rows hold mass");
-                s = mdp.indices[entries.start + next] as usize;
+                s = mdp.csr().indices[entries.start + next] as usize;
                 taken[t] = a as i32;
                 visited[t + 1] = s as i32;
             }

@@ -320,10 +320,10 @@ impl<'a> MdpInputs<'a> {
                                 // Excluded actions (reward -inf) are no alternative.
                                 let open = rewards.iter().filter(|r| r.is_finite()).count();
                                 let row = s * n + a;
-                                let entries =
-                                    mdp.indptr[row] as usize..mdp.indptr[row + 1] as usize;
+                                let entries = mdp.csr().indptr[row] as usize
+                                    ..mdp.csr().indptr[row + 1] as usize;
                                 !entries.is_empty()
-                                    && entries.clone().all(|k| mdp.indices[k] as usize == s)
+                                    && entries.clone().all(|k| mdp.csr().indices[k] as usize == s)
                                     && unbounded_self_loop(
                                         self.alpha,
                                         open,

@@ -158,7 +158,13 @@ pub fn estimate_mdp_bytes(mdp: &TabularMdp, options: &SolveOptions, outputs: Out
         options,
         outputs,
     );
-    u64::try_from(bytes).unwrap_or(u64::MAX)
+    // A dense model's CSR, built on first use by a path that reads one (the native engine
+    // reads the dense rows as f32 instead, fewer bytes than the transposes counted above).
+    let csr = match mdp.transitions.dense_rows() {
+        Some(_) => mul(&[n(mdp.nonzeros()), 12]) + mul(&[n(mdp.states), n(mdp.actions) + 1, 4]),
+        None => 0,
+    };
+    u64::try_from(bytes.saturating_add(csr)).unwrap_or(u64::MAX)
 }
 
 /// Bytes this machine has available for new allocations: `MemAvailable` of `/proc/meminfo`

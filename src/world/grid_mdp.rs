@@ -7,7 +7,7 @@
 use crate::error::{Result, ensure};
 
 use crate::world::grid_problem::GridProblem;
-use crate::world::mdp::TabularMdp;
+use crate::world::mdp::{TabularMdp, Transitions};
 
 /// Marks a blocked cell in [`GridMdp::state_of_cell`].
 pub const NO_STATE: u32 = u32::MAX;
@@ -140,9 +140,7 @@ impl GridMdp {
                 states,
                 actions: n,
                 tasks,
-                indptr,
-                indices,
-                probs,
+                transitions: Transitions::sparse(indptr, indices, probs),
                 reward,
                 terminal,
                 terminal_value: vec![0.0; tasks * states],

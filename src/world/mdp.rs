@@ -4,7 +4,9 @@
 //! distributions. Loading validates everything and names the array and entry at fault.
 
 use std::collections::HashMap;
+use std::fmt;
 use std::path::Path;
+use std::sync::{Arc, OnceLock};
 
 use crate::error::{Context, Result, bail, ensure};
 
@@ -17,7 +19,7 @@ pub const ROW_SUM_TOLERANCE: f64 = 1e-5;
 /// the row is scaled to sum to 1, beyond it refused.
 pub const INITIAL_SUM_TOLERANCE: f64 = 1e-6;
 
-/// A batch of B tasks sharing sparse dynamics.
+/// A batch of B tasks sharing one model's dynamics.
 #[derive(Clone, Debug, PartialEq)]
 pub struct TabularMdp {
     /// States S.
@@ -26,13 +28,8 @@ pub struct TabularMdp {
     pub actions: usize,
     /// Tasks B.
     pub tasks: usize,
-    /// CSR row starts, `[S*A + 1]`; row `s * A + a` holds `P(.|s,a)`.
-    pub indptr: Vec<u32>,
-    /// Successor states of the nonzero entries, `[nnz]`.
-    pub indices: Vec<u32>,
-    /// Probabilities of the nonzero entries, `[nnz]`, as the caller gave them (the f32
-    /// engines round them once, when they upload).
-    pub probs: Vec<f64>,
+    /// `P(s'|s,a)`, sparse or dense (shared by the model's copies: shards, new rewards).
+    pub transitions: Transitions,
     /// `r(s,a)`, `[task][state][action]`; -inf excludes the action (Q = -inf, policy 0),
     /// which every non-terminal state must leave one of. `.npz` files hold finite rewards.
     pub reward: Vec<f64>,
@@ -43,6 +40,112 @@ pub struct TabularMdp {
     /// Start distribution, `[task][state]` (uniform over non-terminal states unless given;
     /// over all states when every state is terminal).
     pub initial: Vec<f64>,
+}
+
+/// Transitions in CSR form over rows `s * A + a` (as `scipy.sparse.csr_matrix` of shape
+/// `(S*A, S)` holds them).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Csr {
+    /// Row starts, `[S*A + 1]`; row `s * A + a` holds `P(.|s,a)`.
+    pub indptr: Vec<u32>,
+    /// Successor states of the nonzero entries, `[nnz]`.
+    pub indices: Vec<u32>,
+    /// Probabilities of the nonzero entries, `[nnz]`, as the caller gave them (the f32
+    /// engines round them once, when they upload).
+    pub probs: Vec<f64>,
+}
+
+/// A model's transitions: CSR, or a dense `[S*A, S]` matrix kept as given where most of its
+/// entries are nonzero (the native engine then reads it without a CSR in between; the CSR is
+/// built on first use by a path that reads one: the reference, the GPU's CSR kernels,
+/// sampling). Cloning shares the storage.
+#[derive(Clone)]
+pub struct Transitions(Arc<Stored>);
+
+enum Stored {
+    Sparse(Csr),
+    Dense {
+        /// `P(s'|s,a)`, `[s * A + a][s']`.
+        p: Vec<f64>,
+        states: usize,
+        nonzeros: usize,
+        csr: OnceLock<Csr>,
+    },
+}
+
+impl Transitions {
+    /// CSR transitions (checked by [`TabularMdp::validate`]).
+    pub fn sparse(indptr: Vec<u32>, indices: Vec<u32>, probs: Vec<f64>) -> Self {
+        Self(Arc::new(Stored::Sparse(Csr {
+            indptr,
+            indices,
+            probs,
+        })))
+    }
+
+    /// Dense transitions `[s * A + a][s']` over `states` successors, every row checked (a
+    /// probability distribution) and at most `u32::MAX` nonzero entries, so that the CSR built
+    /// from them on first use holds them.
+    pub fn dense(p: Vec<f64>, states: usize, actions: usize) -> Result<Self> {
+        ensure!(
+            states > 0 && actions > 0 && Some(p.len()) == states.checked_mul(states * actions),
+            "dense transitions hold {} entries, not S x A x S = {states} x {actions} x {states}",
+            p.len()
+        );
+        let nonzeros = check_dense_rows(&p, states, actions)?;
+        Ok(Self(Arc::new(Stored::Dense {
+            p,
+            states,
+            nonzeros,
+            csr: OnceLock::new(),
+        })))
+    }
+
+    /// The CSR form (built once, on first call, for dense transitions).
+    pub fn csr(&self) -> &Csr {
+        match &*self.0 {
+            Stored::Sparse(csr) => csr,
+            Stored::Dense { p, states, csr, .. } => csr.get_or_init(|| dense_csr(p, *states)),
+        }
+    }
+
+    /// The dense matrix `[s * A + a][s']`, where the transitions are stored dense.
+    pub fn dense_rows(&self) -> Option<&[f64]> {
+        match &*self.0 {
+            Stored::Sparse(_) => None,
+            Stored::Dense { p, .. } => Some(p),
+        }
+    }
+
+    /// Nonzero entries (the CSR's length), without building the CSR.
+    pub fn nonzeros(&self) -> usize {
+        match &*self.0 {
+            Stored::Sparse(csr) => csr.indices.len(),
+            Stored::Dense { nonzeros, .. } => *nonzeros,
+        }
+    }
+}
+
+/// Equal when the CSR forms are (a dense model equals its CSR).
+impl PartialEq for Transitions {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0) || self.csr() == other.csr()
+    }
+}
+
+impl fmt::Debug for Transitions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &*self.0 {
+            Stored::Sparse(csr) => f.debug_tuple("Sparse").field(csr).finish(),
+            Stored::Dense {
+                states, nonzeros, ..
+            } => f
+                .debug_struct("Dense")
+                .field("states", states)
+                .field("nonzeros", nonzeros)
+                .finish_non_exhaustive(),
+        }
+    }
 }
 
 /// The start distribution a task gets when none is given, `[state]`: uniform over its
@@ -64,7 +167,7 @@ impl TabularMdp {
     /// Reads and validates an `.npz` file; errors name the file and the array.
     pub fn load_npz(path: &Path) -> Result<Self> {
         let arrays = npy::read_npz(path, "MDP file")?;
-        Self::from_arrays(&arrays).with_context(|| format!("invalid MDP file {}", path.display()))
+        Self::from_array_map(arrays).with_context(|| format!("invalid MDP file {}", path.display()))
     }
 
     /// Builds and validates an MDP from named arrays (the entries of an `.npz`).
@@ -75,6 +178,12 @@ impl TabularMdp {
     /// rounding of its sum, S f64 ulps: then it is kept as given); a missing one is uniform
     /// over the non-terminal states, or over all states when every state is terminal.
     pub fn from_arrays(arrays: &HashMap<String, NpyValues>) -> Result<Self> {
+        Self::from_array_map(arrays.clone())
+    }
+
+    /// [`Self::from_arrays`], taking the arrays: a dense `P` that stays dense (at least half
+    /// of its entries nonzero) is kept without a copy.
+    pub fn from_array_map(mut arrays: HashMap<String, NpyValues>) -> Result<Self> {
         let mut names: Vec<&String> = arrays.keys().collect();
         names.sort();
         for name in names {
@@ -94,16 +203,19 @@ impl TabularMdp {
                 array.data.len()
             );
         }
+        let dense = arrays.remove("P");
         let reward = arrays.get("R").context("missing array R (rewards)")?;
-        let (states, actions, indptr, indices, probs) = match arrays.get("P") {
-            Some(p) => dense_to_csr(p)?,
+        let (states, actions, transitions) = match dense {
+            Some(p) => dense_transitions(p)?,
             None => {
                 let get = |name: &str| {
                     arrays.get(name).with_context(|| {
                         format!("missing transitions: give P [S,A,S] or indptr, indices, data (no {name})")
                     })
                 };
-                sparse_transitions(get("indptr")?, get("indices")?, get("data")?, reward)?
+                let (states, actions, indptr, indices, probs) =
+                    sparse_transitions(get("indptr")?, get("indices")?, get("data")?, reward)?;
+                (states, actions, Transitions::sparse(indptr, indices, probs))
             }
         };
         let (tasks, reward) = rewards(reward, states, actions)?;
@@ -181,9 +293,7 @@ impl TabularMdp {
             states,
             actions,
             tasks,
-            indptr,
-            indices,
-            probs,
+            transitions,
             reward,
             terminal,
             terminal_value,
@@ -257,45 +367,20 @@ impl TabularMdp {
             u32::try_from(s_n).is_ok(),
             "{s_n} states do not fit the u32 state indices"
         );
-        ensure!(
-            self.indptr.len() == rows + 1,
-            "indptr holds {} entries, not states x actions + 1 = {}",
-            self.indptr.len(),
-            rows + 1
-        );
-        ensure!(
-            self.indptr[0] == 0,
-            "indptr[0] is {}, not 0",
-            self.indptr[0]
-        );
-        if let Some(i) = self.indptr.windows(2).position(|w| w[1] < w[0]) {
-            bail!(
-                "indptr decreases at index {} ({} after {})",
-                i + 1,
-                self.indptr[i + 1],
-                self.indptr[i]
-            );
-        }
-        let nnz = self.indptr[rows] as usize;
-        ensure!(
-            self.indices.len() == nnz && self.probs.len() == nnz,
-            "indptr ends at {nnz} but indices holds {} and probs {} entries",
-            self.indices.len(),
-            self.probs.len()
-        );
-        if let Some(k) = self.indices.iter().position(|&j| j as usize >= s_n) {
-            bail!(
-                "indices[{k}] = {} is not a state (states = {s_n})",
-                self.indices[k]
-            );
-        }
-        // Successors are in range (checked above): each row's probabilities are checked, with
-        // no per-row allocation (10^8 entries validate in a fraction of a second).
-        for row in 0..rows {
-            let range = self.indptr[row] as usize..self.indptr[row + 1] as usize;
-            check_row((row / a_n, row % a_n), &self.probs[range.clone()], |k| {
-                self.indices[range.start + k] as f64
-            })?;
+        let csr = match self.transitions.dense_rows() {
+            // Checked when built, against this model's sizes here.
+            Some(p) => {
+                ensure!(
+                    p.len() == rows * s_n,
+                    "P holds {} entries, not S x A x S = {s_n} x {a_n} x {s_n}",
+                    p.len()
+                );
+                None
+            }
+            None => Some(self.transitions.csr()),
+        };
+        if let Some(csr) = csr {
+            validate_csr(csr, s_n, a_n)?;
         }
         for (name, len, want) in [
             ("reward", self.reward.len(), with_actions),
@@ -371,15 +456,24 @@ impl TabularMdp {
 
     /// Nonzero transition entries.
     pub fn nonzeros(&self) -> usize {
-        self.indices.len()
+        self.transitions.nonzeros()
+    }
+
+    /// The transitions in CSR form (built on first call for a dense model).
+    pub fn csr(&self) -> &Csr {
+        self.transitions.csr()
     }
 
     /// `P(next | s, a)`: the sum of the row's entries into `next` (0 if none).
     pub fn probability(&self, s: usize, a: usize, next: usize) -> f64 {
         let row = s * self.actions + a;
-        (self.indptr[row] as usize..self.indptr[row + 1] as usize)
-            .filter(|&k| self.indices[k] as usize == next)
-            .map(|k| self.probs[k])
+        if let Some(p) = self.transitions.dense_rows() {
+            return p[row * self.states + next];
+        }
+        let csr = self.csr();
+        (csr.indptr[row] as usize..csr.indptr[row + 1] as usize)
+            .filter(|&k| csr.indices[k] as usize == next)
+            .map(|k| csr.probs[k])
             .sum()
     }
 
@@ -400,8 +494,9 @@ impl TabularMdp {
 
     /// [`Self::transpose`] of the entries whose probability passes `keep`.
     fn transpose_where(&self, keep: impl Fn(f64) -> bool) -> Transpose {
+        let csr = self.csr();
         let mut indptr = vec![0u32; self.states + 1];
-        for (&j, &p) in self.indices.iter().zip(&self.probs) {
+        for (&j, &p) in csr.indices.iter().zip(&csr.probs) {
             indptr[j as usize + 1] += keep(p) as u32;
         }
         for s in 0..self.states {
@@ -412,13 +507,13 @@ impl TabularMdp {
         let mut rows = vec![0u32; kept];
         let mut probs = vec![0f64; kept];
         for row in 0..self.states * self.actions {
-            for k in self.indptr[row] as usize..self.indptr[row + 1] as usize {
-                if !keep(self.probs[k]) {
+            for k in csr.indptr[row] as usize..csr.indptr[row + 1] as usize {
+                if !keep(csr.probs[k]) {
                     continue;
                 }
-                let slot = &mut next[self.indices[k] as usize];
+                let slot = &mut next[csr.indices[k] as usize];
                 rows[*slot as usize] = row as u32;
-                probs[*slot as usize] = self.probs[k];
+                probs[*slot as usize] = csr.probs[k];
                 *slot += 1;
             }
         }
@@ -461,10 +556,12 @@ fn check_row(label: (usize, usize), probs: &[f64], successor: impl Fn(usize) -> 
     Ok(())
 }
 
-type Csr = (usize, usize, Vec<u32>, Vec<u32>, Vec<f64>);
+/// Sizes and arrays of CSR transitions: S, A, `indptr`, `indices`, `probs`.
+type CsrParts = (usize, usize, Vec<u32>, Vec<u32>, Vec<f64>);
 
-/// Dense `P` `[S,A,S]` to CSR, dropping zeros.
-fn dense_to_csr(p: &NpyValues) -> Result<Csr> {
+/// Dense `P` `[S,A,S]` to transitions: kept dense where at least half of its entries are
+/// nonzero (where the native engine runs it dense), else CSR without the zeros.
+fn dense_transitions(p: NpyValues) -> Result<(usize, usize, Transitions)> {
     let [states, actions, states2] = p.shape[..] else {
         bail!("P has shape {:?}; expected [S,A,S]", p.shape);
     };
@@ -478,31 +575,130 @@ fn dense_to_csr(p: &NpyValues) -> Result<Csr> {
         states < u32::MAX as usize,
         "P has too many states ({states})"
     );
-    // One pass, no allocation per row: a dense model of 10^8 entries converts in a fraction
-    // of a second.
-    let nonzeros = p.data.iter().filter(|&&x| x != 0.0).count();
+    let transitions = Transitions::dense(p.data, states, actions)?;
+    if 2 * transitions.nonzeros() >= states * actions * states {
+        return Ok((states, actions, transitions));
+    }
+    let csr = transitions.csr().clone();
+    Ok((
+        states,
+        actions,
+        Transitions::sparse(csr.indptr, csr.indices, csr.probs),
+    ))
+}
+
+/// Checks every row of a dense `p` `[s * A + a][s']` (a probability distribution, as
+/// [`check_row`] checks a CSR row's entries) and returns the nonzero entries, at most
+/// `u32::MAX`. One pass on every core: 10^8 entries check in a few tens of milliseconds.
+fn check_dense_rows(p: &[f64], states: usize, actions: usize) -> Result<usize> {
+    let rows = p.len() / states;
+    let check = |first: usize, block: &[f64]| -> Result<usize> {
+        let mut nonzeros = 0;
+        for (i, row) in block.chunks_exact(states).enumerate() {
+            let (s, a) = ((first + i) / actions, (first + i) % actions);
+            let mut sum = 0.0;
+            for (j, &x) in row.iter().enumerate() {
+                ensure!(
+                    x.is_finite() && x >= 0.0,
+                    "P(s'={j}|s={s},a={a}) = {x} is negative or not a number"
+                );
+                sum += x;
+                nonzeros += (x != 0.0) as usize;
+            }
+            ensure!(sum > 0.0, "transition row (s={s}, a={a}) is empty");
+            ensure!(
+                (sum - 1.0).abs() <= ROW_SUM_TOLERANCE,
+                "transition row (s={s}, a={a}) sums to {sum}, not 1 (tolerance {ROW_SUM_TOLERANCE})"
+            );
+        }
+        Ok(nonzeros)
+    };
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let per = rows.div_ceil(threads).max(1);
+    let counts: Vec<Result<usize>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (p.chunks(per * states).enumerate())
+            .map(|(k, block)| scope.spawn(move || check(k * per, block)))
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("a row check panicked"))
+            .collect()
+    });
+    // The first bad row in row order, whichever thread found it.
+    let mut nonzeros = 0usize;
+    for count in counts {
+        nonzeros += count?;
+    }
     ensure!(
         u32::try_from(nonzeros).is_ok(),
         "P has {nonzeros} nonzero entries, more than the u32 row offsets hold"
     );
-    let mut indptr = Vec::with_capacity(states * actions + 1);
+    Ok(nonzeros)
+}
+
+/// The CSR form of a checked dense `p` `[s * A + a][s']`, dropping zeros.
+fn dense_csr(p: &[f64], states: usize) -> Csr {
+    let nonzeros = p.iter().filter(|&&x| x != 0.0).count();
+    let mut indptr = Vec::with_capacity(p.len() / states + 1);
     indptr.push(0u32);
     let (mut indices, mut probs) = (Vec::with_capacity(nonzeros), Vec::with_capacity(nonzeros));
-    for (row, entries) in p.data.chunks_exact(states).enumerate() {
-        let start = indices.len();
+    for entries in p.chunks_exact(states) {
         for (j, &x) in entries.iter().enumerate() {
-            // NaN and negative entries are kept here and named by `check_row`.
             if x != 0.0 {
                 indices.push(j as u32);
                 probs.push(x);
             }
         }
-        check_row((row / actions, row % actions), &probs[start..], |k| {
-            indices[start + k] as f64
-        })?;
         indptr.push(indices.len() as u32);
     }
-    Ok((states, actions, indptr, indices, probs))
+    Csr {
+        indptr,
+        indices,
+        probs,
+    }
+}
+
+/// Checks CSR transitions against S and A: a monotone `indptr` covering `indices`, successors
+/// in range, each row a probability distribution.
+fn validate_csr(csr: &Csr, s_n: usize, a_n: usize) -> Result<()> {
+    let rows = s_n * a_n;
+    ensure!(
+        csr.indptr.len() == rows + 1,
+        "indptr holds {} entries, not states x actions + 1 = {}",
+        csr.indptr.len(),
+        rows + 1
+    );
+    ensure!(csr.indptr[0] == 0, "indptr[0] is {}, not 0", csr.indptr[0]);
+    if let Some(i) = csr.indptr.windows(2).position(|w| w[1] < w[0]) {
+        bail!(
+            "indptr decreases at index {} ({} after {})",
+            i + 1,
+            csr.indptr[i + 1],
+            csr.indptr[i]
+        );
+    }
+    let nnz = csr.indptr[rows] as usize;
+    ensure!(
+        csr.indices.len() == nnz && csr.probs.len() == nnz,
+        "indptr ends at {nnz} but indices holds {} and probs {} entries",
+        csr.indices.len(),
+        csr.probs.len()
+    );
+    if let Some(k) = csr.indices.iter().position(|&j| j as usize >= s_n) {
+        bail!(
+            "indices[{k}] = {} is not a state (states = {s_n})",
+            csr.indices[k]
+        );
+    }
+    // Successors are in range (checked above): each row's probabilities are checked, with
+    // no per-row allocation (10^8 entries validate in a fraction of a second).
+    for row in 0..rows {
+        let range = csr.indptr[row] as usize..csr.indptr[row + 1] as usize;
+        check_row((row / a_n, row % a_n), &csr.probs[range.clone()], |k| {
+            csr.indices[range.start + k] as f64
+        })?;
+    }
+    Ok(())
 }
 
 /// CSR arrays to transitions; S comes from the rewards' shape.
@@ -511,7 +707,7 @@ fn sparse_transitions(
     indices: &NpyValues,
     data: &NpyValues,
     reward: &NpyValues,
-) -> Result<Csr> {
+) -> Result<CsrParts> {
     ensure!(
         indptr.shape.len() == 1 && indptr.data.len() >= 2,
         "indptr has shape {:?}; expected [S*A+1]",

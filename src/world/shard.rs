@@ -97,9 +97,7 @@ impl TabularMdp {
             states: self.states,
             actions: self.actions,
             tasks: range.len(),
-            indptr: self.indptr.clone(),
-            indices: self.indices.clone(),
-            probs: self.probs.clone(),
+            transitions: self.transitions.clone(),
             reward: self.reward[rows(sa)].to_vec(),
             terminal: self.terminal[rows(s)].to_vec(),
             terminal_value: self.terminal_value[rows(s)].to_vec(),
@@ -115,11 +113,11 @@ impl TabularMdp {
             .count(self.states)
             .count(self.actions)
             .count(self.tasks);
-        let words: Vec<u8> = (self.indptr.iter().chain(&self.indices))
+        let words: Vec<u8> = (self.csr().indptr.iter().chain(&self.csr().indices))
             .flat_map(|x| x.to_le_bytes())
             .collect();
         h.bytes(&words);
-        h.bytes(&f64_bytes(&self.probs));
+        h.bytes(&f64_bytes(&self.csr().probs));
         h.bytes(&f64_bytes(&self.reward));
         let flags: Vec<u8> = self.terminal.iter().map(|&t| t as u8).collect();
         h.bytes(&flags);

@@ -14,7 +14,7 @@ use rand::{RngExt, SeedableRng};
 use softvi::engine::cpu::{MdpCotangents, solve_mdp_cpu_f64};
 use softvi::engine::schedule::keep_going;
 use softvi::io::npy::NpyValues;
-use softvi::world::mdp::TabularMdp;
+use softvi::world::mdp::{Csr, TabularMdp, Transitions};
 use softvi::{
     ActionSet, Connectivity, EngineOptions, GpuContext, Grid, GridEngine, GridProblem, GridTask,
     Horizon, MdpSolution, MoveCost, Outputs, Solution, SolveOptions,
@@ -498,4 +498,17 @@ pub fn cotangent_loss(mdp: &TabularMdp, options: &SolveOptions, cot: &MdpCotange
         }
         None => unreachable!("every solve here has a finite horizon"),
     }
+}
+
+/// `mdp` with its `k`-th CSR probability set to `x` (rows then no longer sum to 1: a
+/// finite difference's step).
+pub fn set_prob(mdp: &mut TabularMdp, k: usize, x: f64) {
+    edit_csr(mdp, |csr| csr.probs[k] = x);
+}
+
+/// `mdp` with its CSR transitions changed by `edit` (unchecked until the next `validate`).
+pub fn edit_csr(mdp: &mut TabularMdp, edit: impl FnOnce(&mut Csr)) {
+    let mut csr = mdp.csr().clone();
+    edit(&mut csr);
+    mdp.transitions = Transitions::sparse(csr.indptr, csr.indices, csr.probs);
 }

@@ -40,28 +40,28 @@ pub fn csr_action_values(
     let n = mdp.actions;
     for a in 0..n {
         let row = s * n + a;
-        let entries = mdp.indptr[row] as usize..mdp.indptr[row + 1] as usize;
+        let entries = mdp.csr().indptr[row] as usize..mdp.csr().indptr[row + 1] as usize;
         let r = mdp.reward[(task * mdp.states + s) * n + a];
         q[a] = match backup {
             Backup::Expected => {
                 let mut expected = 0.0;
                 for k in entries {
-                    expected += mdp.probs[k] * next(mdp.indices[k] as usize);
+                    expected += mdp.csr().probs[k] * next(mdp.csr().indices[k] as usize);
                 }
                 r + gamma * expected
             }
             Backup::Optimistic => {
                 let top = entries
                     .clone()
-                    .map(|k| next(mdp.indices[k] as usize))
+                    .map(|k| next(mdp.csr().indices[k] as usize))
                     .fold(f64::NEG_INFINITY, f64::max);
                 if top == f64::NEG_INFINITY {
                     f64::NEG_INFINITY
                 } else {
                     let mut mass = 0.0;
                     for k in entries {
-                        let v = next(mdp.indices[k] as usize);
-                        mass += mdp.probs[k] * ((v - top) * gamma / alpha).exp();
+                        let v = next(mdp.csr().indices[k] as usize);
+                        mass += mdp.csr().probs[k] * ((v - top) * gamma / alpha).exp();
                     }
                     r + gamma * top + alpha * mass.ln()
                 }

@@ -341,13 +341,13 @@ impl Step<'_> {
                 // Optimistic: alpha log sum P exp(gamma V' / alpha), the tilt of W.
                 let tilt = q[a] - r;
                 let mut w_v = 0.0;
-                for k in mdp.indptr[row] as usize..mdp.indptr[row + 1] as usize {
-                    let j = mdp.indices[k] as usize;
+                for k in mdp.csr().indptr[row] as usize..mdp.csr().indptr[row + 1] as usize {
+                    let j = mdp.csr().indices[k] as usize;
                     let vj = self.v_next[base + j];
                     if vj == f64::NEG_INFINITY {
                         continue;
                     }
-                    let p = mdp.probs[k];
+                    let p = mdp.csr().probs[k];
                     let (w, d_p) = match inputs.backup {
                         Backup::Expected => (p, gamma * vj),
                         Backup::Optimistic => {
@@ -415,8 +415,8 @@ impl Incoming {
             if inputs.fixed[base + s] {
                 continue;
             }
-            let rows = mdp.indptr[s * a_n] as usize..mdp.indptr[(s + 1) * a_n] as usize;
-            for &j in &mdp.indices[rows] {
+            let rows = mdp.csr().indptr[s * a_n] as usize..mdp.csr().indptr[(s + 1) * a_n] as usize;
+            for &j in &mdp.csr().indices[rows] {
                 let t = position[j as usize];
                 if t != p {
                     start[t + 1] += 1;
@@ -443,8 +443,8 @@ impl Incoming {
                 let r = mdp.reward[(base + s) * a_n + a];
                 let tilt = q[a] - r;
                 let row = s * a_n + a;
-                for k in mdp.indptr[row] as usize..mdp.indptr[row + 1] as usize {
-                    let j = mdp.indices[k] as usize;
+                for k in mdp.csr().indptr[row] as usize..mdp.csr().indptr[row + 1] as usize {
+                    let j = mdp.csr().indices[k] as usize;
                     let vj = v[base + j];
                     if vj == f64::NEG_INFINITY {
                         continue;
@@ -452,9 +452,9 @@ impl Incoming {
                     let w = gamma
                         * pi[a]
                         * match inputs.backup {
-                            Backup::Expected => mdp.probs[k],
+                            Backup::Expected => mdp.csr().probs[k],
                             Backup::Optimistic => {
-                                mdp.probs[k] * ((gamma * vj - tilt) / alpha).exp()
+                                mdp.csr().probs[k] * ((gamma * vj - tilt) / alpha).exp()
                             }
                         };
                     let t = position[j];
@@ -768,7 +768,7 @@ fn forward_values(
 fn reversed(mdp: &TabularMdp) -> (Vec<usize>, Vec<usize>) {
     let n = mdp.states;
     let mut start = vec![0usize; n + 1];
-    for &j in &mdp.indices {
+    for &j in &mdp.csr().indices {
         start[j as usize + 1] += 1;
     }
     for j in 0..n {
@@ -777,8 +777,8 @@ fn reversed(mdp: &TabularMdp) -> (Vec<usize>, Vec<usize>) {
     let mut fill = start.clone();
     let mut from = vec![0; start[n]];
     for row in 0..n * mdp.actions {
-        for k in mdp.indptr[row] as usize..mdp.indptr[row + 1] as usize {
-            let j = mdp.indices[k] as usize;
+        for k in mdp.csr().indptr[row] as usize..mdp.csr().indptr[row + 1] as usize {
+            let j = mdp.csr().indices[k] as usize;
             from[fill[j]] = row / mdp.actions;
             fill[j] += 1;
         }

@@ -622,17 +622,21 @@ impl MdpEngine {
             core.queue.write_buffer(&buffer, 0, bytes);
             buffer
         };
-        let indptr = upload(core, "softvi.indptr", bytemuck::cast_slice(&mdp.indptr));
+        let indptr = upload(
+            core,
+            "softvi.indptr",
+            bytemuck::cast_slice(&mdp.csr().indptr),
+        );
         let successors = upload(
             core,
             "softvi.successors",
-            bytemuck::cast_slice(&mdp.indices),
+            bytemuck::cast_slice(&mdp.csr().indices),
         );
         // The model's f64 entries, rounded once for the kernels.
         let probs = upload(
             core,
             "softvi.probs",
-            bytemuck::cast_slice(&to_f32(&mdp.probs)),
+            bytemuck::cast_slice(&to_f32(&mdp.csr().probs)),
         );
         let incoming = occupancy.then(|| {
             let Transpose {
@@ -680,8 +684,8 @@ impl MdpEngine {
         lay_out(mdp, bands, self.core.max_workgroups, |place| {
             let (t0, t1, s0, s1) = place.span;
             let (e0, e1) = (
-                mdp.indptr[(s0 * a) as usize] as u64,
-                mdp.indptr[(s1 * a) as usize] as u64,
+                mdp.csr().indptr[(s0 * a) as usize] as u64,
+                mdp.csr().indptr[(s1 * a) as usize] as u64,
             );
             let windows = vec![
                 window(s0 * a, s1 * a + 1, s * a + 1, 4, align),
@@ -908,7 +912,7 @@ impl MdpEngine {
         let mdp = inputs.mdp;
         let n = tasks.len();
         let (s, a) = (mdp.states, mdp.actions);
-        let entries = |state: usize| mdp.indptr[state * a] as u64;
+        let entries = |state: usize| mdp.csr().indptr[state * a] as u64;
         let (max_binding, max_workgroups) = (self.core.max_binding, self.core.max_workgroups);
         let bands = plan_mdp_bands(
             n,

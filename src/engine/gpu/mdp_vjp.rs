@@ -389,16 +389,20 @@ impl VjpRun {
             core.queue.write_buffer(&buffer, 0, bytes);
             buffer
         };
-        let indptr = upload(core, "softvi.indptr", bytemuck::cast_slice(&mdp.indptr));
+        let indptr = upload(
+            core,
+            "softvi.indptr",
+            bytemuck::cast_slice(&mdp.csr().indptr),
+        );
         let successors = upload(
             core,
             "softvi.successors",
-            bytemuck::cast_slice(&mdp.indices),
+            bytemuck::cast_slice(&mdp.csr().indices),
         );
         let probs = upload(
             core,
             "softvi.probs",
-            bytemuck::cast_slice(&to_f32(&mdp.probs)),
+            bytemuck::cast_slice(&to_f32(&mdp.csr().probs)),
         );
         let Transpose {
             indptr: t_indptr,

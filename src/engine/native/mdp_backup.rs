@@ -168,49 +168,59 @@ impl NativeMdp {
             padded < i32::MAX as usize,
             "{states} states do not fit i32 offsets"
         );
-        let row_len = |s: usize, a: usize| {
-            let row = s * actions + a;
-            (mdp.indptr[row + 1] - mdp.indptr[row]) as usize
-        };
-        let mut slice_start = Vec::with_capacity(blocks * actions + 1);
-        slice_start.push(0);
-        for b in 0..blocks {
-            for a in 0..actions {
-                let longest = (b * LANES..(b * LANES + LANES).min(states))
-                    .map(|s| row_len(s, a))
-                    .max()
-                    .unwrap_or(0);
-                slice_start.push(slice_start.last().copied().unwrap_or(0) + longest);
-            }
-        }
-        let entries = slice_start.last().copied().unwrap_or(0);
-        // Dense where the sliced layout (index and probability per entry and lane) would
-        // take at least the dense matrix's bytes.
-        let dense = 4 * states * actions * states <= 8 * LANES * entries;
-        let (mut cols, mut probs);
-        if dense {
-            (slice_start, cols) = (Vec::new(), Vec::new());
-            probs = vec![0.0f32; states * actions * states];
-            for (row, out) in probs.chunks_exact_mut(states).enumerate() {
-                let range = mdp.indptr[row] as usize..mdp.indptr[row + 1] as usize;
-                for (&j, &p) in mdp.indices[range.clone()].iter().zip(&mdp.probs[range]) {
-                    out[j as usize] += p as f32;
+        let (mut slice_start, mut cols, probs, dense);
+        if let Some(p) = mdp.transitions.dense_rows() {
+            // Kept dense by the model (at least half full): rounded to f32 on every core,
+            // never through the CSR.
+            (slice_start, cols, dense) = (Vec::new(), Vec::new(), true);
+            probs = dense_f32(p);
+        } else {
+            let csr = mdp.csr();
+            let row_len = |s: usize, a: usize| {
+                let row = s * actions + a;
+                (csr.indptr[row + 1] - csr.indptr[row]) as usize
+            };
+            slice_start = Vec::with_capacity(blocks * actions + 1);
+            slice_start.push(0);
+            for b in 0..blocks {
+                for a in 0..actions {
+                    let longest = (b * LANES..(b * LANES + LANES).min(states))
+                        .map(|s| row_len(s, a))
+                        .max()
+                        .unwrap_or(0);
+                    slice_start.push(slice_start.last().copied().unwrap_or(0) + longest);
                 }
             }
-        } else {
-            cols = vec![padded as u32; entries * LANES];
-            probs = vec![0.0f32; entries * LANES];
-            for s in 0..states {
-                let (b, lane) = (s / LANES, s % LANES);
-                for a in 0..actions {
-                    let row = s * actions + a;
-                    let first = slice_start[b * actions + a];
-                    let range = mdp.indptr[row] as usize..mdp.indptr[row + 1] as usize;
-                    for (k, i) in range.enumerate() {
-                        cols[(first + k) * LANES + lane] = mdp.indices[i];
-                        probs[(first + k) * LANES + lane] = mdp.probs[i] as f32;
+            let entries = slice_start.last().copied().unwrap_or(0);
+            // Dense where the sliced layout (index and probability per entry and lane) would
+            // take at least the dense matrix's bytes.
+            dense = 4 * states * actions * states <= 8 * LANES * entries;
+            if dense {
+                (slice_start, cols) = (Vec::new(), Vec::new());
+                let mut rows = vec![0.0f32; states * actions * states];
+                for (row, out) in rows.chunks_exact_mut(states).enumerate() {
+                    let range = csr.indptr[row] as usize..csr.indptr[row + 1] as usize;
+                    for (&j, &p) in csr.indices[range.clone()].iter().zip(&csr.probs[range]) {
+                        out[j as usize] += p as f32;
                     }
                 }
+                probs = rows;
+            } else {
+                cols = vec![padded as u32; entries * LANES];
+                let mut sliced = vec![0.0f32; entries * LANES];
+                for s in 0..states {
+                    let (b, lane) = (s / LANES, s % LANES);
+                    for a in 0..actions {
+                        let row = s * actions + a;
+                        let first = slice_start[b * actions + a];
+                        let range = csr.indptr[row] as usize..csr.indptr[row + 1] as usize;
+                        for (k, i) in range.enumerate() {
+                            cols[(first + k) * LANES + lane] = csr.indices[i];
+                            sliced[(first + k) * LANES + lane] = csr.probs[i] as f32;
+                        }
+                    }
+                }
+                probs = sliced;
             }
         }
         let unit_blocks = match dense {
@@ -584,6 +594,21 @@ fn slice_dot<const FMA: bool>(cols: &[u32], probs: &[f32], x: &[f32]) -> [f32; L
         }
     }
     acc
+}
+
+/// `p` rounded to f32, on every core (10^8 entries: a fraction of the time one core takes to
+/// fault the pages in and convert).
+fn dense_f32(p: &[f64]) -> Vec<f32> {
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    // Zeroed pages are mapped on first write: each thread faults in its own part.
+    let mut out = vec![0.0f32; p.len()];
+    let per = p.len().div_ceil(threads).max(1);
+    std::thread::scope(|scope| {
+        for (dst, src) in out.chunks_mut(per).zip(p.chunks(per)) {
+            scope.spawn(move || dst.iter_mut().zip(src).for_each(|(d, &x)| *d = x as f32));
+        }
+    });
+    out
 }
 
 /// `sum_k p_k x(s'_k)` of one dense row `p` `[s']` (`x` `[s']`): 64 running sums, eight
