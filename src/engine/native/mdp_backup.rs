@@ -502,18 +502,21 @@ fn sweep_unit_any<const FMA: bool>(
     let x = args.shared.map_or(args.input, |(e, _)| e);
     // Every successor index is below the stride (padding points at the sentinel).
     assert_eq!(x.len(), m.stride);
+    // A dense block's row sums, `[state][action]`.
+    let mut dots = vec![0.0f32; if m.dense { LANES * n } else { 0 }];
     for (i, v_out) in out.chunks_exact_mut(LANES).enumerate() {
         let b = args.first_block + i;
         let rewards = &m.reward[(args.task * m.blocks + b) * n * LANES..][..n * LANES];
         if m.dense {
             // The block's rows in memory order (state, then action), each sum into `q[a][l]`
             // until the action loop below reads it; lanes past S have no rows (their states
-            // are fixed). A plain loop: a closure would not inherit this function's FMA
-            // target, and `mul_add` there is a libm call per entry.
+            // are fixed).
             let lanes = LANES.min(m.states - b * LANES);
             let rows = &m.probs[b * LANES * n * m.states..][..lanes * n * m.states];
-            for (k, row) in rows.chunks_exact(m.states).enumerate() {
-                q[k % n][k / n] = dense_dot::<FMA>(row, &x[..m.states]);
+            let dots = &mut dots[..lanes * n];
+            dense_block_dots(rows, &x[..m.states], dots);
+            for (k, &dot) in dots.iter().enumerate() {
+                q[k % n][k / n] = dot;
             }
             for qa in q.iter_mut() {
                 qa[lanes..].fill(0.0);
@@ -611,27 +614,67 @@ fn dense_f32(p: &[f64]) -> Vec<f32> {
     out
 }
 
-/// `sum_k p_k x(s'_k)` of one dense row `p` `[s']` (`x` `[s']`): 64 running sums, eight
-/// AVX2 vectors, so that the loop streams at memory speed rather than waiting on one sum.
+with_avx2!(dense_block_dots => dense_block_dots_any(rows: &[f32], x: &[f32], out: &mut [f32]) -> ());
+
+/// `out[k] = sum_s' rows[k][s'] x(s')` for every row of `rows` `[row][s']` (`x` `[s']`),
+/// [`DOT_ROWS`] rows at a time. A function of its own: inlined into the sweep, LLVM left
+/// these loops scalar (half the speed).
 #[inline(always)]
-fn dense_dot<const FMA: bool>(p: &[f32], x: &[f32]) -> f32 {
-    const WIDE: usize = 8 * LANES;
-    let (p_wide, p_rest) = p.as_chunks::<WIDE>();
-    let (x_wide, x_rest) = x.as_chunks::<WIDE>();
-    let mut acc = [0.0f32; WIDE];
-    for (p, x) in p_wide.iter().zip(x_wide) {
-        for i in 0..WIDE {
-            acc[i] = madd::<FMA>(p[i], x[i], acc[i]);
+fn dense_block_dots_any<const FMA: bool>(rows: &[f32], x: &[f32], out: &mut [f32]) {
+    let states = x.len();
+    let groups = rows.chunks_exact(DOT_ROWS * states);
+    let rest = groups.remainder();
+    let (out_groups, out_rest) = out.split_at_mut(out.len() / DOT_ROWS * DOT_ROWS);
+    for (group, o) in groups.zip(out_groups.chunks_exact_mut(DOT_ROWS)) {
+        o.copy_from_slice(&dense_dots::<FMA, DOT_ROWS>(group, x));
+    }
+    for (row, o) in rest.chunks_exact(states).zip(out_rest) {
+        *o = dense_dots::<FMA, 1>(row, x)[0];
+    }
+}
+
+/// Rows [`dense_dots`] reads together: eight rows of eight running sums (one vector each)
+/// stream faster than one row of 32 or 64 sums (1.3-1.5x measured, AVX2 and AVX-512).
+const DOT_ROWS: usize = 8;
+
+/// `sum_k p_k x(s'_k)` of `R` consecutive dense rows `p` `[row][s']` with one `x` `[s']`:
+/// each load of `x` serves every row, each row keeps [`LANES`] running sums. A row's sum
+/// does not depend on `R` (the same sums in the same order), so grouping never changes bits.
+#[inline(always)]
+fn dense_dots<const FMA: bool, const R: usize>(p: &[f32], x: &[f32]) -> [f32; R] {
+    let states = x.len();
+    let rows: [&[[f32; LANES]]; R] =
+        std::array::from_fn(|r| p[r * states..(r + 1) * states].as_chunks::<LANES>().0);
+    let (x_wide, x_rest) = x.as_chunks::<LANES>();
+    // Each row cut to `x_wide`'s length: the loop's indexing then needs no bounds checks,
+    // which kept LLVM from vectorising it.
+    let rows = rows.map(|row| &row[..x_wide.len()]);
+    let mut acc = [[0.0f32; LANES]; R];
+    for (c, x) in x_wide.iter().enumerate() {
+        for r in 0..R {
+            let p = &rows[r][c];
+            for i in 0..LANES {
+                acc[r][i] = madd::<FMA>(p[i], x[i], acc[r][i]);
+            }
         }
     }
-    let mut width = WIDE;
-    while width > 1 {
-        width /= 2;
-        for i in 0..width {
-            acc[i] += acc[i + width];
+    let tail = x_wide.len() * LANES;
+    // Each row's sums read by value (indexing `acc` from a closure kept it in memory, and the
+    // loop above scalar).
+    let mut out = [0.0f32; R];
+    for r in 0..R {
+        let mut lanes = acc[r];
+        let mut width = LANES;
+        while width > 1 {
+            width /= 2;
+            for i in 0..width {
+                lanes[i] += lanes[i + width];
+            }
         }
+        let rest = &p[r * states + tail..(r + 1) * states];
+        out[r] = (rest.iter().zip(x_rest)).fold(lanes[0], |sum, (&p, &x)| madd::<FMA>(p, x, sum));
     }
-    (p_rest.iter().zip(x_rest)).fold(acc[0], |sum, (&p, &x)| madd::<FMA>(p, x, sum))
+    out
 }
 
 with_avx2!(push_row => push_row_any(w: f32, row: &[f32], acc: &mut [f32]) -> ());
