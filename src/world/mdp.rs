@@ -596,20 +596,39 @@ fn check_dense_rows(p: &[f64], states: usize, actions: usize) -> Result<usize> {
         let mut nonzeros = 0;
         for (i, row) in block.chunks_exact(states).enumerate() {
             let (s, a) = ((first + i) / actions, (first + i) % actions);
-            let mut sum = 0.0;
-            for (j, &x) in row.iter().enumerate() {
-                ensure!(
-                    x.is_finite() && x >= 0.0,
-                    "P(s'={j}|s={s},a={a}) = {x} is negative or not a number"
-                );
-                sum += x;
-                nonzeros += (x != 0.0) as usize;
+            // Branch-free over the row (it vectorises); the first bad entry is looked up
+            // only when there is one.
+            // Eight partial sums: one running sum would wait on each addition.
+            let (mut sums, mut bad, mut row_nonzeros) = ([0.0f64; 8], false, 0usize);
+            let (wide, rest) = row.as_chunks::<8>();
+            for chunk in wide {
+                for k in 0..8 {
+                    let x = chunk[k];
+                    bad |= !(x.is_finite() && x >= 0.0);
+                    sums[k] += x;
+                    row_nonzeros += (x != 0.0) as usize;
+                }
             }
-            ensure!(sum > 0.0, "transition row (s={s}, a={a}) is empty");
+            for &x in rest {
+                bad |= !(x.is_finite() && x >= 0.0);
+                sums[0] += x;
+                row_nonzeros += (x != 0.0) as usize;
+            }
+            let sum: f64 = sums.iter().sum();
+            if bad {
+                let j = row.iter().position(|x| !(x.is_finite() && *x >= 0.0));
+                let j = j.unwrap_or_default();
+                bail!(
+                    "P(s'={j}|s={s},a={a}) = {} is negative or not a number",
+                    row[j]
+                );
+            }
+            ensure!(row_nonzeros > 0, "transition row (s={s}, a={a}) is empty");
             ensure!(
                 (sum - 1.0).abs() <= ROW_SUM_TOLERANCE,
                 "transition row (s={s}, a={a}) sums to {sum}, not 1 (tolerance {ROW_SUM_TOLERANCE})"
             );
+            nonzeros += row_nonzeros;
         }
         Ok(nonzeros)
     };
