@@ -184,6 +184,27 @@ class TabularMDP:
         return (_unpickle, (self.arrays(), self._batched, self.horizon, self.sink))
 
     @classmethod
+    def _reading_in_place(
+        cls, transitions: ArrayLike, reward: ArrayLike, *, initial: ArrayLike | None = None
+    ) -> TabularMDP:
+        """A TabularMDP that reads a dense ``transitions`` ``[S,A,S]`` in place (no copy).
+
+        For a model that lives one solve (``softvi.compat.imitation``): the caller keeps
+        ``transitions`` unchanged while the model lives. Arguments as in the constructor
+        (``transitions`` dense; converted once if it is not C-contiguous float64).
+        """
+        p = _float64("transitions", transitions)
+        if p.ndim != 3:
+            raise ValueError(f"transitions has shape {p.shape}; expected a dense [S,A,S] array")
+        r = _float64("reward", reward)
+        arrays = {"R": r}
+        if initial is not None:
+            arrays["initial"] = _float64("initial", initial)
+        states, actions = p.shape[0], p.shape[1]
+        batched = r.ndim == 3 or (r.ndim == 2 and r.shape != (states, actions))
+        return cls._wrap(_softvi.mdp_from_dense_in_place(p, arrays), batched)
+
+    @classmethod
     def _wrap(cls, mdp: Any, batched: bool) -> TabularMDP:
         self = cls.__new__(cls)
         self._mdp = mdp

@@ -188,6 +188,57 @@ fn mdp_from_arrays(
     Ok(PyMdp { inner })
 }
 
+/// A C-contiguous float64 NumPy array read in place as a model's dense rows.
+struct ArrayRows {
+    /// Keeps the array (and so its memory) alive while the model lives.
+    _array: Py<PyArrayDyn<f64>>,
+    data: *const f64,
+    len: usize,
+}
+
+// SAFETY: the rows are only read, from any thread; the array's memory stays where it is while
+// `_array` holds a reference (NumPy does not move or resize a referenced array's data), and
+// `mdp_from_dense_in_place`'s caller keeps its entries unchanged while the model lives.
+unsafe impl Send for ArrayRows {}
+// SAFETY: as for `Send`: shared access only reads.
+unsafe impl Sync for ArrayRows {}
+
+impl softvi::world::mdp::DenseRows for ArrayRows {
+    fn rows(&self) -> &[f64] {
+        // SAFETY: `data` points at `len` initialised, aligned f64 (a C-contiguous float64
+        // array, checked when built) that live as long as `_array` (see `Send`).
+        unsafe { std::slice::from_raw_parts(self.data, self.len) }
+    }
+}
+
+/// Builds an MDP whose dense `P` `[S,A,S]` is read in place from `p` (no copy of its
+/// entries; where under half of them are nonzero it becomes CSR as in `mdp_from_arrays`); the
+/// other arrays as `mdp_from_arrays` reads them. The caller must keep `p`'s entries unchanged
+/// while the model lives (`softvi.compat.imitation` builds one for a single solve).
+#[pyfunction]
+fn mdp_from_dense_in_place(
+    py: Python<'_>,
+    p: Bound<'_, PyArrayDyn<f64>>,
+    arrays: HashMap<String, PyReadonlyArrayDyn<'_, f64>>,
+) -> PyResult<PyMdp> {
+    if !p.is_c_contiguous() || !(p.data() as usize).is_multiple_of(std::mem::align_of::<f64>()) {
+        return Err(PyValueError::new_err(
+            "transitions must be a C-contiguous, aligned float64 array to be read in place",
+        ));
+    }
+    let shape = p.shape().to_vec();
+    let rows = ArrayRows {
+        data: p.data(),
+        len: p.len(),
+        _array: p.unbind(),
+    };
+    let values = npy_values(arrays);
+    let inner = py
+        .detach(|| TabularMdp::from_dense_in_place(Box::new(rows), &shape, values))
+        .map_err(to_py)?;
+    Ok(PyMdp { inner })
+}
+
 /// Reads an MDP from an `.npz` file in the CLI's format.
 #[pyfunction]
 fn load_npz(py: Python<'_>, path: PathBuf) -> PyResult<PyMdp> {
@@ -1151,6 +1202,7 @@ fn _softvi(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("DeviceError", m.py().get_type::<DeviceError>())?;
     m.add_class::<PyMdp>()?;
     m.add_function(wrap_pyfunction!(mdp_from_arrays, m)?)?;
+    m.add_function(wrap_pyfunction!(mdp_from_dense_in_place, m)?)?;
     m.add_function(wrap_pyfunction!(load_npz, m)?)?;
     m.add_function(wrap_pyfunction!(maze, m)?)?;
     m.add_function(wrap_pyfunction!(load_movingai, m)?)?;

@@ -169,3 +169,29 @@ def test_dense_partition_and_occupancy(device):
     want_d, want_cum = occupancy(p, pi_1, initial, 0.9)
     assert_close(d, want_d, tolerance(device), "D")
     assert_close(d_cum, want_cum, tolerance(device), "D_cum")
+
+
+def test_dense_model_read_in_place_is_the_copied_model(device):
+    # compat.imitation reads a dense T in place (no copy of its S*A*S entries): the model
+    # must be the one the constructor copies, result for result, whatever T's layout.
+    from softvi import TabularMDP, solve
+
+    env = _DenseEnv()
+    p, r = env.transition_matrix, env.reward_matrix
+    settings = dict(alpha=1.0, gamma=0.9, horizon=env.horizon, q=True, all_steps=True)
+    want = run_on(device, solve, TabularMDP(p, r), **settings)
+    # C order is read in place; Fortran order is converted once first.
+    for given in (p, np.asfortranarray(p)):
+        mdp = TabularMDP._reading_in_place(given, r)
+        for name, array in TabularMDP(p, r).arrays().items():
+            assert np.array_equal(mdp.arrays()[name], array), name
+        got = run_on(device, solve, mdp, **settings)
+        for name in ("values", "q", "policy"):
+            a, b = getattr(got, name), getattr(want, name)
+            assert np.array_equal(a, b, equal_nan=True), name
+    with pytest.raises(ValueError, match="expected a dense"):
+        TabularMDP._reading_in_place(p[0], r)
+    bad = p.copy()
+    bad[2, 1, 0] += 0.5
+    with pytest.raises(ValueError, match=r"row \(s=2, a=1\) sums to"):
+        TabularMDP._reading_in_place(bad, r)

@@ -62,11 +62,25 @@ pub struct Csr {
 #[derive(Clone)]
 pub struct Transitions(Arc<Stored>);
 
+/// Dense rows `[s * A + a][s']` that a model reads in place: its own `Vec`, or memory another
+/// owner keeps unchanged while the model lives (a NumPy array the Python binding borrows,
+/// so that 10^8 entries are not copied for one solve).
+pub trait DenseRows: Send + Sync {
+    /// The rows, `[s * A + a][s']`.
+    fn rows(&self) -> &[f64];
+}
+
+impl DenseRows for Vec<f64> {
+    fn rows(&self) -> &[f64] {
+        self
+    }
+}
+
 enum Stored {
     Sparse(Csr),
     Dense {
         /// `P(s'|s,a)`, `[s * A + a][s']`.
-        p: Vec<f64>,
+        p: Box<dyn DenseRows>,
         states: usize,
         nonzeros: usize,
         csr: OnceLock<Csr>,
@@ -87,12 +101,18 @@ impl Transitions {
     /// probability distribution) and at most `u32::MAX` nonzero entries, so that the CSR built
     /// from them on first use holds them.
     pub fn dense(p: Vec<f64>, states: usize, actions: usize) -> Result<Self> {
+        Self::dense_in_place(Box::new(p), states, actions)
+    }
+
+    /// [`Self::dense`] over rows read in place.
+    pub fn dense_in_place(p: Box<dyn DenseRows>, states: usize, actions: usize) -> Result<Self> {
+        let rows = p.rows();
         ensure!(
-            states > 0 && actions > 0 && Some(p.len()) == states.checked_mul(states * actions),
+            states > 0 && actions > 0 && Some(rows.len()) == states.checked_mul(states * actions),
             "dense transitions hold {} entries, not S x A x S = {states} x {actions} x {states}",
-            p.len()
+            rows.len()
         );
-        let nonzeros = check_dense_rows(&p, states, actions)?;
+        let nonzeros = check_dense_rows(rows, states, actions)?;
         Ok(Self(Arc::new(Stored::Dense {
             p,
             states,
@@ -105,7 +125,9 @@ impl Transitions {
     pub fn csr(&self) -> &Csr {
         match &*self.0 {
             Stored::Sparse(csr) => csr,
-            Stored::Dense { p, states, csr, .. } => csr.get_or_init(|| dense_csr(p, *states)),
+            Stored::Dense { p, states, csr, .. } => {
+                csr.get_or_init(|| dense_csr(p.rows(), *states))
+            }
         }
     }
 
@@ -113,7 +135,7 @@ impl Transitions {
     pub fn dense_rows(&self) -> Option<&[f64]> {
         match &*self.0 {
             Stored::Sparse(_) => None,
-            Stored::Dense { p, .. } => Some(p),
+            Stored::Dense { p, .. } => Some(p.rows()),
         }
     }
 
@@ -203,10 +225,36 @@ impl TabularMdp {
                 array.data.len()
             );
         }
-        let dense = arrays.remove("P");
+        let dense = match arrays.remove("P") {
+            Some(p) => Some(dense_transitions(&p.shape, |s, a| {
+                Transitions::dense(p.data, s, a)
+            })?),
+            None => None,
+        };
+        Self::with_arrays(arrays, dense)
+    }
+
+    /// [`Self::from_arrays`] with the dense `P` `[S,A,S]` of shape `shape` read in place from
+    /// `rows` (kept by the model where it stays dense): the arrays hold the rest.
+    pub fn from_dense_in_place(
+        rows: Box<dyn DenseRows>,
+        shape: &[usize],
+        arrays: HashMap<String, NpyValues>,
+    ) -> Result<Self> {
+        ensure!(!arrays.contains_key("P"), "P given twice");
+        let dense = dense_transitions(shape, |s, a| Transitions::dense_in_place(rows, s, a))?;
+        Self::with_arrays(arrays, Some(dense))
+    }
+
+    /// The model of `arrays` with transitions `dense` (S, A and the transitions) or, where
+    /// None, the CSR arrays' (`indptr`, `indices`, `data`).
+    fn with_arrays(
+        arrays: HashMap<String, NpyValues>,
+        dense: Option<(usize, usize, Transitions)>,
+    ) -> Result<Self> {
         let reward = arrays.get("R").context("missing array R (rewards)")?;
         let (states, actions, transitions) = match dense {
-            Some(p) => dense_transitions(p)?,
+            Some(dense) => dense,
             None => {
                 let get = |name: &str| {
                     arrays.get(name).with_context(|| {
@@ -561,21 +609,23 @@ type CsrParts = (usize, usize, Vec<u32>, Vec<u32>, Vec<f64>);
 
 /// Dense `P` `[S,A,S]` to transitions: kept dense where at least half of its entries are
 /// nonzero (where the native engine runs it dense), else CSR without the zeros.
-fn dense_transitions(p: NpyValues) -> Result<(usize, usize, Transitions)> {
-    let [states, actions, states2] = p.shape[..] else {
-        bail!("P has shape {:?}; expected [S,A,S]", p.shape);
+fn dense_transitions(
+    shape: &[usize],
+    build: impl FnOnce(usize, usize) -> Result<Transitions>,
+) -> Result<(usize, usize, Transitions)> {
+    let [states, actions, states2] = shape[..] else {
+        bail!("P has shape {shape:?}; expected [S,A,S]");
     };
     ensure!(
         states == states2,
-        "P has shape {:?}; its first and last axes differ",
-        p.shape
+        "P has shape {shape:?}; its first and last axes differ"
     );
-    ensure!(states > 0 && actions > 0, "P is empty: shape {:?}", p.shape);
+    ensure!(states > 0 && actions > 0, "P is empty: shape {shape:?}");
     ensure!(
         states < u32::MAX as usize,
         "P has too many states ({states})"
     );
-    let transitions = Transitions::dense(p.data, states, actions)?;
+    let transitions = build(states, actions)?;
     if 2 * transitions.nonzeros() >= states * actions * states {
         return Ok((states, actions, transitions));
     }

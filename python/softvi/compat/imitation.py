@@ -77,7 +77,7 @@ def mce_partition_fh(
         DeviceError: ``device="gpu"`` and no usable adapter.
     """
     horizon, transitions, r, initial = _world(env, reward)
-    mdp = TabularMDP(transitions, r, initial=initial)
+    mdp = TabularMDP._reading_in_place(transitions, r, initial=initial)
     res = solve(
         mdp,
         alpha=1.0,
@@ -146,7 +146,7 @@ def mce_occupancy_measures(
     """
     horizon, transitions, r, initial = _world(env, reward)
     if pi is None:
-        mdp = TabularMDP(transitions, r, initial=initial)
+        mdp = TabularMDP._reading_in_place(transitions, r, initial=initial)
         # gamma = 1: the engine's per-step policy and occupancy are then imitation's
         # (undiscounted) ones.
         settings = dict(alpha=1.0, gamma=1.0, horizon=horizon, device=device)
