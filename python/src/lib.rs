@@ -26,7 +26,7 @@ use softvi::io::npy::NpyValues;
 use softvi::irl::{Demos, IrlOptions};
 use softvi::{
     ActionSet, Backup, Connectivity, CpuReference, Error, GpuSolver, Grid, GridProblem, GridSolver,
-    GridTask, Horizon, MdpSolution, MdpSolver, MoveCost, NativeSolver, OnProgress, Outputs,
+    GridTask, Horizon, MdpSolution, MdpSolver, Method, MoveCost, NativeSolver, OnProgress, Outputs,
     Progress, Real, SolveOptions, TabularMdp,
 };
 
@@ -449,6 +449,7 @@ impl Settings {
             backup,
             horizon,
             extrapolate: self.extrapolate,
+            method: Method::Vi,
         };
         options.validate().map_err(to_py)?;
         Ok(options)

@@ -6,7 +6,7 @@ use clap::{Args, ValueEnum};
 
 use super::backend::BackendArg;
 use softvi::MdpSolution;
-use softvi::engine::options::{Backup, Horizon, SolveOptions};
+use softvi::engine::options::{Backup, Horizon, Method, SolveOptions};
 use softvi::error::Spelling;
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
@@ -67,6 +67,7 @@ impl IterationArgs {
         };
         let options = SolveOptions {
             extrapolate: !self.no_extrapolation,
+            method: Method::Vi,
             alpha: self.alpha,
             gamma: self.gamma,
             backup,

@@ -41,6 +41,7 @@ pub fn solve_native(
 ) -> Result<Solution> {
     let start = Instant::now();
     outputs.ensure_plain()?;
+    options.ensure_method_on("the native engine's grid sweeps")?;
     let inputs = GridInputs::new(problem, options);
     let grid = NativeGrid::new(&inputs);
     let usual_start;
@@ -149,6 +150,7 @@ pub fn solve_native_mdp(
     progress: &mut OnProgress<'_>,
 ) -> Result<MdpSolution> {
     let start = Instant::now();
+    options.ensure_method_on("the native engine's CSR sweeps")?;
     let inputs = MdpInputs::new(mdp, options);
     let native = NativeMdp::new(&inputs);
     let finite = matches!(options.horizon, Horizon::Finite(_));
