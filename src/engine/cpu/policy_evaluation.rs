@@ -1,7 +1,7 @@
 //! Modified policy iteration in the reference (f64, one thread): the improvement (a full
 //! backup that also keeps its policy) and the partial policy evaluation between improvements,
 //! over any model whose Q the reference computes (grid or CSR). The native engine's twin is
-//! [`crate::engine::native::mdp_backup::NativeMdp::improve`] / `evaluate`.
+//! `NativeMdp::improve` / `NativeMdp::evaluate` in `crate::engine::native::mdp_backup`.
 
 use super::residual_reduce::SweepStats;
 use super::soft_max;

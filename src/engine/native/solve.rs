@@ -11,7 +11,7 @@ use super::rows_on_threads;
 use crate::engine::cpu::solve::{grid_solution, iterate_checked, mdp_solution};
 use crate::engine::cpu::{action_values, write_policy};
 use crate::engine::layout::{GridInputs, MdpInputs};
-use crate::engine::options::{Horizon, Outputs, SolveOptions};
+use crate::engine::options::{Horizon, Method, Outputs, SolveOptions};
 use crate::engine::schedule::{
     OnProgress, Precision, TaskOutcomes, final_status, span_bounded_tasks,
 };
@@ -150,7 +150,6 @@ pub fn solve_native_mdp(
     progress: &mut OnProgress<'_>,
 ) -> Result<MdpSolution> {
     let start = Instant::now();
-    options.ensure_method_on("the native engine's CSR sweeps")?;
     let inputs = MdpInputs::new(mdp, options);
     let native = NativeMdp::new(&inputs);
     let finite = matches!(options.horizon, Horizon::Finite(_));
@@ -165,25 +164,56 @@ pub fn solve_native_mdp(
     let q_len = mdp.tasks * native.padded_states() * mdp.actions;
     let mut q_history: Vec<Vec<f32>> = Vec::new();
     let v0 = native.padded_values(&inputs.v0);
-    let run = iterate_checked(
-        options,
-        Precision::F32,
-        mdp.tasks,
-        &span_bounded_tasks(&inputs.fixed, mdp.tasks),
-        true,
-        v0,
-        |v: &Vec<f32>, next: &mut Vec<f32>, frozen: &[bool]| {
-            let mut q = keep_q.then(|| vec![0.0f32; q_len]);
-            let stats = native.sweep_recording_q(v, next, q.as_deref_mut(), frozen, threads);
-            q_history.extend(q);
-            if keep_steps {
-                history.push(native.unpadded(next));
-            }
-            stats
-        },
-        |v, v_prev, backup, factors| native.extrapolate(v, v_prev, backup, factors),
-        progress,
-    )?;
+    let span_bounded = span_bounded_tasks(&inputs.fixed, mdp.tasks);
+    let run = match options.method {
+        Method::Vi => iterate_checked(
+            options,
+            Precision::F32,
+            mdp.tasks,
+            &span_bounded,
+            true,
+            v0,
+            |v: &Vec<f32>, next: &mut Vec<f32>, frozen: &[bool]| {
+                let mut q = keep_q.then(|| vec![0.0f32; q_len]);
+                let stats = native.sweep_recording_q(v, next, q.as_deref_mut(), frozen, threads);
+                q_history.extend(q);
+                if keep_steps {
+                    history.push(native.unpadded(next));
+                }
+                stats
+            },
+            |v, v_prev, backup, factors| native.extrapolate(v, v_prev, backup, factors),
+            progress,
+        )?,
+        // An infinite horizon (validated): no steps or Q to keep.
+        Method::Mpi { evaluations } => {
+            let mut policy = native.new_policy();
+            let mut improved = false;
+            let (mut a, mut b) = (v0.clone(), v0.clone());
+            iterate_checked(
+                options,
+                Precision::F32,
+                mdp.tasks,
+                &span_bounded,
+                true,
+                v0,
+                |v: &Vec<f32>, next: &mut Vec<f32>, frozen: &[bool]| {
+                    if !improved {
+                        improved = true;
+                        return native.improve(v, next, &mut policy, frozen, threads);
+                    }
+                    native.evaluate(&policy, v, &mut a, frozen, threads);
+                    for _ in 1..evaluations {
+                        native.evaluate(&policy, &a, &mut b, frozen, threads);
+                        std::mem::swap(&mut a, &mut b);
+                    }
+                    native.improve(&a, next, &mut policy, frozen, threads)
+                },
+                |_, _, _, _| unreachable!("modified policy iteration does not extrapolate"),
+                progress,
+            )?
+        }
+    };
     let (v, v_prev) = (native.unpadded(&run.state), native.unpadded(&run.previous));
     // Sweep k read V_{T-k} and made Q_{T-1-k}.
     let kept_q = |t: usize| (q_history.len() == horizon).then(|| &q_history[horizon - 1 - t][..]);
