@@ -422,6 +422,8 @@ struct Settings {
     occupancy: bool,
     device: String,
     adapter: Option<usize>,
+    method: String,
+    evaluations: Option<u32>,
 }
 
 impl Settings {
@@ -443,13 +445,24 @@ impl Settings {
                 max_iters: self.max_iters,
             },
         };
+        let method = match self.method.as_str() {
+            "vi" => Method::Vi,
+            "mpi" => Method::Mpi {
+                evaluations: self.evaluations.unwrap_or(Method::DEFAULT_EVALUATIONS),
+            },
+            other => {
+                return Err(PyValueError::new_err(format!(
+                    "method must be \"vi\" or \"mpi\", got {other:?}"
+                )));
+            }
+        };
         let options = SolveOptions {
             alpha: self.alpha,
             gamma: self.gamma,
             backup,
             horizon,
             extrapolate: self.extrapolate,
-            method: Method::Vi,
+            method,
         };
         options.validate().map_err(to_py)?;
         Ok(options)

@@ -89,6 +89,12 @@ impl Method {
         }
     }
 
+    /// Evaluation sweeps a task ran in all, given the improvements (its reported
+    /// `iterations`): `evaluations` before every improvement but the first.
+    pub fn evaluation_sweeps(&self, improvements: u32) -> u64 {
+        self.evaluations() as u64 * improvements.saturating_sub(1) as u64
+    }
+
     /// Evaluation sweeps per improvement: 0 for value iteration.
     pub fn evaluations(&self) -> u32 {
         match *self {
