@@ -256,7 +256,7 @@ def solve(
             < 1, expected backup; on ``device="native"`` and ``"cpu"`` only, the GPU refuses
             it). ``iterations`` then counts the full backups; each but the first follows
             ``evaluations`` evaluation sweeps. See docs/solving.md.
-        evaluations: with ``method="mpi"``: evaluation sweeps per full backup (default 2).
+        evaluations: with ``method="mpi"``: evaluation sweeps per full backup (default 4).
 
     Returns:
         A :class:`SolveResult`; the GIL is released while the engine runs.

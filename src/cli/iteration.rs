@@ -56,7 +56,7 @@ pub(super) struct IterationArgs {
     #[arg(long, value_enum, default_value_t = MethodArg::Vi)]
     method: MethodArg,
     /// With --method mpi: policy-evaluation sweeps after each full backup.
-    /// [default: 2]
+    /// [default: 4]
     #[arg(long, value_name = "M")]
     evaluations: Option<u32>,
     /// Plain value iteration: no jumps along the estimated slowest mode.

@@ -71,7 +71,7 @@ pub enum Method {
 impl Method {
     /// Evaluation sweeps per improvement a bare `mpi` gets; see docs/performance.md for the
     /// measurement that chose it.
-    pub const DEFAULT_EVALUATIONS: u32 = 2;
+    pub const DEFAULT_EVALUATIONS: u32 = 4;
 
     /// Most evaluation sweeps per improvement accepted.
     pub const MAX_EVALUATIONS: u32 = 10_000;
