@@ -13,10 +13,15 @@ max; csr_peers' -U(0, 1) for the soft sweeps.
   reference (`device="cpu"`), each the difference of two finite-horizon solves (so that setup
   cancels), and of csr_peers.py's JAX gather peer on the same model.
 
+- modified policy iteration (`method="mpi"`, `device="native"`) in the same run for each
+  `--evaluations M` given (default 2 4 8 16): time to tolerance, full backups (improvements)
+  and evaluation sweeps, at alpha 0 beside mdpsolver and value iteration, and at alpha 1
+  (gamma 0.99, same tol) beside value iteration; and the largest gap to VI's values.
+
 Every figure is the median of --repeats runs: the machine is shared and noisy.
 
 Usage: benches/mdp_peers.py [--sizes 100000 1000000] [--gammas 0.9 0.99] [--tol 1e-3]
-                            [--repeats 3] [--sweeps 20]
+                            [--repeats 3] [--sweeps 20] [--evaluations 2 4 8 16]
 Needs softvi (maturin develop), numpy, scipy; mdpsolver and jax[cpu] for their rows (a missing
 peer is reported and skipped).
 """
@@ -34,6 +39,7 @@ import scipy.sparse as sp
 import softvi
 
 A, K = 5, 20
+EVALUATIONS: list[int] = []  # --evaluations
 PEERS = os.path.join(
     os.path.dirname(__file__), "..", "..", "shared", "peers", "csr_peers.py"
 )
@@ -110,6 +116,42 @@ def hard_max(idx, p, r, gammas, tol, repeats) -> None:
                 f"(|V| <= {float(np.max(np.abs(peer_v))):.1f})"
             )
         print(line, flush=True)
+        mpi_rows(mdp, 0.0, gamma, tol, repeats, ours, res)
+
+
+def mpi_rows(mdp, alpha, gamma, tol, repeats, vi_seconds, vi_res) -> None:
+    """Modified policy iteration at each of EVALUATIONS beside value iteration's figures."""
+    for m in EVALUATIONS:
+        secs = []
+        for _ in range(repeats):
+            res = softvi.solve(
+                mdp, alpha=alpha, gamma=gamma, tol=tol, policy=False, device="native",
+                method="mpi", evaluations=m,
+            )  # fmt: skip
+            secs.append(res.seconds)
+        improvements = int(np.max(res.iterations))
+        gap = float(np.max(np.abs(np.asarray(res.values) - np.asarray(vi_res.values))))
+        print(
+            f"    mpi m={m}: {median(secs):.3f} s ({median(secs) / median(vi_seconds):.2f}x "
+            f"vi's time), {improvements} backups + {m * (improvements - 1)} evaluation "
+            f"sweeps, bound {float(np.max(res.error_bound)):.1e}, max |V - V_vi| {gap:.1e}",
+            flush=True,
+        )
+
+
+def soft_time_to_tol(idx, p, r, tol, repeats) -> None:
+    """Alpha 1 (gamma 0.99) to tolerance: value iteration, then MPI (no peer solves it)."""
+    mdp = softvi_mdp(idx, p, r)
+    ours = []
+    for _ in range(repeats):
+        res = softvi.solve(mdp, alpha=1.0, gamma=0.99, tol=tol, policy=False)
+        ours.append(res.seconds)
+    print(
+        f"  S={r.shape[0]} alpha 1 gamma 0.99 tol {tol}: softvi vi ({res.adapter}) "
+        f"{median(ours):.3f} s, {int(np.max(res.iterations))} sweeps",
+        flush=True,
+    )
+    mpi_rows(mdp, 1.0, 0.99, tol, repeats, ours, res)
 
 
 def sweeps_per_s(mdp, device: str, short: int, long: int, repeats: int) -> float:
@@ -170,14 +212,21 @@ def main() -> None:
     ap.add_argument("--tol", type=float, default=1e-3)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--sweeps", type=int, default=20)
+    ap.add_argument("--evaluations", type=int, nargs="*", default=[2, 4, 8, 16])
+    ap.add_argument(
+        "--no-soft-rate", action="store_true", help="skip the alpha 1 sweeps/s"
+    )
     args = ap.parse_args()
+    EVALUATIONS[:] = args.evaluations
     print(
         f"machine: {os.cpu_count()} cores, load {os.getloadavg()[0]:.1f}; medians of {args.repeats}"
     )
     for states in args.sizes:
         idx, p, r = model(states)
         hard_max(idx, p, r, args.gammas, args.tol, args.repeats)
-        soft_sweeps(idx, p, r, args.sweeps, args.repeats)
+        soft_time_to_tol(idx, p, r, args.tol, args.repeats)
+        if not args.no_soft_rate:
+            soft_sweeps(idx, p, r, args.sweeps, args.repeats)
 
 
 if __name__ == "__main__":

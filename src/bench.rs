@@ -11,7 +11,7 @@ use rand::{RngExt, SeedableRng};
 
 use crate::engine::cpu::{solve_cpu, solve_mdp_cpu};
 use crate::engine::gpu::{GridEngine, MdpEngine};
-use crate::engine::options::{Backup, Horizon, Outputs, SolveOptions};
+use crate::engine::options::{Backup, Horizon, Method, Outputs, SolveOptions};
 use crate::world::grid::{ActionSet, Connectivity, Grid, MoveCost};
 use crate::world::grid_problem::{GridProblem, GridTask};
 use crate::world::mdp::{TabularMdp, Transitions, uniform_start};
@@ -33,6 +33,7 @@ pub fn reference_options(horizon: Horizon) -> SolveOptions {
         backup: Backup::Expected,
         horizon,
         extrapolate: true,
+        method: Method::Vi,
     }
 }
 

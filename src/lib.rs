@@ -62,8 +62,8 @@ pub use engine::gpu::solve_sharded;
 pub use engine::gpu::{EngineOptions, GpuContext, GridEngine, MdpEngine, TaskPosterior};
 pub use engine::{
     Backup, CpuReference, GpuSolver, GridKernelsOnMdp, GridSolver, Horizon, MdpSolution, MdpSolver,
-    Occupancy, OnProgress, Outputs, Progress, Real, Solution, SolveOptions, Status, TimeSteps,
-    keep_going,
+    Method, Occupancy, OnProgress, Outputs, Progress, Real, Solution, SolveOptions, Status,
+    TimeSteps, keep_going,
 };
 #[cfg(not(target_arch = "wasm32"))]
 pub use engine::{NativeSolver, ShardedSolver};

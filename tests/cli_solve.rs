@@ -969,3 +969,116 @@ fn dtype_f64_writes_the_reference_in_float64() {
         );
     }
 }
+
+/// `--method mpi`: the summary records the method, the full backups (`iterations`) and the
+/// evaluation sweeps between them, and the values agree with `--method vi` within both runs'
+/// error bounds; the settings MPI does not support, `--evaluations` without it, and a backend
+/// without it (the GPU kernels, when an adapter exists) fail by name and write nothing.
+#[test]
+fn method_mpi_records_its_sweeps_and_refuses_what_it_cannot_do() {
+    let tmp = tempfile::tempdir().unwrap();
+    // 37 states on a ring, 3 actions: stay, step +1, jump +5 (probability 0.7, else stay).
+    let (s, a) = (37, 3);
+    let mut p = vec![0.0; s * a * s];
+    for state in 0..s {
+        p[(state * a) * s + state] = 1.0;
+        p[(state * a + 1) * s + (state + 1) % s] = 1.0;
+        p[(state * a + 2) * s + (state + 5) % s] = 0.7;
+        p[(state * a + 2) * s + state] += 0.3;
+    }
+    let r: Vec<f64> = (0..s * a)
+        .map(|i| ((i * 7) % 11) as f64 / 11.0 - 0.5)
+        .collect();
+    let npz = npy::encode_npz(&[
+        ("P", npy::encode("<f8", &[s, a, s], &p)),
+        ("R", npy::encode("<f8", &[s, a], &r)),
+    ])
+    .unwrap();
+    let path = write(tmp.path(), "ring.npz", &npz);
+    let run = |name: &str, extra: &[&str]| {
+        let out = tmp.path().join(name);
+        let args = [
+            &["solve", "--mdp", &path, "--gamma", "0.95"][..],
+            &["--quiet", "--out", out.to_str().unwrap()],
+            extra,
+        ]
+        .concat();
+        (softvi(&args), out)
+    };
+    let mut values = Vec::new();
+    for (name, extra) in [
+        ("vi", &["--backend", "native"][..]),
+        ("mpi", &["--backend", "native", "--method", "mpi"]),
+        (
+            "mpi3",
+            &["--backend", "cpu", "--method", "mpi", "--evaluations", "3"],
+        ),
+    ] {
+        let (o, out) = run(name, extra);
+        assert!(o.status.success(), "{name}: {}", stderr(&o));
+        let summary = summary(&out);
+        let (method, m) = match name {
+            "vi" => ("vi", 0),
+            "mpi" => ("mpi", softvi::Method::DEFAULT_EVALUATIONS as u64),
+            _ => ("mpi", 3),
+        };
+        assert_eq!(summary["method"], method, "{name}");
+        assert_eq!(summary["evaluations_per_improvement"], m, "{name}");
+        let improvements = summary["iterations"][0].as_u64().unwrap();
+        assert_eq!(
+            summary["evaluation_sweeps"][0].as_u64().unwrap(),
+            m * (improvements - 1),
+            "{name}"
+        );
+        // Above the f32 floor's reach (1e-6 |V| / (1 - gamma) ~ 2e-4 at |V| ~ 10).
+        assert!(
+            summary["error_bound"][0].as_f64().unwrap() <= 1e-3,
+            "{name}"
+        );
+        let bytes = std::fs::read(out.join("values.npy")).unwrap();
+        values.push(npy::decode_f32(&bytes).unwrap().data);
+    }
+    for (name, v) in ["mpi", "mpi3"].iter().zip(&values[1..]) {
+        // Both within 1e-3 of V* (|V| <= 10: f32 rounding adds 1e-6).
+        let gap = (v.iter().zip(&values[0]))
+            .map(|(x, y)| (x - y).abs())
+            .fold(0.0f32, f32::max);
+        assert!(gap <= 2.01e-3, "{name}: {gap}");
+    }
+    for (name, extra, needles) in [
+        (
+            "optimistic",
+            &["--method", "mpi", "--backup", "optimistic", "--alpha", "1"][..],
+            &["--method mpi", "--backup expected"][..],
+        ),
+        (
+            "finite",
+            &["--method", "mpi", "--horizon", "5"],
+            &["--method mpi", "--horizon"],
+        ),
+        (
+            "evaluations",
+            &["--evaluations", "4"],
+            &["--evaluations", "--method mpi"],
+        ),
+        (
+            "zero",
+            &["--method", "mpi", "--evaluations", "0"],
+            &["evaluations (--evaluations)"],
+        ),
+    ] {
+        let (o, out) = run(name, extra);
+        assert!(!o.status.success(), "{name}");
+        let err = stderr(&o);
+        for needle in needles {
+            assert!(err.contains(needle), "{name}: {err}");
+        }
+        assert!(!out.exists(), "{name}: wrote {}", out.display());
+    }
+    if gpu_available() {
+        let (o, out) = run("gpu", &["--method", "mpi", "--backend", "gpu"]);
+        assert!(!o.status.success());
+        assert!(stderr(&o).contains("GPU's CSR kernels"), "{}", stderr(&o));
+        assert!(!out.exists());
+    }
+}

@@ -5,8 +5,8 @@ mod common;
 
 use common::*;
 use softvi::{
-    ActionSet, Backup, Connectivity, Grid, GridProblem, GridTask, Horizon, MoveCost, Outputs,
-    SolveOptions, Status, solve_cpu,
+    ActionSet, Backup, Connectivity, Grid, GridProblem, GridTask, Horizon, Method, MoveCost,
+    Outputs, SolveOptions, Status, solve_cpu,
 };
 
 fn solve_both(problem: &GridProblem, options: &SolveOptions) -> Vec<softvi::Solution> {
@@ -35,6 +35,7 @@ fn soft_values_approach_hard_values() {
             max_iters: 50_000,
         },
         extrapolate: true,
+        method: Method::Vi,
     };
     let hard = solve_both(&problem, &options(0.0));
     let log_a = (problem.actions.count() as f64).ln();
@@ -95,6 +96,7 @@ fn undiscounted_soft_problem_diverges() {
                 max_iters: 100_000,
             },
             extrapolate: true,
+            method: Method::Vi,
         };
         for solution in solve_both(&problem, &options) {
             assert!(solution.diverged(), "{backup:?}: {:?}", solution.status);
@@ -118,6 +120,7 @@ fn undiscounted_low_temperature_converges() {
             max_iters: 100_000,
         },
         extrapolate: true,
+        method: Method::Vi,
     };
     let solutions = solve_both(&problem, &options);
     for s in &solutions {
@@ -166,6 +169,7 @@ fn unreachable_cells_are_excluded_when_undiscounted() {
                 max_iters: 10_000,
             },
             extrapolate: true,
+            method: Method::Vi,
         };
         for s in solve_both(&problem, &options) {
             assert_eq!(s.unreachable, vec![8]);

@@ -20,7 +20,8 @@ use softvi::engine::native::solve_native;
 use softvi::engine::schedule::RESIDUAL_FLOOR;
 use softvi::{
     ActionSet, Backup, Connectivity, CpuReference, Grid, GridProblem, GridSolver, GridTask,
-    Horizon, MoveCost, NativeSolver, Outputs, Solution, SolveOptions, keep_going, solve_cpu,
+    Horizon, Method, MoveCost, NativeSolver, Outputs, Solution, SolveOptions, keep_going,
+    solve_cpu,
 };
 
 fn native(problem: &GridProblem, options: &SolveOptions, outputs: Outputs) -> Solution {
@@ -165,6 +166,7 @@ fn native_matches_reference_across_settings() {
                                 backup,
                                 horizon,
                                 extrapolate: true,
+                                method: Method::Vi,
                             };
                             let label = format!(
                                 "{h}x{w} {connectivity:?} stay={stay} slip={slip} alpha={alpha} {backup:?} {horizon:?}"
@@ -199,6 +201,7 @@ fn native_matches_reference_on_costs_gamma_one_and_wide_rows() {
             max_iters: 50_000,
         },
         extrapolate: true,
+        method: Method::Vi,
     };
     let cpu = solve_cpu(&problem, &undiscounted, Outputs::default()).unwrap();
     let fast = native(&problem, &undiscounted, Outputs::default());
@@ -229,6 +232,7 @@ fn native_matches_reference_on_costs_gamma_one_and_wide_rows() {
             backup: Backup::Expected,
             horizon,
             extrapolate: true,
+            method: Method::Vi,
         };
         compare(&wide, &options, &format!("wide rows {horizon:?}"));
     }
@@ -335,6 +339,7 @@ fn native_isolated_cells_match_closed_form() {
         backup: Backup::Expected,
         horizon: Horizon::Finite(t),
         extrapolate: true,
+        method: Method::Vi,
     };
     let fast = native(&problem, &options, Outputs::VALUES);
     let soft = alpha * (4.0 * (-1.0 / alpha).exp() + 4.0 * (-(2f64.sqrt()) / alpha).exp()).ln();

@@ -16,7 +16,7 @@ use softvi::engine::layout::MdpInputs;
 use softvi::engine::native::NativeMdp;
 use softvi::world::mdp::{TabularMdp, Transitions};
 use softvi::{
-    Backup, Horizon, MdpSolution, MdpSolver, NativeSolver, Outputs, SolveOptions, Status,
+    Backup, Horizon, MdpSolution, MdpSolver, Method, NativeSolver, Outputs, SolveOptions, Status,
     keep_going, solve_mdp_cpu,
 };
 use std::collections::HashMap;
@@ -635,4 +635,108 @@ fn stops_between_checks_and_alone_as_in_a_batch() {
     assert!(both.iterations[1] > sweeps, "{:?}", both.iterations);
     let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<u32>>();
     assert_eq!(bits(&both.values[..mdp.states]), bits(&alone.values));
+}
+
+/// Modified policy iteration on the native engine (`Method::Mpi`: the improvement keeps the
+/// chosen rows at alpha 0, the policy at alpha > 0, then exp-free evaluation sweeps): on
+/// sparse, ragged (long rows, excluded actions, terminals) and dense models, at alpha 0 and >
+/// 0, the values are within their reported bound (<= tol) of value iteration's fixed point
+/// (the f64 reference to 1e-13), and the values and policy match the reference's MPI.
+#[test]
+fn modified_policy_iteration_reaches_the_fixed_point_and_matches_reference() {
+    let models = [
+        ("random", random_mdp(301, 4, 5, false, 41)),
+        ("ragged", ragged_mdp(203, 3, 17)),
+        ("dense", dense_mdp(77, 3, 21)),
+    ];
+    // Above the f32 floor's reach here (1e-6 max |V| / (1 - gamma) ~ 1e-4 at |V| ~ 5).
+    let tol = 1e-3;
+    for (name, mdp) in &models {
+        for alpha in [0.0, 0.5, 2.0] {
+            for evaluations in [1, Method::DEFAULT_EVALUATIONS, 40] {
+                let what = format!("{name} alpha {alpha} m {evaluations}");
+                let o = SolveOptions {
+                    method: Method::Mpi { evaluations },
+                    ..infinite(alpha, 0.95, Backup::Expected, tol)
+                };
+                let got = native(mdp, &o, Outputs::default());
+                let reference = solve_mdp_cpu(mdp, &o, Outputs::default()).unwrap();
+                let vi = SolveOptions {
+                    method: Method::Vi,
+                    ..infinite(alpha, 0.95, Backup::Expected, 1e-13)
+                };
+                let truth = softvi::engine::cpu::solve_mdp_cpu_f64(
+                    mdp,
+                    &vi,
+                    Outputs::VALUES,
+                    &mut keep_going,
+                )
+                .unwrap()
+                .solution;
+                let scale = scale(&reference.solution.values);
+                let n = mdp.states;
+                for t in 0..mdp.tasks {
+                    assert_eq!(got.solution.status[t], Status::Converged, "{what}");
+                    let bound = got.solution.error_bound[t];
+                    assert!(bound <= tol, "{what}: bound {bound}");
+                    let err = (t * n..(t + 1) * n)
+                        .filter(|&i| truth.values[i].is_finite())
+                        .map(|i| (got.solution.values[i] as f64 - truth.values[i]).abs())
+                        .fold(0.0, f64::max);
+                    // Up to f32 rounding: an ulp of |V| per sweep, which moves the f32 fixed
+                    // point (and the bound read from f32 dV) by up to ulp / (1 - gamma).
+                    assert!(
+                        err <= tol && err <= bound + 1.2e-7 * scale / 0.05,
+                        "{what} task {t}: error {err:e} > bound {bound:e}"
+                    );
+                }
+                // The reference's MPI stops within tol of the same point: values within both
+                // bounds, the one-hot policy flips only at a near-tie (these seeds have
+                // none), the soft one carries the value gap times 1 / alpha.
+                let value_tol = 2.0 * tol + 1e-5 * scale;
+                let prob_tol = if alpha == 0.0 { 1e-9 } else { 1e-3 / alpha };
+                compare(&what, &got, &reference, value_tol, prob_tol);
+            }
+        }
+    }
+}
+
+/// MPI's per-task freezing and threading: a task's values are the same bits alone, in a
+/// batch, and on any thread count (each task stops at its own first improvement within tol).
+#[test]
+fn modified_policy_iteration_bits_are_independent_of_batch_and_threads() {
+    for alpha in [0.0, 1.0] {
+        let o = SolveOptions {
+            method: Method::MPI,
+            ..infinite(alpha, 0.99, Backup::Expected, 1e-3)
+        };
+        let batch = ragged_mdp(203, 3, 29);
+        let solve = |mdp: &TabularMdp, threads: usize| {
+            let mut solver = NativeSolver::new(None);
+            solver.threads = threads;
+            solver
+                .solve_mdp(mdp, &o, Outputs::VALUES, &mut keep_going)
+                .unwrap()
+                .solution
+        };
+        let all = solve(&batch, 2);
+        for threads in [1, 3, 7] {
+            assert_eq!(
+                all.values,
+                solve(&batch, threads).values,
+                "{threads} threads"
+            );
+        }
+        // Task 1 alone: its rewards, terminals and start as the batch's task 1.
+        let (s, n) = (batch.states, batch.actions);
+        let mut alone = ragged_mdp(203, 1, 29);
+        alone.reward = batch.reward[s * n..2 * s * n].to_vec();
+        alone.terminal = batch.terminal[s..2 * s].to_vec();
+        alone.terminal_value = batch.terminal_value[s..2 * s].to_vec();
+        alone.initial = batch.initial[s..2 * s].to_vec();
+        let one = solve(&alone, 2);
+        assert_eq!(one.iterations[0], all.iterations[1], "alpha {alpha}");
+        assert_eq!(one.values[..], all.values[s..2 * s], "alpha {alpha}");
+        assert!(all.iterations.iter().any(|&i| i != all.iterations[1]));
+    }
 }

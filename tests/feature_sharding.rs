@@ -4,7 +4,9 @@
 mod common;
 
 use common::*;
-use softvi::{Backup, Connectivity, GridEngine, Horizon, Outputs, SolveOptions, solve_sharded};
+use softvi::{
+    Backup, Connectivity, GridEngine, Horizon, Method, Outputs, SolveOptions, solve_sharded,
+};
 
 #[test]
 fn sharded_solve_matches_single_adapter() {
@@ -31,6 +33,7 @@ fn sharded_solve_matches_single_adapter() {
             backup: Backup::Optimistic,
             horizon,
             extrapolate: true,
+            method: Method::Vi,
         };
         let sharded = solve_sharded(&mut engines, &problem, &options, Outputs::default()).unwrap();
         let single = engines[0]

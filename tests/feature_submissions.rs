@@ -14,7 +14,8 @@ use std::sync::{Arc, Mutex};
 use common::*;
 use softvi::engine::schedule::CHECK_INTERVAL;
 use softvi::{
-    Backup, Connectivity, CpuReference, GridSolver, Horizon, Outputs, SolveOptions, keep_going,
+    Backup, Connectivity, CpuReference, GridSolver, Horizon, Method, Outputs, SolveOptions,
+    keep_going,
 };
 
 #[test]
@@ -43,6 +44,7 @@ fn checks_per_submit_changes_no_bit_of_the_result() {
             backup,
             horizon,
             extrapolate: true,
+            method: Method::Vi,
         };
         let solves = with_engine(|engine| {
             [64, 1, 3].map(|checks| {

@@ -16,7 +16,7 @@ use common::*;
 use softvi::engine::gpu::EngineOptions;
 use softvi::{
     Backup, Connectivity, CpuReference, GpuSolver, GridProblem, GridSolver, Horizon, MdpSolution,
-    MdpSolver, NativeSolver, Outputs, SolveOptions, Status, TabularMdp, keep_going,
+    MdpSolver, Method, NativeSolver, Outputs, SolveOptions, Status, TabularMdp, keep_going,
 };
 
 /// The tasks `range` of `problem`, same map and settings.
@@ -145,6 +145,7 @@ fn grid_tasks_do_not_depend_on_their_batch() {
             max_iters: 20_000,
         },
         extrapolate: true,
+        method: Method::Vi,
     };
     let outputs = Outputs {
         policy: true,
@@ -193,6 +194,7 @@ fn a_diverging_task_leaves_its_batchmates_alone() {
             max_iters: 20_000,
         },
         extrapolate: true,
+        method: Method::Vi,
     };
     // Values only: a batch with a diverged task reports no policy (it has none).
     for (name, mut solver) in grid_solvers() {
@@ -253,6 +255,7 @@ fn mdp_tasks_do_not_depend_on_their_batch() {
             max_iters: 20_000,
         },
         extrapolate: true,
+        method: Method::Vi,
     };
     let outputs = Outputs {
         policy: true,

@@ -17,8 +17,8 @@ use common::*;
 use softvi::engine::cpu::action_values;
 use softvi::engine::layout::GridInputs;
 use softvi::{
-    Backup, Connectivity, EngineOptions, GridProblem, Horizon, Outputs, SolveOptions, Status,
-    solve_cpu,
+    Backup, Connectivity, EngineOptions, GridProblem, Horizon, Method, Outputs, SolveOptions,
+    Status, solve_cpu,
 };
 
 /// Checks that `gpu_policy`'s one-hot actions maximise the reference Q computed from
@@ -176,6 +176,7 @@ fn gpu_matches_reference_across_settings() {
                                 backup,
                                 horizon,
                                 extrapolate: true,
+                                method: Method::Vi,
                             };
                             let label = format!(
                                 "{h}x{w} {connectivity:?} stay={stay} slip={slip} alpha={alpha} {backup:?} {horizon:?}"
@@ -206,6 +207,7 @@ fn large_grid_matches_reference() {
             backup,
             horizon: Horizon::Finite(12),
             extrapolate: true,
+            method: Method::Vi,
         };
         if let Some((v, p)) = compare(&problem, &options, &format!("517x523 {backup:?}")) {
             eprintln!("517x523 {backup:?}: value error {v:.3e}, policy error {p:.3e}");
@@ -264,6 +266,7 @@ fn banding_and_chunking_match_reference() {
                     backup,
                     horizon,
                     extrapolate: true,
+                    method: Method::Vi,
                 };
                 let cpu = solve_cpu(&problem, &options, Outputs::default()).unwrap();
                 let gpu = engine
@@ -354,6 +357,7 @@ fn tiny_alpha_policies_sum_to_one_on_both_backends() {
                 max_iters: 20_000,
             },
             extrapolate: true,
+            method: Method::Vi,
         };
         let cpu = solve_cpu(&problem, &options, outputs).unwrap();
         let Some(gpu) = with_engine(|e| e.solve(&problem, &options, outputs).unwrap()) else {

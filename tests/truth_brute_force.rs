@@ -8,8 +8,8 @@ mod common;
 
 use common::*;
 use softvi::{
-    ActionSet, Backup, Connectivity, Grid, GridProblem, GridTask, Horizon, MoveCost, Outputs,
-    SolveOptions, solve_cpu,
+    ActionSet, Backup, Connectivity, Grid, GridProblem, GridTask, Horizon, Method, MoveCost,
+    Outputs, SolveOptions, solve_cpu,
 };
 
 const MAP: &str = "type octile\nheight 3\nwidth 4\nmap\n..@.\n....\n.@..\n";
@@ -131,6 +131,7 @@ fn optimistic_finite_horizon_is_the_log_partition() {
                 backup: Backup::Optimistic,
                 horizon: Horizon::Finite(steps),
                 extrapolate: true,
+                method: Method::Vi,
             };
             let cpu = solve_cpu(&p, &options, Outputs::VALUES).unwrap();
             let gpu = with_engine(|e| e.solve(&p, &options, Outputs::VALUES).unwrap());
@@ -169,6 +170,7 @@ fn hard_finite_horizon_is_the_best_trajectory() {
         backup: Backup::Expected,
         horizon: Horizon::Finite(6),
         extrapolate: true,
+        method: Method::Vi,
     };
     let cpu = solve_cpu(&p, &options, Outputs::default()).unwrap();
     let gpu = with_engine(|e| e.solve(&p, &options, Outputs::default()).unwrap());
@@ -201,6 +203,7 @@ fn soft_value_is_bounded_by_hard_value_and_entropy() {
             backup: Backup::Expected,
             horizon: Horizon::Finite(4),
             extrapolate: true,
+            method: Method::Vi,
         };
         let soft = solve_cpu(&p, &options, Outputs::VALUES).unwrap();
         for &(r, c) in &cells {

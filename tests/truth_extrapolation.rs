@@ -7,7 +7,7 @@ mod common;
 use common::*;
 use softvi::world::grid_mdp::GridMdp;
 use softvi::{
-    Backup, EngineOptions, Grid, GridSolver, Horizon, MdpEngine, NativeSolver, Outputs,
+    Backup, EngineOptions, Grid, GridSolver, Horizon, MdpEngine, Method, NativeSolver, Outputs,
     SolveOptions, solve_cpu,
 };
 
@@ -21,6 +21,7 @@ fn options(gamma: f64, extrapolate: bool, backup: Backup) -> SolveOptions {
             max_iters: 100_000,
         },
         extrapolate,
+        method: Method::Vi,
     }
 }
 

@@ -11,7 +11,7 @@ use rand::{RngExt, SeedableRng};
 use softvi::io::npy::NpyValues;
 use softvi::solve_mdp_cpu;
 use softvi::world::mdp::TabularMdp;
-use softvi::{Backup, Horizon, MdpEngine, MdpSolution, Outputs, SolveOptions, Status};
+use softvi::{Backup, Horizon, MdpEngine, MdpSolution, Method, Outputs, SolveOptions, Status};
 
 fn array(shape: Vec<usize>, data: Vec<f64>) -> NpyValues {
     NpyValues {
@@ -113,6 +113,7 @@ fn finite_horizon_matches_a_dense_computation() {
                 backup,
                 horizon: Horizon::Finite(7),
                 extrapolate: true,
+                method: Method::Vi,
             };
             let solution = solve_mdp_cpu(&mdp, &o, Outputs::default())
                 .unwrap()
@@ -168,6 +169,7 @@ fn optimistic_value_is_the_log_partition_over_trajectories() {
         backup: Backup::Optimistic,
         horizon: Horizon::Finite(steps),
         extrapolate: true,
+        method: Method::Vi,
     };
     let solution = solve_mdp_cpu(&mdp, &o, Outputs::default())
         .unwrap()
@@ -217,6 +219,7 @@ fn infinite_horizon_satisfies_the_bellman_equation() {
                 max_iters: 10_000,
             },
             extrapolate: true,
+            method: Method::Vi,
         };
         let solution = solve_mdp_cpu(&mdp, &o, Outputs::default())
             .unwrap()
@@ -266,6 +269,7 @@ fn dead_ends_are_excluded_when_undiscounted() {
             max_iters: 1000,
         },
         extrapolate: true,
+        method: Method::Vi,
     };
     let s = solve_mdp_cpu(&mdp, &o, Outputs::default())
         .unwrap()
@@ -320,6 +324,7 @@ fn soft_q_matches_a_dense_computation() {
                 backup,
                 horizon,
                 extrapolate: true,
+                method: Method::Vi,
             };
             let outputs = Outputs {
                 q: true,

@@ -8,8 +8,8 @@ mod common;
 
 use common::*;
 use softvi::{
-    ActionSet, Backup, Connectivity, Grid, GridProblem, GridTask, Horizon, MoveCost, Outputs,
-    SolveOptions, solve_cpu,
+    ActionSet, Backup, Connectivity, Grid, GridProblem, GridTask, Horizon, Method, MoveCost,
+    Outputs, SolveOptions, solve_cpu,
 };
 
 /// Returns the number of unreachable cells summed over the goals.
@@ -43,6 +43,7 @@ fn check_map(name: &str, goals: &[(usize, usize)]) -> usize {
             max_iters: 100_000,
         },
         extrapolate: true,
+        method: Method::Vi,
     };
     let cpu = solve_cpu(&problem, &options, Outputs::VALUES).unwrap();
     let gpu = with_engine(|e| e.solve(&problem, &options, Outputs::VALUES).unwrap());
@@ -177,6 +178,7 @@ fn tiny_alpha_follows_shortest_paths() {
                 max_iters: 100_000,
             },
             extrapolate: true,
+            method: Method::Vi,
         };
         let cpu = solve_cpu(&problem, &options, Outputs::default()).unwrap();
         let gpu = with_engine(|e| e.solve(&problem, &options, Outputs::default()).unwrap());

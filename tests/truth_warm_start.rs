@@ -15,8 +15,8 @@ use softvi::engine::layout::GridInputs;
 use softvi::engine::schedule::{Verdict, keep_going};
 use softvi::engine::warm_start::grid_start_values;
 use softvi::{
-    ActionSet, Backup, Connectivity, Grid, GridProblem, GridSolver, GridTask, Horizon, MoveCost,
-    NativeSolver, Outputs, SolveOptions, Status, solve_cpu,
+    ActionSet, Backup, Connectivity, Grid, GridProblem, GridSolver, GridTask, Horizon, Method,
+    MoveCost, NativeSolver, Outputs, SolveOptions, Status, solve_cpu,
 };
 
 fn infinite(alpha: f64, gamma: f64, tol: f64) -> SolveOptions {
@@ -29,6 +29,7 @@ fn infinite(alpha: f64, gamma: f64, tol: f64) -> SolveOptions {
             max_iters: 100_000,
         },
         extrapolate: true,
+        method: Method::Vi,
     }
 }
 

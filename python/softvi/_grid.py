@@ -11,7 +11,7 @@ from numpy.typing import ArrayLike
 
 from . import _softvi
 from ._mdp import TabularMDP, _flags, _integer
-from ._solve import Backup, Device, SolveResult, _result, _settings
+from ._solve import Backup, Device, Method, SolveResult, _result, _settings
 
 Cell = tuple[int, int]
 
@@ -279,6 +279,8 @@ def solve_grid(
     occupancy: bool = False,
     extrapolate: bool = True,
     device: Device = "auto",
+    method: Method = "vi",
+    evaluations: int | None = None,
 ) -> SolveResult:
     """Solves one task per entry of ``goals`` over ``grid``; arrays as the CLI writes them.
 
@@ -308,6 +310,9 @@ def solve_grid(
         occupancy: as in :func:`softvi.solve`.
         extrapolate: as in :func:`softvi.solve`.
         device: as in :func:`softvi.solve`.
+        method: as in :func:`softvi.solve` (``"mpi"`` on ``device="cpu"`` only: the grid
+            engines refuse it).
+        evaluations: as in :func:`softvi.solve`.
 
     Returns:
         A :class:`SolveResult` with ``values`` ``[B,H,W]`` (``[B,T+1,H,W]`` with
@@ -328,7 +333,7 @@ def solve_grid(
         reward32 = np.ascontiguousarray(r, dtype=np.float32)
     settings = _settings(
         alpha, gamma, backup, horizon, tol, max_iters, extrapolate, policy, q, all_steps,
-        occupancy, device,
+        occupancy, device, method, evaluations,
     )  # fmt: skip
     world = _grid_world(connectivity, stay, slip, move_cost, starts)
     raw = _softvi.solve_grid(grid.free, goal_cells, reward32, world, settings)

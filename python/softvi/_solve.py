@@ -13,6 +13,7 @@ from ._mdp import TabularMDP, _check_mdp
 
 Device = Literal["auto", "gpu", "native", "cpu"] | int
 Backup = Literal["expected", "optimistic"]
+Method = Literal["vi", "mpi"]
 
 
 @dataclass
@@ -100,8 +101,20 @@ def _settings(
     all_steps: bool,
     occupancy: bool,
     device: Device,
+    method: Method = "vi",
+    evaluations: int | None = None,
 ) -> dict[str, Any]:
     """The keyword arguments every extension solve takes, checked where Python must."""
+    if method not in ("vi", "mpi"):
+        raise ValueError(f"method must be 'vi' or 'mpi', got {method!r}")
+    if evaluations is not None:
+        if method != "mpi":
+            raise ValueError(
+                "evaluations sets modified policy iteration's evaluation sweeps: it needs "
+                "method='mpi'"
+            )
+        if not (isinstance(evaluations, (int, np.integer)) and 1 <= evaluations < 2**32):
+            raise ValueError(f"evaluations must be an integer >= 1, got {evaluations!r}")
     if horizon is not None and not (isinstance(horizon, (int, np.integer)) and horizon >= 1):
         raise ValueError(f"horizon must be None or an integer >= 1, got {horizon!r}")
     if not (isinstance(max_iters, (int, np.integer)) and 1 <= max_iters < 2**32):
@@ -123,6 +136,8 @@ def _settings(
         occupancy=bool(occupancy),
         device=kind,
         adapter=adapter,
+        method=str(method),
+        evaluations=None if evaluations is None else int(evaluations),
     )
 
 
@@ -202,6 +217,8 @@ def solve(
     occupancy: bool = False,
     extrapolate: bool = True,
     device: Device = "auto",
+    method: Method = "vi",
+    evaluations: int | None = None,
 ) -> SolveResult:
     """Soft value iteration on every task of ``mdp``.
 
@@ -233,6 +250,13 @@ def solve(
             ``all_steps`` or ``occupancy``) and runs everything else as ``"auto"``; ``"auto"``
             picks it for those where the preferred adapter is a CPU (a software rasteriser
             such as llvmpipe) or there is none, as the CLI's ``--backend auto`` does.
+        method: ``"vi"`` (value iteration) or ``"mpi"`` (modified policy iteration:
+            ``evaluations`` exp-free policy-evaluation sweeps ``V <- r_pi + gamma P_pi V``
+            between full backups; the same fixed point and ``tol``; infinite horizon, gamma
+            < 1, expected backup; on ``device="native"`` and ``"cpu"`` only, the GPU refuses
+            it). ``iterations`` then counts the full backups; each but the first follows
+            ``evaluations`` evaluation sweeps. See docs/solving.md.
+        evaluations: with ``method="mpi"``: evaluation sweeps per full backup (default 4).
 
     Returns:
         A :class:`SolveResult`; the GIL is released while the engine runs.
@@ -245,7 +269,7 @@ def solve(
     _check_mdp(mdp)
     settings = _settings(
         alpha, gamma, backup, horizon, tol, max_iters, extrapolate, policy, q, all_steps,
-        occupancy, device,
+        occupancy, device, method, evaluations,
     )  # fmt: skip
     raw = _softvi.solve_mdp(mdp._mdp, settings)
     return _result(raw, mdp.batched, tol if horizon is None else None)

@@ -26,7 +26,7 @@ use softvi::io::npy::NpyValues;
 use softvi::irl::{Demos, IrlOptions};
 use softvi::{
     ActionSet, Backup, Connectivity, CpuReference, Error, GpuSolver, Grid, GridProblem, GridSolver,
-    GridTask, Horizon, MdpSolution, MdpSolver, MoveCost, NativeSolver, OnProgress, Outputs,
+    GridTask, Horizon, MdpSolution, MdpSolver, Method, MoveCost, NativeSolver, OnProgress, Outputs,
     Progress, Real, SolveOptions, TabularMdp,
 };
 
@@ -493,6 +493,8 @@ struct Settings {
     occupancy: bool,
     device: String,
     adapter: Option<usize>,
+    method: String,
+    evaluations: Option<u32>,
 }
 
 impl Settings {
@@ -514,12 +516,24 @@ impl Settings {
                 max_iters: self.max_iters,
             },
         };
+        let method = match self.method.as_str() {
+            "vi" => Method::Vi,
+            "mpi" => Method::Mpi {
+                evaluations: self.evaluations.unwrap_or(Method::DEFAULT_EVALUATIONS),
+            },
+            other => {
+                return Err(PyValueError::new_err(format!(
+                    "method must be \"vi\" or \"mpi\", got {other:?}"
+                )));
+            }
+        };
         let options = SolveOptions {
             alpha: self.alpha,
             gamma: self.gamma,
             backup,
             horizon,
             extrapolate: self.extrapolate,
+            method,
         };
         options.validate().map_err(to_py)?;
         Ok(options)

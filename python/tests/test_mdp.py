@@ -303,3 +303,47 @@ def test_a_reward_that_grows_past_memory_is_a_memory_error():
     with pytest.raises(MemoryError, match=r"rewards \[B,S,A\] = \[1048577, 1, 1048576\]"):
         softvi.TabularMDP(p, np.zeros((actions + 1, 1)))
     assert softvi.TabularMDP(p, np.zeros((2, 1))).tasks == 2  # the same model, 2 tasks
+
+
+@pytest.mark.parametrize("alpha", [0.0, 0.8])
+@pytest.mark.parametrize("device", ["native", "cpu"])
+def test_modified_policy_iteration_reaches_the_fixed_point(world, device, alpha):
+    """``method="mpi"``: within its error bound of V* (1000 f64 backups written here)."""
+    p, r, _ = world
+    mdp = softvi.TabularMDP(p, r)
+    gamma = 0.95
+    pe = as_engine_reads(p, device)
+    # soft_vi_fh's soft max at alpha 0 is the hard max's limit: solve the recurrence at a tiny
+    # temperature instead (alpha 1e-9 moves V by under 1e-8 here).
+    a = alpha if alpha > 0 else 1e-9
+    truth = [
+        soft_vi_fh(pe, as_engine_reads(r[b], device), 1000, gamma, alpha=a)[0][0] for b in range(B)
+    ]
+    for evaluations in [None, 1, 30]:
+        got = softvi.solve(
+            mdp, alpha=alpha, gamma=gamma, tol=2e-3, device=device, method="mpi",
+            evaluations=evaluations,
+        )  # fmt: skip
+        assert got.status == ["converged"] * B
+        for b in range(B):
+            err = np.abs(got.values[b] - truth[b]).max()
+            assert got.error_bound[b] <= 2e-3
+            # Plus 1e-6 |V|: the reported values are float32.
+            assert err <= got.error_bound[b] + 2e-5, (err, got.error_bound[b])
+
+
+def test_modified_policy_iteration_is_refused_where_it_does_not_apply(world):
+    """What MPI cannot do is refused by name, never run as value iteration."""
+    p, r, _ = world
+    mdp = softvi.TabularMDP(p, r)
+    with pytest.raises(ValueError, match="method must be 'vi' or 'mpi'"):
+        softvi.solve(mdp, method="pi")
+    with pytest.raises(ValueError, match="needs method='mpi'"):
+        softvi.solve(mdp, evaluations=3)
+    with pytest.raises(ValueError, match='backup = "expected"'):
+        softvi.solve(mdp, method="mpi", backup="optimistic", device="cpu")
+    with pytest.raises(ValueError, match="infinite horizon"):
+        softvi.solve(mdp, method="mpi", horizon=5, device="cpu")
+    grid = softvi.Grid(np.array([[1, 1, 1, 1], [1, 0, 1, 1], [1, 1, 1, 1]], bool))
+    with pytest.raises(ValueError, match="native engine's grid sweeps"):
+        softvi.solve_grid(grid, [(0, 0)], method="mpi", device="native")

@@ -13,7 +13,7 @@ use softvi::bench::{
     standard_workloads,
 };
 use softvi::engine::gpu::{GpuContext, GridEngine};
-use softvi::engine::options::{Horizon, SolveOptions};
+use softvi::engine::options::{Horizon, Method, SolveOptions};
 
 #[derive(Args, Debug)]
 pub(super) struct BenchArgs {
@@ -173,6 +173,7 @@ fn bench_long(args: &BenchArgs, ctx: &GpuContext, engine: &mut GridEngine) -> Re
             max_iters: 100_000,
         },
         extrapolate: true,
+        method: Method::Vi,
     };
     let sweep = measure_gpu(engine, &problem, args.sweeps.unwrap_or(32))?.seconds_per_sweep;
     let timed = |backend: &str,

@@ -14,7 +14,7 @@ use super::iteration::BackupArg;
 use super::world::{MdpWorld, WorldArgs};
 use softvi::analysis::irl::{Demos, IrlOptions, IrlResult, learn};
 use softvi::analysis::sample::ENDED;
-use softvi::engine::options::{Backup, Horizon, SolveOptions};
+use softvi::engine::options::{Backup, Horizon, Method, SolveOptions};
 use softvi::io::npy;
 use softvi::io::output::{OutputFile, OutputFolder};
 
@@ -292,6 +292,7 @@ pub(super) fn irl_command(args: &IrlArgs) -> Result<i32> {
         },
         horizon,
         extrapolate: true,
+        method: Method::Vi,
     };
     let options = IrlOptions {
         solve,

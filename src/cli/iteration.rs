@@ -6,7 +6,7 @@ use clap::{Args, ValueEnum};
 
 use super::backend::BackendArg;
 use softvi::MdpSolution;
-use softvi::engine::options::{Backup, Horizon, SolveOptions};
+use softvi::engine::options::{Backup, Horizon, Method, SolveOptions};
 use softvi::error::Spelling;
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
@@ -15,6 +15,15 @@ pub(super) enum BackupArg {
     Expected,
     /// Q = r + alpha * log E[exp(gamma V'/alpha)] (exact inference backward message).
     Optimistic,
+}
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+pub(super) enum MethodArg {
+    /// Value iteration: every sweep a full backup.
+    Vi,
+    /// Modified policy iteration: --evaluations exp-free policy-evaluation sweeps between
+    /// full backups (infinite horizon, gamma < 1, expected backup).
+    Mpi,
 }
 
 /// Soft value iteration settings.
@@ -42,6 +51,14 @@ pub(super) struct IterationArgs {
     /// Where the sweeps run.
     #[arg(long, value_enum, default_value_t = BackendArg::Auto)]
     pub(super) backend: BackendArg,
+    /// How the fixed point is iterated to: value iteration or modified policy iteration
+    /// (general MDPs on the native engine and the f64 reference).
+    #[arg(long, value_enum, default_value_t = MethodArg::Vi)]
+    method: MethodArg,
+    /// With --method mpi: policy-evaluation sweeps after each full backup.
+    /// [default: 4]
+    #[arg(long, value_name = "M")]
+    evaluations: Option<u32>,
     /// Plain value iteration: no jumps along the estimated slowest mode.
     #[arg(long)]
     no_extrapolation: bool,
@@ -65,8 +82,22 @@ impl IterationArgs {
             BackupArg::Expected => Backup::Expected,
             BackupArg::Optimistic => Backup::Optimistic,
         };
+        let method = match self.method {
+            MethodArg::Vi => {
+                ensure!(
+                    self.evaluations.is_none(),
+                    "--evaluations sets modified policy iteration's evaluation sweeps: it needs \
+                     --method mpi"
+                );
+                Method::Vi
+            }
+            MethodArg::Mpi => Method::Mpi {
+                evaluations: self.evaluations.unwrap_or(Method::DEFAULT_EVALUATIONS),
+            },
+        };
         let options = SolveOptions {
             extrapolate: !self.no_extrapolation,
+            method,
             alpha: self.alpha,
             gamma: self.gamma,
             backup,

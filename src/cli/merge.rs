@@ -33,6 +33,7 @@ pub(super) struct MergeArgs {
 const PER_TASK: &[&[&str]] = &[
     &["goals"],
     &["iterations"],
+    &["evaluation_sweeps"],
     &["residual"],
     &["error_bound"],
     &["precision_limited"],

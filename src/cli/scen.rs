@@ -8,7 +8,7 @@ use anyhow::{Result, bail, ensure};
 use clap::Args;
 
 use super::backend::{Backend, BackendArg};
-use softvi::engine::options::{Backup, Horizon, Outputs, SolveOptions};
+use softvi::engine::options::{Backup, Horizon, Method, Outputs, SolveOptions};
 use softvi::engine::solution::Status;
 use softvi::world::grid::{ActionSet, Connectivity, MoveCost};
 use softvi::world::grid_problem::{GridProblem, GridTask};
@@ -93,6 +93,7 @@ pub(super) fn scen_command(args: &ScenArgs) -> Result<i32> {
             max_iters: 10_000_000,
         },
         extrapolate: true,
+        method: Method::Vi,
     };
     let solution = Backend::open(args.backend, &args.adapters)?
         .solve_grid(&problem, None, &options, Outputs::VALUES, args.quiet)?

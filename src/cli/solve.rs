@@ -299,6 +299,16 @@ fn mdp_solve_command(
     }
 }
 
+/// `, modified policy iteration (M evaluations per backup)` for `--method mpi`, else nothing.
+fn method_note(options: &SolveOptions) -> String {
+    match options.method {
+        softvi::Method::Vi => String::new(),
+        softvi::Method::Mpi { evaluations } => {
+            format!(", modified policy iteration ({evaluations} evaluation sweeps per backup)")
+        }
+    }
+}
+
 /// An `--mdp` solve's setting, for writing its folder and summary.
 struct MdpRun<'a> {
     args: &'a SolveArgs,
@@ -370,10 +380,11 @@ impl MdpRun<'_> {
                 mdp.nonzeros()
             );
             println!(
-                "solve    {b} tasks, {} backup, alpha {}, gamma {}",
+                "solve    {b} tasks, {} backup, alpha {}, gamma {}{}",
                 options.backup.name(),
                 options.alpha,
-                options.gamma
+                options.gamma,
+                method_note(options)
             );
             println!(
                 "backend  {} ({})",

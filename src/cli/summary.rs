@@ -90,6 +90,8 @@ pub(super) fn add_settings_json(summary: &mut serde_json::Value, options: &Solve
         "tol": tol,
         "max_iters": max_iters,
         "extrapolation": options.uses_extrapolation(),
+        "method": options.method.name(),
+        "evaluations_per_improvement": options.method.evaluations(),
     });
     if let (Some(all), serde_json::Value::Object(settings)) = (summary.as_object_mut(), settings) {
         all.extend(settings);
@@ -107,7 +109,11 @@ pub(super) fn add_run_json<T: Real>(
     add_settings_json(summary, options);
     let run = json!({
         "tasks": solution.iterations.len(),
+        // Full backups (modified policy iteration's improvements) and, between them, the
+        // policy-evaluation sweeps (0 for value iteration).
         "iterations": solution.iterations,
+        "evaluation_sweeps": solution.iterations.iter()
+            .map(|&i| options.method.evaluation_sweeps(i)).collect::<Vec<_>>(),
         "residual": solution.residual,
         // inf (gamma = 1: no bound) is written as null.
         "error_bound": solution.error_bound,

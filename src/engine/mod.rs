@@ -14,7 +14,7 @@ pub mod solution;
 pub mod solver;
 pub mod warm_start;
 
-pub use options::{Backup, Horizon, Outputs, SolveOptions};
+pub use options::{Backup, Horizon, Method, Outputs, SolveOptions};
 pub use schedule::{OnProgress, Progress, keep_going};
 pub use solution::{MdpSolution, Occupancy, Real, Solution, Status, TimeSteps};
 pub use solver::{CpuReference, GpuSolver, GridKernelsOnMdp, GridSolver, MdpSolver};

@@ -49,6 +49,61 @@ impl Horizon {
     }
 }
 
+/// How an infinite-horizon solve iterates toward the fixed point.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Method {
+    /// Value iteration: every sweep is a full soft Bellman backup `V <- T V`.
+    Vi,
+    /// Modified policy iteration: each full backup (the *improvement*, which also fixes the
+    /// policy `pi = exp((Q - V') / alpha)`, the first argmax at alpha = 0) is followed by
+    /// `evaluations` partial policy-evaluation sweeps `V <- r_pi + gamma P_pi V` with pi fixed
+    /// (`r_pi = sum_a pi (r - alpha log pi)`): no exp or log, and at alpha = 0 one row per
+    /// state instead of A. Convergence is tested on the improvements only, by the same error
+    /// bound as value iteration, so `tol` keeps its meaning and the fixed point is the same.
+    /// Needs an infinite horizon, gamma < 1 and the expected backup (the optimistic backup
+    /// has no exp-free evaluation).
+    Mpi {
+        /// Policy-evaluation sweeps after each improvement, >= 1.
+        evaluations: u32,
+    },
+}
+
+impl Method {
+    /// Evaluation sweeps per improvement a bare `mpi` gets; see docs/performance.md for the
+    /// measurement that chose it.
+    pub const DEFAULT_EVALUATIONS: u32 = 4;
+
+    /// Most evaluation sweeps per improvement accepted.
+    pub const MAX_EVALUATIONS: u32 = 10_000;
+
+    /// Modified policy iteration with [`Method::DEFAULT_EVALUATIONS`].
+    pub const MPI: Method = Method::Mpi {
+        evaluations: Method::DEFAULT_EVALUATIONS,
+    };
+
+    /// The CLI / summary name.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Method::Vi => "vi",
+            Method::Mpi { .. } => "mpi",
+        }
+    }
+
+    /// Evaluation sweeps a task ran in all, given the improvements (its reported
+    /// `iterations`): `evaluations` before every improvement but the first.
+    pub fn evaluation_sweeps(&self, improvements: u32) -> u64 {
+        self.evaluations() as u64 * improvements.saturating_sub(1) as u64
+    }
+
+    /// Evaluation sweeps per improvement: 0 for value iteration.
+    pub fn evaluations(&self) -> u32 {
+        match *self {
+            Method::Vi => 0,
+            Method::Mpi { evaluations } => evaluations,
+        }
+    }
+}
+
 /// Soft value iteration settings shared by all tasks of a solve.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct SolveOptions {
@@ -62,8 +117,10 @@ pub struct SolveOptions {
     pub horizon: Horizon,
     /// Infinite horizon with alpha > 0: extrapolate along the slowest mode once its
     /// convergence rate has settled (see `schedule::RateExtrapolator`). `false` is plain
-    /// Jacobi value iteration.
+    /// Jacobi value iteration. Modified policy iteration does not extrapolate.
     pub extrapolate: bool,
+    /// Value iteration or modified policy iteration.
+    pub method: Method,
 }
 
 impl Default for SolveOptions {
@@ -77,6 +134,7 @@ impl Default for SolveOptions {
                 max_iters: 100_000,
             },
             extrapolate: true,
+            method: Method::Vi,
         }
     }
 }
@@ -113,6 +171,39 @@ impl SolveOptions {
                 }
             );
         }
+        if let Method::Mpi { evaluations } = self.method {
+            let method = match spelling {
+                Spelling::Name => "method = \"mpi\"",
+                Spelling::Flag => "--method mpi",
+            };
+            ensure!(
+                (1..=Method::MAX_EVALUATIONS).contains(&evaluations),
+                "{} must be in 1..={} with {method}, got {evaluations}",
+                name("evaluations"),
+                Method::MAX_EVALUATIONS
+            );
+            ensure!(
+                self.backup == Backup::Expected,
+                "{method} needs the expected backup ({}): the optimistic backup's \
+                 log-sum-exp over successors has no exp-free policy evaluation",
+                match spelling {
+                    Spelling::Name => "backup = \"expected\"",
+                    Spelling::Flag => "--backup expected",
+                }
+            );
+            ensure!(
+                matches!(self.horizon, Horizon::Infinite { .. }),
+                "{method} needs an infinite horizon (no {}): a finite horizon's T backups are \
+                 exactly what it asks for, with nothing to evaluate between them",
+                name("horizon")
+            );
+            ensure!(
+                self.gamma < 1.0,
+                "{method} needs {} < 1: undiscounted policy evaluation may run away under a \
+                 policy that never reaches a terminal",
+                name("gamma")
+            );
+        }
         match self.horizon {
             Horizon::Finite(t) => ensure!(t >= 1, "{} must be >= 1, got {t}", name("horizon")),
             Horizon::Infinite { tol, max_iters } => {
@@ -127,12 +218,26 @@ impl SolveOptions {
         Ok(())
     }
 
+    /// Refuses modified policy iteration on an engine that does not have it yet (`backend`
+    /// names the engine, e.g. "the GPU (WGSL kernels)"): never value iteration in its place.
+    pub fn ensure_method_on(&self, backend: &str) -> Result<()> {
+        ensure!(
+            self.method == Method::Vi,
+            "method = \"mpi\" (--method mpi) is not implemented on {backend}: run it on the \
+             native engine's general MDPs (--backend native, device=\"native\") or the f64 \
+             reference (--backend cpu, device=\"cpu\"), or use method \"vi\""
+        );
+        Ok(())
+    }
+
     /// Whether rate extrapolation applies: asked for, infinite horizon, alpha > 0 (the hard
     /// max's residual does not decay geometrically, and jumps there cost sweeps) and gamma < 1
     /// (undiscounted solves may have no fixed point; their growth must stay visible to the
-    /// divergence check).
+    /// divergence check), and value iteration (modified policy iteration's evaluation sweeps
+    /// already take the long steps a jump would).
     pub fn uses_extrapolation(&self) -> bool {
         self.extrapolate
+            && self.method == Method::Vi
             && self.alpha > 0.0
             && self.gamma < 1.0
             && matches!(self.horizon, Horizon::Infinite { .. })

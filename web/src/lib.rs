@@ -19,7 +19,7 @@ use softvi::engine::schedule::CHECK_INTERVAL;
 use softvi::world::grid_mdp::{GridMdp, start_distribution};
 use softvi::{
     ActionSet, Backup, Connectivity, CpuReference, GpuContext, Grid, GridEngine, GridProblem,
-    GridSolver, GridTask, Horizon, MdpSolution, MoveCost, Outputs, Progress, SolveOptions,
+    GridSolver, GridTask, Horizon, MdpSolution, Method, MoveCost, Outputs, Progress, SolveOptions,
     TaskPosterior,
 };
 use wasm_bindgen::prelude::*;
@@ -191,6 +191,7 @@ fn parse_spec(spec: &str, walls: &[u8]) -> Result<(GridProblem, SolveOptions), J
         backup,
         horizon,
         extrapolate: true,
+        method: Method::Vi,
     };
     problem.validate().map_err(js_error)?;
     options.validate().map_err(js_error)?;

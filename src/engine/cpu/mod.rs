@@ -14,7 +14,8 @@
 //! `shaders/task_posterior.wgsl` <-> [`task_posterior::task_posterior`],
 //! `shaders/residual_reduce.wgsl::residual_reduce` <-> [`residual_reduce::residual_reduce`],
 //! `shaders/residual_reduce.wgsl::convergence_decide` <-> [`residual_reduce::convergence_decide`]
-//! (with [`crate::engine::schedule::RateExtrapolator`]), the `frozen` branch of every
+//! (with [`crate::engine::schedule::RateExtrapolator`]); modified policy iteration's
+//! improvement and evaluation sweeps (no shader yet) <-> [`policy_evaluation`]; the `frozen` branch of every
 //! backup kernel (`grid_backup`, `mdp_backup`, `mdp_occupancy`) <-> [`hold_frozen`].
 
 pub mod extrapolate;
@@ -23,6 +24,7 @@ pub mod grid_occupancy;
 pub mod mdp_backup;
 pub mod mdp_occupancy;
 pub mod mdp_vjp;
+pub mod policy_evaluation;
 pub mod residual_reduce;
 pub mod solve;
 pub mod task_posterior;
@@ -35,8 +37,8 @@ pub use mdp_occupancy::{mdp_occupancy, mdp_occupancy_weights};
 pub use mdp_vjp::{MdpCotangents, MdpVjp, mdp_vjp_at_fixed_point, mdp_vjp_cpu, mdp_vjp_cpu_at};
 pub use residual_reduce::{SweepStats, convergence_decide, residual_reduce};
 pub use solve::{
-    iterate_cpu, solve_cpu, solve_cpu_with_progress, solve_mdp_cpu, solve_mdp_cpu_f64,
-    solve_mdp_cpu_with_progress,
+    iterate_cpu, iterate_mpi_cpu, solve_cpu, solve_cpu_with_progress, solve_mdp_cpu,
+    solve_mdp_cpu_f64, solve_mdp_cpu_with_progress,
 };
 pub use task_posterior::task_posterior;
 

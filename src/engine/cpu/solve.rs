@@ -7,13 +7,14 @@ use crate::engine::Instant;
 
 use crate::error::{Error, Result};
 
+use super::policy_evaluation::mpi_step;
 use super::residual_reduce::{SweepStats, convergence_decide};
 use super::{
-    extrapolate, grid_backup, grid_policy, hold_frozen, mdp_backup, mdp_occupancy,
-    mdp_occupancy_weights, mdp_policy,
+    action_values, extrapolate, grid_backup, grid_policy, hold_frozen, mdp_action_values,
+    mdp_backup, mdp_occupancy, mdp_occupancy_weights, mdp_policy,
 };
 use crate::engine::layout::{GridInputs, MdpInputs};
-use crate::engine::options::{Horizon, Outputs, SolveOptions};
+use crate::engine::options::{Horizon, Method, Outputs, SolveOptions};
 use crate::engine::schedule::{
     ConvergenceMonitor, OnProgress, Precision, Progress, RateExtrapolator, TaskOutcomes, Verdict,
     check_windows, error_bound, final_status, keep_going, span_bounded_tasks, span_bounds,
@@ -205,6 +206,56 @@ pub fn iterate_cpu(
     })
 }
 
+/// [`iterate_cpu`] by modified policy iteration ([`Method::Mpi`]): each sweep of the check
+/// schedule is one [`mpi_step`] (the evaluation sweeps, then the improvement whose statistics
+/// the schedule tests), over `actions` actions whose Q `q_of(task, state, v, q)` writes, and
+/// every improvement is tested (a task stops at the first within tolerance, as its own
+/// statistics say). No extrapolation.
+#[allow(clippy::too_many_arguments)]
+pub fn iterate_mpi_cpu(
+    options: &SolveOptions,
+    (tasks, actions): (usize, usize),
+    v0: Vec<f64>,
+    fixed: &[bool],
+    span_bounded: &[bool],
+    q_of: impl Fn(usize, usize, &[f64], &mut [f64]),
+    progress: &mut OnProgress<'_>,
+) -> Result<CpuIteration> {
+    let evaluations = options.method.evaluations();
+    let mut policy = None;
+    let run = iterate_checked(
+        options,
+        Precision::F64,
+        tasks,
+        span_bounded,
+        true,
+        v0,
+        |v: &Vec<f64>, v_next: &mut Vec<f64>, frozen: &[bool]| {
+            let shape = (tasks, actions, evaluations);
+            let mut stats = mpi_step(
+                options.alpha,
+                shape,
+                fixed,
+                frozen,
+                &q_of,
+                &mut policy,
+                v,
+                v_next,
+            );
+            hold_frozen(frozen, v, v_next, &mut stats);
+            stats
+        },
+        |_, _, _, _| unreachable!("modified policy iteration does not extrapolate"),
+        progress,
+    )?;
+    Ok(CpuIteration {
+        v: run.state,
+        v_prev: run.previous,
+        sweeps: run.sweeps,
+        outcomes: run.outcomes,
+    })
+}
+
 /// Solves `problem` with the CPU reference (f64 throughout, one thread): the values and, as
 /// `outputs` asks, the policy and Q (every step and the occupancy of a grid come from
 /// [`crate::engine::solver::GridSolver::solve_grid`]).
@@ -231,20 +282,32 @@ pub fn solve_cpu_with_progress(
     let inputs = GridInputs::new(problem, options);
     let start_values = grid_start_values_for(&inputs, options)
         .unwrap_or_else(|| vec![0.0f64; inputs.tasks * inputs.cells()]);
+    let run = match options.method {
+        Method::Vi => iterate_cpu(
+            options,
+            inputs.tasks,
+            start_values,
+            &inputs.fixed,
+            &[],
+            |v_in, v_out| grid_backup(&inputs, v_in, v_out),
+            progress,
+        )?,
+        Method::Mpi { .. } => iterate_mpi_cpu(
+            options,
+            (inputs.tasks, inputs.action_count),
+            start_values,
+            &inputs.fixed,
+            &[],
+            |task, cell, v, q| action_values(&inputs, task, cell, v, q),
+            progress,
+        )?,
+    };
     let CpuIteration {
         v,
         v_prev: v_next,
         outcomes,
         ..
-    } = iterate_cpu(
-        options,
-        inputs.tasks,
-        start_values,
-        &inputs.fixed,
-        &[],
-        |v_in, v_out| grid_backup(&inputs, v_in, v_out),
-        progress,
-    )?;
+    } = run;
     // After the swap, v_next holds the values the last sweep read (V_1 for a finite horizon).
     let policy_from = match options.horizon {
         Horizon::Finite(_) => &v_next,
@@ -354,26 +417,40 @@ fn solve_mdp_cpu_as<T: Real>(
     // V_{T-1}, ..., V_0 as the sweeps make them, when later steps need them.
     let keep_steps = finite && (outputs.all_steps || outputs.occupancy);
     let mut history: Vec<Vec<f64>> = Vec::new();
+    let span_bounded = span_bounded_tasks(&inputs.fixed, mdp.tasks);
+    let run = match options.method {
+        Method::Vi => iterate_cpu(
+            options,
+            mdp.tasks,
+            inputs.v0.clone(),
+            &inputs.fixed,
+            &span_bounded,
+            |v_in, v_out| {
+                let stats = mdp_backup(&inputs, v_in, v_out);
+                if keep_steps {
+                    history.push(v_out.to_vec());
+                }
+                stats
+            },
+            progress,
+        )?,
+        // An infinite horizon (validated): no steps to keep.
+        Method::Mpi { .. } => iterate_mpi_cpu(
+            options,
+            (mdp.tasks, mdp.actions),
+            inputs.v0.clone(),
+            &inputs.fixed,
+            &span_bounded,
+            |task, s, v, q| mdp_action_values(&inputs, task, s, v, q),
+            progress,
+        )?,
+    };
     let CpuIteration {
         v,
         v_prev,
         outcomes,
         ..
-    } = iterate_cpu(
-        options,
-        mdp.tasks,
-        inputs.v0.clone(),
-        &inputs.fixed,
-        &span_bounded_tasks(&inputs.fixed, mdp.tasks),
-        |v_in, v_out| {
-            let stats = mdp_backup(&inputs, v_in, v_out);
-            if keep_steps {
-                history.push(v_out.to_vec());
-            }
-            stats
-        },
-        progress,
-    )?;
+    } = run;
     let rows = |_: Option<usize>, v: &[f64], write_q: bool| mdp_policy::<T>(&inputs, v, write_q);
     let discounted = |pi: &[T], progress: &mut OnProgress<'_>| {
         discounted_occupancy(&inputs, options, pi, progress)

@@ -528,6 +528,7 @@ impl GridEngine {
         let start = Instant::now();
         problem.validate()?;
         options.validate()?;
+        options.ensure_method_on("the GPU's grid kernels")?;
         let padded = pad_to_quads(problem);
         let inputs = GridInputs::new(&padded, options);
         let cells = inputs.cells();

@@ -554,6 +554,7 @@ impl MdpEngine {
     ) -> Result<MdpSolution> {
         let start = Instant::now();
         check_mdp_solve(mdp, options)?;
+        options.ensure_method_on("the GPU's CSR kernels")?;
         let inputs = MdpInputs::new(mdp, options);
         let finite = matches!(options.horizon, Horizon::Finite(_));
         let horizon = options.horizon.finite_steps() as u64;

@@ -82,6 +82,10 @@ pub struct NativeMdp {
     unit_blocks: usize,
     /// Slice starts in entries (each [`LANES`] wide), `[block][action]` and one past the end.
     slice_start: Vec<usize>,
+    /// Sliced: where each block's chosen rows start in a [`NativePolicy`] at alpha = 0, in
+    /// entries: `[block]` and one past the end, each block's slot as long as its longest
+    /// slice (empty when dense).
+    rows_start: Vec<usize>,
     /// Successor state per slice entry and lane, `[entry][lane]` (the sentinel on padding).
     cols: Vec<u32>,
     /// Sliced: `P(s'|s,a)` per slice entry and lane, `[entry][lane]` (0 on padding). Dense:
@@ -110,6 +114,7 @@ struct Unit<'a> {
     first_block: usize,
     out: Vec<&'a mut [f32]>,
     q: Vec<&'a mut [f32]>,
+    policy: Vec<PolicySlots<'a>>,
 }
 
 impl<'a> Unit<'a> {
@@ -129,6 +134,7 @@ impl<'a> Unit<'a> {
                 first_block: u * unit_blocks,
                 out: per_task.iter_mut().filter_map(Iterator::next).collect(),
                 q: Vec::new(),
+                policy: Vec::new(),
             })
             .collect()
     }
@@ -152,6 +158,211 @@ impl<'a> Unit<'a> {
     }
 }
 
+/// A unit's share of one task's [`NativePolicy`] (unit-relative; empty where unused).
+struct PolicySlots<'a> {
+    reward: &'a mut [f32],
+    cols: &'a mut [u32],
+    probs: &'a mut [f32],
+    length: &'a mut [u32],
+    chosen: &'a mut [u32],
+    pi: &'a mut [f32],
+}
+
+/// `x` (`[task]` of equal parts) cut into `[unit][task]` pieces of `len(unit)` entries each;
+/// every piece empty when `x` is.
+fn split_units<T>(
+    x: &mut [T],
+    tasks: usize,
+    units: usize,
+    len: impl Fn(usize) -> usize,
+) -> Vec<Vec<&mut [T]>> {
+    let mut out: Vec<Vec<&mut [T]>> = (0..units).map(|_| Vec::with_capacity(tasks)).collect();
+    if x.is_empty() {
+        for unit in &mut out {
+            unit.extend((0..tasks).map(|_| -> &mut [T] { &mut [] }));
+        }
+        return out;
+    }
+    let per_task = x.len() / tasks;
+    for mut rest in x.chunks_mut(per_task) {
+        for (u, unit) in out.iter_mut().enumerate() {
+            let (piece, tail) = std::mem::take(&mut rest).split_at_mut(len(u));
+            unit.push(piece);
+            rest = tail;
+        }
+    }
+    out
+}
+
+/// The last unit's pieces of [`split_units`]' output.
+fn last<T>(pieces: &mut Vec<Vec<T>>) -> Vec<T> {
+    pieces.pop().expect("one piece per unit")
+}
+
+/// What an improvement of modified policy iteration leaves for the evaluation sweeps after
+/// it ([`NativeMdp::improve`], [`NativeMdp::evaluate`]), per task. At alpha = 0 the chosen
+/// action's rows alone: in the sliced layout copied out into one slice per block (so that an
+/// evaluation streams S rows, not S x A), in the dense one the chosen action's index. At
+/// alpha > 0 the policy's probabilities.
+#[derive(Clone, Debug)]
+pub struct NativePolicy {
+    /// `r_pi(s) = sum_a pi(a|s) (r(s,a) - alpha log pi(a|s))`, `[task][state]` in the
+    /// values' layout (-inf where V' is: the state stays there).
+    reward: Vec<f32>,
+    /// Alpha 0, sliced: the chosen rows' successors, `[task][entry][lane]` from
+    /// `NativeMdp::rows_start` (the sentinel on padding).
+    cols: Vec<u32>,
+    /// Alpha 0, sliced: their probabilities, as `cols` (0 on padding).
+    probs: Vec<f32>,
+    /// Alpha 0, sliced: entries used per block, `[task][block]`.
+    length: Vec<u32>,
+    /// Alpha 0, dense: the chosen action, `[task][padded state]`.
+    chosen: Vec<u32>,
+    /// Alpha > 0: `pi(a|s)`, `[task][block][action][lane]`.
+    pi: Vec<f32>,
+}
+
+impl NativeMdp {
+    /// An empty policy of the right shape for [`NativeMdp::improve`] to fill.
+    pub fn new_policy(&self) -> NativePolicy {
+        let (tasks, n) = (self.tasks, self.actions);
+        let hard = self.alpha == 0.0;
+        let sliced_hard = hard && !self.dense;
+        let entries = self.rows_start.last().copied().unwrap_or(0) * LANES;
+        NativePolicy {
+            reward: vec![0.0; tasks * self.stride],
+            cols: vec![self.padded as u32; if sliced_hard { tasks * entries } else { 0 }],
+            probs: vec![0.0; if sliced_hard { tasks * entries } else { 0 }],
+            length: vec![0; if sliced_hard { tasks * self.blocks } else { 0 }],
+            chosen: vec![
+                0;
+                if hard && self.dense {
+                    tasks * self.padded
+                } else {
+                    0
+                }
+            ],
+            pi: vec![
+                0.0;
+                if hard {
+                    0
+                } else {
+                    tasks * self.blocks * n * LANES
+                }
+            ],
+        }
+    }
+
+    /// One improvement of modified policy iteration: the full sweep `output = T(input)`
+    /// ([`NativeMdp::sweep`], the same statistics) that also leaves its policy in `policy`
+    /// (the expected backup only, [`crate::engine::options::Method::Mpi`]).
+    pub fn improve(
+        &self,
+        input: &[f32],
+        output: &mut [f32],
+        policy: &mut NativePolicy,
+        frozen: &[bool],
+        threads: usize,
+    ) -> Vec<SweepStats> {
+        assert_eq!(
+            self.backup,
+            Backup::Expected,
+            "MPI needs the expected backup"
+        );
+        let shape = (self.stride, self.padded, self.blocks);
+        let mut units = Unit::split(output, shape, self.unit_blocks);
+        let (ub, tasks, n) = (self.unit_blocks, self.tasks, self.actions);
+        let count = units.len();
+        let blocks_of = |u: usize| u * ub..((u + 1) * ub).min(self.blocks);
+        let entries_of = |u: usize| {
+            let b = blocks_of(u);
+            (self.rows_start[b.end] - self.rows_start[b.start]) * LANES
+        };
+        let states_of = |u: usize| blocks_of(u).len() * LANES;
+        let NativePolicy {
+            reward,
+            cols,
+            probs,
+            length,
+            chosen,
+            pi,
+        } = policy;
+        // The reward's task stride has the sentinel past the padded states.
+        let mut reward = split_units(reward, tasks, count + 1, |u| match u < count {
+            true => states_of(u),
+            false => 1,
+        });
+        let mut cols = split_units(cols, tasks, count, entries_of);
+        let mut probs = split_units(probs, tasks, count, entries_of);
+        let mut length = split_units(length, tasks, count, |u| blocks_of(u).len());
+        let mut chosen = split_units(chosen, tasks, count, states_of);
+        let mut pi = split_units(pi, tasks, count, |u| blocks_of(u).len() * n * LANES);
+        reward.pop(); // the sentinels' pieces
+        for unit in units.iter_mut().rev() {
+            let (r, c, p) = (last(&mut reward), last(&mut cols), last(&mut probs));
+            let (l, a, w) = (last(&mut length), last(&mut chosen), last(&mut pi));
+            unit.policy = (r.into_iter().zip(c).zip(p).zip(l).zip(a).zip(w))
+                .map(
+                    |(((((reward, cols), probs), length), chosen), pi)| PolicySlots {
+                        reward,
+                        cols,
+                        probs,
+                        length,
+                        chosen,
+                        pi,
+                    },
+                )
+                .collect();
+        }
+        let queue = Mutex::new(units.into_iter());
+        let queue = &queue;
+        on_threads(self.tasks, threads, || {
+            self.sweep_units(input, None, frozen, queue)
+        })
+    }
+
+    /// One policy-evaluation sweep of modified policy iteration, `output = T_pi(input) =
+    /// r_pi + gamma P_pi input` under the policy of the last [`NativeMdp::improve`] (no exp or
+    /// log; at alpha = 0 the chosen rows alone), over every task not `frozen` (copied), on
+    /// `threads` threads. No statistics: convergence is tested on improvements only.
+    pub fn evaluate(
+        &self,
+        policy: &NativePolicy,
+        input: &[f32],
+        output: &mut [f32],
+        frozen: &[bool],
+        threads: usize,
+    ) {
+        let shape = (self.stride, self.padded, self.blocks);
+        let units = Unit::split(output, shape, self.unit_blocks);
+        let queue = Mutex::new(units.into_iter());
+        let queue = &queue;
+        let work = || {
+            loop {
+                let next = queue.lock().unwrap_or_else(|e| e.into_inner()).next();
+                let Some(mut unit) = next else { break };
+                for (t, out) in unit.out.iter_mut().enumerate() {
+                    let at = t * self.stride + unit.first_block * LANES;
+                    if frozen[t] {
+                        out.copy_from_slice(&input[at..at + out.len()]);
+                        continue;
+                    }
+                    let args = EvaluateArgs {
+                        mdp: self,
+                        policy,
+                        task: t,
+                        first_block: unit.first_block,
+                        input: &input[t * self.stride..(t + 1) * self.stride],
+                    };
+                    evaluate_unit(&args, out);
+                }
+            }
+            vec![RowStats::default(); self.tasks]
+        };
+        on_threads(self.tasks, threads, work);
+    }
+}
+
 impl NativeMdp {
     /// The sliced inputs of `inputs`.
     // The model's probabilities and rewards are f32 today and become f64 (issue 26): the
@@ -168,11 +379,11 @@ impl NativeMdp {
             padded < i32::MAX as usize,
             "{states} states do not fit i32 offsets"
         );
-        let (mut slice_start, mut cols, probs, dense);
+        let (mut slice_start, mut cols, probs, dense, mut rows_start);
         if let Some(p) = mdp.transitions.dense_rows() {
             // Kept dense by the model (at least half full): rounded to f32 on every core,
             // never through the CSR.
-            (slice_start, cols, dense) = (Vec::new(), Vec::new(), true);
+            (slice_start, cols, dense, rows_start) = (Vec::new(), Vec::new(), true, Vec::new());
             probs = dense_f32(p);
         } else {
             let csr = mdp.csr();
@@ -192,11 +403,19 @@ impl NativeMdp {
                 }
             }
             let entries = slice_start.last().copied().unwrap_or(0);
+            rows_start = vec![0usize];
+            for b in 0..blocks {
+                let longest = (0..actions)
+                    .map(|a| slice_start[b * actions + a + 1] - slice_start[b * actions + a])
+                    .max()
+                    .unwrap_or(0);
+                rows_start.push(rows_start[b] + longest);
+            }
             // Dense where the sliced layout (index and probability per entry and lane) would
             // take at least the dense matrix's bytes.
             dense = 4 * states * actions * states <= 8 * LANES * entries;
             if dense {
-                (slice_start, cols) = (Vec::new(), Vec::new());
+                (slice_start, cols, rows_start) = (Vec::new(), Vec::new(), Vec::new());
                 let mut rows = vec![0.0f32; states * actions * states];
                 for (row, out) in rows.chunks_exact_mut(states).enumerate() {
                     let range = csr.indptr[row] as usize..csr.indptr[row + 1] as usize;
@@ -249,6 +468,7 @@ impl NativeMdp {
             dense,
             unit_blocks,
             slice_start,
+            rows_start,
             cols,
             probs,
             reward,
@@ -444,7 +664,8 @@ impl NativeMdp {
                         .map(|s| (&s.e[t * self.stride..(t + 1) * self.stride], s.top[t])),
                 };
                 let q_out = unit.q.get_mut(t).map(|q| &mut **q);
-                stats[t] = stats[t].combine(sweep_unit(&args, out, &mut q, q_out));
+                let policy = unit.policy.get_mut(t);
+                stats[t] = stats[t].combine(sweep_unit(&args, out, &mut q, q_out, policy));
             }
         }
         stats
@@ -483,18 +704,20 @@ with_avx2!(sweep_unit => sweep_unit_any(
     args: &UnitArgs<'_>,
     out: &mut [f32],
     q: &mut [[f32; LANES]],
-    q_out: Option<&mut [f32]>
+    q_out: Option<&mut [f32]>,
+    policy: Option<&mut PolicySlots<'_>>
 ) -> RowStats);
 
 /// The new values of one unit's blocks of one task into `out` (the unit's states); `q` is
 /// scratch of one lane vector per action; `q_out` (`[state][action]` of the unit's states)
-/// receives Q when given.
+/// receives Q when given, `policy` the improvement's policy ([`keep_policy`]).
 #[inline(always)]
 fn sweep_unit_any<const FMA: bool>(
     args: &UnitArgs<'_>,
     out: &mut [f32],
     q: &mut [[f32; LANES]],
     mut q_out: Option<&mut [f32]>,
+    mut policy: Option<&mut PolicySlots<'_>>,
 ) -> RowStats {
     let m = args.mdp;
     let (alpha, gamma, n) = (m.alpha, m.gamma, m.actions);
@@ -558,6 +781,9 @@ fn sweep_unit_any<const FMA: bool>(
             }
         }
         let values = soft_max_lanes::<FMA>(alpha, &q[..n]);
+        if let Some(policy) = policy.as_deref_mut() {
+            keep_policy::<FMA>(m, (args.first_block, i), rewards, &q[..n], &values, policy);
+        }
         let at = b * LANES;
         let fixed = &m.fixed[args.task * m.stride + at..][..LANES];
         let v_in = &args.input[at..at + LANES];
@@ -575,6 +801,146 @@ fn sweep_unit_any<const FMA: bool>(
         }
     }
     stats
+}
+
+/// Block `i` (of the unit starting at `first_block`) of an improvement's policy into `p`:
+/// at alpha = 0 the first action reaching the block's `values` (the hard max) with its reward
+/// and its rows (copied out of the slices the sweep just read, padded to the block's longest
+/// chosen row), at alpha > 0 `pi = exp((Q - V') / alpha)` and `r_pi = V' - sum_a pi (Q - r)`
+/// (the entropy term without a log). `rewards` `[action][lane]`, `q` `[action][lane]`.
+#[inline(always)]
+fn keep_policy<const FMA: bool>(
+    m: &NativeMdp,
+    (first_block, i): (usize, usize),
+    rewards: &[f32],
+    q: &[[f32; LANES]],
+    values: &[f32; LANES],
+    p: &mut PolicySlots<'_>,
+) {
+    let (n, b) = (m.actions, first_block + i);
+    let r_pi = &mut p.reward[i * LANES..(i + 1) * LANES];
+    if m.alpha == 0.0 {
+        let chosen: [usize; LANES] =
+            std::array::from_fn(|l| (0..n).position(|a| q[a][l] == values[l]).unwrap_or(0));
+        for l in 0..LANES {
+            r_pi[l] = rewards[chosen[l] * LANES + l];
+        }
+        if m.dense {
+            for l in 0..LANES {
+                p.chosen[i * LANES + l] = chosen[l] as u32;
+            }
+            return;
+        }
+        let slice = |a: usize| m.slice_start[b * n + a]..m.slice_start[b * n + a + 1];
+        let used = (0..LANES)
+            .map(|l| slice(chosen[l]).len())
+            .max()
+            .unwrap_or(0);
+        p.length[i] = used as u32;
+        let base = m.rows_start[b] - m.rows_start[first_block];
+        for l in 0..LANES {
+            let from = slice(chosen[l]);
+            for k in 0..used {
+                let at = (base + k) * LANES + l;
+                (p.cols[at], p.probs[at]) = match k < from.len() {
+                    true => {
+                        let src = (from.start + k) * LANES + l;
+                        (m.cols[src], m.probs[src])
+                    }
+                    false => (m.padded as u32, 0.0),
+                };
+            }
+        }
+        return;
+    }
+    let mut expected = [0.0f32; LANES];
+    for a in 0..n {
+        let pi = &mut p.pi[(i * n + a) * LANES..][..LANES];
+        for l in 0..LANES {
+            let x = exp_f32::<FMA>((q[a][l] - values[l]) / m.alpha);
+            let live = q[a][l] != f32::NEG_INFINITY && values[l] != f32::NEG_INFINITY;
+            pi[l] = if live { x } else { 0.0 };
+            if pi[l] > 0.0 {
+                expected[l] = madd::<FMA>(pi[l], q[a][l] - rewards[a * LANES + l], expected[l]);
+            }
+        }
+    }
+    for l in 0..LANES {
+        r_pi[l] = values[l] - expected[l];
+    }
+}
+
+/// What [`evaluate_unit`] reads for one task.
+struct EvaluateArgs<'a> {
+    mdp: &'a NativeMdp,
+    policy: &'a NativePolicy,
+    task: usize,
+    first_block: usize,
+    /// V of the task, values' layout.
+    input: &'a [f32],
+}
+
+with_avx2!(evaluate_unit => evaluate_unit_any(args: &EvaluateArgs<'_>, out: &mut [f32]) -> ());
+
+/// One unit's blocks of one task's evaluation sweep into `out`: `r_pi + gamma P_pi V`.
+#[inline(always)]
+fn evaluate_unit_any<const FMA: bool>(args: &EvaluateArgs<'_>, out: &mut [f32]) {
+    let (m, p, t) = (args.mdp, args.policy, args.task);
+    let (n, x) = (m.actions, args.input);
+    assert_eq!(x.len(), m.stride);
+    let lanes_of = |b: usize| LANES.min(m.states.saturating_sub(b * LANES));
+    let dense_dots = |b: usize, action: &dyn Fn(usize) -> usize| -> [f32; LANES] {
+        std::array::from_fn(|l| match l < lanes_of(b) {
+            true => {
+                let row = (b * LANES + l) * n + action(l);
+                dense_dot::<FMA>(&m.probs[row * m.states..][..m.states], &x[..m.states])
+            }
+            false => 0.0,
+        })
+    };
+    for (i, v_out) in out.chunks_exact_mut(LANES).enumerate() {
+        let b = args.first_block + i;
+        let at = b * LANES;
+        let dot = if m.alpha == 0.0 {
+            if m.dense {
+                let chosen = &p.chosen[t * m.padded + at..][..LANES];
+                dense_dots(b, &|l| chosen[l] as usize)
+            } else {
+                let entries = p.cols.len() / m.tasks;
+                let first = t * entries + m.rows_start[b] * LANES;
+                let used = p.length[t * m.blocks + b] as usize * LANES;
+                slice_dot::<FMA>(&p.cols[first..][..used], &p.probs[first..][..used], x)
+            }
+        } else {
+            let mut acc = [0.0f32; LANES];
+            for a in 0..n {
+                let dot = match m.dense {
+                    true => dense_dots(b, &|_| a),
+                    false => {
+                        let entries = m.slice_start[b * n + a]..m.slice_start[b * n + a + 1];
+                        let cols = &m.cols[entries.start * LANES..entries.end * LANES];
+                        let probs = &m.probs[entries.start * LANES..entries.end * LANES];
+                        slice_dot::<FMA>(cols, probs, x)
+                    }
+                };
+                let pi = &p.pi[((t * m.blocks + b) * n + a) * LANES..][..LANES];
+                for l in 0..LANES {
+                    // An action the policy never takes may lead to -inf: 0 * -inf is NaN.
+                    let term = if pi[l] > 0.0 { pi[l] * dot[l] } else { 0.0 };
+                    acc[l] += term;
+                }
+            }
+            acc
+        };
+        let r_pi = &p.reward[t * m.stride + at..][..LANES];
+        let fixed = &m.fixed[t * m.stride + at..][..LANES];
+        for l in 0..LANES {
+            v_out[l] = match fixed[l] {
+                true => x[at + l],
+                false => madd::<FMA>(m.gamma, dot[l], r_pi[l]),
+            };
+        }
+    }
 }
 
 /// `sum_k p_k x(s'_k)` of a slice's [`LANES`] rows, entry by entry (`cols` and `probs`
@@ -631,6 +997,12 @@ fn dense_block_dots_any<const FMA: bool>(rows: &[f32], x: &[f32], out: &mut [f32
     for (row, o) in rest.chunks_exact(states).zip(out_rest) {
         *o = dense_dots::<FMA, 1>(row, x)[0];
     }
+}
+
+/// `sum_k p_k x(s'_k)` of one dense row `p` `[s']` (`x` `[s']`): [`dense_dots`] of one row.
+#[inline(always)]
+fn dense_dot<const FMA: bool>(p: &[f32], x: &[f32]) -> f32 {
+    dense_dots::<FMA, 1>(p, x)[0]
 }
 
 /// Rows [`dense_dots`] reads together: eight rows of eight running sums (one vector each)

@@ -7,6 +7,9 @@
 //! `shaders/grid_backup.wgsl::grid_backup` <-> [`grid_backup::NativeGrid::sweep`] (its
 //! per-cell form is [`grid_backup::NativeGrid::cell_value`]);
 //! `shaders/mdp_backup.wgsl::mdp_backup` <-> [`mdp_backup::NativeMdp::sweep`];
+//! modified policy iteration's improvement and evaluation sweeps (no shader yet) <->
+//! [`mdp_backup::NativeMdp::improve`] and [`mdp_backup::NativeMdp::evaluate`], twins of
+//! [`crate::engine::cpu::policy_evaluation`];
 //! `shaders/mdp_occupancy.wgsl::mdp_occupancy` (`WEIGHTED`) <->
 //! [`mdp_backup::NativeOccupancy::sweep`]; the VJP of a solve is [`mdp_vjp::mdp_vjp_native`]
 //! (the reference's at the native forward's fixed point); the policy and Q are the reference's `grid_policy`

@@ -8,10 +8,11 @@ use std::time::Instant;
 use super::grid_backup::{NativeGrid, NativeState};
 use super::mdp_backup::{NativeMdp, NativeOccupancy, mdp_occupancy_threads, mdp_policy_threads};
 use super::rows_on_threads;
+use crate::engine::cpu::residual_reduce::SweepStats;
 use crate::engine::cpu::solve::{grid_solution, iterate_checked, mdp_solution};
 use crate::engine::cpu::{action_values, write_policy};
 use crate::engine::layout::{GridInputs, MdpInputs};
-use crate::engine::options::{Horizon, Outputs, SolveOptions};
+use crate::engine::options::{Horizon, Method, Outputs, SolveOptions};
 use crate::engine::schedule::{
     OnProgress, Precision, TaskOutcomes, final_status, span_bounded_tasks,
 };
@@ -41,6 +42,7 @@ pub fn solve_native(
 ) -> Result<Solution> {
     let start = Instant::now();
     outputs.ensure_plain()?;
+    options.ensure_method_on("the native engine's grid sweeps")?;
     let inputs = GridInputs::new(problem, options);
     let grid = NativeGrid::new(&inputs);
     let usual_start;
@@ -163,26 +165,74 @@ pub fn solve_native_mdp(
     let q_len = mdp.tasks * native.padded_states() * mdp.actions;
     let mut q_history: Vec<Vec<f32>> = Vec::new();
     let v0 = native.padded_values(&inputs.v0);
-    let run = iterate_checked(
-        options,
-        Precision::F32,
-        mdp.tasks,
-        &span_bounded_tasks(&inputs.fixed, mdp.tasks),
-        true,
-        v0,
-        |v: &Vec<f32>, next: &mut Vec<f32>, frozen: &[bool]| {
-            let mut q = keep_q.then(|| vec![0.0f32; q_len]);
-            let stats = native.sweep_recording_q(v, next, q.as_deref_mut(), frozen, threads);
-            q_history.extend(q);
-            if keep_steps {
-                history.push(native.unpadded(next));
-            }
-            stats
-        },
-        |v, v_prev, backup, factors| native.extrapolate(v, v_prev, backup, factors),
-        progress,
-    )?;
-    let (v, v_prev) = (native.unpadded(&run.state), native.unpadded(&run.previous));
+    let span_bounded = span_bounded_tasks(&inputs.fixed, mdp.tasks);
+    // Per task, what MPI's values are held relative to (0 for value iteration).
+    let mut offsets = vec![0.0f64; mdp.tasks];
+    let run = match options.method {
+        Method::Vi => iterate_checked(
+            options,
+            Precision::F32,
+            mdp.tasks,
+            &span_bounded,
+            true,
+            v0,
+            |v: &Vec<f32>, next: &mut Vec<f32>, frozen: &[bool]| {
+                let mut q = keep_q.then(|| vec![0.0f32; q_len]);
+                let stats = native.sweep_recording_q(v, next, q.as_deref_mut(), frozen, threads);
+                q_history.extend(q);
+                if keep_steps {
+                    history.push(native.unpadded(next));
+                }
+                stats
+            },
+            |v, v_prev, backup, factors| native.extrapolate(v, v_prev, backup, factors),
+            progress,
+        )?,
+        // An infinite horizon (validated): no steps or Q to keep.
+        Method::Mpi { evaluations } => {
+            let mut policy = native.new_policy();
+            let mut improved = false;
+            let (mut a, mut b) = (v0.clone(), v0.clone());
+            let mut recentred = Recentred::new(&span_bounded, options.gamma);
+            let run = iterate_checked(
+                options,
+                Precision::F32,
+                mdp.tasks,
+                &span_bounded,
+                true,
+                v0,
+                |v: &Vec<f32>, next: &mut Vec<f32>, frozen: &[bool]| {
+                    let from = if improved {
+                        native.evaluate(&policy, v, &mut a, frozen, threads);
+                        for _ in 1..evaluations {
+                            native.evaluate(&policy, &a, &mut b, frozen, threads);
+                            std::mem::swap(&mut a, &mut b);
+                        }
+                        recentred.evaluated(evaluations, frozen);
+                        &a
+                    } else {
+                        v
+                    };
+                    improved = true;
+                    let mut stats = native.improve(from, next, &mut policy, frozen, threads);
+                    recentred.improved(&mut stats, next, (native.stride, mdp.states), frozen);
+                    stats
+                },
+                |_, _, _, _| unreachable!("modified policy iteration does not extrapolate"),
+                progress,
+            )?;
+            offsets = recentred.offset;
+            run
+        }
+    };
+    let (mut v, mut v_prev) = (native.unpadded(&run.state), native.unpadded(&run.previous));
+    for (t, &c) in offsets.iter().enumerate() {
+        for x in (v[t * mdp.states..(t + 1) * mdp.states].iter_mut())
+            .chain(&mut v_prev[t * mdp.states..(t + 1) * mdp.states])
+        {
+            *x += c;
+        }
+    }
     // Sweep k read V_{T-k} and made Q_{T-1-k}.
     let kept_q = |t: usize| (q_history.len() == horizon).then(|| &q_history[horizon - 1 - t][..]);
     let rows = |step: Option<usize>, v: &[f64], write_q: bool| match step.and_then(kept_q) {
@@ -213,6 +263,76 @@ pub fn solve_native_mdp(
         progress,
         start,
     )
+}
+
+/// Modified policy iteration's values held in f32 relative to a per-task offset in f64, for
+/// the tasks without a fixed value (`span_bounded`): V = V_rel + c. Evaluations drive V
+/// toward V_pi, whose size (|V| ~ 1 / (1 - gamma)) would put the f32 floor's reach (1e-6
+/// |V| / (1 - gamma)) above tol at gamma 0.99 where value iteration, stopped early by the
+/// span bound with V still small, never gets there. Every backup here (improvement and
+/// evaluation) maps `V_rel + c` to `T V_rel + gamma c`, so the engine sweeps V_rel alone; after
+/// each improvement V_rel is re-centred on the midpoint of its range (the shift moves into c).
+struct Recentred {
+    span_bounded: Vec<bool>,
+    gamma: f64,
+    /// c per task.
+    offset: Vec<f64>,
+}
+
+impl Recentred {
+    fn new(span_bounded: &[bool], gamma: f64) -> Self {
+        Self {
+            span_bounded: span_bounded.to_vec(),
+            gamma,
+            offset: vec![0.0; span_bounded.len()],
+        }
+    }
+
+    /// The offsets after `sweeps` evaluation sweeps of the tasks not `frozen`.
+    fn evaluated(&mut self, sweeps: u32, frozen: &[bool]) {
+        for (t, c) in self.offset.iter_mut().enumerate() {
+            if self.span_bounded[t] && !frozen[t] {
+                *c *= self.gamma.powi(sweeps as i32);
+            }
+        }
+    }
+
+    /// After an improvement `next = T V_rel` (values' layout of `stride` per task, the first
+    /// `states` real): the statistics of V itself (`dV = dV_rel - (1 - gamma) c`, its max
+    /// |.| at one end of the range), the offset moved on, and V_rel re-centred.
+    fn improved(
+        &mut self,
+        stats: &mut [SweepStats],
+        next: &mut [f32],
+        (stride, states): (usize, usize),
+        frozen: &[bool],
+    ) {
+        for (t, c) in self.offset.iter_mut().enumerate() {
+            if !self.span_bounded[t] || frozen[t] {
+                continue;
+            }
+            let shift = (1.0 - self.gamma) * *c;
+            let st = &mut stats[t];
+            if st.active && st.max_abs_delta.is_finite() {
+                st.min_delta -= shift;
+                st.max_delta -= shift;
+                st.max_abs_delta = st.min_delta.abs().max(st.max_delta.abs());
+            }
+            *c *= self.gamma;
+            let values = &mut next[t * stride..t * stride + states];
+            let finite = values.iter().filter(|x| x.is_finite());
+            let (lo, hi) = finite.fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), &x| {
+                (lo.min(x), hi.max(x))
+            });
+            if lo <= hi {
+                let middle = 0.5 * (lo as f64 + hi as f64);
+                for x in values.iter_mut() {
+                    *x = (*x as f64 - middle) as f32;
+                }
+                *c += middle;
+            }
+        }
+    }
 }
 
 /// The policy (or Q, with `write_q`) rows `[task][state][action]` from a sweep's recorded Q
