@@ -109,6 +109,41 @@ impl CellMap<'_> {
     }
 }
 
+/// Whether the grid kernels' own solve can run `mdp`, an MDP over the states of `problem`'s
+/// [`GridMdp`] (what [`GridEngine::vjp`] needs without the forward values, and always for a
+/// finite horizon): a reward per cell (`r(s,a) + cost(a)` the same for every action, within
+/// 1e-9 relative) and terminal values 0; else an error naming the first state that breaks it.
+pub fn check_grid_solvable(problem: &GridProblem, mdp: &TabularMdp) -> Result<()> {
+    let cost = problem.move_cost.per_action(&problem.actions);
+    let (s_n, n) = (mdp.states, mdp.actions);
+    ensure!(
+        cost.len() == n,
+        "the MDP has {n} actions, the grid batch {}",
+        cost.len()
+    );
+    for (i, r) in mdp.reward.chunks_exact(n).enumerate() {
+        let cell_reward = r[0] + cost[0];
+        let same = (0..n).all(|a| {
+            let x = r[a] + cost[a];
+            x == cell_reward || (x - cell_reward).abs() <= 1e-9 * cell_reward.abs().max(1.0)
+        });
+        ensure!(
+            same || mdp.terminal[i],
+            "task {} state {}: the reward depends on the action beyond the step cost, so the \
+             grid kernels cannot solve it; give the solve's values (infinite horizon) or \
+             differentiate through the MDP",
+            i / s_n,
+            i % s_n
+        );
+    }
+    ensure!(
+        mdp.terminal_value.iter().all(|&x| x == 0.0),
+        "the grid kernels' solve holds goals at 0; give the solve's values (infinite \
+         horizon) or differentiate through the MDP for other terminal values"
+    );
+    Ok(())
+}
+
 impl GridEngine {
     /// The VJP of the solve of `mdp`, the tabular MDP of the grid batch `problem` (its
     /// [`GridMdp`]'s transitions and terminal states, any rewards `[task][state][action]` and
@@ -198,29 +233,7 @@ impl GridEngine {
         if let (Some(given), false) = (given, finite) {
             return Ok(vec![with_terminal(map.to_cells(given, 1, 0.0))]);
         }
-        // The grid kernels' own solve: one reward per cell, goals worth 0.
-        let cost = problem.move_cost.per_action(&problem.actions);
-        let n = mdp.actions;
-        for (i, r) in mdp.reward.chunks_exact(n).enumerate() {
-            let cell_reward = r[0] + cost[0];
-            let same = (0..n).all(|a| {
-                let x = r[a] + cost[a];
-                (x - cell_reward).abs() <= 1e-9 * cell_reward.abs().max(1.0) || x == cell_reward
-            });
-            ensure!(
-                same || mdp.terminal[i],
-                "task {} state {}: the reward depends on the action beyond the step cost, so the \
-                 grid kernels cannot solve it; give the solve's values (infinite horizon) or \
-                 differentiate through the MDP",
-                i / s_n,
-                i % s_n
-            );
-        }
-        ensure!(
-            mdp.terminal_value.iter().all(|&x| x == 0.0),
-            "the grid kernels' solve holds goals at 0; give the solve's values (infinite \
-             horizon) or differentiate through the MDP for other terminal values"
-        );
+        check_grid_solvable(problem, mdp)?;
         let batch = map.world.problem_for(problem, mdp)?;
         let status_of = |status: &[Status]| -> Result<()> {
             if let Some(task) = status
