@@ -4,7 +4,8 @@
 //! finite differences of the f64 solve: both backups, finite and infinite horizons, cotangents
 //! on V, Q and pi alone and together, every step's, the hard max, several tasks with their own
 //! goals and reward maps, walls, slip, 4 and 8 moves with and without STAY, rewards per cell and
-//! per action, and maps of 20, 77 and 117 cells (not multiples of the 64-invocation workgroup).
+//! per action, maps of 20, 77 and 117 cells (not multiples of the 64-invocation workgroup), and
+//! batches in chunks under a lowered binding limit.
 
 mod common;
 use common::{assert_vjp_close, cotangent_loss, random_cotangents, random_problem};
@@ -301,4 +302,43 @@ fn grid_vjp_refuses_what_the_grid_kernels_cannot_run() {
         .vjp(&problem, &mdp, &options, &cot, Some(&v[1..]))
         .unwrap_err();
     assert!(error.to_string().contains("values, not the"), "{error}");
+}
+
+/// A batch whose arrays exceed one binding runs in chunks of whole tasks (here 2 of 5 tasks
+/// each under a 40,000-byte binding limit; the rows of one task take 117 x 9 x 16 = 16,848
+/// bytes): the same gradient within the f32 tolerance, the transitions' summed over the
+/// chunks; a task that does not fit alone is refused, naming what.
+#[test]
+fn a_grid_batch_over_the_binding_limit_runs_in_chunks() {
+    let limit = |bytes: u64| softvi::EngineOptions {
+        max_binding_bytes: Some(bytes),
+        ..Default::default()
+    };
+    let Some(mut small) = common::small_engine(limit(40_000)) else {
+        return;
+    };
+    let (problem, mdp) = world((9, 13, 5), Connectivity::Eight, true, 0.2, 61);
+    for options in [
+        infinite(0.5, Backup::Optimistic),
+        finite(0.5, 7, Backup::Expected),
+    ] {
+        let all = matches!(options.horizon, Horizon::Finite(_));
+        let cot = random_cotangents(&mdp, 7, all, "vqp", 62);
+        let want = mdp_vjp_cpu(&mdp, &options, &cot).unwrap();
+        let got = small.vjp(&problem, &mdp, &options, &cot, None).unwrap();
+        let label = format!("chunked, {:?}", options.horizon);
+        let gap = assert_vjp_close(&got, &want, GPU_TOL, &label);
+        eprintln!("{label}: worst gap {gap:.2e}");
+    }
+    let mut one = common::small_engine(limit(10_000)).unwrap();
+    let cot = random_cotangents(&mdp, 1, false, "v", 63);
+    let error = one
+        .vjp(&problem, &mdp, &infinite(0.5, Backup::Expected), &cot, None)
+        .unwrap_err();
+    assert!(
+        error
+            .to_string()
+            .contains("the grid VJP's arrays of one task"),
+        "{error}"
+    );
 }

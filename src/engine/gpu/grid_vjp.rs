@@ -7,15 +7,15 @@
 //! `u = seed + gamma (pi W)^T u` is iterated by `shaders/grid_occupancy.wgsl`'s weighted sweeps
 //! (with a signed start scaled to a peak of 1) on the solves' check schedule
 //! (`GpuCore::iterate`: residual checks on max |du| against tol and `RESIDUAL_FLOOR` max |u|, so
-//! no sign is assumed; freezing), then `ln 0.1 / ln gamma` more sweeps that shrink the floor's
-//! error tenfold. The transition probabilities' gradient is summed on the host in f64 from the
-//! device's per-step cotangents on Q. Memory on the device: `O(B S A)`, plus the kept `u_t` and
+//! no sign is assumed; freezing; rate extrapolation), then `ln 0.1 / ln gamma` more sweeps
+//! that shrink the floor's error tenfold. The transition probabilities' gradient is summed on
+//! the host in f64 from the device's per-step cotangents on Q. Memory on the device: `O(B S A)`, plus the kept `u_t` and
 //! Q cotangents `O(B T S A)` of a finite horizon, independent of the sweeps.
 
 use bytemuck::{Pod, Zeroable};
 
 use super::bands::band_dispatch;
-use super::core::{Kernels, NOT_FROZEN};
+use super::core::{ExtrapolateBand, ExtrapolateParams, Kernels, NOT_FROZEN, Window, invocations};
 use super::grid_engine::{GridEngine, GridParams, WORKGROUP_SIZE};
 use super::wait;
 use crate::engine::cpu::mdp_vjp::check_vjp_inputs;
@@ -154,8 +154,9 @@ impl GridEngine {
     /// engine solves the grid batch first (a finite horizon always does, keeping every step's
     /// V), which needs a reward per cell (`r(s,a) + cost(a)` the same for every action) and
     /// terminal values 0. `sweeps` counts the adjoint's sweeps (T for a finite horizon). Every
-    /// array is bound whole: a batch whose `[task][cell][action]` rows (16 bytes each) do not
-    /// fit one storage binding is refused with `LimitExceeded`.
+    /// array is bound whole: the batch runs in chunks of tasks whose `[task][cell][action]`
+    /// rows (16 bytes each) fit one storage binding; a single task that does not fit is refused
+    /// with `LimitExceeded`.
     pub fn vjp(
         &mut self,
         problem: &GridProblem,
@@ -187,20 +188,77 @@ impl GridEngine {
             mdp.tasks,
             problem.tasks.len()
         );
-        let inputs = GridInputs::new(problem, options);
-        let (b, cells, a_n) = (mdp.tasks, inputs.cells(), inputs.action_count);
-        let rows_bytes = (b * cells * a_n * 16) as u64;
-        self.core
-            .ensure_bindable("the grid VJP's [task][cell][action] rows", rows_bytes)?;
-        if let Horizon::Finite(t) = options.horizon {
-            let kept = t as u64 * (b * cells * a_n * 4) as u64;
-            self.core
-                .ensure_buffer("the Q cotangents of every step", kept)?;
+        // Per task: the largest bound array (the rows, 16 bytes an entry), and the kept
+        // cotangents on Q of a finite horizon.
+        let (cells, a_n) = (problem.grid.cells() as u64, mdp.actions as u64);
+        let bound = cells * a_n * 16;
+        let kept = options.horizon.finite_steps() as u64 * cells * a_n * 4;
+        let core = &self.core;
+        core.ensure_bindable("the grid VJP's arrays of one task", bound)?;
+        core.ensure_buffer("the Q cotangents of every step of one task", kept)?;
+        let per_chunk = (core.max_binding / bound)
+            .min(core.max_buffer / kept.max(1))
+            .clamp(1, mdp.tasks as u64) as usize;
+        if per_chunk == mdp.tasks {
+            return self.vjp_chunk(problem, mdp, options, cotangents, (values, steps, &world));
         }
+        // Chunks of whole tasks: each its own solve and adjoint; the tasks share only the
+        // transitions, whose gradient is summed.
+        let mut out = MdpVjp {
+            reward: Vec::with_capacity(mdp.reward.len()),
+            terminal_value: Vec::with_capacity(mdp.terminal_value.len()),
+            probs: vec![0.0; mdp.nonzeros()],
+            alpha: 0.0,
+            gamma: 0.0,
+            sweeps: 0,
+        };
+        let cut = |x: &Option<Vec<f64>>, range: &std::ops::Range<usize>| {
+            x.as_ref().map(|x| {
+                let per = x.len() / mdp.tasks;
+                x[range.start * per..range.end * per].to_vec()
+            })
+        };
+        for start in (0..mdp.tasks).step_by(per_chunk) {
+            let range = start..(start + per_chunk).min(mdp.tasks);
+            let (part, batch) = (mdp.shard(range.clone())?, problem.shard(range.clone())?);
+            let cot = MdpCotangents {
+                values: cut(&cotangents.values, &range),
+                q: cut(&cotangents.q, &range),
+                policy: cut(&cotangents.policy, &range),
+                all_steps: cotangents.all_steps,
+            };
+            let s_n = mdp.states;
+            let given = values.map(|v| v[range.start * s_n..range.end * s_n].to_vec());
+            let world = GridMdp::new(&batch, None)?;
+            let asked = (given.as_deref(), steps, &world);
+            let got = self.vjp_chunk(&batch, &part, options, &cot, asked)?;
+            out.reward.extend(got.reward);
+            out.terminal_value.extend(got.terminal_value);
+            for (total, x) in out.probs.iter_mut().zip(got.probs) {
+                *total += x;
+            }
+            out.alpha += got.alpha;
+            out.gamma += got.gamma;
+            out.sweeps = out.sweeps.max(got.sweeps);
+        }
+        Ok(out)
+    }
+
+    /// [`GridEngine::vjp`] of a batch whose arrays fit (checked inputs; `steps` of the
+    /// horizon; `world` the batch's [`GridMdp`]).
+    fn vjp_chunk(
+        &mut self,
+        problem: &GridProblem,
+        mdp: &TabularMdp,
+        options: &SolveOptions,
+        cotangents: &MdpCotangents,
+        (values, steps, world): (Option<&[f64]>, usize, &GridMdp),
+    ) -> Result<MdpVjp> {
+        let inputs = GridInputs::new(problem, options);
         let map = CellMap {
-            world: &world,
-            tasks: b,
-            cells,
+            world,
+            tasks: mdp.tasks,
+            cells: inputs.cells(),
         };
         // V_0..V_T (finite) or the fixed point, `[t][task][cell]`.
         let forward = self.forward_cells(problem, mdp, options, &map, values)?;
@@ -688,8 +746,8 @@ impl GridVjpRun {
 
     /// The stationary adjoint at the fixed point `v`: its seed `c_V + gamma W^T g0` by one
     /// pull from u = 0 (after `rows` wrote the moves' weights), then `grid_occupancy`'s
-    /// weighted sweeps from it on the solves' check schedule (checks and freezing on the GPU;
-    /// no rate extrapolation), each task's seed scaled to a peak of 1 so that `options`' tol
+    /// weighted sweeps from it on the solves' check schedule (checks and freezing on the GPU,
+    /// rate extrapolation), each task's seed scaled to a peak of 1 so that `options`' tol
     /// is relative to it; then the polishing sweeps and the products. Returns u
     /// `[task][cell]` and the sweeps.
     fn stationary(
@@ -731,11 +789,6 @@ impl GridVjpRun {
                 scale
             })
             .collect();
-        // The adjoint's sweeps are linear: no rate extrapolation (the values' jump).
-        let plain = SolveOptions {
-            extrapolate: false,
-            ..*options
-        };
         let core = &mut engine.core;
         let start = core.buffer("softvi.vjp_seed", v_bytes, U::STORAGE | U::COPY_DST);
         q.write_buffer(&start, 0, bytemuck::cast_slice(&seed));
@@ -744,7 +797,7 @@ impl GridVjpRun {
             b,
             self.params.groups_per_task,
             &[self.dispatch],
-            &plain,
+            options,
             &[],
         )?;
         let uniforms = core.uniforms("softvi.grid_vjp_occupancy_params", &[self.params]);
@@ -767,6 +820,47 @@ impl GridVjpRun {
             )
         };
         let groups = [[group(0), group(1)]];
+        // The jump and its rollback over every cell (none fixed: u is iterated everywhere;
+        // walls stay 0, nothing flows into them).
+        let wpt = cells.div_ceil(32);
+        let no_fixed = core.buffer(
+            "softvi.no_fixed_bits",
+            (b * wpt * 4) as u64,
+            U::STORAGE | U::COPY_DST,
+        );
+        let backup = core.buffer("softvi.vjp_backup", v_bytes, U::STORAGE);
+        let mut encoder = core.device.create_command_encoder(&Default::default());
+        encoder.clear_buffer(&no_fixed, 0, None);
+        q.submit([encoder.finish()]);
+        let whole = |bytes: u64| Window {
+            origin: 0,
+            offset: 0,
+            size: bytes,
+        };
+        let band = ExtrapolateBand {
+            params: ExtrapolateParams {
+                values_per_task: cells as u32,
+                count: cells as u32,
+                dispatch_x: self.dispatch[0].max(1),
+                invocations: invocations(self.dispatch),
+                fixed_words_per_task: wpt as u32,
+                ..Default::default()
+            },
+            fixed: whole((b * wpt * 4) as u64),
+            prev: whole(v_bytes),
+            values: whole(v_bytes),
+        };
+        let extrapolate_groups = match options.uses_extrapolation() {
+            true => core.extrapolate_groups(
+                "softvi.vjp_extrapolate_params",
+                &[band],
+                &no_fixed,
+                &self.u,
+                &backup,
+                &checks.extrapolation,
+            ),
+            false => Vec::new(),
+        };
         let [connectivity, stay] = self.actions();
         let sweep_with = |engine: &mut GridEngine, residual: bool| {
             let constants = [
@@ -786,14 +880,14 @@ impl GridVjpRun {
             sweep_checked: &sweep_checked,
             extrapolate: &extrapolate,
             sweep_groups: &groups,
-            extrapolate_groups: &[],
+            extrapolate_groups: &extrapolate_groups,
             keep_steps: None,
         };
         let mut record = |encoder: &mut wgpu::CommandEncoder, step| {
             kernels.record(encoder, &checks, step);
         };
         let core = &mut engine.core;
-        let run = wait(core.iterate(&checks, &plain, &mut record, &mut keep_going))?;
+        let run = wait(core.iterate(&checks, options, &mut record, &mut keep_going))?;
         match &run.outcomes.verdict {
             Verdict::Converged => {}
             Verdict::Diverged(tasks) => {
