@@ -86,11 +86,11 @@ struct CellMap<'a> {
 }
 
 impl CellMap<'_> {
-    /// `[block][state][inner]` (f64) to `[block][cell][inner]` (f32), `fill` off the states.
-    fn to_cells(&self, data: &[f64], inner: usize, fill: f32) -> Vec<f32> {
+    /// `[block][state][inner]` (f64) to `[block][cell][inner]` (f32), 0 off the states.
+    fn to_cells(&self, data: &[f64], inner: usize) -> Vec<f32> {
         let states = self.world.cell_of_state.len();
         let blocks = data.len() / (states * inner).max(1);
-        let mut out = vec![fill; blocks * self.cells * inner];
+        let mut out = vec![0.0; blocks * self.cells * inner];
         for b in 0..blocks {
             for (s, &c) in self.world.cell_of_state.iter().enumerate() {
                 for i in 0..inner {
@@ -289,7 +289,7 @@ impl GridEngine {
             v
         };
         if let (Some(given), false) = (given, finite) {
-            return Ok(vec![with_terminal(map.to_cells(given, 1, 0.0))]);
+            return Ok(vec![with_terminal(map.to_cells(given, 1))]);
         }
         check_grid_solvable(problem, mdp)?;
         let batch = map.world.problem_for(problem, mdp)?;
@@ -360,14 +360,14 @@ impl GridEngine {
             }
         };
         let cot_rows = |t: usize| -> Vec<[f32; 4]> {
-            let q = map.to_cells(&at(&cotangents.q, t, a_n, b * s_n * a_n), a_n, 0.0);
-            let pi = map.to_cells(&at(&cotangents.policy, t, a_n, b * s_n * a_n), a_n, 0.0);
+            let q = map.to_cells(&at(&cotangents.q, t, a_n, b * s_n * a_n), a_n);
+            let pi = map.to_cells(&at(&cotangents.policy, t, a_n, b * s_n * a_n), a_n);
             q.into_iter()
                 .zip(pi)
                 .map(|(q, p)| [q, p, 0.0, 0.0])
                 .collect()
         };
-        let cot_values = |t: usize| map.to_cells(&at(&cotangents.values, t, 1, b * s_n), 1, 0.0);
+        let cot_values = |t: usize| map.to_cells(&at(&cotangents.values, t, 1, b * s_n), 1);
         let run = GridVjpRun::new(self, inputs, mdp, map)?;
         let mut u_steps: Vec<Vec<f32>> = Vec::new();
         let mut g_steps: Vec<Vec<f32>> = Vec::new();
@@ -516,7 +516,8 @@ struct GridVjpRun {
     /// Bytes of r_bar `[task][cell][action]` at the front of `grads`.
     r_bar_bytes: u64,
     dispatch: [u32; 3],
-    params: GridParams,
+    /// `grid_occupancy`'s uniform for the stationary sweeps.
+    occupancy_params: GridParams,
     optimistic: bool,
     hard_max: bool,
     /// V (V_{t+1}) `[task][cell]`.
@@ -578,7 +579,7 @@ impl GridVjpRun {
         );
         let fixed_bits = inputs.fixed_bits();
         let fixed = upload(core, "softvi.fixed_bits", bytemuck::cast_slice(&fixed_bits));
-        let reward = map.to_cells(&mdp.reward, a_n, 0.0);
+        let reward = map.to_cells(&mdp.reward, a_n);
         let reward = upload(core, "softvi.reward", bytemuck::cast_slice(&reward));
         let usage = U::STORAGE | U::COPY_SRC | U::COPY_DST;
         let v_bytes = (b * cells * 4) as u64;
@@ -647,7 +648,7 @@ impl GridVjpRun {
             v_bytes,
             r_bar_bytes,
             dispatch,
-            params: occupancy_params,
+            occupancy_params,
             optimistic: inputs.backup == Backup::Optimistic,
             hard_max: inputs.alpha == 0.0,
             v,
@@ -795,12 +796,12 @@ impl GridVjpRun {
         q.write_buffer(&self.u[0], 0, bytemuck::cast_slice(&seed));
         let checks = core.checks(
             b,
-            self.params.groups_per_task,
+            self.occupancy_params.groups_per_task,
             &[self.dispatch],
             options,
             &[],
         )?;
-        let uniforms = core.uniforms("softvi.grid_vjp_occupancy_params", &[self.params]);
+        let uniforms = core.uniforms("softvi.grid_vjp_occupancy_params", &[self.occupancy_params]);
         let group = |p: usize| {
             core.bind_group(
                 "softvi.grid_occupancy",
