@@ -6,7 +6,7 @@
 //! 64-invocation workgroup.
 
 mod common;
-use common::{cotangent_loss, random_cotangents};
+use common::{assert_vjp_close as assert_close, cotangent_loss, random_cotangents};
 
 use softvi::engine::cpu::{MdpVjp, mdp_vjp_cpu, solve_mdp_cpu_f64};
 use softvi::engine::schedule::keep_going;
@@ -21,44 +21,6 @@ const GPU_TOL: f64 = 1e-3;
 
 fn engine() -> Option<MdpEngine> {
     common::gpu().map(|ctx| MdpEngine::new(ctx).unwrap())
-}
-
-/// The gradient's inputs as (name, entries).
-fn parts(g: &MdpVjp) -> Vec<(&'static str, Vec<f64>)> {
-    vec![
-        ("reward", g.reward.clone()),
-        ("terminal_value", g.terminal_value.clone()),
-        ("probs", g.probs.clone()),
-        ("alpha", vec![g.alpha]),
-        ("gamma", vec![g.gamma]),
-    ]
-}
-
-/// Asserts `got` within `tol` of `want`, per input relative to the largest entry of that
-/// input's `want` (at least 1e-3 of the largest entry overall, so that an input whose exact
-/// gradient is near 0 is held to the others' scale); returns the largest such gap.
-fn assert_close(got: &MdpVjp, want: &MdpVjp, tol: f64, label: &str) -> f64 {
-    let overall = parts(want)
-        .iter()
-        .flat_map(|(_, x)| x.clone())
-        .fold(0.0f64, |m, x| m.max(x.abs()));
-    assert!(
-        overall > 0.0,
-        "{label}: the reference gradient is 0, a vacuous test"
-    );
-    let mut worst = 0.0f64;
-    for ((name, g), (_, w)) in parts(got).into_iter().zip(parts(want)) {
-        let scale = w.iter().fold(1e-3 * overall, |m, x| m.max(x.abs()));
-        for (i, (a, b)) in g.iter().zip(&w).enumerate() {
-            let gap = (a - b).abs() / scale;
-            worst = worst.max(gap);
-            assert!(
-                gap <= tol,
-                "{label}: {name}[{i}] GPU {a} vs f64 {b} (gap {gap:e} of {scale:e})"
-            );
-        }
-    }
-    worst
 }
 
 fn infinite(alpha: f64, backup: Backup) -> SolveOptions {

@@ -14,6 +14,7 @@ use softvi::engine::gpu::core::{
     RESIDUAL_REDUCE_WGSL, ReduceParams,
 };
 use softvi::engine::gpu::grid_engine::{GRID_BACKUP_WGSL, GRID_OCCUPANCY_WGSL, GridParams};
+use softvi::engine::gpu::grid_vjp::{GRID_VJP_WGSL, GridVjpParams};
 use softvi::engine::gpu::mdp_engine::{
     MDP_BACKUP_WGSL, MDP_OCCUPANCY_WGSL, MDP_VJP_WGSL, MdpParams, OccupancyParams,
 };
@@ -51,7 +52,25 @@ const SHADERS: &[Shader] = &[
         name: "grid_occupancy",
         source: GRID_OCCUPANCY_WGSL,
         entry_points: &["grid_occupancy"],
-        overrides: &[("CONNECTIVITY", &[4.0, 8.0]), ("STAY", BOOL)],
+        overrides: &[
+            ("CONNECTIVITY", &[4.0, 8.0]),
+            ("STAY", BOOL),
+            ("ADD_START", BOOL),
+            ("WEIGHTED", BOOL),
+            ("WRITE_RESIDUAL", BOOL),
+        ],
+    },
+    Shader {
+        name: "grid_vjp",
+        source: GRID_VJP_WGSL,
+        entry_points: &["grid_vjp_rows", "grid_vjp_pull", "grid_vjp_products"],
+        overrides: &[
+            ("CONNECTIVITY", &[4.0, 8.0]),
+            ("STAY", BOOL),
+            ("OPTIMISTIC", BOOL),
+            ("HARD_MAX", BOOL),
+            ("WRITE_WEIGHTS", BOOL),
+        ],
     },
     Shader {
         name: "mdp_backup",
@@ -343,6 +362,11 @@ fn grid_layouts_match_rust() {
             "{name}"
         );
     }
+    let (m, _) = module(GRID_VJP_WGSL);
+    assert_eq!(
+        struct_size(&m, "GridVjpParams") as usize,
+        size_of::<GridVjpParams>()
+    );
     let (m, _) = module(GRID_BACKUP_WGSL);
     assert_eq!(
         constant(&m, "TIE_RELATIVE"),

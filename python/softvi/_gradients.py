@@ -27,6 +27,8 @@ class Gradients:
       CSR order (``mdp.arrays()["data"]``), summed over the tasks.
     - ``alpha``, ``gamma``: with respect to the temperature and the discount.
     - ``sweeps``: iterations of the adjoint (forward-message) solve (T for a finite horizon).
+    - ``kernels``: what ran it: ``"reference"`` (f64), ``"native"``, or on a GPU ``"grid"``
+      (a :class:`GridMDP`'s grid kernels) or ``"csr"`` (the general-MDP kernels).
     """
 
     reward: np.ndarray
@@ -35,6 +37,7 @@ class Gradients:
     alpha: float
     gamma: float
     sweeps: int
+    kernels: str
 
 
 def _cotangent(name: str, x: ArrayLike | None, batched: bool, tasks: int) -> np.ndarray | None:
@@ -106,7 +109,10 @@ def vjp(
             ``"auto"`` where wgpu finds a hardware adapter): the wgpu engine in float32
             (within about 1e-3 of the f64 gradient, relative to each input's largest entry;
             the adjoint stops at ``tol`` or at f32's floor, a sweep changing it by 1e-6 of its
-            size).
+            size). A :class:`GridMDP` (``Grid.as_mdp``, its reward replaced or not) runs there
+            on the grid kernels, as :func:`softvi.solve_grid` does, where they can: at
+            ``solution`` (infinite horizon), or with a reward per cell and goals worth 0 (they
+            solve the forward themselves); else, as any MDP, on the general-MDP kernels.
 
     Returns:
         :class:`Gradients`.
@@ -125,6 +131,8 @@ def vjp(
         alpha, gamma, backup, horizon, tol, max_iters, True, True, False, all_steps, False,
         device,
     )  # fmt: skip
+    from ._grid import GridMDP
+
     tasks, batched = mdp.tasks, mdp.batched
     raw = _softvi.vjp(
         mdp._mdp,
@@ -133,6 +141,7 @@ def vjp(
         _cotangent("q", q, batched, tasks),
         _cotangent("policy", policy, batched, tasks),
         _cotangent("solution", solution, batched, tasks),
+        mdp._kernels if isinstance(mdp, GridMDP) else None,
     )
     pick: Any = (lambda x: x) if batched else (lambda x: x[0])
     return Gradients(
@@ -142,6 +151,7 @@ def vjp(
         alpha=float(raw["alpha"]),
         gamma=float(raw["gamma"]),
         sweeps=int(raw["sweeps"]),
+        kernels=str(raw["kernels"]),
     )
 
 

@@ -108,7 +108,7 @@ class Grid:
             grid=self, goals=goals, connectivity=connectivity, stay=stay, slip=slip,
             move_cost=move_cost, start=start,
         )  # fmt: skip
-        return GridMDP._of(mdp, cells, self, batch)
+        return GridMDP._of(mdp, cells, self, batch, (self.free, goal_cells, world))
 
 
 class GridMDP(TabularMDP):
@@ -123,16 +123,55 @@ class GridMDP(TabularMDP):
     height: int
     width: int
     batch: dict[str, Any]
+    # (free [H,W], goal cells per task, world keywords) as the extension's grid functions
+    # take them: the grid kernels' VJP (`softvi.vjp` on a GPU) runs on this batch.
+    _kernels: tuple[np.ndarray, list[list[int]], dict[str, Any]]
 
     @classmethod
-    def _of(cls, mdp: Any, cells: np.ndarray, grid: Grid, batch: dict[str, Any]) -> GridMDP:
+    def _of(
+        cls,
+        mdp: Any,
+        cells: np.ndarray,
+        grid: Grid,
+        batch: dict[str, Any],
+        kernels: tuple[np.ndarray, list[list[int]], dict[str, Any]],
+    ) -> GridMDP:
         self = cls.__new__(cls)
         self._mdp = mdp
         self._batched = True
         self.cells = cells.astype(np.int64)
         self.height, self.width = grid.height, grid.width
         self.batch = batch
+        self._kernels = kernels
         return self
+
+    def replace(
+        self,
+        *,
+        reward: ArrayLike | None = None,
+        terminal_value: ArrayLike | None = None,
+        transition_probs: ArrayLike | None = None,
+    ) -> TabularMDP:
+        """This MDP with some arrays replaced, as :meth:`TabularMDP.replace`.
+
+        A new reward ``[B,S,A]`` alone keeps the grid batch (a :class:`GridMDP`, whose
+        gradient a GPU takes on the grid kernels); any other change gives a plain
+        :class:`TabularMDP`.
+
+        Args:
+            reward: as :class:`TabularMDP` takes it.
+            terminal_value: ``[S]`` or ``[B,S]``.
+            transition_probs: the stored nonzeros' probabilities, ``[nnz]`` in CSR order.
+
+        Raises:
+            ValueError: the engine's message naming the array at fault.
+        """
+        out = super().replace(
+            reward=reward, terminal_value=terminal_value, transition_probs=transition_probs
+        )
+        if terminal_value is not None or transition_probs is not None or not out.batched:
+            return out
+        return GridMDP._of(out._mdp, self.cells, self.batch["grid"], self.batch, self._kernels)
 
     def reward_of(self, reward_map: ArrayLike) -> np.ndarray:
         """The MDP reward ``[B,S,A]`` of a reward map: its value at each cell, less the cost.

@@ -40,6 +40,7 @@ def vjp(
     q: np.ndarray | None,
     policy: np.ndarray | None,
     solution: np.ndarray | None = None,
+    grid: tuple[np.ndarray, list[list[int]], dict[str, Any]] | None = None,
 ) -> dict[str, Any]: ...
 def solve_grid(
     free: np.ndarray,

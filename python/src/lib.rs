@@ -19,6 +19,7 @@ use pyo3::prelude::*;
 use pyo3::types::PyDict;
 
 use softvi::engine::cpu::{MdpCotangents, mdp_vjp_cpu_at, solve_mdp_cpu_f64};
+use softvi::engine::gpu::grid_vjp::check_grid_solvable;
 use softvi::engine::gpu::{GpuContext, TaskPosterior};
 use softvi::engine::native::{default_threads, mdp_vjp_native};
 use softvi::infer::{Observation, check_possible, posterior_inputs};
@@ -687,11 +688,16 @@ fn solve_mdp<'py>(
 /// cotangents on the values, Q and the policy as `solve` returns them with every task axis
 /// (`[B,S]`, `[B,S,A]`; `[B,T+1,S]`, `[B,T,S,A]` with `all_steps`), none for a zero one.
 /// Returns the gradients: `reward` `[B,S,A]`, `terminal_value` `[B,S]`, `probs` `[nnz]` (CSR
-/// order), `alpha`, `gamma`, and the adjoint's `sweeps`. `solution`: the forward solve's V
+/// order), `alpha`, `gamma`, the adjoint's `sweeps`, the `device` and which `kernels` ran it
+/// (`"native"`, `"reference"`, `"grid"` or `"csr"`). `solution`: the forward solve's V
 /// `[B,S]` (infinite horizon) to start from instead of solving again (the native engine takes
-/// it as the fixed point).
+/// it as the fixed point). `grid`: `(free, goals, world)` as `grid_as_mdp` took them when `mdp`
+/// is that grid batch's MDP (its own transitions and goals): on a GPU its VJP then runs on the
+/// grid kernels (`GridEngine::vjp`) where they can (given the fixed point, or a reward per cell
+/// and goals worth 0: `check_grid_solvable`), else on the CSR kernels.
 #[pyfunction]
-#[pyo3(signature = (mdp, settings, values, q, policy, solution=None))]
+#[pyo3(signature = (mdp, settings, values, q, policy, solution=None, grid=None))]
+#[allow(clippy::too_many_arguments)]
 fn vjp<'py>(
     py: Python<'py>,
     mdp: Py<PyMdp>,
@@ -700,9 +706,14 @@ fn vjp<'py>(
     q: Option<PyReadonlyArrayDyn<'py, f64>>,
     policy: Option<PyReadonlyArrayDyn<'py, f64>>,
     solution: Option<PyReadonlyArrayDyn<'py, f64>>,
+    grid: Option<(PyReadonlyArrayDyn<'py, bool>, Vec<Vec<usize>>, GridWorld)>,
 ) -> PyResult<Bound<'py, PyDict>> {
     let options = settings.options()?;
     let model = &mdp.get().inner;
+    let problem = match &grid {
+        Some((free, goals, world)) => Some(world.problem(free, goals.clone(), None)?),
+        None => None,
+    };
     let flat = |x: Option<PyReadonlyArrayDyn<'py, f64>>| {
         x.map(|a| a.as_array().iter().copied().collect::<Vec<f64>>())
     };
@@ -715,23 +726,38 @@ fn vjp<'py>(
     let solution = flat(solution);
     let native = vjp_on_native(&settings.device);
     let device = settings.device()?;
-    let (grads, label) = py
+    let (grads, label, kernels) = py
         .detach(|| {
             let start = solution.as_deref();
             if native {
                 let label = MdpSolver::label(&NativeSolver::new(None));
                 let grads = mdp_vjp_native(model, &options, &cotangents, start, default_threads())?;
-                return Ok((grads, label));
+                return Ok((grads, label, "native"));
             }
             with_device(device, |picked| match picked {
                 Picked::Cpu(label) => {
                     let grads = mdp_vjp_cpu_at(model, &options, &cotangents, start)?;
-                    Ok((grads, label))
+                    Ok((grads, label, "reference"))
                 }
                 Picked::Gpu(gpu) => {
                     let label = MdpSolver::label(gpu);
-                    let grads = gpu.mdp_engine()?.vjp(model, &options, &cotangents, start)?;
-                    Ok((grads, label))
+                    let on_grid = problem.as_ref().filter(|problem| {
+                        let infinite = matches!(options.horizon, Horizon::Infinite { .. });
+                        let given = start.is_some() && infinite;
+                        given || check_grid_solvable(problem, model).is_ok()
+                    });
+                    match on_grid {
+                        Some(problem) => {
+                            let engine = gpu.grid_engine()?;
+                            let grads = engine.vjp(problem, model, &options, &cotangents, start)?;
+                            Ok((grads, label, "grid"))
+                        }
+                        None => {
+                            let grads =
+                                gpu.mdp_engine()?.vjp(model, &options, &cotangents, start)?;
+                            Ok((grads, label, "csr"))
+                        }
+                    }
                 }
             })
         })
@@ -748,6 +774,7 @@ fn vjp<'py>(
     out.set_item("gamma", grads.gamma)?;
     out.set_item("sweeps", grads.sweeps)?;
     out.set_item("device", label)?;
+    out.set_item("kernels", kernels)?;
     Ok(out)
 }
 

@@ -431,20 +431,104 @@ def test_vjp_on_the_gpu_matches_unrolled_autodiff(backup, horizon, alpha):
     assert got.sweeps == (horizon or got.sweeps)
 
 
-def test_vjp_on_the_gpu_of_a_grid_world():
+@pytest.mark.parametrize("backup", ["expected", "optimistic"])
+def test_vjp_on_the_gpu_of_a_grid_world(backup):
     """A grid batch as a ``GridMDP`` (slip, 8 moves, two goals as two tasks, an odd maze: 102
-    free cells, not a multiple of the 64-invocation workgroup) through the GPU's general-MDP
-    VJP: within
-    1e-3 of the f64 reference, every input, at a finite horizon and the gamma 0.95 fixed
-    point (see test_vjp_on_the_gpu_matches_unrolled_autodiff for the bound)."""
+    free cells, not a multiple of the 64-invocation workgroup) on a GPU runs on the grid
+    kernels (``GridEngine::vjp``): within 1e-3 of the f64 reference's VJP of the same MDP,
+    every input, at a finite horizon and the gamma 0.95 fixed point (see
+    test_vjp_on_the_gpu_matches_unrolled_autodiff for the bound), as the general-MDP kernels
+    (the same MDP with its probabilities replaced, a plain ``TabularMDP``) are. A reward per
+    action takes the grid kernels at a given fixed point and the general-MDP ones at a finite
+    horizon (the grid kernels' own solve takes a reward per cell)."""
     grid = softvi.Grid.maze(21, 11, seed=5)
     world = grid.as_mdp([(1, 1), (9, 19)], slip=0.1)
+    plain = world.replace(transition_probs=world.arrays()["data"])
+    assert isinstance(world.replace(reward=world.arrays()["R"]), softvi.GridMDP)
+    assert not isinstance(plain, softvi.GridMDP)
     rng = np.random.default_rng(9)
     c_v = rng.normal(size=(world.tasks, world.states))
+    c_q = rng.normal(size=(world.tasks, world.states, world.actions))
+    per_action = world.replace(reward=world.arrays()["R"] + rng.normal(0, 0.3, c_q.shape))
     for horizon in (12, None):
-        kwargs = dict(values=c_v, alpha=0.4, gamma=0.95, horizon=horizon, tol=1e-8)
+        kwargs = dict(values=c_v, q=c_q, alpha=0.4, gamma=0.95, backup=backup, horizon=horizon,
+                      tol=1e-8)  # fmt: skip
         got = run_on("gpu", softvi.vjp, world, **kwargs)
+        csr = run_on("gpu", softvi.vjp, plain, **kwargs)
         want = softvi.vjp(world, **kwargs)
+        assert (got.kernels, csr.kernels, want.kernels) == ("grid", "csr", "reference")
+        solution = None
+        if horizon is None:
+            solution = softvi.solve(per_action, alpha=0.4, gamma=0.95, backup=backup,
+                                    tol=1e-10, device="cpu").values  # fmt: skip
+        action_got = run_on("gpu", softvi.vjp, per_action, solution=solution, **kwargs)
+        action_want = softvi.vjp(per_action, **kwargs)
+        assert action_got.kernels == ("grid" if horizon is None else "csr")
         for name in ("reward", "terminal_value", "transition_probs", "alpha", "gamma"):
-            g, w = getattr(got, name), getattr(want, name)
-            assert relative(g, w) <= 1e-3, f"{name}, horizon {horizon}: {relative(g, w):.1e}"
+            for label, g, w in [
+                ("grid kernels", got, want), ("general-MDP kernels", csr, want),
+                ("reward per action", action_got, action_want),
+            ]:  # fmt: skip
+                g, w = getattr(g, name), getattr(w, name)
+                gap = relative(g, w)
+                assert gap <= 1e-3, f"{label}: {name}, horizon {horizon}: {gap:.1e}"
+
+
+def test_grid_vjp_routing_off_the_gpu():
+    """Only a GPU takes a grid batch to the grid kernels: ``"cpu"`` is the f64 reference and
+    ``"native"`` the native engine, through the ``GridMDP``, as for any MDP; ``"auto"`` picks
+    as :func:`softvi.solve` does (the native engine where the only adapter is a CPU)."""
+    world = softvi.Grid.maze(9, 7, seed=3).as_mdp([(1, 1)], slip=0.1)
+    c_v = np.random.default_rng(3).normal(size=(world.tasks, world.states))
+    kwargs = dict(values=c_v, alpha=0.5, gamma=0.9)
+    assert softvi.vjp(world, **kwargs).kernels == "reference"
+    assert softvi.vjp(world, **kwargs, device="cpu").kernels == "reference"
+    assert softvi.vjp(world, **kwargs, device="native").kernels == "native"
+    assert softvi.vjp(world, **kwargs, device="auto").kernels in ("native", "grid", "reference")
+
+
+@pytest.mark.parametrize("horizon", [10, None])
+def test_grid_reward_maps_on_the_gpu_grid_kernels(horizon, monkeypatch):
+    """``softvi.jax.soft_value_iteration`` with a ``Grid`` world on a GPU: reward maps
+    ``[H,W]``, ``[B,H,W]`` and ``[B,H,W,A]`` get gradients of their own shape (0 on walls)
+    within 1e-3 of the f64 reference's (``device="cpu"``), relative to the largest entry; the
+    backward pass ran on the grid kernels (every map at the fixed point, whose V the forward
+    pass hands it; a per-action map at a finite horizon on the general-MDP kernels)."""
+    import softvi._gradients as gradients
+
+    ran: list[str] = []
+    real_vjp = gradients.vjp
+
+    def recording(*args, **kwargs):
+        out = real_vjp(*args, **kwargs)
+        ran.append(out.kernels)
+        return out
+
+    monkeypatch.setattr(gradients, "vjp", recording)
+    grid = softvi.Grid.maze(13, 9, seed=7)
+    goals = [(1, 1), (7, 11)]
+    world = grid.as_mdp(goals, slip=0.1, stay=True)
+    h, w, b, a = grid.height, grid.width, len(goals), world.actions
+    rng = np.random.default_rng(17)
+    start = jnp.asarray(np.nan_to_num(world.to_cells(world.arrays()["initial"])))
+    c_q = jnp.asarray(rng.normal(size=(b, h, w, a)))
+
+    def objective(r, device):
+        v, q = softvi.jax.soft_value_iteration(
+            world, r, alpha=0.5, gamma=0.9, horizon=horizon, outputs=("values", "q"),
+            device=device, tol=1e-8,
+        )  # fmt: skip
+        return jnp.nansum(start * v) + 0.1 * jnp.nansum(jnp.where(jnp.isfinite(q), c_q * q, 0))
+
+    for shape in [(h, w), (b, h, w), (b, h, w, a)]:
+        r_map = jnp.asarray(rng.normal(0.0, 0.3, size=shape))
+        ran.clear()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # f32 cannot reach tol 1e-8
+            got = run_on("gpu", jax.grad(objective), r_map)
+        on_grid = horizon is None or len(shape) < 4
+        assert ran == ["grid" if on_grid else "csr"], (shape, ran)
+        want = jax.grad(objective)(r_map, "cpu")
+        assert got.shape == shape
+        assert relative(got, want) <= 1e-3, (shape, relative(got, want))
+        assert np.all(np.asarray(got).reshape(-1, h, w, *shape[3:])[:, ~grid.free] == 0)

@@ -1,5 +1,5 @@
-// The uniform and action set of the grid kernels (shaders/grid_backup.wgsl,
-// shaders/grid_occupancy.wgsl).
+// The uniform, action set and moves of the grid kernels (shaders/grid_backup.wgsl,
+// shaders/grid_occupancy.wgsl, shaders/grid_vjp.wgsl).
 
 // 4 (N, E, S, W) or 8 (then NE, SE, SW, NW).
 override CONNECTIVITY: u32 = 8u;
@@ -46,3 +46,7 @@ struct GridParams {
     _pad0: u32,
     step_cost: array<vec4<f32>, 3>, // cost(a), action order
 }
+
+// Row and column steps of the moves, in action order N, E, S, W, NE, SE, SW, NW.
+const MOVE_ROW = array<i32, 8>(-1, 0, 1, 0, -1, 1, 1, -1);
+const MOVE_COL = array<i32, 8>(0, 1, 0, -1, 1, 1, -1, -1);

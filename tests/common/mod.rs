@@ -11,7 +11,7 @@ use std::sync::{Mutex, OnceLock};
 
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
-use softvi::engine::cpu::{MdpCotangents, solve_mdp_cpu_f64};
+use softvi::engine::cpu::{MdpCotangents, MdpVjp, solve_mdp_cpu_f64};
 use softvi::engine::schedule::keep_going;
 use softvi::io::npy::NpyValues;
 use softvi::world::mdp::{Csr, TabularMdp, Transitions};
@@ -511,4 +511,42 @@ pub fn edit_csr(mdp: &mut TabularMdp, edit: impl FnOnce(&mut Csr)) {
     let mut csr = mdp.csr().clone();
     edit(&mut csr);
     mdp.transitions = Transitions::sparse(csr.indptr, csr.indices, csr.probs);
+}
+
+/// A VJP's inputs as (name, entries).
+fn vjp_parts(g: &MdpVjp) -> Vec<(&'static str, Vec<f64>)> {
+    vec![
+        ("reward", g.reward.clone()),
+        ("terminal_value", g.terminal_value.clone()),
+        ("probs", g.probs.clone()),
+        ("alpha", vec![g.alpha]),
+        ("gamma", vec![g.gamma]),
+    ]
+}
+
+/// Asserts the VJP `got` within `tol` of `want`, per input relative to the largest entry of
+/// that input's `want` (at least 1e-3 of the largest entry overall, so that an input whose
+/// exact gradient is near 0 is held to the others' scale); returns the largest such gap.
+pub fn assert_vjp_close(got: &MdpVjp, want: &MdpVjp, tol: f64, label: &str) -> f64 {
+    let overall = vjp_parts(want)
+        .iter()
+        .flat_map(|(_, x)| x.clone())
+        .fold(0.0f64, |m, x| m.max(x.abs()));
+    assert!(
+        overall > 0.0,
+        "{label}: the reference gradient is 0, a vacuous test"
+    );
+    let mut worst = 0.0f64;
+    for ((name, g), (_, w)) in vjp_parts(got).into_iter().zip(vjp_parts(want)) {
+        let scale = w.iter().fold(1e-3 * overall, |m, x| m.max(x.abs()));
+        for (i, (a, b)) in g.iter().zip(&w).enumerate() {
+            let gap = (a - b).abs() / scale;
+            worst = worst.max(gap);
+            assert!(
+                gap <= tol,
+                "{label}: {name}[{i}] GPU {a} vs f64 {b} (gap {gap:e} of {scale:e})"
+            );
+        }
+    }
+    worst
 }

@@ -38,6 +38,7 @@ pub const GRID_BACKUP_WGSL: &str = wgsl!(
 pub const GRID_OCCUPANCY_WGSL: &str = wgsl!(
     "shared/constants.wgsl",
     "shared/grid_params.wgsl",
+    "shared/residual_stats.wgsl",
     "grid_occupancy.wgsl",
 );
 
@@ -298,9 +299,11 @@ struct Forward<'a> {
 /// Batched gridworld soft value iteration on one wgpu device. Pipelines, layouts and
 /// buffers are built once and reused by every solve.
 pub struct GridEngine {
-    core: GpuCore,
+    pub(super) core: GpuCore,
     grid_backup: Shader,
-    grid_occupancy: Shader,
+    pub(super) grid_occupancy: Shader,
+    /// `shaders/grid_vjp.wgsl` (`super::grid_vjp`).
+    pub(super) grid_vjp: Shader,
 }
 
 impl GridEngine {
@@ -338,12 +341,31 @@ impl GridEngine {
                 storage(true),                    // policy
                 storage(true),                    // d_in
                 storage(false),                   // d_out
+                storage(false),                   // partials
+                storage(true),                    // start
+                storage(true),                    // frozen
+            ],
+        );
+        let grid_vjp = core.shader(
+            "softvi.grid_vjp",
+            super::grid_vjp::GRID_VJP_WGSL,
+            &[
+                wgpu::BufferBindingType::Uniform, // params
+                storage(true),                    // move_masks
+                storage(true),                    // fixed_bits
+                storage(true),                    // reward
+                storage(true),                    // v
+                storage(false),                   // rows
+                storage(true),                    // u_in
+                storage(false),                   // out
+                storage(false),                   // weights
             ],
         );
         Ok(Self {
             core,
             grid_backup,
             grid_occupancy,
+            grid_vjp,
         })
     }
 
@@ -1160,6 +1182,10 @@ impl GridEngine {
                             bind(step_policy, pi_w.offset, pi_w.size),
                             bind(&d[p], d_w.offset, d_w.size),
                             bind(&d[1 - p], d_w.offset, d_w.size),
+                            // One forward step: no checks, no start (ADD_START off).
+                            chunk.checks.partials.as_entire_binding(),
+                            chunk.no_policy.as_entire_binding(),
+                            chunk.checks.frozen.as_entire_binding(),
                         ],
                     )
                 };

@@ -54,6 +54,7 @@ pub mod context;
 pub mod core;
 pub(crate) mod forward;
 pub mod grid_engine;
+pub mod grid_vjp;
 pub mod mdp_engine;
 pub mod mdp_vjp;
 #[cfg(not(target_arch = "wasm32"))]
