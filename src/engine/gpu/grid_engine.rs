@@ -1070,6 +1070,7 @@ impl GridEngine {
             ..chunk.key
         });
         let pass = ForwardPass {
+            prepare: &[],
             horizon,
             v_bytes,
             steps,
