@@ -365,32 +365,52 @@ fn banded_product_matches_unbanded() {
 
 #[test]
 fn optimistic_rows_far_below_the_shift_are_recomputed() {
-    // alpha 0.02 and values spread over ~[-10, 5] (terminal values): exp(gamma (V - M) /
-    // alpha) underflows on rows whose successors all lie far below the task's top value, so
-    // those rows take the per-row form. The result must still match the reference.
+    // Two clusters: states below 35 step only among themselves at reward -1 (V ~ -10), the
+    // others anywhere at reward 0 next to a terminal of value 5. At alpha 0.02 a low state's
+    // row has every term exp(gamma (V - M) / alpha) ~ exp(-450): its shared-exponential mass
+    // underflows and the row is recomputed with its own largest successor. Without that, Q
+    // there would be -inf or off by far more than the tolerance.
     let Some(mut engine) = engine(EngineOptions::default()) else {
         return;
     };
-    let mut mdp = dense_mdp(70, 3, 2, 0.6, true, 13);
-    for t in 0..mdp.tasks {
-        for s in 0..mdp.states {
-            for a in 0..mdp.actions {
-                let r = &mut mdp.reward[(t * mdp.states + s) * mdp.actions + a];
-                if r.is_finite() && s % 2 == 0 {
-                    *r -= 1.0;
-                }
-            }
+    let (s, a, low) = (70, 3, 35);
+    let mut rng = StdRng::seed_from_u64(13);
+    let mut p = vec![0.0; s * a * s];
+    for (row, out) in p.chunks_exact_mut(s).enumerate() {
+        let reach = if row / a < low { low } else { s };
+        for x in &mut out[..reach] {
+            *x = rng.random_range(0.05..1.0);
         }
-        mdp.terminal_value[t * mdp.states + (5 * t + 2) % mdp.states] = 5.0;
+        let total: f64 = out.iter().sum();
+        out.iter_mut().for_each(|x| *x /= total);
     }
+    let r = (0..s * a)
+        .map(|i| if i / a < low { -1.0 } else { 0.0 } + rng.random_range(-0.1..0.1))
+        .collect();
+    let mut terminal = vec![0.0; s];
+    let mut value = vec![0.0; s];
+    terminal[60] = 1.0;
+    value[60] = 5.0;
+    let mdp = TabularMdp::from_arrays(&HashMap::from([
+        ("P".to_owned(), array(vec![s, a, s], p)),
+        ("R".to_owned(), array(vec![1, s, a], r)),
+        ("terminal".to_owned(), array(vec![1, s], terminal)),
+        ("terminal_value".to_owned(), array(vec![1, s], value)),
+    ]))
+    .unwrap();
     let o = infinite(0.02, 0.9, Backup::Optimistic);
     let outputs = Outputs {
         q: true,
         ..Outputs::default()
     };
-    let (dense, csr) = dense_and_csr(&mut engine, &mdp, &o, outputs);
+    engine.set_storage(MdpStorage::Dense);
+    let dense = engine.solve(&mdp, &o, outputs).unwrap();
+    engine.set_storage(MdpStorage::Csr);
+    let csr = engine.solve(&mdp, &o, outputs).unwrap();
     let cpu = solve_mdp_cpu(&mdp, &o, outputs).unwrap();
-    let scale = (cpu.solution.values.iter()).fold(1.0f32, |m, v| m.max(v.abs())) as f64;
+    let v = &cpu.solution.values;
+    assert!(v[..low].iter().all(|&x| x < -8.0) && v[low..].iter().all(|&x| x > 0.0));
+    let scale = v.iter().fold(1.0f32, |m, v| m.max(v.abs())) as f64;
     let value_tol = 2.0 * 1e-6 * 0.9 / 0.1 + 1e-5 * scale;
     // alpha 0.02: pi carries the value error times 1 / alpha.
     compare(
@@ -401,6 +421,12 @@ fn optimistic_rows_far_below_the_shift_are_recomputed() {
         1e-4 / 0.02,
     );
     compare("low alpha vs CSR", &dense, &csr, value_tol, 1e-4 / 0.02);
+    let truth = dense_truth(&mdp, &o, 400);
+    let gap = gap_to_truth("low alpha", &dense.solution.values, &truth);
+    assert!(
+        gap <= value_tol,
+        "low alpha: |V - truth| {gap} > {value_tol}"
+    );
 }
 
 #[test]
@@ -443,4 +469,43 @@ fn gamma_one_without_horizon_stays_on_csr() {
     assert!(err.contains("gamma = 1"), "{err}");
     let err = engine.solve(&mdp, &o, Outputs::default()).unwrap_err();
     assert!(err.to_string().contains("dense"), "{err}");
+}
+
+#[test]
+fn q_and_policy_come_from_the_final_values() {
+    // At tol 1e-2 the last sweep still moves V by up to ~1e-3: Q and pi from the values
+    // before it (a product left from the last sweep) would miss the reference's, which takes
+    // them from the final values, by about that much, far above f32 rounding (1e-5 of
+    // ~|V|). Both stop at the same check (the same schedule), so V agrees to rounding too.
+    let Some(mut engine) = engine(EngineOptions::default()) else {
+        return;
+    };
+    let mdp = dense_mdp(130, 3, 3, 0.8, true, 17);
+    let outputs = Outputs {
+        q: true,
+        ..Outputs::default()
+    };
+    for backup in [Backup::Expected, Backup::Optimistic] {
+        let o = SolveOptions {
+            horizon: Horizon::Infinite {
+                tol: 1e-2,
+                max_iters: 20_000,
+            },
+            ..infinite(0.5, 0.9, backup)
+        };
+        let (dense, _) = dense_and_csr(&mut engine, &mdp, &o, outputs);
+        let cpu = solve_mdp_cpu(&mdp, &o, outputs).unwrap();
+        assert_eq!(
+            dense.solution.iterations, cpu.solution.iterations,
+            "{backup:?}"
+        );
+        let scale = (cpu.solution.values.iter()).fold(1.0f32, |m, v| m.max(v.abs())) as f64;
+        compare(
+            &format!("tol 1e-2 {backup:?}"),
+            &dense,
+            &cpu,
+            1e-5 * scale,
+            1e-5 * scale / 0.5,
+        );
+    }
 }

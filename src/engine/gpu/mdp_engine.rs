@@ -1324,18 +1324,21 @@ impl MdpEngine {
 
     /// The dispatches of the dense product of the values in `v` (`[task][state]` of the
     /// chunk), in order: the optimistic backup's shift per task, then the product's bands.
+    /// `sweeps`: for the iteration's sweeps, which skip the tiles whose tasks have all stopped
+    /// (the policy and Q of a stopped task come from its final values: those always run).
     fn dense_dispatches(
         &mut self,
         dynamics: &Dynamics,
         chunk: &MdpChunk,
         v: &wgpu::Buffer,
+        sweeps: bool,
     ) -> Vec<DenseDispatch> {
         let (Some(d), Some(p)) = (&chunk.dense, &dynamics.dense) else {
             return Vec::new();
         };
         let (n, s, a) = (d.tasks, d.states, d.actions);
         let align = self.core.storage_align;
-        let freeze = if d.freeze { 1.0 } else { 0.0 };
+        let freeze = if d.freeze && sweeps { 1.0 } else { 0.0 };
         let shift = self
             .core
             .pipeline(&self.mdp_dense, "mdp_dense_shift", &[("FREEZE", freeze)]);
@@ -1442,8 +1445,8 @@ impl MdpEngine {
         );
         // The dense product of each sweep's input, recorded before the sweep: [parity].
         let dense = [
-            self.dense_dispatches(dynamics, chunk, &chunk.values[0]),
-            self.dense_dispatches(dynamics, chunk, &chunk.values[1]),
+            self.dense_dispatches(dynamics, chunk, &chunk.values[0], true),
+            self.dense_dispatches(dynamics, chunk, &chunk.values[1], true),
         ];
         let extrapolate = self.core.extrapolate_pipeline.clone();
         let extrapolate_groups = match options.uses_extrapolation() {
@@ -1495,7 +1498,7 @@ impl MdpEngine {
             },
         );
         let groups = self.policy_groups(dynamics, chunk, &chunk.values[from]);
-        let dense = self.dense_dispatches(dynamics, chunk, &chunk.values[from]);
+        let dense = self.dense_dispatches(dynamics, chunk, &chunk.values[from], false);
         let mut encoder = self.core.device.create_command_encoder(&Default::default());
         record_dense(&mut encoder, &dense);
         for (layout, group) in chunk.layouts.iter().zip(&groups) {
@@ -1658,7 +1661,7 @@ impl MdpEngine {
         );
         let groups = self.occupancy_groups(dynamics, chunk, occ, &chunk.checks);
         let step_policy = self.policy_groups(dynamics, chunk, &v_next);
-        let dense = self.dense_dispatches(dynamics, chunk, &v_next);
+        let dense = self.dense_dispatches(dynamics, chunk, &v_next, false);
         let pass = ForwardPass {
             prepare: &dense,
             horizon,
