@@ -15,8 +15,9 @@ const SUM_LOW: f32 = 1e-20;
 @group(0) @binding(1) var<storage, read> product: array<f32>;   // [task][state][action]
 // M per task of the optimistic backup (the whole array).
 @group(0) @binding(2) var<storage, read> shift: array<f32>;     // [task]
-// P(s'|s,a) of the band's rows, read by the optimistic backup's recomputed rows only.
-@group(0) @binding(3) var<storage, read> dense: array<f32>;     // [s * A + a][s']
+// P(s'|s,a) of the band's rows (S rounded up to a multiple of 4 entries each), read by the
+// optimistic backup's recomputed rows only.
+@group(0) @binding(3) var<storage, read> dense: array<f32>;     // [s * A + a][column]
 
 // Q(s, a) from the product: r + gamma * (P V)(s, a) (expected), or
 // r + gamma * M + alpha * log (P X)(s, a) (optimistic), recomputed from the row of P with the
@@ -32,7 +33,8 @@ fn action_value(item: Item, a: u32) -> f32 {
         return r + params.gamma * shift[item.task] + params.alpha_ln2 * log2(x);
     }
     // The reference's form over the row's nonzero entries (shaders/mdp_rows_csr.wgsl).
-    let first = (item.state * params.actions + a) * params.states - params.entry_origin;
+    let columns = (params.states + 3u) / 4u * 4u;
+    let first = (item.state * params.actions + a) * columns - params.entry_origin;
     let base = item.task * params.states - params.v_in_origin;
     var top = -HUGE;
     for (var k = 0u; k < params.states; k++) {

@@ -133,10 +133,13 @@ pub struct MdpParams {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, Pod, Zeroable)]
 pub struct DenseParams {
-    /// States S per task (columns of P).
+    /// States S per task.
     pub states: u32,
     /// Actions A.
     pub actions: u32,
+    /// Entries per row of the dense matrix and per task of X: S rounded up to a multiple of 4
+    /// ([`dense_columns`]).
+    pub columns: u32,
     /// First task (`[task]` index within the chunk) of this band.
     pub task_base: u32,
     /// Tasks of this band.
@@ -147,16 +150,29 @@ pub struct DenseParams {
     pub row_count: u32,
     /// Workgroups along x of this band's dispatch.
     pub dispatch_x: u32,
-    /// Start of the `dense` window, in elements of `[row][s']`.
+    /// Start of the `dense` window, in elements of `[row][column]`.
     pub dense_origin: u32,
-    /// Start of the `x`, `v_in` and `x_out` windows, in elements of `[task][state]`.
+    /// Start of the `x` and `x_out` windows, in elements of `[task][column]`.
     pub x_origin: u32,
+    /// Start of the `v_in` window, in elements of `[task][state]`.
+    pub v_origin: u32,
     /// Start of the `product` window, in elements of `[task][row]`.
     pub product_origin: u32,
-    /// `gamma * log2(e) / alpha` (the optimistic backup's shared exponential).
+    /// `gamma * log2(e) / alpha` (the optimistic backup's shared exponential); 0 for the
+    /// expected backup (X = V).
     pub scale: f32,
     /// Padding to 16 bytes.
     pub _pad0: u32,
+    /// Padding to 16 bytes.
+    pub _pad1: u32,
+    /// Padding to 16 bytes.
+    pub _pad2: u32,
+}
+
+/// Entries per row of the dense matrix on the device: `states` rounded up to a multiple of 4,
+/// so that `shaders/mdp_dense.wgsl` reads rows and X as `vec4` (the extra entries are 0).
+pub fn dense_columns(states: usize) -> usize {
+    states.next_multiple_of(4)
 }
 
 /// How [`MdpEngine`] stores a model's transitions on the device.
@@ -358,7 +374,8 @@ struct Dynamics {
 struct DenseChunk {
     /// sum_s' P(s'|s,a) X(s'), `[task][state][action]` (the reward's layout).
     product: wgpu::Buffer,
-    /// X of the optimistic backup, `[task][state]` (a 16-byte stand-in for the expected one).
+    /// X: V (expected backup) or the shared exponentials (optimistic),
+    /// `[task][column]`, [`dense_columns`] a task, 0 past S.
     x: wgpu::Buffer,
     /// M per task, `[task]`.
     shift: wgpu::Buffer,
@@ -377,6 +394,41 @@ struct DenseChunk {
     actions: u64,
     optimistic: bool,
     freeze: bool,
+}
+
+/// A dense product band's binding windows.
+struct DenseWindows {
+    /// `dense` `[row][column]`, `x` and `x_out` `[task][column]`, `v_in` `[task][state]`,
+    /// `product` `[task][row]`.
+    dense: Window,
+    x: Window,
+    v: Window,
+    product: Window,
+}
+
+/// The windows of `band` of the dense product over `(tasks, S, A)`, offsets aligned to `align`.
+fn dense_windows(band: &Band, (n, s, a): (u64, u64, u64), align: u64) -> DenseWindows {
+    let (t0, t1, s0, s1) = span(band);
+    let columns = dense_columns(s as usize) as u64;
+    let rows = (s0 * a, s1 * a);
+    DenseWindows {
+        dense: window(
+            rows.0 * columns,
+            rows.1 * columns,
+            s * a * columns,
+            4,
+            align,
+        ),
+        x: window(t0 * columns, t1 * columns, n * columns, 4, align),
+        v: window(t0 * s, t1 * s, n * s, 4, align),
+        product: window(
+            t0 * s * a + rows.0,
+            (t1 - 1) * s * a + rows.1,
+            n * s * a,
+            4,
+            align,
+        ),
+    }
 }
 
 /// One recorded dispatch of the dense product: pipeline, bind group, workgroups.
@@ -631,7 +683,8 @@ impl MdpEngine {
     /// [`dense_transitions`] says so, [`MdpStorage::Dense`] fails where it cannot.
     pub fn storage_for(&self, mdp: &TabularMdp, options: &SolveOptions) -> Result<MdpStorage> {
         let (s, a) = (mdp.states as u64, mdp.actions as u64);
-        let bytes = (s.checked_mul(a)).and_then(|rows| rows.checked_mul(s * 4));
+        let columns = dense_columns(mdp.states) as u64;
+        let bytes = (s.checked_mul(a)).and_then(|rows| rows.checked_mul(columns * 4));
         let unfit = if options.excludes_unreachable() {
             Some("gamma = 1 with an infinite horizon may exclude states (value -inf)".to_string())
         } else if bytes.is_none_or(|b| b > self.core.max_buffer) {
@@ -639,7 +692,7 @@ impl MdpEngine {
                 "the [{s}*{a}, {s}] f32 matrix is over the adapter's max_buffer_size ({} bytes)",
                 self.core.max_buffer
             ))
-        } else if a * s * 4 + ALIGN_SLACK > self.core.max_binding {
+        } else if a * columns * 4 + ALIGN_SLACK > self.core.max_binding {
             Some(format!(
                 "one state's {a} rows of {s} f32 are over the adapter's \
                  max_storage_buffer_binding_size ({} bytes)",
@@ -887,8 +940,9 @@ impl MdpEngine {
         let (alpha_ln2, log2e_over_alpha) = super::temperature_uniforms(inputs.alpha);
         lay_out(mdp, bands, self.core.max_workgroups, |place| {
             let (t0, t1, s0, s1) = place.span;
+            let columns = dense_columns(s as usize) as u64;
             let (e0, e1, entries) = match dense {
-                true => (s0 * a * s, s1 * a * s, s * a * s),
+                true => (s0 * a * columns, s1 * a * columns, s * a * columns),
                 false => (
                     mdp.csr().indptr[(s0 * a) as usize] as u64,
                     mdp.csr().indptr[(s1 * a) as usize] as u64,
@@ -1150,7 +1204,7 @@ impl MdpEngine {
         // backup only) dense rows.
         let entries = |state: usize| match (dense, optimistic) {
             (false, _) => mdp.csr().indptr[state * a] as u64,
-            (true, true) => (state * a * s) as u64,
+            (true, true) => (state * a * dense_columns(s)) as u64,
             (true, false) => 0,
         };
         let (max_binding, max_workgroups) = (self.core.max_binding, self.core.max_workgroups);
@@ -1241,12 +1295,13 @@ impl MdpEngine {
         use wgpu::BufferUsages as U;
         let mdp = inputs.mdp;
         let (n, s, a) = (tasks as u64, mdp.states as u64, mdp.actions as u64);
+        let columns = dense_columns(mdp.states) as u64;
         let optimistic = inputs.backup == Backup::Optimistic;
         let capacity = self.core.max_binding.saturating_sub(ALIGN_SLACK);
         // `storage_for` checked that one state's rows fit.
-        let states_per_band = (capacity / (a * s * 4)).clamp(1, s) as usize;
+        let states_per_band = (capacity / (a * columns * 4)).clamp(1, s) as usize;
         let task_tile = (tasks as u32).clamp(1, MAX_TASK_TILE);
-        let tiles_per_band = (capacity / (s * a * 4) / task_tile as u64)
+        let tiles_per_band = (capacity / ((s * a).max(columns) * 4) / task_tile as u64)
             .clamp(1, self.core.max_workgroups as u64) as usize;
         let tasks_per_band = tiles_per_band * task_tile as usize;
         let mut bands = Vec::new();
@@ -1260,7 +1315,8 @@ impl MdpEngine {
                 });
             }
         }
-        let align = self.core.storage_align;
+        // vec4 windows: their origins must be whole vec4s.
+        let align = self.core.storage_align.max(16);
         let scale = match optimistic {
             true => (inputs.gamma as f32) * super::temperature_uniforms(inputs.alpha).1,
             false => 0.0,
@@ -1268,40 +1324,33 @@ impl MdpEngine {
         let mut params = Vec::new();
         let mut dispatch = Vec::new();
         for band in &bands {
-            let (t0, t1, s0, s1) = span(band);
+            let (t0, _, s0, s1) = span(band);
             let tiles = band.task_count.div_ceil(task_tile as usize);
             let (workgroups, _) =
                 band_dispatch(band.count * a as usize, tiles, self.core.max_workgroups)?;
             let rows = (s0 * a, s1 * a);
+            let w = dense_windows(band, (n, s, a), align);
             params.push(DenseParams {
                 states: s as u32,
                 actions: a as u32,
+                columns: columns as u32,
                 task_base: t0 as u32,
                 task_count: band.task_count as u32,
                 row_base: rows.0 as u32,
                 row_count: (rows.1 - rows.0) as u32,
                 dispatch_x: workgroups[0].max(1),
-                dense_origin: window(rows.0 * s, rows.1 * s, a * s * s, 4, align).origin as u32,
-                x_origin: window(t0 * s, t1 * s, n * s, 4, align).origin as u32,
-                product_origin: window(
-                    t0 * s * a + rows.0,
-                    (t1 - 1) * s * a + rows.1,
-                    n * s * a,
-                    4,
-                    align,
-                )
-                .origin as u32,
+                dense_origin: w.dense.origin as u32,
+                x_origin: w.x.origin as u32,
+                v_origin: w.v.origin as u32,
+                product_origin: w.product.origin as u32,
                 scale,
-                _pad0: 0,
+                ..Default::default()
             });
             dispatch.push(workgroups);
         }
         let core = &mut self.core;
         let product = core.buffer("softvi.dense_product", n * s * a * 4, U::STORAGE);
-        let x = match optimistic {
-            true => core.buffer("softvi.dense_x", n * s * 4, U::STORAGE),
-            false => core.buffer("softvi.no_dense_x", 16, U::STORAGE),
-        };
+        let x = core.buffer("softvi.dense_x", n * columns * 4, U::STORAGE);
         let shift = core.buffer("softvi.dense_shift", n * 4, U::STORAGE);
         let scratch = core.buffer("softvi.dense_scratch", 16, U::STORAGE);
         let params = core.uniforms("softvi.dense_params", &params);
@@ -1337,7 +1386,7 @@ impl MdpEngine {
             return Vec::new();
         };
         let (n, s, a) = (d.tasks, d.states, d.actions);
-        let align = self.core.storage_align;
+        let align = self.core.storage_align.max(16);
         let freeze = if d.freeze && sweeps { 1.0 } else { 0.0 };
         let shift = self
             .core
@@ -1348,49 +1397,39 @@ impl MdpEngine {
             &[("TASK_TILE", d.task_tile as f64), ("FREEZE", freeze)],
         );
         let group = |b: usize, band: &Band, shift_pass: bool| {
-            let (t0, t1, s0, s1) = span(band);
-            let rows = (s0 * a, s1 * a);
-            let w_p = window(rows.0 * s, rows.1 * s, a * s * s, 4, align);
-            let w_x = window(t0 * s, t1 * s, n * s, 4, align);
-            let w_out = window(
-                t0 * s * a + rows.0,
-                (t1 - 1) * s * a + rows.1,
-                n * s * a,
-                4,
-                align,
-            );
-            // The product reads X (V, or the shift pass's exponentials); the shift pass
-            // writes X, so that its group binds V where the product's binds X.
-            let x_in = match (d.optimistic, shift_pass) {
-                (true, false) => bind(&d.x, w_x.offset, w_x.size),
-                _ => bind(v, w_x.offset, w_x.size),
-            };
-            let x_out = match shift_pass {
-                true => bind(&d.x, w_x.offset, w_x.size),
-                false => d.scratch.as_entire_binding(),
+            let w = dense_windows(band, (n, s, a), align);
+            // The shift pass writes X, the product reads it: each group binds the scratch
+            // buffer where the other binds X.
+            let (x_in, x_out) = match shift_pass {
+                true => (
+                    d.scratch.as_entire_binding(),
+                    bind(&d.x, w.x.offset, w.x.size),
+                ),
+                false => (
+                    bind(&d.x, w.x.offset, w.x.size),
+                    d.scratch.as_entire_binding(),
+                ),
             };
             self.core.bind_group(
                 self.mdp_dense.label,
                 &self.mdp_dense.group_layout,
                 [
                     d.params.bind(b),
-                    bind(p, w_p.offset, w_p.size),
+                    bind(p, w.dense.offset, w.dense.size),
                     x_in,
-                    bind(&d.product, w_out.offset, w_out.size),
+                    bind(&d.product, w.product.offset, w.product.size),
                     chunk.checks.frozen.as_entire_binding(),
-                    bind(v, w_x.offset, w_x.size),
+                    bind(v, w.v.offset, w.v.size),
                     x_out,
                     d.shift.as_entire_binding(),
                 ],
             )
         };
         let mut out = Vec::new();
-        if d.optimistic {
-            // One shift per task window (the first band of its states).
-            for (b, band) in d.bands.iter().enumerate().filter(|(_, b)| b.first == 0) {
-                let workgroups = [1, 1, band.task_count as u32];
-                out.push((shift.clone(), group(b, band, true), workgroups));
-            }
+        // X of each task window, once (with the first band of its states).
+        for (b, band) in d.bands.iter().enumerate().filter(|(_, b)| b.first == 0) {
+            let workgroups = [1, 1, band.task_count as u32];
+            out.push((shift.clone(), group(b, band, true), workgroups));
         }
         for (b, band) in d.bands.iter().enumerate() {
             out.push((product.clone(), group(b, band, false), d.dispatch[b]));
@@ -1823,11 +1862,12 @@ pub(super) fn to_f32(values: &[f64]) -> Vec<f32> {
 /// Rows per upload of the dense matrix: about 4 MiB of host memory at a time, whatever S.
 const DENSE_UPLOAD_BYTES: usize = 4 << 20;
 
-/// P of `mdp` as the dense `[s * A + a][s']` f32 matrix on the device (entries of a row that
-/// name one successor twice add up), built and uploaded a block of rows at a time.
+/// P of `mdp` as the dense `[s * A + a][column]` f32 matrix on the device, [`dense_columns`]
+/// entries a row (entries of a row that name one successor twice add up), built and uploaded
+/// a block of rows at a time.
 fn upload_dense(core: &mut GpuCore, mdp: &TabularMdp) -> wgpu::Buffer {
     use wgpu::BufferUsages as U;
-    let (s, rows) = (mdp.states, mdp.states * mdp.actions);
+    let (s, rows) = (dense_columns(mdp.states), mdp.states * mdp.actions);
     let buffer = core.buffer(
         "softvi.dense",
         (rows * s * 4) as u64,
