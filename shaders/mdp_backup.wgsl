@@ -1,10 +1,12 @@
-// Soft Bellman backups over a batch of tasks that share the sparse dynamics of a general
-// tabular MDP. CPU twin: src/engine/cpu/mdp_backup.rs (`mdp_backup`, `mdp_policy`, `mdp_action_values`,
+// Soft Bellman backups over a batch of tasks that share the dynamics of a general tabular
+// MDP. CPU twin: src/engine/cpu/mdp_backup.rs (`mdp_backup`, `mdp_policy`, `mdp_action_values`,
 // `soft_max`). The rate-extrapolation jump between sweeps is shaders/extrapolate.wgsl.
 //
-// Transitions are CSR over rows s * A + a: `indptr[row] .. indptr[row + 1]` index `successors`
-// and `probs`. One invocation backs up one state of one task: it walks the state's A rows
-// and folds each Q(s, a) into a running log-sum-exp, so any number of actions fits.
+// Q(s, a) comes from `action_value`, joined after this file: from CSR rows
+// (shaders/mdp_rows_csr.wgsl), or from the dense product of shaders/mdp_dense.wgsl
+// (shaders/mdp_rows_dense.wgsl). One invocation backs up one state of one task: it takes the
+// state's A action values and folds each Q(s, a) into a running log-sum-exp, so any number of
+// actions fits.
 //
 // Dispatch: 64 invocations per workgroup over the band's states (x + y * dispatch_x
 // workgroups), z = task within the band. A band is a window of whole tasks, or of states of one
@@ -12,7 +14,8 @@
 // *_origin fields locate each window in its full array.
 
 // Joined after shared/constants.wgsl, shared/residual_stats.wgsl, shared/log_sum_exp.wgsl and
-// shared/policy_ties.wgsl (`engine::gpu::mdp_engine::MDP_BACKUP_WGSL`).
+// shared/policy_ties.wgsl (`engine::gpu::mdp_engine::MDP_BACKUP_WGSL`,
+// `MDP_DENSE_BACKUP_WGSL`).
 
 // Optimistic (log-expectation) backup instead of the expected one.
 override OPTIMISTIC: bool = false;
@@ -40,8 +43,8 @@ struct MdpParams {
     groups_per_task: u32,
     fixed_words_per_task: u32,
     // Where each binding's window starts in its full array, in that array's elements.
-    indptr_origin: u32, // indptr [row]
-    entry_origin: u32,  // successors, probs [entry]
+    indptr_origin: u32, // CSR: indptr [row]
+    entry_origin: u32,  // CSR: successors, probs [entry]; dense: dense [row][s'] flat
     row_origin: u32,    // reward, out [task][state][action]
     fixed_origin: u32,  // fixed_bits [task][word]
     v_in_origin: u32,   // v_in [task][state]
@@ -54,9 +57,8 @@ struct MdpParams {
 }
 
 @group(0) @binding(0) var<uniform> params: MdpParams;
-@group(0) @binding(1) var<storage, read> indptr: array<u32>;          // [row]
-@group(0) @binding(2) var<storage, read> successors: array<u32>;      // [entry]
-@group(0) @binding(3) var<storage, read> probs: array<f32>;           // [entry]
+// Bindings 1-3 hold the transitions: CSR in shaders/mdp_rows_csr.wgsl, the dense product in
+// shaders/mdp_rows_dense.wgsl, each with its `action_value`.
 @group(0) @binding(4) var<storage, read> reward: array<f32>;          // [task][state][action]
 @group(0) @binding(5) var<storage, read> fixed_bits: array<u32>;      // [task][state / 32]
 @group(0) @binding(6) var<storage, read> v_in: array<f32>;            // [task][state]
@@ -87,37 +89,6 @@ fn locate(wid: vec3<u32>, lid: u32) -> Item {
     let word = item.task * params.fixed_words_per_task + (item.state >> 5u) - params.fixed_origin;
     item.fixed = ((fixed_bits[word] >> (item.state & 31u)) & 1u) != 0u;
     return item;
-}
-
-// Q(s, a) from the next values: r + gamma * E[V'] (expected), or
-// r + gamma * max V' + alpha * log E[exp(gamma (V' - max V') / alpha)] (optimistic).
-fn action_value(item: Item, a: u32) -> f32 {
-    let row = item.state * params.actions + a;
-    let first = indptr[row - params.indptr_origin] - params.entry_origin;
-    let end = indptr[row + 1u - params.indptr_origin] - params.entry_origin;
-    let base = item.task * params.states - params.v_in_origin;
-    let r = reward[(item.task * params.states + item.state) * params.actions + a - params.row_origin];
-    if OPTIMISTIC {
-        var top = -HUGE;
-        for (var k = first; k < end; k++) {
-            top = max(top, v_in[base + successors[k]]);
-        }
-        if top <= -HUGE {
-            // Every successor is excluded (value -inf).
-            return v_in[base + successors[first]];
-        }
-        let scale = params.gamma * params.log2e_over_alpha;
-        var mass = 0.0;
-        for (var k = first; k < end; k++) {
-            mass += probs[k] * exp_shifted(v_in[base + successors[k]], top, scale);
-        }
-        return r + params.gamma * top + params.alpha_ln2 * log2(mass);
-    }
-    var expected = 0.0;
-    for (var k = first; k < end; k++) {
-        expected += probs[k] * v_in[base + successors[k]];
-    }
-    return r + params.gamma * expected;
 }
 
 // Running soft max over the actions (`lse_push`), or the running max when alpha = 0; starts at

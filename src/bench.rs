@@ -10,6 +10,7 @@ use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 
 use crate::engine::cpu::{solve_cpu, solve_mdp_cpu};
+use crate::engine::gpu::mdp_engine::MdpStorage;
 use crate::engine::gpu::{GridEngine, MdpEngine};
 use crate::engine::options::{Backup, Horizon, Method, Outputs, SolveOptions};
 use crate::world::grid::{ActionSet, Connectivity, Grid, MoveCost};
@@ -335,6 +336,49 @@ pub fn mdp_bytes_per_sweep(mdp: &TabularMdp) -> f64 {
             + mdp.nonzeros() as f64 * 12.0)
 }
 
+/// The dense-MDP workload: `states` states, `actions` actions, `tasks` tasks, every row full
+/// (weights U(0.05, 1) normalised: the kind `[S,A,S]` model imitation's `mce_partition_fh`
+/// takes, kept dense), rewards -1 + U(-0.1, 0.1), no terminal state. Seeded.
+pub fn dense_mdp(states: usize, actions: usize, tasks: usize, seed: u64) -> Result<TabularMdp> {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let rows = states * actions;
+    let mut p = Vec::with_capacity(rows * states);
+    for _ in 0..rows {
+        let row: Vec<f64> = (0..states).map(|_| rng.random_range(0.05..1.0)).collect();
+        let total: f64 = row.iter().sum();
+        p.extend(row.iter().map(|x| x / total));
+    }
+    let reward = (0..tasks * rows)
+        .map(|_| (-1.0 + rng.random_range(-0.1f32..0.1)) as f64)
+        .collect();
+    let terminal = vec![false; tasks * states];
+    let initial = (0..tasks)
+        .flat_map(|_| uniform_start(&terminal[..states]))
+        .collect();
+    Ok(TabularMdp {
+        states,
+        actions,
+        tasks,
+        transitions: Transitions::dense(p, states, actions)?,
+        reward,
+        terminal,
+        terminal_value: vec![0.0; tasks * states],
+        initial,
+    })
+}
+
+/// Bytes a dense-product sweep moves: P (4 per entry) once per tile of up to
+/// [`crate::engine::gpu::mdp_engine::MAX_TASK_TILE`] tasks, then per task and state V read
+/// and written (8), fixed bits (1/8), and per (s, a) the reward and the product (8).
+pub fn dense_bytes_per_sweep(mdp: &TabularMdp) -> f64 {
+    let tiles = mdp
+        .tasks
+        .div_ceil(crate::engine::gpu::mdp_engine::MAX_TASK_TILE as usize);
+    let rows = (mdp.states * mdp.actions) as f64;
+    tiles as f64 * rows * mdp.states as f64 * 4.0
+        + mdp.tasks as f64 * (mdp.states as f64 * 8.125 + rows * 8.0)
+}
+
 /// Measures MDP sweeps of `mdp` with the GPU engine over `sweeps` extra sweeps.
 pub fn measure_mdp_gpu(
     engine: &mut MdpEngine,
@@ -357,6 +401,40 @@ pub fn measure_mdp_gpu(
         4,
         sweeps,
     )
+}
+
+/// Measures MDP sweeps of `mdp` with the GPU engine storing the transitions as `storage`
+/// ([`MdpStorage::Dense`]: the tiled product; [`MdpStorage::Csr`]: CSR rows) over `sweeps`
+/// extra sweeps; the engine's storage is left at [`MdpStorage::Auto`].
+pub fn measure_mdp_gpu_stored(
+    engine: &mut MdpEngine,
+    mdp: &TabularMdp,
+    sweeps: u32,
+    storage: MdpStorage,
+) -> Result<Measurement> {
+    let bytes = match storage {
+        MdpStorage::Dense => dense_bytes_per_sweep(mdp),
+        _ => mdp_bytes_per_sweep(mdp),
+    };
+    engine.set_storage(storage);
+    let measured = measure(
+        |t| {
+            engine
+                .solve(
+                    mdp,
+                    &reference_options(Horizon::Finite(t)),
+                    Outputs::default(),
+                )
+                .map(|_| ())
+                .context("GPU MDP bench solve")
+        },
+        (mdp.tasks * mdp.states) as f64,
+        bytes,
+        2,
+        sweeps,
+    );
+    engine.set_storage(MdpStorage::Auto);
+    measured
 }
 
 /// Measures MDP sweeps of `mdp` with the native CSR engine on `threads` threads over `sweeps`

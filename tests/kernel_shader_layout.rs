@@ -16,7 +16,8 @@ use softvi::engine::gpu::core::{
 use softvi::engine::gpu::grid_engine::{GRID_BACKUP_WGSL, GRID_OCCUPANCY_WGSL, GridParams};
 use softvi::engine::gpu::grid_vjp::{GRID_VJP_WGSL, GridVjpParams};
 use softvi::engine::gpu::mdp_engine::{
-    MDP_BACKUP_WGSL, MDP_OCCUPANCY_WGSL, MDP_VJP_WGSL, MdpParams, OccupancyParams,
+    DENSE_SUM_LOW, DenseParams, MAX_TASK_TILE, MDP_BACKUP_WGSL, MDP_DENSE_BACKUP_WGSL,
+    MDP_DENSE_WGSL, MDP_OCCUPANCY_WGSL, MDP_VJP_WGSL, MdpParams, OccupancyParams,
 };
 use softvi::engine::gpu::mdp_vjp::VjpParams;
 use softvi::engine::gpu::task_posterior::{PosteriorParams, TASK_POSTERIOR_WGSL};
@@ -81,6 +82,28 @@ const SHADERS: &[Shader] = &[
             ("HARD_MAX", BOOL),
             ("WRITE_RESIDUAL", BOOL),
             ("WRITE_Q", BOOL),
+            ("FREEZE", BOOL),
+        ],
+    },
+    Shader {
+        name: "mdp_dense_backup",
+        source: MDP_DENSE_BACKUP_WGSL,
+        entry_points: &["mdp_backup", "mdp_policy"],
+        overrides: &[
+            ("OPTIMISTIC", BOOL),
+            ("HARD_MAX", BOOL),
+            ("WRITE_RESIDUAL", BOOL),
+            ("WRITE_Q", BOOL),
+            ("FREEZE", BOOL),
+        ],
+    },
+    Shader {
+        name: "mdp_dense",
+        source: MDP_DENSE_WGSL,
+        entry_points: &["mdp_dense_shift", "mdp_dense_product"],
+        overrides: &[
+            // Any tile from 1 to MAX_TASK_TILE (the batch's, up to 8).
+            ("TASK_TILE", &[1.0, 2.0, 3.0, 5.0, 8.0]),
             ("FREEZE", BOOL),
         ],
     },
@@ -384,6 +407,21 @@ fn mdp_layouts_match_rust() {
     assert_eq!(
         constant(&m, "TIE_RELATIVE"),
         naga::Literal::F32(softvi::engine::cpu::TIE_RELATIVE as f32)
+    );
+    let (m, _) = module(MDP_DENSE_BACKUP_WGSL);
+    assert_eq!(
+        struct_size(&m, "MdpParams") as usize,
+        size_of::<MdpParams>()
+    );
+    assert_eq!(constant(&m, "SUM_LOW"), naga::Literal::F32(DENSE_SUM_LOW));
+    let (m, _) = module(MDP_DENSE_WGSL);
+    assert_eq!(
+        struct_size(&m, "DenseParams") as usize,
+        size_of::<DenseParams>()
+    );
+    assert_eq!(
+        constant(&m, "MAX_TASK_TILE"),
+        naga::Literal::U32(MAX_TASK_TILE)
     );
     let (m, _) = module(MDP_OCCUPANCY_WGSL);
     assert_eq!(

@@ -9,8 +9,8 @@ use clap::Args;
 
 use softvi::bench::{
     GRID_WORKLOADS, Measurement, Workload, grid_workload, measure_cpu, measure_gpu,
-    measure_mdp_cpu, measure_mdp_gpu, measure_native, reference_problem, sparse_mdp,
-    standard_workloads,
+    measure_mdp_cpu, measure_mdp_gpu, measure_mdp_gpu_stored, measure_native, reference_problem,
+    sparse_mdp, standard_workloads,
 };
 use softvi::engine::gpu::{GpuContext, GridEngine};
 use softvi::engine::options::{Horizon, Method, SolveOptions};
@@ -21,7 +21,9 @@ pub(super) struct BenchArgs {
     /// obstacles, the JAX stencil peer's world), random1024-b8, maze4096-b1, orz900d-b64,
     /// mdp1m (10^6 states, 8 actions, ~4 successors; also timed end to end with occupancy),
     /// irl256 (seconds per MaxEnt IRL iteration, 256x256 grid, K = 8, M = 16),
-    /// maze1023-gamma1 (seconds to convergence of a long undiscounted maze).
+    /// maze1023-gamma1 (seconds to convergence of a long undiscounted maze); only when
+    /// named: mdp-dense (dense [S,A,S] models, S = 2,000 and 5,000, A = 4, B = 1 and 8: the
+    /// GPU's dense product against its CSR path, in the same run).
     #[arg(long = "workload", value_name = "NAME")]
     workloads: Vec<String>,
     /// Grid paths to time (repeatable; default gpu and native): `gpu` (the WGSL kernels on
@@ -67,6 +69,8 @@ const MDP_WORKLOAD: &str = "mdp1m";
 const IRL_WORKLOAD: &str = "irl256";
 /// The long-path workload: seconds to convergence at gamma = 1.
 const LONG_WORKLOAD: &str = "maze1023-gamma1";
+/// The dense-MDP workload (run only when named): dense product against CSR on the GPU.
+const DENSE_WORKLOAD: &str = "mdp-dense";
 
 /// `softvi bench`: one table row per workload and backend, and the GPU/CPU ratio.
 pub(super) fn bench_command(args: &BenchArgs) -> Result<i32> {
@@ -78,6 +82,7 @@ pub(super) fn bench_command(args: &BenchArgs) -> Result<i32> {
     }
     let maps = args.maps.is_dir().then_some(args.maps.as_path());
     let (mut run_mdp, mut run_irl, mut run_long) = (true, true, true);
+    let run_dense = args.workloads.iter().any(|w| w == DENSE_WORKLOAD);
     // Names are checked before anything is built (the big mazes take seconds), and only
     // the asked workloads are built.
     let workloads = if let Some(path) = &args.map {
@@ -99,9 +104,10 @@ pub(super) fn bench_command(args: &BenchArgs) -> Result<i32> {
                 name == MDP_WORKLOAD
                     || name == IRL_WORKLOAD
                     || name == LONG_WORKLOAD
+                    || name == DENSE_WORKLOAD
                     || GRID_WORKLOADS.contains(&name.as_str()),
                 "--workload {name:?} is unknown (known: {}, {MDP_WORKLOAD}, {IRL_WORKLOAD}, \
-                 {LONG_WORKLOAD})",
+                 {LONG_WORKLOAD}, {DENSE_WORKLOAD})",
                 GRID_WORKLOADS.join(", ")
             );
         }
@@ -137,6 +143,9 @@ pub(super) fn bench_command(args: &BenchArgs) -> Result<i32> {
     }
     if run_long {
         bench_long(args, &ctx, &mut engine)?;
+    }
+    if run_dense {
+        bench_dense(args, &ctx)?;
     }
     Ok(0)
 }
@@ -242,6 +251,32 @@ fn print_rows(
     if let Some(c) = &cpu {
         row("cpu", "reference (f64, 1 thread)", c, "1.0x".into());
     }
+}
+
+/// The mdp-dense workload: dense random models (every row full), S = 2,000 and 5,000, A = 4,
+/// B = 1 and 8, timed on the GPU with the dense product (`shaders/mdp_dense.wgsl`) and with
+/// CSR rows, in the same run; a line per model gives dense / CSR.
+fn bench_dense(args: &BenchArgs, ctx: &GpuContext) -> Result<()> {
+    use softvi::engine::gpu::mdp_engine::MdpStorage;
+    let mut engine = softvi::engine::gpu::MdpEngine::new(ctx)?;
+    for states in [2_000, 5_000] {
+        for tasks in [1, 8] {
+            let mdp = softvi::bench::dense_mdp(states, 4, tasks, 0)?;
+            let sweeps = args.sweeps.unwrap_or(2);
+            let dense = measure_mdp_gpu_stored(&mut engine, &mdp, sweeps, MdpStorage::Dense)?;
+            let csr = measure_mdp_gpu_stored(&mut engine, &mdp, sweeps, MdpStorage::Csr)?;
+            let timed = [
+                ("dense".into(), ctx.adapter_label(), dense.clone()),
+                ("csr".into(), ctx.adapter_label(), csr.clone()),
+            ];
+            print_rows(DENSE_WORKLOAD, tasks, &states.to_string(), 4, &timed, None);
+            println!(
+                "{DENSE_WORKLOAD} S {states} B {tasks}: dense / CSR sweeps/s = {:.2}",
+                dense.sweeps_per_second / csr.sweeps_per_second
+            );
+        }
+    }
+    Ok(())
 }
 
 /// The gridworld workloads: a row per timed path, and a CPU row unless --cpu-sweeps 0.

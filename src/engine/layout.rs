@@ -452,3 +452,35 @@ impl TaskEvidence {
         }
     }
 }
+
+/// States per block of the native engine's sliced CSR layout (`engine::native::mdp_backup`'s
+/// `LANES`): the unit [`dense_transitions`] pads rows to.
+pub const SLICE_LANES: usize = 8;
+
+/// Whether `mdp`'s transitions are better stored dense, as the `[S*A, S]` f32 matrix
+/// `[s * A + a][s']`, than as sparse rows: where the native engine's sliced layout (each
+/// block of [`SLICE_LANES`] states and one action padded to its longest row, an index and a
+/// probability per entry and lane) would take at least the dense matrix's bytes, which is
+/// about half full; and always where the model keeps its transitions dense
+/// ([`crate::world::mdp::Transitions::dense_rows`]). The rule both the native engine and the
+/// GPU engine choose by.
+pub fn dense_transitions(mdp: &TabularMdp) -> bool {
+    // A model kept dense (at least half full) stays so, without building its CSR.
+    if mdp.transitions.dense_rows().is_some() {
+        return true;
+    }
+    let (states, actions, csr) = (mdp.states, mdp.actions, mdp.csr());
+    let row_len = |s: usize, a: usize| {
+        let row = s * actions + a;
+        (csr.indptr[row + 1] - csr.indptr[row]) as u64
+    };
+    let mut entries = 0u64;
+    for first in (0..states).step_by(SLICE_LANES) {
+        for a in 0..actions {
+            let lanes = first..(first + SLICE_LANES).min(states);
+            entries += lanes.map(|s| row_len(s, a)).max().unwrap_or(0);
+        }
+    }
+    let dense_bytes = 4 * (states as u128) * (actions as u128) * (states as u128);
+    dense_bytes <= 8 * SLICE_LANES as u128 * entries as u128
+}

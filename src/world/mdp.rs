@@ -226,9 +226,7 @@ impl TabularMdp {
             );
         }
         let dense = match arrays.remove("P") {
-            Some(p) => Some(dense_transitions(&p.shape, |s, a| {
-                Transitions::dense(p.data, s, a)
-            })?),
+            Some(p) => Some(dense_p(&p.shape, |s, a| Transitions::dense(p.data, s, a))?),
             None => None,
         };
         Self::with_arrays(arrays, dense)
@@ -242,7 +240,7 @@ impl TabularMdp {
         arrays: HashMap<String, NpyValues>,
     ) -> Result<Self> {
         ensure!(!arrays.contains_key("P"), "P given twice");
-        let dense = dense_transitions(shape, |s, a| Transitions::dense_in_place(rows, s, a))?;
+        let dense = dense_p(shape, |s, a| Transitions::dense_in_place(rows, s, a))?;
         Self::with_arrays(arrays, Some(dense))
     }
 
@@ -609,7 +607,7 @@ type CsrParts = (usize, usize, Vec<u32>, Vec<u32>, Vec<f64>);
 
 /// Dense `P` `[S,A,S]` to transitions: kept dense where at least half of its entries are
 /// nonzero (where the native engine runs it dense), else CSR without the zeros.
-fn dense_transitions(
+fn dense_p(
     shape: &[usize],
     build: impl FnOnce(usize, usize) -> Result<Transitions>,
 ) -> Result<(usize, usize, Transitions)> {

@@ -20,6 +20,9 @@ pub(crate) struct PairDispatch<'a> {
 
 /// What [`record_forward`] runs over a chunk; arrays are `[task][state]` (`v_bytes` bytes).
 pub(crate) struct ForwardPass<'a> {
+    /// Dispatches recorded each step before the Q and policy kernels, after V_{t+1} is in
+    /// `v_next` (the dense product of the MDP engine): pipeline, group, workgroups.
+    pub prepare: &'a [(wgpu::ComputePipeline, wgpu::BindGroup, [u32; 3])],
     pub horizon: usize,
     pub v_bytes: u64,
     /// V_t at slot t (`v_bytes` each), t = 0..=T.
@@ -75,6 +78,9 @@ pub(crate) async fn record_forward(
     for t in 0..horizon {
         let slot = (t as u64 + 1) * v_bytes;
         encoder.copy_buffer_to_buffer(pass.steps, slot, pass.v_next, 0, v_bytes);
+        for (pipeline, group, workgroups) in pass.prepare {
+            core.dispatch(&mut encoder, pipeline, group, *workgroups);
+        }
         if let Some(q) = pass.q {
             for band in &pass.policy_bands {
                 core.dispatch(&mut encoder, q, band.group, band.workgroups);

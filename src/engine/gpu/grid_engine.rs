@@ -1092,6 +1092,7 @@ impl GridEngine {
             ..chunk.key
         });
         let pass = ForwardPass {
+            prepare: &[],
             horizon,
             v_bytes,
             steps,

@@ -1,6 +1,8 @@
-//! The GPU path for general tabular MDPs: `shaders/mdp_backup.wgsl` (CSR soft backups,
-//! policy) and `shaders/mdp_occupancy.wgsl` (forward messages), driven by the
-//! same convergence checks as the grid engine.
+//! The GPU path for general tabular MDPs: `shaders/mdp_backup.wgsl` (soft backups, policy)
+//! over CSR rows (`shaders/mdp_rows_csr.wgsl`) or, for a model whose rows are mostly full, over
+//! the dense product `shaders/mdp_dense.wgsl` computes (`shaders/mdp_rows_dense.wgsl`), and
+//! `shaders/mdp_occupancy.wgsl` (forward messages, over CSR), driven by the same convergence
+//! checks as the grid engine.
 
 use crate::engine::Instant;
 use std::ops::Range;
@@ -13,11 +15,11 @@ use super::chunks::{ChunkResult, solve_in_chunks};
 use super::context::GpuContext;
 use super::core::{
     Checks, EngineOptions, ExtrapolateBand, ExtrapolateParams, GpuCore, Iteration, Kernels, Shader,
-    StepCopies, Uniforms, Window, bind, invocations, storage, window,
+    Step, StepCopies, Uniforms, Window, bind, invocations, storage, window,
 };
 use super::forward::{BandDispatch, ForwardOutputs, ForwardPass, PairDispatch, record_forward};
 use super::wait;
-use crate::engine::layout::MdpInputs;
+use crate::engine::layout::{MdpInputs, dense_transitions};
 use crate::engine::options::{Backup, Horizon, Outputs, SolveOptions};
 use crate::engine::schedule::{
     OnProgress, Verdict, keep_going, span_bounded_tasks, with_unbounded,
@@ -32,7 +34,29 @@ pub const MDP_BACKUP_WGSL: &str = wgsl!(
     "shared/log_sum_exp.wgsl",
     "shared/policy_ties.wgsl",
     "mdp_backup.wgsl",
+    "mdp_rows_csr.wgsl",
 );
+/// WGSL source of the backup and policy kernels over the dense product.
+pub const MDP_DENSE_BACKUP_WGSL: &str = wgsl!(
+    "shared/constants.wgsl",
+    "shared/residual_stats.wgsl",
+    "shared/log_sum_exp.wgsl",
+    "shared/policy_ties.wgsl",
+    "mdp_backup.wgsl",
+    "mdp_rows_dense.wgsl",
+);
+/// WGSL source of the dense product kernels (`mdp_dense_shift`, `mdp_dense_product`).
+pub const MDP_DENSE_WGSL: &str = wgsl!(
+    "shared/constants.wgsl",
+    "shared/residual_stats.wgsl",
+    "mdp_dense.wgsl",
+);
+/// The optimistic dense backup's row mass below which a row is recomputed with its own
+/// largest successor. Same as `SUM_LOW` in `shaders/mdp_rows_dense.wgsl`.
+pub const DENSE_SUM_LOW: f32 = 1e-20;
+/// Most tasks one workgroup of `mdp_dense_product` sums. Same as `MAX_TASK_TILE` in
+/// `shaders/mdp_dense.wgsl`.
+pub const MAX_TASK_TILE: u32 = 8;
 /// WGSL source of the occupancy (forward message) kernel.
 pub const MDP_OCCUPANCY_WGSL: &str = wgsl!(
     "shared/constants.wgsl",
@@ -102,6 +126,67 @@ pub struct MdpParams {
     pub _pad0: u32,
     /// Padding to 16 bytes.
     pub _pad1: u32,
+}
+
+/// Per-band uniform of `shaders/mdp_dense.wgsl`. Keep in sync with `DenseParams` there (size
+/// checked by tests/kernel_shader_layout.rs).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, Pod, Zeroable)]
+pub struct DenseParams {
+    /// States S per task.
+    pub states: u32,
+    /// Actions A.
+    pub actions: u32,
+    /// Entries per row of the dense matrix and per task of X: S rounded up to a multiple of 4
+    /// ([`dense_columns`]).
+    pub columns: u32,
+    /// First task (`[task]` index within the chunk) of this band.
+    pub task_base: u32,
+    /// Tasks of this band.
+    pub task_count: u32,
+    /// First row `s * A + a` of this band.
+    pub row_base: u32,
+    /// Rows of this band.
+    pub row_count: u32,
+    /// Workgroups along x of this band's dispatch.
+    pub dispatch_x: u32,
+    /// Start of the `dense` window, in elements of `[row][column]`.
+    pub dense_origin: u32,
+    /// Start of the `x` and `x_out` windows, in elements of `[task][column]`.
+    pub x_origin: u32,
+    /// Start of the `v_in` window, in elements of `[task][state]`.
+    pub v_origin: u32,
+    /// Start of the `product` window, in elements of `[task][row]`.
+    pub product_origin: u32,
+    /// `gamma * log2(e) / alpha` (the optimistic backup's shared exponential); 0 for the
+    /// expected backup (X = V).
+    pub scale: f32,
+    /// Padding to 16 bytes.
+    pub _pad0: u32,
+    /// Padding to 16 bytes.
+    pub _pad1: u32,
+    /// Padding to 16 bytes.
+    pub _pad2: u32,
+}
+
+/// Entries per row of the dense matrix on the device: `states` rounded up to a multiple of 4,
+/// so that `shaders/mdp_dense.wgsl` reads rows and X as `vec4` (the extra entries are 0).
+pub fn dense_columns(states: usize) -> usize {
+    states.next_multiple_of(4)
+}
+
+/// How [`MdpEngine`] stores a model's transitions on the device.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum MdpStorage {
+    /// Dense where [`dense_transitions`] says so (the native engine's rule) and the device
+    /// and options allow it ([`MdpEngine::storage_for`]), else CSR.
+    #[default]
+    Auto,
+    /// CSR rows.
+    Csr,
+    /// The dense `[S*A, S]` matrix and `shaders/mdp_dense.wgsl`'s product, on any model the
+    /// device and options allow (an error otherwise).
+    Dense,
 }
 
 /// Per-band uniform of `shaders/mdp_occupancy.wgsl`. Keep in sync with `OccupancyParams`
@@ -276,11 +361,78 @@ pub(super) struct MdpPipelineKey {
 
 /// The arrays of one MDP on the device, shared by every chunk of tasks.
 struct Dynamics {
+    /// CSR rows (16-byte stand-ins when `dense` holds the transitions).
     indptr: wgpu::Buffer,
     successors: wgpu::Buffer,
     probs: wgpu::Buffer,
+    /// P as the dense `[s * A + a][s']` matrix, when stored dense.
+    dense: Option<wgpu::Buffer>,
     incoming: Option<(wgpu::Buffer, wgpu::Buffer, wgpu::Buffer, Vec<u32>)>,
 }
+
+/// A chunk's dense product (pooled buffers): what `shaders/mdp_dense.wgsl` binds.
+struct DenseChunk {
+    /// sum_s' P(s'|s,a) X(s'), `[task][state][action]` (the reward's layout).
+    product: wgpu::Buffer,
+    /// X: V (expected backup) or the shared exponentials (optimistic),
+    /// `[task][column]`, [`dense_columns`] a task, 0 past S.
+    x: wgpu::Buffer,
+    /// M per task, `[task]`.
+    shift: wgpu::Buffer,
+    /// What a binding the entry point does not write is bound to where its buffer is written
+    /// by another binding of the same group (16 bytes).
+    scratch: wgpu::Buffer,
+    /// The product's bands (rows of whole states, by tasks), their uniforms and dispatches.
+    bands: Vec<Band>,
+    params: Uniforms<DenseParams>,
+    dispatch: Vec<[u32; 3]>,
+    /// Tasks per workgroup (`TASK_TILE`).
+    task_tile: u32,
+    /// Tasks of the chunk, S and A.
+    tasks: u64,
+    states: u64,
+    actions: u64,
+    optimistic: bool,
+    freeze: bool,
+}
+
+/// A dense product band's binding windows.
+struct DenseWindows {
+    /// `dense` `[row][column]`, `x` and `x_out` `[task][column]`, `v_in` `[task][state]`,
+    /// `product` `[task][row]`.
+    dense: Window,
+    x: Window,
+    v: Window,
+    product: Window,
+}
+
+/// The windows of `band` of the dense product over `(tasks, S, A)`, offsets aligned to `align`.
+fn dense_windows(band: &Band, (n, s, a): (u64, u64, u64), align: u64) -> DenseWindows {
+    let (t0, t1, s0, s1) = span(band);
+    let columns = dense_columns(s as usize) as u64;
+    let rows = (s0 * a, s1 * a);
+    DenseWindows {
+        dense: window(
+            rows.0 * columns,
+            rows.1 * columns,
+            s * a * columns,
+            4,
+            align,
+        ),
+        x: window(t0 * columns, t1 * columns, n * columns, 4, align),
+        v: window(t0 * s, t1 * s, n * s, 4, align),
+        product: window(
+            t0 * s * a + rows.0,
+            (t1 - 1) * s * a + rows.1,
+            n * s * a,
+            4,
+            align,
+        ),
+    }
+}
+
+/// One recorded dispatch of the dense product: pipeline, bind group, workgroups.
+type DenseDispatch = (wgpu::ComputePipeline, wgpu::BindGroup, [u32; 3]);
 
 /// The bindings of `shaders/mdp_backup.wgsl` that stay the same across a run's dispatches.
 struct BackupBindings<'a> {
@@ -290,6 +442,7 @@ struct BackupBindings<'a> {
     fixed: &'a wgpu::Buffer,
     partials: &'a wgpu::Buffer,
     frozen: &'a wgpu::Buffer,
+    dense: Option<&'a DenseChunk>,
 }
 
 /// Where a band sits in its chunk: its span and the fields both kernels' uniforms open with.
@@ -388,6 +541,8 @@ struct MdpChunk {
     params: Uniforms<MdpParams>,
     /// With a forward pass, V_t of every step: slot t = V_t, `[t][task][state]`.
     steps: Option<wgpu::Buffer>,
+    /// The dense product, when the transitions are stored dense.
+    dense: Option<DenseChunk>,
 }
 
 /// A chunk's occupancy plan and buffers (pooled across solves), over the transposed
@@ -420,6 +575,10 @@ pub struct MdpEngine {
     pub(super) mdp_occupancy: Shader,
     /// The VJP's kernels (`super::mdp_vjp`).
     pub(super) mdp_vjp: Shader,
+    /// The backup and policy over the dense product, and the product itself.
+    mdp_dense_backup: Shader,
+    mdp_dense: Shader,
+    storage: MdpStorage,
 }
 
 impl MdpEngine {
@@ -433,21 +592,37 @@ impl MdpEngine {
         let core = GpuCore::new(ctx, options);
         let uniform = wgpu::BufferBindingType::Uniform;
         // Binding order = position in these lists; the shaders declare the same order.
-        let mdp_backup = core.shader(
-            "softvi.mdp_backup",
-            MDP_BACKUP_WGSL,
+        let backup_bindings = [
+            uniform,        // params
+            storage(true),  // indptr (dense: product)
+            storage(true),  // successors (dense: shift)
+            storage(true),  // probs (dense: dense)
+            storage(true),  // reward
+            storage(true),  // fixed_bits
+            storage(true),  // v_in
+            storage(false), // v_out
+            storage(false), // partials
+            storage(false), // out
+            storage(true),  // frozen
+        ];
+        let mdp_backup = core.shader("softvi.mdp_backup", MDP_BACKUP_WGSL, &backup_bindings);
+        let mdp_dense_backup = core.shader(
+            "softvi.mdp_dense_backup",
+            MDP_DENSE_BACKUP_WGSL,
+            &backup_bindings,
+        );
+        let mdp_dense = core.shader(
+            "softvi.mdp_dense",
+            MDP_DENSE_WGSL,
             &[
                 uniform,        // params
-                storage(true),  // indptr
-                storage(true),  // successors
-                storage(true),  // probs
-                storage(true),  // reward
-                storage(true),  // fixed_bits
-                storage(true),  // v_in
-                storage(false), // v_out
-                storage(false), // partials
-                storage(false), // out
+                storage(true),  // dense
+                storage(true),  // x
+                storage(false), // product
                 storage(true),  // frozen
+                storage(true),  // v_in
+                storage(false), // x_out
+                storage(false), // shift
             ],
         );
         let mdp_occupancy = core.shader(
@@ -489,7 +664,51 @@ impl MdpEngine {
             mdp_backup,
             mdp_occupancy,
             mdp_vjp,
+            mdp_dense_backup,
+            mdp_dense,
+            storage: MdpStorage::Auto,
         })
+    }
+
+    /// Sets how later solves store the transitions (default [`MdpStorage::Auto`]).
+    pub fn set_storage(&mut self, storage: MdpStorage) {
+        self.storage = storage;
+    }
+
+    /// How a solve of `mdp` under `options` stores the transitions: [`MdpStorage::Csr`] or
+    /// [`MdpStorage::Dense`]. Dense needs a model without excluded states (gamma = 1 with an
+    /// infinite horizon may exclude some, at value -inf, and a dense product cannot skip an
+    /// entry of probability 0 on one), the matrix within the adapter's buffer limit and one
+    /// state's A rows within its storage-binding limit; [`MdpStorage::Auto`] takes it where
+    /// [`dense_transitions`] says so, [`MdpStorage::Dense`] fails where it cannot.
+    pub fn storage_for(&self, mdp: &TabularMdp, options: &SolveOptions) -> Result<MdpStorage> {
+        let (s, a) = (mdp.states as u64, mdp.actions as u64);
+        let columns = dense_columns(mdp.states) as u64;
+        let bytes = (s.checked_mul(a)).and_then(|rows| rows.checked_mul(columns * 4));
+        let unfit = if options.excludes_unreachable() {
+            Some("gamma = 1 with an infinite horizon may exclude states (value -inf)".to_string())
+        } else if bytes.is_none_or(|b| b > self.core.max_buffer) {
+            Some(format!(
+                "the [{s}*{a}, {s}] f32 matrix is over the adapter's max_buffer_size ({} bytes)",
+                self.core.max_buffer
+            ))
+        } else if a * columns * 4 + ALIGN_SLACK > self.core.max_binding {
+            Some(format!(
+                "one state's {a} rows of {s} f32 are over the adapter's \
+                 max_storage_buffer_binding_size ({} bytes)",
+                self.core.max_binding
+            ))
+        } else {
+            None
+        };
+        match (self.storage, unfit) {
+            (MdpStorage::Csr, _) | (MdpStorage::Auto, Some(_)) => Ok(MdpStorage::Csr),
+            (MdpStorage::Auto, None) if !dense_transitions(mdp) => Ok(MdpStorage::Csr),
+            (_, None) => Ok(MdpStorage::Dense),
+            (MdpStorage::Dense, Some(why)) => Err(Error::InvalidInput(format!(
+                "dense transitions on the GPU: {why}"
+            ))),
+        }
     }
 
     /// `"<adapter name> (<backend>)"` of the device this engine runs on.
@@ -499,6 +718,18 @@ impl MdpEngine {
 
     /// The pipeline of `key`, from the core's cache.
     pub(super) fn pipeline(&mut self, key: MdpPipelineKey) -> wgpu::ComputePipeline {
+        self.pipeline_on(key, false)
+    }
+
+    /// The pipeline of `key` for `chunk`: its backup and policy over the dense product where
+    /// the chunk has one.
+    fn chunk_pipeline(&mut self, chunk: &MdpChunk, key: MdpPipelineKey) -> wgpu::ComputePipeline {
+        self.pipeline_on(key, chunk.dense.is_some())
+    }
+
+    /// The pipeline of `key`; with `dense`, the backup and policy stages come from
+    /// `MDP_DENSE_BACKUP_WGSL`.
+    fn pipeline_on(&mut self, key: MdpPipelineKey, dense: bool) -> wgpu::ComputePipeline {
         let flag = |b: bool| if b { 1.0 } else { 0.0 };
         let (entry, shader, constants) = match key.stage {
             MdpStage::Occupancy | MdpStage::OccupancyWeights => (
@@ -520,7 +751,10 @@ impl MdpEngine {
                     MdpStage::Backup => "mdp_backup",
                     _ => "mdp_policy",
                 },
-                &self.mdp_backup,
+                match dense {
+                    true => &self.mdp_dense_backup,
+                    false => &self.mdp_backup,
+                },
                 vec![
                     ("OPTIMISTIC", flag(key.optimistic)),
                     ("HARD_MAX", flag(key.hard_max)),
@@ -588,7 +822,8 @@ impl MdpEngine {
             ),
         )?;
         let per_chunk = ((budget / task_bytes) as usize).clamp(1, MAX_TASKS_PER_CHUNK);
-        let dynamics = self.upload_dynamics(mdp, outputs.occupancy)?;
+        let dense = self.storage_for(mdp, options)? == MdpStorage::Dense;
+        let dynamics = self.upload_dynamics(mdp, outputs.occupancy, dense)?;
 
         let adapter = self.core.adapter_label.clone();
         // The CSR engine stays synchronous (the browser build runs grids only).
@@ -612,8 +847,14 @@ impl MdpEngine {
         ))
     }
 
-    /// Uploads the transitions (and their transpose, for the occupancy).
-    fn upload_dynamics(&mut self, mdp: &TabularMdp, occupancy: bool) -> Result<Dynamics> {
+    /// Uploads the transitions, as CSR rows or (`dense`) the dense matrix, and their transpose
+    /// for the occupancy.
+    fn upload_dynamics(
+        &mut self,
+        mdp: &TabularMdp,
+        occupancy: bool,
+        dense: bool,
+    ) -> Result<Dynamics> {
         use wgpu::BufferUsages as U;
         let core = &mut self.core;
         let nnz = mdp.nonzeros() as u64;
@@ -623,22 +864,34 @@ impl MdpEngine {
             core.queue.write_buffer(&buffer, 0, bytes);
             buffer
         };
-        let indptr = upload(
-            core,
-            "softvi.indptr",
-            bytemuck::cast_slice(&mdp.csr().indptr),
-        );
-        let successors = upload(
-            core,
-            "softvi.successors",
-            bytemuck::cast_slice(&mdp.csr().indices),
-        );
-        // The model's f64 entries, rounded once for the kernels.
-        let probs = upload(
-            core,
-            "softvi.probs",
-            bytemuck::cast_slice(&to_f32(&mdp.csr().probs)),
-        );
+        let stand_in = |core: &mut GpuCore, label| core.buffer(label, 16, U::STORAGE);
+        let (indptr, successors, probs, dense) = match dense {
+            true => (
+                stand_in(core, "softvi.no_indptr"),
+                stand_in(core, "softvi.no_successors"),
+                stand_in(core, "softvi.no_probs"),
+                Some(upload_dense(core, mdp)),
+            ),
+            false => (
+                upload(
+                    core,
+                    "softvi.indptr",
+                    bytemuck::cast_slice(&mdp.csr().indptr),
+                ),
+                upload(
+                    core,
+                    "softvi.successors",
+                    bytemuck::cast_slice(&mdp.csr().indices),
+                ),
+                // The model's f64 entries, rounded once for the kernels.
+                upload(
+                    core,
+                    "softvi.probs",
+                    bytemuck::cast_slice(&to_f32(&mdp.csr().probs)),
+                ),
+                None,
+            ),
+        };
         let incoming = occupancy.then(|| {
             let Transpose {
                 indptr,
@@ -664,16 +917,19 @@ impl MdpEngine {
             indptr,
             successors,
             probs,
+            dense,
             incoming,
         })
     }
 
-    /// The backup kernels' layout of `bands` of a chunk of `tasks` tasks.
+    /// The backup kernels' layout of `bands` of a chunk of `tasks` tasks; with `dense`, the
+    /// entry window is over the dense matrix's rows `[row][s']`.
     fn backup_layouts(
         &self,
         inputs: &MdpInputs,
         tasks: usize,
         bands: &[Band],
+        dense: bool,
     ) -> Result<Vec<Layout<MdpParams>>> {
         let mdp = inputs.mdp;
         let (s, a) = (mdp.states as u64, mdp.actions as u64);
@@ -684,13 +940,18 @@ impl MdpEngine {
         let (alpha_ln2, log2e_over_alpha) = super::temperature_uniforms(inputs.alpha);
         lay_out(mdp, bands, self.core.max_workgroups, |place| {
             let (t0, t1, s0, s1) = place.span;
-            let (e0, e1) = (
-                mdp.csr().indptr[(s0 * a) as usize] as u64,
-                mdp.csr().indptr[(s1 * a) as usize] as u64,
-            );
+            let columns = dense_columns(s as usize) as u64;
+            let (e0, e1, entries) = match dense {
+                true => (s0 * a * columns, s1 * a * columns, s * a * columns),
+                false => (
+                    mdp.csr().indptr[(s0 * a) as usize] as u64,
+                    mdp.csr().indptr[(s1 * a) as usize] as u64,
+                    nnz,
+                ),
+            };
             let windows = vec![
                 window(s0 * a, s1 * a + 1, s * a + 1, 4, align),
-                window(e0, e1.max(e0 + 1), nnz, 4, align),
+                window(e0, e1.max(e0 + 1), entries, 4, align),
                 window(
                     (t0 * s + s0) * a,
                     ((t1 - 1) * s + s1) * a,
@@ -784,14 +1045,37 @@ impl MdpEngine {
     ) -> wgpu::BindGroup {
         let w = &layout.windows;
         let dynamics = common.dynamics;
+        let (shader, rows) = match (common.dense, &dynamics.dense) {
+            (Some(d), Some(p)) => (
+                &self.mdp_dense_backup,
+                [
+                    bind(&d.product, w[2].offset, w[2].size),
+                    d.shift.as_entire_binding(),
+                    // Only the optimistic backup's recomputed rows read P.
+                    match d.optimistic {
+                        true => bind(p, w[1].offset, w[1].size),
+                        false => dynamics.probs.as_entire_binding(),
+                    },
+                ],
+            ),
+            _ => (
+                &self.mdp_backup,
+                [
+                    bind(&dynamics.indptr, w[0].offset, w[0].size),
+                    bind(&dynamics.successors, w[1].offset, w[1].size),
+                    bind(&dynamics.probs, w[1].offset, w[1].size),
+                ],
+            ),
+        };
+        let [rows0, rows1, rows2] = rows;
         self.core.bind_group(
-            "softvi.mdp_backup",
-            &self.mdp_backup.group_layout,
+            shader.label,
+            &shader.group_layout,
             [
                 params,
-                bind(&dynamics.indptr, w[0].offset, w[0].size),
-                bind(&dynamics.successors, w[1].offset, w[1].size),
-                bind(&dynamics.probs, w[1].offset, w[1].size),
+                rows0,
+                rows1,
+                rows2,
                 bind(common.reward, w[2].offset, w[2].size),
                 bind(common.fixed, w[3].offset, w[3].size),
                 bind(v_in, w[4].offset, w[4].size),
@@ -848,7 +1132,7 @@ impl MdpEngine {
         progress: &mut OnProgress<'_>,
     ) -> Result<ChunkResult> {
         let unbounded = inputs.unbounded_tasks()[tasks.clone()].to_vec();
-        let chunk = self.plan_chunk(inputs, tasks, options, outputs)?;
+        let chunk = self.plan_chunk(inputs, dynamics, tasks, options, outputs)?;
         let mut run = self.backward(inputs, dynamics, &chunk, options, progress)?;
         run.outcomes.verdict = with_unbounded(run.outcomes.verdict, &unbounded);
         let diverged = matches!(run.outcomes.verdict, Verdict::Diverged(_));
@@ -905,6 +1189,7 @@ impl MdpEngine {
     fn plan_chunk(
         &mut self,
         inputs: &MdpInputs,
+        dynamics: &Dynamics,
         tasks: Range<usize>,
         options: &SolveOptions,
         outputs: Outputs,
@@ -913,7 +1198,15 @@ impl MdpEngine {
         let mdp = inputs.mdp;
         let n = tasks.len();
         let (s, a) = (mdp.states, mdp.actions);
-        let entries = |state: usize| mdp.csr().indptr[state * a] as u64;
+        let dense = dynamics.dense.is_some();
+        let optimistic = inputs.backup == Backup::Optimistic;
+        // The backup binds the rows of its states: CSR entries, or (read by the optimistic
+        // backup only) dense rows.
+        let entries = |state: usize| match (dense, optimistic) {
+            (false, _) => mdp.csr().indptr[state * a] as u64,
+            (true, true) => (state * a * dense_columns(s)) as u64,
+            (true, false) => 0,
+        };
         let (max_binding, max_workgroups) = (self.core.max_binding, self.core.max_workgroups);
         let bands = plan_mdp_bands(
             n,
@@ -924,8 +1217,13 @@ impl MdpEngine {
             max_binding,
             max_workgroups,
         )?;
-        let layouts = self.backup_layouts(inputs, n, &bands)?;
+        let layouts = self.backup_layouts(inputs, n, &bands, dense)?;
         let dispatch: Vec<[u32; 3]> = layouts.iter().map(|l| l.dispatch).collect();
+        let freeze = matches!(options.horizon, Horizon::Infinite { .. });
+        let dense = match dense {
+            true => Some(self.plan_dense(inputs, n, freeze)?),
+            false => None,
+        };
         let span_bounded = span_bounded_tasks(&inputs.fixed[tasks.start * s..tasks.end * s], n);
         let checks = self.core.checks(
             n,
@@ -969,7 +1267,7 @@ impl MdpEngine {
             weighted: false,
             actions: 0,
             write_q: false,
-            freeze: matches!(options.horizon, Horizon::Infinite { .. }),
+            freeze,
         };
         Ok(MdpChunk {
             task_states: tasks.start * s..tasks.end * s,
@@ -987,7 +1285,156 @@ impl MdpEngine {
             backup,
             params,
             steps,
+            dense,
         })
+    }
+
+    /// The dense product's bands and (pooled) buffers for a chunk of `tasks` tasks: bands of
+    /// whole states' rows whose P fits a binding, by tasks whose product fits one.
+    fn plan_dense(&mut self, inputs: &MdpInputs, tasks: usize, freeze: bool) -> Result<DenseChunk> {
+        use wgpu::BufferUsages as U;
+        let mdp = inputs.mdp;
+        let (n, s, a) = (tasks as u64, mdp.states as u64, mdp.actions as u64);
+        let columns = dense_columns(mdp.states) as u64;
+        let optimistic = inputs.backup == Backup::Optimistic;
+        let capacity = self.core.max_binding.saturating_sub(ALIGN_SLACK);
+        // `storage_for` checked that one state's rows fit.
+        let states_per_band = (capacity / (a * columns * 4)).clamp(1, s) as usize;
+        let task_tile = (tasks as u32).clamp(1, MAX_TASK_TILE);
+        let tiles_per_band = (capacity / ((s * a).max(columns) * 4) / task_tile as u64)
+            .clamp(1, self.core.max_workgroups as u64) as usize;
+        let tasks_per_band = tiles_per_band * task_tile as usize;
+        let mut bands = Vec::new();
+        for t0 in (0..tasks).step_by(tasks_per_band) {
+            for s0 in (0..mdp.states).step_by(states_per_band) {
+                bands.push(Band {
+                    task_base: t0,
+                    task_count: tasks_per_band.min(tasks - t0),
+                    first: s0,
+                    count: states_per_band.min(mdp.states - s0),
+                });
+            }
+        }
+        // vec4 windows: their origins must be whole vec4s.
+        let align = self.core.storage_align.max(16);
+        let scale = match optimistic {
+            true => (inputs.gamma as f32) * super::temperature_uniforms(inputs.alpha).1,
+            false => 0.0,
+        };
+        let mut params = Vec::new();
+        let mut dispatch = Vec::new();
+        for band in &bands {
+            let (t0, _, s0, s1) = span(band);
+            let tiles = band.task_count.div_ceil(task_tile as usize);
+            let (workgroups, _) =
+                band_dispatch(band.count * a as usize, tiles, self.core.max_workgroups)?;
+            let rows = (s0 * a, s1 * a);
+            let w = dense_windows(band, (n, s, a), align);
+            params.push(DenseParams {
+                states: s as u32,
+                actions: a as u32,
+                columns: columns as u32,
+                task_base: t0 as u32,
+                task_count: band.task_count as u32,
+                row_base: rows.0 as u32,
+                row_count: (rows.1 - rows.0) as u32,
+                dispatch_x: workgroups[0].max(1),
+                dense_origin: w.dense.origin as u32,
+                x_origin: w.x.origin as u32,
+                v_origin: w.v.origin as u32,
+                product_origin: w.product.origin as u32,
+                scale,
+                ..Default::default()
+            });
+            dispatch.push(workgroups);
+        }
+        let core = &mut self.core;
+        let product = core.buffer("softvi.dense_product", n * s * a * 4, U::STORAGE);
+        let x = core.buffer("softvi.dense_x", n * columns * 4, U::STORAGE);
+        let shift = core.buffer("softvi.dense_shift", n * 4, U::STORAGE);
+        let scratch = core.buffer("softvi.dense_scratch", 16, U::STORAGE);
+        let params = core.uniforms("softvi.dense_params", &params);
+        Ok(DenseChunk {
+            product,
+            x,
+            shift,
+            scratch,
+            bands,
+            params,
+            dispatch,
+            task_tile,
+            tasks: n,
+            states: s,
+            actions: a,
+            optimistic,
+            freeze,
+        })
+    }
+
+    /// The dispatches of the dense product of the values in `v` (`[task][state]` of the
+    /// chunk), in order: the optimistic backup's shift per task, then the product's bands.
+    /// `sweeps`: for the iteration's sweeps, which skip the tiles whose tasks have all stopped
+    /// (the policy and Q of a stopped task come from its final values: those always run).
+    fn dense_dispatches(
+        &mut self,
+        dynamics: &Dynamics,
+        chunk: &MdpChunk,
+        v: &wgpu::Buffer,
+        sweeps: bool,
+    ) -> Vec<DenseDispatch> {
+        let (Some(d), Some(p)) = (&chunk.dense, &dynamics.dense) else {
+            return Vec::new();
+        };
+        let (n, s, a) = (d.tasks, d.states, d.actions);
+        let align = self.core.storage_align.max(16);
+        let freeze = if d.freeze && sweeps { 1.0 } else { 0.0 };
+        let shift = self
+            .core
+            .pipeline(&self.mdp_dense, "mdp_dense_shift", &[("FREEZE", freeze)]);
+        let product = self.core.pipeline(
+            &self.mdp_dense,
+            "mdp_dense_product",
+            &[("TASK_TILE", d.task_tile as f64), ("FREEZE", freeze)],
+        );
+        let group = |b: usize, band: &Band, shift_pass: bool| {
+            let w = dense_windows(band, (n, s, a), align);
+            // The shift pass writes X, the product reads it: each group binds the scratch
+            // buffer where the other binds X.
+            let (x_in, x_out) = match shift_pass {
+                true => (
+                    d.scratch.as_entire_binding(),
+                    bind(&d.x, w.x.offset, w.x.size),
+                ),
+                false => (
+                    bind(&d.x, w.x.offset, w.x.size),
+                    d.scratch.as_entire_binding(),
+                ),
+            };
+            self.core.bind_group(
+                self.mdp_dense.label,
+                &self.mdp_dense.group_layout,
+                [
+                    d.params.bind(b),
+                    bind(p, w.dense.offset, w.dense.size),
+                    x_in,
+                    bind(&d.product, w.product.offset, w.product.size),
+                    chunk.checks.frozen.as_entire_binding(),
+                    bind(v, w.v.offset, w.v.size),
+                    x_out,
+                    d.shift.as_entire_binding(),
+                ],
+            )
+        };
+        let mut out = Vec::new();
+        // X of each task window, once (with the first band of its states).
+        for (b, band) in d.bands.iter().enumerate().filter(|(_, b)| b.first == 0) {
+            let workgroups = [1, 1, band.task_count as u32];
+            out.push((shift.clone(), group(b, band, true), workgroups));
+        }
+        for (b, band) in d.bands.iter().enumerate() {
+            out.push((product.clone(), group(b, band, false), d.dispatch[b]));
+        }
+        out
     }
 
     /// Uploads the chunk's inputs and runs the backward iteration from V_0 (V_T when finite).
@@ -1027,11 +1474,19 @@ impl MdpEngine {
         let groups: Vec<[wgpu::BindGroup; 2]> = (chunk.layouts.iter().enumerate())
             .map(|band| self.backup_pair(band, &common, &chunk.values, &chunk.backup))
             .collect();
-        let sweep = self.pipeline(chunk.key);
-        let sweep_checked = self.pipeline(MdpPipelineKey {
-            write_residual: true,
-            ..chunk.key
-        });
+        let sweep = self.chunk_pipeline(chunk, chunk.key);
+        let sweep_checked = self.chunk_pipeline(
+            chunk,
+            MdpPipelineKey {
+                write_residual: true,
+                ..chunk.key
+            },
+        );
+        // The dense product of each sweep's input, recorded before the sweep: [parity].
+        let dense = [
+            self.dense_dispatches(dynamics, chunk, &chunk.values[0], true),
+            self.dense_dispatches(dynamics, chunk, &chunk.values[1], true),
+        ];
         let extrapolate = self.core.extrapolate_pipeline.clone();
         let extrapolate_groups = match options.uses_extrapolation() {
             true => {
@@ -1062,6 +1517,9 @@ impl MdpEngine {
         };
         let checks = &chunk.checks;
         let mut record = |encoder: &mut wgpu::CommandEncoder, step| {
+            if let Step::Sweep { parity, .. } = step {
+                record_dense(encoder, &dense[parity]);
+            }
             kernels.record(encoder, checks, step);
         };
         wait(self.core.iterate(checks, options, &mut record, progress))
@@ -1070,13 +1528,18 @@ impl MdpEngine {
     /// pi (Q with `write_q`) from `chunk.values[from]` into `chunk.policy`, every band in one
     /// submission.
     fn policy_pass(&mut self, dynamics: &Dynamics, chunk: &MdpChunk, from: usize, write_q: bool) {
-        let pipeline = self.pipeline(MdpPipelineKey {
-            stage: MdpStage::Policy,
-            write_q,
-            ..chunk.key
-        });
+        let pipeline = self.chunk_pipeline(
+            chunk,
+            MdpPipelineKey {
+                stage: MdpStage::Policy,
+                write_q,
+                ..chunk.key
+            },
+        );
         let groups = self.policy_groups(dynamics, chunk, &chunk.values[from]);
+        let dense = self.dense_dispatches(dynamics, chunk, &chunk.values[from], false);
         let mut encoder = self.core.device.create_command_encoder(&Default::default());
+        record_dense(&mut encoder, &dense);
         for (layout, group) in chunk.layouts.iter().zip(&groups) {
             self.core
                 .dispatch(&mut encoder, &pipeline, group, layout.dispatch);
@@ -1220,18 +1683,26 @@ impl MdpEngine {
         let usage = U::STORAGE | U::COPY_SRC | U::COPY_DST;
         let v_next = self.core.buffer("softvi.step_v", chunk.v_bytes, usage);
         let pipeline = self.pipeline(occ.key);
-        let policy = self.pipeline(MdpPipelineKey {
-            stage: MdpStage::Policy,
-            ..chunk.key
-        });
-        let q = self.pipeline(MdpPipelineKey {
-            stage: MdpStage::Policy,
-            write_q: true,
-            ..chunk.key
-        });
+        let policy = self.chunk_pipeline(
+            chunk,
+            MdpPipelineKey {
+                stage: MdpStage::Policy,
+                ..chunk.key
+            },
+        );
+        let q = self.chunk_pipeline(
+            chunk,
+            MdpPipelineKey {
+                stage: MdpStage::Policy,
+                write_q: true,
+                ..chunk.key
+            },
+        );
         let groups = self.occupancy_groups(dynamics, chunk, occ, &chunk.checks);
         let step_policy = self.policy_groups(dynamics, chunk, &v_next);
+        let dense = self.dense_dispatches(dynamics, chunk, &v_next, false);
         let pass = ForwardPass {
+            prepare: &dense,
             horizon,
             v_bytes: chunk.v_bytes,
             steps,
@@ -1288,7 +1759,7 @@ impl MdpEngine {
         let groups = self.occupancy_groups(dynamics, chunk, occ, &checks);
         // The extrapolation runs over the occupancy bands (laid out as the backup's: the same
         // states and dispatch) with no fixed state.
-        let extrapolate_bands: Vec<_> = (self.backup_layouts(inputs, n, &occ.bands)?.iter())
+        let extrapolate_bands: Vec<_> = (self.backup_layouts(inputs, n, &occ.bands, false)?.iter())
             .map(Layout::extrapolate_band)
             .collect();
         let extrapolate_groups = match options.uses_extrapolation() {
@@ -1378,6 +1849,7 @@ impl MdpChunk {
             fixed: &self.fixed,
             partials: &self.checks.partials,
             frozen: &self.checks.frozen,
+            dense: self.dense.as_ref(),
         }
     }
 }
@@ -1385,4 +1857,65 @@ impl MdpChunk {
 /// `values` rounded to the f32 the kernels read.
 pub(super) fn to_f32(values: &[f64]) -> Vec<f32> {
     values.iter().map(|&x| x as f32).collect()
+}
+
+/// Rows per upload of the dense matrix: about 4 MiB of host memory at a time, whatever S.
+const DENSE_UPLOAD_BYTES: usize = 4 << 20;
+
+/// P of `mdp` as the dense `[s * A + a][column]` f32 matrix on the device, [`dense_columns`]
+/// entries a row (entries of a row that name one successor twice add up), built and uploaded
+/// a block of rows at a time.
+fn upload_dense(core: &mut GpuCore, mdp: &TabularMdp) -> wgpu::Buffer {
+    use wgpu::BufferUsages as U;
+    let (s, rows) = (dense_columns(mdp.states), mdp.states * mdp.actions);
+    let buffer = core.buffer(
+        "softvi.dense",
+        (rows * s * 4) as u64,
+        U::STORAGE | U::COPY_DST,
+    );
+    let per_block = (DENSE_UPLOAD_BYTES / (4 * s).max(1)).max(1);
+    let mut block = Vec::new();
+    for first in (0..rows).step_by(per_block) {
+        let end = (first + per_block).min(rows);
+        block.clear();
+        block.resize((end - first) * s, 0.0f32);
+        for row in first..end {
+            let out = &mut block[(row - first) * s..][..s];
+            // A model kept dense is read as it is, without building its CSR.
+            match mdp.transitions.dense_rows() {
+                Some(p) => {
+                    let given = &p[row * mdp.states..(row + 1) * mdp.states];
+                    for (o, &x) in out.iter_mut().zip(given) {
+                        *o = x as f32;
+                    }
+                }
+                None => {
+                    let csr = mdp.csr();
+                    let range = csr.indptr[row] as usize..csr.indptr[row + 1] as usize;
+                    for (&j, &p) in csr.indices[range.clone()].iter().zip(&csr.probs[range]) {
+                        out[j as usize] += p as f32;
+                    }
+                }
+            }
+        }
+        let at = (first * s * 4) as u64;
+        core.queue
+            .write_buffer(&buffer, at, bytemuck::cast_slice(&block));
+        // Hands the block to the device now, so that its staging copy is freed with it.
+        core.queue.submit([]);
+    }
+    buffer
+}
+
+/// Records `dispatches` (from [`MdpEngine::dense_dispatches`]) into `encoder`, one pass each.
+fn record_dense(encoder: &mut wgpu::CommandEncoder, dispatches: &[DenseDispatch]) {
+    for (pipeline, group, [x, y, z]) in dispatches {
+        if x * y * z == 0 {
+            continue;
+        }
+        let mut pass = encoder.begin_compute_pass(&Default::default());
+        pass.set_pipeline(pipeline);
+        pass.set_bind_group(0, group, &[]);
+        pass.dispatch_workgroups(*x, *y, *z);
+    }
 }

@@ -35,7 +35,7 @@ use super::rows_on_threads;
 use crate::engine::cpu::mdp_occupancy::occupancy_inflow;
 use crate::engine::cpu::residual_reduce::SweepStats;
 use crate::engine::cpu::{mdp_action_values, write_policy};
-use crate::engine::layout::MdpInputs;
+use crate::engine::layout::{MdpInputs, SLICE_LANES, dense_transitions};
 use crate::engine::options::Backup;
 use crate::engine::solution::Real;
 use crate::world::mdp::Transpose;
@@ -43,6 +43,10 @@ use crate::world::mdp::Transpose;
 /// States per block: one slice entry is one 8-lane vector (AVX2's f32 width; AVX-512 runs
 /// the same layout, its gathers being no wider in throughput).
 pub const LANES: usize = 8;
+const _: () = assert!(
+    LANES == SLICE_LANES,
+    "the density rule pads rows as this layout does"
+);
 
 /// Blocks per unit of work a thread takes from the queue (sliced layout).
 const UNIT_BLOCKS: usize = 128;
@@ -411,9 +415,8 @@ impl NativeMdp {
                     .unwrap_or(0);
                 rows_start.push(rows_start[b] + longest);
             }
-            // Dense where the sliced layout (index and probability per entry and lane) would
-            // take at least the dense matrix's bytes.
-            dense = 4 * states * actions * states <= 8 * LANES * entries;
+            // The one rule the GPU engine chooses by too.
+            dense = dense_transitions(mdp);
             if dense {
                 (slice_start, cols, rows_start) = (Vec::new(), Vec::new(), Vec::new());
                 let mut rows = vec![0.0f32; states * actions * states];
