@@ -31,7 +31,7 @@ use std::sync::Mutex;
 
 use super::fast_math::{exp_f32, ln_f32, madd};
 use super::grid_backup::{RowStats, VECTORS, Vectors, extrapolate_padded, on_threads, with_avx2};
-use super::rows_on_threads;
+use super::{huge_pages, rows_on_threads};
 use crate::engine::cpu::mdp_occupancy::occupancy_inflow;
 use crate::engine::cpu::residual_reduce::SweepStats;
 use crate::engine::cpu::{mdp_action_values, write_policy};
@@ -420,6 +420,7 @@ impl NativeMdp {
             if dense {
                 (slice_start, cols, rows_start) = (Vec::new(), Vec::new(), Vec::new());
                 let mut rows = vec![0.0f32; states * actions * states];
+                huge_pages(&mut rows);
                 for (row, out) in rows.chunks_exact_mut(states).enumerate() {
                     let range = csr.indptr[row] as usize..csr.indptr[row + 1] as usize;
                     for (&j, &p) in csr.indices[range.clone()].iter().zip(&csr.probs[range]) {
@@ -428,8 +429,11 @@ impl NativeMdp {
                 }
                 probs = rows;
             } else {
-                cols = vec![padded as u32; entries * LANES];
+                cols = vec![0u32; entries * LANES];
+                huge_pages(&mut cols);
+                cols.fill(padded as u32);
                 let mut sliced = vec![0.0f32; entries * LANES];
+                huge_pages(&mut sliced);
                 for s in 0..states {
                     let (b, lane) = (s / LANES, s % LANES);
                     for a in 0..actions {
@@ -974,6 +978,7 @@ fn dense_f32(p: &[f64]) -> Vec<f32> {
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     // Zeroed pages are mapped on first write: each thread faults in its own part.
     let mut out = vec![0.0f32; p.len()];
+    huge_pages(&mut out);
     let per = p.len().div_ceil(threads).max(1);
     std::thread::scope(|scope| {
         for (dst, src) in out.chunks_mut(per).zip(p.chunks(per)) {
