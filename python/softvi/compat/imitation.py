@@ -14,7 +14,9 @@ Same signatures, shapes and conventions as imitation's (``env`` a ``seals`` tabu
 float64 arrays: the CPU reference's f64 values (on the env's own float64 entries, within
 1e-10 of imitation's recurrences), or a GPU's float32 values; the policy's rows are
 renormalised in float64 (a change within the engine's rounding), so that they sum to 1 as
-NumPy's ``Generator.choice`` checks it in imitation's own rollouts.
+NumPy's ``Generator.choice`` checks it in imitation's own rollouts. A dense float64
+``transition_matrix`` is read in place during a call (10^8 entries are not copied): keep it
+unchanged while a call runs.
 """
 
 from __future__ import annotations
