@@ -317,6 +317,49 @@ fn mdp_shards_merge_to_the_whole_solve_infinite_horizon() {
     shards_merge_to_whole(&world, 4, tmp.path());
 }
 
+/// Modified policy iteration: each task freezes at its own improvement, so Slurm-style shards
+/// merge to the whole solve's bits; the shards' per-task evaluation sweeps are joined.
+#[test]
+fn mdp_mpi_shards_merge_to_the_whole_solve() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mdp = write_mdp(tmp.path(), "mdp.npz", 9, 12);
+    for backend in ["native", "cpu"] {
+        let dir = tmp.path().join(backend);
+        std::fs::create_dir(&dir).unwrap();
+        let world: Vec<String> = [
+            "--mdp",
+            &mdp,
+            "--alpha",
+            "0",
+            "--gamma",
+            "0.95",
+            "--tol",
+            "1e-5",
+            "--method",
+            "mpi",
+            "--evaluations",
+            "5",
+            "--backend",
+            backend,
+        ]
+        .map(String::from)
+        .to_vec();
+        let whole = shards_merge_to_whole(&world, 4, &dir);
+        assert_eq!(whole["method"], "mpi");
+        let iterations = whole["iterations"].as_array().unwrap();
+        assert!(
+            iterations.iter().any(|i| *i != iterations[0]),
+            "{backend}: the tasks should stop at different improvements: {iterations:?}"
+        );
+        let sweeps: Vec<u64> = (whole["iterations"].as_array().unwrap().iter())
+            .map(|i| 5 * (i.as_u64().unwrap() - 1))
+            .collect();
+        assert_eq!(whole["evaluation_sweeps"], serde_json::json!(sweeps));
+        let merged = summary(&dir.join("merged"));
+        assert_eq!(merged["evaluation_sweeps"], whole["evaluation_sweeps"]);
+    }
+}
+
 /// Each file of `dir` with its bytes, to show a refused merge touched nothing.
 fn snapshot(dir: &Path) -> Vec<(String, Vec<u8>)> {
     let mut files: Vec<(String, Vec<u8>)> = std::fs::read_dir(dir)

@@ -224,6 +224,27 @@ def test_mdp_batch_in_shards_equals_the_single_solve(device, horizon):
     assert_same(got, want)
 
 
+@pytest.mark.parametrize("mpi_device", ["cpu", "native"])
+def test_mpi_batch_in_shards_equals_the_single_solve(mpi_device):
+    """``method="mpi"`` through Ray: each task freezes at its own check, so the shards give the
+    single solve's bits (the evaluation sweeps included)."""
+    rng = np.random.default_rng(6)
+    states, actions, tasks = 41, 3, 7
+    p = random_mdp(rng, states, actions, sparsity=0.7)
+    # Reward scales from 1e-3 to 3: the tasks need different numbers of improvements.
+    scale = np.logspace(-3, 0.5, tasks)[:, None, None]
+    reward = rng.normal(size=(tasks, states, actions)) * scale
+    # Terminals: no span bound, so the stop depends on each task's scale.
+    terminal = rng.random((tasks, states)) < 0.1
+    mdp = softvi.TabularMDP(p, reward, terminal=terminal)
+    kwargs = dict(alpha=0.0, gamma=0.95, tol=1e-3, method="mpi", evaluations=3, q=True)
+    want = softvi.solve(mdp, device=mpi_device, **kwargs)
+    assert want.status == ["converged"] * tasks
+    assert len(set(want.iterations)) > 1, "the tasks should stop at different improvements"
+    got = softvi.ray.solve(mdp, shards=3, progress=False, device=mpi_device, **kwargs)
+    assert_same(got, want)
+
+
 def test_an_unbatched_mdp_keeps_no_task_axis():
     rng = np.random.default_rng(5)
     mdp = softvi.TabularMDP(random_mdp(rng, 9, 2), rng.normal(size=(9, 2)))
