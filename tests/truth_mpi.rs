@@ -254,7 +254,7 @@ fn native_grid_mpi_reaches_the_fixed_point() {
     ];
     for (p, problem) in problems.iter().enumerate() {
         let tasks = problem.tasks.len();
-        for alpha in [0.0, 0.5] {
+        for alpha in [0.0, 0.05, 0.5] {
             for gamma in [0.9, 0.99, 0.999] {
                 let truth = solve_cpu(
                     problem,

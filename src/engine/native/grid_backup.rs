@@ -864,6 +864,7 @@ impl NativeGrid {
             .shared
             .then(|| self.row_coefficients(input, task, row))
             .flatten();
+        // Whether the row ran in the shared form (then only its untrusted cells are redone).
         let shared = match coefficients {
             Some(coefficients) => {
                 // The window still holds this row's exponentials: no recomputation.
@@ -882,7 +883,9 @@ impl NativeGrid {
                     move_gamma: self.gamma * (1.0 - self.slip),
                     moves: self.moves,
                 };
-                shared_policy_row(&args, v_out, sums, weight, reward);
+                if shared_policy_row(&args, flags, v_out, sums, (weight, reward)) {
+                    return;
+                }
                 true
             }
             None => false,
@@ -996,39 +999,41 @@ struct PolicyRow<'a> {
 
 with_avx2!(shared_policy_row => shared_policy_row_any(
     args: &PolicyRow<'_>,
+    flags: &[u8],
     v_out: &[f32],
     sums: &[f32],
-    weight: &mut [f32],
-    reward: &mut [f32]
-) -> ());
+    kept: (&mut [f32], &mut [f32])
+) -> bool);
 
 #[inline(always)]
 fn shared_policy_row_any<const FMA: bool>(
     args: &PolicyRow<'_>,
+    flags: &[u8],
     v_out: &[f32],
     sums: &[f32],
-    weight: &mut [f32],
-    reward: &mut [f32],
-) {
+    (weight, reward): (&mut [f32], &mut [f32]),
+) -> bool {
     match args.moves >= 8 {
-        true => shared_policy_row_n::<FMA, true>(args, v_out, sums, weight, reward),
-        false => shared_policy_row_n::<FMA, false>(args, v_out, sums, weight, reward),
+        true => shared_policy_row_n::<FMA, true>(args, flags, v_out, sums, weight, reward),
+        false => shared_policy_row_n::<FMA, false>(args, flags, v_out, sums, weight, reward),
     }
 }
 
 /// The shared form's policy over one row: `pi_a = coefficient_a E(n_a) / sum` (the terms of
 /// the sum whose log gave the value), the blocked moves and STAY folded into the cell itself
 /// as the sum folds them. Cells whose sum is out of the trusted range get garbage here and
-/// are redone by the caller. Loops run destination by destination over the row (each a plain
-/// zip of rows, which vectorises), `reward` holding `1 / sum` until its turn.
+/// are redone by the caller (told so by `false`, when there are any). Loops run destination
+/// by destination over the row (each a plain zip of rows, which vectorises), `reward` holding
+/// `1 / sum` until its turn.
 #[inline(always)]
 fn shared_policy_row_n<const FMA: bool, const DIAGONALS: bool>(
     args: &PolicyRow<'_>,
+    flags: &[u8],
     v_out: &[f32],
     sums: &[f32],
     weight: &mut [f32],
     reward: &mut [f32],
-) {
+) -> bool {
     let w = v_out.len();
     let moves = if DIAGONALS { 8 } else { 4 };
     let (sums, reward) = (&sums[..w], &mut reward[..w]);
@@ -1040,8 +1045,14 @@ fn shared_policy_row_n<const FMA: bool, const DIAGONALS: bool>(
     });
     let e_rows: [&[f32]; 3] = std::array::from_fn(|k| &args.e_rows[k][..w + 2]);
     let (slip_gamma, move_gamma) = (args.slip_gamma, args.move_gamma);
-    for (inverse, &sum) in reward.iter_mut().zip(sums) {
-        *inverse = 1.0 / pick(sum > 0.0, sum, 1.0);
+    let flags = &flags[..w];
+    let mut unsure = 0u32;
+    for j in 0..w {
+        // As in `shared_row_n`: `&`, not `&&`, so that the loop vectorises.
+        #[allow(clippy::manual_range_contains)]
+        let trusted = (sums[j] >= SUM_LOW) & (sums[j] <= SUM_HIGH);
+        unsure |= (!trusted & (flags[j] & FIXED == 0)) as u32;
+        reward[j] = 1.0 / pick(sums[j] > 0.0, sums[j], 1.0);
     }
     let (planes, own) = weight[..(moves + 1) * w].split_at_mut(moves * w);
     let own = &mut own[..w];
@@ -1079,6 +1090,7 @@ fn shared_policy_row_n<const FMA: bool, const DIAGONALS: bool>(
             reward[j] = madd::<FMA>(-plane[j], v[j], reward[j]);
         }
     }
+    unsure == 0
 }
 
 /// What [`hard_policy_row`] reads for one row of one task.
