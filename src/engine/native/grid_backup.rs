@@ -426,7 +426,7 @@ impl NativeGrid {
         let mut blocks = Vec::new();
         let planes = v.chunks_mut(self.plane()).zip(shift.chunks_mut(h + 2));
         // Each block's policy rows, in the blocks' order (a task's last block may be short).
-        let row_weights = (self.moves + 1) * w;
+        let row_weights = self.policy_planes() * w;
         let mut policy_rows = policy.map(|p| {
             let weight = (p.weight.chunks_mut(h * row_weights))
                 .flat_map(|task| task.chunks_mut(BLOCK_ROWS * row_weights));
@@ -517,14 +517,15 @@ impl NativeGrid {
                 let v_out = &mut block.v[base..base + self.width];
                 let w = self.width;
                 let kept = block.policy.as_mut().map(|(weight, reward)| {
-                    let weight = &mut weight[i * (self.moves + 1) * w..][..(self.moves + 1) * w];
+                    let planes = self.policy_planes();
+                    let weight = &mut weight[i * planes * w..][..planes * w];
                     (weight, &mut reward[i * w..][..w])
                 });
                 let (row_stats, top) = match kept {
                     // The hard max's improvement in one vectorised pass (the sweep's per-cell
                     // form would take a second one for the policy).
-                    Some((weight, reward)) if self.alpha == 0.0 => {
-                        let kept = (weight, reward, &mut sums[..]);
+                    Some((destination, reward)) if self.alpha == 0.0 => {
+                        let kept = (destination, reward);
                         self.improve_hard_row(input, block.task, row, v_out, kept)
                     }
                     kept => {
@@ -742,16 +743,18 @@ impl NativeGrid {
 /// What an improvement of modified policy iteration leaves for the evaluation sweeps after it
 /// ([`NativeGrid::improve`], [`NativeGrid::evaluate`]): per cell a stencil over the cells the
 /// policy reaches, so that an evaluation `T_pi V(s) = r_pi(s) + sum_d weight_d(s) V(d)` reads
-/// no exp or log. At alpha = 0 the stencil is one-hot (with slip, plus the slip's uniform
-/// share): one layout for both temperatures, since an evaluation of a row reads its
-/// neighbours' values either way and the weights stay in cache on maps of this size.
+/// no exp or log. At alpha = 0 the stencil is one-hot (plus the slip's uniform share), kept
+/// as the chosen destination alone: an evaluation then reads 8 bytes a cell, not 4 per
+/// destination and 4 (it is bound by that traffic).
 #[derive(Clone, Debug)]
 pub struct NativeGridPolicy {
     /// `gamma ((1 - eps) pi(d|s) + eps n_d / |A|)`, the discounted probability of reaching
     /// destination `d` (`pi(d|s)` the policy's mass on the actions that lead there, `n_d`
     /// their count): `[task][row][destination][col]`, destination `a` < moves the move of
     /// action `a` (0 where it is illegal), destination `moves` the cell itself (blocked moves
-    /// and STAY). Fixed cells: anything (an evaluation copies them).
+    /// and STAY). Fixed cells: anything (an evaluation copies them). At alpha = 0, the chosen
+    /// action's destination instead (as an f32, which the row loops compare without
+    /// widening), `[task][row][col]`.
     weight: Vec<f32>,
     /// `r_pi(s) = V'(s) - sum_d weight_d(s) V(d)` at the improvement's input `V` (the
     /// policy's expected reward plus alpha times its entropy), `[task][row][col]`.
@@ -759,11 +762,20 @@ pub struct NativeGridPolicy {
 }
 
 impl NativeGrid {
+    /// Rows of [`NativeGridPolicy::weight`] per map row: a weight per destination, or at
+    /// alpha = 0 the one destination.
+    fn policy_planes(&self) -> usize {
+        match self.alpha == 0.0 {
+            true => 1,
+            false => self.moves + 1,
+        }
+    }
+
     /// An empty policy of the right shape for [`NativeGrid::improve`] to fill.
     pub fn new_policy(&self) -> NativeGridPolicy {
         let rows = self.tasks * self.height;
         NativeGridPolicy {
-            weight: vec![0.0; rows * (self.moves + 1) * self.width],
+            weight: vec![0.0; rows * self.policy_planes() * self.width],
             reward: vec![0.0; rows * self.width],
         }
     }
@@ -803,7 +815,7 @@ impl NativeGrid {
         let NativeState { v, shift } = output;
         let queue = Mutex::new(self.row_blocks(v, shift, None).into_iter());
         let queue = &queue;
-        let (h, w, destinations) = (self.height, self.width, self.moves + 1);
+        let (h, w, destinations) = (self.height, self.width, self.policy_planes());
         // Each cell's value is its own: the thread count changes no bit.
         let threads = threads.min((self.tasks * h * w).div_ceil(EVALUATION_CELLS_PER_THREAD));
         let work = || {
@@ -835,7 +847,19 @@ impl NativeGrid {
                         moves: self.moves,
                     };
                     let base = i * self.stride + 1;
-                    let top = evaluate_row(&args, &mut block.v[base..base + w]);
+                    let v_out = &mut block.v[base..base + w];
+                    let top = match self.alpha == 0.0 {
+                        true => {
+                            let hard = HardEvaluation {
+                                mask: self.row_slice(&self.mask, 0, row),
+                                stay: self.stay_actions,
+                                move_gamma: self.gamma * (1.0 - self.slip),
+                                slip_gamma: self.slip_share * self.gamma,
+                            };
+                            evaluate_hard_row(&args, &hard, v_out)
+                        }
+                        false => evaluate_row(&args, v_out),
+                    };
                     block.shift[i] = shift_of(top);
                 }
             }
@@ -904,16 +928,16 @@ impl NativeGrid {
     }
 
     /// One row of an improvement at alpha = 0: the new values into `v_out` (the hard max of
-    /// the per-cell form's Q, the same arithmetic in the same order), the one-hot stencil into
-    /// `weight` and `r_pi = R - c(chosen)` into `reward`; `scratch` (`width` cells) holds the
-    /// chosen destinations between the passes. The row's statistics and largest live value.
+    /// the per-cell form's Q, the same arithmetic in the same order), the chosen action's
+    /// destination into `destination` and `r_pi = R - c(chosen)` into `reward`. The row's
+    /// statistics and largest live value.
     fn improve_hard_row(
         &self,
         input: &NativeState,
         task: usize,
         row: usize,
         v_out: &mut [f32],
-        (weight, reward, scratch): (&mut [f32], &mut [f32], &mut [f32]),
+        (destination, reward): (&mut [f32], &mut [f32]),
     ) -> (RowStats, f32) {
         let row_base = task * self.plane() + (row + 1) * self.stride + 1;
         let args = HardRow {
@@ -921,16 +945,14 @@ impl NativeGrid {
             base: row_base,
             stride: self.stride,
             mask: self.row_slice(&self.mask, 0, row),
-            blocked: &self.blocked[row_base - task * self.plane()..],
             reward: &self.reward[row_base..row_base + self.width],
             step_cost: &self.step_cost,
-            stay_actions: self.stay_actions,
             gamma: self.gamma,
             slip: self.slip,
             slip_share: self.slip_share,
             moves: self.moves,
         };
-        hard_policy_row(&args, v_out, weight, reward, scratch);
+        hard_policy_row(&args, v_out, destination, reward);
         let flags = self.row_slice(&self.flags, task, row);
         finish_row(flags, &input.v[row_base..row_base + self.width], v_out)
     }
@@ -1101,12 +1123,9 @@ struct HardRow<'a> {
     base: usize,
     stride: usize,
     mask: &'a [u8],
-    /// Blocked moves by kind, from the row's first cell.
-    blocked: &'a [u8],
     reward: &'a [f32],
     /// Per action.
     step_cost: &'a [f32],
-    stay_actions: f32,
     gamma: f32,
     slip: f32,
     slip_share: f32,
@@ -1116,46 +1135,42 @@ struct HardRow<'a> {
 with_avx2!(hard_policy_row => hard_policy_row_any(
     args: &HardRow<'_>,
     v_out: &mut [f32],
-    weight: &mut [f32],
-    reward: &mut [f32],
-    scratch: &mut [f32]
+    destination: &mut [f32],
+    reward: &mut [f32]
 ) -> ());
 
 #[inline(always)]
 fn hard_policy_row_any<const FMA: bool>(
     args: &HardRow<'_>,
     v_out: &mut [f32],
-    weight: &mut [f32],
+    destination: &mut [f32],
     reward: &mut [f32],
-    scratch: &mut [f32],
 ) {
     let stay = args.step_cost.len() > args.moves;
     match (args.moves >= 8, stay) {
-        (true, true) => hard_policy_row_n::<true, true>(args, v_out, weight, reward, scratch),
-        (true, false) => hard_policy_row_n::<true, false>(args, v_out, weight, reward, scratch),
-        (false, true) => hard_policy_row_n::<false, true>(args, v_out, weight, reward, scratch),
-        (false, false) => hard_policy_row_n::<false, false>(args, v_out, weight, reward, scratch),
+        (true, true) => hard_policy_row_n::<true, true>(args, v_out, destination, reward),
+        (true, false) => hard_policy_row_n::<true, false>(args, v_out, destination, reward),
+        (false, true) => hard_policy_row_n::<false, true>(args, v_out, destination, reward),
+        (false, false) => hard_policy_row_n::<false, false>(args, v_out, destination, reward),
     }
 }
 
 /// [`NativeGrid::cell_q`]'s expected Q of every action of every cell of a row (the same
 /// operations in the same order: no fused multiply-add), the hard max into `v_out`, the
 /// first action reaching it as its destination (a move's index, or `moves` for the cell
-/// itself) into `scratch`, `r_pi = R - c(chosen)` into `reward`; then the one-hot stencil
-/// `weight`, destination by destination.
+/// itself) into `destination`, `r_pi = R - c(chosen)` into `reward`.
 #[inline(always)]
 fn hard_policy_row_n<const DIAGONALS: bool, const STAY: bool>(
     args: &HardRow<'_>,
     v_out: &mut [f32],
-    weight: &mut [f32],
+    destination: &mut [f32],
     reward: &mut [f32],
-    scratch: &mut [f32],
 ) {
     let w = v_out.len();
     let moves = if DIAGONALS { 8 } else { 4 };
     let n = moves + STAY as usize;
-    let (mask, blocked, r) = (&args.mask[..w], &args.blocked[..w], &args.reward[..w]);
-    let (reward, scratch) = (&mut reward[..w], &mut scratch[..w]);
+    let (mask, r) = (&args.mask[..w], &args.reward[..w]);
+    let (reward, chosen) = (&mut reward[..w], &mut destination[..w]);
     let v_rows: [&[f32]; 3] = std::array::from_fn(|k| {
         let first = args.base + k * args.stride - args.stride - 1;
         &args.v[first..first + w + 2]
@@ -1192,24 +1207,79 @@ fn hard_policy_row_n<const DIAGONALS: bool, const STAY: bool>(
         }
         v_out[j] = value;
         reward[j] = r[j] - chosen_cost;
-        scratch[j] = destination;
+        chosen[j] = destination;
     }
-    let move_gamma = gamma * (1.0 - slip);
-    let slip_gamma = slip_share * gamma;
-    let (planes, own) = weight[..(moves + 1) * w].split_at_mut(moves * w);
-    for (a, plane) in planes.chunks_exact_mut(w).enumerate() {
-        for j in 0..w {
-            let legal = (mask[j] as u32 >> a) & 1 != 0;
-            let chosen = pick(scratch[j] == a as f32, move_gamma, 0.0);
-            plane[j] = pick(legal, slip_gamma, 0.0) + chosen;
-        }
+}
+
+/// The one-hot policy's evaluation reads besides [`EvaluateRow`] (whose `weight` then holds
+/// the chosen destinations).
+struct HardEvaluation<'a> {
+    mask: &'a [u8],
+    /// 1 with a STAY action, else 0.
+    stay: f32,
+    /// `gamma (1 - slip)`.
+    move_gamma: f32,
+    /// `gamma * slip / |A|`.
+    slip_gamma: f32,
+}
+
+with_avx2!(evaluate_hard_row => evaluate_hard_row_any(
+    args: &EvaluateRow<'_>,
+    hard: &HardEvaluation<'_>,
+    v_out: &mut [f32]
+) -> f32);
+
+#[inline(always)]
+fn evaluate_hard_row_any<const FMA: bool>(
+    args: &EvaluateRow<'_>,
+    hard: &HardEvaluation<'_>,
+    v_out: &mut [f32],
+) -> f32 {
+    match args.moves >= 8 {
+        true => evaluate_hard_row_n::<FMA, true>(args, hard, v_out),
+        false => evaluate_hard_row_n::<FMA, false>(args, hard, v_out),
     }
+}
+
+/// One row of a policy evaluation at alpha = 0, `V'(s) = r_pi(s) + gamma ((1 - eps)
+/// V(chosen) + eps / |A| sum_a V(n_a))` (fixed cells copied); returns the largest new live
+/// value.
+#[inline(always)]
+fn evaluate_hard_row_n<const FMA: bool, const DIAGONALS: bool>(
+    args: &EvaluateRow<'_>,
+    hard: &HardEvaluation<'_>,
+    v_out: &mut [f32],
+) -> f32 {
+    let w = v_out.len();
+    let moves = if DIAGONALS { 8 } else { 4 };
+    let (flags, reward) = (&args.flags[..w], &args.reward[..w]);
+    let (chosen, mask) = (&args.weight[..w], &hard.mask[..w]);
+    let v_rows: [&[f32]; 3] = std::array::from_fn(|k| {
+        let first = args.base + k * args.stride - args.stride - 1;
+        &args.v[first..first + w + 2]
+    });
+    let mut top = ordered(f32::NEG_INFINITY);
     for j in 0..w {
-        let b = blocked[j] as u32;
-        let staying = (b & 15) as f32 + (b >> 4) as f32 + args.stay_actions;
-        let chosen = pick(scratch[j] == moves as f32, move_gamma, 0.0);
-        own[j] = slip_gamma * staying + chosen;
+        let own = v_rows[1][j + 1];
+        let m = mask[j] as u32;
+        let (mut total, mut next) = (hard.stay * own, own);
+        for a in 0..moves {
+            let (k, c) = PADDED_STEPS[a];
+            let moved = pick((m >> a) & 1 != 0, v_rows[k][j + c], own);
+            total += moved;
+            next = pick(chosen[j] == a as f32, moved, next);
+        }
+        let value = madd::<FMA>(
+            hard.move_gamma,
+            next,
+            madd::<FMA>(hard.slip_gamma, total, reward[j]),
+        );
+        let (fixed, live) = (flags[j] & FIXED != 0, flags[j] & LIVE != 0);
+        let new = pick(fixed, own, value);
+        v_out[j] = new;
+        top = top.max(ordered(pick(live, new, f32::NEG_INFINITY)));
     }
+    from_ordered(top)
 }
 
 /// What [`evaluate_row`] reads for one row of one task.
