@@ -490,7 +490,8 @@ impl NativeGrid {
         queue: &Mutex<std::vec::IntoIter<RowBlock<'a>>>,
     ) -> Vec<RowStats> {
         let mut stats = vec![RowStats::default(); self.tasks];
-        let mut sums = vec![0.0f32; self.width];
+        // Two rows: the hard max's row loop keeps its policy there (`sweep_row`).
+        let mut sums = vec![0.0f32; 2 * self.width];
         let mut window = ExpWindow {
             rows: std::array::from_fn(|_| vec![0.0f32; self.stride]),
             holds: [None; 3],
@@ -575,7 +576,7 @@ impl NativeGrid {
     }
 
     /// The new values of one row of one task into `v_out` (`width` cells); `sums` is
-    /// scratch of `width` cells.
+    /// scratch of `2 width` cells.
     fn sweep_row(
         &self,
         input: &NativeState,
@@ -626,6 +627,12 @@ impl NativeGrid {
                         v_out[j] = self.cell_value(task, row_base + j, &input.v);
                     }
                 }
+            }
+            // The hard max (alpha = 0 has the expected backup only): the per-cell form's
+            // arithmetic in one vectorised row loop (the same bits), its policy discarded.
+            None if self.alpha == 0.0 => {
+                let (destination, reward) = sums.split_at_mut(self.width);
+                hard_policy_row(&self.hard_row(input, task, row), v_out, destination, reward);
             }
             None => {
                 for j in 0..self.width {
@@ -940,7 +947,15 @@ impl NativeGrid {
         (destination, reward): (&mut [f32], &mut [f32]),
     ) -> (RowStats, f32) {
         let row_base = task * self.plane() + (row + 1) * self.stride + 1;
-        let args = HardRow {
+        hard_policy_row(&self.hard_row(input, task, row), v_out, destination, reward);
+        let flags = self.row_slice(&self.flags, task, row);
+        finish_row(flags, &input.v[row_base..row_base + self.width], v_out)
+    }
+
+    /// What [`hard_policy_row`] reads for `row` of `task`.
+    fn hard_row<'a>(&'a self, input: &'a NativeState, task: usize, row: usize) -> HardRow<'a> {
+        let row_base = task * self.plane() + (row + 1) * self.stride + 1;
+        HardRow {
             v: &input.v,
             base: row_base,
             stride: self.stride,
@@ -951,10 +966,7 @@ impl NativeGrid {
             slip: self.slip,
             slip_share: self.slip_share,
             moves: self.moves,
-        };
-        hard_policy_row(&args, v_out, destination, reward);
-        let flags = self.row_slice(&self.flags, task, row);
-        finish_row(flags, &input.v[row_base..row_base + self.width], v_out)
+        }
     }
 
     /// The per-cell form of a cell's policy (padded index `index` of `task`, new value
