@@ -461,3 +461,55 @@ fn an_unknown_vectors_cap_is_said() {
         "{err}"
     );
 }
+
+/// At alpha = 0 the sweep runs the hard max as one vectorised row loop: bit for bit the
+/// per-cell form (`NativeGrid::cell_value`, the shader's arithmetic) on every free cell, for 4
+/// and 8 moves, with and without STAY, slip and reward maps, from random values.
+#[test]
+fn the_hard_max_row_loop_is_the_per_cell_form() {
+    use rand::rngs::StdRng;
+    use rand::{RngExt, SeedableRng};
+    use softvi::engine::native::NativeGrid;
+    let mut rng = StdRng::seed_from_u64(17);
+    for (k, (connectivity, stay, slip)) in [
+        (Connectivity::Four, false, 0.0),
+        (Connectivity::Four, true, 0.2),
+        (Connectivity::Eight, false, 0.1),
+        (Connectivity::Eight, true, 0.0),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let problem = random_problem(23, 37, 3, connectivity, stay, slip, 40 + k as u64);
+        let options = SolveOptions {
+            alpha: 0.0,
+            gamma: 0.97,
+            ..Default::default()
+        };
+        let inputs = GridInputs::new(&problem, &options);
+        let grid = NativeGrid::new(&inputs);
+        let v0: Vec<f64> = (0..inputs.tasks * inputs.cells())
+            .map(|_| rng.random_range(-30.0..5.0))
+            .collect();
+        let state = grid.state(&v0);
+        let mut next = state.clone();
+        grid.sweep(&state, &mut next, &[false; 3], 2);
+        let mut checked = 0;
+        for t in 0..inputs.tasks {
+            for c in 0..inputs.cells() {
+                if inputs.fixed[t * inputs.cells() + c] {
+                    continue;
+                }
+                let p = grid.padded(t, c);
+                let want = grid.cell_value(t, p, &state.v);
+                assert_eq!(
+                    next.v[p].to_bits(),
+                    want.to_bits(),
+                    "case {k} task {t} cell {c}"
+                );
+                checked += 1;
+            }
+        }
+        assert!(checked > 1000, "{checked}");
+    }
+}

@@ -344,6 +344,76 @@ def test_modified_policy_iteration_is_refused_where_it_does_not_apply(world):
         softvi.solve(mdp, method="mpi", backup="optimistic", device="cpu")
     with pytest.raises(ValueError, match="infinite horizon"):
         softvi.solve(mdp, method="mpi", horizon=5, device="cpu")
-    grid = softvi.Grid(np.array([[1, 1, 1, 1], [1, 0, 1, 1], [1, 1, 1, 1]], bool))
-    with pytest.raises(ValueError, match="native engine's grid sweeps"):
-        softvi.solve_grid(grid, [(0, 0)], method="mpi", device="native")
+
+
+def _grid_truth(
+    free: np.ndarray,
+    goal: tuple[int, int],
+    reward: np.ndarray,
+    alpha: float,
+    gamma: float,
+    slip: float,
+) -> np.ndarray:
+    """V* of a 4-connected grid by float64 value iteration written here, to 1e-13.
+
+    Moves N, E, S, W cost 1; a move off the map or into a wall stays put; with probability
+    ``slip`` a uniformly drawn move happens instead; the goal is terminal with value 0.
+    """
+    h, w = free.shape
+    moves = [(-1, 0), (0, 1), (1, 0), (0, -1)]
+    cells = [(r, c) for r in range(h) for c in range(w) if free[r, c]]
+    index = {cell: i for i, cell in enumerate(cells)}
+    dest = np.array(
+        [
+            [index.get((r + dr, c + dc), i) if (r + dr, c + dc) in index else i for dr, dc in moves]
+            for i, (r, c) in enumerate(cells)
+        ]
+    )
+    r = np.array([reward[cell] for cell in cells])
+    v = np.zeros(len(cells))
+    for _ in range(100_000):
+        nxt = v[dest]  # [s, a]
+        q = r[:, None] - 1.0 + gamma * ((1 - slip) * nxt + slip * nxt.mean(axis=1, keepdims=True))
+        if alpha == 0:
+            new = q.max(axis=1)
+        else:
+            top = q.max(axis=1)
+            new = top + alpha * np.log(np.exp((q - top[:, None]) / alpha).sum(axis=1))
+        new[index[goal]] = 0.0
+        done = np.abs(new - v).max() * gamma / (1 - gamma) < 1e-13
+        v = new
+        if done:
+            break
+    out = np.full(free.shape, np.nan)
+    for (row, col), i in index.items():
+        out[row, col] = v[i]
+    return out
+
+
+@pytest.mark.parametrize("alpha", [0.0, 0.5])
+def test_modified_policy_iteration_on_native_grids_reaches_the_fixed_point(alpha: float) -> None:
+    """``method="mpi"`` on the native engine's grid sweeps stops within its error bound (<= tol)
+    of V*, an f64 value iteration written in the test, as ``device="cpu"``'s MPI does."""
+    rng = np.random.default_rng(4)
+    free = rng.random((7, 11)) > 0.2
+    goals = [(0, 0), (6, 10)]
+    free[0, 0] = free[6, 10] = True
+    reward = rng.uniform(-0.5, 0.5, (2, 7, 11))
+    gamma, slip, tol = 0.95, 0.1, 1e-3
+    kwargs = dict(connectivity=4, slip=slip, reward=reward, alpha=alpha, gamma=gamma, tol=tol)
+    got = softvi.solve_grid(softvi.Grid(free), goals, method="mpi", device="native", **kwargs)
+    cpu = softvi.solve_grid(softvi.Grid(free), goals, method="mpi", device="cpu", **kwargs)
+    vi = softvi.solve_grid(softvi.Grid(free), goals, extrapolate=False, device="native", **kwargs)
+    for b, goal in enumerate(goals):
+        truth = _grid_truth(free, goal, reward[b], alpha, gamma, slip)
+        assert np.array_equal(np.isnan(got.values[b]), np.isnan(truth))
+        err = np.nanmax(np.abs(got.values[b] - truth))
+        assert got.error_bound[b] <= tol
+        # f32 sweeps: a backup rounds its ~10 terms once each, under 16 half-ulps of |V| <= 12
+        # (6e-6), which a bound from f32 iterates carries over 1 - gamma (1.2e-4).
+        allowance = 2e-4
+        assert err <= got.error_bound[b] + allowance, (err, got.error_bound[b])
+        gap = np.nanmax(np.abs(got.values[b] - cpu.values[b]))
+        assert gap <= got.error_bound[b] + cpu.error_bound[b] + allowance
+        # The evaluations do part of the work: fewer full backups than VI's sweeps.
+        assert got.iterations[b] < vi.iterations[b], (got.iterations, vi.iterations)

@@ -49,6 +49,9 @@ const SCALE_LIMIT: f32 = 1e10;
 /// Rows per unit of work a thread takes: a window of shared exponentials restarts at each
 /// block (2 extra rows of exponentials per block).
 const BLOCK_ROWS: usize = 32;
+/// Cells an evaluation sweep gives each thread at least: one takes about a nanosecond a cell,
+/// so a smaller share costs less than starting the thread (tens of microseconds).
+const EVALUATION_CELLS_PER_THREAD: usize = 1 << 16;
 
 /// The kernel inputs of a grid batch in the padded layout, built once per solve.
 #[derive(Clone, Debug)]
@@ -63,6 +66,8 @@ pub struct NativeGrid {
     pub tasks: usize,
     /// Actions |A|.
     pub action_count: usize,
+    /// Actions that move (4 or 8, the first in action order; STAY, when there, is last).
+    moves: usize,
     /// Padded index offset of each action's move, action order (0 for STAY).
     offset: Vec<isize>,
     /// Row offset of each action's move (-1, 0, 1).
@@ -242,6 +247,9 @@ struct RowBlock<'a> {
     first_row: usize,
     v: &'a mut [f32],
     shift: &'a mut [f32],
+    /// The block's rows of an improvement's policy ([`NativeGridPolicy`]'s `weight` and
+    /// `reward`), when the sweep keeps one.
+    policy: Option<(&'a mut [f32], &'a mut [f32])>,
 }
 
 impl NativeGrid {
@@ -325,6 +333,7 @@ impl NativeGrid {
             stride,
             tasks,
             action_count: inputs.action_count,
+            moves: moves_count,
             offset: moves
                 .iter()
                 .map(|&(dr, dc)| dr as isize * stride as isize + dc as isize)
@@ -405,11 +414,26 @@ impl NativeGrid {
         &array[base..base + self.width]
     }
 
-    /// `out`'s interior rows split into runs of [`BLOCK_ROWS`] rows of one task, in order.
-    fn row_blocks<'a>(&self, v: &'a mut [f32], shift: &'a mut [f32]) -> Vec<RowBlock<'a>> {
-        let (h, stride) = (self.height, self.stride);
+    /// `out`'s interior rows split into runs of [`BLOCK_ROWS`] rows of one task, in order,
+    /// each with its rows of `policy` when given.
+    fn row_blocks<'a>(
+        &self,
+        v: &'a mut [f32],
+        shift: &'a mut [f32],
+        policy: Option<&'a mut NativeGridPolicy>,
+    ) -> Vec<RowBlock<'a>> {
+        let (h, w, stride) = (self.height, self.width, self.stride);
         let mut blocks = Vec::new();
         let planes = v.chunks_mut(self.plane()).zip(shift.chunks_mut(h + 2));
+        // Each block's policy rows, in the blocks' order (a task's last block may be short).
+        let row_weights = self.policy_planes() * w;
+        let mut policy_rows = policy.map(|p| {
+            let weight = (p.weight.chunks_mut(h * row_weights))
+                .flat_map(|task| task.chunks_mut(BLOCK_ROWS * row_weights));
+            let reward =
+                (p.reward.chunks_mut(h * w)).flat_map(|task| task.chunks_mut(BLOCK_ROWS * w));
+            weight.zip(reward)
+        });
         for (task, (v, shift)) in planes.enumerate() {
             let v = v[stride..(h + 1) * stride].chunks_mut(BLOCK_ROWS * stride);
             let s = shift[1..h + 1].chunks_mut(BLOCK_ROWS);
@@ -419,6 +443,7 @@ impl NativeGrid {
                     first_row: i * BLOCK_ROWS,
                     v,
                     shift,
+                    policy: policy_rows.as_mut().and_then(|rows| rows.next()),
                 });
             }
         }
@@ -434,10 +459,22 @@ impl NativeGrid {
         frozen: &[bool],
         threads: usize,
     ) -> Vec<SweepStats> {
+        self.sweep_keeping(input, output, None, frozen, threads)
+    }
+
+    /// [`NativeGrid::sweep`], keeping the sweep's policy in `policy` when given.
+    fn sweep_keeping(
+        &self,
+        input: &NativeState,
+        output: &mut NativeState,
+        policy: Option<&mut NativeGridPolicy>,
+        frozen: &[bool],
+        threads: usize,
+    ) -> Vec<SweepStats> {
         let NativeState { v, shift } = output;
         // Threads take blocks as they finish (not a fixed share each): on a machine shared with
         // other work, a thread that loses its core does not hold the sweep up.
-        let queue = Mutex::new(self.row_blocks(v, shift).into_iter());
+        let queue = Mutex::new(self.row_blocks(v, shift, policy).into_iter());
         let queue = &queue;
         on_threads(self.tasks, threads, || {
             self.sweep_blocks(input, frozen, queue)
@@ -453,14 +490,15 @@ impl NativeGrid {
         queue: &Mutex<std::vec::IntoIter<RowBlock<'a>>>,
     ) -> Vec<RowStats> {
         let mut stats = vec![RowStats::default(); self.tasks];
-        let mut sums = vec![0.0f32; self.width];
+        // Two rows: the hard max's row loop keeps its policy there (`sweep_row`).
+        let mut sums = vec![0.0f32; 2 * self.width];
         let mut window = ExpWindow {
             rows: std::array::from_fn(|_| vec![0.0f32; self.stride]),
             holds: [None; 3],
         };
         loop {
             let next = queue.lock().unwrap_or_else(|e| e.into_inner()).next();
-            let Some(block) = next else { break };
+            let Some(mut block) = next else { break };
             let rows = block.shift.len();
             if frozen[block.task] {
                 // A task that stopped iterating keeps its values (and so its row shifts).
@@ -478,8 +516,29 @@ impl NativeGrid {
                 let row = block.first_row + i;
                 let base = i * self.stride + 1;
                 let v_out = &mut block.v[base..base + self.width];
-                let (row_stats, top) =
-                    self.sweep_row(input, block.task, row, v_out, &mut sums, &mut window);
+                let w = self.width;
+                let kept = block.policy.as_mut().map(|(weight, reward)| {
+                    let planes = self.policy_planes();
+                    let weight = &mut weight[i * planes * w..][..planes * w];
+                    (weight, &mut reward[i * w..][..w])
+                });
+                let (row_stats, top) = match kept {
+                    // The hard max's improvement in one vectorised pass (the sweep's per-cell
+                    // form would take a second one for the policy).
+                    Some((destination, reward)) if self.alpha == 0.0 => {
+                        let kept = (destination, reward);
+                        self.improve_hard_row(input, block.task, row, v_out, kept)
+                    }
+                    kept => {
+                        let (row_stats, top) =
+                            self.sweep_row(input, block.task, row, v_out, &mut sums, &mut window);
+                        if let Some((weight, reward)) = kept {
+                            let kept = (&*v_out, &*sums, weight, reward);
+                            self.keep_policy(input, block.task, row, kept, &mut window);
+                        }
+                        (row_stats, top)
+                    }
+                };
                 stats[block.task] = stats[block.task].combine(row_stats);
                 block.shift[i] = shift_of(top);
             }
@@ -517,7 +576,7 @@ impl NativeGrid {
     }
 
     /// The new values of one row of one task into `v_out` (`width` cells); `sums` is
-    /// scratch of `width` cells.
+    /// scratch of `2 width` cells.
     fn sweep_row(
         &self,
         input: &NativeState,
@@ -569,6 +628,12 @@ impl NativeGrid {
                     }
                 }
             }
+            // The hard max (alpha = 0 has the expected backup only): the per-cell form's
+            // arithmetic in one vectorised row loop (the same bits), its policy discarded.
+            None if self.alpha == 0.0 => {
+                let (destination, reward) = sums.split_at_mut(self.width);
+                hard_policy_row(&self.hard_row(input, task, row), v_out, destination, reward);
+            }
             None => {
                 for j in 0..self.width {
                     if flags[j] & FIXED == 0 {
@@ -611,6 +676,19 @@ impl NativeGrid {
     /// neighbours, then the soft max, as `shaders/grid_backup.wgsl` computes it, in f32.
     pub fn cell_value(&self, task: usize, index: usize, v: &[f32]) -> f32 {
         let n = self.action_count;
+        let q = self.cell_q(task, index, v);
+        let top = q[..n].iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        if self.alpha == 0.0 || top == f32::NEG_INFINITY {
+            return top;
+        }
+        let sum: f32 = q[..n].iter().map(|&x| ((x - top) / self.alpha).exp()).sum();
+        top + self.alpha * sum.ln()
+    }
+
+    /// Q of each action of one cell (padded index `index`) of `task` from `v`, in action
+    /// order (the first |A| entries), as `shaders/grid_backup.wgsl` computes them in f32.
+    fn cell_q(&self, task: usize, index: usize, v: &[f32]) -> [f32; 9] {
+        let n = self.action_count;
         let mask = self.mask[index - task * self.plane()];
         let mut next = [0.0f32; 9];
         let (mut total, mut top) = (0.0f32, f32::NEG_INFINITY);
@@ -646,12 +724,7 @@ impl NativeGrid {
                 }
             }
         }
-        let top = q[..n].iter().copied().fold(f32::NEG_INFINITY, f32::max);
-        if alpha == 0.0 || top == f32::NEG_INFINITY {
-            return top;
-        }
-        let sum: f32 = q[..n].iter().map(|&x| ((x - top) / alpha).exp()).sum();
-        top + alpha * sum.ln()
+        q
     }
 
     /// V `[task][row][col]` in f64 (walls 0), as the reference's drivers hold it.
@@ -672,6 +745,617 @@ impl NativeGrid {
         let fixed = |i: usize| self.flags[i] & FIXED != 0;
         extrapolate_padded(self.plane(), fixed, v, v_prev, backup, factors);
     }
+}
+
+/// What an improvement of modified policy iteration leaves for the evaluation sweeps after it
+/// ([`NativeGrid::improve`], [`NativeGrid::evaluate`]): per cell a stencil over the cells the
+/// policy reaches, so that an evaluation `T_pi V(s) = r_pi(s) + sum_d weight_d(s) V(d)` reads
+/// no exp or log. At alpha = 0 the stencil is one-hot (plus the slip's uniform share), kept
+/// as the chosen destination alone: an evaluation then reads 8 bytes a cell, not 4 per
+/// destination and 4 (it is bound by that traffic).
+#[derive(Clone, Debug)]
+pub struct NativeGridPolicy {
+    /// `gamma ((1 - eps) pi(d|s) + eps n_d / |A|)`, the discounted probability of reaching
+    /// destination `d` (`pi(d|s)` the policy's mass on the actions that lead there, `n_d`
+    /// their count): `[task][row][destination][col]`, destination `a` < moves the move of
+    /// action `a` (0 where it is illegal), destination `moves` the cell itself (blocked moves
+    /// and STAY). Fixed cells: anything (an evaluation copies them). At alpha = 0, the chosen
+    /// action's destination instead (as an f32, which the row loops compare without
+    /// widening), `[task][row][col]`.
+    weight: Vec<f32>,
+    /// `r_pi(s) = V'(s) - sum_d weight_d(s) V(d)` at the improvement's input `V` (the
+    /// policy's expected reward plus alpha times its entropy), `[task][row][col]`.
+    reward: Vec<f32>,
+}
+
+impl NativeGrid {
+    /// Rows of [`NativeGridPolicy::weight`] per map row: a weight per destination, or at
+    /// alpha = 0 the one destination.
+    fn policy_planes(&self) -> usize {
+        match self.alpha == 0.0 {
+            true => 1,
+            false => self.moves + 1,
+        }
+    }
+
+    /// An empty policy of the right shape for [`NativeGrid::improve`] to fill.
+    pub fn new_policy(&self) -> NativeGridPolicy {
+        let rows = self.tasks * self.height;
+        NativeGridPolicy {
+            weight: vec![0.0; rows * self.policy_planes() * self.width],
+            reward: vec![0.0; rows * self.width],
+        }
+    }
+
+    /// One improvement of modified policy iteration: the full sweep `output = T(input)`
+    /// ([`NativeGrid::sweep`], the same values and statistics) that also leaves its policy in
+    /// `policy` for the tasks not `frozen` (the expected backup only,
+    /// [`crate::engine::options::Method::Mpi`]).
+    pub fn improve(
+        &self,
+        input: &NativeState,
+        output: &mut NativeState,
+        policy: &mut NativeGridPolicy,
+        frozen: &[bool],
+        threads: usize,
+    ) -> Vec<SweepStats> {
+        assert_eq!(
+            self.backup,
+            Backup::Expected,
+            "MPI needs the expected backup"
+        );
+        self.sweep_keeping(input, output, Some(policy), frozen, threads)
+    }
+
+    /// One policy-evaluation sweep of modified policy iteration, `output = T_pi(input)` under
+    /// the policy of the last [`NativeGrid::improve`] (no exp or log), over every task not
+    /// `frozen` (copied, as fixed cells are), on `threads` threads; the row shifts of `output`
+    /// follow its values. No statistics: convergence is tested on improvements only.
+    pub fn evaluate(
+        &self,
+        policy: &NativeGridPolicy,
+        input: &NativeState,
+        output: &mut NativeState,
+        frozen: &[bool],
+        threads: usize,
+    ) {
+        let NativeState { v, shift } = output;
+        let queue = Mutex::new(self.row_blocks(v, shift, None).into_iter());
+        let queue = &queue;
+        let (h, w, destinations) = (self.height, self.width, self.policy_planes());
+        // Each cell's value is its own: the thread count changes no bit.
+        let threads = threads.min((self.tasks * h * w).div_ceil(EVALUATION_CELLS_PER_THREAD));
+        let work = || {
+            loop {
+                let next = queue.lock().unwrap_or_else(|e| e.into_inner()).next();
+                let Some(block) = next else { break };
+                let (task, rows) = (block.task, block.shift.len());
+                let v_at = task * self.plane() + (block.first_row + 1) * self.stride;
+                let shift_at = task * (h + 2) + block.first_row + 1;
+                if frozen[task] {
+                    block
+                        .v
+                        .copy_from_slice(&input.v[v_at..v_at + block.v.len()]);
+                    block
+                        .shift
+                        .copy_from_slice(&input.shift[shift_at..shift_at + rows]);
+                    continue;
+                }
+                for i in 0..rows {
+                    let row = block.first_row + i;
+                    let at = task * h + row;
+                    let args = EvaluateRow {
+                        v: &input.v,
+                        base: task * self.plane() + (row + 1) * self.stride + 1,
+                        stride: self.stride,
+                        flags: self.row_slice(&self.flags, task, row),
+                        weight: &policy.weight[at * destinations * w..][..destinations * w],
+                        reward: &policy.reward[at * w..][..w],
+                        moves: self.moves,
+                    };
+                    let base = i * self.stride + 1;
+                    let v_out = &mut block.v[base..base + w];
+                    let top = match self.alpha == 0.0 {
+                        true => {
+                            let hard = HardEvaluation {
+                                mask: self.row_slice(&self.mask, 0, row),
+                                stay: self.stay_actions,
+                                move_gamma: self.gamma * (1.0 - self.slip),
+                                slip_gamma: self.slip_share * self.gamma,
+                            };
+                            evaluate_hard_row(&args, &hard, v_out)
+                        }
+                        false => evaluate_row(&args, v_out),
+                    };
+                    block.shift[i] = shift_of(top);
+                }
+            }
+            vec![RowStats::default(); self.tasks]
+        };
+        on_threads(self.tasks, threads, work);
+    }
+
+    /// The policy of one row's backup into `weight` (`[destination][col]`) and `reward`
+    /// (`[col]`): `v_out` the row's new values, `sums` the shared sums the sweep left (read
+    /// where the row ran in the shared form), `window` its shared exponentials. Each cell's
+    /// policy comes from the form that computed its value: the shared one (`pi_a = w_a E(n_a)
+    /// / sum`, no exp) or the per-cell one ([`NativeGrid::cell_policy`]).
+    fn keep_policy(
+        &self,
+        input: &NativeState,
+        task: usize,
+        row: usize,
+        (v_out, sums, weight, reward): (&[f32], &[f32], &mut [f32], &mut [f32]),
+        window: &mut ExpWindow,
+    ) {
+        let w = self.width;
+        let row_base = task * self.plane() + (row + 1) * self.stride + 1;
+        let flags = self.row_slice(&self.flags, task, row);
+        let coefficients = self
+            .shared
+            .then(|| self.row_coefficients(input, task, row))
+            .flatten();
+        // Whether the row ran in the shared form (then only its untrusted cells are redone).
+        let shared = match coefficients {
+            Some(coefficients) => {
+                // The window still holds this row's exponentials: no recomputation.
+                let slots = self.slide(input, task, row, window);
+                let args = PolicyRow {
+                    v: &input.v,
+                    e_rows: slots.map(|k| &window.rows[k][..]),
+                    base: row_base,
+                    stride: self.stride,
+                    mask: self.row_slice(&self.mask, 0, row),
+                    coefficients: &coefficients,
+                    blocked: &self.blocked[row_base - task * self.plane()..],
+                    kind_weight: self.kind_weight,
+                    stay_actions: self.stay_actions,
+                    slip_gamma: self.slip_share * self.gamma,
+                    move_gamma: self.gamma * (1.0 - self.slip),
+                    moves: self.moves,
+                };
+                if shared_policy_row(&args, flags, v_out, sums, (weight, reward)) {
+                    return;
+                }
+                true
+            }
+            None => false,
+        };
+        for j in 0..w {
+            let trusted = shared && sums[j] >= SUM_LOW && sums[j] <= SUM_HIGH;
+            if flags[j] & FIXED == 0 && !trusted {
+                let mut cell_weight = [0.0f32; 9];
+                reward[j] =
+                    self.cell_policy(task, row_base + j, &input.v, v_out[j], &mut cell_weight);
+                for d in 0..=self.moves {
+                    weight[d * w + j] = cell_weight[d];
+                }
+            }
+        }
+    }
+
+    /// One row of an improvement at alpha = 0: the new values into `v_out` (the hard max of
+    /// the per-cell form's Q, the same arithmetic in the same order), the chosen action's
+    /// destination into `destination` and `r_pi = R - c(chosen)` into `reward`. The row's
+    /// statistics and largest live value.
+    fn improve_hard_row(
+        &self,
+        input: &NativeState,
+        task: usize,
+        row: usize,
+        v_out: &mut [f32],
+        (destination, reward): (&mut [f32], &mut [f32]),
+    ) -> (RowStats, f32) {
+        let row_base = task * self.plane() + (row + 1) * self.stride + 1;
+        hard_policy_row(&self.hard_row(input, task, row), v_out, destination, reward);
+        let flags = self.row_slice(&self.flags, task, row);
+        finish_row(flags, &input.v[row_base..row_base + self.width], v_out)
+    }
+
+    /// What [`hard_policy_row`] reads for `row` of `task`.
+    fn hard_row<'a>(&'a self, input: &'a NativeState, task: usize, row: usize) -> HardRow<'a> {
+        let row_base = task * self.plane() + (row + 1) * self.stride + 1;
+        HardRow {
+            v: &input.v,
+            base: row_base,
+            stride: self.stride,
+            mask: self.row_slice(&self.mask, 0, row),
+            reward: &self.reward[row_base..row_base + self.width],
+            step_cost: &self.step_cost,
+            gamma: self.gamma,
+            slip: self.slip,
+            slip_share: self.slip_share,
+            moves: self.moves,
+        }
+    }
+
+    /// The per-cell form of a cell's policy (padded index `index` of `task`, new value
+    /// `value` from `v`): the stencil's weights per destination into `weight` and `r_pi`
+    /// returned. `pi_a = exp((Q_a - V') / alpha)`, or one-hot on the first action reaching
+    /// `value` at alpha = 0, as the reference's `improve`.
+    fn cell_policy(
+        &self,
+        task: usize,
+        index: usize,
+        v: &[f32],
+        value: f32,
+        weight: &mut [f32; 9],
+    ) -> f32 {
+        let n = self.action_count;
+        let q = self.cell_q(task, index, v);
+        weight.fill(0.0);
+        if value == f32::NEG_INFINITY {
+            return value;
+        }
+        let mask = self.mask[index - task * self.plane()];
+        let first = q[..n].iter().position(|&x| x == value).unwrap_or(0);
+        let (move_gamma, slip_gamma) =
+            (self.gamma * (1.0 - self.slip), self.slip_share * self.gamma);
+        for a in 0..n {
+            let pi = match self.alpha == 0.0 {
+                true => (a == first) as u8 as f32,
+                false => ((q[a] - value) / self.alpha).exp(),
+            };
+            let d = match a < self.moves && (mask >> a) & 1 != 0 {
+                true => a,
+                false => self.moves,
+            };
+            weight[d] += move_gamma * pi + slip_gamma;
+        }
+        let mut expected = 0.0f32;
+        for d in 0..=self.moves {
+            if weight[d] != 0.0 {
+                let offset = if d < self.moves { self.offset[d] } else { 0 };
+                expected += weight[d] * v[(index as isize + offset) as usize];
+            }
+        }
+        value - expected
+    }
+}
+
+/// What [`shared_policy_row`] reads for one row (see [`SharedRow`]).
+struct PolicyRow<'a> {
+    v: &'a [f32],
+    e_rows: [&'a [f32]; 3],
+    base: usize,
+    stride: usize,
+    mask: &'a [u8],
+    coefficients: &'a [f32; 9],
+    blocked: &'a [u8],
+    kind_weight: [f32; 3],
+    stay_actions: f32,
+    /// `gamma * slip / |A|`.
+    slip_gamma: f32,
+    /// `gamma (1 - slip)`.
+    move_gamma: f32,
+    moves: usize,
+}
+
+with_avx2!(shared_policy_row => shared_policy_row_any(
+    args: &PolicyRow<'_>,
+    flags: &[u8],
+    v_out: &[f32],
+    sums: &[f32],
+    kept: (&mut [f32], &mut [f32])
+) -> bool);
+
+#[inline(always)]
+fn shared_policy_row_any<const FMA: bool>(
+    args: &PolicyRow<'_>,
+    flags: &[u8],
+    v_out: &[f32],
+    sums: &[f32],
+    (weight, reward): (&mut [f32], &mut [f32]),
+) -> bool {
+    match args.moves >= 8 {
+        true => shared_policy_row_n::<FMA, true>(args, flags, v_out, sums, weight, reward),
+        false => shared_policy_row_n::<FMA, false>(args, flags, v_out, sums, weight, reward),
+    }
+}
+
+/// The shared form's policy over one row: `pi_a = coefficient_a E(n_a) / sum` (the terms of
+/// the sum whose log gave the value), the blocked moves and STAY folded into the cell itself
+/// as the sum folds them. Cells whose sum is out of the trusted range get garbage here and
+/// are redone by the caller (told so by `false`, when there are any). Loops run destination
+/// by destination over the row (each a plain zip of rows, which vectorises), `reward` holding
+/// `1 / sum` until its turn.
+#[inline(always)]
+fn shared_policy_row_n<const FMA: bool, const DIAGONALS: bool>(
+    args: &PolicyRow<'_>,
+    flags: &[u8],
+    v_out: &[f32],
+    sums: &[f32],
+    weight: &mut [f32],
+    reward: &mut [f32],
+) -> bool {
+    let w = v_out.len();
+    let moves = if DIAGONALS { 8 } else { 4 };
+    let (sums, reward) = (&sums[..w], &mut reward[..w]);
+    let (mask, blocked) = (&args.mask[..w], &args.blocked[..w]);
+    let [orthogonal_weight, diagonal_weight, stay_weight] = args.kind_weight;
+    let v_rows: [&[f32]; 3] = std::array::from_fn(|k| {
+        let first = args.base + k * args.stride - args.stride - 1;
+        &args.v[first..first + w + 2]
+    });
+    let e_rows: [&[f32]; 3] = std::array::from_fn(|k| &args.e_rows[k][..w + 2]);
+    let (slip_gamma, move_gamma) = (args.slip_gamma, args.move_gamma);
+    let flags = &flags[..w];
+    let mut unsure = 0u32;
+    for j in 0..w {
+        // As in `shared_row_n`: `&`, not `&&`, so that the loop vectorises.
+        #[allow(clippy::manual_range_contains)]
+        let trusted = (sums[j] >= SUM_LOW) & (sums[j] <= SUM_HIGH);
+        unsure |= (!trusted & (flags[j] & FIXED == 0)) as u32;
+        reward[j] = 1.0 / pick(sums[j] > 0.0, sums[j], 1.0);
+    }
+    let (planes, own) = weight[..(moves + 1) * w].split_at_mut(moves * w);
+    let own = &mut own[..w];
+    for (j, own) in own.iter_mut().enumerate() {
+        let b = blocked[j] as u32;
+        let (orthogonal, diagonal) = ((b & 15) as f32, (b >> 4) as f32);
+        let staying = orthogonal + diagonal + args.stay_actions;
+        let stay_weight = madd::<FMA>(
+            orthogonal,
+            orthogonal_weight,
+            madd::<FMA>(diagonal, diagonal_weight, stay_weight),
+        );
+        let pi = stay_weight * e_rows[1][j + 1] * reward[j];
+        *own = madd::<FMA>(move_gamma, pi, slip_gamma * staying);
+    }
+    for (a, plane) in planes.chunks_exact_mut(w).enumerate() {
+        let (k, c) = PADDED_STEPS[a];
+        let coefficient = args.coefficients[a];
+        let e = &e_rows[k][c..c + w];
+        for j in 0..w {
+            let legal = (mask[j] as u32 >> a) & 1 != 0;
+            let pi = pick(legal, coefficient * e[j] * reward[j], 0.0);
+            plane[j] = madd::<FMA>(move_gamma, pi, pick(legal, slip_gamma, 0.0));
+        }
+    }
+    // r_pi = V' - sum_d weight_d V(d), the sum taken into r_pi term by term.
+    let v_own = &v_rows[1][1..w + 1];
+    for j in 0..w {
+        reward[j] = madd::<FMA>(-own[j], v_own[j], v_out[j]);
+    }
+    for (a, plane) in planes.chunks_exact(w).enumerate() {
+        let (k, c) = PADDED_STEPS[a];
+        let v = &v_rows[k][c..c + w];
+        for j in 0..w {
+            reward[j] = madd::<FMA>(-plane[j], v[j], reward[j]);
+        }
+    }
+    unsure == 0
+}
+
+/// What [`hard_policy_row`] reads for one row of one task.
+struct HardRow<'a> {
+    /// V of the input state, whole array.
+    v: &'a [f32],
+    /// Padded index of the row's first cell.
+    base: usize,
+    stride: usize,
+    mask: &'a [u8],
+    reward: &'a [f32],
+    /// Per action.
+    step_cost: &'a [f32],
+    gamma: f32,
+    slip: f32,
+    slip_share: f32,
+    moves: usize,
+}
+
+with_avx2!(hard_policy_row => hard_policy_row_any(
+    args: &HardRow<'_>,
+    v_out: &mut [f32],
+    destination: &mut [f32],
+    reward: &mut [f32]
+) -> ());
+
+#[inline(always)]
+fn hard_policy_row_any<const FMA: bool>(
+    args: &HardRow<'_>,
+    v_out: &mut [f32],
+    destination: &mut [f32],
+    reward: &mut [f32],
+) {
+    let stay = args.step_cost.len() > args.moves;
+    match (args.moves >= 8, stay) {
+        (true, true) => hard_policy_row_n::<true, true>(args, v_out, destination, reward),
+        (true, false) => hard_policy_row_n::<true, false>(args, v_out, destination, reward),
+        (false, true) => hard_policy_row_n::<false, true>(args, v_out, destination, reward),
+        (false, false) => hard_policy_row_n::<false, false>(args, v_out, destination, reward),
+    }
+}
+
+/// [`NativeGrid::cell_q`]'s expected Q of every action of every cell of a row (the same
+/// operations in the same order: no fused multiply-add), the hard max into `v_out`, the
+/// first action reaching it as its destination (a move's index, or `moves` for the cell
+/// itself) into `destination`, `r_pi = R - c(chosen)` into `reward`.
+#[inline(always)]
+fn hard_policy_row_n<const DIAGONALS: bool, const STAY: bool>(
+    args: &HardRow<'_>,
+    v_out: &mut [f32],
+    destination: &mut [f32],
+    reward: &mut [f32],
+) {
+    let w = v_out.len();
+    let moves = if DIAGONALS { 8 } else { 4 };
+    let n = moves + STAY as usize;
+    let (mask, r) = (&args.mask[..w], &args.reward[..w]);
+    let (reward, chosen) = (&mut reward[..w], &mut destination[..w]);
+    let v_rows: [&[f32]; 3] = std::array::from_fn(|k| {
+        let first = args.base + k * args.stride - args.stride - 1;
+        &args.v[first..first + w + 2]
+    });
+    let cost: [f32; 9] = std::array::from_fn(|a| args.step_cost.get(a).copied().unwrap_or(0.0));
+    let (gamma, slip, slip_share) = (args.gamma, args.slip, args.slip_share);
+    for j in 0..w {
+        let own = v_rows[1][j + 1];
+        let m = mask[j] as u32;
+        let mut next = [own; 9];
+        let mut total = 0.0f32;
+        for a in 0..moves {
+            let (k, c) = PADDED_STEPS[a];
+            next[a] = pick((m >> a) & 1 != 0, v_rows[k][j + c], own);
+            total += next[a];
+        }
+        if STAY {
+            total += own;
+        }
+        let q: [f32; 9] = std::array::from_fn(|a| {
+            r[j] - cost[a] + gamma * ((1.0 - slip) * next[a] + slip_share * total)
+        });
+        let value = q[..n].iter().copied().fold(f32::NEG_INFINITY, larger);
+        let (mut destination, mut chosen_cost) = (moves as f32, cost[n - 1]);
+        for a in (0..n).rev() {
+            let first = q[a] == value;
+            let moved = a < moves && (m >> a) & 1 != 0;
+            destination = pick(
+                first,
+                if moved { a as f32 } else { moves as f32 },
+                destination,
+            );
+            chosen_cost = pick(first, cost[a], chosen_cost);
+        }
+        v_out[j] = value;
+        reward[j] = r[j] - chosen_cost;
+        chosen[j] = destination;
+    }
+}
+
+/// The one-hot policy's evaluation reads besides [`EvaluateRow`] (whose `weight` then holds
+/// the chosen destinations).
+struct HardEvaluation<'a> {
+    mask: &'a [u8],
+    /// 1 with a STAY action, else 0.
+    stay: f32,
+    /// `gamma (1 - slip)`.
+    move_gamma: f32,
+    /// `gamma * slip / |A|`.
+    slip_gamma: f32,
+}
+
+with_avx2!(evaluate_hard_row => evaluate_hard_row_any(
+    args: &EvaluateRow<'_>,
+    hard: &HardEvaluation<'_>,
+    v_out: &mut [f32]
+) -> f32);
+
+#[inline(always)]
+fn evaluate_hard_row_any<const FMA: bool>(
+    args: &EvaluateRow<'_>,
+    hard: &HardEvaluation<'_>,
+    v_out: &mut [f32],
+) -> f32 {
+    match args.moves >= 8 {
+        true => evaluate_hard_row_n::<FMA, true>(args, hard, v_out),
+        false => evaluate_hard_row_n::<FMA, false>(args, hard, v_out),
+    }
+}
+
+/// One row of a policy evaluation at alpha = 0, `V'(s) = r_pi(s) + gamma ((1 - eps)
+/// V(chosen) + eps / |A| sum_a V(n_a))` (fixed cells copied); returns the largest new live
+/// value.
+#[inline(always)]
+fn evaluate_hard_row_n<const FMA: bool, const DIAGONALS: bool>(
+    args: &EvaluateRow<'_>,
+    hard: &HardEvaluation<'_>,
+    v_out: &mut [f32],
+) -> f32 {
+    let w = v_out.len();
+    let moves = if DIAGONALS { 8 } else { 4 };
+    let (flags, reward) = (&args.flags[..w], &args.reward[..w]);
+    let (chosen, mask) = (&args.weight[..w], &hard.mask[..w]);
+    let v_rows: [&[f32]; 3] = std::array::from_fn(|k| {
+        let first = args.base + k * args.stride - args.stride - 1;
+        &args.v[first..first + w + 2]
+    });
+    let mut top = ordered(f32::NEG_INFINITY);
+    for j in 0..w {
+        let own = v_rows[1][j + 1];
+        let m = mask[j] as u32;
+        let (mut total, mut next) = (hard.stay * own, own);
+        for a in 0..moves {
+            let (k, c) = PADDED_STEPS[a];
+            let moved = pick((m >> a) & 1 != 0, v_rows[k][j + c], own);
+            total += moved;
+            next = pick(chosen[j] == a as f32, moved, next);
+        }
+        let value = madd::<FMA>(
+            hard.move_gamma,
+            next,
+            madd::<FMA>(hard.slip_gamma, total, reward[j]),
+        );
+        let (fixed, live) = (flags[j] & FIXED != 0, flags[j] & LIVE != 0);
+        let new = pick(fixed, own, value);
+        v_out[j] = new;
+        top = top.max(ordered(pick(live, new, f32::NEG_INFINITY)));
+    }
+    from_ordered(top)
+}
+
+/// What [`evaluate_row`] reads for one row of one task.
+struct EvaluateRow<'a> {
+    /// V of the input state, whole array.
+    v: &'a [f32],
+    /// Padded index of the row's first cell.
+    base: usize,
+    stride: usize,
+    /// The row's flags.
+    flags: &'a [u8],
+    /// The row's [`NativeGridPolicy`] weights, `[destination][col]`.
+    weight: &'a [f32],
+    /// The row's `r_pi`.
+    reward: &'a [f32],
+    moves: usize,
+}
+
+with_avx2!(evaluate_row => evaluate_row_any(args: &EvaluateRow<'_>, v_out: &mut [f32]) -> f32);
+
+#[inline(always)]
+fn evaluate_row_any<const FMA: bool>(args: &EvaluateRow<'_>, v_out: &mut [f32]) -> f32 {
+    match args.moves >= 8 {
+        true => evaluate_row_n::<FMA, true>(args, v_out),
+        false => evaluate_row_n::<FMA, false>(args, v_out),
+    }
+}
+
+/// One row of a policy evaluation, `V'(s) = r_pi(s) + sum_d weight_d(s) V(d)` (fixed cells
+/// copied), summed destination by destination into `v_out` (each a plain zip of rows, which
+/// vectorises); returns the largest new live value (the row's next shift).
+#[inline(always)]
+fn evaluate_row_n<const FMA: bool, const DIAGONALS: bool>(
+    args: &EvaluateRow<'_>,
+    v_out: &mut [f32],
+) -> f32 {
+    let w = v_out.len();
+    let moves = if DIAGONALS { 8 } else { 4 };
+    let (flags, reward) = (&args.flags[..w], &args.reward[..w]);
+    let v_rows: [&[f32]; 3] = std::array::from_fn(|k| {
+        let first = args.base + k * args.stride - args.stride - 1;
+        &args.v[first..first + w + 2]
+    });
+    let (planes, own) = args.weight[..(moves + 1) * w].split_at(moves * w);
+    let v_own = &v_rows[1][1..w + 1];
+    let own = &own[..w];
+    for j in 0..w {
+        v_out[j] = madd::<FMA>(own[j], v_own[j], reward[j]);
+    }
+    for (a, plane) in planes.chunks_exact(w).enumerate() {
+        let (k, c) = PADDED_STEPS[a];
+        let v = &v_rows[k][c..c + w];
+        for j in 0..w {
+            v_out[j] = madd::<FMA>(plane[j], v[j], v_out[j]);
+        }
+    }
+    let mut top = ordered(f32::NEG_INFINITY);
+    for j in 0..w {
+        let (fixed, live) = (flags[j] & FIXED != 0, flags[j] & LIVE != 0);
+        let new = pick(fixed, v_own[j], v_out[j]);
+        v_out[j] = new;
+        top = top.max(ordered(pick(live, new, f32::NEG_INFINITY)));
+    }
+    from_ordered(top)
 }
 
 /// What [`shared_row`] reads for one row.

@@ -42,7 +42,6 @@ pub fn solve_native(
 ) -> Result<Solution> {
     let start = Instant::now();
     outputs.ensure_plain()?;
-    options.ensure_method_on("the native engine's grid sweeps")?;
     let inputs = GridInputs::new(problem, options);
     let grid = NativeGrid::new(&inputs);
     let usual_start;
@@ -91,7 +90,8 @@ struct NativeIteration {
 }
 
 /// [`crate::engine::cpu::iterate_cpu`] on the native state: the same windows, checks,
-/// convergence, divergence and extrapolation decisions.
+/// convergence, divergence and extrapolation decisions; by modified policy iteration as
+/// [`crate::engine::cpu::solve::iterate_mpi_cpu`] where `options` asks for it.
 fn iterate_native(
     grid: &NativeGrid,
     options: &SolveOptions,
@@ -99,6 +99,9 @@ fn iterate_native(
     threads: usize,
     progress: &mut OnProgress<'_>,
 ) -> Result<NativeIteration> {
+    if let Method::Mpi { evaluations } = options.method {
+        return iterate_native_mpi(grid, options, v0, (evaluations, threads), progress);
+    }
     let run = iterate_checked(
         options,
         Precision::F32,
@@ -113,6 +116,54 @@ fn iterate_native(
             grid.extrapolate(&mut state.v, &previous.v, &mut backup.v, factors);
             grid.refresh_shared(state);
         },
+        progress,
+    )?;
+    Ok(NativeIteration {
+        v: run.state.v,
+        v_prev: run.previous.v,
+        outcomes: run.outcomes,
+    })
+}
+
+/// Modified policy iteration on the native grid state: each sweep of the check schedule is
+/// `evaluations` evaluation sweeps under the last improvement's policy (none before the
+/// first), then an improvement, whose statistics the schedule tests (a task stops at the
+/// first within tolerance). Grids keep fixed goal values and are not span-bounded (`&[]`, as
+/// in the reference's grid MPI), so no offset is held apart as `Recentred` does for MDPs:
+/// value iteration's iterates grow to V*'s size too, and the f32 floor is the same for both.
+fn iterate_native_mpi(
+    grid: &NativeGrid,
+    options: &SolveOptions,
+    v0: &[f64],
+    (evaluations, threads): (u32, usize),
+    progress: &mut OnProgress<'_>,
+) -> Result<NativeIteration> {
+    let start = grid.state(v0);
+    let mut policy = grid.new_policy();
+    let mut improved = false;
+    let (mut a, mut b) = (start.clone(), start.clone());
+    let run = iterate_checked(
+        options,
+        Precision::F32,
+        grid.tasks,
+        &[],
+        true,
+        start,
+        |state: &NativeState, next: &mut NativeState, frozen: &[bool]| {
+            let from = if improved {
+                grid.evaluate(&policy, state, &mut a, frozen, threads);
+                for _ in 1..evaluations {
+                    grid.evaluate(&policy, &a, &mut b, frozen, threads);
+                    std::mem::swap(&mut a, &mut b);
+                }
+                &a
+            } else {
+                state
+            };
+            improved = true;
+            grid.improve(from, next, &mut policy, frozen, threads)
+        },
+        |_, _, _, _| unreachable!("modified policy iteration does not extrapolate"),
         progress,
     )?;
     Ok(NativeIteration {
