@@ -14,8 +14,8 @@ use softvi::engine::cpu::solve_mdp_cpu_f64;
 use softvi::engine::schedule::keep_going;
 use softvi::world::mdp::TabularMdp;
 use softvi::{
-    Backup, Connectivity, CpuReference, GridSolver, Horizon, MdpEngine, MdpSolution, MdpSolver,
-    Method, NativeSolver, Outputs, SolveOptions, Status, solve_cpu,
+    Backup, Connectivity, CpuReference, GridSolver, Horizon, MdpSolution, MdpSolver, Method,
+    NativeSolver, Outputs, SolveOptions, Status, solve_cpu,
 };
 
 fn options(alpha: f64, gamma: f64, tol: f64, method: Method) -> SolveOptions {
@@ -273,8 +273,8 @@ fn unsupported_settings_are_refused_by_name() {
     }
 }
 
-/// The GPU kernels have no MPI yet: they refuse, naming themselves, when an adapter exists.
-/// The native engine's grid sweeps too (a plain grid solve on `NativeSolver`).
+/// The native engine's grid sweeps have no MPI yet: a plain grid solve on `NativeSolver`
+/// refuses it, naming them. (The GPU's general-MDP kernels run it: tests/kernel_mdp_mpi.rs.)
 #[test]
 fn engines_without_mpi_refuse_it() {
     let problem = common::random_problem(9, 11, 2, Connectivity::Four, true, 0.1, 3);
@@ -287,13 +287,4 @@ fn engines_without_mpi_refuse_it() {
         m.contains("native engine's grid sweeps") && m.contains("mpi"),
         "{m}"
     );
-    if let Some(gpu) = common::gpu() {
-        let mdp = common::random_mdp(50, 3, 1, false, 1);
-        let m = MdpEngine::new(gpu)
-            .unwrap()
-            .solve(&mdp, &o, Outputs::default())
-            .unwrap_err()
-            .to_string();
-        assert!(m.contains("GPU's CSR kernels") && m.contains("mpi"), "{m}");
-    }
 }

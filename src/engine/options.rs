@@ -223,9 +223,10 @@ impl SolveOptions {
     pub fn ensure_method_on(&self, backend: &str) -> Result<()> {
         ensure!(
             self.method == Method::Vi,
-            "method = \"mpi\" (--method mpi) is not implemented on {backend}: run it on the \
-             native engine's general MDPs (--backend native, device=\"native\") or the f64 \
-             reference (--backend cpu, device=\"cpu\"), or use method \"vi\""
+            "method = \"mpi\" (--method mpi) is not implemented on {backend}: run it on \
+             general MDPs on the native engine (--backend native, device=\"native\") or the \
+             GPU (--backend gpu, device=\"gpu\"), or on the f64 reference (--backend cpu, \
+             device=\"cpu\"), or use method \"vi\""
         );
         Ok(())
     }
