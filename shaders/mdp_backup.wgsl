@@ -329,10 +329,23 @@ fn evaluate(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_ind
     }
     let base = here * params.actions - params.row_origin;
     var total = remainder;
-    for (var a = 0u; a < params.actions; a++) {
-        let p = out[base + a];
-        if p > 0.0 {
-            total += p * action_value(item, a);
+    if HARD_MAX {
+        // One-hot: the chosen action found first, so that every invocation computes one Q
+        // (skipping the others per action would run each action's row for the whole SIMD
+        // group wherever any lane chose it).
+        var chosen = 0u;
+        for (var a = 0u; a < params.actions; a++) {
+            if out[base + a] > 0.0 {
+                chosen = a;
+            }
+        }
+        total += action_value(item, chosen);
+    } else {
+        for (var a = 0u; a < params.actions; a++) {
+            let p = out[base + a];
+            if p > 0.0 {
+                total += p * action_value(item, a);
+            }
         }
     }
     v_out[here - params.out_origin] = total - params.gamma * moved.x;

@@ -2063,6 +2063,7 @@ impl MdpEngine {
         );
         let checks = &chunk.checks;
         let offsets = &chunk.mpi.offset;
+        let recentres = chunk.span_bounded.iter().any(|&b| b);
         let mut record = |encoder: &mut wgpu::CommandEncoder, step| {
             let Step::Sweep {
                 index,
@@ -2083,9 +2084,11 @@ impl MdpEngine {
                     }
                 }
                 // c after the sweep becomes c before the next (a copy may not stay within
-                // one buffer).
-                encoder.copy_buffer_to_buffer(offsets, c_bytes, &carry, 0, c_bytes);
-                encoder.copy_buffer_to_buffer(&carry, 0, offsets, 0, c_bytes);
+                // one buffer); c stays 0 where no task re-centres.
+                if recentres {
+                    encoder.copy_buffer_to_buffer(offsets, c_bytes, &carry, 0, c_bytes);
+                    encoder.copy_buffer_to_buffer(&carry, 0, offsets, 0, c_bytes);
+                }
             };
             let (mut from, to) = (parity, 1 - parity);
             if index > 0 {
@@ -2100,7 +2103,7 @@ impl MdpEngine {
             sweep(encoder, pipeline, from, to);
         };
         let run = wait(self.core.iterate(checks, options, &mut record, progress))?;
-        if chunk.span_bounded.iter().any(|&b| b) {
+        if recentres {
             // V = v + c, where the policy and Q passes and the readback find it.
             let c = wait(self.core.read_f32(offsets, 0, c_bytes))?;
             let last = &chunk.values[(run.sweeps % 2) as usize];
