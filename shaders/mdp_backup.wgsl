@@ -68,6 +68,15 @@ struct MdpParams {
 @group(0) @binding(9) var<storage, read_write> out: array<f32>;
 // mdp_backup: NOT_FROZEN, or the task stopped iterating and is copied (shared/residual_stats.wgsl).
 @group(0) @binding(10) var<storage, read> frozen: array<u32>;     // [task]
+// Modified policy iteration (`improve`, `evaluate`; 16-byte stand-ins for the other entry
+// points): h(s) = V'(s) - sum_a pi(a|s) Q(s,a) of the last improvement (its policy is in
+// `out`), laid out and windowed as v_out; below -HUGE where V' is -inf (the state stays there).
+@group(0) @binding(11) var<storage, read_write> h: array<f32>;    // [task][state]
+// Per task of the chunk: [0] the offset c its values are held relative to (V = v + c) before
+// this sweep, [1] c after it (written by the invocation of state 0, copied to [0] by the host
+// between sweeps), [2] 1 where the task re-centres (no fixed state: its backup maps V + k to
+// T V + gamma k), else 0. `engine::gpu::mdp_engine::MdpEngine::iterate_mpi` explains why.
+@group(0) @binding(12) var<storage, read_write> offset: array<f32>; // [3][task]
 
 // One state of one task of the band.
 struct Item {
@@ -192,4 +201,152 @@ fn mdp_policy(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_i
             out[base + a] = out[base + a] / total;
         }
     }
+}
+
+// How an MPI sweep of `item`'s task moves its values: the input is re-centred on its state 0
+// (k = v_in(task, 0) moves into c), so the sweep computes T (v_in - k) = T v_in - gamma k
+// against V = v_in + c; returns (k, c + k). 0 and c for a task that does not re-centre.
+fn recentring(item: Item) -> vec2<f32> {
+    let tasks = arrayLength(&offset) / 3u;
+    let c = offset[item.task];
+    if offset[2u * tasks + item.task] == 0.0 {
+        return vec2<f32>(0.0, c);
+    }
+    let k = v_in[item.task * params.states - params.v_in_origin];
+    return vec2<f32>(k, c + k);
+}
+
+// The offset after an MPI sweep: gamma (c + k), or c unchanged for a stopped task; written
+// once per task, by the invocation of its state 0.
+fn write_offset(item: Item, after: f32) {
+    if item.state == 0u {
+        offset[arrayLength(&offset) / 3u + item.task] = after;
+    }
+}
+
+// Modified policy iteration's improvement (`Method::Mpi`): mdp_backup's backup of the
+// re-centred input (`recentring`), keeping its policy for the evaluation sweeps: pi(a|s) =
+// exp((Q(s,a) - V'(s)) / alpha) in `out` (one-hot on the first largest Q at alpha = 0) and
+// h = V' - sum_a pi Q in `h`. Q is staged in `out` as in mdp_policy. Residual statistics of V
+// itself: dV = (v_out + gamma (c + k)) - (v_in + c), the bound's V being v_out + gamma (c + k). CPU twin:
+// `engine::cpu::policy_evaluation::improve`.
+@compute @workgroup_size(WORKGROUP_SIZE, 1, 1)
+fn improve(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    var stats = NO_STATS;
+    let item = locate(wid, lid);
+    let here = item.task * params.states + item.state;
+    if item.valid && FREEZE && frozen[item.task] != NOT_FROZEN {
+        if !item.fixed {
+            v_out[here - params.out_origin] = v_in[here - params.v_in_origin];
+        }
+        write_offset(item, offset[item.task]);
+    } else if item.valid {
+        let moved = recentring(item);
+        write_offset(item, params.gamma * moved.y);
+    }
+    if item.valid && !item.fixed && !(FREEZE && frozen[item.task] != NOT_FROZEN) {
+        let moved = recentring(item);
+        let base = here * params.actions - params.row_origin;
+        var acc = vec2<f32>(action_value(item, 0u), 1.0);
+        out[base] = acc.x;
+        for (var a = 1u; a < params.actions; a++) {
+            let q = action_value(item, a);
+            out[base + a] = q;
+            acc = fold(acc, q);
+        }
+        let updated = finish(acc);
+        v_out[here - params.out_origin] = updated - params.gamma * moved.x;
+        if updated < -HUGE {
+            // Every action may step into an excluded state: -inf for good, no policy.
+            h[here - params.out_origin] = updated;
+            for (var a = 0u; a < params.actions; a++) {
+                out[base + a] = 0.0;
+            }
+        } else {
+            // V' - V = (T v_in - gamma k + gamma (c + k)) - (v_in + c).
+            let old = v_in[here - params.v_in_origin];
+            let delta = (updated - old) - (1.0 - params.gamma) * (moved.y - moved.x);
+            stats = element_stats(delta, updated - params.gamma * moved.x);
+            var expected = 0.0;
+            var chosen = false;
+            for (var a = 0u; a < params.actions; a++) {
+                let q = out[base + a];
+                var p = 0.0;
+                if HARD_MAX {
+                    // V' is the largest Q itself: its first action.
+                    p = select(0.0, 1.0, !chosen && q == updated);
+                    chosen = chosen || p > 0.0;
+                } else if q > -HUGE {
+                    p = exp_shifted(q, updated, params.log2e_over_alpha);
+                }
+                out[base + a] = p;
+                if p > 0.0 {
+                    expected += p * q;
+                }
+            }
+            h[here - params.out_origin] = updated - expected;
+        }
+    }
+    if WRITE_RESIDUAL {
+        let total = workgroup_stats(lid, stats);
+        let p = params;
+        let slot = partial_slot(wid, lid, p.dispatch_x, p.state_count, p.task_base, p.group_base, p.groups_per_task);
+        if slot != NO_SLOT {
+            partials[slot] = total;
+        }
+    }
+}
+
+// One policy-evaluation sweep of modified policy iteration under the last improvement's
+// policy (`out`, `h`), of the re-centred input (`recentring`): v_out = T_pi v_in - gamma k =
+// h + sum_a pi(a|s) Q_{v_in}(s,a) - gamma k, no exp or log; Q only for the actions pi takes
+// (one per state at alpha = 0). Tasks that stopped (FREEZE) and states at -inf are copied,
+// fixed states left alone; no statistics (convergence is tested on improvements only). CPU
+// twin: `engine::cpu::policy_evaluation::evaluate`.
+@compute @workgroup_size(WORKGROUP_SIZE, 1, 1)
+fn evaluate(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let item = locate(wid, lid);
+    if !item.valid {
+        return;
+    }
+    let here = item.task * params.states + item.state;
+    if FREEZE && frozen[item.task] != NOT_FROZEN {
+        if !item.fixed {
+            v_out[here - params.out_origin] = v_in[here - params.v_in_origin];
+        }
+        write_offset(item, offset[item.task]);
+        return;
+    }
+    let moved = recentring(item);
+    write_offset(item, params.gamma * moved.y);
+    if item.fixed {
+        return;
+    }
+    let remainder = h[here - params.out_origin];
+    if remainder < -HUGE {
+        v_out[here - params.out_origin] = v_in[here - params.v_in_origin];
+        return;
+    }
+    let base = here * params.actions - params.row_origin;
+    var total = remainder;
+    if HARD_MAX {
+        // One-hot: the chosen action found first, so that every invocation computes one Q
+        // (skipping the others per action would run each action's row for the whole SIMD
+        // group wherever any lane chose it).
+        var chosen = 0u;
+        for (var a = 0u; a < params.actions; a++) {
+            if out[base + a] > 0.0 {
+                chosen = a;
+            }
+        }
+        total += action_value(item, chosen);
+    } else {
+        for (var a = 0u; a < params.actions; a++) {
+            let p = out[base + a];
+            if p > 0.0 {
+                total += p * action_value(item, a);
+            }
+        }
+    }
+    v_out[here - params.out_origin] = total - params.gamma * moved.x;
 }

@@ -972,8 +972,9 @@ fn dtype_f64_writes_the_reference_in_float64() {
 
 /// `--method mpi`: the summary records the method, the full backups (`iterations`) and the
 /// evaluation sweeps between them, and the values agree with `--method vi` within both runs'
-/// error bounds; the settings MPI does not support, `--evaluations` without it, and a backend
-/// without it (the GPU kernels, when an adapter exists) fail by name and write nothing.
+/// error bounds, on the native engine, the reference and (when an adapter exists) the GPU's
+/// kernels; the settings MPI does not support and `--evaluations` without it fail by name and
+/// write nothing.
 #[test]
 fn method_mpi_records_its_sweeps_and_refuses_what_it_cannot_do() {
     let tmp = tempfile::tempdir().unwrap();
@@ -1076,9 +1077,23 @@ fn method_mpi_records_its_sweeps_and_refuses_what_it_cannot_do() {
         assert!(!out.exists(), "{name}: wrote {}", out.display());
     }
     if gpu_available() {
+        // The GPU's kernels run it too (this model is kept dense: the dense product's rows).
         let (o, out) = run("gpu", &["--method", "mpi", "--backend", "gpu"]);
-        assert!(!o.status.success());
-        assert!(stderr(&o).contains("GPU's CSR kernels"), "{}", stderr(&o));
-        assert!(!out.exists());
+        assert!(o.status.success(), "gpu: {}", stderr(&o));
+        let summary = summary(&out);
+        assert_eq!(summary["method"], "mpi");
+        let m = softvi::Method::DEFAULT_EVALUATIONS as u64;
+        assert_eq!(summary["evaluations_per_improvement"], m);
+        let improvements = summary["iterations"][0].as_u64().unwrap();
+        assert_eq!(
+            summary["evaluation_sweeps"][0].as_u64().unwrap(),
+            m * (improvements - 1)
+        );
+        assert!(summary["error_bound"][0].as_f64().unwrap() <= 1e-3);
+        let v = npy::decode_f32(&std::fs::read(out.join("values.npy")).unwrap()).unwrap();
+        let gap = (v.data.iter().zip(&values[0]))
+            .map(|(x, y)| (x - y).abs())
+            .fold(0.0f32, f32::max);
+        assert!(gap <= 2.01e-3, "gpu: {gap}");
     }
 }

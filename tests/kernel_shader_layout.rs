@@ -76,7 +76,7 @@ const SHADERS: &[Shader] = &[
     Shader {
         name: "mdp_backup",
         source: MDP_BACKUP_WGSL,
-        entry_points: &["mdp_backup", "mdp_policy"],
+        entry_points: &["mdp_backup", "mdp_policy", "improve", "evaluate"],
         overrides: &[
             ("OPTIMISTIC", BOOL),
             ("HARD_MAX", BOOL),
@@ -88,7 +88,7 @@ const SHADERS: &[Shader] = &[
     Shader {
         name: "mdp_dense_backup",
         source: MDP_DENSE_BACKUP_WGSL,
-        entry_points: &["mdp_backup", "mdp_policy"],
+        entry_points: &["mdp_backup", "mdp_policy", "improve", "evaluate"],
         overrides: &[
             ("OPTIMISTIC", BOOL),
             ("HARD_MAX", BOOL),

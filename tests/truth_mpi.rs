@@ -2,8 +2,7 @@
 //! point: on random MDPs (with and without terminals, with excluded actions) and a grid, at
 //! alpha 0 and > 0, every engine that has it stops with an error bound within tol that
 //! contains V* (an f64 value-iteration solve to 1e-13), and takes fewer improvements than
-//! value iteration takes sweeps. Settings MPI does not support are refused by name, and an
-//! engine without it refuses rather than running value iteration.
+//! value iteration takes sweeps. Settings MPI does not support are refused by name.
 
 // Per-task loops index several per-task arrays at once.
 #![allow(clippy::needless_range_loop)]
@@ -16,8 +15,8 @@ use softvi::engine::schedule::keep_going;
 use softvi::world::mdp::TabularMdp;
 use softvi::world::{ActionSet, Grid, GridProblem, GridTask, MoveCost};
 use softvi::{
-    Backup, Connectivity, CpuReference, Horizon, MdpEngine, MdpSolution, MdpSolver, Method,
-    Outputs, Solution, SolveOptions, Status, solve_cpu,
+    Backup, Connectivity, CpuReference, Horizon, MdpSolution, MdpSolver, Method, Outputs, Solution,
+    SolveOptions, Status, solve_cpu,
 };
 
 fn options(alpha: f64, gamma: f64, tol: f64, method: Method) -> SolveOptions {
@@ -439,20 +438,5 @@ fn unsupported_settings_are_refused_by_name() {
         }
         .validate()
         .unwrap();
-    }
-}
-
-/// The GPU kernels have no MPI yet: they refuse, naming themselves, when an adapter exists.
-#[test]
-fn engines_without_mpi_refuse_it() {
-    let o = options(0.5, 0.9, 1e-4, Method::MPI);
-    if let Some(gpu) = common::gpu() {
-        let mdp = common::random_mdp(50, 3, 1, false, 1);
-        let m = MdpEngine::new(gpu)
-            .unwrap()
-            .solve(&mdp, &o, Outputs::default())
-            .unwrap_err()
-            .to_string();
-        assert!(m.contains("GPU's CSR kernels") && m.contains("mpi"), "{m}");
     }
 }

@@ -306,7 +306,7 @@ def test_a_reward_that_grows_past_memory_is_a_memory_error():
 
 
 @pytest.mark.parametrize("alpha", [0.0, 0.8])
-@pytest.mark.parametrize("device", ["native", "cpu"])
+@pytest.mark.parametrize("device", ["native", "cpu", "gpu"])
 def test_modified_policy_iteration_reaches_the_fixed_point(world, device, alpha):
     """``method="mpi"``: within its error bound of V* (1000 f64 backups written here)."""
     p, r, _ = world
@@ -320,8 +320,8 @@ def test_modified_policy_iteration_reaches_the_fixed_point(world, device, alpha)
         soft_vi_fh(pe, as_engine_reads(r[b], device), 1000, gamma, alpha=a)[0][0] for b in range(B)
     ]
     for evaluations in [None, 1, 30]:
-        got = softvi.solve(
-            mdp, alpha=alpha, gamma=gamma, tol=2e-3, device=device, method="mpi",
+        got = run_on(
+            device, softvi.solve, mdp, alpha=alpha, gamma=gamma, tol=2e-3, method="mpi",
             evaluations=evaluations,
         )  # fmt: skip
         assert got.status == ["converged"] * B

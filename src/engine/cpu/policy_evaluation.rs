@@ -1,7 +1,8 @@
 //! Modified policy iteration in the reference (f64, one thread): the improvement (a full
 //! backup that also keeps its policy) and the partial policy evaluation between improvements,
 //! over any model whose Q the reference computes (grid or CSR). The native engine's twin is
-//! `NativeMdp::improve` / `NativeMdp::evaluate` in `crate::engine::native::mdp_backup`.
+//! `NativeMdp::improve` / `NativeMdp::evaluate` in `crate::engine::native::mdp_backup`; the
+//! GPU's, `improve` / `evaluate` in `shaders/mdp_backup.wgsl`.
 
 use super::residual_reduce::SweepStats;
 use super::soft_max;

@@ -20,7 +20,7 @@ use super::core::{
 use super::forward::{BandDispatch, ForwardOutputs, ForwardPass, PairDispatch, record_forward};
 use super::wait;
 use crate::engine::layout::{MdpInputs, dense_transitions};
-use crate::engine::options::{Backup, Horizon, Outputs, SolveOptions};
+use crate::engine::options::{Backup, Horizon, Method, Outputs, SolveOptions};
 use crate::engine::schedule::{
     OnProgress, Verdict, keep_going, span_bounded_tasks, with_unbounded,
 };
@@ -338,6 +338,9 @@ impl Layout<MdpParams> {
 pub(super) enum MdpStage {
     Backup,
     Policy,
+    /// Modified policy iteration's improvement and evaluation sweeps.
+    Improve,
+    Evaluate,
     Occupancy,
     OccupancyWeights,
 }
@@ -443,6 +446,7 @@ struct BackupBindings<'a> {
     partials: &'a wgpu::Buffer,
     frozen: &'a wgpu::Buffer,
     dense: Option<&'a DenseChunk>,
+    mpi: &'a MpiBuffers,
 }
 
 /// Where a band sits in its chunk: its span and the fields both kernels' uniforms open with.
@@ -543,6 +547,25 @@ struct MdpChunk {
     steps: Option<wgpu::Buffer>,
     /// The dense product, when the transitions are stored dense.
     dense: Option<DenseChunk>,
+    /// Modified policy iteration's buffers (16-byte stand-ins for value iteration).
+    mpi: MpiBuffers,
+}
+
+/// What modified policy iteration adds to a chunk (pooled buffers; 16-byte stand-ins under
+/// value iteration, which binds but never reads them). The improvement's pi is kept in the
+/// chunk's `policy` buffer, which the policy and Q passes overwrite only after the iteration.
+struct MpiBuffers {
+    /// Whether these are the real buffers (else stand-ins, bound whole).
+    active: bool,
+    /// Tasks of the chunk.
+    tasks: u64,
+    /// h = V' - sum_a pi Q of the last improvement, `[task][state]`.
+    h: wgpu::Buffer,
+    /// The offsets values are held relative to, `[3][task]` (`offset` in
+    /// `shaders/mdp_backup.wgsl`; [`MdpEngine::iterate_mpi`]).
+    offset: wgpu::Buffer,
+    /// The third value buffer the evaluation sweeps ping-pong through, `[task][state]`.
+    values: wgpu::Buffer,
 }
 
 /// A chunk's occupancy plan and buffers (pooled across solves), over the transposed
@@ -604,6 +627,8 @@ impl MdpEngine {
             storage(false), // partials
             storage(false), // out
             storage(true),  // frozen
+            storage(false), // h
+            storage(false), // offset
         ];
         let mdp_backup = core.shader("softvi.mdp_backup", MDP_BACKUP_WGSL, &backup_bindings);
         let mdp_dense_backup = core.shader(
@@ -749,6 +774,8 @@ impl MdpEngine {
             stage => (
                 match stage {
                     MdpStage::Backup => "mdp_backup",
+                    MdpStage::Improve => "improve",
+                    MdpStage::Evaluate => "evaluate",
                     _ => "mdp_policy",
                 },
                 match dense {
@@ -788,7 +815,6 @@ impl MdpEngine {
     ) -> Result<MdpSolution> {
         let start = Instant::now();
         check_mdp_solve(mdp, options)?;
-        options.ensure_method_on("the GPU's CSR kernels")?;
         let inputs = MdpInputs::new(mdp, options);
         let finite = matches!(options.horizon, Horizon::Finite(_));
         let horizon = options.horizon.finite_steps() as u64;
@@ -1083,6 +1109,14 @@ impl MdpEngine {
                 common.partials.as_entire_binding(),
                 bind(out.0, out.1, out.2),
                 common.frozen.as_entire_binding(),
+                match common.mpi.active {
+                    true => bind(&common.mpi.h, w[5].offset, w[5].size),
+                    false => common.mpi.h.as_entire_binding(),
+                },
+                match common.mpi.active {
+                    true => bind(&common.mpi.offset, 0, 3 * common.mpi.tasks * 4),
+                    false => common.mpi.offset.as_entire_binding(),
+                },
             ],
         )
     }
@@ -1258,6 +1292,28 @@ impl MdpEngine {
             }
             false => None,
         };
+        // Two more value arrays and one per task: each no larger than the reward, which the
+        // chunk's task count was planned to fit in one buffer.
+        let mpi = match options.method {
+            Method::Mpi { .. } => MpiBuffers {
+                active: true,
+                tasks: n as u64,
+                h: core.buffer("softvi.mpi_h", v_bytes, U::STORAGE),
+                offset: core.buffer(
+                    "softvi.mpi_offset",
+                    3 * n as u64 * 4,
+                    U::STORAGE | U::COPY_SRC | U::COPY_DST,
+                ),
+                values: core.buffer("softvi.mpi_values", v_bytes, usage),
+            },
+            Method::Vi => MpiBuffers {
+                active: false,
+                tasks: 0,
+                h: core.buffer("softvi.no_h", 16, U::STORAGE),
+                offset: core.buffer("softvi.no_offset", 16, U::STORAGE),
+                values: core.buffer("softvi.no_mpi_values", 16, U::STORAGE),
+            },
+        };
         let key = MdpPipelineKey {
             stage: MdpStage::Backup,
             optimistic: inputs.backup == Backup::Optimistic,
@@ -1286,6 +1342,7 @@ impl MdpEngine {
             params,
             steps,
             dense,
+            mpi,
         })
     }
 
@@ -1469,6 +1526,9 @@ impl MdpEngine {
         if let Some(steps) = &chunk.steps {
             let last = horizon as u64 * chunk.v_bytes;
             q.write_buffer(steps, last, bytemuck::cast_slice(&v0));
+        }
+        if let Method::Mpi { evaluations } = options.method {
+            return self.iterate_mpi(inputs, dynamics, chunk, (options, evaluations), progress);
         }
         let common = chunk.bindings(dynamics);
         let groups: Vec<[wgpu::BindGroup; 2]> = (chunk.layouts.iter().enumerate())
@@ -1850,6 +1910,7 @@ impl MdpChunk {
             partials: &self.checks.partials,
             frozen: &self.checks.frozen,
             dense: self.dense.as_ref(),
+            mpi: &self.mpi,
         }
     }
 }
@@ -1917,5 +1978,146 @@ fn record_dense(encoder: &mut wgpu::CommandEncoder, dispatches: &[DenseDispatch]
         pass.set_pipeline(pipeline);
         pass.set_bind_group(0, group, &[]);
         pass.dispatch_workgroups(*x, *y, *z);
+    }
+}
+
+/// The three value buffers of a modified-policy-iteration step, by index: the ping-pong pair
+/// (0, 1) and the chunk's `mpi.values` (2); the (input, output) pairs a step binds.
+const MPI_PAIRS: [(usize, usize); 6] = [(0, 1), (1, 0), (0, 2), (1, 2), (2, 0), (2, 1)];
+
+impl MdpEngine {
+    /// Modified policy iteration (`Method::Mpi`) on the check schedule of [`GpuCore::iterate`]:
+    /// each of its sweeps is `evaluations` `evaluate` sweeps under the last improvement's
+    /// policy (none before the first improvement), then one `improve`, whose residual the
+    /// checks read (its error bound holds for its output). The evaluations ping-pong through
+    /// `chunk.mpi.values` and the sweep's output buffer so that the improvement reads the last
+    /// of them and writes where value iteration's sweep would.
+    ///
+    /// Values relative to a per-task offset: evaluations drive V toward V_pi, |V| ~ 1 / (1 -
+    /// gamma), where f32 cannot resolve tol at gamma 0.99 (the bound's f32 reach is 1e-6 max
+    /// |V| / (1 - gamma)), while value iteration, stopped by the span bound, often stops with
+    /// V still small. A task without a fixed state (its backup maps V + k to T V + gamma k) is
+    /// held as V = v + c, with c in `chunk.mpi.offset`: every sweep (evaluation or improvement)
+    /// moves k = v(state 0) into c and computes T (v - k) = T v - gamma k, and c becomes
+    /// gamma (c + k). So v stays within about the span of V and the rewards' size of 0 at
+    /// every sweep, as the native engine's re-centring after each improvement keeps it
+    /// (`engine::native::solve`'s `Recentred`). Re-centring on the host at each check readback
+    /// (tried first) lets v grow over the 16 improvements of a check window: |V| ~ 13 at
+    /// gamma 0.99 in tests/kernel_mdp_mpi.rs, a reported bound of 1.3e-3 over a tol of 1e-3.
+    /// A shift read from v itself needs no reduction over states, and c stays on the device.
+    /// Its f32 rounding (an ulp of |c| a sweep) perturbs V before the next backup, which the
+    /// improvement's bound covers; the last one is the f32 rounding of the reported V. The
+    /// improvement's statistics are V's. On return the final buffer holds V.
+    fn iterate_mpi(
+        &mut self,
+        inputs: &MdpInputs,
+        dynamics: &Dynamics,
+        chunk: &MdpChunk,
+        (options, evaluations): (&SolveOptions, u32),
+        progress: &mut OnProgress<'_>,
+    ) -> Result<Iteration> {
+        let n = chunk.tasks.len();
+        // [0] c = 0, [1] c after a sweep, [2] whether the task re-centres.
+        let mut offset = vec![0.0f32; 3 * n];
+        for (t, &span) in chunk.span_bounded.iter().enumerate() {
+            offset[2 * n + t] = span as u32 as f32;
+        }
+        let q = &self.core.queue;
+        q.write_buffer(&chunk.mpi.offset, 0, bytemuck::cast_slice(&offset));
+        let buffers = [&chunk.values[0], &chunk.values[1], &chunk.mpi.values];
+        for buffer in &buffers[2..] {
+            let v0 = to_f32(&inputs.v0[chunk.task_states.clone()]);
+            q.write_buffer(buffer, 0, bytemuck::cast_slice(&v0));
+        }
+        let common = chunk.bindings(dynamics);
+        let groups: Vec<Vec<wgpu::BindGroup>> = (chunk.layouts.iter().enumerate())
+            .map(|(b, layout)| {
+                let w = layout.windows[2];
+                let pi = (&chunk.policy, w.offset, w.size);
+                (MPI_PAIRS.iter())
+                    .map(|&(i, o)| {
+                        let params = chunk.params.bind(b);
+                        self.backup_group(params, layout, &common, buffers[i], buffers[o], pi)
+                    })
+                    .collect()
+            })
+            .collect();
+        let pair = |i: usize, o: usize| MPI_PAIRS.iter().position(|&p| p == (i, o)).unwrap_or(0);
+        let stage = |stage, write_residual| MdpPipelineKey {
+            stage,
+            write_residual,
+            ..chunk.key
+        };
+        let improve = self.chunk_pipeline(chunk, stage(MdpStage::Improve, false));
+        let improve_checked = self.chunk_pipeline(chunk, stage(MdpStage::Improve, true));
+        let evaluate = self.chunk_pipeline(chunk, stage(MdpStage::Evaluate, false));
+        // The dense product of each buffer's values, recorded before a sweep reads them.
+        let dense: Vec<Vec<DenseDispatch>> = (buffers.iter())
+            .map(|v| self.dense_dispatches(dynamics, chunk, v, true))
+            .collect();
+        let c_bytes = n as u64 * 4;
+        let carry = self.core.buffer(
+            "softvi.mpi_offset_carry",
+            c_bytes,
+            wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST,
+        );
+        let checks = &chunk.checks;
+        let offsets = &chunk.mpi.offset;
+        let recentres = chunk.span_bounded.iter().any(|&b| b);
+        let mut record = |encoder: &mut wgpu::CommandEncoder, step| {
+            let Step::Sweep {
+                index,
+                parity,
+                checked,
+            } = step
+            else {
+                unreachable!("modified policy iteration does not extrapolate")
+            };
+            let sweep = |encoder: &mut wgpu::CommandEncoder, pipeline, from: usize, to: usize| {
+                record_dense(encoder, &dense[from]);
+                {
+                    let mut pass = encoder.begin_compute_pass(&Default::default());
+                    pass.set_pipeline(pipeline);
+                    for (b, groups) in groups.iter().enumerate() {
+                        pass.set_bind_group(0, &groups[pair(from, to)], &[]);
+                        pass.dispatch_workgroups_indirect(&checks.control, checks.sweep_args(b));
+                    }
+                }
+                // c after the sweep becomes c before the next (a copy may not stay within
+                // one buffer); c stays 0 where no task re-centres.
+                if recentres {
+                    encoder.copy_buffer_to_buffer(offsets, c_bytes, &carry, 0, c_bytes);
+                    encoder.copy_buffer_to_buffer(&carry, 0, offsets, 0, c_bytes);
+                }
+            };
+            let (mut from, to) = (parity, 1 - parity);
+            if index > 0 {
+                for i in 1..=evaluations {
+                    // The last evaluation writes the third buffer, which the improvement reads.
+                    let out = if (evaluations - i) % 2 == 0 { 2 } else { to };
+                    sweep(encoder, &evaluate, from, out);
+                    from = out;
+                }
+            }
+            let pipeline = if checked { &improve_checked } else { &improve };
+            sweep(encoder, pipeline, from, to);
+        };
+        let run = wait(self.core.iterate(checks, options, &mut record, progress))?;
+        if recentres {
+            // V = v + c, where the policy and Q passes and the readback find it.
+            let c = wait(self.core.read_f32(offsets, 0, c_bytes))?;
+            let last = &chunk.values[(run.sweeps % 2) as usize];
+            let mut v = wait(self.core.read_f32(last, 0, chunk.v_bytes))?;
+            let states = inputs.mdp.states;
+            for (task, &c) in v.chunks_exact_mut(states).zip(&c) {
+                for x in task.iter_mut() {
+                    *x = (*x as f64 + c as f64) as f32;
+                }
+            }
+            self.core
+                .queue
+                .write_buffer(last, 0, bytemuck::cast_slice(&v));
+        }
+        Ok(run)
     }
 }
