@@ -349,8 +349,8 @@ def solve_grid(
         occupancy: as in :func:`softvi.solve`.
         extrapolate: as in :func:`softvi.solve`.
         device: as in :func:`softvi.solve`.
-        method: as in :func:`softvi.solve` (``"mpi"`` on ``device="cpu"`` only: the grid
-            engines refuse it).
+        method: as in :func:`softvi.solve` (``"mpi"`` on ``device="cpu"`` and ``"gpu"``:
+            the native grid engine refuses it).
         evaluations: as in :func:`softvi.solve`.
 
     Returns:

@@ -224,8 +224,9 @@ impl SolveOptions {
         ensure!(
             self.method == Method::Vi,
             "method = \"mpi\" (--method mpi) is not implemented on {backend}: run it on the \
-             native engine's general MDPs (--backend native, device=\"native\") or the f64 \
-             reference (--backend cpu, device=\"cpu\"), or use method \"vi\""
+             native engine's general MDPs (--backend native, device=\"native\"), the GPU's \
+             grid kernels (--backend gpu, device=\"gpu\") or the f64 reference (--backend \
+             cpu, device=\"cpu\"), or use method \"vi\""
         );
         Ok(())
     }
