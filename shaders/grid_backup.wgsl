@@ -247,12 +247,12 @@ fn grid_backup(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_
 fn improve_cell(base: u32, q: array<f32, MAX_ACTIONS>) -> f32 {
     let count = action_count();
     let top = max_value(q);
-    var first = 0u;
-    for (var a = count; a > 0u; a--) {
-        if q[a - 1u] == top {
-            first = a - 1u;
-        }
+    // The first argmax (0 if none equals top: a NaN).
+    var first = count;
+    for (var a = 0u; a < count; a++) {
+        first = select(first, a, first == count && q[a] == top);
     }
+    first = select(first, 0u, first == count);
     if HARD_MAX {
         policy[base] = select(f32(first), -1.0, top < -HUGE);
         return top;
@@ -277,8 +277,10 @@ fn improve_cell(base: u32, q: array<f32, MAX_ACTIONS>) -> f32 {
             pi[a] = pi[a] / total;
         }
     } else {
-        pi = array<f32, MAX_ACTIONS>();
-        pi[first] = 1.0;
+        // Selects rather than pi[first]: a runtime index would keep the array in memory.
+        for (var a = 0u; a < count; a++) {
+            pi[a] = select(0.0, 1.0, a == first);
+        }
     }
     for (var a = 0u; a < count; a++) {
         policy[base + a] = pi[a];
@@ -287,14 +289,19 @@ fn improve_cell(base: u32, q: array<f32, MAX_ACTIONS>) -> f32 {
     return v;
 }
 
-// Q(s, a) of one action `a`, as `action_values` computes it with the expected backup.
+// Q(s, a) of one action `a`, as `action_values` computes it with the expected backup. `a` is
+// picked by selects: a runtime index into `next` would keep the array in memory.
 fn action_value(next: array<f32, MAX_ACTIONS>, r: f32, a: u32) -> f32 {
     var total = 0.0;
+    var moved = next[0];
+    var cost = step_cost(0u);
     for (var b = 0u; b < action_count(); b++) {
         total += next[b];
+        moved = select(moved, next[b], b == a);
+        cost = select(cost, step_cost(b), b == a);
     }
     let slipped = params.slip_share * total;
-    return r - step_cost(a) + params.gamma * ((1.0 - params.slip) * next[a] + slipped);
+    return r - cost + params.gamma * ((1.0 - params.slip) * moved + slipped);
 }
 
 // sum_a pi(a) q(a) over the actions the policy takes (an excluded action's -inf Q has pi = 0
