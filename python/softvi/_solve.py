@@ -254,8 +254,9 @@ def solve(
             ``evaluations`` exp-free policy-evaluation sweeps ``V <- r_pi + gamma P_pi V``
             between full backups; the same fixed point and ``tol``; infinite horizon, gamma
             < 1, expected backup; general MDPs on ``device="native"`` and ``"cpu"``, grids
-            on ``"gpu"`` and ``"cpu"``; the other engines refuse it). ``iterations`` then counts the full backups; each but the first follows
-            ``evaluations`` evaluation sweeps. See docs/solving.md.
+            on ``"gpu"`` and ``"cpu"``; the other engines refuse it). ``iterations`` then
+            counts the full backups; each but the first follows ``evaluations`` evaluation
+            sweeps. See docs/solving.md.
         evaluations: with ``method="mpi"``: evaluation sweeps per full backup (default 4).
 
     Returns:
