@@ -1,6 +1,8 @@
 // Soft Bellman backups over a batch of gridworld tasks that share one map.
 // CPU twin: src/engine/cpu/grid_backup.rs (`grid_backup`, `grid_policy`, `action_values`, `soft_max`). The
-// rate-extrapolation jump between sweeps is shaders/extrapolate.wgsl.
+// rate-extrapolation jump between sweeps is shaders/extrapolate.wgsl. Modified policy
+// iteration: `grid_backup` with IMPROVE is the improvement, `evaluate` the exp-free policy
+// evaluation sweep (CPU twin: src/engine/cpu/policy_evaluation.rs, `improve`, `evaluate`).
 //
 // Transitions are never stored: each cell's legal-move bitmask says which moves leave it
 // (bit a clear = the move is blocked and the agent stays). With slip eps, action a executes its
@@ -32,6 +34,9 @@ override WRITE_RESIDUAL: bool = false;
 override WRITE_Q: bool = false;
 // Whether a task may stop iterating (an infinite horizon): `frozen` is read only then.
 override FREEZE: bool = false;
+// grid_backup is modified policy iteration's improvement: it also writes its policy into
+// `policy` as the improved-policy record `evaluate` reads (see `policy_slots`).
+override IMPROVE: bool = false;
 
 @group(0) @binding(0) var<uniform> params: GridParams;
 // (row << 16 | quad column, move masks of the quad's 4 cells: byte j = cell 4q + j).
@@ -41,10 +46,19 @@ override FREEZE: bool = false;
 @group(0) @binding(4) var<storage, read> v_in: array<vec4<f32>>;         // [task][row][quad]
 @group(0) @binding(5) var<storage, read_write> v_out: array<vec4<f32>>;  // [task][row][quad]
 @group(0) @binding(6) var<storage, read_write> partials: array<vec4<f32>>; // [task][group]
-// grid_policy: pi (Q with WRITE_Q) [task][row][col][action].
+// grid_policy: pi (Q with WRITE_Q) [task][row][col][action]; grid_backup with IMPROVE (written)
+// and evaluate (read): the improved policy [task][row][col][policy_slots()].
 @group(0) @binding(7) var<storage, read_write> policy: array<f32>;
 // grid_backup: NOT_FROZEN, or the task stopped iterating and is copied (shared/residual_stats.wgsl).
 @group(0) @binding(8) var<storage, read> frozen: array<u32>;             // [task]
+
+// Floats per cell of the improved-policy record: at alpha = 0 the chosen action (the first
+// argmax; -1 where V = -inf: the cell stays there); else pi(a|s) for every action, then
+// h(s) = V'(s) - sum_a pi(a|s) Q(s,a) (-inf where V' = -inf). Same as
+// `engine::gpu::grid_engine::policy_slots`.
+fn policy_slots() -> u32 {
+    return select(action_count() + 1u, 1u, HARD_MAX);
+}
 
 fn step_cost(a: u32) -> f32 {
     return params.step_cost[a / 4u][a % 4u];
@@ -204,7 +218,12 @@ fn grid_backup(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_
         for (var j = 0u; j < 4u; j++) {
             if ((q.fixed >> j) & 1u) == 0u {
                 let next = successors(top, mid, bot, j, (q.masks >> (8u * j)) & 255u);
-                updated[j] = soft_max(action_values(next, r4[j]));
+                let values = action_values(next, r4[j]);
+                if IMPROVE {
+                    updated[j] = improve_cell((4u * q.out_index + j) * policy_slots(), values);
+                } else {
+                    updated[j] = soft_max(values);
+                }
                 let delta = updated[j] - old[j];
                 stats = combine_stats(stats, element_stats(delta, updated[j]));
             }
@@ -219,6 +238,135 @@ fn grid_backup(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_
             partials[slot] = total;
         }
     }
+}
+
+// soft_max(q) (the same arithmetic, the exponentials shared) that also writes the cell's
+// improved-policy record (`policy_slots`) at `base` in `policy`. Where f32 does not resolve
+// the soft policy (`soft_policy_resolved`) pi is one-hot on the first argmax, h then V' -
+// Q(argmax).
+fn improve_cell(base: u32, q: array<f32, MAX_ACTIONS>) -> f32 {
+    let count = action_count();
+    let top = max_value(q);
+    // The first argmax (0 if none equals top: a NaN).
+    var first = count;
+    for (var a = 0u; a < count; a++) {
+        first = select(first, a, first == count && q[a] == top);
+    }
+    first = select(first, 0u, first == count);
+    if HARD_MAX {
+        policy[base] = select(f32(first), -1.0, top < -HUGE);
+        return top;
+    }
+    var pi: array<f32, MAX_ACTIONS>;
+    var total = 0.0;
+    for (var a = 0u; a < count; a++) {
+        pi[a] = exp_shifted(q[a], top, params.log2e_over_alpha);
+        total += pi[a];
+    }
+    let v = lse_value(vec2<f32>(top, total), params.alpha_ln2);
+    if !(v >= -HUGE) {
+        // No action has a finite Q: the cell stays at V' (evaluate copies it).
+        for (var a = 0u; a < count; a++) {
+            policy[base + a] = 0.0;
+        }
+        policy[base + count] = v;
+        return v;
+    }
+    if soft_policy_resolved(params.alpha_ln2, top) {
+        for (var a = 0u; a < count; a++) {
+            pi[a] = pi[a] / total;
+        }
+    } else {
+        // Selects rather than pi[first]: a runtime index would keep the array in memory.
+        for (var a = 0u; a < count; a++) {
+            pi[a] = select(0.0, 1.0, a == first);
+        }
+    }
+    for (var a = 0u; a < count; a++) {
+        policy[base + a] = pi[a];
+    }
+    policy[base + count] = v - expected_q(pi, q);
+    return v;
+}
+
+// Q(s, a) of one action `a`, as `action_values` computes it with the expected backup. `a` is
+// picked by selects: a runtime index into `next` would keep the array in memory.
+fn action_value(next: array<f32, MAX_ACTIONS>, r: f32, a: u32) -> f32 {
+    var total = 0.0;
+    var moved = next[0];
+    var cost = step_cost(0u);
+    for (var b = 0u; b < action_count(); b++) {
+        total += next[b];
+        moved = select(moved, next[b], b == a);
+        cost = select(cost, step_cost(b), b == a);
+    }
+    let slipped = params.slip_share * total;
+    return r - cost + params.gamma * ((1.0 - params.slip) * moved + slipped);
+}
+
+// sum_a pi(a) q(a) over the actions the policy takes (an excluded action's -inf Q has pi = 0
+// and adds nothing).
+fn expected_q(pi: array<f32, MAX_ACTIONS>, q: array<f32, MAX_ACTIONS>) -> f32 {
+    var total = 0.0;
+    for (var a = 0u; a < action_count(); a++) {
+        if pi[a] > 0.0 {
+            total += pi[a] * q[a];
+        }
+    }
+    return total;
+}
+
+// One policy-evaluation sweep of modified policy iteration: v_out = T_pi v_in = h + sum_a
+// pi(a|s) Q_{v_in}(s,a) under the improved-policy record in `policy` (at alpha = 0 the chosen
+// action's Q alone), no exp or log. Fixed cells, cells at -inf and frozen tasks are copied;
+// no statistics (convergence is tested on improvements only). Same dispatch and bindings as
+// grid_backup (with the expected backup: IMPROVE's settings).
+@compute @workgroup_size(WORKGROUP_SIZE, 1, 1)
+fn evaluate(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let q = locate(wid, lid);
+    if !q.valid || q.fixed == 15u {
+        return;
+    }
+    let old = v_in[q.in_index];
+    if FREEZE && frozen[q.task] != NOT_FROZEN {
+        v_out[q.out_index] = old;
+        return;
+    }
+    let up = row_above(q);
+    let down = row_below(q);
+    let l = step_left(q);
+    let r = step_right(q);
+    let here = q.in_index;
+    let top = segment(v_in[up - l], v_in[up], v_in[up + r]);
+    let mid = segment(v_in[here - l], old, v_in[here + r]);
+    let bot = segment(v_in[down - l], v_in[down], v_in[down + r]);
+    let r4 = quad_reward(q);
+    let count = action_count();
+    var updated = old;
+    for (var j = 0u; j < 4u; j++) {
+        if ((q.fixed >> j) & 1u) != 0u {
+            continue;
+        }
+        let base = (4u * q.out_index + j) * policy_slots();
+        let next = successors(top, mid, bot, j, (q.masks >> (8u * j)) & 255u);
+        if HARD_MAX {
+            let chosen = policy[base];
+            if chosen >= 0.0 {
+                updated[j] = action_value(next, r4[j], u32(chosen));
+            }
+        } else {
+            let values = action_values(next, r4[j]);
+            let h = policy[base + count];
+            if h >= -HUGE {
+                var pi: array<f32, MAX_ACTIONS>;
+                for (var a = 0u; a < count; a++) {
+                    pi[a] = policy[base + a];
+                }
+                updated[j] = h + expected_q(pi, values);
+            }
+        }
+    }
+    v_out[q.out_index] = updated;
 }
 
 // pi(a|s) = exp((Q(s,a) - V(s)) / alpha) from the next values in v_in, written to `policy`

@@ -37,7 +37,7 @@ const SHADERS: &[Shader] = &[
     Shader {
         name: "grid_backup",
         source: GRID_BACKUP_WGSL,
-        entry_points: &["grid_backup", "grid_policy"],
+        entry_points: &["grid_backup", "grid_policy", "evaluate"],
         overrides: &[
             ("CONNECTIVITY", &[4.0, 8.0]),
             ("STAY", BOOL),
@@ -47,6 +47,7 @@ const SHADERS: &[Shader] = &[
             ("WRITE_RESIDUAL", BOOL),
             ("WRITE_Q", BOOL),
             ("FREEZE", BOOL),
+            ("IMPROVE", BOOL),
         ],
     },
     Shader {

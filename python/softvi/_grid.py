@@ -349,8 +349,7 @@ def solve_grid(
         occupancy: as in :func:`softvi.solve`.
         extrapolate: as in :func:`softvi.solve`.
         device: as in :func:`softvi.solve`.
-        method: as in :func:`softvi.solve` (``"mpi"`` on ``device="native"`` and ``"cpu"``:
-            the GPU's grid kernels refuse it).
+        method: as in :func:`softvi.solve` (``"mpi"`` on every device).
         evaluations: as in :func:`softvi.solve`.
 
     Returns:

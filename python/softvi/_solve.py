@@ -253,9 +253,9 @@ def solve(
         method: ``"vi"`` (value iteration) or ``"mpi"`` (modified policy iteration:
             ``evaluations`` exp-free policy-evaluation sweeps ``V <- r_pi + gamma P_pi V``
             between full backups; the same fixed point and ``tol``; infinite horizon, gamma
-            < 1, expected backup; general MDPs on every device, grids on ``device="cpu"``
-            only). ``iterations`` then counts the full backups; each but the first follows
-            ``evaluations`` evaluation sweeps. See docs/solving.md.
+            < 1, expected backup; every device, grids and general MDPs). ``iterations``
+            then counts the full backups; each but the first follows ``evaluations``
+            evaluation sweeps. See docs/solving.md.
         evaluations: with ``method="mpi"``: evaluation sweeps per full backup (default 4).
 
     Returns:

@@ -14,6 +14,7 @@ from conftest import (
     soft_vi_fh,
     tolerance,
 )
+from scipy.special import logsumexp
 
 import softvi
 
@@ -330,6 +331,47 @@ def test_modified_policy_iteration_reaches_the_fixed_point(world, device, alpha)
             assert got.error_bound[b] <= 2e-3
             # Plus 1e-6 |V|: the reported values are float32.
             assert err <= got.error_bound[b] + 2e-5, (err, got.error_bound[b])
+
+
+@pytest.mark.parametrize("alpha", [0.0, 0.8])
+def test_grid_modified_policy_iteration_on_the_gpu(alpha):
+    """``method="mpi"`` on a grid on the GPU's kernels: converged, within its error bound of
+    V*, the fixed point of the same grid as an MDP (``Grid.as_mdp``) iterated here in NumPy."""
+    grid = softvi.Grid.maze(21, 15, seed=4)  # 15 x 21, loops, 144 free cells
+    goals = [(1, 1), (13, 19)]
+    world = grid.as_mdp(goals, slip=0.1)
+    rng = np.random.default_rng(3)
+    state_map = rng.uniform(-0.5, 0.5, size=(len(goals), grid.height, grid.width))
+    arrays = world.arrays()
+    s_n, a_n = world.states, world.actions
+    p = sp.csr_matrix((arrays["data"], arrays["indices"], arrays["indptr"]), shape=(s_n * a_n, s_n))
+    reward, terminal = world.reward_of(state_map), arrays["terminal"]
+    gamma, tol = 0.95, 1e-3
+    truth = []
+    for b in range(len(goals)):
+        v = np.where(terminal[b], arrays["terminal_value"][b], 0.0)
+        for _ in range(1500):  # gamma^1500 < 1e-33: the fixed point to f64 rounding
+            q = reward[b] + gamma * (p @ v).reshape(s_n, a_n)
+            soft = q.max(axis=1) if alpha == 0 else alpha * logsumexp(q / alpha, axis=1)
+            v = np.where(terminal[b], v, soft)
+        truth.append(world.to_cells(v[None])[0])
+    got = run_on(
+        "gpu", softvi.solve_grid, grid, goals, reward=state_map, slip=0.1, alpha=alpha,
+        gamma=gamma, tol=tol, method="mpi",
+    )  # fmt: skip
+    plain = run_on(
+        "gpu", softvi.solve_grid, grid, goals, reward=state_map, slip=0.1, alpha=alpha,
+        gamma=gamma, tol=tol, extrapolate=False,
+    )  # fmt: skip
+    assert got.status == ["converged"] * len(goals)
+    for b in range(len(goals)):
+        assert got.error_bound[b] <= tol
+        # The evaluation sweeps did part of the work: fewer improvements than VI's sweeps.
+        assert got.iterations[b] < plain.iterations[b], (got.iterations, plain.iterations)
+        err = np.nanmax(np.abs(got.values[b] - truth[b]))
+        # Plus 4 f32 ulps of |V| <= 20 per backup, contracted: 4 * 1.2e-7 * 20 / 0.05 = 2e-4.
+        assert err <= got.error_bound[b] + 2e-4, (err, got.error_bound[b])
+        np.testing.assert_array_equal(np.isnan(got.values[b]), np.isnan(truth[b]))
 
 
 def test_modified_policy_iteration_is_refused_where_it_does_not_apply(world):

@@ -52,7 +52,8 @@ pub(super) struct IterationArgs {
     #[arg(long, value_enum, default_value_t = BackendArg::Auto)]
     pub(super) backend: BackendArg,
     /// How the fixed point is iterated to: value iteration or modified policy iteration
-    /// (general MDPs on the native engine and the f64 reference).
+    /// (general MDPs on the native engine, grids on the GPU's kernels, both on the f64
+    /// reference).
     #[arg(long, value_enum, default_value_t = MethodArg::Vi)]
     method: MethodArg,
     /// With --method mpi: policy-evaluation sweeps after each full backup.

@@ -218,19 +218,6 @@ impl SolveOptions {
         Ok(())
     }
 
-    /// Refuses modified policy iteration on an engine that does not have it yet (`backend`
-    /// names the engine, e.g. "the GPU (WGSL kernels)"): never value iteration in its place.
-    pub fn ensure_method_on(&self, backend: &str) -> Result<()> {
-        ensure!(
-            self.method == Method::Vi,
-            "method = \"mpi\" (--method mpi) is not implemented on {backend}: run it on the \
-             native engine (--backend native, device=\"native\"), general MDPs on the GPU \
-             (--backend gpu, device=\"gpu\") or the f64 reference (--backend cpu, \
-             device=\"cpu\"), or use method \"vi\""
-        );
-        Ok(())
-    }
-
     /// Whether rate extrapolation applies: asked for, infinite horizon, alpha > 0 (the hard
     /// max's residual does not decay geometrically, and jumps there cost sweeps) and gamma < 1
     /// (undiscounted solves may have no fixed point; their growth must stay visible to the

@@ -13,7 +13,7 @@ use bytemuck::{Pod, Zeroable};
 
 use super::context::GpuContext;
 use crate::engine::cpu::SweepStats;
-use crate::engine::options::{Horizon, SolveOptions};
+use crate::engine::options::{Horizon, Method, SolveOptions};
 use crate::engine::schedule::{
     ConvergenceMonitor, OnProgress, Progress, TaskOutcomes, Verdict, bound_factor, check_windows,
     sweep_budget,
@@ -778,7 +778,16 @@ impl GpuCore {
     ) -> Result<Iteration> {
         use wgpu::BufferUsages as U;
         let n = checks.tasks;
-        let windows = check_windows(sweep_budget(&options.horizon));
+        // Each check: its sweeps, and whether it ends a window of the schedule (divergence is
+        // judged there). Modified policy iteration tests every improvement, as the reference
+        // does (`crate::engine::cpu::iterate_mpi_cpu`): a check per sweep.
+        let schedule = check_windows(sweep_budget(&options.horizon));
+        let windows: Vec<(u32, bool)> = match options.method {
+            Method::Vi => schedule.iter().map(|&len| (len, true)).collect(),
+            Method::Mpi { .. } => (schedule.iter())
+                .flat_map(|&len| (1..=len).map(move |i| (1, i == len)))
+                .collect(),
+        };
         let mut monitor = ConvergenceMonitor::new(options, n);
         let mut verdict = Verdict::Continue;
         let mut last = vec![SweepStats::default(); n];
@@ -797,7 +806,7 @@ impl GpuCore {
                 .write_buffer(&checks.control, 0, bytemuck::bytes_of(&0u32));
             let mut encoder = self.device.create_command_encoder(&Default::default());
             let mut index = sweeps;
-            for &len in batch {
+            for &(len, _) in batch {
                 for i in 0..len {
                     let parity = (index % 2) as usize;
                     let checked = i + 1 == len;
@@ -846,7 +855,7 @@ impl GpuCore {
             let stats: &[[f32; 4]] =
                 bytemuck::cast_slice(&bytes[CONTROL_HEADER_BYTES as usize..frozen_at as usize]);
             let frozen: &[u32] = bytemuck::cast_slice(&bytes[frozen_at as usize..]);
-            for (j, &len) in batch.iter().enumerate() {
+            for (j, &(len, window_end)) in batch.iter().enumerate() {
                 sweeps += len;
                 last = stats[j * n..(j + 1) * n]
                     .iter()
@@ -861,7 +870,15 @@ impl GpuCore {
                 // The GPU froze these tasks at this check; the monitor adds divergence. A task
                 // the host froze earlier holds a stale or host value, which it ignores.
                 let converged: Vec<bool> = frozen.iter().map(|&f| f == j as u32).collect();
-                verdict = monitor.observe(sweeps, &last, &converged);
+                if window_end {
+                    verdict = monitor.observe(sweeps, &last, &converged);
+                } else {
+                    // Between two of the schedule's checks, as `iterate_checked` there.
+                    monitor.converged_between_checks(sweeps, &last, &converged);
+                    if !monitor.frozen().contains(&false) {
+                        verdict = monitor.observe(sweeps, &last, &converged);
+                    }
+                }
                 if verdict != Verdict::Continue || converged_check == j as u32 {
                     break;
                 }

@@ -5,7 +5,7 @@
 use crate::engine::Instant;
 use std::ops::Range;
 
-use crate::error::{Error, Result, ensure, ensure_limit};
+use crate::error::{Context, Error, Result, ensure, ensure_limit};
 use bytemuck::{Pod, Zeroable};
 
 use super::bands::{Band, BandLimits, band_dispatch, plan_bands};
@@ -13,11 +13,11 @@ use super::chunks::{ChunkResult, solve_in_chunks};
 use super::context::GpuContext;
 use super::core::{
     Checks, EngineOptions, ExtrapolateBand, ExtrapolateParams, GpuCore, Iteration, Kernels, Shader,
-    StepCopies, Uniforms, WINDOW_SLACK, Window, bind, invocations, storage, window,
+    Step, StepCopies, Uniforms, WINDOW_SLACK, Window, bind, invocations, storage, window,
 };
 use super::forward::{BandDispatch, ForwardPass, PairDispatch, record_forward};
 use crate::engine::layout::GridInputs;
-use crate::engine::options::{Backup, Horizon, Outputs, SolveOptions};
+use crate::engine::options::{Backup, Horizon, Method, Outputs, SolveOptions};
 use crate::engine::schedule::{OnProgress, Verdict, keep_going, with_unbounded};
 use crate::engine::solution::{MdpSolution, Solution};
 use crate::engine::warm_start::grid_start_values_for;
@@ -98,6 +98,14 @@ pub struct GridParams {
     pub _pad0: u32,
     /// `cost(a)` per action in the action order, 4 per vec4 (value units).
     pub step_cost: [[f32; 4]; 3],
+}
+
+/// Floats per cell of modified policy iteration's improved-policy record
+/// (`[task][row][col][slot]`, written by `grid_backup` with `IMPROVE`, read by `evaluate`): at
+/// alpha = 0 the chosen action (hard max), else pi over the `actions` actions and h. Same as
+/// `policy_slots` in `shaders/grid_backup.wgsl`.
+pub fn policy_slots(hard_max: bool, actions: usize) -> usize {
+    if hard_max { 1 } else { actions + 1 }
 }
 
 /// Splits `tasks` tasks of `height` x `width` cells into bands (of whole tasks, or of rows of
@@ -188,6 +196,8 @@ enum GridStage {
     Backup,
     Policy,
     Occupancy,
+    /// Modified policy iteration's policy-evaluation sweep.
+    Evaluate,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -203,6 +213,8 @@ struct GridPipelineKey {
     write_q: bool,
     /// Tasks may stop iterating (an infinite horizon): `grid_backup` reads `frozen`.
     freeze: bool,
+    /// `grid_backup` is modified policy iteration's improvement (writes its policy).
+    improve: bool,
 }
 
 /// One band's params, binding windows (active quads, fixed bits, v_in, out) and workgroup
@@ -279,6 +291,69 @@ struct GridChunk {
     no_policy: wgpu::Buffer,
     /// V before the last extrapolation jump, for its rollback.
     backup: wgpu::Buffer,
+    /// Modified policy iteration's buffers (`None`: value iteration).
+    mpi: Option<MpiBuffers>,
+}
+
+/// A chunk's buffers of modified policy iteration.
+struct MpiBuffers {
+    /// Evaluation sweeps per improvement.
+    evaluations: u32,
+    /// Floats per cell of `policy` ([`policy_slots`]).
+    slots: u64,
+    /// The last improvement's policy, `[task][row][col][slot]`.
+    policy: wgpu::Buffer,
+    /// A third value array `[task][cell]` the evaluation sweeps alternate with the input.
+    evaluated: wgpu::Buffer,
+}
+
+/// The pipelines and per-band bind groups of modified policy iteration's steps: `improve[b]`
+/// = from values 0, values 1 (into the other), from `evaluated` into values 1, into values 0;
+/// `evaluate[b]` = values 0 into `evaluated`, back into values 0, the same with values 1.
+struct MpiKernels<'a> {
+    improve: wgpu::ComputePipeline,
+    improve_checked: wgpu::ComputePipeline,
+    evaluate: wgpu::ComputePipeline,
+    improve_groups: Vec<[wgpu::BindGroup; 4]>,
+    evaluate_groups: Vec<[wgpu::BindGroup; 4]>,
+    evaluations: u32,
+    checks: &'a Checks,
+}
+
+impl MpiKernels<'_> {
+    /// Records one step of modified policy iteration as the check schedule's sweep `index`
+    /// from values `parity` into the other (`crate::engine::cpu::mpi_step`): `evaluations`
+    /// evaluation sweeps (none before the first improvement) alternating between the input
+    /// and `evaluated`, then the improvement, each a pass of indirect dispatches (zeroed
+    /// once every task has frozen).
+    fn record(&self, encoder: &mut wgpu::CommandEncoder, index: u32, parity: usize, checked: bool) {
+        let pass = |encoder: &mut wgpu::CommandEncoder,
+                    pipeline: &wgpu::ComputePipeline,
+                    groups: &[[wgpu::BindGroup; 4]],
+                    at: usize| {
+            let mut pass = encoder.begin_compute_pass(&Default::default());
+            pass.set_pipeline(pipeline);
+            for (b, group) in groups.iter().enumerate() {
+                pass.set_bind_group(0, &group[at], &[]);
+                pass.dispatch_workgroups_indirect(&self.checks.control, self.checks.sweep_args(b));
+            }
+        };
+        let mut in_evaluated = false;
+        if index > 0 {
+            for _ in 0..self.evaluations {
+                let at = 2 * parity + in_evaluated as usize;
+                pass(encoder, &self.evaluate, &self.evaluate_groups, at);
+                in_evaluated = !in_evaluated;
+            }
+        }
+        let at = parity + 2 * in_evaluated as usize;
+        let improve = if checked {
+            &self.improve_checked
+        } else {
+            &self.improve
+        };
+        pass(encoder, improve, &self.improve_groups, at);
+    }
 }
 
 /// The kernel inputs of a solve and the arrays derived from them once for every chunk.
@@ -396,6 +471,7 @@ impl GridEngine {
             GridStage::Backup => ("grid_backup", &self.grid_backup),
             GridStage::Policy => ("grid_policy", &self.grid_backup),
             GridStage::Occupancy => ("grid_occupancy", &self.grid_occupancy),
+            GridStage::Evaluate => ("evaluate", &self.grid_backup),
         };
         let flag = |b: bool| if b { 1.0 } else { 0.0 };
         let mut constants = vec![
@@ -410,6 +486,7 @@ impl GridEngine {
                 ("WRITE_RESIDUAL", flag(key.write_residual)),
                 ("WRITE_Q", flag(key.write_q)),
                 ("FREEZE", flag(key.freeze)),
+                ("IMPROVE", flag(key.improve)),
             ]);
         }
         self.core.pipeline(shader, entry, &constants)
@@ -550,17 +627,29 @@ impl GridEngine {
         let start = Instant::now();
         problem.validate()?;
         options.validate()?;
-        options.ensure_method_on("the GPU's grid kernels")?;
         let padded = pad_to_quads(problem);
         let inputs = GridInputs::new(&padded, options);
         let cells = inputs.cells();
         let n = inputs.action_count;
         let horizon = options.horizon.finite_steps() as u64;
-        let bytes_per_cell = match &forward {
-            Some(_) => (4 * n as u64).max(4 * (horizon + 1)),
-            None => 4,
+        let bytes_per_cell = match (&forward, options.method) {
+            (Some(_), _) => (4 * n as u64).max(4 * (horizon + 1)),
+            // The improved policy is the largest array.
+            (None, Method::Mpi { .. }) => 4 * policy_slots(inputs.alpha == 0.0, n) as u64,
+            (None, Method::Vi) => 4,
         };
-        let per_chunk = self.tasks_per_chunk(cells, bytes_per_cell)?;
+        let per_chunk = match (&forward, options.method) {
+            (None, Method::Mpi { .. }) => self
+                .tasks_per_chunk(cells, bytes_per_cell)
+                .with_context(|| {
+                    format!(
+                        "modified policy iteration (--method mpi) keeps {} floats per cell \
+                             of its policy",
+                        bytes_per_cell / 4
+                    )
+                })?,
+            _ => self.tasks_per_chunk(cells, bytes_per_cell)?,
+        };
         let arrays = GridArrays {
             start_values: grid_start_values_for(&inputs, options)
                 .map(|v| v.into_iter().map(|x| x as f32).collect()),
@@ -798,7 +887,23 @@ impl GridEngine {
         let (h, w, n_actions) = (inputs.height, inputs.width, inputs.action_count);
         let max_binding = self.core.max_binding;
         let max_workgroups = self.core.max_workgroups;
-        let bands = plan_grid_bands(n, h, w, 4, max_binding, max_workgroups)?;
+        // Modified policy iteration's sweeps also bind the improved policy's window.
+        let slots = match options.method {
+            Method::Vi => None,
+            Method::Mpi { evaluations } => Some((
+                evaluations,
+                policy_slots(inputs.alpha == 0.0, n_actions) as u64,
+            )),
+        };
+        let bands = match slots {
+            None => plan_grid_bands(n, h, w, 4, max_binding, max_workgroups)?,
+            Some((_, slots)) => plan_grid_bands(n, h, w, 4 * slots, max_binding, max_workgroups)
+                .with_context(|| {
+                    format!(
+                        "modified policy iteration (--method mpi) keeps {slots} floats per cell                          of its policy"
+                    )
+                })?,
+        };
         let layouts = self.lay_out_bands(inputs, &arrays.active_quads, n, &bands)?;
         let policy_layouts = if rows {
             let policy_bands =
@@ -869,7 +974,17 @@ impl GridEngine {
             write_residual: false,
             write_q: false,
             freeze: matches!(options.horizon, Horizon::Infinite { .. }),
+            improve: false,
         };
+        let mpi = slots.map(|(evaluations, slots)| {
+            let policy_bytes = n as u64 * inputs.cells() as u64 * slots * 4;
+            MpiBuffers {
+                evaluations,
+                slots,
+                policy: core.buffer("softvi.improved_policy", policy_bytes, U::STORAGE),
+                evaluated: core.buffer("softvi.values_evaluated", v_bytes, usage),
+            }
+        });
         Ok(GridChunk {
             n,
             v_bytes,
@@ -886,6 +1001,7 @@ impl GridEngine {
             steps,
             no_policy,
             backup,
+            mpi,
         })
     }
 
@@ -940,18 +1056,41 @@ impl GridEngine {
             }
             false => Vec::new(),
         };
+        // Every value array starts at the start values: quads whose cells are all fixed are
+        // never written, and a neighbour reads them.
+        let evaluated = chunk.mpi.as_ref().map(|m| &m.evaluated);
+        let all_values = values.iter().chain(evaluated);
         match &arrays.start_values {
             Some(start) => {
                 let start = &start[tasks.start * cells..tasks.end * cells];
-                q.write_buffer(&values[0], 0, bytemuck::cast_slice(start));
-                q.write_buffer(&values[1], 0, bytemuck::cast_slice(start));
+                for buffer in all_values {
+                    q.write_buffer(buffer, 0, bytemuck::cast_slice(start));
+                }
             }
             None => {
                 let mut encoder = self.core.device.create_command_encoder(&Default::default());
-                encoder.clear_buffer(&values[0], 0, Some(chunk.v_bytes));
-                encoder.clear_buffer(&values[1], 0, Some(chunk.v_bytes));
+                for buffer in all_values {
+                    encoder.clear_buffer(buffer, 0, Some(chunk.v_bytes));
+                }
                 self.core.queue.submit([encoder.finish()]);
             }
+        }
+        if let Some(mpi) = &chunk.mpi {
+            let kernels = self.mpi_kernels(chunk, mpi);
+            let mut record = |encoder: &mut wgpu::CommandEncoder, step| match step {
+                Step::Sweep {
+                    index,
+                    parity,
+                    checked,
+                } => kernels.record(encoder, index, parity, checked),
+                Step::Extrapolate { .. } => {
+                    unreachable!("modified policy iteration does not extrapolate")
+                }
+            };
+            return (self
+                .core
+                .iterate(&chunk.checks, options, &mut record, progress))
+            .await;
         }
         let kernels = Kernels {
             sweep: &sweep,
@@ -971,6 +1110,51 @@ impl GridEngine {
             kernels.record(encoder, checks, step);
         };
         (self.core.iterate(checks, options, &mut record, progress)).await
+    }
+
+    /// The pipelines and bind groups of modified policy iteration's steps over `chunk`'s
+    /// sweep bands ([`MpiKernels`]).
+    fn mpi_kernels<'a>(&mut self, chunk: &'a GridChunk, mpi: &MpiBuffers) -> MpiKernels<'a> {
+        let [v0, v1] = &chunk.values;
+        let e = &mpi.evaluated;
+        let groups = |pairs: [(&wgpu::Buffer, &wgpu::Buffer); 4]| -> Vec<[wgpu::BindGroup; 4]> {
+            (chunk.layouts.iter().enumerate())
+                .map(|(b, layout)| {
+                    // The improved policy's window: the band's cells, as the out window's.
+                    let out = &layout.windows[3];
+                    let policy = (
+                        &mpi.policy,
+                        out.offset * mpi.slots,
+                        (layout.end_cell - 4 * out.origin) * mpi.slots * 4,
+                    );
+                    pairs.map(|io| {
+                        let params = chunk.sweep_params.bind(b);
+                        self.grid_bind_group(chunk, params, &layout.windows, io, policy)
+                    })
+                })
+                .collect()
+        };
+        let improve_groups = groups([(v0, v1), (v1, v0), (e, v1), (e, v0)]);
+        let evaluate_groups = groups([(v0, e), (e, v0), (v1, e), (e, v1)]);
+        let key = GridPipelineKey {
+            improve: true,
+            ..chunk.key
+        };
+        MpiKernels {
+            improve: self.grid_pipeline(key),
+            improve_checked: self.grid_pipeline(GridPipelineKey {
+                write_residual: true,
+                ..key
+            }),
+            evaluate: self.grid_pipeline(GridPipelineKey {
+                stage: GridStage::Evaluate,
+                ..chunk.key
+            }),
+            improve_groups,
+            evaluate_groups,
+            evaluations: mpi.evaluations,
+            checks: &chunk.checks,
+        }
     }
 
     /// pi (Q with `write_q`) from `values[from]`, `[task][cell][action]`, band by band through

@@ -22,7 +22,6 @@ pub fn solve_sharded<E: BorrowMut<GridEngine> + Send>(
     ensure!(!engines.is_empty(), "no engine to shard the tasks over");
     problem.validate()?;
     options.validate()?;
-    options.ensure_method_on("the GPU's grid kernels")?;
     outputs.ensure_plain()?;
     let start = Instant::now();
     let per_shard = problem.tasks.len().div_ceil(engines.len());
