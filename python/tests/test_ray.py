@@ -224,7 +224,7 @@ def test_mdp_batch_in_shards_equals_the_single_solve(device, horizon):
     assert_same(got, want)
 
 
-@pytest.mark.parametrize("mpi_device", ["cpu", "native"])
+@pytest.mark.parametrize("mpi_device", ["cpu", "native", "gpu"])
 def test_mpi_batch_in_shards_equals_the_single_solve(mpi_device):
     """``method="mpi"`` through Ray: each task freezes at its own check, so the shards give the
     single solve's bits (the evaluation sweeps included)."""
@@ -238,7 +238,7 @@ def test_mpi_batch_in_shards_equals_the_single_solve(mpi_device):
     terminal = rng.random((tasks, states)) < 0.1
     mdp = softvi.TabularMDP(p, reward, terminal=terminal)
     kwargs = dict(alpha=0.0, gamma=0.95, tol=1e-3, method="mpi", evaluations=3, q=True)
-    want = softvi.solve(mdp, device=mpi_device, **kwargs)
+    want = run_on(mpi_device, softvi.solve, mdp, **kwargs)
     assert want.status == ["converged"] * tasks
     assert len(set(want.iterations)) > 1, "the tasks should stop at different improvements"
     got = softvi.ray.solve(mdp, shards=3, progress=False, device=mpi_device, **kwargs)
