@@ -1,4 +1,6 @@
-"""The gradient of sum(initial * V_0) with respect to a [H,W] reward map on a maze, by softvi's
+"""The gradient of a maze's soft values with respect to its reward map: softvi against JAX.
+
+The gradient of sum(initial * V_0) with respect to a [H,W] reward map on a maze, by softvi's
 forward + VJP (softvi.jax.soft_value_iteration) against the same gradient by autodiff through
 value iteration unrolled in JAX (jit, CPU): time and peak memory, each in its own process.
 softvi runs twice: on the f64 CPU reference (device="cpu", the default: the f64 VJP refines
@@ -27,11 +29,14 @@ import time
 
 
 def peak_mib() -> float:
+    """Peak resident memory of this process so far, MiB."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def world(size: int):
+    """The maze, its goal, its MDP and the reward map the gradient is taken against."""
     import numpy as np
+
     import softvi
 
     grid = softvi.Grid.maze(size, size, seed=0)
@@ -43,14 +48,16 @@ def world(size: int):
 
 
 def run(method: str, size: int, repeats: int) -> None:
+    """One method's timing and memory, in a child process of its own; prints a JSON line."""
     import jax
 
     jax.config.update("jax_enable_x64", True)
     import jax.numpy as jnp
     import numpy as np
+    from jax.scipy.special import logsumexp
+
     import softvi
     import softvi.jax
-    from jax.scipy.special import logsumexp
 
     grid, goal, mdp, reward = world(size)
     arrays = mdp.arrays()
@@ -119,6 +126,7 @@ def run(method: str, size: int, repeats: int) -> None:
 
 
 def main() -> None:
+    """Runs every method in its own process (or, with --child, one of them) and prints the table."""
     if len(sys.argv) > 1 and sys.argv[1] == "--child":
         run(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]))
         return

@@ -36,18 +36,19 @@ import time
 
 import numpy as np
 import scipy.sparse as sp
+
 import softvi
 
 A, K = 5, 20
 EVALUATIONS: list[int] = []  # --evaluations
-PEERS = os.path.join(
-    os.path.dirname(__file__), "..", "..", "shared", "peers", "csr_peers.py"
-)
+PEERS = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "peers", "csr_peers.py")
 
 
 def model(states: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Successors `[S*A, K]`, probabilities `[S*A, K]` and rewards -U(0,1) `[S, A]`, as
-    csr_peers.py draws them."""
+    """Successors `[S*A, K]`, probabilities `[S*A, K]`, rewards -U(0,1) `[S, A]`.
+
+    Drawn as csr_peers.py draws them.
+    """
     rng = np.random.default_rng(0)
     idx = rng.integers(0, states, size=(states * A, K)).astype(np.int32)
     p = rng.random((states * A, K)).astype(np.float32)
@@ -57,10 +58,12 @@ def model(states: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 
 def median(xs: list[float]) -> float:
+    """The median of ``xs``."""
     return statistics.median(xs)
 
 
 def softvi_mdp(idx: np.ndarray, p: np.ndarray, reward: np.ndarray) -> softvi.TabularMDP:
+    """The model as a softvi ``TabularMDP`` (CSR rows ``s*A + a``)."""
     states = reward.shape[0]
     csr = sp.csr_matrix(
         (p.ravel(), idx.ravel(), np.arange(0, idx.size + 1, K)),
@@ -70,6 +73,7 @@ def softvi_mdp(idx: np.ndarray, p: np.ndarray, reward: np.ndarray) -> softvi.Tab
 
 
 def hard_max(idx, p, r, gammas, tol, repeats) -> None:
+    """Alpha 0 to ``tol``: softvi's default path (and MPI) against mdpsolver, per gamma."""
     states = r.shape[0]
     reward = -r  # U(0, 1)
     mdp = softvi_mdp(idx, p, reward)
@@ -90,9 +94,7 @@ def hard_max(idx, p, r, gammas, tol, repeats) -> None:
         peer_ms, peer_v = [], None
         if mdpsolver is not None:
             m = mdpsolver.model()
-            m.mdp(
-                discount=gamma, rewards=rewards, tranMatProbs=probs, tranMatColumns=cols
-            )
+            m.mdp(discount=gamma, rewards=rewards, tranMatProbs=probs, tranMatColumns=cols)
             for _ in range(repeats):
                 m.solve(algorithm="vi", tolerance=tol, parallel=True)
                 peer_ms.append(m.getRuntime())
@@ -159,20 +161,17 @@ def sweeps_per_s(mdp, device: str, short: int, long: int, repeats: int) -> float
     rates = []
     for _ in range(repeats):
         t = time.perf_counter()
-        softvi.solve(
-            mdp, alpha=1.0, gamma=0.99, horizon=short, policy=False, device=device
-        )
+        softvi.solve(mdp, alpha=1.0, gamma=0.99, horizon=short, policy=False, device=device)
         t_short = time.perf_counter() - t
         t = time.perf_counter()
-        softvi.solve(
-            mdp, alpha=1.0, gamma=0.99, horizon=long, policy=False, device=device
-        )
+        softvi.solve(mdp, alpha=1.0, gamma=0.99, horizon=long, policy=False, device=device)
         t_long = time.perf_counter() - t
         rates.append((long - short) / max(t_long - t_short, 1e-9))
     return median(rates)
 
 
 def soft_sweeps(idx, p, r, sweeps, repeats) -> None:
+    """Alpha 1 sweeps per second: softvi's default path and reference against the JAX peer."""
     states = r.shape[0]
     mdp = softvi_mdp(idx, p, r)
     ours = sweeps_per_s(mdp, "auto", 2, 2 + sweeps, repeats)
@@ -206,6 +205,7 @@ def soft_sweeps(idx, p, r, sweeps, repeats) -> None:
 
 
 def main() -> None:
+    """Builds each model and prints its rows."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", type=int, nargs="+", default=[100_000, 1_000_000])
     ap.add_argument("--gammas", type=float, nargs="+", default=[0.9, 0.99])
@@ -213,9 +213,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--sweeps", type=int, default=20)
     ap.add_argument("--evaluations", type=int, nargs="*", default=[2, 4, 8, 16])
-    ap.add_argument(
-        "--no-soft-rate", action="store_true", help="skip the alpha 1 sweeps/s"
-    )
+    ap.add_argument("--no-soft-rate", action="store_true", help="skip the alpha 1 sweeps/s")
     args = ap.parse_args()
     EVALUATIONS[:] = args.evaluations
     print(

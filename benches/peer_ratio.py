@@ -14,6 +14,7 @@ Usage: benches/peer_ratio.py [--softvi target/release/softvi] [--size 1024] [--s
                              [--repeats 3] [--backend auto]
 Needs numpy and jax (pip install numpy "jax[cpu]"); without JAX it says so and exits 2.
 """
+
 import argparse
 import json
 import os
@@ -28,6 +29,7 @@ import numpy as np
 
 
 def write_movingai(free, path):
+    """Writes the free-cell mask ``free`` ``[H,W]`` as a MovingAI map at ``path``."""
     h, w = free.shape
     with open(path, "w") as f:
         f.write(f"type octile\nheight {h}\nwidth {w}\nmap\n")
@@ -67,8 +69,10 @@ def peer_rate(free, sweeps):
     def run(V):
         def body(i, V):
             P = jnp.pad(V, 1)
-            nv = [jnp.where(legal[k], P[1 + dr:1 + dr + n, 1 + dc:1 + dc + m], V)
-                  for k, (dr, dc) in enumerate(moves)]
+            nv = [
+                jnp.where(legal[k], P[1 + dr : 1 + dr + n, 1 + dc : 1 + dc + m], V)
+                for k, (dr, dc) in enumerate(moves)
+            ]
             mean = sum(nv) / 8.0
             Q = [(-cost[k] + gamma * ((1 - eps) * nv[k] + eps * mean)) / alpha for k in range(8)]
             top = Q[0]
@@ -76,6 +80,7 @@ def peer_rate(free, sweeps):
                 top = jnp.maximum(top, q)
             lse = top + jnp.log(sum(jnp.exp(q - top) for q in Q))
             return jnp.where(freej, alpha * lse, 0.0)
+
         return jax.lax.fori_loop(0, sweeps, body, V)
 
     run(jnp.zeros((n, m), jnp.float32)).block_until_ready()
@@ -86,8 +91,12 @@ def peer_rate(free, sweeps):
 
 def softvi_rates(softvi, bench_args):
     """`softvi bench` rows: {workload: free-cell updates/s} and the backend/adapter column."""
-    out = subprocess.run([softvi, "bench", "--cpu-sweeps", "0", *bench_args],
-                         check=True, capture_output=True, text=True).stdout
+    out = subprocess.run(
+        [softvi, "bench", "--cpu-sweeps", "0", *bench_args],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
     rates, path = {}, ""
     for line in out.splitlines():
         cols = line.split()
@@ -98,6 +107,7 @@ def softvi_rates(softvi, bench_args):
 
 
 def main():
+    """Measures the peer and softvi on each world and prints the table and its JSON."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--softvi", default="target/release/softvi")
     ap.add_argument("--size", type=int, default=1024)
@@ -116,14 +126,35 @@ def main():
         random_map = os.path.join(tmp, f"random{n}.map")
         write_movingai(random_free, random_map)
         # The maze workload's free cells: walls are NaN in a one-sweep solve's values.
-        subprocess.run([args.softvi, "solve", "--maze", f"{n}x{n}", "--goal", "1,1", "--horizon", "1",
-                        "--backend", "native", "--no-policy", "--quiet", "--out", os.path.join(tmp, "maze")],
-                       check=True, capture_output=True)
+        subprocess.run(
+            [
+                args.softvi,
+                "solve",
+                "--maze",
+                f"{n}x{n}",
+                "--goal",
+                "1,1",
+                "--horizon",
+                "1",
+                "--backend",
+                "native",
+                "--no-policy",
+                "--quiet",
+                "--out",
+                os.path.join(tmp, "maze"),
+            ],
+            check=True,
+            capture_output=True,
+        )
         maze_free = ~np.isnan(np.load(os.path.join(tmp, "maze", "values.npy"))[0])
         worlds = [
             (f"random{n}", random_free, ["--map", random_map], {"map-b1": 1, "map-b8": 8}),
-            (f"maze{n}", maze_free, ["--workload", f"maze{n}-b1", "--workload", f"maze{n}-b8"],
-             {f"maze{n}-b1": 1, f"maze{n}-b8": 8}),
+            (
+                f"maze{n}",
+                maze_free,
+                ["--workload", f"maze{n}-b1", "--workload", f"maze{n}-b8"],
+                {f"maze{n}-b1": 1, f"maze{n}-b8": 8},
+            ),
         ]
         rows = []
         for name, free, bench_args, workloads in worlds:
@@ -139,13 +170,31 @@ def main():
             for w, tasks in workloads.items():
                 o = statistics.median(ours[w])
                 rows.append((name, tasks, fraction, p, path, o, o / p))
-    print(f"{'world':<12} {'B':>2} {'free':>5} {'jaxstencil upd/s':>17} {'softvi path':<24} "
-          f"{'softvi upd/s':>13} {'ratio':>6}")
+    print(
+        f"{'world':<12} {'B':>2} {'free':>5} {'jaxstencil upd/s':>17} {'softvi path':<24} "
+        f"{'softvi upd/s':>13} {'ratio':>6}"
+    )
     for name, tasks, fraction, p, path, o, ratio in rows:
-        print(f"{name:<12} {tasks:>2} {fraction:>5.2f} {p:>17.3e} {path:<24} {o:>13.3e} {ratio:>5.2f}x")
-    print(json.dumps([dict(world=r[0], tasks=r[1], free_fraction=round(float(r[2]), 4),
-                           peer_updates_per_s=r[3], softvi_path=r[4], softvi_updates_per_s=r[5],
-                           ratio=r[6]) for r in rows]))
+        print(
+            f"{name:<12} {tasks:>2} {fraction:>5.2f} {p:>17.3e} {path:<24} {o:>13.3e} "
+            f"{ratio:>5.2f}x"
+        )
+    print(
+        json.dumps(
+            [
+                dict(
+                    world=r[0],
+                    tasks=r[1],
+                    free_fraction=round(float(r[2]), 4),
+                    peer_updates_per_s=r[3],
+                    softvi_path=r[4],
+                    softvi_updates_per_s=r[5],
+                    ratio=r[6],
+                )
+                for r in rows
+            ]
+        )
+    )
 
 
 if __name__ == "__main__":

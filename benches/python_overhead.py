@@ -46,8 +46,10 @@ def frozenlake_overhead(calls: int) -> dict[str, float]:
 
 
 def large_mdp(states: int, actions: int, successors: int, seed: int):
-    """A random sparse MDP: each (s, a) moves to ``successors`` states near s (a ring with
-    jumps), as a CSR matrix ``(S*A, S)``, and a reward ``[S, A]``."""
+    """A random sparse MDP: a CSR matrix ``(S*A, S)`` and a reward ``[S, A]``.
+
+    Each (s, a) moves to ``successors`` states near s (a ring with jumps).
+    """
     rng = np.random.default_rng(seed)
     rows = states * actions
     offsets = rng.integers(-50, 51, size=(rows, successors))
