@@ -9,7 +9,7 @@
 //! host (its working arrays live on the adapter, whose own limits it checks), but reads every
 //! output back into host memory, so one bound serves both backends.
 
-use super::options::{Horizon, Outputs, SolveOptions};
+use super::options::{Horizon, Method, Outputs, SolveOptions};
 use crate::error::{Error, Result};
 use crate::world::grid_problem::GridProblem;
 use crate::world::mdp::TabularMdp;
@@ -53,6 +53,16 @@ fn n(x: usize) -> u128 {
     x as u128
 }
 
+/// What modified policy iteration adds over `per_task_state` task-states of `actions` actions
+/// (the reference's, f64): the improvement's pi and h, and the evaluation sweeps' two value
+/// arrays ([`crate::engine::cpu::policy_evaluation`]); nothing for value iteration.
+fn mpi_bytes(options: &SolveOptions, per_task_state: u128, actions: u128) -> u128 {
+    match options.method {
+        Method::Vi => 0,
+        Method::Mpi { .. } => mul(&[per_task_state, actions + 3, 8]),
+    }
+}
+
 /// Host bytes a finite-horizon or discounted solve of `tasks` tasks over `states` states and
 /// `actions` actions with `nnz` transition entries holds, its outputs laid out over `cells`
 /// states per task (the map for a grid, the states for an MDP).
@@ -71,6 +81,7 @@ fn mdp_bytes(
     let transpose = mul(&[s + 1, 4]) + mul(&[nnz, 8]);
     // fixed, excluded (1 byte each), v0, v, v_next and the extrapolation backup (8 each).
     let mut working = mul(&[per_task_state, 34]) + 2 * transpose;
+    working += mpi_bytes(options, per_task_state, a);
     let mut out = 0u128;
     let per_task_cell = mul(&[b, c]);
     match steps {
@@ -113,7 +124,7 @@ pub fn grid_size_bytes(size: GridSize, options: &SolveOptions, outputs: Outputs)
     let inputs = mul(&[c, 5]) + mul(&[per_task_cell, 16]);
     if !outputs.needs_steps() {
         // v, v_next and the extrapolation backup (f64); values, policy and Q (f32).
-        let working = mul(&[per_task_cell, 24]);
+        let working = mul(&[per_task_cell, 24]) + mpi_bytes(options, per_task_cell, a);
         let rows = u128::from(outputs.policy) + u128::from(outputs.q);
         let out = mul(&[per_task_cell, 4]) + mul(&[rows, per_task_cell, a, 4]);
         return inputs
@@ -222,6 +233,9 @@ fn describe(options: &SolveOptions, outputs: Outputs) -> String {
     if outputs.q {
         kept.push("Q".into());
     }
+    if let Method::Mpi { .. } = options.method {
+        kept.push("modified policy iteration's policy (--method mpi)".into());
+    }
     if kept.is_empty() {
         String::new()
     } else {
@@ -301,6 +315,32 @@ mod tests {
         );
         assert!(ensure_fits(u64::MAX, || "x".into()).is_err());
         assert!(ensure_fits(1024, || "x".into()).is_ok());
+    }
+
+    /// Modified policy iteration keeps pi and h and two more value arrays per task-cell:
+    /// (A + 3) f64 each, counted by grids and MDPs alike and named in the refusal.
+    #[test]
+    fn modified_policy_iteration_counts_its_policy() {
+        let size = GridSize {
+            cells: 1000,
+            free_cells: 900,
+            tasks: 3,
+            actions: 8,
+            slip: true,
+        };
+        let vi = SolveOptions::default();
+        let mpi = SolveOptions {
+            method: Method::MPI,
+            ..vi
+        };
+        let plain = Outputs::default();
+        let extra = grid_size_bytes(size, &mpi, plain) - grid_size_bytes(size, &vi, plain);
+        assert_eq!(extra, 3 * 1000 * (8 + 3) * 8);
+        let states = (3, 900, 8, 900 * 8 * 4, 900);
+        let extra = mdp_bytes(states, &mpi, plain) - mdp_bytes(states, &vi, plain);
+        assert_eq!(extra, 3 * 900 * (8 + 3) * 8);
+        assert!(describe(&mpi, plain).contains("--method mpi"));
+        assert_eq!(describe(&vi, plain), "");
     }
 
     #[test]
