@@ -1097,3 +1097,66 @@ fn method_mpi_records_its_sweeps_and_refuses_what_it_cannot_do() {
         assert!(gap <= 2.01e-3, "gpu: {gap}");
     }
 }
+
+/// `summary.json` and the report name how the transitions were stored: a model whose rows
+/// are full runs as the dense `[S*A, S]` product on the native engine and the GPU's kernels,
+/// a ring with one or two successors per row as sparse rows; the f64 reference reads sparse
+/// rows always.
+#[test]
+fn summary_names_the_transitions_storage() {
+    let tmp = tempfile::tempdir().unwrap();
+    // 37 states (not a multiple of the 8-state slices), 3 actions.
+    let (s, a) = (37, 3);
+    let mut ring = vec![0.0; s * a * s];
+    for state in 0..s {
+        ring[(state * a) * s + state] = 1.0;
+        ring[(state * a + 1) * s + (state + 1) % s] = 1.0;
+        ring[(state * a + 2) * s + (state + 5) % s] = 0.7;
+        ring[(state * a + 2) * s + state] += 0.3;
+    }
+    // Every entry positive: weights 1..=13 by a fixed hash, rows normalised.
+    let mut full: Vec<f64> = (0..s * a * s)
+        .map(|i| ((i * 2654435761) % 13 + 1) as f64)
+        .collect();
+    for row in full.chunks_exact_mut(s) {
+        let total: f64 = row.iter().sum();
+        row.iter_mut().for_each(|p| *p /= total);
+    }
+    let r: Vec<f64> = (0..s * a).map(|i| ((i * 7) % 11) as f64 / 11.0).collect();
+    let mut backends = vec!["native", "cpu"];
+    if gpu_available() {
+        backends.push("gpu");
+    }
+    for (model, p) in [("ring", &ring), ("full", &full)] {
+        let npz = npy::encode_npz(&[
+            ("P", npy::encode("<f8", &[s, a, s], p)),
+            ("R", npy::encode("<f8", &[s, a], &r)),
+        ])
+        .unwrap();
+        let path = write(tmp.path(), &format!("{model}.npz"), &npz);
+        for &backend in &backends {
+            let out = tmp.path().join(format!("{model}-{backend}"));
+            let o = softvi(&[
+                "solve",
+                "--mdp",
+                &path,
+                "--backend",
+                backend,
+                "--out",
+                out.to_str().unwrap(),
+            ]);
+            assert!(o.status.success(), "{model} {backend}: {}", stderr(&o));
+            let expected = match (model, backend) {
+                ("full", "native" | "gpu") => "dense",
+                _ => "csr",
+            };
+            let summary = summary(&out);
+            assert_eq!(summary["mdp"]["transitions"], expected, "{model} {backend}");
+            let report = String::from_utf8_lossy(&o.stdout);
+            assert!(
+                report.contains(&format!("stored {expected})")),
+                "{model} {backend}: {report}"
+            );
+        }
+    }
+}

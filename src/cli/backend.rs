@@ -216,6 +216,13 @@ impl Backend {
         Ok(solved?)
     }
 
+    /// How this backend stores `mdp`'s transitions in a solve under `options`: `"csr"` or
+    /// `"dense"` ([`MdpSolver::transitions`]).
+    pub(super) fn transitions(&mut self, mdp: &TabularMdp, options: &SolveOptions) -> &'static str {
+        self.mdp()
+            .map_or("csr", |solver| solver.transitions(mdp, options))
+    }
+
     /// Solves a general MDP with a progress line.
     pub(super) fn solve_mdp(
         &mut self,

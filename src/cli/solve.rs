@@ -290,11 +290,11 @@ fn mdp_solve_command(
     match args.dtype {
         Dtype::F32 => {
             let solved = backend.solve_mdp(&mdp, &options, outputs, args.quiet)?;
-            run.report(out, &solved)
+            run.report(out, &solved, backend.transitions(&mdp, &options))
         }
         Dtype::F64 => {
             let solved = backend.solve_mdp_f64(&mdp, &options, outputs, args.quiet)?;
-            run.report(out, &solved)
+            run.report(out, &solved, backend.transitions(&mdp, &options))
         }
     }
 }
@@ -321,8 +321,14 @@ struct MdpRun<'a> {
 }
 
 impl MdpRun<'_> {
-    /// Writes the folder of `solved` (arrays in `T`) and prints the summary; the exit code.
-    fn report<T: Real>(&self, out: &mut OutputFolder, solved: &MdpSolution<T>) -> Result<i32> {
+    /// Writes the folder of `solved` (arrays in `T`, transitions stored as `transitions`:
+    /// `"csr"` or `"dense"`) and prints the summary; the exit code.
+    fn report<T: Real>(
+        &self,
+        out: &mut OutputFolder,
+        solved: &MdpSolution<T>,
+        transitions: &str,
+    ) -> Result<i32> {
         let MdpRun {
             args,
             path,
@@ -346,6 +352,7 @@ impl MdpRun<'_> {
                 "states": s,
                 "actions": a,
                 "nonzeros": mdp.nonzeros(),
+                "transitions": transitions,
             },
             "layout": {
                 "values": if steps { format!("{float} [task][t][state], t = 0..T; -inf where no terminal is reachable (gamma = 1)") }
@@ -375,7 +382,7 @@ impl MdpRun<'_> {
         } else {
             let statuses: Vec<&str> = solution.status.iter().map(|s| s.name()).collect();
             println!(
-                "mdp      {} ({s} states, {a} actions, {} transitions)",
+                "mdp      {} ({s} states, {a} actions, {} transitions, stored {transitions})",
                 path.display(),
                 mdp.nonzeros()
             );

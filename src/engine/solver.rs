@@ -10,6 +10,7 @@
 use crate::engine::Instant;
 
 use super::cpu::{solve_cpu_with_progress, solve_mdp_cpu_with_progress};
+use super::gpu::mdp_engine::MdpStorage;
 #[cfg(not(target_arch = "wasm32"))]
 use super::gpu::solve_sharded;
 use super::gpu::{EngineOptions, GpuContext, GridEngine, MdpEngine};
@@ -26,6 +27,13 @@ use crate::world::mdp::TabularMdp;
 pub trait MdpSolver {
     /// Where it runs, for summaries: `"cpu reference (f64)"` or the adapter's label.
     fn label(&self) -> String;
+
+    /// How a solve of `mdp` under `options` stores the transitions, for summaries: `"csr"`
+    /// (sparse rows, f64 in the reference) or `"dense"` (the `[S*A, S]` f32 matrix
+    /// `[s * A + a][s']`, read as a matrix product).
+    fn transitions(&self, _mdp: &TabularMdp, _options: &SolveOptions) -> &'static str {
+        "csr"
+    }
 
     /// Solves every task of `mdp`; `progress` is called after convergence checks. Values
     /// `[task][state]` (`[task][t][state]` with every step), policy `[task][state][action]`.
@@ -192,6 +200,17 @@ impl MdpSolver for GpuSolver {
         self.context.adapter_label()
     }
 
+    fn transitions(&self, mdp: &TabularMdp, options: &SolveOptions) -> &'static str {
+        match self
+            .mdp
+            .as_ref()
+            .map(|engine| engine.storage_for(mdp, options))
+        {
+            Some(Ok(MdpStorage::Dense)) => "dense",
+            _ => "csr",
+        }
+    }
+
     fn solve_mdp(
         &mut self,
         mdp: &TabularMdp,
@@ -287,6 +306,13 @@ impl MdpSolver for NativeSolver {
     fn label(&self) -> String {
         let vectors = *super::native::grid_backup::VECTORS;
         format!("native cpu (f32, {} threads, {vectors:?})", self.threads)
+    }
+
+    fn transitions(&self, mdp: &TabularMdp, _options: &SolveOptions) -> &'static str {
+        match super::layout::dense_transitions(mdp) {
+            true => "dense",
+            false => "csr",
+        }
     }
 
     fn solve_mdp(
