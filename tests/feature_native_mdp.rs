@@ -13,7 +13,7 @@ use common::{compare, max_gap, random_mdp};
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 use softvi::engine::layout::MdpInputs;
-use softvi::engine::native::NativeMdp;
+use softvi::engine::native::{COLUMN_BLOCKED_FROM, NativeMdp};
 use softvi::world::mdp::{TabularMdp, Transitions};
 use softvi::{
     Backup, Horizon, MdpSolution, MdpSolver, Method, NativeSolver, Outputs, SolveOptions, Status,
@@ -738,5 +738,156 @@ fn modified_policy_iteration_bits_are_independent_of_batch_and_threads() {
         assert_eq!(one.iterations[0], all.iterations[1], "alpha {alpha}");
         assert_eq!(one.values[..], all.values[s..2 * s], "alpha {alpha}");
         assert!(all.iterations.iter().any(|&i| i != all.iterations[1]));
+    }
+}
+
+/// An MDP of `s` states and 2 actions whose successors are spread over every state: action 0
+/// one to three successors, action 1 two, and on every 101st state 60 (a long row); action 1
+/// excluded (-inf) on every 5th state; for task t the states `1009 k + 4 + t` terminal at
+/// value -60 (pits: a row into pits alone has an optimistic mass that underflows, recomputed
+/// per row); rewards in [-1, 0.5].
+fn wide_mdp(s: usize, tasks: usize, seed: u64) -> TabularMdp {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let (mut indptr, mut indices, mut data) = (vec![0.0], Vec::new(), Vec::new());
+    for state in 0..s {
+        for a in 0..2 {
+            let k = match a {
+                0 => rng.random_range(1..=3usize),
+                _ if state % 101 == 0 => 60,
+                _ => 2,
+            };
+            let mut next: Vec<usize> = (0..k).map(|_| rng.random_range(0..s)).collect();
+            next.sort_unstable();
+            next.dedup();
+            let w: Vec<f64> = next.iter().map(|_| rng.random_range(0.05..1.0)).collect();
+            let total: f64 = w.iter().sum();
+            for (j, w) in next.iter().zip(&w) {
+                indices.push(*j as f64);
+                data.push(w / total);
+            }
+            indptr.push(indices.len() as f64);
+        }
+    }
+    let r: Vec<f64> = (0..tasks * s * 2)
+        .map(|_| rng.random_range(-1.0..0.5))
+        .collect();
+    let (mut terminal, mut value) = (vec![0.0; tasks * s], vec![0.0; tasks * s]);
+    for t in 0..tasks {
+        for state in (4 + t..s).step_by(1009) {
+            (terminal[t * s + state], value[t * s + state]) = (1.0, -60.0);
+        }
+    }
+    let nnz = indices.len();
+    let arrays = HashMap::from([
+        ("indptr".to_owned(), common::array(vec![s * 2 + 1], indptr)),
+        ("indices".to_owned(), common::array(vec![nnz], indices)),
+        ("data".to_owned(), common::array(vec![nnz], data)),
+        ("R".to_owned(), common::array(vec![tasks, s, 2], r)),
+        (
+            "terminal".to_owned(),
+            common::array(vec![tasks, s], terminal),
+        ),
+        (
+            "terminal_value".to_owned(),
+            common::array(vec![tasks, s], value),
+        ),
+    ]);
+    let mut mdp = TabularMdp::from_arrays(&arrays).unwrap();
+    for t in 0..tasks {
+        for state in (0..s).filter(|x| x % 5 == 1) {
+            mdp.reward[(t * s + state) * 2 + 1] = f64::NEG_INFINITY as _;
+        }
+    }
+    mdp.validate().unwrap();
+    mdp
+}
+
+/// A model past [`COLUMN_BLOCKED_FROM`] (three column blocks: each block's slices cut into
+/// one segment per column block, a unit's segments stored column block by column block, each
+/// row's sum carried from segment to segment) against the
+/// reference and its own Bellman equation, with ragged and long rows, terminals and excluded
+/// actions; the same bits on any thread count and for a task alone as in its batch; modified
+/// policy iteration (which copies and sweeps whole slices) to VI's fixed point.
+#[test]
+fn column_blocked_model_matches_reference_and_bellman() {
+    // 532,145 states: a stride of 532,147 values, three column blocks (262,144 twice, then
+    // 7,859), the last unit of 4,096 blocks short too.
+    let s = COLUMN_BLOCKED_FROM + 7_857;
+    let mdp = wide_mdp(s, 2, 31);
+    let inputs = MdpInputs::new(&mdp, &SolveOptions::default());
+    assert_eq!(NativeMdp::new(&inputs).column_blocks(), 3);
+    let outputs = Outputs {
+        policy: true,
+        q: true,
+        ..Outputs::default()
+    };
+    // The hard max, and the shared exponential with its per-row fallback on rows into pits
+    // (the soft max of the expected backup sums its rows as the hard max does).
+    let (gamma, tol) = (0.9, 1e-4);
+    for (alpha, backup) in [(0.0, Backup::Expected), (0.1, Backup::Optimistic)] {
+        let what = format!("column blocks alpha {alpha} {backup:?}");
+        let o = infinite(alpha, gamma, backup, tol);
+        let got = native(&mdp, &o, outputs);
+        let truth = solve_mdp_cpu(&mdp, &o, outputs).unwrap();
+        assert!(
+            got.solution.status.iter().all(|&s| s == Status::Converged),
+            "{what}: {:?}",
+            got.solution.status
+        );
+        // As `check_infinite`: both within tol gamma / (1 - gamma) of the fixed point, plus
+        // f32 rounding; the soft policy carries the value gap times 1 / alpha.
+        let scale = scale(&truth.solution.values);
+        let value_tol = 2.0 * tol * gamma / (1.0 - gamma) + 1e-5 * scale;
+        let prob_tol = if alpha == 0.0 {
+            1e-9
+        } else {
+            value_tol / alpha.min(1.0)
+        };
+        compare(&what, &got, &truth, value_tol, prob_tol);
+        let gap = bellman_gap(&mdp, &o, &got.solution.values);
+        let bound = 2.0 * tol.max(1e-6 * scale) + 1e-5 * scale;
+        assert!(gap <= bound, "{what}: |T V - V| = {gap:e} > {bound:e}");
+    }
+    // Bits (Q is NaN on terminal states): any thread count, and task 1 alone as in the batch.
+    let o = infinite(0.5, 0.95, Backup::Expected, 1e-4);
+    let solve = |mdp: &TabularMdp, threads: usize| {
+        let mut solver = NativeSolver::new(None);
+        solver.threads = threads;
+        let got = solver.solve_mdp(mdp, &o, outputs, &mut keep_going).unwrap();
+        let bits = |x: &[f32]| x.iter().map(|x| x.to_bits()).collect::<Vec<u32>>();
+        (bits(&got.solution.values), bits(&got.solution.q.unwrap()))
+    };
+    let batch = solve(&mdp, 2);
+    assert!(batch == solve(&mdp, 3), "3 threads give other bits");
+    let n = mdp.actions;
+    let mut alone = wide_mdp(s, 1, 31);
+    alone.reward = mdp.reward[s * n..2 * s * n].to_vec();
+    alone.terminal = mdp.terminal[s..2 * s].to_vec();
+    alone.terminal_value = mdp.terminal_value[s..2 * s].to_vec();
+    alone.initial = mdp.initial[s..2 * s].to_vec();
+    let one = solve(&alone, 2);
+    assert!(one.0[..] == batch.0[s..2 * s], "task 1's values alone");
+    assert!(one.1[..] == batch.1[s * n..2 * s * n], "task 1's Q alone");
+    // Modified policy iteration: within its bound of value iteration's f64 fixed point.
+    for alpha in [0.0, 1.0] {
+        let tol = 1e-3;
+        let o = SolveOptions {
+            method: Method::MPI,
+            ..infinite(alpha, 0.9, Backup::Expected, tol)
+        };
+        let got = native(&mdp, &o, Outputs::VALUES).solution;
+        let vi = infinite(alpha, 0.9, Backup::Expected, 1e-6);
+        let truth =
+            softvi::engine::cpu::solve_mdp_cpu_f64(&mdp, &vi, Outputs::VALUES, &mut keep_going)
+                .unwrap()
+                .solution;
+        for t in 0..mdp.tasks {
+            assert_eq!(got.status[t], Status::Converged, "MPI alpha {alpha}");
+            let err = (t * s..(t + 1) * s)
+                .filter(|&i| truth.values[i].is_finite())
+                .map(|i| (got.values[i] as f64 - truth.values[i]).abs())
+                .fold(0.0, f64::max);
+            assert!(err <= tol, "MPI alpha {alpha} task {t}: error {err:e}");
+        }
     }
 }

@@ -10,6 +10,14 @@
 //! stride of `padded + 1`: the states rounded up to whole blocks (the extra ones fixed at 0),
 //! then the sentinel.
 //!
+//! Where the values outgrow a core's L2 cache ([`COLUMN_BLOCKED_FROM`]), gathers at random
+//! successors mostly miss it; the successor states are then cut into *column blocks* of at
+//! most [`COLUMN_BLOCK_STATES`], each slice into one *segment* per column block (each lane's
+//! successors in that block, padded to the segment's longest lane), and a unit of work sums
+//! its rows one column block at a time, its segments of a column block stored together: the
+//! block's values stay cached while the unit streams them. Each segment continues its rows'
+//! sums, so a row's sum is the same chain of products whichever way it is read.
+//!
 //! A model whose rows are mostly full (where the sliced layout would take more memory than
 //! the dense one, about half full) is stored *dense* instead: `P` as `[s * A + a][s']` in
 //! f32, the `[S*A, S]` matrix read by contiguous dot products (no successor indices, no
@@ -51,6 +59,23 @@ const _: () = assert!(
 /// Blocks per unit of work a thread takes from the queue (sliced layout).
 const UNIT_BLOCKS: usize = 128;
 
+/// Values (the stride: states, padding and sentinel) above which a sweep reads them one
+/// column block at a time: 2 MiB of f32, a core's L2 cache on the machines measured, past
+/// which gathers at random successors mostly miss it (`docs/performance.md`: measured at
+/// 4 x 10^5 to 2 x 10^6 states with 20 successors per row; below, one block is faster).
+pub const COLUMN_BLOCKED_FROM: usize = 1 << 19;
+
+/// Successor states per column block (the last one shorter): 1 MiB of values, which stay in
+/// L2 while a unit's rows gather from them. A power of two: the build finds a successor's
+/// column block with a shift.
+pub const COLUMN_BLOCK_STATES: usize = 1 << COLUMN_BLOCK_SHIFT;
+const COLUMN_BLOCK_SHIFT: u32 = 18;
+
+/// Blocks per unit of work where there are several column blocks: a unit reads each column
+/// block's values in a pass of its own, and a large unit reads each cached line many times
+/// per pass (32,768 states; measured 1.4x faster than 2,048 blocks' units at 10^6 states).
+const COLUMN_UNIT_BLOCKS: usize = 4096;
+
 /// Groups of source states a dense occupancy push sums separately (fixed, so that the sum's
 /// order does not depend on the thread count).
 pub const PUSH_GROUPS: usize = 16;
@@ -80,12 +105,20 @@ pub struct NativeMdp {
     padded: usize,
     /// Per-task stride of every value array: `padded + 1`.
     pub stride: usize,
-    /// Whether `probs` holds the dense matrix (`slice_start` and `cols` then empty).
+    /// Whether `probs` holds the dense matrix (`segment_start` and `cols` then empty).
     dense: bool,
     /// Blocks per unit of work.
     unit_blocks: usize,
-    /// Slice starts in entries (each [`LANES`] wide), `[block][action]` and one past the end.
-    slice_start: Vec<usize>,
+    /// Column blocks K: the successor states cut into ranges of [`COLUMN_BLOCK_STATES`] (the
+    /// last one shorter) where there are more than [`COLUMN_BLOCKED_FROM`] values, else 1.
+    column_blocks: usize,
+    /// Segment starts in entries (each [`LANES`] wide), in storage order `[unit][column
+    /// block][block of the unit][action]` and one past the end ([`NativeMdp::segment`]). The
+    /// slice of a block and an action is its K segments, segment `j` holding each lane's
+    /// successors in column block `j` (in the row's order) padded to its longest lane; a
+    /// unit's segments of one column block lie together, so a sweep streams them while that
+    /// block's values stay cached. With one column block: `[block][action]`.
+    segment_start: Vec<usize>,
     /// Sliced: where each block's chosen rows start in a [`NativePolicy`] at alpha = 0, in
     /// entries: `[block]` and one past the end, each block's slot as long as its longest
     /// slice (empty when dense).
@@ -383,42 +416,81 @@ impl NativeMdp {
             padded < i32::MAX as usize,
             "{states} states do not fit i32 offsets"
         );
-        let (mut slice_start, mut cols, probs, dense, mut rows_start);
+        // Every successor (and the sentinel) lies in one of the column blocks.
+        let column_blocks = match stride > COLUMN_BLOCKED_FROM {
+            true => stride.div_ceil(COLUMN_BLOCK_STATES),
+            false => 1,
+        };
+        // A successor's column block (every index is below 2^31: one block of all).
+        let column_shift = match column_blocks {
+            1 => 31,
+            _ => COLUMN_BLOCK_SHIFT,
+        };
+        // The sliced layout's unit (a dense model's is set below).
+        let unit_blocks = match column_blocks {
+            1 => UNIT_BLOCKS,
+            _ => COLUMN_UNIT_BLOCKS,
+        };
+        let (mut segment_start, mut cols, probs, dense, mut rows_start);
         if let Some(p) = mdp.transitions.dense_rows() {
             // Kept dense by the model (at least half full): rounded to f32 on every core,
             // never through the CSR.
-            (slice_start, cols, dense, rows_start) = (Vec::new(), Vec::new(), true, Vec::new());
+            (segment_start, cols, dense, rows_start) = (Vec::new(), Vec::new(), true, Vec::new());
             probs = dense_f32(p);
         } else {
             let csr = mdp.csr();
-            let row_len = |s: usize, a: usize| {
+            let row = |s: usize, a: usize| {
                 let row = s * actions + a;
-                (csr.indptr[row + 1] - csr.indptr[row]) as usize
+                csr.indptr[row] as usize..csr.indptr[row + 1] as usize
             };
-            slice_start = Vec::with_capacity(blocks * actions + 1);
-            slice_start.push(0);
+            // Each lane's entries per column block, then each segment's longest lane,
+            // `[block][action][column block]`.
+            let mut counts = vec![0usize; LANES * column_blocks];
+            let mut longest = Vec::with_capacity(blocks * actions * column_blocks);
             for b in 0..blocks {
                 for a in 0..actions {
-                    let longest = (b * LANES..(b * LANES + LANES).min(states))
-                        .map(|s| row_len(s, a))
-                        .max()
-                        .unwrap_or(0);
-                    slice_start.push(slice_start.last().copied().unwrap_or(0) + longest);
+                    counts.fill(0);
+                    for (l, s) in (b * LANES..(b * LANES + LANES).min(states)).enumerate() {
+                        for &c in &csr.indices[row(s, a)] {
+                            counts[l * column_blocks + (c >> column_shift) as usize] += 1;
+                        }
+                    }
+                    longest.extend((0..column_blocks).map(|j| {
+                        (0..LANES)
+                            .map(|l| counts[l * column_blocks + j])
+                            .max()
+                            .unwrap_or(0)
+                    }));
                 }
             }
-            let entries = slice_start.last().copied().unwrap_or(0);
+            // The segments in storage order.
+            segment_start = Vec::with_capacity(longest.len() + 1);
+            segment_start.push(0);
+            for first in (0..blocks).step_by(unit_blocks) {
+                for j in 0..column_blocks {
+                    for b in first..(first + unit_blocks).min(blocks) {
+                        for a in 0..actions {
+                            let len = longest[(b * actions + a) * column_blocks + j];
+                            segment_start.push(segment_start.last().copied().unwrap_or(0) + len);
+                        }
+                    }
+                }
+            }
+            let slice_len = |b: usize, a: usize| -> usize {
+                longest[(b * actions + a) * column_blocks..][..column_blocks]
+                    .iter()
+                    .sum()
+            };
+            let entries = segment_start.last().copied().unwrap_or(0);
             rows_start = vec![0usize];
             for b in 0..blocks {
-                let longest = (0..actions)
-                    .map(|a| slice_start[b * actions + a + 1] - slice_start[b * actions + a])
-                    .max()
-                    .unwrap_or(0);
+                let longest = (0..actions).map(|a| slice_len(b, a)).max().unwrap_or(0);
                 rows_start.push(rows_start[b] + longest);
             }
             // The one rule the GPU engine chooses by too.
             dense = dense_transitions(mdp);
             if dense {
-                (slice_start, cols, rows_start) = (Vec::new(), Vec::new(), Vec::new());
+                (segment_start, cols, rows_start) = (Vec::new(), Vec::new(), Vec::new());
                 let mut rows = vec![0.0f32; states * actions * states];
                 huge_pages(&mut rows);
                 for (row, out) in rows.chunks_exact_mut(states).enumerate() {
@@ -434,15 +506,23 @@ impl NativeMdp {
                 cols.fill(padded as u32);
                 let mut sliced = vec![0.0f32; entries * LANES];
                 huge_pages(&mut sliced);
+                // Each lane's next free entry per column block.
+                let mut next = vec![0usize; column_blocks];
                 for s in 0..states {
                     let (b, lane) = (s / LANES, s % LANES);
                     for a in 0..actions {
-                        let row = s * actions + a;
-                        let first = slice_start[b * actions + a];
-                        let range = csr.indptr[row] as usize..csr.indptr[row + 1] as usize;
-                        for (k, i) in range.enumerate() {
-                            cols[(first + k) * LANES + lane] = csr.indices[i];
-                            sliced[(first + k) * LANES + lane] = csr.probs[i] as f32;
+                        for (j, next) in next.iter_mut().enumerate() {
+                            let at = segment_index(
+                                (blocks, actions, column_blocks, unit_blocks),
+                                (b, a, j),
+                            );
+                            *next = segment_start[at];
+                        }
+                        for i in row(s, a) {
+                            let k = &mut next[(csr.indices[i] >> column_shift) as usize];
+                            cols[*k * LANES + lane] = csr.indices[i];
+                            sliced[*k * LANES + lane] = csr.probs[i] as f32;
+                            *k += 1;
                         }
                     }
                 }
@@ -451,7 +531,7 @@ impl NativeMdp {
         }
         let unit_blocks = match dense {
             true => (DENSE_UNIT_BYTES / (4 * LANES * actions * states)).max(1),
-            false => UNIT_BLOCKS,
+            false => unit_blocks,
         };
         let mut reward = vec![0.0f32; tasks * blocks * actions * LANES];
         let mut fixed = vec![true; tasks * stride];
@@ -474,7 +554,8 @@ impl NativeMdp {
             stride,
             dense,
             unit_blocks,
-            slice_start,
+            column_blocks,
+            segment_start,
             rows_start,
             cols,
             probs,
@@ -491,6 +572,29 @@ impl NativeMdp {
         self.dense
     }
 
+    /// Column blocks of the sliced layout: 1 up to [`COLUMN_BLOCKED_FROM`] values, else one
+    /// per [`COLUMN_BLOCK_STATES`] (the last one shorter).
+    pub fn column_blocks(&self) -> usize {
+        self.column_blocks
+    }
+
+    /// The entries of segment `j` (column block `j`) of block `b` and action `a`.
+    fn segment(&self, b: usize, a: usize, j: usize) -> std::ops::Range<usize> {
+        let shape = (
+            self.blocks,
+            self.actions,
+            self.column_blocks,
+            self.unit_blocks,
+        );
+        let at = segment_index(shape, (b, a, j));
+        self.segment_start[at]..self.segment_start[at + 1]
+    }
+
+    /// The segments of the slice of block `b` and action `a`, in column-block order.
+    fn slice(&self, b: usize, a: usize) -> impl Iterator<Item = std::ops::Range<usize>> + '_ {
+        (0..self.column_blocks).map(move |j| self.segment(b, a, j))
+    }
+
     /// The stored entries `(s', p)` of row `(s, a)` (none for a padding state past S; in the
     /// sliced layout, without the padding on the sentinel).
     fn row_entries(&self, s: usize, a: usize) -> Vec<(usize, f32)> {
@@ -505,14 +609,11 @@ impl NativeMdp {
                 .collect();
         }
         let (block, lane) = (s / LANES, s % LANES);
-        let slice = block * self.actions + a;
-        let entries = self.slice_start[slice] * LANES..self.slice_start[slice + 1] * LANES;
         let sentinel = self.padded as u32;
-        (self.cols[entries.clone()].iter().zip(&self.probs[entries]))
-            .skip(lane)
-            .step_by(LANES)
-            .filter(|(c, _)| **c != sentinel)
-            .map(|(&c, &p)| (c as usize, p))
+        (self.slice(block, a))
+            .flat_map(|segment| segment.map(|k| k * LANES + lane))
+            .filter(|&i| self.cols[i] != sentinel)
+            .map(|i| (self.cols[i] as usize, self.probs[i]))
             .collect()
     }
 
@@ -652,6 +753,7 @@ impl NativeMdp {
     ) -> Vec<RowStats> {
         let mut stats = vec![RowStats::default(); self.tasks];
         let mut q = vec![[0.0f32; LANES]; self.actions];
+        let mut sums = Vec::new();
         loop {
             let next = queue.lock().unwrap_or_else(|e| e.into_inner()).next();
             let Some(mut unit) = next else { break };
@@ -672,7 +774,8 @@ impl NativeMdp {
                 };
                 let q_out = unit.q.get_mut(t).map(|q| &mut **q);
                 let policy = unit.policy.get_mut(t);
-                stats[t] = stats[t].combine(sweep_unit(&args, out, &mut q, q_out, policy));
+                let scratch = (&mut q[..], &mut sums);
+                stats[t] = stats[t].combine(sweep_unit(&args, out, scratch, q_out, policy));
             }
         }
         stats
@@ -710,19 +813,20 @@ fn shared_exp_row_any<const FMA: bool>(rate: f32, top: f32, v: &[f32], e: &mut [
 with_avx2!(sweep_unit => sweep_unit_any(
     args: &UnitArgs<'_>,
     out: &mut [f32],
-    q: &mut [[f32; LANES]],
+    scratch: (&mut [[f32; LANES]], &mut Vec<[f32; LANES]>),
     q_out: Option<&mut [f32]>,
     policy: Option<&mut PolicySlots<'_>>
 ) -> RowStats);
 
-/// The new values of one unit's blocks of one task into `out` (the unit's states); `q` is
-/// scratch of one lane vector per action; `q_out` (`[state][action]` of the unit's states)
-/// receives Q when given, `policy` the improvement's policy ([`keep_policy`]).
+/// The new values of one unit's blocks of one task into `out` (the unit's states); `scratch`
+/// is one lane vector per action and, where there are several column blocks, the unit's row
+/// sums `[block][action]`; `q_out` (`[state][action]` of the unit's states) receives Q when
+/// given, `policy` the improvement's policy ([`keep_policy`]).
 #[inline(always)]
 fn sweep_unit_any<const FMA: bool>(
     args: &UnitArgs<'_>,
     out: &mut [f32],
-    q: &mut [[f32; LANES]],
+    (q, sums): (&mut [[f32; LANES]], &mut Vec<[f32; LANES]>),
     mut q_out: Option<&mut [f32]>,
     mut policy: Option<&mut PolicySlots<'_>>,
 ) -> RowStats {
@@ -732,6 +836,13 @@ fn sweep_unit_any<const FMA: bool>(
     let x = args.shared.map_or(args.input, |(e, _)| e);
     // Every successor index is below the stride (padding points at the sentinel).
     assert_eq!(x.len(), m.stride);
+    // Several column blocks: the unit's row sums first, one column block at a time, each
+    // segment continuing its row's sum (the same products in the same order as one pass
+    // over the slice, so the bits do not depend on the unit).
+    let by_column_block = !m.dense && m.column_blocks > 1;
+    if by_column_block {
+        unit_row_sums::<FMA>(m, (args.first_block, out.len() / LANES), x, sums);
+    }
     // A dense block's row sums, `[state][action]`.
     let mut dots = vec![0.0f32; if m.dense { LANES * n } else { 0 }];
     for (i, v_out) in out.chunks_exact_mut(LANES).enumerate() {
@@ -755,8 +866,9 @@ fn sweep_unit_any<const FMA: bool>(
         for a in 0..n {
             let dot = match m.dense {
                 true => q[a],
+                false if by_column_block => sums[i * n + a],
                 false => {
-                    let entries = m.slice_start[b * n + a]..m.slice_start[b * n + a + 1];
+                    let entries = m.segment(b, a, 0);
                     let cols = &m.cols[entries.start * LANES..entries.end * LANES];
                     let probs = &m.probs[entries.start * LANES..entries.end * LANES];
                     slice_dot::<FMA>(cols, probs, x)
@@ -838,24 +950,23 @@ fn keep_policy<const FMA: bool>(
             }
             return;
         }
-        let slice = |a: usize| m.slice_start[b * n + a]..m.slice_start[b * n + a + 1];
-        let used = (0..LANES)
-            .map(|l| slice(chosen[l]).len())
-            .max()
-            .unwrap_or(0);
+        // Each lane's chosen row as its slice's entries in column-block order (padding
+        // included: probability 0 on the sentinel).
+        let slice_len = |a: usize| m.slice(b, a).map(|e| e.len()).sum::<usize>();
+        let used = (0..LANES).map(|l| slice_len(chosen[l])).max().unwrap_or(0);
         p.length[i] = used as u32;
         let base = m.rows_start[b] - m.rows_start[first_block];
         for l in 0..LANES {
-            let from = slice(chosen[l]);
-            for k in 0..used {
+            let from = m.slice(b, chosen[l]).flatten();
+            let mut k = 0;
+            for src in from {
                 let at = (base + k) * LANES + l;
-                (p.cols[at], p.probs[at]) = match k < from.len() {
-                    true => {
-                        let src = (from.start + k) * LANES + l;
-                        (m.cols[src], m.probs[src])
-                    }
-                    false => (m.padded as u32, 0.0),
-                };
+                (p.cols[at], p.probs[at]) = (m.cols[src * LANES + l], m.probs[src * LANES + l]);
+                k += 1;
+            }
+            for k in k..used {
+                let at = (base + k) * LANES + l;
+                (p.cols[at], p.probs[at]) = (m.padded as u32, 0.0);
             }
         }
         return;
@@ -905,6 +1016,12 @@ fn evaluate_unit_any<const FMA: bool>(args: &EvaluateArgs<'_>, out: &mut [f32]) 
             false => 0.0,
         })
     };
+    // Several column blocks at alpha > 0: every row's sum first, as the sweep takes them.
+    let by_column_block = m.alpha > 0.0 && !m.dense && m.column_blocks > 1;
+    let mut sums = Vec::new();
+    if by_column_block {
+        unit_row_sums::<FMA>(m, (args.first_block, out.len() / LANES), x, &mut sums);
+    }
     for (i, v_out) in out.chunks_exact_mut(LANES).enumerate() {
         let b = args.first_block + i;
         let at = b * LANES;
@@ -923,8 +1040,9 @@ fn evaluate_unit_any<const FMA: bool>(args: &EvaluateArgs<'_>, out: &mut [f32]) 
             for a in 0..n {
                 let dot = match m.dense {
                     true => dense_dots(b, &|_| a),
+                    false if by_column_block => sums[i * n + a],
                     false => {
-                        let entries = m.slice_start[b * n + a]..m.slice_start[b * n + a + 1];
+                        let entries = m.segment(b, a, 0);
                         let cols = &m.cols[entries.start * LANES..entries.end * LANES];
                         let probs = &m.probs[entries.start * LANES..entries.end * LANES];
                         slice_dot::<FMA>(cols, probs, x)
@@ -950,11 +1068,60 @@ fn evaluate_unit_any<const FMA: bool>(args: &EvaluateArgs<'_>, out: &mut [f32]) 
     }
 }
 
+/// `sum_k p_k x(s'_k)` of every row of the unit of `blocks` blocks from `first_block` into
+/// `sums` `[block of the unit][action]`, one column block at a time (the unit's segments in
+/// storage order), each segment continuing its row's sum: the products of one pass over
+/// each slice in the same order, so the same bits.
+#[inline(always)]
+fn unit_row_sums<const FMA: bool>(
+    m: &NativeMdp,
+    (first_block, blocks): (usize, usize),
+    x: &[f32],
+    sums: &mut Vec<[f32; LANES]>,
+) {
+    let per_column_block = blocks * m.actions;
+    sums.clear();
+    sums.resize(per_column_block, [0.0; LANES]);
+    let shape = (m.blocks, m.actions, m.column_blocks, m.unit_blocks);
+    let at = segment_index(shape, (first_block, 0, 0));
+    for j in 0..m.column_blocks {
+        let first = at + j * per_column_block;
+        let starts = &m.segment_start[first..=first + per_column_block];
+        for (sum, entries) in sums.iter_mut().zip(starts.windows(2)) {
+            let cols = &m.cols[entries[0] * LANES..entries[1] * LANES];
+            let probs = &m.probs[entries[0] * LANES..entries[1] * LANES];
+            *sum = slice_dot_from::<FMA>(*sum, cols, probs, x);
+        }
+    }
+}
+
+/// Where segment `(b, a, j)` (block, action, column block) of a sliced layout of `blocks`
+/// blocks, `actions` actions, `column_blocks` column blocks and units of `unit_blocks` blocks
+/// lies in storage order (`[unit][column block][block of the unit][action]`).
+fn segment_index(
+    (blocks, actions, column_blocks, unit_blocks): (usize, usize, usize, usize),
+    (b, a, j): (usize, usize, usize),
+) -> usize {
+    let first = b / unit_blocks * unit_blocks;
+    let unit_len = unit_blocks.min(blocks - first);
+    (first * column_blocks + j * unit_len + (b - first)) * actions + a
+}
+
 /// `sum_k p_k x(s'_k)` of a slice's [`LANES`] rows, entry by entry (`cols` and `probs`
 /// `[entry][lane]`).
 #[inline(always)]
 fn slice_dot<const FMA: bool>(cols: &[u32], probs: &[f32], x: &[f32]) -> [f32; LANES] {
-    let mut acc = [0.0f32; LANES];
+    slice_dot_from::<FMA>([0.0; LANES], cols, probs, x)
+}
+
+/// [`slice_dot`] continuing the sums `acc`.
+#[inline(always)]
+fn slice_dot_from<const FMA: bool>(
+    mut acc: [f32; LANES],
+    cols: &[u32],
+    probs: &[f32],
+    x: &[f32],
+) -> [f32; LANES] {
     // Whole vectors as arrays: no bounds checks in the lane loop, so it becomes one gather
     // and one fused multiply-add per entry.
     let (cols, _) = cols.as_chunks::<LANES>();

@@ -22,7 +22,7 @@ pub mod mdp_vjp;
 pub mod solve;
 
 pub use grid_backup::NativeGrid;
-pub use mdp_backup::NativeMdp;
+pub use mdp_backup::{COLUMN_BLOCK_STATES, COLUMN_BLOCKED_FROM, NativeMdp};
 pub use mdp_vjp::mdp_vjp_native;
 pub use solve::{default_threads, solve_native, solve_native_mdp};
 
