@@ -451,6 +451,10 @@ impl NativeMdp {
                 for a in 0..actions {
                     counts.fill(0);
                     for (l, s) in (b * LANES..(b * LANES + LANES).min(states)).enumerate() {
+                        if column_blocks == 1 {
+                            counts[l] = row(s, a).len();
+                            continue;
+                        }
                         for &c in &csr.indices[row(s, a)] {
                             counts[l * column_blocks + (c >> column_shift) as usize] += 1;
                         }
@@ -508,15 +512,21 @@ impl NativeMdp {
                 huge_pages(&mut sliced);
                 // Each lane's next free entry per column block.
                 let mut next = vec![0usize; column_blocks];
+                let shape = (blocks, actions, column_blocks, unit_blocks);
                 for s in 0..states {
                     let (b, lane) = (s / LANES, s % LANES);
                     for a in 0..actions {
+                        if column_blocks == 1 {
+                            // One segment: entries in row order (no cursor to carry).
+                            let first = segment_start[segment_index(shape, (b, a, 0))];
+                            for (k, i) in row(s, a).enumerate() {
+                                cols[(first + k) * LANES + lane] = csr.indices[i];
+                                sliced[(first + k) * LANES + lane] = csr.probs[i] as f32;
+                            }
+                            continue;
+                        }
                         for (j, next) in next.iter_mut().enumerate() {
-                            let at = segment_index(
-                                (blocks, actions, column_blocks, unit_blocks),
-                                (b, a, j),
-                            );
-                            *next = segment_start[at];
+                            *next = segment_start[segment_index(shape, (b, a, j))];
                         }
                         for i in row(s, a) {
                             let k = &mut next[(csr.indices[i] >> column_shift) as usize];
