@@ -507,35 +507,63 @@ impl NativeMdp {
             } else {
                 cols = vec![0u32; entries * LANES];
                 huge_pages(&mut cols);
-                cols.fill(padded as u32);
                 let mut sliced = vec![0.0f32; entries * LANES];
                 huge_pages(&mut sliced);
-                // Each lane's next free entry per column block.
-                let mut next = vec![0usize; column_blocks];
+                // Units in storage order, each filled (its pages faulted in) by one thread:
+                // 10^8 entries take one core seconds to fault in on these machines.
                 let shape = (blocks, actions, column_blocks, unit_blocks);
-                for s in 0..states {
-                    let (b, lane) = (s / LANES, s % LANES);
-                    for a in 0..actions {
-                        if column_blocks == 1 {
-                            // One segment: entries in row order (no cursor to carry).
-                            let first = segment_start[segment_index(shape, (b, a, 0))];
-                            for (k, i) in row(s, a).enumerate() {
-                                cols[(first + k) * LANES + lane] = csr.indices[i];
-                                sliced[(first + k) * LANES + lane] = csr.probs[i] as f32;
+                let units = blocks.div_ceil(unit_blocks);
+                let unit_start = |u: usize| match u < units {
+                    true => segment_start[segment_index(shape, (u * unit_blocks, 0, 0))],
+                    false => entries,
+                };
+                let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+                let per_thread = units.div_ceil(threads).max(1);
+                std::thread::scope(|scope| {
+                    let (mut cols_rest, mut probs_rest) = (&mut cols[..], &mut sliced[..]);
+                    for first_unit in (0..units).step_by(per_thread) {
+                        let last_unit = (first_unit + per_thread).min(units);
+                        let base = unit_start(first_unit);
+                        let len = (unit_start(last_unit) - base) * LANES;
+                        let (cols, rest) = std::mem::take(&mut cols_rest).split_at_mut(len);
+                        cols_rest = rest;
+                        let (probs, rest) = std::mem::take(&mut probs_rest).split_at_mut(len);
+                        probs_rest = rest;
+                        let (segment_start, row) = (&segment_start, &row);
+                        let states = first_unit * unit_blocks * LANES
+                            ..(last_unit * unit_blocks * LANES).min(states);
+                        scope.spawn(move || {
+                            cols.fill(padded as u32);
+                            // Each lane's next free entry per column block.
+                            let mut next = vec![0usize; column_blocks];
+                            for s in states {
+                                let (b, lane) = (s / LANES, s % LANES);
+                                for a in 0..actions {
+                                    for (j, next) in next.iter_mut().enumerate() {
+                                        *next =
+                                            segment_start[segment_index(shape, (b, a, j))] - base;
+                                    }
+                                    if column_blocks == 1 {
+                                        // One segment: entries in row order (no cursor).
+                                        for (k, i) in row(s, a).enumerate() {
+                                            cols[(next[0] + k) * LANES + lane] = csr.indices[i];
+                                            probs[(next[0] + k) * LANES + lane] =
+                                                csr.probs[i] as f32;
+                                        }
+                                        continue;
+                                    }
+                                    for i in row(s, a) {
+                                        let k =
+                                            &mut next[(csr.indices[i] >> column_shift) as usize];
+                                        cols[*k * LANES + lane] = csr.indices[i];
+                                        probs[*k * LANES + lane] = csr.probs[i] as f32;
+                                        *k += 1;
+                                    }
+                                }
                             }
-                            continue;
-                        }
-                        for (j, next) in next.iter_mut().enumerate() {
-                            *next = segment_start[segment_index(shape, (b, a, j))];
-                        }
-                        for i in row(s, a) {
-                            let k = &mut next[(csr.indices[i] >> column_shift) as usize];
-                            cols[*k * LANES + lane] = csr.indices[i];
-                            sliced[*k * LANES + lane] = csr.probs[i] as f32;
-                            *k += 1;
-                        }
+                        });
                     }
-                }
+                });
                 probs = sliced;
             }
         }
