@@ -375,6 +375,7 @@ impl NativeMdp {
         let queue = Mutex::new(units.into_iter());
         let queue = &queue;
         let work = || {
+            let mut sums = Vec::new();
             loop {
                 let next = queue.lock().unwrap_or_else(|e| e.into_inner()).next();
                 let Some(mut unit) = next else { break };
@@ -391,7 +392,7 @@ impl NativeMdp {
                         first_block: unit.first_block,
                         input: &input[t * self.stride..(t + 1) * self.stride],
                     };
-                    evaluate_unit(&args, out);
+                    evaluate_unit(&args, out, &mut sums);
                 }
             }
             vec![RowStats::default(); self.tasks]
@@ -857,8 +858,7 @@ with_avx2!(sweep_unit => sweep_unit_any(
 ) -> RowStats);
 
 /// The new values of one unit's blocks of one task into `out` (the unit's states); `scratch`
-/// is one lane vector per action and, where there are several column blocks, the unit's row
-/// sums `[block][action]`; `q_out` (`[state][action]` of the unit's states) receives Q when
+/// is one lane vector per action and (sliced) the unit's row sums `[block][action]`; `q_out` (`[state][action]` of the unit's states) receives Q when
 /// given, `policy` the improvement's policy ([`keep_policy`]).
 #[inline(always)]
 fn sweep_unit_any<const FMA: bool>(
@@ -874,11 +874,8 @@ fn sweep_unit_any<const FMA: bool>(
     let x = args.shared.map_or(args.input, |(e, _)| e);
     // Every successor index is below the stride (padding points at the sentinel).
     assert_eq!(x.len(), m.stride);
-    // Several column blocks: the unit's row sums first, one column block at a time, each
-    // segment continuing its row's sum (the same products in the same order as one pass
-    // over the slice, so the bits do not depend on the unit).
-    let by_column_block = !m.dense && m.column_blocks > 1;
-    if by_column_block {
+    // Sliced: the unit's row sums first ([`unit_row_sums`]).
+    if !m.dense {
         unit_row_sums::<FMA>(m, (args.first_block, out.len() / LANES), x, sums);
     }
     // A dense block's row sums, `[state][action]`.
@@ -904,13 +901,7 @@ fn sweep_unit_any<const FMA: bool>(
         for a in 0..n {
             let dot = match m.dense {
                 true => q[a],
-                false if by_column_block => sums[i * n + a],
-                false => {
-                    let entries = m.segment(b, a, 0);
-                    let cols = &m.cols[entries.start * LANES..entries.end * LANES];
-                    let probs = &m.probs[entries.start * LANES..entries.end * LANES];
-                    slice_dot::<FMA>(cols, probs, x)
-                }
+                false => sums[i * n + a],
             };
             let r = &rewards[a * LANES..(a + 1) * LANES];
             q[a] = match args.shared {
@@ -1036,11 +1027,20 @@ struct EvaluateArgs<'a> {
     input: &'a [f32],
 }
 
-with_avx2!(evaluate_unit => evaluate_unit_any(args: &EvaluateArgs<'_>, out: &mut [f32]) -> ());
+with_avx2!(evaluate_unit => evaluate_unit_any(
+    args: &EvaluateArgs<'_>,
+    out: &mut [f32],
+    sums: &mut Vec<[f32; LANES]>
+) -> ());
 
-/// One unit's blocks of one task's evaluation sweep into `out`: `r_pi + gamma P_pi V`.
+/// One unit's blocks of one task's evaluation sweep into `out`: `r_pi + gamma P_pi V`; `sums`
+/// is scratch for the unit's row sums (sliced, alpha > 0).
 #[inline(always)]
-fn evaluate_unit_any<const FMA: bool>(args: &EvaluateArgs<'_>, out: &mut [f32]) {
+fn evaluate_unit_any<const FMA: bool>(
+    args: &EvaluateArgs<'_>,
+    out: &mut [f32],
+    sums: &mut Vec<[f32; LANES]>,
+) {
     let (m, p, t) = (args.mdp, args.policy, args.task);
     let (n, x) = (m.actions, args.input);
     assert_eq!(x.len(), m.stride);
@@ -1054,11 +1054,9 @@ fn evaluate_unit_any<const FMA: bool>(args: &EvaluateArgs<'_>, out: &mut [f32]) 
             false => 0.0,
         })
     };
-    // Several column blocks at alpha > 0: every row's sum first, as the sweep takes them.
-    let by_column_block = m.alpha > 0.0 && !m.dense && m.column_blocks > 1;
-    let mut sums = Vec::new();
-    if by_column_block {
-        unit_row_sums::<FMA>(m, (args.first_block, out.len() / LANES), x, &mut sums);
+    // Sliced at alpha > 0: every row's sum first, as the sweep takes them.
+    if m.alpha > 0.0 && !m.dense {
+        unit_row_sums::<FMA>(m, (args.first_block, out.len() / LANES), x, sums);
     }
     for (i, v_out) in out.chunks_exact_mut(LANES).enumerate() {
         let b = args.first_block + i;
@@ -1078,13 +1076,7 @@ fn evaluate_unit_any<const FMA: bool>(args: &EvaluateArgs<'_>, out: &mut [f32]) 
             for a in 0..n {
                 let dot = match m.dense {
                     true => dense_dots(b, &|_| a),
-                    false if by_column_block => sums[i * n + a],
-                    false => {
-                        let entries = m.segment(b, a, 0);
-                        let cols = &m.cols[entries.start * LANES..entries.end * LANES];
-                        let probs = &m.probs[entries.start * LANES..entries.end * LANES];
-                        slice_dot::<FMA>(cols, probs, x)
-                    }
+                    false => sums[i * n + a],
                 };
                 let pi = &p.pi[((t * m.blocks + b) * n + a) * LANES..][..LANES];
                 for l in 0..LANES {
@@ -1109,7 +1101,8 @@ fn evaluate_unit_any<const FMA: bool>(args: &EvaluateArgs<'_>, out: &mut [f32]) 
 /// `sum_k p_k x(s'_k)` of every row of the unit of `blocks` blocks from `first_block` into
 /// `sums` `[block of the unit][action]`, one column block at a time (the unit's segments in
 /// storage order), each segment continuing its row's sum: the products of one pass over
-/// each slice in the same order, so the same bits.
+/// each slice in the same order, so the bits do not depend on the unit (with one column
+/// block: one pass over the unit's slices in order).
 #[inline(always)]
 fn unit_row_sums<const FMA: bool>(
     m: &NativeMdp,
