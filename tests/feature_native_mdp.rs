@@ -130,16 +130,32 @@ fn scale(values: &[f32]) -> f64 {
 /// in a block of short ones); action 2 is excluded (reward -inf) on every 5th state; states
 /// `11 t + 2` are terminal for task t.
 fn ragged_mdp(s: usize, tasks: usize, seed: u64) -> TabularMdp {
+    let row_len = |rng: &mut StdRng, state: usize, a: usize| match a {
+        0 => 1,
+        1 => rng.random_range(1..=6usize),
+        _ if state.is_multiple_of(17) => 150,
+        _ => rng.random_range(2..=4usize),
+    };
+    let terminals = |t: usize| vec![((11 * t + 2) % s, 0.0)];
+    sparse_mdp((s, 3, tasks), seed, row_len, terminals, 2)
+}
+
+/// An MDP of `s` states, `actions` actions and `tasks` tasks drawn from `seed`: row `(s, a)`
+/// of `row_len(rng, s, a)` successors drawn uniformly (duplicates merged), weights U(0.05, 1)
+/// normalised; rewards in [-1, 0.5]; `terminals(t)` the terminal states of task t with their
+/// values; action `excluded` excluded (reward -inf) on every 5th state (`s % 5 == 1`).
+fn sparse_mdp(
+    (s, actions, tasks): (usize, usize, usize),
+    seed: u64,
+    row_len: impl Fn(&mut StdRng, usize, usize) -> usize,
+    terminals: impl Fn(usize) -> Vec<(usize, f64)>,
+    excluded: usize,
+) -> TabularMdp {
     let mut rng = StdRng::seed_from_u64(seed);
     let (mut indptr, mut indices, mut data) = (vec![0.0], Vec::new(), Vec::new());
     for state in 0..s {
-        for a in 0..3 {
-            let k = match a {
-                0 => 1,
-                1 => rng.random_range(1..=6usize),
-                _ if state % 17 == 0 => 150,
-                _ => rng.random_range(2..=4usize),
-            };
+        for a in 0..actions {
+            let k = row_len(&mut rng, state, a);
             let mut next: Vec<usize> = (0..k).map(|_| rng.random_range(0..s)).collect();
             next.sort_unstable();
             next.dedup();
@@ -152,28 +168,37 @@ fn ragged_mdp(s: usize, tasks: usize, seed: u64) -> TabularMdp {
             indptr.push(indices.len() as f64);
         }
     }
-    let r: Vec<f64> = (0..tasks * s * 3)
+    let r: Vec<f64> = (0..tasks * s * actions)
         .map(|_| rng.random_range(-1.0..0.5))
         .collect();
-    let mut terminal = vec![0.0; tasks * s];
+    let (mut terminal, mut value) = (vec![0.0; tasks * s], vec![0.0; tasks * s]);
     for t in 0..tasks {
-        terminal[t * s + (11 * t + 2) % s] = 1.0;
+        for (state, v) in terminals(t) {
+            (terminal[t * s + state], value[t * s + state]) = (1.0, v);
+        }
     }
     let nnz = indices.len();
     let arrays = HashMap::from([
-        ("indptr".to_owned(), common::array(vec![s * 3 + 1], indptr)),
+        (
+            "indptr".to_owned(),
+            common::array(vec![s * actions + 1], indptr),
+        ),
         ("indices".to_owned(), common::array(vec![nnz], indices)),
         ("data".to_owned(), common::array(vec![nnz], data)),
-        ("R".to_owned(), common::array(vec![tasks, s, 3], r)),
+        ("R".to_owned(), common::array(vec![tasks, s, actions], r)),
         (
             "terminal".to_owned(),
             common::array(vec![tasks, s], terminal),
+        ),
+        (
+            "terminal_value".to_owned(),
+            common::array(vec![tasks, s], value),
         ),
     ]);
     let mut mdp = TabularMdp::from_arrays(&arrays).unwrap();
     for t in 0..tasks {
         for state in (0..s).filter(|x| x % 5 == 1) {
-            mdp.reward[(t * s + state) * 3 + 2] = f64::NEG_INFINITY as _;
+            mdp.reward[(t * s + state) * actions + excluded] = f64::NEG_INFINITY as _;
         }
     }
     mdp.validate().unwrap();
@@ -747,59 +772,13 @@ fn modified_policy_iteration_bits_are_independent_of_batch_and_threads() {
 /// value -60 (pits: a row into pits alone has an optimistic mass that underflows, recomputed
 /// per row); rewards in [-1, 0.5].
 fn wide_mdp(s: usize, tasks: usize, seed: u64) -> TabularMdp {
-    let mut rng = StdRng::seed_from_u64(seed);
-    let (mut indptr, mut indices, mut data) = (vec![0.0], Vec::new(), Vec::new());
-    for state in 0..s {
-        for a in 0..2 {
-            let k = match a {
-                0 => rng.random_range(1..=3usize),
-                _ if state % 101 == 0 => 60,
-                _ => 2,
-            };
-            let mut next: Vec<usize> = (0..k).map(|_| rng.random_range(0..s)).collect();
-            next.sort_unstable();
-            next.dedup();
-            let w: Vec<f64> = next.iter().map(|_| rng.random_range(0.05..1.0)).collect();
-            let total: f64 = w.iter().sum();
-            for (j, w) in next.iter().zip(&w) {
-                indices.push(*j as f64);
-                data.push(w / total);
-            }
-            indptr.push(indices.len() as f64);
-        }
-    }
-    let r: Vec<f64> = (0..tasks * s * 2)
-        .map(|_| rng.random_range(-1.0..0.5))
-        .collect();
-    let (mut terminal, mut value) = (vec![0.0; tasks * s], vec![0.0; tasks * s]);
-    for t in 0..tasks {
-        for state in (4 + t..s).step_by(1009) {
-            (terminal[t * s + state], value[t * s + state]) = (1.0, -60.0);
-        }
-    }
-    let nnz = indices.len();
-    let arrays = HashMap::from([
-        ("indptr".to_owned(), common::array(vec![s * 2 + 1], indptr)),
-        ("indices".to_owned(), common::array(vec![nnz], indices)),
-        ("data".to_owned(), common::array(vec![nnz], data)),
-        ("R".to_owned(), common::array(vec![tasks, s, 2], r)),
-        (
-            "terminal".to_owned(),
-            common::array(vec![tasks, s], terminal),
-        ),
-        (
-            "terminal_value".to_owned(),
-            common::array(vec![tasks, s], value),
-        ),
-    ]);
-    let mut mdp = TabularMdp::from_arrays(&arrays).unwrap();
-    for t in 0..tasks {
-        for state in (0..s).filter(|x| x % 5 == 1) {
-            mdp.reward[(t * s + state) * 2 + 1] = f64::NEG_INFINITY as _;
-        }
-    }
-    mdp.validate().unwrap();
-    mdp
+    let row_len = |rng: &mut StdRng, state: usize, a: usize| match a {
+        0 => rng.random_range(1..=3usize),
+        _ if state.is_multiple_of(101) => 60,
+        _ => 2,
+    };
+    let terminals = |t: usize| (4 + t..s).step_by(1009).map(|x| (x, -60.0)).collect();
+    sparse_mdp((s, 2, tasks), seed, row_len, terminals, 1)
 }
 
 /// A model past [`COLUMN_BLOCKED_FROM`] (three column blocks: each block's slices cut into
